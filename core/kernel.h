@@ -1,0 +1,128 @@
+/*
+ * kernel.h -- kernel references, c-lists, promise table, run queue and the
+ * crank loop. Pure C: it never touches a lua_State. Endpoints (vats and the
+ * kernel's own Lua state) are reached through the deliver hook.
+ *
+ * Conventions:
+ *  1. krefs are "ko<N>" (objects) and "kp<N>" (promises), never reused.
+ *     Endpoint refs ("erefs") are vrefs for vats: "o+N", "o-N", "p+N",
+ *     "p-N". The kernel's own endpoint, named "kernel", uses krefs as its
+ *     erefs: its c-list is the identity.
+ *  2. All state lives in the store (store.h), under the keys documented in
+ *     docs/storage.md, so a crank's changes commit or roll back together.
+ *  3. Capdata crosses this interface as an ocap_capdata_t whose slots are
+ *     erefs of the endpoint concerned; the kernel translates them.
+ *  4. Functions return 0 or a negative OCAP_E* code; syscall failures that
+ *     make the calling vat illegal return OCAP_EINVAL with
+ *     ocap_kernel_errmsg() saying why.
+ *  5. One crank = one run-queue item delivered to one endpoint, then a
+ *     commit. A delivery that reports a fatal failure is rolled back and the
+ *     vat is terminated in the same crank.
+ */
+#ifndef OCAP_KERNEL_H
+#define OCAP_KERNEL_H
+
+#include <stddef.h>
+
+#include "store.h"
+
+typedef struct ocap_kernel ocap_kernel_t;
+
+#define OCAP_REF_MAX 48
+
+typedef struct ocap_capdata {
+  const char *body;
+  size_t blen;
+  const char *const *slots;
+  size_t nslots;
+} ocap_capdata_t;
+
+typedef struct ocap_resolution {
+  const char *kpid; /* eref of the promise */
+  int rejected;
+  ocap_capdata_t data;
+} ocap_resolution_t;
+
+enum ocap_delivery_type { OCAP_DELIVER_MESSAGE = 1, OCAP_DELIVER_NOTIFY = 2 };
+
+/* A delivery to an endpoint, already translated into its erefs. */
+typedef struct ocap_delivery {
+  int type;
+  const char *target; /* message: eref of the target object or promise */
+  ocap_capdata_t methargs;
+  const char *result; /* message: eref of the result promise, or NULL */
+  const ocap_resolution_t *resolutions; /* notify */
+  size_t nresolutions;
+} ocap_delivery_t;
+
+/* Why an endpoint was terminated; used in rejection messages. */
+enum ocap_fatal {
+  OCAP_FATAL_NONE = 0,
+  OCAP_FATAL_ILLEGAL_SYSCALL,
+  OCAP_FATAL_METER,
+  OCAP_FATAL_MEMORY,
+  OCAP_FATAL_INTERNAL,
+};
+
+typedef struct ocap_kernel_hooks {
+  void *ud;
+  /*
+   * Delivers d to endpoint ep. Returns 0, or OCAP_EFATAL after setting
+   * *fatal (an ocap_fatal) and *why (malloc'd, the kernel frees it) when the
+   * endpoint failed fatally: the kernel then rolls the crank back and
+   * terminates the endpoint.
+   */
+  int (*deliver)(void *ud, const char *ep, const ocap_delivery_t *d, int *fatal, char **why);
+  /* Called after an endpoint was terminated, so its runtime can be freed. */
+  void (*terminated)(void *ud, const char *ep);
+} ocap_kernel_hooks_t;
+
+/* Opens the kernel on a store (initialising an empty one). */
+int ocap_kernel_new(ocap_store_t *store, const ocap_kernel_hooks_t *hooks, ocap_kernel_t **out);
+void ocap_kernel_free(ocap_kernel_t *k);
+ocap_store_t *ocap_kernel_store(ocap_kernel_t *k);
+const char *ocap_kernel_errmsg(const ocap_kernel_t *k);
+
+/* Allocates the next vat id ("v<N>") into out (OCAP_REF_MAX bytes). */
+int ocap_kernel_alloc_vat_id(ocap_kernel_t *k, char *out);
+/* Allocates a kernel object owned by ep, or a promise decided by ep. */
+int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out);
+int ocap_kernel_alloc_promise(ocap_kernel_t *k, const char *ep, char *out);
+
+/* Maps an eref of ep to its kref, exporting it when it is a new export. */
+int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref, char *out);
+/* Maps a kref to ep's eref, importing it when ep does not know it yet. */
+int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out);
+
+/* Syscalls, with erefs of the calling endpoint ep. */
+int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
+                     const ocap_capdata_t *methargs, const char *result);
+int ocap_kernel_subscribe(ocap_kernel_t *k, const char *ep, const char *kpid);
+int ocap_kernel_resolve(ocap_kernel_t *k, const char *ep, const ocap_resolution_t *r, size_t n);
+
+/*
+ * Runs one crank. Returns 1 when an item was delivered, 0 when the run
+ * queue is empty, or a negative code on a kernel (not vat) failure.
+ */
+int ocap_kernel_step(ocap_kernel_t *k);
+/* Number of items in the run queue. */
+long long ocap_kernel_queue_length(ocap_kernel_t *k);
+/* Number of cranks run since the kernel was opened. */
+long long ocap_kernel_cranks(const ocap_kernel_t *k);
+
+/*
+ * Terminates endpoint ep: its objects become deleted, promises it decides
+ * are rejected with `reason` (a plain-data capdata), its c-list is removed.
+ */
+int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *reason);
+
+/* Revocation (issue #4): permanent; a promise cannot be revoked. */
+int ocap_kernel_revoke(ocap_kernel_t *k, const char *kref);
+int ocap_kernel_is_revoked(ocap_kernel_t *k, const char *kref);
+
+/* Pins/unpins nothing yet; reserved for GC. */
+
+/* Helpers for the capdata encoding used in the store ("slots\nbody"). */
+char *ocap_capdata_encode(const ocap_capdata_t *cd, size_t *len);
+
+#endif

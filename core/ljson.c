@@ -1,0 +1,315 @@
+/*
+ * ljson.c -- a JSON decoder for vats, which cannot load C modules.
+ *
+ * It offers the part of lua-cjson's interface that ocap.marshal uses
+ * (decode, null, new), so the same marshal code runs in vats and in the
+ * host, where the real lua-cjson is used. Numbers that are integral and
+ * within 2^53 decode as Lua integers; JSON null decodes as the null
+ * light userdata, as in lua-cjson.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "ljson.h"
+
+#define MAX_DEPTH 1000
+
+typedef struct parser {
+  lua_State *L;
+  const char *p, *end;
+  int depth;
+} parser_t;
+
+static int perr(parser_t *ps, const char *what) {
+  return luaL_error(ps->L, "JSON: %s at byte %d", what, (int)(ps->end - ps->p));
+}
+
+static void skip_ws(parser_t *ps) {
+  while (ps->p < ps->end &&
+         (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
+    ps->p++;
+}
+
+static void parse_value(parser_t *ps);
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+static unsigned read_hex4(parser_t *ps) {
+  if (ps->end - ps->p < 4)
+    perr(ps, "truncated \\u escape");
+  unsigned v = 0;
+  for (int i = 0; i < 4; i++) {
+    int h = hexval(ps->p[i]);
+    if (h < 0)
+      perr(ps, "bad \\u escape");
+    v = v * 16 + (unsigned)h;
+  }
+  ps->p += 4;
+  return v;
+}
+
+static void add_utf8(luaL_Buffer *b, unsigned cp) {
+  char out[4];
+  int n;
+  if (cp < 0x80) {
+    out[0] = (char)cp;
+    n = 1;
+  } else if (cp < 0x800) {
+    out[0] = (char)(0xC0 | (cp >> 6));
+    out[1] = (char)(0x80 | (cp & 0x3F));
+    n = 2;
+  } else if (cp < 0x10000) {
+    out[0] = (char)(0xE0 | (cp >> 12));
+    out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[2] = (char)(0x80 | (cp & 0x3F));
+    n = 3;
+  } else {
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    n = 4;
+  }
+  luaL_addlstring(b, out, (size_t)n);
+}
+
+/* [-0, +1] */
+static void parse_string(parser_t *ps) {
+  ps->p++; /* opening quote */
+  const char *start = ps->p;
+  while (ps->p < ps->end && *ps->p != '"' && *ps->p != '\\' && (unsigned char)*ps->p >= 0x20)
+    ps->p++;
+  if (ps->p < ps->end && *ps->p == '"') {
+    lua_pushlstring(ps->L, start, (size_t)(ps->p - start));
+    ps->p++;
+    return;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(ps->L, &b);
+  luaL_addlstring(&b, start, (size_t)(ps->p - start));
+  for (;;) {
+    if (ps->p >= ps->end)
+      perr(ps, "unterminated string");
+    char c = *ps->p++;
+    if (c == '"')
+      break;
+    if ((unsigned char)c < 0x20)
+      perr(ps, "control character in string");
+    if (c != '\\') {
+      luaL_addchar(&b, c);
+      continue;
+    }
+    if (ps->p >= ps->end)
+      perr(ps, "unterminated escape");
+    c = *ps->p++;
+    switch (c) {
+    case '"':
+    case '\\':
+    case '/':
+      luaL_addchar(&b, c);
+      break;
+    case 'b':
+      luaL_addchar(&b, '\b');
+      break;
+    case 'f':
+      luaL_addchar(&b, '\f');
+      break;
+    case 'n':
+      luaL_addchar(&b, '\n');
+      break;
+    case 'r':
+      luaL_addchar(&b, '\r');
+      break;
+    case 't':
+      luaL_addchar(&b, '\t');
+      break;
+    case 'u': {
+      unsigned cp = read_hex4(ps);
+      if (cp >= 0xD800 && cp < 0xDC00 && ps->end - ps->p >= 6 && ps->p[0] == '\\' &&
+          ps->p[1] == 'u') {
+        const char *save = ps->p;
+        ps->p += 2;
+        unsigned lo = read_hex4(ps);
+        if (lo >= 0xDC00 && lo < 0xE000)
+          cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        else
+          ps->p = save;
+      }
+      add_utf8(&b, cp);
+      break;
+    }
+    default:
+      perr(ps, "bad escape");
+    }
+  }
+  luaL_pushresult(&b);
+}
+
+/* [-0, +1] */
+static void parse_number(parser_t *ps) {
+  char buf[64];
+  const char *start = ps->p;
+  int is_float = 0;
+  if (ps->p < ps->end && *ps->p == '-')
+    ps->p++;
+  while (ps->p < ps->end) {
+    char c = *ps->p;
+    if (c >= '0' && c <= '9') {
+      ps->p++;
+    } else if (c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
+      is_float = 1;
+      ps->p++;
+    } else {
+      break;
+    }
+  }
+  size_t n = (size_t)(ps->p - start);
+  if (n == 0 || n >= sizeof buf)
+    perr(ps, "bad number");
+  memcpy(buf, start, n);
+  buf[n] = '\0';
+  char *endp;
+  if (!is_float && n < 17) {
+    long long v = strtoll(buf, &endp, 10);
+    if (*endp == '\0') {
+      lua_pushinteger(ps->L, (lua_Integer)v);
+      return;
+    }
+  }
+  double d = strtod(buf, &endp);
+  if (*endp != '\0')
+    perr(ps, "bad number");
+  if (d == floor(d) && fabs(d) <= 9007199254740992.0)
+    lua_pushinteger(ps->L, (lua_Integer)d);
+  else
+    lua_pushnumber(ps->L, d);
+}
+
+static void expect_word(parser_t *ps, const char *w) {
+  size_t n = strlen(w);
+  if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, w, n) != 0)
+    perr(ps, "unexpected token");
+  ps->p += n;
+}
+
+/* [-0, +1] */
+static void parse_value(parser_t *ps) {
+  lua_State *L = ps->L;
+  skip_ws(ps);
+  if (ps->p >= ps->end)
+    perr(ps, "unexpected end");
+  char c = *ps->p;
+  if (c == '{' || c == '[') {
+    if (++ps->depth > MAX_DEPTH)
+      perr(ps, "nesting too deep");
+    luaL_checkstack(L, 4, "JSON nesting");
+    ps->p++;
+    lua_newtable(L);
+    skip_ws(ps);
+    char close = c == '{' ? '}' : ']';
+    if (ps->p < ps->end && *ps->p == close) {
+      ps->p++;
+      ps->depth--;
+      return;
+    }
+    lua_Integer i = 1;
+    for (;;) {
+      skip_ws(ps);
+      if (c == '{') {
+        if (ps->p >= ps->end || *ps->p != '"')
+          perr(ps, "expected key");
+        parse_string(ps);
+        skip_ws(ps);
+        if (ps->p >= ps->end || *ps->p != ':')
+          perr(ps, "expected ':'");
+        ps->p++;
+        parse_value(ps);
+        lua_rawset(L, -3);
+      } else {
+        parse_value(ps);
+        lua_rawseti(L, -2, i++);
+      }
+      skip_ws(ps);
+      if (ps->p < ps->end && *ps->p == ',') {
+        ps->p++;
+        continue;
+      }
+      if (ps->p < ps->end && *ps->p == close) {
+        ps->p++;
+        break;
+      }
+      perr(ps, "expected ',' or closing bracket");
+    }
+    ps->depth--;
+    return;
+  }
+  if (c == '"') {
+    parse_string(ps);
+  } else if (c == 't') {
+    expect_word(ps, "true");
+    lua_pushboolean(L, 1);
+  } else if (c == 'f') {
+    expect_word(ps, "false");
+    lua_pushboolean(L, 0);
+  } else if (c == 'n') {
+    expect_word(ps, "null");
+    lua_pushlightuserdata(L, NULL);
+  } else {
+    parse_number(ps);
+  }
+}
+
+static int json_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  parser_t ps = {L, s, s + len, 0};
+  parse_value(&ps);
+  skip_ws(&ps);
+  if (ps.p != ps.end)
+    perr(&ps, "trailing garbage");
+  return 1;
+}
+
+static int json_new(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  return 1;
+}
+
+/* cjson's configuration functions (decode_max_depth, ...) do nothing here. */
+static int json_noop(lua_State *L) {
+  (void)L;
+  return 0;
+}
+
+static int json_index(lua_State *L) {
+  lua_pushcfunction(L, json_noop);
+  return 1;
+}
+
+int ocap_open_json(lua_State *L) {
+  lua_createtable(L, 0, 3);
+  lua_pushcfunction(L, json_decode);
+  lua_setfield(L, -2, "decode");
+  lua_pushlightuserdata(L, NULL);
+  lua_setfield(L, -2, "null");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, json_new, 1);
+  lua_setfield(L, -2, "new");
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, json_index);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+  return 1;
+}

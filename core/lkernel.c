@@ -1,0 +1,1073 @@
+/*
+ * lkernel.c -- the Lua binding of the kernel (`require 'ocap.core'`).
+ *
+ * It owns the vats' Lua states, gives each vat its syscalls, and delivers
+ * to the kernel's own endpoint by calling a dispatch function in the host's
+ * Lua state. The management plane (subclusters, configs, launch) is Lua, in
+ * lua/ocap/kernel.lua; this file is the hot path between the crank loop and
+ * the vats.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "kernel.h"
+#include "ljson.h"
+#include "store.h"
+#include "vat.h"
+
+#define KERNEL_MT "ocap.Kernel"
+
+typedef struct lkernel lkernel_t;
+
+/* One vat's runtime. Its record outlives the state so ids stay stable. */
+typedef struct lvat {
+  char id[OCAP_REF_MAX];
+  ocap_vat_t *vat; /* NULL when not live (never started, or terminated) */
+  int dispatch_ref;
+  int fatal;  /* ocap_fatal set by an illegal syscall */
+  char *why;  /* malloc'd reason for fatal */
+  int exiting; /* vatPowers.exitVat was called: 1 ok, 2 failure */
+  char *exit_body;
+  lkernel_t *lk;
+} lvat_t;
+
+typedef struct module {
+  char *name;
+  char *code;
+  size_t len;
+} module_t;
+
+struct lkernel {
+  ocap_store_t *s;
+  ocap_kernel_t *k;
+  lua_State *L; /* the host thread driving the kernel right now */
+  int host_dispatch_ref, vat_needed_ref, logger_ref, terminated_ref;
+  lvat_t **vats;
+  size_t nvats;
+  module_t *runtime;
+  size_t nruntime;
+  int in_step;
+};
+
+static void free_runtime(lkernel_t *lk);
+
+/* ---- small helpers ---- */
+
+static lkernel_t *checkkernel(lua_State *L, int idx) {
+  lkernel_t **p = luaL_checkudata(L, idx, KERNEL_MT);
+  if (!*p)
+    luaL_error(L, "kernel is stopped");
+  return *p;
+}
+
+static char *dupstr(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *d = malloc(n);
+  if (d)
+    memcpy(d, s, n);
+  return d;
+}
+
+static lvat_t *find_vat(lkernel_t *lk, const char *id) {
+  if (id[0] != 'v')
+    return NULL;
+  char *end;
+  unsigned long n = strtoul(id + 1, &end, 10);
+  if (*end || n >= lk->nvats)
+    return NULL;
+  return lk->vats[n];
+}
+
+static lvat_t *make_vat_record(lkernel_t *lk, const char *id) {
+  lvat_t *rec = find_vat(lk, id);
+  if (rec)
+    return rec;
+  char *end;
+  unsigned long n = strtoul(id + 1, &end, 10);
+  if (id[0] != 'v' || *end)
+    return NULL;
+  if (n >= lk->nvats) {
+    size_t cap = lk->nvats ? lk->nvats : 16;
+    while (cap <= n)
+      cap *= 2;
+    lvat_t **v = realloc(lk->vats, cap * sizeof *v);
+    if (!v)
+      return NULL;
+    memset(v + lk->nvats, 0, (cap - lk->nvats) * sizeof *v);
+    lk->vats = v;
+    lk->nvats = cap;
+  }
+  rec = calloc(1, sizeof *rec);
+  if (!rec)
+    return NULL;
+  snprintf(rec->id, sizeof rec->id, "%s", id);
+  rec->lk = lk;
+  rec->dispatch_ref = LUA_NOREF;
+  lk->vats[n] = rec;
+  return rec;
+}
+
+static void stop_vat(lvat_t *rec) {
+  ocap_vat_free(rec->vat);
+  rec->vat = NULL;
+  rec->dispatch_ref = LUA_NOREF;
+  free(rec->why);
+  rec->why = NULL;
+  free(rec->exit_body);
+  rec->exit_body = NULL;
+  rec->fatal = 0;
+  rec->exiting = 0;
+}
+
+/* [-0, +1] Pushes a table of the capdata's slots. */
+static void push_slots(lua_State *L, const ocap_capdata_t *cd) {
+  lua_createtable(L, (int)cd->nslots, 0);
+  for (size_t i = 0; i < cd->nslots; i++) {
+    lua_pushstring(L, cd->slots[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+}
+
+/* [-0, +n] Pushes a delivery's arguments; returns how many. */
+static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
+  if (d->type == OCAP_DELIVER_MESSAGE) {
+    lua_pushliteral(L, "message");
+    lua_pushstring(L, d->target);
+    lua_pushlstring(L, d->methargs.body, d->methargs.blen);
+    push_slots(L, &d->methargs);
+    if (d->result)
+      lua_pushstring(L, d->result);
+    else
+      lua_pushnil(L);
+    return 5;
+  }
+  lua_pushliteral(L, "notify");
+  lua_createtable(L, (int)d->nresolutions, 0);
+  for (size_t i = 0; i < d->nresolutions; i++) {
+    const ocap_resolution_t *r = &d->resolutions[i];
+    lua_createtable(L, 4, 0);
+    lua_pushstring(L, r->kpid);
+    lua_rawseti(L, -2, 1);
+    lua_pushboolean(L, r->rejected);
+    lua_rawseti(L, -2, 2);
+    lua_pushlstring(L, r->data.body, r->data.blen);
+    lua_rawseti(L, -2, 3);
+    push_slots(L, &r->data);
+    lua_rawseti(L, -2, 4);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 2;
+}
+
+/*
+ * Reads the slots table at idx into a temporary array owned by a userdata
+ * pushed on the stack, so nothing leaks if a later call raises.
+ * [-0, +1]
+ */
+static const char **read_slots(lua_State *L, int idx, size_t *n) {
+  idx = lua_absindex(L, idx);
+  if (lua_isnoneornil(L, idx)) {
+    *n = 0;
+    lua_pushnil(L);
+    return NULL;
+  }
+  luaL_checktype(L, idx, LUA_TTABLE);
+  size_t len = (size_t)lua_rawlen(L, idx);
+  const char **slots = lua_newuserdatauv(L, (len ? len : 1) * sizeof *slots, 0);
+  for (size_t i = 0; i < len; i++) {
+    lua_rawgeti(L, idx, (lua_Integer)i + 1);
+    slots[i] = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the string stays alive in the table */
+    if (!slots[i])
+      luaL_error(L, "slot %d is not a string", (int)i + 1);
+  }
+  *n = len;
+  return slots;
+}
+
+static ocap_capdata_t check_capdata(lua_State *L, int body_idx, int slots_idx) {
+  ocap_capdata_t cd;
+  cd.body = luaL_checklstring(L, body_idx, &cd.blen);
+  cd.slots = read_slots(L, slots_idx, &cd.nslots);
+  return cd;
+}
+
+/* ---- syscalls of a vat ---- */
+
+static lvat_t *sysvat(lua_State *V) {
+  return lua_touserdata(V, lua_upvalueindex(1));
+}
+
+/* Makes the vat's crank fatal, then raises so the vat stops here. */
+static int illegal(lua_State *V, lvat_t *rec, const char *msg) {
+  if (!rec->fatal) {
+    rec->fatal = OCAP_FATAL_ILLEGAL_SYSCALL;
+    free(rec->why);
+    rec->why = dupstr(msg);
+  }
+  return luaL_error(V, "illegal syscall: %s", msg);
+}
+
+static int sys_send(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  const char *target = luaL_checkstring(V, 1);
+  ocap_capdata_t cd = check_capdata(V, 2, 3);
+  const char *result = luaL_optstring(V, 4, NULL);
+  if (ocap_kernel_send(rec->lk->k, rec->id, target, &cd, result))
+    return illegal(V, rec, ocap_kernel_errmsg(rec->lk->k));
+  return 0;
+}
+
+static int sys_subscribe(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  if (ocap_kernel_subscribe(rec->lk->k, rec->id, luaL_checkstring(V, 1)))
+    return illegal(V, rec, ocap_kernel_errmsg(rec->lk->k));
+  return 0;
+}
+
+static int sys_resolve(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  ocap_resolution_t r;
+  r.kpid = luaL_checkstring(V, 1);
+  r.rejected = lua_toboolean(V, 2);
+  r.data = check_capdata(V, 3, 4);
+  if (ocap_kernel_resolve(rec->lk->k, rec->id, &r, 1))
+    return illegal(V, rec, ocap_kernel_errmsg(rec->lk->k));
+  return 0;
+}
+
+static int sys_exit(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  int failure = lua_toboolean(V, 1);
+  const char *body = luaL_checkstring(V, 2);
+  if (!rec->exiting) {
+    rec->exiting = failure ? 2 : 1;
+    rec->exit_body = dupstr(body);
+  }
+  return 0;
+}
+
+/* [-0, +1] Pushes "vs.<vatId>.<key>". */
+static const char *vs_key(lua_State *V, lvat_t *rec, int idx, size_t *klen) {
+  size_t n;
+  const char *key = luaL_checklstring(V, idx, &n);
+  luaL_Buffer b;
+  luaL_buffinit(V, &b);
+  luaL_addstring(&b, "vs.");
+  luaL_addstring(&b, rec->id);
+  luaL_addchar(&b, '.');
+  luaL_addlstring(&b, key, n);
+  luaL_pushresult(&b);
+  return lua_tolstring(V, -1, klen);
+}
+
+static int sys_vatstore_get(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  size_t kl, vl;
+  const char *key = vs_key(V, rec, 1, &kl), *val;
+  if (ocap_store_get(rec->lk->s, key, kl, &val, &vl) == 1)
+    lua_pushlstring(V, val, vl);
+  else
+    lua_pushnil(V);
+  return 1;
+}
+
+static int sys_vatstore_set(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  size_t kl, vl;
+  const char *val = luaL_checklstring(V, 2, &vl);
+  const char *key = vs_key(V, rec, 1, &kl);
+  if (ocap_store_set(rec->lk->s, key, kl, val, vl))
+    return luaL_error(V, "vatstore write failed");
+  return 0;
+}
+
+static int sys_vatstore_delete(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  size_t kl;
+  const char *key = vs_key(V, rec, 1, &kl);
+  ocap_store_delete(rec->lk->s, key, kl);
+  return 0;
+}
+
+/* vatstoreNext(prefix, after) -> the next key under prefix, or nil. */
+static int sys_vatstore_next(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  size_t pl, al = 0, kl;
+  const char *prefix = vs_key(V, rec, 1, &pl);
+  const char *after = prefix;
+  al = pl;
+  int inclusive = 1;
+  if (!lua_isnoneornil(V, 2)) {
+    after = vs_key(V, rec, 2, &al);
+    inclusive = 0;
+  }
+  const char *key;
+  size_t strip = strlen(rec->id) + 4;
+  if (ocap_store_next_key(rec->lk->s, prefix, pl, after, al, inclusive, &key, &kl) == 1 &&
+      kl >= strip)
+    lua_pushlstring(V, key + strip, kl - strip);
+  else
+    lua_pushnil(V);
+  return 1;
+}
+
+/* log(level, payload): hands a structured entry (JSON) to the host. */
+static int sys_log(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  lkernel_t *lk = rec->lk;
+  const char *level = luaL_checkstring(V, 1);
+  size_t n;
+  const char *payload = luaL_checklstring(V, 2, &n);
+  lua_State *L = lk->L;
+  if (!L || lk->logger_ref == LUA_NOREF)
+    return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lk->logger_ref);
+  lua_pushstring(L, rec->id);
+  lua_pushstring(L, level);
+  lua_pushlstring(L, payload, n);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK)
+    lua_pop(L, 1); /* a broken logger must not break the vat */
+  return 0;
+}
+
+/* traceback(msg): the runtime's only window on the stack, for logging. */
+static int sys_traceback(lua_State *V) {
+  luaL_traceback(V, V, luaL_optstring(V, 1, NULL), 2);
+  return 1;
+}
+
+static const luaL_Reg syscalls[] = {
+    {"send", sys_send},
+    {"subscribe", sys_subscribe},
+    {"resolve", sys_resolve},
+    {"exit", sys_exit},
+    {"vatstoreGet", sys_vatstore_get},
+    {"vatstoreSet", sys_vatstore_set},
+    {"vatstoreDelete", sys_vatstore_delete},
+    {"vatstoreNext", sys_vatstore_next},
+    {"log", sys_log},
+    {"traceback", sys_traceback},
+    {NULL, NULL},
+};
+
+/* ---- entering a vat ---- */
+
+/* Runs inside the vat's protected path: builds the delivery's arguments
+ * and calls the liveslots dispatch. [-2, +0] */
+static int vat_deliver_tramp(lua_State *V) {
+  lvat_t *rec = lua_touserdata(V, 1);
+  const ocap_delivery_t *d = lua_touserdata(V, 2);
+  lua_settop(V, 0);
+  lua_rawgeti(V, LUA_REGISTRYINDEX, rec->dispatch_ref);
+  int n = push_delivery(V, d);
+  lua_call(V, n, 0);
+  return 0;
+}
+
+static int map_status(int st) {
+  return st == OCAP_VAT_METER    ? OCAP_FATAL_METER
+         : st == OCAP_VAT_MEMORY ? OCAP_FATAL_MEMORY
+                                 : OCAP_FATAL_INTERNAL;
+}
+
+static int deliver_vat(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, int *fatal,
+                       char **why) {
+  lua_State *V = ocap_vat_state(rec->vat);
+  lua_pushcfunction(V, vat_deliver_tramp);
+  lua_pushlightuserdata(V, rec);
+  lua_pushlightuserdata(V, (void *)d);
+  int st = ocap_vat_pcall(rec->vat, 2, 0);
+  if (st != OCAP_VAT_OK) {
+    const char *msg = lua_tostring(V, -1);
+    *fatal = map_status(st);
+    *why = dupstr(st == OCAP_VAT_METER    ? "instruction meter exhausted"
+                  : st == OCAP_VAT_MEMORY ? "memory limit exceeded"
+                  : msg                   ? msg
+                                          : "liveslots failed");
+    lua_pop(V, 1);
+  } else if (rec->fatal) {
+    *fatal = rec->fatal;
+    *why = rec->why;
+    rec->why = NULL;
+    rec->fatal = 0;
+  }
+  return *fatal ? OCAP_EFATAL : 0;
+}
+
+/* [-0, +0] Calls the host's `vatNeeded(vatId)` to (re)start a vat lazily. */
+static void ensure_vat(lkernel_t *lk, const char *ep) {
+  lua_State *L = lk->L;
+  if (!L || lk->vat_needed_ref == LUA_NOREF)
+    return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lk->vat_needed_ref);
+  lua_pushstring(L, ep);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+    lua_pop(L, 1);
+}
+
+static int deliver_host(lkernel_t *lk, const ocap_delivery_t *d) {
+  lua_State *L = lk->L;
+  if (!L || lk->host_dispatch_ref == LUA_NOREF)
+    return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lk->host_dispatch_ref);
+  int n = push_delivery(L, d);
+  if (lua_pcall(L, n, 0, 0) != LUA_OK) {
+    fprintf(stderr, "ocap: kernel endpoint dispatch failed: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+static int hook_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int *fatal,
+                        char **why) {
+  lkernel_t *lk = ud;
+  if (strcmp(ep, "kernel") == 0)
+    return deliver_host(lk, d);
+  lvat_t *rec = find_vat(lk, ep);
+  if (!rec || !rec->vat) {
+    ensure_vat(lk, ep);
+    rec = find_vat(lk, ep);
+  }
+  if (!rec || !rec->vat) {
+    *fatal = OCAP_FATAL_INTERNAL;
+    *why = dupstr(rec && rec->why ? rec->why : "the vat could not be started");
+    return OCAP_EFATAL;
+  }
+  return deliver_vat(lk, rec, d, fatal, why);
+}
+
+static void hook_terminated(void *ud, const char *ep) {
+  lkernel_t *lk = ud;
+  lvat_t *rec = find_vat(lk, ep);
+  if (rec)
+    stop_vat(rec);
+  lua_State *L = lk->L;
+  if (L && lk->terminated_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lk->terminated_ref);
+    lua_pushstring(L, ep);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+      lua_pop(L, 1);
+  }
+}
+
+/* ---- the Kernel userdata ---- */
+
+static void kernel_close(lkernel_t *lk) {
+  for (size_t i = 0; i < lk->nvats; i++) {
+    if (lk->vats[i]) {
+      stop_vat(lk->vats[i]);
+      free(lk->vats[i]);
+    }
+  }
+  free(lk->vats);
+  free_runtime(lk);
+  ocap_kernel_free(lk->k);
+  ocap_store_close(lk->s);
+  free(lk);
+}
+
+static void unref_all(lua_State *L, lkernel_t *lk) {
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->host_dispatch_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->vat_needed_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->logger_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->terminated_ref);
+}
+
+static int k_gc(lua_State *L) {
+  lkernel_t **p = luaL_checkudata(L, 1, KERNEL_MT);
+  if (*p) {
+    unref_all(L, *p);
+    kernel_close(*p);
+    *p = NULL;
+  }
+  return 0;
+}
+
+/* core.open{ database = dir?, durability = 'none'|'fsync' } -> K | nil, msg, code */
+static int core_open(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "database");
+  const char *db = lua_tostring(L, -1);
+  lua_getfield(L, 1, "durability");
+  const char *dur = luaL_optstring(L, -1, "none");
+  int durability = strcmp(dur, "fsync") == 0 ? OCAP_DURABILITY_FSYNC : OCAP_DURABILITY_NONE;
+  if (strcmp(dur, "none") != 0 && strcmp(dur, "fsync") != 0)
+    return luaL_error(L, "durability must be 'none' or 'fsync', got '%s'", dur);
+  lkernel_t **p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = NULL;
+  luaL_setmetatable(L, KERNEL_MT);
+  lkernel_t *lk = calloc(1, sizeof *lk);
+  if (!lk)
+    return luaL_error(L, "out of memory");
+  lk->host_dispatch_ref = lk->vat_needed_ref = lk->logger_ref = lk->terminated_ref = LUA_NOREF;
+  char *err = NULL;
+  int rc = db ? ocap_store_open_leveldb(db, durability, &lk->s, &err)
+              : ocap_store_open_memory(&lk->s);
+  if (rc) {
+    free(lk);
+    lua_pushnil(L);
+    lua_pushstring(L, err ? err : ocap_strerror(rc));
+    lua_pushinteger(L, rc);
+    free(err);
+    return 3;
+  }
+  ocap_kernel_hooks_t hooks = {lk, hook_deliver, hook_terminated};
+  if (ocap_kernel_new(lk->s, &hooks, &lk->k)) {
+    ocap_store_close(lk->s);
+    free(lk);
+    return luaL_error(L, "out of memory");
+  }
+  *p = lk;
+  return 1;
+}
+
+static int k_close(lua_State *L) {
+  return k_gc(L);
+}
+
+static int k_kv_get(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  size_t kl, vl;
+  const char *key = luaL_checklstring(L, 2, &kl), *val;
+  if (ocap_store_get(lk->s, key, kl, &val, &vl) == 1)
+    lua_pushlstring(L, val, vl);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+static int k_kv_set(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  size_t kl, vl;
+  const char *key = luaL_checklstring(L, 2, &kl);
+  const char *val = luaL_checklstring(L, 3, &vl);
+  if (ocap_store_set(lk->s, key, kl, val, vl))
+    return luaL_error(L, "store write failed");
+  return 0;
+}
+
+static int k_kv_delete(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  size_t kl;
+  const char *key = luaL_checklstring(L, 2, &kl);
+  ocap_store_delete(lk->s, key, kl);
+  return 0;
+}
+
+/* K:kvNext(prefix, after?) -> the first key under prefix after `after`. */
+static int k_kv_next(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  size_t pl, al = 0, kl;
+  const char *prefix = luaL_checklstring(L, 2, &pl);
+  const char *after = luaL_optlstring(L, 3, NULL, &al);
+  const char *key;
+  int inclusive = after == NULL;
+  if (!after) {
+    after = prefix;
+    al = pl;
+  }
+  if (ocap_store_next_key(lk->s, prefix, pl, after, al, inclusive, &key, &kl) == 1)
+    lua_pushlstring(L, key, kl);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+static int k_kv_count(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)ocap_store_count(checkkernel(L, 1)->s));
+  return 1;
+}
+
+static int k_commit(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  int rc = ocap_store_commit(lk->s);
+  if (rc)
+    return luaL_error(L, "commit failed: %s", ocap_strerror(rc));
+  return 0;
+}
+
+static int k_abort(lua_State *L) {
+  ocap_store_abort(checkkernel(L, 1)->s);
+  return 0;
+}
+
+static int k_flush(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  int rc = ocap_store_flush(lk->s);
+  if (rc)
+    return luaL_error(L, "flush failed: %s", ocap_strerror(rc));
+  return 0;
+}
+
+static int k_pending(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)ocap_store_pending(checkkernel(L, 1)->s));
+  return 1;
+}
+
+static int k_clear(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  int rc = ocap_store_clear(lk->s);
+  if (rc)
+    return luaL_error(L, "clearing the store failed: %s", ocap_strerror(rc));
+  return 0;
+}
+
+static int k_alloc_vat_id(lua_State *L) {
+  char out[OCAP_REF_MAX];
+  ocap_kernel_alloc_vat_id(checkkernel(L, 1)->k, out);
+  lua_pushstring(L, out);
+  return 1;
+}
+
+static int k_alloc_object(lua_State *L) {
+  char out[OCAP_REF_MAX];
+  ocap_kernel_alloc_object(checkkernel(L, 1)->k, luaL_optstring(L, 2, "kernel"), out);
+  lua_pushstring(L, out);
+  return 1;
+}
+
+static int k_alloc_promise(lua_State *L) {
+  char out[OCAP_REF_MAX];
+  ocap_kernel_alloc_promise(checkkernel(L, 1)->k, luaL_optstring(L, 2, "kernel"), out);
+  lua_pushstring(L, out);
+  return 1;
+}
+
+static int raise_kernel(lua_State *L, lkernel_t *lk) {
+  return luaL_error(L, "%s", ocap_kernel_errmsg(lk->k));
+}
+
+/* K:export(ep, eref) -> kref, exporting it on first sight. */
+static int k_export(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  char out[OCAP_REF_MAX];
+  if (ocap_kernel_eref_to_kref(lk->k, luaL_checkstring(L, 2), luaL_checkstring(L, 3), out))
+    return raise_kernel(L, lk);
+  lua_pushstring(L, out);
+  return 1;
+}
+
+/* K:krefOf(vatId, vref) -> kref or nil (no export). */
+static int k_kref_of(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  const char *ep = luaL_checkstring(L, 2);
+  const char *eref = luaL_checkstring(L, 3);
+  char key[160];
+  snprintf(key, sizeof key, "%s.c.%s", ep, eref);
+  const char *val;
+  size_t vl;
+  if (ocap_store_get(lk->s, key, strlen(key), &val, &vl) == 1)
+    lua_pushlstring(L, val, vl);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+
+/* K:send(target, body, slots, result?) from the kernel endpoint. */
+static int k_send(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  const char *target = luaL_checkstring(L, 2);
+  ocap_capdata_t cd = check_capdata(L, 3, 4);
+  const char *result = luaL_optstring(L, 5, NULL);
+  if (ocap_kernel_send(lk->k, "kernel", target, &cd, result))
+    return raise_kernel(L, lk);
+  return 0;
+}
+
+static int k_subscribe(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  if (ocap_kernel_subscribe(lk->k, "kernel", luaL_checkstring(L, 2)))
+    return raise_kernel(L, lk);
+  return 0;
+}
+
+static int k_resolve(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  ocap_resolution_t r;
+  r.kpid = luaL_checkstring(L, 2);
+  r.rejected = lua_toboolean(L, 3);
+  r.data = check_capdata(L, 4, 5);
+  if (ocap_kernel_resolve(lk->k, "kernel", &r, 1))
+    return raise_kernel(L, lk);
+  return 0;
+}
+
+/* Runs after a crank: vats that called exitVat are terminated now. */
+static void finish_exits(lua_State *L, lkernel_t *lk) {
+  for (size_t i = 0; i < lk->nvats; i++) {
+    lvat_t *rec = lk->vats[i];
+    if (!rec || !rec->exiting)
+      continue;
+    char *body = rec->exit_body;
+    rec->exit_body = NULL;
+    int failure = rec->exiting == 2;
+    rec->exiting = 0;
+    char id[OCAP_REF_MAX];
+    snprintf(id, sizeof id, "%s", rec->id);
+    /* The host records the completion before the vat's tables go. */
+    lua_getfield(L, LUA_REGISTRYINDEX, "ocap.onExit");
+    if (lua_isfunction(L, -1)) {
+      lua_pushstring(L, id);
+      lua_pushboolean(L, failure);
+      lua_pushstring(L, body ? body : "#\"#undefined\"");
+      if (lua_pcall(L, 3, 0, 0) != LUA_OK)
+        lua_pop(L, 1);
+    } else {
+      lua_pop(L, 1);
+    }
+    free(body);
+  }
+}
+
+static int k_step(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  if (lk->in_step)
+    return luaL_error(L, "kernel:step() called while a crank is running");
+  lk->in_step = 1;
+  lua_State *saved = lk->L;
+  lk->L = L;
+  int rc = ocap_kernel_step(lk->k);
+  finish_exits(L, lk);
+  lk->L = saved;
+  lk->in_step = 0;
+  if (rc < 0)
+    return luaL_error(L, "crank failed: %s", ocap_kernel_errmsg(lk->k));
+  lua_pushboolean(L, rc > 0);
+  return 1;
+}
+
+static int k_queue_length(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)ocap_kernel_queue_length(checkkernel(L, 1)->k));
+  return 1;
+}
+
+static int k_cranks(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)ocap_kernel_cranks(checkkernel(L, 1)->k));
+  return 1;
+}
+
+/* K:terminate(vatId, reasonBody) */
+static int k_terminate(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  const char *ep = luaL_checkstring(L, 2);
+  ocap_capdata_t cd = {0};
+  cd.body = luaL_checklstring(L, 3, &cd.blen);
+  lua_State *saved = lk->L;
+  lk->L = L;
+  int rc = ocap_kernel_terminate(lk->k, ep, &cd);
+  lk->L = saved;
+  if (rc)
+    return raise_kernel(L, lk);
+  return 0;
+}
+
+static int k_revoke(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  if (ocap_kernel_revoke(lk->k, luaL_checkstring(L, 2)))
+    return raise_kernel(L, lk);
+  return 0;
+}
+
+static int k_is_revoked(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  lua_pushboolean(L, ocap_kernel_is_revoked(lk->k, luaL_checkstring(L, 2)));
+  return 1;
+}
+
+static int set_ref(lua_State *L, int *ref) {
+  luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+  *ref = LUA_NOREF;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return 0;
+}
+
+static int k_set_host_dispatch(lua_State *L) {
+  return set_ref(L, &checkkernel(L, 1)->host_dispatch_ref);
+}
+static int k_set_vat_needed(lua_State *L) {
+  return set_ref(L, &checkkernel(L, 1)->vat_needed_ref);
+}
+static int k_set_logger(lua_State *L) {
+  return set_ref(L, &checkkernel(L, 1)->logger_ref);
+}
+static int k_set_terminated(lua_State *L) {
+  return set_ref(L, &checkkernel(L, 1)->terminated_ref);
+}
+
+typedef struct dumpbuf {
+  char *p;
+  size_t len, cap;
+} dumpbuf_t;
+
+static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
+  (void)L;
+  dumpbuf_t *b = ud;
+  if (b->len + sz > b->cap) {
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + sz)
+      cap *= 2;
+    char *np = realloc(b->p, cap);
+    if (!np)
+      return 1;
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, p, sz);
+  b->len += sz;
+  return 0;
+}
+
+static void free_runtime(lkernel_t *lk) {
+  for (size_t i = 0; i < lk->nruntime; i++) {
+    free(lk->runtime[i].name);
+    free(lk->runtime[i].code);
+  }
+  free(lk->runtime);
+  lk->runtime = NULL;
+  lk->nruntime = 0;
+}
+
+/* K:setRuntime{ {name, source}, ... }: the kernel's own modules, compiled
+ * once here and loaded as trusted bytecode into every vat. */
+static int k_set_runtime(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  size_t n = (size_t)lua_rawlen(L, 2);
+  free_runtime(lk);
+  lk->runtime = calloc(n ? n : 1, sizeof *lk->runtime);
+  if (!lk->runtime)
+    return luaL_error(L, "out of memory");
+  for (size_t i = 0; i < n; i++) {
+    lua_rawgeti(L, 2, (lua_Integer)i + 1);
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    const char *name = luaL_checkstring(L, -2);
+    size_t sl;
+    const char *src = luaL_checklstring(L, -1, &sl);
+    char chunk[128];
+    snprintf(chunk, sizeof chunk, "=%s", name);
+    if (luaL_loadbufferx(L, src, sl, chunk, "t") != LUA_OK)
+      return lua_error(L);
+    dumpbuf_t db = {0};
+    int bad = lua_dump(L, dump_writer, &db, 0);
+    module_t *m = &lk->runtime[i];
+    m->name = dupstr(name);
+    m->code = db.p;
+    m->len = db.len;
+    lk->nruntime = i + 1;
+    if (bad || !m->name)
+      return luaL_error(L, "out of memory");
+    lua_pop(L, 4);
+  }
+  return 0;
+}
+
+/* Runs in the vat: boots liveslots and keeps its dispatch. [-1, +2] */
+static int vat_boot_tramp(lua_State *V) {
+  lvat_t *rec = lua_touserdata(V, 1);
+  const char *info = lua_tostring(V, 2);
+  lua_settop(V, 2);
+  ocap_open_json(V);
+  ocap_vat_set_loaded(ocap_vat_from_state(V), "cjson");
+  lua_getglobal(V, "require");
+  lua_pushliteral(V, "ocap.vatboot");
+  lua_call(V, 1, 1);
+  lua_getfield(V, -1, "boot");
+  luaL_newlibtable(V, syscalls);
+  lua_pushlightuserdata(V, rec);
+  luaL_setfuncs(V, syscalls, 1);
+  lua_pushstring(V, info);
+  lua_call(V, 2, 2); /* dispatch, ocap */
+  ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap");
+  rec->dispatch_ref = luaL_ref(V, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+/* Runs in the vat: dispatch('startVat', main, parameters) -> ok, err */
+static int vat_start_tramp(lua_State *V) {
+  lvat_t *rec = lua_touserdata(V, 1);
+  lua_rawgeti(V, LUA_REGISTRYINDEX, rec->dispatch_ref);
+  lua_pushliteral(V, "startVat");
+  lua_pushvalue(V, 2);
+  lua_pushvalue(V, 3);
+  lua_call(V, 3, 2);
+  return 2;
+}
+
+/*
+ * K:createVat(vatId, { info = json, main = name, modules = { name = src },
+ *   parameters = body, memory = n, instructions = n }) -> true | nil, msg
+ * Builds the vat's state, boots liveslots and runs startVat (which calls
+ * buildRootObject). The store writes stay in the crank buffer.
+ */
+static int k_create_vat(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  const char *id = luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lvat_t *rec = make_vat_record(lk, id);
+  if (!rec)
+    return luaL_error(L, "invalid vat id '%s'", id);
+  if (rec->vat)
+    return luaL_error(L, "vat %s is already running", id);
+  ocap_vat_limits_t lim = {0, 0};
+  lua_getfield(L, 3, "memory");
+  lim.memory = (size_t)luaL_optinteger(L, -1, 0);
+  lua_getfield(L, 3, "instructions");
+  lim.instructions = (long long)luaL_optnumber(L, -1, 0);
+  lua_pop(L, 2);
+  if (ocap_vat_new(&lim, &rec->vat))
+    return luaL_error(L, "out of memory creating vat %s", id);
+  for (size_t i = 0; i < lk->nruntime; i++)
+    ocap_vat_preload(rec->vat, lk->runtime[i].name, lk->runtime[i].code, lk->runtime[i].len, 1);
+  lua_getfield(L, 3, "modules");
+  if (lua_istable(L, -1)) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      size_t sl;
+      const char *name = lua_tostring(L, -2);
+      const char *src = lua_tolstring(L, -1, &sl);
+      if (name && src)
+        ocap_vat_preload(rec->vat, name, src, sl, 0);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, 3, "info");
+  const char *info = luaL_optstring(L, -1, "{}");
+  lua_getfield(L, 3, "main");
+  const char *main_mod = luaL_checkstring(L, -1);
+  lua_getfield(L, 3, "parameters");
+  const char *params = luaL_optstring(L, -1, "#{}");
+  lua_State *saved = lk->L;
+  lk->L = L;
+  lua_State *V = ocap_vat_state(rec->vat);
+  lua_pushcfunction(V, vat_boot_tramp);
+  lua_pushlightuserdata(V, rec);
+  lua_pushstring(V, info);
+  int st = ocap_vat_pcall(rec->vat, 2, 0);
+  if (st == OCAP_VAT_OK) {
+    lua_pushcfunction(V, vat_start_tramp);
+    lua_pushlightuserdata(V, rec);
+    lua_pushstring(V, main_mod);
+    lua_pushstring(V, params);
+    st = ocap_vat_pcall(rec->vat, 3, 2);
+    if (st == OCAP_VAT_OK && !lua_toboolean(V, -2) && !rec->fatal) {
+      lua_pushnil(L);
+      lua_pushstring(L, lua_tostring(V, -1));
+      lua_pop(V, 2);
+      stop_vat(rec);
+      lk->L = saved;
+      return 2;
+    }
+    if (st == OCAP_VAT_OK)
+      lua_pop(V, 2);
+  }
+  lk->L = saved;
+  if (st != OCAP_VAT_OK || rec->fatal) {
+    const char *msg = st == OCAP_VAT_METER    ? "instruction meter exhausted"
+                      : st == OCAP_VAT_MEMORY ? "memory limit exceeded"
+                      : rec->fatal            ? rec->why
+                                              : lua_tostring(V, -1);
+    lua_pushnil(L);
+    lua_pushstring(L, msg ? msg : "vat failed to start");
+    lua_pushstring(L, st == OCAP_VAT_METER    ? "METER_EXHAUSTED"
+                      : st == OCAP_VAT_MEMORY ? "MEMORY_EXHAUSTED"
+                      : rec->fatal            ? "ILLEGAL_SYSCALL"
+                                              : "INTERNAL_ERROR");
+    stop_vat(rec);
+    return 3;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* K:stopVat(vatId): drops the vat's Lua state (not its tables). */
+static int k_stop_vat(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  lvat_t *rec = find_vat(lk, luaL_checkstring(L, 2));
+  if (rec)
+    stop_vat(rec);
+  return 0;
+}
+
+static int k_vat_live(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  lvat_t *rec = find_vat(lk, luaL_checkstring(L, 2));
+  lua_pushboolean(L, rec && rec->vat);
+  return 1;
+}
+
+static int k_vat_memory(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  lvat_t *rec = find_vat(lk, luaL_checkstring(L, 2));
+  if (!rec || !rec->vat)
+    return 0;
+  lua_pushinteger(L, (lua_Integer)ocap_vat_memory(rec->vat));
+  return 1;
+}
+
+static const luaL_Reg kernel_methods[] = {
+    {"close", k_close},
+    {"kvGet", k_kv_get},
+    {"kvSet", k_kv_set},
+    {"kvDelete", k_kv_delete},
+    {"kvNext", k_kv_next},
+    {"kvCount", k_kv_count},
+    {"commit", k_commit},
+    {"abort", k_abort},
+    {"flush", k_flush},
+    {"pending", k_pending},
+    {"clear", k_clear},
+    {"allocVatId", k_alloc_vat_id},
+    {"allocObject", k_alloc_object},
+    {"allocPromise", k_alloc_promise},
+    {"krefOf", k_kref_of},
+    {"export", k_export},
+    {"send", k_send},
+    {"subscribe", k_subscribe},
+    {"resolve", k_resolve},
+    {"step", k_step},
+    {"queueLength", k_queue_length},
+    {"cranks", k_cranks},
+    {"terminate", k_terminate},
+    {"revoke", k_revoke},
+    {"isRevoked", k_is_revoked},
+    {"setHostDispatch", k_set_host_dispatch},
+    {"setVatNeeded", k_set_vat_needed},
+    {"setLogger", k_set_logger},
+    {"setTerminated", k_set_terminated},
+    {"setRuntime", k_set_runtime},
+    {"createVat", k_create_vat},
+    {"stopVat", k_stop_vat},
+    {"vatLive", k_vat_live},
+    {"vatMemory", k_vat_memory},
+    {NULL, NULL},
+};
+
+static const luaL_Reg core_functions[] = {
+    {"open", core_open},
+    {NULL, NULL},
+};
+
+int luaopen_ocap_core(lua_State *L) {
+  if (luaL_newmetatable(L, KERNEL_MT)) {
+    luaL_newlib(L, kernel_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, k_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, core_functions);
+  return 1;
+}

@@ -1,0 +1,87 @@
+/*
+ * store.h -- the kernel's key-value store: one interface, two backends.
+ *
+ * Conventions:
+ *  1. Keys and values are byte strings with explicit lengths; keys never
+ *     contain NUL in practice but the API does not rely on it.
+ *  2. Every function that can fail returns 0 on success or a negative
+ *     OCAP_E* code; ocap_strerror() names it, and ocap_store_errmsg() gives
+ *     the last detailed message (for example LevelDB's own text).
+ *  3. All reads and writes go through the crank buffer: writes made since
+ *     the last commit are visible to reads (read-your-writes), and are
+ *     either all applied by ocap_store_commit() or all dropped by
+ *     ocap_store_abort().
+ *  4. Pointers returned by get are owned by the store and stay valid until
+ *     the next write, commit, abort or close on the same store. Copy them if
+ *     you need them longer.
+ *  5. The LevelDB backend keeps a write-through cache of everything it has
+ *     read or written, so a warm kernel never reads LevelDB on its hot path.
+ *     The in-memory backend is the same code with no database below.
+ *  6. Durability: OCAP_DURABILITY_NONE writes each committed crank to
+ *     LevelDB without fsync (survives a process crash);
+ *     OCAP_DURABILITY_FSYNC collects committed cranks in a pending batch and
+ *     writes them with one fsync at ocap_store_flush() (group commit).
+ *     With NONE, flush is a no-op.
+ */
+#ifndef OCAP_STORE_H
+#define OCAP_STORE_H
+
+#include <stddef.h>
+
+#include "errors.h"
+
+typedef struct ocap_store ocap_store_t;
+
+enum ocap_durability { OCAP_DURABILITY_NONE = 0, OCAP_DURABILITY_FSYNC = 1 };
+
+/* Opens an in-memory store. Never fails except for OCAP_ENOMEM. */
+int ocap_store_open_memory(ocap_store_t **out);
+
+/*
+ * Opens (creating if missing) the LevelDB database in directory `dir`.
+ * Fails with OCAP_ELOCKED when another process holds it, OCAP_ECORRUPT when
+ * LevelDB reports corruption, OCAP_ENOTDB when `dir` exists, is not empty
+ * and is not a LevelDB database, OCAP_EIO otherwise; the detailed message is
+ * in *errmsg (malloc'd, caller frees) when errmsg is not NULL.
+ */
+int ocap_store_open_leveldb(const char *dir, int durability, ocap_store_t **out, char **errmsg);
+
+/* Removes every key, committed or not (used by resetStorage). */
+int ocap_store_clear(ocap_store_t *s);
+
+/*
+ * Looks up `key`. Returns 1 and sets *val and *vlen when found, 0 when missing,
+ * a negative code on error.
+ */
+int ocap_store_get(ocap_store_t *s, const char *key, size_t klen, const char **val, size_t *vlen);
+
+int ocap_store_set(ocap_store_t *s, const char *key, size_t klen, const char *val, size_t vlen);
+int ocap_store_delete(ocap_store_t *s, const char *key, size_t klen);
+
+/*
+ * The first key strictly greater than `after` (or >= `after` when
+ * inclusive is set) that starts with `prefix`, in byte order, seen through
+ * the crank buffer. Returns 1 and sets *key and *klen when there is one, 0 when
+ * there is none. The returned key is owned by the store (convention 4).
+ */
+int ocap_store_next_key(ocap_store_t *s, const char *prefix, size_t plen, const char *after,
+                        size_t alen, int inclusive, const char **key, size_t *klen);
+
+/* Applies the crank buffer (see convention 6 for when it reaches disk). */
+int ocap_store_commit(ocap_store_t *s);
+/* Drops the crank buffer. */
+void ocap_store_abort(ocap_store_t *s);
+/* Writes committed-but-pending cranks with fsync (FSYNC durability only). */
+int ocap_store_flush(ocap_store_t *s);
+/* Number of committed cranks not yet flushed (always 0 with NONE). */
+size_t ocap_store_pending(const ocap_store_t *s);
+
+/* Number of keys, seen through the crank buffer. */
+size_t ocap_store_count(ocap_store_t *s);
+
+/* Flushes, then frees everything. Safe on NULL. */
+void ocap_store_close(ocap_store_t *s);
+
+const char *ocap_store_errmsg(const ocap_store_t *s);
+
+#endif

@@ -1,0 +1,120 @@
+/*
+ * vat.h -- a vat's Lua state: sandbox, memory budget, instruction meter, and
+ * the one protected call path through which the kernel enters it.
+ *
+ * Conventions:
+ *  1. A vat is a separate lua_State created with an allocator that charges
+ *     the vat's memory budget. Going over the budget makes the allocation
+ *     fail and marks the vat OCAP_VAT_MEMORY; a count hook installed on the
+ *     main thread (and so inherited by every coroutine) charges the
+ *     per-call instruction budget and marks the vat OCAP_VAT_METER when it
+ *     runs out. Once marked, the hook raises an error at every instruction,
+ *     so pcall inside the vat cannot swallow the failure.
+ *  2. The global environment is built from an allow-list (see vat.c);
+ *     chunks are loaded in text mode only, except the kernel's own runtime
+ *     modules given to ocap_vat_preload with trusted set.
+ *  3. The kernel calls into the vat only through ocap_vat_pcall(), which
+ *     resets the meter, installs a traceback handler, and reports how the
+ *     call ended.
+ *  4. Functions that touch the vat's stack state their stack effect as
+ *     [-pop, +push] in Lua's manual notation.
+ */
+#ifndef OCAP_VAT_H
+#define OCAP_VAT_H
+
+#include <stddef.h>
+
+#include <lua.h>
+
+typedef struct ocap_vat ocap_vat_t;
+
+typedef struct ocap_vat_limits {
+  size_t memory;          /* bytes; 0 means the default */
+  long long instructions; /* per ocap_vat_pcall; 0 means the default */
+} ocap_vat_limits_t;
+
+#define OCAP_VAT_DEFAULT_MEMORY ((size_t)64 << 20)
+#define OCAP_VAT_DEFAULT_INSTRUCTIONS 100000000LL
+
+/*
+ * The count hook fires every OCAP_VAT_GRANULE instructions, so the meter and
+ * ocap_vat_instructions() are precise to a granule.
+ */
+#define OCAP_VAT_GRANULE 1000
+
+/*
+ * How far a marked vat may go over its memory budget, so that raising the
+ * fatal error, unwinding and lua_close never fail for want of memory.
+ */
+#define OCAP_VAT_MEMORY_SLACK ((size_t)256 << 10)
+
+/* How a call into the vat ended. */
+enum ocap_vat_status {
+  OCAP_VAT_OK = 0,     /* returned normally */
+  OCAP_VAT_ERROR = 1,  /* raised an ordinary error; message on the stack */
+  OCAP_VAT_METER = 2,  /* instruction budget exhausted (fatal) */
+  OCAP_VAT_MEMORY = 3, /* memory budget exhausted (fatal) */
+};
+
+/*
+ * Creates a sandboxed vat state. Returns 0, OCAP_ENOMEM (also when the
+ * memory budget cannot hold the sandbox), or OCAP_EINVAL for a negative
+ * instruction budget.
+ */
+int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out);
+
+/* Closes the state and frees everything. Safe on NULL. */
+void ocap_vat_free(ocap_vat_t *v);
+
+lua_State *ocap_vat_state(ocap_vat_t *v);
+
+/*
+ * The vat that owns L (any thread of its state), or NULL when L belongs to a
+ * state not made by ocap_vat_new.
+ */
+ocap_vat_t *ocap_vat_from_state(lua_State *L);
+
+/*
+ * Registers module source for the vat's `require`. Trusted modules (the
+ * kernel's runtime) may be precompiled binary chunks; others are loaded in
+ * text mode only. The source is copied; a module already loaded keeps its
+ * cached value. Returns 0, OCAP_EINVAL, OCAP_ENOMEM or OCAP_EFATAL.
+ */
+int ocap_vat_preload(ocap_vat_t *v, const char *name, const char *src, size_t len, int trusted);
+
+/*
+ * [-1, +0] Pops a value and makes it what `require(name)` returns in the vat
+ * (for example the vat's own `ocap` table). Returns 0, OCAP_EINVAL,
+ * OCAP_ENOMEM or OCAP_EFATAL; the value is popped in every case.
+ */
+int ocap_vat_set_loaded(ocap_vat_t *v, const char *name);
+
+/*
+ * [-0, +1] Loads a text chunk with the vat's environment; pushes the
+ * function, or the error message when it returns nonzero: OCAP_EINVAL for a
+ * syntax error or a binary chunk, OCAP_ENOMEM when loading exhausted the
+ * memory budget (the vat is then marked), OCAP_EFATAL when the vat was
+ * already marked. Pushes nothing only when the stack cannot grow
+ * (OCAP_ENOMEM with the vat unmarked).
+ */
+int ocap_vat_load(ocap_vat_t *v, const char *src, size_t len, const char *chunkname);
+
+/*
+ * [-(nargs+1), +(nresults|1)] The one protected path: calls the function
+ * below the nargs arguments with a fresh instruction budget. Returns an
+ * ocap_vat_status; on anything but OCAP_VAT_OK one value (the error message
+ * with traceback) is left on the stack instead of the results. A vat that
+ * ever returned METER or MEMORY stays marked (ocap_vat_fatal).
+ */
+int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults);
+
+/* OCAP_VAT_METER or OCAP_VAT_MEMORY when the vat was marked, else 0. */
+int ocap_vat_fatal(const ocap_vat_t *v);
+
+/* Bytes the vat's state uses now. */
+size_t ocap_vat_memory(const ocap_vat_t *v);
+
+/* Instructions charged during the last (or current) ocap_vat_pcall. */
+long long ocap_vat_instructions(const ocap_vat_t *v);
+
+#endif

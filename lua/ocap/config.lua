@@ -1,0 +1,121 @@
+--- Validation of ClusterConfig and VatConfig tables (API.md §8). Every
+--- error names the field it is about.
+local pass = require 'ocap.pass'
+
+local M = {}
+
+local CLUSTER_KEYS = {
+  bootstrap = true, forceReset = true, services = true, io = true, vats = true, bundles = true,
+}
+local VAT_KEYS = {
+  sourceSpec = true, bundleSpec = true, bundleName = true, parameters = true,
+  creationOptions = true, platformConfig = true, globals = true,
+}
+
+--- The endowments a vat may ask for by name (DESIGN.md §5).
+M.ALLOWED_GLOBALS = {
+  'print', 'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval',
+  'os.time', 'os.clock', 'os.date', 'math.random',
+}
+
+local function isSequence(t)
+  if type(t) ~= 'table' then return false end
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n == #t
+end
+
+local function checkVat(name, vc, cfg, allowed)
+  local where = 'ClusterConfig.vats.' .. tostring(name)
+  if type(name) ~= 'string' or not name:match('^[%w_%-%.]+$') then
+    return nil, ('ClusterConfig.vats: invalid vat name %q'):format(tostring(name))
+  end
+  if type(vc) ~= 'table' then return nil, where .. ': must be a table' end
+  for k in pairs(vc) do
+    if not VAT_KEYS[k] then return nil, ('%s: unknown key %q'):format(where, tostring(k)) end
+  end
+  local n = (vc.sourceSpec and 1 or 0) + (vc.bundleSpec and 1 or 0) + (vc.bundleName and 1 or 0)
+  if n ~= 1 then
+    return nil, where .. ': exactly one of sourceSpec, bundleSpec, bundleName is required'
+  end
+  for _, k in ipairs({ 'sourceSpec', 'bundleSpec', 'bundleName' }) do
+    if vc[k] ~= nil and type(vc[k]) ~= 'string' then
+      return nil, ('%s.%s: must be a string'):format(where, k)
+    end
+  end
+  if vc.bundleName and not (cfg.bundles and cfg.bundles[vc.bundleName]) then
+    return nil, ('%s.bundleName: no bundle named %q in ClusterConfig.bundles'):format(where, vc.bundleName)
+  end
+  if vc.parameters ~= nil then
+    if type(vc.parameters) ~= 'table' then return nil, where .. '.parameters: must be a table' end
+    local ok, err = pcall(require('ocap.marshal').serializeData, vc.parameters)
+    if not ok then
+      return nil, ('%s.parameters: not plain data: %s'):format(where, tostring(err))
+    end
+  end
+  local co = vc.creationOptions
+  if co ~= nil then
+    if type(co) ~= 'table' then return nil, where .. '.creationOptions: must be a table' end
+    if co.memoryLimit ~= nil and (type(co.memoryLimit) ~= 'number' or co.memoryLimit <= 0) then
+      return nil, where .. '.creationOptions.memoryLimit: must be a positive number of bytes'
+    end
+    if co.meter ~= nil then
+      if type(co.meter) ~= 'table' or type(co.meter.instructions) ~= 'number' or co.meter.instructions <= 0 then
+        return nil, where .. '.creationOptions.meter.instructions: must be a positive number'
+      end
+    end
+  end
+  if vc.globals ~= nil then
+    if not isSequence(vc.globals) then return nil, where .. '.globals: must be a sequence of names' end
+    local ok = {}
+    for _, g in ipairs(allowed or M.ALLOWED_GLOBALS) do ok[g] = true end
+    for _, g in ipairs(vc.globals) do
+      if not ok[g] then
+        return nil, ('Vat "%s" requested unknown global "%s"'):format(name, tostring(g))
+      end
+    end
+  end
+  return true
+end
+
+--- Validates a ClusterConfig. Returns true, or nil and a message.
+---@param cfg table
+---@param allowedGlobals string[]|nil
+function M.validateCluster(cfg, allowedGlobals)
+  if type(cfg) ~= 'table' then return nil, 'ClusterConfig: must be a table' end
+  for k in pairs(cfg) do
+    if not CLUSTER_KEYS[k] then return nil, ('ClusterConfig: unknown key %q'):format(tostring(k)) end
+  end
+  if type(cfg.vats) ~= 'table' or next(cfg.vats) == nil then
+    return nil, 'ClusterConfig.vats: at least one vat is required'
+  end
+  if type(cfg.bootstrap) ~= 'string' then
+    return nil, 'ClusterConfig.bootstrap: must name one of the vats'
+  end
+  if cfg.vats[cfg.bootstrap] == nil then
+    return nil, ('ClusterConfig.bootstrap: no vat named %q'):format(cfg.bootstrap)
+  end
+  if cfg.services ~= nil then
+    if not isSequence(cfg.services) then return nil, 'ClusterConfig.services: must be a sequence of names' end
+    for i, s in ipairs(cfg.services) do
+      if type(s) ~= 'string' then return nil, ('ClusterConfig.services[%d]: must be a string'):format(i) end
+    end
+  end
+  if cfg.bundles ~= nil and type(cfg.bundles) ~= 'table' then
+    return nil, 'ClusterConfig.bundles: must be a table'
+  end
+  if cfg.forceReset ~= nil and type(cfg.forceReset) ~= 'boolean' then
+    return nil, 'ClusterConfig.forceReset: must be a boolean'
+  end
+  local names = {}
+  for name in pairs(cfg.vats) do names[#names + 1] = tostring(name) end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local ok, err = checkVat(name, cfg.vats[name], cfg, allowedGlobals)
+    if not ok then return nil, err end
+  end
+  local _ = pass
+  return true
+end
+
+return M

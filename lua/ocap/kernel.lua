@@ -1,0 +1,607 @@
+--- The host side of the kernel: Kernel.make and the management plane
+--- (subclusters, vat records, services, status). The hot path (crank loop,
+--- c-lists, vats) is C, reached through ocap.core.
+local core = require 'ocap.core'
+local promise = require 'ocap.promise'
+local pass = require 'ocap.pass'
+local marshal = require 'ocap.marshal'
+local liveslots = require 'ocap.liveslots'
+local loggerMod = require 'ocap.logger'
+local config = require 'ocap.config'
+
+local M = {}
+
+local SCHEMA_VERSION = '1'
+
+local RUNTIME_MODULES = {
+  'ocap.pass', 'ocap.promise', 'ocap.marshal', 'ocap.exo', 'ocap.stores', 'ocap.logger',
+  'ocap.guards', 'ocap.liveslots', 'ocap.api', 'ocap.vatboot',
+}
+
+local runtimeCache
+
+--- The runtime modules' sources, read once per host state.
+local function runtimeSources()
+  if runtimeCache then return runtimeCache end
+  local list = {}
+  for _, name in ipairs(RUNTIME_MODULES) do
+    local path = package.searchpath(name, package.path)
+    if path then
+      local f = assert(io.open(path, 'rb'))
+      list[#list + 1] = { name, f:read('a') }
+      f:close()
+    elseif name ~= 'ocap.guards' then
+      error('ocap: runtime module ' .. name .. ' not found on package.path')
+    end
+  end
+  runtimeCache = list
+  return list
+end
+
+local function encode(v) return marshal.serializeData(v).body end
+local function decode(s) return s and marshal.unserializeData({ body = s, slots = {} }) end
+
+local function kernelErrorBody(code, detail)
+  return encode(pass.makeError(('[KERNEL:%s] %s'):format(code, detail)))
+end
+
+-- Every kernel alive in this Lua state, so await on the main thread can
+-- drive them all.
+local liveKernels = setmetatable({}, { __mode = 'k' })
+
+local function drive(isSettled)
+  while true do
+    for kernel in pairs(liveKernels) do kernel:_flushIfNeeded() end
+    promise.drain()
+    if isSettled() then return end
+    local progressed = false
+    for kernel in pairs(liveKernels) do
+      if kernel:_step() then progressed = true end
+    end
+    if not progressed and not promise.hasTurns() then return end
+  end
+end
+promise.setMainDriver(drive)
+
+local Kernel = {}
+Kernel.__index = Kernel
+
+local function defaultLogger(entry)
+  if entry.level ~= 'debug' then
+    io.stderr:write(loggerMod.format(entry), '\n')
+  end
+end
+
+local OPTION_KEYS = {
+  database = 'string', resetStorage = 'boolean', logger = 'function', services = 'table',
+  systemSubclusters = 'table', allowedGlobalNames = 'table', baseDir = 'string',
+  durability = 'string',
+}
+
+--- Makes a kernel.
+---@param options table|nil see API.md §7
+function M.make(options)
+  options = options or {}
+  local defaults = M.defaults
+  if defaults then
+    local merged = {}
+    for k, v in pairs(options) do merged[k] = v end
+    if merged.database == nil then merged.database = defaults.database end
+    if merged.resetStorage == nil then merged.resetStorage = defaults.resetStorage end
+    options = merged
+  end
+  for k, v in pairs(options) do
+    local want = OPTION_KEYS[k]
+    if not want then error(('Kernel.make: unknown option %q'):format(tostring(k)), 2) end
+    if type(v) ~= want and not (k == 'database' and v == false) then
+      error(('Kernel.make: option %s must be a %s, got %s'):format(k, want, type(v)), 2)
+    end
+  end
+  local K, err = core.open({ database = options.database or nil, durability = options.durability })
+  if not K then error('Kernel.make: ' .. err, 2) end
+  local version = K:kvGet('version')
+  if options.resetStorage then
+    K:clear()
+    version = nil
+  end
+  if version == nil then
+    if K:kvNext('') ~= nil then
+      K:close()
+      error(('Kernel.make: database %s is not an ocap database (no version key)'):format(
+        tostring(options.database)), 2)
+    end
+    K:kvSet('version', SCHEMA_VERSION)
+    K:commit()
+  elseif version ~= SCHEMA_VERSION then
+    K:close()
+    error(('Kernel.make: database %s has schema version %s; this ocap uses version %s'):format(
+      tostring(options.database), version, SCHEMA_VERSION), 2)
+  end
+  K:setRuntime(runtimeSources())
+
+  local self = setmetatable({
+    K = K,
+    options = options,
+    baseDir = options.baseDir or '.',
+    logger = options.logger or defaultLogger,
+    durability = options.durability or 'none',
+    services = {},
+    stopped = false,
+  }, Kernel)
+
+  local function log(level, message, data)
+    self.logger({ level = level, tags = { 'kernel' }, vatId = 'kernel', message = message,
+      data = data and { data, n = 1 } })
+  end
+  local syscall = {
+    send = function(t, body, slots, r) K:send(t, body, slots, r) end,
+    subscribe = function(p) K:subscribe(p) end,
+    resolve = function(p, rejected, body, slots) K:resolve(p, rejected, body, slots) end,
+    vatstoreGet = function(k) return K:kvGet('vs.kernel.' .. k) end,
+    vatstoreSet = function(k, v) K:kvSet('vs.kernel.' .. k, v) end,
+    vatstoreDelete = function(k) K:kvDelete('vs.kernel.' .. k) end,
+    vatstoreNext = function(prefix, after)
+      local key = K:kvNext('vs.kernel.' .. prefix, after and ('vs.kernel.' .. after))
+      return key and key:sub(#'vs.kernel.' + 1)
+    end,
+    traceback = debug.traceback,
+  }
+  self.ls = liveslots.make({
+    syscall = syscall, vatId = 'kernel', kind = 'kernel', log = log,
+    allocObject = function() return K:allocObject('kernel') end,
+    allocPromise = function() return K:allocPromise('kernel') end,
+    wrapError = function(e)
+      local msg = type(e) == 'table' and e.message or tostring(e)
+      if type(msg) == 'string' and msg:match('^%[KERNEL:') then return e end
+      return pass.makeError('[KERNEL:DELIVERY_FAILED] ' .. tostring(msg))
+    end,
+  })
+  K:setHostDispatch(self.ls.dispatch)
+  K:setVatNeeded(function(vatId) self:_restartVatState(vatId) end)
+  K:setTerminated(function(vatId) self:_forgetVat(vatId) end)
+  K:setLogger(function(vatId, level, payload)
+    local ok, entry = pcall(decode, payload)
+    if not ok then entry = { message = payload } end
+    self.logger({ level = level, tags = entry.tags or {}, vatId = vatId,
+      message = entry.message, data = entry.data })
+  end)
+  liveKernels[self] = true
+  self:_rebindServices()
+  for name, obj in pairs(options.services or {}) do
+    self:registerKernelServiceObject(name, obj)
+  end
+  return self
+end
+
+function Kernel:_check()
+  if self.stopped then error('kernel is stopped', 3) end
+end
+
+function Kernel:_flushIfNeeded()
+  if self.stopped then return end
+  if self.durability == 'fsync' and self.K:pending() > 0 then self.K:flush() end
+end
+
+function Kernel:_step()
+  if self.stopped then return false end
+  return self.K:step()
+end
+
+--- Runs one crank; true when one ran.
+function Kernel:step()
+  self:_check()
+  local did = self.K:step()
+  self:_flushIfNeeded()
+  promise.drain()
+  return did
+end
+
+--- Drives the kernel until it is idle.
+function Kernel:run()
+  self:_check()
+  drive(function() return false end)
+end
+
+-- ---- records ----
+
+function Kernel:_get(key) return decode(self.K:kvGet(key)) end
+function Kernel:_put(key, v) self.K:kvSet(key, encode(v)) end
+
+function Kernel:_scan(prefix)
+  local out, after = {}, nil
+  while true do
+    local key = self.K:kvNext(prefix, after)
+    if not key then return out end
+    out[#out + 1] = key
+    after = key
+  end
+end
+
+local function readFile(path)
+  local f, err = io.open(path, 'rb')
+  if not f then return nil, err end
+  local s = f:read('a')
+  f:close()
+  return s
+end
+
+function Kernel:_resolvePath(p)
+  if p:sub(1, 1) == '/' then return p end
+  return self.baseDir .. '/' .. p
+end
+
+--- Loads a vat's code: { main = name, modules = { name = source } }.
+function Kernel:_loadBundle(name, vc, clusterConfig)
+  local where = 'ClusterConfig.vats.' .. name
+  if vc.sourceSpec then
+    local path = self:_resolvePath(vc.sourceSpec)
+    local src, err = readFile(path)
+    if not src then
+      return nil, ('%s.sourceSpec: cannot read %q: %s'):format(where, vc.sourceSpec, tostring(err))
+    end
+    local main = 'vat:' .. name
+    return { main = main, modules = { [main] = src } }
+  end
+  local bundleSpec = vc.bundleSpec
+  if vc.bundleName then
+    local b = clusterConfig.bundles and clusterConfig.bundles[vc.bundleName]
+    if not b then
+      return nil, ('%s.bundleName: no bundle named %q in ClusterConfig.bundles'):format(where, vc.bundleName)
+    end
+    bundleSpec = b.bundleSpec
+    if not bundleSpec and b.sourceSpec then
+      return self:_loadBundle(name, { sourceSpec = b.sourceSpec }, clusterConfig)
+    end
+  end
+  local path = self:_resolvePath(bundleSpec)
+  local text, err = readFile(path)
+  if not text then
+    return nil, ('%s: cannot read bundle %q: %s'):format(where, bundleSpec, tostring(err))
+  end
+  local ok, bundle = pcall(decode, text)
+  if not ok or type(bundle) ~= 'table' or type(bundle.main) ~= 'string' or type(bundle.modules) ~= 'table' then
+    return nil, ('%s: %q is not an ocap bundle'):format(where, bundleSpec)
+  end
+  return bundle
+end
+
+local function limitsOf(vc)
+  local co = vc.creationOptions or {}
+  return co.memoryLimit, co.meter and co.meter.instructions
+end
+
+--- Starts a vat's Lua state and runs startVat. Returns true or nil, msg.
+function Kernel:_startVat(vatId, rec, bundle)
+  local memory, instructions = limitsOf(rec.config)
+  return self.K:createVat(vatId, {
+    info = vatId .. ' ' .. rec.name,
+    main = bundle.main,
+    modules = bundle.modules,
+    parameters = encode(rec.config.parameters or {}),
+    memory = memory and math.tointeger(memory) or nil,
+    instructions = instructions,
+  })
+end
+
+--- Rebuilds a vat's state lazily (kernel restart, restartVat).
+function Kernel:_restartVatState(vatId)
+  local rec = self:_get('vat.' .. vatId)
+  if not rec then return end
+  local bundle = self:_get('vatBundle.' .. vatId)
+  local ok, err = self:_startVat(vatId, rec, bundle)
+  if not ok then
+    self.logger({ level = 'error', tags = { 'kernel' }, vatId = vatId,
+      message = ('vat %s (%s) failed to restart: %s'):format(vatId, rec.name, tostring(err)) })
+  end
+end
+
+function Kernel:_forgetVat(vatId)
+  local rec = self:_get('vat.' .. vatId)
+  if not rec then return end
+  self.K:kvDelete('vat.' .. vatId)
+  self.K:kvDelete('vatBundle.' .. vatId)
+  local sc = self:_get('subcluster.' .. rec.subclusterId)
+  if sc then
+    for name, id in pairs(sc.vats) do
+      if id == vatId then sc.vats[name] = nil end
+    end
+    if next(sc.vats) == nil then
+      self.K:kvDelete('subcluster.' .. rec.subclusterId)
+    else
+      self:_put('subcluster.' .. rec.subclusterId, sc)
+    end
+  end
+end
+
+-- ---- services ----
+
+function Kernel:_rebindServices()
+  -- Services are re-registered by the host after a restart; the kref of a
+  -- name is kept in the store so stored references stay valid.
+end
+
+--- Registers a kernel service object.
+function Kernel:registerKernelServiceObject(name, object, opts)
+  self:_check()
+  if type(name) ~= 'string' or name == '' then
+    error('registerKernelServiceObject: name must be a non-empty string', 2)
+  end
+  if self.services[name] then
+    error(('registerKernelServiceObject: a service named %q is already registered'):format(name), 2)
+  end
+  if not pass.isRemotable(object) then
+    error('registerKernelServiceObject: the service must be an exo (use makeDefaultExo)', 2)
+  end
+  local systemOnly = opts and opts.systemOnly or false
+  local key = 'kernelService.' .. name
+  local kref = self.K:kvGet(key)
+  if kref then
+    self.ls.exportAs(object, kref)
+  else
+    kref = self.ls.export(object)
+    self.K:kvSet(key, kref)
+  end
+  self.K:commit()
+  local info = { name = name, kref = kref, systemOnly = systemOnly }
+  self.services[name] = { object = object, info = info }
+  return info
+end
+
+-- ---- subclusters ----
+
+function Kernel:_allocSubclusterId()
+  local n = tonumber(self.K:kvGet('nextSubclusterId') or '1')
+  self.K:kvSet('nextSubclusterId', tostring(n + 1))
+  return 's' .. n
+end
+
+local function rejected(msg)
+  return promise.reject(pass.makeError(msg))
+end
+
+--- Launches a subcluster; returns a promise of { subclusterId, rootKref, bootstrapResult }.
+function Kernel:launchSubcluster(clusterConfig, opts)
+  self:_check()
+  local ok, err = config.validateCluster(clusterConfig, self.options.allowedGlobalNames)
+  if not ok then return rejected(err) end
+  opts = opts or {}
+  local serviceRefs = {}
+  for _, sname in ipairs(clusterConfig.services or {}) do
+    local svc = self.services[sname]
+    if not svc or (svc.info.systemOnly and not opts.system) then
+      return rejected(("no registered kernel service '%s'"):format(sname))
+    end
+    serviceRefs[sname] = svc.object
+  end
+  local names = {}
+  for name in pairs(clusterConfig.vats) do names[#names + 1] = name end
+  table.sort(names)
+  local bundles = {}
+  for _, name in ipairs(names) do
+    local b, berr = self:_loadBundle(name, clusterConfig.vats[name], clusterConfig)
+    if not b then return rejected(berr) end
+    bundles[name] = b
+  end
+  local K = self.K
+  K:commit()
+  local subclusterId = self:_allocSubclusterId()
+  local vats, started = {}, {}
+  for _, name in ipairs(names) do
+    local vatId = K:allocVatId()
+    local rec = { name = name, subclusterId = subclusterId, config = clusterConfig.vats[name] }
+    local sok, serr = self:_startVat(vatId, rec, bundles[name])
+    if not sok then
+      K:abort()
+      for _, id in ipairs(started) do K:stopVat(id) end
+      return rejected(('vat %q failed to start: %s'):format(name, tostring(serr)))
+    end
+    started[#started + 1] = vatId
+    vats[name] = vatId
+    self:_put('vat.' .. vatId, rec)
+    self:_put('vatBundle.' .. vatId, bundles[name])
+  end
+  local roots = {}
+  for _, name in ipairs(names) do
+    roots[name] = K:export(vats[name], 'o+0')
+  end
+  local sc = { id = subclusterId, config = clusterConfig, vats = vats, name = opts.name }
+  self:_put('subcluster.' .. subclusterId, sc)
+  K:commit()
+  local rootKref = roots[clusterConfig.bootstrap]
+  local vatPresences = {}
+  for _, name in ipairs(names) do
+    vatPresences[name] = self.ls.presenceFor(roots[name], 'Alleged: vatRoot')
+  end
+  local bootP = self.ls.sendTo(rootKref, 'bootstrap', table.pack(vatPresences, serviceRefs), true)
+  K:commit()
+  return bootP:next(function(result)
+    return { subclusterId = subclusterId, rootKref = rootKref, bootstrapResult = result }
+  end, function(reason)
+    self:_terminateSubclusterNow(subclusterId, 'bootstrap failed')
+    local msg = type(reason) == 'table' and reason.message or tostring(reason)
+    error(pass.makeError(('subcluster %s: bootstrap of vat %q failed: %s'):format(
+      subclusterId, clusterConfig.bootstrap, tostring(msg))), 0)
+  end)
+end
+
+function Kernel:_terminateVatNow(vatId, reason)
+  local body = kernelErrorBody('VAT_TERMINATED', ('vat %s was terminated: %s'):format(vatId, reason))
+  self.K:terminate(vatId, body)
+  self.K:kvSet('terminated.' .. vatId, encode({ reason = reason }))
+  self.K:commit()
+end
+
+function Kernel:_terminateSubclusterNow(id, reason)
+  local sc = self:_get('subcluster.' .. id)
+  if not sc then return false end
+  local ids = {}
+  for _, vatId in pairs(sc.vats) do ids[#ids + 1] = vatId end
+  table.sort(ids)
+  for _, vatId in ipairs(ids) do self:_terminateVatNow(vatId, reason) end
+  self.K:kvDelete('subcluster.' .. id)
+  self.K:commit()
+  return true
+end
+
+function Kernel:terminateSubcluster(id)
+  self:_check()
+  if not self:_terminateSubclusterNow(id, 'subcluster ' .. tostring(id) .. ' terminated') then
+    return rejected(('no subcluster %q'):format(tostring(id)))
+  end
+  return promise.resolve(nil)
+end
+
+function Kernel:terminateVat(vatId, reason)
+  self:_check()
+  if not self:_get('vat.' .. tostring(vatId)) then
+    return rejected(('no vat %q'):format(tostring(vatId)))
+  end
+  self:_terminateVatNow(vatId, reason and tostring(reason) or 'terminated by the host')
+  return promise.resolve(nil)
+end
+
+--- Rebuilds a vat from its stored bundle and baggage, keeping its root.
+function Kernel:restartVat(vatId)
+  self:_check()
+  if not self:_get('vat.' .. tostring(vatId)) then
+    return rejected(('no vat %q'):format(tostring(vatId)))
+  end
+  self.K:commit()
+  self.K:stopVat(vatId)
+  self:_restartVatState(vatId)
+  if not self.K:vatLive(vatId) then
+    self:_terminateVatNow(vatId, 'restart failed')
+    return rejected(('vat %s failed to restart'):format(vatId))
+  end
+  self.K:commit()
+  return promise.resolve(nil)
+end
+
+function Kernel:pingVat(vatId)
+  self:_check()
+  if not self:_get('vat.' .. tostring(vatId)) then
+    return rejected(('no vat %q'):format(tostring(vatId)))
+  end
+  if not self.K:vatLive(vatId) then
+    self:_restartVatState(vatId)
+    self.K:commit()
+  end
+  return promise.resolve('pong')
+end
+
+function Kernel:_krefOf(target)
+  if type(target) == 'string' then
+    if not target:match('^k[op]%d+$') then
+      error(('invalid kref %q'):format(target), 3)
+    end
+    if self.K:kvGet(target .. '.owner') == nil and self.K:kvGet(target .. '.state') == nil
+      and self.K:kvGet(target .. '.revoked') == nil then
+      error(('unknown kref %q'):format(target), 3)
+    end
+    return target
+  end
+  local ref, ls = liveslots.refOf(target)
+  if ref and ls == self.ls then return ref end
+  error('queueMessage: target must be a kref or a presence of this kernel', 3)
+end
+
+--- Sends a message from the host; returns a promise of the result.
+function Kernel:queueMessage(target, method, args)
+  self:_check()
+  local kref = self:_krefOf(target)
+  if type(method) ~= 'string' then error('queueMessage: method must be a string', 2) end
+  args = args or {}
+  if type(args) ~= 'table' then error('queueMessage: args must be a sequence', 2) end
+  if args.n == nil then args = table.pack(table.unpack(args)) end
+  return self.ls.sendTo(kref, method, args, true)
+end
+
+function Kernel:getPresence(kref, iface)
+  self:_check()
+  self:_krefOf(kref)
+  if kref:sub(1, 2) == 'kp' then return self.ls.promiseFor(kref) end
+  return self.ls.presenceFor(kref, iface and ('Alleged: ' .. iface) or nil)
+end
+
+function Kernel:krefOf(v)
+  local ref = self.ls.refOf(v)
+  if ref then return ref end
+  error('krefOf: not a presence or promise of this kernel', 2)
+end
+
+function Kernel:getSubclusters()
+  local out = {}
+  for _, key in ipairs(self:_scan('subcluster.')) do
+    local sc = self:_get(key)
+    out[#out + 1] = { id = sc.id, config = sc.config, vats = sc.vats, name = sc.name }
+  end
+  table.sort(out, function(a, b) return tonumber(a.id:sub(2)) < tonumber(b.id:sub(2)) end)
+  return out
+end
+
+function Kernel:getSubcluster(id)
+  local sc = self:_get('subcluster.' .. tostring(id))
+  if not sc then return nil end
+  return { id = sc.id, config = sc.config, vats = sc.vats, name = sc.name }
+end
+
+function Kernel:getStatus()
+  local vats = {}
+  for _, key in ipairs(self:_scan('vat.')) do
+    local id = key:sub(5)
+    local rec = self:_get(key)
+    vats[#vats + 1] = { id = id, name = rec.name, config = rec.config, subclusterId = rec.subclusterId }
+  end
+  table.sort(vats, function(a, b) return tonumber(a.id:sub(2)) < tonumber(b.id:sub(2)) end)
+  local terminated = {}
+  for _, key in ipairs(self:_scan('terminated.')) do
+    local rec = self:_get(key)
+    terminated[#terminated + 1] = { id = key:sub(12), reason = rec.reason }
+  end
+  return {
+    vats = vats,
+    subclusters = self:getSubclusters(),
+    terminatedVats = terminated,
+    remoteComms = { state = 'disconnected' },
+  }
+end
+
+function Kernel:revoke(kref)
+  self:_check()
+  self.K:revoke(kref)
+  self.K:commit()
+end
+
+function Kernel:isRevoked(kref)
+  return self.K:isRevoked(kref)
+end
+
+--- Number of keys in the kernel's store (for storage-growth checks).
+function Kernel:keyCount()
+  return self.K:kvCount()
+end
+
+function Kernel:stats()
+  return { cranks = self.K:cranks(), keys = self.K:kvCount(), queue = self.K:queueLength() }
+end
+
+function Kernel:stop()
+  if self.stopped then return end
+  self.K:commit()
+  self.K:flush()
+  self.K:close()
+  self.stopped = true
+  liveKernels[self] = nil
+end
+
+--- Defaults the `ocap run` command sets (database directory, reset).
+M.defaults = nil
+
+--- Stops every kernel still running in this Lua state.
+function M.stopAll()
+  local list = {}
+  for kernel in pairs(liveKernels) do list[#list + 1] = kernel end
+  for _, kernel in ipairs(list) do kernel:stop() end
+end
+
+return M

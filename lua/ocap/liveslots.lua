@@ -1,0 +1,395 @@
+--- Liveslots: the runtime of an endpoint (a vat, or the kernel's own Lua
+--- state). It maps local objects and promises to refs, turns deliveries
+--- into method calls and promise settlements, and turns E() sends and
+--- settlements into syscalls.
+local promise = require 'ocap.promise'
+local pass = require 'ocap.pass'
+local marshal = require 'ocap.marshal'
+local exo = require 'ocap.exo'
+local stores = require 'ocap.stores'
+
+local M = {}
+
+local type, error, pcall, xpcall, select, tostring, setmetatable, rawequal =
+  type, error, pcall, xpcall, select, tostring, setmetatable, rawequal
+local unpack, pack = table.unpack, table.pack
+local sfind, ssub = string.find, string.sub
+local makePromiseKit, onSettle, pstate, drain, spawn =
+  promise.makePromiseKit, promise.onSettle, promise.state, promise.drain, promise.spawn
+local isPromise, remotableIface = pass.isPromise, pass.remotableIface
+
+-- Per Lua state: which liveslots instance a presence or a kernel-known
+-- promise belongs to, so E() can route without being told.
+local presenceInfo = setmetatable({}, { __mode = 'k' }) -- presence -> { ls, vref }
+local promiseInfo = setmetatable({}, { __mode = 'k' })  -- promise -> { ls, vpid }
+
+local presenceMT = {
+  __index = function(self, k)
+    error(('cannot call %s on %s directly: use E(presence).%s(...)'):format(
+      tostring(k), tostring(self), tostring(k)), 2)
+  end,
+  __newindex = function() error('cannot modify a presence', 2) end,
+  __tostring = function(self)
+    local info = presenceInfo[self]
+    return ('[Presence %s]'):format(info and info.iface or '?')
+  end,
+  __metatable = 'presence',
+}
+
+--- Removes the "chunk:line: " position Lua adds to string errors.
+local function stripPosition(msg)
+  local s, e = sfind(msg, '^[^\n]-:%d+: ')
+  if s then return ssub(msg, e + 1) end
+  return msg
+end
+M.stripPosition = stripPosition
+
+--- Turns whatever a method raised into a passable rejection reason.
+local function normalizeError(e)
+  if pass.isError(e) then return e end
+  if type(e) == 'string' then return pass.makeError(stripPosition(e)) end
+  if pcall(pass.passStyleOf, e) then return e end
+  return pass.makeError(tostring(e))
+end
+M.normalizeError = normalizeError
+
+--- Makes a liveslots instance.
+---@param opts table { syscall, vatId, kind = 'vat'|'kernel', allocObject, allocPromise, log, wrapError }
+function M.make(opts)
+  local syscall = opts.syscall
+  local ls = { vatId = opts.vatId, kind = opts.kind }
+  local exports = {}                                  -- vref -> local object (strong)
+  local valToVref = setmetatable({}, { __mode = 'k' }) -- local object/promise -> vref
+  local imports = setmetatable({}, { __mode = 'v' })   -- vref -> presence
+  local pending = {}                                   -- vpid -> promise kit we wait on
+  local exportedPromises = {}                           -- vpid -> local promise
+  local nextObject, nextPromise = 1, 1
+  local log = opts.log or function() end
+  local wrapError = opts.wrapError
+
+  local allocObject = opts.allocObject or function()
+    local v = 'o+' .. nextObject
+    nextObject = nextObject + 1
+    return v
+  end
+  local allocPromise = opts.allocPromise or function()
+    local v = 'p+' .. nextPromise
+    nextPromise = nextPromise + 1
+    return v
+  end
+
+  local m -- the marshaller, defined below
+  local storeKit
+
+  local function serializeOrError(v)
+    local ok, cd = pcall(m.serialize, v)
+    if ok then return cd end
+    return m.serialize(pass.makeError('result is not passable: ' .. stripPosition(tostring(cd))))
+  end
+
+  local function resolveExported(vpid, ok, value)
+    local p = exportedPromises[vpid]
+    exportedPromises[vpid] = nil
+    if p then valToVref[p] = nil end
+    local cd = serializeOrError(value)
+    syscall.resolve(vpid, not ok, cd.body, cd.slots)
+  end
+
+  local function trackPromise(vpid)
+    local kit = pending[vpid]
+    if kit then return kit end
+    kit = makePromiseKit()
+    pending[vpid] = kit
+    promiseInfo[kit.promise] = { ls = ls, vpid = vpid }
+    return kit
+  end
+
+  local function makePresence(vref, iface)
+    local pr = setmetatable({}, presenceMT)
+    iface = iface or 'Alleged: presence'
+    presenceInfo[pr] = { ls = ls, vref = vref, iface = iface }
+    pass.registerRemotable(pr, iface)
+    imports[vref] = pr
+    return pr
+  end
+
+  local function valToSlot(v, style)
+    local vref = valToVref[v]
+    if vref then return vref end
+    if style == 'remotable' then
+      local pi = presenceInfo[v]
+      if pi then
+        if pi.ls ~= ls then error('cannot pass a presence from another kernel', 0) end
+        return pi.vref
+      end
+      vref = storeKit.vrefOf(v) or allocObject()
+      exports[vref] = v
+      valToVref[v] = vref
+      return vref
+    end
+    local info = promiseInfo[v]
+    if info and info.ls == ls and pending[info.vpid] then return info.vpid end
+    vref = allocPromise()
+    valToVref[v] = vref
+    exportedPromises[vref] = v
+    onSettle(v, function(ok, value) resolveExported(vref, ok, value) end)
+    return vref
+  end
+
+  local function slotToVal(slot, iface, style)
+    local v = exports[slot] or imports[slot]
+    if v ~= nil then return v end
+    if style == 'promise' or ssub(slot, 1, 1) == 'p' or ssub(slot, 1, 2) == 'kp' then
+      local p = exportedPromises[slot]
+      if p then return p end
+      local fresh = not pending[slot]
+      local kit = trackPromise(slot)
+      if fresh then syscall.subscribe(slot) end
+      return kit.promise
+    end
+    local store = storeKit.fromVref(slot)
+    if store then return store end
+    if ssub(slot, 1, 2) == 'o+' then
+      error(('object %s no longer exists in vat %s'):format(slot, tostring(ls.vatId)), 0)
+    end
+    return makePresence(slot, iface)
+  end
+
+  m = marshal.makeMarshal(valToSlot, slotToVal)
+  ls.marshal = m
+  storeKit = stores.make(syscall, m, ls)
+
+  --- Sends method(args) to a kernel ref; returns the result promise.
+  local function sendTo(vref, method, args, wantResult)
+    local cd = m.serialize(pass.array(method, args))
+    local resultVpid = wantResult and allocPromise() or nil
+    syscall.send(vref, cd.body, cd.slots, resultVpid)
+    if resultVpid then
+      local kit = trackPromise(resultVpid)
+      syscall.subscribe(resultVpid)
+      return kit.promise
+    end
+  end
+  ls.sendTo = sendTo
+
+  --- The ref a value has in this instance, if any (no export is made).
+  function ls.refOf(v)
+    local vref = valToVref[v]
+    if vref then return vref end
+    local pi = presenceInfo[v] or promiseInfo[v]
+    if pi and pi.ls == ls then return pi.vref or pi.vpid end
+  end
+
+  function ls.presenceFor(vref, iface)
+    return slotToVal(vref, iface, 'remotable')
+  end
+
+  function ls.promiseFor(vpid)
+    return slotToVal(vpid, nil, 'promise')
+  end
+
+  --- Registers a local object under a given vref (the root is o+0).
+  function ls.exportAs(obj, vref)
+    exports[vref] = obj
+    valToVref[obj] = vref
+  end
+
+  --- Exports a local object (allocating a ref) and returns its ref.
+  function ls.export(obj)
+    return valToSlot(obj, 'remotable')
+  end
+
+  local function rejectResult(resultVpid, reason)
+    if resultVpid then
+      local cd = serializeOrError(reason)
+      syscall.resolve(resultVpid, true, cd.body, cd.slots)
+    end
+  end
+
+  local function traceHandler(e)
+    if type(e) == 'string' and syscall.traceback then
+      log('debug', 'method failed', { traceback = syscall.traceback(e) })
+    end
+    return normalizeError(e)
+  end
+
+  local function invoke(target, method, args)
+    local impl = exo.methods(target)
+    local fn = impl and impl[method]
+    if type(fn) ~= 'function' then
+      local ok, f = pcall(function() return target[method] end)
+      fn = ok and f or nil
+    end
+    if type(fn) ~= 'function' then
+      error(pass.makeError(('%s has no method %q'):format(
+        remotableIface(target) or tostring(target), tostring(method)), 'TypeError'), 0)
+    end
+    local ok, r = xpcall(fn, traceHandler, target, unpack(args, 1, args.n or #args))
+    if not ok then error(r, 0) end
+    return r
+  end
+
+  local function deliverMessage(targetVref, body, slots, resultVpid)
+    local target = exports[targetVref] or storeKit.fromVref(targetVref)
+    if target == nil and ssub(targetVref, 1, 1) == 'p' then
+      target = exportedPromises[targetVref] or (pending[targetVref] and pending[targetVref].promise)
+    end
+    local ok, methargs = pcall(m.unserialize, { body = body, slots = slots })
+    if target == nil then
+      rejectResult(resultVpid, pass.makeError(
+        ('[KERNEL:OBJECT_DELETED] Object %s no longer exists'):format(targetVref)))
+      return
+    end
+    if not ok then
+      rejectResult(resultVpid, normalizeError(methargs))
+      return
+    end
+    local method, args = methargs[1], methargs[2] or {}
+    local p
+    if isPromise(target) then
+      p = target:next(function(t) return M.E(t)[method](unpack(args, 1, args.n or #args)) end)
+    else
+      p = spawn(invoke, target, method, args)
+    end
+    if resultVpid then
+      onSettle(p, function(fulfilled, value)
+        if fulfilled then
+          local cd = serializeOrError(value)
+          syscall.resolve(resultVpid, false, cd.body, cd.slots)
+        else
+          rejectResult(resultVpid, wrapError and wrapError(value) or value)
+        end
+      end)
+    else
+      onSettle(p, function() end)
+    end
+  end
+
+  local function deliverNotify(resolutions)
+    local kits = {}
+    for i = 1, #resolutions do
+      kits[i] = trackPromise(resolutions[i][1])
+    end
+    for i = 1, #resolutions do
+      local r = resolutions[i]
+      local ok, v = pcall(m.unserialize, { body = r[3], slots = r[4] })
+      if not ok then
+        kits[i].reject(normalizeError(v))
+      elseif r[2] then
+        kits[i].reject(v)
+      else
+        kits[i].resolve(v)
+      end
+    end
+    for i = 1, #resolutions do
+      pending[resolutions[i][1]] = nil
+    end
+  end
+
+  --- The dispatch function the kernel calls for every delivery.
+  function ls.dispatch(kind, a, b, c, d)
+    if kind == 'message' then
+      deliverMessage(a, b, c, d)
+    elseif kind == 'notify' then
+      deliverNotify(a)
+    elseif kind == 'startVat' then
+      return ls.startVat(a, b)
+    else
+      error('unknown delivery ' .. tostring(kind))
+    end
+    drain()
+  end
+
+  ls.stores = storeKit
+  ls.trackPromise = trackPromise
+  ls.pending = pending
+  return ls
+end
+
+--- Wraps a target for eventual send.
+local proxyCache = setmetatable({}, { __mode = 'k' })
+
+local function eventualSend(target, method, args, wantResult)
+  local info = presenceInfo[target]
+  if info then return info.ls.sendTo(info.vref, method, args, wantResult) end
+  if isPromise(target) then
+    local st, v = pstate(target)
+    if st == 'fulfilled' then return eventualSend(v, method, args, wantResult) end
+    if st == 'rejected' then return promise.reject(v) end
+    local pi = promiseInfo[target]
+    if pi and pi.ls.pending[pi.vpid] then
+      return pi.ls.sendTo(pi.vpid, method, args, wantResult)
+    end
+    return target:next(function(t) return eventualSend(t, method, args, true) end)
+  end
+  if pass.isRemotable(target) then
+    return promise.resolve(nil):next(function()
+      local impl = exo.methods(target)
+      local fn = impl and impl[method]
+      if type(fn) ~= 'function' then
+        error(pass.makeError(('%s has no method %q'):format(
+          remotableIface(target) or tostring(target), tostring(method)), 'TypeError'), 0)
+      end
+      return fn(target, unpack(args, 1, args.n or #args))
+    end)
+  end
+  error(('E: cannot send %q to %s'):format(tostring(method), type(target) == 'table'
+    and 'a plain table' or type(target)), 3)
+end
+
+local function makeProxy(target, wantResult)
+  local cache = {}
+  local proxy
+  proxy = setmetatable({}, {
+    __index = function(_, method)
+      local f = cache[method]
+      if f then return f end
+      f = function(...)
+        local args
+        if rawequal((...), proxy) then
+          args = pack(select(2, ...))
+        else
+          args = pack(...)
+        end
+        return eventualSend(target, method, args, wantResult)
+      end
+      cache[method] = f
+      return f
+    end,
+    __newindex = function() error('E proxy is read-only', 2) end,
+  })
+  return proxy
+end
+
+--- E(target).method(...) -> promise; E(target):method(...) works too.
+local E = setmetatable({}, {
+  __call = function(_, target)
+    if target == nil then error('E: target is nil', 2) end
+    local p = proxyCache[target]
+    if not p then
+      p = makeProxy(target, true)
+      proxyCache[target] = p
+    end
+    return p
+  end,
+})
+E.sendOnly = function(target) return makeProxy(target, false) end
+E.when = function(v, onFulfilled, onRejected)
+  return promise.resolve(v):next(onFulfilled, onRejected)
+end
+E.get = function(target)
+  return setmetatable({}, { __index = function(_, k)
+    return promise.resolve(target):next(function(t) return t[k] end)
+  end })
+end
+M.E = E
+
+--- The kref or vref behind a presence or kernel-known promise, if any.
+function M.refOf(v)
+  local pi = presenceInfo[v]
+  if pi then return pi.vref, pi.ls end
+  pi = promiseInfo[v]
+  if pi then return pi.vpid, pi.ls end
+end
+
+return M

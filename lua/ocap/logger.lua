@@ -1,0 +1,49 @@
+--- Structured loggers: entries { level, tags, vatId, message, data }.
+local M = {}
+
+local select, tostring, type = select, tostring, type
+
+local LEVELS = { 'debug', 'log', 'warn', 'error' }
+
+--- Makes a logger whose entries go to emit(entry).
+---@param emit fun(entry: table)
+---@param tags string[]|nil
+---@param vatId string|nil
+function M.make(emit, tags, vatId)
+  local logger = {}
+  tags = tags or {}
+  for _, level in ipairs(LEVELS) do
+    logger[level] = function(self, ...)
+      if self ~= logger then error(('use logger:%s(...), not logger.%s(...)'):format(level, level), 2) end
+      local n = select('#', ...)
+      local message = n > 0 and (...) or ''
+      if type(message) ~= 'string' then message = tostring(message) end
+      local data
+      if n > 1 then data = table.pack(select(2, ...)) end
+      emit({ level = level, tags = tags, vatId = vatId, message = message, data = data })
+    end
+  end
+  function logger.subLogger(_, opts)
+    local more = {}
+    for i = 1, #tags do more[#more + 1] = tags[i] end
+    local extra = opts and opts.tags or {}
+    for i = 1, #extra do more[#more + 1] = tostring(extra[i]) end
+    return M.make(emit, more, vatId)
+  end
+  return logger
+end
+
+--- Formats an entry as one line for humans.
+function M.format(entry)
+  local parts = { '[' .. entry.level .. ']' }
+  if entry.vatId then parts[#parts + 1] = entry.vatId end
+  if entry.tags and #entry.tags > 0 then parts[#parts + 1] = '[' .. table.concat(entry.tags, ',') .. ']' end
+  parts[#parts + 1] = entry.message
+  local data = entry.data
+  if data then
+    for i = 1, data.n or #data do parts[#parts + 1] = tostring(data[i]) end
+  end
+  return table.concat(parts, ' ')
+end
+
+return M

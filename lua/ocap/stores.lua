@@ -1,0 +1,204 @@
+--- Durable MapStores (baggage and ocap.makeScalarMapStore) kept in the
+--- vat's part of the kernel database through the vatstore syscalls, so
+--- their writes commit or roll back with the crank.
+---
+--- Layout under the vat's prefix (see docs/storage.md):
+---   vc.<id>.<encoded key>  -> "<slots>\n<body>" of the value
+---   vc.<id>|size           -> number of entries
+---   vc.<id>|label          -> the store's label
+---   storeNext              -> next store id (1 is baggage)
+local pass = require 'ocap.pass'
+
+local M = {}
+
+local type, error, tostring, setmetatable, tonumber = type, error, tostring, setmetatable, tonumber
+local spack, sunpack, sbyte, schar, sfmt, ssub = string.pack, string.unpack, string.byte, string.char,
+  string.format, string.sub
+local concat, mtype = table.concat, math.type
+
+local BAGGAGE_ID = 1
+
+--- Encodes a key so that byte order sorts keys: numbers, then strings,
+--- then booleans, then remotables, each in its natural order.
+local function encodeNumber(n)
+  local bytes = { sbyte(spack('>d', n), 1, 8) }
+  if bytes[1] >= 128 then
+    for i = 1, 8 do bytes[i] = 255 - bytes[i] end
+  else
+    bytes[1] = bytes[1] + 128
+  end
+  local hex = {}
+  for i = 1, 8 do hex[i] = sfmt('%02x', bytes[i]) end
+  return concat(hex)
+end
+
+local function decodeNumber(hex)
+  local bytes = {}
+  for i = 1, 8 do bytes[i] = tonumber(ssub(hex, 2 * i - 1, 2 * i), 16) end
+  if bytes[1] >= 128 then
+    bytes[1] = bytes[1] - 128
+  else
+    for i = 1, 8 do bytes[i] = 255 - bytes[i] end
+  end
+  local n = sunpack('>d', schar(table.unpack(bytes)))
+  local i = math.tointeger(n)
+  return i or n
+end
+
+local function encodeValue(m, v)
+  local cd = m.serialize(v)
+  return concat(cd.slots, ' ') .. '\n' .. cd.body
+end
+
+local function decodeValue(m, s)
+  local nl = s:find('\n', 1, true)
+  local slots = {}
+  for slot in s:sub(1, nl - 1):gmatch('%S+') do slots[#slots + 1] = slot end
+  return m.unserialize({ body = s:sub(nl + 1), slots = slots })
+end
+
+--- Makes the store kit of one liveslots instance.
+---@param syscall table the vat's syscalls (vatstoreGet/Set/Delete/Next)
+---@param m table the instance's marshaller
+---@param ls table the liveslots instance (for refs of remotable keys)
+function M.make(syscall, m, ls)
+  local kit = {}
+  local byId = setmetatable({}, { __mode = 'v' })
+  local idOf = setmetatable({}, { __mode = 'k' })
+  local get, set, del, nextKey = syscall.vatstoreGet, syscall.vatstoreSet, syscall.vatstoreDelete,
+    syscall.vatstoreNext
+
+  local function encodeKey(k)
+    local t = type(k)
+    if t == 'string' then return 's' .. k end
+    if t == 'number' then
+      if k ~= k then error('store keys cannot be NaN', 3) end
+      return 'n' .. encodeNumber(k)
+    end
+    if t == 'boolean' then return k and 'b1' or 'b0' end
+    if pass.isRemotable(k) then
+      local ref = ls.refOf(k) or ls.export(k)
+      return 'r' .. ref
+    end
+    error(('invalid store key %s: keys are strings, numbers, booleans or remotables'):format(
+      tostring(k)), 3)
+  end
+
+  local function decodeKey(e)
+    local c = ssub(e, 1, 1)
+    if c == 's' then return ssub(e, 2) end
+    if c == 'n' then return decodeNumber(ssub(e, 2)) end
+    if c == 'b' then return e == 'b1' end
+    return ls.presenceFor(ssub(e, 2))
+  end
+
+  local function describe(k)
+    if type(k) == 'string' then return sfmt('%q', k) end
+    return tostring(k)
+  end
+
+  local storeMT = {}
+
+  local function makeStore(id, label)
+    local prefix = 'vc.' .. id .. '.'
+    local sizeKey = 'vc.' .. id .. '|size'
+    local store = {}
+    local function size() return tonumber(get(sizeKey) or '0') end
+    local function keyOf(k) return prefix .. encodeKey(k) end
+    function store.has(_, k)
+      return get(keyOf(k)) ~= nil
+    end
+    function store.init(_, k, v)
+      local key = keyOf(k)
+      if get(key) ~= nil then
+        error(('key %s already registered in %s'):format(describe(k), label), 2)
+      end
+      set(key, encodeValue(m, v))
+      set(sizeKey, tostring(size() + 1))
+    end
+    function store.get(_, k)
+      local s = get(keyOf(k))
+      if s == nil then error(('key %s not found in %s'):format(describe(k), label), 2) end
+      return decodeValue(m, s)
+    end
+    function store.set(_, k, v)
+      local key = keyOf(k)
+      if get(key) == nil then error(('key %s not found in %s'):format(describe(k), label), 2) end
+      set(key, encodeValue(m, v))
+    end
+    function store.delete(_, k)
+      local key = keyOf(k)
+      if get(key) == nil then error(('key %s not found in %s'):format(describe(k), label), 2) end
+      del(key)
+      set(sizeKey, tostring(size() - 1))
+    end
+    function store.getSize() return size() end
+    local function iter(which)
+      local after
+      return function()
+        local key = nextKey(prefix, after)
+        if key == nil then return nil end
+        after = key
+        local k = decodeKey(ssub(key, #prefix + 1))
+        if which == 'keys' then return k end
+        local v = decodeValue(m, get(key))
+        if which == 'values' then return v end
+        return k, v
+      end
+    end
+    function store.keys() return iter('keys') end
+    function store.values() return iter('values') end
+    function store.entries() return iter('entries') end
+    local obj = setmetatable({}, {
+      __index = store,
+      __newindex = function() error('cannot modify a store object', 2) end,
+      __tostring = function() return 'MapStore(' .. label .. ')' end,
+      __metatable = storeMT,
+    })
+    pass.registerRemotable(obj, 'Alleged: mapStore')
+    byId[id] = obj
+    idOf[obj] = id
+    return obj
+  end
+
+  local function provide(id)
+    local s = byId[id]
+    if s then return s end
+    return makeStore(id, get('vc.' .. id .. '|label') or ('store ' .. id))
+  end
+
+  --- The vat's baggage (store 1).
+  function kit.baggage()
+    if get('vc.' .. BAGGAGE_ID .. '|label') == nil then
+      set('vc.' .. BAGGAGE_ID .. '|label', 'baggage')
+    end
+    return provide(BAGGAGE_ID)
+  end
+
+  --- A new durable store; it persists as long as it is reachable from baggage.
+  function kit.makeScalarMapStore(label)
+    label = label or 'mapStore'
+    if type(label) ~= 'string' then error('makeScalarMapStore: label must be a string', 2) end
+    local id = tonumber(get('storeNext') or '2')
+    set('storeNext', tostring(id + 1))
+    set('vc.' .. id .. '|label', label)
+    return makeStore(id, label)
+  end
+
+  --- The vref of a store ("o+d1/<id>"), or nil when v is not one of ours.
+  function kit.vrefOf(v)
+    local id = idOf[v]
+    if id then return 'o+d1/' .. id end
+  end
+
+  --- The store a vref designates, or nil.
+  function kit.fromVref(vref)
+    local id = vref:match('^o%+d1/(%d+)$')
+    if id then return provide(tonumber(id)) end
+  end
+
+  kit.isStore = function(v) return idOf[v] ~= nil end
+  return kit
+end
+
+return M

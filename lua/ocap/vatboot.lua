@@ -1,0 +1,88 @@
+--- Boots liveslots inside a vat's Lua state. The kernel calls
+--- boot(syscall, info) once, then dispatch(...) for every delivery.
+local liveslots = require 'ocap.liveslots'
+local promise = require 'ocap.promise'
+local pass = require 'ocap.pass'
+local marshal = require 'ocap.marshal'
+local logger = require 'ocap.logger'
+local api = require 'ocap.api'
+
+local M = {}
+
+local function plainData(v, seen)
+  -- Log data may hold anything; make it passable by stringifying the rest.
+  local ok = pcall(marshal.serializeData, v)
+  if ok then return v end
+  if type(v) == 'table' and not seen[v] then
+    seen[v] = true
+    local out = {}
+    for k, x in pairs(v) do out[tostring(k)] = plainData(x, seen) end
+    return out
+  end
+  return tostring(v)
+end
+
+--- Boots the vat runtime.
+---@param syscall table the C syscalls
+---@param info string JSON-free "vatId name" pair
+function M.boot(syscall, info)
+  local vatId, name = info:match('^(%S+)%s*(.*)$')
+  local function emit(entry)
+    local payload = marshal.serializeData(plainData({
+      tags = entry.tags, message = entry.message, data = entry.data,
+    }, {}))
+    syscall.log(entry.level, payload.body)
+  end
+  local ls
+  local function log(level, message, data)
+    emit({ level = level, tags = { 'liveslots' }, message = message, data = data and { data, n = 1 } })
+  end
+  ls = liveslots.make({ syscall = syscall, vatId = vatId, kind = 'vat', log = log })
+  promise.setUnhandledRejectionHandler(function(reason)
+    log('warn', 'unhandled rejection: ' .. tostring(reason))
+  end)
+  local ocap = api.make({
+    makeScalarMapStore = function(label) return ls.stores.makeScalarMapStore(label) end,
+  })
+
+  function ls.startVat(main, paramsBody)
+    local ok, mod = pcall(require, main)
+    if not ok then
+      return false, liveslots.stripPosition(tostring(mod))
+    end
+    if type(mod) ~= 'table' or type(mod.buildRootObject) ~= 'function' then
+      return false, ('vat %q does not return a table with buildRootObject'):format(name)
+    end
+    local params = marshal.unserializeData({ body = paramsBody, slots = {} })
+    local vatPowers = {
+      logger = logger.make(emit, {}, vatId),
+      exitVat = function(value)
+        local cd = ls.marshal.serialize(value)
+        syscall.exit(false, cd.body)
+      end,
+      exitVatWithFailure = function(reason)
+        local cd = ls.marshal.serialize(liveslots.normalizeError(reason))
+        syscall.exit(true, cd.body)
+      end,
+    }
+    local baggage = ls.stores.baggage()
+    local p = promise.spawn(mod.buildRootObject, vatPowers, params, baggage)
+    promise.drain()
+    local state, root = promise.state(p)
+    if state == 'pending' then
+      return false, 'buildRootObject did not finish (it awaits something that never settles)'
+    elseif state == 'rejected' then
+      local reason = liveslots.normalizeError(root)
+      return false, 'buildRootObject failed: ' .. tostring(reason.message or reason)
+    end
+    if not pass.isRemotable(root) then
+      return false, 'buildRootObject must return a remotable (use makeDefaultExo)'
+    end
+    ls.exportAs(root, 'o+0')
+    return true
+  end
+
+  return ls.dispatch, ocap
+end
+
+return M
