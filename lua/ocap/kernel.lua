@@ -239,8 +239,7 @@ function Kernel:_loadBundle(name, vc, clusterConfig)
     if not src then
       return nil, ('%s.sourceSpec: cannot read %q: %s'):format(where, vc.sourceSpec, tostring(err))
     end
-    local main = 'vat:' .. name
-    return { main = main, modules = { [main] = src } }
+    return { main = vc.sourceSpec, modules = { [vc.sourceSpec] = src } }
   end
   local bundleSpec = vc.bundleSpec
   if vc.bundleName then
@@ -494,8 +493,10 @@ function Kernel:_krefOf(target)
     if not target:match('^k[op]%d+$') then
       error(('invalid kref %q'):format(target), 3)
     end
-    if self.K:kvGet(target .. '.owner') == nil and self.K:kvGet(target .. '.state') == nil
-      and self.K:kvGet(target .. '.revoked') == nil then
+    -- A kref that was ever allocated is accepted: a deleted object makes
+    -- the message reject with OBJECT_DELETED, as it would for a vat.
+    local counter = target:sub(2, 2) == 'o' and 'nextObjectId' or 'nextPromiseId'
+    if tonumber(target:sub(3)) >= tonumber(self.K:kvGet(counter) or '1') then
       error(('unknown kref %q'):format(target), 3)
     end
     return target

@@ -48,7 +48,7 @@ function M.boot(syscall, info)
   function ls.startVat(main, paramsBody)
     local ok, mod = pcall(require, main)
     if not ok then
-      return false, liveslots.stripPosition(tostring(mod))
+      return false, tostring(mod)
     end
     if type(mod) ~= 'table' or type(mod.buildRootObject) ~= 'function' then
       return false, ('vat %q does not return a table with buildRootObject'):format(name)

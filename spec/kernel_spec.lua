@@ -1,0 +1,298 @@
+-- The foundation, end to end: launch subclusters, send messages, get
+-- answers, and fail cleanly on bad input.
+local testing = require 'ocap.testing'
+local ocap = require 'ocap'
+
+local ECHO = 'spec/vats/echo.lua'
+
+local function twoVats(params)
+  return {
+    bootstrap = 'alice',
+    vats = {
+      alice = { sourceSpec = ECHO, parameters = params or { who = 'alice' } },
+      bob = { sourceSpec = ECHO },
+    },
+  }
+end
+
+local function rejection(p)
+  local ok, err = pcall(ocap.await, p)
+  assert.is_false(ok, 'expected a rejection')
+  return err
+end
+
+describe('kernel', function()
+  local kernel
+  before_each(function() kernel = testing.makeKernel() end)
+  after_each(function() kernel:stop() end)
+
+  describe('launchSubcluster', function()
+    it('creates the vats, calls bootstrap once with the other vats, returns its result', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      assert.matches('^s%d+$', r.subclusterId)
+      assert.matches('^ko%d+$', r.rootKref)
+      assert.same({ 'alice', 'bob' }, r.bootstrapResult.vats)
+      assert.same({ who = 'alice' }, r.bootstrapResult.parameters)
+      local boots = 0
+      for _, e in ipairs(kernel:logs()) do
+        if e.message == 'bootstrap' then boots = boots + 1 end
+      end
+      assert.equal(1, boots)
+      local status = kernel:getStatus()
+      assert.equal(2, #status.vats)
+      assert.equal(r.subclusterId, status.vats[1].subclusterId)
+      assert.equal('disconnected', status.remoteComms.state)
+      local sc = kernel:getSubcluster(r.subclusterId)
+      assert.same({ 'alice', 'bob' }, (function()
+        local n = {}
+        for name in pairs(sc.vats) do n[#n + 1] = name end
+        table.sort(n)
+        return n
+      end)())
+      assert.equal(1, #kernel:getSubclusters())
+    end)
+
+    it('gives bootstrap the root presences of the other vats, which answer E()', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      assert.equal(55, kernel:queueMessage(r.rootKref, 'pingPeer', { 'bob', 10 }):await())
+    end)
+
+    it('runs two vats ping-ponging many times', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local sum = kernel:queueMessage(r.rootKref, 'pingPeer', { 'bob', 200 }):await()
+      assert.equal(200 * 201 // 2, sum)
+    end)
+
+    it('passes vats presences the host can call directly', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local bob = kernel:queueMessage(r.rootKref, 'peer', { 'bob' }):await()
+      assert.matches('^ko%d+$', kernel:krefOf(bob))
+      assert.equal('hi', ocap.E(bob).echo('hi'):await())
+      local again = kernel:getPresence(kernel:krefOf(bob), 'echo')
+      assert.equal(7, ocap.E(again).ping(7):await())
+    end)
+  end)
+
+  describe('passable values', function()
+    local values = {
+      { 'nil', nil },
+      { 'null', ocap.null },
+      { 'true', true },
+      { 'false', false },
+      { 'integer', 42 },
+      { 'negative integer', -7 },
+      { 'float', 1.5 },
+      { 'big integer', math.maxinteger },
+      { 'small integer', math.mininteger },
+      { '2^53 + 1', 9007199254740993 },
+      { 'infinity', math.huge },
+      { '-infinity', -math.huge },
+      { 'string', 'hello' },
+      { 'empty string', '' },
+      { 'string starting with !', '!bang' },
+      { 'string starting with #', '#hash' },
+      { 'string starting with $', '$money' },
+      { 'string starting with -', '-minus' },
+      { 'array', { 1, 'two', { 3 } } },
+      { 'record', { a = 1, b = { c = 'd' } } },
+      { 'nested', { list = { { x = 1 }, { y = 2 } }, ['#key'] = '!v' } },
+      { 'error', ocap.makeError('bad thing', 'RangeError') },
+    }
+    for _, case in ipairs(values) do
+      it('round-trips ' .. case[1] .. ' vat to vat and vat to host', function()
+        local r = kernel:launchSubcluster(twoVats()):await()
+        local direct = kernel:queueMessage(r.rootKref, 'echo', table.pack(case[2])):await()
+        local viaBob = kernel:queueMessage(r.rootKref, 'callPeer', table.pack('bob', 'echo', case[2])):await()
+        if case[1] == 'error' then
+          assert.equal('bad thing', direct.message)
+          assert.equal('RangeError', direct.name)
+          assert.equal('RangeError', viaBob.name)
+        else
+          assert.same(case[2], direct)
+          assert.same(case[2], viaBob)
+          if math.type(case[2]) == 'integer' then
+            assert.equal('integer', math.type(direct))
+            assert.equal('integer', math.type(viaBob))
+          end
+        end
+      end)
+    end
+
+    it('round-trips NaN', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local v = kernel:queueMessage(r.rootKref, 'callPeer', { 'bob', 'echo', 0 / 0 }):await()
+      assert.is_true(v ~= v)
+    end)
+
+    it('keeps nil inside packed sequences', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local v = kernel:queueMessage(r.rootKref, 'callPeer', table.pack('bob', 'echoAll', 1, nil, 3)):await()
+      assert.equal(3, v.n)
+      assert.equal(1, v[1])
+      assert.is_nil(v[2])
+      assert.equal(3, v[3])
+    end)
+
+    it('passes the same object back as the same presence', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local thing = kernel:queueMessage(r.rootKref, 'makeThing', { 'x' }):await()
+      local back = kernel:queueMessage(r.rootKref, 'echo', { thing }):await()
+      assert.equal(thing, back)
+      assert.equal('x', ocap.E(back).label():await())
+    end)
+
+    it('refuses a non-passable argument at the sender with a clear error', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local ok, err = pcall(kernel.queueMessage, kernel, r.rootKref, 'echo', { function() end })
+      assert.is_false(ok)
+      assert.matches('function', tostring(err))
+      local e = rejection(kernel:queueMessage(r.rootKref, 'sendBad', { 'bob' }))
+      assert.matches('function', e.message)
+      assert.equal(3, kernel:queueMessage(r.rootKref, 'ping', { 3 }):await())
+    end)
+  end)
+
+  describe('errors', function()
+    it("rejects the caller with message 'boom', without position or traceback", function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local e = rejection(kernel:queueMessage(r.rootKref, 'boom', {}))
+      assert.equal('boom', e.message)
+      assert.equal('Error', e.name)
+      assert.equal('Error: boom', tostring(e))
+      local res = kernel:queueMessage(r.rootKref, 'tryPeer', { 'bob', 'boom' }):await()
+      assert.is_false(res.ok)
+      assert.equal('boom', res.err.message)
+    end)
+
+    it('passes plain data thrown with error() to the caller', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local e = rejection(kernel:queueMessage(r.rootKref, 'rejectData', {}))
+      assert.same({ code = 7 }, e)
+    end)
+
+    it('rejects a method the object lacks, naming it', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local e = rejection(kernel:queueMessage(r.rootKref, 'noSuchMethod', {}))
+      assert.matches('noSuchMethod', e.message)
+      assert.equal(1, kernel:queueMessage(r.rootKref, 'ping', { 1 }):await())
+    end)
+
+    it('refuses queueMessage to an unknown or malformed kref', function()
+      local ok, err = pcall(kernel.queueMessage, kernel, 'ko999', 'ping', {})
+      assert.is_false(ok)
+      assert.matches("unknown kref \"ko999\"", err)
+      ok, err = pcall(kernel.queueMessage, kernel, 'bogus', 'ping', {})
+      assert.is_false(ok)
+      assert.matches('invalid kref', err)
+    end)
+  end)
+
+  describe('launch failures leave nothing behind', function()
+    local function expectLaunchError(cfg, pattern)
+      local before = kernel:keyCount()
+      local e = rejection(kernel:launchSubcluster(cfg))
+      assert.matches(pattern, e.message)
+      assert.equal(0, #kernel:getStatus().vats)
+      assert.equal(0, #kernel:getSubclusters())
+      -- The kernel stays usable.
+      local r = kernel:launchSubcluster(twoVats()):await()
+      assert.equal(5, kernel:queueMessage(r.rootKref, 'ping', { 5 }):await())
+      return before
+    end
+
+    local function single(spec)
+      return { bootstrap = 'a', vats = { a = { sourceSpec = spec } } }
+    end
+
+    it('when the vat file does not exist', function()
+      expectLaunchError(single('spec/vats/missing.lua'),
+        'ClusterConfig.vats.a.sourceSpec: cannot read "spec/vats/missing.lua"')
+    end)
+    it('when the vat does not parse', function()
+      expectLaunchError(single('spec/vats/bad_syntax.lua'), 'vat "a" failed to start: .*spec/vats/bad_syntax.lua:3: .*expected near')
+    end)
+    it('when the vat returns no buildRootObject', function()
+      expectLaunchError(single('spec/vats/bad_noroot.lua'), 'does not return a table with buildRootObject')
+    end)
+    it('when the vat throws at its top level', function()
+      expectLaunchError(single('spec/vats/bad_toplevel.lua'), 'top%-level failure')
+    end)
+    it('when buildRootObject throws', function()
+      expectLaunchError(single('spec/vats/bad_build.lua'), 'buildRootObject failed: cannot build')
+    end)
+    it('when bootstrap throws', function()
+      expectLaunchError(single('spec/vats/bad_bootstrap.lua'), 'bootstrap exploded')
+    end)
+    it('on a config with an unknown key', function()
+      local cfg = twoVats()
+      cfg.colour = 'blue'
+      expectLaunchError(cfg, 'ClusterConfig: unknown key "colour"')
+    end)
+    it('on a vat config with an unknown key', function()
+      local cfg = twoVats()
+      cfg.vats.bob.sourcespec = 'x'
+      expectLaunchError(cfg, 'ClusterConfig.vats.bob: unknown key "sourcespec"')
+    end)
+    it('on a missing bootstrap vat', function()
+      local cfg = twoVats()
+      cfg.bootstrap = 'carol'
+      expectLaunchError(cfg, 'ClusterConfig.bootstrap: no vat named "carol"')
+    end)
+    it('on two source specs for one vat', function()
+      local cfg = twoVats()
+      cfg.vats.bob.bundleSpec = 'x.bundle'
+      expectLaunchError(cfg,
+        'ClusterConfig.vats.bob: exactly one of sourceSpec, bundleSpec, bundleName is required')
+    end)
+    it('on non-plain parameters', function()
+      expectLaunchError(twoVats({ f = function() end }), 'ClusterConfig.vats.alice.parameters')
+    end)
+    it('on an unknown service', function()
+      local cfg = twoVats()
+      cfg.services = { 'nope' }
+      expectLaunchError(cfg, "^no registered kernel service 'nope'$")
+    end)
+  end)
+
+  describe('vats', function()
+    it('answers pingVat and terminates vats, rejecting later sends', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local status = kernel:getStatus()
+      local bobId = status.vats[2].id
+      assert.equal('pong', kernel:pingVat(bobId):await())
+      local bob = kernel:queueMessage(r.rootKref, 'peer', { 'bob' }):await()
+      kernel:terminateVat(bobId, 'enough'):await()
+      assert.equal(1, #kernel:getStatus().vats)
+      local e = rejection(ocap.E(bob).ping(1))
+      assert.equal('OBJECT_DELETED', e.code)
+      assert.equal(2, kernel:queueMessage(r.rootKref, 'ping', { 2 }):await())
+    end)
+
+    it('terminates a subcluster with all its vats', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      kernel:terminateSubcluster(r.subclusterId):await()
+      assert.equal(0, #kernel:getStatus().vats)
+      assert.is_nil(kernel:getSubcluster(r.subclusterId))
+      local e = rejection(kernel:queueMessage(r.rootKref, 'ping', { 1 }))
+      assert.matches('OBJECT_DELETED', e.message)
+    end)
+
+    it('routes vat log entries, with tags, to the host logger', function()
+      kernel:launchSubcluster({
+        bootstrap = 'alice',
+        vats = {
+          alice = { sourceSpec = 'vats/examples/alice.lua' },
+          bob = { sourceSpec = 'vats/examples/bob.lua' },
+        },
+      }):await()
+      local found
+      for _, e in ipairs(kernel:logs()) do
+        if e.message:match('heard') then found = e end
+      end
+      assert.is_truthy(found)
+      assert.equal('log', found.level)
+      assert.same({ 'alice' }, found.tags)
+      assert.matches('^v%d+$', found.vatId)
+    end)
+  end)
+end)

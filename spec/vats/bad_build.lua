@@ -1,0 +1,3 @@
+local M = {}
+function M.buildRootObject() error('cannot build') end
+return M

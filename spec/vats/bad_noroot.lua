@@ -1,0 +1,2 @@
+-- Returns a table without buildRootObject.
+return { somethingElse = function() end }

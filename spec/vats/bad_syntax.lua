@@ -1,0 +1,3 @@
+local M = {}
+function M.buildRootObject( -- unterminated
+return M
