@@ -1,0 +1,98 @@
+-- Benchmarks (make bench). Each scenario prints its figure; the header
+-- names the machine. Run with: build/ocap run bench/run.lua [filter]
+local ocap = require 'ocap'
+local testing = require 'ocap.testing'
+
+local filter = arg and arg[1]
+local clock = os.clock
+
+local function machine()
+  local cpu = io.popen("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"):read('l') or '?'
+  local cores = io.popen('nproc'):read('l') or '?'
+  local kernelv = io.popen('uname -sr'):read('l') or '?'
+  return ('%s, %s cores, %s, %s'):format(cpu:gsub('^%s+', ''), cores, kernelv, _VERSION)
+end
+
+local function now()
+  -- Wall-clock seconds with sub-millisecond precision.
+  local p = io.popen('date +%s.%N')
+  local t = tonumber(p:read('l'))
+  p:close()
+  return t
+end
+
+local results = {}
+local function report(name, value, unit, note)
+  results[#results + 1] = { name = name, value = value, unit = unit }
+  print(('%-48s %12.0f %s%s'):format(name, value, unit, note and ('  (' .. note .. ')') or ''))
+end
+
+local function scenario(name, fn)
+  if filter and not name:find(filter, 1, true) then return end
+  collectgarbage()
+  fn(name)
+end
+
+local ECHO = 'spec/vats/echo.lua'
+local function twoVats()
+  return { bootstrap = 'alice', vats = { alice = { sourceSpec = ECHO }, bob = { sourceSpec = ECHO } } }
+end
+
+local function makeKernel(db)
+  return testing.makeKernel({ database = db })
+end
+
+print('ocap benchmarks on ' .. machine())
+print(('%-48s %12s %s'):format('scenario', 'figure', 'unit'))
+
+local function roundTrips(name, db)
+  local kernel = makeKernel(db)
+  local r = kernel:launchSubcluster(twoVats()):await()
+  kernel:queueMessage(r.rootKref, 'pingPeer', { 'bob', 1000 }):await() -- warm up
+  local n = db and 20000 or 100000
+  local t0 = now()
+  kernel:queueMessage(r.rootKref, 'pingPeer', { 'bob', n }):await()
+  local dt = now() - t0
+  report(name, n / dt, 'round trips/s', ('%d in %.2f s'):format(n, dt))
+  kernel:stop()
+end
+
+scenario('vat-to-vat round trips (memory)', function(name) roundTrips(name, nil) end)
+scenario('vat-to-vat round trips (leveldb)', function(name) roundTrips(name, testing.tempDir()) end)
+
+local function hostMessages(name, db)
+  local kernel = makeKernel(db)
+  local r = kernel:launchSubcluster(twoVats()):await()
+  local n = db and 10000 or 50000
+  local t0 = now()
+  for i = 1, n do kernel:queueMessage(r.rootKref, 'ping', { i }):await() end
+  local dt = now() - t0
+  report(name, n / dt, 'messages/s', ('%d sequential queueMessage'):format(n))
+  kernel:stop()
+end
+
+scenario('host-to-vat messages (memory)', function(name) hostMessages(name, nil) end)
+scenario('host-to-vat messages (leveldb)', function(name) hostMessages(name, testing.tempDir()) end)
+
+scenario('launch a two-vat subcluster (memory)', function(name)
+  local kernel = makeKernel()
+  local n = 200
+  local t0 = now()
+  for _ = 1, n do kernel:launchSubcluster(twoVats()):await() end
+  local dt = now() - t0
+  report(name, dt / n * 1e6, 'us per launch', ('%d launches'):format(n))
+  kernel:stop()
+end)
+
+scenario('kernel keys after 10,000 round trips', function(name)
+  local kernel = makeKernel()
+  local r = kernel:launchSubcluster(twoVats()):await()
+  kernel:queueMessage(r.rootKref, 'pingPeer', { 'bob', 10 }):await()
+  local before = kernel:keyCount()
+  kernel:queueMessage(r.rootKref, 'pingPeer', { 'bob', 10000 }):await()
+  local after = kernel:keyCount()
+  report(name, after - before, 'keys added', ('%d before, %d after'):format(before, after))
+  kernel:stop()
+end)
+
+local _ = clock
