@@ -206,9 +206,6 @@ static long long bump(ocap_kernel_t *k, const char *key) {
 static int is_kpid(const char *ref) {
   return ref[0] == 'k' && ref[1] == 'p';
 }
-static int is_koid(const char *ref) {
-  return ref[0] == 'k' && ref[1] == 'o';
-}
 static int is_kernel_ep(const char *ep) {
   return strcmp(ep, "kernel") == 0;
 }
@@ -995,29 +992,19 @@ int ocap_kernel_step(ocap_kernel_t *k) {
     buf_t again = {0};
     dequeue(k, &again);
     free(again.p);
-    char detail[512];
-    snprintf(detail, sizeof detail, "vat %s terminated: %s", ep, why ? why : "fatal error");
-    buf_t reason = {0};
-    error_capdata(&reason, fatal_code(fatal), detail);
-    if (result)
-      splat(k, result, reason.p, reason.len);
     if (strncmp(item.p, "send ", 5) == 0) {
       char *nl = memchr(item.p, '\n', item.len);
       char t[OCAP_REF_MAX], r[OCAP_REF_MAX];
       if (nl && sscanf(item.p, "send %47s %47s", t, r) == 2)
-        release_send(k, t, result, nl + 1, item.len - (size_t)(nl + 1 - item.p));
+        release_send(k, t, NULL, nl + 1, item.len - (size_t)(nl + 1 - item.p));
     } else {
       char e2[OCAP_REF_MAX], kp[OCAP_REF_MAX];
       if (sscanf(item.p, "notify %47s %47s", e2, kp) == 2)
         decref(k, kp);
     }
-    ocap_capdata_t rcd;
-    pcap_t rp;
-    pcap_parse(&rp, reason.p, reason.len);
-    rcd = pcap_view(&rp);
-    ocap_kernel_terminate(k, ep, &rcd);
-    pcap_free(&rp);
-    free(reason.p);
+    ocap_kernel_crash(k, ep, fatal, why, result);
+    if (result)
+      decref(k, result);
     free(why);
     rc = 0;
   } else {
@@ -1030,6 +1017,27 @@ int ocap_kernel_step(ocap_kernel_t *k) {
   }
   rc = ocap_store_commit(k->s);
   return rc ? rc : 1;
+}
+
+int ocap_kernel_crash(ocap_kernel_t *k, const char *ep, int fatal, const char *why,
+                      const char *result) {
+  char detail[512];
+  snprintf(detail, sizeof detail, "vat %s terminated: %s", ep, why ? why : "fatal error");
+  buf_t reason = {0};
+  int rc = error_capdata(&reason, fatal_code(fatal), detail);
+  if (rc)
+    return rc;
+  if (result)
+    splat(k, result, reason.p, reason.len);
+  pcap_t rp;
+  rc = pcap_parse(&rp, reason.p, reason.len);
+  if (!rc) {
+    ocap_capdata_t rcd = pcap_view(&rp);
+    rc = ocap_kernel_terminate(k, ep, &rcd);
+  }
+  pcap_free(&rp);
+  free(reason.p);
+  return rc;
 }
 
 int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *reason) {

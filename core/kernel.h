@@ -43,7 +43,9 @@ typedef struct ocap_resolution {
   ocap_capdata_t data;
 } ocap_resolution_t;
 
-enum ocap_delivery_type { OCAP_DELIVER_MESSAGE = 1, OCAP_DELIVER_NOTIFY = 2 };
+/* Timer deliveries come from the host's event loop, not the run queue; their
+ * `target` is the timer's id. */
+enum ocap_delivery_type { OCAP_DELIVER_MESSAGE = 1, OCAP_DELIVER_NOTIFY = 2, OCAP_DELIVER_TIMER = 3 };
 
 /* A delivery to an endpoint, already translated into its erefs. */
 typedef struct ocap_delivery {
@@ -115,6 +117,14 @@ long long ocap_kernel_cranks(const ocap_kernel_t *k);
  * are rejected with `reason` (a plain-data capdata), its c-list is removed.
  */
 int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *reason);
+
+/*
+ * Terminates ep because it failed fatally (ocap_fatal) for reason `why`:
+ * its promises are rejected with `[KERNEL:VAT_FATAL:<CODE>] ...`. If
+ * `result` is not NULL, that promise is rejected the same way.
+ */
+int ocap_kernel_crash(ocap_kernel_t *k, const char *ep, int fatal, const char *why,
+                      const char *result);
 
 /* Revocation (issue #4): permanent; a promise cannot be revoked. */
 int ocap_kernel_revoke(ocap_kernel_t *k, const char *kref);

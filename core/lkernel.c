@@ -14,6 +14,8 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <lualib.h>
+#include <uv.h>
 
 #include "kernel.h"
 #include "ljson.h"
@@ -25,8 +27,11 @@
 typedef struct lkernel lkernel_t;
 
 /* One vat's runtime. Its record outlives the state so ids stay stable. */
+typedef struct vtimer vtimer_t;
+
 typedef struct lvat {
   char id[OCAP_REF_MAX];
+  vtimer_t *timers; /* the vat's live libuv timers */
   ocap_vat_t *vat; /* NULL when not live (never started, or terminated) */
   int dispatch_ref;
   int fatal;  /* ocap_fatal set by an illegal syscall */
@@ -42,7 +47,24 @@ typedef struct module {
   size_t len;
 } module_t;
 
+/* A vat's timer; freed by libuv's close callback. */
+struct vtimer {
+  uv_timer_t handle;
+  long long id;
+  lvat_t *rec;
+  vtimer_t *next;
+};
+
+/* A timer that fired and waits for its crank. */
+typedef struct firing {
+  char vat[OCAP_REF_MAX];
+  long long id;
+} firing_t;
+
 struct lkernel {
+  uv_loop_t loop;
+  firing_t *fired;
+  size_t nfired, capfired;
   ocap_store_t *s;
   ocap_kernel_t *k;
   lua_State *L; /* the host thread driving the kernel right now */
@@ -112,7 +134,21 @@ static lvat_t *make_vat_record(lkernel_t *lk, const char *id) {
   return rec;
 }
 
+static void timer_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+static void stop_timers(lvat_t *rec) {
+  for (vtimer_t *t = rec->timers, *next; t; t = next) {
+    next = t->next;
+    uv_timer_stop(&t->handle);
+    uv_close((uv_handle_t *)&t->handle, timer_closed);
+  }
+  rec->timers = NULL;
+}
+
 static void stop_vat(lvat_t *rec) {
+  stop_timers(rec);
   ocap_vat_free(rec->vat);
   rec->vat = NULL;
   rec->dispatch_ref = LUA_NOREF;
@@ -135,6 +171,11 @@ static void push_slots(lua_State *L, const ocap_capdata_t *cd) {
 
 /* [-0, +n] Pushes a delivery's arguments; returns how many. */
 static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
+  if (d->type == OCAP_DELIVER_TIMER) {
+    lua_pushliteral(L, "timer");
+    lua_pushinteger(L, (lua_Integer)strtoll(d->target, NULL, 10));
+    return 2;
+  }
   if (d->type == OCAP_DELIVER_MESSAGE) {
     lua_pushliteral(L, "message");
     lua_pushstring(L, d->target);
@@ -336,6 +377,60 @@ static int sys_log(lua_State *V) {
   return 0;
 }
 
+static void timer_fired(uv_timer_t *h) {
+  vtimer_t *t = h->data;
+  lkernel_t *lk = t->rec->lk;
+  if (lk->nfired == lk->capfired) {
+    size_t cap = lk->capfired ? lk->capfired * 2 : 16;
+    firing_t *f = realloc(lk->fired, cap * sizeof *f);
+    if (!f)
+      return; /* dropping a tick beats crashing the kernel */
+    lk->fired = f;
+    lk->capfired = cap;
+  }
+  firing_t *f = &lk->fired[lk->nfired++];
+  snprintf(f->vat, sizeof f->vat, "%s", t->rec->id);
+  f->id = t->id;
+}
+
+/* timerStart(id, ms, repeatMs): starts (or restarts) the vat's timer id. */
+static int sys_timer_start(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  lua_Integer id = luaL_checkinteger(V, 1);
+  lua_Number ms = luaL_checknumber(V, 2), rep = luaL_optnumber(V, 3, 0);
+  vtimer_t *t;
+  for (t = rec->timers; t && t->id != id; t = t->next)
+    ;
+  if (!t) {
+    t = calloc(1, sizeof *t);
+    if (!t)
+      return luaL_error(V, "out of memory");
+    uv_timer_init(&rec->lk->loop, &t->handle);
+    t->handle.data = t;
+    t->id = id;
+    t->rec = rec;
+    t->next = rec->timers;
+    rec->timers = t;
+  }
+  uv_timer_start(&t->handle, timer_fired, ms > 0 ? (uint64_t)ms : 0, rep > 0 ? (uint64_t)rep : 0);
+  return 0;
+}
+
+static int sys_timer_stop(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  lua_Integer id = luaL_checkinteger(V, 1);
+  for (vtimer_t **pp = &rec->timers; *pp; pp = &(*pp)->next) {
+    vtimer_t *t = *pp;
+    if (t->id == id) {
+      *pp = t->next;
+      uv_timer_stop(&t->handle);
+      uv_close((uv_handle_t *)&t->handle, timer_closed);
+      break;
+    }
+  }
+  return 0;
+}
+
 /* traceback(msg): the runtime's only window on the stack, for logging. */
 static int sys_traceback(lua_State *V) {
   luaL_traceback(V, V, luaL_optstring(V, 1, NULL), 2);
@@ -353,6 +448,8 @@ static const luaL_Reg syscalls[] = {
     {"vatstoreNext", sys_vatstore_next},
     {"log", sys_log},
     {"traceback", sys_traceback},
+    {"timerStart", sys_timer_start},
+    {"timerStop", sys_timer_stop},
     {NULL, NULL},
 };
 
@@ -467,6 +564,9 @@ static void kernel_close(lkernel_t *lk) {
   }
   free(lk->vats);
   free_runtime(lk);
+  uv_run(&lk->loop, UV_RUN_NOWAIT); /* runs the timers' close callbacks */
+  uv_loop_close(&lk->loop);
+  free(lk->fired);
   ocap_kernel_free(lk->k);
   ocap_store_close(lk->s);
   free(lk);
@@ -506,10 +606,15 @@ static int core_open(lua_State *L) {
   if (!lk)
     return luaL_error(L, "out of memory");
   lk->host_dispatch_ref = lk->vat_needed_ref = lk->logger_ref = lk->terminated_ref = LUA_NOREF;
+  if (uv_loop_init(&lk->loop) != 0) {
+    free(lk);
+    return luaL_error(L, "cannot create the event loop");
+  }
   char *err = NULL;
   int rc = db ? ocap_store_open_leveldb(db, durability, &lk->s, &err)
               : ocap_store_open_memory(&lk->s);
   if (rc) {
+    uv_loop_close(&lk->loop);
     free(lk);
     lua_pushnil(L);
     lua_pushstring(L, err ? err : ocap_strerror(rc));
@@ -520,6 +625,7 @@ static int core_open(lua_State *L) {
   ocap_kernel_hooks_t hooks = {lk, hook_deliver, hook_terminated};
   if (ocap_kernel_new(lk->s, &hooks, &lk->k)) {
     ocap_store_close(lk->s);
+    uv_loop_close(&lk->loop);
     free(lk);
     return luaL_error(L, "out of memory");
   }
@@ -726,6 +832,33 @@ static void finish_exits(lua_State *L, lkernel_t *lk) {
   }
 }
 
+/* Delivers the oldest timer firing as a crank of its own. */
+static int timer_crank(lkernel_t *lk) {
+  firing_t f = lk->fired[0];
+  memmove(lk->fired, lk->fired + 1, (lk->nfired - 1) * sizeof *lk->fired);
+  lk->nfired--;
+  lvat_t *rec = find_vat(lk, f.vat);
+  if (!rec || !rec->vat)
+    return 1;
+  int rc = ocap_store_commit(lk->s);
+  if (rc)
+    return rc;
+  char id[32];
+  snprintf(id, sizeof id, "%lld", f.id);
+  ocap_delivery_t d = {0};
+  d.type = OCAP_DELIVER_TIMER;
+  d.target = id;
+  int fatal = 0;
+  char *why = NULL;
+  if (deliver_vat(lk, rec, &d, &fatal, &why) == OCAP_EFATAL) {
+    ocap_store_abort(lk->s);
+    ocap_kernel_crash(lk->k, f.vat, fatal, why, NULL);
+  }
+  free(why);
+  rc = ocap_store_commit(lk->s);
+  return rc ? rc : 1;
+}
+
 static int k_step(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   if (lk->in_step)
@@ -733,7 +866,7 @@ static int k_step(lua_State *L) {
   lk->in_step = 1;
   lua_State *saved = lk->L;
   lk->L = L;
-  int rc = ocap_kernel_step(lk->k);
+  int rc = lk->nfired ? timer_crank(lk) : ocap_kernel_step(lk->k);
   finish_exits(L, lk);
   lk->L = saved;
   lk->in_step = 0;
@@ -873,11 +1006,65 @@ static int k_set_runtime(lua_State *L) {
   return 0;
 }
 
-/* Runs in the vat: boots liveslots and keeps its dispatch. [-1, +2] */
+/* [-0, +0] Sets globals.<lib>.<fn> to the real library's function. */
+static void endow_lib_fn(lua_State *V, int globals, const char *lib, lua_CFunction open,
+                         const char *fn) {
+  luaL_requiref(V, lib, open, 0); /* the original, kept out of the vat's reach */
+  lua_getfield(V, -1, fn);
+  if (lua_getfield(V, globals, lib) != LUA_TTABLE) {
+    lua_pop(V, 1);
+    lua_newtable(V);
+    lua_pushvalue(V, -1);
+    lua_setfield(V, globals, lib);
+  }
+  lua_insert(V, -2);
+  lua_setfield(V, -2, fn);
+  lua_pop(V, 2);
+}
+
+/* [-0, +0] Installs the endowments named in the space-separated list. The
+ * Lua-made ones come from the table at endow. */
+static void install_endowments(lua_State *V, lvat_t *rec, const char *list, int endow) {
+  lua_rawgeti(V, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  int globals = lua_gettop(V);
+  char name[64];
+  for (const char *p = list; *p;) {
+    size_t n = strcspn(p, " ");
+    if (n && n < sizeof name) {
+      memcpy(name, p, n);
+      name[n] = '\0';
+      if (strncmp(name, "os.", 3) == 0) {
+        endow_lib_fn(V, globals, "os", luaopen_os, name + 3);
+      } else if (strcmp(name, "math.random") == 0) {
+        /* Seed the vat's generator from its id, so each vat has its own. */
+        luaL_requiref(V, "math", luaopen_math, 0);
+        lua_getfield(V, -1, "randomseed");
+        unsigned long h = 5381;
+        for (const char *c = rec->id; *c; c++)
+          h = h * 33 + (unsigned char)*c;
+        lua_pushinteger(V, (lua_Integer)h);
+        lua_call(V, 1, 0);
+        lua_pop(V, 1);
+        endow_lib_fn(V, globals, "math", luaopen_math, "random");
+      } else if (lua_getfield(V, endow, name) != LUA_TNIL) {
+        lua_setfield(V, globals, name);
+      } else {
+        lua_pop(V, 1);
+      }
+    }
+    p += n;
+    while (*p == ' ')
+      p++;
+  }
+  lua_pop(V, 1);
+}
+
+/* Runs in the vat: boots liveslots, keeps its dispatch, and installs the
+ * endowments. [-3, +0] */
 static int vat_boot_tramp(lua_State *V) {
   lvat_t *rec = lua_touserdata(V, 1);
   const char *info = lua_tostring(V, 2);
-  lua_settop(V, 2);
+  lua_settop(V, 3);
   ocap_open_json(V);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "cjson");
   lua_getglobal(V, "require");
@@ -888,7 +1075,9 @@ static int vat_boot_tramp(lua_State *V) {
   lua_pushlightuserdata(V, rec);
   luaL_setfuncs(V, syscalls, 1);
   lua_pushstring(V, info);
-  lua_call(V, 2, 2); /* dispatch, ocap */
+  lua_call(V, 2, 3); /* dispatch, ocap, endowments */
+  install_endowments(V, rec, lua_tostring(V, 3), lua_gettop(V));
+  lua_pop(V, 1);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap");
   rec->dispatch_ref = luaL_ref(V, LUA_REGISTRYINDEX);
   return 0;
@@ -949,13 +1138,16 @@ static int k_create_vat(lua_State *L) {
   const char *main_mod = luaL_checkstring(L, -1);
   lua_getfield(L, 3, "parameters");
   const char *params = luaL_optstring(L, -1, "#{}");
+  lua_getfield(L, 3, "globals");
+  const char *globals = luaL_optstring(L, -1, "");
   lua_State *saved = lk->L;
   lk->L = L;
   lua_State *V = ocap_vat_state(rec->vat);
   lua_pushcfunction(V, vat_boot_tramp);
   lua_pushlightuserdata(V, rec);
   lua_pushstring(V, info);
-  int st = ocap_vat_pcall(rec->vat, 2, 0);
+  lua_pushstring(V, globals);
+  int st = ocap_vat_pcall(rec->vat, 3, 0);
   if (st == OCAP_VAT_OK) {
     lua_pushcfunction(V, vat_start_tramp);
     lua_pushlightuserdata(V, rec);
@@ -1017,6 +1209,22 @@ static int k_vat_memory(lua_State *L) {
   return 1;
 }
 
+/* K:loopAlive() -> true when timers or other handles are pending. */
+static int k_loop_alive(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  lua_pushboolean(L, lk->nfired > 0 || uv_loop_alive(&lk->loop));
+  return 1;
+}
+
+/* K:runLoop(wait): runs ready libuv callbacks; waits for one when wait. */
+static int k_run_loop(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  if (lk->nfired == 0)
+    uv_run(&lk->loop, lua_toboolean(L, 2) ? UV_RUN_ONCE : UV_RUN_NOWAIT);
+  lua_pushboolean(L, lk->nfired > 0);
+  return 1;
+}
+
 static const luaL_Reg kernel_methods[] = {
     {"close", k_close},
     {"kvGet", k_kv_get},
@@ -1052,6 +1260,8 @@ static const luaL_Reg kernel_methods[] = {
     {"stopVat", k_stop_vat},
     {"vatLive", k_vat_live},
     {"vatMemory", k_vat_memory},
+    {"loopAlive", k_loop_alive},
+    {"runLoop", k_run_loop},
     {NULL, NULL},
 };
 

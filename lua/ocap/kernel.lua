@@ -49,19 +49,32 @@ end
 -- drive them all.
 local liveKernels = setmetatable({}, { __mode = 'k' })
 
-local function drive(isSettled)
+local function drive(isSettled, wait)
   while true do
     for kernel in pairs(liveKernels) do kernel:_flushIfNeeded() end
     promise.drain()
     if isSettled() then return end
     local progressed = false
     for kernel in pairs(liveKernels) do
+      if not kernel.stopped and kernel.K:loopAlive() then kernel.K:runLoop(false) end
       if kernel:_step() then progressed = true end
     end
-    if not progressed and not promise.hasTurns() then return end
+    if not progressed and not promise.hasTurns() then
+      -- Idle: only the event loop (vat timers) can still change anything.
+      if not wait then return end
+      local waited = false
+      for kernel in pairs(liveKernels) do
+        if not kernel.stopped and kernel.K:loopAlive() then
+          kernel.K:runLoop(true)
+          waited = true
+          break
+        end
+      end
+      if not waited then return end
+    end
   end
 end
-promise.setMainDriver(drive)
+promise.setMainDriver(function(isSettled) return drive(isSettled, true) end)
 
 local Kernel = {}
 Kernel.__index = Kernel
@@ -239,7 +252,13 @@ function Kernel:_loadBundle(name, vc, clusterConfig)
     if not src then
       return nil, ('%s.sourceSpec: cannot read %q: %s'):format(where, vc.sourceSpec, tostring(err))
     end
-    return { main = vc.sourceSpec, modules = { [vc.sourceSpec] = src } }
+    -- The vat's own modules next to it come along; a syntax error is
+    -- reported when the vat starts, with the vat's name.
+    local ok, b = pcall(require('ocap.bundle').build, path)
+    local modules = ok and b and b.modules or {}
+    if ok and b then modules[b.main] = nil end
+    modules[vc.sourceSpec] = src
+    return { main = vc.sourceSpec, modules = modules }
   end
   local bundleSpec = vc.bundleSpec
   if vc.bundleName then
@@ -257,9 +276,9 @@ function Kernel:_loadBundle(name, vc, clusterConfig)
   if not text then
     return nil, ('%s: cannot read bundle %q: %s'):format(where, bundleSpec, tostring(err))
   end
-  local ok, bundle = pcall(decode, text)
-  if not ok or type(bundle) ~= 'table' or type(bundle.main) ~= 'string' or type(bundle.modules) ~= 'table' then
-    return nil, ('%s: %q is not an ocap bundle'):format(where, bundleSpec)
+  local bundle, berr = require('ocap.bundle').decode(text)
+  if not bundle then
+    return nil, ('%s: %q is %s'):format(where, bundleSpec, berr)
   end
   return bundle
 end
@@ -278,6 +297,7 @@ function Kernel:_startVat(vatId, rec, bundle)
     modules = bundle.modules,
     parameters = encode(rec.config.parameters or {}),
     memory = memory and math.tointeger(memory) or nil,
+    globals = table.concat(rec.config.globals or {}, ' '),
     instructions = instructions,
   })
 end

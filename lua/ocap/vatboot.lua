@@ -82,7 +82,54 @@ function M.boot(syscall, info)
     return true
   end
 
-  return ls.dispatch, ocap
+  -- Endowments a vat may ask for (VatConfig.globals); the kernel installs
+  -- the requested ones as globals.
+  local endow = {}
+  local vatLogger = logger.make(emit, {}, vatId)
+  function endow.print(...)
+    local n = select('#', ...)
+    local parts = {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    vatLogger:log(table.concat(parts, '\t'))
+  end
+  local timers, nextTimer = {}, 1
+  local function startTimer(fn, ms, repeating, ...)
+    if type(fn) ~= 'function' then error('setTimeout: callback must be a function', 3) end
+    ms = tonumber(ms) or 0
+    local id = nextTimer
+    nextTimer = nextTimer + 1
+    timers[id] = { fn = fn, args = table.pack(...), repeating = repeating }
+    syscall.timerStart(id, ms, repeating and math.max(ms, 1) or 0)
+    return id
+  end
+  local function clearTimer(id)
+    if timers[id] then
+      timers[id] = nil
+      syscall.timerStop(id)
+    end
+  end
+  function endow.setTimeout(fn, ms, ...) return startTimer(fn, ms, false, ...) end
+  function endow.setInterval(fn, ms, ...) return startTimer(fn, ms, true, ...) end
+  endow.clearTimeout = clearTimer
+  endow.clearInterval = clearTimer
+
+  local dispatch = ls.dispatch
+  local function vatDispatch(kind, a, ...)
+    if kind == 'timer' then
+      local t = timers[a]
+      if not t then return end
+      if not t.repeating then timers[a] = nil end
+      local p = promise.spawn(t.fn, table.unpack(t.args, 1, t.args.n))
+      promise.onSettle(p, function(ok, err)
+        if not ok then log('error', 'timer callback failed: ' .. tostring(liveslots.normalizeError(err))) end
+      end)
+      promise.drain()
+      return
+    end
+    return dispatch(kind, a, ...)
+  end
+
+  return vatDispatch, ocap, endow
 end
 
 return M
