@@ -39,10 +39,13 @@ int ocap_store_open_memory(ocap_store_t **out);
 
 /*
  * Opens (creating if missing) the LevelDB database in directory `dir`.
- * Fails with OCAP_ELOCKED when another process holds it, OCAP_ECORRUPT when
- * LevelDB reports corruption, OCAP_ENOTDB when `dir` exists, is not empty
- * and is not a LevelDB database, OCAP_EIO otherwise; the detailed message is
- * in *errmsg (malloc'd, caller frees) when errmsg is not NULL.
+ * Fails with OCAP_ELOCKED when another process holds it (or this process
+ * already has it open), OCAP_ECORRUPT when LevelDB reports corruption,
+ * OCAP_ENOTDB when `dir` is not a directory or is a non-empty directory
+ * without a CURRENT file (it is then left untouched; a directory holding
+ * only LevelDB's LOCK and LOG files counts as empty), OCAP_EIO otherwise;
+ * the detailed message, naming `dir`, is in *errmsg (malloc'd, caller
+ * frees) when errmsg is not NULL.
  */
 int ocap_store_open_leveldb(const char *dir, int durability, ocap_store_t **out, char **errmsg);
 
@@ -62,7 +65,9 @@ int ocap_store_delete(ocap_store_t *s, const char *key, size_t klen);
  * The first key strictly greater than `after` (or >= `after` when
  * inclusive is set) that starts with `prefix`, in byte order, seen through
  * the crank buffer. Returns 1 and sets *key and *klen when there is one, 0 when
- * there is none. The returned key is owned by the store (convention 4).
+ * there is none. The returned key is owned by the store (convention 4) and
+ * is also replaced by the next call of next_key; passing it back as `after`
+ * is fine. Empty strings may be passed as NULL with length 0.
  */
 int ocap_store_next_key(ocap_store_t *s, const char *prefix, size_t plen, const char *after,
                         size_t alen, int inclusive, const char **key, size_t *klen);
@@ -73,7 +78,10 @@ int ocap_store_commit(ocap_store_t *s);
 void ocap_store_abort(ocap_store_t *s);
 /* Writes committed-but-pending cranks with fsync (FSYNC durability only). */
 int ocap_store_flush(ocap_store_t *s);
-/* Number of committed cranks not yet flushed (always 0 with NONE). */
+/*
+ * Number of committed cranks not yet flushed (always 0 with NONE); a commit
+ * with nothing to write does not count.
+ */
 size_t ocap_store_pending(const ocap_store_t *s);
 
 /* Number of keys, seen through the crank buffer. */
