@@ -729,7 +729,9 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *result
     snprintf(detail, sizeof detail, "Target object %s has been deleted", target);
     return splat_error(k, result, "OBJECT_DELETED", detail);
   }
-  snprintf(ep, OCAP_REF_MAX, "%s", owner);
+  if (strlen(owner) >= OCAP_REF_MAX)
+    return fail(k, OCAP_ECORRUPT, "corrupt owner of %s", target);
+  memcpy(ep, owner, strlen(owner) + 1);
   int rc = ocap_kernel_kref_to_eref(k, ep, target, teref);
   if (!rc && result) {
     rc = setv(k, ep, "%s.decider", result);

@@ -14,8 +14,8 @@
  *     ordered index stay valid and a pending delete keeps hiding the
  *     database's stale copy; absent cells are swept once they outnumber the
  *     live ones.
- *  3. LevelDB, for the LevelDB backend only. With FSYNC durability it lags
- *     the committed layer by the pending batch until the next flush.
+ *  3. LevelDB, for the LevelDB backend only. It lags the committed layer by
+ *     the pending batch until the next flush.
  *
  * next_key needs the keys in order. The buffer keeps a sorted index of its
  * keys. The committed layer keeps one of the cells the layer below cannot
@@ -1240,22 +1240,12 @@ int ocap_store_commit(ocap_store_t *s) {
     maybe_sweep(s);
     return 0;
   }
-  if (s->durability == OCAP_DURABILITY_FSYNC) {
-    batch_add(s->batch, &s->buf);
-    commit_apply(s, 1);
-    s->npending++;
-    return 0;
-  }
+  /* Both durabilities group commits: a crank joins the pending batch and
+   * reaches LevelDB at the next flush, which the kernel calls before any
+   * result of the crank is shown to the host. FSYNC flushes with fsync. */
   batch_add(s->batch, &s->buf);
-  drop_iterator(s);
-  char *lerr = NULL;
-  leveldb_writeoptions_set_sync(s->wopts, 0);
-  leveldb_write(s->db, s->wopts, s->batch, &lerr);
-  leveldb_writebatch_clear(s->batch);
-  if (lerr != NULL)
-    return ldb_fail(s, "write failed", lerr); /* The buffer stays for a retry or abort. */
-  commit_apply(s, 0);
-  maybe_sweep(s);
+  commit_apply(s, 1);
+  s->npending++;
   return 0;
 }
 
@@ -1268,10 +1258,10 @@ int ocap_store_flush(ocap_store_t *s) {
     return 0;
   drop_iterator(s);
   char *lerr = NULL;
-  leveldb_writeoptions_set_sync(s->wopts, 1);
+  leveldb_writeoptions_set_sync(s->wopts, s->durability == OCAP_DURABILITY_FSYNC);
   leveldb_write(s->db, s->wopts, s->batch, &lerr);
   if (lerr != NULL)
-    return ldb_fail(s, "synchronous write failed", lerr); /* Still pending: retry later. */
+    return ldb_fail(s, "write failed", lerr); /* Still pending: retry later. */
   leveldb_writebatch_clear(s->batch);
   s->npending = 0;
   for (size_t i = 0; i < s->ordered.n; i++)

@@ -17,11 +17,12 @@
  *  5. The LevelDB backend keeps a write-through cache of everything it has
  *     read or written, so a warm kernel never reads LevelDB on its hot path.
  *     The in-memory backend is the same code with no database below.
- *  6. Durability: OCAP_DURABILITY_NONE writes each committed crank to
- *     LevelDB without fsync (survives a process crash);
- *     OCAP_DURABILITY_FSYNC collects committed cranks in a pending batch and
- *     writes them with one fsync at ocap_store_flush() (group commit).
- *     With NONE, flush is a no-op.
+ *  6. Durability: committed cranks collect in a pending batch that
+ *     ocap_store_flush() writes to LevelDB in one write (group commit); the
+ *     kernel flushes before a crank's results reach the host. With
+ *     OCAP_DURABILITY_NONE the write has no fsync (it survives a process
+ *     crash); with OCAP_DURABILITY_FSYNC it is fsynced (it survives power
+ *     loss).
  */
 #ifndef OCAP_STORE_H
 #define OCAP_STORE_H
@@ -79,7 +80,7 @@ void ocap_store_abort(ocap_store_t *s);
 /* Writes committed-but-pending cranks with fsync (FSYNC durability only). */
 int ocap_store_flush(ocap_store_t *s);
 /*
- * Number of committed cranks not yet flushed (always 0 with NONE); a commit
+ * Number of committed cranks not yet flushed ; a commit
  * with nothing to write does not count.
  */
 size_t ocap_store_pending(const ocap_store_t *s);

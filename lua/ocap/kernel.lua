@@ -190,14 +190,19 @@ function Kernel:_check()
   if self.stopped then error('kernel is stopped', 3) end
 end
 
+--- Writes grouped cranks to disk before the host may see their results.
 function Kernel:_flushIfNeeded()
   if self.stopped then return end
-  if self.durability == 'fsync' and self.K:pending() > 0 then self.K:flush() end
+  if self.K:pending() > 0 then self.K:flush() end
 end
+
+local GROUP_LIMIT = 512
 
 function Kernel:_step()
   if self.stopped then return false end
-  return self.K:step()
+  local did = self.K:step()
+  if self.K:pending() >= GROUP_LIMIT then self.K:flush() end
+  return did
 end
 
 --- Runs one crank; true when one ran.
