@@ -1,0 +1,414 @@
+--- Pass styles: what a value is when it crosses a vat boundary.
+--
+-- This module knows the special values of the passable world (`null`,
+-- marked arrays, error values, hardened tables) and which remotables and
+-- promises exist, registered by identity in weak-keyed tables by the modules
+-- that make them (exos, presences, promises). It never requires those
+-- modules, so any of them may require it at load time.
+--
+-- Conventions:
+-- 1. Non-passables are refused with an error whose message starts with
+--    `cannot pass`, raised at level 0 (no file position): the message is for
+--    the user whose value it is, not about this file.
+-- 2. A hardened table is an empty proxy whose contents live in a shadow
+--    table; `contents(t)` returns that shadow, and every reader that must see
+--    the data raw (marshal, classify) goes through it.
+-- 3. Array marks, the error metatable and hardened metatables are ours; any
+--    other metatable makes a table non-passable.
+-- 4. Arrays: a table whose keys are exactly 1..k, or one with an integer
+--    `n` and other keys all integers within 1..n (what `table.pack` makes;
+--    missing entries are nil), or one marked by `array()`. A table whose
+--    only key is `n` is a record (`{ n = 2 }` is data far more often than
+--    `table.pack(nil, nil)`); `array(nil, nil)` is the array of two nils.
+--    The empty plain table is the empty record.
+
+local M = {}
+
+local type = type
+local next = next
+local rawget = rawget
+local getmetatable = getmetatable
+local setmetatable = setmetatable
+local tostring = tostring
+local select = select
+local error = error
+local math_type = math.type
+local match = string.match
+local format = string.format
+
+-- |n| <= 2^53 is a JavaScript safe-enough number; beyond it an integer is a
+-- bigint.
+local MAX_SAFE = 9007199254740992
+
+local function weakKeys()
+  return setmetatable({}, { __mode = 'k' })
+end
+
+local remotables = weakKeys() -- obj -> iface string
+local promises = weakKeys()   -- promise -> true
+local shadows = weakKeys()    -- hardened proxy -> shadow table holding its contents
+
+local function refuse()
+  error('cannot modify hardened table', 2)
+end
+
+-- null ---------------------------------------------------------------------
+
+--- The passable JSON `null` (distinct from `nil`, which is `undefined`).
+M.null = setmetatable({}, {
+  __name = 'ocap.null',
+  __tostring = function() return 'null' end,
+  __newindex = function() error('cannot modify null', 2) end,
+  __metatable = 'null',
+})
+local NULL = M.null
+
+---@param v any
+---@return boolean
+function M.isNull(v)
+  return v == NULL
+end
+
+-- arrays -------------------------------------------------------------------
+
+-- The mark of an array whose shape alone does not say so (the empty array,
+-- an array with nils counted by `n`); marshal puts it on every array it
+-- decodes. Its fields cannot be added to.
+local ARRAY_MT = setmetatable({ __name = 'ocap.array' }, {
+  __newindex = function() error('cannot modify the array metatable', 2) end,
+  __metatable = false,
+})
+M.ARRAY_MT = ARRAY_MT
+
+--- Makes a table marked as an array, so that it encodes as a JSON array
+--- even when empty. Nil arguments are counted: the table gets `n` when any
+--- argument is nil (like `table.pack`).
+---@param ... any elements
+---@return table
+function M.array(...)
+  local t = { ... }
+  local n = select('#', ...)
+  for i = 1, n do
+    if t[i] == nil then
+      t.n = n
+      break
+    end
+  end
+  return setmetatable(t, ARRAY_MT)
+end
+
+-- errors -------------------------------------------------------------------
+
+-- What `getmetatable` returns for an error value: a private identity, so the
+-- shared metatable cannot be reached or forged.
+local ERROR_TAG = setmetatable({}, { __name = 'ocap.error', __metatable = false, __newindex = refuse })
+local ERROR_MT = {
+  __name = 'ocap.error',
+  __metatable = ERROR_TAG,
+  __tostring = function(e)
+    return tostring(e.name) .. ': ' .. tostring(e.message)
+  end,
+}
+
+--- The code of a kernel error message `[KERNEL:<CODE>] detail`, or nil.
+---@param message string
+---@return string|nil code e.g. `OBJECT_REVOKED` or `VAT_FATAL:METER_EXHAUSTED`
+function M.kernelErrorCode(message)
+  if type(message) ~= 'string' then return nil end
+  local code = match(message, '^%[KERNEL:VAT_FATAL:([%u_]+)%]')
+  if code then return 'VAT_FATAL:' .. code end
+  return match(message, '^%[KERNEL:([%u_]+)%]')
+end
+local kernelErrorCode = M.kernelErrorCode
+
+--- Makes an error value: `{ message, name, code }` whose `tostring` is
+--- `"<name>: <message>"`. When `code` is not given it is derived from a
+--- `[KERNEL:<CODE>] ` message prefix.
+---@param message any converted with `tostring` when not a string; nil gives ''
+---@param name? string default 'Error'
+---@param code? string
+---@return table
+function M.makeError(message, name, code)
+  if message == nil then
+    message = ''
+  elseif type(message) ~= 'string' then
+    message = tostring(message)
+  end
+  if name == nil then
+    name = 'Error'
+  elseif type(name) ~= 'string' then
+    error('error name must be a string, got ' .. type(name), 2)
+  end
+  if code == nil then code = kernelErrorCode(message) end
+  return setmetatable({ message = message, name = name, code = code }, ERROR_MT)
+end
+
+---@param v any
+---@return boolean
+function M.isError(v)
+  return type(v) == 'table' and getmetatable(v) == ERROR_TAG
+end
+
+-- remotables and promises --------------------------------------------------
+
+--- Registers `obj` (a table or userdata) as a remotable with interface name
+--- `iface` (e.g. `'Alleged: counter'`; default `'Remotable'`, as in Endo).
+---@param obj table|userdata
+---@param iface? string
+---@return table|userdata obj
+function M.registerRemotable(obj, iface)
+  local t = type(obj)
+  if t ~= 'table' and t ~= 'userdata' then
+    error('registerRemotable: expected a table or userdata, got ' .. t, 2)
+  end
+  if iface == nil then
+    iface = 'Remotable'
+  elseif type(iface) ~= 'string' then
+    error('registerRemotable: iface must be a string', 2)
+  end
+  if promises[obj] then error('registerRemotable: object is already a promise', 2) end
+  remotables[obj] = iface
+  return obj
+end
+
+--- The interface name a remotable was registered with, or nil.
+---@param obj any
+---@return string|nil
+function M.remotableIface(obj)
+  return remotables[obj]
+end
+
+---@param v any
+---@return boolean
+function M.isRemotable(v)
+  return remotables[v] ~= nil
+end
+
+--- Registers `p` (a table or userdata) as a promise.
+---@param p table|userdata
+---@return table|userdata p
+function M.registerPromise(p)
+  local t = type(p)
+  if t ~= 'table' and t ~= 'userdata' then
+    error('registerPromise: expected a table or userdata, got ' .. t, 2)
+  end
+  if remotables[p] then error('registerPromise: object is already a remotable', 2) end
+  promises[p] = true
+  return p
+end
+
+---@param v any
+---@return boolean
+function M.isPromise(v)
+  return promises[v] == true
+end
+
+-- harden -------------------------------------------------------------------
+
+local function hardenedLen(t)
+  return #shadows[t]
+end
+
+local function hardenedPairs(t)
+  return next, shadows[t], nil
+end
+
+local function hardenTable(t)
+  if shadows[t] or remotables[t] or promises[t] or t == NULL then return end
+  local mt = getmetatable(t)
+  if mt ~= nil and mt ~= ARRAY_MT then return end -- errors, foreign objects
+  local shadow = {}
+  -- Clearing fields while traversing is allowed by `next`.
+  for k, v in next, t do
+    shadow[k] = v
+    t[k] = nil
+  end
+  if mt == ARRAY_MT then setmetatable(shadow, ARRAY_MT) end
+  -- Registered before recursing, so that cycles terminate.
+  shadows[t] = shadow
+  setmetatable(t, {
+    __name = 'ocap.hardened',
+    __index = shadow,
+    __newindex = refuse,
+    __len = hardenedLen,
+    __pairs = hardenedPairs,
+    __metatable = 'hardened',
+  })
+  for _, v in next, shadow do
+    if type(v) == 'table' then hardenTable(v) end
+  end
+end
+
+--- Deep-freezes plain data in place and returns it. A hardened table reads
+--- as before (indexing, `#`, `pairs`, `ipairs`), but any assignment raises
+--- `cannot modify hardened table` and `setmetatable` on it fails. `next`
+--- and `rawget` see it empty (use `contents`); `rawset` cannot be stopped.
+--- Remotables, promises, errors, null and tables with a foreign metatable
+--- are left as they are. Idempotent; cycles terminate.
+---@generic T
+---@param v T
+---@return T
+function M.harden(v)
+  if type(v) == 'table' then hardenTable(v) end
+  return v
+end
+
+--- True for a hardened table, a remotable or promise, null, and any
+--- non-table value (those cannot be changed through the value itself).
+---@param v any
+---@return boolean
+function M.isFrozen(v)
+  if type(v) ~= 'table' then return true end
+  return shadows[v] ~= nil or remotables[v] ~= nil or promises[v] ~= nil or v == NULL
+end
+
+--- The table holding the contents of a hardened table, or `t` itself.
+---@param t table
+---@return table
+function M.contents(t)
+  return shadows[t] or t
+end
+
+-- classification -----------------------------------------------------------
+
+local function describeKey(k)
+  local tk = math_type(k) or type(k)
+  if tk == 'float' then return format('float key (%s)', tostring(k)) end
+  if tk == 'string' then return format('string key %q', k) end
+  return tk .. ' key'
+end
+
+local function firstHole(t, len)
+  for i = 1, len do
+    if t[i] == nil then return i end
+  end
+  return len + 1
+end
+
+--- Classifies a table or userdata. Returns one of:
+--- `'copyArray', length, contents` (length counts nils when `n` is set);
+--- `'copyRecord', keys, contents` (keys unsorted, nil when there are none);
+--- `'remotable'`, `'promise'`, `'error'`, `'null'`;
+--- or `nil, message` for a non-passable. `contents` is the table to read
+--- (the shadow of a hardened table).
+---@param t table|userdata
+---@return string|nil style
+---@return any
+---@return table|nil contents
+function M.classify(t)
+  if remotables[t] then return 'remotable' end
+  if promises[t] then return 'promise' end
+  if type(t) ~= 'table' then return nil, 'cannot pass ' .. type(t) end
+  local mt = getmetatable(t)
+  local marked = false
+  if mt ~= nil then
+    if mt == ARRAY_MT then
+      marked = true
+    elseif mt == ERROR_TAG then
+      return 'error'
+    elseif t == NULL then
+      return 'null'
+    else
+      local shadow = shadows[t]
+      if shadow == nil then return nil, 'cannot pass table with a foreign metatable' end
+      t = shadow
+      marked = getmetatable(t) == ARRAY_MT
+    end
+  end
+  -- Fast path: keys met in the order 1, 2, ... (a table built as a
+  -- sequence keeps them in its array part, which `next` visits first).
+  local seq = 0
+  for k in next, t do
+    if k == seq + 1 then
+      seq = k
+    else
+      seq = -1
+      break
+    end
+  end
+  if seq > 0 then return 'copyArray', seq, t end
+  if seq == 0 then
+    if marked then return 'copyArray', 0, t end
+    return 'copyRecord', nil, t
+  end
+  local count, maxk, keys, nk = 0, 0, nil, 0
+  for k in next, t do
+    if math_type(k) == 'integer' then
+      if k < 1 then
+        return nil, format('cannot pass table with integer key %d (array indexes start at 1)', k)
+      end
+      count = count + 1
+      if k > maxk then maxk = k end
+    elseif type(k) == 'string' then
+      nk = nk + 1
+      if nk == 1 then keys = { k } else keys[nk] = k end
+    else
+      return nil, 'cannot pass table with a ' .. describeKey(k)
+    end
+  end
+  if nk == 0 then
+    if count == maxk then
+      if count == 0 and not marked then return 'copyRecord', nil, t end
+      return 'copyArray', maxk, t
+    end
+    return nil, format('cannot pass sparse array (index %d is nil; set n as table.pack does)',
+      firstHole(t, maxk))
+  end
+  if count == 0 and not marked then return 'copyRecord', keys, t end
+  if nk == 1 and keys[1] == 'n' then
+    local n = rawget(t, 'n')
+    if math_type(n) ~= 'integer' then
+      return nil, 'cannot pass array whose n is not an integer (' .. tostring(n) .. ')'
+    end
+    if n < maxk then
+      return nil, format('cannot pass array with index %d beyond its n (%d)', maxk, n)
+    end
+    return 'copyArray', n, t
+  end
+  if marked then
+    for i = 1, nk do
+      if keys[i] ~= 'n' then return nil, 'cannot pass array with ' .. describeKey(keys[i]) end
+    end
+  end
+  return nil, 'cannot pass table with mixed integer and string keys'
+end
+local classify = M.classify
+
+local SIMPLE_STYLES = {
+  ['nil'] = 'undefined',
+  boolean = 'boolean',
+  string = 'string',
+}
+
+--- The pass style of `v`: `'undefined'`, `'null'`, `'boolean'`, `'number'`,
+--- `'bigint'` (an integer beyond ±2^53), `'string'`, `'copyArray'`,
+--- `'copyRecord'`, `'remotable'`, `'promise'` or `'error'`. Raises
+--- `cannot pass ...` for anything else. Does not look inside containers
+--- beyond their keys and does not detect cycles (marshal does).
+---@param v any
+---@return string
+function M.passStyleOf(v)
+  local tv = type(v)
+  local s = SIMPLE_STYLES[tv]
+  if s then return s end
+  if tv == 'number' then
+    if math_type(v) == 'integer' and (v > MAX_SAFE or v < -MAX_SAFE) then return 'bigint' end
+    return 'number'
+  end
+  if tv == 'table' or tv == 'userdata' then
+    local style, msg = classify(v)
+    if style then return style end
+    error(msg, 0)
+  end
+  if tv == 'thread' then error('cannot pass thread (coroutine)', 0) end
+  error('cannot pass ' .. tv, 0)
+end
+
+--- True when `v` passes as an array (marked or by its shape).
+---@param v any
+---@return boolean
+function M.isArray(v)
+  return type(v) == 'table' and classify(v) == 'copyArray'
+end
+
+return M
