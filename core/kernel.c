@@ -1093,6 +1093,6 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
   delv(k, "%s.nextObjectId", ep);
   delv(k, "%s.nextPromiseId", ep);
   if (k->hooks.terminated)
-    k->hooks.terminated(k->hooks.ud, ep);
+    k->hooks.terminated(k->hooks.ud, ep, reason->body, reason->blen);
   return rc;
 }

@@ -75,8 +75,9 @@ typedef struct ocap_kernel_hooks {
    * terminates the endpoint.
    */
   int (*deliver)(void *ud, const char *ep, const ocap_delivery_t *d, int *fatal, char **why);
-  /* Called after an endpoint was terminated, so its runtime can be freed. */
-  void (*terminated)(void *ud, const char *ep);
+  /* Called after an endpoint was terminated, so its runtime can be freed;
+   * `reason` is the rejection capdata's body. */
+  void (*terminated)(void *ud, const char *ep, const char *reason, size_t rlen);
 } ocap_kernel_hooks_t;
 
 /* Opens the kernel on a store (initialising an empty one). */

@@ -282,6 +282,53 @@ static int json_decode(lua_State *L) {
   return 1;
 }
 
+/* encode(string): JSON.stringify of a string. Only strings are needed:
+ * ocap.marshal writes everything else itself. */
+static int json_encode(lua_State *L) {
+  static const char hex[] = "0123456789abcdef";
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addchar(&b, '"');
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    switch (c) {
+    case '"':
+      luaL_addstring(&b, "\\\"");
+      break;
+    case '\\':
+      luaL_addstring(&b, "\\\\");
+      break;
+    case '\b':
+      luaL_addstring(&b, "\\b");
+      break;
+    case '\f':
+      luaL_addstring(&b, "\\f");
+      break;
+    case '\n':
+      luaL_addstring(&b, "\\n");
+      break;
+    case '\r':
+      luaL_addstring(&b, "\\r");
+      break;
+    case '\t':
+      luaL_addstring(&b, "\\t");
+      break;
+    default:
+      if (c < 0x20) {
+        char esc[7] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15], 0};
+        luaL_addstring(&b, esc);
+      } else {
+        luaL_addchar(&b, (char)c);
+      }
+    }
+  }
+  luaL_addchar(&b, '"');
+  luaL_pushresult(&b);
+  return 1;
+}
+
 static int json_new(lua_State *L) {
   lua_pushvalue(L, lua_upvalueindex(1));
   return 1;
@@ -302,6 +349,8 @@ int ocap_open_json(lua_State *L) {
   lua_createtable(L, 0, 3);
   lua_pushcfunction(L, json_decode);
   lua_setfield(L, -2, "decode");
+  lua_pushcfunction(L, json_encode);
+  lua_setfield(L, -2, "encode");
   lua_pushlightuserdata(L, NULL);
   lua_setfield(L, -2, "null");
   lua_pushvalue(L, -1);

@@ -497,15 +497,23 @@ static int deliver_vat(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, int
   return *fatal ? OCAP_EFATAL : 0;
 }
 
-/* [-0, +0] Calls the host's `vatNeeded(vatId)` to (re)start a vat lazily. */
+/* [-0, +0] Calls the host's `vatNeeded(vatId)` to (re)start a vat lazily;
+ * when it returns an error message, the vat's record keeps it as the
+ * reason the vat could not start. */
 static void ensure_vat(lkernel_t *lk, const char *ep) {
   lua_State *L = lk->L;
   if (!L || lk->vat_needed_ref == LUA_NOREF)
     return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->vat_needed_ref);
   lua_pushstring(L, ep);
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK)
-    lua_pop(L, 1);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_isstring(L, -1)) {
+    lvat_t *rec = make_vat_record(lk, ep);
+    if (rec) {
+      free(rec->why);
+      rec->why = dupstr(lua_tostring(L, -1));
+    }
+  }
+  lua_pop(L, 1);
 }
 
 static int deliver_host(lkernel_t *lk, const ocap_delivery_t *d) {
@@ -534,12 +542,16 @@ static int hook_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int 
   if (!rec || !rec->vat) {
     *fatal = OCAP_FATAL_INTERNAL;
     *why = dupstr(rec && rec->why ? rec->why : "the vat could not be started");
+    if (rec) {
+      free(rec->why);
+      rec->why = NULL;
+    }
     return OCAP_EFATAL;
   }
   return deliver_vat(lk, rec, d, fatal, why);
 }
 
-static void hook_terminated(void *ud, const char *ep) {
+static void hook_terminated(void *ud, const char *ep, const char *reason, size_t rlen) {
   lkernel_t *lk = ud;
   lvat_t *rec = find_vat(lk, ep);
   if (rec)
@@ -548,7 +560,8 @@ static void hook_terminated(void *ud, const char *ep) {
   if (L && lk->terminated_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, lk->terminated_ref);
     lua_pushstring(L, ep);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+    lua_pushlstring(L, reason, rlen);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK)
       lua_pop(L, 1);
   }
 }

@@ -170,8 +170,8 @@ function M.make(options)
     end,
   })
   K:setHostDispatch(self.ls.dispatch)
-  K:setVatNeeded(function(vatId) self:_restartVatState(vatId) end)
-  K:setTerminated(function(vatId) self:_forgetVat(vatId) end)
+  K:setVatNeeded(function(vatId) return self:_restartVatState(vatId) end)
+  K:setTerminated(function(vatId, reason) self:_forgetVat(vatId, reason) end)
   K:setLogger(function(vatId, level, payload)
     local ok, entry = pcall(decode, payload)
     if not ok then entry = { message = payload } end
@@ -314,14 +314,20 @@ function Kernel:_restartVatState(vatId)
   local bundle = self:_get('vatBundle.' .. vatId)
   local ok, err = self:_startVat(vatId, rec, bundle)
   if not ok then
-    self.logger({ level = 'error', tags = { 'kernel' }, vatId = vatId,
-      message = ('vat %s (%s) failed to restart: %s'):format(vatId, rec.name, tostring(err)) })
+    local msg = ('vat %s (%s) failed to restart: %s'):format(vatId, rec.name, tostring(err))
+    self.logger({ level = 'error', tags = { 'kernel' }, vatId = vatId, message = msg })
+    return msg
   end
 end
 
-function Kernel:_forgetVat(vatId)
+function Kernel:_forgetVat(vatId, reasonBody)
   local rec = self:_get('vat.' .. vatId)
   if not rec then return end
+  if self.K:kvGet('terminated.' .. vatId) == nil then
+    local ok, reason = pcall(decode, reasonBody)
+    local msg = ok and type(reason) == 'table' and reason.message or tostring(reasonBody)
+    self.K:kvSet('terminated.' .. vatId, encode({ reason = msg }))
+  end
   self.K:kvDelete('vat.' .. vatId)
   self.K:kvDelete('vatBundle.' .. vatId)
   local sc = self:_get('subcluster.' .. rec.subclusterId)
@@ -450,8 +456,8 @@ end
 
 function Kernel:_terminateVatNow(vatId, reason)
   local body = kernelErrorBody('VAT_TERMINATED', ('vat %s was terminated: %s'):format(vatId, reason))
-  self.K:terminate(vatId, body)
   self.K:kvSet('terminated.' .. vatId, encode({ reason = reason }))
+  self.K:terminate(vatId, body)
   self.K:commit()
 end
 

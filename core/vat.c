@@ -1,0 +1,821 @@
+/*
+ * vat.c -- a vat's Lua state: sandbox, memory budget, instruction meter, and
+ * the one protected call path through which the kernel enters it.
+ *
+ * Three mechanisms keep untrusted code in its box, and each one covers a gap
+ * left by the others:
+ *
+ *  - The allocator charges every byte to the vat. A refused allocation makes
+ *    Lua run an emergency collection and ask again; only when that second
+ *    request is refused too does the vat become fatally out of memory, so a
+ *    program that merely carries garbage near its limit survives.
+ *  - A count hook charges instructions. It is set on the main thread when
+ *    the state is created, and Lua copies a thread's hook into every thread
+ *    it creates, so all coroutines are metered. Once the vat is marked
+ *    (meter or memory) the hook re-arms itself to fire on every instruction
+ *    of whatever thread it lands on and raises each time, so no `pcall`,
+ *    `xpcall` or `coroutine.resume` inside the vat can swallow the failure.
+ *  - The count hook never sees work done inside C functions, so the library
+ *    functions whose running time is not bounded by the memory they allocate
+ *    (`string.rep` of empty strings, `table.move` and `table.insert` over
+ *    huge index ranges, ...) are replaced by versions that charge the meter
+ *    up front, and `__gc` metamethods are refused because Lua runs
+ *    finalizers with hooks disabled.
+ */
+#include "vat.h"
+
+#include <assert.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "errors.h"
+
+struct ocap_vat {
+  lua_State *L;
+  size_t used;       /* bytes currently allocated by the state */
+  size_t limit;      /* the memory budget */
+  long long budget;  /* instructions allowed per outermost ocap_vat_pcall */
+  long long charged; /* instructions charged in the current or last call */
+  int fatal;         /* 0, OCAP_VAT_METER or OCAP_VAT_MEMORY; never reset */
+  int refused;       /* the last growth request was refused */
+  int depth;         /* nesting of ocap_vat_pcall; the meter runs when > 0 */
+};
+
+/*
+ * Registry keys. Only their addresses matter; they are const, so the module
+ * keeps no mutable global state.
+ */
+static const char KEY_LOADED = 'L';    /* name -> module value */
+static const char KEY_PRELOAD = 'P';   /* name -> {source, trusted} */
+static const char KEY_LOADING = 'I';   /* sentinel value in KEY_LOADED */
+static const char KEY_METER_MSG = 'M'; /* interned fatal messages */
+static const char KEY_MEMORY_MSG = 'm';
+
+/* The value getmetatable('') returns instead of the string metatable. */
+#define STRING_MT_LOCK "locked"
+
+/* Byte-copy work that counts as one instruction in the C library wrappers. */
+#define BYTES_PER_INSTRUCTION 64
+
+static void vat_hook(lua_State *L, lua_Debug *ar);
+
+/* ---------------------------------------------------------------------- */
+/* Memory budget                                                          */
+
+/*
+ * Refuses growth beyond the budget. A marked vat may go OCAP_VAT_MEMORY_SLACK
+ * bytes over, so that raising errors, unwinding and closing the state still
+ * have room; frees and shrinks always succeed because refusing them would
+ * leave Lua nothing to fall back on.
+ */
+static void *vat_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  ocap_vat_t *v = ud;
+  /* When ptr is NULL, osize encodes the kind of object, not a size. */
+  size_t old = ptr != NULL ? osize : 0;
+  void *p;
+  if (nsize == 0) {
+    free(ptr);
+    v->used -= old;
+    return NULL;
+  }
+  if (nsize > old) {
+    size_t cap = v->limit + (v->fatal ? OCAP_VAT_MEMORY_SLACK : 0);
+    if (v->used > cap || nsize - old > cap - v->used)
+      goto refuse;
+  }
+  p = realloc(ptr, nsize);
+  if (p == NULL)
+    goto refuse;
+  v->used = v->used - old + nsize;
+  if (nsize > old)
+    v->refused = 0;
+  return p;
+refuse:
+  /*
+   * Lua answers a refusal with an emergency collection and one more try;
+   * two refusals in a row mean the collection could not make room.
+   */
+  if (v->refused && v->fatal == 0)
+    v->fatal = OCAP_VAT_MEMORY;
+  v->refused = 1;
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Instruction meter                                                      */
+
+/* [-0, +1] Pushes the interned message for the vat's fatal status. */
+static void push_fatal(lua_State *L, const ocap_vat_t *v) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, v->fatal == OCAP_VAT_METER ? &KEY_METER_MSG : &KEY_MEMORY_MSG);
+}
+
+/*
+ * [-0, +1, e] Raises the vat's fatal message in L and re-arms L's hook to
+ * fire on every instruction, so that a handler which catches this error
+ * cannot run even one more instruction without raising again. The message
+ * was interned at creation, so raising needs no memory.
+ */
+static int vat_die(lua_State *L, const ocap_vat_t *v) {
+  lua_sethook(L, vat_hook, LUA_MASKCOUNT, 1);
+  push_fatal(L, v);
+  return lua_error(L);
+}
+
+/*
+ * [-0, +0, e] The count hook. Outside ocap_vat_pcall it does nothing, so the
+ * kernel can run its own bits of Lua in the state without being metered.
+ */
+static void vat_hook(lua_State *L, lua_Debug *ar) {
+  ocap_vat_t *v = ocap_vat_from_state(L);
+  (void)ar;
+  if (v == NULL || v->depth == 0)
+    return;
+  if (v->fatal == 0) {
+    v->charged += OCAP_VAT_GRANULE;
+    if (v->charged < v->budget)
+      return;
+    v->fatal = OCAP_VAT_METER;
+  }
+  vat_die(L, v);
+}
+
+/*
+ * [-0, +0, e] Charges cost instructions for work a C function is about to
+ * do, raising the meter error if the budget cannot cover it.
+ */
+static void vat_charge(lua_State *L, long long cost) {
+  ocap_vat_t *v = ocap_vat_from_state(L);
+  if (v == NULL || v->depth == 0)
+    return;
+  if (v->fatal == 0) {
+    if (cost < v->budget - v->charged) {
+      v->charged += cost;
+      return;
+    }
+    v->charged = v->budget;
+    v->fatal = OCAP_VAT_METER;
+  }
+  vat_die(L, v);
+}
+
+/* The number of integers in [i, j], saturated so it cannot overflow. */
+static long long range_count(lua_Integer i, lua_Integer j) {
+  lua_Unsigned n;
+  if (j < i)
+    return 0;
+  n = (lua_Unsigned)j - (lua_Unsigned)i;
+  return n >= (lua_Unsigned)LLONG_MAX ? LLONG_MAX : (long long)n + 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Metered library functions                                              */
+
+/*
+ * [-0, +1, e] Calls the original library function (upvalue 1) with the
+ * arguments as they are now and returns all its results.
+ */
+static int call_original(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/*
+ * [-0, +0, e] Whether the length of the value at arg can be taken without
+ * raising; the original functions raise their own argument errors
+ * otherwise.
+ */
+static int has_length(lua_State *L, int arg) {
+  int t = lua_type(L, arg);
+  if (t == LUA_TTABLE || t == LUA_TSTRING)
+    return 1;
+  if (luaL_getmetafield(L, arg, "__len") == LUA_TNIL)
+    return 0;
+  lua_pop(L, 1);
+  return 1;
+}
+
+/*
+ * [-0, +1, e] string.rep. The original loops once per copy even when the
+ * copies are empty, so string.rep('', 1e18) would spin in C for years
+ * without allocating or executing an instruction.
+ */
+static int vat_string_rep(lua_State *L) {
+  size_t l, lsep;
+  luaL_checklstring(L, 1, &l);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_optlstring(L, 3, "", &lsep);
+  if (n <= 0 || l + lsep == 0) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
+  if (l + lsep >= l && l + lsep <= (size_t)INT_MAX / (lua_Unsigned)n) {
+    size_t total = (size_t)n * l + (size_t)(n - 1) * lsep;
+    vat_charge(L, 1 + n / 4 + (long long)(total / BYTES_PER_INSTRUCTION));
+  }
+  return call_original(L);
+}
+
+/* [-0, +1, e] table.concat, charged per element. */
+static int vat_table_concat(lua_State *L) {
+  lua_Integer i = luaL_optinteger(L, 3, 1);
+  lua_Integer j;
+  if (!lua_isnoneornil(L, 4))
+    j = luaL_checkinteger(L, 4);
+  else if (has_length(L, 1))
+    j = luaL_len(L, 1);
+  else
+    return call_original(L);
+  vat_charge(L, range_count(i, j));
+  /* Pass the range on explicitly so that it is the one that was charged. */
+  lua_settop(L, 4);
+  lua_pushinteger(L, i);
+  lua_replace(L, 3);
+  lua_pushinteger(L, j);
+  lua_replace(L, 4);
+  return call_original(L);
+}
+
+/* [-0, +(j-i+1), e] table.unpack, charged per element. */
+static int vat_table_unpack(lua_State *L) {
+  lua_Integer i = luaL_optinteger(L, 2, 1);
+  lua_Integer j;
+  if (!lua_isnoneornil(L, 3))
+    j = luaL_checkinteger(L, 3);
+  else if (has_length(L, 1))
+    j = luaL_len(L, 1);
+  else
+    return call_original(L);
+  vat_charge(L, range_count(i, j));
+  lua_settop(L, 3);
+  lua_pushinteger(L, i);
+  lua_replace(L, 2);
+  lua_pushinteger(L, j);
+  lua_replace(L, 3);
+  return call_original(L);
+}
+
+/*
+ * [-0, +1, e] table.move, charged per element. Moving nils allocates
+ * nothing, so without the charge table.move({}, 1, 1e15, 2) would loop in C
+ * unmetered. The original's own range checks come first so that bad
+ * arguments still raise an ordinary error.
+ */
+static int vat_table_move(lua_State *L) {
+  lua_Integer f = luaL_checkinteger(L, 2);
+  lua_Integer e = luaL_checkinteger(L, 3);
+  lua_Integer t = luaL_checkinteger(L, 4);
+  if (e >= f) {
+    luaL_argcheck(L, f > 0 || e < LUA_MAXINTEGER + f, 3, "too many elements to move");
+    luaL_argcheck(L, t <= LUA_MAXINTEGER - (e - f), 4, "destination wrap around");
+    vat_charge(L, range_count(f, e));
+  }
+  return call_original(L);
+}
+
+/*
+ * [-0, +1, e] table.sort, charged n log n for the length it sees. A __len
+ * that answers differently the second time can only make the original sort
+ * read absent elements, which raises or runs metered Lua code.
+ */
+static int vat_table_sort(lua_State *L) {
+  if (has_length(L, 1)) {
+    lua_Integer n = luaL_len(L, 1);
+    long long cost = 1;
+    for (lua_Integer k = n; k > 1; k >>= 1)
+      cost++;
+    vat_charge(L, n > 0 ? (n > LLONG_MAX / cost ? LLONG_MAX : n * cost) : 1);
+  }
+  return call_original(L);
+}
+
+/*
+ * [-0, +0, e] Checks that arg is a table, or behaves like one for reading,
+ * writing and taking its length, as ltablib.c's checktab does.
+ */
+static void check_table_like(lua_State *L, int arg) {
+  static const char *const fields[] = {"__index", "__newindex", "__len"};
+  if (lua_type(L, arg) == LUA_TTABLE)
+    return;
+  if (lua_getmetatable(L, arg)) {
+    int ok = 1;
+    for (int k = 0; k < 3 && ok; k++) {
+      lua_pushstring(L, fields[k]);
+      ok = lua_rawget(L, -2) != LUA_TNIL;
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (ok)
+      return;
+  }
+  luaL_checktype(L, arg, LUA_TTABLE);
+}
+
+/*
+ * [-0, +0, e] table.insert. Rewritten rather than wrapped because the
+ * original takes #t itself, and a __len metamethod could report a small
+ * length to the charge and a huge one to the shifting loop.
+ */
+static int vat_table_insert(lua_State *L) {
+  lua_Integer e, pos;
+  check_table_like(L, 1);
+  e = luaL_len(L, 1);
+  e = (lua_Integer)((lua_Unsigned)e + 1u);
+  switch (lua_gettop(L)) {
+  case 2:
+    pos = e;
+    break;
+  case 3:
+    pos = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
+    vat_charge(L, range_count(pos + 1, e));
+    for (lua_Integer i = e; i > pos; i--) {
+      lua_geti(L, 1, i - 1);
+      lua_seti(L, 1, i);
+    }
+    break;
+  default:
+    return luaL_error(L, "wrong number of arguments to 'insert'");
+  }
+  lua_seti(L, 1, pos);
+  return 0;
+}
+
+/* [-0, +1, e] table.remove, rewritten for the same reason as insert. */
+static int vat_table_remove(lua_State *L) {
+  lua_Integer size, pos;
+  check_table_like(L, 1);
+  size = luaL_len(L, 1);
+  pos = luaL_optinteger(L, 2, size);
+  if (pos != size)
+    luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2, "position out of bounds");
+  vat_charge(L, range_count(pos + 1, size));
+  lua_geti(L, 1, pos);
+  for (; pos < size; pos++) {
+    lua_geti(L, 1, pos + 1);
+    lua_seti(L, 1, pos);
+  }
+  lua_pushnil(L);
+  lua_seti(L, 1, pos);
+  return 1;
+}
+
+/*
+ * [-0, +1, e] setmetatable, refusing metatables with a __gc field. Lua runs
+ * finalizers with hooks disabled, so a finalizer could loop forever
+ * unmetered; the field is checked raw because that is how Lua decides
+ * whether to register the object for finalization, even when __gc is not
+ * yet a function.
+ */
+static int vat_setmetatable(lua_State *L) {
+  int t = lua_type(L, 2);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+  if (t == LUA_TTABLE) {
+    lua_pushliteral(L, "__gc");
+    if (lua_rawget(L, 2) != LUA_TNIL)
+      return luaL_error(L, "__gc metamethods are not allowed in a vat");
+    lua_pop(L, 1);
+  }
+  if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+    return luaL_error(L, "cannot change a protected metatable");
+  lua_settop(L, 2);
+  lua_setmetatable(L, 1);
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* require                                                                */
+
+/*
+ * [-1, +1, e] require(name): the cached module value, or the preloaded
+ * source run once with the name as its argument. Nothing outside the vat's
+ * own two registry tables can be reached by name.
+ */
+static int vat_require(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  size_t len;
+  const char *src;
+  int trusted;
+  lua_settop(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_LOADED); /* 2 */
+  lua_pushvalue(L, 1);
+  if (lua_rawget(L, 2) != LUA_TNIL) {
+    if (lua_touserdata(L, -1) == (void *)&KEY_LOADING)
+      return luaL_error(L, "module '%s' is required while it is being loaded (require loop)", name);
+    return 1;
+  }
+  lua_pop(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
+  lua_pushvalue(L, 1);
+  if (lua_rawget(L, -2) != LUA_TTABLE)
+    return luaL_error(L, "module '%s' not found in this vat", name);
+  lua_rawgeti(L, -1, 1);
+  src = lua_tolstring(L, -1, &len);
+  lua_rawgeti(L, -2, 2);
+  trusted = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  /* Stack: name, loaded, preload, record, source. */
+  lua_pushfstring(L, "=%s", name);
+  if (luaL_loadbufferx(L, src, len, lua_tostring(L, -1), trusted ? "bt" : "t") != LUA_OK)
+    return luaL_error(L, "error loading module '%s': %s", name, lua_tostring(L, -1));
+  /* Mark the module as loading so that a require loop raises. */
+  lua_pushvalue(L, 1);
+  lua_pushlightuserdata(L, (void *)&KEY_LOADING);
+  lua_rawset(L, 2);
+  lua_pushvalue(L, 1);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    /* Forget the mark and re-raise; a fatal vat re-raises on its own. */
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, 2);
+    return lua_error(L);
+  }
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushboolean(L, 1);
+  }
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, 2);
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Building the sandbox                                                   */
+
+/*
+ * [-0, +1, e] Pushes a shallow copy of the library table at src without the
+ * names in omit (NULL-terminated). Each function in override replaces the
+ * entry of its name and gets the original as its one upvalue.
+ */
+static void copy_lib(lua_State *L, int src, const char *const *omit, const luaL_Reg *override) {
+  src = lua_absindex(L, src);
+  lua_newtable(L);
+  lua_pushnil(L);
+  while (lua_next(L, src) != 0) {
+    int skip = 0;
+    if (lua_type(L, -2) == LUA_TSTRING)
+      for (const char *const *o = omit; o != NULL && *o != NULL; o++)
+        skip = skip || strcmp(lua_tostring(L, -2), *o) == 0;
+    if (skip) {
+      lua_pop(L, 1);
+      continue;
+    }
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -4);
+  }
+  for (const luaL_Reg *r = override; r != NULL && r->name != NULL; r++) {
+    lua_getfield(L, src, r->name);
+    lua_pushcclosure(L, r->func, 1);
+    lua_setfield(L, -2, r->name);
+  }
+}
+
+/*
+ * [-0, +0, e] Builds the sandbox; runs under lua_pcall at creation so that
+ * running out of memory here fails ocap_vat_new instead of panicking.
+ */
+static int vat_setup(lua_State *L) {
+  static const char *const base_names[] = {
+      "assert", "error",  "ipairs",   "next",         "pairs",    "pcall",
+      "xpcall", "select", "tonumber", "tostring",     "type",     "rawequal",
+      "rawlen", "rawget", "rawset",   "getmetatable", "_VERSION", NULL,
+  };
+  static const char *const string_omit[] = {"dump", NULL};
+  static const char *const math_omit[] = {"random", "randomseed", NULL};
+  static const luaL_Reg string_meter[] = {
+      {"rep", vat_string_rep},
+      {NULL, NULL},
+  };
+  static const luaL_Reg table_meter[] = {
+      {"concat", vat_table_concat},
+      {"insert", vat_table_insert},
+      {"move", vat_table_move},
+      {"remove", vat_table_remove},
+      {"sort", vat_table_sort},
+      {"unpack", vat_table_unpack},
+      {NULL, NULL},
+  };
+  static const luaL_Reg sandbox_funcs[] = {
+      {"require", vat_require},
+      {"setmetatable", vat_setmetatable},
+      {NULL, NULL},
+  };
+  static const struct {
+    const char *name;
+    lua_CFunction open;
+    const char *const *omit;
+    const luaL_Reg *override;
+  } libs[] = {
+      {LUA_STRLIBNAME, luaopen_string, string_omit, string_meter},
+      {LUA_TABLIBNAME, luaopen_table, NULL, table_meter},
+      {LUA_MATHLIBNAME, luaopen_math, math_omit, NULL},
+      {LUA_UTF8LIBNAME, luaopen_utf8, NULL, NULL},
+      {LUA_COLIBNAME, luaopen_coroutine, NULL, NULL},
+  };
+
+  /*
+   * The libraries are opened the usual way, which leaves the originals in
+   * the registry's _LOADED table, where only C code can see them (Lua uses
+   * them there to name functions in tracebacks). The package library is
+   * never opened. The base library writes itself into the initial globals
+   * table, which is replaced below and so becomes unreachable from Lua.
+   */
+  luaL_requiref(L, LUA_GNAME, luaopen_base, 0); /* 1: the initial globals */
+  lua_newtable(L);                              /* 2: the sandbox globals */
+  for (const char *const *n = base_names; *n != NULL; n++) {
+    lua_getfield(L, 1, *n);
+    lua_setfield(L, 2, *n);
+  }
+  luaL_setfuncs(L, sandbox_funcs, 0);
+  lua_newtable(L); /* 3: the vat's loaded modules */
+  for (size_t k = 0; k < sizeof libs / sizeof libs[0]; k++) {
+    luaL_requiref(L, libs[k].name, libs[k].open, 0);
+    copy_lib(L, -1, libs[k].omit, libs[k].override);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, 2, libs[k].name);
+    lua_setfield(L, 3, libs[k].name);
+    if (libs[k].open == luaopen_string) {
+      /*
+       * String methods come from a second copy that nothing in the vat can
+       * reach: changing the global `string` table changes `string.upper`
+       * but never ('x'):upper(), which trusted runtime code relies on.
+       */
+      lua_pushliteral(L, "");
+      lua_getmetatable(L, -1);
+      copy_lib(L, -3, libs[k].omit, libs[k].override);
+      lua_setfield(L, -2, "__index");
+      lua_pushliteral(L, STRING_MT_LOCK);
+      lua_setfield(L, -2, "__metatable");
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+  }
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_LOADED);
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
+  lua_pushliteral(L, "vat exceeded its instruction budget");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_METER_MSG);
+  lua_pushliteral(L, "vat exceeded its memory budget");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_MEMORY_MSG);
+  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* Reports an error raised outside any protected call before Lua aborts. */
+static int vat_panic(lua_State *L) {
+  const char *msg = lua_tostring(L, -1);
+  fprintf(stderr, "ocap: unprotected error in a vat: %s\n", msg ? msg : "(not a string)");
+  return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Public API                                                             */
+
+int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
+  ocap_vat_t *v;
+  lua_State *L;
+  *out = NULL;
+  if (limits != NULL && limits->instructions < 0)
+    return OCAP_EINVAL;
+  v = calloc(1, sizeof *v);
+  if (v == NULL)
+    return OCAP_ENOMEM;
+  v->limit = limits != NULL && limits->memory > 0 ? limits->memory : OCAP_VAT_DEFAULT_MEMORY;
+  v->budget = limits != NULL && limits->instructions > 0 ? limits->instructions
+                                                         : OCAP_VAT_DEFAULT_INSTRUCTIONS;
+  L = lua_newstate(vat_alloc, v);
+  if (L == NULL) {
+    free(v);
+    return OCAP_ENOMEM;
+  }
+  v->L = L;
+  lua_atpanic(L, vat_panic);
+  lua_pushcfunction(L, vat_setup);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK || v->fatal) {
+    ocap_vat_free(v);
+    return OCAP_ENOMEM;
+  }
+  /* Every thread created from now on copies this hook from its creator. */
+  lua_sethook(L, vat_hook, LUA_MASKCOUNT, OCAP_VAT_GRANULE);
+  *out = v;
+  return 0;
+}
+
+void ocap_vat_free(ocap_vat_t *v) {
+  if (v == NULL)
+    return;
+  if (v->L != NULL)
+    lua_close(v->L);
+  assert(v->used == 0);
+  free(v);
+}
+
+lua_State *ocap_vat_state(ocap_vat_t *v) {
+  return v->L;
+}
+
+ocap_vat_t *ocap_vat_from_state(lua_State *L) {
+  void *ud = NULL;
+  /* The allocator's ud is shared by every thread of the state. */
+  if (L == NULL || lua_getallocf(L, &ud) != vat_alloc)
+    return NULL;
+  return ud;
+}
+
+/* Arguments of the protected helpers below, passed as a light userdata. */
+struct vat_args {
+  const char *name;
+  const char *src;
+  size_t len;
+  int trusted;
+};
+
+/* [-1, +0, e] Stores source for require; upvalue-free, args at index 1. */
+static int vat_preload_p(lua_State *L) {
+  const struct vat_args *a = lua_touserdata(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
+  lua_createtable(L, 2, 0);
+  lua_pushlstring(L, a->src, a->len);
+  lua_rawseti(L, -2, 1);
+  lua_pushboolean(L, a->trusted);
+  lua_rawseti(L, -2, 2);
+  lua_setfield(L, -2, a->name);
+  return 0;
+}
+
+/*
+ * [-0, +0] Runs the C function f with the light userdata a under lua_pcall
+ * with no meter. Returns 0, or OCAP_ENOMEM when f ran out of memory (the
+ * only way these helpers can fail).
+ */
+static int vat_protect(ocap_vat_t *v, lua_CFunction f, void *a) {
+  lua_State *L = v->L;
+  int status;
+  if (!lua_checkstack(L, 2))
+    return OCAP_ENOMEM;
+  lua_pushcfunction(L, f);
+  lua_pushlightuserdata(L, a);
+  status = lua_pcall(L, 1, 0, 0);
+  if (status != LUA_OK) {
+    lua_pop(L, 1);
+    return OCAP_ENOMEM;
+  }
+  return 0;
+}
+
+int ocap_vat_preload(ocap_vat_t *v, const char *name, const char *src, size_t len, int trusted) {
+  struct vat_args a = {name, src, len, trusted};
+  if (v == NULL || name == NULL || src == NULL)
+    return OCAP_EINVAL;
+  if (v->fatal)
+    return OCAP_EFATAL;
+  return vat_protect(v, vat_preload_p, &a);
+}
+
+/* [-1, +0, e] Sets loaded[name] to the value at index 2. */
+static int vat_set_loaded_p(lua_State *L) {
+  const struct vat_args *a = lua_touserdata(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_LOADED);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, a->name);
+  return 0;
+}
+
+int ocap_vat_set_loaded(ocap_vat_t *v, const char *name) {
+  lua_State *L = v->L;
+  struct vat_args a = {name, NULL, 0, 0};
+  int status;
+  if (name == NULL || v->fatal || !lua_checkstack(L, 2)) {
+    lua_pop(L, 1);
+    return name == NULL ? OCAP_EINVAL : v->fatal ? OCAP_EFATAL : OCAP_ENOMEM;
+  }
+  /* The value travels as the call's second argument: f, a, value. */
+  lua_pushcfunction(L, vat_set_loaded_p);
+  lua_insert(L, -2);
+  lua_pushlightuserdata(L, &a);
+  lua_insert(L, -2);
+  status = lua_pcall(L, 2, 0, 0);
+  if (status != LUA_OK) {
+    lua_pop(L, 1);
+    return OCAP_ENOMEM;
+  }
+  return 0;
+}
+
+/* [-0, +1, e] Loads a->src in text mode; the function is the result. */
+static int vat_load_p(lua_State *L) {
+  const struct vat_args *a = lua_touserdata(L, 1);
+  /*
+   * Lua's own "attempt to load a binary chunk" would do, but vat authors
+   * deserve to be told why their precompiled code is refused.
+   */
+  if (a->len > 0 && a->src[0] == LUA_SIGNATURE[0])
+    return luaL_error(L, "%s: binary chunks are refused in a vat; load source text",
+                      a->name != NULL ? a->name : "?");
+  /*
+   * lua_load sets the chunk's first upvalue, _ENV, to the registry's globals
+   * table, which is the sandbox built at creation.
+   */
+  if (luaL_loadbufferx(L, a->src, a->len, a->name, "t") != LUA_OK)
+    return lua_error(L);
+  return 1;
+}
+
+int ocap_vat_load(ocap_vat_t *v, const char *src, size_t len, const char *chunkname) {
+  lua_State *L = v->L;
+  struct vat_args a = {chunkname, src, len, 0};
+  int status;
+  if (!lua_checkstack(L, 2))
+    return OCAP_ENOMEM; /* nothing pushed: the stack itself is out of room */
+  if (v->fatal) {
+    push_fatal(L, v);
+    return OCAP_EFATAL;
+  }
+  lua_pushcfunction(L, vat_load_p);
+  lua_pushlightuserdata(L, &a);
+  status = lua_pcall(L, 1, 1, 0);
+  if (status == LUA_OK)
+    return 0;
+  if (status == LUA_ERRMEM || v->fatal) {
+    if (v->fatal == 0)
+      v->fatal = OCAP_VAT_MEMORY;
+    lua_pop(L, 1);
+    push_fatal(L, v);
+    return OCAP_ENOMEM;
+  }
+  return OCAP_EINVAL;
+}
+
+/*
+ * [-1, +1] The message handler of ocap_vat_pcall: adds a traceback to an
+ * ordinary error and leaves a fatal one alone, since a fatal vat has no
+ * instructions or memory to spare for it.
+ */
+static int vat_msgh(lua_State *L) {
+  ocap_vat_t *v = ocap_vat_from_state(L);
+  const char *msg;
+  if (v != NULL && v->fatal)
+    return 1;
+  msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults) {
+  lua_State *L = v->L;
+  int base = lua_gettop(L) - nargs; /* the function's index */
+  int status;
+  assert(nargs >= 0 && base >= 1);
+  if (!v->fatal && !lua_checkstack(L, 1))
+    v->fatal = OCAP_VAT_MEMORY; /* not even room for the handler */
+  if (v->fatal) {
+    lua_settop(L, base - 1);
+    push_fatal(L, v);
+    return v->fatal;
+  }
+  lua_pushcfunction(L, vat_msgh);
+  lua_insert(L, base);
+  /* Only the outermost call gets a fresh budget; re-entry must not add. */
+  if (v->depth++ == 0)
+    v->charged = 0;
+  status = lua_pcall(L, nargs, nresults, base);
+  v->depth--;
+  lua_remove(L, base);
+  if (status == LUA_ERRMEM && v->fatal == 0)
+    v->fatal = OCAP_VAT_MEMORY;
+  if (v->fatal) {
+    /* Whatever the call returned, a marked vat reports only its mark. */
+    lua_settop(L, base - 1);
+    push_fatal(L, v);
+    return v->fatal;
+  }
+  return status == LUA_OK ? OCAP_VAT_OK : OCAP_VAT_ERROR;
+}
+
+int ocap_vat_fatal(const ocap_vat_t *v) {
+  return v->fatal;
+}
+
+size_t ocap_vat_memory(const ocap_vat_t *v) {
+  return v->used;
+}
+
+long long ocap_vat_instructions(const ocap_vat_t *v) {
+  return v->charged;
+}

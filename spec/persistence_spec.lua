@@ -1,0 +1,234 @@
+-- Persistence and restarts (issue #3): state survives kernel restarts,
+-- vats come back with their baggage, bootstrap runs once.
+local testing = require 'ocap.testing'
+local ocap = require 'ocap'
+
+local COUNTER = 'spec/vats/counter.lua'
+
+local function pair()
+  return {
+    bootstrap = 'main',
+    vats = {
+      main = { sourceSpec = COUNTER, parameters = { start = 10 } },
+      other = { sourceSpec = COUNTER, parameters = { start = 100 } },
+    },
+  }
+end
+
+local function count(kernel, message)
+  local n = 0
+  for _, m in ipairs(testing.messages(kernel)) do
+    if m == message then n = n + 1 end
+  end
+  return n
+end
+
+local function rejection(p)
+  local ok, err = pcall(ocap.await, p)
+  assert.is_false(ok, 'expected a rejection')
+  return err
+end
+
+describe('persistence', function()
+  local kernel, db
+  before_each(function()
+    db = testing.tempDir()
+    kernel = testing.makeKernel({ database = db })
+  end)
+  after_each(function() kernel:stop() end)
+
+  it('keeps vats, c-lists and baggage across kernel restarts; bootstrap runs once', function()
+    local r = kernel:launchSubcluster(pair()):await()
+    assert.equal('bootstrapped', r.bootstrapResult)
+    assert.equal(11, kernel:queueMessage(r.rootKref, 'increment', {}):await())
+    assert.equal(1, count(kernel, 'bootstrap called'))
+    kernel = testing.restart(kernel)
+    assert.equal(2, #kernel:getStatus().vats)
+    assert.equal(12, kernel:queueMessage(r.rootKref, 'increment', {}):await())
+    assert.equal(101, kernel:queueMessage(r.rootKref, 'callOther', { 'increment' }):await())
+    kernel = testing.restart(kernel)
+    assert.equal(13, kernel:queueMessage(r.rootKref, 'increment', {}):await())
+    assert.equal(102, kernel:queueMessage(r.rootKref, 'callOther', { 'increment' }):await())
+    assert.equal(0, count(kernel, 'bootstrap called'))
+    assert.same(kernel:getSubclusters()[1].vats, (kernel:getSubcluster(r.subclusterId)).vats)
+  end)
+
+  it('restarts lazily: no vat runs until it gets a delivery', function()
+    local r = kernel:launchSubcluster(pair()):await()
+    kernel = testing.restart(kernel)
+    assert.equal(0, count(kernel, 'buildRootObject'))
+    kernel:queueMessage(r.rootKref, 'get', {}):await()
+    assert.equal(1, count(kernel, 'buildRootObject'))
+  end)
+
+  it('restartVat rebuilds one vat from its baggage, keeping its root', function()
+    local r = kernel:launchSubcluster(pair()):await()
+    kernel:queueMessage(r.rootKref, 'increment', { 5 }):await()
+    local vatId = kernel:getSubcluster(r.subclusterId).vats.main
+    kernel:restartVat(vatId):await()
+    assert.equal(2, count(kernel, 'buildRootObject') - 1) -- main twice, other once
+    assert.equal(16, kernel:queueMessage(r.rootKref, 'increment', {}):await())
+    assert.equal(101, kernel:queueMessage(r.rootKref, 'callOther', { 'increment' }):await())
+  end)
+
+  it('keeps messages still in the run queue across a restart', function()
+    local r = kernel:launchSubcluster(pair()):await()
+    kernel:queueMessage(r.rootKref, 'increment', { 1 })
+    kernel:queueMessage(r.rootKref, 'increment', { 2 })
+    kernel = testing.restart(kernel) -- stop commits the queued sends
+    kernel:run()
+    assert.equal(13, kernel:queueMessage(r.rootKref, 'get', {}):await())
+  end)
+
+  it('wipes everything with resetStorage', function()
+    kernel:launchSubcluster(pair()):await()
+    kernel = testing.restart(kernel, { resetStorage = true })
+    assert.equal(0, #kernel:getStatus().vats)
+    assert.equal(0, #kernel:getSubclusters())
+  end)
+
+  it('keeps durable stores and presences in baggage across restarts', function()
+    local r = kernel:launchSubcluster(pair()):await()
+    assert.equal(1, kernel:queueMessage(r.rootKref, 'storeThing', { 'b', { x = 1 } }):await())
+    assert.equal(2, kernel:queueMessage(r.rootKref, 'storeThing', { 'a', 'A' }):await())
+    kernel = testing.restart(kernel)
+    assert.same({ x = 1 }, kernel:queueMessage(r.rootKref, 'getThing', { 'b' }):await())
+    assert.same({ 'a', 'b' }, kernel:queueMessage(r.rootKref, 'thingKeys', {}):await())
+    assert.equal(101, kernel:queueMessage(r.rootKref, 'callOther', { 'increment' }):await())
+  end)
+
+  it('loads vats from the stored bundle even when the source file is gone', function()
+    local dir = testing.tempDir()
+    os.execute(("cp %s %s/v.lua"):format(COUNTER, dir))
+    local r = kernel:launchSubcluster({ bootstrap = 'c', vats = { c = { sourceSpec = dir .. '/v.lua' } } }):await()
+    os.remove(dir .. '/v.lua')
+    kernel = testing.restart(kernel)
+    assert.equal(1, kernel:queueMessage(r.rootKref, 'increment', {}):await())
+  end)
+
+  it('rejects messages to ephemeral exports after a restart, and the vat lives on', function()
+    local r = kernel:launchSubcluster(pair()):await()
+    local eph = kernel:queueMessage(r.rootKref, 'makeEphemeral', {}):await()
+    assert.equal('hi', ocap.E(eph).hi():await())
+    local kref = kernel:krefOf(eph)
+    kernel = testing.restart(kernel)
+    local e = rejection(kernel:queueMessage(kref, 'hi', {}))
+    assert.equal('OBJECT_DELETED', e.code)
+    assert.equal(11, kernel:queueMessage(r.rootKref, 'increment', {}):await())
+  end)
+
+  it('reports a vat that no longer starts as terminated; the rest boots', function()
+    local r = kernel:launchSubcluster(pair()):await()
+    local r2 = kernel:launchSubcluster({ bootstrap = 'x', vats = { x = { sourceSpec = COUNTER } } }):await()
+    kernel:queueMessage(r.rootKref, 'poison', {}):await()
+    kernel = testing.restart(kernel)
+    local e = rejection(kernel:queueMessage(r.rootKref, 'get', {}))
+    assert.matches('poisoned', e.message)
+    assert.equal(1, kernel:queueMessage(r2.rootKref, 'increment', {}):await())
+    local terminated = kernel:getStatus().terminatedVats
+    assert.equal(1, #terminated)
+    assert.matches('poisoned', terminated[1].reason)
+  end)
+
+  it('rolls back the baggage writes of a failing message with the crank', function()
+    local r = kernel:launchSubcluster(pair()):await()
+    kernel:queueMessage(r.rootKref, 'increment', {}):await()
+    rejection(kernel:queueMessage(r.rootKref, 'crash', {}))
+    assert.equal(11, kernel:queueMessage(r.rootKref, 'get', {}):await())
+  end)
+end)
+
+describe('baggage', function()
+  local kernel, root
+  before_each(function()
+    kernel = testing.makeKernel()
+    root = kernel:launchSubcluster({ bootstrap = 'c', vats = { c = { sourceSpec = COUNTER } } }):await().rootKref
+  end)
+  after_each(function() kernel:stop() end)
+
+  local function op(...) return kernel:queueMessage(root, 'baggageOp', table.pack(...)):await() end
+  local function opError(...)
+    return rejection(kernel:queueMessage(root, 'baggageOp', table.pack(...))).message
+  end
+
+  it('supports has, init, get, set, delete and getSize', function()
+    assert.is_false(op('has', 'k'))
+    op('init', 'k', 'v')
+    assert.is_true(op('has', 'k'))
+    assert.equal('v', op('get', 'k'))
+    op('set', 'k', 'w')
+    assert.equal('w', op('get', 'k'))
+    local size = op('getSize')
+    op('delete', 'k')
+    assert.equal(size - 1, op('getSize'))
+  end)
+
+  it('names the key in its errors', function()
+    op('init', 'dup', 1)
+    assert.matches('key "dup" already registered', opError('init', 'dup', 2))
+    assert.matches('key "missing" not found', opError('get', 'missing'))
+    assert.matches('key "missing" not found', opError('set', 'missing', 1))
+    assert.matches('key "missing" not found', opError('delete', 'missing'))
+  end)
+
+  it('accepts numbers and booleans as keys, in sorted order', function()
+    op('init', 3, 'three')
+    op('init', -1.5, 'neg')
+    op('init', true, 't')
+    assert.equal('neg', op('get', -1.5))
+    assert.equal('three', op('get', 3))
+    assert.equal('t', op('get', true))
+  end)
+end)
+
+describe('database errors', function()
+  it('refuses a directory that is not a database, leaving it alone', function()
+    local dir = testing.tempDir()
+    local f = assert(io.open(dir .. '/notes.txt', 'w'))
+    f:write('keep me')
+    f:close()
+    local ok, err = pcall(testing.makeKernel, { database = dir })
+    assert.is_false(ok)
+    assert.matches('not', err)
+    assert.equal('keep me', io.open(dir .. '/notes.txt'):read('a'))
+  end)
+
+  it('refuses a database open in this process', function()
+    local dir = testing.tempDir()
+    local k1 = testing.makeKernel({ database = dir })
+    local ok, err = pcall(testing.makeKernel, { database = dir })
+    assert.is_false(ok)
+    assert.matches('already open in this process', err)
+    k1:stop()
+  end)
+
+  it('refuses a database in use by another process', function()
+    local dir = testing.tempDir()
+    local ready = dir .. '.ready'
+    local script = ("local k = require('ocap').Kernel.make{ database = %q, logger = function() end } "
+      .. "io.open(%q, 'w'):close() io.read('a') k:stop()"):format(dir, ready)
+    local child = io.popen("lua5.4 -e " .. ("%q"):format(script):gsub('\\\n', '\\n'), 'w')
+    for _ = 1, 200 do
+      if io.open(ready) then break end
+      os.execute('sleep 0.05')
+    end
+    local ok, err = pcall(testing.makeKernel, { database = dir })
+    child:close()
+    os.remove(ready)
+    assert.is_false(ok)
+    assert.matches('in use by another process', err)
+  end)
+
+  it('refuses a database of another schema version', function()
+    local dir = testing.tempDir()
+    local k1 = testing.makeKernel({ database = dir })
+    k1.K:kvSet('version', '999')
+    k1:stop()
+    local ok, err = pcall(testing.makeKernel, { database = dir })
+    assert.is_false(ok)
+    assert.matches('schema version 999', err)
+    -- Nothing was rewritten: the version is still 999.
+    ok, err = pcall(testing.makeKernel, { database = dir })
+    assert.matches('schema version 999', err)
+  end)
+end)
