@@ -14,14 +14,16 @@ local type, error, pcall, xpcall, select, tostring, setmetatable, rawequal =
   type, error, pcall, xpcall, select, tostring, setmetatable, rawequal
 local unpack, pack = table.unpack, table.pack
 local sfind, ssub = string.find, string.sub
-local makePromiseKit, onSettle, pstate, drain, spawn =
-  promise.makePromiseKit, promise.onSettle, promise.state, promise.drain, promise.spawn
+local makePromise, resolvePromise, rejectPromise = promise.makePromise, promise.resolvePromise,
+  promise.rejectPromise
+local onSettle, pstate, drain, spawn = promise.onSettle, promise.state, promise.drain, promise.spawn
 local isPromise, remotableIface = pass.isPromise, pass.remotableIface
 
 -- Per Lua state: which liveslots instance a presence or a kernel-known
 -- promise belongs to, so E() can route without being told.
 local presenceInfo = setmetatable({}, { __mode = 'k' }) -- presence -> { ls, vref }
-local promiseInfo = setmetatable({}, { __mode = 'k' })  -- promise -> { ls, vpid }
+local promiseLs = setmetatable({}, { __mode = 'k' })    -- promise -> ls
+local promiseVpid = setmetatable({}, { __mode = 'k' })  -- promise -> vpid
 
 local presenceMT = {
   __index = function(self, k)
@@ -61,7 +63,7 @@ function M.make(opts)
   local exports = {}                                  -- vref -> local object (strong)
   local valToVref = setmetatable({}, { __mode = 'k' }) -- local object/promise -> vref
   local imports = setmetatable({}, { __mode = 'v' })   -- vref -> presence
-  local pending = {}                                   -- vpid -> promise kit we wait on
+  local pending = {}                                   -- vpid -> promise we wait on
   local exportedPromises = {}                           -- vpid -> local promise
   local nextObject, nextPromise = 1, 1
   local log = opts.log or function() end
@@ -96,12 +98,13 @@ function M.make(opts)
   end
 
   local function trackPromise(vpid)
-    local kit = pending[vpid]
-    if kit then return kit end
-    kit = makePromiseKit()
-    pending[vpid] = kit
-    promiseInfo[kit.promise] = { ls = ls, vpid = vpid }
-    return kit
+    local p = pending[vpid]
+    if p then return p end
+    p = makePromise()
+    pending[vpid] = p
+    promiseLs[p] = ls
+    promiseVpid[p] = vpid
+    return p
   end
 
   local function makePresence(vref, iface)
@@ -127,8 +130,8 @@ function M.make(opts)
       valToVref[v] = vref
       return vref
     end
-    local info = promiseInfo[v]
-    if info and info.ls == ls and pending[info.vpid] then return info.vpid end
+    local vpid = promiseVpid[v]
+    if vpid and promiseLs[v] == ls and pending[vpid] then return vpid end
     vref = allocPromise()
     valToVref[v] = vref
     exportedPromises[vref] = v
@@ -143,9 +146,9 @@ function M.make(opts)
       local p = exportedPromises[slot]
       if p then return p end
       local fresh = not pending[slot]
-      local kit = trackPromise(slot)
+      local p = trackPromise(slot)
       if fresh then syscall.subscribe(slot) end
-      return kit.promise
+      return p
     end
     local store = storeKit.fromVref(slot)
     if store then return store end
@@ -165,9 +168,9 @@ function M.make(opts)
     local resultVpid = wantResult and allocPromise() or nil
     syscall.send(vref, cd.body, cd.slots, resultVpid)
     if resultVpid then
-      local kit = trackPromise(resultVpid)
+      local p = trackPromise(resultVpid)
       syscall.subscribe(resultVpid)
-      return kit.promise
+      return p
     end
   end
   ls.sendTo = sendTo
@@ -176,8 +179,9 @@ function M.make(opts)
   function ls.refOf(v)
     local vref = valToVref[v]
     if vref then return vref end
-    local pi = presenceInfo[v] or promiseInfo[v]
-    if pi and pi.ls == ls then return pi.vref or pi.vpid end
+    local pi = presenceInfo[v]
+    if pi and pi.ls == ls then return pi.vref end
+    if promiseLs[v] == ls then return promiseVpid[v] end
   end
 
   function ls.presenceFor(vref, iface)
@@ -232,7 +236,7 @@ function M.make(opts)
   local function deliverMessage(targetVref, body, slots, resultVpid)
     local target = exports[targetVref] or storeKit.fromVref(targetVref)
     if target == nil and ssub(targetVref, 1, 1) == 'p' then
-      target = exportedPromises[targetVref] or (pending[targetVref] and pending[targetVref].promise)
+      target = exportedPromises[targetVref] or pending[targetVref]
     end
     local ok, methargs = pcall(m.unserialize, { body = body, slots = slots })
     if target == nil then
@@ -266,19 +270,21 @@ function M.make(opts)
   end
 
   local function deliverNotify(resolutions)
-    local kits = {}
-    for i = 1, #resolutions do
-      kits[i] = trackPromise(resolutions[i][1])
+    local n = #resolutions
+    local ps = n == 1 and trackPromise(resolutions[1][1]) or {}
+    if n > 1 then
+      for i = 1, n do ps[i] = trackPromise(resolutions[i][1]) end
     end
-    for i = 1, #resolutions do
+    for i = 1, n do
       local r = resolutions[i]
+      local p = n == 1 and ps or ps[i]
       local ok, v = pcall(m.unserialize, { body = r[3], slots = r[4] })
       if not ok then
-        kits[i].reject(normalizeError(v))
+        rejectPromise(p, normalizeError(v))
       elseif r[2] then
-        kits[i].reject(v)
+        rejectPromise(p, v)
       else
-        kits[i].resolve(v)
+        resolvePromise(p, v)
       end
     end
     for i = 1, #resolutions do
@@ -316,9 +322,9 @@ local function eventualSend(target, method, args, wantResult)
     local st, v = pstate(target)
     if st == 'fulfilled' then return eventualSend(v, method, args, wantResult) end
     if st == 'rejected' then return promise.reject(v) end
-    local pi = promiseInfo[target]
-    if pi and pi.ls.pending[pi.vpid] then
-      return pi.ls.sendTo(pi.vpid, method, args, wantResult)
+    local pls, vpid = promiseLs[target], promiseVpid[target]
+    if pls and pls.pending[vpid] then
+      return pls.sendTo(vpid, method, args, wantResult)
     end
     return target:next(function(t) return eventualSend(t, method, args, true) end)
   end
@@ -388,8 +394,7 @@ M.E = E
 function M.refOf(v)
   local pi = presenceInfo[v]
   if pi then return pi.vref, pi.ls end
-  pi = promiseInfo[v]
-  if pi then return pi.vpid, pi.ls end
+  if promiseLs[v] then return promiseVpid[v], promiseLs[v] end
 end
 
 return M
