@@ -13,6 +13,8 @@
 #include <string.h>
 
 #define KEY_MAX 160
+#define NOTIFY_MAX 48   /* promises told in one notify delivery */
+#define NOTIFY_MERGE 16 /* notifies merged into one run-queue item */
 #define VAL_MAX 256
 
 struct ocap_kernel {
@@ -562,16 +564,39 @@ long long ocap_kernel_queue_length(ocap_kernel_t *k) {
   return geti(k, 0, "runQueue.tail") - geti(k, 0, "runQueue.head");
 }
 
+/*
+ * Queues a notify. When the queue's last item is already a notify for the
+ * same endpoint, the promise joins it: nothing can happen between the two,
+ * so one delivery tells both, and a pipelined chain costs one notify crank
+ * instead of one per link.
+ */
 static int enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid) {
-  char item[3 * OCAP_REF_MAX];
   size_t el = strlen(ep), pl = strlen(kpid);
   if (el >= OCAP_REF_MAX || pl >= OCAP_REF_MAX)
     return OCAP_EINVAL;
+  incref(k, kpid);
+  long long head = geti(k, 0, "runQueue.head"), tail = geti(k, 0, "runQueue.tail");
+  if (tail > head) {
+    buf_t last = {0};
+    if (getb(k, &last, "runQueue.%lld", tail - 1) && last.len > 8 + el &&
+        memcmp(last.p, "notify ", 7) == 0 && memcmp(last.p + 7, ep, el) == 0 &&
+        last.p[7 + el] == ' ') {
+      size_t count = 0;
+      for (size_t i = 0; i < last.len; i++)
+        count += last.p[i] == ' ';
+      if (count - 1 < NOTIFY_MERGE && !buf_add(&last, " ", 1) && !buf_add(&last, kpid, pl)) {
+        int rc = setn(k, last.p, last.len, "runQueue.%lld", tail - 1);
+        free(last.p);
+        return rc;
+      }
+    }
+    free(last.p);
+  }
+  char item[3 * OCAP_REF_MAX];
   memcpy(item, "notify ", 7);
   memcpy(item + 7, ep, el);
   item[7 + el] = ' ';
   memcpy(item + 8 + el, kpid, pl);
-  incref(k, kpid);
   return enqueue(k, item, 8 + el + pl);
 }
 
@@ -781,9 +806,13 @@ static int deliver(ocap_kernel_t *k, const char *ep, const ocap_delivery_t *d, i
 static int deliver_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
                         size_t len, char *ep, int *fatal, char **why) {
   char owner[VAL_MAX], teref[OCAP_REF_MAX], reref[OCAP_REF_MAX];
-  if (has(k, "%s.revoked", target))
+  if (is_kpid(target)) {
+    /* Pipelining: the promise's decider gets the message now. */
+    if (!getv(k, owner, "%s.decider", target))
+      return fail(k, OCAP_EINVAL, "promise %s has no decider", target);
+  } else if (has(k, "%s.revoked", target)) {
     return splat_error(k, result, "OBJECT_REVOKED", "Target object has been revoked");
-  if (!getv(k, owner, "%s.owner", target)) {
+  } else if (!getv(k, owner, "%s.owner", target)) {
     char detail[128];
     snprintf(detail, sizeof detail, "Target object %s has been deleted", target);
     return splat_error(k, result, "OBJECT_DELETED", detail);
@@ -877,8 +906,14 @@ static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int 
       rc = splat_error(k, res, "OBJECT_DELETED", "Target promise has been deleted");
       goto done;
     }
-    if (strcmp(state, "unresolved") == 0)
+    if (strcmp(state, "unresolved") == 0) {
+      /* A promise decided by a vat takes the message at once (its liveslots
+       * holds it until the promise resolves); otherwise it waits here. */
+      char decider[VAL_MAX];
+      if (getv(k, decider, "%s.decider", cur) && decider[0] == 'v')
+        break;
       return park(k, cur, item, len); /* the parked item keeps its refs */
+    }
     buf_t data = {0};
     getb(k, &data, "%s.data", cur);
     if (strcmp(state, "rejected") == 0) {
@@ -928,20 +963,42 @@ static int collect_settled(ocap_kernel_t *k, const char *kpid, char (*list)[OCAP
   return 0;
 }
 
-#define NOTIFY_MAX 32
+
+/* The kpids of a notify item ("notify <ep> <kpid>..."), at most max. */
+static size_t notify_kpids(const char *item, char (*kpids)[OCAP_REF_MAX], size_t max) {
+  const char *p = strchr(item + 7, ' ');
+  size_t n = 0;
+  while (p && *p && n < max) {
+    while (*p == ' ')
+      p++;
+    size_t l = strcspn(p, " ");
+    if (!l || l >= OCAP_REF_MAX)
+      break;
+    memcpy(kpids[n], p, l);
+    kpids[n++][l] = '\0';
+    p += l;
+  }
+  return n;
+}
 
 static int process_notify(ocap_kernel_t *k, char *item, char *ep, int *fatal, char **why) {
-  char kpid[OCAP_REF_MAX], state[VAL_MAX];
-  if (sscanf(item, "notify %47s %47s", ep, kpid) != 2)
+  char kpids[NOTIFY_MERGE][OCAP_REF_MAX], state[VAL_MAX];
+  if (sscanf(item, "notify %47s", ep) != 1)
     return fail(k, OCAP_ECORRUPT, "corrupt run-queue item");
+  size_t nk = notify_kpids(item, kpids, NOTIFY_MERGE);
   int rc = 0;
-  if (!getv(k, state, "%s.state", kpid) || strcmp(state, "unresolved") == 0)
-    goto done;
-  if (!is_kernel_ep(ep) && !has(k, "%s.c.%s", ep, kpid))
-    goto done; /* already retired: the endpoint learned it another way */
   char list[NOTIFY_MAX][OCAP_REF_MAX];
   size_t n = 0;
-  collect_settled(k, kpid, list, &n, NOTIFY_MAX);
+  for (size_t j = 0; j < nk; j++) {
+    const char *kpid = kpids[j];
+    if (!getv(k, state, "%s.state", kpid) || strcmp(state, "unresolved") == 0)
+      continue;
+    if (!is_kernel_ep(ep) && !has(k, "%s.c.%s", ep, kpid))
+      continue; /* already retired: the endpoint learned it another way */
+    collect_settled(k, kpid, list, &n, NOTIFY_MAX);
+  }
+  if (n == 0)
+    goto done;
   ocap_resolution_t res[NOTIFY_MAX];
   pcap_t caps[NOTIFY_MAX];
   char erefs[NOTIFY_MAX][OCAP_REF_MAX];
@@ -994,7 +1051,8 @@ static int process_notify(ocap_kernel_t *k, char *item, char *ep, int *fatal, ch
     free(slotvs[i]);
   }
 done:
-  decref(k, kpid);
+  for (size_t j = 0; j < nk; j++)
+    decref(k, kpids[j]);
   return rc;
 }
 
@@ -1059,9 +1117,10 @@ int ocap_kernel_step(ocap_kernel_t *k) {
       if (nl && sscanf(item.p, "send %47s %47s", t, r) == 2)
         release_send(k, t, NULL, nl + 1, item.len - (size_t)(nl + 1 - item.p));
     } else {
-      char e2[OCAP_REF_MAX], kp[OCAP_REF_MAX];
-      if (sscanf(item.p, "notify %47s %47s", e2, kp) == 2)
-        decref(k, kp);
+      char kps[NOTIFY_MERGE][OCAP_REF_MAX];
+      size_t nk = notify_kpids(item.p, kps, NOTIFY_MERGE);
+      for (size_t j = 0; j < nk; j++)
+        decref(k, kps[j]);
     }
     ocap_kernel_crash(k, ep, fatal, why, result);
     if (result)
@@ -1082,6 +1141,8 @@ int ocap_kernel_step(ocap_kernel_t *k) {
 
 int ocap_kernel_crash(ocap_kernel_t *k, const char *ep, int fatal, const char *why,
                       const char *result) {
+  /* The message that killed the vat learns why; every other promise the
+   * vat decided learns that the vat is gone. */
   char detail[512];
   snprintf(detail, sizeof detail, "vat %s terminated: %s", ep, why ? why : "fatal error");
   buf_t reason = {0};
@@ -1090,13 +1151,17 @@ int ocap_kernel_crash(ocap_kernel_t *k, const char *ep, int fatal, const char *w
     return rc;
   if (result)
     splat(k, result, reason.p, reason.len);
+  snprintf(detail, sizeof detail, "vat %s terminated: [%s] %s", ep, fatal_code(fatal),
+           why ? why : "fatal error");
+  rc = error_capdata(&reason, "VAT_TERMINATED", detail);
   pcap_t rp;
-  rc = pcap_parse(&rp, reason.p, reason.len);
+  if (!rc)
+    rc = pcap_parse(&rp, reason.p, reason.len);
   if (!rc) {
     ocap_capdata_t rcd = pcap_view(&rp);
     rc = ocap_kernel_terminate(k, ep, &rcd);
+    pcap_free(&rp);
   }
-  pcap_free(&rp);
   free(reason.p);
   return rc;
 }

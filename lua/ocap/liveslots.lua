@@ -65,6 +65,7 @@ function M.make(opts)
   local imports = setmetatable({}, { __mode = 'v' })   -- vref -> presence
   local pending = {}                                   -- vpid -> promise we wait on
   local exportedPromises = {}                           -- vpid -> local promise
+  local decided = {}                                    -- result vpid -> its local promise
   local nextObject, nextPromise = 1, 1
   local log = opts.log or function() end
   local wrapError = opts.wrapError
@@ -236,7 +237,7 @@ function M.make(opts)
   local function deliverMessage(targetVref, body, slots, resultVpid)
     local target = exports[targetVref] or storeKit.fromVref(targetVref)
     if target == nil and ssub(targetVref, 1, 1) == 'p' then
-      target = exportedPromises[targetVref] or pending[targetVref]
+      target = exportedPromises[targetVref] or decided[targetVref] or pending[targetVref]
     end
     local ok, methargs = pcall(m.unserialize, { body = body, slots = slots })
     if target == nil then
@@ -251,12 +252,21 @@ function M.make(opts)
     local method, args = methargs[1], methargs[2] or {}
     local p
     if isPromise(target) then
-      p = target:next(function(t) return M.E(t)[method](unpack(args, 1, args.n or #args)) end)
+      -- A pipelined message: held here until the promise resolves.
+      p = target:next(function(t)
+        if not (pass.isRemotable(t) or isPromise(t)) then
+          error(pass.makeError('[KERNEL:BAD_PROMISE_RESOLUTION] Message ' .. tostring(method)
+            .. ' sent to a promise that resolved to data'), 0)
+        end
+        return M.E(t)[method](unpack(args, 1, args.n or #args))
+      end)
     else
       p = spawn(invoke, target, method, args)
     end
     if resultVpid then
+      decided[resultVpid] = p
       onSettle(p, function(fulfilled, value)
+        decided[resultVpid] = nil
         if fulfilled then
           local cd = serializeOrError(value)
           syscall.resolve(resultVpid, false, cd.body, cd.slots)
