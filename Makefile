@@ -32,6 +32,8 @@ asan: deps
 
 demo: build
 	$(BUILD)/ocap run host/examples/hello.lua
+	@echo '--- weather (state kept in .ocap/weather; run make demo again to see it restored)'
+	$(BUILD)/ocap run host/examples/weather/host.lua --db .ocap/weather
 
 bench: build
 	$(BUILD)/ocap run bench/run.lua

@@ -1214,6 +1214,16 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
   }
   free(krefs);
   free(enc.p);
+  /* The vat's own store goes with it. */
+  plen = snprintf(prefix, sizeof prefix, "vs.%s.", ep);
+  while (ocap_store_next_key(k->s, prefix, (size_t)plen, prefix, (size_t)plen, 1, &key, &klen) == 1) {
+    char *victim = malloc(klen);
+    if (!victim)
+      break;
+    memcpy(victim, key, klen); /* the scan's key is the store's until the next call */
+    ocap_store_delete(k->s, victim, klen);
+    free(victim);
+  }
   delv(k, "%s.nextObjectId", ep);
   delv(k, "%s.nextPromiseId", ep);
   if (k->hooks.terminated)

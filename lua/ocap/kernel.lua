@@ -8,6 +8,7 @@ local marshal = require 'ocap.marshal'
 local liveslots = require 'ocap.liveslots'
 local loggerMod = require 'ocap.logger'
 local config = require 'ocap.config'
+local system = require 'ocap.system'
 
 local M = {}
 
@@ -179,10 +180,15 @@ function M.make(options)
       message = entry.message, data = entry.data })
   end)
   liveKernels[self] = true
-  self:_rebindServices()
-  for name, obj in pairs(options.services or {}) do
-    self:registerKernelServiceObject(name, obj)
+  system.checkDeclared(options.systemSubclusters)
+  self:registerKernelServiceObject('kernelFacet', system.makeKernelFacet(self), { systemOnly = true })
+  local names = {}
+  for name in pairs(options.services or {}) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    self:registerKernelServiceObject(name, options.services[name])
   end
+  system.start(self, options.systemSubclusters)
   return self
 end
 
@@ -345,11 +351,6 @@ end
 
 -- ---- services ----
 
-function Kernel:_rebindServices()
-  -- Services are re-registered by the host after a restart; the kref of a
-  -- name is kept in the store so stored references stay valid.
-end
-
 --- Registers a kernel service object.
 function Kernel:registerKernelServiceObject(name, object, opts)
   self:_check()
@@ -395,6 +396,10 @@ function Kernel:launchSubcluster(clusterConfig, opts)
   local ok, err = config.validateCluster(clusterConfig, self.options.allowedGlobalNames)
   if not ok then return rejected(err) end
   opts = opts or {}
+  if clusterConfig.forceReset and not opts.system then
+    -- As in ocap-kernel: the persisted state is wiped before the launch.
+    self:reset()
+  end
   local serviceRefs = {}
   for _, sname in ipairs(clusterConfig.services or {}) do
     local svc = self.services[sname]
@@ -434,7 +439,8 @@ function Kernel:launchSubcluster(clusterConfig, opts)
   for _, name in ipairs(names) do
     roots[name] = K:export(vats[name], 'o+0')
   end
-  local sc = { id = subclusterId, config = clusterConfig, vats = vats, name = opts.name }
+  local sc = { id = subclusterId, config = clusterConfig, vats = vats, name = opts.name,
+    rootKref = roots[clusterConfig.bootstrap], system = opts.system or nil }
   self:_put('subcluster.' .. subclusterId, sc)
   K:commit()
   local rootKref = roots[clusterConfig.bootstrap]
@@ -596,6 +602,34 @@ function Kernel:getStatus()
     terminatedVats = terminated,
     remoteComms = { state = 'disconnected' },
   }
+end
+
+--- The root kref of a system subcluster declared in Kernel.make.
+function Kernel:getSystemSubclusterRoot(name)
+  self:_check()
+  return system.root(self, name)
+end
+
+--- Terminates every vat and wipes the kernel's state (for debugging).
+function Kernel:reset()
+  self:_check()
+  for _, sc in ipairs(self:getSubclusters()) do
+    self:_terminateSubclusterNow(sc.id, 'kernel reset')
+  end
+  local K = self.K
+  K:commit()
+  -- Refs are never reused, so the counters outlive the reset.
+  local counters = {}
+  for _, c in ipairs({ 'nextVatId', 'nextObjectId', 'nextPromiseId', 'nextSubclusterId' }) do
+    counters[c] = K:kvGet(c)
+  end
+  K:clear()
+  K:kvSet('version', SCHEMA_VERSION)
+  for c, v in pairs(counters) do K:kvSet(c, v) end
+  for name, svc in pairs(self.services) do
+    K:kvSet('kernelService.' .. name, svc.info.kref)
+  end
+  K:commit()
 end
 
 function Kernel:revoke(kref)
