@@ -1,6 +1,5 @@
 -- Benchmarks (make bench). Each scenario prints its figure; the header
 -- names the machine. Run with: build/ocap run bench/run.lua [filter]
-local ocap = require 'ocap'
 local testing = require 'ocap.testing'
 
 local filter = arg and arg[1]

@@ -41,8 +41,8 @@ local function cmdRun(args)
   kernel.defaults = { database = not memory and db or nil, resetStorage = reset or nil }
   local chunk, err = loadfile(script)
   if not chunk then return die(err) end
+  rest[0] = script
   _G.arg = rest
-  arg[0] = script
   local ok, res = xpcall(chunk, function(e)
     if type(e) == 'table' and e.message then e = tostring(e) end
     return debug.traceback(tostring(e), 2)

@@ -144,8 +144,8 @@ function M.make(opts)
     local v = exports[slot] or imports[slot]
     if v ~= nil then return v end
     if style == 'promise' or ssub(slot, 1, 1) == 'p' or ssub(slot, 1, 2) == 'kp' then
-      local p = exportedPromises[slot]
-      if p then return p end
+      local exported = exportedPromises[slot]
+      if exported then return exported end
       local fresh = not pending[slot]
       local p = trackPromise(slot)
       if fresh then syscall.subscribe(slot) end

@@ -14,7 +14,7 @@ local M = {}
 local type, error, tostring, setmetatable, tonumber = type, error, tostring, setmetatable, tonumber
 local spack, sunpack, sbyte, schar, sfmt, ssub = string.pack, string.unpack, string.byte, string.char,
   string.format, string.sub
-local concat, mtype = table.concat, math.type
+local concat = table.concat
 
 local BAGGAGE_ID = 1
 

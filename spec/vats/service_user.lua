@@ -4,7 +4,7 @@ local E = ocap.E
 
 local M = {}
 
-function M.buildRootObject(vatPowers, parameters, baggage)
+function M.buildRootObject(vatPowers, _parameters, baggage)
   local log = vatPowers.logger
   local function svc(name) return baggage:get('service:' .. name) end
   return ocap.makeDefaultExo('serviceUser', {

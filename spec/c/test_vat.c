@@ -1,0 +1,708 @@
+/*
+ * test_vat.c -- unit tests for core/vat.c: the sandbox's globals, loading,
+ * require, the string metatable lock, and the memory and instruction meters
+ * under the attacks a hostile vat would try.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "errors.h"
+#include "vat.h"
+
+/* Each test counts its own failures in a local `fails`. */
+#define CHECK(cond)                                                                                \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                     \
+      fails++;                                                                                     \
+    }                                                                                              \
+  } while (0)
+
+/* Any attack must end well inside this many seconds. */
+#define TIME_LIMIT 2.0
+
+/*
+ * The budgets of test_attacks; small to keep the test fast. Building with
+ * -DATTACK_INSTRUCTIONS=100000000 -DATTACK_MEMORY=67108864 checks the time
+ * limit against the defaults.
+ */
+#ifndef ATTACK_INSTRUCTIONS
+#define ATTACK_INSTRUCTIONS 10000000
+#endif
+#ifndef ATTACK_MEMORY
+#define ATTACK_MEMORY (16 << 20)
+#endif
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static ocap_vat_t *new_vat(size_t memory, long long instructions) {
+  ocap_vat_limits_t limits = {memory, instructions};
+  ocap_vat_t *v = NULL;
+  if (ocap_vat_new(&limits, &v) != 0) {
+    fprintf(stderr, "ocap_vat_new failed\n");
+    return NULL;
+  }
+  return v;
+}
+
+/*
+ * [-0, +1] Loads and calls code in v, leaving one value: its first result or
+ * the error message. Returns the ocap_vat_status, or -1 when it did not load.
+ */
+static int run(ocap_vat_t *v, const char *code) {
+  if (ocap_vat_load(v, code, strlen(code), "=test") != 0)
+    return -1;
+  return ocap_vat_pcall(v, 0, 1);
+}
+
+/* [-0, +0] Whether code returns true; prints what it did otherwise. */
+static int is_true(ocap_vat_t *v, const char *code) {
+  lua_State *L = ocap_vat_state(v);
+  int top = lua_gettop(L);
+  int status = run(v, code);
+  int ok = status == OCAP_VAT_OK && lua_toboolean(L, -1);
+  if (!ok)
+    fprintf(stderr, "not true (status %d): %s\n  -> %s\n", status, code,
+            lua_tostring(L, -1) ? lua_tostring(L, -1) : luaL_typename(L, -1));
+  lua_settop(L, top);
+  return ok;
+}
+
+/*
+ * [-0, +0] Runs code and checks it ends with the wanted status and, when
+ * text is not NULL, a message containing it. Returns the failures.
+ */
+static int expect(ocap_vat_t *v, const char *code, int want, const char *text) {
+  lua_State *L = ocap_vat_state(v);
+  int fails = 0;
+  int top = lua_gettop(L);
+  int status = run(v, code);
+  const char *msg = lua_tostring(L, -1);
+  CHECK(lua_gettop(L) == top + 1);
+  CHECK(status == want);
+  if (text != NULL)
+    CHECK(msg != NULL && strstr(msg, text) != NULL);
+  if (fails)
+    fprintf(stderr, "  code: %s\n  status %d, message: %s\n", code, status, msg ? msg : "-");
+  lua_settop(L, top);
+  return fails;
+}
+
+/* [-0, +0] Does nothing; something to call in a vat that cannot load. */
+static int nop(lua_State *L) {
+  (void)L;
+  return 0;
+}
+
+static int test_globals(void) {
+  static const char *const present[] = {
+      "assert",   "error",         "ipairs",       "next",         "pairs",          "pcall",
+      "xpcall",   "select",        "tonumber",     "tostring",     "type",           "rawequal",
+      "rawlen",   "rawget",        "rawset",       "setmetatable", "getmetatable",   "string",
+      "table",    "math",          "utf8",         "coroutine",    "_VERSION",       "require",
+      "math.sin", "string.format", "table.concat", "utf8.char",    "coroutine.wrap", NULL,
+  };
+  static const char *const absent[] = {
+      "io",
+      "os",
+      "debug",
+      "package",
+      "load",
+      "loadstring",
+      "dofile",
+      "loadfile",
+      "collectgarbage",
+      "print",
+      "_G",
+      "string.dump",
+      "math.random",
+      "math.randomseed",
+      "module",
+      "setfenv",
+      "getfenv",
+      "unpack",
+      "require('string').dump",
+      NULL,
+  };
+  int fails = 0;
+  char code[256];
+  ocap_vat_t *v = new_vat(0, 0);
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  for (const char *const *n = present; *n != NULL; n++) {
+    snprintf(code, sizeof code, "return %s ~= nil", *n);
+    CHECK(is_true(v, code));
+  }
+  for (const char *const *n = absent; *n != NULL; n++) {
+    snprintf(code, sizeof code, "return %s == nil", *n);
+    CHECK(is_true(v, code));
+  }
+  CHECK(is_true(v, "return _VERSION == 'Lua 5.4'"));
+  CHECK(is_true(v, "return ('x').dump == nil"));
+  CHECK(is_true(v, "return require('string') == string and require('math') == math"));
+  /* Nothing reachable by name leads to the real package table. */
+  fails += expect(v, "return require('package')", OCAP_VAT_ERROR, "not found in this vat");
+  fails += expect(v, "return require('debug')", OCAP_VAT_ERROR, "not found in this vat");
+  fails += expect(v, "return require('_G')", OCAP_VAT_ERROR, "not found in this vat");
+  fails += expect(v, "return require('io')", OCAP_VAT_ERROR, "not found in this vat");
+  /* Globals are the vat's own to write. */
+  CHECK(is_true(v, "x = 5 return x == 5"));
+  CHECK(is_true(v, "return x == 5"));
+  ocap_vat_free(v);
+  return fails;
+}
+
+/* Writes the bytes of a chunk into a luaL_Buffer-like growing array. */
+struct dump_buf {
+  char data[4096];
+  size_t len;
+};
+
+static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
+  struct dump_buf *b = ud;
+  (void)L;
+  if (b->len + sz > sizeof b->data)
+    return 1;
+  memcpy(b->data + b->len, p, sz);
+  b->len += sz;
+  return 0;
+}
+
+static int test_binary_chunks(void) {
+  int fails = 0;
+  struct dump_buf chunk = {{0}, 0};
+  lua_State *plain = luaL_newstate();
+  ocap_vat_t *v = new_vat(0, 0);
+  lua_State *L;
+  CHECK(v != NULL && plain != NULL);
+  if (v == NULL || plain == NULL)
+    return fails;
+  L = ocap_vat_state(v);
+  /* A real precompiled chunk, made in an ordinary state. */
+  CHECK(luaL_loadstring(plain, "return 'from bytecode'") == LUA_OK);
+  CHECK(lua_dump(plain, dump_writer, &chunk, 1) == 0);
+  lua_close(plain);
+
+  CHECK(ocap_vat_load(v, chunk.data, chunk.len, "=bin") == OCAP_EINVAL);
+  CHECK(lua_isstring(L, -1) && strstr(lua_tostring(L, -1), "binary") != NULL);
+  lua_pop(L, 1);
+  CHECK(ocap_vat_load(v, "\x1bLua garbage", 12, "=bin") == OCAP_EINVAL);
+  CHECK(strstr(lua_tostring(L, -1), "binary chunks are refused") != NULL);
+  lua_pop(L, 1);
+  CHECK(ocap_vat_load(v, "return +", 8, "=syntax") == OCAP_EINVAL);
+  CHECK(strstr(lua_tostring(L, -1), "syntax:1:") != NULL);
+  lua_pop(L, 1);
+
+  /* Only trusted preloads may be bytecode. */
+  CHECK(ocap_vat_preload(v, "untrusted", chunk.data, chunk.len, 0) == 0);
+  CHECK(ocap_vat_preload(v, "trusted", chunk.data, chunk.len, 1) == 0);
+  fails += expect(v, "return require('untrusted')", OCAP_VAT_ERROR, "binary chunk");
+  CHECK(is_true(v, "return require('trusted') == 'from bytecode'"));
+  CHECK(lua_gettop(L) == 0);
+  ocap_vat_free(v);
+  return fails;
+}
+
+static int test_string_metatable(void) {
+  int fails = 0;
+  ocap_vat_t *v = new_vat(0, 0);
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  CHECK(is_true(v, "return getmetatable('') == 'locked'"));
+  CHECK(is_true(v, "return getmetatable('abc') ~= string"));
+  CHECK(is_true(v, "return not pcall(setmetatable, '', {})"));
+  CHECK(is_true(v, "return not pcall(rawset, getmetatable(''), '__index', {})"));
+  CHECK(is_true(v, "return ('abc'):upper() == 'ABC' and ('ab'):rep(2, ',') == 'ab,ab'"));
+  /* Changing the global string table cannot reach the methods of strings. */
+  CHECK(is_true(v, "string.upper = function() return 'pwned' end\n"
+                   "string.evil = function() return 'pwned' end\n"
+                   "return ('x'):upper() == 'X' and ('x').evil == nil"));
+  CHECK(is_true(v, "return ('x'):upper() == 'X'"));
+  CHECK(is_true(v, "return string.upper('x') == 'pwned'"));
+  ocap_vat_free(v);
+  return fails;
+}
+
+static int test_require(void) {
+  static const char mod[] = "local name = ...\n"
+                            "count = (count or 0) + 1\n"
+                            "return { name = name }";
+  static const char loop_a[] = "return require('loop_b')";
+  static const char loop_b[] = "return require('loop_a')";
+  static const char fails_once[] = "if not tried then tried = true error('first try fails') end\n"
+                                   "return 'second'";
+  int fails = 0;
+  ocap_vat_t *v = new_vat(0, 0);
+  lua_State *L;
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  L = ocap_vat_state(v);
+  CHECK(ocap_vat_preload(v, "m", mod, strlen(mod), 0) == 0);
+  CHECK(ocap_vat_preload(v, "nothing", "local x = 1", 11, 0) == 0);
+  CHECK(ocap_vat_preload(v, "loop_a", loop_a, strlen(loop_a), 0) == 0);
+  CHECK(ocap_vat_preload(v, "loop_b", loop_b, strlen(loop_b), 0) == 0);
+  CHECK(ocap_vat_preload(v, "flaky", fails_once, strlen(fails_once), 0) == 0);
+  CHECK(ocap_vat_preload(v, "broken", "return +", 8, 0) == 0);
+  CHECK(is_true(v, "local a, b = require('m'), require('m')\n"
+                   "return a == b and a.name == 'm' and count == 1"));
+  CHECK(is_true(v, "return require('nothing') == true"));
+  fails +=
+      expect(v, "return require('nope')", OCAP_VAT_ERROR, "module 'nope' not found in this vat");
+  fails += expect(v, "return require('loop_a')", OCAP_VAT_ERROR, "require loop");
+  /* A failed load is forgotten, not cached and not mistaken for a loop. */
+  fails += expect(v, "return require('flaky')", OCAP_VAT_ERROR, "first try fails");
+  CHECK(is_true(v, "return require('flaky') == 'second'"));
+  fails += expect(v, "return require('broken')", OCAP_VAT_ERROR, "error loading module 'broken'");
+  /* The kernel can place a value for require. */
+  lua_newtable(L);
+  lua_pushinteger(L, 42);
+  lua_setfield(L, -2, "answer");
+  CHECK(ocap_vat_set_loaded(v, "ocap") == 0);
+  CHECK(lua_gettop(L) == 0);
+  CHECK(is_true(v, "return require('ocap').answer == 42"));
+  CHECK(lua_gettop(L) == 0);
+  ocap_vat_free(v);
+  return fails;
+}
+
+static int test_errors(void) {
+  int fails = 0;
+  ocap_vat_t *v = new_vat(0, 0);
+  lua_State *L;
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  L = ocap_vat_state(v);
+  fails += expect(v, "local function inner() error('boom') end inner()", OCAP_VAT_ERROR, "boom");
+  fails += expect(v, "error('boom')", OCAP_VAT_ERROR, "stack traceback");
+  fails += expect(v, "error('boom')", OCAP_VAT_ERROR, "test:1:");
+  fails += expect(v, "error({})", OCAP_VAT_ERROR, "(error object is a table value)");
+  fails += expect(v, "error(setmetatable({}, {__tostring = function() return 'custom' end}))",
+                  OCAP_VAT_ERROR, "custom");
+  CHECK(ocap_vat_fatal(v) == 0);
+  /* The state stays usable after ordinary errors. */
+  CHECK(is_true(v, "return 1 + 1 == 2"));
+  /* Results and arguments go through; the stack stays balanced. */
+  CHECK(ocap_vat_load(v, "local a, b = ... return a + b, a * b", 36, "=args") == 0);
+  lua_pushinteger(L, 3);
+  lua_pushinteger(L, 4);
+  CHECK(ocap_vat_pcall(v, 2, 2) == OCAP_VAT_OK);
+  CHECK(lua_gettop(L) == 2 && lua_tointeger(L, 1) == 7 && lua_tointeger(L, 2) == 12);
+  lua_settop(L, 0);
+  CHECK(ocap_vat_load(v, "return 1, 2, 3", 14, "=multi") == 0);
+  CHECK(ocap_vat_pcall(v, 0, LUA_MULTRET) == OCAP_VAT_OK);
+  CHECK(lua_gettop(L) == 3);
+  lua_settop(L, 0);
+  /* Finalizers run with hooks off, so they are refused. */
+  fails += expect(v, "setmetatable({}, {__gc = true})", OCAP_VAT_ERROR, "__gc");
+  CHECK(is_true(v, "local t = setmetatable({}, {__index = {a = 1}}) return t.a == 1"));
+  CHECK(is_true(v, "return not pcall(setmetatable, setmetatable({}, {__metatable = 1}), {})"));
+  ocap_vat_free(v);
+
+  /*
+   * Deep recursion is an ordinary error when the budget holds Lua's whole
+   * stack (a million slots and their call records, about 80 MB).
+   */
+  v = new_vat((size_t)256 << 20, 0);
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  fails += expect(v, "local function f() return 1 + f() end return f()", OCAP_VAT_ERROR,
+                  "stack overflow");
+  CHECK(is_true(v, "return true"));
+  ocap_vat_free(v);
+  return fails;
+}
+
+static int test_from_state(void) {
+  int fails = 0;
+  ocap_vat_t *v = new_vat(0, 0);
+  lua_State *L, *co, *plain;
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  L = ocap_vat_state(v);
+  CHECK(ocap_vat_from_state(L) == v);
+  co = lua_newthread(L);
+  CHECK(ocap_vat_from_state(co) == v);
+  /* Lua 5.4 copies the creator's hook into a new thread. */
+  CHECK(lua_gethook(co) == lua_gethook(L) && lua_gethook(L) != NULL);
+  CHECK((lua_gethookmask(co) & LUA_MASKCOUNT) != 0);
+  CHECK(lua_gethookcount(co) == OCAP_VAT_GRANULE);
+  lua_pop(L, 1);
+  plain = luaL_newstate();
+  CHECK(ocap_vat_from_state(plain) == NULL);
+  lua_close(plain);
+  ocap_vat_free(v);
+  ocap_vat_free(NULL);
+  return fails;
+}
+
+static int test_new_limits(void) {
+  int fails = 0;
+  ocap_vat_limits_t tiny = {1024, 0};
+  ocap_vat_limits_t small = {16 << 10, 0};
+  ocap_vat_limits_t negative = {0, -1};
+  ocap_vat_t *v = (ocap_vat_t *)&fails;
+  CHECK(ocap_vat_new(&tiny, &v) == OCAP_ENOMEM && v == NULL);
+  CHECK(ocap_vat_new(&small, &v) == OCAP_ENOMEM && v == NULL);
+  CHECK(ocap_vat_new(&negative, &v) == OCAP_EINVAL && v == NULL);
+  CHECK(ocap_vat_new(NULL, &v) == 0 && v != NULL);
+  ocap_vat_free(v);
+  return fails;
+}
+
+static int test_meter(void) {
+  static const char loop[] = "local n = 0 for i = 1, 1e6 do n = n + i end return n";
+  int fails = 0;
+  ocap_vat_t *v = new_vat(0, 100000);
+  lua_State *L;
+  long long used;
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  L = ocap_vat_state(v);
+  /* The meter runs only inside ocap_vat_pcall. */
+  CHECK(ocap_vat_load(v, loop, strlen(loop), "=loop") == 0);
+  CHECK(lua_pcall(L, 0, 1, 0) == LUA_OK && lua_tointeger(L, -1) == 500000500000LL);
+  lua_pop(L, 1);
+  CHECK(ocap_vat_fatal(v) == 0);
+  CHECK(is_true(v, "return true"));
+  CHECK(ocap_vat_instructions(v) < OCAP_VAT_GRANULE * 2);
+  fails += expect(v, loop, OCAP_VAT_METER, "instruction budget");
+  CHECK(ocap_vat_fatal(v) == OCAP_VAT_METER);
+  CHECK(ocap_vat_instructions(v) >= 100000);
+  /* Sticky: nothing runs any more, and loading says why. */
+  lua_pushcfunction(L, nop);
+  CHECK(ocap_vat_pcall(v, 0, 0) == OCAP_VAT_METER);
+  CHECK(lua_gettop(L) == 1 && strstr(lua_tostring(L, 1), "instruction budget") != NULL);
+  lua_settop(L, 0);
+  CHECK(ocap_vat_load(v, "return 1", 8, "=x") == OCAP_EFATAL);
+  lua_pop(L, 1);
+  CHECK(ocap_vat_preload(v, "m", "return 1", 8, 0) == OCAP_EFATAL);
+  lua_pushnil(L);
+  CHECK(ocap_vat_set_loaded(v, "m") == OCAP_EFATAL);
+  CHECK(lua_gettop(L) == 0);
+  ocap_vat_free(v);
+
+  /* The count is charged per granule and reset per call. */
+  v = new_vat(0, 0);
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  CHECK(is_true(v, "local n = 0 for i = 1, 1e6 do n = n + i end return n > 0"));
+  used = ocap_vat_instructions(v);
+  CHECK(used >= 1000000 && used <= 5000000);
+  CHECK(is_true(v, "return true"));
+  CHECK(ocap_vat_instructions(v) < used);
+  ocap_vat_free(v);
+  return fails;
+}
+
+/*
+ * A C function the test puts into a vat to re-enter it through
+ * ocap_vat_pcall, as a kernel syscall might.
+ * [-1, +1] Calls its argument and returns the status.
+ */
+static int reenter(lua_State *L) {
+  ocap_vat_t *v = ocap_vat_from_state(L);
+  int status;
+  lua_settop(L, 1);
+  status = ocap_vat_pcall(v, 0, 0);
+  lua_settop(L, 0);
+  lua_pushinteger(L, status);
+  return 1;
+}
+
+static int test_reentry(void) {
+  int fails = 0;
+  ocap_vat_t *v = new_vat(0, 1000000);
+  lua_State *L;
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  L = ocap_vat_state(v);
+  lua_pushcfunction(L, reenter);
+  lua_setglobal(L, "reenter");
+  CHECK(is_true(v, "return reenter(function() end) == 0"));
+  /* A nested call shares the outer budget instead of getting a new one. */
+  CHECK(is_true(v, "for i = 1, 1e5 do end\n"
+                   "return reenter(function() for i = 1, 1e5 do end end) == 0"));
+  CHECK(ocap_vat_instructions(v) >= 200000);
+  /* Once the inner call is fatal, the outer one cannot continue. */
+  fails += expect(v, "local s = reenter(function() while true do end end) return s", OCAP_VAT_METER,
+                  NULL);
+  ocap_vat_free(v);
+  return fails;
+}
+
+/*
+ * Each of these must end fatally (METER or MEMORY) within TIME_LIMIT, stay
+ * fatal, and leave a vat that frees cleanly.
+ */
+static int test_attacks(void) {
+  static const char *const attacks[] = {
+      /* CPU */
+      "while true do end",
+      "while true do pcall(function() while true do end end) end",
+      "while true do pcall(error) end",
+      "while true do xpcall(function() while true do end end, function() while true do end end) "
+      "end",
+      "while true do local co = coroutine.create(function() while true do end end)\n"
+      "  coroutine.resume(co) end",
+      "while true do pcall(coroutine.wrap(function() while true do end end)) end",
+      "local co = coroutine.wrap(function()\n"
+      "  while true do pcall(function() while true do end end) end end)\n"
+      "while true do pcall(co) end",
+      "local function f() return 1 + f() end while true do pcall(f) end",
+      "local function f() return pcall(f) end while true do f() end",
+      "local t = setmetatable({}, {__index = function(t, k) return t[k] end})\n"
+      "while true do pcall(function() return t.x end) end",
+      "local t = setmetatable({}, {__tostring = function(t) return tostring(t) end})\n"
+      "while true do pcall(tostring, t) end",
+      "local function f() return coroutine.resume(coroutine.create(f)) end while true do f() end",
+      "local function f() return coroutine.wrap(f)() end while true do pcall(f) end",
+      "local function f() return ('x'):gsub('.', f) end while true do pcall(f) end",
+      "local function f() table.sort({3, 2, 1}, function() return f() end) end\n"
+      "while true do pcall(f) end",
+      "while true do pcall(string.rep, 'x', 1e10) end",
+      "while true do pcall(require, 'nope') end",
+      /* handlers and __close metamethods, which Lua may run with hooks off */
+      "xpcall(function() while true do end end, function() while true do end end)",
+      "local function f() return 1 + f() end\n"
+      "while true do xpcall(f, function() while true do end end) end",
+      "while true do pcall(function()\n"
+      "  local x <close> = setmetatable({}, {__close = function() while true do end end})\n"
+      "  while true do end end) end",
+      "local co = coroutine.create(function()\n"
+      "  local x <close> = setmetatable({}, {__close = function() while true do end end})\n"
+      "  while true do end end)\n"
+      "coroutine.resume(co) coroutine.close(co) while true do end",
+      "local f = coroutine.wrap(function()\n"
+      "  local x <close> = setmetatable({}, {__close = function() while true do end end})\n"
+      "  while true do end end)\n"
+      "while true do pcall(f) end",
+      "local f = coroutine.wrap(function()\n"
+      "  local x <close> = setmetatable({}, {__close = function() while true do end end})\n"
+      "  coroutine.yield() end)\n"
+      "f() while true do pcall(f) end",
+      "while true do pcall(error, setmetatable({}, {__tostring = function()\n"
+      "  while true do end end})) end",
+      "error(setmetatable({}, {__tostring = function() while true do end end}))",
+      /* C functions whose loops execute no instructions */
+      "table.move({}, 1, 1e15, 2)",
+      "table.insert(setmetatable({}, {__len = function() return math.maxinteger - 1 end}), 1, 0)",
+      "table.remove(setmetatable({}, {__len = function() return 1e15 end}), 1)",
+      "table.concat(setmetatable({}, {__index = function() return '' end}), '', 1, 1e15)",
+      "while true do pcall(string.rep, '', 1e18) pcall(string.rep, 'ab', 1e6) end",
+      /* memory */
+      "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1e6) end",
+      "return string.rep('x', 1e9)",
+      "local t = {} for i = 1, 1e9 do t[i] = {} end",
+      "local s = 'x' while true do pcall(function() s = table.concat({s, s}) end) end",
+      "while true do pcall(function() local t = {}\n"
+      "  for i = 1, 1e9 do t[#t + 1] = ('x'):rep(100) .. i end\n"
+      "  return table.concat(t) end) end",
+      "local keep = {} while true do pcall(function()\n"
+      "  for i = 1, 1e9 do keep[#keep + 1] = {i} end end) end",
+      "local t = {} while true do local co = coroutine.wrap(function()\n"
+      "  for i = 1, 1e9 do t[#t + 1] = tostring(i) end end) pcall(co) end",
+      NULL,
+  };
+  int fails = 0;
+  for (const char *const *a = attacks; *a != NULL; a++) {
+    ocap_vat_t *v = new_vat((size_t)ATTACK_MEMORY, ATTACK_INSTRUCTIONS);
+    lua_State *L;
+    double t0, elapsed;
+    int status, again;
+    CHECK(v != NULL);
+    if (v == NULL)
+      continue;
+    L = ocap_vat_state(v);
+    t0 = now();
+    status = run(v, *a);
+    elapsed = now() - t0;
+    if (getenv("TEST_VAT_VERBOSE"))
+      fprintf(stderr, "%.3f s, status %d: %.60s\n", elapsed, status, *a);
+    CHECK(status == OCAP_VAT_METER || status == OCAP_VAT_MEMORY);
+    CHECK(elapsed < TIME_LIMIT);
+    CHECK(lua_gettop(L) == 1 && lua_isstring(L, -1));
+    CHECK(ocap_vat_fatal(v) == status);
+    CHECK(ocap_vat_memory(v) <= (size_t)ATTACK_MEMORY + OCAP_VAT_MEMORY_SLACK);
+    lua_settop(L, 0);
+    lua_pushcfunction(L, nop);
+    again = ocap_vat_pcall(v, 0, 0);
+    CHECK(again == status && lua_gettop(L) == 1);
+    lua_settop(L, 0);
+    if (status != ocap_vat_fatal(v) || elapsed >= TIME_LIMIT ||
+        (status != OCAP_VAT_METER && status != OCAP_VAT_MEMORY))
+      fprintf(stderr, "  attack: %s\n  status %d after %.2f s\n", *a, status, elapsed);
+    ocap_vat_free(v);
+  }
+  return fails;
+}
+
+/* The replaced xpcall and coroutine functions keep their meaning. */
+static int test_replaced_functions(void) {
+  int fails = 0;
+  ocap_vat_t *v = new_vat(0, 0);
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  CHECK(is_true(v, "local ok, a, b = xpcall(function(x, y) return y, x end, error, 1, 2)\n"
+                   "return ok == true and a == 2 and b == 1"));
+  CHECK(is_true(v, "local ok, m = xpcall(error, function(e) return 'handled ' .. e end, 'x', 0)\n"
+                   "return ok == false and m == 'handled x'"));
+  CHECK(is_true(v, "local ok, m = xpcall(error, function(e) error('again', 0) end, 'x', 0)\n"
+                   "return ok == false and m == 'again'"));
+  CHECK(is_true(v, "return select('#', xpcall(function() end, error)) == 1"));
+  CHECK(is_true(v, "return not pcall(xpcall, print)"));
+  CHECK(is_true(v, "local co = coroutine.wrap(function()\n"
+                   "  return xpcall(function() return coroutine.yield(1) + 1 end, error) end)\n"
+                   "local first = co() local ok, second = co(41)\n"
+                   "return first == 1 and ok and second == 42"));
+  CHECK(is_true(v,
+                "local co = coroutine.wrap(function()\n"
+                "  return xpcall(error, function(e) return coroutine.yield(e) end, 'y', 0) end)\n"
+                "local first = co() local ok, second = co('z')\n"
+                "return first == 'y' and ok == false and second == 'z'"));
+  CHECK(is_true(v, "local f = coroutine.wrap(function(a) local b = coroutine.yield(a + 1)\n"
+                   "  return b * 2 end)\n"
+                   "return f(1) == 2 and f(10) == 20 and not pcall(f)"));
+  CHECK(is_true(v,
+                "local closed = false\n"
+                "local f = coroutine.wrap(function()\n"
+                "  local x <close> = setmetatable({}, {__close = function() closed = true end})\n"
+                "  error('inner', 0) end)\n"
+                "local ok, m = pcall(f) return not ok and m == 'inner' and closed"));
+  CHECK(is_true(v,
+                "local closed = false\n"
+                "local co = coroutine.create(function()\n"
+                "  local x <close> = setmetatable({}, {__close = function() closed = true end})\n"
+                "  coroutine.yield() end)\n"
+                "coroutine.resume(co) return coroutine.close(co) and closed"));
+  CHECK(ocap_vat_fatal(v) == 0);
+  ocap_vat_free(v);
+  return fails;
+}
+
+/* Cheap answers the metered C functions must still give. */
+static int test_metered_library(void) {
+  int fails = 0;
+  ocap_vat_t *v = new_vat(0, 0);
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  CHECK(is_true(v, "return string.rep('', 1e18) == '' and string.rep('', 1e18, '') == ''"));
+  CHECK(is_true(v, "return ('x'):rep(3, '-') == 'x-x-x' and ('x'):rep(0) == ''"));
+  fails += expect(v, "return string.rep('x', 1e10)", OCAP_VAT_ERROR, "too large");
+  CHECK(is_true(v, "local t = {1, 2, 3} table.insert(t, 1, 0) table.insert(t, 4)\n"
+                   "return table.concat(t, ',') == '0,1,2,3,4'"));
+  CHECK(is_true(v, "local t = {1, 2, 3} return table.remove(t, 1) == 1 and table.remove(t) == 3\n"
+                   "  and #t == 1 and table.remove({}) == nil"));
+  CHECK(is_true(v, "local t = table.move({1, 2, 3}, 1, 3, 2) return table.concat(t) == '1123'"));
+  CHECK(is_true(v, "local t = {3, 1, 2} table.sort(t) return table.concat(t, '', 2) == '23'"));
+  CHECK(is_true(v, "local a, b = table.unpack({1, 2}) return a == 1 and b == 2"));
+  fails += expect(v, "table.insert({}, 5, 1)", OCAP_VAT_ERROR, "position out of bounds");
+  fails += expect(v, "table.insert({}, 1, 2, 3)", OCAP_VAT_ERROR, "wrong number of arguments");
+  fails += expect(v, "table.move({}, -1, math.maxinteger, 1)", OCAP_VAT_ERROR, "too many elements");
+  fails += expect(v, "table.concat(nil)", OCAP_VAT_ERROR, "table expected");
+  CHECK(ocap_vat_fatal(v) == 0);
+  ocap_vat_free(v);
+  return fails;
+}
+
+static int test_memory(void) {
+  static const char churn[] = "local keep = {}\n"
+                              "for i = 1, 25 do keep[i] = string.rep('k', 100000) .. i end\n"
+                              "for i = 1, 200 do local s = string.rep('y', 300000) .. i end\n"
+                              "return #keep == 25";
+  int fails = 0;
+  size_t m0, m1, m2;
+  ocap_vat_t *v = new_vat(0, 0);
+  lua_State *L;
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  L = ocap_vat_state(v);
+  m0 = ocap_vat_memory(v);
+  CHECK(m0 > 0 && m0 < (size_t)(1 << 20));
+  CHECK(is_true(v, "big = {} for i = 1, 1e5 do big[i] = {i} end return true"));
+  m1 = ocap_vat_memory(v);
+  CHECK(m1 > m0 + (1 << 20));
+  CHECK(is_true(v, "big = nil return true"));
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  m2 = ocap_vat_memory(v);
+  CHECK(m2 < m1 - (1 << 20));
+  ocap_vat_free(v);
+
+  /* Garbage near the limit is collected in an emergency, not fatal. */
+  v = new_vat((size_t)4 << 20, 0);
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  CHECK(is_true(v, churn));
+  CHECK(ocap_vat_fatal(v) == 0);
+  ocap_vat_free(v);
+
+  /* Exhaustion caught by the vat's own pcall is fatal all the same. */
+  v = new_vat((size_t)4 << 20, 0);
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  fails +=
+      expect(v,
+             "local t = {}\n"
+             "local ok = pcall(function() for i = 1, 1e9 do t[i] = ('x'):rep(1000) .. i end end)\n"
+             "t = nil return ok",
+             OCAP_VAT_MEMORY, "memory budget");
+  CHECK(ocap_vat_fatal(v) == OCAP_VAT_MEMORY);
+  ocap_vat_free(v);
+
+  /* Deep recursion under a small budget runs out of memory, not stack. */
+  v = new_vat((size_t)4 << 20, 0);
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  fails += expect(v, "local function f() return 1 + f() end return f()", OCAP_VAT_MEMORY, NULL);
+  ocap_vat_free(v);
+  return fails;
+}
+
+int main(void) {
+  int fails = 0;
+  fails += test_globals();
+  fails += test_binary_chunks();
+  fails += test_string_metatable();
+  fails += test_require();
+  fails += test_errors();
+  fails += test_from_state();
+  fails += test_new_limits();
+  fails += test_meter();
+  fails += test_reentry();
+  fails += test_attacks();
+  fails += test_replaced_functions();
+  fails += test_metered_library();
+  fails += test_memory();
+  if (fails) {
+    fprintf(stderr, "test_vat: %d failure(s)\n", fails);
+    return 1;
+  }
+  printf("test_vat: ok\n");
+  return 0;
+}
