@@ -68,7 +68,7 @@ struct lkernel {
   ocap_store_t *s;
   ocap_kernel_t *k;
   lua_State *L; /* the host thread driving the kernel right now */
-  int host_dispatch_ref, vat_needed_ref, logger_ref, terminated_ref;
+  int host_dispatch_ref, vat_needed_ref, logger_ref, terminated_ref, exit_ref;
   lvat_t **vats;
   size_t nvats;
   module_t *runtime;
@@ -590,6 +590,7 @@ static void unref_all(lua_State *L, lkernel_t *lk) {
   luaL_unref(L, LUA_REGISTRYINDEX, lk->vat_needed_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->logger_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->terminated_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->exit_ref);
 }
 
 static int k_gc(lua_State *L) {
@@ -619,6 +620,7 @@ static int core_open(lua_State *L) {
   if (!lk)
     return luaL_error(L, "out of memory");
   lk->host_dispatch_ref = lk->vat_needed_ref = lk->logger_ref = lk->terminated_ref = LUA_NOREF;
+  lk->exit_ref = LUA_NOREF;
   if (uv_loop_init(&lk->loop) != 0) {
     free(lk);
     return luaL_error(L, "cannot create the event loop");
@@ -830,8 +832,8 @@ static void finish_exits(lua_State *L, lkernel_t *lk) {
     rec->exiting = 0;
     char id[OCAP_REF_MAX];
     snprintf(id, sizeof id, "%s", rec->id);
-    /* The host records the completion before the vat's tables go. */
-    lua_getfield(L, LUA_REGISTRYINDEX, "ocap.onExit");
+    /* The host records the completion and terminates the vat. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lk->exit_ref);
     if (lua_isfunction(L, -1)) {
       lua_pushstring(L, id);
       lua_pushboolean(L, failure);
@@ -949,6 +951,9 @@ static int k_set_logger(lua_State *L) {
 }
 static int k_set_terminated(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->terminated_ref);
+}
+static int k_set_exit_handler(lua_State *L) {
+  return set_ref(L, &checkkernel(L, 1)->exit_ref);
 }
 
 typedef struct dumpbuf {
@@ -1268,6 +1273,7 @@ static const luaL_Reg kernel_methods[] = {
     {"setVatNeeded", k_set_vat_needed},
     {"setLogger", k_set_logger},
     {"setTerminated", k_set_terminated},
+    {"setExitHandler", k_set_exit_handler},
     {"setRuntime", k_set_runtime},
     {"createVat", k_create_vat},
     {"stopVat", k_stop_vat},

@@ -173,6 +173,7 @@ function M.make(options)
   K:setHostDispatch(self.ls.dispatch)
   K:setVatNeeded(function(vatId) return self:_restartVatState(vatId) end)
   K:setTerminated(function(vatId, reason) self:_forgetVat(vatId, reason) end)
+  K:setExitHandler(function(vatId, failure, body) self:_vatExited(vatId, failure, body) end)
   K:setLogger(function(vatId, level, payload)
     local ok, entry = pcall(decode, payload)
     if not ok then entry = { message = payload } end
@@ -460,9 +461,25 @@ function Kernel:launchSubcluster(clusterConfig, opts)
   end)
 end
 
-function Kernel:_terminateVatNow(vatId, reason)
+--- A vat called vatPowers.exitVat or exitVatWithFailure.
+function Kernel:_vatExited(vatId, failure, body)
+  local ok, completion = pcall(decode, body)
+  if not ok then completion = nil end
+  local reason
+  if failure then
+    local msg = type(completion) == 'table' and completion.message or tostring(completion)
+    reason = 'exited with failure: ' .. tostring(msg)
+  else
+    reason = 'exited'
+  end
+  self.K:kvSet('terminated.' .. vatId, encode({ reason = reason, failure = failure,
+    completion = ok and completion or nil }))
+  self:_terminateVatNow(vatId, reason, true)
+end
+
+function Kernel:_terminateVatNow(vatId, reason, keepRecord)
   local body = kernelErrorBody('VAT_TERMINATED', ('vat %s was terminated: %s'):format(vatId, reason))
-  self.K:kvSet('terminated.' .. vatId, encode({ reason = reason }))
+  if not keepRecord then self.K:kvSet('terminated.' .. vatId, encode({ reason = reason })) end
   self.K:terminate(vatId, body)
   self.K:commit()
 end
@@ -594,7 +611,8 @@ function Kernel:getStatus()
   local terminated = {}
   for _, key in ipairs(self:_scan('terminated.')) do
     local rec = self:_get(key)
-    terminated[#terminated + 1] = { id = key:sub(12), reason = rec.reason }
+    terminated[#terminated + 1] = { id = key:sub(12), reason = rec.reason, failure = rec.failure,
+      completion = rec.completion }
   end
   return {
     vats = vats,

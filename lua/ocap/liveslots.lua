@@ -226,6 +226,8 @@ function M.make(opts)
       fn = ok and f or nil
     end
     if type(fn) ~= 'function' then
+      -- A root without bootstrap simply has nothing to do at launch.
+      if method == 'bootstrap' then return nil end
       error(pass.makeError(('%s has no method %q'):format(
         remotableIface(target) or tostring(target), tostring(method)), 'TypeError'), 0)
     end

@@ -1,0 +1,72 @@
+-- A vat that tries to escape its sandbox, one attempt per method. Each
+-- attempt returns { ok = boolean, err = message } so specs can check that
+-- it failed, and with what message.
+local ocap = require 'ocap'
+
+local M = {}
+
+local function try(f, ...)
+  local ok, err = pcall(f, ...)
+  if type(err) == 'table' then err = err.message or tostring(err) end
+  return { ok = ok, err = err ~= nil and tostring(err) or nil }
+end
+
+function M.buildRootObject(vatPowers, _parameters, baggage)
+  local exo = ocap.makeDefaultExo('victim', { hello = function() return 'hello' end })
+  local frozen = ocap.harden({ a = 1, nested = { b = 2 } })
+  local attempts = {
+    io = function() return io.open('/etc/passwd') end,
+    os = function() return os.execute('true') end,
+    debug = function() return debug.getinfo(1) end,
+    package = function() return package.loaded end,
+    load = function() return load('return 1') end,
+    loadstring = function() return loadstring('return 1') end,
+    dofile = function() return dofile('/etc/passwd') end,
+    loadfile = function() return loadfile('/etc/passwd') end,
+    collectgarbage = function() return collectgarbage('count') end,
+    ['string.dump'] = function() return string.dump(function() end) end,
+    ['require outside the bundle'] = function() return require('os') end,
+    ['require the kernel'] = function() return require('ocap.kernel') end,
+    ['require the C core'] = function() return require('ocap.core') end,
+    ['string metatable'] = function()
+      local mt = getmetatable('')
+      mt.__index.upper = function() return 'pwned' end
+    end,
+    ['string method'] = function()
+      string.upper = function() return 'pwned' end
+      return ('x'):upper()
+    end,
+    ['setmetatable on an exo'] = function() return setmetatable(exo, {}) end,
+    ['getmetatable of an exo'] = function()
+      local mt = getmetatable(exo)
+      return mt.__index
+    end,
+    ['assign to an exo'] = function() exo.hello = function() return 'pwned' end end,
+    ['rawset on an exo'] = function() rawset(exo, 'hello', function() return 'pwned' end) end,
+    ['assign to a hardened table'] = function() frozen.a = 2 end,
+    ['assign to a nested hardened table'] = function() frozen.nested.b = 3 end,
+    ['rawset on a hardened table'] = function() rawset(frozen, 'a', 2) end,
+    ['setmetatable on a hardened table'] = function() return setmetatable(frozen, nil) end,
+    ['setmetatable on baggage'] = function() return setmetatable(baggage, {}) end,
+    ['rawset on baggage'] = function() rawset(baggage, 'get', function() return 'pwned' end) end,
+    ['global leak'] = function() _G.leaked = true; return rawget(_G, 'leaked') end,
+  }
+  return ocap.makeDefaultExo('hostile', {
+    attempt = function(_, name)
+      local f = attempts[name]
+      if not f then error('no attempt named ' .. name) end
+      return try(f)
+    end,
+    names = function()
+      local out = {}
+      for name in pairs(attempts) do out[#out + 1] = name end
+      table.sort(out)
+      return out
+    end,
+    stillFine = function() return exo:hello() .. ' ' .. frozen.a .. ' ' .. ('x'):upper() end,
+    presenceString = function(_, p) return tostring(p) end,
+    ping = function(_, i) return i end,
+  })
+end
+
+return M
