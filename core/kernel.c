@@ -13,7 +13,6 @@
 #include <string.h>
 
 #define KEY_MAX 160
-#define NOTIFY_MAX 48   /* promises told in one notify delivery */
 #define NOTIFY_MERGE 16 /* notifies merged into one run-queue item */
 #define VAL_MAX 256
 
@@ -937,33 +936,6 @@ done:
   return rc;
 }
 
-/* Adds to list every settled promise reachable from kpid's data. */
-static int collect_settled(ocap_kernel_t *k, const char *kpid, char (*list)[OCAP_REF_MAX],
-                           size_t *n, size_t max) {
-  for (size_t i = 0; i < *n; i++)
-    if (strcmp(list[i], kpid) == 0)
-      return 0;
-  if (*n >= max)
-    return 0;
-  refcpy(list[(*n)++], kpid);
-  buf_t data = {0};
-  if (!getb(k, &data, "%s.data", kpid))
-    return 0;
-  pcap_t p;
-  if (pcap_parse(&p, data.p, data.len) == 0) {
-    for (size_t i = 0; i < p.nslots; i++) {
-      char state[VAL_MAX];
-      if (is_kpid(p.slotv[i]) && getv(k, state, "%s.state", p.slotv[i]) &&
-          strcmp(state, "unresolved") != 0)
-        collect_settled(k, p.slotv[i], list, n, max);
-    }
-  }
-  pcap_free(&p);
-  free(data.p);
-  return 0;
-}
-
-
 /* The kpids of a notify item ("notify <ep> <kpid>..."), at most max. */
 static size_t notify_kpids(const char *item, char (*kpids)[OCAP_REF_MAX], size_t max) {
   const char *p = strchr(item + 7, ' ');
@@ -981,76 +953,130 @@ static size_t notify_kpids(const char *item, char (*kpids)[OCAP_REF_MAX], size_t
   return n;
 }
 
+/* One promise told in a notify delivery. */
+typedef struct note {
+  char kpid[OCAP_REF_MAX];
+  char eref[OCAP_REF_MAX];
+  int rejected;
+  pcap_t cap;
+  char (*pool)[OCAP_REF_MAX];
+  const char **slotv;
+} note_t;
+
+/* Notes are allocated one by one: a pcap_t points into itself, so it must
+ * not move when the list grows. */
+typedef struct notes {
+  note_t **v;
+  size_t n, cap;
+} notes_t;
+
+/* Adds kpid (a settled promise) unless it is there already. */
+static int notes_add(notes_t *ns, const char *kpid) {
+  for (size_t i = 0; i < ns->n; i++)
+    if (strcmp(ns->v[i]->kpid, kpid) == 0)
+      return 0;
+  if (ns->n == ns->cap) {
+    size_t cap = ns->cap ? ns->cap * 2 : 8;
+    note_t **v = realloc(ns->v, cap * sizeof *v);
+    if (!v)
+      return OCAP_ENOMEM;
+    ns->v = v;
+    ns->cap = cap;
+  }
+  note_t *nt = calloc(1, sizeof *nt);
+  if (!nt)
+    return OCAP_ENOMEM;
+  refcpy(nt->kpid, kpid);
+  ns->v[ns->n++] = nt;
+  return 0;
+}
+
+static void notes_free(notes_t *ns) {
+  for (size_t i = 0; i < ns->n; i++) {
+    pcap_free(&ns->v[i]->cap);
+    free(ns->v[i]->pool);
+    free(ns->v[i]->slotv);
+    free(ns->v[i]);
+  }
+  free(ns->v);
+}
+
+/*
+ * Fills in note i: its data translated for ep, and queues every settled
+ * promise its data mentions, so one delivery tells them all (the list is
+ * its own work queue, and has no size limit).
+ */
+static int note_load(ocap_kernel_t *k, const char *ep, notes_t *ns, size_t i) {
+  char state[VAL_MAX];
+  note_t *nt = ns->v[i];
+  buf_t data = {0};
+  getv(k, state, "%s.state", nt->kpid);
+  getb(k, &data, "%s.data", nt->kpid);
+  int rc = pcap_parse(&nt->cap, data.p ? data.p : "\n", data.p ? data.len : 1);
+  free(data.p);
+  if (rc)
+    return rc;
+  nt->rejected = strcmp(state, "rejected") == 0;
+  size_t nslots = nt->cap.nslots;
+  for (size_t j = 0; j < nslots; j++) {
+    const char *slot = nt->cap.slotv[j];
+    if (is_kpid(slot) && getv(k, state, "%s.state", slot) && strcmp(state, "unresolved") != 0) {
+      rc = notes_add(ns, slot);
+      if (rc)
+        return rc;
+    }
+  }
+  if (nslots) {
+    nt->pool = malloc(nslots * OCAP_REF_MAX);
+    nt->slotv = malloc(nslots * sizeof *nt->slotv);
+    if (!nt->pool || !nt->slotv)
+      return OCAP_ENOMEM;
+  }
+  rc = ocap_kernel_kref_to_eref(k, ep, nt->kpid, nt->eref);
+  if (!rc)
+    rc = capdata_k2e(k, ep, &nt->cap, nt->pool, nt->slotv);
+  return rc;
+}
+
 static int process_notify(ocap_kernel_t *k, char *item, char *ep, int *fatal, char **why) {
   char kpids[NOTIFY_MERGE][OCAP_REF_MAX], state[VAL_MAX];
   if (sscanf(item, "notify %47s", ep) != 1)
     return fail(k, OCAP_ECORRUPT, "corrupt run-queue item");
   size_t nk = notify_kpids(item, kpids, NOTIFY_MERGE);
   int rc = 0;
-  char list[NOTIFY_MAX][OCAP_REF_MAX];
-  size_t n = 0;
-  for (size_t j = 0; j < nk; j++) {
+  notes_t ns = {0};
+  for (size_t j = 0; j < nk && !rc; j++) {
     const char *kpid = kpids[j];
     if (!getv(k, state, "%s.state", kpid) || strcmp(state, "unresolved") == 0)
       continue;
     if (!is_kernel_ep(ep) && !has(k, "%s.c.%s", ep, kpid))
       continue; /* already retired: the endpoint learned it another way */
-    collect_settled(k, kpid, list, &n, NOTIFY_MAX);
+    rc = notes_add(&ns, kpid);
   }
-  if (n == 0)
-    goto done;
-  ocap_resolution_t res[NOTIFY_MAX];
-  pcap_t caps[NOTIFY_MAX];
-  char erefs[NOTIFY_MAX][OCAP_REF_MAX];
-  char(*pools[NOTIFY_MAX])[OCAP_REF_MAX];
-  const char **slotvs[NOTIFY_MAX];
-  size_t done_n = 0;
-  for (size_t i = 0; i < n && !rc; i++) {
-    buf_t data = {0};
-    getv(k, state, "%s.state", list[i]);
-    getb(k, &data, "%s.data", list[i]);
-    rc = pcap_parse(&caps[i], data.p ? data.p : "\n", data.p ? data.len : 1);
-    free(data.p);
-    pools[i] = NULL;
-    slotvs[i] = NULL;
-    done_n = i + 1;
-    if (rc)
-      break;
-    if (caps[i].nslots) {
-      pools[i] = malloc(caps[i].nslots * OCAP_REF_MAX);
-      slotvs[i] = malloc(caps[i].nslots * sizeof(char *));
-      if (!pools[i] || !slotvs[i]) {
-        rc = OCAP_ENOMEM;
-        break;
-      }
+  for (size_t i = 0; i < ns.n && !rc; i++)
+    rc = note_load(k, ep, &ns, i);
+  ocap_resolution_t *res = ns.n ? malloc(ns.n * sizeof *res) : NULL;
+  if (ns.n && !res)
+    rc = OCAP_ENOMEM;
+  if (!rc && ns.n) {
+    for (size_t i = 0; i < ns.n; i++) {
+      res[i].kpid = ns.v[i]->eref;
+      res[i].rejected = ns.v[i]->rejected;
+      res[i].data = pcap_view(&ns.v[i]->cap);
+      res[i].data.slots = ns.v[i]->slotv;
     }
-    rc = ocap_kernel_kref_to_eref(k, ep, list[i], erefs[i]);
-    if (!rc)
-      rc = capdata_k2e(k, ep, &caps[i], pools[i], slotvs[i]);
-    res[i].kpid = erefs[i];
-    res[i].rejected = strcmp(state, "rejected") == 0;
-    res[i].data.body = caps[i].body;
-    res[i].data.blen = caps[i].blen;
-    res[i].data.slots = slotvs[i];
-    res[i].data.nslots = caps[i].nslots;
-  }
-  if (!rc) {
     ocap_delivery_t d = {0};
     d.type = OCAP_DELIVER_NOTIFY;
     d.resolutions = res;
-    d.nresolutions = n;
+    d.nresolutions = ns.n;
     rc = deliver(k, ep, &d, fatal, why);
+    /* The endpoint forgets promises once told their settlement. */
+    if (!rc && *fatal == OCAP_FATAL_NONE)
+      for (size_t i = 0; i < ns.n; i++)
+        clist_remove(k, ep, ns.v[i]->kpid);
   }
-  /* The endpoint forgets promises once told their settlement. */
-  if (!rc && *fatal == OCAP_FATAL_NONE)
-    for (size_t i = 0; i < n; i++)
-      clist_remove(k, ep, list[i]);
-  for (size_t i = 0; i < done_n; i++) {
-    pcap_free(&caps[i]);
-    free(pools[i]);
-    free(slotvs[i]);
-  }
-done:
+  free(res);
+  notes_free(&ns);
   for (size_t j = 0; j < nk; j++)
     decref(k, kpids[j]);
   return rc;

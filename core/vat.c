@@ -15,12 +15,20 @@
  *    (meter or memory) the hook re-arms itself to fire on every instruction
  *    of whatever thread it lands on and raises each time, so no `pcall`,
  *    `xpcall` or `coroutine.resume` inside the vat can swallow the failure.
- *  - The count hook never sees work done inside C functions, so the library
- *    functions whose running time is not bounded by the memory they allocate
- *    (`string.rep` of empty strings, `table.move` and `table.insert` over
- *    huge index ranges, ...) are replaced by versions that charge the meter
- *    up front, and `__gc` metamethods are refused because Lua runs
- *    finalizers with hooks disabled.
+ *  - The count hook has blind spots, and the sandbox replaces the library
+ *    functions that reach into them: C functions whose loops are not
+ *    bounded by the memory they allocate (`string.rep` of empty strings,
+ *    `table.move` and `table.insert` over huge ranges, ...) charge the meter
+ *    up front; `pcall`, `xpcall` and coroutine creation charge for the C
+ *    work and the unused granule they stand for; and no vat code ever runs
+ *    where Lua has switched hooks off: `__gc` metamethods are refused, and
+ *    once the vat is fatal `xpcall` no longer calls the vat's handler and
+ *    coroutines can no longer be closed (their `__close` metamethods would
+ *    run unhooked).
+ *
+ * What stays out of reach is time spent inside one C call that allocates
+ * little, chiefly backtracking in Lua patterns (`string.find` and friends);
+ * bounding it needs a wall-clock watchdog in the kernel.
  */
 #include "vat.h"
 
@@ -61,6 +69,16 @@ static const char KEY_MEMORY_MSG = 'm';
 
 /* Byte-copy work that counts as one instruction in the C library wrappers. */
 #define BYTES_PER_INSTRUCTION 64
+
+/*
+ * What a protected call and a caught error cost, in instructions. Each
+ * pcall sets up a C-level protected frame (a setjmp and a C call) and each
+ * error unwinds and usually formats a message; both take about as long as
+ * 50 instructions, so without these charges nested or failing pcalls would
+ * run ten times longer than their budget suggests.
+ */
+#define PCALL_COST 50
+#define ERROR_COST 100
 
 static void vat_hook(lua_State *L, lua_Debug *ar);
 
@@ -176,8 +194,8 @@ static long long range_count(lua_Integer i, lua_Integer j) {
 /* Metered library functions                                              */
 
 /*
- * [-0, +1, e] Calls the original library function (upvalue 1) with the
- * arguments as they are now and returns all its results.
+ * [-0, +r, e] Calls the original library function (upvalue 1) with the
+ * arguments as they are now and returns its r results.
  */
 static int call_original(lua_State *L) {
   lua_pushvalue(L, lua_upvalueindex(1));
@@ -222,24 +240,62 @@ static int vat_string_rep(lua_State *L) {
   return call_original(L);
 }
 
-/* [-0, +1, e] table.concat, charged per element. */
+/*
+ * [-0, +0, e] Checks that arg is a table, or behaves like one for reading,
+ * taking its length and, when write is set, writing, as ltablib.c's
+ * checktab does.
+ */
+static void check_table_like(lua_State *L, int arg, int write) {
+  static const char *const fields[] = {"__index", "__len", "__newindex"};
+  if (lua_type(L, arg) == LUA_TTABLE)
+    return;
+  if (lua_getmetatable(L, arg)) {
+    int ok = 1;
+    for (int k = 0; k < (write ? 3 : 2) && ok; k++) {
+      lua_pushstring(L, fields[k]);
+      ok = lua_rawget(L, -2) != LUA_TNIL;
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (ok)
+      return;
+  }
+  luaL_checktype(L, arg, LUA_TTABLE);
+}
+
+/* [-0, +0, e] Appends t[i] (t at index 1) to b, as ltablib.c's addfield. */
+static void concat_field(lua_State *L, luaL_Buffer *b, lua_Integer i) {
+  lua_geti(L, 1, i);
+  if (!lua_isstring(L, -1))
+    luaL_error(L, "invalid value (at index %I) in table for 'concat'", (LUAI_UACINT)i);
+  luaL_addvalue(b);
+}
+
+/*
+ * [-0, +1, e] table.concat, rewritten to charge each element as it goes:
+ * a range is only as long as its elements are present or metered __index
+ * calls supply them, so the charge stays exact even for a wrong range.
+ */
 static int vat_table_concat(lua_State *L) {
-  lua_Integer i = luaL_optinteger(L, 3, 1);
-  lua_Integer j;
-  if (!lua_isnoneornil(L, 4))
-    j = luaL_checkinteger(L, 4);
-  else if (has_length(L, 1))
-    j = luaL_len(L, 1);
-  else
-    return call_original(L);
-  vat_charge(L, range_count(i, j));
-  /* Pass the range on explicitly so that it is the one that was charged. */
-  lua_settop(L, 4);
-  lua_pushinteger(L, i);
-  lua_replace(L, 3);
-  lua_pushinteger(L, j);
-  lua_replace(L, 4);
-  return call_original(L);
+  luaL_Buffer b;
+  lua_Integer last, i;
+  size_t lsep;
+  const char *sep;
+  check_table_like(L, 1, 0);
+  last = luaL_len(L, 1);
+  sep = luaL_optlstring(L, 2, "", &lsep);
+  i = luaL_optinteger(L, 3, 1);
+  last = luaL_optinteger(L, 4, last);
+  luaL_buffinit(L, &b);
+  for (; i < last; i++) {
+    vat_charge(L, 1);
+    concat_field(L, &b, i);
+    luaL_addlstring(&b, sep, lsep);
+  }
+  if (i == last)
+    concat_field(L, &b, i);
+  luaL_pushresult(&b);
+  return 1;
 }
 
 /* [-0, +(j-i+1), e] table.unpack, charged per element. */
@@ -252,7 +308,9 @@ static int vat_table_unpack(lua_State *L) {
     j = luaL_len(L, 1);
   else
     return call_original(L);
-  vat_charge(L, range_count(i, j));
+  /* More than a stack's worth raises "too many results" before any work. */
+  if (range_count(i, j) <= LUAI_MAXSTACK)
+    vat_charge(L, range_count(i, j));
   lua_settop(L, 3);
   lua_pushinteger(L, i);
   lua_replace(L, 2);
@@ -290,31 +348,11 @@ static int vat_table_sort(lua_State *L) {
     long long cost = 1;
     for (lua_Integer k = n; k > 1; k >>= 1)
       cost++;
-    vat_charge(L, n > 0 ? (n > LLONG_MAX / cost ? LLONG_MAX : n * cost) : 1);
+    /* The original refuses INT_MAX elements or more before any work. */
+    if (n > 0 && n < INT_MAX)
+      vat_charge(L, n * cost);
   }
   return call_original(L);
-}
-
-/*
- * [-0, +0, e] Checks that arg is a table, or behaves like one for reading,
- * writing and taking its length, as ltablib.c's checktab does.
- */
-static void check_table_like(lua_State *L, int arg) {
-  static const char *const fields[] = {"__index", "__newindex", "__len"};
-  if (lua_type(L, arg) == LUA_TTABLE)
-    return;
-  if (lua_getmetatable(L, arg)) {
-    int ok = 1;
-    for (int k = 0; k < 3 && ok; k++) {
-      lua_pushstring(L, fields[k]);
-      ok = lua_rawget(L, -2) != LUA_TNIL;
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-    if (ok)
-      return;
-  }
-  luaL_checktype(L, arg, LUA_TTABLE);
 }
 
 /*
@@ -324,7 +362,7 @@ static void check_table_like(lua_State *L, int arg) {
  */
 static int vat_table_insert(lua_State *L) {
   lua_Integer e, pos;
-  check_table_like(L, 1);
+  check_table_like(L, 1, 1);
   e = luaL_len(L, 1);
   e = (lua_Integer)((lua_Unsigned)e + 1u);
   switch (lua_gettop(L)) {
@@ -334,7 +372,8 @@ static int vat_table_insert(lua_State *L) {
   case 3:
     pos = luaL_checkinteger(L, 2);
     luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
-    vat_charge(L, range_count(pos + 1, e));
+    if (e > pos)
+      vat_charge(L, range_count(pos, e - 1));
     for (lua_Integer i = e; i > pos; i--) {
       lua_geti(L, 1, i - 1);
       lua_seti(L, 1, i);
@@ -350,12 +389,13 @@ static int vat_table_insert(lua_State *L) {
 /* [-0, +1, e] table.remove, rewritten for the same reason as insert. */
 static int vat_table_remove(lua_State *L) {
   lua_Integer size, pos;
-  check_table_like(L, 1);
+  check_table_like(L, 1, 1);
   size = luaL_len(L, 1);
   pos = luaL_optinteger(L, 2, size);
   if (pos != size)
     luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2, "position out of bounds");
-  vat_charge(L, range_count(pos + 1, size));
+  if (pos < size)
+    vat_charge(L, range_count(pos, size - 1));
   lua_geti(L, 1, pos);
   for (; pos < size; pos++) {
     lua_geti(L, 1, pos + 1);
@@ -390,6 +430,162 @@ static int vat_setmetatable(lua_State *L) {
   return 1;
 }
 
+/*
+ * [-0, +(1|2)] Continuation of pcall, after lbaselib.c's finishpcall: returns
+ * true and the results, or false and the error, charging for the error.
+ */
+static int pcall_done(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  if (status == LUA_OK || status == LUA_YIELD)
+    return lua_gettop(L);
+  vat_charge(L, ERROR_COST);
+  lua_pushboolean(L, 0);
+  lua_insert(L, -2);
+  return 2;
+}
+
+/* [-n, +(1|2)] pcall(f, ...), charging for the call and any error it catches. */
+static int vat_pcall(lua_State *L) {
+  luaL_checkany(L, 1);
+  vat_charge(L, PCALL_COST);
+  lua_pushboolean(L, 1);
+  lua_insert(L, 1);
+  return pcall_done(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, 0, pcall_done), 0);
+}
+
+/*
+ * Lua calls a message handler where the error happened, before unwinding.
+ * When the error is the meter's, raised from inside the count hook, Lua has
+ * hooks switched off for the thread (it does so around every hook call), so
+ * a vat's xpcall handler that loops there would run unmetered forever. The
+ * vat's xpcall therefore installs a C handler that calls the vat's handler
+ * only while the vat is not fatal; every other error is raised outside any
+ * hook, where the handler is metered like any other code.
+ */
+
+/* [-1, +1] xpcall's message handler; upvalue 1 is the vat's handler. */
+static int xpcall_handler(lua_State *L) {
+  ocap_vat_t *v = ocap_vat_from_state(L);
+  if (v != NULL && v->fatal)
+    return 1;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+/*
+ * [-0, +(1|2)] Continuation of xpcall, with the function and handler below
+ * true at index 3: returns true and the results, or false and the error,
+ * charging for the error.
+ */
+static int xpcall_done(lua_State *L, int status, lua_KContext extra) {
+  if (status == LUA_OK || status == LUA_YIELD)
+    return lua_gettop(L) - (int)extra;
+  vat_charge(L, ERROR_COST);
+  lua_pushboolean(L, 0);
+  lua_pushvalue(L, -2);
+  return 2;
+}
+
+/* [-n, +(1|2)] xpcall(f, msgh, ...), as lbaselib.c's with msgh wrapped. */
+static int vat_xpcall(lua_State *L) {
+  int n = lua_gettop(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  vat_charge(L, PCALL_COST);
+  lua_pushvalue(L, 2);
+  lua_pushcclosure(L, xpcall_handler, 1);
+  lua_replace(L, 2);
+  lua_pushboolean(L, 1);
+  lua_pushvalue(L, 1);
+  lua_rotate(L, 3, 2);
+  return xpcall_done(L, lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, xpcall_done), 2);
+}
+
+/*
+ * A coroutine that the meter killed still has hooks switched off, because
+ * the error left the hook by longjmp and only a pcall on the same thread
+ * would have restored them. Closing such a coroutine would run its pending
+ * __close metamethods unmetered, so once the vat is fatal, coroutine.close
+ * and the functions made by coroutine.wrap raise the fatal error instead.
+ */
+
+/* [-n, +(results)] The function coroutine.wrap returns; upvalue 1 is the thread. */
+static int wrap_resume(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  ocap_vat_t *v = ocap_vat_from_state(L);
+  int narg = lua_gettop(L);
+  int nres, status;
+  if (!lua_checkstack(co, narg))
+    return luaL_error(L, "too many arguments to resume");
+  lua_xmove(L, co, narg);
+  status = lua_resume(co, L, narg, &nres);
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      return luaL_error(L, "too many results to resume");
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  lua_xmove(co, L, 1);
+  if (v != NULL && v->fatal) {
+    if (v->depth > 0)
+      return vat_die(L, v);
+    return lua_error(L);
+  }
+  status = lua_status(co);
+  if (status != LUA_OK && status != LUA_YIELD) {
+    /* The coroutine died: close its variables, as the original does. */
+    status = lua_resetthread(co);
+    lua_pop(L, 1);
+    lua_xmove(co, L, 1);
+  }
+  if (status != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+    luaL_where(L, 1);
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+  }
+  return lua_error(L);
+}
+
+/*
+ * The count hook counts down per thread, and a new thread starts with a full
+ * granule, so a coroutine that runs fewer than OCAP_VAT_GRANULE instructions
+ * before it dies is never charged. Creating a thread therefore charges the
+ * granule up front; otherwise a chain of short-lived coroutines could run
+ * hundreds of times its budget.
+ */
+
+/* [-1, +1] coroutine.create, charged a granule. */
+static int vat_coroutine_create(lua_State *L) {
+  vat_charge(L, OCAP_VAT_GRANULE);
+  return call_original(L);
+}
+
+/* [-1, +1] coroutine.wrap, charged a granule, with the resume function above. */
+static int vat_coroutine_wrap(lua_State *L) {
+  lua_State *co;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  vat_charge(L, OCAP_VAT_GRANULE);
+  co = lua_newthread(L); /* copies L's hook, like coroutine.create */
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushcclosure(L, wrap_resume, 1);
+  return 1;
+}
+
+/* [-1, +(1|2)] coroutine.close, refused once the vat is fatal. */
+static int vat_coroutine_close(lua_State *L) {
+  ocap_vat_t *v = ocap_vat_from_state(L);
+  if (v != NULL && v->fatal) {
+    if (v->depth > 0)
+      return vat_die(L, v);
+    return luaL_error(L, "vat is fatal");
+  }
+  return call_original(L);
+}
+
 /* ---------------------------------------------------------------------- */
 /* require                                                                */
 
@@ -422,6 +618,12 @@ static int vat_require(lua_State *L) {
   trusted = lua_toboolean(L, -1);
   lua_pop(L, 1);
   /* Stack: name, loaded, preload, record, source. */
+  /*
+   * Parsing takes about as long per byte as four instructions, and a module
+   * that fails is parsed again at every require, so loading is charged by
+   * size.
+   */
+  vat_charge(L, 4 * (long long)len);
   lua_pushfstring(L, "=%s", name);
   if (luaL_loadbufferx(L, src, len, lua_tostring(L, -1), trusted ? "bt" : "t") != LUA_OK)
     return luaL_error(L, "error loading module '%s': %s", name, lua_tostring(L, -1));
@@ -485,9 +687,8 @@ static void copy_lib(lua_State *L, int src, const char *const *omit, const luaL_
  */
 static int vat_setup(lua_State *L) {
   static const char *const base_names[] = {
-      "assert", "error",  "ipairs",   "next",         "pairs",    "pcall",
-      "xpcall", "select", "tonumber", "tostring",     "type",     "rawequal",
-      "rawlen", "rawget", "rawset",   "getmetatable", "_VERSION", NULL,
+      "assert", "error",    "ipairs", "next",   "pairs",  "select",       "tonumber", "tostring",
+      "type",   "rawequal", "rawlen", "rawget", "rawset", "getmetatable", "_VERSION", NULL,
   };
   static const char *const string_omit[] = {"dump", NULL};
   static const char *const math_omit[] = {"random", "randomseed", NULL};
@@ -504,9 +705,17 @@ static int vat_setup(lua_State *L) {
       {"unpack", vat_table_unpack},
       {NULL, NULL},
   };
+  static const luaL_Reg coroutine_meter[] = {
+      {"close", vat_coroutine_close},
+      {"create", vat_coroutine_create},
+      {"wrap", vat_coroutine_wrap},
+      {NULL, NULL},
+  };
   static const luaL_Reg sandbox_funcs[] = {
       {"require", vat_require},
       {"setmetatable", vat_setmetatable},
+      {"pcall", vat_pcall},
+      {"xpcall", vat_xpcall},
       {NULL, NULL},
   };
   static const struct {
@@ -519,7 +728,7 @@ static int vat_setup(lua_State *L) {
       {LUA_TABLIBNAME, luaopen_table, NULL, table_meter},
       {LUA_MATHLIBNAME, luaopen_math, math_omit, NULL},
       {LUA_UTF8LIBNAME, luaopen_utf8, NULL, NULL},
-      {LUA_COLIBNAME, luaopen_coroutine, NULL, NULL},
+      {LUA_COLIBNAME, luaopen_coroutine, NULL, coroutine_meter},
   };
 
   /*
@@ -571,7 +780,7 @@ static int vat_setup(lua_State *L) {
   return 0;
 }
 
-/* Reports an error raised outside any protected call before Lua aborts. */
+/* [-0, +0] Reports an error raised outside any protected call before Lua aborts. */
 static int vat_panic(lua_State *L) {
   const char *msg = lua_tostring(L, -1);
   fprintf(stderr, "ocap: unprotected error in a vat: %s\n", msg ? msg : "(not a string)");
@@ -640,7 +849,10 @@ struct vat_args {
   int trusted;
 };
 
-/* [-1, +0, e] Stores source for require; upvalue-free, args at index 1. */
+/*
+ * [-1, +0, e] Records a module's source for require; index 1 holds a light
+ * userdata pointing to the struct vat_args.
+ */
 static int vat_preload_p(lua_State *L) {
   const struct vat_args *a = lua_touserdata(L, 1);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
@@ -682,7 +894,7 @@ int ocap_vat_preload(ocap_vat_t *v, const char *name, const char *src, size_t le
   return vat_protect(v, vat_preload_p, &a);
 }
 
-/* [-1, +0, e] Sets loaded[name] to the value at index 2. */
+/* [-2, +0, e] Sets loaded[name] to the value at index 2 (name in index 1's args). */
 static int vat_set_loaded_p(lua_State *L) {
   const struct vat_args *a = lua_touserdata(L, 1);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_LOADED);
@@ -712,7 +924,7 @@ int ocap_vat_set_loaded(ocap_vat_t *v, const char *name) {
   return 0;
 }
 
-/* [-0, +1, e] Loads a->src in text mode; the function is the result. */
+/* [-1, +1, e] Loads the source in text mode and returns the function. */
 static int vat_load_p(lua_State *L) {
   const struct vat_args *a = lua_touserdata(L, 1);
   /*

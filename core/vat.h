@@ -75,7 +75,7 @@ lua_State *ocap_vat_state(ocap_vat_t *v);
 ocap_vat_t *ocap_vat_from_state(lua_State *L);
 
 /*
- * Registers module source for the vat's `require`. Trusted modules (the
+ * [-0, +0] Registers module source for the vat's `require`. Trusted modules (the
  * kernel's runtime) may be precompiled binary chunks; others are loaded in
  * text mode only. The source is copied; a module already loaded keeps its
  * cached value. Returns 0, OCAP_EINVAL, OCAP_ENOMEM or OCAP_EFATAL.

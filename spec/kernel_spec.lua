@@ -164,6 +164,12 @@ describe('kernel', function()
       assert.equal('boom', res.err.message)
     end)
 
+    it('rejects the caller when a method returns something not passable', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local e = rejection(kernel:queueMessage(r.rootKref, 'returnFunction', {}))
+      assert.matches('result is not passable: cannot pass function', e.message)
+    end)
+
     it('passes plain data thrown with error() to the caller', function()
       local r = kernel:launchSubcluster(twoVats()):await()
       local e = rejection(kernel:queueMessage(r.rootKref, 'rejectData', {}))

@@ -123,6 +123,21 @@ describe('promises between vats', function()
     assert.is_true(c1 - c0 < c2 - c1, ('pipelined %d cranks, awaited %d'):format(c1 - c0, c2 - c1))
   end)
 
+  it('settles everything when many promises resolve at once', function()
+    local bob = kernel:queueMessage(root, 'peerRoot', {}):await()
+    local calls = {}
+    for i = 1, 16 do calls[i] = kernel:queueMessage(root, 'peerRoot', {}) end
+    local results = {}
+    for i = 1, 16 do results[i] = ocap.E(bob).manyResolvedAll(10) end
+    for i = 1, 16 do
+      local list = results[i]:await()
+      assert.equal(10, #list)
+      assert.is_true(ocap.isPromise(list[1]))
+      assert.same({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, ocap.Promise.all(list):await())
+      assert.equal(bob, calls[i]:await())
+    end
+  end)
+
   it('rejects messages queued on a promise that resolves to data', function()
     local p = kernel:queueMessage(root, 'ping', { 1 })
     local ok, err = pcall(ocap.await, ocap.E(p).anything())

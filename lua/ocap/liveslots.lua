@@ -66,7 +66,25 @@ function M.make(opts)
   local pending = {}                                   -- vpid -> promise we wait on
   local exportedPromises = {}                           -- vpid -> local promise
   local decided = {}                                    -- result vpid -> its local promise
+  -- Export and promise numbers are never reused, even across restarts, so
+  -- a new object can never take over a ref an old one had: they persist
+  -- in the vat's store at the end of each delivery that allocated any.
   local nextObject, nextPromise = 1, 1
+  local savedCounters
+  if syscall.vatstoreGet and not opts.allocObject then
+    savedCounters = syscall.vatstoreGet('idCounters')
+    if savedCounters then
+      local o, p = savedCounters:match('^(%d+) (%d+)$')
+      nextObject, nextPromise = tonumber(o), tonumber(p)
+    end
+  end
+  local function saveCounters()
+    local now = nextObject .. ' ' .. nextPromise
+    if now ~= savedCounters then
+      syscall.vatstoreSet('idCounters', now)
+      savedCounters = now
+    end
+  end
   local log = opts.log or function() end
   local wrapError = opts.wrapError
 
@@ -84,18 +102,22 @@ function M.make(opts)
   local m -- the marshaller, defined below
   local storeKit
 
-  local function serializeOrError(v)
-    local ok, cd = pcall(m.serialize, v)
-    if ok then return cd end
-    return m.serialize(pass.makeError('result is not passable: ' .. stripPosition(tostring(cd))))
+  --- Resolves vpid with value, or rejects it; a value that cannot be
+  --- passed rejects it with an error saying why.
+  local function settleVpid(vpid, fulfilled, value)
+    local ok, cd = pcall(m.serialize, value)
+    if not ok then
+      fulfilled = false
+      cd = m.serialize(pass.makeError('result is not passable: ' .. stripPosition(tostring(cd))))
+    end
+    syscall.resolve(vpid, not fulfilled, cd.body, cd.slots)
   end
 
   local function resolveExported(vpid, ok, value)
     local p = exportedPromises[vpid]
     exportedPromises[vpid] = nil
     if p then valToVref[p] = nil end
-    local cd = serializeOrError(value)
-    syscall.resolve(vpid, not ok, cd.body, cd.slots)
+    settleVpid(vpid, ok, value)
   end
 
   local function trackPromise(vpid)
@@ -205,10 +227,7 @@ function M.make(opts)
   end
 
   local function rejectResult(resultVpid, reason)
-    if resultVpid then
-      local cd = serializeOrError(reason)
-      syscall.resolve(resultVpid, true, cd.body, cd.slots)
-    end
+    if resultVpid then settleVpid(resultVpid, false, reason) end
   end
 
   local function traceHandler(e)
@@ -270,8 +289,7 @@ function M.make(opts)
       onSettle(p, function(fulfilled, value)
         decided[resultVpid] = nil
         if fulfilled then
-          local cd = serializeOrError(value)
-          syscall.resolve(resultVpid, false, cd.body, cd.slots)
+          settleVpid(resultVpid, true, value)
         else
           rejectResult(resultVpid, wrapError and wrapError(value) or value)
         end
@@ -311,12 +329,16 @@ function M.make(opts)
     elseif kind == 'notify' then
       deliverNotify(a)
     elseif kind == 'startVat' then
-      return ls.startVat(a, b)
+      local ok, err = ls.startVat(a, b)
+      if ok and not opts.allocObject then saveCounters() end
+      return ok, err
     else
       error('unknown delivery ' .. tostring(kind))
     end
     drain()
+    if not opts.allocObject then saveCounters() end
   end
+  ls.saveCounters = saveCounters
 
   ls.stores = storeKit
   ls.trackPromise = trackPromise

@@ -124,6 +124,7 @@ function M.boot(syscall, info)
         if not ok then log('error', 'timer callback failed: ' .. tostring(liveslots.normalizeError(err))) end
       end)
       promise.drain()
+      ls.saveCounters()
       return
     end
     return dispatch(kind, a, ...)

@@ -46,7 +46,10 @@ function M.buildRootObject(vatPowers, parameters, baggage)
       return out
     end,
     baggageOp = function(_, op, ...) return baggage[op](baggage, ...) end,
-    crash = function() error('crashing now') end,
+    crash = function()
+      baggage:set('count', baggage:get('count') + 1)
+      error('crashing now')
+    end,
   })
 end
 

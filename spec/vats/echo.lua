@@ -37,6 +37,12 @@ function M.buildRootObject(vatPowers, parameters)
       for i = 1, n do sum = sum + E(peers[name]).ping(i):await() end
       return sum
     end,
+    returnFunction = function() return function() end end,
+    manyResolved = function(_, n)
+      local out = {}
+      for i = 1, n do out[i] = ocap.Promise.resolve(i) end
+      return out
+    end,
     makeThing = function(_, label)
       return ocap.makeDefaultExo('thing', { label = function() return label end })
     end,

@@ -188,6 +188,12 @@ function M.buildRootObject(vatPowers, parameters)
       return n
     end,
     ping = function(_, i) return i end,
+    manyResolvedAll = function(_, n)
+      -- Returns n promises, all resolved, inside one result.
+      local out = {}
+      for i = 1, n do out[i] = ocap.Promise.resolve(i) end
+      return out
+    end,
     self = function() return root end,
     peerRoot = function() return peers.bob end,
   })

@@ -1,0 +1,125 @@
+-- Hostile vats (issue #6): each attempt to reach something the vat was not
+-- given fails with a clear error, and the kernel and other vats carry on.
+local testing = require 'ocap.testing'
+local ocap = require 'ocap'
+
+local HOSTILE = 'spec/vats/hostile.lua'
+local ECHO = 'spec/vats/echo.lua'
+
+describe('the vat sandbox', function()
+  local kernel, root, other
+  setup(function()
+    kernel = testing.makeKernel()
+    root = kernel:launchSubcluster({ bootstrap = 'h', vats = { h = { sourceSpec = HOSTILE } } }):await().rootKref
+    other = kernel:launchSubcluster({ bootstrap = 'e', vats = { e = { sourceSpec = ECHO } } }):await().rootKref
+  end)
+  teardown(function() kernel:stop() end)
+
+  local function attempt(name)
+    return kernel:queueMessage(root, 'attempt', { name }):await()
+  end
+
+  local expected = {
+    io = "global 'io'",
+    os = "global 'os'",
+    debug = "global 'debug'",
+    package = "global 'package'",
+    load = "global 'load'",
+    loadstring = "global 'loadstring'",
+    dofile = "global 'dofile'",
+    loadfile = "global 'loadfile'",
+    collectgarbage = "global 'collectgarbage'",
+    ['string.dump'] = "field 'dump'",
+    ['require outside the bundle'] = "module 'os' not found in this vat",
+    ['require the kernel'] = "module 'ocap.kernel' not found in this vat",
+    ['require the C core'] = "module 'ocap.core' not found in this vat",
+    ['string metatable'] = 'index a string value',
+    ['setmetatable on an exo'] = 'protected metatable',
+    ['getmetatable of an exo'] = 'index a string value',
+    ['assign to an exo'] = 'cannot modify exo',
+    ['rawset on an exo'] = 'protected',
+    ['assign to a hardened table'] = 'cannot modify hardened table',
+    ['assign to a nested hardened table'] = 'cannot modify hardened table',
+    ['rawset on a hardened table'] = 'protected',
+    ['setmetatable on a hardened table'] = 'protected metatable',
+    ['setmetatable on baggage'] = 'protected metatable',
+    ['rawset on baggage'] = 'protected',
+    ['global leak'] = "global '_G'",
+  }
+
+  for name, message in pairs(expected) do
+    it('refuses: ' .. name, function()
+      local r = attempt(name)
+      assert.is_false(r.ok, name .. ' succeeded')
+      assert.matches(message, r.err, 1, true)
+    end)
+  end
+
+  it('covers every attempt the hostile vat knows', function()
+    local names = kernel:queueMessage(root, 'names', {}):await()
+    for _, name in ipairs(names) do
+      if name ~= 'string method' then
+        assert.is_truthy(expected[name], 'no expectation for ' .. name)
+      end
+    end
+  end)
+
+  it('keeps string methods even when the vat replaces string.upper', function()
+    local r = attempt('string method')
+    assert.equal('X', r.ok and 'X' or r.err)
+  end)
+
+  it('leaves the vat, its objects and other vats working', function()
+    assert.equal('hello 1 X', kernel:queueMessage(root, 'stillFine', {}):await())
+    assert.equal(4, kernel:queueMessage(other, 'ping', { 4 }):await())
+  end)
+
+  it('shows vats presences, never krefs', function()
+    local p = kernel:queueMessage(other, 'makeThing', { 'x' }):await()
+    local s = kernel:queueMessage(root, 'presenceString', { p }):await()
+    assert.matches('Presence', s)
+    assert.not_matches('ko%d', s)
+  end)
+end)
+
+describe('loading vat code', function()
+  local kernel
+  before_each(function() kernel = testing.makeKernel() end)
+  after_each(function() kernel:stop() end)
+
+  it('refuses a binary chunk in a bundle', function()
+    local bundle = require 'ocap.bundle'
+    local dir = testing.tempDir()
+    local b = { format = 'ocap-bundle-1', main = 'main', modules = {
+      main = string.dump(load("return { buildRootObject = function() end }")) } }
+    local f = assert(io.open(dir .. '/bin.bundle', 'wb'))
+    f:write(bundle.encode(b))
+    f:close()
+    local ok, err = pcall(ocap.await, kernel:launchSubcluster({ bootstrap = 'b',
+      vats = { b = { bundleSpec = dir .. '/bin.bundle' } } }))
+    assert.is_false(ok)
+    assert.matches('binary', err.message)
+  end)
+
+  it('runs a vat from a bundle made by ocap bundle, with its own modules', function()
+    local dir = testing.tempDir()
+    local bin = os.getenv('OCAP_BIN') or 'build/ocap'
+    local f = assert(io.open(dir .. '/helper.lua', 'w'))
+    f:write("return { twice = function(x) return 2 * x end }\n")
+    f:close()
+    f = assert(io.open(dir .. '/main.lua', 'w'))
+    f:write([[
+local ocap = require 'ocap'
+local helper = require 'helper'
+return { buildRootObject = function()
+  return ocap.makeDefaultExo('m', { twice = function(_, x) return helper.twice(x) end })
+end }
+]])
+    f:close()
+    assert.is_true(os.execute(bin .. ' bundle ' .. dir .. '/main.lua -o ' .. dir .. '/main.bundle >/dev/null'))
+    os.remove(dir .. '/helper.lua')
+    local r = kernel:launchSubcluster({ bootstrap = 'm', vats = { m = { bundleSpec = dir .. '/main.bundle' } } })
+      :await()
+    assert.equal(14, kernel:queueMessage(r.rootKref, 'twice', { 7 }):await())
+  end)
+end)
