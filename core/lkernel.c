@@ -1051,7 +1051,8 @@ static void install_endowments(lua_State *V, lvat_t *rec, const char *list, int 
     if (n && n < sizeof name) {
       memcpy(name, p, n);
       name[n] = '\0';
-      if (strncmp(name, "os.", 3) == 0) {
+      if (strcmp(name, "os.time") == 0 || strcmp(name, "os.clock") == 0 ||
+          strcmp(name, "os.date") == 0) {
         endow_lib_fn(V, globals, "os", luaopen_os, name + 3);
       } else if (strcmp(name, "math.random") == 0) {
         /* Seed the vat's generator from its id, so each vat has its own. */

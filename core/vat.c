@@ -431,6 +431,22 @@ static int vat_setmetatable(lua_State *L) {
 }
 
 /*
+ * rawset that refuses tables with a protected metatable (exos, presences,
+ * stores, hardened tables): those objects are immutable, and rawset would
+ * otherwise go around their __newindex.
+ */
+static int vat_rawset(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checkany(L, 2);
+  luaL_checkany(L, 3);
+  if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+    return luaL_error(L, "rawset: cannot modify a protected object");
+  lua_settop(L, 3);
+  lua_rawset(L, 1);
+  return 1;
+}
+
+/*
  * [-0, +(1|2)] Continuation of pcall, after lbaselib.c's finishpcall: returns
  * true and the results, or false and the error, charging for the error.
  */
@@ -688,7 +704,7 @@ static void copy_lib(lua_State *L, int src, const char *const *omit, const luaL_
 static int vat_setup(lua_State *L) {
   static const char *const base_names[] = {
       "assert", "error",    "ipairs", "next",   "pairs",  "select",       "tonumber", "tostring",
-      "type",   "rawequal", "rawlen", "rawget", "rawset", "getmetatable", "_VERSION", NULL,
+      "type",   "rawequal", "rawlen", "rawget", "getmetatable", "_VERSION", NULL,
   };
   static const char *const string_omit[] = {"dump", NULL};
   static const char *const math_omit[] = {"random", "randomseed", NULL};
@@ -714,6 +730,7 @@ static int vat_setup(lua_State *L) {
   static const luaL_Reg sandbox_funcs[] = {
       {"require", vat_require},
       {"setmetatable", vat_setmetatable},
+      {"rawset", vat_rawset},
       {"pcall", vat_pcall},
       {"xpcall", vat_xpcall},
       {NULL, NULL},

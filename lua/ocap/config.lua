@@ -56,8 +56,13 @@ local function checkVat(name, vc, cfg, allowed)
   local co = vc.creationOptions
   if co ~= nil then
     if type(co) ~= 'table' then return nil, where .. '.creationOptions: must be a table' end
-    if co.memoryLimit ~= nil and (type(co.memoryLimit) ~= 'number' or co.memoryLimit <= 0) then
-      return nil, where .. '.creationOptions.memoryLimit: must be a positive number of bytes'
+    if co.memoryLimit ~= nil and (math.type(co.memoryLimit) ~= 'integer' or co.memoryLimit < 65536) then
+      return nil, where .. '.creationOptions.memoryLimit: must be an integer number of bytes, at least 65536'
+    end
+    for k in pairs(co) do
+      if k ~= 'memoryLimit' and k ~= 'meter' then
+        return nil, ('%s.creationOptions: unknown key %q'):format(where, tostring(k))
+      end
     end
     if co.meter ~= nil then
       if type(co.meter) ~= 'table' or type(co.meter.instructions) ~= 'number' or co.meter.instructions <= 0 then
@@ -67,8 +72,14 @@ local function checkVat(name, vc, cfg, allowed)
   end
   if vc.globals ~= nil then
     if not isSequence(vc.globals) then return nil, where .. '.globals: must be a sequence of names' end
+    -- allowedGlobalNames can only narrow the fixed list, never widen it.
     local ok = {}
-    for _, g in ipairs(allowed or M.ALLOWED_GLOBALS) do ok[g] = true end
+    for _, g in ipairs(M.ALLOWED_GLOBALS) do ok[g] = true end
+    if allowed then
+      local narrowed = {}
+      for _, g in ipairs(allowed) do narrowed[g] = ok[g] end
+      ok = narrowed
+    end
     for _, g in ipairs(vc.globals) do
       if not ok[g] then
         return nil, ('Vat "%s" requested unknown global "%s"'):format(name, tostring(g))

@@ -30,6 +30,7 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
     ['require the C core'] = function() return require('ocap.core') end,
     ['string metatable'] = function()
       local mt = getmetatable('')
+      if type(mt) ~= 'table' then error('the string metatable is locked: ' .. tostring(mt)) end
       mt.__index.upper = function() return 'pwned' end
     end,
     ['string method'] = function()
@@ -39,6 +40,7 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
     ['setmetatable on an exo'] = function() return setmetatable(exo, {}) end,
     ['getmetatable of an exo'] = function()
       local mt = getmetatable(exo)
+      if type(mt) ~= 'table' then error('the metatable is locked: ' .. tostring(mt)) end
       return mt.__index
     end,
     ['assign to an exo'] = function() exo.hello = function() return 'pwned' end end,
