@@ -198,6 +198,22 @@ describe('baggage', function()
     assert.equal('three', op('get', 3))
     assert.equal('t', op('get', true))
   end)
+
+  it('keeps integers beyond 2^53 apart, in order', function()
+    local big = math.tointeger(2 ^ 53)
+    op('init', big, 'a')
+    op('init', big + 1, 'b')
+    op('init', big + 2, 'c')
+    op('init', -big - 1, 'd')
+    assert.equal('b', op('get', big + 1))
+    assert.equal('d', op('get', -big - 1))
+    local keys = kernel:queueMessage(root, 'baggageKeys', {}):await()
+    local ints = {}
+    for _, k in ipairs(keys) do
+      if math.type(k) == 'integer' and (k > 2 ^ 52 or k < -2 ^ 52) then ints[#ints + 1] = k end
+    end
+    assert.same({ -big - 1, big, big + 1, big + 2 }, ints)
+  end)
 end)
 
 describe('database errors', function()

@@ -52,7 +52,11 @@ local liveKernels = setmetatable({}, { __mode = 'k' })
 
 local function drive(isSettled, wait)
   while true do
-    for kernel in pairs(liveKernels) do kernel:_flushIfNeeded() end
+    -- Results reach host code only through turns: flush the cranks that
+    -- made them before running any (group commit), and not otherwise.
+    if promise.hasTurns() then
+      for kernel in pairs(liveKernels) do kernel:_flushIfNeeded() end
+    end
     promise.drain()
     if isSettled() then return end
     local progressed = false
@@ -61,6 +65,7 @@ local function drive(isSettled, wait)
       if kernel:_step() then progressed = true end
     end
     if not progressed and not promise.hasTurns() then
+      for kernel in pairs(liveKernels) do kernel:_flushIfNeeded() end
       -- Idle: only the event loop (vat timers) can still change anything.
       if not wait then return end
       local waited = false
@@ -181,15 +186,23 @@ function M.make(options)
       message = entry.message, data = entry.data })
   end)
   liveKernels[self] = true
-  system.checkDeclared(options.systemSubclusters)
-  self:registerKernelServiceObject('kernelFacet', system.makeKernelFacet(self), { systemOnly = true })
-  local names = {}
-  for name in pairs(options.services or {}) do names[#names + 1] = name end
-  table.sort(names)
-  for _, name in ipairs(names) do
-    self:registerKernelServiceObject(name, options.services[name])
+  -- Anything failing from here on must not leave the database open.
+  local ok, err = pcall(function()
+    system.checkDeclared(options.systemSubclusters)
+    self:registerKernelServiceObject('kernelFacet', system.makeKernelFacet(self), { systemOnly = true })
+    local names = {}
+    for name in pairs(options.services or {}) do names[#names + 1] = name end
+    table.sort(names)
+    for _, name in ipairs(names) do
+      self:registerKernelServiceObject(name, options.services[name])
+    end
+    system.start(self, options.systemSubclusters)
+  end)
+  if not ok then
+    self:stop()
+    if type(err) == 'string' then err = err:gsub('^[^\n]-:%d+: ', '') end
+    error(type(err) == 'string' and ('Kernel.make: ' .. err) or err, 2)
   end
-  system.start(self, options.systemSubclusters)
   return self
 end
 
@@ -303,15 +316,17 @@ end
 --- Starts a vat's Lua state and runs startVat. Returns true or nil, msg.
 function Kernel:_startVat(vatId, rec, bundle)
   local memory, instructions = limitsOf(rec.config)
-  return self.K:createVat(vatId, {
+  local ok, res, err = pcall(self.K.createVat, self.K, vatId, {
     info = vatId .. ' ' .. rec.name,
     main = bundle.main,
     modules = bundle.modules,
     parameters = encode(rec.config.parameters or {}),
-    memory = memory and math.tointeger(memory) or nil,
+    memory = memory,
     globals = table.concat(rec.config.globals or {}, ' '),
     instructions = instructions,
   })
+  if not ok then return nil, res end
+  return res, err
 end
 
 --- Rebuilds a vat's state lazily (kernel restart, restartVat).
@@ -398,8 +413,13 @@ function Kernel:launchSubcluster(clusterConfig, opts)
   if not ok then return rejected(err) end
   opts = opts or {}
   if clusterConfig.forceReset and not opts.system then
-    -- As in ocap-kernel: the persisted state is wiped before the launch.
-    self:reset()
+    -- Persisted state is reset before the launch: every ordinary
+    -- subcluster (vats, stores) goes; system subclusters and services stay.
+    for _, sc in ipairs(self:getSubclusters()) do
+      if not self:_get('subcluster.' .. sc.id).system then
+        self:_terminateSubclusterNow(sc.id, 'forceReset by a new launch')
+      end
+    end
   end
   local serviceRefs = {}
   for _, sname in ipairs(clusterConfig.services or {}) do
@@ -648,6 +668,18 @@ function Kernel:reset()
     K:kvSet('kernelService.' .. name, svc.info.kref)
   end
   K:commit()
+end
+
+--- Garbage collection of kernel objects is not implemented yet: these
+--- exist so hosts written for ocap-kernel run, and resolve at once.
+function Kernel:reapVats()
+  self:_check()
+  return promise.resolve(nil)
+end
+
+function Kernel:collectGarbage()
+  self:_check()
+  return promise.resolve(nil)
 end
 
 function Kernel:revoke(kref)

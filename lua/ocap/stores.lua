@@ -18,8 +18,11 @@ local concat = table.concat
 
 local BAGGAGE_ID = 1
 
---- Encodes a key so that byte order sorts keys: numbers, then strings,
---- then booleans, then remotables, each in its natural order.
+--- Encodes a key so that byte order sorts keys: booleans ("b"), then
+--- numbers ("n"), then remotables ("r"), then strings ("s"), each in its
+--- natural order. Numbers are their IEEE double made sortable; an integer
+--- beyond 2^53, which shares its double with neighbours, also carries its
+--- exact value (offset by 2^63, so the decimal digits sort too).
 local function encodeNumber(n)
   local bytes = { sbyte(spack('>d', n), 1, 8) }
   if bytes[1] >= 128 then
@@ -73,7 +76,11 @@ function M.make(syscall, m, ls)
     if t == 'string' then return 's' .. k end
     if t == 'number' then
       if k ~= k then error('store keys cannot be NaN', 3) end
-      return 'n' .. encodeNumber(k)
+      local e = 'n' .. encodeNumber(k)
+      if math.type(k) == 'integer' and (k > 2 ^ 53 or k < -2 ^ 53) then
+        e = e .. '.' .. sfmt('%016x', k ~ math.mininteger)
+      end
+      return e
     end
     if t == 'boolean' then return k and 'b1' or 'b0' end
     if pass.isRemotable(k) then
@@ -87,7 +94,10 @@ function M.make(syscall, m, ls)
   local function decodeKey(e)
     local c = ssub(e, 1, 1)
     if c == 's' then return ssub(e, 2) end
-    if c == 'n' then return decodeNumber(ssub(e, 2)) end
+    if c == 'n' then
+      if #e > 17 then return tonumber(ssub(e, 19), 16) ~ math.mininteger end
+      return decodeNumber(ssub(e, 2, 17))
+    end
     if c == 'b' then return e == 'b1' end
     return ls.presenceFor(ssub(e, 2))
   end

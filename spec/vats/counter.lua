@@ -46,6 +46,11 @@ function M.buildRootObject(vatPowers, parameters, baggage)
       return out
     end,
     baggageOp = function(_, op, ...) return baggage[op](baggage, ...) end,
+    baggageKeys = function()
+      local out = {}
+      for k in baggage:keys() do out[#out + 1] = k end
+      return out
+    end,
     crash = function()
       baggage:set('count', baggage:get('count') + 1)
       error('crashing now')
