@@ -50,22 +50,28 @@ end
 -- drive them all.
 local liveKernels = setmetatable({}, { __mode = 'k' })
 
+local function flushAll()
+  for kernel in pairs(liveKernels) do kernel:_flushIfNeeded() end
+end
+
 local function drive(isSettled, wait)
   while true do
-    -- Results reach host code only through turns: flush the cranks that
-    -- made them before running any (group commit), and not otherwise.
-    if promise.hasTurns() then
-      for kernel in pairs(liveKernels) do kernel:_flushIfNeeded() end
-    end
+    -- Results reach host code only through turns or through the awaited
+    -- promise: flush the cranks that made them before either runs (group
+    -- commit), and not otherwise.
+    if promise.hasTurns() then flushAll() end
     promise.drain()
-    if isSettled() then return end
+    if isSettled() then
+      flushAll()
+      return
+    end
     local progressed = false
     for kernel in pairs(liveKernels) do
       if not kernel.stopped and kernel.K:loopAlive() then kernel.K:runLoop(false) end
       if kernel:_step() then progressed = true end
     end
     if not progressed and not promise.hasTurns() then
-      for kernel in pairs(liveKernels) do kernel:_flushIfNeeded() end
+      flushAll()
       -- Idle: only the event loop (vat timers) can still change anything.
       if not wait then return end
       local waited = false
