@@ -614,7 +614,7 @@ function Kernel:getSubclusters()
   local out = {}
   for _, key in ipairs(self:_scan('subcluster.')) do
     local sc = self:_get(key)
-    out[#out + 1] = { id = sc.id, config = sc.config, vats = sc.vats, name = sc.name }
+    out[#out + 1] = { id = sc.id, config = sc.config, vats = sc.vats, name = sc.name, rootKref = sc.rootKref }
   end
   table.sort(out, function(a, b) return tonumber(a.id:sub(2)) < tonumber(b.id:sub(2)) end)
   return out
@@ -623,7 +623,7 @@ end
 function Kernel:getSubcluster(id)
   local sc = self:_get('subcluster.' .. tostring(id))
   if not sc then return nil end
-  return { id = sc.id, config = sc.config, vats = sc.vats, name = sc.name }
+  return { id = sc.id, config = sc.config, vats = sc.vats, name = sc.name, rootKref = sc.rootKref }
 end
 
 function Kernel:getStatus()
