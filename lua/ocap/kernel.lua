@@ -193,7 +193,7 @@ function M.make(options)
   end)
   liveKernels[self] = true
   -- Anything failing from here on must not leave the database open.
-  local ok, err = pcall(function()
+  local started, startErr = pcall(function()
     system.checkDeclared(options.systemSubclusters)
     self:registerKernelServiceObject('kernelFacet', system.makeKernelFacet(self), { systemOnly = true })
     local names = {}
@@ -204,10 +204,10 @@ function M.make(options)
     end
     system.start(self, options.systemSubclusters)
   end)
-  if not ok then
+  if not started then
     self:stop()
-    if type(err) == 'string' then err = err:gsub('^[^\n]-:%d+: ', '') end
-    error(type(err) == 'string' and ('Kernel.make: ' .. err) or err, 2)
+    if type(startErr) == 'string' then startErr = startErr:gsub('^[^\n]-:%d+: ', '') end
+    error(type(startErr) == 'string' and ('Kernel.make: ' .. startErr) or startErr, 2)
   end
   return self
 end
