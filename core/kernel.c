@@ -498,8 +498,8 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
     return 0;
   if (eref[1] == '-')
     return fail(k, OCAP_EINVAL, "vat %s used unknown import '%s'", ep, eref);
-  int rc = eref[0] == 'o' ? ocap_kernel_alloc_object(k, ep, out)
-                          : ocap_kernel_alloc_promise(k, ep, out);
+  int rc =
+      eref[0] == 'o' ? ocap_kernel_alloc_object(k, ep, out) : ocap_kernel_alloc_promise(k, ep, out);
   if (!rc)
     rc = clist_add(k, ep, out, eref);
   return rc;
@@ -538,8 +538,8 @@ static int capdata_e2k(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *c
 
 /* Translates a stored capdata (krefs) into ep's erefs, importing as needed.
  * The erefs are written into `pool`, which must outlive `out`. */
-static int capdata_k2e(ocap_kernel_t *k, const char *ep, const pcap_t *in, char (*pool)[OCAP_REF_MAX],
-                       const char **slots) {
+static int capdata_k2e(ocap_kernel_t *k, const char *ep, const pcap_t *in,
+                       char (*pool)[OCAP_REF_MAX], const char **slots) {
   for (size_t i = 0; i < in->nslots; i++) {
     int rc = ocap_kernel_kref_to_eref(k, ep, in->slotv[i], pool[i]);
     if (rc)
@@ -1242,7 +1242,8 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
   free(enc.p);
   /* The vat's own store goes with it. */
   plen = snprintf(prefix, sizeof prefix, "vs.%s.", ep);
-  while (ocap_store_next_key(k->s, prefix, (size_t)plen, prefix, (size_t)plen, 1, &key, &klen) == 1) {
+  while (ocap_store_next_key(k->s, prefix, (size_t)plen, prefix, (size_t)plen, 1, &key, &klen) ==
+         1) {
     char *victim = malloc(klen);
     if (!victim)
       break;

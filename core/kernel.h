@@ -45,14 +45,18 @@ typedef struct ocap_resolution {
 
 /* Timer deliveries come from the host's event loop, not the run queue; their
  * `target` is the timer's id. */
-enum ocap_delivery_type { OCAP_DELIVER_MESSAGE = 1, OCAP_DELIVER_NOTIFY = 2, OCAP_DELIVER_TIMER = 3 };
+enum ocap_delivery_type {
+  OCAP_DELIVER_MESSAGE = 1,
+  OCAP_DELIVER_NOTIFY = 2,
+  OCAP_DELIVER_TIMER = 3
+};
 
 /* A delivery to an endpoint, already translated into its erefs. */
 typedef struct ocap_delivery {
   int type;
   const char *target; /* message: eref of the target object or promise */
   ocap_capdata_t methargs;
-  const char *result; /* message: eref of the result promise, or NULL */
+  const char *result;                   /* message: eref of the result promise, or NULL */
   const ocap_resolution_t *resolutions; /* notify */
   size_t nresolutions;
 } ocap_delivery_t;

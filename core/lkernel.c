@@ -32,10 +32,10 @@ typedef struct vtimer vtimer_t;
 typedef struct lvat {
   char id[OCAP_REF_MAX];
   vtimer_t *timers; /* the vat's live libuv timers */
-  ocap_vat_t *vat; /* NULL when not live (never started, or terminated) */
+  ocap_vat_t *vat;  /* NULL when not live (never started, or terminated) */
   int dispatch_ref;
-  int fatal;  /* ocap_fatal set by an illegal syscall */
-  char *why;  /* malloc'd reason for fatal */
+  int fatal;   /* ocap_fatal set by an illegal syscall */
+  char *why;   /* malloc'd reason for fatal */
   int exiting; /* vatPowers.exitVat was called: 1 ok, 2 failure */
   char *exit_body;
   lkernel_t *lk;
@@ -626,8 +626,8 @@ static int core_open(lua_State *L) {
     return luaL_error(L, "cannot create the event loop");
   }
   char *err = NULL;
-  int rc = db ? ocap_store_open_leveldb(db, durability, &lk->s, &err)
-              : ocap_store_open_memory(&lk->s);
+  int rc =
+      db ? ocap_store_open_leveldb(db, durability, &lk->s, &err) : ocap_store_open_memory(&lk->s);
   if (rc) {
     uv_loop_close(&lk->loop);
     free(lk);
@@ -789,7 +789,6 @@ static int k_kref_of(lua_State *L) {
     lua_pushnil(L);
   return 1;
 }
-
 
 /* K:send(target, body, slots, result?) from the kernel endpoint. */
 static int k_send(lua_State *L) {

@@ -703,7 +703,7 @@ static void copy_lib(lua_State *L, int src, const char *const *omit, const luaL_
  */
 static int vat_setup(lua_State *L) {
   static const char *const base_names[] = {
-      "assert", "error",    "ipairs", "next",   "pairs",  "select",       "tonumber", "tostring",
+      "assert", "error",    "ipairs", "next",   "pairs",        "select",   "tonumber", "tostring",
       "type",   "rawequal", "rawlen", "rawget", "getmetatable", "_VERSION", NULL,
   };
   static const char *const string_omit[] = {"dump", NULL};
@@ -728,12 +728,9 @@ static int vat_setup(lua_State *L) {
       {NULL, NULL},
   };
   static const luaL_Reg sandbox_funcs[] = {
-      {"require", vat_require},
-      {"setmetatable", vat_setmetatable},
-      {"rawset", vat_rawset},
-      {"pcall", vat_pcall},
-      {"xpcall", vat_xpcall},
-      {NULL, NULL},
+      {"require", vat_require}, {"setmetatable", vat_setmetatable},
+      {"rawset", vat_rawset},   {"pcall", vat_pcall},
+      {"xpcall", vat_xpcall},   {NULL, NULL},
   };
   static const struct {
     const char *name;
