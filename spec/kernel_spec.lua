@@ -141,6 +141,16 @@ describe('kernel', function()
       assert.equal('x', ocap.E(back).label():await())
     end)
 
+    it('serializes with krefs on the host through ocap.marshal', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local thing = kernel:queueMessage(r.rootKref, 'makeThing', { 'x' }):await()
+      local cd = ocap.marshal.serialize({ thing = thing, n = 1 })
+      assert.equal('#{"n":1,"thing":"$0.Alleged: thing"}', cd.body)
+      assert.same({ kernel:krefOf(thing) }, cd.slots)
+      local back = ocap.marshal.unserialize(cd)
+      assert.equal(thing, back.thing)
+    end)
+
     it('refuses a non-passable argument at the sender with a clear error', function()
       local r = kernel:launchSubcluster(twoVats()):await()
       local ok, err = pcall(kernel.queueMessage, kernel, r.rootKref, 'echo', { function() end })
@@ -282,6 +292,16 @@ describe('kernel', function()
       assert.is_nil(kernel:getSubcluster(r.subclusterId))
       local e = rejection(kernel:queueMessage(r.rootKref, 'ping', { 1 }))
       assert.matches('OBJECT_DELETED', e.message)
+    end)
+
+    it('runs the counter of API.md with a service', function()
+      kernel:registerKernelServiceObject('myService', ocap.makeDefaultExo('myService', {
+        doSomething = function(_, what) return 'did ' .. what end,
+      }))
+      local r = kernel:launchSubcluster({ bootstrap = 'c', services = { 'myService' },
+        vats = { c = { sourceSpec = 'vats/examples/counter.lua', parameters = { start = 5 } } } }):await()
+      assert.equal(6, kernel:queueMessage(r.rootKref, 'increment', {}):await())
+      assert.equal('did it', kernel:queueMessage(r.rootKref, 'askService', { 'it' }):await())
     end)
 
     it('routes vat log entries, with tags, to the host logger', function()

@@ -7,9 +7,29 @@ local liveslots = require 'ocap.liveslots'
 
 local M = {}
 
---- Builds an ocap table; `extra` adds context-specific fields.
+--- ocap.marshal: the marshal module, plus serialize/unserialize through
+--- the context's marshaller (the vat's, or the host's latest kernel), so
+--- slots are vrefs in a vat and krefs on the host.
+local function contextMarshal(current)
+  return setmetatable({
+    serialize = function(v)
+      local mm = current and current()
+      if mm then return mm.serialize(v) end
+      return marshal.serializeData(v)
+    end,
+    unserialize = function(capdata)
+      local mm = current and current()
+      if mm then return mm.unserialize(capdata) end
+      return marshal.unserializeData(capdata)
+    end,
+  }, { __index = marshal })
+end
+
+--- Builds an ocap table; `extra` adds context-specific fields, and
+--- `currentMarshal` gives the context's marshaller.
 ---@param extra table|nil
-function M.make(extra)
+---@param currentMarshal fun(): table|nil
+function M.make(extra, currentMarshal)
   local ocap = {
     E = liveslots.E,
     await = promise.await,
@@ -30,7 +50,7 @@ function M.make(extra)
     null = pass.null,
     array = pass.array,
     passStyleOf = pass.passStyleOf,
-    marshal = marshal,
+    marshal = contextMarshal(currentMarshal),
   }
   local ok, guards = pcall(require, 'ocap.guards')
   if ok and type(guards) == 'table' then

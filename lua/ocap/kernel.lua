@@ -16,7 +16,7 @@ local SCHEMA_VERSION = '1'
 
 local RUNTIME_MODULES = {
   'ocap.pass', 'ocap.promise', 'ocap.marshal', 'ocap.exo', 'ocap.stores', 'ocap.logger',
-  'ocap.guards', 'ocap.liveslots', 'ocap.api', 'ocap.vatboot',
+  'ocap.guards', 'ocap.durable', 'ocap.liveslots', 'ocap.api', 'ocap.vatboot',
 }
 
 local runtimeCache
@@ -192,6 +192,7 @@ function M.make(options)
       message = entry.message, data = entry.data })
   end)
   liveKernels[self] = true
+  M.latest = self
   -- Anything failing from here on must not leave the database open.
   local started, startErr = pcall(function()
     system.checkDeclared(options.systemSubclusters)
@@ -714,6 +715,13 @@ function Kernel:stop()
   self.K:close()
   self.stopped = true
   liveKernels[self] = nil
+end
+
+--- The kernel made last in this Lua state, if it is still running (for
+--- ocap.marshal.serialize on the host).
+function M.current()
+  local k = M.latest
+  if k and not k.stopped then return k end
 end
 
 --- Defaults the `ocap run` command sets (database directory, reset).

@@ -7,6 +7,7 @@ local pass = require 'ocap.pass'
 local marshal = require 'ocap.marshal'
 local exo = require 'ocap.exo'
 local stores = require 'ocap.stores'
+local durable = require 'ocap.durable'
 
 local M = {}
 
@@ -100,7 +101,7 @@ function M.make(opts)
   end
 
   local m -- the marshaller, defined below
-  local storeKit
+  local storeKit, durableKit
 
   --- Resolves vpid with value, or rejects it; a value that cannot be
   --- passed rejects it with an error saying why.
@@ -173,7 +174,7 @@ function M.make(opts)
       if fresh then syscall.subscribe(slot) end
       return p
     end
-    local store = storeKit.fromVref(slot)
+    local store = storeKit.fromVref(slot) or durableKit.fromVref(slot)
     if store then return store end
     if ssub(slot, 1, 2) == 'o+' then
       error(('object %s no longer exists in vat %s'):format(slot, tostring(ls.vatId)), 0)
@@ -184,6 +185,7 @@ function M.make(opts)
   m = marshal.makeMarshal(valToSlot, slotToVal)
   ls.marshal = m
   storeKit = stores.make(syscall, m, ls)
+  durableKit = durable.make(syscall, m, ls)
 
   --- Sends method(args) to a kernel ref; returns the result promise.
   local function sendTo(vref, method, args, wantResult)
@@ -256,7 +258,7 @@ function M.make(opts)
   end
 
   local function deliverMessage(targetVref, body, slots, resultVpid)
-    local target = exports[targetVref] or storeKit.fromVref(targetVref)
+    local target = exports[targetVref] or storeKit.fromVref(targetVref) or durableKit.fromVref(targetVref)
     if target == nil and ssub(targetVref, 1, 1) == 'p' then
       target = exportedPromises[targetVref] or decided[targetVref] or pending[targetVref]
     end
@@ -341,6 +343,7 @@ function M.make(opts)
   ls.saveCounters = saveCounters
 
   ls.stores = storeKit
+  ls.durable = durableKit
   ls.trackPromise = trackPromise
   ls.pending = pending
   return ls

@@ -43,7 +43,9 @@ function M.boot(syscall, info)
   end)
   local ocap = api.make({
     makeScalarMapStore = function(label) return ls.stores.makeScalarMapStore(label) end,
-  })
+    prepareExo = function(...) return ls.durable.prepareExo(...) end,
+    prepareExoClass = function(...) return ls.durable.prepareExoClass(...) end,
+  }, function() return ls.marshal end)
 
   function ls.startVat(main, paramsBody)
     local ok, mod = pcall(require, main)

@@ -1,0 +1,123 @@
+--- Durable exos (prepareExo, prepareExoClass): objects whose refs survive
+--- a vat restart, because the vat binds them again to the same vrefs.
+---
+--- Layout in the vat's store (see docs/storage.md):
+---   durable.exo.<name>          -> id of the singleton  (vref o+d2/<id>)
+---   durable.kind.<kind>         -> id of the class      (vrefs o+d3/<kindId>:<n>)
+---   durable.state.<kindId>:<n>  -> the instance's state (capdata "slots\nbody")
+---   durable.next                -> next id
+local exo = require 'ocap.exo'
+
+local M = {}
+
+local type, error, tostring, tonumber, setmetatable, pairs = type, error, tostring, tonumber,
+  setmetatable, pairs
+
+--- Makes the durable kit of one liveslots instance.
+---@param syscall table the vat's syscalls
+---@param m table the instance's marshaller
+---@param ls table the liveslots instance
+function M.make(syscall, m, ls)
+  local kit = {}
+  local get, set = syscall.vatstoreGet, syscall.vatstoreSet
+  local kinds = {}                                   -- kindId -> { make = fn(vref) }
+  local instances = setmetatable({}, { __mode = 'v' }) -- vref -> instance
+
+  local function nextId()
+    local id = tonumber(get('durable.next') or '1')
+    set('durable.next', tostring(id + 1))
+    return id
+  end
+
+  local function encode(v)
+    local cd = m.serialize(v)
+    return table.concat(cd.slots, ' ') .. '\n' .. cd.body
+  end
+
+  local function decode(s)
+    local nl = s:find('\n', 1, true)
+    local slots = {}
+    for slot in s:sub(1, nl - 1):gmatch('%S+') do slots[#slots + 1] = slot end
+    return m.unserialize({ body = s:sub(nl + 1), slots = slots })
+  end
+
+  --- A durable singleton exo: the same vref in every incarnation.
+  function kit.prepareExo(_baggage, name, methods)
+    if type(name) ~= 'string' then error('prepareExo: name must be a string', 2) end
+    local key = 'durable.exo.' .. name
+    local id = get(key)
+    if not id then
+      id = tostring(nextId())
+      set(key, id)
+    end
+    local vref = 'o+d2/' .. id
+    local old = instances[vref]
+    if old then return old end
+    local obj = exo.makeDefaultExo(name, methods)
+    ls.exportAs(obj, vref)
+    instances[vref] = obj
+    return obj
+  end
+
+  --- A durable exo class: instances keep their state in the vat's store,
+  --- and come back on demand after a restart. State fields are read and
+  --- assigned through context.state; each assignment is written at once.
+  function kit.prepareExoClass(_baggage, kind, guard, init, methods, options)
+    if type(kind) ~= 'string' then error('prepareExoClass: kind must be a string', 2) end
+    local guards = require 'ocap.guards'
+    local key = 'durable.kind.' .. kind
+    local kindId = get(key)
+    if not kindId then
+      kindId = tostring(nextId())
+      set(key, kindId)
+    end
+    local makeRaw = guards.defineExoClass(kind, guard, function(state) return state end, methods, options)
+
+    local function stateFor(vref)
+      local skey = 'durable.state.' .. vref:sub(6)
+      local record = decode(get(skey) or '\n#{}')
+      return setmetatable({}, {
+        __index = function(_, k) return record[k] end,
+        __newindex = function(_, k, v)
+          if record[k] == nil then
+            error(('%s state has no field %q'):format(kind, tostring(k)), 2)
+          end
+          record[k] = v
+          set(skey, encode(record))
+        end,
+        __pairs = function() return pairs(record) end,
+      })
+    end
+
+    local function revive(vref)
+      local inst = instances[vref]
+      if inst then return inst end
+      if not get('durable.state.' .. vref:sub(6)) then return nil end
+      inst = makeRaw(stateFor(vref))
+      ls.exportAs(inst, vref)
+      instances[vref] = inst
+      return inst
+    end
+    kinds[kindId] = revive
+
+    return function(...)
+      local state = init and init(...) or {}
+      if type(state) ~= 'table' then error(('%s: init must return a table'):format(kind), 2) end
+      local vref = 'o+d3/' .. kindId .. ':' .. nextId()
+      set('durable.state.' .. vref:sub(6), encode(state))
+      return revive(vref)
+    end
+  end
+
+  --- The durable object a vref designates, if its kind has been prepared.
+  function kit.fromVref(vref)
+    local inst = instances[vref]
+    if inst then return inst end
+    local kindId = vref:match('^o%+d3/(%d+):%d+$')
+    if kindId and kinds[kindId] then return kinds[kindId](vref) end
+  end
+
+  return kit
+end
+
+return M
