@@ -899,8 +899,12 @@ static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int 
   /* Follow resolved promises to the object they designate. */
   for (int hops = 0; is_kpid(cur); hops++) {
     char state[VAL_MAX];
-    if (hops > 1000)
-      return fail(k, OCAP_EINVAL, "promise chain too long at %s", cur);
+    if (hops > 1000) {
+      /* Promises resolved to each other: nothing can ever receive it. */
+      rc = splat_error(k, res, "BAD_PROMISE_RESOLUTION",
+                       "Message sent to promises that resolve to each other");
+      goto done;
+    }
     if (!getv(k, state, "%s.state", cur)) {
       rc = splat_error(k, res, "OBJECT_DELETED", "Target promise has been deleted");
       goto done;

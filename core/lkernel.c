@@ -205,21 +205,24 @@ static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
   return 2;
 }
 
+#define SMALL_SLOTS 8
+
 /*
- * Reads the slots table at idx into a temporary array owned by a userdata
- * pushed on the stack, so nothing leaks if a later call raises.
- * [-0, +1]
+ * Reads the slots table at idx into `small` when it fits (the common case:
+ * no allocation on the crank path), else into a temporary array owned by a
+ * userdata pushed on the stack, so nothing leaks if a later call raises.
+ * [-0, +(0|1)]
  */
-static const char **read_slots(lua_State *L, int idx, size_t *n) {
+static const char **read_slots(lua_State *L, int idx, size_t *n, const char **small) {
   idx = lua_absindex(L, idx);
   if (lua_isnoneornil(L, idx)) {
     *n = 0;
-    lua_pushnil(L);
     return NULL;
   }
   luaL_checktype(L, idx, LUA_TTABLE);
   size_t len = (size_t)lua_rawlen(L, idx);
-  const char **slots = lua_newuserdatauv(L, (len ? len : 1) * sizeof *slots, 0);
+  const char **slots =
+      len <= SMALL_SLOTS ? small : lua_newuserdatauv(L, len * sizeof *slots, 0);
   for (size_t i = 0; i < len; i++) {
     lua_rawgeti(L, idx, (lua_Integer)i + 1);
     slots[i] = lua_tostring(L, -1);
@@ -231,10 +234,11 @@ static const char **read_slots(lua_State *L, int idx, size_t *n) {
   return slots;
 }
 
-static ocap_capdata_t check_capdata(lua_State *L, int body_idx, int slots_idx) {
+static ocap_capdata_t check_capdata(lua_State *L, int body_idx, int slots_idx,
+                                    const char **small) {
   ocap_capdata_t cd;
   cd.body = luaL_checklstring(L, body_idx, &cd.blen);
-  cd.slots = read_slots(L, slots_idx, &cd.nslots);
+  cd.slots = read_slots(L, slots_idx, &cd.nslots, small);
   return cd;
 }
 
@@ -255,9 +259,10 @@ static int illegal(lua_State *V, lvat_t *rec, const char *msg) {
 }
 
 static int sys_send(lua_State *V) {
+  const char *small[SMALL_SLOTS];
   lvat_t *rec = sysvat(V);
   const char *target = luaL_checkstring(V, 1);
-  ocap_capdata_t cd = check_capdata(V, 2, 3);
+  ocap_capdata_t cd = check_capdata(V, 2, 3, small);
   const char *result = luaL_optstring(V, 4, NULL);
   if (ocap_kernel_send(rec->lk->k, rec->id, target, &cd, result))
     return illegal(V, rec, ocap_kernel_errmsg(rec->lk->k));
@@ -272,11 +277,12 @@ static int sys_subscribe(lua_State *V) {
 }
 
 static int sys_resolve(lua_State *V) {
+  const char *small[SMALL_SLOTS];
   lvat_t *rec = sysvat(V);
   ocap_resolution_t r;
   r.kpid = luaL_checkstring(V, 1);
   r.rejected = lua_toboolean(V, 2);
-  r.data = check_capdata(V, 3, 4);
+  r.data = check_capdata(V, 3, 4, small);
   if (ocap_kernel_resolve(rec->lk->k, rec->id, &r, 1))
     return illegal(V, rec, ocap_kernel_errmsg(rec->lk->k));
   return 0;
@@ -792,9 +798,10 @@ static int k_kref_of(lua_State *L) {
 
 /* K:send(target, body, slots, result?) from the kernel endpoint. */
 static int k_send(lua_State *L) {
+  const char *small[SMALL_SLOTS];
   lkernel_t *lk = checkkernel(L, 1);
   const char *target = luaL_checkstring(L, 2);
-  ocap_capdata_t cd = check_capdata(L, 3, 4);
+  ocap_capdata_t cd = check_capdata(L, 3, 4, small);
   const char *result = luaL_optstring(L, 5, NULL);
   if (ocap_kernel_send(lk->k, "kernel", target, &cd, result))
     return raise_kernel(L, lk);
@@ -809,11 +816,12 @@ static int k_subscribe(lua_State *L) {
 }
 
 static int k_resolve(lua_State *L) {
+  const char *small[SMALL_SLOTS];
   lkernel_t *lk = checkkernel(L, 1);
   ocap_resolution_t r;
   r.kpid = luaL_checkstring(L, 2);
   r.rejected = lua_toboolean(L, 3);
-  r.data = check_capdata(L, 4, 5);
+  r.data = check_capdata(L, 4, 5, small);
   if (ocap_kernel_resolve(lk->k, "kernel", &r, 1))
     return raise_kernel(L, lk);
   return 0;
@@ -1135,6 +1143,9 @@ static int k_create_vat(lua_State *L) {
   lua_pop(L, 2);
   if (ocap_vat_new(&lim, &rec->vat))
     return luaL_error(L, "out of memory creating vat %s", id);
+  /* Deliveries make many short-lived tables: the generational collector
+   * handles that pattern with less work than the incremental one. */
+  lua_gc(ocap_vat_state(rec->vat), LUA_GCGEN, 0, 0);
   for (size_t i = 0; i < lk->nruntime; i++)
     ocap_vat_preload(rec->vat, lk->runtime[i].name, lk->runtime[i].code, lk->runtime[i].len, 1);
   lua_getfield(L, 3, "modules");

@@ -138,6 +138,27 @@ describe('promises between vats', function()
     end
   end)
 
+  it('survives two promises resolved to each other in one crank', function()
+    assert.equal('still here', run('mutualInOneCrank'))
+    assert.equal(1, run('ping', 1))
+  end)
+
+  it('survives two promises resolved to each other across cranks', function()
+    assert.equal('sent', run('mutualAcrossCranks'))
+    kernel:run() -- the kernel goes idle: no message loops between the vats
+    assert.equal(2, run('ping', 2))
+    for _, e in ipairs(events(kernel)) do assert.not_matches('mutual', e) end
+  end)
+
+  it('logs a rejection nobody handles, once', function()
+    run('unhandled')
+    local n = 0
+    for _, e in ipairs(kernel:logs()) do
+      if e.message:match('unhandled rejection') and e.message:match('nobody cares') then n = n + 1 end
+    end
+    assert.equal(1, n)
+  end)
+
   it('rejects messages queued on a promise that resolves to data', function()
     local p = kernel:queueMessage(root, 'ping', { 1 })
     local ok, err = pcall(ocap.await, ocap.E(p).anything())

@@ -70,6 +70,17 @@ function M.buildRootObject(_vatPowers, _parameters, baggage)
     stillFine = function() return exo:hello() .. ' ' .. frozen.a .. ' ' .. ('x'):upper() end,
     presenceString = function(_, p) return tostring(p) end,
     ping = function(_, i) return i end,
+    never = function() return ocap.makePromiseKit().promise end,
+    forge = function(_, presence)
+      -- The runtime is reachable, but the kernel checks every syscall: a
+      -- vref this vat was never given is fatal to the vat.
+      if not baggage:has('forgeries') then baggage:init('forgeries', 0) end
+      baggage:set('forgeries', baggage:get('forgeries') + 1)
+      ocap.E.sendOnly(presence).increment() -- must vanish with the crank
+      local _, ls = require('ocap.liveslots').refOf(presence)
+      ls.sendTo('o-999', 'steal', table.pack(), true)
+      return 'forged'
+    end,
   })
 end
 

@@ -131,6 +131,35 @@ function M.buildRootObject(vatPowers, parameters)
       return 'from bob'
     end,
 
+    -- promises resolved to each other: across cranks through the kernel
+    exportPromise = function()
+      local kit = makePromiseKit()
+      held.mutual = kit
+      return { p = kit.promise }
+    end,
+    resolveMutual = function(_, other)
+      held.mutual.resolve(other.p)
+      return 'resolved'
+    end,
+    mutualAcrossCranks = function()
+      local mine = makePromiseKit()
+      local theirs = E(peers.bob).exportPromise():await()
+      mine.resolve(theirs.p)
+      E(peers.bob).resolveMutual({ p = mine.promise }):await()
+      -- As in JavaScript, promises resolved to each other never settle;
+      -- a message sent to them waits, and nothing else is held up.
+      local r = E(theirs.p).anything()
+      r:next(function() log('mutual: fulfilled') end, function() log('mutual: rejected') end)
+      return 'sent'
+    end,
+    mutualInOneCrank = function()
+      local a, b = makePromiseKit(), makePromiseKit()
+      a.resolve(b.promise)
+      b.resolve(a.promise)
+      -- Both stay pending (as in JavaScript); nothing hangs the vat.
+      return 'still here'
+    end,
+
     -- 4. a lazily produced sequence, walked with eventual calls
     countTo = function(_, n)
       local function node(i)
@@ -188,6 +217,10 @@ function M.buildRootObject(vatPowers, parameters)
       return n
     end,
     ping = function(_, i) return i end,
+    unhandled = function()
+      ocap.Promise.reject(ocap.makeError('nobody cares'))
+      return 'done'
+    end,
     manyResolvedAll = function(_, n)
       -- Returns n promises, all resolved, inside one result.
       local out = {}
