@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -221,8 +222,7 @@ static const char **read_slots(lua_State *L, int idx, size_t *n, const char **sm
   }
   luaL_checktype(L, idx, LUA_TTABLE);
   size_t len = (size_t)lua_rawlen(L, idx);
-  const char **slots =
-      len <= SMALL_SLOTS ? small : lua_newuserdatauv(L, len * sizeof *slots, 0);
+  const char **slots = len <= SMALL_SLOTS ? small : lua_newuserdatauv(L, len * sizeof *slots, 0);
   for (size_t i = 0; i < len; i++) {
     lua_rawgeti(L, idx, (lua_Integer)i + 1);
     slots[i] = lua_tostring(L, -1);
@@ -234,8 +234,7 @@ static const char **read_slots(lua_State *L, int idx, size_t *n, const char **sm
   return slots;
 }
 
-static ocap_capdata_t check_capdata(lua_State *L, int body_idx, int slots_idx,
-                                    const char **small) {
+static ocap_capdata_t check_capdata(lua_State *L, int body_idx, int slots_idx, const char **small) {
   ocap_capdata_t cd;
   cd.body = luaL_checklstring(L, body_idx, &cd.blen);
   cd.slots = read_slots(L, slots_idx, &cd.nslots, small);
@@ -609,6 +608,24 @@ static int k_gc(lua_State *L) {
   return 0;
 }
 
+/* Creates the parents of path (like mkdir -p on its dirname), so a
+ * database can live at a new nested path such as ./.ocap/weather. */
+static void make_parents(const char *path) {
+  char buf[4096];
+  size_t n = strlen(path);
+  if (n >= sizeof buf)
+    return;
+  memcpy(buf, path, n + 1);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p == '/') {
+      *p = '\0';
+      if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+        return;
+      *p = '/';
+    }
+  }
+}
+
 /* core.open{ database = dir?, durability = 'none'|'fsync' } -> K | nil, msg, code */
 static int core_open(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -632,6 +649,8 @@ static int core_open(lua_State *L) {
     return luaL_error(L, "cannot create the event loop");
   }
   char *err = NULL;
+  if (db)
+    make_parents(db);
   int rc =
       db ? ocap_store_open_leveldb(db, durability, &lk->s, &err) : ocap_store_open_memory(&lk->s);
   if (rc) {
