@@ -224,6 +224,26 @@ static int has_length(lua_State *L, int arg) {
  * copies are empty, so string.rep('', 1e18) would spin in C for years
  * without allocating or executing an instruction.
  */
+/*
+ * lauxlib's string buffers ask the allocator once, without the emergency
+ * collection Lua's own allocations get. Before building a large string,
+ * collect when the result would not fit, so garbage does not count as
+ * exhaustion.
+ */
+static void make_room(lua_State *L, size_t need) {
+  ocap_vat_t *v = ocap_vat_from_state(L);
+  if (v != NULL && v->used + need > v->limit)
+    lua_gc(L, LUA_GCCOLLECT, 0);
+}
+
+/* A memory error caught inside the vat still ends it: exhaustion is not an
+ * error a vat may recover from. */
+static void note_status(lua_State *L, int status) {
+  ocap_vat_t *v = ocap_vat_from_state(L);
+  if (status == LUA_ERRMEM && v != NULL && v->fatal == 0)
+    v->fatal = OCAP_VAT_MEMORY;
+}
+
 static int vat_string_rep(lua_State *L) {
   size_t l, lsep;
   luaL_checklstring(L, 1, &l);
@@ -236,6 +256,7 @@ static int vat_string_rep(lua_State *L) {
   if (l + lsep >= l && l + lsep <= (size_t)INT_MAX / (lua_Unsigned)n) {
     size_t total = (size_t)n * l + (size_t)(n - 1) * lsep;
     vat_charge(L, 1 + n / 4 + (long long)(total / BYTES_PER_INSTRUCTION));
+    make_room(L, 2 * total); /* the buffer may hold twice the result */
   }
   return call_original(L);
 }
@@ -286,6 +307,11 @@ static int vat_table_concat(lua_State *L) {
   sep = luaL_optlstring(L, 2, "", &lsep);
   i = luaL_optinteger(L, 3, 1);
   last = luaL_optinteger(L, 4, last);
+  {
+    ocap_vat_t *v = ocap_vat_from_state(L);
+    if (v != NULL && v->used > v->limit / 2)
+      lua_gc(L, LUA_GCCOLLECT, 0);
+  }
   luaL_buffinit(L, &b);
   for (; i < last; i++) {
     vat_charge(L, 1);
@@ -454,6 +480,7 @@ static int pcall_done(lua_State *L, int status, lua_KContext ctx) {
   (void)ctx;
   if (status == LUA_OK || status == LUA_YIELD)
     return lua_gettop(L);
+  note_status(L, status);
   vat_charge(L, ERROR_COST);
   lua_pushboolean(L, 0);
   lua_insert(L, -2);
@@ -498,6 +525,7 @@ static int xpcall_handler(lua_State *L) {
 static int xpcall_done(lua_State *L, int status, lua_KContext extra) {
   if (status == LUA_OK || status == LUA_YIELD)
     return lua_gettop(L) - (int)extra;
+  note_status(L, status);
   vat_charge(L, ERROR_COST);
   lua_pushboolean(L, 0);
   lua_pushvalue(L, -2);
@@ -544,6 +572,7 @@ static int wrap_resume(lua_State *L) {
     lua_xmove(co, L, nres);
     return nres;
   }
+  note_status(L, status);
   lua_xmove(co, L, 1);
   if (v != NULL && v->fatal) {
     if (v->depth > 0)
@@ -572,6 +601,48 @@ static int wrap_resume(lua_State *L) {
  * granule up front; otherwise a chain of short-lived coroutines could run
  * hundreds of times its budget.
  */
+
+/* [-n, +(results)] coroutine.resume, as lcorolib.c's, noting memory errors. */
+static int vat_coroutine_resume(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co, 1, "coroutine");
+  int narg = lua_gettop(L) - 1;
+  int nres, status;
+  if (!lua_checkstack(co, narg)) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "too many arguments to resume");
+    return 2;
+  }
+  if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "cannot resume dead coroutine");
+    return 2;
+  }
+  lua_xmove(L, co, narg);
+  status = lua_resume(co, L, narg, &nres);
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      lua_pushboolean(L, 0);
+      lua_pushliteral(L, "too many results to resume");
+      return 2;
+    }
+    lua_pushboolean(L, 1);
+    lua_xmove(co, L, nres);
+    return nres + 1;
+  }
+  note_status(L, status);
+  {
+    ocap_vat_t *v = ocap_vat_from_state(L);
+    if (v != NULL && v->fatal && v->depth > 0) {
+      lua_xmove(co, L, 1);
+      return vat_die(L, v);
+    }
+  }
+  lua_pushboolean(L, 0);
+  lua_xmove(co, L, 1);
+  return 2;
+}
 
 /* [-1, +1] coroutine.create, charged a granule. */
 static int vat_coroutine_create(lua_State *L) {
@@ -724,6 +795,7 @@ static int vat_setup(lua_State *L) {
   static const luaL_Reg coroutine_meter[] = {
       {"close", vat_coroutine_close},
       {"create", vat_coroutine_create},
+      {"resume", vat_coroutine_resume},
       {"wrap", vat_coroutine_wrap},
       {NULL, NULL},
   };

@@ -56,7 +56,8 @@ local function checkVat(name, vc, cfg, allowed)
   local co = vc.creationOptions
   if co ~= nil then
     if type(co) ~= 'table' then return nil, where .. '.creationOptions: must be a table' end
-    if co.memoryLimit ~= nil and (math.type(co.memoryLimit) ~= 'integer' or co.memoryLimit < 65536) then
+    local limit = co.memoryLimit ~= nil and math.tointeger(co.memoryLimit)
+    if co.memoryLimit ~= nil and (not limit or limit < 65536) then
       return nil, where .. '.creationOptions.memoryLimit: must be an integer number of bytes, at least 65536'
     end
     for k in pairs(co) do

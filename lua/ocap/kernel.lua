@@ -328,7 +328,7 @@ function Kernel:_startVat(vatId, rec, bundle)
     main = bundle.main,
     modules = bundle.modules,
     parameters = encode(rec.config.parameters or {}),
-    memory = memory,
+    memory = memory and math.tointeger(memory),
     globals = table.concat(rec.config.globals or {}, ' '),
     instructions = instructions,
   })
@@ -494,7 +494,14 @@ function Kernel:_vatExited(vatId, failure, body)
   if not ok then completion = nil end
   local reason
   if failure then
-    local msg = type(completion) == 'table' and completion.message or tostring(completion)
+    local msg
+    if pass.isError(completion) then
+      msg = completion.message
+    elseif ok then
+      msg = marshal.serializeData(completion).body -- plain data, shown as smallcaps
+    else
+      msg = tostring(body)
+    end
     reason = 'exited with failure: ' .. tostring(msg)
   else
     reason = 'exited'

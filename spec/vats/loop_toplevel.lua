@@ -1,0 +1,2 @@
+-- A vat that never finishes loading: its top level loops forever.
+while true do end
