@@ -4,6 +4,10 @@
 -- narrow; vatPowers gives it a logger and a way to exit.
 local testing = require 'ocap.testing'
 local ocap = require 'ocap'
+local support = require 'support'
+local rejection = support.rejection
+local terminatedRecord = support.terminatedRecord
+local isLive = support.isLive
 local E = ocap.E
 
 local ENDOWED = 'spec/vats/endowed.lua'
@@ -14,26 +18,6 @@ local ALL = {
   'print', 'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval',
   'os.time', 'os.clock', 'os.date', 'math.random',
 }
-
-local function rejection(p)
-  local ok, err = pcall(ocap.await, p)
-  assert.is_false(ok, 'expected a rejection, got ' .. tostring(err))
-  assert.is_table(err, 'expected an error value, got ' .. tostring(err))
-  return err
-end
-
-local function terminatedRecord(kernel, vatId)
-  for _, rec in ipairs(kernel:getStatus().terminatedVats) do
-    if rec.id == vatId then return rec end
-  end
-end
-
-local function isLive(kernel, vatId)
-  for _, v in ipairs(kernel:getStatus().vats) do
-    if v.id == vatId then return true end
-  end
-  return false
-end
 
 local function entriesWith(kernel, message)
   local out = {}

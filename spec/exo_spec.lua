@@ -4,17 +4,12 @@
 -- passability checked at the sender.
 local testing = require 'ocap.testing'
 local ocap = require 'ocap'
+local support = require 'support'
+local rejection = support.rejection
 local E = ocap.E
 
 local EXOS = 'spec/vats/exos.lua'
 local ECHO = 'spec/vats/echo.lua'
-
-local function rejection(p)
-  local ok, err = pcall(ocap.await, p)
-  assert.is_false(ok, 'expected a rejection, got ' .. tostring(err))
-  assert.is_table(err, 'expected an error value, got ' .. tostring(err))
-  return err
-end
 
 describe('exos in vats', function()
   local kernel, a, aP, b, echo

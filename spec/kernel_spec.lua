@@ -2,6 +2,8 @@
 -- answers, and fail cleanly on bad input.
 local testing = require 'ocap.testing'
 local ocap = require 'ocap'
+local support = require 'support'
+local rejection = support.rejection
 
 local ECHO = 'spec/vats/echo.lua'
 
@@ -13,12 +15,6 @@ local function twoVats(params)
       bob = { sourceSpec = ECHO },
     },
   }
-end
-
-local function rejection(p)
-  local ok, err = pcall(ocap.await, p)
-  assert.is_false(ok, 'expected a rejection')
-  return err
 end
 
 describe('kernel', function()

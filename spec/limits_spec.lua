@@ -5,6 +5,10 @@
 -- go on. Budgets are small so that every case ends quickly.
 local testing = require 'ocap.testing'
 local ocap = require 'ocap'
+local support = require 'support'
+local rejection = support.rejection
+local terminatedRecord = support.terminatedRecord
+local isLive = support.isLive
 local E = ocap.E
 
 local RUNAWAY = 'spec/vats/runaway.lua'
@@ -17,26 +21,6 @@ local MEMORY = 'VAT_FATAL:MEMORY_EXHAUSTED'
 
 local function limits()
   return { meter = { instructions = 2e6 }, memoryLimit = 8 * 1024 * 1024 }
-end
-
-local function rejection(p)
-  local ok, err = pcall(ocap.await, p)
-  assert.is_false(ok, 'expected a rejection, got ' .. tostring(err))
-  assert.is_table(err, 'expected an error value, got ' .. tostring(err))
-  return err
-end
-
-local function terminatedRecord(kernel, vatId)
-  for _, rec in ipairs(kernel:getStatus().terminatedVats) do
-    if rec.id == vatId then return rec end
-  end
-end
-
-local function isLive(kernel, vatId)
-  for _, v in ipairs(kernel:getStatus().vats) do
-    if v.id == vatId then return true end
-  end
-  return false
 end
 
 local function oneOf(codes, code)

@@ -2,6 +2,8 @@
 -- vats come back with their baggage, bootstrap runs once.
 local testing = require 'ocap.testing'
 local ocap = require 'ocap'
+local support = require 'support'
+local rejection = support.rejection
 
 local COUNTER = 'spec/vats/counter.lua'
 
@@ -21,12 +23,6 @@ local function count(kernel, message)
     if m == message then n = n + 1 end
   end
   return n
-end
-
-local function rejection(p)
-  local ok, err = pcall(ocap.await, p)
-  assert.is_false(ok, 'expected a rejection')
-  return err
 end
 
 describe('persistence', function()

@@ -2,15 +2,11 @@
 -- (issue #4), driven through real kernels.
 local testing = require 'ocap.testing'
 local ocap = require 'ocap'
+local support = require 'support'
+local rejection = support.rejection
 
 local USER = 'spec/vats/service_user.lua'
 local ECHO = 'spec/vats/echo.lua'
-
-local function rejection(p)
-  local ok, err = pcall(ocap.await, p)
-  assert.is_false(ok, 'expected a rejection')
-  return err
-end
 
 local function makeService(log)
   return ocap.makeDefaultExo('testService', {

@@ -9,6 +9,7 @@ local M = {}
 
 local FORMAT = 'ocap-bundle-1'
 
+--- The contents of a file, or nil and the error.
 local function readFile(path)
   local f, err = io.open(path, 'rb')
   if not f then return nil, err end
@@ -16,6 +17,8 @@ local function readFile(path)
   f:close()
   return s
 end
+
+M.readFile = readFile
 
 local function dirname(path)
   return path:match('^(.*)/[^/]*$') or '.'

@@ -7,6 +7,7 @@
 ---   durable.state.<kindId>:<n>  -> the instance's state (capdata "slots\nbody")
 ---   durable.next                -> next id
 local exo = require 'ocap.exo'
+local stores = require 'ocap.stores'
 
 local M = {}
 
@@ -29,17 +30,8 @@ function M.make(syscall, m, ls)
     return id
   end
 
-  local function encode(v)
-    local cd = m.serialize(v)
-    return table.concat(cd.slots, ' ') .. '\n' .. cd.body
-  end
-
-  local function decode(s)
-    local nl = s:find('\n', 1, true)
-    local slots = {}
-    for slot in s:sub(1, nl - 1):gmatch('%S+') do slots[#slots + 1] = slot end
-    return m.unserialize({ body = s:sub(nl + 1), slots = slots })
-  end
+  local function encode(v) return stores.encodeValue(m, v) end
+  local function decode(s) return stores.decodeValue(m, s) end
 
   --- A durable singleton exo: the same vref in every incarnation.
   function kit.prepareExo(_baggage, name, methods)

@@ -262,13 +262,7 @@ function Kernel:_scan(prefix)
   end
 end
 
-local function readFile(path)
-  local f, err = io.open(path, 'rb')
-  if not f then return nil, err end
-  local s = f:read('a')
-  f:close()
-  return s
-end
+local readFile = require('ocap.bundle').readFile
 
 function Kernel:_resolvePath(p)
   if p:sub(1, 1) == '/' then return p end

@@ -48,17 +48,21 @@ local function decodeNumber(hex)
   return i or n
 end
 
+--- A value as stored: "<slots>\n<body>" of its capdata through marshaller m.
 local function encodeValue(m, v)
   local cd = m.serialize(v)
   return concat(cd.slots, ' ') .. '\n' .. cd.body
 end
+M.encodeValue = encodeValue
 
+--- The inverse of encodeValue.
 local function decodeValue(m, s)
   local nl = s:find('\n', 1, true)
   local slots = {}
   for slot in s:sub(1, nl - 1):gmatch('%S+') do slots[#slots + 1] = slot end
   return m.unserialize({ body = s:sub(nl + 1), slots = slots })
 end
+M.decodeValue = decodeValue
 
 --- Makes the store kit of one liveslots instance.
 ---@param syscall table the vat's syscalls (vatstoreGet/Set/Delete/Next)
