@@ -153,13 +153,21 @@ static size_t keyf(char *key, const char *fmt, va_list ap) {
   return n;
 }
 
+/* Declares `key`, formats fmt and the variadic arguments into it, and sets
+ * `kl` to its length. */
+#define FORMAT_KEY(key, kl, fmt)                                                                   \
+  char key[KEY_MAX];                                                                               \
+  size_t kl;                                                                                       \
+  do {                                                                                             \
+    va_list ap_;                                                                                   \
+    va_start(ap_, fmt);                                                                            \
+    kl = keyf(key, fmt, ap_);                                                                      \
+    va_end(ap_);                                                                                   \
+  } while (0)
+
 /* Copies a small value into val (VAL_MAX bytes). Returns 1 found, 0 not. */
 static int getv(ocap_kernel_t *k, char *val, const char *fmt, ...) {
-  char key[KEY_MAX];
-  va_list ap;
-  va_start(ap, fmt);
-  size_t kl = keyf(key, fmt, ap);
-  va_end(ap);
+  FORMAT_KEY(key, kl, fmt);
   const char *v;
   size_t vl;
   if (ocap_store_get(k->s, key, kl, &v, &vl) != 1)
@@ -173,11 +181,7 @@ static int getv(ocap_kernel_t *k, char *val, const char *fmt, ...) {
 
 /* Reads a large value into a buffer (reset first). Returns 1 found, 0 not. */
 static int getb(ocap_kernel_t *k, buf_t *b, const char *fmt, ...) {
-  char key[KEY_MAX];
-  va_list ap;
-  va_start(ap, fmt);
-  size_t kl = keyf(key, fmt, ap);
-  va_end(ap);
+  FORMAT_KEY(key, kl, fmt);
   const char *v;
   size_t vl;
   b->len = 0;
@@ -187,42 +191,27 @@ static int getb(ocap_kernel_t *k, buf_t *b, const char *fmt, ...) {
 }
 
 static int has(ocap_kernel_t *k, const char *fmt, ...) {
-  char key[KEY_MAX];
-  va_list ap;
-  va_start(ap, fmt);
-  size_t kl = keyf(key, fmt, ap);
-  va_end(ap);
+  FORMAT_KEY(key, kl, fmt);
   const char *v;
   size_t vl;
   return ocap_store_get(k->s, key, kl, &v, &vl) == 1;
 }
 
 static int setn(ocap_kernel_t *k, const char *val, size_t vl, const char *fmt, ...) {
-  char key[KEY_MAX];
-  va_list ap;
-  va_start(ap, fmt);
-  size_t kl = keyf(key, fmt, ap);
-  va_end(ap);
+  FORMAT_KEY(key, kl, fmt);
   return ocap_store_set(k->s, key, kl, val, vl);
 }
 
 #define setv(k, val, ...) setn((k), (val), strlen(val), __VA_ARGS__)
 
 static int delv(ocap_kernel_t *k, const char *fmt, ...) {
-  char key[KEY_MAX];
-  va_list ap;
-  va_start(ap, fmt);
-  size_t kl = keyf(key, fmt, ap);
-  va_end(ap);
+  FORMAT_KEY(key, kl, fmt);
   return ocap_store_delete(k->s, key, kl);
 }
 
 static long long geti(ocap_kernel_t *k, long long dflt, const char *fmt, ...) {
-  char key[KEY_MAX], val[VAL_MAX];
-  va_list ap;
-  va_start(ap, fmt);
-  size_t kl = keyf(key, fmt, ap);
-  va_end(ap);
+  char val[VAL_MAX];
+  FORMAT_KEY(key, kl, fmt);
   const char *v;
   size_t vl;
   if (ocap_store_get(k->s, key, kl, &v, &vl) != 1)
@@ -235,11 +224,8 @@ static long long geti(ocap_kernel_t *k, long long dflt, const char *fmt, ...) {
 }
 
 static int seti(ocap_kernel_t *k, long long n, const char *fmt, ...) {
-  char key[KEY_MAX], val[32];
-  va_list ap;
-  va_start(ap, fmt);
-  size_t kl = keyf(key, fmt, ap);
-  va_end(ap);
+  char val[32];
+  FORMAT_KEY(key, kl, fmt);
   size_t vl = fmt_ll(val, n);
   return ocap_store_set(k->s, key, kl, val, vl);
 }
