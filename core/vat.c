@@ -244,6 +244,46 @@ static void note_status(lua_State *L, int status) {
     v->fatal = OCAP_VAT_MEMORY;
 }
 
+/*
+ * Lua's pattern matcher runs inside one C call, where the count hook never
+ * fires, and backtracking patterns cost up to n^q steps for a subject of
+ * n bytes. The matcher cannot be interrupted, so the pattern functions
+ * charge for the subject up front and refuse a call whose q quantified
+ * dots ('.*', '.-', '.+', the usual culprits) could take more than
+ * PATTERN_WORST_CASE steps. This is a mitigation, not a bound: overlapping
+ * quantified classes can still backtrack badly (docs/security.md).
+ */
+#define PATTERN_WORST_CASE 1e8
+
+static int vat_pattern(lua_State *L) {
+  size_t n, lp;
+  luaL_checklstring(L, 1, &n);
+  const char *p = luaL_checklstring(L, 2, &lp);
+  int plain = lua_toboolean(L, 4) && lua_isnumber(L, 3); /* string.find(s, p, init, plain) */
+  if (!plain) {
+    int q = 0;
+    for (size_t i = 0; i + 1 < lp; i++) {
+      if (p[i] == '%' || p[i] == '[') {
+        /* Skip the escaped character or the whole set. */
+        if (p[i] == '[')
+          while (i + 1 < lp && p[i + 1] != ']')
+            i++;
+        i++;
+      } else if (p[i] == '.' && (p[i + 1] == '*' || p[i + 1] == '+' || p[i + 1] == '-')) {
+        q++;
+      }
+    }
+    double worst = 1;
+    for (int k = 0; k < q && worst <= PATTERN_WORST_CASE; k++)
+      worst *= (double)n + 1;
+    if (q > 1 && worst > PATTERN_WORST_CASE)
+      return luaL_error(L, "pattern too costly for a vat: %d quantified dots on %d bytes", q,
+                        (int)n);
+    vat_charge(L, 1 + (long long)((n * (size_t)(q + 1)) / BYTES_PER_INSTRUCTION));
+  }
+  return call_original(L);
+}
+
 static int vat_string_rep(lua_State *L) {
   size_t l, lsep;
   luaL_checklstring(L, 1, &l);
@@ -780,8 +820,8 @@ static int vat_setup(lua_State *L) {
   static const char *const string_omit[] = {"dump", NULL};
   static const char *const math_omit[] = {"random", "randomseed", NULL};
   static const luaL_Reg string_meter[] = {
-      {"rep", vat_string_rep},
-      {NULL, NULL},
+      {"rep", vat_string_rep}, {"find", vat_pattern}, {"match", vat_pattern},
+      {"gmatch", vat_pattern}, {"gsub", vat_pattern}, {NULL, NULL},
   };
   static const luaL_Reg table_meter[] = {
       {"concat", vat_table_concat},

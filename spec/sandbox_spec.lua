@@ -45,6 +45,7 @@ describe('the vat sandbox', function()
     ['setmetatable on baggage'] = 'protected metatable',
     ['rawset on baggage'] = 'protected',
     ['global leak'] = "global '_G'",
+    ['backtracking pattern'] = 'pattern too costly for a vat: 4 quantified dots on 200 bytes',
   }
 
   for name, message in pairs(expected) do
@@ -67,6 +68,10 @@ describe('the vat sandbox', function()
   it('keeps string methods even when the vat replaces string.upper', function()
     local r = attempt('string method')
     assert.equal('X', r.ok and 'X' or r.err)
+  end)
+
+  it('still runs everyday patterns on long strings', function()
+    assert.same({ 21999, 2000, 8 }, kernel:queueMessage(root, 'patterns', {}):await())
   end)
 
   it('leaves the vat, its objects and other vats working', function()

@@ -54,6 +54,7 @@ function M.buildRootObject(_vatPowers, _parameters, baggage)
     ['setmetatable on baggage'] = function() return setmetatable(baggage, {}) end,
     ['rawset on baggage'] = function() rawset(baggage, 'get', function() return 'pwned' end) end,
     ['global leak'] = function() _G.leaked = true; return rawget(_G, 'leaked') end,
+    ['backtracking pattern'] = function() return ('a'):rep(200):find('.-.-.-.-b') end,
   }
   return ocap.makeDefaultExo('hostile', {
     attempt = function(_, name)
@@ -68,6 +69,14 @@ function M.buildRootObject(_vatPowers, _parameters, baggage)
       return out
     end,
     stillFine = function() return exo:hello() .. ' ' .. frozen.a .. ' ' .. ('x'):upper() end,
+    patterns = function()
+      -- Everyday patterns on long strings still work.
+      local long = '  ' .. ('word=value '):rep(2000) .. '  '
+      local trimmed = long:gsub('^%s*(.-)%s*$', '%1')
+      local pairs_ = 0
+      for _ in long:gmatch('(%w+)=(%w+)') do pairs_ = pairs_ + 1 end
+      return { #trimmed, pairs_, (long:find('value', 1, true)) }
+    end,
     presenceString = function(_, p) return tostring(p) end,
     ping = function(_, i) return i end,
     never = function() return ocap.makePromiseKit().promise end,
