@@ -226,14 +226,36 @@ static int has_length(lua_State *L, int arg) {
  */
 /*
  * lauxlib's string buffers ask the allocator once, without the emergency
- * collection Lua's own allocations get. Before building a large string,
- * collect when the result would not fit, so garbage does not count as
- * exhaustion.
+ * collection Lua's own allocations get, so garbage would count as
+ * exhaustion. The buffer-building functions run under this wrapper: on a
+ * memory error it collects and tries once more; a second refusal in a row
+ * marks the vat (vat_alloc), so a real exhaustion still ends it.
+ * [-n, +r] Calls f (or, when f is NULL, the caller's upvalue 1: the
+ * original library function) with the stack as its arguments.
  */
-static void make_room(lua_State *L, size_t need) {
-  ocap_vat_t *v = ocap_vat_from_state(L);
-  if (v != NULL && v->used + need > v->limit)
-    lua_gc(L, LUA_GCCOLLECT, 0);
+static void push_callee(lua_State *L, lua_CFunction f) {
+  if (f)
+    lua_pushcfunction(L, f);
+  else
+    lua_pushvalue(L, lua_upvalueindex(1));
+}
+
+static int with_collection(lua_State *L, lua_CFunction f) {
+  int n = lua_gettop(L);
+  push_callee(L, f);
+  for (int i = 1; i <= n; i++)
+    lua_pushvalue(L, i);
+  int status = lua_pcall(L, n, LUA_MULTRET, 0);
+  if (status == LUA_OK)
+    return lua_gettop(L) - n;
+  if (status != LUA_ERRMEM)
+    return lua_error(L);
+  lua_settop(L, n);
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  push_callee(L, f);
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  return lua_gettop(L);
 }
 
 /* A memory error caught inside the vat still ends it: exhaustion is not an
@@ -296,9 +318,8 @@ static int vat_string_rep(lua_State *L) {
   if (l + lsep >= l && l + lsep <= (size_t)INT_MAX / (lua_Unsigned)n) {
     size_t total = (size_t)n * l + (size_t)(n - 1) * lsep;
     vat_charge(L, 1 + n / 4 + (long long)(total / BYTES_PER_INSTRUCTION));
-    make_room(L, 2 * total); /* the buffer may hold twice the result */
   }
-  return call_original(L);
+  return with_collection(L, NULL);
 }
 
 /*
@@ -337,7 +358,7 @@ static void concat_field(lua_State *L, luaL_Buffer *b, lua_Integer i) {
  * a range is only as long as its elements are present or metered __index
  * calls supply them, so the charge stays exact even for a wrong range.
  */
-static int vat_table_concat(lua_State *L) {
+static int table_concat_body(lua_State *L) {
   luaL_Buffer b;
   lua_Integer last, i;
   size_t lsep;
@@ -347,11 +368,6 @@ static int vat_table_concat(lua_State *L) {
   sep = luaL_optlstring(L, 2, "", &lsep);
   i = luaL_optinteger(L, 3, 1);
   last = luaL_optinteger(L, 4, last);
-  {
-    ocap_vat_t *v = ocap_vat_from_state(L);
-    if (v != NULL && v->used > v->limit / 2)
-      lua_gc(L, LUA_GCCOLLECT, 0);
-  }
   luaL_buffinit(L, &b);
   for (; i < last; i++) {
     vat_charge(L, 1);
@@ -362,6 +378,11 @@ static int vat_table_concat(lua_State *L) {
     concat_field(L, &b, i);
   luaL_pushresult(&b);
   return 1;
+}
+
+/* table.concat, charged per element, with a collection before giving up. */
+static int vat_table_concat(lua_State *L) {
+  return with_collection(L, table_concat_body);
 }
 
 /* [-0, +(j-i+1), e] table.unpack, charged per element. */
