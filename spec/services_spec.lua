@@ -72,6 +72,21 @@ describe('kernel services', function()
     assert.equal(2, kernel:queueMessage(r.rootKref, 'ping', { 2 }):await())
   end)
 
+  it('lets a slow service wait without blocking other cranks', function()
+    local gate = ocap.makePromiseKit()
+    kernel:registerKernelServiceObject('gate', ocap.makeDefaultExo('gate', {
+      pass = function(_, v) return gate.promise:await() .. ' ' .. v end,
+    }))
+    local r = kernel:launchSubcluster(userCluster({ 'gate' })):await()
+    local waiting = kernel:queueMessage(r.rootKref, 'call', { 'gate', 'pass', 'through' })
+    kernel:run()
+    -- The service is suspended in its coroutine; other messages still flow.
+    assert.equal(7, kernel:queueMessage(r.rootKref, 'ping', { 7 }):await())
+    assert.equal('pending', (require('ocap.promise').state(waiting)))
+    gate.resolve('opened')
+    assert.equal('opened through', waiting:await())
+  end)
+
   it('fails a launch naming an unknown service, before any vat starts', function()
     local e = rejection(kernel:launchSubcluster(userCluster({ 'weatherService' })))
     assert.equal("no registered kernel service 'weatherService'", e.message)
