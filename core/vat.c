@@ -277,11 +277,10 @@ static void note_status(lua_State *L, int status) {
  */
 #define PATTERN_WORST_CASE 1e8
 
-static int vat_pattern(lua_State *L) {
+static int check_pattern(lua_State *L, int plain) {
   size_t n, lp;
   luaL_checklstring(L, 1, &n);
   const char *p = luaL_checklstring(L, 2, &lp);
-  int plain = lua_toboolean(L, 4) && lua_isnumber(L, 3); /* string.find(s, p, init, plain) */
   if (!plain) {
     int q = 0;
     for (size_t i = 0; i + 1 < lp; i++) {
@@ -291,7 +290,10 @@ static int vat_pattern(lua_State *L) {
           while (i + 1 < lp && p[i + 1] != ']')
             i++;
         i++;
-      } else if (p[i] == '.' && (p[i + 1] == '*' || p[i + 1] == '+' || p[i + 1] == '-')) {
+      } else if ((p[i] != '(' && p[i] != ')' && p[i] != '^' && p[i] != '$') &&
+                 (p[i + 1] == '*' || p[i + 1] == '+' || p[i + 1] == '-')) {
+        /* A quantified dot or single character: sequences of these are
+         * what backtracks. Quantified classes (%s*) are not counted. */
         q++;
       }
     }
@@ -299,11 +301,21 @@ static int vat_pattern(lua_State *L) {
     for (int k = 0; k < q && worst <= PATTERN_WORST_CASE; k++)
       worst *= (double)n + 1;
     if (q > 1 && worst > PATTERN_WORST_CASE)
-      return luaL_error(L, "pattern too costly for a vat: %d quantified dots on %d bytes", q,
+      return luaL_error(L, "pattern too costly for a vat: %d quantified items on %d bytes", q,
                         (int)n);
     vat_charge(L, 1 + (long long)((n * (size_t)(q + 1)) / BYTES_PER_INSTRUCTION));
   }
   return call_original(L);
+}
+
+/* string.find: its fourth argument asks for a plain search. */
+static int vat_find(lua_State *L) {
+  return check_pattern(L, lua_toboolean(L, 4));
+}
+
+/* string.match, gmatch and gsub: always patterns. */
+static int vat_pattern(lua_State *L) {
+  return check_pattern(L, 0);
 }
 
 static int vat_string_rep(lua_State *L) {
@@ -841,7 +853,7 @@ static int vat_setup(lua_State *L) {
   static const char *const string_omit[] = {"dump", NULL};
   static const char *const math_omit[] = {"random", "randomseed", NULL};
   static const luaL_Reg string_meter[] = {
-      {"rep", vat_string_rep}, {"find", vat_pattern}, {"match", vat_pattern},
+      {"rep", vat_string_rep}, {"find", vat_find},    {"match", vat_pattern},
       {"gmatch", vat_pattern}, {"gsub", vat_pattern}, {NULL, NULL},
   };
   static const luaL_Reg table_meter[] = {
