@@ -16,16 +16,20 @@
 
 #include "ljson.h"
 
+/* The nesting limit keeps hostile input from exhausting the C stack. */
 #define MAX_DEPTH 1000
 
+/* Every parse function pushes its value on the stack of L. */
 typedef struct parser {
   lua_State *L;
-  const char *p, *end;
+  const char *start, *p, *end;
   int depth;
 } parser_t;
 
+/* [-0, +0, e] Raises a parse error naming the 1-based byte it stopped at;
+ * it never returns. */
 static int perr(parser_t *ps, const char *what) {
-  return luaL_error(ps->L, "JSON: %s at byte %d", what, (int)(ps->end - ps->p));
+  return luaL_error(ps->L, "JSON: %s at byte %d", what, (int)(ps->p - ps->start) + 1);
 }
 
 static void skip_ws(parser_t *ps) {
@@ -45,6 +49,7 @@ static int hexval(char c) {
   return -1;
 }
 
+/* [-0, +0, e] Reads the four hex digits of a \u escape. */
 static unsigned read_hex4(parser_t *ps) {
   if (ps->end - ps->p < 4)
     perr(ps, "truncated \\u escape");
@@ -59,6 +64,8 @@ static unsigned read_hex4(parser_t *ps) {
   return v;
 }
 
+/* [-?, +?, m] Appends cp as UTF-8 to b; like every luaL_Buffer call it may
+ * move the buffer's box on the stack. */
 static void add_utf8(luaL_Buffer *b, unsigned cp) {
   char out[4];
   int n;
@@ -84,7 +91,8 @@ static void add_utf8(luaL_Buffer *b, unsigned cp) {
   luaL_addlstring(b, out, (size_t)n);
 }
 
-/* [-0, +1] */
+/* [-0, +1, e] Pushes the string at ps->p. A string without escapes is
+ * pushed straight from the input, since it needs no buffer. */
 static void parse_string(parser_t *ps) {
   ps->p++; /* opening quote */
   const char *start = ps->p;
@@ -156,7 +164,8 @@ static void parse_string(parser_t *ps) {
   luaL_pushresult(&b);
 }
 
-/* [-0, +1] */
+/* [-0, +1, e] Pushes the number at ps->p. Integral values within 2^53
+ * become integers, as in lua-cjson, so that counts stay integers. */
 static void parse_number(parser_t *ps) {
   char buf[64];
   const char *start = ps->p;
@@ -196,6 +205,7 @@ static void parse_number(parser_t *ps) {
     lua_pushnumber(ps->L, d);
 }
 
+/* [-0, +0, e] Consumes the literal w (true, false or null) or raises. */
 static void expect_word(parser_t *ps, const char *w) {
   size_t n = strlen(w);
   if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, w, n) != 0)
@@ -203,7 +213,9 @@ static void expect_word(parser_t *ps, const char *w) {
   ps->p += n;
 }
 
-/* [-0, +1] */
+/* [-0, +1, e] Pushes the value at ps->p. A container holds its table, a
+ * key and a value on the stack at once, which is why each level checks for
+ * room before it recurses. */
 static void parse_value(parser_t *ps) {
   lua_State *L = ps->L;
   skip_ws(ps);
@@ -270,10 +282,11 @@ static void parse_value(parser_t *ps) {
   }
 }
 
+/* decode(text) -> value  [-0, +1, e] */
 static int json_decode(lua_State *L) {
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
-  parser_t ps = {L, s, s + len, 0};
+  parser_t ps = {L, s, s, s + len, 0};
   parse_value(&ps);
   skip_ws(&ps);
   if (ps.p != ps.end)
@@ -281,7 +294,8 @@ static int json_decode(lua_State *L) {
   return 1;
 }
 
-/* encode(string): JSON.stringify of a string. Only strings are needed:
+/* encode(string) -> json  [-0, +1, e]
+ * It is JSON.stringify of a string. Only strings are needed, because
  * ocap.marshal writes everything else itself. */
 static int json_encode(lua_State *L) {
   static const char hex[] = "0123456789abcdef";
@@ -328,22 +342,30 @@ static int json_encode(lua_State *L) {
   return 1;
 }
 
+/* new() -> the module  [-0, +1]
+ * A vat has one decoder with no settings, so lua-cjson's new() returns it. */
 static int json_new(lua_State *L) {
   lua_pushvalue(L, lua_upvalueindex(1));
   return 1;
 }
 
-/* cjson's configuration functions (decode_max_depth, ...) do nothing here. */
+/* f(...)  [-0, +0]
+ * It stands in for cjson's configuration functions (decode_max_depth and
+ * the others), which have nothing to configure here. */
 static int json_noop(lua_State *L) {
   (void)L;
   return 0;
 }
 
+/* __index(module, key) -> json_noop  [-0, +1]
+ * Any unknown name is a configuration function, so marshal code written
+ * for lua-cjson runs unchanged. */
 static int json_index(lua_State *L) {
   lua_pushcfunction(L, json_noop);
   return 1;
 }
 
+/* [-0, +1, m] Pushes the module table; see ljson.h. */
 int ocap_open_json(lua_State *L) {
   lua_createtable(L, 0, 3);
   lua_pushcfunction(L, json_decode);

@@ -7,6 +7,7 @@
  * lua/ocap/kernel.lua; this file is the hot path between the crank loop and
  * the vats.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -25,19 +26,38 @@
 
 #define KERNEL_MT "ocap.Kernel"
 
+/*
+ * Debug builds check that a function leaves the stack of L as its comment
+ * says: STACK_CHECK_BEGIN(L) records the top, STACK_CHECK_END(L, delta)
+ * asserts it moved by delta. The record is named after the state's variable
+ * so one function can check two states (the host's and a vat's). Only normal
+ * returns are checked: a raised error unwinds the stack by design. With
+ * NDEBUG both compile to nothing.
+ */
+#ifndef NDEBUG
+#define STACK_CHECK_BEGIN(L) const int stack_top_##L = lua_gettop(L)
+#define STACK_CHECK_END(L, delta) assert(lua_gettop(L) == stack_top_##L + (delta))
+#else
+#define STACK_CHECK_BEGIN(L) ((void)0)
+#define STACK_CHECK_END(L, delta) ((void)0)
+#endif
+
 typedef struct lkernel lkernel_t;
 
-/* One vat's runtime. Its record outlives the state so ids stay stable. */
 typedef struct vtimer vtimer_t;
 
+/*
+ * One vat's runtime. The record outlives the vat's state, so that a vat
+ * restarted lazily keeps its slot and a pointer to it stays valid.
+ */
 typedef struct lvat {
   char id[OCAP_REF_MAX];
-  vtimer_t *timers; /* the vat's live libuv timers */
-  ocap_vat_t *vat;  /* NULL when not live (never started, or terminated) */
-  int dispatch_ref;
-  int fatal;   /* ocap_fatal set by an illegal syscall */
-  char *why;   /* malloc'd reason for fatal */
-  int exiting; /* vatPowers.exitVat was called: 1 ok, 2 failure */
+  vtimer_t *timers; /* The vat's live libuv timers. */
+  ocap_vat_t *vat;  /* It is NULL while the vat is not live. */
+  int dispatch_ref; /* Liveslots' dispatch, in the vat's registry. */
+  int fatal;        /* An illegal syscall sets it, as an ocap fatal code. */
+  char *why;        /* The malloc'd reason for fatal. */
+  int exiting;      /* exitVat was called: 1 for success, 2 for failure. */
   char *exit_body;
   lkernel_t *lk;
 } lvat_t;
@@ -48,7 +68,8 @@ typedef struct module {
   size_t len;
 } module_t;
 
-/* A vat's timer; freed by libuv's close callback. */
+/* A vat's timer. Only libuv's close callback frees it, since libuv holds
+ * the handle until then. */
 struct vtimer {
   uv_timer_t handle;
   long long id;
@@ -56,7 +77,8 @@ struct vtimer {
   vtimer_t *next;
 };
 
-/* A timer that fired and waits for its crank. */
+/* A timer that fired and waits for its crank. Timers only queue firings,
+ * because a libuv callback must not run a vat outside a crank. */
 typedef struct firing {
   char vat[OCAP_REF_MAX];
   long long id;
@@ -68,7 +90,7 @@ struct lkernel {
   size_t nfired, capfired;
   ocap_store_t *s;
   ocap_kernel_t *k;
-  lua_State *L; /* the host thread driving the kernel right now */
+  lua_State *L; /* The host thread driving the kernel right now. */
   int host_dispatch_ref, vat_needed_ref, logger_ref, terminated_ref, exit_ref;
   lvat_t **vats;
   size_t nvats;
@@ -81,6 +103,8 @@ static void free_runtime(lkernel_t *lk);
 
 /* ---- small helpers ---- */
 
+/* [-0, +0, e] Returns the open kernel at idx; a closed one raises, since
+ * its store and vats are gone. */
 static lkernel_t *checkkernel(lua_State *L, int idx) {
   lkernel_t **p = luaL_checkudata(L, idx, KERNEL_MT);
   if (!*p)
@@ -161,7 +185,7 @@ static void stop_vat(lvat_t *rec) {
   rec->exiting = 0;
 }
 
-/* [-0, +1] Pushes a table of the capdata's slots. */
+/* [-0, +1, m] Pushes a table of the capdata's slots. */
 static void push_slots(lua_State *L, const ocap_capdata_t *cd) {
   lua_createtable(L, (int)cd->nslots, 0);
   for (size_t i = 0; i < cd->nslots; i++) {
@@ -170,11 +194,17 @@ static void push_slots(lua_State *L, const ocap_capdata_t *cd) {
   }
 }
 
-/* [-0, +n] Pushes a delivery's arguments; returns how many. */
+/*
+ * [-0, +n, m] Pushes a delivery's arguments as liveslots' dispatch takes
+ * them and returns n, their count. The vat and the host's endpoint share it,
+ * so both see a delivery in the same shape.
+ */
 static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
+  STACK_CHECK_BEGIN(L);
   if (d->type == OCAP_DELIVER_TIMER) {
     lua_pushliteral(L, "timer");
     lua_pushinteger(L, (lua_Integer)strtoll(d->target, NULL, 10));
+    STACK_CHECK_END(L, 2);
     return 2;
   }
   if (d->type == OCAP_DELIVER_MESSAGE) {
@@ -186,6 +216,7 @@ static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
       lua_pushstring(L, d->result);
     else
       lua_pushnil(L);
+    STACK_CHECK_END(L, 5);
     return 5;
   }
   lua_pushliteral(L, "notify");
@@ -203,16 +234,18 @@ static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
     lua_rawseti(L, -2, 4);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
+  STACK_CHECK_END(L, 2);
   return 2;
 }
 
 #define SMALL_SLOTS 8
 
 /*
- * Reads the slots table at idx into `small` when it fits (the common case:
- * no allocation on the crank path), else into a temporary array owned by a
- * userdata pushed on the stack, so nothing leaks if a later call raises.
- * [-0, +(0|1)]
+ * [-0, +(0|1), e] Reads the slots table at idx into `small` when it fits
+ * (the common case, so the crank path does not allocate), else into a
+ * temporary array owned by a userdata it pushes, so that nothing leaks if a
+ * later call raises. The strings stay owned by the table, which the caller
+ * keeps on the stack; that is why a slot must already be a string.
  */
 static const char **read_slots(lua_State *L, int idx, size_t *n, const char **small) {
   idx = lua_absindex(L, idx);
@@ -224,9 +257,10 @@ static const char **read_slots(lua_State *L, int idx, size_t *n, const char **sm
   size_t len = (size_t)lua_rawlen(L, idx);
   const char **slots = len <= SMALL_SLOTS ? small : lua_newuserdatauv(L, len * sizeof *slots, 0);
   for (size_t i = 0; i < len; i++) {
-    lua_rawgeti(L, idx, (lua_Integer)i + 1);
-    slots[i] = lua_tostring(L, -1);
-    lua_pop(L, 1); /* the string stays alive in the table */
+    /* A number would be converted on the stack only, and the new string
+     * would die with the pop below. */
+    slots[i] = lua_rawgeti(L, idx, (lua_Integer)i + 1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    lua_pop(L, 1);
     if (!slots[i])
       luaL_error(L, "slot %d is not a string", (int)i + 1);
   }
@@ -234,6 +268,8 @@ static const char **read_slots(lua_State *L, int idx, size_t *n, const char **sm
   return slots;
 }
 
+/* [-0, +(0|1), e] Reads a body and its slots (see read_slots); the
+ * capdata borrows the strings from the stack. */
 static ocap_capdata_t check_capdata(lua_State *L, int body_idx, int slots_idx, const char **small) {
   ocap_capdata_t cd;
   cd.body = luaL_checklstring(L, body_idx, &cd.blen);
@@ -243,11 +279,15 @@ static ocap_capdata_t check_capdata(lua_State *L, int body_idx, int slots_idx, c
 
 /* ---- syscalls of a vat ---- */
 
+/* [-0, +0] Every syscall gets its vat's record as upvalue 1, so a vat can
+ * only ever act as itself. */
 static lvat_t *sysvat(lua_State *V) {
   return lua_touserdata(V, lua_upvalueindex(1));
 }
 
-/* Makes the vat's crank fatal, then raises so the vat stops here. */
+/* [-0, +0, e] Makes the vat's crank fatal, then raises so the vat stops
+ * here; it never returns. The mark survives a pcall in the vat that would
+ * catch the error. */
 static int illegal(lua_State *V, lvat_t *rec, const char *msg) {
   if (!rec->fatal) {
     rec->fatal = OCAP_FATAL_ILLEGAL_SYSCALL;
@@ -257,6 +297,7 @@ static int illegal(lua_State *V, lvat_t *rec, const char *msg) {
   return luaL_error(V, "illegal syscall: %s", msg);
 }
 
+/* send(target, body, slots, result?)  [-0, +0, e] */
 static int sys_send(lua_State *V) {
   const char *small[SMALL_SLOTS];
   lvat_t *rec = sysvat(V);
@@ -268,6 +309,7 @@ static int sys_send(lua_State *V) {
   return 0;
 }
 
+/* subscribe(kpid)  [-0, +0, e] */
 static int sys_subscribe(lua_State *V) {
   lvat_t *rec = sysvat(V);
   if (ocap_kernel_subscribe(rec->lk->k, rec->id, luaL_checkstring(V, 1)))
@@ -275,6 +317,7 @@ static int sys_subscribe(lua_State *V) {
   return 0;
 }
 
+/* resolve(kpid, rejected, body, slots)  [-0, +0, e] */
 static int sys_resolve(lua_State *V) {
   const char *small[SMALL_SLOTS];
   lvat_t *rec = sysvat(V);
@@ -287,6 +330,11 @@ static int sys_resolve(lua_State *V) {
   return 0;
 }
 
+/*
+ * exit(failure, body)  [-0, +0, e]
+ * Only records the exit: the vat is still running its crank, so
+ * finish_exits terminates it after the crank.
+ */
 static int sys_exit(lua_State *V) {
   lvat_t *rec = sysvat(V);
   int failure = lua_toboolean(V, 1);
@@ -298,7 +346,8 @@ static int sys_exit(lua_State *V) {
   return 0;
 }
 
-/* [-0, +1] Pushes "vs.<vatId>.<key>". */
+/* [-0, +1, e] Pushes "vs.<vatId>.<key>" for the key at idx and returns it.
+ * Building the prefix here keeps a vat inside its own part of the store. */
 static const char *vs_key(lua_State *V, lvat_t *rec, int idx, size_t *klen) {
   size_t n;
   const char *key = luaL_checklstring(V, idx, &n);
@@ -312,6 +361,7 @@ static const char *vs_key(lua_State *V, lvat_t *rec, int idx, size_t *klen) {
   return lua_tolstring(V, -1, klen);
 }
 
+/* vatstoreGet(key) -> value | nil  [-0, +1, e] */
 static int sys_vatstore_get(lua_State *V) {
   lvat_t *rec = sysvat(V);
   size_t kl, vl;
@@ -323,6 +373,7 @@ static int sys_vatstore_get(lua_State *V) {
   return 1;
 }
 
+/* vatstoreSet(key, value)  [-0, +0, e] */
 static int sys_vatstore_set(lua_State *V) {
   lvat_t *rec = sysvat(V);
   size_t kl, vl;
@@ -333,6 +384,7 @@ static int sys_vatstore_set(lua_State *V) {
   return 0;
 }
 
+/* vatstoreDelete(key)  [-0, +0, e] */
 static int sys_vatstore_delete(lua_State *V) {
   lvat_t *rec = sysvat(V);
   size_t kl;
@@ -341,7 +393,8 @@ static int sys_vatstore_delete(lua_State *V) {
   return 0;
 }
 
-/* vatstoreNext(prefix, after) -> the next key under prefix, or nil. */
+/* vatstoreNext(prefix, after?) -> key | nil  [-0, +1, e]
+ * The key comes back without the "vs.<vatId>." the vat never sees. */
 static int sys_vatstore_next(lua_State *V) {
   lvat_t *rec = sysvat(V);
   size_t pl, al = 0, kl;
@@ -363,7 +416,11 @@ static int sys_vatstore_next(lua_State *V) {
   return 1;
 }
 
-/* log(level, payload): hands a structured entry (JSON) to the host. */
+/*
+ * log(level, payload)  [-0, +0, e]
+ * Hands a structured entry (JSON) to the host's logger, which runs in the
+ * host's state; that state's stack is left as it was, [-0, +0].
+ */
 static int sys_log(lua_State *V) {
   lvat_t *rec = sysvat(V);
   lkernel_t *lk = rec->lk;
@@ -373,12 +430,14 @@ static int sys_log(lua_State *V) {
   lua_State *L = lk->L;
   if (!L || lk->logger_ref == LUA_NOREF)
     return 0;
+  STACK_CHECK_BEGIN(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->logger_ref);
   lua_pushstring(L, rec->id);
   lua_pushstring(L, level);
   lua_pushlstring(L, payload, n);
   if (lua_pcall(L, 3, 0, 0) != LUA_OK)
-    lua_pop(L, 1); /* a broken logger must not break the vat */
+    lua_pop(L, 1); /* A broken logger must not break the vat. */
+  STACK_CHECK_END(L, 0);
   return 0;
 }
 
@@ -398,7 +457,9 @@ static void timer_fired(uv_timer_t *h) {
   f->id = t->id;
 }
 
-/* timerStart(id, ms, repeatMs): starts (or restarts) the vat's timer id. */
+/* timerStart(id, ms, repeatMs?)  [-0, +0, e]
+ * Restarting an existing id reuses its handle, so a vat cannot pile up
+ * timers by restarting one. */
 static int sys_timer_start(lua_State *V) {
   lvat_t *rec = sysvat(V);
   lua_Integer id = luaL_checkinteger(V, 1);
@@ -421,6 +482,7 @@ static int sys_timer_start(lua_State *V) {
   return 0;
 }
 
+/* timerStop(id)  [-0, +0, e] */
 static int sys_timer_stop(lua_State *V) {
   lvat_t *rec = sysvat(V);
   lua_Integer id = luaL_checkinteger(V, 1);
@@ -436,7 +498,8 @@ static int sys_timer_stop(lua_State *V) {
   return 0;
 }
 
-/* traceback(msg): the runtime's only window on the stack, for logging. */
+/* traceback(msg?) -> string  [-0, +1, e]
+ * It is the runtime's only window on the stack, since vats get no debug. */
 static int sys_traceback(lua_State *V) {
   luaL_traceback(V, V, luaL_optstring(V, 1, NULL), 2);
   return 1;
@@ -460,8 +523,12 @@ static const luaL_Reg syscalls[] = {
 
 /* ---- entering a vat ---- */
 
-/* Runs inside the vat's protected path: builds the delivery's arguments
- * and calls the liveslots dispatch. [-2, +0] */
+/*
+ * tramp(rec, delivery)  [-2, +0, e]
+ * Runs inside the vat's protected path and builds the delivery's arguments
+ * there, so that running out of the vat's memory while building them is
+ * caught like any other failure of the crank.
+ */
 static int vat_deliver_tramp(lua_State *V) {
   lvat_t *rec = lua_touserdata(V, 1);
   const ocap_delivery_t *d = lua_touserdata(V, 2);
@@ -478,9 +545,15 @@ static int map_status(int st) {
                                  : OCAP_FATAL_INTERNAL;
 }
 
+/*
+ * [-0, +0] Delivers d to the live vat rec through the one protected path;
+ * it never raises. Returns OCAP_EFATAL with *fatal and *why (malloc'd) set
+ * when the crank must be rolled back and the vat terminated, else 0.
+ */
 static int deliver_vat(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, int *fatal,
                        char **why) {
   lua_State *V = ocap_vat_state(rec->vat);
+  STACK_CHECK_BEGIN(V);
   lua_pushcfunction(V, vat_deliver_tramp);
   lua_pushlightuserdata(V, rec);
   lua_pushlightuserdata(V, (void *)d);
@@ -499,49 +572,69 @@ static int deliver_vat(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, int
     rec->why = NULL;
     rec->fatal = 0;
   }
+  STACK_CHECK_END(V, 0);
   return *fatal ? OCAP_EFATAL : 0;
 }
 
-/* [-0, +0] Calls the host's `vatNeeded(vatId)` to (re)start a vat lazily;
- * when it returns an error message, the vat's record keeps it as the
- * reason the vat could not start. */
+/*
+ * [-0, +0, m] Calls the host's `vatNeeded(vatId)` to (re)start a vat lazily,
+ * since vats are only built when a delivery needs them. When it returns or
+ * raises an error message, the vat's record keeps it as the reason the vat
+ * could not start.
+ */
 static void ensure_vat(lkernel_t *lk, const char *ep) {
   lua_State *L = lk->L;
   if (!L || lk->vat_needed_ref == LUA_NOREF)
     return;
+  STACK_CHECK_BEGIN(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->vat_needed_ref);
   lua_pushstring(L, ep);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_isstring(L, -1)) {
     lvat_t *rec = make_vat_record(lk, ep);
+    const char *msg = lua_tostring(L, -1); /* NULL for an error object */
     if (rec) {
       free(rec->why);
-      rec->why = dupstr(lua_tostring(L, -1));
+      rec->why = msg ? dupstr(msg) : NULL;
     }
   }
   lua_pop(L, 1);
+  STACK_CHECK_END(L, 0);
 }
 
+/*
+ * [-0, +0, m] Delivers d to the kernel's own endpoint, the host's dispatch.
+ * A failure there is reported and dropped rather than made fatal, because
+ * the kernel endpoint cannot be terminated like a vat.
+ */
 static int deliver_host(lkernel_t *lk, const ocap_delivery_t *d) {
   lua_State *L = lk->L;
   if (!L || lk->host_dispatch_ref == LUA_NOREF)
     return 0;
+  STACK_CHECK_BEGIN(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->host_dispatch_ref);
   int n = push_delivery(L, d);
   if (lua_pcall(L, n, 0, 0) != LUA_OK) {
-    fprintf(stderr, "ocap: kernel endpoint dispatch failed: %s\n", lua_tostring(L, -1));
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "ocap: kernel endpoint dispatch failed: %s\n", msg ? msg : "(error object)");
     lua_pop(L, 1);
   }
+  STACK_CHECK_END(L, 0);
   return 0;
 }
 
+/*
+ * [-0, +0, m] The kernel's deliver hook: routes d to the host's endpoint or
+ * to a vat, starting the vat first when its state is not live. The kernel
+ * calls it inside K:step, with the stepping thread in lk->L.
+ */
 static int hook_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int *fatal,
                         char **why) {
   lkernel_t *lk = ud;
   if (strcmp(ep, "kernel") == 0)
     return deliver_host(lk, d);
   lvat_t *rec = find_vat(lk, ep);
-  if (!rec || !rec->vat) {
-    ensure_vat(lk, ep);
+  if ((!rec || !rec->vat) && !(rec && rec->why)) {
+    ensure_vat(lk, ep); /* not prepared: a notify to a vat not running */
     rec = find_vat(lk, ep);
   }
   if (!rec || !rec->vat) {
@@ -556,6 +649,23 @@ static int hook_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int 
   return deliver_vat(lk, rec, d, fatal, why);
 }
 
+/*
+ * [-0, +0] The kernel's prepare hook: starts a vat that is not running
+ * before a message is routed to it. A failure is kept in the vat's record
+ * (rec->why), and the delivery that follows reports it.
+ */
+static void hook_prepare(void *ud, const char *ep) {
+  lkernel_t *lk = ud;
+  lvat_t *rec = find_vat(lk, ep);
+  if (!rec || !rec->vat)
+    ensure_vat(lk, ep);
+}
+
+/*
+ * [-0, +0, m] The kernel's terminated hook: drops the vat's state, then tells
+ * the host, whose handler records the reason. An error in the handler is
+ * dropped, because the kernel has already forgotten the vat.
+ */
 static void hook_terminated(void *ud, const char *ep, const char *reason, size_t rlen) {
   lkernel_t *lk = ud;
   lvat_t *rec = find_vat(lk, ep);
@@ -563,11 +673,13 @@ static void hook_terminated(void *ud, const char *ep, const char *reason, size_t
     stop_vat(rec);
   lua_State *L = lk->L;
   if (L && lk->terminated_ref != LUA_NOREF) {
+    STACK_CHECK_BEGIN(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, lk->terminated_ref);
     lua_pushstring(L, ep);
     lua_pushlstring(L, reason, rlen);
     if (lua_pcall(L, 2, 0, 0) != LUA_OK)
       lua_pop(L, 1);
+    STACK_CHECK_END(L, 0);
   }
 }
 
@@ -590,6 +702,7 @@ static void kernel_close(lkernel_t *lk) {
   free(lk);
 }
 
+/* [-0, +0] Releases the host's callbacks, which the registry of L holds. */
 static void unref_all(lua_State *L, lkernel_t *lk) {
   luaL_unref(L, LUA_REGISTRYINDEX, lk->host_dispatch_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->vat_needed_ref);
@@ -598,6 +711,8 @@ static void unref_all(lua_State *L, lkernel_t *lk) {
   luaL_unref(L, LUA_REGISTRYINDEX, lk->exit_ref);
 }
 
+/* K:__gc()  [-0, +0, e]
+ * It also serves K:close(), so it must be safe to call twice. */
 static int k_gc(lua_State *L) {
   lkernel_t **p = luaL_checkudata(L, 1, KERNEL_MT);
   if (*p) {
@@ -626,7 +741,12 @@ static void make_parents(const char *path) {
   }
 }
 
-/* core.open{ database = dir?, durability = 'none'|'fsync' } -> K | nil, msg, code */
+/*
+ * core.open{ database = dir?, durability = 'none'|'fsync' }
+ *   -> K | nil, msg, code  [-0, +(1|3), e]
+ * The userdata exists before the kernel, so that its __gc frees whatever
+ * part was built if a later step raises.
+ */
 static int core_open(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "database");
@@ -662,7 +782,8 @@ static int core_open(lua_State *L) {
     free(err);
     return 3;
   }
-  ocap_kernel_hooks_t hooks = {lk, hook_deliver, hook_terminated};
+  ocap_kernel_hooks_t hooks = {
+      .ud = lk, .deliver = hook_deliver, .terminated = hook_terminated, .prepare = hook_prepare};
   if (ocap_kernel_new(lk->s, &hooks, &lk->k)) {
     ocap_store_close(lk->s);
     uv_loop_close(&lk->loop);
@@ -673,10 +794,12 @@ static int core_open(lua_State *L) {
   return 1;
 }
 
+/* K:close()  [-0, +0, e] */
 static int k_close(lua_State *L) {
   return k_gc(L);
 }
 
+/* K:kvGet(key) -> value | nil  [-0, +1, e] */
 static int k_kv_get(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   size_t kl, vl;
@@ -688,6 +811,7 @@ static int k_kv_get(lua_State *L) {
   return 1;
 }
 
+/* K:kvSet(key, value)  [-0, +0, e] */
 static int k_kv_set(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   size_t kl, vl;
@@ -698,6 +822,7 @@ static int k_kv_set(lua_State *L) {
   return 0;
 }
 
+/* K:kvDelete(key)  [-0, +0, e] */
 static int k_kv_delete(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   size_t kl;
@@ -706,7 +831,9 @@ static int k_kv_delete(lua_State *L) {
   return 0;
 }
 
-/* K:kvNext(prefix, after?) -> the first key under prefix after `after`. */
+/* K:kvNext(prefix, after?) -> key | nil  [-0, +1, e]
+ * The key is the first under prefix after `after`, or the first under
+ * prefix when `after` is absent. */
 static int k_kv_next(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   size_t pl, al = 0, kl;
@@ -725,11 +852,13 @@ static int k_kv_next(lua_State *L) {
   return 1;
 }
 
+/* K:kvCount() -> integer  [-0, +1, e] */
 static int k_kv_count(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)ocap_store_count(checkkernel(L, 1)->s));
   return 1;
 }
 
+/* K:commit()  [-0, +0, e] */
 static int k_commit(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   int rc = ocap_store_commit(lk->s);
@@ -738,11 +867,13 @@ static int k_commit(lua_State *L) {
   return 0;
 }
 
+/* K:abort()  [-0, +0, e] */
 static int k_abort(lua_State *L) {
   ocap_store_abort(checkkernel(L, 1)->s);
   return 0;
 }
 
+/* K:flush()  [-0, +0, e] */
 static int k_flush(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   int rc = ocap_store_flush(lk->s);
@@ -751,11 +882,13 @@ static int k_flush(lua_State *L) {
   return 0;
 }
 
+/* K:pending() -> integer  [-0, +1, e] */
 static int k_pending(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)ocap_store_pending(checkkernel(L, 1)->s));
   return 1;
 }
 
+/* K:clear()  [-0, +0, e] */
 static int k_clear(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   int rc = ocap_store_clear(lk->s);
@@ -764,6 +897,7 @@ static int k_clear(lua_State *L) {
   return 0;
 }
 
+/* K:allocVatId() -> vatId  [-0, +1, e] */
 static int k_alloc_vat_id(lua_State *L) {
   char out[OCAP_REF_MAX];
   ocap_kernel_alloc_vat_id(checkkernel(L, 1)->k, out);
@@ -771,6 +905,7 @@ static int k_alloc_vat_id(lua_State *L) {
   return 1;
 }
 
+/* K:allocObject(owner?) -> kref  [-0, +1, e] */
 static int k_alloc_object(lua_State *L) {
   char out[OCAP_REF_MAX];
   ocap_kernel_alloc_object(checkkernel(L, 1)->k, luaL_optstring(L, 2, "kernel"), out);
@@ -778,6 +913,7 @@ static int k_alloc_object(lua_State *L) {
   return 1;
 }
 
+/* K:allocPromise(decider?) -> kpid  [-0, +1, e] */
 static int k_alloc_promise(lua_State *L) {
   char out[OCAP_REF_MAX];
   ocap_kernel_alloc_promise(checkkernel(L, 1)->k, luaL_optstring(L, 2, "kernel"), out);
@@ -785,11 +921,13 @@ static int k_alloc_promise(lua_State *L) {
   return 1;
 }
 
+/* [-0, +0, e] Raises the kernel's last error; it never returns. */
 static int raise_kernel(lua_State *L, lkernel_t *lk) {
   return luaL_error(L, "%s", ocap_kernel_errmsg(lk->k));
 }
 
-/* K:export(ep, eref) -> kref, exporting it on first sight. */
+/* K:export(ep, eref) -> kref  [-0, +1, e]
+ * The eref is exported on first sight. */
 static int k_export(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   char out[OCAP_REF_MAX];
@@ -799,7 +937,8 @@ static int k_export(lua_State *L) {
   return 1;
 }
 
-/* K:krefOf(vatId, vref) -> kref or nil (no export). */
+/* K:krefOf(vatId, vref) -> kref | nil  [-0, +1, e]
+ * Unlike K:export, it never exports. */
 static int k_kref_of(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   const char *ep = luaL_checkstring(L, 2);
@@ -815,7 +954,8 @@ static int k_kref_of(lua_State *L) {
   return 1;
 }
 
-/* K:send(target, body, slots, result?) from the kernel endpoint. */
+/* K:send(target, body, slots, result?)  [-0, +0, e]
+ * It sends from the kernel's own endpoint. */
 static int k_send(lua_State *L) {
   const char *small[SMALL_SLOTS];
   lkernel_t *lk = checkkernel(L, 1);
@@ -827,6 +967,7 @@ static int k_send(lua_State *L) {
   return 0;
 }
 
+/* K:subscribe(kpid)  [-0, +0, e] */
 static int k_subscribe(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   if (ocap_kernel_subscribe(lk->k, "kernel", luaL_checkstring(L, 2)))
@@ -834,6 +975,7 @@ static int k_subscribe(lua_State *L) {
   return 0;
 }
 
+/* K:resolve(kpid, rejected, body, slots)  [-0, +0, e] */
 static int k_resolve(lua_State *L) {
   const char *small[SMALL_SLOTS];
   lkernel_t *lk = checkkernel(L, 1);
@@ -846,8 +988,13 @@ static int k_resolve(lua_State *L) {
   return 0;
 }
 
-/* Runs after a crank: vats that called exitVat are terminated now. */
+/*
+ * [-0, +0, m] Runs after a crank and hands the vats that called exitVat to
+ * the host's exit handler, which terminates them. It waits for the crank's
+ * end because a vat cannot be freed while it runs.
+ */
 static void finish_exits(lua_State *L, lkernel_t *lk) {
+  STACK_CHECK_BEGIN(L);
   for (size_t i = 0; i < lk->nvats; i++) {
     lvat_t *rec = lk->vats[i];
     if (!rec || !rec->exiting)
@@ -871,9 +1018,11 @@ static void finish_exits(lua_State *L, lkernel_t *lk) {
     }
     free(body);
   }
+  STACK_CHECK_END(L, 0);
 }
 
-/* Delivers the oldest timer firing as a crank of its own. */
+/* [-0, +0] Delivers the oldest timer firing as a crank of its own, so a
+ * timer's work commits or rolls back like a message's. */
 static int timer_crank(lkernel_t *lk) {
   firing_t f = lk->fired[0];
   memmove(lk->fired, lk->fired + 1, (lk->nfired - 1) * sizeof *lk->fired);
@@ -900,6 +1049,8 @@ static int timer_crank(lkernel_t *lk) {
   return rc ? rc : 1;
 }
 
+/* K:step() -> ran  [-0, +1, e]
+ * ran is false when there was nothing to do. */
 static int k_step(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   if (lk->in_step)
@@ -917,17 +1068,19 @@ static int k_step(lua_State *L) {
   return 1;
 }
 
+/* K:queueLength() -> integer  [-0, +1, e] */
 static int k_queue_length(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)ocap_kernel_queue_length(checkkernel(L, 1)->k));
   return 1;
 }
 
+/* K:cranks() -> integer  [-0, +1, e] */
 static int k_cranks(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)ocap_kernel_cranks(checkkernel(L, 1)->k));
   return 1;
 }
 
-/* K:terminate(vatId, reasonBody) */
+/* K:terminate(vatId, reasonBody)  [-0, +0, e] */
 static int k_terminate(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   const char *ep = luaL_checkstring(L, 2);
@@ -942,6 +1095,18 @@ static int k_terminate(lua_State *L) {
   return 0;
 }
 
+/* K:revoke(kref)  [-0, +0, e] */
+/* K:rejectDecided(vatId, reasonBody): rejects what the vat decided.  [-0, +0, e] */
+static int k_reject_decided(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  const char *ep = luaL_checkstring(L, 2);
+  ocap_capdata_t cd = {0};
+  cd.body = luaL_checklstring(L, 3, &cd.blen);
+  if (ocap_kernel_reject_decided(lk->k, ep, &cd))
+    return raise_kernel(L, lk);
+  return 0;
+}
+
 static int k_revoke(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   if (ocap_kernel_revoke(lk->k, luaL_checkstring(L, 2)))
@@ -949,12 +1114,15 @@ static int k_revoke(lua_State *L) {
   return 0;
 }
 
+/* K:isRevoked(kref) -> boolean  [-0, +1, e] */
 static int k_is_revoked(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   lua_pushboolean(L, ocap_kernel_is_revoked(lk->k, luaL_checkstring(L, 2)));
   return 1;
 }
 
+/* [-0, +0, e] Replaces *ref by a reference to the function at index 2, or
+ * clears it when that argument is nil or absent. */
 static int set_ref(lua_State *L, int *ref) {
   luaL_unref(L, LUA_REGISTRYINDEX, *ref);
   *ref = LUA_NOREF;
@@ -966,18 +1134,27 @@ static int set_ref(lua_State *L, int *ref) {
   return 0;
 }
 
+/* K:setHostDispatch(dispatch?)  [-0, +0, e] */
 static int k_set_host_dispatch(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->host_dispatch_ref);
 }
+
+/* K:setVatNeeded(vatNeeded?)  [-0, +0, e] */
 static int k_set_vat_needed(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->vat_needed_ref);
 }
+
+/* K:setLogger(logger?)  [-0, +0, e] */
 static int k_set_logger(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->logger_ref);
 }
+
+/* K:setTerminated(terminated?)  [-0, +0, e] */
 static int k_set_terminated(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->terminated_ref);
 }
+
+/* K:setExitHandler(handler?)  [-0, +0, e] */
 static int k_set_exit_handler(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->exit_ref);
 }
@@ -987,6 +1164,7 @@ typedef struct dumpbuf {
   size_t len, cap;
 } dumpbuf_t;
 
+/* [-0, +0] The lua_Writer of lua_dump; it only appends to the dumpbuf_t. */
 static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
   (void)L;
   dumpbuf_t *b = ud;
@@ -1015,8 +1193,9 @@ static void free_runtime(lkernel_t *lk) {
   lk->nruntime = 0;
 }
 
-/* K:setRuntime{ {name, source}, ... }: the kernel's own modules, compiled
- * once here and loaded as trusted bytecode into every vat. */
+/* K:setRuntime{ {name, source}, ... }  [-0, +0, e]
+ * The kernel's own modules are compiled once here and loaded as trusted
+ * bytecode into every vat, so that no vat pays for parsing them. */
 static int k_set_runtime(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -1026,7 +1205,8 @@ static int k_set_runtime(lua_State *L) {
   if (!lk->runtime)
     return luaL_error(L, "out of memory");
   for (size_t i = 0; i < n; i++) {
-    lua_rawgeti(L, 2, (lua_Integer)i + 1);
+    if (lua_rawgeti(L, 2, (lua_Integer)i + 1) != LUA_TTABLE)
+      return luaL_error(L, "runtime module %d is not a {name, source} table", (int)i + 1);
     lua_rawgeti(L, -1, 1);
     lua_rawgeti(L, -2, 2);
     const char *name = luaL_checkstring(L, -2);
@@ -1050,10 +1230,13 @@ static int k_set_runtime(lua_State *L) {
   return 0;
 }
 
-/* [-0, +0] Sets globals.<lib>.<fn> to the real library's function. */
+/* [-0, +0, e] Sets globals.<lib>.<fn> to the real library's function; the
+ * library itself stays out of the vat's reach. globals is an absolute
+ * index. */
 static void endow_lib_fn(lua_State *V, int globals, const char *lib, lua_CFunction open,
                          const char *fn) {
-  luaL_requiref(V, lib, open, 0); /* the original, kept out of the vat's reach */
+  STACK_CHECK_BEGIN(V);
+  luaL_requiref(V, lib, open, 0);
   lua_getfield(V, -1, fn);
   if (lua_getfield(V, globals, lib) != LUA_TTABLE) {
     lua_pop(V, 1);
@@ -1064,11 +1247,14 @@ static void endow_lib_fn(lua_State *V, int globals, const char *lib, lua_CFuncti
   lua_insert(V, -2);
   lua_setfield(V, -2, fn);
   lua_pop(V, 2);
+  STACK_CHECK_END(V, 0);
 }
 
-/* [-0, +0] Installs the endowments named in the space-separated list. The
- * Lua-made ones come from the table at endow. */
+/* [-0, +0, e] Installs only the endowments named in the space-separated
+ * list, since a vat gets no ambient authority. The Lua-made ones come from
+ * the table at the absolute index endow. */
 static void install_endowments(lua_State *V, lvat_t *rec, const char *list, int endow) {
+  STACK_CHECK_BEGIN(V);
   lua_rawgeti(V, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   int globals = lua_gettop(V);
   char name[64];
@@ -1102,14 +1288,29 @@ static void install_endowments(lua_State *V, lvat_t *rec, const char *list, int 
       p++;
   }
   lua_pop(V, 1);
+  STACK_CHECK_END(V, 0);
 }
 
-/* Runs in the vat: boots liveslots, keeps its dispatch, and installs the
- * endowments. [-3, +0] */
+/*
+ * What k_create_vat hands to the vat's trampolines. The strings belong to
+ * the host's stack, which keeps them alive while the vat runs; they are
+ * pushed into the vat only inside its protected path, because a vat whose
+ * memory budget is exhausted would otherwise raise with no handler.
+ */
+typedef struct boot_args {
+  lvat_t *rec;
+  const char *info, *globals, *main, *params;
+} boot_args_t;
+
+/*
+ * tramp(args)  [-1, +0, e]
+ * Runs in the vat: boots liveslots, keeps its dispatch, and installs the
+ * endowments.
+ */
 static int vat_boot_tramp(lua_State *V) {
-  lvat_t *rec = lua_touserdata(V, 1);
-  const char *info = lua_tostring(V, 2);
-  lua_settop(V, 3);
+  const boot_args_t *a = lua_touserdata(V, 1);
+  lvat_t *rec = a->rec;
+  lua_settop(V, 0);
   ocap_open_json(V);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "cjson");
   lua_getglobal(V, "require");
@@ -1119,31 +1320,38 @@ static int vat_boot_tramp(lua_State *V) {
   luaL_newlibtable(V, syscalls);
   lua_pushlightuserdata(V, rec);
   luaL_setfuncs(V, syscalls, 1);
-  lua_pushstring(V, info);
-  lua_call(V, 2, 3); /* dispatch, ocap, endowments */
-  install_endowments(V, rec, lua_tostring(V, 3), lua_gettop(V));
+  lua_pushstring(V, a->info);
+  lua_call(V, 2, 3); /* It returns dispatch, ocap and the endowments. */
+  install_endowments(V, rec, a->globals, lua_gettop(V));
   lua_pop(V, 1);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap");
   rec->dispatch_ref = luaL_ref(V, LUA_REGISTRYINDEX);
   return 0;
 }
 
-/* Runs in the vat: dispatch('startVat', main, parameters) -> ok, err */
+/*
+ * tramp(args) -> ok, err  [-1, +2, e]
+ * Runs in the vat: dispatch('startVat', main, parameters), whose results
+ * say whether buildRootObject succeeded.
+ */
 static int vat_start_tramp(lua_State *V) {
-  lvat_t *rec = lua_touserdata(V, 1);
-  lua_rawgeti(V, LUA_REGISTRYINDEX, rec->dispatch_ref);
+  const boot_args_t *a = lua_touserdata(V, 1);
+  lua_rawgeti(V, LUA_REGISTRYINDEX, a->rec->dispatch_ref);
   lua_pushliteral(V, "startVat");
-  lua_pushvalue(V, 2);
-  lua_pushvalue(V, 3);
+  lua_pushstring(V, a->main);
+  lua_pushstring(V, a->params);
   lua_call(V, 3, 2);
   return 2;
 }
 
 /*
  * K:createVat(vatId, { info = json, main = name, modules = { name = src },
- *   parameters = body, memory = n, instructions = n }) -> true | nil, msg
+ *   parameters = body, globals = names, memory = n, instructions = n })
+ *   -> true | nil, msg, code?  [-0, +(1|2|3), e]
  * Builds the vat's state, boots liveslots and runs startVat (which calls
- * buildRootObject). The store writes stay in the crank buffer.
+ * buildRootObject). The store writes stay in the crank buffer. Every option
+ * is checked before the state exists, so a bad option cannot leave a vat
+ * half built.
  */
 static int k_create_vat(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
@@ -1160,6 +1368,16 @@ static int k_create_vat(lua_State *L) {
   lua_getfield(L, 3, "instructions");
   lim.instructions = (long long)luaL_optnumber(L, -1, 0);
   lua_pop(L, 2);
+  /* These four strings stay on the stack until the function returns. */
+  boot_args_t args = {rec, NULL, NULL, NULL, NULL};
+  lua_getfield(L, 3, "info");
+  args.info = luaL_optstring(L, -1, "{}");
+  lua_getfield(L, 3, "main");
+  args.main = luaL_checkstring(L, -1);
+  lua_getfield(L, 3, "parameters");
+  args.params = luaL_optstring(L, -1, "#{}");
+  lua_getfield(L, 3, "globals");
+  args.globals = luaL_optstring(L, -1, "");
   if (ocap_vat_new(&lim, &rec->vat))
     return luaL_error(L, "out of memory creating vat %s", id);
   /* Deliveries make many short-lived tables: the generational collector
@@ -1171,8 +1389,10 @@ static int k_create_vat(lua_State *L) {
   if (lua_istable(L, -1)) {
     lua_pushnil(L);
     while (lua_next(L, -2)) {
+      /* lua_tostring would turn a number key into a string in place and
+       * confuse lua_next, so only string names count. */
       size_t sl;
-      const char *name = lua_tostring(L, -2);
+      const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
       const char *src = lua_tolstring(L, -1, &sl);
       if (name && src)
         ocap_vat_preload(rec->vat, name, src, sl, 0);
@@ -1180,28 +1400,16 @@ static int k_create_vat(lua_State *L) {
     }
   }
   lua_pop(L, 1);
-  lua_getfield(L, 3, "info");
-  const char *info = luaL_optstring(L, -1, "{}");
-  lua_getfield(L, 3, "main");
-  const char *main_mod = luaL_checkstring(L, -1);
-  lua_getfield(L, 3, "parameters");
-  const char *params = luaL_optstring(L, -1, "#{}");
-  lua_getfield(L, 3, "globals");
-  const char *globals = luaL_optstring(L, -1, "");
   lua_State *saved = lk->L;
   lk->L = L;
   lua_State *V = ocap_vat_state(rec->vat);
   lua_pushcfunction(V, vat_boot_tramp);
-  lua_pushlightuserdata(V, rec);
-  lua_pushstring(V, info);
-  lua_pushstring(V, globals);
-  int st = ocap_vat_pcall(rec->vat, 3, 0);
+  lua_pushlightuserdata(V, &args);
+  int st = ocap_vat_pcall(rec->vat, 1, 0);
   if (st == OCAP_VAT_OK) {
     lua_pushcfunction(V, vat_start_tramp);
-    lua_pushlightuserdata(V, rec);
-    lua_pushstring(V, main_mod);
-    lua_pushstring(V, params);
-    st = ocap_vat_pcall(rec->vat, 3, 2);
+    lua_pushlightuserdata(V, &args);
+    st = ocap_vat_pcall(rec->vat, 1, 2);
     if (st == OCAP_VAT_OK && !lua_toboolean(V, -2) && !rec->fatal) {
       lua_pushnil(L);
       lua_pushstring(L, lua_tostring(V, -1));
@@ -1232,7 +1440,9 @@ static int k_create_vat(lua_State *L) {
   return 1;
 }
 
-/* K:stopVat(vatId): drops the vat's Lua state (not its tables). */
+/* K:stopVat(vatId)  [-0, +0, e]
+ * It drops the vat's Lua state but not its tables, so the vat can be
+ * restarted from the store. */
 static int k_stop_vat(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   lvat_t *rec = find_vat(lk, luaL_checkstring(L, 2));
@@ -1241,6 +1451,7 @@ static int k_stop_vat(lua_State *L) {
   return 0;
 }
 
+/* K:vatLive(vatId) -> boolean  [-0, +1, e] */
 static int k_vat_live(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   lvat_t *rec = find_vat(lk, luaL_checkstring(L, 2));
@@ -1248,6 +1459,7 @@ static int k_vat_live(lua_State *L) {
   return 1;
 }
 
+/* K:vatMemory(vatId) -> bytes | nothing  [-0, +(0|1), e] */
 static int k_vat_memory(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   lvat_t *rec = find_vat(lk, luaL_checkstring(L, 2));
@@ -1257,14 +1469,16 @@ static int k_vat_memory(lua_State *L) {
   return 1;
 }
 
-/* K:loopAlive() -> true when timers or other handles are pending. */
+/* K:loopAlive() -> boolean  [-0, +1, e]
+ * It is true while timers or other handles are pending. */
 static int k_loop_alive(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   lua_pushboolean(L, lk->nfired > 0 || uv_loop_alive(&lk->loop));
   return 1;
 }
 
-/* K:runLoop(wait): runs ready libuv callbacks; waits for one when wait. */
+/* K:runLoop(wait) -> fired  [-0, +1, e]
+ * It runs ready libuv callbacks and, when wait is true, waits for one. */
 static int k_run_loop(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   if (lk->nfired == 0)
@@ -1297,6 +1511,7 @@ static const luaL_Reg kernel_methods[] = {
     {"queueLength", k_queue_length},
     {"cranks", k_cranks},
     {"terminate", k_terminate},
+    {"rejectDecided", k_reject_decided},
     {"revoke", k_revoke},
     {"isRevoked", k_is_revoked},
     {"setHostDispatch", k_set_host_dispatch},
@@ -1319,6 +1534,7 @@ static const luaL_Reg core_functions[] = {
     {NULL, NULL},
 };
 
+/* require 'ocap.core' -> { open = f }  [-0, +1, e] */
 int luaopen_ocap_core(lua_State *L) {
   if (luaL_newmetatable(L, KERNEL_MT)) {
     luaL_newlib(L, kernel_methods);
