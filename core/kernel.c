@@ -805,6 +805,8 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *result
   if (strlen(owner) >= OCAP_REF_MAX)
     return fail(k, OCAP_ECORRUPT, "corrupt owner of %s", target);
   memcpy(ep, owner, strlen(owner) + 1);
+  if (k->hooks.prepare && !is_kernel_ep(ep))
+    k->hooks.prepare(k->hooks.ud, ep);
   int rc = ocap_kernel_kref_to_eref(k, ep, target, teref);
   if (!rc && result) {
     rc = setv(k, ep, "%s.decider", result);
@@ -1245,5 +1247,47 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
   delv(k, "%s.nextPromiseId", ep);
   if (k->hooks.terminated)
     k->hooks.terminated(k->hooks.ud, ep, reason->body, reason->blen);
+  return rc;
+}
+
+int ocap_kernel_reject_decided(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *reason) {
+  if (is_kernel_ep(ep))
+    return fail(k, OCAP_EINVAL, "the kernel endpoint has no incarnations");
+  char prefix[KEY_MAX];
+  int plen = snprintf(prefix, sizeof prefix, "%s.c.kp", ep);
+  buf_t enc = {0};
+  int rc = capdata_e2k(k, "kernel", reason, &enc);
+  size_t n = 0, cap = 0;
+  char(*kpids)[OCAP_REF_MAX] = NULL;
+  const char *key;
+  size_t klen;
+  char after[KEY_MAX] = "";
+  size_t alen = 0;
+  while (!rc && ocap_store_next_key(k->s, prefix, (size_t)plen, after, alen, 0, &key, &klen) == 1) {
+    if (klen >= KEY_MAX)
+      break;
+    memcpy(after, key, klen);
+    after[klen] = '\0';
+    alen = klen;
+    if (n == cap) {
+      cap = cap ? cap * 2 : 16;
+      void *nk = realloc(kpids, cap * OCAP_REF_MAX);
+      if (!nk) {
+        rc = OCAP_ENOMEM;
+        break;
+      }
+      kpids = nk;
+    }
+    refcpy(kpids[n++], after + plen - 2);
+  }
+  for (size_t i = 0; i < n && !rc; i++) {
+    char v[VAL_MAX];
+    if (getv(k, v, "%s.decider", kpids[i]) && strcmp(v, ep) == 0) {
+      rc = settle(k, kpids[i], 1, enc.p, enc.len);
+      clist_remove(k, ep, kpids[i]);
+    }
+  }
+  free(kpids);
+  free(enc.p);
   return rc;
 }

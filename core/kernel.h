@@ -82,6 +82,13 @@ typedef struct ocap_kernel_hooks {
   /* Called after an endpoint was terminated, so its runtime can be freed;
    * `reason` is the rejection capdata's body. */
   void (*terminated)(void *ud, const char *ep, const char *reason, size_t rlen);
+  /*
+   * Called before a message is routed to vat ep, before the kernel gives it
+   * the message's result promise: a vat that is not running is (re)started
+   * here, so a restart can reject what its previous incarnation decided
+   * without touching the new message. May be NULL.
+   */
+  void (*prepare)(void *ud, const char *ep);
 } ocap_kernel_hooks_t;
 
 /* Opens the kernel on a store (initialising an empty one). */
@@ -130,6 +137,12 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
  */
 int ocap_kernel_crash(ocap_kernel_t *k, const char *ep, int fatal, const char *why,
                       const char *result);
+
+/*
+ * Rejects every unresolved promise ep decides with `reason`: used when a
+ * vat restarts, since the heap that would have resolved them is gone.
+ */
+int ocap_kernel_reject_decided(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *reason);
 
 /* Revocation (issue #4): permanent; a promise cannot be revoked. */
 int ocap_kernel_revoke(ocap_kernel_t *k, const char *kref);

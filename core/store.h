@@ -77,7 +77,7 @@ int ocap_store_next_key(ocap_store_t *s, const char *prefix, size_t plen, const 
 int ocap_store_commit(ocap_store_t *s);
 /* Drops the crank buffer. */
 void ocap_store_abort(ocap_store_t *s);
-/* Writes committed-but-pending cranks with fsync (FSYNC durability only). */
+/* Writes the committed-but-pending cranks in one write (fsync with FSYNC). */
 int ocap_store_flush(ocap_store_t *s);
 /*
  * Number of committed cranks not yet flushed ; a commit

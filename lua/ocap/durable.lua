@@ -74,8 +74,14 @@ function M.make(syscall, m, ls)
           if record[k] == nil then
             error(('%s state has no field %q'):format(kind, tostring(k)), 2)
           end
+          local old = record[k]
           record[k] = v
-          set(skey, encode(record))
+          local ok, enc = pcall(encode, record)
+          if not ok then
+            record[k] = old -- memory and store stay the same
+            error(enc, 2)
+          end
+          set(skey, enc)
         end,
         __pairs = function() return pairs(record) end,
       })

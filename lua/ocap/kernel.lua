@@ -142,7 +142,11 @@ function M.make(options)
     error(('Kernel.make: database %s has schema version %s; this ocap uses version %s'):format(
       tostring(options.database), version, SCHEMA_VERSION), 2)
   end
-  K:setRuntime(runtimeSources())
+  local rtOk, rtErr = pcall(function() K:setRuntime(runtimeSources()) end)
+  if not rtOk then
+    K:close()
+    error('Kernel.make: ' .. tostring(rtErr), 2)
+  end
 
   local self = setmetatable({
     K = K,
@@ -192,7 +196,6 @@ function M.make(options)
       message = entry.message, data = entry.data })
   end)
   liveKernels[self] = true
-  M.latest = self
   -- Anything failing from here on must not leave the database open.
   local started, startErr = pcall(function()
     system.checkDeclared(options.systemSubclusters)
@@ -208,8 +211,12 @@ function M.make(options)
   if not started then
     self:stop()
     if type(startErr) == 'string' then startErr = startErr:gsub('^[^\n]-:%d+: ', '') end
-    error(type(startErr) == 'string' and ('Kernel.make: ' .. startErr) or startErr, 2)
+    if type(startErr) == 'string' and not startErr:match('^Kernel%.make: ') then
+      startErr = 'Kernel.make: ' .. startErr
+    end
+    error(startErr, 2)
   end
+  M.latest = self
   return self
 end
 
@@ -334,6 +341,10 @@ end
 function Kernel:_restartVatState(vatId)
   local rec = self:_get('vat.' .. vatId)
   if not rec then return end
+  -- The heap that would have resolved the previous incarnation's promises
+  -- is gone: their callers learn it now instead of waiting forever.
+  self.K:rejectDecided(vatId, kernelErrorBody('VAT_TERMINATED',
+    ('vat %s restarted: the promises its previous incarnation decided are lost'):format(vatId)))
   local bundle = self:_get('vatBundle.' .. vatId)
   local ok, err = self:_startVat(vatId, rec, bundle)
   if not ok then
@@ -413,15 +424,6 @@ function Kernel:launchSubcluster(clusterConfig, opts)
   local ok, err = config.validateCluster(clusterConfig, self.options.allowedGlobalNames)
   if not ok then return rejected(err) end
   opts = opts or {}
-  if clusterConfig.forceReset and not opts.system then
-    -- Persisted state is reset before the launch: every ordinary
-    -- subcluster (vats, stores) goes; system subclusters and services stay.
-    for _, sc in ipairs(self:getSubclusters()) do
-      if not self:_get('subcluster.' .. sc.id).system then
-        self:_terminateSubclusterNow(sc.id, 'forceReset by a new launch')
-      end
-    end
-  end
   local serviceRefs = {}
   for _, sname in ipairs(clusterConfig.services or {}) do
     local svc = self.services[sname]
@@ -438,6 +440,16 @@ function Kernel:launchSubcluster(clusterConfig, opts)
     local b, berr = self:_loadBundle(name, clusterConfig.vats[name], clusterConfig)
     if not b then return rejected(berr) end
     bundles[name] = b
+  end
+  -- Only once the config, services and bundles are known to be good.
+  if clusterConfig.forceReset and not opts.system then
+    -- Persisted state is reset before the launch: every ordinary
+    -- subcluster (vats, stores) goes; system subclusters and services stay.
+    for _, sc in ipairs(self:getSubclusters()) do
+      if not self:_get('subcluster.' .. sc.id).system then
+        self:_terminateSubclusterNow(sc.id, 'forceReset by a new launch')
+      end
+    end
   end
   local K = self.K
   K:commit()

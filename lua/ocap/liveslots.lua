@@ -248,7 +248,7 @@ function M.make(opts)
     end
     if type(fn) ~= 'function' then
       -- A root without bootstrap simply has nothing to do at launch.
-      if method == 'bootstrap' then return nil end
+      if method == 'bootstrap' and exports['o+0'] == target then return nil end
       error(pass.makeError(('%s has no method %q'):format(
         remotableIface(target) or tostring(target), tostring(method)), 'TypeError'), 0)
     end
