@@ -465,4 +465,63 @@ describe('ocap.marshal', function()
       end
     end)
   end)
+
+  describe('fast paths', function()
+    local m = marshal.makeMarshal(function() return 'o+1' end, function() return {} end)
+    local samples = { 0, 1, -1, 42, 2 ^ 53 // 1, -(2 ^ 53 // 1), 2 ^ 53 // 1 + 1, 1.5, true, false, '',
+      'ping', 'hello world', 'a,b', '#x', '!x', '-x', '.x', 'tab\t', 'quote"', 'back\\', 'é', nil,
+      pass.null, { 1, 2 }, { a = 1 } }
+    local n = 26
+
+    it('serialize a value exactly as the general encoder does', function()
+      for i = 1, n do
+        local v = samples[i]
+        assert.equal(marshal.serializeData(v).body, m.serialize(v).body, 'sample ' .. i)
+      end
+    end)
+
+    it('serialize calls exactly as the general encoder does', function()
+      for i = 1, n do
+        for j = 1, n do
+          local args = table.pack(samples[i], samples[j])
+          local general = marshal.serializeData(pass.array('method', args)).body
+          assert.equal(general, m.serializeCall('method', args).body, ('samples %d, %d'):format(i, j))
+        end
+      end
+      assert.equal('#["ping",[]]', m.serializeCall('ping', table.pack()).body)
+      assert.equal(marshal.serializeData(pass.array('!odd', table.pack(1))).body,
+        m.serializeCall('!odd', table.pack(1)).body)
+    end)
+
+    it('decode what they encode, like the general decoder', function()
+      for i = 1, n do
+        for j = 1, n do
+          local body = marshal.serializeData(pass.array('method', table.pack(samples[i], samples[j]))).body
+          local fast = m.unserialize({ body = body, slots = {} })
+          local general = marshal.unserializeData({ body = body, slots = {} })
+          assert.same(general, fast, body)
+          assert.equal(math.type(general[2][1]), math.type(fast[2][1]), body)
+          assert.equal(pass.isArray(general[2]), pass.isArray(fast[2]), body)
+        end
+        local body = marshal.serializeData(samples[i]).body
+        local fast = m.unserialize({ body = body, slots = {} })
+        local general = marshal.unserializeData({ body = body, slots = {} })
+        if general ~= general then
+          assert.is_true(fast ~= fast)
+        else
+          assert.same(general, fast, body)
+          assert.equal(math.type(general), math.type(fast), body)
+        end
+      end
+    end)
+
+    it('leave malformed bodies to the general decoder and its errors', function()
+      for _, body in ipairs({ '#["m",[1,]]', '#["m",[,1]]', '#["m",[1 2]]', '#12345678901234567', '#"a' }) do
+        local ok1, e1 = pcall(m.unserialize, { body = body, slots = {} })
+        local ok2, e2 = pcall(marshal.unserializeData, { body = body, slots = {} })
+        assert.equal(ok2, ok1, body)
+        if ok1 then assert.same(e2, e1, body) end
+      end
+    end)
+  end)
 end)

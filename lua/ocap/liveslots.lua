@@ -189,7 +189,7 @@ function M.make(opts)
 
   --- Sends method(args) to a kernel ref; returns the result promise.
   local function sendTo(vref, method, args, wantResult)
-    local cd = m.serialize(pass.array(method, args))
+    local cd = m.serializeCall(method, args)
     local resultVpid = wantResult and allocPromise() or nil
     syscall.send(vref, cd.body, cd.slots, resultVpid)
     if resultVpid then

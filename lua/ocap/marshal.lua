@@ -819,6 +819,103 @@ end
 ---@alias ocap.ValToSlot fun(v: any, style: 'remotable'|'promise'): string
 ---@alias ocap.SlotToVal fun(slot: string, iface: string|nil, style: 'remotable'|'promise'): any
 
+-- Fast paths ------------------------------------------------------------------
+
+-- Most messages carry a method name and a few integers or plain strings, and
+-- most results are one such value. These are encoded and decoded without the
+-- general walk, byte for byte as the walk would (spec/marshal_spec.lua
+-- compares the two on many values); anything else takes the general path.
+
+--- JSON text of an integer within 2^53, a boolean, or a string that needs
+--- no escaping, or nil.
+local function simpleText(v)
+  local tv = type(v)
+  if tv == 'number' then
+    if math_type(v) == 'integer' and v <= MAX_SAFE and v >= -MAX_SAFE then return format('%d', v) end
+  elseif tv == 'string' then
+    local b = byte(v, 1)
+    if (b == nil or b > 45 or b < 33) and not find(v, '[%z\1-\31"\\]') then return '"' .. v .. '"' end
+  elseif tv == 'boolean' then
+    return v and 'true' or 'false'
+  end
+  return nil
+end
+
+--- The value of one simple JSON token (as simpleText writes), or nil.
+local function simpleValue(tok)
+  local b = byte(tok, 1)
+  if b == 34 then
+    local s = match(tok, '^"([^"\\]*)"$')
+    local c = s and byte(s, 1)
+    if s and (c == nil or c > 45 or c < 33) then return s end
+  elseif b == 116 and tok == 'true' then
+    return true
+  elseif b == 102 and tok == 'false' then
+    return false
+  elseif #tok <= 16 and match(tok, '^%-?%d+$') then
+    local n = tointeger(tonumber(tok))
+    if n and n <= MAX_SAFE and n >= -MAX_SAFE then return n end
+  end
+  return nil
+end
+
+local NO = {} -- "not simple": simple values may be false
+
+--- Decodes a body made of one simple value; NO when it is not one.
+local function fastValue(body)
+  local v = simpleValue(sub(body, 2))
+  if v == nil then return NO end
+  return v
+end
+
+--- Decodes `#["method",[simple,...]]`; nil when it is not of that shape.
+local function fastCall(body)
+  local method, rest = match(body, '^#%["([%a_][%w_]*)",%[([^%[%]{}\\]*)%]%]$')
+  if not method then return nil end
+  local args, n, pos, len = {}, 0, 1, #rest
+  while pos <= len do
+    local e
+    if byte(rest, pos) == 34 then
+      e = find(rest, '"', pos + 1, true)
+      if not e then return nil end
+    else
+      e = (find(rest, ',', pos, true) or len + 1) - 1
+    end
+    local v = simpleValue(sub(rest, pos, e))
+    if v == nil then return nil end
+    n = n + 1
+    args[n] = v
+    pos = e + 1
+    if pos <= len then
+      if byte(rest, pos) ~= 44 or pos == len then return nil end
+      pos = pos + 1
+    end
+  end
+  return setmetatable({ method, setmetatable(args, ARRAY_MT) }, ARRAY_MT)
+end
+
+--- Serializes [method, args] (args packed, with n) as a message's methargs.
+local function serializeCall(method, args, valToSlot)
+  local ms = type(method) == 'string' and simpleText(method)
+  if ms then
+    local n = args.n or #args
+    local parts = { '#[', ms, ',[' }
+    for i = 1, n do
+      local s = simpleText(args[i])
+      if not s then
+        parts = nil
+        break
+      end
+      parts[i + 3] = i > 1 and ',' .. s or s
+    end
+    if parts then
+      parts[n + 4] = ']]'
+      return { body = concat(parts), slots = {} }
+    end
+  end
+  return serializeWith(setmetatable({ method, args }, ARRAY_MT), valToSlot)
+end
+
 --- Makes a marshaller. Within one `serialize` call, each remotable or
 --- promise gets one slot (`valToSlot` is called once per object); within one
 --- `unserialize` call, `slotToVal` is called once per slot index, with the
@@ -832,10 +929,28 @@ function M.makeMarshal(valToSlot, slotToVal)
   end
   return {
     serialize = function(v)
+      local s = simpleText(v)
+      if s then return { body = '#' .. s, slots = {} } end
       return serializeWith(v, valToSlot)
     end,
     unserialize = function(capdata)
+      local body, slots
+      if type(capdata) == 'table' then body, slots = capdata.body, capdata.slots end
+      if type(body) == 'string' and (slots == nil or next(slots) == nil) and byte(body, 1) == 35 then
+        local b = byte(body, 2)
+        if b == 91 then
+          local call = fastCall(body)
+          if call then return call end
+        else
+          local v = fastValue(body)
+          if v ~= NO then return v end
+        end
+      end
       return unserializeWith(capdata, slotToVal)
+    end,
+    --- serialize of the methargs array {method, args}, for sends.
+    serializeCall = function(method, args)
+      return serializeCall(method, args, valToSlot)
     end,
   }
 end

@@ -166,7 +166,7 @@ function M.registerRemotable(obj, iface)
   elseif type(iface) ~= 'string' then
     error('registerRemotable: iface must be a string', 2)
   end
-  if promises[obj] then error('registerRemotable: object is already a promise', 2) end
+  if M.isPromise(obj) then error('registerRemotable: object is already a promise', 2) end
   remotables[obj] = iface
   return obj
 end
@@ -199,9 +199,19 @@ end
 
 ---@param v any
 ---@return boolean
-function M.isPromise(v)
-  return promises[v] == true
+-- Promises made by ocap.promise are recognised by their metatable, which
+-- saves a weak-table entry per promise on the hot path.
+local promiseMT
+
+--- Declares mt as the metatable of promises (ocap.promise does, once).
+function M.registerPromiseMetatable(mt)
+  promiseMT = mt
 end
+
+function M.isPromise(v)
+  return promises[v] == true or (promiseMT ~= nil and type(v) == 'table' and getmetatable(v) == promiseMT)
+end
+local isPromiseValue = M.isPromise
 
 -- harden -------------------------------------------------------------------
 
@@ -214,7 +224,7 @@ local function hardenedPairs(t)
 end
 
 local function hardenTable(t)
-  if shadows[t] or remotables[t] or promises[t] or t == NULL then return end
+  if shadows[t] or remotables[t] or isPromiseValue(t) or t == NULL then return end
   local mt = getmetatable(t)
   if mt ~= nil and mt ~= ARRAY_MT then return end -- errors, foreign objects
   local shadow = {}
@@ -259,7 +269,7 @@ end
 ---@return boolean
 function M.isFrozen(v)
   if type(v) ~= 'table' then return true end
-  return shadows[v] ~= nil or remotables[v] ~= nil or promises[v] ~= nil or v == NULL
+  return shadows[v] ~= nil or remotables[v] ~= nil or isPromiseValue(v) or v == NULL
 end
 
 --- The table holding the contents of a hardened table, or `t` itself.
@@ -297,7 +307,7 @@ end
 ---@return table|nil contents
 function M.classify(t)
   if remotables[t] then return 'remotable' end
-  if promises[t] then return 'promise' end
+  if isPromiseValue(t) then return 'promise' end
   if type(t) ~= 'table' then return nil, 'cannot pass ' .. type(t) end
   local mt = getmetatable(t)
   local marked = false

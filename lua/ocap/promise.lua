@@ -70,11 +70,7 @@ local NOT_OCAP_MESSAGE = 'await: not inside an ocap coroutine (use ocap.spawn)'
 
 -- ocap.pass is required on first use, so that it may itself require this
 -- module at load time. Each stub replaces itself with the real function.
-local registerPromise, makeError
-registerPromise = function(p)
-  registerPromise = require('ocap.pass').registerPromise
-  return registerPromise(p)
-end
+local registerPromise, makeError = true, nil
 makeError = function(message, name, code)
   makeError = require('ocap.pass').makeError
   return makeError(message, name, code)
@@ -233,9 +229,12 @@ local function subscribe(p, a, b, c)
 end
 
 local function newPromise()
-  local p = setmetatable({ PENDING, nil, false, false, nil, nil, nil, nil }, Promise)
-  registerPromise(p)
-  return p
+  if registerPromise then
+    -- ocap.pass recognises our promises by this metatable from now on.
+    require('ocap.pass').registerPromiseMetatable(Promise)
+    registerPromise = nil
+  end
+  return setmetatable({ PENDING, nil, false, false, nil, nil, nil, nil }, Promise)
 end
 
 ------------------------------------------------------------------------------
