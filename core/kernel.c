@@ -378,6 +378,8 @@ static ocap_capdata_t pcap_view(const pcap_t *p) {
 }
 
 static void incref_slots(ocap_kernel_t *k, const char *enc, size_t len) {
+  if (len && enc[0] == '\n')
+    return; /* no slots: the common case, without parsing */
   pcap_t p;
   if (pcap_parse(&p, enc, len) == 0)
     for (size_t i = 0; i < p.nslots; i++)
@@ -386,6 +388,8 @@ static void incref_slots(ocap_kernel_t *k, const char *enc, size_t len) {
 }
 
 static void decref_slots(ocap_kernel_t *k, const char *enc, size_t len) {
+  if (len && enc[0] == '\n')
+    return;
   pcap_t p;
   if (pcap_parse(&p, enc, len) == 0)
     for (size_t i = 0; i < p.nslots; i++)
