@@ -659,7 +659,7 @@ static int subscribers_add(ocap_kernel_t *k, const char *kpid, const char *ep) {
 }
 
 int ocap_kernel_subscribe(ocap_kernel_t *k, const char *ep, const char *vpid) {
-  char kpid[OCAP_REF_MAX], state[VAL_MAX], decider[VAL_MAX];
+  char kpid[OCAP_REF_MAX], state[VAL_MAX];
   if (vpid[0] != 'p' && !is_kpid(vpid))
     return fail(k, OCAP_EINVAL, "%s subscribed to non-promise '%s'", ep, vpid);
   int rc = ocap_kernel_eref_to_kref(k, ep, vpid, kpid);
@@ -669,7 +669,8 @@ int ocap_kernel_subscribe(ocap_kernel_t *k, const char *ep, const char *vpid) {
     return fail(k, OCAP_EINVAL, "%s subscribed to unknown promise '%s'", ep, vpid);
   if (strcmp(state, "unresolved") != 0)
     return enqueue_notify(k, ep, kpid);
-  (void)decider;
+  /* The decider may subscribe too: once it resolves, its c-list entry is
+   * retired and the notify finds nothing to tell it. */
   return subscribers_add(k, kpid, ep);
 }
 

@@ -1,6 +1,5 @@
 --- Validation of ClusterConfig and VatConfig tables (API.md §8). Every
 --- error names the field it is about.
-local pass = require 'ocap.pass'
 
 local M = {}
 
@@ -126,7 +125,6 @@ function M.validateCluster(cfg, allowedGlobals)
     local ok, err = checkVat(name, cfg.vats[name], cfg, allowedGlobals)
     if not ok then return nil, err end
   end
-  local _ = pass
   return true
 end
 

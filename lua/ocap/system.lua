@@ -2,7 +2,6 @@
 --- side of a kernel, kept apart from the ordinary management plane.
 local promise = require 'ocap.promise'
 local exo = require 'ocap.exo'
-local pass = require 'ocap.pass'
 
 local M = {}
 
@@ -103,5 +102,4 @@ function M.root(kernel, name)
   return sc.rootKref
 end
 
-local _ = pass
 return M
