@@ -68,22 +68,25 @@ function M.make(opts)
   local exportedPromises = {}                           -- vpid -> local promise
   local decided = {}                                    -- result vpid -> its local promise
   -- Export and promise numbers are never reused, even across restarts, so
-  -- a new object can never take over a ref an old one had: they persist
-  -- in the vat's store at the end of each delivery that allocated any.
+  -- a new object can never take over a ref an old one had. The store keeps
+  -- an upper bound of the numbers handed out ("idCounters"), raised in
+  -- steps of RESERVE at the end of a delivery that passed it; a restarted
+  -- vat starts from the bound, skipping numbers never used.
+  local RESERVE = 1024
   local nextObject, nextPromise = 1, 1
-  local savedCounters
+  local boundObject, boundPromise = 1, 1
   if syscall.vatstoreGet and not opts.allocObject then
-    savedCounters = syscall.vatstoreGet('idCounters')
-    if savedCounters then
-      local o, p = savedCounters:match('^(%d+) (%d+)$')
+    local saved = syscall.vatstoreGet('idCounters')
+    if saved then
+      local o, p = saved:match('^(%d+) (%d+)$')
       nextObject, nextPromise = tonumber(o), tonumber(p)
+      boundObject, boundPromise = nextObject, nextPromise
     end
   end
   local function saveCounters()
-    local now = nextObject .. ' ' .. nextPromise
-    if now ~= savedCounters then
-      syscall.vatstoreSet('idCounters', now)
-      savedCounters = now
+    if nextObject >= boundObject or nextPromise >= boundPromise then
+      boundObject, boundPromise = nextObject + RESERVE, nextPromise + RESERVE
+      syscall.vatstoreSet('idCounters', boundObject .. ' ' .. boundPromise)
     end
   end
   local log = opts.log or function() end
