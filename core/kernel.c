@@ -1189,18 +1189,17 @@ int ocap_kernel_crash(ocap_kernel_t *k, const char *ep, int fatal, const char *w
   return rc;
 }
 
-int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *reason) {
-  if (is_kernel_ep(ep))
-    return fail(k, OCAP_EINVAL, "the kernel endpoint cannot be terminated");
+/*
+ * The krefs in ep's c-list that start with `kind` ("k" for all, "kp" for
+ * promises), collected first because callers delete entries as they go and
+ * a scan must not run over a changing key range. Returns the count, or a
+ * negative code; *out is malloc'd (caller frees).
+ */
+static long clist_krefs(ocap_kernel_t *k, const char *ep, const char *kind,
+                        char (**out)[OCAP_REF_MAX]) {
   char prefix[KEY_MAX];
-  int plen = snprintf(prefix, sizeof prefix, "%s.c.k", ep);
-  buf_t enc = {0};
-  int rc = capdata_e2k(k, "kernel", reason, &enc);
-  if (rc) {
-    free(enc.p);
-    return rc;
-  }
-  /* Collect the krefs first: the scan must not run while we delete. */
+  int plen = snprintf(prefix, sizeof prefix, "%s.c.%s", ep, kind);
+  size_t skip = (size_t)plen - strlen(kind); /* where the kref starts */
   size_t n = 0, cap = 0;
   char(*krefs)[OCAP_REF_MAX] = NULL;
   const char *key;
@@ -1217,13 +1216,27 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
       cap = cap ? cap * 2 : 64;
       void *nk = realloc(krefs, cap * OCAP_REF_MAX);
       if (!nk) {
-        rc = OCAP_ENOMEM;
-        break;
+        free(krefs);
+        return OCAP_ENOMEM;
       }
       krefs = nk;
     }
-    refcpy(krefs[n++], after + plen - 1);
+    refcpy(krefs[n++], after + skip);
   }
+  *out = krefs;
+  return (long)n;
+}
+
+int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *reason) {
+  if (is_kernel_ep(ep))
+    return fail(k, OCAP_EINVAL, "the kernel endpoint cannot be terminated");
+  buf_t enc = {0};
+  int rc = capdata_e2k(k, "kernel", reason, &enc);
+  char(*krefs)[OCAP_REF_MAX] = NULL;
+  long got = rc ? 0 : clist_krefs(k, ep, "k", &krefs);
+  if (got < 0)
+    rc = (int)got;
+  size_t n = got > 0 ? (size_t)got : 0;
   for (size_t i = 0; i < n && !rc; i++) {
     char v[VAL_MAX];
     const char *kref = krefs[i];
@@ -1238,7 +1251,10 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
   free(krefs);
   free(enc.p);
   /* The vat's own store goes with it. */
-  plen = snprintf(prefix, sizeof prefix, "vs.%s.", ep);
+  char prefix[KEY_MAX];
+  int plen = snprintf(prefix, sizeof prefix, "vs.%s.", ep);
+  const char *key;
+  size_t klen;
   while (ocap_store_next_key(k->s, prefix, (size_t)plen, prefix, (size_t)plen, 1, &key, &klen) ==
          1) {
     char *victim = malloc(klen);
@@ -1258,33 +1274,13 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
 int ocap_kernel_reject_decided(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *reason) {
   if (is_kernel_ep(ep))
     return fail(k, OCAP_EINVAL, "the kernel endpoint has no incarnations");
-  char prefix[KEY_MAX];
-  int plen = snprintf(prefix, sizeof prefix, "%s.c.kp", ep);
   buf_t enc = {0};
   int rc = capdata_e2k(k, "kernel", reason, &enc);
-  size_t n = 0, cap = 0;
   char(*kpids)[OCAP_REF_MAX] = NULL;
-  const char *key;
-  size_t klen;
-  char after[KEY_MAX] = "";
-  size_t alen = 0;
-  while (!rc && ocap_store_next_key(k->s, prefix, (size_t)plen, after, alen, 0, &key, &klen) == 1) {
-    if (klen >= KEY_MAX)
-      break;
-    memcpy(after, key, klen);
-    after[klen] = '\0';
-    alen = klen;
-    if (n == cap) {
-      cap = cap ? cap * 2 : 16;
-      void *nk = realloc(kpids, cap * OCAP_REF_MAX);
-      if (!nk) {
-        rc = OCAP_ENOMEM;
-        break;
-      }
-      kpids = nk;
-    }
-    refcpy(kpids[n++], after + plen - 2);
-  }
+  long got = rc ? 0 : clist_krefs(k, ep, "kp", &kpids);
+  if (got < 0)
+    rc = (int)got;
+  size_t n = got > 0 ? (size_t)got : 0;
   for (size_t i = 0; i < n && !rc; i++) {
     char v[VAL_MAX];
     if (getv(k, v, "%s.decider", kpids[i]) && strcmp(v, ep) == 0) {
