@@ -133,6 +133,23 @@ describe('persistence', function()
     assert.equal(0, #kernel:getStatus().terminatedVats)
   end)
 
+  it('rejects the promises the previous host decided', function()
+    local r = kernel:launchSubcluster(pair()):await()
+    local hostPromise = ocap.makePromiseKit().promise
+    -- The vat receives a promise the host decides, and sends to it.
+    kernel:queueMessage(r.rootKref, 'baggageOp', { 'init', 'held', hostPromise }):await()
+    local kpid
+    local key
+    repeat
+      key = kernel.K:kvNext('kp', key)
+      if key and key:match('%.decider$') and kernel.K:kvGet(key) == 'kernel' then kpid = key:match('^(kp%d+)') end
+    until not key
+    assert.is_truthy(kpid)
+    kernel = testing.restart(kernel)
+    kernel:run()
+    assert.is_not.equal('unresolved', kernel.K:kvGet(kpid .. '.state') or 'freed')
+  end)
+
   it('reports a vat that no longer starts as terminated; the rest boots', function()
     local r = kernel:launchSubcluster(pair()):await()
     local r2 = kernel:launchSubcluster({ bootstrap = 'x', vats = { x = { sourceSpec = COUNTER } } }):await()

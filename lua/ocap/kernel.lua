@@ -186,6 +186,7 @@ function M.make(options)
     end,
   })
   K:setHostDispatch(self.ls.dispatch)
+  self:_rejectPreviousHostPromises()
   K:setVatNeeded(function(vatId) return self:_restartVatState(vatId) end)
   K:setTerminated(function(vatId, reason) self:_forgetVat(vatId, reason) end)
   K:setExitHandler(function(vatId, failure, body) self:_vatExited(vatId, failure, body) end)
@@ -252,6 +253,25 @@ end
 function Kernel:run()
   self:_check()
   drive(function() return false end)
+end
+
+--- Promises the previous host decided (its exported promises, results of
+--- service calls in progress) can never be resolved by this one: reject
+--- them, so that nothing waits on them forever.
+function Kernel:_rejectPreviousHostPromises()
+  local K, after, lost = self.K, nil, {}
+  while true do
+    local key = K:kvNext('kp', after)
+    if not key then break end
+    after = key
+    if key:match('^kp%d+%.decider$') and K:kvGet(key) == 'kernel' then
+      lost[#lost + 1] = key:match('^(kp%d+)')
+    end
+  end
+  if #lost == 0 then return end
+  local body = kernelErrorBody('VAT_TERMINATED', 'the host that decided this promise was restarted')
+  for _, kpid in ipairs(lost) do K:resolve(kpid, true, body, {}) end
+  K:commit()
 end
 
 -- ---- records ----
