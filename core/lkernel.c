@@ -97,6 +97,7 @@ struct lkernel {
   module_t *runtime;
   size_t nruntime;
   int in_step;
+  lvat_t *delivering; /* the vat whose state is running now, if any */
 };
 
 static void free_runtime(lkernel_t *lk);
@@ -557,7 +558,10 @@ static int deliver_vat(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, int
   lua_pushcfunction(V, vat_deliver_tramp);
   lua_pushlightuserdata(V, rec);
   lua_pushlightuserdata(V, (void *)d);
+  lvat_t *outer = lk->delivering;
+  lk->delivering = rec;
   int st = ocap_vat_pcall(rec->vat, 2, 0);
+  lk->delivering = outer;
   if (st != OCAP_VAT_OK) {
     const char *msg = lua_tostring(V, -1);
     *fatal = map_status(st);
@@ -794,8 +798,12 @@ static int core_open(lua_State *L) {
   return 1;
 }
 
-/* K:close()  [-0, +0, e] */
+/* K:close(): refused during a crank, whose vat or kernel it would free
+ * while they run.  [-0, +0, e] */
 static int k_close(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  if (lk->in_step)
+    return luaL_error(L, "cannot stop the kernel while a crank is running");
   return k_gc(L);
 }
 
@@ -1084,6 +1092,8 @@ static int k_cranks(lua_State *L) {
 static int k_terminate(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   const char *ep = luaL_checkstring(L, 2);
+  if (lk->delivering && lk->delivering == find_vat(lk, ep))
+    return luaL_error(L, "cannot terminate vat %s while it is running", ep);
   ocap_capdata_t cd = {0};
   cd.body = luaL_checklstring(L, 3, &cd.blen);
   lua_State *saved = lk->L;
@@ -1446,6 +1456,8 @@ static int k_create_vat(lua_State *L) {
 static int k_stop_vat(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   lvat_t *rec = find_vat(lk, luaL_checkstring(L, 2));
+  if (rec && rec == lk->delivering)
+    return luaL_error(L, "cannot stop vat %s while it is running", rec->id);
   if (rec)
     stop_vat(rec);
   return 0;

@@ -300,6 +300,25 @@ describe('kernel', function()
       assert.equal('did it', kernel:queueMessage(r.rootKref, 'askService', { 'it' }):await())
     end)
 
+    it('refuses to free a running vat or the kernel from inside a crank', function()
+      local attempts = {}
+      local k2
+      k2 = testing.makeKernel({ logger = function(e)
+        if e.message == 'bootstrap' then
+          local vatId = e.vatId
+          attempts[#attempts + 1] = select(2, pcall(k2.K.terminate, k2.K, vatId, '#"x"'))
+          attempts[#attempts + 1] = select(2, pcall(k2.K.stopVat, k2.K, vatId))
+          attempts[#attempts + 1] = select(2, pcall(k2.K.close, k2.K))
+        end
+      end })
+      local r = k2:launchSubcluster(twoVats()):await()
+      assert.matches('cannot terminate vat v%d+ while it is running', attempts[1])
+      assert.matches('cannot stop vat v%d+ while it is running', attempts[2])
+      assert.matches('cannot stop the kernel while a crank is running', attempts[3])
+      assert.equal(4, k2:queueMessage(r.rootKref, 'ping', { 4 }):await())
+      k2:stop()
+    end)
+
     it('routes vat log entries, with tags, to the host logger', function()
       kernel:launchSubcluster({
         bootstrap = 'alice',
