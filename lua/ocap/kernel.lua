@@ -54,6 +54,9 @@ local function flushAll()
   for kernel in pairs(liveKernels) do kernel:_flushIfNeeded() end
 end
 
+local BATCH = 64
+local hasTurns = promise.hasTurns
+
 local function drive(isSettled, wait)
   while true do
     -- Results reach host code only through turns or through the awaited
@@ -68,7 +71,13 @@ local function drive(isSettled, wait)
     local progressed = false
     for kernel in pairs(liveKernels) do
       if not kernel.stopped and kernel.K:loopAlive() then kernel.K:runLoop(false) end
-      if kernel:_step() then progressed = true end
+      -- Run cranks in a batch while nothing reaches host code: each crank
+      -- that queues a host turn or settles the awaited promise ends it.
+      for _ = 1, BATCH do
+        if not kernel:_step() then break end
+        progressed = true
+        if hasTurns() or isSettled() then break end
+      end
     end
     if not progressed and not promise.hasTurns() then
       flushAll()
