@@ -611,6 +611,25 @@ static int enqueue_send(ocap_kernel_t *k, const char *target, const char *result
 
 /* ---- syscalls ---- */
 
+static int subscribers_add(ocap_kernel_t *k, const char *kpid, const char *ep) {
+  char subs[VAL_MAX];
+  buf_t b = {0};
+  int found = getv(k, subs, "%s.subscribers", kpid);
+  if (found) {
+    char copy[VAL_MAX], *save = NULL;
+    memcpy(copy, subs, sizeof copy);
+    for (char *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save))
+      if (strcmp(t, ep) == 0)
+        return 0;
+    buf_adds(&b, subs);
+    buf_add(&b, " ", 1);
+  }
+  buf_adds(&b, ep);
+  int rc = b.p ? setn(k, b.p, b.len, "%s.subscribers", kpid) : OCAP_ENOMEM;
+  free(b.p);
+  return rc;
+}
+
 int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
                      const ocap_capdata_t *methargs, const char *result) {
   char tk[OCAP_REF_MAX], rk[OCAP_REF_MAX];
@@ -635,26 +654,11 @@ int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
   rc = capdata_e2k(k, ep, methargs, &enc);
   if (!rc)
     rc = enqueue_send(k, tk, result ? rk : NULL, enc.p, enc.len);
+  /* The sender always wants its result: subscribe it here, which saves
+   * every send a subscribe syscall. */
+  if (!rc && result)
+    rc = subscribers_add(k, rk, ep);
   free(enc.p);
-  return rc;
-}
-
-static int subscribers_add(ocap_kernel_t *k, const char *kpid, const char *ep) {
-  char subs[VAL_MAX];
-  buf_t b = {0};
-  int found = getv(k, subs, "%s.subscribers", kpid);
-  if (found) {
-    char copy[VAL_MAX], *save = NULL;
-    memcpy(copy, subs, sizeof copy);
-    for (char *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save))
-      if (strcmp(t, ep) == 0)
-        return 0;
-    buf_adds(&b, subs);
-    buf_add(&b, " ", 1);
-  }
-  buf_adds(&b, ep);
-  int rc = b.p ? setn(k, b.p, b.len, "%s.subscribers", kpid) : OCAP_ENOMEM;
-  free(b.p);
   return rc;
 }
 

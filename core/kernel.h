@@ -108,7 +108,8 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
 /* Maps a kref to ep's eref, importing it when ep does not know it yet. */
 int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out);
 
-/* Syscalls, with erefs of the calling endpoint ep. */
+/* Syscalls, with erefs of the calling endpoint ep. A send with a result
+ * subscribes ep to that result. */
 int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
                      const ocap_capdata_t *methargs, const char *result);
 int ocap_kernel_subscribe(ocap_kernel_t *k, const char *ep, const char *kpid);

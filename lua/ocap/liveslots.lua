@@ -196,9 +196,8 @@ function M.make(opts)
     local resultVpid = wantResult and allocPromise() or nil
     syscall.send(vref, cd.body, cd.slots, resultVpid)
     if resultVpid then
-      local p = trackPromise(resultVpid)
-      syscall.subscribe(resultVpid)
-      return p
+      -- The kernel subscribes the sender to its result (kernel.h).
+      return trackPromise(resultVpid)
     end
   end
   ls.sendTo = sendTo
