@@ -257,7 +257,8 @@ struct cell {
   char *val;
   uint32_t klen, vlen, vcap;
   uint8_t absent;  /* known not to exist (a committed delete or a miss) */
-  uint8_t pending; /* in the FSYNC pending batch, not yet in LevelDB */
+  uint8_t pending; /* committed but not yet flushed to LevelDB */
+  uint8_t indb;    /* LevelDB may hold the key (so a delete must be written) */
   uint8_t heap;    /* val is its own allocation rather than inline */
   char key[];
 };
@@ -290,6 +291,7 @@ static struct cell *cell_new(const char *key, size_t klen, size_t room) {
   c->vlen = 0;
   c->absent = 1;
   c->pending = 0;
+  c->indb = 1; /* unknown: assume LevelDB may have it */
   c->heap = 0;
   return c;
 }
@@ -700,6 +702,7 @@ static int lower_cell(ocap_store_t *s, uint32_t h, const char *key, size_t klen,
     c->absent = 0;
     leveldb_free(v);
   } else {
+    c->indb = 0; /* LevelDB said so */
     s->nabsent++;
   }
   cmap_put(&s->cache, h, c);
@@ -1219,16 +1222,6 @@ static void commit_apply(ocap_store_t *s, int pending) {
   buf_reset(b);
 }
 
-static void batch_add(leveldb_writebatch_t *batch, const struct buffer *b) {
-  for (size_t i = 0; i < b->n; i++) {
-    const struct bentry *e = &b->e[i];
-    if (e->deleted)
-      leveldb_writebatch_delete(batch, e->key, e->klen);
-    else
-      leveldb_writebatch_put(batch, e->key, e->klen, e->val, e->vlen);
-  }
-}
-
 int ocap_store_commit(ocap_store_t *s) {
   if (s->buf.n == 0)
     return 0;
@@ -1240,10 +1233,9 @@ int ocap_store_commit(ocap_store_t *s) {
     maybe_sweep(s);
     return 0;
   }
-  /* Both durabilities group commits: a crank joins the pending batch and
-   * reaches LevelDB at the next flush, which the kernel calls before any
+  /* Both durabilities group commits: a crank's cells join the pending set
+   * and reach LevelDB at the next flush, which the kernel calls before any
    * result of the crank is shown to the host. FSYNC flushes with fsync. */
-  batch_add(s->batch, &s->buf);
   commit_apply(s, 1);
   s->npending++;
   return 0;
@@ -1257,15 +1249,31 @@ int ocap_store_flush(ocap_store_t *s) {
   if (s->db == NULL || s->npending == 0)
     return 0;
   drop_iterator(s);
+  /*
+   * The batch holds each pending key's final state once, so a key made and
+   * removed between two flushes (most kernel promises) costs LevelDB
+   * nothing at all.
+   */
+  leveldb_writebatch_clear(s->batch);
+  for (size_t i = 0; i < s->ordered.n; i++) {
+    struct cell *c = s->ordered.v[i].ref;
+    if (!c->absent)
+      leveldb_writebatch_put(s->batch, c->key, c->klen, c->val, c->vlen);
+    else if (c->indb)
+      leveldb_writebatch_delete(s->batch, c->key, c->klen);
+  }
   char *lerr = NULL;
   leveldb_writeoptions_set_sync(s->wopts, s->durability == OCAP_DURABILITY_FSYNC);
   leveldb_write(s->db, s->wopts, s->batch, &lerr);
+  leveldb_writebatch_clear(s->batch);
   if (lerr != NULL)
     return ldb_fail(s, "write failed", lerr); /* Still pending: retry later. */
-  leveldb_writebatch_clear(s->batch);
   s->npending = 0;
-  for (size_t i = 0; i < s->ordered.n; i++)
-    ((struct cell *)s->ordered.v[i].ref)->pending = 0;
+  for (size_t i = 0; i < s->ordered.n; i++) {
+    struct cell *c = s->ordered.v[i].ref;
+    c->pending = 0;
+    c->indb = !c->absent;
+  }
   sidx_clear(&s->ordered);
   maybe_sweep(s);
   return 0;
