@@ -283,12 +283,11 @@ static void decref_slots(ocap_kernel_t *k, const char *enc, size_t len);
 static void free_promise(ocap_kernel_t *k, const char *kpid) {
   buf_t data = {0};
   int had = getb(k, &data, "%s.data", kpid);
+  /* Only settled promises are freed, and settling removed the decider,
+   * subscribers and queue already. */
   delv(k, "%s.state", kpid);
   delv(k, "%s.data", kpid);
   delv(k, "%s.refCount", kpid);
-  delv(k, "%s.decider", kpid);
-  delv(k, "%s.subscribers", kpid);
-  delv(k, "%s.queueTail", kpid);
   if (had)
     decref_slots(k, data.p, data.len);
   free(data.p);
@@ -706,7 +705,8 @@ static int settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *
     }
   }
   free(item.p);
-  delv(k, "%s.queueTail", kpid);
+  if (tail > 0)
+    delv(k, "%s.queueTail", kpid);
   return 0;
 }
 
