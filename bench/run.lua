@@ -60,19 +60,18 @@ end
 scenario('vat-to-vat round trips (memory)', function(name) roundTrips(name, nil) end)
 scenario('vat-to-vat round trips (leveldb)', function(name) roundTrips(name, testing.tempDir()) end)
 
-local function hostMessages(name, db)
-  local kernel = makeKernel(db)
+local function hostMessages(name, db, n, durability, note)
+  local kernel = testing.makeKernel({ database = db, durability = durability })
   local r = kernel:launchSubcluster(twoVats()):await()
-  local n = db and 10000 or 50000
   local t0 = now()
   for i = 1, n do kernel:queueMessage(r.rootKref, 'ping', { i }):await() end
   local dt = now() - t0
-  report(name, n / dt, 'messages/s', ('%d sequential queueMessage'):format(n))
+  report(name, n / dt, 'messages/s', note or ('%d sequential queueMessage'):format(n))
   kernel:stop()
 end
 
-scenario('host-to-vat messages (memory)', function(name) hostMessages(name, nil) end)
-scenario('host-to-vat messages (leveldb)', function(name) hostMessages(name, testing.tempDir()) end)
+scenario('host-to-vat messages (memory)', function(name) hostMessages(name, nil, 50000) end)
+scenario('host-to-vat messages (leveldb)', function(name) hostMessages(name, testing.tempDir(), 10000) end)
 
 scenario('launch a two-vat subcluster (memory)', function(name)
   local kernel = makeKernel()
@@ -95,37 +94,26 @@ scenario('kernel keys after 10,000 round trips', function(name)
   kernel:stop()
 end)
 
-scenario('baggage-writing messages (memory)', function(name)
-  local kernel = makeKernel()
+local function baggageMessages(name, db, n, note)
+  local kernel = makeKernel(db)
   local r = kernel:launchSubcluster({ bootstrap = 'c', vats = { c = { sourceSpec = COUNTER } } }):await()
-  local n = 20000
   local t0 = now()
   for _ = 1, n do kernel:queueMessage(r.rootKref, 'increment', {}):await() end
   local dt = now() - t0
-  report(name, n / dt, 'messages/s', 'each writes baggage')
+  report(name, n / dt, 'messages/s', note)
   kernel:stop()
+end
+
+scenario('baggage-writing messages (memory)', function(name)
+  baggageMessages(name, nil, 20000, 'each writes baggage')
 end)
 
 scenario('baggage-writing messages (leveldb)', function(name)
-  local kernel = makeKernel(testing.tempDir())
-  local r = kernel:launchSubcluster({ bootstrap = 'c', vats = { c = { sourceSpec = COUNTER } } }):await()
-  local n = 10000
-  local t0 = now()
-  for _ = 1, n do kernel:queueMessage(r.rootKref, 'increment', {}):await() end
-  local dt = now() - t0
-  report(name, n / dt, 'messages/s', 'each writes baggage, committed before the reply')
-  kernel:stop()
+  baggageMessages(name, testing.tempDir(), 10000, 'each writes baggage, committed before the reply')
 end)
 
 scenario('host-to-vat messages (leveldb, fsync)', function(name)
-  local kernel = testing.makeKernel({ database = testing.tempDir(), durability = 'fsync' })
-  local r = kernel:launchSubcluster(twoVats()):await()
-  local n = 2000
-  local t0 = now()
-  for i = 1, n do kernel:queueMessage(r.rootKref, 'ping', { i }):await() end
-  local dt = now() - t0
-  report(name, n / dt, 'messages/s', 'one fsync per acknowledged message')
-  kernel:stop()
+  hostMessages(name, testing.tempDir(), 2000, 'fsync', 'one fsync per acknowledged message')
 end)
 
 scenario('pipelined chain of 100 calls', function(name)
