@@ -30,7 +30,8 @@ function M.make(syscall, m, ls)
     return id
   end
 
-  local function encode(v) return stores.encodeValue(m, v) end
+  -- Durable state refuses promises, as durable stores do (stores.lua).
+  local encode = stores.durableEncoder(ls)
   local function decode(s) return stores.decodeValue(m, s) end
 
   --- A durable singleton exo: the same vref in every incarnation.
@@ -76,7 +77,7 @@ function M.make(syscall, m, ls)
           end
           local old = record[k]
           record[k] = v
-          local ok, enc = pcall(encode, record)
+          local ok, enc = pcall(encode, record, kind .. ' state')
           if not ok then
             record[k] = old -- memory and store stay the same
             error(enc, 2)
@@ -101,8 +102,9 @@ function M.make(syscall, m, ls)
     return function(...)
       local state = init and init(...) or {}
       if type(state) ~= 'table' then error(('%s: init must return a table'):format(kind), 2) end
+      local enc = encode(state, kind .. ' state')
       local vref = 'o+d3/' .. kindId .. ':' .. nextId()
-      set('durable.state.' .. vref:sub(6), encode(state))
+      set('durable.state.' .. vref:sub(6), enc)
       return revive(vref)
     end
   end

@@ -8,10 +8,12 @@
 ---   vc.<id>|label          -> the store's label
 ---   storeNext              -> next store id (1 is baggage)
 local pass = require 'ocap.pass'
+local marshal = require 'ocap.marshal'
 
 local M = {}
 
-local type, error, tostring, setmetatable, tonumber = type, error, tostring, setmetatable, tonumber
+local type, error, tostring, setmetatable, tonumber, pcall, next = type, error, tostring,
+  setmetatable, tonumber, pcall, next
 local spack, sunpack, sbyte, schar, sfmt, ssub = string.pack, string.unpack, string.byte, string.char,
   string.format, string.sub
 local concat = table.concat
@@ -54,6 +56,57 @@ local function encodeValue(m, v)
   return concat(cd.slots, ' ') .. '\n' .. cd.body
 end
 M.encodeValue = encodeValue
+
+-- Raised by the durable marshaller's valToSlot when it meets a promise.
+local PROMISE_FOUND = setmetatable({}, { __tostring = function() return 'promise in durable state' end })
+
+local function keyPath(k)
+  if type(k) == 'string' then
+    if k:match('^[%a_][%w_]*$') then return '.' .. k end
+    return sfmt('[%q]', k)
+  end
+  return '[' .. tostring(k) .. ']'
+end
+
+--- The path from root to the first promise inside it ("" for root itself),
+--- searched depth first through plain tables only.
+local function promisePath(root)
+  local seen = {}
+  local function visit(v)
+    if pass.isPromise(v) then return '' end
+    if type(v) ~= 'table' or seen[v] or pass.isRemotable(v) then return nil end
+    seen[v] = true
+    for k, x in next, pass.contents(v) do
+      local rest = visit(x)
+      if rest then return keyPath(k) .. rest end
+    end
+  end
+  return visit(root)
+end
+
+--- Makes the encoder of durable state for one liveslots instance: it
+--- encodes as the instance's marshaller does, but refuses a promise
+--- anywhere in the value before exporting it. A promise kept in durable
+--- state could never settle after a restart (the vat that was to decide it
+--- is gone, and nothing subscribes again), so, as Endo's durable stores
+--- do, ocap refuses it when it is stored rather than hang later.
+---@param ls table the liveslots instance (exports remotables)
+---@return fun(v: any, where: string): string encode raises "cannot store a promise in <where> ..."
+function M.durableEncoder(ls)
+  local dm = marshal.makeMarshal(function(v, style)
+    if style == 'promise' then error(PROMISE_FOUND, 0) end
+    return ls.export(v)
+  end, function() error('the durable encoder does not decode', 0) end)
+  return function(v, where)
+    local ok, enc = pcall(encodeValue, dm, v)
+    if ok then return enc end
+    if enc ~= PROMISE_FOUND then error(enc, 0) end
+    local path = promisePath(v)
+    error(('cannot store a promise in %s%s: durable state cannot hold promises (a promise '
+      .. 'would never settle after a restart); await it and store its value'):format(
+      where, (path and path ~= '') and (' (at ' .. path .. ')') or ''), 0)
+  end
+end
 
 --- The inverse of encodeValue.
 local function decodeValue(m, s)
@@ -112,6 +165,9 @@ function M.make(syscall, m, ls)
   end
 
   local storeMT = {}
+  -- Raises, without a position as marshal errors do, when a value cannot
+  -- be stored.
+  local encodeFor = M.durableEncoder(ls)
 
   local function makeStore(id, label)
     local prefix = 'vc.' .. id .. '.'
@@ -127,7 +183,7 @@ function M.make(syscall, m, ls)
       if get(key) ~= nil then
         error(('key %s already registered in %s'):format(describe(k), label), 2)
       end
-      set(key, encodeValue(m, v))
+      set(key, encodeFor(v, label))
       set(sizeKey, tostring(size() + 1))
     end
     function store.get(_, k)
@@ -138,7 +194,7 @@ function M.make(syscall, m, ls)
     function store.set(_, k, v)
       local key = keyOf(k)
       if get(key) == nil then error(('key %s not found in %s'):format(describe(k), label), 2) end
-      set(key, encodeValue(m, v))
+      set(key, encodeFor(v, label))
     end
     function store.delete(_, k)
       local key = keyOf(k)
