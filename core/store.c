@@ -25,6 +25,7 @@
  * hot path (get, set, commit) never pays for ordering.
  */
 #define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700 /* realpath */
 
 #include "store.h"
 
@@ -818,7 +819,7 @@ static int count_keys(ocap_store_t *s) {
 int ocap_store_open_leveldb(const char *dir, int durability, ocap_store_t **out, char **errmsg) {
   ocap_store_t *s = NULL;
   enum dir_state state;
-  char *msg = NULL, *lerr = NULL;
+  char *msg = NULL, *lerr = NULL, *canon = NULL;
   int rc = 0, err = 0;
   *out = NULL;
   if (errmsg != NULL)
@@ -845,6 +846,27 @@ int ocap_store_open_leveldb(const char *dir, int durability, ocap_store_t **out,
   default:
     break;
   }
+  /*
+   * LevelDB refuses a second open of a database by this process only when
+   * the path is spelled the same way: its table of held locks compares
+   * names, and fcntl locks never conflict within one process. So it gets
+   * the canonical path, on which /x/db, /x/db/, ./db and a symlink to it
+   * all meet. realpath needs the directory to exist, so a missing one is
+   * created here rather than by LevelDB.
+   */
+  if (state == DIR_MISSING && mkdir(dir, 0755) != 0 && errno != EEXIST) {
+    err = errno;
+    msg = format("cannot open database %s: %s", dir, strerror(err));
+    rc = OCAP_EIO;
+    goto done;
+  }
+  canon = realpath(dir, NULL);
+  if (canon == NULL) {
+    err = errno;
+    msg = format("cannot open database %s: %s", dir, strerror(err));
+    rc = err == ENOMEM ? OCAP_ENOMEM : OCAP_EIO;
+    goto done;
+  }
 
   s = store_new();
   if (s == NULL || (s->dir = strdup(dir)) == NULL) {
@@ -864,7 +886,7 @@ int ocap_store_open_leveldb(const char *dir, int durability, ocap_store_t **out,
   leveldb_options_set_cache(s->options, s->block_cache);
   /* Bloom filters make the existence check of a brand-new key cheap. */
   leveldb_options_set_filter_policy(s->options, s->filter);
-  s->db = leveldb_open(s->options, dir, &lerr);
+  s->db = leveldb_open(s->options, canon, &lerr);
   if (lerr != NULL) {
     rc = open_error(dir, lerr, &msg);
     leveldb_free(lerr);
@@ -880,6 +902,7 @@ int ocap_store_open_leveldb(const char *dir, int durability, ocap_store_t **out,
   }
   *out = s;
 done:
+  free(canon);
   if (errmsg != NULL)
     *errmsg = msg;
   else

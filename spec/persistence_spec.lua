@@ -137,7 +137,7 @@ describe('persistence', function()
     local r = kernel:launchSubcluster(pair()):await()
     local hostPromise = ocap.makePromiseKit().promise
     -- The vat receives a promise the host decides, and sends to it.
-    kernel:queueMessage(r.rootKref, 'baggageOp', { 'init', 'held', hostPromise }):await()
+    kernel:queueMessage(r.rootKref, 'hold', { hostPromise }):await()
     local kpid
     local key
     repeat
@@ -271,6 +271,29 @@ describe('database errors', function()
     assert.is_false(ok)
     assert.matches('already open in this process', err)
     k1:stop()
+  end)
+
+  it('refuses a database open in this process under another spelling', function()
+    local dir = testing.tempDir()
+    local parent, name = dir:match('^(.*)/([^/]+)$')
+    os.execute(("ln -s '%s' '%s.link'"):format(dir, dir))
+    finally(function() os.remove(dir .. '.link') end)
+    local k1 = testing.makeKernel({ database = dir .. '/db' })
+    local r = k1:launchSubcluster({ bootstrap = 'c', vats = { c = { sourceSpec = 'spec/vats/counter.lua' } } }):await()
+    local spellings = { dir .. '/db/', dir .. '//db', dir .. '/./db',
+      parent .. '/' .. name .. '/../' .. name .. '/db', dir .. '.link/db' }
+    for _, other in ipairs(spellings) do
+      local ok, err = pcall(testing.makeKernel, { database = other })
+      assert.is_false(ok, other)
+      assert.matches('database ' .. other:gsub('%p', '%%%0') .. ' is already open in this process', err)
+    end
+    -- The first kernel is undisturbed.
+    assert.equal(1, k1:queueMessage(r.rootKref, 'increment', {}):await())
+    k1:stop()
+    -- Once closed, any spelling opens it.
+    local k2 = testing.makeKernel({ database = dir .. '/db/' })
+    assert.equal(1, #k2:getSubclusters())
+    k2:stop()
   end)
 
   it('refuses a database in use by another process', function()

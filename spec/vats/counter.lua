@@ -9,6 +9,7 @@ function M.buildRootObject(vatPowers, parameters, baggage)
   if baggage:has('poison') then error('poisoned') end
   if not baggage:has('count') then baggage:init('count', parameters.start or 0) end
   log:log('buildRootObject', baggage:get('count'))
+  local held -- luacheck: ignore 231 (kept only so that the heap holds it)
   return makeDefaultExo('counter', {
     bootstrap = function(_, vats)
       log:log('bootstrap called')
@@ -46,6 +47,8 @@ function M.buildRootObject(vatPowers, parameters, baggage)
       return out
     end,
     baggageOp = function(_, op, ...) return baggage[op](baggage, ...) end,
+    -- Keeps v in the heap (durable state refuses promises).
+    hold = function(_, v) held = v end,
     baggageKeys = function()
       local out = {}
       for k in baggage:keys() do out[#out + 1] = k end
