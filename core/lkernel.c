@@ -1354,6 +1354,29 @@ static int vat_start_tramp(lua_State *V) {
   return 2;
 }
 
+/* The largest budgets createVat accepts; lua/ocap/config.lua refuses
+ * larger ones with a message naming the field. */
+#define OCAP_LIMIT_MEMORY_MAX ((lua_Integer)1 << 40)
+#define OCAP_LIMIT_INSTRUCTIONS_MAX ((lua_Integer)1000000000000000)
+
+/*
+ * [-0, +0, e] Reads the optional integer field `name` of the table at idx,
+ * 0 when absent. A value that is not an integer from 0 to max raises, so
+ * that NaN, infinities, fractions or huge floats never reach a C cast.
+ */
+static lua_Integer opt_limit(lua_State *L, int idx, const char *name, lua_Integer max) {
+  lua_getfield(L, idx, name);
+  lua_Integer n = 0;
+  if (!lua_isnil(L, -1)) {
+    int ok;
+    n = lua_tointegerx(L, -1, &ok);
+    if (!ok || n < 0 || n > max)
+      luaL_error(L, "createVat: %s must be an integer from 0 to %I", name, (LUAI_UACINT)max);
+  }
+  lua_pop(L, 1);
+  return n;
+}
+
 /*
  * K:createVat(vatId, { info = json, main = name, modules = { name = src },
  *   parameters = body, globals = names, memory = n, instructions = n })
@@ -1373,11 +1396,8 @@ static int k_create_vat(lua_State *L) {
   if (rec->vat)
     return luaL_error(L, "vat %s is already running", id);
   ocap_vat_limits_t lim = {0, 0};
-  lua_getfield(L, 3, "memory");
-  lim.memory = (size_t)luaL_optinteger(L, -1, 0);
-  lua_getfield(L, 3, "instructions");
-  lim.instructions = (long long)luaL_optnumber(L, -1, 0);
-  lua_pop(L, 2);
+  lim.memory = (size_t)opt_limit(L, 3, "memory", OCAP_LIMIT_MEMORY_MAX);
+  lim.instructions = (long long)opt_limit(L, 3, "instructions", OCAP_LIMIT_INSTRUCTIONS_MAX);
   /* These four strings stay on the stack until the function returns. */
   boot_args_t args = {rec, NULL, NULL, NULL, NULL};
   lua_getfield(L, 3, "info");

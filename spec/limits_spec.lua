@@ -342,18 +342,20 @@ describe('vat limits', function()
     end
 
     it('refuses a memoryLimit that is not an integer of at least 65536 bytes', function()
-      local msg = 'ClusterConfig.vats.g.creationOptions.memoryLimit: must be an integer number of bytes, at least 65536'
-      assert.equal(msg, launchError({ memoryLimit = 65535 }))
-      assert.equal(msg, launchError({ memoryLimit = 1e6 + 0.5 }))
-      assert.equal(msg, launchError({ memoryLimit = '8M' }))
+      local msg = 'ClusterConfig.vats.g.creationOptions.memoryLimit: must be an integer number of bytes, '
+        .. 'at least 65536 and at most 2^40, got '
+      assert.equal(msg .. '65535', launchError({ memoryLimit = 65535 }))
+      assert.equal(msg .. '1000000.5', launchError({ memoryLimit = 1e6 + 0.5 }))
+      assert.equal(msg .. '"8M"', launchError({ memoryLimit = '8M' }))
       assert.equal(0, #kernel:getStatus().vats)
     end)
 
     it('refuses a meter that is not a positive number of instructions', function()
-      local msg = 'ClusterConfig.vats.g.creationOptions.meter.instructions: must be a positive number'
-      assert.equal(msg, launchError({ meter = { instructions = 0 } }))
-      assert.equal(msg, launchError({ meter = { instructions = -5 } }))
-      assert.equal(msg, launchError({ meter = {} }))
+      local msg = 'ClusterConfig.vats.g.creationOptions.meter.instructions: must be a positive integral number, '
+        .. 'at most 1e15, got '
+      assert.equal(msg .. '0', launchError({ meter = { instructions = 0 } }))
+      assert.equal(msg .. '-5', launchError({ meter = { instructions = -5 } }))
+      assert.equal(msg .. 'nil', launchError({ meter = {} }))
       assert.equal('ClusterConfig.vats.g.creationOptions: unknown key "cpu"', launchError({ cpu = 1 }))
     end)
 

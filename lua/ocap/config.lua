@@ -24,6 +24,42 @@ local function isSequence(t)
   return n == #t
 end
 
+--- A value as an error message shows it: numbers exactly (NaN and the
+--- infinities by name), strings quoted, anything else by its type.
+local function show(v)
+  if type(v) == 'number' then
+    if v ~= v then return 'nan' end
+    if v == math.huge then return 'inf' end
+    if v == -math.huge then return '-inf' end
+    if math.type(v) == 'integer' then return tostring(v) end
+    return ('%.17g'):format(v)
+  end
+  if type(v) == 'string' then return ('%q'):format(v) end
+  return type(v)
+end
+M.show = show
+
+--- The numeric limits of creationOptions: each is an integral number (an
+--- integer, or a float with an integral value such as 1e8) from min to
+--- max, and the message says what the field must be. The bounds keep
+--- every value exact and far from overflowing the kernel's arithmetic.
+M.LIMITS = {
+  memoryLimit = { min = 65536, max = 1 << 40, what = 'an integer number of bytes, at least 65536 and at most 2^40' },
+}
+M.INSTRUCTIONS = { min = 1, max = 1000000000000000, what = 'a positive integral number, at most 1e15' }
+
+--- Checks one optional numeric field. NaN, the infinities, fractions and
+--- anything out of range are refused with the field and the value.
+local function checkLimit(field, v, spec)
+  if v == nil then return true end
+  local n = type(v) == 'number' and math.tointeger(v)
+  if not n or n < spec.min or n > spec.max then
+    return nil, ('%s: must be %s, got %s'):format(field, spec.what, show(v))
+  end
+  return true
+end
+M.checkLimit = checkLimit
+
 local function checkVat(name, vc, cfg, allowed)
   local where = 'ClusterConfig.vats.' .. tostring(name)
   if type(name) ~= 'string' or not name:match('^[%w_%-%.]+$') then
@@ -55,19 +91,29 @@ local function checkVat(name, vc, cfg, allowed)
   local co = vc.creationOptions
   if co ~= nil then
     if type(co) ~= 'table' then return nil, where .. '.creationOptions: must be a table' end
-    local limit = co.memoryLimit ~= nil and math.tointeger(co.memoryLimit)
-    if co.memoryLimit ~= nil and (not limit or limit < 65536) then
-      return nil, where .. '.creationOptions.memoryLimit: must be an integer number of bytes, at least 65536'
-    end
     for k in pairs(co) do
-      if k ~= 'memoryLimit' and k ~= 'meter' then
+      if k ~= 'meter' and not M.LIMITS[k] then
         return nil, ('%s.creationOptions: unknown key %q'):format(where, tostring(k))
       end
     end
+    local names = {}
+    for k in pairs(M.LIMITS) do names[#names + 1] = k end
+    table.sort(names)
+    for _, k in ipairs(names) do
+      local ok, err = checkLimit(where .. '.creationOptions.' .. k, co[k], M.LIMITS[k])
+      if not ok then return nil, err end
+    end
     if co.meter ~= nil then
-      if type(co.meter) ~= 'table' or type(co.meter.instructions) ~= 'number' or co.meter.instructions <= 0 then
-        return nil, where .. '.creationOptions.meter.instructions: must be a positive number'
+      local field = where .. '.creationOptions.meter'
+      if type(co.meter) ~= 'table' then return nil, field .. ': must be a table, got ' .. show(co.meter) end
+      for k in pairs(co.meter) do
+        if k ~= 'instructions' then return nil, ('%s: unknown key %q'):format(field, tostring(k)) end
       end
+      local ok, err = checkLimit(field .. '.instructions', co.meter.instructions, M.INSTRUCTIONS)
+      if ok and co.meter.instructions == nil then
+        ok, err = nil, field .. '.instructions: must be ' .. M.INSTRUCTIONS.what .. ', got nil'
+      end
+      if not ok then return nil, err end
     end
   end
   if vc.globals ~= nil then

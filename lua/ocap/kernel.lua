@@ -360,7 +360,7 @@ function Kernel:_startVat(vatId, rec, bundle)
     parameters = encode(rec.config.parameters or {}),
     memory = memory and math.tointeger(memory),
     globals = table.concat(rec.config.globals or {}, ' '),
-    instructions = instructions,
+    instructions = instructions and math.tointeger(instructions),
   })
   if not ok then return nil, res end
   return res, err
