@@ -796,15 +796,14 @@ static int deliver(ocap_kernel_t *k, const char *ep, const ocap_delivery_t *d, i
   return k->hooks.deliver(k->hooks.ud, ep, d, fatal, why);
 }
 
-/* Delivers a send item to the owner of object `target`. */
+/* Delivers a send item to the owner of object `target` (never a promise:
+ * messages to promises wait in the kernel until settled). Every message an
+ * endpoint receives passes here, so this is the one place that checks
+ * revocation. */
 static int deliver_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
                         size_t len, char *ep, int *fatal, char **why) {
   char owner[VAL_MAX], teref[OCAP_REF_MAX], reref[OCAP_REF_MAX];
-  if (is_kpid(target)) {
-    /* Pipelining: the promise's decider gets the message now. */
-    if (!getv(k, owner, "%s.decider", target))
-      return fail(k, OCAP_EINVAL, "promise %s has no decider", target);
-  } else if (has(k, "%s.revoked", target)) {
+  if (has(k, "%s.revoked", target)) {
     return splat_error(k, result, "OBJECT_REVOKED", "Target object has been revoked");
   } else if (!getv(k, owner, "%s.owner", target)) {
     char detail[128];
@@ -907,11 +906,10 @@ static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int 
       goto done;
     }
     if (strcmp(state, "unresolved") == 0) {
-      /* A promise decided by a vat takes the message at once (its liveslots
-       * holds it until the promise resolves); otherwise it waits here. */
-      char decider[VAL_MAX];
-      if (getv(k, decider, "%s.decider", cur) && decider[0] == 'v')
-        break;
+      /* The message waits here, even when a vat decides the promise: were
+       * it handed to the decider, its liveslots would deliver it to its own
+       * object once resolved, past the revocation check in deliver_send.
+       * Parked, it is routed again on settlement like any other send. */
       return park(k, cur, item, len); /* the parked item keeps its refs */
     }
     buf_t data = {0};

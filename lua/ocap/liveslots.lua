@@ -66,7 +66,6 @@ function M.make(opts)
   local imports = setmetatable({}, { __mode = 'v' })   -- vref -> presence
   local pending = {}                                   -- vpid -> promise we wait on
   local exportedPromises = {}                           -- vpid -> local promise
-  local decided = {}                                    -- result vpid -> its local promise
   -- Export and promise numbers are never reused, even across restarts, so
   -- a new object can never take over a ref an old one had. The store keeps
   -- an upper bound of the numbers handed out ("idCounters"), raised in
@@ -260,10 +259,11 @@ function M.make(opts)
   end
 
   local function deliverMessage(targetVref, body, slots, resultVpid)
+    -- Only objects receive messages: the kernel keeps a message sent to a
+    -- promise until the promise settles, then routes it to the object it
+    -- designates, checking revocation on the way. Running it here on the
+    -- local object the promise resolved to would skip that check.
     local target = exports[targetVref] or storeKit.fromVref(targetVref) or durableKit.fromVref(targetVref)
-    if target == nil and ssub(targetVref, 1, 1) == 'p' then
-      target = exportedPromises[targetVref] or decided[targetVref] or pending[targetVref]
-    end
     local ok, methargs = pcall(m.unserialize, { body = body, slots = slots })
     if target == nil then
       rejectResult(resultVpid, pass.makeError(
@@ -275,23 +275,9 @@ function M.make(opts)
       return
     end
     local method, args = methargs[1], methargs[2] or {}
-    local p
-    if isPromise(target) then
-      -- A pipelined message: held here until the promise resolves.
-      p = target:next(function(t)
-        if not (pass.isRemotable(t) or isPromise(t)) then
-          error(pass.makeError('[KERNEL:BAD_PROMISE_RESOLUTION] Message ' .. tostring(method)
-            .. ' sent to a promise that resolved to data'), 0)
-        end
-        return M.E(t)[method](unpack(args, 1, args.n or #args))
-      end)
-    else
-      p = spawn(invoke, target, method, args)
-    end
+    local p = spawn(invoke, target, method, args)
     if resultVpid then
-      decided[resultVpid] = p
       onSettle(p, function(fulfilled, value)
-        decided[resultVpid] = nil
         if fulfilled then
           settleVpid(resultVpid, true, value)
         else
