@@ -76,7 +76,8 @@ typedef struct ocap_kernel_hooks {
    * Delivers d to endpoint ep. Returns 0, or OCAP_EFATAL after setting
    * *fatal (an ocap_fatal) and *why (malloc'd, the kernel frees it) when the
    * endpoint failed fatally: the kernel then rolls the crank back and
-   * terminates the endpoint.
+   * terminates the endpoint. Any other negative code, or a kernel failure
+   * recorded during the delivery, fails the crank (see ocap_kernel_failed).
    */
   int (*deliver)(void *ud, const char *ep, const ocap_delivery_t *d, int *fatal, char **why);
   /* Called after an endpoint was terminated, so its runtime can be freed;
@@ -95,9 +96,29 @@ typedef struct ocap_kernel_hooks {
 int ocap_kernel_new(ocap_store_t *store, const ocap_kernel_hooks_t *hooks, ocap_kernel_t **out);
 void ocap_kernel_free(ocap_kernel_t *k);
 ocap_store_t *ocap_kernel_store(ocap_kernel_t *k);
+/* Why the last call failed: a kernel failure's message while one is
+ * recorded (ocap_kernel_failed), else the last misuse's. */
 const char *ocap_kernel_errmsg(const ocap_kernel_t *k);
 
-/* Allocates the next vat id ("v<N>") into out (OCAP_REF_MAX bytes). */
+/*
+ * Kernel failures. A failed store call, or a stored value that cannot be
+ * right (corruption), is a kernel failure, not the fault of the endpoint
+ * that made the call. The first one is recorded, and the crank in progress
+ * fails with it: ocap_kernel_step rolls the crank back and returns the
+ * code, with ocap_kernel_errmsg() naming what failed (for corruption, the
+ * key and what is wrong with its value). A failure recorded outside a crank
+ * (a host call) makes the next step drop the host's uncommitted writes and
+ * return it. ocap_kernel_failed() returns the recorded code or 0;
+ * ocap_kernel_note_failure() records one found outside kernel.c (the Lua
+ * binding's own store calls); ocap_kernel_clear_failure() forgets it.
+ */
+int ocap_kernel_failed(const ocap_kernel_t *k);
+int ocap_kernel_note_failure(ocap_kernel_t *k, int code, const char *what);
+void ocap_kernel_clear_failure(ocap_kernel_t *k);
+
+/* Allocates the next vat id ("v<N>") into out (OCAP_REF_MAX bytes). Ids
+ * and counters read from the store must be decimal integers from 0 to
+ * 2^53 - 1; any other value is corruption. */
 int ocap_kernel_alloc_vat_id(ocap_kernel_t *k, char *out);
 /* Allocates a kernel object owned by ep, or a promise decided by ep. */
 int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out);
@@ -120,7 +141,14 @@ int ocap_kernel_resolve(ocap_kernel_t *k, const char *ep, const ocap_resolution_
  * queue is empty, or a negative code on a kernel (not vat) failure.
  */
 int ocap_kernel_step(ocap_kernel_t *k);
-/* Number of items in the run queue. */
+/*
+ * Ends a crank that failed with code rc (a crank run outside
+ * ocap_kernel_step, such as a timer's): its writes are dropped, and a
+ * recorded kernel failure is cleared, its message kept for
+ * ocap_kernel_errmsg(). Returns the failure's code (rc when none).
+ */
+int ocap_kernel_abort_crank(ocap_kernel_t *k, int rc);
+/* Number of items in the run queue, or a negative code. */
 long long ocap_kernel_queue_length(ocap_kernel_t *k);
 /* Number of cranks run since the kernel was opened. */
 long long ocap_kernel_cranks(const ocap_kernel_t *k);

@@ -298,6 +298,29 @@ static int illegal(lua_State *V, lvat_t *rec, const char *msg) {
   return luaL_error(V, "illegal syscall: %s", msg);
 }
 
+/*
+ * [-0, +0, e] Reports a syscall's failure and never returns. A kernel
+ * failure (the store failed, or holds something that cannot be right) is
+ * not the vat's fault: the vat is stopped with an error, and the crank
+ * fails and rolls back. Anything else is the vat's illegal syscall.
+ */
+static int syscall_failed(lua_State *V, lvat_t *rec) {
+  ocap_kernel_t *k = rec->lk->k;
+  if (ocap_kernel_failed(k))
+    return luaL_error(V, "kernel failure: %s", ocap_kernel_errmsg(k));
+  return illegal(V, rec, ocap_kernel_errmsg(k));
+}
+
+/* [-0, +0, e] Records a failed store call of a syscall as a kernel failure
+ * and raises; it never returns. */
+static int store_call_failed(lua_State *V, lvat_t *rec, int rc, const char *what) {
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s failed: %s: %s", what, ocap_strerror(rc),
+           ocap_store_errmsg(rec->lk->s));
+  ocap_kernel_note_failure(rec->lk->k, rc, msg);
+  return syscall_failed(V, rec);
+}
+
 /* send(target, body, slots, result?)  [-0, +0, e] */
 static int sys_send(lua_State *V) {
   const char *small[SMALL_SLOTS];
@@ -306,7 +329,7 @@ static int sys_send(lua_State *V) {
   ocap_capdata_t cd = check_capdata(V, 2, 3, small);
   const char *result = luaL_optstring(V, 4, NULL);
   if (ocap_kernel_send(rec->lk->k, rec->id, target, &cd, result))
-    return illegal(V, rec, ocap_kernel_errmsg(rec->lk->k));
+    return syscall_failed(V, rec);
   return 0;
 }
 
@@ -314,7 +337,7 @@ static int sys_send(lua_State *V) {
 static int sys_subscribe(lua_State *V) {
   lvat_t *rec = sysvat(V);
   if (ocap_kernel_subscribe(rec->lk->k, rec->id, luaL_checkstring(V, 1)))
-    return illegal(V, rec, ocap_kernel_errmsg(rec->lk->k));
+    return syscall_failed(V, rec);
   return 0;
 }
 
@@ -327,7 +350,7 @@ static int sys_resolve(lua_State *V) {
   r.rejected = lua_toboolean(V, 2);
   r.data = check_capdata(V, 3, 4, small);
   if (ocap_kernel_resolve(rec->lk->k, rec->id, &r, 1))
-    return illegal(V, rec, ocap_kernel_errmsg(rec->lk->k));
+    return syscall_failed(V, rec);
   return 0;
 }
 
@@ -367,7 +390,10 @@ static int sys_vatstore_get(lua_State *V) {
   lvat_t *rec = sysvat(V);
   size_t kl, vl;
   const char *key = vs_key(V, rec, 1, &kl), *val;
-  if (ocap_store_get(rec->lk->s, key, kl, &val, &vl) == 1)
+  int rc = ocap_store_get(rec->lk->s, key, kl, &val, &vl);
+  if (rc < 0)
+    return store_call_failed(V, rec, rc, "vatstore read");
+  if (rc == 1)
     lua_pushlstring(V, val, vl);
   else
     lua_pushnil(V);
@@ -380,8 +406,9 @@ static int sys_vatstore_set(lua_State *V) {
   size_t kl, vl;
   const char *val = luaL_checklstring(V, 2, &vl);
   const char *key = vs_key(V, rec, 1, &kl);
-  if (ocap_store_set(rec->lk->s, key, kl, val, vl))
-    return luaL_error(V, "vatstore write failed");
+  int rc = ocap_store_set(rec->lk->s, key, kl, val, vl);
+  if (rc)
+    return store_call_failed(V, rec, rc, "vatstore write");
   return 0;
 }
 
@@ -390,7 +417,9 @@ static int sys_vatstore_delete(lua_State *V) {
   lvat_t *rec = sysvat(V);
   size_t kl;
   const char *key = vs_key(V, rec, 1, &kl);
-  ocap_store_delete(rec->lk->s, key, kl);
+  int rc = ocap_store_delete(rec->lk->s, key, kl);
+  if (rc)
+    return store_call_failed(V, rec, rc, "vatstore delete");
   return 0;
 }
 
@@ -409,8 +438,10 @@ static int sys_vatstore_next(lua_State *V) {
   }
   const char *key;
   size_t strip = strlen(rec->id) + 4;
-  if (ocap_store_next_key(rec->lk->s, prefix, pl, after, al, inclusive, &key, &kl) == 1 &&
-      kl >= strip)
+  int rc = ocap_store_next_key(rec->lk->s, prefix, pl, after, al, inclusive, &key, &kl);
+  if (rc < 0)
+    return store_call_failed(V, rec, rc, "vatstore scan");
+  if (rc == 1 && kl >= strip)
     lua_pushlstring(V, key + strip, kl - strip);
   else
     lua_pushnil(V);
@@ -812,7 +843,10 @@ static int k_kv_get(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   size_t kl, vl;
   const char *key = luaL_checklstring(L, 2, &kl), *val;
-  if (ocap_store_get(lk->s, key, kl, &val, &vl) == 1)
+  int rc = ocap_store_get(lk->s, key, kl, &val, &vl);
+  if (rc < 0)
+    return luaL_error(L, "store read failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(lk->s));
+  if (rc == 1)
     lua_pushlstring(L, val, vl);
   else
     lua_pushnil(L);
@@ -835,7 +869,10 @@ static int k_kv_delete(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   size_t kl;
   const char *key = luaL_checklstring(L, 2, &kl);
-  ocap_store_delete(lk->s, key, kl);
+  int rc = ocap_store_delete(lk->s, key, kl);
+  if (rc)
+    return luaL_error(L, "store delete failed: %s: %s", ocap_strerror(rc),
+                      ocap_store_errmsg(lk->s));
   return 0;
 }
 
@@ -853,7 +890,10 @@ static int k_kv_next(lua_State *L) {
     after = prefix;
     al = pl;
   }
-  if (ocap_store_next_key(lk->s, prefix, pl, after, al, inclusive, &key, &kl) == 1)
+  int rc = ocap_store_next_key(lk->s, prefix, pl, after, al, inclusive, &key, &kl);
+  if (rc < 0)
+    return luaL_error(L, "store scan failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(lk->s));
+  if (rc == 1)
     lua_pushlstring(L, key, kl);
   else
     lua_pushnil(L);
@@ -866,9 +906,17 @@ static int k_kv_count(lua_State *L) {
   return 1;
 }
 
-/* K:commit()  [-0, +0, e] */
+/* K:commit()  [-0, +0, e]
+ * A kernel failure recorded since the last commit means the writes since
+ * then may be half done: they are dropped, and the commit raises. */
 static int k_commit(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
+  if (ocap_kernel_failed(lk->k)) {
+    ocap_store_abort(lk->s);
+    lua_pushfstring(L, "commit failed: %s", ocap_kernel_errmsg(lk->k));
+    ocap_kernel_clear_failure(lk->k);
+    return lua_error(L);
+  }
   int rc = ocap_store_commit(lk->s);
   if (rc)
     return luaL_error(L, "commit failed: %s", ocap_strerror(rc));
@@ -905,33 +953,39 @@ static int k_clear(lua_State *L) {
   return 0;
 }
 
+/* [-0, +0, e] Raises the kernel's last error; it never returns. */
+static int raise_kernel(lua_State *L, lkernel_t *lk) {
+  return luaL_error(L, "%s", ocap_kernel_errmsg(lk->k));
+}
+
 /* K:allocVatId() -> vatId  [-0, +1, e] */
 static int k_alloc_vat_id(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
   char out[OCAP_REF_MAX];
-  ocap_kernel_alloc_vat_id(checkkernel(L, 1)->k, out);
+  if (ocap_kernel_alloc_vat_id(lk->k, out))
+    return raise_kernel(L, lk);
   lua_pushstring(L, out);
   return 1;
 }
 
 /* K:allocObject(owner?) -> kref  [-0, +1, e] */
 static int k_alloc_object(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
   char out[OCAP_REF_MAX];
-  ocap_kernel_alloc_object(checkkernel(L, 1)->k, luaL_optstring(L, 2, "kernel"), out);
+  if (ocap_kernel_alloc_object(lk->k, luaL_optstring(L, 2, "kernel"), out))
+    return raise_kernel(L, lk);
   lua_pushstring(L, out);
   return 1;
 }
 
 /* K:allocPromise(decider?) -> kpid  [-0, +1, e] */
 static int k_alloc_promise(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
   char out[OCAP_REF_MAX];
-  ocap_kernel_alloc_promise(checkkernel(L, 1)->k, luaL_optstring(L, 2, "kernel"), out);
+  if (ocap_kernel_alloc_promise(lk->k, luaL_optstring(L, 2, "kernel"), out))
+    return raise_kernel(L, lk);
   lua_pushstring(L, out);
   return 1;
-}
-
-/* [-0, +0, e] Raises the kernel's last error; it never returns. */
-static int raise_kernel(lua_State *L, lkernel_t *lk) {
-  return luaL_error(L, "%s", ocap_kernel_errmsg(lk->k));
 }
 
 /* K:export(ep, eref) -> kref  [-0, +1, e]
@@ -951,11 +1005,13 @@ static int k_kref_of(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   const char *ep = luaL_checkstring(L, 2);
   const char *eref = luaL_checkstring(L, 3);
-  char key[160];
-  snprintf(key, sizeof key, "%s.c.%s", ep, eref);
-  const char *val;
-  size_t vl;
-  if (ocap_store_get(lk->s, key, strlen(key), &val, &vl) == 1)
+  lua_pushfstring(L, "%s.c.%s", ep, eref);
+  size_t kl, vl;
+  const char *key = lua_tolstring(L, -1, &kl), *val;
+  int rc = ocap_store_get(lk->s, key, kl, &val, &vl);
+  if (rc < 0)
+    return luaL_error(L, "store read failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(lk->s));
+  if (rc == 1)
     lua_pushlstring(L, val, vl);
   else
     lua_pushnil(L);
@@ -1038,9 +1094,11 @@ static int timer_crank(lkernel_t *lk) {
   lvat_t *rec = find_vat(lk, f.vat);
   if (!rec || !rec->vat)
     return 1;
-  int rc = ocap_store_commit(lk->s);
+  int rc = ocap_kernel_failed(lk->k);
+  if (!rc && (rc = ocap_store_commit(lk->s)) != 0)
+    ocap_kernel_note_failure(lk->k, rc, "store commit failed");
   if (rc)
-    return rc;
+    return ocap_kernel_abort_crank(lk->k, rc);
   char id[32];
   snprintf(id, sizeof id, "%lld", f.id);
   ocap_delivery_t d = {0};
@@ -1048,13 +1106,17 @@ static int timer_crank(lkernel_t *lk) {
   d.target = id;
   int fatal = 0;
   char *why = NULL;
-  if (deliver_vat(lk, rec, &d, &fatal, &why) == OCAP_EFATAL) {
+  rc = deliver_vat(lk, rec, &d, &fatal, &why);
+  if (rc == OCAP_EFATAL && !ocap_kernel_failed(lk->k)) {
     ocap_store_abort(lk->s);
-    ocap_kernel_crash(lk->k, f.vat, fatal, why, NULL);
+    rc = ocap_kernel_crash(lk->k, f.vat, fatal, why, NULL);
   }
   free(why);
-  rc = ocap_store_commit(lk->s);
-  return rc ? rc : 1;
+  if (!rc && !ocap_kernel_failed(lk->k) && (rc = ocap_store_commit(lk->s)) != 0)
+    ocap_kernel_note_failure(lk->k, rc, "store commit failed");
+  if (rc || ocap_kernel_failed(lk->k))
+    return ocap_kernel_abort_crank(lk->k, rc);
+  return 1;
 }
 
 /* K:step() -> ran  [-0, +1, e]
@@ -1078,7 +1140,11 @@ static int k_step(lua_State *L) {
 
 /* K:queueLength() -> integer  [-0, +1, e] */
 static int k_queue_length(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)ocap_kernel_queue_length(checkkernel(L, 1)->k));
+  lkernel_t *lk = checkkernel(L, 1);
+  long long n = ocap_kernel_queue_length(lk->k);
+  if (n < 0)
+    return raise_kernel(L, lk);
+  lua_pushinteger(L, (lua_Integer)n);
   return 1;
 }
 
@@ -1127,7 +1193,10 @@ static int k_revoke(lua_State *L) {
 /* K:isRevoked(kref) -> boolean  [-0, +1, e] */
 static int k_is_revoked(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
-  lua_pushboolean(L, ocap_kernel_is_revoked(lk->k, luaL_checkstring(L, 2)));
+  int rc = ocap_kernel_is_revoked(lk->k, luaL_checkstring(L, 2));
+  if (rc < 0)
+    return raise_kernel(L, lk);
+  lua_pushboolean(L, rc);
   return 1;
 }
 
