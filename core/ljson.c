@@ -19,6 +19,9 @@
 /* The nesting limit keeps hostile input from exhausting the C stack. */
 #define MAX_DEPTH 1000
 
+/* 2^53: integers up to it in magnitude are exact as doubles. */
+#define MAX_SAFE_INT 9007199254740992LL
+
 /* Every parse function pushes its value on the stack of L. */
 typedef struct parser {
   lua_State *L;
@@ -143,16 +146,19 @@ static void parse_string(parser_t *ps) {
       luaL_addchar(&b, '\t');
       break;
     case 'u': {
+      /* A surrogate must come as a high-low pair, which is one character:
+       * a lone one has no UTF-8 encoding, and lua-cjson refuses it too. */
       unsigned cp = read_hex4(ps);
-      if (cp >= 0xD800 && cp < 0xDC00 && ps->end - ps->p >= 6 && ps->p[0] == '\\' &&
-          ps->p[1] == 'u') {
-        const char *save = ps->p;
+      if (cp >= 0xDC00 && cp < 0xE000)
+        perr(ps, "lone surrogate in \\u escape");
+      if (cp >= 0xD800 && cp < 0xDC00) {
+        if (ps->end - ps->p < 6 || ps->p[0] != '\\' || ps->p[1] != 'u')
+          perr(ps, "lone surrogate in \\u escape");
         ps->p += 2;
         unsigned lo = read_hex4(ps);
-        if (lo >= 0xDC00 && lo < 0xE000)
-          cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-        else
-          ps->p = save;
+        if (lo < 0xDC00 || lo >= 0xE000)
+          perr(ps, "lone surrogate in \\u escape");
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
       }
       add_utf8(&b, cp);
       break;
@@ -164,34 +170,61 @@ static void parse_string(parser_t *ps) {
   luaL_pushresult(&b);
 }
 
-/* [-0, +1, e] Pushes the number at ps->p. Integral values within 2^53
- * become integers, as in lua-cjson, so that counts stay integers. */
+static int is_digit(const parser_t *ps, const char *q) {
+  return q < ps->end && *q >= '0' && *q <= '9';
+}
+
+/* [-0, +1, e] Pushes the number at ps->p, which must follow JSON's grammar
+ * exactly: no leading zeros, '+', bare '.', hex or trailing '.', so that a
+ * vat never accepts a number that JSON.parse and the host's lua-cjson
+ * refuse. Integral values within 2^53 become integers, as in lua-cjson, so
+ * that counts stay integers. */
 static void parse_number(parser_t *ps) {
   char buf[64];
-  const char *start = ps->p;
+  const char *start = ps->p, *q = ps->p;
   int is_float = 0;
-  if (ps->p < ps->end && *ps->p == '-')
-    ps->p++;
-  while (ps->p < ps->end) {
-    char c = *ps->p;
-    if (c >= '0' && c <= '9') {
-      ps->p++;
-    } else if (c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
-      is_float = 1;
-      ps->p++;
-    } else {
-      break;
-    }
-  }
-  size_t n = (size_t)(ps->p - start);
-  if (n == 0 || n >= sizeof buf)
+  if (q < ps->end && *q == '-')
+    q++;
+  if (q < ps->end && *q == '0') {
+    q++;
+  } else if (is_digit(ps, q)) {
+    while (is_digit(ps, q))
+      q++;
+  } else {
     perr(ps, "bad number");
+  }
+  if (q < ps->end && *q == '.') {
+    is_float = 1;
+    q++;
+    if (!is_digit(ps, q))
+      perr(ps, "bad number");
+    while (is_digit(ps, q))
+      q++;
+  }
+  if (q < ps->end && (*q == 'e' || *q == 'E')) {
+    is_float = 1;
+    q++;
+    if (q < ps->end && (*q == '+' || *q == '-'))
+      q++;
+    if (!is_digit(ps, q))
+      perr(ps, "bad number");
+    while (is_digit(ps, q))
+      q++;
+  }
+  size_t n = (size_t)(q - start);
+  if (n >= sizeof buf) {
+    perr(ps, "number too long");
+    return; /* not reached: it tells the compiler that buf is not overrun */
+  }
+  ps->p = q;
   memcpy(buf, start, n);
   buf[n] = '\0';
   char *endp;
+  /* Beyond 2^53 an integer is read as the double JSON.parse and lua-cjson
+   * make of it, so that a vat and the host read the same number. */
   if (!is_float && n < 17) {
     long long v = strtoll(buf, &endp, 10);
-    if (*endp == '\0') {
+    if (*endp == '\0' && v <= MAX_SAFE_INT && v >= -MAX_SAFE_INT) {
       lua_pushinteger(ps->L, (lua_Integer)v);
       return;
     }
@@ -199,7 +232,7 @@ static void parse_number(parser_t *ps) {
   double d = strtod(buf, &endp);
   if (*endp != '\0')
     perr(ps, "bad number");
-  if (d == floor(d) && fabs(d) <= 9007199254740992.0)
+  if (d == floor(d) && fabs(d) <= (double)MAX_SAFE_INT)
     lua_pushinteger(ps->L, (lua_Integer)d);
   else
     lua_pushnumber(ps->L, d);
@@ -277,8 +310,10 @@ static void parse_value(parser_t *ps) {
   } else if (c == 'n') {
     expect_word(ps, "null");
     lua_pushlightuserdata(L, NULL);
-  } else {
+  } else if (c == '-' || (c >= '0' && c <= '9')) {
     parse_number(ps);
+  } else {
+    perr(ps, "unexpected token");
   }
 }
 

@@ -845,14 +845,17 @@ end
 local function simpleValue(tok)
   local b = byte(tok, 1)
   if b == 34 then
-    local s = match(tok, '^"([^"\\]*)"$')
+    -- Control characters are refused, as the general path refuses them.
+    local s = match(tok, '^"([^"\\%z\1-\31]*)"$')
     local c = s and byte(s, 1)
     if s and (c == nil or c > 45 or c < 33) then return s end
   elseif b == 116 and tok == 'true' then
     return true
   elseif b == 102 and tok == 'false' then
     return false
-  elseif #tok <= 16 and match(tok, '^%-?%d+$') then
+  elseif #tok <= 16 and (match(tok, '^%-?[1-9]%d*$') or tok == '0' or tok == '-0') then
+    -- JSON has no leading zeros: `01` is left to the general path, which
+    -- refuses it.
     local n = tointeger(tonumber(tok))
     if n and n <= MAX_SAFE and n >= -MAX_SAFE then return n end
   end

@@ -1,0 +1,58 @@
+-- Inputs the fuzz targets (spec/fuzz) found mishandled, replayed through a
+-- real kernel. Each input is also in the target's seed corpus, which
+-- `ctest -R fuzz/` runs first on every run.
+local testing = require 'ocap.testing'
+local marshal = require 'ocap.marshal'
+local ocap = require 'ocap'
+local support = require 'support'
+
+local ECHO = 'spec/vats/echo.lua'
+
+local function launchEcho(kernel)
+  return kernel:launchSubcluster({ bootstrap = 'echo', vats = { echo = { sourceSpec = ECHO } } }):await()
+end
+
+-- Sends a message whose methargs body is given verbatim, as no host API
+-- would write it, from the kernel's endpoint; returns its result promise.
+local function sendRaw(kernel, target, body)
+  local kpid = kernel.K:allocPromise('kernel')
+  local p = kernel.ls.trackPromise(kpid)
+  kernel.K:send(target, body, {}, kpid)
+  kernel.K:commit()
+  return p
+end
+
+describe('vat JSON decoder (fuzz findings)', function()
+  local kernel, root
+  before_each(function()
+    kernel = testing.makeKernel()
+    root = launchEcho(kernel).rootKref
+  end)
+  after_each(function() kernel:stop() end)
+
+  it('reads an integer beyond 2^53 as the host and JSON.parse do', function()
+    local body = '#["echo",[9007199254740993]]'
+    local host = marshal.unserializeData({ body = body, slots = {} })[2][1]
+    assert.are.equal(9007199254740992, host)
+    assert.are.equal(host, ocap.await(sendRaw(kernel, root, body)))
+  end)
+
+  it('refuses a lone surrogate escape, which has no UTF-8 encoding', function()
+    for _, s in ipairs({ '\\ud800', '\\udfff', '\\ud800\\u0041', 'x\\udc00' }) do
+      local err = support.rejection(sendRaw(kernel, root, '#["echo",["' .. s .. '"]]'))
+      assert.matches('lone surrogate', err.message, 1, true)
+    end
+    -- A pair is one character.
+    assert.are.equal('\u{1F600}', ocap.await(sendRaw(kernel, root, '#["echo",["\\ud83d\\ude00"]]')))
+  end)
+
+  it('refuses numbers that are not JSON', function()
+    for _, n in ipairs({ '+1', '01', '-01', '.5', '1.', '1.e5', '-.5', '0x10', '1e', '-' }) do
+      local err = support.rejection(sendRaw(kernel, root, '#["echo",[' .. n .. ']]'))
+      assert.matches('invalid capdata body', err.message, 1, true)
+    end
+    -- JSON numbers still read as before.
+    local v = ocap.await(sendRaw(kernel, root, '#["echo",[[-0,0,1.5,-2E-7,1e+2,10]]]'))
+    assert.are.same({ 0, 0, 1.5, -2e-7, 100, 10 }, { table.unpack(v) })
+  end)
+end)
