@@ -2,8 +2,10 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= json
 
-.PHONY: all deps build test demo bench lint format asan clean
+.PHONY: all deps build test demo bench lint format asan fuzz clean
 
 all: build
 
@@ -20,15 +22,24 @@ test: build
 
 lint: deps
 	luacheck -q .
-	clang-format --dry-run --Werror core/*.[ch] host/*.[ch] spec/c/*.[ch]
+	clang-format --dry-run --Werror core/*.[ch] host/*.[ch] spec/c/*.[ch] spec/fuzz/*.[ch]
 
 format:
-	clang-format -i core/*.[ch] host/*.[ch] spec/c/*.[ch]
+	clang-format -i core/*.[ch] host/*.[ch] spec/c/*.[ch] spec/fuzz/*.[ch]
 
 asan: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DOCAP_SANITIZE=ON >/dev/null
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ctest --output-on-failure -j $(JOBS)
+
+# Each fuzz target for FUZZ_SECONDS with libFuzzer (clang), ASan and UBSan;
+# see docs/security.md. `make test` runs the same targets briefly.
+fuzz:
+	@scripts/deps.sh fuzz
+	cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
+	  -DOCAP_SANITIZE=ON -DOCAP_FUZZ_LIBFUZZER=ON >/dev/null
+	cmake --build build-fuzz -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_TARGETS))
+	FUZZ_SECONDS=$(FUZZ_SECONDS) spec/fuzz/run.sh build-fuzz $(FUZZ_TARGETS)
 
 demo: build
 	$(BUILD)/ocap run host/examples/hello.lua
@@ -39,4 +50,4 @@ bench: build
 	$(BUILD)/ocap run bench/run.lua
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-fuzz

@@ -3,6 +3,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libleveldb-dev libuv1-dev
       lua-cjson lua-busted lua-check luarocks clang-format)
+# `make fuzz` alone needs clang and its libFuzzer; `make test` does not.
+if [ "${1:-}" = fuzz ]; then pkgs+=(clang libclang-rt-dev); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
