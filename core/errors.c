@@ -22,6 +22,8 @@ const char *ocap_strerror(int code) {
     return "not found";
   case OCAP_EFATAL:
     return "vat failed fatally";
+  case OCAP_EREFUSED:
+    return "delivery refused";
   default:
     return "unknown error";
   }

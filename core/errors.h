@@ -17,6 +17,7 @@
 #define OCAP_EINVAL (-7)    /* invalid argument */
 #define OCAP_ENOTFOUND (-8) /* no such key, vat or reference */
 #define OCAP_EFATAL (-9)    /* a vat failed fatally */
+#define OCAP_EREFUSED (-10) /* a delivery was refused; the vat is kept */
 
 const char *ocap_strerror(int code);
 

@@ -1612,11 +1612,9 @@ int ocap_kernel_abort_crank(ocap_kernel_t *k, int rc) {
   return rc;
 }
 
-/* Undoes a crank whose endpoint failed fatally, takes its item off the
- * queue again and terminates the endpoint, all in this crank. */
-static int crank_fatal(ocap_kernel_t *k, const buf_t *item, const char *ep, int fatal,
-                       const char *why, const char *result) {
-  ocap_store_abort(k->s);
+/* Takes a crank's item off the queue again after the crank was aborted
+ * and drops the references it held. */
+static int crank_drop_item(ocap_kernel_t *k, const buf_t *item) {
   buf_t again = {0};
   int rc = dequeue(k, &again);
   free(again.p);
@@ -1636,10 +1634,42 @@ static int crank_fatal(ocap_kernel_t *k, const buf_t *item, const char *ep, int 
       rc = decref(k, kps[j]);
     free(kps);
   }
+  return rc;
+}
+
+/* Undoes a crank whose endpoint failed fatally, takes its item off the
+ * queue again and terminates the endpoint, all in this crank. */
+static int crank_fatal(ocap_kernel_t *k, const buf_t *item, const char *ep, int fatal,
+                       const char *why, const char *result) {
+  ocap_store_abort(k->s);
+  int rc = crank_drop_item(k, item);
   if (!rc)
     rc = ocap_kernel_crash(k, ep, fatal, why, result);
   if (!rc && result)
     rc = decref(k, result);
+  return rc;
+}
+
+/*
+ * Undoes a crank whose endpoint refused the delivery: the item leaves the
+ * queue and drops its references, and a message's result is rejected with
+ * msg (a full `[KERNEL:<CODE>] <detail>` text). The endpoint and its state
+ * stay as they were.
+ */
+static int crank_refused(ocap_kernel_t *k, const buf_t *item, const char *result, const char *msg) {
+  ocap_store_abort(k->s);
+  int rc = crank_drop_item(k, item);
+  if (!rc && result) {
+    buf_t b = {0};
+    if (buf_adds(&b, "\n#{\"#error\":\"") || buf_add_json(&b, msg ? msg : "delivery refused") ||
+        buf_adds(&b, "\",\"name\":\"Error\"}"))
+      rc = OCAP_ENOMEM;
+    if (!rc)
+      rc = splat(k, result, b.p, b.len);
+    free(b.p);
+    if (!rc)
+      rc = decref(k, result);
+  }
   return rc;
 }
 
@@ -1671,7 +1701,9 @@ int ocap_kernel_step(ocap_kernel_t *k) {
     rc = process_notify(k, item.p, item.len, ep, &fatal, &why);
   else
     rc = broken(k, OCAP_ECORRUPT, "corrupt database: unknown run-queue item");
-  if (!k->err && (rc == OCAP_EFATAL || fatal != OCAP_FATAL_NONE))
+  if (!k->err && rc == OCAP_EREFUSED)
+    rc = crank_refused(k, &item, result, why);
+  else if (!k->err && (rc == OCAP_EFATAL || fatal != OCAP_FATAL_NONE))
     rc = crank_fatal(k, &item, ep, fatal, why, result);
   free(why);
   free(item.p);

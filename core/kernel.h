@@ -76,8 +76,13 @@ typedef struct ocap_kernel_hooks {
    * Delivers d to endpoint ep. Returns 0, or OCAP_EFATAL after setting
    * *fatal (an ocap_fatal) and *why (malloc'd, the kernel frees it) when the
    * endpoint failed fatally: the kernel then rolls the crank back and
-   * terminates the endpoint. Any other negative code, or a kernel failure
-   * recorded during the delivery, fails the crank (see ocap_kernel_failed).
+   * terminates the endpoint. It returns OCAP_EREFUSED after setting *why
+   * (malloc'd) to a full `[KERNEL:<CODE>] <detail>` message when the
+   * endpoint cannot take the delivery but must be kept (a vat that failed
+   * to restart): the kernel rolls the crank back, drops the item and
+   * rejects a message's result with that message. Any other negative code,
+   * or a kernel failure recorded during the delivery, fails the crank (see
+   * ocap_kernel_failed).
    */
   int (*deliver)(void *ud, const char *ep, const ocap_delivery_t *d, int *fatal, char **why);
   /* Called after an endpoint was terminated, so its runtime can be freed;

@@ -659,8 +659,9 @@ static int deliver_host(lkernel_t *lk, const ocap_delivery_t *d) {
 
 /*
  * [-0, +0, m] The kernel's deliver hook: routes d to the host's endpoint or
- * to a vat, starting the vat first when its state is not live. The kernel
- * calls it inside K:step, with the stepping thread in lk->L.
+ * to a vat, starting the vat first when its state is not live, and refuses
+ * it (OCAP_EREFUSED) when the vat cannot be started. The kernel calls it
+ * inside K:step, with the stepping thread in lk->L.
  */
 static int hook_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int *fatal,
                         char **why) {
@@ -673,13 +674,14 @@ static int hook_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int 
     rec = find_vat(lk, ep);
   }
   if (!rec || !rec->vat) {
-    *fatal = OCAP_FATAL_INTERNAL;
-    *why = dupstr(rec && rec->why ? rec->why : "the vat could not be started");
+    /* A vat that cannot be started keeps its state for the host to decide
+     * on: the delivery is refused, never made the vat's fatal fault. */
+    *why = dupstr(rec && rec->why ? rec->why : "[KERNEL:VAT_FAILED] the vat could not be started");
     if (rec) {
       free(rec->why);
       rec->why = NULL;
     }
-    return OCAP_EFATAL;
+    return OCAP_EREFUSED;
   }
   return deliver_vat(lk, rec, d, fatal, why);
 }

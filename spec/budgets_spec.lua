@@ -50,4 +50,71 @@ describe('budgets', function()
       assert.equal('VAT_FATAL:METER_EXHAUSTED', rejection(kernel:queueMessage(r.rootKref, 'spin', { 5000000 })).code)
     end)
   end)
+
+  describe('a vat that fails to restart', function()
+    -- The keys of vatId's own store, as the database holds them.
+    local function storeKeys(vatId)
+      local keys, after = {}, nil
+      while true do
+        local key = kernel.K:kvNext('vs.' .. vatId .. '.', after)
+        if not key then return keys end
+        keys[#keys + 1] = key .. '=' .. kernel.K:kvGet(key)
+        after = key
+      end
+    end
+
+    local function statusOf(vatId)
+      for _, v in ipairs(kernel:getStatus().vats) do
+        if v.id == vatId then return v end
+      end
+    end
+
+    it('is kept with its data, reported failed, and refuses messages until the host decides', function()
+      kernel:stop()
+      kernel = testing.makeKernel { database = testing.tempDir() }
+      local r = kernel:launchSubcluster({
+        bootstrap = 'b', vats = { b = { sourceSpec = BUDGET, parameters = { failBuildIfMarked = true } } },
+      }):await()
+      local root = r.rootKref
+      local vatId = kernel:getSubcluster(r.subclusterId).vats.b
+      assert.equal('kept', kernel:queueMessage(root, 'put', { 'data', 'kept' }):await())
+      -- Its baggage grows so that buildRootObject fails at the next start.
+      kernel:queueMessage(root, 'put', { 'marked', 'yes' }):await()
+      local before = storeKeys(vatId)
+      assert.is_true(#before > 2)
+
+      kernel = testing.restart(kernel)
+      local err = rejection(kernel:queueMessage(root, 'get', { 'data' }))
+      assert.equal('VAT_FAILED', err.code)
+      assert.equal(('[KERNEL:VAT_FAILED] vat %s (b) failed to restart: buildRootObject failed: '
+        .. 'baggage is marked: yes'):format(vatId), err.message)
+      local st = statusOf(vatId)
+      assert.is_table(st, 'the vat is no longer listed')
+      assert.equal('failed', st.state)
+      assert.equal('buildRootObject failed: baggage is marked: yes', st.reason)
+      assert.is_nil(support.terminatedRecord(kernel, vatId))
+      assert.same(before, storeKeys(vatId))
+      local ping = rejection(kernel:pingVat(vatId))
+      assert.equal('VAT_FAILED', ping.code)
+
+      -- It stays failed across another kernel restart, without retrying.
+      kernel = testing.restart(kernel)
+      assert.equal('failed', statusOf(vatId).state)
+      assert.equal('VAT_FAILED', rejection(kernel:queueMessage(root, 'ping', { 1 })).code)
+      assert.same(before, storeKeys(vatId))
+
+      -- The host may retry: it fails again, and nothing changes.
+      local again = rejection(kernel:restartVat(vatId))
+      assert.equal(('vat %s failed to restart: buildRootObject failed: baggage is marked: yes'):format(vatId),
+        again.message)
+      assert.equal('failed', statusOf(vatId).state)
+      assert.same(before, storeKeys(vatId))
+
+      -- Or terminate it: only then is its data deleted.
+      kernel:terminateVat(vatId, 'given up'):await()
+      assert.is_nil(statusOf(vatId))
+      assert.equal('given up', support.terminatedRecord(kernel, vatId).reason)
+      assert.same({}, storeKeys(vatId))
+    end)
+  end)
 end)

@@ -150,17 +150,22 @@ describe('persistence', function()
     assert.is_not.equal('unresolved', kernel.K:kvGet(kpid .. '.state') or 'freed')
   end)
 
-  it('reports a vat that no longer starts as terminated; the rest boots', function()
+  it('reports a vat that no longer starts as failed, keeping it; the rest boots', function()
     local r = kernel:launchSubcluster(pair()):await()
     local r2 = kernel:launchSubcluster({ bootstrap = 'x', vats = { x = { sourceSpec = COUNTER } } }):await()
     kernel:queueMessage(r.rootKref, 'poison', {}):await()
     kernel = testing.restart(kernel)
     local e = rejection(kernel:queueMessage(r.rootKref, 'get', {}))
+    assert.equal('VAT_FAILED', e.code)
     assert.matches('poisoned', e.message)
     assert.equal(1, kernel:queueMessage(r2.rootKref, 'increment', {}):await())
-    local terminated = kernel:getStatus().terminatedVats
-    assert.equal(1, #terminated)
-    assert.matches('poisoned', terminated[1].reason)
+    assert.equal(0, #kernel:getStatus().terminatedVats)
+    local failed = {}
+    for _, v in ipairs(kernel:getStatus().vats) do
+      if v.state == 'failed' then failed[#failed + 1] = v end
+    end
+    assert.equal(1, #failed)
+    assert.matches('poisoned', failed[1].reason)
   end)
 
   it('keeps baggage writes made before an ordinary error, as JavaScript would', function()

@@ -164,6 +164,7 @@ function M.make(options)
     logger = options.logger or defaultLogger,
     durability = options.durability or 'none',
     services = {},
+    failing = {}, -- vatId -> why it failed to restart, until recorded
     stopped = false,
   }, Kernel)
 
@@ -245,6 +246,7 @@ local GROUP_LIMIT = 512
 function Kernel:_step()
   if self.stopped then return false end
   local did = self.K:step()
+  self:_recordFailures()
   if self.K:pending() >= GROUP_LIMIT then self.K:flush() end
   return did
 end
@@ -253,6 +255,7 @@ end
 function Kernel:step()
   self:_check()
   local did = self.K:step()
+  self:_recordFailures()
   self:_flushIfNeeded()
   promise.drain()
   return did
@@ -366,21 +369,56 @@ function Kernel:_startVat(vatId, rec, bundle)
   return res, err
 end
 
---- Rebuilds a vat's state lazily (kernel restart, restartVat).
+--- The message a delivery to a vat that failed to restart is refused with.
+local function failedMessage(vatId, rec, reason)
+  return ('[KERNEL:VAT_FAILED] vat %s (%s) failed to restart: %s'):format(vatId, rec.name, tostring(reason))
+end
+
+--- Rebuilds a vat's state lazily (kernel restart, restartVat). Returns
+--- nothing once the vat runs, else the message its deliveries are refused
+--- with: a vat that fails to restart is kept, with its data, in the
+--- 'failed' state until the host restarts or terminates it.
 function Kernel:_restartVatState(vatId)
   local rec = self:_get('vat.' .. vatId)
   if not rec then return end
+  local failed = rec.failed or self.failing[vatId]
+  if failed then return failedMessage(vatId, rec, failed) end
   -- The heap that would have resolved the previous incarnation's promises
   -- is gone: their callers learn it now instead of waiting forever.
-  self.K:rejectDecided(vatId, kernelErrorBody('VAT_TERMINATED',
-    ('vat %s restarted: the promises its previous incarnation decided are lost'):format(vatId)))
+  self:_rejectPreviousIncarnation(vatId)
   local bundle = self:_get('vatBundle.' .. vatId)
   local ok, err = self:_startVat(vatId, rec, bundle)
   if not ok then
     local msg = ('vat %s (%s) failed to restart: %s'):format(vatId, rec.name, tostring(err))
     self.logger({ level = 'error', tags = { 'kernel' }, vatId = vatId, message = msg })
-    return msg
+    -- The crank that asked for the vat is rolled back with whatever this
+    -- wrote, so the failure is recorded once it ends (_recordFailures).
+    self.failing[vatId] = tostring(err)
+    return failedMessage(vatId, rec, err)
   end
+end
+
+function Kernel:_rejectPreviousIncarnation(vatId)
+  self.K:rejectDecided(vatId, kernelErrorBody('VAT_TERMINATED',
+    ('vat %s restarted: the promises its previous incarnation decided are lost'):format(vatId)))
+end
+
+--- Records the vats that failed to restart during the last crank: the
+--- vat record says 'failed' and why, the promises the previous incarnation
+--- decided are rejected, and the vat's store and c-list are kept.
+function Kernel:_recordFailures()
+  if next(self.failing) == nil then return end
+  local failing = self.failing
+  self.failing = {}
+  for vatId, reason in pairs(failing) do
+    local rec = self:_get('vat.' .. vatId)
+    if rec and not rec.failed then
+      rec.failed = reason
+      self:_put('vat.' .. vatId, rec)
+      self:_rejectPreviousIncarnation(vatId)
+    end
+  end
+  self.K:commit()
 end
 
 function Kernel:_forgetVat(vatId, reasonBody)
@@ -583,17 +621,27 @@ function Kernel:terminateVat(vatId, reason)
 end
 
 --- Rebuilds a vat from its stored bundle and baggage, keeping its root.
+--- A vat that cannot be rebuilt is kept, with its data, in the 'failed'
+--- state (getStatus), and the promise rejects with the reason.
 function Kernel:restartVat(vatId)
   self:_check()
-  if not self:_get('vat.' .. tostring(vatId)) then
+  local rec = self:_get('vat.' .. tostring(vatId))
+  if not rec then
     return rejected(('no vat %q'):format(tostring(vatId)))
   end
   self.K:commit()
   self.K:stopVat(vatId)
+  if rec.failed or self.failing[vatId] then
+    -- The host asks for another try.
+    rec.failed = nil
+    self.failing[vatId] = nil
+    self:_put('vat.' .. vatId, rec)
+  end
   self:_restartVatState(vatId)
   if not self.K:vatLive(vatId) then
-    self:_terminateVatNow(vatId, 'restart failed')
-    return rejected(('vat %s failed to restart'):format(vatId))
+    local reason = self.failing[vatId]
+    self:_recordFailures()
+    return rejected(('vat %s failed to restart: %s'):format(vatId, tostring(reason)))
   end
   self.K:commit()
   return promise.resolve(nil)
@@ -605,8 +653,10 @@ function Kernel:pingVat(vatId)
     return rejected(('no vat %q'):format(tostring(vatId)))
   end
   if not self.K:vatLive(vatId) then
-    self:_restartVatState(vatId)
+    local failed = self:_restartVatState(vatId)
+    self:_recordFailures()
     self.K:commit()
+    if failed then return rejected(failed) end
   end
   return promise.resolve('pong')
 end
@@ -674,7 +724,8 @@ function Kernel:getStatus()
   for _, key in ipairs(self:_scan('vat.')) do
     local id = key:sub(5)
     local rec = self:_get(key)
-    vats[#vats + 1] = { id = id, name = rec.name, config = rec.config, subclusterId = rec.subclusterId }
+    vats[#vats + 1] = { id = id, name = rec.name, config = rec.config, subclusterId = rec.subclusterId,
+      state = rec.failed and 'failed' or 'running', reason = rec.failed }
   end
   table.sort(vats, function(a, b) return tonumber(a.id:sub(2)) < tonumber(b.id:sub(2)) end)
   local terminated = {}

@@ -13,6 +13,11 @@ function M.buildRootObject(_, parameters, baggage)
     bootstrap = function(_, vats) peers = vats end,
     peer = function(_, name) return peers[name] end,
     ping = function(_, i) return i end,
+    put = function(_, k, v)
+      if baggage:has(k) then baggage:set(k, v) else baggage:init(k, v) end
+      return v
+    end,
+    get = function(_, k) return baggage:has(k) and baggage:get(k) or nil end,
     spin = function(_, n)
       local x = 0
       for i = 1, n do x = x + i end
