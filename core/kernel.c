@@ -1175,7 +1175,7 @@ static int deliver(ocap_kernel_t *k, const char *ep, const ocap_delivery_t *d, i
   int rc = k->hooks.deliver(k->hooks.ud, ep, d, fatal, why);
   if (k->err)
     return k->err;
-  if (rc < 0 && rc != OCAP_EFATAL)
+  if (rc < 0 && rc != OCAP_EFATAL && rc != OCAP_EREFUSED)
     return broken(k, rc, "delivery to %s failed: %s", ep, ocap_strerror(rc));
   return rc;
 }
