@@ -152,3 +152,60 @@ scenario('restart a kernel holding 1,000 idle vats', function(name)
   report('first message to a vat after that restart', (now() - t1) * 1e3, 'ms', 'includes rebuilding the vat')
   kernel:stop()
 end)
+
+-- Terminating a vat deletes its whole store (`vs.<vatId>.`) in one crank:
+-- the time per entry must stay flat as the store grows.
+local function terminateWithEntries(name, db, n)
+  local kernel = makeKernel(db)
+  local r = kernel:launchSubcluster({ bootstrap = 'c', vats = { c = { sourceSpec = COUNTER } } }):await()
+  local vatId = kernel:getSubcluster(r.subclusterId).vats.c
+  local K, prefix = kernel.K, 'vs.' .. vatId .. '.bench.'
+  for i = 1, n do
+    K:kvSet(prefix .. i, 'x')
+    if i % 10000 == 0 then K:commit() end
+  end
+  K:commit()
+  K:flush()
+  local t0 = now()
+  kernel:terminateVat(vatId):await()
+  K:commit()
+  K:flush()
+  local dt = now() - t0
+  assert(K:kvNext(prefix) == nil, 'the store was not deleted')
+  report(name, dt / n * 1e9, 'ns per entry', ('%d entries in %.2f s'):format(n, dt))
+  kernel:stop()
+end
+
+for _, n in ipairs({ 10000, 100000, 1000000 }) do
+  scenario(('terminate a vat holding %d store entries (memory)'):format(n), function(name)
+    terminateWithEntries(name, nil, n)
+  end)
+end
+for _, n in ipairs({ 10000, 100000 }) do
+  scenario(('terminate a vat holding %d store entries (leveldb)'):format(n), function(name)
+    terminateWithEntries(name, testing.tempDir(), n)
+  end)
+end
+
+-- Decoding capdata on the host: bodies whose remotables name no interface
+-- (valid smallcaps) make the decoder look for one; the time per slot must
+-- stay flat as the body grows.
+local marshal = require 'ocap.marshal'
+local function decodeSlots(name, n)
+  local parts, slots = {}, {}
+  for i = 0, n - 1 do
+    parts[#parts + 1] = ('"$%d"'):format(i)
+    slots[i + 1] = 'o-' .. (i + 1)
+  end
+  local capdata = { body = '#[' .. table.concat(parts, ',') .. ']', slots = slots }
+  local m = marshal.makeMarshal(function() error('not used') end, function(slot) return { slot = slot } end)
+  local reps = math.max(1, 100000 // n)
+  local t0 = now()
+  for _ = 1, reps do assert(#m.unserialize(capdata) == n) end
+  local dt = now() - t0
+  report(name, dt / (reps * n) * 1e9, 'ns per slot', ('%d decodes'):format(reps))
+end
+
+for _, n in ipairs({ 1000, 10000 }) do
+  scenario(('decode a body with %d slots'):format(n), function(name) decodeSlots(name, n) end)
+end

@@ -552,23 +552,33 @@ local function stringEnd(json, q)
   end
 end
 
--- The iface written with slot `index` (`"$<index>.<iface>"`) anywhere in the
--- text. The walk visits record members in hash order, not text order, so a
--- bare `"$<index>"` may be met before the occurrence that names the iface.
-local function ifaceInText(json, index)
-  local pat = '"$' .. index .. '.'
+-- The ifaces written with slots (`"$<index>.<iface>"`) anywhere in the
+-- text, by slot index, the first occurrence winning. The walk visits
+-- record members in hash order, not text order, so a bare `"$<index>"` may
+-- be met before the occurrence that names the iface; the text is searched
+-- once, on first need, since searching it again for each slot would make
+-- decoding quadratic in the number of slots.
+local function ifacesInText(json)
+  local ifaces = {}
   local pos = 1
   while true do
-    local q = find(json, pat, pos, true)
-    if q == nil then return nil end
+    local q = find(json, '"$', pos, true)
+    if q == nil then return ifaces end
     local bs = q - 1
     while byte(json, bs) == 92 do bs = bs - 1 end
-    if (q - 1 - bs) % 2 == 0 then -- an opening quote, not an escaped one
-      local qe = stringEnd(json, q)
-      local ok, str = pcall(cjson_decode, qe and sub(json, q, qe) or '')
-      return ok and match(str, '^%$%d+%.(.*)$') or nil
+    local qe = (q - 1 - bs) % 2 == 0 and stringEnd(json, q) -- an opening quote
+    if not qe then
+      pos = q + 1
+    else
+      if find(json, '^"%$%d+%.', q) then
+        local ok, str = pcall(cjson_decode, sub(json, q, qe))
+        local index, iface
+        if ok then index, iface = match(str, '^%$(%d+)%.(.*)$') end
+        index = index and tointeger(tonumber(index))
+        if index and ifaces[index] == nil then ifaces[index] = iface end
+      end
+      pos = qe + 1
     end
-    pos = q + 1
   end
 end
 
@@ -597,7 +607,14 @@ local function decodeSlot(s, cx, style)
   if slot == nil then
     error(format('%s %q refers to slot %d, but there are %d slots', style, s, index, #cx.slots), 0)
   end
-  if iface == nil and style == 'remotable' then iface = ifaceInText(cx.json, index) end
+  if iface == nil and style == 'remotable' then
+    local ifaces = cx.ifaces
+    if ifaces == nil then
+      ifaces = ifacesInText(cx.json)
+      cx.ifaces = ifaces
+    end
+    iface = ifaces[index]
+  end
   v = cx.slotToVal(slot, iface, style)
   if v == nil then error(format('slotToVal returned nil for slot %q', slot), 0) end
   cache[index] = v
