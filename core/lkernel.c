@@ -548,6 +548,13 @@ static const luaL_Reg syscalls[] = {
     {"vatstoreNext", sys_vatstore_next},
     {"log", sys_log},
     {"traceback", sys_traceback},
+    {NULL, NULL},
+};
+
+/* Only a vat endowed with setTimeout or setInterval gets these: a syscall
+ * a vat was not given must not exist in it, whatever code gets hold of
+ * its syscall table. */
+static const luaL_Reg timer_syscalls[] = {
     {"timerStart", sys_timer_start},
     {"timerStop", sys_timer_stop},
     {NULL, NULL},
@@ -1372,6 +1379,53 @@ static void install_endowments(lua_State *V, lvat_t *rec, const char *list, int 
   STACK_CHECK_END(V, 0);
 }
 
+/* [-0, +0] Whether the space-separated list holds the word name. */
+static int list_has(const char *list, const char *name) {
+  size_t nl = strlen(name);
+  for (const char *p = list; *p;) {
+    size_t n = strcspn(p, " ");
+    if (n == nl && memcmp(p, name, n) == 0)
+      return 1;
+    p += n;
+    while (*p == ' ')
+      p++;
+  }
+  return 0;
+}
+
+/*
+ * [-0, +0] Whether a bundle may hold a module of this name. `ocap`,
+ * `ocap.<anything>` and `cjson` are the runtime's: a bundle module of such
+ * a name would be loaded in place of the runtime and be handed the raw
+ * syscall table, or be taken by vat code for the runtime.
+ */
+static int reserved_module(const char *name) {
+  return strcmp(name, "ocap") == 0 || strncmp(name, "ocap.", 5) == 0 || strcmp(name, "cjson") == 0;
+}
+
+/*
+ * [-0, +0, e] The first reserved name among main and the string keys of
+ * the modules table at idx, or NULL. A key stays valid while its table
+ * is on the stack.
+ */
+static const char *find_reserved_module(lua_State *L, int idx, const char *main) {
+  if (main && reserved_module(main))
+    return main;
+  if (!lua_istable(L, idx))
+    return NULL;
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING && reserved_module(lua_tostring(L, -1))) {
+      const char *name = lua_tostring(L, -1);
+      lua_pop(L, 1);
+      return name;
+    }
+  }
+  return NULL;
+}
+
 /*
  * What k_create_vat hands to the vat's trampolines. The strings belong to
  * the host's stack, which keeps them alive while the vat runs; they are
@@ -1398,9 +1452,15 @@ static int vat_boot_tramp(lua_State *V) {
   lua_pushliteral(V, "ocap.vatboot");
   lua_call(V, 1, 1);
   lua_getfield(V, -1, "boot");
+  /* The syscall table goes to the runtime's boot only, which keeps it in
+   * closures: no table or function vat code can reach leads to it. */
   luaL_newlibtable(V, syscalls);
   lua_pushlightuserdata(V, rec);
   luaL_setfuncs(V, syscalls, 1);
+  if (list_has(a->globals, "setTimeout") || list_has(a->globals, "setInterval")) {
+    lua_pushlightuserdata(V, rec);
+    luaL_setfuncs(V, timer_syscalls, 1);
+  }
   lua_pushstring(V, a->info);
   lua_call(V, 2, 3); /* It returns dispatch, ocap and the endowments. */
   install_endowments(V, rec, a->globals, lua_gettop(V));
@@ -1479,13 +1539,22 @@ static int k_create_vat(lua_State *L) {
   args.params = luaL_optstring(L, -1, "#{}");
   lua_getfield(L, 3, "globals");
   args.globals = luaL_optstring(L, -1, "");
+  lua_getfield(L, 3, "modules");
+  const char *shadow = find_reserved_module(L, -1, args.main);
+  if (shadow) {
+    lua_pushnil(L);
+    lua_pushfstring(L,
+                    "bundle module \"%s\" would shadow ocap's runtime (a bundle cannot contain "
+                    "ocap, ocap.* or cjson)",
+                    shadow);
+    return 2;
+  }
+  lua_pop(L, 1);
   if (ocap_vat_new(&lim, &rec->vat))
     return luaL_error(L, "out of memory creating vat %s", id);
   /* Deliveries make many short-lived tables: the generational collector
    * handles that pattern with less work than the incremental one. */
   lua_gc(ocap_vat_state(rec->vat), LUA_GCGEN, 0, 0);
-  for (size_t i = 0; i < lk->nruntime; i++)
-    ocap_vat_preload(rec->vat, lk->runtime[i].name, lk->runtime[i].code, lk->runtime[i].len, 1);
   lua_getfield(L, 3, "modules");
   if (lua_istable(L, -1)) {
     lua_pushnil(L);
@@ -1501,6 +1570,10 @@ static int k_create_vat(lua_State *L) {
     }
   }
   lua_pop(L, 1);
+  /* The runtime comes last, so that no bundle module can stand in for it
+   * even if the check above missed one. */
+  for (size_t i = 0; i < lk->nruntime; i++)
+    ocap_vat_preload(rec->vat, lk->runtime[i].name, lk->runtime[i].code, lk->runtime[i].len, 1);
   lua_State *saved = lk->L;
   lk->L = L;
   lua_State *V = ocap_vat_state(rec->vat);

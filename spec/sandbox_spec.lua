@@ -158,3 +158,53 @@ end }
     assert.equal(14, kernel:queueMessage(r.rootKref, 'twice', { 7 }):await())
   end)
 end)
+
+describe('the raw syscall table', function()
+  it('is reachable from nothing vat code can walk', function()
+    local kernel = testing.makeKernel()
+    local echo = kernel:launchSubcluster({ bootstrap = 'e', vats = { e = { sourceSpec = ECHO } } }):await()
+    for _, globals in ipairs({ {}, { 'setTimeout', 'setInterval', 'print' } }) do
+      local r = kernel:launchSubcluster({ bootstrap = 'p', vats = {
+        p = { sourceSpec = 'spec/vats/syscall_probe.lua', globals = globals } } }):await()
+      kernel:queueMessage(r.rootKref, 'setPeer', { kernel:getPresence(echo.rootKref) }):await()
+      assert.same({}, kernel:queueMessage(r.rootKref, 'search', {}):await())
+    end
+    kernel:stop()
+  end)
+
+  -- Only the runtime's boot module ever holds the table. A stand-in for it
+  -- (given to the C core directly, as only the host can) lists what it got.
+  local FAKE_BOOT = [[
+local M = {}
+function M.boot(syscall)
+  local names = {}
+  for k in pairs(syscall) do names[#names + 1] = k end
+  table.sort(names)
+  syscall.log('log', table.concat(names, ' '))
+  return function(kind) if kind == 'startVat' then return true end end, {}, {}
+end
+return M
+]]
+
+  local function syscallsOf(globals)
+    local core = require 'ocap.core'
+    local K = assert(core.open({}))
+    local got
+    K:setLogger(function(_, _, payload) got = payload end)
+    K:setRuntime({ { 'ocap.vatboot', FAKE_BOOT } })
+    assert(K:createVat('v1', { main = 'm', modules = { m = 'return {}' }, globals = globals }))
+    K:stopVat('v1')
+    K:close()
+    return got
+  end
+
+  it('holds timer syscalls only for a vat endowed with timers', function()
+    local base = 'exit log resolve send subscribe traceback vatstoreDelete vatstoreGet vatstoreNext vatstoreSet'
+    local timers = 'exit log resolve send subscribe timerStart timerStop traceback vatstoreDelete vatstoreGet '
+      .. 'vatstoreNext vatstoreSet'
+    assert.equal(base, syscallsOf(''))
+    assert.equal(base, syscallsOf('print os.time clearTimeout clearInterval'))
+    assert.equal(timers, syscallsOf('setTimeout'))
+    assert.equal(timers, syscallsOf('print setInterval'))
+  end)
+end)

@@ -24,6 +24,32 @@ local function dirname(path)
   return path:match('^(.*)/[^/]*$') or '.'
 end
 
+--- Whether a module name belongs to ocap's runtime (`ocap`, `ocap.*`,
+--- `cjson`): a vat gets those from the kernel, and a bundle module of such
+--- a name would stand in for the runtime, so bundles cannot hold one.
+---@param name string
+---@return boolean
+local function reserved(name)
+  return name == 'ocap' or name == 'cjson' or name:sub(1, 5) == 'ocap.'
+end
+
+--- Says why a module of this name cannot be bundled.
+local function shadowError(name)
+  return ('module "%s" would shadow ocap\'s runtime (a bundle cannot contain ocap, ocap.* or cjson)')
+    :format(name)
+end
+
+--- The first reserved module name of a bundle (its main first), if any.
+local function shadowed(bundle)
+  if reserved(bundle.main) then return bundle.main end
+  local names = {}
+  for name in pairs(bundle.modules) do
+    if type(name) == 'string' and reserved(name) then names[#names + 1] = name end
+  end
+  table.sort(names)
+  return names[1]
+end
+
 --- Module names a chunk requires with a literal string.
 local function requiresOf(src)
   local names = {}
@@ -40,6 +66,7 @@ function M.build(mainPath)
   local ok, perr = load(src, '=' .. mainPath, 't')
   if not ok then return nil, perr end
   local main = mainPath:match('([^/]+)%.lua$') or mainPath
+  if reserved(main) then return nil, ('%s: %s'):format(mainPath, shadowError(main)) end
   local modules = { [main] = src }
   local searchPath = dirname(mainPath) .. '/?.lua;' .. dirname(mainPath) .. '/?/init.lua'
   local queue = requiresOf(src)
@@ -47,7 +74,12 @@ function M.build(mainPath)
   while i <= #queue do
     local name = queue[i]
     i = i + 1
-    if name ~= 'ocap' and not name:match('^ocap%.') and not modules[name] then
+    -- Runtime modules come from the kernel, never from the bundle; a file
+    -- that would provide one next to the vat is a mistake worth naming.
+    if reserved(name) then
+      local path = package.searchpath(name, searchPath)
+      if path then return nil, ('%s: %s'):format(path, shadowError(name)) end
+    elseif not modules[name] then
       local path = package.searchpath(name, searchPath)
       if not path then
         return nil, ('%s requires %q, which is not next to it'):format(mainPath, name)
@@ -74,6 +106,10 @@ function M.decode(text)
     or type(b.modules) ~= 'table' or type(b.modules[b.main]) ~= 'string' then
     return nil, 'not an ocap bundle'
   end
+  -- Decoding is where a bundle from a file enters: one holding a runtime
+  -- module is refused here (and again by the kernel when the vat starts).
+  local bad = shadowed(b)
+  if bad then return nil, 'a bundle whose ' .. shadowError(bad) end
   return b
 end
 
