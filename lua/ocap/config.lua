@@ -135,6 +135,44 @@ local function checkVat(name, vc, cfg, allowed)
   return true
 end
 
+local IO_TYPES = { socket = true, file = true, console = true, listen = true, network = true }
+local IO_DIRECTIONS = { ['in'] = true, out = true, inout = true }
+local IO_KEYS = { type = true, path = true, hostport = true, direction = true }
+
+--- Checks ClusterConfig.io: channel name -> IOConfig.
+local function checkIO(io)
+  local where = 'ClusterConfig.io'
+  if type(io) ~= 'table' then
+    return nil, ('%s: must be a table of channel name = IOConfig, got %s'):format(where, type(io))
+  end
+  local names = {}
+  for name in pairs(io) do
+    if type(name) ~= 'string' then
+      return nil, ('%s: channel names must be strings, got %s'):format(where, type(name))
+    end
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local ch, at = io[name], where .. '.' .. name
+    if type(ch) ~= 'table' then return nil, ('%s: must be an IOConfig table, got %s'):format(at, type(ch)) end
+    for k in pairs(ch) do
+      if not IO_KEYS[k] then return nil, ('%s: unknown key %q'):format(at, tostring(k)) end
+    end
+    if not IO_TYPES[ch.type] then
+      return nil, ('%s.type: must be one of "socket", "file", "console", "listen", "network", got %s')
+        :format(at, type(ch.type) == 'string' and ('%q'):format(ch.type) or type(ch.type))
+    end
+    if ch.direction ~= nil and not IO_DIRECTIONS[ch.direction] then
+      return nil, ('%s.direction: must be "in", "out" or "inout"'):format(at)
+    end
+    for _, k in ipairs({ 'path', 'hostport' }) do
+      if ch[k] ~= nil and type(ch[k]) ~= 'string' then return nil, ('%s.%s: must be a string'):format(at, k) end
+    end
+  end
+  return true
+end
+
 --- Validates a ClusterConfig. Returns true, or nil and a message.
 ---@param cfg table
 ---@param allowedGlobals string[]|nil
@@ -163,6 +201,10 @@ function M.validateCluster(cfg, allowedGlobals)
   end
   if cfg.forceReset ~= nil and type(cfg.forceReset) ~= 'boolean' then
     return nil, 'ClusterConfig.forceReset: must be a boolean'
+  end
+  if cfg.io ~= nil then
+    local ok, err = checkIO(cfg.io)
+    if not ok then return nil, err end
   end
   local names = {}
   for name in pairs(cfg.vats) do names[#names + 1] = tostring(name) end

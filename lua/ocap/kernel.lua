@@ -100,12 +100,6 @@ promise.setMainDriver(function(isSettled) return drive(isSettled, true) end)
 local Kernel = {}
 Kernel.__index = Kernel
 
-local function defaultLogger(entry)
-  if entry.level ~= 'debug' then
-    io.stderr:write(loggerMod.format(entry), '\n')
-  end
-end
-
 local OPTION_KEYS = {
   database = 'string', resetStorage = 'boolean', logger = 'function', services = 'table',
   systemSubclusters = 'table', allowedGlobalNames = 'table', baseDir = 'string',
@@ -130,6 +124,9 @@ function M.make(options)
     if type(v) ~= want and not (k == 'database' and v == false) then
       error(('Kernel.make: option %s must be a %s, got %s'):format(k, want, type(v)), 2)
     end
+  end
+  if options.durability ~= nil and options.durability ~= 'none' and options.durability ~= 'fsync' then
+    error(("Kernel.make: option durability must be 'none' or 'fsync', got %q"):format(options.durability), 2)
   end
   local K, err = core.open({ database = options.database or nil, durability = options.durability })
   if not K then error('Kernel.make: ' .. err, 2) end
@@ -161,7 +158,7 @@ function M.make(options)
     K = K,
     options = options,
     baseDir = options.baseDir or '.',
-    logger = options.logger or defaultLogger,
+    logger = options.logger or loggerMod.default(),
     durability = options.durability or 'none',
     services = {},
     failing = {}, -- vatId -> why it failed to restart, until recorded
@@ -175,7 +172,11 @@ function M.make(options)
   local syscall = {
     send = function(t, body, slots, r) K:send(t, body, slots, r) end,
     subscribe = function(p) K:subscribe(p) end,
-    resolve = function(p, rejected, body, slots) K:resolve(p, rejected, body, slots) end,
+    -- A promise the host exported may settle after the kernel stopped
+    -- (in a later turn): nobody is left to tell, and the turn must not fail.
+    resolve = function(p, rejected, body, slots)
+      if not self.stopped then K:resolve(p, rejected, body, slots) end
+    end,
     vatstoreGet = function(k) return K:kvGet('vs.kernel.' .. k) end,
     vatstoreSet = function(k, v) K:kvSet('vs.kernel.' .. k, v) end,
     vatstoreDelete = function(k) K:kvDelete('vs.kernel.' .. k) end,
@@ -221,7 +222,9 @@ function M.make(options)
   end)
   if not started then
     self:stop()
-    if type(startErr) == 'string' then startErr = startErr:gsub('^[^\n]-:%d+: ', '') end
+    -- Only a position Lua put in front (a chunk name has no spaces) goes:
+    -- the message may quote a vat's own file:line, which is the point.
+    if type(startErr) == 'string' then startErr = startErr:gsub('^[^%s]-:%d+: ', '') end
     if type(startErr) == 'string' and not startErr:match('^Kernel%.make: ') then
       startErr = 'Kernel.make: ' .. startErr
     end
@@ -428,6 +431,13 @@ function Kernel:_forgetVat(vatId, reasonBody)
     local ok, reason = pcall(decode, reasonBody)
     local msg = ok and type(reason) == 'table' and reason.message or tostring(reasonBody)
     self.K:kvSet('terminated.' .. vatId, encode({ reason = msg }))
+    -- A vat the kernel kills (meter, memory, illegal syscall) is news the
+    -- host's log must carry: its callers only see rejections.
+    local fatal = type(msg) == 'string' and msg:match('%[VAT_FATAL:[%u_]+%].*$')
+    if fatal then
+      self.logger({ level = 'error', tags = { 'kernel' }, vatId = vatId,
+        message = ('vat %s (%s) killed: %s'):format(vatId, tostring(rec.name), fatal) })
+    end
   end
   self.K:kvDelete('vat.' .. vatId)
   self.K:kvDelete('vatBundle.' .. vatId)
@@ -676,6 +686,7 @@ function Kernel:_krefOf(target)
   end
   local ref, ls = liveslots.refOf(target)
   if ref and ls == self.ls then return ref end
+  if ref and ls.stopped then error('queueMessage: ' .. liveslots.stoppedMessage(target, ref), 3) end
   error('queueMessage: target must be a kref or a presence of this kernel', 3)
 end
 
@@ -784,7 +795,12 @@ end
 
 function Kernel:revoke(kref)
   self:_check()
-  self.K:revoke(kref)
+  if type(kref) ~= 'string' or not kref:match('^k[op]%d+$') then
+    error(('revoke: invalid kref %q'):format(tostring(kref)), 2)
+  end
+  if kref:sub(1, 2) == 'kp' then error(('revoke: cannot revoke promise %s'):format(kref), 2) end
+  local ok, err = pcall(self.K.revoke, self.K, kref)
+  if not ok then error('revoke: ' .. liveslots.stripPosition(tostring(err)), 2) end
   self.K:commit()
 end
 
@@ -807,6 +823,7 @@ function Kernel:stop()
   self.K:flush()
   self.K:close()
   self.stopped = true
+  self.ls.stopped = true
   liveKernels[self] = nil
 end
 

@@ -210,8 +210,16 @@ function M.make(opts)
     if promiseLs[v] == ls then return promiseVpid[v] end
   end
 
+  --- The presence of vref; an iface given here renames it (the host's
+  --- getPresence(kref, iface) is the one place that knows better).
   function ls.presenceFor(vref, iface)
-    return slotToVal(vref, iface, 'remotable')
+    local v = slotToVal(vref, iface, 'remotable')
+    local info = presenceInfo[v]
+    if iface and info and info.iface ~= iface then
+      info.iface = iface
+      pass.registerRemotable(v, iface)
+    end
+    return v
   end
 
   function ls.promiseFor(vpid)
@@ -233,11 +241,13 @@ function M.make(opts)
     if resultVpid then settleVpid(resultVpid, false, reason) end
   end
 
+  -- The traceback of the last failing method, taken by traceHandler while
+  -- the failing stack still exists and logged by invoke right after.
+  local lastTrace
+
   local function traceHandler(e)
-    if type(e) == 'string' and syscall.traceback then
-      log('debug', 'method failed', { traceback = syscall.traceback(e) })
-    end
-    return normalizeError(e)
+    if type(e) == 'string' and syscall.traceback then lastTrace = syscall.traceback(e) end
+    return e
   end
 
   local function invoke(target, method, args)
@@ -254,7 +264,17 @@ function M.make(opts)
         remotableIface(target) or tostring(target), tostring(method)), 'TypeError'), 0)
     end
     local ok, r = xpcall(fn, traceHandler, target, unpack(args, 1, args.n or #args))
-    if not ok then error(r, 0) end
+    if not ok then
+      if type(r) == 'string' then
+        -- The caller gets the message without its position. Where the
+        -- error started is logged once, here: passed on, it is an error
+        -- value, which is never logged again.
+        log('warn', ('%s: %q failed: %s'):format(remotableIface(target) or 'object', method, r))
+        if lastTrace then log('debug', 'method failed', { traceback = lastTrace }) end
+        lastTrace = nil
+      end
+      error(normalizeError(r), 0)
+    end
     return r
   end
 
@@ -340,9 +360,19 @@ end
 --- Wraps a target for eventual send.
 local proxyCache = setmetatable({}, { __mode = 'k' })
 
+--- What a presence of a stopped kernel (kept across a restart) says.
+local function stoppedMessage(target, vref)
+  return ('%s (%s) belongs to a stopped kernel: get it again from the running one, '
+    .. 'e.g. kernel:getPresence(%q)'):format(tostring(target), vref, vref)
+end
+M.stoppedMessage = stoppedMessage
+
 local function eventualSend(target, method, args, wantResult)
   local info = presenceInfo[target]
-  if info then return info.ls.sendTo(info.vref, method, args, wantResult) end
+  if info then
+    if info.ls.stopped then error(stoppedMessage(target, info.vref), 3) end
+    return info.ls.sendTo(info.vref, method, args, wantResult)
+  end
   if isPromise(target) then
     local st, v = pstate(target)
     if st == 'fulfilled' then return eventualSend(v, method, args, wantResult) end

@@ -1,7 +1,7 @@
 --- Structured loggers: entries { level, tags, vatId, message, data }.
 local M = {}
 
-local select, tostring, type = select, tostring, type
+local getmetatable, ipairs, pairs, select, tostring, type = getmetatable, ipairs, pairs, select, tostring, type
 
 local LEVELS = { 'debug', 'log', 'warn', 'error' }
 
@@ -33,7 +33,25 @@ function M.make(emit, tags, vatId)
   return logger
 end
 
---- Formats an entry as one line for humans.
+-- Renders a log datum for humans: a table shallowly, keys sorted, so that
+-- `{ traceback = ... }` shows the traceback rather than `table: 0x...`.
+local function show(v, depth)
+  if type(v) ~= 'table' or getmetatable(v) ~= nil then return tostring(v) end
+  if depth > 1 then return '{...}' end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  local parts = {}
+  for _, k in ipairs(keys) do
+    local x = v[k]
+    x = type(x) == 'string' and (x:find('\n') and '\n' .. x or ('%q'):format(x)) or show(x, depth + 1)
+    parts[#parts + 1] = math.type(k) == 'integer' and x or (tostring(k) .. ' = ' .. x)
+  end
+  return '{' .. table.concat(parts, ', ') .. '}'
+end
+
+--- Formats an entry for humans: one line, plus the lines of any multi-line
+--- datum (a traceback).
 function M.format(entry)
   local parts = { '[' .. entry.level .. ']' }
   if entry.vatId then parts[#parts + 1] = entry.vatId end
@@ -41,9 +59,28 @@ function M.format(entry)
   parts[#parts + 1] = entry.message
   local data = entry.data
   if data then
-    for i = 1, data.n or #data do parts[#parts + 1] = tostring(data[i]) end
+    for i = 1, data.n or #data do parts[#parts + 1] = show(data[i], 1) end
   end
   return table.concat(parts, ' ')
+end
+
+local RANK = { debug = 1, log = 2, warn = 3, error = 4, none = 5 }
+
+--- The level below which the default logger drops entries: `$OCAP_LOG`
+--- (`debug`, `log`, `warn`, `error` or `none`), else `log`.
+function M.threshold()
+  local want = os and os.getenv and os.getenv('OCAP_LOG')
+  return RANK[want] and want or 'log'
+end
+
+--- The logger a kernel uses when it is given none: entries at or above
+--- the threshold (`M.threshold()`, read when it is made) go to stderr.
+---@return fun(entry: table)
+function M.default()
+  local min = RANK[M.threshold()]
+  return function(entry)
+    if (RANK[entry.level] or 2) >= min then io.stderr:write(M.format(entry), '\n') end
+  end
 end
 
 return M

@@ -76,12 +76,40 @@ makeError = function(message, name, code)
   return makeError(message, name, code)
 end
 
+-- What a promise says when it is used as the value it stands for: the
+-- commonest slip is a forgotten `:await()` (`launchSubcluster(c).rootKref`).
+local HINT = 'this is a promise; did you forget :await()?'
+
+-- The methods of promises. Reading any other string key raises the hint
+-- instead of answering nil; integer keys are the promise's own slots and
+-- read as nil when empty, as they would without a metatable.
+local methods = setmetatable({}, {
+  __index = function(_, k)
+    if type(k) == 'number' then return nil end
+    error(("cannot read field '%s' of a promise: %s"):format(tostring(k), HINT), 2)
+  end,
+})
+
+local function misuse(what)
+  return function() error(('cannot %s a promise: %s'):format(what, HINT), 2) end
+end
+
 ---@class ocap.Promise
-local Promise = {}
-Promise.__index = Promise
-Promise.__name = 'ocap.Promise'
+local Promise = {
+  __index = methods,
+  __name = 'ocap.Promise',
+  __call = misuse('call'),
+  __concat = misuse('concatenate'),
+  __lt = misuse('compare'),
+  __le = misuse('compare'),
+  __len = misuse('take the length of'),
+}
+for _, op in ipairs({ 'add', 'sub', 'mul', 'div', 'mod', 'pow', 'unm', 'idiv',
+  'band', 'bor', 'bxor', 'shl', 'shr', 'bnot' }) do
+  Promise['__' .. op] = misuse('do arithmetic on')
+end
 function Promise.__tostring(p)
-  return 'Promise <' .. STATE_NAMES[p[S]] .. '>'
+  return 'Promise <' .. STATE_NAMES[p[S]] .. '> (' .. HINT .. ')'
 end
 
 -- Reaction kinds other than `next`. A `next` reaction stores its derived
@@ -167,10 +195,10 @@ end
 -- Queues the reactions of p, just settled with (ok, v), and forgets them.
 local function trigger(p, ok, v)
   schedule(p[RA], p[RB], p[RC], ok, v)
-  p[RA], p[RB], p[RC] = nil, nil, nil
+  p[RA], p[RB], p[RC] = false, nil, nil
   local x = p[RX]
   if x then
-    p[RX] = nil
+    p[RX] = false
     for i = 1, #x, 3 do
       schedule(x[i], x[i + 1], x[i + 2], ok, v)
     end
@@ -180,7 +208,7 @@ end
 local function fulfill(p, v)
   if p[S] ~= PENDING then return end
   p[S], p[V] = FULFILLED, v
-  if p[RA] ~= nil then trigger(p, true, v) end
+  if p[RA] then trigger(p, true, v) end
 end
 
 local function rejectNow(p, e)
@@ -190,7 +218,7 @@ local function rejectNow(p, e)
     unhandledN = unhandledN + 1
     unhandled[unhandledN] = p
   end
-  if p[RA] ~= nil then trigger(p, false, e) end
+  if p[RA] then trigger(p, false, e) end
 end
 
 -- Resolves p with v, ignoring p's "already resolved" flag.
@@ -212,11 +240,11 @@ local function subscribe(p, a, b, c)
   p[H] = true
   local s = p[S]
   if s == PENDING then
-    if p[RA] == nil then
+    if not p[RA] then
       p[RA], p[RB], p[RC] = a, b, c
     else
       local x = p[RX]
-      if x == nil then
+      if not x then
         p[RX] = { a, b, c }
       else
         local n = #x
@@ -234,7 +262,7 @@ local function newPromise()
     require('ocap.pass').registerPromiseMetatable(Promise)
     registerPromise = nil
   end
-  return setmetatable({ PENDING, nil, false, false, nil, nil, nil, nil }, Promise)
+  return setmetatable({ PENDING, nil, false, false, false, nil, nil, false }, Promise)
 end
 
 ------------------------------------------------------------------------------
@@ -249,7 +277,7 @@ function fulfilledJob(d, h, v)
     resolveNow(d, r)
   elseif d[S] == PENDING then
     d[S], d[V] = FULFILLED, r
-    if d[RA] ~= nil then trigger(d, true, r) end
+    if d[RA] then trigger(d, true, r) end
   end
 end
 
@@ -453,7 +481,7 @@ end
 ---@param onFulfilled? fun(value: any): any
 ---@param onRejected? fun(reason: any): any
 ---@return ocap.Promise
-function Promise:next(onFulfilled, onRejected)
+function methods:next(onFulfilled, onRejected)
   local d = newPromise()
   subscribe(self, d, onFulfilled or false, onRejected or false)
   return d
@@ -461,7 +489,7 @@ end
 
 ---@param onRejected fun(reason: any): any
 ---@return ocap.Promise
-function Promise:catch(onRejected)
+function methods:catch(onRejected)
   local d = newPromise()
   subscribe(self, d, false, onRejected or false)
   return d
@@ -472,7 +500,7 @@ end
 ---onFinally throws or its promise rejects with.
 ---@param onFinally fun(): any
 ---@return ocap.Promise
-function Promise:finally(onFinally)
+function methods:finally(onFinally)
   if not onFinally then return self:next() end
   return self:next(function(v)
     return M.resolve(onFinally()):next(function() return v end)
@@ -481,7 +509,7 @@ function Promise:finally(onFinally)
   end)
 end
 
-Promise.await = M.await
+methods.await = M.await
 
 ------------------------------------------------------------------------------
 -- Module functions.

@@ -37,6 +37,21 @@ end
 --- Validates Kernel.make's systemSubclusters list; returns it by name.
 function M.checkDeclared(list)
   local byName, order = {}, {}
+  if list ~= nil and type(list) ~= 'table' then
+    error(('Kernel.make: option systemSubclusters must be a list of { name = ..., config = ... }, got %s')
+      :format(type(list)), 0)
+  end
+  -- A single entry without the list braces around it is the usual slip.
+  local stray = {}
+  for k in pairs(list or {}) do
+    if math.type(k) ~= 'integer' or k < 1 or k > #list then stray[#stray + 1] = tostring(k) end
+  end
+  if #stray > 0 then
+    table.sort(stray)
+    error(('Kernel.make: option systemSubclusters must be a list of { name = ..., config = ... }, '
+      .. 'but it has the key %q (put the entry in a list: systemSubclusters = { { name = ... } })')
+      :format(stray[1]), 0)
+  end
   for i, entry in ipairs(list or {}) do
     if type(entry) ~= 'table' or type(entry.name) ~= 'string' or entry.name == '' then
       error(('Kernel.make: systemSubclusters[%d] needs a name'):format(i), 3)

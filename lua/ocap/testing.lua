@@ -1,9 +1,14 @@
 --- Helpers for busted specs that drive real kernels (API.md §9).
 local Kernel = require 'ocap.kernel'
+local loggerMod = require 'ocap.logger'
 
 local M = {}
 
 local tempDirs = {}
+
+-- Every kernel makeKernel made, and how many of its log entries came
+-- before the current test (see the busted hook below).
+local made = setmetatable({}, { __mode = 'k' })
 
 local function removeAll()
   for i = #tempDirs, 1, -1 do
@@ -44,9 +49,11 @@ function M.makeKernel(options)
     if userLogger then userLogger(entry) end
   end
   if opts.database == nil then opts.database = false end
-  local kernel = Kernel.make(opts)
+  local ok, kernel = pcall(Kernel.make, opts)
+  if not ok then error(kernel, 2) end -- at the spec's line, not this one
   kernel._testOptions = options or {}
   function kernel.logs() return captured end
+  made[kernel] = 0
   return kernel
 end
 
@@ -61,6 +68,87 @@ function M.restart(kernel, options)
   for k, v in pairs(options or {}) do opts[k] = v end
   return M.makeKernel(opts)
 end
+
+-- ---- the busted hook ----
+--
+-- Under busted, a failing test's report is rewritten before busted's own
+-- output handler sees it: an error raised by ocap's modules (a rejection
+-- raised by `await`, say) is placed at the first line outside them, which
+-- is the spec's own, and the log entries the test's kernels captured are
+-- appended, since vats tell what went wrong only through their logs.
+
+local LOG_TAIL = 40 -- entries shown per kernel, the last ones
+
+local ocapDir = (debug.getinfo(1, 'S').short_src:match('^(.*)[/\\][^/\\]*$'))
+
+-- The first "file:line" of a traceback that is neither C nor ocap's.
+local function specLine(traceback)
+  for file, line in tostring(traceback):gmatch('\n%s*([^\n]-):(%d+):') do
+    if file ~= '[C]' and not (ocapDir and file:sub(1, #ocapDir + 1) == ocapDir .. '/') then
+      return file .. ':' .. line
+    end
+  end
+end
+
+local function capturedLogs()
+  local list = {}
+  for kernel, mark in pairs(made) do list[#list + 1] = { kernel = kernel, mark = mark } end
+  table.sort(list, function(a, b) return tostring(a.kernel) < tostring(b.kernel) end)
+  local out = {}
+  for _, k in ipairs(list) do
+    local logs = k.kernel.logs()
+    local first = math.max(k.mark + 1, #logs - LOG_TAIL + 1)
+    if #logs > k.mark then
+      out[#out + 1] = ('\n\nocap.testing: log of a kernel of this test (%d entries%s):'):format(
+        #logs - k.mark, first > k.mark + 1 and (', the last %d'):format(LOG_TAIL) or '')
+      for i = first, #logs do out[#out + 1] = '\n  ' .. loggerMod.format(logs[i]) end
+    end
+  end
+  return table.concat(out)
+end
+
+local function rewrite(message, trace)
+  message = tostring(message)
+  local at = ocapDir and message:match('^([^\n]-:%d+): ')
+  if at and at:sub(1, #ocapDir + 1) == ocapDir .. '/' then
+    local line = trace and specLine(trace.traceback)
+    if line then message = line .. message:sub(#at + 1) end
+  end
+  return message .. capturedLogs()
+end
+
+local function hookBusted()
+  local busted = package.loaded['busted']
+  local ok, subscribe = pcall(function() return busted.subscribe end)
+  if not ok or type(subscribe) ~= 'function' then return end
+  local subs, republishing = {}, false
+  local function on(channel, fn, opts)
+    subs[#subs + 1] = { busted.subscribe(channel, fn, opts), channel }
+  end
+  on({ 'test', 'start' }, function()
+    for kernel in pairs(made) do made[kernel] = #kernel.logs() end
+    return nil, true
+  end)
+  for _, status in ipairs({ 'failure', 'error' }) do
+    on({ status, 'it' }, function(element, parent, message, trace)
+      if republishing then return nil, true end
+      local better = rewrite(message, trace)
+      if better == message then return nil, true end
+      -- Messages are strings, so the report is published again with the
+      -- better one and this publication stops here.
+      republishing = true
+      busted.publish({ status, 'it' }, element, parent, better, trace)
+      republishing = false
+      return nil, false
+    end, { priority = 1 })
+  end
+  -- busted reloads this module for every spec file: one hook at a time.
+  on({ 'file', 'end' }, function()
+    for _, s in ipairs(subs) do busted.unsubscribe(s[1].id, s[2]) end
+    return nil, true
+  end)
+end
+hookBusted()
 
 --- Messages of the captured log entries, optionally of one level.
 function M.messages(kernel, level)
