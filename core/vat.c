@@ -26,9 +26,8 @@
  *    coroutines can no longer be closed (their `__close` metamethods would
  *    run unhooked).
  *
- * What stays out of reach is time spent inside one C call that allocates
- * little, chiefly backtracking in Lua patterns (`string.find` and friends);
- * bounding it needs a wall-clock watchdog in the kernel.
+ * Lua's pattern functions are replaced by lmatch.c's, which charge the
+ * meter for every matching step.
  */
 #include "vat.h"
 
@@ -42,6 +41,7 @@
 #include <lualib.h>
 
 #include "errors.h"
+#include "lmatch.h"
 
 struct ocap_vat {
   lua_State *L;
@@ -220,11 +220,6 @@ static int has_length(lua_State *L, int arg) {
 }
 
 /*
- * [-0, +1, e] string.rep. The original loops once per copy even when the
- * copies are empty, so string.rep('', 1e18) would spin in C for years
- * without allocating or executing an instruction.
- */
-/*
  * lauxlib's string buffers ask the allocator once, without the emergency
  * collection Lua's own allocations get, so garbage would count as
  * exhaustion. The buffer-building functions run under this wrapper: on a
@@ -267,57 +262,37 @@ static void note_status(lua_State *L, int status) {
 }
 
 /*
- * Lua's pattern matcher runs inside one C call, where the count hook never
- * fires, and backtracking patterns cost up to n^q steps for a subject of
- * n bytes. The matcher cannot be interrupted, so the pattern functions
- * charge for the subject up front and refuse a call whose q quantified
- * dots ('.*', '.-', '.+', the usual culprits) could take more than
- * PATTERN_WORST_CASE steps. This is a mitigation, not a bound: overlapping
- * quantified classes can still backtrack badly (docs/security.md).
+ * The pattern functions (find, match, gmatch, gsub) are lmatch.c's, which
+ * count their steps and hand them here: a match that backtracks
+ * exponentially simply runs out of budget. A step costs about as much time
+ * as an instruction (docs/security.md has the figures).
  */
-#define PATTERN_WORST_CASE 1e8
+#define MATCH_STEPS_PER_INSTRUCTION 1
 
-static int check_pattern(lua_State *L, int plain) {
-  size_t n, lp;
-  luaL_checklstring(L, 1, &n);
-  const char *p = luaL_checklstring(L, 2, &lp);
-  if (!plain) {
-    int q = 0;
-    for (size_t i = 0; i + 1 < lp; i++) {
-      if (p[i] == '%' || p[i] == '[') {
-        /* Skip the escaped character or the whole set. */
-        if (p[i] == '[')
-          while (i + 1 < lp && p[i + 1] != ']')
-            i++;
-        i++;
-      } else if ((p[i] != '(' && p[i] != ')' && p[i] != '^' && p[i] != '$') &&
-                 (p[i + 1] == '*' || p[i + 1] == '+' || p[i + 1] == '-')) {
-        /* A quantified dot or single character: sequences of these are
-         * what backtracks. Quantified classes (%s*) are not counted. */
-        q++;
-      }
-    }
-    double worst = 1;
-    for (int k = 0; k < q && worst <= PATTERN_WORST_CASE; k++)
-      worst *= (double)n + 1;
-    if (q > 1 && worst > PATTERN_WORST_CASE)
-      return luaL_error(L, "pattern too costly for a vat: %d quantified items on %d bytes", q,
-                        (int)n);
-    vat_charge(L, 1 + (long long)((n * (size_t)(q + 1)) / BYTES_PER_INSTRUCTION));
+/* [-0, +0, e] The matcher's meter: charges its steps as instructions. */
+static void vat_match_charge(lua_State *L, long long steps) {
+  vat_charge(L, steps / MATCH_STEPS_PER_INSTRUCTION);
+}
+
+static const ocap_match_meter_t vat_match_meter = {vat_match_charge};
+
+/*
+ * [-0, +0, e] Sets the metered pattern functions into the table at t.
+ */
+static void set_match_funcs(lua_State *L, int t) {
+  t = lua_absindex(L, t);
+  for (const luaL_Reg *r = ocap_match_funcs; r->name != NULL; r++) {
+    lua_pushlightuserdata(L, (void *)&vat_match_meter);
+    lua_pushcclosure(L, r->func, 1);
+    lua_setfield(L, t, r->name);
   }
-  return call_original(L);
 }
 
-/* string.find: its fourth argument asks for a plain search. */
-static int vat_find(lua_State *L) {
-  return check_pattern(L, lua_toboolean(L, 4));
-}
-
-/* string.match, gmatch and gsub: always patterns. */
-static int vat_pattern(lua_State *L) {
-  return check_pattern(L, 0);
-}
-
+/*
+ * [-0, +1, e] string.rep. The original loops once per copy even when the
+ * copies are empty, so string.rep('', 1e18) would spin in C for years
+ * without allocating or executing an instruction.
+ */
 static int vat_string_rep(lua_State *L) {
   size_t l, lsep;
   luaL_checklstring(L, 1, &l);
@@ -853,8 +828,8 @@ static int vat_setup(lua_State *L) {
   static const char *const string_omit[] = {"dump", NULL};
   static const char *const math_omit[] = {"random", "randomseed", NULL};
   static const luaL_Reg string_meter[] = {
-      {"rep", vat_string_rep}, {"find", vat_find},    {"match", vat_pattern},
-      {"gmatch", vat_pattern}, {"gsub", vat_pattern}, {NULL, NULL},
+      {"rep", vat_string_rep},
+      {NULL, NULL},
   };
   static const luaL_Reg table_meter[] = {
       {"concat", vat_table_concat},
@@ -908,6 +883,8 @@ static int vat_setup(lua_State *L) {
   for (size_t k = 0; k < sizeof libs / sizeof libs[0]; k++) {
     luaL_requiref(L, libs[k].name, libs[k].open, 0);
     copy_lib(L, -1, libs[k].omit, libs[k].override);
+    if (libs[k].open == luaopen_string)
+      set_match_funcs(L, -1);
     lua_pushvalue(L, -1);
     lua_setfield(L, 2, libs[k].name);
     lua_setfield(L, 3, libs[k].name);
@@ -920,6 +897,7 @@ static int vat_setup(lua_State *L) {
       lua_pushliteral(L, "");
       lua_getmetatable(L, -1);
       copy_lib(L, -3, libs[k].omit, libs[k].override);
+      set_match_funcs(L, -1);
       lua_setfield(L, -2, "__index");
       lua_pushliteral(L, STRING_MT_LOCK);
       lua_setfield(L, -2, "__metatable");

@@ -54,8 +54,6 @@ function M.buildRootObject(_vatPowers, _parameters, baggage)
     ['setmetatable on baggage'] = function() return setmetatable(baggage, {}) end,
     ['rawset on baggage'] = function() rawset(baggage, 'get', function() return 'pwned' end) end,
     ['global leak'] = function() _G.leaked = true; return rawget(_G, 'leaked') end,
-    ['backtracking pattern'] = function() return ('a'):rep(200):find('.-.-.-.-b') end,
-    ['backtracking gsub posing as plain'] = function() return ('a'):rep(200):gsub('a-a-a-a-a-b', 1, 1) end,
   }
   return ocap.makeDefaultExo('hostile', {
     attempt = function(_, name)

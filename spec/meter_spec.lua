@@ -1,0 +1,95 @@
+-- The instruction meter bounds CPU (issue 9, item 6): every library
+-- function and pattern that does work in proportion to its input is charged
+-- for it, so a vat's budget bounds the work it can do in one delivery.
+--
+-- The specs count, they never time. A burner vat with a small budget does
+-- one expensive thing n times in a delivery, for n = 1, 2, 4, ... until the
+-- delivery ends the vat with METER_EXHAUSTED; the work of the last delivery
+-- that completed (n times the work of one call, in bytes or matching steps)
+-- must stay within a bound derived from the budget. Without the charges the
+-- deliveries keep completing until the work passes four times the bound,
+-- and the spec fails.
+local testing = require 'ocap.testing'
+local ocap = require 'ocap'
+local support = require 'support'
+
+local BURNER = 'spec/vats/burner.lua'
+local METER = 'VAT_FATAL:METER_EXHAUSTED'
+
+-- Instructions per delivery, and the vat's memory.
+local BUDGET = 1000000
+local MEMORY = 32 * 1024 * 1024
+
+-- Work a budget admits, per instruction: matching steps cost about one
+-- instruction each, and the cheapest byte work (copying, comparing) about
+-- 1/64 of one. The bounds allow twice that.
+local STEPS = 2
+local BYTES = 128
+
+describe('the meter', function()
+  local kernel
+  before_each(function() kernel = testing.makeKernel() end)
+  after_each(function() kernel:stop() end)
+
+  local function launch()
+    local r = kernel:launchSubcluster({
+      bootstrap = 'b',
+      vats = {
+        b = { sourceSpec = BURNER, creationOptions = { meter = { instructions = BUDGET }, memoryLimit = MEMORY } },
+      },
+    }):await()
+    return r.rootKref, kernel:getSubcluster(r.subclusterId).vats.b
+  end
+
+  -- Doubles n until the vat dies; returns the work (n * unit) of the last
+  -- delivery that completed, the error that ended the vat (nil when it
+  -- never died) and the vat's id.
+  local function admitted(kind, size, unit, bound)
+    local root, vatId = launch()
+    local cap = 4 * bound * BUDGET
+    local n, done = 1, 0
+    while true do
+      local ok, res = pcall(ocap.await, kernel:queueMessage(root, 'work', { kind, n, size }))
+      if not ok then return done * unit, res, vatId end
+      done = n
+      if n * unit > cap then return done * unit, nil, vatId end
+      n = n * 2
+    end
+  end
+
+  -- The cases: kind (see spec/vats/burner.lua), input size, the work of one
+  -- call in units, and the bound in units per instruction.
+  local function bytes(n) return n end
+  local function quadratic(n) return n * n // 2 end
+  local cases = {
+    -- Patterns, in matching steps or bytes searched.
+    { 'starB', 4096, quadratic, STEPS },
+    { 'lazyB', 4096, quadratic, STEPS },
+    { 'gmatchStar', 4096, quadratic, STEPS },
+    { 'gsubStar', 4096, quadratic, STEPS },
+    { 'optional', 22, function(n) return 2 ^ n end, STEPS },
+    { 'dots', 200, function(n) return n ^ 4 / 24 end, STEPS },
+    { 'lazyAs', 200, function(n) return n ^ 4 / 24 end, STEPS },
+    { 'findPlain', 1 << 20, bytes, BYTES },
+    { 'findLiteral', 1 << 20, bytes, BYTES },
+    { 'gsubCopy', 1 << 16, bytes, STEPS },
+  }
+
+  for _, case in ipairs(cases) do
+    local kind, size, unit, bound = case[1], case[2], case[3](case[2]), case[4]
+    it(('%s on %d bytes: at most %d units of work per instruction'):format(kind, size, bound), function()
+      local work, err, vatId = admitted(kind, size, unit, bound)
+      assert.is_table(err, ('%s never ran out of its budget: %.0f units of work in one delivery'):format(kind, work))
+      assert.equal(METER, err.code, tostring(err.message))
+      assert.is_true(work <= bound * BUDGET,
+        ('%s did %.0f units of work on %d instructions'):format(kind, work, BUDGET))
+      assert.is_false(support.isLive(kernel, vatId))
+    end)
+  end
+
+  it('leaves ordinary patterns cheap', function()
+    local root = launch()
+    -- 64 KiB of text through the usual idioms, several times a delivery.
+    assert.equal(8, kernel:queueMessage(root, 'work', { 'gsubCopy', 8, 4096 }):await())
+  end)
+end)
