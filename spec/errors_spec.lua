@@ -248,3 +248,55 @@ describe('host API and config errors', function()
     assert.equal(1, ocap.E(kernel:getPresence(r.rootKref)).ping(1):await())
   end)
 end)
+
+describe('an endowment the vat did not request', function()
+  local FORGETFUL = 'spec/vats/forgetful.lua'
+  local kernel
+  before_each(function() kernel = testing.makeKernel() end)
+  after_each(function() kernel:stop() end)
+
+  local function launch(globals, parameters)
+    return kernel:launchSubcluster({ bootstrap = 'f', vats = {
+      f = { sourceSpec = FORGETFUL, globals = globals, parameters = parameters },
+    } })
+  end
+
+  local hints = {
+    print = 'print is an endowment this vat did not request; add "print" to VatConfig.globals',
+    setTimeout = 'add "setTimeout" to VatConfig.globals',
+    clearTimeout = 'add "clearTimeout" to VatConfig.globals',
+    setInterval = 'add "setInterval" to VatConfig.globals',
+    clearInterval = 'add "clearInterval" to VatConfig.globals',
+    ['os.time'] = 'os is an endowment this vat did not request; add "os.time", "os.clock" or "os.date"',
+    ['math.random'] = 'math.random is an endowment this vat did not request; add "math.random"',
+  }
+  for name, hint in pairs(hints) do
+    it('says which VatConfig.globals entry gives ' .. name, function()
+      local root = launch(nil):await().rootKref
+      local err = rejection(kernel:queueMessage(root, 'use', { name }))
+      assert.matches(hint, err.message, 1, true)
+      assert.matches(hint, entries(kernel, 'warn', 'failed')[1].message, 1, true)
+    end)
+  end
+
+  it('names the missing os function when the vat has others', function()
+    local root = launch({ 'os.time' }):await().rootKref
+    assert.is_number(kernel:queueMessage(root, 'use', { 'os.time' }):await())
+    local err = rejection(kernel:queueMessage(root, 'use', { 'os.clock' }))
+    assert.matches(": os.clock is an endowment this vat did not request; add \"os.clock\" to VatConfig.globals$",
+      err.message)
+  end)
+
+  it('says it when the vat starts, and leaves absent endowments nil to read', function()
+    local err = rejection(launch(nil, { atTopLevel = 'print' }))
+    assert.matches('buildRootObject failed: .*add "print" to VatConfig.globals$', err.message)
+    local root = launch(nil):await().rootKref
+    assert.is_false(kernel:queueMessage(root, 'has', { 'print' }):await())
+  end)
+
+  it('adds nothing to other nil calls', function()
+    local root = launch({ 'os.time' }):await().rootKref
+    local err = rejection(kernel:queueMessage(root, 'use', { 'a table field' }))
+    assert.equal("attempt to call a nil value (field 'time')", err.message)
+  end)
+end)

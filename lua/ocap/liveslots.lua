@@ -57,7 +57,8 @@ end
 M.normalizeError = normalizeError
 
 --- Makes a liveslots instance.
----@param opts table { syscall, vatId, kind = 'vat'|'kernel', allocObject, allocPromise, log, wrapError }
+---@param opts table { syscall, vatId, kind = 'vat'|'kernel', allocObject, allocPromise, log, wrapError,
+---  explain = function(message) -> message, for string errors methods raise }
 function M.make(opts)
   local syscall = opts.syscall
   local ls = { vatId = opts.vatId, kind = opts.kind }
@@ -90,6 +91,7 @@ function M.make(opts)
   end
   local log = opts.log or function() end
   local wrapError = opts.wrapError
+  local explain = opts.explain or function(e) return e end
 
   local allocObject = opts.allocObject or function()
     local v = 'o+' .. nextObject
@@ -266,6 +268,7 @@ function M.make(opts)
     local ok, r = xpcall(fn, traceHandler, target, unpack(args, 1, args.n or #args))
     if not ok then
       if type(r) == 'string' then
+        r = explain(r)
         -- The caller gets the message without its position. Where the
         -- error started is logged once, here: passed on, it is an error
         -- value, which is never logged again.

@@ -22,6 +22,40 @@ local function plainData(v, seen)
   return tostring(v)
 end
 
+-- The endowments a vat may request (VatConfig.globals), by the words Lua
+-- uses when code calls or indexes one that is absent.
+local MISSING = {
+  ["global 'print'"] = 'print', ["global 'setTimeout'"] = 'setTimeout',
+  ["global 'clearTimeout'"] = 'clearTimeout', ["global 'setInterval'"] = 'setInterval',
+  ["global 'clearInterval'"] = 'clearInterval', ["global 'os'"] = 'os',
+  ["field 'time'"] = 'os.time', ["field 'clock'"] = 'os.clock', ["field 'date'"] = 'os.date',
+  ["field 'random'"] = 'math.random',
+}
+
+--- Adds to a Lua error about an absent endowment which VatConfig.globals
+--- entry would provide it. Absent endowments stay nil to read, so code
+--- may test for them; only the error of using one says more.
+---@param env table the vat's globals
+---@param message any
+local function explainMissing(env, message)
+  if type(message) ~= 'string' then return message end
+  local what = message:match('attempt to %a+ a nil value %(([^)]*)%)')
+  local name = what and MISSING[what]
+  if not name then return message end
+  local lib, fn = name:match('^(%a+)%.(%a+)$')
+  if lib then
+    -- A field of that name is an endowment's only if that library lacks it.
+    local t = rawget(env, lib)
+    if t ~= nil and (type(t) ~= 'table' or rawget(t, fn) ~= nil) then return message end
+  elseif rawget(env, name) ~= nil then
+    return message
+  end
+  local add = name == 'os' and '"os.time", "os.clock" or "os.date"' or ('"%s"'):format(name)
+  return ('%s: %s is an endowment this vat did not request; add %s to VatConfig.globals')
+    :format(message, lib and (lib .. '.' .. fn) or name, add)
+end
+M.explainMissing = explainMissing
+
 --- Boots the vat runtime.
 ---@param syscall table the C syscalls
 ---@param info string JSON-free "vatId name" pair
@@ -37,7 +71,8 @@ function M.boot(syscall, info)
   local function log(level, message, data)
     emit({ level = level, tags = { 'liveslots' }, message = message, data = data and { data, n = 1 } })
   end
-  ls = liveslots.make({ syscall = syscall, vatId = vatId, kind = 'vat', log = log })
+  local function explain(message) return explainMissing(_ENV, message) end
+  ls = liveslots.make({ syscall = syscall, vatId = vatId, kind = 'vat', log = log, explain = explain })
   promise.setUnhandledRejectionHandler(function(reason)
     log('warn', 'unhandled rejection: ' .. tostring(reason))
   end)
@@ -50,7 +85,7 @@ function M.boot(syscall, info)
   function ls.startVat(main, paramsBody)
     local ok, mod = pcall(require, main)
     if not ok then
-      return false, tostring(mod)
+      return false, tostring(explain(mod))
     end
     if type(mod) ~= 'table' or type(mod.buildRootObject) ~= 'function' then
       return false, ('vat %q does not return a table with buildRootObject'):format(name)
@@ -74,7 +109,7 @@ function M.boot(syscall, info)
     if state == 'pending' then
       return false, 'buildRootObject did not finish (it awaits something that never settles)'
     elseif state == 'rejected' then
-      local reason = liveslots.normalizeError(root)
+      local reason = liveslots.normalizeError(explain(root))
       return false, 'buildRootObject failed: ' .. tostring(reason.message or reason)
     end
     if not pass.isRemotable(root) then
@@ -123,7 +158,9 @@ function M.boot(syscall, info)
       if not t.repeating then timers[a] = nil end
       local p = promise.spawn(t.fn, table.unpack(t.args, 1, t.args.n))
       promise.onSettle(p, function(ok, err)
-        if not ok then log('error', 'timer callback failed: ' .. tostring(liveslots.normalizeError(err))) end
+        if not ok then
+          log('error', 'timer callback failed: ' .. tostring(liveslots.normalizeError(explain(err))))
+        end
       end)
       promise.drain()
       ls.saveCounters()
