@@ -168,6 +168,12 @@ function M.make(opts)
   end
 
   local function slotToVal(slot, iface, style)
+    -- A body may call any slot a promise ("&0"): an object's must not be
+    -- taken for one, since subscribing to it is an illegal syscall that
+    -- would terminate this vat for what a sender wrote.
+    if style == 'promise' and ssub(slot, 1, 1) ~= 'p' and ssub(slot, 1, 2) ~= 'kp' then
+      error(('slot %s is not a promise'):format(slot), 0)
+    end
     local v = exports[slot] or imports[slot]
     if v ~= nil then return v end
     if style == 'promise' or ssub(slot, 1, 1) == 'p' or ssub(slot, 1, 2) == 'kp' then

@@ -599,10 +599,8 @@ local function decodeSlot(s, cx, style)
       error(format('cannot unserialize %s %q as plain data', style, s), 0)
     end
     cache = {}
-    cx.cache = cache
+    cx.cache, cx.styles, cx.named = cache, {}, {}
   end
-  local v = cache[index]
-  if v ~= nil then return v end
   local slot = cx.slots[index + 1]
   if slot == nil then
     error(format('%s %q refers to slot %d, but there are %d slots', style, s, index, #cx.slots), 0)
@@ -615,9 +613,23 @@ local function decodeSlot(s, cx, style)
     end
     iface = ifaces[index]
   end
+  -- The walk meets record members in hash order, so every occurrence of a
+  -- slot must say the same thing: otherwise the first one met would decide,
+  -- and a vat and the host could read one body differently.
+  local v = cache[index]
+  if v ~= nil then
+    if cx.styles[index] ~= style then
+      error(format('slot %d is used both as a remotable and as a promise', index), 0)
+    end
+    if cx.named[index] ~= (iface or false) then
+      error(format('slot %d is given two interface names', index), 0)
+    end
+    return v
+  end
   v = cx.slotToVal(slot, iface, style)
   if v == nil then error(format('slotToVal returned nil for slot %q', slot), 0) end
   cache[index] = v
+  cx.styles[index], cx.named[index] = style, iface or false
   return v
 end
 
