@@ -1,8 +1,12 @@
 rockspec_format = "3.0"
 package = "ocap"
 version = "scm-1"
+-- From a checkout, `luarocks make rockspec/ocap-scm-1.rockspec` builds and
+-- installs the checkout itself, offline. `luarocks install` of this file
+-- clones source.url instead: the git repository at /usr/src/ocap (a clone
+-- or a symlink to one), also offline. See README.md.
 source = {
-  url = "git+file:///dev/null",
+  url = "git+file:///usr/src/ocap",
 }
 description = {
   summary = "An object-capability kernel for Lua: vats, eventual send, persistence",
@@ -14,12 +18,19 @@ through object references they were given, with a C core on LevelDB.
 }
 dependencies = {
   "lua >= 5.4, < 5.5",
+  "lua-cjson >= 2.1.0",
+}
+external_dependencies = {
+  LEVELDB = { header = "leveldb/c.h", library = "leveldb" },
+  LIBUV = { header = "uv.h", library = "uv" },
 }
 build = {
   type = "cmake",
   variables = {
     CMAKE_BUILD_TYPE = "Release",
     CMAKE_INSTALL_PREFIX = "$(PREFIX)",
+    CMAKE_INCLUDE_PATH = "$(LEVELDB_INCDIR);$(LIBUV_INCDIR)",
+    CMAKE_LIBRARY_PATH = "$(LEVELDB_LIBDIR);$(LIBUV_LIBDIR)",
     OCAP_LUADIR = "$(LUADIR)",
     OCAP_LIBDIR = "$(LIBDIR)",
     OCAP_BUILD_TESTS = "OFF",
