@@ -44,7 +44,7 @@ fuzz:
 demo: build
 	$(BUILD)/ocap run host/examples/hello.lua
 	@echo '--- weather (state kept in .ocap/weather; run make demo again to see it restored)'
-	$(BUILD)/ocap run host/examples/weather/host.lua --db .ocap/weather
+	$(BUILD)/ocap run --db .ocap/weather host/examples/weather/host.lua
 
 bench: build
 	$(BUILD)/ocap run bench/run.lua

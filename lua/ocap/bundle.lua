@@ -57,38 +57,56 @@ local function requiresOf(src)
   return names
 end
 
---- Builds a bundle table from a main file.
+--- Builds a bundle table from a main file: the file and, transitively, the
+--- modules it requires (with a literal name) from its own directory.
+--- Strict (the default, for `ocap bundle`): a module that is neither next
+--- to the file nor part of ocap's runtime, or a syntax error, is an error.
+--- Lenient (`options.lenient`, for a kernel loading a sourceSpec): such
+--- modules, and files next to the vat named like runtime modules, are left
+--- out and sources are not checked, so the vat itself reports what it
+--- really requires at run time, where it really does. Only a main file
+--- named like a runtime module fails a lenient build.
 ---@param mainPath string
+---@param options { lenient: boolean }|nil
 ---@return table|nil bundle, string|nil err
-function M.build(mainPath)
+function M.build(mainPath, options)
+  local lenient = options and options.lenient
   local src, err = readFile(mainPath)
   if not src then return nil, ('cannot read %s: %s'):format(mainPath, tostring(err)) end
-  local ok, perr = load(src, '=' .. mainPath, 't')
-  if not ok then return nil, perr end
+  if not lenient then
+    local ok, perr = load(src, '=' .. mainPath, 't')
+    if not ok then return nil, perr end
+  end
   local main = mainPath:match('([^/]+)%.lua$') or mainPath
   if reserved(main) then return nil, ('%s: %s'):format(mainPath, shadowError(main)) end
   local modules = { [main] = src }
-  local searchPath = dirname(mainPath) .. '/?.lua;' .. dirname(mainPath) .. '/?/init.lua'
+  local dir = dirname(mainPath)
+  local searchPath = dir .. '/?.lua;' .. dir .. '/?/init.lua'
   local queue = requiresOf(src)
   local i = 1
   while i <= #queue do
     local name = queue[i]
     i = i + 1
     -- Runtime modules come from the kernel, never from the bundle; a file
-    -- that would provide one next to the vat is a mistake worth naming.
+    -- that would provide one next to the vat is a mistake worth naming
+    -- (a lenient build leaves it out: the vat gets the runtime's).
     if reserved(name) then
-      local path = package.searchpath(name, searchPath)
+      local path = not lenient and package.searchpath(name, searchPath)
       if path then return nil, ('%s: %s'):format(path, shadowError(name)) end
     elseif not modules[name] then
       local path = package.searchpath(name, searchPath)
-      if not path then
-        return nil, ('%s requires %q, which is not next to it'):format(mainPath, name)
+      local msrc = path and readFile(path)
+      if msrc then
+        if not lenient then
+          local lok, lerr = load(msrc, '=' .. path, 't')
+          if not lok then return nil, lerr end
+        end
+        modules[name] = msrc
+        for _, n in ipairs(requiresOf(msrc)) do queue[#queue + 1] = n end
+      elseif not lenient then
+        return nil, ('%s requires %q, which is not in %s (a vat gets ocap, ocap.* and cjson, '
+          .. 'and the modules next to it)'):format(mainPath, name, dir)
       end
-      local msrc = assert(readFile(path))
-      local lok, lerr = load(msrc, '=' .. path, 't')
-      if not lok then return nil, lerr end
-      modules[name] = msrc
-      for _, n in ipairs(requiresOf(msrc)) do queue[#queue + 1] = n end
     end
   end
   return { format = FORMAT, main = main, modules = modules }
@@ -113,42 +131,127 @@ function M.decode(text)
   return b
 end
 
---- `ocap bundle FILE.lua... [-o OUT]`
+local USAGE = [[
+usage: ocap bundle [-o OUT] [--] FILE.lua|DIR...
+
+Makes a .bundle file from each vat FILE.lua: the vat and the modules it
+requires from its own directory, so a kernel can keep the vat's code and
+restart it without the sources. ocap, ocap.* and cjson come with every vat
+and are not bundled. FILE.bundle is written next to FILE.lua.
+
+A directory DIR stands for the vats in it: its .lua files that define
+buildRootObject (the modules they require are bundled into them).
+
+  -o OUT      with one vat: the bundle file to write; with several vats, or
+              a directory: the directory to write the bundles in. Missing
+              directories are created.
+  --          end of the options
+  -h, --help  print this help
+]]
+
+local function usageError(msg)
+  io.stderr:write('ocap bundle: ', msg, " (see 'ocap bundle --help')\n")
+  return 2
+end
+
+local function plural(n, word) return ('%d %s%s'):format(n, word, n == 1 and '' or 's') end
+
+--- The vats of directory dir: its .lua files that define buildRootObject.
+local function vatsIn(sys, dir)
+  local names, err = sys.listdir(dir)
+  if not names then return nil, err end
+  local vats = {}
+  for _, name in ipairs(names) do
+    local path = dir:gsub('/+$', '') .. '/' .. name
+    if name:match('%.lua$') and not sys.isdir(path) then
+      local src = readFile(path)
+      if src and src:find('buildRootObject', 1, true) then vats[#vats + 1] = path end
+    end
+  end
+  return vats
+end
+
+--- Writes text to path, creating its missing parent directories.
+local function writeFile(sys, path, text)
+  local parent = path:match('^(.*)/[^/]*$')
+  if parent and parent ~= '' and not sys.isdir(parent) then
+    local ok, err = sys.mkdirs(parent)
+    if not ok then return nil, err end
+  end
+  local f, err = io.open(path, 'wb')
+  if not f then return nil, ('cannot write %s'):format(err) end
+  f:write(text)
+  f:close()
+  return true
+end
+
+--- `ocap bundle [-o OUT] FILE.lua|DIR...` (the ocap command's subcommand).
+---@param args table the arguments after `bundle`
+---@return integer status
 function M.main(args)
-  local files, out = {}, nil
-  local i = 1
+  local sys = require 'ocap.sys'
+  local inputs, out = {}, nil
+  local i, flags = 1, true
   while i <= #args do
-    if args[i] == '-o' then
+    local a = args[i]
+    if flags and a == '--' then
+      flags = false
+    elseif flags and (a == '--help' or a == '-h') then
+      io.stdout:write(USAGE)
+      return 0
+    elseif flags and a == '-o' then
       out = args[i + 1]
+      if out == nil or out == '' then return usageError('-o needs a file or directory') end
       i = i + 1
+    elseif flags and a:sub(1, 1) == '-' and #a > 1 then
+      return usageError(('unknown option %s'):format(a))
     else
-      files[#files + 1] = args[i]
+      inputs[#inputs + 1] = a
     end
     i = i + 1
   end
-  if #files == 0 then
-    io.stderr:write('ocap bundle: no vat file given\n')
-    return 2
+  if #inputs == 0 then return usageError('no vat file given') end
+
+  local files, fromDir = {}, false
+  for _, input in ipairs(inputs) do
+    if sys.isdir(input) then
+      local vats, err = vatsIn(sys, input)
+      if not vats then
+        io.stderr:write('ocap bundle: cannot list ', err, '\n')
+        return 1
+      end
+      if #vats == 0 then
+        return usageError(('%s has no vat files (.lua files defining buildRootObject); give the vat files'
+          .. ' to bundle'):format(input))
+      end
+      for _, v in ipairs(vats) do files[#files + 1] = v end
+      fromDir = true
+    elseif not input:match('%.lua$') then
+      return usageError(('%s is not a .lua file or a directory'):format(input))
+    else
+      files[#files + 1] = input
+    end
   end
-  if out and #files > 1 then
-    io.stderr:write('ocap bundle: -o needs exactly one input file\n')
-    return 2
-  end
+
+  -- With several vats, -o names the directory the bundles go to.
+  local outDir = out and (#files > 1 or fromDir or sys.isdir(out) or out:match('/$')) and out:gsub('/+$', '')
+  if outDir == '' then outDir = '/' end
   for _, file in ipairs(files) do
     local b, err = M.build(file)
     if not b then
       io.stderr:write('ocap bundle: ', err, '\n')
       return 1
     end
-    local target = out or (file:gsub('%.lua$', '') .. '.bundle')
-    local f = assert(io.open(target, 'wb'))
-    f:write(M.encode(b))
-    f:close()
-    print(('%s -> %s (%d module%s)'):format(file, target, (function()
-      local n = 0
-      for _ in pairs(b.modules) do n = n + 1 end
-      return n
-    end)(), ''))
+    local base = file:gsub('%.lua$', '') .. '.bundle'
+    local target = outDir and (outDir .. '/' .. base:match('[^/]*$')) or out or base
+    local ok, werr = writeFile(sys, target, M.encode(b))
+    if not ok then
+      io.stderr:write('ocap bundle: ', werr, '\n')
+      return 1
+    end
+    local n = 0
+    for _ in pairs(b.modules) do n = n + 1 end
+    print(('%s -> %s (%s)'):format(file, target, plural(n, 'module')))
   end
   return 0
 end

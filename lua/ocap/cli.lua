@@ -1,48 +1,136 @@
---- The `ocap` command line (API.md §10).
+--- The `ocap` command line: `ocap run`, `ocap bundle`, `ocap version`,
+--- `ocap help`.
+---
+--- Conventions: a command's own flags come before its operands (for `run`,
+--- everything after the script belongs to the script); `--` ends the flags;
+--- every command takes `--help` (or `-h`), which prints its usage on stdout
+--- and exits 0. A usage error prints one line on stderr, naming the command
+--- and pointing at its `--help`, and exits 2.
 local M = {}
 
 local USAGE = [[
-usage: ocap run HOST.lua [--db DIR] [--reset] [--memory] [ARGS...]
-       ocap bundle FILE.lua... [-o OUT]
+usage: ocap run [--db DIR] [--reset] [--memory] [--] HOST.lua [ARGS...]
+       ocap bundle [-o OUT] [--] FILE.lua|DIR...
        ocap version
+       ocap help [COMMAND]
 
-  run      run a host script; its kernels use the LevelDB database in DIR
-           (default ./.ocap) unless the script names one, or memory with --memory
-  bundle   make a .bundle file from a vat and the modules it requires
+  run      run a host script; its kernels keep their state in memory unless
+           the script names a database or --db DIR is given
+  bundle   make .bundle files: a vat and the modules it requires
+  version  print the version
+
+Every command takes --help. Usage errors exit with status 2.
 ]]
 
-local function die(msg)
-  io.stderr:write('ocap: ', msg, '\n')
+local RUN_USAGE = [[
+usage: ocap run [--db DIR] [--reset] [--memory] [--] HOST.lua [ARGS...]
+
+Runs the host script HOST.lua with the ocap modules on its path. Everything
+after HOST.lua goes to the script, as `...` and in `arg` (arg[0] is the
+script). Kernels keep their state in memory unless the script names a
+database (Kernel.make { database = DIR }) or --db is given; each database
+used is announced once on stderr.
+
+  --db DIR   kernels the script makes without naming a database use the
+             LevelDB database in DIR (created with its parents if missing)
+  --reset    wipe each database the script opens, the first time it opens it
+  --memory   keep every kernel in memory, even where the script names a
+             database
+  --         end of the options: the next argument is the script
+  -h, --help print this help
+
+Exit status: what the script returns if it is an integer, else 0; 1 when
+the script raises; 2 for usage errors.
+]]
+
+local VERSION_USAGE = [[
+usage: ocap version
+
+Prints the version of ocap and of its Lua.
+]]
+
+--- Writes a one-line usage error for command `cmd` and returns exit code 2.
+local function usageError(cmd, msg)
+  local name = cmd and ('ocap ' .. cmd) or 'ocap'
+  io.stderr:write(name, ': ', msg, " (see '", name, " --help')\n")
   return 2
+end
+M.usageError = usageError
+
+local function isHelp(a) return a == '--help' or a == '-h' end
+
+--- The `ocap run` hook of Kernel.make (see ocap.kernel `defaults`): applies
+--- the command line's choices to a script's options, and says once per
+--- database where state goes.
+local function runDefaults(db, reset, memory)
+  local announced, wiped = {}, {}
+  return function(options)
+    local merged = {}
+    for k, v in pairs(options) do merged[k] = v end
+    if memory then
+      merged.database = false
+    elseif merged.database == nil then
+      merged.database = db
+    end
+    local dir = merged.database
+    if type(dir) == 'string' then
+      if reset and merged.resetStorage == nil and not wiped[dir] then merged.resetStorage = true end
+      wiped[dir] = true
+      if not announced[dir] then
+        announced[dir] = true
+        io.stderr:write('ocap run: kernel state is kept in the database ', dir,
+          merged.resetStorage and ' (wiped first)' or '', '\n')
+      end
+    end
+    return merged
+  end
 end
 
 local function cmdRun(args)
-  local script, db, reset, memory, rest = nil, './.ocap', false, false, {}
+  local db, reset, memory
   local i = 1
   while i <= #args do
     local a = args[i]
-    if a == '--db' then
-      db = args[i + 1]
-      if not db then return die('--db needs a directory') end
+    if a == '--' then
       i = i + 1
+      break
+    elseif isHelp(a) then
+      io.stdout:write(RUN_USAGE)
+      return 0
+    elseif a == '--db' then
+      db = args[i + 1]
+      if db == nil or db == '' then return usageError('run', '--db needs a directory') end
+      i = i + 1
+    elseif a:match('^%-%-db=') then
+      db = a:sub(6)
+      if db == '' then return usageError('run', '--db needs a directory') end
     elseif a == '--reset' then
       reset = true
     elseif a == '--memory' then
       memory = true
-    elseif not script then
-      script = a
+    elseif a:sub(1, 1) == '-' and a ~= '-' then
+      return usageError('run', ('unknown option %s'):format(a))
     else
-      rest[#rest + 1] = a
+      break
     end
     i = i + 1
   end
-  if not script then return die('run: no host script given\n' .. USAGE) end
-  local kernel = require 'ocap.kernel'
-  kernel.defaults = { database = not memory and db or nil, resetStorage = reset or nil }
+  local script = args[i]
+  if script == nil then return usageError('run', 'no host script given') end
+  if db and memory then return usageError('run', '--db and --memory exclude each other') end
+  local f = io.open(script, 'r')
+  if not f then return usageError('run', ('cannot open host script %s'):format(script)) end
+  f:close()
   local chunk, err = loadfile(script)
-  if not chunk then return die(err) end
+  if not chunk then
+    io.stderr:write('ocap run: ', err, '\n')
+    return 1
+  end
+  local rest = { table.unpack(args, i + 1) }
   rest[0] = script
   _G.arg = rest
+  local kernel = require 'ocap.kernel'
+  kernel.defaults = runDefaults(db, reset, memory)
   local ok, res = xpcall(chunk, function(e)
     if type(e) == 'table' and e.message then e = tostring(e) end
     return debug.traceback(tostring(e), 2)
@@ -55,25 +143,47 @@ local function cmdRun(args)
   return math.type(res) == 'integer' and res or 0
 end
 
-local function cmdBundle(args)
-  return require('ocap.bundle').main(args)
-end
-
---- Entry point called by host/main.c.
-function M.main(args)
-  local cmd = args[1]
-  local rest = { table.unpack(args, 2) }
-  if cmd == 'run' then return cmdRun(rest) end
-  if cmd == 'bundle' then return cmdBundle(rest) end
-  if cmd == 'version' or cmd == '--version' then
-    print('ocap 0.1.0 (' .. _VERSION .. ')')
+local function cmdVersion(args)
+  if isHelp(args[1]) then
+    io.stdout:write(VERSION_USAGE)
     return 0
   end
-  if cmd == nil or cmd == 'help' or cmd == '--help' or cmd == '-h' then
+  if args[1] ~= nil then return usageError('version', ('unexpected argument %s'):format(args[1])) end
+  print('ocap 0.1.0 (' .. _VERSION .. ')')
+  return 0
+end
+
+local COMMANDS = {
+  run = cmdRun,
+  bundle = function(args) return require('ocap.bundle').main(args) end,
+  version = cmdVersion,
+}
+
+local function cmdHelp(args)
+  local topic = args[1]
+  if topic == nil or isHelp(topic) then
     io.stdout:write(USAGE)
-    return cmd == nil and 2 or 0
+    return 0
   end
-  return die(('unknown command %q\n'):format(cmd) .. USAGE)
+  if not COMMANDS[topic] then return usageError('help', ('unknown command %s'):format(topic)) end
+  return COMMANDS[topic]({ '--help' })
+end
+COMMANDS.help = cmdHelp
+
+--- Entry point called by host/main.c.
+---@param args table the command line without the program name
+---@return integer status the process's exit status
+function M.main(args)
+  local cmd = args[1]
+  if cmd == nil then
+    io.stderr:write(USAGE)
+    return 2
+  end
+  if isHelp(cmd) then return cmdHelp({}) end
+  if cmd == '--version' then return cmdVersion({}) end
+  local fn = COMMANDS[cmd]
+  if not fn then return usageError(nil, ('unknown command %s'):format(cmd)) end
+  return fn({ table.unpack(args, 2) })
 end
 
 return M

@@ -110,14 +110,7 @@ local OPTION_KEYS = {
 ---@param options table|nil see API.md §7
 function M.make(options)
   options = options or {}
-  local defaults = M.defaults
-  if defaults then
-    local merged = {}
-    for k, v in pairs(options) do merged[k] = v end
-    if merged.database == nil then merged.database = defaults.database end
-    if merged.resetStorage == nil then merged.resetStorage = defaults.resetStorage end
-    options = merged
-  end
+  if M.defaults then options = M.defaults(options) end
   for k, v in pairs(options) do
     local want = OPTION_KEYS[k]
     if not want then error(('Kernel.make: unknown option %q'):format(tostring(k)), 2) end
@@ -320,9 +313,10 @@ function Kernel:_loadBundle(name, vc, clusterConfig)
     if not src then
       return nil, ('%s.sourceSpec: cannot read %q: %s'):format(where, vc.sourceSpec, tostring(err))
     end
-    -- The vat's own modules next to it come along; a syntax error is
-    -- reported when the vat starts, with the vat's name.
-    local ok, b = pcall(require('ocap.bundle').build, path)
+    -- The vat's own modules next to it come along. The build is lenient:
+    -- a syntax error, or a module that is not there, is reported by the
+    -- vat when it starts or requires it, with the vat's name.
+    local ok, b = pcall(require('ocap.bundle').build, path, { lenient = true })
     local modules = ok and b and b.modules or {}
     if ok and b then modules[b.main] = nil end
     modules[vc.sourceSpec] = src
@@ -834,7 +828,10 @@ function M.current()
   if k and not k.stopped then return k end
 end
 
---- Defaults the `ocap run` command sets (database directory, reset).
+--- Set by `ocap run` (ocap.cli): a function that takes the options a
+--- script passes to Kernel.make and returns a copy with the command
+--- line's choices (database, reset) applied.
+---@type (fun(options: table): table)|nil
 M.defaults = nil
 
 --- Stops every kernel still running in this Lua state.

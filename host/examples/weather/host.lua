@@ -2,7 +2,7 @@
 -- backed by the host's own data, a system subcluster whose vat keeps the
 -- service in baggage, and a report asked for by the host.
 --
---   build/ocap run host/examples/weather/host.lua [--db DIR]
+--   build/ocap run --db DIR host/examples/weather/host.lua
 --
 -- Run it twice with the same database: the second run restores the system
 -- subcluster (no second bootstrap) and the vat still reaches the service.
