@@ -1577,6 +1577,8 @@ static const char *fatal_code(int fatal) {
     return "VAT_FATAL:METER_EXHAUSTED";
   case OCAP_FATAL_MEMORY:
     return "VAT_FATAL:MEMORY_EXHAUSTED";
+  case OCAP_FATAL_QUOTA:
+    return "VAT_FATAL:QUOTA_EXCEEDED";
   default:
     return "VAT_FATAL:INTERNAL_ERROR";
   }

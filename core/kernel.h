@@ -68,6 +68,7 @@ enum ocap_fatal {
   OCAP_FATAL_METER,
   OCAP_FATAL_MEMORY,
   OCAP_FATAL_INTERNAL,
+  OCAP_FATAL_QUOTA, /* a kernel-side budget of one delivery (bytes sent, log) */
 };
 
 typedef struct ocap_kernel_hooks {

@@ -47,6 +47,27 @@ typedef struct lkernel lkernel_t;
 typedef struct vtimer vtimer_t;
 
 /*
+ * What a vat may cost the kernel (creationOptions; docs/security.md). The
+ * vat's Lua state is bounded by its own memory and meter; these bound what
+ * it makes the kernel hold on its behalf: messages, log entries, timers.
+ */
+typedef struct vbudget {
+  lua_Integer message_bytes; /* capdata bytes (body and slots) of one send or resolution */
+  lua_Integer message_slots; /* slots of one send or resolution */
+  lua_Integer crank_bytes;   /* capdata bytes sent and resolved in one delivery */
+  lua_Integer log_bytes;     /* log payload bytes in one delivery */
+  lua_Integer timers;        /* live timers */
+  lua_Integer memory;        /* the vat state's budgets, for messages */
+  lua_Integer instructions;
+} vbudget_t;
+
+#define DEFAULT_MESSAGE_BYTES ((lua_Integer)1 << 20)
+#define DEFAULT_MESSAGE_SLOTS ((lua_Integer)16384)
+#define DEFAULT_CRANK_BYTES ((lua_Integer)16 << 20)
+#define DEFAULT_LOG_BYTES ((lua_Integer)1 << 20)
+#define DEFAULT_TIMERS ((lua_Integer)1000)
+
+/*
  * One vat's runtime. The record outlives the vat's state, so that a vat
  * restarted lazily keeps its slot and a pointer to it stays valid.
  */
@@ -59,6 +80,10 @@ typedef struct lvat {
   char *why;        /* The malloc'd reason for fatal. */
   int exiting;      /* exitVat was called: 1 for success, 2 for failure. */
   char *exit_body;
+  vbudget_t budget;
+  lua_Integer sent;   /* capdata bytes sent and resolved in this delivery */
+  lua_Integer logged; /* log payload bytes in this delivery */
+  int decode_failed;  /* decoding this delivery ran out of a budget */
   lkernel_t *lk;
 } lvat_t;
 
@@ -131,6 +156,17 @@ static lvat_t *find_vat(lkernel_t *lk, const char *id) {
   return lk->vats[n];
 }
 
+static vbudget_t default_budget(void) {
+  vbudget_t b = {DEFAULT_MESSAGE_BYTES,
+                 DEFAULT_MESSAGE_SLOTS,
+                 DEFAULT_CRANK_BYTES,
+                 DEFAULT_LOG_BYTES,
+                 DEFAULT_TIMERS,
+                 (lua_Integer)OCAP_VAT_DEFAULT_MEMORY,
+                 OCAP_VAT_DEFAULT_INSTRUCTIONS};
+  return b;
+}
+
 static lvat_t *make_vat_record(lkernel_t *lk, const char *id) {
   lvat_t *rec = find_vat(lk, id);
   if (rec)
@@ -156,6 +192,7 @@ static lvat_t *make_vat_record(lkernel_t *lk, const char *id) {
   snprintf(rec->id, sizeof rec->id, "%s", id);
   rec->lk = lk;
   rec->dispatch_ref = LUA_NOREF;
+  rec->budget = default_budget();
   lk->vats[n] = rec;
   return rec;
 }
@@ -321,13 +358,104 @@ static int store_call_failed(lua_State *V, lvat_t *rec, int rc, const char *what
   return syscall_failed(V, rec);
 }
 
-/* send(target, body, slots, result?)  [-0, +0, e] */
+/*
+ * [-0, +0, e] Makes the vat's crank fatal for going over a budget of one
+ * delivery, then raises; it never returns. Like an illegal syscall, the
+ * mark survives a pcall in the vat that would catch the error.
+ */
+static int over_quota(lua_State *V, lvat_t *rec, const char *fmt, long long n, long long max) {
+  char msg[256];
+  snprintf(msg, sizeof msg, fmt, n, max);
+  if (!rec->fatal) {
+    rec->fatal = OCAP_FATAL_QUOTA;
+    free(rec->why);
+    rec->why = dupstr(msg);
+  }
+  return luaL_error(V, "%s", msg);
+}
+
+/* [-0, +0, e] Adds s to b as the inside of a JSON string. */
+static void add_json_string(luaL_Buffer *b, const char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c == '"' || c == '\\') {
+      luaL_addchar(b, '\\');
+      luaL_addchar(b, (char)c);
+    } else if (c < 0x20 || c == 0x7f) {
+      char esc[7] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15], 0};
+      luaL_addlstring(b, esc, 6);
+    } else {
+      luaL_addchar(b, (char)c);
+    }
+  }
+}
+
+/* [-0, +1, e] Pushes the smallcaps body of an error whose message is msg
+ * and returns it, with its length in *len. */
+static const char *push_error_body(lua_State *L, const char *msg, size_t *len) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "#{\"#error\":\"");
+  add_json_string(&b, msg, strlen(msg));
+  luaL_addstring(&b, "\",\"name\":\"Error\"}");
+  luaL_pushresult(&b);
+  return lua_tolstring(L, -1, len);
+}
+
+/* The bytes of a capdata as the kernel stores it: body and slots. */
+static lua_Integer capdata_bytes(const ocap_capdata_t *cd) {
+  size_t n = cd->blen;
+  for (size_t i = 0; i < cd->nslots; i++)
+    n += strlen(cd->slots[i]) + 1;
+  return (lua_Integer)n;
+}
+
+/*
+ * [-0, +0] Checks one message (or resolution) against the vat's budget for
+ * a single message. Returns NULL when it fits, else a description of the
+ * excess in buf.
+ */
+static const char *message_excess(const lvat_t *rec, const ocap_capdata_t *cd, lua_Integer bytes,
+                                  const char *what, char *buf, size_t size) {
+  if ((lua_Integer)cd->nslots > rec->budget.message_slots)
+    snprintf(buf, size, "%s with %zu slots is over this vat's limit of %lld (maxMessageSlots)",
+             what, cd->nslots, (long long)rec->budget.message_slots);
+  else if (bytes > rec->budget.message_bytes)
+    snprintf(buf, size, "%s of %lld bytes is over this vat's limit of %lld (maxMessageBytes)", what,
+             (long long)bytes, (long long)rec->budget.message_bytes);
+  else
+    return NULL;
+  return buf;
+}
+
+/* [-0, +0, e] Charges bytes sent or resolved to the current delivery;
+ * going over the delivery's budget is fatal. */
+static void charge_sent(lua_State *V, lvat_t *rec, lua_Integer bytes) {
+  rec->sent += bytes;
+  if (rec->sent > rec->budget.crank_bytes)
+    over_quota(V, rec,
+               "sent %lld bytes in one delivery, over this vat's limit of %lld (maxCrankBytes)",
+               (long long)rec->sent, (long long)rec->budget.crank_bytes);
+}
+
+/* send(target, body, slots, result?)  [-0, +0, e]
+ * A message over the vat's size budget raises an ordinary error in the
+ * sender before the kernel holds any of it, so a receiver is never asked
+ * to decode it. */
 static int sys_send(lua_State *V) {
   const char *small[SMALL_SLOTS];
   lvat_t *rec = sysvat(V);
   const char *target = luaL_checkstring(V, 1);
   ocap_capdata_t cd = check_capdata(V, 2, 3, small);
   const char *result = luaL_optstring(V, 4, NULL);
+  char excess[192];
+  lua_Integer bytes = capdata_bytes(&cd);
+  if (message_excess(rec, &cd, bytes, "message", excess, sizeof excess)) {
+    lua_pushstring(V, excess); /* no position: the sender's caller is not at fault */
+    return lua_error(V);
+  }
+  charge_sent(V, rec, bytes);
   if (ocap_kernel_send(rec->lk->k, rec->id, target, &cd, result))
     return syscall_failed(V, rec);
   return 0;
@@ -349,6 +477,18 @@ static int sys_resolve(lua_State *V) {
   r.kpid = luaL_checkstring(V, 1);
   r.rejected = lua_toboolean(V, 2);
   r.data = check_capdata(V, 3, 4, small);
+  char excess[192];
+  lua_Integer bytes = capdata_bytes(&r.data);
+  if (message_excess(rec, &r.data, bytes, "result", excess, sizeof excess)) {
+    /* The decider settles the promise all the same, so its callers are
+     * not left waiting: it is rejected with the reason instead. */
+    ocap_capdata_t err = {0};
+    err.body = push_error_body(V, excess, &err.blen);
+    r.rejected = 1;
+    r.data = err;
+    bytes = (lua_Integer)err.blen;
+  }
+  charge_sent(V, rec, bytes);
   if (ocap_kernel_resolve(rec->lk->k, rec->id, &r, 1))
     return syscall_failed(V, rec);
   return 0;
@@ -530,6 +670,29 @@ static int sys_timer_stop(lua_State *V) {
   return 0;
 }
 
+/*
+ * decode(fn, ...) -> fn(...)  [-n, +r, e]
+ * Liveslots decodes the capdata of every delivery through it. When the
+ * decoding exhausts the vat's memory or meter, the record says so, and the
+ * kernel refuses the delivery instead of terminating the vat for what its
+ * sender made it decode (refuse_decode). A vat that wraps its own code in
+ * it only spares itself.
+ */
+static int sys_decode(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  luaL_checktype(V, 1, LUA_TFUNCTION);
+  int st = lua_pcall(V, lua_gettop(V) - 1, LUA_MULTRET, 0);
+  if (st == LUA_OK)
+    return lua_gettop(V);
+  if (ocap_vat_fatal(rec->vat)) {
+    rec->decode_failed = 1;
+  } else if (st == LUA_ERRMEM) {
+    /* One refused buffer, short of exhaustion: an ordinary error. */
+    lua_pushfstring(V, "vat %s has no memory to decode this message", rec->id);
+  }
+  return lua_error(V);
+}
+
 /* traceback(msg?) -> string  [-0, +1, e]
  * It is the runtime's only window on the stack, since vats get no debug. */
 static int sys_traceback(lua_State *V) {
@@ -548,6 +711,7 @@ static const luaL_Reg syscalls[] = {
     {"vatstoreNext", sys_vatstore_next},
     {"log", sys_log},
     {"traceback", sys_traceback},
+    {"decode", sys_decode},
     {NULL, NULL},
 };
 
@@ -584,15 +748,15 @@ static int map_status(int st) {
                                  : OCAP_FATAL_INTERNAL;
 }
 
-/*
- * [-0, +0] Delivers d to the live vat rec through the one protected path;
- * it never raises. Returns OCAP_EFATAL with *fatal and *why (malloc'd) set
- * when the crank must be rolled back and the vat terminated, else 0.
- */
-static int deliver_vat(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, int *fatal,
-                       char **why) {
+/* [-0, +0] Runs d in the vat through the one protected path, with the
+ * delivery's budgets fresh, and returns how the call ended; an error
+ * message it leaves is popped, and kept in *msg (malloc'd) when asked. */
+static int run_delivery(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, char **msg) {
   lua_State *V = ocap_vat_state(rec->vat);
   STACK_CHECK_BEGIN(V);
+  rec->sent = 0;
+  rec->logged = 0;
+  rec->decode_failed = 0;
   lua_pushcfunction(V, vat_deliver_tramp);
   lua_pushlightuserdata(V, rec);
   lua_pushlightuserdata(V, (void *)d);
@@ -601,20 +765,132 @@ static int deliver_vat(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, int
   int st = ocap_vat_pcall(rec->vat, 2, 0);
   lk->delivering = outer;
   if (st != OCAP_VAT_OK) {
-    const char *msg = lua_tostring(V, -1);
+    const char *m = lua_tostring(V, -1);
+    if (msg)
+      *msg = dupstr(m ? m : "liveslots failed");
+    lua_pop(V, 1);
+  }
+  STACK_CHECK_END(V, 0);
+  return st;
+}
+
+/* [-0, +0] Hands an entry the kernel writes about a vat to the host's
+ * logger, as the vat's own entries are (a smallcaps record). */
+static void log_for_vat(lkernel_t *lk, lvat_t *rec, const char *level, const char *message) {
+  lua_State *L = lk->L;
+  if (!L || lk->logger_ref == LUA_NOREF)
+    return;
+  STACK_CHECK_BEGIN(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lk->logger_ref);
+  lua_pushstring(L, rec->id);
+  lua_pushstring(L, level);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "#{\"message\":\"");
+  add_json_string(&b, message, strlen(message));
+  luaL_addstring(&b, "\",\"tags\":[\"kernel\"]}");
+  luaL_pushresult(&b);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK)
+    lua_pop(L, 1);
+  STACK_CHECK_END(L, 0);
+}
+
+/*
+ * [-0, +0] A delivery whose decoding exhausted the vat's memory or meter:
+ * the vat is not blamed for what its sender made it decode. Its mark is
+ * cleared, and instead of the message its result is rejected (by the
+ * kernel, in the vat's name, since the vat now decides it); instead of a
+ * notify the vat is told that each promise was rejected. What the vat's
+ * runtime did while decoding (imports, subscriptions) stays, so its tables
+ * and the kernel's agree. Returns 0, or OCAP_EFATAL with *fatal and *why
+ * set when even that fails.
+ */
+static int refuse_decode(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, int st, int *fatal,
+                         char **why) {
+  char msg[256], body[400];
+  const char *what = d->type == OCAP_DELIVER_MESSAGE ? "message" : "promise resolution";
+  if (st == OCAP_VAT_MEMORY)
+    snprintf(msg, sizeof msg,
+             "[KERNEL:DELIVERY_REFUSED] vat %s refused a %s it has no memory to decode "
+             "(memoryLimit %lld bytes)",
+             rec->id, what, (long long)rec->budget.memory);
+  else
+    snprintf(msg, sizeof msg,
+             "[KERNEL:DELIVERY_REFUSED] vat %s refused a %s too costly to decode "
+             "(meter %lld instructions)",
+             rec->id, what, (long long)rec->budget.instructions);
+  int blen = snprintf(body, sizeof body, "#{\"#error\":\"%s\",\"name\":\"Error\"}", msg);
+  ocap_vat_forgive(rec->vat);
+  log_for_vat(lk, rec, "warn", msg + strlen("[KERNEL:DELIVERY_REFUSED] "));
+  ocap_capdata_t err = {body, (size_t)blen, NULL, 0};
+  if (d->type == OCAP_DELIVER_MESSAGE) {
+    if (!d->result)
+      return 0;
+    ocap_resolution_t r = {d->result, 1, err};
+    if (ocap_kernel_resolve(lk->k, rec->id, &r, 1) == 0)
+      return 0;
+    *fatal = OCAP_FATAL_INTERNAL;
+    *why = dupstr(ocap_kernel_errmsg(lk->k));
+    return OCAP_EFATAL;
+  }
+  ocap_resolution_t *rs = malloc(d->nresolutions * sizeof *rs);
+  if (!rs) {
+    *fatal = OCAP_FATAL_INTERNAL;
+    *why = dupstr("out of memory");
+    return OCAP_EFATAL;
+  }
+  for (size_t i = 0; i < d->nresolutions; i++) {
+    rs[i].kpid = d->resolutions[i].kpid;
+    rs[i].rejected = 1;
+    rs[i].data = err;
+  }
+  ocap_delivery_t told = *d;
+  told.resolutions = rs;
+  st = run_delivery(lk, rec, &told, why);
+  free(rs);
+  if (st == OCAP_VAT_OK && !rec->fatal)
+    return 0;
+  free(*why);
+  *why = NULL;
+  return st == OCAP_VAT_OK ? 0 : OCAP_EFATAL; /* finished by deliver_vat */
+}
+
+/*
+ * [-0, +0] Delivers d to the live vat rec through the one protected path;
+ * it never raises. Returns OCAP_EFATAL with *fatal and *why (malloc'd) set
+ * when the crank must be rolled back and the vat terminated, else 0.
+ */
+static int deliver_vat(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, int *fatal,
+                       char **why) {
+  char *msg = NULL;
+  int st = run_delivery(lk, rec, d, &msg);
+  if ((st == OCAP_VAT_METER || st == OCAP_VAT_MEMORY) && rec->decode_failed && !rec->fatal &&
+      d->type != OCAP_DELIVER_TIMER) {
+    free(msg);
+    msg = NULL;
+    int rc = refuse_decode(lk, rec, d, st, fatal, why);
+    if (rc == 0 || *fatal)
+      return rc;
+    st = ocap_vat_fatal(rec->vat) ? ocap_vat_fatal(rec->vat) : OCAP_VAT_ERROR;
+  }
+  if (rec->fatal && (st == OCAP_VAT_OK || st == OCAP_VAT_ERROR)) {
+    /* An illegal syscall or a budget of the delivery: the vat's own error,
+     * whether its code caught it or not. */
+    *fatal = rec->fatal;
+    *why = rec->why;
+    rec->why = NULL;
+    rec->fatal = 0;
+  } else if (st != OCAP_VAT_OK) {
     *fatal = map_status(st);
     *why = dupstr(st == OCAP_VAT_METER    ? "instruction meter exhausted"
                   : st == OCAP_VAT_MEMORY ? "memory limit exceeded"
                   : msg                   ? msg
                                           : "liveslots failed");
-    lua_pop(V, 1);
-  } else if (rec->fatal) {
-    *fatal = rec->fatal;
-    *why = rec->why;
+    free(rec->why);
     rec->why = NULL;
     rec->fatal = 0;
   }
-  STACK_CHECK_END(V, 0);
+  free(msg);
   return *fatal ? OCAP_EFATAL : 0;
 }
 
@@ -1508,9 +1784,21 @@ static lua_Integer opt_limit(lua_State *L, int idx, const char *name, lua_Intege
   return n;
 }
 
+/* [-0, +0, e] Sets *out to the optional integer field `name` of the table
+ * at idx, when present; config.lua has checked its range. */
+static void opt_budget(lua_State *L, int idx, const char *name, lua_Integer *out) {
+  lua_Integer n = opt_limit(L, idx, name, (lua_Integer)1 << 40);
+  lua_getfield(L, idx, name);
+  if (!lua_isnil(L, -1))
+    *out = n;
+  lua_pop(L, 1);
+}
+
 /*
  * K:createVat(vatId, { info = json, main = name, modules = { name = src },
- *   parameters = body, globals = names, memory = n, instructions = n })
+ *   parameters = body, globals = names, memory = n, instructions = n,
+ *   maxMessageBytes = n, maxMessageSlots = n, maxCrankBytes = n,
+ *   maxLogBytes = n, maxTimers = n })
  *   -> true | nil, msg, code?  [-0, +(1|2|3), e]
  * Builds the vat's state, boots liveslots and runs startVat (which calls
  * buildRootObject). The store writes stay in the crank buffer. Every option
@@ -1529,6 +1817,18 @@ static int k_create_vat(lua_State *L) {
   ocap_vat_limits_t lim = {0, 0};
   lim.memory = (size_t)opt_limit(L, 3, "memory", OCAP_LIMIT_MEMORY_MAX);
   lim.instructions = (long long)opt_limit(L, 3, "instructions", OCAP_LIMIT_INSTRUCTIONS_MAX);
+  vbudget_t budget = default_budget();
+  if (lim.memory)
+    budget.memory = (lua_Integer)lim.memory;
+  if (lim.instructions)
+    budget.instructions = lim.instructions;
+  opt_budget(L, 3, "maxMessageBytes", &budget.message_bytes);
+  opt_budget(L, 3, "maxMessageSlots", &budget.message_slots);
+  opt_budget(L, 3, "maxCrankBytes", &budget.crank_bytes);
+  opt_budget(L, 3, "maxLogBytes", &budget.log_bytes);
+  opt_budget(L, 3, "maxTimers", &budget.timers);
+  rec->budget = budget;
+  rec->sent = rec->logged = 0;
   /* These four strings stay on the stack until the function returns. */
   boot_args_t args = {rec, NULL, NULL, NULL, NULL};
   lua_getfield(L, 3, "info");
@@ -1603,10 +1903,11 @@ static int k_create_vat(lua_State *L) {
                                               : lua_tostring(V, -1);
     lua_pushnil(L);
     lua_pushstring(L, msg ? msg : "vat failed to start");
-    lua_pushstring(L, st == OCAP_VAT_METER    ? "METER_EXHAUSTED"
-                      : st == OCAP_VAT_MEMORY ? "MEMORY_EXHAUSTED"
-                      : rec->fatal            ? "ILLEGAL_SYSCALL"
-                                              : "INTERNAL_ERROR");
+    lua_pushstring(L, st == OCAP_VAT_METER             ? "METER_EXHAUSTED"
+                      : st == OCAP_VAT_MEMORY          ? "MEMORY_EXHAUSTED"
+                      : rec->fatal == OCAP_FATAL_QUOTA ? "QUOTA_EXCEEDED"
+                      : rec->fatal                     ? "ILLEGAL_SYSCALL"
+                                                       : "INTERNAL_ERROR");
     stop_vat(rec);
     return 3;
   }

@@ -1161,6 +1161,15 @@ int ocap_vat_fatal(const ocap_vat_t *v) {
   return v->fatal;
 }
 
+void ocap_vat_forgive(ocap_vat_t *v) {
+  assert(v->depth == 0);
+  v->fatal = 0;
+  v->refused = 0;
+  /* vat_die re-armed the main thread's hook to fire at every instruction. */
+  lua_sethook(v->L, vat_hook, LUA_MASKCOUNT, OCAP_VAT_GRANULE);
+  lua_gc(v->L, LUA_GCCOLLECT, 0);
+}
+
 size_t ocap_vat_memory(const ocap_vat_t *v) {
   return v->used;
 }

@@ -111,6 +111,14 @@ int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults);
 /* OCAP_VAT_METER or OCAP_VAT_MEMORY when the vat was marked, else 0. */
 int ocap_vat_fatal(const ocap_vat_t *v);
 
+/*
+ * Clears the vat's mark, for an exhaustion the kernel does not hold against
+ * the vat (decoding a message another vat sent it), and collects its
+ * garbage. Lua leaves a state consistent after any error, so the vat can
+ * go on. Call it only outside ocap_vat_pcall.
+ */
+void ocap_vat_forgive(ocap_vat_t *v);
+
 /* Bytes the vat's state uses now. */
 size_t ocap_vat_memory(const ocap_vat_t *v);
 

@@ -117,4 +117,110 @@ describe('budgets', function()
       assert.same({}, storeKeys(vatId))
     end)
   end)
+
+  describe('a message that costs more to decode than its receiver has', function()
+    local MiB = 1 << 20
+    -- s may send big messages; r has a small memory budget and data in
+    -- its baggage.
+    local function launchPair()
+      local r = kernel:launchSubcluster({
+        bootstrap = 's',
+        vats = {
+          s = { sourceSpec = BUDGET, creationOptions = { maxMessageBytes = 32 * MiB, maxCrankBytes = 64 * MiB } },
+          r = { sourceSpec = BUDGET, creationOptions = { memoryLimit = 8 * MiB, maxMessageBytes = 32 * MiB,
+            maxCrankBytes = 64 * MiB } },
+        },
+      }):await()
+      local sc = kernel:getSubcluster(r.subclusterId)
+      local recv = kernel:queueMessage(r.rootKref, 'peer', { 'r' }):await()
+      kernel:queueMessage(recv, 'meet', { 's', kernel:getPresence(r.rootKref) }):await()
+      assert.equal('precious', kernel:queueMessage(recv, 'put', { 'data', 'precious' }):await())
+      return r.rootKref, recv, sc.vats.r
+    end
+
+    it('is refused: the result is rejected, the receiver keeps running with its state', function()
+      local s, recv, vatId = launchPair()
+      -- 200,000 records are about 600 KB of capdata and well over 8 MiB decoded.
+      local res = kernel:queueMessage(s, 'sendRecords', { 'r', 200000 }):await()
+      assert.is_false(res.ok)
+      assert.equal('DELIVERY_REFUSED', res.err.code)
+      assert.equal(('[KERNEL:DELIVERY_REFUSED] vat %s refused a message it has no memory to decode '
+        .. '(memoryLimit 8388608 bytes)'):format(vatId), res.err.message)
+      assert.is_true(support.isLive(kernel, vatId))
+      assert.is_nil(support.terminatedRecord(kernel, vatId))
+      assert.equal('precious', kernel:queueMessage(recv, 'get', { 'data' }):await())
+      -- It still works, with its memory back: a message it can decode.
+      assert.equal(1000, kernel:queueMessage(s, 'sendRecords', { 'r', 1000 }):await().err)
+      assert.equal(7, kernel:queueMessage(recv, 'ping', { 7 }):await())
+      local warned = false
+      for _, e in ipairs(kernel:logs()) do
+        if e.vatId == vatId and e.level == 'warn' and tostring(e.message):match('has no memory to decode') then
+          warned = true
+        end
+      end
+      assert.is_true(warned, 'the refusal is not logged')
+    end)
+
+    it('is refused in a promise resolution too: the promise is rejected instead', function()
+      local _, recv, vatId = launchPair()
+      -- r asks s for the records: the reply reaches r as a notify.
+      local res = kernel:queueMessage(recv, 'askRecords', { 's', 200000 }):await()
+      assert.is_false(res.ok)
+      assert.equal('DELIVERY_REFUSED', res.err.code)
+      assert.matches('refused a promise resolution it has no memory to decode', res.err.message, 1, true)
+      assert.is_true(support.isLive(kernel, vatId))
+      assert.equal('precious', kernel:queueMessage(recv, 'get', { 'data' }):await())
+      assert.same({ ok = true, count = 1000 }, kernel:queueMessage(recv, 'askRecords', { 's', 1000 }):await())
+    end)
+  end)
+
+  describe('what a vat sends', function()
+    local function launchPair(creationOptions)
+      local r = kernel:launchSubcluster({
+        bootstrap = 's',
+        vats = {
+          s = { sourceSpec = BUDGET, creationOptions = creationOptions },
+          r = { sourceSpec = BUDGET },
+        },
+      }):await()
+      local sc = kernel:getSubcluster(r.subclusterId)
+      return r.rootKref, kernel:queueMessage(r.rootKref, 'peer', { 'r' }):await(), sc.vats.s
+    end
+
+    it('is refused at the sender, as an ordinary error, over maxMessageBytes (default 1 MiB)', function()
+      local s, _, vatId = launchPair(nil)
+      local res = kernel:queueMessage(s, 'trySend', { 'r', 2 << 20 }):await()
+      assert.is_false(res.ok)
+      assert.matches("^message of 20971%d%d bytes is over this vat's limit of 1048576 %(maxMessageBytes%)$", res.err)
+      assert.is_true(kernel:queueMessage(s, 'trySend', { 'r', 1000 }):await().ok)
+      assert.is_true(support.isLive(kernel, vatId))
+    end)
+
+    it('is refused at the sender over maxMessageSlots', function()
+      local s = launchPair({ maxMessageSlots = 10 })
+      local res = kernel:queueMessage(s, 'sendRecords', { 'r', 3 }):await()
+      assert.equal(3, res.err)
+    end)
+
+    it('rejects a result over maxMessageBytes with the reason, and the vat goes on', function()
+      local s, _, vatId = launchPair({ maxMessageBytes = 4096 })
+      local err = rejection(kernel:queueMessage(s, 'bigResult', { 5000 }))
+      assert.equal("result of 5003 bytes is over this vat's limit of 4096 (maxMessageBytes)", err.message)
+      assert.equal('rrrr', kernel:queueMessage(s, 'bigResult', { 4 }):await())
+      assert.is_true(support.isLive(kernel, vatId))
+    end)
+
+    it('in one delivery is bounded by maxCrankBytes: over it the vat is terminated, the crank rolled back', function()
+      local s, recv, vatId = launchPair({ maxCrankBytes = 64 * 1024 })
+      assert.equal(7, kernel:queueMessage(s, 'flood', { 'r', 7, 8192 }):await())
+      local err = rejection(kernel:queueMessage(s, 'flood', { 'r', 9, 8192 }))
+      assert.equal('VAT_FATAL:QUOTA_EXCEEDED', err.code)
+      assert.matches(("vat %s terminated: sent %%d+ bytes in one delivery, over this vat's limit of 65536 "
+        .. '%%(maxCrankBytes%%)'):format(vatId), err.message)
+      assert.is_false(support.isLive(kernel, vatId))
+      -- Nothing of the fatal crank was queued.
+      assert.equal(0, kernel:stats().queue)
+      assert.equal(1, kernel:queueMessage(recv, 'ping', { 1 }):await())
+    end)
+  end)
 end)

@@ -45,6 +45,11 @@ M.show = show
 --- every value exact and far from overflowing the kernel's arithmetic.
 M.LIMITS = {
   memoryLimit = { min = 65536, max = 1 << 40, what = 'an integer number of bytes, at least 65536 and at most 2^40' },
+  maxMessageBytes = { min = 1024, max = 1 << 40, what = 'an integer number of bytes, from 1024 to 2^40' },
+  maxMessageSlots = { min = 0, max = 1 << 40, what = 'an integer number of slots, from 0 to 2^40' },
+  maxCrankBytes = { min = 1024, max = 1 << 40, what = 'an integer number of bytes, from 1024 to 2^40' },
+  maxLogBytes = { min = 0, max = 1 << 40, what = 'an integer number of bytes, from 0 to 2^40' },
+  maxTimers = { min = 0, max = 1 << 40, what = 'an integer number of timers, from 0 to 2^40' },
 }
 M.INSTRUCTIONS = { min = 1, max = 1000000000000000, what = 'a positive integral number, at most 1e15' }
 

@@ -350,10 +350,14 @@ local function limitsOf(vc)
   return co.memoryLimit, co.meter and co.meter.instructions
 end
 
+-- The kernel-side budgets of creationOptions, passed to createVat as is.
+local BUDGET_KEYS = { 'maxMessageBytes', 'maxMessageSlots', 'maxCrankBytes', 'maxLogBytes', 'maxTimers' }
+
 --- Starts a vat's Lua state and runs startVat. Returns true or nil, msg.
 function Kernel:_startVat(vatId, rec, bundle)
   local memory, instructions = limitsOf(rec.config)
-  local ok, res, err = pcall(self.K.createVat, self.K, vatId, {
+  local co = rec.config.creationOptions or {}
+  local options = {
     info = vatId .. ' ' .. rec.name,
     main = bundle.main,
     modules = bundle.modules,
@@ -361,7 +365,9 @@ function Kernel:_startVat(vatId, rec, bundle)
     memory = memory and math.tointeger(memory),
     globals = table.concat(rec.config.globals or {}, ' '),
     instructions = instructions and math.tointeger(instructions),
-  })
+  }
+  for _, k in ipairs(BUDGET_KEYS) do options[k] = co[k] and math.tointeger(co[k]) end
+  local ok, res, err = pcall(self.K.createVat, self.K, vatId, options)
   if not ok then return nil, res end
   return res, err
 end

@@ -90,6 +90,9 @@ function M.make(opts)
     end
   end
   local log = opts.log or function() end
+  -- Deliveries are decoded through the kernel's decode syscall, so that a
+  -- message too costly to decode is refused instead of ending the vat.
+  local decode = syscall.decode or function(f, capdata) return f(capdata) end
   local wrapError = opts.wrapError
   local explain = opts.explain or function(e) return e end
 
@@ -293,7 +296,7 @@ function M.make(opts)
     -- designates, checking revocation on the way. Running it here on the
     -- local object the promise resolved to would skip that check.
     local target = exports[targetVref] or storeKit.fromVref(targetVref) or durableKit.fromVref(targetVref)
-    local ok, methargs = pcall(m.unserialize, { body = body, slots = slots })
+    local ok, methargs = pcall(decode, m.unserialize, { body = body, slots = slots })
     if target == nil then
       rejectResult(resultVpid, pass.makeError(
         ('[KERNEL:OBJECT_DELETED] Object %s no longer exists'):format(targetVref)))
@@ -327,7 +330,7 @@ function M.make(opts)
     for i = 1, n do
       local r = resolutions[i]
       local p = n == 1 and ps or ps[i]
-      local ok, v = pcall(m.unserialize, { body = r[3], slots = r[4] })
+      local ok, v = pcall(decode, m.unserialize, { body = r[3], slots = r[4] })
       if not ok then
         rejectPromise(p, normalizeError(v))
       elseif r[2] then

@@ -1,6 +1,7 @@
 -- A vat that spends kernel-side resources on demand: big messages, many
 -- timers, log entries, and records that are costly to decode.
 local ocap = require 'ocap'
+local E = ocap.E
 
 local M = {}
 
@@ -12,12 +13,44 @@ function M.buildRootObject(_, parameters, baggage)
   return ocap.makeDefaultExo('budget', {
     bootstrap = function(_, vats) peers = vats end,
     peer = function(_, name) return peers[name] end,
+    meet = function(_, name, p) peers[name] = p end,
     ping = function(_, i) return i end,
     put = function(_, k, v)
       if baggage:has(k) then baggage:set(k, v) else baggage:init(k, v) end
       return v
     end,
     get = function(_, k) return baggage:has(k) and baggage:get(k) or nil end,
+    -- n references to one empty record: cheap to hold and to encode, but
+    -- the receiver decodes n distinct tables.
+    records = function(_, n)
+      local one, list = {}, {}
+      for i = 1, n do list[i] = one end
+      return list
+    end,
+    sendRecords = function(_, name, n)
+      local one, list = {}, {}
+      for i = 1, n do list[i] = one end
+      local ok, err = pcall(ocap.await, E(peers[name]).take(list))
+      return { ok = ok, err = err }
+    end,
+    -- Asks the peer for n records: the reply is a notify to this vat.
+    askRecords = function(_, name, n)
+      local ok, res = pcall(ocap.await, E(peers[name]).records(n))
+      if ok then return { ok = true, count = #res } end
+      return { ok = false, err = res }
+    end,
+    take = function(_, list) return #list end,
+    trySend = function(_, name, bytes)
+      local ok, err = pcall(function() return E(peers[name]).take(string.rep('x', bytes)) end)
+      return { ok = ok, err = err }
+    end,
+    -- Sends count messages of size bytes each in this one delivery.
+    flood = function(_, name, count, bytes)
+      local s = string.rep('f', bytes)
+      for _ = 1, count do E.sendOnly(peers[name]).take(s) end
+      return count
+    end,
+    bigResult = function(_, bytes) return string.rep('r', bytes) end,
     spin = function(_, n)
       local x = 0
       for i = 1, n do x = x + i end
