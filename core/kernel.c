@@ -1682,7 +1682,7 @@ int ocap_kernel_step(ocap_kernel_t *k) {
     return ocap_kernel_abort_crank(k, k->err);
   int rc = ocap_store_commit(k->s); /* host writes made between cranks */
   if (rc) {
-    broken(k, rc, "store commit failed: %s", ocap_strerror(rc));
+    broken(k, rc, "store commit failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(k->s));
     return ocap_kernel_abort_crank(k, rc);
   }
   buf_t item = {0};
@@ -1713,7 +1713,7 @@ int ocap_kernel_step(ocap_kernel_t *k) {
     return ocap_kernel_abort_crank(k, rc);
   rc = ocap_store_commit(k->s);
   if (rc) {
-    broken(k, rc, "store commit failed: %s", ocap_strerror(rc));
+    broken(k, rc, "store commit failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(k->s));
     return ocap_kernel_abort_crank(k, rc);
   }
   return 1;

@@ -31,6 +31,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -580,6 +581,10 @@ struct ocap_store {
 
   char *dir;
   char *errmsg;
+  unsigned long long scan_steps; /* keys next_key examined, for tests */
+  unsigned fault_ops;            /* testing hook: which calls count down */
+  long fault_in;                 /* the fault_in-th of them fails (0: none) */
+  int fault_code;
   char *keybuf; /* next_key's result */
   size_t keycap;
 };
@@ -614,6 +619,26 @@ static int fail(ocap_store_t *s, int code, const char *fmt, ...) {
   free(s->errmsg);
   s->errmsg = m;
   return code;
+}
+
+/* Counts down the testing hook's armed fault; returns its code when this
+ * call is the one to fail, else 0. */
+static int injected(ocap_store_t *s, unsigned op) {
+  if (s->fault_in <= 0 || !(s->fault_ops & op) || --s->fault_in > 0)
+    return 0;
+  return fail(s, s->fault_code, "injected fault");
+}
+
+long ocap_store_inject_fault(ocap_store_t *s, unsigned ops, long n, int code) {
+  long left = s->fault_in;
+  s->fault_ops = ops;
+  s->fault_in = n > 0 ? n : 0;
+  s->fault_code = code;
+  return left;
+}
+
+unsigned long long ocap_store_scan_steps(const ocap_store_t *s) {
+  return s->scan_steps;
 }
 
 /*
@@ -740,13 +765,71 @@ int ocap_store_open_memory(ocap_store_t **out) {
 }
 
 /* How the directory looks before LevelDB is allowed near it. */
-enum dir_state { DIR_MISSING, DIR_EMPTY, DIR_DATABASE, DIR_FOREIGN, DIR_NOTDIR, DIR_ERROR };
+enum dir_state {
+  DIR_MISSING,
+  DIR_EMPTY,
+  DIR_DATABASE,
+  DIR_FOREIGN,
+  DIR_NOTDIR,
+  DIR_ERROR,
+  DIR_BADFILE
+};
+
+/* CURRENT names the manifest in one short line; LevelDB reads it whole. */
+#define CURRENT_MAX 4096
+
+static const char *file_kind(mode_t m) {
+  return S_ISLNK(m)    ? "a symbolic link"
+         : S_ISCHR(m)  ? "a character device"
+         : S_ISBLK(m)  ? "a block device"
+         : S_ISFIFO(m) ? "a FIFO"
+         : S_ISSOCK(m) ? "a socket"
+         : S_ISDIR(m)  ? "a directory"
+                       : "not a regular file";
+}
+
+/*
+ * Checks, before LevelDB touches them, that the files of a database
+ * directory are regular files: LevelDB reads CURRENT whole and reads the
+ * manifest and logs to their end, so a symlink to a device (/dev/zero)
+ * would hang or exhaust memory, and a FIFO would block, before it reported
+ * anything. lstat does not follow links, so a link is refused whatever it
+ * points to. Returns DIR_DATABASE, or DIR_BADFILE with *bad (malloc'd)
+ * saying which file is wrong, or DIR_ERROR with *err.
+ */
+static enum dir_state check_files(const char *dir, int *err, char **bad) {
+  DIR *d = opendir(dir);
+  if (d == NULL) {
+    *err = errno;
+    return DIR_ERROR;
+  }
+  enum dir_state state = DIR_DATABASE;
+  struct dirent *de;
+  while (state == DIR_DATABASE && (de = readdir(d)) != NULL) {
+    const char *n = de->d_name;
+    struct stat st;
+    if (strcmp(n, ".") == 0 || strcmp(n, "..") == 0)
+      continue;
+    if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      *err = errno;
+      state = DIR_ERROR;
+    } else if (!S_ISREG(st.st_mode)) {
+      *bad = format("%s is %s, not a regular file", n, file_kind(st.st_mode));
+      state = DIR_BADFILE;
+    } else if (strcmp(n, "CURRENT") == 0 && st.st_size > CURRENT_MAX) {
+      *bad = format("CURRENT is %lld bytes long, more than %d", (long long)st.st_size, CURRENT_MAX);
+      state = DIR_BADFILE;
+    }
+  }
+  closedir(d);
+  return state;
+}
 
 /*
  * A directory holding only LevelDB's LOCK and LOG files is a database whose
  * creation was interrupted before CURRENT was written, so it counts as empty.
  */
-static enum dir_state inspect_dir(const char *dir, int *err) {
+static enum dir_state inspect_dir(const char *dir, int *err, char **bad) {
   struct stat st;
   if (stat(dir, &st) != 0) {
     *err = errno;
@@ -772,7 +855,7 @@ static enum dir_state inspect_dir(const char *dir, int *err) {
       state = DIR_FOREIGN;
   }
   closedir(d);
-  return state;
+  return state == DIR_DATABASE ? check_files(dir, err, bad) : state;
 }
 
 /*
@@ -819,7 +902,7 @@ static int count_keys(ocap_store_t *s) {
 int ocap_store_open_leveldb(const char *dir, int durability, ocap_store_t **out, char **errmsg) {
   ocap_store_t *s = NULL;
   enum dir_state state;
-  char *msg = NULL, *lerr = NULL, *canon = NULL;
+  char *msg = NULL, *lerr = NULL, *canon = NULL, *bad = NULL;
   int rc = 0, err = 0;
   *out = NULL;
   if (errmsg != NULL)
@@ -829,8 +912,12 @@ int ocap_store_open_leveldb(const char *dir, int durability, ocap_store_t **out,
     rc = OCAP_EINVAL;
     goto done;
   }
-  state = inspect_dir(dir, &err);
+  state = inspect_dir(dir, &err, &bad);
   switch (state) {
+  case DIR_BADFILE:
+    msg = format("database %s is corrupt (%s)", dir, bad ? bad : "a file is not a regular file");
+    rc = OCAP_ECORRUPT;
+    goto done;
   case DIR_NOTDIR:
     msg = format("%s is not a directory, so not an ocap database", dir);
     rc = OCAP_ENOTDB;
@@ -903,6 +990,7 @@ int ocap_store_open_leveldb(const char *dir, int durability, ocap_store_t **out,
   *out = s;
 done:
   free(canon);
+  free(bad);
   if (errmsg != NULL)
     *errmsg = msg;
   else
@@ -946,6 +1034,9 @@ const char *ocap_store_errmsg(const ocap_store_t *s) {
 /* ---- reads and writes ---------------------------------------------------- */
 
 int ocap_store_get(ocap_store_t *s, const char *key, size_t klen, const char **val, size_t *vlen) {
+  int rc = injected(s, OCAP_FAULT_GET);
+  if (rc != 0)
+    return rc;
   key = NONNULL(key, klen);
   uint32_t h = hash_key(key, klen);
   struct bentry *e = buf_find(&s->buf, h, key, klen);
@@ -957,7 +1048,7 @@ int ocap_store_get(ocap_store_t *s, const char *key, size_t klen, const char **v
     return 1;
   }
   struct cell *c;
-  int rc = lower_cell(s, h, key, klen, &c);
+  rc = lower_cell(s, h, key, klen, &c);
   if (rc != 0)
     return rc;
   if (c == NULL || c->absent)
@@ -1000,6 +1091,9 @@ static int buf_add(ocap_store_t *s, uint32_t h, const char *key, size_t klen, co
 int ocap_store_set(ocap_store_t *s, const char *key, size_t klen, const char *val, size_t vlen) {
   if (klen > MAX_LEN || vlen > MAX_LEN)
     return fail(s, OCAP_EINVAL, "key or value longer than 4 GB");
+  int rc = injected(s, OCAP_FAULT_SET);
+  if (rc != 0)
+    return rc;
   key = NONNULL(key, klen);
   val = NONNULL(val, vlen);
   uint32_t h = hash_key(key, klen);
@@ -1023,7 +1117,7 @@ int ocap_store_set(ocap_store_t *s, const char *key, size_t klen, const char *va
     return 0;
   }
   int existed;
-  int rc = lower_exists(s, h, key, klen, &existed);
+  rc = lower_exists(s, h, key, klen, &existed);
   if (rc != 0)
     return rc;
   return buf_add(s, h, key, klen, val, vlen, 0, existed);
@@ -1032,6 +1126,9 @@ int ocap_store_set(ocap_store_t *s, const char *key, size_t klen, const char *va
 int ocap_store_delete(ocap_store_t *s, const char *key, size_t klen) {
   if (klen > MAX_LEN)
     return fail(s, OCAP_EINVAL, "key longer than 4 GB");
+  int rc = injected(s, OCAP_FAULT_DELETE);
+  if (rc != 0)
+    return rc;
   key = NONNULL(key, klen);
   uint32_t h = hash_key(key, klen);
   struct bentry *e = buf_find(&s->buf, h, key, klen);
@@ -1043,7 +1140,7 @@ int ocap_store_delete(ocap_store_t *s, const char *key, size_t klen) {
     return 0;
   }
   int existed;
-  int rc = lower_exists(s, h, key, klen, &existed);
+  rc = lower_exists(s, h, key, klen, &existed);
   if (rc != 0)
     return rc;
   /* Deleting a key that does not exist changes nothing worth recording. */
@@ -1081,6 +1178,9 @@ static int return_key(ocap_store_t *s, const char *k, size_t kl, const char **ke
 
 int ocap_store_next_key(ocap_store_t *s, const char *prefix, size_t plen, const char *after,
                         size_t alen, int inclusive, const char **key, size_t *klen) {
+  int rc = injected(s, OCAP_FAULT_NEXT);
+  if (rc != 0)
+    return rc;
   prefix = NONNULL(prefix, plen);
   after = NONNULL(after, alen);
   const char *start = after;
@@ -1100,6 +1200,7 @@ int ocap_store_next_key(ocap_store_t *s, const char *prefix, size_t plen, const 
   scur_seek(&cur, &b->order, start, slen, inclusive);
   for (const struct skey *k; (k = scur_peek(&cur, &b->order)) != NULL;
        scur_next(&cur, &b->order, k)) {
+    s->scan_steps++;
     if (!has_prefix(k->key, k->klen, prefix, plen))
       break;
     if (!b->e[(uintptr_t)k->ref].deleted) {
@@ -1129,6 +1230,7 @@ int ocap_store_next_key(ocap_store_t *s, const char *prefix, size_t plen, const 
   const char *lk = NULL;
   size_t lkl = 0;
   for (;;) {
+    s->scan_steps++;
     const struct skey *p = scur_peek(&cur, &s->ordered);
     if (p != NULL && !has_prefix(p->key, p->klen, prefix, plen))
       p = NULL;
@@ -1248,7 +1350,9 @@ static void commit_apply(ocap_store_t *s, int pending) {
 int ocap_store_commit(ocap_store_t *s) {
   if (s->buf.n == 0)
     return 0;
-  int rc = commit_prepare(s);
+  int rc = injected(s, OCAP_FAULT_COMMIT);
+  if (rc == 0)
+    rc = commit_prepare(s);
   if (rc != 0)
     return rc;
   if (s->db == NULL) {

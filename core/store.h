@@ -93,4 +93,25 @@ void ocap_store_close(ocap_store_t *s);
 
 const char *ocap_store_errmsg(const ocap_store_t *s);
 
+/*
+ * Testing hooks. ocap_store_inject_fault makes the n-th call from now among
+ * the kinds in `ops` (OCAP_FAULT_* bits) fail with `code`, once, leaving the
+ * store unchanged by that call; n = 0 disarms it. It returns how many calls
+ * the previous arming still had to go (0 once its fault fired). Tests use it
+ * to check that a failed write fails the crank rather than being lost.
+ * ocap_store_scan_steps counts the keys next_key has examined (live ones,
+ * and the deleted or absent ones it stepped over), so tests can check that
+ * a scan is linear by counting instead of timing.
+ */
+enum {
+  OCAP_FAULT_GET = 1,
+  OCAP_FAULT_SET = 2,
+  OCAP_FAULT_DELETE = 4,
+  OCAP_FAULT_NEXT = 8,
+  OCAP_FAULT_COMMIT = 16,
+  OCAP_FAULT_ALL = 31
+};
+long ocap_store_inject_fault(ocap_store_t *s, unsigned ops, long n, int code);
+unsigned long long ocap_store_scan_steps(const ocap_store_t *s);
+
 #endif

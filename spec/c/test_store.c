@@ -302,6 +302,7 @@ static void test_scan_delete_many(ocap_store_t *s, int n) {
   CHECK(put(s, "n", "v") == 0);
   CHECK(ocap_store_commit(s) == 0);
   size_t base = ocap_store_count(s);
+  unsigned long long steps0 = ocap_store_scan_steps(s);
   double t0 = now_ns();
   const char *k;
   size_t kl;
@@ -315,6 +316,9 @@ static void test_scan_delete_many(ocap_store_t *s, int n) {
     seen++;
   }
   CHECK(seen == n);
+  /* Counted, not timed: each scan examines the key it returns and at most
+   * one key past it in each layer. */
+  CHECK(ocap_store_scan_steps(s) - steps0 <= 4 * (unsigned long long)n + 16);
   CHECK(ocap_store_count(s) == base - (size_t)n);
   CHECK(ocap_store_commit(s) == 0);
   CHECK(ocap_store_next_key(s, "m.", 2, "", 0, 1, &k, &kl) == 0);
@@ -832,6 +836,117 @@ static void test_open_errors(void) {
   CHECK(access(tmppath("never"), F_OK) != 0);
 }
 
+/* Replaces the file dir/name by a symbolic link to target. */
+static void link_to(const char *dir, const char *name, const char *target) {
+  char path[600];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  CHECK(unlink(path) == 0 || errno == ENOENT);
+  REQUIRE(symlink(target, path) == 0);
+}
+
+/* The name of the manifest CURRENT names in dir, into out (300 bytes). */
+static void manifest_of(const char *dir, char *out) {
+  char file[600];
+  snprintf(file, sizeof file, "%s/CURRENT", dir);
+  FILE *f = fopen(file, "r");
+  REQUIRE(f != NULL && fgets(out, 300, f) != NULL);
+  fclose(f);
+  out[strcspn(out, "\n")] = '\0';
+}
+
+/* A fresh database holding one key, closed. */
+static const char *made_db(const char *name) {
+  const char *dir = tmppath(name);
+  ocap_store_t *s = open_db(dir, OCAP_DURABILITY_NONE);
+  CHECK(put(s, "k", "v") == 0);
+  CHECK(ocap_store_commit(s) == 0);
+  ocap_store_close(s);
+  return dir;
+}
+
+/*
+ * LevelDB reads CURRENT whole and the manifest and logs to their end: a
+ * link to /dev/zero hung the open, and a FIFO would block it. Every file of
+ * a database directory must be a regular file before LevelDB sees it, and
+ * the error names the file.
+ */
+static void test_open_special_files(void) {
+  char manifest[300], file[700];
+  const char *dir = made_db("special-current");
+  link_to(dir, "CURRENT", "/dev/zero");
+  CHECK(open_fails(dir, OCAP_ECORRUPT, "CURRENT is a symbolic link"));
+
+  dir = made_db("special-manifest");
+  manifest_of(dir, manifest);
+  link_to(dir, manifest, "/dev/zero");
+  CHECK(open_fails(dir, OCAP_ECORRUPT, "is a symbolic link, not a regular file"));
+  CHECK(open_fails(dir, OCAP_ECORRUPT, manifest));
+
+  /* Even a link to the real file is refused: lstat does not follow it. */
+  dir = made_db("special-link");
+  manifest_of(dir, manifest);
+  snprintf(file, sizeof file, "%s/%s", dir, manifest);
+  char moved[720];
+  snprintf(moved, sizeof moved, "%s.real", file);
+  REQUIRE(rename(file, moved) == 0);
+  link_to(dir, manifest, moved);
+  CHECK(open_fails(dir, OCAP_ECORRUPT, "symbolic link"));
+
+  dir = made_db("special-fifo");
+  snprintf(file, sizeof file, "%s/000099.log", dir);
+  REQUIRE(mkfifo(file, 0600) == 0);
+  CHECK(open_fails(dir, OCAP_ECORRUPT, "000099.log is a FIFO"));
+
+  dir = made_db("special-dir");
+  snprintf(file, sizeof file, "%s/MANIFEST-000099", dir);
+  REQUIRE(mkdir(file, 0700) == 0);
+  CHECK(open_fails(dir, OCAP_ECORRUPT, "MANIFEST-000099 is a directory"));
+
+  /* A CURRENT too long to name a manifest is not read at all. */
+  dir = made_db("special-long");
+  snprintf(file, sizeof file, "%s/CURRENT", dir);
+  FILE *f = fopen(file, "w");
+  REQUIRE(f != NULL);
+  for (int i = 0; i < 5000; i++)
+    fputc('M', f);
+  fclose(f);
+  CHECK(open_fails(dir, OCAP_ECORRUPT, "CURRENT is 5000 bytes long"));
+
+  /* The refusals leave the process able to open other databases. */
+  ocap_store_close(open_db(tmppath("special-after"), OCAP_DURABILITY_NONE));
+}
+
+/* The fault hook fails exactly the armed call, which changes nothing. */
+static void test_injected_faults(ocap_store_t *s) {
+  CHECK(put(s, "f.a", "1") == 0);
+  CHECK(ocap_store_commit(s) == 0);
+  ocap_store_inject_fault(s, OCAP_FAULT_SET, 2, OCAP_EIO);
+  CHECK(put(s, "f.b", "2") == 0);
+  CHECK(put(s, "f.c", "3") == OCAP_EIO);
+  CHECK(strcmp(ocap_store_errmsg(s), "injected fault") == 0);
+  CHECK(has(s, "f.c", NULL));
+  CHECK(put(s, "f.c", "3") == 0); /* once only */
+  ocap_store_inject_fault(s, OCAP_FAULT_DELETE | OCAP_FAULT_GET, 1, OCAP_ECORRUPT);
+  const char *v;
+  size_t vl;
+  CHECK(ocap_store_get(s, "f.a", 3, &v, &vl) == OCAP_ECORRUPT);
+  CHECK(has(s, "f.a", "1"));
+  ocap_store_inject_fault(s, OCAP_FAULT_NEXT, 1, OCAP_EIO);
+  const char *k;
+  size_t kl;
+  CHECK(ocap_store_next_key(s, "f.", 2, "", 0, 1, &k, &kl) == OCAP_EIO);
+  CHECK(scan_is(s, "f.", "f.a,f.b,f.c"));
+  ocap_store_inject_fault(s, OCAP_FAULT_COMMIT, 1, OCAP_ENOMEM);
+  CHECK(ocap_store_commit(s) == OCAP_ENOMEM);
+  CHECK(has(s, "f.b", "2")); /* a failed commit keeps the crank buffer */
+  ocap_store_abort(s);
+  CHECK(has(s, "f.b", NULL));
+  ocap_store_inject_fault(s, OCAP_FAULT_ALL, 0, 0);
+  CHECK(del(s, "f.a") == 0);
+  CHECK(ocap_store_commit(s) == 0);
+  CHECK(scan_is(s, "f.", ""));
+}
+
 /* ---- micro-benchmark ----------------------------------------------------- */
 
 static void bench(const char *name, ocap_store_t *s) {
@@ -964,6 +1079,10 @@ int main(void) {
   test_leveldb_clear(OCAP_DURABILITY_NONE);
   test_leveldb_clear(OCAP_DURABILITY_FSYNC);
   test_open_errors();
+  test_open_special_files();
+  s = open_mem();
+  test_injected_faults(s);
+  ocap_store_close(s);
 
   run_bench();
 
