@@ -183,10 +183,16 @@ function M.make(options)
     syscall = syscall, vatId = 'kernel', kind = 'kernel', log = log,
     allocObject = function() return K:allocObject('kernel') end,
     allocPromise = function() return K:allocPromise('kernel') end,
+    -- As for a vat, a string loses its position and an error keeps its
+    -- name; raised data shows as its smallcaps encoding, as exit reasons do.
     wrapError = function(e)
-      local msg = type(e) == 'table' and e.message or tostring(e)
-      if type(msg) == 'string' and msg:match('^%[KERNEL:') then return e end
-      return pass.makeError('[KERNEL:DELIVERY_FAILED] ' .. tostring(msg))
+      e = liveslots.normalizeError(e)
+      if pass.isError(e) then
+        if e.code then return e end
+        return pass.makeError('[KERNEL:DELIVERY_FAILED] ' .. e.message, e.name)
+      end
+      local ok, cd = pcall(marshal.serializeData, e)
+      return pass.makeError('[KERNEL:DELIVERY_FAILED] ' .. (ok and cd.body or tostring(e)))
     end,
   })
   K:setHostDispatch(self.ls.dispatch)

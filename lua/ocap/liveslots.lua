@@ -19,6 +19,7 @@ local makePromise, resolvePromise, rejectPromise = promise.makePromise, promise.
   promise.rejectPromise
 local onSettle, pstate, drain, spawn = promise.onSettle, promise.state, promise.drain, promise.spawn
 local isPromise, remotableIface = pass.isPromise, pass.remotableIface
+local kernelErrorCode = pass.kernelErrorCode
 
 -- Per Lua state: which liveslots instance a presence or a kernel-known
 -- promise belongs to, so E() can route without being told.
@@ -47,14 +48,75 @@ local function stripPosition(msg)
 end
 M.stripPosition = stripPosition
 
---- Turns whatever a method raised into a passable rejection reason.
+--- Turns whatever a method raised into its rejection reason: the value a
+--- caller gets whether the call went through the kernel or stayed in one
+--- Lua state. A string loses the position Lua put in front of it; an error
+--- keeps what crosses the kernel (message and name; its code follows from
+--- the message); other passable data stays as it is; anything else
+--- becomes an error carrying its tostring.
 local function normalizeError(e)
-  if pass.isError(e) then return e end
+  if pass.isError(e) then
+    if e.code == kernelErrorCode(e.message) and e.errors == nil then return e end
+    return pass.makeError(e.message, e.name)
+  end
   if type(e) == 'string' then return pass.makeError(stripPosition(e)) end
   if pcall(pass.passStyleOf, e) then return e end
   return pass.makeError(tostring(e))
 end
 M.normalizeError = normalizeError
+
+--- The function implementing method on target, or nil.
+local function findMethod(target, method)
+  local impl = exo.methods(target)
+  local fn = impl and impl[method]
+  if type(fn) ~= 'function' then
+    -- Remotables that are not exos (stores) keep their methods in fields.
+    local ok, f = pcall(function() return target[method] end)
+    fn = ok and f or nil
+  end
+  if type(fn) == 'function' then return fn end
+end
+
+--- Makes call(target, method, args), which runs a method of a local
+--- object and raises, if it fails, the normalized reason. Where a failure
+--- started is logged once, at warn, with its traceback at debug: the
+--- rejection itself carries no position, and as an error value it is
+--- never logged again.
+---@param log fun(level: string, message: string, data: table|nil)
+---@param traceback fun(msg: string): string|nil
+---@param explain fun(msg: string): string adds advice to a string error
+local function makeCaller(log, traceback, explain)
+  -- The traceback of the last failing method, taken by the handler while
+  -- the failing stack still exists and logged right after.
+  local lastTrace
+  local function handler(e)
+    if type(e) == 'string' and traceback then lastTrace = traceback(e) end
+    return e
+  end
+  return function(target, method, args)
+    local fn = findMethod(target, method)
+    if not fn then
+      error(pass.makeError(('%s has no method %q'):format(
+        remotableIface(target) or tostring(target), tostring(method)), 'TypeError'), 0)
+    end
+    local ok, r = xpcall(fn, handler, target, unpack(args, 1, args.n or #args))
+    if not ok then
+      if type(r) == 'string' then
+        r = explain(r)
+        log('warn', ('%s: %q failed: %s'):format(remotableIface(target) or 'object', method, r))
+        if lastTrace then log('debug', 'method failed', { traceback = lastTrace }) end
+        lastTrace = nil
+      end
+      error(normalizeError(r), 0)
+    end
+    return r
+  end
+end
+
+-- Calls local exos, which belong to no liveslots instance: it logs
+-- through the latest instance made with a log (a vat has only one; a host
+-- logs through the kernel it made last).
+local localCall = makeCaller(function() end, nil, function(e) return e end)
 
 --- Makes a liveslots instance.
 ---@param opts table { syscall, vatId, kind = 'vat'|'kernel', allocObject, allocPromise, log, wrapError,
@@ -252,42 +314,15 @@ function M.make(opts)
     if resultVpid then settleVpid(resultVpid, false, reason) end
   end
 
-  -- The traceback of the last failing method, taken by traceHandler while
-  -- the failing stack still exists and logged by invoke right after.
-  local lastTrace
-
-  local function traceHandler(e)
-    if type(e) == 'string' and syscall.traceback then lastTrace = syscall.traceback(e) end
-    return e
-  end
+  local callMethod = makeCaller(log, syscall.traceback, explain)
+  if opts.log then localCall = callMethod end
 
   local function invoke(target, method, args)
-    local impl = exo.methods(target)
-    local fn = impl and impl[method]
-    if type(fn) ~= 'function' then
-      local ok, f = pcall(function() return target[method] end)
-      fn = ok and f or nil
+    -- A root without bootstrap simply has nothing to do at launch.
+    if method == 'bootstrap' and exports['o+0'] == target and not findMethod(target, method) then
+      return nil
     end
-    if type(fn) ~= 'function' then
-      -- A root without bootstrap simply has nothing to do at launch.
-      if method == 'bootstrap' and exports['o+0'] == target then return nil end
-      error(pass.makeError(('%s has no method %q'):format(
-        remotableIface(target) or tostring(target), tostring(method)), 'TypeError'), 0)
-    end
-    local ok, r = xpcall(fn, traceHandler, target, unpack(args, 1, args.n or #args))
-    if not ok then
-      if type(r) == 'string' then
-        r = explain(r)
-        -- The caller gets the message without its position. Where the
-        -- error started is logged once, here: passed on, it is an error
-        -- value, which is never logged again.
-        log('warn', ('%s: %q failed: %s'):format(remotableIface(target) or 'object', method, r))
-        if lastTrace then log('debug', 'method failed', { traceback = lastTrace }) end
-        lastTrace = nil
-      end
-      error(normalizeError(r), 0)
-    end
-    return r
+    return callMethod(target, method, args)
   end
 
   local function deliverMessage(targetVref, body, slots, resultVpid)
@@ -396,14 +431,10 @@ local function eventualSend(target, method, args, wantResult)
     return target:next(function(t) return eventualSend(t, method, args, true) end)
   end
   if pass.isRemotable(target) then
+    -- A local exo: called in a later turn, and failing with the same
+    -- reason as it would through the kernel.
     return promise.resolve(nil):next(function()
-      local impl = exo.methods(target)
-      local fn = impl and impl[method]
-      if type(fn) ~= 'function' then
-        error(pass.makeError(('%s has no method %q'):format(
-          remotableIface(target) or tostring(target), tostring(method)), 'TypeError'), 0)
-      end
-      return fn(target, unpack(args, 1, args.n or #args))
+      return localCall(target, method, args)
     end)
   end
   error(('E: cannot send %q to %s'):format(tostring(method), type(target) == 'table'
