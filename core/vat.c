@@ -309,6 +309,280 @@ static int vat_string_rep(lua_State *L) {
   return with_collection(L, NULL);
 }
 
+/* ---------------------------------------------------------------------- */
+/* Charges for the rest of the library                                    */
+
+/*
+ * Every function the sandbox exposes, and how its work is bounded. "O(1)"
+ * means constant work, or work bounded by the number of values the VM
+ * already copied to call it; "charged" costs are in instructions, from
+ * measurements of each function against a plain instruction (about 1.4 ns
+ * of CPU on the reference machine; see docs/security.md).
+ *
+ *   base       assert, error, getmetatable, ipairs, next, pairs, rawget,
+ *              rawlen, rawset, setmetatable, tostring, type, _VERSION: O(1)
+ *              (tostring's __tostring and pairs' __pairs run metered Lua).
+ *              pcall, xpcall: 50, plus 100 per error caught.
+ *              rawequal: 1 per 64 bytes of two equal-length strings.
+ *              select: 1 per result.
+ *              tonumber: 1 per byte of a string (1 per 2 without a base).
+ *              require: 4 per byte of a module's source, once.
+ *   string     byte: 1.5 per value. char: 2 per character. format: 1 per
+ *              byte of the format, 1 per 64 bytes of each %s argument, 1.5
+ *              per byte of each %q argument. len: O(1). lower, upper,
+ *              reverse: 1 per 2 bytes. rep: 1 per 4 copies and per 64
+ *              bytes. sub: 1 per 64 bytes of the result. pack: 4 per byte
+ *              of the format, 1 per 64 bytes of string arguments. packsize,
+ *              unpack: 4 per byte of the format (unpack: 1 per 64 bytes of
+ *              the data too when the format reads zero-terminated strings).
+ *              find, match, gmatch, gsub: lmatch.c, 1 per matching step.
+ *              dump: not exposed.
+ *   table      concat: 1 per element and 1 per 8 bytes. insert, remove,
+ *              move, unpack: 1 per element moved or returned. pack: 1 per
+ *              element. sort: n log2 n comparisons, each 1 plus 1 per 64
+ *              bytes of the longest string in the table.
+ *   utf8       char: 4 per code point. charpattern: a string. codepoint: 2
+ *              per byte. len: 1.5 per byte. offset: 1 per 4 bytes it moves
+ *              over, charged once it returns. codes: each step 1 per 4
+ *              continuation bytes it skips.
+ *   math       everything O(1) except max and min: 1 per argument. random
+ *              and randomseed: not exposed (an endowment).
+ *   coroutine  create, wrap: 1000 (a granule). close, isyieldable,
+ *              resume, running, status, yield: O(1) (close runs metered
+ *              __close handlers).
+ *
+ * What the VM itself does in one instruction is outside this table:
+ * comparing, hashing and concatenating strings take time in proportion to
+ * their length. The time backstop (below) bounds those.
+ */
+
+/*
+ * [-0, +0, e] Charges units of work at a cost of sixty_fourths/64
+ * instructions each (costs are given in 64ths of an instruction per unit),
+ * saturating instead of overflowing.
+ */
+static void charge_units(lua_State *L, double units, int sixty_fourths) {
+  double cost = 1 + units * sixty_fourths / 64.0;
+  vat_charge(L, cost >= (double)LLONG_MAX ? LLONG_MAX : (long long)cost);
+}
+
+/* The length of the string at arg, or 0 when it is not a string. */
+static size_t string_len_at(lua_State *L, int arg) {
+  return lua_type(L, arg) == LUA_TSTRING ? lua_rawlen(L, arg) : 0;
+}
+
+/*
+ * The 1-based [i, j] slice of a string of len bytes that string.sub and
+ * string.byte use, as a count of bytes (0 when empty).
+ */
+static double slice_len(lua_Integer i, lua_Integer j, size_t len) {
+  lua_Integer l = (lua_Integer)len;
+  if (i < 0)
+    i = i < -l ? 1 : l + i + 1;
+  else if (i == 0)
+    i = 1;
+  if (j < 0)
+    j = j < -l ? 0 : l + j + 1;
+  else if (j > l)
+    j = l;
+  return i > j ? 0 : (double)(j - i) + 1;
+}
+
+/* [-0, +1, e] string.lower, string.upper, string.reverse: per byte. */
+static int vat_string_bytewise(lua_State *L) {
+  charge_units(L, (double)string_len_at(L, 1), 32);
+  return call_original(L);
+}
+
+/* [-0, +1, e] string.sub: per byte of the result. */
+static int vat_string_sub(lua_State *L) {
+  size_t len = string_len_at(L, 1);
+  if (len > 0 && lua_isinteger(L, 2) && (lua_isnoneornil(L, 3) || lua_isinteger(L, 3)))
+    charge_units(L, slice_len(lua_tointeger(L, 2), luaL_optinteger(L, 3, -1), len), 1);
+  return call_original(L);
+}
+
+/* [-0, +n, e] string.byte: per value returned. */
+static int vat_string_byte(lua_State *L) {
+  size_t len = string_len_at(L, 1);
+  if (len > 0 && (lua_isnoneornil(L, 2) || lua_isinteger(L, 2))) {
+    lua_Integer i = luaL_optinteger(L, 2, 1);
+    if (lua_isnoneornil(L, 3) || lua_isinteger(L, 3))
+      charge_units(L, slice_len(i, luaL_optinteger(L, 3, i), len), 96);
+  }
+  return call_original(L);
+}
+
+/* [-n, +1, e] string.char: per argument. */
+static int vat_string_char(lua_State *L) {
+  charge_units(L, lua_gettop(L), 128);
+  return call_original(L);
+}
+
+/*
+ * [-n, +1, e] string.format: per byte of the format, and per byte of each
+ * string argument, at the cost of the conversion that takes it (%q
+ * escapes byte by byte, %s copies). The format is scanned here the way
+ * string.format reads it: flags, width and precision, then the conversion.
+ */
+static int vat_string_format(lua_State *L) {
+  size_t lf;
+  const char *f = lua_tolstring(L, 1, &lf);
+  const char *end = f + lf;
+  double cost = (double)lf * 64;
+  int arg = 1;
+  if (f == NULL)
+    return call_original(L);
+  while (f < end) {
+    if (*f++ != '%')
+      continue;
+    if (f < end && *f == '%') {
+      f++;
+      continue;
+    }
+    while (f < end && strchr("-+ #0123456789.", *f) != NULL)
+      f++;
+    if (f < end) {
+      arg++;
+      if (lua_type(L, arg) == LUA_TSTRING)
+        cost += (double)lua_rawlen(L, arg) * (*f == 'q' ? 96 : 1);
+      f++;
+    }
+  }
+  charge_units(L, cost, 1);
+  return call_original(L);
+}
+
+/*
+ * [-n, +r, e] string.pack and string.packsize: per byte of the format
+ * (spaces and alignment options cost time but produce nothing), and per
+ * byte of the strings pack copies.
+ */
+static int vat_string_pack(lua_State *L) {
+  double cost = (double)string_len_at(L, 1) * 256;
+  int n = lua_gettop(L);
+  for (int k = 2; k <= n; k++)
+    cost += (double)string_len_at(L, k);
+  charge_units(L, cost, 1);
+  return call_original(L);
+}
+
+/*
+ * [-(2|3), +r, e] string.unpack: per byte of the format, and per byte of
+ * the data when the format reads zero-terminated strings (`z`), which
+ * scan for their end; other options read a fixed or prefixed size, so a
+ * loop that unpacks a long buffer piece by piece stays linear.
+ */
+static int vat_string_unpack(lua_State *L) {
+  size_t lf;
+  const char *f = lua_tolstring(L, 1, &lf);
+  double cost = (double)lf * 256;
+  if (f != NULL && memchr(f, 'z', lf) != NULL)
+    cost += (double)string_len_at(L, 2);
+  charge_units(L, cost, 1);
+  return call_original(L);
+}
+
+/* [-2, +1, e] rawequal: two strings of equal length are compared bytewise. */
+static int vat_rawequal(lua_State *L) {
+  size_t a = string_len_at(L, 1);
+  if (a > 0 && a == string_len_at(L, 2))
+    charge_units(L, (double)a, 1);
+  return call_original(L);
+}
+
+/* [-n, +r, e] select, math.max, math.min, table.pack: per argument. */
+static int vat_per_argument(lua_State *L) {
+  charge_units(L, lua_gettop(L), 64);
+  return call_original(L);
+}
+
+/* [-(1|2), +1, e] tonumber: a string is scanned in full. */
+static int vat_tonumber(lua_State *L) {
+  charge_units(L, (double)string_len_at(L, 1), lua_isnoneornil(L, 2) ? 32 : 64);
+  return call_original(L);
+}
+
+/* [-n, +1, e] utf8.char: per code point. */
+static int vat_utf8_char(lua_State *L) {
+  charge_units(L, lua_gettop(L), 256);
+  return call_original(L);
+}
+
+/*
+ * [-n, +r, e] utf8.len and utf8.codepoint: cost per byte of the range
+ * they decode, which starts at dflt_i and ends at the string's end, or at
+ * i when dflt_j_is_i is set.
+ */
+static int utf8_range(lua_State *L, lua_Integer dflt_i, int dflt_j_is_i, int cost) {
+  size_t len = string_len_at(L, 1);
+  if (len > 0 && (lua_isnoneornil(L, 2) || lua_isinteger(L, 2))) {
+    lua_Integer i = luaL_optinteger(L, 2, dflt_i);
+    if (lua_isnoneornil(L, 3) || lua_isinteger(L, 3))
+      charge_units(L, slice_len(i, luaL_optinteger(L, 3, dflt_j_is_i ? i : -1), len), cost);
+  }
+  return call_original(L);
+}
+
+/* [-n, +r, e] utf8.len. */
+static int vat_utf8_len(lua_State *L) {
+  return utf8_range(L, 1, 0, 96);
+}
+
+/* [-n, +r, e] utf8.codepoint. */
+static int vat_utf8_codepoint(lua_State *L) {
+  return utf8_range(L, 1, 1, 128);
+}
+
+/*
+ * [-n, +1, e] utf8.offset: charged once it returns, for the bytes between
+ * where it started and where it stopped; it moves over continuation bytes
+ * one at a time, so its work is bounded by the string but not by n.
+ */
+static int vat_utf8_offset(lua_State *L) {
+  size_t len = string_len_at(L, 1);
+  lua_Integer n = luaL_optinteger(L, 2, 0);
+  lua_Integer i = luaL_optinteger(L, 3, n >= 0 ? 1 : (lua_Integer)len + 1);
+  int r = call_original(L);
+  if (lua_isinteger(L, -1)) {
+    lua_Integer at = lua_tointeger(L, -1);
+    charge_units(L, (double)(at > i ? at - i : i - at), 16);
+  } else {
+    charge_units(L, (double)len, 16);
+  }
+  return r;
+}
+
+/*
+ * [-2, +(0|2), e] The step function utf8.codes returns, wrapped: a step
+ * skips every continuation byte after the previous character, and can be
+ * called directly at any position, so it is charged for the run it skips.
+ * Upvalue 1 is the original step function.
+ */
+static int vat_utf8_step(lua_State *L) {
+  size_t len;
+  const char *s = lua_tolstring(L, 1, &len);
+  if (s != NULL && lua_isinteger(L, 2)) {
+    lua_Integer n = lua_tointeger(L, 2);
+    size_t k = n > 0 ? (size_t)n : 0, run = 0;
+    while (k + run < len && ((unsigned char)s[k + run] & 0xC0) == 0x80)
+      run++;
+    charge_units(L, (double)run, 16);
+  }
+  return call_original(L);
+}
+
+/* [-(1|2), +3, e] utf8.codes, returning the metered step function. */
+static int vat_utf8_codes(lua_State *L) {
+  int r = call_original(L);
+  if (r == 3) {
+    lua_pushvalue(L, -3);
+    lua_pushcclosure(L, vat_utf8_step, 1);
+    lua_replace(L, -4);
+  }
+  return r;
+}
+
 /*
  * [-0, +0, e] Checks that arg is a table, or behaves like one for reading,
  * taking its length and, when write is set, writing, as ltablib.c's
@@ -337,6 +611,8 @@ static void concat_field(lua_State *L, luaL_Buffer *b, lua_Integer i) {
   lua_geti(L, 1, i);
   if (!lua_isstring(L, -1))
     luaL_error(L, "invalid value (at index %I) in table for 'concat'", (LUAI_UACINT)i);
+  /* Copying costs 1 instruction per 8 bytes, the separator included. */
+  vat_charge(L, (long long)((lua_rawlen(L, -1) + lua_rawlen(L, 2)) / 8));
   luaL_addvalue(b);
 }
 
@@ -412,19 +688,33 @@ static int vat_table_move(lua_State *L) {
 }
 
 /*
- * [-0, +1, e] table.sort, charged n log n for the length it sees. A __len
- * that answers differently the second time can only make the original sort
- * read absent elements, which raises or runs metered Lua code.
+ * [-0, +1, e] table.sort, charged n log n comparisons for the length it
+ * sees. Without a comparator, strings are compared bytewise up to their
+ * first difference, so each comparison also costs 1 per 64 bytes of the
+ * longest string in the table (found by a scan that costs 1 per element).
+ * A __len that answers differently the second time can only make the
+ * original sort read absent elements, which raises or runs metered Lua
+ * code.
  */
 static int vat_table_sort(lua_State *L) {
   if (has_length(L, 1)) {
     lua_Integer n = luaL_len(L, 1);
-    long long cost = 1;
+    double cost = 1;
+    size_t longest = 0;
     for (lua_Integer k = n; k > 1; k >>= 1)
       cost++;
     /* The original refuses INT_MAX elements or more before any work. */
-    if (n > 0 && n < INT_MAX)
-      vat_charge(L, n * cost);
+    if (n > 0 && n < INT_MAX) {
+      if (lua_isnoneornil(L, 2) && lua_type(L, 1) == LUA_TTABLE) {
+        vat_charge(L, n);
+        for (lua_Integer k = 1; k <= n; k++) {
+          if (lua_rawgeti(L, 1, k) == LUA_TSTRING && lua_rawlen(L, -1) > longest)
+            longest = lua_rawlen(L, -1);
+          lua_pop(L, 1);
+        }
+      }
+      charge_units(L, (double)n * cost, 64 + (longest > INT_MAX / 2 ? INT_MAX / 2 : (int)longest));
+    }
   }
   return call_original(L);
 }
@@ -828,16 +1118,32 @@ static int vat_setup(lua_State *L) {
   static const char *const string_omit[] = {"dump", NULL};
   static const char *const math_omit[] = {"random", "randomseed", NULL};
   static const luaL_Reg string_meter[] = {
-      {"rep", vat_string_rep},
-      {NULL, NULL},
+      {"byte", vat_string_byte},      {"char", vat_string_char},
+      {"format", vat_string_format},  {"lower", vat_string_bytewise},
+      {"pack", vat_string_pack},      {"packsize", vat_string_pack},
+      {"rep", vat_string_rep},        {"reverse", vat_string_bytewise},
+      {"sub", vat_string_sub},        {"unpack", vat_string_unpack},
+      {"upper", vat_string_bytewise}, {NULL, NULL},
   };
   static const luaL_Reg table_meter[] = {
-      {"concat", vat_table_concat},
-      {"insert", vat_table_insert},
-      {"move", vat_table_move},
-      {"remove", vat_table_remove},
-      {"sort", vat_table_sort},
-      {"unpack", vat_table_unpack},
+      {"concat", vat_table_concat}, {"insert", vat_table_insert},
+      {"move", vat_table_move},     {"pack", vat_per_argument},
+      {"remove", vat_table_remove}, {"sort", vat_table_sort},
+      {"unpack", vat_table_unpack}, {NULL, NULL},
+  };
+  static const luaL_Reg utf8_meter[] = {
+      {"char", vat_utf8_char}, {"codepoint", vat_utf8_codepoint}, {"codes", vat_utf8_codes},
+      {"len", vat_utf8_len},   {"offset", vat_utf8_offset},       {NULL, NULL},
+  };
+  static const luaL_Reg math_meter[] = {
+      {"max", vat_per_argument},
+      {"min", vat_per_argument},
+      {NULL, NULL},
+  };
+  static const luaL_Reg base_meter[] = {
+      {"rawequal", vat_rawequal},
+      {"select", vat_per_argument},
+      {"tonumber", vat_tonumber},
       {NULL, NULL},
   };
   static const luaL_Reg coroutine_meter[] = {
@@ -860,8 +1166,8 @@ static int vat_setup(lua_State *L) {
   } libs[] = {
       {LUA_STRLIBNAME, luaopen_string, string_omit, string_meter},
       {LUA_TABLIBNAME, luaopen_table, NULL, table_meter},
-      {LUA_MATHLIBNAME, luaopen_math, math_omit, NULL},
-      {LUA_UTF8LIBNAME, luaopen_utf8, NULL, NULL},
+      {LUA_MATHLIBNAME, luaopen_math, math_omit, math_meter},
+      {LUA_UTF8LIBNAME, luaopen_utf8, NULL, utf8_meter},
       {LUA_COLIBNAME, luaopen_coroutine, NULL, coroutine_meter},
   };
 
@@ -879,6 +1185,11 @@ static int vat_setup(lua_State *L) {
     lua_setfield(L, 2, *n);
   }
   luaL_setfuncs(L, sandbox_funcs, 0);
+  for (const luaL_Reg *r = base_meter; r->name != NULL; r++) {
+    lua_getfield(L, 1, r->name);
+    lua_pushcclosure(L, r->func, 1);
+    lua_setfield(L, 2, r->name);
+  }
   lua_newtable(L); /* 3: the vat's loaded modules */
   for (size_t k = 0; k < sizeof libs / sizeof libs[0]; k++) {
     luaL_requiref(L, libs[k].name, libs[k].open, 0);

@@ -73,6 +73,28 @@ describe('the meter', function()
     { 'findPlain', 1 << 20, bytes, BYTES },
     { 'findLiteral', 1 << 20, bytes, BYTES },
     { 'gsubCopy', 1 << 16, bytes, STEPS },
+    -- Library functions, in bytes or values processed; each bound is twice
+    -- what the function's charge admits (core/vat.c has the table).
+    { 'upper', 1 << 16, bytes, 4 },
+    { 'lower', 1 << 16, bytes, 4 },
+    { 'reverse', 1 << 16, bytes, 4 },
+    { 'sub', 1 << 20, bytes, BYTES },
+    { 'byte', 1 << 16, bytes, 2 },
+    { 'format', 1 << 20, bytes, BYTES },
+    { 'formatQ', 1 << 16, bytes, 2 },
+    { 'concat', 1 << 20, bytes, 16 },
+    { 'utf8len', 1 << 16, bytes, 2 },
+    { 'utf8codepoint', 1 << 16, bytes, 1 },
+    { 'utf8offset', 1 << 16, bytes, 8 },
+    { 'utf8codes', 1 << 16, bytes, 8 },
+    { 'tonumber', 1 << 16, bytes, 4 },
+    { 'tonumberBase', 1 << 16, bytes, 2 },
+    { 'rawequal', 1 << 20, bytes, BYTES },
+    -- 64 strings: 64 * 6 comparisons, each over the whole string.
+    { 'sort', 1 << 16, function(n) return 64 * 6 * n end, BYTES },
+    { 'pack', 1 << 16, bytes, 1 },
+    { 'unpack', 1 << 16, bytes, 1 },
+    { 'packsize', 1 << 16, bytes, 1 },
   }
 
   for _, case in ipairs(cases) do

@@ -658,6 +658,28 @@ static int test_metered_library(void) {
   CHECK(is_true(
       v, "return table.concat({'a', 'b', 3}, ', ') == 'a, b, 3'\n"
          "  and table.concat({}) == '' and table.concat({'a', 'b', 'c'}, '', 2, 3) == 'bc'"));
+  /* The wrapped library functions answer as the originals do. */
+  CHECK(is_true(
+      v, "return ('abc'):upper() == 'ABC' and ('ABC'):lower() == 'abc'\n"
+         "  and ('abc'):reverse() == 'cba' and ('abcdef'):sub(2, -2) == 'bcde'\n"
+         "  and ('abc'):sub(5) == '' and select('#', ('abc'):byte(1, -1)) == 3\n"
+         "  and string.char(104, 105) == 'hi' and ('%5.1f|%s|%q'):format(1.25, 'x', 'a\\n') =="
+         " '  1.2|x|\"a\\\\\\n\"'"));
+  CHECK(is_true(v, "local p = string.pack('i4z', 7, 'hi') local a, b = string.unpack('i4z', p)\n"
+                   "return a == 7 and b == 'hi' and string.packsize('i4i8') == 12"));
+  CHECK(is_true(v, "local s = 'h\\u{e9}llo' local cps = {}\n"
+                   "for _, c in utf8.codes(s) do cps[#cps + 1] = c end\n"
+                   "return utf8.len(s) == 5 and #cps == 5 and cps[2] == 233\n"
+                   "  and utf8.offset(s, 3) == 4 and utf8.codepoint(s, 2) == 233\n"
+                   "  and utf8.char(72, 233) == 'H\\u{e9}' and utf8.len('\\xff') == nil"));
+  CHECK(is_true(v, "local t = {'pear', 'apple', 'fig'} table.sort(t)\n"
+                   "local u = {3, 1, 2} table.sort(u, function(a, b) return a > b end)\n"
+                   "return table.concat(t, ',') == 'apple,fig,pear' and table.concat(u) == '321'"));
+  CHECK(is_true(
+      v,
+      "return tonumber('  42  ') == 42 and tonumber('ff', 16) == 255 and tonumber('x') == nil\n"
+      "  and rawequal('ab', 'a' .. 'b') and select('#', 1, 2, 3) == 3 and select(-1, 1, 2) == 2\n"
+      "  and math.max(1, 5, 3) == 5 and math.min(4, 2) == 2 and table.pack(1, 2).n == 2"));
   CHECK(is_true(v, "local t = setmetatable({}, {__index = function(_, i) return 'v' .. i end,\n"
                    "  __len = function() return 3 end})\n"
                    "return table.concat(t) == 'v1v2v3'"));
