@@ -1,6 +1,8 @@
 /*
  * harness.c -- the support shared by the fuzz harnesses; see harness.h.
  */
+#define _POSIX_C_SOURCE 200809L
+
 #include "harness.h"
 
 #include <stdarg.h>
@@ -68,6 +70,8 @@ static int traceback(lua_State *L) {
 }
 
 lua_State *fuzz_host_state(void) {
+  /* Lua targets find the source tree through the environment too. */
+  setenv("OCAP_SOURCE_DIR", fuzz_source_dir(), 0);
   lua_State *L = luaL_newstate();
   if (!L)
     fuzz_fail("cannot create the host state");
