@@ -1,5 +1,5 @@
---- The `ocap` command line: `ocap run`, `ocap bundle`, `ocap version`,
---- `ocap help`.
+--- The `ocap` command line: `ocap run`, `ocap bundle`, `ocap test`,
+--- `ocap version`, `ocap help`.
 ---
 --- Conventions: a command's own flags come before its operands (for `run`,
 --- everything after the script belongs to the script); `--` ends the flags;
@@ -11,12 +11,15 @@ local M = {}
 local USAGE = [[
 usage: ocap run [--db DIR] [--reset] [--memory] [--] HOST.lua [ARGS...]
        ocap bundle [-o OUT] [--] FILE.lua|DIR...
+       ocap test [BUSTED-OPTIONS...] [SPECS...]
        ocap version
        ocap help [COMMAND]
 
   run      run a host script; its kernels keep their state in memory unless
            the script names a database or --db DIR is given
   bundle   make .bundle files: a vat and the modules it requires
+  test     run the busted specs of the current directory (./spec by default)
+           under ocap's Lua 5.4, with ocap and ocap.testing available
   version  print the version
 
 Every command takes --help. Usage errors exit with status 2.
@@ -153,10 +156,53 @@ local function cmdVersion(args)
   return 0
 end
 
+-- Where Debian (and a plain `make install` of Lua) put Lua 5.4 modules.
+-- `luarocks path` sets LUA_PATH and LUA_CPATH without some of them, and
+-- busted needs modules from both (penlight, LuaFileSystem, term, system).
+local SYSTEM_LPATH = '/usr/local/share/lua/5.4/?.lua;/usr/local/share/lua/5.4/?/init.lua;'
+  .. '/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua;./?.lua;./?/init.lua'
+
+local function addSystemPaths()
+  if not package.path:find('/usr/share/lua/5.4/?.lua', 1, true) then
+    package.path = package.path .. ';' .. SYSTEM_LPATH
+  end
+  if package.searchpath('lfs', package.cpath) then return end
+  local dirs = { '/usr/local/lib/lua/5.4', '/usr/lib/lua/5.4' }
+  -- Debian's multiarch directory, e.g. /usr/lib/x86_64-linux-gnu/lua/5.4.
+  local ls = io.popen('ls -d /usr/lib/*/lua/5.4 2>/dev/null')
+  if ls then
+    for dir in ls:lines() do dirs[#dirs + 1] = dir end
+    ls:close()
+  end
+  for _, dir in ipairs(dirs) do package.cpath = package.cpath .. ';' .. dir .. '/?.so' end
+end
+
+--- `ocap test [BUSTED-ARGS...]`: runs busted in this process, under the
+--- Lua 5.4 the kernel is built for, with ocap's modules on the path, so a
+--- project's specs run with one command wherever the rock is installed.
+--- Every argument, --help included, is busted's.
+local function cmdTest(args)
+  addSystemPaths()
+  if not package.searchpath('busted.runner', package.path) then
+    io.stderr:write('ocap test: busted is not installed for Lua 5.4 (on Debian: apt-get install lua-busted)\n')
+    return 1
+  end
+  -- A `.busted` that names an interpreter (lua = 'lua5.4') would make
+  -- busted start another process without ocap's modules: stay here.
+  local argv = { [0] = 'ocap test', '--ignore-lua' }
+  for i = 1, #args do argv[#argv + 1] = args[i] end
+  _G.arg = argv
+  -- busted names itself after the chunk that calls its runner.
+  local run = assert(load("return require('busted.runner')({ standalone = false })", '@ocap test'))
+  run()
+  return 0
+end
+
 local COMMANDS = {
   run = cmdRun,
   bundle = function(args) return require('ocap.bundle').main(args) end,
   version = cmdVersion,
+  test = cmdTest,
 }
 
 local function cmdHelp(args)

@@ -90,18 +90,26 @@ local function specLine(traceback)
   end
 end
 
+local RANK = { debug = 1, log = 2, warn = 3, error = 4, none = 5 }
+
 local function capturedLogs()
-  local list = {}
-  for kernel, mark in pairs(made) do list[#list + 1] = { kernel = kernel, mark = mark } end
-  table.sort(list, function(a, b) return tostring(a.kernel) < tostring(b.kernel) end)
+  -- The default logger's threshold ($OCAP_LOG) applies here too: the
+  -- tracebacks at debug level are one OCAP_LOG=debug away.
+  local min = RANK[loggerMod.threshold()]
+  local kernels = {}
+  for kernel in pairs(made) do kernels[#kernels + 1] = kernel end
+  table.sort(kernels, function(a, b) return tostring(a) < tostring(b) end)
   local out = {}
-  for _, k in ipairs(list) do
-    local logs = k.kernel.logs()
-    local first = math.max(k.mark + 1, #logs - LOG_TAIL + 1)
-    if #logs > k.mark then
+  for _, kernel in ipairs(kernels) do
+    local shown = {}
+    for i, e in ipairs(kernel.logs()) do
+      if i > made[kernel] and (RANK[e.level] or 2) >= min then shown[#shown + 1] = e end
+    end
+    if #shown > 0 then
+      local first = math.max(1, #shown - LOG_TAIL + 1)
       out[#out + 1] = ('\n\nocap.testing: log of a kernel of this test (%d entries%s):'):format(
-        #logs - k.mark, first > k.mark + 1 and (', the last %d'):format(LOG_TAIL) or '')
-      for i = first, #logs do out[#out + 1] = '\n  ' .. loggerMod.format(logs[i]) end
+        #shown, first > 1 and (', the last %d'):format(LOG_TAIL) or '')
+      for i = first, #shown do out[#out + 1] = '\n  ' .. loggerMod.format(shown[i]) end
     end
   end
   return table.concat(out)
