@@ -123,6 +123,25 @@ describe('revocation', function()
   end)
 end)
 
+describe('revocation of an object of the host', function()
+  it('refuses vats and queueMessage, and lets the host call its own exo', function()
+    local calls = 0
+    local svc = ocap.makeDefaultExo('svc', { poke = function() calls = calls + 1; return 'poked' end })
+    local kernel = testing.makeKernel({ services = { svc = svc } })
+    local kref = kernel.services.svc.info.kref
+    local r = kernel:launchSubcluster({ bootstrap = 'u', services = { 'svc' },
+      vats = { u = { sourceSpec = USER } } }):await()
+    kernel:revoke(kref)
+    local res = kernel:queueMessage(r.rootKref, 'try', { 'svc', 'poke' }):await()
+    assert.is_false(res.ok)
+    assert.equal(REVOKED, res.value.message)
+    assert.equal(REVOKED, rejection(kernel:queueMessage(kref, 'poke', {})).message)
+    assert.equal(0, calls)
+    assert.equal('poked', E(svc).poke():await())
+    kernel:stop()
+  end)
+end)
+
 describe('revocation through the kernel facet', function()
   local kernel
   after_each(function() kernel:stop() end)
