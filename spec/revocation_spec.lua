@@ -106,6 +106,12 @@ describe('revocation', function()
       assertRefused(kernel, s, r)
     end)
 
+    it('held by its runtime before the revocation and sent after it', function()
+      kernel:queueMessage(s.client, 'holdDrain', {}):await()
+      kernel:revoke(adminKref)
+      assertRefused(kernel, s, kernel:queueMessage(s.client, 'releaseDrain', { admin }))
+    end)
+
     it('sent to a promise the owner exported inside data', function()
       local r = kernel:queueMessage(s.client, 'drainExported', { s.bank })
       kernel:run()
