@@ -73,12 +73,13 @@ typedef struct vbudget {
  */
 typedef struct lvat {
   char id[OCAP_REF_MAX];
-  vtimer_t *timers; /* The vat's live libuv timers. */
-  ocap_vat_t *vat;  /* It is NULL while the vat is not live. */
-  int dispatch_ref; /* Liveslots' dispatch, in the vat's registry. */
-  int fatal;        /* An illegal syscall sets it, as an ocap fatal code. */
-  char *why;        /* The malloc'd reason for fatal. */
-  int exiting;      /* exitVat was called: 1 for success, 2 for failure. */
+  unsigned long long num; /* N of the id "v<N>" */
+  vtimer_t *timers;       /* The vat's live libuv timers. */
+  ocap_vat_t *vat;        /* It is NULL while the vat is not live. */
+  int dispatch_ref;       /* Liveslots' dispatch, in the vat's registry. */
+  int fatal;              /* An illegal syscall sets it, as an ocap fatal code. */
+  char *why;              /* The malloc'd reason for fatal. */
+  int exiting;            /* exitVat was called: 1 for success, 2 for failure. */
   char *exit_body;
   vbudget_t budget;
   lua_Integer sent;   /* capdata bytes sent and resolved in this delivery */
@@ -117,12 +118,14 @@ struct lkernel {
   ocap_kernel_t *k;
   lua_State *L; /* The host thread driving the kernel right now. */
   int host_dispatch_ref, vat_needed_ref, logger_ref, terminated_ref, exit_ref;
-  lvat_t **vats;
-  size_t nvats;
+  lvat_t **vats; /* open addressing by vat number; NULL marks a free slot */
+  size_t nvats;  /* slots: 0 or a power of two, at most half full */
+  size_t nlive;  /* records in it */
   module_t *runtime;
   size_t nruntime;
   int in_step;
   lvat_t *delivering; /* the vat whose state is running now, if any */
+  lvat_t *ran;        /* the vat the current crank delivered to, if any */
 };
 
 static void free_runtime(lkernel_t *lk);
@@ -146,14 +149,38 @@ static char *dupstr(const char *s) {
   return d;
 }
 
+/*
+ * The number N of a vat id "v<N>": 1 to 16 digits without a leading zero,
+ * at most 2^53 - 1, as the kernel allocates them. Returns 0 for anything
+ * else, so an absurd id read from a damaged database is refused here
+ * rather than sizing a table.
+ */
+static unsigned long long vat_number(const char *id) {
+  size_t n = strlen(id);
+  if (n < 2 || n > 17 || id[0] != 'v' || (id[1] == '0' && n > 2))
+    return 0;
+  unsigned long long v = 0;
+  for (size_t i = 1; i < n; i++) {
+    if (id[i] < '0' || id[i] > '9')
+      return 0;
+    v = v * 10 + (unsigned long long)(id[i] - '0');
+  }
+  return v <= 9007199254740991ULL ? v : 0;
+}
+
+/* The slot where vat number n is, or the free slot where it would go. */
+static size_t vat_slot(const lkernel_t *lk, unsigned long long n) {
+  size_t mask = lk->nvats - 1, i = (size_t)((n * 0x9e3779b97f4a7c15ULL) >> 17) & mask;
+  while (lk->vats[i] && lk->vats[i]->num != n)
+    i = (i + 1) & mask;
+  return i;
+}
+
 static lvat_t *find_vat(lkernel_t *lk, const char *id) {
-  if (id[0] != 'v')
+  unsigned long long n = vat_number(id);
+  if (!n || !lk->nvats)
     return NULL;
-  char *end;
-  unsigned long n = strtoul(id + 1, &end, 10);
-  if (*end || n >= lk->nvats)
-    return NULL;
-  return lk->vats[n];
+  return lk->vats[vat_slot(lk, n)];
 }
 
 static vbudget_t default_budget(void) {
@@ -167,24 +194,26 @@ static vbudget_t default_budget(void) {
   return b;
 }
 
+/* Returns the record of vat id, made if new; NULL for an invalid id or
+ * when memory runs out. The table grows with the number of vats, never
+ * with the size of their numbers. */
 static lvat_t *make_vat_record(lkernel_t *lk, const char *id) {
   lvat_t *rec = find_vat(lk, id);
-  if (rec)
+  unsigned long long n = vat_number(id);
+  if (rec || !n)
     return rec;
-  char *end;
-  unsigned long n = strtoul(id + 1, &end, 10);
-  if (id[0] != 'v' || *end)
-    return NULL;
-  if (n >= lk->nvats) {
-    size_t cap = lk->nvats ? lk->nvats : 16;
-    while (cap <= n)
-      cap *= 2;
-    lvat_t **v = realloc(lk->vats, cap * sizeof *v);
+  if ((lk->nlive + 1) * 2 > lk->nvats) {
+    size_t cap = lk->nvats ? lk->nvats * 2 : 16;
+    lvat_t **v = calloc(cap, sizeof *v), **old = lk->vats;
+    size_t oldn = lk->nvats;
     if (!v)
       return NULL;
-    memset(v + lk->nvats, 0, (cap - lk->nvats) * sizeof *v);
     lk->vats = v;
     lk->nvats = cap;
+    for (size_t i = 0; i < oldn; i++)
+      if (old[i])
+        lk->vats[vat_slot(lk, old[i]->num)] = old[i];
+    free(old);
   }
   rec = calloc(1, sizeof *rec);
   if (!rec)
@@ -193,7 +222,9 @@ static lvat_t *make_vat_record(lkernel_t *lk, const char *id) {
   rec->lk = lk;
   rec->dispatch_ref = LUA_NOREF;
   rec->budget = default_budget();
-  lk->vats[n] = rec;
+  rec->num = n;
+  lk->vats[vat_slot(lk, n)] = rec;
+  lk->nlive++;
   return rec;
 }
 
@@ -762,6 +793,7 @@ static int run_delivery(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, ch
   lua_pushlightuserdata(V, (void *)d);
   lvat_t *outer = lk->delivering;
   lk->delivering = rec;
+  lk->ran = rec;
   int st = ocap_vat_pcall(rec->vat, 2, 0);
   lk->delivering = outer;
   if (st != OCAP_VAT_OK) {
@@ -1413,10 +1445,17 @@ static int k_step(lua_State *L) {
   lk->in_step = 1;
   lua_State *saved = lk->L;
   lk->L = L;
+  lk->ran = NULL;
   int rc = lk->nfired ? timer_crank(lk) : ocap_kernel_step(lk->k);
   finish_exits(L, lk);
   lk->L = saved;
   lk->in_step = 0;
+  /* A failed crank is rolled back, but the heap of the vat that ran in it
+   * is not: that vat is stopped, to restart from the store (as the crank
+   * left it) at its next delivery. */
+  if (rc < 0 && lk->ran && lk->ran->vat)
+    stop_vat(lk->ran);
+  lk->ran = NULL;
   if (rc < 0)
     return luaL_error(L, "crank failed: %s", ocap_kernel_errmsg(lk->k));
   lua_pushboolean(L, rc > 0);

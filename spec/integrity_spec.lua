@@ -76,3 +76,155 @@ describe('decoding capdata', function()
     assert.is_true(perByte[2] < 10, ('%.1f bytes scanned per body byte'):format(perByte[2]))
   end)
 end)
+
+describe('a damaged database', function()
+  local COUNTER = 'spec/vats/counter.lua'
+  local function counterCluster() return { bootstrap = 'c', vats = { c = { sourceSpec = COUNTER } } } end
+
+  -- A database made by a kernel: one vat that counted once.
+  local function made()
+    local db = testing.tempDir()
+    local kernel = testing.makeKernel({ database = db })
+    local r = kernel:launchSubcluster(counterCluster()):await()
+    assert.equal(1, kernel:queueMessage(r.rootKref, 'increment', {}):await())
+    kernel:stop()
+    return db, r.rootKref
+  end
+
+  -- Writes `damage` (key = value) into db with the kernel's raw access.
+  local function damage(db, keys)
+    local kernel = testing.makeKernel({ database = db })
+    for key, value in pairs(keys) do kernel.K:kvSet(key, value) end
+    kernel.K:commit()
+    kernel:stop()
+  end
+
+  -- Reopens db, runs act(kernel), and returns the error it raised; the
+  -- kernel is stopped whatever happens.
+  local function failure(db, act)
+    local kernel = testing.makeKernel({ database = db })
+    local ok, err = pcall(act, kernel)
+    pcall(kernel.stop, kernel)
+    assert.is_false(ok, 'expected an error')
+    return type(err) == 'table' and tostring(err.message) or tostring(err)
+  end
+
+  -- The kernel is still usable for other databases.
+  after_each(function()
+    local kernel = testing.makeKernel({ database = testing.tempDir() })
+    local r = kernel:launchSubcluster(counterCluster()):await()
+    assert.equal(1, kernel:queueMessage(r.rootKref, 'increment', {}):await())
+    kernel:stop()
+  end)
+
+  it('names a vat id counter that is not a number', function()
+    local db = made()
+    damage(db, { nextVatId = '99999999999999999999999' })
+    local err = failure(db, function(k) return k:launchSubcluster(counterCluster()):await() end)
+    assert.matches("corrupt database: key 'nextVatId' holds '99999999999999999999999'", err, 1, true)
+    assert.matches('not a count', err, 1, true)
+  end)
+
+  it('names a subcluster counter that is not a number', function()
+    local db = made()
+    damage(db, { nextSubclusterId = 'x1' })
+    local err = failure(db, function(k) return k:launchSubcluster(counterCluster()):await() end)
+    assert.matches('corrupt database: key "nextSubclusterId" holds "x1"', err, 1, true)
+  end)
+
+  it('names a run-queue index that is not a number', function()
+    local db, root = made()
+    damage(db, { ['runQueue.tail'] = 'abc' })
+    local err = failure(db, function(k) return k:queueMessage(root, 'increment', {}):await() end)
+    assert.matches("key 'runQueue.tail' holds 'abc'", err, 1, true)
+  end)
+
+  it('refuses an absurd vat id instead of sizing a table by it (it hung)', function()
+    local db, root = made()
+    local kernel = testing.makeKernel({ database = db })
+    local K = kernel.K
+    local vat, bundle = K:kvGet('vat.v1'), K:kvGet('vatBundle.v1')
+    kernel:stop()
+    local huge = 'v99999999999999999999'
+    damage(db, { ['vat.' .. huge] = vat, ['vatBundle.' .. huge] = bundle, [root .. '.owner'] = huge })
+    local err = failure(db, function(k) return k:queueMessage(root, 'increment', {}):await() end)
+    assert.matches(("the owner of %s is '%s', not an endpoint"):format(root, huge), err, 1, true)
+  end)
+
+  it('starts a vat with a large but valid id without a table that large', function()
+    local db, root = made()
+    local kernel = testing.makeKernel({ database = db })
+    local K = kernel.K
+    local vat, bundle = K:kvGet('vat.v1'), K:kvGet('vatBundle.v1')
+    kernel:stop()
+    local big = 'v4294967296'
+    damage(db, { ['vat.' .. big] = vat, ['vatBundle.' .. big] = bundle, [root .. '.owner'] = big })
+    kernel = testing.makeKernel({ database = db })
+    -- The vat starts; it does not know the object the damaged key gave it.
+    local ok, err = pcall(function() return kernel:queueMessage(root, 'increment', {}):await() end)
+    kernel:stop()
+    assert.is_false(ok)
+    assert.matches('no longer exists', err.message)
+  end)
+
+  it('names a c-list entry too long to be a reference', function()
+    local db, root = made()
+    damage(db, { ['v1.c.' .. root] = ('o'):rep(300) })
+    local err = failure(db, function(k) return k:queueMessage(root, 'increment', {}):await() end)
+    assert.matches(("key 'v1.c.%s' holds 'ooo"):format(root), err, 1, true)
+    assert.matches('(300 bytes), which is not a reference', err, 1, true)
+  end)
+
+  -- LevelDB read CURRENT and the manifest to their end: a link to
+  -- /dev/zero hung the open.
+  local function linkToZero(db, name)
+    assert(os.remove(db .. '/' .. name))
+    assert(os.execute(('ln -s /dev/zero %q'):format(db .. '/' .. name)))
+  end
+
+  it('refuses a CURRENT that is a link to a device', function()
+    local db = made()
+    linkToZero(db, 'CURRENT')
+    local ok, err = pcall(testing.makeKernel, { database = db })
+    assert.is_false(ok)
+    assert.matches('is corrupt (CURRENT is a symbolic link, not a regular file)', err, 1, true)
+  end)
+
+  it('refuses a MANIFEST that is a link to a device', function()
+    local db = made()
+    local manifest = io.open(db .. '/CURRENT'):read('l')
+    linkToZero(db, manifest)
+    local ok, err = pcall(testing.makeKernel, { database = db })
+    assert.is_false(ok)
+    assert.matches(manifest .. ' is a symbolic link, not a regular file', err, 1, true)
+  end)
+end)
+
+describe('a kernel failure during a syscall', function()
+  it('fails the crank without blaming the vat; repaired, the message runs', function()
+    local kernel = testing.makeKernel()
+    local COUNTER = 'spec/vats/counter.lua'
+    local r = kernel:launchSubcluster({ bootstrap = 'main', vats = {
+      main = { sourceSpec = COUNTER }, other = { sourceSpec = COUNTER, parameters = { start = 100 } } } }):await()
+    assert.equal(101, kernel:queueMessage(r.rootKref, 'callOther', { 'increment' }):await())
+    local main = kernel:getSubcluster(r.subclusterId).vats.main
+    -- Damage main's c-list entry for its import of the other vat's root.
+    local K, key = kernel.K, nil
+    repeat key = K:kvNext(main .. '.c.o-', key) until key == nil or K:kvGet(key):match('^ko')
+    assert.is_truthy(key)
+    local kref = K:kvGet(key)
+    K:kvSet(key, 'zzz')
+    K:commit()
+    local p = kernel:queueMessage(r.rootKref, 'callOther', { 'increment' })
+    local ok, err = pcall(function() return p:await() end)
+    assert.is_false(ok)
+    assert.matches(("crank failed: corrupt database: key '%s' holds 'zzz'"):format(key), err, 1, true)
+    assert.equal(0, #kernel:getStatus().terminatedVats)
+    -- The crank was rolled back and the message is still queued.
+    K:kvSet(key, kref)
+    K:commit()
+    assert.equal(102, p:await())
+    assert.equal(103, kernel:queueMessage(r.rootKref, 'callOther', { 'increment' }):await())
+    kernel:stop()
+  end)
+end)

@@ -491,8 +491,26 @@ end
 
 -- ---- subclusters ----
 
+-- Ids and counts in the database are decimal integers from 0 to 2^53 - 1,
+-- as the C kernel writes them; anything else is a damaged database, which
+-- is reported by key rather than turned into nonsense ids.
+local COUNT_MAX = 9007199254740991
+
+--- The count stored under key, or dflt when there is none.
+function Kernel:_count(key, dflt)
+  local v = self.K:kvGet(key)
+  if v == nil then return dflt end
+  local n = #v <= 16 and v:match('^%d+$') and not v:match('^0%d') and math.tointeger(tonumber(v))
+  if not n or n > COUNT_MAX then
+    error(('corrupt database: key %q holds %q, which is not a count (a decimal integer from 0 to 2^53 - 1)')
+      :format(key, #v > 40 and v:sub(1, 40) .. '...' or v), 0)
+  end
+  return n
+end
+
 function Kernel:_allocSubclusterId()
-  local n = tonumber(self.K:kvGet('nextSubclusterId') or '1')
+  local n = self:_count('nextSubclusterId', 1)
+  if n >= COUNT_MAX then error('corrupt database: counter nextSubclusterId is exhausted', 0) end
   self.K:kvSet('nextSubclusterId', tostring(n + 1))
   return 's' .. n
 end
@@ -685,7 +703,7 @@ function Kernel:_krefOf(target)
     -- A kref that was ever allocated is accepted: a deleted object makes
     -- the message reject with OBJECT_DELETED, as it would for a vat.
     local counter = target:sub(2, 2) == 'o' and 'nextObjectId' or 'nextPromiseId'
-    if tonumber(target:sub(3)) >= tonumber(self.K:kvGet(counter) or '1') then
+    if tonumber(target:sub(3)) >= self:_count(counter, 1) then
       error(('unknown kref %q'):format(target), 3)
     end
     return target
@@ -720,13 +738,21 @@ function Kernel:krefOf(v)
   error('krefOf: not a presence or promise of this kernel', 2)
 end
 
+-- Orders records by the number in their id ("v12", "s3"); an id without
+-- one (only a damaged database has them) sorts last instead of raising.
+local function byNumber(a, b)
+  local x, y = tonumber(tostring(a.id):sub(2)) or math.huge, tonumber(tostring(b.id):sub(2)) or math.huge
+  if x ~= y then return x < y end
+  return tostring(a.id) < tostring(b.id)
+end
+
 function Kernel:getSubclusters()
   local out = {}
   for _, key in ipairs(self:_scan('subcluster.')) do
     local sc = self:_get(key)
     out[#out + 1] = { id = sc.id, config = sc.config, vats = sc.vats, name = sc.name, rootKref = sc.rootKref }
   end
-  table.sort(out, function(a, b) return tonumber(a.id:sub(2)) < tonumber(b.id:sub(2)) end)
+  table.sort(out, byNumber)
   return out
 end
 
@@ -744,7 +770,7 @@ function Kernel:getStatus()
     vats[#vats + 1] = { id = id, name = rec.name, config = rec.config, subclusterId = rec.subclusterId,
       state = rec.failed and 'failed' or 'running', reason = rec.failed }
   end
-  table.sort(vats, function(a, b) return tonumber(a.id:sub(2)) < tonumber(b.id:sub(2)) end)
+  table.sort(vats, byNumber)
   local terminated = {}
   for _, key in ipairs(self:_scan('terminated.')) do
     local rec = self:_get(key)
@@ -825,12 +851,18 @@ end
 
 function Kernel:stop()
   if self.stopped then return end
-  self.K:commit()
-  self.K:flush()
+  -- A kernel that cannot write its last cranks (a failed store, a damaged
+  -- database) is closed all the same, so that it stops taking part in the
+  -- loop that drives every kernel; the failure is raised afterwards.
+  local ok, err = pcall(function()
+    self.K:commit()
+    self.K:flush()
+  end)
   self.K:close()
   self.stopped = true
   self.ls.stopped = true
   liveKernels[self] = nil
+  if not ok then error(err, 2) end
 end
 
 --- The kernel made last in this Lua state, if it is still running (for
