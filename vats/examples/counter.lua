@@ -1,4 +1,4 @@
--- The counter of API.md §2: state in baggage, a service kept from bootstrap.
+-- A counter: its state in baggage, a service kept from bootstrap.
 local ocap = require 'ocap'
 local E, makeDefaultExo = ocap.E, ocap.makeDefaultExo
 
