@@ -1488,3 +1488,8 @@ size_t ocap_vat_memory(const ocap_vat_t *v) {
 long long ocap_vat_instructions(const ocap_vat_t *v) {
   return v->charged;
 }
+
+/* [-0, +0, e] See vat.h; it is vat_charge, for C modules outside this file. */
+void ocap_vat_charge(lua_State *L, long long cost) {
+  vat_charge(L, cost);
+}

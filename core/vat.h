@@ -125,4 +125,12 @@ size_t ocap_vat_memory(const ocap_vat_t *v);
 /* Instructions charged during the last (or current) ocap_vat_pcall. */
 long long ocap_vat_instructions(const ocap_vat_t *v);
 
+/*
+ * [-0, +0, e] Charges cost instructions to the vat that owns L for work a C
+ * function does on its behalf (decoding a message, say), raising the meter
+ * error when the budget cannot cover it. Outside a vat, or outside
+ * ocap_vat_pcall, it does nothing, so code shared with the host may call it.
+ */
+void ocap_vat_charge(lua_State *L, long long cost);
+
 #endif
