@@ -290,7 +290,51 @@ end
 
 -- ---- records ----
 
-function Kernel:_get(key) return decode(self.K:kvGet(key)) end
+-- Records are checked whole when they are read back, so that a damaged
+-- one is reported as corruption naming its key, never met later as a Lua
+-- error in code that trusted its shape.
+local function stringValues(t)
+  for _, v in pairs(t) do
+    if type(v) ~= 'string' then return false end
+  end
+  return true
+end
+
+local RECORDS = {
+  ['vat.'] = { 'a vat record', function(key, r)
+    return key:match('^vat%.v%d+$') and type(r.name) == 'string' and type(r.subclusterId) == 'string'
+      and type(r.config) == 'table'
+  end },
+  ['vatBundle.'] = { 'a bundle', function(_, b)
+    return type(b.main) == 'string' and type(b.modules) == 'table' and type(b.modules[b.main]) == 'string'
+  end },
+  ['subcluster.'] = { 'a subcluster record', function(_, sc)
+    return type(sc.id) == 'string' and sc.id:match('^s%d+$') and type(sc.config) == 'table'
+      and type(sc.vats) == 'table' and stringValues(sc.vats)
+  end },
+  ['terminated.'] = { 'a termination record', function(_, t)
+    return t.reason == nil or type(t.reason) == 'string'
+  end },
+}
+
+-- The message the C kernel gives for a damaged value, in the same words.
+local function corrupt(key, value, what)
+  local shown = (#value > 60 and value:sub(1, 60) .. '...' or value):gsub('[^\32-\126]', '?')
+  return ("corrupt database: key '%s' holds '%s' (%d bytes), which is not %s"):format(key, shown, #value,
+    what)
+end
+
+function Kernel:_get(key)
+  local raw = self.K:kvGet(key)
+  if raw == nil then return nil end
+  local ok, v = pcall(decode, raw)
+  local check = RECORDS[key:match('^%a+%.')]
+  if not ok or (check and (type(v) ~= 'table' or not check[2](key, v))) then
+    error(corrupt(key, raw, check and check[1] or 'a record'), 0)
+  end
+  return v
+end
+
 function Kernel:_put(key, v) self.K:kvSet(key, encode(v)) end
 
 function Kernel:_scan(prefix)

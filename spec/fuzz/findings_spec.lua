@@ -105,3 +105,48 @@ describe('smallcaps decoding (fuzz findings)', function()
     assert.matches('is not a promise', err.message, 1, true)
   end)
 end)
+
+describe('records read back from the store (fuzz findings)', function()
+  local kernel
+  after_each(function() pcall(kernel.stop, kernel) end)
+
+  -- A kernel whose database had one key damaged, reopened.
+  local function damaged(key, value)
+    kernel = testing.makeKernel({ database = testing.tempDir() })
+    kernel:launchSubcluster({ bootstrap = 'echo', vats = { echo = { sourceSpec = ECHO } } }):await()
+    kernel.K:kvSet(key, value)
+    kernel.K:commit()
+    kernel = testing.restart(kernel)
+    return kernel
+  end
+
+  local function failsNaming(key, f)
+    local ok, err = pcall(f)
+    assert.is_false(ok)
+    local quoted = tostring(err):match("corrupt database: key ['\"]([^'\"]+)['\"] holds")
+    assert.are.equal(key, quoted, tostring(err))
+  end
+
+  it('reports a damaged vat record as corruption naming its key', function()
+    for _, bad in ipairs({ '#5', '#{"config":5,"name":"echo","subclusterId":"s1"}', 'not smallcaps' }) do
+      local k = damaged('vat.v1', bad)
+      failsNaming('vat.v1', function() k:getStatus() end)
+      k:stop()
+    end
+  end)
+
+  it('reports a damaged subcluster record as corruption naming its key', function()
+    local k = damaged('subcluster.s1', '#{"config":{},"id":"s1","vats":{"echo":7}}')
+    failsNaming('subcluster.s1', function() k:getSubclusters() end)
+  end)
+
+  it('reports a damaged counter as corruption naming its key', function()
+    local k = damaged('nextObjectId', 'abc')
+    failsNaming('nextObjectId', function() k:queueMessage('ko1', 'ping', {}) end)
+    k:stop()
+    k = damaged('nextSubclusterId', '1e9')
+    failsNaming('nextSubclusterId', function()
+      k:launchSubcluster({ bootstrap = 'e', vats = { e = { sourceSpec = ECHO } } }):await()
+    end)
+  end)
+end)
