@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= json smallcaps bundle
+FUZZ_TARGETS ?= json smallcaps bundle store
 
 .PHONY: all deps build test demo bench lint format asan fuzz clean
 
