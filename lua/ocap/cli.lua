@@ -180,8 +180,26 @@ end
 --- `ocap test [BUSTED-ARGS...]`: runs busted in this process, under the
 --- Lua 5.4 the kernel is built for, with ocap's modules on the path, so a
 --- project's specs run with one command wherever the rock is installed.
---- Every argument, --help included, is busted's.
+--- Every argument but a first --help is busted's.
+local TEST_USAGE = [[
+usage: ocap test [BUSTED-OPTIONS...] [SPECS...]
+
+Runs the busted specs of the current directory (./spec by default, or
+the files and directories given) under ocap's Lua 5.4, with ocap,
+ocap.testing and the kernel available. The options are busted's (see
+`busted --help`), for example -o TAP, --filter=PATTERN, --pattern=_spec;
+a .busted file in the current directory is honoured, except its `lua`.
+A failing test is reported at the spec's own line, followed by the log
+of the kernels ocap.testing made for it.
+
+Exit status: 0 when every test passed, 1 otherwise.
+]]
+
 local function cmdTest(args)
+  if isHelp(args[1]) then
+    io.stdout:write(TEST_USAGE)
+    return 0
+  end
   addSystemPaths()
   if not package.searchpath('busted.runner', package.path) then
     io.stderr:write('ocap test: busted is not installed for Lua 5.4 (on Debian: apt-get install lua-busted)\n')
@@ -192,8 +210,9 @@ local function cmdTest(args)
   local argv = { [0] = 'ocap test', '--ignore-lua' }
   for i = 1, #args do argv[#argv + 1] = args[i] end
   _G.arg = argv
-  -- busted names itself after the chunk that calls its runner.
-  local run = assert(load("return require('busted.runner')({ standalone = false })", '@ocap test'))
+  -- busted names itself after the chunk that calls its runner (a call
+  -- that must not be a tail call, which would hide the chunk).
+  local run = assert(load("require('busted.runner')({ standalone = false })", '@ocap test'))
   run()
   return 0
 end

@@ -1,4 +1,4 @@
---- Validation of ClusterConfig and VatConfig tables (API.md §8). Every
+--- Validation of ClusterConfig and VatConfig tables (docs/api.md §5). Every
 --- error names the field it is about.
 
 local M = {}
@@ -11,7 +11,7 @@ local VAT_KEYS = {
   creationOptions = true, platformConfig = true, globals = true,
 }
 
---- The endowments a vat may ask for by name (DESIGN.md §5).
+--- The endowments a vat may ask for by name (docs/api.md §3, docs/security.md).
 M.ALLOWED_GLOBALS = {
   'print', 'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval',
   'os.time', 'os.clock', 'os.date', 'math.random',

@@ -107,7 +107,7 @@ local OPTION_KEYS = {
 }
 
 --- Makes a kernel.
----@param options table|nil see API.md §7
+---@param options table|nil see docs/api.md §6
 function M.make(options)
   options = options or {}
   if M.defaults then options = M.defaults(options) end

@@ -1,5 +1,6 @@
---- System subclusters and the kernel facet (API.md §7): the privileged
---- side of a kernel, kept apart from the ordinary management plane.
+--- System subclusters and the kernel facet: the privileged side of a
+--- kernel, kept apart from the ordinary management plane (see
+--- docs/system-subclusters.md and docs/services.md).
 local promise = require 'ocap.promise'
 local exo = require 'ocap.exo'
 

@@ -1,4 +1,4 @@
---- Helpers for busted specs that drive real kernels (API.md §9).
+--- Helpers for busted specs that drive real kernels (docs/api.md §9).
 local Kernel = require 'ocap.kernel'
 local loggerMod = require 'ocap.logger'
 
