@@ -620,19 +620,82 @@ static int sys_vatstore_next(lua_State *V) {
 }
 
 /*
+ * Bounds of one log entry from a vat. The host decodes the entry and its
+ * logger may walk every field, so what a vat can make the host do per log
+ * call is bounded here, before the entry leaves C.
+ */
+#define LOG_ENTRY_MAX 16384 /* bytes of the payload */
+#define LOG_VALUES_MAX 256  /* values (fields, elements) in the payload */
+#define LOG_DEPTH_MAX 16    /* nesting of its tables */
+
+/*
+ * Why a log payload cannot go to the host, or NULL when it can: it must be
+ * a smallcaps record within the bounds above. Only its shape is checked;
+ * the host's decoder checks the syntax.
+ */
+static const char *log_problem(const char *p, size_t n) {
+  if (n > LOG_ENTRY_MAX)
+    return "it is over 16384 bytes";
+  if (n < 2 || p[0] != '#' || p[1] != '{')
+    return "it is not a smallcaps record";
+  int depth = 0, in_string = 0;
+  size_t values = 0;
+  for (size_t i = 1; i < n; i++) {
+    char c = p[i];
+    if (in_string) {
+      if (c == '\\')
+        i++;
+      else if (c == '"')
+        in_string = 0;
+    } else if (c == '"') {
+      in_string = 1;
+    } else if (c == '{' || c == '[') {
+      values++;
+      if (++depth > LOG_DEPTH_MAX)
+        return "its tables are nested more than 16 deep";
+    } else if (c == '}' || c == ']') {
+      depth--;
+    } else if (c == ',') {
+      values++;
+    }
+    if (values > LOG_VALUES_MAX)
+      return "it has more than 256 values";
+  }
+  return NULL;
+}
+
+/*
  * log(level, payload)  [-0, +0, e]
- * Hands a structured entry (JSON) to the host's logger, which runs in the
- * host's state; that state's stack is left as it was, [-0, +0].
+ * Hands a structured entry (a smallcaps record) to the host's logger, which
+ * runs in the host's state; that state's stack is left as it was. An entry
+ * over the bounds above reaches the host as a short notice instead, and
+ * the payload bytes of one delivery count against the vat's maxLogBytes.
  */
 static int sys_log(lua_State *V) {
+  static const char *const levels[] = {"debug", "log", "warn", "error", NULL};
   lvat_t *rec = sysvat(V);
   lkernel_t *lk = rec->lk;
-  const char *level = luaL_checkstring(V, 1);
+  const char *level = levels[luaL_checkoption(V, 1, NULL, levels)];
   size_t n;
   const char *payload = luaL_checklstring(V, 2, &n);
+  rec->logged += (lua_Integer)n;
+  if (rec->logged > rec->budget.log_bytes)
+    return over_quota(V, rec,
+                      "logged %lld bytes in one delivery, over this vat's limit of %lld "
+                      "(maxLogBytes)",
+                      (long long)rec->logged, (long long)rec->budget.log_bytes);
   lua_State *L = lk->L;
   if (!L || lk->logger_ref == LUA_NOREF)
     return 0;
+  const char *problem = log_problem(payload, n);
+  char notice[160];
+  if (problem) {
+    n = (size_t)snprintf(notice, sizeof notice,
+                         "#{\"message\":\"log entry of %zu bytes dropped: %s\","
+                         "\"tags\":[\"kernel\"]}",
+                         n, problem);
+    payload = notice;
+  }
   STACK_CHECK_BEGIN(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->logger_ref);
   lua_pushstring(L, rec->id);

@@ -223,4 +223,86 @@ describe('budgets', function()
       assert.equal(1, kernel:queueMessage(recv, 'ping', { 1 }):await())
     end)
   end)
+
+  describe('log entries from vats', function()
+    local loggerMod = require 'ocap.logger'
+
+    local function launch(creationOptions)
+      local r = kernel:launchSubcluster({
+        bootstrap = 'b', vats = { b = { sourceSpec = BUDGET, creationOptions = creationOptions } },
+      }):await()
+      return r.rootKref, kernel:getSubcluster(r.subclusterId).vats.b
+    end
+
+    local function lastEntry(vatId)
+      local logs = kernel:logs()
+      for i = #logs, 1, -1 do
+        if logs[i].vatId == vatId then return logs[i] end
+      end
+    end
+
+    it('cannot forge a line: newlines and control characters are escaped', function()
+      local b, vatId = launch()
+      kernel:queueMessage(b, 'logLine', { 'ok\n[error] kernel [kernel] forged\r\27[2K', 'data\nline',
+        { trace = 'one\n[error] two' } }):await()
+      local e = lastEntry(vatId)
+      assert.equal('ok\\n[error] kernel [kernel] forged\\r\\x1b[2K', e.message)
+      local line = loggerMod.format(e)
+      -- A multi-line datum (a traceback) keeps its lines, indented.
+      assert.equal(('[log] %s ok\\n[error] kernel [kernel] forged\\r\\x1b[2K data\\nline {trace = \n'
+        .. '    one\n    [error] two}'):format(vatId), line)
+      -- Every line after the first is indented: none looks like an entry.
+      for l in line:gmatch('\n([^\n]*)') do assert.matches('^    ', l) end
+    end)
+
+    it('are bounded: an entry over 16 KiB or 256 values reaches the host as a notice', function()
+      local b, vatId = launch()
+      kernel:queueMessage(b, 'logHuge', { 20000 }):await()
+      assert.matches('^log entry of 200%d%d bytes dropped: it is over 16384 bytes$', lastEntry(vatId).message)
+      assert.same({ 'kernel' }, lastEntry(vatId).tags)
+      kernel:queueMessage(b, 'logMany', { 300 }):await()
+      assert.matches('dropped: it has more than 256 values$', lastEntry(vatId).message)
+      kernel:queueMessage(b, 'logMany', { 100 }):await()
+      local e = lastEntry(vatId)
+      assert.equal('many', e.message)
+      assert.equal(loggerMod.MAX_FIELDS, e.data.n)
+    end)
+
+    it('never hand the host a count it did not check', function()
+      -- A stand-in for the runtime logs through the raw syscall what the
+      -- real runtime never would: a data count of 10^12.
+      kernel.K:setRuntime({ { 'ocap.vatboot', [[
+local M = {}
+function M.boot(syscall)
+  syscall.log('warn', '#{"data":{"n":1000000000000},"message":"count","tags":["a","b"]}')
+  syscall.log('warn', '#{"data":[1,2],"message":{"not":"a string"},"tags":"notalist"}')
+  return function(kind) if kind == 'startVat' then return true end end, {}, {}
+end
+return M
+]] } })
+      kernel:launchSubcluster({ bootstrap = 'b', vats = { b = { sourceSpec = BUDGET } } })
+      local got = {}
+      for _, e in ipairs(kernel:logs()) do
+        if e.level == 'warn' then got[#got + 1] = e end
+      end
+      assert.equal(2, #got)
+      assert.equal('count', got[1].message)
+      assert.equal(0, got[1].data.n)
+      assert.same({ 'a', 'b' }, got[1].tags)
+      assert.equal('[warn] v1 [a,b] count', loggerMod.format(got[1]))
+      assert.equal('(a table, not a message)', got[2].message)
+      assert.same({}, got[2].tags)
+      assert.equal(2, got[2].data.n)
+      kernel:terminateVat('v1')
+    end)
+
+    it('in one delivery are bounded by maxLogBytes: over it the vat is terminated', function()
+      local b, vatId = launch({ maxLogBytes = 10000 })
+      assert.equal(3, kernel:queueMessage(b, 'logFlood', { 3, 3000 }):await())
+      local err = rejection(kernel:queueMessage(b, 'logFlood', { 4, 3000 }))
+      assert.equal('VAT_FATAL:QUOTA_EXCEEDED', err.code)
+      assert.matches("logged %d+ bytes in one delivery, over this vat's limit of 10000 %(maxLogBytes%)", err.message)
+      assert.is_false(support.isLive(kernel, vatId))
+    end)
+  end)
 end)

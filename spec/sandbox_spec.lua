@@ -178,7 +178,7 @@ function M.boot(syscall)
   local names = {}
   for k in pairs(syscall) do names[#names + 1] = k end
   table.sort(names)
-  syscall.log('log', table.concat(names, ' '))
+  syscall.log('log', '#{"message":"' .. table.concat(names, ' ') .. '"}')
   return function(kind) if kind == 'startVat' then return true end end, {}, {}
 end
 return M
@@ -188,7 +188,7 @@ return M
     local core = require 'ocap.core'
     local K = assert(core.open({}))
     local got
-    K:setLogger(function(_, _, payload) got = payload end)
+    K:setLogger(function(_, _, payload) got = payload:match('^#{"message":"(.*)"}$') end)
     K:setRuntime({ { 'ocap.vatboot', FAKE_BOOT } })
     assert(K:createVat('v1', { main = 'm', modules = { m = 'return {}' }, globals = globals }))
     K:stopVat('v1')

@@ -201,10 +201,12 @@ function M.make(options)
   K:setTerminated(function(vatId, reason) self:_forgetVat(vatId, reason) end)
   K:setExitHandler(function(vatId, failure, body) self:_vatExited(vatId, failure, body) end)
   K:setLogger(function(vatId, level, payload)
-    local ok, entry = pcall(decode, payload)
-    if not ok then entry = { message = payload } end
-    self.logger({ level = level, tags = entry.tags or {}, vatId = vatId,
-      message = entry.message, data = entry.data })
+    -- The kernel has bounded the payload's size and shape; what it holds
+    -- is still the vat's, so it is checked and escaped before the logger
+    -- sees it.
+    local ok, fields = pcall(decode, payload)
+    if not ok then fields = { message = payload } end
+    self.logger(loggerMod.fromVat(vatId, level, fields))
   end)
   liveKernels[self] = true
   -- Anything failing from here on must not leave the database open.

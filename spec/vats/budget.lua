@@ -5,7 +5,8 @@ local E = ocap.E
 
 local M = {}
 
-function M.buildRootObject(_, parameters, baggage)
+function M.buildRootObject(vatPowers, parameters, baggage)
+  local log = vatPowers.logger
   if parameters.failBuildIfMarked and baggage:has('marked') then
     error('baggage is marked: ' .. tostring(baggage:get('marked')))
   end
@@ -51,6 +52,18 @@ function M.buildRootObject(_, parameters, baggage)
       return count
     end,
     bigResult = function(_, bytes) return string.rep('r', bytes) end,
+    logLine = function(_, message, ...) log:log(message, ...) end,
+    logHuge = function(_, bytes) log:log(string.rep('x', bytes)) end,
+    logMany = function(_, n)
+      local values = {}
+      for i = 1, n do values[i] = i end
+      log:log('many', table.unpack(values))
+    end,
+    logFlood = function(_, count, bytes)
+      local s = string.rep('l', bytes)
+      for _ = 1, count do log:log(s) end
+      return count
+    end,
     spin = function(_, n)
       local x = 0
       for i = 1, n do x = x + i end
