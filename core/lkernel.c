@@ -1239,8 +1239,9 @@ static int k_kv_set(lua_State *L) {
   size_t kl, vl;
   const char *key = luaL_checklstring(L, 2, &kl);
   const char *val = luaL_checklstring(L, 3, &vl);
-  if (ocap_store_set(lk->s, key, kl, val, vl))
-    return luaL_error(L, "store write failed");
+  int rc = ocap_store_set(lk->s, key, kl, val, vl);
+  if (rc)
+    return luaL_error(L, "store write failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(lk->s));
   return 0;
 }
 
