@@ -79,14 +79,21 @@ end
 
 local LOG_TAIL = 40 -- entries shown per kernel, the last ones
 
-local ocapDir = (debug.getinfo(1, 'S').short_src:match('^(.*)[/\\][^/\\]*$'))
+-- The directory of ocap's modules, in full (tracebacks shorten long paths
+-- to their end, so files are recognised by their last two components).
+local ocapDir = debug.getinfo(1, 'S').source:match('^@(.*)[/\\][^/\\]*$')
+
+local function isOcapFile(file)
+  local name = ocapDir and file:match('ocap[/\\]([%w_]+)%.lua$')
+  local f = name and io.open(ocapDir .. '/' .. name .. '.lua')
+  if f then f:close() end
+  return f ~= nil
+end
 
 -- The first "file:line" of a traceback that is neither C nor ocap's.
 local function specLine(traceback)
   for file, line in tostring(traceback):gmatch('\n%s*([^\n]-):(%d+):') do
-    if file ~= '[C]' and not (ocapDir and file:sub(1, #ocapDir + 1) == ocapDir .. '/') then
-      return file .. ':' .. line
-    end
+    if file ~= '[C]' and not isOcapFile(file) then return file .. ':' .. line end
   end
 end
 
@@ -117,8 +124,8 @@ end
 
 local function rewrite(message, trace)
   message = tostring(message)
-  local at = ocapDir and message:match('^([^\n]-:%d+): ')
-  if at and at:sub(1, #ocapDir + 1) == ocapDir .. '/' then
+  local at, file = message:match('^(([^\n]-):%d+): ')
+  if at and isOcapFile(file) then
     local line = trace and specLine(trace.traceback)
     if line then message = line .. message:sub(#at + 1) end
   end
