@@ -271,6 +271,56 @@ static void terminate_linear(int n) {
   free(r);
 }
 
+/*
+ * A fault in any store call of a termination (a host call, outside a
+ * crank) makes the call fail, and the next crank drops its half-done
+ * writes: the vat is either wholly there or wholly gone.
+ */
+static void terminate_faults(void) {
+  record_t *r = malloc(sizeof *r);
+  REQUIRE(r != NULL);
+  ocap_kernel_t *k = new_kernel(r);
+  ocap_store_t *s = ocap_kernel_store(k);
+  char ko[OCAP_REF_MAX], kp[OCAP_REF_MAX], eref[OCAP_REF_MAX], key[48];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko) == 0);
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "p+1", kp) == 0); /* v1 decides it */
+  REQUIRE(ocap_kernel_kref_to_eref(k, "v2", kp, eref) == 0);
+  REQUIRE(ocap_kernel_subscribe(k, "v2", eref) == 0);
+  for (int i = 0; i < 20; i++) {
+    snprintf(key, sizeof key, "vs.v1.entry.%d", i);
+    REQUIRE(put(k, key, "x") == 0);
+  }
+  REQUIRE(ocap_store_commit(s) == 0);
+  ocap_capdata_t reason = {"#\"gone\"", 7, NULL, 0};
+  int failed = 0;
+  for (long i = 1;; i++) {
+    char *before = dump(k);
+    ocap_store_inject_fault(s, OCAP_FAULT_ALL, i, OCAP_EIO);
+    int rc = ocap_kernel_terminate(k, "v1", &reason);
+    int fired = ocap_store_inject_fault(s, 0, 0, 0) == 0;
+    if (!fired) {
+      CHECK(rc == 0);
+      free(before);
+      break;
+    }
+    failed++;
+    CHECK(rc == OCAP_EIO && ocap_kernel_failed(k) == OCAP_EIO);
+    CHECK(ocap_kernel_step(k) == OCAP_EIO); /* drops the half-done termination */
+    char *after = dump(k);
+    CHECK(strcmp(before, after) == 0);
+    free(before);
+    free(after);
+  }
+  CHECK(failed > 20);
+  CHECK(run(k, r, 0) == 0);
+  CHECK(r->n == 1 && strcmp(r->lines[0], "v2 notify 1") == 0); /* told v1 is gone */
+  const char *k2;
+  size_t kl;
+  CHECK(ocap_store_next_key(s, "vs.v1.", 6, "", 0, 1, &k2, &kl) == 0);
+  free_kernel(k);
+  free(r);
+}
+
 /* Sets key to val, runs one crank, and checks it fails with ECORRUPT and a
  * message holding `mention`; then restores the old value. */
 static void corrupt_case(ocap_kernel_t *k, const char *key, const char *val, const char *mention) {
@@ -381,6 +431,7 @@ int main(void) {
   subscribers(6, 3, 1);
   terminate_linear(3000);
   terminate_linear(30000);
+  terminate_faults();
   corrupt_values();
   if (failures > 0) {
     fprintf(stderr, "test_kernel: %d failure(s)\n", failures);
