@@ -1,0 +1,1028 @@
+/*
+ * lsmallcaps.c -- the smallcaps codec over Lua values; see lsmallcaps.h.
+ *
+ * Encoding walks a Lua value and writes its body into a buffer owned by a
+ * userdata, so an error raised halfway (by valToSlot, or the vat's meter or
+ * memory budget) leaks nothing. Decoding checks the whole body first
+ * (ocap_sc_scan), so slotToVal is never called for a body that is then
+ * found wrong, and then pushes the values straight onto the caller's
+ * stack. Both charge the vat they run in for their work, up front where
+ * the size is known and in batches where it is not, so a vat's meter
+ * bounds them as it bounds Lua code.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "lsmallcaps.h"
+#include "smallcaps.h"
+#include "vat.h"
+
+/* Built alone as a module for a host state (CMakeLists.txt), the codec is
+ * never in a vat, so it has no meter to charge. */
+#ifdef OCAP_SMALLCAPS_STANDALONE
+#define ocap_vat_charge(L, cost) ((void)(L), (void)(cost))
+#endif
+
+/* The model, upvalue 1 of every codec function: a table indexed by these. */
+enum {
+  M_REMOTABLES = 1, /* obj -> iface */
+  M_PROMISES,       /* promise -> true */
+  M_SHADOWS,        /* hardened proxy -> its contents */
+  M_ARRAY_MT,       /* the array mark */
+  M_ERROR_TAG,      /* what getmetatable returns for an error value */
+  M_NULL,           /* the passable null */
+  M_PROMISE_MT,     /* the metatable of ocap.promise's promises, once set */
+  M_BOX,            /* a spare encoding buffer */
+  M_COUNT = M_BOX
+};
+
+/*
+ * What the codec charges a vat, in instructions (about 1.4 ns each on the
+ * reference machine, docs/security.md): one per BYTES_PER_INSTRUCTION bytes
+ * scanned or written and VALUE_COST per value built or walked, about what
+ * the work takes (20 to 80 ns a value), and far under what the Lua codec
+ * cost.
+ */
+#define BYTES_PER_INSTRUCTION 8
+#define VALUE_COST 16
+/* Costs the encoder gathers before it charges them. */
+#define CHARGE_BATCH 4096
+/* Buffers up to this size are kept for the next encoding. */
+#define BOX_KEEP 65536
+#define BOX_FIRST 256
+
+#define LEAVE OCAP_SC_LEAVE
+
+/* ---- encoding ---- */
+
+typedef struct enc {
+  lua_State *L;
+  int mb;    /* stack index of model value 1; value k is at mb + k - 1 */
+  int mtkey; /* stack index of the string "__metatable" */
+  int v2s;   /* stack index of valToSlot, or 0 */
+  int slots; /* stack index of the slots table (nil until a slot is met) */
+  int map;   /* stack index of object -> slot index (likewise) */
+  int box;   /* stack index of the buffer's userdata */
+  lua_Integer nslots;
+  char *b;
+  size_t n, cap;
+  size_t charged_n; /* bytes of output already charged */
+  long long cost;   /* instructions not yet charged */
+} enc_t;
+
+#define MV(e, k) ((e)->mb + (k)-1)
+
+/* [-0, +0, e] Adds instructions to the bill, charging it in batches. */
+static void charge(enc_t *e, long long c) {
+  e->cost += c;
+  if (e->cost >= CHARGE_BATCH) {
+    long long c2 = e->cost + (long long)((e->n - e->charged_n) / BYTES_PER_INSTRUCTION);
+    e->cost = 0;
+    e->charged_n = e->n;
+    ocap_vat_charge(e->L, c2);
+  }
+}
+
+/* [-0, +0, m] Returns room for need more bytes, moving the buffer to a
+ * larger userdata (in the same stack slot) when it is short. */
+static char *room(enc_t *e, size_t need) {
+  if (e->cap - e->n >= need)
+    return e->b + e->n;
+  size_t cap = e->cap * 2;
+  if (cap < e->n + need)
+    cap = e->n + need;
+  if (cap < e->n) /* overflow */
+    luaL_error(e->L, "smallcaps body too large");
+  charge(e, CHARGE_BATCH); /* charges the bytes written so far */
+  char *nb = lua_newuserdatauv(e->L, cap, 0);
+  memcpy(nb, e->b, e->n);
+  lua_replace(e->L, e->box);
+  e->b = nb;
+  e->cap = cap;
+  return nb + e->n;
+}
+
+/* [-0, +0, m] */
+static void put(enc_t *e, const char *s, size_t n) {
+  memcpy(room(e, n), s, n);
+  e->n += n;
+}
+
+/* [-0, +0, m] */
+static void put_char(enc_t *e, char c) {
+  *room(e, 1) = c;
+  e->n++;
+}
+
+/* Writes v in decimal; returns the length (at most 20). */
+static size_t fmt_int(char *out, long long v) {
+  char t[24];
+  int i = 0;
+  unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+  do {
+    t[i++] = (char)('0' + u % 10);
+    u /= 10;
+  } while (u);
+  size_t n = 0;
+  if (v < 0)
+    out[n++] = '-';
+  while (i)
+    out[n++] = t[--i];
+  return n;
+}
+
+/* [-0, +0, m] Writes s as a JSON string, `!`-escaped when special. A long
+ * string is measured first, so that its room is not six times its size. */
+static void put_quoted(enc_t *e, const char *s, size_t n, int special) {
+  size_t need = OCAP_SC_QUOTE_BOUND(n);
+  if (n > 4096) {
+    need = 3;
+    for (size_t i = 0; i < n; i++) {
+      unsigned char c = (unsigned char)s[i];
+      need += c >= 0x20 && c != '"' && c != '\\' ? 1 : 6;
+    }
+  }
+  charge(e, 1 + (long long)(n / BYTES_PER_INSTRUCTION));
+  char *o = room(e, need);
+  e->n = (size_t)(ocap_sc_quote(s, n, special, o) - e->b);
+}
+
+/* [-0, +0, m] Writes a slot index with its sigil, as `"$3"` or `"&3`
+ * (without the closing quote when open is set). */
+static void put_slot(enc_t *e, char sigil, lua_Integer index, int open) {
+  char *o = room(e, 24);
+  o[0] = '"';
+  o[1] = sigil;
+  size_t k = 2 + fmt_int(o + 2, (long long)index);
+  if (!open)
+    o[k++] = '"';
+  e->n += k;
+}
+
+/* [-0, +1] Pushes what getmetatable(v) gives in Lua: the metatable's
+ * __metatable field when it has one. Returns 0 (pushing nothing) when v
+ * has no metatable. */
+static int push_getmetatable(enc_t *e, int idx) {
+  lua_State *L = e->L;
+  if (!lua_getmetatable(L, idx))
+    return 0;
+  lua_pushvalue(L, e->mtkey);
+  if (lua_rawget(L, -2) != LUA_TNIL)
+    lua_remove(L, -2);
+  else
+    lua_pop(L, 1);
+  return 1;
+}
+
+static int enc_value(enc_t *e, int idx, int depth);
+
+/* [-0, +0, e] Writes the remotable or promise at idx as a slot, asking
+ * valToSlot for a new one. style: 1 remotable, 2 promise. */
+static int enc_slot(enc_t *e, int idx, int style) {
+  lua_State *L = e->L;
+  if (!e->v2s)
+    return LEAVE; /* plain data: the reference says it cannot pass */
+  if (lua_isnil(L, e->map)) {
+    lua_newtable(L);
+    lua_replace(L, e->slots);
+    lua_newtable(L);
+    lua_replace(L, e->map);
+  }
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, e->map) == LUA_TNUMBER) {
+    lua_Integer index = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    put_slot(e, style == 2 ? '&' : '$', index, 0);
+    return 0;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, e->v2s);
+  lua_pushvalue(L, idx);
+  if (style == 2)
+    lua_pushliteral(L, "promise");
+  else
+    lua_pushliteral(L, "remotable");
+  lua_call(L, 2, 1);
+  if (lua_type(L, -1) != LUA_TSTRING)
+    return LEAVE;
+  lua_Integer index = e->nslots++;
+  lua_rawseti(L, e->slots, index + 1);
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, index);
+  lua_rawset(L, e->map);
+  if (style == 2) {
+    put_slot(e, '&', index, 0);
+    return 0;
+  }
+  /* The interface as it is now: valToSlot may have renamed the object. */
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, MV(e, M_REMOTABLES)) != LUA_TSTRING)
+    return LEAVE;
+  size_t ilen;
+  const char *iface = lua_tolstring(L, -1, &ilen);
+  put_slot(e, '$', index, 1);
+  /* The quoted interface's opening quote becomes the dot: "$3.iface". */
+  size_t at = e->n;
+  put_quoted(e, iface, ilen, 0);
+  e->b[at] = '.';
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* [-0, +0, e] Writes an error value: its message and name only. */
+static int enc_error(enc_t *e, int idx) {
+  lua_State *L = e->L;
+  lua_getfield(L, idx, "message");
+  lua_getfield(L, idx, "name");
+  if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+    return LEAVE;
+  size_t ml, nl;
+  const char *m = lua_tolstring(L, -2, &ml), *nm = lua_tolstring(L, -1, &nl);
+  put(e, "{\"#error\":", 10);
+  put_quoted(e, m, ml, 1);
+  put(e, ",\"name\":", 8);
+  put_quoted(e, nm, nl, 1);
+  put_char(e, '}');
+  lua_pop(L, 2);
+  return 0;
+}
+
+/* [-0, +0, e] Writes elements 1..n of the table at c. */
+static int enc_array(enc_t *e, int c, lua_Integer n, int depth) {
+  lua_State *L = e->L;
+  put_char(e, '[');
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (i > 1)
+      put_char(e, ',');
+    lua_rawgeti(L, c, i);
+    if (enc_value(e, lua_gettop(L), depth))
+      return LEAVE;
+    lua_pop(L, 1);
+    charge(e, VALUE_COST);
+  }
+  put_char(e, ']');
+  return 0;
+}
+
+/* A record key being written. */
+typedef struct kref {
+  const char *s;
+  size_t n;
+  int idx;                  /* stack index of the key string */
+  int is_index;             /* an array-index-like key */
+  unsigned long long index; /* its value */
+  size_t off, len;          /* where its member was written */
+} kref_t;
+
+static int kref_cmp(const void *a, const void *b) {
+  const kref_t *x = a, *y = b;
+  return ocap_sc_key_cmp(x->s, x->n, y->s, y->n);
+}
+
+static int kref_index_cmp(const void *a, const void *b) {
+  const kref_t *x = *(const kref_t *const *)a, *y = *(const kref_t *const *)b;
+  return x->index < y->index ? -1 : x->index > y->index;
+}
+
+#define SMALL_KEYS 16
+
+/*
+ * [-0, +0, e] Writes the record at c, whose keys are all strings. Members
+ * are encoded in sorted key order, which decides slot numbers, and emitted
+ * in JavaScript's enumeration order: index-like keys first, in numeric
+ * order. The keys are kept on the stack while it works, so that they stay
+ * alive whatever valToSlot does to the table.
+ */
+static int enc_record(enc_t *e, int c, int depth) {
+  lua_State *L = e->L;
+  int kbase = lua_gettop(L);
+  size_t nk = 0;
+  lua_pushnil(L);
+  while (lua_next(L, c)) {
+    lua_pop(L, 1);
+    luaL_checkstack(L, 3, "smallcaps record keys");
+    lua_pushvalue(L, -1);
+    nk++;
+  }
+  kref_t small[SMALL_KEYS];
+  kref_t *ks =
+      nk <= SMALL_KEYS ? small : lua_newuserdatauv(L, nk * (sizeof(kref_t) + sizeof(kref_t *)), 0);
+  int nindex = 0;
+  for (size_t i = 0; i < nk; i++) {
+    kref_t *k = &ks[i];
+    k->idx = kbase + 1 + (int)i;
+    k->s = lua_tolstring(L, k->idx, &k->n);
+    k->is_index = ocap_sc_index_key(k->s, k->n, &k->index);
+    nindex += k->is_index;
+  }
+  long long lg = 1;
+  while ((1LL << lg) < (long long)nk)
+    lg++;
+  charge(e, (long long)nk * (lg + VALUE_COST) + 1);
+  qsort(ks, nk, sizeof *ks, kref_cmp);
+  size_t start = e->n;
+  put_char(e, '{');
+  for (size_t i = 0; i < nk; i++) {
+    kref_t *k = &ks[i];
+    if (i > 0)
+      put_char(e, ',');
+    k->off = e->n;
+    put_quoted(e, k->s, k->n, 1);
+    put_char(e, ':');
+    lua_pushvalue(L, k->idx);
+    lua_rawget(L, c);
+    if (enc_value(e, lua_gettop(L), depth))
+      return LEAVE;
+    lua_pop(L, 1);
+    k->len = e->n - k->off;
+  }
+  put_char(e, '}');
+  if (nindex) {
+    /* Reorder the members: copy them aside, then write them back. */
+    kref_t **order = nk <= SMALL_KEYS ? NULL : (kref_t **)(ks + nk);
+    kref_t *small_order[SMALL_KEYS];
+    if (!order)
+      order = small_order;
+    size_t no = 0;
+    for (size_t i = 0; i < nk; i++)
+      if (ks[i].is_index)
+        order[no++] = &ks[i];
+    qsort(order, no, sizeof *order, kref_index_cmp);
+    for (size_t i = 0; i < nk; i++)
+      if (!ks[i].is_index)
+        order[no++] = &ks[i];
+    size_t total = e->n - start;
+    char *copy = lua_newuserdatauv(L, total, 0);
+    memcpy(copy, e->b + start, total);
+    e->n = start;
+    put_char(e, '{');
+    for (size_t i = 0; i < nk; i++) {
+      if (i > 0)
+        put_char(e, ',');
+      put(e, copy + (order[i]->off - start), order[i]->len);
+    }
+    put_char(e, '}');
+  }
+  lua_settop(L, kbase);
+  return 0;
+}
+
+/*
+ * [-0, +0, e] Writes the table at c (a plain table or a hardened one's
+ * contents) as pass.classify sees it: an array when its keys are 1..k, or
+ * a marked array, or one counted by an integer n; a record when all its
+ * keys are strings. Anything else is left to the reference.
+ */
+static int enc_container(enc_t *e, int c, int marked, int depth) {
+  lua_State *L = e->L;
+  if (++depth > OCAP_SC_MAX_DEPTH)
+    return LEAVE;
+  /* Keys met in the order 1, 2, ...: a sequence in the array part. */
+  lua_Integer seq = 0;
+  int broke = 0;
+  lua_pushnil(L);
+  while (lua_next(L, c)) {
+    lua_pop(L, 1);
+    if (lua_isinteger(L, -1) && lua_tointeger(L, -1) == seq + 1) {
+      seq++;
+      continue;
+    }
+    lua_pop(L, 1);
+    broke = 1;
+    break;
+  }
+  if (!broke) {
+    if (seq > 0 || marked)
+      return enc_array(e, c, seq, depth);
+    put(e, "{}", 2);
+    return 0;
+  }
+  lua_Integer count = 0, maxk = 0;
+  size_t nk = 0;
+  int only_n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, c)) {
+    lua_pop(L, 1);
+    int kt = lua_type(L, -1);
+    if (kt == LUA_TNUMBER && lua_isinteger(L, -1)) {
+      lua_Integer k = lua_tointeger(L, -1);
+      if (k < 1) {
+        lua_pop(L, 1);
+        return LEAVE;
+      }
+      count++;
+      if (k > maxk)
+        maxk = k;
+    } else if (kt == LUA_TSTRING) {
+      size_t kl;
+      const char *ks = lua_tolstring(L, -1, &kl);
+      only_n = ++nk == 1 && kl == 1 && ks[0] == 'n';
+    } else {
+      lua_pop(L, 1);
+      return LEAVE;
+    }
+  }
+  if (nk == 0) {
+    if (count != maxk)
+      return LEAVE; /* sparse */
+    return enc_array(e, c, maxk, depth);
+  }
+  if (count == 0 && !marked)
+    return enc_record(e, c, depth);
+  if (nk == 1 && only_n) {
+    lua_pushliteral(L, "n");
+    lua_rawget(L, c); /* a raw read, as in pass.classify */
+    int ok;
+    lua_Integer n = lua_tointegerx(L, -1, &ok);
+    ok = ok && lua_isinteger(L, -1);
+    lua_pop(L, 1);
+    if (!ok || n < maxk)
+      return LEAVE;
+    return enc_array(e, c, n, depth);
+  }
+  return LEAVE;
+}
+
+/* [-0, +0, e] Writes a table or userdata. */
+static int enc_table(enc_t *e, int idx, int depth) {
+  lua_State *L = e->L;
+  luaL_checkstack(L, 8, "smallcaps nesting");
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, MV(e, M_REMOTABLES)) != LUA_TNIL) {
+    lua_pop(L, 1);
+    return enc_slot(e, idx, 1);
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, idx);
+  int promise = lua_rawget(L, MV(e, M_PROMISES)) == LUA_TBOOLEAN && lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (lua_type(L, idx) != LUA_TTABLE)
+    return promise ? enc_slot(e, idx, 2) : LEAVE;
+  int hasmt = push_getmetatable(e, idx);
+  if (!promise && hasmt && lua_rawequal(L, -1, MV(e, M_PROMISE_MT)))
+    promise = 1;
+  if (promise) {
+    if (hasmt)
+      lua_pop(L, 1);
+    return enc_slot(e, idx, 2);
+  }
+  if (!hasmt)
+    return enc_container(e, idx, 0, depth);
+  if (lua_rawequal(L, -1, MV(e, M_ARRAY_MT))) {
+    lua_pop(L, 1);
+    return enc_container(e, idx, 1, depth);
+  }
+  if (lua_rawequal(L, -1, MV(e, M_ERROR_TAG))) {
+    lua_pop(L, 1);
+    return enc_error(e, idx);
+  }
+  lua_pop(L, 1);
+  if (lua_rawequal(L, idx, MV(e, M_NULL))) {
+    put(e, "null", 4);
+    return 0;
+  }
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, MV(e, M_SHADOWS)) != LUA_TTABLE)
+    return LEAVE; /* a foreign metatable */
+  int shadow = lua_gettop(L);
+  int marked = 0;
+  if (push_getmetatable(e, shadow)) {
+    marked = lua_rawequal(L, -1, MV(e, M_ARRAY_MT));
+    lua_pop(L, 1);
+  }
+  int r = enc_container(e, shadow, marked, depth);
+  if (r == 0)
+    lua_pop(L, 1);
+  return r;
+}
+
+/* [-0, +0, e] Writes the value at idx; depth counts enclosing tables. */
+static int enc_value(enc_t *e, int idx, int depth) {
+  lua_State *L = e->L;
+  switch (lua_type(L, idx)) {
+  case LUA_TSTRING: {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    put_quoted(e, s, n, 1);
+    return 0;
+  }
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx)) {
+      lua_Integer v = lua_tointeger(L, idx);
+      char *o = room(e, 24);
+      if (v <= OCAP_SC_MAX_SAFE && v >= -OCAP_SC_MAX_SAFE) {
+        e->n += fmt_int(o, (long long)v);
+      } else {
+        size_t k = 0;
+        o[k++] = '"';
+        if (v > 0)
+          o[k++] = '+';
+        k += fmt_int(o + k, (long long)v);
+        o[k++] = '"';
+        e->n += k;
+      }
+    } else {
+      double x = lua_tonumber(L, idx);
+      if (x != x)
+        put(e, "\"#NaN\"", 6);
+      else if (isinf(x))
+        put(e, x > 0 ? "\"#Infinity\"" : "\"#-Infinity\"", x > 0 ? 11 : 12);
+      else
+        e->n += ocap_sc_format_number(x, room(e, OCAP_SC_NUMBER_MAX));
+    }
+    return 0;
+  case LUA_TTABLE:
+  case LUA_TUSERDATA:
+    return enc_table(e, idx, depth);
+  case LUA_TBOOLEAN:
+    if (lua_toboolean(L, idx))
+      put(e, "true", 4);
+    else
+      put(e, "false", 5);
+    return 0;
+  case LUA_TNIL:
+    put(e, "\"#undefined\"", 12);
+    return 0;
+  default:
+    return LEAVE; /* functions, threads, light userdata */
+  }
+}
+
+/* [-0, +11, e] Sets up an encoding: the model's values, the key string,
+ * slot tables (nil for now) and a buffer, on the stack in that order. */
+static void enc_begin(lua_State *L, enc_t *e, int v2s) {
+  memset(e, 0, sizeof *e);
+  e->L = L;
+  e->v2s = lua_isnoneornil(L, v2s) ? 0 : v2s;
+  luaL_checkstack(L, 16, "smallcaps");
+  int model = lua_upvalueindex(1);
+  e->mb = lua_gettop(L) + 1;
+  for (int k = 1; k <= M_PROMISE_MT; k++)
+    lua_rawgeti(L, model, k);
+  lua_pushliteral(L, "__metatable");
+  e->mtkey = lua_gettop(L);
+  lua_pushnil(L);
+  e->slots = lua_gettop(L);
+  lua_pushnil(L);
+  e->map = lua_gettop(L);
+  /* The spare buffer is taken out of the model while in use, so that an
+   * encoding nested in valToSlot gets its own. */
+  if (lua_rawgeti(L, model, M_BOX) == LUA_TUSERDATA) {
+    lua_pushnil(L);
+    lua_rawseti(L, model, M_BOX);
+    e->cap = lua_rawlen(L, -1);
+  } else {
+    lua_pop(L, 1);
+    lua_newuserdatauv(L, BOX_FIRST, 0);
+    e->cap = BOX_FIRST;
+  }
+  e->box = lua_gettop(L);
+  e->b = lua_touserdata(L, e->box);
+  e->b[0] = '#';
+  e->n = 1;
+}
+
+/* [-0, +1, e] Ends an encoding: pushes { body, slots }, or nil when it was
+ * left to the reference; keeps the buffer for the next one when small. */
+static int enc_end(lua_State *L, enc_t *e, int r) {
+  if (e->cap <= BOX_KEEP) {
+    lua_pushvalue(L, e->box);
+    lua_rawseti(L, lua_upvalueindex(1), M_BOX);
+  }
+  if (r) {
+    lua_pushnil(L);
+    return 1;
+  }
+  ocap_vat_charge(L, e->cost + (long long)((e->n - e->charged_n) / BYTES_PER_INSTRUCTION));
+  lua_createtable(L, 0, 2);
+  lua_pushlstring(L, e->b, e->n);
+  lua_setfield(L, -2, "body");
+  if (lua_isnil(L, e->slots))
+    lua_newtable(L);
+  else
+    lua_pushvalue(L, e->slots);
+  lua_setfield(L, -2, "slots");
+  return 1;
+}
+
+/* encode(v, valToSlot?) -> { body, slots } | nil  [-0, +1, e] */
+static int sc_encode(lua_State *L) {
+  lua_settop(L, 2);
+  enc_t e;
+  enc_begin(L, &e, 2);
+  int r = enc_value(&e, 1, 0);
+  return enc_end(L, &e, r);
+}
+
+/* Whether s needs neither escaping nor the `!` mark. */
+static int plain_string(const char *s, size_t n) {
+  if (n > 0 && (unsigned char)s[0] >= 33 && (unsigned char)s[0] <= 45)
+    return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c < 0x20 || c == '"' || c == '\\')
+      return 0;
+  }
+  return 1;
+}
+
+/* [-0, +0] Whether the value at idx is one marshal.lua's serializeCall
+ * writes without classifying it: a safe integer, a boolean or a plain
+ * string. */
+static int simple_value(lua_State *L, int idx) {
+  switch (lua_type(L, idx)) {
+  case LUA_TNUMBER:
+    if (!lua_isinteger(L, idx))
+      return 0;
+    lua_Integer v = lua_tointeger(L, idx);
+    return v <= OCAP_SC_MAX_SAFE && v >= -OCAP_SC_MAX_SAFE;
+  case LUA_TBOOLEAN:
+    return 1;
+  case LUA_TSTRING: {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    return plain_string(s, n);
+  }
+  default:
+    return 0;
+  }
+}
+
+/*
+ * [-0, +0, e] Writes a call whose method and arguments are all simple as
+ * marshal.lua's serializeCall does: the arguments are args[1..n] with n
+ * from args.n or #args, read as a caller reads them. Returns 0, or LEAVE
+ * with the buffer as it found it.
+ */
+static int enc_simple_call(enc_t *e) {
+  lua_State *L = e->L;
+  if (!simple_value(L, 1) || lua_type(L, 1) != LUA_TSTRING || lua_type(L, 2) != LUA_TTABLE)
+    return LEAVE;
+  lua_getfield(L, 2, "n");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_len(L, 2);
+  }
+  int isnum;
+  lua_Integer n = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum)
+    return LEAVE;
+  size_t start = e->n;
+  put_char(e, '[');
+  enc_value(e, 1, 1);
+  put(e, ",[", 2);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, 2, i);
+    if (!simple_value(L, -1)) {
+      lua_pop(L, 1);
+      e->n = start;
+      return LEAVE;
+    }
+    if (i > 1)
+      put_char(e, ',');
+    enc_value(e, lua_gettop(L), 1);
+    lua_pop(L, 1);
+  }
+  put(e, "]]", 2);
+  return 0;
+}
+
+/* encodeCall(method, args, valToSlot?) -> { body, slots } | nil  [-0, +1, e]
+ * The body of the array { method, args } without making that table. */
+static int sc_encode_call(lua_State *L) {
+  lua_settop(L, 3);
+  if (lua_isnil(L, 1) || lua_isnil(L, 2)) {
+    lua_pushnil(L); /* the table would not be an array of two */
+    return 1;
+  }
+  enc_t e;
+  enc_begin(L, &e, 3);
+  if (enc_simple_call(&e) == 0)
+    return enc_end(L, &e, 0);
+  put_char(&e, '[');
+  int r = enc_value(&e, 1, 1);
+  if (!r) {
+    put_char(&e, ',');
+    r = enc_value(&e, 2, 1);
+  }
+  if (!r)
+    put_char(&e, ']');
+  return enc_end(L, &e, r);
+}
+
+/* ---- decoding ---- */
+
+typedef struct dec {
+  lua_State *L;
+  const char *p;
+  int null_idx, amt_idx; /* stack indices of null and the array mark */
+  int slots_idx, s2v_idx;
+  int cache_idx; /* slot index + 1 -> value (nil until a slot is met) */
+  const ocap_sc_slot_t *slots;
+  char *scratch; /* room for the longest escaped string */
+  int bang_keys;
+} dec_t;
+
+static void dec_ws(dec_t *d) {
+  while (*d->p == ' ' || *d->p == '\t' || *d->p == '\n' || *d->p == '\r')
+    d->p++;
+}
+
+static int dec_value(dec_t *d);
+
+/* [-0, +1, e] Pushes the value of slot reference s ("$3", "$3.iface",
+ * "&3"), calling slotToVal the first time the slot is met. */
+static int dec_slot(dec_t *d, const char *s, size_t n) {
+  lua_State *L = d->L;
+  int style = s[0] == '&' ? 2 : 1;
+  lua_Integer index = 0;
+  for (size_t i = 1; i < n && s[i] != '.'; i++)
+    index = index * 10 + (s[i] - '0');
+  if (lua_isnil(L, d->cache_idx)) {
+    lua_newtable(L);
+    lua_replace(L, d->cache_idx);
+  }
+  if (lua_rawgeti(L, d->cache_idx, index + 1) != LUA_TNIL)
+    return 0;
+  lua_pop(L, 1);
+  lua_pushvalue(L, d->s2v_idx);
+  if (lua_rawgeti(L, d->slots_idx, index + 1) == LUA_TNIL)
+    return LEAVE;
+  const ocap_sc_slot_t *sl = &d->slots[index];
+  if (style == 1 && sl->named)
+    lua_pushlstring(L, sl->iface, sl->ilen);
+  else
+    lua_pushnil(L);
+  if (style == 2)
+    lua_pushliteral(L, "promise");
+  else
+    lua_pushliteral(L, "remotable");
+  lua_call(L, 3, 1);
+  if (lua_isnil(L, -1))
+    return LEAVE; /* the reference names the slot in its error */
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->cache_idx, index + 1);
+  return 0;
+}
+
+/* [-0, +1, e] Pushes the string at d->p (its opening quote) as smallcaps
+ * reads it; a key is only unescaped from `!`. */
+static int dec_string(dec_t *d, int key) {
+  lua_State *L = d->L;
+  const char *s = d->p + 1, *q = s;
+  int esc = 0;
+  while (*q != '"') {
+    if (*q == '\\') {
+      esc = 1;
+      q += 2;
+    } else {
+      q++;
+    }
+  }
+  size_t n = (size_t)(q - s);
+  d->p = q + 1;
+  if (esc) {
+    size_t m = ocap_sc_unescape(s, n, d->scratch);
+    if (m > 0 && d->scratch[0] == '!')
+      lua_pushlstring(L, d->scratch + 1, m - 1);
+    else
+      lua_pushlstring(L, d->scratch, m);
+    return 0;
+  }
+  unsigned char c = n ? (unsigned char)s[0] : 0;
+  if (c < 33 || c > 45) {
+    lua_pushlstring(L, s, n);
+    return 0;
+  }
+  if (c == '!' || key) {
+    lua_pushlstring(L, s + 1, n - 1);
+    return 0;
+  }
+  switch (c) {
+  case '#':
+    if (s[1] == 'u') {
+      lua_pushnil(L);
+    } else if (s[1] == 'N') {
+      volatile double zero = 0.0;
+      lua_pushnumber(L, zero / zero); /* the NaN Lua's 0/0 makes */
+    } else {
+      lua_pushnumber(L, s[1] == 'I' ? HUGE_VAL : -HUGE_VAL);
+    }
+    return 0;
+  case '$':
+  case '&':
+    return dec_slot(d, s, n);
+  default: { /* + - */
+    long long v;
+    ocap_sc_bigint(s + 1, n - 1, c == '-', &v);
+    lua_pushinteger(L, (lua_Integer)v);
+    return 0;
+  }
+  }
+}
+
+/* [-0, +1, e] Pushes an array or record; the scan checked its syntax. */
+static int dec_container(dec_t *d) {
+  lua_State *L = d->L;
+  luaL_checkstack(L, 8, "smallcaps nesting");
+  char close = *d->p == '[' ? ']' : '}';
+  d->p++;
+  lua_newtable(L);
+  int t = lua_gettop(L);
+  dec_ws(d);
+  if (close == ']') {
+    lua_Integer i = 0;
+    int holes = 0;
+    if (*d->p == ']')
+      d->p++;
+    else
+      for (;;) {
+        if (dec_value(d))
+          return LEAVE;
+        i++;
+        if (lua_isnil(L, -1)) {
+          holes = 1;
+          lua_pop(L, 1);
+        } else {
+          lua_rawseti(L, t, i);
+        }
+        dec_ws(d);
+        if (*d->p++ == ']')
+          break;
+      }
+    if (holes) {
+      lua_pushinteger(L, i);
+      lua_setfield(L, t, "n");
+    }
+    lua_pushvalue(L, d->amt_idx);
+    lua_setmetatable(L, t);
+    return 0;
+  }
+  /* With `!`-escaped keys in the body, every name a record's keys decode
+   * to is noted, and a record where two keys meet is left to the
+   * reference, which knows which meetings are errors. */
+  int seen = 0;
+  if (d->bang_keys) {
+    lua_newtable(L);
+    seen = lua_gettop(L);
+  }
+  if (*d->p == '}') {
+    d->p++;
+  } else {
+    for (;;) {
+      dec_ws(d);
+      dec_string(d, 1);
+      if (seen) {
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, seen) != LUA_TNIL)
+          return LEAVE;
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, seen);
+      }
+      dec_ws(d);
+      d->p++; /* : */
+      if (dec_value(d))
+        return LEAVE;
+      lua_rawset(L, t);
+      dec_ws(d);
+      if (*d->p++ == '}')
+        break;
+    }
+  }
+  lua_settop(L, t);
+  return 0;
+}
+
+/* [-0, +1, e] Pushes the value at d->p. */
+static int dec_value(dec_t *d) {
+  lua_State *L = d->L;
+  dec_ws(d);
+  switch (*d->p) {
+  case '[':
+  case '{':
+    return dec_container(d);
+  case '"':
+    return dec_string(d, 0);
+  case 't':
+    d->p += 4;
+    lua_pushboolean(L, 1);
+    return 0;
+  case 'f':
+    d->p += 5;
+    lua_pushboolean(L, 0);
+    return 0;
+  case 'n':
+    d->p += 4;
+    lua_pushvalue(L, d->null_idx);
+    return 0;
+  default: {
+    const char *s = d->p;
+    while ((*d->p >= '0' && *d->p <= '9') || *d->p == '-' || *d->p == '+' || *d->p == '.' ||
+           *d->p == 'e' || *d->p == 'E')
+      d->p++;
+    long long i;
+    double x;
+    if (ocap_sc_number(s, (size_t)(d->p - s), &i, &x))
+      lua_pushinteger(L, (lua_Integer)i);
+    else
+      lua_pushnumber(L, x);
+    return 0;
+  }
+  }
+}
+
+#define SMALL_SLOTS 8
+
+/* decode(body, slots?, slotToVal?) -> true, value | false  [-0, +(1|2), e]
+ * A body whose slots are referred to needs slotToVal; without it, the
+ * body must have none (plain data). */
+static int sc_decode(lua_State *L) {
+  size_t blen;
+  const char *body = luaL_checklstring(L, 1, &blen);
+  int has_s2v = !lua_isnoneornil(L, 3);
+  size_t nslots = lua_type(L, 2) == LUA_TTABLE ? (size_t)lua_rawlen(L, 2) : 0;
+  lua_settop(L, 3);
+  if (blen == 0 || body[0] != '#') {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  ocap_vat_charge(L, 1 + (long long)(blen / BYTES_PER_INSTRUCTION));
+  ocap_sc_slot_t small[SMALL_SLOTS], *slots = NULL;
+  if (has_s2v && nslots > 0) {
+    slots = nslots <= SMALL_SLOTS ? small : lua_newuserdatauv(L, nslots * sizeof *slots, 0);
+    memset(slots, 0, nslots * sizeof *slots);
+  }
+  ocap_sc_scan_t sc = {slots, slots ? nslots : 0, 0, 0, 0, NULL};
+  if (ocap_sc_scan(&sc, body + 1, blen - 1)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  ocap_vat_charge(L, (long long)sc.values * VALUE_COST);
+  luaL_checkstack(L, 8, "smallcaps");
+  dec_t d = {L, body + 1, 0, 0, 2, 3, 0, slots, NULL, sc.bang_keys};
+  lua_rawgeti(L, lua_upvalueindex(1), M_NULL);
+  d.null_idx = lua_gettop(L);
+  lua_rawgeti(L, lua_upvalueindex(1), M_ARRAY_MT);
+  d.amt_idx = lua_gettop(L);
+  lua_pushnil(L);
+  d.cache_idx = lua_gettop(L);
+  if (sc.escaped_max)
+    d.scratch = lua_newuserdatauv(L, sc.escaped_max, 0);
+  lua_pushboolean(L, 1);
+  if (dec_value(&d)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  return 2;
+}
+
+/* setPromiseMetatable(mt)  [-0, +0]
+ * ocap.promise declares its metatable after pass has made the codec. */
+static int sc_set_promise_mt(lua_State *L) {
+  lua_settop(L, 1);
+  lua_rawseti(L, lua_upvalueindex(1), M_PROMISE_MT);
+  return 0;
+}
+
+static const luaL_Reg codec_funcs[] = {
+    {"encode", sc_encode}, {"encodeCall", sc_encode_call},
+    {"decode", sc_decode}, {"setPromiseMetatable", sc_set_promise_mt},
+    {NULL, NULL},
+};
+
+/* new(model) -> codec  [-1, +1, e]
+ * model = { remotables, promises, shadows, arrayMT, errorTag, null }. */
+static int sc_new(lua_State *L) {
+  static const char *const fields[] = {"remotables", "promises", "shadows",
+                                       "arrayMT",    "errorTag", "null"};
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_createtable(L, M_COUNT, 0);
+  for (int k = 0; k < 6; k++) {
+    int t = lua_getfield(L, 1, fields[k]);
+    if (t == LUA_TNIL || (k < 3 && t != LUA_TTABLE))
+      return luaL_error(L, "smallcaps.new: model.%s is missing", fields[k]);
+    lua_rawseti(L, -2, k + 1);
+  }
+  luaL_newlibtable(L, codec_funcs);
+  lua_insert(L, -2);
+  luaL_setfuncs(L, codec_funcs, 1);
+  return 1;
+}
+
+static const luaL_Reg module_funcs[] = {
+    {"new", sc_new},
+    {NULL, NULL},
+};
+
+/* [-0, +1, m] See lsmallcaps.h. */
+int luaopen_ocap_smallcaps(lua_State *L) {
+  luaL_newlib(L, module_funcs);
+  return 1;
+}

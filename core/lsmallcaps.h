@@ -1,0 +1,31 @@
+/*
+ * lsmallcaps.h -- the smallcaps codec over Lua values (`ocap.smallcaps`).
+ *
+ * The module has one function, new(model), which lua/ocap/pass.lua calls
+ * with its private tables (which values are remotables, promises, hardened
+ * tables, the array mark, the error tag, null) and which returns a codec:
+ *
+ *   encode(v, valToSlot?) -> { body, slots } | nil
+ *   encodeCall(method, args, valToSlot?) -> { body, slots } | nil
+ *   decode(body, slots?, slotToVal?) -> true, value | false
+ *   setPromiseMetatable(mt)
+ *
+ * A codec answers nil or false for anything it leaves to the reference
+ * codec in lua/ocap/marshal.lua: every error (which the reference then
+ * raises with its message and path) and the rare bodies it does not take
+ * (smallcaps.h, convention 2). What a codec returns is byte for byte, and
+ * value for value, what the reference returns.
+ *
+ * The functions are pure: slots reach values only through the caller's
+ * slotToVal, so a codec gives no power to code that holds one. Inside a
+ * vat they charge the vat's meter and allocate through its allocator.
+ */
+#ifndef OCAP_LSMALLCAPS_H
+#define OCAP_LSMALLCAPS_H
+
+#include <lua.h>
+
+/* [-0, +1, m] Pushes the module table { new = f }. */
+int luaopen_ocap_smallcaps(lua_State *L);
+
+#endif
