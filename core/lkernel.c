@@ -21,6 +21,7 @@
 
 #include "kernel.h"
 #include "ljson.h"
+#include "lsmallcaps.h"
 #include "store.h"
 #include "vat.h"
 
@@ -1827,6 +1828,8 @@ static int vat_boot_tramp(lua_State *V) {
   lua_settop(V, 0);
   ocap_open_json(V);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "cjson");
+  luaopen_ocap_smallcaps(V);
+  ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap.smallcaps");
   lua_getglobal(V, "require");
   lua_pushliteral(V, "ocap.vatboot");
   lua_call(V, 1, 1);

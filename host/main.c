@@ -30,6 +30,8 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "lsmallcaps.h"
+
 int luaopen_ocap_core(lua_State *L);
 
 #ifndef OCAP_SOURCE_LUADIR
@@ -87,7 +89,7 @@ static void add_dir(luaL_Buffer *b, const char *dir) {
 }
 
 /* [-0, +0, m] Puts our Lua directories in front of package.path and the
- * built-in modules (ocap.core, ocap.sys) in package.preload. */
+ * built-in modules (ocap.core, ocap.sys, ocap.smallcaps) in package.preload. */
 static int luaopen_ocap_sys(lua_State *L);
 
 static void set_path(lua_State *L) {
@@ -123,6 +125,8 @@ static void set_path(lua_State *L) {
   lua_setfield(L, -2, "ocap.core");
   lua_pushcfunction(L, luaopen_ocap_sys);
   lua_setfield(L, -2, "ocap.sys");
+  lua_pushcfunction(L, luaopen_ocap_smallcaps);
+  lua_setfield(L, -2, "ocap.smallcaps");
   lua_pop(L, 2);
 }
 

@@ -59,6 +59,10 @@ local cjson_decode = cjson.decode
 local JSON_NULL = cjson.null
 
 local NULL = pass.null
+local codec = pass.codec
+local c_encode = codec and codec.encode
+local c_encodeCall = codec and codec.encodeCall
+local c_decode = codec and codec.decode
 local ARRAY_MT = pass.ARRAY_MT
 local classify = pass.classify
 local contents = pass.contents
@@ -514,7 +518,7 @@ end
 -- valToSlot) or one after an error gets a fresh buffer.
 local spare
 
-local function serializeWith(v, valToSlot)
+local function luaSerialize(v, valToSlot)
   local cx = spare or {}
   spare = nil
   local slots = {}
@@ -525,6 +529,17 @@ local function serializeWith(v, valToSlot)
   cx.root, cx.slots, cx.valToSlot, cx.slotMap, cx.deep = nil, nil, nil, nil, nil
   if n <= SPARE_MAX then spare = cx end
   return { body = body, slots = slots }
+end
+
+-- The C codec answers nil for what it leaves to the Lua encoder: errors,
+-- which the Lua encoder raises with a path, and the rare values it does
+-- not handle.
+local function serializeWith(v, valToSlot)
+  if c_encode then
+    local cd = c_encode(v, valToSlot)
+    if cd then return cd end
+  end
+  return luaSerialize(v, valToSlot)
 end
 
 --- Serializes slot-free data; a remotable or promise is an error.
@@ -816,7 +831,7 @@ local function markEmptyRecords(json)
   return concat(parts), true
 end
 
-local function unserializeWith(capdata, slotToVal)
+local function checkCapdata(capdata)
   if type(capdata) ~= 'table' then
     error('capdata must be a table, got ' .. type(capdata), 0)
   end
@@ -828,12 +843,29 @@ local function unserializeWith(capdata, slotToVal)
   elseif type(slots) ~= 'table' then
     error('capdata slots must be a table', 0)
   end
+  return body, slots
+end
+
+local function luaUnserialize(capdata, slotToVal)
+  local body, slots = checkCapdata(capdata)
   local json = sub(body, 2)
   local emptyRecords = false
   if find(json, '{}', 1, true) then json, emptyRecords = markEmptyRecords(json) end
   local ok, v = pcall(cjson_decode, json)
   if not ok then error('invalid capdata body: ' .. tostring(v), 0) end
   return decodeValue(v, { slots = slots, slotToVal = slotToVal, json = json, emptyRecords = emptyRecords })
+end
+
+-- The C codec answers false for what it leaves to the Lua decoder: every
+-- malformed body, which the Lua decoder refuses with its message, and the
+-- rare bodies it does not handle (error records among them).
+local function unserializeWith(capdata, slotToVal)
+  local body, slots = checkCapdata(capdata)
+  if c_decode then
+    local ok, v = c_decode(body, slots, slotToVal)
+    if ok then return v end
+  end
+  return luaUnserialize(capdata, slotToVal)
 end
 
 --- Unserializes capdata that has no slot references.
@@ -945,25 +977,17 @@ local function serializeCall(method, args, valToSlot)
       return { body = concat(parts), slots = {} }
     end
   end
-  return serializeWith(setmetatable({ method, args }, ARRAY_MT), valToSlot)
+  return luaSerialize(setmetatable({ method, args }, ARRAY_MT), valToSlot)
 end
 
---- Makes a marshaller. Within one `serialize` call, each remotable or
---- promise gets one slot (`valToSlot` is called once per object); within one
---- `unserialize` call, `slotToVal` is called once per slot index, with the
---- iface of its first occurrence (nil for promises).
----@param valToSlot ocap.ValToSlot
----@param slotToVal ocap.SlotToVal
----@return { serialize: fun(v: any): { body: string, slots: string[] }, unserialize: fun(capdata: table): any }
-function M.makeMarshal(valToSlot, slotToVal)
-  if type(valToSlot) ~= 'function' or type(slotToVal) ~= 'function' then
-    error('makeMarshal(valToSlot, slotToVal): both must be functions', 2)
-  end
+-- The Lua codec alone, with its fast paths: the fallback where the C codec
+-- is missing, and the reference spec/smallcaps_spec.lua compares it with.
+local function luaMarshal(valToSlot, slotToVal)
   return {
     serialize = function(v)
       local s = simpleText(v)
       if s then return { body = '#' .. s, slots = {} } end
-      return serializeWith(v, valToSlot)
+      return luaSerialize(v, valToSlot)
     end,
     unserialize = function(capdata)
       local body, slots
@@ -978,11 +1002,43 @@ function M.makeMarshal(valToSlot, slotToVal)
           if v ~= NO then return v end
         end
       end
+      return luaUnserialize(capdata, slotToVal)
+    end,
+    serializeCall = function(method, args)
+      return serializeCall(method, args, valToSlot)
+    end,
+  }
+end
+
+--- The Lua codec, for comparing with the C one (spec/smallcaps_spec.lua).
+M.reference = {
+  makeMarshal = luaMarshal,
+  serializeData = function(v) return luaSerialize(v, nil) end,
+  unserializeData = function(capdata) return luaUnserialize(capdata, nil) end,
+}
+
+--- Makes a marshaller. Within one `serialize` call, each remotable or
+--- promise gets one slot (`valToSlot` is called once per object); within one
+--- `unserialize` call, `slotToVal` is called once per slot index, with the
+--- iface of its first occurrence (nil for promises).
+---@param valToSlot ocap.ValToSlot
+---@param slotToVal ocap.SlotToVal
+---@return { serialize: fun(v: any): { body: string, slots: string[] }, unserialize: fun(capdata: table): any }
+function M.makeMarshal(valToSlot, slotToVal)
+  if type(valToSlot) ~= 'function' or type(slotToVal) ~= 'function' then
+    error('makeMarshal(valToSlot, slotToVal): both must be functions', 2)
+  end
+  if not codec then return luaMarshal(valToSlot, slotToVal) end
+  return {
+    serialize = function(v)
+      return c_encode(v, valToSlot) or luaSerialize(v, valToSlot)
+    end,
+    unserialize = function(capdata)
       return unserializeWith(capdata, slotToVal)
     end,
     --- serialize of the methargs array {method, args}, for sends.
     serializeCall = function(method, args)
-      return serializeCall(method, args, valToSlot)
+      return c_encodeCall(method, args, valToSlot) or serializeCall(method, args, valToSlot)
     end,
   }
 end

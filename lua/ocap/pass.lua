@@ -206,12 +206,32 @@ local promiseMT
 --- Declares mt as the metatable of promises (ocap.promise does, once).
 function M.registerPromiseMetatable(mt)
   promiseMT = mt
+  if M.codec then M.codec.setPromiseMetatable(mt) end
 end
 
 function M.isPromise(v)
   return promises[v] == true or (promiseMT ~= nil and type(v) == 'table' and getmetatable(v) == promiseMT)
 end
 local isPromiseValue = M.isPromise
+
+-- the C codec -----------------------------------------------------------------
+
+-- ocap.smallcaps (core/lsmallcaps.c), when this Lua state has it (vats and
+-- hosts built with ocap do), made with the private tables above so that it
+-- tells pass styles apart exactly as classify does. ocap.marshal uses it
+-- and keeps its Lua codec as the reference. The codec gives no power: it
+-- reaches slots only through the caller's valToSlot and slotToVal.
+local hasCodec, smallcaps = pcall(require, 'ocap.smallcaps')
+if hasCodec and type(smallcaps) == 'table' then
+  M.codec = smallcaps.new({
+    remotables = remotables,
+    promises = promises,
+    shadows = shadows,
+    arrayMT = ARRAY_MT,
+    errorTag = ERROR_TAG,
+    null = NULL,
+  })
+end
 
 -- harden -------------------------------------------------------------------
 
