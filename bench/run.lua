@@ -153,6 +153,33 @@ scenario('restart a kernel holding 1,000 idle vats', function(name)
   kernel:stop()
 end)
 
+-- What an idle vat costs: its Lua heap as the kernel's allocator counts it,
+-- and the growth of the process's resident memory (malloc's overhead and
+-- the kernel's own records included) over 1,000 one-vat subclusters.
+local function residentBytes()
+  for line in io.lines('/proc/self/status') do
+    local kb = line:match('^VmRSS:%s+(%d+)')
+    if kb then return tonumber(kb) * 1024 end
+  end
+end
+
+scenario('memory per idle vat', function()
+  local kernel = makeKernel()
+  local cfg = { bootstrap = 'v', vats = { v = { sourceSpec = 'spec/vats/idle.lua' } } }
+  kernel:launchSubcluster(cfg):await() -- warm up the kernel's own tables
+  collectgarbage()
+  local n, heap, rss0 = 1000, 0, residentBytes()
+  for _ = 1, n do
+    local r = kernel:launchSubcluster(cfg):await()
+    heap = heap + kernel.K:vatMemory(kernel:getSubcluster(r.subclusterId).vats.v)
+  end
+  collectgarbage()
+  local rss = residentBytes() - rss0
+  report('idle vat, Lua heap', heap / n / 1024, 'KiB per vat', ('mean over %d one-vat subclusters'):format(n))
+  report('idle vat, resident memory', rss / n / 1024, 'KiB per vat', ('%.0f MiB for %d vats'):format(rss / 2 ^ 20, n))
+  kernel:stop()
+end)
+
 -- Terminating a vat deletes its whole store (`vs.<vatId>.`) in one crank:
 -- the time per entry must stay flat as the store grows.
 local function terminateWithEntries(name, db, n)

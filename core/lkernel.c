@@ -69,6 +69,17 @@ typedef struct vbudget {
 #define DEFAULT_TIMERS ((lua_Integer)1000)
 
 /*
+ * The kernel's runtime modules, compiled once and stripped of debug
+ * information, which every vat's require reads in place. A live vat holds
+ * a reference, so setRuntime may replace the runtime under running vats.
+ */
+typedef struct runtime {
+  int refs; /* the kernel's, and one per live vat state */
+  size_t n; /* the modules built so far */
+  ocap_vat_module_t mods[];
+} runtime_t;
+
+/*
  * One vat's runtime. The record outlives the vat's state, so that a vat
  * restarted lazily keeps its slot and a pointer to it stays valid.
  */
@@ -86,14 +97,9 @@ typedef struct lvat {
   lua_Integer sent;   /* capdata bytes sent and resolved in this delivery */
   lua_Integer logged; /* log payload bytes in this delivery */
   int decode_failed;  /* decoding this delivery ran out of a budget */
+  runtime_t *runtime; /* the runtime the live state reads, referenced */
   lkernel_t *lk;
 } lvat_t;
-
-typedef struct module {
-  char *name;
-  char *code;
-  size_t len;
-} module_t;
 
 /* A vat's timer. Only libuv's close callback frees it, since libuv holds
  * the handle until then. */
@@ -122,14 +128,13 @@ struct lkernel {
   lvat_t **vats; /* open addressing by vat number; NULL marks a free slot */
   size_t nvats;  /* slots: 0 or a power of two, at most half full */
   size_t nlive;  /* records in it */
-  module_t *runtime;
-  size_t nruntime;
+  runtime_t *runtime;
   int in_step;
   lvat_t *delivering; /* the vat whose state is running now, if any */
   lvat_t *ran;        /* the vat the current crank delivered to, if any */
 };
 
-static void free_runtime(lkernel_t *lk);
+static void release_runtime(runtime_t *rt);
 
 /* ---- small helpers ---- */
 
@@ -246,6 +251,8 @@ static void stop_vat(lvat_t *rec) {
   stop_timers(rec);
   ocap_vat_free(rec->vat);
   rec->vat = NULL;
+  release_runtime(rec->runtime);
+  rec->runtime = NULL;
   rec->dispatch_ref = LUA_NOREF;
   free(rec->why);
   rec->why = NULL;
@@ -1109,7 +1116,7 @@ static void kernel_close(lkernel_t *lk) {
     }
   }
   free(lk->vats);
-  free_runtime(lk);
+  release_runtime(lk->runtime);
   uv_run(&lk->loop, UV_RUN_NOWAIT); /* runs the timers' close callbacks */
   uv_loop_close(&lk->loop);
   free(lk->fired);
@@ -1651,27 +1658,31 @@ static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
   return 0;
 }
 
-static void free_runtime(lkernel_t *lk) {
-  for (size_t i = 0; i < lk->nruntime; i++) {
-    free(lk->runtime[i].name);
-    free(lk->runtime[i].code);
+/* Drops one reference to rt, and frees it with the last. Safe on NULL. */
+static void release_runtime(runtime_t *rt) {
+  if (!rt || --rt->refs > 0)
+    return;
+  for (size_t i = 0; i < rt->n; i++) {
+    free((char *)rt->mods[i].name);
+    free((char *)rt->mods[i].code);
   }
-  free(lk->runtime);
-  lk->runtime = NULL;
-  lk->nruntime = 0;
+  free(rt);
 }
 
 /* K:setRuntime{ {name, source}, ... }  [-0, +0, e]
- * The kernel's own modules are compiled once here and loaded as trusted
- * bytecode into every vat, so that no vat pays for parsing them. */
+ * The kernel's own modules are compiled once here and read as trusted
+ * bytecode by every vat, so that no vat pays for parsing them or holds a
+ * copy of them. The chunks are stripped: their line numbers and local
+ * names would cost each vat that loads them about a third more memory. */
 static int k_set_runtime(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   size_t n = (size_t)lua_rawlen(L, 2);
-  free_runtime(lk);
-  lk->runtime = calloc(n ? n : 1, sizeof *lk->runtime);
+  release_runtime(lk->runtime);
+  lk->runtime = calloc(1, sizeof *lk->runtime + n * sizeof lk->runtime->mods[0]);
   if (!lk->runtime)
     return luaL_error(L, "out of memory");
+  lk->runtime->refs = 1;
   for (size_t i = 0; i < n; i++) {
     if (lua_rawgeti(L, 2, (lua_Integer)i + 1) != LUA_TTABLE)
       return luaL_error(L, "runtime module %d is not a {name, source} table", (int)i + 1);
@@ -1685,12 +1696,12 @@ static int k_set_runtime(lua_State *L) {
     if (luaL_loadbufferx(L, src, sl, chunk, "t") != LUA_OK)
       return lua_error(L);
     dumpbuf_t db = {0};
-    int bad = lua_dump(L, dump_writer, &db, 0);
-    module_t *m = &lk->runtime[i];
+    int bad = lua_dump(L, dump_writer, &db, 1);
+    ocap_vat_module_t *m = &lk->runtime->mods[i];
     m->name = dupstr(name);
     m->code = db.p;
     m->len = db.len;
-    lk->nruntime = i + 1;
+    lk->runtime->n = i + 1;
     if (bad || !m->name)
       return luaL_error(L, "out of memory");
     lua_pop(L, 4);
@@ -1976,10 +1987,13 @@ static int k_create_vat(lua_State *L) {
     }
   }
   lua_pop(L, 1);
-  /* The runtime comes last, so that no bundle module can stand in for it
-   * even if the check above missed one. */
-  for (size_t i = 0; i < lk->nruntime; i++)
-    ocap_vat_preload(rec->vat, lk->runtime[i].name, lk->runtime[i].code, lk->runtime[i].len, 1);
+  /* The vat's require looks in the runtime first, so that no bundle module
+   * can stand in for it even if the check above missed one. */
+  if (lk->runtime) {
+    ocap_vat_set_runtime(rec->vat, lk->runtime->mods, lk->runtime->n);
+    rec->runtime = lk->runtime;
+    rec->runtime->refs++;
+  }
   lua_State *saved = lk->L;
   lk->L = L;
   lua_State *V = ocap_vat_state(rec->vat);

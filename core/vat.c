@@ -52,6 +52,9 @@ struct ocap_vat {
   int fatal;         /* 0, OCAP_VAT_METER or OCAP_VAT_MEMORY; never reset */
   int refused;       /* the last growth request was refused */
   int depth;         /* nesting of ocap_vat_pcall; the meter runs when > 0 */
+  /* The kernel's runtime modules, which the vat reads but never copies. */
+  const ocap_vat_module_t *runtime;
+  size_t nruntime;
 };
 
 /*
@@ -1014,13 +1017,25 @@ static int vat_coroutine_close(lua_State *L) {
 /* ---------------------------------------------------------------------- */
 /* require                                                                */
 
+/* The runtime module of that name, or NULL. */
+static const ocap_vat_module_t *find_runtime(const ocap_vat_t *v, const char *name) {
+  for (size_t i = 0; v != NULL && i < v->nruntime; i++)
+    if (strcmp(v->runtime[i].name, name) == 0)
+      return &v->runtime[i];
+  return NULL;
+}
+
 /*
- * [-1, +1, e] require(name): the cached module value, or the preloaded
- * source run once with the name as its argument. Nothing outside the vat's
- * own two registry tables can be reached by name.
+ * [-1, +1, e] require(name): the cached module value, or the module's code
+ * run once with the name as its argument. The kernel's runtime modules come
+ * first, so no preloaded module can stand in for one; they are read from
+ * the kernel's buffer, since a copy in every vat would cost more than the
+ * functions it makes. Nothing outside the vat's loaded table, its
+ * preloaded sources and that runtime can be reached by name.
  */
 static int vat_require(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
+  const ocap_vat_module_t *rt = find_runtime(ocap_vat_from_state(L), name);
   size_t len;
   const char *src;
   int trusted;
@@ -1033,16 +1048,21 @@ static int vat_require(lua_State *L) {
     return 1;
   }
   lua_pop(L, 1);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
-  lua_pushvalue(L, 1);
-  if (lua_rawget(L, -2) != LUA_TTABLE)
-    return luaL_error(L, "module '%s' not found in this vat", name);
-  lua_rawgeti(L, -1, 1);
-  src = lua_tolstring(L, -1, &len);
-  lua_rawgeti(L, -2, 2);
-  trusted = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  /* Stack: name, loaded, preload, record, source. */
+  if (rt != NULL) {
+    src = rt->code;
+    len = rt->len;
+    trusted = 1;
+  } else {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
+    lua_pushvalue(L, 1);
+    if (lua_rawget(L, -2) != LUA_TTABLE)
+      return luaL_error(L, "module '%s' not found in this vat", name);
+    lua_rawgeti(L, -1, 1);
+    src = lua_tolstring(L, -1, &len); /* it stays on the stack, so it stays alive */
+    lua_rawgeti(L, -2, 2);
+    trusted = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
   /*
    * Parsing takes about as long per byte as four instructions, and a module
    * that fails is parsed again at every require, so loading is charged by
@@ -1331,6 +1351,11 @@ static int vat_protect(ocap_vat_t *v, lua_CFunction f, void *a) {
     return OCAP_ENOMEM;
   }
   return 0;
+}
+
+void ocap_vat_set_runtime(ocap_vat_t *v, const ocap_vat_module_t *mods, size_t n) {
+  v->runtime = mods;
+  v->nruntime = n;
 }
 
 int ocap_vat_preload(ocap_vat_t *v, const char *name, const char *src, size_t len, int trusted) {

@@ -12,7 +12,7 @@
  *     so pcall inside the vat cannot swallow the failure.
  *  2. The global environment is built from an allow-list (see vat.c);
  *     chunks are loaded in text mode only, except the kernel's own runtime
- *     modules given to ocap_vat_preload with trusted set.
+ *     modules (ocap_vat_set_runtime, or ocap_vat_preload with trusted set).
  *  3. The kernel calls into the vat only through ocap_vat_pcall(), which
  *     resets the meter, installs a traceback handler, and reports how the
  *     call ended.
@@ -73,6 +73,22 @@ lua_State *ocap_vat_state(ocap_vat_t *v);
  * state not made by ocap_vat_new.
  */
 ocap_vat_t *ocap_vat_from_state(lua_State *L);
+
+/* One of the kernel's runtime modules: a binary chunk made by lua_dump. */
+typedef struct ocap_vat_module {
+  const char *name;
+  const char *code;
+  size_t len;
+} ocap_vat_module_t;
+
+/*
+ * [-0, +0] Gives the vat's `require` the kernel's runtime modules, which
+ * come before any preloaded module of the same name. Nothing is copied and
+ * nothing is allocated: the n modules, their names and their code must
+ * outlive the vat, and stay unchanged, since every require of a module not
+ * yet loaded reads them.
+ */
+void ocap_vat_set_runtime(ocap_vat_t *v, const ocap_vat_module_t *mods, size_t n);
 
 /*
  * [-0, +0] Registers module source for the vat's `require`. Trusted modules (the

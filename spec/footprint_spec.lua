@@ -1,0 +1,44 @@
+-- What an idle vat costs (issue #11): the kernel compiles its runtime once,
+-- strips it, and every vat reads that one buffer; a vat loads the parts of
+-- the runtime it does not use at boot only when it first touches them.
+-- The bound counts the bytes of the vat's Lua heap (K:vatMemory), which
+-- the same code always allocates alike; bench/run.lua prints the figures.
+local testing = require 'ocap.testing'
+
+local IDLE = 'spec/vats/idle.lua'
+
+-- An idle vat held 480 KiB before the runtime was shared and stripped.
+local IDLE_BOUND = 300 * 1024
+
+describe('an idle vat', function()
+  local kernel
+
+  before_each(function() kernel = testing.makeKernel() end)
+  after_each(function() kernel:stop() end)
+
+  local function launchIdle()
+    local r = kernel:launchSubcluster({ bootstrap = 'v', vats = { v = { sourceSpec = IDLE } } }):await()
+    return r.rootKref, kernel:getSubcluster(r.subclusterId).vats.v
+  end
+
+  it(('holds less than %d KiB of Lua heap'):format(IDLE_BOUND // 1024), function()
+    local _, vatId = launchIdle()
+    local bytes = kernel.K:vatMemory(vatId)
+    assert.is_true(bytes < IDLE_BOUND, ('an idle vat holds %d bytes'):format(bytes))
+  end)
+
+  it('gets exo classes and guards on first touch', function()
+    local root = launchIdle()
+    assert.same({ 7, false }, kernel:queueMessage(root, 'exoClass', { 5 }):await())
+  end)
+
+  it('gets durable stores on first touch', function()
+    local root = launchIdle()
+    assert.equal('v', kernel:queueMessage(root, 'store', { 'k', 'v' }):await())
+  end)
+
+  it('gets durable exos on first touch', function()
+    local root = launchIdle()
+    assert.same({ 42, 'boxed' }, kernel:queueMessage(root, 'durable', {}):await())
+  end)
+end)

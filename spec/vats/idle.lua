@@ -1,0 +1,39 @@
+-- A vat that does nothing until asked, for the footprint spec and bench:
+-- idle it shows what every vat pays; each method then touches one part of
+-- the runtime a vat loads only when it first uses it.
+local ocap = require 'ocap'
+
+local MOD = {}
+
+function MOD.buildRootObject(_vatPowers, _parameters, baggage)
+  return ocap.makeDefaultExo('idle', {
+    ping = function(_, x) return x end,
+    -- An exo class with an interface guard (ocap.M, ocap.defineExoClass).
+    exoClass = function(_, n)
+      local M = ocap.M
+      local CounterI = M.interface('Counter', { add = M.call(M.nat()):returns(M.nat()) })
+      local makeCounter = ocap.defineExoClass('Counter', CounterI,
+        function(start) return { n = start } end,
+        { add = function(ctx, by) ctx.state.n = ctx.state.n + by; return ctx.state.n end })
+      local c = makeCounter(n)
+      local ok = pcall(c.add, c, -1) -- the guard refuses a negative number
+      return { c:add(2), ok }
+    end,
+    -- A durable map store kept in baggage.
+    store = function(_, k, v)
+      local s = ocap.makeScalarMapStore('things')
+      s:init(k, v)
+      baggage:init('things', s)
+      return baggage:get('things'):get(k)
+    end,
+    -- A durable singleton and a durable class.
+    durable = function()
+      local clock = ocap.prepareExo(baggage, 'clock', { now = function() return 42 end })
+      local makeBox = ocap.prepareExoClass(baggage, 'Box', nil,
+        function(v) return { v = v } end, { get = function(ctx) return ctx.state.v end })
+      return { clock:now(), makeBox('boxed'):get() }
+    end,
+  })
+end
+
+return MOD
