@@ -70,6 +70,16 @@ describe('promises between vats', function()
     assert.same({ 'bob: makeValue', 'bob: double got promise', 'alice: double 10' }, events(kernel))
   end)
 
+  it("settles a method's result after the turns it queued", function()
+    run('awaitTurnSender')
+    assert.same({ 'alice: noted from a turn', 'alice: got returned' }, events(kernel))
+  end)
+
+  it('runs the reactions to a result in the order they were attached', function()
+    run('awaitAndNext')
+    assert.same({ 'alice: await returned', 'alice: next ran', 'alice: later next ran' }, events(kernel))
+  end)
+
   it('runs promise chains in order', function()
     assert.equal(6, run('chain'))
     assert.same({ 'alice: chain 1', 'alice: chain 2', 'alice: chain 3', 'alice: chain 4', 'alice: chain 5' },

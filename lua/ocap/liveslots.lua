@@ -17,9 +17,12 @@ local unpack, pack = table.unpack, table.pack
 local sfind, ssub = string.find, string.sub
 local makePromise, resolvePromise, rejectPromise = promise.makePromise, promise.resolvePromise,
   promise.rejectPromise
-local onSettle, pstate, drain, spawn = promise.onSettle, promise.state, promise.drain, promise.spawn
+local onSettle, pstate, drain = promise.onSettle, promise.state, promise.drain
+local call, settled, hasTurns = promise.call, promise.settled, promise.hasTurns
+local settleAndResume = promise.settleAndResume
 local isPromise, remotableIface = pass.isPromise, pass.remotableIface
 local kernelErrorCode = pass.kernelErrorCode
+local function ignore() end
 
 -- Per Lua state: which liveslots instance a presence or a kernel-known
 -- promise belongs to, so E() can route without being told.
@@ -314,6 +317,15 @@ function M.make(opts)
     if resultVpid then settleVpid(resultVpid, false, reason) end
   end
 
+  --- Settles the result of a delivered message as its method ended.
+  local function settleResult(resultVpid, fulfilled, value)
+    if fulfilled then
+      settleVpid(resultVpid, true, value)
+    else
+      settleVpid(resultVpid, false, wrapError and wrapError(value) or value)
+    end
+  end
+
   local callMethod = makeCaller(log, syscall.traceback, explain)
   if opts.log then localCall = callMethod end
 
@@ -342,22 +354,38 @@ function M.make(opts)
       return
     end
     local method, args = methargs[1], methargs[2] or {}
-    local p = spawn(invoke, target, method, args)
+    local done, ok2, r = call(invoke, target, method, args)
+    if done and not hasTurns() and not isPromise(r) then
+      -- The method ended without awaiting and queued no turn: settling the
+      -- result now is what the turn below would do first.
+      if resultVpid then settleResult(resultVpid, ok2, r) end
+      return
+    end
+    local p = done and settled(ok2, r) or ok2
     if resultVpid then
-      onSettle(p, function(fulfilled, value)
-        if fulfilled then
-          settleVpid(resultVpid, true, value)
-        else
-          rejectResult(resultVpid, wrapError and wrapError(value) or value)
-        end
-      end)
+      onSettle(p, function(fulfilled, value) settleResult(resultVpid, fulfilled, value) end)
     else
-      onSettle(p, function() end)
+      onSettle(p, ignore)
     end
   end
 
   local function deliverNotify(resolutions)
     local n = #resolutions
+    if n == 1 then
+      -- The common case: one result, usually awaited by one coroutine,
+      -- which resumes at once (settleAndResume).
+      local r = resolutions[1]
+      local vpid = r[1]
+      local p = trackPromise(vpid)
+      local ok, v = pcall(decode, m.unserialize, { body = r[3], slots = r[4] })
+      pending[vpid] = nil
+      if not ok then
+        settleAndResume(p, false, normalizeError(v))
+      else
+        settleAndResume(p, not r[2], v)
+      end
+      return
+    end
     local ps = n == 1 and trackPromise(resolutions[1][1]) or {}
     if n > 1 then
       for i = 1, n do ps[i] = trackPromise(resolutions[i][1]) end

@@ -304,19 +304,23 @@ end
 -- Coroutines.
 
 local tracked = setmetatable({}, { __mode = 'k' })  -- every coroutine spawn made
+-- The promise of each task that awaited before finishing. A task that ends
+-- without awaiting never gets one: its caller takes the result directly.
+local taskPromise = setmetatable({}, { __mode = 'k' })
 local POOL_KEY = {}      -- first resume argument that hands a worker a task
-local IDLE = {}          -- yielded by a worker that finished its task
+local DONE = {}          -- yielded by a worker that finished its task
 local STRAY = {}         -- yielded by an idle worker resumed by someone else
 local AWAITING = {}      -- yielded by await
 local POOL_MAX = 64
 local pool, poolN = {}, 0
 
-local function finishTask(p, ok, r)
-  if ok then resolveNow(p, r) else rejectNow(p, r) end
-end
+-- How the task a worker just finished ended, handed to whoever resumed it
+-- right after the resume returns: yielding the values instead would keep
+-- the last result alive on the idle worker's stack.
+local doneOk, doneValue = false, nil
 
-local function runTask(p, fn, ...)
-  return finishTask(p, pcall(fn, ...))
+local function finishTask(ok, r)
+  doneOk, doneValue = ok, r
 end
 
 -- The body of every spawned coroutine: it runs tasks and is reused for the
@@ -325,10 +329,10 @@ end
 -- Idling is a separate tail call so that an idle worker's stack holds no
 -- trace of its last task.
 local idle
-local function worker(key, ...)
+local function worker(key, fn, ...)
   if key == POOL_KEY then
-    runTask(...)
-    return idle(IDLE)
+    finishTask(pcall(fn, ...))
+    return idle(DONE)
   end
   return idle(STRAY)
 end
@@ -337,31 +341,46 @@ function idle(token)
   return worker(coyield(token))
 end
 
--- Handles what a worker returned from a resume.
-local function afterResume(co, ok, what)
-  if not ok then
-    error(what, 0)
-  elseif what == IDLE and poolN < POOL_MAX then
+-- Resumes a task's coroutine. Returns true, ok and the task's first result
+-- (or what it threw) when the task finished, and pools the worker; returns
+-- false while the task awaits.
+local function resumeTask(co, ...)
+  local ok, what = coresume(co, ...)
+  if not ok then error(what, 0) end
+  if what ~= DONE then return false end
+  local tok, r = doneOk, doneValue
+  doneOk, doneValue = false, nil
+  if poolN < POOL_MAX then
     poolN = poolN + 1
     pool[poolN] = co
   end
+  return true, tok, r
 end
 
 function resumeJob(co)
   -- A coroutine that is not suspended is being resumed by someone other
   -- than the await it is in; await checks its promise, so skipping is safe.
   if costatus(co) == 'suspended' then
-    afterResume(co, coresume(co))
+    local done, ok, r = resumeTask(co)
+    if done then
+      local p = taskPromise[co]
+      if p then
+        taskPromise[co] = nil
+        if ok then resolveNow(p, r) else rejectNow(p, r) end
+      end
+    end
   end
 end
 
----Runs `fn(...)` in a new ocap coroutine, at once, until its first `await`
----or its end.
+---Runs `fn(...)` in an ocap coroutine, at once, until its first `await` or
+---its end. Cheaper than `spawn` for a caller that handles a result at once:
+---a task that ends without awaiting gets no promise.
 ---@param fn function
 ---@param ... any arguments for fn
----@return ocap.Promise promise of fn's first result; rejected with what fn throws
-function M.spawn(fn, ...)
-  local p = newPromise()
+---@return boolean done true if fn returned or threw without awaiting
+---@return any okOrPromise when done, false if fn threw; else the promise of fn's first result
+---@return any value when done, fn's first result or what it threw
+function M.call(fn, ...)
   local co
   while poolN > 0 and co == nil do
     co = pool[poolN]
@@ -373,7 +392,36 @@ function M.spawn(fn, ...)
     co = cocreate(worker)
     tracked[co] = true
   end
-  afterResume(co, coresume(co, POOL_KEY, p, fn, ...))
+  local done, ok, r = resumeTask(co, POOL_KEY, fn, ...)
+  if done then return true, ok, r end
+  local p = newPromise()
+  taskPromise[co] = p
+  return false, p
+end
+local call = M.call
+
+---Runs `fn(...)` in a new ocap coroutine, at once, until its first `await`
+---or its end.
+---@param fn function
+---@param ... any arguments for fn
+---@return ocap.Promise promise of fn's first result; rejected with what fn throws
+function M.spawn(fn, ...)
+  local done, ok, r = call(fn, ...)
+  if not done then return ok end
+  local p = newPromise()
+  if ok then resolveNow(p, r) else rejectNow(p, r) end
+  return p
+end
+
+---A promise settled as a task ended: fulfilled with (or adopting) v when ok,
+---else rejected with v.
+---@param ok boolean
+---@param v any
+---@return ocap.Promise
+function M.settled(ok, v)
+  local p = newPromise()
+  p[L] = true
+  if ok then resolveNow(p, v) else rejectNow(p, v) end
   return p
 end
 
@@ -544,6 +592,26 @@ function M.rejectPromise(p, e)
   if p[L] then return end
   p[L] = true
   rejectNow(p, e)
+end
+
+---Settles p like `resolvePromise` (ok) or `rejectPromise`, and when the
+---turn queue is empty and p's only reaction is an `await`, resumes that
+---coroutine at once instead of queueing its turn: what `drain` would run
+---next anyway. For a caller that drains right after, with nothing between.
+---@param p ocap.Promise
+---@param ok boolean
+---@param v any
+function M.settleAndResume(p, ok, v)
+  if p[L] then return end
+  p[L] = true
+  if count == 0 and p[RA] == AWAIT and not p[RX] and p[S] == PENDING
+    and (not ok or getmetatable(v) ~= Promise) then
+    local co = p[RB]
+    p[S], p[V] = ok and FULFILLED or REJECTED, v
+    p[RA], p[RB], p[RC] = false, nil, nil
+    return resumeJob(co)
+  end
+  if ok then resolveNow(p, v) else rejectNow(p, v) end
 end
 
 ---@return { promise: ocap.Promise, resolve: fun(v: any), reject: fun(e: any) }

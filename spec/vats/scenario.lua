@@ -227,6 +227,22 @@ function M.buildRootObject(vatPowers, parameters)
       for i = 1, n do out[i] = ocap.Promise.resolve(i) end
       return out
     end,
+    -- a method's turns run before its result settles
+    sendFromTurn = function(_, caller)
+      ocap.Promise.resolve():next(function() E(caller).note('from a turn') end)
+      return 'returned'
+    end,
+    note = function(_, what) log('noted ' .. what) end,
+    awaitTurnSender = function()
+      log('got ' .. E(peers.bob).sendFromTurn(root):await())
+    end,
+    awaitAndNext = function()
+      local p = E(peers.bob).ping(1)
+      local task = ocap.spawn(function() p:await(); log('await returned') end)
+      p:next(function() log('next ran') end)
+      task:await()
+      p:next(function() log('later next ran') end):await()
+    end,
     self = function() return root end,
     peerRoot = function() return peers.bob end,
   })
