@@ -208,7 +208,7 @@ for _, n in ipairs({ 10000, 100000, 1000000 }) do
     terminateWithEntries(name, nil, n)
   end)
 end
-for _, n in ipairs({ 10000, 100000 }) do
+for _, n in ipairs({ 10000, 100000, 1000000 }) do
   scenario(('terminate a vat holding %d store entries (leveldb)'):format(n), function(name)
     terminateWithEntries(name, testing.tempDir(), n)
   end)
