@@ -8,7 +8,7 @@ local testing = require 'ocap.testing'
 local IDLE = 'spec/vats/idle.lua'
 
 -- An idle vat held 480 KiB before the runtime was shared and stripped.
-local IDLE_BOUND = 300 * 1024
+local IDLE_BOUND = 240 * 1024
 
 describe('an idle vat', function()
   local kernel

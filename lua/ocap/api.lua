@@ -7,6 +7,26 @@ local liveslots = require 'ocap.liveslots'
 
 local M = {}
 
+-- Captured when the runtime loads, before any vat code runs: a vat that
+-- replaces its global require cannot change what the lazy fields load.
+local require, pcall, pairs, type, rawget, rawset = require, pcall, pairs, type, rawget, rawset
+
+-- The ocap fields ocap.guards provides. Most vats never use them, and the
+-- module is the runtime's largest, so a vat loads it on first touch.
+local GUARD_FIELDS = { M = true, defineExoClass = true, defineExoClassKit = true }
+
+local lazyFields = {
+  __index = function(ocap, k)
+    if not GUARD_FIELDS[k] then return nil end
+    local ok, guards = pcall(require, 'ocap.guards')
+    if not ok or type(guards) ~= 'table' then return nil end
+    for name in pairs(GUARD_FIELDS) do
+      if rawget(ocap, name) == nil then rawset(ocap, name, guards[name]) end
+    end
+    return rawget(ocap, k)
+  end,
+}
+
 --- ocap.marshal: the marshal module, plus serialize/unserialize through
 --- the context's marshaller (the vat's, or the host's latest kernel), so
 --- slots are vrefs in a vat and krefs on the host.
@@ -52,14 +72,8 @@ function M.make(extra, currentMarshal)
     passStyleOf = pass.passStyleOf,
     marshal = contextMarshal(currentMarshal),
   }
-  local ok, guards = pcall(require, 'ocap.guards')
-  if ok and type(guards) == 'table' then
-    ocap.M = guards.M
-    ocap.defineExoClass = guards.defineExoClass
-    ocap.defineExoClassKit = guards.defineExoClassKit
-  end
   for k, v in pairs(extra or {}) do ocap[k] = v end
-  return ocap
+  return setmetatable(ocap, lazyFields)
 end
 
 return M
