@@ -985,10 +985,9 @@ static int deliver_vat(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, int
     rec->fatal = 0;
   } else if (st != OCAP_VAT_OK) {
     *fatal = map_status(st);
-    *why = dupstr(st == OCAP_VAT_METER    ? "instruction meter exhausted"
-                  : st == OCAP_VAT_MEMORY ? "memory limit exceeded"
-                  : msg                   ? msg
-                                          : "liveslots failed");
+    *why = dupstr(st == OCAP_VAT_METER || st == OCAP_VAT_MEMORY ? ocap_vat_fatal_reason(rec->vat)
+                  : msg                                         ? msg
+                                                                : "liveslots failed");
     free(rec->why);
     rec->why = NULL;
     rec->fatal = 0;
@@ -2017,10 +2016,10 @@ static int k_create_vat(lua_State *L) {
   }
   lk->L = saved;
   if (st != OCAP_VAT_OK || rec->fatal) {
-    const char *msg = st == OCAP_VAT_METER    ? "instruction meter exhausted"
-                      : st == OCAP_VAT_MEMORY ? "memory limit exceeded"
-                      : rec->fatal            ? rec->why
-                                              : lua_tostring(V, -1);
+    const char *msg = st == OCAP_VAT_METER || st == OCAP_VAT_MEMORY
+                          ? ocap_vat_fatal_reason(rec->vat)
+                      : rec->fatal ? rec->why
+                                   : lua_tostring(V, -1);
     lua_pushnil(L);
     lua_pushstring(L, msg ? msg : "vat failed to start");
     lua_pushstring(L, st == OCAP_VAT_METER             ? "METER_EXHAUSTED"

@@ -29,19 +29,34 @@
  * Lua's pattern functions are replaced by lmatch.c's, which charge the
  * meter for every matching step.
  */
+#define _GNU_SOURCE /* timer_create with SIGEV_THREAD_ID */
+
 #include "vat.h"
 
 #include <assert.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
 
 #include "errors.h"
 #include "lmatch.h"
+
+/* Why the meter ran out: what ocap_vat_fatal_reason reports. */
+enum meter_cause {
+  CAUSE_INSTRUCTIONS = 0, /* instructions and library charges */
+  CAUSE_TIME = 1,         /* the CPU-time backstop */
+  CAUSE_COLLECTIONS = 2,  /* emergency collections near the memory limit */
+};
 
 struct ocap_vat {
   lua_State *L;
@@ -50,11 +65,25 @@ struct ocap_vat {
   long long budget;  /* instructions allowed per outermost ocap_vat_pcall */
   long long charged; /* instructions charged in the current or last call */
   int fatal;         /* 0, OCAP_VAT_METER or OCAP_VAT_MEMORY; never reset */
+  int cause;         /* an enum meter_cause, when fatal is OCAP_VAT_METER */
   int refused;       /* the last growth request was refused */
   int depth;         /* nesting of ocap_vat_pcall; the meter runs when > 0 */
   /* The kernel's runtime modules, which the vat reads but never copies. */
   const ocap_vat_module_t *runtime;
   size_t nruntime;
+  /* Emergency collections near the memory limit (see vat_alloc). */
+  size_t fresh;        /* bytes allocated since the last emergency collection */
+  long long thrashing; /* emergency collections charged in this call */
+  /* The CPU-time backstop (see "Time backstop" below). */
+  lua_State *_Atomic running;    /* the thread running vat code, or NULL */
+  volatile sig_atomic_t expired; /* the time allowance of this call ran out */
+  struct watchdog *watchdog;     /* its thread's, during an outermost call */
+  struct ocap_vat *outer_vat;    /* the watchdog's vat before this call */
+  long long allowance_ns;        /* CPU time per outermost call */
+  long allowance_ticks;          /* the same in watchdog ticks */
+  long start_tick;               /* the watchdog's tick count at the start */
+  long long deadline_ns;         /* when polling: CPU time to stop at */
+  char why[160];                 /* ocap_vat_fatal_reason's text */
 };
 
 /*
@@ -88,6 +117,34 @@ static void vat_hook(lua_State *L, lua_Debug *ar);
 /* ---------------------------------------------------------------------- */
 /* Memory budget                                                          */
 
+static void meter_stop(ocap_vat_t *v, int cause);
+
+/*
+ * A full collection walks the whole heap, and Lua runs one at each refused
+ * allocation, so a vat that keeps its live data just under its limit makes
+ * nearly every allocation cost a full collection: about 100 times slower
+ * than usual, on the kernel's time. A collection is free when the vat
+ * allocated at least a quarter of its heap since the previous one, which
+ * is the pace of Lua's own collector; one that comes sooner is charged as
+ * walking the heap, at 1 instruction per COLLECTION_BYTES_PER_INSTRUCTION
+ * bytes in use (a full collection of small objects runs at about 10 bytes
+ * per plain instruction's time). Called from the allocator, this cannot
+ * raise: when the charge exhausts the budget it marks the vat and makes
+ * the running thread stop at its next instruction.
+ */
+#define COLLECTION_BYTES_PER_INSTRUCTION 16
+
+static void charge_collection(ocap_vat_t *v) {
+  size_t fresh = v->fresh;
+  v->fresh = 0;
+  if (v->depth == 0 || v->fatal != 0 || fresh >= v->used / 4)
+    return;
+  v->thrashing++;
+  v->charged += (long long)(v->used / COLLECTION_BYTES_PER_INSTRUCTION);
+  if (v->charged >= v->budget)
+    meter_stop(v, CAUSE_COLLECTIONS);
+}
+
 /*
  * Refuses growth beyond the budget. A marked vat may go OCAP_VAT_MEMORY_SLACK
  * bytes over, so that raising errors, unwinding and closing the state still
@@ -113,8 +170,10 @@ static void *vat_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (p == NULL)
     goto refuse;
   v->used = v->used - old + nsize;
-  if (nsize > old)
+  if (nsize > old) {
     v->refused = 0;
+    v->fresh += nsize - old;
+  }
   return p;
 refuse:
   /*
@@ -123,6 +182,8 @@ refuse:
    */
   if (v->refused && v->fatal == 0)
     v->fatal = OCAP_VAT_MEMORY;
+  else if (!v->refused)
+    charge_collection(v);
   v->refused = 1;
   return NULL;
 }
@@ -148,8 +209,30 @@ static int vat_die(lua_State *L, const ocap_vat_t *v) {
 }
 
 /*
+ * Marks the vat out of instructions for cause and makes the thread running
+ * vat code stop at its next instruction, where the hook raises. It only
+ * sets fields and a hook, so the allocator and the watchdog's signal
+ * handler may call it: lua_sethook is safe to call asynchronously (Lua's
+ * own interpreter calls it from its SIGINT handler).
+ */
+static void meter_stop(ocap_vat_t *v, int cause) {
+  lua_State *running = atomic_load_explicit(&v->running, memory_order_relaxed);
+  if (v->fatal == 0) {
+    v->fatal = OCAP_VAT_METER;
+    v->cause = cause;
+  }
+  if (running != NULL)
+    lua_sethook(running, vat_hook, LUA_MASKCOUNT, 1);
+}
+
+static int time_is_up(ocap_vat_t *v);
+
+/*
  * [-0, +0, e] The count hook. Outside ocap_vat_pcall it does nothing, so the
  * kernel can run its own bits of Lua in the state without being metered.
+ * It charges the count it was set with: normally a granule, but the
+ * watchdog sets a count of 1 to stop a thread at its next instruction, and
+ * the hook then goes back to granules.
  */
 static void vat_hook(lua_State *L, lua_Debug *ar) {
   ocap_vat_t *v = ocap_vat_from_state(L);
@@ -157,31 +240,269 @@ static void vat_hook(lua_State *L, lua_Debug *ar) {
   if (v == NULL || v->depth == 0)
     return;
   if (v->fatal == 0) {
-    v->charged += OCAP_VAT_GRANULE;
-    if (v->charged < v->budget)
-      return;
-    v->fatal = OCAP_VAT_METER;
+    int count = lua_gethookcount(L);
+    if (time_is_up(v)) {
+      v->fatal = OCAP_VAT_METER;
+      v->cause = CAUSE_TIME;
+    } else {
+      if (count != OCAP_VAT_GRANULE)
+        lua_sethook(L, vat_hook, LUA_MASKCOUNT, OCAP_VAT_GRANULE);
+      v->charged += count;
+      if (v->charged < v->budget)
+        return;
+      v->fatal = OCAP_VAT_METER;
+    }
   }
   vat_die(L, v);
 }
 
 /*
  * [-0, +0, e] Charges cost instructions for work a C function is about to
- * do, raising the meter error if the budget cannot cover it.
+ * do, raising the meter error if the budget cannot cover it, or if the
+ * call's CPU time ran out while the function was working.
  */
 static void vat_charge(lua_State *L, long long cost) {
   ocap_vat_t *v = ocap_vat_from_state(L);
   if (v == NULL || v->depth == 0)
     return;
   if (v->fatal == 0) {
-    if (cost < v->budget - v->charged) {
+    if (v->expired) {
+      v->fatal = OCAP_VAT_METER;
+      v->cause = CAUSE_TIME;
+    } else if (cost < v->budget - v->charged) {
       v->charged += cost;
       return;
+    } else {
+      v->charged = v->budget;
+      v->fatal = OCAP_VAT_METER;
     }
-    v->charged = v->budget;
-    v->fatal = OCAP_VAT_METER;
   }
   vat_die(L, v);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Time backstop                                                          */
+
+/*
+ * Some VM instructions take time in proportion to the strings they touch
+ * (comparing with <, <= and ==, concatenating, copying varargs), and no
+ * hook runs inside an instruction: 1000 comparisons of two 30 MB strings
+ * run between two firings of the count hook. The meter therefore also
+ * gives each outermost call a CPU-time allowance, budget *
+ * OCAP_VAT_NS_PER_INSTRUCTION (at least OCAP_VAT_MIN_ALLOWANCE_NS), and a
+ * vat that uses it up is stopped as out of instructions, with a reason
+ * saying so.
+ *
+ * Each thread that runs vats has one watchdog: a periodic POSIX timer on
+ * the thread's CPU-time clock that ticks every OCAP_VAT_TICK_NS of CPU and
+ * signals that same thread. The tick handler counts ticks and, when the
+ * vat whose call is running on the thread has been running for more ticks
+ * than its allowance, marks it and sets a count hook of 1 on the Lua
+ * thread running its code (which ocap_vat_pcall and the vat's
+ * coroutine.resume and coroutine.wrap keep track of), so the vat stops at
+ * its next instruction: the overrun is at most a tick plus one
+ * instruction, or one charge of a metered C function.
+ *
+ * A call into a vat costs no system call: it notes the tick count and the
+ * running vat. The timer keeps ticking while vats run and disarms itself
+ * after two ticks with no vat running, so a thread that stopped running
+ * vats is not interrupted; the next call re-arms it (one system call).
+ *
+ * The signal's handler is installed once per process; when something else
+ * already handles OCAP_VAT_WATCHDOG_SIGNAL, or a timer cannot be created,
+ * each call reads the thread's CPU clock when it starts and the count hook
+ * reads it at each firing, and the overrun is then up to a granule.
+ */
+enum { WATCHDOG_NONE = 0, WATCHDOG_TIMER = 1, WATCHDOG_POLL = 2 };
+
+typedef struct watchdog {
+  volatile long ticks;          /* ticks of this thread's CPU clock */
+  volatile int idle;            /* consecutive ticks with no vat running */
+  volatile sig_atomic_t armed;  /* the timer is ticking */
+  ocap_vat_t *volatile current; /* the vat running on this thread */
+  int mode;                     /* WATCHDOG_TIMER or WATCHDOG_POLL */
+  timer_t timer;
+} watchdog_t;
+
+/* The nanoseconds of CPU time the calling thread has used. */
+static long long thread_cpu_ns(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+    return 0;
+  return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Whether the current call's CPU time ran out. */
+static int time_is_up(ocap_vat_t *v) {
+  if (v->expired)
+    return 1;
+  if (v->watchdog != NULL && v->watchdog->mode == WATCHDOG_POLL &&
+      thread_cpu_ns() >= v->deadline_ns) {
+    v->expired = 1;
+    return 1;
+  }
+  return 0;
+}
+
+/*
+ * The tick handler. The timer carries its thread's watchdog, so the
+ * handler needs no thread-local lookup; it runs on that thread, between
+ * two steps of whatever the thread was doing.
+ */
+static void watchdog_tick(int sig, siginfo_t *si, void *context) {
+  static const struct itimerspec zero;
+  watchdog_t *w = si->si_value.sival_ptr;
+  ocap_vat_t *v;
+  (void)sig;
+  (void)context;
+  if (si->si_code != SI_TIMER || w == NULL)
+    return;
+  w->ticks++;
+  v = w->current;
+  if (v == NULL) {
+    /* timer_settime is async-signal-safe. */
+    if (++w->idle >= 2 && timer_settime(w->timer, 0, &zero, NULL) == 0)
+      w->armed = 0;
+    return;
+  }
+  w->idle = 0;
+  if (v->depth > 0 && v->fatal == 0 && w->ticks - v->start_tick > v->allowance_ticks) {
+    v->expired = 1;
+    meter_stop(v, CAUSE_TIME);
+  }
+}
+
+/*
+ * Process-wide: the handler is installed once (there is one disposition
+ * per signal, so this is process state by nature), and each thread finds
+ * its watchdog under a key whose destructor deletes the timer when the
+ * thread exits. These are the module's only globals, written once under
+ * pthread_once.
+ */
+static int watchdog_installed;
+static int watchdog_keyed;
+static pthread_key_t watchdog_key;
+static pthread_once_t watchdog_once = PTHREAD_ONCE_INIT;
+
+static void watchdog_destroy(void *p) {
+  watchdog_t *w = p;
+  if (w->mode == WATCHDOG_TIMER)
+    timer_delete(w->timer);
+  free(w);
+}
+
+static void watchdog_install(void) {
+  struct sigaction old, sa;
+  if (pthread_key_create(&watchdog_key, watchdog_destroy) != 0)
+    return;
+  watchdog_keyed = 1;
+  if (sigaction(OCAP_VAT_WATCHDOG_SIGNAL, NULL, &old) != 0)
+    return;
+  if ((old.sa_flags & SA_SIGINFO) ? old.sa_sigaction != NULL : old.sa_handler != SIG_DFL)
+    return; /* the host uses this signal: poll instead */
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = watchdog_tick;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  watchdog_installed = sigaction(OCAP_VAT_WATCHDOG_SIGNAL, &sa, NULL) == 0;
+}
+
+/*
+ * When the module is unloaded (Lua closes the state that loaded ocap's C
+ * module with dlclose), the handler's code goes away while tick timers may
+ * still be armed: the signal is then ignored from here on, and the
+ * unloading thread's timer deleted.
+ */
+__attribute__((destructor)) static void watchdog_unload(void) {
+  struct sigaction sa;
+  if (!watchdog_installed)
+    return;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_IGN;
+  sigemptyset(&sa.sa_mask);
+  sigaction(OCAP_VAT_WATCHDOG_SIGNAL, &sa, NULL);
+  if (watchdog_keyed) {
+    watchdog_t *w = pthread_getspecific(watchdog_key);
+    if (w != NULL) {
+      pthread_setspecific(watchdog_key, NULL);
+      watchdog_destroy(w);
+    }
+    pthread_key_delete(watchdog_key);
+  }
+}
+
+/*
+ * The calling thread's watchdog, created on first use: a tick timer when
+ * the handler is ours and the timer can be made, else polling. NULL only
+ * when memory for it cannot be had, and then the vat runs without the
+ * backstop.
+ */
+static watchdog_t *thread_watchdog(void) {
+  watchdog_t *w;
+  struct sigevent sev;
+  sigset_t set;
+  pthread_once(&watchdog_once, watchdog_install);
+  if (!watchdog_keyed)
+    return NULL;
+  w = pthread_getspecific(watchdog_key);
+  if (w != NULL)
+    return w;
+  w = calloc(1, sizeof *w);
+  if (w == NULL || pthread_setspecific(watchdog_key, w) != 0) {
+    free(w);
+    return NULL;
+  }
+  w->mode = WATCHDOG_POLL;
+  if (!watchdog_installed)
+    return w;
+  memset(&sev, 0, sizeof sev);
+  sev.sigev_notify = SIGEV_THREAD_ID;
+  sev.sigev_signo = OCAP_VAT_WATCHDOG_SIGNAL;
+  sev.sigev_value.sival_ptr = w;
+#ifdef sigev_notify_thread_id
+  sev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
+#else
+  sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+#endif
+  if (timer_create(CLOCK_THREAD_CPUTIME_ID, &sev, &w->timer) != 0)
+    return w;
+  sigemptyset(&set);
+  sigaddset(&set, OCAP_VAT_WATCHDOG_SIGNAL);
+  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  w->mode = WATCHDOG_TIMER;
+  return w;
+}
+
+/* Starts the allowance of v's outermost call on this thread. */
+static void watchdog_start(ocap_vat_t *v) {
+  watchdog_t *w = thread_watchdog();
+  v->expired = 0;
+  v->watchdog = w;
+  if (w == NULL)
+    return;
+  v->outer_vat = w->current;
+  w->current = v;
+  if (w->mode == WATCHDOG_POLL) {
+    v->deadline_ns = thread_cpu_ns() + v->allowance_ns;
+    return;
+  }
+  v->start_tick = w->ticks;
+  if (!w->armed) {
+    struct itimerspec its;
+    memset(&its, 0, sizeof its);
+    its.it_value.tv_nsec = OCAP_VAT_TICK_NS;
+    its.it_interval.tv_nsec = OCAP_VAT_TICK_NS;
+    w->idle = 0;
+    if (timer_settime(w->timer, 0, &its, NULL) == 0)
+      w->armed = 1;
+  }
+}
+
+/* Ends the allowance of v's outermost call. */
+static void watchdog_stop(ocap_vat_t *v) {
+  if (v->watchdog != NULL)
+    v->watchdog->current = v->outer_vat;
+  v->watchdog = NULL;
 }
 
 /* The number of integers in [i, j], saturated so it cannot overflow. */
@@ -895,6 +1216,26 @@ static int vat_xpcall(lua_State *L) {
  * and the functions made by coroutine.wrap raise the fatal error instead.
  */
 
+/*
+ * [-0, +0] on from; [-narg, +nres] on co: lua_resume, with co recorded as the
+ * thread running vat code while it runs, so that the watchdog stops the
+ * right thread. A coroutine resumed after the allowance ran out stops at
+ * its first instruction.
+ */
+static int tracked_resume(ocap_vat_t *v, lua_State *co, lua_State *from, int narg, int *nres) {
+  lua_State *outer;
+  int status;
+  if (v == NULL)
+    return lua_resume(co, from, narg, nres);
+  outer = atomic_load_explicit(&v->running, memory_order_relaxed);
+  atomic_store_explicit(&v->running, co, memory_order_relaxed);
+  if (v->expired && v->depth > 0)
+    lua_sethook(co, vat_hook, LUA_MASKCOUNT, 1);
+  status = lua_resume(co, from, narg, nres);
+  atomic_store_explicit(&v->running, outer, memory_order_relaxed);
+  return status;
+}
+
 /* [-n, +(results)] The function coroutine.wrap returns; upvalue 1 is the thread. */
 static int wrap_resume(lua_State *L) {
   lua_State *co = lua_tothread(L, lua_upvalueindex(1));
@@ -904,7 +1245,7 @@ static int wrap_resume(lua_State *L) {
   if (!lua_checkstack(co, narg))
     return luaL_error(L, "too many arguments to resume");
   lua_xmove(L, co, narg);
-  status = lua_resume(co, L, narg, &nres);
+  status = tracked_resume(v, co, L, narg, &nres);
   if (status == LUA_OK || status == LUA_YIELD) {
     if (!lua_checkstack(L, nres + 1)) {
       lua_pop(co, nres);
@@ -960,7 +1301,7 @@ static int vat_coroutine_resume(lua_State *L) {
     return 2;
   }
   lua_xmove(L, co, narg);
-  status = lua_resume(co, L, narg, &nres);
+  status = tracked_resume(ocap_vat_from_state(L), co, L, narg, &nres);
   if (status == LUA_OK || status == LUA_YIELD) {
     if (!lua_checkstack(L, nres + 1)) {
       lua_pop(co, nres);
@@ -1270,6 +1611,14 @@ int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
   v->limit = limits != NULL && limits->memory > 0 ? limits->memory : OCAP_VAT_DEFAULT_MEMORY;
   v->budget = limits != NULL && limits->instructions > 0 ? limits->instructions
                                                          : OCAP_VAT_DEFAULT_INSTRUCTIONS;
+  {
+    double ns = (double)v->budget * OCAP_VAT_NS_PER_INSTRUCTION;
+    /* An hour is beyond any budget the configuration accepts in practice. */
+    v->allowance_ns = ns < OCAP_VAT_MIN_ALLOWANCE_NS ? OCAP_VAT_MIN_ALLOWANCE_NS
+                      : ns > 3600e9                  ? 3600000000000LL
+                                                     : (long long)ns;
+    v->allowance_ticks = (long)((v->allowance_ns + OCAP_VAT_TICK_NS - 1) / OCAP_VAT_TICK_NS);
+  }
   L = lua_newstate(vat_alloc, v);
   if (L == NULL) {
     free(v);
@@ -1463,7 +1812,7 @@ static int vat_msgh(lua_State *L) {
 }
 
 int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults) {
-  lua_State *L = v->L;
+  lua_State *L = v->L, *outer;
   int base = lua_gettop(L) - nargs; /* the function's index */
   int status;
   assert(nargs >= 0 && base >= 1);
@@ -1476,11 +1825,23 @@ int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults) {
   }
   lua_pushcfunction(L, vat_msgh);
   lua_insert(L, base);
-  /* Only the outermost call gets a fresh budget; re-entry must not add. */
-  if (v->depth++ == 0)
+  /*
+   * Only the outermost call gets a fresh budget; re-entry must not add.
+   * A re-entering call runs on the main thread even when the vat called
+   * out from a coroutine, so the running thread is saved and restored.
+   */
+  outer = atomic_load_explicit(&v->running, memory_order_relaxed);
+  atomic_store_explicit(&v->running, L, memory_order_relaxed);
+  if (v->depth++ == 0) {
     v->charged = 0;
+    v->thrashing = 0;
+    v->fresh = 0;
+    watchdog_start(v);
+  }
   status = lua_pcall(L, nargs, nresults, base);
-  v->depth--;
+  if (--v->depth == 0)
+    watchdog_stop(v);
+  atomic_store_explicit(&v->running, outer, memory_order_relaxed);
   lua_remove(L, base);
   if (status == LUA_ERRMEM && v->fatal == 0)
     v->fatal = OCAP_VAT_MEMORY;
@@ -1495,6 +1856,26 @@ int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults) {
 
 int ocap_vat_fatal(const ocap_vat_t *v) {
   return v->fatal;
+}
+
+const char *ocap_vat_fatal_reason(ocap_vat_t *v) {
+  if (v->fatal == OCAP_VAT_MEMORY)
+    return "memory limit exceeded";
+  if (v->fatal != OCAP_VAT_METER)
+    return NULL;
+  if (v->cause == CAUSE_TIME)
+    snprintf(v->why, sizeof v->why,
+             "instruction meter exhausted (CPU time: its allowance of %lld ms for %lld "
+             "instructions ran out first)",
+             v->allowance_ns / 1000000, v->budget);
+  else if (v->cause == CAUSE_COLLECTIONS)
+    snprintf(v->why, sizeof v->why,
+             "instruction meter exhausted (garbage collection: %lld emergency collections near "
+             "the memory limit)",
+             v->thrashing);
+  else
+    return "instruction meter exhausted";
+  return v->why;
 }
 
 void ocap_vat_forgive(ocap_vat_t *v) {

@@ -22,6 +22,7 @@
 #ifndef OCAP_VAT_H
 #define OCAP_VAT_H
 
+#include <signal.h>
 #include <stddef.h>
 
 #include <lua.h>
@@ -41,6 +42,39 @@ typedef struct ocap_vat_limits {
  * ocap_vat_instructions() are precise to a granule.
  */
 #define OCAP_VAT_GRANULE 1000
+
+/*
+ * The CPU-time backstop: each outermost ocap_vat_pcall may use at most
+ * instructions * OCAP_VAT_NS_PER_INSTRUCTION nanoseconds of its thread's
+ * CPU time (and at least OCAP_VAT_MIN_ALLOWANCE_NS); a vat that uses it up
+ * is stopped as OCAP_VAT_METER. A plain instruction takes about 1.4 ns and
+ * the most expensive ordinary code measured (building a large table with
+ * string keys) about 220 ns per instruction, so only instructions whose
+ * cost grows with their operands (comparing or concatenating long strings)
+ * come near it. Sanitizers slow everything down, and get more.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define OCAP_VAT_NS_PER_INSTRUCTION 4000
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define OCAP_VAT_NS_PER_INSTRUCTION 4000
+#endif
+#endif
+#ifndef OCAP_VAT_NS_PER_INSTRUCTION
+#define OCAP_VAT_NS_PER_INSTRUCTION 500
+#endif
+#define OCAP_VAT_MIN_ALLOWANCE_NS 50000000LL
+
+/* The backstop's clock ticks every 5 ms of CPU time: its precision. */
+#define OCAP_VAT_TICK_NS 5000000L
+
+/*
+ * The real-time signal of the backstop's tick timers (one per thread that
+ * runs vats). Its handler is installed on first use unless the process
+ * already handles the signal, in which case the meter reads the CPU clock
+ * at each granule instead.
+ */
+#define OCAP_VAT_WATCHDOG_SIGNAL (SIGRTMIN + 5)
 
 /*
  * How far a marked vat may go over its memory budget, so that raising the
@@ -126,6 +160,14 @@ int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults);
 
 /* OCAP_VAT_METER or OCAP_VAT_MEMORY when the vat was marked, else 0. */
 int ocap_vat_fatal(const ocap_vat_t *v);
+
+/*
+ * Why the vat was marked, for the kernel's termination reason: "instruction
+ * meter exhausted" (with what ran out when it was the CPU-time backstop or
+ * garbage collection near the memory limit) or "memory limit exceeded";
+ * NULL for a vat that is not marked. The text lives until the next call.
+ */
+const char *ocap_vat_fatal_reason(ocap_vat_t *v);
 
 /*
  * Clears the vat's mark, for an exhaustion the kernel does not hold against

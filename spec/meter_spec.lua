@@ -17,7 +17,7 @@ local BURNER = 'spec/vats/burner.lua'
 local METER = 'VAT_FATAL:METER_EXHAUSTED'
 
 -- Instructions per delivery, and the vat's memory.
-local BUDGET = 1000000
+local BUDGET = 600000
 local MEMORY = 32 * 1024 * 1024
 
 -- Work a budget admits, per instruction: matching steps cost about one
@@ -25,6 +25,16 @@ local MEMORY = 32 * 1024 * 1024
 -- 1/64 of one. The bounds allow twice that.
 local STEPS = 2
 local BYTES = 128
+
+-- VM instructions that compare or concatenate long strings are bounded by
+-- the meter's CPU-time backstop: 500 ns of CPU per instruction of budget
+-- (4000 under the sanitizers). A core compares or copies at most tens of
+-- bytes a nanosecond (about 50 on the reference machine), so the work
+-- admitted stays under 256 bytes per nanosecond of the allowance; without
+-- the backstop it is only bounded by the instruction budget, about a
+-- thousand times more.
+local SANITIZED = (os.getenv('LD_PRELOAD') or ''):find('asan', 1, true) ~= nil
+local VM = 256 * (SANITIZED and 4000 or 500)
 
 describe('the meter', function()
   local kernel
@@ -46,7 +56,7 @@ describe('the meter', function()
   -- never died) and the vat's id.
   local function admitted(kind, size, unit, bound)
     local root, vatId = launch()
-    local cap = 4 * bound * BUDGET
+    local cap = (bound == VM and 2 or 4) * bound * BUDGET
     local n, done = 1, 0
     while true do
       local ok, res = pcall(ocap.await, kernel:queueMessage(root, 'work', { kind, n, size }))
@@ -95,6 +105,10 @@ describe('the meter', function()
     { 'pack', 1 << 16, bytes, 1 },
     { 'unpack', 1 << 16, bytes, 1 },
     { 'packsize', 1 << 16, bytes, 1 },
+    -- VM instructions, in bytes compared or copied.
+    { 'ltVM', 1 << 20, bytes, VM },
+    { 'eqVM', 1 << 20, bytes, VM },
+    { 'concatVM', 1 << 20, bytes, VM },
   }
 
   for _, case in ipairs(cases) do
@@ -106,8 +120,42 @@ describe('the meter', function()
       assert.is_true(work <= bound * BUDGET,
         ('%s did %.0f units of work on %d instructions'):format(kind, work, BUDGET))
       assert.is_false(support.isLive(kernel, vatId))
+      if bound == VM then
+        assert.matches('instruction meter exhausted (CPU time: its allowance of', err.message, 1, true)
+        assert.matches('CPU time', support.terminatedRecord(kernel, vatId).reason, 1, true)
+      end
     end)
   end
+
+  it('ends a vat that thrashes the collector near its memory limit', function()
+    -- Live data grows 64 KiB a delivery while each delivery makes 1.2 MB
+    -- of small garbage: once the live data is within a few hundred KiB of
+    -- the limit, the garbage makes Lua collect the whole heap again and
+    -- again. Those collections are charged, so the vat runs out of
+    -- instructions before it runs out of memory.
+    local limit = 8 * 1024 * 1024
+    local r = kernel:launchSubcluster({
+      bootstrap = 'b',
+      vats = { b = { sourceSpec = BURNER, creationOptions = { meter = { instructions = 2e6 }, memoryLimit = limit } } },
+    }):await()
+    local vatId = kernel:getSubcluster(r.subclusterId).vats.b
+    local err
+    for _ = 1, limit // 65536 + 8 do
+      local ok, res = pcall(ocap.await, kernel:queueMessage(r.rootKref, 'grow', { 64, 20000 }))
+      if not ok then
+        err = res
+        break
+      end
+    end
+    assert.is_table(err, 'the vat never ran out')
+    assert.equal(METER, err.code, err.message)
+    assert.matches('garbage collection: %d+ emergency collections near the memory limit', err.message)
+    local collections = tonumber(err.message:match('(%d+) emergency collections'))
+    -- Each charged collection costs the heap's size / 16 instructions, at
+    -- least about 7 MiB / 16 here: the budget pays for at most 5.
+    assert.is_true(collections <= 5, collections .. ' collections')
+    assert.matches('garbage collection', support.terminatedRecord(kernel, vatId).reason, 1, true)
+  end)
 
   it('leaves ordinary patterns cheap', function()
     local root = launch()

@@ -768,6 +768,80 @@ static int test_memory(void) {
   return fails;
 }
 
+/*
+ * The CPU-time backstop: comparisons of long strings are single VM
+ * instructions the count hook cannot see between, so a vat comparing two
+ * 4 MiB strings in a loop is stopped by its time allowance (the minimum,
+ * 50 ms of CPU, for this small budget), long before its budget of
+ * instructions would run out, also inside a coroutine and under pcall. The
+ * test counts the comparisons the vat managed, in a global it can read
+ * after the vat is fatal.
+ */
+static int test_time_backstop(void) {
+  static const char *const attacks[] = {
+      "local a, b = ('x'):rep(1024):rep(4096), ('x'):rep(1024):rep(4096) .. 'y'\n"
+      "for i = 1, 1e9 do done = i local c = a < b end",
+      "local a, b = ('x'):rep(1024):rep(4096), ('x'):rep(1024):rep(4096) .. 'y'\n"
+      "local co = coroutine.wrap(function() for i = 1, 1e9 do done = i\n"
+      "  local c = a < b if i % 7 == 0 then coroutine.yield() end end end)\n"
+      "while true do pcall(co) end",
+      "local a, b = ('x'):rep(1024):rep(4096), ('x'):rep(1024):rep(4096):sub(2) .. 'y'\n"
+      "for i = 1, 1e9 do done = i local c = a == b end",
+  };
+  int fails = 0;
+  for (size_t k = 0; k < sizeof attacks / sizeof attacks[0]; k++) {
+    ocap_vat_t *v = new_vat(64 << 20, 1000000);
+    lua_State *L;
+    CHECK(v != NULL);
+    if (v == NULL)
+      return fails;
+    L = ocap_vat_state(v);
+    fails += expect(v, attacks[k], OCAP_VAT_METER, "instruction budget");
+    CHECK(strstr(ocap_vat_fatal_reason(v), "CPU time") != NULL);
+    /* Without the backstop, the budget admits over 100,000 comparisons. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+    lua_getfield(L, -1, "done");
+    CHECK(lua_tointeger(L, -1) > 0 && lua_tointeger(L, -1) < 20000);
+    if (getenv("TEST_VAT_VERBOSE"))
+      fprintf(stderr, "backstop %zu: %lld comparisons\n", k, (long long)lua_tointeger(L, -1));
+    lua_pop(L, 2);
+    ocap_vat_free(v);
+  }
+  /* An ordinary call leaves the vat healthy, and the reasons say which budget ran out. */
+  {
+    ocap_vat_t *v = new_vat(0, 100000);
+    CHECK(v != NULL);
+    if (v == NULL)
+      return fails;
+    CHECK(ocap_vat_fatal_reason(v) == NULL);
+    CHECK(is_true(v, "return ('x'):rep(1000) < ('y'):rep(1000)"));
+    fails += expect(v, "while true do end", OCAP_VAT_METER, "instruction budget");
+    CHECK(strcmp(ocap_vat_fatal_reason(v), "instruction meter exhausted") == 0);
+    ocap_vat_free(v);
+  }
+  return fails;
+}
+
+/*
+ * A vat that keeps its live data just under its memory limit makes every
+ * allocation run a full collection; those collections are charged, so it
+ * runs out of instructions, with a reason that says why.
+ */
+static int test_collection_thrash(void) {
+  static const char thrash[] = "local kept = {}\n"
+                               "for i = 1, 1e9 do kept[i] = {i}\n"
+                               "  for j = 1, 20 do local g = {j} end end";
+  int fails = 0;
+  ocap_vat_t *v = new_vat(8 << 20, 50000000);
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  fails += expect(v, thrash, OCAP_VAT_METER, "instruction budget");
+  CHECK(strstr(ocap_vat_fatal_reason(v), "garbage collection") != NULL);
+  ocap_vat_free(v);
+  return fails;
+}
+
 int main(void) {
   int fails = 0;
   fails += test_globals();
@@ -783,6 +857,8 @@ int main(void) {
   fails += test_replaced_functions();
   fails += test_metered_library();
   fails += test_memory();
+  fails += test_time_backstop();
+  fails += test_collection_thrash();
   if (fails) {
     fprintf(stderr, "test_vat: %d failure(s)\n", fails);
     return 1;

@@ -121,18 +121,18 @@ function M.buildRootObject()
       for _ = 1, n do k.run(input) end
       return n
     end,
-    -- Keeps about mib MiB of small tables alive, then allocates in a loop
-    -- so that every allocation meets the memory limit.
-    thrash = function(_, mib, rounds)
-      local kept = {}
-      for i = 1, mib * 1024 * 1024 // 64 do kept[i] = { i } end
+    -- Adds about kib KiB of small live tables, then allocates rounds
+    -- small garbage tables: near the memory limit, each of those meets it.
+    grow = function(_, kib, rounds)
+      local kept = inputs.kept or {}
       inputs.kept = kept
+      for _ = 1, kib * 1024 // 88 do kept[#kept + 1] = { 0 } end
       local n = 0
-      for _ = 1, rounds do
-        local t = { n }
+      for i = 1, rounds do
+        local t = { i }
         n = n + #t
       end
-      return n
+      return #kept
     end,
   })
 end
