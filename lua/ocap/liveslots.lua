@@ -371,39 +371,22 @@ function M.make(opts)
 
   local function deliverNotify(resolutions)
     local n = #resolutions
-    if n == 1 then
-      -- The common case: one result, usually awaited by one coroutine,
-      -- which resumes at once (settleAndResume).
-      local r = resolutions[1]
-      local vpid = r[1]
-      local p = trackPromise(vpid)
-      local ok, v = pcall(decode, m.unserialize, { body = r[3], slots = r[4] })
-      pending[vpid] = nil
-      if not ok then
-        settleAndResume(p, false, normalizeError(v))
-      else
-        settleAndResume(p, not r[2], v)
-      end
-      return
-    end
-    local ps = n == 1 and trackPromise(resolutions[1][1]) or {}
-    if n > 1 then
-      for i = 1, n do ps[i] = trackPromise(resolutions[i][1]) end
-    end
+    -- Every promise is known before any value is decoded: a value may
+    -- name another promise of the same notify.
+    for i = 1, n do trackPromise(resolutions[i][1]) end
     for i = 1, n do
       local r = resolutions[i]
-      local p = n == 1 and ps or ps[i]
+      local p = pending[r[1]]
       local ok, v = pcall(decode, m.unserialize, { body = r[3], slots = r[4] })
-      if not ok then
-        rejectPromise(p, normalizeError(v))
-      elseif r[2] then
-        rejectPromise(p, v)
+      if not ok then v = normalizeError(v) end
+      ok = ok and not r[2]
+      if i < n then
+        if ok then resolvePromise(p, v) else rejectPromise(p, v) end
       else
-        resolvePromise(p, v)
+        for j = 1, n do pending[resolutions[j][1]] = nil end
+        -- Usually one coroutine awaits the last, and resumes at once.
+        settleAndResume(p, ok, v)
       end
-    end
-    for i = 1, #resolutions do
-      pending[resolutions[i][1]] = nil
     end
   end
 

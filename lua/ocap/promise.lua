@@ -104,9 +104,10 @@ local Promise = {
   __le = misuse('compare'),
   __len = misuse('take the length of'),
 }
+local arithmetic = misuse('do arithmetic on')
 for _, op in ipairs({ 'add', 'sub', 'mul', 'div', 'mod', 'pow', 'unm', 'idiv',
   'band', 'bor', 'bxor', 'shl', 'shr', 'bnot' }) do
-  Promise['__' .. op] = misuse('do arithmetic on')
+  Promise['__' .. op] = arithmetic
 end
 function Promise.__tostring(p)
   return 'Promise <' .. STATE_NAMES[p[S]] .. '> (' .. HINT .. ')'
@@ -303,10 +304,10 @@ end
 ------------------------------------------------------------------------------
 -- Coroutines.
 
-local tracked = setmetatable({}, { __mode = 'k' })  -- every coroutine spawn made
--- The promise of each task that awaited before finishing. A task that ends
--- without awaiting never gets one: its caller takes the result directly.
-local taskPromise = setmetatable({}, { __mode = 'k' })
+-- Every coroutine spawn made, to true, or while its task awaits, to the
+-- promise of the task's result. A task that ends without awaiting never
+-- gets one: its caller takes the result directly.
+local tracked = setmetatable({}, { __mode = 'k' })
 local POOL_KEY = {}      -- first resume argument that hands a worker a task
 local DONE = {}          -- yielded by a worker that finished its task
 local STRAY = {}         -- yielded by an idle worker resumed by someone else
@@ -363,9 +364,9 @@ function resumeJob(co)
   if costatus(co) == 'suspended' then
     local done, ok, r = resumeTask(co)
     if done then
-      local p = taskPromise[co]
-      if p then
-        taskPromise[co] = nil
+      local p = tracked[co]
+      if p ~= true then
+        tracked[co] = true
         if ok then resolveNow(p, r) else rejectNow(p, r) end
       end
     end
@@ -395,7 +396,7 @@ function M.call(fn, ...)
   local done, ok, r = resumeTask(co, POOL_KEY, fn, ...)
   if done then return true, ok, r end
   local p = newPromise()
-  taskPromise[co] = p
+  tracked[co] = p
   return false, p
 end
 local call = M.call
@@ -408,21 +409,7 @@ local call = M.call
 function M.spawn(fn, ...)
   local done, ok, r = call(fn, ...)
   if not done then return ok end
-  local p = newPromise()
-  if ok then resolveNow(p, r) else rejectNow(p, r) end
-  return p
-end
-
----A promise settled as a task ended: fulfilled with (or adopting) v when ok,
----else rejected with v.
----@param ok boolean
----@param v any
----@return ocap.Promise
-function M.settled(ok, v)
-  local p = newPromise()
-  p[L] = true
-  if ok then resolveNow(p, v) else rejectNow(p, v) end
-  return p
+  return M.settled(ok, r)
 end
 
 local function defaultDriver(isSettled)
@@ -612,6 +599,18 @@ function M.settleAndResume(p, ok, v)
     return resumeJob(co)
   end
   if ok then resolveNow(p, v) else rejectNow(p, v) end
+end
+
+---A promise settled as a task ended: fulfilled with (or adopting) v when ok,
+---else rejected with v.
+---@param ok boolean
+---@param v any
+---@return ocap.Promise
+function M.settled(ok, v)
+  local p = newPromise()
+  p[L] = true
+  if ok then resolveNow(p, v) else rejectNow(p, v) end
+  return p
 end
 
 ---@return { promise: ocap.Promise, resolve: fun(v: any), reject: fun(e: any) }
