@@ -24,9 +24,9 @@
 -- 5. Lua has no bigint: `"+N"`/`"-N"` decode to Lua integers, so a small
 --    bigint from JavaScript (`"+1"`) comes back as the number 1 and
 --    re-encodes as `1`. Beyond the int64 range decoding fails.
--- 6. cjson reads `[]` and `{}` alike; see `markEmptyRecords`. An empty
---    object written with white space inside (`{ }`, never produced by
---    JSON.stringify) is read as an empty array.
+-- 6. cjson reads `[]` and `{}` alike; see `markEmptyRecords`, which also
+--    finds an empty object written with white space inside (`{ }`, never
+--    produced by JSON.stringify, read as a record by the C codec too).
 
 local M = {}
 
@@ -802,19 +802,21 @@ end
 -- by the string "'" (a reserved character, an error anywhere in a valid
 -- body), which the walk turns back into an empty record. To keep a real
 -- "'" an error, every string is checked here. Called only when the text
--- contains `{}`; returns the new text and whether anything was replaced.
+-- contains an empty object (EMPTY_RECORD, white space allowed inside);
+-- returns the new text and whether anything was replaced.
+local EMPTY_RECORD = '{[ \t\n\r]*}'
 local function markEmptyRecords(json)
   local parts, np = {}, 0
   local pos, last = 1, 1
-  local e = find(json, '{}', 1, true)
+  local e, ee = find(json, EMPTY_RECORD)
   while true do
     local q = find(json, '"', pos, true)
     while e and (q == nil or e < q) do
       parts[np + 1] = sub(json, last, e - 1)
       parts[np + 2] = '"\'"'
       np = np + 2
-      last = e + 2
-      e = find(json, '{}', last, true)
+      last = ee + 1
+      e, ee = find(json, EMPTY_RECORD, last)
     end
     if q == nil then break end
     local b = byte(json, q + 1)
@@ -824,7 +826,7 @@ local function markEmptyRecords(json)
     local qe = stringEnd(json, q)
     if qe == nil then return json, false end -- unterminated: cjson says so
     pos = qe + 1
-    if e and e < pos then e = find(json, '{}', pos, true) end
+    if e and e < pos then e, ee = find(json, EMPTY_RECORD, pos) end
   end
   if np == 0 then return json, false end
   parts[np + 1] = sub(json, last)
@@ -850,7 +852,7 @@ local function luaUnserialize(capdata, slotToVal)
   local body, slots = checkCapdata(capdata)
   local json = sub(body, 2)
   local emptyRecords = false
-  if find(json, '{}', 1, true) then json, emptyRecords = markEmptyRecords(json) end
+  if find(json, EMPTY_RECORD) then json, emptyRecords = markEmptyRecords(json) end
   local ok, v = pcall(cjson_decode, json)
   if not ok then error('invalid capdata body: ' .. tostring(v), 0) end
   return decodeValue(v, { slots = slots, slotToVal = slotToVal, json = json, emptyRecords = emptyRecords })

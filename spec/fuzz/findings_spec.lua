@@ -150,3 +150,19 @@ describe('records read back from the store (fuzz findings)', function()
     end)
   end)
 end)
+
+describe("marshal's Lua reference codec (fuzz findings)", function()
+  local pass = require 'ocap.pass'
+
+  it('reads an empty object with white space inside as a record, as the C codec does', function()
+    for _, body in ipairs({ '#{ }', '#[{\n}]', '#{"a":{\t \r\n}}' }) do
+      local ref = marshal.reference.unserializeData({ body = body, slots = {} })
+      local c = marshal.unserializeData({ body = body, slots = {} })
+      local function inner(v) return body == '#{ }' and v or (v[1] or v.a) end
+      assert.are.equal('copyRecord', pass.passStyleOf(inner(ref)), body)
+      assert.are.equal(pass.passStyleOf(inner(c)), pass.passStyleOf(inner(ref)), body)
+    end
+    -- Inside a string it stays a string.
+    assert.are.equal('{ }', marshal.reference.unserializeData({ body = '#"{ }"', slots = {} }))
+  end)
+end)
