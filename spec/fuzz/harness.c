@@ -15,6 +15,7 @@
 
 #include "errors.h"
 #include "ljson.h"
+#include "lsmallcaps.h"
 
 #ifndef OCAP_FUZZ_SOURCE_DIR
 #define OCAP_FUZZ_SOURCE_DIR "."
@@ -85,6 +86,8 @@ lua_State *fuzz_host_state(void) {
   lua_getfield(L, -1, "preload");
   lua_pushcfunction(L, luaopen_ocap_core);
   lua_setfield(L, -2, "ocap.core");
+  lua_pushcfunction(L, luaopen_ocap_smallcaps);
+  lua_setfield(L, -2, "ocap.smallcaps");
   lua_pop(L, 2);
   return L;
 }
@@ -101,12 +104,14 @@ void fuzz_host_dofile(lua_State *L, const char *relpath) {
 /* The runtime modules a decoding vat needs, in load order. */
 static const char *const VAT_MODULES[] = {"ocap.pass", "ocap.marshal"};
 
-/* [-1, +0, e] Runs in the vat: installs the JSON decoder as its `cjson`,
- * as the kernel's boot trampoline does. */
+/* [-1, +0, e] Runs in the vat: installs the JSON decoder as its `cjson`
+ * and the C smallcaps codec, as the kernel's boot trampoline does. */
 static int open_json_tramp(lua_State *V) {
   lua_settop(V, 0);
   ocap_open_json(V);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "cjson");
+  luaopen_ocap_smallcaps(V);
+  ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap.smallcaps");
   return 0;
 }
 

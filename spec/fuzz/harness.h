@@ -48,7 +48,8 @@ const char *fuzz_source_dir(void);
 char *fuzz_read_source(const char *relpath, size_t *len);
 
 /*
- * A new host state with the standard libraries, `ocap.core` built in, and
+ * A new host state with the standard libraries, `ocap.core` and
+ * `ocap.smallcaps` built in, and
  * package.path covering lua/ and spec/ of the source tree, as `ocap run`
  * has it. Fails the run when it cannot be made.
  */
@@ -62,8 +63,9 @@ void fuzz_host_dofile(lua_State *L, const char *relpath);
 
 /*
  * A vat as the kernel builds one: the limits given, the runtime modules
- * ocap.pass and ocap.marshal preloaded as trusted code, and the vat JSON
- * decoder as its `cjson`. Returns NULL only when the vat cannot be built.
+ * ocap.pass and ocap.marshal preloaded as trusted code, the vat JSON
+ * decoder as its `cjson` and the C smallcaps codec as `ocap.smallcaps`. Returns NULL only when the
+ * vat cannot be built.
  */
 ocap_vat_t *fuzz_new_vat(size_t memory, long long instructions);
 

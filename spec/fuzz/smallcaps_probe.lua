@@ -6,6 +6,9 @@
 --
 -- It raises, which fails the run, when:
 -- - decoding raises something other than an error message;
+-- - the C codec (ocap.smallcaps, which vats and the `ocap` host have) and
+--   marshal's Lua reference codec disagree on a body, in what they decode
+--   or in how they encode it again;
 -- - marshal's fast paths and its general path disagree on a body;
 -- - a decoded value does not serialize, or serializing and decoding again
 --   is not a fixed point (the value changed on the way).
@@ -43,6 +46,18 @@ return function(input)
   local m = marshal.makeMarshal(valToSlot, slotToVal)
   local ok, v = pcall(m.unserialize, { body = body, slots = slots })
   if not ok and type(v) ~= 'string' then error('unserialize raised a ' .. type(v)) end
+  local ref = marshal.reference.makeMarshal(valToSlot, slotToVal)
+  local rok, rv = pcall(ref.unserialize, { body = body, slots = slots })
+  if rok ~= ok or (not ok and rv ~= v) then
+    error(('the codec %s, the reference %s, on %q'):format(ok and 'decodes' or ('refuses: ' .. v),
+      rok and 'decodes' or ('refuses: ' .. tostring(rv)), input))
+  end
+  if ok then
+    local a, b = text(ref.serialize(v)), text(ref.serialize(rv))
+    if a ~= b then error(('the codec and the reference decode %q as %q and %q'):format(input, a, b)) end
+    local c = text(m.serialize(v))
+    if c ~= a then error(('the codec and the reference encode %q as %q and %q'):format(input, c, a)) end
+  end
   if #slots == 0 then
     -- Without slots the fast paths apply; the general path must agree.
     local gok, gv = pcall(marshal.unserializeData, { body = body, slots = {} })
