@@ -177,6 +177,27 @@ describe('a damaged database', function()
     assert.matches('(300 bytes), which is not a reference', err, 1, true)
   end)
 
+  it("keeps a vat whose id counters are garbled from running, and its data", function()
+    local db, root = made()
+    local kernel = testing.makeKernel({ database = db })
+    local vatId = kernel:getStatus().vats[1].id
+    local key = 'vs.' .. vatId .. '.idCounters'
+    local good = kernel.K:kvGet(key)
+    kernel:stop()
+    -- Unparsed, these counters restarted at 1 and handed out refs again.
+    damage(db, { [key] = '1e308 5' })
+    kernel = testing.makeKernel({ database = db })
+    local ok, err = pcall(function() return kernel:queueMessage(root, 'increment', {}):await() end)
+    assert.is_false(ok)
+    assert.matches('corrupt database: vat store key "idCounters" holds "1e308"', tostring(err), 1, true)
+    assert.equal('failed', kernel:getStatus().vats[1].state)
+    kernel.K:kvSet(key, good)
+    kernel.K:commit()
+    kernel:restartVat(vatId):await()
+    assert.equal(2, kernel:queueMessage(root, 'increment', {}):await())
+    kernel:stop()
+  end)
+
   -- LevelDB read CURRENT and the manifest to their end: a link to
   -- /dev/zero hung the open.
   local function linkToZero(db, name)

@@ -11,8 +11,7 @@ local stores = require 'ocap.stores'
 
 local M = {}
 
-local type, error, tostring, tonumber, setmetatable, pairs = type, error, tostring, tonumber,
-  setmetatable, pairs
+local type, error, tostring, setmetatable, pairs = type, error, tostring, setmetatable, pairs
 
 --- Makes the durable kit of one liveslots instance.
 ---@param syscall table the vat's syscalls
@@ -25,7 +24,7 @@ function M.make(syscall, m, ls)
   local instances = setmetatable({}, { __mode = 'v' }) -- vref -> instance
 
   local function nextId()
-    local id = tonumber(get('durable.next') or '1')
+    local id = stores.storedCount(get, 'durable.next', 1)
     set('durable.next', tostring(id + 1))
     return id
   end

@@ -143,8 +143,16 @@ function M.make(opts)
   if syscall.vatstoreGet and not opts.allocObject then
     local saved = syscall.vatstoreGet('idCounters')
     if saved then
-      local o, p = saved:match('^(%d+) (%d+)$')
-      nextObject, nextPromise = tonumber(o), tonumber(p)
+      -- Garbled counters would hand out refs again: refuse to start.
+      local o, p = saved:match('^(%S+) (%S+)$')
+      if not o then
+        error(('corrupt database: vat store key "idCounters" holds %q, which is not two counts')
+          :format(saved:sub(1, 40)), 0)
+      end
+      local function field(s)
+        return stores.storedCount(function() return s end, 'idCounters', 0)
+      end
+      nextObject, nextPromise = field(o), field(p)
       boundObject, boundPromise = nextObject, nextPromise
     end
   end

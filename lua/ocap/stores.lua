@@ -20,6 +20,28 @@ local concat = table.concat
 
 local BAGGAGE_ID = 1
 
+local COUNT_MAX = 9007199254740991 -- 2^53 - 1
+
+--- Reads a count or id the runtime keeps in the vat's store (dflt when
+--- absent). Such values are decimal integers from 0 to 2^53 - 1; anything
+--- else means the database was damaged, and the key is named rather than
+--- the value used (a garbled id counter would hand out ids again).
+---@param get fun(key: string): string|nil the vatstoreGet syscall
+---@param key string
+---@param dflt integer
+---@return integer
+function M.storedCount(get, key, dflt)
+  local v = get(key)
+  if v == nil then return dflt end
+  local n = #v <= 16 and not v:find('^0%d') and v:find('^%d+$') and math.tointeger(tonumber(v))
+  if not n or n > COUNT_MAX then
+    error(('corrupt database: vat store key %q holds %q, which is not a count (a decimal integer '
+      .. 'from 0 to 2^53 - 1)'):format(key, #v > 40 and ssub(v, 1, 40) .. '...' or v), 0)
+  end
+  return n
+end
+local storedCount = M.storedCount
+
 --- Encodes a key so that byte order sorts keys: booleans ("b"), then
 --- numbers ("n"), then remotables ("r"), then strings ("s"), each in its
 --- natural order. Numbers are their IEEE double made sortable; an integer
@@ -173,7 +195,7 @@ function M.make(syscall, m, ls)
     local prefix = 'vc.' .. id .. '.'
     local sizeKey = 'vc.' .. id .. '|size'
     local store = {}
-    local function size() return tonumber(get(sizeKey) or '0') end
+    local function size() return storedCount(get, sizeKey, 0) end
     local function keyOf(k) return prefix .. encodeKey(k) end
     function store.has(_, k)
       return get(keyOf(k)) ~= nil
@@ -249,7 +271,7 @@ function M.make(syscall, m, ls)
   function kit.makeScalarMapStore(label)
     label = label or 'mapStore'
     if type(label) ~= 'string' then error('makeScalarMapStore: label must be a string', 2) end
-    local id = tonumber(get('storeNext') or '2')
+    local id = storedCount(get, 'storeNext', 2)
     set('storeNext', tostring(id + 1))
     set('vc.' .. id .. '|label', label)
     return makeStore(id, label)
