@@ -726,6 +726,8 @@ typedef struct dec {
   const ocap_sc_slot_t *slots;
   char *scratch; /* room for the longest escaped string */
   int bang_keys;
+  const unsigned *sizes; /* of the first nsizes containers, from the scan */
+  size_t nsizes, next;   /* next: the container to open next */
 } dec_t;
 
 static void dec_ws(dec_t *d) {
@@ -832,7 +834,12 @@ static int dec_container(dec_t *d) {
   luaL_checkstack(L, 8, "smallcaps nesting");
   char close = *d->p == '[' ? ']' : '}';
   d->p++;
-  lua_newtable(L);
+  size_t k = d->next++;
+  int size = k < d->nsizes ? (int)d->sizes[k] : 0;
+  if (close == ']')
+    lua_createtable(L, size, 0);
+  else
+    lua_createtable(L, 0, size);
   int t = lua_gettop(L);
   dec_ws(d);
   if (close == ']') {
@@ -939,6 +946,8 @@ static int dec_value(dec_t *d) {
 }
 
 #define SMALL_SLOTS 8
+/* Tables made at their size: the first this many of a body. */
+#define SMALL_SIZES 256
 
 /* decode(body, slots?, slotToVal?) -> true, value | false  [-0, +(1|2), e]
  * A body whose slots are referred to needs slotToVal; without it, the
@@ -959,14 +968,15 @@ static int sc_decode(lua_State *L) {
     slots = nslots <= SMALL_SLOTS ? small : lua_newuserdatauv(L, nslots * sizeof *slots, 0);
     memset(slots, 0, nslots * sizeof *slots);
   }
-  ocap_sc_scan_t sc = {slots, slots ? nslots : 0, 0, 0, 0, NULL};
+  unsigned sizes[SMALL_SIZES];
+  ocap_sc_scan_t sc = {slots, slots ? nslots : 0, sizes, SMALL_SIZES, 0, 0, 0, 0, NULL};
   if (ocap_sc_scan(&sc, body + 1, blen - 1)) {
     lua_pushboolean(L, 0);
     return 1;
   }
   ocap_vat_charge(L, (long long)sc.values * VALUE_COST);
   luaL_checkstack(L, 8, "smallcaps");
-  dec_t d = {L, body + 1, 0, 0, 2, 3, 0, slots, NULL, sc.bang_keys};
+  dec_t d = {L, body + 1, 0, 0, 2, 3, 0, slots, NULL, sc.bang_keys, sizes, SMALL_SIZES, 0};
   lua_rawgeti(L, lua_upvalueindex(1), M_NULL);
   d.null_idx = lua_gettop(L);
   lua_rawgeti(L, lua_upvalueindex(1), M_ARRAY_MT);

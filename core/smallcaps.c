@@ -448,13 +448,17 @@ static int scan_value(scanner_t *s, int depth) {
     if (depth >= OCAP_SC_MAX_DEPTH)
       return leave(s, "nesting too deep");
     char close = c == '[' ? ']' : '}';
+    size_t k = s->sc->containers++;
+    unsigned count = 0;
     s->p++;
     skip_ws(s);
+    if (k < s->sc->nsizes)
+      s->sc->sizes[k] = 0;
     if (s->p < s->end && *s->p == close) {
       s->p++;
       return 0;
     }
-    for (;;) {
+    for (;; count++) {
       if (c == '{') {
         skip_ws(s);
         const char *k;
@@ -483,6 +487,8 @@ static int scan_value(scanner_t *s, int depth) {
       }
       if (s->p < s->end && *s->p == close) {
         s->p++;
+        if (k < s->sc->nsizes)
+          s->sc->sizes[k] = count + 1;
         return 0;
       }
       return leave(s, "expected ',' or closing bracket");

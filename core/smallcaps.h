@@ -84,7 +84,13 @@ typedef struct ocap_sc_scan {
    * when nslots is 0, and slot references are then left. */
   ocap_sc_slot_t *slots;
   size_t nslots;
+  /* Input: room for the sizes of the first nsizes arrays and records, in
+   * the order they open, so that their tables can be made at their size;
+   * sizes may be NULL. */
+  unsigned *sizes;
+  size_t nsizes;
   /* Findings. */
+  size_t containers;  /* arrays and records */
   size_t values;      /* JSON values, for charging the work */
   size_t escaped_max; /* the longest string with escapes, in body bytes */
   int bang_keys;      /* some record key starts with `!` */

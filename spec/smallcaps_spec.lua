@@ -191,7 +191,7 @@ describe('the C smallcaps codec', function()
     local lm = ref.makeMarshal(valToSlot, slotToVal)
     local INSERTS = { '"', '\\', '[', ']', '{', '}', ',', ':', '!', '#', '$', '&', '+', '-', "'", '%',
       '0', '9', '.', 'e', ' ', '\\u0000', '\\ud800', '"$0"', '"&0"', '"$0.y"', '"#undefined"', '{}',
-      '"!a":1', '"#error":"x"' }
+      '"!a":1', '"#error":"x"', '{ }' }
     for _ = 1, 3000 do
       local ok, cd = pcall(lm.serialize, randValue(0))
       local b = ok and cd.body or '#[]'

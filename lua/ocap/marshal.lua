@@ -27,6 +27,13 @@
 -- 6. cjson reads `[]` and `{}` alike; see `markEmptyRecords`, which also
 --    finds an empty object written with white space inside (`{ }`, never
 --    produced by JSON.stringify, read as a record by the C codec too).
+-- 7. The C codec (`pass.codec`, core/lsmallcaps.c) runs first wherever the
+--    Lua state has it (every vat, and hosts built with ocap). It answers
+--    nil or false for what it leaves to the Lua codec here: every error,
+--    which the Lua codec raises with its message, and rare inputs. So
+--    both give the same bodies, values and errors
+--    (spec/smallcaps_spec.lua compares them), and this Lua codec is the
+--    reference and the fallback where the C module is missing.
 
 local M = {}
 

@@ -1,0 +1,195 @@
+/*
+ * test_smallcaps.c -- unit tests for core/smallcaps.c, the text side of the
+ * C codec: numbers as JavaScript prints them, JSON strings, key order, and
+ * the scan that decides which bodies the fast decoder takes. The codec over
+ * Lua values is compared with the Lua codec in spec/smallcaps_spec.lua.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "smallcaps.h"
+
+/* Each test counts its own failures in a local `fails`. */
+#define CHECK(cond)                                                                                \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                     \
+      fails++;                                                                                     \
+    }                                                                                              \
+  } while (0)
+
+static int test_numbers(void) {
+  int fails = 0;
+  static const struct {
+    double x;
+    const char *js;
+  } cases[] = {
+      {0.1, "0.1"},
+      {0.1 + 0.2, "0.30000000000000004"},
+      {1.0 / 3, "0.3333333333333333"},
+      {123.456, "123.456"},
+      {1e21, "1e+21"},
+      {1e21 + 1e6, "1.000000000000001e+21"},
+      {1e20, "100000000000000000000"},
+      {1152921504606846976.0, "1152921504606847000"},
+      {1e-7, "1e-7"},
+      {-1.5e-7, "-1.5e-7"},
+      {0.000001, "0.000001"},
+      {1.25e-6, "0.00000125"},
+      {5e-324, "5e-324"},
+      {1.7976931348623157e308, "1.7976931348623157e+308"},
+      {3.0, "3"},
+      {-0.0, "0"},
+      {9007199254740992.0, "9007199254740992"},
+      {123e-20, "1.23e-18"},
+      {1180591620717411303424.0, "1.1805916207174113e+21"},
+      /* Powers of two whose nearest 16-digit decimal does not read back. */
+      {9.332636185032189e-302, "9.332636185032189e-302"},
+      {1.0715086071862673e+301, "1.0715086071862673e+301"},
+  };
+  char out[OCAP_SC_NUMBER_MAX];
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    size_t n = ocap_sc_format_number(cases[i].x, out);
+    if (strcmp(out, cases[i].js) != 0 || n != strlen(out)) {
+      fprintf(stderr, "format %.17g: got %s, want %s\n", cases[i].x, out, cases[i].js);
+      fails++;
+    }
+  }
+
+  long long iv;
+  double dv;
+  CHECK(ocap_sc_number("3.0", 3, &iv, &dv) == 1 && iv == 3);
+  CHECK(ocap_sc_number("-0", 2, &iv, &dv) == 1 && iv == 0);
+  CHECK(ocap_sc_number("1e2", 3, &iv, &dv) == 1 && iv == 100);
+  CHECK(ocap_sc_number("9007199254740993", 16, &iv, &dv) == 1 && iv == 9007199254740992LL);
+  CHECK(ocap_sc_number("9007199254740994", 16, &iv, &dv) == 0 && dv == 9007199254740994.0);
+  CHECK(ocap_sc_number("1e+21", 5, &iv, &dv) == 0 && dv == 1e21);
+  CHECK(ocap_sc_number("3.5", 3, &iv, &dv) == 0 && dv == 3.5);
+  ocap_sc_bigint("9223372036854775808", 19, 1, &iv);
+  CHECK(iv == (-9223372036854775807LL - 1));
+  return fails;
+}
+
+static int test_strings_and_keys(void) {
+  int fails = 0;
+  char out[64];
+  const char in[] = "a\0\x1f\x7f\"\\/\b\f\n\r\t";
+  char *e = ocap_sc_quote(in, sizeof in - 1, 1, out);
+  *e = '\0';
+  CHECK(strcmp(out, "\"a\\u0000\\u001f\x7f\\\"\\\\/\\b\\f\\n\\r\\t\"") == 0);
+  e = ocap_sc_quote("#x", 2, 1, out);
+  *e = '\0';
+  CHECK(strcmp(out, "\"!#x\"") == 0);
+  e = ocap_sc_quote("#x", 2, 0, out);
+  *e = '\0';
+  CHECK(strcmp(out, "\"#x\"") == 0);
+  e = ocap_sc_quote(".x", 2, 1, out);
+  *e = '\0';
+  CHECK(strcmp(out, "\".x\"") == 0);
+
+  size_t n = ocap_sc_unescape("a\\u00e9\\ud83d\\ude00\\n", 21, out);
+  CHECK(n == 8 && memcmp(out, "a\xc3\xa9\xf0\x9f\x98\x80\n", 8) == 0);
+
+  /* UTF-16 order: U+E000 after U+1F600, both after ASCII. */
+  CHECK(ocap_sc_key_cmp("z", 1, "\xf0\x9f\x98\x80", 4) < 0);
+  CHECK(ocap_sc_key_cmp("\xee\x80\x80", 3, "\xf0\x9f\x98\x80", 4) > 0);
+  CHECK(ocap_sc_key_cmp("a", 1, "a\0", 2) < 0);
+  CHECK(ocap_sc_key_cmp("ab", 2, "ab", 2) == 0);
+
+  unsigned long long ix;
+  CHECK(ocap_sc_index_key("0", 1, &ix) && ix == 0);
+  CHECK(ocap_sc_index_key("4294967294", 10, &ix) && ix == 4294967294ULL);
+  CHECK(!ocap_sc_index_key("4294967295", 10, &ix));
+  CHECK(!ocap_sc_index_key("01", 2, &ix));
+  CHECK(!ocap_sc_index_key("-1", 2, &ix));
+  CHECK(!ocap_sc_index_key("", 0, &ix));
+  return fails;
+}
+
+/* Scans body (with its '#') given nslots slots; returns what the scan
+ * answered, with the findings in *sc. */
+static int scan(const char *body, size_t nslots, ocap_sc_slot_t *slots, ocap_sc_scan_t *sc) {
+  memset(sc, 0, sizeof *sc);
+  memset(slots, 0, 4 * sizeof *slots);
+  sc->slots = nslots ? slots : NULL;
+  sc->nslots = nslots;
+  return ocap_sc_scan(sc, body + 1, strlen(body) - 1);
+}
+
+static int test_scan(void) {
+  int fails = 0;
+  ocap_sc_slot_t slots[4];
+  ocap_sc_scan_t sc;
+  static const char *const taken[] = {
+      "#[\"ping\",[1,-2,3.5,true,false,null]]",
+      "#{\"a\":{},\"!#b\":[[]],\"c\":\"!$\"}",
+      "#[\"#undefined\",\"#NaN\",\"#Infinity\",\"#-Infinity\",\"+9223372036854775807\"]",
+      "# [ 1 , { \"x\" : \"y\" } ] ",
+      "#\"\\u0021\\\"x\"",
+      "#{ }",
+  };
+  for (size_t i = 0; i < sizeof taken / sizeof taken[0]; i++) {
+    if (scan(taken[i], 0, slots, &sc) != 0) {
+      fprintf(stderr, "left %s: %s\n", taken[i], sc.why);
+      fails++;
+    }
+  }
+  static const char *const left[] = {
+      "#[1,",          "#[1,]",
+      "#01",           "#NaN",
+      "#\"%x\"",       "#\"'\"",
+      "#\"#foo\"",     "#{\"#tag\":1}",
+      "#{\"$0\":1}",   "#\"+9223372036854775808\"",
+      "#\"-1x\"",      "#\"\\ud800\"",
+      "#\"\\\"x\"",    "#\"$0\"",
+      "#\"\\u0024x\"", "#{\"#error\":\"x\"}",
+
+  };
+  for (size_t i = 0; i < sizeof left / sizeof left[0]; i++) {
+    if (scan(left[i], 0, slots, &sc) != OCAP_SC_LEAVE) {
+      fprintf(stderr, "took %s\n", left[i]);
+      fails++;
+    }
+  }
+
+  /* Slots: one style and one interface name each; a bare reference takes
+   * the name given anywhere in the body. */
+  CHECK(scan("#[\"$0\",\"$0.Alleged: x\",\"&1\",\"&1\"]", 2, slots, &sc) == 0);
+  CHECK(slots[0].style == 1 && slots[0].named && slots[0].ilen == 10 &&
+        memcmp(slots[0].iface, "Alleged: x", 10) == 0);
+  CHECK(slots[1].style == 2 && !slots[1].named);
+  CHECK(scan("#[\"$0\",\"&0\"]", 1, slots, &sc) == OCAP_SC_LEAVE);
+  CHECK(scan("#[\"$0.x\",\"$0.y\"]", 1, slots, &sc) == OCAP_SC_LEAVE);
+  CHECK(scan("#\"$1\"", 1, slots, &sc) == OCAP_SC_LEAVE);
+  CHECK(scan("#\"&0.x\"", 1, slots, &sc) == OCAP_SC_LEAVE);
+
+  /* Nesting: 1000 levels are taken, 1001 are left. */
+  static char deep[2 * 1001 + 2];
+  deep[0] = '#';
+  for (int d = 1000; d <= 1001; d++) {
+    memset(deep + 1, '[', (size_t)d);
+    memset(deep + 1 + d, ']', (size_t)d);
+    deep[1 + 2 * d] = '\0';
+    CHECK(scan(deep, 0, slots, &sc) == (d <= 1000 ? 0 : OCAP_SC_LEAVE));
+  }
+
+  /* Container sizes, in the order they open. */
+  unsigned sizes[4];
+  memset(&sc, 0, sizeof sc);
+  sc.sizes = sizes;
+  sc.nsizes = 4;
+  const char *b = "[[],{\"a\":1,\"b\":[1,2,3]},4]";
+  CHECK(ocap_sc_scan(&sc, b, strlen(b)) == 0);
+  CHECK(sc.containers == 4 && sizes[0] == 3 && sizes[1] == 0 && sizes[2] == 2 && sizes[3] == 3);
+  return fails;
+}
+
+int main(void) {
+  int fails = test_numbers() + test_strings_and_keys() + test_scan();
+  if (fails) {
+    fprintf(stderr, "test_smallcaps: %d failures\n", fails);
+    return 1;
+  }
+  printf("test_smallcaps: ok\n");
+  return 0;
+}
