@@ -1533,11 +1533,12 @@ static int vat_setup(lua_State *L) {
   };
 
   /*
-   * The libraries are opened the usual way, which leaves the originals in
-   * the registry's _LOADED table, where only C code can see them (Lua uses
-   * them there to name functions in tracebacks). The package library is
-   * never opened. The base library writes itself into the initial globals
-   * table, which is replaced below and so becomes unreachable from Lua.
+   * The libraries are opened the usual way and copied; the registry's
+   * _LOADED table, where only C code can see it (Lua reads it to name
+   * functions in tracebacks), then names the copies, so the originals
+   * become garbage. The package library is never opened. The base library
+   * writes itself into the initial globals table, which is replaced below
+   * and so becomes unreachable.
    */
   luaL_requiref(L, LUA_GNAME, luaopen_base, 0); /* 1: the initial globals */
   lua_newtable(L);                              /* 2: the sandbox globals */
@@ -1578,6 +1579,19 @@ static int vat_setup(lua_State *L) {
     lua_pop(L, 1);
   }
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_LOADED);
+  /*
+   * The originals are not needed once copied, and every vat would carry
+   * them: _LOADED names the copies instead, which is all tracebacks read
+   * it for, and the initial globals go with it.
+   */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  for (size_t k = 0; k < sizeof libs / sizeof libs[0]; k++) {
+    lua_getfield(L, 2, libs[k].name);
+    lua_setfield(L, -2, libs[k].name);
+  }
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, LUA_GNAME);
+  lua_pop(L, 1);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
   lua_pushliteral(L, "vat exceeded its instruction budget");
@@ -1631,6 +1645,10 @@ int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
     ocap_vat_free(v);
     return OCAP_ENOMEM;
   }
+  /* The library tables vat_setup copied from are garbage now: collecting
+   * them while the heap is this small costs next to nothing, whereas a
+   * generational collector would keep them once they are old. */
+  lua_gc(L, LUA_GCCOLLECT, 0);
   /* Every thread created from now on copies this hook from its creator. */
   lua_sethook(L, vat_hook, LUA_MASKCOUNT, OCAP_VAT_GRANULE);
   *out = v;
