@@ -11,15 +11,15 @@ local durable = require 'ocap.durable'
 
 local M = {}
 
-local type, error, pcall, xpcall, select, tostring, setmetatable, rawequal =
-  type, error, pcall, xpcall, select, tostring, setmetatable, rawequal
+local type, error, pcall, xpcall, select, tostring, setmetatable, rawequal, rawset =
+  type, error, pcall, xpcall, select, tostring, setmetatable, rawequal, rawset
 local unpack, pack = table.unpack, table.pack
 local sfind, ssub = string.find, string.sub
 local makePromise, resolvePromise, rejectPromise = promise.makePromise, promise.resolvePromise,
   promise.rejectPromise
 local onSettle, pstate, drain = promise.onSettle, promise.state, promise.drain
 local call, settled, hasTurns = promise.call, promise.settled, promise.hasTurns
-local settleAndResume = promise.settleAndResume
+local settleAndResume, isOurPromise = promise.settleAndResume, promise.isPromise
 local isPromise, remotableIface = pass.isPromise, pass.remotableIface
 local kernelErrorCode = pass.kernelErrorCode
 local function ignore() end
@@ -138,6 +138,7 @@ function M.make(opts)
   -- steps of RESERVE at the end of a delivery that passed it; a restarted
   -- vat starts from the bound, skipping numbers never used.
   local RESERVE = 1024
+  local counting = not opts.allocObject
   local nextObject, nextPromise = 1, 1
   local boundObject, boundPromise = 1, 1
   if syscall.vatstoreGet and not opts.allocObject then
@@ -280,7 +281,11 @@ function M.make(opts)
     syscall.send(vref, cd.body, cd.slots, resultVpid)
     if resultVpid then
       -- The kernel subscribes the sender to its result (kernel.h).
-      return trackPromise(resultVpid)
+      local p = makePromise()
+      pending[resultVpid] = p
+      promiseLs[p] = ls
+      promiseVpid[p] = resultVpid
+      return p
     end
   end
   ls.sendTo = sendTo
@@ -362,8 +367,8 @@ function M.make(opts)
       return
     end
     local method, args = methargs[1], methargs[2] or {}
-    local done, ok2, r = call(invoke, target, method, args)
-    if done and not hasTurns() and not isPromise(r) then
+    local done, ok2, r = call(method == 'bootstrap' and invoke or callMethod, target, method, args)
+    if done and not hasTurns() and not isOurPromise(r) then
       -- The method ended without awaiting and queued no turn: settling the
       -- result now is what the turn below would do first.
       if resultVpid then settleResult(resultVpid, ok2, r) end
@@ -379,6 +384,17 @@ function M.make(opts)
 
   local function deliverNotify(resolutions)
     local n = #resolutions
+    if n == 1 then
+      -- The common case: one result, which the coroutine awaiting it
+      -- usually takes at once (settleAndResume).
+      local r = resolutions[1]
+      local vpid = r[1]
+      local p = pending[vpid] or trackPromise(vpid)
+      local ok, v = pcall(decode, m.unserialize, { body = r[3], slots = r[4] })
+      pending[vpid] = nil
+      if not ok then return settleAndResume(p, false, normalizeError(v)) end
+      return settleAndResume(p, not r[2], v)
+    end
     -- Every promise is known before any value is decoded: a value may
     -- name another promise of the same notify.
     for i = 1, n do trackPromise(resolutions[i][1]) end
@@ -406,13 +422,13 @@ function M.make(opts)
       deliverNotify(a)
     elseif kind == 'startVat' then
       local ok, err = ls.startVat(a, b)
-      if ok and not opts.allocObject then saveCounters() end
+      if ok and counting then saveCounters() end
       return ok, err
     else
       error('unknown delivery ' .. tostring(kind))
     end
     drain()
-    if not opts.allocObject then saveCounters() end
+    if counting and (nextObject >= boundObject or nextPromise >= boundPromise) then saveCounters() end
   end
   ls.saveCounters = saveCounters
 
@@ -461,13 +477,12 @@ local function eventualSend(target, method, args, wantResult)
 end
 
 local function makeProxy(target, wantResult)
-  local cache = {}
   local proxy
   proxy = setmetatable({}, {
+    -- Each method's sender is made once and kept in the proxy itself, so
+    -- that later sends find it without calling this.
     __index = function(_, method)
-      local f = cache[method]
-      if f then return f end
-      f = function(...)
+      local f = function(...)
         local args
         if rawequal((...), proxy) then
           args = pack(select(2, ...))
@@ -476,7 +491,7 @@ local function makeProxy(target, wantResult)
         end
         return eventualSend(target, method, args, wantResult)
       end
-      cache[method] = f
+      rawset(proxy, method, f)
       return f
     end,
     __newindex = function() error('E proxy is read-only', 2) end,

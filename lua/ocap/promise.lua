@@ -591,11 +591,16 @@ end
 function M.settleAndResume(p, ok, v)
   if p[L] then return end
   p[L] = true
-  if count == 0 and p[RA] == AWAIT and not p[RX] and p[S] == PENDING
-    and (not ok or getmetatable(v) ~= Promise) then
+  if count == 0 and p[RA] == AWAIT and not p[RX] and p[S] == PENDING then
+    if not ok then
+      p[S], p[V] = REJECTED, v
+    elseif getmetatable(v) ~= Promise then
+      p[S], p[V] = FULFILLED, v
+    else
+      return resolveNow(p, v)
+    end
     local co = p[RB]
-    p[S], p[V] = ok and FULFILLED or REJECTED, v
-    p[RA], p[RB], p[RC] = false, nil, nil
+    p[RA], p[RB] = false, nil
     return resumeJob(co)
   end
   if ok then resolveNow(p, v) else rejectNow(p, v) end
