@@ -30,6 +30,16 @@ describe('an idle vat', function()
     assert.is_true(bytes < IDLE_BOUND, ('an idle vat holds %d bytes'):format(bytes))
   end)
 
+  it('gets its logger on first touch', function()
+    local root = launchIdle()
+    assert.is_true(kernel:queueMessage(root, 'log', { 'hello' }):await())
+    local got = {}
+    for _, e in ipairs(kernel.logs()) do
+      if e.message == 'hello' then got[#got + 1] = e.level .. ' ' .. table.concat(e.tags, ',') end
+    end
+    assert.same({ 'log ', 'warn sub' }, got)
+  end)
+
   it('gets exo classes and guards on first touch', function()
     local root = launchIdle()
     assert.same({ 7, false }, kernel:queueMessage(root, 'exoClass', { 5 }):await())

@@ -4,10 +4,19 @@ local liveslots = require 'ocap.liveslots'
 local promise = require 'ocap.promise'
 local pass = require 'ocap.pass'
 local marshal = require 'ocap.marshal'
-local logger = require 'ocap.logger'
 local api = require 'ocap.api'
 
 local M = {}
+
+-- Captured before any vat code runs, so that a vat which replaces its
+-- global require cannot change what the lazy logger below loads.
+local require, rawset, setmetatable = require, rawset, setmetatable
+
+--- A logger whose entries go to emit. ocap.logger loads on the first one
+--- a vat asks for: a vat that never logs does not carry the module.
+local function makeLogger(emit, vatId)
+  return require('ocap.logger').make(emit, {}, vatId)
+end
 
 local function plainData(v, seen)
   -- Log data may hold anything; make it passable by stringifying the rest.
@@ -91,8 +100,8 @@ function M.boot(syscall, info)
       return false, ('vat %q does not return a table with buildRootObject'):format(name)
     end
     local params = marshal.unserializeData({ body = paramsBody, slots = {} })
-    local vatPowers = {
-      logger = logger.make(emit, {}, vatId),
+    -- vatPowers.logger is made on first use (makeLogger).
+    local vatPowers = setmetatable({
       exitVat = function(value)
         local cd = ls.marshal.serialize(value)
         syscall.exit(false, cd.body)
@@ -101,7 +110,14 @@ function M.boot(syscall, info)
         local cd = ls.marshal.serialize(liveslots.normalizeError(reason))
         syscall.exit(true, cd.body)
       end,
-    }
+    }, {
+      __index = function(powers, k)
+        if k ~= 'logger' then return nil end
+        local l = makeLogger(emit, vatId)
+        rawset(powers, 'logger', l)
+        return l
+      end,
+    })
     local baggage = ls.stores.baggage()
     local p = promise.spawn(mod.buildRootObject, vatPowers, params, baggage)
     promise.drain()
@@ -122,11 +138,12 @@ function M.boot(syscall, info)
   -- Endowments a vat may ask for (VatConfig.globals); the kernel installs
   -- the requested ones as globals.
   local endow = {}
-  local vatLogger = logger.make(emit, {}, vatId)
+  local vatLogger
   function endow.print(...)
     local n = select('#', ...)
     local parts = {}
     for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    vatLogger = vatLogger or makeLogger(emit, vatId)
     vatLogger:log(table.concat(parts, '\t'))
   end
   local timers, nextTimer = {}, 1

@@ -5,9 +5,15 @@ local ocap = require 'ocap'
 
 local MOD = {}
 
-function MOD.buildRootObject(_vatPowers, _parameters, baggage)
+function MOD.buildRootObject(vatPowers, _parameters, baggage)
   return ocap.makeDefaultExo('idle', {
     ping = function(_, x) return x end,
+    -- The vat's logger, and a sub-logger with a tag.
+    log = function(_, message)
+      vatPowers.logger:log(message)
+      vatPowers.logger:subLogger({ tags = { 'sub' } }):warn(message)
+      return vatPowers.logger == vatPowers.logger
+    end,
     -- An exo class with an interface guard (ocap.M, ocap.defineExoClass).
     exoClass = function(_, n)
       local M = ocap.M
