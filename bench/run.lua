@@ -285,3 +285,41 @@ scenario('smallcaps: a record of 1,000 entries', function(name)
     return rec, function(m, v) return m.serialize(v) end, 200
   end)
 end)
+
+-- Arming timers: a vat arms n timers in one delivery (far in the future,
+-- so none fires). The time per timer must stay flat as n grows.
+local function armTimers(name, n)
+  local kernel = testing.makeKernel()
+  local r = kernel:launchSubcluster({ bootstrap = 'b', vats = { b = {
+    sourceSpec = 'spec/vats/budget.lua', globals = { 'setTimeout', 'clearTimeout' },
+    creationOptions = { maxTimers = n, meter = { instructions = 1e10 } } } } }):await()
+  local t0 = now()
+  assert(kernel:queueMessage(r.rootKref, 'armTimers', { n }):await().armed == n)
+  local dt = now() - t0
+  report(name, dt / n * 1e9, 'ns per timer', ('%d in %.3f s'):format(n, dt))
+  kernel:stop()
+end
+
+for _, n in ipairs({ 1000, 10000, 50000 }) do
+  scenario(('arm %d timers in one delivery'):format(n), function(name) armTimers(name, n) end)
+end
+
+-- One notify telling n promises: a vat's method returns n promises that
+-- are settled by the time its result is, so the caller learns all of them
+-- in one notify delivery. The time per promise must stay flat.
+local function notifyPromises(name, n)
+  local kernel = testing.makeKernel()
+  local r = kernel:launchSubcluster({ bootstrap = 'a', vats = {
+    a = { sourceSpec = 'spec/vats/budget.lua', creationOptions = { meter = { instructions = 1e10 } } },
+    b = { sourceSpec = 'spec/vats/budget.lua',
+      creationOptions = { meter = { instructions = 1e10 }, maxMessageSlots = n } } } }):await()
+  local t0 = now()
+  assert(kernel:queueMessage(r.rootKref, 'sumPromises', { 'b', n }):await() == n * (n + 1) // 2)
+  local dt = now() - t0
+  report(name, dt / n * 1e9, 'ns per promise', ('%d in %.3f s'):format(n, dt))
+  kernel:stop()
+end
+
+for _, n in ipairs({ 1000, 10000, 30000 }) do
+  scenario(('one notify telling %d promises'):format(n), function(name) notifyPromises(name, n) end)
+end

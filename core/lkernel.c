@@ -48,6 +48,17 @@ typedef struct lkernel lkernel_t;
 typedef struct vtimer vtimer_t;
 
 /*
+ * A vat's live timers by id: open addressing with linear probing, a power
+ * of two slots at most half full, so arming, stopping and firing a timer
+ * cost the same however many the vat has (a list made arming n timers
+ * quadratic).
+ */
+typedef struct vtimers {
+  vtimer_t **slot; /* NULL marks a free slot */
+  size_t cap, n;
+} vtimers_t;
+
+/*
  * What a vat may cost the kernel (creationOptions; docs/security.md). The
  * vat's Lua state is bounded by its own memory and meter; these bound what
  * it makes the kernel hold on its behalf: messages, log entries, timers.
@@ -86,7 +97,7 @@ typedef struct runtime {
 typedef struct lvat {
   char id[OCAP_REF_MAX];
   unsigned long long num; /* N of the id "v<N>" */
-  vtimer_t *timers;       /* The vat's live libuv timers. */
+  vtimers_t timers;       /* The vat's live libuv timers. */
   ocap_vat_t *vat;        /* It is NULL while the vat is not live. */
   int dispatch_ref;       /* Liveslots' dispatch, in the vat's registry. */
   int fatal;              /* An illegal syscall sets it, as an ocap fatal code. */
@@ -107,7 +118,6 @@ struct vtimer {
   uv_timer_t handle;
   long long id;
   lvat_t *rec;
-  vtimer_t *next;
 };
 
 /* A timer that fired and waits for its crank. Timers only queue firings,
@@ -117,10 +127,13 @@ typedef struct firing {
   long long id;
 } firing_t;
 
+/* Firings wait in fired[head..n), taken from the front in O(1); the array
+ * is compacted only when it must grow. */
+
 struct lkernel {
   uv_loop_t loop;
   firing_t *fired;
-  size_t nfired, capfired;
+  size_t headfired, nfired, capfired;
   ocap_store_t *s;
   ocap_kernel_t *k;
   lua_State *L; /* The host thread driving the kernel right now. */
@@ -238,13 +251,76 @@ static void timer_closed(uv_handle_t *h) {
   free(h->data);
 }
 
-static void stop_timers(lvat_t *rec) {
-  for (vtimer_t *t = rec->timers, *next; t; t = next) {
-    next = t->next;
-    uv_timer_stop(&t->handle);
-    uv_close((uv_handle_t *)&t->handle, timer_closed);
+static size_t timer_hash(long long id, size_t cap) {
+  return (size_t)(((unsigned long long)id * 0x9E3779B97F4A7C15ULL) >> 32) & (cap - 1);
+}
+
+/* The slot of timer id in ts: the one holding it, or the free slot where
+ * it would go. ts must have a slot. */
+static vtimer_t **timer_slot(vtimers_t *ts, long long id) {
+  size_t i = timer_hash(id, ts->cap);
+  while (ts->slot[i] && ts->slot[i]->id != id)
+    i = (i + 1) & (ts->cap - 1);
+  return &ts->slot[i];
+}
+
+static vtimer_t *timer_find(vtimers_t *ts, long long id) {
+  return ts->cap ? *timer_slot(ts, id) : NULL;
+}
+
+/* Adds t, whose id is not in ts. Returns 0 or OCAP_ENOMEM. */
+static int timer_add(vtimers_t *ts, vtimer_t *t) {
+  if (2 * (ts->n + 1) > ts->cap) {
+    vtimers_t bigger = {calloc(ts->cap ? 2 * ts->cap : 16, sizeof(vtimer_t *)), 0, 0};
+    if (!bigger.slot)
+      return OCAP_ENOMEM;
+    bigger.cap = ts->cap ? 2 * ts->cap : 16;
+    for (size_t i = 0; i < ts->cap; i++)
+      if (ts->slot[i])
+        *timer_slot(&bigger, ts->slot[i]->id) = ts->slot[i];
+    bigger.n = ts->n;
+    free(ts->slot);
+    *ts = bigger;
   }
-  rec->timers = NULL;
+  *timer_slot(ts, t->id) = t;
+  ts->n++;
+  return 0;
+}
+
+/* Removes timer id from ts, moving back the entries of its probe run so
+ * that every entry stays reachable from its hash slot. */
+static void timer_remove(vtimers_t *ts, long long id) {
+  if (!ts->cap)
+    return;
+  vtimer_t **hole = timer_slot(ts, id);
+  if (!*hole)
+    return;
+  *hole = NULL;
+  ts->n--;
+  size_t mask = ts->cap - 1, h = (size_t)(hole - ts->slot);
+  for (size_t i = (h + 1) & mask; ts->slot[i]; i = (i + 1) & mask) {
+    size_t home = timer_hash(ts->slot[i]->id, ts->cap);
+    /* The entry may fill the hole when its home is not in (h, i]. */
+    if (((i - home) & mask) >= ((i - h) & mask)) {
+      ts->slot[h] = ts->slot[i];
+      ts->slot[i] = NULL;
+      h = i;
+    }
+  }
+}
+
+/* Stops and closes a timer's handle; libuv frees it in timer_closed. */
+static void timer_close(vtimer_t *t) {
+  uv_timer_stop(&t->handle);
+  uv_close((uv_handle_t *)&t->handle, timer_closed);
+}
+
+static void stop_timers(lvat_t *rec) {
+  for (size_t i = 0; i < rec->timers.cap; i++)
+    if (rec->timers.slot[i])
+      timer_close(rec->timers.slot[i]);
+  free(rec->timers.slot);
+  memset(&rec->timers, 0, sizeof rec->timers);
 }
 
 static void stop_vat(lvat_t *rec) {
@@ -715,44 +791,69 @@ static int sys_log(lua_State *V) {
   return 0;
 }
 
+/* Queues a firing for its crank. A one-shot timer is done once it fired,
+ * so it is closed and stops counting against the vat's maxTimers. */
 static void timer_fired(uv_timer_t *h) {
   vtimer_t *t = h->data;
-  lkernel_t *lk = t->rec->lk;
+  lvat_t *rec = t->rec;
+  lkernel_t *lk = rec->lk;
+  if (lk->nfired == lk->capfired && lk->headfired > 0) {
+    lk->nfired -= lk->headfired;
+    memmove(lk->fired, lk->fired + lk->headfired, lk->nfired * sizeof *lk->fired);
+    lk->headfired = 0;
+  }
   if (lk->nfired == lk->capfired) {
     size_t cap = lk->capfired ? lk->capfired * 2 : 16;
     firing_t *f = realloc(lk->fired, cap * sizeof *f);
-    if (!f)
-      return; /* dropping a tick beats crashing the kernel */
-    lk->fired = f;
-    lk->capfired = cap;
+    if (f) {
+      lk->fired = f;
+      lk->capfired = cap;
+    }
   }
-  firing_t *f = &lk->fired[lk->nfired++];
-  snprintf(f->vat, sizeof f->vat, "%s", t->rec->id);
-  f->id = t->id;
+  /* Without room, dropping a tick beats crashing the kernel. */
+  if (lk->nfired < lk->capfired) {
+    firing_t *f = &lk->fired[lk->nfired++];
+    snprintf(f->vat, sizeof f->vat, "%s", rec->id);
+    f->id = t->id;
+  }
+  if (uv_timer_get_repeat(h) == 0) {
+    timer_remove(&rec->timers, t->id);
+    timer_close(t);
+  }
 }
 
 /* timerStart(id, ms, repeatMs?)  [-0, +0, e]
  * Restarting an existing id reuses its handle, so a vat cannot pile up
- * timers by restarting one. */
+ * timers by restarting one; a new one over the vat's maxTimers raises an
+ * ordinary error. */
 static int sys_timer_start(lua_State *V) {
   lvat_t *rec = sysvat(V);
   lua_Integer id = luaL_checkinteger(V, 1);
   lua_Number ms = luaL_checknumber(V, 2), rep = luaL_optnumber(V, 3, 0);
-  vtimer_t *t;
-  for (t = rec->timers; t && t->id != id; t = t->next)
-    ;
+  /* Beyond 2^53 ms (285,000 years) is forever; the cast must not overflow. */
+  const lua_Number far = 9007199254740992.0;
+  uint64_t due = ms > 0 ? (uint64_t)(ms < far ? ms : far) : 0;
+  uint64_t every = rep > 0 ? (uint64_t)(rep < far ? rep : far) : 0;
+  vtimer_t *t = timer_find(&rec->timers, id);
   if (!t) {
+    if ((lua_Integer)rec->timers.n >= rec->budget.timers) {
+      lua_pushfstring(V, "too many live timers: this vat's limit is %I (maxTimers)",
+                      (LUAI_UACINT)rec->budget.timers);
+      return lua_error(V);
+    }
     t = calloc(1, sizeof *t);
     if (!t)
       return luaL_error(V, "out of memory");
-    uv_timer_init(&rec->lk->loop, &t->handle);
-    t->handle.data = t;
     t->id = id;
     t->rec = rec;
-    t->next = rec->timers;
-    rec->timers = t;
+    if (timer_add(&rec->timers, t)) {
+      free(t);
+      return luaL_error(V, "out of memory");
+    }
+    uv_timer_init(&rec->lk->loop, &t->handle);
+    t->handle.data = t;
   }
-  uv_timer_start(&t->handle, timer_fired, ms > 0 ? (uint64_t)ms : 0, rep > 0 ? (uint64_t)rep : 0);
+  uv_timer_start(&t->handle, timer_fired, due, every);
   return 0;
 }
 
@@ -760,14 +861,10 @@ static int sys_timer_start(lua_State *V) {
 static int sys_timer_stop(lua_State *V) {
   lvat_t *rec = sysvat(V);
   lua_Integer id = luaL_checkinteger(V, 1);
-  for (vtimer_t **pp = &rec->timers; *pp; pp = &(*pp)->next) {
-    vtimer_t *t = *pp;
-    if (t->id == id) {
-      *pp = t->next;
-      uv_timer_stop(&t->handle);
-      uv_close((uv_handle_t *)&t->handle, timer_closed);
-      break;
-    }
+  vtimer_t *t = timer_find(&rec->timers, id);
+  if (t) {
+    timer_remove(&rec->timers, id);
+    timer_close(t);
   }
   return 0;
 }
@@ -1476,9 +1573,9 @@ static void finish_exits(lua_State *L, lkernel_t *lk) {
 /* [-0, +0] Delivers the oldest timer firing as a crank of its own, so a
  * timer's work commits or rolls back like a message's. */
 static int timer_crank(lkernel_t *lk) {
-  firing_t f = lk->fired[0];
-  memmove(lk->fired, lk->fired + 1, (lk->nfired - 1) * sizeof *lk->fired);
-  lk->nfired--;
+  firing_t f = lk->fired[lk->headfired++];
+  if (lk->headfired == lk->nfired)
+    lk->headfired = lk->nfired = 0;
   lvat_t *rec = find_vat(lk, f.vat);
   if (!rec || !rec->vat)
     return 1;

@@ -305,4 +305,51 @@ return M
       assert.is_false(support.isLive(kernel, vatId))
     end)
   end)
+
+  describe('timers', function()
+    local function launch(creationOptions)
+      local r = kernel:launchSubcluster({
+        bootstrap = 'b',
+        vats = { b = { sourceSpec = BUDGET, globals = { 'setTimeout', 'clearTimeout' },
+          creationOptions = creationOptions } },
+      }):await()
+      return r.rootKref, kernel:getSubcluster(r.subclusterId).vats.b
+    end
+
+    it('a vat may have at most maxTimers live timers; cleared and fired ones do not count', function()
+      local b, vatId = launch({ maxTimers = 5 })
+      local res = kernel:queueMessage(b, 'armTimers', { 7 }):await()
+      assert.equal(5, res.armed)
+      assert.equal("too many live timers: this vat's limit is 5 (maxTimers)", res.err)
+      assert.is_true(support.isLive(kernel, vatId))
+      -- Clearing two makes room for two.
+      kernel:queueMessage(b, 'clearTimer', { 1 }):await()
+      kernel:queueMessage(b, 'clearTimer', { 2 }):await()
+      local more = kernel:queueMessage(b, 'armTimers', { 3 }):await()
+      assert.equal(2, more.armed)
+      for _, id in ipairs({ 3, 4, 5, more.ids[1], more.ids[2] }) do
+        kernel:queueMessage(b, 'clearTimer', { id }):await()
+      end
+      -- One-shot timers that fired are released: 3 rounds of 5.
+      for _ = 1, 3 do assert.equal(5, kernel:queueMessage(b, 'fireTimers', { 5 }):await()) end
+    end)
+
+    it('has a default of 1000 live timers', function()
+      local b = launch(nil)
+      local res = kernel:queueMessage(b, 'armTimers', { 1001 }):await()
+      assert.equal(1000, res.armed)
+      assert.matches('limit is 1000 %(maxTimers%)', res.err)
+    end)
+  end)
+
+  describe('a notify', function()
+    it('tells thousands of promises in one delivery, each once', function()
+      local r = kernel:launchSubcluster({
+        bootstrap = 'a', vats = { a = { sourceSpec = BUDGET }, b = { sourceSpec = BUDGET } },
+      }):await()
+      local n = 3000
+      assert.equal(n * (n + 1) // 2, kernel:queueMessage(r.rootKref, 'sumPromises', { 'b', n }):await())
+      assert.equal(0, kernel:stats().queue)
+    end)
+  end)
 end)

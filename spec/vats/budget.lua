@@ -1,5 +1,6 @@
 -- A vat that spends kernel-side resources on demand: big messages, many
 -- timers, log entries, and records that are costly to decode.
+-- luacheck: read globals setTimeout clearTimeout
 local ocap = require 'ocap'
 local E = ocap.E
 
@@ -63,6 +64,42 @@ function M.buildRootObject(vatPowers, parameters, baggage)
       local s = string.rep('l', bytes)
       for _ = 1, count do log:log(s) end
       return count
+    end,
+    -- Arms n timers far in the future; returns their ids, or the error
+    -- that stopped it and how many were armed.
+    armTimers = function(_, n)
+      local ids = {}
+      for i = 1, n do
+        local ok, id = pcall(setTimeout, function() end, 1e9)
+        if not ok then return { armed = i - 1, err = id, ids = ids } end
+        ids[i] = id
+      end
+      return { armed = n, ids = ids }
+    end,
+    clearTimer = function(_, id) clearTimeout(id) end,
+    -- Arms n one-shot timers due at once; the promise settles once all fired.
+    fireTimers = function(_, n)
+      local kit, fired = ocap.makePromiseKit(), 0
+      for _ = 1, n do
+        setTimeout(function()
+          fired = fired + 1
+          if fired == n then kit.resolve(fired) end
+        end, 0)
+      end
+      return kit.promise
+    end,
+    -- n promises, settled by the time the result is: the asker learns
+    -- them all in the notify of the result.
+    promiseList = function(_, n)
+      local list = {}
+      for i = 1, n do list[i] = ocap.Promise.resolve(i) end
+      return list
+    end,
+    sumPromises = function(_, name, n)
+      local list = E(peers[name]).promiseList(n):await()
+      local sum = 0
+      for i = 1, #list do sum = sum + list[i]:await() end
+      return sum
     end,
     spin = function(_, n)
       local x = 0
