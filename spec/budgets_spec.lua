@@ -225,7 +225,7 @@ describe('budgets', function()
   end)
 
   describe('log entries from vats', function()
-    local loggerMod = require 'ocap.logger'
+    local logview = require 'ocap.logview'
 
     local function launch(creationOptions)
       local r = kernel:launchSubcluster({
@@ -247,7 +247,7 @@ describe('budgets', function()
         { trace = 'one\n[error] two' } }):await()
       local e = lastEntry(vatId)
       assert.equal('ok\\n[error] kernel [kernel] forged\\r\\x1b[2K', e.message)
-      local line = loggerMod.format(e)
+      local line = logview.format(e)
       -- A multi-line datum (a traceback) keeps its lines, indented.
       assert.equal(('[log] %s ok\\n[error] kernel [kernel] forged\\r\\x1b[2K data\\nline {trace = \n'
         .. '    one\n    [error] two}'):format(vatId), line)
@@ -265,7 +265,7 @@ describe('budgets', function()
       kernel:queueMessage(b, 'logMany', { 100 }):await()
       local e = lastEntry(vatId)
       assert.equal('many', e.message)
-      assert.equal(loggerMod.MAX_FIELDS, e.data.n)
+      assert.equal(logview.MAX_FIELDS, e.data.n)
     end)
 
     it('never hand the host a count it did not check', function()
@@ -289,7 +289,7 @@ return M
       assert.equal('count', got[1].message)
       assert.equal(0, got[1].data.n)
       assert.same({ 'a', 'b' }, got[1].tags)
-      assert.equal('[warn] v1 [a,b] count', loggerMod.format(got[1]))
+      assert.equal('[warn] v1 [a,b] count', logview.format(got[1]))
       assert.equal('(a table, not a message)', got[2].message)
       assert.same({}, got[2].tags)
       assert.equal(2, got[2].data.n)

@@ -6,7 +6,7 @@ local promise = require 'ocap.promise'
 local pass = require 'ocap.pass'
 local marshal = require 'ocap.marshal'
 local liveslots = require 'ocap.liveslots'
-local loggerMod = require 'ocap.logger'
+local logview = require 'ocap.logview'
 local config = require 'ocap.config'
 local system = require 'ocap.system'
 
@@ -151,7 +151,7 @@ function M.make(options)
     K = K,
     options = options,
     baseDir = options.baseDir or '.',
-    logger = options.logger or loggerMod.default(),
+    logger = options.logger or logview.default(),
     durability = options.durability or 'none',
     services = {},
     failing = {}, -- vatId -> why it failed to restart, until recorded
@@ -206,7 +206,7 @@ function M.make(options)
     -- sees it.
     local ok, fields = pcall(decode, payload)
     if not ok then fields = { message = payload } end
-    self.logger(loggerMod.fromVat(vatId, level, fields))
+    self.logger(logview.fromVat(vatId, level, fields))
   end)
   liveKernels[self] = true
   -- Anything failing from here on must not leave the database open.

@@ -1,6 +1,6 @@
 --- Helpers for busted specs that drive real kernels (docs/api.md §9).
 local Kernel = require 'ocap.kernel'
-local loggerMod = require 'ocap.logger'
+local logview = require 'ocap.logview'
 
 local M = {}
 
@@ -102,7 +102,7 @@ local RANK = { debug = 1, log = 2, warn = 3, error = 4, none = 5 }
 local function capturedLogs()
   -- The default logger's threshold ($OCAP_LOG) applies here too: the
   -- tracebacks at debug level are one OCAP_LOG=debug away.
-  local min = RANK[loggerMod.threshold()]
+  local min = RANK[logview.threshold()]
   local kernels = {}
   for kernel in pairs(made) do kernels[#kernels + 1] = kernel end
   table.sort(kernels, function(a, b) return tostring(a) < tostring(b) end)
@@ -116,7 +116,7 @@ local function capturedLogs()
       local first = math.max(1, #shown - LOG_TAIL + 1)
       out[#out + 1] = ('\n\nocap.testing: log of a kernel of this test (%d entries%s):'):format(
         #shown, first > 1 and (', the last %d'):format(LOG_TAIL) or '')
-      for i = first, #shown do out[#out + 1] = '\n  ' .. loggerMod.format(shown[i]) end
+      for i = first, #shown do out[#out + 1] = '\n  ' .. logview.format(shown[i]) end
     end
   end
   return table.concat(out)
