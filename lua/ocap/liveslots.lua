@@ -420,6 +420,8 @@ function M.make(opts)
       deliverMessage(a, b, c, d)
     elseif kind == 'notify' then
       deliverNotify(a)
+    elseif kind == 'timer' and ls.onTimer then
+      return ls.onTimer(a)
     elseif kind == 'startVat' then
       local ok, err = ls.startVat(a, b)
       if ok and counting then saveCounters() end
