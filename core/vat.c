@@ -2,13 +2,15 @@
  * vat.c -- a vat's Lua state: sandbox, memory budget, instruction meter, and
  * the one protected call path through which the kernel enters it.
  *
- * Three mechanisms keep untrusted code in its box, and each one covers a gap
+ * Four mechanisms keep untrusted code in its box, and each one covers a gap
  * left by the others:
  *
  *  - The allocator charges every byte to the vat. A refused allocation makes
  *    Lua run an emergency collection and ask again; only when that second
  *    request is refused too does the vat become fatally out of memory, so a
- *    program that merely carries garbage near its limit survives.
+ *    program that merely carries garbage near its limit survives. Emergency
+ *    collections that come too often (a heap kept just under the limit)
+ *    are charged to the meter.
  *  - A count hook charges instructions. It is set on the main thread when
  *    the state is created, and Lua copies a thread's hook into every thread
  *    it creates, so all coroutines are metered. Once the vat is marked
@@ -16,18 +18,19 @@
  *    of whatever thread it lands on and raises each time, so no `pcall`,
  *    `xpcall` or `coroutine.resume` inside the vat can swallow the failure.
  *  - The count hook has blind spots, and the sandbox replaces the library
- *    functions that reach into them: C functions whose loops are not
- *    bounded by the memory they allocate (`string.rep` of empty strings,
- *    `table.move` and `table.insert` over huge ranges, ...) charge the meter
- *    up front; `pcall`, `xpcall` and coroutine creation charge for the C
- *    work and the unused granule they stand for; and no vat code ever runs
- *    where Lua has switched hooks off: `__gc` metamethods are refused, and
- *    once the vat is fatal `xpcall` no longer calls the vat's handler and
- *    coroutines can no longer be closed (their `__close` metamethods would
- *    run unhooked).
- *
- * Lua's pattern functions are replaced by lmatch.c's, which charge the
- * meter for every matching step.
+ *    functions that reach into them: every C function whose work grows
+ *    with its input charges for that work (the table under "Charges for
+ *    the rest of the library" lists them all), the pattern functions are
+ *    lmatch.c's, which charge for every matching step; `pcall`, `xpcall`
+ *    and coroutine creation charge for the C work and the unused granule
+ *    they stand for; and no vat code ever runs where Lua has switched hooks
+ *    off: `__gc` metamethods are refused, and once the vat is fatal `xpcall`
+ *    no longer calls the vat's handler and coroutines can no longer be
+ *    closed (their `__close` metamethods would run unhooked).
+ *  - What no wrapper can reach, VM instructions whose time grows with the
+ *    strings they touch, is bounded by a CPU-time allowance per call (the
+ *    "Time backstop" section), which stops the vat at its next instruction
+ *    once the allowance is used up.
  */
 #define _GNU_SOURCE /* timer_create with SIGEV_THREAD_ID */
 
@@ -209,7 +212,7 @@ static int vat_die(lua_State *L, const ocap_vat_t *v) {
 }
 
 /*
- * Marks the vat out of instructions for cause and makes the thread running
+ * [-0, +0] Marks the vat out of instructions for cause and makes the thread running
  * vat code stop at its next instruction, where the hook raises. It only
  * sets fields and a hook, so the allocator and the watchdog's signal
  * handler may call it: lua_sethook is safe to call asynchronously (Lua's
@@ -690,7 +693,7 @@ static void charge_units(lua_State *L, double units, int sixty_fourths) {
   vat_charge(L, cost >= (double)LLONG_MAX ? LLONG_MAX : (long long)cost);
 }
 
-/* The length of the string at arg, or 0 when it is not a string. */
+/* [-0, +0] The length of the string at arg, or 0 when it is not a string. */
 static size_t string_len_at(lua_State *L, int arg) {
   return lua_type(L, arg) == LUA_TSTRING ? lua_rawlen(L, arg) : 0;
 }

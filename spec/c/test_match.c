@@ -25,9 +25,8 @@
   } while (0)
 
 /*
- * The steps charged so far, and the limit past which the test meter raises.
- * They live in the registry-free test process only, where one state runs at
- * a time.
+ * The steps charged so far, and the limit past which the test meter raises
+ * (none when 0); each test state points to its tally from its extra space.
  */
 struct tally {
   long long steps;
@@ -56,7 +55,7 @@ static void push_matcher(lua_State *L) {
   luaL_setfuncs(L, ocap_match_funcs, 1);
 }
 
-/* A state with the standard libraries and the matcher as global `M`. */
+/* [-0, +0] A new state with the standard libraries and the matcher as global `M`. */
 static lua_State *new_state(struct tally *t) {
   lua_State *L = luaL_newstate();
   if (L == NULL)
@@ -68,7 +67,7 @@ static lua_State *new_state(struct tally *t) {
   return L;
 }
 
-/* Runs code; returns 1 when it ran without error, printing the error otherwise. */
+/* [-0, +0] Runs code; returns 1 when it ran without error, printing the error otherwise. */
 static int run(lua_State *L, const char *code) {
   if (luaL_dostring(L, code) != LUA_OK) {
     fprintf(stderr, "test_match: %s\n", lua_tostring(L, -1));
