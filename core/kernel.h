@@ -3,6 +3,13 @@
  * crank loop. Pure C: it never touches a lua_State. Endpoints (vats and the
  * kernel's own Lua state) are reached through the deliver hook.
  *
+ * The implementation is one file per concept, read in the order a message
+ * takes: kernel.c (lifecycle, the send syscall, termination), refs.c
+ * (references and c-lists), queue.c (the run queue), crank.c (one crank:
+ * route, deliver, commit or roll back), promise.c (resolve, settle,
+ * subscribers, parked messages); capdata.c and kstate.c (the kernel's
+ * failures and its typed access to the store) serve them all.
+ *
  * Conventions:
  *  1. krefs are "ko<N>" (objects) and "kp<N>" (promises), never reused.
  *     Endpoint refs ("erefs") are vrefs for vats: "o+N", "o-N", "p+N",

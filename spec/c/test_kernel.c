@@ -1,5 +1,5 @@
 /*
- * test_kernel.c -- unit tests for core/kernel.c on the in-memory store,
+ * test_kernel.c -- unit tests for the kernel (core/kernel.h) on the in-memory store,
  * with endpoints played by a deliver hook that records what it is told.
  *
  * They check what the Lua specs cannot reach: that every store call the

@@ -1,0 +1,34 @@
+/*
+ * capdata.h -- capdata as the kernel stores it, "slot slot\nbody" (internal
+ * to the kernel; see kstate.h).
+ *
+ * The slots of a stored capdata are krefs; ocap_capdata_encode (kernel.h)
+ * writes one, ocap__pcap_load reads one back.
+ */
+#ifndef OCAP_CAPDATA_H
+#define OCAP_CAPDATA_H
+
+#include "kstate.h"
+
+/* A parsed capdata: slots point into a private copy. */
+typedef struct ocap__pcap {
+  char *copy;
+  const char *slots[64];
+  const char **slotv;
+  size_t nslots;
+  const char *body;
+  size_t blen;
+} ocap__pcap_t;
+
+/* Parses an encoding the kernel stored (`what` names where it came from);
+ * one it cannot parse is corruption. p must be freed in every case. */
+int ocap__pcap_load(ocap_kernel_t *k, ocap__pcap_t *p, const char *enc, size_t len,
+                    const char *what);
+void ocap__pcap_free(ocap__pcap_t *p);
+/* The parsed capdata as the interface passes it (no copy). */
+ocap_capdata_t ocap__pcap_view(const ocap__pcap_t *p);
+
+/* Builds the capdata of a kernel error `[KERNEL:<code>] <detail>` into b. */
+int ocap__error_capdata(ocap__buf_t *b, const char *code, const char *detail);
+
+#endif

@@ -1,0 +1,574 @@
+/*
+ * crank.c -- one crank: take the run queue's head, route it, deliver it to
+ * one endpoint, and commit; or roll back when the endpoint failed fatally
+ * or refused, or the kernel failed.
+ *
+ * A send follows resolved promises to the object they designate, waits on
+ * an unresolved one (promise.c parks it), or is "splatted": its result is
+ * rejected when nothing can receive it. A notify tells an endpoint about
+ * settled promises, and about every settled promise their data mentions,
+ * in one delivery.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "capdata.h"
+#include "promise.h"
+#include "queue.h"
+#include "refs.h"
+
+/* Rejects the result of a message that cannot be delivered ("splat"). */
+static int splat(ocap_kernel_t *k, const char *result, const char *enc, size_t len) {
+  if (!result)
+    return 0;
+  int st = ocap__get_state(k, result);
+  if (st != ST_UNRESOLVED)
+    return st < 0 ? st : 0;
+  return ocap__settle(k, result, 1, enc, len);
+}
+
+static int splat_error(ocap_kernel_t *k, const char *result, const char *code, const char *detail) {
+  ocap__buf_t b = {0};
+  int rc = ocap__error_capdata(&b, code, detail);
+  if (rc)
+    rc = ocap__broken(k, rc, "out of memory making an error");
+  if (!rc)
+    rc = splat(k, result, b.p, b.len);
+  free(b.p);
+  return rc;
+}
+
+/* If the encoded capdata is exactly one reference, copies it to out and
+ * returns 1; returns 0 when it is anything else. */
+static int single_ref(const char *enc, size_t len, char *out) {
+  const char *nl = memchr(enc, '\n', len);
+  if (!nl || nl == enc || memchr(enc, ' ', (size_t)(nl - enc)))
+    return 0;
+  const char *body = nl + 1;
+  size_t blen = len - (size_t)(body - enc);
+  if (blen < 5 || body[0] != '#' || body[1] != '"' || (body[2] != '$' && body[2] != '&') ||
+      body[3] != '0' || body[blen - 1] != '"' || (body[4] != '.' && body[4] != '"'))
+    return 0;
+  size_t n = (size_t)(nl - enc);
+  if (n >= OCAP_REF_MAX)
+    return 0;
+  memcpy(out, enc, n);
+  out[n] = '\0';
+  return ocap__valid_kref(out);
+}
+
+/* Hands d to ep. A kernel failure during the delivery (a syscall whose
+ * store write failed) wins over whatever the endpoint reports. */
+static int deliver(ocap_kernel_t *k, const char *ep, const ocap_delivery_t *d, int *fatal,
+                   char **why) {
+  *fatal = OCAP_FATAL_NONE;
+  *why = NULL;
+  int rc = k->hooks.deliver(k->hooks.ud, ep, d, fatal, why);
+  if (k->err)
+    return k->err;
+  if (rc < 0 && rc != OCAP_EFATAL && rc != OCAP_EREFUSED)
+    return ocap__broken(k, rc, "delivery to %s failed: %s", ep, ocap_strerror(rc));
+  return rc;
+}
+
+/* Delivers a send item to the owner of object `target` (never a promise:
+ * messages to promises wait in the kernel until settled). Every message an
+ * endpoint receives passes here, so this is the one place that checks
+ * revocation. */
+static int deliver_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
+                        size_t len, char *ep, int *fatal, char **why) {
+  char owner[OCAP_REF_MAX], teref[OCAP_REF_MAX], reref[OCAP_REF_MAX];
+  int rc = ocap__has(k, "%s.revoked", target);
+  if (rc > 0)
+    return splat_error(k, result, "OBJECT_REVOKED", "Target object has been revoked");
+  if (rc == 0)
+    rc = ocap__get_ref(k, owner, "%s.owner", target);
+  if (rc == 0) {
+    char detail[128];
+    snprintf(detail, sizeof detail, "Target object %s has been deleted", target);
+    return splat_error(k, result, "OBJECT_DELETED", detail);
+  }
+  if (rc < 0)
+    return rc;
+  if (!ocap__valid_ep(owner))
+    return ocap__broken(k, OCAP_ECORRUPT,
+                        "corrupt database: the owner of %s is '%s', not an endpoint", target,
+                        owner);
+  memcpy(ep, owner, strlen(owner) + 1);
+  if (k->hooks.prepare && !ocap__is_kernel_ep(ep))
+    k->hooks.prepare(k->hooks.ud, ep);
+  if (k->err)
+    return k->err;
+  rc = ocap_kernel_kref_to_eref(k, ep, target, teref);
+  if (!rc && result) {
+    rc = ocap__setv(k, ep, "%s.decider", result);
+    if (!rc)
+      rc = ocap_kernel_kref_to_eref(k, ep, result, reref);
+  }
+  if (rc)
+    return rc;
+  ocap__pcap_t p;
+  rc = ocap__pcap_load(k, &p, enc, len, "a queued message");
+  char(*pool)[OCAP_REF_MAX] = NULL;
+  const char **slots = NULL;
+  if (!rc && p.nslots) {
+    pool = malloc(p.nslots * OCAP_REF_MAX);
+    slots = malloc(p.nslots * sizeof *slots);
+    if (!pool || !slots)
+      rc = ocap__broken(k, OCAP_ENOMEM, "out of memory translating a message");
+  }
+  if (!rc)
+    rc = ocap__capdata_k2e(k, ep, &p, pool, slots);
+  if (!rc) {
+    ocap_delivery_t d = {0};
+    d.type = OCAP_DELIVER_MESSAGE;
+    d.target = teref;
+    d.methargs.body = p.body;
+    d.methargs.blen = p.blen;
+    d.methargs.slots = slots;
+    d.methargs.nslots = p.nslots;
+    d.result = result ? reref : NULL;
+    rc = deliver(k, ep, &d, fatal, why);
+  }
+  free(pool);
+  free(slots);
+  ocap__pcap_free(&p);
+  return rc;
+}
+
+/* Routes and delivers one send item. */
+static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int *fatal, char **why,
+                        const char **resultp, char *resbuf) {
+  char target[OCAP_REF_MAX], result[OCAP_REF_MAX];
+  size_t at;
+  int rc = ocap__parse_send(k, item, len, target, result, &at);
+  if (rc)
+    return rc;
+  const char *res = strcmp(result, "-") == 0 ? NULL : result;
+  if (res) {
+    memcpy(resbuf, res, strlen(res) + 1);
+    *resultp = resbuf;
+  }
+  const char *enc = item + at;
+  size_t elen = len - at;
+  char cur[OCAP_REF_MAX];
+  memcpy(cur, target, strlen(target) + 1);
+  /* Follow resolved promises to the object they designate. */
+  for (int hops = 0; ocap__is_kpid(cur); hops++) {
+    if (hops > 1000) {
+      /* Promises resolved to each other: nothing can ever receive it. */
+      rc = splat_error(k, res, "BAD_PROMISE_RESOLUTION",
+                       "Message sent to promises that resolve to each other");
+      goto done;
+    }
+    int st = ocap__get_state(k, cur);
+    if (st < 0)
+      return st;
+    if (st == ST_NONE) {
+      rc = splat_error(k, res, "OBJECT_DELETED", "Target promise has been deleted");
+      goto done;
+    }
+    if (st == ST_UNRESOLVED) {
+      /* The message waits here, even when a vat decides the promise: were
+       * it handed to the decider, its liveslots would deliver it to its own
+       * object once resolved, past the revocation check in deliver_send.
+       * Parked, it is routed again on settlement like any other send. */
+      return ocap__park(k, cur, item, len); /* the parked item keeps its refs */
+    }
+    ocap__buf_t data = {0};
+    rc = ocap__getb(k, &data, "%s.data", cur);
+    if (rc <= 0) {
+      free(data.p);
+      return rc < 0 ? rc
+                    : ocap__broken(k, OCAP_ECORRUPT,
+                                   "corrupt database: settled promise %s has no data", cur);
+    }
+    if (st == ST_REJECTED) {
+      rc = splat(k, res, data.p, data.len);
+      free(data.p);
+      goto done;
+    }
+    char next[OCAP_REF_MAX];
+    int one = single_ref(data.p, data.len, next);
+    free(data.p);
+    if (!one) {
+      rc = splat_error(k, res, "BAD_PROMISE_RESOLUTION",
+                       "Message sent to a promise that resolved to data");
+      goto done;
+    }
+    memcpy(cur, next, strlen(next) + 1);
+  }
+  rc = deliver_send(k, cur, res, enc, elen, ep, fatal, why);
+done:
+  if (rc == 0 || rc == OCAP_EFATAL) {
+    int rr = ocap__release_send(k, target, res, enc, elen);
+    if (rr)
+      rc = rr;
+  }
+  return rc;
+}
+
+/* One promise told in a notify delivery. */
+typedef struct note {
+  char kpid[OCAP_REF_MAX];
+  char eref[OCAP_REF_MAX];
+  int rejected;
+  ocap__pcap_t cap;
+  char (*pool)[OCAP_REF_MAX];
+  const char **slotv;
+} note_t;
+
+/* Notes are allocated one by one: an ocap__pcap_t points into itself, so it must
+ * not move when the list grows. `set` indexes them by kpid (open
+ * addressing; a slot holds an index + 1, 0 when free; at most half full),
+ * so that a notify telling n promises is built in O(n), not O(n^2). */
+typedef struct notes {
+  note_t **v;
+  size_t n, cap;
+  size_t *set;
+  size_t setcap;
+} notes_t;
+
+static size_t kpid_hash(const char *s) {
+  size_t h = 14695981039346656037ULL & (size_t)-1;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * (size_t)1099511628211ULL;
+  return h;
+}
+
+/* The set slot of kpid: the one naming it, or the free one it would take. */
+static size_t *notes_slot(notes_t *ns, const char *kpid) {
+  size_t mask = ns->setcap - 1, i = kpid_hash(kpid) & mask;
+  while (ns->set[i] && strcmp(ns->v[ns->set[i] - 1]->kpid, kpid) != 0)
+    i = (i + 1) & mask;
+  return &ns->set[i];
+}
+
+/* Makes room in the set for one more kpid. Returns 0 or OCAP_ENOMEM. */
+static int notes_grow_set(notes_t *ns) {
+  if (2 * (ns->n + 1) <= ns->setcap)
+    return 0;
+  size_t cap = ns->setcap ? 2 * ns->setcap : 32;
+  size_t *set = calloc(cap, sizeof *set);
+  if (!set)
+    return OCAP_ENOMEM;
+  free(ns->set);
+  ns->set = set;
+  ns->setcap = cap;
+  for (size_t i = 0; i < ns->n; i++)
+    *notes_slot(ns, ns->v[i]->kpid) = i + 1;
+  return 0;
+}
+
+/* Adds kpid (a settled promise) unless it is there already. */
+static int notes_add(ocap_kernel_t *k, notes_t *ns, const char *kpid) {
+  if (notes_grow_set(ns))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
+  size_t *slot = notes_slot(ns, kpid);
+  if (*slot)
+    return 0;
+  if (ns->n == ns->cap) {
+    size_t cap = ns->cap ? ns->cap * 2 : 8;
+    note_t **v = realloc(ns->v, cap * sizeof *v);
+    if (!v)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
+    ns->v = v;
+    ns->cap = cap;
+  }
+  note_t *nt = calloc(1, sizeof *nt);
+  if (!nt)
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
+  nt->cap.slotv = nt->cap.slots;
+  memcpy(nt->kpid, kpid, strlen(kpid) + 1);
+  ns->v[ns->n++] = nt;
+  *slot = ns->n;
+  return 0;
+}
+
+static void notes_free(notes_t *ns) {
+  for (size_t i = 0; i < ns->n; i++) {
+    ocap__pcap_free(&ns->v[i]->cap);
+    free(ns->v[i]->pool);
+    free(ns->v[i]->slotv);
+    free(ns->v[i]);
+  }
+  free(ns->v);
+  free(ns->set);
+}
+
+/*
+ * Fills in note i: its data translated for ep, and queues every settled
+ * promise its data mentions, so one delivery tells them all (the list is
+ * its own work queue, and has no size limit).
+ */
+static int note_load(ocap_kernel_t *k, const char *ep, notes_t *ns, size_t i) {
+  note_t *nt = ns->v[i];
+  ocap__buf_t data = {0};
+  int st = ocap__get_state(k, nt->kpid);
+  int got = st < 0 ? st : ocap__getb(k, &data, "%s.data", nt->kpid);
+  if (got <= 0) {
+    free(data.p);
+    return got < 0 ? got
+                   : ocap__broken(k, OCAP_ECORRUPT,
+                                  "corrupt database: settled promise %s has no data", nt->kpid);
+  }
+  int rc = ocap__pcap_load(k, &nt->cap, data.p, data.len, "a promise's data");
+  free(data.p);
+  if (rc)
+    return rc;
+  nt->rejected = st == ST_REJECTED;
+  size_t nslots = nt->cap.nslots;
+  for (size_t j = 0; j < nslots; j++) {
+    const char *slot = nt->cap.slotv[j];
+    if (!ocap__is_kpid(slot))
+      continue;
+    int sst = ocap__get_state(k, slot);
+    if (sst < 0)
+      return sst;
+    if (sst == ST_FULFILLED || sst == ST_REJECTED) {
+      rc = notes_add(k, ns, slot);
+      if (rc)
+        return rc;
+      nt = ns->v[i];
+    }
+  }
+  if (nslots) {
+    nt->pool = malloc(nslots * OCAP_REF_MAX);
+    nt->slotv = malloc(nslots * sizeof *nt->slotv);
+    if (!nt->pool || !nt->slotv)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
+  }
+  rc = ocap_kernel_kref_to_eref(k, ep, nt->kpid, nt->eref);
+  if (!rc)
+    rc = ocap__capdata_k2e(k, ep, &nt->cap, nt->pool, nt->slotv);
+  return rc;
+}
+
+static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep, int *fatal,
+                          char **why) {
+  char(*kpids)[OCAP_REF_MAX];
+  size_t nk;
+  int rc = ocap__parse_notify(k, item, len, ep, &kpids, &nk);
+  if (rc)
+    return rc;
+  notes_t ns = {0};
+  for (size_t j = 0; j < nk && !rc; j++) {
+    const char *kpid = kpids[j];
+    int st = ocap__get_state(k, kpid);
+    if (st < 0) {
+      rc = st;
+      break;
+    }
+    if (st == ST_NONE || st == ST_UNRESOLVED)
+      continue;
+    if (!ocap__is_kernel_ep(ep)) {
+      rc = ocap__has(k, "%s.c.%s", ep, kpid);
+      if (rc <= 0)
+        continue; /* already retired: the endpoint learned it another way */
+    }
+    rc = notes_add(k, &ns, kpid);
+  }
+  for (size_t i = 0; i < ns.n && !rc; i++)
+    rc = note_load(k, ep, &ns, i);
+  ocap_resolution_t *res = NULL;
+  if (!rc && ns.n) {
+    res = malloc(ns.n * sizeof *res);
+    if (!res)
+      rc = ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
+  }
+  if (!rc && ns.n) {
+    for (size_t i = 0; i < ns.n; i++) {
+      res[i].kpid = ns.v[i]->eref;
+      res[i].rejected = ns.v[i]->rejected;
+      res[i].data = ocap__pcap_view(&ns.v[i]->cap);
+      res[i].data.slots = ns.v[i]->slotv;
+    }
+    ocap_delivery_t d = {0};
+    d.type = OCAP_DELIVER_NOTIFY;
+    d.resolutions = res;
+    d.nresolutions = ns.n;
+    rc = deliver(k, ep, &d, fatal, why);
+    /* The endpoint forgets promises once told their settlement. */
+    if (!rc && *fatal == OCAP_FATAL_NONE)
+      for (size_t i = 0; i < ns.n && !rc; i++)
+        rc = ocap__clist_remove(k, ep, ns.v[i]->kpid);
+  }
+  free(res);
+  notes_free(&ns);
+  for (size_t j = 0; j < nk && (rc == 0 || rc == OCAP_EFATAL); j++) {
+    int rr = ocap__decref(k, kpids[j]);
+    if (rr)
+      rc = rr;
+  }
+  free(kpids);
+  return rc;
+}
+
+static const char *fatal_code(int fatal) {
+  switch (fatal) {
+  case OCAP_FATAL_ILLEGAL_SYSCALL:
+    return "VAT_FATAL:ILLEGAL_SYSCALL";
+  case OCAP_FATAL_METER:
+    return "VAT_FATAL:METER_EXHAUSTED";
+  case OCAP_FATAL_MEMORY:
+    return "VAT_FATAL:MEMORY_EXHAUSTED";
+  case OCAP_FATAL_QUOTA:
+    return "VAT_FATAL:QUOTA_EXCEEDED";
+  default:
+    return "VAT_FATAL:INTERNAL_ERROR";
+  }
+}
+
+int ocap_kernel_abort_crank(ocap_kernel_t *k, int rc) {
+  ocap_store_abort(k->s);
+  if (k->err) {
+    rc = k->err;
+    memcpy(k->errmsg, k->brokenmsg, sizeof k->errmsg - 1);
+    k->errmsg[sizeof k->errmsg - 1] = '\0';
+    ocap_kernel_clear_failure(k);
+  }
+  return rc;
+}
+
+/* Takes a crank's item off the queue again after the crank was aborted
+ * and drops the references it held. */
+static int crank_drop_item(ocap_kernel_t *k, const ocap__buf_t *item) {
+  ocap__buf_t again = {0};
+  int rc = ocap__dequeue(k, &again);
+  free(again.p);
+  rc = rc < 0 ? rc : 0;
+  if (!rc && strncmp(item->p, "send ", 5) == 0) {
+    char t[OCAP_REF_MAX], r[OCAP_REF_MAX];
+    size_t at;
+    rc = ocap__parse_send(k, item->p, item->len, t, r, &at);
+    if (!rc)
+      rc = ocap__release_send(k, t, NULL, item->p + at, item->len - at);
+  } else if (!rc) {
+    char nep[OCAP_REF_MAX];
+    char(*kps)[OCAP_REF_MAX];
+    size_t nk;
+    rc = ocap__parse_notify(k, item->p, item->len, nep, &kps, &nk);
+    for (size_t j = 0; j < nk && !rc; j++)
+      rc = ocap__decref(k, kps[j]);
+    free(kps);
+  }
+  return rc;
+}
+
+/* Undoes a crank whose endpoint failed fatally, takes its item off the
+ * queue again and terminates the endpoint, all in this crank. */
+static int crank_fatal(ocap_kernel_t *k, const ocap__buf_t *item, const char *ep, int fatal,
+                       const char *why, const char *result) {
+  ocap_store_abort(k->s);
+  int rc = crank_drop_item(k, item);
+  if (!rc)
+    rc = ocap_kernel_crash(k, ep, fatal, why, result);
+  if (!rc && result)
+    rc = ocap__decref(k, result);
+  return rc;
+}
+
+/*
+ * Undoes a crank whose endpoint refused the delivery: the item leaves the
+ * queue and drops its references, and a message's result is rejected with
+ * msg (a full `[KERNEL:<CODE>] <detail>` text). The endpoint and its state
+ * stay as they were.
+ */
+static int crank_refused(ocap_kernel_t *k, const ocap__buf_t *item, const char *result,
+                         const char *msg) {
+  ocap_store_abort(k->s);
+  int rc = crank_drop_item(k, item);
+  if (!rc && result) {
+    ocap__buf_t b = {0};
+    if (ocap__buf_adds(&b, "\n#{\"#error\":\"") ||
+        ocap__buf_add_json(&b, msg ? msg : "delivery refused") ||
+        ocap__buf_adds(&b, "\",\"name\":\"Error\"}"))
+      rc = OCAP_ENOMEM;
+    if (!rc)
+      rc = splat(k, result, b.p, b.len);
+    free(b.p);
+    if (!rc)
+      rc = ocap__decref(k, result);
+  }
+  return rc;
+}
+
+int ocap_kernel_step(ocap_kernel_t *k) {
+  /* A host call that failed since the last crank may have left its writes
+   * half done: they are dropped, and this crank reports why. */
+  if (k->err)
+    return ocap_kernel_abort_crank(k, k->err);
+  int rc = ocap_store_commit(k->s); /* host writes made between cranks */
+  if (rc) {
+    ocap__broken(k, rc, "store commit failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(k->s));
+    return ocap_kernel_abort_crank(k, rc);
+  }
+  ocap__buf_t item = {0};
+  rc = ocap__dequeue(k, &item);
+  if (rc <= 0) {
+    free(item.p);
+    return rc < 0 ? ocap_kernel_abort_crank(k, rc) : 0;
+  }
+  k->cranks++;
+  char ep[OCAP_REF_MAX] = "";
+  char resbuf[OCAP_REF_MAX];
+  const char *result = NULL;
+  int fatal = OCAP_FATAL_NONE;
+  char *why = NULL;
+  if (strncmp(item.p, "send ", 5) == 0)
+    rc = process_send(k, item.p, item.len, ep, &fatal, &why, &result, resbuf);
+  else if (strncmp(item.p, "notify ", 7) == 0)
+    rc = process_notify(k, item.p, item.len, ep, &fatal, &why);
+  else
+    rc = ocap__broken(k, OCAP_ECORRUPT, "corrupt database: unknown run-queue item");
+  if (!k->err && rc == OCAP_EREFUSED)
+    rc = crank_refused(k, &item, result, why);
+  else if (!k->err && (rc == OCAP_EFATAL || fatal != OCAP_FATAL_NONE))
+    rc = crank_fatal(k, &item, ep, fatal, why, result);
+  free(why);
+  free(item.p);
+  if (rc < 0 || k->err)
+    return ocap_kernel_abort_crank(k, rc);
+  rc = ocap_store_commit(k->s);
+  if (rc) {
+    ocap__broken(k, rc, "store commit failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(k->s));
+    return ocap_kernel_abort_crank(k, rc);
+  }
+  return 1;
+}
+
+int ocap_kernel_crash(ocap_kernel_t *k, const char *ep, int fatal, const char *why,
+                      const char *result) {
+  /* The message that killed the vat learns why; every other promise the
+   * vat decided learns that the vat is gone. The detail is built whole: a
+   * vat's message has no length limit. */
+  ocap__buf_t detail = {0}, reason = {0};
+  int rc = 0;
+  if (ocap__buf_adds(&detail, "vat ") || ocap__buf_adds(&detail, ep) ||
+      ocap__buf_adds(&detail, " terminated: ") ||
+      ocap__buf_adds(&detail, why ? why : "fatal error") ||
+      ocap__error_capdata(&reason, fatal_code(fatal), detail.p))
+    rc = ocap__broken(k, OCAP_ENOMEM, "out of memory terminating %s", ep);
+  if (!rc && result)
+    rc = splat(k, result, reason.p, reason.len);
+  detail.len = 0;
+  if (!rc &&
+      (ocap__buf_adds(&detail, "vat ") || ocap__buf_adds(&detail, ep) ||
+       ocap__buf_adds(&detail, " terminated: [") || ocap__buf_adds(&detail, fatal_code(fatal)) ||
+       ocap__buf_adds(&detail, "] ") || ocap__buf_adds(&detail, why ? why : "fatal error") ||
+       ocap__error_capdata(&reason, "VAT_TERMINATED", detail.p)))
+    rc = ocap__broken(k, OCAP_ENOMEM, "out of memory terminating %s", ep);
+  ocap__pcap_t rp;
+  if (!rc) {
+    rc = ocap__pcap_load(k, &rp, reason.p, reason.len, "a termination reason");
+    if (!rc) {
+      ocap_capdata_t rcd = ocap__pcap_view(&rp);
+      rc = ocap_kernel_terminate(k, ep, &rcd);
+    }
+    ocap__pcap_free(&rp);
+  }
+  free(detail.p);
+  free(reason.p);
+  return rc;
+}

@@ -1,0 +1,92 @@
+/*
+ * kstate.h -- the kernel's state and its typed access to the store
+ * (internal to the kernel's files: kernel.c, refs.c, capdata.c, promise.c,
+ * queue.c, crank.c; the public interface is kernel.h).
+ *
+ * Conventions:
+ *  1. Everything the kernel knows is kept in the store under the keys
+ *     listed in docs/storage.md; struct ocap_kernel only holds the hooks,
+ *     the crank count and the failure being reported. That is what makes a
+ *     crank atomic: abort the store's crank buffer and every table is back.
+ *  2. Keys are formatted from a format with only %s and %lld in it. A key
+ *     that would not fit KEY_MAX bytes is a kernel failure, never cut.
+ *  3. Nothing read back from the store is trusted to fit a fixed buffer or
+ *     to be well formed: values are read whole, and a value that cannot be
+ *     what its key says is reported as corruption naming the key.
+ *  4. A failed store call, like corruption, is a kernel failure: it is
+ *     recorded in the kernel (ocap__broken) so that the crank in progress
+ *     fails and rolls back instead of committing half its work. A caller's
+ *     fault (an illegal syscall) is reported with ocap__fail instead.
+ *  5. Functions that read return 1 found, 0 missing, or a negative OCAP_E*
+ *     code; functions that write return 0 or a negative code.
+ */
+#ifndef OCAP_KSTATE_H
+#define OCAP_KSTATE_H
+
+#include <stddef.h>
+#include <string.h>
+
+#include "kernel.h"
+
+#define KEY_MAX 160
+
+/*
+ * Ids and counts are decimal integers from 0 to 2^53 - 1: a Lua number holds
+ * them exactly, and adding one to them never overflows.
+ */
+#define COUNT_MAX 9007199254740991LL
+
+struct ocap_kernel {
+  ocap_store_t *s;
+  ocap_kernel_hooks_t hooks;
+  long long cranks;
+  int err;             /* the kernel failure the current crank must fail with, or 0 */
+  char errmsg[512];    /* why the last call failed, when it was the caller's fault */
+  char brokenmsg[512]; /* why, when it was a kernel failure (err != 0) */
+};
+
+/* A growable byte buffer for values too large for the stack; {0} is empty. */
+typedef struct ocap__buf {
+  char *p;
+  size_t len, cap;
+} ocap__buf_t;
+
+/* Appending returns 0 or OCAP_ENOMEM; the buffer stays NUL-terminated. */
+int ocap__buf_add(ocap__buf_t *b, const char *s, size_t n);
+int ocap__buf_adds(ocap__buf_t *b, const char *s);
+/* Appends s as the inside of a JSON string (JSON.stringify's escaping). */
+int ocap__buf_add_json(ocap__buf_t *b, const char *s);
+
+/* Failures (convention 4); both return code. */
+int ocap__fail(ocap_kernel_t *k, int code, const char *fmt, ...);
+int ocap__broken(ocap_kernel_t *k, int code, const char *fmt, ...);
+/* Reports a value that cannot be what its key says. */
+int ocap__corrupt(ocap_kernel_t *k, const char *key, const char *v, size_t vl, const char *what);
+/* Reports a failed store call (op: "read", "write", ...) on key. */
+int ocap__store_failed(ocap_kernel_t *k, int rc, const char *op, const char *key, size_t kl);
+/* Quotes at most 40 bytes of v into out (64 bytes) for a message. */
+const char *ocap__shown(const char *v, size_t vl, char *out);
+
+/* Writes n in decimal at p; returns the number of bytes (at most 20). */
+size_t ocap__fmt_ll(char *p, long long n);
+
+/* Store access with formatted keys (conventions 2, 3 and 5). */
+int ocap__getb(ocap_kernel_t *k, ocap__buf_t *b, const char *fmt, ...);
+int ocap__has(ocap_kernel_t *k, const char *fmt, ...);
+int ocap__get_ref(ocap_kernel_t *k, char *out, const char *fmt, ...);
+int ocap__get_count(ocap_kernel_t *k, long long dflt, long long *out, const char *fmt, ...);
+int ocap__setn(ocap_kernel_t *k, const char *val, size_t vl, const char *fmt, ...);
+#define ocap__setv(k, val, ...) ocap__setn((k), (val), strlen(val), __VA_ARGS__)
+int ocap__delv(ocap_kernel_t *k, const char *fmt, ...);
+int ocap__seti(ocap_kernel_t *k, long long n, const char *fmt, ...);
+/* Sets *out to the counter's value and stores value + 1. */
+int ocap__bump(ocap_kernel_t *k, const char *key, long long *out);
+
+/* A promise's state, as ocap__get_state returns it. */
+enum { ST_NONE = 0, ST_UNRESOLVED = 1, ST_FULFILLED = 2, ST_REJECTED = 3 };
+
+/* Reads `<kpid>.state`: a ST_* value (ST_NONE when missing), or a
+ * negative code. */
+int ocap__get_state(ocap_kernel_t *k, const char *kpid);
+
+#endif

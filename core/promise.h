@@ -1,0 +1,31 @@
+/*
+ * promise.h -- kernel promises: state, decider, subscribers, parked
+ * messages and reference counts (internal to the kernel; see kstate.h).
+ *
+ * A promise's record is `<kpid>.state`, `.decider`, `.subscribers`,
+ * `.refCount`, `.data`, and the messages parked on it while it is
+ * unresolved, `.queue.<n>` and `.queueTail` (docs/storage.md). A settled
+ * promise is freed when its count drops to zero.
+ */
+#ifndef OCAP_PROMISE_H
+#define OCAP_PROMISE_H
+
+#include "kstate.h"
+
+/* The kernel's reference count of a promise (no-ops on objects): c-list
+ * entries, queued messages and notifies, and other promises' data. */
+int ocap__incref(ocap_kernel_t *k, const char *kref);
+int ocap__decref(ocap_kernel_t *k, const char *kref);
+/* The same for every slot of a stored capdata. */
+int ocap__incref_slots(ocap_kernel_t *k, const char *enc, size_t len);
+int ocap__decref_slots(ocap_kernel_t *k, const char *enc, size_t len);
+
+/* Adds ep to the promise's subscribers (once). */
+int ocap__subscribers_add(ocap_kernel_t *k, const char *kpid, const char *ep);
+/* Settles kpid with data (an encoding in krefs), notifies its subscribers
+ * and sends its parked messages back to the run queue. */
+int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *enc, size_t len);
+/* Parks a run-queue item on an unresolved promise; the item keeps its refs. */
+int ocap__park(ocap_kernel_t *k, const char *kpid, const char *item, size_t len);
+
+#endif

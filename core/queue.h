@@ -1,0 +1,34 @@
+/*
+ * queue.h -- the run queue (internal to the kernel; see kstate.h).
+ *
+ * Items are `runQueue.<n>` for n from `runQueue.head` to `runQueue.tail`
+ * (docs/storage.md), each either a send, "send <target> <result|->\n
+ * <capdata>", or a notify, "notify <ep> <kpid> <kpid>...". An item holds a
+ * reference to every promise it names.
+ */
+#ifndef OCAP_QUEUE_H
+#define OCAP_QUEUE_H
+
+#include "kstate.h"
+
+/* Appends an item as it is (its references already taken). */
+int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len);
+/* Enqueues a send whose capdata is already in krefs, taking references. */
+int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
+                       size_t elen);
+/* Queues a notify of kpid to ep, merged into the last item when it can be. */
+int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid);
+/* Pops the head into b: 1 when there was an item, 0 when empty. */
+int ocap__dequeue(ocap_kernel_t *k, ocap__buf_t *b);
+
+/* Parses a send item's head; *capdata is where its capdata starts. */
+int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *target, char *result,
+                     size_t *capdata);
+/* Parses a notify item; *kpids is malloc'd and holds *n promises. */
+int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep,
+                       char (**kpids)[OCAP_REF_MAX], size_t *n);
+/* Drops the references a send item held. */
+int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
+                       size_t len);
+
+#endif

@@ -1,0 +1,47 @@
+/*
+ * refs.h -- references, kernel objects and c-lists (internal to the
+ * kernel; see kstate.h).
+ *
+ * A vat names things by vrefs, the kernel by krefs; each endpoint's c-list
+ * maps one to the other in both directions, `<ep>.c.<kref> = <vref>` and
+ * `<ep>.c.<vref> = <kref>` (docs/storage.md). The kernel endpoint uses
+ * krefs as its erefs, so its c-list is the identity and is not stored.
+ */
+#ifndef OCAP_REFS_H
+#define OCAP_REFS_H
+
+#include "capdata.h"
+#include "kstate.h"
+
+static inline int ocap__is_kpid(const char *ref) {
+  return ref[0] == 'k' && ref[1] == 'p';
+}
+
+static inline int ocap__is_kernel_ep(const char *ep) {
+  return strcmp(ep, "kernel") == 0;
+}
+
+/* Syntax checks: an endpoint (`kernel` or `v<N>`), a vref, a kref. */
+int ocap__valid_ep(const char *ep);
+int ocap__valid_eref(const char *r);
+int ocap__valid_kref(const char *r);
+/* Checks an endpoint a caller passed in (a caller's fault when bad). */
+int ocap__check_ep(ocap_kernel_t *k, const char *ep);
+
+/* Removes kref from ep's c-list, both directions, dropping its reference. */
+int ocap__clist_remove(ocap_kernel_t *k, const char *ep, const char *kref);
+/*
+ * The krefs in ep's c-list that start with `kind` ("k" for all, "kp" for
+ * promises). Returns the count, or a negative code; *out is malloc'd.
+ */
+long ocap__clist_krefs(ocap_kernel_t *k, const char *ep, const char *kind,
+                       char (**out)[OCAP_REF_MAX]);
+
+/* Translates capdata from ep's erefs into a stored encoding in krefs. */
+int ocap__capdata_e2k(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *cd, ocap__buf_t *out);
+/* Translates a stored capdata into ep's erefs, importing as needed; the
+ * erefs are written into `pool`, which must outlive `slots`. */
+int ocap__capdata_k2e(ocap_kernel_t *k, const char *ep, const ocap__pcap_t *in,
+                      char (*pool)[OCAP_REF_MAX], const char **slots);
+
+#endif
