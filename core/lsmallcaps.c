@@ -37,7 +37,8 @@ enum {
   M_NULL,           /* the passable null */
   M_PROMISE_MT,     /* the metatable of ocap.promise's promises, once set */
   M_BOX,            /* a spare encoding buffer */
-  M_COUNT = M_BOX
+  M_MAKE_ERROR,     /* pass.makeError */
+  M_COUNT = M_MAKE_ERROR
 };
 
 /*
@@ -828,6 +829,31 @@ static int dec_string(dec_t *d, int key) {
   }
 }
 
+/* [-0, +1, e] Pushes the error value of a record {"#error":<string>,
+ * "name":<string>} at d->p (its first key), made by pass.makeError as the
+ * Lua decoder makes it, which derives its code from a kernel message. */
+static int dec_error(dec_t *d) {
+  lua_State *L = d->L;
+  lua_rawgeti(L, lua_upvalueindex(1), M_MAKE_ERROR);
+  d->p += 8; /* "#error" */
+  dec_ws(d);
+  d->p++; /* : */
+  dec_ws(d);
+  dec_string(d, 1); /* a key's reading: only `!` is special here */
+  dec_ws(d);
+  d->p++; /* , */
+  dec_ws(d);
+  d->p += 6; /* "name" */
+  dec_ws(d);
+  d->p++; /* : */
+  dec_ws(d);
+  dec_string(d, 1);
+  dec_ws(d);
+  d->p++; /* } */
+  lua_call(L, 2, 1);
+  return 0;
+}
+
 /* [-0, +1, e] Pushes an array or record; the scan checked its syntax. */
 static int dec_container(dec_t *d) {
   lua_State *L = d->L;
@@ -835,6 +861,13 @@ static int dec_container(dec_t *d) {
   char close = *d->p == '[' ? ']' : '}';
   d->p++;
   size_t k = d->next++;
+  if (close == '}') {
+    dec_ws(d);
+    /* The scan took a record with this first key only in the form
+     * {"#error":<string>,"name":<string>}. */
+    if (strncmp(d->p, "\"#error\"", 8) == 0)
+      return dec_error(d);
+  }
   int size = k < d->nsizes ? (int)d->sizes[k] : 0;
   if (close == ']')
     lua_createtable(L, size, 0);
@@ -1008,7 +1041,8 @@ static const luaL_Reg codec_funcs[] = {
 };
 
 /* new(model) -> codec  [-1, +1, e]
- * model = { remotables, promises, shadows, arrayMT, errorTag, null }. */
+ * model = { remotables, promises, shadows, arrayMT, errorTag, null,
+ * makeError }. */
 static int sc_new(lua_State *L) {
   static const char *const fields[] = {"remotables", "promises", "shadows",
                                        "arrayMT",    "errorTag", "null"};
@@ -1020,6 +1054,9 @@ static int sc_new(lua_State *L) {
       return luaL_error(L, "smallcaps.new: model.%s is missing", fields[k]);
     lua_rawseti(L, -2, k + 1);
   }
+  if (lua_getfield(L, 1, "makeError") != LUA_TFUNCTION)
+    return luaL_error(L, "smallcaps.new: model.makeError is missing");
+  lua_rawseti(L, -2, M_MAKE_ERROR);
   luaL_newlibtable(L, codec_funcs);
   lua_insert(L, -2);
   luaL_setfuncs(L, codec_funcs, 1);

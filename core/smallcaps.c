@@ -438,6 +438,54 @@ static int scan_word(scanner_t *s, const char *w, size_t n) {
   return 0;
 }
 
+/* Checks a string member value of an error record: plain or `!`-escaped,
+ * so that it decodes to a string. */
+static int scan_text_member(scanner_t *s) {
+  const char *b;
+  size_t n;
+  int esc, first;
+  skip_ws(s);
+  if (s->p >= s->end || *s->p != '"')
+    return leave(s, "error record member is not a string");
+  if (scan_string(s, &b, &n, &esc, &first))
+    return OCAP_SC_LEAVE;
+  s->sc->values++;
+  if (first >= 33 && first <= 45 && first != '!')
+    return leave(s, "special string in an error record");
+  return 0;
+}
+
+/* Checks the rest of a record whose first key is "#error", up to its
+ * closing brace: only the form the encoder writes is taken,
+ * {"#error":<string>,"name":<string>}. */
+static int scan_error_record(scanner_t *s) {
+  const char *key;
+  size_t kn;
+  int esc, first;
+  s->p++; /* : */
+  if (scan_text_member(s))
+    return OCAP_SC_LEAVE;
+  skip_ws(s);
+  if (s->p >= s->end || *s->p != ',')
+    return leave(s, "error record of another form");
+  s->p++;
+  skip_ws(s);
+  if (s->p >= s->end || *s->p != '"' || scan_string(s, &key, &kn, &esc, &first) || esc || kn != 4 ||
+      memcmp(key, "name", 4) != 0)
+    return leave(s, "error record of another form");
+  skip_ws(s);
+  if (s->p >= s->end || *s->p != ':')
+    return leave(s, "expected ':'");
+  s->p++;
+  if (scan_text_member(s))
+    return OCAP_SC_LEAVE;
+  skip_ws(s);
+  if (s->p >= s->end || *s->p != '}')
+    return leave(s, "error record of another form");
+  s->p++;
+  return 0;
+}
+
 static int scan_value(scanner_t *s, int depth) {
   skip_ws(s);
   if (s->p >= s->end)
@@ -461,21 +509,23 @@ static int scan_value(scanner_t *s, int depth) {
     for (;; count++) {
       if (c == '{') {
         skip_ws(s);
-        const char *k;
+        const char *key;
         size_t kn;
         int esc, first;
         if (s->p >= s->end || *s->p != '"')
           return leave(s, "expected key");
-        if (scan_string(s, &k, &kn, &esc, &first))
+        if (scan_string(s, &key, &kn, &esc, &first))
           return OCAP_SC_LEAVE;
+        skip_ws(s);
+        if (s->p >= s->end || *s->p != ':')
+          return leave(s, "expected ':'");
         if (first >= 33 && first <= 45) {
+          if (first == '#' && count == 0 && !esc && kn == 6 && memcmp(key, "#error", 6) == 0)
+            return scan_error_record(s);
           if (first != '!')
             return leave(s, "special record key");
           s->sc->bang_keys = 1;
         }
-        skip_ws(s);
-        if (s->p >= s->end || *s->p != ':')
-          return leave(s, "expected ':'");
         s->p++;
       }
       if (scan_value(s, depth + 1))

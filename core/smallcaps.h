@@ -103,8 +103,10 @@ typedef struct ocap_sc_scan {
  * fast decoder understands (`!`-escaped, `#undefined`, `#NaN`, `#Infinity`,
  * `#-Infinity`, `$i`, `$i.iface`, `&i`, bigints within int64), every slot
  * used in one style and given at most one interface name, no record key
- * starting with a special character other than `!`, and no string that
- * starts with a special character other than `!` written with escapes.
+ * starting with a special character other than `!` (but for error records
+ * of the form the encoder writes, `{"#error":<string>,"name":<string>}`,
+ * whose strings decode to strings), and no string that starts with a
+ * special character other than `!` written with escapes.
  * Returns 0 or OCAP_SC_LEAVE; sc->slots[i] says how slot i is used.
  */
 int ocap_sc_scan(ocap_sc_scan_t *sc, const char *json, size_t n);

@@ -234,6 +234,23 @@ describe('the C smallcaps codec', function()
     assert.is_nil(codec.encode(t))
   end)
 
+  it('decodes the error records it encodes, and leaves other forms to the Lua codec', function()
+    local body = codec.encode(pass.makeError('[KERNEL:OBJECT_REVOKED] gone', 'Error')).body
+    local ok, e = codec.decode(body)
+    assert.is_true(ok)
+    assert.is_true(pass.isError(e))
+    assert.equal('OBJECT_REVOKED', e.code)
+    assert.equal('#x', select(2, codec.decode('#{"#error":"!#x","name":"RangeError"}')).message)
+    -- Extra fields (errorId, as @endo/marshal may write) and other orders
+    -- are the Lua codec's; it reads them the same way.
+    for _, b in ipairs({ '#{"#error":"x","name":"E","errorId":"error:1"}', '#{"name":"E","#error":"x"}' }) do
+      assert.is_false(codec.decode(b))
+      e = marshal.unserializeData({ body = b })
+      assert.equal('x', e.message)
+      assert.equal('E', e.name)
+    end
+  end)
+
   it('reaches slots only through the slotToVal it is given', function()
     assert.is_false(codec.decode('#"$0.Alleged: x"', { 'o-1' }, nil))
     assert.is_false(codec.decode('#"&0"', {}, slotToVal))

@@ -230,6 +230,7 @@ if hasCodec and type(smallcaps) == 'table' then
     arrayMT = ARRAY_MT,
     errorTag = ERROR_TAG,
     null = NULL,
+    makeError = M.makeError,
   })
 end
 
