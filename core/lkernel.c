@@ -1959,6 +1959,10 @@ static int vat_boot_tramp(lua_State *V) {
   install_endowments(V, rec, a->globals, lua_gettop(V));
   lua_pop(V, 1);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap");
+  /* The boot code has run for good: forgetting the module lets the vat
+   * collect it, since only the closures it made are still needed. */
+  lua_pushnil(V);
+  ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap.vatboot");
   rec->dispatch_ref = luaL_ref(V, LUA_REGISTRYINDEX);
   return 0;
 }

@@ -132,6 +132,8 @@ function M.boot(syscall, info)
       return false, 'buildRootObject must return a remotable (use makeDefaultExo)'
     end
     ls.exportAs(root, 'o+0')
+    -- A vat starts once: its state can drop this code.
+    ls.startVat = nil
     return true
   end
 
