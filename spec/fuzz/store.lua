@@ -178,10 +178,17 @@ return function(input)
   end
   for _, sc in ipairs(subclusters or {}) do
     for _, vatId in pairs(type(sc.vats) == 'table' and sc.vats or {}) do
+      healthy = try('restartVat', function() kernel:restartVat(vatId):await() end) and healthy
+      healthy = try('pingVat', function() kernel:pingVat(vatId):await() end) and healthy
       healthy = try('terminateVat', function() kernel:terminateVat(vatId, 'fuzz'):await() end) and healthy
     end
   end
   healthy = crank(kernel) and healthy
+  -- New ids come from the counters; reset keeps them and drops the rest.
+  healthy = try('launchSubcluster', function()
+    kernel:launchSubcluster({ bootstrap = 'a', vats = { a = { sourceSpec = COUNTER } } }):await()
+  end) and healthy
+  healthy = try('reset', kernel.reset, kernel) and healthy
   try('stop', kernel.stop, kernel)
   return healthy
 end
