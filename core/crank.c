@@ -140,9 +140,9 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *result
 /* Routes and delivers one send item. */
 static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int *fatal, char **why,
                         const char **resultp, char *resbuf) {
-  char target[OCAP_REF_MAX], result[OCAP_REF_MAX];
+  char target[OCAP_REF_MAX], result[OCAP_REF_MAX], sender[OCAP_REF_MAX];
   size_t at;
-  int rc = ocap__parse_send(k, item, len, target, result, &at);
+  int rc = ocap__parse_send(k, item, len, target, result, sender, &at);
   if (rc)
     return rc;
   const char *res = strcmp(result, "-") == 0 ? NULL : result;
@@ -202,7 +202,10 @@ static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int 
   rc = deliver_send(k, cur, res, enc, elen, ep, fatal, why);
 done:
   if (rc == 0 || rc == OCAP_EFATAL) {
+    /* The item is gone: delivered, or rejected at its result. */
     int rr = ocap__release_send(k, target, res, enc, elen);
+    if (!rr && sender[0])
+      rr = ocap__charge_queued(k, sender, -(long long)len);
     if (rr)
       rc = rr;
   }
@@ -439,11 +442,13 @@ static int crank_drop_item(ocap_kernel_t *k, const ocap__buf_t *item) {
   free(again.p);
   rc = rc < 0 ? rc : 0;
   if (!rc && strncmp(item->p, "send ", 5) == 0) {
-    char t[OCAP_REF_MAX], r[OCAP_REF_MAX];
+    char t[OCAP_REF_MAX], r[OCAP_REF_MAX], sender[OCAP_REF_MAX];
     size_t at;
-    rc = ocap__parse_send(k, item->p, item->len, t, r, &at);
+    rc = ocap__parse_send(k, item->p, item->len, t, r, sender, &at);
     if (!rc)
       rc = ocap__release_send(k, t, NULL, item->p + at, item->len - at);
+    if (!rc && sender[0])
+      rc = ocap__charge_queued(k, sender, -(long long)item->len);
   } else if (!rc) {
     char nep[OCAP_REF_MAX];
     char(*kps)[OCAP_REF_MAX];

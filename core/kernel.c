@@ -90,7 +90,8 @@ int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
   ocap__buf_t enc = {0};
   rc = ocap__capdata_e2k(k, ep, methargs, &enc);
   if (!rc)
-    rc = ocap__enqueue_send(k, tk, result ? rk : NULL, enc.p, enc.len);
+    rc = ocap__enqueue_send(k, tk, result ? rk : NULL, enc.p, enc.len,
+                            ocap__is_kernel_ep(ep) ? NULL : ep);
   /* The sender always wants its result: subscribe it here, which saves
    * every send a subscribe syscall. */
   if (!rc && result)
@@ -173,6 +174,8 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
     rc = ocap__delv(k, "%s.nextObjectId", ep);
   if (!rc)
     rc = ocap__delv(k, "%s.nextPromiseId", ep);
+  if (!rc)
+    rc = ocap__delv(k, "%s.queuedBytes", ep);
   if (!rc && k->hooks.terminated)
     k->hooks.terminated(k->hooks.ud, ep, reason->body, reason->blen);
   return rc;

@@ -161,6 +161,9 @@ int ocap_kernel_step(ocap_kernel_t *k);
  * ocap_kernel_errmsg(). Returns the failure's code (rc when none).
  */
 int ocap_kernel_abort_crank(ocap_kernel_t *k, int rc);
+/* Bytes of vat ep's messages waiting in the kernel: in the run queue or
+ * parked on unresolved promises (0 for the kernel endpoint). */
+long long ocap_kernel_queued_bytes(ocap_kernel_t *k, const char *ep);
 /* Number of items in the run queue, or a negative code. */
 long long ocap_kernel_queue_length(ocap_kernel_t *k);
 /* Number of cranks run since the kernel was opened. */

@@ -67,6 +67,7 @@ typedef struct vbudget {
   lua_Integer message_bytes; /* capdata bytes (body and slots) of one send or resolution */
   lua_Integer message_slots; /* slots of one send or resolution */
   lua_Integer crank_bytes;   /* capdata bytes sent and resolved in one delivery */
+  lua_Integer queued_bytes;  /* bytes of its messages waiting in the kernel */
   lua_Integer log_bytes;     /* log payload bytes in one delivery */
   lua_Integer timers;        /* live timers */
   lua_Integer memory;        /* the vat state's budgets, for messages */
@@ -76,6 +77,7 @@ typedef struct vbudget {
 #define DEFAULT_MESSAGE_BYTES ((lua_Integer)1 << 20)
 #define DEFAULT_MESSAGE_SLOTS ((lua_Integer)16384)
 #define DEFAULT_CRANK_BYTES ((lua_Integer)16 << 20)
+#define DEFAULT_QUEUED_BYTES ((lua_Integer)64 << 20)
 #define DEFAULT_LOG_BYTES ((lua_Integer)1 << 20)
 #define DEFAULT_TIMERS ((lua_Integer)1000)
 
@@ -206,6 +208,7 @@ static vbudget_t default_budget(void) {
   vbudget_t b = {DEFAULT_MESSAGE_BYTES,
                  DEFAULT_MESSAGE_SLOTS,
                  DEFAULT_CRANK_BYTES,
+                 DEFAULT_QUEUED_BYTES,
                  DEFAULT_LOG_BYTES,
                  DEFAULT_TIMERS,
                  (lua_Integer)OCAP_VAT_DEFAULT_MEMORY,
@@ -568,6 +571,16 @@ static int sys_send(lua_State *V) {
   lua_Integer bytes = capdata_bytes(&cd);
   if (message_excess(rec, &cd, bytes, "message", excess, sizeof excess)) {
     lua_pushstring(V, excess); /* no position: the sender's caller is not at fault */
+    return lua_error(V);
+  }
+  /* Messages wait in the kernel until delivered: in the run queue, or
+   * parked on a promise nobody may ever resolve. */
+  long long queued = ocap_kernel_queued_bytes(rec->lk->k, rec->id);
+  if (queued + bytes > rec->budget.queued_bytes) {
+    lua_pushfstring(V,
+                    "this vat has %I bytes of messages waiting in the kernel; %I more would "
+                    "pass its limit of %I (maxQueuedBytes)",
+                    (LUAI_UACINT)queued, (LUAI_UACINT)bytes, (LUAI_UACINT)rec->budget.queued_bytes);
     return lua_error(V);
   }
   charge_sent(V, rec, bytes);
@@ -2018,7 +2031,7 @@ static void opt_budget(lua_State *L, int idx, const char *name, lua_Integer *out
 /*
  * K:createVat(vatId, { info = json, main = name, modules = { name = src },
  *   parameters = body, globals = names, memory = n, instructions = n,
- *   maxMessageBytes = n, maxMessageSlots = n, maxCrankBytes = n,
+ *   maxMessageBytes = n, maxMessageSlots = n, maxCrankBytes = n, maxQueuedBytes = n,
  *   maxLogBytes = n, maxTimers = n })
  *   -> true | nil, msg, code?  [-0, +(1|2|3), e]
  * Builds the vat's state, boots liveslots and runs startVat (which calls
@@ -2046,6 +2059,7 @@ static int k_create_vat(lua_State *L) {
   opt_budget(L, 3, "maxMessageBytes", &budget.message_bytes);
   opt_budget(L, 3, "maxMessageSlots", &budget.message_slots);
   opt_budget(L, 3, "maxCrankBytes", &budget.crank_bytes);
+  opt_budget(L, 3, "maxQueuedBytes", &budget.queued_bytes);
   opt_budget(L, 3, "maxLogBytes", &budget.log_bytes);
   opt_budget(L, 3, "maxTimers", &budget.timers);
   rec->budget = budget;

@@ -90,17 +90,43 @@ int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid) {
   return ocap__enqueue(k, item, 8 + el + pl);
 }
 
-/* Enqueues a send whose capdata is already in krefs, taking references. */
+/*
+ * What vat ep has waiting in the kernel (its messages in the run queue or
+ * parked on promises) is kept under "<ep>.queuedBytes", absent when none.
+ * A vat that is gone has no count, and nothing is charged to it any more.
+ */
+int ocap__charge_queued(ocap_kernel_t *k, const char *ep, long long delta) {
+  long long n;
+  int rc = ocap__get_count(k, -1, &n, "%s.queuedBytes", ep);
+  if (rc)
+    return rc;
+  if (n < 0 && delta < 0)
+    return 0;
+  n = (n < 0 ? 0 : n) + delta;
+  return n > 0 ? ocap__seti(k, n, "%s.queuedBytes", ep) : ocap__delv(k, "%s.queuedBytes", ep);
+}
+
+long long ocap_kernel_queued_bytes(ocap_kernel_t *k, const char *ep) {
+  long long n;
+  return ocap__get_count(k, 0, &n, "%s.queuedBytes", ep) ? 0 : n;
+}
+
+/* Enqueues a send whose capdata is already in krefs, taking references. A
+ * vat's message names its sender after the result, so that what the vat
+ * has waiting is charged to it until the message is delivered or dropped. */
 int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
-                       size_t elen) {
+                       size_t elen, const char *sender) {
   ocap__buf_t b = {0};
   int rc = 0;
   if (ocap__buf_adds(&b, "send ") || ocap__buf_adds(&b, target) || ocap__buf_add(&b, " ", 1) ||
-      ocap__buf_adds(&b, result ? result : "-") || ocap__buf_add(&b, "\n", 1) ||
+      ocap__buf_adds(&b, result ? result : "-") || (sender && ocap__buf_add(&b, " ", 1)) ||
+      (sender && ocap__buf_adds(&b, sender)) || ocap__buf_add(&b, "\n", 1) ||
       ocap__buf_add(&b, enc, elen))
     rc = ocap__broken(k, OCAP_ENOMEM, "out of memory queueing a message");
   if (!rc)
     rc = ocap__enqueue(k, b.p, b.len);
+  if (!rc && sender)
+    rc = ocap__charge_queued(k, sender, (long long)b.len);
   if (!rc)
     rc = ocap__incref(k, target);
   if (!rc && result)
@@ -112,29 +138,37 @@ int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result,
 }
 
 /*
- * Parses the head of a send item, "send <target> <result>\n...", into
- * target and result (OCAP_REF_MAX bytes each; result is "-" for none), and
- * sets *capdata to where its capdata starts. An item that does not parse
- * whole is corruption, never cut to fit.
+ * Parses the head of a send item, "send <target> <result> [<sender>]\n...",
+ * into target, result and sender (OCAP_REF_MAX bytes each; result is "-"
+ * for none, sender "" for the host's messages and items queued before
+ * senders were recorded), and sets *capdata to where its capdata starts.
+ * An item that does not parse whole is corruption, never cut to fit.
  */
 int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *target, char *result,
-                     size_t *capdata) {
+                     char *sender, size_t *capdata) {
   const char *nl = memchr(item, '\n', len);
   const char *t = item + 5, *sp = nl ? memchr(t, ' ', (size_t)(nl - t)) : NULL;
   char sv[64];
   if (!nl || len < 5 || memcmp(item, "send ", 5) != 0 || !sp)
     return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: run-queue item %s is not a send",
                         ocap__shown(item, len, sv));
-  size_t tl = (size_t)(sp - t), rl = (size_t)(nl - sp - 1);
-  if (tl == 0 || tl >= OCAP_REF_MAX || rl == 0 || rl >= OCAP_REF_MAX)
+  const char *sp2 = memchr(sp + 1, ' ', (size_t)(nl - sp - 1));
+  const char *rend = sp2 ? sp2 : nl;
+  size_t tl = (size_t)(sp - t), rl = (size_t)(rend - sp - 1);
+  size_t sl = sp2 ? (size_t)(nl - sp2 - 1) : 0;
+  if (tl == 0 || tl >= OCAP_REF_MAX || rl == 0 || rl >= OCAP_REF_MAX || sl >= OCAP_REF_MAX ||
+      (sp2 && sl == 0))
     return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: run-queue item %s has a bad reference",
                         ocap__shown(item, len, sv));
   memcpy(target, t, tl);
   target[tl] = '\0';
   memcpy(result, sp + 1, rl);
   result[rl] = '\0';
+  memcpy(sender, sp2 ? sp2 + 1 : "", sl);
+  sender[sl] = '\0';
   if (!ocap__valid_kref(target) ||
-      (strcmp(result, "-") != 0 && (!ocap__valid_kref(result) || !ocap__is_kpid(result))))
+      (strcmp(result, "-") != 0 && (!ocap__valid_kref(result) || !ocap__is_kpid(result))) ||
+      (sl && sender[0] != 'v'))
     return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: run-queue item %s has a bad reference",
                         ocap__shown(item, len, sv));
   *capdata = (size_t)(nl + 1 - item);

@@ -2,8 +2,8 @@
  * queue.h -- the run queue (internal to the kernel; see kstate.h).
  *
  * Items are `runQueue.<n>` for n from `runQueue.head` to `runQueue.tail`
- * (docs/storage.md), each either a send, "send <target> <result|->\n
- * <capdata>", or a notify, "notify <ep> <kpid> <kpid>...". An item holds a
+ * (docs/storage.md), each either a send, "send <target> <result|->
+ * [<sender>]\n<capdata>", or a notify, "notify <ep> <kpid> <kpid>...". An item holds a
  * reference to every promise it names.
  */
 #ifndef OCAP_QUEUE_H
@@ -13,17 +13,22 @@
 
 /* Appends an item as it is (its references already taken). */
 int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len);
-/* Enqueues a send whose capdata is already in krefs, taking references. */
+/* Enqueues a send whose capdata is already in krefs, taking references;
+ * a vat sender (NULL for the host) is charged for it until it is gone. */
 int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
-                       size_t elen);
+                       size_t elen, const char *sender);
+/* Adds delta to the bytes vat ep has waiting in the kernel (<ep>.queuedBytes);
+ * a vat that is gone is charged nothing. */
+int ocap__charge_queued(ocap_kernel_t *k, const char *ep, long long delta);
 /* Queues a notify of kpid to ep, merged into the last item when it can be. */
 int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid);
 /* Pops the head into b: 1 when there was an item, 0 when empty. */
 int ocap__dequeue(ocap_kernel_t *k, ocap__buf_t *b);
 
-/* Parses a send item's head; *capdata is where its capdata starts. */
+/* Parses a send item's head (sender "" when it names none); *capdata is
+ * where its capdata starts. */
 int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *target, char *result,
-                     size_t *capdata);
+                     char *sender, size_t *capdata);
 /* Parses a notify item; *kpids is malloc'd and holds *n promises. */
 int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep,
                        char (**kpids)[OCAP_REF_MAX], size_t *n);

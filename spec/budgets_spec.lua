@@ -3,6 +3,7 @@
 -- never loses its state because of what another vat sent it or because it
 -- failed to restart, and every number in a config is checked.
 local testing = require 'ocap.testing'
+local ocap = require 'ocap'
 local support = require 'support'
 local rejection = support.rejection
 
@@ -208,6 +209,25 @@ describe('budgets', function()
       assert.equal("result of 5003 bytes is over this vat's limit of 4096 (maxMessageBytes)", err.message)
       assert.equal('rrrr', kernel:queueMessage(s, 'bigResult', { 4 }):await())
       assert.is_true(support.isLive(kernel, vatId))
+    end)
+
+    it('and is still waiting in the kernel is bounded by maxQueuedBytes, across deliveries', function()
+      local s, recv, vatId = launchPair({ maxQueuedBytes = 64 * 1024 })
+      local kit = ocap.makePromiseKit()
+      kernel:queueMessage(s, 'hold', { kit.promise }):await()
+      -- Parked on a promise nobody resolves yet, one message per delivery.
+      for _ = 1, 6 do assert.is_true(kernel:queueMessage(s, 'sendToHeld', { 10000 }):await().ok) end
+      local res = kernel:queueMessage(s, 'sendToHeld', { 10000 }):await()
+      assert.is_false(res.ok)
+      assert.matches("^this vat has 60%d%d%d bytes of messages waiting in the kernel; 100%d%d more would "
+        .. "pass its limit of 65536 %(maxQueuedBytes%)$", res.err)
+      assert.is_true(support.isLive(kernel, vatId))
+      -- Once they are delivered, it may send again.
+      kit.resolve(recv)
+      kernel:run()
+      assert.is_true(kernel:queueMessage(s, 'sendToHeld', { 10000 }):await().ok)
+      kernel:run()
+      assert.is_nil(kernel.K:kvGet(vatId .. '.queuedBytes'), 'nothing is waiting any more')
     end)
 
     it('in one delivery is bounded by maxCrankBytes: over it the vat is terminated, the crank rolled back', function()

@@ -48,6 +48,7 @@ M.LIMITS = {
   maxMessageBytes = { min = 1024, max = 1 << 40, what = 'an integer number of bytes, from 1024 to 2^40' },
   maxMessageSlots = { min = 0, max = 1 << 40, what = 'an integer number of slots, from 0 to 2^40' },
   maxCrankBytes = { min = 1024, max = 1 << 40, what = 'an integer number of bytes, from 1024 to 2^40' },
+  maxQueuedBytes = { min = 1024, max = 1 << 40, what = 'an integer number of bytes, from 1024 to 2^40' },
   maxLogBytes = { min = 0, max = 1 << 40, what = 'an integer number of bytes, from 0 to 2^40' },
   maxTimers = { min = 0, max = 1 << 40, what = 'an integer number of timers, from 0 to 2^40' },
 }

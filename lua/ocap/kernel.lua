@@ -403,7 +403,9 @@ local function limitsOf(vc)
 end
 
 -- The kernel-side budgets of creationOptions, passed to createVat as is.
-local BUDGET_KEYS = { 'maxMessageBytes', 'maxMessageSlots', 'maxCrankBytes', 'maxLogBytes', 'maxTimers' }
+local BUDGET_KEYS = {
+  'maxMessageBytes', 'maxMessageSlots', 'maxCrankBytes', 'maxQueuedBytes', 'maxLogBytes', 'maxTimers',
+}
 
 --- Starts a vat's Lua state and runs startVat. Returns true or nil, msg.
 function Kernel:_startVat(vatId, rec, bundle)

@@ -53,6 +53,13 @@ function M.buildRootObject(vatPowers, parameters, baggage)
       return count
     end,
     bigResult = function(_, bytes) return string.rep('r', bytes) end,
+    -- Keeps a promise, then sends messages to it: until it resolves they
+    -- wait in the kernel.
+    hold = function(_, p) peers.held = p end,
+    sendToHeld = function(_, bytes)
+      local ok, err = pcall(function() E.sendOnly(peers.held).take(string.rep('q', bytes)) end)
+      return { ok = ok, err = err }
+    end,
     logLine = function(_, message, ...) log:log(message, ...) end,
     logHuge = function(_, bytes) log:log(string.rep('x', bytes)) end,
     logMany = function(_, n)
