@@ -270,6 +270,16 @@ function M.make(opts)
   end
 
   m = marshal.makeMarshal(valToSlot, slotToVal)
+
+  -- One capdata table serves every delivery's decoding: the decoder reads
+  -- it and lets go of it before returning.
+  local capdata = {}
+  local function decodeCapdata(body, slots)
+    capdata.body, capdata.slots = body, slots
+    local ok, v = pcall(decode, m.unserialize, capdata)
+    capdata.body, capdata.slots = nil, nil
+    return ok, v
+  end
   ls.marshal = m
   storeKit = stores.make(syscall, m, ls)
   durableKit = durable.make(syscall, m, ls)
@@ -356,7 +366,7 @@ function M.make(opts)
     -- designates, checking revocation on the way. Running it here on the
     -- local object the promise resolved to would skip that check.
     local target = exports[targetVref] or storeKit.fromVref(targetVref) or durableKit.fromVref(targetVref)
-    local ok, methargs = pcall(decode, m.unserialize, { body = body, slots = slots })
+    local ok, methargs = decodeCapdata(body, slots)
     if target == nil then
       rejectResult(resultVpid, pass.makeError(
         ('[KERNEL:OBJECT_DELETED] Object %s no longer exists'):format(targetVref)))
@@ -390,7 +400,7 @@ function M.make(opts)
       local r = resolutions[1]
       local vpid = r[1]
       local p = pending[vpid] or trackPromise(vpid)
-      local ok, v = pcall(decode, m.unserialize, { body = r[3], slots = r[4] })
+      local ok, v = decodeCapdata(r[3], r[4])
       pending[vpid] = nil
       if not ok then return settleAndResume(p, false, normalizeError(v)) end
       return settleAndResume(p, not r[2], v)
@@ -401,7 +411,7 @@ function M.make(opts)
     for i = 1, n do
       local r = resolutions[i]
       local p = pending[r[1]]
-      local ok, v = pcall(decode, m.unserialize, { body = r[3], slots = r[4] })
+      local ok, v = decodeCapdata(r[3], r[4])
       if not ok then v = normalizeError(v) end
       ok = ok and not r[2]
       if i < n then

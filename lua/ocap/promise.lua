@@ -122,7 +122,7 @@ local AWAIT = setmetatable({}, { __name = 'await' })   -- (AWAIT, co): resume co
 ------------------------------------------------------------------------------
 -- The turn queue.
 
-local RING_TURNS = 256
+local RING_TURNS = 16  -- grows by doubling; most deliveries queue a few turns
 local ring = {}        -- job, a, b, c for each turn
 local ringCap = RING_TURNS
 local ringSlots = RING_TURNS * 4
