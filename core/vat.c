@@ -254,6 +254,7 @@ static void vat_hook(lua_State *L, lua_Debug *ar) {
       if (v->charged < v->budget)
         return;
       v->fatal = OCAP_VAT_METER;
+      v->cause = CAUSE_INSTRUCTIONS;
     }
   }
   vat_die(L, v);
@@ -278,6 +279,7 @@ static void vat_charge(lua_State *L, long long cost) {
     } else {
       v->charged = v->budget;
       v->fatal = OCAP_VAT_METER;
+      v->cause = CAUSE_INSTRUCTIONS;
     }
   }
   vat_die(L, v);
@@ -1902,6 +1904,8 @@ const char *ocap_vat_fatal_reason(ocap_vat_t *v) {
 void ocap_vat_forgive(ocap_vat_t *v) {
   assert(v->depth == 0);
   v->fatal = 0;
+  v->cause = CAUSE_INSTRUCTIONS;
+  v->expired = 0;
   v->refused = 0;
   /* vat_die re-armed the main thread's hook to fire at every instruction. */
   lua_sethook(v->L, vat_hook, LUA_MASKCOUNT, OCAP_VAT_GRANULE);
