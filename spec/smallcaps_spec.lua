@@ -258,6 +258,34 @@ describe('the C smallcaps codec', function()
   end)
 end)
 
+describe('the Lua codec', function()
+  it('is loaded only when the C codec leaves something to it', function()
+    -- A fresh Lua state (this one has loaded it for the comparisons above).
+    local script = [[
+      local marshal = require 'ocap.marshal'
+      local pass = require 'ocap.pass'
+      local m = marshal.makeMarshal(function() return 'o-1' end, function() return {} end)
+      local far = pass.registerRemotable({}, 'Alleged: x')
+      for _, v in ipairs({ 1, 'x', { a = { 1.5, far } }, pass.makeError('boom'), pass.array() }) do
+        m.unserialize(m.serialize(v))
+      end
+      m.unserialize(m.serializeCall('ping', table.pack(1, { far })))
+      io.write(package.loaded['ocap.marshal.reference'] and 'loaded' or 'not loaded', ' ')
+      pcall(m.serialize, { print })
+      io.write(package.loaded['ocap.marshal.reference'] and 'loaded' or 'not loaded')
+    ]]
+    local path = os.tmpname()
+    local f = assert(io.open(path, 'w'))
+    f:write(script)
+    f:close()
+    local child = assert(io.popen('lua5.4 ' .. path .. ' 2>&1'))
+    local out = child:read('a')
+    child:close()
+    os.remove(path)
+    assert.equal('not loaded loaded', out)
+  end)
+end)
+
 describe('the C smallcaps codec in a vat', function()
   local kernel
   after_each(function() if kernel then kernel:stop() end end)
