@@ -21,17 +21,49 @@
 #include "queue.h"
 #include "refs.h"
 
+/*
+ * The store's hooks (kstate.h, convention 6): whoever commits or aborts the
+ * store, the tables kept in memory commit or roll back with it. A failed
+ * write in prepare is a kernel failure like any other, so the crank (or the
+ * host call) that made the changes fails.
+ */
+static int tables_prepare(void *ud) {
+  ocap_kernel_t *k = ud;
+  int rc = ocap__counters_prepare(k);
+  return rc ? rc : ocap__queue_prepare(k);
+}
+
+static void tables_done(void *ud) {
+  ocap_kernel_t *k = ud;
+  ocap__counters_done(k);
+  ocap__queue_done(k);
+}
+
+static void tables_abort(void *ud, int cleared) {
+  ocap_kernel_t *k = ud;
+  ocap__counters_abort(k, cleared);
+  ocap__queue_abort(k, cleared);
+}
+
 int ocap_kernel_new(ocap_store_t *store, const ocap_kernel_hooks_t *hooks, ocap_kernel_t **out) {
   ocap_kernel_t *k = calloc(1, sizeof *k);
-  if (!k)
+  if (!k || ocap__queue_new(k)) {
+    free(k);
     return OCAP_ENOMEM;
+  }
   k->s = store;
   k->hooks = *hooks;
+  ocap_store_hooks_t sh = {k, tables_prepare, tables_done, tables_abort};
+  ocap_store_set_hooks(store, &sh);
   *out = k;
   return 0;
 }
 
 void ocap_kernel_free(ocap_kernel_t *k) {
+  if (!k)
+    return;
+  ocap_store_set_hooks(k->s, NULL);
+  ocap__queue_free(k);
   free(k);
 }
 
@@ -54,7 +86,7 @@ long long ocap_kernel_cranks(const ocap_kernel_t *k) {
 
 int ocap_kernel_alloc_vat_id(ocap_kernel_t *k, char *out) {
   long long n;
-  int rc = ocap__bump(k, "nextVatId", &n);
+  int rc = ocap__bump(k, CTR_VAT, &n);
   if (rc)
     return rc;
   out[0] = 'v';

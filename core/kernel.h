@@ -105,7 +105,9 @@ typedef struct ocap_kernel_hooks {
   void (*prepare)(void *ud, const char *ep);
 } ocap_kernel_hooks_t;
 
-/* Opens the kernel on a store (initialising an empty one). */
+/* Opens the kernel on a store (initialising an empty one). The kernel sets
+ * the store's hooks (store.h): one kernel per store, freed before the
+ * store is closed. */
 int ocap_kernel_new(ocap_store_t *store, const ocap_kernel_hooks_t *hooks, ocap_kernel_t **out);
 void ocap_kernel_free(ocap_kernel_t *k);
 ocap_store_t *ocap_kernel_store(ocap_kernel_t *k);

@@ -361,13 +361,49 @@ int ocap__seti(ocap_kernel_t *k, long long n, const char *fmt, ...) {
   return rc ? ocap__store_failed(k, rc, "write", key, kl) : 0;
 }
 
-/* Sets *out to the counter's value and stores value + 1. Returns 0 or a
- * negative code. */
-int ocap__bump(ocap_kernel_t *k, const char *key, long long *out) {
-  int rc = ocap__get_count(k, 1, out, "%s", key);
-  if (!rc && *out >= COUNT_MAX)
-    rc = ocap__broken(k, OCAP_ECORRUPT, "counter '%s' is exhausted (%lld)", key, *out);
-  if (!rc)
-    rc = ocap__seti(k, *out + 1, "%s", key);
-  return rc;
+static const char *const counter_key[CTR_COUNT] = {"nextVatId", "nextObjectId", "nextPromiseId"};
+
+/* Reads the counters the first time they are needed. */
+static int counters_load(ocap_kernel_t *k) {
+  for (int i = 0; i < CTR_COUNT; i++) {
+    int rc = ocap__get_count(k, 1, &k->next[i], "%s", counter_key[i]);
+    if (rc)
+      return rc;
+    k->cnext[i] = k->next[i];
+  }
+  k->counters_loaded = 1;
+  return 0;
+}
+
+int ocap__bump(ocap_kernel_t *k, int which, long long *out) {
+  int rc = k->counters_loaded ? 0 : counters_load(k);
+  if (rc)
+    return rc;
+  *out = k->next[which];
+  if (*out >= COUNT_MAX)
+    return ocap__broken(k, OCAP_ECORRUPT, "counter '%s' is exhausted (%lld)", counter_key[which],
+                        *out);
+  k->next[which]++;
+  return 0;
+}
+
+int ocap__counters_prepare(ocap_kernel_t *k) {
+  for (int i = 0; i < CTR_COUNT && k->counters_loaded; i++) {
+    if (k->next[i] != k->cnext[i]) {
+      int rc = ocap__seti(k, k->next[i], "%s", counter_key[i]);
+      if (rc)
+        return rc;
+    }
+  }
+  return 0;
+}
+
+void ocap__counters_done(ocap_kernel_t *k) {
+  memcpy(k->cnext, k->next, sizeof k->cnext);
+}
+
+void ocap__counters_abort(ocap_kernel_t *k, int cleared) {
+  memcpy(k->next, k->cnext, sizeof k->next);
+  if (cleared)
+    k->counters_loaded = 0;
 }

@@ -19,6 +19,14 @@
  *     fault (an illegal syscall) is reported with ocap__fail instead.
  *  5. Functions that read return 1 found, 0 missing, or a negative OCAP_E*
  *     code; functions that write return 0 or a negative code.
+ *  6. The hottest tables (the id counters and the run queue) are the
+ *     exception to convention 1: they are kept in memory, written to the
+ *     crank buffer as final states when the store commits, and put back
+ *     when it aborts, through the store's hooks (store.h). The keys and
+ *     values in the store are the same as if they were written at once, so
+ *     the store still holds the whole state at every commit. They are read
+ *     from the store when first used, which is when a damaged value is
+ *     found.
  */
 #ifndef OCAP_KSTATE_H
 #define OCAP_KSTATE_H
@@ -36,6 +44,11 @@
  */
 #define COUNT_MAX 9007199254740991LL
 
+/* The kernel-wide id counters, kept as fields (see ocap__bump). */
+enum { CTR_VAT, CTR_OBJECT, CTR_PROMISE, CTR_COUNT };
+
+struct ocap__queue;
+
 struct ocap_kernel {
   ocap_store_t *s;
   ocap_kernel_hooks_t hooks;
@@ -43,6 +56,17 @@ struct ocap_kernel {
   int err;             /* the kernel failure the current crank must fail with, or 0 */
   char errmsg[512];    /* why the last call failed, when it was the caller's fault */
   char brokenmsg[512]; /* why, when it was a kernel failure (err != 0) */
+  /*
+   * Tables kept in memory rather than read from the store at each use
+   * (conventions 1 and 6): loaded on first use, changed in place during a
+   * crank, and written into the store's crank buffer as final states when
+   * it commits (the store's prepare hook); an abort puts back what the
+   * last commit left.
+   */
+  int counters_loaded;
+  long long next[CTR_COUNT];  /* the next id of each counter */
+  long long cnext[CTR_COUNT]; /* the same at the last commit */
+  struct ocap__queue *q;      /* the run queue (queue.c) */
 };
 
 /* A growable byte buffer for values too large for the stack; {0} is empty. */
@@ -79,8 +103,12 @@ int ocap__setn(ocap_kernel_t *k, const char *val, size_t vl, const char *fmt, ..
 #define ocap__setv(k, val, ...) ocap__setn((k), (val), strlen(val), __VA_ARGS__)
 int ocap__delv(ocap_kernel_t *k, const char *fmt, ...);
 int ocap__seti(ocap_kernel_t *k, long long n, const char *fmt, ...);
-/* Sets *out to the counter's value and stores value + 1. */
-int ocap__bump(ocap_kernel_t *k, const char *key, long long *out);
+/* Sets *out to the value of counter `which` (a CTR_*) and advances it. */
+int ocap__bump(ocap_kernel_t *k, int which, long long *out);
+/* The store's hooks for the counters (convention 6). */
+int ocap__counters_prepare(ocap_kernel_t *k);
+void ocap__counters_done(ocap_kernel_t *k);
+void ocap__counters_abort(ocap_kernel_t *k, int cleared);
 
 /* A promise's state, as ocap__get_state returns it. */
 enum { ST_NONE = 0, ST_UNRESOLVED = 1, ST_FULFILLED = 2, ST_REJECTED = 3 };

@@ -85,7 +85,7 @@ int ocap_kernel_alloc_promise(ocap_kernel_t *k, const char *ep, char *out) {
   long long n;
   int rc = ep ? ocap__check_ep(k, ep) : 0;
   if (!rc)
-    rc = ocap__bump(k, "nextPromiseId", &n);
+    rc = ocap__bump(k, CTR_PROMISE, &n);
   if (rc)
     return rc;
   memcpy(out, "kp", 2);

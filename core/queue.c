@@ -12,35 +12,206 @@
 
 #define NOTIFY_MERGE 16 /* notifies merged into one run-queue item */
 
-/* Reads the run queue's bounds, which must satisfy head <= tail. */
-static int queue_bounds(ocap_kernel_t *k, long long *head, long long *tail) {
-  int rc = ocap__get_count(k, 0, head, "runQueue.head");
+/* An item: a send or a notify, as text (queue.h), malloc'd. */
+typedef struct item {
+  char *p;
+  size_t len;
+} item_t;
+
+/*
+ * The run queue in memory (kstate.h, convention 6). Item n lives at
+ * v[n & mask]. `head` and `tail` are the bounds now, `chead` and `ctail`
+ * those at the last commit, which the store holds; the items from chead to
+ * tail stay in the ring, those a crank popped included, so that an abort
+ * only has to move the bounds back. The one committed item a crank can
+ * change is the last one, when a notify joins it: its committed text waits
+ * in `undo` until the crank ends.
+ */
+struct ocap__queue {
+  int loaded;
+  long long head, tail, chead, ctail;
+  item_t *v;
+  size_t mask;
+  long long undo_at; /* the index of the changed committed item, or -1 */
+  item_t undo;
+};
+
+static item_t *slot(struct ocap__queue *q, long long n) {
+  return &q->v[(size_t)n & q->mask];
+}
+
+/* Makes room for item `tail` while keeping every item from chead on. */
+static int ring_reserve(struct ocap__queue *q) {
+  size_t need = (size_t)(q->tail - q->chead) + 1;
+  size_t cap = q->v ? q->mask + 1 : 0;
+  if (need <= cap)
+    return 0;
+  size_t ncap = cap ? cap * 2 : 64;
+  while (ncap < need)
+    ncap *= 2;
+  item_t *nv = malloc(ncap * sizeof *nv);
+  if (!nv)
+    return OCAP_ENOMEM;
+  for (long long n = q->chead; n < q->tail; n++)
+    nv[(size_t)n & (ncap - 1)] = *slot(q, n);
+  free(q->v);
+  q->v = nv;
+  q->mask = ncap - 1;
+  return 0;
+}
+
+/* Frees the items from `from` to `to` (exclusive). */
+static void free_items(struct ocap__queue *q, long long from, long long to) {
+  for (long long n = from; n < to; n++) {
+    free(slot(q, n)->p);
+    slot(q, n)->p = NULL;
+  }
+}
+
+/*
+ * Reads the queue from the store the first time it is needed: its bounds,
+ * which must satisfy head <= tail, and every item between them, numbered
+ * without gaps (a missing one is corruption, and a tail too large is found
+ * at its first missing item).
+ */
+static int queue_load(ocap_kernel_t *k) {
+  struct ocap__queue *q = k->q;
+  long long head, tail;
+  int rc = ocap__get_count(k, 0, &head, "runQueue.head");
   if (!rc)
-    rc = ocap__get_count(k, 0, tail, "runQueue.tail");
-  if (!rc && *head > *tail)
+    rc = ocap__get_count(k, 0, &tail, "runQueue.tail");
+  if (!rc && head > tail)
     rc = ocap__broken(k, OCAP_ECORRUPT,
                       "corrupt database: runQueue.head (%lld) is after runQueue.tail "
                       "(%lld)",
-                      *head, *tail);
+                      head, tail);
+  if (rc)
+    return rc;
+  q->chead = q->head = q->tail = head;
+  q->undo_at = -1;
+  for (long long n = head; n < tail && !rc; n++) {
+    ocap__buf_t b = {0};
+    int got = ocap__getb(k, &b, "runQueue.%lld", n);
+    if (got == 0)
+      rc = ocap__broken(k, OCAP_ECORRUPT, "corrupt database: run-queue item %lld is missing", n);
+    else if (got < 0)
+      rc = got;
+    else if (ring_reserve(q))
+      rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the run queue");
+    if (rc) {
+      free(b.p);
+      break;
+    }
+    slot(q, n)->p = b.p;
+    slot(q, n)->len = b.len;
+    q->tail++;
+  }
+  if (rc) {
+    free_items(q, head, q->tail);
+    return rc;
+  }
+  q->ctail = q->tail;
+  q->loaded = 1;
+  return 0;
+}
+
+#define LOAD(k)                                                                                    \
+  do {                                                                                             \
+    if (!(k)->q->loaded) {                                                                         \
+      int rc_ = queue_load(k);                                                                     \
+      if (rc_)                                                                                     \
+        return rc_;                                                                                \
+    }                                                                                              \
+  } while (0)
+
+int ocap__queue_new(ocap_kernel_t *k) {
+  k->q = calloc(1, sizeof *k->q);
+  return k->q ? 0 : OCAP_ENOMEM;
+}
+
+void ocap__queue_free(ocap_kernel_t *k) {
+  struct ocap__queue *q = k->q;
+  if (!q)
+    return;
+  if (q->loaded) {
+    free_items(q, q->chead, q->tail);
+    if (q->undo_at >= 0)
+      free(q->undo.p);
+  }
+  free(q->v);
+  free(q);
+}
+
+int ocap__queue_prepare(ocap_kernel_t *k) {
+  struct ocap__queue *q = k->q;
+  int rc = 0;
+  if (!q->loaded)
+    return 0;
+  for (long long n = q->chead; n < q->head && n < q->ctail && !rc; n++)
+    rc = ocap__delv(k, "runQueue.%lld", n);
+  for (long long n = q->head > q->ctail ? q->head : q->ctail; n < q->tail && !rc; n++)
+    rc = ocap__setn(k, slot(q, n)->p, slot(q, n)->len, "runQueue.%lld", n);
+  if (!rc && q->undo_at >= q->head)
+    rc = ocap__setn(k, slot(q, q->undo_at)->p, slot(q, q->undo_at)->len, "runQueue.%lld",
+                    q->undo_at);
+  if (!rc && q->head != q->chead)
+    rc = ocap__seti(k, q->head, "runQueue.head");
+  if (!rc && q->tail != q->ctail)
+    rc = ocap__seti(k, q->tail, "runQueue.tail");
   return rc;
+}
+
+void ocap__queue_done(ocap_kernel_t *k) {
+  struct ocap__queue *q = k->q;
+  if (!q->loaded)
+    return;
+  free_items(q, q->chead, q->head);
+  if (q->undo_at >= 0)
+    free(q->undo.p);
+  q->undo_at = -1;
+  q->chead = q->head;
+  q->ctail = q->tail;
+}
+
+void ocap__queue_abort(ocap_kernel_t *k, int cleared) {
+  struct ocap__queue *q = k->q;
+  if (!q->loaded)
+    return;
+  free_items(q, q->ctail, q->tail);
+  if (q->undo_at >= 0) {
+    free(slot(q, q->undo_at)->p);
+    *slot(q, q->undo_at) = q->undo;
+  }
+  q->undo_at = -1;
+  q->head = q->chead;
+  q->tail = q->ctail;
+  if (cleared) {
+    free_items(q, q->chead, q->ctail);
+    q->loaded = 0;
+  }
 }
 
 int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len) {
-  long long tail;
-  int rc = ocap__get_count(k, 0, &tail, "runQueue.tail");
-  if (!rc && tail >= COUNT_MAX)
-    rc = ocap__broken(k, OCAP_ECORRUPT, "counter 'runQueue.tail' is exhausted");
-  if (!rc)
-    rc = ocap__setn(k, item, len, "runQueue.%lld", tail);
-  if (!rc)
-    rc = ocap__seti(k, tail + 1, "runQueue.tail");
-  return rc;
+  LOAD(k);
+  struct ocap__queue *q = k->q;
+  if (q->tail >= COUNT_MAX)
+    return ocap__broken(k, OCAP_ECORRUPT, "counter 'runQueue.tail' is exhausted");
+  char *p = malloc(len + 1);
+  if (!p || ring_reserve(q)) {
+    free(p);
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory queueing an item");
+  }
+  memcpy(p, item, len);
+  p[len] = '\0';
+  slot(q, q->tail)->p = p;
+  slot(q, q->tail)->len = len;
+  q->tail++;
+  return 0;
 }
 
 long long ocap_kernel_queue_length(ocap_kernel_t *k) {
-  long long head, tail;
-  int rc = queue_bounds(k, &head, &tail);
-  return rc ? rc : tail - head;
+  LOAD(k);
+  return k->q->tail - k->q->head;
 }
 
 /*
@@ -56,31 +227,35 @@ int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid) {
   if (!ocap__valid_kref(kpid))
     return ocap__broken(k, OCAP_ECORRUPT, "cannot notify invalid promise '%.60s'", kpid);
   int rc = ocap__incref(k, kpid);
-  long long head, tail;
-  if (!rc)
-    rc = queue_bounds(k, &head, &tail);
   if (rc)
     return rc;
-  if (tail > head) {
-    ocap__buf_t last = {0};
-    int got = ocap__getb(k, &last, "runQueue.%lld", tail - 1);
-    if (got < 0)
-      return got;
-    if (got && last.len > 8 + el && memcmp(last.p, "notify ", 7) == 0 &&
-        memcmp(last.p + 7, ep, el) == 0 && last.p[7 + el] == ' ') {
-      size_t count = 0;
-      for (size_t i = 0; i < last.len; i++)
-        count += last.p[i] == ' ';
-      if (count - 1 < NOTIFY_MERGE) {
-        if (ocap__buf_add(&last, " ", 1) || ocap__buf_add(&last, kpid, pl))
-          rc = ocap__broken(k, OCAP_ENOMEM, "out of memory queueing a notify");
-        else
-          rc = ocap__setn(k, last.p, last.len, "runQueue.%lld", tail - 1);
-        free(last.p);
-        return rc;
+  LOAD(k);
+  struct ocap__queue *q = k->q;
+  item_t *last = q->tail > q->head ? slot(q, q->tail - 1) : NULL;
+  if (last && last->len > 8 + el && memcmp(last->p, "notify ", 7) == 0 &&
+      memcmp(last->p + 7, ep, el) == 0 && last->p[7 + el] == ' ') {
+    size_t count = 0;
+    for (size_t i = 0; i < last->len; i++)
+      count += last->p[i] == ' ';
+    if (count - 1 < NOTIFY_MERGE) {
+      /* A committed item keeps its text for an abort; one this crank
+       * queued, or changed already, is changed in place. */
+      int keep = q->tail - 1 < q->ctail && q->undo_at != q->tail - 1;
+      char *p = keep ? malloc(last->len + pl + 2) : realloc(last->p, last->len + pl + 2);
+      if (!p)
+        return ocap__broken(k, OCAP_ENOMEM, "out of memory queueing a notify");
+      if (keep) {
+        memcpy(p, last->p, last->len);
+        q->undo = *last;
+        q->undo_at = q->tail - 1;
       }
+      p[last->len] = ' ';
+      memcpy(p + last->len + 1, kpid, pl);
+      last->p = p;
+      last->len += pl + 1;
+      p[last->len] = '\0';
+      return 0;
     }
-    free(last.p);
   }
   char item[3 * OCAP_REF_MAX];
   memcpy(item, "notify ", 7);
@@ -230,20 +405,17 @@ int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result,
 }
 
 /* Pops the run queue's head into b. Returns 1 when there was an item, 0
- * when the queue is empty, or a negative code. */
+ * when the queue is empty, or a negative code. The item itself stays in
+ * the ring until the crank commits (see struct ocap__queue). */
 int ocap__dequeue(ocap_kernel_t *k, ocap__buf_t *b) {
-  long long head, tail;
-  int rc = queue_bounds(k, &head, &tail);
-  if (rc)
-    return rc;
-  if (head >= tail)
+  LOAD(k);
+  struct ocap__queue *q = k->q;
+  if (q->head >= q->tail)
     return 0;
-  rc = ocap__getb(k, b, "runQueue.%lld", head);
-  if (rc == 0)
-    return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: run-queue item %lld is missing", head);
-  if (rc > 0)
-    rc = ocap__delv(k, "runQueue.%lld", head);
-  if (!rc)
-    rc = ocap__seti(k, head + 1, "runQueue.head");
-  return rc ? rc : 1;
+  item_t *it = slot(q, q->head);
+  b->len = 0;
+  if (ocap__buf_add(b, it->p, it->len))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory reading the run queue");
+  q->head++;
+  return 1;
 }

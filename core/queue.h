@@ -1,8 +1,9 @@
 /*
  * queue.h -- the run queue (internal to the kernel; see kstate.h).
  *
- * Items are `runQueue.<n>` for n from `runQueue.head` to `runQueue.tail`
- * (docs/storage.md), each either a send, "send <target> <result|->
+ * It is kept in memory as a ring (kstate.h, convention 6) and stored as
+ * `runQueue.<n>` for n from `runQueue.head` to `runQueue.tail`
+ * (docs/storage.md). Each item is either a send, "send <target> <result|->
  * [<sender>]\n<capdata>", or a notify, "notify <ep> <kpid> <kpid>...". An item holds a
  * reference to every promise it names.
  */
@@ -10,6 +11,14 @@
 #define OCAP_QUEUE_H
 
 #include "kstate.h"
+
+/* The queue's memory (kstate.h, convention 6), made and freed with the
+ * kernel, and the store's hooks for it. */
+int ocap__queue_new(ocap_kernel_t *k);
+void ocap__queue_free(ocap_kernel_t *k);
+int ocap__queue_prepare(ocap_kernel_t *k);
+void ocap__queue_done(ocap_kernel_t *k);
+void ocap__queue_abort(ocap_kernel_t *k, int cleared);
 
 /* Appends an item as it is (its references already taken). */
 int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len);

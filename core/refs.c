@@ -60,7 +60,7 @@ int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out) {
   long long n;
   int rc = ocap__check_ep(k, ep);
   if (!rc)
-    rc = ocap__bump(k, "nextObjectId", &n);
+    rc = ocap__bump(k, CTR_OBJECT, &n);
   if (rc)
     return rc;
   memcpy(out, "ko", 2);

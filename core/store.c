@@ -587,6 +587,7 @@ struct ocap_store {
   int fault_code;
   char *keybuf; /* next_key's result */
   size_t keycap;
+  ocap_store_hooks_t hooks; /* all NULL when none is set */
 };
 
 static char *vformat(const char *fmt, va_list ap) {
@@ -1347,14 +1348,29 @@ static void commit_apply(ocap_store_t *s, int pending) {
   buf_reset(b);
 }
 
+void ocap_store_set_hooks(ocap_store_t *s, const ocap_store_hooks_t *hooks) {
+  if (hooks != NULL)
+    s->hooks = *hooks;
+  else
+    memset(&s->hooks, 0, sizeof s->hooks);
+}
+
 int ocap_store_commit(ocap_store_t *s) {
-  if (s->buf.n == 0)
+  int rc = s->hooks.prepare != NULL ? s->hooks.prepare(s->hooks.ud) : 0;
+  if (rc != 0)
+    return rc;
+  if (s->buf.n == 0) {
+    if (s->hooks.done != NULL)
+      s->hooks.done(s->hooks.ud);
     return 0;
-  int rc = injected(s, OCAP_FAULT_COMMIT);
+  }
+  rc = injected(s, OCAP_FAULT_COMMIT);
   if (rc == 0)
     rc = commit_prepare(s);
   if (rc != 0)
     return rc;
+  if (s->hooks.done != NULL)
+    s->hooks.done(s->hooks.ud);
   if (s->db == NULL) {
     commit_apply(s, 0);
     maybe_sweep(s);
@@ -1370,6 +1386,8 @@ int ocap_store_commit(ocap_store_t *s) {
 
 void ocap_store_abort(ocap_store_t *s) {
   buf_reset(&s->buf);
+  if (s->hooks.abort != NULL)
+    s->hooks.abort(s->hooks.ud, 0);
 }
 
 int ocap_store_flush(ocap_store_t *s) {
@@ -1412,6 +1430,8 @@ size_t ocap_store_pending(const ocap_store_t *s) {
 
 int ocap_store_clear(ocap_store_t *s) {
   buf_reset(&s->buf);
+  if (s->hooks.abort != NULL)
+    s->hooks.abort(s->hooks.ud, 1);
   if (s->db != NULL) {
     drop_iterator(s);
     leveldb_writebatch_clear(s->batch);

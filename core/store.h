@@ -73,6 +73,24 @@ int ocap_store_delete(ocap_store_t *s, const char *key, size_t klen);
 int ocap_store_next_key(ocap_store_t *s, const char *prefix, size_t plen, const char *after,
                         size_t alen, int inclusive, const char **key, size_t *klen);
 
+/*
+ * Hooks for tables a layer above keeps in memory (the kernel's run queue and
+ * counters), so that every commit and abort, whoever calls it, covers them
+ * too. `prepare` runs first in ocap_store_commit and writes the tables'
+ * changes since the last commit into the crank buffer as final states; if
+ * it or the commit fails, the commit returns the code and the caller's
+ * abort (or a later commit, prepare being repeatable) follows. `done` runs
+ * once the commit has succeeded, and `abort` in ocap_store_abort and, with
+ * `cleared` set, in ocap_store_clear. A NULL hooks pointer removes them.
+ */
+typedef struct ocap_store_hooks {
+  void *ud;
+  int (*prepare)(void *ud);
+  void (*done)(void *ud);
+  void (*abort)(void *ud, int cleared);
+} ocap_store_hooks_t;
+void ocap_store_set_hooks(ocap_store_t *s, const ocap_store_hooks_t *hooks);
+
 /* Applies the crank buffer (see convention 6 for when it reaches disk). */
 int ocap_store_commit(ocap_store_t *s);
 /* Drops the crank buffer. */

@@ -73,16 +73,32 @@ static ocap_kernel_t *new_kernel(record_t *r) {
   return k;
 }
 
-static void free_kernel(ocap_kernel_t *k) {
-  ocap_store_close(ocap_kernel_store(k));
+/*
+ * Opens a new kernel on k's store in place of k, as a restart would: the
+ * kernel reads the tables it keeps in memory (the run queue, the id
+ * counters) from the store at first use, so that is when a damaged value
+ * written below it is found.
+ */
+static ocap_kernel_t *reopen(ocap_kernel_t *k, record_t *r) {
+  ocap_store_t *s = ocap_kernel_store(k);
   ocap_kernel_free(k);
+  ocap_kernel_hooks_t hooks = {.ud = r, .deliver = hook_deliver};
+  REQUIRE(ocap_kernel_new(s, &hooks, &k) == 0);
+  return k;
+}
+
+static void free_kernel(ocap_kernel_t *k) {
+  ocap_store_t *s = ocap_kernel_store(k);
+  ocap_kernel_free(k);
+  ocap_store_close(s);
 }
 
 static int put(ocap_kernel_t *k, const char *key, const char *val) {
   return ocap_store_set(ocap_kernel_store(k), key, strlen(key), val, strlen(val));
 }
 
-/* Every key and value of the store, in order, as one malloc'd string. */
+/* Every key and value of the store, in order, then the run queue's length
+ * as the kernel sees it in memory, as one malloc'd string. */
 static char *dump(ocap_kernel_t *k) {
   ocap_store_t *s = ocap_kernel_store(k);
   size_t cap = 1 << 16, len = 0;
@@ -107,7 +123,11 @@ static char *dump(ocap_kernel_t *k) {
     len += vl;
     out[len++] = ';';
   }
-  out[len] = '\0';
+  while (len + 32 > cap) {
+    cap *= 2;
+    REQUIRE((out = realloc(out, cap)) != NULL);
+  }
+  snprintf(out + len, cap - len, "#queue=%lld", ocap_kernel_queue_length(k));
   return out;
 }
 
@@ -321,9 +341,11 @@ static void terminate_faults(void) {
   free(r);
 }
 
-/* Sets key to val, runs one crank, and checks it fails with ECORRUPT and a
- * message holding `mention`; then restores the old value. */
-static void corrupt_case(ocap_kernel_t *k, const char *key, const char *val, const char *mention) {
+/* Sets key to val, reopens the kernel, runs one crank, and checks it fails
+ * with ECORRUPT and a message holding `mention`; then restores the old
+ * value and reopens the kernel again. */
+static ocap_kernel_t *corrupt_case(ocap_kernel_t *k, record_t *r, const char *key, const char *val,
+                                   const char *mention) {
   ocap_store_t *s = ocap_kernel_store(k);
   const char *old;
   size_t ol;
@@ -335,6 +357,7 @@ static void corrupt_case(ocap_kernel_t *k, const char *key, const char *val, con
   }
   REQUIRE(put(k, key, val) == 0);
   REQUIRE(ocap_store_commit(s) == 0);
+  k = reopen(k, r);
   int rc = ocap_kernel_step(k);
   const char *msg = ocap_kernel_errmsg(k);
   if (rc != OCAP_ECORRUPT || strstr(msg, mention) == NULL) {
@@ -349,6 +372,7 @@ static void corrupt_case(ocap_kernel_t *k, const char *key, const char *val, con
     REQUIRE(ocap_store_delete(s, key, strlen(key)) == 0);
   REQUIRE(ocap_store_commit(s) == 0);
   free(saved);
+  return reopen(k, r);
 }
 
 /*
@@ -369,22 +393,22 @@ static void corrupt_values(void) {
   REQUIRE(ocap_kernel_send(k, "kernel", ko, &args, NULL) == 0);
   REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
 
-  corrupt_case(k, "runQueue.tail", "abc", "key 'runQueue.tail' holds 'abc'");
-  corrupt_case(k, "runQueue.tail", "99999999999999999999", "not a count");
-  corrupt_case(k, "runQueue.tail", "-1", "not a count");
-  corrupt_case(k, "runQueue.head", "7", "runQueue.head (7) is after runQueue.tail");
-  corrupt_case(k, "runQueue.0", "send ko1 -", "is not a send");
-  corrupt_case(k, "runQueue.0",
-               "send ko1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa -\n\n#1",
-               "bad reference");
+  k = corrupt_case(k, r, "runQueue.tail", "abc", "key 'runQueue.tail' holds 'abc'");
+  k = corrupt_case(k, r, "runQueue.tail", "99999999999999999999", "not a count");
+  k = corrupt_case(k, r, "runQueue.tail", "-1", "not a count");
+  k = corrupt_case(k, r, "runQueue.head", "7", "runQueue.head (7) is after runQueue.tail");
+  k = corrupt_case(k, r, "runQueue.0", "send ko1 -", "is not a send");
+  k = corrupt_case(k, r, "runQueue.0",
+                   "send ko1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa -\n\n#1",
+                   "bad reference");
   snprintf(key, sizeof key, "%s.owner", ko);
-  corrupt_case(k, key, "v1 v2", "not a reference");
+  k = corrupt_case(k, r, key, "v1 v2", "not a reference");
   char longref[200];
   memset(longref, 'o', sizeof longref - 1);
   longref[sizeof longref - 1] = '\0';
   snprintf(key, sizeof key, "v1.c.%s", ko);
-  corrupt_case(k, key, longref, "not a reference"); /* it overflowed a 48-byte buffer */
-  CHECK(step(k, r) == 1);                           /* repaired, the message goes */
+  k = corrupt_case(k, r, key, longref, "not a reference"); /* it overflowed a 48-byte buffer */
+  CHECK(step(k, r) == 1);                                  /* repaired, the message goes */
   CHECK(r->n == 1 && strcmp(r->lines[0], "v1 msg #[\"ping\",[]]") == 0);
 
   /* A parked-message count far beyond what is there fails at once. */
@@ -410,11 +434,15 @@ static void corrupt_values(void) {
 
   /* Counters at their limit refuse to count further instead of overflowing. */
   REQUIRE(put(k, "nextVatId", "9007199254740991") == 0);
+  REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
+  k = reopen(k, r);
   char id[OCAP_REF_MAX];
   CHECK(ocap_kernel_alloc_vat_id(k, id) == OCAP_ECORRUPT);
   CHECK(strstr(ocap_kernel_errmsg(k), "nextVatId") != NULL);
   ocap_kernel_abort_crank(k, 0);
   REQUIRE(put(k, "nextVatId", "9007199254740990") == 0);
+  REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
+  k = reopen(k, r);
   CHECK(ocap_kernel_alloc_vat_id(k, id) == 0 && strcmp(id, "v9007199254740990") == 0);
   ocap_kernel_abort_crank(k, 0);
 
