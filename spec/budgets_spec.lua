@@ -42,6 +42,21 @@ describe('budgets', function()
       assert.equal(msg .. '1099511627777', launchError({ memoryLimit = (1 << 40) + 1 }))
     end)
 
+    it('refuses a kernel-side budget that is not an integer in its range', function()
+      assert.equal(where .. 'maxMessageBytes: must be an integer number of bytes, from 1024 to 2^40, got 0.5',
+        launchError({ maxMessageBytes = 0.5 }))
+      assert.equal(where .. 'maxCrankBytes: must be an integer number of bytes, from 1024 to 2^40, got nan',
+        launchError({ maxCrankBytes = 0 / 0 }))
+      assert.equal(where .. 'maxTimers: must be an integer number of timers, from 0 to 2^40, got -1',
+        launchError({ maxTimers = -1 }))
+      assert.equal(where .. 'maxLogBytes: must be an integer number of bytes, from 0 to 2^40, got inf',
+        launchError({ maxLogBytes = math.huge }))
+      assert.equal(where .. 'maxQueuedBytes: must be an integer number of bytes, from 1024 to 2^40, got "big"',
+        launchError({ maxQueuedBytes = 'big' }))
+      assert.equal(where .. 'maxMessageSlots: must be an integer number of slots, from 0 to 2^40, got 1e+100',
+        launchError({ maxMessageSlots = 1e100 }))
+    end)
+
     it('accepts integral floats and runs with the meter given', function()
       local r = kernel:launchSubcluster({
         bootstrap = 'b', vats = { b = { sourceSpec = BUDGET, creationOptions = { meter = { instructions = 3e6 } } } },
