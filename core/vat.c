@@ -723,22 +723,25 @@ static int vat_string_bytewise(lua_State *L) {
   return call_original(L);
 }
 
-/* [-0, +1, e] string.sub: per byte of the result. */
+/*
+ * [-0, +1, e] string.sub: per byte of the result. The arguments are read
+ * as the original reads them (a float or numeric string is an index too),
+ * raising its own errors.
+ */
 static int vat_string_sub(lua_State *L) {
-  size_t len = string_len_at(L, 1);
-  if (len > 0 && lua_isinteger(L, 2) && (lua_isnoneornil(L, 3) || lua_isinteger(L, 3)))
-    charge_units(L, slice_len(lua_tointeger(L, 2), luaL_optinteger(L, 3, -1), len), 1);
+  size_t len;
+  luaL_checklstring(L, 1, &len);
+  charge_units(L, slice_len(luaL_checkinteger(L, 2), luaL_optinteger(L, 3, -1), len), 1);
   return call_original(L);
 }
 
 /* [-0, +n, e] string.byte: per value returned. */
 static int vat_string_byte(lua_State *L) {
-  size_t len = string_len_at(L, 1);
-  if (len > 0 && (lua_isnoneornil(L, 2) || lua_isinteger(L, 2))) {
-    lua_Integer i = luaL_optinteger(L, 2, 1);
-    if (lua_isnoneornil(L, 3) || lua_isinteger(L, 3))
-      charge_units(L, slice_len(i, luaL_optinteger(L, 3, i), len), 96);
-  }
+  size_t len;
+  lua_Integer i;
+  luaL_checklstring(L, 1, &len);
+  i = luaL_optinteger(L, 2, 1);
+  charge_units(L, slice_len(i, luaL_optinteger(L, 3, i), len), 96);
   return call_original(L);
 }
 
@@ -844,12 +847,11 @@ static int vat_utf8_char(lua_State *L) {
  * i when dflt_j_is_i is set.
  */
 static int utf8_range(lua_State *L, lua_Integer dflt_i, int dflt_j_is_i, int cost) {
-  size_t len = string_len_at(L, 1);
-  if (len > 0 && (lua_isnoneornil(L, 2) || lua_isinteger(L, 2))) {
-    lua_Integer i = luaL_optinteger(L, 2, dflt_i);
-    if (lua_isnoneornil(L, 3) || lua_isinteger(L, 3))
-      charge_units(L, slice_len(i, luaL_optinteger(L, 3, dflt_j_is_i ? i : -1), len), cost);
-  }
+  size_t len;
+  lua_Integer i;
+  luaL_checklstring(L, 1, &len);
+  i = luaL_optinteger(L, 2, dflt_i);
+  charge_units(L, slice_len(i, luaL_optinteger(L, 3, dflt_j_is_i ? i : -1), len), cost);
   return call_original(L);
 }
 

@@ -90,6 +90,8 @@ describe('the meter', function()
     { 'reverse', 1 << 16, bytes, 4 },
     { 'sub', 1 << 20, bytes, BYTES },
     { 'byte', 1 << 16, bytes, 2 },
+    { 'subCoerced', 1 << 20, bytes, BYTES },
+    { 'byteCoerced', 1 << 16, bytes, 2 },
     { 'format', 1 << 20, bytes, BYTES },
     { 'formatQ', 1 << 16, bytes, 2 },
     { 'concat', 1 << 20, bytes, 16 },

@@ -15,7 +15,10 @@ kinds.upper = { setup = plain, run = function(s) return s:upper() end }
 kinds.lower = { setup = plain, run = function(s) return s:lower() end }
 kinds.reverse = { setup = plain, run = function(s) return s:reverse() end }
 kinds.sub = { setup = plain, run = function(s) return s:sub(2) end }
-kinds.byte = { setup = plain, run = function(s) return select('#', s:byte(1, -1)) end }
+-- Indices given as a float and a numeric string, which string.sub accepts too.
+kinds.subCoerced = { setup = plain, run = function(s) return s:sub(2.0, '-1') end }
+kinds.byteCoerced = { setup = plain, run = function(s) return (s:byte(1.0, '-1')) end }
+kinds.byte = { setup = plain, run = function(s) return (s:byte(1, -1)) end }
 kinds.format = { setup = plain, run = function(s) return ('%s'):format(s) end }
 kinds.formatQ = { setup = plain, run = function(s) return ('%q'):format(s) end }
 kinds.concatVM = { setup = plain, run = function(s) return s .. 'x' end }
@@ -28,7 +31,7 @@ kinds.concat = {
   run = function(t) return table.concat(t) end,
 }
 kinds.utf8len = { setup = plain, run = function(s) return utf8.len(s) end }
-kinds.utf8codepoint = { setup = plain, run = function(s) return select('#', utf8.codepoint(s, 1, -1)) end }
+kinds.utf8codepoint = { setup = plain, run = function(s) return (utf8.codepoint(s, 1, -1)) end }
 kinds.utf8offset = { setup = plain, run = function(s) return utf8.offset(s, #s) end }
 kinds.utf8codes = {
   -- Continuation bytes only: one step of the iterator skips them all.
