@@ -290,6 +290,9 @@ static int kref_index_cmp(const void *a, const void *b) {
 }
 
 #define SMALL_KEYS 16
+/* Records with more keys are left to the Lua codec: their keys would take
+ * that many slots of the Lua stack, which holds a million at most. */
+#define MAX_RECORD_KEYS 100000
 
 /*
  * [-0, +0, e] Writes the record at c, whose keys are all strings. Members
@@ -433,7 +436,7 @@ static int enc_container(enc_t *e, int c, int marked, int depth) {
     return enc_array(e, c, maxk, depth);
   }
   if (count == 0 && !marked)
-    return enc_record(e, c, depth);
+    return nk <= MAX_RECORD_KEYS ? enc_record(e, c, depth) : LEAVE;
   if (nk == 1 && only_n) {
     lua_pushliteral(L, "n");
     lua_rawget(L, c); /* a raw read, as in pass.classify */

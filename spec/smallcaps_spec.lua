@@ -251,6 +251,14 @@ describe('the C smallcaps codec', function()
     end
   end)
 
+  it('leaves records of more than 100,000 keys to the Lua codec', function()
+    local rec = {}
+    for i = 1, 100001 do rec['k' .. i] = i end
+    assert.is_nil(codec.encode(rec))
+    rec.k1 = nil
+    assert.is_table(codec.encode(rec))
+  end)
+
   it('reaches slots only through the slotToVal it is given', function()
     assert.is_false(codec.decode('#"$0.Alleged: x"', { 'o-1' }, nil))
     assert.is_false(codec.decode('#"&0"', {}, slotToVal))
