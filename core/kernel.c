@@ -30,24 +30,30 @@
 static int tables_prepare(void *ud) {
   ocap_kernel_t *k = ud;
   int rc = ocap__counters_prepare(k);
-  return rc ? rc : ocap__queue_prepare(k);
+  if (!rc)
+    rc = ocap__queue_prepare(k);
+  return rc ? rc : ocap__promises_prepare(k);
 }
 
 static void tables_done(void *ud) {
   ocap_kernel_t *k = ud;
   ocap__counters_done(k);
   ocap__queue_done(k);
+  ocap__promises_done(k);
 }
 
 static void tables_abort(void *ud, int cleared) {
   ocap_kernel_t *k = ud;
   ocap__counters_abort(k, cleared);
   ocap__queue_abort(k, cleared);
+  ocap__promises_abort(k, cleared);
 }
 
 int ocap_kernel_new(ocap_store_t *store, const ocap_kernel_hooks_t *hooks, ocap_kernel_t **out) {
   ocap_kernel_t *k = calloc(1, sizeof *k);
-  if (!k || ocap__queue_new(k)) {
+  if (!k || ocap__queue_new(k) || ocap__promises_new(k)) {
+    if (k)
+      ocap__queue_free(k);
     free(k);
     return OCAP_ENOMEM;
   }
@@ -64,6 +70,7 @@ void ocap_kernel_free(ocap_kernel_t *k) {
     return;
   ocap_store_set_hooks(k->s, NULL);
   ocap__queue_free(k);
+  ocap__promises_free(k);
   free(k);
 }
 

@@ -282,9 +282,9 @@ int ocap__get_ref(ocap_kernel_t *k, char *out, const char *fmt, ...) {
   return 1;
 }
 
-/* Reads `<kpid>.state`. Returns a ST_* value (ST_NONE when missing), or a
- * negative code. */
-int ocap__get_state(ocap_kernel_t *k, const char *kpid) {
+/* Reads `<kpid>.state` from the store. Returns a ST_* value (ST_NONE when
+ * missing), or a negative code. */
+int ocap__read_state(ocap_kernel_t *k, const char *kpid) {
   char key[KEY_MAX];
   size_t kl = strlen(kpid);
   if (kl + sizeof ".state" > KEY_MAX)

@@ -19,7 +19,8 @@
  *     fault (an illegal syscall) is reported with ocap__fail instead.
  *  5. Functions that read return 1 found, 0 missing, or a negative OCAP_E*
  *     code; functions that write return 0 or a negative code.
- *  6. The hottest tables (the id counters and the run queue) are the
+ *  6. The hottest tables (the id counters, the run queue, and each
+ *     promise's state and reference count) are the
  *     exception to convention 1: they are kept in memory, written to the
  *     crank buffer as final states when the store commits, and put back
  *     when it aborts, through the store's hooks (store.h). The keys and
@@ -48,6 +49,7 @@
 enum { CTR_VAT, CTR_OBJECT, CTR_PROMISE, CTR_COUNT };
 
 struct ocap__queue;
+struct ocap__promises;
 
 struct ocap_kernel {
   ocap_store_t *s;
@@ -67,6 +69,7 @@ struct ocap_kernel {
   long long next[CTR_COUNT];  /* the next id of each counter */
   long long cnext[CTR_COUNT]; /* the same at the last commit */
   struct ocap__queue *q;      /* the run queue (queue.c) */
+  struct ocap__promises *p;   /* promises' states and counts (promise.c) */
 };
 
 /* A growable byte buffer for values too large for the stack; {0} is empty. */
@@ -113,8 +116,9 @@ void ocap__counters_abort(ocap_kernel_t *k, int cleared);
 /* A promise's state, as ocap__get_state returns it. */
 enum { ST_NONE = 0, ST_UNRESOLVED = 1, ST_FULFILLED = 2, ST_REJECTED = 3 };
 
-/* Reads `<kpid>.state`: a ST_* value (ST_NONE when missing), or a
- * negative code. */
-int ocap__get_state(ocap_kernel_t *k, const char *kpid);
+/* Reads `<kpid>.state` from the store: a ST_* value (ST_NONE when
+ * missing), or a negative code. The kernel reads it through
+ * ocap__get_state (promise.h), which keeps it in memory. */
+int ocap__read_state(ocap_kernel_t *k, const char *kpid);
 
 #endif

@@ -13,14 +13,267 @@
 #include "queue.h"
 #include "refs.h"
 
+/*
+ * Each promise's state (`<kpid>.state`) and reference count
+ * (`<kpid>.refCount`) are kept in memory (kstate.h, convention 6): they are
+ * the promise fields a round trip touches most, a count changing with
+ * every c-list entry, queued item and resolution that names the promise.
+ * A record is read from the store the first time a promise is touched and
+ * keeps the values of the last commit beside the current ones; the records
+ * a crank changed are listed, so that commit writes their final states and
+ * abort puts the committed ones back. A record whose promise is gone (no
+ * state, no count) is dropped at commit. The promise's other fields
+ * (decider, subscribers, data, parked messages) stay in the store.
+ */
+typedef struct prec {
+  long long id;          /* the N of kpN */
+  int state, cstate;     /* ST_*, now and at the last commit */
+  long long refs, crefs; /* the count, -1 when it has no key */
+  int dirty;             /* listed in `dirty` */
+} prec_t;
+
+struct ocap__promises {
+  prec_t **slots; /* open addressing with linear probing, by id */
+  size_t mask, n;
+  prec_t **dirty;
+  size_t ndirty, capdirty;
+};
+
+static const char *const state_name[] = {NULL, "unresolved", "fulfilled", "rejected"};
+
+static size_t id_hash(long long id) {
+  unsigned long long h = (unsigned long long)id * 0x9e3779b97f4a7c15ULL;
+  return (size_t)(h ^ (h >> 29));
+}
+
+/* The N of "kpN", or -1 when kpid is not a promise id. */
+static long long kp_number(const char *kpid) {
+  if (kpid[0] != 'k' || kpid[1] != 'p' || !kpid[2] || (kpid[2] == '0' && kpid[3]))
+    return -1;
+  long long n = 0;
+  for (const char *c = kpid + 2; *c; c++) {
+    if (*c < '0' || *c > '9' || n > COUNT_MAX / 10)
+      return -1;
+    n = n * 10 + (*c - '0');
+  }
+  return n;
+}
+
+static prec_t **find_slot(struct ocap__promises *t, long long id) {
+  for (size_t i = id_hash(id) & t->mask;; i = (i + 1) & t->mask)
+    if (!t->slots[i] || t->slots[i]->id == id)
+      return &t->slots[i];
+}
+
+static int table_grow(struct ocap__promises *t) {
+  if ((t->n + 1) * 2 <= t->mask + 1)
+    return 0;
+  size_t cap = (t->mask + 1) * 2;
+  prec_t **old = t->slots, **ns = calloc(cap, sizeof *ns);
+  if (!ns)
+    return OCAP_ENOMEM;
+  size_t oldcap = t->mask + 1;
+  t->slots = ns;
+  t->mask = cap - 1;
+  for (size_t i = 0; i < oldcap; i++)
+    if (old[i])
+      *find_slot(t, old[i]->id) = old[i];
+  free(old);
+  return 0;
+}
+
+/* Removes the record in slot i, shifting back the ones probed past it. */
+static void table_remove(struct ocap__promises *t, size_t i) {
+  free(t->slots[i]);
+  t->slots[i] = NULL;
+  t->n--;
+  for (size_t j = (i + 1) & t->mask; t->slots[j]; j = (j + 1) & t->mask) {
+    size_t home = id_hash(t->slots[j]->id) & t->mask;
+    /* Move j back to i unless its home lies cyclically in (i, j]. */
+    if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+      t->slots[i] = t->slots[j];
+      t->slots[j] = NULL;
+      i = j;
+    }
+  }
+}
+
+int ocap__promises_new(ocap_kernel_t *k) {
+  struct ocap__promises *t = calloc(1, sizeof *t);
+  if (t)
+    t->slots = calloc(64, sizeof *t->slots);
+  if (!t || !t->slots) {
+    free(t);
+    return OCAP_ENOMEM;
+  }
+  t->mask = 63;
+  k->p = t;
+  return 0;
+}
+
+static void drop_all(struct ocap__promises *t) {
+  for (size_t i = 0; i <= t->mask; i++) {
+    free(t->slots[i]);
+    t->slots[i] = NULL;
+  }
+  t->n = 0;
+  t->ndirty = 0;
+}
+
+void ocap__promises_free(ocap_kernel_t *k) {
+  struct ocap__promises *t = k->p;
+  if (!t)
+    return;
+  drop_all(t);
+  free(t->slots);
+  free(t->dirty);
+  free(t);
+}
+
+/*
+ * The record of kpid, read from the store when it is not in memory yet.
+ * With `create` unset, a promise the store does not have either is not
+ * kept, and *out is NULL. Returns 0 or a negative code.
+ */
+static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) {
+  struct ocap__promises *t = k->p;
+  *out = NULL;
+  long long id = kp_number(kpid);
+  if (id < 0)
+    return create ? ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not a promise id",
+                                 kpid)
+                  : 0;
+  prec_t **sl = find_slot(t, id);
+  if (*sl) {
+    *out = *sl;
+    return 0;
+  }
+  int st = ocap__read_state(k, kpid);
+  if (st < 0)
+    return st;
+  long long refs;
+  int rc = ocap__get_count(k, -1, &refs, "%s.refCount", kpid);
+  if (rc)
+    return rc;
+  if (st == ST_NONE && refs < 0 && !create)
+    return 0;
+  prec_t *r = malloc(sizeof *r);
+  if (!r || table_grow(t)) {
+    free(r);
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
+  }
+  r->id = id;
+  r->state = r->cstate = st;
+  r->refs = r->crefs = refs;
+  r->dirty = 0;
+  *find_slot(t, id) = r;
+  t->n++;
+  *out = r;
+  return 0;
+}
+
+/* Lists r among the records this crank changed, before it is changed. */
+static int touch(ocap_kernel_t *k, prec_t *r) {
+  struct ocap__promises *t = k->p;
+  if (r->dirty)
+    return 0;
+  if (t->ndirty == t->capdirty) {
+    size_t cap = t->capdirty ? t->capdirty * 2 : 32;
+    prec_t **d = realloc(t->dirty, cap * sizeof *d);
+    if (!d)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory changing a promise");
+    t->dirty = d;
+    t->capdirty = cap;
+  }
+  t->dirty[t->ndirty++] = r;
+  r->dirty = 1;
+  return 0;
+}
+
+int ocap__get_state(ocap_kernel_t *k, const char *kpid) {
+  prec_t *r;
+  int rc = lookup(k, kpid, 0, &r);
+  return rc ? rc : r ? r->state : ST_NONE;
+}
+
+/* Sets the state and the count of kpid (refs -1 removes the count). */
+static int set_promise(ocap_kernel_t *k, const char *kpid, int state, long long refs) {
+  prec_t *r;
+  int rc = lookup(k, kpid, 1, &r);
+  if (!rc)
+    rc = touch(k, r);
+  if (rc)
+    return rc;
+  if (refs > COUNT_MAX)
+    return ocap__broken(k, OCAP_ECORRUPT, "count %lld for key '%s.refCount' is out of range", refs,
+                        kpid);
+  r->state = state;
+  r->refs = refs;
+  return 0;
+}
+
+int ocap__promises_prepare(ocap_kernel_t *k) {
+  struct ocap__promises *t = k->p;
+  char kpid[OCAP_REF_MAX];
+  for (size_t i = 0; i < t->ndirty; i++) {
+    prec_t *r = t->dirty[i];
+    int rc = 0;
+    memcpy(kpid, "kp", 2);
+    kpid[2 + ocap__fmt_ll(kpid + 2, r->id)] = '\0';
+    if (r->state != r->cstate)
+      rc = r->state == ST_NONE ? ocap__delv(k, "%s.state", kpid)
+                               : ocap__setv(k, state_name[r->state], "%s.state", kpid);
+    if (!rc && r->refs != r->crefs)
+      rc = r->refs < 0 ? ocap__delv(k, "%s.refCount", kpid)
+                       : ocap__seti(k, r->refs, "%s.refCount", kpid);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+/* Ends the crank's changes to the listed records, keeping (commit) or
+ * dropping (abort) them, and forgets the records of promises now gone. */
+static void settle_dirty(struct ocap__promises *t, int keep) {
+  for (size_t i = 0; i < t->ndirty; i++) {
+    prec_t *r = t->dirty[i];
+    if (keep) {
+      r->cstate = r->state;
+      r->crefs = r->refs;
+    } else {
+      r->state = r->cstate;
+      r->refs = r->crefs;
+    }
+    r->dirty = 0;
+    if (r->state == ST_NONE && r->refs < 0) {
+      size_t j = id_hash(r->id) & t->mask;
+      while (t->slots[j] != r)
+        j = (j + 1) & t->mask;
+      table_remove(t, j);
+    }
+  }
+  t->ndirty = 0;
+}
+
+void ocap__promises_done(ocap_kernel_t *k) {
+  settle_dirty(k->p, 1);
+}
+
+void ocap__promises_abort(ocap_kernel_t *k, int cleared) {
+  struct ocap__promises *t = k->p;
+  settle_dirty(t, 0);
+  if (cleared)
+    drop_all(t);
+}
+
 /* The kernel's reference count of a promise: c-list entries, queued
  * messages and notifies, and other promises' resolutions that mention it. */
 int ocap__incref(ocap_kernel_t *k, const char *kref) {
   if (!ocap__is_kpid(kref))
     return 0;
-  long long n;
-  int rc = ocap__get_count(k, 0, &n, "%s.refCount", kref);
-  return rc ? rc : ocap__seti(k, n + 1, "%s.refCount", kref);
+  prec_t *r;
+  int rc = lookup(k, kref, 1, &r);
+  return rc ? rc : set_promise(k, kref, r->state, (r->refs < 0 ? 0 : r->refs) + 1);
 }
 
 static int free_promise(ocap_kernel_t *k, const char *kpid) {
@@ -30,11 +283,9 @@ static int free_promise(ocap_kernel_t *k, const char *kpid) {
   /* Only settled promises are freed, and settling removed the decider,
    * subscribers and queue already. */
   if (!rc)
-    rc = ocap__delv(k, "%s.state", kpid);
+    rc = set_promise(k, kpid, ST_NONE, -1);
   if (!rc)
     rc = ocap__delv(k, "%s.data", kpid);
-  if (!rc)
-    rc = ocap__delv(k, "%s.refCount", kpid);
   if (!rc && had > 0)
     rc = ocap__decref_slots(k, data.p, data.len);
   free(data.p);
@@ -44,19 +295,16 @@ static int free_promise(ocap_kernel_t *k, const char *kpid) {
 int ocap__decref(ocap_kernel_t *k, const char *kref) {
   if (!ocap__is_kpid(kref))
     return 0;
-  long long n;
-  int rc = ocap__get_count(k, 0, &n, "%s.refCount", kref);
+  prec_t *r;
+  int rc = lookup(k, kref, 1, &r);
   if (rc)
     return rc;
-  if (n > 1)
-    return ocap__seti(k, n - 1, "%s.refCount", kref);
-  int st = ocap__get_state(k, kref);
-  if (st < 0)
-    return st;
-  if (st == ST_FULFILLED || st == ST_REJECTED)
+  if (r->refs > 1)
+    return set_promise(k, kref, r->state, r->refs - 1);
+  if (r->state == ST_FULFILLED || r->state == ST_REJECTED)
     return free_promise(k, kref);
   /* An unresolved promise lives on while its decider can still resolve it. */
-  return ocap__seti(k, 0, "%s.refCount", kref);
+  return set_promise(k, kref, r->state, 0);
 }
 
 int ocap__incref_slots(ocap_kernel_t *k, const char *enc, size_t len) {
@@ -90,11 +338,9 @@ int ocap_kernel_alloc_promise(ocap_kernel_t *k, const char *ep, char *out) {
     return rc;
   memcpy(out, "kp", 2);
   out[2 + ocap__fmt_ll(out + 2, n)] = '\0';
-  rc = ocap__setv(k, "unresolved", "%s.state", out);
+  rc = set_promise(k, out, ST_UNRESOLVED, 0);
   if (!rc && ep)
     rc = ocap__setv(k, ep, "%s.decider", out);
-  if (!rc)
-    rc = ocap__seti(k, 0, "%s.refCount", out);
   return rc;
 }
 
@@ -153,7 +399,10 @@ int ocap_kernel_subscribe(ocap_kernel_t *k, const char *ep, const char *vpid) {
 /* Settles kpid with data (an encoding in krefs) and schedules everything
  * that was waiting for it. */
 int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *enc, size_t len) {
-  int rc = ocap__setv(k, rejected ? "rejected" : "fulfilled", "%s.state", kpid);
+  prec_t *r;
+  int rc = lookup(k, kpid, 1, &r);
+  if (!rc)
+    rc = set_promise(k, kpid, rejected ? ST_REJECTED : ST_FULFILLED, r->refs);
   if (!rc)
     rc = ocap__setn(k, enc, len, "%s.data", kpid);
   if (!rc)

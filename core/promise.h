@@ -12,6 +12,18 @@
 
 #include "kstate.h"
 
+/* The memory of the promises' states and counts (kstate.h, convention
+ * 6), made and freed with the kernel, and the store's hooks for it. */
+int ocap__promises_new(ocap_kernel_t *k);
+void ocap__promises_free(ocap_kernel_t *k);
+int ocap__promises_prepare(ocap_kernel_t *k);
+void ocap__promises_done(ocap_kernel_t *k);
+void ocap__promises_abort(ocap_kernel_t *k, int cleared);
+
+/* A promise's state: a ST_* value (ST_NONE for a promise that does not
+ * exist), or a negative code. */
+int ocap__get_state(ocap_kernel_t *k, const char *kpid);
+
 /* The kernel's reference count of a promise (no-ops on objects): c-list
  * entries, queued messages and notifies, and other promises' data. */
 int ocap__incref(ocap_kernel_t *k, const char *kref);

@@ -428,20 +428,20 @@ static void corrupt_values(void) {
   ocap_kernel_abort_crank(k, 0);
   snprintf(key, sizeof key, "%s.state", kp);
   REQUIRE(put(k, key, "maybe") == 0);
+  k = reopen(k, r);
   CHECK(ocap_kernel_resolve(k, "kernel", &res, 1) == OCAP_ECORRUPT);
   CHECK(strstr(ocap_kernel_errmsg(k), "not a promise state") != NULL);
   ocap_kernel_abort_crank(k, 0);
 
-  /* Counters at their limit refuse to count further instead of overflowing. */
+  /* Counters at their limit refuse to count further instead of overflowing.
+   * (The kernel reopened reads the uncommitted value, which the abort drops.) */
   REQUIRE(put(k, "nextVatId", "9007199254740991") == 0);
-  REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
   k = reopen(k, r);
   char id[OCAP_REF_MAX];
   CHECK(ocap_kernel_alloc_vat_id(k, id) == OCAP_ECORRUPT);
   CHECK(strstr(ocap_kernel_errmsg(k), "nextVatId") != NULL);
   ocap_kernel_abort_crank(k, 0);
   REQUIRE(put(k, "nextVatId", "9007199254740990") == 0);
-  REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
   k = reopen(k, r);
   CHECK(ocap_kernel_alloc_vat_id(k, id) == 0 && strcmp(id, "v9007199254740990") == 0);
   ocap_kernel_abort_crank(k, 0);
