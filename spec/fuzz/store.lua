@@ -120,7 +120,7 @@ local function clean(err)
   -- A vat that fails on its own damaged store is reported by the kernel,
   -- which keeps it apart from everything else: its reason may be any
   -- error of the vat's code.
-  if err:find('^%[KERNEL:') then return true end
+  if err:find('^%[KERNEL:') or err:find('^vat v%d+ failed to restart: ') then return true end
   for _, f in ipairs(FAULTS) do
     if err:find(f, 1, true) then return false end
   end
