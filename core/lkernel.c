@@ -1968,7 +1968,9 @@ static int vat_boot_tramp(lua_State *V) {
     luaL_setfuncs(V, timer_syscalls, 1);
   }
   lua_pushstring(V, a->info);
-  lua_call(V, 2, 3); /* It returns dispatch, ocap and the endowments. */
+  /* The vat's globals, which the runtime's own differ from (vat.c). */
+  lua_rawgeti(V, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  lua_call(V, 3, 3); /* It returns dispatch, ocap and the endowments. */
   install_endowments(V, rec, a->globals, lua_gettop(V));
   lua_pop(V, 1);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap");

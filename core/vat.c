@@ -98,6 +98,7 @@ static const char KEY_PRELOAD = 'P';   /* name -> {source, trusted} */
 static const char KEY_LOADING = 'I';   /* sentinel value in KEY_LOADED */
 static const char KEY_METER_MSG = 'M'; /* interned fatal messages */
 static const char KEY_MEMORY_MSG = 'm';
+static const char KEY_RUNTIME_ENV = 'E'; /* the runtime modules' globals */
 
 /* The value getmetatable('') returns instead of the string metatable. */
 #define STRING_MT_LOCK "locked"
@@ -1378,8 +1379,8 @@ static const ocap_vat_module_t *find_runtime(const ocap_vat_t *v, const char *na
  * run once with the name as its argument. The kernel's runtime modules come
  * first, so no preloaded module can stand in for one; they are read from
  * the kernel's buffer, since a copy in every vat would cost more than the
- * functions it makes. Nothing outside the vat's loaded table, its
- * preloaded sources and that runtime can be reached by name.
+ * functions it makes, and run with the runtime's own globals. Nothing outside the vat's loaded
+ * table, its preloaded sources and that runtime can be reached by name.
  */
 static int vat_require(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
@@ -1420,6 +1421,12 @@ static int vat_require(lua_State *L) {
   lua_pushfstring(L, "=%s", name);
   if (luaL_loadbufferx(L, src, len, lua_tostring(L, -1), trusted ? "bt" : "t") != LUA_OK)
     return luaL_error(L, "error loading module '%s': %s", name, lua_tostring(L, -1));
+  if (rt != NULL) {
+    /* A runtime module's _ENV, its main chunk's only upvalue, is the
+     * runtime's own (see vat_setup). */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_RUNTIME_ENV);
+    lua_setupvalue(L, -2, 1);
+  }
   /* Mark the module as loading so that a require loop raises. */
   lua_pushvalue(L, 1);
   lua_pushlightuserdata(L, (void *)&KEY_LOADING);
@@ -1599,6 +1606,35 @@ static int vat_setup(lua_State *L) {
   lua_pushvalue(L, 2);
   lua_setfield(L, -2, LUA_GNAME);
   lua_pop(L, 1);
+  /*
+   * The runtime's own globals: the sandbox's functions, with library
+   * tables of its own, where vat code cannot reach them. A runtime module
+   * that loads on first use, after vat code ran, sees what it would have
+   * seen at boot whatever that code did to its own globals; string is the
+   * private copy behind string methods.
+   */
+  lua_newtable(L);
+  lua_pushnil(L);
+  while (lua_next(L, 2) != 0) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -4);
+  }
+  for (size_t k = 0; k < sizeof libs / sizeof libs[0]; k++) {
+    if (libs[k].open == luaopen_string) {
+      lua_pushliteral(L, "");
+      lua_getmetatable(L, -1);
+      lua_getfield(L, -1, "__index");
+      lua_setfield(L, -4, libs[k].name);
+      lua_pop(L, 2);
+    } else {
+      lua_getfield(L, 2, libs[k].name);
+      copy_lib(L, -1, NULL, NULL);
+      lua_setfield(L, -3, libs[k].name);
+      lua_pop(L, 1);
+    }
+  }
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_RUNTIME_ENV);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
   lua_pushliteral(L, "vat exceeded its instruction budget");

@@ -40,6 +40,12 @@ describe('an idle vat', function()
     assert.same({ 'log ', 'warn sub' }, got)
   end)
 
+  it('loads the runtime it needs, not what a replaced global require gives', function()
+    local root = launchIdle()
+    assert.same({ true, 'function', 0 }, kernel:queueMessage(root, 'hijackRequire', { 'guards' }):await())
+    assert.same({ true, 'function', 0 }, kernel:queueMessage(root, 'hijackRequire', { 'logger' }):await())
+  end)
+
   it('gets exo classes and guards on first touch', function()
     local root = launchIdle()
     assert.same({ 7, false }, kernel:queueMessage(root, 'exoClass', { 5 }):await())

@@ -68,7 +68,8 @@ M.explainMissing = explainMissing
 --- Boots the vat runtime.
 ---@param syscall table the C syscalls
 ---@param info string JSON-free "vatId name" pair
-function M.boot(syscall, info)
+---@param env table|nil the vat's globals (the runtime has its own)
+function M.boot(syscall, info, env)
   local vatId, name = info:match('^(%S+)%s*(.*)$')
   local function emit(entry)
     local payload = marshal.serializeData(plainData({
@@ -80,7 +81,7 @@ function M.boot(syscall, info)
   local function log(level, message, data)
     emit({ level = level, tags = { 'liveslots' }, message = message, data = data and { data, n = 1 } })
   end
-  local function explain(message) return explainMissing(_ENV, message) end
+  local function explain(message) return explainMissing(env or _ENV, message) end
   ls = liveslots.make({ syscall = syscall, vatId = vatId, kind = 'vat', log = log, explain = explain })
   promise.setUnhandledRejectionHandler(function(reason)
     log('warn', 'unhandled rejection: ' .. tostring(reason))

@@ -14,6 +14,22 @@ function MOD.buildRootObject(vatPowers, _parameters, baggage)
       vatPowers.logger:subLogger({ tags = { 'sub' } }):warn(message)
       return vatPowers.logger == vatPowers.logger
     end,
+    -- Replaces the vat's global require, then touches a lazy part of the
+    -- runtime: the runtime must load its own module, not ask this one.
+    hijackRequire = function(_, what)
+      local asked = 0
+      local realRequire = require
+      _ENV.require = function(name)
+        asked = asked + 1
+        error('the runtime asked the vat for ' .. tostring(name))
+      end
+      local ok, got = pcall(function()
+        if what == 'guards' then return type(ocap.M.interface) end
+        return type(vatPowers.logger.log)
+      end)
+      _ENV.require = realRequire
+      return { ok, got, asked }
+    end,
     -- An exo class with an interface guard (ocap.M, ocap.defineExoClass).
     exoClass = function(_, n)
       local M = ocap.M
