@@ -489,6 +489,8 @@ local function eventualSend(target, method, args, wantResult)
 end
 
 local function makeProxy(target, wantResult)
+  -- A presence's instance and ref never change: its sends go straight there.
+  local info = presenceInfo[target]
   local proxy
   proxy = setmetatable({}, {
     -- Each method's sender is made once and kept in the proxy itself, so
@@ -500,6 +502,11 @@ local function makeProxy(target, wantResult)
           args = pack(select(2, ...))
         else
           args = pack(...)
+        end
+        if info then
+          local ls = info.ls
+          if ls.stopped then error(stoppedMessage(target, info.vref), 2) end
+          return ls.sendTo(info.vref, method, args, wantResult)
         end
         return eventualSend(target, method, args, wantResult)
       end
