@@ -102,7 +102,7 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *result
     return k->err;
   rc = ocap_kernel_kref_to_eref(k, ep, target, teref);
   if (!rc && result) {
-    rc = ocap__setv(k, ep, "%s.decider", result);
+    rc = ocap__set_decider(k, result, ep);
     if (!rc)
       rc = ocap_kernel_kref_to_eref(k, ep, result, reref);
   }

@@ -122,7 +122,7 @@ int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
       return rc;
     /* Until it is delivered, nobody decides a result promise: the kernel
      * will hand that right to the vat that receives the message. */
-    rc = ocap__delv(k, "%s.decider", rk);
+    rc = ocap__set_decider(k, rk, NULL);
     if (rc)
       return rc;
   }
@@ -191,7 +191,7 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
     char v[OCAP_REF_MAX];
     const char *kref = krefs[i];
     if (ocap__is_kpid(kref)) {
-      rc = ocap__get_ref(k, v, "%s.decider", kref);
+      rc = ocap__get_decider(k, kref, v);
       if (rc > 0)
         rc = strcmp(v, ep) == 0 ? ocap__settle(k, kref, 1, enc.p, enc.len) : 0;
     } else {

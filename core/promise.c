@@ -14,23 +14,42 @@
 #include "refs.h"
 
 /*
- * Each promise's state (`<kpid>.state`) and reference count
- * (`<kpid>.refCount`) are kept in memory (kstate.h, convention 6): they are
- * the promise fields a round trip touches most, a count changing with
+ * Each promise's state, reference count, decider, subscribers and number
+ * of parked messages (`<kpid>.state`, `.refCount`, `.decider`,
+ * `.subscribers`, `.queueTail`) are kept in memory (kstate.h, convention
+ * 6): a round trip touches them dozens of times, the count changing with
  * every c-list entry, queued item and resolution that names the promise.
- * A record is read from the store the first time a promise is touched and
- * keeps the values of the last commit beside the current ones; the records
- * a crank changed are listed, so that commit writes their final states and
- * abort puts the committed ones back. A record whose promise is gone (no
- * state, no count) is dropped at commit. The promise's other fields
- * (decider, subscribers, data, parked messages) stay in the store.
+ * A record is read from the store the first time a promise is touched
+ * (a promise allocated here is known to be new) and keeps the values of
+ * the last commit beside the current ones; the records a crank changed are
+ * listed, so that commit writes their final states and abort puts the
+ * committed ones back. A record whose promise is gone (no key left) is
+ * dropped at commit. The data and the parked messages themselves stay in
+ * the store.
  */
 typedef struct prec {
-  long long id;          /* the N of kpN */
-  int state, cstate;     /* ST_*, now and at the last commit */
-  long long refs, crefs; /* the count, -1 when it has no key */
-  int dirty;             /* listed in `dirty` */
+  long long id;               /* the N of kpN */
+  int state, cstate;          /* ST_*, now and at the last commit */
+  long long refs, crefs;      /* the count, -1 when it has no key */
+  char decider[OCAP_REF_MAX]; /* "" when none */
+  char cdecider[OCAP_REF_MAX];
+  char *subs, *csubs;       /* space-separated endpoints, NULL when none; */
+  size_t subslen, csubslen; /* subs == csubs while unchanged */
+  long long qtail, cqtail;  /* parked messages, 0 when none */
+  int dirty;                /* listed in `dirty` */
 } prec_t;
+
+/* Whether every key of the promise is gone. */
+static int gone(const prec_t *r) {
+  return r->state == ST_NONE && r->refs < 0 && !r->decider[0] && !r->subs && r->qtail == 0;
+}
+
+static void prec_free(prec_t *r) {
+  if (r->subs != r->csubs)
+    free(r->subs);
+  free(r->csubs);
+  free(r);
+}
 
 struct ocap__promises {
   prec_t **slots; /* open addressing with linear probing, by id */
@@ -84,7 +103,7 @@ static int table_grow(struct ocap__promises *t) {
 
 /* Removes the record in slot i, shifting back the ones probed past it. */
 static void table_remove(struct ocap__promises *t, size_t i) {
-  free(t->slots[i]);
+  prec_free(t->slots[i]);
   t->slots[i] = NULL;
   t->n--;
   for (size_t j = (i + 1) & t->mask; t->slots[j]; j = (j + 1) & t->mask) {
@@ -113,7 +132,8 @@ int ocap__promises_new(ocap_kernel_t *k) {
 
 static void drop_all(struct ocap__promises *t) {
   for (size_t i = 0; i <= t->mask; i++) {
-    free(t->slots[i]);
+    if (t->slots[i])
+      prec_free(t->slots[i]);
     t->slots[i] = NULL;
   }
   t->n = 0;
@@ -148,25 +168,57 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
     *out = *sl;
     return 0;
   }
-  int st = ocap__read_state(k, kpid);
-  if (st < 0)
-    return st;
-  long long refs;
-  int rc = ocap__get_count(k, -1, &refs, "%s.refCount", kpid);
-  if (rc)
-    return rc;
-  if (st == ST_NONE && refs < 0 && !create)
-    return 0;
-  prec_t *r = malloc(sizeof *r);
+  prec_t *r = calloc(1, sizeof *r);
   if (!r || table_grow(t)) {
     free(r);
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
   }
   r->id = id;
-  r->state = r->cstate = st;
-  r->refs = r->crefs = refs;
-  r->dirty = 0;
+  ocap__buf_t subs = {0};
+  int rc = r->state = ocap__read_state(k, kpid);
+  if (rc >= 0)
+    rc = ocap__get_count(k, -1, &r->refs, "%s.refCount", kpid);
+  if (rc >= 0)
+    rc = ocap__get_ref(k, r->decider, "%s.decider", kpid);
+  if (rc >= 0)
+    rc = ocap__getb(k, &subs, "%s.subscribers", kpid);
+  if (rc > 0) {
+    r->subs = subs.p;
+    r->subslen = subs.len;
+  } else {
+    free(subs.p);
+  }
+  if (rc >= 0)
+    rc = ocap__get_count(k, 0, &r->qtail, "%s.queueTail", kpid);
+  if (rc < 0 || (gone(r) && !create)) {
+    prec_free(r);
+    return rc < 0 ? rc : 0;
+  }
+  r->cstate = r->state;
+  r->crefs = r->refs;
+  memcpy(r->cdecider, r->decider, sizeof r->cdecider);
+  r->csubs = r->subs;
+  r->csubslen = r->subslen;
+  r->cqtail = r->qtail;
   *find_slot(t, id) = r;
+  t->n++;
+  *out = r;
+  return 0;
+}
+
+/* Makes the record of a promise just allocated, which the store cannot
+ * hold yet since ids are never reused. */
+static int fresh(ocap_kernel_t *k, const char *kpid, prec_t **out) {
+  struct ocap__promises *t = k->p;
+  prec_t *r = calloc(1, sizeof *r);
+  if (!r || table_grow(t)) {
+    free(r);
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory making promise %s", kpid);
+  }
+  r->id = kp_number(kpid);
+  r->state = r->cstate = ST_NONE;
+  r->refs = r->crefs = -1;
+  *find_slot(t, r->id) = r;
   t->n++;
   *out = r;
   return 0;
@@ -190,6 +242,49 @@ static int touch(ocap_kernel_t *k, prec_t *r) {
   return 0;
 }
 
+/* The record of kpid, made if needed and listed as changed by this crank. */
+static int change(ocap_kernel_t *k, const char *kpid, prec_t **r) {
+  int rc = lookup(k, kpid, 1, r);
+  return rc ? rc : touch(k, *r);
+}
+
+/* Replaces the subscribers of r with s (n bytes; NULL for none). */
+static int set_subs(ocap_kernel_t *k, prec_t *r, const char *s, size_t n) {
+  char *p = NULL;
+  if (s) {
+    p = malloc(n + 1);
+    if (!p)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory adding a subscriber");
+    memcpy(p, s, n);
+    p[n] = '\0';
+  }
+  if (r->subs != r->csubs)
+    free(r->subs);
+  r->subs = p;
+  r->subslen = n;
+  return 0;
+}
+
+int ocap__get_decider(ocap_kernel_t *k, const char *kpid, char *out) {
+  prec_t *r;
+  int rc = lookup(k, kpid, 0, &r);
+  if (rc || !r || !r->decider[0])
+    return rc;
+  memcpy(out, r->decider, strlen(r->decider) + 1);
+  return 1;
+}
+
+int ocap__set_decider(ocap_kernel_t *k, const char *kpid, const char *ep) {
+  prec_t *r;
+  int rc = change(k, kpid, &r);
+  if (rc)
+    return rc;
+  if (ep && strlen(ep) >= OCAP_REF_MAX)
+    return ocap__broken(k, OCAP_ECORRUPT, "decider '%.60s' of %s is too long", ep, kpid);
+  memcpy(r->decider, ep ? ep : "", ep ? strlen(ep) + 1 : 1);
+  return 0;
+}
+
 int ocap__get_state(ocap_kernel_t *k, const char *kpid) {
   prec_t *r;
   int rc = lookup(k, kpid, 0, &r);
@@ -199,9 +294,7 @@ int ocap__get_state(ocap_kernel_t *k, const char *kpid) {
 /* Sets the state and the count of kpid (refs -1 removes the count). */
 static int set_promise(ocap_kernel_t *k, const char *kpid, int state, long long refs) {
   prec_t *r;
-  int rc = lookup(k, kpid, 1, &r);
-  if (!rc)
-    rc = touch(k, r);
+  int rc = change(k, kpid, &r);
   if (rc)
     return rc;
   if (refs > COUNT_MAX)
@@ -226,6 +319,15 @@ int ocap__promises_prepare(ocap_kernel_t *k) {
     if (!rc && r->refs != r->crefs)
       rc = r->refs < 0 ? ocap__delv(k, "%s.refCount", kpid)
                        : ocap__seti(k, r->refs, "%s.refCount", kpid);
+    if (!rc && strcmp(r->decider, r->cdecider) != 0)
+      rc = r->decider[0] ? ocap__setv(k, r->decider, "%s.decider", kpid)
+                         : ocap__delv(k, "%s.decider", kpid);
+    if (!rc && r->subs != r->csubs)
+      rc = r->subs ? ocap__setn(k, r->subs, r->subslen, "%s.subscribers", kpid)
+                   : ocap__delv(k, "%s.subscribers", kpid);
+    if (!rc && r->qtail != r->cqtail)
+      rc = r->qtail ? ocap__seti(k, r->qtail, "%s.queueTail", kpid)
+                    : ocap__delv(k, "%s.queueTail", kpid);
     if (rc)
       return rc;
   }
@@ -240,12 +342,24 @@ static void settle_dirty(struct ocap__promises *t, int keep) {
     if (keep) {
       r->cstate = r->state;
       r->crefs = r->refs;
+      memcpy(r->cdecider, r->decider, sizeof r->cdecider);
+      if (r->subs != r->csubs)
+        free(r->csubs);
+      r->csubs = r->subs;
+      r->csubslen = r->subslen;
+      r->cqtail = r->qtail;
     } else {
       r->state = r->cstate;
       r->refs = r->crefs;
+      memcpy(r->decider, r->cdecider, sizeof r->decider);
+      if (r->subs != r->csubs)
+        free(r->subs);
+      r->subs = r->csubs;
+      r->subslen = r->csubslen;
+      r->qtail = r->cqtail;
     }
     r->dirty = 0;
-    if (r->state == ST_NONE && r->refs < 0) {
+    if (gone(r)) {
       size_t j = id_hash(r->id) & t->mask;
       while (t->slots[j] != r)
         j = (j + 1) & t->mask;
@@ -338,9 +452,12 @@ int ocap_kernel_alloc_promise(ocap_kernel_t *k, const char *ep, char *out) {
     return rc;
   memcpy(out, "kp", 2);
   out[2 + ocap__fmt_ll(out + 2, n)] = '\0';
-  rc = set_promise(k, out, ST_UNRESOLVED, 0);
+  prec_t *r;
+  rc = fresh(k, out, &r);
+  if (!rc)
+    rc = set_promise(k, out, ST_UNRESOLVED, 0);
   if (!rc && ep)
-    rc = ocap__setv(k, ep, "%s.decider", out);
+    rc = ocap__set_decider(k, out, ep);
   return rc;
 }
 
@@ -361,18 +478,17 @@ static int has_word(const char *s, size_t n, const char *w) {
 /* Adds ep to the promise's subscribers (read whole: the list has no size
  * limit). */
 int ocap__subscribers_add(ocap_kernel_t *k, const char *kpid, const char *ep) {
+  prec_t *r;
+  int rc = lookup(k, kpid, 1, &r);
+  if (rc || (r->subs && has_word(r->subs, r->subslen, ep)))
+    return rc;
+  rc = touch(k, r);
   ocap__buf_t b = {0};
-  int rc = ocap__getb(k, &b, "%s.subscribers", kpid);
-  if (rc > 0 && has_word(b.p, b.len, ep)) {
-    free(b.p);
-    return 0;
-  }
-  if (rc >= 0) {
-    if ((rc > 0 && ocap__buf_add(&b, " ", 1)) || ocap__buf_adds(&b, ep))
-      rc = ocap__broken(k, OCAP_ENOMEM, "out of memory adding a subscriber");
-    else
-      rc = ocap__setn(k, b.p, b.len, "%s.subscribers", kpid);
-  }
+  if (!rc && ((r->subs && (ocap__buf_add(&b, r->subs, r->subslen) || ocap__buf_add(&b, " ", 1))) ||
+              ocap__buf_adds(&b, ep)))
+    rc = ocap__broken(k, OCAP_ENOMEM, "out of memory adding a subscriber");
+  if (!rc)
+    rc = set_subs(k, r, b.p, b.len);
   free(b.p);
   return rc;
 }
@@ -400,21 +516,20 @@ int ocap_kernel_subscribe(ocap_kernel_t *k, const char *ep, const char *vpid) {
  * that was waiting for it. */
 int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *enc, size_t len) {
   prec_t *r;
-  int rc = lookup(k, kpid, 1, &r);
+  int rc = change(k, kpid, &r);
   if (!rc)
     rc = set_promise(k, kpid, rejected ? ST_REJECTED : ST_FULFILLED, r->refs);
   if (!rc)
     rc = ocap__setn(k, enc, len, "%s.data", kpid);
   if (!rc)
     rc = ocap__incref_slots(k, enc, len);
-  if (!rc)
-    rc = ocap__delv(k, "%s.decider", kpid);
+  r->decider[0] = '\0';
+  /* The record stays put while notifies are queued (its map only changes
+   * at commit), so its list can be walked in place and dropped after. */
   ocap__buf_t subs = {0};
-  int got = rc ? 0 : ocap__getb(k, &subs, "%s.subscribers", kpid);
-  if (got < 0)
-    rc = got;
-  if (got > 0) {
-    rc = ocap__delv(k, "%s.subscribers", kpid);
+  if (!rc && r->subs) {
+    subs.p = r->subs;
+    subs.len = r->subslen;
     char ep[OCAP_REF_MAX];
     for (size_t i = 0; i < subs.len && !rc;) {
       size_t j = i;
@@ -435,18 +550,17 @@ int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *e
       rc = ocap__enqueue_notify(k, ep, kpid);
       i = j + 1;
     }
+    if (!rc)
+      rc = set_subs(k, r, NULL, 0);
   }
-  free(subs.p);
   /* Messages parked on the promise go back to the run queue, in order, still
    * addressed to the promise; routing them again follows the resolution.
    * They are numbered from 0 without gaps, so a missing one is corruption
    * (and a queueTail too large is found at its first missing item). */
-  long long tail = 0;
-  if (!rc)
-    rc = ocap__get_count(k, 0, &tail, "%s.queueTail", kpid);
+  long long tail = rc ? 0 : r->qtail;
   ocap__buf_t item = {0};
   for (long long i = 0; i < tail && !rc; i++) {
-    got = ocap__getb(k, &item, "%s.queue.%lld", kpid, i);
+    int got = ocap__getb(k, &item, "%s.queue.%lld", kpid, i);
     if (got == 0)
       rc = ocap__broken(k, OCAP_ECORRUPT,
                         "corrupt database: message %lld of the %lld parked on %s is missing", i,
@@ -459,8 +573,8 @@ int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *e
       rc = ocap__delv(k, "%s.queue.%lld", kpid, i);
   }
   free(item.p);
-  if (!rc && tail > 0)
-    rc = ocap__delv(k, "%s.queueTail", kpid);
+  if (!rc)
+    r->qtail = 0;
   return rc;
 }
 
@@ -478,7 +592,7 @@ int ocap_kernel_resolve(ocap_kernel_t *k, const char *ep, const ocap_resolution_
     if (st != ST_UNRESOLVED)
       return ocap__fail(k, OCAP_EINVAL, "%s resolved '%s', which is already settled", ep,
                         r[i].kpid);
-    rc = ocap__get_ref(k, decider, "%s.decider", kpid);
+    rc = ocap__get_decider(k, kpid, decider);
     if (rc < 0)
       return rc;
     if (rc == 0 || strcmp(decider, ep) != 0)
@@ -501,14 +615,14 @@ int ocap_kernel_resolve(ocap_kernel_t *k, const char *ep, const ocap_resolution_
 
 /* Parks a message on an unresolved promise. The item keeps its refs. */
 int ocap__park(ocap_kernel_t *k, const char *kpid, const char *item, size_t len) {
-  long long tail;
-  int rc = ocap__get_count(k, 0, &tail, "%s.queueTail", kpid);
-  if (!rc && tail >= COUNT_MAX)
+  prec_t *r;
+  int rc = change(k, kpid, &r);
+  if (!rc && r->qtail >= COUNT_MAX)
     rc = ocap__broken(k, OCAP_ECORRUPT, "counter '%s.queueTail' is exhausted", kpid);
   if (!rc)
-    rc = ocap__setn(k, item, len, "%s.queue.%lld", kpid, tail);
+    rc = ocap__setn(k, item, len, "%s.queue.%lld", kpid, r->qtail);
   if (!rc)
-    rc = ocap__seti(k, tail + 1, "%s.queueTail", kpid);
+    r->qtail++;
   return rc;
 }
 
@@ -527,7 +641,7 @@ int ocap_kernel_reject_decided(ocap_kernel_t *k, const char *ep, const ocap_capd
   size_t n = got > 0 ? (size_t)got : 0;
   for (size_t i = 0; i < n && !rc; i++) {
     char v[OCAP_REF_MAX];
-    rc = ocap__get_ref(k, v, "%s.decider", kpids[i]);
+    rc = ocap__get_decider(k, kpids[i], v);
     if (rc > 0) {
       rc = 0;
       if (strcmp(v, ep) == 0) {

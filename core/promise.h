@@ -4,7 +4,8 @@
  *
  * A promise's record is `<kpid>.state`, `.decider`, `.subscribers`,
  * `.refCount`, `.data`, and the messages parked on it while it is
- * unresolved, `.queue.<n>` and `.queueTail` (docs/storage.md). A settled
+ * unresolved, `.queue.<n>` and `.queueTail` (docs/storage.md); all but the
+ * data and the parked messages are kept in memory (promise.c). A settled
  * promise is freed when its count drops to zero.
  */
 #ifndef OCAP_PROMISE_H
@@ -19,6 +20,12 @@ void ocap__promises_free(ocap_kernel_t *k);
 int ocap__promises_prepare(ocap_kernel_t *k);
 void ocap__promises_done(ocap_kernel_t *k);
 void ocap__promises_abort(ocap_kernel_t *k, int cleared);
+
+/* A promise's decider: 1 with its endpoint copied to out (OCAP_REF_MAX
+ * bytes), 0 when it has none, or a negative code. */
+int ocap__get_decider(ocap_kernel_t *k, const char *kpid, char *out);
+/* Sets the decider (NULL: nobody decides it until a delivery). */
+int ocap__set_decider(ocap_kernel_t *k, const char *kpid, const char *ep);
 
 /* A promise's state: a ST_* value (ST_NONE for a promise that does not
  * exist), or a negative code. */

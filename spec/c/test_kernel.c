@@ -414,15 +414,18 @@ static void corrupt_values(void) {
   /* A parked-message count far beyond what is there fails at once. */
   snprintf(key, sizeof key, "%s.queueTail", kp);
   REQUIRE(put(k, key, "9007199254740990") == 0);
+  k = reopen(k, r);
   ocap_resolution_t res = {kp, 0, {"#1", 2, NULL, 0}};
   CHECK(ocap_kernel_resolve(k, "kernel", &res, 1) == OCAP_ECORRUPT);
   CHECK(strstr(ocap_kernel_errmsg(k), "message 0 of the 9007199254740990 parked on") != NULL);
   CHECK(ocap_kernel_step(k) == OCAP_ECORRUPT); /* drops the half-done host call */
   CHECK(ocap_kernel_failed(k) == 0);
+  k = reopen(k, r); /* which it read while the damaged value was there */
 
   /* A subscriber list that is not one, and a state that is no state. */
   snprintf(key, sizeof key, "%s.subscribers", kp);
   REQUIRE(put(k, key, "v2 v3;x") == 0);
+  k = reopen(k, r);
   CHECK(ocap_kernel_resolve(k, "kernel", &res, 1) == OCAP_ECORRUPT);
   CHECK(strstr(ocap_kernel_errmsg(k), "subscribers' holds 'v2 v3;x'") != NULL);
   ocap_kernel_abort_crank(k, 0);
@@ -432,6 +435,7 @@ static void corrupt_values(void) {
   CHECK(ocap_kernel_resolve(k, "kernel", &res, 1) == OCAP_ECORRUPT);
   CHECK(strstr(ocap_kernel_errmsg(k), "not a promise state") != NULL);
   ocap_kernel_abort_crank(k, 0);
+  k = reopen(k, r);
 
   /* Counters at their limit refuse to count further instead of overflowing.
    * (The kernel reopened reads the uncommitted value, which the abort drops.) */
