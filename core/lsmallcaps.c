@@ -36,7 +36,6 @@ enum {
   M_ERROR_TAG,      /* what getmetatable returns for an error value */
   M_NULL,           /* the passable null */
   M_PROMISE_MT,     /* the metatable of ocap.promise's promises, once set */
-  M_BOX,            /* a spare encoding buffer */
   M_MAKE_ERROR,     /* pass.makeError */
   M_COUNT = M_MAKE_ERROR
 };
@@ -52,9 +51,9 @@ enum {
 #define VALUE_COST 16
 /* Costs the encoder gathers before it charges them. */
 #define CHARGE_BATCH 4096
-/* Buffers up to this size are kept for the next encoding. */
-#define BOX_KEEP 65536
-#define BOX_FIRST 256
+/* Bodies up to this size are written on the C stack; longer ones move to
+ * a userdata. */
+#define LOCAL_BUFFER 512
 
 #define LEAVE OCAP_SC_LEAVE
 
@@ -62,17 +61,19 @@ enum {
 
 typedef struct enc {
   lua_State *L;
-  int mb;    /* stack index of model value 1; value k is at mb + k - 1 */
-  int mtkey; /* stack index of the string "__metatable" */
-  int v2s;   /* stack index of valToSlot, or 0 */
-  int slots; /* stack index of the slots table (nil until a slot is met) */
-  int map;   /* stack index of object -> slot index (likewise) */
-  int box;   /* stack index of the buffer's userdata */
+  int loaded; /* the model's values are on the stack (enc_load) */
+  int mb;     /* stack index of model value 1; value k is at mb + k - 1 */
+  int mtkey;  /* stack index of the string "__metatable" */
+  int v2s;    /* stack index of valToSlot, or 0 */
+  int slots;  /* stack index of the slots table (nil until a slot is met) */
+  int map;    /* stack index of object -> slot index (likewise) */
+  int box;    /* stack index of the buffer's userdata */
   lua_Integer nslots;
   char *b;
   size_t n, cap;
   size_t charged_n; /* bytes of output already charged */
   long long cost;   /* instructions not yet charged */
+  char local[LOCAL_BUFFER];
 } enc_t;
 
 #define MV(e, k) ((e)->mb + (k)-1)
@@ -89,7 +90,7 @@ static void charge(enc_t *e, long long c) {
 }
 
 /* [-0, +0, m] Returns room for need more bytes, moving the buffer to a
- * larger userdata (in the same stack slot) when it is short. */
+ * larger userdata (in its reserved stack slot) when it is short. */
 static char *room(enc_t *e, size_t need) {
   if (e->cap - e->n >= need)
     return e->b + e->n;
@@ -162,6 +163,19 @@ static void put_slot(enc_t *e, char sigil, lua_Integer index, int open) {
   if (!open)
     o[k++] = '"';
   e->n += k;
+}
+
+/* [-0, +0, e] Fills the model's slots on the stack, the first time a table
+ * is met: a body of plain values never needs them. */
+static void enc_load(enc_t *e) {
+  lua_State *L = e->L;
+  for (int k = 1; k <= M_PROMISE_MT; k++) {
+    lua_rawgeti(L, lua_upvalueindex(1), k);
+    lua_replace(L, MV(e, k));
+  }
+  lua_pushliteral(L, "__metatable");
+  lua_replace(L, e->mtkey);
+  e->loaded = 1;
 }
 
 /* [-0, +1] Pushes what getmetatable(v) gives in Lua: the metatable's
@@ -455,6 +469,8 @@ static int enc_container(enc_t *e, int c, int marked, int depth) {
 static int enc_table(enc_t *e, int idx, int depth) {
   lua_State *L = e->L;
   luaL_checkstack(L, 8, "smallcaps nesting");
+  if (!e->loaded)
+    enc_load(e);
   lua_pushvalue(L, idx);
   if (lua_rawget(L, MV(e, M_REMOTABLES)) != LUA_TNIL) {
     lua_pop(L, 1);
@@ -556,47 +572,36 @@ static int enc_value(enc_t *e, int idx, int depth) {
   }
 }
 
-/* [-0, +11, e] Sets up an encoding: the model's values, the key string,
- * slot tables (nil for now) and a buffer, on the stack in that order. */
+/* Stack slots an encoding reserves: the model's values, the key string,
+ * the slot tables and the buffer's userdata. */
+#define ENC_SLOTS (M_PROMISE_MT + 4)
+
+/* [-0, +ENC_SLOTS, e] Sets up an encoding. Its stack slots start as nil
+ * and are filled when needed, so encoding a plain value costs little. */
 static void enc_begin(lua_State *L, enc_t *e, int v2s) {
-  memset(e, 0, sizeof *e);
   e->L = L;
+  e->loaded = 0;
   e->v2s = lua_isnoneornil(L, v2s) ? 0 : v2s;
-  luaL_checkstack(L, 16, "smallcaps");
-  int model = lua_upvalueindex(1);
-  e->mb = lua_gettop(L) + 1;
-  for (int k = 1; k <= M_PROMISE_MT; k++)
-    lua_rawgeti(L, model, k);
-  lua_pushliteral(L, "__metatable");
-  e->mtkey = lua_gettop(L);
-  lua_pushnil(L);
-  e->slots = lua_gettop(L);
-  lua_pushnil(L);
-  e->map = lua_gettop(L);
-  /* The spare buffer is taken out of the model while in use, so that an
-   * encoding nested in valToSlot gets its own. */
-  if (lua_rawgeti(L, model, M_BOX) == LUA_TUSERDATA) {
-    lua_pushnil(L);
-    lua_rawseti(L, model, M_BOX);
-    e->cap = lua_rawlen(L, -1);
-  } else {
-    lua_pop(L, 1);
-    lua_newuserdatauv(L, BOX_FIRST, 0);
-    e->cap = BOX_FIRST;
-  }
-  e->box = lua_gettop(L);
-  e->b = lua_touserdata(L, e->box);
+  e->nslots = 0;
+  e->charged_n = 0;
+  e->cost = 0;
+  luaL_checkstack(L, ENC_SLOTS + 8, "smallcaps");
+  int top = lua_gettop(L);
+  lua_settop(L, top + ENC_SLOTS);
+  e->mb = top + 1;
+  e->mtkey = top + M_PROMISE_MT + 1;
+  e->slots = top + M_PROMISE_MT + 2;
+  e->map = top + M_PROMISE_MT + 3;
+  e->box = top + M_PROMISE_MT + 4;
+  e->b = e->local;
+  e->cap = sizeof e->local;
   e->b[0] = '#';
   e->n = 1;
 }
 
 /* [-0, +1, e] Ends an encoding: pushes { body, slots }, or nil when it was
- * left to the reference; keeps the buffer for the next one when small. */
+ * left to the reference. */
 static int enc_end(lua_State *L, enc_t *e, int r) {
-  if (e->cap <= BOX_KEEP) {
-    lua_pushvalue(L, e->box);
-    lua_rawseti(L, lua_upvalueindex(1), M_BOX);
-  }
   if (r) {
     lua_pushnil(L);
     return 1;
@@ -606,7 +611,7 @@ static int enc_end(lua_State *L, enc_t *e, int r) {
   lua_pushlstring(L, e->b, e->n);
   lua_setfield(L, -2, "body");
   if (lua_isnil(L, e->slots))
-    lua_newtable(L);
+    lua_createtable(L, 0, 0);
   else
     lua_pushvalue(L, e->slots);
   lua_setfield(L, -2, "slots");
