@@ -365,7 +365,7 @@ function resumeJob(co)
     local done, ok, r = resumeTask(co)
     if done then
       local p = tracked[co]
-      if p ~= true then
+      if p and p ~= true then
         tracked[co] = true
         if ok then resolveNow(p, r) else rejectNow(p, r) end
       end
