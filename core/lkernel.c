@@ -93,6 +93,19 @@ typedef struct runtime {
 } runtime_t;
 
 /*
+ * The parts of a vat record that belong to one Lua state of the vat. An
+ * upgrade holds the old incarnation's aside while the new one starts, so
+ * that a failed upgrade puts it back untouched, heap and timers included.
+ */
+typedef struct vheld {
+  ocap_vat_t *vat; /* NULL when nothing is held */
+  int dispatch_ref;
+  vtimers_t timers;
+  runtime_t *runtime;
+  vbudget_t budget;
+} vheld_t;
+
+/*
  * One vat's runtime. The record outlives the vat's state, so that a vat
  * restarted lazily keeps its slot and a pointer to it stays valid.
  */
@@ -111,6 +124,7 @@ typedef struct lvat {
   lua_Integer logged; /* log payload bytes in this delivery */
   int decode_failed;  /* decoding this delivery ran out of a budget */
   runtime_t *runtime; /* the runtime the live state reads, referenced */
+  vheld_t held;       /* the previous incarnation during an upgrade */
   lkernel_t *lk;
 } lvat_t;
 
@@ -243,6 +257,7 @@ static lvat_t *make_vat_record(lkernel_t *lk, const char *id) {
   snprintf(rec->id, sizeof rec->id, "%s", id);
   rec->lk = lk;
   rec->dispatch_ref = LUA_NOREF;
+  rec->held.dispatch_ref = LUA_NOREF;
   rec->budget = default_budget();
   rec->num = n;
   lk->vats[vat_slot(lk, n)] = rec;
@@ -318,16 +333,16 @@ static void timer_close(vtimer_t *t) {
   uv_close((uv_handle_t *)&t->handle, timer_closed);
 }
 
-static void stop_timers(lvat_t *rec) {
-  for (size_t i = 0; i < rec->timers.cap; i++)
-    if (rec->timers.slot[i])
-      timer_close(rec->timers.slot[i]);
-  free(rec->timers.slot);
-  memset(&rec->timers, 0, sizeof rec->timers);
+static void stop_timers(vtimers_t *ts) {
+  for (size_t i = 0; i < ts->cap; i++)
+    if (ts->slot[i])
+      timer_close(ts->slot[i]);
+  free(ts->slot);
+  memset(ts, 0, sizeof *ts);
 }
 
 static void stop_vat(lvat_t *rec) {
-  stop_timers(rec);
+  stop_timers(&rec->timers);
   ocap_vat_free(rec->vat);
   rec->vat = NULL;
   release_runtime(rec->runtime);
@@ -339,6 +354,29 @@ static void stop_vat(lvat_t *rec) {
   rec->exit_body = NULL;
   rec->fatal = 0;
   rec->exiting = 0;
+}
+
+/* Exchanges the live state of rec with the one it holds aside. */
+static void swap_held(lvat_t *rec) {
+  vheld_t live = {rec->vat, rec->dispatch_ref, rec->timers, rec->runtime, rec->budget};
+  rec->vat = rec->held.vat;
+  rec->dispatch_ref = rec->held.dispatch_ref;
+  rec->timers = rec->held.timers;
+  rec->runtime = rec->held.runtime;
+  rec->budget = rec->held.budget;
+  rec->held = live;
+}
+
+/* Frees the state rec holds aside, if any: its timers, heap and runtime. */
+static void drop_held(lvat_t *rec) {
+  vheld_t *h = &rec->held;
+  if (!h->vat)
+    return;
+  stop_timers(&h->timers);
+  ocap_vat_free(h->vat);
+  release_runtime(h->runtime);
+  memset(h, 0, sizeof *h);
+  h->dispatch_ref = LUA_NOREF;
 }
 
 /* [-0, +1, m] Pushes a table of the capdata's slots. */
@@ -1221,6 +1259,7 @@ static void kernel_close(lkernel_t *lk) {
   for (size_t i = 0; i < lk->nvats; i++) {
     if (lk->vats[i]) {
       stop_vat(lk->vats[i]);
+      drop_held(lk->vats[i]);
       free(lk->vats[i]);
     }
   }
@@ -1939,6 +1978,7 @@ static const char *find_reserved_module(lua_State *L, int idx, const char *main)
 typedef struct boot_args {
   lvat_t *rec;
   const char *info, *globals, *main, *params;
+  int upgrade; /* the vat starts a new incarnation (createVat's `upgrade`) */
 } boot_args_t;
 
 /*
@@ -1984,8 +2024,9 @@ static int vat_boot_tramp(lua_State *V) {
 
 /*
  * tramp(args) -> ok, err  [-1, +2, e]
- * Runs in the vat: dispatch('startVat', main, parameters), whose results
- * say whether buildRootObject succeeded.
+ * Runs in the vat: dispatch('startVat', main, parameters, upgrade), whose
+ * results say whether buildRootObject succeeded (and, for an upgrade,
+ * whether it prepared again every durable kind).
  */
 static int vat_start_tramp(lua_State *V) {
   const boot_args_t *a = lua_touserdata(V, 1);
@@ -1993,7 +2034,8 @@ static int vat_start_tramp(lua_State *V) {
   lua_pushliteral(V, "startVat");
   lua_pushstring(V, a->main);
   lua_pushstring(V, a->params);
-  lua_call(V, 3, 2);
+  lua_pushboolean(V, a->upgrade);
+  lua_call(V, 4, 2);
   return 2;
 }
 
@@ -2034,10 +2076,11 @@ static void opt_budget(lua_State *L, int idx, const char *name, lua_Integer *out
  * K:createVat(vatId, { info = json, main = name, modules = { name = src },
  *   parameters = body, globals = names, memory = n, instructions = n,
  *   maxMessageBytes = n, maxMessageSlots = n, maxCrankBytes = n, maxQueuedBytes = n,
- *   maxLogBytes = n, maxTimers = n })
+ *   maxLogBytes = n, maxTimers = n, upgrade = bool })
  *   -> true | nil, msg, code?  [-0, +(1|2|3), e]
  * Builds the vat's state, boots liveslots and runs startVat (which calls
- * buildRootObject). The store writes stay in the crank buffer. Every option
+ * buildRootObject; with `upgrade`, a new incarnation's, which must prepare
+ * every durable kind again). The store writes stay in the crank buffer. Every option
  * is checked before the state exists, so a bad option cannot leave a vat
  * half built.
  */
@@ -2067,7 +2110,10 @@ static int k_create_vat(lua_State *L) {
   rec->budget = budget;
   rec->sent = rec->logged = 0;
   /* These four strings stay on the stack until the function returns. */
-  boot_args_t args = {rec, NULL, NULL, NULL, NULL};
+  boot_args_t args = {rec, NULL, NULL, NULL, NULL, 0};
+  lua_getfield(L, 3, "upgrade");
+  args.upgrade = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, 3, "info");
   args.info = luaL_optstring(L, -1, "{}");
   lua_getfield(L, 3, "main");
@@ -2173,6 +2219,49 @@ static int k_stop_vat(lua_State *L) {
   return 0;
 }
 
+/* K:holdVat(vatId) -> held  [-0, +1, e]
+ * Sets the vat's live state aside, so that createVat can start a new
+ * incarnation while the old one is kept for K:releaseHeld. held is false
+ * when the vat had no live state (nothing to keep). */
+static int k_hold_vat(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  const char *id = luaL_checkstring(L, 2);
+  lvat_t *rec = find_vat(lk, id);
+  if (rec && rec == lk->delivering)
+    return luaL_error(L, "cannot hold vat %s while it is running", id);
+  if (rec && rec->held.vat)
+    return luaL_error(L, "vat %s already holds a previous incarnation", id);
+  int held = rec && rec->vat;
+  if (held)
+    swap_held(rec);
+  lua_pushboolean(L, held);
+  return 1;
+}
+
+/* K:releaseHeld(vatId, restore)  [-0, +0, e]
+ * Ends an upgrade. With restore, the state set aside by K:holdVat comes
+ * back in place of the new one, which is stopped (a vat that held nothing
+ * is left not live, to restart from the store); without, the held state
+ * is freed and the new one stays. */
+static int k_release_held(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  const char *id = luaL_checkstring(L, 2);
+  int restore = lua_toboolean(L, 3);
+  lvat_t *rec = find_vat(lk, id);
+  if (rec && rec == lk->delivering)
+    return luaL_error(L, "cannot release vat %s while it is running", id);
+  if (!rec)
+    return 0;
+  if (restore) {
+    stop_vat(rec);
+    if (rec->held.vat)
+      swap_held(rec);
+  } else {
+    drop_held(rec);
+  }
+  return 0;
+}
+
 /* K:vatLive(vatId) -> boolean  [-0, +1, e] */
 static int k_vat_live(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
@@ -2244,6 +2333,8 @@ static const luaL_Reg kernel_methods[] = {
     {"setRuntime", k_set_runtime},
     {"createVat", k_create_vat},
     {"stopVat", k_stop_vat},
+    {"holdVat", k_hold_vat},
+    {"releaseHeld", k_release_held},
     {"vatLive", k_vat_live},
     {"vatMemory", k_vat_memory},
     {"loopAlive", k_loop_alive},

@@ -21,6 +21,7 @@ function M.make(syscall, m, ls)
   local kit = {}
   local get, set = syscall.vatstoreGet, syscall.vatstoreSet
   local kinds = {}                                   -- kindId -> { make = fn(vref) }
+  local prepared = {}                                -- store key -> true, in this incarnation
   local instances = setmetatable({}, { __mode = 'v' }) -- vref -> instance
 
   local function nextId()
@@ -42,6 +43,7 @@ function M.make(syscall, m, ls)
       id = tostring(nextId())
       set(key, id)
     end
+    prepared[key] = true
     local vref = 'o+d2/' .. id
     local old = instances[vref]
     if old then return old end
@@ -63,6 +65,7 @@ function M.make(syscall, m, ls)
       kindId = tostring(nextId())
       set(key, kindId)
     end
+    prepared[key] = true
     local makeRaw = guards.defineExoClass(kind, guard, function(state) return state end, methods, options)
 
     local function stateFor(vref)
@@ -106,6 +109,26 @@ function M.make(syscall, m, ls)
       set('durable.state.' .. vref:sub(6), enc)
       return revive(vref)
     end
+  end
+
+  --- The durable singletons and kinds an earlier incarnation defined that
+  --- this one has not prepared yet, as `exo "<name>"` / `kind "<kind>"`,
+  --- in store order. An upgrade fails unless this is empty once
+  --- buildRootObject returns: an object of such a kind would otherwise be
+  --- unreachable in the new incarnation while its holders keep its ref.
+  ---@return string[]
+  function kit.unprepared()
+    local out = {}
+    for _, family in ipairs({ { 'durable.exo.', 'exo' }, { 'durable.kind.', 'kind' } }) do
+      local prefix, after = family[1], nil
+      while true do
+        local key = syscall.vatstoreNext(prefix, after)
+        if not key then break end
+        after = key
+        if not prepared[key] then out[#out + 1] = ('%s %q'):format(family[2], key:sub(#prefix + 1)) end
+      end
+    end
+    return out
   end
 
   --- The durable object a vref designates, if its kind has been prepared.

@@ -9,6 +9,7 @@ local liveslots = require 'ocap.liveslots'
 local logview = require 'ocap.logview'
 local config = require 'ocap.config'
 local system = require 'ocap.system'
+local upgrade = require 'ocap.upgrade'
 
 local M = {}
 
@@ -196,6 +197,7 @@ function M.make(options)
     end,
   })
   K:setHostDispatch(self.ls.dispatch)
+  upgrade.install(self)
   self:_rejectPreviousHostPromises()
   K:setVatNeeded(function(vatId) return self:_restartVatState(vatId) end)
   K:setTerminated(function(vatId, reason) self:_forgetVat(vatId, reason) end)
@@ -251,6 +253,7 @@ function Kernel:_step()
   if self.stopped then return false end
   local did = self.K:step()
   self:_recordFailures()
+  if self.vatAdmin.due[1] then upgrade.runDue(self) end
   if self.K:pending() >= GROUP_LIMIT then self.K:flush() end
   return did
 end
@@ -260,6 +263,7 @@ function Kernel:step()
   self:_check()
   local did = self.K:step()
   self:_recordFailures()
+  if self.vatAdmin.due[1] then upgrade.runDue(self) end
   self:_flushIfNeeded()
   promise.drain()
   return did
@@ -305,7 +309,7 @@ end
 local RECORDS = {
   ['vat.'] = { 'a vat record', function(key, r)
     return key:match('^vat%.v%d+$') and type(r.name) == 'string' and type(r.subclusterId) == 'string'
-      and type(r.config) == 'table'
+      and type(r.config) == 'table' and (r.incarnation == nil or math.type(r.incarnation) == 'integer')
   end },
   ['vatBundle.'] = { 'a bundle', function(_, b)
     return type(b.main) == 'string' and type(b.modules) == 'table' and type(b.modules[b.main]) == 'string'
@@ -313,6 +317,7 @@ local RECORDS = {
   ['subcluster.'] = { 'a subcluster record', function(_, sc)
     return type(sc.id) == 'string' and sc.id:match('^s%d+$') and type(sc.config) == 'table'
       and type(sc.vats) == 'table' and stringValues(sc.vats)
+      and (sc.incarnation == nil or math.type(sc.incarnation) == 'integer')
   end },
   ['terminated.'] = { 'a termination record', function(_, t)
     return t.reason == nil or type(t.reason) == 'string'
@@ -357,8 +362,9 @@ function Kernel:_resolvePath(p)
 end
 
 --- Loads a vat's code: { main = name, modules = { name = source } }.
-function Kernel:_loadBundle(name, vc, clusterConfig)
-  local where = 'ClusterConfig.vats.' .. name
+--- Errors name the field at `where` (ClusterConfig.vats.<name> by default).
+function Kernel:_loadBundle(name, vc, clusterConfig, where)
+  where = where or ('ClusterConfig.vats.' .. name)
   if vc.sourceSpec then
     local path = self:_resolvePath(vc.sourceSpec)
     local src, err = readFile(path)
@@ -382,7 +388,7 @@ function Kernel:_loadBundle(name, vc, clusterConfig)
     end
     bundleSpec = b.bundleSpec
     if not bundleSpec and b.sourceSpec then
-      return self:_loadBundle(name, { sourceSpec = b.sourceSpec }, clusterConfig)
+      return self:_loadBundle(name, { sourceSpec = b.sourceSpec }, clusterConfig, where)
     end
   end
   local path = self:_resolvePath(bundleSpec)
@@ -407,8 +413,9 @@ local BUDGET_KEYS = {
   'maxMessageBytes', 'maxMessageSlots', 'maxCrankBytes', 'maxQueuedBytes', 'maxLogBytes', 'maxTimers',
 }
 
---- Starts a vat's Lua state and runs startVat. Returns true or nil, msg.
-function Kernel:_startVat(vatId, rec, bundle)
+--- Starts a vat's Lua state and runs startVat (for a new incarnation when
+--- upgrading). Returns true or nil, msg.
+function Kernel:_startVat(vatId, rec, bundle, upgrading)
   local memory, instructions = limitsOf(rec.config)
   local co = rec.config.creationOptions or {}
   local options = {
@@ -419,6 +426,7 @@ function Kernel:_startVat(vatId, rec, bundle)
     memory = memory and math.tointeger(memory),
     globals = table.concat(rec.config.globals or {}, ' '),
     instructions = instructions and math.tointeger(instructions),
+    upgrade = upgrading or nil,
   }
   for _, k in ipairs(BUDGET_KEYS) do options[k] = co[k] and math.tointeger(co[k]) end
   local ok, res, err = pcall(self.K.createVat, self.K, vatId, options)
@@ -729,6 +737,25 @@ function Kernel:restartVat(vatId)
   return promise.resolve(nil)
 end
 
+--- Replaces a vat's code, keeping its durable state; returns a promise of
+--- { incarnation }. The upgrade is a crank queued behind the messages
+--- already queued (ocap.upgrade).
+---@param vatId string
+---@param spec table { sourceSpec | bundleSpec | bundleName, parameters }
+function Kernel:upgradeVat(vatId, spec)
+  self:_check()
+  return upgrade.upgradeVat(self, vatId, spec)
+end
+
+--- Upgrades every vat of a subcluster at once, all or none; returns a
+--- promise of { incarnation, vats = { name = incarnation } }.
+---@param id string the subcluster id
+---@param clusterConfig table the new ClusterConfig (same vats and bootstrap)
+function Kernel:upgradeSubcluster(id, clusterConfig)
+  self:_check()
+  return upgrade.upgradeSubcluster(self, id, clusterConfig)
+end
+
 function Kernel:pingVat(vatId)
   self:_check()
   if not self:_get('vat.' .. tostring(vatId)) then
@@ -798,7 +825,8 @@ function Kernel:getSubclusters()
   local out = {}
   for _, key in ipairs(self:_scan('subcluster.')) do
     local sc = self:_get(key)
-    out[#out + 1] = { id = sc.id, config = sc.config, vats = sc.vats, name = sc.name, rootKref = sc.rootKref }
+    out[#out + 1] = { id = sc.id, config = sc.config, vats = sc.vats, name = sc.name, rootKref = sc.rootKref,
+      incarnation = sc.incarnation or 1 }
   end
   table.sort(out, byNumber)
   return out
@@ -807,7 +835,8 @@ end
 function Kernel:getSubcluster(id)
   local sc = self:_get('subcluster.' .. tostring(id))
   if not sc then return nil end
-  return { id = sc.id, config = sc.config, vats = sc.vats, name = sc.name, rootKref = sc.rootKref }
+  return { id = sc.id, config = sc.config, vats = sc.vats, name = sc.name, rootKref = sc.rootKref,
+    incarnation = sc.incarnation or 1 }
 end
 
 function Kernel:getStatus()
@@ -816,7 +845,7 @@ function Kernel:getStatus()
     local id = key:sub(5)
     local rec = self:_get(key)
     vats[#vats + 1] = { id = id, name = rec.name, config = rec.config, subclusterId = rec.subclusterId,
-      state = rec.failed and 'failed' or 'running', reason = rec.failed }
+      state = rec.failed and 'failed' or 'running', reason = rec.failed, incarnation = rec.incarnation or 1 }
   end
   table.sort(vats, byNumber)
   local terminated = {}
@@ -842,6 +871,7 @@ end
 --- Terminates every vat and wipes the kernel's state (for debugging).
 function Kernel:reset()
   self:_check()
+  upgrade.dropPending(self, 'kernel reset')
   for _, sc in ipairs(self:getSubclusters()) do
     self:_terminateSubclusterNow(sc.id, 'kernel reset')
   end

@@ -433,7 +433,7 @@ function M.make(opts)
     elseif kind == 'timer' and ls.onTimer then
       return ls.onTimer(a)
     elseif kind == 'startVat' then
-      local ok, err = ls.startVat(a, b)
+      local ok, err = ls.startVat(a, b, c)
       if ok and counting then saveCounters() end
       return ok, err
     else

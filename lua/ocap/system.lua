@@ -28,6 +28,8 @@ function M.makeKernelFacet(kernel)
     getPresence = function(_, kref, iface) return kernel:getPresence(kref, iface) end,
     pingVat = function(_, vatId) return await(kernel:pingVat(vatId)) end,
     restartVat = function(_, vatId) return await(kernel:restartVat(vatId)) end,
+    upgradeVat = function(_, vatId, spec) return await(kernel:upgradeVat(vatId, spec)) end,
+    upgradeSubcluster = function(_, id, config) return await(kernel:upgradeSubcluster(id, config)) end,
     terminateVat = function(_, vatId, reason) return await(kernel:terminateVat(vatId, reason)) end,
     revoke = function(_, kref) kernel:revoke(kref) end,
     isRevoked = function(_, kref) return kernel:isRevoked(kref) end,

@@ -92,7 +92,7 @@ function M.boot(syscall, info, env)
     prepareExoClass = function(...) return ls.durable.prepareExoClass(...) end,
   }, function() return ls.marshal end)
 
-  function ls.startVat(main, paramsBody)
+  function ls.startVat(main, paramsBody, upgrade)
     local ok, mod = pcall(require, main)
     if not ok then
       return false, tostring(explain(mod))
@@ -131,6 +131,13 @@ function M.boot(syscall, info, env)
     end
     if not pass.isRemotable(root) then
       return false, 'buildRootObject must return a remotable (use makeDefaultExo)'
+    end
+    if upgrade then
+      local missing = ls.durable.unprepared()
+      if #missing > 0 then
+        return false, ('buildRootObject did not prepare again what the previous incarnation defined: %s '
+          .. '(call prepareExo / prepareExoClass for each)'):format(table.concat(missing, ', '))
+      end
     end
     ls.exportAs(root, 'o+0')
     -- A vat starts once: its state can drop this code.
