@@ -135,6 +135,9 @@ void ocap_kernel_clear_failure(ocap_kernel_t *k);
  * and counters read from the store must be decimal integers from 0 to
  * 2^53 - 1; any other value is corruption. */
 int ocap_kernel_alloc_vat_id(ocap_kernel_t *k, char *out);
+/* The next id that ocap_kernel_alloc_* will give out for kind 'o'
+ * (objects), 'p' (promises) or 'v' (vats), or a negative code. */
+long long ocap_kernel_next_id(ocap_kernel_t *k, char kind);
 /* Allocates a kernel object owned by ep, or a promise decided by ep. */
 int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out);
 int ocap_kernel_alloc_promise(ocap_kernel_t *k, const char *ep, char *out);

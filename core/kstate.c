@@ -363,20 +363,21 @@ int ocap__seti(ocap_kernel_t *k, long long n, const char *fmt, ...) {
 
 static const char *const counter_key[CTR_COUNT] = {"nextVatId", "nextObjectId", "nextPromiseId"};
 
-/* Reads the counters the first time they are needed. */
-static int counters_load(ocap_kernel_t *k) {
-  for (int i = 0; i < CTR_COUNT; i++) {
-    int rc = ocap__get_count(k, 1, &k->next[i], "%s", counter_key[i]);
-    if (rc)
-      return rc;
-    k->cnext[i] = k->next[i];
-  }
-  k->counters_loaded = 1;
+/* Reads counter `which` the first time it is needed (each on its own, so
+ * that a damaged one fails only what uses it). */
+static int counter_load(ocap_kernel_t *k, int which) {
+  if (k->counters_loaded & (1 << which))
+    return 0;
+  int rc = ocap__get_count(k, 1, &k->next[which], "%s", counter_key[which]);
+  if (rc)
+    return rc;
+  k->cnext[which] = k->next[which];
+  k->counters_loaded |= 1 << which;
   return 0;
 }
 
 int ocap__bump(ocap_kernel_t *k, int which, long long *out) {
-  int rc = k->counters_loaded ? 0 : counters_load(k);
+  int rc = counter_load(k, which);
   if (rc)
     return rc;
   *out = k->next[which];
@@ -387,9 +388,17 @@ int ocap__bump(ocap_kernel_t *k, int which, long long *out) {
   return 0;
 }
 
+long long ocap_kernel_next_id(ocap_kernel_t *k, char kind) {
+  int which = kind == 'o' ? CTR_OBJECT : kind == 'p' ? CTR_PROMISE : kind == 'v' ? CTR_VAT : -1;
+  if (which < 0)
+    return ocap__fail(k, OCAP_EINVAL, "unknown id kind '%c'", kind);
+  int rc = counter_load(k, which);
+  return rc ? rc : k->next[which];
+}
+
 int ocap__counters_prepare(ocap_kernel_t *k) {
-  for (int i = 0; i < CTR_COUNT && k->counters_loaded; i++) {
-    if (k->next[i] != k->cnext[i]) {
+  for (int i = 0; i < CTR_COUNT; i++) {
+    if ((k->counters_loaded & (1 << i)) && k->next[i] != k->cnext[i]) {
       int rc = ocap__seti(k, k->next[i], "%s", counter_key[i]);
       if (rc)
         return rc;

@@ -65,7 +65,7 @@ struct ocap_kernel {
    * it commits (the store's prepare hook); an abort puts back what the
    * last commit left.
    */
-  int counters_loaded;
+  int counters_loaded;        /* bit (1 << CTR_*) once read */
   long long next[CTR_COUNT];  /* the next id of each counter */
   long long cnext[CTR_COUNT]; /* the same at the last commit */
   struct ocap__queue *q;      /* the run queue (queue.c) */

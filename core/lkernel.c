@@ -1698,6 +1698,25 @@ static int k_cranks(lua_State *L) {
   return 1;
 }
 
+/* K:nextId(kind) -> integer  [-0, +1, e]
+ * The next id the kernel will give out for kind 'o' (objects), 'p'
+ * (promises) or 'v' (vats), as the kernel sees it now: these counters are
+ * written to the store only when it commits. */
+static int k_next_id(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  const char *kind = luaL_checkstring(L, 2);
+  long long n = ocap_kernel_next_id(lk->k, kind[0]);
+  if (n < 0) {
+    /* Only a read failed (a damaged counter): nothing is half done, so
+     * the failure is reported here and not left to fail the next crank. */
+    lua_pushstring(L, ocap_kernel_errmsg(lk->k));
+    ocap_kernel_clear_failure(lk->k);
+    return lua_error(L);
+  }
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
 /* K:terminate(vatId, reasonBody)  [-0, +0, e] */
 static int k_terminate(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
@@ -2321,6 +2340,7 @@ static const luaL_Reg kernel_methods[] = {
     {"step", k_step},
     {"queueLength", k_queue_length},
     {"cranks", k_cranks},
+    {"nextId", k_next_id},
     {"terminate", k_terminate},
     {"rejectDecided", k_reject_decided},
     {"revoke", k_revoke},

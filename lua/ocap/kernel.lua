@@ -777,8 +777,7 @@ function Kernel:_krefOf(target)
     end
     -- A kref that was ever allocated is accepted: a deleted object makes
     -- the message reject with OBJECT_DELETED, as it would for a vat.
-    local counter = target:sub(2, 2) == 'o' and 'nextObjectId' or 'nextPromiseId'
-    if tonumber(target:sub(3)) >= self:_count(counter, 1) then
+    if tonumber(target:sub(3)) >= self.K:nextId(target:sub(2, 2)) then
       error(('unknown kref %q'):format(target), 3)
     end
     return target
