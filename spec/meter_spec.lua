@@ -102,6 +102,8 @@ describe('the meter', function()
     { 'tonumber', 1 << 16, bytes, 4 },
     { 'tonumberBase', 1 << 16, bytes, 2 },
     { 'rawequal', 1 << 20, bytes, BYTES },
+    -- Frames walked by error(msg, 1e6) from 20,000 frames deep.
+    { 'errorLevel', 20000, bytes, 16 },
     -- 64 strings: 64 * 6 comparisons, each over the whole string.
     { 'sort', 1 << 16, function(n) return 64 * 6 * n end, BYTES },
     { 'pack', 1 << 16, bytes, 1 },

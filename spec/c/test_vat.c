@@ -601,6 +601,12 @@ static int test_replaced_functions(void) {
   CHECK(is_true(v, "local ok, m = xpcall(function() local x = nil; return x.y end,\n"
                    "  function(e) return 'at the error: ' .. e end)\n"
                    "return not ok and m:find('at the error: test:1: attempt to index', 1, true)"));
+  /* The vat's error keeps the positions levels 1 and 2 name, and tables as they are. */
+  CHECK(is_true(v, "local function f() error('boom') end\n"
+                   "local function g() error('up', 2) end\n"
+                   "local t = {} local _, a = pcall(f) local _, b = pcall(function()\n"
+                   "  g() end) local _, c = pcall(error, t) local _, d = pcall(error, 'x', 0)\n"
+                   "return a == 'test:1: boom' and b == 'test:4: up' and c == t and d == 'x'"));
   CHECK(is_true(v, "return select('#', xpcall(function() end, error)) == 1"));
   CHECK(is_true(v, "local ok, a, b = pcall(function(x) return x, 2 end, 1)\n"
                    "return ok and a == 1 and b == 2 and select('#', pcall(error)) == 2"));

@@ -105,6 +105,19 @@ kinds.optional = {
 }
 kinds.dots = { setup = plain, run = function(s) return s:find('.-.-.-.-b') end }
 kinds.lazyAs = { setup = plain, run = function(s) return s:gsub('a-a-a-a-a-b', 1, 1) end }
+-- error with a large level walks the whole call stack to find no frame:
+-- from size frames deep, n times.
+kinds.errorLevel = {
+  setup = function(size) return size end,
+  runN = function(depth, n)
+    local function dive(k)
+      if k > 0 then return dive(k - 1) + 0 end
+      for _ = 1, n do pcall(error, 'x', 1000000) end
+      return 0
+    end
+    return dive(depth)
+  end,
+}
 kinds.gsubCopy = { setup = plain, run = function(s) return (s:gsub('a', 'xy')) end }
 
 function M.buildRootObject()
@@ -121,7 +134,11 @@ function M.buildRootObject()
         inputs.key = key
       end
       local input = inputs.value
-      for _ = 1, n do k.run(input) end
+      if k.runN then
+        k.runN(input, n)
+      else
+        for _ = 1, n do k.run(input) end
+      end
       return n
     end,
     -- Adds about kib KiB of small live tables, then allocates rounds
