@@ -159,6 +159,7 @@ struct lkernel {
   size_t nlive;  /* records in it */
   runtime_t *runtime;
   int in_step;
+  int host_ran;       /* host Lua code ran during this crank (K:drive stops) */
   lvat_t *delivering; /* the vat whose state is running now, if any */
   lvat_t *ran;        /* the vat the current crank delivered to, if any */
 };
@@ -832,6 +833,7 @@ static int sys_log(lua_State *V) {
     payload = notice;
   }
   STACK_CHECK_BEGIN(L);
+  lk->host_ran = 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->logger_ref);
   lua_pushstring(L, rec->id);
   lua_pushstring(L, level);
@@ -1032,6 +1034,7 @@ static void log_for_vat(lkernel_t *lk, lvat_t *rec, const char *level, const cha
   if (!L || lk->logger_ref == LUA_NOREF)
     return;
   STACK_CHECK_BEGIN(L);
+  lk->host_ran = 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->logger_ref);
   lua_pushstring(L, rec->id);
   lua_pushstring(L, level);
@@ -1155,6 +1158,7 @@ static void ensure_vat(lkernel_t *lk, const char *ep) {
   if (!L || lk->vat_needed_ref == LUA_NOREF)
     return;
   STACK_CHECK_BEGIN(L);
+  lk->host_ran = 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->vat_needed_ref);
   lua_pushstring(L, ep);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_isstring(L, -1)) {
@@ -1179,6 +1183,7 @@ static int deliver_host(lkernel_t *lk, const ocap_delivery_t *d) {
   if (!L || lk->host_dispatch_ref == LUA_NOREF)
     return 0;
   STACK_CHECK_BEGIN(L);
+  lk->host_ran = 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->host_dispatch_ref);
   int n = push_delivery(L, d);
   if (lua_pcall(L, n, 0, 0) != LUA_OK) {
@@ -1244,6 +1249,7 @@ static void hook_terminated(void *ud, const char *ep, const char *reason, size_t
   lua_State *L = lk->L;
   if (L && lk->terminated_ref != LUA_NOREF) {
     STACK_CHECK_BEGIN(L);
+    lk->host_ran = 1;
     lua_rawgeti(L, LUA_REGISTRYINDEX, lk->terminated_ref);
     lua_pushstring(L, ep);
     lua_pushlstring(L, reason, rlen);
@@ -1607,6 +1613,7 @@ static void finish_exits(lua_State *L, lkernel_t *lk) {
     char id[OCAP_REF_MAX];
     snprintf(id, sizeof id, "%s", rec->id);
     /* The host records the completion and terminates the vat. */
+    lk->host_ran = 1;
     lua_rawgeti(L, LUA_REGISTRYINDEX, lk->exit_ref);
     if (lua_isfunction(L, -1)) {
       lua_pushstring(L, id);
@@ -1656,12 +1663,13 @@ static int timer_crank(lkernel_t *lk) {
   return 1;
 }
 
-/* K:step() -> ran  [-0, +1, e]
- * ran is false when there was nothing to do. */
-static int k_step(lua_State *L) {
-  lkernel_t *lk = checkkernel(L, 1);
-  if (lk->in_step)
-    return luaL_error(L, "kernel:step() called while a crank is running");
+/*
+ * [-0, +0, m] Runs one crank (the oldest timer firing first, else the head
+ * of the run queue) with L as the stepping thread, then hands exits to the
+ * host. Returns 1 when a crank ran, 0 when there was nothing to do, or a
+ * negative OCAP_E* code when the crank failed and was rolled back.
+ */
+static int one_crank(lua_State *L, lkernel_t *lk) {
   lk->in_step = 1;
   lua_State *saved = lk->L;
   lk->L = L;
@@ -1676,10 +1684,60 @@ static int k_step(lua_State *L) {
   if (rc < 0 && lk->ran && lk->ran->vat)
     stop_vat(lk->ran);
   lk->ran = NULL;
+  return rc;
+}
+
+/* K:step() -> ran  [-0, +1, e]
+ * ran is false when there was nothing to do. */
+static int k_step(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  if (lk->in_step)
+    return luaL_error(L, "kernel:step() called while a crank is running");
+  int rc = one_crank(L, lk);
   if (rc < 0)
     return luaL_error(L, "crank failed: %s", ocap_kernel_errmsg(lk->k));
   lua_pushboolean(L, rc > 0);
   return 1;
+}
+
+/* K:drive(max, group) -> ran, visible  [-0, +2, e]
+ * The host's driver: polls the event loop once without waiting, then runs
+ * up to max cranks and stops after the first one in which host Lua code
+ * ran (a delivery to the kernel's endpoint, a log entry, an exit, a
+ * termination, a vat restart), because only host code can queue a host
+ * turn or settle a promise the host awaits; the caller flushes before any
+ * of that reaches host code. Cranks the host has not seen are grouped in
+ * one store write, forced once group keys are pending. ran counts the
+ * cranks run; visible is true when host code ran. The batch is bounded so
+ * that timers and IO get their turn between batches. */
+static int k_drive(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  lua_Integer max = luaL_optinteger(L, 2, 64);
+  lua_Integer group = luaL_optinteger(L, 3, 512);
+  if (lk->in_step)
+    return luaL_error(L, "kernel:step() called while a crank is running");
+  if (lk->nfired == 0 && uv_loop_alive(&lk->loop))
+    uv_run(&lk->loop, UV_RUN_NOWAIT);
+  lua_Integer ran = 0;
+  int visible = 0;
+  while (ran < max) {
+    lk->host_ran = 0;
+    int rc = one_crank(L, lk);
+    if (rc < 0)
+      return luaL_error(L, "crank failed: %s", ocap_kernel_errmsg(lk->k));
+    if (rc == 0)
+      break;
+    ran++;
+    if ((lua_Integer)ocap_store_pending(lk->s) >= group && (rc = ocap_store_flush(lk->s)) != 0)
+      return luaL_error(L, "flush failed: %s", ocap_strerror(rc));
+    if (lk->host_ran) {
+      visible = 1;
+      break;
+    }
+  }
+  lua_pushinteger(L, ran);
+  lua_pushboolean(L, visible);
+  return 2;
 }
 
 /* K:queueLength() -> integer  [-0, +1, e] */
@@ -2338,6 +2396,7 @@ static const luaL_Reg kernel_methods[] = {
     {"subscribe", k_subscribe},
     {"resolve", k_resolve},
     {"step", k_step},
+    {"drive", k_drive},
     {"queueLength", k_queue_length},
     {"cranks", k_cranks},
     {"nextId", k_next_id},

@@ -56,7 +56,7 @@ local function flushAll()
 end
 
 local BATCH = 64
-local hasTurns = promise.hasTurns
+local GROUP_LIMIT = 512
 
 local function drive(isSettled, wait)
   while true do
@@ -71,13 +71,13 @@ local function drive(isSettled, wait)
     end
     local progressed = false
     for kernel in pairs(liveKernels) do
-      if not kernel.stopped and kernel.K:loopAlive() then kernel.K:runLoop(false) end
-      -- Run cranks in a batch while nothing reaches host code: each crank
-      -- that queues a host turn or settles the awaited promise ends it.
-      for _ = 1, BATCH do
-        if not kernel:_step() then break end
-        progressed = true
-        if hasTurns() or isSettled() then break end
+      -- Cranks run in C, in a bounded batch that ends after the first
+      -- crank in which host code ran: only host code can queue a host
+      -- turn or settle the awaited promise.
+      if not kernel.stopped then
+        local ran, visible = kernel.K:drive(BATCH, GROUP_LIMIT)
+        if ran > 0 then progressed = true end
+        if visible then kernel:_afterHostCode() end
       end
     end
     if not progressed and not promise.hasTurns() then
@@ -247,15 +247,11 @@ function Kernel:_flushIfNeeded()
   if self.K:pending() > 0 then self.K:flush() end
 end
 
-local GROUP_LIMIT = 512
-
-function Kernel:_step()
-  if self.stopped then return false end
-  local did = self.K:step()
+--- What the host does after a crank in which its code ran: record the
+--- vats that failed to restart, run the upgrades that became due.
+function Kernel:_afterHostCode()
   self:_recordFailures()
   if self.vatAdmin.due[1] then upgrade.runDue(self) end
-  if self.K:pending() >= GROUP_LIMIT then self.K:flush() end
-  return did
 end
 
 --- Runs one crank; true when one ran.
