@@ -6,10 +6,12 @@ local promise = require 'ocap.promise'
 local pass = require 'ocap.pass'
 local marshal = require 'ocap.marshal'
 local exo = require 'ocap.exo'
-local stores = require 'ocap.stores'
-local durable = require 'ocap.durable'
 
 local M = {}
+
+-- Captured when the runtime loads, before any vat code runs: a vat that
+-- replaces its global require cannot change what the lazy kits load.
+local require = require
 
 local type, error, pcall, xpcall, select, tostring, setmetatable, rawequal, rawset =
   type, error, pcall, xpcall, select, tostring, setmetatable, rawequal, rawset
@@ -23,6 +25,28 @@ local settleAndResume, isOurPromise = promise.settleAndResume, promise.isPromise
 local isPromise, remotableIface = pass.isPromise, pass.remotableIface
 local kernelErrorCode = pass.kernelErrorCode
 local function ignore() end
+
+local COUNT_MAX = 9007199254740991 -- 2^53 - 1
+
+--- Reads a count or id the runtime keeps in the vat's store (dflt when
+--- absent). Such values are decimal integers from 0 to 2^53 - 1; anything
+--- else means the database was damaged, and the key is named rather than
+--- the value used (a garbled id counter would hand out ids again).
+---@param get fun(key: string): string|nil the vatstoreGet syscall
+---@param key string
+---@param dflt integer
+---@return integer
+function M.storedCount(get, key, dflt)
+  local v = get(key)
+  if v == nil then return dflt end
+  local n = #v <= 16 and not sfind(v, '^0%d') and sfind(v, '^%d+$') and math.tointeger(tonumber(v))
+  if not n or n > COUNT_MAX then
+    error(('corrupt database: vat store key %q holds %q, which is not a count (a decimal integer '
+      .. 'from 0 to 2^53 - 1)'):format(key, #v > 40 and ssub(v, 1, 40) .. '...' or v), 0)
+  end
+  return n
+end
+local storedCount = M.storedCount
 
 -- Per Lua state: which liveslots instance a presence or a kernel-known
 -- promise belongs to, so E() can route without being told.
@@ -151,7 +175,7 @@ function M.make(opts)
           :format(saved:sub(1, 40)), 0)
       end
       local function field(s)
-        return stores.storedCount(function() return s end, 'idCounters', 0)
+        return storedCount(function() return s end, 'idCounters', 0)
       end
       nextObject, nextPromise = field(o), field(p)
       boundObject, boundPromise = nextObject, nextPromise
@@ -182,7 +206,48 @@ function M.make(opts)
   end
 
   local m -- the marshaller, defined below
-  local storeKit, durableKit
+
+  -- The store and durable kits load on the first touch of the baggage's
+  -- contents, of a durable API or of a ref of theirs: a vat that keeps
+  -- nothing durable carries neither module. Until its kit loads, the
+  -- baggage is a shell (bag) whose metatable (bagMeta) the kit fills in.
+  local storeKit, durableKit, bag, bagMeta
+  local function stores()
+    if not storeKit then storeKit = require('ocap.stores').make(syscall, m, ls, bag, bagMeta) end
+    return storeKit
+  end
+  local function durables()
+    if not durableKit then durableKit = require('ocap.durable').make(syscall, m, ls) end
+    return durableKit
+  end
+  ls.stores, ls.durable = stores, durables
+
+  --- The vat's baggage (store 1), made without the store kit.
+  function ls.baggage()
+    if storeKit then return storeKit.baggage() end
+    if not bag then
+      if syscall.vatstoreGet('vc.1|label') == nil then syscall.vatstoreSet('vc.1|label', 'baggage') end
+      local function refuse() error('cannot modify a store object', 2) end
+      bagMeta = {
+        __index = function(_, k)
+          stores()
+          return bag[k]
+        end,
+        __newindex = refuse,
+        __tostring = function() return 'MapStore(baggage)' end,
+        __metatable = {},
+      }
+      bag = setmetatable({}, bagMeta)
+      pass.registerRemotable(bag, 'Alleged: mapStore')
+    end
+    return bag
+  end
+
+  --- The store or durable object an "o+d" vref designates, or nil.
+  local function durableObject(vref)
+    if ssub(vref, 1, 5) == 'o+d1/' then return stores().fromVref(vref) end
+    return durableKit and durableKit.fromVref(vref)
+  end
 
   --- Resolves vpid with value, or rejects it; a value that cannot be
   --- passed rejects it with an error saying why.
@@ -230,7 +295,8 @@ function M.make(opts)
         if pi.ls ~= ls then error('cannot pass a presence from another kernel', 0) end
         return pi.vref
       end
-      vref = storeKit.vrefOf(v) or allocObject()
+      if rawequal(v, bag) then stores() end
+      vref = storeKit and storeKit.vrefOf(v) or allocObject()
       exports[vref] = v
       valToVref[v] = vref
       return vref
@@ -261,7 +327,7 @@ function M.make(opts)
       if fresh then syscall.subscribe(slot) end
       return p
     end
-    local store = storeKit.fromVref(slot) or durableKit.fromVref(slot)
+    local store = ssub(slot, 1, 3) == 'o+d' and durableObject(slot)
     if store then return store end
     if ssub(slot, 1, 2) == 'o+' then
       error(('object %s no longer exists in vat %s'):format(slot, tostring(ls.vatId)), 0)
@@ -281,8 +347,6 @@ function M.make(opts)
     return ok, v
   end
   ls.marshal = m
-  storeKit = stores.make(syscall, m, ls)
-  durableKit = durable.make(syscall, m, ls)
 
   --- Sends method(args) to a kernel ref; returns the result promise.
   local function sendTo(vref, method, args, wantResult)
@@ -365,7 +429,8 @@ function M.make(opts)
     -- promise until the promise settles, then routes it to the object it
     -- designates, checking revocation on the way. Running it here on the
     -- local object the promise resolved to would skip that check.
-    local target = exports[targetVref] or storeKit.fromVref(targetVref) or durableKit.fromVref(targetVref)
+    local target = exports[targetVref]
+    if target == nil and ssub(targetVref, 1, 3) == 'o+d' then target = durableObject(targetVref) end
     local ok, methargs = decodeCapdata(body, slots)
     if target == nil then
       rejectResult(resultVpid, pass.makeError(
@@ -444,8 +509,6 @@ function M.make(opts)
   end
   ls.saveCounters = saveCounters
 
-  ls.stores = storeKit
-  ls.durable = durableKit
   ls.trackPromise = trackPromise
   ls.pending = pending
   return ls

@@ -20,26 +20,9 @@ local concat = table.concat
 
 local BAGGAGE_ID = 1
 
-local COUNT_MAX = 9007199254740991 -- 2^53 - 1
-
---- Reads a count or id the runtime keeps in the vat's store (dflt when
---- absent). Such values are decimal integers from 0 to 2^53 - 1; anything
---- else means the database was damaged, and the key is named rather than
---- the value used (a garbled id counter would hand out ids again).
----@param get fun(key: string): string|nil the vatstoreGet syscall
----@param key string
----@param dflt integer
----@return integer
-function M.storedCount(get, key, dflt)
-  local v = get(key)
-  if v == nil then return dflt end
-  local n = #v <= 16 and not v:find('^0%d') and v:find('^%d+$') and math.tointeger(tonumber(v))
-  if not n or n > COUNT_MAX then
-    error(('corrupt database: vat store key %q holds %q, which is not a count (a decimal integer '
-      .. 'from 0 to 2^53 - 1)'):format(key, #v > 40 and ssub(v, 1, 40) .. '...' or v), 0)
-  end
-  return n
-end
+-- Counts are read as liveslots reads its id counters, which it does
+-- without this module (loaded on a vat's first touch of a store).
+M.storedCount = require('ocap.liveslots').storedCount
 local storedCount = M.storedCount
 
 --- Encodes a key so that byte order sorts keys: booleans ("b"), then
@@ -143,7 +126,9 @@ M.decodeValue = decodeValue
 ---@param syscall table the vat's syscalls (vatstoreGet/Set/Delete/Next)
 ---@param m table the instance's marshaller
 ---@param ls table the liveslots instance (for refs of remotable keys)
-function M.make(syscall, m, ls)
+---@param bag table|nil the baggage liveslots made before this kit, if any
+---@param bagMeta table|nil its metatable, which becomes a store's
+function M.make(syscall, m, ls, bag, bagMeta)
   local kit = {}
   local byId = setmetatable({}, { __mode = 'v' })
   local idOf = setmetatable({}, { __mode = 'k' })
@@ -186,12 +171,12 @@ function M.make(syscall, m, ls)
     return tostring(k)
   end
 
-  local storeMT = {}
+  local storeMT = bagMeta and bagMeta.__metatable or {}
   -- Raises, without a position as marshal errors do, when a value cannot
   -- be stored.
   local encodeFor = M.durableEncoder(ls)
 
-  local function makeStore(id, label)
+  local function makeStore(id, label, obj, meta)
     local prefix = 'vc.' .. id .. '.'
     local sizeKey = 'vc.' .. id .. '|size'
     local store = {}
@@ -241,13 +226,15 @@ function M.make(syscall, m, ls)
     function store.keys() return iter('keys') end
     function store.values() return iter('values') end
     function store.entries() return iter('entries') end
-    local obj = setmetatable({}, {
-      __index = store,
-      __newindex = function() error('cannot modify a store object', 2) end,
-      __tostring = function() return 'MapStore(' .. label .. ')' end,
-      __metatable = storeMT,
-    })
-    pass.registerRemotable(obj, 'Alleged: mapStore')
+    meta = meta or {}
+    meta.__index = store
+    meta.__newindex = function() error('cannot modify a store object', 2) end
+    meta.__tostring = function() return 'MapStore(' .. label .. ')' end
+    meta.__metatable = storeMT
+    if not obj then
+      obj = setmetatable({}, meta)
+      pass.registerRemotable(obj, 'Alleged: mapStore')
+    end
     byId[id] = obj
     idOf[obj] = id
     return obj
@@ -290,6 +277,7 @@ function M.make(syscall, m, ls)
   end
 
   kit.isStore = function(v) return idOf[v] ~= nil end
+  if bag then makeStore(BAGGAGE_ID, get('vc.' .. BAGGAGE_ID .. '|label') or 'baggage', bag, bagMeta) end
   return kit
 end
 

@@ -87,9 +87,9 @@ function M.boot(syscall, info, env)
     log('warn', 'unhandled rejection: ' .. tostring(reason))
   end)
   local ocap = api.make({
-    makeScalarMapStore = function(label) return ls.stores.makeScalarMapStore(label) end,
-    prepareExo = function(...) return ls.durable.prepareExo(...) end,
-    prepareExoClass = function(...) return ls.durable.prepareExoClass(...) end,
+    makeScalarMapStore = function(label) return ls.stores().makeScalarMapStore(label) end,
+    prepareExo = function(...) return ls.durable().prepareExo(...) end,
+    prepareExoClass = function(...) return ls.durable().prepareExoClass(...) end,
   }, function() return ls.marshal end)
 
   function ls.startVat(main, paramsBody, upgrade)
@@ -119,7 +119,7 @@ function M.boot(syscall, info, env)
         return l
       end,
     })
-    local baggage = ls.stores.baggage()
+    local baggage = ls.baggage()
     local p = promise.spawn(mod.buildRootObject, vatPowers, params, baggage)
     promise.drain()
     local state, root = promise.state(p)
@@ -133,7 +133,7 @@ function M.boot(syscall, info, env)
       return false, 'buildRootObject must return a remotable (use makeDefaultExo)'
     end
     if upgrade then
-      local missing = ls.durable.unprepared()
+      local missing = ls.durable().unprepared()
       if #missing > 0 then
         return false, ('buildRootObject did not prepare again what the previous incarnation defined: %s '
           .. '(call prepareExo / prepareExoClass for each)'):format(table.concat(missing, ', '))

@@ -48,6 +48,13 @@ function MOD.buildRootObject(vatPowers, _parameters, baggage)
       baggage:init('things', s)
       return baggage:get('things'):get(k)
     end,
+    -- The baggage, touched only as a whole: before the vat touches its
+    -- contents, the store code is not loaded.
+    baggage = function()
+      local ok = pcall(function() baggage.x = 1 end)
+      return { tostring(baggage), ok, ocap.passStyleOf(baggage), baggage }
+    end,
+    isBaggage = function(_, x) return rawequal(x, baggage) end,
     -- A durable singleton and a durable class.
     durable = function()
       local clock = ocap.prepareExo(baggage, 'clock', { now = function() return 42 end })
