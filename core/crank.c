@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "capdata.h"
+#include "clist.h"
 #include "promise.h"
 #include "queue.h"
 #include "refs.h"
@@ -366,7 +367,9 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
     if (st == ST_NONE || st == ST_UNRESOLVED)
       continue;
     if (!ocap__is_kernel_ep(ep)) {
-      rc = ocap__has(k, "%s.c.%s", ep, kpid);
+      const char *v;
+      size_t vl;
+      rc = ocap__clist_get(k, ep, kpid, &v, &vl);
       if (rc <= 0)
         continue; /* already retired: the endpoint learned it another way */
     }

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "capdata.h"
+#include "clist.h"
 #include "promise.h"
 #include "queue.h"
 #include "refs.h"
@@ -32,7 +33,9 @@ static int tables_prepare(void *ud) {
   int rc = ocap__counters_prepare(k);
   if (!rc)
     rc = ocap__queue_prepare(k);
-  return rc ? rc : ocap__promises_prepare(k);
+  if (!rc)
+    rc = ocap__promises_prepare(k);
+  return rc ? rc : ocap__clists_prepare(k);
 }
 
 static void tables_done(void *ud) {
@@ -40,6 +43,7 @@ static void tables_done(void *ud) {
   ocap__counters_done(k);
   ocap__queue_done(k);
   ocap__promises_done(k);
+  ocap__clists_done(k);
 }
 
 static void tables_abort(void *ud, int cleared) {
@@ -47,13 +51,36 @@ static void tables_abort(void *ud, int cleared) {
   ocap__counters_abort(k, cleared);
   ocap__queue_abort(k, cleared);
   ocap__promises_abort(k, cleared);
+  ocap__clists_abort(k, cleared);
+}
+
+void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
+  char buf[KEY_MAX];
+  if (kl >= sizeof buf || memchr(key, '\0', kl))
+    return;
+  memcpy(buf, key, kl);
+  buf[kl] = '\0';
+  const char *dot = strchr(buf, '.');
+  if (strncmp(buf, "runQueue.", 9) == 0) {
+    ocap__queue_forget(k);
+  } else if (strncmp(buf, "kp", 2) == 0 && dot) {
+    buf[dot - buf] = '\0';
+    ocap__promises_forget(k, buf);
+  } else if (dot && strncmp(dot, ".c.", 3) == 0) {
+    buf[dot - buf] = '\0';
+    ocap__clists_forget(k, buf);
+  } else {
+    ocap__counters_forget(k, buf);
+  }
 }
 
 int ocap_kernel_new(ocap_store_t *store, const ocap_kernel_hooks_t *hooks, ocap_kernel_t **out) {
   ocap_kernel_t *k = calloc(1, sizeof *k);
-  if (!k || ocap__queue_new(k) || ocap__promises_new(k)) {
-    if (k)
+  if (!k || ocap__queue_new(k) || ocap__promises_new(k) || ocap__clists_new(k)) {
+    if (k) {
       ocap__queue_free(k);
+      ocap__promises_free(k);
+    }
     free(k);
     return OCAP_ENOMEM;
   }
@@ -71,6 +98,7 @@ void ocap_kernel_free(ocap_kernel_t *k) {
   ocap_store_set_hooks(k->s, NULL);
   ocap__queue_free(k);
   ocap__promises_free(k);
+  ocap__clists_free(k);
   free(k);
 }
 
@@ -111,7 +139,9 @@ int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
     if (!ocap__is_kernel_ep(ep)) {
       if (!ocap__valid_eref(result) || result[0] != 'p' || result[1] != '+')
         return ocap__fail(k, OCAP_EINVAL, "vat %s used invalid result vref '%.60s'", ep, result);
-      rc = ocap__has(k, "%s.c.%s", ep, result);
+      const char *v;
+      size_t vl;
+      rc = ocap__clist_get(k, ep, result, &v, &vl);
       if (rc < 0)
         return rc;
       if (rc)

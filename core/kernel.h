@@ -131,6 +131,14 @@ int ocap_kernel_failed(const ocap_kernel_t *k);
 int ocap_kernel_note_failure(ocap_kernel_t *k, int code, const char *what);
 void ocap_kernel_clear_failure(ocap_kernel_t *k);
 
+/*
+ * Tells the kernel that `key` was written in its store by someone else
+ * (K:kvSet, for inspection and tests): a table the kernel keeps in memory
+ * (docs/storage.md) forgets what it holds for that key, unless it has
+ * uncommitted changes there, and reads the store again at next use.
+ */
+void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl);
+
 /* Allocates the next vat id ("v<N>") into out (OCAP_REF_MAX bytes). Ids
  * and counters read from the store must be decimal integers from 0 to
  * 2^53 - 1; any other value is corruption. */
@@ -146,6 +154,11 @@ int ocap_kernel_alloc_promise(ocap_kernel_t *k, const char *ep, char *out);
 int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref, char *out);
 /* Maps a kref to ep's eref, importing it when ep does not know it yet. */
 int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out);
+
+/* The kref ep's eref stands for, without exporting: 1 with it in out
+ * (OCAP_REF_MAX bytes), 0 when ep's c-list does not have eref (or ep is
+ * not a vat), or a negative code. */
+int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char *out);
 
 /* Syscalls, with erefs of the calling endpoint ep. A send with a result
  * subscribes ep to that result. */

@@ -254,7 +254,7 @@ static int ref_char(char c) {
 
 /* Whether v (vl bytes) can be a reference: short enough for OCAP_REF_MAX,
  * and only bytes a reference uses (no space, which separates them). */
-static int ref_like(const char *v, size_t vl) {
+int ocap__ref_like(const char *v, size_t vl) {
   if (vl == 0 || vl >= OCAP_REF_MAX)
     return 0;
   for (size_t i = 0; i < vl; i++)
@@ -275,7 +275,7 @@ int ocap__get_ref(ocap_kernel_t *k, char *out, const char *fmt, ...) {
   int rc = get_key(k, key, kl, &v, &vl);
   if (rc <= 0)
     return rc;
-  if (!ref_like(v, vl))
+  if (!ocap__ref_like(v, vl))
     return ocap__corrupt(k, key, v, vl, "a reference");
   memcpy(out, v, vl);
   out[vl] = '\0';
@@ -394,6 +394,12 @@ long long ocap_kernel_next_id(ocap_kernel_t *k, char kind) {
     return ocap__fail(k, OCAP_EINVAL, "unknown id kind '%c'", kind);
   int rc = counter_load(k, which);
   return rc ? rc : k->next[which];
+}
+
+void ocap__counters_forget(ocap_kernel_t *k, const char *key) {
+  for (int i = 0; i < CTR_COUNT; i++)
+    if (strcmp(key, counter_key[i]) == 0 && k->next[i] == k->cnext[i])
+      k->counters_loaded &= ~(1 << i);
 }
 
 int ocap__counters_prepare(ocap_kernel_t *k) {

@@ -19,8 +19,8 @@
  *     fault (an illegal syscall) is reported with ocap__fail instead.
  *  5. Functions that read return 1 found, 0 missing, or a negative OCAP_E*
  *     code; functions that write return 0 or a negative code.
- *  6. The hottest tables (the id counters, the run queue, and each
- *     promise's state and reference count) are the
+ *  6. The hottest tables (the id counters, the run queue, the promises'
+ *     records but their data, and the c-lists) are the
  *     exception to convention 1: they are kept in memory, written to the
  *     crank buffer as final states when the store commits, and put back
  *     when it aborts, through the store's hooks (store.h). The keys and
@@ -50,6 +50,7 @@ enum { CTR_VAT, CTR_OBJECT, CTR_PROMISE, CTR_COUNT };
 
 struct ocap__queue;
 struct ocap__promises;
+struct ocap__clists;
 
 struct ocap_kernel {
   ocap_store_t *s;
@@ -70,6 +71,7 @@ struct ocap_kernel {
   long long cnext[CTR_COUNT]; /* the same at the last commit */
   struct ocap__queue *q;      /* the run queue (queue.c) */
   struct ocap__promises *p;   /* promises' states and counts (promise.c) */
+  struct ocap__clists *c;     /* the endpoints' c-lists (clist.c) */
 };
 
 /* A growable byte buffer for values too large for the stack; {0} is empty. */
@@ -94,6 +96,10 @@ int ocap__store_failed(ocap_kernel_t *k, int rc, const char *op, const char *key
 /* Quotes at most 40 bytes of v into out (64 bytes) for a message. */
 const char *ocap__shown(const char *v, size_t vl, char *out);
 
+/* Whether v (vl bytes) can be a reference: shorter than OCAP_REF_MAX, and
+ * only bytes a reference uses (no space, which separates them). */
+int ocap__ref_like(const char *v, size_t vl);
+
 /* Writes n in decimal at p; returns the number of bytes (at most 20). */
 size_t ocap__fmt_ll(char *p, long long n);
 
@@ -112,6 +118,11 @@ int ocap__bump(ocap_kernel_t *k, int which, long long *out);
 int ocap__counters_prepare(ocap_kernel_t *k);
 void ocap__counters_done(ocap_kernel_t *k);
 void ocap__counters_abort(ocap_kernel_t *k, int cleared);
+/* Each table's part of ocap_kernel_forget (kernel.h). */
+void ocap__counters_forget(ocap_kernel_t *k, const char *key);
+void ocap__queue_forget(ocap_kernel_t *k);
+void ocap__promises_forget(ocap_kernel_t *k, const char *kpid);
+void ocap__clists_forget(ocap_kernel_t *k, const char *ep);
 
 /* A promise's state, as ocap__get_state returns it. */
 enum { ST_NONE = 0, ST_UNRESOLVED = 1, ST_FULFILLED = 2, ST_REJECTED = 3 };

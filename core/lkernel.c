@@ -1404,6 +1404,7 @@ static int k_kv_set(lua_State *L) {
   int rc = ocap_store_set(lk->s, key, kl, val, vl);
   if (rc)
     return luaL_error(L, "store write failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(lk->s));
+  ocap_kernel_forget(lk->k, key, kl);
   return 0;
 }
 
@@ -1416,6 +1417,7 @@ static int k_kv_delete(lua_State *L) {
   if (rc)
     return luaL_error(L, "store delete failed: %s: %s", ocap_strerror(rc),
                       ocap_store_errmsg(lk->s));
+  ocap_kernel_forget(lk->k, key, kl);
   return 0;
 }
 
@@ -1548,14 +1550,16 @@ static int k_kref_of(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   const char *ep = luaL_checkstring(L, 2);
   const char *eref = luaL_checkstring(L, 3);
-  lua_pushfstring(L, "%s.c.%s", ep, eref);
-  size_t kl, vl;
-  const char *key = lua_tolstring(L, -1, &kl), *val;
-  int rc = ocap_store_get(lk->s, key, kl, &val, &vl);
-  if (rc < 0)
-    return luaL_error(L, "store read failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(lk->s));
+  char out[OCAP_REF_MAX];
+  int rc = ocap_kernel_kref_of(lk->k, ep, eref, out);
+  if (rc < 0) {
+    /* Only a read failed: report it here, not at the next crank. */
+    lua_pushstring(L, ocap_kernel_errmsg(lk->k));
+    ocap_kernel_clear_failure(lk->k);
+    return lua_error(L);
+  }
   if (rc == 1)
-    lua_pushlstring(L, val, vl);
+    lua_pushstring(L, out);
   else
     lua_pushnil(L);
   return 1;

@@ -305,6 +305,16 @@ static int set_promise(ocap_kernel_t *k, const char *kpid, int state, long long 
   return 0;
 }
 
+void ocap__promises_forget(ocap_kernel_t *k, const char *kpid) {
+  struct ocap__promises *t = k->p;
+  long long id = kp_number(kpid);
+  if (id < 0)
+    return;
+  prec_t **sl = find_slot(t, id);
+  if (*sl && !(*sl)->dirty)
+    table_remove(t, (size_t)(sl - t->slots));
+}
+
 int ocap__promises_prepare(ocap_kernel_t *k) {
   struct ocap__promises *t = k->p;
   char kpid[OCAP_REF_MAX];

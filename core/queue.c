@@ -142,6 +142,14 @@ void ocap__queue_free(ocap_kernel_t *k) {
   free(q);
 }
 
+void ocap__queue_forget(ocap_kernel_t *k) {
+  struct ocap__queue *q = k->q;
+  if (!q->loaded || q->head != q->chead || q->tail != q->ctail || q->undo_at >= 0)
+    return;
+  free_items(q, q->chead, q->ctail);
+  q->loaded = 0;
+}
+
 int ocap__queue_prepare(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
   int rc = 0;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clist.h"
 #include "promise.h"
 
 /* An endpoint: `kernel` or a vat id `v<N>`. */
@@ -68,10 +69,30 @@ int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out) {
   return ocap__setv(k, ep, "%s.owner", out);
 }
 
+/*
+ * Reads `<ep>.c.<ref>` into out (OCAP_REF_MAX bytes): 1 found, 0 missing,
+ * or a negative code; a value that cannot be a reference is corruption.
+ */
+static int clist_ref(ocap_kernel_t *k, const char *ep, const char *ref, char *out) {
+  const char *v;
+  size_t vl;
+  int rc = ocap__clist_get(k, ep, ref, &v, &vl);
+  if (rc <= 0)
+    return rc;
+  if (!ocap__ref_like(v, vl)) {
+    char key[KEY_MAX];
+    snprintf(key, sizeof key, "%s.c.%s", ep, ref);
+    return ocap__corrupt(k, key, v, vl, "a reference");
+  }
+  memcpy(out, v, vl);
+  out[vl] = '\0';
+  return 1;
+}
+
 static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref) {
-  int rc = ocap__setv(k, eref, "%s.c.%s", ep, kref);
+  int rc = ocap__clist_set(k, ep, kref, eref);
   if (!rc)
-    rc = ocap__setv(k, kref, "%s.c.%s", ep, eref);
+    rc = ocap__clist_set(k, ep, eref, kref);
   if (!rc)
     rc = ocap__incref(k, kref);
   return rc;
@@ -81,12 +102,12 @@ int ocap__clist_remove(ocap_kernel_t *k, const char *ep, const char *kref) {
   char eref[OCAP_REF_MAX];
   if (ocap__is_kernel_ep(ep))
     return 0;
-  int rc = ocap__get_ref(k, eref, "%s.c.%s", ep, kref);
+  int rc = clist_ref(k, ep, kref, eref);
   if (rc <= 0)
     return rc;
-  rc = ocap__delv(k, "%s.c.%s", ep, kref);
+  rc = ocap__clist_set(k, ep, kref, NULL);
   if (!rc)
-    rc = ocap__delv(k, "%s.c.%s", ep, eref);
+    rc = ocap__clist_set(k, ep, eref, NULL);
   if (!rc)
     rc = ocap__decref(k, kref);
   return rc;
@@ -103,7 +124,7 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
     return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
   if (!ocap__valid_eref(eref))
     return ocap__fail(k, OCAP_EINVAL, "vat %s used invalid vref '%.60s'", ep, eref);
-  int rc = ocap__get_ref(k, out, "%s.c.%s", ep, eref);
+  int rc = clist_ref(k, ep, eref, out);
   if (rc < 0)
     return rc;
   if (rc > 0) {
@@ -121,6 +142,12 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
   return rc;
 }
 
+int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
+  if (ocap__is_kernel_ep(ep) || !ocap__valid_ep(ep) || !ocap__valid_eref(eref))
+    return 0;
+  return clist_ref(k, ep, eref, out);
+}
+
 int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out) {
   if (!ocap__valid_kref(kref))
     return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not a kref", kref);
@@ -130,7 +157,7 @@ int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref,
   }
   if (!ocap__valid_ep(ep))
     return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
-  int rc = ocap__get_ref(k, out, "%s.c.%s", ep, kref);
+  int rc = clist_ref(k, ep, kref, out);
   if (rc < 0)
     return rc;
   if (rc > 0) {
@@ -184,58 +211,47 @@ int ocap__capdata_k2e(ocap_kernel_t *k, const char *ep, const ocap__pcap_t *in,
   return 0;
 }
 
+/* What ocap__clist_krefs collects. */
+typedef struct krefs {
+  ocap_kernel_t *k;
+  const char *ep;
+  char (*v)[OCAP_REF_MAX];
+  size_t n, cap;
+} krefs_t;
+
+static int collect_kref(void *ud, const char *ref) {
+  krefs_t *c = ud;
+  if (strlen(ref) >= OCAP_REF_MAX || !ocap__valid_kref(ref))
+    return ocap__broken(c->k, OCAP_ECORRUPT,
+                        "corrupt database: c-list key '%s.c.%.60s' names no kref", c->ep, ref);
+  if (c->n == c->cap) {
+    c->cap = c->cap ? c->cap * 2 : 64;
+    void *nv = realloc(c->v, c->cap * OCAP_REF_MAX);
+    if (!nv)
+      return ocap__broken(c->k, OCAP_ENOMEM, "out of memory listing the c-list of %s", c->ep);
+    c->v = nv;
+  }
+  memcpy(c->v[c->n++], ref, strlen(ref) + 1);
+  return 0;
+}
+
 /*
  * The krefs in ep's c-list that start with `kind` ("k" for all, "kp" for
- * promises), collected first because callers delete entries as they go.
- * The scan moves on from the last key it saw, so it reads each key once.
- * Returns the count, or a negative code; *out is malloc'd (caller frees).
+ * promises), in byte order, collected first because callers delete
+ * entries as they go. Returns the count, or a negative code; *out is
+ * malloc'd (caller frees).
  */
 long ocap__clist_krefs(ocap_kernel_t *k, const char *ep, const char *kind,
                        char (**out)[OCAP_REF_MAX]) {
-  char prefix[KEY_MAX];
-  int plen = snprintf(prefix, sizeof prefix, "%s.c.%s", ep, kind);
-  size_t skip = (size_t)plen - strlen(kind); /* where the kref starts */
-  size_t n = 0, cap = 0;
-  char(*krefs)[OCAP_REF_MAX] = NULL;
-  const char *key;
-  size_t klen;
-  char after[KEY_MAX] = "";
-  size_t alen = 0;
-  int rc;
+  krefs_t c = {k, ep, NULL, 0, 0};
+  int rc = ocap__clist_each(k, ep, kind, collect_kref, &c);
   *out = NULL;
-  while ((rc = ocap_store_next_key(k->s, prefix, (size_t)plen, after, alen, 0, &key, &klen)) == 1) {
-    if (klen - skip >= OCAP_REF_MAX || klen >= KEY_MAX) {
-      char sk[64];
-      free(krefs);
-      return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: c-list key %s is too long",
-                          ocap__shown(key, klen, sk));
-    }
-    memcpy(after, key, klen);
-    after[klen] = '\0';
-    alen = klen;
-    if (n == cap) {
-      cap = cap ? cap * 2 : 64;
-      void *nk = realloc(krefs, cap * OCAP_REF_MAX);
-      if (!nk) {
-        free(krefs);
-        return ocap__broken(k, OCAP_ENOMEM, "out of memory listing the c-list of %s", ep);
-      }
-      krefs = nk;
-    }
-    memcpy(krefs[n], after + skip, klen - skip + 1);
-    if (!ocap__valid_kref(krefs[n])) {
-      free(krefs);
-      return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: c-list key '%s' names no kref",
-                          after);
-    }
-    n++;
+  if (rc) {
+    free(c.v);
+    return rc;
   }
-  if (rc < 0) {
-    free(krefs);
-    return ocap__store_failed(k, rc, "scan", prefix, (size_t)plen);
-  }
-  *out = krefs;
-  return (long)n;
+  *out = c.v;
+  return (long)c.n;
 }
 
 int ocap_kernel_revoke(ocap_kernel_t *k, const char *kref) {

@@ -1,0 +1,418 @@
+/*
+ * clist.c -- the endpoints' c-lists in memory (see clist.h).
+ *
+ * Like the other tables kept in memory (kstate.h, convention 6), an entry
+ * keeps the value of the last commit beside the current one; the entries
+ * a crank changed are listed, so that commit writes their final states
+ * under `<ep>.c.<ref>` and abort puts the committed values back. An entry
+ * whose key is gone is dropped at commit, and so is a c-list left empty.
+ */
+#include "clist.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct centry {
+  char *val, *cval; /* NULL when absent; val == cval while unchanged */
+  size_t vlen, cvlen;
+  int dirty;
+  char ref[]; /* NUL-terminated */
+} centry_t;
+
+/* One endpoint's c-list: open addressing with linear probing, by ref. */
+typedef struct clist {
+  centry_t **slots;
+  size_t mask, n;
+  int dirty; /* an entry of it is listed */
+  char ep[];
+} clist_t;
+
+typedef struct dirty {
+  clist_t *c;
+  centry_t *e;
+} dirty_t;
+
+struct ocap__clists {
+  clist_t **slots; /* by endpoint */
+  size_t mask, n;
+  dirty_t *dirty;
+  size_t ndirty, capdirty;
+};
+
+static size_t str_hash(const char *s) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+  return (size_t)(h ^ (h >> 32));
+}
+
+/* ---- an endpoint's entries ---- */
+
+static centry_t **entry_slot(clist_t *c, const char *ref) {
+  for (size_t i = str_hash(ref) & c->mask;; i = (i + 1) & c->mask)
+    if (!c->slots[i] || strcmp(c->slots[i]->ref, ref) == 0)
+      return &c->slots[i];
+}
+
+static int entries_grow(clist_t *c) {
+  if ((c->n + 1) * 2 <= c->mask + 1)
+    return 0;
+  size_t oldcap = c->mask + 1, cap = oldcap * 2;
+  centry_t **old = c->slots, **ns = calloc(cap, sizeof *ns);
+  if (!ns)
+    return OCAP_ENOMEM;
+  c->slots = ns;
+  c->mask = cap - 1;
+  for (size_t i = 0; i < oldcap; i++)
+    if (old[i])
+      *entry_slot(c, old[i]->ref) = old[i];
+  free(old);
+  return 0;
+}
+
+static void entry_free(centry_t *e) {
+  if (e->val != e->cval)
+    free(e->val);
+  free(e->cval);
+  free(e);
+}
+
+/* Removes e, shifting back the entries probed past its slot. */
+static void entry_remove(clist_t *c, centry_t *e) {
+  size_t i = str_hash(e->ref) & c->mask;
+  while (c->slots[i] != e)
+    i = (i + 1) & c->mask;
+  entry_free(e);
+  c->slots[i] = NULL;
+  c->n--;
+  for (size_t j = (i + 1) & c->mask; c->slots[j]; j = (j + 1) & c->mask) {
+    size_t home = str_hash(c->slots[j]->ref) & c->mask;
+    if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+      c->slots[i] = c->slots[j];
+      c->slots[j] = NULL;
+      i = j;
+    }
+  }
+}
+
+/* Adds an entry for ref holding a copy of val (n bytes; NULL: absent). */
+static centry_t *entry_add(clist_t *c, const char *ref, size_t rl, const char *val, size_t n) {
+  centry_t *e = calloc(1, sizeof *e + rl + 1);
+  if (!e || entries_grow(c)) {
+    free(e);
+    return NULL;
+  }
+  memcpy(e->ref, ref, rl);
+  if (val) {
+    e->val = malloc(n + 1);
+    if (!e->val) {
+      free(e);
+      return NULL;
+    }
+    memcpy(e->val, val, n);
+    e->val[n] = '\0';
+  }
+  e->cval = e->val;
+  e->vlen = e->cvlen = n;
+  *entry_slot(c, e->ref) = e;
+  c->n++;
+  return e;
+}
+
+static void clist_free(clist_t *c) {
+  for (size_t i = 0; i <= c->mask; i++)
+    if (c->slots[i])
+      entry_free(c->slots[i]);
+  free(c->slots);
+  free(c);
+}
+
+/* ---- the endpoints ---- */
+
+static clist_t **clist_slot(struct ocap__clists *t, const char *ep) {
+  for (size_t i = str_hash(ep) & t->mask;; i = (i + 1) & t->mask)
+    if (!t->slots[i] || strcmp(t->slots[i]->ep, ep) == 0)
+      return &t->slots[i];
+}
+
+static void clist_remove_ep(struct ocap__clists *t, clist_t *c) {
+  size_t i = str_hash(c->ep) & t->mask;
+  while (t->slots[i] != c)
+    i = (i + 1) & t->mask;
+  clist_free(c);
+  t->slots[i] = NULL;
+  t->n--;
+  for (size_t j = (i + 1) & t->mask; t->slots[j]; j = (j + 1) & t->mask) {
+    size_t home = str_hash(t->slots[j]->ep) & t->mask;
+    if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+      t->slots[i] = t->slots[j];
+      t->slots[j] = NULL;
+      i = j;
+    }
+  }
+}
+
+int ocap__clists_new(ocap_kernel_t *k) {
+  struct ocap__clists *t = calloc(1, sizeof *t);
+  if (t)
+    t->slots = calloc(64, sizeof *t->slots);
+  if (!t || !t->slots) {
+    free(t);
+    return OCAP_ENOMEM;
+  }
+  t->mask = 63;
+  k->c = t;
+  return 0;
+}
+
+static void drop_all(struct ocap__clists *t) {
+  for (size_t i = 0; i <= t->mask; i++) {
+    if (t->slots[i])
+      clist_free(t->slots[i]);
+    t->slots[i] = NULL;
+  }
+  t->n = 0;
+  t->ndirty = 0;
+}
+
+void ocap__clists_free(ocap_kernel_t *k) {
+  struct ocap__clists *t = k->c;
+  if (!t)
+    return;
+  drop_all(t);
+  free(t->slots);
+  free(t->dirty);
+  free(t);
+}
+
+/* Reads ep's c-list from the store: every key under `<ep>.c.`. */
+static int clist_load(ocap_kernel_t *k, const char *ep, clist_t **out) {
+  struct ocap__clists *t = k->c;
+  size_t el = strlen(ep);
+  char prefix[KEY_MAX];
+  if (el + 4 > KEY_MAX)
+    return ocap__broken(k, OCAP_ECORRUPT, "endpoint '%.40s...' is too long", ep);
+  memcpy(prefix, ep, el);
+  memcpy(prefix + el, ".c.", 4);
+  size_t plen = el + 3;
+  clist_t *c = calloc(1, sizeof *c + el + 1);
+  if (c)
+    c->slots = calloc(16, sizeof *c->slots);
+  if (!c || !c->slots) {
+    free(c);
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory reading the c-list of %s", ep);
+  }
+  c->mask = 15;
+  memcpy(c->ep, ep, el + 1);
+  ocap__buf_t after = {0};
+  const char *key, *v;
+  size_t klen, vl;
+  int rc;
+  while ((rc = ocap_store_next_key(k->s, prefix, plen, after.p, after.len, 0, &key, &klen)) == 1) {
+    after.len = 0;
+    if (ocap__buf_add(&after, key, klen)) {
+      rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the c-list of %s", ep);
+      break;
+    }
+    rc = ocap_store_get(k->s, after.p, after.len, &v, &vl);
+    if (rc < 0) {
+      rc = ocap__store_failed(k, rc, "read", after.p, after.len);
+      break;
+    }
+    if (rc == 1 && !entry_add(c, after.p + plen, after.len - plen, v, vl)) {
+      rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the c-list of %s", ep);
+      break;
+    }
+  }
+  if (rc < 0 && !k->err)
+    rc = ocap__store_failed(k, rc, "scan", prefix, plen);
+  free(after.p);
+  if (rc == 0 && (t->n + 1) * 2 > t->mask + 1) {
+    size_t oldcap = t->mask + 1, cap = oldcap * 2;
+    clist_t **old = t->slots, **ns = calloc(cap, sizeof *ns);
+    if (!ns) {
+      rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the c-list of %s", ep);
+    } else {
+      t->slots = ns;
+      t->mask = cap - 1;
+      for (size_t i = 0; i < oldcap; i++)
+        if (old[i])
+          *clist_slot(t, old[i]->ep) = old[i];
+      free(old);
+    }
+  }
+  if (rc < 0) {
+    clist_free(c);
+    return rc;
+  }
+  *clist_slot(t, ep) = c;
+  t->n++;
+  *out = c;
+  return 0;
+}
+
+static int clist_find(ocap_kernel_t *k, const char *ep, clist_t **out) {
+  clist_t **sl = clist_slot(k->c, ep);
+  if (*sl) {
+    *out = *sl;
+    return 0;
+  }
+  return clist_load(k, ep, out);
+}
+
+int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl) {
+  clist_t *c;
+  int rc = clist_find(k, ep, &c);
+  if (rc)
+    return rc;
+  centry_t *e = *entry_slot(c, ref);
+  if (!e || !e->val)
+    return 0;
+  *v = e->val;
+  *vl = e->vlen;
+  return 1;
+}
+
+int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val) {
+  struct ocap__clists *t = k->c;
+  clist_t *c;
+  int rc = clist_find(k, ep, &c);
+  if (rc)
+    return rc;
+  centry_t *e = *entry_slot(c, ref);
+  if (!e && !val)
+    return 0;
+  if (!e && !(e = entry_add(c, ref, strlen(ref), NULL, 0)))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
+  if (!e->dirty) {
+    if (t->ndirty == t->capdirty) {
+      size_t cap = t->capdirty ? t->capdirty * 2 : 32;
+      dirty_t *d = realloc(t->dirty, cap * sizeof *d);
+      if (!d)
+        return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
+      t->dirty = d;
+      t->capdirty = cap;
+    }
+    t->dirty[t->ndirty].c = c;
+    t->dirty[t->ndirty++].e = e;
+    e->dirty = 1;
+  }
+  char *p = NULL;
+  size_t n = val ? strlen(val) : 0;
+  if (val && !(p = malloc(n + 1)))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
+  if (val)
+    memcpy(p, val, n + 1);
+  if (e->val != e->cval)
+    free(e->val);
+  e->val = p;
+  e->vlen = n;
+  return 0;
+}
+
+static int cmp_str(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+int ocap__clist_each(ocap_kernel_t *k, const char *ep, const char *prefix,
+                     int (*each)(void *ud, const char *ref), void *ud) {
+  clist_t *c;
+  int rc = clist_find(k, ep, &c);
+  if (rc)
+    return rc;
+  size_t pl = strlen(prefix), n = 0;
+  const char **refs = malloc((c->n + 1) * sizeof *refs);
+  if (!refs)
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory listing the c-list of %s", ep);
+  for (size_t i = 0; i <= c->mask; i++) {
+    centry_t *e = c->slots[i];
+    if (e && e->val && strncmp(e->ref, prefix, pl) == 0)
+      refs[n++] = e->ref;
+  }
+  qsort(refs, n, sizeof *refs, cmp_str);
+  for (size_t i = 0; i < n && !rc; i++)
+    rc = each(ud, refs[i]);
+  free(refs);
+  return rc;
+}
+
+void ocap__clists_forget(ocap_kernel_t *k, const char *ep) {
+  struct ocap__clists *t = k->c;
+  clist_t *c = *clist_slot(t, ep);
+  if (!c)
+    return;
+  for (size_t i = 0; i < t->ndirty; i++)
+    if (t->dirty[i].c == c)
+      return;
+  clist_remove_ep(t, c);
+}
+
+/* ---- the store's hooks ---- */
+
+int ocap__clists_prepare(ocap_kernel_t *k) {
+  struct ocap__clists *t = k->c;
+  for (size_t i = 0; i < t->ndirty; i++) {
+    centry_t *e = t->dirty[i].e;
+    const char *ep = t->dirty[i].c->ep;
+    if (e->val == e->cval)
+      continue;
+    int rc = e->val ? ocap__setn(k, e->val, e->vlen, "%s.c.%s", ep, e->ref)
+                    : ocap__delv(k, "%s.c.%s", ep, e->ref);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+/* Ends the crank's changes, keeping or dropping them; entries and c-lists
+ * left empty go. */
+static void end_crank(struct ocap__clists *t, int keep) {
+  for (size_t i = 0; i < t->ndirty; i++) {
+    centry_t *e = t->dirty[i].e;
+    if (keep) {
+      if (e->cval != e->val)
+        free(e->cval);
+      e->cval = e->val;
+      e->cvlen = e->vlen;
+    } else {
+      if (e->val != e->cval)
+        free(e->val);
+      e->val = e->cval;
+      e->vlen = e->cvlen;
+    }
+    e->dirty = 0;
+    t->dirty[i].c->dirty = 1;
+  }
+  for (size_t i = 0; i < t->ndirty; i++) {
+    clist_t *c = t->dirty[i].c;
+    centry_t *e = t->dirty[i].e;
+    if (!e->val)
+      entry_remove(c, e);
+  }
+  /* Each c-list is looked at once (its flag cleared), and the empty ones
+   * are collected at the front of the list before any is freed. */
+  size_t ngone = 0;
+  for (size_t i = 0; i < t->ndirty; i++) {
+    clist_t *c = t->dirty[i].c;
+    if (c->dirty) {
+      c->dirty = 0;
+      if (c->n == 0)
+        t->dirty[ngone++].c = c;
+    }
+  }
+  for (size_t i = 0; i < ngone; i++)
+    clist_remove_ep(t, t->dirty[i].c);
+  t->ndirty = 0;
+}
+
+void ocap__clists_done(ocap_kernel_t *k) {
+  end_crank(k->c, 1);
+}
+
+void ocap__clists_abort(ocap_kernel_t *k, int cleared) {
+  end_crank(k->c, 0);
+  if (cleared)
+    drop_all(k->c);
+}

@@ -1,0 +1,33 @@
+/*
+ * clist.h -- the endpoints' c-lists in memory (internal to the kernel; see
+ * kstate.h, convention 6, and refs.h for what a c-list holds).
+ *
+ * A vat's c-list is read from the store whole, with one prefix scan of
+ * `<ep>.c.`, the first time the kernel touches it. Entries map a reference
+ * (a kref or a vref, the part of the key after `<ep>.c.`) to the value
+ * stored under that key. Values are kept as stored and checked where they
+ * are used, so a damaged one is reported as it was when read at each use.
+ */
+#ifndef OCAP_CLIST_H
+#define OCAP_CLIST_H
+
+#include "kstate.h"
+
+int ocap__clists_new(ocap_kernel_t *k);
+void ocap__clists_free(ocap_kernel_t *k);
+int ocap__clists_prepare(ocap_kernel_t *k);
+void ocap__clists_done(ocap_kernel_t *k);
+void ocap__clists_abort(ocap_kernel_t *k, int cleared);
+
+/* The value of `<ep>.c.<ref>`: 1 with *v (owned by the table, valid until
+ * the next change of the c-list) and *vl set, 0 when there is none, or a
+ * negative code. */
+int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl);
+/* Sets `<ep>.c.<ref>` to val, or removes it when val is NULL. */
+int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val);
+/* The refs of ep's c-list that start with `prefix`, in byte order, for
+ * each(ud, ref) until it returns nonzero (which is returned). */
+int ocap__clist_each(ocap_kernel_t *k, const char *ep, const char *prefix,
+                     int (*each)(void *ud, const char *ref), void *ud);
+
+#endif
