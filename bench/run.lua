@@ -323,3 +323,33 @@ end
 for _, n in ipairs({ 1000, 10000, 30000 }) do
   scenario(('one notify telling %d promises'):format(n), function(name) notifyPromises(name, n) end)
 end
+
+-- Vat upgrade (spec/vats/upgrade_v1.lua and _v2.lua, alternately) of a
+-- vat holding 1,000 durable instances, against a restart of the same vat:
+-- an upgrade does a restart's work plus holding the old heap aside and
+-- scanning the durable kinds.
+local function upgrades(name, db)
+  local kernel = makeKernel(db)
+  local r = kernel:launchSubcluster({ bootstrap = 'app', vats = {
+    app = { sourceSpec = 'spec/vats/upgrade_v1.lua' }, peer = { sourceSpec = 'spec/vats/upgrade_v1.lua' } } })
+    :await()
+  local vatId = kernel:getSubcluster(r.subclusterId).vats.app
+  for i = 1, 1000 do kernel:queueMessage(r.rootKref, 'open', { 'a' .. i, i }) end
+  kernel:run()
+  local n = 50
+  local t0 = now()
+  for i = 1, n do
+    local spec = { sourceSpec = i % 2 == 1 and 'spec/vats/upgrade_v2.lua' or 'spec/vats/upgrade_v1.lua' }
+    kernel:upgradeVat(vatId, spec):await()
+  end
+  local up = (now() - t0) / n
+  t0 = now()
+  for _ = 1, n do kernel:restartVat(vatId):await() end
+  local restart = (now() - t0) / n
+  report(name, up * 1e6, 'us per upgrade', ('%d upgrades; a restart of the same vat: %.0f us, x%.2f')
+    :format(n, restart * 1e6, up / restart))
+  kernel:stop()
+end
+
+scenario('upgrade a vat holding 1,000 durable objects (memory)', function(name) upgrades(name, nil) end)
+scenario('upgrade a vat holding 1,000 durable objects (leveldb)', function(name) upgrades(name, testing.tempDir()) end)

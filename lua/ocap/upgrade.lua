@@ -224,7 +224,7 @@ local function perform(kernel, job)
   local sc = plan(kernel, job)
   local ok, err = pcall(function()
     for _, v in ipairs(job.vats) do
-      v.held = K:holdVat(v.vatId)
+      K:holdVat(v.vatId)
       v.holding = true
       K:rejectDecided(v.vatId, kernelErrorBody('VAT_UPGRADED',
         ('vat %s upgraded to incarnation %d'):format(v.vatId, v.rec.incarnation)))
