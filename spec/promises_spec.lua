@@ -236,3 +236,22 @@ describe('storage', function()
     kernel:stop()
   end)
 end)
+
+describe('await on the main thread', function()
+  it('returns at the crank that settled its promise, leaving the rest queued', function()
+    local kernel = testing.makeKernel()
+    local r = kernel:launchSubcluster({ bootstrap = 'alice', vats = {
+      alice = { sourceSpec = 'spec/vats/echo.lua' }, bob = { sourceSpec = 'spec/vats/echo.lua' } } }):await()
+    local chain = kernel:queueMessage(r.rootKref, 'pingPeer', { 'bob', 200 })
+    local before = kernel:stats().cranks
+    assert.equal(1, kernel:queueMessage(r.rootKref, 'echo', { 1 }):await())
+    -- Four cranks: alice starts the chain (sending bob ping(1)), alice
+    -- echoes (queueing the host's notify), bob answers ping(1), then the
+    -- notify settles the host's promise. The chain's next step waits.
+    assert.equal(4, kernel:stats().cranks - before)
+    assert.equal(1, kernel:stats().queue)
+    kernel:run()
+    assert.equal(200 * 201 / 2, chain:await())
+    kernel:stop()
+  end)
+end)
