@@ -197,6 +197,19 @@ describe('vat upgrade', function()
     assert.equal(2, statusOf(kernel, app).incarnation)
   end)
 
+  it('keeps the old incarnation\'s timers when it fails, and stops them when it succeeds', function()
+    launch({ globals = { 'setInterval' } })
+    local beats = kernel:queueMessage(r.rootKref, 'beat', { 20 })
+    local err = rejection(kernel:upgradeVat(app, { sourceSpec = BAD, parameters = { fail = 'throw' } }))
+    assert.matches('failed to upgrade', err.message, 1, true)
+    assert.equal(20, beats:await())                 -- the held heap's interval ran on
+    assert.is_true(kernel.K:loopAlive())
+    beats = kernel:queueMessage(r.rootKref, 'beat', { 1e9 })
+    kernel:upgradeVat(app, { sourceSpec = V2 }):await()
+    assert.matches('VAT_UPGRADED', rejection(beats).message, 1, true)
+    assert.is_false(kernel.K:loopAlive())           -- no timer of the old heap is left
+  end)
+
   it('drops a request still queued when the kernel restarts', function()
     launch(nil, { database = testing.tempDir() })
     kernel:upgradeVat(app, { sourceSpec = V2 })

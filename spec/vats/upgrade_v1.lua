@@ -54,6 +54,15 @@ function M.buildRootObject(_vatPowers, parameters, baggage)
       waiting[#waiting + 1] = kit
       return kit.promise
     end,
+    -- Resolves once an interval timer (VatConfig.globals) has ticked n times.
+    beat = function(_, n)
+      local kit, count = ocap.makePromiseKit(), 0
+      setInterval(function() -- luacheck: ignore 113 (an endowment)
+        count = count + 1
+        if count == n then kit.resolve(count) end
+      end, 1)
+      return kit.promise
+    end,
     release = function(_, v)
       for _, kit in ipairs(waiting) do kit.resolve(v) end
       local n = #waiting
