@@ -1,6 +1,6 @@
---- Vat upgrade (docs/guide.md §6, docs/api.md §6): a vat gets new code and
---- keeps its durable state, or, when the new code cannot take over, keeps
---- everything it had.
+--- Vat upgrade ("Upgrading a vat" in docs/guide.md; docs/api.md §6): a vat
+--- gets new code and keeps its durable state, or, when the new code cannot
+--- take over, keeps everything it had.
 ---
 --- An upgrade is a crank of its own, queued in order: the request sends a
 --- message to `vatAdmin`, an object of the kernel's own endpoint, so that
