@@ -5,7 +5,8 @@
  *
  * The implementation is one file per concept, read in the order a message
  * takes: kernel.c (lifecycle, the send syscall, termination), refs.c
- * (references and c-lists), queue.c (the run queue), crank.c (one crank:
+ * (references and c-lists; clist.c keeps the c-lists in memory), queue.c
+ * (the run queue), crank.c (one crank:
  * route, deliver, commit or roll back), promise.c (resolve, settle,
  * subscribers, parked messages); capdata.c and kstate.c (the kernel's
  * failures and its typed access to the store) serve them all.

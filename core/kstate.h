@@ -1,13 +1,13 @@
 /*
  * kstate.h -- the kernel's state and its typed access to the store
- * (internal to the kernel's files: kernel.c, refs.c, capdata.c, promise.c,
- * queue.c, crank.c; the public interface is kernel.h).
+ * (internal to the kernel's files: kernel.c, refs.c, clist.c, capdata.c,
+ * promise.c, queue.c, crank.c; the public interface is kernel.h).
  *
  * Conventions:
- *  1. Everything the kernel knows is kept in the store under the keys
- *     listed in docs/storage.md; struct ocap_kernel only holds the hooks,
- *     the crank count and the failure being reported. That is what makes a
- *     crank atomic: abort the store's crank buffer and every table is back.
+ *  1. Everything the kernel knows is in the store under the keys listed in
+ *     docs/storage.md at every commit. That is what makes a crank atomic:
+ *     abort the store's crank buffer (and, by convention 6, the tables in
+ *     memory with it) and every table is back.
  *  2. Keys are formatted from a format with only %s and %lld in it. A key
  *     that would not fit KEY_MAX bytes is a kernel failure, never cut.
  *  3. Nothing read back from the store is trusted to fit a fixed buffer or
@@ -20,8 +20,8 @@
  *  5. Functions that read return 1 found, 0 missing, or a negative OCAP_E*
  *     code; functions that write return 0 or a negative code.
  *  6. The hottest tables (the id counters, the run queue, the promises'
- *     records but their data, and the c-lists) are the
- *     exception to convention 1: they are kept in memory, written to the
+ *     records but their data, and the c-lists) are kept in memory
+ *     between commits: they are changed in place, written to the
  *     crank buffer as final states when the store commits, and put back
  *     when it aborts, through the store's hooks (store.h). The keys and
  *     values in the store are the same as if they were written at once, so
