@@ -1711,7 +1711,7 @@ static int k_step(lua_State *L) {
  * termination, a vat restart), because only host code can queue a host
  * turn or settle a promise the host awaits; the caller flushes before any
  * of that reaches host code. Cranks the host has not seen are grouped in
- * one store write, forced once group keys are pending. ran counts the
+ * one store write, forced once group committed cranks are pending. ran counts the
  * cranks run; visible is true when host code ran. The batch is bounded so
  * that timers and IO get their turn between batches. */
 static int k_drive(lua_State *L) {
