@@ -45,6 +45,9 @@ demo: build
 	$(BUILD)/ocap run host/examples/hello.lua
 	@echo '--- weather (state kept in .ocap/weather; run make demo again to see it restored)'
 	$(BUILD)/ocap run --db .ocap/weather host/examples/weather/host.lua
+	@echo '--- caplets (Omnium installs an echo provider and its consumer)'
+	$(BUILD)/ocap bundle vats/caplets/echo/echo.lua vats/caplets/consumer/consumer.lua >/dev/null
+	$(BUILD)/ocap run vats/caplets/demo.lua
 
 bench: build
 	$(BUILD)/ocap run bench/run.lua

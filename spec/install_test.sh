@@ -24,6 +24,10 @@ local ocap = require 'ocap'
 local k = ocap.Kernel.make { logger = function() end }
 local r = k:launchSubcluster({ bootstrap = 'b', vats = { b = { sourceSpec = 'bob.lua' } } }):await()
 print(k:queueMessage(r.rootKref, 'hello', { 'install' }):await())
+-- Omnium's controller vat ships with the install.
+local entry = require('ocap.omnium').subcluster()
+local vat = entry.config.vats.controller.sourceSpec
+assert(vat:find(moved, 1, true) == 1, 'omnium controller not from the install: ' .. vat)
 LUA
 cd "$tmp"
 out=$(env -u LUA_PATH -u LUA_CPATH -u OCAP_LUADIR "$tmp/moved/bin/ocap" run host.lua "$tmp/moved" "$src")

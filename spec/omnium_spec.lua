@@ -100,3 +100,137 @@ describe('caplet manifests', function()
     assert.matches('^CapletManifest: cannot read ".*/nope/manifest.json"', err)
   end)
 end)
+
+-- ---- Omnium in a real kernel ----
+
+local bundle = require 'ocap.bundle'
+local support = require 'support'
+local SOURCE = os.getenv('OCAP_SOURCE_DIR') or '.'
+
+-- Bundles a caplet's Lua file into dir and returns its manifest (a table).
+local function caplet(dir, src, over)
+  local b = assert(bundle.build(SOURCE .. '/' .. src))
+  local name = src:match('([^/]+)%.lua$')
+  writeFile(dir .. '/' .. name .. '.bundle', bundle.encode(b))
+  local m = { id = 'com.example.' .. name, name = name, version = '1.0.0',
+    bundleSpec = dir .. '/' .. name .. '.bundle', requestedServices = {}, providedServices = {} }
+  for k, v in pairs(over or {}) do m[k] = v end
+  return m
+end
+
+local ECHO, CONSUMER = 'vats/caplets/echo/echo.lua', 'vats/caplets/consumer/consumer.lua'
+
+describe('omnium', function()
+  local kernel, o, dir
+  before_each(function()
+    dir = testing.tempDir()
+    kernel = testing.makeKernel({ database = dir .. '/db', systemSubclusters = { omnium.subcluster() } })
+    o = omnium.attach(kernel)
+  end)
+  after_each(function() kernel:stop() end)
+
+  local function echoManifest() return caplet(dir, ECHO, { providedServices = { 'echo' } }) end
+  local function consumerManifest() return caplet(dir, CONSUMER, { requestedServices = { 'echo' } }) end
+  local function state()
+    local s = { list = o.caplet.list():await(), services = o.services.list():await() }
+    s.vats = #kernel:getStatus().vats
+    return s
+  end
+
+  it('installs a caplet, lists it, and calls it through its root and by method', function()
+    local r = o.caplet.install(echoManifest()):await()
+    assert.equal('com.example.echo', r.capletId)
+    assert.matches('^s%d+$', r.subclusterId)
+    assert.same({ 'com.example.echo' }, o.caplet.list():await())
+    local rec = o.caplet.get('com.example.echo'):await()
+    assert.equal(r.subclusterId, rec.subclusterId)
+    assert.equal('1.0.0', rec.manifest.version)
+    assert.equal('integer', math.type(rec.installedAt))
+    assert.equal(rec.rootKref, kernel:getSubcluster(r.subclusterId).rootKref)
+    assert.equal('Echo: hi', o.caplet.callCapletMethod('com.example.echo', 'echo', { 'hi' }):await())
+    local root = o.caplet.getCapletRoot('com.example.echo'):await()
+    assert.equal('Echo: yo', kernel:queueMessage(root, 'echo', { 'yo' }):await())
+    assert.same({ { name = 'echo', capletId = 'com.example.echo' } }, o.services.list():await())
+    assert.is_nil(o.caplet.get('com.example.nope'):await())
+  end)
+
+  it('resolves a requested service to its provider at install (Phase 1)', function()
+    o.caplet.install(echoManifest()):await()
+    o.caplet.install(consumerManifest()):await()
+    assert.equal('Echo: via consumer',
+      o.caplet.callCapletMethod('com.example.consumer', 'useService', { 'via consumer' }):await())
+    assert.equal(1, o.caplet.callCapletMethod('com.example.echo', 'count'):await())
+  end)
+
+  it('keeps caplets, their state and their wiring across a kernel restart', function()
+    local r = o.caplet.install(echoManifest()):await()
+    o.caplet.install(consumerManifest()):await()
+    o.caplet.callCapletMethod('com.example.consumer', 'useService', { 'one' }):await()
+    kernel = testing.restart(kernel)
+    o = omnium.attach(kernel)
+    assert.same({ 'com.example.echo', 'com.example.consumer' }, o.caplet.list():await())
+    assert.equal(r.subclusterId, o.caplet.get('com.example.echo'):await().subclusterId)
+    assert.equal('Echo: two', o.caplet.callCapletMethod('com.example.consumer', 'useService', { 'two' }):await())
+    assert.equal(2, o.caplet.callCapletMethod('com.example.echo', 'count'):await())
+  end)
+
+  it('uninstalls a caplet: its subcluster goes, its id and services are free again', function()
+    local r = o.caplet.install(echoManifest()):await()
+    assert.is_true(o.caplet.uninstall('com.example.echo'):await())
+    assert.same({}, o.caplet.list():await())
+    assert.same({}, o.services.list():await())
+    assert.is_nil(kernel:getSubcluster(r.subclusterId))
+    o.caplet.install(echoManifest()):await()
+    assert.same({ 'com.example.echo' }, o.caplet.list():await())
+  end)
+
+  it('refuses bad input with a clear error and leaves its state unchanged', function()
+    o.caplet.install(echoManifest()):await()
+    local before = state()
+    local function refused(p, expected)
+      local e = support.rejection(p)
+      assert.equal(expected, e.message)
+      assert.same(before, state())
+    end
+    refused(o.caplet.install(echoManifest()), 'caplet "com.example.echo" is already installed')
+    refused(o.caplet.install(caplet(dir, CONSUMER, { id = 'c2', providedServices = { 'echo' } })),
+      'caplet "c2" provides service "echo", which caplet "com.example.echo" already provides')
+    refused(o.caplet.install(caplet(dir, CONSUMER, { requestedServices = { 'missing' } })),
+      'caplet "com.example.consumer" requests service "missing", which no installed caplet provides')
+    refused(o.caplet.uninstall('com.example.nope'), 'no caplet "com.example.nope" is installed')
+    refused(o.caplet.callCapletMethod('com.example.nope', 'echo', { 'x' }),
+      'no caplet "com.example.nope" is installed')
+    local e = support.rejection(o.caplet.callCapletMethod('com.example.echo', 'nope', {}))
+    assert.matches('^caplet "com.example.echo": nope failed: .*nope', e.message)
+    assert.same(before, state())
+    refused(o.caplet.install({ id = 'x' }), 'CapletManifest.name: missing')
+    e = support.rejection(o.caplet.install(caplet(dir, 'spec/vats/caplets/broken.lua')))
+    assert.matches('^caplet "com.example.broken" failed to install: .*broken caplet refuses to build', e.message)
+    assert.same(before, state())
+    e = support.rejection(o.caplet.install(caplet(dir, ECHO, { id = 'gone', bundleSpec = dir .. '/nope.bundle' })))
+    assert.matches('^caplet "gone" failed to install: .*cannot read bundle ".*/nope.bundle"', e.message)
+    assert.same(before, state())
+    -- Omnium and the kernel still work.
+    assert.equal('Echo: still', o.caplet.callCapletMethod('com.example.echo', 'echo', { 'still' }):await())
+  end)
+
+  it('refuses to uninstall a provider with dependents unless forced', function()
+    o.caplet.install(echoManifest()):await()
+    o.caplet.install(consumerManifest()):await()
+    local e = support.rejection(o.caplet.uninstall('com.example.echo'))
+    assert.equal('caplet "com.example.echo" provides services that com.example.consumer depend on '
+      .. '(use force to uninstall anyway)', e.message)
+    assert.same({ 'com.example.echo', 'com.example.consumer' }, o.caplet.list():await())
+    assert.is_true(o.caplet.uninstall('com.example.echo', { force = true }):await())
+    assert.same({ 'com.example.consumer' }, o.caplet.list():await())
+    e = support.rejection(o.caplet.callCapletMethod('com.example.consumer', 'useService', { 'x' }))
+    assert.matches('^caplet "com.example.consumer": useService failed', e.message)
+  end)
+
+  it('loads the shipped caplets from their directories', function()
+    local m = omnium.load(SOURCE .. '/vats/caplets/echo')
+    assert.equal('com.example.echo', m.id)
+    assert.matches('/vats/caplets/echo/echo%.bundle$', m.bundleSpec)
+    assert.same({ 'echo' }, omnium.load(SOURCE .. '/vats/caplets/consumer').requestedServices)
+  end)
+end)

@@ -585,6 +585,12 @@ function Kernel:launchSubcluster(clusterConfig, opts)
     end
     serviceRefs[sname] = svc.object
   end
+  for sname, ref in pairs(opts.bootstrapServices or {}) do
+    if serviceRefs[sname] ~= nil then
+      return rejected(("service '%s' is both a kernel service and a bootstrap reference"):format(sname))
+    end
+    serviceRefs[sname] = ref
+  end
   local names = {}
   for name in pairs(clusterConfig.vats) do names[#names + 1] = name end
   table.sort(names)

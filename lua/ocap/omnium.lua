@@ -152,4 +152,61 @@ function M.load(path)
   return res
 end
 
+-- ---- Omnium, the system subcluster ----
+
+--- The name Omnium's system subcluster is declared under.
+M.NAME = 'omnium'
+
+-- Where the controller vat's source is: next to the installed module
+-- (ocap/vats/omnium/), or in the source tree (vats/omnium/).
+local function controllerPath()
+  local here = package.searchpath('ocap.omnium', package.path)
+  local dir = here and here:match('^(.*)/[^/]*$') or '.'
+  for _, p in ipairs({ dir .. '/vats/omnium/controller.lua', dir .. '/../../vats/omnium/controller.lua' }) do
+    local f = io.open(p, 'rb')
+    if f then
+      f:close()
+      return p
+    end
+  end
+  error('ocap.omnium: vats/omnium/controller.lua not found next to ' .. tostring(here), 0)
+end
+
+--- The systemSubclusters entry that makes a kernel run Omnium.
+---@return table entry { name = 'omnium', config = ClusterConfig }
+function M.subcluster()
+  return { name = M.NAME, config = {
+    bootstrap = 'controller', services = { 'kernelFacet' },
+    vats = { controller = { sourceSpec = controllerPath() } },
+  } }
+end
+
+--- The host facade over a kernel's Omnium: caplet.load/install/uninstall/
+--- list/get/getCapletRoot/callCapletMethod and services.list. Every call
+--- but load returns a promise; bad input rejects and changes nothing.
+---@param kernel table a kernel made with omnium.subcluster() declared
+---@return table facade
+function M.attach(kernel)
+  local promise = require 'ocap.promise'
+  local pass = require 'ocap.pass'
+  local root = kernel:getSystemSubclusterRoot(M.NAME)
+  local function send(method, ...)
+    return kernel:queueMessage(root, method, table.pack(...))
+  end
+  local caplet = { load = M.load }
+  function caplet.install(manifest)
+    local ok, m = pcall(M.validateManifest, manifest)
+    if not ok then return promise.reject(pass.makeError(m)) end
+    return send('install', m, os.time())
+  end
+  function caplet.uninstall(id, opts) return send('uninstall', id, opts or {}) end
+  function caplet.list() return send('list') end
+  function caplet.get(id) return send('get', id) end
+  function caplet.getCapletRoot(id) return send('getCapletRoot', id) end
+  function caplet.callCapletMethod(id, method, args) return send('callCapletMethod', id, method, args or {}) end
+  local services = {}
+  function services.list() return send('services') end
+  return { caplet = caplet, services = services, root = root }
+end
+
 return M
