@@ -1544,6 +1544,22 @@ static int k_export(lua_State *L) {
   return 1;
 }
 
+/* K:import(vatId, kref) -> vref  [-0, +1, e]
+ * The vat's vref for an object kref, added to its c-list on first sight:
+ * how a reference reaches a vat outside a delivery (its parameters). */
+static int k_import(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  const char *ep = luaL_checkstring(L, 2);
+  const char *kref = luaL_checkstring(L, 3);
+  char out[OCAP_REF_MAX];
+  if (kref[0] != 'k' || kref[1] != 'o')
+    return luaL_error(L, "K:import: '%s' is not an object kref", kref);
+  if (ocap_kernel_kref_to_eref(lk->k, ep, kref, out))
+    return raise_kernel(L, lk);
+  lua_pushstring(L, out);
+  return 1;
+}
+
 /* K:krefOf(vatId, vref) -> kref | nil  [-0, +1, e]
  * Unlike K:export, it never exports. */
 static int k_kref_of(lua_State *L) {
@@ -2395,6 +2411,7 @@ static const luaL_Reg kernel_methods[] = {
     {"allocObject", k_alloc_object},
     {"allocPromise", k_alloc_promise},
     {"krefOf", k_kref_of},
+    {"import", k_import},
     {"export", k_export},
     {"send", k_send},
     {"subscribe", k_subscribe},

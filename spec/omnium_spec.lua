@@ -2,6 +2,7 @@
 -- caplets into real kernels.
 local testing = require 'ocap.testing'
 local omnium = require 'ocap.omnium'
+local support = require 'support'
 
 local function good(over)
   local m = { id = 'com.example.echo', name = 'Echo', version = '1.0.0', bundleSpec = '/b/echo.bundle',
@@ -104,7 +105,6 @@ end)
 -- ---- Omnium in a real kernel ----
 
 local bundle = require 'ocap.bundle'
-local support = require 'support'
 local SOURCE = os.getenv('OCAP_SOURCE_DIR') or '.'
 
 -- Bundles a caplet's Lua file into dir and returns its manifest (a table).
@@ -119,6 +119,37 @@ local function caplet(dir, src, over)
 end
 
 local ECHO, CONSUMER = 'vats/caplets/echo/echo.lua', 'vats/caplets/consumer/consumer.lua'
+
+describe('references in vat parameters', function()
+  local PARAMS = 'spec/vats/caplets/params.lua'
+  local kernel
+  after_each(function() kernel:stop() end)
+  local function cluster(parameters)
+    return { bootstrap = 'p', vats = { p = { sourceSpec = PARAMS, parameters = parameters } } }
+  end
+
+  it('reach the bootstrap vat as presences, next to plain data, across restarts', function()
+    kernel = testing.makeKernel({ database = testing.tempDir() })
+    local peer = kernel:launchSubcluster(cluster()):await()
+    local r = kernel:launchSubcluster(cluster({ greeting = 'hi' }),
+      { parameterRefs = { peer = kernel:getPresence(peer.rootKref) } }):await()
+    assert.equal(7, kernel:queueMessage(r.rootKref, 'peerPing', { 7 }):await())
+    assert.equal('hi', kernel:queueMessage(r.rootKref, 'greeting'):await())
+    assert.is_false(kernel:queueMessage(r.rootKref, 'hasRefsKey'):await())
+    kernel = testing.restart(kernel)
+    assert.equal(8, kernel:queueMessage(r.rootKref, 'peerPing', { 8 }):await())
+  end)
+
+  it('are refused when not presences of this kernel or clashing with plain parameters', function()
+    kernel = testing.makeKernel()
+    local peer = kernel:launchSubcluster(cluster()):await()
+    local e = support.rejection(kernel:launchSubcluster(cluster(), { parameterRefs = { peer = 'nope' } }))
+    assert.equal('parameter reference peer is not a presence of this kernel', e.message)
+    e = support.rejection(kernel:launchSubcluster(cluster({ peer = 1 }), { parameterRefs = { peer = peer.rootKref } }))
+    assert.equal('parameter "peer" is both in the config and a reference', e.message)
+    assert.equal(1, #kernel:getStatus().vats)
+  end)
+end)
 
 describe('omnium', function()
   local kernel, o, dir

@@ -409,6 +409,19 @@ local BUDGET_KEYS = {
   'maxMessageBytes', 'maxMessageSlots', 'maxCrankBytes', 'maxQueuedBytes', 'maxLogBytes', 'maxTimers',
 }
 
+--- A vat's parameters as it gets them: the config's plain data, and the
+--- references of rec.parameterRefs as vrefs under the key '$ocap.refs',
+--- which vatboot turns into presences.
+function Kernel:_parametersOf(vatId, rec)
+  local params = rec.config.parameters or {}
+  if not rec.parameterRefs then return params end
+  local out, refs = {}, {}
+  for k, v in pairs(params) do out[k] = v end
+  for pname, kref in pairs(rec.parameterRefs) do refs[pname] = self.K:import(vatId, kref) end
+  out['$ocap.refs'] = refs
+  return out
+end
+
 --- Starts a vat's Lua state and runs startVat (for a new incarnation when
 --- upgrading). Returns true or nil, msg.
 function Kernel:_startVat(vatId, rec, bundle, upgrading)
@@ -418,7 +431,7 @@ function Kernel:_startVat(vatId, rec, bundle, upgrading)
     info = vatId .. ' ' .. rec.name,
     main = bundle.main,
     modules = bundle.modules,
-    parameters = encode(rec.config.parameters or {}),
+    parameters = encode(self:_parametersOf(vatId, rec)),
     memory = memory and math.tointeger(memory),
     globals = table.concat(rec.config.globals or {}, ' '),
     instructions = instructions and math.tointeger(instructions),
@@ -585,11 +598,23 @@ function Kernel:launchSubcluster(clusterConfig, opts)
     end
     serviceRefs[sname] = svc.object
   end
-  for sname, ref in pairs(opts.bootstrapServices or {}) do
-    if serviceRefs[sname] ~= nil then
-      return rejected(("service '%s' is both a kernel service and a bootstrap reference"):format(sname))
+  -- References for the bootstrap vat's parameters (opts.parameterRefs,
+  -- name -> presence or kref): kept as krefs in its vat record, and put in
+  -- its c-list each time it starts.
+  local parameterRefs
+  if opts.parameterRefs then
+    parameterRefs = {}
+    local given = clusterConfig.vats[clusterConfig.bootstrap].parameters or {}
+    for pname, ref in pairs(opts.parameterRefs) do
+      local kok, kref = pcall(self._krefOf, self, ref)
+      if type(pname) ~= 'string' or not kok or not kref:match('^ko') then
+        return rejected(('parameter reference %s is not a presence of this kernel'):format(tostring(pname)))
+      end
+      if given[pname] ~= nil then
+        return rejected(('parameter "%s" is both in the config and a reference'):format(pname))
+      end
+      parameterRefs[pname] = kref
     end
-    serviceRefs[sname] = ref
   end
   local names = {}
   for name in pairs(clusterConfig.vats) do names[#names + 1] = name end
@@ -616,7 +641,8 @@ function Kernel:launchSubcluster(clusterConfig, opts)
   local vats, started = {}, {}
   for _, name in ipairs(names) do
     local vatId = K:allocVatId()
-    local rec = { name = name, subclusterId = subclusterId, config = clusterConfig.vats[name] }
+    local rec = { name = name, subclusterId = subclusterId, config = clusterConfig.vats[name],
+      parameterRefs = name == clusterConfig.bootstrap and parameterRefs or nil }
     local sok, serr = self:_startVat(vatId, rec, bundles[name])
     if not sok then
       K:abort()

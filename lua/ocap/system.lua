@@ -15,10 +15,10 @@ function M.makeKernelFacet(kernel)
     getStatus = function() return kernel:getStatus() end,
     getSubclusters = function() return kernel:getSubclusters() end,
     getSubcluster = function(_, id) return kernel:getSubcluster(id) end,
-    -- `extra` (optional) adds references to the bootstrap's services
-    -- argument: Omnium hands a caplet the roots of its providers this way.
-    launchSubcluster = function(_, config, extra)
-      local r = await(kernel:launchSubcluster(config, extra and { bootstrapServices = extra } or nil))
+    -- `refs` (optional, name -> presence) is added to the bootstrap vat's
+    -- parameters: Omnium hands a caplet its providers' roots this way.
+    launchSubcluster = function(_, config, refs)
+      local r = await(kernel:launchSubcluster(config, refs and { parameterRefs = refs } or nil))
       return { subclusterId = r.subclusterId, rootKref = r.rootKref, bootstrapResult = r.bootstrapResult,
         root = kernel:getPresence(r.rootKref) }
     end,

@@ -101,6 +101,12 @@ function M.boot(syscall, info, env)
       return false, ('vat %q does not return a table with buildRootObject'):format(name)
     end
     local params = marshal.unserializeData({ body = paramsBody, slots = {} })
+    -- References the kernel put in the vat's c-list for its parameters.
+    local refs = type(params) == 'table' and params['$ocap.refs']
+    if type(refs) == 'table' then
+      params['$ocap.refs'] = nil
+      for pname, vref in pairs(refs) do params[pname] = ls.presenceFor(vref) end
+    end
     -- vatPowers.logger is made on first use (makeLogger).
     local vatPowers = setmetatable({
       exitVat = function(value)
