@@ -338,6 +338,20 @@ int ocap__clist_each(ocap_kernel_t *k, const char *ep, const char *prefix,
   return rc;
 }
 
+int ocap__clists_check(ocap_kernel_t *k) {
+  struct ocap__clists *t = k->c;
+  int rc = 0;
+  for (size_t i = 0; i <= t->mask && !rc; i++) {
+    clist_t *c = t->slots[i];
+    for (size_t j = 0; c && j <= c->mask && !rc; j++) {
+      centry_t *e = c->slots[j];
+      if (e)
+        rc = ocap__check_key(k, e->val, e->vlen, "%s.c.%s", c->ep, e->ref);
+    }
+  }
+  return rc;
+}
+
 void ocap__clists_forget(ocap_kernel_t *k, const char *ep) {
   struct ocap__clists *t = k->c;
   clist_t *c = *clist_slot(t, ep);

@@ -15,6 +15,7 @@
 
 #include "capdata.h"
 #include "clist.h"
+#include "object.h"
 #include "promise.h"
 #include "queue.h"
 #include "refs.h"
@@ -80,11 +81,11 @@ static int deliver(ocap_kernel_t *k, const char *ep, const ocap_delivery_t *d, i
 static int deliver_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
                         size_t len, char *ep, int *fatal, char **why) {
   char owner[OCAP_REF_MAX], teref[OCAP_REF_MAX], reref[OCAP_REF_MAX];
-  int rc = ocap__has(k, "%s.revoked", target);
+  int rc = ocap__get_revoked(k, target);
   if (rc > 0)
     return splat_error(k, result, "OBJECT_REVOKED", "Target object has been revoked");
   if (rc == 0)
-    rc = ocap__get_ref(k, owner, "%s.owner", target);
+    rc = ocap__get_owner(k, target, owner);
   if (rc == 0) {
     char detail[128];
     snprintf(detail, sizeof detail, "Target object %s has been deleted", target);

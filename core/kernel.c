@@ -18,6 +18,7 @@
 
 #include "capdata.h"
 #include "clist.h"
+#include "object.h"
 #include "promise.h"
 #include "queue.h"
 #include "refs.h"
@@ -35,7 +36,9 @@ static int tables_prepare(void *ud) {
     rc = ocap__queue_prepare(k);
   if (!rc)
     rc = ocap__promises_prepare(k);
-  return rc ? rc : ocap__clists_prepare(k);
+  if (!rc)
+    rc = ocap__clists_prepare(k);
+  return rc ? rc : ocap__objects_prepare(k);
 }
 
 static void tables_done(void *ud) {
@@ -44,6 +47,7 @@ static void tables_done(void *ud) {
   ocap__queue_done(k);
   ocap__promises_done(k);
   ocap__clists_done(k);
+  ocap__objects_done(k);
 }
 
 static void tables_abort(void *ud, int cleared) {
@@ -52,6 +56,18 @@ static void tables_abort(void *ud, int cleared) {
   ocap__queue_abort(k, cleared);
   ocap__promises_abort(k, cleared);
   ocap__clists_abort(k, cleared);
+  ocap__objects_abort(k, cleared);
+}
+
+int ocap_kernel_check(ocap_kernel_t *k) {
+  int rc = ocap__counters_check(k);
+  if (!rc)
+    rc = ocap__queue_check(k);
+  if (!rc)
+    rc = ocap__promises_check(k);
+  if (!rc)
+    rc = ocap__clists_check(k);
+  return rc ? rc : ocap__objects_check(k);
 }
 
 void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
@@ -63,6 +79,9 @@ void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
   const char *dot = strchr(buf, '.');
   if (strncmp(buf, "runQueue.", 9) == 0) {
     ocap__queue_forget(k);
+  } else if (strncmp(buf, "ko", 2) == 0 && dot) {
+    buf[dot - buf] = '\0';
+    ocap__objects_forget(k, buf);
   } else if (strncmp(buf, "kp", 2) == 0 && dot) {
     buf[dot - buf] = '\0';
     ocap__promises_forget(k, buf);
@@ -76,10 +95,12 @@ void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
 
 int ocap_kernel_new(ocap_store_t *store, const ocap_kernel_hooks_t *hooks, ocap_kernel_t **out) {
   ocap_kernel_t *k = calloc(1, sizeof *k);
-  if (!k || ocap__queue_new(k) || ocap__promises_new(k) || ocap__clists_new(k)) {
+  if (!k || ocap__queue_new(k) || ocap__promises_new(k) || ocap__clists_new(k) ||
+      ocap__objects_new(k)) {
     if (k) {
       ocap__queue_free(k);
       ocap__promises_free(k);
+      ocap__clists_free(k);
     }
     free(k);
     return OCAP_ENOMEM;
@@ -99,6 +120,7 @@ void ocap_kernel_free(ocap_kernel_t *k) {
   ocap__queue_free(k);
   ocap__promises_free(k);
   ocap__clists_free(k);
+  ocap__objects_free(k);
   free(k);
 }
 
@@ -225,9 +247,9 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
       if (rc > 0)
         rc = strcmp(v, ep) == 0 ? ocap__settle(k, kref, 1, enc.p, enc.len) : 0;
     } else {
-      rc = ocap__get_ref(k, v, "%s.owner", kref);
+      rc = ocap__get_owner(k, kref, v);
       if (rc > 0)
-        rc = strcmp(v, ep) == 0 ? ocap__delv(k, "%s.owner", kref) : 0;
+        rc = strcmp(v, ep) == 0 ? ocap__set_owner(k, kref, NULL) : 0;
     }
     if (!rc)
       rc = ocap__clist_remove(k, ep, kref);

@@ -5,7 +5,8 @@
  *
  * The implementation is one file per concept, read in the order a message
  * takes: kernel.c (lifecycle, the send syscall, termination), refs.c
- * (references and c-lists; clist.c keeps the c-lists in memory), queue.c
+ * (references and c-lists; clist.c keeps the c-lists in memory, object.c
+ * the kernel objects), queue.c
  * (the run queue), crank.c (one crank:
  * route, deliver, commit or roll back), promise.c (resolve, settle,
  * subscribers, parked messages); capdata.c and kstate.c (the kernel's
@@ -131,6 +132,14 @@ const char *ocap_kernel_errmsg(const ocap_kernel_t *k);
 int ocap_kernel_failed(const ocap_kernel_t *k);
 int ocap_kernel_note_failure(ocap_kernel_t *k, int code, const char *what);
 void ocap_kernel_clear_failure(ocap_kernel_t *k);
+
+/*
+ * Testing hook: checks that every table the kernel keeps in memory
+ * (docs/storage.md) holds what the store holds, as it must between a
+ * commit or an abort and the next change. Returns 0, or OCAP_ECORRUPT
+ * with ocap_kernel_errmsg() naming the first key that differs.
+ */
+int ocap_kernel_check(ocap_kernel_t *k);
 
 /*
  * Tells the kernel that `key` was written in its store by someone else

@@ -396,6 +396,34 @@ long long ocap_kernel_next_id(ocap_kernel_t *k, char kind) {
   return rc ? rc : k->next[which];
 }
 
+int ocap__check_key(ocap_kernel_t *k, const char *val, size_t vl, const char *fmt, ...) {
+  FORMAT_KEY(key, kl, fmt);
+  const char *v;
+  size_t sl;
+  int rc = ocap_store_get(k->s, key, kl, &v, &sl);
+  if (rc < 0)
+    return ocap__fail(k, rc, "reading '%s' failed", key);
+  if ((rc == 0) != (val == NULL) || (val && (sl != vl || memcmp(v, val, vl) != 0)))
+    return ocap__fail(k, OCAP_ECORRUPT, "the kernel holds %s%.*s%s for '%s', the store %s%.*s%s",
+                      val ? "'" : "", val ? (int)vl : 4, val ? val : "none", val ? "'" : "", key,
+                      rc ? "'" : "", rc ? (int)sl : 4, rc ? v : "none", rc ? "'" : "");
+  return 0;
+}
+
+int ocap__counters_check(ocap_kernel_t *k) {
+  for (int i = 0; i < CTR_COUNT; i++) {
+    if (!(k->counters_loaded & (1 << i)))
+      continue;
+    char v[32];
+    size_t vl = ocap__fmt_ll(v, k->next[i]);
+    /* An absent counter reads as 1, so 1 may be either. */
+    int rc = k->next[i] == 1 ? 0 : ocap__check_key(k, v, vl, "%s", counter_key[i]);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
 void ocap__counters_forget(ocap_kernel_t *k, const char *key) {
   for (int i = 0; i < CTR_COUNT; i++)
     if (strcmp(key, counter_key[i]) == 0 && k->next[i] == k->cnext[i])

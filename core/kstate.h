@@ -1,7 +1,7 @@
 /*
  * kstate.h -- the kernel's state and its typed access to the store
- * (internal to the kernel's files: kernel.c, refs.c, clist.c, capdata.c,
- * promise.c, queue.c, crank.c; the public interface is kernel.h).
+ * (internal to the kernel's files: kernel.c, refs.c, clist.c, object.c,
+ * capdata.c, promise.c, queue.c, crank.c; the public interface is kernel.h).
  *
  * Conventions:
  *  1. Everything the kernel knows is in the store under the keys listed in
@@ -20,7 +20,7 @@
  *  5. Functions that read return 1 found, 0 missing, or a negative OCAP_E*
  *     code; functions that write return 0 or a negative code.
  *  6. The hottest tables (the id counters, the run queue, the promises'
- *     records but their data, and the c-lists) are kept in memory
+ *     records but their data, the objects and the c-lists) are kept in memory
  *     between commits: they are changed in place, written to the
  *     crank buffer as final states when the store commits, and put back
  *     when it aborts, through the store's hooks (store.h). The keys and
@@ -51,6 +51,7 @@ enum { CTR_VAT, CTR_OBJECT, CTR_PROMISE, CTR_COUNT };
 struct ocap__queue;
 struct ocap__promises;
 struct ocap__clists;
+struct ocap__objects;
 
 struct ocap_kernel {
   ocap_store_t *s;
@@ -72,6 +73,7 @@ struct ocap_kernel {
   struct ocap__queue *q;      /* the run queue (queue.c) */
   struct ocap__promises *p;   /* promises' states and counts (promise.c) */
   struct ocap__clists *c;     /* the endpoints' c-lists (clist.c) */
+  struct ocap__objects *o;    /* kernel objects (object.c) */
 };
 
 /* A growable byte buffer for values too large for the stack; {0} is empty. */
@@ -118,6 +120,17 @@ int ocap__bump(ocap_kernel_t *k, int which, long long *out);
 int ocap__counters_prepare(ocap_kernel_t *k);
 void ocap__counters_done(ocap_kernel_t *k);
 void ocap__counters_abort(ocap_kernel_t *k, int cleared);
+/*
+ * Each table's part of ocap_kernel_check (kernel.h): 0 when what it holds
+ * in memory is what the store holds, else OCAP_ECORRUPT through ocap__fail
+ * naming the key. ocap__check_key compares one key (val NULL: absent).
+ */
+int ocap__check_key(ocap_kernel_t *k, const char *val, size_t vl, const char *fmt, ...);
+int ocap__counters_check(ocap_kernel_t *k);
+int ocap__queue_check(ocap_kernel_t *k);
+int ocap__promises_check(ocap_kernel_t *k);
+int ocap__clists_check(ocap_kernel_t *k);
+int ocap__objects_check(ocap_kernel_t *k);
 /* Each table's part of ocap_kernel_forget (kernel.h). */
 void ocap__counters_forget(ocap_kernel_t *k, const char *key);
 void ocap__queue_forget(ocap_kernel_t *k);

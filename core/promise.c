@@ -305,6 +305,33 @@ static int set_promise(ocap_kernel_t *k, const char *kpid, int state, long long 
   return 0;
 }
 
+int ocap__promises_check(ocap_kernel_t *k) {
+  struct ocap__promises *t = k->p;
+  int rc = 0;
+  for (size_t i = 0; i <= t->mask && !rc; i++) {
+    prec_t *r = t->slots[i];
+    if (!r)
+      continue;
+    char kpid[OCAP_REF_MAX], v[32];
+    memcpy(kpid, "kp", 2);
+    kpid[2 + ocap__fmt_ll(kpid + 2, r->id)] = '\0';
+    const char *st = r->state == ST_NONE ? NULL : state_name[r->state];
+    rc = ocap__check_key(k, st, st ? strlen(st) : 0, "%s.state", kpid);
+    if (!rc)
+      rc = ocap__check_key(k, r->refs < 0 ? NULL : v, r->refs < 0 ? 0 : ocap__fmt_ll(v, r->refs),
+                           "%s.refCount", kpid);
+    if (!rc)
+      rc = ocap__check_key(k, r->decider[0] ? r->decider : NULL, strlen(r->decider), "%s.decider",
+                           kpid);
+    if (!rc)
+      rc = ocap__check_key(k, r->subs, r->subslen, "%s.subscribers", kpid);
+    if (!rc)
+      rc = ocap__check_key(k, r->qtail ? v : NULL, r->qtail ? ocap__fmt_ll(v, r->qtail) : 0,
+                           "%s.queueTail", kpid);
+  }
+  return rc;
+}
+
 void ocap__promises_forget(ocap_kernel_t *k, const char *kpid) {
   struct ocap__promises *t = k->p;
   long long id = kp_number(kpid);

@@ -142,6 +142,21 @@ void ocap__queue_free(ocap_kernel_t *k) {
   free(q);
 }
 
+int ocap__queue_check(ocap_kernel_t *k) {
+  struct ocap__queue *q = k->q;
+  if (!q->loaded)
+    return 0;
+  char v[32];
+  int rc = 0;
+  if (q->head)
+    rc = ocap__check_key(k, v, ocap__fmt_ll(v, q->head), "runQueue.head");
+  if (!rc && q->tail)
+    rc = ocap__check_key(k, v, ocap__fmt_ll(v, q->tail), "runQueue.tail");
+  for (long long n = q->head; n < q->tail && !rc; n++)
+    rc = ocap__check_key(k, slot(q, n)->p, slot(q, n)->len, "runQueue.%lld", n);
+  return rc;
+}
+
 void ocap__queue_forget(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
   if (!q->loaded || q->head != q->chead || q->tail != q->ctail || q->undo_at >= 0)

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "clist.h"
+#include "object.h"
 #include "promise.h"
 
 /* An endpoint: `kernel` or a vat id `v<N>`. */
@@ -66,7 +67,7 @@ int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out) {
     return rc;
   memcpy(out, "ko", 2);
   out[2 + ocap__fmt_ll(out + 2, n)] = '\0';
-  return ocap__setv(k, ep, "%s.owner", out);
+  return ocap__set_owner(k, out, ep);
 }
 
 /*
@@ -259,17 +260,18 @@ int ocap_kernel_revoke(ocap_kernel_t *k, const char *kref) {
     return ocap__fail(k, OCAP_EINVAL, "invalid kref '%.60s'", kref);
   if (ocap__is_kpid(kref))
     return ocap__fail(k, OCAP_EINVAL, "cannot revoke promise %s", kref);
-  int owned = ocap__has(k, "%s.owner", kref);
-  int revoked = owned ? 0 : ocap__has(k, "%s.revoked", kref);
+  char owner[OCAP_REF_MAX];
+  int owned = ocap__get_owner(k, kref, owner);
+  int revoked = owned ? 0 : ocap__get_revoked(k, kref);
   if (owned < 0 || revoked < 0)
     return owned < 0 ? owned : revoked;
   if (!owned && !revoked)
     return ocap__fail(k, OCAP_ENOTFOUND, "unknown object %s", kref);
-  return ocap__setv(k, "true", "%s.revoked", kref);
+  return ocap__set_revoked(k, kref);
 }
 
 int ocap_kernel_is_revoked(ocap_kernel_t *k, const char *kref) {
   if (!ocap__valid_kref(kref))
     return 0;
-  return ocap__has(k, "%s.revoked", kref);
+  return ocap__get_revoked(k, kref);
 }

@@ -155,6 +155,10 @@ static int run(ocap_kernel_t *k, record_t *r, int faults) {
         /* The fault must fail the crank, which leaves nothing behind. */
         CHECK(rc == OCAP_EIO);
         CHECK(strcmp(before, after) == 0);
+        if (ocap_kernel_check(k) != 0) {
+          fprintf(stderr, "  fault %ld: %s\n", i, ocap_kernel_errmsg(k));
+          failures++;
+        }
         CHECK(ocap_kernel_failed(k) == 0);
         if (strstr(ocap_kernel_errmsg(k), "injected fault") == NULL) {
           fprintf(stderr, "  fault %ld: message %s\n", i, ocap_kernel_errmsg(k));
@@ -328,6 +332,10 @@ static void terminate_faults(void) {
     CHECK(ocap_kernel_step(k) == OCAP_EIO); /* drops the half-done termination */
     char *after = dump(k);
     CHECK(strcmp(before, after) == 0);
+    if (ocap_kernel_check(k) != 0) {
+      fprintf(stderr, "  terminate fault %ld: %s\n", i, ocap_kernel_errmsg(k));
+      failures++;
+    }
     free(before);
     free(after);
   }

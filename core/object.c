@@ -1,0 +1,296 @@
+/*
+ * object.c -- kernel objects (see object.h).
+ *
+ * Records work like the promises' (promise.c): read from the store the
+ * first time an object is touched (an object allocated here is known to
+ * be new), the values of the last commit kept beside the current ones,
+ * the records a crank changed listed so that commit writes their final
+ * states and abort puts the committed ones back, and a record whose keys
+ * are all gone dropped at commit.
+ */
+#include "object.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct orec {
+  long long id;              /* the N of koN */
+  char owner[OCAP_REF_MAX];  /* "" when none */
+  char cowner[OCAP_REF_MAX]; /* the same at the last commit */
+  int revoked, crevoked;     /* `ko<N>.revoked` exists */
+  long long reachable;       /* reserved for garbage collection: the */
+  long long recognizable;    /* counts of its importers, not kept yet */
+  int dirty;                 /* listed in `dirty` */
+} orec_t;
+
+struct ocap__objects {
+  orec_t **slots; /* open addressing with linear probing, by id */
+  size_t mask, n;
+  orec_t **dirty;
+  size_t ndirty, capdirty;
+};
+
+static size_t id_hash(long long id) {
+  unsigned long long h = (unsigned long long)id * 0x9e3779b97f4a7c15ULL;
+  return (size_t)(h ^ (h >> 29));
+}
+
+/* The N of "koN", or -1 when koid is not an object id. */
+static long long ko_number(const char *koid) {
+  if (koid[0] != 'k' || koid[1] != 'o' || !koid[2] || (koid[2] == '0' && koid[3]))
+    return -1;
+  long long n = 0;
+  for (const char *c = koid + 2; *c; c++) {
+    if (*c < '0' || *c > '9' || n > COUNT_MAX / 10)
+      return -1;
+    n = n * 10 + (*c - '0');
+  }
+  return n;
+}
+
+static int gone(const orec_t *r) {
+  return !r->owner[0] && !r->revoked;
+}
+
+static orec_t **find_slot(struct ocap__objects *t, long long id) {
+  for (size_t i = id_hash(id) & t->mask;; i = (i + 1) & t->mask)
+    if (!t->slots[i] || t->slots[i]->id == id)
+      return &t->slots[i];
+}
+
+static int table_grow(struct ocap__objects *t) {
+  if ((t->n + 1) * 2 <= t->mask + 1)
+    return 0;
+  size_t oldcap = t->mask + 1, cap = oldcap * 2;
+  orec_t **old = t->slots, **ns = calloc(cap, sizeof *ns);
+  if (!ns)
+    return OCAP_ENOMEM;
+  t->slots = ns;
+  t->mask = cap - 1;
+  for (size_t i = 0; i < oldcap; i++)
+    if (old[i])
+      *find_slot(t, old[i]->id) = old[i];
+  free(old);
+  return 0;
+}
+
+/* Removes the record in slot i, shifting back the ones probed past it. */
+static void table_remove(struct ocap__objects *t, size_t i) {
+  free(t->slots[i]);
+  t->slots[i] = NULL;
+  t->n--;
+  for (size_t j = (i + 1) & t->mask; t->slots[j]; j = (j + 1) & t->mask) {
+    size_t home = id_hash(t->slots[j]->id) & t->mask;
+    if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+      t->slots[i] = t->slots[j];
+      t->slots[j] = NULL;
+      i = j;
+    }
+  }
+}
+
+int ocap__objects_new(ocap_kernel_t *k) {
+  struct ocap__objects *t = calloc(1, sizeof *t);
+  if (t)
+    t->slots = calloc(64, sizeof *t->slots);
+  if (!t || !t->slots) {
+    free(t);
+    return OCAP_ENOMEM;
+  }
+  t->mask = 63;
+  k->o = t;
+  return 0;
+}
+
+static void drop_all(struct ocap__objects *t) {
+  for (size_t i = 0; i <= t->mask; i++) {
+    free(t->slots[i]);
+    t->slots[i] = NULL;
+  }
+  t->n = 0;
+  t->ndirty = 0;
+}
+
+void ocap__objects_free(ocap_kernel_t *k) {
+  struct ocap__objects *t = k->o;
+  if (!t)
+    return;
+  drop_all(t);
+  free(t->slots);
+  free(t->dirty);
+  free(t);
+}
+
+/*
+ * The record of koid, read from the store when it is not in memory yet
+ * (or made without reading it when `fresh`). With `create` unset, an
+ * object the store does not have either is not kept, and *out is NULL.
+ */
+static int lookup(ocap_kernel_t *k, const char *koid, int create, int fresh, orec_t **out) {
+  struct ocap__objects *t = k->o;
+  *out = NULL;
+  long long id = ko_number(koid);
+  if (id < 0)
+    return create ? ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not an object id",
+                                 koid)
+                  : 0;
+  orec_t **sl = find_slot(t, id);
+  if (*sl) {
+    *out = *sl;
+    return 0;
+  }
+  orec_t *r = calloc(1, sizeof *r);
+  if (!r || table_grow(t)) {
+    free(r);
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory reading object %s", koid);
+  }
+  r->id = id;
+  int rc = fresh ? 0 : ocap__get_ref(k, r->owner, "%s.owner", koid);
+  if (rc >= 0 && !fresh)
+    rc = r->revoked = ocap__has(k, "%s.revoked", koid);
+  if (rc < 0 || (gone(r) && !create)) {
+    free(r);
+    return rc < 0 ? rc : 0;
+  }
+  memcpy(r->cowner, r->owner, sizeof r->cowner);
+  r->crevoked = r->revoked;
+  *find_slot(t, id) = r;
+  t->n++;
+  *out = r;
+  return 0;
+}
+
+/* The record of koid, listed as changed by this crank. */
+static int change(ocap_kernel_t *k, const char *koid, int fresh, orec_t **out) {
+  struct ocap__objects *t = k->o;
+  int rc = lookup(k, koid, 1, fresh, out);
+  if (rc || (*out)->dirty)
+    return rc;
+  if (t->ndirty == t->capdirty) {
+    size_t cap = t->capdirty ? t->capdirty * 2 : 32;
+    orec_t **d = realloc(t->dirty, cap * sizeof *d);
+    if (!d)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory changing an object");
+    t->dirty = d;
+    t->capdirty = cap;
+  }
+  t->dirty[t->ndirty++] = *out;
+  (*out)->dirty = 1;
+  return 0;
+}
+
+int ocap__get_owner(ocap_kernel_t *k, const char *koid, char *out) {
+  orec_t *r;
+  int rc = lookup(k, koid, 0, 0, &r);
+  if (rc || !r || !r->owner[0])
+    return rc;
+  memcpy(out, r->owner, strlen(r->owner) + 1);
+  return 1;
+}
+
+int ocap__set_owner(ocap_kernel_t *k, const char *koid, const char *ep) {
+  orec_t *r;
+  /* An owner is set only when the object is made, so its id is new. */
+  int rc = change(k, koid, ep != NULL, &r);
+  if (rc)
+    return rc;
+  if (ep && strlen(ep) >= OCAP_REF_MAX)
+    return ocap__broken(k, OCAP_ECORRUPT, "owner '%.60s' of %s is too long", ep, koid);
+  memcpy(r->owner, ep ? ep : "", ep ? strlen(ep) + 1 : 1);
+  return 0;
+}
+
+int ocap__get_revoked(ocap_kernel_t *k, const char *koid) {
+  orec_t *r;
+  int rc = lookup(k, koid, 0, 0, &r);
+  return rc ? rc : r ? r->revoked : 0;
+}
+
+int ocap__set_revoked(ocap_kernel_t *k, const char *koid) {
+  orec_t *r;
+  int rc = change(k, koid, 0, &r);
+  if (!rc)
+    r->revoked = 1;
+  return rc;
+}
+
+int ocap__objects_check(ocap_kernel_t *k) {
+  struct ocap__objects *t = k->o;
+  int rc = 0;
+  for (size_t i = 0; i <= t->mask && !rc; i++) {
+    orec_t *r = t->slots[i];
+    if (!r)
+      continue;
+    char koid[OCAP_REF_MAX];
+    memcpy(koid, "ko", 2);
+    koid[2 + ocap__fmt_ll(koid + 2, r->id)] = '\0';
+    rc = ocap__check_key(k, r->owner[0] ? r->owner : NULL, strlen(r->owner), "%s.owner", koid);
+    /* Any value marks an object revoked; the kernel writes "true". */
+    if (!rc && !r->revoked)
+      rc = ocap__check_key(k, NULL, 0, "%s.revoked", koid);
+  }
+  return rc;
+}
+
+void ocap__objects_forget(ocap_kernel_t *k, const char *koid) {
+  struct ocap__objects *t = k->o;
+  long long id = ko_number(koid);
+  if (id < 0)
+    return;
+  orec_t **sl = find_slot(t, id);
+  if (*sl && !(*sl)->dirty)
+    table_remove(t, (size_t)(sl - t->slots));
+}
+
+int ocap__objects_prepare(ocap_kernel_t *k) {
+  struct ocap__objects *t = k->o;
+  char koid[OCAP_REF_MAX];
+  for (size_t i = 0; i < t->ndirty; i++) {
+    orec_t *r = t->dirty[i];
+    int rc = 0;
+    memcpy(koid, "ko", 2);
+    koid[2 + ocap__fmt_ll(koid + 2, r->id)] = '\0';
+    if (strcmp(r->owner, r->cowner) != 0)
+      rc =
+          r->owner[0] ? ocap__setv(k, r->owner, "%s.owner", koid) : ocap__delv(k, "%s.owner", koid);
+    if (!rc && r->revoked != r->crevoked)
+      rc = r->revoked ? ocap__setv(k, "true", "%s.revoked", koid)
+                      : ocap__delv(k, "%s.revoked", koid);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+/* Ends the crank's changes, keeping (commit) or dropping (abort) them. */
+static void end_crank(struct ocap__objects *t, int keep) {
+  for (size_t i = 0; i < t->ndirty; i++) {
+    orec_t *r = t->dirty[i];
+    if (keep) {
+      memcpy(r->cowner, r->owner, sizeof r->cowner);
+      r->crevoked = r->revoked;
+    } else {
+      memcpy(r->owner, r->cowner, sizeof r->owner);
+      r->revoked = r->crevoked;
+    }
+    r->dirty = 0;
+    if (gone(r)) {
+      size_t j = id_hash(r->id) & t->mask;
+      while (t->slots[j] != r)
+        j = (j + 1) & t->mask;
+      table_remove(t, j);
+    }
+  }
+  t->ndirty = 0;
+}
+
+void ocap__objects_done(ocap_kernel_t *k) {
+  end_crank(k->o, 1);
+}
+
+void ocap__objects_abort(ocap_kernel_t *k, int cleared) {
+  end_crank(k->o, 0);
+  if (cleared)
+    drop_all(k->o);
+}
