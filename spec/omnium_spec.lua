@@ -258,6 +258,45 @@ describe('omnium', function()
     assert.matches('^caplet "com.example.consumer": useService failed', e.message)
   end)
 
+  it('upgrades a caplet in place: new code, same state, consumers still wired', function()
+    o.caplet.install(echoManifest()):await()
+    o.caplet.install(consumerManifest()):await()
+    o.caplet.callCapletMethod('com.example.consumer', 'useService', { 'one' }):await()
+    local v2 = caplet(dir, 'spec/vats/caplets/echo2.lua', { id = 'com.example.echo', version = '2.0.0',
+      providedServices = { 'echo' } })
+    local r = o.caplet.upgrade(v2):await()
+    assert.same({ capletId = 'com.example.echo', from = '1.0.0', to = '2.0.0', incarnation = 2 }, r)
+    assert.equal('2.0.0', o.caplet.get('com.example.echo'):await().manifest.version)
+    assert.equal('Echo v2: two', o.caplet.callCapletMethod('com.example.consumer', 'useService', { 'two' }):await())
+    assert.equal(2, o.caplet.callCapletMethod('com.example.echo', 'count'):await())
+    -- The consumer's own upgrade keeps the provider in its parameters.
+    o.caplet.upgrade(caplet(dir, CONSUMER, { requestedServices = { 'echo' }, version = '1.1.0' })):await()
+    kernel = testing.restart(kernel)
+    o = omnium.attach(kernel)
+    assert.equal('Echo v2: three', o.caplet.callCapletMethod('com.example.consumer', 'useService', { 'three' }):await())
+    assert.equal('1.1.0', o.caplet.get('com.example.consumer'):await().manifest.version)
+  end)
+
+  it('refuses a bad upgrade and keeps the old version running', function()
+    o.caplet.install(echoManifest()):await()
+    local before = o.caplet.get('com.example.echo'):await()
+    local function refused(m, pattern)
+      local e = support.rejection(o.caplet.upgrade(m))
+      assert.matches(pattern, e.message)
+      assert.same(before, o.caplet.get('com.example.echo'):await())
+      assert.equal('Echo: x', o.caplet.callCapletMethod('com.example.echo', 'echo', { 'x' }):await())
+    end
+    refused(echoManifest(), '^caplet "com.example.echo" is already at version 1.0.0$')
+    refused(caplet(dir, ECHO, { id = 'com.example.echo', version = '2.0.0' }),
+      '^caplet "com.example.echo": an upgrade cannot change providedServices$')
+    refused(caplet(dir, 'spec/vats/caplets/broken.lua', { id = 'com.example.echo', version = '2.0.0',
+      providedServices = { 'echo' } }), '^caplet "com.example.echo" failed to upgrade: .*broken caplet refuses')
+    refused(caplet(dir, ECHO, { id = 'com.example.echo', version = '2.0.0', providedServices = { 'echo' },
+      bundleSpec = dir .. '/nope.bundle' }), '^caplet "com.example.echo" failed to upgrade: .*cannot read bundle')
+    refused(caplet(dir, ECHO, { id = 'com.example.nope', version = '2.0.0' }), '^no caplet "com.example.nope"')
+    refused({ id = 'com.example.echo' }, '^CapletManifest.name: missing$')
+  end)
+
   it('loads the shipped caplets from their directories', function()
     local m = omnium.load(SOURCE .. '/vats/caplets/echo')
     assert.equal('com.example.echo', m.id)

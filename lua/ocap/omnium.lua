@@ -182,7 +182,7 @@ function M.subcluster()
 end
 
 --- The host facade over a kernel's Omnium: caplet.load/install/uninstall/
---- list/get/getCapletRoot/callCapletMethod and services.list. Every call
+--- list/get/getCapletRoot/callCapletMethod/upgrade and services.list. Every call
 --- but load returns a promise; bad input rejects and changes nothing.
 ---@param kernel table a kernel made with omnium.subcluster() declared
 ---@return table facade
@@ -198,6 +198,11 @@ function M.attach(kernel)
     local ok, m = pcall(M.validateManifest, manifest)
     if not ok then return promise.reject(pass.makeError(m)) end
     return send('install', m, os.time())
+  end
+  function caplet.upgrade(manifest)
+    local ok, m = pcall(M.validateManifest, manifest)
+    if not ok then return promise.reject(pass.makeError(m)) end
+    return send('upgrade', m)
   end
   function caplet.uninstall(id, opts) return send('uninstall', id, opts or {}) end
   function caplet.list() return send('list') end

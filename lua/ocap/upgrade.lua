@@ -210,7 +210,7 @@ local function plan(kernel, job)
     local rec, err = upgradable(kernel, v.vatId)
     if not rec then error(err, 0) end
     v.rec = { name = rec.name, subclusterId = rec.subclusterId, config = v.config,
-      incarnation = (rec.incarnation or 1) + 1 }
+      incarnation = (rec.incarnation or 1) + 1, parameterRefs = rec.parameterRefs }
     sc = sc or kernel:_get('subcluster.' .. rec.subclusterId)
   end
   return sc

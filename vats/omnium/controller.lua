@@ -106,6 +106,29 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
       return true
     end,
 
+    -- A new version of an installed caplet: a vat upgrade of its subcluster,
+    -- so its baggage is kept; a failed upgrade leaves the old version.
+    upgrade = function(_, manifest)
+      local id = manifest.id
+      local r = known(id)
+      if manifest.version == r.manifest.version then
+        refuse('caplet "%s" is already at version %s', id, manifest.version)
+      end
+      for _, f in ipairs({ 'requestedServices', 'providedServices' }) do
+        if table.concat(manifest[f], ' ') ~= table.concat(r.manifest[f], ' ') then
+          refuse('caplet "%s": an upgrade cannot change %s', id, f)
+        end
+      end
+      local config = { bootstrap = 'caplet', vats = { caplet = { bundleSpec = manifest.bundleSpec } } }
+      local ok, res = pcall(ocap.await, E(facet()).upgradeSubcluster(r.subclusterId, config))
+      if not ok then refuse('caplet "%s" failed to upgrade: %s', id, messageOf(res)) end
+      local from = r.manifest.version
+      r.manifest = manifest
+      baggage:set('caplet:' .. id, r)
+      log:log('upgraded', id, from, manifest.version)
+      return { capletId = id, from = from, to = manifest.version, incarnation = res.incarnation }
+    end,
+
     list = function() return baggage:get('order') end,
     get = function(_, id)
       local r = record(id)
