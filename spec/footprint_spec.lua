@@ -59,6 +59,11 @@ describe('an idle vat', function()
     assert.equal('v', kernel:queueMessage(root, 'store', { 'k', 'v' }):await())
   end)
 
+  it('gets the promise combinators on first touch', function()
+    local root = launchIdle()
+    assert.same({ 1, 2, 3, 4, 'rejected' }, kernel:queueMessage(root, 'combinators', {}):await())
+  end)
+
   it('hands out its baggage before its store code loads', function()
     local root = launchIdle()
     local got = kernel:queueMessage(root, 'baggage', {}):await()

@@ -16,8 +16,8 @@ local M = {}
 local SCHEMA_VERSION = '1'
 
 local RUNTIME_MODULES = {
-  'ocap.pass', 'ocap.promise', 'ocap.marshal', 'ocap.marshal.reference', 'ocap.exo', 'ocap.stores', 'ocap.logger',
-  'ocap.guards', 'ocap.durable', 'ocap.liveslots', 'ocap.api', 'ocap.vatboot',
+  'ocap.pass', 'ocap.promise', 'ocap.promise.combinators', 'ocap.marshal', 'ocap.marshal.reference', 'ocap.exo',
+  'ocap.stores', 'ocap.logger', 'ocap.guards', 'ocap.durable', 'ocap.liveslots', 'ocap.api', 'ocap.vatboot',
 }
 
 local runtimeCache

@@ -48,6 +48,14 @@ function MOD.buildRootObject(vatPowers, _parameters, baggage)
       baggage:init('things', s)
       return baggage:get('things'):get(k)
     end,
+    -- The promise combinators, which load on first use.
+    combinators = function()
+      local P = ocap.Promise
+      local all = ocap.await(P.all({ 1, P.resolve(2) }))
+      local settled = ocap.await(P.allSettled({ P.reject('no') }))
+      return { all[1], all[2], ocap.await(P.race({ P.resolve(3) })), ocap.await(P.any({ P.reject('x'), 4 })),
+        settled[1].status }
+    end,
     -- The baggage, touched only as a whole: before the vat touches its
     -- contents, the store code is not loaded.
     baggage = function()
