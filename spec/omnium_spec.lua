@@ -54,6 +54,8 @@ describe('caplet manifests', function()
         'CapletManifest.requestedServices[2]: 3 is not a service name (letters, digits and _, not first a digit)' },
       { { requestedServices = { x = 'y' } },
         'CapletManifest.requestedServices: has the key "x"; it must be a list of service names' },
+      { { requestedServices = { 'registry' } },
+        'CapletManifest.requestedServices[1]: "registry" is reserved (every caplet gets parameters.registry)' },
       { { colour = 'red' },
         'CapletManifest.colour: unknown field (the fields are id, name, version, bundleSpec, '
           .. 'requestedServices, providedServices)' },
@@ -295,6 +297,50 @@ describe('omnium', function()
       bundleSpec = dir .. '/nope.bundle' }), '^caplet "com.example.echo" failed to upgrade: .*cannot read bundle')
     refused(caplet(dir, ECHO, { id = 'com.example.nope', version = '2.0.0' }), '^no caplet "com.example.nope"')
     refused({ id = 'com.example.echo' }, '^CapletManifest.name: missing$')
+  end)
+
+  it('hands out revocable forwarders through parameters.registry (Phase 2)', function()
+    local DYN = 'com.example.dynamic'
+    o.caplet.install(echoManifest()):await()
+    o.caplet.install(consumerManifest()):await()
+    o.caplet.install(caplet(dir, 'spec/vats/caplets/dynamic.lua')):await()
+    local function call(...) return o.caplet.callCapletMethod(DYN, ...) end
+    assert.same({ 'echo' }, call('list'):await())
+    call('get', { 'echo' }):await()
+    assert.equal('Echo: fwd', call('call', { 'echo', 'echo', 'fwd' }):await())
+    -- A caplet cannot register a service: the registry it holds has no such method.
+    assert.matches('register', support.rejection(call('register', { 'echo' })).message)
+    local e = support.rejection(call('get', { 'nope' }))
+    assert.matches('no service "nope"', e.message)
+    kernel = testing.restart(kernel)
+    o = omnium.attach(kernel)
+    assert.equal('Echo: after restart', call('call', { 'echo', 'echo', 'after restart' }):await())
+    assert.equal(1, o.services.revoke('echo'):await())
+    e = support.rejection(call('call', { 'echo', 'echo', 'x' }))
+    assert.matches('service "echo" has been revoked', e.message)
+    -- The provider's other holders are unaffected.
+    assert.equal('Echo: direct', o.caplet.callCapletMethod('com.example.echo', 'echo', { 'direct' }):await())
+    assert.equal('Echo: p1', o.caplet.callCapletMethod('com.example.consumer', 'useService', { 'p1' }):await())
+    assert.same({}, o.services.list():await())
+    assert.matches('no service "echo"', support.rejection(call('get', { 'echo' })).message)
+    assert.equal('no service "echo"', support.rejection(o.services.revoke('echo')).message)
+    kernel = testing.restart(kernel)
+    o = omnium.attach(kernel)
+    assert.matches('has been revoked', support.rejection(call('call', { 'echo', 'echo', 'x' })).message)
+  end)
+
+  it('revokes the forwarders of an uninstalled provider', function()
+    o.caplet.install(echoManifest()):await()
+    o.caplet.install(caplet(dir, 'spec/vats/caplets/dynamic.lua')):await()
+    o.caplet.callCapletMethod('com.example.dynamic', 'get', { 'echo' }):await()
+    o.caplet.uninstall('com.example.echo'):await()
+    local e = support.rejection(o.caplet.callCapletMethod('com.example.dynamic', 'call', { 'echo', 'echo', 'x' }))
+    assert.matches('service "echo" has been revoked', e.message)
+    -- A new provider of the name is a new registration.
+    o.caplet.install(echoManifest()):await()
+    o.caplet.callCapletMethod('com.example.dynamic', 'get', { 'echo' }):await()
+    assert.equal('Echo: again',
+      o.caplet.callCapletMethod('com.example.dynamic', 'call', { 'echo', 'echo', 'again' }):await())
   end)
 
   it('loads the shipped caplets from their directories', function()

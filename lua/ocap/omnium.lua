@@ -64,6 +64,9 @@ local function checkServices(m, field)
     end
   end
   for i, name in ipairs(list) do
+    if name == 'registry' then
+      fail(field .. '[' .. i .. ']', '"registry" is reserved (every caplet gets parameters.registry)')
+    end
     if type(name) ~= 'string' or not name:match('^[%a_][%w_]*$') then
       fail(field .. '[' .. i .. ']', '%s is not a service name (letters, digits and _, not first a digit)',
         show(name))
@@ -177,7 +180,8 @@ end
 function M.subcluster()
   return { name = M.NAME, config = {
     bootstrap = 'controller', services = { 'kernelFacet' },
-    vats = { controller = { sourceSpec = controllerPath() } },
+    vats = { controller = { sourceSpec = controllerPath() },
+      registry = { sourceSpec = controllerPath():gsub('controller%.lua$', 'registry.lua') } },
   } }
 end
 
@@ -211,6 +215,7 @@ function M.attach(kernel)
   function caplet.callCapletMethod(id, method, args) return send('callCapletMethod', id, method, args or {}) end
   local services = {}
   function services.list() return send('services') end
+  function services.revoke(name) return send('revoke', name) end
   return { caplet = caplet, services = services, root = root }
 end
 

@@ -52,8 +52,10 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
   end
 
   return ocap.makeDefaultExo('omnium', {
-    bootstrap = function(_, _vats, services)
+    bootstrap = function(_, vats, services)
       baggage:init('kernelFacet', services.kernelFacet)
+      baggage:init('registry', vats.registry)
+      baggage:init('registryPublic', E(vats.registry).getPublic():await())
       log:log('omnium ready')
     end,
 
@@ -66,7 +68,7 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
           refuse('caplet "%s" provides service "%s", which caplet "%s" already provides', id, s, other)
         end
       end
-      local roots = {}
+      local roots = { registry = baggage:get('registryPublic') }
       for _, s in ipairs(manifest.requestedServices) do
         local p = provider(s)
         if not p then
@@ -79,7 +81,10 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
       if not ok then refuse('caplet "%s" failed to install: %s', id, messageOf(r)) end
       baggage:init('caplet:' .. id, { manifest = manifest, subclusterId = r.subclusterId,
         rootKref = r.rootKref, installedAt = installedAt, root = r.root })
-      for _, s in ipairs(manifest.providedServices) do baggage:init('service:' .. s, id) end
+      for _, s in ipairs(manifest.providedServices) do
+        baggage:init('service:' .. s, id)
+        E(baggage:get('registry')).register(s, r.root):await()
+      end
       local order = baggage:get('order')
       order[#order + 1] = id
       baggage:set('order', order)
@@ -95,7 +100,12 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
           table.concat(deps, ', '))
       end
       E(facet()).terminateSubcluster(r.subclusterId):await()
-      for _, s in ipairs(r.manifest.providedServices) do baggage:delete('service:' .. s) end
+      for _, s in ipairs(r.manifest.providedServices) do
+        if baggage:has('service:' .. s) then
+          baggage:delete('service:' .. s)
+          E(baggage:get('registry')).withdraw(s):await()
+        end
+      end
       baggage:delete('caplet:' .. id)
       local order, kept = baggage:get('order'), {}
       for _, other in ipairs(order) do
@@ -143,10 +153,20 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
       if not ok then refuse('caplet "%s": %s failed: %s', id, method, messageOf(res)) end
       return res
     end,
+    -- Withdraws a service: every forwarder the registry handed out for it
+    -- is revoked for good, and no caplet provides it any more.
+    revoke = function(_, name)
+      local key = 'service:' .. tostring(name)
+      if not baggage:has(key) then refuse('no service "%s"', tostring(name)) end
+      baggage:delete(key)
+      return E(baggage:get('registry')).withdraw(name):await()
+    end,
     services = function()
       local out = {}
       for _, id in ipairs(baggage:get('order')) do
-        for _, s in ipairs(record(id).manifest.providedServices) do out[#out + 1] = { name = s, capletId = id } end
+        for _, s in ipairs(record(id).manifest.providedServices) do
+          if baggage:has('service:' .. s) then out[#out + 1] = { name = s, capletId = id } end
+        end
       end
       table.sort(out, function(a, b) return a.name < b.name end)
       return out
