@@ -14,7 +14,14 @@ cat >"$tmp/config.lua" <<'LUA'
 rocks_provided = { ["lua-cjson"] = "2.1.0-1" }
 LUA
 export LUAROCKS_CONFIG=$tmp/config.lua
-cd "$src"
+# luarocks' cmake build works in build.luarocks/ inside the directory it
+# runs in; in the checkout that directory would be shared by concurrent
+# runs (make test and make asan) and kept between them, so build from a
+# private copy of the checkout, without its build directories.
+mkdir "$tmp/src"
+(cd "$src" && tar --exclude=./.git --exclude=./build --exclude='./build-*' \
+  --exclude=./build.luarocks --exclude=./.ocap -cf - .) | tar -xf - -C "$tmp/src"
+cd "$tmp/src"
 luarocks --lua-version 5.4 lint rockspec/ocap-scm-1.rockspec
 test -f LICENSE || { echo 'the LICENSE file the rockspec names is missing'; exit 1; }
 luarocks --lua-version 5.4 --tree "$tree" make rockspec/ocap-scm-1.rockspec >"$tmp/install.log" 2>&1 ||
