@@ -303,7 +303,6 @@ static void test_scan_delete_many(ocap_store_t *s, int n) {
   CHECK(ocap_store_commit(s) == 0);
   size_t base = ocap_store_count(s);
   unsigned long long steps0 = ocap_store_scan_steps(s);
-  double t0 = now_ns();
   const char *k;
   size_t kl;
   int seen = 0;
@@ -323,8 +322,6 @@ static void test_scan_delete_many(ocap_store_t *s, int n) {
   CHECK(ocap_store_commit(s) == 0);
   CHECK(ocap_store_next_key(s, "m.", 2, "", 0, 1, &k, &kl) == 0);
   CHECK(has(s, "n", "v"));
-  double dt = (now_ns() - t0) / n;
-  CHECK(dt < 50000); /* 50 us per step is far above any linear-time merge */
   CHECK(del(s, "n") == 0);
   CHECK(ocap_store_commit(s) == 0);
 }
