@@ -827,8 +827,12 @@ static enum dir_state check_files(const char *dir, int *err, char **bad) {
 }
 
 /*
- * A directory holding only LevelDB's LOCK and LOG files is a database whose
- * creation was interrupted before CURRENT was written, so it counts as empty.
+ * A directory holding only what LevelDB writes before CURRENT when it
+ * creates a database (LOCK, LOG, LOG.old, the first manifest MANIFEST-000001
+ * and the temporary 000001.dbtmp that is renamed to CURRENT) is a creation
+ * that was interrupted, by a crash say, before any data could be written,
+ * so it counts as empty: LevelDB rewrites those files when it creates the
+ * database again.
  */
 static enum dir_state inspect_dir(const char *dir, int *err, char **bad) {
   struct stat st;
@@ -852,7 +856,8 @@ static enum dir_state inspect_dir(const char *dir, int *err, char **bad) {
       break;
     }
     if (strcmp(n, ".") != 0 && strcmp(n, "..") != 0 && strcmp(n, "LOCK") != 0 &&
-        strcmp(n, "LOG") != 0 && strcmp(n, "LOG.old") != 0)
+        strcmp(n, "LOG") != 0 && strcmp(n, "LOG.old") != 0 && strcmp(n, "MANIFEST-000001") != 0 &&
+        strcmp(n, "000001.dbtmp") != 0)
       state = DIR_FOREIGN;
   }
   closedir(d);

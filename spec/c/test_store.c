@@ -755,10 +755,33 @@ static void test_open_errors(void) {
   snprintf(file, sizeof file, "%s/LOCK", half);
   write_file(file, "");
   ocap_store_close(open_db(half, OCAP_DURABILITY_NONE));
+  /* Killed after the first manifest, before its rename to CURRENT. */
+  ocap_store_t *s;
+  static const char *const before_current[] = {"LOCK", "LOG", "MANIFEST-000001", "000001.dbtmp"};
+  const char *halfmf = tmppath("halfmf");
+  REQUIRE(mkdir(halfmf, 0700) == 0);
+  for (size_t i = 0; i < sizeof before_current / sizeof before_current[0]; i++) {
+    snprintf(file, sizeof file, "%s/%s", halfmf, before_current[i]);
+    write_file(file, i >= 2 ? "half-written" : "");
+  }
+  s = open_db(halfmf, OCAP_DURABILITY_NONE);
+  CHECK(put(s, "k", "v") == 0 && ocap_store_commit(s) == 0);
+  ocap_store_close(s);
+  s = open_db(halfmf, OCAP_DURABILITY_NONE);
+  CHECK(has(s, "k", "v"));
+  ocap_store_close(s);
+  /* A log beside them is data: that directory is not taken for empty. */
+  const char *logged = tmppath("logged");
+  REQUIRE(mkdir(logged, 0700) == 0);
+  snprintf(file, sizeof file, "%s/MANIFEST-000001", logged);
+  write_file(file, "x");
+  snprintf(file, sizeof file, "%s/000003.log", logged);
+  write_file(file, "x");
+  CHECK(open_fails(logged, OCAP_ENOTDB, NULL));
 
   /* Opening twice in one process: LevelDB's own lock table refuses. */
   const char *locked = tmppath("locked");
-  ocap_store_t *s = open_db(locked, OCAP_DURABILITY_NONE);
+  s = open_db(locked, OCAP_DURABILITY_NONE);
   CHECK(open_fails(locked, OCAP_ELOCKED, NULL));
   ocap_store_close(s);
 
