@@ -15,13 +15,15 @@ local function sh(cmd)
   return out
 end
 
--- A killed child may stay a zombie until something reaps it; that is dead.
+-- A killed child may stay a zombie until something reaps it; that is dead
+-- once its other threads (LevelDB's) have exited too: a zombie thread-group
+-- leader is reported while they still hold the database's lock.
 local function alive(pid)
-  local f = io.open('/proc/' .. pid .. '/stat')
+  local f = io.open('/proc/' .. pid .. '/status')
   if not f then return false end
-  local stat = f:read('a')
+  local status = f:read('a')
   f:close()
-  return stat:match('^%d+ %b() (%a)') ~= 'Z'
+  return status:match('\nState:%s*(%a)') ~= 'Z' or tonumber(status:match('\nThreads:%s*(%d+)')) ~= 1
 end
 
 -- The acknowledgements so far: lines in the acks file.
