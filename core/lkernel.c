@@ -2172,6 +2172,7 @@ static void opt_budget(lua_State *L, int idx, const char *name, lua_Integer *out
 /*
  * K:createVat(vatId, { info = json, main = name, modules = { name = src },
  *   parameters = body, globals = names, memory = n, instructions = n,
+ *   meterMode = 'time' | 'instructions',
  *   maxMessageBytes = n, maxMessageSlots = n, maxCrankBytes = n, maxQueuedBytes = n,
  *   maxLogBytes = n, maxTimers = n, upgrade = bool })
  *   -> true | nil, msg, code?  [-0, +(1|2|3), e]
@@ -2190,9 +2191,18 @@ static int k_create_vat(lua_State *L) {
     return luaL_error(L, "invalid vat id '%s'", id);
   if (rec->vat)
     return luaL_error(L, "vat %s is already running", id);
-  ocap_vat_limits_t lim = {0, 0};
+  ocap_vat_limits_t lim = {0, 0, OCAP_VAT_METER_TIME};
   lim.memory = (size_t)opt_limit(L, 3, "memory", OCAP_LIMIT_MEMORY_MAX);
   lim.instructions = (long long)opt_limit(L, 3, "instructions", OCAP_LIMIT_INSTRUCTIONS_MAX);
+  lua_getfield(L, 3, "meterMode");
+  if (!lua_isnil(L, -1)) {
+    const char *mode = luaL_checkstring(L, -1);
+    if (strcmp(mode, "instructions") == 0)
+      lim.meter_mode = OCAP_VAT_METER_INSTRUCTIONS;
+    else if (strcmp(mode, "time") != 0)
+      return luaL_error(L, "invalid meter mode '%s'", mode);
+  }
+  lua_pop(L, 1);
   vbudget_t budget = default_budget();
   if (lim.memory)
     budget.memory = (lua_Integer)lim.memory;

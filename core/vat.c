@@ -11,9 +11,13 @@
  *    program that merely carries garbage near its limit survives. Emergency
  *    collections that come too often (a heap kept just under the limit)
  *    are charged to the meter.
- *  - A count hook charges instructions. It is set on the main thread when
- *    the state is created, and Lua copies a thread's hook into every thread
- *    it creates, so all coroutines are metered. Once the vat is marked
+ *  - The meter bounds each call's work. In time mode (the default) it gives
+ *    the call CPU time in proportion to its budget, and no hook runs until
+ *    the "Time backstop" tick finds the time used up: an ordinary call pays
+ *    nothing per instruction. In instruction mode a count hook charges
+ *    instructions: it is set on the main thread when the state is created,
+ *    and Lua copies a thread's hook into every thread it creates, so all
+ *    coroutines are metered. Once the vat is marked
  *    (meter or memory) the hook re-arms itself to fire on every instruction
  *    of whatever thread it lands on and raises each time, so no `pcall`,
  *    `xpcall` or `coroutine.resume` inside the vat can swallow the failure.
@@ -30,7 +34,8 @@
  *  - What no wrapper can reach, VM instructions whose time grows with the
  *    strings they touch, is bounded by a CPU-time allowance per call (the
  *    "Time backstop" section), which stops the vat at its next instruction
- *    once the allowance is used up.
+ *    once the allowance is used up: time mode's meter, and instruction
+ *    mode's backstop.
  */
 #define _GNU_SOURCE /* timer_create with SIGEV_THREAD_ID */
 
@@ -107,6 +112,8 @@ struct ocap_vat {
   int cause;         /* an enum meter_cause, when fatal is OCAP_VAT_METER */
   int refused;       /* the last growth request was refused */
   int depth;         /* nesting of ocap_vat_pcall; the meter runs when > 0 */
+  int mode;          /* an enum ocap_vat_meter_mode */
+  int hooked;        /* the count hook meters instructions (see ocap_vat_new) */
   /* The kernel's runtime modules, which the vat reads but never copies. */
   const ocap_vat_module_t *runtime;
   size_t nruntime;
@@ -125,6 +132,8 @@ struct ocap_vat {
   long long allowance_ns;        /* CPU time per outermost call */
   long allowance_ticks;          /* the same in watchdog ticks */
   long start_tick;               /* the watchdog's tick count at the start */
+  long ticks_used;               /* ticks the last finished call took */
+  long long ns_per_charge;       /* time mode: allowance a charged instruction uses */
   long long deadline_ns;         /* when polling: CPU time to stop at */
   char why[160];                 /* ocap_vat_fatal_reason's text */
 };
@@ -353,6 +362,7 @@ static void meter_stop(ocap_vat_t *v, int cause) {
 }
 
 static int time_is_up(ocap_vat_t *v);
+static int charges_exceed_time(const ocap_vat_t *v);
 
 /*
  * [-0, +0, e] The count hook. Outside ocap_vat_pcall it does nothing, so the
@@ -371,6 +381,10 @@ static void vat_hook(lua_State *L, lua_Debug *ar) {
     if (time_is_up(v)) {
       v->fatal = OCAP_VAT_METER;
       v->cause = CAUSE_TIME;
+    } else if (!v->hooked) {
+      /* Time mode: a stop hook left over from before ocap_vat_forgive. */
+      lua_sethook(L, NULL, 0, 0);
+      return;
     } else {
       if (count != OCAP_VAT_GRANULE)
         lua_sethook(L, vat_hook, LUA_MASKCOUNT, OCAP_VAT_GRANULE);
@@ -399,7 +413,11 @@ static void vat_charge(lua_State *L, long long cost) {
       v->cause = CAUSE_TIME;
     } else if (cost < v->budget - v->charged) {
       v->charged += cost;
-      return;
+      if (v->ns_per_charge == 0 || !charges_exceed_time(v))
+        return;
+      v->expired = 1;
+      v->fatal = OCAP_VAT_METER;
+      v->cause = CAUSE_TIME;
     } else {
       v->charged = v->budget;
       v->fatal = OCAP_VAT_METER;
@@ -461,6 +479,25 @@ static long long thread_cpu_ns(void) {
   return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/*
+ * Time mode: whether the CPU time the current call used, in whole ticks,
+ * plus its library charges converted to time, passed its allowance. The
+ * tick handler calls it too: it only reads fields of its own thread's
+ * call.
+ */
+static int charges_exceed_time(const ocap_vat_t *v) {
+  const struct watchdog *w = v->watchdog;
+  long long used;
+  if (v->ns_per_charge == 0 || w == NULL)
+    return 0;
+  used = v->charged * v->ns_per_charge;
+  if (w->mode == WATCHDOG_TIMER)
+    used += (long long)(w->ticks - v->start_tick) * OCAP_VAT_TICK_NS;
+  else
+    used += thread_cpu_ns() - (v->deadline_ns - v->allowance_ns);
+  return used > v->allowance_ns;
+}
+
 /* Whether the current call's CPU time ran out. */
 static int time_is_up(ocap_vat_t *v) {
   if (v->expired)
@@ -495,7 +532,8 @@ static void watchdog_tick(int sig, siginfo_t *si, void *context) {
     return;
   }
   w->idle = 0;
-  if (v->depth > 0 && v->fatal == 0 && w->ticks - v->start_tick > v->allowance_ticks) {
+  if (v->depth > 0 && v->fatal == 0 &&
+      (w->ticks - v->start_tick > v->allowance_ticks || charges_exceed_time(v))) {
     v->expired = 1;
     meter_stop(v, CAUSE_TIME);
   }
@@ -629,6 +667,9 @@ static void watchdog_start(ocap_vat_t *v) {
 
 /* Ends the allowance of v's outermost call. */
 static void watchdog_stop(ocap_vat_t *v) {
+  v->ticks_used = 0;
+  if (v->watchdog != NULL && v->watchdog->mode == WATCHDOG_TIMER)
+    v->ticks_used = v->watchdog->ticks - v->start_tick;
   if (v->watchdog != NULL)
     v->watchdog->current = v->outer_vat;
   v->watchdog = NULL;
@@ -1806,7 +1847,9 @@ int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
   ocap_vat_t *v;
   lua_State *L;
   *out = NULL;
-  if (limits != NULL && limits->instructions < 0)
+  if (limits != NULL &&
+      (limits->instructions < 0 || (limits->meter_mode != OCAP_VAT_METER_TIME &&
+                                    limits->meter_mode != OCAP_VAT_METER_INSTRUCTIONS)))
     return OCAP_EINVAL;
   v = calloc(1, sizeof *v);
   if (v == NULL)
@@ -1814,13 +1857,27 @@ int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
   v->limit = limits != NULL && limits->memory > 0 ? limits->memory : OCAP_VAT_DEFAULT_MEMORY;
   v->budget = limits != NULL && limits->instructions > 0 ? limits->instructions
                                                          : OCAP_VAT_DEFAULT_INSTRUCTIONS;
+  v->mode = limits != NULL ? limits->meter_mode : OCAP_VAT_METER_TIME;
   {
-    double ns = (double)v->budget * OCAP_VAT_NS_PER_INSTRUCTION;
+    watchdog_t *w = thread_watchdog();
+    /*
+     * Time mode needs the tick timer to stop a vat without a hook; where
+     * there is none (the signal is taken, or no timer could be made) the
+     * count hook runs in time mode too, and the hook polls the CPU clock.
+     */
+    v->hooked = v->mode == OCAP_VAT_METER_INSTRUCTIONS || w == NULL || w->mode != WATCHDOG_TIMER;
+  }
+  {
+    double ns =
+        (double)v->budget * (v->mode == OCAP_VAT_METER_TIME ? OCAP_VAT_TIME_NS_PER_INSTRUCTION
+                                                            : OCAP_VAT_NS_PER_INSTRUCTION);
     /* An hour is beyond any budget the configuration accepts in practice. */
     v->allowance_ns = ns < OCAP_VAT_MIN_ALLOWANCE_NS ? OCAP_VAT_MIN_ALLOWANCE_NS
                       : ns > 3600e9                  ? 3600000000000LL
                                                      : (long long)ns;
     v->allowance_ticks = (long)((v->allowance_ns + OCAP_VAT_TICK_NS - 1) / OCAP_VAT_TICK_NS);
+    if (v->mode == OCAP_VAT_METER_TIME)
+      v->ns_per_charge = OCAP_VAT_TIME_NS_PER_INSTRUCTION;
   }
   L = lua_newstate(vat_alloc, v);
   if (L == NULL) {
@@ -1840,7 +1897,8 @@ int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
    * generational collector would keep them once they are old. */
   lua_gc(L, LUA_GCCOLLECT, 0);
   /* Every thread created from now on copies this hook from its creator. */
-  lua_sethook(L, vat_hook, LUA_MASKCOUNT, OCAP_VAT_GRANULE);
+  if (v->hooked)
+    lua_sethook(L, vat_hook, LUA_MASKCOUNT, OCAP_VAT_GRANULE);
   *out = v;
   return 0;
 }
@@ -2072,7 +2130,8 @@ const char *ocap_vat_fatal_reason(ocap_vat_t *v) {
     return "memory limit exceeded";
   if (v->fatal != OCAP_VAT_METER)
     return NULL;
-  if (v->cause == CAUSE_TIME)
+  /* In time mode running out of time is the meter itself, not a backstop. */
+  if (v->cause == CAUSE_TIME && v->mode == OCAP_VAT_METER_INSTRUCTIONS)
     snprintf(v->why, sizeof v->why,
              "instruction meter exhausted (CPU time: its allowance of %lld ms for %lld "
              "instructions ran out first)",
@@ -2094,7 +2153,10 @@ void ocap_vat_forgive(ocap_vat_t *v) {
   v->expired = 0;
   v->refused = 0;
   /* vat_die re-armed the main thread's hook to fire at every instruction. */
-  lua_sethook(v->L, vat_hook, LUA_MASKCOUNT, OCAP_VAT_GRANULE);
+  if (v->hooked)
+    lua_sethook(v->L, vat_hook, LUA_MASKCOUNT, OCAP_VAT_GRANULE);
+  else
+    lua_sethook(v->L, NULL, 0, 0);
   lua_gc(v->L, LUA_GCCOLLECT, 0);
 }
 
@@ -2103,6 +2165,8 @@ size_t ocap_vat_memory(const ocap_vat_t *v) {
 }
 
 long long ocap_vat_instructions(const ocap_vat_t *v) {
+  if (v->ns_per_charge != 0 && v->depth == 0)
+    return v->charged + (long long)v->ticks_used * (OCAP_VAT_TICK_NS / v->ns_per_charge);
   return v->charged;
 }
 

@@ -19,8 +19,14 @@ local COUNTER = 'spec/vats/counter.lua'
 local METER = 'VAT_FATAL:METER_EXHAUSTED'
 local MEMORY = 'VAT_FATAL:MEMORY_EXHAUSTED'
 
-local function limits()
-  return { meter = { instructions = 2e6 }, memoryLimit = 8 * 1024 * 1024 }
+-- Every case runs with each meter mode (docs/security.md): 'time' (the
+-- default) stops a runaway vat when its CPU-time allowance runs out,
+-- 'instructions' counts. Cases that need an exact count run in
+-- instruction mode only.
+local MODES = { 'time', 'instructions' }
+
+local function limitsFor(mode)
+  return { meter = { mode = mode, instructions = 2e6 }, memoryLimit = 8 * 1024 * 1024 }
 end
 
 local function oneOf(codes, code)
@@ -43,7 +49,9 @@ local function rssMiB()
   return resident and resident * 4096 / 2 ^ 20
 end
 
-describe('vat limits', function()
+for _, MODE in ipairs(MODES) do
+describe('vat limits (' .. MODE .. ' meter)', function()
+  local function limits() return limitsFor(MODE) end
   local kernel
   before_each(function() kernel = testing.makeKernel() end)
   after_each(function() kernel:stop() end)
@@ -244,7 +252,10 @@ describe('vat limits', function()
       return r.rootKref, kernel:getSubcluster(r.subclusterId).vats.g
     end
 
-    it('the instruction budget is per delivery, not per vat', function()
+    -- In time mode a finite loop over its count is not stopped unless it
+    -- runs out of time: counting it is instruction mode's guarantee.
+    local countedIt = MODE == 'instructions' and it or pending
+    countedIt('the instruction budget is per delivery, not per vat', function()
       local g, vatId = launchGlutton(limits())
       -- About 1.6e6 instructions each, 8e6 in all, against 2e6 a delivery.
       for _ = 1, 5 do
@@ -274,9 +285,11 @@ describe('vat limits', function()
       assert.is_true(isLive(kernel, vatId))
     end)
 
-    it('are finite by default: a vat without creationOptions is stopped', function()
-      -- The default meter is 1e8 instructions a delivery: this test takes
-      -- a fraction of a second to a second.
+    -- The defaults do not depend on MODE: run them once.
+    local onceIt = MODE == 'time' and it or pending
+    onceIt('are finite by default: a vat without creationOptions is stopped', function()
+      -- The default meter is 1e8 instructions a delivery in time mode, 5 s
+      -- of CPU time: this test takes several seconds.
       local echo, runaway, vatId = launchRunaway(nil)
       local err = rejection(E(runaway).loop())
       assert.equal(METER, err.code)
@@ -334,7 +347,9 @@ describe('vat limits', function()
     end)
   end)
 
-  describe('creationOptions validation', function()
+  -- Validation does not depend on MODE: run it once.
+  local onceDescribe = MODE == 'time' and describe or function() end
+  onceDescribe('creationOptions validation', function()
     local function launchError(creationOptions)
       return rejection(kernel:launchSubcluster({
         bootstrap = 'g', vats = { g = { sourceSpec = GLUTTON, creationOptions = creationOptions } },
@@ -348,6 +363,27 @@ describe('vat limits', function()
       assert.equal(msg .. '1000000.5', launchError({ memoryLimit = 1e6 + 0.5 }))
       assert.equal(msg .. '"8M"', launchError({ memoryLimit = '8M' }))
       assert.equal(0, #kernel:getStatus().vats)
+    end)
+
+    it('refuses a meter mode that is not time or instructions', function()
+      local msg = "ClusterConfig.vats.g.creationOptions.meter.mode: must be 'time' or 'instructions', got "
+      assert.equal(msg .. '"count"', launchError({ meter = { mode = 'count', instructions = 1e6 } }))
+      assert.equal(msg .. '1', launchError({ meter = { mode = 1 } }))
+      assert.equal('ClusterConfig.vats.g.creationOptions.meter: unknown key "modes"',
+        launchError({ meter = { modes = 'time', instructions = 1e6 } }))
+      assert.equal(0, #kernel:getStatus().vats)
+    end)
+
+    it('accepts either meter mode, with or without a budget', function()
+      for _, mode in ipairs(MODES) do
+        for _, meter in ipairs({ { mode = mode }, { mode = mode, instructions = 1e6 } }) do
+          local ok, res = pcall(ocap.await, kernel:launchSubcluster({
+            bootstrap = 'g', vats = { g = { sourceSpec = GLUTTON, creationOptions = { meter = meter } } },
+          }))
+          assert.is_true(ok, tostring(type(res) == 'table' and res.message or res))
+          assert.equal(3, kernel:queueMessage(res.rootKref, 'ping', { 3 }):await())
+        end
+      end
     end)
 
     it('refuses a meter that is not a positive number of instructions', function()
@@ -404,3 +440,4 @@ describe('vat limits', function()
     end)
   end)
 end)
+end

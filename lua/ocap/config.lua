@@ -52,6 +52,8 @@ M.LIMITS = {
   maxLogBytes = { min = 0, max = 1 << 40, what = 'an integer number of bytes, from 0 to 2^40' },
   maxTimers = { min = 0, max = 1 << 40, what = 'an integer number of timers, from 0 to 2^40' },
 }
+-- How creationOptions.meter.mode meters the budget (docs/security.md).
+M.METER_MODES = { time = true, instructions = true }
 M.INSTRUCTIONS = { min = 1, max = 1000000000000000, what = 'a positive integral number, at most 1e15' }
 
 --- Checks one optional numeric field. NaN, the infinities, fractions and
@@ -113,10 +115,17 @@ local function checkVat(name, vc, cfg, allowed)
       local field = where .. '.creationOptions.meter'
       if type(co.meter) ~= 'table' then return nil, field .. ': must be a table, got ' .. show(co.meter) end
       for k in pairs(co.meter) do
-        if k ~= 'instructions' then return nil, ('%s: unknown key %q'):format(field, tostring(k)) end
+        if k ~= 'instructions' and k ~= 'mode' then
+          return nil, ('%s: unknown key %q'):format(field, tostring(k))
+        end
+      end
+      local mode = co.meter.mode
+      if mode ~= nil and not M.METER_MODES[mode] then
+        return nil, ("%s.mode: must be 'time' or 'instructions', got %s"):format(field, show(mode))
       end
       local ok, err = checkLimit(field .. '.instructions', co.meter.instructions, M.INSTRUCTIONS)
-      if ok and co.meter.instructions == nil then
+      -- The budget may be left to its default only when a mode is given.
+      if ok and co.meter.instructions == nil and mode == nil then
         ok, err = nil, field .. '.instructions: must be ' .. M.INSTRUCTIONS.what .. ', got nil'
       end
       if not ok then return nil, err end

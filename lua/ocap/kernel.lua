@@ -435,6 +435,7 @@ function Kernel:_startVat(vatId, rec, bundle, upgrading)
     memory = memory and math.tointeger(memory),
     globals = table.concat(rec.config.globals or {}, ' '),
     instructions = instructions and math.tointeger(instructions),
+    meterMode = co.meter and co.meter.mode,
     upgrade = upgrading or nil,
   }
   for _, k in ipairs(BUDGET_KEYS) do options[k] = co[k] and math.tointeger(co[k]) end

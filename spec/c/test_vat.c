@@ -86,8 +86,14 @@ static void hang_guard(int seconds) {
   setitimer(ITIMER_PROF, &it, NULL);
 }
 
+/*
+ * The meter mode new_vat gives its vats. Tests that count instructions run
+ * in instruction mode; main runs the containment tests in both modes.
+ */
+static int meter_mode = OCAP_VAT_METER_INSTRUCTIONS;
+
 static ocap_vat_t *new_vat(size_t memory, long long instructions) {
-  ocap_vat_limits_t limits = {memory, instructions};
+  ocap_vat_limits_t limits = {memory, instructions, meter_mode};
   ocap_vat_t *v = NULL;
   if (ocap_vat_new(&limits, &v) != 0) {
     fprintf(stderr, "ocap_vat_new failed\n");
@@ -394,9 +400,9 @@ static int test_from_state(void) {
 
 static int test_new_limits(void) {
   int fails = 0;
-  ocap_vat_limits_t tiny = {1024, 0};
-  ocap_vat_limits_t small = {16 << 10, 0};
-  ocap_vat_limits_t negative = {0, -1};
+  ocap_vat_limits_t tiny = {1024, 0, 0};
+  ocap_vat_limits_t small = {16 << 10, 0, 0};
+  ocap_vat_limits_t negative = {0, -1, 0};
   ocap_vat_t *v = (ocap_vat_t *)&fails;
   CHECK(ocap_vat_new(&tiny, &v) == OCAP_ENOMEM && v == NULL);
   CHECK(ocap_vat_new(&small, &v) == OCAP_ENOMEM && v == NULL);
@@ -449,6 +455,15 @@ static int test_meter(void) {
   CHECK(used >= 1000000 && used <= 5000000);
   CHECK(is_true(v, "return true"));
   CHECK(ocap_vat_instructions(v) < used);
+  ocap_vat_free(v);
+
+  /* Instruction mode is deterministic: a fresh vat counts the same again. */
+  v = new_vat(0, 0);
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  CHECK(is_true(v, "local n = 0 for i = 1, 1e6 do n = n + i end return n > 0"));
+  CHECK(ocap_vat_instructions(v) == used);
   ocap_vat_free(v);
   return fails;
 }
@@ -585,7 +600,10 @@ static int test_attacks(void) {
   };
   int fails = 0;
   for (const char *const *a = attacks; *a != NULL; a++) {
-    ocap_vat_t *v = new_vat((size_t)ATTACK_MEMORY, ATTACK_INSTRUCTIONS);
+    /* Time mode stops at the allowance, 50 times longer: keep it short. */
+    ocap_vat_t *v =
+        new_vat((size_t)ATTACK_MEMORY,
+                meter_mode == OCAP_VAT_METER_TIME ? ATTACK_INSTRUCTIONS / 10 : ATTACK_INSTRUCTIONS);
     lua_State *L;
     double t0, elapsed;
     long long used;
@@ -611,10 +629,14 @@ static int test_attacks(void) {
     bad = fails;
     CHECK(status == OCAP_VAT_METER || status == OCAP_VAT_MEMORY);
     CHECK(strstr(reason, "CPU time") == NULL);
-    if (status == OCAP_VAT_METER)
-      CHECK(used >= ATTACK_INSTRUCTIONS && used <= ATTACK_INSTRUCTIONS + ATTACK_INSTRUCTIONS / 20);
-    else
-      CHECK(used <= ATTACK_INSTRUCTIONS);
+    /* Only instruction mode counts; time mode is bounded by the hang guard. */
+    if (meter_mode == OCAP_VAT_METER_INSTRUCTIONS) {
+      if (status == OCAP_VAT_METER)
+        CHECK(used >= ATTACK_INSTRUCTIONS &&
+              used <= ATTACK_INSTRUCTIONS + ATTACK_INSTRUCTIONS / 20);
+      else
+        CHECK(used <= ATTACK_INSTRUCTIONS);
+    }
     CHECK(lua_gettop(L) == 1 && lua_isstring(L, -1));
     CHECK(ocap_vat_fatal(v) == status);
     CHECK(ocap_vat_memory(v) <= (size_t)ATTACK_MEMORY + OCAP_VAT_MEMORY_SLACK);
@@ -849,7 +871,9 @@ static int test_time_backstop(void) {
       return fails;
     L = ocap_vat_state(v);
     fails += expect(v, attacks[k], OCAP_VAT_METER, "instruction budget");
-    CHECK(strstr(ocap_vat_fatal_reason(v), "CPU time") != NULL);
+    /* Time mode's meter is the time itself: its reason says no more. */
+    if (meter_mode == OCAP_VAT_METER_INSTRUCTIONS)
+      CHECK(strstr(ocap_vat_fatal_reason(v), "CPU time") != NULL);
     /*
      * No core compares 256 bytes a nanosecond, so the allowance admits
      * fewer than this many comparisons of 4 MiB: about 30,000 (240,000
@@ -899,6 +923,46 @@ static int test_collection_thrash(void) {
   return fails;
 }
 
+/*
+ * Time mode: no count hook runs while a call is within its allowance, and
+ * a runaway call is stopped by the CPU-clock tick, with the CPU-time
+ * reason; library charges still count against the budget.
+ */
+static int test_time_mode(void) {
+  int fails = 0;
+  ocap_vat_limits_t bad = {0, 0, 7};
+  ocap_vat_limits_t lim = {0, 100000, OCAP_VAT_METER_TIME};
+  ocap_vat_t *v = (ocap_vat_t *)&fails;
+  lua_State *L;
+  const char *reason;
+  CHECK(ocap_vat_new(&bad, &v) == OCAP_EINVAL && v == NULL);
+  CHECK(ocap_vat_new(&lim, &v) == 0);
+  if (v == NULL)
+    return fails;
+  L = ocap_vat_state(v);
+  /* No hook, so a loop of a million instructions is never counted. */
+  CHECK(lua_gethook(L) == NULL);
+  CHECK(is_true(v, "local n = 0 for i = 1, 1e6 do n = n + i end\n"
+                   "return coroutine.wrap(function() for i = 1, 1e5 do end return true end)()"));
+  CHECK(lua_gethook(L) == NULL && ocap_vat_fatal(v) == 0);
+  /* A library charge over the budget is refused before the work is done. */
+  fails += expect(v, "return #string.rep('x', 64 * 200000)", OCAP_VAT_METER, "instruction budget");
+  reason = ocap_vat_fatal_reason(v);
+  CHECK(reason != NULL && strcmp(reason, "instruction meter exhausted") == 0);
+  ocap_vat_forgive(v);
+  CHECK(lua_gethook(L) == NULL);
+  /* A runaway loop, even under pcall in a coroutine, is stopped by the tick. */
+  fails += expect(v,
+                  "local co = coroutine.wrap(function() while true do pcall(function() while true "
+                  "do end end) end end)\n"
+                  "while true do pcall(co) end",
+                  OCAP_VAT_METER, "instruction budget");
+  reason = ocap_vat_fatal_reason(v);
+  CHECK(reason != NULL && strcmp(reason, "instruction meter exhausted") == 0);
+  ocap_vat_free(v);
+  return fails;
+}
+
 int main(void) {
   int fails = 0;
   fails += test_globals();
@@ -916,6 +980,14 @@ int main(void) {
   fails += test_memory();
   fails += test_time_backstop();
   fails += test_collection_thrash();
+  fails += test_time_mode();
+  /* The containment tests again, with vats metered by time. */
+  meter_mode = OCAP_VAT_METER_TIME;
+  fails += test_attacks();
+  fails += test_replaced_functions();
+  fails += test_metered_library();
+  fails += test_memory();
+  fails += test_time_backstop();
   if (fails) {
     fprintf(stderr, "test_vat: %d failure(s)\n", fails);
     return 1;
