@@ -350,3 +350,47 @@ describe('omnium', function()
     assert.same({ 'echo' }, omnium.load(SOURCE .. '/vats/caplets/consumer').requestedServices)
   end)
 end)
+
+describe('ocap caplet', function()
+  local BIN = os.getenv('OCAP_BIN') or 'build/ocap'
+  if BIN:sub(1, 1) ~= '/' then BIN = SOURCE .. '/' .. BIN end
+
+  -- Runs `ocap caplet ARGS` with home HOME; returns status, stdout, stderr.
+  local function ocap(home, ...)
+    local quoted = {}
+    for _, a in ipairs({ ... }) do quoted[#quoted + 1] = "'" .. a:gsub("'", "'\\''") .. "'" end
+    local cmd = ('%q caplet --home %q %s > %q/.out 2> %q/.err'):format(BIN, home, table.concat(quoted, ' '),
+      home, home)
+    local _, _, code = os.execute('mkdir -p ' .. home .. ' && ' .. cmd)
+    local function read(p)
+      local f = io.open(p, 'rb')
+      local t = f:read('a')
+      f:close()
+      return t
+    end
+    return code, read(home .. '/.out'), read(home .. '/.err')
+  end
+
+  it('installs, lists, calls and uninstalls through the database of its home', function()
+    local dir = testing.tempDir()
+    local home = dir .. '/home'
+    os.execute('mkdir ' .. dir .. '/echo')
+    caplet(dir .. '/echo', ECHO)
+    writeFile(dir .. '/echo/manifest.json', '{"id":"com.example.echo","name":"Echo","version":"1.0.0",'
+      .. '"bundleSpec":"echo.bundle","providedServices":["echo"]}')
+    assert.same({ 0, 'com.example.echo s2\n', '' }, { ocap(home, 'install', dir .. '/echo') })
+    assert.same({ 0, 'com.example.echo 1.0.0 s2\n', '' }, { ocap(home, 'list') })
+    assert.same({ 0, '"Echo: hi"\n', '' }, { ocap(home, 'call', 'com.example.echo', 'echo', '["hi"]') })
+    assert.same({ 0, '1\n', '' }, { ocap(home, 'call', 'com.example.echo', 'count') })
+    assert.same({ 1, '', 'ocap caplet: caplet "com.example.echo" is already installed\n' },
+      { ocap(home, 'install', dir .. '/echo') })
+    assert.same({ 1, '', 'ocap caplet: no caplet "com.example.nope" is installed\n' },
+      { ocap(home, 'uninstall', 'com.example.nope') })
+    local code, _, err = ocap(home, 'call', 'com.example.echo', 'echo', '{oops')
+    assert.equal(2, code)
+    assert.matches('ARGS%-JSON must be a JSON array', err)
+    assert.equal(2, (ocap(home, 'frobnicate')))
+    assert.same({ 0, '', '' }, { ocap(home, 'uninstall', 'com.example.echo') })
+    assert.same({ 0, '', '' }, { ocap(home, 'list') })
+  end)
+end)

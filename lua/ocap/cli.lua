@@ -1,5 +1,5 @@
 --- The `ocap` command line: `ocap run`, `ocap bundle`, `ocap test`,
---- `ocap version`, `ocap help`.
+--- `ocap caplet`, `ocap version`, `ocap help`.
 ---
 --- Conventions: a command's own flags come before its operands (for `run`,
 --- everything after the script belongs to the script); `--` ends the flags;
@@ -12,6 +12,7 @@ local USAGE = [[
 usage: ocap run [--db DIR] [--reset] [--memory] [--] HOST.lua [ARGS...]
        ocap bundle [-o OUT] [--] FILE.lua|DIR...
        ocap test [BUSTED-OPTIONS...] [SPECS...]
+       ocap caplet [--home DIR] install|list|uninstall|call ...
        ocap version
        ocap help [COMMAND]
 
@@ -20,6 +21,7 @@ usage: ocap run [--db DIR] [--reset] [--memory] [--] HOST.lua [ARGS...]
   bundle   make .bundle files: a vat and the modules it requires
   test     run the busted specs of the current directory (./spec by default)
            under ocap's Lua 5.4, with ocap and ocap.testing available
+  caplet   install, list, uninstall and call caplets (docs/caplets.md)
   version  print the version
 
 Every command takes --help. Usage errors exit with status 2.
@@ -222,6 +224,7 @@ local COMMANDS = {
   bundle = function(args) return require('ocap.bundle').main(args) end,
   version = cmdVersion,
   test = cmdTest,
+  caplet = function(args) return require('ocap.omnium.cli').main(args) end,
 }
 
 local function cmdHelp(args)
