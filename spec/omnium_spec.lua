@@ -247,6 +247,17 @@ describe('omnium', function()
     assert.equal('Echo: still', o.caplet.callCapletMethod('com.example.echo', 'echo', { 'still' }):await())
   end)
 
+  it('runs concurrent installs one after the other', function()
+    local m = echoManifest()
+    local p1, p2 = o.caplet.install(m), o.caplet.install(m)
+    local p3 = o.caplet.install(consumerManifest())
+    assert.equal('com.example.echo', p1:await().capletId)
+    assert.equal('caplet "com.example.echo" is already installed', support.rejection(p2).message)
+    assert.equal('com.example.consumer', p3:await().capletId)
+    -- Omnium and two caplets: no subcluster launched for the refused install.
+    assert.equal(3, #kernel:getSubclusters())
+  end)
+
   it('refuses to uninstall a provider with dependents unless forced', function()
     o.caplet.install(echoManifest()):await()
     o.caplet.install(consumerManifest()):await()

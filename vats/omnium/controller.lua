@@ -45,6 +45,24 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
     end
     return out
   end
+  -- The operations that change Omnium's state await the kernel midway, and
+  -- other deliveries run meanwhile: each waits for the previous one to
+  -- finish, so that its checks still hold when it writes.
+  local last
+  local function exclusive(fn)
+    return function(...)
+      local previous = last
+      local kit = ocap.makePromiseKit()
+      last = kit.promise
+      if previous then pcall(ocap.await, previous) end
+      local ok, r = pcall(fn, ...)
+      kit.resolve(true)
+      if last == kit.promise then last = nil end
+      if not ok then error(r, 0) end
+      return r
+    end
+  end
+
   -- A copy of the installed record, without the root presence (plain data).
   local function public(r)
     return { manifest = r.manifest, subclusterId = r.subclusterId, rootKref = r.rootKref,
@@ -59,7 +77,7 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
       log:log('omnium ready')
     end,
 
-    install = function(_, manifest, installedAt)
+    install = exclusive(function(_, manifest, installedAt)
       local id = manifest.id
       if record(id) then refuse('caplet "%s" is already installed', id) end
       for _, s in ipairs(manifest.providedServices) do
@@ -90,9 +108,9 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
       baggage:set('order', order)
       log:log('installed', id, r.subclusterId)
       return { capletId = id, subclusterId = r.subclusterId }
-    end,
+    end),
 
-    uninstall = function(_, id, opts)
+    uninstall = exclusive(function(_, id, opts)
       local r = known(id)
       local deps = dependents(r)
       if #deps > 0 and not (opts and opts.force) then
@@ -114,11 +132,11 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
       baggage:set('order', kept)
       log:log('uninstalled', id)
       return true
-    end,
+    end),
 
     -- A new version of an installed caplet: a vat upgrade of its subcluster,
     -- so its baggage is kept; a failed upgrade leaves the old version.
-    upgrade = function(_, manifest)
+    upgrade = exclusive(function(_, manifest)
       local id = manifest.id
       local r = known(id)
       if manifest.version == r.manifest.version then
@@ -137,7 +155,7 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
       baggage:set('caplet:' .. id, r)
       log:log('upgraded', id, from, manifest.version)
       return { capletId = id, from = from, to = manifest.version, incarnation = res.incarnation }
-    end,
+    end),
 
     list = function() return baggage:get('order') end,
     get = function(_, id)
@@ -155,12 +173,12 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
     end,
     -- Withdraws a service: every forwarder the registry handed out for it
     -- is revoked for good, and no caplet provides it any more.
-    revoke = function(_, name)
+    revoke = exclusive(function(_, name)
       local key = 'service:' .. tostring(name)
       if not baggage:has(key) then refuse('no service "%s"', tostring(name)) end
       baggage:delete(key)
       return E(baggage:get('registry')).withdraw(name):await()
-    end,
+    end),
     services = function()
       local out = {}
       for _, id in ipairs(baggage:get('order')) do
