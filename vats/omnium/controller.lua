@@ -97,12 +97,21 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
       local config = { bootstrap = 'caplet', vats = { caplet = { bundleSpec = manifest.bundleSpec } } }
       local ok, r = pcall(ocap.await, E(facet()).launchSubcluster(config, roots))
       if not ok then refuse('caplet "%s" failed to install: %s', id, messageOf(r)) end
+      -- The registrations are the last step that can fail: should one,
+      -- the caplet goes again and nothing of it is recorded.
+      local registry, registered = baggage:get('registry'), {}
+      for _, s in ipairs(manifest.providedServices) do
+        local rok, rerr = pcall(ocap.await, E(registry).register(s, r.root))
+        if not rok then
+          for _, done in ipairs(registered) do pcall(ocap.await, E(registry).withdraw(done)) end
+          pcall(ocap.await, E(facet()).terminateSubcluster(r.subclusterId))
+          refuse('caplet "%s" failed to install: registering service "%s": %s', id, s, messageOf(rerr))
+        end
+        registered[#registered + 1] = s
+      end
       baggage:init('caplet:' .. id, { manifest = manifest, subclusterId = r.subclusterId,
         rootKref = r.rootKref, installedAt = installedAt, root = r.root })
-      for _, s in ipairs(manifest.providedServices) do
-        baggage:init('service:' .. s, id)
-        E(baggage:get('registry')).register(s, r.root):await()
-      end
+      for _, s in ipairs(manifest.providedServices) do baggage:init('service:' .. s, id) end
       local order = baggage:get('order')
       order[#order + 1] = id
       baggage:set('order', order)
