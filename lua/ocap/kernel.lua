@@ -951,8 +951,32 @@ function Kernel:keyCount()
   return self.K:kvCount()
 end
 
+--- Number of keys under prefix whose name ends with suffix (nil: all).
+--- A scan of the store, as stats() is for diagnostics and specs, not for
+--- a hot path.
+function Kernel:_countKeys(prefix, suffix)
+  local n, after = 0, nil
+  while true do
+    local key = self.K:kvNext(prefix, after)
+    if not key then return n end
+    if not suffix or key:sub(-#suffix) == suffix then n = n + 1 end
+    after = key
+  end
+end
+
+--- objects: kernel objects with an owner (`ko<N>.owner`: an object whose
+--- owner was terminated is deleted and no longer counts); promises: those
+--- the kernel still keeps (`kp<N>.state`: unsettled, or settled and still
+--- referenced); vats: vat records (`vat.<vatId>`).
 function Kernel:stats()
-  return { cranks = self.K:cranks(), keys = self.K:kvCount(), queue = self.K:queueLength() }
+  return {
+    cranks = self.K:cranks(),
+    keys = self.K:kvCount(),
+    queue = self.K:queueLength(),
+    objects = self:_countKeys('ko', '.owner'),
+    promises = self:_countKeys('kp', '.state'),
+    vats = self:_countKeys('vat.'),
+  }
 end
 
 function Kernel:stop()
