@@ -387,3 +387,30 @@ end
 
 scenario('upgrade a vat holding 1,000 durable objects (memory)', function(name) upgrades(name, nil) end)
 scenario('upgrade a vat holding 1,000 durable objects (leveldb)', function(name) upgrades(name, testing.tempDir()) end)
+
+-- Object churn (issue #12): objects made by a vat, sent to the host and
+-- dropped by it. With no garbage collection of objects yet, every one stays
+-- in the kernel (its owner and c-list keys) and in both Lua heaps: this
+-- prints how much the kernel grows per object, the figure GC must bring
+-- to a constant.
+scenario('object churn: 20,000 made, sent, dropped', function(name)
+  local kernel = makeKernel()
+  local r = kernel:launchSubcluster({ bootstrap = 'c', vats = { c = { sourceSpec = COUNTER } } }):await()
+  kernel:queueMessage(r.rootKref, 'makeEphemeral', {}):await() -- warm up
+  collectgarbage()
+  local s0, rss0 = kernel:stats(), residentBytes()
+  local n, batch = 20000, 500
+  local t0 = now()
+  for _ = 1, n // batch do
+    for _ = 1, batch do kernel:queueMessage(r.rootKref, 'makeEphemeral', {}) end
+    kernel:run()
+  end
+  local dt = now() - t0
+  kernel:collectGarbage():await()
+  collectgarbage()
+  local s1, rss1 = kernel:stats(), residentBytes()
+  report(name, (s1.keys - s0.keys) / n, 'kernel keys per object',
+    ('keys %d -> %d, objects %d -> %d, RSS %.1f -> %.1f MiB, %.0f us per round trip'):format(
+      s0.keys, s1.keys, s0.objects, s1.objects, rss0 / 2 ^ 20, rss1 / 2 ^ 20, dt / n * 1e6))
+  kernel:stop()
+end)
