@@ -21,6 +21,7 @@
 
 #include "kernel.h"
 #include "ljson.h"
+#include "lrpc.h"
 #include "lsmallcaps.h"
 #include "store.h"
 #include "vat.h"
@@ -2452,6 +2453,12 @@ static const luaL_Reg kernel_methods[] = {
     {NULL, NULL},
 };
 
+/* The libuv loop of the kernel at idx, for the daemon's control channel
+ * (lrpc.c), which serves on it. [-0, +0, e] */
+uv_loop_t *lkernel_loop(lua_State *L, int idx) {
+  return &checkkernel(L, idx)->loop;
+}
+
 static const luaL_Reg core_functions[] = {
     {"open", core_open},
     {NULL, NULL},
@@ -2467,5 +2474,7 @@ int luaopen_ocap_core(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, core_functions);
+  lrpc_open(L);
+  lua_setfield(L, -2, "rpc");
   return 1;
 }

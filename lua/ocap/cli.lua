@@ -13,6 +13,7 @@ usage: ocap run [--db DIR] [--reset] [--memory] [--] HOST.lua [ARGS...]
        ocap bundle [-o OUT] [--] FILE.lua|DIR...
        ocap test [BUSTED-OPTIONS...] [SPECS...]
        ocap caplet [--home DIR] install|list|uninstall|call ...
+       ocap daemon [--home DIR] start|stop|status|purge|exec|queueMessage ...
        ocap version
        ocap help [COMMAND]
 
@@ -22,6 +23,8 @@ usage: ocap run [--db DIR] [--reset] [--memory] [--] HOST.lua [ARGS...]
   test     run the busted specs of the current directory (./spec by default)
            under ocap's Lua 5.4, with ocap and ocap.testing available
   caplet   install, list, uninstall and call caplets (docs/caplets.md)
+  daemon   a kernel that keeps running, controlled over a Unix socket
+           (docs/daemon.md)
   version  print the version
 
 Every command takes --help. Usage errors exit with status 2.
@@ -219,11 +222,158 @@ local function cmdTest(args)
   return 0
 end
 
+local DAEMON_USAGE = [[
+usage: ocap daemon [--home DIR] start
+       ocap daemon [--home DIR] stop
+       ocap daemon [--home DIR] status
+       ocap daemon [--home DIR] purge --force
+       ocap daemon [--home DIR] exec METHOD [PARAMS-JSON]
+       ocap daemon [--home DIR] queueMessage KREF METHOD [ARGS-JSON] [--raw]
+
+Runs a kernel in the background for the home directory DIR (--home, else
+$OCAP_HOME, else ~/.ocap) and talks to it with JSON-RPC 2.0 over the Unix
+socket DIR/daemon.sock. The kernel's database is DIR/db; the daemon logs
+to DIR/daemon.log, one JSON object per line.
+
+  start         start the daemon (reports the running one if there is one);
+                prints its pid
+  stop          let the crank in progress finish, commit, and exit
+  status        print whether a daemon runs, its pid and its vats
+  purge --force stop the daemon and delete its database, log and files
+  exec          call METHOD with the JSON array PARAMS-JSON (default []),
+                print the result as JSON
+  queueMessage  send METHOD with the JSON array ARGS-JSON to KREF and print
+                the result as JSON; --raw prints the result's capdata
+  --home DIR    the home directory
+  -h, --help    print this help
+
+Exit status: 0 on success, 1 when the operation fails or (status) no
+daemon runs, 2 for usage errors.
+]]
+
+local DAEMON_ARITY = { start = { 0, 0 }, stop = { 0, 0 }, status = { 0, 0 }, purge = { 0, 0 },
+  exec = { 1, 2 }, queueMessage = { 2, 3 } }
+
+local function shellQuote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function cmdDaemon(args)
+  local home, force, raw, rest = nil, false, false, {}
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if isHelp(a) then
+      io.stdout:write(DAEMON_USAGE)
+      return 0
+    elseif a == '--home' then
+      home = args[i + 1]
+      if home == nil or home == '' then return usageError('daemon', '--home needs a directory') end
+      i = i + 1
+    elseif a == '--force' then
+      force = true
+    elseif a == '--raw' then
+      raw = true
+    elseif a:sub(1, 1) == '-' and a ~= '-' and not (a:match('^%-?%d') or a:match('^%-[%[{]')) then
+      return usageError('daemon', 'unknown option ' .. a)
+    else
+      rest[#rest + 1] = a
+    end
+    i = i + 1
+  end
+  local cmd = table.remove(rest, 1)
+  if not cmd then
+    return usageError('daemon', 'a command is needed: start, stop, status, purge, exec or queueMessage')
+  end
+  local arity = DAEMON_ARITY[cmd]
+  if not arity then return usageError('daemon', 'unknown command ' .. cmd) end
+  if #rest < arity[1] or #rest > arity[2] then
+    return usageError('daemon', 'wrong number of arguments for ' .. cmd)
+  end
+  if force and cmd ~= 'purge' then return usageError('daemon', '--force is only for purge') end
+  if cmd == 'purge' and not force then return usageError('daemon', 'purge deletes the database: add --force') end
+  if raw and cmd ~= 'queueMessage' then return usageError('daemon', '--raw is only for queueMessage') end
+  local cjson = require 'cjson.safe'
+  local function jsonArray(text, what)
+    if text == nil then return {} end
+    local v = cjson.decode(text)
+    if type(v) ~= 'table' then return nil, what .. ' must be a JSON array' end
+    return v
+  end
+  local params, perr
+  if cmd == 'exec' then
+    params, perr = jsonArray(rest[2], 'PARAMS-JSON')
+  elseif cmd == 'queueMessage' then
+    local qargs
+    qargs, perr = jsonArray(rest[3], 'ARGS-JSON')
+    params = { rest[1], rest[2], qargs }
+  end
+  if perr then return usageError('daemon', perr) end
+  local daemon = require 'ocap.daemon'
+  home = daemon.home(home)
+  local ok, herr = daemon.checkHome(home)
+  if not ok then
+    io.stderr:write('ocap daemon: ', herr, '\n')
+    return 1
+  end
+  local function fail(msg)
+    io.stderr:write('ocap daemon: ', msg, '\n')
+    return 1
+  end
+  if cmd == 'start' then
+    local pid, already = daemon.start(home)
+    if not pid then return fail(already) end
+    print(('%s pid %d home %s'):format(already and 'running' or 'started', pid, home))
+    return 0
+  elseif cmd == 'status' then
+    local answer = daemon.call(home, 'getStatus')
+    if not answer or not answer.result then
+      local pid = daemon.pidOf(home)
+      print('not running' .. (pid and (' (stale pid file: ' .. pid .. ')') or '') .. ' home ' .. home)
+      return 1
+    end
+    local st = answer.result
+    print(('running pid %s home %s vats %d subclusters %d'):format(tostring(daemon.pidOf(home)), home,
+      #(st.vats or {}), #(st.subclusters or {})))
+    return 0
+  elseif cmd == 'stop' or cmd == 'purge' then
+    local pid = daemon.pidOf(home)
+    local answer = daemon.call(home, 'stop')
+    if answer and answer.result then
+      -- The daemon removes its pid file last, after its final commit.
+      local tries = 0
+      while daemon.pidOf(home) and tries < 1200 do
+        os.execute('sleep 0.05')
+        tries = tries + 1
+      end
+      if daemon.pidOf(home) then return fail('the daemon (pid ' .. tostring(pid) .. ') did not stop') end
+      if cmd == 'stop' then print('stopped pid ' .. tostring(pid)) end
+    elseif cmd == 'stop' then
+      print('not running home ' .. home)
+    end
+    if cmd == 'purge' then
+      local p = daemon.paths(home)
+      os.execute('rm -rf ' .. shellQuote(p.db) .. ' ' .. shellQuote(p.log) .. ' ' .. shellQuote(p.log .. '.1') .. ' '
+        .. shellQuote(p.pid) .. ' ' .. shellQuote(p.sock) .. ' ' .. shellQuote(p.lock))
+      print('purged home ' .. home)
+    end
+    return 0
+  end
+  local method = cmd == 'exec' and rest[1] or 'queueMessage'
+  local line = cjson.encode({ jsonrpc = '2.0', id = 1, method = method, params = params, raw = raw or nil })
+  local reply, cerr = require('ocap.core').rpc.call(daemon.paths(home).sock, line)
+  if not reply then return fail('no daemon runs for ' .. home .. ' (' .. tostring(cerr) .. ')') end
+  local answer = cjson.decode(reply)
+  if type(answer) ~= 'table' then return fail('the daemon answered with something that is not JSON') end
+  if answer.error then return fail(tostring(answer.error.message)) end
+  print(cjson.encode(answer.result))
+  return 0
+end
+
 local COMMANDS = {
   run = cmdRun,
   bundle = function(args) return require('ocap.bundle').main(args) end,
   version = cmdVersion,
   test = cmdTest,
+  daemon = cmdDaemon,
   caplet = function(args) return require('ocap.omnium.cli').main(args) end,
 }
 

@@ -1,0 +1,489 @@
+/* The daemon's control channel (see lrpc.h). Requests are lines of at most
+ * LRPC_MAX_LINE bytes; a longer one is reported once to the Lua callback
+ * and its rest discarded up to its newline, so one bad client cannot make
+ * the daemon buffer without bound. Callbacks only hand lines to Lua, which
+ * queues them: the kernel is never entered from inside uv_run. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <uv.h>
+
+#include "lrpc.h"
+
+#define LRPC_MAX_LINE (1024 * 1024)
+#define SERVER_MT "ocap.rpc.server"
+#define CONN_MT "ocap.rpc.conn"
+
+typedef struct server server_t;
+
+typedef struct conn {
+  uv_pipe_t pipe;
+  server_t *srv;
+  char *buf;
+  size_t len, cap;
+  int discarding; /* inside a line that was too long */
+  int closed;
+  int ref; /* registry reference to the conn's userdata box */
+} conn_t;
+
+struct server {
+  uv_pipe_t pipe;
+  lua_State *L; /* the main thread, in which callbacks run */
+  int cb_ref;
+  int closed;
+};
+
+typedef struct {
+  conn_t *c;
+} connbox_t;
+
+typedef struct {
+  server_t *s;
+} serverbox_t;
+
+static void free_handle(uv_handle_t *h) {
+  free(h->data);
+}
+
+static void conn_freed(uv_handle_t *h) {
+  conn_t *c = (conn_t *)h;
+  free(c->buf);
+  free(c);
+}
+
+/* Closes c and drops the registry's hold on its Lua box, whose pointer is
+ * cleared so that a later conn:write() reports the client gone.
+ * [-0, +0, -] */
+static void conn_close(lua_State *L, conn_t *c) {
+  if (c->closed)
+    return;
+  c->closed = 1;
+  if (c->ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+    connbox_t *box = lua_touserdata(L, -1);
+    if (box)
+      box->c = NULL;
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, c->ref);
+    c->ref = LUA_NOREF;
+  }
+  uv_close((uv_handle_t *)&c->pipe, conn_freed);
+}
+
+/* Calls the server's callback with (conn, line) or (conn, nil, reason).
+ * An error in it is swallowed: the daemon keeps serving. [-0, +0, -] */
+static void deliver(conn_t *c, const char *line, size_t n, const char *reason) {
+  lua_State *L = c->srv->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->srv->cb_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+  if (line)
+    lua_pushlstring(L, line, n);
+  else
+    lua_pushnil(L);
+  lua_pushstring(L, reason ? reason : "");
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK)
+    lua_pop(L, 1);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  static char slab[65536];
+  buf->base = slab;
+  buf->len = sizeof slab;
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  conn_t *c = (conn_t *)st;
+  if (nread < 0) {
+    conn_close(c->srv->L, c);
+    return;
+  }
+  for (ssize_t i = 0; i < nread && !c->closed; i++) {
+    char ch = buf->base[i];
+    if (ch == '\n') {
+      if (!c->discarding)
+        deliver(c, c->buf ? c->buf : "", c->len, NULL);
+      c->len = 0;
+      c->discarding = 0;
+      continue;
+    }
+    if (c->discarding)
+      continue;
+    if (c->len >= LRPC_MAX_LINE) {
+      c->discarding = 1;
+      c->len = 0;
+      deliver(c, NULL, 0, "request too large");
+      continue;
+    }
+    if (c->len == c->cap) {
+      size_t cap = c->cap ? c->cap * 2 : 256;
+      char *nb = realloc(c->buf, cap);
+      if (!nb) {
+        conn_close(c->srv->L, c);
+        return;
+      }
+      c->buf = nb;
+      c->cap = cap;
+    }
+    c->buf[c->len++] = ch;
+  }
+}
+
+static void on_connection(uv_stream_t *st, int status) {
+  server_t *s = (server_t *)st;
+  if (status < 0)
+    return;
+  conn_t *c = calloc(1, sizeof *c);
+  if (!c)
+    return;
+  uv_pipe_init(st->loop, &c->pipe, 0);
+  c->srv = s;
+  c->ref = LUA_NOREF;
+  if (uv_accept(st, (uv_stream_t *)&c->pipe) != 0) {
+    c->closed = 1;
+    uv_close((uv_handle_t *)&c->pipe, conn_freed);
+    return;
+  }
+  lua_State *L = s->L;
+  connbox_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->c = c;
+  luaL_setmetatable(L, CONN_MT);
+  c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+}
+
+static void written(uv_write_t *w, int status) {
+  free(w->data);
+  free(w);
+}
+
+/* conn:write(s) -> boolean  [-0, +1, e]
+ * It queues s for the client; false when the client is gone. */
+static int conn_write(lua_State *L) {
+  connbox_t *box = luaL_checkudata(L, 1, CONN_MT);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  if (!box->c || box->c->closed) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  uv_write_t *w = malloc(sizeof *w);
+  char *copy = malloc(n ? n : 1);
+  if (!w || !copy) {
+    free(w);
+    free(copy);
+    return luaL_error(L, "out of memory");
+  }
+  memcpy(copy, s, n);
+  w->data = copy;
+  uv_buf_t b = uv_buf_init(copy, (unsigned)n);
+  int rc = uv_write(w, (uv_stream_t *)&box->c->pipe, &b, 1, written);
+  if (rc != 0) {
+    free(copy);
+    free(w);
+    conn_close(L, box->c);
+  }
+  lua_pushboolean(L, rc == 0);
+  return 1;
+}
+
+/* conn:close()  [-0, +0, -] */
+static int conn_lclose(lua_State *L) {
+  connbox_t *box = luaL_checkudata(L, 1, CONN_MT);
+  if (box->c)
+    conn_close(L, box->c);
+  return 0;
+}
+
+/* rpc.listen(K, path, callback) -> server | nil, err  [-0, +1|2, e]
+ * It serves the Unix socket at path (created mode 0600) on K's loop;
+ * callback(conn, line | nil, reason) runs for each request line. */
+static int rpc_listen(lua_State *L) {
+  uv_loop_t *loop = lkernel_loop(L, 1);
+  const char *path = luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  server_t *s = calloc(1, sizeof *s);
+  if (!s)
+    return luaL_error(L, "out of memory");
+  uv_pipe_init(loop, &s->pipe, 0);
+  mode_t old = umask(0177);
+  int rc = uv_pipe_bind(&s->pipe, path);
+  umask(old);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)&s->pipe, 16, on_connection);
+  if (rc != 0) {
+    s->pipe.data = s;
+    uv_close((uv_handle_t *)&s->pipe, free_handle);
+    lua_pushnil(L);
+    lua_pushstring(L, uv_strerror(rc));
+    return 2;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  s->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  lua_pushvalue(L, 3);
+  s->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  serverbox_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->s = s;
+  luaL_setmetatable(L, SERVER_MT);
+  return 1;
+}
+
+static void close_conn_walk(uv_handle_t *h, void *arg) {
+  server_t *s = arg;
+  if (h->type == UV_NAMED_PIPE && (void *)h != (void *)&s->pipe && !uv_is_closing(h)) {
+    conn_t *c = (conn_t *)h;
+    if (c->srv == s)
+      conn_close(s->L, c);
+  }
+}
+
+/* server:close()  [-0, +0, -]
+ * It closes the server and every client connection, so that the kernel's
+ * loop can be closed after it has run once more. */
+static int server_close(lua_State *L) {
+  serverbox_t *box = luaL_checkudata(L, 1, SERVER_MT);
+  server_t *s = box->s;
+  if (!s || s->closed)
+    return 0;
+  s->closed = 1;
+  uv_walk(s->pipe.loop, close_conn_walk, s);
+  luaL_unref(L, LUA_REGISTRYINDEX, s->cb_ref);
+  s->pipe.data = s;
+  box->s = NULL;
+  uv_loop_t *loop = s->pipe.loop;
+  uv_close((uv_handle_t *)&s->pipe, free_handle);
+  uv_run(loop, UV_RUN_NOWAIT);
+  return 0;
+}
+
+/* rpc.call(path, line) -> reply | nil, err  [-0, +1|2, e]
+ * A blocking client: connects, sends line and a newline, returns the first
+ * line of the answer without its newline. */
+static int rpc_call(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  size_t n;
+  const char *line = luaL_checklstring(L, 2, &n);
+  struct sockaddr_un addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof addr.sun_path) {
+    lua_pushnil(L);
+    lua_pushstring(L, "socket path too long");
+    return 2;
+  }
+  strcpy(addr.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+    int e = errno;
+    if (fd >= 0)
+      close(fd);
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(e));
+    return 2;
+  }
+  luaL_Buffer b;
+  const char *p = line;
+  size_t left = n;
+  int bad = 0;
+  while (left > 0 && !bad) {
+    ssize_t w = send(fd, p, left, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      bad = 1;
+    else {
+      p += w;
+      left -= (size_t)w;
+    }
+  }
+  if (!bad && send(fd, "\n", 1, MSG_NOSIGNAL) != 1)
+    bad = 1;
+  luaL_buffinit(L, &b);
+  int done = 0;
+  char chunk[4096];
+  while (!done) {
+    ssize_t r = recv(fd, chunk, sizeof chunk, 0);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    char *nl = memchr(chunk, '\n', (size_t)r);
+    luaL_addlstring(&b, chunk, nl ? (size_t)(nl - chunk) : (size_t)r);
+    done = nl != NULL;
+  }
+  close(fd);
+  luaL_pushresult(&b);
+  if (!done) {
+    lua_pushnil(L);
+    lua_pushstring(L, "the daemon closed the connection without an answer");
+    return 2;
+  }
+  return 1;
+}
+
+/* rpc.connect(path) -> fd | nil, err  [-0, +1|2, e]
+ * A raw connection for tests of misbehaving clients: rpc.send(fd, s)
+ * writes, rpc.close(fd) hangs up. */
+static int rpc_connect(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct sockaddr_un addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof addr.sun_path)
+    return luaL_error(L, "socket path too long");
+  strcpy(addr.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+    int e = errno;
+    if (fd >= 0)
+      close(fd);
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(e));
+    return 2;
+  }
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
+/* rpc.send(fd, s) -> boolean  [-0, +1, e] */
+static int rpc_send(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  int fd = (int)luaL_checkinteger(L, 1);
+  while (n > 0) {
+    ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+    s += w;
+    n -= (size_t)w;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* rpc.close(fd)  [-0, +0, e] */
+static int rpc_close(lua_State *L) {
+  close((int)luaL_checkinteger(L, 1));
+  return 0;
+}
+
+/* rpc.daemonize() -> pid  [-0, +1, e]
+ * It forks; the child (which gets 0) starts a new session with its
+ * standard streams on /dev/null. The parent gets the child's pid. */
+static int rpc_daemonize(lua_State *L) {
+  pid_t pid = fork();
+  if (pid < 0)
+    return luaL_error(L, "fork failed: %s", strerror(errno));
+  if (pid == 0) {
+    setsid();
+    int fd = open("/dev/null", O_RDWR);
+    if (fd >= 0) {
+      dup2(fd, 0);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      if (fd > 2)
+        close(fd);
+    }
+  }
+  lua_pushinteger(L, pid);
+  return 1;
+}
+
+/* rpc.lock(path) -> fd | nil  [-0, +1, e]
+ * An exclusive flock on path, held until the process exits (so a killed
+ * daemon releases it); nil when another process holds it. */
+static int rpc_lock(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return luaL_error(L, "cannot open %s: %s", path, strerror(errno));
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    close(fd);
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
+/* rpc.kill(pid, sig) -> boolean  [-0, +1, e] */
+static int rpc_kill(lua_State *L) {
+  lua_pushboolean(L, kill((pid_t)luaL_checkinteger(L, 1), (int)luaL_optinteger(L, 2, 0)) == 0);
+  return 1;
+}
+
+/* rpc.getpid() -> pid  [-0, +1, -] */
+static int rpc_getpid(lua_State *L) {
+  lua_pushinteger(L, getpid());
+  return 1;
+}
+
+/* rpc.owner(path) -> uid, mode | nil, err  [-0, +2, e]
+ * The owner and permission bits of path, and the caller's uid third. */
+static int rpc_owner(lua_State *L) {
+  struct stat st;
+  if (stat(luaL_checkstring(L, 1), &st) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(errno));
+    return 2;
+  }
+  lua_pushinteger(L, st.st_uid);
+  lua_pushinteger(L, st.st_mode & 07777);
+  lua_pushinteger(L, getuid());
+  return 3;
+}
+
+/* rpc.mkdir(path) -> true | nil, err  [-0, +1|2, e]
+ * It creates path with mode 0700; an existing directory is fine. */
+static int rpc_mkdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(errno));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static const luaL_Reg conn_methods[] = {
+    {"write", conn_write}, {"close", conn_lclose}, {NULL, NULL}};
+static const luaL_Reg server_methods[] = {{"close", server_close}, {NULL, NULL}};
+static const luaL_Reg rpc_functions[] = {
+    {"listen", rpc_listen}, {"call", rpc_call},   {"daemonize", rpc_daemonize},
+    {"lock", rpc_lock},     {"kill", rpc_kill},   {"getpid", rpc_getpid},
+    {"owner", rpc_owner},   {"mkdir", rpc_mkdir}, {"connect", rpc_connect},
+    {"send", rpc_send},     {"close", rpc_close}, {NULL, NULL},
+};
+
+int lrpc_open(lua_State *L) {
+  if (luaL_newmetatable(L, CONN_MT)) {
+    luaL_newlib(L, conn_methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, SERVER_MT)) {
+    luaL_newlib(L, server_methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, rpc_functions);
+  lua_pushinteger(L, LRPC_MAX_LINE);
+  lua_setfield(L, -2, "MAX_LINE");
+  return 1;
+}

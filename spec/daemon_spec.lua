@@ -1,0 +1,259 @@
+-- `ocap daemon` (lua/ocap/daemon.lua, core/lrpc.c), driven as a user
+-- would: the real binary, a temporary home, JSON-RPC over its Unix socket.
+-- Readiness is polled a bounded number of times; no check depends on time.
+local cjson = require 'cjson'
+local rpc = require('ocap.core').rpc
+
+local BIN = os.getenv('OCAP_BIN') or 'build/ocap'
+local SRC = os.getenv('OCAP_SOURCE_DIR') or '.'
+if BIN:sub(1, 1) ~= '/' then BIN = SRC .. '/' .. BIN end
+local SRC_ABS = SRC:sub(1, 1) == '/' and SRC or (os.getenv('PWD') .. '/' .. SRC)
+
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function slurp(path)
+  local f = io.open(path, 'rb')
+  if not f then return '' end
+  local s = f:read('a')
+  f:close()
+  return s
+end
+
+local function exists(path)
+  local f = io.open(path, 'r')
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function isSocket(path) return os.execute('test -S ' .. q(path)) == true end
+
+local scratch = {}
+
+local function tempHome()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute('mkdir -m 700 ' .. q(dir)))
+  scratch[#scratch + 1] = dir
+  return dir .. '/home'
+end
+
+--- Runs `ocap daemon --home HOME <args>`; returns stdout, stderr, exit code.
+local function daemon(home, args)
+  local base = home:match('^(.*)/[^/]*$')
+  local out, err = base .. '/.stdout', base .. '/.stderr'
+  local _, _, code = os.execute(('%s daemon --home %s %s >%s 2>%s </dev/null'):format(
+    q(BIN), q(home), args, q(out), q(err)))
+  local o, e = slurp(out), slurp(err)
+  os.remove(out)
+  os.remove(err)
+  return o, e, code
+end
+
+local function pidOf(home) return tonumber(slurp(home .. '/daemon.pid'):match('%d+')) end
+
+local function call(home, line)
+  local reply = assert(rpc.call(home .. '/daemon.sock', line))
+  return cjson.decode(reply)
+end
+
+local function counterConfig()
+  return cjson.encode({ { bootstrap = 'c', vats = { c = { sourceSpec = SRC_ABS .. '/spec/vats/counter.lua' } } } })
+end
+
+describe('ocap daemon', function()
+  local homes = {}
+  local function newHome()
+    local h = tempHome()
+    homes[#homes + 1] = h
+    return h
+  end
+
+  after_each(function()
+    for _, h in ipairs(homes) do
+      local pid = pidOf(h)
+      if pid then rpc.kill(pid, 9) end
+    end
+    homes = {}
+    for _, d in ipairs(scratch) do os.execute('rm -rf ' .. q(d)) end
+    scratch = {}
+  end)
+
+  it('starts, answers, keeps committed state across kill -9 and a restart, and stops', function()
+    local home = newHome()
+    local _
+    local out, err, code = daemon(home, 'start')
+    assert.are.equal(0, code, err)
+    local pid = tonumber(out:match('^started pid (%d+)'))
+    assert.is_number(pid, out)
+    assert.are.equal(pid, pidOf(home))
+    -- The socket is the owner's only; the home is created private.
+    local mode = io.popen('stat -c %a ' .. q(home .. '/daemon.sock')):read('l')
+    assert.are.equal('600', mode)
+    assert.are.equal('700', io.popen('stat -c %a ' .. q(home)):read('l'))
+
+    out, err, code = daemon(home, 'status')
+    assert.are.equal(0, code, err)
+    assert.matches('^running pid ' .. pid, out)
+
+    out, err, code = daemon(home, 'exec launchSubcluster ' .. q(counterConfig()))
+    assert.are.equal(0, code, err)
+    local launched = cjson.decode(out)
+    assert.are.equal('bootstrapped', launched.bootstrapResult)
+    local kref = launched.rootKref
+    assert.matches('^ko%d+$', kref)
+
+    out, err, code = daemon(home, 'queueMessage ' .. kref .. ' increment ' .. q('[5]'))
+    assert.are.equal(0, code, err)
+    assert.are.equal('5', out:match('^(.-)\n'))
+
+    out, err, code = daemon(home, 'queueMessage ' .. kref .. ' get --raw')
+    assert.are.equal(0, code, err)
+    local capdata = cjson.decode(out)
+    assert.are.equal('#5', capdata.body, out)
+    assert.are.same({}, capdata.slots)
+
+    -- kill -9: what was committed survives; the stale pid file and socket
+    -- are recovered by the next start.
+    rpc.kill(pid, 9)
+    local tries = 0
+    while rpc.kill(pid, 0) and tries < 400 do
+      os.execute('sleep 0.05')
+      tries = tries + 1
+    end
+    out, _, code = daemon(home, 'status')
+    assert.are.equal(1, code)
+    assert.matches('not running %(stale pid file: ' .. pid .. '%)', out)
+    assert.is_true(isSocket(home .. '/daemon.sock'))
+
+    out, err, code = daemon(home, 'start')
+    assert.are.equal(0, code, err)
+    local pid2 = tonumber(out:match('^started pid (%d+)'))
+    assert.is_number(pid2, out)
+    assert.are_not.equal(pid, pid2)
+    out, err, code = daemon(home, 'queueMessage ' .. kref .. ' increment')
+    assert.are.equal(0, code, err)
+    assert.are.equal('6', out:match('^(.-)\n'))
+
+    -- A second start reports the running daemon.
+    out, err, code = daemon(home, 'start')
+    assert.are.equal(0, code, err)
+    assert.matches('^running pid ' .. pid2, out)
+
+    -- stop commits; the next daemon sees the last increment.
+    out, err, code = daemon(home, 'stop')
+    assert.are.equal(0, code, err)
+    assert.matches('^stopped pid ' .. pid2, out)
+    assert.is_false(exists(home .. '/daemon.pid'))
+    assert.is_false(isSocket(home .. '/daemon.sock'))
+    _, _, code = daemon(home, 'status')
+    assert.are.equal(1, code)
+    _, err, code = daemon(home, 'start')
+    assert.are.equal(0, code, err)
+    out, err, code = daemon(home, 'queueMessage ' .. kref .. ' get')
+    assert.are.equal(0, code, err)
+    assert.are.equal('6', out:match('^(.-)\n'))
+
+    _, err, code = daemon(home, 'exec terminateSubcluster ' .. q(cjson.encode({ launched.subclusterId })))
+    assert.are.equal(0, code, err)
+    _, err, code = daemon(home, 'queueMessage ' .. kref .. ' get')
+    assert.are.equal(1, code)
+    assert.matches('ocap daemon: ', err)
+
+    -- The log is one JSON object per line.
+    local n = 0
+    for line in io.lines(home .. '/daemon.log') do
+      assert.is_table(cjson.decode(line), line)
+      n = n + 1
+    end
+    assert.is_true(n > 3)
+
+    _, err, code = daemon(home, 'purge --force')
+    assert.are.equal(0, code, err)
+    assert.is_false(exists(home .. '/db'))
+    assert.is_false(exists(home .. '/daemon.pid'))
+  end)
+
+  it('answers bad requests with JSON-RPC errors and keeps serving; bad clients do no harm', function()
+    local home = newHome()
+    local _, err, code = daemon(home, 'start')
+    assert.are.equal(0, code, err)
+    -- A client that connects and never sends, one that sends a line
+    -- without its end, both kept open for the whole test.
+    local silent = assert(rpc.connect(home .. '/daemon.sock'))
+    local partial = assert(rpc.connect(home .. '/daemon.sock'))
+    assert.is_true(rpc.send(partial, '{"jsonrpc":"2.0","id":1,"meth'))
+    -- One that asks and hangs up before the answer.
+    local rude = assert(rpc.connect(home .. '/daemon.sock'))
+    assert.is_true(rpc.send(rude, '{"jsonrpc":"2.0","id":1,"method":"getStatus"}\n'))
+    rpc.close(rude)
+
+    assert.are.equal(-32700, call(home, 'this is not json').error.code)
+    assert.are.equal(-32600, call(home, '[1,2]').error.code)
+    assert.are.equal(-32600, call(home, '{"jsonrpc":"2.0","id":2}').error.code)
+    local a = call(home, '{"jsonrpc":"2.0","id":3,"method":"noSuchMethod"}')
+    assert.are.equal(-32601, a.error.code)
+    assert.are.equal(3, a.id)
+    assert.are.equal(-32602, call(home, '{"jsonrpc":"2.0","id":4,"method":"getStatus","params":7}').error.code)
+    a = call(home, '{"jsonrpc":"2.0","id":5,"method":"queueMessage","params":["ko999999","x",[]]}')
+    assert.are.equal(-32000, a.error.code)
+    a = call(home, '{"jsonrpc":"2.0","id":6,"method":"launchSubcluster","params":[{"bootstrap":"zz"}]}')
+    assert.are.equal(-32000, a.error.code)
+    -- Over 1 MiB: refused, the rest of the line discarded.
+    a = call(home, '{"jsonrpc":"2.0","id":7,"method":"getStatus","pad":"' .. string.rep('x', rpc.MAX_LINE) .. '"}')
+    assert.are.equal(-32600, a.error.code)
+    assert.matches('too large', a.error.message)
+
+    a = call(home, '{"jsonrpc":"2.0","id":8,"method":"getStatus"}')
+    assert.are.equal(8, a.id)
+    assert.is_table(a.result.vats)
+    rpc.close(silent)
+    rpc.close(partial)
+    local out
+    out, err, code = daemon(home, 'stop')
+    assert.are.equal(0, code, err)
+    assert.matches('^stopped', out)
+  end)
+
+  it('lets one of two concurrent starts win', function()
+    local home = newHome()
+    local base = home:match('^(.*)/[^/]*$')
+    local cmd = ('%s daemon --home %s start'):format(q(BIN), q(home))
+    assert(os.execute(('(%s >%s/a 2>&1 & %s >%s/b 2>&1 & wait)'):format(cmd, q(base), cmd, q(base))))
+    local a, b = slurp(base .. '/a'), slurp(base .. '/b')
+    local pa, pb = a:match('pid (%d+)'), b:match('pid (%d+)')
+    assert.is_string(pa, a)
+    assert.are.equal(pa, pb, a .. b)
+    local started = select(2, (a .. b):gsub('started pid', ''))
+    assert.are.equal(1, started, a .. b)
+    assert.are.equal(tonumber(pa), pidOf(home))
+  end)
+
+  it('refuses a home writable by others or owned by someone else', function()
+    local home = newHome()
+    assert(os.execute('mkdir -p ' .. q(home) .. ' && chmod 777 ' .. q(home)))
+    local _, err, code = daemon(home, 'start')
+    assert.are.equal(1, code)
+    assert.matches('writable by other users', err)
+    assert.is_false(isSocket(home .. '/daemon.sock'))
+    if io.popen('id -u'):read('l') == '0' then
+      assert(os.execute('chmod 700 ' .. q(home) .. ' && chown 65534 ' .. q(home)))
+      _, err, code = daemon(home, 'start')
+      assert.are.equal(1, code)
+      assert.matches('owned by another user', err)
+    end
+  end)
+
+  it('reports usage errors with status 2 and one line', function()
+    local home = newHome()
+    for _, args in ipairs({ '', 'frob', 'purge', 'exec', 'status extra', 'exec getStatus notjson',
+      'queueMessage ko1', 'start --bogus', 'stop --raw' }) do
+      local out, err, code = daemon(home, args)
+      assert.are.equal(2, code, args)
+      assert.are.equal('', out)
+      assert.matches("^ocap daemon: [^\n]+ %(see 'ocap daemon %-%-help'%)\n$", err)
+    end
+    local out, _, code = daemon(home, '--help')
+    assert.are.equal(0, code)
+    assert.matches('usage: ocap daemon', out)
+  end)
+end)
