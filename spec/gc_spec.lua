@@ -42,3 +42,32 @@ describe('kernel:stats()', function()
     assert.equal(s0.objects, s3.objects)
   end)
 end)
+
+describe('Kernel.make { gc = ... }', function()
+  local Kernel = require 'ocap.kernel'
+
+  --- The error Kernel.make raises for options, with the position stripped.
+  local function refusal(options)
+    local ok, err = pcall(Kernel.make, options)
+    assert.is_false(ok)
+    return (tostring(err):gsub('^[^:]*:%d+: ', ''))
+  end
+
+  it('accepts a reap interval, false, or nothing', function()
+    for _, gc in ipairs({ {}, { reapInterval = 1 }, { reapInterval = 5000 }, { reapInterval = false } }) do
+      local kernel = Kernel.make({ gc = gc })
+      assert.equal(gc.reapInterval == nil and 200 or gc.reapInterval, kernel.reapInterval)
+      kernel:stop()
+    end
+  end)
+
+  it('refuses a bad interval or an unknown key, naming the field', function()
+    local bad = 'Kernel.make: option gc.reapInterval must be a positive integer or false, got '
+    assert.equal(bad .. '0', refusal({ gc = { reapInterval = 0 } }))
+    assert.equal(bad .. '1.5', refusal({ gc = { reapInterval = 1.5 } }))
+    assert.equal(bad .. 'true', refusal({ gc = { reapInterval = true } }))
+    assert.equal(bad .. '"10"', refusal({ gc = { reapInterval = '10' } }))
+    assert.equal('Kernel.make: option gc has unknown key "interval"', refusal({ gc = { interval = 3 } }))
+    assert.equal('Kernel.make: option gc must be a table, got number', refusal({ gc = 200 }))
+  end)
+end)

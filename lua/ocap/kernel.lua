@@ -104,8 +104,27 @@ Kernel.__index = Kernel
 local OPTION_KEYS = {
   database = 'string', resetStorage = 'boolean', logger = 'function', services = 'table',
   systemSubclusters = 'table', allowedGlobalNames = 'table', baseDir = 'string',
-  durability = 'string',
+  durability = 'string', gc = 'table',
 }
+
+local DEFAULT_REAP_INTERVAL = 200
+
+--- The deliveries per vat between reaps, from options.gc (docs/gc.md), or
+--- false when reaping is off. Raises on a bad value, at Kernel.make's caller.
+local function reapInterval(gc)
+  if gc == nil then return DEFAULT_REAP_INTERVAL end
+  for k in pairs(gc) do
+    if k ~= 'reapInterval' then error(('Kernel.make: option gc has unknown key %q'):format(tostring(k)), 3) end
+  end
+  local n = gc.reapInterval
+  if n == nil then return DEFAULT_REAP_INTERVAL end
+  if n == false then return false end
+  if math.type(n) ~= 'integer' or n < 1 then
+    error(('Kernel.make: option gc.reapInterval must be a positive integer or false, got %s'):format(
+      type(n) == 'string' and ('%q'):format(n) or tostring(n)), 3)
+  end
+  return n
+end
 
 --- Makes a kernel.
 ---@param options table|nil see docs/api.md §6
@@ -122,6 +141,7 @@ function M.make(options)
   if options.durability ~= nil and options.durability ~= 'none' and options.durability ~= 'fsync' then
     error(("Kernel.make: option durability must be 'none' or 'fsync', got %q"):format(options.durability), 2)
   end
+  local reapEvery = reapInterval(options.gc)
   local K, err = core.open({ database = options.database or nil, durability = options.durability })
   if not K then error('Kernel.make: ' .. err, 2) end
   local version = K:kvGet('version')
@@ -154,6 +174,7 @@ function M.make(options)
     baseDir = options.baseDir or '.',
     logger = options.logger or logview.default(),
     durability = options.durability or 'none',
+    reapInterval = reapEvery, -- kept for reaping, which does not exist yet (docs/gc.md)
     services = {},
     failing = {}, -- vatId -> why it failed to restart, until recorded
     stopped = false,
