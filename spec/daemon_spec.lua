@@ -214,6 +214,36 @@ describe('ocap daemon', function()
     assert.matches('^stopped', out)
   end)
 
+  it('is what `ocap caplet` goes through while it runs', function()
+    local home = newHome()
+    local base = home:match('^(.*)/[^/]*$')
+    local _, err, code = daemon(home, 'start')
+    assert.are.equal(0, code, err)
+    assert(os.execute(('mkdir %s/echo && %s bundle -o %s/echo %s/vats/caplets/echo/echo.lua >/dev/null'
+      .. ' && cp %s %s/echo/'):format(q(base), q(BIN), q(base), q(SRC_ABS),
+      q(SRC_ABS .. '/vats/caplets/echo/manifest.json'), q(base))))
+    local function caplet(args)
+      local _, _, c = os.execute(('cd %s && %s caplet --home %s %s >%s/.o 2>%s/.e'):format(q(base), q(BIN), q(home),
+        args, q(base), q(base)))
+      return c, slurp(base .. '/.o'), slurp(base .. '/.e')
+    end
+    -- The daemon holds the database: these succeed only through it. A
+    -- relative path is the caller's, not the daemon's.
+    assert.are.same({ 0, 'com.example.echo s2\n', '' }, { caplet('install echo') })
+    assert.are.same({ 0, 'com.example.echo 1.0.0 s2\n', '' }, { caplet('list') })
+    assert.are.same({ 0, '"Echo: hi"\n', '' }, { caplet("call com.example.echo echo '[\"hi\"]'") })
+    local out
+    out, err, code = daemon(home, 'exec caplet.list')
+    assert.are.equal(0, code, err)
+    assert.are.same({ 'com.example.echo' }, cjson.decode(out))
+    assert.are.same({ 1, '', 'ocap caplet: caplet "com.example.echo" is already installed\n' },
+      { caplet('install echo') })
+    assert.are.same({ 0, '', '' }, { caplet('uninstall com.example.echo') })
+    assert.are.same({ 0, '', '' }, { caplet('list') })
+    _, err, code = daemon(home, 'stop')
+    assert.are.equal(0, code, err)
+  end)
+
   it('lets one of two concurrent starts win', function()
     local home = newHome()
     local base = home:match('^(.*)/[^/]*$')

@@ -1,6 +1,7 @@
 --- `ocap caplet`: installs, lists, uninstalls and calls caplets in the
---- kernel of a home directory, opening its database directly (there is
---- no daemon to go through yet).
+--- kernel of a home directory: through its daemon when one runs
+--- (`ocap daemon`, which holds the database), else by opening the
+--- database directly.
 local M = {}
 
 local USAGE = [[
@@ -11,8 +12,9 @@ usage: ocap caplet [--home DIR] install DIR|MANIFEST
 
 Manages the caplets of the kernel whose state is in DIR/db (DIR: --home,
 else $OCAP_HOME, else ~/.ocap), with Omnium declared as a system
-subcluster. The database is opened directly, so no other process may
-have it open.
+subcluster. When a daemon runs for DIR (ocap daemon start), the
+operation goes through it; otherwise the database is opened directly,
+so no other process may have it open.
 
   install    install the caplet of DIR/manifest.json (or of MANIFEST);
              prints "<id> <subclusterId>"
@@ -36,6 +38,42 @@ local ARITY = { install = { 1, 1 }, list = { 0, 0 }, uninstall = { 1, 1 }, call 
 local function messageOf(e)
   if type(e) == 'table' and e.message then return tostring(e.message) end
   return tostring(e)
+end
+
+--- Runs one `ocap caplet` operation through the daemon of home; prints
+--- what the direct path prints and returns the exit status.
+function M.viaDaemon(daemon, home, cmd, rest, force, callArgs)
+  local function call(method, params)
+    local answer, err = daemon.call(home, method, params)
+    if not answer then error(err, 0) end
+    if answer.error then error(tostring(answer.error.message), 0) end
+    return answer.result
+  end
+  local cjson = require 'cjson.safe'
+  local ok, err = pcall(function()
+    if cmd == 'install' then
+      -- The daemon runs elsewhere: it gets an absolute path.
+      local path = rest[1]
+      if path:sub(1, 1) ~= '/' then path = (os.getenv('PWD') or '.') .. '/' .. path end
+      local r = call('caplet.install', { path })
+      print(r.capletId .. ' ' .. r.subclusterId)
+    elseif cmd == 'list' then
+      for _, id in ipairs(call('caplet.list')) do
+        local rec = call('caplet.get', { id })
+        print(('%s %s %s'):format(id, rec.manifest.version, rec.subclusterId))
+      end
+    elseif cmd == 'uninstall' then
+      call('caplet.uninstall', { rest[1], { force = force } })
+    else
+      local result = call('caplet.call', { rest[1], rest[2], callArgs })
+      print(cjson.encode(result) or tostring(result))
+    end
+  end)
+  if not ok then
+    io.stderr:write('ocap caplet: ', messageOf(err), '\n')
+    return 1
+  end
+  return 0
 end
 
 --- Runs `ocap caplet` with its arguments; returns the exit status.
@@ -74,6 +112,8 @@ function M.main(args)
     if type(callArgs) ~= 'table' then return usageError('ARGS-JSON must be a JSON array') end
   end
   home = home or os.getenv('OCAP_HOME') or ((os.getenv('HOME') or '.') .. '/.ocap')
+  local daemon = require 'ocap.daemon'
+  if daemon.running(home) then return M.viaDaemon(daemon, home, cmd, rest, force, callArgs) end
 
   local Kernel = require 'ocap.kernel'
   local omnium = require 'ocap.omnium'
