@@ -22,10 +22,10 @@ test: build
 
 lint: deps
 	luacheck -q .
-	clang-format --dry-run --Werror core/*.[ch] host/*.[ch] spec/c/*.[ch] spec/fuzz/*.[ch]
+	clang-format --dry-run --Werror core/*.[ch] include/*.h host/*.[ch] host/examples/embed/*.c spec/c/*.[ch] spec/fuzz/*.[ch]
 
 format:
-	clang-format -i core/*.[ch] host/*.[ch] spec/c/*.[ch] spec/fuzz/*.[ch]
+	clang-format -i core/*.[ch] include/*.h host/*.[ch] host/examples/embed/*.c spec/c/*.[ch] spec/fuzz/*.[ch]
 
 asan: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DOCAP_SANITIZE=ON >/dev/null

@@ -24,6 +24,10 @@ const char *ocap_strerror(int code) {
     return "vat failed fatally";
   case OCAP_EREFUSED:
     return "delivery refused";
+  case OCAP_ESCRIPT:
+    return "Lua code failed";
+  case OCAP_ESTOPPED:
+    return "host is stopped";
   default:
     return "unknown error";
   }

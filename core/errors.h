@@ -18,6 +18,8 @@
 #define OCAP_ENOTFOUND (-8) /* no such key, vat or reference */
 #define OCAP_EFATAL (-9)    /* a vat failed fatally */
 #define OCAP_EREFUSED (-10) /* a delivery was refused; the vat is kept */
+#define OCAP_ESCRIPT (-11)  /* Lua code (a host script, a config) failed */
+#define OCAP_ESTOPPED (-12) /* the host is being freed */
 
 const char *ocap_strerror(int code);
 

@@ -1,0 +1,194 @@
+--- The Lua half of the C embedding API (ocap.h): one kernel per Lua
+--- state, driven by core/ocap.c. Everything that crosses to C is JSON
+--- text, so the C side never touches Lua values.
+local ocap = require 'ocap'
+local promise = require 'ocap.promise'
+local pass = require 'ocap.pass'
+
+local M = {}
+
+local BATCH = 64
+local GROUP_LIMIT = 512
+
+local ESCAPES = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
+
+--- Encodes a plain Lua value as JSON; a reference becomes {"@kref": kref}.
+local function encode(kernel, v, out)
+  local t = type(v)
+  if v == nil then
+    out[#out + 1] = 'null'
+  elseif t == 'boolean' then
+    out[#out + 1] = tostring(v)
+  elseif t == 'number' then
+    if v ~= v or v == math.huge or v == -math.huge then
+      out[#out + 1] = 'null'
+    elseif math.type(v) == 'integer' then
+      out[#out + 1] = ('%d'):format(v)
+    else
+      out[#out + 1] = ('%.17g'):format(v)
+    end
+  elseif t == 'string' then
+    out[#out + 1] = '"' .. v:gsub('[%c"\\]', function(c)
+      return ESCAPES[c] or ('\\u%04x'):format(c:byte())
+    end) .. '"'
+  elseif t == 'table' then
+    local ok, kref = pcall(kernel.krefOf, kernel, v)
+    if ok then
+      out[#out + 1] = '{"@kref":"' .. kref .. '"}'
+      return
+    end
+    local n = v.n or #v
+    local isArray = n > 0 or next(v) == nil
+    if isArray then
+      out[#out + 1] = '['
+      for i = 1, n do
+        if i > 1 then out[#out + 1] = ',' end
+        encode(kernel, v[i], out)
+      end
+      out[#out + 1] = ']'
+    else
+      local keys = {}
+      for k in pairs(v) do
+        if type(k) == 'string' then keys[#keys + 1] = k end
+      end
+      table.sort(keys)
+      out[#out + 1] = '{'
+      for i, k in ipairs(keys) do
+        if i > 1 then out[#out + 1] = ',' end
+        encode(kernel, k, out)
+        out[#out + 1] = ':'
+        encode(kernel, v[k], out)
+      end
+      out[#out + 1] = '}'
+    end
+  else
+    out[#out + 1] = 'null'
+  end
+end
+
+local function toJSON(kernel, v)
+  local out = {}
+  encode(kernel, v, out)
+  return table.concat(out)
+end
+
+--- The message of an error value (an Error record, a string, anything).
+local function messageOf(e)
+  if type(e) == 'table' and e.message ~= nil then return tostring(e.message) end
+  return tostring(e)
+end
+
+--- Makes the kernel for one C host. C is the table of C callbacks
+--- (log, call, result), json the decoder.
+function M.make(C, json, database, resetStorage, baseDir, withLogger)
+  local self = {}
+  local options = { database = database, resetStorage = resetStorage or nil, baseDir = baseDir }
+  local kernel
+  if withLogger then
+    options.logger = function(entry) C.log(toJSON(kernel, entry)) end
+  end
+  kernel = ocap.Kernel.make(options)
+  self.kernel = kernel
+
+  local function decodeJSON(text)
+    local ok, v = pcall(json.decode, text)
+    if not ok then return nil, 'invalid JSON: ' .. messageOf(v) end
+    return v
+  end
+
+  --- Runs cranks and turns in one bounded batch; returns whether it did
+  --- anything, and whether the kernel's own loop (vat timers) is alive.
+  function self.pump()
+    if kernel.stopped then return false, false end
+    if promise.hasTurns() then kernel:_flushIfNeeded() end
+    promise.drain()
+    local ran, visible = kernel.K:drive(BATCH, GROUP_LIMIT)
+    if visible then kernel:_afterHostCode() end
+    if ran == 0 and not promise.hasTurns() then
+      kernel:_flushIfNeeded()
+      return false, kernel.K:loopAlive()
+    end
+    return true, true
+  end
+
+  function self.run() kernel:run() end
+
+  function self.stop() if not kernel.stopped then kernel:stop() end end
+
+  function self.register(name, methods, id)
+    local impl = {}
+    for _, m in ipairs(methods) do
+      impl[m] = function(_, ...)
+        local kit = promise.makePromiseKit()
+        C.call(id, m, toJSON(kernel, table.pack(...)), kit)
+        return kit.promise
+      end
+    end
+    local object = ocap.makeDefaultExo(name, impl)
+    return kernel:registerKernelServiceObject(name, object).kref
+  end
+
+  --- Settles a service call's promise kit with a JSON result or a message.
+  function self.settle(kit, ok, text)
+    if not ok then
+      kit.reject(pass.makeError(text))
+      return true
+    end
+    local v, err = decodeJSON(text)
+    if err then
+      kit.reject(pass.makeError('service result: ' .. err))
+      return false, err
+    end
+    kit.resolve(v)
+    return true
+  end
+
+  local function report(p, rec)
+    promise.onSettle(p, function(ok, v)
+      if ok then
+        local done, text = pcall(toJSON, kernel, v)
+        if done then C.result(rec, true, text) else C.result(rec, false, messageOf(text)) end
+      else
+        C.result(rec, false, messageOf(v))
+      end
+    end)
+  end
+
+  function self.queue(target, method, argsText, rec)
+    local args, err = decodeJSON(argsText)
+    if err then return false, err end
+    if type(args) ~= 'table' or (next(args) ~= nil and #args == 0) then
+      return false, 'arguments must be a JSON array'
+    end
+    if not target:match('^k[op]%d+$') then return false, ('no such kref %q'):format(target) end
+    local ok, p = pcall(kernel.queueMessage, kernel, target, method, args)
+    if not ok then return false, messageOf(p) end
+    report(p, rec)
+    return true
+  end
+
+  function self.launch(path, rec)
+    local chunk, err = loadfile(path, 't')
+    if not chunk then return false, err end
+    local ok, config = pcall(chunk)
+    if not ok then return false, messageOf(config) end
+    if type(config) ~= 'table' then return false, path .. ': the config file must return a table' end
+    local p
+    ok, p = pcall(kernel.launchSubcluster, kernel, config)
+    if not ok then return false, messageOf(p) end
+    report(p, rec)
+    return true
+  end
+
+  function self.script(path)
+    local chunk, err = loadfile(path, 't')
+    if not chunk then return false, err end
+    local ok, e = pcall(chunk, kernel)
+    if not ok then return false, messageOf(e) end
+    return true
+  end
+
+  return self
+end
+
+return M
