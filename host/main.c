@@ -31,6 +31,7 @@
 #include <lualib.h>
 
 #include "lsmallcaps.h"
+#include "lsyrup.h"
 
 int luaopen_ocap_core(lua_State *L);
 
@@ -89,7 +90,8 @@ static void add_dir(luaL_Buffer *b, const char *dir) {
 }
 
 /* [-0, +0, m] Puts our Lua directories in front of package.path and the
- * built-in modules (ocap.core, ocap.sys, ocap.smallcaps) in package.preload. */
+ * built-in modules (ocap.core, ocap.sys, ocap.smallcaps, ocap.syrup) in
+ * package.preload. */
 static int luaopen_ocap_sys(lua_State *L);
 
 static void set_path(lua_State *L) {
@@ -127,6 +129,8 @@ static void set_path(lua_State *L) {
   lua_setfield(L, -2, "ocap.sys");
   lua_pushcfunction(L, luaopen_ocap_smallcaps);
   lua_setfield(L, -2, "ocap.smallcaps");
+  lua_pushcfunction(L, luaopen_ocap_syrup);
+  lua_setfield(L, -2, "ocap.syrup");
   lua_pop(L, 2);
 }
 
