@@ -133,7 +133,7 @@ struct ocap_vat {
   long allowance_ticks;          /* the same in watchdog ticks */
   long start_tick;               /* the watchdog's tick count at the start */
   long ticks_used;               /* ticks the last finished call took */
-  long long ns_per_charge;       /* time mode: allowance a charged instruction uses */
+  long long time_ns;             /* time mode: CPU time an instruction of budget buys */
   long long deadline_ns;         /* when polling: CPU time to stop at */
   char why[160];                 /* ocap_vat_fatal_reason's text */
 };
@@ -362,7 +362,6 @@ static void meter_stop(ocap_vat_t *v, int cause) {
 }
 
 static int time_is_up(ocap_vat_t *v);
-static int charges_exceed_time(const ocap_vat_t *v);
 
 /*
  * [-0, +0, e] The count hook. Outside ocap_vat_pcall it does nothing, so the
@@ -413,11 +412,7 @@ static void vat_charge(lua_State *L, long long cost) {
       v->cause = CAUSE_TIME;
     } else if (cost < v->budget - v->charged) {
       v->charged += cost;
-      if (v->ns_per_charge == 0 || !charges_exceed_time(v))
-        return;
-      v->expired = 1;
-      v->fatal = OCAP_VAT_METER;
-      v->cause = CAUSE_TIME;
+      return;
     } else {
       v->charged = v->budget;
       v->fatal = OCAP_VAT_METER;
@@ -479,25 +474,6 @@ static long long thread_cpu_ns(void) {
   return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/*
- * Time mode: whether the CPU time the current call used, in whole ticks,
- * plus its library charges converted to time, passed its allowance. The
- * tick handler calls it too: it only reads fields of its own thread's
- * call.
- */
-static int charges_exceed_time(const ocap_vat_t *v) {
-  const struct watchdog *w = v->watchdog;
-  long long used;
-  if (v->ns_per_charge == 0 || w == NULL)
-    return 0;
-  used = v->charged * v->ns_per_charge;
-  if (w->mode == WATCHDOG_TIMER)
-    used += (long long)(w->ticks - v->start_tick) * OCAP_VAT_TICK_NS;
-  else
-    used += thread_cpu_ns() - (v->deadline_ns - v->allowance_ns);
-  return used > v->allowance_ns;
-}
-
 /* Whether the current call's CPU time ran out. */
 static int time_is_up(ocap_vat_t *v) {
   if (v->expired)
@@ -532,8 +508,7 @@ static void watchdog_tick(int sig, siginfo_t *si, void *context) {
     return;
   }
   w->idle = 0;
-  if (v->depth > 0 && v->fatal == 0 &&
-      (w->ticks - v->start_tick > v->allowance_ticks || charges_exceed_time(v))) {
+  if (v->depth > 0 && v->fatal == 0 && w->ticks - v->start_tick > v->allowance_ticks) {
     v->expired = 1;
     meter_stop(v, CAUSE_TIME);
   }
@@ -1877,7 +1852,7 @@ int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
                                                      : (long long)ns;
     v->allowance_ticks = (long)((v->allowance_ns + OCAP_VAT_TICK_NS - 1) / OCAP_VAT_TICK_NS);
     if (v->mode == OCAP_VAT_METER_TIME)
-      v->ns_per_charge = OCAP_VAT_TIME_NS_PER_INSTRUCTION;
+      v->time_ns = OCAP_VAT_TIME_NS_PER_INSTRUCTION;
   }
   L = lua_newstate(vat_alloc, v);
   if (L == NULL) {
@@ -2165,8 +2140,8 @@ size_t ocap_vat_memory(const ocap_vat_t *v) {
 }
 
 long long ocap_vat_instructions(const ocap_vat_t *v) {
-  if (v->ns_per_charge != 0 && v->depth == 0)
-    return v->charged + (long long)v->ticks_used * (OCAP_VAT_TICK_NS / v->ns_per_charge);
+  if (v->time_ns != 0 && v->depth == 0)
+    return v->charged + (long long)v->ticks_used * (OCAP_VAT_TICK_NS / v->time_ns);
   return v->charged;
 }
 
