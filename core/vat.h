@@ -67,11 +67,14 @@ typedef struct ocap_vat_limits {
  * instruction takes about 1.4 ns, method calls 2.4, closures and
  * coroutines 7 to 23, formatting and sorting 50 to 67, and building a
  * table with fresh string keys about 170 ns an instruction (each C library
- * call counts as one). At 50 ns a budget of B therefore buys at most about
- * 35 times the time of B plain instructions (plus a tick): the default
- * budget, 5 s. Most ordinary code gets its whole budget; code that averages
- * more than 50 ns an instruction for a whole call (sorting, building big
- * string-keyed tables) runs fewer than B instructions, down to about B / 3. The
+ * call counts as one). At 20 ns a budget of B buys at most about 14 times
+ * the time of B plain instructions (plus a tick): 2 s for the default
+ * budget, so a runaway delivery costs a few times what it costs in
+ * instruction mode rather than tens of times. Plain code, method calls
+ * and closures get their whole budget; code that averages more than 20 ns
+ * an instruction for a whole call (coroutine switches, formatting,
+ * sorting, building big string-keyed tables) runs fewer than B
+ * instructions, down to about B / 8. The
  * instructions a budget buys scale with the machine's speed; a vat that
  * needs the same count on every machine uses instruction mode.
  */
@@ -83,7 +86,7 @@ typedef struct ocap_vat_limits {
 #endif
 #endif
 #ifndef OCAP_VAT_TIME_NS_PER_INSTRUCTION
-#define OCAP_VAT_TIME_NS_PER_INSTRUCTION 50
+#define OCAP_VAT_TIME_NS_PER_INSTRUCTION 20
 #endif
 
 /*

@@ -37,7 +37,7 @@ local SANITIZED = (os.getenv('LD_PRELOAD') or ''):find('asan', 1, true) ~= nil
 local VM = 256 * (SANITIZED and 4000 or 500)
 
 -- Each case runs with both meter modes. In time mode the allowance is a
--- tenth of the backstop's (50 ns an instruction), so the same bounds hold;
+-- 25th of the backstop's (20 ns an instruction), so the same bounds hold;
 -- library charges count in both modes.
 for _, MODE in ipairs({ 'time', 'instructions' }) do
 describe('the meter (' .. MODE .. ' mode)', function()
