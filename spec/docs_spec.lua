@@ -35,7 +35,7 @@ if BIN:sub(1, 1) ~= '/' then BIN = SOURCE .. '/' .. BIN end
 
 local PAGES = { 'README.md', 'docs/guide.md', 'docs/api.md', 'docs/errors.md', 'docs/promises.md',
   'docs/services.md', 'docs/system-subclusters.md', 'docs/storage.md', 'docs/revocation.md',
-  'docs/security.md', 'docs/caplets.md', 'docs/gc.md' }
+  'docs/security.md', 'docs/caplets.md', 'docs/gc.md', 'docs/embedding.md' }
 
 local function readFile(path)
   local f = assert(io.open(path, 'rb'))

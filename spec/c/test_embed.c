@@ -253,6 +253,48 @@ static int test_script(void) {
   return fails;
 }
 
+/* Completes the reply held by the service from a timer of the host's loop. */
+static void answer_later(uv_timer_t *t) {
+  seen_t *s = t->data;
+  ocap_reply_resolve(s->held, "42");
+  s->held = NULL;
+  uv_close((uv_handle_t *)t, NULL);
+}
+
+/* A kernel attached to the host's own loop: uv_run returns once the
+ * kernel is idle, a reply completed from a loop timer wakes it, and a
+ * host freed from its callback closes its handles, so the loop closes. */
+static int test_attached(void) {
+  int fails = 0;
+  seen_t s;
+  ocap_host_t *h = make_host(&s, &fails);
+  if (h == NULL)
+    return fails;
+  uv_loop_t loop;
+  CHECK(uv_loop_init(&loop) == 0);
+  CHECK(ocap_host_attach_loop(h, &loop) == 0);
+  CHECK(ocap_host_attach_loop(h, &loop) == OCAP_EINVAL);
+  CHECK(ocap_host_queue_message(h, root, "sum", "[20,22]", on_result, &s) == 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(s.results == 1 && s.ok && strstr(s.text, "\"total\":42") != NULL);
+  CHECK(ocap_host_queue_message(h, root, "later", "[21]", on_result, &s) == 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(s.results == 1 && s.held != NULL);
+  uv_timer_t t;
+  uv_timer_init(&loop, &t);
+  t.data = &s;
+  uv_timer_start(&t, answer_later, 1, 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(s.results == 2 && s.ok && strcmp(s.text, "42") == 0);
+  s.free_in_cb = 1;
+  CHECK(ocap_host_queue_message(h, root, "sum", "[1,1]", on_result, &s) == 0);
+  CHECK(ocap_host_queue_message(h, root, "sum", "[1,2]", on_result, &s) == 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(s.results == 3);
+  CHECK(uv_loop_close(&loop) == 0);
+  return fails;
+}
+
 int main(void) {
   int fails = 0;
   fails += test_bad_handles();
@@ -262,6 +304,7 @@ int main(void) {
   fails += test_free_in_flight();
   fails += test_free_in_callback();
   fails += test_script();
+  fails += test_attached();
   if (fails) {
     fprintf(stderr, "test_embed: %d failure(s)\n", fails);
     return 1;
