@@ -39,7 +39,8 @@ typedef struct conn {
 
 struct server {
   uv_pipe_t pipe;
-  lua_State *L; /* the main thread, in which callbacks run */
+  uv_signal_t *signals[2]; /* SIGTERM and SIGINT: a graceful stop */
+  lua_State *L;            /* the main thread, in which callbacks run */
   int cb_ref;
   int closed;
 };
@@ -94,6 +95,23 @@ static void deliver(conn_t *c, const char *line, size_t n, const char *reason) {
   lua_pushstring(L, reason ? reason : "");
   if (lua_pcall(L, 3, 0, 0) != LUA_OK)
     lua_pop(L, 1);
+}
+
+/* A SIGTERM or SIGINT: the callback gets (nil, nil, "SIGTERM"|"SIGINT"),
+ * so that the daemon stops as `stop` makes it stop. [-0, +0, -] */
+static void on_signal(uv_signal_t *h, int signum) {
+  server_t *s = h->data;
+  lua_State *L = s->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->cb_ref);
+  lua_pushnil(L);
+  lua_pushnil(L);
+  lua_pushstring(L, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK)
+    lua_pop(L, 1);
+}
+
+static void signal_freed(uv_handle_t *h) {
+  free(h);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -207,7 +225,8 @@ static int conn_lclose(lua_State *L) {
 
 /* rpc.listen(K, path, callback) -> server | nil, err  [-0, +1|2, e]
  * It serves the Unix socket at path (created mode 0600) on K's loop;
- * callback(conn, line | nil, reason) runs for each request line. */
+ * callback(conn, line | nil, reason) runs for each request line, and
+ * callback(nil, nil, "SIGTERM"|"SIGINT") when one of those arrives. */
 static int rpc_listen(lua_State *L) {
   uv_loop_t *loop = lkernel_loop(L, 1);
   const char *path = luaL_checkstring(L, 2);
@@ -233,6 +252,18 @@ static int rpc_listen(lua_State *L) {
   lua_pop(L, 1);
   lua_pushvalue(L, 3);
   s->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  static const int signums[2] = {SIGTERM, SIGINT};
+  for (int i = 0; i < 2; i++) {
+    uv_signal_t *sig = malloc(sizeof *sig);
+    if (sig && uv_signal_init(loop, sig) == 0) {
+      sig->data = s;
+      uv_signal_start(sig, on_signal, signums[i]);
+      uv_unref((uv_handle_t *)sig);
+      s->signals[i] = sig;
+    } else {
+      free(sig);
+    }
+  }
   serverbox_t *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->s = s;
   luaL_setmetatable(L, SERVER_MT);
@@ -257,6 +288,9 @@ static int server_close(lua_State *L) {
   if (!s || s->closed)
     return 0;
   s->closed = 1;
+  for (int i = 0; i < 2; i++)
+    if (s->signals[i])
+      uv_close((uv_handle_t *)s->signals[i], signal_freed);
   uv_walk(s->pipe.loop, close_conn_walk, s);
   luaL_unref(L, LUA_REGISTRYINDEX, s->cb_ref);
   s->pipe.data = s;

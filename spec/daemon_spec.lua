@@ -214,6 +214,31 @@ describe('ocap daemon', function()
     assert.matches('^stopped', out)
   end)
 
+  it('stops as `stop` does on SIGTERM', function()
+    local home = newHome()
+    local out, err, code = daemon(home, 'start')
+    assert.are.equal(0, code, err)
+    local pid = tonumber(out:match('pid (%d+)'))
+    out, err, code = daemon(home, 'exec launchSubcluster ' .. q(counterConfig()))
+    assert.are.equal(0, code, err)
+    local kref = cjson.decode(out).rootKref
+    assert.are.equal(0, select(3, daemon(home, 'queueMessage ' .. kref .. ' increment ' .. q('[3]'))))
+    rpc.kill(pid, 15)
+    -- Only a graceful stop removes the pid file (kill -9 leaves it).
+    local tries = 0
+    while exists(home .. '/daemon.pid') and tries < 400 do
+      os.execute('sleep 0.05')
+      tries = tries + 1
+    end
+    assert.is_false(exists(home .. '/daemon.pid'))
+    assert.matches('"stopping on SIGTERM"', slurp(home .. '/daemon.log'))
+    assert.matches('"daemon stopped"', slurp(home .. '/daemon.log'))
+    assert.are.equal(0, select(3, daemon(home, 'start')))
+    out, err, code = daemon(home, 'queueMessage ' .. kref .. ' get')
+    assert.are.equal(0, code, err)
+    assert.are.equal('3', out:match('^(.-)\n'))
+  end)
+
   it('is what `ocap caplet` goes through while it runs', function()
     local home = newHome()
     local base = home:match('^(.*)/[^/]*$')

@@ -238,7 +238,12 @@ function M.serve(home)
   ctx.methods = methods(ctx)
   local queue = {}
   local server, err = rpc.listen(kernel.K, p.sock, function(conn, line, reason)
-    queue[#queue + 1] = { conn, line, reason }
+    if conn == nil then
+      log({ level = 'info', message = 'stopping on ' .. reason })
+      ctx.stopping = true
+    else
+      queue[#queue + 1] = { conn, line, reason }
+    end
   end)
   if not server then
     log({ level = 'error', message = 'cannot listen on ' .. p.sock .. ': ' .. tostring(err) })
