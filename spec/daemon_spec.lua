@@ -38,11 +38,11 @@ local function tempHome()
 end
 
 --- Runs `ocap daemon --home HOME <args>`; returns stdout, stderr, exit code.
-local function daemon(home, args)
+local function daemon(home, args, env)
   local base = home:match('^(.*)/[^/]*$')
   local out, err = base .. '/.stdout', base .. '/.stderr'
-  local _, _, code = os.execute(('%s daemon --home %s %s >%s 2>%s </dev/null'):format(
-    q(BIN), q(home), args, q(out), q(err)))
+  local _, _, code = os.execute(('%s %s daemon --home %s %s >%s 2>%s </dev/null'):format(
+    env or '', q(BIN), q(home), args, q(out), q(err)))
   local o, e = slurp(out), slurp(err)
   os.remove(out)
   os.remove(err)
@@ -237,6 +237,24 @@ describe('ocap daemon', function()
     out, err, code = daemon(home, 'queueMessage ' .. kref .. ' get')
     assert.are.equal(0, code, err)
     assert.are.equal('3', out:match('^(.-)\n'))
+  end)
+
+  it('rotates its log at the size limit, keeping one JSON object per line', function()
+    local home = newHome()
+    local _, err, code = daemon(home, 'start', 'OCAP_DAEMON_LOG_LIMIT=2000')
+    assert.are.equal(0, code, err)
+    for i = 1, 40 do
+      assert.are.equal(i, call(home, '{"jsonrpc":"2.0","id":' .. i .. ',"method":"getSubclusters"}').id)
+    end
+    local old = slurp(home .. '/daemon.log.1')
+    assert.is_true(#old >= 2000, old)
+    assert.is_true(#old < 2200, #old)
+    assert.is_true(#slurp(home .. '/daemon.log') < 2200)
+    for _, f in ipairs({ home .. '/daemon.log', home .. '/daemon.log.1' }) do
+      for line in io.lines(f) do assert.is_table(cjson.decode(line), line) end
+    end
+    _, err, code = daemon(home, 'stop')
+    assert.are.equal(0, code, err)
   end)
 
   it('is what `ocap caplet` goes through while it runs', function()

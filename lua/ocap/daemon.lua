@@ -18,7 +18,8 @@ local cjson = require 'cjson.safe'
 local rpc = require('ocap.core').rpc
 local promise = require 'ocap.promise'
 
-M.LOG_LIMIT = 1024 * 1024
+-- The log's size limit: 1 MiB, or $OCAP_DAEMON_LOG_LIMIT bytes.
+M.LOG_LIMIT = math.tointeger(tonumber(os.getenv('OCAP_DAEMON_LOG_LIMIT') or '')) or 1024 * 1024
 
 -- JSON-RPC 2.0 error codes.
 local PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, FAILED = -32700, -32600, -32601, -32602,
