@@ -214,6 +214,43 @@ describe('ocap daemon', function()
     assert.matches('^stopped', out)
   end)
 
+  it('keeps serving while a request waits for its promise', function()
+    local home = newHome()
+    local base = home:match('^(.*)/[^/]*$')
+    local _, err, code = daemon(home, 'start')
+    assert.are.equal(0, code, err)
+    local gate = SRC_ABS .. '/spec/vats/gate.lua'
+    local config = cjson.encode({ { bootstrap = 'g', vats = { g = { sourceSpec = gate } } } })
+    local out
+    out, err, code = daemon(home, 'exec launchSubcluster ' .. q(config))
+    assert.are.equal(0, code, err)
+    local kref = cjson.decode(out).rootKref
+    -- A client waits in the background for gate.wait().
+    assert(os.execute(('%s daemon --home %s queueMessage %s wait >%s/w.out 2>&1 &'):format(q(BIN), q(home), kref,
+      q(base))))
+    local tries = 0
+    while not slurp(home .. '/daemon.log'):find('"method":"queueMessage"') and tries < 400 do
+      os.execute('sleep 0.05')
+      tries = tries + 1
+    end
+    assert.is_truthy(slurp(home .. '/daemon.log'):find('"method":"queueMessage"'))
+    -- Meanwhile others are served and cranks run.
+    _, err, code = daemon(home, 'status')
+    assert.are.equal(0, code, err)
+    assert.are.equal('', slurp(base .. '/w.out'))
+    out, err, code = daemon(home, 'queueMessage ' .. kref .. ' open ' .. q('[7]'))
+    assert.are.equal(0, code, err)
+    assert.are.equal('1', out:match('^(.-)\n'))
+    tries = 0
+    while slurp(base .. '/w.out') == '' and tries < 400 do
+      os.execute('sleep 0.05')
+      tries = tries + 1
+    end
+    assert.are.equal('7\n', slurp(base .. '/w.out'))
+    _, err, code = daemon(home, 'stop')
+    assert.are.equal(0, code, err)
+  end)
+
   it('stops as `stop` does on SIGTERM', function()
     local home = newHome()
     local out, err, code = daemon(home, 'start')
