@@ -79,10 +79,10 @@ typedef struct ocap_vat_limits {
  * needs the same count on every machine uses instruction mode.
  */
 #if defined(__SANITIZE_ADDRESS__)
-#define OCAP_VAT_TIME_NS_PER_INSTRUCTION 1000
+#define OCAP_VAT_TIME_NS_PER_INSTRUCTION 60
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
-#define OCAP_VAT_TIME_NS_PER_INSTRUCTION 1000
+#define OCAP_VAT_TIME_NS_PER_INSTRUCTION 60
 #endif
 #endif
 #ifndef OCAP_VAT_TIME_NS_PER_INSTRUCTION
