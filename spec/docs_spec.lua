@@ -33,9 +33,19 @@ local SOURCE = os.getenv('OCAP_SOURCE_DIR') or '.'
 local BIN = os.getenv('OCAP_BIN') or 'build/ocap'
 if BIN:sub(1, 1) ~= '/' then BIN = SOURCE .. '/' .. BIN end
 
-local PAGES = { 'README.md', 'docs/guide.md', 'docs/api.md', 'docs/errors.md', 'docs/promises.md',
-  'docs/services.md', 'docs/system-subclusters.md', 'docs/storage.md', 'docs/revocation.md',
-  'docs/security.md', 'docs/caplets.md', 'docs/gc.md', 'docs/embedding.md' }
+-- Every page that ships: README.md and all of docs/, found by listing the
+-- directory so that a new page is checked without anyone adding it here.
+local function listPages()
+  local pages = { 'README.md' }
+  local p = assert(io.popen(('ls %q'):format(SOURCE .. '/docs')))
+  for name in p:lines() do
+    if name:match('%.md$') then pages[#pages + 1] = 'docs/' .. name end
+  end
+  p:close()
+  assert(#pages > 10, 'docs/ not found under ' .. SOURCE)
+  return pages
+end
+local PAGES = listPages()
 
 local function readFile(path)
   local f = assert(io.open(path, 'rb'))
