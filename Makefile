@@ -50,7 +50,7 @@ demo: build
 	$(BUILD)/ocap run vats/caplets/demo.lua
 
 bench: build
-	$(BUILD)/ocap run bench/run.lua
+	OCAP_BIN=$(BUILD)/ocap $(BUILD)/ocap run bench/run.lua
 
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz
