@@ -2406,6 +2406,18 @@ static int k_run_loop(lua_State *L) {
   return 1;
 }
 
+/* K:loopBackend() -> fd, timeout  [-0, +2]
+ * The descriptor that becomes readable when the kernel's loop has IO or
+ * timers ready, and the milliseconds until its next timer (-1: none), so
+ * that a host loop can wake the kernel instead of polling it (ocap.h's
+ * ocap_host_attach_loop). */
+static int k_loop_backend(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  lua_pushinteger(L, uv_backend_fd(&lk->loop));
+  lua_pushinteger(L, lk->nfired > 0 ? 0 : uv_backend_timeout(&lk->loop));
+  return 2;
+}
+
 static const luaL_Reg kernel_methods[] = {
     {"close", k_close},
     {"kvGet", k_kv_get},
@@ -2449,6 +2461,7 @@ static const luaL_Reg kernel_methods[] = {
     {"vatLive", k_vat_live},
     {"vatMemory", k_vat_memory},
     {"loopAlive", k_loop_alive},
+    {"loopBackend", k_loop_backend},
     {"runLoop", k_run_loop},
     {NULL, NULL},
 };

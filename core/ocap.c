@@ -36,10 +36,6 @@ int luaopen_ocap_core(lua_State *L);
 #define OCAP_INSTALL_LUADIR "share/lua/5.4"
 #endif
 
-/* How long the attached loop waits before polling the kernel's own loop
- * again while a vat timer is pending and nothing else is to do. */
-#define OCAP_EMBED_POLL_MS 5
-
 typedef struct service {
   ocap_service_fn fn;
   void *ud;
@@ -48,10 +44,12 @@ typedef struct service {
 /* The loop handles of an attached host; freed by their close callbacks,
  * which may run after the host itself is gone. */
 typedef struct attach {
-  uv_idle_t idle;
-  uv_timer_t timer;
+  uv_idle_t idle;   /* active while the kernel has work */
+  uv_timer_t timer; /* due with the kernel loop's next timer */
+  uv_poll_t poll;   /* the kernel loop's backend descriptor */
   ocap_host_t *host;
   int open;
+  int polling; /* poll is initialized */
 } attach_t;
 
 struct ocap_reply {
@@ -327,6 +325,8 @@ static void really_free(ocap_host_t *h) {
     a->host = NULL;
     uv_close((uv_handle_t *)&a->idle, attach_closed);
     uv_close((uv_handle_t *)&a->timer, attach_closed);
+    if (a->polling)
+      uv_close((uv_handle_t *)&a->poll, attach_closed);
     h->attach = NULL;
   }
   for (ocap_reply_t *r = h->replies; r; r = r->next)
@@ -387,9 +387,14 @@ static void on_timer(uv_timer_t *handle) {
   pump(handle->data);
 }
 
+static void on_poll(uv_poll_t *handle, int status, int events) {
+  pump(handle->data);
+}
+
 /* Runs one bounded batch, then either stays on the idle handle (more work),
- * polls again on the timer (only vat timers pending) or sleeps until a
- * call of the API wakes it. */
+ * or waits for the kernel's own loop (vat timers, IO channels) through its
+ * backend descriptor and next timeout, which is how libuv lets one loop be
+ * embedded in another, or sleeps until a call of the API wakes it. */
 static void pump(attach_t *a) {
   ocap_host_t *h = a->host;
   if (h == NULL || h->doomed)
@@ -397,24 +402,38 @@ static void pump(attach_t *a) {
   enter(h);
   lua_State *L = h->L;
   push_method(L, h, "pump");
-  int busy = 0, alive = 0;
-  if (lua_pcall(L, 0, 2, 0) != LUA_OK) {
+  int busy = 0, alive = 0, fd = -1, timeout = -1;
+  if (lua_pcall(L, 0, 4, 0) != LUA_OK) {
     set_err(h, lua_tostring(L, -1));
     if (h->log && !h->doomed)
       h->log(h->log_ud, "{\"level\":\"error\",\"message\":\"ocap: the kernel's batch failed\"}");
     lua_pop(L, 1);
   } else {
-    busy = lua_toboolean(L, -2);
-    alive = lua_toboolean(L, -1);
-    lua_pop(L, 2);
+    busy = lua_toboolean(L, -4);
+    alive = lua_toboolean(L, -3);
+    fd = (int)luaL_optinteger(L, -2, -1);
+    timeout = (int)luaL_optinteger(L, -1, -1);
+    lua_pop(L, 4);
   }
   if (!h->doomed) {
     if (busy) {
       uv_idle_start(&a->idle, on_idle);
     } else {
       uv_idle_stop(&a->idle);
-      if (alive)
-        uv_timer_start(&a->timer, on_timer, OCAP_EMBED_POLL_MS, 0);
+      uv_timer_stop(&a->timer);
+      if (alive && fd >= 0 && !a->polling && uv_poll_init(a->idle.loop, &a->poll, fd) == 0) {
+        a->poll.data = a;
+        a->polling = 1;
+        a->open++;
+      }
+      if (a->polling) {
+        if (alive)
+          uv_poll_start(&a->poll, UV_READABLE, on_poll);
+        else
+          uv_poll_stop(&a->poll);
+      }
+      if (alive && timeout >= 0)
+        uv_timer_start(&a->timer, on_timer, (uint64_t)timeout, 0);
     }
   }
   leave(h, 0);

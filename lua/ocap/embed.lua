@@ -97,7 +97,9 @@ function M.make(C, json, database, resetStorage, baseDir, withLogger)
   end
 
   --- Runs cranks and turns in one bounded batch; returns whether it did
-  --- anything, and whether the kernel's own loop (vat timers) is alive.
+  --- anything, and whether the kernel's own loop (vat timers, IO) is
+  --- alive, with that loop's descriptor and the milliseconds until its
+  --- next timer, so the host loop can wake the kernel when they are due.
   function self.pump()
     if kernel.stopped then return false, false end
     if promise.hasTurns() then kernel:_flushIfNeeded() end
@@ -106,7 +108,8 @@ function M.make(C, json, database, resetStorage, baseDir, withLogger)
     if visible then kernel:_afterHostCode() end
     if ran == 0 and not promise.hasTurns() then
       kernel:_flushIfNeeded()
-      return false, kernel.K:loopAlive()
+      if not kernel.K:loopAlive() then return false, false end
+      return false, true, kernel.K:loopBackend()
     end
     return true, true
   end

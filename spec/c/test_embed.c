@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ocap.h"
 
@@ -295,6 +296,69 @@ static int test_attached(void) {
   return fails;
 }
 
+/* Writes text to dir/name. */
+static void write_file(const char *dir, const char *name, const char *text) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "w");
+  if (f) {
+    fputs(text, f);
+    fclose(f);
+  }
+}
+
+/* A vat timer on an attached kernel: the host loop wakes the kernel when
+ * the kernel's own loop is due (its backend descriptor and timeout), so
+ * uv_run does not return before the timer's result arrives. */
+static int test_attached_vat_timer(void) {
+  int fails = 0;
+  char dir[] = "/tmp/ocap-embed-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  write_file(dir, "sleeper.lua",
+             "local ocap = require 'ocap'\n"
+             "return { buildRootObject = function()\n"
+             "  return ocap.makeDefaultExo('sleeper', {\n"
+             "    sleep = function(_, ms)\n"
+             "      local kit = ocap.makePromiseKit()\n"
+             "      setTimeout(function() kit.resolve('woke') end, ms)\n"
+             "      return kit.promise\n"
+             "    end,\n"
+             "  })\n"
+             "end }\n");
+  write_file(dir, "sleeper-cluster.lua",
+             "return { bootstrap = 's', vats = { s = { sourceSpec = 'sleeper.lua',\n"
+             "  globals = { 'setTimeout' } } } }\n");
+  ocap_host_options_t opts = {.base_dir = dir, .logger = quiet};
+  ocap_host_t *h = NULL;
+  CHECK(ocap_host_new(&opts, &h, NULL) == 0);
+  if (h == NULL)
+    return fails;
+  seen_t s = {.host = h};
+  uv_loop_t loop;
+  CHECK(uv_loop_init(&loop) == 0);
+  CHECK(ocap_host_attach_loop(h, &loop) == 0);
+  char config[600];
+  snprintf(config, sizeof config, "%s/sleeper-cluster.lua", dir);
+  CHECK(ocap_host_launch_file(h, config, on_result, &s) == 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(s.results == 1 && s.ok);
+  const char *k = strstr(s.text, "\"rootKref\":\"");
+  char sleeper[32] = "";
+  CHECK(k != NULL && sscanf(k + 12, "%31[^\"]", sleeper) == 1);
+  CHECK(ocap_host_queue_message(h, sleeper, "sleep", "[30]", on_result, &s) == 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(s.results == 2 && s.ok && strcmp(s.text, "\"woke\"") == 0);
+  ocap_host_free(h);
+  uv_run(&loop, UV_RUN_DEFAULT); /* the handles' close callbacks */
+  CHECK(uv_loop_close(&loop) == 0);
+  snprintf(config, sizeof config, "%s/sleeper.lua", dir);
+  remove(config);
+  snprintf(config, sizeof config, "%s/sleeper-cluster.lua", dir);
+  remove(config);
+  rmdir(dir);
+  return fails;
+}
+
 int main(void) {
   int fails = 0;
   fails += test_bad_handles();
@@ -305,6 +369,7 @@ int main(void) {
   fails += test_free_in_callback();
   fails += test_script();
   fails += test_attached();
+  fails += test_attached_vat_timer();
   if (fails) {
     fprintf(stderr, "test_embed: %d failure(s)\n", fails);
     return 1;
