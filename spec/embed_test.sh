@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The C embedding example (host/examples/embed): run as built here, then
-# built out of tree with `cc app.c $(pkg-config --cflags --libs ocap)`
+# built out of tree with `env -u LD_PRELOAD cc app.c $(pkg-config --cflags --libs ocap)`
 # against a `cmake --install` into a temporary prefix, and run again with
 # only that prefix's modules and library.
 #   spec/embed_test.sh BUILD_DIR
@@ -20,13 +20,14 @@ check "$("$build/embed_app" "$ex")"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-cmake --install "$build" --prefix "$tmp/prefix" >"$tmp/install.log" 2>&1 ||
+# cmake and cc run without the sanitizer preload of `make asan`.
+env -u LD_PRELOAD cmake --install "$build" --prefix "$tmp/prefix" >"$tmp/install.log" 2>&1 ||
   { cat "$tmp/install.log"; exit 1; }
 mv "$tmp/prefix" "$tmp/moved"
 cp "$ex/app.c" "$ex/cluster.lua" "$ex/adder-vat.lua" "$tmp/"
 cd "$tmp"
 export PKG_CONFIG_PATH="$tmp/moved/lib/pkgconfig"
 # shellcheck disable=SC2046
-cc app.c $(pkg-config --cflags --libs ocap) -Wl,-rpath,"$tmp/moved/lib" -o app
+env -u LD_PRELOAD cc app.c $(pkg-config --cflags --libs ocap) -Wl,-rpath,"$tmp/moved/lib" -o app
 check "$(env -u LUA_PATH -u LUA_CPATH -u OCAP_LUADIR ./app "$tmp")"
 echo "embed ok"
