@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "idtable.h"
+
 typedef struct orec {
   long long id;              /* the N of koN */
   char owner[OCAP_REF_MAX];  /* "" when none */
@@ -25,16 +27,10 @@ typedef struct orec {
 } orec_t;
 
 struct ocap__objects {
-  orec_t **slots; /* open addressing with linear probing, by id */
-  size_t mask, n;
+  ocap__idtable_t table; /* the records in memory, by id */
   orec_t **dirty;
   size_t ndirty, capdirty;
 };
-
-static size_t id_hash(long long id) {
-  unsigned long long h = (unsigned long long)id * 0x9e3779b97f4a7c15ULL;
-  return (size_t)(h ^ (h >> 29));
-}
 
 /* The N of "koN", or -1 when koid is not an object id. */
 static long long ko_number(const char *koid) {
@@ -53,62 +49,19 @@ static int gone(const orec_t *r) {
   return !r->owner[0] && !r->revoked;
 }
 
-static orec_t **find_slot(struct ocap__objects *t, long long id) {
-  for (size_t i = id_hash(id) & t->mask;; i = (i + 1) & t->mask)
-    if (!t->slots[i] || t->slots[i]->id == id)
-      return &t->slots[i];
-}
-
-static int table_grow(struct ocap__objects *t) {
-  if ((t->n + 1) * 2 <= t->mask + 1)
-    return 0;
-  size_t oldcap = t->mask + 1, cap = oldcap * 2;
-  orec_t **old = t->slots, **ns = calloc(cap, sizeof *ns);
-  if (!ns)
-    return OCAP_ENOMEM;
-  t->slots = ns;
-  t->mask = cap - 1;
-  for (size_t i = 0; i < oldcap; i++)
-    if (old[i])
-      *find_slot(t, old[i]->id) = old[i];
-  free(old);
-  return 0;
-}
-
-/* Removes the record in slot i, shifting back the ones probed past it. */
-static void table_remove(struct ocap__objects *t, size_t i) {
-  free(t->slots[i]);
-  t->slots[i] = NULL;
-  t->n--;
-  for (size_t j = (i + 1) & t->mask; t->slots[j]; j = (j + 1) & t->mask) {
-    size_t home = id_hash(t->slots[j]->id) & t->mask;
-    if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
-      t->slots[i] = t->slots[j];
-      t->slots[j] = NULL;
-      i = j;
-    }
-  }
-}
-
 int ocap__objects_new(ocap_kernel_t *k) {
   struct ocap__objects *t = calloc(1, sizeof *t);
-  if (t)
-    t->slots = calloc(64, sizeof *t->slots);
-  if (!t || !t->slots) {
+  if (!t || ocap__idtable_init(&t->table, 64)) {
     free(t);
     return OCAP_ENOMEM;
   }
-  t->mask = 63;
   k->o = t;
   return 0;
 }
 
+/* Forgets every record, and with them the list of changed ones. */
 static void drop_all(struct ocap__objects *t) {
-  for (size_t i = 0; i <= t->mask; i++) {
-    free(t->slots[i]);
-    t->slots[i] = NULL;
-  }
-  t->n = 0;
+  ocap__idtable_clear(&t->table, free);
   t->ndirty = 0;
 }
 
@@ -116,8 +69,7 @@ void ocap__objects_free(ocap_kernel_t *k) {
   struct ocap__objects *t = k->o;
   if (!t)
     return;
-  drop_all(t);
-  free(t->slots);
+  ocap__idtable_free(&t->table, free);
   free(t->dirty);
   free(t);
 }
@@ -135,16 +87,12 @@ static int lookup(ocap_kernel_t *k, const char *koid, int create, int fresh, ore
     return create ? ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not an object id",
                                  koid)
                   : 0;
-  orec_t **sl = find_slot(t, id);
-  if (*sl) {
-    *out = *sl;
+  *out = ocap__idtable_find(&t->table, id);
+  if (*out)
     return 0;
-  }
   orec_t *r = calloc(1, sizeof *r);
-  if (!r || table_grow(t)) {
-    free(r);
+  if (!r)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading object %s", koid);
-  }
   r->id = id;
   int rc = fresh ? 0 : ocap__get_ref(k, r->owner, "%s.owner", koid);
   if (rc >= 0 && !fresh)
@@ -155,8 +103,10 @@ static int lookup(ocap_kernel_t *k, const char *koid, int create, int fresh, ore
   }
   memcpy(r->cowner, r->owner, sizeof r->cowner);
   r->crevoked = r->revoked;
-  *find_slot(t, id) = r;
-  t->n++;
+  if (ocap__idtable_insert(&t->table, r)) {
+    free(r);
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory reading object %s", koid);
+  }
   *out = r;
   return 0;
 }
@@ -218,10 +168,9 @@ int ocap__set_revoked(ocap_kernel_t *k, const char *koid) {
 int ocap__objects_check(ocap_kernel_t *k) {
   struct ocap__objects *t = k->o;
   int rc = 0;
-  for (size_t i = 0; i <= t->mask && !rc; i++) {
-    orec_t *r = t->slots[i];
-    if (!r)
-      continue;
+  size_t pos = 0;
+  orec_t *r;
+  while (!rc && (r = ocap__idtable_next(&t->table, &pos)) != NULL) {
     char koid[OCAP_REF_MAX];
     memcpy(koid, "ko", 2);
     koid[2 + ocap__fmt_ll(koid + 2, r->id)] = '\0';
@@ -238,9 +187,10 @@ void ocap__objects_forget(ocap_kernel_t *k, const char *koid) {
   long long id = ko_number(koid);
   if (id < 0)
     return;
-  orec_t **sl = find_slot(t, id);
-  if (*sl && !(*sl)->dirty)
-    table_remove(t, (size_t)(sl - t->slots));
+  orec_t *r = ocap__idtable_find(&t->table, id);
+  /* A changed record holds values the store does not have yet. */
+  if (r && !r->dirty)
+    free(ocap__idtable_remove(&t->table, id));
 }
 
 int ocap__objects_prepare(ocap_kernel_t *k) {
@@ -275,12 +225,8 @@ static void end_crank(struct ocap__objects *t, int keep) {
       r->revoked = r->crevoked;
     }
     r->dirty = 0;
-    if (gone(r)) {
-      size_t j = id_hash(r->id) & t->mask;
-      while (t->slots[j] != r)
-        j = (j + 1) & t->mask;
-      table_remove(t, j);
-    }
+    if (gone(r))
+      free(ocap__idtable_remove(&t->table, r->id));
   }
   t->ndirty = 0;
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "capdata.h"
+#include "idtable.h"
 #include "queue.h"
 #include "refs.h"
 
@@ -44,7 +45,10 @@ static int gone(const prec_t *r) {
   return r->state == ST_NONE && r->refs < 0 && !r->decider[0] && !r->subs && r->qtail == 0;
 }
 
-static void prec_free(prec_t *r) {
+/* Frees a record and its subscriber lists; it takes a void pointer so
+ * that the table can hand records to it (idtable.h). */
+static void prec_free(void *p) {
+  prec_t *r = p;
   if (r->subs != r->csubs)
     free(r->subs);
   free(r->csubs);
@@ -52,18 +56,12 @@ static void prec_free(prec_t *r) {
 }
 
 struct ocap__promises {
-  prec_t **slots; /* open addressing with linear probing, by id */
-  size_t mask, n;
+  ocap__idtable_t table; /* the records in memory, by id */
   prec_t **dirty;
   size_t ndirty, capdirty;
 };
 
 static const char *const state_name[] = {NULL, "unresolved", "fulfilled", "rejected"};
-
-static size_t id_hash(long long id) {
-  unsigned long long h = (unsigned long long)id * 0x9e3779b97f4a7c15ULL;
-  return (size_t)(h ^ (h >> 29));
-}
 
 /* The N of "kpN", or -1 when kpid is not a promise id. */
 static long long kp_number(const char *kpid) {
@@ -78,65 +76,19 @@ static long long kp_number(const char *kpid) {
   return n;
 }
 
-static prec_t **find_slot(struct ocap__promises *t, long long id) {
-  for (size_t i = id_hash(id) & t->mask;; i = (i + 1) & t->mask)
-    if (!t->slots[i] || t->slots[i]->id == id)
-      return &t->slots[i];
-}
-
-static int table_grow(struct ocap__promises *t) {
-  if ((t->n + 1) * 2 <= t->mask + 1)
-    return 0;
-  size_t cap = (t->mask + 1) * 2;
-  prec_t **old = t->slots, **ns = calloc(cap, sizeof *ns);
-  if (!ns)
-    return OCAP_ENOMEM;
-  size_t oldcap = t->mask + 1;
-  t->slots = ns;
-  t->mask = cap - 1;
-  for (size_t i = 0; i < oldcap; i++)
-    if (old[i])
-      *find_slot(t, old[i]->id) = old[i];
-  free(old);
-  return 0;
-}
-
-/* Removes the record in slot i, shifting back the ones probed past it. */
-static void table_remove(struct ocap__promises *t, size_t i) {
-  prec_free(t->slots[i]);
-  t->slots[i] = NULL;
-  t->n--;
-  for (size_t j = (i + 1) & t->mask; t->slots[j]; j = (j + 1) & t->mask) {
-    size_t home = id_hash(t->slots[j]->id) & t->mask;
-    /* Move j back to i unless its home lies cyclically in (i, j]. */
-    if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
-      t->slots[i] = t->slots[j];
-      t->slots[j] = NULL;
-      i = j;
-    }
-  }
-}
-
 int ocap__promises_new(ocap_kernel_t *k) {
   struct ocap__promises *t = calloc(1, sizeof *t);
-  if (t)
-    t->slots = calloc(64, sizeof *t->slots);
-  if (!t || !t->slots) {
+  if (!t || ocap__idtable_init(&t->table, 64)) {
     free(t);
     return OCAP_ENOMEM;
   }
-  t->mask = 63;
   k->p = t;
   return 0;
 }
 
+/* Forgets every record, and with them the list of changed ones. */
 static void drop_all(struct ocap__promises *t) {
-  for (size_t i = 0; i <= t->mask; i++) {
-    if (t->slots[i])
-      prec_free(t->slots[i]);
-    t->slots[i] = NULL;
-  }
-  t->n = 0;
+  ocap__idtable_clear(&t->table, prec_free);
   t->ndirty = 0;
 }
 
@@ -144,8 +96,7 @@ void ocap__promises_free(ocap_kernel_t *k) {
   struct ocap__promises *t = k->p;
   if (!t)
     return;
-  drop_all(t);
-  free(t->slots);
+  ocap__idtable_free(&t->table, prec_free);
   free(t->dirty);
   free(t);
 }
@@ -163,16 +114,12 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
     return create ? ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not a promise id",
                                  kpid)
                   : 0;
-  prec_t **sl = find_slot(t, id);
-  if (*sl) {
-    *out = *sl;
+  *out = ocap__idtable_find(&t->table, id);
+  if (*out)
     return 0;
-  }
   prec_t *r = calloc(1, sizeof *r);
-  if (!r || table_grow(t)) {
-    free(r);
+  if (!r)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
-  }
   r->id = id;
   ocap__buf_t subs = {0};
   int rc = r->state = ocap__read_state(k, kpid);
@@ -200,8 +147,10 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
   r->csubs = r->subs;
   r->csubslen = r->subslen;
   r->cqtail = r->qtail;
-  *find_slot(t, id) = r;
-  t->n++;
+  if (ocap__idtable_insert(&t->table, r)) {
+    prec_free(r);
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
+  }
   *out = r;
   return 0;
 }
@@ -211,15 +160,15 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
 static int fresh(ocap_kernel_t *k, const char *kpid, prec_t **out) {
   struct ocap__promises *t = k->p;
   prec_t *r = calloc(1, sizeof *r);
-  if (!r || table_grow(t)) {
+  if (r) {
+    r->id = kp_number(kpid);
+    r->state = r->cstate = ST_NONE;
+    r->refs = r->crefs = -1;
+  }
+  if (!r || ocap__idtable_insert(&t->table, r)) {
     free(r);
     return ocap__broken(k, OCAP_ENOMEM, "out of memory making promise %s", kpid);
   }
-  r->id = kp_number(kpid);
-  r->state = r->cstate = ST_NONE;
-  r->refs = r->crefs = -1;
-  *find_slot(t, r->id) = r;
-  t->n++;
   *out = r;
   return 0;
 }
@@ -308,10 +257,9 @@ static int set_promise(ocap_kernel_t *k, const char *kpid, int state, long long 
 int ocap__promises_check(ocap_kernel_t *k) {
   struct ocap__promises *t = k->p;
   int rc = 0;
-  for (size_t i = 0; i <= t->mask && !rc; i++) {
-    prec_t *r = t->slots[i];
-    if (!r)
-      continue;
+  size_t pos = 0;
+  prec_t *r;
+  while (!rc && (r = ocap__idtable_next(&t->table, &pos)) != NULL) {
     char kpid[OCAP_REF_MAX], v[32];
     memcpy(kpid, "kp", 2);
     kpid[2 + ocap__fmt_ll(kpid + 2, r->id)] = '\0';
@@ -337,9 +285,10 @@ void ocap__promises_forget(ocap_kernel_t *k, const char *kpid) {
   long long id = kp_number(kpid);
   if (id < 0)
     return;
-  prec_t **sl = find_slot(t, id);
-  if (*sl && !(*sl)->dirty)
-    table_remove(t, (size_t)(sl - t->slots));
+  prec_t *r = ocap__idtable_find(&t->table, id);
+  /* A changed record holds values the store does not have yet. */
+  if (r && !r->dirty)
+    prec_free(ocap__idtable_remove(&t->table, id));
 }
 
 int ocap__promises_prepare(ocap_kernel_t *k) {
@@ -396,12 +345,8 @@ static void settle_dirty(struct ocap__promises *t, int keep) {
       r->qtail = r->cqtail;
     }
     r->dirty = 0;
-    if (gone(r)) {
-      size_t j = id_hash(r->id) & t->mask;
-      while (t->slots[j] != r)
-        j = (j + 1) & t->mask;
-      table_remove(t, j);
-    }
+    if (gone(r))
+      prec_free(ocap__idtable_remove(&t->table, r->id));
   }
   t->ndirty = 0;
 }
