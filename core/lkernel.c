@@ -924,26 +924,35 @@ static int sys_timer_stop(lua_State *V) {
 }
 
 /*
- * decode(fn, ...) -> fn(...)  [-n, +r, e]
- * Liveslots decodes the capdata of every delivery through it. When the
- * decoding exhausts the vat's memory or meter, the record says so, and the
- * kernel refuses the delivery instead of terminating the vat for what its
- * sender made it decode (refuse_decode). A vat that wraps its own code in
- * it only spares itself.
+ * decode(fn, ...) -> true, fn(...) | false, err  [-n, +r, e]
+ * Liveslots decodes the capdata of every delivery through it, as through
+ * pcall: this is the delivery's one protected call around decoding. When
+ * the decoding exhausts the vat's memory or meter, the record says so and
+ * the error is raised on, and the kernel refuses the delivery instead of
+ * terminating the vat for what its sender made it decode (refuse_decode).
+ * A vat that wraps its own code in it only spares itself.
  */
 static int sys_decode(lua_State *V) {
   lvat_t *rec = sysvat(V);
   luaL_checktype(V, 1, LUA_TFUNCTION);
   int st = lua_pcall(V, lua_gettop(V) - 1, LUA_MULTRET, 0);
-  if (st == LUA_OK)
+  if (st == LUA_OK) {
+    lua_pushboolean(V, 1);
+    lua_insert(V, 1);
     return lua_gettop(V);
+  }
   if (ocap_vat_fatal(rec->vat)) {
     rec->decode_failed = 1;
-  } else if (st == LUA_ERRMEM) {
+    return lua_error(V);
+  }
+  if (st == LUA_ERRMEM) {
     /* One refused buffer, short of exhaustion: an ordinary error. */
+    lua_pop(V, 1);
     lua_pushfstring(V, "vat %s has no memory to decode this message", rec->id);
   }
-  return lua_error(V);
+  lua_pushboolean(V, 0);
+  lua_insert(V, -2);
+  return 2;
 }
 
 /* traceback(msg?) -> string  [-0, +1, e]

@@ -190,7 +190,7 @@ function M.make(opts)
   local log = opts.log or function() end
   -- Deliveries are decoded through the kernel's decode syscall, so that a
   -- message too costly to decode is refused instead of ending the vat.
-  local decode = syscall.decode or function(f, capdata) return f(capdata) end
+  local decode = syscall.decode or pcall
   local wrapError = opts.wrapError
   local explain = opts.explain or function(e) return e end
 
@@ -342,7 +342,7 @@ function M.make(opts)
   local capdata = {}
   local function decodeCapdata(body, slots)
     capdata.body, capdata.slots = body, slots
-    local ok, v = pcall(decode, m.unserialize, capdata)
+    local ok, v = decode(m.unserialize, capdata)
     capdata.body, capdata.slots = nil, nil
     return ok, v
   end
