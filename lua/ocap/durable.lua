@@ -70,7 +70,8 @@ function M.make(syscall, m, ls)
 
     local function stateFor(vref)
       local skey = 'durable.state.' .. vref:sub(6)
-      local record = decode(get(skey) or '\n#{}')
+      local current = get(skey)
+      local record = decode(current or '\n#{}')
       return setmetatable({}, {
         __index = function(_, k) return record[k] end,
         __newindex = function(_, k, v)
@@ -85,6 +86,9 @@ function M.make(syscall, m, ls)
             error(enc, 2)
           end
           set(skey, enc)
+          -- The objects the state names are held by it (liveslots, docs/gc.md).
+          ls.storeRefsChanged(current, enc)
+          current = enc
         end,
         __pairs = function() return pairs(record) end,
       })
@@ -107,6 +111,7 @@ function M.make(syscall, m, ls)
       local enc = encode(state, kind .. ' state')
       local vref = 'o+d3/' .. kindId .. ':' .. nextId()
       set('durable.state.' .. vref:sub(6), enc)
+      ls.storeRefsChanged(nil, enc)
       return revive(vref)
     end
   end

@@ -147,13 +147,22 @@ local localCall = makeCaller(function() end, nil, function(e) return e end)
 
 --- Makes a liveslots instance.
 ---@param opts table { syscall, vatId, kind = 'vat'|'kernel', allocObject, allocPromise, log, wrapError,
----  explain = function(message) -> message, for string errors methods raise }
+---  explain = function(message) -> message, for string errors methods raise,
+---  collect = function() that runs a full collection (default: syscall.collectGarbage or collectgarbage) }
 function M.make(opts)
   local syscall = opts.syscall
   local ls = { vatId = opts.vatId, kind = opts.kind }
   local exports = {}                                  -- vref -> local object (strong)
   local valToVref = setmetatable({}, { __mode = 'k' }) -- local object/promise -> vref
   local imports = setmetatable({}, { __mode = 'v' })   -- vref -> presence
+  -- Garbage collection (docs/gc.md). The Lua collector decides what the
+  -- heap still holds; liveslots looks only at reap points
+  -- (bringOutYourDead), so what it reports depends on the heap's contents,
+  -- never on when the collector happened to run.
+  local reachable = {}  -- import vref -> true: the kernel counts it reachable from here
+  local dropped = {}    -- export vref -> true: the kernel asked us to drop it
+  local ndropped = 0    -- entries of dropped, so that sends skip the check while none is
+  local weakExports = setmetatable({}, { __mode = 'v' }) -- dropped export vref -> object, not held
   local pending = {}                                   -- vpid -> promise we wait on
   local exportedPromises = {}                           -- vpid -> local promise
   -- Export and promise numbers are never reused, even across restarts, so
@@ -249,6 +258,110 @@ function M.make(opts)
     return durableKit and durableKit.fromVref(vref)
   end
 
+  -- ---- What the heap holds (garbage collection, docs/gc.md) ----
+
+  local vget, vset, vdel = syscall.vatstoreGet, syscall.vatstoreSet, syscall.vatstoreDelete
+  -- References held in the vat's store (a store entry, a durable object's
+  -- state) hold an import or export as the heap would: the Lua collector
+  -- cannot see them, as the store keeps only the vref. Their count per vref
+  -- is kept in the store itself, under this prefix, so that it survives a
+  -- restart with the data it counts.
+  local STORE_REFS = 'gc.rc.'
+
+  --- How many store-held references name vref.
+  local function storeRefs(vref)
+    if not vget then return 0 end
+    return storedCount(vget, STORE_REFS .. vref, 0)
+  end
+
+  --- Holds a dropped export strongly again, if the heap still has it.
+  local function hold(vref)
+    local obj = weakExports[vref]
+    if obj ~= nil then
+      exports[vref] = obj
+      weakExports[vref] = nil
+    end
+  end
+
+  --- Stops holding an export the kernel had us drop: it stays known (and
+  --- keeps its vref) for as long as something in the heap holds it. The
+  --- root, and an export a store names, stay held: the store keeps only
+  --- its vref, which must still lead to the object when the store is read.
+  local function release(vref)
+    local obj = exports[vref]
+    if obj == nil or vref == 'o+0' or storeRefs(vref) > 0 then return end
+    exports[vref] = nil
+    weakExports[vref] = obj
+  end
+
+  --- slots go to the kernel in a message or a resolution: a dropped export
+  --- among them is reachable again, and held again.
+  local function resent(slots)
+    for i = 1, #slots do
+      local vref = slots[i]
+      if dropped[vref] then
+        dropped[vref] = nil
+        ndropped = ndropped - 1
+        hold(vref)
+      end
+    end
+  end
+
+  --- Counts a reference to vref that the vat's store gains (delta 1) or
+  --- loses (delta -1): the store and durable kits call this for every slot
+  --- of a value they write or delete. Promise refs are not counted (durable
+  --- state cannot hold promises).
+  ---@param vref string
+  ---@param delta integer
+  function ls.storeRef(vref, delta)
+    if ssub(vref, 1, 1) == 'p' or ssub(vref, 1, 2) == 'kp' then return end
+    local n = storeRefs(vref) + delta
+    if n < 0 then
+      error(('store reference count of %s would go below zero'):format(vref), 0)
+    end
+    if n == 0 then vdel(STORE_REFS .. vref) else vset(STORE_REFS .. vref, tostring(n)) end
+    if delta > 0 then
+      hold(vref)
+    elseif n == 0 and dropped[vref] then
+      release(vref)
+    end
+  end
+
+  --- The slots of a stored value ("<slots>\n<body>", as the store kit
+  --- encodes it), as a set.
+  local function storedSlots(encoded, into)
+    if encoded then
+      local nl = sfind(encoded, '\n', 1, true) or #encoded + 1
+      for slot in ssub(encoded, 1, nl - 1):gmatch('%S+') do into[slot] = (into[slot] or 0) + 1 end
+    end
+    return into
+  end
+
+  --- A stored value changes from old to new (either nil when absent, else
+  --- "<slots>\n<body>"): counts the references it gains and loses, once
+  --- per vref and value. What the store kits call on every write.
+  ---@param old string|nil
+  ---@param new string|nil
+  function ls.storeRefsChanged(old, new)
+    if old == nil and new == nil then return end
+    local delta = storedSlots(new, {})
+    local gone = storedSlots(old, {})
+    for slot, n in pairs(gone) do delta[slot] = (delta[slot] or 0) - n end
+    local changed = {}
+    for slot, n in pairs(delta) do
+      if n ~= 0 then changed[#changed + 1] = slot end
+    end
+    table.sort(changed)
+    for _, slot in ipairs(changed) do ls.storeRef(slot, delta[slot]) end
+  end
+
+  --- True when the kernel had this vat drop the export vref and it has not
+  --- been sent again since (for the durable kit, which decides when a
+  --- virtual object nobody holds is deleted).
+  function ls.isDropped(vref)
+    return dropped[vref] == true
+  end
+
   --- Resolves vpid with value, or rejects it; a value that cannot be
   --- passed rejects it with an error saying why.
   local function settleVpid(vpid, fulfilled, value)
@@ -257,6 +370,7 @@ function M.make(opts)
       fulfilled = false
       cd = m.serialize(pass.makeError('result is not passable: ' .. stripPosition(tostring(cd))))
     end
+    if ndropped > 0 then resent(cd.slots) end
     syscall.resolve(vpid, not fulfilled, cd.body, cd.slots)
   end
 
@@ -283,6 +397,7 @@ function M.make(opts)
     presenceInfo[pr] = { ls = ls, vref = vref, iface = iface }
     pass.registerRemotable(pr, iface)
     imports[vref] = pr
+    reachable[vref] = true
     return pr
   end
 
@@ -329,6 +444,9 @@ function M.make(opts)
     end
     local store = ssub(slot, 1, 3) == 'o+d' and durableObject(slot)
     if store then return store end
+    -- An export the kernel had us drop is still ours while the heap keeps it.
+    local kept = weakExports[slot]
+    if kept ~= nil then return kept end
     if ssub(slot, 1, 2) == 'o+' then
       error(('object %s no longer exists in vat %s'):format(slot, tostring(ls.vatId)), 0)
     end
@@ -351,6 +469,7 @@ function M.make(opts)
   --- Sends method(args) to a kernel ref; returns the result promise.
   local function sendTo(vref, method, args, wantResult)
     local cd = m.serializeCall(method, args)
+    if ndropped > 0 then resent(cd.slots) end
     local resultVpid = wantResult and allocPromise() or nil
     syscall.send(vref, cd.body, cd.slots, resultVpid)
     if resultVpid then
@@ -430,7 +549,10 @@ function M.make(opts)
     -- designates, checking revocation on the way. Running it here on the
     -- local object the promise resolved to would skip that check.
     local target = exports[targetVref]
-    if target == nil and ssub(targetVref, 1, 3) == 'o+d' then target = durableObject(targetVref) end
+    if target == nil then
+      target = weakExports[targetVref]
+      if target == nil and ssub(targetVref, 1, 3) == 'o+d' then target = durableObject(targetVref) end
+    end
     local ok, methargs = decodeCapdata(body, slots)
     if target == nil then
       rejectResult(resultVpid, pass.makeError(
@@ -489,6 +611,134 @@ function M.make(opts)
     end
   end
 
+  -- ---- GC deliveries and reap points ----
+
+  --- Whether vref is an export of ours that lives only in the heap: not the
+  --- root, not a durable object or store (those outlive the heap).
+  local function ephemeral(vref)
+    return vref ~= 'o+0' and ssub(vref, 1, 3) ~= 'o+d'
+  end
+
+  --- dropExports: nobody can reach these exports any more. They stay
+  --- recognizable: the heap may still hold them, and may send them again.
+  local function dropExports(vrefs)
+    for i = 1, #vrefs do
+      local vref = vrefs[i]
+      if not dropped[vref] then
+        dropped[vref] = true
+        ndropped = ndropped + 1
+        release(vref)
+      end
+    end
+  end
+
+  --- retireExports: nobody can even recognize these exports any more:
+  --- forget their vrefs. An object the heap still holds gets a new vref if
+  --- it is sent again. A durable object keeps its vref, which is its
+  --- identity in the store; so does an object a store names.
+  local function retireExports(vrefs)
+    for i = 1, #vrefs do
+      local vref = vrefs[i]
+      if dropped[vref] then
+        dropped[vref] = nil
+        ndropped = ndropped - 1
+      end
+      if ephemeral(vref) and storeRefs(vref) == 0 then
+        local obj = exports[vref] or weakExports[vref]
+        exports[vref], weakExports[vref] = nil, nil
+        if obj ~= nil and valToVref[obj] == vref then valToVref[obj] = nil end
+      end
+    end
+  end
+
+  --- retireImports: the exporter retired these objects; nothing can meet
+  --- their vrefs again.
+  local function retireImports(vrefs)
+    for i = 1, #vrefs do
+      local vref = vrefs[i]
+      reachable[vref] = nil
+      imports[vref] = nil
+    end
+  end
+
+  --- A full collection, so that the weak tables hold exactly what the heap
+  --- still reaches: twice, as an object a finalizer revives is only freed
+  --- by the next cycle. A vat's sandbox has no collectgarbage: there the
+  --- kernel's collectGarbage syscall does it.
+  local collect = opts.collect or syscall.collectGarbage or (collectgarbage and function()
+    collectgarbage('collect')
+    collectgarbage('collect')
+  end)
+
+  --- The imports the heap no longer holds, and that no store names, sorted.
+  local function deadImports(all)
+    local list = {}
+    for vref in pairs(reachable) do
+      if (all or imports[vref] == nil) and storeRefs(vref) == 0 then list[#list + 1] = vref end
+    end
+    table.sort(list)
+    return list
+  end
+
+  --- Drops and retires list: the heap cannot reach these imports, nor, as
+  --- nothing in Lua can hold a ref without its presence, recognize them.
+  local function releaseImports(list)
+    if #list == 0 then return end
+    local retire = {}
+    for i = 1, #list do retire[i] = list[i] end
+    syscall.dropImports(list)
+    syscall.retireImports(retire)
+  end
+
+  --- bringOutYourDead: a reap point, the only time liveslots reports what
+  --- the heap let go of. Imports whose presence was collected and that no
+  --- store names are dropped and retired; dropped exports the heap no
+  --- longer holds are retired. Each list is sorted, so that the syscalls
+  --- depend on what the heap holds, not on table order.
+  local function bringOutYourDead()
+    if collect then collect() end
+    if ls.onReap then ls.onReap() end
+    if syscall.dropImports then
+      local list = deadImports(false)
+      for i = 1, #list do reachable[list[i]] = nil end
+      releaseImports(list)
+    end
+    if syscall.retireExports and ndropped > 0 then
+      local list = {}
+      for vref in pairs(dropped) do
+        if exports[vref] == nil and weakExports[vref] == nil and ephemeral(vref) then list[#list + 1] = vref end
+      end
+      if #list > 0 then
+        table.sort(list)
+        for i = 1, #list do dropped[list[i]] = nil end
+        ndropped = ndropped - #list
+        syscall.retireExports(list)
+      end
+    end
+  end
+
+  --- stopVat: this heap is about to go (an upgrade replaces it). Its
+  --- ephemeral exports are abandoned, and the imports only it held are
+  --- released; what the store holds stays for the next incarnation. The
+  --- tables are left as they are, so that a heap put back after a failed
+  --- upgrade still agrees with the kernel, whose writes are undone.
+  local function stopVat()
+    if syscall.abandonExports then
+      local seen, list = {}, {}
+      for _, t in ipairs({ exports, weakExports, dropped }) do
+        for vref in pairs(t) do
+          if not seen[vref] and ssub(vref, 1, 2) == 'o+' and ephemeral(vref) and storeRefs(vref) == 0 then
+            seen[vref] = true
+            list[#list + 1] = vref
+          end
+        end
+      end
+      table.sort(list)
+      if #list > 0 then syscall.abandonExports(list) end
+    end
+    if syscall.dropImports then releaseImports(deadImports(true)) end
+  end
+
   --- The dispatch function the kernel calls for every delivery.
   function ls.dispatch(kind, a, b, c, d)
     if kind == 'message' then
@@ -501,6 +751,21 @@ function M.make(opts)
       local ok, err = ls.startVat(a, b, c)
       if ok and counting then saveCounters() end
       return ok, err
+    elseif kind == 'bringOutYourDead' then
+      bringOutYourDead()
+      return
+    elseif kind == 'dropExports' then
+      dropExports(a)
+      return
+    elseif kind == 'retireExports' then
+      retireExports(a)
+      return
+    elseif kind == 'retireImports' then
+      retireImports(a)
+      return
+    elseif kind == 'stopVat' then
+      stopVat()
+      return
     else
       error('unknown delivery ' .. tostring(kind))
     end

@@ -172,6 +172,13 @@ function M.make(syscall, m, ls, bag, bagMeta)
   end
 
   local storeMT = bagMeta and bagMeta.__metatable or {}
+  -- What a write gains and loses in references to objects, which keep
+  -- them alive as the heap does (liveslots, docs/gc.md): only values that
+  -- hold slots cost anything.
+  local function storeRefsChanged(old, new)
+    if (old == nil or sbyte(old, 1) == 10) and (new == nil or sbyte(new, 1) == 10) then return end
+    ls.storeRefsChanged(old, new)
+  end
   -- Raises, without a position as marshal errors do, when a value cannot
   -- be stored.
   local encodeFor = M.durableEncoder(ls)
@@ -182,6 +189,10 @@ function M.make(syscall, m, ls, bag, bagMeta)
     local store = {}
     local function size() return storedCount(get, sizeKey, 0) end
     local function keyOf(k) return prefix .. encodeKey(k) end
+    -- A remotable key ("r<vref>") holds its object as a value does.
+    local function keyRef(key, delta)
+      if sbyte(key, #prefix + 1) == 114 then ls.storeRef(ssub(key, #prefix + 2), delta) end
+    end
     function store.has(_, k)
       return get(keyOf(k)) ~= nil
     end
@@ -190,8 +201,11 @@ function M.make(syscall, m, ls, bag, bagMeta)
       if get(key) ~= nil then
         error(('key %s already registered in %s'):format(describe(k), label), 2)
       end
-      set(key, encodeFor(v, label))
+      local enc = encodeFor(v, label)
+      set(key, enc)
       set(sizeKey, tostring(size() + 1))
+      keyRef(key, 1)
+      storeRefsChanged(nil, enc)
     end
     function store.get(_, k)
       local s = get(keyOf(k))
@@ -200,14 +214,20 @@ function M.make(syscall, m, ls, bag, bagMeta)
     end
     function store.set(_, k, v)
       local key = keyOf(k)
-      if get(key) == nil then error(('key %s not found in %s'):format(describe(k), label), 2) end
-      set(key, encodeFor(v, label))
+      local old = get(key)
+      if old == nil then error(('key %s not found in %s'):format(describe(k), label), 2) end
+      local enc = encodeFor(v, label)
+      set(key, enc)
+      storeRefsChanged(old, enc)
     end
     function store.delete(_, k)
       local key = keyOf(k)
-      if get(key) == nil then error(('key %s not found in %s'):format(describe(k), label), 2) end
+      local old = get(key)
+      if old == nil then error(('key %s not found in %s'):format(describe(k), label), 2) end
       del(key)
       set(sizeKey, tostring(size() - 1))
+      keyRef(key, -1)
+      storeRefsChanged(old, nil)
     end
     function store.getSize() return size() end
     local function iter(which)
