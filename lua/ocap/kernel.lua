@@ -201,6 +201,18 @@ function M.make(options)
     end,
     traceback = debug.traceback,
   }
+  -- What the host's liveslots reports at a reap point (docs/gc.md): the
+  -- presences host code let go of, and the host's exports the kernel had
+  -- it drop. Each goes to the kernel's binding of the same name, on a core
+  -- that has it; without one, the host keeps them as before.
+  for _, name in ipairs({ 'dropImports', 'retireImports', 'retireExports', 'abandonExports' }) do
+    local method = K[name]
+    if method then
+      syscall[name] = function(vrefs)
+        if not self.stopped then method(K, vrefs) end
+      end
+    end
+  end
   self.ls = liveslots.make({
     syscall = syscall, vatId = 'kernel', kind = 'kernel', log = log,
     allocObject = function() return K:allocObject('kernel') end,
