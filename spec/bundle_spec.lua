@@ -9,7 +9,7 @@ local BIN = os.getenv('OCAP_BIN') or 'build/ocap'
 
 -- Every name the runtime owns, and a few it might own one day.
 local RESERVED = {
-  'ocap', 'ocap.api', 'ocap.durable', 'ocap.exo', 'ocap.guards', 'ocap.liveslots', 'ocap.logger',
+  'ocap', 'ocap.api', 'ocap.durable', 'ocap.exo', 'ocap.guards', 'ocap.liveslots', 'ocap.logger', 'ocap.vom',
   'ocap.marshal', 'ocap.pass', 'ocap.promise', 'ocap.stores', 'ocap.vatboot', 'ocap.kernel',
   'ocap.core', 'ocap.future', 'cjson',
 }

@@ -3,7 +3,9 @@
 ---
 --- Layout in the vat's store (see docs/storage.md):
 ---   durable.exo.<name>          -> id of the singleton  (vref o+d2/<id>)
----   durable.kind.<kind>         -> id of the class      (vrefs o+d3/<kindId>:<n>)
+---   durable.kind.<kind>         -> id of the class      (vrefs o+d3/<kindId>:<n>,
+---                                  or o+d4/<kindId>:<n>:<facet> for a kit)
+---   durable.facets.<kindId>     -> a kit kind's facet names, sorted, comma-separated
 ---   durable.state.<kindId>:<n>  -> the instance's state (capdata "slots\nbody")
 ---   durable.next                -> next id
 local exo = require 'ocap.exo'
@@ -11,7 +13,8 @@ local stores = require 'ocap.stores'
 
 local M = {}
 
-local type, error, tostring, setmetatable, pairs = type, error, tostring, setmetatable, pairs
+local type, error, tostring, setmetatable, pairs, ipairs, pcall, tonumber = type, error, tostring,
+  setmetatable, pairs, ipairs, pcall, tonumber
 
 --- Makes the durable kit of one liveslots instance.
 ---@param syscall table the vat's syscalls
@@ -20,9 +23,15 @@ local type, error, tostring, setmetatable, pairs = type, error, tostring, setmet
 function M.make(syscall, m, ls)
   local kit = {}
   local get, set = syscall.vatstoreGet, syscall.vatstoreSet
-  local kinds = {}                                   -- kindId -> { make = fn(vref) }
+  local kinds = {}                                   -- kindId -> revive(vref) of a class
+  local kitKinds = {}                                -- kindId -> { revive(base), names } of a kit
   local prepared = {}                                -- store key -> true, in this incarnation
-  local instances = setmetatable({}, { __mode = 'v' }) -- vref -> instance
+  -- Representatives the heap holds: vref (a kit's base) -> instance (kit).
+  -- Nothing else holds them strongly, so one nobody uses is collected and
+  -- made again from the store when its vref comes back.
+  local instances = setmetatable({}, { __mode = 'v' })
+  local del = syscall.vatstoreDelete
+  local vom = ls.vom()
 
   local function nextId()
     local id = stores.storedCount(get, 'durable.next', 1)
@@ -53,12 +62,64 @@ function M.make(syscall, m, ls)
     return obj
   end
 
-  --- A durable exo class: instances keep their state in the vat's store,
-  --- and come back on demand after a restart. State fields are read and
-  --- assigned through context.state; each assignment is written at once.
-  function kit.prepareExoClass(_baggage, kind, guard, init, methods, options)
-    if type(kind) ~= 'string' then error('prepareExoClass: kind must be a string', 2) end
-    local guards = require 'ocap.guards'
+  -- State records as stored, for the instances used last: a new
+  -- representative of a hot instance needs no read from the store. Two
+  -- generations of at most CACHE_SIZE entries each approximate an LRU.
+  local CACHE_SIZE = 64
+  local young, old, nyoung = {}, {}, 0
+  local function cacheGet(skey)
+    local s = young[skey]
+    if s then return s end
+    s = old[skey]
+    if not s then
+      s = get(skey)
+      if not s then return nil end
+    end
+    if nyoung >= CACHE_SIZE then young, old, nyoung = {}, young, 0 end
+    young[skey] = s
+    nyoung = nyoung + 1
+    return s
+  end
+  local function cachePut(skey, s)
+    if young[skey] == nil then
+      if nyoung >= CACHE_SIZE then young, old, nyoung = {}, young, 0 end
+      nyoung = nyoung + 1
+    end
+    young[skey] = s
+    old[skey] = nil
+  end
+  local function cacheForget(skey)
+    if young[skey] ~= nil then nyoung = nyoung - 1 end
+    young[skey], old[skey] = nil, nil
+  end
+
+  --- The state of one instance (or kit) as context.state: fields read
+  --- from the record decoded when its representative was made, each
+  --- assignment written to the store at once.
+  local function stateFor(kind, skey, enc)
+    local record = decode(enc)
+    return setmetatable({}, {
+      __index = function(_, k) return record[k] end,
+      __newindex = function(_, k, v)
+        if record[k] == nil then
+          error(('%s state has no field %q'):format(kind, tostring(k)), 2)
+        end
+        local prev = record[k]
+        record[k] = v
+        local ok, new = pcall(encode, record, kind .. ' state')
+        if not ok then
+          record[k] = prev -- memory and store stay the same
+          error(new, 2)
+        end
+        vom.changed(cacheGet(skey), new)
+        set(skey, new)
+        cachePut(skey, new)
+      end,
+      __pairs = function() return pairs(record) end,
+    })
+  end
+
+  local function kindIdOf(kind)
     local key = 'durable.kind.' .. kind
     local kindId = get(key)
     if not kindId then
@@ -66,54 +127,124 @@ function M.make(syscall, m, ls)
       set(key, kindId)
     end
     prepared[key] = true
-    local makeRaw = guards.defineExoClass(kind, guard, function(state) return state end, methods, options)
+    return kindId
+  end
 
-    local function stateFor(vref)
-      local skey = 'durable.state.' .. vref:sub(6)
-      local current = get(skey)
-      local record = decode(current or '\n#{}')
-      return setmetatable({}, {
-        __index = function(_, k) return record[k] end,
-        __newindex = function(_, k, v)
-          if record[k] == nil then
-            error(('%s state has no field %q'):format(kind, tostring(k)), 2)
-          end
-          local old = record[k]
-          record[k] = v
-          local ok, enc = pcall(encode, record, kind .. ' state')
-          if not ok then
-            record[k] = old -- memory and store stay the same
-            error(enc, 2)
-          end
-          set(skey, enc)
-          -- The objects the state names are held by it (liveslots, docs/gc.md).
-          ls.storeRefsChanged(current, enc)
-          current = enc
-        end,
-        __pairs = function() return pairs(record) end,
-      })
-    end
+  --- Makes a new instance's state record and base ref; returns the base.
+  local function create(kind, kindId, init, ...)
+    local state = init and init(...) or {}
+    if type(state) ~= 'table' then error(('%s: init must return a table'):format(kind), 3) end
+    local enc = encode(state, kind .. ' state')
+    local n = nextId()
+    local skey = 'durable.state.' .. kindId .. ':' .. n
+    set(skey, enc)
+    cachePut(skey, enc)
+    vom.changed(nil, enc)
+    return n, skey
+  end
+
+  --- A durable exo class: instances keep their state in the vat's store,
+  --- and come back on demand (after a restart, or once the heap no longer
+  --- holds a representative). State fields are read and assigned through
+  --- context.state; each assignment is written at once.
+  function kit.prepareExoClass(_baggage, kind, guard, init, methods, options)
+    if type(kind) ~= 'string' then error('prepareExoClass: kind must be a string', 2) end
+    local guards = require 'ocap.guards'
+    local kindId = kindIdOf(kind)
+    -- options.finish runs each time a representative is made: when the
+    -- instance is made, and each time it is paged in again.
+    local makeRaw = guards.defineExoClass(kind, guard, function(state) return state end, methods, options)
 
     local function revive(vref)
       local inst = instances[vref]
       if inst then return inst end
-      if not get('durable.state.' .. vref:sub(6)) then return nil end
-      inst = makeRaw(stateFor(vref))
-      ls.exportAs(inst, vref)
+      local skey = 'durable.state.' .. vref:sub(6)
+      local enc = cacheGet(skey)
+      if not enc then return nil end
+      inst = makeRaw(stateFor(kind, skey, enc))
+      ls.bindVref(inst, vref)
       instances[vref] = inst
       return inst
     end
     kinds[kindId] = revive
 
     return function(...)
-      local state = init and init(...) or {}
-      if type(state) ~= 'table' then error(('%s: init must return a table'):format(kind), 2) end
-      local enc = encode(state, kind .. ' state')
-      local vref = 'o+d3/' .. kindId .. ':' .. nextId()
-      set('durable.state.' .. vref:sub(6), enc)
-      ls.storeRefsChanged(nil, enc)
+      local n = create(kind, kindId, init, ...)
+      local vref = 'o+d3/' .. kindId .. ':' .. n
+      vom.created(vref)
       return revive(vref)
     end
+  end
+
+  --- The durable form of defineExoClassKit: each kit is one state record,
+  --- its facets the vrefs o+d4/<kindId>:<n>:<i>, i numbering the facet
+  --- names in sorted order. A kit and its facets live and die together.
+  function kit.prepareExoClassKit(_baggage, kind, guardsOf, init, facets, options)
+    if type(kind) ~= 'string' then error('prepareExoClassKit: kind must be a string', 2) end
+    if type(facets) ~= 'table' then error('prepareExoClassKit: facets must be a table', 2) end
+    local guards = require 'ocap.guards'
+    local kindId = kindIdOf(kind)
+    local names = {}
+    for name in pairs(facets) do
+      if type(name) ~= 'string' then error('prepareExoClassKit: facet names must be strings', 2) end
+      names[#names + 1] = name
+    end
+    table.sort(names)
+    local fkey = 'durable.facets.' .. kindId
+    local list = table.concat(names, ',')
+    local was = get(fkey)
+    if was and was ~= list then
+      error(('prepareExoClassKit %q: facets are %s, but the kind was made with %s (a kind keeps '
+        .. 'its facets)'):format(kind, list, was), 2)
+    end
+    if not was then set(fkey, list) end
+    local makeRaw = guards.defineExoClassKit(kind, guardsOf, function(state) return state end, facets, options)
+
+    local function revive(base)
+      local k = instances[base]
+      if k then return k end
+      local skey = 'durable.state.' .. base:sub(6)
+      local enc = cacheGet(skey)
+      if not enc then return nil end
+      k = makeRaw(stateFor(kind, skey, enc))
+      for i, name in ipairs(names) do ls.bindVref(k[name], base .. ':' .. i) end
+      instances[base] = k
+      return k
+    end
+    kitKinds[kindId] = { revive = revive, names = names }
+
+    return function(...)
+      local n = create(kind, kindId, init, ...)
+      local base = 'o+d4/' .. kindId .. ':' .. n
+      vom.created(base)
+      return revive(base)
+    end
+  end
+
+  --- The number of facets of the kit base ("o+d4/<kindId>:<n>").
+  function kit.facetCount(base)
+    local kindId = base:match('^o%+d4/(%d+):')
+    local list = kindId and get('durable.facets.' .. kindId)
+    if not list then return 0 end
+    local n = 1
+    for _ in list:gmatch(',') do n = n + 1 end
+    return n
+  end
+
+  --- Whether the heap still holds a representative of base.
+  function kit.hasRep(base)
+    return instances[base] ~= nil
+  end
+
+  --- Deletes the state of an instance or kit (the manager found nothing
+  --- holding it), releasing what the state held.
+  function kit.deleteInstance(base)
+    local skey = 'durable.state.' .. base:sub(6)
+    local enc = get(skey)
+    cacheForget(skey)
+    if not enc then return end
+    del(skey)
+    vom.changed(enc, nil)
   end
 
   --- The durable singletons and kinds an earlier incarnation defined that
@@ -141,7 +272,16 @@ function M.make(syscall, m, ls)
     local inst = instances[vref]
     if inst then return inst end
     local kindId = vref:match('^o%+d3/(%d+):%d+$')
-    if kindId and kinds[kindId] then return kinds[kindId](vref) end
+    if kindId then
+      return kinds[kindId] and kinds[kindId](vref)
+    end
+    local n, i
+    kindId, n, i = vref:match('^o%+d4/(%d+):(%d+):(%d+)$')
+    local kk = kindId and kitKinds[kindId]
+    local name = kk and kk.names[tonumber(i)]
+    if not name then return nil end
+    local k = kk.revive('o+d4/' .. kindId .. ':' .. n)
+    return k and k[name]
   end
 
   return kit

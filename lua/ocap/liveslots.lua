@@ -220,7 +220,7 @@ function M.make(opts)
   -- contents, of a durable API or of a ref of theirs: a vat that keeps
   -- nothing durable carries neither module. Until its kit loads, the
   -- baggage is a shell (bag) whose metatable (bagMeta) the kit fills in.
-  local storeKit, durableKit, bag, bagMeta
+  local storeKit, durableKit, vomKit, bag, bagMeta
   local function stores()
     if not storeKit then storeKit = require('ocap.stores').make(syscall, m, ls, bag, bagMeta) end
     return storeKit
@@ -229,7 +229,35 @@ function M.make(opts)
     if not durableKit then durableKit = require('ocap.durable').make(syscall, m, ls) end
     return durableKit
   end
-  ls.stores, ls.durable = stores, durables
+  -- The virtual object manager (ocap.vom): counts what holds each store
+  -- and durable instance, and deletes those nothing holds at reap points.
+  local function vom()
+    if not vomKit then vomKit = require('ocap.vom').make(syscall, ls) end
+    return vomKit
+  end
+  ls.stores, ls.durable, ls.vom = stores, durables, vom
+
+  --- Virtual objects at a reap point, once the heap has been collected:
+  --- deletes the stores and durable instances nothing holds any more and
+  --- returns the vrefs among them the kernel may still recognize, which
+  --- the caller retires (syscall.retireExports).
+  ---@return string[]
+  function ls.reapVirtual()
+    if not vomKit and not (syscall.vatstoreNext and syscall.vatstoreNext('vom.dirty.', nil)) then return {} end
+    return vom().reap()
+  end
+
+  --- dispatch('dropExports') / ('retireExports'): the export status of
+  --- the virtual vrefs (o+d...) among vrefs, kept in the vat's store.
+  local function virtualExports(vrefs, retired)
+    for i = 1, #vrefs do
+      if ssub(vrefs[i], 1, 3) == 'o+d' then
+        if retired then vom().retireExports(vrefs) else vom().dropExports(vrefs) end
+        return
+      end
+    end
+  end
+  ls.virtualExports = virtualExports
 
   --- The vat's baggage (store 1), made without the store kit.
   function ls.baggage()
@@ -403,7 +431,11 @@ function M.make(opts)
 
   local function valToSlot(v, style)
     local vref = valToVref[v]
-    if vref then return vref end
+    if vref then
+      -- A virtual object leaving the vat is held by the kernel from now on.
+      if vomKit and ssub(vref, 1, 3) == 'o+d' then vomKit.exported(vref) end
+      return vref
+    end
     if style == 'remotable' then
       local pi = presenceInfo[v]
       if pi then
@@ -511,6 +543,13 @@ function M.make(opts)
   --- Registers a local object under a given vref (the root is o+0).
   function ls.exportAs(obj, vref)
     exports[vref] = obj
+    valToVref[obj] = vref
+  end
+
+  --- Gives a virtual object's representative its vref without holding
+  --- it: the representative lives while something in the heap holds it,
+  --- and the vref brings back a new one (slotToVal) once it is gone.
+  function ls.bindVref(obj, vref)
     valToVref[obj] = vref
   end
 
@@ -698,6 +737,20 @@ function M.make(opts)
   local function bringOutYourDead()
     if collect then collect() end
     if ls.onReap then ls.onReap() end
+    -- Virtual objects nothing holds are deleted first (ocap.vom): what
+    -- they held is released for the checks below. Those the kernel still
+    -- recognizes are retired.
+    local virtual = ls.reapVirtual()
+    if #virtual > 0 then
+      for i = 1, #virtual do
+        if dropped[virtual[i]] then
+          dropped[virtual[i]] = nil
+          ndropped = ndropped - 1
+        end
+      end
+      table.sort(virtual)
+      if syscall.retireExports then syscall.retireExports(virtual) end
+    end
     if syscall.dropImports then
       local list = deadImports(false)
       for i = 1, #list do reachable[list[i]] = nil end
@@ -756,9 +809,11 @@ function M.make(opts)
       return
     elseif kind == 'dropExports' then
       dropExports(a)
+      virtualExports(a, false)
       return
     elseif kind == 'retireExports' then
       retireExports(a)
+      virtualExports(a, true)
       return
     elseif kind == 'retireImports' then
       retireImports(a)

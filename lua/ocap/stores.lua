@@ -100,7 +100,9 @@ end
 function M.durableEncoder(ls)
   local dm = marshal.makeMarshal(function(v, style)
     if style == 'promise' then error(PROMISE_FOUND, 0) end
-    return ls.export(v)
+    -- Storing a ref does not export it: a virtual object the kernel has
+    -- never seen stays collectable (ocap.vom).
+    return ls.refOf(v) or ls.export(v)
   end, function() error('the durable encoder does not decode', 0) end)
   return function(v, where)
     local ok, enc = pcall(encodeValue, dm, v)
@@ -130,10 +132,13 @@ M.decodeValue = decodeValue
 ---@param bagMeta table|nil its metatable, which becomes a store's
 function M.make(syscall, m, ls, bag, bagMeta)
   local kit = {}
+  -- Representatives the heap holds, as for durable instances: a store
+  -- nobody uses is collected and made again from its id.
   local byId = setmetatable({}, { __mode = 'v' })
   local idOf = setmetatable({}, { __mode = 'k' })
   local get, set, del, nextKey = syscall.vatstoreGet, syscall.vatstoreSet, syscall.vatstoreDelete,
     syscall.vatstoreNext
+  local vom = ls.vom()
 
   local function encodeKey(k)
     local t = type(k)
@@ -172,13 +177,6 @@ function M.make(syscall, m, ls, bag, bagMeta)
   end
 
   local storeMT = bagMeta and bagMeta.__metatable or {}
-  -- What a write gains and loses in references to objects, which keep
-  -- them alive as the heap does (liveslots, docs/gc.md): only values that
-  -- hold slots cost anything.
-  local function storeRefsChanged(old, new)
-    if (old == nil or sbyte(old, 1) == 10) and (new == nil or sbyte(new, 1) == 10) then return end
-    ls.storeRefsChanged(old, new)
-  end
   -- Raises, without a position as marshal errors do, when a value cannot
   -- be stored.
   local encodeFor = M.durableEncoder(ls)
@@ -189,10 +187,6 @@ function M.make(syscall, m, ls, bag, bagMeta)
     local store = {}
     local function size() return storedCount(get, sizeKey, 0) end
     local function keyOf(k) return prefix .. encodeKey(k) end
-    -- A remotable key ("r<vref>") holds its object as a value does.
-    local function keyRef(key, delta)
-      if sbyte(key, #prefix + 1) == 114 then ls.storeRef(ssub(key, #prefix + 2), delta) end
-    end
     function store.has(_, k)
       return get(keyOf(k)) ~= nil
     end
@@ -204,8 +198,8 @@ function M.make(syscall, m, ls, bag, bagMeta)
       local enc = encodeFor(v, label)
       set(key, enc)
       set(sizeKey, tostring(size() + 1))
-      keyRef(key, 1)
-      storeRefsChanged(nil, enc)
+      vom.changed(nil, enc)
+      if ssub(key, #prefix + 1, #prefix + 1) == 'r' then vom.keyRef(ssub(key, #prefix + 2), 1) end
     end
     function store.get(_, k)
       local s = get(keyOf(k))
@@ -218,7 +212,7 @@ function M.make(syscall, m, ls, bag, bagMeta)
       if old == nil then error(('key %s not found in %s'):format(describe(k), label), 2) end
       local enc = encodeFor(v, label)
       set(key, enc)
-      storeRefsChanged(old, enc)
+      vom.changed(old, enc)
     end
     function store.delete(_, k)
       local key = keyOf(k)
@@ -226,8 +220,8 @@ function M.make(syscall, m, ls, bag, bagMeta)
       if old == nil then error(('key %s not found in %s'):format(describe(k), label), 2) end
       del(key)
       set(sizeKey, tostring(size() - 1))
-      keyRef(key, -1)
-      storeRefsChanged(old, nil)
+      vom.changed(old, nil)
+      if ssub(key, #prefix + 1, #prefix + 1) == 'r' then vom.keyRef(ssub(key, #prefix + 2), -1) end
     end
     function store.getSize() return size() end
     local function iter(which)
@@ -257,13 +251,17 @@ function M.make(syscall, m, ls, bag, bagMeta)
     end
     byId[id] = obj
     idOf[obj] = id
+    ls.bindVref(obj, 'o+d1/' .. id)
     return obj
   end
 
+  --- The store of that id, or nil when it does not exist (any more).
   local function provide(id)
     local s = byId[id]
     if s then return s end
-    return makeStore(id, get('vc.' .. id .. '|label') or ('store ' .. id))
+    local label = get('vc.' .. id .. '|label')
+    if not label then return nil end
+    return makeStore(id, label)
   end
 
   --- The vat's baggage (store 1).
@@ -281,7 +279,31 @@ function M.make(syscall, m, ls, bag, bagMeta)
     local id = storedCount(get, 'storeNext', 2)
     set('storeNext', tostring(id + 1))
     set('vc.' .. id .. '|label', label)
+    vom.created('o+d1/' .. id)
     return makeStore(id, label)
+  end
+
+  --- Whether the heap still holds the store "o+d1/<id>".
+  function kit.hasRep(vref)
+    return byId[tonumber(vref:sub(6))] ~= nil
+  end
+
+  --- Deletes a store nothing holds any more (ocap.vom), releasing what
+  --- its entries held, keys and values.
+  function kit.deleteStore(vref)
+    local id = tonumber(vref:sub(6))
+    if id == BAGGAGE_ID then return end
+    local prefix = 'vc.' .. id .. '.'
+    while true do
+      local key = nextKey(prefix, nil)
+      if not key then break end
+      local old = get(key)
+      del(key)
+      vom.changed(old, nil)
+      if ssub(key, #prefix + 1, #prefix + 1) == 'r' then vom.keyRef(ssub(key, #prefix + 2), -1) end
+    end
+    del('vc.' .. id .. '|size')
+    del('vc.' .. id .. '|label')
   end
 
   --- The vref of a store ("o+d1/<id>"), or nil when v is not one of ours.

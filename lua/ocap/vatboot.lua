@@ -90,6 +90,7 @@ function M.boot(syscall, info, env)
     makeScalarMapStore = function(label) return ls.stores().makeScalarMapStore(label) end,
     prepareExo = function(...) return ls.durable().prepareExo(...) end,
     prepareExoClass = function(...) return ls.durable().prepareExoClass(...) end,
+    prepareExoClassKit = function(...) return ls.durable().prepareExoClassKit(...) end,
   }, function() return ls.marshal end)
 
   function ls.startVat(main, paramsBody, upgrade)

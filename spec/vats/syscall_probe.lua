@@ -14,7 +14,7 @@ local SYSCALLS = {
 
 local RUNTIME = {
   'ocap', 'ocap.pass', 'ocap.promise', 'ocap.promise.combinators', 'ocap.marshal', 'ocap.exo', 'ocap.stores',
-  'ocap.logger', 'ocap.guards', 'ocap.durable', 'ocap.liveslots', 'ocap.api', 'ocap.vatboot', 'cjson',
+  'ocap.logger', 'ocap.guards', 'ocap.durable', 'ocap.vom', 'ocap.liveslots', 'ocap.api', 'ocap.vatboot', 'cjson',
 }
 
 --- Walks every table reachable from roots through keys, values and

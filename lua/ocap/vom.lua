@@ -1,0 +1,200 @@
+--- The virtual object manager: reference counts, export status and
+--- deletion of the virtual objects a vat keeps in its store (durable
+--- stores and durable exo class instances), so that those nobody can
+--- reach any more are deleted at the vat's reap point.
+---
+--- A virtual object is kept while any of these holds it:
+---   - the state of another virtual object, or an entry of a store
+---     (baggage included), as a value or as a remotable key: the count of
+---     store-held references liveslots keeps (`gc.rc.<vref>`, through
+---     ls.storeRef / ls.storeRefsChanged);
+---   - the kernel, while the object is exported and the kernel has not
+---     dropped it: its export status, `vom.es.<vref>` = "r" (reachable)
+---     or "s" (only recognizable, after dropExports);
+---   - an in-memory representative, which the kits keep in weak tables.
+--- An object that may have lost its last holder is marked
+--- `vom.dirty.<base>`; reap() looks at each marked object and deletes
+--- those that no longer have any holder.
+---
+--- The base of a vref is the object whose state it designates: the vref
+--- itself, except for the facets of a durable kit (`o+d4/K:N:F`), whose
+--- base is `o+d4/K:N`: a kit is held while any of its facets is.
+local M = {}
+
+local ssub, sfind, smatch, sbyte = string.sub, string.find, string.match, string.byte
+
+local ES, DIRTY = 'vom.es.', 'vom.dirty.'
+
+--- The base of a vref that can be deleted, or nil (baggage, durable
+--- singletons, imports, ephemeral exports, promises).
+local function baseOf(vref)
+  local p = ssub(vref, 1, 5)
+  if p == 'o+d3/' then return vref end
+  if p == 'o+d1/' then
+    if vref == 'o+d1/1' then return nil end
+    return vref
+  end
+  if p == 'o+d4/' then return smatch(vref, '^(o%+d4/%d+:%d+)') end
+end
+M.baseOf = baseOf
+
+--- Calls f on each slot of an encoded value ("<slots>\n<body>").
+local function eachSlot(enc, f)
+  if not enc then return end
+  local nl = sfind(enc, '\n', 1, true)
+  if not nl or nl == 1 then return end
+  for slot in ssub(enc, 1, nl - 1):gmatch('%S+') do f(slot) end
+end
+M.eachSlot = eachSlot
+
+--- Makes the virtual object manager of one liveslots instance.
+---@param syscall table the vat's syscalls (vatstoreGet/Set/Delete/Next)
+---@param ls table the liveslots instance (ls.stores(), ls.durable())
+function M.make(syscall, ls)
+  local get, set, del, nextKey = syscall.vatstoreGet, syscall.vatstoreSet, syscall.vatstoreDelete,
+    syscall.vatstoreNext
+  local storedCount = require('ocap.liveslots').storedCount
+  local vom = {}
+  local RC = 'gc.rc.' -- liveslots' count of store-held references
+
+  local function markDirty(base)
+    set(DIRTY .. base, '1')
+  end
+
+  --- The vrefs that share base's fate: its facets for a kit.
+  local function vrefsOf(base)
+    if ssub(base, 1, 5) ~= 'o+d4/' then return { base } end
+    local out = {}
+    for i = 1, ls.durable().facetCount(base) do out[i] = base .. ':' .. i end
+    return out
+  end
+
+  --- The number of references virtual data holds to base (for a kit: to
+  --- any of its facets).
+  local function refCount(base)
+    if ssub(base, 1, 5) ~= 'o+d4/' then return storedCount(get, RC .. base, 0) end
+    local n = 0
+    local vrefs = vrefsOf(base)
+    for i = 1, #vrefs do n = n + storedCount(get, RC .. vrefs[i], 0) end
+    return n
+  end
+  vom.refCount = refCount
+
+  --- Marks the virtual object vref belongs to if nothing in virtual data
+  --- holds it any more.
+  local function released(vref)
+    local base = baseOf(vref)
+    if base and refCount(base) == 0 then markDirty(base) end
+  end
+
+  --- A stored value changes from old to new (either may be nil: a value
+  --- made or deleted): liveslots counts the references gained and lost,
+  --- and the objects that lost their last one are marked.
+  function vom.changed(old, new)
+    if (old == nil or sbyte(old, 1) == 10) and (new == nil or sbyte(new, 1) == 10) then return end
+    ls.storeRefsChanged(old, new)
+    eachSlot(old, released)
+  end
+
+  --- A remotable store key ("r<vref>") gained (delta 1) or lost (-1).
+  function vom.keyRef(vref, delta)
+    ls.storeRef(vref, delta)
+    if delta < 0 then released(vref) end
+  end
+
+  --- A new virtual object: nothing holds it yet, so it is a candidate for
+  --- the next reap (which keeps it if something holds it by then).
+  function vom.created(base)
+    markDirty(base)
+  end
+
+  --- The kernel learned vref (it left the vat in a message or a
+  --- resolution): the kernel now holds it.
+  function vom.exported(vref)
+    if not baseOf(vref) then return end
+    local key = ES .. vref
+    if get(key) ~= 'r' then set(key, 'r') end
+  end
+
+  --- dispatch('dropExports'): the kernel no longer reaches these; they
+  --- stay recognizable until retired.
+  function vom.dropExports(vrefs)
+    for i = 1, #vrefs do
+      local vref = vrefs[i]
+      local base = baseOf(vref)
+      if base and get(ES .. vref) == 'r' then
+        set(ES .. vref, 's')
+        markDirty(base)
+      end
+    end
+  end
+
+  --- dispatch('retireExports'): the kernel forgot these altogether.
+  function vom.retireExports(vrefs)
+    for i = 1, #vrefs do
+      local vref = vrefs[i]
+      local base = baseOf(vref)
+      if base and get(ES .. vref) then
+        del(ES .. vref)
+        markDirty(base)
+      end
+    end
+  end
+
+  local function hasRep(base)
+    if ssub(base, 1, 5) == 'o+d1/' then return ls.stores().hasRep(base) end
+    return ls.durable().hasRep(base)
+  end
+
+  --- Deletes base if nothing holds it; returns true when it did, adding
+  --- the vrefs the kernel still recognizes to retire.
+  local function collect(base, retire)
+    if hasRep(base) then return false end
+    del(DIRTY .. base)
+    if refCount(base) > 0 then return false end
+    local vrefs = vrefsOf(base)
+    for i = 1, #vrefs do
+      if get(ES .. vrefs[i]) == 'r' then return false end
+    end
+    for i = 1, #vrefs do
+      if get(ES .. vrefs[i]) then
+        del(ES .. vrefs[i])
+        retire[#retire + 1] = vrefs[i]
+      end
+    end
+    if ssub(base, 1, 5) == 'o+d1/' then
+      ls.stores().deleteStore(base)
+    else
+      ls.durable().deleteInstance(base)
+    end
+    return true
+  end
+
+  --- The reap point: deletes every marked object that nothing holds any
+  --- more, and the objects only they held, and so on. Call it once the
+  --- vat's heap has been collected, so that representatives nobody holds
+  --- are gone from the kits' weak tables. Objects still represented in
+  --- memory stay marked, for a later reap.
+  ---@return string[] vrefs the vat must retire (syscall.retireExports):
+  ---  deleted objects the kernel could still recognize
+  function vom.reap()
+    local retire = {}
+    -- Deleting marks what the deleted held: scan again until a scan
+    -- deletes nothing. Each scan streams the marks, so that a reap of a
+    -- million objects holds none of them in memory at once.
+    repeat
+      local deleted, after = false, nil
+      while true do
+        local key = nextKey(DIRTY, after)
+        if not key then break end
+        after = key
+        if collect(ssub(key, #DIRTY + 1), retire) then deleted = true end
+      end
+    until not deleted
+    return retire
+  end
+
+  return vom
+end
+
+return M
