@@ -160,6 +160,7 @@ function M.make(opts)
   -- (bringOutYourDead), so what it reports depends on the heap's contents,
   -- never on when the collector happened to run.
   local reachable = {}  -- import vref -> true: the kernel counts it reachable from here
+  local unsaved = {}    -- import vref -> true: in reachable, not yet in the store (SAVED)
   local dropped = {}    -- export vref -> true: the kernel asked us to drop it
   local ndropped = 0    -- entries of dropped, so that sends skip the check while none is
   local weakExports = setmetatable({}, { __mode = 'v' }) -- dropped export vref -> object, not held
@@ -302,6 +303,45 @@ function M.make(opts)
     return storedCount(vget, STORE_REFS .. vref, 0)
   end
 
+  -- The imports the kernel counts reachable from this vat are also kept in
+  -- the store, under this prefix, so that a new heap (a restart, an
+  -- upgrade) knows them and drops at its first reap point those it does
+  -- not hold. They are written at reap points, so that an import that
+  -- comes and goes between two of them costs no store write: an import a
+  -- restart finds unsaved stays reachable in the kernel.
+  local SAVED = 'gc.i.'
+  if syscall.vatstoreNext then
+    local after
+    while true do
+      local key = syscall.vatstoreNext(SAVED, after)
+      if key == nil then break end
+      after = key
+      reachable[ssub(key, #SAVED + 1)] = true
+    end
+  end
+
+  --- Writes the unsaved imports to the store.
+  local function saveImports()
+    if not vset or next(unsaved) == nil then return end
+    local list = {}
+    for vref in pairs(unsaved) do list[#list + 1] = vref end
+    table.sort(list)
+    for i = 1, #list do
+      vset(SAVED .. list[i], '1')
+      unsaved[list[i]] = nil
+    end
+  end
+
+  --- Forgets, in the store too, that the kernel counts vref reachable.
+  local function unreachable(vref)
+    if unsaved[vref] then
+      unsaved[vref] = nil
+    elseif reachable[vref] and vdel then
+      vdel(SAVED .. vref)
+    end
+    reachable[vref] = nil
+  end
+
   --- Holds a dropped export strongly again, if the heap still has it.
   local function hold(vref)
     local obj = weakExports[vref]
@@ -350,6 +390,11 @@ function M.make(opts)
     if n == 0 then vdel(STORE_REFS .. vref) else vset(STORE_REFS .. vref, tostring(n)) end
     if delta > 0 then
       hold(vref)
+      -- A new heap must know an import that only a store may hold.
+      if unsaved[vref] then
+        vset(SAVED .. vref, '1')
+        unsaved[vref] = nil
+      end
     elseif n == 0 and dropped[vref] then
       release(vref)
     end
@@ -425,7 +470,10 @@ function M.make(opts)
     presenceInfo[pr] = { ls = ls, vref = vref, iface = iface }
     pass.registerRemotable(pr, iface)
     imports[vref] = pr
-    reachable[vref] = true
+    if not reachable[vref] then
+      reachable[vref] = true
+      unsaved[vref] = true
+    end
     return pr
   end
 
@@ -695,7 +743,7 @@ function M.make(opts)
   local function retireImports(vrefs)
     for i = 1, #vrefs do
       local vref = vrefs[i]
-      reachable[vref] = nil
+      unreachable(vref)
       imports[vref] = nil
     end
   end
@@ -753,8 +801,9 @@ function M.make(opts)
     end
     if syscall.dropImports then
       local list = deadImports(false)
-      for i = 1, #list do reachable[list[i]] = nil end
+      for i = 1, #list do unreachable(list[i]) end
       releaseImports(list)
+      saveImports()
     end
     if syscall.retireExports and ndropped > 0 then
       local list = {}
@@ -772,15 +821,16 @@ function M.make(opts)
 
   --- stopVat: this heap is about to go (an upgrade replaces it). Its
   --- ephemeral exports are abandoned, and the imports only it held are
-  --- released; what the store holds stays for the next incarnation. The
-  --- tables are left as they are, so that a heap put back after a failed
-  --- upgrade still agrees with the kernel, whose writes are undone.
+  --- released; what the store holds stays for the next incarnation, which
+  --- finds the imports the store names among the saved ones. The tables
+  --- are left as they are, so that a heap put back after a failed upgrade
+  --- still agrees with the kernel and the store, whose writes are undone.
   local function stopVat()
     if syscall.abandonExports then
       local seen, list = {}, {}
       for _, t in ipairs({ exports, weakExports, dropped }) do
         for vref in pairs(t) do
-          if not seen[vref] and ssub(vref, 1, 2) == 'o+' and ephemeral(vref) and storeRefs(vref) == 0 then
+          if not seen[vref] and ssub(vref, 1, 2) == 'o+' and ephemeral(vref) then
             seen[vref] = true
             list[#list + 1] = vref
           end
@@ -789,7 +839,15 @@ function M.make(opts)
       table.sort(list)
       if #list > 0 then syscall.abandonExports(list) end
     end
-    if syscall.dropImports then releaseImports(deadImports(true)) end
+    if syscall.dropImports then
+      local list = deadImports(true)
+      releaseImports(list)
+      if vdel then
+        for i = 1, #list do
+          if not unsaved[list[i]] then vdel(SAVED .. list[i]) end
+        end
+      end
+    end
   end
 
   --- The dispatch function the kernel calls for every delivery.
