@@ -43,6 +43,10 @@ function M.buildRootObject(_vatPowers, _parameters, baggage)
       return total
     end,
     drop = function(_, i) things:delete(i) end,
+    dropMany = function(_, first, count)
+      for i = first, first + count - 1 do things:delete(i) end
+      return things:getSize()
+    end,
     -- Counter i (the kernel now holds it).
     counter = function(_, i) return things:get(i) end,
     -- Counter i's state holds counter j.
