@@ -245,4 +245,40 @@ describe('the virtual object manager', function()
     vat.reap()
     assert.same({}, vat.keys('durable.state.'))
   end)
+
+  it('does a bounded amount of work per reap, and finishes in later reaps', function()
+    local vat = fakeVat()
+    vat.ls.vom().budget = 4
+    do
+      local store = vat.ls.stores().makeScalarMapStore('big')
+      for i = 1, 6 do store:init(i, vat.makeThing(i)) end
+      vat.baggage:init('big', store)
+    end
+    vat.reap() -- the instances are held by the store
+    assert.equal(6, #vat.keys('durable.state.'))
+    vat.baggage:delete('big')
+    local states, entries = {}, {}
+    for _ = 1, 4 do
+      vat.reap()
+      states[#states + 1] = #vat.keys('durable.state.')
+      entries[#entries + 1] = #vat.keys('vc.2.')
+    end
+    -- Reap 1 deletes 4 of the store's entries, reap 2 the last 2 and
+    -- the store, then 2 of the instances they held, reap 3 the others.
+    assert.same({ 2, 0, 0, 0 }, entries)
+    assert.same({ 6, 4, 0, 0 }, states)
+    assert.same({}, vat.keys('vc.2|'))
+    assert.same({}, vat.keys('vom.'))
+  end)
+
+  it('refuses to prepare a kit kind again with other facets', function()
+    local vat = fakeVat()
+    local facets = { a = { m = function() end }, b = { m = function() end } }
+    vat.durable.prepareExoClassKit(vat.baggage, 'Kit', nil, nil, facets)
+    local other = fakeVat()
+    other.kv['durable.kind.Kit'] = vat.kv['durable.kind.Kit']
+    other.kv['durable.facets.' .. vat.kv['durable.kind.Kit']] = 'a,c'
+    assert.has_error(function() other.durable.prepareExoClassKit(other.baggage, 'Kit', nil, nil, facets) end,
+      'prepareExoClassKit "Kit": facets are a,b, but the kind was made with a,c (a kind keeps its facets)')
+  end)
 end)

@@ -289,21 +289,30 @@ function M.make(syscall, m, ls, bag, bagMeta)
   end
 
   --- Deletes a store nothing holds any more (ocap.vom), releasing what
-  --- its entries held, keys and values.
-  function kit.deleteStore(vref)
+  --- its entries held, keys and values: at most budget entries at a
+  --- time. Returns whether the store is gone, and the work done (entries
+  --- deleted, at least 1).
+  ---@return boolean done
+  ---@return integer used
+  function kit.deleteStore(vref, budget)
     local id = tonumber(vref:sub(6))
-    if id == BAGGAGE_ID then return end
+    if id == BAGGAGE_ID then return true, 1 end
     local prefix = 'vc.' .. id .. '.'
+    local used = 0
     while true do
       local key = nextKey(prefix, nil)
       if not key then break end
+      if used >= budget then return false, used end
       local old = get(key)
       del(key)
       vom.changed(old, nil)
       if ssub(key, #prefix + 1, #prefix + 1) == 'r' then vom.keyRef(ssub(key, #prefix + 2), -1) end
+      used = used + 1
     end
     del('vc.' .. id .. '|size')
     del('vc.' .. id .. '|label')
+    byId[id] = nil
+    return true, math.max(used, 1)
   end
 
   --- The vref of a store ("o+d1/<id>"), or nil when v is not one of ours.

@@ -25,6 +25,9 @@ local ssub, sfind, smatch, sbyte = string.sub, string.find, string.match, string
 
 local ES, DIRTY = 'vom.es.', 'vom.dirty.'
 
+--- Units of work (objects or store entries deleted) per reap.
+M.REAP_BUDGET = 10000
+
 --- The base of a vref that can be deleted, or nil (baggage, durable
 --- singletons, imports, ephemeral exports, promises).
 local function baseOf(vref)
@@ -146,15 +149,24 @@ function M.make(syscall, ls)
     return ls.durable().hasRep(base)
   end
 
-  --- Deletes base if nothing holds it; returns true when it did, adding
-  --- the vrefs the kernel still recognizes to retire.
-  local function collect(base, retire)
-    if hasRep(base) then return false end
-    del(DIRTY .. base)
-    if refCount(base) > 0 then return false end
+  --- Deletes base if nothing holds it, within budget units of work (an
+  --- instance is one unit, a store one per entry). Returns the units
+  --- used, 0 when base is still held (its mark is then removed, or kept
+  --- while a representative lives). A store too big for the budget is
+  --- deleted over several reaps: it keeps its mark until its last entry
+  --- is gone. Vrefs the kernel still recognizes are added to retire.
+  local function collect(base, retire, budget)
+    if hasRep(base) then return 0 end
+    if refCount(base) > 0 then
+      del(DIRTY .. base)
+      return 0
+    end
     local vrefs = vrefsOf(base)
     for i = 1, #vrefs do
-      if get(ES .. vrefs[i]) == 'r' then return false end
+      if get(ES .. vrefs[i]) == 'r' then
+        del(DIRTY .. base)
+        return 0
+      end
     end
     for i = 1, #vrefs do
       if get(ES .. vrefs[i]) then
@@ -162,35 +174,48 @@ function M.make(syscall, ls)
         retire[#retire + 1] = vrefs[i]
       end
     end
+    local used, done = 1, true
     if ssub(base, 1, 5) == 'o+d1/' then
-      ls.stores().deleteStore(base)
+      done, used = ls.stores().deleteStore(base, budget)
     else
       ls.durable().deleteInstance(base)
     end
-    return true
+    if done then del(DIRTY .. base) end
+    return used
   end
 
-  --- The reap point: deletes every marked object that nothing holds any
-  --- more, and the objects only they held, and so on. Call it once the
-  --- vat's heap has been collected, so that representatives nobody holds
-  --- are gone from the kits' weak tables. Objects still represented in
-  --- memory stay marked, for a later reap.
+  --- Units of work one reap may do at most (see collect): the rest waits
+  --- for the next reap, so that a reap stays well inside a delivery's
+  --- meter however much was dropped.
+  vom.budget = M.REAP_BUDGET
+
+  --- The reap point: deletes the marked objects that nothing holds any
+  --- more, and the objects only they held, and so on, up to vom.budget
+  --- units of work. Call it once the vat's heap has been collected, so
+  --- that representatives nobody holds are gone from the kits' weak
+  --- tables. Objects still represented in memory stay marked, for a
+  --- later reap.
   ---@return string[] vrefs the vat must retire (syscall.retireExports):
   ---  deleted objects the kernel could still recognize
   function vom.reap()
     local retire = {}
+    local budget = vom.budget
     -- Deleting marks what the deleted held: scan again until a scan
     -- deletes nothing. Each scan streams the marks, so that a reap of a
     -- million objects holds none of them in memory at once.
     repeat
       local deleted, after = false, nil
-      while true do
+      while budget > 0 do
         local key = nextKey(DIRTY, after)
         if not key then break end
         after = key
-        if collect(ssub(key, #DIRTY + 1), retire) then deleted = true end
+        local used = collect(ssub(key, #DIRTY + 1), retire, budget)
+        if used > 0 then
+          deleted = true
+          budget = budget - used
+        end
       end
-    until not deleted
+    until not deleted or budget <= 0
     return retire
   end
 
