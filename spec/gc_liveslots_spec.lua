@@ -149,6 +149,17 @@ describe('liveslots GC: imports', function()
     assert.same({ { 'dropImports', sorted }, { 'retireImports', sorted } }, boyd(vat, sc))
   end)
 
+  it('drops the imports of a delivery that its body never used or could not decode', function()
+    local sc = fakeSyscall()
+    local vat = makeVat(sc)
+    vat.ls.dispatch('message', 'o+0', '#["ignore",["$0.Alleged: thing"]]', { 'o-1', 'o-2' }, nil)
+    vat.ls.dispatch('message', 'o+0', '#["ignore",[', { 'o-3' }, 'p-1')
+    local _, vpid, rejected = sc.lastResolved()
+    assert.same({ 'p-1', true }, { vpid, rejected })
+    local all = { 'o-1', 'o-2', 'o-3' }
+    assert.same({ { 'dropImports', all }, { 'retireImports', all } }, boyd(vat, sc))
+  end)
+
   it('keeps a presence that comes back before the reap point', function()
     local sc = fakeSyscall()
     local vat = makeVat(sc)

@@ -16,7 +16,7 @@ local require = require
 local type, error, pcall, xpcall, select, tostring, setmetatable, rawequal, rawset =
   type, error, pcall, xpcall, select, tostring, setmetatable, rawequal, rawset
 local unpack, pack = table.unpack, table.pack
-local sfind, ssub = string.find, string.sub
+local sfind, ssub, sbyte = string.find, string.sub, string.byte
 local makePromise, resolvePromise, rejectPromise = promise.makePromise, promise.resolvePromise,
   promise.rejectPromise
 local onSettle, pstate, drain = promise.onSettle, promise.state, promise.drain
@@ -537,11 +537,37 @@ function M.make(opts)
 
   -- One capdata table serves every delivery's decoding: the decoder reads
   -- it and lets go of it before returning.
+  local kernelKind = opts.kind == 'kernel'
+
+  --- The kernel put every import among a delivery's slots in the vat's
+  --- c-list as reachable, whether the body uses it or not, and whether it
+  --- decodes or not: each is counted, so that a reap point drops those no
+  --- presence stands for. The common case, a slot whose presence decoding
+  --- just made, costs one lookup.
+  local function noteImports(slots)
+    for i = 1, #slots do
+      local s = slots[i]
+      if not reachable[s] then
+        local import
+        if kernelKind then
+          import = sbyte(s, 2) == 111 and exports[s] == nil and weakExports[s] == nil and not dropped[s]
+        else
+          import = sbyte(s, 1) == 111 and sbyte(s, 2) == 45 -- "o-"
+        end
+        if import then
+          reachable[s] = true
+          unsaved[s] = true
+        end
+      end
+    end
+  end
+
   local capdata = {}
   local function decodeCapdata(body, slots)
     capdata.body, capdata.slots = body, slots
     local ok, v = decode(m.unserialize, capdata)
     capdata.body, capdata.slots = nil, nil
+    if slots[1] ~= nil then noteImports(slots) end
     return ok, v
   end
   ls.marshal = m
