@@ -21,6 +21,7 @@
 
 #include "kernel.h"
 #include "ljson.h"
+#include "lnet.h"
 #include "lrpc.h"
 #include "lsmallcaps.h"
 #include "store.h"
@@ -2510,5 +2511,9 @@ int luaopen_ocap_core(lua_State *L) {
   luaL_newlib(L, core_functions);
   lrpc_open(L);
   lua_setfield(L, -2, "rpc");
+  lnet_open(L);
+  lua_setfield(L, -2, "net");
+  lcrypto_open(L);
+  lua_setfield(L, -2, "crypto");
   return 1;
 }

@@ -682,6 +682,37 @@ static int l_check(lua_State *L) {
   return 3;
 }
 
+/* Whether a reader's error only says that the input stopped early, so
+ * that more bytes of a stream may complete the value. */
+static int is_truncation(const ocap_syrup_reader_t *r) {
+  return strncmp(r->err, "truncated input", 15) == 0 || strcmp(r->err, "empty input") == 0 ||
+         strcmp(r->err, "length exceeds the remaining input") == 0;
+}
+
+/* syrup.frame(bytes) -> length | false  [-0, +1, e]
+ * For a stream of concatenated values (CapTP over a netlayer): the length
+ * of the first complete value at the start of bytes, or false when bytes
+ * hold only the start of one. Raises `syrup: <what> at byte <offset>` when
+ * the bytes cannot start a canonical value, whatever may follow. */
+static int l_frame(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  ocap_syrup_reader_t *r = lua_newuserdatauv(L, sizeof *r, 0);
+  ocap_syrup_tok_t t;
+  ocap_syrup_reader_init(r, s, n);
+  while (!r->done) {
+    if (ocap_syrup_next(r, &t) < 0) {
+      if (is_truncation(r)) {
+        lua_pushboolean(L, 0);
+        return 1;
+      }
+      return luaL_error(L, "syrup: %s at byte %d", r->err, (int)r->err_off);
+    }
+  }
+  lua_pushinteger(L, (lua_Integer)r->pos);
+  return 1;
+}
+
 /* [-0, +1, -] __eq of the atom boxes: same kind, same field. */
 static int box_eq(lua_State *L) {
   int k = box_kind(L, 1);
@@ -722,7 +753,7 @@ static int box_tostring(lua_State *L) {
 static const luaL_Reg module_funcs[] = {
     {"encode", l_encode}, {"decode", l_decode}, {"check", l_check},   {"bytes", l_bytes},
     {"symbol", l_symbol}, {"bigint", l_bigint}, {"tagged", l_tagged}, {"record", l_record},
-    {"set", l_set},       {"kind", l_kind},     {NULL, NULL}};
+    {"set", l_set},       {"kind", l_kind},     {"frame", l_frame},   {NULL, NULL}};
 
 int luaopen_ocap_syrup(lua_State *L) {
   lua_createtable(L, S_COUNT, 0); /* the state */

@@ -1,0 +1,390 @@
+/* TCP connections on a kernel's libuv loop, for the netlayers of the remote
+ * comms (see lnet.h for the conventions). A connection lives in a conn_t
+ * that libuv owns until both its handles are closed; Lua holds a box that
+ * points at it, cleared when it closes, so that a late call on the box is
+ * harmless. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <uv.h>
+
+#include "lnet.h"
+#include "lrpc.h"
+
+#define SERVER_MT "ocap.net.server"
+#define CONN_MT "ocap.net.conn"
+
+typedef struct conn {
+  uv_tcp_t tcp; /* first, so that a stream pointer is the conn */
+  uv_timer_t timer;
+  uv_connect_t req;
+  lua_State *L; /* the main thread, in which callbacks run */
+  int cb_ref;
+  int box_ref;
+  int closed;
+  int handles;   /* handles still open; the conn is freed at zero */
+  size_t queued; /* bytes handed to uv_write and not yet written */
+} conn_t;
+
+typedef struct server {
+  uv_tcp_t tcp;
+  lua_State *L;
+  int cb_ref;
+} server_t;
+
+typedef struct {
+  conn_t *c;
+} connbox_t;
+
+typedef struct {
+  server_t *s;
+} serverbox_t;
+
+static void conn_handle_closed(uv_handle_t *h) {
+  conn_t *c = h->data;
+  if (--c->handles == 0)
+    free(c);
+}
+
+/* [-0, +0, -] Closes c's handles and lets go of its Lua box and callback;
+ * the box's pointer is cleared so that later calls on it do nothing. */
+static void conn_close(conn_t *c) {
+  if (c->closed)
+    return;
+  c->closed = 1;
+  lua_State *L = c->L;
+  if (c->box_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->box_ref);
+    connbox_t *box = lua_touserdata(L, -1);
+    if (box)
+      box->c = NULL;
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, c->box_ref);
+    c->box_ref = LUA_NOREF;
+  }
+  luaL_unref(L, LUA_REGISTRYINDEX, c->cb_ref);
+  c->cb_ref = LUA_NOREF;
+  uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
+  uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
+}
+
+/* [-0, +0, -] Calls the callback with (box, event, data). An "eof" closes
+ * the connection first, so that the callback sees it closed. An error in
+ * the callback is dropped: the loop keeps serving other connections. */
+static void emit(conn_t *c, const char *event, const char *data, size_t n) {
+  if (c->closed)
+    return;
+  lua_State *L = c->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->cb_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->box_ref);
+  lua_pushstring(L, event);
+  if (data)
+    lua_pushlstring(L, data, n);
+  else
+    lua_pushnil(L);
+  if (strcmp(event, "eof") == 0)
+    conn_close(c);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK)
+    lua_pop(L, 1);
+}
+
+/* [-0, +0, m] Makes a conn on loop with its box, which the registry holds
+ * until the conn closes. NULL when out of memory. */
+static conn_t *conn_new(lua_State *L, uv_loop_t *loop, int cb_ref_src) {
+  conn_t *c = calloc(1, sizeof *c);
+  if (!c)
+    return NULL;
+  c->L = L;
+  uv_tcp_init(loop, &c->tcp);
+  uv_timer_init(loop, &c->timer);
+  c->tcp.data = c;
+  c->timer.data = c;
+  c->handles = 2;
+  connbox_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->c = c;
+  luaL_setmetatable(L, CONN_MT);
+  c->box_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, cb_ref_src);
+  c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return c;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  /* The bytes are copied into a Lua string at once: one slab serves all. */
+  static char slab[65536];
+  buf->base = slab;
+  buf->len = sizeof slab;
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  conn_t *c = (conn_t *)st;
+  if (nread < 0) {
+    emit(c, "eof", nread == UV_EOF ? "closed by the peer" : uv_strerror((int)nread),
+         nread == UV_EOF ? strlen("closed by the peer") : strlen(uv_strerror((int)nread)));
+    return;
+  }
+  if (nread > 0)
+    emit(c, "data", buf->base, (size_t)nread);
+}
+
+static void on_timer(uv_timer_t *t) {
+  emit(t->data, "timeout", NULL, 0);
+}
+
+static void on_connection(uv_stream_t *st, int status) {
+  server_t *s = (server_t *)st;
+  if (status < 0)
+    return;
+  conn_t *c = conn_new(s->L, st->loop, s->cb_ref);
+  if (!c)
+    return;
+  if (uv_accept(st, (uv_stream_t *)&c->tcp) != 0) {
+    conn_close(c);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  emit(c, "accept", NULL, 0);
+  if (!c->closed)
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+  conn_t *c = req->data;
+  if (status < 0) {
+    const char *why = uv_strerror(status);
+    emit(c, "eof", why, strlen(why));
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  emit(c, "open", NULL, 0);
+  if (!c->closed)
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+/* [-0, +0, e] Parses host (an IPv4 or IPv6 literal) and port. */
+static int parse_addr(lua_State *L, int hi, int pi, struct sockaddr_storage *out) {
+  const char *host = luaL_checkstring(L, hi);
+  lua_Integer port = luaL_checkinteger(L, pi);
+  luaL_argcheck(L, port >= 0 && port <= 65535, pi, "port out of range");
+  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)out) == 0)
+    return 0;
+  if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)out) == 0)
+    return 0;
+  return -1;
+}
+
+static void server_freed(uv_handle_t *h) {
+  free(h);
+}
+
+/* net.listen(K, host, port, callback) -> server | nil, err  [-0, +1|2, e]
+ * It listens on K's loop; each accepted connection reaches callback as
+ * (conn, "accept"), then its events. */
+static int net_listen(lua_State *L) {
+  uv_loop_t *loop = lkernel_loop(L, 1);
+  struct sockaddr_storage addr;
+  luaL_checktype(L, 4, LUA_TFUNCTION);
+  if (parse_addr(L, 2, 3, &addr) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "not an IP address: %s", lua_tostring(L, 2));
+    return 2;
+  }
+  server_t *s = calloc(1, sizeof *s);
+  if (!s)
+    return luaL_error(L, "out of memory");
+  uv_tcp_init(loop, &s->tcp);
+  int rc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&addr, 0);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)&s->tcp, 128, on_connection);
+  if (rc != 0) {
+    uv_close((uv_handle_t *)&s->tcp, server_freed);
+    lua_pushnil(L);
+    lua_pushstring(L, uv_strerror(rc));
+    return 2;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  s->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  lua_pushvalue(L, 4);
+  s->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  serverbox_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->s = s;
+  luaL_setmetatable(L, SERVER_MT);
+  return 1;
+}
+
+/* server:port() -> integer  [-0, +1, e]
+ * The port it listens on (the one chosen when 0 was asked for). */
+static int server_port(lua_State *L) {
+  serverbox_t *box = luaL_checkudata(L, 1, SERVER_MT);
+  if (!box->s)
+    return luaL_error(L, "server is closed");
+  struct sockaddr_storage addr;
+  int len = sizeof addr;
+  if (uv_tcp_getsockname(&box->s->tcp, (struct sockaddr *)&addr, &len) != 0)
+    return luaL_error(L, "getsockname failed");
+  int port = addr.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&addr)->sin6_port)
+                                        : ntohs(((struct sockaddr_in *)&addr)->sin_port);
+  lua_pushinteger(L, port);
+  return 1;
+}
+
+/* server:close()  [-0, +0, -]
+ * It stops listening; the connections it accepted stay open. */
+static int server_close(lua_State *L) {
+  serverbox_t *box = luaL_checkudata(L, 1, SERVER_MT);
+  server_t *s = box->s;
+  if (!s)
+    return 0;
+  box->s = NULL;
+  luaL_unref(L, LUA_REGISTRYINDEX, s->cb_ref);
+  uv_close((uv_handle_t *)&s->tcp, server_freed);
+  return 0;
+}
+
+/* net.connect(K, host, port, callback) -> conn | nil, err  [-0, +1|2, e]
+ * It connects on K's loop; callback gets (conn, "open") once connected,
+ * or (conn, "eof", why) when that fails. */
+static int net_connect(lua_State *L) {
+  uv_loop_t *loop = lkernel_loop(L, 1);
+  struct sockaddr_storage addr;
+  luaL_checktype(L, 4, LUA_TFUNCTION);
+  if (parse_addr(L, 2, 3, &addr) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "not an IP address: %s", lua_tostring(L, 2));
+    return 2;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  lua_State *main = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  lua_pushvalue(L, 4);
+  int cb = luaL_ref(L, LUA_REGISTRYINDEX);
+  conn_t *c = conn_new(main, loop, cb);
+  luaL_unref(L, LUA_REGISTRYINDEX, cb);
+  if (!c)
+    return luaL_error(L, "out of memory");
+  c->req.data = c;
+  int rc = uv_tcp_connect(&c->req, &c->tcp, (struct sockaddr *)&addr, on_connect);
+  if (rc != 0) {
+    conn_close(c);
+    lua_pushnil(L);
+    lua_pushstring(L, uv_strerror(rc));
+    return 2;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->box_ref);
+  return 1;
+}
+
+static void written(uv_write_t *w, int status) {
+  conn_t *c = w->handle->data;
+  size_t n = *(size_t *)w->data;
+  c->queued -= n;
+  free(w->data);
+  free(w);
+}
+
+/* conn:write(s) -> boolean  [-0, +1, e]
+ * It queues s; false when the connection is closed. */
+static int conn_write(lua_State *L) {
+  connbox_t *box = luaL_checkudata(L, 1, CONN_MT);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  conn_t *c = box->c;
+  if (!c || c->closed) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  uv_write_t *w = malloc(sizeof *w);
+  char *copy = malloc(sizeof(size_t) + (n ? n : 1));
+  if (!w || !copy) {
+    free(w);
+    free(copy);
+    return luaL_error(L, "out of memory");
+  }
+  memcpy(copy, &n, sizeof n);
+  memcpy(copy + sizeof n, s, n);
+  w->data = copy;
+  uv_buf_t b = uv_buf_init(copy + sizeof n, (unsigned)n);
+  int rc = uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, written);
+  if (rc != 0) {
+    free(copy);
+    free(w);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  c->queued += n;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* conn:queued() -> integer  [-0, +1, e]
+ * Bytes written and not yet taken by the peer's socket. */
+static int conn_queued(lua_State *L) {
+  connbox_t *box = luaL_checkudata(L, 1, CONN_MT);
+  lua_pushinteger(L, box->c ? (lua_Integer)box->c->queued : 0);
+  return 1;
+}
+
+/* conn:setTimer(ms)  [-0, +0, e]
+ * One "timeout" event after ms milliseconds; 0 or less cancels it. */
+static int conn_set_timer(lua_State *L) {
+  connbox_t *box = luaL_checkudata(L, 1, CONN_MT);
+  lua_Integer ms = luaL_checkinteger(L, 2);
+  if (!box->c)
+    return 0;
+  uv_timer_stop(&box->c->timer);
+  if (ms > 0)
+    uv_timer_start(&box->c->timer, on_timer, (uint64_t)ms, 0);
+  return 0;
+}
+
+/* conn:close()  [-0, +0, -]
+ * Written bytes still queued go out first: libuv closes the socket after
+ * the pending writes' callbacks. */
+static int conn_lclose(lua_State *L) {
+  connbox_t *box = luaL_checkudata(L, 1, CONN_MT);
+  if (box->c)
+    conn_close(box->c);
+  return 0;
+}
+
+/* conn:isOpen() -> boolean  [-0, +1, -] */
+static int conn_is_open(lua_State *L) {
+  connbox_t *box = luaL_checkudata(L, 1, CONN_MT);
+  lua_pushboolean(L, box->c != NULL && !box->c->closed);
+  return 1;
+}
+
+static const luaL_Reg conn_methods[] = {
+    {"write", conn_write},  {"queued", conn_queued},  {"setTimer", conn_set_timer},
+    {"close", conn_lclose}, {"isOpen", conn_is_open}, {NULL, NULL},
+};
+
+static const luaL_Reg server_methods[] = {
+    {"port", server_port},
+    {"close", server_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg net_functions[] = {
+    {"listen", net_listen},
+    {"connect", net_connect},
+    {NULL, NULL},
+};
+
+int lnet_open(lua_State *L) {
+  if (luaL_newmetatable(L, CONN_MT)) {
+    luaL_newlib(L, conn_methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, SERVER_MT)) {
+    luaL_newlib(L, server_methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, net_functions);
+  return 1;
+}
