@@ -53,7 +53,11 @@ end
 local liveKernels = setmetatable({}, { __mode = 'k' })
 
 local function flushAll()
-  for kernel in pairs(liveKernels) do kernel:_flushIfNeeded() end
+  for kernel in pairs(liveKernels) do
+    kernel:_flushIfNeeded()
+    -- What host turns queued for remote peers leaves now too.
+    if kernel.remote then kernel.remote:pump() end
+  end
 end
 
 local BATCH = 64
@@ -76,6 +80,7 @@ local function drive(isSettled, wait)
       -- crank in which host code ran: only host code can queue a host
       -- turn or settle the awaited promise.
       if not kernel.stopped then
+        if kernel.remote and kernel.remote:pump() then progressed = true end
         local ran, visible = kernel.K:drive(BATCH, GROUP_LIMIT)
         if ran > 0 then progressed = true end
         if visible then kernel:_afterHostCode() end
@@ -105,7 +110,7 @@ Kernel.__index = Kernel
 local OPTION_KEYS = {
   database = 'string', resetStorage = 'boolean', logger = 'function', services = 'table',
   systemSubclusters = 'table', allowedGlobalNames = 'table', baseDir = 'string',
-  durability = 'string', gc = 'table',
+  durability = 'string', gc = 'table', remote = 'table',
 }
 
 local DEFAULT_REAP_INTERVAL = 200
@@ -125,6 +130,17 @@ local function reapInterval(gc)
       type(n) == 'string' and ('%q'):format(n) or tostring(n)), 3)
   end
   return n
+end
+
+--- The services through which vats issue and redeem sturdyrefs.
+local function remoteServices(kernel)
+  local exo = require 'ocap.exo'
+  kernel:registerKernelServiceObject('ocapURLIssuerService', exo.makeDefaultExo('ocapURLIssuerService', {
+    issue = function(_, obj) return kernel.remote:issue(obj) end,
+  }))
+  kernel:registerKernelServiceObject('ocapURLRedemptionService', exo.makeDefaultExo('ocapURLRedemptionService', {
+    redeem = function(_, url) return kernel.remote:redeem(url) end,
+  }))
 end
 
 --- Makes a kernel.
@@ -254,6 +270,10 @@ function M.make(options)
     table.sort(names)
     for _, name in ipairs(names) do
       self:registerKernelServiceObject(name, options.services[name])
+    end
+    if options.remote then
+      self.remote = require('ocap.remote').start(self, options.remote)
+      remoteServices(self)
     end
     system.start(self, options.systemSubclusters)
   end)
@@ -920,8 +940,30 @@ function Kernel:getStatus()
     vats = vats,
     subclusters = self:getSubclusters(),
     terminatedVats = terminated,
-    remoteComms = { state = 'disconnected' },
+    remoteComms = self.remote and self.remote:status() or { state = 'disconnected' },
   }
+end
+
+function Kernel:_remote(what)
+  self:_check()
+  if not self.remote then
+    error(what .. ': remote comms are not configured (Kernel.make { remote = { ... } })', 3)
+  end
+  return self.remote
+end
+
+--- Registers obj (a kref, a presence or a host remotable) under a swiss
+--- number and returns its sturdyref URL (docs/remote.md).
+---@param obj any
+---@param swiss string|nil a swiss number to use instead of a random one
+function Kernel:issueOcapURL(obj, swiss)
+  return self:_remote('issueOcapURL'):issue(obj, swiss)
+end
+
+--- A promise of the object a sturdyref URL designates, on another kernel.
+---@param url string|table an ocapn:// sturdyref URL, or an ocapn-sturdyref record
+function Kernel:redeemOcapURL(url)
+  return self:_remote('redeemOcapURL'):redeem(url)
 end
 
 --- The root kref of a system subcluster declared in Kernel.make.
@@ -1019,6 +1061,7 @@ function Kernel:stop()
   -- database) is closed all the same, so that it stops taking part in the
   -- loop that drives every kernel; the failure is raised afterwards.
   local ok, err = pcall(function()
+    if self.remote then self.remote:close() end
     self.K:commit()
     self.K:flush()
   end)

@@ -1,0 +1,991 @@
+--- Remote kernels over OCapN: CapTP sessions on the `tcp-testing-only`
+--- netlayer, on the kernel's libuv loop (docs/remote.md).
+---
+--- A session is one connection to one peer, with its own tables, which
+--- play the part of the remote endpoint's c-list: what we export to the
+--- peer (positions -> local objects and promises), what we import from it
+--- (positions -> import objects), the answers it asked us to keep (for its
+--- pipelined messages) and the questions we asked it.
+---
+--- An import is a host object of this kernel: a vat that is given one
+--- holds a kernel object the host endpoint owns, and a message a vat sends
+--- it is delivered to the host in a crank, where the import turns it into
+--- an `op:deliver`. The bytes leave only after that crank committed: the
+--- netlayer's callbacks only queue, and `pump` (run by the kernel's driver
+--- between cranks) commits and flushes the store before it writes.
+local core = require 'ocap.core'
+local syrup = require 'ocap.syrup'
+local pass = require 'ocap.pass'
+local promise = require 'ocap.promise'
+local liveslots = require 'ocap.liveslots'
+local captp = require 'ocap.captp'
+
+local net, crypto = core.net, core.crypto
+local kind, sym = syrup.kind, syrup.symbol
+local list, op, desc, label, descPos = captp.list, captp.op, captp.desc, captp.label, captp.descPos
+local E = liveslots.E
+local pack, unpack = table.pack, table.unpack
+
+local M = {}
+
+local OPTIONS = {
+  netlayer = 'string', listen = 'string', handshakeTimeout = 'number', maxMessageBytes = 'number',
+  maxAnswers = 'number',
+}
+
+-- Milliseconds between activity and the full collection that finds the
+-- imports it dropped.
+local GC_DELAY = 100
+
+local DEFAULTS = { handshakeTimeout = 30000, maxMessageBytes = 1024 * 1024, maxAnswers = 10000 }
+
+-- A protocol violation by the peer: the session is aborted with `reason`.
+local Violation = {}
+Violation.__index = Violation
+local function violation(fmt, ...)
+  error(setmetatable({ reason = fmt:format(...) }, Violation), 0)
+end
+
+-- What a message to one of our internal exports (the bootstrap object,
+-- our resolvers) is delivered to: the session's handler, never the kernel.
+local Internal = {}
+
+local function kernelError(code, detail)
+  return pass.makeError(('[KERNEL:%s] %s'):format(code, detail))
+end
+
+-- ---- imports ----
+
+-- Each import object knows its session and position. The table is weak,
+-- and the session's own table of imports holds them weakly too: once no
+-- one holds an import (not the host, not the kernel) Lua collects it, and
+-- its finalizer queues the `op:gc-export` that tells the peer how many
+-- times it was received.
+local importInfo = setmetatable({}, { __mode = 'k' })
+
+local importMT = {}
+importMT.__index = function(self, method)
+  if type(method) ~= 'string' then return nil end
+  return function(target, ...)
+    local info = importInfo[target or self]
+    if not info then return promise.reject(pass.makeError('not an OCapN import')) end
+    return info.remote:_call(info, method, pack(...))
+  end
+end
+importMT.__gc = function(self)
+  local info = importInfo[self]
+  if info and not info.c.closed then
+    local q = info.c.gcQueue
+    q[#q + 1] = { info.pos, info.count }
+  end
+end
+importMT.__tostring = function(self)
+  local info = importInfo[self]
+  return info and ('ocapn import %d of %s'):format(info.pos, info.c.peer or '?') or 'ocapn import'
+end
+
+-- ---- the remote comms of one kernel ----
+
+local Remote = {}
+Remote.__index = Remote
+
+local function checkOptions(opts)
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if not want then error(('Kernel.make: option remote has unknown key %q'):format(tostring(k)), 0) end
+    if type(v) ~= want then
+      error(('Kernel.make: option remote.%s must be a %s, got %s'):format(k, want, type(v)), 0)
+    end
+  end
+  local netlayer = opts.netlayer or 'tcp-testing-only'
+  if netlayer ~= 'tcp-testing-only' then
+    error(("Kernel.make: option remote.netlayer: unknown netlayer %q (only 'tcp-testing-only' exists)"):format(
+      netlayer), 0)
+  end
+  for k, d in pairs(DEFAULTS) do
+    local v = opts[k]
+    if v ~= nil and (math.type(v) ~= 'integer' or v < 1) then
+      error(('Kernel.make: option remote.%s must be a positive integer'):format(k), 0)
+    end
+    opts[k] = v or d
+  end
+  local host, port = (opts.listen or '127.0.0.1:0'):match('^%[?([^%]]+)%]?:(%d+)$')
+  if not host then
+    error(("Kernel.make: option remote.listen must be 'host:port', got %q"):format(tostring(opts.listen)), 0)
+  end
+  return netlayer, host, tonumber(port)
+end
+
+local function hex(s)
+  return (s:gsub('.', function(c) return ('%02x'):format(c:byte()) end))
+end
+
+--- A swiss number: 32 characters of base64url from 24 random bytes.
+local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+local function newSwiss()
+  local raw, out = crypto.random(24), {}
+  for i = 1, #raw, 3 do
+    local a, b, c = raw:byte(i, i + 2)
+    local n = a * 65536 + b * 256 + c
+    for s = 18, 0, -6 do
+      local k = (n >> s) & 63
+      out[#out + 1] = B64:sub(k + 1, k + 1)
+    end
+  end
+  return table.concat(out)
+end
+
+--- Starts the remote comms of a kernel: listens, and is ready to dial.
+---@param kernel table the kernel (ocap.kernel)
+---@param opts table Kernel.make's `remote` option
+function M.start(kernel, opts)
+  local copy = {}
+  for k, v in pairs(opts) do copy[k] = v end
+  local netlayer, host, port = checkOptions(copy)
+  local K = kernel.K
+  local designator = K:kvGet('remote.designator')
+  if not designator then
+    designator = hex(crypto.random(16))
+    K:kvSet('remote.designator', designator)
+    K:commit()
+  end
+  local self = setmetatable({
+    kernel = kernel, K = K, ls = kernel.ls, opts = copy,
+    designator = designator, netlayer = netlayer,
+    events = {},       -- what the netlayer reported, handled by pump
+    conns = {},        -- conn userdata -> session
+    sessions = {},     -- peer designator -> the session in use for it
+    waiting = {},      -- peer designator -> functions to run once it is open
+    sturdy = {},       -- swiss -> object, for objects the host registered
+    dirty = {},        -- sessions with bytes to write
+    counts = { aborted = 0, gcExports = 0, gcAnswers = 0 },
+    closed = false,
+  }, Remote)
+  local function onEvent(conn, event, data)
+    local ev = self.events
+    ev[#ev + 1] = { conn, event, data }
+  end
+  self.onEvent = onEvent
+  local server, err = net.listen(K, host, port, onEvent)
+  if not server then error(('Kernel.make: remote: cannot listen on %s:%d: %s'):format(host, port, err), 0) end
+  self.server = server
+  self.location = { transport = netlayer, designator = designator,
+    hints = { host = host, port = tostring(server:port()) } }
+  return self
+end
+
+function Remote:_log(level, message)
+  self.kernel.logger({ level = level, tags = { 'remote' }, vatId = 'kernel', message = message })
+end
+
+--- The locator of this kernel: `ocapn://<designator>.<netlayer>?host=..&port=..`.
+function Remote:locator()
+  return captp.formatURL(self.location)
+end
+
+function Remote:status()
+  local n = 0
+  for _, c in pairs(self.sessions) do
+    if c.state == 'open' then n = n + 1 end
+  end
+  return {
+    state = self.closed and 'disconnected' or 'connected',
+    peerId = self.designator,
+    listenAddresses = { self:locator() },
+    sessions = n,
+    aborted = self.counts.aborted,
+    gcExports = self.counts.gcExports,
+    gcAnswers = self.counts.gcAnswers,
+  }
+end
+
+-- ---- sessions ----
+
+function Remote:_newSession(conn, outbound, peer)
+  local pk, sk = crypto.keypair()
+  local c = {
+    remote = self, conn = conn, outbound = outbound, peer = peer, state = 'hello',
+    pk = pk, sk = sk, buf = '', out = {},
+    exports = {}, exportOf = {}, exportCount = {}, nextExport = 1,
+    internal = {},
+    imports = setmetatable({}, { __mode = 'v' }),
+    promiseImports = {},
+    answers = {}, nanswers = 0,
+    questions = {}, nextQuestion = 0,
+    gcQueue = {}, gcAnswers = {},
+  }
+  c.internal[0] = function(method, args) return self:_bootstrap(method, args) end
+  self.conns[conn] = c
+  return c
+end
+
+--- Queues a message for the session's peer.
+function Remote:_send(c, msg)
+  if c.closed then return end
+  c.out[#c.out + 1] = syrup.encode(msg)
+  self.dirty[c] = true
+end
+
+function Remote:_hello(c)
+  local sig = crypto.sign(c.sk, captp.locationBytes(self.location))
+  self:_send(c, op('op:start-session', captp.VERSION, captp.pubkeyValue(c.pk), captp.peerValue(self.location),
+    captp.sigValue(sig)))
+  c.conn:setTimer(self.opts.handshakeTimeout)
+end
+
+--- Ends a session: the promises the peer decided for us reject with
+--- `code`, and it is forgotten. `why` is for the log.
+function Remote:_lost(c, why, code)
+  if c.closed then return end
+  c.closed = true
+  c.state = 'closed'
+  self.conns[c.conn] = nil
+  self.dirty[c] = nil
+  c.conn:close()
+  local err = kernelError(code or 'CONNECTION_LOST',
+    ('connection to peer %s lost: %s'):format(tostring(c.peer), why))
+  c.lostError = err
+  for _, q in pairs(c.questions) do q.reject(err) end
+  c.questions = {}
+  for _, kit in pairs(c.promiseImports) do kit.reject(err) end
+  c.promiseImports = {}
+  if c.peer and self.sessions[c.peer] == c then
+    self.sessions[c.peer] = nil
+    local waiting = self.waiting[c.peer]
+    if waiting then
+      self.waiting[c.peer] = nil
+      for _, w in ipairs(waiting) do w(nil, err) end
+    end
+  end
+  self:_log('info', ('session with %s ended: %s'):format(tostring(c.peer), why))
+end
+
+--- Aborts a session: tells the peer why, then ends it.
+function Remote:_abort(c, reason, code)
+  if c.closed then return end
+  self.counts.aborted = self.counts.aborted + 1
+  self:_log('warn', ('aborting session with %s: %s'):format(tostring(c.peer or 'unknown peer'), reason))
+  -- The abort changes no state of ours that a crank could roll back: it
+  -- goes out at once, with whatever was queued before it.
+  local pending = table.concat(c.out)
+  c.out = {}
+  c.conn:write(pending .. syrup.encode(op('op:abort', reason)))
+  self:_lost(c, 'aborted: ' .. reason, code)
+end
+
+-- ---- reading ----
+
+function Remote:_onData(c, data)
+  c.buf = c.buf .. data
+  while not c.closed do
+    local ok, n = pcall(syrup.frame, c.buf)
+    if not ok then
+      return self:_abort(c, 'malformed Syrup: ' .. tostring(n):gsub('^syrup: ', ''))
+    end
+    if not n then
+      if #c.buf > self.opts.maxMessageBytes then
+        return self:_abort(c, ('message larger than %d bytes'):format(self.opts.maxMessageBytes))
+      end
+      return
+    end
+    if n > self.opts.maxMessageBytes then
+      return self:_abort(c, ('message larger than %d bytes'):format(self.opts.maxMessageBytes))
+    end
+    local bytes = c.buf:sub(1, n)
+    c.buf = c.buf:sub(n + 1)
+    local dok, msg = pcall(syrup.decode, bytes)
+    if not dok then return self:_abort(c, 'malformed Syrup: ' .. tostring(msg):gsub('^syrup: ', '')) end
+    local hok, err = pcall(self._handle, self, c, msg)
+    if not hok then
+      if getmetatable(err) == Violation then
+        self:_abort(c, err.reason)
+      else
+        self:_log('error', 'remote: internal error handling a message: ' .. tostring(err))
+        self:_abort(c, 'internal error')
+      end
+    end
+  end
+end
+
+local HANDLERS = {}
+
+function Remote:_handle(c, msg)
+  local name = label(msg)
+  if not name then violation('a CapTP message must be a record with a symbol label') end
+  if c.state == 'hello' then
+    if name == 'op:abort' then
+      return self:_lost(c, 'peer aborted: ' .. tostring(msg.args[1]))
+    end
+    if name ~= 'op:start-session' then violation('expected op:start-session, got %s', name) end
+    return self:_startSession(c, msg.args)
+  end
+  local h = HANDLERS[name]
+  if not h then violation('unknown operation %s', name) end
+  return h(self, c, msg.args)
+end
+
+local function argc(args, name, min, max)
+  if #args < min or #args > (max or min) or args.n then
+    violation('malformed %s: %d arguments', name, args.n or #args)
+  end
+end
+
+function Remote:_startSession(c, args)
+  argc(args, 'op:start-session', 4)
+  local version, pkv, locv, sigv = args[1], args[2], args[3], args[4]
+  if version ~= captp.VERSION then
+    violation('unsupported CapTP version %s (this peer speaks %s)', tostring(version), captp.VERSION)
+  end
+  local pk, perr = captp.parsePubkey(pkv)
+  if not pk then violation('op:start-session: %s', perr) end
+  local loc, lerr = captp.parsePeer(locv)
+  if not loc then violation('op:start-session: %s', lerr) end
+  local sig, serr = captp.parseSig(sigv)
+  if not sig then violation('op:start-session: %s', serr) end
+  if not crypto.verify(pk, captp.locationBytes(loc), sig) then
+    violation('op:start-session: bad location signature')
+  end
+  if c.outbound and loc.designator ~= c.peer then
+    violation('op:start-session: peer %s answered for %s', loc.designator, c.peer)
+  end
+  c.theirPk = pk
+  c.peer = loc.designator
+  if not c.outbound then self:_hello(c) end
+  c.peerLocation = loc
+  local existing = self.sessions[c.peer]
+  if existing and existing ~= c and not existing.closed then
+    if existing.outbound ~= c.outbound then
+      -- Crossed hellos: both sides dialled. The connection whose dialler's
+      -- session key has the lower id is dropped, on both sides alike.
+      local out, inb = existing.outbound and existing or c, existing.outbound and c or existing
+      local loser = captp.sideId(out.pk) < captp.sideId(inb.theirPk) and out or inb
+      if loser == c then return self:_abort(c, 'crossed hellos: the other connection wins') end
+      self.sessions[c.peer] = c
+      self:_abort(existing, 'crossed hellos: the other connection wins')
+    else
+      -- The peer opened a new session: the old one is gone with its state.
+      self:_abort(existing, 'the peer started a new session', 'PEER_RESTARTED')
+    end
+  end
+  self.sessions[c.peer] = c
+  c.state = 'open'
+  c.conn:setTimer(0)
+  self:_log('info', ('session with %s open (%s)'):format(c.peer, c.outbound and 'dialled' or 'accepted'))
+  local waiting = self.waiting[c.peer]
+  if waiting then
+    self.waiting[c.peer] = nil
+    for _, w in ipairs(waiting) do w(c) end
+  end
+end
+
+-- ---- values across the wire ----
+
+--- Exports a local value to c: its descriptor as the peer sees it.
+local function exportValue(c, v, isPromise)
+  local pos = c.exportOf[v]
+  if not pos then
+    pos = c.nextExport
+    c.nextExport = pos + 1
+    c.exports[pos] = v
+    c.exportOf[v] = pos
+    c.exportCount[pos] = 0
+  end
+  c.exportCount[pos] = c.exportCount[pos] + 1
+  return desc(isPromise and 'desc:import-promise' or 'desc:import-object', pos)
+end
+
+--- An internal export (a resolver of ours): handler(method, args).
+local function internalExport(c, handler)
+  local pos = c.nextExport
+  c.nextExport = pos + 1
+  c.internal[pos] = handler
+  return pos
+end
+
+--- Our export at pos, as the peer names it in a message.
+local function exported(c, pos)
+  local v = c.exports[pos]
+  if v ~= nil then return v end
+  if c.internal[pos] then return setmetatable({ handler = c.internal[pos] }, Internal) end
+  violation('no export at position %d', pos)
+end
+
+--- The Syrup value of a local value sent to c's peer.
+function Remote:_out(c, v, depth)
+  depth = (depth or 0) + 1
+  if depth > 200 then error('value nested too deeply for CapTP', 0) end
+  local t = type(v)
+  if t == 'string' then
+    if utf8.len(v) then return v end
+    return syrup.bytes(v)
+  end
+  if t ~= 'table' and t ~= 'userdata' then return v end
+  local info = importInfo[v]
+  if info then
+    if info.c == c then return desc('desc:export', info.pos) end
+    error('third-party handoffs are not supported: the reference belongs to another peer', 0)
+  end
+  local k = kind(v)
+  if k then
+    if k == 'tagged' then return syrup.tagged(v.tag, self:_out(c, v.value, depth)) end
+    if k == 'record' then return syrup.record(self:_out(c, v.label, depth), self:_out(c, v.args, depth)) end
+    if k == 'set' then return syrup.set(self:_out(c, v.items, depth)) end
+    return v
+  end
+  if v == pass.null or pass.isError(v) then return v end
+  if pass.isRemotable(v) then return exportValue(c, v, false) end
+  if promise.isPromise(v) or pass.isPromise(v) then return exportValue(c, v, true) end
+  local style = pass.passStyleOf(v)
+  if style == 'copyArray' then
+    local n = v.n or #v
+    local a = pass.array()
+    for i = 1, n do a[i] = self:_out(c, v[i], depth) end
+    if n > #a then a.n = n end
+    return a
+  end
+  if style == 'copyRecord' then
+    local r = {}
+    for key, x in pairs(v) do r[key] = self:_out(c, x, depth) end
+    return r
+  end
+  return v
+end
+
+--- The local value of a Syrup value from c's peer.
+function Remote:_in(c, v, depth)
+  depth = (depth or 0) + 1
+  if type(v) ~= 'table' then return v end
+  local k = kind(v)
+  if k == 'record' then
+    local name = label(v)
+    if name == 'desc:import-object' then
+      local pos = descPos(v, name) or violation('malformed %s', name)
+      return self:_import(c, pos)
+    elseif name == 'desc:import-promise' then
+      local pos = descPos(v, name) or violation('malformed %s', name)
+      return self:_importPromise(c, pos)
+    elseif name == 'desc:export' then
+      local pos = descPos(v, name) or violation('malformed %s', name)
+      return exported(c, pos)
+    elseif name == 'desc:answer' then
+      local pos = descPos(v, name) or violation('malformed %s', name)
+      local a = c.answers[pos]
+      if a == nil then violation('no answer at position %d', pos) end
+      return a
+    end
+    return syrup.record(v.label, self:_in(c, v.args, depth))
+  elseif k == 'tagged' then
+    return syrup.tagged(v.tag, self:_in(c, v.value, depth))
+  elseif k == 'set' then
+    return syrup.set(self:_in(c, v.items, depth))
+  elseif k then
+    return v
+  end
+  if v == pass.null or pass.isError(v) then return v end
+  if pass.isArray(v) then
+    local n = v.n or #v
+    local a = pass.array()
+    for i = 1, n do a[i] = self:_in(c, v[i], depth) end
+    if n > #a then a.n = n end
+    return a
+  end
+  local r = {}
+  for key, x in pairs(v) do r[key] = self:_in(c, x, depth) end
+  return r
+end
+
+--- The import at pos (one object per position while it lives).
+function Remote:_import(c, pos)
+  local proxy = c.imports[pos]
+  if proxy then
+    importInfo[proxy].count = importInfo[proxy].count + 1
+    return proxy
+  end
+  proxy = setmetatable({}, importMT)
+  importInfo[proxy] = { remote = self, c = c, pos = pos, count = 1 }
+  pass.registerRemotable(proxy, 'Alleged: ocapn import')
+  c.imports[pos] = proxy
+  return proxy
+end
+
+--- A local promise for the peer's promise at pos: we listen to it.
+function Remote:_importPromise(c, pos)
+  local kit = c.promiseImports[pos]
+  if kit then return kit.promise end
+  kit = promise.makePromiseKit()
+  c.promiseImports[pos] = kit
+  local rpos = internalExport(c, function(method, args)
+    if method == 'fulfill' then kit.resolve(args[1]) elseif method == 'break' then kit.reject(args[1]) end
+    c.promiseImports[pos] = nil
+  end)
+  self:_send(c, op('op:listen', desc('desc:export', pos), desc('desc:import-object', rpos), false))
+  return kit.promise
+end
+
+-- OCapN values a vat cannot hold: symbols and byte arrays become strings
+-- on their way into the kernel; the rest is refused.
+local function toKernel(v, depth)
+  depth = (depth or 0) + 1
+  if type(v) ~= 'table' then return v end
+  local k = kind(v)
+  if k == 'symbol' then return v.name end
+  if k == 'bytes' then return v.bytes end
+  if k then error(pass.makeError(('an OCapN %s cannot be passed to a vat'):format(k)), 0) end
+  if v == pass.null or pass.isError(v) or pass.isRemotable(v) or promise.isPromise(v) then return v end
+  if pass.isArray(v) then
+    local n = v.n or #v
+    local a = pass.array()
+    for i = 1, n do a[i] = toKernel(v[i], depth) end
+    if n > #a then a.n = n end
+    return a
+  end
+  local r = {}
+  for key, x in pairs(v) do r[key] = toKernel(x, depth) end
+  return r
+end
+
+--- Sends method(args) to a local target; a promise of the result. A
+--- target behind the kernel (a vat's object, a kernel promise) gets the
+--- arguments as ocap values; a host object gets OCapN's as they are.
+function Remote:_deliverLocal(target, method, args)
+  if getmetatable(target) == Internal then
+    local ok, r = pcall(target.handler, method, args)
+    return promise.settled(ok, r)
+  end
+  if promise.isPromise(target) and not liveslots.refOf(target) then
+    -- A promise of ours: the message waits for it, then goes where it
+    -- points, with the arguments that target needs.
+    return target:next(function(t) return self:_deliverLocal(t, method, args) end)
+  end
+  local ok, p = pcall(function()
+    if liveslots.refOf(target) then args = toKernel(args) end
+    return E(target)[method](unpack(args, 1, args.n or #args))
+  end)
+  if not ok then return promise.reject(p) end
+  return p
+end
+
+-- ---- the operations ----
+
+local function splitSelector(args)
+  local first = args[1]
+  if kind(first) == 'symbol' then
+    local n = args.n or #args
+    return first.name, pack(unpack(args, 2, n))
+  end
+  return '__call', pack(unpack(args, 1, args.n or #args))
+end
+
+--- Tells the peer's resolver how p settled.
+function Remote:_resolveTo(c, resolver, p)
+  promise.onSettle(p, function(ok, v)
+    if c.closed then return end
+    local info = importInfo[resolver]
+    if not info then return end
+    local encoded, enc = pcall(self._out, self, c, v)
+    if not encoded then
+      ok, enc = false, pass.makeError(tostring(pass.isError(enc) and enc.message or enc))
+    end
+    self:_send(c, op('op:deliver-only', desc('desc:export', info.pos), list(sym(ok and 'fulfill' or 'break'), enc)))
+  end)
+end
+
+local function targetOf(c, to)
+  local name = label(to)
+  if name == 'desc:export' then
+    local pos = descPos(to, name) or violation('malformed desc:export')
+    return exported(c, pos)
+  elseif name == 'desc:answer' then
+    local pos = descPos(to, name) or violation('malformed desc:answer')
+    local a = c.answers[pos]
+    if a == nil then violation('no answer at position %d', pos) end
+    return a
+  end
+  violation('a message must go to a desc:export or desc:answer')
+end
+
+local function deliver(self, c, to, argv, answerPos, resolveMe)
+  local target = targetOf(c, to)
+  if not pass.isArray(argv) then violation('the arguments of a delivery must be a list') end
+  if answerPos ~= false and answerPos ~= nil then
+    if math.type(answerPos) ~= 'integer' or answerPos < 0 then violation('bad answer position') end
+    if c.answers[answerPos] ~= nil then violation('answer position %d is in use', answerPos) end
+    if c.nanswers >= self.opts.maxAnswers then
+      violation('more than %d answers outstanding', self.opts.maxAnswers)
+    end
+  else
+    answerPos = nil
+  end
+  local resolver
+  if resolveMe ~= false and resolveMe ~= nil then
+    if label(resolveMe) ~= 'desc:import-object' then violation('resolve-me must be a desc:import-object') end
+    resolver = self:_in(c, resolveMe)
+  end
+  local method, args = splitSelector(self:_in(c, argv))
+  local p = self:_deliverLocal(target, method, args)
+  if answerPos then
+    c.answers[answerPos] = p
+    c.nanswers = c.nanswers + 1
+  end
+  if resolver then
+    self:_resolveTo(c, resolver, p)
+  else
+    promise.onSettle(p, function() end)
+  end
+end
+
+HANDLERS['op:deliver'] = function(self, c, args)
+  argc(args, 'op:deliver', 4)
+  deliver(self, c, args[1], args[2], args[3], args[4])
+end
+
+HANDLERS['op:deliver-only'] = function(self, c, args)
+  argc(args, 'op:deliver-only', 2)
+  deliver(self, c, args[1], args[2], false, false)
+end
+
+HANDLERS['op:listen'] = function(self, c, args)
+  argc(args, 'op:listen', 2, 3)
+  local target = targetOf(c, args[1])
+  if label(args[2]) ~= 'desc:import-object' then violation('op:listen needs a desc:import-object') end
+  local resolver = self:_in(c, args[2])
+  if getmetatable(target) == Internal then target = nil end
+  self:_resolveTo(c, resolver, promise.resolve(target))
+end
+
+HANDLERS['op:abort'] = function(self, c, args)
+  self:_lost(c, 'peer aborted: ' .. tostring(args[1]))
+end
+
+HANDLERS['op:start-session'] = function()
+  violation('op:start-session in an open session')
+end
+
+-- Positions come as one integer or as a list, as drafts differ.
+local function positions(v, what)
+  if math.type(v) == 'integer' then return { v } end
+  if not pass.isArray(v) then violation('malformed %s', what) end
+  for _, x in ipairs(v) do
+    if math.type(x) ~= 'integer' then violation('malformed %s', what) end
+  end
+  return v
+end
+
+local function gcExports(self, c, args)
+  argc(args, 'op:gc-exports', 2)
+  local pos, deltas = positions(args[1], 'op:gc-exports'), positions(args[2], 'op:gc-exports')
+  if #pos ~= #deltas then violation('malformed op:gc-exports: %d positions, %d deltas', #pos, #deltas) end
+  for i, p in ipairs(pos) do
+    local n = c.exportCount[p]
+    if n and p ~= 0 then
+      n = n - deltas[i]
+      self.counts.gcExports = self.counts.gcExports + 1
+      if n <= 0 then
+        local v = c.exports[p]
+        c.exports[p], c.exportCount[p] = nil, nil
+        if v ~= nil then c.exportOf[v] = nil end
+      else
+        c.exportCount[p] = n
+      end
+    end
+  end
+end
+HANDLERS['op:gc-export'] = gcExports
+HANDLERS['op:gc-exports'] = gcExports
+
+local function gcAnswers(self, c, args)
+  argc(args, 'op:gc-answers', 1)
+  for _, p in ipairs(positions(args[1], 'op:gc-answers')) do
+    if c.answers[p] ~= nil then
+      c.answers[p] = nil
+      c.nanswers = c.nanswers - 1
+      self.counts.gcAnswers = self.counts.gcAnswers + 1
+    end
+  end
+end
+HANDLERS['op:gc-answer'] = gcAnswers
+HANDLERS['op:gc-answers'] = gcAnswers
+
+-- Pipelined selection (op:get, op:index, op:untag): a new answer for a
+-- part of an answer or export, once it settles.
+local function select(getter, name)
+  return function(_, c, args)
+    argc(args, name, 3)
+    local target = targetOf(c, args[1])
+    local key, pos = args[2], args[3]
+    if math.type(pos) ~= 'integer' or pos < 0 or c.answers[pos] ~= nil then
+      violation('%s: bad answer position', name)
+    end
+    c.answers[pos] = promise.resolve(target):next(function(v) return getter(v, key) end)
+    c.nanswers = c.nanswers + 1
+  end
+end
+HANDLERS['op:get'] = select(function(v, key)
+  if type(v) ~= 'table' or kind(key) ~= 'symbol' and type(key) ~= 'string' then
+    error(pass.makeError('op:get: not a struct field'), 0)
+  end
+  return v[type(key) == 'string' and key or key.name]
+end, 'op:get')
+HANDLERS['op:index'] = select(function(v, i)
+  if not pass.isArray(v) or math.type(i) ~= 'integer' then error(pass.makeError('op:index: not a list'), 0) end
+  return v[i + 1]
+end, 'op:index')
+HANDLERS['op:untag'] = select(function(v, tag)
+  local t = kind(tag) == 'symbol' and tag.name or tag
+  if kind(v) ~= 'tagged' or v.tag ~= t then error(pass.makeError('op:untag: tag does not match'), 0) end
+  return v.value
+end, 'op:untag')
+
+-- ---- the bootstrap object (export 0) ----
+
+function Remote:_lookupSwiss(swiss)
+  local obj = self.sturdy[swiss]
+  if obj ~= nil then return obj end
+  local kref = self.K:kvGet('remote.sturdy.' .. hex(swiss))
+  if kref then
+    if kref:sub(1, 2) == 'kp' then return self.ls.promiseFor(kref) end
+    return self.ls.presenceFor(kref)
+  end
+end
+
+function Remote:_bootstrap(method, args)
+  if method == 'fetch' then
+    local swiss = args[1]
+    if kind(swiss) == 'bytes' then swiss = swiss.bytes end
+    if type(swiss) ~= 'string' then error(pass.makeError('fetch: the swiss number must be bytes'), 0) end
+    local obj = self:_lookupSwiss(swiss)
+    if obj == nil then error(pass.makeError('fetch: no object for this swiss number'), 0) end
+    return obj
+  end
+  if method == 'deposit-gift' or method == 'withdraw-gift' then
+    error(pass.makeError(method .. ': third-party handoffs are not supported by this peer'), 0)
+  end
+  error(pass.makeError(('the bootstrap object has no method %q'):format(tostring(method))), 0)
+end
+
+-- ---- sending to imports ----
+
+--- A message to an import: an op:deliver with an answer position (so the
+--- peer can take pipelined messages) and a resolver of ours.
+function Remote:_call(info, method, args)
+  local c = info.c
+  if c.closed then return promise.reject(c.lostError) end
+  local ok, argv = pcall(function()
+    local a = list()
+    local n = args.n or #args
+    local base = 0
+    if method ~= '__call' then
+      a[1] = sym(method)
+      base = 1
+    end
+    for i = 1, n do a[base + i] = self:_out(c, args[i]) end
+    if base + n > #a then a.n = base + n end
+    return a
+  end)
+  if not ok then return promise.reject(pass.isError(argv) and argv or pass.makeError(tostring(argv))) end
+  local qpos = c.nextQuestion
+  c.nextQuestion = qpos + 1
+  local kit = promise.makePromiseKit()
+  c.questions[qpos] = kit
+  local rpos
+  rpos = internalExport(c, function(m, a)
+    if m ~= 'fulfill' and m ~= 'break' then error(pass.makeError('a resolver takes fulfill or break'), 0) end
+    c.internal[rpos] = nil
+    if c.questions[qpos] then
+      c.questions[qpos] = nil
+      -- The answer is settled here: the peer may reuse its position.
+      c.gcAnswers[#c.gcAnswers + 1] = qpos
+      self.dirty[c] = true
+      if m == 'fulfill' then kit.resolve(a[1]) else kit.reject(a[1]) end
+    end
+  end)
+  self:_send(c, op('op:deliver', desc('desc:export', info.pos), argv, qpos, desc('desc:import-object', rpos)))
+  return kit.promise
+end
+
+-- ---- dialling ----
+
+--- Runs fn(session) once a session with loc is open (or fn(nil, err)).
+function Remote:_withSession(loc, fn)
+  if self.closed then return fn(nil, kernelError('ENDPOINT_UNREACHABLE', 'remote comms are closed')) end
+  if loc.designator == self.designator then
+    return fn(nil, kernelError('ENDPOINT_UNREACHABLE', 'cannot open a session with this kernel itself'))
+  end
+  local c = self.sessions[loc.designator]
+  if c and c.state == 'open' then return fn(c) end
+  local w = self.waiting[loc.designator]
+  if not w then
+    w = {}
+    self.waiting[loc.designator] = w
+  end
+  w[#w + 1] = fn
+  if c then return end
+  if loc.transport ~= self.netlayer then
+    self.waiting[loc.designator] = nil
+    return fn(nil, kernelError('ENDPOINT_UNREACHABLE', ('no netlayer %q here'):format(loc.transport)))
+  end
+  local host, port = loc.hints.host, tonumber(loc.hints.port)
+  local conn, err
+  if host and port then conn, err = net.connect(self.K, host, port, self.onEvent) end
+  if not conn then
+    self.waiting[loc.designator] = nil
+    local why = err or 'the locator has no host and port hints'
+    return fn(nil, kernelError('ENDPOINT_UNREACHABLE', ('cannot reach %s: %s'):format(loc.designator, why)))
+  end
+  c = self:_newSession(conn, true, loc.designator)
+  self.sessions[loc.designator] = c
+end
+
+--- A promise of the object a sturdyref designates (a URL or an
+--- `<ocapn-sturdyref ...>` record).
+function Remote:redeem(ref)
+  local loc, swiss
+  if type(ref) == 'string' then
+    loc, swiss = captp.parseURL(ref)
+    if loc and not swiss then swiss, loc = nil, nil end
+  else
+    loc, swiss = captp.parseSturdyref(ref)
+  end
+  if not loc then
+    return promise.reject(pass.makeError(('redeemOcapURL: %s'):format(swiss or 'not a sturdyref URL')))
+  end
+  local kit = promise.makePromiseKit()
+  self:_withSession(loc, function(c, err)
+    if not c then return kit.reject(err) end
+    local boot = self:_import(c, 0)
+    kit.resolve(self:_call(importInfo[boot], 'fetch', pack(syrup.bytes(swiss))))
+  end)
+  return kit.promise
+end
+
+--- Registers obj under a swiss number (a new one when not given) and
+--- returns its sturdyref URL. A kernel object's (a kref or presence) is
+--- kept in the database; a host object's lives as long as this kernel.
+function Remote:issue(obj, swiss)
+  if swiss ~= nil and (type(swiss) ~= 'string' or swiss == '') then
+    error('issueOcapURL: the swiss number must be a non-empty string', 3)
+  end
+  swiss = swiss or newSwiss()
+  local kref
+  if type(obj) == 'string' then
+    kref = obj
+  else
+    local ref, ls = liveslots.refOf(obj)
+    if ref and ls == self.ls then kref = ref end
+  end
+  if kref then
+    self.K:kvSet('remote.sturdy.' .. hex(swiss), kref)
+    self.K:commit()
+  elseif pass.isRemotable(obj) or promise.isPromise(obj) then
+    self.sturdy[swiss] = obj
+  else
+    error('issueOcapURL: expected a kref, a presence or a remotable', 3)
+  end
+  return captp.formatURL(self.location, swiss)
+end
+
+-- ---- the pump ----
+
+--- Handles what the netlayer reported, then writes what sessions queued,
+--- after committing (and flushing) the cranks that produced it. Returns
+--- true when it handled something.
+function Remote:pump()
+  if self.closed then return false end
+  local did, active = false, false
+  local events = self.events
+  if events[1] then
+    self.events = {}
+    did = true
+    for _, e in ipairs(events) do
+      local conn, event, data = e[1], e[2], e[3]
+      local c = self.conns[conn]
+      if event == 'accept' then
+        -- A dialled peer speaks first: our hello answers a valid one.
+        self:_newSession(conn, false, nil)
+        conn:setTimer(self.opts.handshakeTimeout)
+      elseif c and event == 'open' then
+        self:_hello(c)
+      elseif c and event == 'data' then
+        active = true
+        self:_onData(c, data)
+      elseif c and event == 'timeout' then
+        if c.state == 'hello' then
+          self:_abort(c, ('no op:start-session within %d ms'):format(self.opts.handshakeTimeout))
+        else
+          c.gcArmed = false
+          self.gcDue = true
+        end
+      elseif c and event == 'eof' then
+        self:_lost(c, tostring(data))
+      end
+    end
+  end
+  self:_collect(self.gcDue)
+  if next(self.dirty) then
+    did, active = true, true
+    self.K:commit()
+    self.kernel:_flushIfNeeded()
+    for c in pairs(self.dirty) do
+      if not c.closed then
+        if c.gcAnswers[1] then
+          c.out[#c.out + 1] = syrup.encode(op('op:gc-answer', list(unpack(c.gcAnswers))))
+          c.gcAnswers = {}
+        end
+        if c.out[1] then
+          c.conn:write(table.concat(c.out))
+          c.out = {}
+        end
+      end
+    end
+    self.dirty = {}
+  end
+  if active then
+    -- Imports that nobody holds any more are found by a full collection
+    -- soon after the activity that may have dropped them; Lua's own
+    -- collector finds them too, later, while the kernel stays busy.
+    for _, c in pairs(self.conns) do
+      if c.state == 'open' and not c.gcArmed and next(c.imports) then
+        c.gcArmed = true
+        c.conn:setTimer(GC_DELAY)
+      end
+    end
+  end
+  return did
+end
+
+--- Sends the op:gc-export of imports Lua collected, after a full
+--- collection when full is true.
+function Remote:_collect(full)
+  if full then
+    self.gcDue = false
+    collectgarbage()
+  end
+  for _, c in pairs(self.conns) do
+    local q = c.gcQueue
+    if q[1] then
+      c.gcQueue = {}
+      local pos, deltas = list(), list()
+      for i, e in ipairs(q) do pos[i], deltas[i] = e[1], e[2] end
+      self:_send(c, op('op:gc-export', pos, deltas))
+    end
+  end
+end
+
+--- Whether anything waits to be handled.
+function Remote:busy()
+  return self.events[1] ~= nil or next(self.dirty) ~= nil
+end
+
+--- Closes every session and stops listening.
+function Remote:close()
+  if self.closed then return end
+  local list_ = {}
+  for _, c in pairs(self.conns) do list_[#list_ + 1] = c end
+  for _, c in ipairs(list_) do self:_abort(c, 'kernel stopped') end
+  self.server:close()
+  self.closed = true
+  -- The handles' close callbacks run on the loop; give them their turn.
+  self.K:runLoop(false)
+end
+
+return M

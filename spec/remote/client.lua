@@ -1,0 +1,128 @@
+--- A raw CapTP client for the specs (not a spec itself): it speaks to a
+--- peer byte by byte, so that a spec can send what no well-behaved kernel
+--- would. It runs on the loop of a kernel the spec made.
+local core = require 'ocap.core'
+local syrup = require 'ocap.syrup'
+local captp = require 'ocap.captp'
+
+local net, crypto = core.net, core.crypto
+
+local M = {}
+local Client = {}
+Client.__index = Client
+
+-- A reply that never comes fails the spec instead of hanging it.
+local SAFETY_MS = 20000
+
+--- Connects to the peer of a locator URL on kernel's loop.
+function M.connect(kernel, url)
+  local loc = assert(captp.parseURL(url))
+  local self = setmetatable({ K = kernel.K, buf = '', events = {}, closed = false, peer = loc }, Client)
+  self.conn = assert(net.connect(kernel.K, loc.hints.host, tonumber(loc.hints.port), function(_, ev, data)
+    self.events[#self.events + 1] = { ev, data }
+  end))
+  self:_wait(function() return self.opened end)
+  return self
+end
+
+function Client:_pump()
+  while self.events[1] do
+    local e = table.remove(self.events, 1)
+    if e[1] == 'open' then
+      self.opened = true
+    elseif e[1] == 'data' then
+      self.buf = self.buf .. e[2]
+    elseif e[1] == 'eof' then
+      self.closed = true
+      self.opened = true
+    elseif e[1] == 'timeout' then
+      error('the peer did not answer within ' .. SAFETY_MS .. ' ms', 0)
+    end
+  end
+end
+
+function Client:_wait(done)
+  self.conn:setTimer(SAFETY_MS)
+  while true do
+    self:_pump()
+    if done() then break end
+    self.K:runLoop(true)
+  end
+  self.conn:setTimer(0)
+end
+
+--- Sends raw bytes, or a value as Syrup.
+function Client:send(v)
+  self.conn:write(type(v) == 'string' and v or syrup.encode(v))
+end
+
+--- The next message from the peer, or nil once it closed the connection.
+function Client:receive()
+  local n
+  self:_wait(function()
+    n = syrup.frame(self.buf)
+    return n or self.closed
+  end)
+  if not n then return nil end
+  local msg = syrup.decode(self.buf:sub(1, n))
+  self.buf = self.buf:sub(n + 1)
+  return msg
+end
+
+--- Reads until an op:abort arrives; its reason, or nil if the peer closed
+--- the connection without one.
+function Client:expectAbort()
+  while true do
+    local msg = self:receive()
+    if not msg then return nil end
+    if captp.label(msg) == 'op:abort' then
+      self:receive() -- the peer closes after aborting: wait for it
+      return msg.args[1]
+    end
+  end
+end
+
+--- Sends op:start-session; opts may override its version or what the
+--- signature covers.
+function Client:sendHello(opts)
+  opts = opts or {}
+  local pk, sk = crypto.keypair()
+  self.pk, self.sk = pk, sk
+  local loc = { transport = 'tcp-testing-only', designator = opts.designator or crypto.random(8):gsub('.', function(c)
+    return ('%02x'):format(c:byte())
+  end), hints = { host = '127.0.0.1', port = '1' } }
+  local sig = crypto.sign(sk, opts.signed or captp.locationBytes(loc))
+  self:send(captp.op('op:start-session', opts.version or captp.VERSION, captp.pubkeyValue(pk), captp.peerValue(loc),
+    captp.sigValue(sig)))
+end
+
+--- Sends op:start-session and returns the peer's answer to it.
+function Client:hello(opts)
+  self:sendHello(opts)
+  return self:receive()
+end
+
+--- Fetches swiss from the bootstrap object; the descriptor of the answer
+--- position it was given (the object itself, pipelined).
+function Client:fetch(swiss, answerPos, resolverPos)
+  self:send(captp.op('op:deliver', captp.desc('desc:export', 0), captp.list(syrup.symbol('fetch'), syrup.bytes(swiss)),
+    answerPos, captp.desc('desc:import-object', resolverPos)))
+  return captp.desc('desc:answer', answerPos)
+end
+
+--- Reads until a message to our export at pos arrives; its arguments.
+function Client:expectTo(pos)
+  while true do
+    local msg = self:receive()
+    if not msg then return nil end
+    local to = msg.args[1]
+    if captp.descPos(to, 'desc:export') == pos then return msg.args[2] end
+  end
+end
+
+function Client:close()
+  if not self.closed then self.conn:close() end
+  self.closed = true
+end
+
+return M

@@ -1,0 +1,180 @@
+-- Remote kernels over OCapN CapTP: two kernels in two processes on
+-- loopback (this one and spec/remote/peer.lua), and a raw client
+-- (spec/remote/client.lua) for what a well-behaved kernel never sends.
+local ocap = require 'ocap'
+local syrup = require 'ocap.syrup'
+local captp = require 'ocap.captp'
+local support = require 'support'
+local client = require 'remote.client'
+
+local E = ocap.E
+local BIN = os.getenv('OCAP_BIN') or 'build/ocap'
+local SRC = os.getenv('OCAP_SOURCE_DIR') or '.'
+
+--- Starts spec/remote/peer.lua; { pid, locator, url, neverUrl }.
+local function spawnPeer(env)
+  local cmd = ("%s exec sh -c 'echo $$; exec \"%s\" run \"%s/spec/remote/peer.lua\"'"):format(env or '', BIN, SRC)
+  local f = assert(io.popen(cmd, 'r'))
+  local peer = { f = f, pid = f:read('l'), locator = f:read('l'), url = f:read('l'), neverUrl = f:read('l') }
+  assert(peer.neverUrl and peer.neverUrl:match('^ocapn://'), 'the peer did not start')
+  return peer
+end
+
+local function killPeer(peer)
+  if peer and not peer.killed then
+    peer.killed = true
+    os.execute('kill ' .. peer.pid .. ' 2>/dev/null')
+    peer.f:close()
+  end
+end
+
+local function newKernel(extra)
+  local opts = { database = false, logger = function() end }
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  return ocap.Kernel.make(opts)
+end
+
+describe('remote kernels', function()
+  local peer, kernel, echo
+
+  setup(function()
+    peer = spawnPeer()
+    kernel = newKernel { remote = { listen = '127.0.0.1:0' } }
+    echo = kernel:redeemOcapURL(peer.url):await()
+  end)
+
+  teardown(function()
+    if kernel then kernel:stop() end
+    killPeer(peer)
+  end)
+
+  it('makes a round trip from the host to a vat of the other kernel', function()
+    assert.are.equal(42, E(echo).ping(42):await())
+    local all = E(echo).echoAll('a', 2, true):await()
+    assert.are.same({ 'a', 2, true }, { all[1], all[2], all[3] })
+    local status = kernel:getStatus().remoteComms
+    assert.are.equal('connected', status.state)
+    assert.are.equal(1, status.sessions)
+    assert.matches('^ocapn://%x+%.tcp%-testing%-only%?host=127%.0%.0%.1&port=%d+$', status.listenAddresses[1])
+  end)
+
+  it('lets a vat call an object of the other kernel, and the other call back', function()
+    local r = kernel:launchSubcluster({
+      bootstrap = 'echo', vats = { echo = { sourceSpec = SRC .. '/spec/vats/echo.lua' } },
+    }):await()
+    -- Our vat calls the remote echo, passing a presence of our own vat,
+    -- which the remote echo calls back across the wire.
+    local local_ = kernel:getPresence(r.rootKref)
+    assert.are.equal(7, kernel:queueMessage(r.rootKref, 'call', { echo, 'ping', 7 }):await())
+    assert.are.equal(9, E(echo).call(local_, 'ping', 9):await())
+  end)
+
+  it('passes objects the other kernel made, and pipelines on answers', function()
+    local thing = E(echo).makeThing('red car')
+    assert.are.equal('red car', E(thing).label():await())
+    -- The raw client sends the pipelined messages without waiting: fetch
+    -- into answer 0, makeThing on answer 0 into answer 1, label on answer 1.
+    local c = client.connect(newKernel(), peer.locator)
+    finally(function() c:close() end)
+    assert.are.equal('op:start-session', captp.label(c:hello()))
+    local swiss = peer.url:match('/s/([^?]+)')
+    local boot = c:fetch(swiss, 0, 1)
+    c:send(captp.op('op:deliver', boot, captp.list(syrup.symbol('makeThing'), 'blue'), 1,
+      captp.desc('desc:import-object', 2)))
+    c:send(captp.op('op:deliver', captp.desc('desc:answer', 1), captp.list(syrup.symbol('label')), false,
+      captp.desc('desc:import-object', 3)))
+    local args = c:expectTo(3)
+    assert.are.equal(syrup.symbol('fulfill'), args[1])
+    assert.are.equal('blue', args[2])
+  end)
+
+  it('fetches sturdyrefs by swiss number, and refuses unknown ones', function()
+    local again = kernel:redeemOcapURL(peer.url):await()
+    assert.are.equal(5, E(again).ping(5):await())
+    local bad = peer.url:gsub('/s/[^?]+', '/s/nosuchswissnumber')
+    local err = support.rejection(kernel:redeemOcapURL(bad))
+    assert.matches('no object for this swiss number', err.message, 1, true)
+  end)
+
+  describe('bad input: the session is aborted with a reason', function()
+    local cases = {
+      { 'garbage bytes', function(c)
+        c:hello()
+        c:send('\0\1garbage')
+      end, 'malformed Syrup: unexpected byte at byte 0' },
+      { 'a truncated record', function(c)
+        c:hello()
+        c:send(captp.op('op:deliver-only'))
+      end, 'malformed op:deliver-only: 0 arguments' },
+      { 'a wrong version', function(c)
+        c:sendHello { version = '0.9' }
+      end, 'unsupported CapTP version 0.9 (this peer speaks 1.0)' },
+      { 'a bad signature', function(c)
+        c:sendHello { signed = 'something else' }
+      end, 'op:start-session: bad location signature' },
+      { 'an unknown op', function(c)
+        c:hello()
+        c:send(captp.op('op:frobnicate', 1))
+      end, 'unknown operation op:frobnicate' },
+      { 'a message to an export that does not exist', function(c)
+        c:hello()
+        c:send(captp.op('op:deliver-only', captp.desc('desc:export', 99), captp.list(syrup.symbol('ping'))))
+      end, 'no export at position 99' },
+      { 'a message before op:start-session', function(c)
+        c:send(captp.op('op:deliver-only', captp.desc('desc:export', 0), captp.list()))
+      end, 'expected op:start-session, got op:deliver-only' },
+      { 'a peer that connects and says nothing', function() end, 'no op:start-session within 300 ms' },
+      { 'a peer that floods one endless message', function(c)
+        c:hello()
+        c:send('100000"' .. ('x'):rep(70000))
+      end, 'message larger than 65536 bytes' },
+      { 'a peer that floods questions', function(c, p)
+        c:hello()
+        local boot = c:fetch(p.neverUrl:match('/s/([^?]+)'), 0, 1)
+        for i = 1, 50 do
+          c:send(captp.op('op:deliver', boot, captp.list(syrup.symbol('wait')), i,
+            captp.desc('desc:import-object', 1 + i)))
+        end
+      end, 'more than 50 answers outstanding' },
+    }
+    for _, case in ipairs(cases) do
+      it(case[1], function()
+        local c = client.connect(newKernel(), peer.locator)
+        finally(function() c:close() end)
+        case[2](c, peer)
+        assert.are.equal(case[3], c:expectAbort())
+        assert.is_true(c.closed)
+        -- The other kernel lives on, and so does our session with it.
+        assert.are.equal(3, E(echo).ping(3):await())
+      end)
+    end
+  end)
+
+  it('rejects what the peer decided with CONNECTION_LOST when it goes away', function()
+    local other = spawnPeer()
+    finally(function() killPeer(other) end)
+    local never = kernel:redeemOcapURL(other.neverUrl):await()
+    local waiting = E(never).wait()
+    local before = E(echo).ping(1):await() -- the message to never has left
+    assert.are.equal(1, before)
+    killPeer(other)
+    local err = support.rejection(waiting)
+    assert.matches('^%[KERNEL:CONNECTION_LOST%] connection to peer %x+ lost', err.message)
+    -- Other sessions are not affected.
+    assert.are.equal(2, E(echo).ping(2):await())
+  end)
+end)
+
+describe('remote options', function()
+  it('are checked when the kernel is made', function()
+    assert.has_error(function() newKernel { remote = { netlayer = 'carrier-pigeon' } } end,
+      "Kernel.make: option remote.netlayer: unknown netlayer \"carrier-pigeon\" (only 'tcp-testing-only' exists)")
+    assert.has_error(function() newKernel { remote = { listen = 'nowhere' } } end,
+      "Kernel.make: option remote.listen must be 'host:port', got \"nowhere\"")
+    local k = newKernel()
+    finally(function() k:stop() end)
+    assert.are.same({ state = 'disconnected' }, k:getStatus().remoteComms)
+    assert.has_error(function() k:issueOcapURL('ko1') end,
+      'issueOcapURL: remote comms are not configured (Kernel.make { remote = { ... } })')
+  end)
+end)
