@@ -32,6 +32,20 @@ function M.make(syscall, m, ls)
   local instances = setmetatable({}, { __mode = 'v' })
   local del = syscall.vatstoreDelete
   local vom = ls.vom()
+  -- The representatives used last, held so that a hot instance is not
+  -- made again at each use: a ring of RECENT entries, emptied before the
+  -- heap is collected at a reap point, so that it never keeps an object
+  -- from being deleted.
+  local RECENT = 32
+  local recent, nrecent = {}, 0 -- luacheck: ignore 241 (it only holds them)
+  local function touch(rep)
+    nrecent = nrecent % RECENT + 1
+    recent[nrecent] = rep
+    return rep
+  end
+  vom.onFlush(function()
+    for i = 1, RECENT do recent[i] = nil end
+  end)
 
   local function nextId()
     local id = stores.storedCount(get, 'durable.next', 1)
@@ -157,14 +171,14 @@ function M.make(syscall, m, ls)
 
     local function revive(vref)
       local inst = instances[vref]
-      if inst then return inst end
+      if inst then return touch(inst) end
       local skey = 'durable.state.' .. vref:sub(6)
       local enc = cacheGet(skey)
       if not enc then return nil end
       inst = makeRaw(stateFor(kind, skey, enc))
       ls.bindVref(inst, vref)
       instances[vref] = inst
-      return inst
+      return touch(inst)
     end
     kinds[kindId] = revive
 
@@ -202,14 +216,14 @@ function M.make(syscall, m, ls)
 
     local function revive(base)
       local k = instances[base]
-      if k then return k end
+      if k then return touch(k) end
       local skey = 'durable.state.' .. base:sub(6)
       local enc = cacheGet(skey)
       if not enc then return nil end
       k = makeRaw(stateFor(kind, skey, enc))
       for i, name in ipairs(names) do ls.bindVref(k[name], base .. ':' .. i) end
       instances[base] = k
-      return k
+      return touch(k)
     end
     kitKinds[kindId] = { revive = revive, names = names }
 
@@ -270,7 +284,7 @@ function M.make(syscall, m, ls)
   --- The durable object a vref designates, if its kind has been prepared.
   function kit.fromVref(vref)
     local inst = instances[vref]
-    if inst then return inst end
+    if inst then return touch(inst) end
     local kindId = vref:match('^o%+d3/(%d+):%d+$')
     if kindId then
       return kinds[kindId] and kinds[kindId](vref)

@@ -809,6 +809,9 @@ function M.make(opts)
   --- longer holds are retired. Each list is sorted, so that the syscalls
   --- depend on what the heap holds, not on table order.
   local function bringOutYourDead()
+    -- The representatives virtual objects cache must not outlive this
+    -- collection (ocap.vom).
+    if vomKit then vomKit.flush() end
     if collect then collect() end
     if ls.onReap then ls.onReap() end
     -- Virtual objects nothing holds are deleted first (ocap.vom): what

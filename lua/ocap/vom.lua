@@ -105,6 +105,14 @@ function M.make(syscall, ls)
     if delta < 0 then released(vref) end
   end
 
+  --- Caches of representatives register here: they are emptied before
+  --- the heap is collected at a reap point (flush).
+  local flushers = {}
+  function vom.onFlush(f) flushers[#flushers + 1] = f end
+  function vom.flush()
+    for i = 1, #flushers do flushers[i]() end
+  end
+
   --- A new virtual object: nothing holds it yet, so it is a candidate for
   --- the next reap (which keeps it if something holds it by then).
   function vom.created(base)
