@@ -96,6 +96,56 @@ describe('remote kernels', function()
     assert.matches('no object for this swiss number', err.message, 1, true)
   end)
 
+  it('gives vats the issuer and redemption services', function()
+    local echoRoot = kernel:launchSubcluster({
+      bootstrap = 'echo', vats = { echo = { sourceSpec = SRC .. '/spec/vats/echo.lua' } },
+    }):await().rootKref
+    local user = kernel:launchSubcluster({
+      bootstrap = 'user', services = { 'ocapURLIssuerService', 'ocapURLRedemptionService' },
+      vats = { user = { sourceSpec = SRC .. '/spec/vats/service_user.lua' } },
+    }):await().rootKref
+    -- A vat redeems the other kernel's URL; another vat calls what it got.
+    local remote = kernel:queueMessage(user, 'call', { 'ocapURLRedemptionService', 'redeem', peer.url }):await()
+    assert.are.equal(4, kernel:queueMessage(echoRoot, 'call', { remote, 'ping', 4 }):await())
+    -- A vat issues a URL for an object of this kernel; a third kernel uses it.
+    local url = kernel:queueMessage(user, 'call',
+      { 'ocapURLIssuerService', 'issue', kernel:getPresence(echoRoot) }):await()
+    assert.matches('^ocapn://%x+%.tcp%-testing%-only/s/', url)
+    local third = newKernel { remote = { listen = '127.0.0.1:0' } }
+    finally(function() third:stop() end)
+    assert.are.equal(6, E(third:redeemOcapURL(url):await()).ping(6):await())
+  end)
+
+  it('rejects with ENDPOINT_UNREACHABLE when the peer cannot be reached', function()
+    local gone = newKernel { remote = { listen = '127.0.0.1:0' } }
+    local locator = gone:getStatus().remoteComms.listenAddresses[1]
+    gone:stop()
+    local err = support.rejection(kernel:redeemOcapURL((locator:gsub('%?', '/s/abc?'))))
+    assert.matches('^%[KERNEL:ENDPOINT_UNREACHABLE%] cannot reach %x+: connection refused$', err.message)
+  end)
+
+  it('keeps sturdyrefs across a restart of the other kernel', function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    finally(function() os.execute(('rm -rf %q'):format(dir)) end)
+    local env = ('REMOTE_DB=%q REMOTE_SWISS=keepme'):format(dir)
+    local first = spawnPeer(env)
+    local waiting
+    local ok1, err1 = pcall(function()
+      assert.are.equal(1, E(kernel:redeemOcapURL(first.url):await()).ping(1):await())
+      waiting = E(kernel:redeemOcapURL(first.neverUrl):await()).wait()
+    end)
+    killPeer(first)
+    assert(ok1, err1)
+    -- Once this kernel knows the session is gone:
+    assert.matches('CONNECTION_LOST', support.rejection(waiting).message)
+    local second = spawnPeer(env)
+    finally(function() killPeer(second) end)
+    assert.are_not.equal(first.locator, second.locator) -- another port
+    assert.are.equal(first.url:match('^ocapn://([^/]+)/'), second.url:match('^ocapn://([^/]+)/')) -- same designator
+    assert.are.equal(2, E(kernel:redeemOcapURL(second.url):await()).ping(2):await())
+  end)
+
   describe('bad input: the session is aborted with a reason', function()
     local cases = {
       { 'garbage bytes', function(c)

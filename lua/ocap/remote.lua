@@ -242,8 +242,14 @@ function Remote:_lost(c, why, code)
   self.conns[c.conn] = nil
   self.dirty[c] = nil
   c.conn:close()
-  local err = kernelError(code or 'CONNECTION_LOST',
-    ('connection to peer %s lost: %s'):format(tostring(c.peer), why))
+  local err
+  if c.outbound and not c.opened then
+    -- It never connected: nothing was lost, the peer was not reached.
+    code = 'ENDPOINT_UNREACHABLE'
+    err = kernelError(code, ('cannot reach %s: %s'):format(tostring(c.peer), why))
+  else
+    err = kernelError(code or 'CONNECTION_LOST', ('connection to peer %s lost: %s'):format(tostring(c.peer), why))
+  end
   c.lostError = err
   for _, q in pairs(c.questions) do q.reject(err) end
   c.questions = {}
@@ -904,6 +910,7 @@ function Remote:pump()
         self:_newSession(conn, false, nil)
         conn:setTimer(self.opts.handshakeTimeout)
       elseif c and event == 'open' then
+        c.opened = true
         self:_hello(c)
       elseif c and event == 'data' then
         active = true
