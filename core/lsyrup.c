@@ -434,8 +434,8 @@ static void encode(lua_State *L, int idx, int depth) {
     lua_remove(L, -2);
   } else {
     luaL_error(L,
-               "syrup: cannot encode a %s: references need a CapTP session, "
-               "which is not built yet",
+               "syrup: cannot encode a %s: references are encoded by a CapTP "
+               "session (ocap.remote)",
                style);
   }
   lua_replace(L, top - 2);
