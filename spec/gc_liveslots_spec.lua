@@ -348,6 +348,21 @@ describe('liveslots GC: the host (kind kernel)', function()
     assert.same({ { 'retireExports', { 'ko101' } } }, boyd(vat, sc))
   end)
 
+  it('never lets go of a pinned export (a service), whatever the kernel says', function()
+    local sc = fakeSyscall()
+    local vat = makeVat(sc, 'kernel')
+    local kref = vat.ls.export(exo.makeDefaultExo('service', { ignore = function() end }))
+    vat.ls.pin(kref)
+    vat.ls.dispatch('dropExports', { kref })
+    assert.same({}, boyd(vat, sc))
+    vat.ls.dispatch('retireExports', { kref })
+    assert.same({}, boyd(vat, sc))
+    -- Still the service behind its kref.
+    deliver(vat, 'ignore', {}, 'kp50', kref)
+    local _, vpid, rejected = sc.lastResolved()
+    assert.same({ 'kp50', false }, { vpid, rejected })
+  end)
+
   it('reports nothing while the kernel lacks the GC syscalls', function()
     local sc = fakeSyscall()
     sc.dropImports, sc.retireImports, sc.retireExports = nil, nil, nil

@@ -601,6 +601,7 @@ function Kernel:registerKernelServiceObject(name, object, opts)
     self.ls.exportAs(object, kref)
   else
     kref = self.ls.export(object)
+    self.ls.pin(kref)
     self.K:kvSet(key, kref)
   end
   self.K:commit()

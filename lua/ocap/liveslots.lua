@@ -164,6 +164,10 @@ function M.make(opts)
   local dropped = {}    -- export vref -> true: the kernel asked us to drop it
   local ndropped = 0    -- entries of dropped, so that sends skip the check while none is
   local weakExports = setmetatable({}, { __mode = 'v' }) -- dropped export vref -> object, not held
+  -- Exports bound to a vref chosen by their maker (exportAs: a vat's root,
+  -- the host's services and vatAdmin), which code names by that vref:
+  -- liveslots never lets go of them, whatever the kernel says.
+  local pinned = {}
   local pending = {}                                   -- vpid -> promise we wait on
   local exportedPromises = {}                           -- vpid -> local promise
   -- Export and promise numbers are never reused, even across restarts, so
@@ -357,7 +361,7 @@ function M.make(opts)
   --- its vref, which must still lead to the object when the store is read.
   local function release(vref)
     local obj = exports[vref]
-    if obj == nil or vref == 'o+0' or storeRefs(vref) > 0 then return end
+    if obj == nil or pinned[vref] or storeRefs(vref) > 0 then return end
     exports[vref] = nil
     weakExports[vref] = obj
   end
@@ -618,6 +622,7 @@ function M.make(opts)
   function ls.exportAs(obj, vref)
     exports[vref] = obj
     valToVref[obj] = vref
+    pinned[vref] = true
   end
 
   --- Gives a virtual object's representative its vref without holding
@@ -625,6 +630,17 @@ function M.make(opts)
   --- and the vref brings back a new one (slotToVal) once it is gone.
   function ls.bindVref(obj, vref)
     valToVref[obj] = vref
+  end
+
+  --- Keeps the export vref whatever the kernel says (code names it by
+  --- its ref: the host's services and vatAdmin).
+  function ls.pin(vref)
+    pinned[vref] = true
+    local obj = weakExports[vref]
+    if obj ~= nil then
+      exports[vref] = obj
+      weakExports[vref] = nil
+    end
   end
 
   --- Exports a local object (allocating a ref) and returns its ref.
@@ -726,10 +742,11 @@ function M.make(opts)
 
   -- ---- GC deliveries and reap points ----
 
-  --- Whether vref is an export of ours that lives only in the heap: not the
-  --- root, not a durable object or store (those outlive the heap).
+  --- Whether vref is an export of ours that lives only in the heap: not
+  --- pinned (the root), not a durable object or store (those outlive the
+  --- heap).
   local function ephemeral(vref)
-    return vref ~= 'o+0' and ssub(vref, 1, 3) ~= 'o+d'
+    return not pinned[vref] and ssub(vref, 1, 3) ~= 'o+d'
   end
 
   --- dropExports: nobody can reach these exports any more. They stay

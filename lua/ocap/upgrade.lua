@@ -43,6 +43,7 @@ function M.adminKref(kernel)
     kernel.ls.exportAs(kernel.vatAdmin.object, kref)
   else
     kref = kernel.ls.export(kernel.vatAdmin.object)
+    kernel.ls.pin(kref)
     K:kvSet('vatAdmin', kref)
   end
   kernel.vatAdmin.kref = kref
