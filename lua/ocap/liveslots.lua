@@ -605,7 +605,14 @@ function M.make(opts)
   --- The presence of vref; an iface given here renames it (the host's
   --- getPresence(kref, iface) is the one place that knows better).
   function ls.presenceFor(vref, iface)
+    local counted = reachable[vref]
     local v = slotToVal(vref, iface, 'remotable')
+    if kernelKind and not counted then
+      -- Host code may name any kref (getPresence): the kernel counts one
+      -- in the host's imports only once it delivers it to the host, and
+      -- only then may the host drop it (noteImports counts it then).
+      reachable[vref], unsaved[vref] = nil, nil
+    end
     local info = presenceInfo[v]
     if iface and info and info.iface ~= iface then
       info.iface = iface
