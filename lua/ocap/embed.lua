@@ -4,11 +4,9 @@
 local ocap = require 'ocap'
 local promise = require 'ocap.promise'
 local pass = require 'ocap.pass'
+local loop = require 'ocap.loop'
 
 local M = {}
-
-local BATCH = 64
-local GROUP_LIMIT = 512
 
 local ESCAPES = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
 
@@ -96,22 +94,18 @@ function M.make(C, json, database, resetStorage, baseDir, withLogger)
     return v
   end
 
-  --- Runs cranks and turns in one bounded batch; returns whether it did
-  --- anything, and whether the kernel's own loop (vat timers, IO) is
-  --- alive, with that loop's descriptor and the milliseconds until its
-  --- next timer, so the host loop can wake the kernel when they are due.
+  --- Runs cranks and turns in one bounded batch (ocap.loop); returns
+  --- whether there is more to do at once, and whether the kernel's own
+  --- loop (vat timers, IO) is alive, with that loop's descriptor and the
+  --- milliseconds until its next timer, so the host loop can wake the
+  --- kernel when they are due.
   function self.pump()
     if kernel.stopped then return false, false end
-    if promise.hasTurns() then kernel:_flushIfNeeded() end
-    promise.drain()
-    local ran, visible = kernel.K:drive(BATCH, GROUP_LIMIT)
-    if visible then kernel:_afterHostCode() end
-    if ran == 0 and not promise.hasTurns() then
-      kernel:_flushIfNeeded()
-      if not kernel.K:loopAlive() then return false, false end
-      return false, true, kernel.K:loopBackend()
-    end
-    return true, true
+    if loop.pump(kernel, loop.BATCH) then return true, true end
+    local ms, fd = loop.nextWakeup(kernel)
+    if ms == nil then return false, false end
+    if ms == 0 then return true, true end
+    return false, true, fd, ms
   end
 
   function self.run() kernel:run() end

@@ -10,6 +10,7 @@ local logview = require 'ocap.logview'
 local config = require 'ocap.config'
 local system = require 'ocap.system'
 local upgrade = require 'ocap.upgrade'
+local loop = require 'ocap.loop'
 
 local M = {}
 
@@ -201,13 +202,24 @@ function M.make(options)
     self.logger({ level = level, tags = { 'kernel' }, vatId = 'kernel', message = message,
       data = data and { data, n = 1 } })
   end
+  -- A kernel attached to a host loop (ocap.loop) is woken by the host's
+  -- sends, wherever they come from.
+  local function wake()
+    if self._attachment then self._attachment:wake() end
+  end
   local syscall = {
-    send = function(t, body, slots, r) K:send(t, body, slots, r) end,
+    send = function(t, body, slots, r)
+      K:send(t, body, slots, r)
+      wake()
+    end,
     subscribe = function(p) K:subscribe(p) end,
     -- A promise the host exported may settle after the kernel stopped
     -- (in a later turn): nobody is left to tell, and the turn must not fail.
     resolve = function(p, rejected, body, slots)
-      if not self.stopped then K:resolve(p, rejected, body, slots) end
+      if not self.stopped then
+        K:resolve(p, rejected, body, slots)
+        wake()
+      end
     end,
     vatstoreGet = function(k) return K:kvGet('vs.kernel.' .. k) end,
     vatstoreSet = function(k, v) K:kvSet('vs.kernel.' .. k, v) end,
@@ -324,6 +336,21 @@ function Kernel:run()
   self:_check()
   drive(function() return false end)
 end
+
+--- Runs one bounded batch (promise turns and at most maxCranks cranks);
+--- true when there may be more to do at once. For a host's own loop.
+function Kernel:pump(maxCranks)
+  self:_check()
+  return loop.pump(self, maxCranks)
+end
+
+--- When the next batch is due: 0 now, nil never (until the host calls
+--- in), else milliseconds until the kernel's next timer (-1: none) and
+--- the descriptor that becomes readable when its IO is ready.
+function Kernel:nextWakeup() return loop.nextWakeup(self) end
+
+--- Runs the kernel from luv's loop; returns the attachment (:detach()).
+function Kernel:attach(uv, opts) return loop.attach(self, uv, opts) end
 
 --- Promises the previous host decided (its exported promises, results of
 --- service calls in progress) can never be resolved by this one: reject
@@ -1067,6 +1094,9 @@ function Kernel:stop()
     self.K:flush()
   end)
   self.K:close()
+  -- Only once the kernel is closed (K:close refuses during a crank): the
+  -- loop's handles stop calling it.
+  if self._attachment then self._attachment:detach() end
   self.stopped = true
   self.ls.stopped = true
   liveKernels[self] = nil
