@@ -88,6 +88,34 @@ describe('remote kernels', function()
     assert.are.equal('blue', args[2])
   end)
 
+  it('pipelines messages to the answers of the other kernel', function()
+    -- A raw peer that answers the fetch and nothing else: the second
+    -- message reaches it only if it goes to the first one's answer
+    -- position without waiting for the answer.
+    local raw = client.listen(kernel)
+    finally(function() raw:close() end)
+    local pObj = kernel:redeemOcapURL((raw.locator:gsub('%?', '/s/thing?')))
+    raw:accept()
+    assert.are.equal('op:start-session', captp.label(raw:receive()))
+    raw:sendHello()
+    local fetch = raw:receive()
+    assert.are.equal('op:deliver', captp.label(fetch))
+    assert.are.equal(syrup.symbol('fetch'), fetch.args[2][1])
+    raw:send(captp.op('op:deliver-only', captp.desc('desc:export', captp.descPos(fetch.args[4], 'desc:import-object')),
+      captp.list(syrup.symbol('fulfill'), captp.desc('desc:import-object', 5))))
+    local obj = pObj:await()
+    local second = E(E(obj).first()).second()
+    local m1, m2 = raw:expect('op:deliver'), raw:expect('op:deliver')
+    assert.are.equal(5, captp.descPos(m1.args[1], 'desc:export'))
+    assert.are.equal(syrup.symbol('first'), m1.args[2][1])
+    assert.are.equal(m1.args[3], captp.descPos(m2.args[1], 'desc:answer'))
+    assert.are.equal(syrup.symbol('second'), m2.args[2][1])
+    -- Answers settle in any order; the pipelined one carries the result.
+    raw:send(captp.op('op:deliver-only', captp.desc('desc:export', captp.descPos(m2.args[4], 'desc:import-object')),
+      captp.list(syrup.symbol('fulfill'), 'done')))
+    assert.are.equal('done', second:await())
+  end)
+
   it('fetches sturdyrefs by swiss number, and refuses unknown ones', function()
     local again = kernel:redeemOcapURL(peer.url):await()
     assert.are.equal(5, E(again).ping(5):await())

@@ -948,6 +948,17 @@ end
 --- Wraps a target for eventual send.
 local proxyCache = setmetatable({}, { __mode = 'k' })
 
+-- Targets that send their messages themselves (ocap.remote's imports, and
+-- the answers of a remote peer, whose messages go ahead of their
+-- settlement): target -> send(method, args, wantResult).
+local pipelines = setmetatable({}, { __mode = 'k' })
+
+--- Makes E(target) call send(method, args, wantResult) at once, for a
+--- remotable or a pending promise (promise pipelining); nil stops it.
+function M.setPipeline(target, send)
+  pipelines[target] = send
+end
+
 --- What a presence of a stopped kernel (kept across a restart) says.
 local function stoppedMessage(target, vref)
   return ('%s (%s) belongs to a stopped kernel: get it again from the running one, '
@@ -961,6 +972,7 @@ local function eventualSend(target, method, args, wantResult)
     if info.ls.stopped then error(stoppedMessage(target, info.vref), 3) end
     return info.ls.sendTo(info.vref, method, args, wantResult)
   end
+  local pipe = pipelines[target]
   if isPromise(target) then
     local st, v = pstate(target)
     if st == 'fulfilled' then return eventualSend(v, method, args, wantResult) end
@@ -969,8 +981,10 @@ local function eventualSend(target, method, args, wantResult)
     if pls and pls.pending[vpid] then
       return pls.sendTo(vpid, method, args, wantResult)
     end
+    if pipe then return pipe(method, args, wantResult) end
     return target:next(function(t) return eventualSend(t, method, args, true) end)
   end
+  if pipe then return pipe(method, args, wantResult) end
   if pass.isRemotable(target) then
     -- A local exo: called in a later turn, and failing with the same
     -- reason as it would through the kernel.

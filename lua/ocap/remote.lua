@@ -251,7 +251,10 @@ function Remote:_lost(c, why, code)
     err = kernelError(code or 'CONNECTION_LOST', ('connection to peer %s lost: %s'):format(tostring(c.peer), why))
   end
   c.lostError = err
-  for _, q in pairs(c.questions) do q.reject(err) end
+  for _, q in pairs(c.questions) do
+    liveslots.setPipeline(q.promise, nil)
+    q.reject(err)
+  end
   c.questions = {}
   for _, kit in pairs(c.promiseImports) do kit.reject(err) end
   c.promiseImports = {}
@@ -508,8 +511,12 @@ function Remote:_import(c, pos)
     return proxy
   end
   proxy = setmetatable({}, importMT)
-  importInfo[proxy] = { remote = self, c = c, pos = pos, count = 1 }
+  local info = { remote = self, c = c, pos = pos, count = 1 }
+  importInfo[proxy] = info
   pass.registerRemotable(proxy, 'Alleged: ocapn import')
+  -- E(import) sends at once: the message is eventual on the wire anyway,
+  -- and its answer is a promise messages can be pipelined on.
+  liveslots.setPipeline(proxy, function(method, args) return self:_call(info, method, args) end)
   c.imports[pos] = proxy
   return proxy
 end
@@ -774,7 +781,13 @@ end
 --- A message to an import: an op:deliver with an answer position (so the
 --- peer can take pipelined messages) and a resolver of ours.
 function Remote:_call(info, method, args)
-  local c = info.c
+  return self:_question(info.c, desc('desc:export', info.pos), method, args)
+end
+
+--- Sends method(args) to `to` (a desc:export or desc:answer of the peer's)
+--- and returns a promise of the answer. Until it settles, messages sent to
+--- that promise go to the answer position at once (pipelining).
+function Remote:_question(c, to, method, args)
   if c.closed then return promise.reject(c.lostError) end
   local ok, argv = pcall(function()
     local a = list()
@@ -799,13 +812,18 @@ function Remote:_call(info, method, args)
     c.internal[rpos] = nil
     if c.questions[qpos] then
       c.questions[qpos] = nil
-      -- The answer is settled here: the peer may reuse its position.
+      -- The answer is settled here: the peer may reuse its position, and
+      -- messages to it now go where it points.
+      liveslots.setPipeline(kit.promise, nil)
       c.gcAnswers[#c.gcAnswers + 1] = qpos
       self.dirty[c] = true
       if m == 'fulfill' then kit.resolve(a[1]) else kit.reject(a[1]) end
     end
   end)
-  self:_send(c, op('op:deliver', desc('desc:export', info.pos), argv, qpos, desc('desc:import-object', rpos)))
+  liveslots.setPipeline(kit.promise, function(m, a)
+    return self:_question(c, desc('desc:answer', qpos), m, a)
+  end)
+  self:_send(c, op('op:deliver', to, argv, qpos, desc('desc:import-object', rpos)))
   return kit.promise
 end
 

@@ -17,7 +17,8 @@ local SAFETY_MS = 20000
 --- Connects to the peer of a locator URL on kernel's loop.
 function M.connect(kernel, url)
   local loc = assert(captp.parseURL(url))
-  local self = setmetatable({ K = kernel.K, buf = '', events = {}, closed = false, peer = loc }, Client)
+  local self = setmetatable({ kernel = kernel, K = kernel.K, buf = '', events = {}, closed = false, peer = loc },
+    Client)
   self.conn = assert(net.connect(kernel.K, loc.hints.host, tonumber(loc.hints.port), function(_, ev, data)
     self.events[#self.events + 1] = { ev, data }
   end))
@@ -41,14 +42,38 @@ function Client:_pump()
   end
 end
 
+--- A raw peer that listens on kernel's loop, for a kernel (that one,
+--- which keeps running while the peer waits) to dial. Its locator is
+--- `peer.locator`; accept() waits for the connection.
+function M.listen(kernel)
+  local self = setmetatable({ kernel = kernel, K = kernel.K, buf = '', events = {}, closed = false }, Client)
+  self.server = assert(net.listen(kernel.K, '127.0.0.1', 0, function(conn, ev, data)
+    if ev == 'accept' then
+      self.conn = conn
+      self.opened = true
+    else
+      self.events[#self.events + 1] = { ev, data }
+    end
+  end))
+  self.designator = 'rawpeer'
+  self.locator = ('ocapn://%s.tcp-testing-only?host=127.0.0.1&port=%d'):format(self.designator, self.server:port())
+  return self
+end
+
+function Client:accept()
+  self:_wait(function() return self.opened end)
+end
+
 function Client:_wait(done)
-  self.conn:setTimer(SAFETY_MS)
+  if self.conn then self.conn:setTimer(SAFETY_MS) end
   while true do
+    -- The kernel that made the loop runs too: it may be the other peer.
+    self.kernel:run()
     self:_pump()
     if done() then break end
     self.K:runLoop(true)
   end
-  self.conn:setTimer(0)
+  if self.conn then self.conn:setTimer(0) end
 end
 
 --- Sends raw bytes, or a value as Syrup.
@@ -67,6 +92,15 @@ function Client:receive()
   local msg = syrup.decode(self.buf:sub(1, n))
   self.buf = self.buf:sub(n + 1)
   return msg
+end
+
+--- Reads until a message with the given label arrives, and returns it.
+function Client:expect(label)
+  while true do
+    local msg = self:receive()
+    if not msg then return nil end
+    if captp.label(msg) == label then return msg end
+  end
 end
 
 --- Reads until an op:abort arrives; its reason, or nil if the peer closed
@@ -88,9 +122,9 @@ function Client:sendHello(opts)
   opts = opts or {}
   local pk, sk = crypto.keypair()
   self.pk, self.sk = pk, sk
-  local loc = { transport = 'tcp-testing-only', designator = opts.designator or crypto.random(8):gsub('.', function(c)
-    return ('%02x'):format(c:byte())
-  end), hints = { host = '127.0.0.1', port = '1' } }
+  local loc = { transport = 'tcp-testing-only', designator = opts.designator or self.designator
+    or crypto.random(8):gsub('.', function(c) return ('%02x'):format(c:byte()) end),
+    hints = { host = '127.0.0.1', port = '1' } }
   local sig = crypto.sign(sk, opts.signed or captp.locationBytes(loc))
   self:send(captp.op('op:start-session', opts.version or captp.VERSION, captp.pubkeyValue(pk), captp.peerValue(loc),
     captp.sigValue(sig)))
@@ -121,7 +155,8 @@ function Client:expectTo(pos)
 end
 
 function Client:close()
-  if not self.closed then self.conn:close() end
+  if not self.closed and self.conn then self.conn:close() end
+  if self.server then self.server:close() end
   self.closed = true
 end
 
