@@ -30,9 +30,14 @@ function M.pump(kernel, maxCranks)
   promise.drain()
   -- Host code in those turns may have stopped the kernel.
   if kernel.stopped then return false end
+  -- Remote comms (ocap.remote) handle what their sockets reported, and
+  -- write what the cranks and turns queued for peers.
+  local remote = kernel.remote
+  local moved = remote and remote:pump() or false
   local ran, visible = kernel.K:drive(maxCranks, GROUP_LIMIT)
   if visible then kernel:_afterHostCode() end
-  if ran == 0 and not promise.hasTurns() then
+  if remote and remote:pump() then moved = true end
+  if ran == 0 and not moved and not promise.hasTurns() then
     kernel:_flushIfNeeded()
     return false
   end
@@ -48,6 +53,7 @@ end
 function M.nextWakeup(kernel)
   if kernel.stopped then return nil end
   if promise.hasTurns() or kernel.K:queueLength() > 0 then return 0 end
+  if kernel.remote and kernel.remote:busy() then return 0 end
   if not kernel.K:loopAlive() then return nil end
   local fd, timeout = kernel.K:loopBackend()
   return timeout, fd
