@@ -22,6 +22,7 @@
 #include "kernel.h"
 #include "ljson.h"
 #include "lnet.h"
+#include "lio.h"
 #include "lrpc.h"
 #include "lsmallcaps.h"
 #include "store.h"
@@ -2515,5 +2516,7 @@ int luaopen_ocap_core(lua_State *L) {
   lua_setfield(L, -2, "net");
   lcrypto_open(L);
   lua_setfield(L, -2, "crypto");
+  lio_open(L);
+  lua_setfield(L, -2, "io");
   return 1;
 }

@@ -4,7 +4,9 @@
  * the daemon buffer without bound. Callbacks only hand lines to Lua, which
  * queues them: the kernel is never entered from inside uv_run. */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -234,6 +236,9 @@ static int rpc_listen(lua_State *L) {
   server_t *s = calloc(1, sizeof *s);
   if (!s)
     return luaL_error(L, "out of memory");
+  /* A client that hangs up before its answer must make the write fail,
+   * not kill the daemon. */
+  signal(SIGPIPE, SIG_IGN);
   uv_pipe_init(loop, &s->pipe, 0);
   mode_t old = umask(0177);
   int rc = uv_pipe_bind(&s->pipe, path);
@@ -410,6 +415,57 @@ static int rpc_send(lua_State *L) {
   return 1;
 }
 
+/* rpc.tcpConnect(ip, port) -> fd | nil, err  [-0, +1|2, e]
+ * A raw TCP connection (IPv4), for tests of IO channels. */
+static int rpc_tcp_connect(lua_State *L) {
+  struct sockaddr_in addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons((uint16_t)luaL_checkinteger(L, 2));
+  if (inet_pton(AF_INET, luaL_checkstring(L, 1), &addr.sin_addr) != 1)
+    return luaL_error(L, "not an IPv4 address");
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+    int e = errno;
+    if (fd >= 0)
+      close(fd);
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(e));
+    return 2;
+  }
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
+/* rpc.recv(fd [, ms]) -> bytes | nil, why  [-0, +1|2, e]
+ * What the peer sent, up to 64 KiB, waiting at most ms milliseconds
+ * (default 10000) so that a broken test fails instead of hanging; nil and
+ * "eof" when the peer has hung up. */
+static int rpc_recv(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  int ms = (int)luaL_optinteger(L, 2, 10000);
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  int rc;
+  while ((rc = poll(&p, 1, ms)) < 0 && errno == EINTR)
+    ;
+  if (rc == 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "timeout");
+    return 2;
+  }
+  char chunk[65536];
+  ssize_t n;
+  while ((n = recv(fd, chunk, sizeof chunk, 0)) < 0 && errno == EINTR)
+    ;
+  if (n <= 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, n == 0 ? "eof" : strerror(errno));
+    return 2;
+  }
+  lua_pushlstring(L, chunk, (size_t)n);
+  return 1;
+}
+
 /* rpc.close(fd)  [-0, +0, e] */
 static int rpc_close(lua_State *L) {
   close((int)luaL_checkinteger(L, 1));
@@ -502,7 +558,8 @@ static const luaL_Reg rpc_functions[] = {
     {"listen", rpc_listen}, {"call", rpc_call},   {"daemonize", rpc_daemonize},
     {"lock", rpc_lock},     {"kill", rpc_kill},   {"getpid", rpc_getpid},
     {"owner", rpc_owner},   {"mkdir", rpc_mkdir}, {"connect", rpc_connect},
-    {"send", rpc_send},     {"close", rpc_close}, {NULL, NULL},
+    {"send", rpc_send},     {"close", rpc_close}, {"tcpConnect", rpc_tcp_connect},
+    {"recv", rpc_recv},     {NULL, NULL},
 };
 
 int lrpc_open(lua_State *L) {

@@ -10,9 +10,9 @@
 --   <!-- spec: NAME -->     a busted spec file: written to spec/NAME in the
 --                           scratch directory and run there with
 --                           `ocap test spec/NAME`; every test must pass.
---   <!-- file: PATH -->     a file a later program of the same page uses
---                           (a vat, say): written to PATH in the scratch
---                           directory.
+--   <!-- file: PATH -->     a file a later program or shell transcript of
+--                           the same page uses (a vat, say): written to
+--                           PATH in the scratch directory.
 --   <!-- prints -->         the exact standard output of the program just
 --                           before it (a `text` block).
 --   <!-- same-as: PATH -->  the block is the repository's file PATH, as is.
@@ -135,6 +135,10 @@ for _, page in ipairs(PAGES) do
         end)
       elseif b.marker == 'shell' then
         it('runs the commands at ' .. where, function()
+          -- The page's files up to here, which the commands may use.
+          for j = 1, i - 1 do
+            if list[j].marker == 'file' and list[j].arg then writeFile(dir .. '/' .. list[j].arg, list[j].text) end
+          end
           local commands, expected = {}, {}
           for line in b.text:gmatch('(.-)\n') do
             local command = line:match('^%$ (.*)$')

@@ -153,6 +153,8 @@ end
 local IO_TYPES = { socket = true, file = true, console = true, listen = true, network = true }
 local IO_DIRECTIONS = { ['in'] = true, out = true, inout = true }
 local IO_KEYS = { type = true, path = true, hostport = true, direction = true }
+-- The key each type cannot do without.
+local IO_NEEDS = { socket = 'path', file = 'path', listen = 'hostport', network = 'hostport' }
 
 --- Checks ClusterConfig.io: channel name -> IOConfig.
 local function checkIO(io)
@@ -183,6 +185,10 @@ local function checkIO(io)
     end
     for _, k in ipairs({ 'path', 'hostport' }) do
       if ch[k] ~= nil and type(ch[k]) ~= 'string' then return nil, ('%s.%s: must be a string'):format(at, k) end
+    end
+    local need = IO_NEEDS[ch.type]
+    if need and (ch[need] == nil or ch[need] == '') then
+      return nil, ('%s.%s: required for type "%s"'):format(at, need, ch.type)
     end
   end
   return true

@@ -11,6 +11,7 @@ local config = require 'ocap.config'
 local system = require 'ocap.system'
 local upgrade = require 'ocap.upgrade'
 local loop = require 'ocap.loop'
+local ioChannels = require 'ocap.io'
 
 local M = {}
 
@@ -287,6 +288,7 @@ function M.make(options)
       self.remote = require('ocap.remote').start(self, options.remote)
       remoteServices(self)
     end
+    ioChannels.restore(self)
     system.start(self, options.systemSubclusters)
   end)
   if not started then
@@ -601,6 +603,7 @@ function Kernel:_forgetVat(vatId, reasonBody)
     end
     if next(sc.vats) == nil then
       self.K:kvDelete('subcluster.' .. rec.subclusterId)
+      ioChannels.detach(self, rec.subclusterId)
     else
       self:_put('subcluster.' .. rec.subclusterId, sc)
     end
@@ -672,10 +675,20 @@ function Kernel:launchSubcluster(clusterConfig, opts)
   self:_check()
   local ok, err = config.validateCluster(clusterConfig, self.options.allowedGlobalNames)
   if not ok then return rejected(err) end
-  opts = opts or {}
+  -- IO channels are opened first, so that a bad one fails the launch
+  -- naming it; a launch that fails closes them (ocap.io).
+  local chans, ioErr = ioChannels.openAll(self, clusterConfig.io)
+  if not chans then return rejected(ioErr) end
+  local p = self:_launch(clusterConfig, opts or {}, chans)
+  if promise.state(p) == 'rejected' then ioChannels.close(chans) end
+  return p
+end
+
+function Kernel:_launch(clusterConfig, opts, chans)
   local serviceRefs = {}
+  for name, c in pairs(chans) do serviceRefs[name] = c.object end
   for _, sname in ipairs(clusterConfig.services or {}) do
-    local svc = self.services[sname]
+    local svc = chans[sname] and { info = {}, object = chans[sname].object } or self.services[sname]
     if not svc or (svc.info.systemOnly and not opts.system) then
       return rejected(("no registered kernel service '%s'"):format(sname))
     end
@@ -745,6 +758,7 @@ function Kernel:launchSubcluster(clusterConfig, opts)
     rootKref = roots[clusterConfig.bootstrap], system = opts.system or nil }
   self:_put('subcluster.' .. subclusterId, sc)
   K:commit()
+  ioChannels.attach(self, subclusterId, chans)
   local rootKref = roots[clusterConfig.bootstrap]
   local vatPresences = {}
   for _, name in ipairs(names) do
@@ -800,6 +814,7 @@ function Kernel:_terminateSubclusterNow(id, reason)
   table.sort(ids)
   for _, vatId in ipairs(ids) do self:_terminateVatNow(vatId, reason) end
   self.K:kvDelete('subcluster.' .. id)
+  ioChannels.detach(self, id)
   self.K:commit()
   return true
 end
@@ -1090,6 +1105,7 @@ function Kernel:stop()
   -- loop that drives every kernel; the failure is raised afterwards.
   local ok, err = pcall(function()
     if self.remote then self.remote:close() end
+    ioChannels.stop(self)
     self.K:commit()
     self.K:flush()
   end)
