@@ -168,6 +168,60 @@ scenario('pipelined chain of 100 calls', function(name)
   kernel:stop()
 end)
 
+-- Remote kernels (docs/remote.md): this kernel and another in its own
+-- process (bench/remote_peer.lua, an echo vat), talking CapTP over the
+-- tcp-testing-only netlayer on loopback. OCAP_BIN is set by `make bench`.
+local function withRemotePeer(fn)
+  local bin = os.getenv('OCAP_BIN') or 'build/ocap'
+  local f = assert(io.popen(("exec sh -c 'echo $$; exec \"%s\" run bench/remote_peer.lua'"):format(bin), 'r'))
+  local pid, url = f:read('l'), f:read('l')
+  local ocap = require 'ocap'
+  local kernel = ocap.Kernel.make { database = false, logger = function() end, remote = { listen = '127.0.0.1:0' } }
+  local ok, err = pcall(fn, kernel, kernel:redeemOcapURL(url):await(), ocap.E)
+  kernel:stop()
+  os.execute('kill ' .. pid)
+  f:close()
+  assert(ok, err)
+end
+
+scenario('remote round trips (loopback, two processes)', function(name)
+  withRemotePeer(function(kernel, echo, E)
+    for i = 1, 200 do E(echo).ping(i):await() end -- warm up
+    local n = 5000
+    local t0 = now()
+    for i = 1, n do E(echo).ping(i):await() end
+    local dt = now() - t0
+    report(name .. ', host to vat', n / dt, 'round trips/s', ('%d in %.2f s, %s'):format(n, dt, ratio(n / dt)))
+    local r = kernel:launchSubcluster({ bootstrap = 'echo', vats = { echo = { sourceSpec = ECHO } } }):await()
+    t0 = now()
+    kernel:queueMessage(r.rootKref, 'pingTarget', { echo, n }):await()
+    dt = now() - t0
+    report(name .. ', vat to vat', n / dt, 'round trips/s', ('%d in %.2f s, %s'):format(n, dt, ratio(n / dt)))
+  end)
+end)
+
+scenario('remote chain of 100 calls (loopback)', function(name)
+  withRemotePeer(function(_, echo, E)
+    local reps = 20
+    local t0 = now()
+    for _ = 1, reps do
+      local p = echo
+      for _ = 1, 100 do p = E(p).itself() end
+      p:await()
+    end
+    local t1 = now()
+    for _ = 1, reps do
+      local o = echo
+      for _ = 1, 100 do o = E(o).itself():await() end
+    end
+    local t2 = now()
+    local piped, awaited = (t1 - t0) / reps * 1e6, (t2 - t1) / reps * 1e6
+    report(name .. ', pipelined', piped, 'us per chain', 'each call sent to the previous answer at once')
+    report(name .. ', awaited one by one', awaited, 'us per chain', ('%.1fx the pipelined chain'):format(
+      awaited / piped))
+  end)
+end)
+
 scenario('restart a kernel holding 1,000 idle vats', function(name)
   local db = testing.tempDir()
   local kernel = makeKernel(db)
