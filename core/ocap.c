@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -22,6 +24,8 @@
 #include "errors.h" /* the same codes as ocap.h: the compiler checks they agree */
 #include "ljson.h"
 #include "lsmallcaps.h"
+#include "lsys.h"
+#include "lsyrup.h"
 #include "ocap.h"
 
 int luaopen_ocap_core(lua_State *L);
@@ -200,34 +204,55 @@ static void prepend_path(lua_State *L, const char *dir) {
   lua_pop(L, 2);
 }
 
-/* [-0, +0, m] The modules are found, first match first: opts->lua_dir,
- * $OCAP_LUADIR, then either the source tree's lua/ (for a program in the
- * build directory) or <prefix>/<luadir> next to the installed library
- * (found with dladdr, so a moved prefix works). An installed library never
- * looks in the source tree it was built from. */
+/* Writes the real path of the file this code was loaded from into buf
+ * (PATH_MAX bytes): libocap.so, or the program itself when libocap is
+ * linked statically (the `ocap` executable), which dladdr would name only
+ * by its argv[0]. Returns 0, or -1 when it cannot be known. */
+static int code_path(char *buf) {
+  Dl_info mine, prog;
+  if (!dladdr((void *)ocap_host_new, &mine))
+    return -1;
+  if (dladdr((void *)getauxval(AT_PHDR), &prog) && prog.dli_fbase == mine.dli_fbase) {
+    ssize_t n = readlink("/proc/self/exe", buf, PATH_MAX - 1);
+    if (n <= 0)
+      return -1;
+    buf[n] = '\0';
+    return 0;
+  }
+  return mine.dli_fname && realpath(mine.dli_fname, buf) ? 0 : -1;
+}
+
+/* [-0, +0, m] Sets package.path and the built-in modules of a state that
+ * libocap makes. The modules are found, first match first: lua_dir (a
+ * host's option), $OCAP_LUADIR, then either the source tree's lua/ (for
+ * a program or library in the build directory, so an edit is picked up at
+ * once) or the install's: <prefix>/<luadir> where <prefix> is the parent
+ * of the directory holding the library (lib/) or program (bin/), so that
+ * a prefix can be moved as a whole; an absolute luadir (a rock's) comes
+ * after <prefix>/share/lua/5.4. An installed copy never looks in the
+ * source tree it was built from. */
 static void set_paths(lua_State *L, const char *lua_dir) {
-  Dl_info info;
-  if (dladdr((void *)ocap_host_new, &info) && info.dli_fname) {
-    char buf[PATH_MAX], out[PATH_MAX + sizeof OCAP_INSTALL_LUADIR + 8];
-    const char *build = OCAP_EMBED_BUILD_DIR;
-    size_t bl = strlen(build);
-    if (realpath(info.dli_fname, buf) == NULL)
-      snprintf(buf, sizeof buf, "%s", info.dli_fname);
-    if (bl > 0 && strncmp(buf, build, bl) == 0 && buf[bl] == '/') {
-      prepend_path(L, OCAP_EMBED_SOURCE_LUADIR);
-    } else {
-      /* <prefix>/lib/libocap.so, or <prefix>/bin/program when linked
-       * statically. */
-      char *slash = strrchr(buf, '/');
-      if (slash) {
+  char self[PATH_MAX], out[PATH_MAX + sizeof OCAP_INSTALL_LUADIR + 16];
+  const char *installed = OCAP_INSTALL_LUADIR, *build = OCAP_EMBED_BUILD_DIR;
+  size_t bl = strlen(build);
+  int have_self = code_path(self) == 0;
+  if (have_self && bl > 0 && strncmp(self, build, bl) == 0 && self[bl] == '/') {
+    prepend_path(L, OCAP_EMBED_SOURCE_LUADIR);
+  } else {
+    char *slash = have_self ? strrchr(self, '/') : NULL;
+    if (slash) {
+      *slash = '\0';
+      slash = strrchr(self, '/');
+      if (slash)
         *slash = '\0';
-        slash = strrchr(buf, '/');
-        if (slash) {
-          *slash = '\0';
-          snprintf(out, sizeof out, "%s/%s", buf, OCAP_INSTALL_LUADIR);
-          prepend_path(L, out);
-        }
-      }
+    }
+    if (installed[0] == '/') {
+      prepend_path(L, installed);
+      installed = "share/lua/5.4";
+    }
+    if (slash) {
+      snprintf(out, sizeof out, "%s/%s", self, installed);
+      prepend_path(L, out);
     }
   }
   prepend_path(L, getenv("OCAP_LUADIR"));
@@ -238,6 +263,10 @@ static void set_paths(lua_State *L, const char *lua_dir) {
   lua_setfield(L, -2, "ocap.core");
   lua_pushcfunction(L, luaopen_ocap_smallcaps);
   lua_setfield(L, -2, "ocap.smallcaps");
+  lua_pushcfunction(L, luaopen_ocap_syrup);
+  lua_setfield(L, -2, "ocap.syrup");
+  lua_pushcfunction(L, luaopen_ocap_sys);
+  lua_setfield(L, -2, "ocap.sys");
   lua_pop(L, 2);
 }
 
@@ -607,4 +636,64 @@ int ocap_host_queue_message(ocap_host_t *host, const char *target, const char *m
   else if (strstr(host->err, "no such kref") || strstr(host->err, "unknown kref"))
     rc = OCAP_ENOTFOUND;
   return leave(host, rc);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The command line. */
+
+/* [-1, +1] The message handler: the error with a traceback. */
+static int msghandler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (!msg) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      return 1;
+    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+/* [-2, +1, e] require('ocap.cli').main(args) with argc and argv. */
+static int run_cli(lua_State *L) {
+  int argc = (int)lua_tointeger(L, 1);
+  char **argv = lua_touserdata(L, 2);
+  luaL_openlibs(L);
+  set_paths(L, NULL);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "ocap.cli");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "main");
+  lua_createtable(L, argc, 0);
+  for (int i = 1; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i);
+  }
+  lua_pushstring(L, argc > 0 ? argv[0] : "ocap");
+  lua_setfield(L, -2, "prog");
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+int ocap_main(int argc, char **argv) {
+  if (argc < 0 || (argc > 0 && argv == NULL))
+    return 1;
+  lua_State *L = luaL_newstate();
+  if (!L) {
+    fprintf(stderr, "ocap: cannot create Lua state\n");
+    return 1;
+  }
+  lua_pushcfunction(L, msghandler);
+  lua_pushcfunction(L, run_cli);
+  lua_pushinteger(L, argc);
+  lua_pushlightuserdata(L, argv);
+  int status = lua_pcall(L, 2, 1, 1);
+  int code = 0;
+  if (status != LUA_OK) {
+    fprintf(stderr, "ocap: %s\n", lua_tostring(L, -1));
+    code = 1;
+  } else if (lua_isinteger(L, -1)) {
+    code = (int)lua_tointeger(L, -1);
+  }
+  lua_close(L);
+  return code;
 }

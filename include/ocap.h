@@ -134,6 +134,12 @@ int ocap_host_run_script(ocap_host_t *host, const char *path);
 int ocap_host_queue_message(ocap_host_t *host, const char *target, const char *method,
                             const char *args_json, ocap_result_fn cb, void *ud);
 
+/* Runs the ocap command line (`ocap run`, `ocap test`, ...: docs/api.md §10)
+ * with argv[1..argc-1] as its arguments, in a Lua state of its own, and
+ * returns its exit status; errors go to stderr. The `ocap` executable is
+ * this call. It finds the Lua modules as ocap_host_new does. */
+int ocap_main(int argc, char **argv);
+
 #ifdef __cplusplus
 }
 #endif

@@ -32,6 +32,12 @@ LUA
 cd "$tmp"
 out=$(env -u LUA_PATH -u LUA_CPATH -u OCAP_LUADIR "$tmp/moved/bin/ocap" run host.lua "$tmp/moved" "$src")
 test "$out" = 'Hello, install! This is Bob.' || { echo "unexpected output: $out"; exit 1; }
+# Found on PATH (argv[0] is then a bare name), through a symbolic link.
+ln -s "$tmp/moved/bin/ocap" "$tmp/ocap-link"
+out=$(env -u LUA_PATH -u LUA_CPATH -u OCAP_LUADIR PATH="$tmp/moved/bin:$PATH" ocap run host.lua "$tmp/moved" "$src")
+test "$out" = 'Hello, install! This is Bob.' || { echo "unexpected output on PATH: $out"; exit 1; }
+out=$(env -u LUA_PATH -u LUA_CPATH -u OCAP_LUADIR "$tmp/ocap-link" run host.lua "$tmp/moved" "$src")
+test "$out" = 'Hello, install! This is Bob.' || { echo "unexpected output by a link: $out"; exit 1; }
 # The installed C module and Lua modules also serve stock lua5.4.
 out=$(env -u OCAP_LUADIR LUA_PATH="$tmp/moved/share/lua/5.4/?.lua;$tmp/moved/share/lua/5.4/?/init.lua;;" \
   LUA_CPATH="$tmp/moved/lib/lua/5.4/?.so;;" lua5.4 host.lua "$tmp/moved" "$src" 2>&1) ||
