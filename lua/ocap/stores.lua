@@ -14,8 +14,7 @@ local M = {}
 
 local type, error, tostring, setmetatable, tonumber, pcall, next = type, error, tostring,
   setmetatable, tonumber, pcall, next
-local spack, sunpack, sbyte, schar, sfmt, ssub = string.pack, string.unpack, string.byte, string.char,
-  string.format, string.sub
+local spack, sunpack, sfmt, ssub = string.pack, string.unpack, string.format, string.sub
 local concat = table.concat
 
 local BAGGAGE_ID = 1
@@ -31,26 +30,23 @@ local storedCount = M.storedCount
 --- beyond 2^53, which shares its double with neighbours, also carries its
 --- exact value (offset by 2^63, so the decimal digits sort too).
 local function encodeNumber(n)
-  local bytes = { sbyte(spack('>d', n), 1, 8) }
-  if bytes[1] >= 128 then
-    for i = 1, 8 do bytes[i] = 255 - bytes[i] end
+  local u = sunpack('>I8', spack('>d', n))
+  if u < 0 then
+    u = ~u                  -- a negative double: every bit flipped
   else
-    bytes[1] = bytes[1] + 128
+    u = u ~ math.mininteger -- a positive one: the sign bit flipped
   end
-  local hex = {}
-  for i = 1, 8 do hex[i] = sfmt('%02x', bytes[i]) end
-  return concat(hex)
+  return sfmt('%016x', u)
 end
 
 local function decodeNumber(hex)
-  local bytes = {}
-  for i = 1, 8 do bytes[i] = tonumber(ssub(hex, 2 * i - 1, 2 * i), 16) end
-  if bytes[1] >= 128 then
-    bytes[1] = bytes[1] - 128
+  local u = tonumber(hex, 16) -- 64 bits: the top one makes it negative
+  if u < 0 then
+    u = u ~ math.mininteger
   else
-    for i = 1, 8 do bytes[i] = 255 - bytes[i] end
+    u = ~u
   end
-  local n = sunpack('>d', schar(table.unpack(bytes)))
+  local n = sunpack('>d', spack('>i8', u))
   local i = math.tointeger(n)
   return i or n
 end
