@@ -15,6 +15,7 @@
 
 #include "capdata.h"
 #include "clist.h"
+#include "gc.h"
 #include "object.h"
 #include "promise.h"
 #include "queue.h"
@@ -503,6 +504,71 @@ static int crank_refused(ocap_kernel_t *k, const ocap__buf_t *item, const char *
   return rc;
 }
 
+/* Commits a crank, or rolls it back when it failed. Returns 1 or the
+ * failure's code. */
+static int crank_end(ocap_kernel_t *k, int rc) {
+  if (rc < 0 || k->err)
+    return ocap_kernel_abort_crank(k, rc);
+  rc = ocap_store_commit(k->s);
+  if (rc) {
+    ocap__broken(k, rc, "store commit failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(k->s));
+    return ocap_kernel_abort_crank(k, rc);
+  }
+  return 1;
+}
+
+/*
+ * Delivers a GC delivery or a reap, which no run-queue item carries. When
+ * the endpoint fails fatally, the crank is undone and the vat terminated;
+ * when it refuses (a vat that cannot start), the crank is undone. `undo`
+ * (may be NULL) then takes the batch's actions out again, so that they are
+ * not retried for ever.
+ */
+static int deliver_gc(ocap_kernel_t *k, const char *ep, const ocap_delivery_t *d,
+                      const ocap__gcbatch_t *undo) {
+  int fatal = OCAP_FATAL_NONE;
+  char *why = NULL;
+  int rc = deliver(k, ep, d, &fatal, &why);
+  if (!k->err && (rc == OCAP_EREFUSED || rc == OCAP_EFATAL || fatal != OCAP_FATAL_NONE)) {
+    ocap_store_abort(k->s);
+    rc = undo ? ocap__gc_discard(k, undo) : 0;
+    if (!rc && fatal != OCAP_FATAL_NONE)
+      rc = ocap_kernel_crash(k, ep, fatal, why, NULL);
+  }
+  free(why);
+  return rc;
+}
+
+/* One crank of GC actions: one endpoint's actions of one kind. */
+static int gc_crank(ocap_kernel_t *k) {
+  static const int type[] = {OCAP_DELIVER_DROP_EXPORTS, OCAP_DELIVER_RETIRE_EXPORTS,
+                             OCAP_DELIVER_RETIRE_IMPORTS};
+  ocap__gcbatch_t b;
+  int rc = ocap__gc_take(k, &b);
+  if (rc <= 0)
+    return rc < 0 ? ocap_kernel_abort_crank(k, rc) : 0;
+  k->cranks++;
+  rc = 0;
+  if (b.n) {
+    ocap_delivery_t d = {0};
+    d.type = type[b.kind];
+    d.vrefs = b.vrefs;
+    d.nvrefs = b.n;
+    rc = deliver_gc(k, b.ep, &d, &b);
+  }
+  ocap__gcbatch_free(&b);
+  return crank_end(k, rc);
+}
+
+/* One reap: the endpoint's runtime collects its garbage and tells the
+ * kernel what it dropped (GC syscalls). */
+static int reap_crank(ocap_kernel_t *k, const char *ep) {
+  k->cranks++;
+  ocap_delivery_t d = {0};
+  d.type = OCAP_DELIVER_BRING_OUT_YOUR_DEAD;
+  return crank_end(k, deliver_gc(k, ep, &d, NULL));
+}
+
 int ocap_kernel_step(ocap_kernel_t *k) {
   /* A host call that failed since the last crank may have left its writes
    * half done: they are dropped, and this crank reports why. */
@@ -513,6 +579,13 @@ int ocap_kernel_step(ocap_kernel_t *k) {
     ocap__broken(k, rc, "store commit failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(k->s));
     return ocap_kernel_abort_crank(k, rc);
   }
+  /* GC actions first, then reaps, then the run queue (docs/gc.md). */
+  rc = ocap__gc_pending(k);
+  if (rc)
+    return rc < 0 ? ocap_kernel_abort_crank(k, rc) : gc_crank(k);
+  char reap[OCAP_REF_MAX];
+  if (ocap__gc_next_reap(k, reap))
+    return reap_crank(k, reap);
   ocap__buf_t item = {0};
   rc = ocap__dequeue(k, &item);
   if (rc <= 0) {

@@ -18,6 +18,7 @@
 
 #include "capdata.h"
 #include "clist.h"
+#include "gc.h"
 #include "object.h"
 #include "promise.h"
 #include "queue.h"
@@ -31,7 +32,11 @@
  */
 static int tables_prepare(void *ud) {
   ocap_kernel_t *k = ud;
-  int rc = ocap__counters_prepare(k);
+  /* GC first: it turns the crank's candidates into actions, reading the
+   * objects' final counts. */
+  int rc = ocap__gc_prepare(k);
+  if (!rc)
+    rc = ocap__counters_prepare(k);
   if (!rc)
     rc = ocap__queue_prepare(k);
   if (!rc)
@@ -48,6 +53,7 @@ static void tables_done(void *ud) {
   ocap__promises_done(k);
   ocap__clists_done(k);
   ocap__objects_done(k);
+  ocap__gc_done(k);
 }
 
 static void tables_abort(void *ud, int cleared) {
@@ -57,6 +63,7 @@ static void tables_abort(void *ud, int cleared) {
   ocap__promises_abort(k, cleared);
   ocap__clists_abort(k, cleared);
   ocap__objects_abort(k, cleared);
+  ocap__gc_abort(k, cleared);
 }
 
 int ocap_kernel_check(ocap_kernel_t *k) {
@@ -67,7 +74,9 @@ int ocap_kernel_check(ocap_kernel_t *k) {
     rc = ocap__promises_check(k);
   if (!rc)
     rc = ocap__clists_check(k);
-  return rc ? rc : ocap__objects_check(k);
+  if (!rc)
+    rc = ocap__objects_check(k);
+  return rc ? rc : ocap__gc_check(k);
 }
 
 void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
@@ -79,6 +88,8 @@ void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
   const char *dot = strchr(buf, '.');
   if (strncmp(buf, "runQueue.", 9) == 0) {
     ocap__queue_forget(k);
+  } else if (strcmp(buf, "gcActions") == 0) {
+    ocap__gc_forget(k);
   } else if (strncmp(buf, "ko", 2) == 0 && dot) {
     buf[dot - buf] = '\0';
     ocap__objects_forget(k, buf);
@@ -96,11 +107,12 @@ void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
 int ocap_kernel_new(ocap_store_t *store, const ocap_kernel_hooks_t *hooks, ocap_kernel_t **out) {
   ocap_kernel_t *k = calloc(1, sizeof *k);
   if (!k || ocap__queue_new(k) || ocap__promises_new(k) || ocap__clists_new(k) ||
-      ocap__objects_new(k)) {
+      ocap__objects_new(k) || ocap__gc_new(k)) {
     if (k) {
       ocap__queue_free(k);
       ocap__promises_free(k);
       ocap__clists_free(k);
+      ocap__objects_free(k);
     }
     free(k);
     return OCAP_ENOMEM;
@@ -121,6 +133,7 @@ void ocap_kernel_free(ocap_kernel_t *k) {
   ocap__promises_free(k);
   ocap__clists_free(k);
   ocap__objects_free(k);
+  ocap__gc_free(k);
   free(k);
 }
 

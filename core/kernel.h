@@ -57,7 +57,12 @@ typedef struct ocap_resolution {
 enum ocap_delivery_type {
   OCAP_DELIVER_MESSAGE = 1,
   OCAP_DELIVER_NOTIFY = 2,
-  OCAP_DELIVER_TIMER = 3
+  OCAP_DELIVER_TIMER = 3,
+  /* Garbage collection (docs/gc.md): `vrefs` lists the objects. */
+  OCAP_DELIVER_DROP_EXPORTS = 4,
+  OCAP_DELIVER_RETIRE_EXPORTS = 5,
+  OCAP_DELIVER_RETIRE_IMPORTS = 6,
+  OCAP_DELIVER_BRING_OUT_YOUR_DEAD = 7 /* a reap: nothing else */
 };
 
 /* A delivery to an endpoint, already translated into its erefs. */
@@ -68,6 +73,8 @@ typedef struct ocap_delivery {
   const char *result;                   /* message: eref of the result promise, or NULL */
   const ocap_resolution_t *resolutions; /* notify */
   size_t nresolutions;
+  const char *const *vrefs; /* dropExports, retireExports, retireImports */
+  size_t nvrefs;
 } ocap_delivery_t;
 
 /* Why an endpoint was terminated; used in rejection messages. */
@@ -221,7 +228,30 @@ int ocap_kernel_reject_decided(ocap_kernel_t *k, const char *ep, const ocap_capd
 int ocap_kernel_revoke(ocap_kernel_t *k, const char *kref);
 int ocap_kernel_is_revoked(ocap_kernel_t *k, const char *kref);
 
-/* Pins/unpins nothing yet; reserved for GC. */
+/*
+ * Garbage collection (docs/gc.md). The four GC syscalls, with erefs of ep
+ * (krefs for the kernel endpoint): each checks every ref and fails with
+ * OCAP_EINVAL (an illegal syscall) at the first one that is not what the
+ * call takes; the crank then rolls back, so nothing is half done.
+ *   drop_imports: imports ep still reaches; they stay recognized.
+ *   retire_imports: imports ep dropped; its entries go.
+ *   retire_exports: exports ep was told nobody reaches; the object is
+ *     deleted, and every endpoint still recognizing it is told.
+ *   abandon_exports: exports of ep; the object loses its owner.
+ */
+int ocap_kernel_drop_imports(ocap_kernel_t *k, const char *ep, const char *const *refs, size_t n);
+int ocap_kernel_retire_imports(ocap_kernel_t *k, const char *ep, const char *const *refs, size_t n);
+int ocap_kernel_retire_exports(ocap_kernel_t *k, const char *ep, const char *const *refs, size_t n);
+int ocap_kernel_abandon_exports(ocap_kernel_t *k, const char *ep, const char *const *refs,
+                                size_t n);
+/* Keeps an object whatever its counts (vat roots, kernel services), until
+ * its owner is terminated. */
+int ocap_kernel_pin(ocap_kernel_t *k, const char *kref);
+/* Queues a reap (bringOutYourDead) of ep, once; reaps run after GC
+ * actions and before the run queue. Kept in memory only. */
+int ocap_kernel_schedule_reap(ocap_kernel_t *k, const char *ep);
+/* GC actions and reaps waiting, or a negative code. */
+long long ocap_kernel_gc_work(ocap_kernel_t *k);
 
 /* Helpers for the capdata encoding used in the store ("slots\nbody"). */
 char *ocap_capdata_encode(const ocap_capdata_t *cd, size_t *len);

@@ -306,8 +306,7 @@ int ocap__read_state(ocap_kernel_t *k, const char *kpid) {
   return ocap__corrupt(k, key, v, vl, "a promise state (unresolved, fulfilled or rejected)");
 }
 
-/* Parses a count written by fmt_ll: digits only, no sign, no leading zero. */
-static int parse_count(const char *v, size_t vl, long long *out) {
+int ocap__parse_count(const char *v, size_t vl, long long *out) {
   if (vl == 0 || vl > 16 || (v[0] == '0' && vl > 1))
     return 0;
   long long n = 0;
@@ -332,7 +331,7 @@ int ocap__get_count(ocap_kernel_t *k, long long dflt, long long *out, const char
   int rc = get_key(k, key, kl, &v, &vl);
   if (rc <= 0)
     return rc;
-  if (!parse_count(v, vl, out))
+  if (!ocap__parse_count(v, vl, out))
     return ocap__corrupt(k, key, v, vl, "a count (a decimal integer from 0 to 2^53 - 1)");
   return 0;
 }

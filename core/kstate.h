@@ -1,6 +1,6 @@
 /*
  * kstate.h -- the kernel's state and its typed access to the store
- * (internal to the kernel's files: kernel.c, refs.c, clist.c, object.c,
+ * (internal to the kernel's files: kernel.c, refs.c, clist.c, object.c, gc.c,
  * capdata.c, promise.c, queue.c, crank.c; the public interface is kernel.h).
  *
  * Conventions:
@@ -52,6 +52,7 @@ struct ocap__queue;
 struct ocap__promises;
 struct ocap__clists;
 struct ocap__objects;
+struct ocap__gc;
 
 struct ocap_kernel {
   ocap_store_t *s;
@@ -74,6 +75,7 @@ struct ocap_kernel {
   struct ocap__promises *p;   /* promises' states and counts (promise.c) */
   struct ocap__clists *c;     /* the endpoints' c-lists (clist.c) */
   struct ocap__objects *o;    /* kernel objects (object.c) */
+  struct ocap__gc *g;         /* GC actions and reaps (gc.c) */
 };
 
 /* A growable byte buffer for values too large for the stack; {0} is empty. */
@@ -102,6 +104,9 @@ const char *ocap__shown(const char *v, size_t vl, char *out);
  * only bytes a reference uses (no space, which separates them). */
 int ocap__ref_like(const char *v, size_t vl);
 
+/* Parses a count written by ocap__fmt_ll (digits only, no sign, no leading
+ * zero, at most COUNT_MAX) into *out: 1 when it is one, else 0. */
+int ocap__parse_count(const char *v, size_t vl, long long *out);
 /* Writes n in decimal at p; returns the number of bytes (at most 20). */
 size_t ocap__fmt_ll(char *p, long long n);
 

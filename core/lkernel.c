@@ -123,11 +123,12 @@ typedef struct lvat {
   int exiting;            /* exitVat was called: 1 for success, 2 for failure. */
   char *exit_body;
   vbudget_t budget;
-  lua_Integer sent;   /* capdata bytes sent and resolved in this delivery */
-  lua_Integer logged; /* log payload bytes in this delivery */
-  int decode_failed;  /* decoding this delivery ran out of a budget */
-  runtime_t *runtime; /* the runtime the live state reads, referenced */
-  vheld_t held;       /* the previous incarnation during an upgrade */
+  lua_Integer sent;       /* capdata bytes sent and resolved in this delivery */
+  lua_Integer logged;     /* log payload bytes in this delivery */
+  int decode_failed;      /* decoding this delivery ran out of a budget */
+  lua_Integer since_reap; /* deliveries since its last reap (gc.reapInterval) */
+  runtime_t *runtime;     /* the runtime the live state reads, referenced */
+  vheld_t held;           /* the previous incarnation during an upgrade */
   lkernel_t *lk;
 } lvat_t;
 
@@ -162,9 +163,10 @@ struct lkernel {
   size_t nlive;  /* records in it */
   runtime_t *runtime;
   int in_step;
-  int host_ran;       /* host Lua code ran during this crank (K:drive stops) */
-  lvat_t *delivering; /* the vat whose state is running now, if any */
-  lvat_t *ran;        /* the vat the current crank delivered to, if any */
+  lua_Integer reap_interval; /* deliveries to a vat between reaps; 0: never */
+  int host_ran;              /* host Lua code ran during this crank (K:drive stops) */
+  lvat_t *delivering;        /* the vat whose state is running now, if any */
+  lvat_t *ran;               /* the vat the current crank delivered to, if any */
 };
 
 static void release_runtime(runtime_t *rt);
@@ -398,7 +400,23 @@ static void push_slots(lua_State *L, const ocap_capdata_t *cd) {
  * so both see a delivery in the same shape.
  */
 static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
+  static const char *const gc_kind[] = {"dropExports", "retireExports", "retireImports",
+                                        "bringOutYourDead"};
   STACK_CHECK_BEGIN(L);
+  if (d->type >= OCAP_DELIVER_DROP_EXPORTS && d->type <= OCAP_DELIVER_BRING_OUT_YOUR_DEAD) {
+    lua_pushstring(L, gc_kind[d->type - OCAP_DELIVER_DROP_EXPORTS]);
+    if (d->type == OCAP_DELIVER_BRING_OUT_YOUR_DEAD) {
+      STACK_CHECK_END(L, 1);
+      return 1;
+    }
+    lua_createtable(L, (int)d->nvrefs, 0);
+    for (size_t i = 0; i < d->nvrefs; i++) {
+      lua_pushstring(L, d->vrefs[i]);
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    STACK_CHECK_END(L, 2);
+    return 2;
+  }
   if (d->type == OCAP_DELIVER_TIMER) {
     lua_pushliteral(L, "timer");
     lua_pushinteger(L, (lua_Integer)strtoll(d->target, NULL, 10));
@@ -975,6 +993,66 @@ static int sys_collect_garbage(lua_State *V) {
   return 0;
 }
 
+/*
+ * [-0, +(0|1), m] Reads the argument at idx as a GC syscall takes it, a
+ * sequence of strings and nothing else, into `small` when it fits, else
+ * into an array owned by a userdata it pushes (see read_slots). Returns
+ * NULL with *n unset when it is anything else. Only raw accesses: a
+ * metatable (a hardened table's) changes nothing.
+ */
+static const char **read_vrefs(lua_State *L, int idx, size_t *n, const char **small) {
+  idx = lua_absindex(L, idx);
+  if (!lua_istable(L, idx))
+    return NULL;
+  size_t len = (size_t)lua_rawlen(L, idx), keys = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int ok = lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1 &&
+             (size_t)lua_tointeger(L, -2) <= len && lua_type(L, -1) == LUA_TSTRING;
+    lua_pop(L, 1);
+    keys++;
+    if (!ok) {
+      lua_pop(L, 1);
+      return NULL;
+    }
+  }
+  if (keys != len)
+    return NULL;
+  const char **v = len <= SMALL_SLOTS ? small : lua_newuserdatauv(L, len * sizeof *v, 0);
+  for (size_t i = 0; i < len; i++) {
+    lua_rawgeti(L, idx, (lua_Integer)i + 1);
+    v[i] = lua_tostring(L, -1); /* the table keeps it */
+    lua_pop(L, 1);
+  }
+  *n = len;
+  return v;
+}
+
+typedef int (*gc_call_t)(ocap_kernel_t *, const char *, const char *const *, size_t);
+static const gc_call_t gc_calls[] = {ocap_kernel_drop_imports, ocap_kernel_retire_imports,
+                                     ocap_kernel_retire_exports, ocap_kernel_abandon_exports};
+static const char *const gc_call_names[] = {"dropImports", "retireImports", "retireExports",
+                                            "abandonExports"};
+
+/* dropImports(vrefs), retireImports, retireExports, abandonExports
+ * [-0, +0, e] Upvalue 2 says which. Any misuse (a shape or a vref the
+ * kernel refuses) is the vat's illegal syscall: its crank rolls back. */
+static int sys_gc(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  int which = (int)lua_tointeger(V, lua_upvalueindex(2));
+  const char *small[SMALL_SLOTS];
+  size_t n = 0;
+  const char **v = read_vrefs(V, 1, &n, small);
+  if (!v) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s takes a sequence of vref strings", gc_call_names[which]);
+    return illegal(V, rec, msg);
+  }
+  if (gc_calls[which](rec->lk->k, rec->id, v, n))
+    return syscall_failed(V, rec);
+  return 0;
+}
+
 static const luaL_Reg syscalls[] = {
     {"send", sys_send},
     {"subscribe", sys_subscribe},
@@ -1141,6 +1219,14 @@ static int refuse_decode(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, i
 static int deliver_vat(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, int *fatal,
                        char **why) {
   char *msg = NULL;
+  /* Every delivery but a reap counts towards the next reap, which runs
+   * before the run queue's next item. */
+  if (d->type == OCAP_DELIVER_BRING_OUT_YOUR_DEAD)
+    rec->since_reap = 0;
+  else if (lk->reap_interval > 0 && ++rec->since_reap >= lk->reap_interval) {
+    rec->since_reap = 0;
+    ocap_kernel_schedule_reap(lk->k, rec->id);
+  }
   int st = run_delivery(lk, rec, d, &msg);
   if ((st == OCAP_VAT_METER || st == OCAP_VAT_MEMORY) && rec->decode_failed && !rec->fatal &&
       d->type != OCAP_DELIVER_TIMER) {
@@ -1231,6 +1317,9 @@ static int hook_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int 
   if (strcmp(ep, "kernel") == 0)
     return deliver_host(lk, d);
   lvat_t *rec = find_vat(lk, ep);
+  /* A vat that is not running has no heap to collect. */
+  if (d->type == OCAP_DELIVER_BRING_OUT_YOUR_DEAD && (!rec || !rec->vat))
+    return 0;
   if ((!rec || !rec->vat) && !(rec && rec->why)) {
     ensure_vat(lk, ep); /* not prepared: a notify to a vat not running */
     rec = find_vat(lk, ep);
@@ -1602,6 +1691,63 @@ static int k_kref_of(lua_State *L) {
     lua_pushstring(L, out);
   else
     lua_pushnil(L);
+  return 1;
+}
+
+/* K:dropImports(krefs), K:retireImports, K:retireExports,
+ * K:abandonExports  [-0, +0, e]
+ * The GC syscalls of the kernel's own endpoint (the host's liveslots),
+ * upvalue 1 saying which. A misuse raises: the host cannot be terminated. */
+static int k_gc_call(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  int which = (int)lua_tointeger(L, lua_upvalueindex(1));
+  const char *small[SMALL_SLOTS];
+  size_t n = 0;
+  const char **v = read_vrefs(L, 2, &n, small);
+  if (!v)
+    return luaL_error(L, "%s takes a sequence of kref strings", gc_call_names[which]);
+  if (gc_calls[which](lk->k, "kernel", v, n))
+    return raise_kernel(L, lk);
+  return 0;
+}
+
+/* K:pin(kref)  [-0, +0, e] Keeps an object whatever its counts. */
+static int k_pin(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  if (ocap_kernel_pin(lk->k, luaL_checkstring(L, 2)))
+    return raise_kernel(L, lk);
+  return 0;
+}
+
+/* K:setReapInterval(n | false)  [-0, +0, e]
+ * Deliveries to a vat between two reaps; false turns reaping off. */
+static int k_set_reap_interval(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  lk->reap_interval = lua_toboolean(L, 2) ? luaL_checkinteger(L, 2) : 0;
+  return 0;
+}
+
+/* K:reapAll()  [-0, +0, e] Schedules a reap of every live vat, then of
+ * the kernel's endpoint, to run before the run queue's next item. */
+static int k_reap_all(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  for (size_t i = 0; i < lk->nvats; i++) {
+    lvat_t *rec = lk->vats[i];
+    if (rec && rec->vat && ocap_kernel_schedule_reap(lk->k, rec->id))
+      return raise_kernel(L, lk);
+  }
+  if (ocap_kernel_schedule_reap(lk->k, "kernel"))
+    return raise_kernel(L, lk);
+  return 0;
+}
+
+/* K:gcWork() -> integer  [-0, +1, e] GC actions and reaps waiting. */
+static int k_gc_work(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  long long n = ocap_kernel_gc_work(lk->k);
+  if (n < 0)
+    return raise_kernel(L, lk);
+  lua_pushinteger(L, (lua_Integer)n);
   return 1;
 }
 
@@ -2124,6 +2270,12 @@ static int vat_boot_tramp(lua_State *V) {
   luaL_newlibtable(V, syscalls);
   lua_pushlightuserdata(V, rec);
   luaL_setfuncs(V, syscalls, 1);
+  for (int i = 0; i < 4; i++) {
+    lua_pushlightuserdata(V, rec);
+    lua_pushinteger(V, i);
+    lua_pushcclosure(V, sys_gc, 2);
+    lua_setfield(V, -2, gc_call_names[i]);
+  }
   if (list_has(a->globals, "setTimeout") || list_has(a->globals, "setInterval")) {
     lua_pushlightuserdata(V, rec);
     luaL_setfuncs(V, timer_syscalls, 1);
@@ -2486,6 +2638,10 @@ static const luaL_Reg kernel_methods[] = {
     {"loopAlive", k_loop_alive},
     {"loopBackend", k_loop_backend},
     {"runLoop", k_run_loop},
+    {"pin", k_pin},
+    {"setReapInterval", k_set_reap_interval},
+    {"reapAll", k_reap_all},
+    {"gcWork", k_gc_work},
     {NULL, NULL},
 };
 
@@ -2504,6 +2660,11 @@ static const luaL_Reg core_functions[] = {
 int luaopen_ocap_core(lua_State *L) {
   if (luaL_newmetatable(L, KERNEL_MT)) {
     luaL_newlib(L, kernel_methods);
+    for (int i = 0; i < 4; i++) {
+      lua_pushinteger(L, i);
+      lua_pushcclosure(L, k_gc_call, 1);
+      lua_setfield(L, -2, gc_call_names[i]);
+    }
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, k_gc);
     lua_setfield(L, -2, "__gc");

@@ -11,9 +11,11 @@
 #include "object.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "gc.h"
 #include "idtable.h"
 
 typedef struct orec {
@@ -21,8 +23,10 @@ typedef struct orec {
   char owner[OCAP_REF_MAX];  /* "" when none */
   char cowner[OCAP_REF_MAX]; /* the same at the last commit */
   int revoked, crevoked;     /* `ko<N>.revoked` exists */
-  long long reachable;       /* reserved for garbage collection: the */
-  long long recognizable;    /* counts of its importers, not kept yet */
+  long long reach, creach;   /* `ko<N>.refCount`: the reachable count, */
+  long long recog, crecog;   /* and the recognizable one (gc.h) */
+  int pinned, cpinned;       /* `ko<N>.pinned` exists */
+  int dropped, cdropped;     /* `ko<N>.dropped` exists */
   int dirty;                 /* listed in `dirty` */
 } orec_t;
 
@@ -46,7 +50,27 @@ static long long ko_number(const char *koid) {
 }
 
 static int gone(const orec_t *r) {
-  return !r->owner[0] && !r->revoked;
+  return !r->owner[0] && !r->revoked && !r->reach && !r->recog && !r->pinned && !r->dropped;
+}
+
+/* Reads `<koid>.refCount`, "<reachable>,<recognizable>" (0,0 when absent). */
+static int read_counts(ocap_kernel_t *k, const char *koid, orec_t *r) {
+  ocap__buf_t b = {0};
+  int rc = ocap__getb(k, &b, "%s.refCount", koid);
+  if (rc > 0) {
+    const char *comma = memchr(b.p, ',', b.len);
+    if (!comma || !ocap__parse_count(b.p, (size_t)(comma - b.p), &r->reach) ||
+        !ocap__parse_count(comma + 1, b.len - (size_t)(comma + 1 - b.p), &r->recog) ||
+        r->reach > r->recog) {
+      char key[KEY_MAX];
+      snprintf(key, sizeof key, "%s.refCount", koid);
+      rc = ocap__corrupt(
+          k, key, b.p, b.len,
+          "two counts \"<reachable>,<recognizable>\", the first not above the second");
+    }
+  }
+  free(b.p);
+  return rc < 0 ? rc : 0;
 }
 
 int ocap__objects_new(ocap_kernel_t *k) {
@@ -97,12 +121,22 @@ static int lookup(ocap_kernel_t *k, const char *koid, int create, int fresh, ore
   int rc = fresh ? 0 : ocap__get_ref(k, r->owner, "%s.owner", koid);
   if (rc >= 0 && !fresh)
     rc = r->revoked = ocap__has(k, "%s.revoked", koid);
+  if (rc >= 0 && !fresh)
+    rc = read_counts(k, koid, r);
+  if (rc >= 0 && !fresh)
+    rc = r->pinned = ocap__has(k, "%s.pinned", koid);
+  if (rc >= 0 && !fresh)
+    rc = r->dropped = ocap__has(k, "%s.dropped", koid);
   if (rc < 0 || (gone(r) && !create)) {
     free(r);
     return rc < 0 ? rc : 0;
   }
   memcpy(r->cowner, r->owner, sizeof r->cowner);
   r->crevoked = r->revoked;
+  r->creach = r->reach;
+  r->crecog = r->recog;
+  r->cpinned = r->pinned;
+  r->cdropped = r->dropped;
   if (ocap__idtable_insert(&t->table, r)) {
     free(r);
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading object %s", koid);
@@ -148,6 +182,58 @@ int ocap__set_owner(ocap_kernel_t *k, const char *koid, const char *ep) {
   if (ep && strlen(ep) >= OCAP_REF_MAX)
     return ocap__broken(k, OCAP_ECORRUPT, "owner '%.60s' of %s is too long", ep, koid);
   memcpy(r->owner, ep ? ep : "", ep ? strlen(ep) + 1 : 1);
+  if (ep)
+    return 0;
+  /* A deleted object is nobody's export: it is neither pinned nor
+   * dropped, and its record goes once no importer recognizes it. */
+  r->pinned = r->dropped = 0;
+  return 0;
+}
+
+int ocap__obj_info(ocap_kernel_t *k, const char *koid, ocap__objinfo_t *out) {
+  orec_t *r;
+  memset(out, 0, sizeof *out);
+  int rc = lookup(k, koid, 0, 0, &r);
+  if (rc || !r)
+    return rc;
+  memcpy(out->owner, r->owner, sizeof out->owner);
+  out->reachable = r->reach;
+  out->recognizable = r->recog;
+  out->pinned = r->pinned;
+  out->dropped = r->dropped;
+  return 1;
+}
+
+int ocap__obj_count(ocap_kernel_t *k, const char *koid, int dreach, int drecog) {
+  orec_t *r;
+  int rc = change(k, koid, 0, &r);
+  if (rc)
+    return rc;
+  long long reach = r->reach + dreach, recog = r->recog + drecog;
+  if (reach < 0 || recog < 0 || reach > recog || recog > COUNT_MAX)
+    return ocap__broken(k, OCAP_ECORRUPT,
+                        "corrupt database: the counts of %s (%lld,%lld) cannot change by (%d,%d)",
+                        koid, r->reach, r->recog, dreach, drecog);
+  r->reach = reach;
+  r->recog = recog;
+  /* The owner learns at the end of the crank (gc.c), once every change of
+   * the crank is in: a count that drops to 0 may well rise again. A
+   * pinned object (a vat root, the target of most messages) is never a
+   * candidate; were it unpinned, its owner would be gone. */
+  if (((dreach < 0 && !reach) || (drecog < 0 && !recog)) && !r->pinned)
+    return ocap__gc_maybe_free(k, r->id);
+  return 0;
+}
+
+int ocap__obj_set_flag(ocap_kernel_t *k, const char *koid, int flag, int on) {
+  orec_t *r;
+  int rc = change(k, koid, 0, &r);
+  if (rc)
+    return rc;
+  if (flag == OBJ_PINNED)
+    r->pinned = on;
+  else
+    r->dropped = on;
   return 0;
 }
 
@@ -165,6 +251,18 @@ int ocap__set_revoked(ocap_kernel_t *k, const char *koid) {
   return rc;
 }
 
+/* Writes "<reach>,<recog>" into v (48 bytes) and returns its length, or
+ * 0 when both are 0 (the key is absent then). */
+static size_t counts_text(char *v, long long reach, long long recog) {
+  if (!reach && !recog)
+    return 0;
+  size_t n = ocap__fmt_ll(v, reach);
+  v[n++] = ',';
+  n += ocap__fmt_ll(v + n, recog);
+  v[n] = '\0';
+  return n;
+}
+
 int ocap__objects_check(ocap_kernel_t *k) {
   struct ocap__objects *t = k->o;
   int rc = 0;
@@ -175,9 +273,18 @@ int ocap__objects_check(ocap_kernel_t *k) {
     memcpy(koid, "ko", 2);
     koid[2 + ocap__fmt_ll(koid + 2, r->id)] = '\0';
     rc = ocap__check_key(k, r->owner[0] ? r->owner : NULL, strlen(r->owner), "%s.owner", koid);
-    /* Any value marks an object revoked; the kernel writes "true". */
+    /* Any value marks an object revoked; the kernel writes "true". The
+     * same goes for `pinned` and `dropped`. */
     if (!rc && !r->revoked)
       rc = ocap__check_key(k, NULL, 0, "%s.revoked", koid);
+    if (!rc && !r->pinned)
+      rc = ocap__check_key(k, NULL, 0, "%s.pinned", koid);
+    if (!rc && !r->dropped)
+      rc = ocap__check_key(k, NULL, 0, "%s.dropped", koid);
+    char v[48];
+    size_t vl = counts_text(v, r->reach, r->recog);
+    if (!rc)
+      rc = ocap__check_key(k, vl ? v : NULL, vl, "%s.refCount", koid);
   }
   return rc;
 }
@@ -207,6 +314,16 @@ int ocap__objects_prepare(ocap_kernel_t *k) {
     if (!rc && r->revoked != r->crevoked)
       rc = r->revoked ? ocap__setv(k, "true", "%s.revoked", koid)
                       : ocap__delv(k, "%s.revoked", koid);
+    if (!rc && r->pinned != r->cpinned)
+      rc = r->pinned ? ocap__setv(k, "true", "%s.pinned", koid) : ocap__delv(k, "%s.pinned", koid);
+    if (!rc && r->dropped != r->cdropped)
+      rc = r->dropped ? ocap__setv(k, "true", "%s.dropped", koid)
+                      : ocap__delv(k, "%s.dropped", koid);
+    if (!rc && (r->reach != r->creach || r->recog != r->crecog)) {
+      char v[48];
+      size_t vl = counts_text(v, r->reach, r->recog);
+      rc = vl ? ocap__setn(k, v, vl, "%s.refCount", koid) : ocap__delv(k, "%s.refCount", koid);
+    }
     if (rc)
       return rc;
   }
@@ -220,9 +337,17 @@ static void end_crank(struct ocap__objects *t, int keep) {
     if (keep) {
       memcpy(r->cowner, r->owner, sizeof r->cowner);
       r->crevoked = r->revoked;
+      r->creach = r->reach;
+      r->crecog = r->recog;
+      r->cpinned = r->pinned;
+      r->cdropped = r->dropped;
     } else {
       memcpy(r->owner, r->cowner, sizeof r->owner);
       r->revoked = r->crevoked;
+      r->reach = r->creach;
+      r->recog = r->crecog;
+      r->pinned = r->cpinned;
+      r->dropped = r->cdropped;
     }
     r->dirty = 0;
     if (gone(r))

@@ -3,9 +3,10 @@
  * (internal to the kernel; see kstate.h).
  *
  * An object is `ko<N>.owner` (the endpoint that exports it; gone once the
- * object is deleted) and `ko<N>.revoked` (docs/storage.md). Both are kept
- * in memory (kstate.h, convention 6), in a record that has room for the
- * reachable and recognizable counts garbage collection will keep.
+ * object is deleted), `ko<N>.revoked`, and for garbage collection (gc.h)
+ * `ko<N>.refCount` (its reachable and recognizable counts), `ko<N>.pinned`
+ * and `ko<N>.dropped` (docs/storage.md). All are kept in memory (kstate.h,
+ * convention 6).
  */
 #ifndef OCAP_OBJECT_H
 #define OCAP_OBJECT_H
@@ -28,5 +29,24 @@ int ocap__set_owner(ocap_kernel_t *k, const char *koid, const char *ep);
 int ocap__get_revoked(ocap_kernel_t *k, const char *koid);
 /* Revokes koid, for good. */
 int ocap__set_revoked(ocap_kernel_t *k, const char *koid);
+
+/* What garbage collection knows of an object. */
+typedef struct ocap__objinfo {
+  char owner[OCAP_REF_MAX]; /* "" when deleted */
+  long long reachable, recognizable;
+  int pinned;  /* the kernel keeps it whatever its counts */
+  int dropped; /* its owner was told nobody reaches it (dropExports) */
+} ocap__objinfo_t;
+
+/* Fills *out: 1 when the object has a record, 0 (all zero) when not, or a
+ * negative code. */
+int ocap__obj_info(ocap_kernel_t *k, const char *koid, ocap__objinfo_t *out);
+/* Adds dreach and drecog to the counts; a count that drops to 0 makes the
+ * object a candidate for gc.c at the end of the crank. A count that would
+ * go below 0 (or reachable above recognizable) is corruption. */
+int ocap__obj_count(ocap_kernel_t *k, const char *koid, int dreach, int drecog);
+enum { OBJ_PINNED = 1, OBJ_DROPPED = 2 };
+/* Sets or clears one of the flags above. */
+int ocap__obj_set_flag(ocap_kernel_t *k, const char *koid, int flag, int on);
 
 #endif

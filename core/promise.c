@@ -11,6 +11,7 @@
 
 #include "capdata.h"
 #include "idtable.h"
+#include "object.h"
 #include "queue.h"
 #include "refs.h"
 
@@ -366,7 +367,7 @@ void ocap__promises_abort(ocap_kernel_t *k, int cleared) {
  * messages and notifies, and other promises' resolutions that mention it. */
 int ocap__incref(ocap_kernel_t *k, const char *kref) {
   if (!ocap__is_kpid(kref))
-    return 0;
+    return ocap__obj_count(k, kref, 1, 1);
   prec_t *r;
   int rc = lookup(k, kref, 1, &r);
   return rc ? rc : set_promise(k, kref, r->state, (r->refs < 0 ? 0 : r->refs) + 1);
@@ -390,7 +391,7 @@ static int free_promise(ocap_kernel_t *k, const char *kpid) {
 
 int ocap__decref(ocap_kernel_t *k, const char *kref) {
   if (!ocap__is_kpid(kref))
-    return 0;
+    return ocap__obj_count(k, kref, -1, -1);
   prec_t *r;
   int rc = lookup(k, kref, 1, &r);
   if (rc)

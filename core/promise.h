@@ -31,8 +31,9 @@ int ocap__set_decider(ocap_kernel_t *k, const char *kpid, const char *ep);
  * exist), or a negative code. */
 int ocap__get_state(ocap_kernel_t *k, const char *kpid);
 
-/* The kernel's reference count of a promise (no-ops on objects): c-list
- * entries, queued messages and notifies, and other promises' data. */
+/* The kernel's reference count of a promise: c-list entries, queued
+ * messages and notifies, and other promises' data. For an object, both its
+ * counts (gc.h): queued and parked messages, and promises' data. */
 int ocap__incref(ocap_kernel_t *k, const char *kref);
 int ocap__decref(ocap_kernel_t *k, const char *kref);
 /* The same for every slot of a stored capdata. */

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "clist.h"
+#include "gc.h"
 #include "object.h"
 #include "promise.h"
 
@@ -73,13 +74,24 @@ int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out) {
 /*
  * Reads `<ep>.c.<ref>` into out (OCAP_REF_MAX bytes): 1 found, 0 missing,
  * or a negative code; a value that cannot be a reference is corruption.
+ * An object's kref-keyed entry starts with "_ " once the endpoint dropped
+ * it (it recognizes it but no longer reaches it): the mark is taken off,
+ * and *reach (when not NULL) says whether it was there.
  */
-static int clist_ref(ocap_kernel_t *k, const char *ep, const char *ref, char *out) {
+static int clist_ref_reach(ocap_kernel_t *k, const char *ep, const char *ref, char *out,
+                           int *reach) {
   const char *v;
   size_t vl;
   int rc = ocap__clist_get(k, ep, ref, &v, &vl);
   if (rc <= 0)
     return rc;
+  int r = !(vl > 2 && v[0] == '_' && v[1] == ' ');
+  if (!r) {
+    v += 2;
+    vl -= 2;
+  }
+  if (reach)
+    *reach = r;
   if (!ocap__ref_like(v, vl)) {
     char key[KEY_MAX];
     snprintf(key, sizeof key, "%s.c.%s", ep, ref);
@@ -90,28 +102,89 @@ static int clist_ref(ocap_kernel_t *k, const char *ep, const char *ref, char *ou
   return 1;
 }
 
+static int clist_ref(ocap_kernel_t *k, const char *ep, const char *ref, char *out) {
+  return clist_ref_reach(k, ep, ref, out, NULL);
+}
+
+int ocap__clist_entry(ocap_kernel_t *k, const char *ep, const char *kref, char *eref, int *reach) {
+  return clist_ref_reach(k, ep, kref, eref, reach);
+}
+
+int ocap__clist_set_reach(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref,
+                          int reach) {
+  char v[OCAP_REF_MAX + 2];
+  snprintf(v, sizeof v, "%s%s", reach ? "" : "_ ", eref);
+  return ocap__clist_set(k, ep, kref, v);
+}
+
+int ocap__export_eref(ocap_kernel_t *k, const char *ep, const char *koid, char *eref) {
+  if (ocap__is_kernel_ep(ep)) {
+    memcpy(eref, koid, strlen(koid) + 1);
+    return 1;
+  }
+  return clist_ref(k, ep, koid, eref);
+}
+
+/*
+ * The kernel endpoint's table of what the host imports: `kernel.c.<kref>`,
+ * the kref itself ("_ " in front once dropped), for each object it was
+ * given that another endpoint owns. Its exports need no entry: krefs are
+ * its erefs. Marks kref reachable there, counting it in the object.
+ */
+static int host_import(ocap_kernel_t *k, const char *kref) {
+  ocap__objinfo_t o;
+  char have[OCAP_REF_MAX];
+  int reach = 0;
+  int rc = ocap__obj_info(k, kref, &o);
+  if (rc < 0 || ocap__is_kernel_ep(o.owner))
+    return rc < 0 ? rc : 0;
+  int found = clist_ref_reach(k, "kernel", kref, have, &reach);
+  if (found < 0 || (found > 0 && reach))
+    return found < 0 ? found : 0;
+  rc = ocap__clist_set(k, "kernel", kref, kref);
+  return rc ? rc : ocap__obj_count(k, kref, 1, found ? 0 : 1);
+}
+
+/* Adds an entry, both directions. An import of an object counts in both
+ * its counts (gc.h); the exporter's own entry counts in neither. */
 static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref) {
   int rc = ocap__clist_set(k, ep, kref, eref);
   if (!rc)
     rc = ocap__clist_set(k, ep, eref, kref);
-  if (!rc)
-    rc = ocap__incref(k, kref);
-  return rc;
+  if (rc)
+    return rc;
+  if (ocap__is_kpid(kref))
+    return ocap__incref(k, kref);
+  return eref[1] == '-' ? ocap__obj_count(k, kref, 1, 1) : 0;
 }
 
 int ocap__clist_remove(ocap_kernel_t *k, const char *ep, const char *kref) {
   char eref[OCAP_REF_MAX];
-  if (ocap__is_kernel_ep(ep))
-    return 0;
-  int rc = clist_ref(k, ep, kref, eref);
+  int reach = 1;
+  int rc = clist_ref_reach(k, ep, kref, eref, &reach);
   if (rc <= 0)
     return rc;
   rc = ocap__clist_set(k, ep, kref, NULL);
-  if (!rc)
+  if (!rc && !ocap__is_kernel_ep(ep))
     rc = ocap__clist_set(k, ep, eref, NULL);
-  if (!rc)
-    rc = ocap__decref(k, kref);
-  return rc;
+  if (rc)
+    return rc;
+  if (ocap__is_kpid(kref))
+    return ocap__decref(k, kref);
+  /* The kernel endpoint's table holds imports only. */
+  if (ocap__is_kernel_ep(ep) || eref[1] == '-')
+    return ocap__obj_count(k, kref, -reach, -1);
+  return 0;
+}
+
+/* An exporter names its own object again: if it was told nobody reaches
+ * it, it is reachable again, and will be told again when it is not. */
+static int reexport(ocap_kernel_t *k, const char *ep, const char *kref) {
+  ocap__objinfo_t o;
+  int rc = ocap__obj_info(k, kref, &o);
+  if (rc <= 0 || !o.dropped || strcmp(o.owner, ep) != 0)
+    return rc < 0 ? rc : 0;
+  return ocap__obj_set_flag(k, kref, OBJ_DROPPED, 0);
 }
 
 int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
@@ -119,7 +192,7 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
     if (!ocap__valid_kref(eref))
       return ocap__fail(k, OCAP_EINVAL, "invalid kref '%.60s'", eref);
     memcpy(out, eref, strlen(eref) + 1);
-    return 0;
+    return out[1] == 'o' ? reexport(k, ep, out) : 0;
   }
   if (!ocap__valid_ep(ep))
     return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
@@ -132,6 +205,19 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
     if (!ocap__valid_kref(out))
       return ocap__broken(k, OCAP_ECORRUPT,
                           "corrupt database: key '%s.c.%s' holds '%s', not a kref", ep, eref, out);
+    if (eref[0] != 'o')
+      return 0;
+    if (eref[1] == '+')
+      return reexport(k, ep, out);
+    /* A vat may only send what it still reaches: a dropped import may
+     * already be retired by its exporter. */
+    char v[OCAP_REF_MAX];
+    int reach;
+    rc = clist_ref_reach(k, ep, out, v, &reach);
+    if (rc < 0)
+      return rc;
+    if (rc == 0 || !reach)
+      return ocap__fail(k, OCAP_EINVAL, "vat %s used dropped import '%s'", ep, eref);
     return 0;
   }
   if (eref[1] == '-')
@@ -154,18 +240,23 @@ int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref,
     return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not a kref", kref);
   if (ocap__is_kernel_ep(ep)) {
     memcpy(out, kref, strlen(kref) + 1);
-    return 0;
+    return kref[1] == 'o' ? host_import(k, kref) : 0;
   }
   if (!ocap__valid_ep(ep))
     return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
-  int rc = clist_ref(k, ep, kref, out);
+  int reach;
+  int rc = clist_ref_reach(k, ep, kref, out, &reach);
   if (rc < 0)
     return rc;
   if (rc > 0) {
     if (!ocap__valid_eref(out))
       return ocap__broken(k, OCAP_ECORRUPT,
                           "corrupt database: key '%s.c.%s' holds '%s', not a vref", ep, kref, out);
-    return 0;
+    /* An import the vat dropped and is given again: it reaches it again. */
+    if (reach)
+      return 0;
+    rc = ocap__clist_set(k, ep, kref, out);
+    return rc ? rc : ocap__obj_count(k, kref, 1, 0);
   }
   int promise = ocap__is_kpid(kref);
   long long n;

@@ -28,8 +28,20 @@ int ocap__valid_kref(const char *r);
 /* Checks an endpoint a caller passed in (a caller's fault when bad). */
 int ocap__check_ep(ocap_kernel_t *k, const char *ep);
 
-/* Removes kref from ep's c-list, both directions, dropping its reference. */
+/* Removes kref from ep's c-list, both directions, dropping its reference
+ * (for the kernel endpoint, from its table of imports). */
 int ocap__clist_remove(ocap_kernel_t *k, const char *ep, const char *kref);
+/* ep's entry for kref: 1 with its eref in eref (OCAP_REF_MAX bytes) and
+ * *reach 0 when ep dropped it (an import it only recognizes), else 1; 0
+ * when ep has none (for the kernel endpoint: when it does not import it),
+ * or a negative code. */
+int ocap__clist_entry(ocap_kernel_t *k, const char *ep, const char *kref, char *eref, int *reach);
+/* Rewrites ep's kref-keyed entry for an import, reachable or dropped. */
+int ocap__clist_set_reach(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref,
+                          int reach);
+/* The eref of koid in its exporter ep: 1 with it in eref, 0 when ep's
+ * c-list lacks it, or a negative code. */
+int ocap__export_eref(ocap_kernel_t *k, const char *ep, const char *koid, char *eref);
 /*
  * The krefs in ep's c-list that start with `kind` ("k" for all, "kp" for
  * promises). Returns the count, or a negative code; *out is malloc'd.

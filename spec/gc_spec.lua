@@ -71,3 +71,277 @@ describe('Kernel.make { gc = ... }', function()
     assert.equal('Kernel.make: option gc must be a table, got number', refusal({ gc = 200 }))
   end)
 end)
+
+-- ---- the kernel's side of GC, driven by a vat that makes the syscalls ----
+
+local support = require 'support'
+local RAW = 'spec/vats/gc_raw.lua'
+
+--- Launches vats a and b running spec/vats/gc_raw.lua; returns their ids
+--- and root presences.
+local function raw(kernel)
+  local r = kernel:launchSubcluster({ bootstrap = 'a', vats = { a = { sourceSpec = RAW }, b = { sourceSpec = RAW } } })
+    :await()
+  local ids = kernel:getSubcluster(r.subclusterId).vats
+  return {
+    a = ids.a, b = ids.b,
+    A = kernel:getPresence(kernel.K:krefOf(ids.a, 'o+0'), 'gcRaw'),
+    B = kernel:getPresence(kernel.K:krefOf(ids.b, 'o+0'), 'gcRaw'),
+  }
+end
+
+local function get(kernel, key) return kernel.K:kvGet(key) end
+
+--- Every key the kernel keeps for object kref, as key -> value.
+local function objectKeys(kernel, kref)
+  local out = {}
+  for _, key in ipairs(kernel:_scan(kref .. '.')) do out[key] = get(kernel, key) end
+  for _, key in ipairs(kernel:_scan('')) do
+    if key:match('%.c%.' .. kref .. '$') then out[key] = get(kernel, key) end
+  end
+  return out
+end
+
+describe('kernel garbage collection', function()
+  local kernel
+  before_each(function() kernel = testing.makeKernel() end)
+  after_each(function() if kernel then kernel:stop() end end)
+
+  it('counts each importer, and deletes an object once nobody reaches or recognizes it', function()
+    local v = raw(kernel)
+    local objects0 = kernel:stats().objects
+    local thing = E(v.B).make('t'):await()
+    local kref = kernel:krefOf(thing)
+    -- The host imports it: `kernel.c.<kref>`, counted once.
+    assert.equal(v.b, get(kernel, kref .. '.owner'))
+    assert.equal('1,1', get(kernel, kref .. '.refCount'))
+    assert.equal(kref, get(kernel, 'kernel.c.' .. kref))
+    local vref = E(v.A).keep(thing):await()
+    assert.equal('2,2', get(kernel, kref .. '.refCount'))
+    assert.equal(vref, get(kernel, v.a .. '.c.' .. kref))
+    assert.equal(objects0 + 1, kernel:stats().objects)
+    -- a drops it: still recognized, its entry marked.
+    assert.is_true(E(v.A).gc({ { 'dropImports', { vref } } }):await())
+    assert.equal('1,2', get(kernel, kref .. '.refCount'))
+    assert.equal('_ ' .. vref, get(kernel, v.a .. '.c.' .. kref))
+    assert.is_nil(get(kernel, kref .. '.dropped'))
+    -- The host drops it too: b is told (dropExports) before the next message.
+    kernel.K:dropImports({ kref })
+    assert.equal(0, E(v.B).count():await())
+    assert.equal('0,2', get(kernel, kref .. '.refCount'))
+    assert.equal('true', get(kernel, kref .. '.dropped'))
+    assert.equal(v.b, get(kernel, kref .. '.owner'))
+    -- Both retire it: b is told (retireExports) and every key goes.
+    assert.is_true(E(v.A).gc({ { 'retireImports', { vref } } }):await())
+    assert.is_nil(get(kernel, v.a .. '.c.' .. kref))
+    assert.is_nil(get(kernel, v.a .. '.c.' .. vref))
+    assert.equal('0,1', get(kernel, kref .. '.refCount'))
+    kernel.K:retireImports({ kref })
+    assert.equal(0, E(v.B).count():await())
+    assert.same({}, objectKeys(kernel, kref))
+    assert.is_nil(get(kernel, 'gcActions'))
+    assert.equal(objects0, kernel:stats().objects)
+    assert.equal('OBJECT_DELETED', support.rejection(kernel:queueMessage(kref, 'name', {})).code)
+  end)
+
+  it('delivers dropExports and retireExports to the host for what it exported', function()
+    local v = raw(kernel)
+    local seen = {}
+    kernel.K:setHostDispatch(function(kind, a, ...)
+      if kind ~= 'message' and kind ~= 'notify' then seen[#seen + 1] = kind .. ' ' .. table.concat(a, ',') end
+      return kernel.ls.dispatch(kind, a, ...)
+    end)
+    local vref = E(v.A).keep(ocap.makeDefaultExo('hostThing', {})):await()
+    local kref = get(kernel, v.a .. '.c.' .. vref)
+    assert.equal('kernel', get(kernel, kref .. '.owner'))
+    assert.equal('1,1', get(kernel, kref .. '.refCount'))
+    assert.is_true(E(v.A).gc({ { 'dropImports', { vref } }, { 'retireImports', { vref } } }):await())
+    assert.same({ 'dropExports ' .. kref, 'retireExports ' .. kref }, seen)
+    assert.same({}, objectKeys(kernel, kref))
+  end)
+
+  it('keeps what a waiting message carries, and what a settled promise holds', function()
+    local v = raw(kernel)
+    local thing = E(v.B).make('t'):await()
+    local kref = kernel:krefOf(thing)
+    -- A message parked on a promise a never resolves carries it.
+    local never = E(v.A).never()
+    kernel:queueMessage(never, 'use', { thing })
+    assert.equal(0, E(v.A).count():await())
+    kernel.K:dropImports({ kref })
+    kernel.K:retireImports({ kref })
+    assert.equal(0, E(v.B).count():await())
+    assert.equal('1,1', get(kernel, kref .. '.refCount'))
+    assert.is_nil(get(kernel, kref .. '.dropped'))
+    assert.equal('t', E(thing).name():await())
+  end)
+
+  it('drops and retires what a terminated vat imported', function()
+    local v = raw(kernel)
+    local thing = E(v.B).make('t'):await()
+    local kref = kernel:krefOf(thing)
+    E(v.A).keep(thing):await()
+    kernel.K:dropImports({ kref })
+    kernel.K:retireImports({ kref })
+    assert.equal(0, E(v.B).count():await())
+    assert.equal('1,1', get(kernel, kref .. '.refCount'))
+    kernel:terminateVat(v.a):await()
+    assert.equal(0, E(v.B).count():await())
+    assert.same({}, objectKeys(kernel, kref))
+  end)
+
+  it('refuses the host a GC call it may not make, changing nothing', function()
+    local v = raw(kernel)
+    local thing = E(v.B).make('t'):await()
+    local kref = kernel:krefOf(thing)
+    local function refusal(name, arg)
+      local ok, err = pcall(kernel.K[name], kernel.K, arg)
+      assert.is_false(ok)
+      return (tostring(err):gsub('^[^:]*:%d+: ', ''))
+    end
+    assert.equal("kernel dropImports 'ko999': not an import of kernel", refusal('dropImports', { 'ko999' }))
+    assert.equal("kernel dropImports '" .. kref .. "': named twice", refusal('dropImports', { kref, kref }))
+    assert.equal("kernel retireImports '" .. kref .. "': still reachable (drop it first)",
+      refusal('retireImports', { kref }))
+    assert.equal('dropImports takes a sequence of kref strings', refusal('dropImports', kref))
+    assert.equal('dropImports takes a sequence of kref strings', refusal('dropImports', { x = kref }))
+    kernel.K:commit()
+    assert.equal('1,1', get(kernel, kref .. '.refCount'))
+    assert.equal(kref, get(kernel, 'kernel.c.' .. kref))
+  end)
+
+  describe('refuses a vat a forged GC syscall: ILLEGAL_SYSCALL, crank rolled back, nothing freed', function()
+    -- Each case runs in vat a, which imports b's thing (its vref stands
+    -- for IMPORT) and exports its own, held by the host (EXPORT).
+    local CASES = {
+      { 'drop something never imported', { { 'dropImports', { 'o-999' } } }, "dropImports 'o-999': not an import" },
+      { 'drop an export', { { 'dropImports', { 'EXPORT' } } }, 'not an import' },
+      { 'drop a promise', { { 'dropImports', { 'p-1' } } }, "dropImports 'p-1': not an import" },
+      { 'drop twice in one call', { { 'dropImports', { 'IMPORT', 'IMPORT' } } }, 'named twice' },
+      { 'drop twice', { { 'dropImports', { 'IMPORT' } }, { 'dropImports', { 'IMPORT' } } }, 'already dropped' },
+      { 'retire an import still reachable', { { 'retireImports', { 'IMPORT' } } }, 'still reachable (drop it first)' },
+      { 'retire an export still reachable', { { 'retireExports', { 'EXPORT' } } }, 'still reachable' },
+      { 'retire a root', { { 'retireExports', { 'o+0' } } }, "retireExports 'o+0': still reachable" },
+      { 'retire an import as an export', { { 'retireExports', { 'IMPORT' } } }, 'not an export' },
+      { 'abandon an import', { { 'abandonExports', { 'IMPORT' } } }, 'not an export' },
+      { 'abandon an unknown export', { { 'abandonExports', { 'o+77' } } }, "abandonExports 'o+77': not an export" },
+      { 'a string, not a sequence', { { 'dropImports', 'IMPORT' } }, 'dropImports takes a sequence of vref strings' },
+      { 'a record', { { 'retireImports', { x = 'IMPORT' } } }, 'retireImports takes a sequence of vref strings' },
+      { 'numbers', { { 'retireExports', { 1 } } }, 'retireExports takes a sequence of vref strings' },
+      { 'nothing', { { 'abandonExports' } }, 'abandonExports takes a sequence of vref strings' },
+    }
+    for _, case in ipairs(CASES) do
+      it(case[1], function()
+        local v = raw(kernel)
+        local thing = E(v.B).make('t'):await()
+        local kref = kernel:krefOf(thing)
+        local import = E(v.A).keep(thing):await()
+        local other = E(v.B).make('other'):await()
+        local otherRef = E(v.A).keep(other):await()
+        E(v.A).make('mine'):await()
+        local export = E(v.A).exportRef(1):await()
+        local function fill(x)
+          if x == 'IMPORT' then return import elseif x == 'EXPORT' then return export end
+          if type(x) ~= 'table' then return x end
+          local out = {}
+          for k, y in pairs(x) do out[k] = fill(y) end
+          return out
+        end
+        local steps = fill(case[2])
+        -- A legal drop first: the crank that holds the illegal call must
+        -- undo it, and the message sent before it.
+        table.insert(steps, 1, { 'dropImports', { otherRef } })
+        local err = support.rejection(E(v.A).sendThenGc(v.B, steps))
+        assert.equal('VAT_FATAL:ILLEGAL_SYSCALL', err.code)
+        assert.matches(case[3], err.message, 1, true)
+        assert.equal(0, E(v.B).count():await())
+        -- a is gone, and its import with it; the host's keeps b's thing.
+        assert.equal(v.b, get(kernel, kref .. '.owner'))
+        assert.equal('1,1', get(kernel, kref .. '.refCount'))
+        assert.is_nil(get(kernel, kref .. '.dropped'))
+        assert.equal('t', E(thing).name():await())
+        assert.equal('1,1', get(kernel, kernel:krefOf(other) .. '.refCount'))
+      end)
+    end
+  end)
+
+  it('keeps counts and flags across a restart, and never brings a deleted object back', function()
+    kernel:stop()
+    kernel = testing.makeKernel({ database = testing.tempDir() })
+    local v = raw(kernel)
+    local thing = E(v.B).make('t'):await()
+    local kref = kernel:krefOf(thing)
+    local vref = E(v.A).keep(thing):await()
+    assert.is_true(E(v.A).gc({ { 'dropImports', { vref } } }):await())
+    kernel = testing.restart(kernel)
+    assert.equal('1,2', get(kernel, kref .. '.refCount'))
+    assert.equal('_ ' .. vref, get(kernel, v.a .. '.c.' .. kref))
+    local A = kernel:getPresence(kernel.K:krefOf(v.a, 'o+0'), 'gcRaw')
+    local B = kernel:getPresence(kernel.K:krefOf(v.b, 'o+0'), 'gcRaw')
+    -- The restarted a still may not drop twice; it may retire.
+    assert.is_true(E(A).gc({ { 'retireImports', { vref } } }, B):await())
+    kernel.K:dropImports({ kref })
+    assert.equal(0, E(B).count():await())
+    assert.equal('true', get(kernel, kref .. '.dropped'))
+    kernel = testing.restart(kernel)
+    kernel.K:retireImports({ kref })
+    B = kernel:getPresence(kernel.K:krefOf(v.b, 'o+0'), 'gcRaw')
+    assert.equal(0, E(B).count():await())
+    assert.same({}, objectKeys(kernel, kref))
+    kernel = testing.restart(kernel)
+    assert.same({}, objectKeys(kernel, kref))
+    assert.equal('OBJECT_DELETED', support.rejection(kernel:queueMessage(kref, 'name', {})).code)
+  end)
+end)
+
+describe('reaping', function()
+  local kernel
+  after_each(function() if kernel then kernel:stop() end end)
+
+  it('reaps a vat every reapInterval deliveries, before the run queue', function()
+    kernel = testing.makeKernel({ gc = { reapInterval = 2 } })
+    local v = raw(kernel)
+    kernel:reapVats():await()
+    assert.equal(0, kernel.K:gcWork())
+    kernel:queueMessage(v.A, 'bump', {})
+    kernel:queueMessage(v.A, 'bump', {})
+    kernel:step() -- the first: no reap due
+    assert.equal(0, kernel.K:gcWork())
+    kernel:step() -- the second: a's reap is due
+    assert.equal(1, kernel.K:gcWork())
+    local queued = kernel.K:queueLength()
+    kernel:step() -- the reap, before the notifies waiting
+    assert.equal(0, kernel.K:gcWork())
+    assert.equal(queued, kernel.K:queueLength())
+  end)
+
+  it('never reaps on its own with reapInterval = false', function()
+    kernel = testing.makeKernel({ gc = { reapInterval = false } })
+    local v = raw(kernel)
+    for _ = 1, 5 do
+      kernel:queueMessage(v.A, 'bump', {})
+      kernel:step()
+      assert.equal(0, kernel.K:gcWork())
+    end
+  end)
+
+  it('reapVats() and collectGarbage() reap every endpoint and resolve when done', function()
+    kernel = testing.makeKernel({ gc = { reapInterval = false } })
+    raw(kernel)
+    local seen = {}
+    kernel.K:setHostDispatch(function(kind, ...)
+      seen[#seen + 1] = kind
+      return kernel.ls.dispatch(kind, ...)
+    end)
+    for _, call in ipairs({ 'reapVats', 'collectGarbage' }) do
+      seen = {}
+      local cranks = kernel:stats().cranks
+      local p = kernel[call](kernel)
+      assert.is_true(kernel.K:gcWork() >= 3) -- two vats and the host
+      p:await()
+      assert.equal(0, kernel.K:gcWork())
+      assert.same({ 'bringOutYourDead' }, seen)
+      assert.equal(cranks + 3, kernel:stats().cranks)
+    end
+  end)
+end)

@@ -197,10 +197,10 @@ return M
   end
 
   it('holds timer syscalls only for a vat endowed with timers', function()
-    local base = 'collectGarbage decode exit log resolve send subscribe traceback vatstoreDelete vatstoreGet '
-      .. 'vatstoreNext vatstoreSet'
-    local timers = 'collectGarbage decode exit log resolve send subscribe timerStart timerStop traceback '
-      .. 'vatstoreDelete vatstoreGet vatstoreNext vatstoreSet'
+    local base = 'abandonExports collectGarbage decode dropImports exit log resolve retireExports retireImports '
+      .. 'send subscribe traceback vatstoreDelete vatstoreGet vatstoreNext vatstoreSet'
+    local timers = 'abandonExports collectGarbage decode dropImports exit log resolve retireExports retireImports '
+      .. 'send subscribe timerStart timerStop traceback vatstoreDelete vatstoreGet vatstoreNext vatstoreSet'
     assert.equal(base, syscallsOf(''))
     assert.equal(base, syscallsOf('print os.time clearTimeout clearInterval'))
     assert.equal(timers, syscallsOf('setTimeout'))

@@ -15,7 +15,7 @@ local ioChannels = require 'ocap.io'
 
 local M = {}
 
-local SCHEMA_VERSION = '1'
+local SCHEMA_VERSION = '2'
 
 local RUNTIME_MODULES = {
   'ocap.pass', 'ocap.promise', 'ocap.promise.combinators', 'ocap.marshal', 'ocap.marshal.reference', 'ocap.exo',
@@ -86,6 +86,7 @@ local function drive(isSettled, wait)
         local ran, visible = kernel.K:drive(BATCH, GROUP_LIMIT)
         if ran > 0 then progressed = true end
         if visible then kernel:_afterHostCode() end
+        kernel:_settleReaps()
       end
     end
     if not progressed and not promise.hasTurns() then
@@ -181,6 +182,7 @@ function M.make(options)
     error(('Kernel.make: database %s has schema version %s; this ocap uses version %s'):format(
       tostring(options.database), version, SCHEMA_VERSION), 2)
   end
+  K:setReapInterval(reapEvery)
   local rtOk, rtErr = pcall(function() K:setRuntime(runtimeSources()) end)
   if not rtOk then
     K:close()
@@ -193,7 +195,8 @@ function M.make(options)
     baseDir = options.baseDir or '.',
     logger = options.logger or logview.default(),
     durability = options.durability or 'none',
-    reapInterval = reapEvery, -- kept for reaping, which does not exist yet (docs/gc.md)
+    reapInterval = reapEvery,
+    reapWaiters = {}, -- resolvers of reapVats() promises, until the reaps are done
     services = {},
     failing = {}, -- vatId -> why it failed to restart, until recorded
     stopped = false,
@@ -328,6 +331,7 @@ function Kernel:step()
   local did = self.K:step()
   self:_recordFailures()
   if self.vatAdmin.due[1] then upgrade.runDue(self) end
+  self:_settleReaps()
   self:_flushIfNeeded()
   promise.drain()
   return did
@@ -633,6 +637,8 @@ function Kernel:registerKernelServiceObject(name, object, opts)
     kref = self.ls.export(object)
     self.ls.pin(kref)
     self.K:kvSet(key, kref)
+    -- Vats find a service by name at any time: GC must never take it.
+    self.K:pin(kref)
   end
   self.K:commit()
   local info = { name = name, kref = kref, systemOnly = systemOnly }
@@ -750,9 +756,15 @@ function Kernel:_launch(clusterConfig, opts, chans)
     self:_put('vat.' .. vatId, rec)
     self:_put('vatBundle.' .. vatId, bundles[name])
   end
+  -- Parameter references are put in the vat's c-list at each start: GC
+  -- must never take them. One that is gone already stays gone.
+  for _, kref in pairs(parameterRefs or {}) do pcall(K.pin, K, kref) end
   local roots = {}
   for _, name in ipairs(names) do
     roots[name] = K:export(vats[name], 'o+0')
+    -- A vat's root is named by its subcluster record and handed out by
+    -- the host at any time (getPresence): GC must never take it.
+    K:pin(roots[name])
   end
   local sc = { id = subclusterId, config = clusterConfig, vats = vats, name = opts.name,
     rootKref = roots[clusterConfig.bootstrap], system = opts.system or nil }
@@ -1038,16 +1050,31 @@ function Kernel:reset()
   K:commit()
 end
 
---- Garbage collection of kernel objects is not implemented yet: these
---- exist so hosts written for ocap-kernel run, and resolve at once.
-function Kernel:reapVats()
-  self:_check()
-  return promise.resolve(nil)
+--- Resolves the reapVats() promises once every reap and GC action they
+--- started is done (docs/gc.md); called by the drivers after cranks.
+function Kernel:_settleReaps()
+  if self.reapWaiters[1] and not self.stopped and self.K:gcWork() == 0 then
+    local waiters = self.reapWaiters
+    self.reapWaiters = {}
+    for _, resolve in ipairs(waiters) do resolve(nil) end
+  end
 end
 
+--- Reaps every running vat and the host's own endpoint now: each gets
+--- bringOutYourDead before the run queue's next item, and the GC actions
+--- that follow run too. The promise resolves when they are done.
+function Kernel:reapVats()
+  self:_check()
+  self.K:reapAll()
+  local kit = promise.makePromiseKit()
+  self.reapWaiters[#self.reapWaiters + 1] = kit.resolve
+  return kit.promise
+end
+
+--- The same as reapVats: a reap is a full collection of each heap.
 function Kernel:collectGarbage()
   self:_check()
-  return promise.resolve(nil)
+  return self:reapVats()
 end
 
 function Kernel:revoke(kref)

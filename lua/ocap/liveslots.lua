@@ -152,6 +152,12 @@ local localCall = makeCaller(function() end, nil, function(e) return e end)
 function M.make(opts)
   local syscall = opts.syscall
   local ls = { vatId = opts.vatId, kind = opts.kind }
+  -- The kernel's GC syscalls, each taking a sequence of vrefs. The kernel
+  -- checks every one, so code that reaches them can only harm its own vat.
+  ls.gcSyscall = {}
+  for _, name in ipairs({ 'dropImports', 'retireImports', 'retireExports', 'abandonExports' }) do
+    ls.gcSyscall[name] = function(vrefs) return syscall[name](vrefs) end
+  end
   local exports = {}                                  -- vref -> local object (strong)
   local valToVref = setmetatable({}, { __mode = 'k' }) -- local object/promise -> vref
   local imports = setmetatable({}, { __mode = 'v' })   -- vref -> presence

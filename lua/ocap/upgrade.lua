@@ -45,6 +45,7 @@ function M.adminKref(kernel)
     kref = kernel.ls.export(kernel.vatAdmin.object)
     kernel.ls.pin(kref)
     K:kvSet('vatAdmin', kref)
+    K:pin(kref) -- named by that key for good: GC must never take it
   end
   kernel.vatAdmin.kref = kref
   return kref

@@ -1,0 +1,658 @@
+/*
+ * gc.c -- garbage collection of kernel objects (see gc.h): the candidates
+ * of a crank, the GC actions they become, the four GC syscalls and their
+ * checks, and the reaps waiting.
+ *
+ * The actions are a set kept in memory (kstate.h, convention 6), sorted
+ * by endpoint, kind and object id, with the set of the last commit beside
+ * it; commit writes it whole under `gcActions` (one action a line), abort
+ * puts the committed one back. The set is small: a GC crank empties a
+ * whole endpoint's actions of one kind at a time.
+ */
+#include "gc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clist.h"
+#include "object.h"
+#include "refs.h"
+
+typedef struct act {
+  char ep[OCAP_REF_MAX];
+  int kind;
+  long long id;
+} act_t;
+
+typedef struct acts {
+  act_t *v;
+  size_t n, cap;
+} acts_t;
+
+struct ocap__gc {
+  int loaded;
+  acts_t now, committed;
+  int dirty;        /* now differs from committed */
+  long long *maybe; /* ids whose count dropped to 0 in this crank */
+  size_t nmaybe, capmaybe;
+  char (*reaps)[OCAP_REF_MAX]; /* endpoints to reap, oldest first */
+  size_t headreap, nreaps, capreaps;
+};
+
+static const char *const kind_name[] = {"dropExport", "retireExport", "retireImport"};
+
+int ocap__gc_new(ocap_kernel_t *k) {
+  k->g = calloc(1, sizeof *k->g);
+  return k->g ? 0 : OCAP_ENOMEM;
+}
+
+void ocap__gc_free(ocap_kernel_t *k) {
+  struct ocap__gc *g = k->g;
+  if (!g)
+    return;
+  free(g->now.v);
+  free(g->committed.v);
+  free(g->maybe);
+  free(g->reaps);
+  free(g);
+  k->g = NULL;
+}
+
+static int act_cmp(const act_t *a, const act_t *b) {
+  int c = strcmp(a->ep, b->ep);
+  if (c)
+    return c;
+  if (a->kind != b->kind)
+    return a->kind < b->kind ? -1 : 1;
+  return a->id < b->id ? -1 : a->id > b->id;
+}
+
+static int acts_copy(acts_t *to, const acts_t *from) {
+  if (to->cap < from->n) {
+    act_t *v = realloc(to->v, from->n * sizeof *v);
+    if (!v)
+      return OCAP_ENOMEM;
+    to->v = v;
+    to->cap = from->n;
+  }
+  if (from->n)
+    memcpy(to->v, from->v, from->n * sizeof *to->v);
+  to->n = from->n;
+  return 0;
+}
+
+static void koid_of(char *out, long long id) {
+  memcpy(out, "ko", 2);
+  out[2 + ocap__fmt_ll(out + 2, id)] = '\0';
+}
+
+/* Writes the set as stored: one `<ep> <kind> ko<N>` a line. */
+static int acts_text(ocap_kernel_t *k, const acts_t *a, ocap__buf_t *b) {
+  char koid[OCAP_REF_MAX];
+  for (size_t i = 0; i < a->n; i++) {
+    koid_of(koid, a->v[i].id);
+    if ((i && ocap__buf_add(b, "\n", 1)) || ocap__buf_adds(b, a->v[i].ep) ||
+        ocap__buf_add(b, " ", 1) || ocap__buf_adds(b, kind_name[a->v[i].kind]) ||
+        ocap__buf_add(b, " ", 1) || ocap__buf_adds(b, koid))
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory writing the GC actions");
+  }
+  return 0;
+}
+
+/* Parses one stored line into *a: 1 when it is an action, else 0. */
+static int parse_act(const char *s, size_t n, act_t *a) {
+  const char *sp1 = memchr(s, ' ', n);
+  if (!sp1 || sp1 == s || (size_t)(sp1 - s) >= OCAP_REF_MAX)
+    return 0;
+  memcpy(a->ep, s, (size_t)(sp1 - s));
+  a->ep[sp1 - s] = '\0';
+  const char *rest = sp1 + 1;
+  size_t rn = n - (size_t)(rest - s);
+  const char *sp2 = memchr(rest, ' ', rn);
+  if (!sp2 || !ocap__valid_ep(a->ep))
+    return 0;
+  a->kind = -1;
+  for (int i = 0; i < 3; i++)
+    if ((size_t)(sp2 - rest) == strlen(kind_name[i]) &&
+        memcmp(rest, kind_name[i], strlen(kind_name[i])) == 0)
+      a->kind = i;
+  const char *ko = sp2 + 1;
+  size_t kl = n - (size_t)(ko - s);
+  return a->kind >= 0 && kl > 2 && ko[0] == 'k' && ko[1] == 'o' &&
+         ocap__parse_count(ko + 2, kl - 2, &a->id);
+}
+
+static int gc_load(ocap_kernel_t *k) {
+  struct ocap__gc *g = k->g;
+  if (g->loaded)
+    return 0;
+  ocap__buf_t b = {0};
+  int rc = ocap__getb(k, &b, "gcActions");
+  g->now.n = 0;
+  for (size_t i = 0; rc > 0 && i < b.len;) {
+    const char *nl = memchr(b.p + i, '\n', b.len - i);
+    size_t j = nl ? (size_t)(nl - b.p) : b.len;
+    act_t a;
+    if (!parse_act(b.p + i, j - i, &a) || (g->now.n && act_cmp(&g->now.v[g->now.n - 1], &a) >= 0)) {
+      rc = ocap__corrupt(
+          k, "gcActions", b.p, b.len,
+          "sorted lines of `<endpoint> <dropExport|retireExport|retireImport> ko<N>`");
+      break;
+    }
+    if (g->now.n == g->now.cap) {
+      size_t cap = g->now.cap ? g->now.cap * 2 : 16;
+      act_t *v = realloc(g->now.v, cap * sizeof *v);
+      if (!v) {
+        rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the GC actions");
+        break;
+      }
+      g->now.v = v;
+      g->now.cap = cap;
+    }
+    g->now.v[g->now.n++] = a;
+    i = j + 1;
+  }
+  free(b.p);
+  if (rc < 0) {
+    g->now.n = 0;
+    return rc;
+  }
+  if (acts_copy(&g->committed, &g->now))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory reading the GC actions");
+  g->loaded = 1;
+  g->dirty = 0;
+  return 0;
+}
+
+/* Adds an action to the set (once). */
+static int act_add(ocap_kernel_t *k, const char *ep, int kind, long long id) {
+  struct ocap__gc *g = k->g;
+  int rc = gc_load(k);
+  if (rc)
+    return rc;
+  act_t a;
+  memset(&a, 0, sizeof a);
+  memcpy(a.ep, ep, strlen(ep) + 1);
+  a.kind = kind;
+  a.id = id;
+  size_t lo = 0, hi = g->now.n;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    int c = act_cmp(&g->now.v[mid], &a);
+    if (c == 0)
+      return 0;
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (g->now.n == g->now.cap) {
+    size_t cap = g->now.cap ? g->now.cap * 2 : 16;
+    act_t *v = realloc(g->now.v, cap * sizeof *v);
+    if (!v)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory adding a GC action");
+    g->now.v = v;
+    g->now.cap = cap;
+  }
+  memmove(g->now.v + lo + 1, g->now.v + lo, (g->now.n - lo) * sizeof a);
+  g->now.v[lo] = a;
+  g->now.n++;
+  g->dirty = 1;
+  return 0;
+}
+
+int ocap__gc_maybe_free(ocap_kernel_t *k, long long id) {
+  struct ocap__gc *g = k->g;
+  if (g->nmaybe == g->capmaybe) {
+    size_t cap = g->capmaybe ? g->capmaybe * 2 : 32;
+    long long *v = realloc(g->maybe, cap * sizeof *v);
+    if (!v)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory noting a garbage object");
+    g->maybe = v;
+    g->capmaybe = cap;
+  }
+  g->maybe[g->nmaybe++] = id;
+  return 0;
+}
+
+static int cmp_ll(const void *a, const void *b) {
+  long long x = *(const long long *)a, y = *(const long long *)b;
+  return x < y ? -1 : x > y;
+}
+
+/*
+ * Turns the crank's candidates into actions: by now every change of the
+ * crank is in, so a count that rose again is seen as it ends. A pinned
+ * object, and one whose owner is gone, needs no action: the latter's
+ * record goes by itself once its counts are 0 (object.c).
+ */
+static int process_maybe(ocap_kernel_t *k) {
+  struct ocap__gc *g = k->g;
+  qsort(g->maybe, g->nmaybe, sizeof *g->maybe, cmp_ll);
+  int rc = 0;
+  char koid[OCAP_REF_MAX];
+  for (size_t i = 0; i < g->nmaybe && !rc; i++) {
+    if (i && g->maybe[i] == g->maybe[i - 1])
+      continue;
+    koid_of(koid, g->maybe[i]);
+    ocap__objinfo_t o;
+    int got = ocap__obj_info(k, koid, &o);
+    if (got < 0)
+      rc = got;
+    if (got <= 0 || !o.owner[0] || o.pinned)
+      continue;
+    if (!o.reachable && !o.dropped)
+      rc = act_add(k, o.owner, GC_DROP_EXPORT, g->maybe[i]);
+    if (!rc && !o.recognizable)
+      rc = act_add(k, o.owner, GC_RETIRE_EXPORT, g->maybe[i]);
+  }
+  if (rc >= 0)
+    g->nmaybe = 0;
+  return rc < 0 ? rc : 0;
+}
+
+int ocap__gc_prepare(ocap_kernel_t *k) {
+  struct ocap__gc *g = k->g;
+  int rc = g->nmaybe ? process_maybe(k) : 0;
+  if (rc || !g->dirty)
+    return rc;
+  if (!g->now.n)
+    return ocap__delv(k, "gcActions");
+  ocap__buf_t b = {0};
+  rc = acts_text(k, &g->now, &b);
+  if (!rc)
+    rc = ocap__setn(k, b.p, b.len, "gcActions");
+  free(b.p);
+  return rc;
+}
+
+void ocap__gc_done(ocap_kernel_t *k) {
+  struct ocap__gc *g = k->g;
+  g->nmaybe = 0;
+  if (g->dirty && acts_copy(&g->committed, &g->now) != 0) {
+    g->loaded = 0; /* no memory for the copy: read the store again */
+    g->now.n = 0;
+  }
+  g->dirty = 0;
+}
+
+void ocap__gc_abort(ocap_kernel_t *k, int cleared) {
+  struct ocap__gc *g = k->g;
+  g->nmaybe = 0;
+  if (cleared || (g->dirty && acts_copy(&g->now, &g->committed) != 0)) {
+    g->loaded = 0;
+    g->now.n = g->committed.n = 0;
+  }
+  g->dirty = 0;
+}
+
+int ocap__gc_check(ocap_kernel_t *k) {
+  struct ocap__gc *g = k->g;
+  if (!g->loaded)
+    return 0;
+  ocap__buf_t b = {0};
+  int rc = acts_text(k, &g->now, &b);
+  if (!rc)
+    rc = ocap__check_key(k, b.len ? b.p : NULL, b.len, "gcActions");
+  free(b.p);
+  return rc;
+}
+
+void ocap__gc_forget(ocap_kernel_t *k) {
+  struct ocap__gc *g = k->g;
+  if (!g->dirty)
+    g->loaded = 0;
+}
+
+int ocap__gc_pending(ocap_kernel_t *k) {
+  int rc = gc_load(k);
+  return rc ? rc : k->g->now.n > 0;
+}
+
+/* Removes now.v[at .. at + n) from the set. */
+static void acts_cut(struct ocap__gc *g, size_t at, size_t n) {
+  memmove(g->now.v + at, g->now.v + at + n, (g->now.n - at - n) * sizeof *g->now.v);
+  g->now.n -= n;
+  g->dirty = 1;
+}
+
+/*
+ * Applies one action if it is still true, writing ep's eref for the
+ * object into eref: 1 applied, 0 no longer true, or a negative code.
+ */
+static int apply(ocap_kernel_t *k, const char *ep, int kind, const char *koid, char *eref) {
+  ocap__objinfo_t o;
+  int rc = ocap__obj_info(k, koid, &o);
+  if (rc <= 0)
+    return rc;
+  if (kind == GC_RETIRE_IMPORT) {
+    int reach;
+    rc = ocap__clist_entry(k, ep, koid, eref, &reach);
+    if (rc <= 0)
+      return rc;
+    rc = ocap__clist_remove(k, ep, koid);
+    return rc ? rc : 1;
+  }
+  if (strcmp(o.owner, ep) != 0 || o.pinned || o.reachable)
+    return 0;
+  if (kind == GC_DROP_EXPORT) {
+    if (o.dropped)
+      return 0;
+    rc = ocap__export_eref(k, ep, koid, eref);
+    if (rc <= 0)
+      return rc;
+    rc = ocap__obj_set_flag(k, koid, OBJ_DROPPED, 1);
+    return rc ? rc : 1;
+  }
+  if (o.recognizable)
+    return 0;
+  rc = ocap__export_eref(k, ep, koid, eref);
+  if (rc <= 0)
+    return rc;
+  /* Nobody can name it any more: the object goes, with its owner's
+   * c-list entries. */
+  rc = ocap__clist_remove(k, ep, koid);
+  if (!rc)
+    rc = ocap__set_owner(k, koid, NULL);
+  return rc ? rc : 1;
+}
+
+void ocap__gcbatch_free(ocap__gcbatch_t *b) {
+  free(b->erefs);
+  free(b->vrefs);
+  b->erefs = NULL;
+  b->vrefs = NULL;
+}
+
+int ocap__gc_take(ocap_kernel_t *k, ocap__gcbatch_t *b) {
+  struct ocap__gc *g = k->g;
+  memset(b, 0, sizeof *b);
+  int rc = gc_load(k);
+  if (rc || !g->now.n)
+    return rc;
+  size_t n = 1;
+  while (n < g->now.n && strcmp(g->now.v[n].ep, g->now.v[0].ep) == 0 &&
+         g->now.v[n].kind == g->now.v[0].kind)
+    n++;
+  memcpy(b->ep, g->now.v[0].ep, sizeof b->ep);
+  b->kind = g->now.v[0].kind;
+  b->erefs = malloc(n * sizeof *b->erefs);
+  b->vrefs = malloc(n * sizeof *b->vrefs);
+  long long *ids = malloc(n * sizeof *ids);
+  if (!b->erefs || !b->vrefs || !ids) {
+    free(ids);
+    ocap__gcbatch_free(b);
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory taking GC actions");
+  }
+  for (size_t i = 0; i < n; i++)
+    ids[i] = g->now.v[i].id;
+  acts_cut(g, 0, n);
+  char koid[OCAP_REF_MAX];
+  for (size_t i = 0; i < n && !rc; i++) {
+    koid_of(koid, ids[i]);
+    rc = apply(k, b->ep, b->kind, koid, b->erefs[b->n]);
+    if (rc > 0) {
+      b->vrefs[b->n] = b->erefs[b->n];
+      b->n++;
+      rc = 0;
+    }
+  }
+  free(ids);
+  if (rc) {
+    ocap__gcbatch_free(b);
+    return rc;
+  }
+  return 1;
+}
+
+int ocap__gc_discard(ocap_kernel_t *k, const ocap__gcbatch_t *b) {
+  struct ocap__gc *g = k->g;
+  int rc = gc_load(k);
+  if (rc)
+    return rc;
+  size_t at = 0, n = 0;
+  while (at < g->now.n && (strcmp(g->now.v[at].ep, b->ep) != 0 || g->now.v[at].kind != b->kind))
+    at++;
+  while (at + n < g->now.n && strcmp(g->now.v[at + n].ep, b->ep) == 0 &&
+         g->now.v[at + n].kind == b->kind)
+    n++;
+  if (n)
+    acts_cut(g, at, n);
+  return 0;
+}
+
+/* ---- reaps ---- */
+
+int ocap_kernel_schedule_reap(ocap_kernel_t *k, const char *ep) {
+  struct ocap__gc *g = k->g;
+  if (!ocap__valid_ep(ep))
+    return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
+  for (size_t i = g->headreap; i < g->nreaps; i++)
+    if (strcmp(g->reaps[i], ep) == 0)
+      return 0;
+  if (g->headreap && g->headreap == g->nreaps)
+    g->headreap = g->nreaps = 0;
+  if (g->nreaps == g->capreaps) {
+    size_t cap = g->capreaps ? g->capreaps * 2 : 16;
+    void *v = realloc(g->reaps, cap * sizeof *g->reaps);
+    if (!v)
+      return ocap__fail(k, OCAP_ENOMEM, "out of memory scheduling a reap");
+    g->reaps = v;
+    g->capreaps = cap;
+  }
+  memcpy(g->reaps[g->nreaps++], ep, strlen(ep) + 1);
+  return 0;
+}
+
+int ocap__gc_next_reap(ocap_kernel_t *k, char *ep) {
+  struct ocap__gc *g = k->g;
+  if (g->headreap == g->nreaps)
+    return 0;
+  memcpy(ep, g->reaps[g->headreap++], OCAP_REF_MAX);
+  return 1;
+}
+
+long long ocap_kernel_gc_work(ocap_kernel_t *k) {
+  int rc = gc_load(k);
+  if (rc)
+    return rc;
+  return (long long)(k->g->now.n + (k->g->nreaps - k->g->headreap));
+}
+
+/* ---- the syscalls ---- */
+
+/* The kref of ep's eref r, which must be an object of ep's of the given
+ * direction ('+' export, '-' import; for the kernel endpoint, a kref that
+ * it owns or not). Returns 0, or OCAP_EINVAL through ocap__fail. */
+static int object_of(ocap_kernel_t *k, const char *ep, const char *call, const char *r, char dir,
+                     char *kref, ocap__objinfo_t *o) {
+  int host = ocap__is_kernel_ep(ep);
+  memset(o, 0, sizeof *o);
+  if (host ? !ocap__valid_kref(r) || r[1] != 'o'
+           : !ocap__valid_eref(r) || r[0] != 'o' || r[1] != dir)
+    return ocap__fail(k, OCAP_EINVAL, "%s %s '%.60s': not an %s", ep, call, r,
+                      dir == '+' ? "export" : "import");
+  int rc;
+  if (host) {
+    memcpy(kref, r, strlen(r) + 1);
+    rc = 1;
+  } else {
+    rc = ocap_kernel_kref_of(k, ep, r, kref);
+  }
+  if (rc < 0)
+    return rc;
+  if (rc == 0)
+    return ocap__fail(k, OCAP_EINVAL, "%s %s '%s': not an %s of %s", ep, call, r,
+                      dir == '+' ? "export" : "import", ep);
+  rc = ocap__obj_info(k, kref, o);
+  if (rc < 0)
+    return rc;
+  if (rc == 0 && dir == '+')
+    return ocap__fail(k, OCAP_EINVAL, "%s %s '%s': not an export of %s", ep, call, r, ep);
+  if (dir == '+' && strcmp(o->owner, ep) != 0)
+    return ocap__fail(k, OCAP_EINVAL, "%s %s '%s': not an export of %s", ep, call, r, ep);
+  if (host && dir == '-' && strcmp(o->owner, ep) == 0)
+    return ocap__fail(k, OCAP_EINVAL, "%s %s '%s': not an import", ep, call, r);
+  return 0;
+}
+
+/* The reachable flag of ep's import kref: 0 or 1, or a negative code
+ * (OCAP_EINVAL when ep does not have it). */
+static int import_reach(ocap_kernel_t *k, const char *ep, const char *call, const char *r,
+                        const char *kref) {
+  char eref[OCAP_REF_MAX];
+  int reach;
+  int rc = ocap__clist_entry(k, ep, kref, eref, &reach);
+  if (rc < 0)
+    return rc;
+  if (rc == 0)
+    return ocap__fail(k, OCAP_EINVAL, "%s %s '%s': not an import of %s", ep, call, r, ep);
+  return reach;
+}
+
+/* Queues a retireImport of kref to every endpoint but the exporter whose
+ * c-list still has it: the kernel endpoint and every vat. */
+static int retire_importers(ocap_kernel_t *k, const char *exporter, const char *kref) {
+  long long nv = ocap_kernel_next_id(k, 'v');
+  if (nv < 0)
+    return (int)nv;
+  char ep[OCAP_REF_MAX], eref[OCAP_REF_MAX];
+  int rc = 0;
+  for (long long v = 0; v < nv && !rc; v++) {
+    if (v == 0) {
+      memcpy(ep, "kernel", 7);
+    } else {
+      ep[0] = 'v';
+      ep[1 + ocap__fmt_ll(ep + 1, v)] = '\0';
+    }
+    if (strcmp(ep, exporter) == 0)
+      continue;
+    int reach;
+    rc = ocap__clist_entry(k, ep, kref, eref, &reach);
+    if (rc > 0)
+      rc = act_add(k, ep, GC_RETIRE_IMPORT, atoll(kref + 2));
+  }
+  return rc < 0 ? rc : 0;
+}
+
+static int cmp_ref(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Refuses a call that names a ref twice: dropping twice is as illegal in
+ * one call as in two. */
+static int check_twice(ocap_kernel_t *k, const char *ep, const char *call, const char *const *refs,
+                       size_t n) {
+  if (n < 2)
+    return 0;
+  const char **v = malloc(n * sizeof *v);
+  if (!v)
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory checking %s", call);
+  memcpy(v, refs, n * sizeof *v);
+  qsort(v, n, sizeof *v, cmp_ref);
+  int rc = 0;
+  for (size_t i = 1; i < n && !rc; i++)
+    if (strcmp(v[i - 1], v[i]) == 0)
+      rc = ocap__fail(k, OCAP_EINVAL, "%s %s '%.60s': named twice", ep, call, v[i]);
+  free(v);
+  return rc;
+}
+
+/*
+ * Checks one ref of a GC syscall (kind: the GC_* of gc.h, or -1 for
+ * abandonExports): 0 when the call may take it, with its kref in kref,
+ * else OCAP_EINVAL through ocap__fail or a kernel failure. Nothing changes
+ * until every ref passed, so a refused call, even the host's, which no
+ * crank rolls back, leaves no trace.
+ */
+static int check_ref(ocap_kernel_t *k, const char *ep, const char *call, int kind, const char *r,
+                     char *kref) {
+  ocap__objinfo_t o;
+  int import = kind == GC_DROP_EXPORT || kind == GC_RETIRE_IMPORT;
+  int rc = object_of(k, ep, call, r, import ? '-' : '+', kref, &o);
+  if (rc)
+    return rc;
+  if (import) {
+    rc = import_reach(k, ep, call, r, kref);
+    if (rc == 0 && kind == GC_DROP_EXPORT)
+      return ocap__fail(k, OCAP_EINVAL, "%s %s '%s': already dropped", ep, call, r);
+    if (rc == 1 && kind == GC_RETIRE_IMPORT)
+      return ocap__fail(k, OCAP_EINVAL, "%s %s '%s': still reachable (drop it first)", ep, call, r);
+    return rc < 0 ? rc : 0;
+  }
+  if (kind == GC_RETIRE_EXPORT && (o.reachable || !o.dropped || o.pinned))
+    return ocap__fail(k, OCAP_EINVAL, "%s %s '%s': still reachable", ep, call, r);
+  return 0;
+}
+
+/* Runs a GC syscall: every ref checked, then each applied. The kinds of
+ * gc.h name the calls here: GC_DROP_EXPORT dropImports, GC_RETIRE_IMPORT
+ * retireImports, GC_RETIRE_EXPORT retireExports, -1 abandonExports. */
+static int gc_call(ocap_kernel_t *k, const char *ep, const char *call, int kind,
+                   const char *const *refs, size_t n) {
+  char kref[OCAP_REF_MAX], eref[OCAP_REF_MAX];
+  int rc = ocap__check_ep(k, ep);
+  if (!rc)
+    rc = check_twice(k, ep, call, refs, n);
+  for (size_t i = 0; i < n && !rc; i++)
+    rc = check_ref(k, ep, call, kind, refs[i], kref);
+  for (size_t i = 0; i < n && !rc; i++) {
+    rc = check_ref(k, ep, call, kind, refs[i], kref);
+    if (rc)
+      break;
+    if (kind == GC_DROP_EXPORT) {
+      int reach;
+      rc = ocap__clist_entry(k, ep, kref, eref, &reach);
+      if (rc > 0)
+        rc = ocap__clist_set_reach(k, ep, kref, eref, 0);
+      if (!rc)
+        rc = ocap__obj_count(k, kref, -1, 0);
+      continue;
+    }
+    if (kind == GC_RETIRE_EXPORT) {
+      ocap__objinfo_t o;
+      rc = ocap__obj_info(k, kref, &o);
+      if (rc > 0)
+        rc = o.recognizable ? retire_importers(k, ep, kref) : 0;
+    }
+    /* An import's entry goes; an export's object goes, or loses its
+     * owner while importers still recognize it. */
+    if (!rc)
+      rc = ocap__clist_remove(k, ep, kref);
+    if (!rc && kind != GC_RETIRE_IMPORT)
+      rc = ocap__set_owner(k, kref, NULL);
+  }
+  return rc;
+}
+
+int ocap_kernel_drop_imports(ocap_kernel_t *k, const char *ep, const char *const *refs, size_t n) {
+  return gc_call(k, ep, "dropImports", GC_DROP_EXPORT, refs, n);
+}
+
+int ocap_kernel_retire_imports(ocap_kernel_t *k, const char *ep, const char *const *refs,
+                               size_t n) {
+  return gc_call(k, ep, "retireImports", GC_RETIRE_IMPORT, refs, n);
+}
+
+int ocap_kernel_retire_exports(ocap_kernel_t *k, const char *ep, const char *const *refs,
+                               size_t n) {
+  return gc_call(k, ep, "retireExports", GC_RETIRE_EXPORT, refs, n);
+}
+
+int ocap_kernel_abandon_exports(ocap_kernel_t *k, const char *ep, const char *const *refs,
+                                size_t n) {
+  return gc_call(k, ep, "abandonExports", -1, refs, n);
+}
+
+int ocap_kernel_pin(ocap_kernel_t *k, const char *kref) {
+  ocap__objinfo_t o;
+  if (!ocap__valid_kref(kref) || kref[1] != 'o')
+    return ocap__fail(k, OCAP_EINVAL, "cannot pin '%.60s': not an object", kref);
+  int rc = ocap__obj_info(k, kref, &o);
+  if (rc < 0)
+    return rc;
+  if (!o.owner[0])
+    return ocap__fail(k, OCAP_EINVAL, "cannot pin %s: it has no owner", kref);
+  return o.pinned ? 0 : ocap__obj_set_flag(k, kref, OBJ_PINNED, 1);
+}
