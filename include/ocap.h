@@ -21,14 +21,20 @@
  *  4. JSON. Arguments and results cross the boundary as JSON text: the
  *     arguments of a message are a JSON array, a result is any JSON value.
  *     A reference to an object (a presence or a remotable) appears as
- *     {"@kref":"ko12"}. JSON that does not parse is OCAP_EINVAL.
+ *     {"@kref":"ko12"}, both ways: in arguments and in a service's answer
+ *     it is turned into that object, so a C host can pass references on.
+ *     JSON that does not parse is OCAP_EINVAL; an unknown kref is
+ *     OCAP_ENOTFOUND in arguments and OCAP_EINVAL in an answer.
  *
  *  5. Callbacks. Callbacks run on the thread that drives the kernel, from
  *     inside ocap_host_run, from the attached loop, or from a call such as
  *     ocap_host_queue_message. Inside a callback the host may call any
  *     function of this header, including ocap_host_free on its own host:
  *     the free then happens once the callback returns, and no callback of
- *     that host runs after ocap_host_free has been called.
+ *     that host runs after ocap_host_free has been called (calls on it
+ *     until then return OCAP_ESTOPPED). Result callbacks, service methods
+ *     and the logger run inside a crank, where ocap_host_run is refused
+ *     (OCAP_ESCRIPT): queue more work there and let the driver run it.
  *
  *  6. Replies. A C service method receives an ocap_reply_t and must
  *     complete it exactly once, with ocap_reply_resolve or

@@ -88,10 +88,34 @@ function M.make(C, json, database, resetStorage, baseDir, withLogger)
   kernel = ocap.Kernel.make(options)
   self.kernel = kernel
 
-  local function decodeJSON(text)
+  --- Turns each {"@kref": kref} of a decoded value, in place, into the
+  --- presence (or promise) of that kref; raises for an unknown kref.
+  local function revive(v)
+    if type(v) ~= 'table' then return v end
+    local kref = v['@kref']
+    if kref ~= nil and next(v, next(v)) == nil then
+      if type(kref) ~= 'string' then error('"@kref" must be a string', 0) end
+      local ok, p = pcall(kernel.getPresence, kernel, kref)
+      if not ok then error(messageOf(p):gsub('^[^%s]-:%d+: ', ''), 0) end
+      return p
+    end
+    for k, x in pairs(v) do
+      if type(x) == 'table' then v[k] = revive(x) end
+    end
+    return v
+  end
+
+  --- Decodes JSON text, which must be an array when wantArray, and
+  --- revives its references; returns the value, or nil and a message.
+  local function decodeJSON(text, wantArray)
     local ok, v = pcall(json.decode, text)
     if not ok then return nil, 'invalid JSON: ' .. messageOf(v) end
-    return v
+    if wantArray and (type(v) ~= 'table' or (next(v) ~= nil and #v == 0)) then
+      return nil, 'arguments must be a JSON array'
+    end
+    local rok, r = pcall(revive, v)
+    if not rok then return nil, messageOf(r) end
+    return r
   end
 
   --- Runs cranks and turns in one bounded batch (ocap.loop); returns
@@ -152,11 +176,8 @@ function M.make(C, json, database, resetStorage, baseDir, withLogger)
   end
 
   function self.queue(target, method, argsText, rec)
-    local args, err = decodeJSON(argsText)
+    local args, err = decodeJSON(argsText, true)
     if err then return false, err end
-    if type(args) ~= 'table' or (next(args) ~= nil and #args == 0) then
-      return false, 'arguments must be a JSON array'
-    end
     if not target:match('^k[op]%d+$') then return false, ('no such kref %q'):format(target) end
     local ok, p = pcall(kernel.queueMessage, kernel, target, method, args)
     if not ok then return false, messageOf(p) end

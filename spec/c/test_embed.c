@@ -30,12 +30,16 @@
 /* What the service and the result callbacks saw. */
 typedef struct seen {
   ocap_host_t *host;
-  ocap_reply_t *held; /* a reply the service keeps for later */
-  int calls;          /* service calls */
-  int results;        /* result callbacks */
-  int ok;             /* ok of the last result */
-  char text[512];     /* text of the last result */
-  int free_in_cb;     /* the result callback frees the host */
+  ocap_reply_t *held;  /* a reply the service keeps for later */
+  int calls;           /* service calls */
+  int results;         /* result callbacks */
+  int ok;              /* ok of the last result */
+  char text[512];      /* text of the last result */
+  int free_in_cb;      /* the result callback frees the host */
+  int rc;              /* what the service's last ocap_reply_* returned */
+  int logs;            /* log entries seen by log_and_free */
+  int free_in_service; /* the service frees the host, then answers */
+  int after_free;      /* what a call made after that free returned */
 } seen_t;
 
 /* add answers at once, slowDouble keeps its reply, fail rejects, and
@@ -307,6 +311,231 @@ static void write_file(const char *dir, const char *name, const char *text) {
   }
 }
 
+/* The relay vat: it makes objects, calls what it is given, and calls the
+ * host's keeper service. */
+static const char relay_vat[] =
+    "local ocap = require 'ocap'\n"
+    "local E = ocap.E\n"
+    "return { buildRootObject = function(vatPowers)\n"
+    "  local keeper\n"
+    "  return ocap.makeDefaultExo('relay', {\n"
+    "    bootstrap = function(_, _vats, services) keeper = services.keeper end,\n"
+    "    make = function(_) return ocap.makeDefaultExo('thing', {\n"
+    "      hi = function(_, who) return 'hi ' .. tostring(who) .. ' from thing' end }) end,\n"
+    "    call = function(_, target, method, ...) return E(target)[method](...):await() end,\n"
+    "    viaKeeper = function(_, method)\n"
+    "      local t = E(keeper)[method]():await()\n"
+    "      return E(t).hi('keeper'):await()\n"
+    "    end,\n"
+    "    tell = function(_, v) return E(keeper).take(v):await() end,\n"
+    "    say = function(_, msg) vatPowers.logger:log(msg) return msg end,\n"
+    "  })\n"
+    "end }\n";
+
+/* The keeper service: give answers with the reference held in s->text,
+ * take with the arguments it was given, bad with a kref nobody has. With
+ * free_in_service it first frees the host. */
+static void keeper(void *ud, const char *method, const char *args, ocap_reply_t *reply) {
+  seen_t *s = ud;
+  s->calls++;
+  if (s->free_in_service) {
+    ocap_host_free(s->host);
+    s->after_free = ocap_host_queue_message(s->host, "ko1", "m", "[]", on_result, s);
+  }
+  if (strcmp(method, "give") == 0) {
+    char out[sizeof s->text + 16];
+    snprintf(out, sizeof out, "{\"@kref\":\"%s\"}", s->text);
+    s->rc = ocap_reply_resolve(reply, out);
+  } else if (strcmp(method, "take") == 0) {
+    s->rc = ocap_reply_resolve(reply, args);
+  } else {
+    s->rc = ocap_reply_resolve(reply, "{\"@kref\":\"ko999999\"}");
+  }
+}
+
+/* Counts log entries and frees the host on the first that says "bye". */
+static void log_and_free(void *ud, const char *entry) {
+  seen_t *s = ud;
+  s->logs++;
+  if (strstr(entry, "\"bye\"") != NULL)
+    ocap_host_free(s->host);
+}
+
+/* A host with the keeper service and the relay vat launched from a
+ * temporary directory dir (mkdtemp'd by the caller); relay gets the
+ * vat's root kref. */
+static ocap_host_t *make_relay_host(seen_t *s, const char *dir, char *relay, int *fails_out) {
+  int fails = 0;
+  write_file(dir, "relay.lua", relay_vat);
+  write_file(dir, "relay-cluster.lua",
+             "return { bootstrap = 'relay', services = { 'keeper' },\n"
+             "  vats = { relay = { sourceSpec = 'relay.lua' } } }\n");
+  memset(s, 0, sizeof *s);
+  ocap_host_options_t opts = {.base_dir = dir, .logger = log_and_free, .logger_ud = s};
+  ocap_host_t *h = NULL;
+  CHECK(ocap_host_new(&opts, &h, NULL) == 0);
+  if (h == NULL) {
+    *fails_out += fails;
+    return NULL;
+  }
+  s->host = h;
+  static const char *const methods[] = {"give", "take", "bad", NULL};
+  CHECK(ocap_host_register_service(h, "keeper", methods, keeper, s, NULL, 0) == 0);
+  char config[600];
+  snprintf(config, sizeof config, "%s/relay-cluster.lua", dir);
+  CHECK(ocap_host_launch_file(h, config, on_result, s) == 0);
+  CHECK(ocap_host_run(h) == 0);
+  const char *k = strstr(s->text, "\"rootKref\":\"");
+  CHECK(s->ok && k != NULL && sscanf(k + 12, "%31[^\"]", relay) == 1);
+  s->results = 0;
+  *fails_out += fails;
+  return h;
+}
+
+static void remove_relay(const char *dir) {
+  char path[600];
+  snprintf(path, sizeof path, "%s/relay.lua", dir);
+  remove(path);
+  snprintf(path, sizeof path, "%s/relay-cluster.lua", dir);
+  remove(path);
+  rmdir(dir);
+}
+
+/* References cross the boundary both ways as {"@kref":..}: in message
+ * arguments, in results, and in what a C service answers. */
+static int test_references(void) {
+  int fails = 0;
+  char dir[] = "/tmp/ocap-embed-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  seen_t s;
+  char relay[32] = "", thing[32] = "", args[128];
+  ocap_host_t *h = make_relay_host(&s, dir, relay, &fails);
+  if (h == NULL)
+    return fails;
+  /* A result that is an object is its kref. */
+  CHECK(ocap_host_queue_message(h, relay, "make", "[]", on_result, &s) == 0);
+  CHECK(ocap_host_run(h) == 0);
+  CHECK(s.results == 1 && s.ok && sscanf(s.text, "{\"@kref\":\"%31[^\"]\"}", thing) == 1);
+  /* An argument that is a kref reaches the vat as that object. */
+  snprintf(args, sizeof args, "[{\"@kref\":\"%s\"},\"hi\",\"C\"]", thing);
+  CHECK(ocap_host_queue_message(h, relay, "call", args, on_result, &s) == 0);
+  CHECK(ocap_host_run(h) == 0);
+  CHECK(s.results == 2 && s.ok && strcmp(s.text, "\"hi C from thing\"") == 0);
+  /* So does a C service's answer... */
+  snprintf(s.text, sizeof s.text, "%s", thing);
+  CHECK(ocap_host_queue_message(h, relay, "viaKeeper", "[\"give\"]", on_result, &s) == 0);
+  CHECK(ocap_host_run(h) == 0);
+  CHECK(s.rc == 0);
+  CHECK(s.results == 3 && s.ok && strcmp(s.text, "\"hi keeper from thing\"") == 0);
+  /* ...and a service is given references as krefs, nested too. */
+  snprintf(args, sizeof args, "[{\"in\":[{\"@kref\":\"%s\"}]}]", thing);
+  CHECK(ocap_host_queue_message(h, relay, "tell", args, on_result, &s) == 0);
+  CHECK(ocap_host_run(h) == 0);
+  snprintf(args, sizeof args, "[{\"in\":[{\"@kref\":\"%s\"}]}]", thing);
+  CHECK(s.results == 4 && s.ok && strcmp(s.text, args) == 0);
+  /* A kref the kernel does not know, in the arguments: nothing queued. */
+  CHECK(ocap_host_queue_message(h, relay, "call", "[{\"@kref\":\"ko999999\"},\"hi\"]", on_result,
+                                &s) == OCAP_ENOTFOUND);
+  CHECK(strstr(ocap_host_errmsg(h), "unknown kref \"ko999999\"") != NULL);
+  CHECK(ocap_host_queue_message(h, relay, "call", "[{\"@kref\":7}]", on_result, &s) == OCAP_EINVAL);
+  /* A reference is not an argument list. */
+  snprintf(args, sizeof args, "{\"@kref\":\"%s\"}", thing);
+  CHECK(ocap_host_queue_message(h, relay, "call", args, on_result, &s) == OCAP_EINVAL);
+  CHECK(strstr(ocap_host_errmsg(h), "JSON array") != NULL);
+  CHECK(ocap_host_run(h) == 0);
+  CHECK(s.results == 4);
+  /* ...in a service's answer: the service gets OCAP_EINVAL, the caller
+   * an error. */
+  CHECK(ocap_host_queue_message(h, relay, "viaKeeper", "[\"bad\"]", on_result, &s) == 0);
+  CHECK(ocap_host_run(h) == 0);
+  CHECK(s.rc == OCAP_EINVAL);
+  CHECK(s.results == 5 && !s.ok && strstr(s.text, "service result: unknown kref") != NULL);
+  ocap_host_free(h);
+  remove_relay(dir);
+  return fails;
+}
+
+/* A host freed from inside a C service method: the method's reply is
+ * then only freed, and no callback runs afterwards. */
+static int test_free_in_service(void) {
+  int fails = 0;
+  char dir[] = "/tmp/ocap-embed-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  seen_t s;
+  char relay[32] = "";
+  ocap_host_t *h = make_relay_host(&s, dir, relay, &fails);
+  if (h == NULL)
+    return fails;
+  s.free_in_service = 1;
+  CHECK(ocap_host_queue_message(h, relay, "tell", "[1]", on_result, &s) == 0);
+  CHECK(ocap_host_queue_message(h, relay, "tell", "[2]", on_result, &s) == 0);
+  CHECK(ocap_host_run(h) == 0); /* frees h on its way out */
+  CHECK(s.calls == 1 && s.rc == OCAP_ESTOPPED && s.after_free == OCAP_ESTOPPED);
+  CHECK(s.results == 0);
+  remove_relay(dir);
+  return fails;
+}
+
+/* A host freed from inside its logger: no log entry and no result
+ * reaches the host afterwards. */
+static int test_free_in_logger(void) {
+  int fails = 0;
+  char dir[] = "/tmp/ocap-embed-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  seen_t s;
+  char relay[32] = "";
+  ocap_host_t *h = make_relay_host(&s, dir, relay, &fails);
+  if (h == NULL)
+    return fails;
+  CHECK(ocap_host_queue_message(h, relay, "say", "[\"hello\"]", on_result, &s) == 0);
+  CHECK(ocap_host_run(h) == 0);
+  CHECK(s.results == 1 && s.ok);
+  int logs = s.logs;
+  CHECK(logs > 0);
+  CHECK(ocap_host_queue_message(h, relay, "say", "[\"bye\"]", on_result, &s) == 0);
+  CHECK(ocap_host_queue_message(h, relay, "say", "[\"never\"]", on_result, &s) == 0);
+  ocap_host_run(h); /* frees h on its way out */
+  CHECK(s.logs == logs + 1 && s.results == 1);
+  remove_relay(dir);
+  return fails;
+}
+
+/* Calls made from inside a result callback: a message queued there runs,
+ * and a nested ocap_host_run is refused with OCAP_ESCRIPT, not a crash. */
+typedef struct chain {
+  seen_t *s;
+  int nested_rc;
+  char nested_msg[256];
+  int step;
+} chain_t;
+
+static void chained(void *ud, int ok, const char *text) {
+  chain_t *c = ud;
+  c->step++;
+  snprintf(c->s->text, sizeof c->s->text, "%s", text);
+  if (c->step == 1) {
+    c->nested_rc = ocap_host_run(c->s->host);
+    snprintf(c->nested_msg, sizeof c->nested_msg, "%s", ocap_host_errmsg(c->s->host));
+    ocap_host_queue_message(c->s->host, root, "sum", "[10,20]", chained, c);
+  }
+}
+
+static int test_reentrant(void) {
+  int fails = 0;
+  seen_t s;
+  ocap_host_t *h = make_host(&s, &fails);
+  if (h == NULL)
+    return fails;
+  chain_t c = {.s = &s, .nested_rc = 1};
+  CHECK(ocap_host_queue_message(h, root, "sum", "[1,2]", chained, &c) == 0);
+  CHECK(ocap_host_run(h) == 0);
+  CHECK(c.step == 2 && strstr(s.text, "\"total\":30") != NULL);
+  /* Result callbacks run inside the crank that settled the result. */
+  CHECK(c.nested_rc == OCAP_ESCRIPT && strstr(c.nested_msg, "while a crank is running") != NULL);
+  ocap_host_free(h);
+  return fails;
+}
+
 /* A vat timer on an attached kernel: the host loop wakes the kernel when
  * the kernel's own loop is due (its backend descriptor and timeout), so
  * uv_run does not return before the timer's result arrives. */
@@ -370,6 +599,10 @@ int main(void) {
   fails += test_script();
   fails += test_attached();
   fails += test_attached_vat_timer();
+  fails += test_references();
+  fails += test_free_in_service();
+  fails += test_free_in_logger();
+  fails += test_reentrant();
   if (fails) {
     fprintf(stderr, "test_embed: %d failure(s)\n", fails);
     return 1;
