@@ -112,6 +112,75 @@ describe('virtual objects in a vat', function()
   end)
 end)
 
+describe('reaping virtual objects through the kernel', function()
+  local kernel, root, vatId
+
+  before_each(function()
+    kernel = testing.makeKernel { database = testing.tempDir() }
+    local r = kernel:launchSubcluster({ bootstrap = 'v', vats = { v = { sourceSpec = VAT } } }):await()
+    root, vatId = r.rootKref, kernel:getSubcluster(r.subclusterId).vats.v
+  end)
+
+  after_each(function()
+    kernel:stop()
+    testing.cleanup()
+  end)
+
+  local function states() return countKeys(kernel, vatId, 'durable.state.') end
+
+  it('deletes the state of dropped instances at the reap, not before', function()
+    send(kernel, root, 'makeMany', 1, 100)
+    kernel:collectGarbage():await()
+    assert.equal(100, states())
+    assert.equal(60, send(kernel, root, 'dropMany', 1, 40))
+    assert.equal(100, states())
+    kernel:collectGarbage():await()
+    assert.equal(60, states())
+    -- No instance stays marked (the store the vat holds in a local does,
+    -- until the vat lets go of it).
+    assert.equal(0, countKeys(kernel, vatId, 'vom.dirty.o+d3/'))
+    assert.equal((41 + 100) * 60 // 2, send(kernel, root, 'sum', 41, 100))
+  end)
+
+  it('never deletes one held by baggage, another instance or a store', function()
+    send(kernel, root, 'makeMany', 1, 5)
+    send(kernel, root, 'add', 2, 40)
+    send(kernel, root, 'link', 1, 2)
+    send(kernel, root, 'toBaggage', 'three', 3)
+    send(kernel, root, 'dropMany', 2, 2) -- 2 and 3 leave the store
+    kernel:collectGarbage():await()
+    assert.equal(5, states())
+    assert.equal(42, send(kernel, root, 'peerOf', 1))
+    assert.equal(3, send(kernel, root, 'fromBaggage', 'three'))
+    assert.equal(5, send(kernel, root, 'get', 5))
+  end)
+
+  it('keeps an instance the host holds, and deletes it once the host drops it', function()
+    send(kernel, root, 'makeMany', 1, 3)
+    local held = send(kernel, root, 'counter', 2)
+    send(kernel, root, 'dropMany', 1, 3)
+    kernel:collectGarbage():await()
+    assert.equal(1, states())
+    assert.equal(7, ocap.E(held).add(5):await())
+    held = nil -- luacheck: ignore 311 (dropping it is the point)
+    collectgarbage()
+    kernel:collectGarbage():await()
+    kernel:collectGarbage():await()
+    assert.equal(0, states())
+  end)
+
+  it('finds what a restart interrupted', function()
+    send(kernel, root, 'makeMany', 1, 20)
+    send(kernel, root, 'dropMany', 1, 20)
+    kernel = testing.restart(kernel)
+    assert.equal(20, states())
+    send(kernel, root, 'makeMany', 21, 0) -- the vat starts again, then is reaped
+    kernel:collectGarbage():await()
+    assert.equal(0, states())
+    assert.equal(0, countKeys(kernel, vatId, 'vc.2.'))
+  end)
+end)
+
 --- A vat store in memory with the vatstore syscalls, for driving a
 --- liveslots instance (and its heap, collected with collectgarbage) alone.
 local function fakeVat()

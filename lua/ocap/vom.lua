@@ -170,14 +170,16 @@ function M.make(syscall, ls)
       return 0
     end
     local vrefs = vrefsOf(base)
+    local status = {}
     for i = 1, #vrefs do
-      if get(ES .. vrefs[i]) == 'r' then
+      status[i] = get(ES .. vrefs[i])
+      if status[i] == 'r' then
         del(DIRTY .. base)
         return 0
       end
     end
     for i = 1, #vrefs do
-      if get(ES .. vrefs[i]) then
+      if status[i] then
         del(ES .. vrefs[i])
         retire[#retire + 1] = vrefs[i]
       end
