@@ -24,6 +24,12 @@
 #include "lrpc.h"
 
 #define LRPC_MAX_LINE (1024 * 1024)
+/* The most clients served at once: one more is told so and hung up on,
+ * so that clients that connect and never send cannot exhaust the
+ * daemon's descriptors. */
+#define LRPC_MAX_CLIENTS 64
+#define STR2(x) #x
+#define STR(x) STR2(x)
 #define SERVER_MT "ocap.rpc.server"
 #define CONN_MT "ocap.rpc.conn"
 
@@ -45,6 +51,7 @@ struct server {
   lua_State *L;            /* the main thread, in which callbacks run */
   int cb_ref;
   int closed;
+  int nconns; /* client connections not yet freed */
 };
 
 typedef struct {
@@ -61,6 +68,7 @@ static void free_handle(uv_handle_t *h) {
 
 static void conn_freed(uv_handle_t *h) {
   conn_t *c = (conn_t *)h;
+  c->srv->nconns--;
   free(c->buf);
   free(c);
 }
@@ -169,7 +177,19 @@ static void on_connection(uv_stream_t *st, int status) {
   uv_pipe_init(st->loop, &c->pipe, 0);
   c->srv = s;
   c->ref = LUA_NOREF;
+  s->nconns++;
   if (uv_accept(st, (uv_stream_t *)&c->pipe) != 0) {
+    c->closed = 1;
+    uv_close((uv_handle_t *)&c->pipe, conn_freed);
+    return;
+  }
+  if (s->nconns > LRPC_MAX_CLIENTS) {
+    /* The answer fits an empty socket buffer: a best-effort write. */
+    static const char busy[] =
+        "{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32000,"
+        "\"message\":\"too many clients (limit " STR(LRPC_MAX_CLIENTS) ")\"}}\n";
+    uv_buf_t b = uv_buf_init((char *)busy, sizeof busy - 1);
+    uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
     c->closed = 1;
     uv_close((uv_handle_t *)&c->pipe, conn_freed);
     return;
@@ -517,6 +537,13 @@ static int rpc_kill(lua_State *L) {
   return 1;
 }
 
+/* rpc.isatty(fd) -> boolean  [-0, +1, e]
+ * Whether fd is a terminal: the CLI prints progress only to one. */
+static int rpc_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
 /* rpc.getpid() -> pid  [-0, +1, -] */
 static int rpc_getpid(lua_State *L) {
   lua_pushinteger(L, getpid());
@@ -555,11 +582,11 @@ static const luaL_Reg conn_methods[] = {
     {"write", conn_write}, {"close", conn_lclose}, {NULL, NULL}};
 static const luaL_Reg server_methods[] = {{"close", server_close}, {NULL, NULL}};
 static const luaL_Reg rpc_functions[] = {
-    {"listen", rpc_listen}, {"call", rpc_call},   {"daemonize", rpc_daemonize},
-    {"lock", rpc_lock},     {"kill", rpc_kill},   {"getpid", rpc_getpid},
-    {"owner", rpc_owner},   {"mkdir", rpc_mkdir}, {"connect", rpc_connect},
-    {"send", rpc_send},     {"close", rpc_close}, {"tcpConnect", rpc_tcp_connect},
-    {"recv", rpc_recv},     {NULL, NULL},
+    {"listen", rpc_listen}, {"call", rpc_call},     {"daemonize", rpc_daemonize},
+    {"lock", rpc_lock},     {"kill", rpc_kill},     {"getpid", rpc_getpid},
+    {"owner", rpc_owner},   {"mkdir", rpc_mkdir},   {"connect", rpc_connect},
+    {"send", rpc_send},     {"close", rpc_close},   {"tcpConnect", rpc_tcp_connect},
+    {"recv", rpc_recv},     {"isatty", rpc_isatty}, {NULL, NULL},
 };
 
 int lrpc_open(lua_State *L) {
@@ -576,5 +603,7 @@ int lrpc_open(lua_State *L) {
   luaL_newlib(L, rpc_functions);
   lua_pushinteger(L, LRPC_MAX_LINE);
   lua_setfield(L, -2, "MAX_LINE");
+  lua_pushinteger(L, LRPC_MAX_CLIENTS);
+  lua_setfield(L, -2, "MAX_CLIENTS");
   return 1;
 }

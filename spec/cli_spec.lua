@@ -170,10 +170,11 @@ describe('ocap run', function()
     end)
   end
 
+  local RUN = 'usage: ocap run %[%-%-db DIR | %-%-home DIR%]'
   local helps = {
     ['--help'] = 'usage: ocap run ', ['-h'] = 'usage: ocap run ', ['help'] = 'usage: ocap run ',
-    ['help run'] = 'usage: ocap run %[%-%-db DIR%]', ['run --help'] = 'usage: ocap run %[%-%-db DIR%]',
-    ['run -h'] = 'usage: ocap run %[%-%-db DIR%]', ['run --db d --help'] = 'usage: ocap run %[%-%-db DIR%]',
+    ['help run'] = RUN, ['run --help'] = RUN,
+    ['run -h'] = RUN, ['run --db d --help'] = RUN,
     ['bundle --help'] = 'usage: ocap bundle ', ['help bundle'] = 'usage: ocap bundle ',
     ['bundle x.lua --help'] = 'usage: ocap bundle ',
     ['version --help'] = 'usage: ocap version', ['help version'] = 'usage: ocap version',

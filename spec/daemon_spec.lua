@@ -214,6 +214,54 @@ describe('ocap daemon', function()
     assert.matches('^stopped', out)
   end)
 
+  it('serves at most MAX_CLIENTS clients at once, telling the next one so', function()
+    local home = newHome()
+    local _, err, code = daemon(home, 'start')
+    assert.are.equal(0, code, err)
+    -- Clients that connect and never send, as many as the daemon serves.
+    local idle = {}
+    for i = 1, rpc.MAX_CLIENTS do idle[i] = assert(rpc.connect(home .. '/daemon.sock')) end
+    local extra = assert(rpc.connect(home .. '/daemon.sock'))
+    local reply = assert(rpc.recv(extra))
+    local answer = cjson.decode(reply:match('^(.-)\n'))
+    assert.are.equal(-32000, answer.error.code)
+    assert.are.equal(('too many clients (limit %d)'):format(rpc.MAX_CLIENTS), answer.error.message)
+    local _, why = rpc.recv(extra)
+    assert.are.equal('eof', why)
+    rpc.close(extra)
+    -- Once they hang up the daemon serves again (it notices their going in
+    -- its own time: asked a bounded number of times).
+    for _, fd in ipairs(idle) do rpc.close(fd) end
+    local served
+    for _ = 1, 200 do
+      local line = rpc.call(home .. '/daemon.sock', '{"jsonrpc":"2.0","id":1,"method":"ping"}')
+      served = line and cjson.decode(line).result
+      if served then break end
+    end
+    assert.is_table(served)
+  end)
+
+  it('reports progress on stderr when asked (or to a terminal), else stays quiet', function()
+    local home = newHome()
+    local out, err, code = daemon(home, 'start', 'OCAP_PROGRESS=1')
+    assert.are.equal(0, code, err)
+    local pid = tonumber(out:match('^started pid (%d+)'))
+    assert.matches('^ocap daemon: starting the daemon of home ' .. home:gsub('%p', '%%%0') .. ' %(log ', err)
+    out, err, code = daemon(home, 'stop', 'OCAP_PROGRESS=1')
+    assert.are.equal(0, code, err)
+    assert.are.equal('stopped pid ' .. pid .. '\n', out)
+    assert.matches('^ocap daemon: asked the daemon %(pid ' .. pid .. '%) to stop\n', err)
+    -- Not a terminal, not asked: nothing but the result.
+    out, err, code = daemon(home, 'start')
+    assert.are.equal(0, code, err)
+    assert.are.equal('', err)
+    assert.matches('^started pid', out)
+    out, err, code = daemon(home, 'purge --force', 'OCAP_PROGRESS=1')
+    assert.are.equal(0, code, err)
+    assert.matches("ocap daemon: deleting the database " .. (home .. '/db'):gsub('%p', '%%%0'), err)
+    assert.matches('^purged', out)
+  end)
+
   it('keeps serving while a request waits for its promise', function()
     local home = newHome()
     local base = home:match('^(.*)/[^/]*$')

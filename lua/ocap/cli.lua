@@ -9,7 +9,7 @@
 local M = {}
 
 local USAGE = [[
-usage: ocap run [--db DIR] [--reset] [--memory] [--] HOST.lua [ARGS...]
+usage: ocap run [--db DIR | --home DIR] [--reset] [--memory] [--] HOST.lua [ARGS...]
        ocap bundle [-o OUT] [--] FILE.lua|DIR...
        ocap test [BUSTED-OPTIONS...] [SPECS...]
        ocap caplet [--home DIR] install|list|uninstall|call ...
@@ -31,7 +31,7 @@ Every command takes --help. Usage errors exit with status 2.
 ]]
 
 local RUN_USAGE = [[
-usage: ocap run [--db DIR] [--reset] [--memory] [--] HOST.lua [ARGS...]
+usage: ocap run [--db DIR | --home DIR] [--reset] [--memory] [--] HOST.lua [ARGS...]
 
 Runs the host script HOST.lua with the ocap modules on its path. Everything
 after HOST.lua goes to the script, as `...` and in `arg` (arg[0] is the
@@ -41,6 +41,11 @@ used is announced once on stderr.
 
   --db DIR   kernels the script makes without naming a database use the
              LevelDB database in DIR (created with its parents if missing)
+  --home DIR the daemon's home directory: while a daemon runs for DIR,
+             Kernel.make gives the script the daemon's kernel, driven over
+             its socket (results come back as JSON, references as krefs);
+             when none runs, kernels use DIR/db as with --db (said on
+             stderr either way)
   --reset    wipe each database the script opens, the first time it opens it
   --memory   keep every kernel in memory, even where the script names a
              database
@@ -94,8 +99,32 @@ local function runDefaults(db, reset, memory)
   end
 end
 
+-- `ocap run --home DIR`: the daemon's kernel when one runs for DIR, else
+-- DIR/db. Returns the database to use, or nil and an exit status.
+local function runHome(home, reset)
+  local daemon = require 'ocap.daemon'
+  local ok, herr = daemon.checkHome(home)
+  if not ok then
+    io.stderr:write('ocap run: ', herr, '\n')
+    return nil, 1
+  end
+  if not daemon.running(home) then
+    io.stderr:write('ocap run: no daemon runs for home ', home, ': the script opens its database itself\n')
+    return daemon.paths(home).db
+  end
+  if reset then
+    return nil, usageError('run', "--reset cannot wipe the daemon's database (use 'ocap daemon purge --force')")
+  end
+  io.stderr:write(('ocap run: using the kernel of the daemon (pid %s) of home %s\n'):format(
+    tostring(daemon.pidOf(home)), home))
+  local proxy = require 'ocap.daemonkernel'
+  local sock = daemon.paths(home).sock
+  require('ocap.kernel').make = function(options) return proxy.make(home, sock, options) end
+  return false
+end
+
 local function cmdRun(args)
-  local db, reset, memory
+  local db, reset, memory, home
   local i = 1
   while i <= #args do
     local a = args[i]
@@ -112,6 +141,10 @@ local function cmdRun(args)
     elseif a:match('^%-%-db=') then
       db = a:sub(6)
       if db == '' then return usageError('run', '--db needs a directory') end
+    elseif a == '--home' then
+      home = args[i + 1]
+      if home == nil or home == '' then return usageError('run', '--home needs a directory') end
+      i = i + 1
     elseif a == '--reset' then
       reset = true
     elseif a == '--memory' then
@@ -126,6 +159,9 @@ local function cmdRun(args)
   local script = args[i]
   if script == nil then return usageError('run', 'no host script given') end
   if db and memory then return usageError('run', '--db and --memory exclude each other') end
+  if home and (db or memory) then
+    return usageError('run', '--home excludes ' .. (db and '--db' or '--memory'))
+  end
   local f = io.open(script, 'r')
   if not f then return usageError('run', ('cannot open host script %s'):format(script)) end
   f:close()
@@ -133,6 +169,11 @@ local function cmdRun(args)
   if not chunk then
     io.stderr:write('ocap run: ', err, '\n')
     return 1
+  end
+  if home then
+    local hdb, status = runHome(home, reset)
+    if hdb == nil then return status end
+    db = hdb or nil
   end
   local rest = { table.unpack(args, i + 1) }
   rest[0] = script
@@ -256,6 +297,24 @@ local DAEMON_ARITY = { start = { 0, 0 }, stop = { 0, 0 }, status = { 0, 0 }, pur
 
 local function shellQuote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
+--- Progress lines for the commands that wait (`ocap daemon start`, `stop`,
+--- `purge`): on stderr when it is a terminal, or when $OCAP_PROGRESS is 1
+--- ($OCAP_PROGRESS=0 silences them). Returns say(msg) and, for a wait
+--- loop polled every 50 ms, tick(polls, what), which says `what (N s)`
+--- every two seconds.
+local function progress(cmd)
+  local env = os.getenv('OCAP_PROGRESS')
+  local on = env == '1' or (env ~= '0' and require('ocap.core').rpc.isatty(2))
+  local function say(msg)
+    if on then io.stderr:write('ocap ', cmd, ': ', msg, '\n') end
+  end
+  local function tick(polls, what)
+    if polls % 40 == 0 then say(('%s (%d s)'):format(what, polls // 20)) end
+  end
+  return say, tick
+end
+M.progress = progress
+
 local function cmdDaemon(args)
   local home, force, raw, rest = nil, false, false, {}
   local i = 1
@@ -318,8 +377,10 @@ local function cmdDaemon(args)
     io.stderr:write('ocap daemon: ', msg, '\n')
     return 1
   end
+  local say, tick = progress('daemon')
   if cmd == 'start' then
-    local pid, already = daemon.start(home)
+    say(('starting the daemon of home %s (log %s)'):format(home, daemon.paths(home).log))
+    local pid, already = daemon.start(home, nil, function(n) tick(n, 'waiting for the daemon to answer') end)
     if not pid then return fail(already) end
     print(('%s pid %d home %s'):format(already and 'running' or 'started', pid, home))
     return 0
@@ -338,11 +399,13 @@ local function cmdDaemon(args)
     local pid = daemon.pidOf(home)
     local answer = daemon.call(home, 'stop')
     if answer and answer.result then
+      say(('asked the daemon (pid %s) to stop'):format(tostring(pid)))
       -- The daemon removes its pid file last, after its final commit.
       local tries = 0
       while daemon.pidOf(home) and tries < 1200 do
         os.execute('sleep 0.05')
         tries = tries + 1
+        tick(tries, 'waiting for the daemon to finish its crank and commit')
       end
       if daemon.pidOf(home) then return fail('the daemon (pid ' .. tostring(pid) .. ') did not stop') end
       if cmd == 'stop' then print('stopped pid ' .. tostring(pid)) end
@@ -351,6 +414,7 @@ local function cmdDaemon(args)
     end
     if cmd == 'purge' then
       local p = daemon.paths(home)
+      say(('deleting the database %s, the log and the daemon\'s files'):format(p.db))
       os.execute('rm -rf ' .. shellQuote(p.db) .. ' ' .. shellQuote(p.log) .. ' ' .. shellQuote(p.log .. '.1') .. ' '
         .. shellQuote(p.pid) .. ' ' .. shellQuote(p.sock) .. ' ' .. shellQuote(p.lock))
       print('purged home ' .. home)

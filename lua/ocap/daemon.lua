@@ -291,15 +291,19 @@ end
 --- The parent polls the socket (a bounded number of times) rather than
 --- waiting for its child: when two starts race, the losing child exits at
 --- the lock and the parent finds the winner answering.
-function M.start(home, tries)
+---@param home string
+---@param tries integer|nil polls, 50 ms apart (default 600)
+---@param onWait fun(polls: integer)|nil called at each poll, for progress
+function M.start(home, tries, onWait)
   if M.running(home) then return M.pidOf(home), true end
   local pid = rpc.daemonize()
   if pid == 0 then os.exit(M.serve(home), false) end
-  for _ = 1, tries or 600 do
+  for i = 1, tries or 600 do
     if M.running(home) then
       local now = M.pidOf(home)
       return now, now ~= pid
     end
+    if onWait then onWait(i) end
     os.execute('sleep 0.05')
   end
   return nil, 'the daemon did not start; see ' .. M.paths(home).log
