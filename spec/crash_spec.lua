@@ -1,7 +1,9 @@
 -- Crash safety (issue #3): a ledger workload in a child process is killed
 -- with SIGKILL at random moments and restarted; afterwards the total is
 -- unchanged, every acknowledged transfer was applied exactly once, and
--- nothing was applied twice.
+-- nothing was applied twice. Garbage collection runs all along (issue #12):
+-- each transfer makes a receipt the recipient asks once and drops; none
+-- is freed while reachable, and all are collected in the end.
 local testing = require 'ocap.testing'
 local marshal = require 'ocap.marshal'
 
@@ -72,10 +74,15 @@ end
 
 local function verify(db, acks, durability)
   local report = check(db, acks, durability)
+  -- Every object's counts are those of the references the database holds.
+  assert.same({}, report.wrongCounts)
+  local objects = report.objects
+  report.objects, report.unpinned, report.wrongCounts = nil, nil, nil
   local total, withdrawn, deposited = 0, {}, {}
   for _, r in pairs(report) do
     total = total + r.balance
     assert.equal(0, r.duplicates, 'a deposit was delivered twice')
+    assert.equal(0, r.badReceipts, 'a receipt was freed while a vat could still reach it')
     for _, id in ipairs(r.withdrawn) do
       assert.is_nil(withdrawn[id], 'transfer ' .. id .. ' withdrawn twice')
       withdrawn[id] = true
@@ -96,9 +103,16 @@ local function verify(db, acks, durability)
       assert.is_true(deposited[id], 'acknowledged transfer ' .. id .. ' was never deposited')
     end
   end
+  local receipts = 0
   for id in pairs(withdrawn) do
     assert.is_true(deposited[id], 'transfer ' .. id .. ' was withdrawn but not deposited')
+    receipts = receipts + 1
   end
+  -- Receipts were collected: those left (beyond the 5 roots and the
+  -- kernel facet) are the ones a vat's heap took in after its last reap
+  -- before a kill, which the new heap does not know (docs/gc.md) and so
+  -- keeps reachable; still counted, never freed while named.
+  assert.is_true(objects - 6 < receipts / 2, ('%d objects left of %d receipts'):format(objects - 6, receipts))
   return acked
 end
 

@@ -10,7 +10,10 @@ local db, mode, durability = arg[1], arg[2], arg[3] or 'none'
 local ACCOUNTS = { 'a1', 'a2', 'a3', 'a4', 'a5' }
 local here = (arg[0]):match('^(.*)/[^/]*$')
 
-local kernel = ocap.Kernel.make { database = db, durability = durability, logger = function() end }
+-- Reaps often, so that receipts are collected all along (GC actions,
+-- deletions) while the process is killed.
+local kernel = ocap.Kernel.make { database = db, durability = durability, logger = function() end,
+  gc = { reapInterval = 3 } }
 
 local sc = kernel:getSubclusters()[1]
 if not sc then
@@ -42,6 +45,46 @@ if mode == 'check' then
   for _, name in ipairs(ACCOUNTS) do
     report[name] = ocap.E(roots[name]).report():await()
   end
+  -- Every receipt is garbage by now. Once collected, each object's counts
+  -- must be what the database holds: recounted from the c-lists, the run
+  -- queue, the parked messages and the promises' data, after every kill.
+  kernel:collectGarbage():await()
+  local K, want, have = kernel.K, {}, {}
+  local function add(kref, r) want[kref] = { (want[kref] or { 0, 0 })[1] + r, (want[kref] or { 0, 0 })[2] + 1 } end
+  local function addSlots(line) for kref in line:gmatch('ko%d+') do add(kref, 1) end end
+  local key
+  repeat
+    key = K:kvNext('', key)
+    local v = key and K:kvGet(key)
+    if not key then
+      break
+    elseif key:match('^v%d+%.c%.ko%d+$') or key:match('^kernel%.c%.ko%d+$') then
+      if v:match('^_ ') then add(key:match('ko%d+$'), 0) elseif not v:match('^o%+') then add(key:match('ko%d+$'), 1) end
+    elseif key:match('^runQueue%.%d+$') or key:match('^kp%d+%.queue%.%d+$') then
+      local head, slots = v:match('^([^\n]*)\n([^\n]*)')
+      if head:match('^send ') then addSlots(head:match('^send (%S+)')); addSlots(slots) end
+    elseif key:match('^kp%d+%.data$') then
+      addSlots(v:match('^[^\n]*'))
+    elseif key:match('^ko%d+%.refCount$') then
+      local r, c = v:match('^(%d+),(%d+)$')
+      have[key:match('^ko%d+')] = { tonumber(r), tonumber(c) }
+    elseif key:match('^ko%d+%.owner$') then
+      local kref = key:match('^ko%d+')
+      have[kref] = have[kref] or { 0, 0 }
+      if not K:kvGet(kref .. '.pinned') then report.unpinned = (report.unpinned or 0) + 1 end
+    end
+  until false
+  local wrong = {}
+  for kref, h in pairs(have) do
+    local w = want[kref] or { 0, 0 }
+    if w[1] ~= h[1] or w[2] ~= h[2] then
+      wrong[#wrong + 1] = ('%s %d,%d (counted %d,%d)'):format(kref, h[1], h[2], w[1], w[2])
+    end
+  end
+  for kref in pairs(want) do if not have[kref] then wrong[#wrong + 1] = kref .. ' referenced but gone' end end
+  table.sort(wrong)
+  report.wrongCounts = wrong
+  report.objects = kernel:stats().objects
   io.write(marshal.serializeData(report).body, '\n')
   kernel:stop()
   return
