@@ -1,11 +1,13 @@
--- Garbage collection in liveslots (docs/gc.md, "What a vat can rely on"),
--- driven through liveslots.make with a fake syscall table that records
--- every syscall: which imports a reap point drops and retires, which
--- exports it retires, and what it never lets go of.
+-- Garbage collection in liveslots (docs/gc.md, "What a vat can rely on"):
+-- first through liveslots.make with a fake syscall table that records
+-- every syscall (which imports a reap point drops and retires, which
+-- exports it retires, and what it never lets go of), then end to end
+-- through a kernel, whose figures must come back to where they were.
 local liveslots = require 'ocap.liveslots'
 local exo = require 'ocap.exo'
 local promise = require 'ocap.promise'
 local pass = require 'ocap.pass'
+local E = liveslots.E
 
 local GC_CALLS = { dropImports = true, retireImports = true, retireExports = true, abandonExports = true }
 
@@ -380,5 +382,121 @@ describe('liveslots GC: the host (kind kernel)', function()
     local vat = makeVat(sc, 'kernel')
     vat.ls.presenceFor('ko7')
     assert.same({}, boyd(vat, sc))
+  end)
+end)
+
+describe('liveslots GC through a kernel', function()
+  local testing = require 'ocap.testing'
+  local HOLDER, MAKER = 'spec/vats/gc_holder.lua', 'spec/vats/counter.lua'
+  local kernel, holder, maker
+
+  before_each(function()
+    -- Reaps only when asked, so that each figure below is taken at a
+    -- known point.
+    kernel = testing.makeKernel({ gc = { reapInterval = false } })
+    local r = kernel:launchSubcluster({ bootstrap = 'holder', vats = {
+      holder = { sourceSpec = HOLDER }, maker = { sourceSpec = MAKER } } }):await()
+    holder = kernel:getPresence(r.rootKref, 'gcHolder')
+    local m = kernel:launchSubcluster({ bootstrap = 'c', vats = { c = { sourceSpec = MAKER } } }):await()
+    maker = kernel:getPresence(m.rootKref, 'counter')
+  end)
+  after_each(function() kernel:stop() end)
+
+  --- Reaps every endpoint twice (the second reap collects what the GC
+  --- deliveries of the first released) and returns the kernel's figures.
+  local function reaped()
+    kernel:reapVats():await()
+    kernel:reapVats():await()
+    return kernel:stats()
+  end
+
+  it('keeps kernel keys and objects flat while a vat makes and drops presences', function()
+    E(holder).churn(5):await()
+    local s0 = reaped()
+    E(holder).churn(100):await()
+    local s1 = reaped()
+    assert.equal(s0.objects, s1.objects)
+    assert.equal(s0.keys, s1.keys)
+  end)
+
+  it('never drops a presence the heap keeps, and drops it once let go', function()
+    local s0 = reaped()
+    E(holder).keepOne():await()
+    assert.equal(s0.objects + 1, reaped().objects)
+    assert.equal('hi', E(holder).callKept(1):await())
+    E(holder).forget():await()
+    assert.equal(s0.objects, reaped().objects)
+  end)
+
+  it('never drops a presence stored in baggage, and drops it once deleted', function()
+    -- A first round writes the keys that stay (the baggage's size, counters).
+    E(holder).storeOne('w'):await()
+    E(holder).unstore('w'):await()
+    local s0 = reaped()
+    E(holder).storeOne('a'):await()
+    reaped()
+    assert.equal(s0.objects + 1, reaped().objects)
+    assert.equal('hi', E(holder).callStored('a'):await())
+    E(holder).unstore('a'):await()
+    local s1 = reaped()
+    assert.equal(s0.objects, s1.objects)
+    assert.equal(s0.keys, s1.keys)
+  end)
+
+  it('never drops a presence captured in a pending await', function()
+    local s0 = reaped()
+    local p = E(holder).hold()
+    kernel:run()
+    reaped()
+    assert.equal(s0.objects + 1, reaped().objects)
+    E(holder).open():await()
+    assert.equal('hi', p:await())
+    assert.equal(s0.objects, reaped().objects)
+  end)
+
+  it('releases the presences host code lets go of', function()
+    local s0 = reaped()
+    for _ = 1, 20 do
+      local t = E(maker).makeEphemeral():await()
+      assert.equal('hi', E(t).hi():await())
+    end
+    local s1 = reaped()
+    assert.equal(s0.objects, s1.objects)
+    assert.equal(s0.keys, s1.keys)
+  end)
+
+  it('lets a new incarnation drop what only the old heap held', function()
+    local vatId = kernel:getSubclusters()[1].vats.holder
+    -- The new incarnation has no maker: it gets one to keep a thing from.
+    local function upgrade()
+      kernel:upgradeVat(vatId, { sourceSpec = HOLDER }):await()
+      E(holder).bootstrap({ maker = maker }):await()
+    end
+    upgrade() -- the first upgrade makes the kernel's vatAdmin object
+    local s0 = reaped()
+    E(holder).keepOne():await()
+    assert.equal(s0.objects + 1, reaped().objects)
+    upgrade()
+    assert.equal(s0.objects, reaped().objects)
+  end)
+
+  it('lets a restarted kernel drop what only the old heap held', function()
+    local db = testing.tempDir()
+    local k1 = testing.makeKernel({ database = db, gc = { reapInterval = false } })
+    local r = k1:launchSubcluster({ bootstrap = 'holder', vats = {
+      holder = { sourceSpec = HOLDER }, maker = { sourceSpec = MAKER } } }):await()
+    k1:reapVats():await()
+    local objects = k1:stats().objects
+    E(k1:getPresence(r.rootKref)).keepOne():await()
+    k1:reapVats():await()
+    assert.equal(objects + 1, k1:stats().objects)
+    k1:stop()
+    local k2 = testing.makeKernel({ database = db, gc = { reapInterval = false } })
+    -- The vat restarts on its first delivery; its first reap drops it.
+    E(k2:getPresence(r.rootKref)).forget():await()
+    k2:reapVats():await()
+    k2:reapVats():await()
+    assert.equal(objects, k2:stats().objects)
+    k2:stop()
   end)
 end)
