@@ -689,14 +689,19 @@ static int is_truncation(const ocap_syrup_reader_t *r) {
          strcmp(r->err, "length exceeds the remaining input") == 0;
 }
 
-/* syrup.frame(bytes) -> length | false  [-0, +1, e]
+/* syrup.frame(bytes [, init]) -> length | false  [-0, +1, e]
  * For a stream of concatenated values (CapTP over a netlayer): the length
- * of the first complete value at the start of bytes, or false when bytes
- * hold only the start of one. Raises `syrup: <what> at byte <offset>` when
- * the bytes cannot start a canonical value, whatever may follow. */
+ * of the first complete value that starts at position init of bytes (1 by
+ * default), or false when the rest of bytes holds only the start of one.
+ * Raises `syrup: <what> at byte <offset>` (from init) when the bytes there
+ * cannot start a canonical value, whatever may follow. */
 static int l_frame(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
+  lua_Integer init = luaL_optinteger(L, 2, 1);
+  luaL_argcheck(L, init >= 1 && (size_t)init <= n + 1, 2, "initial position out of range");
+  s += init - 1;
+  n -= (size_t)(init - 1);
   ocap_syrup_reader_t *r = lua_newuserdatauv(L, sizeof *r, 0);
   ocap_syrup_tok_t t;
   ocap_syrup_reader_init(r, s, n);

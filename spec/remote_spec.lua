@@ -116,6 +116,22 @@ describe('remote kernels', function()
     assert.are.equal('done', second:await())
   end)
 
+  it('handles thousands of messages that arrive in one read', function()
+    local c = client.connect(newKernel(), peer.locator)
+    finally(function() c:close() end)
+    c:hello()
+    local boot = c:fetch(peer.url:match('/s/([^?]+)'), 0, 1)
+    local parts = {}
+    for i = 1, 3000 do
+      parts[i] = syrup.encode(captp.op('op:deliver-only', boot, captp.list(syrup.symbol('ping'), i)))
+    end
+    parts[#parts + 1] = syrup.encode(captp.op('op:deliver', boot, captp.list(syrup.symbol('ping'), 'last'), false,
+      captp.desc('desc:import-object', 2)))
+    c:send(table.concat(parts))
+    local args = c:expectTo(2)
+    assert.are.same({ syrup.symbol('fulfill'), 'last' }, { args[1], args[2] })
+  end)
+
   it('fetches sturdyrefs by swiss number, and refuses unknown ones', function()
     local again = kernel:redeemOcapURL(peer.url):await()
     assert.are.equal(5, E(again).ping(5):await())
@@ -240,6 +256,35 @@ describe('remote kernels', function()
     assert.matches('^%[KERNEL:CONNECTION_LOST%] connection to peer %x+ lost', err.message)
     -- Other sessions are not affected.
     assert.are.equal(2, E(echo).ping(2):await())
+  end)
+end)
+
+describe('a peer that starts a new session', function()
+  it('aborts the old one, whose questions reject with PEER_RESTARTED', function()
+    local kernel = newKernel { remote = { listen = '127.0.0.1:0' } }
+    finally(function() kernel:stop() end)
+    local held
+    local keeper = ocap.makeDefaultExo('keeper', {
+      hold = function(_, obj) held = E(obj).ping(1) end,
+    })
+    local swiss = kernel:issueOcapURL(keeper):match('/s/([^?]+)')
+    local locator = kernel:getStatus().remoteComms.listenAddresses[1]
+    -- The raw peers run on this kernel's loop, and drive it while they wait.
+    local old = client.connect(kernel, locator)
+    finally(function() old:close() end)
+    old:hello { designator = 'twin' }
+    local boot = old:fetch(swiss, 0, 1)
+    old:send(captp.op('op:deliver-only', boot, captp.list(syrup.symbol('hold'), captp.desc('desc:import-object', 7))))
+    local ping = old:expect('op:deliver')
+    assert.are.equal(7, captp.descPos(ping.args[1], 'desc:export'))
+    local new = client.connect(kernel, locator)
+    finally(function() new:close() end)
+    assert.are.equal('op:start-session', captp.label(new:hello { designator = 'twin' }))
+    assert.are.equal('the peer started a new session', old:expectAbort())
+    local err = support.rejection(held)
+    assert.are.equal('[KERNEL:PEER_RESTARTED] connection to peer twin lost: aborted: the peer started a new session',
+      err.message)
+    assert.are.equal(1, kernel:getStatus().remoteComms.sessions)
   end)
 end)
 

@@ -285,24 +285,23 @@ end
 -- ---- reading ----
 
 function Remote:_onData(c, data)
-  c.buf = c.buf .. data
+  -- The buffer is cut once per read, not once per message: a read may
+  -- bring thousands of small messages.
+  local buf = c.buf .. data
+  local pos = 1
+  local max = self.opts.maxMessageBytes
   while not c.closed do
-    local ok, n = pcall(syrup.frame, c.buf)
+    local ok, n = pcall(syrup.frame, buf, pos)
     if not ok then
       return self:_abort(c, 'malformed Syrup: ' .. tostring(n):gsub('^syrup: ', ''))
     end
     if not n then
-      if #c.buf > self.opts.maxMessageBytes then
-        return self:_abort(c, ('message larger than %d bytes'):format(self.opts.maxMessageBytes))
-      end
-      return
+      if #buf - pos + 1 > max then return self:_abort(c, ('message larger than %d bytes'):format(max)) end
+      break
     end
-    if n > self.opts.maxMessageBytes then
-      return self:_abort(c, ('message larger than %d bytes'):format(self.opts.maxMessageBytes))
-    end
-    local bytes = c.buf:sub(1, n)
-    c.buf = c.buf:sub(n + 1)
-    local dok, msg = pcall(syrup.decode, bytes)
+    if n > max then return self:_abort(c, ('message larger than %d bytes'):format(max)) end
+    local dok, msg = pcall(syrup.decode, buf:sub(pos, pos + n - 1))
+    pos = pos + n
     if not dok then return self:_abort(c, 'malformed Syrup: ' .. tostring(msg):gsub('^syrup: ', '')) end
     local hok, err = pcall(self._handle, self, c, msg)
     if not hok then
@@ -314,6 +313,7 @@ function Remote:_onData(c, data)
       end
     end
   end
+  c.buf = pos > 1 and buf:sub(pos) or buf
 end
 
 local HANDLERS = {}
