@@ -132,6 +132,38 @@ describe('remote kernels', function()
     assert.are.same({ syrup.symbol('fulfill'), 'last' }, { args[1], args[2] })
   end)
 
+  it("tells the other kernel once the kernel's GC released its object", function()
+    local raw = client.listen(kernel)
+    finally(function() raw:close() end)
+    local pObj = kernel:redeemOcapURL((raw.locator:gsub('%?', '/s/thing?')))
+    raw:accept()
+    raw:receive()
+    raw:sendHello()
+    local fetch = raw:expect('op:deliver')
+    raw:send(captp.op('op:deliver-only', captp.desc('desc:export', captp.descPos(fetch.args[4], 'desc:import-object')),
+      captp.list(syrup.symbol('fulfill'), captp.desc('desc:import-object', 5))))
+    -- Only a vat of ours holds the import: it calls it once, then drops it.
+    local vat = kernel:launchSubcluster({
+      bootstrap = 'echo', vats = { echo = { sourceSpec = SRC .. '/spec/vats/echo.lua' } },
+    }):await().rootKref
+    local done = kernel:queueMessage(vat, 'call', { pObj:await(), 'ping', 1 })
+    pObj = nil -- luacheck: ignore 311 (the host lets go of it)
+    local ping = raw:expect('op:deliver')
+    raw:send(captp.op('op:deliver-only', captp.desc('desc:export', captp.descPos(ping.args[4], 'desc:import-object')),
+      captp.list(syrup.symbol('fulfill'), 1)))
+    assert.are.equal(1, done:await())
+    kernel:collectGarbage():await()
+    -- (Other imports, such as the bootstrap object, may be released too.)
+    local delta
+    repeat
+      local gc = raw:expect('op:gc-export')
+      for i, pos in ipairs(gc.args[1]) do
+        if pos == 5 then delta = (delta or 0) + gc.args[2][i] end
+      end
+    until delta
+    assert.are.equal(1, delta)
+  end)
+
   it('fetches sturdyrefs by swiss number, and refuses unknown ones', function()
     local again = kernel:redeemOcapURL(peer.url):await()
     assert.are.equal(5, E(again).ping(5):await())

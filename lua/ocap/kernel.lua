@@ -1056,6 +1056,8 @@ function Kernel:_settleReaps()
   if self.reapWaiters[1] and not self.stopped and self.K:gcWork() == 0 then
     local waiters = self.reapWaiters
     self.reapWaiters = {}
+    -- What the reaps released may include imports from remote peers.
+    if self.remote then self.remote:afterReap() end
     for _, resolve in ipairs(waiters) do resolve(nil) end
   end
 end

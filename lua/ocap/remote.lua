@@ -996,9 +996,15 @@ function Remote:_collect(full)
   end
 end
 
+--- After the kernel's reaps: the kernel objects they released may have
+--- been imports, which a full collection now finds (op:gc-export).
+function Remote:afterReap()
+  self.gcDue = true
+end
+
 --- Whether anything waits to be handled.
 function Remote:busy()
-  return self.events[1] ~= nil or next(self.dirty) ~= nil
+  return self.events[1] ~= nil or next(self.dirty) ~= nil or self.gcDue == true
 end
 
 --- Closes every session and stops listening.
