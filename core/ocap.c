@@ -494,8 +494,11 @@ int ocap_host_attach_loop(ocap_host_t *host, uv_loop_t *loop) {
 /* ---------------------------------------------------------------------- */
 /* Services and replies. */
 
-int ocap_host_register_service(ocap_host_t *host, const char *name, const char *const *methods,
-                               ocap_service_fn fn, void *ud, char *kref_out, size_t kref_size) {
+/* Registers a service whose methods get their arguments as JSON, or as
+ * capdata when capdata is nonzero. */
+static int register_service(ocap_host_t *host, const char *name, const char *const *methods,
+                            ocap_service_fn fn, void *ud, char *kref_out, size_t kref_size,
+                            int capdata) {
   if (host == NULL || name == NULL || methods == NULL || fn == NULL)
     return OCAP_EINVAL;
   if (host->doomed)
@@ -519,8 +522,9 @@ int ocap_host_register_service(ocap_host_t *host, const char *name, const char *
     lua_rawseti(L, -2, i + 1);
   }
   lua_pushinteger(L, host->nservices);
+  lua_pushboolean(L, capdata);
   int rc = 0;
-  if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+  if (lua_pcall(L, 4, 1, 0) != LUA_OK) {
     set_err(host, lua_tostring(L, -1));
     rc = OCAP_EINVAL;
   } else {
@@ -534,8 +538,20 @@ int ocap_host_register_service(ocap_host_t *host, const char *name, const char *
   return leave(host, rc);
 }
 
-/* Settles a reply and frees it. */
-static int reply_complete(ocap_reply_t *r, int ok, const char *text) {
+int ocap_host_register_service(ocap_host_t *host, const char *name, const char *const *methods,
+                               ocap_service_fn fn, void *ud, char *kref_out, size_t kref_size) {
+  return register_service(host, name, methods, fn, ud, kref_out, kref_size, 0);
+}
+
+int ocap_host_register_service_capdata(ocap_host_t *host, const char *name,
+                                       const char *const *methods, ocap_service_fn fn, void *ud,
+                                       char *kref_out, size_t kref_size) {
+  return register_service(host, name, methods, fn, ud, kref_out, kref_size, 1);
+}
+
+/* Settles a reply with a result (JSON, or capdata when capdata is
+ * nonzero) or a message, and frees it. */
+static int reply_complete(ocap_reply_t *r, int ok, const char *text, int capdata) {
   if (r == NULL)
     return OCAP_EINVAL;
   ocap_host_t *h = r->host;
@@ -560,7 +576,8 @@ static int reply_complete(ocap_reply_t *r, int ok, const char *text) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, r->kit);
   lua_pushboolean(L, ok);
   lua_pushstring(L, text ? text : (ok ? "null" : "service call failed"));
-  rc = call_checked(h, L, 3, OCAP_EINVAL);
+  lua_pushboolean(L, capdata);
+  rc = call_checked(h, L, 4, OCAP_EINVAL);
   luaL_unref(L, LUA_REGISTRYINDEX, r->kit);
   free(r);
   wake(h);
@@ -570,11 +587,17 @@ static int reply_complete(ocap_reply_t *r, int ok, const char *text) {
 int ocap_reply_resolve(ocap_reply_t *reply, const char *result_json) {
   if (reply != NULL && result_json == NULL)
     result_json = "null";
-  return reply_complete(reply, 1, result_json);
+  return reply_complete(reply, 1, result_json, 0);
+}
+
+int ocap_reply_resolve_capdata(ocap_reply_t *reply, const char *result_capdata) {
+  if (reply != NULL && result_capdata == NULL)
+    result_capdata = "{\"body\":\"#null\",\"slots\":[]}";
+  return reply_complete(reply, 1, result_capdata, 1);
 }
 
 int ocap_reply_reject(ocap_reply_t *reply, const char *message) {
-  return reply_complete(reply, 0, message);
+  return reply_complete(reply, 0, message, 0);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -617,8 +640,10 @@ int ocap_host_run_script(ocap_host_t *host, const char *path) {
   return leave(host, rc);
 }
 
-int ocap_host_queue_message(ocap_host_t *host, const char *target, const char *method,
-                            const char *args_json, ocap_result_fn cb, void *ud) {
+/* Queues a message whose arguments and result are JSON, or capdata when
+ * capdata is nonzero. */
+static int queue_message(ocap_host_t *host, const char *target, const char *method,
+                         const char *args, ocap_result_fn cb, void *ud, int capdata) {
   if (host == NULL || target == NULL || method == NULL)
     return OCAP_EINVAL;
   if (host->doomed)
@@ -628,14 +653,25 @@ int ocap_host_queue_message(ocap_host_t *host, const char *target, const char *m
   push_method(L, host, "queue");
   lua_pushstring(L, target);
   lua_pushstring(L, method);
-  lua_pushstring(L, args_json ? args_json : "[]");
+  lua_pushstring(L, args ? args : capdata ? "{\"body\":\"#[]\",\"slots\":[]}" : "[]");
   push_rec(L, host, cb, ud);
-  int rc = call_checked(host, L, 4, OCAP_EINVAL);
+  lua_pushboolean(L, capdata);
+  int rc = call_checked(host, L, 5, OCAP_EINVAL);
   if (rc == 0)
     wake(host);
   else if (strstr(host->err, "no such kref") || strstr(host->err, "unknown kref"))
     rc = OCAP_ENOTFOUND;
   return leave(host, rc);
+}
+
+int ocap_host_queue_message(ocap_host_t *host, const char *target, const char *method,
+                            const char *args_json, ocap_result_fn cb, void *ud) {
+  return queue_message(host, target, method, args_json, cb, ud, 0);
+}
+
+int ocap_host_queue_message_capdata(ocap_host_t *host, const char *target, const char *method,
+                                    const char *args_capdata, ocap_result_fn cb, void *ud) {
+  return queue_message(host, target, method, args_capdata, cb, ud, 1);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -126,6 +126,19 @@ int ocap_host_register_service(ocap_host_t *host, const char *name, const char *
 int ocap_reply_resolve(ocap_reply_t *reply, const char *result_json);
 int ocap_reply_reject(ocap_reply_t *reply, const char *message);
 
+/* Capdata: the kernel's own encoding of a value, as the JSON text
+ * {"body":"#...","slots":["ko12",...]}, whose body is smallcaps and whose
+ * slots are krefs. It keeps what JSON cannot (errors as values, tagged
+ * values, the interface of a reference). These calls are the JSON ones
+ * with capdata for arguments and results; capdata that does not decode is
+ * OCAP_EINVAL, an unknown kref in slots OCAP_ENOTFOUND (in arguments). */
+int ocap_host_register_service_capdata(ocap_host_t *host, const char *name,
+                                       const char *const *methods, ocap_service_fn fn, void *ud,
+                                       char *kref_out, size_t kref_size);
+int ocap_reply_resolve_capdata(ocap_reply_t *reply, const char *result_capdata);
+int ocap_host_queue_message_capdata(ocap_host_t *host, const char *target, const char *method,
+                                    const char *args_capdata, ocap_result_fn cb, void *ud);
+
 /* Loads a Lua config file (a chunk that returns a cluster config table)
  * and launches it; cb gets {"subclusterId":..,"rootKref":..,
  * "bootstrapResult":..}. cb may be NULL. */

@@ -118,6 +118,38 @@ function M.make(C, json, database, resetStorage, baseDir, withLogger)
     return r
   end
 
+  --- Capdata text, {"body":"#..","slots":["ko1",..]}: the kernel's own
+  --- encoding of a passable (a smallcaps body, krefs for slots), which
+  --- keeps what JSON cannot (errors as values, tagged values).
+  local function toCapdata(v)
+    local cd = kernel.ls.marshal.serialize(v)
+    return toJSON(kernel, { body = cd.body, slots = cd.slots })
+  end
+
+  --- Decodes capdata text, whose value must be an array when wantArray;
+  --- returns the value, or nil and a message.
+  local function decodeCapdata(text, wantArray)
+    local ok, cd = pcall(json.decode, text)
+    if not ok then return nil, 'invalid JSON: ' .. messageOf(cd) end
+    if type(cd) ~= 'table' or type(cd.body) ~= 'string' or type(cd.slots) ~= 'table' then
+      return nil, 'capdata must be {"body": string, "slots": [kref, ...]}'
+    end
+    for _, slot in ipairs(cd.slots) do
+      if type(slot) ~= 'string' then return nil, 'capdata slots must be krefs' end
+      local kok, err = pcall(kernel.getPresence, kernel, slot)
+      if not kok then return nil, (messageOf(err):gsub('^[^%s]-:%d+: ', '')) end
+    end
+    local uok, v = pcall(kernel.ls.marshal.unserialize, { body = cd.body, slots = cd.slots })
+    if not uok then return nil, 'invalid capdata: ' .. messageOf(v) end
+    if wantArray and pass.passStyleOf(v) ~= 'copyArray' then return nil, 'arguments must be an array' end
+    return v
+  end
+
+  local function decode(text, asCapdata, wantArray)
+    if asCapdata then return decodeCapdata(text, wantArray) end
+    return decodeJSON(text, wantArray)
+  end
+
   --- Runs cranks and turns in one bounded batch (ocap.loop); returns
   --- whether there is more to do at once, and whether the kernel's own
   --- loop (vat timers, IO) is alive, with that loop's descriptor and the
@@ -136,12 +168,15 @@ function M.make(C, json, database, resetStorage, baseDir, withLogger)
 
   function self.stop() if not kernel.stopped then kernel:stop() end end
 
-  function self.register(name, methods, id)
+  --- Registers a C service; its methods get their arguments as JSON, or
+  --- as capdata when asCapdata.
+  function self.register(name, methods, id, asCapdata)
     local impl = {}
     for _, m in ipairs(methods) do
       impl[m] = function(_, ...)
         local kit = promise.makePromiseKit()
-        C.call(id, m, toJSON(kernel, table.pack(...)), kit)
+        local args = asCapdata and toCapdata(pass.array(...)) or toJSON(kernel, table.pack(...))
+        C.call(id, m, args, kit)
         return kit.promise
       end
     end
@@ -149,13 +184,14 @@ function M.make(C, json, database, resetStorage, baseDir, withLogger)
     return kernel:registerKernelServiceObject(name, object).kref
   end
 
-  --- Settles a service call's promise kit with a JSON result or a message.
-  function self.settle(kit, ok, text)
+  --- Settles a service call's promise kit with a result (JSON, or
+  --- capdata when asCapdata) or a message.
+  function self.settle(kit, ok, text, asCapdata)
     if not ok then
       kit.reject(pass.makeError(text))
       return true
     end
-    local v, err = decodeJSON(text)
+    local v, err = decode(text, asCapdata)
     if err then
       kit.reject(pass.makeError('service result: ' .. err))
       return false, err
@@ -164,10 +200,15 @@ function M.make(C, json, database, resetStorage, baseDir, withLogger)
     return true
   end
 
-  local function report(p, rec)
+  local function report(p, rec, asCapdata)
     promise.onSettle(p, function(ok, v)
       if ok then
-        local done, text = pcall(toJSON, kernel, v)
+        local done, text
+        if asCapdata then
+          done, text = pcall(toCapdata, v)
+        else
+          done, text = pcall(toJSON, kernel, v)
+        end
         if done then C.result(rec, true, text) else C.result(rec, false, messageOf(text)) end
       else
         C.result(rec, false, messageOf(v))
@@ -175,13 +216,13 @@ function M.make(C, json, database, resetStorage, baseDir, withLogger)
     end)
   end
 
-  function self.queue(target, method, argsText, rec)
-    local args, err = decodeJSON(argsText, true)
+  function self.queue(target, method, argsText, rec, asCapdata)
+    local args, err = decode(argsText, asCapdata, true)
     if err then return false, err end
     if not target:match('^k[op]%d+$') then return false, ('no such kref %q'):format(target) end
     local ok, p = pcall(kernel.queueMessage, kernel, target, method, args)
     if not ok then return false, messageOf(p) end
-    report(p, rec)
+    report(p, rec, asCapdata)
     return true
   end
 

@@ -40,6 +40,9 @@ typedef struct seen {
   int logs;            /* log entries seen by log_and_free */
   int free_in_service; /* the service frees the host, then answers */
   int after_free;      /* what a call made after that free returned */
+  int capdata;         /* the keeper answers take with capdata... */
+  char answer[256];    /* ...this one, or else what it was given */
+  char given[512];     /* the arguments of the keeper's last take */
 } seen_t;
 
 /* add answers at once, slowDouble keeps its reply, fail rejects, and
@@ -347,7 +350,11 @@ static void keeper(void *ud, const char *method, const char *args, ocap_reply_t 
     snprintf(out, sizeof out, "{\"@kref\":\"%s\"}", s->text);
     s->rc = ocap_reply_resolve(reply, out);
   } else if (strcmp(method, "take") == 0) {
-    s->rc = ocap_reply_resolve(reply, args);
+    snprintf(s->given, sizeof s->given, "%s", args);
+    if (s->capdata)
+      s->rc = ocap_reply_resolve_capdata(reply, s->answer[0] ? s->answer : args);
+    else
+      s->rc = ocap_reply_resolve(reply, args);
   } else {
     s->rc = ocap_reply_resolve(reply, "{\"@kref\":\"ko999999\"}");
   }
@@ -361,10 +368,11 @@ static void log_and_free(void *ud, const char *entry) {
     ocap_host_free(s->host);
 }
 
-/* A host with the keeper service and the relay vat launched from a
- * temporary directory dir (mkdtemp'd by the caller); relay gets the
- * vat's root kref. */
-static ocap_host_t *make_relay_host(seen_t *s, const char *dir, char *relay, int *fails_out) {
+/* A host with the keeper service (speaking capdata when capdata) and the
+ * relay vat launched from a temporary directory dir (mkdtemp'd by the
+ * caller); relay gets the vat's root kref. */
+static ocap_host_t *make_relay_host_as(seen_t *s, const char *dir, char *relay, int capdata,
+                                       int *fails_out) {
   int fails = 0;
   write_file(dir, "relay.lua", relay_vat);
   write_file(dir, "relay-cluster.lua",
@@ -380,7 +388,10 @@ static ocap_host_t *make_relay_host(seen_t *s, const char *dir, char *relay, int
   }
   s->host = h;
   static const char *const methods[] = {"give", "take", "bad", NULL};
-  CHECK(ocap_host_register_service(h, "keeper", methods, keeper, s, NULL, 0) == 0);
+  if (capdata)
+    CHECK(ocap_host_register_service_capdata(h, "keeper", methods, keeper, s, NULL, 0) == 0);
+  else
+    CHECK(ocap_host_register_service(h, "keeper", methods, keeper, s, NULL, 0) == 0);
   char config[600];
   snprintf(config, sizeof config, "%s/relay-cluster.lua", dir);
   CHECK(ocap_host_launch_file(h, config, on_result, s) == 0);
@@ -390,6 +401,10 @@ static ocap_host_t *make_relay_host(seen_t *s, const char *dir, char *relay, int
   s->results = 0;
   *fails_out += fails;
   return h;
+}
+
+static ocap_host_t *make_relay_host(seen_t *s, const char *dir, char *relay, int *fails_out) {
+  return make_relay_host_as(s, dir, relay, 0, fails_out);
 }
 
 static void remove_relay(const char *dir) {
@@ -450,6 +465,66 @@ static int test_references(void) {
   CHECK(ocap_host_run(h) == 0);
   CHECK(s.rc == OCAP_EINVAL);
   CHECK(s.results == 5 && !s.ok && strstr(s.text, "service result: unknown kref") != NULL);
+  ocap_host_free(h);
+  remove_relay(dir);
+  return fails;
+}
+
+/* Capdata instead of JSON: references as slots, both ways, and capdata
+ * that does not decode. */
+static int test_capdata(void) {
+  int fails = 0;
+  char dir[] = "/tmp/ocap-embed-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  seen_t s;
+  char relay[32] = "", thing[32] = "", args[256], want[256];
+  ocap_host_t *h = make_relay_host_as(&s, dir, relay, 1, &fails);
+  if (h == NULL)
+    return fails;
+  s.capdata = 1;
+  CHECK(ocap_host_queue_message_capdata(h, relay, "make", "{\"body\":\"#[]\",\"slots\":[]}",
+                                        on_result, &s) == 0);
+  CHECK(ocap_host_run(h) == 0);
+  CHECK(s.results == 1 && s.ok &&
+        sscanf(s.text, "{\"body\":\"#\\\"$0.Alleged: thing\\\"\",\"slots\":[\"%31[^\"]\"]}",
+               thing) == 1);
+  snprintf(args, sizeof args,
+           "{\"body\":\"#[\\\"$0.Alleged: thing\\\",\\\"hi\\\",\\\"C\\\"]\",\"slots\":[\"%s\"]}",
+           thing);
+  CHECK(ocap_host_queue_message_capdata(h, relay, "call", args, on_result, &s) == 0);
+  CHECK(ocap_host_run(h) == 0);
+  CHECK(s.results == 2 && s.ok &&
+        strcmp(s.text, "{\"body\":\"#\\\"hi C from thing\\\"\",\"slots\":[]}") == 0);
+  /* A capdata service gets its arguments as capdata and answers so. */
+  snprintf(args, sizeof args, "{\"body\":\"#[[\\\"$0.Alleged: thing\\\",7]]\",\"slots\":[\"%s\"]}",
+           thing);
+  CHECK(ocap_host_queue_message_capdata(h, relay, "tell", args, on_result, &s) == 0);
+  CHECK(ocap_host_run(h) == 0);
+  snprintf(want, sizeof want, "{\"body\":\"#[[\\\"$0.Alleged: thing\\\",7]]\",\"slots\":[\"%s\"]}",
+           thing);
+  CHECK(strcmp(s.given, want) == 0);
+  CHECK(s.rc == 0 && s.results == 3 && s.ok && strcmp(s.text, want) == 0);
+  /* Capdata that does not decode. */
+  CHECK(ocap_host_queue_message_capdata(h, relay, "call", "[1]", on_result, &s) == OCAP_EINVAL);
+  CHECK(strstr(ocap_host_errmsg(h), "capdata must be") != NULL);
+  CHECK(ocap_host_queue_message_capdata(h, relay, "call", "{\"body\":\"#[\",\"slots\":[]}",
+                                        on_result, &s) == OCAP_EINVAL);
+  CHECK(strstr(ocap_host_errmsg(h), "invalid capdata") != NULL);
+  CHECK(ocap_host_queue_message_capdata(h, relay, "call", "{\"body\":\"#{}\",\"slots\":[]}",
+                                        on_result, &s) == OCAP_EINVAL);
+  CHECK(strstr(ocap_host_errmsg(h), "must be an array") != NULL);
+  CHECK(ocap_host_queue_message_capdata(
+            h, relay, "call", "{\"body\":\"#[\\\"$0.Alleged: x\\\"]\",\"slots\":[\"ko999999\"]}",
+            on_result, &s) == OCAP_ENOTFOUND);
+  CHECK(ocap_host_run(h) == 0);
+  CHECK(s.results == 3);
+  /* ...in a service's answer. */
+  snprintf(s.answer, sizeof s.answer, "{\"body\":\"#[\",\"slots\":[]}");
+  CHECK(ocap_host_queue_message_capdata(h, relay, "tell", "{\"body\":\"#[1]\",\"slots\":[]}",
+                                        on_result, &s) == 0);
+  CHECK(ocap_host_run(h) == 0);
+  CHECK(s.rc == OCAP_EINVAL);
+  CHECK(s.results == 4 && !s.ok && strstr(s.text, "service result: invalid capdata") != NULL);
   ocap_host_free(h);
   remove_relay(dir);
   return fails;
@@ -600,6 +675,7 @@ int main(void) {
   fails += test_attached();
   fails += test_attached_vat_timer();
   fails += test_references();
+  fails += test_capdata();
   fails += test_free_in_service();
   fails += test_free_in_logger();
   fails += test_reentrant();
