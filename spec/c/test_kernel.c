@@ -474,7 +474,94 @@ static void corrupt_values(void) {
   free(r);
 }
 
+/* The value of key, or "" when absent (a static buffer). */
+static const char *val(ocap_kernel_t *k, const char *key) {
+  static char buf[128];
+  const char *v;
+  size_t vl;
+  int rc = ocap_store_get(ocap_kernel_store(k), key, strlen(key), &v, &vl);
+  if (rc != 1 || vl >= sizeof buf)
+    return "";
+  memcpy(buf, v, vl);
+  buf[vl] = '\0';
+  return buf;
+}
+
+/*
+ * Garbage collection under injected faults: v2 imports v1's object, drops
+ * it, retires it. Each GC crank (the dropExports and retireExports
+ * deliveries, the deletion) fails cleanly at every store call it makes,
+ * and runs before the run queue's next item; a refused GC syscall changes
+ * nothing.
+ */
+static void gc_faults(void) {
+  record_t *r = malloc(sizeof *r);
+  REQUIRE(r != NULL);
+  ocap_kernel_t *k = new_kernel(r);
+  char ko[OCAP_REF_MAX], eref[OCAP_REF_MAX], key[64];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko) == 0);
+  REQUIRE(ocap_kernel_kref_to_eref(k, "v2", ko, eref) == 0);
+  CHECK(strcmp(eref, "o-1") == 0);
+  REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
+  snprintf(key, sizeof key, "%s.refCount", ko);
+  CHECK(strcmp(val(k, key), "1,1") == 0);
+
+  /* Refused calls change nothing, even uncommitted. */
+  const char *twice[] = {"o-1", "o-1"}, *unknown[] = {"o-9"}, *one[] = {"o-1"};
+  char *before = dump(k);
+  CHECK(ocap_kernel_drop_imports(k, "v2", twice, 2) == OCAP_EINVAL);
+  CHECK(strstr(ocap_kernel_errmsg(k), "named twice") != NULL);
+  CHECK(ocap_kernel_drop_imports(k, "v2", unknown, 1) == OCAP_EINVAL);
+  CHECK(ocap_kernel_retire_imports(k, "v2", one, 1) == OCAP_EINVAL);
+  CHECK(ocap_kernel_retire_exports(k, "v1", (const char *[]){"o+1"}, 1) == OCAP_EINVAL);
+  REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
+  char *after = dump(k);
+  CHECK(strcmp(before, after) == 0);
+  free(before);
+  free(after);
+
+  /* Dropped: v1 is told before the message queued meanwhile. */
+  REQUIRE(ocap_kernel_drop_imports(k, "v2", one, 1) == 0);
+  ocap_capdata_t args = {"#[\"ping\",[]]", 12, NULL, 0};
+  char root[OCAP_REF_MAX];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+0", root) == 0);
+  REQUIRE(ocap_kernel_pin(k, root) == 0); /* else collected after the message */
+  REQUIRE(ocap_kernel_send(k, "kernel", root, &args, NULL) == 0);
+  CHECK(run(k, r, 1) > 0);
+  CHECK(r->n == 2 && strcmp(r->lines[0], "v1 dropExports o+1") == 0 &&
+        strncmp(r->lines[1], "v1 msg", 6) == 0);
+  CHECK(strcmp(val(k, key), "0,1") == 0);
+  snprintf(key, sizeof key, "%s.dropped", ko);
+  CHECK(strcmp(val(k, key), "true") == 0);
+
+  /* Retired: v1 is told, and every key of the object goes. */
+  REQUIRE(ocap_kernel_retire_imports(k, "v2", one, 1) == 0);
+  CHECK(run(k, r, 1) > 0);
+  CHECK(r->n == 3 && strcmp(r->lines[2], "v1 retireExports o+1") == 0);
+  char *all = dump(k);
+  snprintf(key, sizeof key, "%s.", ko); /* ko<N>.owner, .refCount, .dropped */
+  CHECK(strstr(all, key) == NULL);
+  snprintf(key, sizeof key, ".c.%s", ko); /* both vats' entries */
+  CHECK(strstr(all, key) == NULL);
+  CHECK(strstr(all, "o+1") == NULL && strstr(all, "o-1") == NULL);
+  CHECK(strstr(all, "gcActions") == NULL);
+  free(all);
+
+  /* A reap runs before the run queue, and only once however often asked. */
+  REQUIRE(ocap_kernel_send(k, "kernel", root, &args, NULL) == 0);
+  REQUIRE(ocap_kernel_schedule_reap(k, "v2") == 0);
+  REQUIRE(ocap_kernel_schedule_reap(k, "v2") == 0);
+  CHECK(ocap_kernel_gc_work(k) == 1);
+  CHECK(run(k, r, 0) == 0);
+  CHECK(r->n == 5 && strcmp(r->lines[3], "v2 bringOutYourDead") == 0 &&
+        strncmp(r->lines[4], "v1 msg", 6) == 0);
+  CHECK(ocap_kernel_check(k) == 0);
+  free_kernel(k);
+  free(r);
+}
+
 int main(void) {
+  gc_faults();
   subscribers(100, 0, 0);
   subscribers(6, 3, 1);
   terminate_linear(3000);
