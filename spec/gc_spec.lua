@@ -325,6 +325,18 @@ describe('reaping', function()
     end
   end)
 
+  it('resolves reapVats() for a host that drives the kernel with pump()', function()
+    kernel = testing.makeKernel({ gc = { reapInterval = false } })
+    raw(kernel)
+    local settled = false
+    kernel:reapVats():next(function() settled = true end)
+    for _ = 1, 100 do
+      if not kernel:pump() then break end
+    end
+    assert.is_true(settled)
+    assert.equal(0, kernel.K:gcWork())
+  end)
+
   it('reapVats() and collectGarbage() reap every endpoint and resolve when done', function()
     kernel = testing.makeKernel({ gc = { reapInterval = false } })
     raw(kernel)

@@ -265,6 +265,7 @@ function M.serve(home)
     promise.drain()
     local ran, visible = K:drive(64, 512)
     if visible then kernel:_afterHostCode() end
+    kernel:_settleReaps() -- reapVats() promises whose reaps are done
     if promise.hasTurns() then
       kernel:_flushIfNeeded()
       promise.drain()

@@ -36,6 +36,7 @@ function M.pump(kernel, maxCranks)
   local moved = remote and remote:pump() or false
   local ran, visible = kernel.K:drive(maxCranks, GROUP_LIMIT)
   if visible then kernel:_afterHostCode() end
+  kernel:_settleReaps() -- reapVats() promises whose reaps are done
   if remote and remote:pump() then moved = true end
   if ran == 0 and not moved and not promise.hasTurns() then
     kernel:_flushIfNeeded()
