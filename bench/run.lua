@@ -222,6 +222,49 @@ scenario('remote chain of 100 calls (loopback)', function(name)
   end)
 end)
 
+-- IO channels (docs/io.md): a vat reading a file line by line, and a
+-- client's line echoed by a vat through a Unix socket channel.
+scenario('IO channel', function(name)
+  local rpc = require('ocap.core').rpc
+  local dir = testing.tempDir()
+  local n = 20000
+  local f = assert(io.open(dir .. '/lines', 'w'))
+  for i = 1, n do f:write('line number ', i, ' of the benchmark\n') end
+  f:close()
+  -- The floor: the same reads from a host service that answers at once.
+  local served = 0
+  local fake = require('ocap').makeDefaultExo('fake', { read = function()
+    served = served + 1
+    if served <= n then return 'line number of the benchmark' end
+  end })
+  local kernel = testing.makeKernel({ database = false, services = { fake = fake } })
+  local r = kernel:launchSubcluster({ bootstrap = 'user', vats = { user = { sourceSpec = 'spec/vats/io_user.lua' } },
+    services = { 'fake' }, io = { f = { type = 'file', path = dir .. '/lines', direction = 'in' },
+      s = { type = 'socket', path = dir .. '/s.sock' } } }):await()
+  local t0 = now()
+  assert(kernel:queueMessage(r.rootKref, 'count', { 'fake' }):await() == n)
+  local serviceRate = n / (now() - t0)
+  t0 = now()
+  assert(kernel:queueMessage(r.rootKref, 'count', { 'f' }):await() == n)
+  local dt = now() - t0
+  report(name .. ': file lines read by a vat', n / dt, 'lines/s', ('%d in %.2f s; %.2fx the %d /s of a host service '
+    .. 'answering at once'):format(n, dt, (n / dt) / serviceRate, math.floor(serviceRate)))
+  local fd = assert(rpc.connect(dir .. '/s.sock'))
+  local m = 2000
+  t0 = now()
+  for i = 1, m do
+    rpc.send(fd, 'ping ' .. i .. '\n')
+    kernel:queueMessage(r.rootKref, 'echoN', { 's', 1 }):await()
+    local got = ''
+    while not got:find('\n') do got = got .. assert(rpc.recv(fd)) end
+  end
+  dt = now() - t0
+  report(name .. ': socket line echoed by a vat', m / dt, 'round trips/s',
+    ('%d in %.2f s: client -> vat read -> vat write -> client'):format(m, dt))
+  rpc.close(fd)
+  kernel:stop()
+end)
+
 scenario('restart a kernel holding 1,000 idle vats', function(name)
   local db = testing.tempDir()
   local kernel = makeKernel(db)

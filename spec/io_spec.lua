@@ -224,6 +224,19 @@ describe('IO channels', function()
       assert.is_nil(kernel.K:kvGet('kernelService.io:' .. r.subclusterId .. ':t'))
     end)
 
+    it('stays as launched across an upgrade, which cannot change it', function()
+      local io = { u = { type = 'socket', path = dir .. '/u.sock' } }
+      local r = launch(io)
+      local e = support.rejection(kernel:upgradeSubcluster(r.subclusterId, cluster({
+        u = { type = 'socket', path = dir .. '/other.sock' } })))
+      assert.equal(('upgradeSubcluster(%s): ClusterConfig.io: an upgrade cannot change the IO channels '
+        .. '(bootstrap, which receives them, does not run again)'):format(r.subclusterId), e.message)
+      kernel:upgradeSubcluster(r.subclusterId, cluster(io)):await()
+      local fd = connect(dir .. '/u.sock')
+      rpc.send(fd, 'upgraded\n')
+      assert.same({ ok = true, value = 'upgraded' }, call(r.rootKref, 'read', 'u'))
+    end)
+
     it('is reopened after a restart, under the same kref', function()
       local db = testing.tempDir()
       local path = dir .. '/r.sock'

@@ -187,6 +187,10 @@ function M.upgradeSubcluster(kernel, id, cfg)
     return rejected(('%s: ClusterConfig.services: an upgrade cannot change the services (bootstrap, which '
       .. 'receives them, does not run again)'):format(where))
   end
+  if marshal.serializeData(sc.config.io or {}).body ~= marshal.serializeData(cfg.io or {}).body then
+    return rejected(('%s: ClusterConfig.io: an upgrade cannot change the IO channels (bootstrap, which '
+      .. 'receives them, does not run again)'):format(where))
+  end
   if cfg.forceReset then
     return rejected(where .. ': ClusterConfig.forceReset: an upgrade keeps the subcluster\'s state')
   end

@@ -42,6 +42,12 @@ function M.buildRootObject(_vatPowers, _parameters, baggage)
       end
       return n
     end,
+    -- Reads to the end and says how many lines there were.
+    count = function(_, name)
+      local n = 0
+      while E(chan(name)).read():await() ~= nil do n = n + 1 end
+      return n
+    end,
     ping = function(_, x) return x end,
   })
 end
