@@ -611,6 +611,70 @@ static int test_reentrant(void) {
   return fails;
 }
 
+/* Counts the host loop's turns (a check handle runs once per turn). */
+typedef struct turns {
+  uv_check_t check;
+  int turns;
+} turns_t;
+
+static void count_turn(uv_check_t *c) {
+  ((turns_t *)c->data)->turns++;
+}
+
+static void stop_counting(void *ud, int ok, const char *text) {
+  turns_t *t = ud;
+  seen_t *s = t->check.loop->data;
+  s->results++;
+  s->ok = ok;
+  snprintf(s->text, sizeof s->text, "%s", text);
+  uv_close((uv_handle_t *)&t->check, NULL);
+}
+
+/* An attached kernel runs long work in bounded batches: the host loop
+ * turns (its check handle runs) many times before the result arrives. */
+static int test_attached_batches(void) {
+  int fails = 0;
+  char dir[] = "/tmp/ocap-embed-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  write_file(dir, "loop-cluster.lua",
+             "return { bootstrap = 'looper', vats = {\n"
+             "  looper = { sourceSpec = '" OCAP_SOURCE_DIR "/spec/vats/looper.lua',\n"
+             "    globals = { 'setTimeout' } },\n"
+             "  echo = { sourceSpec = '" OCAP_SOURCE_DIR "/spec/vats/echo.lua' } } }\n");
+  ocap_host_options_t opts = {.base_dir = dir, .logger = quiet};
+  ocap_host_t *h = NULL;
+  CHECK(ocap_host_new(&opts, &h, NULL) == 0);
+  if (h == NULL)
+    return fails;
+  seen_t s = {.host = h};
+  uv_loop_t loop;
+  CHECK(uv_loop_init(&loop) == 0);
+  loop.data = &s;
+  CHECK(ocap_host_attach_loop(h, &loop) == 0);
+  char config[600];
+  snprintf(config, sizeof config, "%s/loop-cluster.lua", dir);
+  CHECK(ocap_host_launch_file(h, config, on_result, &s) == 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  const char *k = strstr(s.text, "\"rootKref\":\"");
+  char looper[32] = "";
+  CHECK(s.ok && k != NULL && sscanf(k + 12, "%31[^\"]", looper) == 1);
+  turns_t t = {0};
+  uv_check_init(&loop, &t.check);
+  t.check.data = &t;
+  uv_check_start(&t.check, count_turn);
+  /* 400 round trips to the echo vat: 800 cranks, 64 at most per batch. */
+  CHECK(ocap_host_queue_message(h, looper, "relay", "[400]", stop_counting, &t) == 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(s.ok && strcmp(s.text, "400") == 0);
+  CHECK(t.turns >= 800 / 64 - 1);
+  ocap_host_free(h);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(&loop) == 0);
+  remove(config);
+  rmdir(dir);
+  return fails;
+}
+
 /* A vat timer on an attached kernel: the host loop wakes the kernel when
  * the kernel's own loop is due (its backend descriptor and timeout), so
  * uv_run does not return before the timer's result arrives. */
@@ -674,6 +738,7 @@ int main(void) {
   fails += test_script();
   fails += test_attached();
   fails += test_attached_vat_timer();
+  fails += test_attached_batches();
   fails += test_references();
   fails += test_capdata();
   fails += test_free_in_service();
