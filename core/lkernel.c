@@ -163,10 +163,11 @@ struct lkernel {
   size_t nlive;  /* records in it */
   runtime_t *runtime;
   int in_step;
-  lua_Integer reap_interval; /* deliveries to a vat between reaps; 0: never */
-  int host_ran;              /* host Lua code ran during this crank (K:drive stops) */
-  lvat_t *delivering;        /* the vat whose state is running now, if any */
-  lvat_t *ran;               /* the vat the current crank delivered to, if any */
+  lua_Integer reap_interval;   /* deliveries to a vat between reaps; 0: never */
+  lua_Integer host_since_reap; /* the same count for the host's own endpoint */
+  int host_ran;                /* host Lua code ran during this crank (K:drive stops) */
+  lvat_t *delivering;          /* the vat whose state is running now, if any */
+  lvat_t *ran;                 /* the vat the current crank delivered to, if any */
 };
 
 static void release_runtime(runtime_t *rt);
@@ -1292,6 +1293,15 @@ static int deliver_host(lkernel_t *lk, const ocap_delivery_t *d) {
   lua_State *L = lk->L;
   if (!L || lk->host_dispatch_ref == LUA_NOREF)
     return 0;
+  /* The host's heap is reaped like a vat's (deliver_vat): otherwise the
+   * presences host code lets go of, and the exports they keep alive in
+   * the vats, would pile up until the host asks for a collection. */
+  if (d->type == OCAP_DELIVER_BRING_OUT_YOUR_DEAD)
+    lk->host_since_reap = 0;
+  else if (lk->reap_interval > 0 && ++lk->host_since_reap >= lk->reap_interval) {
+    lk->host_since_reap = 0;
+    ocap_kernel_schedule_reap(lk->k, "kernel");
+  }
   STACK_CHECK_BEGIN(L);
   lk->host_ran = 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->host_dispatch_ref);

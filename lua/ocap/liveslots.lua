@@ -805,11 +805,11 @@ function M.make(opts)
   end
 
   --- A full collection, so that the weak tables hold exactly what the heap
-  --- still reaches: twice, as an object a finalizer revives is only freed
-  --- by the next cycle. A vat's sandbox has no collectgarbage: there the
-  --- kernel's collectGarbage syscall does it.
+  --- still reaches. One cycle is enough: the tables liveslots reads have
+  --- weak values, which Lua clears of a dead object in the cycle that finds
+  --- it, even one a finalizer revives. A vat's sandbox has no
+  --- collectgarbage: there the kernel's collectGarbage syscall does it.
   local collect = opts.collect or syscall.collectGarbage or (collectgarbage and function()
-    collectgarbage('collect')
     collectgarbage('collect')
   end)
 
