@@ -182,9 +182,11 @@ describe('reaping virtual objects through the kernel', function()
 end)
 
 --- A vat store in memory with the vatstore syscalls, for driving a
---- liveslots instance (and its heap, collected with collectgarbage) alone.
-local function fakeVat()
-  local kv, sent, retired = {}, {}, {}
+--- liveslots instance (and its heap, collected with collectgarbage) alone;
+--- kv, when given, is what the store holds at the start.
+local function fakeVat(kv)
+  kv = kv or {}
+  local sent, retired = {}, {}
   local function sorted()
     local keys = {}
     for k in pairs(kv) do keys[#keys + 1] = k end
@@ -248,7 +250,8 @@ describe('the virtual object manager', function()
     assert.equal(2, #vat.keys('durable.state.'))
     assert.same({}, vat.reap())
     assert.same({}, vat.keys('durable.state.'))
-    assert.same({}, vat.keys('vom.'))
+    assert.same({}, vat.keys('vom.es.'))
+    assert.same({}, vat.keys('vom.dirty.'))
     assert.same({}, vat.keys('gc.rc.'))
   end)
 
@@ -293,7 +296,8 @@ describe('the virtual object manager', function()
     vat.ls.dispatch('dropExports', { vref })
     assert.same({ vref }, vat.reap())
     assert.same({}, vat.keys('durable.state.'))
-    assert.same({}, vat.keys('vom.'))
+    assert.same({}, vat.keys('vom.es.'))
+    assert.same({}, vat.keys('vom.dirty.'))
   end)
 
   it('deletes a kit only when no facet is held', function()
@@ -337,7 +341,8 @@ describe('the virtual object manager', function()
     assert.same({ 2, 0, 0, 0 }, entries)
     assert.same({ 6, 4, 0, 0 }, states)
     assert.same({}, vat.keys('vc.2|'))
-    assert.same({}, vat.keys('vom.'))
+    assert.same({}, vat.keys('vom.es.'))
+    assert.same({}, vat.keys('vom.dirty.'))
   end)
 
   it('refuses to prepare a kit kind again with other facets', function()
@@ -349,5 +354,26 @@ describe('the virtual object manager', function()
     other.kv['durable.facets.' .. vat.kv['durable.kind.Kit']] = 'a,c'
     assert.has_error(function() other.durable.prepareExoClassKit(other.baggage, 'Kit', nil, nil, facets) end,
       'prepareExoClassKit "Kit": facets are a,b, but the kind was made with a,c (a kind keeps its facets)')
+  end)
+
+  it('keeps objects made before export statuses were kept until the kernel drops them', function()
+    -- A vat store an older ocap wrote: an instance and a store the kernel
+    -- may hold, with no vom.es key saying so.
+    local vat = fakeVat({
+      ['durable.kind.Thing'] = '1', ['durable.next'] = '3', ['durable.state.1:2'] = '\n#{"n":7,"other":false}',
+      ['storeNext'] = '3', ['vc.2|label'] = 'old', ['vc.2|size'] = '0',
+      ['vom.dirty.o+d3/1:2'] = '1', ['vom.dirty.o+d1/2'] = '1',
+    })
+    assert.same({}, vat.reap())
+    assert.equal(1, #vat.keys('durable.state.'))
+    assert.equal(1, #vat.keys('vc.2|label'))
+    vat.ls.dispatch('dropExports', { 'o+d3/1:2', 'o+d1/2' })
+    assert.same({ 'o+d1/2', 'o+d3/1:2' }, vat.reap())
+    assert.same({}, vat.keys('durable.state.'))
+    assert.same({}, vat.keys('vc.2|'))
+    -- New objects are not taken for old ones.
+    vat.makeThing(1)
+    vat.reap()
+    assert.same({}, vat.keys('durable.state.'))
   end)
 end)

@@ -64,6 +64,42 @@ function M.make(syscall, ls)
     set(DIRTY .. base, '1')
   end
 
+  -- A database written before this manager existed holds objects whose
+  -- export status was never recorded: the kernel may hold any of them.
+  -- `vom.since` keeps the durable and store ids handed out when the
+  -- manager first ran in this vat; an older object without a status
+  -- counts as exported (held) until the kernel drops it, and one the
+  -- kernel retired is recorded as "n" (never exported).
+  local since = get('vom.since')
+  if not since then
+    since = storedCount(get, 'durable.next', 1) .. ' ' .. storedCount(get, 'storeNext', 2)
+    set('vom.since', since)
+  end
+  local durableSince, storeSince = since:match('^(%d+) (%d+)$')
+  durableSince, storeSince = tonumber(durableSince), tonumber(storeSince)
+  if not durableSince then
+    error(('corrupt database: vat store key "vom.since" holds %q, which is not two counts'):format(
+      since:sub(1, 40)), 0)
+  end
+
+  --- Whether base was made before export statuses were recorded.
+  local function legacy(base)
+    if ssub(base, 1, 5) == 'o+d1/' then return tonumber(ssub(base, 6)) < storeSince end
+    return tonumber(smatch(base, ':(%d+)$')) < durableSince
+  end
+
+  --- The export status of vref: "r" (the kernel reaches it), "s" (it can
+  --- only recognize it), or nil (the kernel does not know it).
+  local function exportStatus(vref, base)
+    local es = get(ES .. vref)
+    if es == nil then
+      if legacy(base) then return 'r' end
+      return nil
+    end
+    if es == 'n' then return nil, true end
+    return es, true
+  end
+
   --- The vrefs that share base's fate: its facets for a kit.
   local function vrefsOf(base)
     if ssub(base, 1, 5) ~= 'o+d4/' then return { base } end
@@ -133,7 +169,7 @@ function M.make(syscall, ls)
     for i = 1, #vrefs do
       local vref = vrefs[i]
       local base = baseOf(vref)
-      if base and get(ES .. vref) == 'r' then
+      if base and exportStatus(vref, base) == 'r' then
         set(ES .. vref, 's')
         markDirty(base)
       end
@@ -145,8 +181,8 @@ function M.make(syscall, ls)
     for i = 1, #vrefs do
       local vref = vrefs[i]
       local base = baseOf(vref)
-      if base and get(ES .. vref) then
-        del(ES .. vref)
+      if base and exportStatus(vref, base) then
+        if legacy(base) then set(ES .. vref, 'n') else del(ES .. vref) end
         markDirty(base)
       end
     end
@@ -170,19 +206,17 @@ function M.make(syscall, ls)
       return 0
     end
     local vrefs = vrefsOf(base)
-    local status = {}
+    local status, stored = {}, {}
     for i = 1, #vrefs do
-      status[i] = get(ES .. vrefs[i])
+      status[i], stored[i] = exportStatus(vrefs[i], base)
       if status[i] == 'r' then
         del(DIRTY .. base)
         return 0
       end
     end
     for i = 1, #vrefs do
-      if status[i] then
-        del(ES .. vrefs[i])
-        retire[#retire + 1] = vrefs[i]
-      end
+      if status[i] then retire[#retire + 1] = vrefs[i] end
+      if stored[i] then del(ES .. vrefs[i]) end
     end
     local used, done = 1, true
     if ssub(base, 1, 5) == 'o+d1/' then
