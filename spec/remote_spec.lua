@@ -164,6 +164,53 @@ describe('remote kernels', function()
     assert.are.equal(1, delta)
   end)
 
+  it('hands a reference to a third kernel (third-party handoff)', function()
+    -- This kernel holds the other process's echo and gives it to a third
+    -- kernel, which withdraws it from the other process directly.
+    local third = newKernel { remote = { listen = '127.0.0.1:0' } }
+    finally(function() third:stop() end)
+    local got
+    local sink = ocap.makeDefaultExo('sink', {
+      use = function(_, obj)
+        got = obj
+        return E(obj).ping(11)
+      end,
+    })
+    local remoteSink = kernel:redeemOcapURL(third:issueOcapURL(sink)):await()
+    assert.are.equal(11, E(remoteSink).use(echo):await())
+    -- The third kernel got a promise of an import of the other process,
+    -- not of this kernel.
+    assert.matches('^ocapn import %d+ of ' .. peer.locator:match('^ocapn://(%x+)%.'), tostring(got:await()))
+    assert.are.equal(2, third:getStatus().remoteComms.sessions)
+  end)
+
+  it('refuses a withdraw-gift that does not hold, and the session goes on', function()
+    local c = client.connect(newKernel(), peer.locator)
+    finally(function() c:close() end)
+    c:hello()
+    local crypto = require('ocap.core').crypto
+    local function withdraw(receive, resolver)
+      local sig = crypto.sign(c.sk, syrup.encode(receive))
+      c:send(captp.op('op:deliver', captp.desc('desc:export', 0), captp.list(syrup.symbol('withdraw-gift'),
+        captp.op('desc:sig-envelope', receive, captp.sigValue(sig))), false,
+        captp.desc('desc:import-object', resolver)))
+      local args = c:expectTo(resolver)
+      assert.are.equal(syrup.symbol('break'), args[1])
+      return args[2].message
+    end
+    local give = captp.op('desc:handoff-give', captp.pubkeyValue(c.pk), captp.peerValue(c.peer),
+      syrup.bytes(('s'):rep(32)), syrup.bytes(('g'):rep(32)), syrup.bytes('gift'))
+    local signedGive = captp.op('desc:sig-envelope', give, captp.sigValue(crypto.sign(c.sk, syrup.encode(give))))
+    assert.are.equal('withdraw-gift: not a signed desc:handoff-give', withdraw(captp.op('desc:handoff-receive',
+      syrup.bytes('x'), syrup.bytes('y'), 0, 'not a give'), 1))
+    assert.are.equal('withdraw-gift: the handoff names another receiving session', withdraw(captp.op(
+      'desc:handoff-receive', syrup.bytes(('r'):rep(32)), syrup.bytes('y'), 0, signedGive), 2))
+    local boot = c:fetch(peer.url:match('/s/([^?]+)'), 0, 3)
+    c:send(captp.op('op:deliver', boot, captp.list(syrup.symbol('ping'), 9), false,
+      captp.desc('desc:import-object', 4)))
+    assert.are.equal(9, c:expectTo(4)[2])
+  end)
+
   it('fetches sturdyrefs by swiss number, and refuses unknown ones', function()
     local again = kernel:redeemOcapURL(peer.url):await()
     assert.are.equal(5, E(again).ping(5):await())

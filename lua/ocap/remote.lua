@@ -157,6 +157,8 @@ function M.start(kernel, opts)
     sessions = {},     -- peer designator -> the session in use for it
     waiting = {},      -- peer designator -> functions to run once it is open
     sturdy = {},       -- swiss -> object, for objects the host registered
+    gifts = {},        -- gifter session id .. gift id -> a deposited gift
+    giftWaiters = {},  -- the same -> resolver of a withdraw-gift that came first
     dirty = {},        -- sessions with bytes to write
     counts = { aborted = 0, gcExports = 0, gcAnswers = 0 },
     closed = false,
@@ -214,7 +216,7 @@ function Remote:_newSession(conn, outbound, peer)
     questions = {}, nextQuestion = 0,
     gcQueue = {}, gcAnswers = {},
   }
-  c.internal[0] = function(method, args) return self:_bootstrap(method, args) end
+  c.internal[0] = function(method, args) return self:_bootstrap(c, method, args) end
   self.conns[conn] = c
   return c
 end
@@ -432,7 +434,8 @@ function Remote:_out(c, v, depth)
   local info = importInfo[v]
   if info then
     if info.c == c then return desc('desc:export', info.pos) end
-    error('third-party handoffs are not supported: the reference belongs to another peer', 0)
+    if info.c.closed then error(info.c.lostError, 0) end
+    return self:_give(c, info)
   end
   local k = kind(v)
   if k then
@@ -467,7 +470,12 @@ function Remote:_in(c, v, depth)
   local k = kind(v)
   if k == 'record' then
     local name = label(v)
-    if name == 'desc:import-object' then
+    if name == 'desc:sig-envelope' then
+      -- A handoff-give stands for the object it hands off; any other
+      -- signed record (a handoff-receive) stays as signed, byte for byte.
+      if label(v.args[1]) == 'desc:handoff-give' then return self:_receiveHandoff(c, v) end
+      return v
+    elseif name == 'desc:import-object' then
       local pos = descPos(v, name) or violation('malformed %s', name)
       return self:_import(c, pos)
     elseif name == 'desc:import-promise' then
@@ -761,7 +769,7 @@ function Remote:_lookupSwiss(swiss)
   end
 end
 
-function Remote:_bootstrap(method, args)
+function Remote:_bootstrap(c, method, args)
   if method == 'fetch' then
     local swiss = args[1]
     if kind(swiss) == 'bytes' then swiss = swiss.bytes end
@@ -770,10 +778,131 @@ function Remote:_bootstrap(method, args)
     if obj == nil then error(pass.makeError('fetch: no object for this swiss number'), 0) end
     return obj
   end
-  if method == 'deposit-gift' or method == 'withdraw-gift' then
-    error(pass.makeError(method .. ': third-party handoffs are not supported by this peer'), 0)
-  end
+  if method == 'deposit-gift' then return self:_deposit(c, args[1], args[2]) end
+  if method == 'withdraw-gift' then return self:_withdraw(c, args[1]) end
   error(pass.makeError(('the bootstrap object has no method %q'):format(tostring(method))), 0)
+end
+
+-- ---- third-party handoffs ----
+--
+-- A gifter G that holds a reference to an object of exporter E and sends it
+-- to receiver R deposits it with E under a gift id (deposit-gift) and sends
+-- R a desc:handoff-give signed with G's key in the G-E session, naming R's
+-- key in the G-R session. R opens (or uses) a session with E and withdraws
+-- the gift with a desc:handoff-receive, signed with that key, that names
+-- the R-E session and a handoff count R never used in it (no replay).
+
+--- The id of a session: SHA-256 twice over "prot0" and both side ids,
+--- sorted.
+local function sessionId(c)
+  if not c.id then
+    local a, b = captp.sideId(c.pk), captp.sideId(c.theirPk)
+    if b < a then a, b = b, a end
+    c.id = crypto.sha256(crypto.sha256('prot0' .. a .. b))
+  end
+  return c.id
+end
+
+local function bytesOf(v)
+  if kind(v) == 'bytes' then return v.bytes end
+  if type(v) == 'string' then return v end
+end
+
+--- The signed record and signature of a `<desc:sig-envelope ...>` whose
+--- record has the given label, or nil.
+local function openEnvelope(v, name)
+  if label(v) ~= 'desc:sig-envelope' or #v.args ~= 2 or label(v.args[1]) ~= name then return nil end
+  local sig = captp.parseSig(v.args[2])
+  if not sig then return nil end
+  return v.args[1], sig
+end
+
+local function handoffError(what)
+  error(pass.makeError('withdraw-gift: ' .. what), 0)
+end
+
+--- deposit-gift on our bootstrap object, from gifter session c.
+function Remote:_deposit(c, giftId, ref)
+  giftId = bytesOf(giftId)
+  if not giftId then error(pass.makeError('deposit-gift: the gift id must be bytes'), 0) end
+  local key = sessionId(c) .. giftId
+  local waiter = self.giftWaiters[key]
+  if waiter then
+    self.giftWaiters[key] = nil
+    waiter(ref)
+  else
+    self.gifts[key] = ref
+  end
+end
+
+--- withdraw-gift on our bootstrap object, from receiver session c: the
+--- gift, or a promise of it until the gifter deposits it.
+function Remote:_withdraw(c, signedReceive)
+  local receive, rsig = openEnvelope(signedReceive, 'desc:handoff-receive')
+  if not receive or #receive.args ~= 4 then handoffError('not a signed desc:handoff-receive') end
+  local rsession, _, count, signedGive = unpack(receive.args, 1, 4)
+  local give, gsig = openEnvelope(signedGive, 'desc:handoff-give')
+  if not give or #give.args ~= 5 then handoffError('not a signed desc:handoff-give') end
+  local receiverKey = captp.parsePubkey(give.args[1])
+  local gsession, gifterSide, giftId = bytesOf(give.args[3]), bytesOf(give.args[4]), bytesOf(give.args[5])
+  if not receiverKey or not gsession or not gifterSide or not giftId then
+    handoffError('malformed desc:handoff-give')
+  end
+  if bytesOf(rsession) ~= sessionId(c) then handoffError('the handoff names another receiving session') end
+  if math.type(count) ~= 'integer' or count < 0 then handoffError('bad handoff count') end
+  c.handoffCounts = c.handoffCounts or {}
+  if c.handoffCounts[count] then handoffError(('handoff count %d was used before'):format(count)) end
+  if not crypto.verify(receiverKey, syrup.encode(receive), rsig) then handoffError('bad receiver signature') end
+  local gifter
+  for _, s in pairs(self.conns) do
+    if s.state == 'open' and sessionId(s) == gsession then gifter = s end
+  end
+  if not gifter then handoffError('no session with the gifter') end
+  if captp.sideId(gifter.theirPk) ~= gifterSide or not crypto.verify(gifter.theirPk, syrup.encode(give), gsig) then
+    handoffError('bad gifter signature')
+  end
+  c.handoffCounts[count] = true
+  local key = gsession .. giftId
+  local gift = self.gifts[key]
+  if gift ~= nil then
+    self.gifts[key] = nil
+    return gift
+  end
+  local kit = promise.makePromiseKit()
+  self.giftWaiters[key] = kit.resolve
+  return kit.promise
+end
+
+--- A signed desc:handoff-give for the peer of session c, of an import of
+--- another session (info), deposited there as a gift.
+function Remote:_give(c, info)
+  local e = info.c
+  local giftId = crypto.random(32)
+  self:_send(e, op('op:deliver-only', desc('desc:export', 0),
+    list(sym('deposit-gift'), syrup.bytes(giftId), desc('desc:export', info.pos))))
+  local give = op('desc:handoff-give', captp.pubkeyValue(c.theirPk), captp.peerValue(e.peerLocation),
+    syrup.bytes(sessionId(e)), syrup.bytes(captp.sideId(e.pk)), syrup.bytes(giftId))
+  return op('desc:sig-envelope', give, captp.sigValue(crypto.sign(e.sk, syrup.encode(give))))
+end
+
+--- A promise of the object a desc:handoff-give from session c names: we
+--- open a session with its exporter and withdraw the gift.
+function Remote:_receiveHandoff(c, signedGive)
+  local give = openEnvelope(signedGive, 'desc:handoff-give')
+  local loc = give and #give.args == 5 and captp.parsePeer(give.args[2])
+  if not loc then violation('malformed desc:handoff-give') end
+  local kit = promise.makePromiseKit()
+  self:_withSession(loc, function(e, err)
+    if not e then return kit.reject(err) end
+    e.nextHandoff = e.nextHandoff or 0
+    local count = e.nextHandoff
+    e.nextHandoff = count + 1
+    local receive = op('desc:handoff-receive', syrup.bytes(sessionId(e)), syrup.bytes(captp.sideId(e.pk)), count,
+      signedGive)
+    local signed = op('desc:sig-envelope', receive, captp.sigValue(crypto.sign(c.sk, syrup.encode(receive))))
+    kit.resolve(self:_question(e, desc('desc:export', 0), 'withdraw-gift', pack(signed)))
+  end)
+  return kit.promise
 end
 
 -- ---- sending to imports ----
