@@ -110,7 +110,8 @@ void ocap_host_free(ocap_host_t *host);
 
 const char *ocap_host_errmsg(const ocap_host_t *host);
 
-/* Runs the kernel until it is idle (no cranks, no turns, no vat timers). */
+/* Runs the kernel until nothing is left to run now (no cranks, no turns,
+ * no vat timer that has fired); it does not wait for timers to come. */
 int ocap_host_run(ocap_host_t *host);
 
 /* Runs the kernel from handles on loop (see convention 8). */

@@ -70,11 +70,12 @@ local HANDLE_API = { 'new_idle', 'new_timer', 'new_prepare', 'new_poll' }
 --- from an idle handle while there is work; while the kernel waits on its
 --- own loop, a timer and a poll handle on that loop's descriptor wake it;
 --- a prepare handle (which does not keep the loop alive) notices, before
---- each wait, work that luv callbacks gave the kernel. An idle kernel holds
---- no active handle, so `uv.run()` returns once the host's own are done. opts: `batch`
---- (cranks per batch, default 64) and `onError(err)`, called when a batch
---- raises (the kernel is then detached); by default the error goes to the
---- kernel's logger.
+--- each wait, work that luv callbacks gave the kernel. An idle kernel
+--- holds no active handle, so `uv.run()` returns once the host's own are
+--- done. opts: `batch` (cranks per batch, default 64) and `onError(err)`,
+--- called when a batch raises (the kernel is then detached, since luv
+--- would end the process on an error raised from its callback); by
+--- default the error goes to the kernel's logger.
 function M.attach(kernel, uv, opts)
   if kernel.stopped then error('kernel is stopped', 3) end
   if kernel._attachment then error('attach: the kernel is already attached to a loop', 3) end
@@ -127,7 +128,7 @@ function M.attach(kernel, uv, opts)
     a.schedule()
   end
   -- Only work that luv callbacks gave the kernel needs this check: the
-  -- kernel's own sends wake it through kernel._wake.
+  -- kernel's own sends wake it through Attachment:wake (ocap.kernel).
   a.prepare:start(function()
     if not a.closed and not a.idle:is_active() and M.nextWakeup(kernel) == 0 then a.idle:start(run) end
   end)
