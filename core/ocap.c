@@ -494,8 +494,8 @@ int ocap_host_attach_loop(ocap_host_t *host, uv_loop_t *loop) {
 /* ---------------------------------------------------------------------- */
 /* Services and replies. */
 
-/* Registers a service whose methods get their arguments as JSON, or as
- * capdata when capdata is nonzero. */
+/* [-0, +0] Registers a service whose methods get their arguments as
+ * JSON, or as capdata when capdata is nonzero. */
 static int register_service(ocap_host_t *host, const char *name, const char *const *methods,
                             ocap_service_fn fn, void *ud, char *kref_out, size_t kref_size,
                             int capdata) {
@@ -549,8 +549,8 @@ int ocap_host_register_service_capdata(ocap_host_t *host, const char *name,
   return register_service(host, name, methods, fn, ud, kref_out, kref_size, 1);
 }
 
-/* Settles a reply with a result (JSON, or capdata when capdata is
- * nonzero) or a message, and frees it. */
+/* [-0, +0] Settles a reply with a result (JSON, or capdata when capdata
+ * is nonzero) or a message, and frees it. */
 static int reply_complete(ocap_reply_t *r, int ok, const char *text, int capdata) {
   if (r == NULL)
     return OCAP_EINVAL;
@@ -640,8 +640,8 @@ int ocap_host_run_script(ocap_host_t *host, const char *path) {
   return leave(host, rc);
 }
 
-/* Queues a message whose arguments and result are JSON, or capdata when
- * capdata is nonzero. */
+/* [-0, +0] Queues a message whose arguments and result are JSON, or
+ * capdata when capdata is nonzero. */
 static int queue_message(ocap_host_t *host, const char *target, const char *method,
                          const char *args, ocap_result_fn cb, void *ud, int capdata) {
   if (host == NULL || target == NULL || method == NULL)
