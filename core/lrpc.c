@@ -50,7 +50,7 @@ struct server {
   uv_signal_t *signals[2]; /* SIGTERM and SIGINT: a graceful stop */
   lua_State *L;            /* the main thread, in which callbacks run */
   int cb_ref;
-  int closed;
+  int closed; /* 1 once closing, 2 once its pipe is closed */
   int nconns; /* client connections not yet freed */
 };
 
@@ -66,11 +66,28 @@ static void free_handle(uv_handle_t *h) {
   free(h->data);
 }
 
+/* The server's record goes once its pipe is closed and its last client
+ * connection freed, whichever close callback runs last: libuv runs close
+ * callbacks newest first, so the pipe's, closed after the clients', would
+ * otherwise free the record before they read it. */
+static void server_release(server_t *s) {
+  if (s->closed == 2 && s->nconns == 0)
+    free(s);
+}
+
+static void server_pipe_freed(uv_handle_t *h) {
+  server_t *s = h->data;
+  s->closed = 2;
+  server_release(s);
+}
+
 static void conn_freed(uv_handle_t *h) {
   conn_t *c = (conn_t *)h;
-  c->srv->nconns--;
+  server_t *s = c->srv;
+  s->nconns--;
   free(c->buf);
   free(c);
+  server_release(s);
 }
 
 /* Closes c and drops the registry's hold on its Lua box, whose pointer is
@@ -321,7 +338,7 @@ static int server_close(lua_State *L) {
   s->pipe.data = s;
   box->s = NULL;
   uv_loop_t *loop = s->pipe.loop;
-  uv_close((uv_handle_t *)&s->pipe, free_handle);
+  uv_close((uv_handle_t *)&s->pipe, server_pipe_freed);
   uv_run(loop, UV_RUN_NOWAIT);
   return 0;
 }
