@@ -94,6 +94,33 @@ end
 scenario('vat-to-vat round trips (memory)', function(name) roundTrips(name, nil) end)
 scenario('vat-to-vat round trips (leveldb)', function(name) roundTrips(name, testing.tempDir()) end)
 
+-- What reaping costs a round trip (issue #12): the same round trips with
+-- reaping off and at the default interval (each vat's heap fully
+-- collected every 200 deliveries), alternated three times so that the
+-- machine's noise falls on both; the medians of the differences and of
+-- the ratios are printed.
+scenario('reaping cost per vat-to-vat round trip (memory)', function(name)
+  local function seconds(gc)
+    local kernel = testing.makeKernel({ gc = gc })
+    local r = kernel:launchSubcluster(twoVats()):await()
+    kernel:queueMessage(r.rootKref, 'pingPeer', { 'bob', 1000 }):await() -- warm up
+    local n = 30000
+    local t0 = now()
+    kernel:queueMessage(r.rootKref, 'pingPeer', { 'bob', n }):await()
+    local dt = now() - t0
+    kernel:stop()
+    return dt / n
+  end
+  local extra, ratios = {}, {}
+  for i = 1, 3 do
+    local off, on = seconds({ reapInterval = false }), seconds({ reapInterval = 200 })
+    extra[i], ratios[i] = (on - off) * 1e9, on / off
+  end
+  table.sort(extra)
+  table.sort(ratios)
+  report(name, extra[2], 'ns per round trip', ('%.3fx the time without reaping, medians of 3'):format(ratios[2]))
+end)
+
 local function hostMessages(name, db, n, durability, note)
   local kernel = testing.makeKernel({ database = db, durability = durability })
   local r = kernel:launchSubcluster(twoVats()):await()
