@@ -3,6 +3,7 @@
  * that libuv owns until both its handles are closed; Lua holds a box that
  * points at it, cleared when it closes, so that a late call on the box is
  * harmless. */
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -368,9 +369,36 @@ static const luaL_Reg server_methods[] = {
     {NULL, NULL},
 };
 
+#define WAIT_MAX_FDS 64
+
+/* net.wait(fds, timeout) -> ready  [-0, +1, e]
+ * Waits until one of the descriptors (the backend descriptors of several
+ * kernels' loops, K:loopBackend) is readable, or timeout milliseconds
+ * pass (-1: no limit). A host running several kernels in one Lua state
+ * waits on all their loops at once this way: one loop's uv_run would
+ * sleep through the others' IO. */
+static int net_wait(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer timeout = luaL_checkinteger(L, 2);
+  struct pollfd fds[WAIT_MAX_FDS];
+  lua_Integer n = luaL_len(L, 1);
+  luaL_argcheck(L, n >= 0 && n <= WAIT_MAX_FDS, 1, "between 0 and 64 descriptors");
+  for (lua_Integer i = 0; i < n; i++) {
+    lua_geti(L, 1, i + 1);
+    fds[i].fd = (int)luaL_checkinteger(L, -1);
+    fds[i].events = POLLIN;
+    fds[i].revents = 0;
+    lua_pop(L, 1);
+  }
+  int rc = poll(fds, (nfds_t)n, timeout < 0 ? -1 : (int)(timeout > 1000000 ? 1000000 : timeout));
+  lua_pushinteger(L, rc < 0 ? 0 : rc);
+  return 1;
+}
+
 static const luaL_Reg net_functions[] = {
     {"listen", net_listen},
     {"connect", net_connect},
+    {"wait", net_wait},
     {NULL, NULL},
 };
 

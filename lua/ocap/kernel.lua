@@ -93,15 +93,25 @@ local function drive(isSettled, wait)
       flushAll()
       -- Idle: only the event loop (vat timers) can still change anything.
       if not wait then return end
-      local waited = false
+      local waiting = {}
       for kernel in pairs(liveKernels) do
-        if not kernel.stopped and kernel.K:loopAlive() then
-          kernel.K:runLoop(true)
-          waited = true
-          break
-        end
+        if not kernel.stopped and kernel.K:loopAlive() then waiting[#waiting + 1] = kernel end
       end
-      if not waited then return end
+      if #waiting == 0 then return end
+      if #waiting == 1 then
+        waiting[1].K:runLoop(true)
+      else
+        -- Several kernels (remote peers in one process, say): wait on all
+        -- their loops at once, then run each one's ready callbacks.
+        local fds, timeout = {}, -1
+        for i, kernel in ipairs(waiting) do
+          local fd, t = kernel.K:loopBackend()
+          fds[i] = fd
+          if t >= 0 and (timeout < 0 or t < timeout) then timeout = t end
+        end
+        core.net.wait(fds, timeout)
+        for _, kernel in ipairs(waiting) do kernel.K:runLoop(false) end
+      end
     end
   end
 end
