@@ -158,6 +158,7 @@ describe('ocap run', function()
     ['frobnicate'] = "ocap: unknown command frobnicate (see 'ocap --help')\n",
     ['version now'] = "ocap version: unexpected argument now (see 'ocap version --help')\n",
     ['help frobnicate'] = "ocap help: unknown command frobnicate (see 'ocap help --help')\n",
+    ['test --frobnicate'] = "ocap test: unknown/bad flag: --frobnicate (see 'ocap test --help')\n",
   }
   for args, message in pairs(usageErrors) do
     it('exits 2 with one line for a usage error: ocap ' .. args, function()

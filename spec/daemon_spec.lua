@@ -262,6 +262,35 @@ describe('ocap daemon', function()
     assert.matches('^purged', out)
   end)
 
+  it("runs IO channels on its loop: a vat waiting on read() wakes when a client sends", function()
+    local home = newHome()
+    local _, err, code = daemon(home, 'start')
+    assert.are.equal(0, code, err)
+    local sock = home:match('^(.*)/[^/]*$') .. '/chan.sock'
+    local out
+    out, err, code = daemon(home, 'exec launchSubcluster ' .. q(cjson.encode({ { bootstrap = 'u',
+      io = { chan = { type = 'socket', path = sock } },
+      vats = { u = { sourceSpec = SRC_ABS .. '/spec/vats/io_user.lua' } } } })))
+    assert.are.equal(0, code, err)
+    local root = cjson.decode(out).rootKref
+    -- The read is asked for first: the daemon must wake for the client.
+    local fd = assert(rpc.connect(home .. '/daemon.sock'))
+    assert.is_true(rpc.send(fd, cjson.encode({ jsonrpc = '2.0', id = 9, method = 'queueMessage',
+      params = { root, 'read', { 'chan' } } }) .. '\n'))
+    -- Meanwhile the daemon answers others.
+    assert.are.equal(0, select(3, daemon(home, 'status')))
+    local client = assert(rpc.connect(sock))
+    assert.is_true(rpc.send(client, 'hello daemon\n'))
+    local got, why = rpc.recv(fd)
+    assert(got, tostring(why) .. slurp(home .. "/daemon.log"))
+    local answer = cjson.decode(got:match('^(.-)\n'))
+    assert.are.same({ ok = true, value = 'hello daemon' }, answer.result)
+    rpc.close(fd)
+    rpc.close(client)
+    _, err, code = daemon(home, 'stop')
+    assert.are.equal(0, code, err)
+  end)
+
   it('keeps serving while a request waits for its promise', function()
     local home = newHome()
     local base = home:match('^(.*)/[^/]*$')

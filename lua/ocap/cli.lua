@@ -238,7 +238,8 @@ a .busted file in the current directory is honoured, except its `lua`.
 A failing test is reported at the spec's own line, followed by the log
 of the kernels ocap.testing made for it.
 
-Exit status: 0 when every test passed, 1 otherwise.
+Exit status: 0 when every test passed, 1 otherwise, 2 for an option busted
+does not know.
 ]]
 
 local function cmdTest(args)
@@ -255,6 +256,23 @@ local function cmdTest(args)
   -- busted start another process without ocap's modules: stay here.
   local argv = { [0] = 'ocap test', '--ignore-lua' }
   for i = 1, #args do argv[#argv + 1] = args[i] end
+  -- busted's own parser, run first, so that a bad option is a usage error
+  -- (one line, status 2) and not busted's exit with status 1.
+  local okCli, cli = pcall(function()
+    local options = require('pl.tablex').update(require 'busted.options', { standalone = false })
+    local c = require('busted.modules.cli')(options)
+    c:set_name('ocap test')
+    return c
+  end)
+  local asksHelp = false
+  for _, a in ipairs(args) do asksHelp = asksHelp or isHelp(a) end
+  if okCli and not asksHelp then
+    local parsed, perr = cli:parse({ table.unpack(argv) })
+    if not parsed then
+      local msg = tostring(perr):gsub('^ocap test: error: ', ''):gsub(';?%s*re%-run with %-%-help for usage%.$', '')
+      return usageError('test', msg)
+    end
+  end
   _G.arg = argv
   -- busted names itself after the chunk that calls its runner (a call
   -- that must not be a tail call, which would hide the chunk).

@@ -266,11 +266,15 @@ function M.serve(home)
     local ran, visible = K:drive(64, 512)
     if visible then kernel:_afterHostCode() end
     kernel:_settleReaps() -- reapVats() promises whose reaps are done
-    if promise.hasTurns() then
+    -- Turns may have been queued during the batch (its poll of the loop
+    -- runs IO callbacks, which settle host promises); running them may
+    -- queue cranks, so the daemon sleeps only when no turn ran either.
+    local turned = promise.hasTurns()
+    if turned then
       kernel:_flushIfNeeded()
       promise.drain()
     end
-    if ran == 0 and not promise.hasTurns() and #queue == 0 and not ctx.stopping then
+    if ran == 0 and not turned and not promise.hasTurns() and #queue == 0 and not ctx.stopping then
       -- Idle: commit, then sleep until a client, a timer or IO wakes us.
       kernel:_flushIfNeeded()
       K:runLoop(true)
