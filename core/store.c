@@ -26,12 +26,15 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #define _XOPEN_SOURCE 700 /* realpath */
+#define _GNU_SOURCE       /* dladdr, RTLD_NOLOAD and RTLD_NODELETE */
 
 #include "store.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -905,6 +908,30 @@ static int count_keys(ocap_store_t *s) {
   return 0;
 }
 
+/*
+ * LevelDB compacts on a thread it starts at the first compaction and never
+ * stops: between compactions it waits on a condition variable in the
+ * library's static storage, for the life of the process. When Lua closes a
+ * state it unloads the C modules the state loaded, and with ocap's module
+ * goes LevelDB if nothing else holds it: the waiting thread's condition
+ * variable is then unmapped, and the next signal that thread takes aborts
+ * the process ("The futex facility returned an unexpected error code").
+ * So the library that holds LevelDB (a shared libleveldb, or the module
+ * itself when it is linked in statically) is made undeletable before the
+ * first database is opened.
+ */
+static void pin_leveldb(void) {
+  union {
+    leveldb_t *(*fn)(const leveldb_options_t *, const char *, char **);
+    void *p;
+  } open_fn = {leveldb_open};
+  Dl_info info;
+  if (dladdr(open_fn.p, &info) != 0 && info.dli_fname != NULL)
+    (void)dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+static pthread_once_t pin_leveldb_once = PTHREAD_ONCE_INIT;
+
 int ocap_store_open_leveldb(const char *dir, int durability, ocap_store_t **out, char **errmsg) {
   ocap_store_t *s = NULL;
   enum dir_state state;
@@ -979,6 +1006,7 @@ int ocap_store_open_leveldb(const char *dir, int durability, ocap_store_t **out,
   leveldb_options_set_cache(s->options, s->block_cache);
   /* Bloom filters make the existence check of a brand-new key cheap. */
   leveldb_options_set_filter_policy(s->options, s->filter);
+  pthread_once(&pin_leveldb_once, pin_leveldb);
   s->db = leveldb_open(s->options, canon, &lerr);
   if (lerr != NULL) {
     rc = open_error(dir, lerr, &msg);
