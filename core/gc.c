@@ -645,6 +645,23 @@ int ocap_kernel_abandon_exports(ocap_kernel_t *k, const char *ep, const char *co
   return gc_call(k, ep, "abandonExports", -1, refs, n);
 }
 
+int ocap_kernel_reachable_imports(ocap_kernel_t *k, const char *ep,
+                                  int (*each)(void *ud, const char *vref), void *ud) {
+  if (ocap__is_kernel_ep(ep) || !ocap__valid_ep(ep))
+    return ocap__fail(k, OCAP_EINVAL, "invalid vat '%.60s'", ep);
+  char(*krefs)[OCAP_REF_MAX] = NULL;
+  long n = ocap__clist_krefs(k, ep, "ko", &krefs);
+  int rc = n < 0 ? (int)n : 0;
+  for (long i = 0; i < n && !rc; i++) {
+    char eref[OCAP_REF_MAX];
+    int reach;
+    rc = ocap__clist_entry(k, ep, krefs[i], eref, &reach);
+    rc = rc > 0 && reach && eref[1] == '-' ? each(ud, eref) : rc < 0 ? rc : 0;
+  }
+  free(krefs);
+  return rc;
+}
+
 int ocap_kernel_pin(ocap_kernel_t *k, const char *kref) {
   ocap__objinfo_t o;
   if (!ocap__valid_kref(kref) || kref[1] != 'o')

@@ -244,6 +244,11 @@ int ocap_kernel_retire_imports(ocap_kernel_t *k, const char *ep, const char *con
 int ocap_kernel_retire_exports(ocap_kernel_t *k, const char *ep, const char *const *refs, size_t n);
 int ocap_kernel_abandon_exports(ocap_kernel_t *k, const char *ep, const char *const *refs,
                                 size_t n);
+/* Calls each(ud, vref) for every import of vat ep the kernel counts
+ * reachable from it (its c-list entries not dropped), until it returns
+ * nonzero (which is returned). */
+int ocap_kernel_reachable_imports(ocap_kernel_t *k, const char *ep,
+                                  int (*each)(void *ud, const char *vref), void *ud);
 /* Keeps an object whatever its counts (vat roots, kernel services), until
  * its owner is terminated. */
 int ocap_kernel_pin(ocap_kernel_t *k, const char *kref);

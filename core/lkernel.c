@@ -1751,6 +1751,26 @@ static int k_reap_all(lua_State *L) {
   return 0;
 }
 
+/* [-0, +0, m] Appends vref to the table on top of the stack (ud: L). */
+static int push_vref(void *ud, const char *vref) {
+  lua_State *L = ud;
+  lua_pushstring(L, vref);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  return 0;
+}
+
+/* K:reachableImports(vatId) -> { vref... }  [-0, +1, e]
+ * The imports the kernel counts reachable from the vat, in byte order of
+ * their krefs. */
+static int k_reachable_imports(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  const char *ep = luaL_checkstring(L, 2);
+  lua_newtable(L);
+  if (ocap_kernel_reachable_imports(lk->k, ep, push_vref, L))
+    return raise_kernel(L, lk);
+  return 1;
+}
+
 /* K:gcWork() -> integer  [-0, +1, e] GC actions and reaps waiting. */
 static int k_gc_work(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
@@ -2652,6 +2672,7 @@ static const luaL_Reg kernel_methods[] = {
     {"setReapInterval", k_set_reap_interval},
     {"reapAll", k_reap_all},
     {"gcWork", k_gc_work},
+    {"reachableImports", k_reachable_imports},
     {NULL, NULL},
 };
 

@@ -108,11 +108,10 @@ local function verify(db, acks, durability)
     assert.is_true(deposited[id], 'transfer ' .. id .. ' was withdrawn but not deposited')
     receipts = receipts + 1
   end
-  -- Receipts were collected: those left (beyond the 5 roots and the
-  -- kernel facet) are the ones a vat's heap took in after its last reap
-  -- before a kill, which the new heap does not know (docs/gc.md) and so
-  -- keeps reachable; still counted, never freed while named.
-  assert.is_true(objects - 6 < receipts / 2, ('%d objects left of %d receipts'):format(objects - 6, receipts))
+  -- Every receipt was collected, even those a heap took in after its last
+  -- reap before a kill: only the 5 roots and the kernel facet are left.
+  assert.is_true(receipts > 0)
+  assert.equal(6, objects)
   return acked
 end
 

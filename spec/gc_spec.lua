@@ -399,6 +399,23 @@ describe('garbage collection end to end (liveslots and kernel)', function()
     assert.equal(s0.keys, kernel:stats().keys)
   end)
 
+  it('frees, after a restart, what the previous heap took in after its last reap', function()
+    kernel = testing.makeKernel({ database = testing.tempDir(), gc = { reapInterval = false } })
+    local alice, bob = launch()
+    assert.equal(3, E(alice).churn(bob, 2):await())
+    kernel:collectGarbage():await()
+    local s0 = kernel:stats()
+    assert.equal(55, E(alice).churn(bob, 10):await()) -- no reap: all still counted
+    assert.equal(s0.objects + 10, kernel:stats().objects)
+    kernel = testing.restart(kernel)
+    local ids = kernel:getSubclusters()[1].vats
+    alice = kernel:getPresence(kernel.K:krefOf(ids.alice, 'o+0'), 'churner')
+    bob = kernel:getPresence(kernel.K:krefOf(ids.bob, 'o+0'), 'churner')
+    assert.equal(1, E(alice).churn(bob, 1):await()) -- both heaps start again
+    kernel:collectGarbage():await()
+    assert.equal(s0.objects, kernel:stats().objects)
+  end)
+
   it('frees what the host was given and let go of', function()
     kernel = testing.makeKernel({ gc = { reapInterval = false } })
     local _, bob = launch()

@@ -558,6 +558,16 @@ function Kernel:_restartVatState(vatId)
   -- The heap that would have resolved the previous incarnation's promises
   -- is gone: their callers learn it now instead of waiting forever.
   self:_rejectPreviousIncarnation(vatId)
+  -- The new heap learns every import the kernel counts reachable from the
+  -- vat, in the keys its runtime keeps them under (`gc.i.<vref>`, which
+  -- it writes only at reap points): at its first reap point it drops
+  -- those it does not hold, even those the previous heap took in after
+  -- its last reap (docs/gc.md).
+  local K = self.K
+  for _, vref in ipairs(K:reachableImports(vatId)) do
+    local key = 'vs.' .. vatId .. '.gc.i.' .. vref
+    if not K:kvGet(key) then K:kvSet(key, '1') end
+  end
   local bundle = self:_get('vatBundle.' .. vatId)
   local ok, err = self:_startVat(vatId, rec, bundle)
   if not ok then
