@@ -211,6 +211,35 @@ describe('remote kernels', function()
     assert.are.equal(9, c:expectTo(4)[2])
   end)
 
+  it('selects parts of answers before they settle (op:index, op:get)', function()
+    local c = client.connect(newKernel(), peer.locator)
+    finally(function() c:close() end)
+    c:hello()
+    local boot = c:fetch(peer.url:match('/s/([^?]+)'), 0, 1)
+    -- echo's echoAll answers a list, echo a struct; ask for parts of them
+    -- in the same write, before either answer settled.
+    local batch = {
+      captp.op('op:deliver', boot, captp.list(syrup.symbol('echoAll'), 'x', 'y'), 1,
+        captp.desc('desc:import-object', 2)),
+      captp.op('op:index', captp.desc('desc:answer', 1), 1, 3),
+      captp.op('op:listen', captp.desc('desc:answer', 3), captp.desc('desc:import-object', 4), false),
+      captp.op('op:deliver', boot, captp.list(syrup.symbol('echo'), { size = 'big' }), 5,
+        captp.desc('desc:import-object', 6)),
+      captp.op('op:get', captp.desc('desc:answer', 5), syrup.symbol('size'), 7),
+      captp.op('op:listen', captp.desc('desc:answer', 7), captp.desc('desc:import-object', 8), false),
+    }
+    for i, m in ipairs(batch) do batch[i] = syrup.encode(m) end
+    c:send(table.concat(batch))
+    local got = {}
+    while not (got[4] and got[8]) do
+      local msg = assert(c:expect('op:deliver-only'))
+      local pos = captp.descPos(msg.args[1], 'desc:export')
+      if pos then got[pos] = msg.args[2] end
+    end
+    assert.are.same({ syrup.symbol('fulfill'), 'y' }, { got[4][1], got[4][2] })
+    assert.are.same({ syrup.symbol('fulfill'), 'big' }, { got[8][1], got[8][2] })
+  end)
+
   it('fetches sturdyrefs by swiss number, and refuses unknown ones', function()
     local again = kernel:redeemOcapURL(peer.url):await()
     assert.are.equal(5, E(again).ping(5):await())
