@@ -66,8 +66,15 @@ static void tables_abort(void *ud, int cleared) {
   ocap__gc_abort(k, cleared);
 }
 
+int ocap_kernel_sync(ocap_kernel_t *k) {
+  return ocap__queue_sync(k);
+}
+
 int ocap_kernel_check(ocap_kernel_t *k) {
-  int rc = ocap__counters_check(k);
+  int rc = ocap_kernel_sync(k);
+  if (rc)
+    return rc;
+  rc = ocap__counters_check(k);
   if (!rc)
     rc = ocap__queue_check(k);
   if (!rc)
@@ -96,6 +103,9 @@ void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
   } else if (strncmp(buf, "kp", 2) == 0 && dot) {
     buf[dot - buf] = '\0';
     ocap__promises_forget(k, buf);
+  } else if (dot && strcmp(dot, ".queuedBytes") == 0) {
+    buf[dot - buf] = '\0';
+    ocap__queued_forget(k, buf);
   } else if (dot && strncmp(dot, ".c.", 3) == 0) {
     buf[dot - buf] = '\0';
     ocap__clists_forget(k, buf);
@@ -128,6 +138,9 @@ int ocap_kernel_new(ocap_store_t *store, const ocap_kernel_hooks_t *hooks, ocap_
 void ocap_kernel_free(ocap_kernel_t *k) {
   if (!k)
     return;
+  /* The store keeps what was committed: a kernel opened on it next must
+   * find the tables written later than at each commit too. */
+  ocap_kernel_sync(k);
   ocap_store_set_hooks(k->s, NULL);
   ocap__queue_free(k);
   ocap__promises_free(k);
@@ -279,7 +292,7 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
   if (!rc)
     rc = ocap__delv(k, "%s.nextPromiseId", ep);
   if (!rc)
-    rc = ocap__delv(k, "%s.queuedBytes", ep);
+    rc = ocap__clear_queued(k, ep);
   if (!rc && k->hooks.terminated)
     k->hooks.terminated(k->hooks.ud, ep, reason->body, reason->blen);
   return rc;

@@ -118,6 +118,8 @@ typedef struct ocap_kernel_hooks {
  * the store's hooks (store.h): one kernel per store, freed before the
  * store is closed. */
 int ocap_kernel_new(ocap_store_t *store, const ocap_kernel_hooks_t *hooks, ocap_kernel_t **out);
+/* Frees the kernel after writing its committed state into the store
+ * (ocap_kernel_sync); the store is left open. */
 void ocap_kernel_free(ocap_kernel_t *k);
 ocap_store_t *ocap_kernel_store(ocap_kernel_t *k);
 /* Why the last call failed: a kernel failure's message while one is
@@ -141,9 +143,19 @@ int ocap_kernel_note_failure(ocap_kernel_t *k, int code, const char *what);
 void ocap_kernel_clear_failure(ocap_kernel_t *k);
 
 /*
+ * Brings the store up to date with the tables the kernel writes later than
+ * at each commit (the run queue, docs/storage.md): their committed state
+ * is written straight to the store's committed layer, leaving the crank
+ * buffer alone, so it may be called at any time, inside a crank too. Call
+ * it before flushing and before reading the store from outside the kernel.
+ * Returns 0 or a negative code (a kernel failure, recorded).
+ */
+int ocap_kernel_sync(ocap_kernel_t *k);
+
+/*
  * Testing hook: checks that every table the kernel keeps in memory
  * (docs/storage.md) holds what the store holds, as it must between a
- * commit or an abort and the next change. Returns 0, or OCAP_ECORRUPT
+ * commit or an abort and the next change (it syncs first). Returns 0, or OCAP_ECORRUPT
  * with ocap_kernel_errmsg() naming the first key that differs.
  */
 int ocap_kernel_check(ocap_kernel_t *k);

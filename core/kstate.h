@@ -5,7 +5,9 @@
  *
  * Conventions:
  *  1. Everything the kernel knows is in the store under the keys listed in
- *     docs/storage.md at every commit. That is what makes a crank atomic:
+ *     docs/storage.md at every commit, but for the run queue, which is
+ *     there from the next ocap_kernel_sync (before every flush and every
+ *     read of the store from outside the kernel) on. That is what makes a crank atomic:
  *     abort the store's crank buffer (and, by convention 6, the tables in
  *     memory with it) and every table is back.
  *  2. Keys are formatted from a format with only %s and %lld in it. A key
@@ -19,15 +21,16 @@
  *     fault (an illegal syscall) is reported with ocap__fail instead.
  *  5. Functions that read return 1 found, 0 missing, or a negative OCAP_E*
  *     code; functions that write return 0 or a negative code.
- *  6. The hottest tables (the id counters, the run queue, the promises'
- *     records but their data, the objects and the c-lists) are kept in memory
- *     between commits: they are changed in place, written to the
- *     crank buffer as final states when the store commits, and put back
- *     when it aborts, through the store's hooks (store.h). The keys and
- *     values in the store are the same as if they were written at once, so
- *     the store still holds the whole state at every commit. They are read
- *     from the store when first used, which is when a damaged value is
- *     found.
+ *  6. The hottest tables (the id counters, the run queue and the vats'
+ *     queued bytes, the promises' records but their data, the objects and
+ *     the c-lists) are kept in memory between commits: they are changed in
+ *     place, written to the crank buffer as final states when the store
+ *     commits, and put back when it aborts, through the store's hooks
+ *     (store.h). The keys and values in the store are the same as if they
+ *     were written at once, so the store still holds the whole state at
+ *     every commit (the run queue excepted: see convention 1). They are
+ *     read from the store when first used, which is when a damaged value
+ *     is found.
  */
 #ifndef OCAP_KSTATE_H
 #define OCAP_KSTATE_H

@@ -1503,12 +1503,25 @@ static int k_close(lua_State *L) {
   return k_gc(L);
 }
 
+/*
+ * [-0, +0, e] Brings the store up to date with the tables the kernel writes
+ * later than at each commit (ocap_kernel_sync), before the host reads or
+ * writes the store itself or flushes it. A failure raises. Returns 0.
+ */
+static int sync_tables(lua_State *L, lkernel_t *lk) {
+  int rc = ocap_kernel_sync(lk->k);
+  if (rc)
+    return luaL_error(L, "store write failed: %s", ocap_kernel_errmsg(lk->k));
+  return 0;
+}
+
 /* K:kvGet(key) -> value | nil  [-0, +1, e] */
 static int k_kv_get(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   size_t kl, vl;
   const char *key = luaL_checklstring(L, 2, &kl), *val;
-  int rc = ocap_store_get(lk->s, key, kl, &val, &vl);
+  int rc = sync_tables(L, lk);
+  rc = ocap_store_get(lk->s, key, kl, &val, &vl);
   if (rc < 0)
     return luaL_error(L, "store read failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(lk->s));
   if (rc == 1)
@@ -1524,7 +1537,8 @@ static int k_kv_set(lua_State *L) {
   size_t kl, vl;
   const char *key = luaL_checklstring(L, 2, &kl);
   const char *val = luaL_checklstring(L, 3, &vl);
-  int rc = ocap_store_set(lk->s, key, kl, val, vl);
+  int rc = sync_tables(L, lk);
+  rc = ocap_store_set(lk->s, key, kl, val, vl);
   if (rc)
     return luaL_error(L, "store write failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(lk->s));
   ocap_kernel_forget(lk->k, key, kl);
@@ -1536,7 +1550,8 @@ static int k_kv_delete(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   size_t kl;
   const char *key = luaL_checklstring(L, 2, &kl);
-  int rc = ocap_store_delete(lk->s, key, kl);
+  int rc = sync_tables(L, lk);
+  rc = ocap_store_delete(lk->s, key, kl);
   if (rc)
     return luaL_error(L, "store delete failed: %s: %s", ocap_strerror(rc),
                       ocap_store_errmsg(lk->s));
@@ -1558,7 +1573,8 @@ static int k_kv_next(lua_State *L) {
     after = prefix;
     al = pl;
   }
-  int rc = ocap_store_next_key(lk->s, prefix, pl, after, al, inclusive, &key, &kl);
+  int rc = sync_tables(L, lk);
+  rc = ocap_store_next_key(lk->s, prefix, pl, after, al, inclusive, &key, &kl);
   if (rc < 0)
     return luaL_error(L, "store scan failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(lk->s));
   if (rc == 1)
@@ -1570,7 +1586,9 @@ static int k_kv_next(lua_State *L) {
 
 /* K:kvCount() -> integer  [-0, +1, e] */
 static int k_kv_count(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)ocap_store_count(checkkernel(L, 1)->s));
+  lkernel_t *lk = checkkernel(L, 1);
+  sync_tables(L, lk);
+  lua_pushinteger(L, (lua_Integer)ocap_store_count(lk->s));
   return 1;
 }
 
@@ -1600,6 +1618,7 @@ static int k_abort(lua_State *L) {
 /* K:flush()  [-0, +0, e] */
 static int k_flush(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
+  sync_tables(L, lk);
   int rc = ocap_store_flush(lk->s);
   if (rc)
     return luaL_error(L, "flush failed: %s", ocap_strerror(rc));
@@ -1608,7 +1627,9 @@ static int k_flush(lua_State *L) {
 
 /* K:pending() -> integer  [-0, +1, e] */
 static int k_pending(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)ocap_store_pending(checkkernel(L, 1)->s));
+  lkernel_t *lk = checkkernel(L, 1);
+  sync_tables(L, lk); /* what waits in the tables is pending too */
+  lua_pushinteger(L, (lua_Integer)ocap_store_pending(lk->s));
   return 1;
 }
 
@@ -1948,7 +1969,8 @@ static int k_drive(lua_State *L) {
     if (rc == 0)
       break;
     ran++;
-    if ((lua_Integer)ocap_store_pending(lk->s) >= group && (rc = ocap_store_flush(lk->s)) != 0)
+    if ((lua_Integer)ocap_store_pending(lk->s) >= group &&
+        (sync_tables(L, lk) || (rc = ocap_store_flush(lk->s)) != 0))
       return luaL_error(L, "flush failed: %s", ocap_strerror(rc));
     if (lk->host_ran) {
       visible = 1;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "idtable.h"
 #include "promise.h"
 #include "refs.h"
 
@@ -26,7 +27,30 @@ typedef struct item {
  * only has to move the bounds back. The one committed item a crank can
  * change is the last one, when a notify joins it: its committed text waits
  * in `undo` until the crank ends.
+ *
+ * The queue is not written at each commit: most items are queued by one
+ * crank and taken by the next, and writing each one and then deleting it
+ * was a tenth of a round trip. `shead` and `stail` are the bounds the store
+ * holds, and `slast` says that the store's last item (stail - 1) was
+ * changed since (a notify joined it). ocap__queue_sync writes the committed
+ * state over them, straight to the committed layer, whenever someone reads
+ * the store from outside the kernel or before a flush (kernel.h,
+ * ocap_kernel_sync); items made and taken in between are never written.
  */
+/*
+ * A vat's `<vatId>.queuedBytes` in memory, like the queue (kstate.h,
+ * convention 6): every send and delivery of a vat changes it, so it is read
+ * from the store once and written at commit when it changed. `n` and `cn`
+ * are the count now and at the last commit, -1 when the key is absent. A
+ * record stays while the kernel is open (one per vat that sent), so that
+ * a count that keeps going back to none is not read again.
+ */
+typedef struct qbytes {
+  long long id; /* the N of vN */
+  long long n, cn;
+  int dirty;
+} qbytes_t;
+
 struct ocap__queue {
   int loaded;
   long long head, tail, chead, ctail;
@@ -34,6 +58,11 @@ struct ocap__queue {
   size_t mask;
   long long undo_at; /* the index of the changed committed item, or -1 */
   item_t undo;
+  long long shead, stail; /* the bounds the store holds */
+  int slast;              /* the store's item stail - 1 changed since */
+  ocap__idtable_t qb;     /* qbytes_t by vat number */
+  qbytes_t **qdirty;      /* the records this crank changed */
+  size_t nqdirty, capqdirty;
 };
 
 static item_t *slot(struct ocap__queue *q, long long n) {
@@ -110,7 +139,9 @@ static int queue_load(ocap_kernel_t *k) {
     free_items(q, head, q->tail);
     return rc;
   }
-  q->ctail = q->tail;
+  q->ctail = q->stail = q->tail;
+  q->shead = head;
+  q->slast = 0;
   q->loaded = 1;
   return 0;
 }
@@ -126,6 +157,10 @@ static int queue_load(ocap_kernel_t *k) {
 
 int ocap__queue_new(ocap_kernel_t *k) {
   k->q = calloc(1, sizeof *k->q);
+  if (k->q && ocap__idtable_init(&k->q->qb, 16)) {
+    free(k->q);
+    k->q = NULL;
+  }
   return k->q ? 0 : OCAP_ENOMEM;
 }
 
@@ -139,6 +174,8 @@ void ocap__queue_free(ocap_kernel_t *k) {
       free(q->undo.p);
   }
   free(q->v);
+  ocap__idtable_free(&q->qb, free);
+  free(q->qdirty);
   free(q);
 }
 
@@ -154,41 +191,111 @@ int ocap__queue_check(ocap_kernel_t *k) {
     rc = ocap__check_key(k, v, ocap__fmt_ll(v, q->tail), "runQueue.tail");
   for (long long n = q->head; n < q->tail && !rc; n++)
     rc = ocap__check_key(k, slot(q, n)->p, slot(q, n)->len, "runQueue.%lld", n);
+  size_t pos = 0;
+  qbytes_t *r;
+  while (!rc && (r = ocap__idtable_next(&q->qb, &pos)) != NULL) {
+    char ep[32];
+    ep[0] = 'v';
+    ep[1 + ocap__fmt_ll(ep + 1, r->id)] = '\0';
+    size_t vl = r->n >= 0 ? ocap__fmt_ll(v, r->n) : 0;
+    rc = ocap__check_key(k, r->n >= 0 ? v : NULL, vl, "%s.queuedBytes", ep);
+  }
   return rc;
 }
 
 void ocap__queue_forget(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
-  if (!q->loaded || q->head != q->chead || q->tail != q->ctail || q->undo_at >= 0)
+  if (!q->loaded || q->head != q->chead || q->tail != q->ctail || q->undo_at >= 0 ||
+      q->shead != q->chead || q->stail != q->ctail || q->slast)
     return;
   free_items(q, q->chead, q->ctail);
   q->loaded = 0;
 }
 
+/* Writes the queued-byte counts the crank changed. */
+static int qbytes_prepare(ocap_kernel_t *k) {
+  struct ocap__queue *q = k->q;
+  for (size_t i = 0; i < q->nqdirty; i++) {
+    qbytes_t *r = q->qdirty[i];
+    if (r->n == r->cn)
+      continue;
+    char ep[32];
+    ep[0] = 'v';
+    ep[1 + ocap__fmt_ll(ep + 1, r->id)] = '\0';
+    int rc =
+        r->n >= 0 ? ocap__seti(k, r->n, "%s.queuedBytes", ep) : ocap__delv(k, "%s.queuedBytes", ep);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+/* Ends the crank's changes to the counts, keeping or dropping them. */
+static void qbytes_end(struct ocap__queue *q, int keep) {
+  for (size_t i = 0; i < q->nqdirty; i++) {
+    qbytes_t *r = q->qdirty[i];
+    if (keep)
+      r->cn = r->n;
+    else
+      r->n = r->cn;
+    r->dirty = 0;
+  }
+  q->nqdirty = 0;
+}
+
 int ocap__queue_prepare(ocap_kernel_t *k) {
+  return qbytes_prepare(k);
+}
+
+/* The committed text of item n (chead <= n < ctail). */
+static const item_t *committed_item(struct ocap__queue *q, long long n) {
+  return n == q->undo_at ? &q->undo : slot(q, n);
+}
+
+/* Writes the committed queue over what the store holds (ocap__queue_sync). */
+static int queue_fill(void *ud) {
+  ocap_kernel_t *k = ud;
   struct ocap__queue *q = k->q;
   int rc = 0;
-  if (!q->loaded)
-    return 0;
-  for (long long n = q->chead; n < q->head && n < q->ctail && !rc; n++)
+  for (long long n = q->shead; n < q->chead && n < q->stail && !rc; n++)
     rc = ocap__delv(k, "runQueue.%lld", n);
-  for (long long n = q->head > q->ctail ? q->head : q->ctail; n < q->tail && !rc; n++)
-    rc = ocap__setn(k, slot(q, n)->p, slot(q, n)->len, "runQueue.%lld", n);
-  if (!rc && q->undo_at >= q->head)
-    rc = ocap__setn(k, slot(q, q->undo_at)->p, slot(q, q->undo_at)->len, "runQueue.%lld",
-                    q->undo_at);
-  if (!rc && q->head != q->chead)
-    rc = ocap__seti(k, q->head, "runQueue.head");
-  if (!rc && q->tail != q->ctail)
-    rc = ocap__seti(k, q->tail, "runQueue.tail");
+  for (long long n = q->chead > q->stail ? q->chead : q->stail; n < q->ctail && !rc; n++)
+    rc = ocap__setn(k, committed_item(q, n)->p, committed_item(q, n)->len, "runQueue.%lld", n);
+  long long last = q->stail - 1;
+  if (!rc && q->slast && last >= q->chead && last < q->ctail)
+    rc = ocap__setn(k, committed_item(q, last)->p, committed_item(q, last)->len, "runQueue.%lld",
+                    last);
+  if (!rc && q->chead != q->shead)
+    rc = ocap__seti(k, q->chead, "runQueue.head");
+  if (!rc && q->ctail != q->stail)
+    rc = ocap__seti(k, q->ctail, "runQueue.tail");
   return rc;
+}
+
+int ocap__queue_sync(ocap_kernel_t *k) {
+  struct ocap__queue *q = k->q;
+  if (!q->loaded || (q->shead == q->chead && q->stail == q->ctail && !q->slast))
+    return 0;
+  int rc = ocap_store_commit_direct(k->s, queue_fill, k);
+  if (rc) {
+    if (!k->err) /* fill records its own failures */
+      ocap__broken(k, rc, "store commit of the run queue failed: %s", ocap_strerror(rc));
+    return rc;
+  }
+  q->shead = q->chead;
+  q->stail = q->ctail;
+  q->slast = 0;
+  return 0;
 }
 
 void ocap__queue_done(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
+  qbytes_end(q, 1);
   if (!q->loaded)
     return;
   free_items(q, q->chead, q->head);
+  if (q->undo_at >= 0 && q->undo_at < q->stail)
+    q->slast = 1;
   if (q->undo_at >= 0)
     free(q->undo.p);
   q->undo_at = -1;
@@ -198,6 +305,9 @@ void ocap__queue_done(ocap_kernel_t *k) {
 
 void ocap__queue_abort(ocap_kernel_t *k, int cleared) {
   struct ocap__queue *q = k->q;
+  qbytes_end(q, 0);
+  if (cleared)
+    ocap__idtable_clear(&q->qb, free);
   if (!q->loaded)
     return;
   free_items(q, q->ctail, q->tail);
@@ -293,19 +403,109 @@ int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid) {
  * parked on promises) is kept under "<ep>.queuedBytes", absent when none.
  * A vat that is gone has no count, and nothing is charged to it any more.
  */
+/* The number N of a vat id "vN", or -1 for another endpoint. */
+static long long vat_number(const char *ep) {
+  if (ep[0] != 'v' || !ep[1] || (ep[1] == '0' && ep[2]))
+    return -1;
+  long long n = 0;
+  for (const char *c = ep + 1; *c; c++) {
+    if (*c < '0' || *c > '9' || n > COUNT_MAX / 10)
+      return -1;
+    n = n * 10 + (*c - '0');
+  }
+  return n;
+}
+
+/* The queued-byte record of vat ep, read from the store the first time;
+ * *out is NULL for an endpoint that is not a vat id. */
+static int qbytes_get(ocap_kernel_t *k, const char *ep, qbytes_t **out) {
+  struct ocap__queue *q = k->q;
+  long long id = vat_number(ep);
+  *out = NULL;
+  if (id < 0)
+    return 0;
+  qbytes_t *r = ocap__idtable_find(&q->qb, id);
+  if (!r) {
+    long long n;
+    int rc = ocap__get_count(k, -1, &n, "%s.queuedBytes", ep);
+    if (rc)
+      return rc;
+    r = calloc(1, sizeof *r);
+    if (!r || ocap__idtable_insert(&q->qb, r)) {
+      free(r);
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory reading %s.queuedBytes", ep);
+    }
+    r->id = id;
+    r->n = r->cn = n;
+  }
+  *out = r;
+  return 0;
+}
+
+/* Sets vat ep's count to n (-1: no key), listing the record as changed. */
+static int qbytes_set(ocap_kernel_t *k, qbytes_t *r, long long n) {
+  struct ocap__queue *q = k->q;
+  if (!r->dirty) {
+    if (q->nqdirty == q->capqdirty) {
+      size_t cap = q->capqdirty ? q->capqdirty * 2 : 16;
+      qbytes_t **d = realloc(q->qdirty, cap * sizeof *d);
+      if (!d)
+        return ocap__broken(k, OCAP_ENOMEM, "out of memory charging queued bytes");
+      q->qdirty = d;
+      q->capqdirty = cap;
+    }
+    q->qdirty[q->nqdirty++] = r;
+    r->dirty = 1;
+  }
+  r->n = n;
+  return 0;
+}
+
 int ocap__charge_queued(ocap_kernel_t *k, const char *ep, long long delta) {
+  qbytes_t *r;
   long long n;
-  int rc = ocap__get_count(k, -1, &n, "%s.queuedBytes", ep);
+  int rc = qbytes_get(k, ep, &r);
   if (rc)
+    return rc;
+  if (r)
+    n = r->n;
+  else if ((rc = ocap__get_count(k, -1, &n, "%s.queuedBytes", ep)) != 0)
     return rc;
   if (n < 0 && delta < 0)
     return 0;
   n = (n < 0 ? 0 : n) + delta;
+  if (n > COUNT_MAX)
+    return ocap__broken(k, OCAP_ECORRUPT, "count %lld for key '%s.queuedBytes' is out of range", n,
+                        ep);
+  if (r)
+    return qbytes_set(k, r, n > 0 ? n : -1);
   return n > 0 ? ocap__seti(k, n, "%s.queuedBytes", ep) : ocap__delv(k, "%s.queuedBytes", ep);
 }
 
+int ocap__clear_queued(ocap_kernel_t *k, const char *ep) {
+  qbytes_t *r;
+  int rc = qbytes_get(k, ep, &r);
+  if (rc)
+    return rc;
+  return r ? qbytes_set(k, r, -1) : ocap__delv(k, "%s.queuedBytes", ep);
+}
+
+void ocap__queued_forget(ocap_kernel_t *k, const char *ep) {
+  struct ocap__queue *q = k->q;
+  long long id = vat_number(ep);
+  qbytes_t *r = id < 0 ? NULL : ocap__idtable_find(&q->qb, id);
+  /* A changed record holds a count the store does not have yet. */
+  if (r && !r->dirty)
+    free(ocap__idtable_remove(&q->qb, id));
+}
+
 long long ocap_kernel_queued_bytes(ocap_kernel_t *k, const char *ep) {
+  qbytes_t *r;
   long long n;
+  if (qbytes_get(k, ep, &r))
+    return 0;
+  if (r)
+    return r->n < 0 ? 0 : r->n;
   return ocap__get_count(k, 0, &n, "%s.queuedBytes", ep) ? 0 : n;
 }
 

@@ -1,7 +1,8 @@
 /*
  * queue.h -- the run queue (internal to the kernel; see kstate.h).
  *
- * It is kept in memory as a ring (kstate.h, convention 6) and stored as
+ * It is kept in memory as a ring (kstate.h, convention 6) and stored, at
+ * each ocap_kernel_sync rather than at each commit, as
  * `runQueue.<n>` for n from `runQueue.head` to `runQueue.tail`
  * (docs/storage.md). Each item is either a send, "send <target> <result|->
  * [<sender>]\n<capdata>", or a notify, "notify <ep> <kpid> <kpid>...". An item holds a
@@ -19,6 +20,10 @@ void ocap__queue_free(ocap_kernel_t *k);
 int ocap__queue_prepare(ocap_kernel_t *k);
 void ocap__queue_done(ocap_kernel_t *k);
 void ocap__queue_abort(ocap_kernel_t *k, int cleared);
+/* Writes the queue's committed state into the store, which holds it only
+ * from then on (the queue is not written at each commit); a failure is a
+ * kernel failure. */
+int ocap__queue_sync(ocap_kernel_t *k);
 
 /* Appends an item as it is (its references already taken). */
 int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len);
@@ -29,6 +34,11 @@ int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result,
 /* Adds delta to the bytes vat ep has waiting in the kernel (<ep>.queuedBytes);
  * a vat that is gone is charged nothing. */
 int ocap__charge_queued(ocap_kernel_t *k, const char *ep, long long delta);
+/* Removes vat ep's count (its termination). The counts are kept in memory
+ * with the queue and written at commit; ocap__queued_forget drops the one
+ * of ep unless the crank changed it (ocap_kernel_forget). */
+int ocap__clear_queued(ocap_kernel_t *k, const char *ep);
+void ocap__queued_forget(ocap_kernel_t *k, const char *ep);
 /* Queues a notify of kpid to ep, merged into the last item when it can be. */
 int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid);
 /* Pops the head into b: 1 when there was an item, 0 when empty. */

@@ -93,6 +93,16 @@ void ocap_store_set_hooks(ocap_store_t *s, const ocap_store_hooks_t *hooks);
 
 /* Applies the crank buffer (see convention 6 for when it reaches disk). */
 int ocap_store_commit(ocap_store_t *s);
+/*
+ * Applies the writes fill(ud) makes (with ocap_store_set and
+ * ocap_store_delete, in a buffer of their own) straight to the committed
+ * layer, as a commit of their own that leaves the crank buffer and its
+ * pending writes as they are, and runs no hooks. For tables a layer above
+ * keeps in memory and writes later than at each commit: what they write
+ * here must be state that was already committed. Returns 0, fill's code,
+ * or the commit's; on failure nothing of it is applied.
+ */
+int ocap_store_commit_direct(ocap_store_t *s, int (*fill)(void *ud), void *ud);
 /* Drops the crank buffer. */
 void ocap_store_abort(ocap_store_t *s);
 /* Writes the committed-but-pending cranks in one write (fsync with FSYNC). */

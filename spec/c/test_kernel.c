@@ -98,7 +98,10 @@ static void free_kernel(ocap_kernel_t *k) {
   ocap_store_close(s);
 }
 
+/* Reading or writing the store from outside the kernel comes after a sync
+ * (kernel.h): the run queue is written there later than at each commit. */
 static int put(ocap_kernel_t *k, const char *key, const char *val) {
+  REQUIRE(ocap_kernel_sync(k) == 0);
   return ocap_store_set(ocap_kernel_store(k), key, strlen(key), val, strlen(val));
 }
 
@@ -106,6 +109,7 @@ static int put(ocap_kernel_t *k, const char *key, const char *val) {
  * as the kernel sees it in memory, as one malloc'd string. */
 static char *dump(ocap_kernel_t *k) {
   ocap_store_t *s = ocap_kernel_store(k);
+  REQUIRE(ocap_kernel_sync(k) == 0);
   size_t cap = 1 << 16, len = 0;
   char *out = malloc(cap), last[256] = "";
   size_t lastlen = 0;
@@ -363,6 +367,7 @@ static ocap_kernel_t *corrupt_case(ocap_kernel_t *k, record_t *r, const char *ke
   const char *old;
   size_t ol;
   char *saved = NULL;
+  REQUIRE(ocap_kernel_sync(k) == 0);
   if (ocap_store_get(s, key, strlen(key), &old, &ol) == 1) {
     REQUIRE((saved = malloc(ol + 1)) != NULL);
     memcpy(saved, old, ol);
@@ -379,6 +384,7 @@ static ocap_kernel_t *corrupt_case(ocap_kernel_t *k, record_t *r, const char *ke
     failures++;
   }
   CHECK(ocap_kernel_failed(k) == 0);
+  REQUIRE(ocap_kernel_sync(k) == 0);
   if (saved)
     REQUIRE(put(k, key, saved) == 0);
   else
@@ -479,6 +485,7 @@ static const char *val(ocap_kernel_t *k, const char *key) {
   static char buf[128];
   const char *v;
   size_t vl;
+  REQUIRE(ocap_kernel_sync(k) == 0);
   int rc = ocap_store_get(ocap_kernel_store(k), key, strlen(key), &v, &vl);
   if (rc != 1 || vl >= sizeof buf)
     return "";
