@@ -37,8 +37,7 @@ static int tables_prepare(void *ud) {
   int rc = ocap__gc_prepare(k);
   if (!rc)
     rc = ocap__counters_prepare(k);
-  if (!rc)
-    rc = ocap__queue_prepare(k);
+  /* The run queue is written by ocap_kernel_sync, not at each commit. */
   if (!rc)
     rc = ocap__promises_prepare(k);
   if (!rc)

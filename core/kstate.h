@@ -5,9 +5,10 @@
  *
  * Conventions:
  *  1. Everything the kernel knows is in the store under the keys listed in
- *     docs/storage.md at every commit, but for the run queue, which is
- *     there from the next ocap_kernel_sync (before every flush and every
- *     read of the store from outside the kernel) on. That is what makes a crank atomic:
+ *     docs/storage.md at every commit, but for the run queue and the
+ *     vats' queued bytes, which are there from the next ocap_kernel_sync
+ *     (before every flush and every read of the store from outside the
+ *     kernel) on. That is what makes a crank atomic:
  *     abort the store's crank buffer (and, by convention 6, the tables in
  *     memory with it) and every table is back.
  *  2. Keys are formatted from a format with only %s and %lld in it. A key
@@ -28,7 +29,7 @@
  *     commits, and put back when it aborts, through the store's hooks
  *     (store.h). The keys and values in the store are the same as if they
  *     were written at once, so the store still holds the whole state at
- *     every commit (the run queue excepted: see convention 1). They are
+ *     every commit (the run queue and queued bytes excepted: convention 1). They are
  *     read from the store when first used, which is when a damaged value
  *     is found.
  */

@@ -40,15 +40,18 @@ typedef struct item {
 /*
  * A vat's `<vatId>.queuedBytes` in memory, like the queue (kstate.h,
  * convention 6): every send and delivery of a vat changes it, so it is read
- * from the store once and written at commit when it changed. `n` and `cn`
- * are the count now and at the last commit, -1 when the key is absent. A
+ * from the store once and, like the queue, written when the kernel syncs
+ * (a message's bytes are charged and released again between two syncs).
+ * `n`, `cn` and `sn` are the count now, at the last commit and in the
+ * store, -1 when the key is absent. A
  * record stays while the kernel is open (one per vat that sent), so that
  * a count that keeps going back to none is not read again.
  */
 typedef struct qbytes {
   long long id; /* the N of vN */
-  long long n, cn;
-  int dirty;
+  long long n, cn, sn;
+  int dirty;    /* listed in qdirty */
+  int unsynced; /* listed in qsync */
 } qbytes_t;
 
 struct ocap__queue {
@@ -63,6 +66,8 @@ struct ocap__queue {
   ocap__idtable_t qb;     /* qbytes_t by vat number */
   qbytes_t **qdirty;      /* the records this crank changed */
   size_t nqdirty, capqdirty;
+  qbytes_t **qsync; /* the records whose committed count the store lacks */
+  size_t nqsync, capqsync;
 };
 
 static item_t *slot(struct ocap__queue *q, long long n) {
@@ -176,6 +181,7 @@ void ocap__queue_free(ocap_kernel_t *k) {
   free(q->v);
   ocap__idtable_free(&q->qb, free);
   free(q->qdirty);
+  free(q->qsync);
   free(q);
 }
 
@@ -212,25 +218,27 @@ void ocap__queue_forget(ocap_kernel_t *k) {
   q->loaded = 0;
 }
 
-/* Writes the queued-byte counts the crank changed. */
-static int qbytes_prepare(ocap_kernel_t *k) {
+/* Writes the committed queued-byte counts the store does not have yet
+ * (ocap__queue_sync); the records it wrote are marked by `sn` later. */
+static int qbytes_fill(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
-  for (size_t i = 0; i < q->nqdirty; i++) {
-    qbytes_t *r = q->qdirty[i];
-    if (r->n == r->cn)
+  for (size_t i = 0; i < q->nqsync; i++) {
+    qbytes_t *r = q->qsync[i];
+    if (r->cn == r->sn)
       continue;
     char ep[32];
     ep[0] = 'v';
     ep[1 + ocap__fmt_ll(ep + 1, r->id)] = '\0';
-    int rc =
-        r->n >= 0 ? ocap__seti(k, r->n, "%s.queuedBytes", ep) : ocap__delv(k, "%s.queuedBytes", ep);
+    int rc = r->cn >= 0 ? ocap__seti(k, r->cn, "%s.queuedBytes", ep)
+                        : ocap__delv(k, "%s.queuedBytes", ep);
     if (rc)
       return rc;
   }
   return 0;
 }
 
-/* Ends the crank's changes to the counts, keeping or dropping them. */
+/* Ends the crank's changes to the counts, keeping or dropping them; a
+ * count kept joins those the next sync writes (qbytes_set made room). */
 static void qbytes_end(struct ocap__queue *q, int keep) {
   for (size_t i = 0; i < q->nqdirty; i++) {
     qbytes_t *r = q->qdirty[i];
@@ -239,12 +247,12 @@ static void qbytes_end(struct ocap__queue *q, int keep) {
     else
       r->n = r->cn;
     r->dirty = 0;
+    if (keep && r->cn != r->sn && !r->unsynced) {
+      r->unsynced = 1;
+      q->qsync[q->nqsync++] = r;
+    }
   }
   q->nqdirty = 0;
-}
-
-int ocap__queue_prepare(ocap_kernel_t *k) {
-  return qbytes_prepare(k);
 }
 
 /* The committed text of item n (chead <= n < ctail). */
@@ -256,7 +264,9 @@ static const item_t *committed_item(struct ocap__queue *q, long long n) {
 static int queue_fill(void *ud) {
   ocap_kernel_t *k = ud;
   struct ocap__queue *q = k->q;
-  int rc = 0;
+  int rc = qbytes_fill(k);
+  if (rc || !q->loaded)
+    return rc;
   for (long long n = q->shead; n < q->chead && n < q->stail && !rc; n++)
     rc = ocap__delv(k, "runQueue.%lld", n);
   for (long long n = q->chead > q->stail ? q->chead : q->stail; n < q->ctail && !rc; n++)
@@ -274,7 +284,7 @@ static int queue_fill(void *ud) {
 
 int ocap__queue_sync(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
-  if (!q->loaded || (q->shead == q->chead && q->stail == q->ctail && !q->slast))
+  if ((!q->loaded || (q->shead == q->chead && q->stail == q->ctail && !q->slast)) && q->nqsync == 0)
     return 0;
   int rc = ocap_store_commit_direct(k->s, queue_fill, k);
   if (rc) {
@@ -282,9 +292,16 @@ int ocap__queue_sync(ocap_kernel_t *k) {
       ocap__broken(k, rc, "store commit of the run queue failed: %s", ocap_strerror(rc));
     return rc;
   }
-  q->shead = q->chead;
-  q->stail = q->ctail;
-  q->slast = 0;
+  if (q->loaded) {
+    q->shead = q->chead;
+    q->stail = q->ctail;
+    q->slast = 0;
+  }
+  for (size_t i = 0; i < q->nqsync; i++) {
+    q->qsync[i]->sn = q->qsync[i]->cn;
+    q->qsync[i]->unsynced = 0;
+  }
+  q->nqsync = 0;
   return 0;
 }
 
@@ -306,8 +323,10 @@ void ocap__queue_done(ocap_kernel_t *k) {
 void ocap__queue_abort(ocap_kernel_t *k, int cleared) {
   struct ocap__queue *q = k->q;
   qbytes_end(q, 0);
-  if (cleared)
+  if (cleared) {
     ocap__idtable_clear(&q->qb, free);
+    q->nqsync = 0;
+  }
   if (!q->loaded)
     return;
   free_items(q, q->ctail, q->tail);
@@ -436,7 +455,7 @@ static int qbytes_get(ocap_kernel_t *k, const char *ep, qbytes_t **out) {
       return ocap__broken(k, OCAP_ENOMEM, "out of memory reading %s.queuedBytes", ep);
     }
     r->id = id;
-    r->n = r->cn = n;
+    r->n = r->cn = r->sn = n;
   }
   *out = r;
   return 0;
@@ -453,6 +472,14 @@ static int qbytes_set(ocap_kernel_t *k, qbytes_t *r, long long n) {
         return ocap__broken(k, OCAP_ENOMEM, "out of memory charging queued bytes");
       q->qdirty = d;
       q->capqdirty = cap;
+    }
+    if (q->nqsync + q->nqdirty + 1 > q->capqsync) {
+      size_t cap = q->capqsync ? q->capqsync * 2 : 16;
+      qbytes_t **d = realloc(q->qsync, cap * sizeof *d);
+      if (!d)
+        return ocap__broken(k, OCAP_ENOMEM, "out of memory charging queued bytes");
+      q->qsync = d;
+      q->capqsync = cap;
     }
     q->qdirty[q->nqdirty++] = r;
     r->dirty = 1;
@@ -495,7 +522,7 @@ void ocap__queued_forget(ocap_kernel_t *k, const char *ep) {
   long long id = vat_number(ep);
   qbytes_t *r = id < 0 ? NULL : ocap__idtable_find(&q->qb, id);
   /* A changed record holds a count the store does not have yet. */
-  if (r && !r->dirty)
+  if (r && !r->dirty && !r->unsynced)
     free(ocap__idtable_remove(&q->qb, id));
 }
 

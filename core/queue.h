@@ -14,10 +14,9 @@
 #include "kstate.h"
 
 /* The queue's memory (kstate.h, convention 6), made and freed with the
- * kernel, and the store's hooks for it. */
+ * kernel, and the store's hooks for it (it has no prepare: see sync). */
 int ocap__queue_new(ocap_kernel_t *k);
 void ocap__queue_free(ocap_kernel_t *k);
-int ocap__queue_prepare(ocap_kernel_t *k);
 void ocap__queue_done(ocap_kernel_t *k);
 void ocap__queue_abort(ocap_kernel_t *k, int cleared);
 /* Writes the queue's committed state into the store, which holds it only
