@@ -62,7 +62,8 @@ enum ocap_delivery_type {
   OCAP_DELIVER_DROP_EXPORTS = 4,
   OCAP_DELIVER_RETIRE_EXPORTS = 5,
   OCAP_DELIVER_RETIRE_IMPORTS = 6,
-  OCAP_DELIVER_BRING_OUT_YOUR_DEAD = 7 /* a reap: nothing else */
+  OCAP_DELIVER_BRING_OUT_YOUR_DEAD = 7, /* a reap: nothing else */
+  OCAP_DELIVER_STOP_VAT = 8             /* the heap is about to be replaced: nothing else */
 };
 
 /* A delivery to an endpoint, already translated into its erefs. */

@@ -402,11 +402,11 @@ static void push_slots(lua_State *L, const ocap_capdata_t *cd) {
  */
 static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
   static const char *const gc_kind[] = {"dropExports", "retireExports", "retireImports",
-                                        "bringOutYourDead"};
+                                        "bringOutYourDead", "stopVat"};
   STACK_CHECK_BEGIN(L);
-  if (d->type >= OCAP_DELIVER_DROP_EXPORTS && d->type <= OCAP_DELIVER_BRING_OUT_YOUR_DEAD) {
+  if (d->type >= OCAP_DELIVER_DROP_EXPORTS && d->type <= OCAP_DELIVER_STOP_VAT) {
     lua_pushstring(L, gc_kind[d->type - OCAP_DELIVER_DROP_EXPORTS]);
-    if (d->type == OCAP_DELIVER_BRING_OUT_YOUR_DEAD) {
+    if (d->type >= OCAP_DELIVER_BRING_OUT_YOUR_DEAD) {
       STACK_CHECK_END(L, 1);
       return 1;
     }
@@ -1224,7 +1224,8 @@ static int deliver_vat(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, int
    * before the run queue's next item. */
   if (d->type == OCAP_DELIVER_BRING_OUT_YOUR_DEAD)
     rec->since_reap = 0;
-  else if (lk->reap_interval > 0 && ++rec->since_reap >= lk->reap_interval) {
+  else if (d->type != OCAP_DELIVER_STOP_VAT && lk->reap_interval > 0 &&
+           ++rec->since_reap >= lk->reap_interval) {
     rec->since_reap = 0;
     ocap_kernel_schedule_reap(lk->k, rec->id);
   }
@@ -2554,6 +2555,38 @@ static int k_stop_vat(lua_State *L) {
   return 0;
 }
 
+/* K:deliverStop(vatId) -> true | false, reason  [-0, +(1|2), e]
+ * Delivers stopVat to the vat's live heap, which an upgrade is about to
+ * replace: its runtime abandons the exports only that heap held and drops
+ * the imports only it held (docs/gc.md). What that does is written with
+ * the upgrade, and undone with it when the upgrade fails. true when it ran
+ * or there was no live heap; false and the reason when it failed (the
+ * heap is then not fit to keep). */
+static int k_deliver_stop(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  const char *id = luaL_checkstring(L, 2);
+  lvat_t *rec = find_vat(lk, id);
+  ocap_delivery_t d;
+  int fatal = 0;
+  char *why = NULL;
+  if (rec && rec == lk->delivering)
+    return luaL_error(L, "cannot stop vat %s while it is running", id);
+  if (!rec || !rec->vat) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  memset(&d, 0, sizeof d);
+  d.type = OCAP_DELIVER_STOP_VAT;
+  if (deliver_vat(lk, rec, &d, &fatal, &why) == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushboolean(L, 0);
+  lua_pushstring(L, why ? why : "stopVat failed");
+  free(why);
+  return 2;
+}
+
 /* K:holdVat(vatId) -> held  [-0, +1, e]
  * Sets the vat's live state aside, so that createVat can start a new
  * incarnation while the old one is kept for K:releaseHeld. held is false
@@ -2683,6 +2716,7 @@ static const luaL_Reg kernel_methods[] = {
     {"setRuntime", k_set_runtime},
     {"createVat", k_create_vat},
     {"stopVat", k_stop_vat},
+    {"deliverStop", k_deliver_stop},
     {"holdVat", k_hold_vat},
     {"releaseHeld", k_release_held},
     {"vatLive", k_vat_live},

@@ -495,6 +495,18 @@ describe('liveslots GC through a kernel', function()
     assert.equal(s0.objects, reaped().objects)
   end)
 
+  it('abandons, on upgrade, the ephemeral exports only the old heap held', function()
+    local vatId = kernel:getSubclusters()[2].vats.c
+    local t = E(maker).makeEphemeral():await()
+    assert.equal('hi', E(t).hi():await())
+    kernel:upgradeVat(vatId, { sourceSpec = MAKER }):await()
+    -- The kernel answers for the object: no message reaches the new
+    -- incarnation, which never had it.
+    local ok, err = pcall(function() return E(t).hi():await() end)
+    assert.is_false(ok)
+    assert.matches('%[KERNEL:OBJECT_DELETED%] Target object ko%d+ has been deleted', tostring(err.message or err))
+  end)
+
   it('lets a restarted kernel drop what only the old heap held', function()
     local db = testing.tempDir()
     local k1 = testing.makeKernel({ database = db, gc = { reapInterval = false } })

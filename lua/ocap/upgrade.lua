@@ -230,6 +230,13 @@ local function perform(kernel, job)
   local sc = plan(kernel, job)
   local ok, err = pcall(function()
     for _, v in ipairs(job.vats) do
+      -- The old heap lets go first: the exports only it held are
+      -- abandoned, the imports only it held dropped (docs/gc.md).
+      local stopped, reason = K:deliverStop(v.vatId)
+      if not stopped then
+        v.unfit = true
+        error(('vat %s (%s) failed to stop for its upgrade: %s'):format(v.vatId, v.rec.name, tostring(reason)), 0)
+      end
       K:holdVat(v.vatId)
       v.holding = true
       K:rejectDecided(v.vatId, kernelErrorBody('VAT_UPGRADED',
@@ -259,6 +266,9 @@ local function perform(kernel, job)
     K:abort()
     for _, v in ipairs(job.vats) do
       if v.holding then K:releaseHeld(v.vatId, true) end
+      -- A heap whose stopVat failed may be half stopped: it goes, and the
+      -- vat restarts from its store at its next delivery, as after a crash.
+      if v.unfit then K:stopVat(v.vatId) end
     end
     error(err, 0)
   end
