@@ -226,8 +226,9 @@ describe('ocap daemon', function()
     -- The last one asks something: served or turned away, it gets a line,
     -- and by then the daemon has dealt with every earlier connection (it
     -- accepts them in order, and tells the ones it turns away at once).
+    -- (One turned away may already be hung up on, so the send may fail.)
     local last = idle[#idle]
-    assert.is_true(rpc.send(last, '{"jsonrpc":"2.0","id":1,"method":"ping"}\n'))
+    rpc.send(last, '{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
     assert.truthy(rpc.recv(last))
     local busy = ('too many clients (limit %d)'):format(rpc.MAX_CLIENTS)
     local served, refused = 0, 0
