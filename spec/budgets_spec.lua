@@ -179,6 +179,23 @@ describe('budgets', function()
       assert.is_true(warned, 'the refusal is not logged')
     end)
 
+    it('is refused, and the references it carried are still let go of', function()
+      local _, recv = launchPair()
+      kernel:collectGarbage():await()
+      local before = kernel:stats().objects
+      local one, list = {}, {}
+      for i = 1, 200000 do list[i] = one end
+      -- A new import for r, among slots r runs out of memory decoding.
+      local ok, err = pcall(function()
+        return kernel:queueMessage(recv, 'ping', { list, ocap.makeDefaultExo('carried', {}) }):await()
+      end)
+      assert.is_false(ok)
+      assert.equal('DELIVERY_REFUSED', err.code)
+      list = nil -- luacheck: ignore 311
+      kernel:collectGarbage():await()
+      assert.equal(before, kernel:stats().objects)
+    end)
+
     it('is refused in a promise resolution too: the promise is rejected instead', function()
       local _, recv, vatId = launchPair()
       -- r asks s for the records: the reply reaches r as a notify.

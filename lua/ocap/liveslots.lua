@@ -552,8 +552,9 @@ function M.make(opts)
   --- The kernel put every import among a delivery's slots in the vat's
   --- c-list as reachable, whether the body uses it or not, and whether it
   --- decodes or not: each is counted, so that a reap point drops those no
-  --- presence stands for. The common case, a slot whose presence decoding
-  --- just made, costs one lookup.
+  --- presence stands for. They are counted before decoding, since a
+  --- decoding that exhausts the vat's memory or meter ends the delivery
+  --- (the kernel refuses it) and keeps what was done until then.
   local function noteImports(slots)
     for i = 1, #slots do
       local s = slots[i]
@@ -574,10 +575,10 @@ function M.make(opts)
 
   local capdata = {}
   local function decodeCapdata(body, slots)
+    if slots[1] ~= nil then noteImports(slots) end
     capdata.body, capdata.slots = body, slots
     local ok, v = decode(m.unserialize, capdata)
     capdata.body, capdata.slots = nil, nil
-    if slots[1] ~= nil then noteImports(slots) end
     return ok, v
   end
   ls.marshal = m
