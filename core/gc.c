@@ -583,6 +583,13 @@ static int check_ref(ocap_kernel_t *k, const char *ep, const char *call, int kin
   }
   if (kind == GC_RETIRE_EXPORT && (o.reachable || !o.dropped || o.pinned))
     return ocap__fail(k, OCAP_EINVAL, "%s %s '%s': still reachable", ep, call, r);
+  /* The root outlives every incarnation (an upgrade keeps its kref, and
+   * the kernel's records name it): no runtime lets go of it. Another
+   * pinned export, a caplet parameter, may be ephemeral and so abandoned
+   * by an upgrade; it then answers OBJECT_DELETED, and stays pinned. */
+  if (kind < 0 && o.pinned && strcmp(r, "o+0") == 0)
+    return ocap__fail(k, OCAP_EINVAL, "%s %s '%s': the vat's root cannot be abandoned", ep, call,
+                      r);
   return 0;
 }
 

@@ -224,6 +224,7 @@ describe('kernel garbage collection', function()
       { 'retire a root', { { 'retireExports', { 'o+0' } } }, "retireExports 'o+0': still reachable" },
       { 'retire an import as an export', { { 'retireExports', { 'IMPORT' } } }, 'not an export' },
       { 'abandon an import', { { 'abandonExports', { 'IMPORT' } } }, 'not an export' },
+      { 'abandon its root', { { 'abandonExports', { 'o+0' } } }, "abandonExports 'o+0': the vat's root" },
       { 'abandon an unknown export', { { 'abandonExports', { 'o+77' } } }, "abandonExports 'o+77': not an export" },
       { 'a string, not a sequence', { { 'dropImports', 'IMPORT' } }, 'dropImports takes a sequence of vref strings' },
       { 'a record', { { 'retireImports', { x = 'IMPORT' } } }, 'retireImports takes a sequence of vref strings' },
