@@ -351,6 +351,23 @@ static int conn_lclose(lua_State *L) {
   return 0;
 }
 
+/* conn:pause(paused)  [-0, +0, e]
+ * Stops reading from the connection (true) or reads again (false). A
+ * peer's bytes then wait in the sockets, and its writes stall once they
+ * are full: how the specs play a peer that does not read. */
+static int conn_pause(lua_State *L) {
+  connbox_t *box = luaL_checkudata(L, 1, CONN_MT);
+  int paused = lua_toboolean(L, 2);
+  conn_t *c = box->c;
+  if (!c || c->closed)
+    return 0;
+  if (paused)
+    uv_read_stop((uv_stream_t *)&c->tcp);
+  else
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  return 0;
+}
+
 /* conn:isOpen() -> boolean  [-0, +1, -] */
 static int conn_is_open(lua_State *L) {
   connbox_t *box = luaL_checkudata(L, 1, CONN_MT);
@@ -360,7 +377,8 @@ static int conn_is_open(lua_State *L) {
 
 static const luaL_Reg conn_methods[] = {
     {"write", conn_write},  {"queued", conn_queued},  {"setTimer", conn_set_timer},
-    {"close", conn_lclose}, {"isOpen", conn_is_open}, {NULL, NULL},
+    {"close", conn_lclose}, {"isOpen", conn_is_open}, {"pause", conn_pause},
+    {NULL, NULL},
 };
 
 static const luaL_Reg server_methods[] = {

@@ -30,7 +30,7 @@ local M = {}
 
 local OPTIONS = {
   netlayer = 'string', listen = 'string', handshakeTimeout = 'number', maxMessageBytes = 'number',
-  maxAnswers = 'number',
+  maxAnswers = 'number', limits = 'table',
 }
 
 -- Milliseconds between activity and the full collection that finds the
@@ -38,6 +38,17 @@ local OPTIONS = {
 local GC_DELAY = 100
 
 local DEFAULTS = { handshakeTimeout = 30000, maxMessageBytes = 1024 * 1024, maxAnswers = 10000 }
+
+-- What one peer (or all of them together, for connections) may make this
+-- kernel hold; `remote.limits` overrides them (docs/remote.md).
+local LIMITS = {
+  maxConnections = 100,                -- connections peers opened to us, at once
+  maxImports = 10000,                  -- objects and promises a session imported
+  maxExports = 10000,                  -- objects and promises a session exported
+  maxQuestions = 10000,                -- our messages waiting for the peer's answer
+  maxGifts = 1000,                     -- gifts a session deposited, withdrawals it waits for
+  maxWriteQueueBytes = 8 * 1024 * 1024, -- bytes waiting to be written to the peer
+}
 
 -- A protocol violation by the peer: the session is aborted with `reason`.
 local Violation = {}
@@ -74,6 +85,7 @@ importMT.__index = function(self, method)
 end
 importMT.__gc = function(self)
   local info = importInfo[self]
+  if info then info.c.nimports = info.c.nimports - 1 end
   if info and not info.c.closed then
     local q = info.c.gcQueue
     q[#q + 1] = { info.pos, info.count }
@@ -102,13 +114,26 @@ local function checkOptions(opts)
     error(("Kernel.make: option remote.netlayer: unknown netlayer %q (only 'tcp-testing-only' exists)"):format(
       netlayer), 0)
   end
-  for k, d in pairs(DEFAULTS) do
-    local v = opts[k]
-    if v ~= nil and (math.type(v) ~= 'integer' or v < 1) then
-      error(('Kernel.make: option remote.%s must be a positive integer'):format(k), 0)
+  local function positive(field, v)
+    if math.type(v) ~= 'integer' or v < 1 then
+      error(('Kernel.make: option %s must be a positive integer, got %s'):format(field,
+        type(v) == 'string' and ('%q'):format(v) or tostring(v)), 0)
     end
-    opts[k] = v or d
   end
+  for k, d in pairs(DEFAULTS) do
+    if opts[k] ~= nil then positive('remote.' .. k, opts[k]) end
+    opts[k] = opts[k] or d
+  end
+  local limits = {}
+  for k, v in pairs(opts.limits or {}) do
+    if not LIMITS[k] then
+      error(('Kernel.make: option remote.limits has unknown key %q'):format(tostring(k)), 0)
+    end
+    positive('remote.limits.' .. k, v)
+    limits[k] = v
+  end
+  for k, d in pairs(LIMITS) do limits[k] = limits[k] or d end
+  opts.limits = limits
   local host, port = (opts.listen or '127.0.0.1:0'):match('^%[?([^%]]+)%]?:(%d+)$')
   if not host then
     error(("Kernel.make: option remote.listen must be 'host:port', got %q"):format(tostring(opts.listen)), 0)
@@ -157,8 +182,9 @@ function M.start(kernel, opts)
     sessions = {},     -- peer designator -> the session in use for it
     waiting = {},      -- peer designator -> functions to run once it is open
     sturdy = {},       -- swiss -> object, for objects the host registered
-    gifts = {},        -- gifter session id .. gift id -> a deposited gift
-    giftWaiters = {},  -- the same -> resolver of a withdraw-gift that came first
+    gifts = {},        -- gifter session id .. gift id -> { ref, gifter }
+    giftWaiters = {},  -- the same -> { kit, gifter, receiver } of a withdraw-gift that came first
+    inbound = 0,       -- connections peers opened to us, open now
     dirty = {},        -- sessions with bytes to write
     counts = { aborted = 0, gcExports = 0, gcAnswers = 0 },
     closed = false,
@@ -190,6 +216,8 @@ function Remote:status()
   for _, c in pairs(self.sessions) do
     if c.state == 'open' then n = n + 1 end
   end
+  local n2 = 0
+  for _ in pairs(self.gifts) do n2 = n2 + 1 end
   return {
     state = self.closed and 'disconnected' or 'connected',
     peerId = self.designator,
@@ -198,6 +226,7 @@ function Remote:status()
     aborted = self.counts.aborted,
     gcExports = self.counts.gcExports,
     gcAnswers = self.counts.gcAnswers,
+    gifts = n2,
   }
 end
 
@@ -207,24 +236,37 @@ function Remote:_newSession(conn, outbound, peer)
   local pk, sk = crypto.keypair()
   local c = {
     remote = self, conn = conn, outbound = outbound, peer = peer, state = 'hello',
-    pk = pk, sk = sk, buf = '', out = {},
-    exports = {}, exportOf = {}, exportCount = {}, nextExport = 1,
+    pk = pk, sk = sk, buf = '', out = {}, outBytes = 0,
+    exports = {}, exportOf = {}, exportCount = {}, nextExport = 1, nexports = 0,
     internal = {},
-    imports = setmetatable({}, { __mode = 'v' }),
+    imports = setmetatable({}, { __mode = 'v' }), nimports = 0,
     promiseImports = {},
     answers = {}, nanswers = 0,
-    questions = {}, nextQuestion = 0,
+    questions = {}, nextQuestion = 0, nquestions = 0,
     gcQueue = {}, gcAnswers = {},
+    gifts = {},   -- keys of the gifts it deposited, not yet withdrawn
+    waits = {},   -- keys of the withdrawals it waits for, or that wait for its deposits
   }
   c.internal[0] = function(method, args) return self:_bootstrap(c, method, args) end
   self.conns[conn] = c
   return c
 end
 
---- Queues a message for the session's peer.
+--- Queues a message for the session's peer. A peer that does not read
+--- would have us keep what we send it without bound: once the bytes
+--- waiting for it (queued here, and written but not taken by its socket)
+--- would pass maxWriteQueueBytes, its session is aborted. One message
+--- bigger than that goes when nothing waits.
 function Remote:_send(c, msg)
   if c.closed then return end
-  c.out[#c.out + 1] = syrup.encode(msg)
+  local bytes = syrup.encode(msg)
+  local limit = self.opts.limits.maxWriteQueueBytes
+  local waiting = c.conn:queued() + c.outBytes
+  if waiting > 0 and waiting + #bytes > limit then
+    return self:_abort(c, ('more than %d bytes waiting to be written to the peer'):format(limit), nil, true)
+  end
+  c.out[#c.out + 1] = bytes
+  c.outBytes = c.outBytes + #bytes
   self.dirty[c] = true
 end
 
@@ -242,6 +284,7 @@ function Remote:_lost(c, why, code)
   c.closed = true
   c.state = 'closed'
   self.conns[c.conn] = nil
+  if c.counted then self.inbound = self.inbound - 1 end
   self.dirty[c] = nil
   c.conn:close()
   local err
@@ -260,6 +303,7 @@ function Remote:_lost(c, why, code)
   c.questions = {}
   for _, kit in pairs(c.promiseImports) do kit.reject(err) end
   c.promiseImports = {}
+  self:_dropGifts(c)
   if c.peer and self.sessions[c.peer] == c then
     self.sessions[c.peer] = nil
     local waiting = self.waiting[c.peer]
@@ -271,15 +315,16 @@ function Remote:_lost(c, why, code)
   self:_log('info', ('session with %s ended: %s'):format(tostring(c.peer), why))
 end
 
---- Aborts a session: tells the peer why, then ends it.
-function Remote:_abort(c, reason, code)
+--- Aborts a session: tells the peer why, then ends it. With `drop`,
+--- what was queued for the peer is dropped instead of sent.
+function Remote:_abort(c, reason, code, drop)
   if c.closed then return end
   self.counts.aborted = self.counts.aborted + 1
   self:_log('warn', ('aborting session with %s: %s'):format(tostring(c.peer or 'unknown peer'), reason))
   -- The abort changes no state of ours that a crank could roll back: it
   -- goes out at once, with whatever was queued before it.
-  local pending = table.concat(c.out)
-  c.out = {}
+  local pending = drop and '' or table.concat(c.out)
+  c.out, c.outBytes = {}, 0
   c.conn:write(pending .. syrup.encode(op('op:abort', reason)))
   self:_lost(c, 'aborted: ' .. reason, code)
 end
@@ -395,6 +440,12 @@ end
 local function exportValue(c, v, isPromise)
   local pos = c.exportOf[v]
   if not pos then
+    local max = c.remote.opts.limits.maxExports
+    if c.nexports >= max then
+      c.remote:_abort(c, ('more than %d exports'):format(max))
+      error(c.lostError, 0)
+    end
+    c.nexports = c.nexports + 1
     pos = c.nextExport
     c.nextExport = pos + 1
     c.exports[pos] = v
@@ -477,9 +528,11 @@ function Remote:_in(c, v, depth)
       return v
     elseif name == 'desc:import-object' then
       local pos = descPos(v, name) or violation('malformed %s', name)
+      if not c.imports[pos] then self:_checkImports(c) end
       return self:_import(c, pos)
     elseif name == 'desc:import-promise' then
       local pos = descPos(v, name) or violation('malformed %s', name)
+      if not c.promiseImports[pos] then self:_checkImports(c) end
       return self:_importPromise(c, pos)
     elseif name == 'desc:export' then
       local pos = descPos(v, name) or violation('malformed %s', name)
@@ -511,6 +564,12 @@ function Remote:_in(c, v, depth)
   return r
 end
 
+--- Refuses one more import from c's peer past maxImports.
+function Remote:_checkImports(c)
+  local max = self.opts.limits.maxImports
+  if c.nimports >= max then violation('more than %d imports', max) end
+end
+
 --- The import at pos (one object per position while it lives).
 function Remote:_import(c, pos)
   local proxy = c.imports[pos]
@@ -519,6 +578,7 @@ function Remote:_import(c, pos)
     return proxy
   end
   proxy = setmetatable({}, importMT)
+  c.nimports = c.nimports + 1
   local info = { remote = self, c = c, pos = pos, count = 1 }
   importInfo[proxy] = info
   pass.registerRemotable(proxy, 'Alleged: ocapn import')
@@ -535,9 +595,15 @@ function Remote:_importPromise(c, pos)
   if kit then return kit.promise end
   kit = promise.makePromiseKit()
   c.promiseImports[pos] = kit
-  local rpos = internalExport(c, function(method, args)
+  c.nimports = c.nimports + 1
+  local rpos
+  rpos = internalExport(c, function(method, args)
     if method == 'fulfill' then kit.resolve(args[1]) elseif method == 'break' then kit.reject(args[1]) end
-    c.promiseImports[pos] = nil
+    if c.promiseImports[pos] == kit then
+      c.promiseImports[pos] = nil
+      c.nimports = c.nimports - 1
+    end
+    c.internal[rpos] = nil
   end)
   self:_send(c, op('op:listen', desc('desc:export', pos), desc('desc:import-object', rpos), false))
   return kit.promise
@@ -704,6 +770,7 @@ local function gcExports(self, c, args)
       if n <= 0 then
         local v = c.exports[p]
         c.exports[p], c.exportCount[p] = nil, nil
+        c.nexports = c.nexports - 1
         if v ~= nil then c.exportOf[v] = nil end
       else
         c.exportCount[p] = n
@@ -730,12 +797,15 @@ HANDLERS['op:gc-answers'] = gcAnswers
 -- Pipelined selection (op:get, op:index, op:untag): a new answer for a
 -- part of an answer or export, once it settles.
 local function select(getter, name)
-  return function(_, c, args)
+  return function(self, c, args)
     argc(args, name, 3)
     local target = targetOf(c, args[1])
     local key, pos = args[2], args[3]
     if math.type(pos) ~= 'integer' or pos < 0 or c.answers[pos] ~= nil then
       violation('%s: bad answer position', name)
+    end
+    if c.nanswers >= self.opts.maxAnswers then
+      violation('more than %d answers outstanding', self.opts.maxAnswers)
     end
     c.answers[pos] = promise.resolve(target):next(function(v) return getter(v, key) end)
     c.nanswers = c.nanswers + 1
@@ -821,6 +891,19 @@ local function handoffError(what)
   error(pass.makeError('withdraw-gift: ' .. what), 0)
 end
 
+--- Counts one more gift or withdrawal that session c makes us keep:
+--- past maxGifts, c is aborted.
+function Remote:_checkGifts(c)
+  local max = self.opts.limits.maxGifts
+  local n = 0
+  for _ in pairs(c.gifts) do n = n + 1 end
+  for _ in pairs(c.waits) do n = n + 1 end
+  if n >= max then
+    self:_abort(c, ('more than %d gifts outstanding'):format(max))
+    error(c.lostError, 0)
+  end
+end
+
 --- deposit-gift on our bootstrap object, from gifter session c.
 function Remote:_deposit(c, giftId, ref)
   giftId = bytesOf(giftId)
@@ -829,10 +912,31 @@ function Remote:_deposit(c, giftId, ref)
   local waiter = self.giftWaiters[key]
   if waiter then
     self.giftWaiters[key] = nil
-    waiter(ref)
+    waiter.gifter.waits[key], waiter.receiver.waits[key] = nil, nil
+    waiter.kit.resolve(ref)
   else
+    if self.gifts[key] ~= nil then error(pass.makeError('deposit-gift: a gift with this id is waiting'), 0) end
+    self:_checkGifts(c)
     self.gifts[key] = ref
+    c.gifts[key] = true
   end
+end
+
+--- When session c ends, the gifts it deposited go (no one can withdraw
+--- them: a withdrawal needs a session with the gifter), withdrawals
+--- waiting for its deposits break, and its own withdrawals are forgotten.
+function Remote:_dropGifts(c)
+  for key in pairs(c.gifts) do self.gifts[key] = nil end
+  c.gifts = {}
+  for key in pairs(c.waits) do
+    local w = self.giftWaiters[key]
+    if w then
+      self.giftWaiters[key] = nil
+      w.gifter.waits[key], w.receiver.waits[key] = nil, nil
+      w.kit.reject(pass.makeError("withdraw-gift: the gifter's session ended"))
+    end
+  end
+  c.waits = {}
 end
 
 --- withdraw-gift on our bootstrap object, from receiver session c: the
@@ -866,10 +970,14 @@ function Remote:_withdraw(c, signedReceive)
   local gift = self.gifts[key]
   if gift ~= nil then
     self.gifts[key] = nil
+    gifter.gifts[key] = nil
     return gift
   end
+  if self.giftWaiters[key] then handoffError('a withdrawal of this gift is waiting') end
+  self:_checkGifts(c)
   local kit = promise.makePromiseKit()
-  self.giftWaiters[key] = kit.resolve
+  self.giftWaiters[key] = { kit = kit, gifter = gifter, receiver = c }
+  gifter.waits[key], c.waits[key] = true, true
   return kit.promise
 end
 
@@ -931,6 +1039,14 @@ function Remote:_question(c, to, method, args)
     return a
   end)
   if not ok then return promise.reject(pass.isError(argv) and argv or pass.makeError(tostring(argv))) end
+  if c.closed then return promise.reject(c.lostError) end
+  local max = self.opts.limits.maxQuestions
+  if c.nquestions >= max then
+    -- A peer that never answers would have our questions pile up.
+    self:_abort(c, ('more than %d questions outstanding'):format(max))
+    return promise.reject(c.lostError)
+  end
+  c.nquestions = c.nquestions + 1
   local qpos = c.nextQuestion
   c.nextQuestion = qpos + 1
   local kit = promise.makePromiseKit()
@@ -941,6 +1057,7 @@ function Remote:_question(c, to, method, args)
     c.internal[rpos] = nil
     if c.questions[qpos] then
       c.questions[qpos] = nil
+      c.nquestions = c.nquestions - 1
       -- The answer is settled here: the peer may reuse its position, and
       -- messages to it now go where it points.
       liveslots.setPipeline(kit.promise, nil)
@@ -1053,9 +1170,20 @@ function Remote:pump()
       local conn, event, data = e[1], e[2], e[3]
       local c = self.conns[conn]
       if event == 'accept' then
-        -- A dialled peer speaks first: our hello answers a valid one.
-        self:_newSession(conn, false, nil)
-        conn:setTimer(self.opts.handshakeTimeout)
+        local max = self.opts.limits.maxConnections
+        if self.inbound >= max then
+          -- Refused before it costs a session: no keys, no tables.
+          local reason = ('more than %d connections'):format(max)
+          self.counts.aborted = self.counts.aborted + 1
+          self:_log('warn', 'refusing a connection: ' .. reason)
+          conn:write(syrup.encode(op('op:abort', reason)))
+          conn:close()
+        else
+          -- A dialled peer speaks first: our hello answers a valid one.
+          self.inbound = self.inbound + 1
+          self:_newSession(conn, false, nil).counted = true
+          conn:setTimer(self.opts.handshakeTimeout)
+        end
       elseif c and event == 'open' then
         c.opened = true
         self:_hello(c)
@@ -1087,7 +1215,7 @@ function Remote:pump()
         end
         if c.out[1] then
           c.conn:write(table.concat(c.out))
-          c.out = {}
+          c.out, c.outBytes = {}, 0
         end
       end
     end
