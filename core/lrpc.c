@@ -42,7 +42,8 @@ typedef struct conn {
   size_t len, cap;
   int discarding; /* inside a line that was too long */
   int closed;
-  int ref; /* registry reference to the conn's userdata box */
+  int ref;                  /* registry reference to the conn's userdata box */
+  struct conn *prev, *next; /* the server's connections not yet freed */
 } conn_t;
 
 struct server {
@@ -50,8 +51,9 @@ struct server {
   uv_signal_t *signals[2]; /* SIGTERM and SIGINT: a graceful stop */
   lua_State *L;            /* the main thread, in which callbacks run */
   int cb_ref;
-  int closed; /* 1 once closing, 2 once its pipe is closed */
-  int nconns; /* client connections not yet freed */
+  int closed;    /* 1 once closing, 2 once its pipe is closed */
+  int nconns;    /* client connections not yet freed */
+  conn_t *conns; /* the same connections, as a list */
 };
 
 typedef struct {
@@ -85,6 +87,12 @@ static void conn_freed(uv_handle_t *h) {
   conn_t *c = (conn_t *)h;
   server_t *s = c->srv;
   s->nconns--;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
   free(c->buf);
   free(c);
   server_release(s);
@@ -195,6 +203,10 @@ static void on_connection(uv_stream_t *st, int status) {
   c->srv = s;
   c->ref = LUA_NOREF;
   s->nconns++;
+  c->next = s->conns;
+  if (c->next)
+    c->next->prev = c;
+  s->conns = c;
   if (uv_accept(st, (uv_stream_t *)&c->pipe) != 0) {
     c->closed = 1;
     uv_close((uv_handle_t *)&c->pipe, conn_freed);
@@ -312,15 +324,6 @@ static int rpc_listen(lua_State *L) {
   return 1;
 }
 
-static void close_conn_walk(uv_handle_t *h, void *arg) {
-  server_t *s = arg;
-  if (h->type == UV_NAMED_PIPE && (void *)h != (void *)&s->pipe && !uv_is_closing(h)) {
-    conn_t *c = (conn_t *)h;
-    if (c->srv == s)
-      conn_close(s->L, c);
-  }
-}
-
 /* server:close()  [-0, +0, -]
  * It closes the server and every client connection, so that the kernel's
  * loop can be closed after it has run once more. */
@@ -333,7 +336,11 @@ static int server_close(lua_State *L) {
   for (int i = 0; i < 2; i++)
     if (s->signals[i])
       uv_close((uv_handle_t *)s->signals[i], signal_freed);
-  uv_walk(s->pipe.loop, close_conn_walk, s);
+  /* The server's own list, not a walk of the loop's handles: the loop also
+   * has pipes that are not connections (IO channels). A connection leaves
+   * the list only in its close callback, so closing does not change it. */
+  for (conn_t *c = s->conns; c; c = c->next)
+    conn_close(s->L, c);
   luaL_unref(L, LUA_REGISTRYINDEX, s->cb_ref);
   s->pipe.data = s;
   box->s = NULL;
