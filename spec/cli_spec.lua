@@ -2,31 +2,13 @@
 -- would: the real binary in a scratch directory.
 local testing = require 'ocap.testing'
 
-local BIN = os.getenv('OCAP_BIN') or 'build/ocap'
-local SRC = os.getenv('OCAP_SOURCE_DIR') or '.'
-if BIN:sub(1, 1) ~= '/' then BIN = SRC .. '/' .. BIN end
-
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function slurp(path)
-  local f = io.open(path, 'rb')
-  if not f then return '' end
-  local s = f:read('a')
-  f:close()
-  return s
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, 'w'))
-  f:write(text)
-  f:close()
-end
-
-local function exists(path)
-  local f = io.open(path, 'r')
-  if f then f:close() end
-  return f ~= nil
-end
+local support = require 'support'
+local BIN = support.BIN
+local SRC = support.SRC
+local q = support.q
+local slurp = support.slurp
+local write = support.spit
+local exists = support.exists
 
 --- Runs `ocap <args>` in directory dir, with environment assignments env
 --- ("NAME=value ..."); returns stdout, stderr and the exit code.

@@ -6,26 +6,12 @@
 local cjson = require 'cjson'
 local rpc = require('ocap.core').rpc
 
-local BIN = os.getenv('OCAP_BIN') or 'build/ocap'
-local SRC = os.getenv('OCAP_SOURCE_DIR') or '.'
-if BIN:sub(1, 1) ~= '/' then BIN = SRC .. '/' .. BIN end
-local SRC_ABS = SRC:sub(1, 1) == '/' and SRC or (os.getenv('PWD') .. '/' .. SRC)
-
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function slurp(path)
-  local f = io.open(path, 'rb')
-  if not f then return '' end
-  local s = f:read('a')
-  f:close()
-  return s
-end
-
-local function spit(path, s)
-  local f = assert(io.open(path, 'wb'))
-  f:write(s)
-  f:close()
-end
+local support = require 'support'
+local BIN = support.BIN
+local SRC_ABS = support.SRC_ABS
+local q = support.q
+local slurp = support.slurp
+local spit = support.spit
 
 -- A host script that launches a counter the first time (its vat named by
 -- a path relative to the script's directory) and increments it.

@@ -13,25 +13,11 @@ local ioChannels = require 'ocap.io'
 local USER = 'spec/vats/io_user.lua'
 -- What a vat sees in front of a kernel service's failure.
 local DF = '[KERNEL:DELIVERY_FAILED] '
-local BIN = os.getenv('OCAP_BIN') or 'build/ocap'
-local SRC = os.getenv('OCAP_SOURCE_DIR') or '.'
-if BIN:sub(1, 1) ~= '/' then BIN = SRC .. '/' .. BIN end
-
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function slurp(path)
-  local f = io.open(path, 'rb')
-  if not f then return nil end
-  local s = f:read('a')
-  f:close()
-  return s
-end
-
-local function spit(path, s)
-  local f = assert(io.open(path, 'wb'))
-  f:write(s)
-  f:close()
-end
+local BIN = support.BIN
+local SRC = support.SRC
+local q = support.q
+local slurp = support.slurp
+local spit = support.spit
 
 local function cluster(io, vats)
   return { bootstrap = 'user', io = io, vats = vats or { user = { sourceSpec = USER } } }

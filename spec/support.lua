@@ -26,4 +26,37 @@ function M.isLive(kernel, vatId)
   return false
 end
 
+--- The `ocap` binary under test and the source tree, as absolute paths
+--- where the build gives them (OCAP_BIN, OCAP_SOURCE_DIR).
+M.SRC = os.getenv('OCAP_SOURCE_DIR') or '.'
+M.BIN = os.getenv('OCAP_BIN') or 'build/ocap'
+if M.BIN:sub(1, 1) ~= '/' then M.BIN = M.SRC .. '/' .. M.BIN end
+M.SRC_ABS = M.SRC:sub(1, 1) == '/' and M.SRC or (os.getenv('PWD') .. '/' .. M.SRC)
+
+--- s quoted for a POSIX shell.
+function M.q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+--- The whole content of a file, or '' when it cannot be read.
+function M.slurp(path)
+  local f = io.open(path, 'rb')
+  if not f then return '' end
+  local s = f:read('a')
+  f:close()
+  return s
+end
+
+--- Writes s as the whole content of a file.
+function M.spit(path, s)
+  local f = assert(io.open(path, 'wb'))
+  f:write(s)
+  f:close()
+end
+
+--- Whether a file exists (and can be opened).
+function M.exists(path)
+  local f = io.open(path, 'r')
+  if f then f:close() end
+  return f ~= nil
+end
+
 return M
