@@ -409,3 +409,90 @@ describe('remote options', function()
       'issueOcapURL: remote comms are not configured (Kernel.make { remote = { ... } })')
   end)
 end)
+
+describe('op:untag', function()
+  it('selects the value of a tagged answer, and breaks on another tag', function()
+    local kernel = newKernel { remote = { listen = '127.0.0.1:0' } }
+    finally(function() kernel:stop() end)
+    local tagger = ocap.makeDefaultExo('tagger', {
+      tag = function(_, t, v) return syrup.tagged(t.name, v) end,
+    })
+    local swiss = kernel:issueOcapURL(tagger):match('/s/([^?]+)')
+    local c = client.connect(kernel, kernel:getStatus().remoteComms.listenAddresses[1])
+    finally(function() c:close() end)
+    c:hello()
+    local t = c:fetch(swiss, 0, 1)
+    -- tag('car', 'red') into answer 2, then untag it before it settled:
+    -- with its own tag into answer 3, with another into answer 4.
+    local batch = {
+      captp.op('op:deliver', t, captp.list(syrup.symbol('tag'), syrup.symbol('car'), 'red'), 2, false),
+      captp.op('op:untag', captp.desc('desc:answer', 2), syrup.symbol('car'), 3),
+      captp.op('op:untag', captp.desc('desc:answer', 2), syrup.symbol('bike'), 4),
+      captp.op('op:listen', captp.desc('desc:answer', 3), captp.desc('desc:import-object', 5), false),
+      captp.op('op:listen', captp.desc('desc:answer', 4), captp.desc('desc:import-object', 6), false),
+    }
+    for i, m in ipairs(batch) do batch[i] = syrup.encode(m) end
+    c:send(table.concat(batch))
+    local got = {}
+    while not (got[5] and got[6]) do
+      local msg = assert(c:expect('op:deliver-only'))
+      local pos = captp.descPos(msg.args[1], 'desc:export')
+      if pos then got[pos] = msg.args[2] end
+    end
+    assert.are.same({ syrup.symbol('fulfill'), 'red' }, { got[5][1], got[5][2] })
+    assert.are.equal(syrup.symbol('break'), got[6][1])
+    assert.are.equal('op:untag: tag does not match', got[6][2].message)
+  end)
+end)
+
+describe('remote comms driven by kernel:pump', function()
+  it('carry a call between two kernels that only a host loop drives', function()
+    local net = require('ocap.core').net
+    local alice = newKernel { remote = { listen = '127.0.0.1:0' } }
+    local bob = newKernel { remote = { listen = '127.0.0.1:0' } }
+    finally(function()
+      alice:stop()
+      bob:stop()
+    end)
+    local kernels = { alice, bob }
+    -- The host loop: pump both kernels while either has work, else wait
+    -- on their loops' descriptors until one is readable or a timer is
+    -- due. It never calls run or await. The cap on each wait only keeps
+    -- a broken kernel from hanging the suite; pass or fail is decided by
+    -- what arrives, within a number of rounds.
+    local rounds = 0
+    local function drive(done)
+      while not done() do
+        rounds = rounds + 1
+        assert(rounds < 10000, 'the host loop went round 10000 times without getting there')
+        local busy = false
+        for _, k in ipairs(kernels) do
+          if k:pump(16) then busy = true end
+        end
+        if not busy then
+          local fds, wait = {}, 2000
+          for _, k in ipairs(kernels) do
+            local ms, fd = k:nextWakeup()
+            if ms == 0 then wait = 0 end
+            if ms and ms > 0 and ms < wait then wait = ms end
+            if fd then fds[#fds + 1] = fd end
+          end
+          if wait > 0 then net.wait(fds, wait) end
+        end
+      end
+    end
+    local root, remote, hello, chained
+    alice:launchSubcluster({ bootstrap = 'bob',
+      vats = { bob = { sourceSpec = SRC .. '/vats/examples/bob.lua' } } }):next(function(r) root = r.rootKref end)
+    drive(function() return root end)
+    bob:redeemOcapURL(alice:issueOcapURL(root)):next(function(x) remote = x end)
+    drive(function() return remote end)
+    E(remote).hello('Carol'):next(function(v) hello = v end)
+    E(remote).ping(E(remote).ping(5)):next(function(v) chained = v end)
+    drive(function() return hello and chained end)
+    assert.are.equal('Hello, Carol! This is Bob.', hello)
+    assert.are.equal(5, chained)
+    assert.are.equal(1, bob:getStatus().remoteComms.sessions)
+    assert.are.equal(1, alice:getStatus().remoteComms.sessions)
+  end)
+end)
