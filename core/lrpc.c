@@ -350,6 +350,37 @@ static int server_close(lua_State *L) {
   return 0;
 }
 
+/* Sends all n bytes of s on the blocking socket fd: 0, or -1 when the
+ * peer is gone or the send failed. */
+static int send_all(int fd, const char *s, size_t n) {
+  while (n > 0) {
+    ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return -1;
+    s += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* [-0, +1|2, -] Connects a new blocking stream socket to addr and pushes
+ * its fd, or nil and why it failed (the socket closed again). */
+static int push_connected(lua_State *L, const struct sockaddr *addr, socklen_t len) {
+  int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect(fd, addr, len) != 0) {
+    int e = errno;
+    if (fd >= 0)
+      close(fd);
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(e));
+    return 2;
+  }
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
 /* rpc.call(path, line) -> reply | nil, err  [-0, +1|2, e]
  * A blocking client: connects, sends line and a newline, returns the first
  * line of the answer without its newline. */
@@ -366,36 +397,17 @@ static int rpc_call(lua_State *L) {
     return 2;
   }
   strcpy(addr.sun_path, path);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
-    int e = errno;
-    if (fd >= 0)
-      close(fd);
-    lua_pushnil(L);
-    lua_pushstring(L, strerror(e));
+  if (push_connected(L, (struct sockaddr *)&addr, sizeof addr) == 2)
     return 2;
-  }
+  int fd = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
   luaL_Buffer b;
-  const char *p = line;
-  size_t left = n;
-  int bad = 0;
-  while (left > 0 && !bad) {
-    ssize_t w = send(fd, p, left, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      bad = 1;
-    else {
-      p += w;
-      left -= (size_t)w;
-    }
-  }
-  if (!bad && send(fd, "\n", 1, MSG_NOSIGNAL) != 1)
-    bad = 1;
+  /* A request that could not be sent in full gets no answer to wait for. */
+  int sent = send_all(fd, line, n) == 0 && send_all(fd, "\n", 1) == 0;
   luaL_buffinit(L, &b);
   int done = 0;
   char chunk[4096];
-  while (!done) {
+  while (sent && !done) {
     ssize_t r = recv(fd, chunk, sizeof chunk, 0);
     if (r < 0 && errno == EINTR)
       continue;
@@ -426,17 +438,7 @@ static int rpc_connect(lua_State *L) {
   if (strlen(path) >= sizeof addr.sun_path)
     return luaL_error(L, "socket path too long");
   strcpy(addr.sun_path, path);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
-    int e = errno;
-    if (fd >= 0)
-      close(fd);
-    lua_pushnil(L);
-    lua_pushstring(L, strerror(e));
-    return 2;
-  }
-  lua_pushinteger(L, fd);
-  return 1;
+  return push_connected(L, (struct sockaddr *)&addr, sizeof addr);
 }
 
 /* rpc.send(fd, s) -> boolean  [-0, +1, e] */
@@ -444,18 +446,7 @@ static int rpc_send(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
   int fd = (int)luaL_checkinteger(L, 1);
-  while (n > 0) {
-    ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0) {
-      lua_pushboolean(L, 0);
-      return 1;
-    }
-    s += w;
-    n -= (size_t)w;
-  }
-  lua_pushboolean(L, 1);
+  lua_pushboolean(L, send_all(fd, s, n) == 0);
   return 1;
 }
 
@@ -468,17 +459,7 @@ static int rpc_tcp_connect(lua_State *L) {
   addr.sin_port = htons((uint16_t)luaL_checkinteger(L, 2));
   if (inet_pton(AF_INET, luaL_checkstring(L, 1), &addr.sin_addr) != 1)
     return luaL_error(L, "not an IPv4 address");
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
-    int e = errno;
-    if (fd >= 0)
-      close(fd);
-    lua_pushnil(L);
-    lua_pushstring(L, strerror(e));
-    return 2;
-  }
-  lua_pushinteger(L, fd);
-  return 1;
+  return push_connected(L, (struct sockaddr *)&addr, sizeof addr);
 }
 
 /* rpc.recv(fd [, ms]) -> bytes | nil, why  [-0, +1|2, e]
