@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "refs.h"
+
 typedef struct centry {
   char *val, *cval; /* NULL when absent; val == cval while unchanged */
   size_t vlen, cvlen;
@@ -275,6 +277,34 @@ int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const cha
   return 1;
 }
 
+/* Whether val, ep's entry for an object kref, makes ep an importer of it:
+ * the kernel endpoint's entries all are imports, a vat's when its vref is
+ * `o-N` (after the `_ ` of a dropped one). */
+static int is_import(const char *ep, const char *val) {
+  if (ocap__is_kernel_ep(ep))
+    return 1;
+  if (val[0] == '_' && val[1] == ' ')
+    val += 2;
+  return val[0] == 'o' && val[1] == '-';
+}
+
+/*
+ * Keeps the importers' index `ko<N>.i.<ep>` in step with ep's entry for
+ * ref: written when an import entry appears, deleted when it goes. It is
+ * written straight into the crank buffer, so it commits and rolls back
+ * with the crank, and a scan of `ko<N>.i.` always sees the entries as they
+ * are now.
+ */
+static int index_importer(ocap_kernel_t *k, const char *ep, const char *ref, const centry_t *e,
+                          const char *val) {
+  if (ref[0] != 'k' || ref[1] != 'o')
+    return 0;
+  int was = e && e->val && is_import(ep, e->val), now = val && is_import(ep, val);
+  if (was == now)
+    return 0;
+  return now ? ocap__setn(k, "1", 1, "%s.i.%s", ref, ep) : ocap__delv(k, "%s.i.%s", ref, ep);
+}
+
 int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val) {
   struct ocap__clists *t = k->c;
   clist_t *c;
@@ -284,6 +314,9 @@ int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const cha
   centry_t *e = *entry_slot(c, ref);
   if (!e && !val)
     return 0;
+  rc = index_importer(k, ep, ref, e, val);
+  if (rc)
+    return rc;
   if (!e && !(e = entry_add(c, ref, strlen(ref), NULL, 0)))
     return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
   if (!e->dirty) {
@@ -310,6 +343,52 @@ int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const cha
   e->val = p;
   e->vlen = n;
   return 0;
+}
+
+long ocap__clist_importers(ocap_kernel_t *k, const char *kref, char (**out)[OCAP_REF_MAX]) {
+  char prefix[KEY_MAX];
+  int pl = snprintf(prefix, sizeof prefix, "%s.i.", kref);
+  if (pl < 0 || (size_t)pl >= sizeof prefix)
+    return ocap__broken(k, OCAP_ECORRUPT, "kref '%.40s...' is too long", kref);
+  char(*eps)[OCAP_REF_MAX] = NULL;
+  size_t n = 0, cap = 0;
+  ocap__buf_t after = {0};
+  const char *key;
+  size_t klen;
+  int rc;
+  while ((rc = ocap_store_next_key(k->s, prefix, (size_t)pl, after.p, after.len, 0, &key, &klen)) ==
+         1) {
+    after.len = 0;
+    if (ocap__buf_add(&after, key, klen)) {
+      rc = ocap__broken(k, OCAP_ENOMEM, "out of memory listing the importers of %s", kref);
+      break;
+    }
+    size_t el = klen - (size_t)pl;
+    if (!ocap__ref_like(after.p + pl, el)) {
+      rc = ocap__corrupt(k, after.p, "1", 1, "a key `ko<N>.i.<endpoint>`");
+      break;
+    }
+    if (n == cap) {
+      cap = cap ? cap * 2 : 8;
+      void *v = realloc(eps, cap * sizeof *eps);
+      if (!v) {
+        rc = ocap__broken(k, OCAP_ENOMEM, "out of memory listing the importers of %s", kref);
+        break;
+      }
+      eps = v;
+    }
+    memcpy(eps[n], after.p + pl, el);
+    eps[n++][el] = '\0';
+  }
+  if (rc < 0 && !k->err)
+    rc = ocap__store_failed(k, rc, "scan", prefix, (size_t)pl);
+  free(after.p);
+  if (rc < 0) {
+    free(eps);
+    return rc;
+  }
+  *out = eps;
+  return (long)n;
 }
 
 static int cmp_str(const void *a, const void *b) {

@@ -30,4 +30,9 @@ int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const cha
 int ocap__clist_each(ocap_kernel_t *k, const char *ep, const char *prefix,
                      int (*each)(void *ud, const char *ref), void *ud);
 
+/* The endpoints that import object kref (the exporter is not one), read
+ * from the index `<kref>.i.<ep>` with one scan: a malloc'd array in *out
+ * (NULL when none) and their number, or a negative code. */
+long ocap__clist_importers(ocap_kernel_t *k, const char *kref, char (**out)[OCAP_REF_MAX]);
+
 #endif

@@ -511,29 +511,17 @@ static int import_reach(ocap_kernel_t *k, const char *ep, const char *call, cons
   return reach;
 }
 
-/* Queues a retireImport of kref to every endpoint but the exporter whose
- * c-list still has it: the kernel endpoint and every vat. */
-static int retire_importers(ocap_kernel_t *k, const char *exporter, const char *kref) {
-  long long nv = ocap_kernel_next_id(k, 'v');
-  if (nv < 0)
-    return (int)nv;
-  char ep[OCAP_REF_MAX], eref[OCAP_REF_MAX];
-  int rc = 0;
-  for (long long v = 0; v < nv && !rc; v++) {
-    if (v == 0) {
-      memcpy(ep, "kernel", 7);
-    } else {
-      ep[0] = 'v';
-      ep[1 + ocap__fmt_ll(ep + 1, v)] = '\0';
-    }
-    if (strcmp(ep, exporter) == 0)
-      continue;
-    int reach;
-    rc = ocap__clist_entry(k, ep, kref, eref, &reach);
-    if (rc > 0)
-      rc = act_add(k, ep, GC_RETIRE_IMPORT, atoll(kref + 2));
-  }
-  return rc < 0 ? rc : 0;
+/* Queues a retireImport of kref to every endpoint that imports it, found
+ * through the importers' index (clist.h): the work follows the number of
+ * importers, not of vats ever created. */
+static int retire_importers(ocap_kernel_t *k, const char *kref) {
+  char(*eps)[OCAP_REF_MAX] = NULL;
+  long n = ocap__clist_importers(k, kref, &eps);
+  int rc = n < 0 ? (int)n : 0;
+  for (long i = 0; i < n && !rc; i++)
+    rc = act_add(k, eps[i], GC_RETIRE_IMPORT, atoll(kref + 2));
+  free(eps);
+  return rc;
 }
 
 static int cmp_ref(const void *a, const void *b) {
@@ -621,7 +609,7 @@ static int gc_call(ocap_kernel_t *k, const char *ep, const char *call, int kind,
       ocap__objinfo_t o;
       rc = ocap__obj_info(k, kref, &o);
       if (rc > 0)
-        rc = o.recognizable ? retire_importers(k, ep, kref) : 0;
+        rc = o.recognizable ? retire_importers(k, kref) : 0;
     }
     /* An import's entry goes; an export's object goes, or loses its
      * owner while importers still recognize it. */
