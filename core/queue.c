@@ -450,12 +450,14 @@ static int qbytes_get(ocap_kernel_t *k, const char *ep, qbytes_t **out) {
     if (rc)
       return rc;
     r = calloc(1, sizeof *r);
+    if (r) { /* the id first: the table files the record under it */
+      r->id = id;
+      r->n = r->cn = r->sn = n;
+    }
     if (!r || ocap__idtable_insert(&q->qb, r)) {
       free(r);
       return ocap__broken(k, OCAP_ENOMEM, "out of memory reading %s.queuedBytes", ep);
     }
-    r->id = id;
-    r->n = r->cn = r->sn = n;
   }
   *out = r;
   return 0;

@@ -264,6 +264,17 @@ describe('budgets', function()
       assert.is_nil(kernel.K:kvGet(vatId .. '.queuedBytes'), 'nothing is waiting any more')
     end)
 
+    it('counts every message of one delivery against maxQueuedBytes', function()
+      local s, _, vatId = launchPair({ maxQueuedBytes = 64 * 1024 })
+      local err = rejection(kernel:queueMessage(s, 'flood', { 'r', 7, 10000 }))
+      assert.matches("this vat has 60%d%d%d bytes of messages waiting in the kernel; 100%d%d more would "
+        .. "pass its limit of 65536 %(maxQueuedBytes%)", err.message)
+      assert.is_true(support.isLive(kernel, vatId))
+      kernel:run()
+      assert.is_nil(kernel.K:kvGet(vatId .. '.queuedBytes'), 'the six sent were delivered')
+      assert.equal(3, kernel:queueMessage(s, 'flood', { 'r', 3, 10000 }):await())
+    end)
+
     it('in one delivery is bounded by maxCrankBytes: over it the vat is terminated, the crank rolled back', function()
       local s, recv, vatId = launchPair({ maxCrankBytes = 64 * 1024 })
       assert.equal(7, kernel:queueMessage(s, 'flood', { 'r', 7, 8192 }):await())
