@@ -28,6 +28,7 @@ local function serve(limits, extra)
     take = function() return 'taken' end,
     make = function() return ocap.makeDefaultExo('thing', { name = function() return 'thing' end }) end,
     big = function(_, n) return ('x'):rep(n) end,
+    never = function() return require('ocap.promise').makePromise() end,
   })
   local swiss = kernel:issueOcapURL(svc):match('/s/([^?]+)')
   return { kernel = kernel, swiss = swiss, warnings = warnings,
@@ -137,6 +138,17 @@ describe('remote limits', function()
     -- Answer 0 (the service) is in use; three selections make four.
     for i = 1, 3 do c:send(op('op:get', c.svc, sym('name'), i)) end
     assert.are.equal('more than 3 answers outstanding', c:expectAbort())
+    alive(other, 1)
+  end)
+
+  it('abort a session that pipelines past maxPipelined on a promise that does not settle', function()
+    s = serve { maxPipelined = 3 }
+    local other, c = open(), open()
+    c:send(op('op:deliver', c.svc, list(sym('never')), 2, false))
+    for _ = 1, 4 do
+      c:send(op('op:deliver-only', desc('desc:answer', 2), list(sym('echo'), 'waiting')))
+    end
+    assert.are.equal('more than 3 messages waiting on promises', c:expectAbort())
     alive(other, 1)
   end)
 

@@ -47,6 +47,7 @@ local LIMITS = {
   maxExports = 10000,                  -- objects and promises a session exported
   maxQuestions = 10000,                -- our messages waiting for the peer's answer
   maxGifts = 1000,                     -- gifts a session deposited, withdrawals it waits for
+  maxPipelined = 10000,                -- the peer's messages waiting for a promise of ours to settle
   maxWriteQueueBytes = 8 * 1024 * 1024, -- bytes waiting to be written to the peer
 }
 
@@ -243,6 +244,7 @@ function Remote:_newSession(conn, outbound, peer)
     promiseImports = {},
     answers = {}, nanswers = 0,
     questions = {}, nextQuestion = 0, nquestions = 0,
+    npipelined = 0,
     gcQueue = {}, gcAnswers = {},
     gifts = {},   -- keys of the gifts it deposited, not yet withdrawn
     waits = {},   -- keys of the withdrawals it waits for, or that wait for its deposits
@@ -709,7 +711,16 @@ local function deliver(self, c, to, argv, answerPos, resolveMe)
     resolver = self:_in(c, resolveMe)
   end
   local method, args = splitSelector(self:_in(c, argv))
+  -- A message to a promise of ours (an answer, say) waits here until it
+  -- settles: the peer may pipeline only so many.
+  local waits = promise.isPromise(target) and not liveslots.refOf(target)
+  if waits then
+    local max = self.opts.limits.maxPipelined
+    if c.npipelined >= max then violation('more than %d messages waiting on promises', max) end
+    c.npipelined = c.npipelined + 1
+  end
   local p = self:_deliverLocal(target, method, args)
+  if waits then promise.onSettle(target, function() c.npipelined = c.npipelined - 1 end) end
   if answerPos then
     c.answers[answerPos] = p
     c.nanswers = c.nanswers + 1
