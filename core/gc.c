@@ -3,11 +3,13 @@
  * of a crank, the GC actions they become, the four GC syscalls and their
  * checks, and the reaps waiting.
  *
- * The actions are a set kept in memory (kstate.h, convention 6), sorted
- * by endpoint, kind and object id, with the set of the last commit beside
- * it; commit writes it whole under `gcActions` (one action a line), abort
- * puts the committed one back. The set is small: a GC crank empties a
- * whole endpoint's actions of one kind at a time.
+ * The actions are a set kept in memory, sorted by endpoint, kind and
+ * object id, and one key each in the store, `gcAction.<ep>.<kind>.ko<N>`:
+ * each action added or taken writes or deletes its own key straight into
+ * the crank buffer, so a change costs the same bytes however long the
+ * backlog, and commits or rolls back with the crank. An abort that finds
+ * the set changed forgets it: it is read again from the store, which holds
+ * the last commit's, when next used.
  */
 #include "gc.h"
 
@@ -32,8 +34,8 @@ typedef struct acts {
 
 struct ocap__gc {
   int loaded;
-  acts_t now, committed;
-  int dirty;        /* now differs from committed */
+  acts_t now;
+  int dirty;        /* now has changed since the last commit */
   long long *maybe; /* ids whose count dropped to 0 in this crank */
   size_t nmaybe, capmaybe;
   char (*reaps)[OCAP_REF_MAX]; /* endpoints to reap, oldest first */
@@ -52,7 +54,6 @@ void ocap__gc_free(ocap_kernel_t *k) {
   if (!g)
     return;
   free(g->now.v);
-  free(g->committed.v);
   free(g->maybe);
   free(g->reaps);
   free(g);
@@ -68,76 +69,68 @@ static int act_cmp(const act_t *a, const act_t *b) {
   return a->id < b->id ? -1 : a->id > b->id;
 }
 
-static int acts_copy(acts_t *to, const acts_t *from) {
-  if (to->cap < from->n) {
-    act_t *v = realloc(to->v, from->n * sizeof *v);
-    if (!v)
-      return OCAP_ENOMEM;
-    to->v = v;
-    to->cap = from->n;
-  }
-  if (from->n)
-    memcpy(to->v, from->v, from->n * sizeof *to->v);
-  to->n = from->n;
-  return 0;
-}
-
 static void koid_of(char *out, long long id) {
   memcpy(out, "ko", 2);
   out[2 + ocap__fmt_ll(out + 2, id)] = '\0';
 }
 
-/* Writes the set as stored: one `<ep> <kind> ko<N>` a line. */
-static int acts_text(ocap_kernel_t *k, const acts_t *a, ocap__buf_t *b) {
-  char koid[OCAP_REF_MAX];
-  for (size_t i = 0; i < a->n; i++) {
-    koid_of(koid, a->v[i].id);
-    if ((i && ocap__buf_add(b, "\n", 1)) || ocap__buf_adds(b, a->v[i].ep) ||
-        ocap__buf_add(b, " ", 1) || ocap__buf_adds(b, kind_name[a->v[i].kind]) ||
-        ocap__buf_add(b, " ", 1) || ocap__buf_adds(b, koid))
-      return ocap__broken(k, OCAP_ENOMEM, "out of memory writing the GC actions");
-  }
-  return 0;
-}
+#define ACT_PREFIX "gcAction."
+#define ACT_PREFIX_LEN (sizeof ACT_PREFIX - 1)
 
-/* Parses one stored line into *a: 1 when it is an action, else 0. */
+/* Parses a stored key `gcAction.<ep>.<kind>.ko<N>` into *a: 1 when it is
+ * one, else 0. */
 static int parse_act(const char *s, size_t n, act_t *a) {
-  const char *sp1 = memchr(s, ' ', n);
-  if (!sp1 || sp1 == s || (size_t)(sp1 - s) >= OCAP_REF_MAX)
+  if (n <= ACT_PREFIX_LEN || memcmp(s, ACT_PREFIX, ACT_PREFIX_LEN) != 0)
     return 0;
-  memcpy(a->ep, s, (size_t)(sp1 - s));
-  a->ep[sp1 - s] = '\0';
-  const char *rest = sp1 + 1;
-  size_t rn = n - (size_t)(rest - s);
-  const char *sp2 = memchr(rest, ' ', rn);
-  if (!sp2 || !ocap__valid_ep(a->ep))
+  s += ACT_PREFIX_LEN;
+  n -= ACT_PREFIX_LEN;
+  size_t ko = n, dot;
+  while (ko > 0 && s[ko - 1] != '.')
+    ko--;
+  if (ko < 2)
     return 0;
+  dot = ko - 1;
+  while (dot > 0 && s[dot - 1] != '.')
+    dot--;
+  if (dot < 2 || dot - 1 >= OCAP_REF_MAX)
+    return 0;
+  memcpy(a->ep, s, dot - 1);
+  a->ep[dot - 1] = '\0';
   a->kind = -1;
   for (int i = 0; i < 3; i++)
-    if ((size_t)(sp2 - rest) == strlen(kind_name[i]) &&
-        memcmp(rest, kind_name[i], strlen(kind_name[i])) == 0)
+    if (ko - 1 - dot == strlen(kind_name[i]) && memcmp(s + dot, kind_name[i], ko - 1 - dot) == 0)
       a->kind = i;
-  const char *ko = sp2 + 1;
-  size_t kl = n - (size_t)(ko - s);
-  return a->kind >= 0 && kl > 2 && ko[0] == 'k' && ko[1] == 'o' &&
-         ocap__parse_count(ko + 2, kl - 2, &a->id);
+  return a->kind >= 0 && ocap__valid_ep(a->ep) && n - ko > 2 && s[ko] == 'k' && s[ko + 1] == 'o' &&
+         ocap__parse_count(s + ko + 2, n - ko - 2, &a->id);
 }
 
+static int act_cmp_v(const void *a, const void *b) {
+  return act_cmp(a, b);
+}
+
+/* Reads the set from the store: every key under `gcAction.`. */
 static int gc_load(ocap_kernel_t *k) {
   struct ocap__gc *g = k->g;
   if (g->loaded)
     return 0;
-  ocap__buf_t b = {0};
-  int rc = ocap__getb(k, &b, "gcActions");
+  ocap__buf_t after = {0};
+  const char *key;
+  size_t klen;
+  int rc;
   g->now.n = 0;
-  for (size_t i = 0; rc > 0 && i < b.len;) {
-    const char *nl = memchr(b.p + i, '\n', b.len - i);
-    size_t j = nl ? (size_t)(nl - b.p) : b.len;
+  while ((rc = ocap_store_next_key(k->s, ACT_PREFIX, ACT_PREFIX_LEN, after.p, after.len, 0, &key,
+                                   &klen)) == 1) {
+    after.len = 0;
     act_t a;
-    if (!parse_act(b.p + i, j - i, &a) || (g->now.n && act_cmp(&g->now.v[g->now.n - 1], &a) >= 0)) {
-      rc = ocap__corrupt(
-          k, "gcActions", b.p, b.len,
-          "sorted lines of `<endpoint> <dropExport|retireExport|retireImport> ko<N>`");
+    memset(&a, 0, sizeof a);
+    if (ocap__buf_add(&after, key, klen)) {
+      rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the GC actions");
+      break;
+    }
+    if (!parse_act(after.p, after.len, &a)) {
+      rc =
+          ocap__corrupt(k, after.p, "1", 1,
+                        "a key `gcAction.<endpoint>.<dropExport|retireExport|retireImport>.ko<N>`");
       break;
     }
     if (g->now.n == g->now.cap) {
@@ -151,18 +144,27 @@ static int gc_load(ocap_kernel_t *k) {
       g->now.cap = cap;
     }
     g->now.v[g->now.n++] = a;
-    i = j + 1;
   }
-  free(b.p);
+  if (rc < 0 && !k->err)
+    rc = ocap__store_failed(k, rc, "scan", ACT_PREFIX, ACT_PREFIX_LEN);
+  free(after.p);
   if (rc < 0) {
     g->now.n = 0;
     return rc;
   }
-  if (acts_copy(&g->committed, &g->now))
-    return ocap__broken(k, OCAP_ENOMEM, "out of memory reading the GC actions");
+  /* The store's order is the keys' bytes; the set's is numeric by id. */
+  qsort(g->now.v, g->now.n, sizeof *g->now.v, act_cmp_v);
   g->loaded = 1;
   g->dirty = 0;
   return 0;
+}
+
+/* Writes (or, with del, deletes) the key of action a. */
+static int act_store(ocap_kernel_t *k, const act_t *a, int del) {
+  char koid[OCAP_REF_MAX];
+  koid_of(koid, a->id);
+  return del ? ocap__delv(k, ACT_PREFIX "%s.%s.%s", a->ep, kind_name[a->kind], koid)
+             : ocap__setn(k, "1", 1, ACT_PREFIX "%s.%s.%s", a->ep, kind_name[a->kind], koid);
 }
 
 /* Adds an action to the set (once). */
@@ -195,6 +197,9 @@ static int act_add(ocap_kernel_t *k, const char *ep, int kind, long long id) {
     g->now.v = v;
     g->now.cap = cap;
   }
+  rc = act_store(k, &a, 0);
+  if (rc)
+    return rc;
   memmove(g->now.v + lo + 1, g->now.v + lo, (g->now.n - lo) * sizeof a);
   g->now.v[lo] = a;
   g->now.n++;
@@ -253,36 +258,21 @@ static int process_maybe(ocap_kernel_t *k) {
 }
 
 int ocap__gc_prepare(ocap_kernel_t *k) {
-  struct ocap__gc *g = k->g;
-  int rc = g->nmaybe ? process_maybe(k) : 0;
-  if (rc || !g->dirty)
-    return rc;
-  if (!g->now.n)
-    return ocap__delv(k, "gcActions");
-  ocap__buf_t b = {0};
-  rc = acts_text(k, &g->now, &b);
-  if (!rc)
-    rc = ocap__setn(k, b.p, b.len, "gcActions");
-  free(b.p);
-  return rc;
+  return k->g->nmaybe ? process_maybe(k) : 0;
 }
 
 void ocap__gc_done(ocap_kernel_t *k) {
   struct ocap__gc *g = k->g;
   g->nmaybe = 0;
-  if (g->dirty && acts_copy(&g->committed, &g->now) != 0) {
-    g->loaded = 0; /* no memory for the copy: read the store again */
-    g->now.n = 0;
-  }
   g->dirty = 0;
 }
 
 void ocap__gc_abort(ocap_kernel_t *k, int cleared) {
   struct ocap__gc *g = k->g;
   g->nmaybe = 0;
-  if (cleared || (g->dirty && acts_copy(&g->now, &g->committed) != 0)) {
+  if (cleared || g->dirty) {
     g->loaded = 0;
-    g->now.n = g->committed.n = 0;
+    g->now.n = 0;
   }
   g->dirty = 0;
 }
@@ -291,12 +281,29 @@ int ocap__gc_check(ocap_kernel_t *k) {
   struct ocap__gc *g = k->g;
   if (!g->loaded)
     return 0;
-  ocap__buf_t b = {0};
-  int rc = acts_text(k, &g->now, &b);
-  if (!rc)
-    rc = ocap__check_key(k, b.len ? b.p : NULL, b.len, "gcActions");
-  free(b.p);
-  return rc;
+  int rc = 0;
+  for (size_t i = 0; i < g->now.n && !rc; i++) {
+    char koid[OCAP_REF_MAX];
+    koid_of(koid, g->now.v[i].id);
+    rc = ocap__check_key(k, "1", 1, ACT_PREFIX "%s.%s.%s", g->now.v[i].ep,
+                         kind_name[g->now.v[i].kind], koid);
+  }
+  /* And every key is one of the set. */
+  ocap__buf_t after = {0};
+  const char *key;
+  size_t klen;
+  while (!rc && (rc = ocap_store_next_key(k->s, ACT_PREFIX, ACT_PREFIX_LEN, after.p, after.len, 0,
+                                          &key, &klen)) == 1) {
+    after.len = 0;
+    act_t a;
+    memset(&a, 0, sizeof a);
+    rc = ocap__buf_add(&after, key, klen) ? ocap__fail(k, OCAP_ENOMEM, "out of memory") : 0;
+    if (!rc && (!parse_act(after.p, after.len, &a) || !g->now.n ||
+                !bsearch(&a, g->now.v, g->now.n, sizeof a, act_cmp_v)))
+      rc = ocap__check_key(k, NULL, 0, "%s", after.p);
+  }
+  free(after.p);
+  return rc < 0 ? rc : 0;
 }
 
 void ocap__gc_forget(ocap_kernel_t *k) {
@@ -310,11 +317,18 @@ int ocap__gc_pending(ocap_kernel_t *k) {
   return rc ? rc : k->g->now.n > 0;
 }
 
-/* Removes now.v[at .. at + n) from the set. */
-static void acts_cut(struct ocap__gc *g, size_t at, size_t n) {
+/* Removes now.v[at .. at + n) from the set, and their keys. */
+static int acts_cut(ocap_kernel_t *k, size_t at, size_t n) {
+  struct ocap__gc *g = k->g;
+  for (size_t i = at; i < at + n; i++) {
+    int rc = act_store(k, &g->now.v[i], 1);
+    if (rc)
+      return rc;
+  }
   memmove(g->now.v + at, g->now.v + at + n, (g->now.n - at - n) * sizeof *g->now.v);
   g->now.n -= n;
   g->dirty = 1;
+  return 0;
 }
 
 /*
@@ -387,7 +401,7 @@ int ocap__gc_take(ocap_kernel_t *k, ocap__gcbatch_t *b) {
   }
   for (size_t i = 0; i < n; i++)
     ids[i] = g->now.v[i].id;
-  acts_cut(g, 0, n);
+  rc = acts_cut(k, 0, n);
   char koid[OCAP_REF_MAX];
   for (size_t i = 0; i < n && !rc; i++) {
     koid_of(koid, ids[i]);
@@ -417,9 +431,7 @@ int ocap__gc_discard(ocap_kernel_t *k, const ocap__gcbatch_t *b) {
   while (at + n < g->now.n && strcmp(g->now.v[at + n].ep, b->ep) == 0 &&
          g->now.v[at + n].kind == b->kind)
     n++;
-  if (n)
-    acts_cut(g, at, n);
-  return 0;
+  return n ? acts_cut(k, at, n) : 0;
 }
 
 /* ---- reaps ---- */

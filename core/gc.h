@@ -8,9 +8,9 @@
  * plus the importers' entries that were dropped. The exporter's own entry
  * counts in neither. A count that drops to 0 makes the object a candidate;
  * at the end of the crank (the store's prepare hook) each candidate that
- * still has a count of 0 becomes a GC action for its owner, kept in
- * `gcActions` so that it commits or rolls back with the change that made
- * it:
+ * still has a count of 0 becomes a GC action for its owner, kept under
+ * `gcAction.<ep>.<kind>.ko<N>` so that it commits or rolls back with the
+ * change that made it:
  *
  *   `<ep> dropExport <kref>`    nobody reaches it (dropExports delivery)
  *   `<ep> retireExport <kref>`  nobody recognizes it: it is deleted

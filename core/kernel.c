@@ -94,7 +94,7 @@ void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
   const char *dot = strchr(buf, '.');
   if (strncmp(buf, "runQueue.", 9) == 0) {
     ocap__queue_forget(k);
-  } else if (strcmp(buf, "gcActions") == 0) {
+  } else if (strncmp(buf, "gcAction.", 9) == 0) {
     ocap__gc_forget(k);
   } else if (strncmp(buf, "ko", 2) == 0 && dot) {
     buf[dot - buf] = '\0';

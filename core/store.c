@@ -587,6 +587,7 @@ struct ocap_store {
   char *dir;
   char *errmsg;
   unsigned long long scan_steps; /* keys next_key examined, for tests */
+  unsigned long long written;    /* bytes passed to set and delete, for tests */
   unsigned fault_ops;            /* testing hook: which calls count down */
   long fault_in;                 /* the fault_in-th of them fails (0: none) */
   int fault_code;
@@ -645,6 +646,10 @@ long ocap_store_inject_fault(ocap_store_t *s, unsigned ops, long n, int code) {
 
 unsigned long long ocap_store_scan_steps(const ocap_store_t *s) {
   return s->scan_steps;
+}
+
+unsigned long long ocap_store_bytes_written(const ocap_store_t *s) {
+  return s->written;
 }
 
 /*
@@ -1132,6 +1137,7 @@ int ocap_store_set(ocap_store_t *s, const char *key, size_t klen, const char *va
   int rc = injected(s, OCAP_FAULT_SET);
   if (rc != 0)
     return rc;
+  s->written += klen + vlen;
   key = NONNULL(key, klen);
   val = NONNULL(val, vlen);
   uint32_t h = hash_key(key, klen);
@@ -1167,6 +1173,7 @@ int ocap_store_delete(ocap_store_t *s, const char *key, size_t klen) {
   int rc = injected(s, OCAP_FAULT_DELETE);
   if (rc != 0)
     return rc;
+  s->written += klen;
   key = NONNULL(key, klen);
   uint32_t h = hash_key(key, klen);
   struct bentry *e = buf_find(&s->buf, h, key, klen);

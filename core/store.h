@@ -129,7 +129,9 @@ const char *ocap_store_errmsg(const ocap_store_t *s);
  * to check that a failed write fails the crank rather than being lost.
  * ocap_store_scan_steps counts the keys next_key has examined (live ones,
  * and the deleted or absent ones it stepped over), so tests can check that
- * a scan is linear by counting instead of timing.
+ * a scan is linear by counting instead of timing. ocap_store_bytes_written
+ * counts the bytes of the keys and values passed to set and delete, so tests
+ * can check what a change costs to write in the same way.
  */
 enum {
   OCAP_FAULT_GET = 1,
@@ -141,5 +143,6 @@ enum {
 };
 long ocap_store_inject_fault(ocap_store_t *s, unsigned ops, long n, int code);
 unsigned long long ocap_store_scan_steps(const ocap_store_t *s);
+unsigned long long ocap_store_bytes_written(const ocap_store_t *s);
 
 #endif

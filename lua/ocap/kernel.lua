@@ -15,7 +15,7 @@ local ioChannels = require 'ocap.io'
 
 local M = {}
 
-local SCHEMA_VERSION = '3'
+local SCHEMA_VERSION = '4'
 
 local RUNTIME_MODULES = {
   'ocap.pass', 'ocap.promise', 'ocap.promise.combinators', 'ocap.marshal', 'ocap.marshal.reference', 'ocap.exo',
