@@ -27,11 +27,18 @@ local function silent() end
 
 -- The seeded state -------------------------------------------------------
 
+-- Every vat runs on a small budget (40 ms of CPU a delivery), so that an
+-- input which turns a vat's code into a loop is stopped by the meter in
+-- a moment, not after the default 2 s, which a loaded machine under ASan
+-- stretches past the driver's -timeout.
+local SMALL = { meter = { instructions = 2000000 } }
+
 local function buildBase()
   local kernel = Kernel.make({ database = false, logger = silent })
   local r = kernel:launchSubcluster({
     bootstrap = 'a',
-    vats = { a = { sourceSpec = COUNTER }, other = { sourceSpec = COUNTER } },
+    vats = { a = { sourceSpec = COUNTER, creationOptions = SMALL },
+      other = { sourceSpec = COUNTER, creationOptions = SMALL } },
   }):await()
   local a = r.rootKref
   kernel:queueMessage(a, 'increment', { 2 }):await()
@@ -39,7 +46,8 @@ local function buildBase()
   kernel:queueMessage(a, 'callOther', { 'increment', 3 }):await()
   kernel:queueMessage(a, 'storeThing', { 'self', kernel:getPresence(a) }):await()
   -- A terminated vat and a revoked object.
-  local gone = kernel:launchSubcluster({ bootstrap = 'c', vats = { c = { sourceSpec = COUNTER } } }):await()
+  local gone = kernel:launchSubcluster({ bootstrap = 'c',
+    vats = { c = { sourceSpec = COUNTER, creationOptions = SMALL } } }):await()
   kernel:terminateSubcluster(gone.subclusterId):await()
   kernel:revoke(kernel:krefOf(kernel:queueMessage(a, 'makeEphemeral', {}):await()))
   -- A promise the host decides with a message parked on it, and one the
