@@ -1589,7 +1589,10 @@ static int k_kv_next(lua_State *L) {
 static int k_kv_count(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   sync_tables(L, lk);
-  lua_pushinteger(L, (lua_Integer)ocap_store_count(lk->s));
+  size_t n = ocap_store_count(lk->s);
+  if (n == (size_t)-1)
+    return luaL_error(L, "store count failed: %s", ocap_store_errmsg(lk->s));
+  lua_pushinteger(L, (lua_Integer)n);
   return 1;
 }
 

@@ -569,7 +569,8 @@ struct ocap_store {
   int has_direct;
   struct cmap cache;
   size_t nabsent;      /* absent cells in the cache */
-  size_t count;        /* committed keys */
+  size_t count;        /* committed keys, once counted */
+  int uncounted;       /* LevelDB's keys not counted yet: see ocap_store_count */
   struct sidx ordered; /* see the top of the file; refs are cells */
 
   /* LevelDB backend only; db is NULL for the in-memory one. */
@@ -1022,12 +1023,12 @@ int ocap_store_open_leveldb(const char *dir, int durability, ocap_store_t **out,
     ocap_store_close(s);
     goto done;
   }
-  rc = count_keys(s);
-  if (rc != 0) {
-    msg = s->errmsg ? strdup(s->errmsg) : NULL;
-    ocap_store_close(s);
-    goto done;
-  }
+  /*
+   * Counting the keys reads the whole database, which at a restart costs
+   * more than anything else the kernel does per idle vat: it waits for the
+   * first ocap_store_count, which only diagnostics call.
+   */
+  s->uncounted = 1;
   *out = s;
 done:
   free(canon);
@@ -1194,7 +1195,37 @@ int ocap_store_delete(ocap_store_t *s, const char *key, size_t klen) {
   return buf_add(s, h, key, klen, NULL, 0, 1, existed);
 }
 
+/*
+ * Counts LevelDB's keys and adds the committed cranks not yet flushed: each
+ * pending key that LevelDB lacks and the cache holds counts one more, each
+ * that LevelDB holds and the cache deleted one less. Returns 0 or an error.
+ */
+static int count_committed(ocap_store_t *s) {
+  int rc = count_keys(s);
+  if (rc != 0)
+    return rc;
+  long n = (long)s->count;
+  for (size_t i = 0; i < s->ordered.n; i++) {
+    struct cell *c = s->ordered.v[i].ref;
+    char *lerr = NULL;
+    size_t vl = 0;
+    char *v = leveldb_get(s->db, s->ropts, c->key, c->klen, &vl, &lerr);
+    if (lerr != NULL)
+      return ldb_fail(s, "counting keys failed", lerr);
+    int indb = v != NULL;
+    leveldb_free(v);
+    n += (c->absent ? 0 : 1) - indb;
+  }
+  s->count = (size_t)n;
+  return 0;
+}
+
 size_t ocap_store_count(ocap_store_t *s) {
+  if (s->uncounted) {
+    if (count_committed(s) != 0)
+      return (size_t)-1;
+    s->uncounted = 0;
+  }
   return (size_t)((long)s->count + s->buf.delta);
 }
 
@@ -1539,13 +1570,14 @@ int ocap_store_clear(ocap_store_t *s) {
       cmap_free(&s->cache);
       s->nabsent = 0;
       sidx_clear(&s->ordered);
-      count_keys(s);
+      s->uncounted = 1;
       return ldb_fail(s, "clearing failed", lerr);
     }
   }
   cmap_free(&s->cache);
   s->nabsent = 0;
   s->count = 0;
+  s->uncounted = 0;
   sidx_clear(&s->ordered);
   return 0;
 }

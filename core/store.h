@@ -113,7 +113,11 @@ int ocap_store_flush(ocap_store_t *s);
  */
 size_t ocap_store_pending(const ocap_store_t *s);
 
-/* Number of keys, seen through the crank buffer. */
+/*
+ * Number of keys, seen through the crank buffer. A LevelDB store counts its
+ * keys at the first call (with the committed cranks not yet flushed), not at open;
+ * (size_t)-1 if that fails, with the error in ocap_store_errmsg.
+ */
 size_t ocap_store_count(ocap_store_t *s);
 
 /* Flushes, then frees everything. Safe on NULL. */
