@@ -152,8 +152,10 @@ static int gc_load(ocap_kernel_t *k) {
     g->now.n = 0;
     return rc;
   }
-  /* The store's order is the keys' bytes; the set's is numeric by id. */
-  qsort(g->now.v, g->now.n, sizeof *g->now.v, act_cmp_v);
+  /* The store's order is the keys' bytes; the set's is numeric by id.
+   * (No actions, no array: qsort must not be given NULL.) */
+  if (g->now.n > 1)
+    qsort(g->now.v, g->now.n, sizeof *g->now.v, act_cmp_v);
   g->loaded = 1;
   g->dirty = 0;
   return 0;
