@@ -280,9 +280,7 @@ static int net_connect(lua_State *L) {
 
 static void written(uv_write_t *w, int status) {
   conn_t *c = w->handle->data;
-  size_t n = *(size_t *)w->data;
-  c->queued -= n;
-  free(w->data);
+  c->queued -= ((lrpc_write_t *)w)->n;
   free(w);
 }
 
@@ -297,21 +295,10 @@ static int conn_write(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  uv_write_t *w = malloc(sizeof *w);
-  char *copy = malloc(sizeof(size_t) + (n ? n : 1));
-  if (!w || !copy) {
-    free(w);
-    free(copy);
+  int rc = lrpc_write_copy((uv_stream_t *)&c->tcp, s, n, written);
+  if (rc == UV_ENOMEM)
     return luaL_error(L, "out of memory");
-  }
-  memcpy(copy, &n, sizeof n);
-  memcpy(copy + sizeof n, s, n);
-  w->data = copy;
-  uv_buf_t b = uv_buf_init(copy + sizeof n, (unsigned)n);
-  int rc = uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, written);
   if (rc != 0) {
-    free(copy);
-    free(w);
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -421,16 +408,8 @@ static const luaL_Reg net_functions[] = {
 };
 
 int lnet_open(lua_State *L) {
-  if (luaL_newmetatable(L, CONN_MT)) {
-    luaL_newlib(L, conn_methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, SERVER_MT)) {
-    luaL_newlib(L, server_methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+  lrpc_class(L, CONN_MT, conn_methods);
+  lrpc_class(L, SERVER_MT, server_methods);
   luaL_newlib(L, net_functions);
   return 1;
 }

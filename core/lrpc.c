@@ -232,8 +232,20 @@ static void on_connection(uv_stream_t *st, int status) {
 }
 
 static void written(uv_write_t *w, int status) {
-  free(w->data);
   free(w);
+}
+
+int lrpc_write_copy(uv_stream_t *st, const char *s, size_t n, uv_write_cb cb) {
+  lrpc_write_t *w = malloc(sizeof *w + (n ? n : 1));
+  if (!w)
+    return UV_ENOMEM;
+  w->n = n;
+  memcpy(w->bytes, s, n);
+  uv_buf_t b = uv_buf_init(w->bytes, (unsigned)n);
+  int rc = uv_write(&w->req, st, &b, 1, cb);
+  if (rc != 0)
+    free(w);
+  return rc;
 }
 
 /* conn:write(s) -> boolean  [-0, +1, e]
@@ -246,22 +258,11 @@ static int conn_write(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  uv_write_t *w = malloc(sizeof *w);
-  char *copy = malloc(n ? n : 1);
-  if (!w || !copy) {
-    free(w);
-    free(copy);
+  int rc = lrpc_write_copy((uv_stream_t *)&box->c->pipe, s, n, written);
+  if (rc == UV_ENOMEM)
     return luaL_error(L, "out of memory");
-  }
-  memcpy(copy, s, n);
-  w->data = copy;
-  uv_buf_t b = uv_buf_init(copy, (unsigned)n);
-  int rc = uv_write(w, (uv_stream_t *)&box->c->pipe, &b, 1, written);
-  if (rc != 0) {
-    free(copy);
-    free(w);
+  if (rc != 0)
     conn_close(L, box->c);
-  }
   lua_pushboolean(L, rc == 0);
   return 1;
 }
@@ -594,17 +595,18 @@ static const luaL_Reg rpc_functions[] = {
     {"recv", rpc_recv},     {"isatty", rpc_isatty}, {NULL, NULL},
 };
 
+void lrpc_class(lua_State *L, const char *name, const luaL_Reg *methods) {
+  if (luaL_newmetatable(L, name)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+}
+
 int lrpc_open(lua_State *L) {
-  if (luaL_newmetatable(L, CONN_MT)) {
-    luaL_newlib(L, conn_methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, SERVER_MT)) {
-    luaL_newlib(L, server_methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+  lrpc_class(L, CONN_MT, conn_methods);
+  lrpc_class(L, SERVER_MT, server_methods);
   luaL_newlib(L, rpc_functions);
   lua_pushinteger(L, LRPC_MAX_LINE);
   lua_setfield(L, -2, "MAX_LINE");
