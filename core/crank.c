@@ -610,14 +610,7 @@ int ocap_kernel_step(ocap_kernel_t *k) {
     rc = crank_fatal(k, &item, ep, fatal, why, result);
   free(why);
   free(item.p);
-  if (rc < 0 || k->err)
-    return ocap_kernel_abort_crank(k, rc);
-  rc = ocap_store_commit(k->s);
-  if (rc) {
-    ocap__broken(k, rc, "store commit failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(k->s));
-    return ocap_kernel_abort_crank(k, rc);
-  }
-  return 1;
+  return crank_end(k, rc);
 }
 
 int ocap_kernel_crash(ocap_kernel_t *k, const char *ep, int fatal, const char *why,
