@@ -253,8 +253,18 @@ function M.make(opts)
   --- returns the vrefs among them the kernel may still recognize, which
   --- the caller retires (syscall.retireExports).
   ---@return string[]
+  -- Only ocap.vom marks objects dirty: once a reap point found no mark
+  -- left by an earlier incarnation, none can appear before the kit loads,
+  -- and later reaps skip the scan (a prefix scan sorts the store's new
+  -- keys, the largest cost of a reap after the collection).
+  local noDirty = false
   function ls.reapVirtual()
-    if not vomKit and not (syscall.vatstoreNext and syscall.vatstoreNext('vom.dirty.', nil)) then return {} end
+    if not vomKit then
+      if noDirty or not syscall.vatstoreNext or not syscall.vatstoreNext('vom.dirty.', nil) then
+        noDirty = true
+        return {}
+      end
+    end
     return vom().reap()
   end
 
