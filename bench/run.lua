@@ -349,6 +349,9 @@ scenario('memory per idle vat', function()
   local rss = residentBytes() - rss0
   report('idle vat, Lua heap', heap / n / 1024, 'KiB per vat', ('mean over %d one-vat subclusters'):format(n))
   report('idle vat, resident memory', rss / n / 1024, 'KiB per vat', ('%.0f MiB for %d vats'):format(rss / 2 ^ 20, n))
+  local t0 = now()
+  kernel:reapVats():await()
+  report('idle vat, one reap', (now() - t0) * 1e6 / n, 'us per vat', ('kernel:reapVats() over %d idle vats'):format(n))
   kernel:stop()
 end)
 

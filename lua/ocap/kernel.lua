@@ -1093,7 +1093,8 @@ function Kernel:reapVats()
   return kit.promise
 end
 
---- The same as reapVats: a reap is a full collection of each heap.
+--- The same as reapVats (a reap collects a heap when that can change what
+--- it reports, docs/gc.md).
 function Kernel:collectGarbage()
   self:_check()
   return self:reapVats()

@@ -258,13 +258,19 @@ function M.make(opts)
   -- and later reaps skip the scan (a prefix scan sorts the store's new
   -- keys, the largest cost of a reap after the collection).
   local noDirty = false
-  function ls.reapVirtual()
-    if not vomKit then
-      if noDirty or not syscall.vatstoreNext or not syscall.vatstoreNext('vom.dirty.', nil) then
-        noDirty = true
-        return {}
-      end
+  --- Whether a reap point has virtual objects to look at: the vom kit is
+  --- loaded, or an earlier incarnation left marks in the store.
+  local function virtualToReap()
+    if vomKit then return true end
+    if noDirty or not syscall.vatstoreNext or not syscall.vatstoreNext('vom.dirty.', nil) then
+      noDirty = true
+      return false
     end
+    return true
+  end
+  ls.virtualToReap = virtualToReap
+  function ls.reapVirtual()
+    if not virtualToReap() then return {} end
     return vom().reap()
   end
 
@@ -850,6 +856,12 @@ function M.make(opts)
   --- longer holds are retired. Each list is sorted, so that the syscalls
   --- depend on what the heap holds, not on table order.
   local function bringOutYourDead()
+    -- What a reap reports depends on the heap only through the imports
+    -- the kernel counts reachable, the exports it had us drop and the
+    -- virtual objects: with none of them, a collection could change
+    -- nothing it reports, and the reap skips it (the collector still runs
+    -- on its own, as allocation goes).
+    if next(reachable) == nil and ndropped == 0 and not ls.onReap and not virtualToReap() then return end
     -- The representatives virtual objects cache must not outlive this
     -- collection (ocap.vom).
     if vomKit then vomKit.flush() end
