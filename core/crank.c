@@ -4,8 +4,9 @@
  * or refused, or the kernel failed.
  *
  * A send follows resolved promises to the object they designate, waits on
- * an unresolved one (promise.c parks it), or is "splatted": its result is
- * rejected when nothing can receive it. A notify tells an endpoint about
+ * an unresolved one (promise.c parks it) unless the promise's decider takes
+ * it (pipelining), or is "splatted": its result is rejected when nothing
+ * can receive it. A notify tells an endpoint about
  * settled promises, and about every settled promise their data mentions,
  * in one delivery.
  */
@@ -75,34 +76,70 @@ static int deliver(ocap_kernel_t *k, const char *ep, const ocap_delivery_t *d, i
   return rc;
 }
 
-/* Delivers a send item to the owner of object `target` (never a promise:
- * messages to promises wait in the kernel until settled). Every message an
- * endpoint receives passes here, so this is the one place that checks
- * revocation. */
-static int deliver_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
-                        size_t len, char *ep, int *fatal, char **why) {
-  char owner[OCAP_REF_MAX], teref[OCAP_REF_MAX], reref[OCAP_REF_MAX];
-  int rc = ocap__get_revoked(k, target);
-  if (rc > 0)
-    return splat_error(k, result, "OBJECT_REVOKED", "Target object has been revoked");
-  if (rc == 0)
-    rc = ocap__get_owner(k, target, owner);
-  if (rc == 0) {
-    char detail[128];
-    snprintf(detail, sizeof detail, "Target object %s has been deleted", target);
-    return splat_error(k, result, "OBJECT_DELETED", detail);
-  }
-  if (rc < 0)
+/*
+ * Whether the decider of the unresolved promise kpid takes a message sent
+ * to it now (promise pipelining, kernel.h): 1 with the decider copied to
+ * ep, 0 when the message waits in the kernel, or a negative code. While
+ * messages parked before the decider took the promise wait, later ones
+ * wait behind them, so that all arrive in the order they were sent.
+ */
+static int pipelining_decider(ocap_kernel_t *k, const char *kpid, char *ep) {
+  if (!k->hooks.pipelines)
+    return 0;
+  int rc = ocap__get_decider(k, kpid, ep);
+  if (rc <= 0)
     return rc;
-  if (!ocap__valid_ep(owner))
-    return ocap__broken(k, OCAP_ECORRUPT,
-                        "corrupt database: the owner of %s is '%s', not an endpoint", target,
-                        owner);
-  memcpy(ep, owner, strlen(owner) + 1);
-  if (k->hooks.prepare && !ocap__is_kernel_ep(ep))
-    k->hooks.prepare(k->hooks.ud, ep);
-  if (k->err)
-    return k->err;
+  long long parked = ocap__parked(k, kpid);
+  if (parked != 0)
+    return parked < 0 ? (int)parked : 0;
+  char eref[OCAP_REF_MAX];
+  if (ocap__is_kernel_ep(ep)) {
+    memcpy(eref, kpid, strlen(kpid) + 1);
+  } else {
+    rc = ocap__clist_entry(k, ep, kpid, eref, NULL);
+    if (rc <= 0)
+      return rc;
+  }
+  rc = k->hooks.pipelines(k->hooks.ud, ep, eref);
+  return k->err ? k->err : rc > 0;
+}
+
+/* Delivers a send item to the owner of object `target`, or to `decider`,
+ * the endpoint that decides the unresolved promise `target` and takes its
+ * messages (pipelining_decider). Every message to an object passes here,
+ * so this is the one place that checks revocation; a promise cannot be
+ * revoked, and the decider may only send the message on through the
+ * kernel or out of it (a remote peer's answer). */
+static int deliver_send(ocap_kernel_t *k, const char *target, const char *decider,
+                        const char *result, const char *enc, size_t len, char *ep, int *fatal,
+                        char **why) {
+  char owner[OCAP_REF_MAX], teref[OCAP_REF_MAX], reref[OCAP_REF_MAX];
+  int rc;
+  if (decider) {
+    memcpy(ep, decider, strlen(decider) + 1);
+  } else {
+    rc = ocap__get_revoked(k, target);
+    if (rc > 0)
+      return splat_error(k, result, "OBJECT_REVOKED", "Target object has been revoked");
+    if (rc == 0)
+      rc = ocap__get_owner(k, target, owner);
+    if (rc == 0) {
+      char detail[128];
+      snprintf(detail, sizeof detail, "Target object %s has been deleted", target);
+      return splat_error(k, result, "OBJECT_DELETED", detail);
+    }
+    if (rc < 0)
+      return rc;
+    if (!ocap__valid_ep(owner))
+      return ocap__broken(k, OCAP_ECORRUPT,
+                          "corrupt database: the owner of %s is '%s', not an endpoint", target,
+                          owner);
+    memcpy(ep, owner, strlen(owner) + 1);
+    if (k->hooks.prepare && !ocap__is_kernel_ep(ep))
+      k->hooks.prepare(k->hooks.ud, ep);
+    if (k->err)
+      return k->err;
+  }
   rc = ocap_kernel_kref_to_eref(k, ep, target, teref);
   if (!rc && result) {
     rc = ocap__set_decider(k, result, ep);
@@ -173,11 +210,19 @@ static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int 
       goto done;
     }
     if (st == ST_UNRESOLVED) {
-      /* The message waits here, even when a vat decides the promise: were
-       * it handed to the decider, its liveslots would deliver it to its own
-       * object once resolved, past the revocation check in deliver_send.
-       * Parked, it is routed again on settlement like any other send. */
-      return ocap__park(k, cur, item, len); /* the parked item keeps its refs */
+      /* The message waits here unless the decider takes it (a remote
+       * peer's answer, which the message follows across the wire). A vat
+       * never does: its liveslots would deliver it to its own object once
+       * resolved, past the revocation check in deliver_send. Parked, it is
+       * routed again on settlement like any other send. */
+      char decider[OCAP_REF_MAX];
+      rc = pipelining_decider(k, cur, decider);
+      if (rc < 0)
+        return rc;
+      if (rc == 0)
+        return ocap__park(k, cur, item, len); /* the parked item keeps its refs */
+      rc = deliver_send(k, cur, decider, res, enc, elen, ep, fatal, why);
+      goto done;
     }
     ocap__buf_t data = {0};
     rc = ocap__getb(k, &data, "%s.data", cur);
@@ -202,7 +247,7 @@ static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int 
     }
     memcpy(cur, next, strlen(next) + 1);
   }
-  rc = deliver_send(k, cur, res, enc, elen, ep, fatal, why);
+  rc = deliver_send(k, cur, NULL, res, enc, elen, ep, fatal, why);
 done:
   if (rc == 0 || rc == OCAP_EFATAL) {
     /* The item is gone: delivered, or rejected at its result. */

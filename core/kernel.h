@@ -113,6 +113,17 @@ typedef struct ocap_kernel_hooks {
    * without touching the new message. May be NULL.
    */
   void (*prepare)(void *ud, const char *ep);
+  /*
+   * Promise pipelining: whether endpoint ep, which decides the unresolved
+   * promise eref (its ref for it), takes a message sent to that promise
+   * now, as a delivery whose target is eref, instead of the kernel keeping
+   * it until the promise settles (docs/promises.md). Asked each time such a
+   * message is routed, only for an endpoint that is running (it is not
+   * prepared first), and never while messages the kernel kept for the
+   * promise are waiting, so that the promise's messages arrive in the
+   * order they were sent. May be NULL: every message then waits.
+   */
+  int (*pipelines)(void *ud, const char *ep, const char *eref);
 } ocap_kernel_hooks_t;
 
 /* Opens the kernel on a store (initialising an empty one). The kernel sets

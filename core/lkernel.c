@@ -158,9 +158,10 @@ struct lkernel {
   ocap_kernel_t *k;
   lua_State *L; /* The host thread driving the kernel right now. */
   int host_dispatch_ref, vat_needed_ref, logger_ref, terminated_ref, exit_ref;
-  lvat_t **vats; /* open addressing by vat number; NULL marks a free slot */
-  size_t nvats;  /* slots: 0 or a power of two, at most half full */
-  size_t nlive;  /* records in it */
+  int host_pipelines_ref; /* the host's answer to the kernel's pipelines hook */
+  lvat_t **vats;          /* open addressing by vat number; NULL marks a free slot */
+  size_t nvats;           /* slots: 0 or a power of two, at most half full */
+  size_t nlive;           /* records in it */
   runtime_t *runtime;
   int in_step;
   lua_Integer reap_interval;   /* deliveries to a vat between reaps; 0: never */
@@ -1361,6 +1362,26 @@ static void hook_prepare(void *ud, const char *ep) {
 }
 
 /*
+ * [-0, +0, m] The kernel's pipelines hook: the host's `pipelines(kpid)`
+ * says whether it takes the messages sent to a promise it decides (the
+ * answer of a remote peer, which they follow across the wire). Vats never
+ * do (docs/promises.md). An error in the function counts as no.
+ */
+static int hook_pipelines(void *ud, const char *ep, const char *eref) {
+  lkernel_t *lk = ud;
+  lua_State *L = lk->L;
+  if (!L || lk->host_pipelines_ref == LUA_NOREF || strcmp(ep, "kernel") != 0)
+    return 0;
+  STACK_CHECK_BEGIN(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lk->host_pipelines_ref);
+  lua_pushstring(L, eref);
+  int yes = lua_pcall(L, 1, 1, 0) == LUA_OK && lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  STACK_CHECK_END(L, 0);
+  return yes;
+}
+
+/*
  * [-0, +0, m] The kernel's terminated hook: drops the vat's state, then tells
  * the host, whose handler records the reason. An error in the handler is
  * dropped, because the kernel has already forgotten the vat.
@@ -1410,6 +1431,7 @@ static void unref_all(lua_State *L, lkernel_t *lk) {
   luaL_unref(L, LUA_REGISTRYINDEX, lk->logger_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->terminated_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->exit_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->host_pipelines_ref);
 }
 
 /* K:__gc()  [-0, +0, e]
@@ -1464,7 +1486,7 @@ static int core_open(lua_State *L) {
   if (!lk)
     return luaL_error(L, "out of memory");
   lk->host_dispatch_ref = lk->vat_needed_ref = lk->logger_ref = lk->terminated_ref = LUA_NOREF;
-  lk->exit_ref = LUA_NOREF;
+  lk->exit_ref = lk->host_pipelines_ref = LUA_NOREF;
   if (uv_loop_init(&lk->loop) != 0) {
     free(lk);
     return luaL_error(L, "cannot create the event loop");
@@ -1483,8 +1505,11 @@ static int core_open(lua_State *L) {
     free(err);
     return 3;
   }
-  ocap_kernel_hooks_t hooks = {
-      .ud = lk, .deliver = hook_deliver, .terminated = hook_terminated, .prepare = hook_prepare};
+  ocap_kernel_hooks_t hooks = {.ud = lk,
+                               .deliver = hook_deliver,
+                               .terminated = hook_terminated,
+                               .prepare = hook_prepare,
+                               .pipelines = hook_pipelines};
   if (ocap_kernel_new(lk->s, &hooks, &lk->k)) {
     ocap_store_close(lk->s);
     uv_loop_close(&lk->loop);
@@ -2083,6 +2108,11 @@ static int set_ref(lua_State *L, int *ref) {
 /* K:setHostDispatch(dispatch?)  [-0, +0, e] */
 static int k_set_host_dispatch(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->host_dispatch_ref);
+}
+
+/* K:setHostPipelines(pipelines?)  [-0, +0, e] */
+static int k_set_host_pipelines(lua_State *L) {
+  return set_ref(L, &checkkernel(L, 1)->host_pipelines_ref);
 }
 
 /* K:setVatNeeded(vatNeeded?)  [-0, +0, e] */
@@ -2712,6 +2742,7 @@ static const luaL_Reg kernel_methods[] = {
     {"revoke", k_revoke},
     {"isRevoked", k_is_revoked},
     {"setHostDispatch", k_set_host_dispatch},
+    {"setHostPipelines", k_set_host_pipelines},
     {"setVatNeeded", k_set_vat_needed},
     {"setLogger", k_set_logger},
     {"setTerminated", k_set_terminated},

@@ -609,6 +609,12 @@ int ocap__park(ocap_kernel_t *k, const char *kpid, const char *item, size_t len)
   return rc;
 }
 
+long long ocap__parked(ocap_kernel_t *k, const char *kpid) {
+  prec_t *r;
+  int rc = lookup(k, kpid, 0, &r);
+  return rc ? rc : r ? r->qtail : 0;
+}
+
 int ocap_kernel_reject_decided(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *reason) {
   if (ocap__is_kernel_ep(ep))
     return ocap__fail(k, OCAP_EINVAL, "the kernel endpoint has no incarnations");

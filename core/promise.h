@@ -47,5 +47,7 @@ int ocap__subscribers_add(ocap_kernel_t *k, const char *kpid, const char *ep);
 int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *enc, size_t len);
 /* Parks a run-queue item on an unresolved promise; the item keeps its refs. */
 int ocap__park(ocap_kernel_t *k, const char *kpid, const char *item, size_t len);
+/* The number of messages parked on kpid (0 for none), or a negative code. */
+long long ocap__parked(ocap_kernel_t *k, const char *kpid);
 
 #endif

@@ -11,12 +11,13 @@ local E = ocap.E
 local BIN = os.getenv('OCAP_BIN') or 'build/ocap'
 local SRC = os.getenv('OCAP_SOURCE_DIR') or '.'
 
---- Starts spec/remote/peer.lua; { pid, locator, url, neverUrl }.
+--- Starts spec/remote/peer.lua; { pid, locator, url, neverUrl, gateUrl }.
 local function spawnPeer(env)
   local cmd = ("%s exec sh -c 'echo $$; exec \"%s\" run \"%s/spec/remote/peer.lua\"'"):format(env or '', BIN, SRC)
   local f = assert(io.popen(cmd, 'r'))
-  local peer = { f = f, pid = f:read('l'), locator = f:read('l'), url = f:read('l'), neverUrl = f:read('l') }
-  assert(peer.neverUrl and peer.neverUrl:match('^ocapn://'), 'the peer did not start')
+  local peer = { f = f, pid = f:read('l'), locator = f:read('l'), url = f:read('l'), neverUrl = f:read('l'),
+    gateUrl = f:read('l') }
+  assert(peer.gateUrl and peer.gateUrl:match('^ocapn://'), 'the peer did not start')
   return peer
 end
 
@@ -364,6 +365,72 @@ describe('remote kernels', function()
     assert.matches('^%[KERNEL:CONNECTION_LOST%] connection to peer %x+ lost', err.message)
     -- Other sessions are not affected.
     assert.are.equal(2, E(echo).ping(2):await())
+  end)
+end)
+
+describe('pipelining from a vat', function()
+  -- The other kernel's gate answers a(n) only once n messages arrived
+  -- there on answers it has not given yet (spec/remote/peer.lua): without
+  -- pipelining, b waits here for a's answer, a waits there for b, and the
+  -- vat's bounded wait gives up, failing the spec with the reason.
+  local MS = 3000
+  local peer, kernel, gate, vat
+
+  setup(function()
+    peer = spawnPeer()
+    kernel = newKernel { remote = { listen = '127.0.0.1:0' } }
+    gate = kernel:redeemOcapURL(peer.gateUrl):await()
+    vat = kernel:launchSubcluster({ bootstrap = 'p', vats = { p = {
+      sourceSpec = SRC .. '/spec/vats/pipeliner.lua', globals = { 'setTimeout', 'clearTimeout' } } } }):await().rootKref
+  end)
+
+  teardown(function()
+    if kernel then kernel:stop() end
+    killPeer(peer)
+  end)
+
+  local function outcome(o)
+    if o.ok then return o.value end
+    error(type(o.value) == 'table' and o.value.message or tostring(o.value), 0)
+  end
+
+  it('sends E(E(E(remote).a()).b()).c() before a is answered', function()
+    local out = kernel:queueMessage(vat, 'chain', { gate, 'a', 2, MS }):await()
+    outcome(out.a)
+    assert.are.equal('c done', outcome(out.c))
+    -- b and c reached the other kernel before it answered a, and ran in order.
+    local log = E(outcome(out.b)).log():await()
+    assert.are.same({ 'a', 'arrived b', 'arrived c', 'a answered', 'b', 'c' }, { table.unpack(log) })
+  end)
+
+  it('keeps the order of the messages pipelined on one answer', function()
+    local out = kernel:queueMessage(vat, 'steps', { gate, 5, MS }):await()
+    for i = 1, 5 do assert.are.equal(i, outcome(out['step' .. i])) end
+    local log = outcome(out.log)
+    assert.are.same({ 'a', 'arrived step', 'arrived step', 'arrived step', 'arrived step', 'arrived step',
+      'a answered', 'step 1', 'step 2', 'step 3', 'step 4', 'step 5' }, { table.unpack(log) })
+  end)
+
+  it('rejects the pipelined results when the answer they follow is rejected', function()
+    local out = kernel:queueMessage(vat, 'chain', { gate, 'fail', 2, MS }):await()
+    for _, name in ipairs { 'a', 'b', 'c' } do
+      assert.is_false(out[name].ok, name)
+      assert.matches('a failed on purpose$', out[name].value.message, nil, nil, name)
+    end
+  end)
+
+  it('breaks the pipelined results with CONNECTION_LOST when the peer goes away', function()
+    local other = spawnPeer()
+    finally(function() killPeer(other) end)
+    local doomed = kernel:redeemOcapURL(other.gateUrl):await()
+    -- die(2) ends the other kernel's process once b and c arrived there.
+    local out = kernel:queueMessage(vat, 'chain', { doomed, 'die', 2, MS }):await()
+    for _, name in ipairs { 'a', 'b', 'c' } do
+      assert.is_false(out[name].ok, name)
+      local why = out[name].value
+      assert.matches('^%[KERNEL:CONNECTION_LOST%] connection to peer %x+ lost', tostring(why.message or why), nil, nil,
+        name)
+    end
   end)
 end)
 

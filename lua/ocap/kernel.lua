@@ -273,6 +273,7 @@ function M.make(options)
     end,
   })
   K:setHostDispatch(self.ls.dispatch)
+  K:setHostPipelines(self.ls.pipelines)
   upgrade.install(self)
   self:_rejectPreviousHostPromises()
   K:setVatNeeded(function(vatId) return self:_restartVatState(vatId) end)

@@ -26,6 +26,13 @@ local isPromise, remotableIface = pass.isPromise, pass.remotableIface
 local kernelErrorCode = pass.kernelErrorCode
 local function ignore() end
 
+-- Targets that send their messages themselves (ocap.remote's imports, and
+-- the answers of a remote peer, whose messages go ahead of their
+-- settlement): target -> send(method, args, wantResult).
+local pipelines = setmetatable({}, { __mode = 'k' })
+-- E()'s send, defined with the proxies below.
+local eventualSend
+
 local COUNT_MAX = 9007199254740991 -- 2^53 - 1
 
 --- Reads a count or id the runtime keeps in the vat's store (dflt when
@@ -702,9 +709,32 @@ function M.make(opts)
     return callMethod(target, method, args)
   end
 
+  -- Promise pipelining: the results this instance decides that follow a
+  -- local promise which sends its messages itself (a remote peer's answer,
+  -- setPipeline), while it is pending: result vpid -> that promise. The
+  -- kernel hands this instance the messages sent to such a result
+  -- (ls.pipelines), which go where the promise sends them.
+  local answers = {}
+
+  --- Notes that resultVpid follows r, when r pipelines.
+  local function follow(resultVpid, r)
+    if resultVpid and pipelines[r] and isOurPromise(r) and pstate(r) == 'pending' then
+      answers[resultVpid] = r
+      onSettle(r, function() answers[resultVpid] = nil end)
+    end
+  end
+
+  --- Whether this instance takes the messages the kernel has for vref, a
+  --- promise it decides (the kernel's pipelines hook, kernel.h).
+  function ls.pipelines(vref)
+    local r = answers[vref]
+    return r ~= nil and pipelines[r] ~= nil
+  end
+
   local function deliverMessage(targetVref, body, slots, resultVpid)
-    -- Only objects receive messages: the kernel keeps a message sent to a
-    -- promise until the promise settles, then routes it to the object it
+    -- Only objects receive messages, and the answers of remote peers
+    -- (ls.pipelines): the kernel keeps any other message sent to a promise
+    -- until the promise settles, then routes it to the object it
     -- designates, checking revocation on the way. Running it here on the
     -- local object the promise resolved to would skip that check.
     local target = exports[targetVref]
@@ -713,6 +743,21 @@ function M.make(opts)
       if target == nil and ssub(targetVref, 1, 3) == 'o+d' then target = durableObject(targetVref) end
     end
     local ok, methargs = decodeCapdata(body, slots)
+    local answer = target == nil and answers[targetVref]
+    if answer then
+      -- Sent on at once, to the answer position across the wire; its own
+      -- result may take pipelined messages in turn.
+      if not ok then return rejectResult(resultVpid, normalizeError(methargs)) end
+      local sok, r = pcall(eventualSend, answer, methargs[1], methargs[2] or {}, resultVpid ~= nil)
+      if not sok then return rejectResult(resultVpid, normalizeError(r)) end
+      follow(resultVpid, r)
+      if resultVpid then
+        onSettle(r, function(fulfilled, value) settleResult(resultVpid, fulfilled, value) end)
+      elseif r then
+        onSettle(r, ignore)
+      end
+      return
+    end
     if target == nil then
       rejectResult(resultVpid, pass.makeError(
         ('[KERNEL:OBJECT_DELETED] Object %s no longer exists'):format(targetVref)))
@@ -724,6 +769,7 @@ function M.make(opts)
     end
     local method, args = methargs[1], methargs[2] or {}
     local done, ok2, r = call(method == 'bootstrap' and invoke or callMethod, target, method, args)
+    if done and ok2 then follow(resultVpid, r) end
     if done and not hasTurns() and not isOurPromise(r) then
       -- The method ended without awaiting and queued no turn: settling the
       -- result now is what the turn below would do first.
@@ -977,11 +1023,6 @@ end
 --- Wraps a target for eventual send.
 local proxyCache = setmetatable({}, { __mode = 'k' })
 
--- Targets that send their messages themselves (ocap.remote's imports, and
--- the answers of a remote peer, whose messages go ahead of their
--- settlement): target -> send(method, args, wantResult).
-local pipelines = setmetatable({}, { __mode = 'k' })
-
 --- Makes E(target) call send(method, args, wantResult) at once, for a
 --- remotable or a pending promise (promise pipelining); nil stops it.
 function M.setPipeline(target, send)
@@ -995,7 +1036,7 @@ local function stoppedMessage(target, vref)
 end
 M.stoppedMessage = stoppedMessage
 
-local function eventualSend(target, method, args, wantResult)
+function eventualSend(target, method, args, wantResult)
   local info = presenceInfo[target]
   if info then
     if info.ls.stopped then error(stoppedMessage(target, info.vref), 3) end

@@ -1,11 +1,13 @@
 -- The other kernel of spec/remote_spec.lua, run in its own process:
 --   ocap run spec/remote/peer.lua
--- It hosts an echo vat and a host object whose answers never settle,
--- prints its locator, the echo vat's sturdyref URL and the never object's,
--- one a line, then serves until it is killed. Its limits are small so that
--- the specs can cross them; REMOTE_DB keeps its state in a directory.
+-- It hosts an echo vat, a host object whose answers never settle and a
+-- gate for the pipelining specs, prints its locator, the echo vat's
+-- sturdyref URL, the never object's and the gate's, one a line, then
+-- serves until it is killed. Its limits are small so that the specs can
+-- cross them; REMOTE_DB keeps its state in a directory.
 local ocap = require 'ocap'
 local promise = require 'ocap.promise'
+local pass = require 'ocap.pass'
 
 local here = (arg and arg[0] or 'spec/remote/peer.lua'):match('^(.*)/remote/peer%.lua$') or 'spec'
 
@@ -30,8 +32,68 @@ local never = ocap.makeDefaultExo('never', {
   wait = function() return promise.makePromise() end,
 })
 
+-- The gate of the pipelining specs. a(n), fail(n) and die(n) answer only
+-- once n messages arrived on answers of this kernel that had not settled
+-- (so only when the other side sent them without waiting for our answer):
+-- a with the stage object, fail with an error, die by ending this process.
+-- The stage's log() tells what arrived and ran, in order.
+local story, waiter, arrivals = {}, nil, 0
+local stage
+stage = ocap.makeDefaultExo('stage', {
+  b = function()
+    story[#story + 1] = 'b'
+    return stage
+  end,
+  c = function()
+    story[#story + 1] = 'c'
+    return 'c done'
+  end,
+  step = function(_, i)
+    story[#story + 1] = 'step ' .. i
+    return i
+  end,
+  log = function() return table.move(story, 1, #story, 1, {}) end,
+})
+local function check()
+  if waiter and arrivals >= waiter.n then
+    local w = waiter
+    waiter = nil
+    story[#story + 1] = 'a answered'
+    w.fire(w.kit)
+  end
+end
+-- Messages are counted as they arrive, before their targets run: a's
+-- method runs a turn later than the messages that came with it.
+local gate
+local remote = kernel.remote
+local deliverLocal = remote._deliverLocal
+remote._deliverLocal = function(self, target, method, args)
+  if target == gate then
+    story, arrivals = { method }, 0
+  elseif promise.isPromise(target) and promise.state(target) == 'pending' then
+    arrivals = arrivals + 1
+    story[#story + 1] = 'arrived ' .. method
+    check()
+  end
+  return deliverLocal(self, target, method, args)
+end
+local function gated(n, fire)
+  local kit = promise.makePromiseKit()
+  waiter = { n = n, kit = kit, fire = fire }
+  check()
+  return kit.promise
+end
+gate = ocap.makeDefaultExo('gate', {
+  a = function(_, n) return gated(n, function(kit) kit.resolve(stage) end) end,
+  fail = function(_, n)
+    return gated(n, function(kit) kit.reject(pass.makeError('a failed on purpose')) end)
+  end,
+  die = function(_, n) return gated(n, function() os.exit(3) end) end,
+})
+
 print(kernel:getStatus().remoteComms.listenAddresses[1])
 print(kernel:issueOcapURL(root, swiss))
 print(kernel:issueOcapURL(never))
+print(kernel:issueOcapURL(gate))
 io.stdout:flush()
 promise.makePromise():await()
