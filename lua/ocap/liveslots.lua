@@ -24,6 +24,11 @@ local call, settled, hasTurns = promise.call, promise.settled, promise.hasTurns
 local settleAndResume, isOurPromise = promise.settleAndResume, promise.isPromise
 local isPromise, remotableIface = pass.isPromise, pass.remotableIface
 local kernelErrorCode = pass.kernelErrorCode
+-- The C codec's own functions, where the state has it (always in a vat):
+-- the hot path calls them without marshal's wrappers.
+local cEncode = pass.codec and pass.codec.encode
+local cEncodeCall = pass.codec and pass.codec.encodeCall
+local cDecode = pass.codec and pass.codec.decode
 local function ignore() end
 
 -- Targets that send their messages themselves (ocap.remote's imports, and
@@ -233,6 +238,7 @@ function M.make(opts)
   end
 
   local m -- the marshaller, defined below
+  local valToSlot -- a value's ref, made for it if needed; defined below
 
   -- The store and durable kits load on the first touch of the baggage's
   -- contents, of a durable API or of a ref of theirs: a vat that keeps
@@ -471,7 +477,9 @@ function M.make(opts)
   --- Resolves vpid with value, or rejects it; a value that cannot be
   --- passed rejects it with an error saying why.
   local function settleVpid(vpid, fulfilled, value)
-    local ok, cd = pcall(m.serialize, value)
+    local ok, cd
+    if cEncode then ok, cd = pcall(cEncode, value, valToSlot) end
+    if not cd then ok, cd = pcall(m.serialize, value) end
     if not ok then
       fulfilled = false
       cd = m.serialize(pass.makeError('result is not passable: ' .. stripPosition(tostring(cd))))
@@ -510,7 +518,7 @@ function M.make(opts)
     return pr
   end
 
-  local function valToSlot(v, style)
+  function valToSlot(v, style)
     local vref = valToVref[v]
     if vref then
       -- A virtual object leaving the vat is held by the kernel from now on.
@@ -596,9 +604,20 @@ function M.make(opts)
     end
   end
 
+  -- A delivery's capdata goes straight to the C codec, through the decode
+  -- syscall: the kernel hands over a string and a table, so the checks
+  -- marshal makes of capdata from elsewhere have nothing to find. What the
+  -- C codec leaves (every error, rare inputs) goes the general way, which
+  -- tries the C codec again and then the Lua one, for the same value or
+  -- error as marshal gives.
   local capdata = {}
   local function decodeCapdata(body, slots)
     if slots[1] ~= nil then noteImports(slots) end
+    if cDecode then
+      local ok, decoded, v = decode(cDecode, body, slots, slotToVal)
+      if not ok then return false, decoded end
+      if decoded then return true, v end
+    end
     capdata.body, capdata.slots = body, slots
     local ok, v = decode(m.unserialize, capdata)
     capdata.body, capdata.slots = nil, nil
@@ -608,7 +627,7 @@ function M.make(opts)
 
   --- Sends method(args) to a kernel ref; returns the result promise.
   local function sendTo(vref, method, args, wantResult)
-    local cd = m.serializeCall(method, args)
+    local cd = cEncodeCall and cEncodeCall(method, args, valToSlot) or m.serializeCall(method, args)
     if ndropped > 0 then resent(cd.slots) end
     local resultVpid = wantResult and allocPromise() or nil
     syscall.send(vref, cd.body, cd.slots, resultVpid)
@@ -1070,13 +1089,17 @@ local function makeProxy(target, wantResult)
   -- A presence's instance and ref never change: its sends go straight there.
   local info = presenceInfo[target]
   local proxy
+  -- Whether a sender's first argument is the proxy itself (a call made as
+  -- E(x):method(...)): a raw lookup, which no metamethod of the argument
+  -- can answer, as no equality test would, and no function call.
+  local itself = {}
   proxy = setmetatable({}, {
     -- Each method's sender is made once and kept in the proxy itself, so
     -- that later sends find it without calling this.
     __index = function(_, method)
       local f = function(...)
         local args
-        if rawequal((...), proxy) then
+        if itself[...] then
           args = pack(select(2, ...))
         else
           args = pack(...)
@@ -1093,6 +1116,7 @@ local function makeProxy(target, wantResult)
     end,
     __newindex = function() error('E proxy is read-only', 2) end,
   })
+  itself[proxy] = true
   return proxy
 end
 
