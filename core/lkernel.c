@@ -387,8 +387,13 @@ static void drop_held(lvat_t *rec) {
   h->dispatch_ref = LUA_NOREF;
 }
 
-/* [-0, +1, m] Pushes a table of the capdata's slots. */
+/* [-0, +1, m] Pushes a table of the capdata's slots, or nil when it has
+ * none: most messages carry none, and liveslots reads nil as no slots. */
 static void push_slots(lua_State *L, const ocap_capdata_t *cd) {
+  if (cd->nslots == 0) {
+    lua_pushnil(L);
+    return;
+  }
   lua_createtable(L, (int)cd->nslots, 0);
   for (size_t i = 0; i < cd->nslots; i++) {
     lua_pushstring(L, cd->slots[i]);
@@ -438,6 +443,16 @@ static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
     return 5;
   }
   lua_pushliteral(L, "notify");
+  if (d->nresolutions == 1) {
+    /* The common case, one resolution, goes flat: no tables to make. */
+    const ocap_resolution_t *r = &d->resolutions[0];
+    lua_pushstring(L, r->kpid);
+    lua_pushboolean(L, r->rejected);
+    lua_pushlstring(L, r->data.body, r->data.blen);
+    push_slots(L, &r->data);
+    STACK_CHECK_END(L, 5);
+    return 5;
+  }
   lua_createtable(L, (int)d->nresolutions, 0);
   for (size_t i = 0; i < d->nresolutions; i++) {
     const ocap_resolution_t *r = &d->resolutions[i];

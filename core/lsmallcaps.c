@@ -618,13 +618,38 @@ static int enc_end(lua_State *L, enc_t *e, int r) {
   return 1;
 }
 
-/* encode(v, valToSlot?) -> { body, slots } | nil  [-0, +1, e] */
-static int sc_encode(lua_State *L) {
+/* [-0, +(1|2), e] Ends an encoding as two values, its body and its slots
+ * (nil when it has none), so that a caller that hands them on at once
+ * makes no table; or one nil when it was left to the reference. */
+static int enc_end_parts(lua_State *L, enc_t *e, int r) {
+  if (r) {
+    lua_pushnil(L);
+    return 1;
+  }
+  ocap_vat_charge(L, e->cost + (long long)((e->n - e->charged_n) / BYTES_PER_INSTRUCTION));
+  lua_pushlstring(L, e->b, e->n);
+  lua_pushvalue(L, e->slots);
+  return 2;
+}
+
+/* [-0, +(1|2), e] encode and encodeParts: the value at 1, with valToSlot
+ * at 2. */
+static int encode_value(lua_State *L, int parts) {
   lua_settop(L, 2);
   enc_t e;
   enc_begin(L, &e, 2);
   int r = enc_value(&e, 1, 0);
-  return enc_end(L, &e, r);
+  return parts ? enc_end_parts(L, &e, r) : enc_end(L, &e, r);
+}
+
+/* encode(v, valToSlot?) -> { body, slots } | nil  [-0, +1, e] */
+static int sc_encode(lua_State *L) {
+  return encode_value(L, 0);
+}
+
+/* encodeParts(v, valToSlot?) -> body, slots | nil  [-0, +(1|2), e] */
+static int sc_encode_parts(lua_State *L) {
+  return encode_value(L, 1);
 }
 
 /* Whether s needs neither escaping nor the `!` mark. */
@@ -701,9 +726,10 @@ static int enc_simple_call(enc_t *e) {
   return 0;
 }
 
-/* encodeCall(method, args, valToSlot?) -> { body, slots } | nil  [-0, +1, e]
- * The body of the array { method, args } without making that table. */
-static int sc_encode_call(lua_State *L) {
+/* [-0, +(1|2), e] encodeCall and encodeCallParts: the body of the array
+ * { method, args } (at 1 and 2, valToSlot at 3) without making that
+ * table. */
+static int encode_call(lua_State *L, int parts) {
   lua_settop(L, 3);
   if (lua_isnil(L, 1) || lua_isnil(L, 2)) {
     lua_pushnil(L); /* the table would not be an array of two */
@@ -711,17 +737,29 @@ static int sc_encode_call(lua_State *L) {
   }
   enc_t e;
   enc_begin(L, &e, 3);
-  if (enc_simple_call(&e) == 0)
-    return enc_end(L, &e, 0);
-  put_char(&e, '[');
-  int r = enc_value(&e, 1, 1);
-  if (!r) {
-    put_char(&e, ',');
-    r = enc_value(&e, 2, 1);
+  int r = enc_simple_call(&e);
+  if (r) {
+    put_char(&e, '[');
+    r = enc_value(&e, 1, 1);
+    if (!r) {
+      put_char(&e, ',');
+      r = enc_value(&e, 2, 1);
+    }
+    if (!r)
+      put_char(&e, ']');
   }
-  if (!r)
-    put_char(&e, ']');
-  return enc_end(L, &e, r);
+  return parts ? enc_end_parts(L, &e, r) : enc_end(L, &e, r);
+}
+
+/* encodeCall(method, args, valToSlot?) -> { body, slots } | nil  [-0, +1, e] */
+static int sc_encode_call(lua_State *L) {
+  return encode_call(L, 0);
+}
+
+/* encodeCallParts(method, args, valToSlot?) -> body, slots | nil
+ * [-0, +(1|2), e] */
+static int sc_encode_call_parts(lua_State *L) {
+  return encode_call(L, 1);
 }
 
 /* ---- decoding ---- */
@@ -1043,8 +1081,12 @@ static int sc_set_promise_mt(lua_State *L) {
 }
 
 static const luaL_Reg codec_funcs[] = {
-    {"encode", sc_encode}, {"encodeCall", sc_encode_call},
-    {"decode", sc_decode}, {"setPromiseMetatable", sc_set_promise_mt},
+    {"encode", sc_encode},
+    {"encodeCall", sc_encode_call},
+    {"encodeParts", sc_encode_parts},
+    {"encodeCallParts", sc_encode_call_parts},
+    {"decode", sc_decode},
+    {"setPromiseMetatable", sc_set_promise_mt},
     {NULL, NULL},
 };
 

@@ -7,8 +7,14 @@
  *
  *   encode(v, valToSlot?) -> { body, slots } | nil
  *   encodeCall(method, args, valToSlot?) -> { body, slots } | nil
+ *   encodeParts(v, valToSlot?) -> body, slots | nil
+ *   encodeCallParts(method, args, valToSlot?) -> body, slots | nil
  *   decode(body, slots?, slotToVal?) -> true, value | false
  *   setPromiseMetatable(mt)
+ *
+ * The Parts forms answer the body and slots as two values, the slots nil
+ * when there are none, for a caller that hands them on at once (liveslots'
+ * syscalls) and so needs no table.
  *
  * A codec answers nil or false for anything it leaves to the reference
  * codec in lua/ocap/marshal.lua: every error (which the reference then

@@ -163,7 +163,13 @@ describe('the C smallcaps codec', function()
       if lok then
         assert.equal(lcd.body, ccd.body, 'case ' .. i)
         assert.same(lcd.slots, ccd.slots, 'case ' .. i)
-        if codec.encode(v, valToSlot) then taken = taken + 1 end
+        local t = codec.encode(v, valToSlot)
+        if t then taken = taken + 1 end
+        -- The two-value form liveslots uses: the same body, and the same
+        -- slots, nil for none.
+        local body, slots = codec.encodeParts(v, valToSlot)
+        assert.equal(t and t.body, body, 'case ' .. i)
+        assert.same(t and t.slots[1] and t.slots or nil, slots, 'case ' .. i)
         local l = attempt(lm.unserialize, lcd)
         local c = attempt(cm.unserialize, lcd)
         assert.is_true(l[1], lcd.body)
@@ -179,6 +185,10 @@ describe('the C smallcaps codec', function()
       cok, ccd = pcall(cm.serializeCall, 'method', args)
       assert.equal(lok, cok, 'call ' .. i)
       if lok then assert.equal(lcd.body, ccd.body, 'call ' .. i) end
+      local t = codec.encodeCall('method', args, valToSlot)
+      local body, slots = codec.encodeCallParts('method', args, valToSlot)
+      assert.equal(t and t.body, body, 'call ' .. i)
+      assert.same(t and t.slots[1] and t.slots or nil, slots, 'call ' .. i)
     end
     -- The comparison is worth something only if the C codec did the work.
     assert.is_true(taken > 2500, 'encoded by C: ' .. taken)

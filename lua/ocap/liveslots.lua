@@ -26,8 +26,8 @@ local isPromise, remotableIface = pass.isPromise, pass.remotableIface
 local kernelErrorCode = pass.kernelErrorCode
 -- The C codec's own functions, where the state has it (always in a vat):
 -- the hot path calls them without marshal's wrappers.
-local cEncode = pass.codec and pass.codec.encode
-local cEncodeCall = pass.codec and pass.codec.encodeCall
+local cEncodeParts = pass.codec and pass.codec.encodeParts
+local cEncodeCallParts = pass.codec and pass.codec.encodeCallParts
 local cDecode = pass.codec and pass.codec.decode
 local function ignore() end
 
@@ -477,15 +477,25 @@ function M.make(opts)
   --- Resolves vpid with value, or rejects it; a value that cannot be
   --- passed rejects it with an error saying why.
   local function settleVpid(vpid, fulfilled, value)
-    local ok, cd
-    if cEncode then ok, cd = pcall(cEncode, value, valToSlot) end
-    if not cd then ok, cd = pcall(m.serialize, value) end
-    if not ok then
+    -- The C codec answers the body and slots as two values (slots nil
+    -- when there are none); what it leaves, marshal encodes.
+    local ok, body, slots
+    if cEncodeParts then ok, body, slots = pcall(cEncodeParts, value, valToSlot) end
+    if body == nil then
+      local cd
+      ok, cd = pcall(m.serialize, value)
+      if not ok then
+        fulfilled = false
+        cd = m.serialize(pass.makeError('result is not passable: ' .. stripPosition(tostring(cd))))
+      end
+      body, slots = cd.body, cd.slots
+    elseif not ok then
       fulfilled = false
-      cd = m.serialize(pass.makeError('result is not passable: ' .. stripPosition(tostring(cd))))
+      local cd = m.serialize(pass.makeError('result is not passable: ' .. stripPosition(tostring(body))))
+      body, slots = cd.body, cd.slots
     end
-    if ndropped > 0 then resent(cd.slots) end
-    syscall.resolve(vpid, not fulfilled, cd.body, cd.slots)
+    if ndropped > 0 and slots then resent(slots) end
+    syscall.resolve(vpid, not fulfilled, body, slots)
   end
 
   local function resolveExported(vpid, ok, value)
@@ -612,7 +622,7 @@ function M.make(opts)
   -- error as marshal gives.
   local capdata = {}
   local function decodeCapdata(body, slots)
-    if slots[1] ~= nil then noteImports(slots) end
+    if slots and slots[1] ~= nil then noteImports(slots) end
     if cDecode then
       local ok, decoded, v = decode(cDecode, body, slots, slotToVal)
       if not ok then return false, decoded end
@@ -627,10 +637,15 @@ function M.make(opts)
 
   --- Sends method(args) to a kernel ref; returns the result promise.
   local function sendTo(vref, method, args, wantResult)
-    local cd = cEncodeCall and cEncodeCall(method, args, valToSlot) or m.serializeCall(method, args)
-    if ndropped > 0 then resent(cd.slots) end
+    local body, slots
+    if cEncodeCallParts then body, slots = cEncodeCallParts(method, args, valToSlot) end
+    if body == nil then
+      local cd = m.serializeCall(method, args)
+      body, slots = cd.body, cd.slots
+    end
+    if ndropped > 0 and slots then resent(slots) end
     local resultVpid = wantResult and allocPromise() or nil
-    syscall.send(vref, cd.body, cd.slots, resultVpid)
+    syscall.send(vref, body, slots, resultVpid)
     if resultVpid then
       -- The kernel subscribes the sender to its result (kernel.h).
       local p = makePromise()
@@ -803,18 +818,21 @@ function M.make(opts)
     end
   end
 
+  --- One resolution, which the coroutine awaiting it usually takes at
+  --- once (settleAndResume).
+  local function deliverResolution(vpid, rejected, body, slots)
+    local p = pending[vpid] or trackPromise(vpid)
+    local ok, v = decodeCapdata(body, slots)
+    pending[vpid] = nil
+    if not ok then return settleAndResume(p, false, normalizeError(v)) end
+    return settleAndResume(p, not rejected, v)
+  end
+
   local function deliverNotify(resolutions)
     local n = #resolutions
     if n == 1 then
-      -- The common case: one result, which the coroutine awaiting it
-      -- usually takes at once (settleAndResume).
       local r = resolutions[1]
-      local vpid = r[1]
-      local p = pending[vpid] or trackPromise(vpid)
-      local ok, v = decodeCapdata(r[3], r[4])
-      pending[vpid] = nil
-      if not ok then return settleAndResume(p, false, normalizeError(v)) end
-      return settleAndResume(p, not r[2], v)
+      return deliverResolution(r[1], r[2], r[3], r[4])
     end
     -- Every promise is known before any value is decoded: a value may
     -- name another promise of the same notify.
@@ -1002,7 +1020,9 @@ function M.make(opts)
     if kind == 'message' then
       deliverMessage(a, b, c, d)
     elseif kind == 'notify' then
-      deliverNotify(a)
+      -- The kernel hands one resolution flat (vpid, rejected, body,
+      -- slots), several as a sequence of such records (b is then nil).
+      if b == nil then deliverNotify(a) else deliverResolution(a, b, c, d) end
     elseif kind == 'timer' and ls.onTimer then
       return ls.onTimer(a)
     elseif kind == 'startVat' then
