@@ -1607,6 +1607,15 @@ static int vat_require(lua_State *L) {
   lua_pushvalue(L, 1);
   lua_pushvalue(L, -2);
   lua_rawset(L, 2);
+  if (rt == NULL) {
+    /* Loaded for good: its source is never read again, and would stay in
+     * the heap as long as the vat lives. */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  }
   return 1;
 }
 

@@ -33,6 +33,20 @@ describe('an idle vat', function()
     assert.is_true(bytes < IDLE_BOUND, ('an idle vat holds %d bytes'):format(bytes))
   end)
 
+  it('does not keep the source of a module once it is loaded', function()
+    local _, idle = launchIdle()
+    -- The idle vat with 64 KiB more of source, in a comment.
+    local path = testing.tempDir() .. '/padded.lua'
+    local src = assert(io.open(IDLE)):read('a')
+    local f = assert(io.open(path, 'w'))
+    f:write(src, '\n--[[', string.rep('padding ', 8192), ']]\n')
+    f:close()
+    local r = kernel:launchSubcluster({ bootstrap = 'v', vats = { v = { sourceSpec = path } } }):await()
+    local padded = kernel:getSubcluster(r.subclusterId).vats.v
+    local more = kernel.K:vatMemory(padded) - kernel.K:vatMemory(idle)
+    assert.is_true(more < 16 * 1024, ('the padded vat holds %d bytes more'):format(more))
+  end)
+
   it('gets its logger on first touch', function()
     local root = launchIdle()
     assert.is_true(kernel:queueMessage(root, 'log', { 'hello' }):await())
