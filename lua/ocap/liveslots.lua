@@ -328,20 +328,6 @@ function M.make(opts)
 
   -- ---- What the heap holds (garbage collection, docs/gc.md) ----
 
-  local vget, vset, vdel = syscall.vatstoreGet, syscall.vatstoreSet, syscall.vatstoreDelete
-  -- References held in the vat's store (a store entry, a durable object's
-  -- state) hold an import or export as the heap would: the Lua collector
-  -- cannot see them, as the store keeps only the vref. Their count per vref
-  -- is kept in the store itself, under this prefix, so that it survives a
-  -- restart with the data it counts.
-  local STORE_REFS = 'gc.rc.'
-
-  --- How many store-held references name vref.
-  local function storeRefs(vref)
-    if not vget then return 0 end
-    return storedCount(vget, STORE_REFS .. vref, 0)
-  end
-
   -- The imports the kernel counts reachable from this vat are also kept in
   -- the store, under this prefix, so that a new heap (a restart, an
   -- upgrade) knows them and drops at its first reap point those it does
@@ -359,28 +345,6 @@ function M.make(opts)
     end
   end
 
-  --- Writes the unsaved imports to the store.
-  local function saveImports()
-    if not vset or next(unsaved) == nil then return end
-    local list = {}
-    for vref in pairs(unsaved) do list[#list + 1] = vref end
-    table.sort(list)
-    for i = 1, #list do
-      vset(SAVED .. list[i], '1')
-      unsaved[list[i]] = nil
-    end
-  end
-
-  --- Forgets, in the store too, that the kernel counts vref reachable.
-  local function unreachable(vref)
-    if unsaved[vref] then
-      unsaved[vref] = nil
-    elseif reachable[vref] and vdel then
-      vdel(SAVED .. vref)
-    end
-    reachable[vref] = nil
-  end
-
   --- Holds a dropped export strongly again, if the heap still has it.
   local function hold(vref)
     local obj = weakExports[vref]
@@ -388,17 +352,6 @@ function M.make(opts)
       exports[vref] = obj
       weakExports[vref] = nil
     end
-  end
-
-  --- Stops holding an export the kernel had us drop: it stays known (and
-  --- keeps its vref) for as long as something in the heap holds it. The
-  --- root, and an export a store names, stay held: the store keeps only
-  --- its vref, which must still lead to the object when the store is read.
-  local function release(vref)
-    local obj = exports[vref]
-    if obj == nil or pinned[vref] or storeRefs(vref) > 0 then return end
-    exports[vref] = nil
-    weakExports[vref] = obj
   end
 
   --- slots go to the kernel in a message or a resolution: a dropped export
@@ -414,58 +367,27 @@ function M.make(opts)
     end
   end
 
-  --- Counts a reference to vref that the vat's store gains (delta 1) or
-  --- loses (delta -1): the store and durable kits call this for every slot
-  --- of a value they write or delete. Promise refs are not counted (durable
-  --- state cannot hold promises).
-  ---@param vref string
-  ---@param delta integer
-  function ls.storeRef(vref, delta)
-    if ssub(vref, 1, 1) == 'p' or ssub(vref, 1, 2) == 'kp' then return end
-    local n = storeRefs(vref) + delta
-    if n < 0 then
-      error(('store reference count of %s would go below zero'):format(vref), 0)
+  -- The rest (store-held reference counts, GC deliveries, what a reap
+  -- reports) is ocap.liveslots.gc, loaded on first use.
+  local gcKit
+  local function gc()
+    if not gcKit then
+      gcKit = require('ocap.liveslots.gc').make({
+        syscall = syscall, storedCount = storedCount, exports = exports, weakExports = weakExports,
+        valToVref = valToVref, imports = imports, pinned = pinned, reachable = reachable,
+        unsaved = unsaved, dropped = dropped, hold = hold, SAVED = SAVED,
+        addDropped = function(delta)
+          ndropped = ndropped + delta
+          return ndropped
+        end,
+      })
     end
-    if n == 0 then vdel(STORE_REFS .. vref) else vset(STORE_REFS .. vref, tostring(n)) end
-    if delta > 0 then
-      hold(vref)
-      -- A new heap must know an import that only a store may hold.
-      if unsaved[vref] then
-        vset(SAVED .. vref, '1')
-        unsaved[vref] = nil
-      end
-    elseif n == 0 and dropped[vref] then
-      release(vref)
-    end
+    return gcKit
   end
-
-  --- The slots of a stored value ("<slots>\n<body>", as the store kit
-  --- encodes it), as a set.
-  local function storedSlots(encoded, into)
-    if encoded then
-      local nl = sfind(encoded, '\n', 1, true) or #encoded + 1
-      for slot in ssub(encoded, 1, nl - 1):gmatch('%S+') do into[slot] = (into[slot] or 0) + 1 end
-    end
-    return into
-  end
-
-  --- A stored value changes from old to new (either nil when absent, else
-  --- "<slots>\n<body>"): counts the references it gains and loses, once
-  --- per vref and value. What the store kits call on every write.
-  ---@param old string|nil
-  ---@param new string|nil
-  function ls.storeRefsChanged(old, new)
-    if old == nil and new == nil then return end
-    local delta = storedSlots(new, {})
-    local gone = storedSlots(old, {})
-    for slot, n in pairs(gone) do delta[slot] = (delta[slot] or 0) - n end
-    local changed = {}
-    for slot, n in pairs(delta) do
-      if n ~= 0 then changed[#changed + 1] = slot end
-    end
-    table.sort(changed)
-    for _, slot in ipairs(changed) do ls.storeRef(slot, delta[slot]) end
-  end
+  -- The store and durable kits count the references their writes gain
+  -- and lose through these.
+  function ls.storeRef(vref, delta) return gc().storeRef(vref, delta) end
+  function ls.storeRefsChanged(old, new) return gc().storeRefsChanged(old, new) end
 
   --- True when the kernel had this vat drop the export vref and it has not
   --- been sent again since (for the durable kit, which decides when a
@@ -853,56 +775,7 @@ function M.make(opts)
     end
   end
 
-  -- ---- GC deliveries and reap points ----
-
-  --- Whether vref is an export of ours that lives only in the heap: not
-  --- pinned (the root), not a durable object or store (those outlive the
-  --- heap).
-  local function ephemeral(vref)
-    return not pinned[vref] and ssub(vref, 1, 3) ~= 'o+d'
-  end
-
-  --- dropExports: nobody can reach these exports any more. They stay
-  --- recognizable: the heap may still hold them, and may send them again.
-  local function dropExports(vrefs)
-    for i = 1, #vrefs do
-      local vref = vrefs[i]
-      if not dropped[vref] then
-        dropped[vref] = true
-        ndropped = ndropped + 1
-        release(vref)
-      end
-    end
-  end
-
-  --- retireExports: nobody can even recognize these exports any more:
-  --- forget their vrefs. An object the heap still holds gets a new vref if
-  --- it is sent again. A durable object keeps its vref, which is its
-  --- identity in the store; so does an object a store names.
-  local function retireExports(vrefs)
-    for i = 1, #vrefs do
-      local vref = vrefs[i]
-      if dropped[vref] then
-        dropped[vref] = nil
-        ndropped = ndropped - 1
-      end
-      if ephemeral(vref) and storeRefs(vref) == 0 then
-        local obj = exports[vref] or weakExports[vref]
-        exports[vref], weakExports[vref] = nil, nil
-        if obj ~= nil and valToVref[obj] == vref then valToVref[obj] = nil end
-      end
-    end
-  end
-
-  --- retireImports: the exporter retired these objects; nothing can meet
-  --- their vrefs again.
-  local function retireImports(vrefs)
-    for i = 1, #vrefs do
-      local vref = vrefs[i]
-      unreachable(vref)
-      imports[vref] = nil
-    end
-  end
+  -- ---- Reap points ----
 
   --- A full collection, so that the weak tables hold exactly what the heap
   --- still reaches. One cycle is enough: the tables liveslots reads have
@@ -913,31 +786,8 @@ function M.make(opts)
     collectgarbage('collect')
   end)
 
-  --- The imports the heap no longer holds, and that no store names, sorted.
-  local function deadImports(all)
-    local list = {}
-    for vref in pairs(reachable) do
-      if (all or imports[vref] == nil) and storeRefs(vref) == 0 then list[#list + 1] = vref end
-    end
-    table.sort(list)
-    return list
-  end
-
-  --- Drops and retires list: the heap cannot reach these imports, nor, as
-  --- nothing in Lua can hold a ref without its presence, recognize them.
-  local function releaseImports(list)
-    if #list == 0 then return end
-    local retire = {}
-    for i = 1, #list do retire[i] = list[i] end
-    syscall.dropImports(list)
-    syscall.retireImports(retire)
-  end
-
   --- bringOutYourDead: a reap point, the only time liveslots reports what
-  --- the heap let go of. Imports whose presence was collected and that no
-  --- store names are dropped and retired; dropped exports the heap no
-  --- longer holds are retired. Each list is sorted, so that the syscalls
-  --- depend on what the heap holds, not on table order.
+  --- the heap let go of (ocap.liveslots.gc says what).
   local function bringOutYourDead()
     -- What a reap reports depends on the heap only through the imports
     -- the kernel counts reachable, the exports it had us drop and the
@@ -951,68 +801,9 @@ function M.make(opts)
     if collect then collect() end
     if ls.onReap then ls.onReap() end
     -- Virtual objects nothing holds are deleted first (ocap.vom): what
-    -- they held is released for the checks below. Those the kernel still
-    -- recognizes are retired.
-    local virtual = ls.reapVirtual()
-    if #virtual > 0 then
-      for i = 1, #virtual do
-        if dropped[virtual[i]] then
-          dropped[virtual[i]] = nil
-          ndropped = ndropped - 1
-        end
-      end
-      table.sort(virtual)
-      if syscall.retireExports then syscall.retireExports(virtual) end
-    end
-    if syscall.dropImports then
-      local list = deadImports(false)
-      for i = 1, #list do unreachable(list[i]) end
-      releaseImports(list)
-      saveImports()
-    end
-    if syscall.retireExports and ndropped > 0 then
-      local list = {}
-      for vref in pairs(dropped) do
-        if exports[vref] == nil and weakExports[vref] == nil and ephemeral(vref) then list[#list + 1] = vref end
-      end
-      if #list > 0 then
-        table.sort(list)
-        for i = 1, #list do dropped[list[i]] = nil end
-        ndropped = ndropped - #list
-        syscall.retireExports(list)
-      end
-    end
-  end
-
-  --- stopVat: this heap is about to go (an upgrade replaces it). Its
-  --- ephemeral exports are abandoned, and the imports only it held are
-  --- released; what the store holds stays for the next incarnation, which
-  --- finds the imports the store names among the saved ones. The tables
-  --- are left as they are, so that a heap put back after a failed upgrade
-  --- still agrees with the kernel and the store, whose writes are undone.
-  local function stopVat()
-    if syscall.abandonExports then
-      local seen, list = {}, {}
-      for _, t in ipairs({ exports, weakExports, dropped }) do
-        for vref in pairs(t) do
-          if not seen[vref] and ssub(vref, 1, 2) == 'o+' and ephemeral(vref) then
-            seen[vref] = true
-            list[#list + 1] = vref
-          end
-        end
-      end
-      table.sort(list)
-      if #list > 0 then syscall.abandonExports(list) end
-    end
-    if syscall.dropImports then
-      local list = deadImports(true)
-      releaseImports(list)
-      if vdel then
-        for i = 1, #list do
-          if not unsaved[list[i]] then vdel(SAVED .. list[i]) end
-        end
-      end
-    end
+    -- they held is released for the checks that follow. Those the kernel
+    -- still recognizes are retired.
+    gc().reaped(ls.reapVirtual())
   end
 
   --- The dispatch function the kernel calls for every delivery.
@@ -1033,18 +824,18 @@ function M.make(opts)
       bringOutYourDead()
       return
     elseif kind == 'dropExports' then
-      dropExports(a)
+      gc().dropExports(a)
       virtualExports(a, false)
       return
     elseif kind == 'retireExports' then
-      retireExports(a)
+      gc().retireExports(a)
       virtualExports(a, true)
       return
     elseif kind == 'retireImports' then
-      retireImports(a)
+      gc().retireImports(a)
       return
     elseif kind == 'stopVat' then
-      stopVat()
+      gc().stopVat()
       return
     else
       error('unknown delivery ' .. tostring(kind))
