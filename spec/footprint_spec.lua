@@ -63,6 +63,14 @@ describe('an idle vat', function()
     assert.same({ true, 'function', 0 }, kernel:queueMessage(root, 'hijackRequire', { 'logger' }):await())
   end)
 
+  it('explains a missing endowment with its own code, loaded late', function()
+    local root = launchIdle()
+    local ok, err = pcall(function() kernel:queueMessage(root, 'hijackThenFail', {}):await() end)
+    assert.is_false(ok)
+    assert.matches('print is an endowment this vat did not request; add "print" to VatConfig.globals',
+      tostring(err.message or err), 1, true)
+  end)
+
   it('gets exo classes and guards on first touch', function()
     local root = launchIdle()
     assert.same({ 7, false }, kernel:queueMessage(root, 'exoClass', { 5 }):await())

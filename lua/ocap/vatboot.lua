@@ -10,7 +10,7 @@ local M = {}
 
 -- Captured before any vat code runs, so that a vat which replaces its
 -- global require cannot change what the lazy logger below loads.
-local require, rawset, setmetatable = require, rawset, setmetatable
+local require, rawset, setmetatable, pairs, type = require, rawset, setmetatable, pairs, type
 
 --- A logger whose entries go to emit. ocap.logger loads on the first one
 --- a vat asks for: a vat that never logs does not carry the module.
@@ -31,37 +31,14 @@ local function plainData(v, seen)
   return tostring(v)
 end
 
--- The endowments a vat may request (VatConfig.globals), by the words Lua
--- uses when code calls or indexes one that is absent.
-local MISSING = {
-  ["global 'print'"] = 'print', ["global 'setTimeout'"] = 'setTimeout',
-  ["global 'clearTimeout'"] = 'clearTimeout', ["global 'setInterval'"] = 'setInterval',
-  ["global 'clearInterval'"] = 'clearInterval', ["global 'os'"] = 'os',
-  ["field 'time'"] = 'os.time', ["field 'clock'"] = 'os.clock', ["field 'date'"] = 'os.date',
-  ["field 'random'"] = 'math.random',
-}
-
 --- Adds to a Lua error about an absent endowment which VatConfig.globals
---- entry would provide it. Absent endowments stay nil to read, so code
---- may test for them; only the error of using one says more.
+--- entry would provide it (ocap.vatboot.explain, loaded on the first
+--- error that may be one).
 ---@param env table the vat's globals
 ---@param message any
 local function explainMissing(env, message)
-  if type(message) ~= 'string' then return message end
-  local what = message:match('attempt to %a+ a nil value %(([^)]*)%)')
-  local name = what and MISSING[what]
-  if not name then return message end
-  local lib, fn = name:match('^(%a+)%.(%a+)$')
-  if lib then
-    -- A field of that name is an endowment's only if that library lacks it.
-    local t = rawget(env, lib)
-    if t ~= nil and (type(t) ~= 'table' or rawget(t, fn) ~= nil) then return message end
-  elseif rawget(env, name) ~= nil then
-    return message
-  end
-  local add = name == 'os' and '"os.time", "os.clock" or "os.date"' or ('"%s"'):format(name)
-  return ('%s: %s is an endowment this vat did not request; add %s to VatConfig.globals')
-    :format(message, lib and (lib .. '.' .. fn) or name, add)
+  if type(message) ~= 'string' or not message:find('a nil value', 1, true) then return message end
+  return require('ocap.vatboot.explain').explainMissing(env, message)
 end
 M.explainMissing = explainMissing
 
@@ -152,53 +129,18 @@ function M.boot(syscall, info, env)
     return true
   end
 
-  -- Endowments a vat may ask for (VatConfig.globals); the kernel installs
-  -- the requested ones as globals.
-  local endow = {}
-  local vatLogger
-  function endow.print(...)
-    local n = select('#', ...)
-    local parts = {}
-    for i = 1, n do parts[i] = tostring((select(i, ...))) end
-    vatLogger = vatLogger or makeLogger(emit, vatId)
-    vatLogger:log(table.concat(parts, '\t'))
-  end
-  local timers, nextTimer = {}, 1
-  local function startTimer(fn, ms, repeating, ...)
-    if type(fn) ~= 'function' then error('setTimeout: callback must be a function', 3) end
-    ms = tonumber(ms) or 0
-    local id = nextTimer
-    nextTimer = nextTimer + 1
-    timers[id] = { fn = fn, args = table.pack(...), repeating = repeating }
-    syscall.timerStart(id, ms, repeating and math.max(ms, 1) or 0)
-    return id
-  end
-  local function clearTimer(id)
-    if timers[id] then
-      timers[id] = nil
-      syscall.timerStop(id)
-    end
-  end
-  function endow.setTimeout(fn, ms, ...) return startTimer(fn, ms, false, ...) end
-  function endow.setInterval(fn, ms, ...) return startTimer(fn, ms, true, ...) end
-  endow.clearTimeout = clearTimer
-  endow.clearInterval = clearTimer
-
-  -- Liveslots' dispatch is the vat's, so that a delivery goes through no
-  -- extra call; it hands timer deliveries to this.
-  function ls.onTimer(id)
-    local t = timers[id]
-    if not t then return end
-    if not t.repeating then timers[id] = nil end
-    local p = promise.spawn(t.fn, table.unpack(t.args, 1, t.args.n))
-    promise.onSettle(p, function(ok, err)
-      if not ok then
-        log('error', 'timer callback failed: ' .. tostring(liveslots.normalizeError(explain(err))))
-      end
-    end)
-    promise.drain()
-    ls.saveCounters()
-  end
+  -- Endowments a vat may ask for (VatConfig.globals): the kernel installs
+  -- the requested ones as globals at boot, and ocap.vatboot.endow loads
+  -- only when it asks for the first one.
+  local endow = setmetatable({}, {
+    __index = function(t, k)
+      local e = require('ocap.vatboot.endow').make(syscall, ls, log, explain,
+        function() return makeLogger(emit, vatId) end)
+      setmetatable(t, nil)
+      for n, f in pairs(e) do rawset(t, n, f) end
+      return e[k]
+    end,
+  })
 
   return ls.dispatch, ocap, endow
 end

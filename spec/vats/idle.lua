@@ -30,6 +30,13 @@ function MOD.buildRootObject(vatPowers, _parameters, baggage)
       _ENV.require = realRequire
       return { ok, got, asked }
     end,
+    -- Replaces the vat's global require for good, then calls an endowment
+    -- it did not request: the runtime explains the error with its own
+    -- module, loaded late.
+    hijackThenFail = function()
+      _ENV.require = function(name) error('the runtime asked the vat for ' .. tostring(name)) end
+      print('not endowed')
+    end,
     -- An exo class with an interface guard (ocap.M, ocap.defineExoClass).
     exoClass = function(_, n)
       local M = ocap.M
