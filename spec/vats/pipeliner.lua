@@ -72,6 +72,17 @@ function M.buildRootObject()
       results[#results + 1] = E(held).m(tag)
       return true
     end,
+    -- n calls of target's itself() in a chain, each sent to the previous
+    -- result at once (pipelined) or once it settled (bench/run.lua).
+    itselfChain = function(_, target, n, pipelined)
+      local p = target
+      for _ = 1, n do
+        p = E(p).itself()
+        if not pipelined then p = p:await() end
+      end
+      if pipelined then p:await() end
+      return true
+    end,
     -- The results of the messages sent so far, in the order sent.
     collect = function(_, ms)
       local out = {}
