@@ -225,7 +225,7 @@ static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int 
       goto done;
     }
     ocap__buf_t data = {0};
-    rc = ocap__getb(k, &data, "%s.data", cur);
+    rc = ocap__get_data(k, cur, &data);
     if (rc <= 0) {
       free(data.p);
       return rc < 0 ? rc
@@ -357,7 +357,7 @@ static int note_load(ocap_kernel_t *k, const char *ep, notes_t *ns, size_t i) {
   note_t *nt = ns->v[i];
   ocap__buf_t data = {0};
   int st = ocap__get_state(k, nt->kpid);
-  int got = st < 0 ? st : ocap__getb(k, &data, "%s.data", nt->kpid);
+  int got = st < 0 ? st : ocap__get_data(k, nt->kpid, &data);
   if (got <= 0) {
     free(data.p);
     return got < 0 ? got

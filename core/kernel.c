@@ -37,12 +37,16 @@ static int tables_prepare(void *ud) {
   int rc = ocap__gc_prepare(k);
   if (!rc)
     rc = ocap__counters_prepare(k);
-  /* The run queue is written by ocap_kernel_sync, not at each commit. */
-  if (!rc)
-    rc = ocap__promises_prepare(k);
+  /* The run queue and the promises are written by ocap_kernel_sync, not
+   * at each commit. */
   if (!rc)
     rc = ocap__clists_prepare(k);
   return rc ? rc : ocap__objects_prepare(k);
+}
+
+/* Whether a table written at sync holds committed state the store lacks. */
+static int unsynced(ocap_kernel_t *k) {
+  return ocap__queue_unsynced(k) || ocap__promises_unsynced(k);
 }
 
 static void tables_done(void *ud) {
@@ -53,6 +57,8 @@ static void tables_done(void *ud) {
   ocap__clists_done(k);
   ocap__objects_done(k);
   ocap__gc_done(k);
+  if (unsynced(k))
+    k->unsynced_commits++;
 }
 
 static void tables_abort(void *ud, int cleared) {
@@ -65,8 +71,31 @@ static void tables_abort(void *ud, int cleared) {
   ocap__gc_abort(k, cleared);
 }
 
+/* Writes what the tables written at sync have committed and the store
+ * lacks (ocap_kernel_sync), into the buffer of a direct commit. */
+static int tables_fill(void *ud) {
+  ocap_kernel_t *k = ud;
+  int rc = ocap__queue_fill(k);
+  return rc ? rc : ocap__promises_fill(k);
+}
+
 int ocap_kernel_sync(ocap_kernel_t *k) {
-  return ocap__queue_sync(k);
+  if (!unsynced(k))
+    return 0;
+  int rc = ocap_store_commit_direct(k->s, tables_fill, k);
+  if (rc) {
+    if (!k->err) /* fill records its own failures */
+      ocap__broken(k, rc, "store commit of the kernel's tables failed: %s", ocap_strerror(rc));
+    return rc;
+  }
+  ocap__queue_synced(k);
+  ocap__promises_synced(k);
+  k->unsynced_commits = 0;
+  return 0;
+}
+
+long long ocap_kernel_unsynced(const ocap_kernel_t *k) {
+  return k->unsynced_commits;
 }
 
 int ocap_kernel_check(ocap_kernel_t *k) {

@@ -156,13 +156,17 @@ void ocap_kernel_clear_failure(ocap_kernel_t *k);
 
 /*
  * Brings the store up to date with the tables the kernel writes later than
- * at each commit (the run queue and the vats' queued bytes, docs/storage.md): their committed state
+ * at each commit (the run queue, the vats' queued bytes and the promises'
+ * records, docs/storage.md): their committed state
  * is written straight to the store's committed layer, leaving the crank
  * buffer alone, so it may be called at any time, inside a crank too. Call
  * it before flushing and before reading the store from outside the kernel.
  * Returns 0 or a negative code (a kernel failure, recorded).
  */
 int ocap_kernel_sync(ocap_kernel_t *k);
+/* The number of commits since the last sync that changed a table written
+ * at sync: with the store's pending cranks, what a flush would write. */
+long long ocap_kernel_unsynced(const ocap_kernel_t *k);
 
 /*
  * Testing hook: checks that every table the kernel keeps in memory

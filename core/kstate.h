@@ -5,10 +5,10 @@
  *
  * Conventions:
  *  1. Everything the kernel knows is in the store under the keys listed in
- *     docs/storage.md at every commit, but for the run queue and the
- *     vats' queued bytes, which are there from the next ocap_kernel_sync
- *     (before every flush and every read of the store from outside the
- *     kernel) on. That is what makes a crank atomic:
+ *     docs/storage.md at every commit, but for the run queue, the vats'
+ *     queued bytes and the promises' records, which are there from the
+ *     next ocap_kernel_sync (before every flush and every read of the
+ *     store from outside the kernel) on. That is what makes a crank atomic:
  *     abort the store's crank buffer (and, by convention 6, the tables in
  *     memory with it) and every table is back.
  *  2. Keys are formatted from a format with only %s and %lld in it. A key
@@ -23,15 +23,13 @@
  *  5. Functions that read return 1 found, 0 missing, or a negative OCAP_E*
  *     code; functions that write return 0 or a negative code.
  *  6. The hottest tables (the id counters, the run queue and the vats'
- *     queued bytes, the promises' records but their data, the objects and
- *     the c-lists) are kept in memory between commits: they are changed in
- *     place, written to the crank buffer as final states when the store
- *     commits, and put back when it aborts, through the store's hooks
- *     (store.h). The keys and values in the store are the same as if they
- *     were written at once, so the store still holds the whole state at
- *     every commit (the run queue and queued bytes excepted: convention 1). They are
- *     read from the store when first used, which is when a damaged value
- *     is found.
+ *     queued bytes, the promises' records, the objects and the c-lists)
+ *     are kept in memory between commits: they are changed in place,
+ *     written as final states when the store commits (through its prepare
+ *     hook, store.h) or, for those of convention 1, when the kernel syncs,
+ *     and put back when the crank aborts. The keys and values in the store
+ *     are the same as if they were written at once. They are read from the
+ *     store when first used, which is when a damaged value is found.
  */
 #ifndef OCAP_KSTATE_H
 #define OCAP_KSTATE_H
@@ -62,9 +60,10 @@ struct ocap_kernel {
   ocap_store_t *s;
   ocap_kernel_hooks_t hooks;
   long long cranks;
-  int err;             /* the kernel failure the current crank must fail with, or 0 */
-  char errmsg[512];    /* why the last call failed, when it was the caller's fault */
-  char brokenmsg[512]; /* why, when it was a kernel failure (err != 0) */
+  long long unsynced_commits; /* commits since the last sync that changed a table written at sync */
+  int err;                    /* the kernel failure the current crank must fail with, or 0 */
+  char errmsg[512];           /* why the last call failed, when it was the caller's fault */
+  char brokenmsg[512];        /* why, when it was a kernel failure (err != 0) */
   /*
    * Tables kept in memory rather than read from the store at each use
    * (conventions 1 and 6): loaded on first use, changed in place during a

@@ -2013,7 +2013,9 @@ static int k_drive(lua_State *L) {
     if (rc == 0)
       break;
     ran++;
-    if ((lua_Integer)ocap_store_pending(lk->s) >= group &&
+    /* Cranks whose changes wait in the tables written at sync count too:
+     * a flush writes them. */
+    if ((lua_Integer)(ocap_store_pending(lk->s) + (size_t)ocap_kernel_unsynced(lk->k)) >= group &&
         (sync_tables(L, lk) || (rc = ocap_store_flush(lk->s)) != 0))
       return luaL_error(L, "flush failed: %s", ocap_strerror(rc));
     if (lk->host_ran) {

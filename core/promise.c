@@ -16,50 +16,102 @@
 #include "refs.h"
 
 /*
- * Each promise's state, reference count, decider, subscribers and number
- * of parked messages (`<kpid>.state`, `.refCount`, `.decider`,
- * `.subscribers`, `.queueTail`) are kept in memory (kstate.h, convention
- * 6): a round trip touches them dozens of times, the count changing with
- * every c-list entry, queued item and resolution that names the promise.
- * A record is read from the store the first time a promise is touched
- * (a promise allocated here is known to be new) and keeps the values of
- * the last commit beside the current ones; the records a crank changed are
- * listed, so that commit writes their final states and abort puts the
- * committed ones back. A record whose promise is gone (no key left) is
- * dropped at commit. The data and the parked messages themselves stay in
- * the store.
+ * Each promise's whole record (`<kpid>.state`, `.refCount`, `.decider`,
+ * `.subscribers`, `.data`, and the parked messages `.queue.<n>` with
+ * `.queueTail`) is kept in memory (kstate.h, convention 6): a round trip
+ * touches it dozens of times, the count changing with every c-list entry,
+ * queued item and resolution that names the promise. A record is read
+ * from the store the first time a promise is touched (a promise allocated
+ * here is known to be new) and keeps three versions of each field: now,
+ * at the last commit, and in the store. The records a crank changed are
+ * listed in `dirty`, so that commit makes their values the committed ones
+ * and abort puts the committed ones back; nothing is written then. The
+ * records whose committed values the store may lack are listed in `sync`,
+ * and ocap__promises_fill writes them when the kernel syncs (kernel.h):
+ * most promises are made, settled and freed between two syncs, and never
+ * reach the store at all. A record whose promise is gone, in memory and
+ * in the store, is dropped.
+ *
+ * The strings (subscribers, data) are shared between the versions while
+ * they are equal: a string is freed when none of the three uses it.
+ * The parked messages are one array, items 0 to max(qtail, cqtail) - 1:
+ * messages are only ever appended (while unresolved) or all taken at
+ * settlement, so the committed ones are a prefix of it until the crank
+ * ends.
  */
+typedef struct pitem {
+  char *p;
+  size_t len;
+} pitem_t;
+
 typedef struct prec {
-  long long id;               /* the N of kpN */
-  int state, cstate;          /* ST_*, now and at the last commit */
-  long long refs, crefs;      /* the count, -1 when it has no key */
-  char decider[OCAP_REF_MAX]; /* "" when none */
+  long long id;                 /* the N of kpN */
+  int state, cstate, sstate;    /* ST_*: now, at the last commit, in the store */
+  long long refs, crefs, srefs; /* the count, -1 when it has no key */
+  char decider[OCAP_REF_MAX];   /* "" when none */
   char cdecider[OCAP_REF_MAX];
-  char *subs, *csubs;       /* space-separated endpoints, NULL when none; */
-  size_t subslen, csubslen; /* subs == csubs while unchanged */
-  long long qtail, cqtail;  /* parked messages, 0 when none */
-  int dirty;                /* listed in `dirty` */
+  char sdecider[OCAP_REF_MAX];
+  char *subs, *csubs, *ssubs; /* space-separated endpoints, NULL when none */
+  size_t subslen, csubslen, ssubslen;
+  char *data, *cdata, *sdata; /* the settlement (capdata in krefs), NULL when none */
+  size_t datalen, cdatalen, sdatalen;
+  pitem_t *parked; /* the parked messages (see above) */
+  size_t parkedcap;
+  long long qtail, cqtail, sqtail; /* the number of parked messages */
+  int dirty;                       /* listed in `dirty` */
+  size_t syncat;                   /* its index in `sync` + 1, 0 when not listed */
 } prec_t;
 
-/* Whether every key of the promise is gone. */
+/* Whether every key of the promise is gone, now, at the last commit, and
+ * in the store. */
 static int gone(const prec_t *r) {
-  return r->state == ST_NONE && r->refs < 0 && !r->decider[0] && !r->subs && r->qtail == 0;
+  return r->state == ST_NONE && r->refs < 0 && !r->decider[0] && !r->subs && r->qtail == 0 &&
+         !r->data;
+}
+static int committed_gone(const prec_t *r) {
+  return r->cstate == ST_NONE && r->crefs < 0 && !r->cdecider[0] && !r->csubs && r->cqtail == 0 &&
+         !r->cdata;
+}
+static int stored_gone(const prec_t *r) {
+  return r->sstate == ST_NONE && r->srefs < 0 && !r->sdecider[0] && !r->ssubs && r->sqtail == 0 &&
+         !r->sdata;
 }
 
-/* Frees a record and its subscriber lists; it takes a void pointer so
- * that the table can hand records to it (idtable.h). */
+/* Frees p unless another version of the same field (a or b) uses it. */
+static void str_drop(char *p, const char *a, const char *b) {
+  if (p && p != a && p != b)
+    free(p);
+}
+
+/* Frees the parked items from `from` to `to` (exclusive). */
+static void parked_free(prec_t *r, long long from, long long to) {
+  for (long long n = from; n < to; n++) {
+    free(r->parked[n].p);
+    r->parked[n].p = NULL;
+  }
+}
+
+/* Frees a record and its strings; it takes a void pointer so that the
+ * table can hand records to it (idtable.h). */
 static void prec_free(void *p) {
   prec_t *r = p;
-  if (r->subs != r->csubs)
-    free(r->subs);
-  free(r->csubs);
+  str_drop(r->subs, r->csubs, r->ssubs);
+  str_drop(r->csubs, r->ssubs, NULL);
+  free(r->ssubs);
+  str_drop(r->data, r->cdata, r->sdata);
+  str_drop(r->cdata, r->sdata, NULL);
+  free(r->sdata);
+  parked_free(r, 0, r->qtail > r->cqtail ? r->qtail : r->cqtail);
+  free(r->parked);
   free(r);
 }
 
 struct ocap__promises {
   ocap__idtable_t table; /* the records in memory, by id */
-  prec_t **dirty;
+  prec_t **dirty;        /* the records this crank changed */
   size_t ndirty, capdirty;
+  prec_t **sync; /* the records whose committed values the store may lack */
+  size_t nsync, capsync;
 };
 
 static const char *const state_name[] = {NULL, "unresolved", "fulfilled", "rejected"};
@@ -77,6 +129,12 @@ static long long kp_number(const char *kpid) {
   return n;
 }
 
+/* Writes "kp<id>" into out (OCAP_REF_MAX bytes). */
+static void kp_name(char *out, long long id) {
+  memcpy(out, "kp", 2);
+  out[2 + ocap__fmt_ll(out + 2, id)] = '\0';
+}
+
 int ocap__promises_new(ocap_kernel_t *k) {
   struct ocap__promises *t = calloc(1, sizeof *t);
   if (!t || ocap__idtable_init(&t->table, 64)) {
@@ -87,10 +145,11 @@ int ocap__promises_new(ocap_kernel_t *k) {
   return 0;
 }
 
-/* Forgets every record, and with them the list of changed ones. */
+/* Forgets every record, and with them the lists. */
 static void drop_all(struct ocap__promises *t) {
   ocap__idtable_clear(&t->table, prec_free);
   t->ndirty = 0;
+  t->nsync = 0;
 }
 
 void ocap__promises_free(ocap_kernel_t *k) {
@@ -99,7 +158,58 @@ void ocap__promises_free(ocap_kernel_t *k) {
     return;
   ocap__idtable_free(&t->table, prec_free);
   free(t->dirty);
+  free(t->sync);
   free(t);
+}
+
+/* Takes r off the sync list (touch made the list's room). */
+static void sync_unlist(struct ocap__promises *t, prec_t *r) {
+  if (!r->syncat)
+    return;
+  prec_t *last = t->sync[--t->nsync];
+  t->sync[r->syncat - 1] = last;
+  last->syncat = r->syncat;
+  r->syncat = 0;
+}
+
+/* Drops r from the table and frees it. */
+static void drop(struct ocap__promises *t, prec_t *r) {
+  sync_unlist(t, r);
+  prec_free(ocap__idtable_remove(&t->table, r->id));
+}
+
+/* Reads the parked messages 0 to r->qtail - 1 of kpid. They are numbered
+ * from 0 without gaps, so a missing one is corruption (and a queueTail
+ * too large is found at its first missing item). */
+static int parked_load(ocap_kernel_t *k, const char *kpid, prec_t *r) {
+  long long tail = r->qtail;
+  r->qtail = 0;
+  for (long long i = 0; i < tail; i++) {
+    ocap__buf_t item = {0};
+    int got = ocap__getb(k, &item, "%s.queue.%lld", kpid, i);
+    if (got == 0)
+      got = ocap__broken(k, OCAP_ECORRUPT,
+                         "corrupt database: message %lld of the %lld parked on %s is missing", i,
+                         tail, kpid);
+    if (got > 0 && (size_t)i == r->parkedcap) {
+      size_t cap = r->parkedcap ? r->parkedcap * 2 : 4;
+      pitem_t *v = realloc(r->parked, cap * sizeof *v);
+      if (!v)
+        got = ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
+      else {
+        r->parked = v;
+        r->parkedcap = cap;
+      }
+    }
+    if (got < 0) {
+      free(item.p);
+      return got;
+    }
+    r->parked[i].p = item.p;
+    r->parked[i].len = item.len;
+    r->qtail = i + 1;
+  }
+  return 0;
 }
 
 /*
@@ -122,7 +232,7 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
   if (!r)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
   r->id = id;
-  ocap__buf_t subs = {0};
+  ocap__buf_t subs = {0}, data = {0};
   int rc = r->state = ocap__read_state(k, kpid);
   if (rc >= 0)
     rc = ocap__get_count(k, -1, &r->refs, "%s.refCount", kpid);
@@ -137,17 +247,30 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
     free(subs.p);
   }
   if (rc >= 0)
+    rc = ocap__getb(k, &data, "%s.data", kpid);
+  if (rc > 0) {
+    r->data = data.p;
+    r->datalen = data.len;
+  } else {
+    free(data.p);
+  }
+  if (rc >= 0)
     rc = ocap__get_count(k, 0, &r->qtail, "%s.queueTail", kpid);
+  if (rc >= 0)
+    rc = parked_load(k, kpid, r);
   if (rc < 0 || (gone(r) && !create)) {
     prec_free(r);
     return rc < 0 ? rc : 0;
   }
-  r->cstate = r->state;
-  r->crefs = r->refs;
+  r->cstate = r->sstate = r->state;
+  r->crefs = r->srefs = r->refs;
   memcpy(r->cdecider, r->decider, sizeof r->cdecider);
-  r->csubs = r->subs;
-  r->csubslen = r->subslen;
-  r->cqtail = r->qtail;
+  memcpy(r->sdecider, r->decider, sizeof r->sdecider);
+  r->csubs = r->ssubs = r->subs;
+  r->csubslen = r->ssubslen = r->subslen;
+  r->cdata = r->sdata = r->data;
+  r->cdatalen = r->sdatalen = r->datalen;
+  r->cqtail = r->sqtail = r->qtail;
   if (ocap__idtable_insert(&t->table, r)) {
     prec_free(r);
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
@@ -163,8 +286,8 @@ static int fresh(ocap_kernel_t *k, const char *kpid, prec_t **out) {
   prec_t *r = calloc(1, sizeof *r);
   if (r) {
     r->id = kp_number(kpid);
-    r->state = r->cstate = ST_NONE;
-    r->refs = r->crefs = -1;
+    r->state = r->cstate = r->sstate = ST_NONE;
+    r->refs = r->crefs = r->srefs = -1;
   }
   if (!r || ocap__idtable_insert(&t->table, r)) {
     free(r);
@@ -174,7 +297,9 @@ static int fresh(ocap_kernel_t *k, const char *kpid, prec_t **out) {
   return 0;
 }
 
-/* Lists r among the records this crank changed, before it is changed. */
+/* Lists r among the records this crank changed, before it is changed, and
+ * makes room for it in the sync list, which the end of the crank cannot
+ * fail to add it to. */
 static int touch(ocap_kernel_t *k, prec_t *r) {
   struct ocap__promises *t = k->p;
   if (r->dirty)
@@ -187,6 +312,16 @@ static int touch(ocap_kernel_t *k, prec_t *r) {
     t->dirty = d;
     t->capdirty = cap;
   }
+  if (t->nsync + t->ndirty + 1 > t->capsync) {
+    size_t cap = t->capsync ? t->capsync * 2 : 32;
+    while (cap < t->nsync + t->ndirty + 1)
+      cap *= 2;
+    prec_t **d = realloc(t->sync, cap * sizeof *d);
+    if (!d)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory changing a promise");
+    t->sync = d;
+    t->capsync = cap;
+  }
   t->dirty[t->ndirty++] = r;
   r->dirty = 1;
   return 0;
@@ -198,21 +333,53 @@ static int change(ocap_kernel_t *k, const char *kpid, prec_t **r) {
   return rc ? rc : touch(k, *r);
 }
 
+/* A malloc'd copy of s (n bytes, NUL-terminated), or NULL for NULL. */
+static int copy_str(ocap_kernel_t *k, const char *s, size_t n, char **out, const char *what) {
+  *out = NULL;
+  if (!s)
+    return 0;
+  char *p = malloc(n + 1);
+  if (!p)
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory %s", what);
+  memcpy(p, s, n);
+  p[n] = '\0';
+  *out = p;
+  return 0;
+}
+
 /* Replaces the subscribers of r with s (n bytes; NULL for none). */
 static int set_subs(ocap_kernel_t *k, prec_t *r, const char *s, size_t n) {
-  char *p = NULL;
-  if (s) {
-    p = malloc(n + 1);
-    if (!p)
-      return ocap__broken(k, OCAP_ENOMEM, "out of memory adding a subscriber");
-    memcpy(p, s, n);
-    p[n] = '\0';
-  }
-  if (r->subs != r->csubs)
-    free(r->subs);
+  char *p;
+  int rc = copy_str(k, s, n, &p, "adding a subscriber");
+  if (rc)
+    return rc;
+  str_drop(r->subs, r->csubs, r->ssubs);
   r->subs = p;
   r->subslen = n;
   return 0;
+}
+
+/* Replaces the data of r with s (n bytes; NULL for none). */
+static int set_data(ocap_kernel_t *k, prec_t *r, const char *s, size_t n) {
+  char *p;
+  int rc = copy_str(k, s, n, &p, "settling a promise");
+  if (rc)
+    return rc;
+  str_drop(r->data, r->cdata, r->sdata);
+  r->data = p;
+  r->datalen = n;
+  return 0;
+}
+
+int ocap__get_data(ocap_kernel_t *k, const char *kpid, ocap__buf_t *b) {
+  prec_t *r;
+  b->len = 0;
+  int rc = lookup(k, kpid, 0, &r);
+  if (rc || !r || !r->data)
+    return rc;
+  if (ocap__buf_add(b, r->data, r->datalen))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory reading '%s.data'", kpid);
+  return 1;
 }
 
 int ocap__get_decider(ocap_kernel_t *k, const char *kpid, char *out) {
@@ -262,8 +429,7 @@ int ocap__promises_check(ocap_kernel_t *k) {
   prec_t *r;
   while (!rc && (r = ocap__idtable_next(&t->table, &pos)) != NULL) {
     char kpid[OCAP_REF_MAX], v[32];
-    memcpy(kpid, "kp", 2);
-    kpid[2 + ocap__fmt_ll(kpid + 2, r->id)] = '\0';
+    kp_name(kpid, r->id);
     const char *st = r->state == ST_NONE ? NULL : state_name[r->state];
     rc = ocap__check_key(k, st, st ? strlen(st) : 0, "%s.state", kpid);
     if (!rc)
@@ -275,8 +441,14 @@ int ocap__promises_check(ocap_kernel_t *k) {
     if (!rc)
       rc = ocap__check_key(k, r->subs, r->subslen, "%s.subscribers", kpid);
     if (!rc)
+      rc = ocap__check_key(k, r->data, r->datalen, "%s.data", kpid);
+    if (!rc)
       rc = ocap__check_key(k, r->qtail ? v : NULL, r->qtail ? ocap__fmt_ll(v, r->qtail) : 0,
                            "%s.queueTail", kpid);
+    for (long long n = 0; n < r->qtail && !rc; n++)
+      rc = ocap__check_key(k, r->parked[n].p, r->parked[n].len, "%s.queue.%lld", kpid, n);
+    if (!rc)
+      rc = ocap__check_key(k, NULL, 0, "%s.queue.%lld", kpid, r->qtail);
   }
   return rc;
 }
@@ -288,66 +460,116 @@ void ocap__promises_forget(ocap_kernel_t *k, const char *kpid) {
     return;
   prec_t *r = ocap__idtable_find(&t->table, id);
   /* A changed record holds values the store does not have yet. */
-  if (r && !r->dirty)
-    prec_free(ocap__idtable_remove(&t->table, id));
+  if (r && !r->dirty && !r->syncat)
+    drop(t, r);
 }
 
-int ocap__promises_prepare(ocap_kernel_t *k) {
+int ocap__promises_unsynced(ocap_kernel_t *k) {
+  return k->p->nsync > 0;
+}
+
+/* Writes the committed values of the listed records that the store lacks
+ * (ocap_kernel_sync, into its own buffer). */
+int ocap__promises_fill(ocap_kernel_t *k) {
   struct ocap__promises *t = k->p;
   char kpid[OCAP_REF_MAX];
-  for (size_t i = 0; i < t->ndirty; i++) {
-    prec_t *r = t->dirty[i];
+  for (size_t i = 0; i < t->nsync; i++) {
+    prec_t *r = t->sync[i];
     int rc = 0;
-    memcpy(kpid, "kp", 2);
-    kpid[2 + ocap__fmt_ll(kpid + 2, r->id)] = '\0';
-    if (r->state != r->cstate)
-      rc = r->state == ST_NONE ? ocap__delv(k, "%s.state", kpid)
-                               : ocap__setv(k, state_name[r->state], "%s.state", kpid);
-    if (!rc && r->refs != r->crefs)
-      rc = r->refs < 0 ? ocap__delv(k, "%s.refCount", kpid)
-                       : ocap__seti(k, r->refs, "%s.refCount", kpid);
-    if (!rc && strcmp(r->decider, r->cdecider) != 0)
-      rc = r->decider[0] ? ocap__setv(k, r->decider, "%s.decider", kpid)
-                         : ocap__delv(k, "%s.decider", kpid);
-    if (!rc && r->subs != r->csubs)
-      rc = r->subs ? ocap__setn(k, r->subs, r->subslen, "%s.subscribers", kpid)
-                   : ocap__delv(k, "%s.subscribers", kpid);
-    if (!rc && r->qtail != r->cqtail)
-      rc = r->qtail ? ocap__seti(k, r->qtail, "%s.queueTail", kpid)
-                    : ocap__delv(k, "%s.queueTail", kpid);
+    kp_name(kpid, r->id);
+    if (r->cstate != r->sstate)
+      rc = r->cstate == ST_NONE ? ocap__delv(k, "%s.state", kpid)
+                                : ocap__setv(k, state_name[r->cstate], "%s.state", kpid);
+    if (!rc && r->crefs != r->srefs)
+      rc = r->crefs < 0 ? ocap__delv(k, "%s.refCount", kpid)
+                        : ocap__seti(k, r->crefs, "%s.refCount", kpid);
+    if (!rc && strcmp(r->cdecider, r->sdecider) != 0)
+      rc = r->cdecider[0] ? ocap__setv(k, r->cdecider, "%s.decider", kpid)
+                          : ocap__delv(k, "%s.decider", kpid);
+    if (!rc && r->csubs != r->ssubs)
+      rc = r->csubs ? ocap__setn(k, r->csubs, r->csubslen, "%s.subscribers", kpid)
+                    : ocap__delv(k, "%s.subscribers", kpid);
+    if (!rc && r->cdata != r->sdata)
+      rc = r->cdata ? ocap__setn(k, r->cdata, r->cdatalen, "%s.data", kpid)
+                    : ocap__delv(k, "%s.data", kpid);
+    /* Messages are appended while the promise is unresolved and all taken
+     * at settlement: the store lacks the ones past its tail, or has ones
+     * the committed record no longer holds. */
+    for (long long n = r->cqtail; n < r->sqtail && !rc; n++)
+      rc = ocap__delv(k, "%s.queue.%lld", kpid, n);
+    for (long long n = r->sqtail; n < r->cqtail && !rc; n++)
+      rc = ocap__setn(k, r->parked[n].p, r->parked[n].len, "%s.queue.%lld", kpid, n);
+    if (!rc && r->cqtail != r->sqtail)
+      rc = r->cqtail ? ocap__seti(k, r->cqtail, "%s.queueTail", kpid)
+                     : ocap__delv(k, "%s.queueTail", kpid);
     if (rc)
       return rc;
   }
   return 0;
 }
 
+/* The store now holds what fill wrote: the committed values become the
+ * stored ones, and the records of promises gone everywhere are dropped. */
+void ocap__promises_synced(ocap_kernel_t *k) {
+  struct ocap__promises *t = k->p;
+  for (size_t i = 0; i < t->nsync; i++) {
+    prec_t *r = t->sync[i];
+    r->sstate = r->cstate;
+    r->srefs = r->crefs;
+    memcpy(r->sdecider, r->cdecider, sizeof r->sdecider);
+    str_drop(r->ssubs, r->subs, r->csubs);
+    r->ssubs = r->csubs;
+    r->ssubslen = r->csubslen;
+    str_drop(r->sdata, r->data, r->cdata);
+    r->sdata = r->cdata;
+    r->sdatalen = r->cdatalen;
+    r->sqtail = r->cqtail;
+    r->syncat = 0;
+    if (!r->dirty && gone(r))
+      prec_free(ocap__idtable_remove(&t->table, r->id));
+  }
+  t->nsync = 0;
+}
+
 /* Ends the crank's changes to the listed records, keeping (commit) or
- * dropping (abort) them, and forgets the records of promises now gone. */
+ * dropping (abort) them. A record whose committed values the store may
+ * lack joins the sync list (touch made its room); one gone everywhere is
+ * dropped. */
 static void settle_dirty(struct ocap__promises *t, int keep) {
   for (size_t i = 0; i < t->ndirty; i++) {
     prec_t *r = t->dirty[i];
+    long long held = r->qtail > r->cqtail ? r->qtail : r->cqtail;
     if (keep) {
       r->cstate = r->state;
       r->crefs = r->refs;
       memcpy(r->cdecider, r->decider, sizeof r->cdecider);
-      if (r->subs != r->csubs)
-        free(r->csubs);
+      str_drop(r->csubs, r->subs, r->ssubs);
       r->csubs = r->subs;
       r->csubslen = r->subslen;
+      str_drop(r->cdata, r->data, r->sdata);
+      r->cdata = r->data;
+      r->cdatalen = r->datalen;
       r->cqtail = r->qtail;
     } else {
       r->state = r->cstate;
       r->refs = r->crefs;
       memcpy(r->decider, r->cdecider, sizeof r->decider);
-      if (r->subs != r->csubs)
-        free(r->subs);
+      str_drop(r->subs, r->csubs, r->ssubs);
       r->subs = r->csubs;
       r->subslen = r->csubslen;
+      str_drop(r->data, r->cdata, r->sdata);
+      r->data = r->cdata;
+      r->datalen = r->cdatalen;
       r->qtail = r->cqtail;
     }
+    parked_free(r, r->qtail, held);
     r->dirty = 0;
-    if (gone(r))
-      prec_free(ocap__idtable_remove(&t->table, r->id));
+    if (committed_gone(r) && stored_gone(r)) {
+      drop(t, r);
+    } else if (keep && !r->syncat) {
+      t->sync[t->nsync++] = r;
+      r->syncat = t->nsync;
+    }
   }
   t->ndirty = 0;
 }
@@ -374,16 +596,20 @@ int ocap__incref(ocap_kernel_t *k, const char *kref) {
 }
 
 static int free_promise(ocap_kernel_t *k, const char *kpid) {
+  prec_t *r;
   ocap__buf_t data = {0};
-  int had = ocap__getb(k, &data, "%s.data", kpid);
-  int rc = had < 0 ? had : 0;
+  int rc = change(k, kpid, &r);
+  /* The data is copied first: releasing its slots may touch any promise. */
+  if (!rc && r->data && ocap__buf_add(&data, r->data, r->datalen))
+    rc = ocap__broken(k, OCAP_ENOMEM, "out of memory freeing %s", kpid);
+  int had = !rc && r->data;
   /* Only settled promises are freed, and settling removed the decider,
    * subscribers and queue already. */
   if (!rc)
     rc = set_promise(k, kpid, ST_NONE, -1);
   if (!rc)
-    rc = ocap__delv(k, "%s.data", kpid);
-  if (!rc && had > 0)
+    rc = set_data(k, r, NULL, 0);
+  if (!rc && had)
     rc = ocap__decref_slots(k, data.p, data.len);
   free(data.p);
   return rc;
@@ -500,10 +726,11 @@ int ocap_kernel_subscribe(ocap_kernel_t *k, const char *ep, const char *vpid) {
 int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *enc, size_t len) {
   prec_t *r;
   int rc = change(k, kpid, &r);
+  if (rc)
+    return rc;
+  rc = set_promise(k, kpid, rejected ? ST_REJECTED : ST_FULFILLED, r->refs);
   if (!rc)
-    rc = set_promise(k, kpid, rejected ? ST_REJECTED : ST_FULFILLED, r->refs);
-  if (!rc)
-    rc = ocap__setn(k, enc, len, "%s.data", kpid);
+    rc = set_data(k, r, enc, len);
   if (!rc)
     rc = ocap__incref_slots(k, enc, len);
   r->decider[0] = '\0';
@@ -538,24 +765,10 @@ int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *e
   }
   /* Messages parked on the promise go back to the run queue, in order, still
    * addressed to the promise; routing them again follows the resolution.
-   * They are numbered from 0 without gaps, so a missing one is corruption
-   * (and a queueTail too large is found at its first missing item). */
-  long long tail = rc ? 0 : r->qtail;
-  ocap__buf_t item = {0};
-  for (long long i = 0; i < tail && !rc; i++) {
-    int got = ocap__getb(k, &item, "%s.queue.%lld", kpid, i);
-    if (got == 0)
-      rc = ocap__broken(k, OCAP_ECORRUPT,
-                        "corrupt database: message %lld of the %lld parked on %s is missing", i,
-                        tail, kpid);
-    else if (got < 0)
-      rc = got;
-    if (!rc)
-      rc = ocap__enqueue(k, item.p, item.len);
-    if (!rc)
-      rc = ocap__delv(k, "%s.queue.%lld", kpid, i);
-  }
-  free(item.p);
+   * The items stay in the record until the crank ends (an abort puts them
+   * back). */
+  for (long long i = 0; i < r->qtail && !rc; i++)
+    rc = ocap__enqueue(k, r->parked[i].p, r->parked[i].len);
   if (!rc)
     r->qtail = 0;
   return rc;
@@ -600,13 +813,30 @@ int ocap_kernel_resolve(ocap_kernel_t *k, const char *ep, const ocap_resolution_
 int ocap__park(ocap_kernel_t *k, const char *kpid, const char *item, size_t len) {
   prec_t *r;
   int rc = change(k, kpid, &r);
-  if (!rc && r->qtail >= COUNT_MAX)
-    rc = ocap__broken(k, OCAP_ECORRUPT, "counter '%s.queueTail' is exhausted", kpid);
-  if (!rc)
-    rc = ocap__setn(k, item, len, "%s.queue.%lld", kpid, r->qtail);
-  if (!rc)
-    r->qtail++;
-  return rc;
+  if (rc)
+    return rc;
+  if (r->qtail >= COUNT_MAX)
+    return ocap__broken(k, OCAP_ECORRUPT, "counter '%s.queueTail' is exhausted", kpid);
+  /* Only an unresolved promise takes messages, and it has not given its
+   * committed ones back (settlement makes it resolved for good). */
+  if (r->qtail < r->cqtail)
+    return ocap__broken(k, OCAP_ECORRUPT, "message parked on settled promise %s", kpid);
+  if ((size_t)r->qtail == r->parkedcap) {
+    size_t cap = r->parkedcap ? r->parkedcap * 2 : 4;
+    pitem_t *v = realloc(r->parked, cap * sizeof *v);
+    if (!v)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory parking a message");
+    r->parked = v;
+    r->parkedcap = cap;
+  }
+  char *p;
+  rc = copy_str(k, item, len, &p, "parking a message");
+  if (rc)
+    return rc;
+  r->parked[r->qtail].p = p;
+  r->parked[r->qtail].len = len;
+  r->qtail++;
+  return 0;
 }
 
 long long ocap__parked(ocap_kernel_t *k, const char *kpid) {

@@ -4,8 +4,8 @@
  *
  * A promise's record is `<kpid>.state`, `.decider`, `.subscribers`,
  * `.refCount`, `.data`, and the messages parked on it while it is
- * unresolved, `.queue.<n>` and `.queueTail` (docs/storage.md); all but the
- * data and the parked messages are kept in memory (promise.c). A settled
+ * unresolved, `.queue.<n>` and `.queueTail` (docs/storage.md), all kept in
+ * memory and written when the kernel syncs (promise.c). A settled
  * promise is freed when its count drops to zero.
  */
 #ifndef OCAP_PROMISE_H
@@ -17,9 +17,19 @@
  * 6), made and freed with the kernel, and the store's hooks for it. */
 int ocap__promises_new(ocap_kernel_t *k);
 void ocap__promises_free(ocap_kernel_t *k);
-int ocap__promises_prepare(ocap_kernel_t *k);
 void ocap__promises_done(ocap_kernel_t *k);
 void ocap__promises_abort(ocap_kernel_t *k, int cleared);
+/* The promises are written when the kernel syncs, not at commit
+ * (ocap_kernel_sync): whether any record's committed values may be missing
+ * from the store, the writes of those values (into the sync's buffer), and
+ * the note that the store has them. */
+int ocap__promises_unsynced(ocap_kernel_t *k);
+int ocap__promises_fill(ocap_kernel_t *k);
+void ocap__promises_synced(ocap_kernel_t *k);
+
+/* A settled promise's data (capdata in krefs), copied into b: 1, 0 when it
+ * has none, or a negative code. */
+int ocap__get_data(ocap_kernel_t *k, const char *kpid, ocap__buf_t *b);
 
 /* A promise's decider: 1 with its endpoint copied to out (OCAP_REF_MAX
  * bytes), 0 when it has none, or a negative code. */

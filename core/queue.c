@@ -32,7 +32,7 @@ typedef struct item {
  * crank and taken by the next, and writing each one and then deleting it
  * was a tenth of a round trip. `shead` and `stail` are the bounds the store
  * holds, and `slast` says that the store's last item (stail - 1) was
- * changed since (a notify joined it). ocap__queue_sync writes the committed
+ * changed since (a notify joined it). ocap__queue_fill writes the committed
  * state over them, straight to the committed layer, whenever someone reads
  * the store from outside the kernel or before a flush (kernel.h,
  * ocap_kernel_sync); items made and taken in between are never written.
@@ -219,7 +219,7 @@ void ocap__queue_forget(ocap_kernel_t *k) {
 }
 
 /* Writes the committed queued-byte counts the store does not have yet
- * (ocap__queue_sync); the records it wrote are marked by `sn` later. */
+ * (ocap__queue_fill); the records it wrote are marked by `sn` later. */
 static int qbytes_fill(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
   for (size_t i = 0; i < q->nqsync; i++) {
@@ -260,9 +260,13 @@ static const item_t *committed_item(struct ocap__queue *q, long long n) {
   return n == q->undo_at ? &q->undo : slot(q, n);
 }
 
-/* Writes the committed queue over what the store holds (ocap__queue_sync). */
-static int queue_fill(void *ud) {
-  ocap_kernel_t *k = ud;
+int ocap__queue_unsynced(ocap_kernel_t *k) {
+  struct ocap__queue *q = k->q;
+  return (q->loaded && (q->shead != q->chead || q->stail != q->ctail || q->slast)) || q->nqsync > 0;
+}
+
+/* Writes the committed queue over what the store holds (ocap_kernel_sync). */
+int ocap__queue_fill(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
   int rc = qbytes_fill(k);
   if (rc || !q->loaded)
@@ -282,16 +286,8 @@ static int queue_fill(void *ud) {
   return rc;
 }
 
-int ocap__queue_sync(ocap_kernel_t *k) {
+void ocap__queue_synced(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
-  if ((!q->loaded || (q->shead == q->chead && q->stail == q->ctail && !q->slast)) && q->nqsync == 0)
-    return 0;
-  int rc = ocap_store_commit_direct(k->s, queue_fill, k);
-  if (rc) {
-    if (!k->err) /* fill records its own failures */
-      ocap__broken(k, rc, "store commit of the run queue failed: %s", ocap_strerror(rc));
-    return rc;
-  }
   if (q->loaded) {
     q->shead = q->chead;
     q->stail = q->ctail;
@@ -302,7 +298,6 @@ int ocap__queue_sync(ocap_kernel_t *k) {
     q->qsync[i]->unsynced = 0;
   }
   q->nqsync = 0;
-  return 0;
 }
 
 void ocap__queue_done(ocap_kernel_t *k) {

@@ -19,10 +19,13 @@ int ocap__queue_new(ocap_kernel_t *k);
 void ocap__queue_free(ocap_kernel_t *k);
 void ocap__queue_done(ocap_kernel_t *k);
 void ocap__queue_abort(ocap_kernel_t *k, int cleared);
-/* Writes the queue's committed state into the store, which holds it only
- * from then on (the queue is not written at each commit); a failure is a
- * kernel failure. */
-int ocap__queue_sync(ocap_kernel_t *k);
+/* The queue is written when the kernel syncs, not at each commit
+ * (ocap_kernel_sync): whether the store lacks some of its committed state,
+ * the writes of that state (into the sync's buffer), and the note that the
+ * store has it. */
+int ocap__queue_unsynced(ocap_kernel_t *k);
+int ocap__queue_fill(ocap_kernel_t *k);
+void ocap__queue_synced(ocap_kernel_t *k);
 
 /* Appends an item as it is (its references already taken). */
 int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len);

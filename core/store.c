@@ -589,8 +589,10 @@ struct ocap_store {
   char *errmsg;
   unsigned long long scan_steps; /* keys next_key examined, for tests */
   unsigned long long written;    /* bytes passed to set and delete, for tests */
-  unsigned fault_ops;            /* testing hook: which calls count down */
-  long fault_in;                 /* the fault_in-th of them fails (0: none) */
+  void (*trace)(void *ud, const char *key, size_t klen, int deleted); /* for tests */
+  void *trace_ud;
+  unsigned fault_ops; /* testing hook: which calls count down */
+  long fault_in;      /* the fault_in-th of them fails (0: none) */
   int fault_code;
   char *keybuf; /* next_key's result */
   size_t keycap;
@@ -651,6 +653,13 @@ unsigned long long ocap_store_scan_steps(const ocap_store_t *s) {
 
 unsigned long long ocap_store_bytes_written(const ocap_store_t *s) {
   return s->written;
+}
+
+void ocap_store_trace_writes(ocap_store_t *s,
+                             void (*fn)(void *ud, const char *key, size_t klen, int deleted),
+                             void *ud) {
+  s->trace = fn;
+  s->trace_ud = ud;
 }
 
 /*
@@ -1139,6 +1148,8 @@ int ocap_store_set(ocap_store_t *s, const char *key, size_t klen, const char *va
   if (rc != 0)
     return rc;
   s->written += klen + vlen;
+  if (s->trace != NULL)
+    s->trace(s->trace_ud, key, klen, 0);
   key = NONNULL(key, klen);
   val = NONNULL(val, vlen);
   uint32_t h = hash_key(key, klen);
@@ -1175,6 +1186,8 @@ int ocap_store_delete(ocap_store_t *s, const char *key, size_t klen) {
   if (rc != 0)
     return rc;
   s->written += klen;
+  if (s->trace != NULL)
+    s->trace(s->trace_ud, key, klen, 1);
   key = NONNULL(key, klen);
   uint32_t h = hash_key(key, klen);
   struct bentry *e = buf_find(&s->buf, h, key, klen);

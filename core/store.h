@@ -136,6 +136,9 @@ const char *ocap_store_errmsg(const ocap_store_t *s);
  * a scan is linear by counting instead of timing. ocap_store_bytes_written
  * counts the bytes of the keys and values passed to set and delete, so tests
  * can check what a change costs to write in the same way.
+ * ocap_store_trace_writes calls fn(ud, key, klen, deleted) at each set and
+ * delete from then on (fn NULL: no more), so tests can check which keys a
+ * piece of work writes at all.
  */
 enum {
   OCAP_FAULT_GET = 1,
@@ -148,5 +151,8 @@ enum {
 long ocap_store_inject_fault(ocap_store_t *s, unsigned ops, long n, int code);
 unsigned long long ocap_store_scan_steps(const ocap_store_t *s);
 unsigned long long ocap_store_bytes_written(const ocap_store_t *s);
+void ocap_store_trace_writes(ocap_store_t *s,
+                             void (*fn)(void *ud, const char *key, size_t klen, int deleted),
+                             void *ud);
 
 #endif

@@ -664,6 +664,218 @@ static void gc_backlog(int n, int faults) {
   free(r);
 }
 
+/* ---- tables written at sync --------------------------------------------- */
+
+/*
+ * An endpoint that works with promises through the kernel's syscalls, as a
+ * vat would. On a message it resolves the message's result and, when
+ * `also` is set, that promise it decides as well (once); on "work" it then sends
+ * "sub" to its object with a new result promise of its own, p+<next>.
+ * With `fail` set, each delivery then fails as the kernel's own failure
+ * would (the crank rolls back and the item stays queued).
+ */
+typedef struct script {
+  record_t r; /* first, for hook_deliver */
+  ocap_kernel_t *k;
+  const char *also;
+  int fail, next;
+} script_t;
+
+static int script_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int *fatal,
+                          char **why) {
+  script_t *sc = ud;
+  hook_deliver(&sc->r, ep, d, fatal, why);
+  if (d->type != OCAP_DELIVER_MESSAGE)
+    return sc->fail ? OCAP_EIO : 0;
+  int rc = 0;
+  ocap_resolution_t res = {d->result, 0, {"#\"done\"", 7, NULL, 0}};
+  if (d->result)
+    rc = ocap_kernel_resolve(sc->k, ep, &res, 1);
+  /* `also` resolves to the vat's object, so messages parked on it go there. */
+  const char *slot = "o+1";
+  ocap_resolution_t obj = {sc->also, 0, {"#\"$0.Alleged: thing\"", 20, &slot, 1}};
+  if (!rc && sc->also) {
+    rc = ocap_kernel_resolve(sc->k, ep, &obj, 1);
+    sc->also = NULL;
+  }
+  if (!rc && strncmp(d->methargs.body, "#[\"work\"", 8) == 0) {
+    char vp[16];
+    snprintf(vp, sizeof vp, "p+%d", sc->next++);
+    ocap_capdata_t args = {"#[\"sub\",[]]", 11, NULL, 0};
+    rc = ocap_kernel_send(sc->k, ep, d->target, &args, vp);
+  }
+  return rc ? rc : sc->fail ? OCAP_EIO : 0;
+}
+
+static ocap_kernel_t *new_script_kernel(script_t *sc) {
+  ocap_store_t *s = NULL;
+  memset(sc, 0, sizeof *sc);
+  sc->next = 1;
+  REQUIRE(ocap_store_open_memory(&s) == 0);
+  ocap_kernel_hooks_t hooks = {.ud = sc, .deliver = script_deliver};
+  REQUIRE(ocap_kernel_new(s, &hooks, &sc->k) == 0);
+  return sc->k;
+}
+
+static ocap_kernel_t *reopen_script(script_t *sc) {
+  ocap_store_t *s = ocap_kernel_store(sc->k);
+  ocap_kernel_free(sc->k);
+  ocap_kernel_hooks_t hooks = {.ud = sc, .deliver = script_deliver};
+  REQUIRE(ocap_kernel_new(s, &hooks, &sc->k) == 0);
+  return sc->k;
+}
+
+/* The keys a traced store was asked to write, each followed by a space. */
+typedef struct written {
+  char keys[1 << 14];
+  size_t len;
+} written_t;
+
+static void note_write(void *ud, const char *key, size_t klen, int deleted) {
+  written_t *w = ud;
+  (void)deleted;
+  if (w->len + klen + 2 < sizeof w->keys) {
+    memcpy(w->keys + w->len, key, klen);
+    w->len += klen;
+    w->keys[w->len++] = ' ';
+    w->keys[w->len] = '\0';
+  }
+}
+
+/* Whether a key in w starts with prefix and, when digit is set, goes on
+ * with a digit. */
+static int wrote(const written_t *w, const char *prefix, int digit) {
+  size_t pl = strlen(prefix);
+  for (const char *p = w->keys; *p;) {
+    const char *sp = strchr(p, ' ');
+    if (strncmp(p, prefix, pl) == 0 && (!digit || (p[pl] >= '0' && p[pl] <= '9')))
+      return 1;
+    p = sp + 1;
+  }
+  return 0;
+}
+
+/*
+ * Promises and run-queue items made and finished between two syncs never
+ * reach the store: the host sends "work" with a result, the vat resolves
+ * it and makes, and later resolves, a promise of its own; all are freed,
+ * every item delivered. The store is asked to write none of their keys,
+ * through the cranks and the sync after them. A promise still alive at
+ * the sync is written then, and only then.
+ */
+static void unsynced_promises(void) {
+  script_t *sc = malloc(sizeof *sc);
+  REQUIRE(sc != NULL);
+  ocap_kernel_t *k = new_script_kernel(sc);
+  ocap_store_t *s = ocap_kernel_store(k);
+  char ko[OCAP_REF_MAX], kp[OCAP_REF_MAX], kp2[OCAP_REF_MAX];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko) == 0);
+  REQUIRE(ocap_kernel_pin(k, ko) == 0);
+  REQUIRE(ocap_store_commit(s) == 0 && ocap_kernel_sync(k) == 0);
+  written_t *w = calloc(1, sizeof *w);
+  REQUIRE(w != NULL);
+  ocap_store_trace_writes(s, note_write, w);
+  for (int i = 0; i < 3; i++) {
+    ocap_capdata_t args = {"#[\"work\",[]]", 12, NULL, 0};
+    REQUIRE(ocap_kernel_alloc_promise(k, "kernel", kp) == 0);
+    REQUIRE(ocap_kernel_send(k, "kernel", ko, &args, kp) == 0);
+    REQUIRE(run(k, &sc->r, 0) == 0);
+  }
+  CHECK(count_lines(&sc->r, "v1 msg #[\"work\"") == 3);
+  CHECK(count_lines(&sc->r, "v1 msg #[\"sub\"") == 3);
+  CHECK(count_lines(&sc->r, "kernel notify") == 3);
+  REQUIRE(ocap_kernel_sync(k) == 0);
+  if (wrote(w, "kp", 1) || wrote(w, "runQueue.", 1)) {
+    fprintf(stderr, "  promises and items made and gone between syncs were written: %s\n", w->keys);
+    failures++;
+  }
+  CHECK(wrote(w, "runQueue.head", 0)); /* the trace sees what a sync writes */
+  w->len = 0;
+  w->keys[0] = '\0';
+  REQUIRE(ocap_kernel_alloc_promise(k, "kernel", kp2) == 0);
+  REQUIRE(ocap_store_commit(s) == 0);
+  CHECK(!wrote(w, "kp", 1)); /* not at commit */
+  REQUIRE(ocap_kernel_sync(k) == 0);
+  char key[64];
+  snprintf(key, sizeof key, "%s.state ", kp2);
+  CHECK(strstr(w->keys, key) != NULL); /* but at the sync */
+  ocap_store_trace_writes(s, NULL, NULL);
+  CHECK(ocap_kernel_check(k) == 0);
+  free(w);
+  free_kernel(k);
+  free(sc);
+}
+
+/* Sets up a script kernel for rollback_unsynced: v1's object, a promise
+ * kpP v1 decides with a message parked on it, and "work" queued with a
+ * result kpW; the parking crank has run, nothing is synced since. */
+static ocap_kernel_t *parked_setup(script_t *sc) {
+  ocap_kernel_t *k = new_script_kernel(sc);
+  char ko[OCAP_REF_MAX], kpp[OCAP_REF_MAX], kpw[OCAP_REF_MAX], eref[OCAP_REF_MAX];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko) == 0);
+  REQUIRE(ocap_kernel_pin(k, ko) == 0);
+  REQUIRE(ocap_kernel_alloc_promise(k, "v1", kpp) == 0);
+  REQUIRE(ocap_kernel_kref_to_eref(k, "v1", kpp, eref) == 0);
+  CHECK(strcmp(eref, "p-1") == 0);
+  ocap_capdata_t park = {"#[\"parked\",[]]", 14, NULL, 0};
+  ocap_capdata_t work = {"#[\"work\",[]]", 12, NULL, 0};
+  REQUIRE(ocap_kernel_send(k, "kernel", kpp, &park, NULL) == 0);
+  REQUIRE(ocap_kernel_alloc_promise(k, "kernel", kpw) == 0);
+  REQUIRE(ocap_kernel_send(k, "kernel", ko, &work, kpw) == 0);
+  REQUIRE(step(k, &sc->r) == 1); /* "parked" waits on kpP */
+  CHECK(sc->r.n == 0);
+  return k;
+}
+
+/*
+ * A crank that fails after settling promises (one with a message parked
+ * on it, which goes back to the run queue), making a new one and queueing
+ * items, all on records the store does not have yet, leaves the tables as
+ * the last commit left them: the same state as a kernel that never ran
+ * that crank, in memory and, after a sync, in the store; and a kernel that
+ * goes on from it does what one restarted from that store does.
+ */
+static void rollback_unsynced(void) {
+  script_t *x = malloc(sizeof *x), *y = malloc(sizeof *y);
+  REQUIRE(x != NULL && y != NULL);
+  ocap_kernel_t *kx = parked_setup(x), *ky = parked_setup(y);
+  x->also = "p-1";
+  x->fail = 1;
+  CHECK(step(kx, &x->r) == OCAP_EIO);
+  CHECK(ocap_kernel_failed(kx) == 0 && x->r.n == 0);
+  CHECK(ocap_kernel_queue_length(kx) == ocap_kernel_queue_length(ky));
+  if (ocap_kernel_check(kx) != 0) { /* the tables in memory, against the store */
+    fprintf(stderr, "  after a rollback: %s\n", ocap_kernel_errmsg(kx));
+    failures++;
+  }
+  char *dx = dump(kx), *dy = dump(ky);
+  if (strcmp(dx, dy) != 0) {
+    fprintf(stderr, "  after a rollback:\n    %s\n  without the crank:\n    %s\n", dx, dy);
+    failures++;
+  }
+  free(dx);
+  free(dy);
+  /* x goes on from its tables in memory, y from its store. */
+  x->fail = 0;
+  x->also = y->also = "p-1";
+  ky = reopen_script(y);
+  CHECK(run(kx, &x->r, 0) == 0 && run(ky, &y->r, 0) == 0);
+  CHECK(x->r.n == y->r.n && x->r.n == 4);
+  for (int i = 0; i < x->r.n && i < y->r.n; i++)
+    CHECK(strcmp(x->r.lines[i], y->r.lines[i]) == 0);
+  CHECK(count_lines(&x->r, "v1 msg #[\"parked\"") == 1);
+  dx = dump(kx);
+  dy = dump(ky);
+  CHECK(strcmp(dx, dy) == 0);
+  CHECK(ocap_kernel_check(kx) == 0 && ocap_kernel_check(ky) == 0);
+  free(dx);
+  free(dy);
+  free_kernel(kx);
+  free_kernel(ky);
+  free(x);
+  free(y);
+}
+
 int main(void) {
   gc_faults();
   retire_indexed(3);
@@ -676,6 +888,8 @@ int main(void) {
   terminate_linear(30000);
   terminate_faults();
   corrupt_values();
+  unsynced_promises();
+  rollback_unsynced();
   if (failures > 0) {
     fprintf(stderr, "test_kernel: %d failure(s)\n", failures);
     return 1;
