@@ -2815,6 +2815,8 @@ int luaopen_ocap_core(lua_State *L) {
   lua_setfield(L, -2, "net");
   lcrypto_open(L);
   lua_setfield(L, -2, "crypto");
+  ltls_open(L);
+  lua_setfield(L, -2, "tls");
   lio_open(L);
   lua_setfield(L, -2, "io");
   return 1;

@@ -2,13 +2,24 @@
  * comms (see lnet.h for the conventions). A connection lives in a conn_t
  * that libuv owns until both its handles are closed; Lua holds a box that
  * points at it, cleared when it closes, so that a late call on the box is
- * harmless. */
+ * harmless.
+ *
+ * A TLS connection never lets OpenSSL touch its socket: its SSL works
+ * over a pair of memory BIOs. What libuv reads goes into the SSL's input
+ * BIO and SSL_read turns it into the plaintext of "data" events; what Lua
+ * writes goes through SSL_write, and the records it leaves in the output
+ * BIO go to uv_write at once (tls_flush). */
+#include <limits.h>
 #include <poll.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include "lnet.h"
@@ -27,12 +38,23 @@ typedef struct conn {
   int closed;
   int handles;   /* handles still open; the conn is freed at zero */
   size_t queued; /* bytes handed to uv_write and not yet written */
+  /* TLS only (ssl is NULL on plain TCP): */
+  SSL *ssl;
+  BIO *in, *out; /* the SSL's memory BIOs, which it owns */
+  int outbound;
+  int secure;  /* the handshake is done and the peer's key checked */
+  int failed;  /* the TLS layer failed, or the peer is gone: no close_notify */
+  char *early; /* what Lua wrote before the handshake was done */
+  size_t early_n;
+  char expect[LTLS_DESIGNATOR_LEN + 1]; /* outbound: the designator dialled */
+  char peer[LTLS_DESIGNATOR_LEN + 1];   /* the designator of the peer's key */
 } conn_t;
 
 typedef struct server {
   uv_tcp_t tcp;
   lua_State *L;
   int cb_ref;
+  SSL_CTX *ctx; /* NULL on plain TCP */
 } server_t;
 
 typedef struct {
@@ -45,8 +67,41 @@ typedef struct {
 
 static void conn_handle_closed(uv_handle_t *h) {
   conn_t *c = h->data;
-  if (--c->handles == 0)
+  if (--c->handles == 0) {
+    SSL_free(c->ssl);
+    free(c->early);
     free(c);
+  }
+}
+
+static void written(uv_write_t *w, int status) {
+  conn_t *c = w->handle->data;
+  c->queued -= ((lrpc_write_t *)w)->n;
+  free(w);
+}
+
+/* Hands what the SSL left in its output BIO (records, alerts) to
+ * uv_write, without a copy: the write owns the buffer it reads into. */
+static void tls_flush(conn_t *c) {
+  size_t n;
+  while ((n = BIO_ctrl_pending(c->out)) > 0) {
+    lrpc_write_t *w = malloc(sizeof *w + n);
+    if (!w)
+      return; /* it stays in the BIO, counted in conn:queued() */
+    int got = BIO_read(c->out, w->bytes, (int)(n > INT_MAX ? INT_MAX : n));
+    if (got <= 0) {
+      free(w);
+      return;
+    }
+    w->n = (size_t)got;
+    uv_buf_t b = uv_buf_init(w->bytes, (unsigned)got);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, written) != 0) {
+      /* The socket failed: the read side reports it. */
+      free(w);
+      return;
+    }
+    c->queued += (size_t)got;
+  }
 }
 
 /* [-0, +0, -] Closes c's handles and lets go of its Lua box and callback;
@@ -55,6 +110,13 @@ static void conn_close(conn_t *c) {
   if (c->closed)
     return;
   c->closed = 1;
+  if (c->ssl && c->secure && !c->failed) {
+    /* close_notify tells the peer the end is ours, not a cut. */
+    ERR_clear_error();
+    SSL_shutdown(c->ssl);
+    tls_flush(c);
+  }
+  ERR_clear_error();
   lua_State *L = c->L;
   if (c->box_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->box_ref);
@@ -71,9 +133,10 @@ static void conn_close(conn_t *c) {
   uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
 }
 
-/* [-0, +0, -] Calls the callback with (box, event, data). An "eof" closes
- * the connection first, so that the callback sees it closed. An error in
- * the callback is dropped: the loop keeps serving other connections. */
+/* [-0, +0, -] Calls the callback with (box, event, data). An "eof" or a
+ * "tlserror" closes the connection first, so that the callback sees it
+ * closed. An error in the callback is dropped: the loop keeps serving
+ * other connections. */
 static void emit(conn_t *c, const char *event, const char *data, size_t n) {
   if (c->closed)
     return;
@@ -85,18 +148,40 @@ static void emit(conn_t *c, const char *event, const char *data, size_t n) {
     lua_pushlstring(L, data, n);
   else
     lua_pushnil(L);
-  if (strcmp(event, "eof") == 0)
+  if (strcmp(event, "eof") == 0 || strcmp(event, "tlserror") == 0)
     conn_close(c);
   if (lua_pcall(L, 3, 0, 0) != LUA_OK)
     lua_pop(L, 1);
 }
 
 /* [-0, +0, m] Makes a conn on loop with its box, which the registry holds
- * until the conn closes. NULL when out of memory. */
-static conn_t *conn_new(lua_State *L, uv_loop_t *loop, int cb_ref_src) {
+ * until the conn closes; with ctx, a TLS one that dials (outbound) or
+ * accepts. NULL when out of memory. */
+static conn_t *conn_new(lua_State *L, uv_loop_t *loop, int cb_ref_src, SSL_CTX *ctx, int outbound) {
   conn_t *c = calloc(1, sizeof *c);
   if (!c)
     return NULL;
+  if (ctx) {
+    c->ssl = SSL_new(ctx);
+    c->in = BIO_new(BIO_s_mem());
+    c->out = BIO_new(BIO_s_mem());
+    if (!c->ssl || !c->in || !c->out) {
+      BIO_free(c->in);
+      BIO_free(c->out);
+      SSL_free(c->ssl);
+      free(c);
+      ERR_clear_error();
+      return NULL;
+    }
+    /* An empty input BIO means "wait for more", not the end. */
+    BIO_set_mem_eof_return(c->in, -1);
+    SSL_set_bio(c->ssl, c->in, c->out);
+    if (outbound)
+      SSL_set_connect_state(c->ssl);
+    else
+      SSL_set_accept_state(c->ssl);
+  }
+  c->outbound = outbound;
   c->L = L;
   uv_tcp_init(loop, &c->tcp);
   uv_timer_init(loop, &c->timer);
@@ -112,6 +197,104 @@ static conn_t *conn_new(lua_State *L, uv_loop_t *loop, int cb_ref_src) {
   return c;
 }
 
+/* [-0, +0, -] The TLS layer failed: the alert OpenSSL made goes out, then
+ * the connection closes with a "tlserror" that gives OpenSSL's reason. */
+static void tls_fail(conn_t *c, const char *fallback) {
+  unsigned long e = ERR_get_error();
+  const char *why = e ? ERR_reason_error_string(e) : NULL;
+  char msg[256];
+  snprintf(msg, sizeof msg, "TLS: %s", why ? why : fallback);
+  ERR_clear_error();
+  tls_flush(c);
+  c->failed = 1;
+  emit(c, "tlserror", msg, strlen(msg));
+}
+
+/* [-0, +0, -] The handshake is done: the peer's certificate must hold an
+ * Ed25519 key, and a peer we dialled must hold the key its designator
+ * names. Then "open" (for a dial), and what Lua wrote meanwhile goes. */
+static void tls_secure(conn_t *c) {
+  X509 *cert = SSL_get0_peer_certificate(c->ssl);
+  if (!cert || ltls_designator(X509_get0_pubkey(cert), c->peer) != 0) {
+    tls_fail(c, "the peer's certificate holds no Ed25519 key");
+    return;
+  }
+  c->secure = 1;
+  if (c->outbound && strcmp(c->peer, c->expect) != 0) {
+    const char *why = "the peer's key does not match its designator";
+    emit(c, "eof", why, strlen(why));
+    return;
+  }
+  if (c->outbound)
+    emit(c, "open", NULL, 0);
+  if (c->closed || !c->early)
+    return;
+  size_t done;
+  ERR_clear_error();
+  int ok = SSL_write_ex(c->ssl, c->early, c->early_n, &done);
+  free(c->early);
+  c->early = NULL;
+  c->early_n = 0;
+  if (!ok) {
+    tls_fail(c, "write failed");
+    return;
+  }
+  tls_flush(c);
+}
+
+/* [-0, +0, m] Moves the TLS connection on after bytes arrived (or once it
+ * is connected, to send the first flight): the handshake while it is not
+ * done, then the plaintext of every complete record, in one "data". */
+static void tls_pump(conn_t *c) {
+  if (!c->secure) {
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, r);
+    if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ) {
+      tls_fail(c, "handshake failed");
+      return;
+    }
+    tls_flush(c);
+    if (e == SSL_ERROR_WANT_READ)
+      return;
+    tls_secure(c);
+    if (c->closed)
+      return;
+  }
+  lua_State *L = c->L;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  int e = SSL_ERROR_NONE;
+  ERR_clear_error();
+  for (;;) {
+    size_t got;
+    char *p = luaL_prepbuffsize(&b, 16384);
+    if (SSL_read_ex(c->ssl, p, 16384, &got) != 1) {
+      e = SSL_get_error(c->ssl, 0);
+      break;
+    }
+    luaL_addsize(&b, got);
+  }
+  luaL_pushresult(&b);
+  size_t n;
+  const char *s = lua_tolstring(L, -1, &n);
+  if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_ZERO_RETURN) {
+    /* What came before the bad record is still the peer's. */
+    if (n > 0)
+      emit(c, "data", s, n);
+    lua_pop(L, 1);
+    if (!c->closed)
+      tls_fail(c, "bad record");
+    return;
+  }
+  tls_flush(c);
+  if (n > 0)
+    emit(c, "data", s, n);
+  lua_pop(L, 1);
+  if (e == SSL_ERROR_ZERO_RETURN && !c->closed)
+    emit(c, "eof", "closed by the peer", strlen("closed by the peer"));
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   /* The bytes are copied into a Lua string at once: one slab serves all. */
   static char slab[65536];
@@ -122,12 +305,21 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   conn_t *c = (conn_t *)st;
   if (nread < 0) {
+    c->failed = 1;
     emit(c, "eof", nread == UV_EOF ? "closed by the peer" : uv_strerror((int)nread),
          nread == UV_EOF ? strlen("closed by the peer") : strlen(uv_strerror((int)nread)));
     return;
   }
-  if (nread > 0)
+  if (nread > 0 && c->ssl) {
+    /* A memory BIO takes it all, growing; SSL_read drains it at once. */
+    if (BIO_write(c->in, buf->base, (int)nread) != (int)nread) {
+      tls_fail(c, "out of memory");
+      return;
+    }
+    tls_pump(c);
+  } else if (nread > 0) {
     emit(c, "data", buf->base, (size_t)nread);
+  }
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -138,7 +330,7 @@ static void on_connection(uv_stream_t *st, int status) {
   server_t *s = (server_t *)st;
   if (status < 0)
     return;
-  conn_t *c = conn_new(s->L, st->loop, s->cb_ref);
+  conn_t *c = conn_new(s->L, st->loop, s->cb_ref, s->ctx, 0);
   if (!c)
     return;
   if (uv_accept(st, (uv_stream_t *)&c->tcp) != 0) {
@@ -159,6 +351,12 @@ static void on_connect(uv_connect_t *req, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  if (c->ssl) {
+    /* "open" waits for the handshake, which starts with our hello. */
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    tls_pump(c);
+    return;
+  }
   emit(c, "open", NULL, 0);
   if (!c->closed)
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -176,17 +374,28 @@ static int parse_addr(lua_State *L, int hi, int pi, struct sockaddr_storage *out
   return -1;
 }
 
+/* A peer that hangs up must make a write fail (libuv reports EPIPE), not
+ * kill the process with SIGPIPE; a host's own handler is left alone. */
+static void ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+    signal(SIGPIPE, SIG_IGN);
+}
+
 static void server_freed(uv_handle_t *h) {
+  SSL_CTX_free(((server_t *)h)->ctx);
   free(h);
 }
 
-/* net.listen(K, host, port, callback) -> server | nil, err  [-0, +1|2, e]
+/* net.listen(K, host, port, callback [, tls]) -> server | nil, err  [-0, +1|2, e]
  * It listens on K's loop; each accepted connection reaches callback as
- * (conn, "accept"), then its events. */
+ * (conn, "accept"), then its events. With tls (a context of ocap.core.tls)
+ * the connections speak TLS and present its certificate. */
 static int net_listen(lua_State *L) {
   uv_loop_t *loop = lkernel_loop(L, 1);
   struct sockaddr_storage addr;
   luaL_checktype(L, 4, LUA_TFUNCTION);
+  SSL_CTX *ctx = lua_isnoneornil(L, 5) ? NULL : ltls_checkcontext(L, 5);
   if (parse_addr(L, 2, 3, &addr) != 0) {
     lua_pushnil(L);
     lua_pushfstring(L, "not an IP address: %s", lua_tostring(L, 2));
@@ -195,6 +404,9 @@ static int net_listen(lua_State *L) {
   server_t *s = calloc(1, sizeof *s);
   if (!s)
     return luaL_error(L, "out of memory");
+  ignore_sigpipe();
+  if (ctx && SSL_CTX_up_ref(ctx))
+    s->ctx = ctx;
   uv_tcp_init(loop, &s->tcp);
   int rc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&addr, 0);
   if (rc == 0)
@@ -245,13 +457,18 @@ static int server_close(lua_State *L) {
   return 0;
 }
 
-/* net.connect(K, host, port, callback) -> conn | nil, err  [-0, +1|2, e]
+/* net.connect(K, host, port, callback [, tls, designator]) -> conn | nil, err
+ * [-0, +1|2, e]
  * It connects on K's loop; callback gets (conn, "open") once connected,
- * or (conn, "eof", why) when that fails. */
+ * or (conn, "eof", why) when that fails. With tls (a context of
+ * ocap.core.tls) it speaks TLS, and "open" comes only once the peer proved
+ * it holds the key whose designator (64 hex digits) is given. */
 static int net_connect(lua_State *L) {
   uv_loop_t *loop = lkernel_loop(L, 1);
   struct sockaddr_storage addr;
   luaL_checktype(L, 4, LUA_TFUNCTION);
+  SSL_CTX *ctx = lua_isnoneornil(L, 5) ? NULL : ltls_checkcontext(L, 5);
+  const char *expect = ctx ? luaL_checkstring(L, 6) : "";
   if (parse_addr(L, 2, 3, &addr) != 0) {
     lua_pushnil(L);
     lua_pushfstring(L, "not an IP address: %s", lua_tostring(L, 2));
@@ -262,11 +479,15 @@ static int net_connect(lua_State *L) {
   lua_pop(L, 1);
   lua_pushvalue(L, 4);
   int cb = luaL_ref(L, LUA_REGISTRYINDEX);
-  conn_t *c = conn_new(main, loop, cb);
+  conn_t *c = conn_new(main, loop, cb, ctx, 1);
   luaL_unref(L, LUA_REGISTRYINDEX, cb);
   if (!c)
     return luaL_error(L, "out of memory");
+  /* A designator of another length matches no key: the dial fails once
+   * the peer showed its own. */
+  snprintf(c->expect, sizeof c->expect, "%s", expect);
   c->req.data = c;
+  ignore_sigpipe();
   int rc = uv_tcp_connect(&c->req, &c->tcp, (struct sockaddr *)&addr, on_connect);
   if (rc != 0) {
     conn_close(c);
@@ -278,10 +499,27 @@ static int net_connect(lua_State *L) {
   return 1;
 }
 
-static void written(uv_write_t *w, int status) {
-  conn_t *c = w->handle->data;
-  c->queued -= ((lrpc_write_t *)w)->n;
-  free(w);
+/* [-0, +0, e] Queues s (n bytes) on the TLS connection c: through
+ * SSL_write once the handshake is done, until then in c->early. Returns
+ * 0, or -1 when the TLS layer failed (c is then closed). */
+static int tls_write(lua_State *L, conn_t *c, const char *s, size_t n) {
+  if (!c->secure) {
+    char *more = realloc(c->early, c->early_n + n + 1);
+    if (!more)
+      luaL_error(L, "out of memory");
+    memcpy(more + c->early_n, s, n);
+    c->early = more;
+    c->early_n += n;
+    return 0;
+  }
+  size_t done;
+  ERR_clear_error();
+  if (n > 0 && SSL_write_ex(c->ssl, s, n, &done) != 1) {
+    tls_fail(c, "write failed");
+    return -1;
+  }
+  tls_flush(c);
+  return 0;
 }
 
 /* conn:write(s) -> boolean  [-0, +1, e]
@@ -293,6 +531,10 @@ static int conn_write(lua_State *L) {
   conn_t *c = box->c;
   if (!c || c->closed) {
     lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (c->ssl) {
+    lua_pushboolean(L, tls_write(L, c, s, n) == 0);
     return 1;
   }
   int rc = lrpc_write_copy((uv_stream_t *)&c->tcp, s, n, written);
@@ -308,10 +550,31 @@ static int conn_write(lua_State *L) {
 }
 
 /* conn:queued() -> integer  [-0, +1, e]
- * Bytes written and not yet taken by the peer's socket. */
+ * Bytes written and not yet taken by the peer's socket; on TLS, also those
+ * waiting for the handshake or still in the SSL's output BIO. */
 static int conn_queued(lua_State *L) {
   connbox_t *box = luaL_checkudata(L, 1, CONN_MT);
-  lua_pushinteger(L, box->c ? (lua_Integer)box->c->queued : 0);
+  conn_t *c = box->c;
+  size_t n = 0;
+  if (c) {
+    n = c->queued + c->early_n;
+    if (c->ssl)
+      n += BIO_ctrl_pending(c->out);
+  }
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
+/* conn:peerDesignator() -> string | nil  [-0, +1, e]
+ * On TLS, once the handshake is done, the designator of the key the peer
+ * proved it holds; nil before, and on plain TCP. */
+static int conn_peer_designator(lua_State *L) {
+  connbox_t *box = luaL_checkudata(L, 1, CONN_MT);
+  conn_t *c = box->c;
+  if (c && c->secure)
+    lua_pushstring(L, c->peer);
+  else
+    lua_pushnil(L);
   return 1;
 }
 
@@ -363,8 +626,13 @@ static int conn_is_open(lua_State *L) {
 }
 
 static const luaL_Reg conn_methods[] = {
-    {"write", conn_write},  {"queued", conn_queued},  {"setTimer", conn_set_timer},
-    {"close", conn_lclose}, {"isOpen", conn_is_open}, {"pause", conn_pause},
+    {"write", conn_write},
+    {"queued", conn_queued},
+    {"setTimer", conn_set_timer},
+    {"close", conn_lclose},
+    {"isOpen", conn_is_open},
+    {"pause", conn_pause},
+    {"peerDesignator", conn_peer_designator},
     {NULL, NULL},
 };
 

@@ -24,14 +24,15 @@ external_dependencies = {
   LEVELDB = { header = "leveldb/c.h", library = "leveldb" },
   LIBUV = { header = "uv.h", library = "uv" },
   LIBSODIUM = { header = "sodium.h", library = "sodium" },
+  OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
 }
 build = {
   type = "cmake",
   variables = {
     CMAKE_BUILD_TYPE = "Release",
     CMAKE_INSTALL_PREFIX = "$(PREFIX)",
-    CMAKE_INCLUDE_PATH = "$(LEVELDB_INCDIR);$(LIBUV_INCDIR);$(LIBSODIUM_INCDIR)",
-    CMAKE_LIBRARY_PATH = "$(LEVELDB_LIBDIR);$(LIBUV_LIBDIR);$(LIBSODIUM_LIBDIR)",
+    CMAKE_INCLUDE_PATH = "$(LEVELDB_INCDIR);$(LIBUV_INCDIR);$(LIBSODIUM_INCDIR);$(OPENSSL_INCDIR)",
+    CMAKE_LIBRARY_PATH = "$(LEVELDB_LIBDIR);$(LIBUV_LIBDIR);$(LIBSODIUM_LIBDIR);$(OPENSSL_LIBDIR)",
     OCAP_LUADIR = "$(LUADIR)",
     OCAP_LIBDIR = "$(LIBDIR)",
     OCAP_BUILD_TESTS = "OFF",

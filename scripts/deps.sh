@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ocap needs, only when some are missing.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libleveldb-dev libuv1-dev libsodium-dev
+pkgs=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libleveldb-dev libuv1-dev libsodium-dev libssl-dev
       lua-cjson lua-busted lua-check lua-luv luarocks clang-format)
 # `make fuzz` alone needs clang and its libFuzzer; `make test` does not.
 if [ "${1:-}" = fuzz ]; then pkgs+=(clang libclang-rt-dev); fi

@@ -31,14 +31,14 @@ local function serve(limits, extra)
     never = function() return require('ocap.promise').makePromise() end,
   })
   local swiss = kernel:issueOcapURL(svc):match('/s/([^?]+)')
-  return { kernel = kernel, swiss = swiss, warnings = warnings,
+  return { kernel = kernel, swiss = swiss, warnings = warnings, tls = remote.netlayer == 'tcp-tls',
     locator = kernel:getStatus().remoteComms.listenAddresses[1] }
 end
 
 --- A raw client in session with s's kernel, its service fetched into
 --- answer 0 (resolver at 1); later positions are the spec's.
 local function session(s)
-  local c = client.connect(s.kernel, s.locator)
+  local c = client.connect(s.kernel, s.locator, s.tls and client.tlsContext() or nil)
   assert.are.equal('op:start-session', captp.label(c:hello()))
   c.svc = c:fetch(s.swiss, 0, 1)
   c.next = 100
@@ -205,9 +205,9 @@ describe('remote limits', function()
     end)
   end)
 
-  it('abort the session of a peer that does not read, past maxWriteQueueBytes', function()
+  local function notReading(netlayer)
     local limit = 128 * 1024
-    s = serve { maxWriteQueueBytes = limit }
+    s = serve({ maxWriteQueueBytes = limit }, { netlayer = netlayer })
     local other, c = open(), open()
     alive(c, 1)
     c.conn:pause(true)
@@ -230,5 +230,36 @@ describe('remote limits', function()
     c.conn:pause(false)
     while c:receive() do end
     assert.is_true(c.closed)
+  end
+
+  it('abort the session of a peer that does not read, past maxWriteQueueBytes', function()
+    notReading('tcp-testing-only')
+  end)
+
+  it('count the TLS records waiting for a peer that does not read (tcp-tls)', function()
+    notReading('tcp-tls')
+  end)
+
+  it('refuse to dial past maxOutboundConnections, and dial again once one closed', function()
+    s = serve { maxOutboundConnections = 1 }
+    -- Two raw peers to dial, under two designators.
+    local one, two = client.listen(s.kernel), client.listen(s.kernel)
+    clients[#clients + 1] = one
+    clients[#clients + 1] = two
+    two.designator = 'rawpeer2'
+    two.locator = two.locator:gsub('rawpeer', 'rawpeer2')
+    local first = s.kernel:redeemOcapURL((one.locator:gsub('%?', '/s/thing?')))
+    one:accept()
+    local refused = support.rejection(s.kernel:redeemOcapURL((two.locator:gsub('%?', '/s/thing?'))))
+    assert.are.equal('[KERNEL:ENDPOINT_UNREACHABLE] cannot reach rawpeer2: more than 1 outbound connections',
+      refused.message)
+    -- Connections peers open to us are counted apart.
+    alive(open(), 1)
+    -- Once the dialled connection closed, another dial may go.
+    one:close()
+    assert.matches('CONNECTION_LOST', support.rejection(first).message)
+    s.kernel:redeemOcapURL((two.locator:gsub('%?', '/s/thing?')))
+    two:accept()
+    assert.are.equal('op:start-session', captp.label(two:receive()))
   end)
 end)

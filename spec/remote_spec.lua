@@ -280,8 +280,13 @@ describe('remote kernels', function()
   it('keeps sturdyrefs across a restart of the other kernel', function()
     local dir = os.tmpname()
     os.remove(dir)
-    finally(function() os.execute(('rm -rf %q'):format(dir)) end)
     local env = ('REMOTE_DB=%q REMOTE_SWISS=keepme'):format(dir)
+    -- (busted keeps only the last finally of a test: one does it all.)
+    local second
+    finally(function()
+      killPeer(second)
+      os.execute(('rm -rf %q'):format(dir))
+    end)
     local first = spawnPeer(env)
     local waiting
     local ok1, err1 = pcall(function()
@@ -292,8 +297,7 @@ describe('remote kernels', function()
     assert(ok1, err1)
     -- Once this kernel knows the session is gone:
     assert.matches('CONNECTION_LOST', support.rejection(waiting).message)
-    local second = spawnPeer(env)
-    finally(function() killPeer(second) end)
+    second = spawnPeer(env)
     assert.are_not.equal(first.locator, second.locator) -- another port
     assert.are.equal(first.url:match('^ocapn://([^/]+)/'), second.url:match('^ocapn://([^/]+)/')) -- same designator
     assert.are.equal(2, E(kernel:redeemOcapURL(second.url):await()).ping(2):await())
@@ -437,7 +441,12 @@ end)
 describe('a peer that starts a new session', function()
   it('aborts the old one, whose questions reject with PEER_RESTARTED', function()
     local kernel = newKernel { remote = { listen = '127.0.0.1:0' } }
-    finally(function() kernel:stop() end)
+    local old, new
+    finally(function()
+      if old then old:close() end
+      if new then new:close() end
+      kernel:stop()
+    end)
     local held
     local keeper = ocap.makeDefaultExo('keeper', {
       hold = function(_, obj) held = E(obj).ping(1) end,
@@ -445,15 +454,13 @@ describe('a peer that starts a new session', function()
     local swiss = kernel:issueOcapURL(keeper):match('/s/([^?]+)')
     local locator = kernel:getStatus().remoteComms.listenAddresses[1]
     -- The raw peers run on this kernel's loop, and drive it while they wait.
-    local old = client.connect(kernel, locator)
-    finally(function() old:close() end)
+    old = client.connect(kernel, locator)
     old:hello { designator = 'twin' }
     local boot = old:fetch(swiss, 0, 1)
     old:send(captp.op('op:deliver-only', boot, captp.list(syrup.symbol('hold'), captp.desc('desc:import-object', 7))))
     local ping = old:expect('op:deliver')
     assert.are.equal(7, captp.descPos(ping.args[1], 'desc:export'))
-    local new = client.connect(kernel, locator)
-    finally(function() new:close() end)
+    new = client.connect(kernel, locator)
     assert.are.equal('op:start-session', captp.label(new:hello { designator = 'twin' }))
     assert.are.equal('the peer started a new session', old:expectAbort())
     local err = support.rejection(held)
@@ -466,7 +473,8 @@ end)
 describe('remote options', function()
   it('are checked when the kernel is made', function()
     assert.has_error(function() newKernel { remote = { netlayer = 'carrier-pigeon' } } end,
-      "Kernel.make: option remote.netlayer: unknown netlayer \"carrier-pigeon\" (only 'tcp-testing-only' exists)")
+      "Kernel.make: option remote.netlayer: unknown netlayer \"carrier-pigeon\" (there are 'tcp-testing-only' and "
+      .. "'tcp-tls')")
     assert.has_error(function() newKernel { remote = { listen = 'nowhere' } } end,
       "Kernel.make: option remote.listen must be 'host:port', got \"nowhere\"")
     local k = newKernel()

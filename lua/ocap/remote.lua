@@ -1,5 +1,5 @@
 --- Remote kernels over OCapN: CapTP sessions on the `tcp-testing-only`
---- netlayer, on the kernel's libuv loop (docs/remote.md).
+--- or `tcp-tls` netlayer, on the kernel's libuv loop (docs/remote.md).
 ---
 --- A session is one connection to one peer, with its own tables, which
 --- play the part of the remote endpoint's c-list: what we export to the
@@ -20,7 +20,7 @@ local promise = require 'ocap.promise'
 local liveslots = require 'ocap.liveslots'
 local captp = require 'ocap.captp'
 
-local net, crypto = core.net, core.crypto
+local net, crypto, tls = core.net, core.crypto, core.tls
 local kind, sym = syrup.kind, syrup.symbol
 local list, op, desc, label, descPos = captp.list, captp.op, captp.desc, captp.label, captp.descPos
 local E = liveslots.E
@@ -43,6 +43,7 @@ local DEFAULTS = { handshakeTimeout = 30000, maxMessageBytes = 1024 * 1024, maxA
 -- kernel hold; `remote.limits` overrides them (docs/remote.md).
 local LIMITS = {
   maxConnections = 100,                -- connections peers opened to us, at once
+  maxOutboundConnections = 100,        -- connections we dialled, at once
   maxImports = 10000,                  -- objects and promises a session imported
   maxExports = 10000,                  -- objects and promises a session exported
   maxQuestions = 10000,                -- our messages waiting for the peer's answer
@@ -111,9 +112,9 @@ local function checkOptions(opts)
     end
   end
   local netlayer = opts.netlayer or 'tcp-testing-only'
-  if netlayer ~= 'tcp-testing-only' then
-    error(("Kernel.make: option remote.netlayer: unknown netlayer %q (only 'tcp-testing-only' exists)"):format(
-      netlayer), 0)
+  if netlayer ~= 'tcp-testing-only' and netlayer ~= 'tcp-tls' then
+    error(("Kernel.make: option remote.netlayer: unknown netlayer %q (there are 'tcp-testing-only' and 'tcp-tls')")
+      :format(netlayer), 0)
   end
   local function positive(field, v)
     if math.type(v) ~= 'integer' or v < 1 then
@@ -146,6 +147,26 @@ local function hex(s)
   return (s:gsub('.', function(c) return ('%02x'):format(c:byte()) end))
 end
 
+local function unhex(s)
+  return (s:gsub('%x%x', function(h) return string.char(tonumber(h, 16)) end))
+end
+
+--- The TLS context of this kernel on `tcp-tls`: its long-term Ed25519 key
+--- is made once and kept in the database (`remote.tls.key`, PKCS#8 in
+--- hex), so that its designator, the hash of the key, and with it the
+--- sturdyref URLs it issued survive restarts.
+local function tlsContext(K)
+  local stored = K:kvGet('remote.tls.key')
+  if not stored then
+    stored = hex(tls.newKey())
+    K:kvSet('remote.tls.key', stored)
+    K:commit()
+  end
+  local ctx, err = tls.context(unhex(stored))
+  if not ctx then error('Kernel.make: remote: the stored remote.tls.key is bad: ' .. err, 0) end
+  return ctx
+end
+
 --- A swiss number: 32 characters of base64url from 24 random bytes.
 local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 local function newSwiss()
@@ -169,15 +190,22 @@ function M.start(kernel, opts)
   for k, v in pairs(opts) do copy[k] = v end
   local netlayer, host, port = checkOptions(copy)
   local K = kernel.K
-  local designator = K:kvGet('remote.designator')
-  if not designator then
-    designator = hex(crypto.random(16))
-    K:kvSet('remote.designator', designator)
-    K:commit()
+  local ctx, designator
+  if netlayer == 'tcp-tls' then
+    -- The designator is the key's: a URL names the key it must reach.
+    ctx = tlsContext(K)
+    designator = ctx:designator()
+  else
+    designator = K:kvGet('remote.designator')
+    if not designator then
+      designator = hex(crypto.random(16))
+      K:kvSet('remote.designator', designator)
+      K:commit()
+    end
   end
   local self = setmetatable({
     kernel = kernel, K = K, ls = kernel.ls, opts = copy,
-    designator = designator, netlayer = netlayer,
+    designator = designator, netlayer = netlayer, tls = ctx,
     events = {},       -- what the netlayer reported, handled by pump
     conns = {},        -- conn userdata -> session
     sessions = {},     -- peer designator -> the session in use for it
@@ -186,6 +214,7 @@ function M.start(kernel, opts)
     gifts = {},        -- gifter session id .. gift id -> { ref, gifter }
     giftWaiters = {},  -- the same -> { kit, gifter, receiver } of a withdraw-gift that came first
     inbound = 0,       -- connections peers opened to us, open now
+    outbound = 0,      -- connections we dialled, open now
     dirty = {},        -- sessions with bytes to write
     counts = { aborted = 0, gcExports = 0, gcAnswers = 0 },
     closed = false,
@@ -195,7 +224,7 @@ function M.start(kernel, opts)
     ev[#ev + 1] = { conn, event, data }
   end
   self.onEvent = onEvent
-  local server, err = net.listen(K, host, port, onEvent)
+  local server, err = net.listen(K, host, port, onEvent, ctx)
   if not server then error(('Kernel.make: remote: cannot listen on %s:%d: %s'):format(host, port, err), 0) end
   self.server = server
   self.location = { transport = netlayer, designator = designator,
@@ -287,6 +316,7 @@ function Remote:_lost(c, why, code)
   c.state = 'closed'
   self.conns[c.conn] = nil
   if c.counted then self.inbound = self.inbound - 1 end
+  if c.dialled then self.outbound = self.outbound - 1 end
   self.dirty[c] = nil
   c.conn:close()
   local err
@@ -406,6 +436,10 @@ function Remote:_startSession(c, args)
   if c.outbound and loc.designator ~= c.peer then
     violation('op:start-session: peer %s answered for %s', loc.designator, c.peer)
   end
+  -- On tcp-tls the peer proved it holds a key: the location it signs
+  -- must be that key's, or a peer could speak for another designator.
+  local keyOf = c.conn:peerDesignator()
+  if keyOf and loc.designator ~= keyOf then violation('op:start-session: the location does not match the TLS key') end
   c.theirPk = pk
   c.peer = loc.designator
   if not c.outbound then self:_hello(c) end
@@ -1107,14 +1141,26 @@ function Remote:_withSession(loc, fn)
   end
   local host, port = loc.hints.host, tonumber(loc.hints.port)
   local conn, err
-  if host and port then conn, err = net.connect(self.K, host, port, self.onEvent) end
+  local max = self.opts.limits.maxOutboundConnections
+  if self.outbound >= max then
+    -- Peers can make us dial (a handoff names any location): what they
+    -- make us hold open is bounded as what they open to us is.
+    err = ('more than %d outbound connections'):format(max)
+  elseif host and port then
+    conn, err = net.connect(self.K, host, port, self.onEvent, self.tls, self.tls and loc.designator)
+  end
   if not conn then
     self.waiting[loc.designator] = nil
     local why = err or 'the locator has no host and port hints'
     return fn(nil, kernelError('ENDPOINT_UNREACHABLE', ('cannot reach %s: %s'):format(loc.designator, why)))
   end
   c = self:_newSession(conn, true, loc.designator)
+  c.dialled = true
+  self.outbound = self.outbound + 1
   self.sessions[loc.designator] = c
+  -- A peer that accepts and never finishes the TLS handshake (or never
+  -- answers our hello) does not keep the dial waiting for ever.
+  conn:setTimer(self.opts.handshakeTimeout)
 end
 
 --- A promise of the object a sturdyref designates (a URL or an
@@ -1209,6 +1255,11 @@ function Remote:pump()
           self.gcDue = true
         end
       elseif c and event == 'eof' then
+        self:_lost(c, tostring(data))
+      elseif c and event == 'tlserror' then
+        -- The channel is broken: no op:abort can cross it.
+        self.counts.aborted = self.counts.aborted + 1
+        self:_log('warn', ('closing the connection with %s: %s'):format(tostring(c.peer or 'unknown peer'), data))
         self:_lost(c, tostring(data))
       end
     end

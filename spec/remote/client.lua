@@ -14,14 +14,25 @@ Client.__index = Client
 -- A reply that never comes fails the spec instead of hanging it.
 local SAFETY_MS = 20000
 
---- Connects to the peer of a locator URL on kernel's loop.
-function M.connect(kernel, url)
+--- A TLS context with a fresh key, for a client of a `tcp-tls` peer.
+function M.tlsContext()
+  return assert(core.tls.context(core.tls.newKey()))
+end
+
+--- Connects to the peer of a locator URL on kernel's loop. With a TLS
+--- context (M.tlsContext), it speaks TLS, presents the context's key and
+--- checks the peer's against the URL's designator; its hello then names
+--- the context's designator.
+function M.connect(kernel, url, tls)
   local loc = assert(captp.parseURL(url))
   local self = setmetatable({ kernel = kernel, K = kernel.K, buf = '', events = {}, closed = false, peer = loc },
     Client)
+  if tls then
+    self.tls, self.designator = true, tls:designator()
+  end
   self.conn = assert(net.connect(kernel.K, loc.hints.host, tonumber(loc.hints.port), function(_, ev, data)
     self.events[#self.events + 1] = { ev, data }
-  end))
+  end, tls, tls and loc.designator))
   self:_wait(function() return self.opened end)
   return self
 end
@@ -33,9 +44,10 @@ function Client:_pump()
       self.opened = true
     elseif e[1] == 'data' then
       self.buf = self.buf .. e[2]
-    elseif e[1] == 'eof' then
+    elseif e[1] == 'eof' or e[1] == 'tlserror' then
       self.closed = true
       self.opened = true
+      self.why = e[2]
     elseif e[1] == 'timeout' then
       error('the peer did not answer within ' .. SAFETY_MS .. ' ms', 0)
     end
@@ -116,14 +128,22 @@ function Client:expectAbort()
   end
 end
 
+--- Waits until the peer closed the connection, whatever it sends first
+--- (a TLS alert, say); returns why it closed, as the netlayer said.
+function Client:expectClosed()
+  self:_wait(function() return self.closed end)
+  return self.why
+end
+
 --- Sends op:start-session; opts may override its version or what the
 --- signature covers.
 function Client:sendHello(opts)
   opts = opts or {}
   local pk, sk = crypto.keypair()
   self.pk, self.sk = pk, sk
-  local loc = { transport = 'tcp-testing-only', designator = opts.designator or self.designator
-    or crypto.random(8):gsub('.', function(c) return ('%02x'):format(c:byte()) end),
+  local loc = { transport = self.tls and 'tcp-tls' or 'tcp-testing-only',
+    designator = opts.designator or self.designator
+      or crypto.random(8):gsub('.', function(c) return ('%02x'):format(c:byte()) end),
     hints = { host = '127.0.0.1', port = '1' } }
   local sig = crypto.sign(sk, opts.signed or captp.locationBytes(loc))
   self:send(captp.op('op:start-session', opts.version or captp.VERSION, captp.pubkeyValue(pk), captp.peerValue(loc),

@@ -4,7 +4,8 @@
 -- gate for the pipelining specs, prints its locator, the echo vat's
 -- sturdyref URL, the never object's and the gate's, one a line, then
 -- serves until it is killed. Its limits are small so that the specs can
--- cross them; REMOTE_DB keeps its state in a directory.
+-- cross them; REMOTE_DB keeps its state in a directory, and
+-- REMOTE_NETLAYER chooses the netlayer.
 local ocap = require 'ocap'
 local promise = require 'ocap.promise'
 local pass = require 'ocap.pass'
@@ -14,7 +15,8 @@ local here = (arg and arg[0] or 'spec/remote/peer.lua'):match('^(.*)/remote/peer
 local kernel = ocap.Kernel.make {
   database = os.getenv('REMOTE_DB') or false,
   logger = function() end,
-  remote = { listen = '127.0.0.1:0', handshakeTimeout = 300, maxMessageBytes = 65536, maxAnswers = 50 },
+  remote = { netlayer = os.getenv('REMOTE_NETLAYER'), listen = '127.0.0.1:0', handshakeTimeout = 300,
+    maxMessageBytes = 65536, maxAnswers = 50 },
 }
 
 local swiss = os.getenv('REMOTE_SWISS')
