@@ -428,6 +428,36 @@ describe('ocap.promise', function()
       assert.equal(first, second)
     end)
 
+    it('xcall: one xpcall in the task, and ended makes the outcome of a failure', function()
+      local seen = {}
+      local function handler(e) return 'handled ' .. e end
+      local function ended(a, b, ok, r)
+        seen[#seen + 1] = { a, b, ok, r }
+        return false, 'reason: ' .. r
+      end
+      assert.same({ true, true, 6 }, { P.xcall(ended, 'a', 'b', function(x, y) return x * y end, handler, 2, 3) })
+      assert.same({}, seen)
+      assert.same({ true, false, 'reason: handled boom' },
+        { P.xcall(ended, 'a', 'b', function() error('boom', 0) end, handler) })
+      assert.same({ { 'a', 'b', false, 'handled boom' } }, seen)
+      -- A task that awaits gets a promise of the same outcome, and its
+      -- worker serves the next task once it is done.
+      local kit = P.makePromiseKit()
+      local done, p = P.xcall(ended, 'c', 'd', function()
+        P.await(kit.promise)
+        error('late', 0)
+      end, handler)
+      assert.is_false(done)
+      kit.resolve()
+      assert.same({ 'rejected', 'reason: handled late' }, { settled(p) })
+      assert.same({ 'c', 'd', false, 'handled late' }, seen[2])
+      local _, _, first = P.xcall(ended, nil, nil, coroutine.running, handler)
+      local _, _, second = P.xcall(ended, nil, nil, coroutine.running, handler)
+      assert.equal(first, second)
+      local _, _, plain = P.call(coroutine.running)
+      assert.are_not.equal(first, plain)
+    end)
+
     it('resumes the one coroutine awaiting a promise at once when no turn is queued', function()
       local p = P.makePromise()
       local log = {}

@@ -13,14 +13,14 @@ local M = {}
 -- replaces its global require cannot change what the lazy kits load.
 local require = require
 
-local type, error, pcall, xpcall, select, tostring, setmetatable, rawequal, rawset =
-  type, error, pcall, xpcall, select, tostring, setmetatable, rawequal, rawset
+local type, error, pcall, xpcall, select, tostring, setmetatable, getmetatable, rawequal, rawset =
+  type, error, pcall, xpcall, select, tostring, setmetatable, getmetatable, rawequal, rawset
 local unpack, pack = table.unpack, table.pack
 local sfind, ssub, sbyte = string.find, string.sub, string.byte
 local makePromise, resolvePromise, rejectPromise = promise.makePromise, promise.resolvePromise,
   promise.rejectPromise
 local onSettle, pstate, drain = promise.onSettle, promise.state, promise.drain
-local call, settled, hasTurns = promise.call, promise.settled, promise.hasTurns
+local call, xcall, settled, hasTurns = promise.call, promise.xcall, promise.settled, promise.hasTurns
 local settleAndResume, isOurPromise = promise.settleAndResume, promise.isPromise
 local isPromise, remotableIface = pass.isPromise, pass.remotableIface
 local kernelErrorCode = pass.kernelErrorCode
@@ -30,6 +30,9 @@ local cEncodeParts = pass.codec and pass.codec.encodeParts
 local cEncodeCallParts = pass.codec and pass.codec.encodeCallParts
 local cDecode = pass.codec and pass.codec.decode
 local function ignore() end
+-- The metatable of this runtime's promises, to tell one on the hot path
+-- without a call into ocap.promise.
+local PromiseMT = getmetatable(makePromise())
 
 -- Targets that send their messages themselves (ocap.remote's imports, and
 -- the answers of a remote peer, whose messages go ahead of their
@@ -124,6 +127,11 @@ end
 ---@param log fun(level: string, message: string, data: table|nil)
 ---@param traceback fun(msg: string): string|nil
 ---@param explain fun(msg: string): string adds advice to a string error
+--- Also returns the two halves of that call, for a caller that makes the
+--- protected call itself (liveslots' deliveries, through promise.xcall):
+--- the xpcall handler, and ended(target, method, ok, r), which turns the
+--- outcome of xpcall(fn, handler, target, ...) into (ok, result or
+--- normalized reason), logging as call does.
 local function makeCaller(log, traceback, explain)
   -- The traceback of the last failing method, taken by the handler while
   -- the failing stack still exists and logged right after.
@@ -132,24 +140,27 @@ local function makeCaller(log, traceback, explain)
     if type(e) == 'string' and traceback then lastTrace = traceback(e) end
     return e
   end
-  return function(target, method, args)
+  local function ended(target, method, ok, r)
+    if ok then return true, r end
+    if type(r) == 'string' then
+      r = explain(r)
+      log('warn', ('%s: %q failed: %s'):format(remotableIface(target) or 'object', method, r))
+      if lastTrace then log('debug', 'method failed', { traceback = lastTrace }) end
+      lastTrace = nil
+    end
+    return false, normalizeError(r)
+  end
+  local function callMethod(target, method, args)
     local fn = findMethod(target, method)
     if not fn then
       error(pass.makeError(('%s has no method %q'):format(
         remotableIface(target) or tostring(target), tostring(method)), 'TypeError'), 0)
     end
-    local ok, r = xpcall(fn, handler, target, unpack(args, 1, args.n or #args))
-    if not ok then
-      if type(r) == 'string' then
-        r = explain(r)
-        log('warn', ('%s: %q failed: %s'):format(remotableIface(target) or 'object', method, r))
-        if lastTrace then log('debug', 'method failed', { traceback = lastTrace }) end
-        lastTrace = nil
-      end
-      error(normalizeError(r), 0)
-    end
+    local ok, r = ended(target, method, xpcall(fn, handler, target, unpack(args, 1, args.n or #args)))
+    if not ok then error(r, 0) end
     return r
   end
+  return callMethod, handler, ended
 end
 
 -- Calls local exos, which belong to no liveslots instance: it logs
@@ -654,7 +665,7 @@ function M.make(opts)
     end
   end
 
-  local callMethod = makeCaller(log, syscall.traceback, explain)
+  local callMethod, methodHandler, methodEnded = makeCaller(log, syscall.traceback, explain)
   if opts.log then localCall = callMethod end
 
   local function invoke(target, method, args)
@@ -724,9 +735,19 @@ function M.make(opts)
       return
     end
     local method, args = methargs[1], methargs[2] or {}
-    local done, ok2, r = call(method == 'bootstrap' and invoke or callMethod, target, method, args)
-    if done and ok2 then follow(resultVpid, r) end
-    if done and not hasTurns() and not isOurPromise(r) then
+    local done, ok2, r
+    local fn = method ~= 'bootstrap' and findMethod(target, method)
+    if fn then
+      -- The common case: one protected call, in the coroutine that runs
+      -- the method.
+      done, ok2, r = xcall(methodEnded, target, method, fn, methodHandler, target,
+        unpack(args, 1, args.n or #args))
+    else
+      -- bootstrap, which a root may lack, and a missing method's error.
+      done, ok2, r = call(method == 'bootstrap' and invoke or callMethod, target, method, args)
+    end
+    if done and ok2 and pipelines[r] then follow(resultVpid, r) end
+    if done and not hasTurns() and getmetatable(r) ~= PromiseMT then
       -- The method ended without awaiting and queued no turn: settling the
       -- result now is what the turn below would do first.
       if resultVpid then settleResult(resultVpid, ok2, r) end

@@ -42,6 +42,7 @@ local M = {}
 local getmetatable = getmetatable
 local setmetatable = setmetatable
 local pcall = pcall
+local xpcall = xpcall
 local error = error
 local cocreate = coroutine.create
 local coresume = coroutine.resume
@@ -309,11 +310,15 @@ end
 -- gets one: its caller takes the result directly.
 local tracked = setmetatable({}, { __mode = 'k' })
 local POOL_KEY = {}      -- first resume argument that hands a worker a task
+local CHECKED_KEY = {}   -- the same, for a task of M.xcall
 local DONE = {}          -- yielded by a worker that finished its task
 local STRAY = {}         -- yielded by an idle worker resumed by someone else
 local AWAITING = {}      -- yielded by await
 local POOL_MAX = 64
 local pool, poolN = {}, 0
+-- The workers of M.xcall, pooled apart from the others (see checkedWorker).
+local checkedPool, checkedN = {}, 0
+local checkedWorkers = setmetatable({}, { __mode = 'k' })
 
 -- How the task a worker just finished ended, handed to whoever resumed it
 -- right after the resume returns: yielding the values instead would keep
@@ -342,6 +347,27 @@ function idle(token)
   return worker(coyield(token))
 end
 
+-- The workers of M.xcall, pooled apart: their body takes the task's
+-- arguments as they come, with no call in between, and only a failure
+-- costs a call to ended.
+local checkedIdle
+local function checkedWorker(key, ended, a, b, fn, handler, ...)
+  if key == CHECKED_KEY then
+    local ok, r = xpcall(fn, handler, ...)
+    if ok then
+      doneOk, doneValue = true, r
+    else
+      doneOk, doneValue = ended(a, b, false, r)
+    end
+    return checkedIdle(DONE)
+  end
+  return checkedIdle(STRAY)
+end
+
+function checkedIdle(token)
+  return checkedWorker(coyield(token))
+end
+
 -- Resumes a task's coroutine. Returns true, ok and the task's first result
 -- (or what it threw) when the task finished, and pools the worker; returns
 -- false while the task awaits.
@@ -351,7 +377,12 @@ local function resumeTask(co, ...)
   if what ~= DONE then return false end
   local tok, r = doneOk, doneValue
   doneOk, doneValue = false, nil
-  if poolN < POOL_MAX then
+  if checkedWorkers[co] then
+    if checkedN < POOL_MAX then
+      checkedN = checkedN + 1
+      checkedPool[checkedN] = co
+    end
+  elseif poolN < POOL_MAX then
     poolN = poolN + 1
     pool[poolN] = co
   end
@@ -381,7 +412,8 @@ end
 ---@return boolean done true if fn returned or threw without awaiting
 ---@return any okOrPromise when done, false if fn threw; else the promise of fn's first result
 ---@return any value when done, fn's first result or what it threw
-function M.call(fn, ...)
+-- A pooled worker, or a new one.
+local function acquire()
   local co
   while poolN > 0 and co == nil do
     co = pool[poolN]
@@ -393,6 +425,11 @@ function M.call(fn, ...)
     co = cocreate(worker)
     tracked[co] = true
   end
+  return co
+end
+
+function M.call(fn, ...)
+  local co = acquire()
   local done, ok, r = resumeTask(co, POOL_KEY, fn, ...)
   if done then return true, ok, r end
   local p = newPromise()
@@ -400,6 +437,45 @@ function M.call(fn, ...)
   return false, p
 end
 local call = M.call
+
+---Like `call`, for a caller that handles a failure where it happens: runs
+---`xpcall(fn, handler, ...)` in an ocap coroutine, at once; when it fails,
+---`ended(a, b, false, reason)`, in the same coroutine, makes the task's
+---outcome (ok, value). ended must not raise. One protected call where
+---`call` of a function that xpcalls would make two, and no Lua call
+---between this and fn: a delivery's method runs this way.
+---@param ended fun(a: any, b: any, ok: boolean, r: any): boolean, any
+---@return boolean done
+---@return any okOrPromise
+---@return any value
+function M.xcall(ended, a, b, fn, handler, ...)
+  local co
+  while checkedN > 0 and co == nil do
+    co = checkedPool[checkedN]
+    checkedPool[checkedN] = nil
+    checkedN = checkedN - 1
+    if costatus(co) ~= 'suspended' then co = nil end  -- closed by its user
+  end
+  if co == nil then
+    co = cocreate(checkedWorker)
+    tracked[co] = true
+    checkedWorkers[co] = true
+  end
+  local rok, what = coresume(co, CHECKED_KEY, ended, a, b, fn, handler, ...)
+  if not rok then error(what, 0) end
+  if what ~= DONE then
+    local p = newPromise()
+    tracked[co] = p
+    return false, p
+  end
+  local ok, r = doneOk, doneValue
+  doneOk, doneValue = false, nil
+  if checkedN < POOL_MAX then
+    checkedN = checkedN + 1
+    checkedPool[checkedN] = co
+  end
+  return true, ok, r
+end
 
 ---Runs `fn(...)` in a new ocap coroutine, at once, until its first `await`
 ---or its end.
