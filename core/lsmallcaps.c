@@ -1028,10 +1028,77 @@ static int dec_value(dec_t *d) {
 /* Tables made at their size: the first this many of a body. */
 #define SMALL_SIZES 256
 
+/* The most arguments decodeCall pushes; a call with more is decode's. */
+#define CALL_ARGS_MAX 64
+
+/*
+ * [-0, +(1+n), e] Pushes the method and the n arguments of a call body,
+ * the array [method, [args...]]. The two arrays get no tables: their
+ * places in the scan's sizes are passed over. Returns 0 with *n set, or
+ * LEAVE for any other shape, a method that is not a string, or more than
+ * CALL_ARGS_MAX arguments.
+ */
+static int dec_call(dec_t *d, int *n) {
+  lua_State *L = d->L;
+  dec_ws(d);
+  if (*d->p != '[')
+    return LEAVE;
+  d->p++;
+  d->next++;
+  if (dec_value(d) || lua_type(L, -1) != LUA_TSTRING)
+    return LEAVE;
+  dec_ws(d);
+  if (*d->p != ',')
+    return LEAVE;
+  d->p++;
+  dec_ws(d);
+  if (*d->p != '[')
+    return LEAVE;
+  d->p++;
+  size_t k = d->next++;
+  if (k >= d->nsizes || d->sizes[k] > CALL_ARGS_MAX)
+    return LEAVE;
+  luaL_checkstack(L, (int)d->sizes[k] + 8, "smallcaps arguments");
+  int i = 0;
+  dec_ws(d);
+  if (*d->p == ']')
+    d->p++;
+  else
+    for (;;) {
+      if (i == CALL_ARGS_MAX || dec_value(d))
+        return LEAVE;
+      i++;
+      dec_ws(d);
+      if (*d->p++ == ']')
+        break;
+    }
+  dec_ws(d);
+  if (*d->p != ']')
+    return LEAVE;
+  *n = i;
+  return 0;
+}
+
+/* [-0, +(1|2|2+n), e] decode, or with call set decodeCall: the body at 1,
+ * its slots at 2, slotToVal at 3. */
+static int decode_body(lua_State *L, int call);
+
 /* decode(body, slots?, slotToVal?) -> true, value | false  [-0, +(1|2), e]
  * A body whose slots are referred to needs slotToVal; without it, the
  * body must have none (plain data). */
 static int sc_decode(lua_State *L) {
+  return decode_body(L, 0);
+}
+
+/* decodeCall(body, slots?, slotToVal?) -> true, method, args... | false
+ * [-0, +(1|2+n), e] A message body, [method, [args...]], as the method
+ * and its arguments, so that a delivery makes no table for either array:
+ * false for any other shape, and whatever decode would leave. */
+static int sc_decode_call(lua_State *L) {
+  return decode_body(L, 1);
+}
+
+static int decode_body(lua_State *L, int call) {
   size_t blen;
   const char *body = luaL_checklstring(L, 1, &blen);
   int has_s2v = !lua_isnoneornil(L, 3);
@@ -1065,11 +1132,13 @@ static int sc_decode(lua_State *L) {
   if (sc.escaped_max)
     d.scratch = lua_newuserdatauv(L, sc.escaped_max, 0);
   lua_pushboolean(L, 1);
-  if (dec_value(&d)) {
+  int base = lua_gettop(L), n = 0;
+  if (call ? dec_call(&d, &n) : dec_value(&d)) {
+    lua_settop(L, base);
     lua_pushboolean(L, 0);
     return 1;
   }
-  return 2;
+  return call ? 2 + n : 2;
 }
 
 /* setPromiseMetatable(mt)  [-0, +0]
@@ -1086,6 +1155,7 @@ static const luaL_Reg codec_funcs[] = {
     {"encodeParts", sc_encode_parts},
     {"encodeCallParts", sc_encode_call_parts},
     {"decode", sc_decode},
+    {"decodeCall", sc_decode_call},
     {"setPromiseMetatable", sc_set_promise_mt},
     {NULL, NULL},
 };

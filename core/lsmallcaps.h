@@ -10,11 +10,16 @@
  *   encodeParts(v, valToSlot?) -> body, slots | nil
  *   encodeCallParts(method, args, valToSlot?) -> body, slots | nil
  *   decode(body, slots?, slotToVal?) -> true, value | false
+ *   decodeCall(body, slots?, slotToVal?) -> true, method, args... | false
  *   setPromiseMetatable(mt)
  *
  * The Parts forms answer the body and slots as two values, the slots nil
  * when there are none, for a caller that hands them on at once (liveslots'
  * syscalls) and so needs no table.
+ *
+ * decodeCall takes a message body, [method, [args...]], and answers the
+ * method and the arguments as values (at most 64 of them), making no
+ * table for either array; false for any other shape.
  *
  * A codec answers nil or false for anything it leaves to the reference
  * codec in lua/ocap/marshal.lua: every error (which the reference then

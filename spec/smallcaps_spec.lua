@@ -154,7 +154,7 @@ describe('the C smallcaps codec', function()
     math.randomseed(20261201)
     local cm = marshal.makeMarshal(valToSlot, slotToVal)
     local lm = ref.makeMarshal(valToSlot, slotToVal)
-    local taken, decoded = 0, 0
+    local taken, decoded, calledAsValues = 0, 0, 0
     for i = 1, 3000 do
       local v = randValue(0)
       local lok, lcd = pcall(lm.serialize, v)
@@ -185,6 +185,23 @@ describe('the C smallcaps codec', function()
       cok, ccd = pcall(cm.serializeCall, 'method', args)
       assert.equal(lok, cok, 'call ' .. i)
       if lok then assert.equal(lcd.body, ccd.body, 'call ' .. i) end
+      if lok then
+        -- decodeCall answers the method and the arguments of a call body
+        -- as values, those decode finds; it leaves other shapes (args
+        -- that are a record, when a nil made args.n a field).
+        local whole = attempt(codec.decode, lcd.body, lcd.slots, slotToVal)
+        local parts = attempt(codec.decodeCall, lcd.body, lcd.slots, slotToVal)
+        assert.is_true(whole[1] and parts[1], lcd.body)
+        if parts[2] then
+          assert.is_true(whole[2], lcd.body)
+          local methargs = whole[3]
+          assert.equal(methargs[1], parts[3], lcd.body)
+          local n = parts.n - 3
+          assert.equal(methargs[2].n or #methargs[2], n, lcd.body)
+          for j = 1, n do assert.is_true(same(methargs[2][j], parts[3 + j]), lcd.body) end
+          calledAsValues = calledAsValues + 1
+        end
+      end
       local t = codec.encodeCall('method', args, valToSlot)
       local body, slots = codec.encodeCallParts('method', args, valToSlot)
       assert.equal(t and t.body, body, 'call ' .. i)
@@ -193,6 +210,7 @@ describe('the C smallcaps codec', function()
     -- The comparison is worth something only if the C codec did the work.
     assert.is_true(taken > 2500, 'encoded by C: ' .. taken)
     assert.is_true(decoded > 2500, 'decoded by C: ' .. decoded)
+    assert.is_true(calledAsValues > 2500, 'calls decoded as values: ' .. calledAsValues)
   end)
 
   it('gives the Lua codec\'s value or error for broken bodies', function()

@@ -29,6 +29,7 @@ local kernelErrorCode = pass.kernelErrorCode
 local cEncodeParts = pass.codec and pass.codec.encodeParts
 local cEncodeCallParts = pass.codec and pass.codec.encodeCallParts
 local cDecode = pass.codec and pass.codec.decode
+local cDecodeCall = pass.codec and pass.codec.decodeCall
 local function ignore() end
 -- The metatable of this runtime's promises, to tell one on the hot path
 -- without a call into ocap.promise.
@@ -698,18 +699,39 @@ function M.make(opts)
     return r ~= nil and pipelines[r] ~= nil
   end
 
-  local function deliverMessage(targetVref, body, slots, resultVpid)
-    -- Only objects receive messages, and the answers of remote peers
-    -- (ls.pipelines): the kernel keeps any other message sent to a promise
-    -- until the promise settles, then routes it to the object it
-    -- designates, checking revocation on the way. Running it here on the
-    -- local object the promise resolved to would skip that check.
-    local target = exports[targetVref]
-    if target == nil then
-      target = weakExports[targetVref]
-      if target == nil and ssub(targetVref, 1, 3) == 'o+d' then target = durableObject(targetVref) end
+  --- Settles a delivered method's result as its run came to: at once
+  --- when it ended without awaiting and queued no turn, else when the
+  --- promise of its run settles.
+  local function methodRan(resultVpid, done, ok, r)
+    if done and ok and pipelines[r] then follow(resultVpid, r) end
+    if done and not hasTurns() and getmetatable(r) ~= PromiseMT then
+      -- The method ended without awaiting and queued no turn: settling the
+      -- result now is what the turn below would do first.
+      if resultVpid then settleResult(resultVpid, ok, r) end
+      return
     end
-    local ok, methargs = decodeCapdata(body, slots)
+    local p = done and settled(ok, r) or ok
+    if resultVpid then
+      onSettle(p, function(fulfilled, value) settleResult(resultVpid, fulfilled, value) end)
+    else
+      onSettle(p, ignore)
+    end
+  end
+
+  --- Runs method(args) on the local object target.
+  local function invokeLocal(target, resultVpid, method, args)
+    local fn = method ~= 'bootstrap' and findMethod(target, method)
+    if fn then
+      -- One protected call, in the coroutine that runs the method.
+      return methodRan(resultVpid, xcall(methodEnded, target, method, fn, methodHandler, target,
+        unpack(args, 1, args.n or #args)))
+    end
+    -- bootstrap, which a root may lack, and a missing method's error.
+    return methodRan(resultVpid, call(method == 'bootstrap' and invoke or callMethod, target, method, args))
+  end
+
+  --- A message whose capdata decoded (ok) to methargs, or failed to.
+  local function deliverDecoded(target, targetVref, resultVpid, ok, methargs)
     local answer = target == nil and answers[targetVref]
     if answer then
       -- Sent on at once, to the answer position across the wire; its own
@@ -734,31 +756,43 @@ function M.make(opts)
       rejectResult(resultVpid, normalizeError(methargs))
       return
     end
-    local method, args = methargs[1], methargs[2] or {}
-    local done, ok2, r
-    local fn = method ~= 'bootstrap' and findMethod(target, method)
-    if fn then
-      -- The common case: one protected call, in the coroutine that runs
-      -- the method.
-      done, ok2, r = xcall(methodEnded, target, method, fn, methodHandler, target,
-        unpack(args, 1, args.n or #args))
-    else
-      -- bootstrap, which a root may lack, and a missing method's error.
-      done, ok2, r = call(method == 'bootstrap' and invoke or callMethod, target, method, args)
+    return invokeLocal(target, resultVpid, methargs[1], methargs[2] or {})
+  end
+
+  --- A message to a local object, decoded by the C codec's decodeCall
+  --- (ok, decoded, method, ...): the arguments come as values, and no
+  --- table holds them. A body it leaves goes the general way.
+  local function deliverCall(target, targetVref, body, slots, resultVpid, ok, decoded, method, ...)
+    if ok and decoded then
+      local fn = method ~= 'bootstrap' and findMethod(target, method)
+      if fn then
+        return methodRan(resultVpid, xcall(methodEnded, target, method, fn, methodHandler, target, ...))
+      end
+      return invokeLocal(target, resultVpid, method, pack(...))
     end
-    if done and ok2 and pipelines[r] then follow(resultVpid, r) end
-    if done and not hasTurns() and getmetatable(r) ~= PromiseMT then
-      -- The method ended without awaiting and queued no turn: settling the
-      -- result now is what the turn below would do first.
-      if resultVpid then settleResult(resultVpid, ok2, r) end
-      return
+    if not ok then return rejectResult(resultVpid, normalizeError(decoded)) end
+    return deliverDecoded(target, targetVref, resultVpid, decodeCapdata(body, slots))
+  end
+
+  local function deliverMessage(targetVref, body, slots, resultVpid)
+    -- Only objects receive messages, and the answers of remote peers
+    -- (ls.pipelines): the kernel keeps any other message sent to a promise
+    -- until the promise settles, then routes it to the object it
+    -- designates, checking revocation on the way. Running it here on the
+    -- local object the promise resolved to would skip that check.
+    local target = exports[targetVref]
+    if target == nil then
+      target = weakExports[targetVref]
+      if target == nil and ssub(targetVref, 1, 3) == 'o+d' then target = durableObject(targetVref) end
     end
-    local p = done and settled(ok2, r) or ok2
-    if resultVpid then
-      onSettle(p, function(fulfilled, value) settleResult(resultVpid, fulfilled, value) end)
-    else
-      onSettle(p, ignore)
+    if target ~= nil and cDecodeCall then
+      -- The imports among the slots are counted before decoding, as
+      -- decodeCapdata does.
+      if slots and slots[1] ~= nil then noteImports(slots) end
+      return deliverCall(target, targetVref, body, slots, resultVpid,
+        decode(cDecodeCall, body, slots, slotToVal))
     end
+    return deliverDecoded(target, targetVref, resultVpid, decodeCapdata(body, slots))
   end
 
   --- One resolution, which the coroutine awaiting it usually takes at
