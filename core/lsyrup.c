@@ -6,7 +6,10 @@
  * are boxes: small tables with a metatable of this module, made by
  * syrup.bytes, syrup.symbol, syrup.bigint, syrup.tagged, syrup.record and
  * syrup.set. Everything else is one of ocap's passables (lua/ocap/pass.lua):
- * nil, pass.null, booleans, numbers, strings, arrays, records and errors.
+ * nil, pass.null, booleans, numbers, strings, arrays, records, errors, and
+ * ocap's own symbols, byte arrays, big integers and tagged values (which a
+ * vat can hold, and which encode as this module's boxes do). Decoding
+ * makes this module's boxes.
  *
  * Encoding walks the value and pushes one Lua string per value, so no C
  * buffer outlives an error raised halfway. Decoding reads the input with
@@ -304,6 +307,25 @@ static void encode_record(lua_State *L, const char *label, int idx, int depth) {
   lua_concat(L, 4);
 }
 
+/* [-0, +1, e] Pushes `<desc:tagged tag value>` for the table at idx, whose
+ * field tag is the tag and field vfield the value. */
+static void encode_tagged(lua_State *L, int idx, const char *vfield, int depth) {
+  size_t n;
+  lua_pushliteral(L, "<");
+  push_atom(L, "desc:tagged", 11, '\'');
+  lua_getfield(L, idx, "tag");
+  const char *s = lua_tolstring(L, -1, &n);
+  if (!s || !ocap_syrup_utf8(s, n))
+    luaL_error(L, "syrup: malformed tagged box");
+  push_atom(L, s, n, '\'');
+  lua_remove(L, -2);
+  lua_getfield(L, idx, vfield);
+  encode(L, -1, depth + 1);
+  lua_remove(L, -2);
+  lua_pushliteral(L, ">");
+  lua_concat(L, 5);
+}
+
 /* [-0, +1, e] Pushes the encoding of a box of kind k at idx. */
 static void encode_box(lua_State *L, int idx, int k, int depth) {
   size_t n;
@@ -333,19 +355,7 @@ static void encode_box(lua_State *L, int idx, int k, int depth) {
     return;
   }
   case S_TAGGED_MT:
-    lua_pushliteral(L, "<");
-    push_atom(L, "desc:tagged", 11, '\'');
-    lua_getfield(L, idx, "tag");
-    s = lua_tolstring(L, -1, &n);
-    if (!s)
-      luaL_error(L, "syrup: malformed tagged box");
-    push_atom(L, s, n, '\'');
-    lua_remove(L, -2);
-    lua_getfield(L, idx, "value");
-    encode(L, -1, depth + 1);
-    lua_remove(L, -2);
-    lua_pushliteral(L, ">");
-    lua_concat(L, 5);
+    encode_tagged(L, idx, "value", depth);
     return;
   case S_RECORD_MT:
     lua_pushliteral(L, "<");
@@ -424,6 +434,22 @@ static void encode(lua_State *L, int idx, int depth) {
     encode_sorted(L, top, 0, depth);
   } else if (strcmp(style, "null") == 0) {
     encode_record(L, "null", 0, depth);
+  } else if (strcmp(style, "symbol") == 0 || strcmp(style, "byteArray") == 0 ||
+             strcmp(style, "bigint") == 0) {
+    /* ocap's own boxes (pass.symbol, pass.bytes, pass.bigint): classify
+     * gives their contents, whose fields are named as in this module's. */
+    int k = style[0] == 's' ? S_SYMBOL_MT : style[1] == 'y' ? S_BYTES_MT : S_BIGINT_MT;
+    if (k == S_SYMBOL_MT) {
+      size_t n;
+      lua_getfield(L, top - 1, "name");
+      const char *s = lua_tolstring(L, -1, &n);
+      if (!s || !ocap_syrup_utf8(s, n))
+        luaL_error(L, "syrup: cannot encode a symbol that is not valid UTF-8");
+      lua_pop(L, 1);
+    }
+    encode_box(L, top - 1, k, depth);
+  } else if (strcmp(style, "tagged") == 0) {
+    encode_tagged(L, top - 1, "payload", depth);
   } else if (strcmp(style, "error") == 0) {
     lua_newtable(L);
     lua_getfield(L, idx, "message");

@@ -264,6 +264,20 @@ describe('ocap.guards', function()
     end)
   end)
 
+  describe('symbols, byte arrays, big integers and tagged values', function()
+    it('are passable, named in messages, and compared by contents', function()
+      accepts(M.any(), pass.symbol('a'))
+      accepts(M.any(), pass.makeTagged('t', { pass.bytes('x') }))
+      accepts(M.eq(pass.makeTagged('t', { 1 })), pass.makeTagged('t', { 1 }))
+      accepts(M.eq(pass.bigint('99999999999999999999')), pass.bigint('99999999999999999999'))
+      assert.equal('must be <tagged(t)>, got <tagged(t)>', rejects(M.eq(pass.makeTagged('t', { 1 })),
+        pass.makeTagged('t', { 2 })))
+      assert.equal('must be a string, got <symbol(a)>', rejects(M.string(), pass.symbol('a')))
+      assert.equal('must be passable, got <tagged(t)> (cannot pass function)',
+        rejects(M.any(), pass.makeTagged('t', { print })))
+    end)
+  end)
+
   describe('method guards', function()
     local I = M.interface('Calc', {
       add = M.call(M.number(), M.number()):returns(M.number()),

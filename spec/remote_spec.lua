@@ -241,6 +241,85 @@ describe('remote kernels', function()
     assert.are.same({ syrup.symbol('fulfill'), 'big' }, { got[8][1], got[8][2] })
   end)
 
+  it('carries symbols, byte arrays, bigints, tagged values and errors vat to vat, both ways', function()
+    local values = kernel:launchSubcluster({
+      bootstrap = 'values', vats = { values = { sourceSpec = SRC .. '/spec/vats/values.lua' } },
+    }):await().rootKref
+    -- Our vat sends each to the remote echo vat, which sends it back.
+    local report = kernel:queueMessage(values, 'roundTrip', { echo }):await()
+    local styles = { symbol = 'symbol', bytes = 'byteArray', bigint = 'bigint', tagged = 'tagged', error = 'error' }
+    for name, style in pairs(styles) do
+      assert.are.same({ style = style, same = true }, report[name], name)
+    end
+    -- Host code holds them as Syrup's boxes, and gives them to vats too.
+    local back = E(echo).echo(syrup.tagged('t', captp.list(syrup.symbol('s'), syrup.bytes('\255')))):await()
+    assert.are.equal('t', back.tag)
+    assert.are.equal(syrup.symbol('s'), back.value[1])
+    assert.are.equal(syrup.bytes('\255'), back.value[2])
+    local samples = kernel:queueMessage(values, 'samples', {}):await()
+    assert.is_true(kernel:queueMessage(values, 'check', { 'symbol', E(echo).echo(samples.symbol):await() }):await())
+  end)
+
+  it('gives back the Syrup it was given, byte for byte, through a vat', function()
+    local c = client.connect(newKernel(), peer.locator)
+    finally(function() c:close() end)
+    c:hello()
+    local boot = c:fetch(peer.url:match('/s/([^?]+)'), 0, 1)
+    local sent = {
+      syrup.symbol('hello'),
+      syrup.symbol('@@weird name'),
+      syrup.bytes('\0\1\254\255'),
+      syrup.bytes(''),
+      syrup.bigint('-123456789012345678901234'),
+      syrup.bigint('123456789012345678901234567890'),
+      9007199254740993,
+      syrup.tagged('copySet', captp.list(syrup.symbol('a'), syrup.bytes('b'), syrup.bigint('99999999999999999999'))),
+      syrup.tagged('t', { inner = syrup.tagged('u', ocap.null) }),
+      ocap.makeError('boom'),
+    }
+    local batch = {}
+    for i, v in ipairs(sent) do
+      batch[i] = syrup.encode(captp.op('op:deliver', boot, captp.list(syrup.symbol('echo'), v), 2 * i,
+        captp.desc('desc:import-object', 2 * i + 1)))
+    end
+    c:send(table.concat(batch))
+    local got, n = {}, 0
+    while n < #sent do
+      local msg = assert(c:expect('op:deliver-only'))
+      local pos = captp.descPos(msg.args[1], 'desc:export')
+      if pos and pos > 1 then
+        got[(pos - 1) // 2] = msg.args[2]
+        n = n + 1
+      end
+    end
+    for i, v in ipairs(sent) do
+      assert.are.equal(syrup.symbol('fulfill'), got[i][1], i)
+      -- Syrup is canonical: equal encodings are equal bytes on the wire.
+      assert.are.equal(syrup.encode(v), syrup.encode(got[i][2]), i)
+    end
+  end)
+
+  it('refuses to pass Syrup records and sets to a vat, saying why', function()
+    local c = client.connect(newKernel(), peer.locator)
+    finally(function() c:close() end)
+    c:hello()
+    local boot = c:fetch(peer.url:match('/s/([^?]+)'), 0, 1)
+    c:send(captp.op('op:deliver', boot, captp.list(syrup.symbol('echo'), syrup.record(syrup.symbol('point'), { 1, 2 })),
+      2, captp.desc('desc:import-object', 3)))
+    c:send(captp.op('op:deliver', boot, captp.list(syrup.symbol('echo'), syrup.set({ 1 })), 4,
+      captp.desc('desc:import-object', 5)))
+    local got = {}
+    while not (got[3] and got[5]) do
+      local msg = assert(c:expect('op:deliver-only'))
+      local pos = captp.descPos(msg.args[1], 'desc:export')
+      if pos then got[pos] = msg.args[2] end
+    end
+    assert.are.equal(syrup.symbol('break'), got[3][1])
+    assert.are.equal('an OCapN record cannot be passed to a vat', got[3][2].message)
+    assert.are.equal('an OCapN set cannot be passed to a vat', got[5][2].message)
+    assert.are.equal(3, E(echo).ping(3):await())
+  end)
+
   it('fetches sturdyrefs by swiss number, and refuses unknown ones', function()
     local again = kernel:redeemOcapURL(peer.url):await()
     assert.are.equal(5, E(again).ping(5):await())

@@ -279,6 +279,25 @@ describe('the C smallcaps codec', function()
     end
   end)
 
+  it('leaves symbols, byte arrays, big integers and tagged values to the Lua codec', function()
+    -- They are rare, and the hot path stays as it was; ocap.marshal gives
+    -- the Lua codec's bodies (spec/marshal_spec.lua checks them).
+    local cases = {
+      { pass.symbol('foo'), '#"%foo"' },
+      { pass.bytes('\222\173'), '#"*dead"' },
+      { pass.bigint('-123456789012345678901234'), '#"-123456789012345678901234"' },
+      { pass.makeTagged('t', { 1 }), '#{"#tag":"t","payload":[1]}' },
+      { { pass.symbol('a'), 1 }, '#["%a",1]' },
+    }
+    for _, case in ipairs(cases) do
+      assert.is_nil(codec.encode(case[1]))
+      assert.equal(case[2], marshal.serializeData(case[1]).body)
+      assert.equal(case[2], ref.serializeData(case[1]).body)
+      assert.is_false(codec.decode(case[2]))
+      assert.equal(case[2], marshal.serializeData(marshal.unserializeData({ body = case[2] })).body)
+    end
+  end)
+
   it('leaves records of more than 100,000 keys to the Lua codec', function()
     local rec = {}
     for i = 1, 100001 do rec['k' .. i] = i end

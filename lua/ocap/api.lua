@@ -70,6 +70,10 @@ function M.make(extra, currentMarshal)
     null = pass.null,
     array = pass.array,
     passStyleOf = pass.passStyleOf,
+    symbol = pass.symbol,
+    bytes = pass.bytes,
+    bigint = pass.bigint,
+    makeTagged = pass.makeTagged,
     marshal = contextMarshal(currentMarshal),
   }
   for k, v in pairs(extra or {}) do ocap[k] = v end

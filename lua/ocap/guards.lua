@@ -103,6 +103,9 @@ local function renderTable(v, depth)
   if style == 'remotable' then return '<' .. (remotableIface(v) or 'remotable') .. '>' end
   if style == 'promise' then return '<promise>' end
   if style == 'error' then return '<' .. tostring(v) .. '>' end
+  if style == 'symbol' or style == 'byteArray' or style == 'bigint' or style == 'tagged' then
+    return '<' .. tostring(v) .. '>'
+  end
   if style == 'copyArray' then
     if a == 0 then return '{}' end
     if depth > 2 then return '{...}' end
@@ -155,6 +158,7 @@ local function describe(v)
     if style == 'remotable' then return 'remotable ' .. quote(remotableIface(v) or 'Remotable') end
     if style == 'promise' then return 'promise' end
     if style == 'error' then return 'error ' .. quote(tostring(v)) end
+    if style then return render(v) end
     return 'non-passable ' .. tv
   end
   return tv
@@ -171,6 +175,7 @@ local function passableError(v, stack)
   if tv ~= 'table' and tv ~= 'userdata' then return nil end
   local style, a, c = classify(v)
   if style == nil then return a end
+  if style == 'tagged' then return passableError(a.payload, stack) end
   if style ~= 'copyArray' and style ~= 'copyRecord' then return nil end
   stack = stack or {}
   if stack[c] then return 'cannot pass cyclic table' end
@@ -199,6 +204,7 @@ local function shape(v)
   local style, a, c = classify(v)
   if style == 'copyArray' then return 'array', a, c end
   if style == 'copyRecord' then return 'record', a, c end
+  if style == 'tagged' then return style, a end
   return style or 'non-passable'
 end
 
@@ -213,6 +219,7 @@ local function equal(a, b)
   end
   local sa, na, ca = shape(a)
   local sb, nb, cb = shape(b)
+  if sa == 'tagged' then return sb == 'tagged' and na.tag == nb.tag and equal(na.payload, nb.payload) end
   if sa ~= 'array' and sa ~= 'record' then return false end
   if sb ~= 'array' and sb ~= 'record' then return false end
   local emptyA = (sa == 'array' and na == 0) or (sa == 'record' and na == nil)

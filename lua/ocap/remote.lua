@@ -532,6 +532,9 @@ function Remote:_out(c, v, depth)
     return v
   end
   if v == pass.null or pass.isError(v) then return v end
+  local box, contents = pass.box(v)
+  if box == 'tagged' then return syrup.tagged(contents.tag, self:_out(c, contents.payload, depth)) end
+  if box then return v end -- syrup.encode writes ocap's symbols, byte arrays and bigints
   if pass.isRemotable(v) then return exportValue(c, v, false) end
   if promise.isPromise(v) or pass.isPromise(v) then return exportValue(c, v, true) end
   local style = pass.passStyleOf(v)
@@ -645,16 +648,22 @@ function Remote:_importPromise(c, pos)
   return kit.promise
 end
 
--- OCapN values a vat cannot hold: symbols and byte arrays become strings
--- on their way into the kernel; the rest is refused.
+-- OCapN values on their way into the kernel, as ocap's: symbols, byte
+-- arrays, big integers and tagged values become pass's (ocap.marshal
+-- carries them to vats as they are); Syrup's records and sets, which are
+-- not OCapN passables, are refused.
 local function toKernel(v, depth)
   depth = (depth or 0) + 1
   if type(v) ~= 'table' then return v end
   local k = kind(v)
-  if k == 'symbol' then return v.name end
-  if k == 'bytes' then return v.bytes end
+  if k == 'symbol' then return pass.symbol(v.name) end
+  if k == 'bytes' then return pass.bytes(v.bytes) end
+  if k == 'bigint' then return pass.bigint(v.digits) end
+  if k == 'tagged' then return pass.makeTagged(v.tag, toKernel(v.value, depth)) end
   if k then error(pass.makeError(('an OCapN %s cannot be passed to a vat'):format(k)), 0) end
-  if v == pass.null or pass.isError(v) or pass.isRemotable(v) or promise.isPromise(v) then return v end
+  if v == pass.null or pass.isError(v) or pass.isRemotable(v) or promise.isPromise(v) or pass.box(v) then
+    return v
+  end
   if pass.isArray(v) then
     local n = v.n or #v
     local a = pass.array()

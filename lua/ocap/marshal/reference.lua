@@ -28,7 +28,15 @@
 --    JavaScript cannot.
 -- 5. Lua has no bigint: `"+N"`/`"-N"` decode to Lua integers, so a small
 --    bigint from JavaScript (`"+1"`) comes back as the number 1 and
---    re-encodes as `1`. Beyond the int64 range decoding fails.
+--    re-encodes as `1`. Beyond the int64 range they decode to `pass.bigint`
+--    boxes, which encode back to the same digits.
+-- 7. Symbols are `"%name"` (a name starting with `@@` is escaped as
+--    `"%@@@@..."`, as Endo escapes registered symbols; well-known symbols,
+--    `"%@@iterator"`, have no Lua value), byte arrays `"*<hex>"` (lower case
+--    hex; either case is read), tagged values
+--    `{"#tag":<tag>,"payload":<payload>}`. Endo has not released a
+--    byteArray encoding: `*` and hex are those of its open proposal
+--    (endojs/endo pull requests 2871 and 3226).
 -- 6. cjson reads `[]` and `{}` alike; see `markEmptyRecords`, which also
 --    finds an empty object written with white space inside (`{ }`, never
 --    produced by JSON.stringify, read as a record by the C codec too).
@@ -57,6 +65,7 @@ local match = string.match
 local format = string.format
 local rep = string.rep
 local concat = table.concat
+local char = string.char
 local utf8_len = utf8.len
 local sort = table.sort
 local cjson_encode = cjson.encode
@@ -66,6 +75,7 @@ local JSON_NULL = cjson.null
 local NULL = pass.null
 local ARRAY_MT = pass.ARRAY_MT
 local classify = pass.classify
+local makeSymbol, makeBytes, makeBigint, makeTagged = pass.symbol, pass.bytes, pass.bigint, pass.makeTagged
 local contents = pass.contents
 local remotableIface = pass.remotableIface
 local isRemotable = pass.isRemotable
@@ -308,6 +318,10 @@ local function encodeSlot(t, style, cx)
   return jsonString('$' .. index .. '.' .. iface)
 end
 
+-- Each byte as two lower-case hex digits, for byte arrays.
+local HEX = {}
+for b = 0, 255 do HEX[char(b)] = format('%02x', b) end
+
 -- Keys that JavaScript objects enumerate first, in numeric order.
 local function isIndexKey(k)
   local b = byte(k, 1)
@@ -465,6 +479,30 @@ local function encodeTable(t, cx, n, depth)
     end
     n = n + 1
     cx[n] = '{"#error":' .. quote(message) .. ',"name":' .. quote(name) .. '}'
+    return n
+  elseif style == 'symbol' then
+    local name = a.name
+    if sub(name, 1, 2) == '@@' then name = '@@' .. name end
+    n = n + 1
+    cx[n] = jsonString('%' .. name)
+    return n
+  elseif style == 'bigint' then
+    local digits = a.digits
+    n = n + 1
+    cx[n] = byte(digits, 1) == 45 and '"' .. digits .. '"' or '"+' .. digits .. '"'
+    return n
+  elseif style == 'byteArray' then
+    n = n + 1
+    cx[n] = '"*' .. gsub(a.bytes, '.', HEX) .. '"'
+    return n
+  elseif style == 'tagged' then
+    depth = depth + 1
+    if depth > MAX_DEPTH then fail(cx, t, TOO_DEEP) end
+    n = n + 1
+    cx[n] = '{"#tag":' .. quote(a.tag) .. ',"payload":'
+    n = encode(a.payload, cx, n, depth)
+    n = n + 1
+    cx[n] = '}'
     return n
   end
   if a == 'cannot pass userdata' then a = 'cannot pass userdata (' .. tostring(t) .. ')' end
@@ -645,13 +683,36 @@ local function decodeSlot(s, cx, style)
   return v
 end
 
+-- A Lua integer within int64, a pass.bigint box beyond.
 local function decodeBigint(s)
   if not find(s, '^[+-]%d+$') then error(format('invalid bigint encoding %q', s), 0) end
-  local v = tonumber(s)
-  if math_type(v) ~= 'integer' then
-    error(format('bigint %s is out of the range of Lua integers', s), 0)
+  return makeBigint(s)
+end
+
+-- Quotes at most the first 40 bytes of s, for messages.
+local function short(s)
+  if #s > 40 then return format('%q...', sub(s, 1, 40)) end
+  return format('%q', s)
+end
+
+local function decodeSymbol(s)
+  local name = sub(s, 2)
+  if sub(name, 1, 2) == '@@' then
+    if sub(name, 3, 4) ~= '@@' then error(format('well-known symbol %s has no Lua value', short(s)), 0) end
+    name = sub(name, 3)
   end
-  return v
+  return makeSymbol(name)
+end
+
+local function unhex(h)
+  return char(tonumber(h, 16))
+end
+
+local function decodeBytes(s)
+  if #s % 2 == 0 or find(s, '%X', 2) then
+    error(format('invalid byteArray encoding %s (pairs of hex digits expected)', short(s)), 0)
+  end
+  return makeBytes((gsub(sub(s, 2), '%x%x', unhex)))
 end
 
 -- A string that starts with a special character (ASCII 33..45).
@@ -672,14 +733,16 @@ local function decodeSpecial(s, cx)
   elseif c == 43 or c == 45 then -- + -
     return decodeBigint(s)
   elseif c == 37 then -- %
-    error(format('symbols are not supported: %q', s), 0)
+    return decodeSymbol(s)
+  elseif c == 42 then -- *
+    return decodeBytes(s)
   elseif c == 39 and s == "'" and cx.emptyRecords then
     return {} -- an empty record, see markEmptyRecords
   end
   error(format(RESERVED, sub(s, 1, 1), s), 0)
 end
 
-local walk
+local walk, decodeValue
 
 local function decodeError(t, cx)
   local message, name = t['#error'], t.name
@@ -699,14 +762,28 @@ local function decodeError(t, cx)
   return pass.makeError(message, name)
 end
 
+-- `{"#tag":<tag>,"payload":<payload>}` and nothing else; the tag must
+-- decode to a string.
+local function decodeTagged(t, cx)
+  for k in next, t do
+    if k ~= '#tag' and k ~= 'payload' then error(format('tagged value (#tag) with an unexpected key %q', k), 0) end
+  end
+  local tag = t['#tag']
+  if type(tag) == 'string' then
+    local b = byte(tag, 1)
+    if b and b <= 45 and b >= 33 then tag = decodeSpecial(tag, cx) end
+  end
+  if type(tag) ~= 'string' then error('tagged value tag must decode to a string', 0) end
+  local payload = t.payload
+  if payload == nil then error(format('tagged value (#tag) %s without a payload', short(tag)), 0) end
+  return makeTagged(tag, decodeValue(payload, cx))
+end
+
 local function decodeKey(k)
   local c = byte(k, 1)
-  if c == 35 then
-    if k == '#tag' then error('tagged values (#tag) are not supported', 0) end
-    error(format('unrecognized record type %q', k), 0)
-  end
+  if c == 35 then error(format('unrecognized record type %q', k), 0) end
   if c == 33 then return sub(k, 2) end
-  if c == 34 or (c >= 39 and c <= 42) or c == 44 then
+  if c == 34 or (c >= 39 and c <= 41) or c == 44 then
     error(format(RESERVED, sub(k, 1, 1), k), 0)
   end
   error(format('record key %q must decode to a string', k), 0)
@@ -740,6 +817,7 @@ walk = function(t, cx)
     if holes then t.n = len end
     return setmetatable(t, ARRAY_MT)
   end
+  if t['#tag'] ~= nil then return decodeTagged(t, cx) end
   if t['#error'] ~= nil then return decodeError(t, cx) end
   local escaped
   for k, v in next, t do
@@ -776,7 +854,7 @@ walk = function(t, cx)
   return t
 end
 
-local function decodeValue(v, cx)
+decodeValue = function(v, cx)
   local tv = type(v)
   if tv == 'string' then
     local b = byte(v, 1)
