@@ -76,6 +76,16 @@ describe('an idle vat', function()
     assert.same({ 7, false }, kernel:queueMessage(root, 'exoClass', { 5 }):await())
   end)
 
+  it('gets symbols, byte arrays, big integers and tagged values on first touch', function()
+    local root = launchIdle()
+    assert.same({ true, 'function', 0 }, kernel:queueMessage(root, 'hijackRequire', { 'boxes' }):await())
+    local got = kernel:queueMessage(root, 'boxes', {}):await()
+    local pass = require 'ocap.pass'
+    local styles = {}
+    for i, v in ipairs(got) do styles[i] = pass.passStyleOf(v) end
+    assert.same({ 'symbol', 'byteArray', 'bigint', 'tagged' }, styles)
+  end)
+
   it('gets durable stores on first touch', function()
     local root = launchIdle()
     assert.equal('v', kernel:queueMessage(root, 'store', { 'k', 'v' }):await())

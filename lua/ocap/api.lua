@@ -15,8 +15,17 @@ local require, pcall, pairs, type, rawget, rawset = require, pcall, pairs, type,
 -- module is the runtime's largest, so a vat loads it on first touch.
 local GUARD_FIELDS = { M = true, defineExoClass = true, defineExoClassKit = true }
 
+-- The ocap fields of symbols, byte arrays, big integers and tagged values,
+-- which ocap.pass loads on first touch too.
+local BOX_FIELDS = { symbol = true, bytes = true, bigint = true, makeTagged = true }
+
 local lazyFields = {
   __index = function(ocap, k)
+    if BOX_FIELDS[k] then
+      local f = pass[k]
+      rawset(ocap, k, f)
+      return f
+    end
     if not GUARD_FIELDS[k] then return nil end
     local ok, guards = pcall(require, 'ocap.guards')
     if not ok or type(guards) ~= 'table' then return nil end
@@ -70,10 +79,6 @@ function M.make(extra, currentMarshal)
     null = pass.null,
     array = pass.array,
     passStyleOf = pass.passStyleOf,
-    symbol = pass.symbol,
-    bytes = pass.bytes,
-    bigint = pass.bigint,
-    makeTagged = pass.makeTagged,
     marshal = contextMarshal(currentMarshal),
   }
   for k, v in pairs(extra or {}) do ocap[k] = v end

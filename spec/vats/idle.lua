@@ -25,6 +25,7 @@ function MOD.buildRootObject(vatPowers, _parameters, baggage)
       end
       local ok, got = pcall(function()
         if what == 'guards' then return type(ocap.M.interface) end
+        if what == 'boxes' then return type(ocap.symbol) end
         return type(vatPowers.logger.log)
       end)
       _ENV.require = realRequire
@@ -47,6 +48,10 @@ function MOD.buildRootObject(vatPowers, _parameters, baggage)
       local c = makeCounter(n)
       local ok = pcall(c.add, c, -1) -- the guard refuses a negative number
       return { c:add(2), ok }
+    end,
+    -- Symbols, byte arrays, big integers and tagged values (ocap.pass.boxes).
+    boxes = function()
+      return { ocap.symbol('s'), ocap.bytes('\0'), ocap.bigint('99999999999999999999'), ocap.makeTagged('t', 1) }
     end,
     -- A durable map store kept in baggage.
     store = function(_, k, v)

@@ -75,7 +75,6 @@ local JSON_NULL = cjson.null
 local NULL = pass.null
 local ARRAY_MT = pass.ARRAY_MT
 local classify = pass.classify
-local makeSymbol, makeBytes, makeBigint, makeTagged = pass.symbol, pass.bytes, pass.bigint, pass.makeTagged
 local contents = pass.contents
 local remotableIface = pass.remotableIface
 local isRemotable = pass.isRemotable
@@ -686,7 +685,7 @@ end
 -- A Lua integer within int64, a pass.bigint box beyond.
 local function decodeBigint(s)
   if not find(s, '^[+-]%d+$') then error(format('invalid bigint encoding %q', s), 0) end
-  return makeBigint(s)
+  return pass.bigint(s)
 end
 
 -- Quotes at most the first 40 bytes of s, for messages.
@@ -701,7 +700,7 @@ local function decodeSymbol(s)
     if sub(name, 3, 4) ~= '@@' then error(format('well-known symbol %s has no Lua value', short(s)), 0) end
     name = sub(name, 3)
   end
-  return makeSymbol(name)
+  return pass.symbol(name)
 end
 
 local function unhex(h)
@@ -712,7 +711,7 @@ local function decodeBytes(s)
   if #s % 2 == 0 or find(s, '%X', 2) then
     error(format('invalid byteArray encoding %s (pairs of hex digits expected)', short(s)), 0)
   end
-  return makeBytes((gsub(sub(s, 2), '%x%x', unhex)))
+  return pass.bytes((gsub(sub(s, 2), '%x%x', unhex)))
 end
 
 -- A string that starts with a special character (ASCII 33..45).
@@ -776,7 +775,7 @@ local function decodeTagged(t, cx)
   if type(tag) ~= 'string' then error('tagged value tag must decode to a string', 0) end
   local payload = t.payload
   if payload == nil then error(format('tagged value (#tag) %s without a payload', short(tag)), 0) end
-  return makeTagged(tag, decodeValue(payload, cx))
+  return pass.makeTagged(tag, decodeValue(payload, cx))
 end
 
 local function decodeKey(k)
