@@ -685,6 +685,8 @@ end
 -- A Lua integer within int64, a pass.bigint box beyond.
 local function decodeBigint(s)
   if not find(s, '^[+-]%d+$') then error(format('invalid bigint encoding %q', s), 0) end
+  local v = tonumber(s) -- an integer when it is in range, else a float
+  if math_type(v) == 'integer' then return v end
   return pass.bigint(s)
 end
 
