@@ -61,6 +61,7 @@ describe('an idle vat', function()
     local root = launchIdle()
     assert.same({ true, 'function', 0 }, kernel:queueMessage(root, 'hijackRequire', { 'guards' }):await())
     assert.same({ true, 'function', 0 }, kernel:queueMessage(root, 'hijackRequire', { 'logger' }):await())
+    assert.same({ true, 'copyArray', 0 }, kernel:queueMessage(root, 'hijackRequire', { 'passStyle' }):await())
   end)
 
   it('explains a missing endowment with its own code, loaded late', function()

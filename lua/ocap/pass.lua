@@ -26,7 +26,6 @@ local M = {}
 
 local type = type
 local next = next
-local rawget = rawget
 local getmetatable = getmetatable
 local setmetatable = setmetatable
 local rawset = rawset
@@ -34,13 +33,7 @@ local require = require
 local tostring = tostring
 local select = select
 local error = error
-local math_type = math.type
 local match = string.match
-local format = string.format
-
--- |n| <= 2^53 is a JavaScript safe-enough number; beyond it an integer is a
--- bigint.
-local MAX_SAFE = 9007199254740992
 
 local function weakKeys()
   return setmetatable({}, { __mode = 'k' })
@@ -331,18 +324,21 @@ end
 
 -- classification -----------------------------------------------------------
 
-local function describeKey(k)
-  local tk = math_type(k) or type(k)
-  if tk == 'float' then return format('float key (%s)', tostring(k)) end
-  if tk == 'string' then return format('string key %q', k) end
-  return tk .. ' key'
-end
-
-local function firstHole(t, len)
-  for i = 1, len do
-    if t[i] == nil then return i end
+-- The code that classifies tables (classify, passStyleOf, isArray) is
+-- ocap.pass.style, loaded on first use: the C codec classifies what a vat
+-- sends, so a vat that never asks for a pass style does not carry it. It
+-- gets the private tables above from here, through the require captured
+-- when this module loaded (a vat that replaces its global require cannot
+-- change what loads).
+local styleKit
+local function style()
+  if not styleKit then
+    styleKit = require('ocap.pass.style').make({
+      remotables = remotables, shadows = shadows, boxes = boxes, loadBoxes = loadBoxes,
+      isPromise = isPromiseValue, arrayMT = ARRAY_MT, errorTag = ERROR_TAG, null = NULL,
+    })
   end
-  return len + 1
+  return styleKit
 end
 
 --- Classifies a table or userdata. Returns one of:
@@ -357,94 +353,7 @@ end
 ---@return string|nil style
 ---@return any
 ---@return table|nil contents
-function M.classify(t)
-  if remotables[t] then return 'remotable' end
-  if isPromiseValue(t) then return 'promise' end
-  if type(t) ~= 'table' then return nil, 'cannot pass ' .. type(t) end
-  local mt = getmetatable(t)
-  local marked = false
-  if mt ~= nil then
-    if mt == ARRAY_MT then
-      marked = true
-    elseif mt == ERROR_TAG then
-      return 'error'
-    elseif t == NULL then
-      return 'null'
-    else
-      local shadow = shadows[t]
-      if shadow == nil then
-        local box = boxes[t]
-        if box then return box.style, box end
-        return loadBoxes().foreign(t)
-      end
-      t = shadow
-      marked = getmetatable(t) == ARRAY_MT
-    end
-  end
-  -- Fast path: keys met in the order 1, 2, ... (a table built as a
-  -- sequence keeps them in its array part, which `next` visits first).
-  local seq = 0
-  for k in next, t do
-    if k == seq + 1 then
-      seq = k
-    else
-      seq = -1
-      break
-    end
-  end
-  if seq > 0 then return 'copyArray', seq, t end
-  if seq == 0 then
-    if marked then return 'copyArray', 0, t end
-    return 'copyRecord', nil, t
-  end
-  local count, maxk, keys, nk = 0, 0, nil, 0
-  for k in next, t do
-    if math_type(k) == 'integer' then
-      if k < 1 then
-        return nil, format('cannot pass table with integer key %d (array indexes start at 1)', k)
-      end
-      count = count + 1
-      if k > maxk then maxk = k end
-    elseif type(k) == 'string' then
-      nk = nk + 1
-      if nk == 1 then keys = { k } else keys[nk] = k end
-    else
-      return nil, 'cannot pass table with a ' .. describeKey(k)
-    end
-  end
-  if nk == 0 then
-    if count == maxk then
-      if count == 0 and not marked then return 'copyRecord', nil, t end
-      return 'copyArray', maxk, t
-    end
-    return nil, format('cannot pass sparse array (index %d is nil; set n as table.pack does)',
-      firstHole(t, maxk))
-  end
-  if count == 0 and not marked then return 'copyRecord', keys, t end
-  if nk == 1 and keys[1] == 'n' then
-    local n = rawget(t, 'n')
-    if math_type(n) ~= 'integer' then
-      return nil, 'cannot pass array whose n is not an integer (' .. tostring(n) .. ')'
-    end
-    if n < maxk then
-      return nil, format('cannot pass array with index %d beyond its n (%d)', maxk, n)
-    end
-    return 'copyArray', n, t
-  end
-  if marked then
-    for i = 1, nk do
-      if keys[i] ~= 'n' then return nil, 'cannot pass array with ' .. describeKey(keys[i]) end
-    end
-  end
-  return nil, 'cannot pass table with mixed integer and string keys'
-end
-local classify = M.classify
-
-local SIMPLE_STYLES = {
-  ['nil'] = 'undefined',
-  boolean = 'boolean',
-  string = 'string',
-}
+function M.classify(t) return style().classify(t) end
 
 --- The pass style of `v`: `'undefined'`, `'null'`, `'boolean'`, `'number'`,
 --- `'bigint'` (an integer beyond ±2^53, or a `bigint` box), `'string'`,
@@ -454,28 +363,11 @@ local SIMPLE_STYLES = {
 --- beyond their keys and does not detect cycles (marshal does).
 ---@param v any
 ---@return string
-function M.passStyleOf(v)
-  local tv = type(v)
-  local s = SIMPLE_STYLES[tv]
-  if s then return s end
-  if tv == 'number' then
-    if math_type(v) == 'integer' and (v > MAX_SAFE or v < -MAX_SAFE) then return 'bigint' end
-    return 'number'
-  end
-  if tv == 'table' or tv == 'userdata' then
-    local style, msg = classify(v)
-    if style then return style end
-    error(msg, 0)
-  end
-  if tv == 'thread' then error('cannot pass thread (coroutine)', 0) end
-  error('cannot pass ' .. tv, 0)
-end
+function M.passStyleOf(v) return style().passStyleOf(v) end
 
 --- True when `v` passes as an array (marked or by its shape).
 ---@param v any
 ---@return boolean
-function M.isArray(v)
-  return type(v) == 'table' and classify(v) == 'copyArray'
-end
+function M.isArray(v) return style().isArray(v) end
 
 return M

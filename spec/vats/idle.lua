@@ -26,6 +26,7 @@ function MOD.buildRootObject(vatPowers, _parameters, baggage)
       local ok, got = pcall(function()
         if what == 'guards' then return type(ocap.M.interface) end
         if what == 'boxes' then return type(ocap.symbol) end
+        if what == 'passStyle' then return ocap.passStyleOf({ 1 }) end
         return type(vatPowers.logger.log)
       end)
       _ENV.require = realRequire

@@ -13,8 +13,10 @@ local SYSCALLS = {
 }
 
 local RUNTIME = {
-  'ocap', 'ocap.pass', 'ocap.promise', 'ocap.promise.combinators', 'ocap.marshal', 'ocap.exo', 'ocap.stores',
-  'ocap.logger', 'ocap.guards', 'ocap.durable', 'ocap.vom', 'ocap.liveslots', 'ocap.api', 'ocap.vatboot', 'cjson',
+  'ocap', 'ocap.pass', 'ocap.pass.boxes', 'ocap.pass.style', 'ocap.promise', 'ocap.promise.combinators',
+  'ocap.marshal', 'ocap.marshal.reference', 'ocap.exo', 'ocap.stores', 'ocap.logger', 'ocap.guards',
+  'ocap.durable', 'ocap.vom', 'ocap.liveslots', 'ocap.liveslots.gc', 'ocap.api', 'ocap.vatboot',
+  'ocap.vatboot.endow', 'ocap.vatboot.explain', 'cjson',
 }
 
 --- Walks every table reachable from roots through keys, values and
