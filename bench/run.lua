@@ -197,13 +197,16 @@ end)
 
 -- Remote kernels (docs/remote.md): this kernel and another in its own
 -- process (bench/remote_peer.lua, an echo vat), talking CapTP over the
--- tcp-testing-only netlayer on loopback. OCAP_BIN is set by `make bench`.
-local function withRemotePeer(fn)
+-- tcp-testing-only netlayer (or the one given) on loopback. OCAP_BIN is
+-- set by `make bench`.
+local function withRemotePeer(fn, netlayer)
   local bin = os.getenv('OCAP_BIN') or 'build/ocap'
-  local f = assert(io.popen(("exec sh -c 'echo $$; exec \"%s\" run bench/remote_peer.lua'"):format(bin), 'r'))
+  local f = assert(io.popen(("BENCH_NETLAYER=%s exec sh -c 'echo $$; exec \"%s\" run bench/remote_peer.lua'"):format(
+    netlayer or 'tcp-testing-only', bin), 'r'))
   local pid, url = f:read('l'), f:read('l')
   local ocap = require 'ocap'
-  local kernel = ocap.Kernel.make { database = false, logger = function() end, remote = { listen = '127.0.0.1:0' } }
+  local kernel = ocap.Kernel.make { database = false, logger = function() end,
+    remote = { netlayer = netlayer, listen = '127.0.0.1:0' } }
   local ok, err = pcall(fn, kernel, kernel:redeemOcapURL(url):await(), ocap.E)
   kernel:stop()
   os.execute('kill ' .. pid)
@@ -224,6 +227,56 @@ scenario('remote round trips (loopback, two processes)', function(name)
     kernel:queueMessage(r.rootKref, 'pingTarget', { echo, n }):await()
     dt = now() - t0
     report(name .. ', vat to vat', n / dt, 'round trips/s', ('%d in %.2f s, %s'):format(n, dt, ratio(n / dt)))
+  end)
+end)
+
+-- The same host-to-vat round trips over tcp-tls (TLS 1.3) and over
+-- tcp-testing-only, both sessions open at once, measured in turns (plain,
+-- TLS, plain, TLS, ...) so that the machine's load weighs on both alike;
+-- each figure is the median of its turns. Wall clock, and this process's
+-- CPU time per round trip (os.clock: the CPU time of this process, the
+-- host side, less sensitive than wall clock to other processes' load).
+scenario('remote round trips, tcp-tls against tcp-testing-only', function(name)
+  withRemotePeer(function(_, plain)
+    withRemotePeer(function(_, tls, E)
+      local n, turns = 2000, 3
+      for i = 1, 200 do
+        E(plain).ping(i):await()
+        E(tls).ping(i):await()
+      end
+      local rates = { plain = {}, tls = {} }
+      local cpu = { plain = {}, tls = {} }
+      local function measure(target, into, cpuInto)
+        local t0, c0 = now(), os.clock()
+        for i = 1, n do E(target).ping(i):await() end
+        cpuInto[#cpuInto + 1] = (os.clock() - c0) / n * 1e6
+        into[#into + 1] = n / (now() - t0)
+      end
+      for _ = 1, turns do
+        measure(plain, rates.plain, cpu.plain)
+        measure(tls, rates.tls, cpu.tls)
+      end
+      local function median(t)
+        table.sort(t)
+        return t[(#t + 1) // 2]
+      end
+      local function runs(t)
+        local out = {}
+        for i, r in ipairs(t) do out[i] = ('%.0f'):format(r) end
+        return table.concat(out, ' / ')
+      end
+      -- (The runs in the order they were measured, before sorting.)
+      local rp, rt = runs(rates.plain), runs(rates.tls)
+      local mp, mt = median(rates.plain), median(rates.tls)
+      report(name .. ', tcp-testing-only', mp, 'round trips/s', 'wall clock, median of ' .. rp)
+      report(name .. ', tcp-tls', mt, 'round trips/s', ('wall clock, median of %s; %.2fx tcp-testing-only'):format(
+        rt, mt / mp))
+      local cp, ct = runs(cpu.plain), runs(cpu.tls)
+      local mcp, mct = median(cpu.plain), median(cpu.tls)
+      report(name .. ', tcp-testing-only, host CPU', mcp, 'us per round trip', 'median of ' .. cp)
+      report(name .. ', tcp-tls, host CPU', mct, 'us per round trip', ('median of %s; %.2fx tcp-testing-only'):format(
+        ct, mct / mcp))
+    end, 'tcp-tls')
   end)
 end)
 
