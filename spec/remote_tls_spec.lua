@@ -69,6 +69,23 @@ describe('the tcp-tls netlayer', function()
     assert.are.equal(status.peerId, status.listenAddresses[1]:match('^ocapn://(%x+)%.'))
   end)
 
+  it('hands a reference to a third kernel, which dials its exporter over TLS', function()
+    local third = newKernel { netlayer = 'tcp-tls', listen = '127.0.0.1:0' }
+    finally(function() third:stop() end)
+    local got
+    local sink = ocap.makeDefaultExo('sink', {
+      use = function(_, obj)
+        got = obj
+        return E(obj).ping(11)
+      end,
+    })
+    local remoteSink = kernel:redeemOcapURL(third:issueOcapURL(sink)):await()
+    assert.are.equal(11, E(remoteSink).use(echo):await())
+    -- The third kernel withdrew the gift from the other process itself.
+    assert.matches('^ocapn import %d+ of ' .. peer.locator:match('^ocapn://(%x+)%.'), tostring(got:await()))
+    assert.are.equal(2, third:getStatus().remoteComms.sessions)
+  end)
+
   it('refuses a URL whose designator names another key', function()
     -- The same host and port, another key's designator: the peer there
     -- cannot prove it holds that key.
