@@ -190,6 +190,27 @@ describe('the tcp-tls netlayer', function()
   end)
 end)
 
+describe('a tcp-tls kernel given bytes that are not TLS', function()
+  it("logs OpenSSL's reason and counts the connection as aborted", function()
+    local warnings = {}
+    local kernel = ocap.Kernel.make { database = false, remote = { netlayer = 'tcp-tls', listen = '127.0.0.1:0' },
+      logger = function(e)
+        if e.level == 'warn' then warnings[#warnings + 1] = e.message end
+      end }
+    local c
+    finally(function()
+      if c then c:close() end
+      kernel:stop()
+    end)
+    c = client.connect(kernel, kernel:getStatus().remoteComms.listenAddresses[1])
+    c:sendHello()
+    c:expectClosed()
+    assert.are.same({ 'closing the connection with unknown peer: TLS: wrong version number' }, warnings)
+    assert.are.equal(1, kernel:getStatus().remoteComms.aborted)
+    assert.are.equal(0, kernel:getStatus().remoteComms.sessions)
+  end)
+end)
+
 describe('a tcp-tls session through a network that tampers', function()
   it('ends with CONNECTION_LOST when a record was altered', function()
     local net = require('ocap.core').net
