@@ -567,13 +567,16 @@ end)
 describe('op:untag', function()
   it('selects the value of a tagged answer, and breaks on another tag', function()
     local kernel = newKernel { remote = { listen = '127.0.0.1:0' } }
-    finally(function() kernel:stop() end)
+    local c
+    finally(function()
+      if c then c:close() end
+      kernel:stop()
+    end)
     local tagger = ocap.makeDefaultExo('tagger', {
       tag = function(_, t, v) return syrup.tagged(t.name, v) end,
     })
     local swiss = kernel:issueOcapURL(tagger):match('/s/([^?]+)')
-    local c = client.connect(kernel, kernel:getStatus().remoteComms.listenAddresses[1])
-    finally(function() c:close() end)
+    c = client.connect(kernel, kernel:getStatus().remoteComms.listenAddresses[1])
     c:hello()
     local t = c:fetch(swiss, 0, 1)
     -- tag('car', 'red') into answer 2, then untag it before it settled:
