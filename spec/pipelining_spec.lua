@@ -60,6 +60,19 @@ describe('pipelining to a decider', function()
     assert.same({ 'done direct' }, run('collect', 2000))
   end)
 
+  it('hands the host the messages sent to a promise it passed, when it pipelines', function()
+    local kit = ocap.makePromiseKit()
+    liveslots.setPipeline(kit.promise, function(method, args)
+      log[#log + 1] = 'pipelined ' .. args[1]
+      return E(sink)[method](args[1])
+    end)
+    run('sendTo', kit.promise, 'passed')
+    kernel:run()
+    assert.same({ 'pipelined passed', 'sink passed' }, log)
+    settle(kit)
+    assert.same({ 'done passed' }, run('collect', 2000))
+  end)
+
   it('lets a host method answer with an object that sends its own messages', function()
     -- As an import of a remote peer does: it is no promise to pipeline on.
     local obj = ocap.makeDefaultExo('obj', { m = function(_, tag) return 'obj ' .. tag end })

@@ -463,7 +463,7 @@ describe('pipelining from a vat', function()
     peer = spawnPeer()
     kernel = newKernel { remote = { listen = '127.0.0.1:0' } }
     gate = kernel:redeemOcapURL(peer.gateUrl):await()
-    vat = kernel:launchSubcluster({ bootstrap = 'p', vats = { p = {
+    vat = kernel:launchSubcluster({ bootstrap = 'p', services = { 'ocapURLRedemptionService' }, vats = { p = {
       sourceSpec = SRC .. '/spec/vats/pipeliner.lua', globals = { 'setTimeout', 'clearTimeout' } } } }):await().rootKref
   end)
 
@@ -484,6 +484,14 @@ describe('pipelining from a vat', function()
     -- b and c reached the other kernel before it answered a, and ran in order.
     local log = E(outcome(out.b)).log():await()
     assert.are.same({ 'a', 'arrived b', 'arrived c', 'a answered', 'b', 'c' }, { table.unpack(log) })
+  end)
+
+  it('pipelines on an object redeemed from a sturdyref, not awaited', function()
+    -- The session is open: the service's answer is the fetch's, which the
+    -- chain's first message follows across the wire at once.
+    local out = kernel:queueMessage(vat, 'redeemChain', { peer.gateUrl, 'a', 2, MS }):await()
+    outcome(out.a)
+    assert.are.equal('c done', outcome(out.c))
   end)
 
   it('keeps the order of the messages pipelined on one answer', function()

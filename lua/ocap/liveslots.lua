@@ -462,6 +462,29 @@ function M.make(opts)
     return pr
   end
 
+  -- Promise pipelining: the promises this instance decides (results of
+  -- messages it got, promises it exported) that follow a local promise
+  -- which sends its messages itself (a remote peer's answer, setPipeline),
+  -- while it is pending: vpid -> that promise. The kernel hands this
+  -- instance the messages sent to such a promise (ls.pipelines), which go
+  -- where the local promise sends them.
+  local answers = {}
+
+  --- Notes that vpid follows r, when r pipelines.
+  local function follow(vpid, r)
+    if vpid and pipelines[r] and isOurPromise(r) and pstate(r) == 'pending' then
+      answers[vpid] = r
+      onSettle(r, function() answers[vpid] = nil end)
+    end
+  end
+
+  --- Whether this instance takes the messages the kernel has for vref, a
+  --- promise it decides (the kernel's pipelines hook, kernel.h).
+  function ls.pipelines(vref)
+    local r = answers[vref]
+    return r ~= nil and pipelines[r] ~= nil
+  end
+
   function valToSlot(v, style)
     local vref = valToVref[v]
     if vref then
@@ -486,6 +509,7 @@ function M.make(opts)
     vref = allocPromise()
     valToVref[v] = vref
     exportedPromises[vref] = v
+    follow(vref, v)
     onSettle(v, function(ok, value) resolveExported(vref, ok, value) end)
     return vref
   end
@@ -675,28 +699,6 @@ function M.make(opts)
       return nil
     end
     return callMethod(target, method, args)
-  end
-
-  -- Promise pipelining: the results this instance decides that follow a
-  -- local promise which sends its messages itself (a remote peer's answer,
-  -- setPipeline), while it is pending: result vpid -> that promise. The
-  -- kernel hands this instance the messages sent to such a result
-  -- (ls.pipelines), which go where the promise sends them.
-  local answers = {}
-
-  --- Notes that resultVpid follows r, when r pipelines.
-  local function follow(resultVpid, r)
-    if resultVpid and pipelines[r] and isOurPromise(r) and pstate(r) == 'pending' then
-      answers[resultVpid] = r
-      onSettle(r, function() answers[resultVpid] = nil end)
-    end
-  end
-
-  --- Whether this instance takes the messages the kernel has for vref, a
-  --- promise it decides (the kernel's pipelines hook, kernel.h).
-  function ls.pipelines(vref)
-    local r = answers[vref]
-    return r ~= nil and pipelines[r] ~= nil
   end
 
   --- Settles a delivered method's result as its run came to: at once

@@ -1185,13 +1185,16 @@ function Remote:redeem(ref)
   if not loc then
     return promise.reject(pass.makeError(('redeemOcapURL: %s'):format(swiss or 'not a sturdyref URL')))
   end
-  local kit = promise.makePromiseKit()
+  local kit, fetched = promise.makePromiseKit(), nil
   self:_withSession(loc, function(c, err)
     if not c then return kit.reject(err) end
     local boot = self:_import(c, 0)
-    kit.resolve(self:_call(importInfo[boot], 'fetch', pack(syrup.bytes(swiss))))
+    fetched = self:_call(importInfo[boot], 'fetch', pack(syrup.bytes(swiss)))
+    kit.resolve(fetched)
   end)
-  return kit.promise
+  -- With the session open already, the fetch's answer itself: messages
+  -- to the object, a vat's included, are pipelined on it at once.
+  return fetched or kit.promise
 end
 
 --- Registers obj under a swiss number (a new one when not given) and

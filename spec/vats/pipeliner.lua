@@ -36,16 +36,23 @@ local function outcomes(ps, ms)
   return out
 end
 
+--- E(E(E(target)[first](n)).b()).c(): the three outcomes.
+local function chain(target, first, n, ms)
+  local pa = E(target)[first](n)
+  local pb = E(pa).b()
+  local pc = E(pb).c()
+  return outcomes({ a = pa, b = pb, c = pc }, ms)
+end
+
 function M.buildRootObject()
-  local held
+  local held, services
   local results = {}
   return ocap.makeDefaultExo('pipeliner', {
-    -- E(E(E(target)[first](n)).b()).c(): the three outcomes.
-    chain = function(_, target, first, n, ms)
-      local pa = E(target)[first](n)
-      local pb = E(pa).b()
-      local pc = E(pb).c()
-      return outcomes({ a = pa, b = pb, c = pc }, ms)
+    bootstrap = function(_, _, svcs) services = svcs end,
+    chain = function(_, target, first, n, ms) return chain(target, first, n, ms) end,
+    -- The same chain on the object of a sturdyref, redeemed and not awaited.
+    redeemChain = function(_, url, first, n, ms)
+      return chain(E(services.ocapURLRedemptionService).redeem(url), first, n, ms)
     end,
     -- n messages step(i) to the result of a(n), then the target's log.
     steps = function(_, target, n, ms)
@@ -65,6 +72,11 @@ function M.buildRootObject()
     hold = function(_, x, tag)
       held = E(x).a()
       results[#results + 1] = E(held).m(tag)
+      return true
+    end,
+    -- E(x).m(tag), not awaited.
+    sendTo = function(_, x, tag)
+      results[#results + 1] = E(x).m(tag)
       return true
     end,
     -- E(held).m(tag), not awaited.
