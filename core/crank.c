@@ -77,31 +77,39 @@ static int deliver(ocap_kernel_t *k, const char *ep, const ocap_delivery_t *d, i
 }
 
 /*
- * Whether the decider of the unresolved promise kpid takes a message sent
- * to it now (promise pipelining, kernel.h): 1 with the decider copied to
- * ep, 0 when the message waits in the kernel, or a negative code. While
- * messages parked before the decider took the promise wait, later ones
- * wait behind them, so that all arrive in the order they were sent.
+ * Whether ep, the decider of the unresolved promise kpid, takes the
+ * messages sent to it now (promise pipelining, kernel.h): 1, 0 or a
+ * negative code.
  */
-static int pipelining_decider(ocap_kernel_t *k, const char *kpid, char *ep) {
-  if (!k->hooks.pipelines)
-    return 0;
-  int rc = ocap__get_decider(k, kpid, ep);
-  if (rc <= 0)
-    return rc;
-  long long parked = ocap__parked(k, kpid);
-  if (parked != 0)
-    return parked < 0 ? (int)parked : 0;
+static int takes_messages(ocap_kernel_t *k, const char *kpid, const char *ep) {
   char eref[OCAP_REF_MAX];
   if (ocap__is_kernel_ep(ep)) {
     memcpy(eref, kpid, strlen(kpid) + 1);
   } else {
-    rc = ocap__clist_entry(k, ep, kpid, eref, NULL);
+    int rc = ocap__clist_entry(k, ep, kpid, eref, NULL);
     if (rc <= 0)
       return rc;
   }
-  rc = k->hooks.pipelines(k->hooks.ud, ep, eref);
+  int rc = k->hooks.pipelines(k->hooks.ud, ep, eref);
   return k->err ? k->err : rc > 0;
+}
+
+/*
+ * Whether the decider of the unresolved promise kpid takes a message sent
+ * to it now: 1 with the decider copied to ep, 0 when the message waits in
+ * the kernel, or a negative code. While messages parked before the decider
+ * took the promise wait (drain_parked gives them to it as soon as it does),
+ * later ones wait behind them, so that all arrive in the order they were
+ * sent.
+ */
+static int pipelining_decider(ocap_kernel_t *k, const char *kpid, char *ep) {
+  if (!k->hooks.pipelines)
+    return 0;
+  long long parked = ocap__parked(k, kpid);
+  if (parked != 0)
+    return parked < 0 ? (int)parked : 0;
+  int rc = ocap__get_decider(k, kpid, ep);
+  return rc <= 0 ? rc : takes_messages(k, kpid, ep);
 }
 
 /* Delivers a send item to the owner of object `target`, or to `decider`,
@@ -177,6 +185,74 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
   return rc;
 }
 
+/*
+ * After a delivery that made ep the decider of `result`: the messages
+ * parked on it before (they were sent to it while the message was still
+ * on its way), when ep takes them, are delivered to ep now, in this crank
+ * and in order, before any later message can be; and so on for their own
+ * results. A chain of calls that waited on an unsettled promise is then
+ * pipelined as a whole once the promise settles.
+ */
+static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, int *fatal,
+                        char **why) {
+  if (!k->hooks.pipelines)
+    return 0;
+  char(*work)[OCAP_REF_MAX] = NULL;
+  size_t nwork = 0, capwork = 0, next = 0;
+  int rc = 0;
+  const char *kpid = result;
+  for (;;) {
+    long long parked = ocap__parked(k, kpid);
+    if (parked > 0)
+      rc = takes_messages(k, kpid, ep);
+    else
+      rc = parked < 0 ? (int)parked : 0;
+    ocap__buf_t *items = NULL;
+    size_t n = 0;
+    if (rc > 0)
+      rc = ocap__unpark(k, kpid, &items, &n);
+    char dest[OCAP_REF_MAX];
+    memcpy(dest, kpid, strlen(kpid) + 1);
+    for (size_t i = 0; i < n; i++) {
+      char target[OCAP_REF_MAX], res[OCAP_REF_MAX], sender[OCAP_REF_MAX], got[OCAP_REF_MAX];
+      size_t at;
+      if (!rc && *fatal == OCAP_FATAL_NONE)
+        rc = ocap__parse_send(k, items[i].p, items[i].len, target, res, sender, &at);
+      if (!rc && *fatal == OCAP_FATAL_NONE) {
+        const char *r = strcmp(res, "-") == 0 ? NULL : res;
+        const char *enc = items[i].p + at;
+        size_t elen = items[i].len - at;
+        rc = deliver_send(k, dest, ep, r, enc, elen, got, fatal, why);
+        if (!rc && *fatal == OCAP_FATAL_NONE)
+          rc = ocap__release_send(k, target, r, enc, elen);
+        if (!rc && sender[0])
+          rc = ocap__charge_queued(k, sender, -(long long)items[i].len);
+        if (!rc && r) {
+          if (nwork == capwork) {
+            size_t cap = capwork ? capwork * 2 : 8;
+            char(*w)[OCAP_REF_MAX] = realloc(work, cap * sizeof *w);
+            if (!w)
+              rc = ocap__broken(k, OCAP_ENOMEM, "out of memory delivering parked messages");
+            else {
+              work = w;
+              capwork = cap;
+            }
+          }
+          if (!rc)
+            memcpy(work[nwork++], r, strlen(r) + 1);
+        }
+      }
+      free(items[i].p);
+    }
+    free(items);
+    if (rc || *fatal != OCAP_FATAL_NONE || next == nwork)
+      break;
+    kpid = work[next++];
+  }
+  free(work);
+  return rc;
+}
+
 /* Routes and delivers one send item. */
 static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int *fatal, char **why,
                         const char **resultp, char *resbuf) {
@@ -222,6 +298,8 @@ static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int 
       if (rc == 0)
         return ocap__park(k, cur, item, len); /* the parked item keeps its refs */
       rc = deliver_send(k, cur, decider, res, enc, elen, ep, fatal, why);
+      if (!rc && *fatal == OCAP_FATAL_NONE && res)
+        rc = drain_parked(k, ep, res, fatal, why);
       goto done;
     }
     ocap__buf_t data = {0};
@@ -248,6 +326,8 @@ static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int 
     memcpy(cur, next, strlen(next) + 1);
   }
   rc = deliver_send(k, cur, NULL, res, enc, elen, ep, fatal, why);
+  if (!rc && *fatal == OCAP_FATAL_NONE && res)
+    rc = drain_parked(k, ep, res, fatal, why);
 done:
   if (rc == 0 || rc == OCAP_EFATAL) {
     /* The item is gone: delivered, or rejected at its result. */

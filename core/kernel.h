@@ -119,9 +119,11 @@ typedef struct ocap_kernel_hooks {
    * now, as a delivery whose target is eref, instead of the kernel keeping
    * it until the promise settles (docs/promises.md). Asked each time such a
    * message is routed, only for an endpoint that is running (it is not
-   * prepared first), and never while messages the kernel kept for the
-   * promise are waiting, so that the promise's messages arrive in the
-   * order they were sent. May be NULL: every message then waits.
+   * prepared first), and after a delivery that made ep the decider of
+   * its result, when messages were parked on it: a yes then has them
+   * delivered to ep at once, in the same crank and in order, so that the
+   * promise's messages arrive in the order they were sent. May be NULL:
+   * every message then waits.
    */
   int (*pipelines)(void *ud, const char *ep, const char *eref);
 } ocap_kernel_hooks_t;

@@ -35,9 +35,9 @@
  * The strings (subscribers, data) are shared between the versions while
  * they are equal: a string is freed when none of the three uses it.
  * The parked messages are one array, items 0 to max(qtail, cqtail) - 1:
- * messages are only ever appended (while unresolved) or all taken at
- * settlement, so the committed ones are a prefix of it until the crank
- * ends.
+ * messages are only ever appended (while unresolved) or all taken (at
+ * settlement, or when a decider that pipelines takes them, ocap__unpark),
+ * so the committed ones are a prefix of it until the crank ends.
  */
 typedef struct pitem {
   char *p;
@@ -843,6 +843,32 @@ long long ocap__parked(ocap_kernel_t *k, const char *kpid) {
   prec_t *r;
   int rc = lookup(k, kpid, 0, &r);
   return rc ? rc : r ? r->qtail : 0;
+}
+
+int ocap__unpark(ocap_kernel_t *k, const char *kpid, ocap__buf_t **items, size_t *n) {
+  prec_t *r;
+  *items = NULL;
+  *n = 0;
+  int rc = change(k, kpid, &r);
+  if (rc || r->qtail == 0)
+    return rc;
+  ocap__buf_t *v = calloc((size_t)r->qtail, sizeof *v);
+  if (!v)
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory taking the messages parked on %s", kpid);
+  for (long long i = 0; i < r->qtail; i++) {
+    if (ocap__buf_add(&v[i], r->parked[i].p, r->parked[i].len)) {
+      for (long long j = 0; j <= i; j++)
+        free(v[j].p);
+      free(v);
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory taking the messages parked on %s", kpid);
+    }
+  }
+  *items = v;
+  *n = (size_t)r->qtail;
+  /* As at settlement, the items stay in the record until the crank ends
+   * (an abort puts them back). */
+  r->qtail = 0;
+  return 0;
 }
 
 int ocap_kernel_reject_decided(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *reason) {

@@ -59,5 +59,10 @@ int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *e
 int ocap__park(ocap_kernel_t *k, const char *kpid, const char *item, size_t len);
 /* The number of messages parked on kpid (0 for none), or a negative code. */
 long long ocap__parked(ocap_kernel_t *k, const char *kpid);
+/* Takes every message parked on the unresolved promise kpid, for its
+ * decider, which takes them now (promise pipelining): *items (malloc'd,
+ * each item's p too; NULL when none) gets copies of the *n items, in
+ * order, which keep their refs. */
+int ocap__unpark(ocap_kernel_t *k, const char *kpid, ocap__buf_t **items, size_t *n);
 
 #endif

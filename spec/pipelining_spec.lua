@@ -82,23 +82,25 @@ describe('pipelining to a decider', function()
     assert.same({ 'obj x' }, run('collect', 2000))
   end)
 
-  it('keeps messages parked before the decider took the promise ahead of later ones', function()
-    -- a waits on x, and 'first' on a's result, which nobody decides yet.
+  it('hands the decider the messages parked before it took the promise, first and in order', function()
+    -- a waits on x, and 'first' and 'second' on a's result, which nobody
+    -- decides yet: they are parked.
     local x = ocap.makePromiseKit()
     run('hold', x.promise, 'first')
+    run('more', 'second')
     kernel:run()
+    assert.same({}, log)
+    -- Once x settles, a reaches the host, which decides a's result and
+    -- takes its messages: the parked ones come at once, in order, before
+    -- the answer settles and before any sent later.
     x.resolve(pipe)
     kernel:run()
-    -- a reached the host, which now decides its result and takes the
-    -- messages sent to it; 'second' must still wait behind 'first'.
+    run('more', 'third')
+    kernel:run()
     assert.equal(1, #answers)
-    run('more', 'second')
-    run('direct', pipe, 'third')
-    kernel:run()
-    assert.same({ 'pipelined third', 'sink third' }, log)
+    assert.same({ 'pipelined first', 'sink first', 'pipelined second', 'sink second', 'pipelined third',
+      'sink third' }, log)
     settle(answers[1])
-    kernel:run()
-    assert.same({ 'pipelined third', 'sink third', 'sink first', 'sink second' }, log)
     assert.same({ 'done first', 'done second', 'done third' }, run('collect', 2000))
   end)
 end)

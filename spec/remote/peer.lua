@@ -59,19 +59,20 @@ stage = ocap.makeDefaultExo('stage', {
 local function check()
   if waiter and arrivals >= waiter.n then
     local w = waiter
-    waiter = nil
+    waiter, arrivals = nil, 0
     story[#story + 1] = 'a answered'
     w.fire(w.kit)
   end
 end
--- Messages are counted as they arrive, before their targets run: a's
--- method runs a turn later than the messages that came with it.
+-- Messages are counted as they arrive, before their targets run (a's
+-- method may run turns later than the messages that came with it, when a
+-- itself went to an answer), until a gate answers.
 local gate
 local remote = kernel.remote
 local deliverLocal = remote._deliverLocal
 remote._deliverLocal = function(self, target, method, args)
   if target == gate then
-    story, arrivals = { method }, 0
+    story = { method }
   elseif promise.isPromise(target) and promise.state(target) == 'pending' then
     arrivals = arrivals + 1
     story[#story + 1] = 'arrived ' .. method
