@@ -299,6 +299,23 @@ describe('remote kernels', function()
     end
   end)
 
+  it("selects the payload of a vat's tagged answer (op:untag)", function()
+    local c = client.connect(newKernel(), peer.locator)
+    finally(function() c:close() end)
+    c:hello()
+    local boot = c:fetch(peer.url:match('/s/([^?]+)'), 0, 1)
+    local batch = {
+      captp.op('op:deliver', boot, captp.list(syrup.symbol('echo'), syrup.tagged('car', syrup.bytes('red'))), 2, false),
+      captp.op('op:untag', captp.desc('desc:answer', 2), syrup.symbol('car'), 3),
+      captp.op('op:listen', captp.desc('desc:answer', 3), captp.desc('desc:import-object', 4), false),
+    }
+    for i, m in ipairs(batch) do batch[i] = syrup.encode(m) end
+    c:send(table.concat(batch))
+    local args = assert(c:expectTo(4))
+    assert.are.equal(syrup.symbol('fulfill'), args[1])
+    assert.are.equal(syrup.bytes('red'), args[2])
+  end)
+
   it('refuses to pass Syrup records and sets to a vat, saying why', function()
     local c = client.connect(newKernel(), peer.locator)
     finally(function() c:close() end)

@@ -877,8 +877,11 @@ HANDLERS['op:index'] = select(function(v, i)
 end, 'op:index')
 HANDLERS['op:untag'] = select(function(v, tag)
   local t = kind(tag) == 'symbol' and tag.name or tag
-  if kind(v) ~= 'tagged' or v.tag ~= t then error(pass.makeError('op:untag: tag does not match'), 0) end
-  return v.value
+  -- A host object's tagged value is Syrup's box, a vat's is ocap's.
+  local style, box = pass.box(v)
+  if style == 'tagged' and box.tag == t then return box.payload end
+  if kind(v) == 'tagged' and v.tag == t then return v.value end
+  error(pass.makeError('op:untag: tag does not match'), 0)
 end, 'op:untag')
 
 -- ---- the bootstrap object (export 0) ----
