@@ -135,10 +135,14 @@ describe('launching', function()
     local vatId = kernel:getSubcluster(r.subclusterId).vats.v
     -- A database written by something else: the stored bundle now holds
     -- a module named like the runtime's boot module.
-    local key = 'vatBundle.' .. vatId
-    local stored = kernel:_get(key)
-    stored.modules['ocap.vatboot'] = EVIL
-    kernel:_put(key, stored)
+    -- It is stored under its own hash, so only the module decides.
+    local rec = kernel:_get('vat.' .. vatId)
+    local stored = kernel:_bundle(vatId, rec.bundle)
+    local evil = { main = stored.main, modules = { ['ocap.vatboot'] = EVIL } }
+    for name, src in pairs(stored.modules) do evil.modules[name] = src end
+    kernel:_releaseBundle(rec.bundle)
+    rec.bundle = kernel:_holdBundle(evil)
+    kernel:_put('vat.' .. vatId, rec)
     kernel = testing.restart(kernel)
     rejection(kernel:queueMessage(r.rootKref, 'ping', {}))
     assert.is_false(forged(kernel))

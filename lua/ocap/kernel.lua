@@ -15,7 +15,7 @@ local ioChannels = require 'ocap.io'
 
 local M = {}
 
-local SCHEMA_VERSION = '4'
+local SCHEMA_VERSION = '5'
 
 local RUNTIME_MODULES = {
   'ocap.pass', 'ocap.pass.boxes', 'ocap.pass.style', 'ocap.promise', 'ocap.promise.combinators', 'ocap.marshal',
@@ -209,6 +209,8 @@ function M.make(options)
     reapWaiters = {}, -- resolvers of reapVats() promises, until the reaps are done
     services = {},
     failing = {}, -- vatId -> why it failed to restart, until recorded
+    bundleCache = setmetatable({}, { __mode = 'v' }), -- hash -> decoded bundle (Kernel:_bundle)
+    bundleHashes = { n = 0 }, -- encoded bundle -> its hash, the last few (Kernel:_hashOf)
     stopped = false,
   }, Kernel)
 
@@ -404,9 +406,11 @@ local RECORDS = {
   ['vat.'] = { 'a vat record', function(key, r)
     return key:match('^vat%.v%d+$') and type(r.name) == 'string' and type(r.subclusterId) == 'string'
       and type(r.config) == 'table' and (r.incarnation == nil or math.type(r.incarnation) == 'integer')
+      and type(r.bundle) == 'string' and #r.bundle == 64 and r.bundle:match('^[0-9a-f]+$') ~= nil
   end },
-  ['vatBundle.'] = { 'a bundle', function(_, b)
-    return type(b.main) == 'string' and type(b.modules) == 'table' and type(b.modules[b.main]) == 'string'
+  ['bundle.'] = { 'a bundle', function(key, b)
+    return key:match('^bundle%.[0-9a-f]+$') and type(b.main) == 'string' and type(b.modules) == 'table'
+      and type(b.modules[b.main]) == 'string'
   end },
   ['subcluster.'] = { 'a subcluster record', function(_, sc)
     return type(sc.id) == 'string' and sc.id:match('^s%d+$') and type(sc.config) == 'table'
@@ -425,8 +429,9 @@ local function corrupt(key, value, what)
     what)
 end
 
-function Kernel:_get(key)
-  local raw = self.K:kvGet(key)
+--- The record `raw` stored under `key` decoded (nil for nil), or an error
+--- naming the key when it is not what its key family holds.
+local function decodeRecord(key, raw)
   if raw == nil then return nil end
   local ok, v = pcall(decode, raw)
   local check = RECORDS[key:match('^%a+%.')]
@@ -434,6 +439,10 @@ function Kernel:_get(key)
     error(corrupt(key, raw, check and check[1] or 'a record'), 0)
   end
   return v
+end
+
+function Kernel:_get(key)
+  return decodeRecord(key, self.K:kvGet(key))
 end
 
 function Kernel:_put(key, v) self.K:kvSet(key, encode(v)) end
@@ -446,6 +455,79 @@ function Kernel:_scan(prefix)
     out[#out + 1] = key
     after = key
   end
+end
+
+-- ---- bundles ----
+
+-- Each distinct bundle is stored once, under the SHA-256 of its encoding
+-- (`bundle.<hex>`), with the number of vat records that name it
+-- (`bundle.<hex>.refCount`); a vat record names its bundle by that hash.
+-- Vats of the same code share one copy, so a database of many of them
+-- holds the code once, and a restart replays it once.
+local sha256 = core.crypto.sha256
+
+local function hexOf(bytes)
+  return (bytes:gsub('.', function(c) return ('%02x'):format(c:byte()) end))
+end
+
+--- The hash of an encoded bundle. Hashing costs about 50 instructions a
+--- byte, more than the rest of storing a bundle, and launches come in runs
+--- of one code (ten vats of a subcluster, many subclusters alike): the
+--- last few hashes are kept, keyed by the bytes they were made from.
+function Kernel:_hashOf(raw)
+  local memo = self.bundleHashes
+  local hash = memo[raw]
+  if hash then return hash end
+  hash = hexOf(sha256(raw))
+  if memo.n == 16 then
+    memo = { n = 0 }
+    self.bundleHashes = memo
+  end
+  memo[raw], memo.n = hash, memo.n + 1
+  return hash
+end
+
+--- Stores `bundle` unless a copy is there already and counts one more vat
+--- naming it; returns its hash, for the vat record.
+function Kernel:_holdBundle(bundle)
+  local raw = encode(bundle)
+  local hash = self:_hashOf(raw)
+  local key = 'bundle.' .. hash
+  local n = self:_count(key .. '.refCount', 0)
+  if n == 0 or self.K:kvGet(key) == nil then self.K:kvSet(key, raw) end
+  self.K:kvSet(key .. '.refCount', tostring(n + 1))
+  return hash
+end
+
+--- One vat less names the bundle `hash`: the last one takes it away.
+function Kernel:_releaseBundle(hash)
+  local key = 'bundle.' .. hash
+  local n = self:_count(key .. '.refCount', 0)
+  if n > 1 then
+    self.K:kvSet(key .. '.refCount', tostring(n - 1))
+  else
+    self.K:kvDelete(key)
+    self.K:kvDelete(key .. '.refCount')
+  end
+end
+
+--- The bundle a vat record names. Its bytes are checked against the hash
+--- once per process: a copy that does not match is a damaged database,
+--- never code run in the vat's place. Decoded bundles are cached by hash
+--- (the content of a hash never changes), weakly, so that a restart of
+--- many vats of one code decodes it once while they start.
+function Kernel:_bundle(vatId, hash)
+  local b = self.bundleCache[hash]
+  if b then return b end
+  local key = 'bundle.' .. hash
+  local raw = self.K:kvGet(key)
+  if raw == nil then
+    error(("corrupt database: vat %s names bundle %s, and there is no key '%s'"):format(vatId, hash, key), 0)
+  end
+  if self:_hashOf(raw) ~= hash then error(corrupt(key, raw, 'a bundle of that SHA-256 hash'), 0) end
+  b = decodeRecord(key, raw)
+  self.bundleCache[hash] = b
+  return b
 end
 
 local readFile = require('ocap.bundle').readFile
@@ -569,8 +651,7 @@ function Kernel:_restartVatState(vatId)
     local key = 'vs.' .. vatId .. '.gc.i.' .. vref
     if not K:kvGet(key) then K:kvSet(key, '1') end
   end
-  local bundle = self:_get('vatBundle.' .. vatId)
-  local ok, err = self:_startVat(vatId, rec, bundle)
+  local ok, err = self:_startVat(vatId, rec, self:_bundle(vatId, rec.bundle))
   if not ok then
     local msg = ('vat %s (%s) failed to restart: %s'):format(vatId, rec.name, tostring(err))
     self.logger({ level = 'error', tags = { 'kernel' }, vatId = vatId, message = msg })
@@ -620,7 +701,7 @@ function Kernel:_forgetVat(vatId, reasonBody)
     end
   end
   self.K:kvDelete('vat.' .. vatId)
-  self.K:kvDelete('vatBundle.' .. vatId)
+  self:_releaseBundle(rec.bundle)
   local sc = self:_get('subcluster.' .. rec.subclusterId)
   if sc then
     for name, id in pairs(sc.vats) do
@@ -774,8 +855,8 @@ function Kernel:_launch(clusterConfig, opts, chans)
     end
     started[#started + 1] = vatId
     vats[name] = vatId
+    rec.bundle = self:_holdBundle(bundles[name])
     self:_put('vat.' .. vatId, rec)
-    self:_put('vatBundle.' .. vatId, bundles[name])
   end
   -- Parameter references are put in the vat's c-list at each start: GC
   -- must never take them. One that is gone already stays gone.

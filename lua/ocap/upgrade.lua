@@ -217,6 +217,7 @@ local function plan(kernel, job)
     if not rec then error(err, 0) end
     v.rec = { name = rec.name, subclusterId = rec.subclusterId, config = v.config,
       incarnation = (rec.incarnation or 1) + 1, parameterRefs = rec.parameterRefs }
+    v.previousBundle = rec.bundle
     sc = sc or kernel:_get('subcluster.' .. rec.subclusterId)
   end
   return sc
@@ -247,8 +248,11 @@ local function perform(kernel, job)
       end
     end
     for _, v in ipairs(job.vats) do
+      -- The new bundle is counted before the old one is let go, so that
+      -- an upgrade to the same code keeps its one copy.
+      v.rec.bundle = kernel:_holdBundle(v.bundle)
+      kernel:_releaseBundle(v.previousBundle)
       kernel:_put('vat.' .. v.vatId, v.rec)
-      kernel:_put('vatBundle.' .. v.vatId, v.bundle)
     end
     if sc then
       if job.clusterConfig then

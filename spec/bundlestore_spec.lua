@@ -1,0 +1,219 @@
+-- Vat code stored once per distinct bundle (docs/storage.md): vat records
+-- name their bundle by its SHA-256 hash, the last vat naming a bundle
+-- takes it away, and a restart runs every vat from those copies.
+local testing = require 'ocap.testing'
+local support = require 'support'
+local rejection = support.rejection
+
+local COUNTER = 'spec/vats/counter.lua'
+local V1, V2 = 'spec/vats/upgrade_v1.lua', 'spec/vats/upgrade_v2.lua'
+
+--- Every key under `prefix` and its value, as the store holds them.
+local function scan(kernel, prefix)
+  local K, out, after = kernel.K, {}, nil
+  while true do
+    local key = K:kvNext(prefix, after)
+    if not key then return out end
+    out[key] = K:kvGet(key)
+    after = key
+  end
+end
+
+--- The stored bundles: hash -> { main = <main module>, refCount = n }.
+local function bundles(kernel)
+  local out = {}
+  for key, value in pairs(scan(kernel, 'bundle.')) do
+    local hash, field = key:match('^bundle%.(%x+)(.*)$')
+    assert(hash and #hash == 64, 'a bundle key ends with a SHA-256 hash: ' .. key)
+    out[hash] = out[hash] or {}
+    if field == '.refCount' then
+      out[hash].refCount = tonumber(value)
+    else
+      assert.equal('', field)
+      out[hash].main = kernel:_get(key).main
+    end
+  end
+  return out
+end
+
+local function count(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
+--- The hash the vat record of `vatId` names.
+local function bundleOf(kernel, vatId) return kernel:_get('vat.' .. vatId).bundle end
+
+local function counters(n, source)
+  local vats = {}
+  for i = 1, n do vats['c' .. i] = { sourceSpec = source or COUNTER } end
+  return { bootstrap = 'c1', vats = vats }
+end
+
+describe('bundles stored by hash', function()
+  local kernel
+  after_each(function() if kernel then kernel:stop() end end)
+
+  it('stores one copy for vats of the same code, in any subcluster', function()
+    kernel = testing.makeKernel()
+    local r1 = kernel:launchSubcluster(counters(3)):await()
+    local r2 = kernel:launchSubcluster(counters(2)):await()
+    local stored = bundles(kernel)
+    assert.equal(1, count(stored))
+    local hash, b = next(stored)
+    assert.same({ main = COUNTER, refCount = 5 }, b)
+    for _, r in ipairs({ r1, r2 }) do
+      for _, vatId in pairs(kernel:getSubcluster(r.subclusterId).vats) do
+        assert.equal(hash, bundleOf(kernel, vatId))
+      end
+    end
+    -- No vat keeps a copy of its own.
+    assert.same({}, scan(kernel, 'vatBundle.'))
+  end)
+
+  it('stores one copy per distinct code', function()
+    kernel = testing.makeKernel()
+    local r = kernel:launchSubcluster({ bootstrap = 'a', vats = {
+      a = { sourceSpec = COUNTER }, b = { sourceSpec = V1 }, c = { sourceSpec = COUNTER } } }):await()
+    local vats = kernel:getSubcluster(r.subclusterId).vats
+    local stored = bundles(kernel)
+    assert.equal(2, count(stored))
+    assert.same({ main = COUNTER, refCount = 2 }, stored[bundleOf(kernel, vats.a)])
+    assert.same({ main = V1, refCount = 1 }, stored[bundleOf(kernel, vats.b)])
+    assert.equal(bundleOf(kernel, vats.a), bundleOf(kernel, vats.c))
+  end)
+
+  it('deletes a bundle with the last vat that names it', function()
+    kernel = testing.makeKernel()
+    local r1 = kernel:launchSubcluster(counters(2)):await()
+    local r2 = kernel:launchSubcluster(counters(1, V1)):await()
+    local vats = kernel:getSubcluster(r1.subclusterId).vats
+    local hash = bundleOf(kernel, vats.c1)
+    kernel:terminateVat(vats.c2):await()
+    assert.equal(1, bundles(kernel)[hash].refCount)
+    kernel:terminateSubcluster(r1.subclusterId):await()
+    local stored = bundles(kernel)
+    assert.is_nil(stored[hash])
+    assert.same({}, scan(kernel, 'bundle.' .. hash))
+    -- The other code is still there, and so is its vat.
+    assert.equal(1, count(stored))
+    local other = kernel:getSubcluster(r2.subclusterId).vats.c1
+    assert.same({ main = V1, refCount = 1 }, stored[bundleOf(kernel, other)])
+    kernel:terminateSubcluster(r2.subclusterId):await()
+    assert.same({}, scan(kernel, 'bundle.'))
+  end)
+
+  it('counts a vat that failed to launch nowhere', function()
+    kernel = testing.makeKernel()
+    kernel:launchSubcluster(counters(1)):await()
+    rejection(kernel:launchSubcluster({ bootstrap = 'a', vats = {
+      a = { sourceSpec = COUNTER }, b = { sourceSpec = 'spec/vats/bad_syntax.lua' } } }))
+    local stored = bundles(kernel)
+    assert.equal(1, count(stored))
+    assert.equal(1, select(2, next(stored)).refCount)
+  end)
+
+  it('moves a vat to its new bundle on upgrade, deleting the old one with its last user', function()
+    kernel = testing.makeKernel()
+    local r = kernel:launchSubcluster({ bootstrap = 'a', vats = {
+      a = { sourceSpec = V1 }, b = { sourceSpec = V1 } } }):await()
+    local vats = kernel:getSubcluster(r.subclusterId).vats
+    local old = bundleOf(kernel, vats.a)
+    -- The same code again: the one copy stays, counted once per vat.
+    kernel:upgradeVat(vats.a, { sourceSpec = V1 }):await()
+    assert.same({ [old] = { main = V1, refCount = 2 } }, bundles(kernel))
+    kernel:upgradeVat(vats.a, { sourceSpec = V2 }):await()
+    local new = bundleOf(kernel, vats.a)
+    assert.are_not.equal(old, new)
+    assert.same({ [old] = { main = V1, refCount = 1 }, [new] = { main = V2, refCount = 1 } }, bundles(kernel))
+    kernel:upgradeVat(vats.b, { sourceSpec = V2 }):await()
+    assert.same({ [new] = { main = V2, refCount = 2 } }, bundles(kernel))
+    assert.equal(new, bundleOf(kernel, vats.b))
+    assert.equal(2, kernel:queueMessage(r.rootKref, 'version', {}):await())
+  end)
+
+  it('keeps the old bundle when an upgrade fails', function()
+    kernel = testing.makeKernel()
+    local r = kernel:launchSubcluster({ bootstrap = 'a', vats = { a = { sourceSpec = V1 } } }):await()
+    local vatId = kernel:getSubcluster(r.subclusterId).vats.a
+    local before = bundles(kernel)
+    assert.equal(1, count(before))
+    rejection(kernel:upgradeVat(vatId, { sourceSpec = 'spec/vats/upgrade_bad.lua', parameters = { fail = 'throw' } }))
+    assert.same(before, bundles(kernel))
+    assert.equal(next(before), bundleOf(kernel, vatId))
+  end)
+
+  it('restarts every vat from the stored copy, its source file gone', function()
+    local dir = testing.tempDir()
+    local src = assert(io.open(COUNTER, 'rb')):read('a')
+    local f = assert(io.open(dir .. '/counter.lua', 'wb'))
+    f:write(src)
+    f:close()
+    kernel = testing.makeKernel({ database = dir .. '/db', baseDir = dir })
+    local cfg = { bootstrap = 'c1', vats = {} }
+    for i = 1, 3 do cfg.vats['c' .. i] = { sourceSpec = 'counter.lua', parameters = { start = 10 * i } } end
+    local roots = {}
+    for _ = 1, 2 do
+      local r = kernel:launchSubcluster(cfg):await()
+      for name, vatId in pairs(kernel:getSubcluster(r.subclusterId).vats) do
+        roots[#roots + 1] = { vatId = vatId, start = cfg.vats[name].parameters.start }
+      end
+    end
+    for _, v in ipairs(roots) do v.kref = kernel.K:export(v.vatId, 'o+0') end
+    kernel.K:commit()
+    os.remove(dir .. '/counter.lua')
+    kernel = testing.restart(kernel)
+    assert.equal(1, count(bundles(kernel)))
+    for _, v in ipairs(roots) do
+      assert.equal(v.start + 1, kernel:queueMessage(v.kref, 'increment', {}):await())
+    end
+    assert.equal(6, #kernel:getStatus().vats)
+    for _, v in ipairs(kernel:getStatus().vats) do assert.equal('running', v.state) end
+  end)
+
+  it('refuses to run a stored bundle whose bytes do not match its hash', function()
+    local dir = testing.tempDir()
+    kernel = testing.makeKernel({ database = dir })
+    local r = kernel:launchSubcluster(counters(1)):await()
+    local vatId = kernel:getSubcluster(r.subclusterId).vats.c1
+    local key = 'bundle.' .. bundleOf(kernel, vatId)
+    local b = kernel:_get(key)
+    b.modules[COUNTER] = b.modules[COUNTER]:gsub('%(by or 1%)', '(by or 2)')
+    kernel:_put(key, b)
+    kernel = testing.restart(kernel)
+    local e = rejection(kernel:queueMessage(r.rootKref, 'increment', {}))
+    assert.matches("corrupt database: key '" .. key .. "' holds", tostring(e.message or e), 1, true)
+    assert.matches('which is not a bundle of that SHA-256 hash', tostring(e.message or e), 1, true)
+  end)
+
+  it('refuses a database of schema version 4, which kept a bundle per vat, and leaves it as it was', function()
+    local dir = testing.tempDir()
+    kernel = testing.makeKernel({ database = dir })
+    local r = kernel:launchSubcluster(counters(1)):await()
+    local vatId = kernel:getSubcluster(r.subclusterId).vats.c1
+    -- Made the way version 4 made it: the vat's own copy of its code.
+    local K = kernel.K
+    local rec = kernel:_get('vat.' .. vatId)
+    K:kvSet('vatBundle.' .. vatId, K:kvGet('bundle.' .. rec.bundle))
+    K:kvDelete('bundle.' .. rec.bundle)
+    K:kvDelete('bundle.' .. rec.bundle .. '.refCount')
+    rec.bundle = nil
+    kernel:_put('vat.' .. vatId, rec)
+    K:kvSet('version', '4')
+    kernel:stop()
+    kernel = nil
+    for _ = 1, 2 do
+      local ok, err = pcall(testing.makeKernel, { database = dir })
+      assert.is_false(ok)
+      assert.matches(('Kernel.make: database %s has schema version 4; this ocap uses version 5'):format(dir),
+        err, 1, true)
+    end
+    -- Nothing was migrated: the old layout is still there.
+    local raw = assert(require('ocap.core').open({ database = dir }))
+    assert.equal('4', raw:kvGet('version'))
+    assert.matches('^#{"main":"' .. COUNTER, raw:kvGet('vatBundle.' .. vatId))
+    assert.is_nil(raw:kvNext('bundle.'))
+    raw:close()
+  end)
+end)
