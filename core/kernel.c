@@ -35,10 +35,8 @@ static int tables_prepare(void *ud) {
   /* GC first: it turns the crank's candidates into actions, reading the
    * objects' final counts. */
   int rc = ocap__gc_prepare(k);
-  if (!rc)
-    rc = ocap__counters_prepare(k);
-  /* The run queue and the promises are written by ocap_kernel_sync, not
-   * at each commit. */
+  /* The id counters, the run queue and the promises are written by
+   * ocap_kernel_sync, not at each commit. */
   if (!rc)
     rc = ocap__clists_prepare(k);
   return rc ? rc : ocap__objects_prepare(k);
@@ -46,7 +44,7 @@ static int tables_prepare(void *ud) {
 
 /* Whether a table written at sync holds committed state the store lacks. */
 static int unsynced(ocap_kernel_t *k) {
-  return ocap__queue_unsynced(k) || ocap__promises_unsynced(k);
+  return ocap__counters_unsynced(k) || ocap__queue_unsynced(k) || ocap__promises_unsynced(k);
 }
 
 static void tables_done(void *ud) {
@@ -75,7 +73,9 @@ static void tables_abort(void *ud, int cleared) {
  * lacks (ocap_kernel_sync), into the buffer of a direct commit. */
 static int tables_fill(void *ud) {
   ocap_kernel_t *k = ud;
-  int rc = ocap__queue_fill(k);
+  int rc = ocap__counters_fill(k);
+  if (!rc)
+    rc = ocap__queue_fill(k);
   return rc ? rc : ocap__promises_fill(k);
 }
 
@@ -88,6 +88,7 @@ int ocap_kernel_sync(ocap_kernel_t *k) {
       ocap__broken(k, rc, "store commit of the kernel's tables failed: %s", ocap_strerror(rc));
     return rc;
   }
+  ocap__counters_synced(k);
   ocap__queue_synced(k);
   ocap__promises_synced(k);
   k->unsynced_commits = 0;

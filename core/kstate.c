@@ -370,7 +370,7 @@ static int counter_load(ocap_kernel_t *k, int which) {
   int rc = ocap__get_count(k, 1, &k->next[which], "%s", counter_key[which]);
   if (rc)
     return rc;
-  k->cnext[which] = k->next[which];
+  k->cnext[which] = k->snext[which] = k->next[which];
   k->counters_loaded |= 1 << which;
   return 0;
 }
@@ -425,19 +425,40 @@ int ocap__counters_check(ocap_kernel_t *k) {
 
 void ocap__counters_forget(ocap_kernel_t *k, const char *key) {
   for (int i = 0; i < CTR_COUNT; i++)
-    if (strcmp(key, counter_key[i]) == 0 && k->next[i] == k->cnext[i])
+    if (strcmp(key, counter_key[i]) == 0 && k->next[i] == k->cnext[i] && k->cnext[i] == k->snext[i])
       k->counters_loaded &= ~(1 << i);
 }
 
-int ocap__counters_prepare(ocap_kernel_t *k) {
+/* Whether counter i was changed by a commit since the store last got it. */
+static int counter_unsynced(const ocap_kernel_t *k, int i) {
+  return (k->counters_loaded & (1 << i)) && k->cnext[i] != k->snext[i];
+}
+
+/*
+ * Nearly every crank takes an id (a result promise, an export), so the
+ * counters are written, like the run queue, when the kernel syncs rather
+ * than into each crank's buffer: their committed values, once per sync.
+ */
+int ocap__counters_unsynced(ocap_kernel_t *k) {
+  for (int i = 0; i < CTR_COUNT; i++)
+    if (counter_unsynced(k, i))
+      return 1;
+  return 0;
+}
+
+int ocap__counters_fill(ocap_kernel_t *k) {
   for (int i = 0; i < CTR_COUNT; i++) {
-    if ((k->counters_loaded & (1 << i)) && k->next[i] != k->cnext[i]) {
-      int rc = ocap__seti(k, k->next[i], "%s", counter_key[i]);
+    if (counter_unsynced(k, i)) {
+      int rc = ocap__seti(k, k->cnext[i], "%s", counter_key[i]);
       if (rc)
         return rc;
     }
   }
   return 0;
+}
+
+void ocap__counters_synced(ocap_kernel_t *k) {
+  memcpy(k->snext, k->cnext, sizeof k->snext);
 }
 
 void ocap__counters_done(ocap_kernel_t *k) {

@@ -5,8 +5,9 @@
  *
  * Conventions:
  *  1. Everything the kernel knows is in the store under the keys listed in
- *     docs/storage.md at every commit, but for the run queue, the vats'
- *     queued bytes and the promises' records, which are there from the
+ *     docs/storage.md at every commit, but for the id counters, the run
+ *     queue, the vats' queued bytes and the promises' records, which are
+ *     there from the
  *     next ocap_kernel_sync (before every flush and every read of the
  *     store from outside the kernel) on. That is what makes a crank atomic:
  *     abort the store's crank buffer (and, by convention 6, the tables in
@@ -74,6 +75,7 @@ struct ocap_kernel {
   int counters_loaded;        /* bit (1 << CTR_*) once read */
   long long next[CTR_COUNT];  /* the next id of each counter */
   long long cnext[CTR_COUNT]; /* the same at the last commit */
+  long long snext[CTR_COUNT]; /* the same in the store (written at sync) */
   struct ocap__queue *q;      /* the run queue (queue.c) */
   struct ocap__promises *p;   /* promises' states and counts (promise.c) */
   struct ocap__clists *c;     /* the endpoints' c-lists (clist.c) */
@@ -124,9 +126,13 @@ int ocap__delv(ocap_kernel_t *k, const char *fmt, ...);
 int ocap__seti(ocap_kernel_t *k, long long n, const char *fmt, ...);
 /* Sets *out to the value of counter `which` (a CTR_*) and advances it. */
 int ocap__bump(ocap_kernel_t *k, int which, long long *out);
-/* The store's hooks for the counters (convention 6). */
-int ocap__counters_prepare(ocap_kernel_t *k);
+/* The store's hooks for the counters (convention 6), and their part of
+ * ocap_kernel_sync, like the run queue's (queue.h): they are written when
+ * the kernel syncs, not at each commit. */
 void ocap__counters_done(ocap_kernel_t *k);
+int ocap__counters_unsynced(ocap_kernel_t *k);
+int ocap__counters_fill(ocap_kernel_t *k);
+void ocap__counters_synced(ocap_kernel_t *k);
 void ocap__counters_abort(ocap_kernel_t *k, int cleared);
 /*
  * Each table's part of ocap_kernel_check (kernel.h): 0 when what it holds
