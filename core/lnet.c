@@ -81,7 +81,8 @@ static void written(uv_write_t *w, int status) {
 }
 
 /* Hands what the SSL left in its output BIO (records, alerts) to
- * uv_write, without a copy: the write owns the buffer it reads into. */
+ * uv_write. The bytes are read out of the BIO straight into the buffer
+ * the write owns: one copy, as for plain TCP's lrpc_write_copy. */
 static void tls_flush(conn_t *c) {
   size_t n;
   while ((n = BIO_ctrl_pending(c->out)) > 0) {
@@ -197,17 +198,28 @@ static conn_t *conn_new(lua_State *L, uv_loop_t *loop, int cb_ref_src, SSL_CTX *
   return c;
 }
 
-/* [-0, +0, -] The TLS layer failed: the alert OpenSSL made goes out, then
- * the connection closes with a "tlserror" that gives OpenSSL's reason. */
-static void tls_fail(conn_t *c, const char *fallback) {
+/* Writes "TLS: <OpenSSL's reason for the last failure>" (or fallback) to
+ * msg, and clears OpenSSL's error queue. */
+static void tls_reason(char *msg, size_t size, const char *fallback) {
   unsigned long e = ERR_get_error();
   const char *why = e ? ERR_reason_error_string(e) : NULL;
-  char msg[256];
-  snprintf(msg, sizeof msg, "TLS: %s", why ? why : fallback);
+  snprintf(msg, size, "TLS: %s", why ? why : fallback);
   ERR_clear_error();
+}
+
+/* [-0, +0, -] The TLS layer failed for reason msg: the alert OpenSSL made
+ * goes out, then the connection closes with a "tlserror". */
+static void tls_fail_with(conn_t *c, const char *msg) {
   tls_flush(c);
   c->failed = 1;
   emit(c, "tlserror", msg, strlen(msg));
+}
+
+/* [-0, +0, -] As tls_fail_with, for the failure OpenSSL just reported. */
+static void tls_fail(conn_t *c, const char *fallback) {
+  char msg[256];
+  tls_reason(msg, sizeof msg, fallback);
+  tls_fail_with(c, msg);
 }
 
 /* [-0, +0, -] The handshake is done: the peer's certificate must hold an
@@ -261,37 +273,54 @@ static void tls_pump(conn_t *c) {
     if (c->closed)
       return;
   }
+  /* Most reads bring one record: its plaintext stays in `first`, on the C
+   * stack, and goes to Lua with one copy. Only when more records follow
+   * are they gathered in a Lua buffer. */
   lua_State *L = c->L;
+  char first[16384];
+  size_t n = 0;
   luaL_Buffer b;
-  luaL_buffinit(L, &b);
+  int gathering = 0;
   int e = SSL_ERROR_NONE;
   ERR_clear_error();
   for (;;) {
     size_t got;
-    char *p = luaL_prepbuffsize(&b, 16384);
-    if (SSL_read_ex(c->ssl, p, 16384, &got) != 1) {
+    char *p = first;
+    if (n > 0 && !gathering) {
+      luaL_buffinit(L, &b);
+      luaL_addlstring(&b, first, n);
+      gathering = 1;
+    }
+    if (gathering)
+      p = luaL_prepbuffsize(&b, sizeof first);
+    if (SSL_read_ex(c->ssl, p, sizeof first, &got) != 1) {
       e = SSL_get_error(c->ssl, 0);
       break;
     }
-    luaL_addsize(&b, got);
+    if (gathering)
+      luaL_addsize(&b, got);
+    n += got;
   }
-  luaL_pushresult(&b);
-  size_t n;
-  const char *s = lua_tolstring(L, -1, &n);
-  if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_ZERO_RETURN) {
-    /* What came before the bad record is still the peer's. */
-    if (n > 0)
-      emit(c, "data", s, n);
-    lua_pop(L, 1);
-    if (!c->closed)
-      tls_fail(c, "bad record");
-    return;
+  const char *s = first;
+  if (gathering) {
+    luaL_pushresult(&b);
+    s = lua_tostring(L, -1);
   }
-  tls_flush(c);
+  char why[256] = "";
+  if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_ZERO_RETURN)
+    tls_reason(why, sizeof why, "bad record");
+  else
+    tls_flush(c);
+  /* What came before a bad record is still the peer's. */
   if (n > 0)
     emit(c, "data", s, n);
-  lua_pop(L, 1);
-  if (e == SSL_ERROR_ZERO_RETURN && !c->closed)
+  if (gathering)
+    lua_pop(L, 1);
+  if (c->closed)
+    return;
+  if (why[0])
+    tls_fail_with(c, why);
+  else if (e == SSL_ERROR_ZERO_RETURN)
     emit(c, "eof", "closed by the peer", strlen("closed by the peer"));
 }
 
