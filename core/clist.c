@@ -1,11 +1,16 @@
 /*
  * clist.c -- the endpoints' c-lists in memory (see clist.h).
  *
- * Like the other tables kept in memory (kstate.h, convention 6), an entry
- * keeps the value of the last commit beside the current one; the entries
- * a crank changed are listed, so that commit writes their final states
- * under `<ep>.c.<ref>` and abort puts the committed values back. An entry
- * whose key is gone is dropped at commit, and so is a c-list left empty.
+ * Like the promises (promise.c), an entry keeps three versions of its
+ * value: now, at the last commit, and in the store. The entries a crank
+ * changed are listed, so that commit makes their values the committed ones
+ * and abort puts the committed ones back; the entries whose committed
+ * value the store lacks are listed too, and written under `<ep>.c.<ref>`
+ * when the kernel syncs (kernel.h): an entry made and retired between two
+ * syncs (a promise's, mostly) never reaches the store. An entry gone in
+ * memory and in the store is dropped, and so is a c-list left empty.
+ * Values are shared between the versions while they are equal, and freed
+ * when none of the three uses them.
  */
 #include "clist.h"
 
@@ -17,10 +22,11 @@
 #include "refs.h"
 
 typedef struct centry {
-  char *val, *cval; /* NULL when absent; val == cval while unchanged */
-  size_t vlen, cvlen;
-  int dirty;
-  char ref[]; /* NUL-terminated */
+  char *val, *cval, *sval; /* now, committed, stored; NULL when absent */
+  size_t vlen, cvlen, svlen;
+  int dirty;     /* listed in `dirty` */
+  size_t syncat; /* its index in `sync` + 1, 0 when not listed */
+  char ref[];    /* NUL-terminated */
 } centry_t;
 
 /* One endpoint's c-list: open addressing with linear probing, by ref. */
@@ -39,8 +45,10 @@ typedef struct dirty {
 struct ocap__clists {
   clist_t **slots; /* by endpoint */
   size_t mask, n;
-  dirty_t *dirty;
+  dirty_t *dirty; /* the entries this crank changed */
   size_t ndirty, capdirty;
+  dirty_t *sync; /* the entries whose committed value the store may lack */
+  size_t nsync, capsync;
 };
 
 static size_t str_hash(const char *s) {
@@ -74,10 +82,16 @@ static int entries_grow(clist_t *c) {
   return 0;
 }
 
+/* Frees p unless another version of the value (a or b) uses it. */
+static void str_drop(char *p, const char *a, const char *b) {
+  if (p && p != a && p != b)
+    free(p);
+}
+
 static void entry_free(centry_t *e) {
-  if (e->val != e->cval)
-    free(e->val);
-  free(e->cval);
+  str_drop(e->val, e->cval, e->sval);
+  str_drop(e->cval, e->sval, NULL);
+  free(e->sval);
   free(e);
 }
 
@@ -116,8 +130,8 @@ static centry_t *entry_add(clist_t *c, const char *ref, size_t rl, const char *v
     memcpy(e->val, val, n);
     e->val[n] = '\0';
   }
-  e->cval = e->val;
-  e->vlen = e->cvlen = n;
+  e->cval = e->sval = e->val;
+  e->vlen = e->cvlen = e->svlen = n;
   *entry_slot(c, e->ref) = e;
   c->n++;
   return e;
@@ -177,6 +191,7 @@ static void drop_all(struct ocap__clists *t) {
   }
   t->n = 0;
   t->ndirty = 0;
+  t->nsync = 0;
 }
 
 void ocap__clists_free(ocap_kernel_t *k) {
@@ -186,6 +201,7 @@ void ocap__clists_free(ocap_kernel_t *k) {
   drop_all(t);
   free(t->slots);
   free(t->dirty);
+  free(t->sync);
   free(t);
 }
 
@@ -328,6 +344,18 @@ int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const cha
       t->dirty = d;
       t->capdirty = cap;
     }
+    /* Room for the entry in the sync list, which the end of the crank
+     * cannot fail to add it to. */
+    if (t->nsync + t->ndirty + 1 > t->capsync) {
+      size_t cap = t->capsync ? t->capsync * 2 : 32;
+      while (cap < t->nsync + t->ndirty + 1)
+        cap *= 2;
+      dirty_t *d = realloc(t->sync, cap * sizeof *d);
+      if (!d)
+        return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
+      t->sync = d;
+      t->capsync = cap;
+    }
     t->dirty[t->ndirty].c = c;
     t->dirty[t->ndirty++].e = e;
     e->dirty = 1;
@@ -338,8 +366,7 @@ int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const cha
     return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
   if (val)
     memcpy(p, val, n + 1);
-  if (e->val != e->cval)
-    free(e->val);
+  str_drop(e->val, e->cval, e->sval);
   e->val = p;
   e->vlen = n;
   return 0;
@@ -436,67 +463,112 @@ void ocap__clists_forget(ocap_kernel_t *k, const char *ep) {
   clist_t *c = *clist_slot(t, ep);
   if (!c)
     return;
+  /* A changed entry holds a value the store does not have yet. */
   for (size_t i = 0; i < t->ndirty; i++)
     if (t->dirty[i].c == c)
+      return;
+  for (size_t i = 0; i < t->nsync; i++)
+    if (t->sync[i].c == c)
       return;
   clist_remove_ep(t, c);
 }
 
-/* ---- the store's hooks ---- */
+/* ---- the store's hooks, and the sync ---- */
 
-int ocap__clists_prepare(ocap_kernel_t *k) {
+/* Takes e off the sync list. */
+static void sync_unlist(struct ocap__clists *t, centry_t *e) {
+  if (!e->syncat)
+    return;
+  dirty_t last = t->sync[--t->nsync];
+  t->sync[e->syncat - 1] = last;
+  last.e->syncat = e->syncat;
+  e->syncat = 0;
+}
+
+int ocap__clists_unsynced(ocap_kernel_t *k) {
+  return k->c->nsync > 0;
+}
+
+int ocap__clists_fill(ocap_kernel_t *k) {
   struct ocap__clists *t = k->c;
-  for (size_t i = 0; i < t->ndirty; i++) {
-    centry_t *e = t->dirty[i].e;
-    const char *ep = t->dirty[i].c->ep;
-    if (e->val == e->cval)
+  for (size_t i = 0; i < t->nsync; i++) {
+    centry_t *e = t->sync[i].e;
+    const char *ep = t->sync[i].c->ep;
+    if (e->cval == e->sval)
       continue;
-    int rc = e->val ? ocap__setn(k, e->val, e->vlen, "%s.c.%s", ep, e->ref)
-                    : ocap__delv(k, "%s.c.%s", ep, e->ref);
+    int rc = e->cval ? ocap__setn(k, e->cval, e->cvlen, "%s.c.%s", ep, e->ref)
+                     : ocap__delv(k, "%s.c.%s", ep, e->ref);
     if (rc)
       return rc;
   }
   return 0;
 }
 
-/* Ends the crank's changes, keeping or dropping them; entries and c-lists
- * left empty go. */
+/* Drops the c-lists of the pairs v[0..n) left empty, each once: their
+ * flags are set first, and cleared as each is looked at. */
+static void drop_empty(struct ocap__clists *t, dirty_t *v, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    v[i].c->dirty = 1;
+  size_t ngone = 0;
+  for (size_t i = 0; i < n; i++) {
+    clist_t *c = v[i].c;
+    if (c->dirty) {
+      c->dirty = 0;
+      if (c->n == 0)
+        v[ngone++].c = c;
+    }
+  }
+  for (size_t i = 0; i < ngone; i++)
+    clist_remove_ep(t, v[i].c);
+}
+
+void ocap__clists_synced(ocap_kernel_t *k) {
+  struct ocap__clists *t = k->c;
+  size_t n = 0; /* the pairs whose entry went, collected at the front */
+  for (size_t i = 0; i < t->nsync; i++) {
+    centry_t *e = t->sync[i].e;
+    str_drop(e->sval, e->val, e->cval);
+    e->sval = e->cval;
+    e->svlen = e->cvlen;
+    e->syncat = 0;
+    if (!e->dirty && !e->val && !e->cval) {
+      t->sync[n++].c = t->sync[i].c;
+      entry_remove(t->sync[i].c, e);
+    }
+  }
+  drop_empty(t, t->sync, n);
+  t->nsync = 0;
+}
+
+/* Ends the crank's changes, keeping or dropping them; entries gone in
+ * memory and in the store go, and c-lists left empty; an entry whose
+ * committed value the store lacks joins the sync list. */
 static void end_crank(struct ocap__clists *t, int keep) {
+  size_t n = 0; /* the pairs whose entry went, collected at the front */
   for (size_t i = 0; i < t->ndirty; i++) {
+    clist_t *c = t->dirty[i].c;
     centry_t *e = t->dirty[i].e;
     if (keep) {
-      if (e->cval != e->val)
-        free(e->cval);
+      str_drop(e->cval, e->val, e->sval);
       e->cval = e->val;
       e->cvlen = e->vlen;
     } else {
-      if (e->val != e->cval)
-        free(e->val);
+      str_drop(e->val, e->cval, e->sval);
       e->val = e->cval;
       e->vlen = e->cvlen;
     }
     e->dirty = 0;
-    t->dirty[i].c->dirty = 1;
-  }
-  for (size_t i = 0; i < t->ndirty; i++) {
-    clist_t *c = t->dirty[i].c;
-    centry_t *e = t->dirty[i].e;
-    if (!e->val)
+    if (!e->val && !e->sval) {
+      sync_unlist(t, e);
       entry_remove(c, e);
-  }
-  /* Each c-list is looked at once (its flag cleared), and the empty ones
-   * are collected at the front of the list before any is freed. */
-  size_t ngone = 0;
-  for (size_t i = 0; i < t->ndirty; i++) {
-    clist_t *c = t->dirty[i].c;
-    if (c->dirty) {
-      c->dirty = 0;
-      if (c->n == 0)
-        t->dirty[ngone++].c = c;
+      t->dirty[n++].c = c;
+    } else if (e->cval != e->sval && !e->syncat) {
+      t->sync[t->nsync].c = c;
+      t->sync[t->nsync++].e = e;
+      e->syncat = t->nsync;
     }
   }
-  for (size_t i = 0; i < ngone; i++)
-    clist_remove_ep(t, t->dirty[i].c);
+  drop_empty(t, t->dirty, n);
   t->ndirty = 0;
 }
 

@@ -15,9 +15,15 @@
 
 int ocap__clists_new(ocap_kernel_t *k);
 void ocap__clists_free(ocap_kernel_t *k);
-int ocap__clists_prepare(ocap_kernel_t *k);
 void ocap__clists_done(ocap_kernel_t *k);
 void ocap__clists_abort(ocap_kernel_t *k, int cleared);
+/* The c-lists are written when the kernel syncs, not at commit
+ * (ocap_kernel_sync): whether an entry's committed value may be missing
+ * from the store, the writes of those values (into the sync's buffer), and
+ * the note that the store has them. */
+int ocap__clists_unsynced(ocap_kernel_t *k);
+int ocap__clists_fill(ocap_kernel_t *k);
+void ocap__clists_synced(ocap_kernel_t *k);
 
 /* The value of `<ep>.c.<ref>`: 1 with *v (owned by the table, valid until
  * the next change of the c-list) and *vl set, 0 when there is none, or a

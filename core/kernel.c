@@ -35,16 +35,15 @@ static int tables_prepare(void *ud) {
   /* GC first: it turns the crank's candidates into actions, reading the
    * objects' final counts. */
   int rc = ocap__gc_prepare(k);
-  /* The id counters, the run queue and the promises are written by
-   * ocap_kernel_sync, not at each commit. */
-  if (!rc)
-    rc = ocap__clists_prepare(k);
-  return rc ? rc : ocap__objects_prepare(k);
+  /* The id counters, the run queue, the promises, the c-lists and the
+   * objects are written by ocap_kernel_sync, not at each commit. */
+  return rc;
 }
 
 /* Whether a table written at sync holds committed state the store lacks. */
 static int unsynced(ocap_kernel_t *k) {
-  return ocap__counters_unsynced(k) || ocap__queue_unsynced(k) || ocap__promises_unsynced(k);
+  return ocap__counters_unsynced(k) || ocap__queue_unsynced(k) || ocap__promises_unsynced(k) ||
+         ocap__clists_unsynced(k) || ocap__objects_unsynced(k);
 }
 
 static void tables_done(void *ud) {
@@ -76,7 +75,11 @@ static int tables_fill(void *ud) {
   int rc = ocap__counters_fill(k);
   if (!rc)
     rc = ocap__queue_fill(k);
-  return rc ? rc : ocap__promises_fill(k);
+  if (!rc)
+    rc = ocap__promises_fill(k);
+  if (!rc)
+    rc = ocap__clists_fill(k);
+  return rc ? rc : ocap__objects_fill(k);
 }
 
 int ocap_kernel_sync(ocap_kernel_t *k) {
@@ -91,6 +94,8 @@ int ocap_kernel_sync(ocap_kernel_t *k) {
   ocap__counters_synced(k);
   ocap__queue_synced(k);
   ocap__promises_synced(k);
+  ocap__clists_synced(k);
+  ocap__objects_synced(k);
   k->unsynced_commits = 0;
   return 0;
 }

@@ -158,8 +158,9 @@ void ocap_kernel_clear_failure(ocap_kernel_t *k);
 
 /*
  * Brings the store up to date with the tables the kernel writes later than
- * at each commit (the id counters, the run queue, the vats' queued bytes
- * and the promises' records, docs/storage.md): their committed state
+ * at each commit (the id counters, the run queue, the vats' queued bytes,
+ * the promises' records, the c-lists and the objects, docs/storage.md):
+ * their committed state
  * is written straight to the store's committed layer, leaving the crank
  * buffer alone, so it may be called at any time, inside a crank too. Call
  * it before flushing and before reading the store from outside the kernel.

@@ -6,12 +6,12 @@
  * Conventions:
  *  1. Everything the kernel knows is in the store under the keys listed in
  *     docs/storage.md at every commit, but for the id counters, the run
- *     queue, the vats' queued bytes and the promises' records, which are
- *     there from the
- *     next ocap_kernel_sync (before every flush and every read of the
- *     store from outside the kernel) on. That is what makes a crank atomic:
- *     abort the store's crank buffer (and, by convention 6, the tables in
- *     memory with it) and every table is back.
+ *     queue, the vats' queued bytes, the promises' records, the c-lists and
+ *     the objects' keys, which are there from the next ocap_kernel_sync
+ *     (before every flush and every read of the store from outside the
+ *     kernel) on. That is what makes a crank atomic: abort the store's
+ *     crank buffer (and, by convention 6, the tables in memory with it) and
+ *     every table is back.
  *  2. Keys are formatted from a format with only %s and %lld in it. A key
  *     that would not fit KEY_MAX bytes is a kernel failure, never cut.
  *  3. Nothing read back from the store is trusted to fit a fixed buffer or

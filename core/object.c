@@ -3,10 +3,14 @@
  *
  * Records work like the promises' (promise.c): read from the store the
  * first time an object is touched (an object allocated here is known to
- * be new), the values of the last commit kept beside the current ones,
- * the records a crank changed listed so that commit writes their final
- * states and abort puts the committed ones back, and a record whose keys
- * are all gone dropped at commit.
+ * be new), three versions of each field kept (now, at the last commit,
+ * in the store), the records a crank changed listed so that commit makes
+ * their values the committed ones and abort puts the committed ones back,
+ * the records whose committed values the store lacks listed and written
+ * when the kernel syncs (kernel.h), and a record whose keys are all gone,
+ * in memory and in the store, dropped. A message's target counts it while
+ * the message is queued, so most counts go up and down again between two
+ * syncs.
  */
 #include "object.h"
 
@@ -19,21 +23,25 @@
 #include "idtable.h"
 
 typedef struct orec {
-  long long id;              /* the N of koN */
-  char owner[OCAP_REF_MAX];  /* "" when none */
-  char cowner[OCAP_REF_MAX]; /* the same at the last commit */
-  int revoked, crevoked;     /* `ko<N>.revoked` exists */
-  long long reach, creach;   /* `ko<N>.refCount`: the reachable count, */
-  long long recog, crecog;   /* and the recognizable one (gc.h) */
-  int pinned, cpinned;       /* `ko<N>.pinned` exists */
-  int dropped, cdropped;     /* `ko<N>.dropped` exists */
-  int dirty;                 /* listed in `dirty` */
+  long long id;                    /* the N of koN */
+  char owner[OCAP_REF_MAX];        /* "" when none */
+  char cowner[OCAP_REF_MAX];       /* the same at the last commit */
+  char sowner[OCAP_REF_MAX];       /* and in the store */
+  int revoked, crevoked, srevoked; /* `ko<N>.revoked` exists */
+  long long reach, creach, sreach; /* `ko<N>.refCount`: the reachable count, */
+  long long recog, crecog, srecog; /* and the recognizable one (gc.h) */
+  int pinned, cpinned, spinned;    /* `ko<N>.pinned` exists */
+  int dropped, cdropped, sdropped; /* `ko<N>.dropped` exists */
+  int dirty;                       /* listed in `dirty` */
+  size_t syncat;                   /* its index in `sync` + 1, 0 when not listed */
 } orec_t;
 
 struct ocap__objects {
   ocap__idtable_t table; /* the records in memory, by id */
-  orec_t **dirty;
+  orec_t **dirty;        /* the records this crank changed */
   size_t ndirty, capdirty;
+  orec_t **sync; /* the records whose committed values the store may lack */
+  size_t nsync, capsync;
 };
 
 /* The N of "koN", or -1 when koid is not an object id. */
@@ -49,8 +57,18 @@ static long long ko_number(const char *koid) {
   return n;
 }
 
+/* Whether every key of the object is gone, now and in the store. */
 static int gone(const orec_t *r) {
   return !r->owner[0] && !r->revoked && !r->reach && !r->recog && !r->pinned && !r->dropped;
+}
+static int stored_gone(const orec_t *r) {
+  return !r->sowner[0] && !r->srevoked && !r->sreach && !r->srecog && !r->spinned && !r->sdropped;
+}
+
+/* Writes "ko<id>" into out (OCAP_REF_MAX bytes). */
+static void ko_name(char *out, long long id) {
+  memcpy(out, "ko", 2);
+  out[2 + ocap__fmt_ll(out + 2, id)] = '\0';
 }
 
 /* Reads `<koid>.refCount`, "<reachable>,<recognizable>" (0,0 when absent). */
@@ -87,6 +105,7 @@ int ocap__objects_new(ocap_kernel_t *k) {
 static void drop_all(struct ocap__objects *t) {
   ocap__idtable_clear(&t->table, free);
   t->ndirty = 0;
+  t->nsync = 0;
 }
 
 void ocap__objects_free(ocap_kernel_t *k) {
@@ -95,6 +114,7 @@ void ocap__objects_free(ocap_kernel_t *k) {
     return;
   ocap__idtable_free(&t->table, free);
   free(t->dirty);
+  free(t->sync);
   free(t);
 }
 
@@ -111,9 +131,13 @@ static int lookup(ocap_kernel_t *k, const char *koid, int create, int fresh, ore
     return create ? ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not an object id",
                                  koid)
                   : 0;
-  *out = ocap__idtable_find(&t->table, id);
-  if (*out)
+  orec_t *found = ocap__idtable_find(&t->table, id);
+  if (found) {
+    /* A record kept only until the store is told that the object is gone
+     * stands for no object, as the store does once it is dropped. */
+    *out = !create && !found->dirty && gone(found) ? NULL : found;
     return 0;
+  }
   orec_t *r = calloc(1, sizeof *r);
   if (!r)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading object %s", koid);
@@ -132,11 +156,12 @@ static int lookup(ocap_kernel_t *k, const char *koid, int create, int fresh, ore
     return rc < 0 ? rc : 0;
   }
   memcpy(r->cowner, r->owner, sizeof r->cowner);
-  r->crevoked = r->revoked;
-  r->creach = r->reach;
-  r->crecog = r->recog;
-  r->cpinned = r->pinned;
-  r->cdropped = r->dropped;
+  memcpy(r->sowner, r->owner, sizeof r->sowner);
+  r->crevoked = r->srevoked = r->revoked;
+  r->creach = r->sreach = r->reach;
+  r->crecog = r->srecog = r->recog;
+  r->cpinned = r->spinned = r->pinned;
+  r->cdropped = r->sdropped = r->dropped;
   if (ocap__idtable_insert(&t->table, r)) {
     free(r);
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading object %s", koid);
@@ -158,6 +183,18 @@ static int change(ocap_kernel_t *k, const char *koid, int fresh, orec_t **out) {
       return ocap__broken(k, OCAP_ENOMEM, "out of memory changing an object");
     t->dirty = d;
     t->capdirty = cap;
+  }
+  /* Room in the sync list, which the end of the crank cannot fail to add
+   * the record to. */
+  if (t->nsync + t->ndirty + 1 > t->capsync) {
+    size_t cap = t->capsync ? t->capsync * 2 : 32;
+    while (cap < t->nsync + t->ndirty + 1)
+      cap *= 2;
+    orec_t **d = realloc(t->sync, cap * sizeof *d);
+    if (!d)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory changing an object");
+    t->sync = d;
+    t->capsync = cap;
   }
   t->dirty[t->ndirty++] = *out;
   (*out)->dirty = 1;
@@ -296,32 +333,45 @@ void ocap__objects_forget(ocap_kernel_t *k, const char *koid) {
     return;
   orec_t *r = ocap__idtable_find(&t->table, id);
   /* A changed record holds values the store does not have yet. */
-  if (r && !r->dirty)
+  if (r && !r->dirty && !r->syncat)
     free(ocap__idtable_remove(&t->table, id));
 }
 
-int ocap__objects_prepare(ocap_kernel_t *k) {
+/* Takes r off the sync list. */
+static void sync_unlist(struct ocap__objects *t, orec_t *r) {
+  if (!r->syncat)
+    return;
+  orec_t *last = t->sync[--t->nsync];
+  t->sync[r->syncat - 1] = last;
+  last->syncat = r->syncat;
+  r->syncat = 0;
+}
+
+int ocap__objects_unsynced(ocap_kernel_t *k) {
+  return k->o->nsync > 0;
+}
+
+int ocap__objects_fill(ocap_kernel_t *k) {
   struct ocap__objects *t = k->o;
   char koid[OCAP_REF_MAX];
-  for (size_t i = 0; i < t->ndirty; i++) {
-    orec_t *r = t->dirty[i];
+  for (size_t i = 0; i < t->nsync; i++) {
+    orec_t *r = t->sync[i];
     int rc = 0;
-    memcpy(koid, "ko", 2);
-    koid[2 + ocap__fmt_ll(koid + 2, r->id)] = '\0';
-    if (strcmp(r->owner, r->cowner) != 0)
-      rc =
-          r->owner[0] ? ocap__setv(k, r->owner, "%s.owner", koid) : ocap__delv(k, "%s.owner", koid);
-    if (!rc && r->revoked != r->crevoked)
-      rc = r->revoked ? ocap__setv(k, "true", "%s.revoked", koid)
-                      : ocap__delv(k, "%s.revoked", koid);
-    if (!rc && r->pinned != r->cpinned)
-      rc = r->pinned ? ocap__setv(k, "true", "%s.pinned", koid) : ocap__delv(k, "%s.pinned", koid);
-    if (!rc && r->dropped != r->cdropped)
-      rc = r->dropped ? ocap__setv(k, "true", "%s.dropped", koid)
-                      : ocap__delv(k, "%s.dropped", koid);
-    if (!rc && (r->reach != r->creach || r->recog != r->crecog)) {
+    ko_name(koid, r->id);
+    if (strcmp(r->cowner, r->sowner) != 0)
+      rc = r->cowner[0] ? ocap__setv(k, r->cowner, "%s.owner", koid)
+                        : ocap__delv(k, "%s.owner", koid);
+    if (!rc && r->crevoked != r->srevoked)
+      rc = r->crevoked ? ocap__setv(k, "true", "%s.revoked", koid)
+                       : ocap__delv(k, "%s.revoked", koid);
+    if (!rc && r->cpinned != r->spinned)
+      rc = r->cpinned ? ocap__setv(k, "true", "%s.pinned", koid) : ocap__delv(k, "%s.pinned", koid);
+    if (!rc && r->cdropped != r->sdropped)
+      rc = r->cdropped ? ocap__setv(k, "true", "%s.dropped", koid)
+                       : ocap__delv(k, "%s.dropped", koid);
+    if (!rc && (r->creach != r->sreach || r->crecog != r->srecog)) {
       char v[48];
-      size_t vl = counts_text(v, r->reach, r->recog);
+      size_t vl = counts_text(v, r->creach, r->crecog);
       rc = vl ? ocap__setn(k, v, vl, "%s.refCount", koid) : ocap__delv(k, "%s.refCount", koid);
     }
     if (rc)
@@ -330,7 +380,26 @@ int ocap__objects_prepare(ocap_kernel_t *k) {
   return 0;
 }
 
-/* Ends the crank's changes, keeping (commit) or dropping (abort) them. */
+void ocap__objects_synced(ocap_kernel_t *k) {
+  struct ocap__objects *t = k->o;
+  for (size_t i = 0; i < t->nsync; i++) {
+    orec_t *r = t->sync[i];
+    memcpy(r->sowner, r->cowner, sizeof r->sowner);
+    r->srevoked = r->crevoked;
+    r->sreach = r->creach;
+    r->srecog = r->crecog;
+    r->spinned = r->cpinned;
+    r->sdropped = r->cdropped;
+    r->syncat = 0;
+    if (!r->dirty && gone(r))
+      free(ocap__idtable_remove(&t->table, r->id));
+  }
+  t->nsync = 0;
+}
+
+/* Ends the crank's changes, keeping (commit) or dropping (abort) them. A
+ * record whose committed values the store may lack joins the sync list
+ * (change made its room); one gone in memory and in the store is dropped. */
 static void end_crank(struct ocap__objects *t, int keep) {
   for (size_t i = 0; i < t->ndirty; i++) {
     orec_t *r = t->dirty[i];
@@ -350,8 +419,13 @@ static void end_crank(struct ocap__objects *t, int keep) {
       r->dropped = r->cdropped;
     }
     r->dirty = 0;
-    if (gone(r))
+    if (gone(r) && stored_gone(r)) {
+      sync_unlist(t, r);
       free(ocap__idtable_remove(&t->table, r->id));
+    } else if (keep && !r->syncat) {
+      t->sync[t->nsync++] = r;
+      r->syncat = t->nsync;
+    }
   }
   t->ndirty = 0;
 }

@@ -6,7 +6,7 @@
  * object is deleted), `ko<N>.revoked`, and for garbage collection (gc.h)
  * `ko<N>.refCount` (its reachable and recognizable counts), `ko<N>.pinned`
  * and `ko<N>.dropped` (docs/storage.md). All are kept in memory (kstate.h,
- * convention 6).
+ * convention 6) and written when the kernel syncs.
  */
 #ifndef OCAP_OBJECT_H
 #define OCAP_OBJECT_H
@@ -15,9 +15,15 @@
 
 int ocap__objects_new(ocap_kernel_t *k);
 void ocap__objects_free(ocap_kernel_t *k);
-int ocap__objects_prepare(ocap_kernel_t *k);
 void ocap__objects_done(ocap_kernel_t *k);
 void ocap__objects_abort(ocap_kernel_t *k, int cleared);
+/* The objects are written when the kernel syncs, not at commit
+ * (ocap_kernel_sync): whether a record's committed values may be missing
+ * from the store, the writes of those values (into the sync's buffer), and
+ * the note that the store has them. */
+int ocap__objects_unsynced(ocap_kernel_t *k);
+int ocap__objects_fill(ocap_kernel_t *k);
+void ocap__objects_synced(ocap_kernel_t *k);
 void ocap__objects_forget(ocap_kernel_t *k, const char *koid);
 
 /* The owner of koid: 1 with it in out (OCAP_REF_MAX bytes), 0 when the

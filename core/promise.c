@@ -225,9 +225,13 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
     return create ? ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not a promise id",
                                  kpid)
                   : 0;
-  *out = ocap__idtable_find(&t->table, id);
-  if (*out)
+  prec_t *found = ocap__idtable_find(&t->table, id);
+  if (found) {
+    /* A record kept only until the store is told that the promise is gone
+     * stands for no promise, as the store does once it is dropped. */
+    *out = !create && !found->dirty && gone(found) ? NULL : found;
     return 0;
+  }
   prec_t *r = calloc(1, sizeof *r);
   if (!r)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
