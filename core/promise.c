@@ -34,10 +34,14 @@
  *
  * The strings (subscribers, data) are shared between the versions while
  * they are equal: a string is freed when none of the three uses it.
- * The parked messages are one array, items 0 to max(qtail, cqtail) - 1:
- * messages are only ever appended (while unresolved) or all taken (at
- * settlement, or when a decider that pipelines takes them, ocap__unpark),
- * so the committed ones are a prefix of it until the crank ends.
+ * The parked messages are one array. Messages are only ever appended
+ * (while unresolved) or all taken (at settlement, or when a decider that
+ * pipelines takes them, ocap__unpark), and the items a crank takes stay
+ * until it ends, for an abort: the current ones are items qbase to
+ * qbase + qtail - 1, the committed ones 0 to cqtail - 1, and the array
+ * holds qbase + qtail >= cqtail of them (qbase is 0 until a take). A
+ * commit after a take moves the current ones to the front; `retaken`
+ * then says that the store's numbering no longer matches.
  */
 typedef struct pitem {
   char *p;
@@ -58,6 +62,8 @@ typedef struct prec {
   pitem_t *parked; /* the parked messages (see above) */
   size_t parkedcap;
   long long qtail, cqtail, sqtail; /* the number of parked messages */
+  long long qbase;                 /* where the current ones start */
+  int retaken;                     /* taken since the last sync (see above) */
   int dirty;                       /* listed in `dirty` */
   size_t syncat;                   /* its index in `sync` + 1, 0 when not listed */
 } prec_t;
@@ -101,7 +107,7 @@ static void prec_free(void *p) {
   str_drop(r->data, r->cdata, r->sdata);
   str_drop(r->cdata, r->sdata, NULL);
   free(r->sdata);
-  parked_free(r, 0, r->qtail > r->cqtail ? r->qtail : r->cqtail);
+  parked_free(r, 0, r->qbase + r->qtail);
   free(r->parked);
   free(r);
 }
@@ -450,7 +456,8 @@ int ocap__promises_check(ocap_kernel_t *k) {
       rc = ocap__check_key(k, r->qtail ? v : NULL, r->qtail ? ocap__fmt_ll(v, r->qtail) : 0,
                            "%s.queueTail", kpid);
     for (long long n = 0; n < r->qtail && !rc; n++)
-      rc = ocap__check_key(k, r->parked[n].p, r->parked[n].len, "%s.queue.%lld", kpid, n);
+      rc = ocap__check_key(k, r->parked[r->qbase + n].p, r->parked[r->qbase + n].len,
+                           "%s.queue.%lld", kpid, n);
     if (!rc)
       rc = ocap__check_key(k, NULL, 0, "%s.queue.%lld", kpid, r->qtail);
   }
@@ -497,11 +504,11 @@ int ocap__promises_fill(ocap_kernel_t *k) {
       rc = r->cdata ? ocap__setn(k, r->cdata, r->cdatalen, "%s.data", kpid)
                     : ocap__delv(k, "%s.data", kpid);
     /* Messages are appended while the promise is unresolved and all taken
-     * at settlement: the store lacks the ones past its tail, or has ones
-     * the committed record no longer holds. */
+     * at once: the store lacks the ones past its tail, or has ones the
+     * committed record no longer holds; after a take, every one differs. */
     for (long long n = r->cqtail; n < r->sqtail && !rc; n++)
       rc = ocap__delv(k, "%s.queue.%lld", kpid, n);
-    for (long long n = r->sqtail; n < r->cqtail && !rc; n++)
+    for (long long n = r->retaken ? 0 : r->sqtail; n < r->cqtail && !rc; n++)
       rc = ocap__setn(k, r->parked[n].p, r->parked[n].len, "%s.queue.%lld", kpid, n);
     if (!rc && r->cqtail != r->sqtail)
       rc = r->cqtail ? ocap__seti(k, r->cqtail, "%s.queueTail", kpid)
@@ -528,6 +535,7 @@ void ocap__promises_synced(ocap_kernel_t *k) {
     r->sdata = r->cdata;
     r->sdatalen = r->cdatalen;
     r->sqtail = r->cqtail;
+    r->retaken = 0;
     r->syncat = 0;
     if (!r->dirty && gone(r))
       prec_free(ocap__idtable_remove(&t->table, r->id));
@@ -542,7 +550,7 @@ void ocap__promises_synced(ocap_kernel_t *k) {
 static void settle_dirty(struct ocap__promises *t, int keep) {
   for (size_t i = 0; i < t->ndirty; i++) {
     prec_t *r = t->dirty[i];
-    long long held = r->qtail > r->cqtail ? r->qtail : r->cqtail;
+    long long held = r->qbase + r->qtail;
     if (keep) {
       r->cstate = r->state;
       r->crefs = r->refs;
@@ -553,6 +561,15 @@ static void settle_dirty(struct ocap__promises *t, int keep) {
       str_drop(r->cdata, r->data, r->sdata);
       r->cdata = r->data;
       r->cdatalen = r->datalen;
+      if (r->qbase) { /* the taken items go, the current ones move up */
+        parked_free(r, 0, r->qbase);
+        memmove(r->parked, r->parked + r->qbase, (size_t)r->qtail * sizeof *r->parked);
+        for (long long n = r->qtail; n < held; n++)
+          r->parked[n].p = NULL;
+        r->retaken = 1;
+        held = r->qtail;
+        r->qbase = 0;
+      }
       r->cqtail = r->qtail;
     } else {
       r->state = r->cstate;
@@ -565,6 +582,7 @@ static void settle_dirty(struct ocap__promises *t, int keep) {
       r->data = r->cdata;
       r->datalen = r->cdatalen;
       r->qtail = r->cqtail;
+      r->qbase = 0;
     }
     parked_free(r, r->qtail, held);
     r->dirty = 0;
@@ -772,9 +790,11 @@ int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *e
    * The items stay in the record until the crank ends (an abort puts them
    * back). */
   for (long long i = 0; i < r->qtail && !rc; i++)
-    rc = ocap__enqueue(k, r->parked[i].p, r->parked[i].len);
-  if (!rc)
+    rc = ocap__enqueue(k, r->parked[r->qbase + i].p, r->parked[r->qbase + i].len);
+  if (!rc) {
+    r->qbase += r->qtail;
     r->qtail = 0;
+  }
   return rc;
 }
 
@@ -821,11 +841,7 @@ int ocap__park(ocap_kernel_t *k, const char *kpid, const char *item, size_t len)
     return rc;
   if (r->qtail >= COUNT_MAX)
     return ocap__broken(k, OCAP_ECORRUPT, "counter '%s.queueTail' is exhausted", kpid);
-  /* Only an unresolved promise takes messages, and it has not given its
-   * committed ones back (settlement makes it resolved for good). */
-  if (r->qtail < r->cqtail)
-    return ocap__broken(k, OCAP_ECORRUPT, "message parked on settled promise %s", kpid);
-  if ((size_t)r->qtail == r->parkedcap) {
+  if ((size_t)(r->qbase + r->qtail) == r->parkedcap) {
     size_t cap = r->parkedcap ? r->parkedcap * 2 : 4;
     pitem_t *v = realloc(r->parked, cap * sizeof *v);
     if (!v)
@@ -837,8 +853,8 @@ int ocap__park(ocap_kernel_t *k, const char *kpid, const char *item, size_t len)
   rc = copy_str(k, item, len, &p, "parking a message");
   if (rc)
     return rc;
-  r->parked[r->qtail].p = p;
-  r->parked[r->qtail].len = len;
+  r->parked[r->qbase + r->qtail].p = p;
+  r->parked[r->qbase + r->qtail].len = len;
   r->qtail++;
   return 0;
 }
@@ -860,7 +876,7 @@ int ocap__unpark(ocap_kernel_t *k, const char *kpid, ocap__buf_t **items, size_t
   if (!v)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory taking the messages parked on %s", kpid);
   for (long long i = 0; i < r->qtail; i++) {
-    if (ocap__buf_add(&v[i], r->parked[i].p, r->parked[i].len)) {
+    if (ocap__buf_add(&v[i], r->parked[r->qbase + i].p, r->parked[r->qbase + i].len)) {
       for (long long j = 0; j <= i; j++)
         free(v[j].p);
       free(v);
@@ -871,6 +887,7 @@ int ocap__unpark(ocap_kernel_t *k, const char *kpid, ocap__buf_t **items, size_t
   *n = (size_t)r->qtail;
   /* As at settlement, the items stay in the record until the crank ends
    * (an abort puts them back). */
+  r->qbase += r->qtail;
   r->qtail = 0;
   return 0;
 }
