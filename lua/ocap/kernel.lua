@@ -512,10 +512,10 @@ function Kernel:_releaseBundle(hash)
 end
 
 --- The bundle a vat record names. Its bytes are checked against the hash
---- once per process: a copy that does not match is a damaged database,
+--- when they are read: a copy that does not match is a damaged database,
 --- never code run in the vat's place. Decoded bundles are cached by hash
 --- (the content of a hash never changes), weakly, so that a restart of
---- many vats of one code decodes it once while they start.
+--- many vats of one code checks and decodes it once while they start.
 function Kernel:_bundle(vatId, hash)
   local b = self.bundleCache[hash]
   if b then return b end
