@@ -762,6 +762,53 @@ static int sc_encode_call_parts(lua_State *L) {
   return encode_call(L, 1);
 }
 
+/*
+ * encodeCallArgs(method, valToSlot, ...) -> body, slots | nil
+ * [-n, +(1|2), e] encodeCallParts of the arguments as they come, so that
+ * an eventual send makes no table of them: a call of simple values is
+ * written from the stack; any other goes through encodeCallParts with the
+ * arguments gathered as table.pack gathers them.
+ */
+static int sc_encode_call_args(lua_State *L) {
+  if (lua_gettop(L) < 2)
+    lua_settop(L, 2);
+  int top = lua_gettop(L);
+  if (lua_type(L, 1) != LUA_TSTRING) {
+    lua_pushnil(L); /* nil, or another method: encodeCallParts' to decide */
+    return 1;
+  }
+  int simple = simple_value(L, 1);
+  for (int i = 3; simple && i <= top; i++)
+    simple = simple_value(L, i);
+  if (!simple) {
+    int n = top - 2;
+    lua_createtable(L, n, 1);
+    for (int i = 1; i <= n; i++) {
+      lua_pushvalue(L, 2 + i);
+      lua_rawseti(L, -2, i);
+    }
+    lua_pushinteger(L, n);
+    lua_setfield(L, -2, "n");
+    lua_pushvalue(L, 2);
+    lua_copy(L, top + 1, 2);
+    lua_copy(L, top + 2, 3);
+    lua_settop(L, 3);
+    return encode_call(L, 1);
+  }
+  enc_t e;
+  enc_begin(L, &e, 2);
+  put_char(&e, '[');
+  enc_value(&e, 1, 1);
+  put(&e, ",[", 2);
+  for (int i = 3; i <= top; i++) {
+    if (i > 3)
+      put_char(&e, ',');
+    enc_value(&e, i, 1);
+  }
+  put(&e, "]]", 2);
+  return enc_end_parts(L, &e, 0);
+}
+
 /* ---- decoding ---- */
 
 typedef struct dec {
@@ -1154,6 +1201,7 @@ static const luaL_Reg codec_funcs[] = {
     {"encodeCall", sc_encode_call},
     {"encodeParts", sc_encode_parts},
     {"encodeCallParts", sc_encode_call_parts},
+    {"encodeCallArgs", sc_encode_call_args},
     {"decode", sc_decode},
     {"decodeCall", sc_decode_call},
     {"setPromiseMetatable", sc_set_promise_mt},

@@ -9,13 +9,16 @@
  *   encodeCall(method, args, valToSlot?) -> { body, slots } | nil
  *   encodeParts(v, valToSlot?) -> body, slots | nil
  *   encodeCallParts(method, args, valToSlot?) -> body, slots | nil
+ *   encodeCallArgs(method, valToSlot, ...) -> body, slots | nil
  *   decode(body, slots?, slotToVal?) -> true, value | false
  *   decodeCall(body, slots?, slotToVal?) -> true, method, args... | false
  *   setPromiseMetatable(mt)
  *
  * The Parts forms answer the body and slots as two values, the slots nil
  * when there are none, for a caller that hands them on at once (liveslots'
- * syscalls) and so needs no table.
+ * syscalls) and so needs no table; encodeCallArgs takes the arguments as
+ * they come, as table.pack(...) would gather them, and makes no table of
+ * them either when they are simple.
  *
  * decodeCall takes a message body, [method, [args...]], and answers the
  * method and the arguments as values (at most 64 of them), making no

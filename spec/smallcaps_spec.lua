@@ -150,6 +150,16 @@ describe('the C smallcaps codec', function()
     assert.equal('#[1,"x"]', codec.encode({ 1, 'x' }).body)
   end)
 
+  it('encodes a call from arguments as they come, nils and count included', function()
+    assert.equal('#["m",[]]', (codec.encodeCallArgs('m', nil)))
+    assert.equal('#["m",[1,"x",true]]', (codec.encodeCallArgs('m', nil, 1, 'x', true)))
+    for _, args in ipairs({ table.pack(1, nil), table.pack(nil), table.pack(nil, 2), table.pack({ 1 }, 'y') }) do
+      assert.equal(codec.encodeCallParts('m', args, valToSlot),
+        (codec.encodeCallArgs('m', valToSlot, table.unpack(args, 1, args.n))))
+    end
+    assert.is_nil(codec.encodeCallArgs(nil, valToSlot, 1))
+  end)
+
   it('encodes random values as the Lua codec does, and decodes them back alike', function()
     math.randomseed(20261201)
     local cm = marshal.makeMarshal(valToSlot, slotToVal)
@@ -206,6 +216,10 @@ describe('the C smallcaps codec', function()
       local body, slots = codec.encodeCallParts('method', args, valToSlot)
       assert.equal(t and t.body, body, 'call ' .. i)
       assert.same(t and t.slots[1] and t.slots or nil, slots, 'call ' .. i)
+      -- The arguments as they come, as table.pack gathers them.
+      local abody, aslots = codec.encodeCallArgs('method', valToSlot, table.unpack(args, 1, args.n))
+      assert.equal(body, abody, 'call ' .. i)
+      assert.same(slots, aslots, 'call ' .. i)
     end
     -- The comparison is worth something only if the C codec did the work.
     assert.is_true(taken > 2500, 'encoded by C: ' .. taken)

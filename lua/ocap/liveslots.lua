@@ -28,6 +28,7 @@ local kernelErrorCode = pass.kernelErrorCode
 -- the hot path calls them without marshal's wrappers.
 local cEncodeParts = pass.codec and pass.codec.encodeParts
 local cEncodeCallParts = pass.codec and pass.codec.encodeCallParts
+local cEncodeCallArgs = pass.codec and pass.codec.encodeCallArgs
 local cDecode = pass.codec and pass.codec.decode
 local cDecodeCall = pass.codec and pass.codec.decodeCall
 local function ignore() end
@@ -594,13 +595,8 @@ function M.make(opts)
   ls.marshal = m
 
   --- Sends method(args) to a kernel ref; returns the result promise.
-  local function sendTo(vref, method, args, wantResult)
-    local body, slots
-    if cEncodeCallParts then body, slots = cEncodeCallParts(method, args, valToSlot) end
-    if body == nil then
-      local cd = m.serializeCall(method, args)
-      body, slots = cd.body, cd.slots
-    end
+  --- Sends an encoded message to a kernel ref; returns the result promise.
+  local function sendEncoded(vref, body, slots, wantResult)
     if ndropped > 0 and slots then resent(slots) end
     local resultVpid = wantResult and allocPromise() or nil
     syscall.send(vref, body, slots, resultVpid)
@@ -613,7 +609,26 @@ function M.make(opts)
       return p
     end
   end
+
+  local function sendTo(vref, method, args, wantResult)
+    local body, slots
+    if cEncodeCallParts then body, slots = cEncodeCallParts(method, args, valToSlot) end
+    if body == nil then
+      local cd = m.serializeCall(method, args)
+      body, slots = cd.body, cd.slots
+    end
+    return sendEncoded(vref, body, slots, wantResult)
+  end
   ls.sendTo = sendTo
+
+  --- sendTo, with the arguments as they come (E(presence).method(...)):
+  --- the C codec encodes them from the stack, with no table of them.
+  function ls.sendArgs(vref, method, wantResult, ...)
+    local body, slots
+    if cEncodeCallArgs then body, slots = cEncodeCallArgs(method, valToSlot, ...) end
+    if body == nil then return sendTo(vref, method, pack(...), wantResult) end
+    return sendEncoded(vref, body, slots, wantResult)
+  end
 
   --- The ref a value has in this instance, if any (no export is made).
   function ls.refOf(v)
@@ -965,19 +980,25 @@ local function makeProxy(target, wantResult)
     -- Each method's sender is made once and kept in the proxy itself, so
     -- that later sends find it without calling this.
     __index = function(_, method)
-      local f = function(...)
-        local args
-        if itself[...] then
-          args = pack(select(2, ...))
-        else
-          args = pack(...)
+      local f
+      if info then
+        -- A presence's sends hand their arguments on as they come.
+        local ls, vref = info.ls, info.vref
+        f = function(...)
+          if ls.stopped then error(stoppedMessage(target, vref), 2) end
+          if itself[...] then return ls.sendArgs(vref, method, wantResult, select(2, ...)) end
+          return ls.sendArgs(vref, method, wantResult, ...)
         end
-        if info then
-          local ls = info.ls
-          if ls.stopped then error(stoppedMessage(target, info.vref), 2) end
-          return ls.sendTo(info.vref, method, args, wantResult)
+      else
+        f = function(...)
+          local args
+          if itself[...] then
+            args = pack(select(2, ...))
+          else
+            args = pack(...)
+          end
+          return eventualSend(target, method, args, wantResult)
         end
-        return eventualSend(target, method, args, wantResult)
       end
       rawset(proxy, method, f)
       return f
