@@ -165,7 +165,7 @@ local unhandled = {}   -- rejected promises with no handler yet, in order
 local unhandledN = 0
 local unhandledHandler = nil
 
-local fulfilledJob, rejectedJob, settleJob, callJob, resumeJob, adoptJob
+local fulfilledJob, rejectedJob, settleJob, callJob, resumeJob, adoptJob, taskEnded
 
 -- Queues the turn that runs one reaction of a promise settled with (ok, v).
 -- The ring push is inlined: this is the hottest function of the module.
@@ -371,12 +371,8 @@ end
 -- Resumes a task's coroutine. Returns true, ok and the task's first result
 -- (or what it threw) when the task finished, and pools the worker; returns
 -- false while the task awaits.
-local function resumeTask(co, ...)
-  local ok, what = coresume(co, ...)
-  if not ok then error(what, 0) end
-  if what ~= DONE then return false end
-  local tok, r = doneOk, doneValue
-  doneOk, doneValue = false, nil
+-- Puts a worker whose task is done back in its pool, unless it is full.
+local function repool(co)
   if checkedWorkers[co] then
     if checkedN < POOL_MAX then
       checkedN = checkedN + 1
@@ -386,21 +382,38 @@ local function resumeTask(co, ...)
     poolN = poolN + 1
     pool[poolN] = co
   end
+end
+
+local function resumeTask(co, ...)
+  local ok, what = coresume(co, ...)
+  if not ok then error(what, 0) end
+  if what ~= DONE then return false end
+  local tok, r = doneOk, doneValue
+  doneOk, doneValue = false, nil
+  repool(co)
   return true, tok, r
+end
+
+-- A task's coroutine just finished (yielded DONE) after awaiting: pools
+-- it, and settles the promise of its result.
+function taskEnded(co)
+  local ok, r = doneOk, doneValue
+  doneOk, doneValue = false, nil
+  repool(co)
+  local p = tracked[co]
+  if p and p ~= true then
+    tracked[co] = true
+    if ok then resolveNow(p, r) else rejectNow(p, r) end
+  end
 end
 
 function resumeJob(co)
   -- A coroutine that is not suspended is being resumed by someone other
   -- than the await it is in; await checks its promise, so skipping is safe.
   if costatus(co) == 'suspended' then
-    local done, ok, r = resumeTask(co)
-    if done then
-      local p = tracked[co]
-      if p and p ~= true then
-        tracked[co] = true
-        if ok then resolveNow(p, r) else rejectNow(p, r) end
-      end
-    end
+    local ok, what = coresume(co)
+    if not ok then error(what, 0) end
+    if what == DONE then taskEnded(co) end
   end
 end
 
@@ -517,7 +530,14 @@ function M.await(p)
   local co, isMain = corunning()
   if isMain then return mainAwait(p) end
   if not tracked[co] then error(NOT_OCAP_MESSAGE, 0) end
-  subscribe(p, AWAIT, co, false)
+  if p[S] == PENDING and not p[RA] then
+    -- subscribe's common case, inline: the first reaction of a pending
+    -- promise.
+    p[H] = true
+    p[RA], p[RB], p[RC] = AWAIT, co, false
+  else
+    subscribe(p, AWAIT, co, false)
+  end
   repeat coyield(AWAITING) until p[S] ~= PENDING
   if p[S] == FULFILLED then return p[V] end
   error(p[V], 0)
@@ -677,7 +697,12 @@ function M.settleAndResume(p, ok, v)
     end
     local co = p[RB]
     p[RA], p[RB] = false, nil
-    return resumeJob(co)
+    -- resumeJob, inline: the task usually awaits again.
+    if costatus(co) ~= 'suspended' then return end
+    local rok, what = coresume(co)
+    if not rok then error(what, 0) end
+    if what == DONE then taskEnded(co) end
+    return
   end
   if ok then resolveNow(p, v) else rejectNow(p, v) end
 end
