@@ -1075,6 +1075,30 @@ static int dec_value(dec_t *d) {
 /* Tables made at their size: the first this many of a body. */
 #define SMALL_SIZES 256
 
+/*
+ * [-0, +0] Whether the n bytes at s are a whole JSON integer of at most 15
+ * digits (so always a safe integer), -?(0|[1-9][0-9]*): a body that is
+ * only that, a common result, is read without the scan. Sets *v.
+ */
+static int small_integer(const char *s, size_t n, lua_Integer *v) {
+  size_t i = 0;
+  int neg = 0;
+  if (n > 0 && s[0] == '-') {
+    neg = 1;
+    i = 1;
+  }
+  if (i == n || n - i > 15 || s[i] < '0' || s[i] > '9' || (s[i] == '0' && n - i > 1))
+    return 0;
+  lua_Integer x = 0;
+  for (; i < n; i++) {
+    if (s[i] < '0' || s[i] > '9')
+      return 0;
+    x = x * 10 + (s[i] - '0');
+  }
+  *v = neg ? -x : x;
+  return 1;
+}
+
 /* The most arguments decodeCall pushes; a call with more is decode's. */
 #define CALL_ARGS_MAX 64
 
@@ -1156,6 +1180,14 @@ static int decode_body(lua_State *L, int call) {
     return 1;
   }
   ocap_vat_charge(L, 1 + (long long)(blen / BYTES_PER_INSTRUCTION));
+  lua_Integer small_int;
+  if (!call && small_integer(body + 1, blen - 1, &small_int)) {
+    /* What the scan and dec_value would answer, and charge, for it. */
+    ocap_vat_charge(L, VALUE_COST);
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, small_int);
+    return 2;
+  }
   ocap_sc_slot_t small[SMALL_SLOTS], *slots = NULL;
   if (has_s2v && nslots > 0) {
     slots = nslots <= SMALL_SLOTS ? small : lua_newuserdatauv(L, nslots * sizeof *slots, 0);

@@ -150,6 +150,22 @@ describe('the C smallcaps codec', function()
     assert.equal('#[1,"x"]', codec.encode({ 1, 'x' }).body)
   end)
 
+  it('reads a body that is only a small integer as the Lua codec does', function()
+    for _, body in ipairs({ '#0', '#-0', '#7', '#-42', '#123456789012345', '#-123456789012345',
+      '#1234567890123456', '#9007199254740993', '#007', '#-', '#1.0', '#1e3', '#12a' }) do
+      local l = table.pack(pcall(ref.unserialize, { body = body, slots = {} }))
+      local ok, v = codec.decode(body)
+      if ok then
+        assert.is_true(l[1], body)
+        assert.equal(l[2], v, body)
+        assert.equal(math.type(l[2]), math.type(v), body)
+      end
+    end
+    assert.same({ true, 7 }, { codec.decode('#7') })
+    assert.same({ true, -42 }, { codec.decode('#-42') })
+    assert.same({ false }, { codec.decode('#007') })
+  end)
+
   it('encodes a call from arguments as they come, nils and count included', function()
     assert.equal('#["m",[]]', (codec.encodeCallArgs('m', nil)))
     assert.equal('#["m",[1,"x",true]]', (codec.encodeCallArgs('m', nil, 1, 'x', true)))

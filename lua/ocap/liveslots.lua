@@ -113,12 +113,10 @@ M.normalizeError = normalizeError
 local function findMethod(target, method)
   local impl = exo.methods(target)
   local fn = impl and impl[method]
-  if type(fn) ~= 'function' then
-    -- Remotables that are not exos (stores) keep their methods in fields.
-    local ok, f = pcall(function() return target[method] end)
-    fn = ok and f or nil
-  end
-  if type(fn) == 'function' then return fn end
+  if fn ~= nil and type(fn) == 'function' then return fn end
+  -- Remotables that are not exos (stores) keep their methods in fields.
+  local ok, f = pcall(function() return target[method] end)
+  if ok and type(f) == 'function' then return f end
 end
 
 --- Makes call(target, method, args), which runs a method of a local
