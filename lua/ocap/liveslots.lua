@@ -412,8 +412,14 @@ function M.make(opts)
   local function settleVpid(vpid, fulfilled, value)
     -- The C codec answers the body and slots as two values (slots nil
     -- when there are none); what it leaves, marshal encodes.
-    local ok, body, slots
-    if cEncodeParts then ok, body, slots = pcall(cEncodeParts, value, valToSlot) end
+    local ok, body, slots = true, nil, nil
+    -- Plain data first, unprotected: without valToSlot the C codec raises
+    -- nothing (it leaves a value with slots, and every error); then the
+    -- whole value, protected, as valToSlot may raise.
+    if cEncodeParts then
+      body = cEncodeParts(value)
+      if body == nil then ok, body, slots = pcall(cEncodeParts, value, valToSlot) end
+    end
     if body == nil then
       local cd
       ok, cd = pcall(m.serialize, value)
