@@ -435,10 +435,15 @@ describe('ocap.promise', function()
         seen[#seen + 1] = { a, b, ok, r }
         return false, 'reason: ' .. r
       end
-      assert.same({ true, true, 6 }, { P.xcall(ended, 'a', 'b', function(x, y) return x * y end, handler, 2, 3) })
+      -- The fourth value says whether turns are queued (hasTurns).
+      assert.same({ true, true, 6, false },
+        { P.xcall(ended, 'a', 'b', function(x, y) return x * y end, handler, 2, 3) })
       assert.same({}, seen)
-      assert.same({ true, false, 'reason: handled boom' },
+      assert.same({ true, false, 'reason: handled boom', false },
         { P.xcall(ended, 'a', 'b', function() error('boom', 0) end, handler) })
+      assert.same({ true, true, 1, true },
+        { P.xcall(ended, 'a', 'b', function() P.resolve():next(function() end); return 1 end, handler) })
+      P.drain()
       assert.same({ { 'a', 'b', false, 'handled boom' } }, seen)
       -- A task that awaits gets a promise of the same outcome, and its
       -- worker serves the next task once it is done.

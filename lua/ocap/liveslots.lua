@@ -723,12 +723,15 @@ function M.make(opts)
   --- Settles a delivered method's result as its run came to: at once
   --- when it ended without awaiting and queued no turn, else when the
   --- promise of its run settles.
-  local function methodRan(resultVpid, done, ok, r)
+  local function methodRan(resultVpid, done, ok, r, busy)
     if done and ok and pipelines[r] then follow(resultVpid, r) end
-    if done and not hasTurns() and getmetatable(r) ~= PromiseMT then
+    if busy == nil and done then busy = hasTurns() end
+    if done and not busy and getmetatable(r) ~= PromiseMT then
       -- The method ended without awaiting and queued no turn: settling the
       -- result now is what the turn below would do first.
-      if resultVpid then settleResult(resultVpid, ok, r) end
+      if resultVpid then
+        if ok then settleVpid(resultVpid, true, r) else settleResult(resultVpid, false, r) end
+      end
       return
     end
     local p = done and settled(ok, r) or ok
@@ -820,7 +823,19 @@ function M.make(opts)
   --- once (settleAndResume).
   local function deliverResolution(vpid, rejected, body, slots)
     local p = pending[vpid] or trackPromise(vpid)
-    local ok, v = decodeCapdata(body, slots)
+    local ok, v
+    if slots == nil and cDecode then
+      -- decodeCapdata's common case, inline: no slots to count.
+      local decoded
+      ok, decoded, v = decode(cDecode, body, nil, slotToVal)
+      if not ok then
+        v = decoded
+      elseif not decoded then
+        ok, v = decodeCapdata(body, slots)
+      end
+    else
+      ok, v = decodeCapdata(body, slots)
+    end
     pending[vpid] = nil
     if not ok then return settleAndResume(p, false, normalizeError(v)) end
     return settleAndResume(p, not rejected, v)

@@ -461,6 +461,7 @@ local call = M.call
 ---@return boolean done
 ---@return any okOrPromise
 ---@return any value
+---@return boolean|nil busy when done, whether turns are queued (hasTurns)
 function M.xcall(ended, a, b, fn, handler, ...)
   local co
   while checkedN > 0 and co == nil do
@@ -487,7 +488,7 @@ function M.xcall(ended, a, b, fn, handler, ...)
     checkedN = checkedN + 1
     checkedPool[checkedN] = co
   end
-  return true, ok, r
+  return true, ok, r, count > 0
 end
 
 ---Runs `fn(...)` in a new ocap coroutine, at once, until its first `await`
@@ -654,9 +655,7 @@ end
 ---A new pending promise, for hosts that resolve it with `resolvePromise` and
 ---`rejectPromise` (cheaper than a kit: no closures).
 ---@return ocap.Promise
-function M.makePromise()
-  return newPromise()
-end
+M.makePromise = newPromise
 
 ---Resolves p with v (adopting v if it is a promise); ignored once p has been
 ---resolved or rejected through this or a kit.
