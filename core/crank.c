@@ -200,19 +200,18 @@ static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, in
   char(*work)[OCAP_REF_MAX] = NULL;
   size_t nwork = 0, capwork = 0, next = 0;
   int rc = 0;
-  const char *kpid = result;
+  char dest[OCAP_REF_MAX]; /* a copy: `work` moves as it grows */
+  memcpy(dest, result, strlen(result) + 1);
   for (;;) {
-    long long parked = ocap__parked(k, kpid);
+    long long parked = ocap__parked(k, dest);
     if (parked > 0)
-      rc = takes_messages(k, kpid, ep);
+      rc = takes_messages(k, dest, ep);
     else
       rc = parked < 0 ? (int)parked : 0;
     ocap__buf_t *items = NULL;
     size_t n = 0;
     if (rc > 0)
-      rc = ocap__unpark(k, kpid, &items, &n);
-    char dest[OCAP_REF_MAX];
-    memcpy(dest, kpid, strlen(kpid) + 1);
+      rc = ocap__unpark(k, dest, &items, &n);
     for (size_t i = 0; i < n; i++) {
       char target[OCAP_REF_MAX], res[OCAP_REF_MAX], sender[OCAP_REF_MAX], got[OCAP_REF_MAX];
       size_t at;
@@ -247,7 +246,8 @@ static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, in
     free(items);
     if (rc || *fatal != OCAP_FATAL_NONE || next == nwork)
       break;
-    kpid = work[next++];
+    memcpy(dest, work[next], strlen(work[next]) + 1);
+    next++;
   }
   free(work);
   return rc;
