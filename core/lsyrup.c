@@ -14,7 +14,10 @@
  * Encoding walks the value and pushes one Lua string per value, so no C
  * buffer outlives an error raised halfway. Decoding reads the input with
  * the strict reader of syrup.c and pushes values as it goes; the reader
- * lives in a userdata because its frames are large.
+ * lives in a userdata because its frames are large (40 KB), and one
+ * reader is kept for the next call (take_reader): CapTP decodes every
+ * message, and a fresh 40 KB userdata for each made Lua's collector run
+ * as if every message had allocated that much.
  */
 #include <limits.h>
 #include <stdlib.h>
@@ -39,7 +42,8 @@ enum {
   S_ARRAY_MT,   /* pass's array mark */
   S_CLASSIFY,   /* pass.classify */
   S_MAKE_ERROR, /* pass.makeError */
-  S_COUNT = S_MAKE_ERROR
+  S_READER,     /* a spare reader userdata, or false while one call uses it */
+  S_COUNT = S_READER
 };
 
 static const char *const box_names[] = {"bytes", "symbol", "bigint", "tagged", "record", "set"};
@@ -70,6 +74,31 @@ static int box_kind(lua_State *L, int idx) {
 static void set_box(lua_State *L, int k) {
   get_state(L, k);
   lua_setmetatable(L, -2);
+}
+
+/*
+ * [-0, +1, m] Pushes a reader for this call and returns it: the module's
+ * spare one, which is taken out of the state until give_reader returns
+ * it, or a new one when the spare is in use (a __gc metamethod or
+ * pass.makeError that decodes while a decode runs) or was lost to an
+ * error raised while a call held it.
+ */
+static ocap_syrup_reader_t *take_reader(lua_State *L) {
+  get_state(L, S_READER);
+  ocap_syrup_reader_t *r = lua_touserdata(L, -1);
+  if (r) {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, lua_upvalueindex(1), S_READER);
+    return r;
+  }
+  lua_pop(L, 1);
+  return lua_newuserdatauv(L, sizeof *r, 0);
+}
+
+/* [-0, +0, -] Makes the reader at idx the spare one again. */
+static void give_reader(lua_State *L, int idx) {
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, lua_upvalueindex(1), S_READER);
 }
 
 /* ---- the box makers ---- */
@@ -673,12 +702,14 @@ static void decode(lua_State *L, ocap_syrup_reader_t *r, const ocap_syrup_tok_t 
 static int l_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
-  ocap_syrup_reader_t *r = lua_newuserdatauv(L, sizeof *r, 0);
+  lua_settop(L, 1);
+  ocap_syrup_reader_t *r = take_reader(L);
   ocap_syrup_tok_t t;
   ocap_syrup_reader_init(r, s, n);
   next_tok(L, r, &t);
   decode(L, r, &t);
   int rc = ocap_syrup_next(r, &t);
+  give_reader(L, 2);
   if (rc != 0)
     return luaL_error(L, "syrup: %s at byte %d", r->err ? r->err : "internal error",
                       (int)r->err_off);
@@ -690,12 +721,14 @@ static int l_decode(lua_State *L) {
 static int l_check(lua_State *L) {
   size_t n, off;
   const char *s = luaL_checklstring(L, 1, &n), *err;
-  ocap_syrup_reader_t *r = lua_newuserdatauv(L, sizeof *r, 0);
+  lua_settop(L, 1);
+  ocap_syrup_reader_t *r = take_reader(L);
   ocap_syrup_tok_t t;
   int rc;
   ocap_syrup_reader_init(r, s, n);
   while ((rc = ocap_syrup_next(r, &t)) == 1) {
   }
+  give_reader(L, 2);
   if (rc == 0) {
     lua_pushboolean(L, 1);
     return 1;
@@ -728,11 +761,13 @@ static int l_frame(lua_State *L) {
   luaL_argcheck(L, init >= 1 && (size_t)init <= n + 1, 2, "initial position out of range");
   s += init - 1;
   n -= (size_t)(init - 1);
-  ocap_syrup_reader_t *r = lua_newuserdatauv(L, sizeof *r, 0);
+  lua_settop(L, 2);
+  ocap_syrup_reader_t *r = take_reader(L);
   ocap_syrup_tok_t t;
   ocap_syrup_reader_init(r, s, n);
   while (!r->done) {
     if (ocap_syrup_next(r, &t) < 0) {
+      give_reader(L, 3);
       if (is_truncation(r)) {
         lua_pushboolean(L, 0);
         return 1;
@@ -740,6 +775,7 @@ static int l_frame(lua_State *L) {
       return luaL_error(L, "syrup: %s at byte %d", r->err, (int)r->err_off);
     }
   }
+  give_reader(L, 3);
   lua_pushinteger(L, (lua_Integer)r->pos);
   return 1;
 }
@@ -819,6 +855,8 @@ int luaopen_ocap_syrup(lua_State *L) {
   lua_getfield(L, -1, "makeError");
   lua_rawseti(L, st, S_MAKE_ERROR);
   lua_pop(L, 1);
+  lua_pushboolean(L, 0); /* the first call makes the spare reader */
+  lua_rawseti(L, st, S_READER);
   luaL_newlibtable(L, module_funcs);
   lua_pushvalue(L, st);
   luaL_setfuncs(L, module_funcs, 1);

@@ -171,6 +171,21 @@ describe('ocap.syrup', function()
       assert.are.equal(5, off)
     end)
 
+    it('reads right after an error raised halfway through a value', function()
+      -- Decoding keeps one reader for the next call; an error raised
+      -- inside a nested value must not leave it to a later call half used.
+      local deep = string.rep('[', 50) .. '1+' .. string.rep(']', 50)
+      for _ = 1, 3 do
+        assert.has_error(function() syrup.decode('[[[1+2+}]]') end, 'syrup: unexpected closing byte at byte 7')
+        assert.has_error(function() syrup.frame('[<3\'foo}') end, 'syrup: unexpected closing byte at byte 7')
+        assert.are.equal('boom', syrup.decode("<10'desc:error4\"boom>").message)
+        assert.are.equal(1, syrup.decode(deep)[1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1]
+          [1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1][1])
+        assert.are.equal(#deep, syrup.frame(deep .. '[', 1))
+        assert.is_true(syrup.check(deep))
+      end
+    end)
+
     it('decodes to the depth limit and no further', function()
       local d = syrup.maxDepth
       local v = syrup.decode(string.rep('[', d) .. string.rep(']', d))
