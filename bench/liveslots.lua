@@ -61,12 +61,14 @@ local function syscalls()
     vatstoreSet = function(k, v) store[k] = v end,
     vatstoreDelete = function(k) store[k] = nil end,
     subscribe = function() end,
+    -- Deliveries in the kernel's shapes: nil for no slots, one
+    -- resolution flat.
     send = function(target, body, slots, result)
-      assert(target == 'o-1' and #slots == 0, 'the stand-in kernel only knows ping')
-      push({ bob.dispatch, 'message', 'o+0', body, {}, flip(result) })
+      assert(target == 'o-1' and slots == nil, 'the stand-in kernel only knows ping')
+      push({ bob.dispatch, 'message', 'o+0', body, nil, flip(result) })
     end,
     resolve = function(vpid, rejected, body, slots)
-      push({ alice.dispatch, 'notify', { { flip(vpid), rejected, body, slots } } })
+      push({ alice.dispatch, 'notify', flip(vpid), rejected, body, slots })
     end,
   }
 end
