@@ -1750,12 +1750,15 @@ static int vat_setup(lua_State *L) {
       /*
        * String methods come from a second copy that nothing in the vat can
        * reach: changing the global `string` table changes `string.upper`
-       * but never ('x'):upper(), which trusted runtime code relies on.
+       * but never ('x'):upper(), which trusted runtime code relies on. It
+       * is copied from the vat's, whose metered functions hold no state,
+       * so that the two share them instead of each vat making them twice.
        */
       lua_pushliteral(L, "");
       lua_getmetatable(L, -1);
-      copy_lib(L, -3, libs[k].omit, libs[k].override);
-      set_match_funcs(L, -1);
+      lua_getfield(L, 2, libs[k].name);
+      copy_lib(L, -1, NULL, NULL);
+      lua_remove(L, -2);
       lua_setfield(L, -2, "__index");
       lua_pushliteral(L, STRING_MT_LOCK);
       lua_setfield(L, -2, "__metatable");
