@@ -30,10 +30,20 @@ typedef struct centry {
 } centry_t;
 
 /* One endpoint's c-list: open addressing with linear probing, by ref. */
+/*
+ * One endpoint's c-list: open addressing with linear probing, by ref. It
+ * keeps the endpoint's import counters too (`<ep>.nextObjectId` and
+ * `.nextPromiseId`, the next N of o-N and p-N), in three versions like the
+ * entries, -1 when the key is absent; `ids` says the crank changed them
+ * (the c-list is listed in `idirty`), `idsync` where it is in `isync`.
+ */
 typedef struct clist {
   centry_t **slots;
   size_t mask, n;
-  int dirty; /* an entry of it is listed */
+  int dirty; /* a mark drop_empty uses */
+  long long next[2], cnext[2], snext[2];
+  int ids;
+  size_t idsync;
   char ep[];
 } clist_t;
 
@@ -49,6 +59,10 @@ struct ocap__clists {
   size_t ndirty, capdirty;
   dirty_t *sync; /* the entries whose committed value the store may lack */
   size_t nsync, capsync;
+  clist_t **idirty; /* the c-lists whose counters this crank changed */
+  size_t nidirty, capidirty;
+  clist_t **isync; /* those whose committed counters the store may lack */
+  size_t nisync, capisync;
 };
 
 static size_t str_hash(const char *s) {
@@ -192,6 +206,8 @@ static void drop_all(struct ocap__clists *t) {
   t->n = 0;
   t->ndirty = 0;
   t->nsync = 0;
+  t->nidirty = 0;
+  t->nisync = 0;
 }
 
 void ocap__clists_free(ocap_kernel_t *k) {
@@ -202,6 +218,8 @@ void ocap__clists_free(ocap_kernel_t *k) {
   free(t->slots);
   free(t->dirty);
   free(t->sync);
+  free(t->idirty);
+  free(t->isync);
   free(t);
 }
 
@@ -224,6 +242,15 @@ static int clist_load(ocap_kernel_t *k, const char *ep, clist_t **out) {
   }
   c->mask = 15;
   memcpy(c->ep, ep, el + 1);
+  static const char *const id_key[2] = {"%s.nextObjectId", "%s.nextPromiseId"};
+  for (int i = 0; i < 2; i++) {
+    int rc = ocap__get_count(k, -1, &c->next[i], id_key[i], ep);
+    if (rc) {
+      clist_free(c);
+      return rc;
+    }
+    c->cnext[i] = c->snext[i] = c->next[i];
+  }
   ocap__buf_t after = {0};
   const char *key, *v;
   size_t klen, vl;
@@ -372,6 +399,63 @@ int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const cha
   return 0;
 }
 
+/* Lists c as having its counters changed by this crank, and makes room
+ * for it in the sync list, which the end of the crank cannot fail to add
+ * it to. */
+static int ids_touch(ocap_kernel_t *k, clist_t *c) {
+  struct ocap__clists *t = k->c;
+  if (c->ids)
+    return 0;
+  if (t->nidirty == t->capidirty) {
+    size_t cap = t->capidirty ? t->capidirty * 2 : 16;
+    clist_t **d = realloc(t->idirty, cap * sizeof *d);
+    if (!d)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory importing into %s", c->ep);
+    t->idirty = d;
+    t->capidirty = cap;
+  }
+  if (t->nisync + t->nidirty + 1 > t->capisync) {
+    size_t cap = t->capisync ? t->capisync * 2 : 16;
+    while (cap < t->nisync + t->nidirty + 1)
+      cap *= 2;
+    clist_t **d = realloc(t->isync, cap * sizeof *d);
+    if (!d)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory importing into %s", c->ep);
+    t->isync = d;
+    t->capisync = cap;
+  }
+  t->idirty[t->nidirty++] = c;
+  c->ids = 1;
+  return 0;
+}
+
+int ocap__clist_next_id(ocap_kernel_t *k, const char *ep, int promise, long long *out) {
+  clist_t *c;
+  int rc = clist_find(k, ep, &c);
+  if (rc)
+    return rc;
+  long long n = c->next[promise] < 0 ? 1 : c->next[promise];
+  if (n >= COUNT_MAX)
+    return ocap__broken(k, OCAP_ECORRUPT, "counter '%s.%s' is exhausted", ep,
+                        promise ? "nextPromiseId" : "nextObjectId");
+  rc = ids_touch(k, c);
+  if (rc)
+    return rc;
+  *out = n;
+  c->next[promise] = n + 1;
+  return 0;
+}
+
+int ocap__clist_clear_ids(ocap_kernel_t *k, const char *ep) {
+  clist_t *c;
+  int rc = clist_find(k, ep, &c);
+  if (!rc)
+    rc = ids_touch(k, c);
+  if (!rc)
+    c->next[0] = c->next[1] = -1;
+  return rc;
+}
+
 long ocap__clist_importers(ocap_kernel_t *k, const char *kref, char (**out)[OCAP_REF_MAX]) {
   char prefix[KEY_MAX];
   int pl = snprintf(prefix, sizeof prefix, "%s.i.", kref);
@@ -454,6 +538,12 @@ int ocap__clists_check(ocap_kernel_t *k) {
       if (e)
         rc = ocap__check_key(k, e->val, e->vlen, "%s.c.%s", c->ep, e->ref);
     }
+    static const char *const id_key[2] = {"%s.nextObjectId", "%s.nextPromiseId"};
+    for (int j = 0; c && j < 2 && !rc; j++) {
+      char v[32];
+      size_t vl = c->next[j] < 0 ? 0 : ocap__fmt_ll(v, c->next[j]);
+      rc = ocap__check_key(k, c->next[j] < 0 ? NULL : v, vl, id_key[j], c->ep);
+    }
   }
   return rc;
 }
@@ -470,6 +560,8 @@ void ocap__clists_forget(ocap_kernel_t *k, const char *ep) {
   for (size_t i = 0; i < t->nsync; i++)
     if (t->sync[i].c == c)
       return;
+  if (c->ids || c->idsync)
+    return;
   clist_remove_ep(t, c);
 }
 
@@ -486,11 +578,23 @@ static void sync_unlist(struct ocap__clists *t, centry_t *e) {
 }
 
 int ocap__clists_unsynced(ocap_kernel_t *k) {
-  return k->c->nsync > 0;
+  return k->c->nsync > 0 || k->c->nisync > 0;
 }
 
 int ocap__clists_fill(ocap_kernel_t *k) {
   struct ocap__clists *t = k->c;
+  static const char *const id_key[2] = {"%s.nextObjectId", "%s.nextPromiseId"};
+  for (size_t i = 0; i < t->nisync; i++) {
+    clist_t *c = t->isync[i];
+    for (int j = 0; j < 2; j++) {
+      if (c->cnext[j] == c->snext[j])
+        continue;
+      int rc = c->cnext[j] < 0 ? ocap__delv(k, id_key[j], c->ep)
+                               : ocap__seti(k, c->cnext[j], id_key[j], c->ep);
+      if (rc)
+        return rc;
+    }
+  }
   for (size_t i = 0; i < t->nsync; i++) {
     centry_t *e = t->sync[i].e;
     const char *ep = t->sync[i].c->ep;
@@ -506,6 +610,12 @@ int ocap__clists_fill(ocap_kernel_t *k) {
 
 /* Drops the c-lists of the pairs v[0..n) left empty, each once: their
  * flags are set first, and cleared as each is looked at. */
+/* Whether nothing of c is left, in memory or in the store, to keep it for. */
+static int droppable(const clist_t *c) {
+  return c->n == 0 && !c->ids && !c->idsync && c->next[0] < 0 && c->next[1] < 0 &&
+         c->cnext[0] < 0 && c->cnext[1] < 0 && c->snext[0] < 0 && c->snext[1] < 0;
+}
+
 static void drop_empty(struct ocap__clists *t, dirty_t *v, size_t n) {
   for (size_t i = 0; i < n; i++)
     v[i].c->dirty = 1;
@@ -514,7 +624,7 @@ static void drop_empty(struct ocap__clists *t, dirty_t *v, size_t n) {
     clist_t *c = v[i].c;
     if (c->dirty) {
       c->dirty = 0;
-      if (c->n == 0)
+      if (droppable(c))
         v[ngone++].c = c;
     }
   }
@@ -538,12 +648,34 @@ void ocap__clists_synced(ocap_kernel_t *k) {
   }
   drop_empty(t, t->sync, n);
   t->nsync = 0;
+  /* The counters last: a c-list listed here was kept by drop_empty. */
+  for (size_t i = 0; i < t->nisync; i++) {
+    clist_t *c = t->isync[i];
+    memcpy(c->snext, c->cnext, sizeof c->snext);
+    c->idsync = 0;
+    if (droppable(c))
+      clist_remove_ep(t, c);
+  }
+  t->nisync = 0;
 }
 
 /* Ends the crank's changes, keeping or dropping them; entries gone in
  * memory and in the store go, and c-lists left empty; an entry whose
  * committed value the store lacks joins the sync list. */
 static void end_crank(struct ocap__clists *t, int keep) {
+  for (size_t i = 0; i < t->nidirty; i++) {
+    clist_t *c = t->idirty[i];
+    if (keep)
+      memcpy(c->cnext, c->next, sizeof c->cnext);
+    else
+      memcpy(c->next, c->cnext, sizeof c->next);
+    c->ids = 0;
+    if (keep && !c->idsync && memcmp(c->cnext, c->snext, sizeof c->cnext) != 0) {
+      t->isync[t->nisync++] = c;
+      c->idsync = t->nisync;
+    }
+  }
+  t->nidirty = 0;
   size_t n = 0; /* the pairs whose entry went, collected at the front */
   for (size_t i = 0; i < t->ndirty; i++) {
     clist_t *c = t->dirty[i].c;

@@ -3,7 +3,8 @@
  * kstate.h, convention 6, and refs.h for what a c-list holds).
  *
  * A vat's c-list is read from the store whole, with one prefix scan of
- * `<ep>.c.`, the first time the kernel touches it. Entries map a reference
+ * `<ep>.c.`, the first time the kernel touches it, with the vat's import
+ * counters `<ep>.nextObjectId` and `.nextPromiseId`. Entries map a reference
  * (a kref or a vref, the part of the key after `<ep>.c.`) to the value
  * stored under that key. Values are kept as stored and checked where they
  * are used, so a damaged one is reported as it was when read at each use.
@@ -35,6 +36,13 @@ int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const cha
  * each(ud, ref) until it returns nonzero (which is returned). */
 int ocap__clist_each(ocap_kernel_t *k, const char *ep, const char *prefix,
                      int (*each)(void *ud, const char *ref), void *ud);
+
+/* The next N of an import o-N (promise 0) or p-N (promise 1) the kernel
+ * gives ep, advancing `<ep>.nextObjectId` or `.nextPromiseId` (kept with
+ * the c-list, written at sync like it); ocap__clist_clear_ids removes both
+ * (ep's termination). */
+int ocap__clist_next_id(ocap_kernel_t *k, const char *ep, int promise, long long *out);
+int ocap__clist_clear_ids(ocap_kernel_t *k, const char *ep);
 
 /* The endpoints that import object kref (the exporter is not one), read
  * from the index `<kref>.i.<ep>` with one scan: a malloc'd array in *out

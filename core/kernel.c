@@ -140,7 +140,8 @@ void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
   } else if (dot && strcmp(dot, ".queuedBytes") == 0) {
     buf[dot - buf] = '\0';
     ocap__queued_forget(k, buf);
-  } else if (dot && strncmp(dot, ".c.", 3) == 0) {
+  } else if (dot && (strncmp(dot, ".c.", 3) == 0 || strcmp(dot, ".nextObjectId") == 0 ||
+                     strcmp(dot, ".nextPromiseId") == 0)) {
     buf[dot - buf] = '\0';
     ocap__clists_forget(k, buf);
   } else {
@@ -322,9 +323,7 @@ int ocap_kernel_terminate(ocap_kernel_t *k, const char *ep, const ocap_capdata_t
   if (!rc)
     rc = delete_prefix(k, prefix, (size_t)plen);
   if (!rc)
-    rc = ocap__delv(k, "%s.nextObjectId", ep);
-  if (!rc)
-    rc = ocap__delv(k, "%s.nextPromiseId", ep);
+    rc = ocap__clist_clear_ids(k, ep);
   if (!rc)
     rc = ocap__clear_queued(k, ep);
   if (!rc && k->hooks.terminated)

@@ -260,12 +260,7 @@ int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref,
   }
   int promise = ocap__is_kpid(kref);
   long long n;
-  rc = ocap__get_count(k, 1, &n, "%s.%s", ep, promise ? "nextPromiseId" : "nextObjectId");
-  if (!rc && n >= COUNT_MAX)
-    rc = ocap__broken(k, OCAP_ECORRUPT, "counter '%s.%s' is exhausted", ep,
-                      promise ? "nextPromiseId" : "nextObjectId");
-  if (!rc)
-    rc = ocap__seti(k, n + 1, "%s.%s", ep, promise ? "nextPromiseId" : "nextObjectId");
+  rc = ocap__clist_next_id(k, ep, promise, &n);
   if (rc)
     return rc;
   out[0] = promise ? 'p' : 'o';
