@@ -511,6 +511,17 @@ describe('pipelining from a vat', function()
     assert.are.equal('c done', outcome(out.c))
   end)
 
+  it('pipelines a whole chain sent before the session was open', function()
+    -- No session with this peer yet: a waits in the kernel on the redeemed
+    -- object, b and c on results nobody decides yet. Once a reaches the
+    -- host, b and c follow it across the wire without waiting for a.
+    local other = spawnPeer()
+    finally(function() killPeer(other) end)
+    local out = kernel:queueMessage(vat, 'redeemChain', { other.gateUrl, 'a', 2, MS }):await()
+    outcome(out.a)
+    assert.are.equal('c done', outcome(out.c))
+  end)
+
   it('keeps the order of the messages pipelined on one answer', function()
     local out = kernel:queueMessage(vat, 'steps', { gate, 5, MS }):await()
     for i = 1, 5 do assert.are.equal(i, outcome(out['step' .. i])) end
