@@ -53,21 +53,33 @@ static void get_state(lua_State *L, int i) {
   lua_rawgeti(L, lua_upvalueindex(1), i);
 }
 
-/* [-0, +0, -] Which box (S_BYTES_MT..S_SET_MT) the value at idx is, or 0. */
-static int box_kind(lua_State *L, int idx) {
+/* The identities of the boxes' metatables (S_BYTES_MT..S_SET_MT, from
+ * index 1) and of pass's array mark (index 0), upvalue 2 of every
+ * function: telling a box from a table compares pointers, not values
+ * fetched from the state one by one. */
+typedef struct mts {
+  const void *mt[S_SET_MT + 1];
+} mts_t;
+
+/* [-0, +0, -] Which box (S_BYTES_MT..S_SET_MT) the value at idx is, 0 for
+ * another table or userdata, or -1 for a table marked as pass's array. */
+static int box_kind_or_array(lua_State *L, int idx) {
   if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
     return 0;
-  for (int k = S_BYTES_MT; k <= S_SET_MT; k++) {
-    get_state(L, k);
-    int same = lua_rawequal(L, -1, -2);
-    lua_pop(L, 1);
-    if (same) {
-      lua_pop(L, 1);
-      return k;
-    }
-  }
+  const void *mt = lua_topointer(L, -1);
   lua_pop(L, 1);
-  return 0;
+  const mts_t *m = lua_touserdata(L, lua_upvalueindex(2));
+  for (int k = S_BYTES_MT; k <= S_SET_MT; k++) {
+    if (m->mt[k] == mt)
+      return k;
+  }
+  return m->mt[0] == mt ? -1 : 0;
+}
+
+/* [-0, +0, -] Which box (S_BYTES_MT..S_SET_MT) the value at idx is, or 0. */
+static int box_kind(lua_State *L, int idx) {
+  int k = box_kind_or_array(L, idx);
+  return k > 0 ? k : 0;
 }
 
 /* [-1, +1, -] Sets the box metatable k on the table at the top. */
@@ -209,45 +221,75 @@ static int l_kind(lua_State *L) {
 
 /* ---- encoding ---- */
 
-static void encode(lua_State *L, int idx, int depth);
+/*
+ * The bytes written so far. They start in a buffer on the C stack; a
+ * bigger value moves them to a userdata held at stack slot `slot`, so that
+ * an error raised halfway (a value Syrup cannot carry) leaves nothing to
+ * free. One buffer is written for the whole value: no Lua string is made
+ * for its parts.
+ */
+typedef struct wbuf {
+  char *p;
+  size_t n, cap;
+  int slot;
+} wbuf_t;
 
-/* An encoded item kept for sorting: its bytes live in a Lua table. */
+/* [-0, +0, m] Makes room for `more` bytes. */
+static void wb_reserve(lua_State *L, wbuf_t *b, size_t more) {
+  if (b->n + more <= b->cap)
+    return;
+  size_t cap = b->cap * 2;
+  while (cap < b->n + more)
+    cap *= 2;
+  char *p = lua_newuserdatauv(L, cap, 0);
+  memcpy(p, b->p, b->n);
+  lua_replace(L, b->slot);
+  b->p = p;
+  b->cap = cap;
+}
+
+/* [-0, +0, m] Appends n bytes. */
+static void wb_put(lua_State *L, wbuf_t *b, const char *s, size_t n) {
+  wb_reserve(L, b, n);
+  memcpy(b->p + b->n, s, n);
+  b->n += n;
+}
+
+/* [-0, +0, m] Appends one byte. */
+static void wb_putc(lua_State *L, wbuf_t *b, char c) {
+  wb_reserve(L, b, 1);
+  b->p[b->n++] = c;
+}
+
+static void encode(lua_State *L, wbuf_t *b, int idx, int depth);
+
+/* An encoded item kept for sorting: where its bytes are in the buffer (a
+ * dictionary entry's key; the value follows it, up to `end`). */
 typedef struct item {
-  const char *s;
-  size_t n;
-  int pos; /* where it is in the holding table */
+  size_t off, n, end;
+  const wbuf_t *b;
 } item_t;
 
-static int item_cmp(const void *a, const void *b) {
-  const item_t *x = a, *y = b;
-  return ocap_syrup_cmp(x->s, x->n, y->s, y->n);
+static int item_cmp(const void *a, const void *c) {
+  const item_t *x = a, *y = c;
+  return ocap_syrup_cmp(x->b->p + x->off, x->n, y->b->p + y->off, y->n);
 }
 
-/* [-0, +1, e] Pushes the encoding of a symbol or string. */
-static void push_atom(lua_State *L, const char *s, size_t n, char tag) {
+/* [-0, +0, m] Appends the encoding of a symbol or string. */
+static void put_atom(lua_State *L, wbuf_t *b, const char *s, size_t n, char tag) {
   char pre[OCAP_SYRUP_NUM_MAX];
-  size_t k = ocap_syrup_put_len(n, tag, pre);
-  lua_pushlstring(L, pre, k);
-  lua_pushlstring(L, s, n);
-  lua_concat(L, 2);
+  wb_put(L, b, pre, ocap_syrup_put_len(n, tag, pre));
+  wb_put(L, b, s, n);
 }
 
-/* [-0, +1, e] Pushes the encoding of the array at idx, whose length is len
- * (nils count), wrapped in open and close. */
-static void encode_seq(lua_State *L, int idx, lua_Integer len, const char *open, const char *close,
-                       int depth) {
-  luaL_Buffer b;
+/* [-0, +0, e] Appends the items 1..len of the array at idx (nils count). */
+static void encode_seq(lua_State *L, wbuf_t *b, int idx, lua_Integer len, int depth) {
   idx = lua_absindex(L, idx);
-  luaL_buffinit(L, &b);
-  luaL_addstring(&b, open);
   for (lua_Integer i = 1; i <= len; i++) {
     lua_geti(L, idx, i);
-    encode(L, -1, depth + 1);
-    lua_remove(L, -2);
-    luaL_addvalue(&b);
+    encode(L, b, -1, depth + 1);
+    lua_pop(L, 1);
   }
-  luaL_addstring(&b, close);
-  luaL_pushresult(&b);
 }
 
 /* [-0, +0, e] The length of the list at idx: `n` when it is an integer,
@@ -264,101 +306,108 @@ static lua_Integer list_len(lua_State *L, int idx) {
 }
 
 /*
- * [-0, +1, e] Pushes the encoding of a set (items at idx, a list) or of a
+ * [-0, +0, e] Appends the encoding of a set (items at idx, a list) or of a
  * dictionary (the table at idx, whose keys must all be strings), sorted by
- * encoded bytes. Duplicate set members are an error: the decoder refuses
- * them too.
+ * encoded bytes. The items are written one after the other, then put in
+ * order through a copy. Duplicate set members are an error: the decoder
+ * refuses them too.
  */
-static void encode_sorted(lua_State *L, int idx, int is_set, int depth) {
+static void encode_sorted(lua_State *L, wbuf_t *b, int idx, int is_set, int depth) {
   idx = lua_absindex(L, idx);
-  lua_newtable(L); /* holds the encoded items */
+  size_t cap = 8, count = 0;
+  item_t *items = lua_newuserdatauv(L, cap * sizeof *items, 0);
   int hold = lua_gettop(L);
-  int count = 0;
-  if (is_set) {
-    lua_Integer len = list_len(L, idx);
-    for (lua_Integer i = 1; i <= len; i++) {
-      lua_geti(L, idx, i);
-      encode(L, -1, depth + 1);
-      lua_rawseti(L, hold, ++count);
-      lua_pop(L, 1);
-    }
-  } else {
+  wb_putc(L, b, is_set ? '#' : '{');
+  size_t start = b->n;
+  lua_Integer len = is_set ? list_len(L, idx) : 0;
+  if (!is_set)
     lua_pushnil(L);
-    while (lua_next(L, idx)) {
+  for (lua_Integer i = 1;; i++) {
+    if (count == cap) {
+      item_t *more = lua_newuserdatauv(L, 2 * cap * sizeof *items, 0);
+      memcpy(more, items, count * sizeof *items);
+      lua_replace(L, hold);
+      items = more;
+      cap *= 2;
+    }
+    item_t *it = &items[count];
+    it->b = b;
+    it->off = b->n;
+    if (is_set) {
+      if (i > len)
+        break;
+      lua_geti(L, idx, i);
+      encode(L, b, -1, depth + 1);
+      lua_pop(L, 1);
+      it->n = b->n - it->off;
+    } else {
+      if (!lua_next(L, idx))
+        break;
       if (lua_type(L, -2) != LUA_TSTRING)
         luaL_error(L, "syrup: cannot encode a record key that is not a string");
-      encode(L, -2, depth + 1);
-      lua_rawseti(L, hold, ++count);
-      encode(L, -1, depth + 1);
-      lua_rawseti(L, hold, ++count);
+      encode(L, b, -2, depth + 1);
+      it->n = b->n - it->off;
+      encode(L, b, -1, depth + 1);
       lua_pop(L, 1);
     }
+    it->end = b->n;
+    count++;
   }
-  int step = is_set ? 1 : 2, nitems = count / step;
-  item_t *items = lua_newuserdatauv(L, sizeof(item_t) * (size_t)(nitems ? nitems : 1), 0);
-  for (int i = 0; i < nitems; i++) {
-    lua_rawgeti(L, hold, i * step + 1);
-    items[i].s = lua_tolstring(L, -1, &items[i].n);
-    items[i].pos = i * step + 1;
-    lua_pop(L, 1); /* still held by the table */
-  }
-  qsort(items, (size_t)nitems, sizeof *items, item_cmp);
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  luaL_addchar(&b, is_set ? '#' : '{');
-  for (int i = 0; i < nitems; i++) {
-    if (is_set && i > 0 && item_cmp(&items[i - 1], &items[i]) == 0)
-      luaL_error(L, "syrup: cannot encode a set with duplicate members");
-    luaL_addlstring(&b, items[i].s, items[i].n);
-    if (!is_set) {
-      lua_rawgeti(L, hold, items[i].pos + 1);
-      luaL_addvalue(&b);
+  size_t used = b->n - start;
+  if (count > 1) {
+    qsort(items, count, sizeof *items, item_cmp);
+    for (size_t i = 1; is_set && i < count; i++) {
+      if (item_cmp(&items[i - 1], &items[i]) == 0)
+        luaL_error(L, "syrup: cannot encode a set with duplicate members");
     }
+    char *copy = lua_newuserdatauv(L, used, 0);
+    memcpy(copy, b->p + start, used);
+    size_t at = start;
+    for (size_t i = 0; i < count; i++) {
+      size_t n = items[i].end - items[i].off;
+      memcpy(b->p + at, copy + (items[i].off - start), n);
+      at += n;
+    }
+    lua_pop(L, 1);
   }
-  luaL_addchar(&b, is_set ? '$' : '}');
-  luaL_pushresult(&b);
-  lua_replace(L, hold);
-  lua_settop(L, hold);
+  wb_putc(L, b, is_set ? '$' : '}');
+  lua_settop(L, hold - 1);
 }
 
-/* [-0, +1, e] Pushes `<label args...>` for a label symbol and args at idx
+/* [-0, +0, e] Appends `<label args...>` for a label symbol and args at idx
  * (or none when idx is 0). */
-static void encode_record(lua_State *L, const char *label, int idx, int depth) {
-  lua_pushliteral(L, "<");
-  push_atom(L, label, strlen(label), '\'');
-  if (idx) {
-    lua_Integer len = list_len(L, idx);
-    encode_seq(L, idx, len, "", "", depth);
-  } else {
-    lua_pushliteral(L, "");
-  }
-  lua_pushliteral(L, ">");
-  lua_concat(L, 4);
+static void encode_record(lua_State *L, wbuf_t *b, const char *label, int idx, int depth) {
+  wb_putc(L, b, '<');
+  put_atom(L, b, label, strlen(label), '\'');
+  if (idx)
+    encode_seq(L, b, idx, list_len(L, idx), depth);
+  wb_putc(L, b, '>');
 }
 
-/* [-0, +1, e] Pushes `<desc:tagged tag value>` for the table at idx, whose
+/* [-0, +0, e] Appends `<desc:tagged tag value>` for the table at idx, whose
  * field tag is the tag and field vfield the value. */
-static void encode_tagged(lua_State *L, int idx, const char *vfield, int depth) {
+static void encode_tagged(lua_State *L, wbuf_t *b, int idx, const char *vfield, int depth) {
   size_t n;
-  lua_pushliteral(L, "<");
-  push_atom(L, "desc:tagged", 11, '\'');
+  idx = lua_absindex(L, idx);
+  wb_putc(L, b, '<');
+  put_atom(L, b, "desc:tagged", 11, '\'');
   lua_getfield(L, idx, "tag");
   const char *s = lua_tolstring(L, -1, &n);
   if (!s || !ocap_syrup_utf8(s, n))
     luaL_error(L, "syrup: malformed tagged box");
-  push_atom(L, s, n, '\'');
-  lua_remove(L, -2);
+  put_atom(L, b, s, n, '\'');
+  lua_pop(L, 1);
   lua_getfield(L, idx, vfield);
-  encode(L, -1, depth + 1);
-  lua_remove(L, -2);
-  lua_pushliteral(L, ">");
-  lua_concat(L, 5);
+  encode(L, b, -1, depth + 1);
+  lua_pop(L, 1);
+  wb_putc(L, b, '>');
 }
 
-/* [-0, +1, e] Pushes the encoding of a box of kind k at idx. */
-static void encode_box(lua_State *L, int idx, int k, int depth) {
+/* [-0, +0, e] Appends the encoding of a box of kind k at idx. */
+static void encode_box(lua_State *L, wbuf_t *b, int idx, int k, int depth) {
   size_t n;
   const char *s;
+  idx = lua_absindex(L, idx);
   switch (k) {
   case S_BYTES_MT:
   case S_SYMBOL_MT:
@@ -366,67 +415,65 @@ static void encode_box(lua_State *L, int idx, int k, int depth) {
     s = lua_tolstring(L, -1, &n);
     if (!s)
       luaL_error(L, "syrup: malformed %s box", box_names[k - S_BYTES_MT]);
-    push_atom(L, s, n, k == S_BYTES_MT ? ':' : '\'');
-    lua_remove(L, -2);
+    put_atom(L, b, s, n, k == S_BYTES_MT ? ':' : '\'');
+    lua_pop(L, 1);
     return;
   case S_BIGINT_MT: {
     lua_getfield(L, idx, "digits");
     s = lua_tolstring(L, -1, &n);
     if (!s)
       luaL_error(L, "syrup: malformed bigint box");
-    luaL_Buffer b;
-    char *out = luaL_buffinitsize(L, &b, n + 2);
-    size_t len = ocap_syrup_put_decimal(s, n, out);
+    wb_reserve(L, b, n + 2);
+    size_t len = ocap_syrup_put_decimal(s, n, b->p + b->n);
     if (len == 0)
       luaL_error(L, "syrup: malformed bigint box");
-    luaL_pushresultsize(&b, len);
-    lua_remove(L, -2);
+    b->n += len;
+    lua_pop(L, 1);
     return;
   }
   case S_TAGGED_MT:
-    encode_tagged(L, idx, "value", depth);
+    encode_tagged(L, b, idx, "value", depth);
     return;
   case S_RECORD_MT:
-    lua_pushliteral(L, "<");
+    wb_putc(L, b, '<');
     lua_getfield(L, idx, "label");
-    encode(L, -1, depth + 1);
-    lua_remove(L, -2);
+    encode(L, b, -1, depth + 1);
+    lua_pop(L, 1);
     if (lua_getfield(L, idx, "args") != LUA_TTABLE)
       luaL_error(L, "syrup: malformed record box");
-    encode_seq(L, -1, list_len(L, -1), "", "", depth);
-    lua_remove(L, -2);
-    lua_pushliteral(L, ">");
-    lua_concat(L, 4);
+    encode_seq(L, b, -1, list_len(L, -1), depth);
+    lua_pop(L, 1);
+    wb_putc(L, b, '>');
     return;
   default: /* S_SET_MT */
     if (lua_getfield(L, idx, "items") != LUA_TTABLE)
       luaL_error(L, "syrup: malformed set box");
-    encode_sorted(L, -1, 1, depth);
-    lua_remove(L, -2);
+    encode_sorted(L, b, -1, 1, depth);
+    lua_pop(L, 1);
     return;
   }
 }
 
-/* [-0, +1, e] Pushes the Syrup encoding of the value at idx. */
-static void encode(lua_State *L, int idx, int depth) {
+/* [-0, +0, e] Appends the Syrup encoding of the value at idx. */
+static void encode(lua_State *L, wbuf_t *b, int idx, int depth) {
   idx = lua_absindex(L, idx);
   if (depth > OCAP_SYRUP_MAX_DEPTH)
     luaL_error(L, "syrup: cannot encode a value nested more than %d deep", OCAP_SYRUP_MAX_DEPTH);
   luaL_checkstack(L, 8, "syrup: nested too deeply");
-  char num[OCAP_SYRUP_NUM_MAX];
   switch (lua_type(L, idx)) {
   case LUA_TNIL:
-    encode_record(L, "void", 0, depth);
+    encode_record(L, b, "void", 0, depth);
     return;
   case LUA_TBOOLEAN:
-    lua_pushstring(L, lua_toboolean(L, idx) ? "t" : "f");
+    wb_putc(L, b, lua_toboolean(L, idx) ? 't' : 'f');
     return;
   case LUA_TNUMBER:
+    wb_reserve(L, b, OCAP_SYRUP_NUM_MAX);
     if (lua_isinteger(L, idx)) {
-      lua_pushlstring(L, num, ocap_syrup_put_int(lua_tointeger(L, idx), num));
+      b->n += ocap_syrup_put_int(lua_tointeger(L, idx), b->p + b->n);
     } else {
-      ocap_syrup_put_double(lua_tonumber(L, idx), num);
-      lua_pushlstring(L, num, 9);
+      ocap_syrup_put_double(lua_tonumber(L, idx), b->p + b->n);
+      b->n += 9;
     }
     return;
   case LUA_TSTRING: {
@@ -435,7 +482,7 @@ static void encode(lua_State *L, int idx, int depth) {
     if (!ocap_syrup_utf8(s, n))
       luaL_error(L, "syrup: cannot encode a string that is not valid UTF-8 "
                     "(byte arrays are syrup.bytes)");
-    push_atom(L, s, n, '"');
+    put_atom(L, b, s, n, '"');
     return;
   }
   case LUA_TTABLE:
@@ -444,10 +491,33 @@ static void encode(lua_State *L, int idx, int depth) {
   default:
     luaL_error(L, "syrup: cannot encode a %s", luaL_typename(L, idx));
   }
-  int k = box_kind(L, idx);
-  if (k) {
-    encode_box(L, idx, k, depth);
+  int k = box_kind_or_array(L, idx);
+  if (k > 0) {
+    encode_box(L, b, idx, k, depth);
     return;
+  }
+  if (k < 0) {
+    /* A list marked as pass's array (CapTP builds its messages of them)
+     * whose keys are 1..n goes without asking classify: it would say
+     * copyArray of length n. Any other key (`n`, say) is classify's. */
+    lua_Integer seq = 0;
+    int plain = 1;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+      lua_pop(L, 1);
+      if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) != seq + 1) {
+        lua_pop(L, 1);
+        plain = 0;
+        break;
+      }
+      seq++;
+    }
+    if (plain) {
+      wb_putc(L, b, '[');
+      encode_seq(L, b, idx, seq, depth);
+      wb_putc(L, b, ']');
+      return;
+    }
   }
   /* One of pass's styles: classify says which, and where its contents are. */
   get_state(L, S_CLASSIFY);
@@ -458,11 +528,13 @@ static void encode(lua_State *L, int idx, int depth) {
     luaL_error(L, "syrup: %s", lua_tostring(L, -2) ? lua_tostring(L, -2) : "cannot encode");
   int top = lua_gettop(L);
   if (strcmp(style, "copyArray") == 0) {
-    encode_seq(L, top, lua_tointeger(L, top - 1), "[", "]", depth);
+    wb_putc(L, b, '[');
+    encode_seq(L, b, top, lua_tointeger(L, top - 1), depth);
+    wb_putc(L, b, ']');
   } else if (strcmp(style, "copyRecord") == 0) {
-    encode_sorted(L, top, 0, depth);
+    encode_sorted(L, b, top, 0, depth);
   } else if (strcmp(style, "null") == 0) {
-    encode_record(L, "null", 0, depth);
+    encode_record(L, b, "null", 0, depth);
   } else if (strcmp(style, "symbol") == 0 || strcmp(style, "byteArray") == 0 ||
              strcmp(style, "bigint") == 0) {
     /* ocap's own boxes (pass.symbol, pass.bytes, pass.bigint): classify
@@ -476,32 +548,38 @@ static void encode(lua_State *L, int idx, int depth) {
         luaL_error(L, "syrup: cannot encode a symbol that is not valid UTF-8");
       lua_pop(L, 1);
     }
-    encode_box(L, top - 1, k, depth);
+    encode_box(L, b, top - 1, k, depth);
   } else if (strcmp(style, "tagged") == 0) {
-    encode_tagged(L, top - 1, "payload", depth);
+    encode_tagged(L, b, top - 1, "payload", depth);
   } else if (strcmp(style, "error") == 0) {
     lua_newtable(L);
     lua_getfield(L, idx, "message");
     if (lua_type(L, -1) != LUA_TSTRING)
       luaL_error(L, "syrup: cannot encode an error whose message is not a string");
     lua_rawseti(L, -2, 1);
-    encode_record(L, "desc:error", lua_gettop(L), depth);
-    lua_remove(L, -2);
+    encode_record(L, b, "desc:error", lua_gettop(L), depth);
+    lua_pop(L, 1);
   } else {
     luaL_error(L,
                "syrup: cannot encode a %s: references are encoded by a CapTP "
                "session (ocap.remote)",
                style);
   }
-  lua_replace(L, top - 2);
-  lua_settop(L, top - 2);
+  lua_settop(L, top - 3);
 }
+
+/* Bytes of the C stack a value is first encoded in: a CapTP message fits. */
+#define ENCODE_STACK_BUF 512
 
 /* syrup.encode(v) -> string. Raises `syrup: ...` for what Syrup cannot
  * carry. [-0, +1, e] */
 static int l_encode(lua_State *L) {
+  char first[ENCODE_STACK_BUF];
   lua_settop(L, 1);
-  encode(L, 1, 0);
+  lua_pushnil(L); /* slot 2: the buffer once it outgrows `first` */
+  wbuf_t b = {first, 0, sizeof first, 2};
+  encode(L, &b, 1, 0);
+  lua_pushlstring(L, b.p, b.n);
   return 1;
 }
 
@@ -832,14 +910,6 @@ int luaopen_ocap_syrup(lua_State *L) {
     /* The metatable cannot be reached or changed from Lua. */
     lua_pushfstring(L, "ocap.syrup.%s", box_names[k - S_BYTES_MT]);
     lua_setfield(L, -2, "__metatable");
-    lua_pushvalue(L, st);
-    lua_pushcclosure(L, box_tostring, 1);
-    lua_setfield(L, -2, "__tostring");
-    if (k <= S_BIGINT_MT) {
-      lua_pushvalue(L, st);
-      lua_pushcclosure(L, box_eq, 1);
-      lua_setfield(L, -2, "__eq");
-    }
     lua_rawseti(L, st, k);
   }
   /* ocap's passables, from lua/ocap/pass.lua. */
@@ -857,9 +927,35 @@ int luaopen_ocap_syrup(lua_State *L) {
   lua_pop(L, 1);
   lua_pushboolean(L, 0); /* the first call makes the spare reader */
   lua_rawseti(L, st, S_READER);
+  mts_t *m = lua_newuserdatauv(L, sizeof *m, 0);
+  for (int k = S_BYTES_MT; k <= S_SET_MT; k++) {
+    lua_rawgeti(L, st, k);
+    m->mt[k] = lua_topointer(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_rawgeti(L, st, S_ARRAY_MT);
+  m->mt[0] = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  int mi = lua_gettop(L);
+  for (int k = S_BYTES_MT; k <= S_SET_MT; k++) {
+    lua_rawgeti(L, st, k);
+    lua_pushvalue(L, st);
+    lua_pushvalue(L, mi);
+    lua_pushcclosure(L, box_tostring, 2);
+    lua_setfield(L, -2, "__tostring");
+    if (k <= S_BIGINT_MT) {
+      lua_pushvalue(L, st);
+      lua_pushvalue(L, mi);
+      lua_pushcclosure(L, box_eq, 2);
+      lua_setfield(L, -2, "__eq");
+    }
+    lua_pop(L, 1);
+  }
   luaL_newlibtable(L, module_funcs);
   lua_pushvalue(L, st);
-  luaL_setfuncs(L, module_funcs, 1);
+  lua_pushvalue(L, mi);
+  luaL_setfuncs(L, module_funcs, 2);
+  lua_remove(L, mi);
   lua_pushinteger(L, OCAP_SYRUP_MAX_DEPTH);
   lua_setfield(L, -2, "maxDepth");
   lua_remove(L, st);
