@@ -686,6 +686,8 @@ typedef struct script {
   ocap_kernel_t *k;
   const char *also;
   int fail, next;
+  int keep; /* leave results unresolved */
+  int pipe; /* take the messages sent to the promises it decides */
 } script_t;
 
 static int script_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int *fatal,
@@ -696,7 +698,7 @@ static int script_deliver(void *ud, const char *ep, const ocap_delivery_t *d, in
     return sc->fail ? OCAP_EIO : 0;
   int rc = 0;
   ocap_resolution_t res = {d->result, 0, {"#\"done\"", 7, NULL, 0}};
-  if (d->result)
+  if (d->result && !sc->keep)
     rc = ocap_kernel_resolve(sc->k, ep, &res, 1);
   /* `also` resolves to the vat's object, so messages parked on it go there. */
   const char *slot = "o+1";
@@ -714,12 +716,18 @@ static int script_deliver(void *ud, const char *ep, const ocap_delivery_t *d, in
   return rc ? rc : sc->fail ? OCAP_EIO : 0;
 }
 
+static int script_pipelines(void *ud, const char *ep, const char *eref) {
+  (void)ep;
+  (void)eref;
+  return ((script_t *)ud)->pipe;
+}
+
 static ocap_kernel_t *new_script_kernel(script_t *sc) {
   ocap_store_t *s = NULL;
   memset(sc, 0, sizeof *sc);
   sc->next = 1;
   REQUIRE(ocap_store_open_memory(&s) == 0);
-  ocap_kernel_hooks_t hooks = {.ud = sc, .deliver = script_deliver};
+  ocap_kernel_hooks_t hooks = {.ud = sc, .deliver = script_deliver, .pipelines = script_pipelines};
   REQUIRE(ocap_kernel_new(s, &hooks, &sc->k) == 0);
   return sc->k;
 }
@@ -727,7 +735,7 @@ static ocap_kernel_t *new_script_kernel(script_t *sc) {
 static ocap_kernel_t *reopen_script(script_t *sc) {
   ocap_store_t *s = ocap_kernel_store(sc->k);
   ocap_kernel_free(sc->k);
-  ocap_kernel_hooks_t hooks = {.ud = sc, .deliver = script_deliver};
+  ocap_kernel_hooks_t hooks = {.ud = sc, .deliver = script_deliver, .pipelines = script_pipelines};
   REQUIRE(ocap_kernel_new(s, &hooks, &sc->k) == 0);
   return sc->k;
 }
@@ -991,6 +999,41 @@ static void sync_faults(void) {
   free(sc);
 }
 
+/*
+ * Messages parked on a promise, in the store since a sync, are all taken
+ * by its decider (pipelining); a message parked on it later is its first
+ * again: the next sync writes it over the old first one, and the store
+ * and the tables agree.
+ */
+static void retake_parked(void) {
+  script_t *sc = malloc(sizeof *sc);
+  REQUIRE(sc != NULL);
+  ocap_kernel_t *k = new_script_kernel(sc);
+  char ko[OCAP_REF_MAX], kp[OCAP_REF_MAX];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko) == 0);
+  REQUIRE(ocap_kernel_pin(k, ko) == 0);
+  REQUIRE(ocap_kernel_alloc_promise(k, "kernel", kp) == 0);
+  ocap_capdata_t m1 = {"#[\"m1\",[]]", 10, NULL, 0}, m2 = {"#[\"m2\",[]]", 10, NULL, 0};
+  ocap_capdata_t m3 = {"#[\"m3\",[]]", 10, NULL, 0}, call = {"#[\"call\",[]]", 12, NULL, 0};
+  REQUIRE(ocap_kernel_send(k, "kernel", kp, &m1, NULL) == 0);
+  REQUIRE(ocap_kernel_send(k, "kernel", kp, &m2, NULL) == 0);
+  REQUIRE(ocap_kernel_send(k, "kernel", ko, &call, kp) == 0);
+  REQUIRE(step(k, &sc->r) == 1 && step(k, &sc->r) == 1); /* m1 and m2 wait on kp */
+  REQUIRE(ocap_kernel_sync(k) == 0);
+  sc->keep = sc->pipe = 1;
+  REQUIRE(step(k, &sc->r) == 1); /* v1 decides kp now, and takes m1 and m2 */
+  CHECK(sc->r.n == 3 && strcmp(sc->r.lines[1], "v1 msg #[\"m1\",[]]") == 0);
+  sc->pipe = 0;
+  REQUIRE(ocap_kernel_send(k, "kernel", kp, &m3, NULL) == 0);
+  REQUIRE(step(k, &sc->r) == 1); /* m3 waits */
+  if (ocap_kernel_check(k) != 0) {
+    fprintf(stderr, "  parked again after a take: %s\n", ocap_kernel_errmsg(k));
+    failures++;
+  }
+  free_kernel(k);
+  free(sc);
+}
+
 int main(void) {
   counters_at_sync();
   gc_faults();
@@ -1007,6 +1050,7 @@ int main(void) {
   unsynced_promises();
   rollback_unsynced();
   sync_faults();
+  retake_parked();
   if (failures > 0) {
     fprintf(stderr, "test_kernel: %d failure(s)\n", failures);
     return 1;
