@@ -25,12 +25,13 @@
  *     code; functions that write return 0 or a negative code.
  *  6. The hottest tables (the id counters, the run queue and the vats'
  *     queued bytes, the promises' records, the objects and the c-lists)
- *     are kept in memory between commits: they are changed in place,
- *     written as final states when the store commits (through its prepare
- *     hook, store.h) or, for those of convention 1, when the kernel syncs,
- *     and put back when the crank aborts. The keys and values in the store
- *     are the same as if they were written at once. They are read from the
- *     store when first used, which is when a damaged value is found.
+ *     are kept in memory: they are changed in place, their values at the
+ *     last commit kept beside (the store's done and abort hooks, store.h,
+ *     keep or put back a crank's changes), and written as final states
+ *     when the kernel syncs (convention 1). The keys and values in the
+ *     store are the same as if they were written at once. They are read
+ *     from the store when first used, which is when a damaged value is
+ *     found.
  */
 #ifndef OCAP_KSTATE_H
 #define OCAP_KSTATE_H
