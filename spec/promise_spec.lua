@@ -463,6 +463,26 @@ describe('ocap.promise', function()
       assert.are_not.equal(first, plain)
     end)
 
+    it('passes over a worker or an awaiting coroutine that its user closed', function()
+      local function ended(_, _, ok, r) return ok, r end
+      local _, _, worker = P.xcall(ended, nil, nil, coroutine.running, ended)
+      assert.is_true(coroutine.close(worker))
+      assert.same({ true, true, 7, false }, { P.xcall(ended, nil, nil, function() return 7 end, ended) })
+      local _, _, again = P.xcall(ended, nil, nil, coroutine.running, ended)
+      assert.are_not.equal(worker, again)
+      -- A task closed while it awaits is not resumed, and nothing fails.
+      local p = P.makePromise()
+      local awaiting
+      P.spawn(function()
+        awaiting = coroutine.running()
+        P.await(p)
+        error('never resumed')
+      end)
+      assert.is_true(coroutine.close(awaiting))
+      P.settleAndResume(p, true, 1)
+      assert.same({ 'fulfilled', 1 }, { P.state(p) })
+    end)
+
     it('resumes the one coroutine awaiting a promise at once when no turn is queued', function()
       local p = P.makePromise()
       local log = {}

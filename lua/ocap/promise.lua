@@ -371,6 +371,14 @@ end
 -- Resumes a task's coroutine. Returns true, ok and the task's first result
 -- (or what it threw) when the task finished, and pools the worker; returns
 -- false while the task awaits.
+-- Whether what coroutine.resume answered is its refusal to resume a
+-- coroutine that is not suspended (one that its user closed, say), which
+-- runs nothing: cheaper to recognise after the fact than to ask
+-- coroutine.status before every resume.
+local function unresumable(what)
+  return what == 'cannot resume dead coroutine' or what == 'cannot resume non-suspended coroutine'
+end
+
 -- Puts a worker whose task is done back in its pool, unless it is full.
 local function repool(co)
   if checkedWorkers[co] then
@@ -463,19 +471,21 @@ local call = M.call
 ---@return any value
 ---@return boolean|nil busy when done, whether turns are queued (hasTurns)
 function M.xcall(ended, a, b, fn, handler, ...)
-  local co
-  while checkedN > 0 and co == nil do
-    co = checkedPool[checkedN]
-    checkedPool[checkedN] = nil
-    checkedN = checkedN - 1
-    if costatus(co) ~= 'suspended' then co = nil end  -- closed by its user
-  end
-  if co == nil then
-    co = cocreate(checkedWorker)
-    tracked[co] = true
-    checkedWorkers[co] = true
-  end
-  local rok, what = coresume(co, CHECKED_KEY, ended, a, b, fn, handler, ...)
+  local co, rok, what
+  repeat
+    if checkedN > 0 then
+      co = checkedPool[checkedN]
+      checkedPool[checkedN] = nil
+      checkedN = checkedN - 1
+    else
+      co = cocreate(checkedWorker)
+      tracked[co] = true
+      checkedWorkers[co] = true
+    end
+    rok, what = coresume(co, CHECKED_KEY, ended, a, b, fn, handler, ...)
+    -- A worker its user closed refuses the resume without running
+    -- anything: the next one takes the task.
+  until rok or not unresumable(what)
   if not rok then error(what, 0) end
   if what ~= DONE then
     local p = newPromise()
@@ -698,10 +708,13 @@ function M.settleAndResume(p, ok, v)
     end
     local co = p[RB]
     p[RA], p[RB] = false, nil
-    -- resumeJob, inline: the task usually awaits again.
-    if costatus(co) ~= 'suspended' then return end
+    -- resumeJob, inline: the task usually awaits again. A coroutine that
+    -- is not suspended is skipped, as resumeJob skips it.
     local rok, what = coresume(co)
-    if not rok then error(what, 0) end
+    if not rok then
+      if unresumable(what) then return end
+      error(what, 0)
+    end
     if what == DONE then taskEnded(co) end
     return
   end
