@@ -418,10 +418,12 @@ int ocap__get_state(ocap_kernel_t *k, const char *kpid) {
   return rc ? rc : r ? r->state : ST_NONE;
 }
 
-/* Sets the state and the count of kpid (refs -1 removes the count). */
-static int set_promise(ocap_kernel_t *k, const char *kpid, int state, long long refs) {
-  prec_t *r;
-  int rc = change(k, kpid, &r);
+/* Sets the state and the count of r, the record of kpid (refs -1 removes
+ * the count). Callers pass the record they looked up: a round trip sets
+ * counts dozens of times, and finding a record again by its name is most
+ * of what a change costs. */
+static int set_promise(ocap_kernel_t *k, prec_t *r, const char *kpid, int state, long long refs) {
+  int rc = touch(k, r);
   if (rc)
     return rc;
   if (refs > COUNT_MAX)
@@ -612,15 +614,14 @@ void ocap__promises_abort(ocap_kernel_t *k, int cleared) {
 int ocap__incref(ocap_kernel_t *k, const char *kref) {
   if (!ocap__is_kpid(kref))
     return ocap__obj_count(k, kref, 1, 1);
-  prec_t *r;
+  prec_t *r = NULL;
   int rc = lookup(k, kref, 1, &r);
-  return rc ? rc : set_promise(k, kref, r->state, (r->refs < 0 ? 0 : r->refs) + 1);
+  return rc ? rc : set_promise(k, r, kref, r->state, (r->refs < 0 ? 0 : r->refs) + 1);
 }
 
-static int free_promise(ocap_kernel_t *k, const char *kpid) {
-  prec_t *r;
+static int free_promise(ocap_kernel_t *k, prec_t *r, const char *kpid) {
   ocap__buf_t data = {0};
-  int rc = change(k, kpid, &r);
+  int rc = touch(k, r);
   /* The data is copied first: releasing its slots may touch any promise. */
   if (!rc && r->data && ocap__buf_add(&data, r->data, r->datalen))
     rc = ocap__broken(k, OCAP_ENOMEM, "out of memory freeing %s", kpid);
@@ -628,7 +629,7 @@ static int free_promise(ocap_kernel_t *k, const char *kpid) {
   /* Only settled promises are freed, and settling removed the decider,
    * subscribers and queue already. */
   if (!rc)
-    rc = set_promise(k, kpid, ST_NONE, -1);
+    rc = set_promise(k, r, kpid, ST_NONE, -1);
   if (!rc)
     rc = set_data(k, r, NULL, 0);
   if (!rc && had)
@@ -640,16 +641,16 @@ static int free_promise(ocap_kernel_t *k, const char *kpid) {
 int ocap__decref(ocap_kernel_t *k, const char *kref) {
   if (!ocap__is_kpid(kref))
     return ocap__obj_count(k, kref, -1, -1);
-  prec_t *r;
+  prec_t *r = NULL;
   int rc = lookup(k, kref, 1, &r);
   if (rc)
     return rc;
   if (r->refs > 1)
-    return set_promise(k, kref, r->state, r->refs - 1);
+    return set_promise(k, r, kref, r->state, r->refs - 1);
   if (r->state == ST_FULFILLED || r->state == ST_REJECTED)
-    return free_promise(k, kref);
+    return free_promise(k, r, kref);
   /* An unresolved promise lives on while its decider can still resolve it. */
-  return set_promise(k, kref, r->state, 0);
+  return set_promise(k, r, kref, r->state, 0);
 }
 
 int ocap__incref_slots(ocap_kernel_t *k, const char *enc, size_t len) {
@@ -683,10 +684,10 @@ int ocap_kernel_alloc_promise(ocap_kernel_t *k, const char *ep, char *out) {
     return rc;
   memcpy(out, "kp", 2);
   out[2 + ocap__fmt_ll(out + 2, n)] = '\0';
-  prec_t *r;
+  prec_t *r = NULL;
   rc = fresh(k, out, &r);
   if (!rc)
-    rc = set_promise(k, out, ST_UNRESOLVED, 0);
+    rc = set_promise(k, r, out, ST_UNRESOLVED, 0);
   if (!rc && ep)
     rc = ocap__set_decider(k, out, ep);
   return rc;
@@ -750,7 +751,7 @@ int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *e
   int rc = change(k, kpid, &r);
   if (rc)
     return rc;
-  rc = set_promise(k, kpid, rejected ? ST_REJECTED : ST_FULFILLED, r->refs);
+  rc = set_promise(k, r, kpid, rejected ? ST_REJECTED : ST_FULFILLED, r->refs);
   if (!rc)
     rc = set_data(k, r, enc, len);
   if (!rc)
