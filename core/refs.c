@@ -17,15 +17,16 @@
 #include "object.h"
 #include "promise.h"
 
-/* An endpoint: `kernel` or a vat id `v<N>`. */
+/* An endpoint: `kernel` or a vat id `v<N>`. Checked in one pass without
+ * strlen, as every syscall checks its endpoint. */
 int ocap__valid_ep(const char *ep) {
-  size_t n = strlen(ep);
-  if (ocap__is_kernel_ep(ep))
-    return 1;
-  if (n < 2 || n > 17 || ep[0] != 'v' || (ep[1] == '0' && n > 2))
+  if (ep[0] != 'v')
+    return ocap__is_kernel_ep(ep);
+  if (ep[1] < '0' || ep[1] > '9' || (ep[1] == '0' && ep[2]))
     return 0;
-  for (size_t i = 1; i < n; i++)
-    if (ep[i] < '0' || ep[i] > '9')
+  size_t i = 2;
+  for (; ep[i]; i++)
+    if (ep[i] < '0' || ep[i] > '9' || i >= 17)
       return 0;
   return 1;
 }
@@ -44,12 +45,12 @@ int ocap__valid_eref(const char *r) {
   return 1;
 }
 
+/* A kref, checked in one pass without strlen. */
 int ocap__valid_kref(const char *r) {
-  size_t n = strlen(r);
-  if (n < 3 || n >= OCAP_REF_MAX || r[0] != 'k' || (r[1] != 'o' && r[1] != 'p'))
+  if (r[0] != 'k' || (r[1] != 'o' && r[1] != 'p') || !r[2])
     return 0;
-  for (size_t i = 2; i < n; i++)
-    if (r[i] < '0' || r[i] > '9')
+  for (size_t i = 2; r[i]; i++)
+    if (r[i] < '0' || r[i] > '9' || i >= OCAP_REF_MAX - 1)
       return 0;
   return 1;
 }

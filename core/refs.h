@@ -17,8 +17,10 @@ static inline int ocap__is_kpid(const char *ref) {
   return ref[0] == 'k' && ref[1] == 'p';
 }
 
+/* A vat's endpoint starts with 'v', so the common case costs one compare,
+ * not a call to strcmp. */
 static inline int ocap__is_kernel_ep(const char *ep) {
-  return strcmp(ep, "kernel") == 0;
+  return ep[0] == 'k' && strcmp(ep, "kernel") == 0;
 }
 
 /* Syntax checks: an endpoint (`kernel` or `v<N>`), a vref, a kref. */
