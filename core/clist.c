@@ -129,7 +129,7 @@ static void entry_remove(clist_t *c, centry_t *e) {
 
 /* Adds an entry for ref holding a copy of val (n bytes; NULL: absent). */
 static centry_t *entry_add(clist_t *c, const char *ref, size_t rl, const char *val, size_t n) {
-  centry_t *e = calloc(1, sizeof *e + rl + 1);
+  centry_t *e = ocap__zalloc(sizeof *e + rl + 1);
   if (!e || entries_grow(c)) {
     free(e);
     return NULL;

@@ -381,7 +381,7 @@ static int notes_grow_set(notes_t *ns) {
   if (2 * (ns->n + 1) <= ns->setcap)
     return 0;
   size_t cap = ns->setcap ? 2 * ns->setcap : 32;
-  size_t *set = calloc(cap, sizeof *set);
+  size_t *set = ocap__zalloc(cap * sizeof *set);
   if (!set)
     return OCAP_ENOMEM;
   free(ns->set);
@@ -407,7 +407,7 @@ static int notes_add(ocap_kernel_t *k, notes_t *ns, const char *kpid) {
     ns->v = v;
     ns->cap = cap;
   }
-  note_t *nt = calloc(1, sizeof *nt);
+  note_t *nt = ocap__zalloc(sizeof *nt);
   if (!nt)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
   nt->cap.slotv = nt->cap.slots;

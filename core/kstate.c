@@ -254,6 +254,15 @@ static int ref_char(char c) {
 
 /* Whether v (vl bytes) can be a reference: short enough for OCAP_REF_MAX,
  * and only bytes a reference uses (no space, which separates them). */
+static void *(*volatile zero_fill)(void *, int, size_t) = memset;
+
+void *ocap__zalloc(size_t n) {
+  void *p = malloc(n);
+  if (p)
+    zero_fill(p, 0, n);
+  return p;
+}
+
 int ocap__ref_like(const char *v, size_t vl) {
   if (vl == 0 || vl >= OCAP_REF_MAX)
     return 0;

@@ -41,6 +41,14 @@
 
 #include "kernel.h"
 
+/* A zeroed block of n bytes, or NULL. glibc's calloc skips the per-thread
+ * cache that malloc serves small blocks from, so for the records made and
+ * freed every crank (c-list entries, promises, notes) malloc and memset
+ * cost a fraction of it. The compiler turns a malloc followed by a memset
+ * of the same size back into calloc; the memset is called through a
+ * volatile pointer so that it cannot. */
+void *ocap__zalloc(size_t n);
+
 #define KEY_MAX 160
 
 /*

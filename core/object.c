@@ -138,7 +138,7 @@ static int lookup(ocap_kernel_t *k, const char *koid, int create, int fresh, ore
     *out = !create && !found->dirty && gone(found) ? NULL : found;
     return 0;
   }
-  orec_t *r = calloc(1, sizeof *r);
+  orec_t *r = ocap__zalloc(sizeof *r);
   if (!r)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading object %s", koid);
   r->id = id;

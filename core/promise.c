@@ -238,7 +238,7 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
     *out = !create && !found->dirty && gone(found) ? NULL : found;
     return 0;
   }
-  prec_t *r = calloc(1, sizeof *r);
+  prec_t *r = ocap__zalloc(sizeof *r);
   if (!r)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
   r->id = id;
@@ -293,7 +293,7 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
  * hold yet since ids are never reused. */
 static int fresh(ocap_kernel_t *k, const char *kpid, prec_t **out) {
   struct ocap__promises *t = k->p;
-  prec_t *r = calloc(1, sizeof *r);
+  prec_t *r = ocap__zalloc(sizeof *r);
   if (r) {
     r->id = kp_number(kpid);
     r->state = r->cstate = r->sstate = ST_NONE;
