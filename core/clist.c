@@ -53,8 +53,10 @@ typedef struct dirty {
 } dirty_t;
 
 struct ocap__clists {
-  clist_t **slots; /* by endpoint */
+  clist_t **slots; /* by endpoint, for those vat_index does not place */
   size_t mask, n;
+  clist_t **byvat; /* vats' c-lists by the N of `v<N>` (vat_index) */
+  size_t nbyvat;
   dirty_t *dirty; /* the entries this crank changed */
   size_t ndirty, capdirty;
   dirty_t *sync; /* the entries whose committed value the store may lack */
@@ -161,13 +163,84 @@ static void clist_free(clist_t *c) {
 
 /* ---- the endpoints ---- */
 
+/*
+ * A vat's c-list is found by the N of its endpoint `v<N>`, in an array:
+ * a few instructions, where hashing the name and comparing it cost about
+ * eighty, and a round trip finds a c-list about twenty times. Vat ids are
+ * handed out in order, so the array stays about as long as the number of
+ * vats. The kernel's endpoint, and any name this does not take (a leading
+ * zero, which would make two names one N, or more than six digits),
+ * are hashed as before.
+ */
+static inline long vat_index(const char *ep) {
+  if (ep[0] != 'v' || ep[1] < '0' || ep[1] > '9' || (ep[1] == '0' && ep[2]))
+    return -1;
+  long n = ep[1] - '0';
+  for (const char *c = ep + 2; *c; c++) {
+    if (*c < '0' || *c > '9' || c - ep > 6)
+      return -1;
+    n = n * 10 + (*c - '0');
+  }
+  return n;
+}
+
 static clist_t **clist_slot(struct ocap__clists *t, const char *ep) {
   for (size_t i = str_hash(ep) & t->mask;; i = (i + 1) & t->mask)
     if (!t->slots[i] || strcmp(t->slots[i]->ep, ep) == 0)
       return &t->slots[i];
 }
 
+/* ep's c-list in memory, or NULL. */
+static inline clist_t *clist_get_ep(struct ocap__clists *t, const char *ep) {
+  long v = vat_index(ep);
+  if (v >= 0)
+    return (size_t)v < t->nbyvat ? t->byvat[v] : NULL;
+  return *clist_slot(t, ep);
+}
+
+/* Files c, whose endpoint has no c-list in memory. Returns 0 or
+ * OCAP_ENOMEM (then nothing changed). */
+static int clist_place(struct ocap__clists *t, clist_t *c) {
+  long v = vat_index(c->ep);
+  if (v >= 0) {
+    if ((size_t)v >= t->nbyvat) {
+      size_t n = t->nbyvat ? t->nbyvat * 2 : 16;
+      while (n <= (size_t)v)
+        n *= 2;
+      clist_t **nv = realloc(t->byvat, n * sizeof *nv);
+      if (!nv)
+        return OCAP_ENOMEM;
+      memset(nv + t->nbyvat, 0, (n - t->nbyvat) * sizeof *nv);
+      t->byvat = nv;
+      t->nbyvat = n;
+    }
+    t->byvat[v] = c;
+    return 0;
+  }
+  if ((t->n + 1) * 2 > t->mask + 1) {
+    size_t oldcap = t->mask + 1, cap = oldcap * 2;
+    clist_t **old = t->slots, **ns = calloc(cap, sizeof *ns);
+    if (!ns)
+      return OCAP_ENOMEM;
+    t->slots = ns;
+    t->mask = cap - 1;
+    for (size_t i = 0; i < oldcap; i++)
+      if (old[i])
+        *clist_slot(t, old[i]->ep) = old[i];
+    free(old);
+  }
+  *clist_slot(t, c->ep) = c;
+  t->n++;
+  return 0;
+}
+
 static void clist_remove_ep(struct ocap__clists *t, clist_t *c) {
+  long v = vat_index(c->ep);
+  if (v >= 0) {
+    t->byvat[v] = NULL;
+    clist_free(c);
+    return;
+  }
   size_t i = str_hash(c->ep) & t->mask;
   while (t->slots[i] != c)
     i = (i + 1) & t->mask;
@@ -203,6 +276,11 @@ static void drop_all(struct ocap__clists *t) {
       clist_free(t->slots[i]);
     t->slots[i] = NULL;
   }
+  for (size_t i = 0; i < t->nbyvat; i++) {
+    if (t->byvat[i])
+      clist_free(t->byvat[i]);
+    t->byvat[i] = NULL;
+  }
   t->n = 0;
   t->ndirty = 0;
   t->nsync = 0;
@@ -216,6 +294,7 @@ void ocap__clists_free(ocap_kernel_t *k) {
     return;
   drop_all(t);
   free(t->slots);
+  free(t->byvat);
   free(t->dirty);
   free(t->sync);
   free(t->idirty);
@@ -274,34 +353,20 @@ static int clist_load(ocap_kernel_t *k, const char *ep, clist_t **out) {
   if (rc < 0 && !k->err)
     rc = ocap__store_failed(k, rc, "scan", prefix, plen);
   free(after.p);
-  if (rc == 0 && (t->n + 1) * 2 > t->mask + 1) {
-    size_t oldcap = t->mask + 1, cap = oldcap * 2;
-    clist_t **old = t->slots, **ns = calloc(cap, sizeof *ns);
-    if (!ns) {
-      rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the c-list of %s", ep);
-    } else {
-      t->slots = ns;
-      t->mask = cap - 1;
-      for (size_t i = 0; i < oldcap; i++)
-        if (old[i])
-          *clist_slot(t, old[i]->ep) = old[i];
-      free(old);
-    }
-  }
+  if (rc == 0 && clist_place(t, c))
+    rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the c-list of %s", ep);
   if (rc < 0) {
     clist_free(c);
     return rc;
   }
-  *clist_slot(t, ep) = c;
-  t->n++;
   *out = c;
   return 0;
 }
 
 static int clist_find(ocap_kernel_t *k, const char *ep, clist_t **out) {
-  clist_t **sl = clist_slot(k->c, ep);
-  if (*sl) {
-    *out = *sl;
+  clist_t *c = clist_get_ep(k->c, ep);
+  if (c) {
+    *out = c;
     return 0;
   }
   return clist_load(k, ep, out);
@@ -528,18 +593,17 @@ int ocap__clist_each(ocap_kernel_t *k, const char *ep, const char *prefix,
   return rc;
 }
 
-int ocap__clists_check(ocap_kernel_t *k) {
-  struct ocap__clists *t = k->c;
+/* Checks c's entries and counters against the store. */
+static int check_one(ocap_kernel_t *k, const clist_t *c) {
   int rc = 0;
-  for (size_t i = 0; i <= t->mask && !rc; i++) {
-    clist_t *c = t->slots[i];
-    for (size_t j = 0; c && j <= c->mask && !rc; j++) {
+  if (c) {
+    for (size_t j = 0; j <= c->mask && !rc; j++) {
       centry_t *e = c->slots[j];
       if (e)
         rc = ocap__check_key(k, e->val, e->vlen, "%s.c.%s", c->ep, e->ref);
     }
     static const char *const id_key[2] = {"%s.nextObjectId", "%s.nextPromiseId"};
-    for (int j = 0; c && j < 2 && !rc; j++) {
+    for (int j = 0; j < 2 && !rc; j++) {
       char v[32];
       size_t vl = c->next[j] < 0 ? 0 : ocap__fmt_ll(v, c->next[j]);
       rc = ocap__check_key(k, c->next[j] < 0 ? NULL : v, vl, id_key[j], c->ep);
@@ -548,9 +612,19 @@ int ocap__clists_check(ocap_kernel_t *k) {
   return rc;
 }
 
+int ocap__clists_check(ocap_kernel_t *k) {
+  struct ocap__clists *t = k->c;
+  int rc = 0;
+  for (size_t i = 0; i <= t->mask && !rc; i++)
+    rc = check_one(k, t->slots[i]);
+  for (size_t i = 0; i < t->nbyvat && !rc; i++)
+    rc = check_one(k, t->byvat[i]);
+  return rc;
+}
+
 void ocap__clists_forget(ocap_kernel_t *k, const char *ep) {
   struct ocap__clists *t = k->c;
-  clist_t *c = *clist_slot(t, ep);
+  clist_t *c = clist_get_ep(t, ep);
   if (!c)
     return;
   /* A changed entry holds a value the store does not have yet. */
