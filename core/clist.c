@@ -26,6 +26,7 @@ typedef struct centry {
   size_t vlen, cvlen, svlen;
   int dirty;     /* listed in `dirty` */
   size_t syncat; /* its index in `sync` + 1, 0 when not listed */
+  size_t hash;   /* str_hash(ref), so that moving entries needs no rehash */
   char ref[];    /* NUL-terminated */
 } centry_t;
 
@@ -93,7 +94,11 @@ static int entries_grow(clist_t *c) {
   c->mask = cap - 1;
   for (size_t i = 0; i < oldcap; i++)
     if (old[i])
-      *entry_slot(c, old[i]->ref) = old[i];
+      for (size_t j = old[i]->hash & c->mask;; j = (j + 1) & c->mask)
+        if (!ns[j]) {
+          ns[j] = old[i];
+          break;
+        }
   free(old);
   return 0;
 }
@@ -113,14 +118,14 @@ static void entry_free(centry_t *e) {
 
 /* Removes e, shifting back the entries probed past its slot. */
 static void entry_remove(clist_t *c, centry_t *e) {
-  size_t i = str_hash(e->ref) & c->mask;
+  size_t i = e->hash & c->mask;
   while (c->slots[i] != e)
     i = (i + 1) & c->mask;
   entry_free(e);
   c->slots[i] = NULL;
   c->n--;
   for (size_t j = (i + 1) & c->mask; c->slots[j]; j = (j + 1) & c->mask) {
-    size_t home = str_hash(c->slots[j]->ref) & c->mask;
+    size_t home = c->slots[j]->hash & c->mask;
     if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
       c->slots[i] = c->slots[j];
       c->slots[j] = NULL;
@@ -129,14 +134,22 @@ static void entry_remove(clist_t *c, centry_t *e) {
   }
 }
 
-/* Adds an entry for ref holding a copy of val (n bytes; NULL: absent). */
-static centry_t *entry_add(clist_t *c, const char *ref, size_t rl, const char *val, size_t n) {
+/* Adds an entry for ref holding a copy of val (n bytes; NULL: absent).
+ * sl, when not NULL, is the empty slot entry_slot found for ref, which a
+ * caller that just looked ref up passes to spare probing again; it is
+ * found anew if the table grows. */
+static centry_t *entry_add(clist_t *c, const char *ref, size_t rl, const char *val, size_t n,
+                           centry_t **sl) {
   centry_t *e = ocap__zalloc(sizeof *e + rl + 1);
+  size_t mask = c->mask;
   if (!e || entries_grow(c)) {
     free(e);
     return NULL;
   }
+  if (c->mask != mask)
+    sl = NULL;
   memcpy(e->ref, ref, rl);
+  e->hash = str_hash(e->ref);
   if (val) {
     e->val = malloc(n + 1);
     if (!e->val) {
@@ -148,7 +161,7 @@ static centry_t *entry_add(clist_t *c, const char *ref, size_t rl, const char *v
   }
   e->cval = e->sval = e->val;
   e->vlen = e->cvlen = e->svlen = n;
-  *entry_slot(c, e->ref) = e;
+  *(sl ? sl : entry_slot(c, e->ref)) = e;
   c->n++;
   return e;
 }
@@ -345,7 +358,7 @@ static int clist_load(ocap_kernel_t *k, const char *ep, clist_t **out) {
       rc = ocap__store_failed(k, rc, "read", after.p, after.len);
       break;
     }
-    if (rc == 1 && !entry_add(c, after.p + plen, after.len - plen, v, vl)) {
+    if (rc == 1 && !entry_add(c, after.p + plen, after.len - plen, v, vl, NULL)) {
       rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the c-list of %s", ep);
       break;
     }
@@ -419,13 +432,13 @@ int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const cha
   int rc = clist_find(k, ep, &c);
   if (rc)
     return rc;
-  centry_t *e = *entry_slot(c, ref);
+  centry_t **sl = entry_slot(c, ref), *e = *sl;
   if (!e && !val)
     return 0;
   rc = index_importer(k, ep, ref, e, val);
   if (rc)
     return rc;
-  if (!e && !(e = entry_add(c, ref, strlen(ref), NULL, 0)))
+  if (!e && !(e = entry_add(c, ref, strlen(ref), NULL, 0, sl)))
     return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
   if (!e->dirty) {
     if (t->ndirty == t->capdirty) {
