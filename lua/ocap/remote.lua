@@ -26,6 +26,12 @@ local list, op, desc, label, descPos = captp.list, captp.op, captp.desc, captp.l
 local E = liveslots.E
 local pack, unpack = table.pack, table.unpack
 
+-- What syrup.decode marks its lists with, and only them (a dictionary is
+-- a plain table): a value from the wire, or made of one by _in, is a list
+-- exactly when it has this metatable, which is cheaper to ask than
+-- pass.isArray (pass.classify walks the table's keys).
+local ARRAY_MT = pass.ARRAY_MT
+
 local M = {}
 
 local OPTIONS = {
@@ -591,7 +597,7 @@ function Remote:_in(c, v, depth)
     return v
   end
   if v == pass.null or pass.isError(v) then return v end
-  if pass.isArray(v) then
+  if getmetatable(v) == ARRAY_MT then
     local n = v.n or #v
     local a = pass.array()
     for i = 1, n do a[i] = self:_in(c, v[i], depth) end
@@ -651,7 +657,8 @@ end
 -- OCapN values on their way into the kernel, as ocap's: symbols, byte
 -- arrays, big integers and tagged values become pass's (ocap.marshal
 -- carries them to vats as they are); Syrup's records and sets, which are
--- not OCapN passables, are refused.
+-- not OCapN passables, are refused. v is made by _in (its lists carry
+-- ARRAY_MT).
 local function toKernel(v, depth)
   depth = (depth or 0) + 1
   if type(v) ~= 'table' then return v end
@@ -664,7 +671,7 @@ local function toKernel(v, depth)
   if v == pass.null or pass.isError(v) or pass.isRemotable(v) or promise.isPromise(v) or pass.box(v) then
     return v
   end
-  if pass.isArray(v) then
+  if getmetatable(v) == ARRAY_MT then
     local n = v.n or #v
     local a = pass.array()
     for i = 1, n do a[i] = toKernel(v[i], depth) end
@@ -690,7 +697,12 @@ function Remote:_deliverLocal(target, method, args)
     return target:next(function(t) return self:_deliverLocal(t, method, args) end)
   end
   local ok, p = pcall(function()
-    if liveslots.refOf(target) then args = toKernel(args) end
+    if liveslots.refOf(target) then
+      local n = args.n or #args
+      local a = { n = n }
+      for i = 1, n do a[i] = toKernel(args[i]) end
+      args = a
+    end
     return E(target)[method](unpack(args, 1, args.n or #args))
   end)
   if not ok then return promise.reject(p) end
@@ -738,7 +750,7 @@ end
 
 local function deliver(self, c, to, argv, answerPos, resolveMe)
   local target = targetOf(c, to)
-  if not pass.isArray(argv) then violation('the arguments of a delivery must be a list') end
+  if getmetatable(argv) ~= ARRAY_MT then violation('the arguments of a delivery must be a list') end
   if answerPos ~= false and answerPos ~= nil then
     if math.type(answerPos) ~= 'integer' or answerPos < 0 then violation('bad answer position') end
     if c.answers[answerPos] ~= nil then violation('answer position %d is in use', answerPos) end
