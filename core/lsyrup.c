@@ -43,7 +43,8 @@ enum {
   S_CLASSIFY,   /* pass.classify */
   S_MAKE_ERROR, /* pass.makeError */
   S_READER,     /* a spare reader userdata, or false while one call uses it */
-  S_COUNT = S_READER
+  S_READ_VALUE, /* read_value, the protected part of syrup.read */
+  S_COUNT = S_READ_VALUE
 };
 
 static const char *const box_names[] = {"bytes", "symbol", "bigint", "tagged", "record", "set"};
@@ -858,6 +859,50 @@ static int l_frame(lua_State *L) {
   return 1;
 }
 
+/* [-1, +1, e] The protected part of syrup.read: decodes one value with the
+ * reader (a light userdata) at index 1. */
+static int read_value(lua_State *L) {
+  ocap_syrup_reader_t *r = lua_touserdata(L, 1);
+  ocap_syrup_tok_t t;
+  next_tok(L, r, &t);
+  decode(L, r, &t);
+  return 1;
+}
+
+/*
+ * syrup.read(bytes [, init]) -> length, value | false  [-0, +1|2, e]
+ * For a stream of concatenated values (CapTP over a netlayer): decodes the
+ * first value that starts at position init of bytes (1 by default) and
+ * returns its length and the value, or false when the rest of bytes holds
+ * only the start of one. It is syrup.frame and syrup.decode in one pass
+ * over the bytes, without a copy of the value's bytes. Raises `syrup:
+ * <what> at byte <offset>` (from init) as syrup.frame does.
+ */
+static int l_read(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lua_Integer init = luaL_optinteger(L, 2, 1);
+  luaL_argcheck(L, init >= 1 && (size_t)init <= n + 1, 2, "initial position out of range");
+  lua_settop(L, 2);
+  ocap_syrup_reader_t *r = take_reader(L);
+  ocap_syrup_reader_init(r, s + init - 1, n - (size_t)(init - 1));
+  get_state(L, S_READ_VALUE);
+  lua_pushlightuserdata(L, r);
+  int rc = lua_pcall(L, 1, 1, 0);
+  /* The reader is ours again: read_value ended, one way or the other. */
+  give_reader(L, 3);
+  if (rc != LUA_OK) {
+    if (r->err && is_truncation(r)) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+    return lua_error(L);
+  }
+  lua_pushinteger(L, (lua_Integer)r->pos);
+  lua_insert(L, -2);
+  return 2;
+}
+
 /* [-0, +1, -] __eq of the atom boxes: same kind, same field. */
 static int box_eq(lua_State *L) {
   int k = box_kind(L, 1);
@@ -898,7 +943,8 @@ static int box_tostring(lua_State *L) {
 static const luaL_Reg module_funcs[] = {
     {"encode", l_encode}, {"decode", l_decode}, {"check", l_check},   {"bytes", l_bytes},
     {"symbol", l_symbol}, {"bigint", l_bigint}, {"tagged", l_tagged}, {"record", l_record},
-    {"set", l_set},       {"kind", l_kind},     {"frame", l_frame},   {NULL, NULL}};
+    {"set", l_set},       {"kind", l_kind},     {"frame", l_frame},   {"read", l_read},
+    {NULL, NULL}};
 
 int luaopen_ocap_syrup(lua_State *L) {
   lua_createtable(L, S_COUNT, 0); /* the state */
@@ -951,6 +997,10 @@ int luaopen_ocap_syrup(lua_State *L) {
     }
     lua_pop(L, 1);
   }
+  lua_pushvalue(L, st);
+  lua_pushvalue(L, mi);
+  lua_pushcclosure(L, read_value, 2);
+  lua_rawseti(L, st, S_READ_VALUE);
   luaL_newlibtable(L, module_funcs);
   lua_pushvalue(L, st);
   lua_pushvalue(L, mi);

@@ -117,6 +117,42 @@ describe('remote kernels', function()
     assert.are.equal('done', second:await())
   end)
 
+  it('reads a message that arrives in pieces, after whole ones in the same read', function()
+    local raw = client.listen(kernel)
+    finally(function() raw:close() end)
+    -- (A peer of its own: the session of the test above may not be gone.)
+    raw.designator = 'piecemeal'
+    raw.locator = raw.locator:gsub('rawpeer', 'piecemeal')
+    local pObj = kernel:redeemOcapURL((raw.locator:gsub('%?', '/s/thing?')))
+    raw:accept()
+    raw:receive()
+    raw:sendHello()
+    local fetch = raw:receive()
+    local resolver = captp.desc('desc:export', captp.descPos(fetch.args[4], 'desc:import-object'))
+    local session = kernel.remote.sessions.piecemeal
+    -- The answer comes in three reads, the first with a whole message (a
+    -- gc-answer for nothing) and the start of the answer: each piece is
+    -- read on its own before the next is sent.
+    local bytes = syrup.encode(captp.op('op:gc-answer', captp.list(77))) ..
+      syrup.encode(captp.op('op:deliver-only', resolver, captp.list(syrup.symbol('fulfill'), ('x'):rep(300))))
+    local cuts = { 1, 40, 200, #bytes + 1 }
+    local first = #syrup.encode(captp.op('op:gc-answer', captp.list(77)))
+    for i = 1, 2 do
+      raw:send(bytes:sub(cuts[i], cuts[i + 1] - 1))
+      local want = bytes:sub(first + 1, cuts[i + 1] - 1)
+      for _ = 1, 100 do
+        kernel:run()
+        if session.buf == want then break end
+        -- Wait (at most 100 ms) for the loop's IO, then run what is ready.
+        require('ocap.core').net.wait({ (kernel.K:loopBackend()) }, 100)
+        kernel.K:runLoop(false)
+      end
+      assert.are.equal(want, session.buf)
+    end
+    raw:send(bytes:sub(cuts[3]))
+    assert.are.equal(('x'):rep(300), pObj:await())
+  end)
+
   it('handles thousands of messages that arrive in one read', function()
     local c = client.connect(newKernel(), peer.locator)
     finally(function() c:close() end)
@@ -136,6 +172,9 @@ describe('remote kernels', function()
   it("tells the other kernel once the kernel's GC released its object", function()
     local raw = client.listen(kernel)
     finally(function() raw:close() end)
+    -- (A peer of its own: the session of the test above may not be gone.)
+    raw.designator = 'piecemeal'
+    raw.locator = raw.locator:gsub('rawpeer', 'piecemeal')
     local pObj = kernel:redeemOcapURL((raw.locator:gsub('%?', '/s/thing?')))
     raw:accept()
     raw:receive()

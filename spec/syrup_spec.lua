@@ -206,6 +206,28 @@ describe('ocap.syrup', function()
     assert.has_error(function() syrup.frame('ab', 4) end)
   end)
 
+  it('reads a stream of values: the length and value of the first, false for a start', function()
+    local stream = '3"abc' .. "<8'op:abort4\"boom>" .. '12+' .. 'f'
+    local n, v = syrup.read(stream)
+    assert.are.same({ 5, 'abc' }, { n, v })
+    n, v = syrup.read(stream, 6)
+    assert.are.equal(18, n)
+    assert.are.equal('op:abort', v.label.name)
+    assert.are.same({ 'boom' }, { table.unpack(v.args) })
+    assert.are.same({ 3, 12 }, { syrup.read(stream, 24) })
+    assert.are.same({ 1, false }, { syrup.read(stream, 27) })
+    assert.is_false(syrup.read('<8\'op:abort', 1))
+    assert.is_false(syrup.read('[1+{1"a', 1))
+    assert.is_false(syrup.read('100"short'))
+    assert.is_false(syrup.read('ab', 3))
+    assert.has_error(function() syrup.read('3"abc}', 6) end, 'syrup: unexpected closing byte at byte 0')
+    assert.has_error(function() syrup.read('{1"b1+1"a2+}') end,
+      'syrup: dictionary keys not in canonical order at byte 6')
+    assert.has_error(function() syrup.read('ab', 4) end)
+    -- The reader it used serves the next call, after an error too.
+    assert.are.same({ 2, 7 }, { syrup.read('7+') })
+  end)
+
   it('is built into the ocap executable', function()
     local dir = os.tmpname()
     os.remove(dir)

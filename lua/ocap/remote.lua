@@ -376,18 +376,24 @@ function Remote:_onData(c, data)
   local pos = 1
   local max = self.opts.maxMessageBytes
   while not c.closed do
-    local ok, n = pcall(syrup.frame, buf, pos)
+    -- A message is read (framed and decoded) in one pass; once the start
+    -- of one came without its end, syrup.frame checks each read for the
+    -- rest without building values, so that a big message arriving in
+    -- many reads is not decoded again for each.
+    local ok, n, msg = true, true, nil
+    if c.partial then ok, n = pcall(syrup.frame, buf, pos) end
+    if ok and n then ok, n, msg = pcall(syrup.read, buf, pos) end
     if not ok then
       return self:_abort(c, 'malformed Syrup: ' .. tostring(n):gsub('^syrup: ', ''))
     end
     if not n then
+      c.partial = true
       if #buf - pos + 1 > max then return self:_abort(c, ('message larger than %d bytes'):format(max)) end
       break
     end
+    c.partial = false
     if n > max then return self:_abort(c, ('message larger than %d bytes'):format(max)) end
-    local dok, msg = pcall(syrup.decode, buf:sub(pos, pos + n - 1))
     pos = pos + n
-    if not dok then return self:_abort(c, 'malformed Syrup: ' .. tostring(msg):gsub('^syrup: ', '')) end
     local hok, err = pcall(self._handle, self, c, msg)
     if not hok then
       if getmetatable(err) == Violation then
