@@ -246,14 +246,8 @@ int ocap__has(ocap_kernel_t *k, const char *fmt, ...) {
   return get_key(k, key, kl, &v, &vl);
 }
 
-/* A byte of a reference: the kernel's refs, vat ids and vrefs use these. */
-static int ref_char(char c) {
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '+' ||
-         c == '-' || c == '/' || c == ':' || c == '_';
-}
-
-/* Whether v (vl bytes) can be a reference: short enough for OCAP_REF_MAX,
- * and only bytes a reference uses (no space, which separates them). */
+/* memset, called through a volatile pointer by ocap__zalloc (kstate.h)
+ * so that the compiler cannot turn malloc and memset back into calloc. */
 static void *(*volatile zero_fill)(void *, int, size_t) = memset;
 
 void *ocap__zalloc(size_t n) {
@@ -263,6 +257,14 @@ void *ocap__zalloc(size_t n) {
   return p;
 }
 
+/* A byte of a reference: the kernel's refs, vat ids and vrefs use these. */
+static int ref_char(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '+' ||
+         c == '-' || c == '/' || c == ':' || c == '_';
+}
+
+/* Whether v (vl bytes) can be a reference: short enough for OCAP_REF_MAX,
+ * and only bytes a reference uses (no space, which separates them). */
 int ocap__ref_like(const char *v, size_t vl) {
   if (vl == 0 || vl >= OCAP_REF_MAX)
     return 0;
