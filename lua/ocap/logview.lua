@@ -8,7 +8,7 @@ local sgsub, sbyte, sformat = string.gsub, string.byte, string.format
 local mtointeger, mmin = math.tointeger, math.min
 
 --- How many tags and data fields of a vat's entry reach the host; the
---- kernel has already bounded the entry's size and shape (lkernel.c).
+--- kernel has already bounded the entry's size and shape (lsyscall.c).
 M.MAX_TAGS = 16
 M.MAX_FIELDS = 64
 
