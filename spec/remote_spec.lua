@@ -728,3 +728,39 @@ describe('remote comms driven by kernel:pump', function()
     assert.are.equal(1, alice:getStatus().remoteComms.sessions)
   end)
 end)
+
+describe('a kernel run by its host', function()
+  it('answers a message that came in as it polled its loop before it returns', function()
+    local kernel = newKernel { remote = { listen = '127.0.0.1:0' } }
+    local c
+    finally(function()
+      if c then c:close() end
+      kernel:stop()
+    end)
+    local r = kernel:launchSubcluster({
+      bootstrap = 'echo',
+      vats = { echo = { sourceSpec = SRC .. '/spec/vats/echo.lua' } },
+    }):await()
+    local swiss = kernel:issueOcapURL(r.rootKref):match('/s/([^?]+)')
+    c = client.connect(kernel, kernel:getStatus().remoteComms.listenAddresses[1])
+    c:hello()
+    local boot = c:fetch(swiss, 0, 1)
+    assert.are.equal(syrup.symbol('fulfill'), c:expectTo(1)[1])
+    -- The bytes are in the kernel's socket now, unread: run() reads them
+    -- when it polls its loop, with no crank queued at that moment. It must
+    -- not call itself idle before it ran the crank that message queued
+    -- and wrote the answer (a host awaiting then waited for more IO, and
+    -- the peer for the answer: both hung).
+    c:send(captp.op('op:deliver', boot, captp.list(syrup.symbol('ping'), 5), false,
+      captp.desc('desc:import-object', 2)))
+    kernel:run()
+    -- Only the client's side of the loop runs now: no crank, no pump.
+    kernel.K:runLoop(false)
+    c:_pump()
+    local n = syrup.frame(c.buf)
+    assert.is_truthy(n, 'the answer was not written when run() returned')
+    local msg = syrup.decode(c.buf:sub(1, n))
+    assert.are.equal(2, captp.descPos(msg.args[1], 'desc:export'))
+    assert.are.same({ syrup.symbol('fulfill'), 5 }, { msg.args[2][1], msg.args[2][2] })
+  end)
+end)

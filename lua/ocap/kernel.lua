@@ -54,12 +54,17 @@ end
 -- drive them all.
 local liveKernels = setmetatable({}, { __mode = 'k' })
 
+--- Flushes every kernel's cranks and writes what host turns queued for
+--- remote peers; true when a remote pump handled something, which may
+--- have given a kernel work (a message that came from a peer).
 local function flushAll()
+  local moved = false
   for kernel in pairs(liveKernels) do
     kernel:_flushIfNeeded()
     -- What host turns queued for remote peers leaves now too.
-    if kernel.remote then kernel.remote:pump() end
+    if kernel.remote and kernel.remote:pump() then moved = true end
   end
+  return moved
 end
 
 local BATCH = 64
@@ -83,14 +88,20 @@ local function drive(isSettled, wait)
       -- turn or settle the awaited promise.
       if not kernel.stopped then
         if kernel.remote and kernel.remote:pump() then progressed = true end
+        -- K:drive polls the loop first: what a peer sent may have come
+        -- in then, with no crank to run yet. It is handled now, or the
+        -- loop below would wait for more IO with the message's crank
+        -- queued, and the peer would wait for its answer (a hang).
         local ran, visible = kernel.K:drive(BATCH, GROUP_LIMIT)
         if ran > 0 then progressed = true end
         if visible then kernel:_afterHostCode() end
         kernel:_settleReaps()
+        if kernel.remote and kernel.remote:pump() then progressed = true end
       end
     end
-    if not progressed and not promise.hasTurns() then
-      flushAll()
+    -- The flush pumps the remote comms once more: whatever they handled
+    -- then may have queued work, so the loop goes round again.
+    if not progressed and not promise.hasTurns() and not flushAll() then
       -- Idle: only the event loop (vat timers) can still change anything.
       if not wait then return end
       local waiting = {}
