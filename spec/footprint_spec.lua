@@ -97,12 +97,6 @@ describe('an idle vat', function()
     assert.same({ 1, 2, 3, 4, 'rejected' }, kernel:queueMessage(root, 'combinators', {}):await())
   end)
 
-  it("gets E's rarer forms on first touch", function()
-    local root = launchIdle()
-    assert.same({ true, 'function', 0 }, kernel:queueMessage(root, 'hijackRequire', { 'eForms' }):await())
-    assert.same({ 3, 'field', 'nil' }, kernel:queueMessage(root, 'eForms', {}):await())
-  end)
-
   it('hands out its baggage before its store code loads', function()
     local root = launchIdle()
     local got = kernel:queueMessage(root, 'baggage', {}):await()

@@ -841,19 +841,29 @@ function M.make(opts)
     return settleAndResume(p, not rejected, v)
   end
 
-  local notifyMany -- ocap.liveslots.rare's, made on the first notify of several
   local function deliverNotify(resolutions)
     local n = #resolutions
     if n == 1 then
       local r = resolutions[1]
       return deliverResolution(r[1], r[2], r[3], r[4])
     end
-    -- Several resolutions at once are rare: their code loads on first use.
-    if not notifyMany then
-      notifyMany = require('ocap.liveslots.rare').notifyMany(pending, trackPromise, decodeCapdata,
-        normalizeError, resolvePromise, rejectPromise, settleAndResume)
+    -- Every promise is known before any value is decoded: a value may
+    -- name another promise of the same notify.
+    for i = 1, n do trackPromise(resolutions[i][1]) end
+    for i = 1, n do
+      local r = resolutions[i]
+      local p = pending[r[1]]
+      local ok, v = decodeCapdata(r[3], r[4])
+      if not ok then v = normalizeError(v) end
+      ok = ok and not r[2]
+      if i < n then
+        if ok then resolvePromise(p, v) else rejectPromise(p, v) end
+      else
+        for j = 1, n do pending[resolutions[j][1]] = nil end
+        -- Usually one coroutine awaits the last, and resumes at once.
+        settleAndResume(p, ok, v)
+      end
     end
-    return notifyMany(resolutions)
   end
 
   -- ---- Reap points ----
@@ -1029,13 +1039,16 @@ local E = setmetatable({}, {
     end
     return p
   end,
-  -- E.sendOnly, E.when and E.get load on first use (ocap.liveslots.rare).
-  __index = function(e, k)
-    if k ~= 'sendOnly' and k ~= 'when' and k ~= 'get' then return nil end
-    for name, f in pairs(require('ocap.liveslots.rare').eForms(makeProxy, promise)) do rawset(e, name, f) end
-    return rawget(e, k)
-  end,
 })
+E.sendOnly = function(target) return makeProxy(target, false) end
+E.when = function(v, onFulfilled, onRejected)
+  return promise.resolve(v):next(onFulfilled, onRejected)
+end
+E.get = function(target)
+  return setmetatable({}, { __index = function(_, k)
+    return promise.resolve(target):next(function(t) return t[k] end)
+  end })
+end
 M.E = E
 
 --- The kref or vref behind a presence or kernel-known promise, if any.

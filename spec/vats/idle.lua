@@ -27,7 +27,6 @@ function MOD.buildRootObject(vatPowers, _parameters, baggage)
         if what == 'guards' then return type(ocap.M.interface) end
         if what == 'boxes' then return type(ocap.symbol) end
         if what == 'passStyle' then return ocap.passStyleOf({ 1 }) end
-        if what == 'eForms' then return type(ocap.E.when) end
         return type(vatPowers.logger.log)
       end)
       _ENV.require = realRequire
@@ -69,14 +68,6 @@ function MOD.buildRootObject(vatPowers, _parameters, baggage)
       local settled = ocap.await(P.allSettled({ P.reject('no') }))
       return { all[1], all[2], ocap.await(P.race({ P.resolve(3) })), ocap.await(P.any({ P.reject('x'), 4 })),
         settled[1].status }
-    end,
-    -- E's rarer forms: a send nobody awaits (back to this vat), a
-    -- reaction, and a field of what a promise settles to.
-    eForms = function(self)
-      local E = ocap.E
-      E.sendOnly(self).ping(1)
-      local got = ocap.await(E.when(ocap.Promise.resolve(2), function(v) return v + 1 end))
-      return { got, ocap.await(E.get(ocap.Promise.resolve({ f = 'field' })).f), type(E.nothing) }
     end,
     -- The baggage, touched only as a whole: before the vat touches its
     -- contents, the store code is not loaded.
