@@ -38,8 +38,8 @@
  * (while unresolved) or all taken (at settlement, or when a decider that
  * pipelines takes them, ocap__unpark), and the items a crank takes stay
  * until it ends, for an abort: the current ones are items qbase to
- * qbase + qtail - 1, the committed ones 0 to cqtail - 1, and the array
- * holds qbase + qtail >= cqtail of them (qbase is 0 until a take). A
+ * qbase + now.qtail - 1, the committed ones 0 to com.qtail - 1, and the array
+ * holds qbase + now.qtail >= com.qtail of them (qbase is 0 until a take). A
  * commit after a take moves the current ones to the front; `retaken`
  * then says that the store's numbering no longer matches.
  */
@@ -48,45 +48,50 @@ typedef struct pitem {
   size_t len;
 } pitem_t;
 
+/* One version of a promise's keys: the record holds three, as they are
+ * now, at the last commit, and in the store. */
+typedef struct pver {
+  int state;                  /* ST_* */
+  long long refs;             /* the count, -1 when it has no key */
+  char decider[OCAP_REF_MAX]; /* "" when none */
+  char *subs;                 /* space-separated endpoints, NULL when none */
+  size_t subslen;
+  char *data; /* the settlement (capdata in krefs), NULL when none */
+  size_t datalen;
+  long long qtail; /* the number of parked messages */
+} pver_t;
+
 typedef struct prec {
-  long long id;                 /* the N of kpN */
-  int state, cstate, sstate;    /* ST_*: now, at the last commit, in the store */
-  long long refs, crefs, srefs; /* the count, -1 when it has no key */
-  char decider[OCAP_REF_MAX];   /* "" when none */
-  char cdecider[OCAP_REF_MAX];
-  char sdecider[OCAP_REF_MAX];
-  char *subs, *csubs, *ssubs; /* space-separated endpoints, NULL when none */
-  size_t subslen, csubslen, ssubslen;
-  char *data, *cdata, *sdata; /* the settlement (capdata in krefs), NULL when none */
-  size_t datalen, cdatalen, sdatalen;
+  long long id;    /* the N of kpN */
+  pver_t now;      /* the keys as this crank left them */
+  pver_t com;      /* the keys at the last commit */
+  pver_t sto;      /* the keys in the store */
   pitem_t *parked; /* the parked messages (see above) */
   size_t parkedcap;
-  long long qtail, cqtail, sqtail; /* the number of parked messages */
-  long long qbase;                 /* where the current ones start */
-  int retaken;                     /* taken since the last sync (see above) */
-  int dirty;                       /* listed in `dirty` */
-  size_t syncat;                   /* its index in `sync` + 1, 0 when not listed */
+  long long qbase; /* where the current ones start */
+  int retaken;     /* taken since the last sync (see above) */
+  int dirty;       /* listed in `dirty` */
+  size_t syncat;   /* its index in `sync` + 1, 0 when not listed */
 } prec_t;
 
-/* Whether every key of the promise is gone, now, at the last commit, and
- * in the store. */
-static int gone(const prec_t *r) {
-  return r->state == ST_NONE && r->refs < 0 && !r->decider[0] && !r->subs && r->qtail == 0 &&
-         !r->data;
-}
-static int committed_gone(const prec_t *r) {
-  return r->cstate == ST_NONE && r->crefs < 0 && !r->cdecider[0] && !r->csubs && r->cqtail == 0 &&
-         !r->cdata;
-}
-static int stored_gone(const prec_t *r) {
-  return r->sstate == ST_NONE && r->srefs < 0 && !r->sdecider[0] && !r->ssubs && r->sqtail == 0 &&
-         !r->sdata;
+/* Whether every key of a version of the promise is gone. */
+static int gone(const pver_t *v) {
+  return v->state == ST_NONE && v->refs < 0 && !v->decider[0] && !v->subs && v->qtail == 0 &&
+         !v->data;
 }
 
 /* Frees p unless another version of the same field (a or b) uses it. */
 static void str_drop(char *p, const char *a, const char *b) {
   if (p && p != a && p != b)
     free(p);
+}
+
+/* Makes dst a copy of src, sharing its strings, and frees the strings
+ * dst held that neither src nor the third version (other) uses. */
+static void ver_set(pver_t *dst, const pver_t *src, const pver_t *other) {
+  str_drop(dst->subs, src->subs, other->subs);
+  str_drop(dst->data, src->data, other->data);
+  *dst = *src;
 }
 
 /* Frees the parked items from `from` to `to` (exclusive). */
@@ -101,13 +106,13 @@ static void parked_free(prec_t *r, long long from, long long to) {
  * table can hand records to it (idtable.h). */
 static void prec_free(void *p) {
   prec_t *r = p;
-  str_drop(r->subs, r->csubs, r->ssubs);
-  str_drop(r->csubs, r->ssubs, NULL);
-  free(r->ssubs);
-  str_drop(r->data, r->cdata, r->sdata);
-  str_drop(r->cdata, r->sdata, NULL);
-  free(r->sdata);
-  parked_free(r, 0, r->qbase + r->qtail);
+  str_drop(r->now.subs, r->com.subs, r->sto.subs);
+  str_drop(r->com.subs, r->sto.subs, NULL);
+  free(r->sto.subs);
+  str_drop(r->now.data, r->com.data, r->sto.data);
+  str_drop(r->com.data, r->sto.data, NULL);
+  free(r->sto.data);
+  parked_free(r, 0, r->qbase + r->now.qtail);
   free(r->parked);
   free(r);
 }
@@ -184,12 +189,12 @@ static void drop(struct ocap__promises *t, prec_t *r) {
   prec_free(ocap__idtable_remove(&t->table, r->id));
 }
 
-/* Reads the parked messages 0 to r->qtail - 1 of kpid. They are numbered
+/* Reads the parked messages 0 to r->now.qtail - 1 of kpid. They are numbered
  * from 0 without gaps, so a missing one is corruption (and a queueTail
  * too large is found at its first missing item). */
 static int parked_load(ocap_kernel_t *k, const char *kpid, prec_t *r) {
-  long long tail = r->qtail;
-  r->qtail = 0;
+  long long tail = r->now.qtail;
+  r->now.qtail = 0;
   for (long long i = 0; i < tail; i++) {
     ocap__buf_t item = {0};
     int got = ocap__getb(k, &item, "%s.queue.%lld", kpid, i);
@@ -213,7 +218,7 @@ static int parked_load(ocap_kernel_t *k, const char *kpid, prec_t *r) {
     }
     r->parked[i].p = item.p;
     r->parked[i].len = item.len;
-    r->qtail = i + 1;
+    r->now.qtail = i + 1;
   }
   return 0;
 }
@@ -235,7 +240,7 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
   if (found) {
     /* A record kept only until the store is told that the promise is gone
      * stands for no promise, as the store does once it is dropped. */
-    *out = !create && !found->dirty && gone(found) ? NULL : found;
+    *out = !create && !found->dirty && gone(&found->now) ? NULL : found;
     return 0;
   }
   prec_t *r = ocap__zalloc(sizeof *r);
@@ -243,44 +248,36 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
   r->id = id;
   ocap__buf_t subs = {0}, data = {0};
-  int rc = r->state = ocap__read_state(k, kpid);
+  int rc = r->now.state = ocap__read_state(k, kpid);
   if (rc >= 0)
-    rc = ocap__get_count(k, -1, &r->refs, "%s.refCount", kpid);
+    rc = ocap__get_count(k, -1, &r->now.refs, "%s.refCount", kpid);
   if (rc >= 0)
-    rc = ocap__get_ref(k, r->decider, "%s.decider", kpid);
+    rc = ocap__get_ref(k, r->now.decider, "%s.decider", kpid);
   if (rc >= 0)
     rc = ocap__getb(k, &subs, "%s.subscribers", kpid);
   if (rc > 0) {
-    r->subs = subs.p;
-    r->subslen = subs.len;
+    r->now.subs = subs.p;
+    r->now.subslen = subs.len;
   } else {
     free(subs.p);
   }
   if (rc >= 0)
     rc = ocap__getb(k, &data, "%s.data", kpid);
   if (rc > 0) {
-    r->data = data.p;
-    r->datalen = data.len;
+    r->now.data = data.p;
+    r->now.datalen = data.len;
   } else {
     free(data.p);
   }
   if (rc >= 0)
-    rc = ocap__get_count(k, 0, &r->qtail, "%s.queueTail", kpid);
+    rc = ocap__get_count(k, 0, &r->now.qtail, "%s.queueTail", kpid);
   if (rc >= 0)
     rc = parked_load(k, kpid, r);
-  if (rc < 0 || (gone(r) && !create)) {
+  if (rc < 0 || (gone(&r->now) && !create)) {
     prec_free(r);
     return rc < 0 ? rc : 0;
   }
-  r->cstate = r->sstate = r->state;
-  r->crefs = r->srefs = r->refs;
-  memcpy(r->cdecider, r->decider, sizeof r->cdecider);
-  memcpy(r->sdecider, r->decider, sizeof r->sdecider);
-  r->csubs = r->ssubs = r->subs;
-  r->csubslen = r->ssubslen = r->subslen;
-  r->cdata = r->sdata = r->data;
-  r->cdatalen = r->sdatalen = r->datalen;
-  r->cqtail = r->sqtail = r->qtail;
+  r->com = r->sto = r->now;
   if (ocap__idtable_insert(&t->table, r)) {
     prec_free(r);
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
@@ -296,8 +293,9 @@ static int fresh(ocap_kernel_t *k, const char *kpid, prec_t **out) {
   prec_t *r = ocap__zalloc(sizeof *r);
   if (r) {
     r->id = kp_number(kpid);
-    r->state = r->cstate = r->sstate = ST_NONE;
-    r->refs = r->crefs = r->srefs = -1;
+    r->now.state = ST_NONE;
+    r->now.refs = -1;
+    r->com = r->sto = r->now;
   }
   if (!r || ocap__idtable_insert(&t->table, r)) {
     free(r);
@@ -357,37 +355,40 @@ static int copy_str(ocap_kernel_t *k, const char *s, size_t n, char **out, const
   return 0;
 }
 
-/* Replaces the subscribers of r with s (n bytes; NULL for none). */
-static int set_subs(ocap_kernel_t *k, prec_t *r, const char *s, size_t n) {
+/* Replaces a string key of the current version (*now, *len) with a copy
+ * of s (n bytes; NULL for none), freeing the old one unless the committed
+ * or the stored version (com, sto) still uses it. */
+static int set_str(ocap_kernel_t *k, char **now, size_t *len, const char *com, const char *sto,
+                   const char *s, size_t n, const char *what) {
   char *p;
-  int rc = copy_str(k, s, n, &p, "adding a subscriber");
+  int rc = copy_str(k, s, n, &p, what);
   if (rc)
     return rc;
-  str_drop(r->subs, r->csubs, r->ssubs);
-  r->subs = p;
-  r->subslen = n;
+  str_drop(*now, com, sto);
+  *now = p;
+  *len = n;
   return 0;
+}
+
+/* Replaces the subscribers of r with s (n bytes; NULL for none). */
+static int set_subs(ocap_kernel_t *k, prec_t *r, const char *s, size_t n) {
+  return set_str(k, &r->now.subs, &r->now.subslen, r->com.subs, r->sto.subs, s, n,
+                 "adding a subscriber");
 }
 
 /* Replaces the data of r with s (n bytes; NULL for none). */
 static int set_data(ocap_kernel_t *k, prec_t *r, const char *s, size_t n) {
-  char *p;
-  int rc = copy_str(k, s, n, &p, "settling a promise");
-  if (rc)
-    return rc;
-  str_drop(r->data, r->cdata, r->sdata);
-  r->data = p;
-  r->datalen = n;
-  return 0;
+  return set_str(k, &r->now.data, &r->now.datalen, r->com.data, r->sto.data, s, n,
+                 "settling a promise");
 }
 
 int ocap__get_data(ocap_kernel_t *k, const char *kpid, ocap__buf_t *b) {
   prec_t *r;
   b->len = 0;
   int rc = lookup(k, kpid, 0, &r);
-  if (rc || !r || !r->data)
+  if (rc || !r || !r->now.data)
     return rc;
-  if (ocap__buf_add(b, r->data, r->datalen))
+  if (ocap__buf_add(b, r->now.data, r->now.datalen))
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading '%s.data'", kpid);
   return 1;
 }
@@ -395,9 +396,9 @@ int ocap__get_data(ocap_kernel_t *k, const char *kpid, ocap__buf_t *b) {
 int ocap__get_decider(ocap_kernel_t *k, const char *kpid, char *out) {
   prec_t *r;
   int rc = lookup(k, kpid, 0, &r);
-  if (rc || !r || !r->decider[0])
+  if (rc || !r || !r->now.decider[0])
     return rc;
-  memcpy(out, r->decider, strlen(r->decider) + 1);
+  memcpy(out, r->now.decider, strlen(r->now.decider) + 1);
   return 1;
 }
 
@@ -408,14 +409,14 @@ int ocap__set_decider(ocap_kernel_t *k, const char *kpid, const char *ep) {
     return rc;
   if (ep && strlen(ep) >= OCAP_REF_MAX)
     return ocap__broken(k, OCAP_ECORRUPT, "decider '%.60s' of %s is too long", ep, kpid);
-  memcpy(r->decider, ep ? ep : "", ep ? strlen(ep) + 1 : 1);
+  memcpy(r->now.decider, ep ? ep : "", ep ? strlen(ep) + 1 : 1);
   return 0;
 }
 
 int ocap__get_state(ocap_kernel_t *k, const char *kpid) {
   prec_t *r;
   int rc = lookup(k, kpid, 0, &r);
-  return rc ? rc : r ? r->state : ST_NONE;
+  return rc ? rc : r ? r->now.state : ST_NONE;
 }
 
 /* Sets the state and the count of r, the record of kpid (refs -1 removes
@@ -429,8 +430,8 @@ static int set_promise(ocap_kernel_t *k, prec_t *r, const char *kpid, int state,
   if (refs > COUNT_MAX)
     return ocap__broken(k, OCAP_ECORRUPT, "count %lld for key '%s.refCount' is out of range", refs,
                         kpid);
-  r->state = state;
-  r->refs = refs;
+  r->now.state = state;
+  r->now.refs = refs;
   return 0;
 }
 
@@ -442,26 +443,26 @@ int ocap__promises_check(ocap_kernel_t *k) {
   while (!rc && (r = ocap__idtable_next(&t->table, &pos)) != NULL) {
     char kpid[OCAP_REF_MAX], v[32];
     kp_name(kpid, r->id);
-    const char *st = r->state == ST_NONE ? NULL : state_name[r->state];
+    const char *st = r->now.state == ST_NONE ? NULL : state_name[r->now.state];
     rc = ocap__check_key(k, st, st ? strlen(st) : 0, "%s.state", kpid);
     if (!rc)
-      rc = ocap__check_key(k, r->refs < 0 ? NULL : v, r->refs < 0 ? 0 : ocap__fmt_ll(v, r->refs),
-                           "%s.refCount", kpid);
+      rc = ocap__check_key(k, r->now.refs < 0 ? NULL : v,
+                           r->now.refs < 0 ? 0 : ocap__fmt_ll(v, r->now.refs), "%s.refCount", kpid);
     if (!rc)
-      rc = ocap__check_key(k, r->decider[0] ? r->decider : NULL, strlen(r->decider), "%s.decider",
-                           kpid);
+      rc = ocap__check_key(k, r->now.decider[0] ? r->now.decider : NULL, strlen(r->now.decider),
+                           "%s.decider", kpid);
     if (!rc)
-      rc = ocap__check_key(k, r->subs, r->subslen, "%s.subscribers", kpid);
+      rc = ocap__check_key(k, r->now.subs, r->now.subslen, "%s.subscribers", kpid);
     if (!rc)
-      rc = ocap__check_key(k, r->data, r->datalen, "%s.data", kpid);
+      rc = ocap__check_key(k, r->now.data, r->now.datalen, "%s.data", kpid);
     if (!rc)
-      rc = ocap__check_key(k, r->qtail ? v : NULL, r->qtail ? ocap__fmt_ll(v, r->qtail) : 0,
-                           "%s.queueTail", kpid);
-    for (long long n = 0; n < r->qtail && !rc; n++)
+      rc = ocap__check_key(k, r->now.qtail ? v : NULL,
+                           r->now.qtail ? ocap__fmt_ll(v, r->now.qtail) : 0, "%s.queueTail", kpid);
+    for (long long n = 0; n < r->now.qtail && !rc; n++)
       rc = ocap__check_key(k, r->parked[r->qbase + n].p, r->parked[r->qbase + n].len,
                            "%s.queue.%lld", kpid, n);
     if (!rc)
-      rc = ocap__check_key(k, NULL, 0, "%s.queue.%lld", kpid, r->qtail);
+      rc = ocap__check_key(k, NULL, 0, "%s.queue.%lld", kpid, r->now.qtail);
   }
   return rc;
 }
@@ -490,31 +491,31 @@ int ocap__promises_fill(ocap_kernel_t *k) {
     prec_t *r = t->sync[i];
     int rc = 0;
     kp_name(kpid, r->id);
-    if (r->cstate != r->sstate)
-      rc = r->cstate == ST_NONE ? ocap__delv(k, "%s.state", kpid)
-                                : ocap__setv(k, state_name[r->cstate], "%s.state", kpid);
-    if (!rc && r->crefs != r->srefs)
-      rc = r->crefs < 0 ? ocap__delv(k, "%s.refCount", kpid)
-                        : ocap__seti(k, r->crefs, "%s.refCount", kpid);
-    if (!rc && strcmp(r->cdecider, r->sdecider) != 0)
-      rc = r->cdecider[0] ? ocap__setv(k, r->cdecider, "%s.decider", kpid)
-                          : ocap__delv(k, "%s.decider", kpid);
-    if (!rc && r->csubs != r->ssubs)
-      rc = r->csubs ? ocap__setn(k, r->csubs, r->csubslen, "%s.subscribers", kpid)
-                    : ocap__delv(k, "%s.subscribers", kpid);
-    if (!rc && r->cdata != r->sdata)
-      rc = r->cdata ? ocap__setn(k, r->cdata, r->cdatalen, "%s.data", kpid)
-                    : ocap__delv(k, "%s.data", kpid);
+    if (r->com.state != r->sto.state)
+      rc = r->com.state == ST_NONE ? ocap__delv(k, "%s.state", kpid)
+                                   : ocap__setv(k, state_name[r->com.state], "%s.state", kpid);
+    if (!rc && r->com.refs != r->sto.refs)
+      rc = r->com.refs < 0 ? ocap__delv(k, "%s.refCount", kpid)
+                           : ocap__seti(k, r->com.refs, "%s.refCount", kpid);
+    if (!rc && strcmp(r->com.decider, r->sto.decider) != 0)
+      rc = r->com.decider[0] ? ocap__setv(k, r->com.decider, "%s.decider", kpid)
+                             : ocap__delv(k, "%s.decider", kpid);
+    if (!rc && r->com.subs != r->sto.subs)
+      rc = r->com.subs ? ocap__setn(k, r->com.subs, r->com.subslen, "%s.subscribers", kpid)
+                       : ocap__delv(k, "%s.subscribers", kpid);
+    if (!rc && r->com.data != r->sto.data)
+      rc = r->com.data ? ocap__setn(k, r->com.data, r->com.datalen, "%s.data", kpid)
+                       : ocap__delv(k, "%s.data", kpid);
     /* Messages are appended while the promise is unresolved and all taken
      * at once: the store lacks the ones past its tail, or has ones the
      * committed record no longer holds; after a take, every one differs. */
-    for (long long n = r->cqtail; n < r->sqtail && !rc; n++)
+    for (long long n = r->com.qtail; n < r->sto.qtail && !rc; n++)
       rc = ocap__delv(k, "%s.queue.%lld", kpid, n);
-    for (long long n = r->retaken ? 0 : r->sqtail; n < r->cqtail && !rc; n++)
+    for (long long n = r->retaken ? 0 : r->sto.qtail; n < r->com.qtail && !rc; n++)
       rc = ocap__setn(k, r->parked[n].p, r->parked[n].len, "%s.queue.%lld", kpid, n);
-    if (!rc && r->cqtail != r->sqtail)
-      rc = r->cqtail ? ocap__seti(k, r->cqtail, "%s.queueTail", kpid)
-                     : ocap__delv(k, "%s.queueTail", kpid);
+    if (!rc && r->com.qtail != r->sto.qtail)
+      rc = r->com.qtail ? ocap__seti(k, r->com.qtail, "%s.queueTail", kpid)
+                        : ocap__delv(k, "%s.queueTail", kpid);
     if (rc)
       return rc;
   }
@@ -527,19 +528,10 @@ void ocap__promises_synced(ocap_kernel_t *k) {
   struct ocap__promises *t = k->p;
   for (size_t i = 0; i < t->nsync; i++) {
     prec_t *r = t->sync[i];
-    r->sstate = r->cstate;
-    r->srefs = r->crefs;
-    memcpy(r->sdecider, r->cdecider, sizeof r->sdecider);
-    str_drop(r->ssubs, r->subs, r->csubs);
-    r->ssubs = r->csubs;
-    r->ssubslen = r->csubslen;
-    str_drop(r->sdata, r->data, r->cdata);
-    r->sdata = r->cdata;
-    r->sdatalen = r->cdatalen;
-    r->sqtail = r->cqtail;
+    ver_set(&r->sto, &r->com, &r->now);
     r->retaken = 0;
     r->syncat = 0;
-    if (!r->dirty && gone(r))
+    if (!r->dirty && gone(&r->now))
       prec_free(ocap__idtable_remove(&t->table, r->id));
   }
   t->nsync = 0;
@@ -552,43 +544,25 @@ void ocap__promises_synced(ocap_kernel_t *k) {
 static void settle_dirty(struct ocap__promises *t, int keep) {
   for (size_t i = 0; i < t->ndirty; i++) {
     prec_t *r = t->dirty[i];
-    long long held = r->qbase + r->qtail;
+    long long held = r->qbase + r->now.qtail;
     if (keep) {
-      r->cstate = r->state;
-      r->crefs = r->refs;
-      memcpy(r->cdecider, r->decider, sizeof r->cdecider);
-      str_drop(r->csubs, r->subs, r->ssubs);
-      r->csubs = r->subs;
-      r->csubslen = r->subslen;
-      str_drop(r->cdata, r->data, r->sdata);
-      r->cdata = r->data;
-      r->cdatalen = r->datalen;
+      ver_set(&r->com, &r->now, &r->sto);
       if (r->qbase) { /* the taken items go, the current ones move up */
         parked_free(r, 0, r->qbase);
-        memmove(r->parked, r->parked + r->qbase, (size_t)r->qtail * sizeof *r->parked);
-        for (long long n = r->qtail; n < held; n++)
+        memmove(r->parked, r->parked + r->qbase, (size_t)r->now.qtail * sizeof *r->parked);
+        for (long long n = r->now.qtail; n < held; n++)
           r->parked[n].p = NULL;
         r->retaken = 1;
-        held = r->qtail;
+        held = r->now.qtail;
         r->qbase = 0;
       }
-      r->cqtail = r->qtail;
     } else {
-      r->state = r->cstate;
-      r->refs = r->crefs;
-      memcpy(r->decider, r->cdecider, sizeof r->decider);
-      str_drop(r->subs, r->csubs, r->ssubs);
-      r->subs = r->csubs;
-      r->subslen = r->csubslen;
-      str_drop(r->data, r->cdata, r->sdata);
-      r->data = r->cdata;
-      r->datalen = r->cdatalen;
-      r->qtail = r->cqtail;
+      ver_set(&r->now, &r->com, &r->sto);
       r->qbase = 0;
     }
-    parked_free(r, r->qtail, held);
+    parked_free(r, r->now.qtail, held);
     r->dirty = 0;
-    if (committed_gone(r) && stored_gone(r)) {
+    if (gone(&r->com) && gone(&r->sto)) {
       drop(t, r);
     } else if (keep && !r->syncat) {
       t->sync[t->nsync++] = r;
@@ -616,16 +590,16 @@ int ocap__incref(ocap_kernel_t *k, const char *kref) {
     return ocap__obj_count(k, kref, 1, 1);
   prec_t *r = NULL;
   int rc = lookup(k, kref, 1, &r);
-  return rc ? rc : set_promise(k, r, kref, r->state, (r->refs < 0 ? 0 : r->refs) + 1);
+  return rc ? rc : set_promise(k, r, kref, r->now.state, (r->now.refs < 0 ? 0 : r->now.refs) + 1);
 }
 
 static int free_promise(ocap_kernel_t *k, prec_t *r, const char *kpid) {
   ocap__buf_t data = {0};
   int rc = touch(k, r);
   /* The data is copied first: releasing its slots may touch any promise. */
-  if (!rc && r->data && ocap__buf_add(&data, r->data, r->datalen))
+  if (!rc && r->now.data && ocap__buf_add(&data, r->now.data, r->now.datalen))
     rc = ocap__broken(k, OCAP_ENOMEM, "out of memory freeing %s", kpid);
-  int had = !rc && r->data;
+  int had = !rc && r->now.data;
   /* Only settled promises are freed, and settling removed the decider,
    * subscribers and queue already. */
   if (!rc)
@@ -645,12 +619,12 @@ int ocap__decref(ocap_kernel_t *k, const char *kref) {
   int rc = lookup(k, kref, 1, &r);
   if (rc)
     return rc;
-  if (r->refs > 1)
-    return set_promise(k, r, kref, r->state, r->refs - 1);
-  if (r->state == ST_FULFILLED || r->state == ST_REJECTED)
+  if (r->now.refs > 1)
+    return set_promise(k, r, kref, r->now.state, r->now.refs - 1);
+  if (r->now.state == ST_FULFILLED || r->now.state == ST_REJECTED)
     return free_promise(k, r, kref);
   /* An unresolved promise lives on while its decider can still resolve it. */
-  return set_promise(k, r, kref, r->state, 0);
+  return set_promise(k, r, kref, r->now.state, 0);
 }
 
 int ocap__incref_slots(ocap_kernel_t *k, const char *enc, size_t len) {
@@ -712,11 +686,12 @@ static int has_word(const char *s, size_t n, const char *w) {
 int ocap__subscribers_add(ocap_kernel_t *k, const char *kpid, const char *ep) {
   prec_t *r;
   int rc = lookup(k, kpid, 1, &r);
-  if (rc || (r->subs && has_word(r->subs, r->subslen, ep)))
+  if (rc || (r->now.subs && has_word(r->now.subs, r->now.subslen, ep)))
     return rc;
   rc = touch(k, r);
   ocap__buf_t b = {0};
-  if (!rc && ((r->subs && (ocap__buf_add(&b, r->subs, r->subslen) || ocap__buf_add(&b, " ", 1))) ||
+  if (!rc && ((r->now.subs &&
+               (ocap__buf_add(&b, r->now.subs, r->now.subslen) || ocap__buf_add(&b, " ", 1))) ||
               ocap__buf_adds(&b, ep)))
     rc = ocap__broken(k, OCAP_ENOMEM, "out of memory adding a subscriber");
   if (!rc)
@@ -751,18 +726,18 @@ int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *e
   int rc = change(k, kpid, &r);
   if (rc)
     return rc;
-  rc = set_promise(k, r, kpid, rejected ? ST_REJECTED : ST_FULFILLED, r->refs);
+  rc = set_promise(k, r, kpid, rejected ? ST_REJECTED : ST_FULFILLED, r->now.refs);
   if (!rc)
     rc = set_data(k, r, enc, len);
   if (!rc)
     rc = ocap__incref_slots(k, enc, len);
-  r->decider[0] = '\0';
+  r->now.decider[0] = '\0';
   /* The record stays put while notifies are queued (its map only changes
    * at commit), so its list can be walked in place and dropped after. */
   ocap__buf_t subs = {0};
-  if (!rc && r->subs) {
-    subs.p = r->subs;
-    subs.len = r->subslen;
+  if (!rc && r->now.subs) {
+    subs.p = r->now.subs;
+    subs.len = r->now.subslen;
     char ep[OCAP_REF_MAX];
     for (size_t i = 0; i < subs.len && !rc;) {
       size_t j = i;
@@ -790,11 +765,11 @@ int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *e
    * addressed to the promise; routing them again follows the resolution.
    * The items stay in the record until the crank ends (an abort puts them
    * back). */
-  for (long long i = 0; i < r->qtail && !rc; i++)
+  for (long long i = 0; i < r->now.qtail && !rc; i++)
     rc = ocap__enqueue(k, r->parked[r->qbase + i].p, r->parked[r->qbase + i].len);
   if (!rc) {
-    r->qbase += r->qtail;
-    r->qtail = 0;
+    r->qbase += r->now.qtail;
+    r->now.qtail = 0;
   }
   return rc;
 }
@@ -840,9 +815,9 @@ int ocap__park(ocap_kernel_t *k, const char *kpid, const char *item, size_t len)
   int rc = change(k, kpid, &r);
   if (rc)
     return rc;
-  if (r->qtail >= COUNT_MAX)
+  if (r->now.qtail >= COUNT_MAX)
     return ocap__broken(k, OCAP_ECORRUPT, "counter '%s.queueTail' is exhausted", kpid);
-  if ((size_t)(r->qbase + r->qtail) == r->parkedcap) {
+  if ((size_t)(r->qbase + r->now.qtail) == r->parkedcap) {
     size_t cap = r->parkedcap ? r->parkedcap * 2 : 4;
     pitem_t *v = realloc(r->parked, cap * sizeof *v);
     if (!v)
@@ -854,16 +829,16 @@ int ocap__park(ocap_kernel_t *k, const char *kpid, const char *item, size_t len)
   rc = copy_str(k, item, len, &p, "parking a message");
   if (rc)
     return rc;
-  r->parked[r->qbase + r->qtail].p = p;
-  r->parked[r->qbase + r->qtail].len = len;
-  r->qtail++;
+  r->parked[r->qbase + r->now.qtail].p = p;
+  r->parked[r->qbase + r->now.qtail].len = len;
+  r->now.qtail++;
   return 0;
 }
 
 long long ocap__parked(ocap_kernel_t *k, const char *kpid) {
   prec_t *r;
   int rc = lookup(k, kpid, 0, &r);
-  return rc ? rc : r ? r->qtail : 0;
+  return rc ? rc : r ? r->now.qtail : 0;
 }
 
 int ocap__unpark(ocap_kernel_t *k, const char *kpid, ocap__buf_t **items, size_t *n) {
@@ -871,12 +846,12 @@ int ocap__unpark(ocap_kernel_t *k, const char *kpid, ocap__buf_t **items, size_t
   *items = NULL;
   *n = 0;
   int rc = change(k, kpid, &r);
-  if (rc || r->qtail == 0)
+  if (rc || r->now.qtail == 0)
     return rc;
-  ocap__buf_t *v = calloc((size_t)r->qtail, sizeof *v);
+  ocap__buf_t *v = calloc((size_t)r->now.qtail, sizeof *v);
   if (!v)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory taking the messages parked on %s", kpid);
-  for (long long i = 0; i < r->qtail; i++) {
+  for (long long i = 0; i < r->now.qtail; i++) {
     if (ocap__buf_add(&v[i], r->parked[r->qbase + i].p, r->parked[r->qbase + i].len)) {
       for (long long j = 0; j <= i; j++)
         free(v[j].p);
@@ -885,11 +860,11 @@ int ocap__unpark(ocap_kernel_t *k, const char *kpid, ocap__buf_t **items, size_t
     }
   }
   *items = v;
-  *n = (size_t)r->qtail;
+  *n = (size_t)r->now.qtail;
   /* As at settlement, the items stay in the record until the crank ends
    * (an abort puts them back). */
-  r->qbase += r->qtail;
-  r->qtail = 0;
+  r->qbase += r->now.qtail;
+  r->now.qtail = 0;
   return 0;
 }
 
