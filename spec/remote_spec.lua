@@ -8,32 +8,9 @@ local support = require 'support'
 local client = require 'remote.client'
 
 local E = ocap.E
-local BIN = os.getenv('OCAP_BIN') or 'build/ocap'
 local SRC = os.getenv('OCAP_SOURCE_DIR') or '.'
 
---- Starts spec/remote/peer.lua; { pid, locator, url, neverUrl, gateUrl }.
-local function spawnPeer(env)
-  local cmd = ("%s exec sh -c 'echo $$; exec \"%s\" run \"%s/spec/remote/peer.lua\"'"):format(env or '', BIN, SRC)
-  local f = assert(io.popen(cmd, 'r'))
-  local peer = { f = f, pid = f:read('l'), locator = f:read('l'), url = f:read('l'), neverUrl = f:read('l'),
-    gateUrl = f:read('l') }
-  assert(peer.gateUrl and peer.gateUrl:match('^ocapn://'), 'the peer did not start')
-  return peer
-end
-
-local function killPeer(peer)
-  if peer and not peer.killed then
-    peer.killed = true
-    os.execute('kill ' .. peer.pid .. ' 2>/dev/null')
-    peer.f:close()
-  end
-end
-
-local function newKernel(extra)
-  local opts = { database = false, logger = function() end }
-  for k, v in pairs(extra or {}) do opts[k] = v end
-  return ocap.Kernel.make(opts)
-end
+local spawnPeer, killPeer, newKernel = support.spawnPeer, support.killPeer, support.newKernel
 
 describe('remote kernels', function()
   local peer, kernel, echo

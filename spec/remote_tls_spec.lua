@@ -9,30 +9,11 @@ local support = require 'support'
 local client = require 'remote.client'
 
 local E = ocap.E
-local BIN = os.getenv('OCAP_BIN') or 'build/ocap'
-local SRC = os.getenv('OCAP_SOURCE_DIR') or '.'
+
+local killPeer, newKernel = support.killPeer, support.newKernel
 
 --- Starts spec/remote/peer.lua on tcp-tls (or on the netlayer given).
-local function spawnPeer(env, netlayer)
-  local cmd = ("REMOTE_NETLAYER=%s %s exec sh -c 'echo $$; exec \"%s\" run \"%s/spec/remote/peer.lua\"'"):format(
-    netlayer or 'tcp-tls', env or '', BIN, SRC)
-  local f = assert(io.popen(cmd, 'r'))
-  local peer = { f = f, pid = f:read('l'), locator = f:read('l'), url = f:read('l'), neverUrl = f:read('l') }
-  assert(peer.neverUrl and peer.neverUrl:match('^ocapn://'), 'the peer did not start')
-  return peer
-end
-
-local function killPeer(peer)
-  if peer and not peer.killed then
-    peer.killed = true
-    os.execute('kill ' .. peer.pid .. ' 2>/dev/null')
-    peer.f:close()
-  end
-end
-
-local function newKernel(remote)
-  return ocap.Kernel.make { database = false, logger = function() end, remote = remote }
-end
+local function spawnPeer(env, netlayer) return support.spawnPeer(env, netlayer or 'tcp-tls') end
 
 local TLS_LOCATOR = '^ocapn://' .. ('%x'):rep(64) .. '%.tcp%-tls%?host=127%.0%.0%.1&port=%d+$'
 
@@ -41,7 +22,7 @@ describe('the tcp-tls netlayer', function()
 
   setup(function()
     peer = spawnPeer()
-    kernel = newKernel { netlayer = 'tcp-tls', listen = '127.0.0.1:0' }
+    kernel = newKernel { remote = { netlayer = 'tcp-tls', listen = '127.0.0.1:0' } }
     echo = kernel:redeemOcapURL(peer.url):await()
   end)
 
@@ -70,7 +51,7 @@ describe('the tcp-tls netlayer', function()
   end)
 
   it('hands a reference to a third kernel, which dials its exporter over TLS', function()
-    local third = newKernel { netlayer = 'tcp-tls', listen = '127.0.0.1:0' }
+    local third = newKernel { remote = { netlayer = 'tcp-tls', listen = '127.0.0.1:0' } }
     finally(function() third:stop() end)
     local got
     local sink = ocap.makeDefaultExo('sink', {
@@ -178,7 +159,7 @@ describe('the tcp-tls netlayer', function()
       killPeer(plainPeer)
     end)
     plainPeer = spawnPeer(nil, 'tcp-testing-only')
-    plain = newKernel { listen = '127.0.0.1:0' }
+    plain = newKernel { remote = { listen = '127.0.0.1:0' } }
     local plainEcho = plain:redeemOcapURL(plainPeer.url):await()
     assert.matches('^ocapn://%x+%.tcp%-testing%-only%?', plainPeer.locator)
     -- Calls on both netlayers, interleaved, in one Lua state.
@@ -215,7 +196,7 @@ describe('a tcp-tls session through a network that tampers', function()
   it('ends with CONNECTION_LOST when a record was altered', function()
     local net = require('ocap.core').net
     local peer = spawnPeer()
-    local kernel = newKernel { netlayer = 'tcp-tls', listen = '127.0.0.1:0' }
+    local kernel = newKernel { remote = { netlayer = 'tcp-tls', listen = '127.0.0.1:0' } }
     local proxy
     finally(function()
       if proxy then proxy:close() end

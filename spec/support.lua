@@ -59,4 +59,34 @@ function M.exists(path)
   return f ~= nil
 end
 
+--- A kernel without a database that logs nothing; extra adds or overrides
+--- its options (e.g. remote = { listen = '127.0.0.1:0' }).
+function M.newKernel(extra)
+  local opts = { database = false, logger = function() end }
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  return ocap.Kernel.make(opts)
+end
+
+--- Starts spec/remote/peer.lua in another process, env prefixing its
+--- command line and netlayer (REMOTE_NETLAYER) choosing its netlayer;
+--- { pid, locator, url, neverUrl, gateUrl }.
+function M.spawnPeer(env, netlayer)
+  local cmd = ("%s %s exec sh -c 'echo $$; exec \"%s\" run \"%s/spec/remote/peer.lua\"'"):format(
+    netlayer and ('REMOTE_NETLAYER=' .. netlayer) or '', env or '', M.BIN, M.SRC)
+  local f = assert(io.popen(cmd, 'r'))
+  local peer = { f = f, pid = f:read('l'), locator = f:read('l'), url = f:read('l'), neverUrl = f:read('l'),
+    gateUrl = f:read('l') }
+  assert(peer.gateUrl and peer.gateUrl:match('^ocapn://'), 'the peer did not start')
+  return peer
+end
+
+--- Stops a peer of spawnPeer, once (a nil peer or a second call does nothing).
+function M.killPeer(peer)
+  if peer and not peer.killed then
+    peer.killed = true
+    os.execute('kill ' .. peer.pid .. ' 2>/dev/null')
+    peer.f:close()
+  end
+end
+
 return M
