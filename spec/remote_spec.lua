@@ -245,14 +245,8 @@ describe('remote kernels', function()
       captp.op('op:get', captp.desc('desc:answer', 5), syrup.symbol('size'), 7),
       captp.op('op:listen', captp.desc('desc:answer', 7), captp.desc('desc:import-object', 8), false),
     }
-    for i, m in ipairs(batch) do batch[i] = syrup.encode(m) end
-    c:send(table.concat(batch))
-    local got = {}
-    while not (got[4] and got[8]) do
-      local msg = assert(c:expect('op:deliver-only'))
-      local pos = captp.descPos(msg.args[1], 'desc:export')
-      if pos then got[pos] = msg.args[2] end
-    end
+    c:sendBatch(batch)
+    local got = c:expectAllTo(4, 8)
     assert.are.same({ syrup.symbol('fulfill'), 'y' }, { got[4][1], got[4][2] })
     assert.are.same({ syrup.symbol('fulfill'), 'big' }, { got[8][1], got[8][2] })
   end)
@@ -325,8 +319,7 @@ describe('remote kernels', function()
       captp.op('op:untag', captp.desc('desc:answer', 2), syrup.symbol('car'), 3),
       captp.op('op:listen', captp.desc('desc:answer', 3), captp.desc('desc:import-object', 4), false),
     }
-    for i, m in ipairs(batch) do batch[i] = syrup.encode(m) end
-    c:send(table.concat(batch))
+    c:sendBatch(batch)
     local args = assert(c:expectTo(4))
     assert.are.equal(syrup.symbol('fulfill'), args[1])
     assert.are.equal(syrup.bytes('red'), args[2])
@@ -341,12 +334,7 @@ describe('remote kernels', function()
       2, captp.desc('desc:import-object', 3)))
     c:send(captp.op('op:deliver', boot, captp.list(syrup.symbol('echo'), syrup.set({ 1 })), 4,
       captp.desc('desc:import-object', 5)))
-    local got = {}
-    while not (got[3] and got[5]) do
-      local msg = assert(c:expect('op:deliver-only'))
-      local pos = captp.descPos(msg.args[1], 'desc:export')
-      if pos then got[pos] = msg.args[2] end
-    end
+    local got = c:expectAllTo(3, 5)
     assert.are.equal(syrup.symbol('break'), got[3][1])
     assert.are.equal('an OCapN record cannot be passed to a vat', got[3][2].message)
     assert.are.equal('an OCapN set cannot be passed to a vat', got[5][2].message)
@@ -640,14 +628,8 @@ describe('op:untag', function()
       captp.op('op:listen', captp.desc('desc:answer', 3), captp.desc('desc:import-object', 5), false),
       captp.op('op:listen', captp.desc('desc:answer', 4), captp.desc('desc:import-object', 6), false),
     }
-    for i, m in ipairs(batch) do batch[i] = syrup.encode(m) end
-    c:send(table.concat(batch))
-    local got = {}
-    while not (got[5] and got[6]) do
-      local msg = assert(c:expect('op:deliver-only'))
-      local pos = captp.descPos(msg.args[1], 'desc:export')
-      if pos then got[pos] = msg.args[2] end
-    end
+    c:sendBatch(batch)
+    local got = c:expectAllTo(5, 6)
     assert.are.same({ syrup.symbol('fulfill'), 'red' }, { got[5][1], got[5][2] })
     assert.are.equal(syrup.symbol('break'), got[6][1])
     assert.are.equal('op:untag: tag does not match', got[6][2].message)

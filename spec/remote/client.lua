@@ -174,6 +174,31 @@ function Client:expectTo(pos)
   end
 end
 
+--- Reads op:deliver-only messages until each export position given got
+--- one, in whatever order they come; their args by position.
+function Client:expectAllTo(...)
+  local want, got = { ... }, {}
+  local function done()
+    for _, pos in ipairs(want) do
+      if not got[pos] then return false end
+    end
+    return true
+  end
+  while not done() do
+    local msg = assert(self:expect('op:deliver-only'))
+    local pos = captp.descPos(msg.args[1], 'desc:export')
+    if pos then got[pos] = msg.args[2] end
+  end
+  return got
+end
+
+--- Sends a list of messages in one write, as a peer pipelining them would.
+function Client:sendBatch(msgs)
+  local parts = {}
+  for i, m in ipairs(msgs) do parts[i] = syrup.encode(m) end
+  self.conn:write(table.concat(parts))
+end
+
 function Client:close()
   if not self.closed and self.conn then self.conn:close() end
   if self.server then self.server:close() end
