@@ -124,25 +124,10 @@ describe('the tcp-tls netlayer', function()
   end)
 
   it('keeps the key, and so the designator and sturdyrefs, across a restart', function()
-    local dir = os.tmpname()
-    os.remove(dir)
-    local env = ('REMOTE_DB=%q REMOTE_SWISS=keepme'):format(dir)
-    local second
-    finally(function()
-      killPeer(second)
-      os.execute(('rm -rf %q'):format(dir))
-    end)
-    local first = spawnPeer(env)
-    local waiting
-    local ok1, err1 = pcall(function()
-      assert.are.equal(1, E(kernel:redeemOcapURL(first.url):await()).ping(1):await())
-      waiting = E(kernel:redeemOcapURL(first.neverUrl):await()).wait()
-    end)
-    killPeer(first)
-    assert(ok1, err1)
-    -- Once this kernel knows the session is gone:
-    assert.matches('CONNECTION_LOST', support.rejection(waiting).message)
-    second = spawnPeer(env)
+    local r = support.restartPeer(kernel, spawnPeer, finally)
+    local first, second = r.first, r.second
+    assert.are.equal(1, r.pinged)
+    assert.matches('CONNECTION_LOST', r.lost.message)
     assert.are_not.equal(first.locator, second.locator) -- another port
     local designator = first.url:match('^ocapn://(%x+)%.tcp%-tls/s/keepme%?')
     assert.are.equal(64, #designator)

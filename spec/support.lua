@@ -89,4 +89,34 @@ function M.killPeer(peer)
   end
 end
 
+--- Restarts a peer on its database: starts one (by spawn, which takes the
+--- env) on a fresh directory and swiss number `keepme`, lets kernel ping
+--- its echo and wait on its `never`, stops it, waits for the wait to be
+--- rejected and starts another on the same database. Registers with
+--- finally (busted keeps only a test's last one) the stopping of the
+--- second and the removal of the database. Returns { first, second,
+--- pinged (the echo's answer to ping(1)), lost (the wait's rejection) }.
+function M.restartPeer(kernel, spawn, finally)
+  local dir = os.tmpname()
+  os.remove(dir)
+  local env = ('REMOTE_DB=%q REMOTE_SWISS=keepme'):format(dir)
+  local r = {}
+  finally(function()
+    M.killPeer(r.second)
+    os.execute(('rm -rf %q'):format(dir))
+  end)
+  r.first = spawn(env)
+  local waiting
+  local ok, err = pcall(function()
+    r.pinged = ocap.E(kernel:redeemOcapURL(r.first.url):await()).ping(1):await()
+    waiting = ocap.E(kernel:redeemOcapURL(r.first.neverUrl):await()).wait()
+  end)
+  M.killPeer(r.first)
+  assert(ok, err)
+  -- Once the kernel knows the session is gone:
+  r.lost = M.rejection(waiting)
+  r.second = spawn(env)
+  return r
+end
+
 return M
