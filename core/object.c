@@ -22,18 +22,24 @@
 #include "gc.h"
 #include "idtable.h"
 
+/* One version of an object's keys: the record holds three, as they are
+ * now, at the last commit, and in the store. */
+typedef struct over {
+  char owner[OCAP_REF_MAX]; /* "" when none */
+  int revoked;              /* `ko<N>.revoked` exists */
+  long long reach, recog;   /* `ko<N>.refCount`: the reachable count and the
+                               recognizable one (gc.h) */
+  int pinned;               /* `ko<N>.pinned` exists */
+  int dropped;              /* `ko<N>.dropped` exists */
+} over_t;
+
 typedef struct orec {
-  long long id;                    /* the N of koN */
-  char owner[OCAP_REF_MAX];        /* "" when none */
-  char cowner[OCAP_REF_MAX];       /* the same at the last commit */
-  char sowner[OCAP_REF_MAX];       /* and in the store */
-  int revoked, crevoked, srevoked; /* `ko<N>.revoked` exists */
-  long long reach, creach, sreach; /* `ko<N>.refCount`: the reachable count, */
-  long long recog, crecog, srecog; /* and the recognizable one (gc.h) */
-  int pinned, cpinned, spinned;    /* `ko<N>.pinned` exists */
-  int dropped, cdropped, sdropped; /* `ko<N>.dropped` exists */
-  int dirty;                       /* listed in `dirty` */
-  size_t syncat;                   /* its index in `sync` + 1, 0 when not listed */
+  long long id;  /* the N of koN */
+  over_t now;    /* the keys as this crank left them */
+  over_t com;    /* the keys at the last commit */
+  over_t sto;    /* the keys in the store */
+  int dirty;     /* listed in `dirty` */
+  size_t syncat; /* its index in `sync` + 1, 0 when not listed */
 } orec_t;
 
 struct ocap__objects {
@@ -57,12 +63,9 @@ static long long ko_number(const char *koid) {
   return n;
 }
 
-/* Whether every key of the object is gone, now and in the store. */
-static int gone(const orec_t *r) {
-  return !r->owner[0] && !r->revoked && !r->reach && !r->recog && !r->pinned && !r->dropped;
-}
-static int stored_gone(const orec_t *r) {
-  return !r->sowner[0] && !r->srevoked && !r->sreach && !r->srecog && !r->spinned && !r->sdropped;
+/* Whether every key of a version of the object is gone. */
+static int gone(const over_t *v) {
+  return !v->owner[0] && !v->revoked && !v->reach && !v->recog && !v->pinned && !v->dropped;
 }
 
 /* Writes "ko<id>" into out (OCAP_REF_MAX bytes). */
@@ -77,9 +80,9 @@ static int read_counts(ocap_kernel_t *k, const char *koid, orec_t *r) {
   int rc = ocap__getb(k, &b, "%s.refCount", koid);
   if (rc > 0) {
     const char *comma = memchr(b.p, ',', b.len);
-    if (!comma || !ocap__parse_count(b.p, (size_t)(comma - b.p), &r->reach) ||
-        !ocap__parse_count(comma + 1, b.len - (size_t)(comma + 1 - b.p), &r->recog) ||
-        r->reach > r->recog) {
+    if (!comma || !ocap__parse_count(b.p, (size_t)(comma - b.p), &r->now.reach) ||
+        !ocap__parse_count(comma + 1, b.len - (size_t)(comma + 1 - b.p), &r->now.recog) ||
+        r->now.reach > r->now.recog) {
       char key[KEY_MAX];
       snprintf(key, sizeof key, "%s.refCount", koid);
       rc = ocap__corrupt(
@@ -135,33 +138,27 @@ static int lookup(ocap_kernel_t *k, const char *koid, int create, int fresh, ore
   if (found) {
     /* A record kept only until the store is told that the object is gone
      * stands for no object, as the store does once it is dropped. */
-    *out = !create && !found->dirty && gone(found) ? NULL : found;
+    *out = !create && !found->dirty && gone(&found->now) ? NULL : found;
     return 0;
   }
   orec_t *r = ocap__zalloc(sizeof *r);
   if (!r)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading object %s", koid);
   r->id = id;
-  int rc = fresh ? 0 : ocap__get_ref(k, r->owner, "%s.owner", koid);
+  int rc = fresh ? 0 : ocap__get_ref(k, r->now.owner, "%s.owner", koid);
   if (rc >= 0 && !fresh)
-    rc = r->revoked = ocap__has(k, "%s.revoked", koid);
+    rc = r->now.revoked = ocap__has(k, "%s.revoked", koid);
   if (rc >= 0 && !fresh)
     rc = read_counts(k, koid, r);
   if (rc >= 0 && !fresh)
-    rc = r->pinned = ocap__has(k, "%s.pinned", koid);
+    rc = r->now.pinned = ocap__has(k, "%s.pinned", koid);
   if (rc >= 0 && !fresh)
-    rc = r->dropped = ocap__has(k, "%s.dropped", koid);
-  if (rc < 0 || (gone(r) && !create)) {
+    rc = r->now.dropped = ocap__has(k, "%s.dropped", koid);
+  if (rc < 0 || (gone(&r->now) && !create)) {
     free(r);
     return rc < 0 ? rc : 0;
   }
-  memcpy(r->cowner, r->owner, sizeof r->cowner);
-  memcpy(r->sowner, r->owner, sizeof r->sowner);
-  r->crevoked = r->srevoked = r->revoked;
-  r->creach = r->sreach = r->reach;
-  r->crecog = r->srecog = r->recog;
-  r->cpinned = r->spinned = r->pinned;
-  r->cdropped = r->sdropped = r->dropped;
+  r->com = r->sto = r->now;
   if (ocap__idtable_insert(&t->table, r)) {
     free(r);
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading object %s", koid);
@@ -204,9 +201,9 @@ static int change(ocap_kernel_t *k, const char *koid, int fresh, orec_t **out) {
 int ocap__get_owner(ocap_kernel_t *k, const char *koid, char *out) {
   orec_t *r;
   int rc = lookup(k, koid, 0, 0, &r);
-  if (rc || !r || !r->owner[0])
+  if (rc || !r || !r->now.owner[0])
     return rc;
-  memcpy(out, r->owner, strlen(r->owner) + 1);
+  memcpy(out, r->now.owner, strlen(r->now.owner) + 1);
   return 1;
 }
 
@@ -218,12 +215,12 @@ int ocap__set_owner(ocap_kernel_t *k, const char *koid, const char *ep) {
     return rc;
   if (ep && strlen(ep) >= OCAP_REF_MAX)
     return ocap__broken(k, OCAP_ECORRUPT, "owner '%.60s' of %s is too long", ep, koid);
-  memcpy(r->owner, ep ? ep : "", ep ? strlen(ep) + 1 : 1);
+  memcpy(r->now.owner, ep ? ep : "", ep ? strlen(ep) + 1 : 1);
   if (ep)
     return 0;
   /* A deleted object is nobody's export: it is neither pinned nor
    * dropped, and its record goes once no importer recognizes it. */
-  r->pinned = r->dropped = 0;
+  r->now.pinned = r->now.dropped = 0;
   return 0;
 }
 
@@ -233,11 +230,11 @@ int ocap__obj_info(ocap_kernel_t *k, const char *koid, ocap__objinfo_t *out) {
   int rc = lookup(k, koid, 0, 0, &r);
   if (rc || !r)
     return rc;
-  memcpy(out->owner, r->owner, sizeof out->owner);
-  out->reachable = r->reach;
-  out->recognizable = r->recog;
-  out->pinned = r->pinned;
-  out->dropped = r->dropped;
+  memcpy(out->owner, r->now.owner, sizeof out->owner);
+  out->reachable = r->now.reach;
+  out->recognizable = r->now.recog;
+  out->pinned = r->now.pinned;
+  out->dropped = r->now.dropped;
   return 1;
 }
 
@@ -246,18 +243,18 @@ int ocap__obj_count(ocap_kernel_t *k, const char *koid, int dreach, int drecog) 
   int rc = change(k, koid, 0, &r);
   if (rc)
     return rc;
-  long long reach = r->reach + dreach, recog = r->recog + drecog;
+  long long reach = r->now.reach + dreach, recog = r->now.recog + drecog;
   if (reach < 0 || recog < 0 || reach > recog || recog > COUNT_MAX)
     return ocap__broken(k, OCAP_ECORRUPT,
                         "corrupt database: the counts of %s (%lld,%lld) cannot change by (%d,%d)",
-                        koid, r->reach, r->recog, dreach, drecog);
-  r->reach = reach;
-  r->recog = recog;
+                        koid, r->now.reach, r->now.recog, dreach, drecog);
+  r->now.reach = reach;
+  r->now.recog = recog;
   /* The owner learns at the end of the crank (gc.c), once every change of
    * the crank is in: a count that drops to 0 may well rise again. A
    * pinned object (a vat root, the target of most messages) is never a
    * candidate; were it unpinned, its owner would be gone. */
-  if (((dreach < 0 && !reach) || (drecog < 0 && !recog)) && !r->pinned)
+  if (((dreach < 0 && !reach) || (drecog < 0 && !recog)) && !r->now.pinned)
     return ocap__gc_maybe_free(k, r->id);
   return 0;
 }
@@ -268,23 +265,23 @@ int ocap__obj_set_flag(ocap_kernel_t *k, const char *koid, int flag, int on) {
   if (rc)
     return rc;
   if (flag == OBJ_PINNED)
-    r->pinned = on;
+    r->now.pinned = on;
   else
-    r->dropped = on;
+    r->now.dropped = on;
   return 0;
 }
 
 int ocap__get_revoked(ocap_kernel_t *k, const char *koid) {
   orec_t *r;
   int rc = lookup(k, koid, 0, 0, &r);
-  return rc ? rc : r ? r->revoked : 0;
+  return rc ? rc : r ? r->now.revoked : 0;
 }
 
 int ocap__set_revoked(ocap_kernel_t *k, const char *koid) {
   orec_t *r;
   int rc = change(k, koid, 0, &r);
   if (!rc)
-    r->revoked = 1;
+    r->now.revoked = 1;
   return rc;
 }
 
@@ -309,17 +306,18 @@ int ocap__objects_check(ocap_kernel_t *k) {
     char koid[OCAP_REF_MAX];
     memcpy(koid, "ko", 2);
     koid[2 + ocap__fmt_ll(koid + 2, r->id)] = '\0';
-    rc = ocap__check_key(k, r->owner[0] ? r->owner : NULL, strlen(r->owner), "%s.owner", koid);
+    rc = ocap__check_key(k, r->now.owner[0] ? r->now.owner : NULL, strlen(r->now.owner), "%s.owner",
+                         koid);
     /* Any value marks an object revoked; the kernel writes "true". The
      * same goes for `pinned` and `dropped`. */
-    if (!rc && !r->revoked)
+    if (!rc && !r->now.revoked)
       rc = ocap__check_key(k, NULL, 0, "%s.revoked", koid);
-    if (!rc && !r->pinned)
+    if (!rc && !r->now.pinned)
       rc = ocap__check_key(k, NULL, 0, "%s.pinned", koid);
-    if (!rc && !r->dropped)
+    if (!rc && !r->now.dropped)
       rc = ocap__check_key(k, NULL, 0, "%s.dropped", koid);
     char v[48];
-    size_t vl = counts_text(v, r->reach, r->recog);
+    size_t vl = counts_text(v, r->now.reach, r->now.recog);
     if (!rc)
       rc = ocap__check_key(k, vl ? v : NULL, vl, "%s.refCount", koid);
   }
@@ -358,20 +356,21 @@ int ocap__objects_fill(ocap_kernel_t *k) {
     orec_t *r = t->sync[i];
     int rc = 0;
     ko_name(koid, r->id);
-    if (strcmp(r->cowner, r->sowner) != 0)
-      rc = r->cowner[0] ? ocap__setv(k, r->cowner, "%s.owner", koid)
-                        : ocap__delv(k, "%s.owner", koid);
-    if (!rc && r->crevoked != r->srevoked)
-      rc = r->crevoked ? ocap__setv(k, "true", "%s.revoked", koid)
-                       : ocap__delv(k, "%s.revoked", koid);
-    if (!rc && r->cpinned != r->spinned)
-      rc = r->cpinned ? ocap__setv(k, "true", "%s.pinned", koid) : ocap__delv(k, "%s.pinned", koid);
-    if (!rc && r->cdropped != r->sdropped)
-      rc = r->cdropped ? ocap__setv(k, "true", "%s.dropped", koid)
-                       : ocap__delv(k, "%s.dropped", koid);
-    if (!rc && (r->creach != r->sreach || r->crecog != r->srecog)) {
+    if (strcmp(r->com.owner, r->sto.owner) != 0)
+      rc = r->com.owner[0] ? ocap__setv(k, r->com.owner, "%s.owner", koid)
+                           : ocap__delv(k, "%s.owner", koid);
+    if (!rc && r->com.revoked != r->sto.revoked)
+      rc = r->com.revoked ? ocap__setv(k, "true", "%s.revoked", koid)
+                          : ocap__delv(k, "%s.revoked", koid);
+    if (!rc && r->com.pinned != r->sto.pinned)
+      rc = r->com.pinned ? ocap__setv(k, "true", "%s.pinned", koid)
+                         : ocap__delv(k, "%s.pinned", koid);
+    if (!rc && r->com.dropped != r->sto.dropped)
+      rc = r->com.dropped ? ocap__setv(k, "true", "%s.dropped", koid)
+                          : ocap__delv(k, "%s.dropped", koid);
+    if (!rc && (r->com.reach != r->sto.reach || r->com.recog != r->sto.recog)) {
       char v[48];
-      size_t vl = counts_text(v, r->creach, r->crecog);
+      size_t vl = counts_text(v, r->com.reach, r->com.recog);
       rc = vl ? ocap__setn(k, v, vl, "%s.refCount", koid) : ocap__delv(k, "%s.refCount", koid);
     }
     if (rc)
@@ -384,14 +383,9 @@ void ocap__objects_synced(ocap_kernel_t *k) {
   struct ocap__objects *t = k->o;
   for (size_t i = 0; i < t->nsync; i++) {
     orec_t *r = t->sync[i];
-    memcpy(r->sowner, r->cowner, sizeof r->sowner);
-    r->srevoked = r->crevoked;
-    r->sreach = r->creach;
-    r->srecog = r->crecog;
-    r->spinned = r->cpinned;
-    r->sdropped = r->cdropped;
+    r->sto = r->com;
     r->syncat = 0;
-    if (!r->dirty && gone(r))
+    if (!r->dirty && gone(&r->now))
       free(ocap__idtable_remove(&t->table, r->id));
   }
   t->nsync = 0;
@@ -403,23 +397,12 @@ void ocap__objects_synced(ocap_kernel_t *k) {
 static void end_crank(struct ocap__objects *t, int keep) {
   for (size_t i = 0; i < t->ndirty; i++) {
     orec_t *r = t->dirty[i];
-    if (keep) {
-      memcpy(r->cowner, r->owner, sizeof r->cowner);
-      r->crevoked = r->revoked;
-      r->creach = r->reach;
-      r->crecog = r->recog;
-      r->cpinned = r->pinned;
-      r->cdropped = r->dropped;
-    } else {
-      memcpy(r->owner, r->cowner, sizeof r->owner);
-      r->revoked = r->crevoked;
-      r->reach = r->creach;
-      r->recog = r->crecog;
-      r->pinned = r->cpinned;
-      r->dropped = r->cdropped;
-    }
+    if (keep)
+      r->com = r->now;
+    else
+      r->now = r->com;
     r->dirty = 0;
-    if (gone(r) && stored_gone(r)) {
+    if (gone(&r->now) && gone(&r->sto)) {
       sync_unlist(t, r);
       free(ocap__idtable_remove(&t->table, r->id));
     } else if (keep && !r->syncat) {
