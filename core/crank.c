@@ -119,8 +119,8 @@ static int pipelining_decider(ocap_kernel_t *k, const char *kpid, char *ep) {
  * revoked, and the decider may only send the message on through the
  * kernel or out of it (a remote peer's answer). */
 static int deliver_send(ocap_kernel_t *k, const char *target, const char *decider,
-                        const char *result, const char *enc, size_t len, char *ep, int *fatal,
-                        char **why) {
+                        const char *result, ocap__kp_t *rrec, const char *enc, size_t len, char *ep,
+                        int *fatal, char **why) {
   char owner[OCAP_REF_MAX], teref[OCAP_REF_MAX], reref[OCAP_REF_MAX];
   int rc;
   if (decider) {
@@ -150,7 +150,7 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
   }
   rc = ocap_kernel_kref_to_eref(k, ep, target, teref);
   if (!rc && result) {
-    rc = ocap__set_decider(k, result, ep);
+    rc = rrec ? ocap__kp_set_decider(k, rrec, ep) : ocap__set_decider(k, result, ep);
     if (!rc)
       rc = ocap_kernel_kref_to_eref(k, ep, result, reref);
   }
@@ -193,8 +193,8 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
  * results. A chain of calls that waited on an unsettled promise is then
  * pipelined as a whole once the promise settles.
  */
-static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, int *fatal,
-                        char **why) {
+static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, ocap__kp_t *rrec,
+                        int *fatal, char **why) {
   if (!k->hooks.pipelines)
     return 0;
   char(*work)[OCAP_REF_MAX] = NULL;
@@ -203,7 +203,10 @@ static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, in
   char dest[OCAP_REF_MAX]; /* a copy: `work` moves as it grows */
   memcpy(dest, result, strlen(result) + 1);
   for (;;) {
-    long long parked = ocap__parked(k, dest);
+    /* The first promise is the delivered message's result, whose record
+     * the caller found. */
+    long long parked = rrec ? ocap__kp_parked(rrec) : ocap__parked(k, dest);
+    rrec = NULL;
     if (parked > 0)
       rc = takes_messages(k, dest, ep);
     else
@@ -221,9 +224,9 @@ static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, in
         const char *r = strcmp(res, "-") == 0 ? NULL : res;
         const char *enc = items[i].p + at;
         size_t elen = items[i].len - at;
-        rc = deliver_send(k, dest, ep, r, enc, elen, got, fatal, why);
+        rc = deliver_send(k, dest, ep, r, NULL, enc, elen, got, fatal, why);
         if (!rc && *fatal == OCAP_FATAL_NONE)
-          rc = ocap__release_send(k, target, r, enc, elen);
+          rc = ocap__release_send(k, target, r, NULL, enc, elen);
         if (!rc && sender[0])
           rc = ocap__charge_queued(k, sender, -(long long)items[i].len);
         if (!rc && r) {
@@ -262,9 +265,13 @@ static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int 
   if (rc)
     return rc;
   const char *res = strcmp(result, "-") == 0 ? NULL : result;
+  ocap__kp_t *rrec = NULL; /* the result's record, found once */
   if (res) {
     memcpy(resbuf, res, strlen(res) + 1);
     *resultp = resbuf;
+    rc = ocap__kp_find(k, res, 1, &rrec);
+    if (rc)
+      return rc;
   }
   const char *enc = item + at;
   size_t elen = len - at;
@@ -297,9 +304,9 @@ static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int 
         return rc;
       if (rc == 0)
         return ocap__park(k, cur, item, len); /* the parked item keeps its refs */
-      rc = deliver_send(k, cur, decider, res, enc, elen, ep, fatal, why);
+      rc = deliver_send(k, cur, decider, res, rrec, enc, elen, ep, fatal, why);
       if (!rc && *fatal == OCAP_FATAL_NONE && res)
-        rc = drain_parked(k, ep, res, fatal, why);
+        rc = drain_parked(k, ep, res, rrec, fatal, why);
       goto done;
     }
     ocap__buf_t data = {0};
@@ -325,13 +332,13 @@ static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int 
     }
     memcpy(cur, next, strlen(next) + 1);
   }
-  rc = deliver_send(k, cur, NULL, res, enc, elen, ep, fatal, why);
+  rc = deliver_send(k, cur, NULL, res, rrec, enc, elen, ep, fatal, why);
   if (!rc && *fatal == OCAP_FATAL_NONE && res)
-    rc = drain_parked(k, ep, res, fatal, why);
+    rc = drain_parked(k, ep, res, rrec, fatal, why);
 done:
   if (rc == 0 || rc == OCAP_EFATAL) {
     /* The item is gone: delivered, or rejected at its result. */
-    int rr = ocap__release_send(k, target, res, enc, elen);
+    int rr = ocap__release_send(k, target, res, rrec, enc, elen);
     if (!rr && sender[0])
       rr = ocap__charge_queued(k, sender, -(long long)len);
     if (rr)
@@ -340,9 +347,14 @@ done:
   return rc;
 }
 
+/* The records a notify finds without allocating (a notify merges at most
+ * 16 promises, queue.c). */
+#define NOTIFY_RECS 16
+
 /* One promise told in a notify delivery. */
 typedef struct note {
   char kpid[OCAP_REF_MAX];
+  ocap__kp_t *rec; /* its record, when the caller found it */
   char eref[OCAP_REF_MAX];
   int rejected;
   ocap__pcap_t cap;
@@ -392,8 +404,9 @@ static int notes_grow_set(notes_t *ns) {
   return 0;
 }
 
-/* Adds kpid (a settled promise) unless it is there already. */
-static int notes_add(ocap_kernel_t *k, notes_t *ns, const char *kpid) {
+/* Adds kpid (a settled promise; rec is its record, or NULL) unless it is
+ * there already. */
+static int notes_add(ocap_kernel_t *k, notes_t *ns, const char *kpid, ocap__kp_t *rec) {
   if (notes_grow_set(ns))
     return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
   size_t *slot = notes_slot(ns, kpid);
@@ -412,6 +425,7 @@ static int notes_add(ocap_kernel_t *k, notes_t *ns, const char *kpid) {
     return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
   nt->cap.slotv = nt->cap.slots;
   memcpy(nt->kpid, kpid, strlen(kpid) + 1);
+  nt->rec = rec;
   ns->v[ns->n++] = nt;
   *slot = ns->n;
   return 0;
@@ -435,17 +449,17 @@ static void notes_free(notes_t *ns) {
  */
 static int note_load(ocap_kernel_t *k, const char *ep, notes_t *ns, size_t i) {
   note_t *nt = ns->v[i];
-  ocap__buf_t data = {0};
-  int st = ocap__get_state(k, nt->kpid);
-  int got = st < 0 ? st : ocap__get_data(k, nt->kpid, &data);
-  if (got <= 0) {
-    free(data.p);
-    return got < 0 ? got
-                   : ocap__broken(k, OCAP_ECORRUPT,
-                                  "corrupt database: settled promise %s has no data", nt->kpid);
-  }
-  int rc = ocap__pcap_load(k, &nt->cap, data.p, data.len, "a promise's data");
-  free(data.p);
+  int rc = nt->rec ? 0 : ocap__kp_find(k, nt->kpid, 0, &nt->rec);
+  if (rc)
+    return rc;
+  int st = ocap__kp_state(nt->rec);
+  size_t dlen;
+  const char *data = ocap__kp_data(nt->rec, &dlen);
+  if (!data)
+    return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: settled promise %s has no data",
+                        nt->kpid);
+  /* Parsed straight from the record: the parse takes its own copy. */
+  rc = ocap__pcap_load(k, &nt->cap, data, dlen, "a promise's data");
   if (rc)
     return rc;
   nt->rejected = st == ST_REJECTED;
@@ -458,7 +472,7 @@ static int note_load(ocap_kernel_t *k, const char *ep, notes_t *ns, size_t i) {
     if (sst < 0)
       return sst;
     if (sst == ST_FULFILLED || sst == ST_REJECTED) {
-      rc = notes_add(k, ns, slot);
+      rc = notes_add(k, ns, slot, NULL);
       if (rc)
         return rc;
       nt = ns->v[i];
@@ -484,13 +498,18 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
   if (rc)
     return rc;
   notes_t ns = {0};
+  /* Each promise's record is found once, here, for its note and for the
+   * release of the item's reference at the end. */
+  ocap__kp_t *small[NOTIFY_RECS], **recs = nk <= NOTIFY_RECS ? small : calloc(nk, sizeof *recs);
+  if (!recs)
+    rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading a notify");
   for (size_t j = 0; j < nk && !rc; j++) {
     const char *kpid = kpids[j];
-    int st = ocap__get_state(k, kpid);
-    if (st < 0) {
-      rc = st;
+    recs[j] = NULL;
+    rc = ocap__kp_find(k, kpid, 0, &recs[j]);
+    if (rc)
       break;
-    }
+    int st = ocap__kp_state(recs[j]);
     if (st == ST_NONE || st == ST_UNRESOLVED)
       continue;
     if (!ocap__is_kernel_ep(ep)) {
@@ -500,7 +519,7 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
       if (rc <= 0)
         continue; /* already retired: the endpoint learned it another way */
     }
-    rc = notes_add(k, &ns, kpid);
+    rc = notes_add(k, &ns, kpid, recs[j]);
   }
   for (size_t i = 0; i < ns.n && !rc; i++)
     rc = note_load(k, ep, &ns, i);
@@ -530,10 +549,12 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
   free(res);
   notes_free(&ns);
   for (size_t j = 0; j < nk && (rc == 0 || rc == OCAP_EFATAL); j++) {
-    int rr = ocap__decref(k, kpids[j]);
+    int rr = recs[j] ? ocap__kp_decref(k, recs[j]) : ocap__decref(k, kpids[j]);
     if (rr)
       rc = rr;
   }
+  if (recs != small)
+    free(recs);
   free(kpids);
   return rc;
 }
@@ -576,7 +597,7 @@ static int crank_drop_item(ocap_kernel_t *k, const ocap__buf_t *item) {
     size_t at;
     rc = ocap__parse_send(k, item->p, item->len, t, r, sender, &at);
     if (!rc)
-      rc = ocap__release_send(k, t, NULL, item->p + at, item->len - at);
+      rc = ocap__release_send(k, t, NULL, NULL, item->p + at, item->len - at);
     if (!rc && sender[0])
       rc = ocap__charge_queued(k, sender, -(long long)item->len);
   } else if (!rc) {

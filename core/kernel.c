@@ -215,6 +215,7 @@ int ocap_kernel_alloc_vat_id(ocap_kernel_t *k, char *out) {
 int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
                      const ocap_capdata_t *methargs, const char *result) {
   char tk[OCAP_REF_MAX], rk[OCAP_REF_MAX];
+  ocap__kp_t *rrec = NULL; /* the result's record, found once */
   int rc = ocap_kernel_eref_to_kref(k, ep, target, tk);
   if (rc)
     return rc;
@@ -231,23 +232,25 @@ int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
         return ocap__fail(k, OCAP_EINVAL, "vat %s reused result vref '%s'", ep, result);
     }
     rc = ocap_kernel_eref_to_kref(k, ep, result, rk);
+    if (!rc)
+      rc = ocap__kp_find(k, rk, 1, &rrec);
     if (rc)
       return rc;
     /* Until it is delivered, nobody decides a result promise: the kernel
      * will hand that right to the vat that receives the message. */
-    rc = ocap__set_decider(k, rk, NULL);
+    rc = ocap__kp_set_decider(k, rrec, NULL);
     if (rc)
       return rc;
   }
   ocap__buf_t enc = {0};
   rc = ocap__capdata_e2k(k, ep, methargs, &enc);
   if (!rc)
-    rc = ocap__enqueue_send(k, tk, result ? rk : NULL, enc.p, enc.len,
+    rc = ocap__enqueue_send(k, tk, result ? rk : NULL, rrec, enc.p, enc.len,
                             ocap__is_kernel_ep(ep) ? NULL : ep);
   /* The sender always wants its result: subscribe it here, which saves
    * every send a subscribe syscall. */
   if (!rc && result)
-    rc = ocap__subscribers_add(k, rk, ep);
+    rc = ocap__kp_subscribe(k, rrec, ep);
   free(enc.p);
   return rc;
 }

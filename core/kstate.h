@@ -65,6 +65,7 @@ struct ocap__promises;
 struct ocap__clists;
 struct ocap__objects;
 struct ocap__gc;
+struct ocap__kp; /* a promise's record (promise.h) */
 
 struct ocap_kernel {
   ocap_store_t *s;

@@ -61,7 +61,7 @@ typedef struct pver {
   long long qtail; /* the number of parked messages */
 } pver_t;
 
-typedef struct prec {
+struct ocap__kp {
   long long id;    /* the N of kpN */
   pver_t now;      /* the keys as this crank left them */
   pver_t com;      /* the keys at the last commit */
@@ -72,7 +72,8 @@ typedef struct prec {
   int retaken;     /* taken since the last sync (see above) */
   int dirty;       /* listed in `dirty` */
   size_t syncat;   /* its index in `sync` + 1, 0 when not listed */
-} prec_t;
+};
+typedef struct ocap__kp prec_t;
 
 /* Whether every key of a version of the promise is gone. */
 static int gone(const pver_t *v) {
@@ -382,6 +383,31 @@ static int set_data(ocap_kernel_t *k, prec_t *r, const char *s, size_t n) {
                  "settling a promise");
 }
 
+int ocap__kp_find(ocap_kernel_t *k, const char *kpid, int create, ocap__kp_t **out) {
+  return lookup(k, kpid, create, out);
+}
+
+void ocap__kp_name(const ocap__kp_t *r, char *out) {
+  kp_name(out, r->id);
+}
+
+int ocap__kp_state(const ocap__kp_t *r) {
+  return r ? r->now.state : ST_NONE;
+}
+
+const char *ocap__kp_decider(const ocap__kp_t *r) {
+  return r ? r->now.decider : "";
+}
+
+long long ocap__kp_parked(const ocap__kp_t *r) {
+  return r ? r->now.qtail : 0;
+}
+
+const char *ocap__kp_data(const ocap__kp_t *r, size_t *len) {
+  *len = r && r->now.data ? r->now.datalen : 0;
+  return r ? r->now.data : NULL;
+}
+
 int ocap__get_data(ocap_kernel_t *k, const char *kpid, ocap__buf_t *b) {
   prec_t *r;
   b->len = 0;
@@ -402,15 +428,24 @@ int ocap__get_decider(ocap_kernel_t *k, const char *kpid, char *out) {
   return 1;
 }
 
-int ocap__set_decider(ocap_kernel_t *k, const char *kpid, const char *ep) {
-  prec_t *r;
-  int rc = change(k, kpid, &r);
+int ocap__kp_set_decider(ocap_kernel_t *k, ocap__kp_t *r, const char *ep) {
+  int rc = touch(k, r);
   if (rc)
     return rc;
-  if (ep && strlen(ep) >= OCAP_REF_MAX)
+  size_t n = ep ? strlen(ep) : 0;
+  if (n >= OCAP_REF_MAX) {
+    char kpid[OCAP_REF_MAX];
+    kp_name(kpid, r->id);
     return ocap__broken(k, OCAP_ECORRUPT, "decider '%.60s' of %s is too long", ep, kpid);
-  memcpy(r->now.decider, ep ? ep : "", ep ? strlen(ep) + 1 : 1);
+  }
+  memcpy(r->now.decider, ep ? ep : "", n + 1);
   return 0;
+}
+
+int ocap__set_decider(ocap_kernel_t *k, const char *kpid, const char *ep) {
+  prec_t *r;
+  int rc = lookup(k, kpid, 1, &r);
+  return rc ? rc : ocap__kp_set_decider(k, r, ep);
 }
 
 int ocap__get_state(ocap_kernel_t *k, const char *kpid) {
@@ -419,17 +454,20 @@ int ocap__get_state(ocap_kernel_t *k, const char *kpid) {
   return rc ? rc : r ? r->now.state : ST_NONE;
 }
 
-/* Sets the state and the count of r, the record of kpid (refs -1 removes
- * the count). Callers pass the record they looked up: a round trip sets
- * counts dozens of times, and finding a record again by its name is most
- * of what a change costs. */
-static int set_promise(ocap_kernel_t *k, prec_t *r, const char *kpid, int state, long long refs) {
+/* Sets the state and the count of r (refs -1 removes the count). Callers
+ * pass the record they looked up: a round trip sets counts dozens of
+ * times, and finding a record again by its name is most of what a change
+ * costs. */
+static int set_promise(ocap_kernel_t *k, prec_t *r, int state, long long refs) {
   int rc = touch(k, r);
   if (rc)
     return rc;
-  if (refs > COUNT_MAX)
+  if (refs > COUNT_MAX) {
+    char kpid[OCAP_REF_MAX];
+    kp_name(kpid, r->id);
     return ocap__broken(k, OCAP_ECORRUPT, "count %lld for key '%s.refCount' is out of range", refs,
                         kpid);
+  }
   r->now.state = state;
   r->now.refs = refs;
   return 0;
@@ -585,25 +623,32 @@ void ocap__promises_abort(ocap_kernel_t *k, int cleared) {
 
 /* The kernel's reference count of a promise: c-list entries, queued
  * messages and notifies, and other promises' resolutions that mention it. */
+int ocap__kp_incref(ocap_kernel_t *k, ocap__kp_t *r) {
+  return set_promise(k, r, r->now.state, (r->now.refs < 0 ? 0 : r->now.refs) + 1);
+}
+
 int ocap__incref(ocap_kernel_t *k, const char *kref) {
   if (!ocap__is_kpid(kref))
     return ocap__obj_count(k, kref, 1, 1);
   prec_t *r = NULL;
   int rc = lookup(k, kref, 1, &r);
-  return rc ? rc : set_promise(k, r, kref, r->now.state, (r->now.refs < 0 ? 0 : r->now.refs) + 1);
+  return rc ? rc : ocap__kp_incref(k, r);
 }
 
-static int free_promise(ocap_kernel_t *k, prec_t *r, const char *kpid) {
+static int free_promise(ocap_kernel_t *k, prec_t *r) {
   ocap__buf_t data = {0};
   int rc = touch(k, r);
   /* The data is copied first: releasing its slots may touch any promise. */
-  if (!rc && r->now.data && ocap__buf_add(&data, r->now.data, r->now.datalen))
+  if (!rc && r->now.data && ocap__buf_add(&data, r->now.data, r->now.datalen)) {
+    char kpid[OCAP_REF_MAX];
+    kp_name(kpid, r->id);
     rc = ocap__broken(k, OCAP_ENOMEM, "out of memory freeing %s", kpid);
+  }
   int had = !rc && r->now.data;
   /* Only settled promises are freed, and settling removed the decider,
    * subscribers and queue already. */
   if (!rc)
-    rc = set_promise(k, r, kpid, ST_NONE, -1);
+    rc = set_promise(k, r, ST_NONE, -1);
   if (!rc)
     rc = set_data(k, r, NULL, 0);
   if (!rc && had)
@@ -612,19 +657,21 @@ static int free_promise(ocap_kernel_t *k, prec_t *r, const char *kpid) {
   return rc;
 }
 
+int ocap__kp_decref(ocap_kernel_t *k, ocap__kp_t *r) {
+  if (r->now.refs > 1)
+    return set_promise(k, r, r->now.state, r->now.refs - 1);
+  if (r->now.state == ST_FULFILLED || r->now.state == ST_REJECTED)
+    return free_promise(k, r);
+  /* An unresolved promise lives on while its decider can still resolve it. */
+  return set_promise(k, r, r->now.state, 0);
+}
+
 int ocap__decref(ocap_kernel_t *k, const char *kref) {
   if (!ocap__is_kpid(kref))
     return ocap__obj_count(k, kref, -1, -1);
   prec_t *r = NULL;
   int rc = lookup(k, kref, 1, &r);
-  if (rc)
-    return rc;
-  if (r->now.refs > 1)
-    return set_promise(k, r, kref, r->now.state, r->now.refs - 1);
-  if (r->now.state == ST_FULFILLED || r->now.state == ST_REJECTED)
-    return free_promise(k, r, kref);
-  /* An unresolved promise lives on while its decider can still resolve it. */
-  return set_promise(k, r, kref, r->now.state, 0);
+  return rc ? rc : ocap__kp_decref(k, r);
 }
 
 int ocap__incref_slots(ocap_kernel_t *k, const char *enc, size_t len) {
@@ -661,9 +708,9 @@ int ocap_kernel_alloc_promise(ocap_kernel_t *k, const char *ep, char *out) {
   prec_t *r = NULL;
   rc = fresh(k, out, &r);
   if (!rc)
-    rc = set_promise(k, r, out, ST_UNRESOLVED, 0);
+    rc = set_promise(k, r, ST_UNRESOLVED, 0);
   if (!rc && ep)
-    rc = ocap__set_decider(k, out, ep);
+    rc = ocap__kp_set_decider(k, r, ep);
   return rc;
 }
 
@@ -683,12 +730,10 @@ static int has_word(const char *s, size_t n, const char *w) {
 
 /* Adds ep to the promise's subscribers (read whole: the list has no size
  * limit). */
-int ocap__subscribers_add(ocap_kernel_t *k, const char *kpid, const char *ep) {
-  prec_t *r;
-  int rc = lookup(k, kpid, 1, &r);
-  if (rc || (r->now.subs && has_word(r->now.subs, r->now.subslen, ep)))
-    return rc;
-  rc = touch(k, r);
+int ocap__kp_subscribe(ocap_kernel_t *k, ocap__kp_t *r, const char *ep) {
+  if (r->now.subs && has_word(r->now.subs, r->now.subslen, ep))
+    return 0;
+  int rc = touch(k, r);
   ocap__buf_t b = {0};
   if (!rc && ((r->now.subs &&
                (ocap__buf_add(&b, r->now.subs, r->now.subslen) || ocap__buf_add(&b, " ", 1))) ||
@@ -700,6 +745,12 @@ int ocap__subscribers_add(ocap_kernel_t *k, const char *kpid, const char *ep) {
   return rc;
 }
 
+int ocap__subscribers_add(ocap_kernel_t *k, const char *kpid, const char *ep) {
+  prec_t *r;
+  int rc = lookup(k, kpid, 1, &r);
+  return rc ? rc : ocap__kp_subscribe(k, r, ep);
+}
+
 int ocap_kernel_subscribe(ocap_kernel_t *k, const char *ep, const char *vpid) {
   char kpid[OCAP_REF_MAX];
   if (vpid[0] != 'p' && !ocap__is_kpid(vpid))
@@ -707,26 +758,26 @@ int ocap_kernel_subscribe(ocap_kernel_t *k, const char *ep, const char *vpid) {
   int rc = ocap_kernel_eref_to_kref(k, ep, vpid, kpid);
   if (rc)
     return rc;
-  int st = ocap__get_state(k, kpid);
-  if (st < 0)
-    return st;
+  prec_t *r;
+  rc = lookup(k, kpid, 0, &r);
+  if (rc)
+    return rc;
+  int st = ocap__kp_state(r);
   if (st == ST_NONE)
     return ocap__fail(k, OCAP_EINVAL, "%s subscribed to unknown promise '%s'", ep, vpid);
   if (st != ST_UNRESOLVED)
-    return ocap__enqueue_notify(k, ep, kpid);
+    return ocap__enqueue_notify(k, ep, kpid, r);
   /* The decider may subscribe too: once it resolves, its c-list entry is
    * retired and the notify finds nothing to tell it. */
-  return ocap__subscribers_add(k, kpid, ep);
+  return ocap__kp_subscribe(k, r, ep);
 }
 
 /* Settles kpid with data (an encoding in krefs) and schedules everything
  * that was waiting for it. */
-int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *enc, size_t len) {
-  prec_t *r;
-  int rc = change(k, kpid, &r);
-  if (rc)
-    return rc;
-  rc = set_promise(k, r, kpid, rejected ? ST_REJECTED : ST_FULFILLED, r->now.refs);
+int ocap__kp_settle(ocap_kernel_t *k, ocap__kp_t *r, int rejected, const char *enc, size_t len) {
+  char kpid[OCAP_REF_MAX];
+  kp_name(kpid, r->id);
+  int rc = set_promise(k, r, rejected ? ST_REJECTED : ST_FULFILLED, r->now.refs);
   if (!rc)
     rc = set_data(k, r, enc, len);
   if (!rc)
@@ -755,7 +806,7 @@ int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *e
         rc = ocap__corrupt(k, key, subs.p, subs.len, "a list of endpoints");
         break;
       }
-      rc = ocap__enqueue_notify(k, ep, kpid);
+      rc = ocap__enqueue_notify(k, ep, kpid, r);
       i = j + 1;
     }
     if (!rc)
@@ -774,30 +825,36 @@ int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *e
   return rc;
 }
 
+int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *enc, size_t len) {
+  prec_t *r;
+  int rc = lookup(k, kpid, 1, &r);
+  return rc ? rc : ocap__kp_settle(k, r, rejected, enc, len);
+}
+
 int ocap_kernel_resolve(ocap_kernel_t *k, const char *ep, const ocap_resolution_t *r, size_t n) {
-  char kpid[OCAP_REF_MAX], decider[OCAP_REF_MAX];
+  char kpid[OCAP_REF_MAX];
   for (size_t i = 0; i < n; i++) {
     int rc = ocap_kernel_eref_to_kref(k, ep, r[i].kpid, kpid);
     if (rc)
       return rc;
     if (!ocap__is_kpid(kpid))
       return ocap__fail(k, OCAP_EINVAL, "%s resolved non-promise '%s'", ep, r[i].kpid);
-    int st = ocap__get_state(k, kpid);
-    if (st < 0)
-      return st;
-    if (st != ST_UNRESOLVED)
+    /* The record is found once: checked, settled and notified through it
+     * (it stays in place until the crank ends). */
+    prec_t *p;
+    rc = lookup(k, kpid, 0, &p);
+    if (rc)
+      return rc;
+    if (ocap__kp_state(p) != ST_UNRESOLVED)
       return ocap__fail(k, OCAP_EINVAL, "%s resolved '%s', which is already settled", ep,
                         r[i].kpid);
-    rc = ocap__get_decider(k, kpid, decider);
-    if (rc < 0)
-      return rc;
-    if (rc == 0 || strcmp(decider, ep) != 0)
+    if (strcmp(p->now.decider, ep) != 0)
       return ocap__fail(k, OCAP_EINVAL, "%s may not resolve '%s': it is not the decider", ep,
                         r[i].kpid);
     ocap__buf_t enc = {0};
     rc = ocap__capdata_e2k(k, ep, &r[i].data, &enc);
     if (!rc)
-      rc = ocap__settle(k, kpid, r[i].rejected, enc.p, enc.len);
+      rc = ocap__kp_settle(k, p, r[i].rejected, enc.p, enc.len);
     free(enc.p);
     /* The decider is done with the promise: retire its c-list entry, as its
      * liveslots forgets the vpid once resolved. */

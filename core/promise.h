@@ -27,6 +27,37 @@ int ocap__promises_unsynced(ocap_kernel_t *k);
 int ocap__promises_fill(ocap_kernel_t *k);
 void ocap__promises_synced(ocap_kernel_t *k);
 
+/*
+ * A promise's record in memory. The hot paths (a send, its delivery, a
+ * resolution, a notify) find it once and pass it on rather than its kpid,
+ * which every function would parse and look up again. A record stays
+ * where it is until the crank (or host call) ends: records are only
+ * dropped at its end, or by a sync or forget from host code, which never
+ * runs in the middle of a kernel call.
+ */
+typedef struct ocap__kp ocap__kp_t;
+
+/* The record of kpid: 0 with *out set, or a negative code. With `create`
+ * unset, *out is NULL for a promise that does not exist; the getters below
+ * take NULL as such a promise (no state, decider, parked messages or
+ * data). */
+int ocap__kp_find(ocap_kernel_t *k, const char *kpid, int create, ocap__kp_t **out);
+/* Writes the kpid of r into out (OCAP_REF_MAX bytes). */
+void ocap__kp_name(const ocap__kp_t *r, char *out);
+int ocap__kp_state(const ocap__kp_t *r);
+/* The decider, "" when none; valid until the record changes. */
+const char *ocap__kp_decider(const ocap__kp_t *r);
+long long ocap__kp_parked(const ocap__kp_t *r);
+/* The data (capdata in krefs), NULL when none, with its length in *len;
+ * valid until the record changes. */
+const char *ocap__kp_data(const ocap__kp_t *r, size_t *len);
+/* What the functions below named by kpid do, on a record found. */
+int ocap__kp_set_decider(ocap_kernel_t *k, ocap__kp_t *r, const char *ep);
+int ocap__kp_incref(ocap_kernel_t *k, ocap__kp_t *r);
+int ocap__kp_decref(ocap_kernel_t *k, ocap__kp_t *r);
+int ocap__kp_subscribe(ocap_kernel_t *k, ocap__kp_t *r, const char *ep);
+int ocap__kp_settle(ocap_kernel_t *k, ocap__kp_t *r, int rejected, const char *enc, size_t len);
+
 /* A settled promise's data (capdata in krefs), copied into b: 1, 0 when it
  * has none, or a negative code. */
 int ocap__get_data(ocap_kernel_t *k, const char *kpid, ocap__buf_t *b);

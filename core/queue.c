@@ -367,13 +367,13 @@ long long ocap_kernel_queue_length(ocap_kernel_t *k) {
  * so one delivery tells both, and a pipelined chain costs one notify crank
  * instead of one per link.
  */
-int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid) {
+int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, ocap__kp_t *rec) {
   size_t el = strlen(ep), pl = strlen(kpid);
   if (!ocap__valid_ep(ep))
     return ocap__broken(k, OCAP_ECORRUPT, "cannot notify invalid endpoint '%.60s'", ep);
   if (!ocap__valid_kref(kpid))
     return ocap__broken(k, OCAP_ECORRUPT, "cannot notify invalid promise '%.60s'", kpid);
-  int rc = ocap__incref(k, kpid);
+  int rc = rec ? ocap__kp_incref(k, rec) : ocap__incref(k, kpid);
   if (rc)
     return rc;
   LOAD(k);
@@ -536,8 +536,8 @@ long long ocap_kernel_queued_bytes(ocap_kernel_t *k, const char *ep) {
 /* Enqueues a send whose capdata is already in krefs, taking references. A
  * vat's message names its sender after the result, so that what the vat
  * has waiting is charged to it until the message is delivered or dropped. */
-int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
-                       size_t elen, const char *sender) {
+int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result, ocap__kp_t *rrec,
+                       const char *enc, size_t elen, const char *sender) {
   ocap__buf_t b = {0};
   int rc = 0;
   if (ocap__buf_adds(&b, "send ") || ocap__buf_adds(&b, target) || ocap__buf_add(&b, " ", 1) ||
@@ -552,7 +552,7 @@ int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result,
   if (!rc)
     rc = ocap__incref(k, target);
   if (!rc && result)
-    rc = ocap__incref(k, result);
+    rc = rrec ? ocap__kp_incref(k, rrec) : ocap__incref(k, result);
   if (!rc)
     rc = ocap__incref_slots(k, enc, elen);
   free(b.p);
@@ -641,11 +641,11 @@ int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep,
   return 0;
 }
 
-int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
-                       size_t len) {
+int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result, ocap__kp_t *rrec,
+                       const char *enc, size_t len) {
   int rc = ocap__decref(k, target);
   if (!rc && result)
-    rc = ocap__decref(k, result);
+    rc = rrec ? ocap__kp_decref(k, rrec) : ocap__decref(k, result);
   if (!rc)
     rc = ocap__decref_slots(k, enc, len);
   return rc;

@@ -30,9 +30,10 @@ void ocap__queue_synced(ocap_kernel_t *k);
 /* Appends an item as it is (its references already taken). */
 int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len);
 /* Enqueues a send whose capdata is already in krefs, taking references;
- * a vat sender (NULL for the host) is charged for it until it is gone. */
-int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
-                       size_t elen, const char *sender);
+ * a vat sender (NULL for the host) is charged for it until it is gone.
+ * rrec, when not NULL, is the result's record (promise.h). */
+int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result,
+                       struct ocap__kp *rrec, const char *enc, size_t elen, const char *sender);
 /* Adds delta to the bytes vat ep has waiting in the kernel (<ep>.queuedBytes);
  * a vat that is gone is charged nothing. */
 int ocap__charge_queued(ocap_kernel_t *k, const char *ep, long long delta);
@@ -41,8 +42,10 @@ int ocap__charge_queued(ocap_kernel_t *k, const char *ep, long long delta);
  * of ep unless the crank changed it (ocap_kernel_forget). */
 int ocap__clear_queued(ocap_kernel_t *k, const char *ep);
 void ocap__queued_forget(ocap_kernel_t *k, const char *ep);
-/* Queues a notify of kpid to ep, merged into the last item when it can be. */
-int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid);
+/* Queues a notify of kpid to ep, merged into the last item when it can be;
+ * rec, when not NULL, is kpid's record (promise.h), which spares finding
+ * it again. */
+int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, struct ocap__kp *rec);
 /* Pops the head into b: 1 when there was an item, 0 when empty. */
 int ocap__dequeue(ocap_kernel_t *k, ocap__buf_t *b);
 
@@ -53,8 +56,8 @@ int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *targe
 /* Parses a notify item; *kpids is malloc'd and holds *n promises. */
 int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep,
                        char (**kpids)[OCAP_REF_MAX], size_t *n);
-/* Drops the references a send item held. */
-int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result, const char *enc,
-                       size_t len);
+/* Drops the references a send item held (rrec as for ocap__enqueue_send). */
+int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result,
+                       struct ocap__kp *rrec, const char *enc, size_t len);
 
 #endif
