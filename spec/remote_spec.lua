@@ -106,7 +106,7 @@ describe('remote kernels', function()
     raw:sendHello()
     local fetch = raw:receive()
     local resolver = captp.desc('desc:export', captp.descPos(fetch.args[4], 'desc:import-object'))
-    local session = kernel.remote.sessions.piecemeal
+    local session = kernel.remote.sessions['tcp-testing-only piecemeal']
     -- The answer comes in three reads, the first with a whole message (a
     -- gc-answer for nothing) and the start of the answer: each piece is
     -- read on its own before the next is sent.

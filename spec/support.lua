@@ -68,8 +68,9 @@ function M.newKernel(extra)
 end
 
 --- Starts spec/remote/peer.lua in another process, env prefixing its
---- command line and netlayer (REMOTE_NETLAYER) choosing its netlayer;
---- { pid, locator, url, neverUrl, gateUrl }.
+--- command line and netlayer (REMOTE_NETLAYER) choosing its netlayer, or
+--- its netlayers, comma-separated; { pid, locator, url, neverUrl,
+--- gateUrl, locators } (locators: one per netlayer, in order).
 function M.spawnPeer(env, netlayer)
   local cmd = ("%s %s exec sh -c 'echo $$; exec \"%s\" run \"%s/spec/remote/peer.lua\"'"):format(
     netlayer and ('REMOTE_NETLAYER=' .. netlayer) or '', env or '', M.BIN, M.SRC)
@@ -77,6 +78,8 @@ function M.spawnPeer(env, netlayer)
   local peer = { f = f, pid = f:read('l'), locator = f:read('l'), url = f:read('l'), neverUrl = f:read('l'),
     gateUrl = f:read('l') }
   assert(peer.gateUrl and peer.gateUrl:match('^ocapn://'), 'the peer did not start')
+  peer.locators = { peer.locator }
+  for _ in (netlayer or ''):gmatch(',') do peer.locators[#peer.locators + 1] = f:read('l') end
   return peer
 end
 

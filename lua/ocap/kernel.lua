@@ -160,7 +160,7 @@ end
 local function remoteServices(kernel)
   local exo = require 'ocap.exo'
   kernel:registerKernelServiceObject('ocapURLIssuerService', exo.makeDefaultExo('ocapURLIssuerService', {
-    issue = function(_, obj) return kernel.remote:issue(obj) end,
+    issue = function(_, obj, netlayer) return kernel.remote:issue(obj, nil, netlayer) end,
   }))
   kernel:registerKernelServiceObject('ocapURLRedemptionService', exo.makeDefaultExo('ocapURLRedemptionService', {
     redeem = function(_, url) return kernel.remote:redeem(url) end,
@@ -1124,8 +1124,9 @@ end
 --- number and returns its sturdyref URL (docs/remote.md).
 ---@param obj any
 ---@param swiss string|nil a swiss number to use instead of a random one
-function Kernel:issueOcapURL(obj, swiss)
-  return self:_remote('issueOcapURL'):issue(obj, swiss)
+---@param netlayer string|nil the netlayer of the URL (default the first)
+function Kernel:issueOcapURL(obj, swiss, netlayer)
+  return self:_remote('issueOcapURL'):issue(obj, swiss, netlayer)
 end
 
 --- A promise of the object a sturdyref URL designates, on another kernel.

@@ -35,9 +35,14 @@ local ARRAY_MT = pass.ARRAY_MT
 local M = {}
 
 local OPTIONS = {
-  netlayer = 'string', listen = 'string', handshakeTimeout = 'number', maxMessageBytes = 'number',
-  maxAnswers = 'number', limits = 'table',
+  netlayer = 'string', listen = 'string', netlayers = 'table', handshakeTimeout = 'number',
+  maxMessageBytes = 'number', maxAnswers = 'number', limits = 'table',
 }
+
+-- The netlayers a kernel can speak, and the keys of one entry of
+-- `remote.netlayers`.
+local NETLAYERS = { ['tcp-testing-only'] = true, ['tcp-tls'] = true }
+local NETLAYER_OPTIONS = { type = 'string', listen = 'string' }
 
 -- Milliseconds between activity and the full collection that finds the
 -- imports it dropped.
@@ -109,6 +114,70 @@ end
 local Remote = {}
 Remote.__index = Remote
 
+--- The netlayer named `name` (option `field`), checked.
+local function checkNetlayer(field, name)
+  if not NETLAYERS[name] then
+    error(("Kernel.make: option %s: unknown netlayer %q (there are 'tcp-testing-only' and 'tcp-tls')")
+      :format(field, name), 0)
+  end
+  return name
+end
+
+--- The host and port of `listen` (option `field`), checked.
+local function checkListen(field, listen)
+  local host, port = (listen or '127.0.0.1:0'):match('^%[?([^%]]+)%]?:(%d+)$')
+  if not host then error(("Kernel.make: option %s must be 'host:port', got %q"):format(field, tostring(listen)), 0) end
+  return host, tonumber(port)
+end
+
+--- The netlayers of `remote.netlayers`, checked: a non-empty list of
+--- { type = ..., listen = ... }, each type at most once (a kernel has one
+--- designator per netlayer, which its sessions and URLs are keyed by).
+local function checkNetlayers(list_)
+  local function notList(why)
+    error(('Kernel.make: option remote.netlayers must be a non-empty list of { type = ..., listen = ... }%s')
+      :format(why), 0)
+  end
+  local n = #list_
+  if next(list_) == nil then notList(', got an empty table') end
+  local keys = {}
+  for k in pairs(list_) do
+    if math.type(k) ~= 'integer' or k < 1 or k > n then keys[#keys + 1] = tostring(k) end
+  end
+  if keys[1] then
+    table.sort(keys)
+    notList((', but it has the key %q (put each netlayer in the list: netlayers = { { type = ... } })')
+      :format(keys[1]))
+  end
+  local layers, seen = {}, {}
+  for i, entry in ipairs(list_) do
+    local field = ('remote.netlayers[%d]'):format(i)
+    if type(entry) ~= 'table' then
+      error(('Kernel.make: option %s must be a table, got %s'):format(field, type(entry)), 0)
+    end
+    for k, v in pairs(entry) do
+      local want = NETLAYER_OPTIONS[k]
+      if not want then error(('Kernel.make: option %s has unknown key %q'):format(field, tostring(k)), 0) end
+      if type(v) ~= want then
+        error(('Kernel.make: option %s.%s must be a %s, got %s'):format(field, k, want, type(v)), 0)
+      end
+    end
+    if entry.type == nil then
+      error(("Kernel.make: option %s needs a type ('tcp-testing-only' or 'tcp-tls')"):format(field), 0)
+    end
+    local name = checkNetlayer(field .. '.type', entry.type)
+    if seen[name] then
+      error(('Kernel.make: option %s: netlayer %q is given twice (a kernel has one of each)'):format(field, name), 0)
+    end
+    seen[name] = true
+    local host, port = checkListen(field .. '.listen', entry.listen)
+    layers[i] = { type = name, host = host, port = port }
+  end
+  return layers
+end
+
+--- Checks the `remote` option and fills in its defaults; returns the
+--- netlayers to start, in order: { type, host, port } each.
 local function checkOptions(opts)
   for k, v in pairs(opts) do
     local want = OPTIONS[k]
@@ -117,10 +186,9 @@ local function checkOptions(opts)
       error(('Kernel.make: option remote.%s must be a %s, got %s'):format(k, want, type(v)), 0)
     end
   end
-  local netlayer = opts.netlayer or 'tcp-testing-only'
-  if netlayer ~= 'tcp-testing-only' and netlayer ~= 'tcp-tls' then
-    error(("Kernel.make: option remote.netlayer: unknown netlayer %q (there are 'tcp-testing-only' and 'tcp-tls')")
-      :format(netlayer), 0)
+  if opts.netlayers and (opts.netlayer or opts.listen) then
+    error('Kernel.make: option remote.netlayers cannot be given with remote.netlayer or remote.listen '
+      .. '(give each netlayer its listen address in remote.netlayers)', 0)
   end
   local function positive(field, v)
     if math.type(v) ~= 'integer' or v < 1 then
@@ -142,11 +210,10 @@ local function checkOptions(opts)
   end
   for k, d in pairs(LIMITS) do limits[k] = limits[k] or d end
   opts.limits = limits
-  local host, port = (opts.listen or '127.0.0.1:0'):match('^%[?([^%]]+)%]?:(%d+)$')
-  if not host then
-    error(("Kernel.make: option remote.listen must be 'host:port', got %q"):format(tostring(opts.listen)), 0)
-  end
-  return netlayer, host, tonumber(port)
+  if opts.netlayers then return checkNetlayers(opts.netlayers) end
+  local name = checkNetlayer('remote.netlayer', opts.netlayer or 'tcp-testing-only')
+  local host, port = checkListen('remote.listen', opts.listen)
+  return { { type = name, host = host, port = port } }
 end
 
 local function hex(s)
@@ -188,34 +255,47 @@ local function newSwiss()
   return table.concat(out)
 end
 
---- Starts the remote comms of a kernel: listens, and is ready to dial.
+--- The designator of this kernel on netlayer `name`, made once and kept
+--- in the database, and the TLS context on `tcp-tls`.
+local function identity(K, name)
+  if name == 'tcp-tls' then
+    -- The designator is the key's: a URL names the key it must reach.
+    local ctx = tlsContext(K)
+    return ctx:designator(), ctx
+  end
+  local designator = K:kvGet('remote.designator')
+  if not designator then
+    designator = hex(crypto.random(16))
+    K:kvSet('remote.designator', designator)
+    K:commit()
+  end
+  return designator
+end
+
+--- The key of the sessions with the peer at `loc` (or of ours there):
+--- a peer is its netlayer and its designator, so that a peer on one
+--- netlayer cannot take the place of another's with the same name.
+local function peerKey(transport, designator)
+  return transport .. ' ' .. designator
+end
+
+--- Starts the remote comms of a kernel: listens on each netlayer, and is
+--- ready to dial.
 ---@param kernel table the kernel (ocap.kernel)
 ---@param opts table Kernel.make's `remote` option
 function M.start(kernel, opts)
   local copy = {}
   for k, v in pairs(opts) do copy[k] = v end
-  local netlayer, host, port = checkOptions(copy)
+  local specs = checkOptions(copy)
   local K = kernel.K
-  local ctx, designator
-  if netlayer == 'tcp-tls' then
-    -- The designator is the key's: a URL names the key it must reach.
-    ctx = tlsContext(K)
-    designator = ctx:designator()
-  else
-    designator = K:kvGet('remote.designator')
-    if not designator then
-      designator = hex(crypto.random(16))
-      K:kvSet('remote.designator', designator)
-      K:commit()
-    end
-  end
   local self = setmetatable({
     kernel = kernel, K = K, ls = kernel.ls, opts = copy,
-    designator = designator, netlayer = netlayer, tls = ctx,
-    events = {},       -- what the netlayer reported, handled by pump
+    layers = {},       -- the netlayers, in the order of the options
+    layerOf = {},      -- netlayer name -> its layer
+    events = {},       -- what the netlayers reported, handled by pump
     conns = {},        -- conn userdata -> session
-    sessions = {},     -- peer designator -> the session in use for it
-    waiting = {},      -- peer designator -> functions to run once it is open
+    sessions = {},     -- peerKey -> the session in use for that peer
+    waiting = {},      -- peerKey -> functions to run once it is open
     sturdy = {},       -- swiss -> object, for objects the host registered
     gifts = {},        -- gifter session id .. gift id -> { ref, gifter }
     giftWaiters = {},  -- the same -> { kit, gifter, receiver } of a withdraw-gift that came first
@@ -225,16 +305,29 @@ function M.start(kernel, opts)
     counts = { aborted = 0, gcExports = 0, gcAnswers = 0 },
     closed = false,
   }, Remote)
-  local function onEvent(conn, event, data)
-    local ev = self.events
-    ev[#ev + 1] = { conn, event, data }
+  for i, spec in ipairs(specs) do
+    local name = spec.type
+    local designator, ctx = identity(K, name)
+    -- Events carry their netlayer: an accepted connection's session is
+    -- on the netlayer of the server that accepted it.
+    local layer = { type = name, designator = designator, tls = ctx }
+    function layer.onEvent(conn, event, data)
+      local ev = self.events
+      ev[#ev + 1] = { conn, event, data, layer }
+    end
+    local server, err = net.listen(K, spec.host, spec.port, layer.onEvent, ctx)
+    if not server then
+      -- The netlayers started before this one stop listening with it.
+      for j = 1, i - 1 do self.layers[j].server:close() end
+      K:runLoop(false)
+      error(('Kernel.make: remote: cannot listen on %s:%d: %s'):format(spec.host, spec.port, err), 0)
+    end
+    layer.server = server
+    layer.location = { transport = name, designator = designator,
+      hints = { host = spec.host, port = tostring(server:port()) } }
+    self.layers[i] = layer
+    self.layerOf[name] = layer
   end
-  self.onEvent = onEvent
-  local server, err = net.listen(K, host, port, onEvent, ctx)
-  if not server then error(('Kernel.make: remote: cannot listen on %s:%d: %s'):format(host, port, err), 0) end
-  self.server = server
-  self.location = { transport = netlayer, designator = designator,
-    hints = { host = host, port = tostring(server:port()) } }
   return self
 end
 
@@ -242,9 +335,11 @@ function Remote:_log(level, message)
   self.kernel.logger({ level = level, tags = { 'remote' }, vatId = 'kernel', message = message })
 end
 
---- The locator of this kernel: `ocapn://<designator>.<netlayer>?host=..&port=..`.
-function Remote:locator()
-  return captp.formatURL(self.location)
+--- The locator of this kernel on a netlayer (the first when not named):
+--- `ocapn://<designator>.<netlayer>?host=..&port=..`.
+function Remote:locator(name)
+  local layer = name and self.layerOf[name] or self.layers[1]
+  return layer and captp.formatURL(layer.location)
 end
 
 function Remote:status()
@@ -254,10 +349,16 @@ function Remote:status()
   end
   local n2 = 0
   for _ in pairs(self.gifts) do n2 = n2 + 1 end
+  local addresses, netlayers = {}, {}
+  for i, layer in ipairs(self.layers) do
+    addresses[i] = captp.formatURL(layer.location)
+    netlayers[i] = { type = layer.type, designator = layer.designator, location = addresses[i] }
+  end
   return {
     state = self.closed and 'disconnected' or 'connected',
-    peerId = self.designator,
-    listenAddresses = { self:locator() },
+    peerId = self.layers[1].designator,
+    listenAddresses = addresses,
+    netlayers = netlayers,
     sessions = n,
     aborted = self.counts.aborted,
     gcExports = self.counts.gcExports,
@@ -268,10 +369,13 @@ end
 
 -- ---- sessions ----
 
-function Remote:_newSession(conn, outbound, peer)
+--- A session on `layer` (one of self.layers) over conn; `key`, the
+--- peerKey of the peer, is known at once for a dial and once the peer's
+--- op:start-session came for a connection it opened.
+function Remote:_newSession(conn, outbound, peer, layer, key)
   local pk, sk = crypto.keypair()
   local c = {
-    remote = self, conn = conn, outbound = outbound, peer = peer, state = 'hello',
+    remote = self, conn = conn, outbound = outbound, peer = peer, layer = layer, key = key, state = 'hello',
     pk = pk, sk = sk, buf = '', out = {}, outBytes = 0,
     exports = {}, exportOf = {}, exportCount = {}, nextExport = 1, nexports = 0,
     internal = {},
@@ -308,8 +412,9 @@ function Remote:_send(c, msg)
 end
 
 function Remote:_hello(c)
-  local sig = crypto.sign(c.sk, captp.locationBytes(self.location))
-  self:_send(c, op('op:start-session', captp.VERSION, captp.pubkeyValue(c.pk), captp.peerValue(self.location),
+  local location = c.layer.location
+  local sig = crypto.sign(c.sk, captp.locationBytes(location))
+  self:_send(c, op('op:start-session', captp.VERSION, captp.pubkeyValue(c.pk), captp.peerValue(location),
     captp.sigValue(sig)))
   c.conn:setTimer(self.opts.handshakeTimeout)
 end
@@ -342,11 +447,11 @@ function Remote:_lost(c, why, code)
   for _, kit in pairs(c.promiseImports) do kit.reject(err) end
   c.promiseImports = {}
   self:_dropGifts(c)
-  if c.peer and self.sessions[c.peer] == c then
-    self.sessions[c.peer] = nil
-    local waiting = self.waiting[c.peer]
+  if c.key and self.sessions[c.key] == c then
+    self.sessions[c.key] = nil
+    local waiting = self.waiting[c.key]
     if waiting then
-      self.waiting[c.peer] = nil
+      self.waiting[c.key] = nil
       for _, w in ipairs(waiting) do w(nil, err) end
     end
   end
@@ -448,15 +553,23 @@ function Remote:_startSession(c, args)
   if c.outbound and loc.designator ~= c.peer then
     violation('op:start-session: peer %s answered for %s', loc.designator, c.peer)
   end
+  -- A peer is named by its netlayer and designator: one that says it is
+  -- on another netlayer than the one it speaks could stand for a peer of
+  -- that netlayer, and the location it signs is what handoffs dial.
+  if loc.transport ~= c.layer.type then
+    violation('op:start-session: the location names netlayer %s, the session is on %s', loc.transport,
+      c.layer.type)
+  end
   -- On tcp-tls the peer proved it holds a key: the location it signs
   -- must be that key's, or a peer could speak for another designator.
   local keyOf = c.conn:peerDesignator()
   if keyOf and loc.designator ~= keyOf then violation('op:start-session: the location does not match the TLS key') end
   c.theirPk = pk
   c.peer = loc.designator
+  c.key = peerKey(loc.transport, loc.designator)
   if not c.outbound then self:_hello(c) end
   c.peerLocation = loc
-  local existing = self.sessions[c.peer]
+  local existing = self.sessions[c.key]
   if existing and existing ~= c and not existing.closed then
     if existing.outbound ~= c.outbound then
       -- Crossed hellos: both sides dialled. The connection whose dialler's
@@ -464,20 +577,20 @@ function Remote:_startSession(c, args)
       local out, inb = existing.outbound and existing or c, existing.outbound and c or existing
       local loser = captp.sideId(out.pk) < captp.sideId(inb.theirPk) and out or inb
       if loser == c then return self:_abort(c, 'crossed hellos: the other connection wins') end
-      self.sessions[c.peer] = c
+      self.sessions[c.key] = c
       self:_abort(existing, 'crossed hellos: the other connection wins')
     else
       -- The peer opened a new session: the old one is gone with its state.
       self:_abort(existing, 'the peer started a new session', 'PEER_RESTARTED')
     end
   end
-  self.sessions[c.peer] = c
+  self.sessions[c.key] = c
   c.state = 'open'
   c.conn:setTimer(0)
   self:_log('info', ('session with %s open (%s)'):format(c.peer, c.outbound and 'dialled' or 'accepted'))
-  local waiting = self.waiting[c.peer]
+  local waiting = self.waiting[c.key]
   if waiting then
-    self.waiting[c.peer] = nil
+    self.waiting[c.key] = nil
     for _, w in ipairs(waiting) do w(c) end
   end
 end
@@ -1151,22 +1264,24 @@ end
 -- ---- dialling ----
 
 --- Runs fn(session) once a session with loc is open (or fn(nil, err)).
+--- The session is on the netlayer loc names, which this kernel must have.
 function Remote:_withSession(loc, fn)
   if self.closed then return fn(nil, kernelError('ENDPOINT_UNREACHABLE', 'remote comms are closed')) end
-  if loc.designator == self.designator then
+  local layer = self.layerOf[loc.transport]
+  if layer and loc.designator == layer.designator then
     return fn(nil, kernelError('ENDPOINT_UNREACHABLE', 'cannot open a session with this kernel itself'))
   end
-  local c = self.sessions[loc.designator]
+  local key = peerKey(loc.transport, loc.designator)
+  local c = self.sessions[key]
   if c and c.state == 'open' then return fn(c) end
-  local w = self.waiting[loc.designator]
-  if not w then
-    w = {}
-    self.waiting[loc.designator] = w
+  if c then
+    -- A dial of ours is on its way: fn waits for it with the others.
+    local w = self.waiting[key] or {}
+    self.waiting[key] = w
+    w[#w + 1] = fn
+    return
   end
-  w[#w + 1] = fn
-  if c then return end
-  if loc.transport ~= self.netlayer then
-    self.waiting[loc.designator] = nil
+  if not layer then
     return fn(nil, kernelError('ENDPOINT_UNREACHABLE', ('no netlayer %q here'):format(loc.transport)))
   end
   local host, port = loc.hints.host, tonumber(loc.hints.port)
@@ -1177,17 +1292,17 @@ function Remote:_withSession(loc, fn)
     -- make us hold open is bounded as what they open to us is.
     err = ('more than %d outbound connections'):format(max)
   elseif host and port then
-    conn, err = net.connect(self.K, host, port, self.onEvent, self.tls, self.tls and loc.designator)
+    conn, err = net.connect(self.K, host, port, layer.onEvent, layer.tls, layer.tls and loc.designator)
   end
   if not conn then
-    self.waiting[loc.designator] = nil
     local why = err or 'the locator has no host and port hints'
     return fn(nil, kernelError('ENDPOINT_UNREACHABLE', ('cannot reach %s: %s'):format(loc.designator, why)))
   end
-  c = self:_newSession(conn, true, loc.designator)
+  c = self:_newSession(conn, true, loc.designator, layer, key)
   c.dialled = true
   self.outbound = self.outbound + 1
-  self.sessions[loc.designator] = c
+  self.sessions[key] = c
+  self.waiting[key] = { fn }
   -- A peer that accepts and never finishes the TLS handshake (or never
   -- answers our hello) does not keep the dial waiting for ever.
   conn:setTimer(self.opts.handshakeTimeout)
@@ -1219,11 +1334,18 @@ function Remote:redeem(ref)
 end
 
 --- Registers obj under a swiss number (a new one when not given) and
---- returns its sturdyref URL. A kernel object's (a kref or presence) is
---- kept in the database; a host object's lives as long as this kernel.
-function Remote:issue(obj, swiss)
+--- returns its sturdyref URL on netlayer `name` (the first when not
+--- given). A kernel object's (a kref or presence) is kept in the
+--- database; a host object's lives as long as this kernel. Either is
+--- reached under the same swiss number on every netlayer.
+function Remote:issue(obj, swiss, name)
   if swiss ~= nil and (type(swiss) ~= 'string' or swiss == '') then
     error('issueOcapURL: the swiss number must be a non-empty string', 3)
+  end
+  local layer = self.layers[1]
+  if name ~= nil then
+    layer = self.layerOf[name]
+    if not layer then error(('issueOcapURL: no netlayer %q here'):format(tostring(name)), 3) end
   end
   swiss = swiss or newSwiss()
   local kref
@@ -1241,7 +1363,7 @@ function Remote:issue(obj, swiss)
   else
     error('issueOcapURL: expected a kref, a presence or a remotable', 3)
   end
-  return captp.formatURL(self.location, swiss)
+  return captp.formatURL(layer.location, swiss)
 end
 
 -- ---- the pump ----
@@ -1257,7 +1379,7 @@ function Remote:pump()
     self.events = {}
     did = true
     for _, e in ipairs(events) do
-      local conn, event, data = e[1], e[2], e[3]
+      local conn, event, data, layer = e[1], e[2], e[3], e[4]
       local c = self.conns[conn]
       if event == 'accept' then
         local max = self.opts.limits.maxConnections
@@ -1271,7 +1393,7 @@ function Remote:pump()
         else
           -- A dialled peer speaks first: our hello answers a valid one.
           self.inbound = self.inbound + 1
-          self:_newSession(conn, false, nil).counted = true
+          self:_newSession(conn, false, nil, layer).counted = true
           conn:setTimer(self.opts.handshakeTimeout)
         end
       elseif c and event == 'open' then
@@ -1365,7 +1487,7 @@ function Remote:close()
   local list_ = {}
   for _, c in pairs(self.conns) do list_[#list_ + 1] = c end
   for _, c in ipairs(list_) do self:_abort(c, 'kernel stopped') end
-  self.server:close()
+  for _, layer in ipairs(self.layers) do layer.server:close() end
   self.closed = true
   -- The handles' close callbacks run on the loop; give them their turn.
   self.K:runLoop(false)

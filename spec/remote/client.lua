@@ -135,13 +135,13 @@ function Client:expectClosed()
   return self.why
 end
 
---- Sends op:start-session; opts may override its version or what the
---- signature covers.
+--- Sends op:start-session; opts may override its version, the designator
+--- and netlayer (transport) of its location, or what the signature covers.
 function Client:sendHello(opts)
   opts = opts or {}
   local pk, sk = crypto.keypair()
   self.pk, self.sk = pk, sk
-  local loc = { transport = self.tls and 'tcp-tls' or 'tcp-testing-only',
+  local loc = { transport = opts.transport or (self.tls and 'tcp-tls' or 'tcp-testing-only'),
     designator = opts.designator or self.designator
       or crypto.random(8):gsub('.', function(c) return ('%02x'):format(c:byte()) end),
     hints = { host = '127.0.0.1', port = '1' } }

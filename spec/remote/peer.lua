@@ -5,18 +5,29 @@
 -- sturdyref URL, the never object's and the gate's, one a line, then
 -- serves until it is killed. Its limits are small so that the specs can
 -- cross them; REMOTE_DB keeps its state in a directory, and
--- REMOTE_NETLAYER chooses the netlayer.
+-- REMOTE_NETLAYER chooses the netlayer: with several, comma-separated
+-- (`tcp-tls,tcp-testing-only`), the URLs are on the first, and the
+-- locators of the others follow on lines of their own.
 local ocap = require 'ocap'
 local promise = require 'ocap.promise'
 local pass = require 'ocap.pass'
 
 local here = (arg and arg[0] or 'spec/remote/peer.lua'):match('^(.*)/remote/peer%.lua$') or 'spec'
 
+local remote = { handshakeTimeout = 300, maxMessageBytes = 65536, maxAnswers = 50 }
+local netlayer = os.getenv('REMOTE_NETLAYER')
+if netlayer and netlayer:find(',') then
+  remote.netlayers = {}
+  for name in netlayer:gmatch('[^,]+') do
+    remote.netlayers[#remote.netlayers + 1] = { type = name, listen = '127.0.0.1:0' }
+  end
+else
+  remote.netlayer, remote.listen = netlayer, '127.0.0.1:0'
+end
 local kernel = ocap.Kernel.make {
   database = os.getenv('REMOTE_DB') or false,
   logger = function() end,
-  remote = { netlayer = os.getenv('REMOTE_NETLAYER'), listen = '127.0.0.1:0', handshakeTimeout = 300,
-    maxMessageBytes = 65536, maxAnswers = 50 },
+  remote = remote,
 }
 
 local swiss = os.getenv('REMOTE_SWISS')
@@ -68,9 +79,9 @@ end
 -- method may run turns later than the messages that came with it, when a
 -- itself went to an answer), until a gate answers.
 local gate
-local remote = kernel.remote
-local deliverLocal = remote._deliverLocal
-remote._deliverLocal = function(self, target, method, args)
+local comms = kernel.remote
+local deliverLocal = comms._deliverLocal
+comms._deliverLocal = function(self, target, method, args)
   if target == gate then
     story = { method }
   elseif promise.isPromise(target) and promise.state(target) == 'pending' then
@@ -98,5 +109,7 @@ print(kernel:getStatus().remoteComms.listenAddresses[1])
 print(kernel:issueOcapURL(root, swiss))
 print(kernel:issueOcapURL(never))
 print(kernel:issueOcapURL(gate))
+local addresses = kernel:getStatus().remoteComms.listenAddresses
+for i = 2, #addresses do print(addresses[i]) end
 io.stdout:flush()
 promise.makePromise():await()
