@@ -142,6 +142,10 @@ function M.boot(syscall, info, env)
     end,
   })
 
+  -- A vat makes one liveslots and one ocap table: the code that makes
+  -- them (about 7 KiB of prototypes, which the closures they made do not
+  -- need) goes with this boot code, as no other code in a vat calls it.
+  liveslots.make, api.make = nil, nil
   return ls.dispatch, ocap, endow
 end
 
