@@ -338,22 +338,38 @@ void ocap__queue_abort(ocap_kernel_t *k, int cleared) {
   }
 }
 
-int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len) {
-  LOAD(k);
+/* Appends the item p (len bytes, NUL-terminated, malloc'd), which the
+ * queue takes: it is freed on failure too. */
+static int enqueue_own(ocap_kernel_t *k, char *p, size_t len) {
+  if (!k->q->loaded) {
+    int rc = queue_load(k);
+    if (rc) {
+      free(p);
+      return rc;
+    }
+  }
   struct ocap__queue *q = k->q;
-  if (q->tail >= COUNT_MAX)
+  if (q->tail >= COUNT_MAX) {
+    free(p);
     return ocap__broken(k, OCAP_ECORRUPT, "counter 'runQueue.tail' is exhausted");
-  char *p = malloc(len + 1);
+  }
   if (!p || ring_reserve(q)) {
     free(p);
     return ocap__broken(k, OCAP_ENOMEM, "out of memory queueing an item");
   }
-  memcpy(p, item, len);
-  p[len] = '\0';
   slot(q, q->tail)->p = p;
   slot(q, q->tail)->len = len;
   q->tail++;
   return 0;
+}
+
+int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len) {
+  char *p = malloc(len + 1);
+  if (p) {
+    memcpy(p, item, len);
+    p[len] = '\0';
+  }
+  return enqueue_own(k, p, len);
 }
 
 long long ocap_kernel_queue_length(ocap_kernel_t *k) {
@@ -538,24 +554,39 @@ long long ocap_kernel_queued_bytes(ocap_kernel_t *k, const char *ep) {
  * has waiting is charged to it until the message is delivered or dropped. */
 int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result, ocap__kp_t *rrec,
                        const char *enc, size_t elen, const char *sender) {
-  ocap__buf_t b = {0};
-  int rc = 0;
-  if (ocap__buf_adds(&b, "send ") || ocap__buf_adds(&b, target) || ocap__buf_add(&b, " ", 1) ||
-      ocap__buf_adds(&b, result ? result : "-") || (sender && ocap__buf_add(&b, " ", 1)) ||
-      (sender && ocap__buf_adds(&b, sender)) || ocap__buf_add(&b, "\n", 1) ||
-      ocap__buf_add(&b, enc, elen))
-    rc = ocap__broken(k, OCAP_ENOMEM, "out of memory queueing a message");
-  if (!rc)
-    rc = ocap__enqueue(k, b.p, b.len);
+  /* The item is built in one block of its exact size, which the queue
+   * takes as it is. */
+  const char *rname = result ? result : "-";
+  size_t tl = strlen(target), rl = strlen(rname), sl = sender ? strlen(sender) : 0;
+  size_t len = 5 + tl + 1 + rl + (sender ? 1 + sl : 0) + 1 + elen;
+  char *p = malloc(len + 1);
+  if (p) {
+    char *w = p;
+    memcpy(w, "send ", 5);
+    w += 5;
+    memcpy(w, target, tl);
+    w += tl;
+    *w++ = ' ';
+    memcpy(w, rname, rl);
+    w += rl;
+    if (sender) {
+      *w++ = ' ';
+      memcpy(w, sender, sl);
+      w += sl;
+    }
+    *w++ = '\n';
+    memcpy(w, enc, elen);
+    p[len] = '\0';
+  }
+  int rc = enqueue_own(k, p, len);
   if (!rc && sender)
-    rc = ocap__charge_queued(k, sender, (long long)b.len);
+    rc = ocap__charge_queued(k, sender, (long long)len);
   if (!rc)
     rc = ocap__incref(k, target);
   if (!rc && result)
     rc = rrec ? ocap__kp_incref(k, rrec) : ocap__incref(k, result);
   if (!rc)
     rc = ocap__incref_slots(k, enc, elen);
-  free(b.p);
   return rc;
 }
 
