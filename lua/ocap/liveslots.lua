@@ -43,7 +43,7 @@ local pipelines = setmetatable({}, { __mode = 'k' })
 -- E()'s send, defined with the proxies below.
 local eventualSend
 
-local COUNT_MAX = 9007199254740991 -- 2^53 - 1
+local COUNT_MAX <const> = 9007199254740991 -- 2^53 - 1
 
 --- Reads a count or id the runtime keeps in the vat's store (dflt when
 --- absent). Such values are decimal integers from 0 to 2^53 - 1; anything
@@ -204,7 +204,7 @@ function M.make(opts)
   -- an upper bound of the numbers handed out ("idCounters"), raised in
   -- steps of RESERVE at the end of a delivery that passed it; a restarted
   -- vat starts from the bound, skipping numbers never used.
-  local RESERVE = 1024
+  local RESERVE <const> = 1024
   local counting = not opts.allocObject
   local nextObject, nextPromise = 1, 1
   local boundObject, boundPromise = 1, 1

@@ -123,7 +123,9 @@ local AWAIT = setmetatable({}, { __name = 'await' })   -- (AWAIT, co): resume co
 ------------------------------------------------------------------------------
 -- The turn queue.
 
-local RING_TURNS = 16  -- grows by doubling; most deliveries queue a few turns
+-- It grows by doubling and never shrinks: a vat that queues many turns
+-- keeps its larger ring, while an idle one holds 16 slots (256 bytes).
+local RING_TURNS <const> = 4
 local ring = {}        -- job, a, b, c for each turn
 local ringCap = RING_TURNS
 local ringSlots = RING_TURNS * 4
@@ -314,7 +316,7 @@ local CHECKED_KEY = {}   -- the same, for a task of M.xcall
 local DONE = {}          -- yielded by a worker that finished its task
 local STRAY = {}         -- yielded by an idle worker resumed by someone else
 local AWAITING = {}      -- yielded by await
-local POOL_MAX = 64
+local POOL_MAX <const> = 64
 local pool, poolN = {}, 0
 -- The workers of M.xcall, pooled apart from the others (see checkedWorker).
 local checkedPool, checkedN = {}, 0
