@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hex.h"
+
 static int buf_reserve(ocap__buf_t *b, size_t extra) {
   if (b->len + extra + 1 <= b->cap)
     return 0;
@@ -42,7 +44,6 @@ int ocap__buf_adds(ocap__buf_t *b, const char *s) {
 
 /* Appends s as the inside of a JSON string (JSON.stringify's escaping). */
 int ocap__buf_add_json(ocap__buf_t *b, const char *s) {
-  static const char hex[] = "0123456789abcdef";
   for (; *s; s++) {
     unsigned char c = (unsigned char)*s;
     char esc[7];
@@ -60,10 +61,7 @@ int ocap__buf_add_json(ocap__buf_t *b, const char *s) {
       esc[n++] = '\\';
       esc[n++] = 'r';
     } else if (c < 0x20) {
-      memcpy(esc, "\\u00", 4);
-      n = 4;
-      esc[n++] = hex[c >> 4];
-      esc[n++] = hex[c & 15];
+      n = (size_t)(ocap_hex_json_escape(esc, c) - esc);
     } else {
       esc[n++] = (char)c;
     }
@@ -111,7 +109,6 @@ int ocap_kernel_note_failure(ocap_kernel_t *k, int code, const char *what) {
 /* Copies at most 40 bytes of v into out (64 bytes) for a message, escaping
  * what is not printable, so a corrupt value cannot garble the report. */
 const char *ocap__shown(const char *v, size_t vl, char *out) {
-  static const char hex[] = "0123456789abcdef";
   size_t n = 0;
   out[n++] = '\'';
   for (size_t i = 0; i < vl && n < 50; i++) {
@@ -121,8 +118,8 @@ const char *ocap__shown(const char *v, size_t vl, char *out) {
     } else {
       out[n++] = '\\';
       out[n++] = 'x';
-      out[n++] = hex[c >> 4];
-      out[n++] = hex[c & 15];
+      ocap_hex_byte(out + n, c);
+      n += 2;
     }
   }
   out[n++] = '\'';

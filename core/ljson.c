@@ -14,6 +14,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "hex.h"
 #include "ljson.h"
 
 /* The nesting limit keeps hostile input from exhausting the C stack. */
@@ -42,23 +43,13 @@ static void skip_ws(parser_t *ps) {
 
 static void parse_value(parser_t *ps);
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 /* [-0, +0, e] Reads the four hex digits of a \u escape. */
 static unsigned read_hex4(parser_t *ps) {
   if (ps->end - ps->p < 4)
     perr(ps, "truncated \\u escape");
   unsigned v = 0;
   for (int i = 0; i < 4; i++) {
-    int h = hexval(ps->p[i]);
+    int h = ocap_hex_value(ps->p[i]);
     if (h < 0)
       perr(ps, "bad \\u escape");
     v = v * 16 + (unsigned)h;
@@ -333,7 +324,6 @@ static int json_decode(lua_State *L) {
  * It is JSON.stringify of a string. Only strings are needed, because
  * ocap.marshal writes everything else itself. */
 static int json_encode(lua_State *L) {
-  static const char hex[] = "0123456789abcdef";
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
   luaL_Buffer b;
@@ -365,8 +355,8 @@ static int json_encode(lua_State *L) {
       break;
     default:
       if (c < 0x20) {
-        char esc[7] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15], 0};
-        luaL_addstring(&b, esc);
+        char esc[6];
+        luaL_addlstring(&b, esc, (size_t)(ocap_hex_json_escape(esc, c) - esc));
       } else {
         luaL_addchar(&b, (char)c);
       }

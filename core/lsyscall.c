@@ -9,6 +9,8 @@
  */
 #include "lkernel_int.h"
 
+#include "hex.h"
+
 /*
  * [-0, +(0|1), e] Reads the slots table at idx into `small` when it fits
  * (the common case, so the crank path does not allocate), else into a
@@ -101,15 +103,14 @@ static int over_quota(lua_State *V, lvat_t *rec, const char *fmt, long long n, l
 
 /* [-0, +0, e] Adds s to b as the inside of a JSON string. */
 void ocap__add_json_string(luaL_Buffer *b, const char *s, size_t n) {
-  static const char hex[] = "0123456789abcdef";
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)s[i];
     if (c == '"' || c == '\\') {
       luaL_addchar(b, '\\');
       luaL_addchar(b, (char)c);
     } else if (c < 0x20 || c == 0x7f) {
-      char esc[7] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15], 0};
-      luaL_addlstring(b, esc, 6);
+      char esc[6];
+      luaL_addlstring(b, esc, (size_t)(ocap_hex_json_escape(esc, c) - esc));
     } else {
       luaL_addchar(b, (char)c);
     }

@@ -15,6 +15,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include "hex.h"
 #include "lnet.h"
 #include "lrpc.h"
 
@@ -33,8 +34,7 @@ int ltls_designator(EVP_PKEY *pk, char out[LTLS_DESIGNATOR_LEN + 1]) {
       EVP_PKEY_get_raw_public_key(pk, raw, &n) != 1 || n != sizeof raw ||
       EVP_Digest(raw, n, digest, &dn, EVP_sha256(), NULL) != 1 || dn != sizeof digest)
     return -1;
-  for (size_t i = 0; i < sizeof digest; i++)
-    snprintf(out + 2 * i, 3, "%02x", digest[i]);
+  ocap_hex_encode(out, digest, sizeof digest);
   return 0;
 }
 

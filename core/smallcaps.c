@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hex.h"
+
 /* The smallest positive normal double. */
 #define MIN_NORMAL 2.2250738585072014e-308
 
@@ -134,7 +136,6 @@ size_t ocap_sc_format_number(double x, char *out) {
 /* ---- strings and keys ---- */
 
 char *ocap_sc_quote(const char *s, size_t n, int special, char *out) {
-  static const char hex[] = "0123456789abcdef";
   char *o = out;
   *o++ = '"';
   if (special && n > 0 && (unsigned char)s[0] >= 33 && (unsigned char)s[0] <= 45)
@@ -172,8 +173,7 @@ char *ocap_sc_quote(const char *s, size_t n, int special, char *out) {
       *o++ = 'u';
       *o++ = '0';
       *o++ = '0';
-      *o++ = hex[c >> 4];
-      *o++ = hex[c & 15];
+      o = ocap_hex_byte(o, c);
     }
   }
   *o++ = '"';
@@ -227,21 +227,11 @@ static void skip_ws(scanner_t *s) {
     s->p++;
 }
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 /* The value of the four hex digits at p, or -1. */
 static long hex4(const char *p) {
   long v = 0;
   for (int i = 0; i < 4; i++) {
-    int h = hexval(p[i]);
+    int h = ocap_hex_value(p[i]);
     if (h < 0)
       return -1;
     v = v * 16 + h;

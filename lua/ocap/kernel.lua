@@ -12,6 +12,7 @@ local system = require 'ocap.system'
 local upgrade = require 'ocap.upgrade'
 local loop = require 'ocap.loop'
 local ioChannels = require 'ocap.io'
+local hex = require 'ocap.hex'
 
 local M = {}
 
@@ -19,8 +20,9 @@ local SCHEMA_VERSION = '5'
 
 local RUNTIME_MODULES = {
   'ocap.pass', 'ocap.pass.boxes', 'ocap.pass.style', 'ocap.promise', 'ocap.promise.combinators', 'ocap.marshal',
-  'ocap.marshal.reference', 'ocap.exo', 'ocap.stores', 'ocap.logger', 'ocap.guards', 'ocap.durable', 'ocap.vom',
-  'ocap.liveslots', 'ocap.liveslots.gc', 'ocap.api', 'ocap.vatboot', 'ocap.vatboot.endow', 'ocap.vatboot.explain',
+  'ocap.marshal.reference', 'ocap.hex', 'ocap.exo', 'ocap.stores', 'ocap.logger', 'ocap.guards', 'ocap.durable',
+  'ocap.vom', 'ocap.liveslots', 'ocap.liveslots.gc', 'ocap.api', 'ocap.vatboot', 'ocap.vatboot.endow',
+  'ocap.vatboot.explain',
 }
 
 local runtimeCache
@@ -477,10 +479,6 @@ end
 -- holds the code once, and a restart replays it once.
 local sha256 = core.crypto.sha256
 
-local function hexOf(bytes)
-  return (bytes:gsub('.', function(c) return ('%02x'):format(c:byte()) end))
-end
-
 --- The hash of an encoded bundle. Hashing costs about 50 instructions a
 --- byte, more than the rest of storing a bundle, and launches come in runs
 --- of one code (ten vats of a subcluster, many subclusters alike): the
@@ -489,7 +487,7 @@ function Kernel:_hashOf(raw)
   local memo = self.bundleHashes
   local hash = memo[raw]
   if hash then return hash end
-  hash = hexOf(sha256(raw))
+  hash = hex.encode(sha256(raw))
   if memo.n == 16 then
     memo = { n = 0 }
     self.bundleHashes = memo

@@ -19,6 +19,7 @@ local pass = require 'ocap.pass'
 local promise = require 'ocap.promise'
 local liveslots = require 'ocap.liveslots'
 local captp = require 'ocap.captp'
+local hex = require 'ocap.hex'
 
 local net, crypto, tls = core.net, core.crypto, core.tls
 local kind, sym = syrup.kind, syrup.symbol
@@ -216,14 +217,6 @@ local function checkOptions(opts)
   return { { type = name, host = host, port = port } }
 end
 
-local function hex(s)
-  return (s:gsub('.', function(c) return ('%02x'):format(c:byte()) end))
-end
-
-local function unhex(s)
-  return (s:gsub('%x%x', function(h) return string.char(tonumber(h, 16)) end))
-end
-
 --- The TLS context of this kernel on `tcp-tls`: its long-term Ed25519 key
 --- is made once and kept in the database (`remote.tls.key`, PKCS#8 in
 --- hex), so that its designator, the hash of the key, and with it the
@@ -231,11 +224,11 @@ end
 local function tlsContext(K)
   local stored = K:kvGet('remote.tls.key')
   if not stored then
-    stored = hex(tls.newKey())
+    stored = hex.encode(tls.newKey())
     K:kvSet('remote.tls.key', stored)
     K:commit()
   end
-  local ctx, err = tls.context(unhex(stored))
+  local ctx, err = tls.context(hex.decode(stored))
   if not ctx then error('Kernel.make: remote: the stored remote.tls.key is bad: ' .. err, 0) end
   return ctx
 end
@@ -265,7 +258,7 @@ local function identity(K, name)
   end
   local designator = K:kvGet('remote.designator')
   if not designator then
-    designator = hex(crypto.random(16))
+    designator = hex.encode(crypto.random(16))
     K:kvSet('remote.designator', designator)
     K:commit()
   end
@@ -1020,7 +1013,7 @@ end, 'op:untag')
 function Remote:_lookupSwiss(swiss)
   local obj = self.sturdy[swiss]
   if obj ~= nil then return obj end
-  local kref = self.K:kvGet('remote.sturdy.' .. hex(swiss))
+  local kref = self.K:kvGet('remote.sturdy.' .. hex.encode(swiss))
   if kref then
     if kref:sub(1, 2) == 'kp' then return self.ls.promiseFor(kref) end
     return self.ls.presenceFor(kref)
@@ -1356,7 +1349,7 @@ function Remote:issue(obj, swiss, name)
     if ref and ls == self.ls then kref = ref end
   end
   if kref then
-    self.K:kvSet('remote.sturdy.' .. hex(swiss), kref)
+    self.K:kvSet('remote.sturdy.' .. hex.encode(swiss), kref)
     self.K:commit()
   elseif pass.isRemotable(obj) or promise.isPromise(obj) then
     self.sturdy[swiss] = obj

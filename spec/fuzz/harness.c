@@ -102,8 +102,9 @@ void fuzz_host_dofile(lua_State *L, const char *relpath) {
 }
 
 /* The runtime modules a decoding vat needs, in load order. */
-static const char *const VAT_MODULES[] = {"ocap.pass", "ocap.pass.boxes", "ocap.pass.style",
-                                          "ocap.marshal", "ocap.marshal.reference"};
+static const char *const VAT_MODULES[] = {"ocap.pass",       "ocap.pass.boxes",
+                                          "ocap.pass.style", "ocap.marshal",
+                                          "ocap.hex",        "ocap.marshal.reference"};
 
 /* [-1, +0, e] Runs in the vat: installs the JSON decoder as its `cjson`
  * and the C smallcaps codec, as the kernel's boot trampoline does. */

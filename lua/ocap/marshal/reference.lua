@@ -44,6 +44,7 @@
 local M = {}
 
 local pass = require 'ocap.pass'
+local hex = require 'ocap.hex'
 local cjson = require('cjson').new()
 cjson.decode_invalid_numbers(false) -- no NaN, Infinity or hex literals in JSON
 
@@ -65,7 +66,6 @@ local match = string.match
 local format = string.format
 local rep = string.rep
 local concat = table.concat
-local char = string.char
 local utf8_len = utf8.len
 local sort = table.sort
 local cjson_encode = cjson.encode
@@ -100,9 +100,9 @@ local SPARE_MAX = 4096
 -- backslash starts an escape, so escapes are read left to right as a
 -- backslash, one character and up to four hex digits.
 local FIX_PAT = '\\(.)(%x?%x?%x?%x?)'
-local function fixEscape(c, hex)
-  if c == '/' then return '/' .. hex end
-  if c == 'u' and hex == '007f' then return '\127' end
+local function fixEscape(c, digits)
+  if c == '/' then return '/' .. digits end
+  if c == 'u' and digits == '007f' then return '\127' end
   return nil -- keep the escape as it is
 end
 
@@ -317,10 +317,6 @@ local function encodeSlot(t, style, cx)
   return jsonString('$' .. index .. '.' .. iface)
 end
 
--- Each byte as two lower-case hex digits, for byte arrays.
-local HEX = {}
-for b = 0, 255 do HEX[char(b)] = format('%02x', b) end
-
 -- Keys that JavaScript objects enumerate first, in numeric order.
 local function isIndexKey(k)
   local b = byte(k, 1)
@@ -492,7 +488,7 @@ local function encodeTable(t, cx, n, depth)
     return n
   elseif style == 'byteArray' then
     n = n + 1
-    cx[n] = '"*' .. gsub(a.bytes, '.', HEX) .. '"'
+    cx[n] = '"*' .. hex.encode(a.bytes) .. '"'
     return n
   elseif style == 'tagged' then
     depth = depth + 1
@@ -705,15 +701,11 @@ local function decodeSymbol(s)
   return pass.symbol(name)
 end
 
-local function unhex(h)
-  return char(tonumber(h, 16))
-end
-
 local function decodeBytes(s)
   if #s % 2 == 0 or find(s, '%X', 2) then
     error(format('invalid byteArray encoding %s (pairs of hex digits expected)', short(s)), 0)
   end
-  return pass.bytes((gsub(sub(s, 2), '%x%x', unhex)))
+  return pass.bytes(hex.decode(sub(s, 2)))
 end
 
 -- A string that starts with a special character (ASCII 33..45).
