@@ -29,21 +29,39 @@ void ocap__pcap_free(ocap__pcap_t *p) {
 }
 
 /* Parses an encoding. Returns 0, OCAP_ENOMEM, or OCAP_EINVAL when it has no
- * slot line; p must be freed with pcap_free in every case. */
-static int pcap_parse(ocap__pcap_t *p, const char *enc, size_t len) {
+ * slot line; p must be freed with pcap_free in every case. With `borrow`,
+ * only the slot line is copied (nothing when there are no slots) and the
+ * body is read in place. */
+static int pcap_parse(ocap__pcap_t *p, const char *enc, size_t len, int borrow) {
   memset(p, 0, sizeof *p);
   p->slotv = p->slots;
-  p->copy = malloc(len + 1);
-  if (!p->copy)
-    return OCAP_ENOMEM;
-  memcpy(p->copy, enc, len);
-  p->copy[len] = '\0';
-  char *nl = memchr(p->copy, '\n', len);
-  if (!nl)
-    return OCAP_EINVAL;
-  *nl = '\0';
-  p->body = nl + 1;
-  p->blen = len - (size_t)(nl + 1 - p->copy);
+  if (borrow) {
+    const char *nl = memchr(enc, '\n', len);
+    if (!nl)
+      return OCAP_EINVAL;
+    size_t sl = (size_t)(nl - enc);
+    p->body = nl + 1;
+    p->blen = len - sl - 1;
+    if (sl == 0)
+      return 0;
+    p->copy = malloc(sl + 1);
+    if (!p->copy)
+      return OCAP_ENOMEM;
+    memcpy(p->copy, enc, sl);
+    p->copy[sl] = '\0';
+  } else {
+    p->copy = malloc(len + 1);
+    if (!p->copy)
+      return OCAP_ENOMEM;
+    memcpy(p->copy, enc, len);
+    p->copy[len] = '\0';
+    char *nl = memchr(p->copy, '\n', len);
+    if (!nl)
+      return OCAP_EINVAL;
+    *nl = '\0';
+    p->body = nl + 1;
+    p->blen = len - (size_t)(nl + 1 - p->copy);
+  }
   size_t count = 0;
   for (char *c = p->copy; *c; c++)
     if (*c == ' ')
@@ -62,15 +80,25 @@ static int pcap_parse(ocap__pcap_t *p, const char *enc, size_t len) {
 
 /* Parses an encoding the kernel stored (what names where it came from);
  * one it cannot parse is corruption. */
-int ocap__pcap_load(ocap_kernel_t *k, ocap__pcap_t *p, const char *enc, size_t len,
-                    const char *what) {
-  int rc = pcap_parse(p, enc, len);
+static int pcap_load(ocap_kernel_t *k, ocap__pcap_t *p, const char *enc, size_t len,
+                     const char *what, int borrow) {
+  int rc = pcap_parse(p, enc, len, borrow);
   if (rc == OCAP_ENOMEM)
     return ocap__broken(k, rc, "out of memory parsing %s", what);
   if (rc)
     return ocap__broken(k, OCAP_ECORRUPT,
                         "corrupt database: %s is not capdata (it has no slot line)", what);
   return 0;
+}
+
+int ocap__pcap_load(ocap_kernel_t *k, ocap__pcap_t *p, const char *enc, size_t len,
+                    const char *what) {
+  return pcap_load(k, p, enc, len, what, 0);
+}
+
+int ocap__pcap_borrow(ocap_kernel_t *k, ocap__pcap_t *p, const char *enc, size_t len,
+                      const char *what) {
+  return pcap_load(k, p, enc, len, what, 1);
 }
 
 ocap_capdata_t ocap__pcap_view(const ocap__pcap_t *p) {

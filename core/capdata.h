@@ -24,6 +24,11 @@ typedef struct ocap__pcap {
  * one it cannot parse is corruption. p must be freed in every case. */
 int ocap__pcap_load(ocap_kernel_t *k, ocap__pcap_t *p, const char *enc, size_t len,
                     const char *what);
+/* The same, but the body is read in place and only the slots are copied
+ * (nothing, when there are none): enc must outlive p. A message delivered
+ * from the run queue is parsed this way, sparing a copy of its body. */
+int ocap__pcap_borrow(ocap_kernel_t *k, ocap__pcap_t *p, const char *enc, size_t len,
+                      const char *what);
 void ocap__pcap_free(ocap__pcap_t *p);
 /* The parsed capdata as the interface passes it (no copy). */
 ocap_capdata_t ocap__pcap_view(const ocap__pcap_t *p);

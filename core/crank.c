@@ -157,7 +157,7 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
   if (rc)
     return rc;
   ocap__pcap_t p;
-  rc = ocap__pcap_load(k, &p, enc, len, "a queued message");
+  rc = ocap__pcap_borrow(k, &p, enc, len, "a queued message");
   char(*pool)[OCAP_REF_MAX] = NULL;
   const char **slots = NULL;
   if (!rc && p.nslots) {
@@ -355,6 +355,7 @@ done:
 typedef struct note {
   char kpid[OCAP_REF_MAX];
   ocap__kp_t *rec; /* its record, when the caller found it */
+  int has_eref;    /* eref is known already (read from the c-list) */
   char eref[OCAP_REF_MAX];
   int rejected;
   ocap__pcap_t cap;
@@ -404,9 +405,11 @@ static int notes_grow_set(notes_t *ns) {
   return 0;
 }
 
-/* Adds kpid (a settled promise; rec is its record, or NULL) unless it is
- * there already. */
-static int notes_add(ocap_kernel_t *k, notes_t *ns, const char *kpid, ocap__kp_t *rec) {
+/* Adds kpid (a settled promise; rec is its record, or NULL; eref the
+ * endpoint's ref for it, or NULL when not read yet) unless it is there
+ * already. */
+static int notes_add(ocap_kernel_t *k, notes_t *ns, const char *kpid, ocap__kp_t *rec,
+                     const char *eref) {
   if (notes_grow_set(ns))
     return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
   size_t *slot = notes_slot(ns, kpid);
@@ -426,6 +429,10 @@ static int notes_add(ocap_kernel_t *k, notes_t *ns, const char *kpid, ocap__kp_t
   nt->cap.slotv = nt->cap.slots;
   memcpy(nt->kpid, kpid, strlen(kpid) + 1);
   nt->rec = rec;
+  if (eref) {
+    memcpy(nt->eref, eref, strlen(eref) + 1);
+    nt->has_eref = 1;
+  }
   ns->v[ns->n++] = nt;
   *slot = ns->n;
   return 0;
@@ -472,7 +479,7 @@ static int note_load(ocap_kernel_t *k, const char *ep, notes_t *ns, size_t i) {
     if (sst < 0)
       return sst;
     if (sst == ST_FULFILLED || sst == ST_REJECTED) {
-      rc = notes_add(k, ns, slot, NULL);
+      rc = notes_add(k, ns, slot, NULL, NULL);
       if (rc)
         return rc;
       nt = ns->v[i];
@@ -484,7 +491,7 @@ static int note_load(ocap_kernel_t *k, const char *ep, notes_t *ns, size_t i) {
     if (!nt->pool || !nt->slotv)
       return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
   }
-  rc = ocap_kernel_kref_to_eref(k, ep, nt->kpid, nt->eref);
+  rc = nt->has_eref ? 0 : ocap_kernel_kref_to_eref(k, ep, nt->kpid, nt->eref);
   if (!rc)
     rc = ocap__capdata_k2e(k, ep, &nt->cap, nt->pool, nt->slotv);
   return rc;
@@ -512,14 +519,20 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
     int st = ocap__kp_state(recs[j]);
     if (st == ST_NONE || st == ST_UNRESOLVED)
       continue;
+    const char *eref = NULL;
     if (!ocap__is_kernel_ep(ep)) {
       const char *v;
       size_t vl;
       rc = ocap__clist_get(k, ep, kpid, &v, &vl);
       if (rc <= 0)
         continue; /* already retired: the endpoint learned it another way */
+      /* The entry is the vref the delivery names the promise by: a value
+       * that is not one is left to ocap_kernel_kref_to_eref, which says
+       * what is wrong with it. */
+      if (vl < OCAP_REF_MAX && ocap__valid_eref(v))
+        eref = v;
     }
-    rc = notes_add(k, &ns, kpid, recs[j]);
+    rc = notes_add(k, &ns, kpid, recs[j], eref);
   }
   for (size_t i = 0; i < ns.n && !rc; i++)
     rc = note_load(k, ep, &ns, i);

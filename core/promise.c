@@ -678,7 +678,7 @@ int ocap__incref_slots(ocap_kernel_t *k, const char *enc, size_t len) {
   if (len && enc[0] == '\n')
     return 0; /* no slots: the common case, without parsing */
   ocap__pcap_t p;
-  int rc = ocap__pcap_load(k, &p, enc, len, "a capdata the kernel holds");
+  int rc = ocap__pcap_borrow(k, &p, enc, len, "a capdata the kernel holds");
   for (size_t i = 0; i < p.nslots && !rc; i++)
     rc = ocap__incref(k, p.slotv[i]);
   ocap__pcap_free(&p);
@@ -689,7 +689,7 @@ int ocap__decref_slots(ocap_kernel_t *k, const char *enc, size_t len) {
   if (len && enc[0] == '\n')
     return 0;
   ocap__pcap_t p;
-  int rc = ocap__pcap_load(k, &p, enc, len, "a capdata the kernel holds");
+  int rc = ocap__pcap_borrow(k, &p, enc, len, "a capdata the kernel holds");
   for (size_t i = 0; i < p.nslots && !rc; i++)
     rc = ocap__decref(k, p.slotv[i]);
   ocap__pcap_free(&p);

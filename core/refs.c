@@ -223,11 +223,13 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
   }
   if (eref[1] == '-')
     return ocap__fail(k, OCAP_EINVAL, "vat %s used unknown import '%s'", ep, eref);
-  rc =
+  return ocap__export_new(k, ep, eref, out);
+}
+
+int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
+  int rc =
       eref[0] == 'o' ? ocap_kernel_alloc_object(k, ep, out) : ocap_kernel_alloc_promise(k, ep, out);
-  if (!rc)
-    rc = clist_add(k, ep, out, eref);
-  return rc;
+  return rc ? rc : clist_add(k, ep, out, eref);
 }
 
 int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {

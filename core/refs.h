@@ -41,6 +41,10 @@ int ocap__clist_entry(ocap_kernel_t *k, const char *ep, const char *kref, char *
 /* Rewrites ep's kref-keyed entry for an import, reachable or dropped. */
 int ocap__clist_set_reach(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref,
                           int reach);
+/* Allocates the object or promise that eref, a new export of vat ep (an
+ * `o+N` or `p+N` its c-list lacks, checked by the caller), stands for,
+ * with its kref in out, and enters it in ep's c-list. */
+int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *out);
 /* The eref of koid in its exporter ep: 1 with it in eref, 0 when ep's
  * c-list lacks it, or a negative code. */
 int ocap__export_eref(ocap_kernel_t *k, const char *ep, const char *koid, char *eref);
