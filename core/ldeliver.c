@@ -7,6 +7,7 @@
  * syscalls (lsyscall.c).
  */
 #include "lkernel_int.h"
+#include "lsmallcaps.h"
 
 /* [-0, +1, m] Pushes a table of the capdata's slots, or nil when it has
  * none: most messages carry none, and liveslots reads nil as no slots. */
@@ -95,6 +96,57 @@ static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
 /* ---- entering a vat ---- */
 
 /*
+ * [-0, +0, e] Delivers a message, or a notify of one resolution, whose
+ * capdata has no slots, the common case, to liveslots' dispatchValues
+ * decoded here: dispatchValues(true, target, result, method, args...) or
+ * dispatchValues(false, kpid, rejected, value). The body never becomes a
+ * Lua string, and liveslots makes no protected call to decode it. Returns
+ * 1, or 0 with the stack as it found it for a delivery of another kind or
+ * a body the codec leaves, which goes the general way (push_delivery).
+ *
+ * Without slots, decoding calls nothing of the vat's (no slotToVal, no
+ * import to count) and raises only when it exhausts the vat's memory or
+ * meter: the mark set around it then makes the kernel refuse the
+ * delivery, as the decode syscall does for the general way.
+ */
+static int deliver_values(lua_State *V, lvat_t *rec, const ocap_delivery_t *d) {
+  const ocap_capdata_t *cd;
+  int call = d->type == OCAP_DELIVER_MESSAGE;
+  if (call)
+    cd = &d->methargs;
+  else if (d->type == OCAP_DELIVER_NOTIFY && d->nresolutions == 1)
+    cd = &d->resolutions[0].data;
+  else
+    return 0;
+  if (cd->nslots != 0)
+    return 0;
+  STACK_CHECK_BEGIN(V);
+  lua_rawgeti(V, LUA_REGISTRYINDEX, rec->values_ref);
+  lua_pushboolean(V, call);
+  if (call) {
+    lua_pushstring(V, d->target);
+    if (d->result)
+      lua_pushstring(V, d->result);
+    else
+      lua_pushnil(V);
+  } else {
+    lua_pushstring(V, d->resolutions[0].kpid);
+    lua_pushboolean(V, d->resolutions[0].rejected);
+  }
+  rec->decode_failed = 1;
+  int v = ocap_sc_push_decoded(V, cd->body, cd->blen, call);
+  rec->decode_failed = 0;
+  if (v < 0) {
+    lua_pop(V, 4);
+    STACK_CHECK_END(V, 0);
+    return 0;
+  }
+  lua_call(V, 3 + v, 0);
+  STACK_CHECK_END(V, 0);
+  return 1;
+}
+
+/*
  * tramp(rec, delivery)  [-2, +0, e]
  * Runs inside the vat's protected path and builds the delivery's arguments
  * there, so that running out of the vat's memory while building them is
@@ -104,6 +156,8 @@ static int vat_deliver_tramp(lua_State *V) {
   lvat_t *rec = lua_touserdata(V, 1);
   const ocap_delivery_t *d = lua_touserdata(V, 2);
   lua_settop(V, 0);
+  if (rec->values_ref != LUA_NOREF && deliver_values(V, rec, d))
+    return 0;
   lua_rawgeti(V, LUA_REGISTRYINDEX, rec->dispatch_ref);
   int n = push_delivery(V, d);
   lua_call(V, n, 0);

@@ -814,6 +814,7 @@ static int sc_encode_call_args(lua_State *L) {
 typedef struct dec {
   lua_State *L;
   const char *p;
+  int model;             /* index of the model table: an upvalue or on the stack */
   int null_idx, amt_idx; /* stack indices of null and the array mark */
   int slots_idx, s2v_idx;
   int cache_idx; /* slot index + 1 -> value (nil until a slot is met) */
@@ -927,7 +928,7 @@ static int dec_string(dec_t *d, int key) {
  * Lua decoder makes it, which derives its code from a kernel message. */
 static int dec_error(dec_t *d) {
   lua_State *L = d->L;
-  lua_rawgeti(L, lua_upvalueindex(1), M_MAKE_ERROR);
+  lua_rawgeti(L, d->model, M_MAKE_ERROR);
   d->p += 8; /* "#error" */
   dec_ws(d);
   d->p++; /* : */
@@ -1150,9 +1151,83 @@ static int dec_call(dec_t *d, int *n) {
   return 0;
 }
 
+/*
+ * [-0, +(k+1+v), e] Decodes the blen bytes at body (a body: `#` and its
+ * JSON) with the model at index model, the slots table at slots_idx and
+ * slotToVal at s2v_idx (0 for none: the body must then name no slot).
+ * Pushes k values it works with, then true, then the body's value (v = 1)
+ * or, with call set, the call's method and arguments (v = 1 + n); returns
+ * v, or LEAVE with the stack as it found it for a body left to the
+ * reference (every error, and any other shape for a call).
+ */
+static int decode_buf(lua_State *L, int model, const char *body, size_t blen, int slots_idx,
+                      int s2v_idx, size_t nslots, int call) {
+  if (blen == 0 || body[0] != '#')
+    return LEAVE;
+  int top = lua_gettop(L);
+  ocap_vat_charge(L, 1 + (long long)(blen / BYTES_PER_INSTRUCTION));
+  lua_Integer small_int;
+  if (!call && small_integer(body + 1, blen - 1, &small_int)) {
+    /* What the scan and dec_value would answer, and charge, for it. */
+    ocap_vat_charge(L, VALUE_COST);
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, small_int);
+    return 1;
+  }
+  ocap_sc_slot_t small[SMALL_SLOTS], *slots = NULL;
+  if (s2v_idx && nslots > 0) {
+    slots = nslots <= SMALL_SLOTS ? small : lua_newuserdatauv(L, nslots * sizeof *slots, 0);
+    memset(slots, 0, nslots * sizeof *slots);
+  }
+  unsigned sizes[SMALL_SIZES];
+  ocap_sc_scan_t sc = {slots, slots ? nslots : 0, sizes, SMALL_SIZES, 0, 0, 0, 0, NULL};
+  if (ocap_sc_scan(&sc, body + 1, blen - 1)) {
+    lua_settop(L, top);
+    return LEAVE;
+  }
+  ocap_vat_charge(L, (long long)sc.values * VALUE_COST);
+  luaL_checkstack(L, 8, "smallcaps");
+  dec_t d = {.L = L,
+             .p = body + 1,
+             .model = model,
+             .slots_idx = slots_idx,
+             .s2v_idx = s2v_idx,
+             .slots = slots,
+             .bang_keys = sc.bang_keys,
+             .sizes = sizes,
+             .nsizes = SMALL_SIZES};
+  lua_rawgeti(L, model, M_NULL);
+  d.null_idx = lua_gettop(L);
+  lua_rawgeti(L, model, M_ARRAY_MT);
+  d.amt_idx = lua_gettop(L);
+  lua_pushnil(L);
+  d.cache_idx = lua_gettop(L);
+  if (sc.escaped_max)
+    d.scratch = lua_newuserdatauv(L, sc.escaped_max, 0);
+  lua_pushboolean(L, 1);
+  int n = 0;
+  if (call ? dec_call(&d, &n) : dec_value(&d)) {
+    lua_settop(L, top);
+    return LEAVE;
+  }
+  return call ? 1 + n : 1;
+}
+
 /* [-0, +(1|2|2+n), e] decode, or with call set decodeCall: the body at 1,
  * its slots at 2, slotToVal at 3. */
-static int decode_body(lua_State *L, int call);
+static int decode_body(lua_State *L, int call) {
+  size_t blen;
+  const char *body = luaL_checklstring(L, 1, &blen);
+  int s2v = lua_isnoneornil(L, 3) ? 0 : 3;
+  size_t nslots = lua_type(L, 2) == LUA_TTABLE ? (size_t)lua_rawlen(L, 2) : 0;
+  lua_settop(L, 3);
+  int v = decode_buf(L, lua_upvalueindex(1), body, blen, 2, s2v, nslots, call);
+  if (v == LEAVE) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  return 1 + v;
+}
 
 /* decode(body, slots?, slotToVal?) -> true, value | false  [-0, +(1|2), e]
  * A body whose slots are referred to needs slotToVal; without it, the
@@ -1169,55 +1244,26 @@ static int sc_decode_call(lua_State *L) {
   return decode_body(L, 1);
 }
 
-static int decode_body(lua_State *L, int call) {
-  size_t blen;
-  const char *body = luaL_checklstring(L, 1, &blen);
-  int has_s2v = !lua_isnoneornil(L, 3);
-  size_t nslots = lua_type(L, 2) == LUA_TTABLE ? (size_t)lua_rawlen(L, 2) : 0;
-  lua_settop(L, 3);
-  if (blen == 0 || body[0] != '#') {
-    lua_pushboolean(L, 0);
-    return 1;
+/* The registry's key for the model of the first codec made in a state:
+ * in a vat, the runtime's own (ocap.pass), made before any vat code runs. */
+static const char MODEL_KEY = 'm';
+
+/* [-0, +v, e] See lsmallcaps.h. */
+int ocap_sc_push_decoded(lua_State *L, const char *body, size_t blen, int call) {
+  int base = lua_gettop(L) + 1;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MODEL_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return LEAVE;
   }
-  ocap_vat_charge(L, 1 + (long long)(blen / BYTES_PER_INSTRUCTION));
-  lua_Integer small_int;
-  if (!call && small_integer(body + 1, blen - 1, &small_int)) {
-    /* What the scan and dec_value would answer, and charge, for it. */
-    ocap_vat_charge(L, VALUE_COST);
-    lua_pushboolean(L, 1);
-    lua_pushinteger(L, small_int);
-    return 2;
+  int v = decode_buf(L, base, body, blen, 0, 0, 0, call);
+  if (v == LEAVE) {
+    lua_pop(L, 1);
+    return LEAVE;
   }
-  ocap_sc_slot_t small[SMALL_SLOTS], *slots = NULL;
-  if (has_s2v && nslots > 0) {
-    slots = nslots <= SMALL_SLOTS ? small : lua_newuserdatauv(L, nslots * sizeof *slots, 0);
-    memset(slots, 0, nslots * sizeof *slots);
-  }
-  unsigned sizes[SMALL_SIZES];
-  ocap_sc_scan_t sc = {slots, slots ? nslots : 0, sizes, SMALL_SIZES, 0, 0, 0, 0, NULL};
-  if (ocap_sc_scan(&sc, body + 1, blen - 1)) {
-    lua_pushboolean(L, 0);
-    return 1;
-  }
-  ocap_vat_charge(L, (long long)sc.values * VALUE_COST);
-  luaL_checkstack(L, 8, "smallcaps");
-  dec_t d = {L, body + 1, 0, 0, 2, 3, 0, slots, NULL, sc.bang_keys, sizes, SMALL_SIZES, 0};
-  lua_rawgeti(L, lua_upvalueindex(1), M_NULL);
-  d.null_idx = lua_gettop(L);
-  lua_rawgeti(L, lua_upvalueindex(1), M_ARRAY_MT);
-  d.amt_idx = lua_gettop(L);
-  lua_pushnil(L);
-  d.cache_idx = lua_gettop(L);
-  if (sc.escaped_max)
-    d.scratch = lua_newuserdatauv(L, sc.escaped_max, 0);
-  lua_pushboolean(L, 1);
-  int base = lua_gettop(L), n = 0;
-  if (call ? dec_call(&d, &n) : dec_value(&d)) {
-    lua_settop(L, base);
-    lua_pushboolean(L, 0);
-    return 1;
-  }
-  return call ? 2 + n : 2;
+  /* The values go down over the model, what decoding kept and its true. */
+  lua_rotate(L, base, v);
+  lua_settop(L, base + v - 1);
+  return v;
 }
 
 /* setPromiseMetatable(mt)  [-0, +0]
@@ -1242,7 +1288,8 @@ static const luaL_Reg codec_funcs[] = {
 
 /* new(model) -> codec  [-1, +1, e]
  * model = { remotables, promises, shadows, arrayMT, errorTag, null,
- * makeError }. */
+ * makeError }. The first codec made in a state is also the one
+ * ocap_sc_push_decoded decodes with. */
 static int sc_new(lua_State *L) {
   static const char *const fields[] = {"remotables", "promises", "shadows",
                                        "arrayMT",    "errorTag", "null"};
@@ -1257,6 +1304,11 @@ static int sc_new(lua_State *L) {
   if (lua_getfield(L, 1, "makeError") != LUA_TFUNCTION)
     return luaL_error(L, "smallcaps.new: model.makeError is missing");
   lua_rawseti(L, -2, M_MAKE_ERROR);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MODEL_KEY) == LUA_TNIL) {
+    lua_pushvalue(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &MODEL_KEY);
+  }
+  lua_pop(L, 1);
   luaL_newlibtable(L, codec_funcs);
   lua_insert(L, -2);
   luaL_setfuncs(L, codec_funcs, 1);

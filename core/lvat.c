@@ -50,8 +50,8 @@ lvat_t *ocap__make_vat_record(lkernel_t *lk, const char *id) {
     return NULL;
   snprintf(rec->id, sizeof rec->id, "%s", id);
   rec->lk = lk;
-  rec->dispatch_ref = LUA_NOREF;
-  rec->held.dispatch_ref = LUA_NOREF;
+  rec->dispatch_ref = rec->values_ref = LUA_NOREF;
+  rec->held.dispatch_ref = rec->held.values_ref = LUA_NOREF;
   rec->budget = default_budget();
   rec->num = n;
   lk->vats[vat_slot(lk, n)] = rec;
@@ -65,7 +65,7 @@ void ocap__stop_vat(lvat_t *rec) {
   rec->vat = NULL;
   ocap__release_runtime(rec->runtime);
   rec->runtime = NULL;
-  rec->dispatch_ref = LUA_NOREF;
+  rec->dispatch_ref = rec->values_ref = LUA_NOREF;
   free(rec->why);
   rec->why = NULL;
   free(rec->exit_body);
@@ -76,9 +76,11 @@ void ocap__stop_vat(lvat_t *rec) {
 
 /* Exchanges the live state of rec with the one it holds aside. */
 static void swap_held(lvat_t *rec) {
-  vheld_t live = {rec->vat, rec->dispatch_ref, rec->timers, rec->runtime, rec->budget};
+  vheld_t live = {rec->vat,    rec->dispatch_ref, rec->values_ref,
+                  rec->timers, rec->runtime,      rec->budget};
   rec->vat = rec->held.vat;
   rec->dispatch_ref = rec->held.dispatch_ref;
+  rec->values_ref = rec->held.values_ref;
   rec->timers = rec->held.timers;
   rec->runtime = rec->held.runtime;
   rec->budget = rec->held.budget;
@@ -94,7 +96,7 @@ void ocap__drop_held(lvat_t *rec) {
   ocap_vat_free(h->vat);
   ocap__release_runtime(h->runtime);
   memset(h, 0, sizeof *h);
-  h->dispatch_ref = LUA_NOREF;
+  h->dispatch_ref = h->values_ref = LUA_NOREF;
 }
 
 typedef struct dumpbuf {
@@ -298,8 +300,8 @@ typedef struct boot_args {
 
 /*
  * tramp(args)  [-1, +0, e]
- * Runs in the vat: boots liveslots, keeps its dispatch, and installs the
- * endowments.
+ * Runs in the vat: boots liveslots, keeps its two dispatch functions, and
+ * installs the endowments.
  */
 static int vat_boot_tramp(lua_State *V) {
   const boot_args_t *a = lua_touserdata(V, 1);
@@ -320,7 +322,15 @@ static int vat_boot_tramp(lua_State *V) {
   lua_pushstring(V, a->info);
   /* The vat's globals, which the runtime's own differ from (vat.c). */
   lua_rawgeti(V, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  lua_call(V, 3, 3); /* It returns dispatch, ocap and the endowments. */
+  /* It returns dispatch, ocap, the endowments and the dispatch of the
+   * deliveries the kernel decodes (ldeliver.c), nil from an older
+   * runtime. */
+  lua_call(V, 3, 4);
+  rec->values_ref = LUA_NOREF;
+  if (lua_isfunction(V, -1))
+    rec->values_ref = luaL_ref(V, LUA_REGISTRYINDEX);
+  else
+    lua_pop(V, 1);
   install_endowments(V, rec, a->globals, lua_gettop(V));
   lua_pop(V, 1);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap");
