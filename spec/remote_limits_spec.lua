@@ -39,7 +39,8 @@ end
 --- answer 0 (resolver at 1); later positions are the spec's.
 local function session(s)
   local c = client.connect(s.kernel, s.locator, s.tls and client.tlsContext() or nil)
-  assert.are.equal('op:start-session', captp.label(c:hello()))
+  c.peerHello = c:hello()
+  assert.are.equal('op:start-session', captp.label(c.peerHello))
   c.svc = c:fetch(s.swiss, 0, 1)
   c.next = 100
   return c
@@ -202,6 +203,34 @@ describe('remote limits', function()
       assert.is_true(drive(s, function() return s.kernel:getStatus().remoteComms.sessions == 1 end))
       assert.are.equal(0, s.kernel:getStatus().remoteComms.gifts)
       alive(other, 2)
+    end)
+
+    it("break a withdrawal waiting for a deposit when the gifter's session ends", function()
+      s = serve {}
+      local crypto = require('ocap.core').crypto
+      local gifter, receiver = open(), open()
+      -- The id of a client's session with the kernel, as both sides make it.
+      local function sessionId(c)
+        local a, b = captp.sideId(c.pk), captp.sideId(captp.parsePubkey(c.peerHello.args[2]))
+        if b < a then a, b = b, a end
+        return crypto.sha256(crypto.sha256('prot0' .. a .. b))
+      end
+      local function signed(c, record)
+        return op('desc:sig-envelope', record, captp.sigValue(crypto.sign(c.sk, syrup.encode(record))))
+      end
+      local give = signed(gifter, op('desc:handoff-give', captp.pubkeyValue(receiver.pk), gifter.peerHello.args[3],
+        syrup.bytes(sessionId(gifter)), syrup.bytes(captp.sideId(gifter.pk)), syrup.bytes('gift')))
+      local receive = signed(receiver, op('desc:handoff-receive', syrup.bytes(sessionId(receiver)),
+        syrup.bytes(captp.sideId(receiver.pk)), 0, give))
+      -- The withdrawal comes before any deposit: it waits.
+      receiver:send(op('op:deliver', desc('desc:export', 0), list(sym('withdraw-gift'), receive), false,
+        desc('desc:import-object', 60)))
+      alive(receiver, 1)
+      gifter:close()
+      local answer = receiver:expectTo(60)
+      assert.are.equal(sym('break'), answer[1])
+      assert.are.equal("withdraw-gift: the gifter's session ended", answer[2].message)
+      alive(receiver, 2)
     end)
   end)
 
