@@ -1552,6 +1552,10 @@ size_t ocap_store_pending(const ocap_store_t *s) {
   return s->npending;
 }
 
+int ocap_store_durable(const ocap_store_t *s) {
+  return s->db != NULL;
+}
+
 int ocap_store_clear(ocap_store_t *s) {
   buf_reset(&s->buf);
   if (s->hooks.abort != NULL)

@@ -112,6 +112,8 @@ int ocap_store_flush(ocap_store_t *s);
  * with nothing to write does not count.
  */
 size_t ocap_store_pending(const ocap_store_t *s);
+/* Whether the store writes to disk (LevelDB), so that a flush matters. */
+int ocap_store_durable(const ocap_store_t *s);
 
 /*
  * Number of keys, seen through the crank buffer. A LevelDB store counts its
