@@ -212,6 +212,30 @@ int ocap_kernel_alloc_vat_id(ocap_kernel_t *k, char *out) {
   return 0;
 }
 
+int ocap_kernel_alloc_peer_id(ocap_kernel_t *k, char *out) {
+  long long n;
+  int rc = ocap__bump(k, CTR_PEER, &n);
+  if (rc)
+    return rc;
+  out[0] = 'r';
+  out[1 + ocap__fmt_ll(out + 1, n)] = '\0';
+  return 0;
+}
+
+static int count_ref(void *ud, const char *ref) {
+  (void)ref;
+  ++*(long *)ud;
+  return 0;
+}
+
+long ocap_kernel_clist_size(ocap_kernel_t *k, const char *ep, const char *kind) {
+  long n = 0;
+  int rc = ocap__check_ep(k, ep);
+  if (!rc && !ocap__is_kernel_ep(ep))
+    rc = ocap__clist_each(k, ep, kind, count_ref, &n);
+  return rc ? rc : n;
+}
+
 int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
                      const ocap_capdata_t *methargs, const char *result) {
   char tk[OCAP_REF_MAX], rk[OCAP_REF_MAX];
@@ -249,7 +273,7 @@ int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
   rc = ocap__capdata_e2k(k, ep, methargs, &enc);
   if (!rc)
     rc = ocap__enqueue_send(k, tk, result ? rk : NULL, rrec, enc.p, enc.len,
-                            ocap__is_kernel_ep(ep) ? NULL : ep);
+                            ep[0] == 'v' ? ep : NULL);
   /* The sender always wants its result: subscribe it here, which saves
    * every send a subscribe syscall. */
   if (!rc && result)

@@ -14,9 +14,10 @@
  *
  * Conventions:
  *  1. krefs are "ko<N>" (objects) and "kp<N>" (promises), never reused.
- *     Endpoint refs ("erefs") are vrefs for vats: "o+N", "o-N", "p+N",
- *     "p-N". The kernel's own endpoint, named "kernel", uses krefs as its
- *     erefs: its c-list is the identity.
+ *     Endpoint refs ("erefs") are vrefs for vats ("v<N>") and remote peers
+ *     ("r<N>", one per CapTP session): "o+N", "o-N", "p+N", "p-N". The
+ *     kernel's own endpoint, named "kernel", uses krefs as its erefs: its
+ *     c-list is the identity.
  *  2. All state lives in the store (store.h), under the keys documented in
  *     docs/storage.md, so a crank's changes commit or roll back together.
  *  3. Capdata crosses this interface as an ocap_capdata_t whose slots are
@@ -191,6 +192,15 @@ void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl);
  * and counters read from the store must be decimal integers from 0 to
  * 2^53 - 1; any other value is corruption. */
 int ocap_kernel_alloc_vat_id(ocap_kernel_t *k, char *out);
+/* Allocates the next remote peer's endpoint id ("r<N>", counter
+ * `nextPeerId`): one per CapTP session, never reused, so that a c-list
+ * left by a session that ended with the kernel is never taken for a new
+ * one's (docs/remote.md). */
+int ocap_kernel_alloc_peer_id(ocap_kernel_t *k, char *out);
+/* The number of entries of ep's c-list whose kref starts with `kind`
+ * ("k" for all, "ko" objects, "kp" promises), or a negative code; 0 for
+ * the kernel endpoint, whose c-list is the identity. */
+long ocap_kernel_clist_size(ocap_kernel_t *k, const char *ep, const char *kind);
 /* The next id that ocap_kernel_alloc_* will give out for kind 'o'
  * (objects), 'p' (promises) or 'v' (vats), or a negative code. */
 long long ocap_kernel_next_id(ocap_kernel_t *k, char kind);

@@ -368,7 +368,8 @@ int ocap__seti(ocap_kernel_t *k, long long n, const char *fmt, ...) {
   return rc ? ocap__store_failed(k, rc, "write", key, kl) : 0;
 }
 
-static const char *const counter_key[CTR_COUNT] = {"nextVatId", "nextObjectId", "nextPromiseId"};
+static const char *const counter_key[CTR_COUNT] = {"nextVatId", "nextObjectId", "nextPromiseId",
+                                                   "nextPeerId"};
 
 /* Reads counter `which` the first time it is needed (each on its own, so
  * that a damaged one fails only what uses it). */

@@ -58,7 +58,7 @@ void *ocap__zalloc(size_t n);
 #define COUNT_MAX 9007199254740991LL
 
 /* The kernel-wide id counters, kept as fields (see ocap__bump). */
-enum { CTR_VAT, CTR_OBJECT, CTR_PROMISE, CTR_COUNT };
+enum { CTR_VAT, CTR_OBJECT, CTR_PROMISE, CTR_PEER, CTR_COUNT };
 
 struct ocap__queue;
 struct ocap__promises;

@@ -384,7 +384,32 @@ static int deliver_host(lkernel_t *lk, const ocap_delivery_t *d) {
 }
 
 /*
- * [-0, +0, m] The kernel's deliver hook: routes d to the host's endpoint or
+ * [-0, +0, m] Delivers d to a remote peer's endpoint: the host's remote
+ * layer writes what it means for the peer (op:deliver, op:gc-export), to
+ * be sent once the crank commits. As for the host's endpoint, a failure
+ * is reported and dropped: the layer ends a session itself.
+ */
+static int deliver_peer(lkernel_t *lk, const char *ep, const ocap_delivery_t *d) {
+  lua_State *L = lk->L;
+  if (!L || lk->peer_dispatch_ref == LUA_NOREF || d->type == OCAP_DELIVER_BRING_OUT_YOUR_DEAD)
+    return 0;
+  STACK_CHECK_BEGIN(L);
+  lk->host_ran = 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lk->peer_dispatch_ref);
+  lua_pushstring(L, ep);
+  int n = push_delivery(L, d);
+  if (lua_pcall(L, n + 1, 0, 0) != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "ocap: peer %s dispatch failed: %s\n", ep, msg ? msg : "(error object)");
+    lua_pop(L, 1);
+  }
+  STACK_CHECK_END(L, 0);
+  return 0;
+}
+
+/*
+ * [-0, +0, m] The kernel's deliver hook: routes d to the host's endpoint,
+ * to a remote peer's or
  * to a vat, starting the vat first when its state is not live, and refuses
  * it (OCAP_EREFUSED) when the vat cannot be started. The kernel calls it
  * inside K:step, with the stepping thread in lk->L.
@@ -393,6 +418,8 @@ int ocap__hook_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int *
   lkernel_t *lk = ud;
   if (strcmp(ep, "kernel") == 0)
     return deliver_host(lk, d);
+  if (ep[0] == 'r')
+    return deliver_peer(lk, ep, d);
   lvat_t *rec = find_vat(lk, ep);
   /* A vat that is not running has no heap to collect. */
   if (d->type == OCAP_DELIVER_BRING_OUT_YOUR_DEAD && (!rec || !rec->vat))
@@ -421,6 +448,8 @@ int ocap__hook_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int *
  */
 void ocap__hook_prepare(void *ud, const char *ep) {
   lkernel_t *lk = ud;
+  if (ep[0] == 'r') /* a peer has no state to start */
+    return;
   lvat_t *rec = find_vat(lk, ep);
   if (!rec || !rec->vat)
     ensure_vat(lk, ep);
@@ -428,19 +457,27 @@ void ocap__hook_prepare(void *ud, const char *ep) {
 
 /*
  * [-0, +0, m] The kernel's pipelines hook: the host's `pipelines(kpid)`
- * says whether it takes the messages sent to a promise it decides (the
- * answer of a remote peer, which they follow across the wire). Vats never
- * do (docs/promises.md). An error in the function counts as no.
+ * says whether it takes the messages sent to a promise it decides (a
+ * promise that follows a remote answer), and the remote layer's
+ * dispatch(ep, 'pipelines', eref) whether a peer takes those sent to a
+ * promise it decides (its answer, which they follow across the wire).
+ * Vats never do (docs/promises.md). An error in the function counts as no.
  */
 int ocap__hook_pipelines(void *ud, const char *ep, const char *eref) {
   lkernel_t *lk = ud;
   lua_State *L = lk->L;
-  if (!L || lk->host_pipelines_ref == LUA_NOREF || strcmp(ep, "kernel") != 0)
+  int peer = ep[0] == 'r';
+  int ref = peer ? lk->peer_dispatch_ref : lk->host_pipelines_ref;
+  if (!L || ref == LUA_NOREF || (!peer && strcmp(ep, "kernel") != 0))
     return 0;
   STACK_CHECK_BEGIN(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, lk->host_pipelines_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+  if (peer) {
+    lua_pushstring(L, ep);
+    lua_pushliteral(L, "pipelines");
+  }
   lua_pushstring(L, eref);
-  int yes = lua_pcall(L, 1, 1, 0) == LUA_OK && lua_toboolean(L, -1);
+  int yes = lua_pcall(L, peer ? 3 : 1, 1, 0) == LUA_OK && lua_toboolean(L, -1);
   lua_pop(L, 1);
   STACK_CHECK_END(L, 0);
   return yes;

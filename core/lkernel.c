@@ -47,6 +47,7 @@ static void unref_all(lua_State *L, lkernel_t *lk) {
   luaL_unref(L, LUA_REGISTRYINDEX, lk->terminated_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->exit_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->host_pipelines_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->peer_dispatch_ref);
 }
 
 /* K:__gc()  [-0, +0, e]
@@ -101,7 +102,7 @@ static int core_open(lua_State *L) {
   if (!lk)
     return luaL_error(L, "out of memory");
   lk->host_dispatch_ref = lk->vat_needed_ref = lk->logger_ref = lk->terminated_ref = LUA_NOREF;
-  lk->exit_ref = lk->host_pipelines_ref = LUA_NOREF;
+  lk->exit_ref = lk->host_pipelines_ref = lk->peer_dispatch_ref = LUA_NOREF;
   if (uv_loop_init(&lk->loop) != 0) {
     free(lk);
     return luaL_error(L, "cannot create the event loop");
@@ -314,6 +315,29 @@ static int k_alloc_vat_id(lua_State *L) {
   return 1;
 }
 
+/* K:allocPeerId() -> "r<N>"  [-0, +1, e]
+ * The endpoint of a new CapTP session (docs/remote.md). */
+static int k_alloc_peer_id(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  char out[OCAP_REF_MAX];
+  if (ocap_kernel_alloc_peer_id(lk->k, out))
+    return raise_kernel(L, lk);
+  lua_pushstring(L, out);
+  return 1;
+}
+
+/* K:clistSize(ep, kind?) -> integer  [-0, +1, e]
+ * The entries of ep's c-list whose kref starts with kind ("k", all, by
+ * default; "ko" objects, "kp" promises). */
+static int k_clist_size(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  long n = ocap_kernel_clist_size(lk->k, luaL_checkstring(L, 2), luaL_optstring(L, 3, "k"));
+  if (n < 0)
+    return raise_kernel(L, lk);
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
 /* K:allocObject(owner?) -> kref  [-0, +1, e] */
 static int k_alloc_object(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
@@ -345,15 +369,17 @@ static int k_export(lua_State *L) {
   return 1;
 }
 
-/* K:import(vatId, kref) -> vref  [-0, +1, e]
- * The vat's vref for an object kref, added to its c-list on first sight:
- * how a reference reaches a vat outside a delivery (its parameters). */
+/* K:import(ep, kref) -> eref  [-0, +1, e]
+ * The endpoint's eref for an object kref, added to its c-list on first
+ * sight: how a reference reaches a vat outside a delivery (its
+ * parameters), and what the remote layer gives a peer. A peer may take a
+ * promise too (what it resolves one of its answers with). */
 static int k_import(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   const char *ep = luaL_checkstring(L, 2);
   const char *kref = luaL_checkstring(L, 3);
   char out[OCAP_REF_MAX];
-  if (kref[0] != 'k' || kref[1] != 'o')
+  if (kref[0] != 'k' || (kref[1] != 'o' && !(kref[1] == 'p' && ep[0] == 'r')))
     return luaL_error(L, "K:import: '%s' is not an object kref", kref);
   if (ocap_kernel_kref_to_eref(lk->k, ep, kref, out))
     return raise_kernel(L, lk);
@@ -382,19 +408,31 @@ static int k_kref_of(lua_State *L) {
   return 1;
 }
 
-/* K:dropImports(krefs), K:retireImports, K:retireExports,
+/* The endpoint a host call acts for: the kernel's own unless the optional
+ * argument at idx names a remote peer's (`r<N>`), for which the host's
+ * remote layer makes the syscalls. [-0, +0, e] */
+static const char *host_or_peer(lua_State *L, int idx) {
+  const char *ep = luaL_optstring(L, idx, "kernel");
+  if (ep[0] != 'r' && strcmp(ep, "kernel") != 0)
+    luaL_argerror(L, idx, "the kernel endpoint or a peer's");
+  return ep;
+}
+
+/* K:dropImports(refs, ep?), K:retireImports, K:retireExports,
  * K:abandonExports  [-0, +0, e]
- * The GC syscalls of the kernel's own endpoint (the host's liveslots),
- * upvalue 1 saying which. A misuse raises: the host cannot be terminated. */
+ * The GC syscalls of the kernel's own endpoint (the host's liveslots; krefs)
+ * or of a remote peer's (its erefs), upvalue 1 saying which. A misuse
+ * raises: neither is terminated for it. */
 static int k_gc_call(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   int which = (int)lua_tointeger(L, lua_upvalueindex(1));
+  const char *ep = host_or_peer(L, 3);
   const char *small[SMALL_SLOTS];
   size_t n = 0;
   const char **v = ocap__read_vrefs(L, 2, &n, small);
   if (!v)
     return luaL_error(L, "%s takes a sequence of kref strings", ocap__gc_call_names[which]);
-  if (ocap__gc_calls[which](lk->k, "kernel", v, n))
+  if (ocap__gc_calls[which](lk->k, ep, v, n))
     return raise_kernel(L, lk);
   return 0;
 }
@@ -415,11 +453,13 @@ static int k_set_reap_interval(lua_State *L) {
   return 0;
 }
 
-/* K:reapAll()  [-0, +0, e] Schedules a reap of every live vat, then of
- * the kernel's endpoint, to run before the run queue's next item. */
+/* K:reapAll(hostOnly?)  [-0, +0, e] Schedules a reap of every live vat,
+ * then of the kernel's endpoint (only of that one with hostOnly: the
+ * remote layer's, after a collection that may have freed peers' objects
+ * the host held), to run before the run queue's next item. */
 static int k_reap_all(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
-  for (size_t i = 0; i < lk->nvats; i++) {
+  for (size_t i = 0; i < lk->nvats && !lua_toboolean(L, 2); i++) {
     lvat_t *rec = lk->vats[i];
     if (rec && rec->vat && ocap_kernel_schedule_reap(lk->k, rec->id))
       return raise_kernel(L, lk);
@@ -472,23 +512,26 @@ static int k_send(lua_State *L) {
   return 0;
 }
 
-/* K:subscribe(kpid)  [-0, +0, e] */
+/* K:subscribe(kpid, ep?)  [-0, +0, e] */
 static int k_subscribe(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
-  if (ocap_kernel_subscribe(lk->k, "kernel", luaL_checkstring(L, 2)))
+  if (ocap_kernel_subscribe(lk->k, host_or_peer(L, 3), luaL_checkstring(L, 2)))
     return raise_kernel(L, lk);
   return 0;
 }
 
-/* K:resolve(kpid, rejected, body, slots)  [-0, +0, e] */
+/* K:resolve(kpid, rejected, body, slots, ep?)  [-0, +0, e]
+ * From the kernel's endpoint (krefs), or from a remote peer's (its erefs),
+ * for the remote layer. */
 static int k_resolve(lua_State *L) {
   const char *small[SMALL_SLOTS];
   lkernel_t *lk = checkkernel(L, 1);
+  const char *ep = host_or_peer(L, 6);
   ocap_resolution_t r;
   r.kpid = luaL_checkstring(L, 2);
   r.rejected = lua_toboolean(L, 3);
   r.data = ocap__check_capdata(L, 4, 5, small);
-  if (ocap_kernel_resolve(lk->k, "kernel", &r, 1))
+  if (ocap_kernel_resolve(lk->k, ep, &r, 1))
     return raise_kernel(L, lk);
   return 0;
 }
@@ -711,6 +754,14 @@ static int k_set_host_pipelines(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->host_pipelines_ref);
 }
 
+/* K:setPeerDispatch(dispatch?)  [-0, +0, e]
+ * dispatch(ep, kind, ...) takes the deliveries to remote peers' endpoints
+ * in the shape liveslots' dispatch takes them, and dispatch(ep,
+ * 'pipelines', eref) answers the kernel's pipelines hook for them. */
+static int k_set_peer_dispatch(lua_State *L) {
+  return set_ref(L, &checkkernel(L, 1)->peer_dispatch_ref);
+}
+
 /* K:setVatNeeded(vatNeeded?)  [-0, +0, e] */
 static int k_set_vat_needed(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->vat_needed_ref);
@@ -793,6 +844,9 @@ static const luaL_Reg kernel_methods[] = {
     {"isRevoked", k_is_revoked},
     {"setHostDispatch", k_set_host_dispatch},
     {"setHostPipelines", k_set_host_pipelines},
+    {"setPeerDispatch", k_set_peer_dispatch},
+    {"allocPeerId", k_alloc_peer_id},
+    {"clistSize", k_clist_size},
     {"setVatNeeded", k_set_vat_needed},
     {"setLogger", k_set_logger},
     {"setTerminated", k_set_terminated},

@@ -161,6 +161,7 @@ struct lkernel {
   lua_State *L; /* The host thread driving the kernel right now. */
   int host_dispatch_ref, vat_needed_ref, logger_ref, terminated_ref, exit_ref;
   int host_pipelines_ref; /* the host's answer to the kernel's pipelines hook */
+  int peer_dispatch_ref;  /* the remote layer's: deliveries to peers, and their pipelines */
   lvat_t **vats;          /* open addressing by vat number; NULL marks a free slot */
   size_t nvats;           /* slots: 0 or a power of two, at most half full */
   size_t nlive;           /* records in it */

@@ -17,10 +17,10 @@
 #include "object.h"
 #include "promise.h"
 
-/* An endpoint: `kernel` or a vat id `v<N>`. Checked in one pass without
- * strlen, as every syscall checks its endpoint. */
+/* An endpoint: `kernel`, a vat id `v<N>` or a peer's `r<N>`. Checked in
+ * one pass without strlen, as every syscall checks its endpoint. */
 int ocap__valid_ep(const char *ep) {
-  if (ep[0] != 'v')
+  if (ep[0] != 'v' && ep[0] != 'r')
     return ocap__is_kernel_ep(ep);
   if (ep[1] < '0' || ep[1] > '9' || (ep[1] == '0' && ep[2]))
     return 0;

@@ -23,7 +23,13 @@ static inline int ocap__is_kernel_ep(const char *ep) {
   return ep[0] == 'k' && strcmp(ep, "kernel") == 0;
 }
 
-/* Syntax checks: an endpoint (`kernel` or `v<N>`), a vref, a kref. */
+/* A remote peer's endpoint, `r<N>` (docs/remote.md): the kernel keeps its
+ * c-list like a vat's, and the host's remote layer takes its deliveries. */
+static inline int ocap__is_peer_ep(const char *ep) {
+  return ep[0] == 'r';
+}
+
+/* Syntax checks: an endpoint (`kernel`, `v<N>` or `r<N>`), a vref, a kref. */
 int ocap__valid_ep(const char *ep);
 int ocap__valid_eref(const char *r);
 int ocap__valid_kref(const char *r);

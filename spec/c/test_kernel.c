@@ -1034,6 +1034,54 @@ static void retake_parked(void) {
   free(sc);
 }
 
+/*
+ * A remote peer's endpoint ("r<N>", kernel.h) is an endpoint like a vat's:
+ * its ids come from their own counter and are never reused, an object it
+ * exports is routed to it with the message's result, which it decides,
+ * its c-list counts, and its termination rejects what it decides and
+ * removes every key of its.
+ */
+static void peer_endpoint(void) {
+  record_t *r = malloc(sizeof *r);
+  REQUIRE(r != NULL);
+  ocap_kernel_t *k = new_kernel(r);
+  ocap_store_t *s = ocap_kernel_store(k);
+  char vat[OCAP_REF_MAX], peer[OCAP_REF_MAX], ko[OCAP_REF_MAX], eref[OCAP_REF_MAX];
+  char kp[OCAP_REF_MAX];
+  REQUIRE(ocap_kernel_alloc_vat_id(k, vat) == 0);
+  REQUIRE(ocap_kernel_alloc_peer_id(k, peer) == 0);
+  CHECK(strcmp(vat, "v1") == 0 && strcmp(peer, "r1") == 0);
+  REQUIRE(ocap_kernel_eref_to_kref(k, peer, "o+5", ko) == 0);
+  REQUIRE(ocap_kernel_kref_to_eref(k, vat, ko, eref) == 0);
+  CHECK(ocap_kernel_clist_size(k, peer, "ko") == 1 && ocap_kernel_clist_size(k, peer, "kp") == 0);
+  ocap_capdata_t cd = {"#[\"ping\",[]]", 12, NULL, 0};
+  REQUIRE(ocap_kernel_send(k, vat, eref, &cd, "p+1") == 0);
+  REQUIRE(ocap_kernel_kref_of(k, vat, "p+1", kp) == 1);
+  REQUIRE(ocap_store_commit(s) == 0);
+  CHECK(step(k, r) == 1);
+  CHECK(r->n == 1 && strcmp(r->lines[0], "r1 msg #[\"ping\",[]]") == 0);
+  CHECK(ocap_kernel_clist_size(k, peer, "kp") == 1);
+  ocap_capdata_t why = {"#\"lost\"", 7, NULL, 0};
+  REQUIRE(ocap_kernel_terminate(k, peer, &why) == 0);
+  REQUIRE(ocap_store_commit(s) == 0);
+  CHECK(ocap_kernel_clist_size(k, peer, "k") == 0);
+  CHECK(step(k, r) == 1); /* the vat is told its result was rejected */
+  CHECK(r->n == 2 && strcmp(r->lines[1], "v1 notify 1") == 0);
+  char *all = dump(k);
+  CHECK(strstr(all, "r1.") == NULL);
+  CHECK(strstr(all, "nextPeerId") != NULL);
+  free(all);
+  REQUIRE(ocap_kernel_alloc_peer_id(k, peer) == 0);
+  CHECK(strcmp(peer, "r2") == 0);
+  REQUIRE(ocap_store_commit(s) == 0);
+  if (ocap_kernel_check(k) != 0) {
+    fprintf(stderr, "  peer_endpoint: %s\n", ocap_kernel_errmsg(k));
+    failures++;
+  }
+  free_kernel(k);
+  free(r);
+}
+
 int main(void) {
   counters_at_sync();
   gc_faults();
@@ -1051,6 +1099,7 @@ int main(void) {
   rollback_unsynced();
   sync_faults();
   retake_parked();
+  peer_endpoint();
   if (failures > 0) {
     fprintf(stderr, "test_kernel: %d failure(s)\n", failures);
     return 1;
