@@ -83,8 +83,8 @@ describe('a kernel with two netlayers', function()
     -- One session per netlayer with the same peer, each under its own
     -- designator.
     assert.are.equal(2, kernel:getStatus().remoteComms.sessions)
-    assert.matches('^ocapn import %d+ of ' .. designatorOf(peer.url) .. '$', tostring(overTls))
-    assert.matches('^ocapn import %d+ of ' .. designatorOf(plainUrl) .. '$', tostring(overPlain))
+    assert.matches('^%[Presence ocapn import %d+ of ' .. designatorOf(peer.url) .. '%]$', tostring(overTls))
+    assert.matches('^%[Presence ocapn import %d+ of ' .. designatorOf(plainUrl) .. '%]$', tostring(overPlain))
     -- A kernel without the netlayer a URL names cannot dial it.
     local err = support.rejection(tlsOnly:redeemOcapURL(plainUrl))
     assert.are.equal('[KERNEL:ENDPOINT_UNREACHABLE] no netlayer "tcp-testing-only" here', err.message)
@@ -198,7 +198,7 @@ describe('a kernel of this process with two netlayers', function()
     assert.are.equal('thing both', E(toBoth).use(remoteThing):await())
     -- The receiver withdrew the gift from the exporter itself, over TLS.
     local exporterId = exporter:getStatus().remoteComms.peerId
-    assert.matches('^ocapn import %d+ of ' .. exporterId .. '$', tostring(got.both:await()))
+    assert.matches('^%[Presence ocapn import %d+ of ' .. exporterId .. '%]$', tostring(got.both:await()))
     -- A receiver without TLS cannot reach the exporter.
     local err = support.rejection(E(toPlain).use(remoteThing))
     assert.are.equal('[KERNEL:ENDPOINT_UNREACHABLE] no netlayer "tcp-tls" here', err.message)

@@ -197,7 +197,7 @@ describe('remote kernels', function()
     assert.are.equal(11, E(remoteSink).use(echo):await())
     -- The third kernel got a promise of an import of the other process,
     -- not of this kernel.
-    assert.matches('^ocapn import %d+ of ' .. peer.locator:match('^ocapn://(%x+)%.'), tostring(got:await()))
+    assert.matches('^%[Presence ocapn import %d+ of ' .. peer.locator:match('^ocapn://(%x+)%.'), tostring(got:await()))
     assert.are.equal(2, third:getStatus().remoteComms.sessions)
   end)
 

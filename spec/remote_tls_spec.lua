@@ -63,7 +63,7 @@ describe('the tcp-tls netlayer', function()
     local remoteSink = kernel:redeemOcapURL(third:issueOcapURL(sink)):await()
     assert.are.equal(11, E(remoteSink).use(echo):await())
     -- The third kernel withdrew the gift from the other process itself.
-    assert.matches('^ocapn import %d+ of ' .. peer.locator:match('^ocapn://(%x+)%.'), tostring(got:await()))
+    assert.matches('^%[Presence ocapn import %d+ of ' .. peer.locator:match('^ocapn://(%x+)%.'), tostring(got:await()))
     assert.are.equal(2, third:getStatus().remoteComms.sessions)
   end)
 

@@ -1170,7 +1170,7 @@ function Kernel:reset()
   K:commit()
   -- Refs are never reused, so the counters outlive the reset.
   local counters = {}
-  for _, c in ipairs({ 'nextVatId', 'nextObjectId', 'nextPromiseId', 'nextSubclusterId' }) do
+  for _, c in ipairs({ 'nextVatId', 'nextObjectId', 'nextPromiseId', 'nextSubclusterId', 'nextPeerId' }) do
     counters[c] = K:kvGet(c)
   end
   K:clear()

@@ -662,6 +662,19 @@ function M.make(opts)
     return v
   end
 
+  --- The presence of vref, counted among this instance's imports as if
+  --- the kernel had delivered it: for the host's remote layer, which puts
+  --- a peer's object in the host's c-list itself (K:import) and lets this
+  --- instance drop it, as any other, once nothing holds it.
+  function ls.adoptImport(vref, iface)
+    local v = slotToVal(vref, iface, 'remotable')
+    if not reachable[vref] then
+      reachable[vref] = true
+      unsaved[vref] = true
+    end
+    return v
+  end
+
   function ls.promiseFor(vpid)
     return slotToVal(vpid, nil, 'promise')
   end
@@ -995,6 +1008,9 @@ M.stoppedMessage = stoppedMessage
 
 function eventualSend(target, method, args, wantResult)
   local info = presenceInfo[target]
+  -- A presence that sends its messages itself (a remote peer's object
+  -- the host holds) skips the kernel: the message goes on the wire.
+  if info and pipelines[target] then return pipelines[target](method, args, wantResult) end
   if info then
     if info.ls.stopped then error(stoppedMessage(target, info.vref), 3) end
     return info.ls.sendTo(info.vref, method, args, wantResult)
@@ -1024,8 +1040,9 @@ function eventualSend(target, method, args, wantResult)
 end
 
 local function makeProxy(target, wantResult)
-  -- A presence's instance and ref never change: its sends go straight there.
-  local info = presenceInfo[target]
+  -- A presence's instance and ref never change: its sends go straight
+  -- there, unless it sends them itself (a remote peer's object).
+  local info = not pipelines[target] and presenceInfo[target]
   local proxy
   -- Whether a sender's first argument is the proxy itself (a call made as
   -- E(x):method(...)): a raw lookup, which no metamethod of the argument

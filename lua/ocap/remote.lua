@@ -1,18 +1,22 @@
 --- Remote kernels over OCapN: CapTP sessions on the `tcp-testing-only`
 --- or `tcp-tls` netlayer, on the kernel's libuv loop (docs/remote.md).
 ---
---- A session is one connection to one peer, with its own tables, which
---- play the part of the remote endpoint's c-list: what we export to the
---- peer (positions -> local objects and promises), what we import from it
---- (positions -> import objects), the answers it asked us to keep (for its
---- pipelined messages) and the questions we asked it.
+--- A session is one connection to one peer, and an endpoint of the
+--- kernel, `r<N>`, with its own c-list (docs/remote.md): an import is a
+--- kernel object that endpoint owns (its c-list's `o+<position>`), and
+--- what we export to the peer is recorded there as its import. The
+--- session's tables map CapTP's positions to them: what we export
+--- (positions -> local values, and their erefs), what we import
+--- (positions -> kernel objects), the answers the peer asked us to keep
+--- (for its pipelined messages) and the questions we asked it.
 ---
---- An import is a host object of this kernel: a vat that is given one
---- holds a kernel object the host endpoint owns, and a message a vat sends
---- it is delivered to the host in a crank, where the import turns it into
---- an `op:deliver`. The bytes leave only after that crank committed: the
---- netlayer's callbacks only queue, and `pump` (run by the kernel's driver
---- between cranks) commits and flushes the store before it writes.
+--- A message the kernel routes to an import, or to a promise the peer
+--- decides (its answer), is delivered to the session's endpoint in a
+--- crank (Remote:_dispatch), which turns it into an `op:deliver`. The
+--- bytes leave only after that crank committed: the netlayer's callbacks
+--- only queue, and `pump` (run by the kernel's driver between cranks)
+--- commits and flushes the store before it writes. A session that ends
+--- terminates its endpoint as a vat's end does.
 local core = require 'ocap.core'
 local syrup = require 'ocap.syrup'
 local pass = require 'ocap.pass'
@@ -20,6 +24,7 @@ local promise = require 'ocap.promise'
 local liveslots = require 'ocap.liveslots'
 local captp = require 'ocap.captp'
 local hex = require 'ocap.hex'
+local marshal = require 'ocap.marshal'
 
 local net, crypto, tls = core.net, core.crypto, core.tls
 local kind, sym = syrup.kind, syrup.symbol
@@ -81,34 +86,29 @@ end
 
 -- ---- imports ----
 
--- Each import object knows its session and position. The table is weak,
--- and the session's own table of imports holds them weakly too: once no
--- one holds an import (not the host, not the kernel) Lua collects it, and
--- its finalizer queues the `op:gc-export` that tells the peer how many
--- times it was received.
+-- The host's presence of each import knows its session and position
+-- (weak keys: the host's liveslots drops a presence nobody holds, and the
+-- kernel then tells the session's endpoint, Remote:_dispatch).
 local importInfo = setmetatable({}, { __mode = 'k' })
 
-local importMT = {}
-importMT.__index = function(self, method)
-  if type(method) ~= 'string' then return nil end
-  return function(target, ...)
-    local info = importInfo[target or self]
-    if not info then return promise.reject(pass.makeError('not an OCapN import')) end
-    return info.remote:_call(info, method, pack(...))
-  end
-end
-importMT.__gc = function(self)
-  local info = importInfo[self]
-  if info then info.c.nimports = info.c.nimports - 1 end
-  if info and not info.c.closed then
-    local q = info.c.gcQueue
-    q[#q + 1] = { info.pos, info.count }
-  end
-end
-importMT.__tostring = function(self)
-  local info = importInfo[self]
-  return info and ('ocapn import %d of %s'):format(info.pos, info.c.peer or '?') or 'ocapn import'
-end
+-- A resolver the peer names in an op:deliver or op:listen is an import
+-- only the session uses (it sends it the answer): it is not made a
+-- kernel object, which every round trip would then cost. Lua collects it
+-- once the answer went, and its finalizer queues the `op:gc-export` that
+-- tells the peer how many times it was received.
+local resolverMT = {
+  __gc = function(self)
+    local info = importInfo[self]
+    if info and not info.c.closed then
+      local q = info.c.gcQueue
+      q[#q + 1] = { info.pos, info.count }
+    end
+  end,
+  __tostring = function(self)
+    local info = importInfo[self]
+    return info and ('ocapn resolver %d of %s'):format(info.pos, info.c.peer or '?') or 'ocapn resolver'
+  end,
+}
 
 -- ---- the remote comms of one kernel ----
 
@@ -290,6 +290,9 @@ function M.start(kernel, opts)
     sessions = {},     -- peerKey -> the session in use for that peer
     waiting = {},      -- peerKey -> functions to run once it is open
     sturdy = {},       -- swiss -> object, for objects the host registered
+    byEp = {},         -- endpoint id ("r<N>") -> its session
+    byKref = {},       -- kref of an import -> its info
+    ended = {},        -- sessions whose endpoint is still to be terminated
     gifts = {},        -- gifter session id .. gift id -> { ref, gifter }
     giftWaiters = {},  -- the same -> { kit, gifter, receiver } of a withdraw-gift that came first
     inbound = 0,       -- connections peers opened to us, open now
@@ -321,7 +324,65 @@ function M.start(kernel, opts)
     self.layers[i] = layer
     self.layerOf[name] = layer
   end
+  K:setPeerDispatch(function(ep, what, a, b, c, d) return self:_dispatch(ep, what, a, b, c, d) end)
+  self:_endStale()
   return self
+end
+
+-- ---- the peers' endpoints ----
+
+local PEER_KEY = 'remote.peer.'
+
+--- The reason a peer endpoint is terminated with: capdata of err.
+local function reasonBody(err)
+  return marshal.serializeData(err).body
+end
+
+--- Sessions do not survive a restart: the endpoints a previous run left
+--- (it stopped without closing them, or crashed) are terminated now, as a
+--- session that ends is, so that nothing of theirs stays in the database.
+function Remote:_endStale()
+  local K, stale = self.K, {}
+  local key = K:kvNext(PEER_KEY)
+  while key and key:sub(1, #PEER_KEY) == PEER_KEY do
+    stale[#stale + 1] = { key:sub(#PEER_KEY + 1), K:kvGet(key) }
+    key = K:kvNext(PEER_KEY, key)
+  end
+  for _, e in ipairs(stale) do
+    K:terminate(e[1], reasonBody(kernelError('CONNECTION_LOST',
+      ('connection to peer %s lost: the kernel restarted'):format(tostring(e[2])))))
+    K:kvDelete(PEER_KEY .. e[1])
+  end
+  if stale[1] then K:commit() end
+end
+
+--- Makes the endpoint of a session that just opened: `r<N>`, a new N for
+--- each session (docs/remote.md).
+function Remote:_openEndpoint(c)
+  local ep = self.K:allocPeerId()
+  c.ep = ep
+  self.byEp[ep] = c
+  self.K:kvSet(PEER_KEY .. ep, c.peer)
+  self.K:commit()
+end
+
+--- Terminates the endpoints of the sessions that ended: their objects
+--- are deleted, the promises they decide reject with the session's
+--- error, their c-lists go. It runs between cranks (from pump, or when
+--- the remote comms close), never in the crank that ended the session.
+function Remote:_endEndpoints()
+  local ended = self.ended
+  if not ended[1] then return end
+  self.ended = {}
+  local K = self.K
+  for _, c in ipairs(ended) do
+    for _, info in pairs(c.importAt) do self.byKref[info.kref] = nil end
+    c.importAt, c.imports, c.exportEref, c.erefUses, c.resultQ = {}, {}, {}, {}, {}
+    self.byEp[c.ep] = nil
+    K:terminate(c.ep, reasonBody(c.lostError))
+    K:kvDelete(PEER_KEY .. c.ep)
+  end
+  K:commit()
 end
 
 function Remote:_log(level, message)
@@ -357,7 +418,25 @@ function Remote:status()
     gcExports = self.counts.gcExports,
     gcAnswers = self.counts.gcAnswers,
     gifts = n2,
+    peers = self:_peers(),
   }
+end
+
+--- The open sessions as endpoints of the kernel, in the order of their
+--- ids: { id = 'r<N>', peerId, objects, promises }, the last two counting
+--- the entries of the endpoint's c-list.
+function Remote:_peers()
+  local out = {}
+  for ep, c in pairs(self.byEp) do
+    if not c.closed then
+      out[#out + 1] = { id = ep, peerId = c.peer, objects = self.K:clistSize(ep, 'ko'),
+        promises = self.K:clistSize(ep, 'kp') }
+    end
+  end
+  table.sort(out, function(x, y)
+    return #x.id < #y.id or #x.id == #y.id and x.id < y.id
+  end)
+  return out
 end
 
 -- ---- sessions ----
@@ -371,8 +450,12 @@ function Remote:_newSession(conn, outbound, peer, layer, key)
     remote = self, conn = conn, outbound = outbound, peer = peer, layer = layer, key = key, state = 'hello',
     pk = pk, sk = sk, buf = '', out = {}, outBytes = 0,
     exports = {}, exportOf = {}, exportCount = {}, nextExport = 1, nexports = 0,
+    exportEref = {}, erefUses = {}, -- position -> the endpoint's eref; eref -> positions
     internal = {},
     imports = setmetatable({}, { __mode = 'v' }), nimports = 0,
+    importAt = {},  -- position -> info of the import (its kref, times received)
+    resolvers = setmetatable({}, { __mode = 'v' }), -- position -> resolver (resolverMT)
+    resultQ = {},   -- eref of a result the endpoint decides -> { q = position, p = answer }
     promiseImports = {},
     answers = {}, nanswers = 0,
     questions = {}, nextQuestion = 0, nquestions = 0,
@@ -440,6 +523,7 @@ function Remote:_lost(c, why, code)
   for _, kit in pairs(c.promiseImports) do kit.reject(err) end
   c.promiseImports = {}
   self:_dropGifts(c)
+  if c.ep then self.ended[#self.ended + 1] = c end
   if c.key and self.sessions[c.key] == c then
     self.sessions[c.key] = nil
     local waiting = self.waiting[c.key]
@@ -579,6 +663,7 @@ function Remote:_startSession(c, args)
   end
   self.sessions[c.key] = c
   c.state = 'open'
+  self:_openEndpoint(c)
   c.conn:setTimer(0)
   self:_log('info', ('session with %s open (%s)'):format(c.peer, c.outbound and 'dialled' or 'accepted'))
   local waiting = self.waiting[c.key]
@@ -605,9 +690,41 @@ local function exportValue(c, v, isPromise)
     c.exports[pos] = v
     c.exportOf[v] = pos
     c.exportCount[pos] = 0
+    if not isPromise then c.remote:_recordExport(c, pos, v) end
   end
   c.exportCount[pos] = c.exportCount[pos] + 1
   return desc(isPromise and 'desc:import-promise' or 'desc:import-object', pos)
+end
+
+--- Records in the session's c-list that the peer holds v, an object of
+--- ours (a kernel object, or a host object the host's liveslots exports
+--- for it): the peer's hold keeps it as a vat's import would, until the
+--- peer releases it (op:gc-export). A value that cannot be a kernel
+--- object (a presence of another kernel's) stays the session's own.
+function Remote:_recordExport(c, pos, v)
+  local ls = self.ls
+  local ok, kref = pcall(function() return ls.refOf(v) or ls.export(v) end)
+  if not ok or type(kref) ~= 'string' or kref:sub(1, 2) ~= 'ko' then return end
+  local eref = self.K:import(c.ep, kref)
+  c.exportEref[pos] = eref
+  c.erefUses[eref] = (c.erefUses[eref] or 0) + 1
+end
+
+--- The peer released our export at pos: so does its endpoint, once no
+--- other position names the same object.
+function Remote:_releaseExport(c, pos)
+  local eref = c.exportEref[pos]
+  if not eref then return end
+  c.exportEref[pos] = nil
+  local n = c.erefUses[eref] - 1
+  if n > 0 then
+    c.erefUses[eref] = n
+    return
+  end
+  c.erefUses[eref] = nil
+  local refs = { eref }
+  self.K:dropImports(refs, c.ep)
+  self.K:retireImports(refs, c.ep)
 end
 
 --- An internal export (a resolver of ours): handler(method, args).
@@ -637,6 +754,12 @@ function Remote:_out(c, v, depth)
   end
   if t ~= 'table' and t ~= 'userdata' then return v end
   local info = importInfo[v]
+  if not info and getmetatable(v) == 'presence' then
+    -- A presence of an import that is not the one the session made (that
+    -- one was dropped, and the kernel gave the host the object again).
+    local ref = self.ls.refOf(v)
+    info = ref and self.byKref[ref]
+  end
   if info then
     if info.c == c then return desc('desc:export', info.pos) end
     if info.c.closed then error(info.c.lostError, 0) end
@@ -727,23 +850,47 @@ function Remote:_checkImports(c)
   if c.nimports >= max then violation('more than %d imports', max) end
 end
 
---- The import at pos (one object per position while it lives).
+--- The import at pos: a kernel object of the session's endpoint (`o+pos`
+--- in its c-list), which the host holds as a presence (one per position
+--- while it lives). The kernel routes a vat's messages to it to the
+--- endpoint; host code's go on the wire at once.
 function Remote:_import(c, pos)
-  local proxy = c.imports[pos]
-  if proxy then
-    importInfo[proxy].count = importInfo[proxy].count + 1
-    return proxy
+  local info = c.importAt[pos]
+  if info then
+    info.count = info.count + 1
+    local proxy = c.imports[pos]
+    if proxy then return proxy end
+  else
+    c.nimports = c.nimports + 1
+    info = { remote = self, c = c, pos = pos, count = 1, kref = self.K:export(c.ep, 'o+' .. pos) }
+    c.importAt[pos] = info
+    self.byKref[info.kref] = info
   end
-  proxy = setmetatable({}, importMT)
-  c.nimports = c.nimports + 1
-  local info = { remote = self, c = c, pos = pos, count = 1 }
+  -- The host's c-list holds it, and the host's liveslots drops it (at a
+  -- reap) once no presence stands for it, as for any import of the host.
+  self.K:import('kernel', info.kref)
+  local proxy = self.ls.adoptImport(info.kref, ('ocapn import %d of %s'):format(pos, c.peer))
   importInfo[proxy] = info
-  pass.registerRemotable(proxy, 'Alleged: ocapn import')
+  info.hostGone = nil
   -- E(import) sends at once: the message is eventual on the wire anyway,
   -- and its answer is a promise messages can be pipelined on.
   liveslots.setPipeline(proxy, function(method, args) return self:_call(info, method, args) end)
   c.imports[pos] = proxy
   return proxy
+end
+
+--- The resolver a desc:import-object names (see resolverMT).
+function Remote:_resolver(c, v)
+  local pos = descPos(v, 'desc:import-object') or violation('malformed desc:import-object')
+  local r = c.resolvers[pos]
+  if r then
+    importInfo[r].count = importInfo[r].count + 1
+    return r
+  end
+  r = setmetatable({}, resolverMT)
+  importInfo[r] = { remote = self, c = c, pos = pos, count = 1 }
+  c.resolvers[pos] = r
+  return r
 end
 
 --- A local promise for the peer's promise at pos: we listen to it.
@@ -875,7 +1022,7 @@ local function deliver(self, c, to, argv, answerPos, resolveMe)
   local resolver
   if resolveMe ~= false and resolveMe ~= nil then
     if label(resolveMe) ~= 'desc:import-object' then violation('resolve-me must be a desc:import-object') end
-    resolver = self:_in(c, resolveMe)
+    resolver = self:_resolver(c, resolveMe)
   end
   local method, args = splitSelector(self:_in(c, argv))
   -- A message to a promise of ours (an answer, say) waits here until it
@@ -913,7 +1060,7 @@ HANDLERS['op:listen'] = function(self, c, args)
   argc(args, 'op:listen', 2, 3)
   local target = targetOf(c, args[1])
   if label(args[2]) ~= 'desc:import-object' then violation('op:listen needs a desc:import-object') end
-  local resolver = self:_in(c, args[2])
+  local resolver = self:_resolver(c, args[2])
   if getmetatable(target) == Internal then target = nil end
   self:_resolveTo(c, resolver, promise.resolve(target))
 end
@@ -950,6 +1097,7 @@ local function gcExports(self, c, args)
         c.exports[p], c.exportCount[p] = nil, nil
         c.nexports = c.nexports - 1
         if v ~= nil then c.exportOf[v] = nil end
+        self:_releaseExport(c, p)
       else
         c.exportCount[p] = n
       end
@@ -1206,6 +1354,11 @@ end
 --- and returns a promise of the answer. Until it settles, messages sent to
 --- that promise go to the answer position at once (pipelining).
 function Remote:_question(c, to, method, args)
+  return (self:_ask(c, to, method, args))
+end
+
+--- _question, which also returns the answer's position when it asked.
+function Remote:_ask(c, to, method, args)
   if c.closed then return promise.reject(c.lostError) end
   local ok, argv = pcall(function()
     local a = list()
@@ -1251,7 +1404,123 @@ function Remote:_question(c, to, method, args)
     return self:_question(c, desc('desc:answer', qpos), m, a)
   end)
   self:_send(c, op('op:deliver', to, argv, qpos, desc('desc:import-object', rpos)))
-  return kit.promise
+  return kit.promise, qpos
+end
+
+-- ---- deliveries to the peers' endpoints ----
+
+--- The host values of capdata in endpoint ep's erefs: its slots become
+--- krefs, and an object among them is put in the host's c-list as the
+--- kernel does for a delivery to the host, since the host's liveslots
+--- holds it from now on.
+function Remote:_fromEndpoint(ep, body, slots)
+  local K, krefs = self.K, nil
+  if slots and slots[1] then
+    krefs = {}
+    for i, eref in ipairs(slots) do
+      local kref = K:krefOf(ep, eref)
+      if not kref then error(('no kref for %s of %s'):format(eref, ep), 0) end
+      if kref:sub(1, 2) == 'ko' then K:import('kernel', kref) end
+      krefs[i] = kref
+    end
+  end
+  return self.ls.marshal.unserialize({ body = body, slots = krefs or {} })
+end
+
+--- Resolves `result`, a promise endpoint ep decides, as p settled: the
+--- host encodes the value (in krefs), which the endpoint's c-list then
+--- names. A session that ended meanwhile has had its endpoint's promises
+--- rejected already.
+function Remote:_resolveResult(c, result, p)
+  promise.onSettle(p, function(ok, v)
+    local rq = c.resultQ[result]
+    if rq then c.resultQ[result] = nil end
+    if not self.byEp[c.ep] or self.closed then return end
+    local done, cd = pcall(self.ls.marshal.serialize, v)
+    if not done then
+      ok = false
+      cd = self.ls.marshal.serialize(pass.makeError('result is not passable: ' .. tostring(cd)))
+    end
+    local slots
+    if cd.slots[1] then
+      slots = {}
+      for i, kref in ipairs(cd.slots) do slots[i] = self.K:import(c.ep, kref) end
+    end
+    self.K:resolve(result, not ok, cd.body, slots, c.ep)
+  end)
+end
+
+--- A message the kernel routes to session c's endpoint: to one of its
+--- objects (`o+pos`, an import) or to a promise it decides (an answer
+--- still pending, `resultQ`). It goes on the wire as an op:deliver whose
+--- answer the endpoint decides as `result`.
+function Remote:_endpointMessage(c, target, body, slots, result)
+  local p
+  local ok, err = pcall(function()
+    local ma = self:_fromEndpoint(c.ep, body, slots)
+    local method, args = ma[1], ma[2] or {}
+    if type(method) == 'table' and method.name then method = method.name end
+    if method == nil then method = '__call' end
+    local to, rq
+    if target:sub(1, 2) == 'o+' then
+      to = desc('desc:export', math.tointeger(tonumber(target:sub(3))))
+    else
+      rq = c.resultQ[target]
+    end
+    if rq and promise.state(rq.p) == 'pending' then to = desc('desc:answer', rq.q) end
+    local qpos
+    if to then
+      p, qpos = self:_ask(c, to, method, args)
+    elseif rq then
+      -- The answer came: the message follows it.
+      p = E(rq.p)[method](unpack(args, 1, args.n or #args))
+    else
+      p = promise.reject(c.lostError or pass.makeError('no answer of the peer for ' .. target))
+    end
+    if result and qpos then c.resultQ[result] = { q = qpos, p = p } end
+  end)
+  if not ok then p = promise.reject(pass.isError(err) and err or pass.makeError(tostring(err))) end
+  if result then self:_resolveResult(c, result, p) end
+end
+
+--- The kernel's deliveries to the peers' endpoints (K:setPeerDispatch).
+function Remote:_dispatch(ep, what, a, b, d, e)
+  local c = self.byEp[ep]
+  if what == 'pipelines' then
+    local rq = c and not c.closed and c.resultQ[a]
+    return rq ~= nil and rq ~= false and promise.state(rq.p) == 'pending'
+  end
+  if not c then return end
+  if what == 'message' then
+    return self:_endpointMessage(c, a, b, d, e)
+  elseif what == 'dropExports' then
+    -- Nothing in this kernel reaches these imports: the peer is told how
+    -- many times each came, and the endpoint forgets them.
+    local pos, deltas, refs = list(), list(), {}
+    for _, eref in ipairs(a) do
+      local n = math.tointeger(tonumber(eref:sub(3)))
+      local info = n and c.importAt[n]
+      if info then
+        pos[#pos + 1], deltas[#deltas + 1], refs[#refs + 1] = n, info.count, eref
+        c.importAt[n], c.imports[n] = nil, nil
+        self.byKref[info.kref] = nil
+        c.nimports = c.nimports - 1
+      end
+    end
+    if refs[1] then
+      if not c.closed then self:_send(c, op('op:gc-export', pos, deltas)) end
+      self.K:retireExports(refs, ep)
+    end
+  elseif what == 'retireImports' then
+    -- Objects of ours the peer held are gone (their vat was terminated,
+    -- say): the endpoint no longer names them.
+    for _, eref in ipairs(a) do
+      c.erefUses[eref] = nil
+      for p, x in pairs(c.exportEref) do
+        if x == eref then c.exportEref[p] = nil end
+      end
+    end
+  end
 end
 
 -- ---- dialling ----
@@ -1367,6 +1636,10 @@ end
 function Remote:pump()
   if self.closed then return false end
   local did, active = false, false
+  if self.ended[1] then
+    did = true
+    self:_endEndpoints()
+  end
   local events = self.events
   if events[1] then
     self.events = {}
@@ -1413,6 +1686,10 @@ function Remote:pump()
     end
   end
   self:_collect(self.gcDue)
+  if self.ended[1] then
+    did = true
+    self:_endEndpoints()
+  end
   if next(self.dirty) then
     did, active = true, true
     self.K:commit()
@@ -1451,6 +1728,20 @@ function Remote:_collect(full)
   if full then
     self.gcDue = false
     collectgarbage()
+    -- The host's liveslots tells the kernel of the imports it no longer
+    -- holds at a reap; the kernel then has the peers told (dropExports).
+    -- A reap is asked for only when the collection took the presence of
+    -- an import: it costs a collection of its own.
+    local reap = false
+    for _, c in pairs(self.conns) do
+      for pos, info in pairs(c.importAt) do
+        if not info.hostGone and c.imports[pos] == nil then
+          info.hostGone = true
+          reap = true
+        end
+      end
+    end
+    if reap then self.K:reapAll(true) end
   end
   for _, c in pairs(self.conns) do
     local q = c.gcQueue
@@ -1471,7 +1762,7 @@ end
 
 --- Whether anything waits to be handled.
 function Remote:busy()
-  return self.events[1] ~= nil or next(self.dirty) ~= nil or self.gcDue == true
+  return self.events[1] ~= nil or next(self.dirty) ~= nil or self.gcDue == true or self.ended[1] ~= nil
 end
 
 --- Closes every session and stops listening.
@@ -1480,6 +1771,7 @@ function Remote:close()
   local list_ = {}
   for _, c in pairs(self.conns) do list_[#list_ + 1] = c end
   for _, c in ipairs(list_) do self:_abort(c, 'kernel stopped') end
+  self:_endEndpoints()
   for _, layer in ipairs(self.layers) do layer.server:close() end
   self.closed = true
   -- The handles' close callbacks run on the loop; give them their turn.

@@ -1,0 +1,171 @@
+-- A remote peer is an endpoint of the kernel (docs/remote.md, "Sessions"):
+-- each CapTP session has an endpoint `r<N>` with its own c-list, which
+-- owns the session's imports and records what we export to the peer;
+-- the kernel delivers to it what it routes to the peer, its GC sees it,
+-- and the session's end terminates it. The peer here is a raw CapTP
+-- client (spec/remote/client.lua), so that each message on the wire and
+-- each count can be checked.
+local ocap = require 'ocap'
+local syrup = require 'ocap.syrup'
+local captp = require 'ocap.captp'
+local support = require 'support'
+local client = require 'remote.client'
+
+local E = ocap.E
+local SRC = support.SRC
+local op, desc, list, sym = captp.op, captp.desc, captp.list, syrup.symbol
+
+describe('a remote peer as an endpoint', function()
+  local kernel, raw, echoVat
+
+  -- The kernel redeems a sturdyref of the raw peer, which answers the
+  -- fetch with its export 5: the kernel's import.
+  local function session()
+    raw = client.listen(kernel)
+    local pObj = kernel:redeemOcapURL((raw.locator:gsub('%?', '/s/thing?')))
+    raw:accept()
+    raw:receive()
+    raw:sendHello()
+    local fetch = raw:expect('op:deliver')
+    raw:send(op('op:deliver-only', desc('desc:export', captp.descPos(fetch.args[4], 'desc:import-object')),
+      list(sym('fulfill'), desc('desc:import-object', 5))))
+    return pObj:await()
+  end
+
+  local function peers() return kernel:getStatus().remoteComms.peers end
+
+  -- Answers the op:deliver `msg` with value.
+  local function answer(msg, value)
+    raw:send(op('op:deliver-only', desc('desc:export', captp.descPos(msg.args[4], 'desc:import-object')),
+      list(sym('fulfill'), value)))
+  end
+
+  -- The keys of the kernel's store that start with prefix.
+  local function keys(prefix)
+    local out, key = {}, kernel.K:kvNext(prefix)
+    while key and key:sub(1, #prefix) == prefix do
+      out[#out + 1] = key
+      key = kernel.K:kvNext(prefix, key)
+    end
+    return out
+  end
+
+  before_each(function()
+    kernel = support.newKernel { remote = { listen = '127.0.0.1:0' } }
+    echoVat = kernel:launchSubcluster({
+      bootstrap = 'echo', vats = { echo = { sourceSpec = SRC .. '/spec/vats/echo.lua' } },
+    }):await().rootKref
+  end)
+
+  after_each(function()
+    if raw then raw:close() end
+    kernel:stop()
+  end)
+
+  it('lists each session in getStatus as an endpoint with its c-list', function()
+    assert.are.same({}, peers())
+    local obj = session()
+    -- Its imports: the bootstrap object (fetch went to it) and export 5.
+    local p = peers()
+    assert.are.equal(1, #p)
+    assert.matches('^r%d+$', p[1].id)
+    assert.are.same({ id = p[1].id, peerId = 'rawpeer', objects = 2, promises = 0 }, p[1])
+    -- An import is a kernel object of that endpoint: the kernel routes a
+    -- vat's message to it there, and the endpoint decides its result.
+    local result = kernel:queueMessage(echoVat, 'call', { obj, 'ping', 1 })
+    local ping = raw:expect('op:deliver')
+    assert.are.same({ sym('ping'), 1 }, { ping.args[2][1], ping.args[2][2] })
+    assert.are.equal(1, peers()[1].promises)
+    answer(ping, 1)
+    assert.are.equal(1, result:await())
+    assert.are.equal(0, peers()[1].promises)
+    -- What we give the peer is recorded as its import, until it releases it.
+    local gave = E(obj).take(kernel:getPresence(echoVat))
+    local take = raw:expect('op:deliver')
+    local pos = captp.descPos(take.args[2][2], 'desc:import-object')
+    assert.is_not_nil(pos)
+    assert.are.equal(3, peers()[1].objects)
+    answer(take, true)
+    assert.is_true(gave:await())
+    raw:send(op('op:gc-export', list(pos), list(1)))
+    -- A round trip later, the endpoint has let it go.
+    local later = E(obj).ping(2)
+    answer(raw:expect('op:deliver'), 2)
+    assert.are.equal(2, later:await())
+    assert.are.equal(2, peers()[1].objects)
+    -- The vat we gave lives on: the peer's release only dropped its hold.
+    assert.are.equal(3, kernel:queueMessage(echoVat, 'ping', { 3 }):await())
+  end)
+
+  it("tells the peer once the vats that held its object dropped it", function()
+    local obj = session()
+    local kref = kernel:krefOf(obj)
+    local done = kernel:queueMessage(echoVat, 'call', { obj, 'ping', 1 })
+    obj = nil -- luacheck: ignore 311 (the host lets go of it; the vat held it)
+    answer(raw:expect('op:deliver'), 1)
+    assert.are.equal(1, done:await())
+    kernel:collectGarbage():await()
+    local delta
+    repeat
+      local gc = raw:expect('op:gc-export')
+      for i, pos in ipairs(gc.args[1]) do
+        if pos == 5 then delta = (delta or 0) + gc.args[2][i] end
+      end
+    until delta
+    assert.are.equal(1, delta)
+    -- The endpoint no longer has it (nor the bootstrap object, which
+    -- nothing held either), and the kernel object is gone.
+    assert.are.equal(0, peers()[1].objects)
+    local err = support.rejection(kernel:queueMessage(kref, 'ping', {}))
+    assert.matches('OBJECT_DELETED', err.message)
+  end)
+
+  it('is terminated when the session ends: its promises reject, nothing of it stays', function()
+    local obj = session()
+    local kref = kernel:krefOf(obj)
+    local ep = peers()[1].id
+    local waiting = kernel:queueMessage(echoVat, 'call', { obj, 'wait' })
+    raw:expect('op:deliver')
+    assert.are.equal(1, peers()[1].promises)
+    assert.is_true(#keys(ep .. '.c.') > 0)
+    raw:close()
+    local err = support.rejection(waiting)
+    assert.are.equal('[KERNEL:CONNECTION_LOST] connection to peer rawpeer lost: closed by the peer', err.message)
+    assert.are.same({}, peers())
+    -- Its c-list and its record are gone from the database.
+    assert.are.same({}, keys(ep .. '.'))
+    assert.are.same({}, keys('remote.peer.'))
+    -- Its objects are deleted; host code that kept one is told the session is lost.
+    assert.matches('OBJECT_DELETED', support.rejection(kernel:queueMessage(kref, 'ping', {})).message)
+    assert.matches('CONNECTION_LOST', support.rejection(E(obj).ping()).message)
+    -- A new session is a new endpoint.
+    raw = nil
+    session()
+    assert.are_not.equal(ep, peers()[1].id)
+  end)
+
+  it('is terminated when the kernel stops, and a restart finds nothing of it', function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    finally(function() os.execute('rm -rf ' .. support.q(dir)) end)
+    kernel:stop()
+    kernel = support.newKernel { database = dir, remote = { listen = '127.0.0.1:0' } }
+    echoVat = kernel:launchSubcluster({
+      bootstrap = 'echo', vats = { echo = { sourceSpec = SRC .. '/spec/vats/echo.lua' } },
+    }):await().rootKref
+    local obj = session()
+    local ep = peers()[1].id
+    kernel:queueMessage(echoVat, 'call', { obj, 'wait' })
+    raw:expect('op:deliver')
+    assert.are.equal(1, peers()[1].promises)
+    -- (The raw peer lives on the kernel's loop: it goes first, unheard,
+    -- since the kernel stops before it runs its loop again.)
+    raw:close()
+    raw = nil
+    kernel:stop()
+    kernel = support.newKernel { database = dir, remote = { listen = '127.0.0.1:0' } }
+    assert.are.same({}, keys(ep .. '.'))
+    assert.are.same({}, keys('remote.peer.'))
+    assert.are.same({}, peers())
+  end)
+end)
