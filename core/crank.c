@@ -152,7 +152,7 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
   if (!rc && result) {
     rc = rrec ? ocap__kp_set_decider(k, rrec, ep) : ocap__set_decider(k, result, ep);
     if (!rc)
-      rc = ocap_kernel_kref_to_eref(k, ep, result, reref);
+      rc = ocap__kp_to_eref(k, ep, result, rrec, reref);
   }
   if (rc)
     return rc;
@@ -557,7 +557,7 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
     /* The endpoint forgets promises once told their settlement. */
     if (!rc && *fatal == OCAP_FATAL_NONE)
       for (size_t i = 0; i < ns.n && !rc; i++)
-        rc = ocap__clist_remove(k, ep, ns.v[i]->kpid);
+        rc = ocap__clist_remove_kp(k, ep, ns.v[i]->kpid, ns.v[i]->rec);
   }
   free(res);
   notes_free(&ns);

@@ -255,12 +255,12 @@ int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
       if (rc)
         return ocap__fail(k, OCAP_EINVAL, "vat %s reused result vref '%s'", ep, result);
       /* Checked and looked up once: it is a new export. */
-      rc = ocap__export_new(k, ep, result, rk);
+      rc = ocap__export_new(k, ep, result, rk, &rrec);
     } else {
       rc = ocap_kernel_eref_to_kref(k, ep, result, rk);
+      if (!rc)
+        rc = ocap__kp_find(k, rk, 1, &rrec);
     }
-    if (!rc)
-      rc = ocap__kp_find(k, rk, 1, &rrec);
     if (rc)
       return rc;
     /* Until it is delivered, nobody decides a result promise: the kernel

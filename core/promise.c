@@ -697,7 +697,13 @@ int ocap__decref_slots(ocap_kernel_t *k, const char *enc, size_t len) {
 }
 
 int ocap_kernel_alloc_promise(ocap_kernel_t *k, const char *ep, char *out) {
+  ocap__kp_t *r;
+  return ocap__alloc_promise(k, ep, out, &r);
+}
+
+int ocap__alloc_promise(ocap_kernel_t *k, const char *ep, char *out, ocap__kp_t **rec) {
   long long n;
+  *rec = NULL;
   int rc = ep ? ocap__check_ep(k, ep) : 0;
   if (!rc)
     rc = ocap__bump(k, CTR_PROMISE, &n);
@@ -711,6 +717,7 @@ int ocap_kernel_alloc_promise(ocap_kernel_t *k, const char *ep, char *out) {
     rc = set_promise(k, r, ST_UNRESOLVED, 0);
   if (!rc && ep)
     rc = ocap__kp_set_decider(k, r, ep);
+  *rec = r;
   return rc;
 }
 
@@ -859,7 +866,7 @@ int ocap_kernel_resolve(ocap_kernel_t *k, const char *ep, const ocap_resolution_
     /* The decider is done with the promise: retire its c-list entry, as its
      * liveslots forgets the vpid once resolved. */
     if (!rc)
-      rc = ocap__clist_remove(k, ep, kpid);
+      rc = ocap__clist_remove_kp(k, ep, kpid, p);
     if (rc)
       return rc;
   }

@@ -51,6 +51,8 @@ long long ocap__kp_parked(const ocap__kp_t *r);
 /* The data (capdata in krefs), NULL when none, with its length in *len;
  * valid until the record changes. */
 const char *ocap__kp_data(const ocap__kp_t *r, size_t *len);
+/* ocap_kernel_alloc_promise (kernel.h), giving the new record in *rec. */
+int ocap__alloc_promise(ocap_kernel_t *k, const char *ep, char *out, ocap__kp_t **rec);
 /* What the functions below named by kpid do, on a record found. */
 int ocap__kp_set_decider(ocap_kernel_t *k, ocap__kp_t *r, const char *ep);
 int ocap__kp_incref(ocap_kernel_t *k, ocap__kp_t *r);

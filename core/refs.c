@@ -147,19 +147,24 @@ static int host_import(ocap_kernel_t *k, const char *kref) {
 }
 
 /* Adds an entry, both directions. An import of an object counts in both
- * its counts (gc.h); the exporter's own entry counts in neither. */
-static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref) {
+ * its counts (gc.h); the exporter's own entry counts in neither. A
+ * promise's entry counts in the promise, whose record the caller may pass
+ * (rec, else NULL). */
+static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref,
+                     ocap__kp_t *rec) {
   int rc = ocap__clist_set(k, ep, kref, eref);
   if (!rc)
     rc = ocap__clist_set(k, ep, eref, kref);
   if (rc)
     return rc;
   if (ocap__is_kpid(kref))
-    return ocap__incref(k, kref);
+    return rec ? ocap__kp_incref(k, rec) : ocap__incref(k, kref);
   return eref[1] == '-' ? ocap__obj_count(k, kref, 1, 1) : 0;
 }
 
-int ocap__clist_remove(ocap_kernel_t *k, const char *ep, const char *kref) {
+/* ocap__clist_remove, with kref's record when it is a promise the caller
+ * found (rec, else NULL). */
+static int clist_remove(ocap_kernel_t *k, const char *ep, const char *kref, ocap__kp_t *rec) {
   char eref[OCAP_REF_MAX];
   int reach = 1;
   int rc = clist_ref_reach(k, ep, kref, eref, &reach);
@@ -171,11 +176,19 @@ int ocap__clist_remove(ocap_kernel_t *k, const char *ep, const char *kref) {
   if (rc)
     return rc;
   if (ocap__is_kpid(kref))
-    return ocap__decref(k, kref);
+    return rec ? ocap__kp_decref(k, rec) : ocap__decref(k, kref);
   /* The kernel endpoint's table holds imports only. */
   if (ocap__is_kernel_ep(ep) || eref[1] == '-')
     return ocap__obj_count(k, kref, -reach, -1);
   return 0;
+}
+
+int ocap__clist_remove(ocap_kernel_t *k, const char *ep, const char *kref) {
+  return clist_remove(k, ep, kref, NULL);
+}
+
+int ocap__clist_remove_kp(ocap_kernel_t *k, const char *ep, const char *kpid, ocap__kp_t *rec) {
+  return clist_remove(k, ep, kpid, rec);
 }
 
 /* An exporter names its own object again: if it was told nobody reaches
@@ -223,13 +236,17 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
   }
   if (eref[1] == '-')
     return ocap__fail(k, OCAP_EINVAL, "vat %s used unknown import '%s'", ep, eref);
-  return ocap__export_new(k, ep, eref, out);
+  return ocap__export_new(k, ep, eref, out, NULL);
 }
 
-int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
+int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *out,
+                     ocap__kp_t **rec) {
+  ocap__kp_t *r = NULL;
   int rc =
-      eref[0] == 'o' ? ocap_kernel_alloc_object(k, ep, out) : ocap_kernel_alloc_promise(k, ep, out);
-  return rc ? rc : clist_add(k, ep, out, eref);
+      eref[0] == 'o' ? ocap_kernel_alloc_object(k, ep, out) : ocap__alloc_promise(k, ep, out, &r);
+  if (rec)
+    *rec = r;
+  return rc ? rc : clist_add(k, ep, out, eref, r);
 }
 
 int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
@@ -238,7 +255,10 @@ int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char
   return clist_ref(k, ep, eref, out);
 }
 
-int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out) {
+/* ocap_kernel_kref_to_eref, with kref's record when it is a promise the
+ * caller found (rec, else NULL). */
+static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap__kp_t *rec,
+                        char *out) {
   if (!ocap__valid_kref(kref))
     return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not a kref", kref);
   if (ocap__is_kernel_ep(ep)) {
@@ -269,7 +289,16 @@ int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref,
   out[0] = promise ? 'p' : 'o';
   out[1] = '-';
   out[2 + ocap__fmt_ll(out + 2, n)] = '\0';
-  return clist_add(k, ep, kref, out);
+  return clist_add(k, ep, kref, out, rec);
+}
+
+int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out) {
+  return kref_to_eref(k, ep, kref, NULL, out);
+}
+
+int ocap__kp_to_eref(ocap_kernel_t *k, const char *ep, const char *kpid, ocap__kp_t *rec,
+                     char *out) {
+  return kref_to_eref(k, ep, kpid, rec, out);
 }
 
 /* Translates capdata slots from ep's erefs to krefs into an encoding. */

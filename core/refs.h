@@ -12,6 +12,7 @@
 
 #include "capdata.h"
 #include "kstate.h"
+#include "promise.h"
 
 static inline int ocap__is_kpid(const char *ref) {
   return ref[0] == 'k' && ref[1] == 'p';
@@ -39,6 +40,12 @@ int ocap__check_ep(ocap_kernel_t *k, const char *ep);
 /* Removes kref from ep's c-list, both directions, dropping its reference
  * (for the kernel endpoint, from its table of imports). */
 int ocap__clist_remove(ocap_kernel_t *k, const char *ep, const char *kref);
+/* The same for a promise whose record the caller holds (promise.h). */
+int ocap__clist_remove_kp(ocap_kernel_t *k, const char *ep, const char *kpid, ocap__kp_t *rec);
+/* ocap_kernel_kref_to_eref (kernel.h) for a promise whose record the
+ * caller holds. */
+int ocap__kp_to_eref(ocap_kernel_t *k, const char *ep, const char *kpid, ocap__kp_t *rec,
+                     char *out);
 /* ep's entry for kref: 1 with its eref in eref (OCAP_REF_MAX bytes) and
  * *reach 0 when ep dropped it (an import it only recognizes), else 1; 0
  * when ep has none (for the kernel endpoint: when it does not import it),
@@ -49,8 +56,10 @@ int ocap__clist_set_reach(ocap_kernel_t *k, const char *ep, const char *kref, co
                           int reach);
 /* Allocates the object or promise that eref, a new export of vat ep (an
  * `o+N` or `p+N` its c-list lacks, checked by the caller), stands for,
- * with its kref in out, and enters it in ep's c-list. */
-int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *out);
+ * with its kref in out, and enters it in ep's c-list. *rec (when rec is
+ * not NULL) gets a new promise's record, NULL for an object. */
+int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *out,
+                     ocap__kp_t **rec);
 /* The eref of koid in its exporter ep: 1 with it in eref, 0 when ep's
  * c-list lacks it, or a negative code. */
 int ocap__export_eref(ocap_kernel_t *k, const char *ep, const char *koid, char *eref);
