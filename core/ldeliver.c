@@ -96,12 +96,13 @@ static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
 /* ---- entering a vat ---- */
 
 /*
- * [-0, +0, e] Delivers a message, or a notify of one resolution, whose
+ * [-0, +(0|1), e] Delivers a message, or a notify of one resolution, whose
  * capdata has no slots, the common case, to liveslots' dispatchValues
  * decoded here: dispatchValues(true, target, result, method, args...) or
  * dispatchValues(false, kpid, rejected, value). The body never becomes a
  * Lua string, and liveslots makes no protected call to decode it. Returns
- * 1, or 0 with the stack as it found it for a delivery of another kind or
+ * 1 (leaving the codec's model, which the tramp's return drops), or 0 with
+ * the stack as it found it for a delivery of another kind or
  * a body the codec leaves, which goes the general way (push_delivery).
  *
  * Without slots, decoding calls nothing of the vat's (no slotToVal, no
@@ -121,6 +122,9 @@ static int deliver_values(lua_State *V, lvat_t *rec, const ocap_delivery_t *d) {
   if (cd->nslots != 0)
     return 0;
   STACK_CHECK_BEGIN(V);
+  /* The model stays under the call, for the tramp's return to pop. */
+  lua_rawgeti(V, LUA_REGISTRYINDEX, rec->model_ref);
+  int model = lua_gettop(V);
   lua_rawgeti(V, LUA_REGISTRYINDEX, rec->values_ref);
   lua_pushboolean(V, call);
   if (call) {
@@ -134,15 +138,15 @@ static int deliver_values(lua_State *V, lvat_t *rec, const ocap_delivery_t *d) {
     lua_pushboolean(V, d->resolutions[0].rejected);
   }
   rec->decode_failed = 1;
-  int v = ocap_sc_push_decoded(V, cd->body, cd->blen, call);
+  int v = ocap_sc_push_decoded(V, model, cd->body, cd->blen, call);
   rec->decode_failed = 0;
   if (v < 0) {
-    lua_pop(V, 4);
+    lua_pop(V, 5);
     STACK_CHECK_END(V, 0);
     return 0;
   }
   lua_call(V, 3 + v, 0);
-  STACK_CHECK_END(V, 0);
+  STACK_CHECK_END(V, 1);
   return 1;
 }
 

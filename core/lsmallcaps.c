@@ -814,8 +814,7 @@ static int sc_encode_call_args(lua_State *L) {
 typedef struct dec {
   lua_State *L;
   const char *p;
-  int model;             /* index of the model table: an upvalue or on the stack */
-  int null_idx, amt_idx; /* stack indices of null and the array mark */
+  int model; /* index of the model table: an upvalue or on the stack */
   int slots_idx, s2v_idx;
   int cache_idx; /* slot index + 1 -> value (nil until a slot is met) */
   const ocap_sc_slot_t *slots;
@@ -993,7 +992,7 @@ static int dec_container(dec_t *d) {
       lua_pushinteger(L, i);
       lua_setfield(L, t, "n");
     }
-    lua_pushvalue(L, d->amt_idx);
+    lua_rawgeti(L, d->model, M_ARRAY_MT);
     lua_setmetatable(L, t);
     return 0;
   }
@@ -1054,7 +1053,7 @@ static int dec_value(dec_t *d) {
     return 0;
   case 'n':
     d->p += 4;
-    lua_pushvalue(L, d->null_idx);
+    lua_rawgeti(L, d->model, M_NULL);
     return 0;
   default: {
     const char *s = d->p;
@@ -1151,29 +1150,33 @@ static int dec_call(dec_t *d, int *n) {
   return 0;
 }
 
+/* Escaped strings up to this size are unescaped on the C stack. */
+#define LOCAL_SCRATCH 256
+
 /*
- * [-0, +(k+1+v), e] Decodes the blen bytes at body (a body: `#` and its
+ * [-0, +(k+v), e] Decodes the blen bytes at body (a body: `#` and its
  * JSON) with the model at index model, the slots table at slots_idx and
  * slotToVal at s2v_idx (0 for none: the body must then name no slot).
- * Pushes k values it works with, then true, then the body's value (v = 1)
- * or, with call set, the call's method and arguments (v = 1 + n); returns
- * v, or LEAVE with the stack as it found it for a body left to the
+ * Pushes what it works with (*k values: the slots' cache, when the body
+ * has slots, and room for a long escaped string), then the body's value
+ * (v = 1) or, with call set, the call's method and arguments (v = 1 + n).
+ * Returns v, or LEAVE with the stack as it found it for a body left to the
  * reference (every error, and any other shape for a call).
  */
 static int decode_buf(lua_State *L, int model, const char *body, size_t blen, int slots_idx,
-                      int s2v_idx, size_t nslots, int call) {
+                      int s2v_idx, size_t nslots, int call, int *k) {
+  *k = 0;
   if (blen == 0 || body[0] != '#')
     return LEAVE;
-  int top = lua_gettop(L);
   ocap_vat_charge(L, 1 + (long long)(blen / BYTES_PER_INSTRUCTION));
   lua_Integer small_int;
   if (!call && small_integer(body + 1, blen - 1, &small_int)) {
     /* What the scan and dec_value would answer, and charge, for it. */
     ocap_vat_charge(L, VALUE_COST);
-    lua_pushboolean(L, 1);
     lua_pushinteger(L, small_int);
     return 1;
   }
+  int top = lua_gettop(L);
   ocap_sc_slot_t small[SMALL_SLOTS], *slots = NULL;
   if (s2v_idx && nslots > 0) {
     slots = nslots <= SMALL_SLOTS ? small : lua_newuserdatauv(L, nslots * sizeof *slots, 0);
@@ -1187,27 +1190,28 @@ static int decode_buf(lua_State *L, int model, const char *body, size_t blen, in
   }
   ocap_vat_charge(L, (long long)sc.values * VALUE_COST);
   luaL_checkstack(L, 8, "smallcaps");
+  char scratch[LOCAL_SCRATCH];
   dec_t d = {.L = L,
              .p = body + 1,
              .model = model,
              .slots_idx = slots_idx,
              .s2v_idx = s2v_idx,
              .slots = slots,
+             .scratch = scratch,
              .bang_keys = sc.bang_keys,
              .sizes = sizes,
              .nsizes = SMALL_SIZES};
-  lua_rawgeti(L, model, M_NULL);
-  d.null_idx = lua_gettop(L);
-  lua_rawgeti(L, model, M_ARRAY_MT);
-  d.amt_idx = lua_gettop(L);
-  lua_pushnil(L);
-  d.cache_idx = lua_gettop(L);
-  if (sc.escaped_max)
+  if (slots) {
+    lua_pushnil(L);
+    d.cache_idx = lua_gettop(L);
+  }
+  if (sc.escaped_max > LOCAL_SCRATCH)
     d.scratch = lua_newuserdatauv(L, sc.escaped_max, 0);
-  lua_pushboolean(L, 1);
+  *k = lua_gettop(L) - top;
   int n = 0;
   if (call ? dec_call(&d, &n) : dec_value(&d)) {
     lua_settop(L, top);
+    *k = 0;
     return LEAVE;
   }
   return call ? 1 + n : 1;
@@ -1221,10 +1225,16 @@ static int decode_body(lua_State *L, int call) {
   int s2v = lua_isnoneornil(L, 3) ? 0 : 3;
   size_t nslots = lua_type(L, 2) == LUA_TTABLE ? (size_t)lua_rawlen(L, 2) : 0;
   lua_settop(L, 3);
-  int v = decode_buf(L, lua_upvalueindex(1), body, blen, 2, s2v, nslots, call);
+  lua_pushboolean(L, 1);
+  int k, v = decode_buf(L, lua_upvalueindex(1), body, blen, 2, s2v, nslots, call, &k);
   if (v == LEAVE) {
     lua_pushboolean(L, 0);
     return 1;
+  }
+  if (k > 0) {
+    /* The true goes up to the values, over what decoding kept. */
+    lua_pushboolean(L, 1);
+    lua_rotate(L, -(v + 1), 1);
   }
   return 1 + v;
 }
@@ -1248,21 +1258,19 @@ static int sc_decode_call(lua_State *L) {
  * in a vat, the runtime's own (ocap.pass), made before any vat code runs. */
 static const char MODEL_KEY = 'm';
 
+/* [-0, +1] See lsmallcaps.h. */
+int ocap_sc_push_model(lua_State *L) {
+  return lua_rawgetp(L, LUA_REGISTRYINDEX, &MODEL_KEY) == LUA_TTABLE;
+}
+
 /* [-0, +v, e] See lsmallcaps.h. */
-int ocap_sc_push_decoded(lua_State *L, const char *body, size_t blen, int call) {
-  int base = lua_gettop(L) + 1;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MODEL_KEY) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    return LEAVE;
+int ocap_sc_push_decoded(lua_State *L, int model, const char *body, size_t blen, int call) {
+  int k, v = decode_buf(L, model, body, blen, 0, 0, 0, call, &k);
+  if (v != LEAVE && k > 0) {
+    /* The values go down over what decoding kept. */
+    lua_rotate(L, -(v + k), v);
+    lua_pop(L, k);
   }
-  int v = decode_buf(L, base, body, blen, 0, 0, 0, call);
-  if (v == LEAVE) {
-    lua_pop(L, 1);
-    return LEAVE;
-  }
-  /* The values go down over the model, what decoding kept and its true. */
-  lua_rotate(L, base, v);
-  lua_settop(L, base + v - 1);
   return v;
 }
 

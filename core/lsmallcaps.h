@@ -42,17 +42,21 @@
 /* [-0, +1, m] Pushes the module table { new = f }. */
 int luaopen_ocap_smallcaps(lua_State *L);
 
+/* [-0, +1] Pushes the model of the first codec made in L (in a vat, its
+ * runtime's) and returns 1, or pushes nil and returns 0 when L has none. */
+int ocap_sc_push_model(lua_State *L);
+
 /*
  * [-0, +v, e] Decodes a body of capdata that has no slots, the blen bytes
- * at body, with the first codec made in L (a vat's runtime's) and pushes
- * what decode, or with call set decodeCall, would answer after its true:
- * the value (v = 1), or the method and the arguments (v = 1 + n). Returns
- * v, or -1 (pushing nothing) when L has no codec or the body is one those
- * functions leave. The kernel decodes the common deliveries with it
- * without making the body a Lua string (core/ldeliver.c). Decoding a body
- * without slots calls nothing of the caller's: it raises only when it
+ * at body, with the codec model at index model (ocap_sc_push_model), and
+ * pushes what decode, or with call set decodeCall, would answer after its
+ * true: the value (v = 1), or the method and the arguments (v = 1 + n).
+ * Returns v, or -1 (pushing nothing) for a body those functions leave.
+ * The kernel decodes the common deliveries with it without making the
+ * body a Lua string (core/ldeliver.c). Decoding a body without slots
+ * calls no function but the model's makeError: it raises only when it
  * exhausts the state's memory or meter.
  */
-int ocap_sc_push_decoded(lua_State *L, const char *body, size_t blen, int call);
+int ocap_sc_push_decoded(lua_State *L, int model, const char *body, size_t blen, int call);
 
 #endif

@@ -50,8 +50,8 @@ lvat_t *ocap__make_vat_record(lkernel_t *lk, const char *id) {
     return NULL;
   snprintf(rec->id, sizeof rec->id, "%s", id);
   rec->lk = lk;
-  rec->dispatch_ref = rec->values_ref = LUA_NOREF;
-  rec->held.dispatch_ref = rec->held.values_ref = LUA_NOREF;
+  rec->dispatch_ref = rec->values_ref = rec->model_ref = LUA_NOREF;
+  rec->held.dispatch_ref = rec->held.values_ref = rec->held.model_ref = LUA_NOREF;
   rec->budget = default_budget();
   rec->num = n;
   lk->vats[vat_slot(lk, n)] = rec;
@@ -65,7 +65,7 @@ void ocap__stop_vat(lvat_t *rec) {
   rec->vat = NULL;
   ocap__release_runtime(rec->runtime);
   rec->runtime = NULL;
-  rec->dispatch_ref = rec->values_ref = LUA_NOREF;
+  rec->dispatch_ref = rec->values_ref = rec->model_ref = LUA_NOREF;
   free(rec->why);
   rec->why = NULL;
   free(rec->exit_body);
@@ -76,11 +76,17 @@ void ocap__stop_vat(lvat_t *rec) {
 
 /* Exchanges the live state of rec with the one it holds aside. */
 static void swap_held(lvat_t *rec) {
-  vheld_t live = {rec->vat,    rec->dispatch_ref, rec->values_ref,
-                  rec->timers, rec->runtime,      rec->budget};
+  vheld_t live = {.vat = rec->vat,
+                  .dispatch_ref = rec->dispatch_ref,
+                  .values_ref = rec->values_ref,
+                  .model_ref = rec->model_ref,
+                  .timers = rec->timers,
+                  .runtime = rec->runtime,
+                  .budget = rec->budget};
   rec->vat = rec->held.vat;
   rec->dispatch_ref = rec->held.dispatch_ref;
   rec->values_ref = rec->held.values_ref;
+  rec->model_ref = rec->held.model_ref;
   rec->timers = rec->held.timers;
   rec->runtime = rec->held.runtime;
   rec->budget = rec->held.budget;
@@ -96,7 +102,7 @@ void ocap__drop_held(lvat_t *rec) {
   ocap_vat_free(h->vat);
   ocap__release_runtime(h->runtime);
   memset(h, 0, sizeof *h);
-  h->dispatch_ref = h->values_ref = LUA_NOREF;
+  h->dispatch_ref = h->values_ref = h->model_ref = LUA_NOREF;
 }
 
 typedef struct dumpbuf {
@@ -326,11 +332,13 @@ static int vat_boot_tramp(lua_State *V) {
    * deliveries the kernel decodes (ldeliver.c), nil from an older
    * runtime. */
   lua_call(V, 3, 4);
-  rec->values_ref = LUA_NOREF;
-  if (lua_isfunction(V, -1))
+  rec->values_ref = rec->model_ref = LUA_NOREF;
+  if (ocap_sc_push_model(V) && lua_isfunction(V, -2)) {
+    rec->model_ref = luaL_ref(V, LUA_REGISTRYINDEX);
     rec->values_ref = luaL_ref(V, LUA_REGISTRYINDEX);
-  else
-    lua_pop(V, 1);
+  } else {
+    lua_pop(V, 2);
+  }
   install_endowments(V, rec, a->globals, lua_gettop(V));
   lua_pop(V, 1);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap");
