@@ -49,6 +49,30 @@ describe('persistence', function()
     assert.same(kernel:getSubclusters()[1].vats, (kernel:getSubcluster(r.subclusterId)).vats)
   end)
 
+  it('leaves no log to replay after a clean stop that wrote much', function()
+    -- LevelDB keeps recent writes in its log, which the next open replays
+    -- key by key: a clean stop writes them out as a table instead.
+    local function logBytes()
+      local n = 0
+      for name in io.popen("ls '" .. db .. "'"):lines() do
+        if name:match('%.log$') then
+          local f = assert(io.open(db .. '/' .. name, 'rb'))
+          n = n + f:seek('end')
+          f:close()
+        end
+      end
+      return n
+    end
+    local r = kernel:launchSubcluster(pair()):await()
+    local big = ('x'):rep(5000)
+    for i = 1, 30 do kernel:queueMessage(r.rootKref, 'storeThing', { 'k' .. i, big .. i }):await() end
+    assert.is_true(logBytes() > 150000)
+    kernel:stop()
+    assert.is_true(logBytes() < 4096, 'the log still holds ' .. logBytes() .. ' bytes')
+    kernel = testing.restart(kernel)
+    assert.equal(big .. 17, kernel:queueMessage(r.rootKref, 'getThing', { 'k17' }):await())
+  end)
+
   it('restarts lazily: no vat runs until it gets a delivery', function()
     local r = kernel:launchSubcluster(pair()):await()
     kernel = testing.restart(kernel)
