@@ -470,6 +470,13 @@ describe('ocap.promise', function()
       assert.same({ true, true, 7, false }, { P.xcall(ended, nil, nil, function() return 7 end, ended) })
       local _, _, again = P.xcall(ended, nil, nil, coroutine.running, ended)
       assert.are_not.equal(worker, again)
+      -- The same for the workers of call (and spawn), pooled apart.
+      local _, _, plain = P.call(coroutine.running)
+      assert.is_true(coroutine.close(plain))
+      assert.same({ true, true, 8 }, { P.call(function() return 8 end) })
+      local _, _, plainAgain = P.call(coroutine.running)
+      assert.are_not.equal(plain, plainAgain)
+      assert.same({ 'fulfilled', 9 }, { P.state(P.spawn(function() return 9 end)) })
       -- A task closed while it awaits is not resumed, and nothing fails.
       local p = P.makePromise()
       local awaiting

@@ -474,6 +474,11 @@ local call = M.call
 ---@return boolean|nil busy when done, whether turns are queued (hasTurns)
 function M.xcall(ended, a, b, fn, handler, ...)
   local co, rok, what
+  -- Every delivered method comes this way, so the checked pool is taken
+  -- from and refilled here rather than through functions shared with
+  -- call: those two Lua calls cost about 300 instructions a round trip
+  -- (callgrind, bench/roundtrip.lua). A closed worker is recognised by
+  -- the resume it refuses, which saves call's coroutine.status.
   repeat
     if checkedN > 0 then
       co = checkedPool[checkedN]
