@@ -686,6 +686,27 @@ static int simple_value(lua_State *L, int idx) {
   }
 }
 
+/* [-0, +0, m] Writes the start of a call's body, `[<method>,[`, for the
+ * simple method at idx; put_call_arg writes its arguments, and
+ * put_call_close its end. */
+static inline void put_call_open(enc_t *e, int idx) {
+  put_char(e, '[');
+  enc_value(e, idx, 1);
+  put(e, ",[", 2);
+}
+
+/* [-0, +0, m] Writes the simple argument at idx, the first one or not. */
+static inline void put_call_arg(enc_t *e, int idx, int first) {
+  if (!first)
+    put_char(e, ',');
+  enc_value(e, idx, 1);
+}
+
+/* [-0, +0, m] */
+static inline void put_call_close(enc_t *e) {
+  put(e, "]]", 2);
+}
+
 /*
  * [-0, +0, e] Writes a call whose method and arguments are all simple as
  * marshal.lua's serializeCall does: the arguments are args[1..n] with n
@@ -707,9 +728,7 @@ static int enc_simple_call(enc_t *e) {
   if (!isnum)
     return LEAVE;
   size_t start = e->n;
-  put_char(e, '[');
-  enc_value(e, 1, 1);
-  put(e, ",[", 2);
+  put_call_open(e, 1);
   for (lua_Integer i = 1; i <= n; i++) {
     lua_geti(L, 2, i);
     if (!simple_value(L, -1)) {
@@ -717,12 +736,10 @@ static int enc_simple_call(enc_t *e) {
       e->n = start;
       return LEAVE;
     }
-    if (i > 1)
-      put_char(e, ',');
-    enc_value(e, lua_gettop(L), 1);
+    put_call_arg(e, lua_gettop(L), i == 1);
     lua_pop(L, 1);
   }
-  put(e, "]]", 2);
+  put_call_close(e);
   return 0;
 }
 
@@ -797,15 +814,10 @@ static int sc_encode_call_args(lua_State *L) {
   }
   enc_t e;
   enc_begin(L, &e, 2);
-  put_char(&e, '[');
-  enc_value(&e, 1, 1);
-  put(&e, ",[", 2);
-  for (int i = 3; i <= top; i++) {
-    if (i > 3)
-      put_char(&e, ',');
-    enc_value(&e, i, 1);
-  }
-  put(&e, "]]", 2);
+  put_call_open(&e, 1);
+  for (int i = 3; i <= top; i++)
+    put_call_arg(&e, i, i == 3);
+  put_call_close(&e);
   return enc_end_parts(L, &e, 0);
 }
 
