@@ -195,7 +195,8 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
  */
 static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, ocap__kp_t *rrec,
                         int *fatal, char **why) {
-  if (!k->hooks.pipelines)
+  /* Usually nothing waits on a new result: its record says so at once. */
+  if (!k->hooks.pipelines || (rrec && ocap__kp_parked(rrec) == 0))
     return 0;
   char(*work)[OCAP_REF_MAX] = NULL;
   size_t nwork = 0, capwork = 0, next = 0;
