@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "idtable.h"
 #include "refs.h"
 
 typedef struct centry {
@@ -39,7 +40,7 @@ typedef struct centry {
  * (the c-list is listed in `idirty`), `idsync` where it is in `isync`.
  */
 typedef struct clist {
-  centry_t **slots;
+  void **slots; /* centry_t records (idtable.h's open addressing) */
   size_t mask, n;
   int dirty; /* a mark drop_empty uses */
   long long next[2], cnext[2], snext[2];
@@ -54,7 +55,7 @@ typedef struct dirty {
 } dirty_t;
 
 struct ocap__clists {
-  clist_t **slots; /* by endpoint, for those vat_index does not place */
+  void **slots; /* clist_t records by endpoint, for those vat_index does not place */
   size_t mask, n;
   clist_t **byvat; /* vats' c-lists by the N of `v<N>` (vat_index) */
   size_t nbyvat;
@@ -77,30 +78,22 @@ static size_t str_hash(const char *s) {
 
 /* ---- an endpoint's entries ---- */
 
-static centry_t **entry_slot(clist_t *c, const char *ref) {
-  for (size_t i = str_hash(ref) & c->mask;; i = (i + 1) & c->mask)
-    if (!c->slots[i] || strcmp(c->slots[i]->ref, ref) == 0)
+/* The slot holding ref's entry, or the free slot where it would go. */
+static void **entry_slot(clist_t *c, const char *ref) {
+  for (size_t i = str_hash(ref) & c->mask;; i = (i + 1) & c->mask) {
+    centry_t *e = c->slots[i];
+    if (!e || strcmp(e->ref, ref) == 0)
       return &c->slots[i];
+  }
+}
+
+/* The slot an entry hashes to (ocap__home_fn). */
+static size_t entry_home(const void *rec, size_t mask) {
+  return ((const centry_t *)rec)->hash & mask;
 }
 
 static int entries_grow(clist_t *c) {
-  if ((c->n + 1) * 2 <= c->mask + 1)
-    return 0;
-  size_t oldcap = c->mask + 1, cap = oldcap * 2;
-  centry_t **old = c->slots, **ns = calloc(cap, sizeof *ns);
-  if (!ns)
-    return OCAP_ENOMEM;
-  c->slots = ns;
-  c->mask = cap - 1;
-  for (size_t i = 0; i < oldcap; i++)
-    if (old[i])
-      for (size_t j = old[i]->hash & c->mask;; j = (j + 1) & c->mask)
-        if (!ns[j]) {
-          ns[j] = old[i];
-          break;
-        }
-  free(old);
-  return 0;
+  return ocap__oa_full(c->n, c->mask) ? ocap__oa_grow(&c->slots, &c->mask, entry_home) : 0;
 }
 
 /* Frees p unless another version of the value (a or b) uses it. */
@@ -122,16 +115,8 @@ static void entry_remove(clist_t *c, centry_t *e) {
   while (c->slots[i] != e)
     i = (i + 1) & c->mask;
   entry_free(e);
-  c->slots[i] = NULL;
+  ocap__oa_delete(c->slots, c->mask, i, entry_home);
   c->n--;
-  for (size_t j = (i + 1) & c->mask; c->slots[j]; j = (j + 1) & c->mask) {
-    size_t home = c->slots[j]->hash & c->mask;
-    if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
-      c->slots[i] = c->slots[j];
-      c->slots[j] = NULL;
-      i = j;
-    }
-  }
 }
 
 /* Adds an entry for ref holding a copy of val (n bytes; NULL: absent).
@@ -139,7 +124,7 @@ static void entry_remove(clist_t *c, centry_t *e) {
  * caller that just looked ref up passes to spare probing again; it is
  * found anew if the table grows. */
 static centry_t *entry_add(clist_t *c, const char *ref, size_t rl, const char *val, size_t n,
-                           centry_t **sl) {
+                           void **sl) {
   centry_t *e = ocap__zalloc(sizeof *e + rl + 1);
   size_t mask = c->mask;
   if (!e || entries_grow(c)) {
@@ -197,10 +182,17 @@ static inline long vat_index(const char *ep) {
   return n;
 }
 
-static clist_t **clist_slot(struct ocap__clists *t, const char *ep) {
-  for (size_t i = str_hash(ep) & t->mask;; i = (i + 1) & t->mask)
-    if (!t->slots[i] || strcmp(t->slots[i]->ep, ep) == 0)
+static void **clist_slot(struct ocap__clists *t, const char *ep) {
+  for (size_t i = str_hash(ep) & t->mask;; i = (i + 1) & t->mask) {
+    clist_t *c = t->slots[i];
+    if (!c || strcmp(c->ep, ep) == 0)
       return &t->slots[i];
+  }
+}
+
+/* The slot a c-list hashes to (ocap__home_fn). */
+static size_t clist_home(const void *rec, size_t mask) {
+  return str_hash(((const clist_t *)rec)->ep) & mask;
 }
 
 /* ep's c-list in memory, or NULL. */
@@ -230,18 +222,8 @@ static int clist_place(struct ocap__clists *t, clist_t *c) {
     t->byvat[v] = c;
     return 0;
   }
-  if ((t->n + 1) * 2 > t->mask + 1) {
-    size_t oldcap = t->mask + 1, cap = oldcap * 2;
-    clist_t **old = t->slots, **ns = calloc(cap, sizeof *ns);
-    if (!ns)
-      return OCAP_ENOMEM;
-    t->slots = ns;
-    t->mask = cap - 1;
-    for (size_t i = 0; i < oldcap; i++)
-      if (old[i])
-        *clist_slot(t, old[i]->ep) = old[i];
-    free(old);
-  }
+  if (ocap__oa_full(t->n, t->mask) && ocap__oa_grow(&t->slots, &t->mask, clist_home))
+    return OCAP_ENOMEM;
   *clist_slot(t, c->ep) = c;
   t->n++;
   return 0;
@@ -258,16 +240,8 @@ static void clist_remove_ep(struct ocap__clists *t, clist_t *c) {
   while (t->slots[i] != c)
     i = (i + 1) & t->mask;
   clist_free(c);
-  t->slots[i] = NULL;
+  ocap__oa_delete(t->slots, t->mask, i, clist_home);
   t->n--;
-  for (size_t j = (i + 1) & t->mask; t->slots[j]; j = (j + 1) & t->mask) {
-    size_t home = str_hash(t->slots[j]->ep) & t->mask;
-    if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
-      t->slots[i] = t->slots[j];
-      t->slots[j] = NULL;
-      i = j;
-    }
-  }
 }
 
 int ocap__clists_new(ocap_kernel_t *k) {
@@ -432,7 +406,8 @@ int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const cha
   int rc = clist_find(k, ep, &c);
   if (rc)
     return rc;
-  centry_t **sl = entry_slot(c, ref), *e = *sl;
+  void **sl = entry_slot(c, ref);
+  centry_t *e = *sl;
   if (!e && !val)
     return 0;
   rc = index_importer(k, ep, ref, e, val);
@@ -441,26 +416,11 @@ int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const cha
   if (!e && !(e = entry_add(c, ref, strlen(ref), NULL, 0, sl)))
     return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
   if (!e->dirty) {
-    if (t->ndirty == t->capdirty) {
-      size_t cap = t->capdirty ? t->capdirty * 2 : 32;
-      dirty_t *d = realloc(t->dirty, cap * sizeof *d);
-      if (!d)
-        return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
-      t->dirty = d;
-      t->capdirty = cap;
-    }
-    /* Room for the entry in the sync list, which the end of the crank
+    /* Room for the entry in the sync list too, which the end of the crank
      * cannot fail to add it to. */
-    if (t->nsync + t->ndirty + 1 > t->capsync) {
-      size_t cap = t->capsync ? t->capsync * 2 : 32;
-      while (cap < t->nsync + t->ndirty + 1)
-        cap *= 2;
-      dirty_t *d = realloc(t->sync, cap * sizeof *d);
-      if (!d)
-        return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
-      t->sync = d;
-      t->capsync = cap;
-    }
+    if (ocap__reserve(&t->dirty, &t->capdirty, t->ndirty + 1, sizeof *t->dirty, 32) ||
+        ocap__reserve(&t->sync, &t->capsync, t->nsync + t->ndirty + 1, sizeof *t->sync, 32))
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
     t->dirty[t->ndirty].c = c;
     t->dirty[t->ndirty++].e = e;
     e->dirty = 1;
@@ -484,24 +444,9 @@ static int ids_touch(ocap_kernel_t *k, clist_t *c) {
   struct ocap__clists *t = k->c;
   if (c->ids)
     return 0;
-  if (t->nidirty == t->capidirty) {
-    size_t cap = t->capidirty ? t->capidirty * 2 : 16;
-    clist_t **d = realloc(t->idirty, cap * sizeof *d);
-    if (!d)
-      return ocap__broken(k, OCAP_ENOMEM, "out of memory importing into %s", c->ep);
-    t->idirty = d;
-    t->capidirty = cap;
-  }
-  if (t->nisync + t->nidirty + 1 > t->capisync) {
-    size_t cap = t->capisync ? t->capisync * 2 : 16;
-    while (cap < t->nisync + t->nidirty + 1)
-      cap *= 2;
-    clist_t **d = realloc(t->isync, cap * sizeof *d);
-    if (!d)
-      return ocap__broken(k, OCAP_ENOMEM, "out of memory importing into %s", c->ep);
-    t->isync = d;
-    t->capisync = cap;
-  }
+  if (ocap__reserve(&t->idirty, &t->capidirty, t->nidirty + 1, sizeof *t->idirty, 16) ||
+      ocap__reserve(&t->isync, &t->capisync, t->nisync + t->nidirty + 1, sizeof *t->isync, 16))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory importing into %s", c->ep);
   t->idirty[t->nidirty++] = c;
   c->ids = 1;
   return 0;

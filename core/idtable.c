@@ -26,6 +26,11 @@ static size_t id_hash(long long id) {
   return (size_t)(h ^ (h >> 29));
 }
 
+/* The slot a record hashes to (ocap__home_fn). */
+static size_t id_home(const void *rec, size_t mask) {
+  return id_hash(rec_id(rec)) & mask;
+}
+
 /* The slot holding id, or the empty slot where it would go. */
 static size_t find_slot(const ocap__idtable_t *t, long long id) {
   size_t i = id_hash(id) & t->mask;
@@ -64,25 +69,41 @@ void *ocap__idtable_find(const ocap__idtable_t *t, long long id) {
   return t->slots[find_slot(t, id)];
 }
 
-/* Doubles the table when one more record would make it over half full. */
-static int grow(ocap__idtable_t *t) {
-  if ((t->n + 1) * 2 <= t->mask + 1)
-    return 0;
-  size_t oldcap = t->mask + 1, cap = oldcap * 2;
-  void **old = t->slots, **ns = calloc(cap, sizeof *ns);
+int ocap__oa_grow(void ***slots, size_t *mask, ocap__home_fn home) {
+  size_t oldcap = *mask + 1, cap = oldcap * 2;
+  void **old = *slots, **ns = calloc(cap, sizeof *ns);
   if (!ns)
     return OCAP_ENOMEM;
-  t->slots = ns;
-  t->mask = cap - 1;
   for (size_t i = 0; i < oldcap; i++)
-    if (old[i])
-      t->slots[find_slot(t, rec_id(old[i]))] = old[i];
+    if (old[i]) {
+      size_t j = home(old[i], cap - 1);
+      while (ns[j])
+        j = (j + 1) & (cap - 1);
+      ns[j] = old[i];
+    }
   free(old);
+  *slots = ns;
+  *mask = cap - 1;
   return 0;
 }
 
+void ocap__oa_delete(void **slots, size_t mask, size_t i, ocap__home_fn home) {
+  slots[i] = NULL;
+  for (size_t j = (i + 1) & mask; slots[j]; j = (j + 1) & mask) {
+    size_t h = home(slots[j], mask);
+    /* A record moves back into the hole unless its home lies cyclically
+     * in (i, j], where a lookup would stop at the hole before reaching
+     * it. */
+    if ((j > i && (h <= i || h > j)) || (j < i && h <= i && h > j)) {
+      slots[i] = slots[j];
+      slots[j] = NULL;
+      i = j;
+    }
+  }
+}
+
 int ocap__idtable_insert(ocap__idtable_t *t, void *rec) {
-  if (grow(t))
+  if (ocap__oa_full(t->n, t->mask) && ocap__oa_grow(&t->slots, &t->mask, id_home))
     return OCAP_ENOMEM;
   t->slots[find_slot(t, rec_id(rec))] = rec;
   t->n++;
@@ -94,19 +115,8 @@ void *ocap__idtable_remove(ocap__idtable_t *t, long long id) {
   void *rec = t->slots[i];
   if (!rec)
     return NULL;
-  t->slots[i] = NULL;
+  ocap__oa_delete(t->slots, t->mask, i, id_home);
   t->n--;
-  for (size_t j = (i + 1) & t->mask; t->slots[j]; j = (j + 1) & t->mask) {
-    size_t home = id_hash(rec_id(t->slots[j])) & t->mask;
-    /* A record moves back into the hole unless its home lies cyclically
-     * in (i, j], where a lookup would stop at the hole before reaching
-     * it. */
-    if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
-      t->slots[i] = t->slots[j];
-      t->slots[j] = NULL;
-      i = j;
-    }
-  }
   return rec;
 }
 

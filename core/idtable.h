@@ -42,4 +42,27 @@ void *ocap__idtable_remove(ocap__idtable_t *t, long long id);
  * NULL when there is none left. Start with *pos = 0. */
 void *ocap__idtable_next(const ocap__idtable_t *t, size_t *pos);
 
+/*
+ * Open addressing with linear probing as this table does it, shared with
+ * the kernel's tables keyed by name (clist.c): a table is `slots`, mask +
+ * 1 of them (a power of two), NULL marking a free one, and home(rec, mask)
+ * gives the slot a record hashes to. Only growing and deleting are shared:
+ * a lookup compares its keys in place, where a callback would cost every
+ * probe of the hot path.
+ */
+typedef size_t (*ocap__home_fn)(const void *rec, size_t mask);
+
+/* Whether one more record would make a table of mask + 1 slots holding n
+ * records over half full, which keeps probe runs short. */
+static inline int ocap__oa_full(size_t n, size_t mask) {
+  return (n + 1) * 2 > mask + 1;
+}
+/* Doubles the table, placing every record again. Returns 0, or
+ * OCAP_ENOMEM with the table unchanged. */
+int ocap__oa_grow(void ***slots, size_t *mask, ocap__home_fn home);
+/* Empties slot i and moves back the records probed past it, so that no
+ * lookup stops at the hole before reaching them (no tombstones: a table
+ * whose records come and go every crank never fills up with dead slots). */
+void ocap__oa_delete(void **slots, size_t mask, size_t i, ocap__home_fn home);
+
 #endif

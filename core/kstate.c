@@ -254,6 +254,22 @@ void *ocap__zalloc(size_t n) {
   return p;
 }
 
+/* The pointer is read and written with memcpy, so that an array of any
+ * element type can be passed by the address of its pointer. */
+int ocap__reserve_grow(void *arrayp, size_t *cap, size_t need, size_t size, size_t first) {
+  void *v;
+  memcpy(&v, arrayp, sizeof v);
+  size_t n = *cap ? *cap * 2 : first;
+  while (n < need)
+    n *= 2;
+  void *nv = realloc(v, n * size);
+  if (!nv)
+    return OCAP_ENOMEM;
+  memcpy(arrayp, &nv, sizeof nv);
+  *cap = n;
+  return 0;
+}
+
 /* A byte of a reference: the kernel's refs, vat ids and vrefs use these. */
 static int ref_char(char c) {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '+' ||

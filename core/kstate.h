@@ -49,6 +49,19 @@
  * volatile pointer so that it cannot. */
 void *ocap__zalloc(size_t n);
 
+/*
+ * Makes room for `need` elements of `size` bytes in a growable array:
+ * arrayp is the address of the pointer to it (NULL for none yet), *cap its
+ * capacity, doubled (from `first`) until it is enough. Returns 0, or
+ * OCAP_ENOMEM with the array unchanged. The tables' lists of changed and
+ * unsynced records grow this way; the test that they need not grow is
+ * inline, as they are checked at every change.
+ */
+int ocap__reserve_grow(void *arrayp, size_t *cap, size_t need, size_t size, size_t first);
+static inline int ocap__reserve(void *arrayp, size_t *cap, size_t need, size_t size, size_t first) {
+  return need <= *cap ? 0 : ocap__reserve_grow(arrayp, cap, need, size, first);
+}
+
 #define KEY_MAX 160
 
 /*

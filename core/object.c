@@ -173,26 +173,11 @@ static int change(ocap_kernel_t *k, const char *koid, int fresh, orec_t **out) {
   int rc = lookup(k, koid, 1, fresh, out);
   if (rc || (*out)->dirty)
     return rc;
-  if (t->ndirty == t->capdirty) {
-    size_t cap = t->capdirty ? t->capdirty * 2 : 32;
-    orec_t **d = realloc(t->dirty, cap * sizeof *d);
-    if (!d)
-      return ocap__broken(k, OCAP_ENOMEM, "out of memory changing an object");
-    t->dirty = d;
-    t->capdirty = cap;
-  }
-  /* Room in the sync list, which the end of the crank cannot fail to add
-   * the record to. */
-  if (t->nsync + t->ndirty + 1 > t->capsync) {
-    size_t cap = t->capsync ? t->capsync * 2 : 32;
-    while (cap < t->nsync + t->ndirty + 1)
-      cap *= 2;
-    orec_t **d = realloc(t->sync, cap * sizeof *d);
-    if (!d)
-      return ocap__broken(k, OCAP_ENOMEM, "out of memory changing an object");
-    t->sync = d;
-    t->capsync = cap;
-  }
+  /* Room in the sync list too, which the end of the crank cannot fail to
+   * add the record to. */
+  if (ocap__reserve(&t->dirty, &t->capdirty, t->ndirty + 1, sizeof *t->dirty, 32) ||
+      ocap__reserve(&t->sync, &t->capsync, t->nsync + t->ndirty + 1, sizeof *t->sync, 32))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory changing an object");
   t->dirty[t->ndirty++] = *out;
   (*out)->dirty = 1;
   return 0;

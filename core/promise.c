@@ -313,24 +313,9 @@ static int touch(ocap_kernel_t *k, prec_t *r) {
   struct ocap__promises *t = k->p;
   if (r->dirty)
     return 0;
-  if (t->ndirty == t->capdirty) {
-    size_t cap = t->capdirty ? t->capdirty * 2 : 32;
-    prec_t **d = realloc(t->dirty, cap * sizeof *d);
-    if (!d)
-      return ocap__broken(k, OCAP_ENOMEM, "out of memory changing a promise");
-    t->dirty = d;
-    t->capdirty = cap;
-  }
-  if (t->nsync + t->ndirty + 1 > t->capsync) {
-    size_t cap = t->capsync ? t->capsync * 2 : 32;
-    while (cap < t->nsync + t->ndirty + 1)
-      cap *= 2;
-    prec_t **d = realloc(t->sync, cap * sizeof *d);
-    if (!d)
-      return ocap__broken(k, OCAP_ENOMEM, "out of memory changing a promise");
-    t->sync = d;
-    t->capsync = cap;
-  }
+  if (ocap__reserve(&t->dirty, &t->capdirty, t->ndirty + 1, sizeof *t->dirty, 32) ||
+      ocap__reserve(&t->sync, &t->capsync, t->nsync + t->ndirty + 1, sizeof *t->sync, 32))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory changing a promise");
   t->dirty[t->ndirty++] = r;
   r->dirty = 1;
   return 0;

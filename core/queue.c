@@ -478,22 +478,9 @@ static int qbytes_get(ocap_kernel_t *k, const char *ep, qbytes_t **out) {
 static int qbytes_set(ocap_kernel_t *k, qbytes_t *r, long long n) {
   struct ocap__queue *q = k->q;
   if (!r->dirty) {
-    if (q->nqdirty == q->capqdirty) {
-      size_t cap = q->capqdirty ? q->capqdirty * 2 : 16;
-      qbytes_t **d = realloc(q->qdirty, cap * sizeof *d);
-      if (!d)
-        return ocap__broken(k, OCAP_ENOMEM, "out of memory charging queued bytes");
-      q->qdirty = d;
-      q->capqdirty = cap;
-    }
-    if (q->nqsync + q->nqdirty + 1 > q->capqsync) {
-      size_t cap = q->capqsync ? q->capqsync * 2 : 16;
-      qbytes_t **d = realloc(q->qsync, cap * sizeof *d);
-      if (!d)
-        return ocap__broken(k, OCAP_ENOMEM, "out of memory charging queued bytes");
-      q->qsync = d;
-      q->capqsync = cap;
-    }
+    if (ocap__reserve(&q->qdirty, &q->capqdirty, q->nqdirty + 1, sizeof *q->qdirty, 16) ||
+        ocap__reserve(&q->qsync, &q->capqsync, q->nqsync + q->nqdirty + 1, sizeof *q->qsync, 16))
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory charging queued bytes");
     q->qdirty[q->nqdirty++] = r;
     r->dirty = 1;
   }
