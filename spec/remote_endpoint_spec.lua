@@ -168,4 +168,33 @@ describe('a remote peer as an endpoint', function()
     assert.are.same({}, keys('remote.peer.'))
     assert.are.same({}, peers())
   end)
+
+  -- A crash leaves the endpoint in the database: the copy of a flushed
+  -- database taken while the kernel runs is what a kill -9 would leave.
+  for _, withRemote in ipairs({ true, false }) do
+    it(('is terminated when the kernel restarts after a crash %s remote'):format(withRemote and 'with' or 'without'),
+      function()
+        local dir = os.tmpname()
+        os.remove(dir)
+        local crashed = dir .. '.crashed'
+        finally(function() os.execute('rm -rf ' .. support.q(dir) .. ' ' .. support.q(crashed)) end)
+        kernel:stop()
+        kernel = support.newKernel { database = dir, remote = { listen = '127.0.0.1:0' } }
+        local kref = kernel:krefOf(session())
+        local ep = peers()[1].id
+        kernel.K:commit()
+        kernel.K:flush()
+        assert.is_true(os.execute(('cp -r %s %s'):format(support.q(dir), support.q(crashed))))
+        raw:close()
+        raw = nil
+        kernel:stop()
+        kernel = support.newKernel { database = crashed, remote = withRemote and { listen = '127.0.0.1:0' } or nil }
+        assert.are.same({}, keys(ep .. '.'))
+        assert.are.same({}, keys('remote.peer.'))
+        -- Its objects are deleted: a message to one is not left to an
+        -- endpoint nobody serves.
+        local err = support.rejection(kernel:queueMessage(kref, 'ping', {}))
+        assert.matches('OBJECT_DELETED', err.message)
+      end)
+  end
 end)

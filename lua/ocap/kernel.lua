@@ -318,6 +318,11 @@ function M.make(options)
     if options.remote then
       self.remote = require('ocap.remote').start(self, options.remote)
       remoteServices(self)
+    elseif K:kvNext('remote.peer.') then
+      -- A run with remote comms crashed with sessions open: their
+      -- endpoints are ended here too, or messages routed to them would
+      -- wait for ever (the remote layer is loaded only then).
+      require('ocap.remote').endStale(K)
     end
     ioChannels.restore(self)
     system.start(self, options.systemSubclusters)

@@ -325,7 +325,7 @@ function M.start(kernel, opts)
     self.layerOf[name] = layer
   end
   K:setPeerDispatch(function(ep, what, a, b, c, d) return self:_dispatch(ep, what, a, b, c, d) end)
-  self:_endStale()
+  M.endStale(K)
   return self
 end
 
@@ -341,8 +341,11 @@ end
 --- Sessions do not survive a restart: the endpoints a previous run left
 --- (it stopped without closing them, or crashed) are terminated now, as a
 --- session that ends is, so that nothing of theirs stays in the database.
-function Remote:_endStale()
-  local K, stale = self.K, {}
+--- A kernel started without `remote` calls it too (ocap.kernel): no one
+--- would serve those endpoints, and a message to one would never settle.
+---@param K userdata the kernel's core (ocap.core)
+function M.endStale(K)
+  local stale = {}
   local key = K:kvNext(PEER_KEY)
   while key and key:sub(1, #PEER_KEY) == PEER_KEY do
     stale[#stale + 1] = { key:sub(#PEER_KEY + 1), K:kvGet(key) }
