@@ -623,13 +623,15 @@ int ocap__incref(ocap_kernel_t *k, const char *kref) {
 static int free_promise(ocap_kernel_t *k, prec_t *r) {
   ocap__buf_t data = {0};
   int rc = touch(k, r);
-  /* The data is copied first: releasing its slots may touch any promise. */
-  if (!rc && r->now.data && ocap__buf_add(&data, r->now.data, r->now.datalen)) {
+  /* Data with slots is copied first: releasing its slots may touch any
+   * promise. Data without (the slot line empty) has nothing to release. */
+  int slots = r->now.data && r->now.datalen && r->now.data[0] != '\n';
+  if (!rc && slots && ocap__buf_add(&data, r->now.data, r->now.datalen)) {
     char kpid[OCAP_REF_MAX];
     kp_name(kpid, r->id);
     rc = ocap__broken(k, OCAP_ENOMEM, "out of memory freeing %s", kpid);
   }
-  int had = !rc && r->now.data;
+  int had = !rc && slots;
   /* Only settled promises are freed, and settling removed the decider,
    * subscribers and queue already. */
   if (!rc)
@@ -766,12 +768,23 @@ int ocap_kernel_subscribe(ocap_kernel_t *k, const char *ep, const char *vpid) {
 
 /* Settles kpid with data (an encoding in krefs) and schedules everything
  * that was waiting for it. */
-int ocap__kp_settle(ocap_kernel_t *k, ocap__kp_t *r, int rejected, const char *enc, size_t len) {
+/* ocap__kp_settle. When `own` is not NULL, it is enc itself, a malloc'd
+ * block (NUL-terminated) that the record takes as its data instead of a
+ * copy, and that is freed if the settlement fails first. */
+static int settle(ocap_kernel_t *k, prec_t *r, int rejected, const char *enc, size_t len,
+                  char *own) {
   char kpid[OCAP_REF_MAX];
   kp_name(kpid, r->id);
   int rc = set_promise(k, r, rejected ? ST_REJECTED : ST_FULFILLED, r->now.refs);
-  if (!rc)
+  if (!rc && own) {
+    str_drop(r->now.data, r->com.data, r->sto.data);
+    r->now.data = own;
+    r->now.datalen = len;
+    own = NULL;
+  } else if (!rc) {
     rc = set_data(k, r, enc, len);
+  }
+  free(own);
   if (!rc)
     rc = ocap__incref_slots(k, enc, len);
   r->now.decider[0] = '\0';
@@ -817,6 +830,10 @@ int ocap__kp_settle(ocap_kernel_t *k, ocap__kp_t *r, int rejected, const char *e
   return rc;
 }
 
+int ocap__kp_settle(ocap_kernel_t *k, ocap__kp_t *r, int rejected, const char *enc, size_t len) {
+  return settle(k, r, rejected, enc, len, NULL);
+}
+
 int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *enc, size_t len) {
   prec_t *r;
   int rc = lookup(k, kpid, 1, &r);
@@ -845,9 +862,11 @@ int ocap_kernel_resolve(ocap_kernel_t *k, const char *ep, const ocap_resolution_
                         r[i].kpid);
     ocap__buf_t enc = {0};
     rc = ocap__capdata_e2k(k, ep, &r[i].data, &enc);
+    /* The translated data becomes the promise's, without a copy. */
     if (!rc)
-      rc = ocap__kp_settle(k, p, r[i].rejected, enc.p, enc.len);
-    free(enc.p);
+      rc = settle(k, p, r[i].rejected, enc.p, enc.len, enc.p);
+    else
+      free(enc.p);
     /* The decider is done with the promise: retire its c-list entry, as its
      * liveslots forgets the vpid once resolved. */
     if (!rc)
