@@ -125,8 +125,9 @@ function M.boot(syscall, info, env)
       end
     end
     ls.exportAs(root, 'o+0')
-    -- A vat starts once: its state can drop this code.
-    ls.startVat = nil
+    -- A vat starts once: its state can drop this code, and the maker of
+    -- its baggage shell (the store kit hands out baggage from now on).
+    ls.startVat, ls.baggage = nil, nil
     return true
   end
 
