@@ -510,7 +510,8 @@ static int k_create_vat(lua_State *L) {
      * buckets and halves only below a quarter: the runtime's boot leaves
      * strings that are garbage (its main chunks' constants), and with the
      * vat's own they would cross 512 and make the table 8 KiB instead of
-     * 4 for the vat's whole life. Collecting them first costs about 15 us.
+     * 4 for the vat's whole life. Collecting them first costs a launch
+     * about 115,000 instructions (3%) and saves every idle vat 4 KiB.
      */
     lua_gc(V, LUA_GCCOLLECT, 0);
     lua_pushcfunction(V, vat_start_tramp);
