@@ -1180,11 +1180,12 @@ static int decode_buf(lua_State *L, int model, const char *body, size_t blen, in
   *k = 0;
   if (blen == 0 || body[0] != '#')
     return LEAVE;
-  ocap_vat_charge(L, 1 + (long long)(blen / BYTES_PER_INSTRUCTION));
+  /* The body's bytes, charged with its values once they are counted. */
+  long long cost = 1 + (long long)(blen / BYTES_PER_INSTRUCTION);
   lua_Integer small_int;
   if (!call && small_integer(body + 1, blen - 1, &small_int)) {
     /* What the scan and dec_value would answer, and charge, for it. */
-    ocap_vat_charge(L, VALUE_COST);
+    ocap_vat_charge(L, cost + VALUE_COST);
     lua_pushinteger(L, small_int);
     return 1;
   }
@@ -1196,11 +1197,12 @@ static int decode_buf(lua_State *L, int model, const char *body, size_t blen, in
   }
   unsigned sizes[SMALL_SIZES];
   ocap_sc_scan_t sc = {slots, slots ? nslots : 0, sizes, SMALL_SIZES, 0, 0, 0, 0, NULL};
-  if (ocap_sc_scan(&sc, body + 1, blen - 1)) {
+  int left = ocap_sc_scan(&sc, body + 1, blen - 1);
+  ocap_vat_charge(L, cost + (left ? 0 : (long long)sc.values * VALUE_COST));
+  if (left) {
     lua_settop(L, top);
     return LEAVE;
   }
-  ocap_vat_charge(L, (long long)sc.values * VALUE_COST);
   luaL_checkstack(L, 8, "smallcaps");
   char scratch[LOCAL_SCRATCH];
   dec_t d = {.L = L,
