@@ -97,13 +97,13 @@ static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
 
 /*
  * [-0, +(0|1), e] Delivers a message, or a notify of one resolution, whose
- * capdata has no slots, the common case, to liveslots' dispatchValues
- * decoded here: dispatchValues(true, target, result, method, args...) or
- * dispatchValues(false, kpid, rejected, value). The body never becomes a
- * Lua string, and liveslots makes no protected call to decode it. Returns
- * 1 (leaving the codec's model, which the tramp's return drops), or 0 with
- * the stack as it found it for a delivery of another kind or
- * a body the codec leaves, which goes the general way (push_delivery).
+ * capdata has no slots, the common case, to liveslots decoded here:
+ * dispatchCall(target, result, method, args...) or dispatchSettle(kpid,
+ * rejected, value). The body never becomes a Lua string, and liveslots
+ * makes no protected call to decode it. Returns 1 (leaving the codec's
+ * model, which the tramp's return drops), or 0 with the stack as it found
+ * it for a delivery of another kind or a body the codec leaves, which goes
+ * the general way (push_delivery).
  *
  * Without slots, decoding calls nothing of the vat's (no slotToVal, no
  * import to count) and raises only when it exhausts the vat's memory or
@@ -125,15 +125,15 @@ static int deliver_values(lua_State *V, lvat_t *rec, const ocap_delivery_t *d) {
   /* The model stays under the call, for the tramp's return to pop. */
   lua_rawgeti(V, LUA_REGISTRYINDEX, rec->model_ref);
   int model = lua_gettop(V);
-  lua_rawgeti(V, LUA_REGISTRYINDEX, rec->values_ref);
-  lua_pushboolean(V, call);
   if (call) {
+    lua_rawgeti(V, LUA_REGISTRYINDEX, rec->call_ref);
     lua_pushstring(V, d->target);
     if (d->result)
       lua_pushstring(V, d->result);
     else
       lua_pushnil(V);
   } else {
+    lua_rawgeti(V, LUA_REGISTRYINDEX, rec->settle_ref);
     lua_pushstring(V, d->resolutions[0].kpid);
     lua_pushboolean(V, d->resolutions[0].rejected);
   }
@@ -141,11 +141,11 @@ static int deliver_values(lua_State *V, lvat_t *rec, const ocap_delivery_t *d) {
   int v = ocap_sc_push_decoded(V, model, cd->body, cd->blen, call);
   rec->decode_failed = 0;
   if (v < 0) {
-    lua_pop(V, 5);
+    lua_pop(V, 4);
     STACK_CHECK_END(V, 0);
     return 0;
   }
-  lua_call(V, 3 + v, 0);
+  lua_call(V, 2 + v, 0);
   STACK_CHECK_END(V, 1);
   return 1;
 }
@@ -160,7 +160,7 @@ static int vat_deliver_tramp(lua_State *V) {
   lvat_t *rec = lua_touserdata(V, 1);
   const ocap_delivery_t *d = lua_touserdata(V, 2);
   lua_settop(V, 0);
-  if (rec->values_ref != LUA_NOREF && deliver_values(V, rec, d))
+  if (rec->call_ref != LUA_NOREF && deliver_values(V, rec, d))
     return 0;
   lua_rawgeti(V, LUA_REGISTRYINDEX, rec->dispatch_ref);
   int n = push_delivery(V, d);

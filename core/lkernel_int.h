@@ -103,7 +103,7 @@ typedef struct runtime {
  */
 typedef struct vheld {
   ocap_vat_t *vat; /* NULL when nothing is held */
-  int dispatch_ref, values_ref, model_ref;
+  int dispatch_ref, call_ref, settle_ref, model_ref;
   vtimers_t timers;
   runtime_t *runtime;
   vbudget_t budget;
@@ -119,8 +119,9 @@ typedef struct lvat {
   vtimers_t timers;       /* The vat's live libuv timers. */
   ocap_vat_t *vat;        /* It is NULL while the vat is not live. */
   int dispatch_ref;       /* Liveslots' dispatch, in the vat's registry. */
-  int values_ref;         /* Its dispatchValues, or LUA_NOREF (ldeliver.c), */
-  int model_ref;          /* and the model of the codec it decodes with. */
+  int call_ref;           /* Its dispatchCall and dispatchSettle, or */
+  int settle_ref;         /* LUA_NOREF (ldeliver.c), and the model of */
+  int model_ref;          /* the codec it decodes with. */
   int fatal;              /* An illegal syscall sets it, as an ocap fatal code. */
   char *why;              /* The malloc'd reason for fatal. */
   int exiting;            /* exitVat was called: 1 for success, 2 for failure. */

@@ -50,8 +50,9 @@ lvat_t *ocap__make_vat_record(lkernel_t *lk, const char *id) {
     return NULL;
   snprintf(rec->id, sizeof rec->id, "%s", id);
   rec->lk = lk;
-  rec->dispatch_ref = rec->values_ref = rec->model_ref = LUA_NOREF;
-  rec->held.dispatch_ref = rec->held.values_ref = rec->held.model_ref = LUA_NOREF;
+  rec->dispatch_ref = rec->call_ref = rec->settle_ref = rec->model_ref = LUA_NOREF;
+  rec->held.dispatch_ref = rec->held.call_ref = rec->held.settle_ref = rec->held.model_ref =
+      LUA_NOREF;
   rec->budget = default_budget();
   rec->num = n;
   lk->vats[vat_slot(lk, n)] = rec;
@@ -65,7 +66,7 @@ void ocap__stop_vat(lvat_t *rec) {
   rec->vat = NULL;
   ocap__release_runtime(rec->runtime);
   rec->runtime = NULL;
-  rec->dispatch_ref = rec->values_ref = rec->model_ref = LUA_NOREF;
+  rec->dispatch_ref = rec->call_ref = rec->settle_ref = rec->model_ref = LUA_NOREF;
   free(rec->why);
   rec->why = NULL;
   free(rec->exit_body);
@@ -78,14 +79,16 @@ void ocap__stop_vat(lvat_t *rec) {
 static void swap_held(lvat_t *rec) {
   vheld_t live = {.vat = rec->vat,
                   .dispatch_ref = rec->dispatch_ref,
-                  .values_ref = rec->values_ref,
+                  .call_ref = rec->call_ref,
+                  .settle_ref = rec->settle_ref,
                   .model_ref = rec->model_ref,
                   .timers = rec->timers,
                   .runtime = rec->runtime,
                   .budget = rec->budget};
   rec->vat = rec->held.vat;
   rec->dispatch_ref = rec->held.dispatch_ref;
-  rec->values_ref = rec->held.values_ref;
+  rec->call_ref = rec->held.call_ref;
+  rec->settle_ref = rec->held.settle_ref;
   rec->model_ref = rec->held.model_ref;
   rec->timers = rec->held.timers;
   rec->runtime = rec->held.runtime;
@@ -102,7 +105,7 @@ void ocap__drop_held(lvat_t *rec) {
   ocap_vat_free(h->vat);
   ocap__release_runtime(h->runtime);
   memset(h, 0, sizeof *h);
-  h->dispatch_ref = h->values_ref = h->model_ref = LUA_NOREF;
+  h->dispatch_ref = h->call_ref = h->settle_ref = h->model_ref = LUA_NOREF;
 }
 
 typedef struct dumpbuf {
@@ -328,16 +331,17 @@ static int vat_boot_tramp(lua_State *V) {
   lua_pushstring(V, a->info);
   /* The vat's globals, which the runtime's own differ from (vat.c). */
   lua_rawgeti(V, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  /* It returns dispatch, ocap, the endowments and the dispatch of the
-   * deliveries the kernel decodes (ldeliver.c), nil from an older
-   * runtime. */
-  lua_call(V, 3, 4);
-  rec->values_ref = rec->model_ref = LUA_NOREF;
-  if (ocap_sc_push_model(V) && lua_isfunction(V, -2)) {
+  /* It returns dispatch, ocap, the endowments, and the two functions that
+   * take the deliveries the kernel decodes (ldeliver.c), nil from an
+   * older runtime. */
+  lua_call(V, 3, 5);
+  rec->call_ref = rec->settle_ref = rec->model_ref = LUA_NOREF;
+  if (ocap_sc_push_model(V) && lua_isfunction(V, -2) && lua_isfunction(V, -3)) {
     rec->model_ref = luaL_ref(V, LUA_REGISTRYINDEX);
-    rec->values_ref = luaL_ref(V, LUA_REGISTRYINDEX);
+    rec->settle_ref = luaL_ref(V, LUA_REGISTRYINDEX);
+    rec->call_ref = luaL_ref(V, LUA_REGISTRYINDEX);
   } else {
-    lua_pop(V, 2);
+    lua_pop(V, 3);
   }
   install_endowments(V, rec, a->globals, lua_gettop(V));
   lua_pop(V, 1);

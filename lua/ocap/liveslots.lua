@@ -832,26 +832,6 @@ function M.make(opts)
     return deliverDecoded(target, targetVref, resultVpid, decodeCapdata(body, slots))
   end
 
-  --- A message the kernel decoded itself (dispatchValues): its capdata
-  --- had no slots, so it names no import to count.
-  local function deliverValues(targetVref, resultVpid, method, ...)
-    local target = exports[targetVref]
-    if target == nil then
-      target = weakExports[targetVref]
-      if target == nil and ssub(targetVref, 1, 3) == 'o+d' then target = durableObject(targetVref) end
-      if target == nil then
-        -- The methargs as decoding the body would have made them.
-        local array = pass.array
-        return deliverDecoded(nil, targetVref, resultVpid, true, array(method, array(...)))
-      end
-    end
-    local fn = method ~= 'bootstrap' and findMethod(target, method)
-    if fn then
-      return methodRan(resultVpid, xcall(methodEnded, target, method, fn, methodHandler, target, ...))
-    end
-    return invokeLocal(target, resultVpid, method, pack(...))
-  end
-
   --- One resolution, which the coroutine awaiting it usually takes at
   --- once (settleAndResume).
   local function deliverResolution(vpid, rejected, body, slots)
@@ -968,18 +948,38 @@ function M.make(opts)
     if counting and (nextObject >= boundObject or nextPromise >= boundPromise) then saveCounters() end
   end
 
-  --- The kernel's dispatch of the deliveries it decodes itself, whose
-  --- capdata has no slots (core/ldeliver.c): a message as (true, target,
-  --- resultVpid, method, args...), one resolution as (false, vpid,
-  --- rejected, value). What follows them is dispatch's.
-  function ls.dispatchValues(isCall, a, b, ...)
-    if isCall then
-      deliverValues(a, b, ...)
-    else
-      local p = pending[a] or trackPromise(a)
-      pending[a] = nil
-      settleAndResume(p, not b, ...)
+  -- The kernel's dispatch of the deliveries it decodes itself, whose
+  -- capdata has no slots, so that they name no import to count
+  -- (core/ldeliver.c): what follows each is dispatch's.
+
+  --- A message to targetVref, as its method and arguments.
+  function ls.dispatchCall(targetVref, resultVpid, method, ...)
+    local target = exports[targetVref]
+    if target == nil then
+      target = weakExports[targetVref]
+      if target == nil and ssub(targetVref, 1, 3) == 'o+d' then target = durableObject(targetVref) end
     end
+    if target == nil then
+      -- The methargs as decoding the body would have made them.
+      local array = pass.array
+      deliverDecoded(nil, targetVref, resultVpid, true, array(method, array(...)))
+    else
+      local fn = method ~= 'bootstrap' and findMethod(target, method)
+      if fn then
+        methodRan(resultVpid, xcall(methodEnded, target, method, fn, methodHandler, target, ...))
+      else
+        invokeLocal(target, resultVpid, method, pack(...))
+      end
+    end
+    drain()
+    if counting and (nextObject >= boundObject or nextPromise >= boundPromise) then saveCounters() end
+  end
+
+  --- One resolution of vpid, as its value.
+  function ls.dispatchSettle(vpid, rejected, value)
+    local p = pending[vpid] or trackPromise(vpid)
+    pending[vpid] = nil
+    settleAndResume(p, not rejected, value)
     drain()
     if counting and (nextObject >= boundObject or nextPromise >= boundPromise) then saveCounters() end
   end

@@ -1,6 +1,6 @@
 --- Boots liveslots inside a vat's Lua state. The kernel calls
 --- boot(syscall, info) once, then dispatch(...) for every delivery, or
---- dispatchValues(...) for one it decoded itself.
+--- dispatchCall(...) or dispatchSettle(...) for one it decoded itself.
 local liveslots = require 'ocap.liveslots'
 local promise = require 'ocap.promise'
 local pass = require 'ocap.pass'
@@ -148,7 +148,7 @@ function M.boot(syscall, info, env)
   -- them (about 7 KiB of prototypes, which the closures they made do not
   -- need) goes with this boot code, as no other code in a vat calls it.
   liveslots.make, api.make = nil, nil
-  return ls.dispatch, ocap, endow, ls.dispatchValues
+  return ls.dispatch, ocap, endow, ls.dispatchCall, ls.dispatchSettle
 end
 
 return M
