@@ -246,6 +246,9 @@ describe('remote.netlayers options', function()
     refused({ netlayers = { type = 'tcp-tls' } },
       LIST .. ', but it has the key "type" (put each netlayer in the list: netlayers = { { type = ... } })')
     refused({ netlayers = { 'tcp-tls' } }, 'Kernel.make: option remote.netlayers[1] must be a table, got string')
+    -- A hole is refused, not skipped: the netlayers after it would not start.
+    refused({ netlayers = { { type = 'tcp-tls' }, nil, { type = 'tcp-testing-only' } } },
+      'Kernel.make: option remote.netlayers[2] must be a table, got nil')
     refused({ netlayers = { { type = 'tcp-tls', port = 1 } } },
       'Kernel.make: option remote.netlayers[1] has unknown key "port"')
     refused({ netlayers = { { type = 'tcp-tls' }, { listen = '127.0.0.1:0' } } },

@@ -151,7 +151,10 @@ local function checkNetlayers(list_)
       :format(keys[1]))
   end
   local layers, seen = {}, {}
-  for i, entry in ipairs(list_) do
+  -- Up to the border #list_, not ipairs: a hole would end the list there
+  -- and leave the netlayers after it unstarted, without a word.
+  for i = 1, n do
+    local entry = list_[i]
     local field = ('remote.netlayers[%d]'):format(i)
     if type(entry) ~= 'table' then
       error(('Kernel.make: option %s must be a table, got %s'):format(field, type(entry)), 0)
