@@ -144,6 +144,45 @@ describe('a remote peer as an endpoint', function()
     assert.are_not.equal(ep, peers()[1].id)
   end)
 
+  it("rejects what a vat asked with PEER_RESTARTED when the peer starts a new session", function()
+    local asked
+    local keeper = ocap.makeDefaultExo('keeper', {
+      -- The peer hands us its object 7, which a vat then calls.
+      hold = function(_, obj) asked = kernel:queueMessage(echoVat, 'call', { obj, 'ping', 1 }) end,
+    })
+    local swiss = kernel:issueOcapURL(keeper):match('/s/([^?]+)')
+    local locator = kernel:getStatus().remoteComms.listenAddresses[1]
+    local old = client.connect(kernel, locator)
+    finally(function() old:close() end)
+    old:hello { designator = 'twin' }
+    local boot = old:fetch(swiss, 0, 1)
+    old:send(op('op:deliver-only', boot, list(sym('hold'), desc('desc:import-object', 7))))
+    local ping = old:expect('op:deliver')
+    assert.are.equal(7, captp.descPos(ping.args[1], 'desc:export'))
+    local ep = peers()[1].id
+    assert.are.equal(1, peers()[1].promises) -- the vat's question: the endpoint decides it
+    raw = client.connect(kernel, locator)
+    raw:hello { designator = 'twin' }
+    assert.are.equal('the peer started a new session', old:expectAbort())
+    assert.are.equal('[KERNEL:PEER_RESTARTED] connection to peer twin lost: aborted: the peer started a new session',
+      support.rejection(asked).message)
+    -- The new session is a new endpoint; nothing of the old one is left.
+    local p = peers()
+    assert.are.equal(1, #p)
+    assert.are_not.equal(ep, p[1].id)
+    assert.are.same({}, keys(ep .. '.'))
+  end)
+
+  it('is terminated by kernel:reset(), which aborts the session', function()
+    session()
+    local ep = peers()[1].id
+    kernel:reset()
+    assert.are.equal('kernel reset', raw:expectAbort())
+    assert.are.same({}, peers())
+    assert.are.same({}, keys(ep .. '.'))
+    assert.are.same({}, keys('remote.peer.'))
+  end)
+
   it('is terminated when the kernel stops, and a restart finds nothing of it', function()
     local dir = os.tmpname()
     os.remove(dir)

@@ -1168,6 +1168,8 @@ end
 function Kernel:reset()
   self:_check()
   upgrade.dropPending(self, 'kernel reset')
+  -- The sessions' endpoints go with the rest: their peers are told.
+  if self.remote then self.remote:endSessions('kernel reset') end
   for _, sc in ipairs(self:getSubclusters()) do
     self:_terminateSubclusterNow(sc.id, 'kernel reset')
   end

@@ -1771,13 +1771,18 @@ function Remote:busy()
   return self.events[1] ~= nil or next(self.dirty) ~= nil or self.gcDue == true or self.ended[1] ~= nil
 end
 
+--- Aborts every session with reason, and terminates their endpoints.
+function Remote:endSessions(reason)
+  local list_ = {}
+  for _, c in pairs(self.conns) do list_[#list_ + 1] = c end
+  for _, c in ipairs(list_) do self:_abort(c, reason) end
+  self:_endEndpoints()
+end
+
 --- Closes every session and stops listening.
 function Remote:close()
   if self.closed then return end
-  local list_ = {}
-  for _, c in pairs(self.conns) do list_[#list_ + 1] = c end
-  for _, c in ipairs(list_) do self:_abort(c, 'kernel stopped') end
-  self:_endEndpoints()
+  self:endSessions('kernel stopped')
   for _, layer in ipairs(self.layers) do layer.server:close() end
   self.closed = true
   -- The handles' close callbacks run on the loop; give them their turn.
