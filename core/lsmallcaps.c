@@ -1162,6 +1162,91 @@ static int dec_call(dec_t *d, int *n) {
   return 0;
 }
 
+/* [-0, +(0|1)] Pushes the string whose opening quote is at *p when it is
+ * plain (no escape, no control character, no special first byte), moving
+ * *p past it; returns 0, or LEAVE pushing nothing. */
+static int fast_string(lua_State *L, const char **p, const char *end) {
+  const char *s = *p + 1, *q = s;
+  while (q < end && *q != '"') {
+    unsigned char c = (unsigned char)*q;
+    if (c < 0x20 || c == '\\')
+      return LEAVE;
+    q++;
+  }
+  if (q == end || (q > s && (unsigned char)s[0] >= 33 && (unsigned char)s[0] <= 45))
+    return LEAVE;
+  lua_pushlstring(L, s, (size_t)(q - s));
+  *p = q + 1;
+  return 0;
+}
+
+/*
+ * [-0, +v, e] The commonest message body read in one pass, without the
+ * scan: [method, [args...]] as the encoder writes it (no white space),
+ * whose method is a plain string and whose arguments, at most
+ * CALL_ARGS_MAX, are plain strings, integers of at most 15 digits and
+ * booleans. Pushes the method and the arguments and returns their count
+ * (v = 1 + n), charging what the scan and the decoder would; returns
+ * LEAVE with the stack as it found it for any other body.
+ */
+static int fast_call(lua_State *L, const char *body, size_t blen) {
+  const char *p = body + 1, *end = body + blen;
+  if (blen < 3 || body[0] != '#' || p[0] != '[' || p[1] != '"' ||
+      !lua_checkstack(L, CALL_ARGS_MAX + 1))
+    return LEAVE;
+  int top = lua_gettop(L), n = 0;
+  p++;
+  if (fast_string(L, &p, end) || end - p < 2 || p[0] != ',' || p[1] != '[')
+    goto leave;
+  p += 2;
+  if (p < end && *p == ']') {
+    p++;
+  } else {
+    for (;;) {
+      if (n == CALL_ARGS_MAX || p == end)
+        goto leave;
+      char c = *p;
+      if (c == '"') {
+        if (fast_string(L, &p, end))
+          goto leave;
+      } else if (c == 't' && end - p >= 4 && memcmp(p, "true", 4) == 0) {
+        lua_pushboolean(L, 1);
+        p += 4;
+      } else if (c == 'f' && end - p >= 5 && memcmp(p, "false", 5) == 0) {
+        lua_pushboolean(L, 0);
+        p += 5;
+      } else {
+        /* -?(0|[1-9][0-9]*), at most 15 digits; not -0 */
+        int neg = c == '-';
+        const char *d = p + neg, *q = d;
+        lua_Integer v = 0;
+        while (q < end && *q >= '0' && *q <= '9' && q - d <= 15)
+          v = v * 10 + (*q++ - '0');
+        size_t nd = (size_t)(q - d);
+        if (nd == 0 || nd > 15 || (d[0] == '0' && (nd > 1 || neg)))
+          goto leave;
+        lua_pushinteger(L, neg ? -v : v);
+        p = q;
+      }
+      n++;
+      if (p == end)
+        goto leave;
+      if (*p++ == ']')
+        break;
+      if (p[-1] != ',')
+        goto leave;
+    }
+  }
+  if (end - p != 1 || *p != ']')
+    goto leave;
+  /* The scan would count the two arrays, the method and the arguments. */
+  ocap_vat_charge(L, 1 + (long long)(blen / BYTES_PER_INSTRUCTION) + (3 + n) * VALUE_COST);
+  return 1 + n;
+leave:
+  lua_settop(L, top);
+  return LEAVE;
+}
+
 /* Escaped strings up to this size are unescaped on the C stack. */
 #define LOCAL_SCRATCH 256
 
@@ -1178,6 +1263,11 @@ static int dec_call(dec_t *d, int *n) {
 static int decode_buf(lua_State *L, int model, const char *body, size_t blen, int slots_idx,
                       int s2v_idx, size_t nslots, int call, int *k) {
   *k = 0;
+  if (call) {
+    int v = fast_call(L, body, blen);
+    if (v != LEAVE)
+      return v;
+  }
   if (blen == 0 || body[0] != '#')
     return LEAVE;
   /* The body's bytes, charged with its values once they are counted. */

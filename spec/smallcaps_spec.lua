@@ -243,6 +243,42 @@ describe('the C smallcaps codec', function()
     assert.is_true(calledAsValues > 2500, 'calls decoded as values: ' .. calledAsValues)
   end)
 
+  it('reads a call of plain arguments in one pass as the Lua codec does', function()
+    -- decodeCall reads [method, [args...]] without its scan when the
+    -- arguments are plain strings, short integers and booleans written
+    -- as the encoder writes them; these bodies are near that form.
+    local many = {}
+    for i = 1, 65 do many[i] = tostring(i) end
+    local bodies = { '#["m",[]]', '#["m",[1,-2,0,"x","",true,false]]', '#["",[7]]',
+      '#["m",[123456789012345,-123456789012345]]', '#["m",[1234567890123456]]',
+      '#["m",[12345678901234567890123]]', '#["m",[-0]]', '#["m",[007]]', '#["m",[00]]',
+      '#["m",[1.5]]', '#["m",[1e3]]', '#["m",[1E3]]', '#["m",[-]]', '#["m",[--1]]',
+      '#["m",["#undefined"]]', '#["m",["!x"]]', '#["m",["-5"]]', '#["m",["+5"]]',
+      '#["m",["a\\"b"]]', '#["m",["a\\nb"]]', '#["m",["\1"]]', '#["m",["\127é"]]',
+      '#["!m",[1]]', '#["#undefined",[1]]', '#[ "m",[1]]', '#["m", [1]]', '#["m",[1] ]',
+      '#["m",[1 ,2]]', '#["m",[1,]]', '#["m",[,1]]', '#["m",[1]]x', '#["m",[1]', '#["m",[1]]]',
+      '#["m"]', '#["m",[tru]]', '#["m",[truex]]', '#["m",[true1]]', '#["m",[falsey]]',
+      '#["m",[null]]', '#["m",[[1]]]', '#["m",[{}]]', '#["m",["$0"]]', '#["m",1]', '#[1,[1]]',
+      '#["m",["x"1]]', '#["m",["unterminated]]', '#"m"', '#[]', '#', '',
+      '#["m",[' .. table.concat(many, ',', 1, 64) .. ']]', '#["m",[' .. table.concat(many, ',') .. ']]' }
+    local read = 0
+    for _, body in ipairs(bodies) do
+      local l = table.pack(pcall(ref.unserialize, { body = body, slots = {} }))
+      local c = table.pack(codec.decodeCall(body))
+      if c[1] then
+        read = read + 1
+        assert.is_true(l[1], body)
+        local methargs = l[2]
+        assert.equal(methargs[1], c[2], body)
+        assert.equal(methargs[2].n or #methargs[2], c.n - 2, body)
+        for j = 1, c.n - 2 do
+          assert.is_true(same(methargs[2][j], c[2 + j]), body)
+        end
+      end
+    end
+    assert.is_true(read >= 20, 'calls read: ' .. read)
+  end)
+
   it('gives the Lua codec\'s value or error for broken bodies', function()
     math.randomseed(7)
     local cm = marshal.makeMarshal(valToSlot, slotToVal)
