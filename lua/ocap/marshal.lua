@@ -120,6 +120,15 @@ function M.makeMarshal(valToSlot, slotToVal)
     unserialize = function(capdata)
       return unserializeWith(capdata, slotToVal)
     end,
+    --- unserialize of { body = body } (no slots), with no capdata table:
+    --- a durable store's value that holds no refs, read at every get.
+    unserializeBody = function(body)
+      if type(body) == 'string' then
+        local ok, v = c_decode(body, nil, slotToVal)
+        if ok then return v end
+      end
+      return unserializeWith({ body = body }, slotToVal)
+    end,
     --- serialize of the methargs array {method, args}, for sends.
     serializeCall = function(method, args)
       return c_encodeCall(method, args, valToSlot) or ref().serializeCall(method, args, valToSlot)

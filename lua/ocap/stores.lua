@@ -14,7 +14,7 @@ local M = {}
 
 local type, error, tostring, setmetatable, tonumber, pcall, next = type, error, tostring,
   setmetatable, tonumber, pcall, next
-local spack, sunpack, sfmt, ssub = string.pack, string.unpack, string.format, string.sub
+local spack, sunpack, sfmt, ssub, sbyte = string.pack, string.unpack, string.format, string.sub, string.byte
 local concat = table.concat
 
 local BAGGAGE_ID = 1
@@ -54,7 +54,9 @@ end
 --- A value as stored: "<slots>\n<body>" of its capdata through marshaller m.
 local function encodeValue(m, v)
   local cd = m.serialize(v)
-  return concat(cd.slots, ' ') .. '\n' .. cd.body
+  local slots = cd.slots
+  if slots[1] == nil then return '\n' .. cd.body end
+  return concat(slots, ' ') .. '\n' .. cd.body
 end
 M.encodeValue = encodeValue
 
@@ -101,6 +103,10 @@ function M.durableEncoder(ls)
     return ls.refOf(v) or ls.export(v)
   end, function() error('the durable encoder does not decode', 0) end)
   return function(v, where)
+    -- Only a table can be or hold a promise: anything else is encoded
+    -- without the pcall (a vat's pcall is metered, and most values stored
+    -- are plain), raising what encoding raises as the pcall would.
+    if type(v) ~= 'table' then return encodeValue(dm, v) end
     local ok, enc = pcall(encodeValue, dm, v)
     if ok then return enc end
     if enc ~= PROMISE_FOUND then error(enc, 0) end
@@ -113,6 +119,13 @@ end
 
 --- The inverse of encodeValue.
 local function decodeValue(m, s)
+  -- Most values hold no refs: "\n<body>", with no slots to parse.
+  if sbyte(s, 1) == 10 then
+    local body = ssub(s, 2)
+    -- The reference codec (no C core) has no unserializeBody.
+    if m.unserializeBody then return m.unserializeBody(body) end
+    return m.unserialize({ body = body })
+  end
   local nl = s:find('\n', 1, true)
   local slots = {}
   for slot in s:sub(1, nl - 1):gmatch('%S+') do slots[#slots + 1] = slot end
