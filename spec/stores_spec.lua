@@ -61,3 +61,37 @@ describe('durable state', function()
     unchanged()
   end)
 end)
+
+describe('baggage values', function()
+  local kernel, root, vatId
+  before_each(function()
+    kernel = testing.makeKernel {}
+    local r = kernel:launchSubcluster({ bootstrap = 'c', vats = { c = { sourceSpec = 'spec/vats/counter.lua' } } })
+      :await()
+    root, vatId = r.rootKref, kernel:getSubclusters()[1].vats.c
+  end)
+  after_each(function() kernel:stop() end)
+
+  local function op(...) return kernel:queueMessage(root, 'baggageOp', { ... }):await() end
+
+  it('come back as they were set, each of its type, whatever was there before', function()
+    op('init', 'k', 0)
+    local values = { 1, 'a', true, 1.5, 2, math.tointeger(2 ^ 60) + 1, ('long'):rep(40), false, -3, 'b' }
+    for _, v in ipairs(values) do
+      op('set', 'k', v)
+      local got = op('get', 'k')
+      assert.equal(v, got)
+      assert.equal(math.type(v), math.type(got))
+    end
+  end)
+
+  it('are read as the store holds them, even when written behind the vat', function()
+    assert.equal(1, kernel:queueMessage(root, 'increment', {}):await())
+    local key = 'vs.' .. vatId .. '.vc.1.scount'
+    assert.equal('\n#1', kernel.K:kvGet(key))
+    kernel.K:kvSet(key, '\n#41')
+    kernel.K:commit()
+    assert.equal(42, kernel:queueMessage(root, 'increment', {}):await())
+    assert.equal(42, kernel:queueMessage(root, 'get', {}):await())
+  end)
+end)

@@ -117,6 +117,15 @@ function M.durableEncoder(ls)
   end
 end
 
+--- Whether v is a value whose encoding holds no refs and decodes to v
+--- itself: a boolean, a short string or a safe integer.
+local function plain(v)
+  local t = type(v)
+  if t == 'boolean' then return true end
+  if t == 'string' then return #v <= 64 end
+  return math.type(v) == 'integer' and v <= 2 ^ 53 and v >= -2 ^ 53
+end
+
 --- The inverse of encodeValue.
 local function decodeValue(m, s)
   -- Most values hold no refs: "\n<body>", with no slots to parse.
@@ -190,6 +199,24 @@ function M.make(syscall, m, ls, bag, bagMeta)
   -- be stored.
   local encodeFor = M.durableEncoder(ls)
 
+  -- The plain values (see plain) this heap last stored under a few keys,
+  -- with their encodings: a get that finds the same encoding in the store
+  -- returns the value without decoding it, and a set over it knows the old
+  -- value held no refs (a counter in baggage, read and written at every
+  -- call). The store stays the truth: only an exact match of what it
+  -- holds is taken, so a write by anyone else is simply decoded.
+  local plainEnc, plainVal, nplain = {}, {}, 0
+  local PLAIN_KEYS = 64
+  local function remember(key, enc, v)
+    if plainEnc[key] == nil then
+      if nplain >= PLAIN_KEYS then
+        plainEnc, plainVal, nplain = {}, {}, 0
+      end
+      nplain = nplain + 1
+    end
+    plainEnc[key], plainVal[key] = enc, v
+  end
+
   local function makeStore(id, label, obj, meta)
     local prefix = 'vc.' .. id .. '.'
     local sizeKey = 'vc.' .. id .. '|size'
@@ -207,12 +234,18 @@ function M.make(syscall, m, ls, bag, bagMeta)
       local enc = encodeFor(v, label)
       set(key, enc)
       set(sizeKey, tostring(size() + 1))
-      vom.changed(nil, enc)
+      if plain(v) then
+        remember(key, enc, v)
+      else
+        vom.changed(nil, enc)
+      end
       if ssub(key, #prefix + 1, #prefix + 1) == 'r' then vom.keyRef(ssub(key, #prefix + 2), 1) end
     end
     function store.get(_, k)
-      local s = get(keyOf(k))
+      local key = keyOf(k)
+      local s = get(key)
       if s == nil then error(('key %s not found in %s'):format(describe(k), label), 2) end
+      if s == plainEnc[key] then return plainVal[key] end
       return decodeValue(m, s)
     end
     function store.set(_, k, v)
@@ -221,7 +254,14 @@ function M.make(syscall, m, ls, bag, bagMeta)
       if old == nil then error(('key %s not found in %s'):format(describe(k), label), 2) end
       local enc = encodeFor(v, label)
       set(key, enc)
-      vom.changed(old, enc)
+      if plain(v) then
+        -- A plain value over a plain one changes no counts of refs.
+        if old ~= plainEnc[key] then vom.changed(old, enc) end
+        remember(key, enc, v)
+      else
+        if plainEnc[key] ~= nil then plainEnc[key] = nil end
+        vom.changed(old, enc)
+      end
     end
     function store.delete(_, k)
       local key = keyOf(k)
