@@ -97,6 +97,30 @@ describe('a remote peer as an endpoint', function()
     assert.are.equal(3, kernel:queueMessage(echoVat, 'ping', { 3 }):await())
   end)
 
+  it("decides the peer's promises, and sends it their messages before they settle", function()
+    local obj = session()
+    -- A vat gets a record holding a promise of the peer's (its export 9).
+    local got = kernel:queueMessage(echoVat, 'call', { obj, 'getP' })
+    answer(raw:expect('op:deliver'), { p = desc('desc:import-promise', 9) })
+    local listen = raw:expect('op:listen')
+    assert.are.equal(9, captp.descPos(listen.args[1], 'desc:export'))
+    local p = got:await().p
+    assert.are.equal(1, peers()[1].promises)
+    -- A message to it goes through the kernel to the endpoint, its
+    -- decider, and on to the peer's promise at once.
+    local pinged = E(p).ping(3)
+    local ping = raw:expect('op:deliver')
+    assert.are.equal(9, captp.descPos(ping.args[1], 'desc:export'))
+    assert.are.same({ sym('ping'), 3 }, { ping.args[2][1], ping.args[2][2] })
+    answer(ping, 3)
+    assert.are.equal(3, pinged:await())
+    -- The peer settles it: the endpoint resolves it, and forgets it.
+    raw:send(op('op:deliver-only', desc('desc:export', captp.descPos(listen.args[2], 'desc:import-object')),
+      list(sym('fulfill'), 'done')))
+    assert.are.equal('done', p:await())
+    assert.are.equal(0, peers()[1].promises)
+  end)
+
   it("tells the peer once the vats that held its object dropped it", function()
     local obj = session()
     local kref = kernel:krefOf(obj)

@@ -461,7 +461,10 @@ function Remote:_newSession(conn, outbound, peer, layer, key)
     imports = setmetatable({}, { __mode = 'v' }), nimports = 0,
     importAt = {},  -- position -> info of the import (its kref, times received)
     resolvers = setmetatable({}, { __mode = 'v' }), -- position -> resolver (resolverMT)
-    resultQ = {},   -- eref of a result the endpoint decides -> { q = position, p = answer }
+    -- eref of a promise the endpoint decides, while the peer may take
+    -- messages for it -> { q = answer position, p = answer } (a result of
+    -- ours) or { to = descriptor, promise } (the peer's promise)
+    resultQ = {},
     promiseImports = {},
     answers = {}, nanswers = 0,
     questions = {}, nextQuestion = 0, nquestions = 0,
@@ -526,7 +529,8 @@ function Remote:_lost(c, why, code)
     q.reject(err)
   end
   c.questions = {}
-  for _, kit in pairs(c.promiseImports) do kit.reject(err) end
+  -- The promises the peer exported are its endpoint's: its termination
+  -- rejects them.
   c.promiseImports = {}
   self:_dropGifts(c)
   if c.ep then self.ended[#self.ended + 1] = c end
@@ -899,24 +903,34 @@ function Remote:_resolver(c, v)
   return r
 end
 
---- A local promise for the peer's promise at pos: we listen to it.
+--- The peer's promise at pos: a kernel promise the session's endpoint
+--- decides (`p+pos` in its c-list), which the host holds. We listen to
+--- it, and the endpoint resolves it as the peer tells; until then the
+--- kernel hands the endpoint the messages sent to it, which go to the
+--- peer's promise at once (pipelining).
 function Remote:_importPromise(c, pos)
-  local kit = c.promiseImports[pos]
-  if kit then return kit.promise end
-  kit = promise.makePromiseKit()
-  c.promiseImports[pos] = kit
+  local imp = c.promiseImports[pos]
+  if imp then return imp.promise end
+  local eref = 'p+' .. pos
+  imp = { to = desc('desc:export', pos), promise = self.ls.promiseFor(self.K:export(c.ep, eref)) }
+  c.promiseImports[pos] = imp
+  c.resultQ[eref] = imp
   c.nimports = c.nimports + 1
   local rpos
   rpos = internalExport(c, function(method, args)
-    if method == 'fulfill' then kit.resolve(args[1]) elseif method == 'break' then kit.reject(args[1]) end
-    if c.promiseImports[pos] == kit then
-      c.promiseImports[pos] = nil
-      c.nimports = c.nimports - 1
-    end
     c.internal[rpos] = nil
+    if c.promiseImports[pos] ~= imp then return end
+    c.promiseImports[pos] = nil
+    c.nimports = c.nimports - 1
+    imp.settled = true
+    if method == 'fulfill' or method == 'break' then
+      self:_settle(c, eref, method == 'fulfill', args[1])
+    end
+    -- The kernel now sends the promise's messages where it points.
+    c.resultQ[eref] = nil
   end)
-  self:_send(c, op('op:listen', desc('desc:export', pos), desc('desc:import-object', rpos), false))
-  return kit.promise
+  self:_send(c, op('op:listen', imp.to, desc('desc:import-object', rpos), false))
+  return imp.promise
 end
 
 -- OCapN values on their way into the kernel, as ocap's: symbols, byte
@@ -1441,19 +1455,31 @@ function Remote:_resolveResult(c, result, p)
   promise.onSettle(p, function(ok, v)
     local rq = c.resultQ[result]
     if rq then c.resultQ[result] = nil end
-    if not self.byEp[c.ep] or self.closed then return end
-    local done, cd = pcall(self.ls.marshal.serialize, v)
-    if not done then
-      ok = false
-      cd = self.ls.marshal.serialize(pass.makeError('result is not passable: ' .. tostring(cd)))
-    end
-    local slots
-    if cd.slots[1] then
-      slots = {}
-      for i, kref in ipairs(cd.slots) do slots[i] = self.K:import(c.ep, kref) end
-    end
-    self.K:resolve(result, not ok, cd.body, slots, c.ep)
+    self:_settle(c, result, ok, v)
   end)
+end
+
+--- Settles eref, a promise session c's endpoint decides, with the host
+--- value v.
+function Remote:_settle(c, eref, ok, v)
+  if not self.byEp[c.ep] or self.closed then return end
+  local done, cd = pcall(self.ls.marshal.serialize, v)
+  if not done then
+    ok = false
+    cd = self.ls.marshal.serialize(pass.makeError('result is not passable: ' .. tostring(cd)))
+  end
+  local slots
+  if cd.slots[1] then
+    slots = {}
+    for i, kref in ipairs(cd.slots) do slots[i] = self.K:import(c.ep, kref) end
+  end
+  self.K:resolve(eref, not ok, cd.body, slots, c.ep)
+end
+
+--- Whether the peer takes the messages for rq's promise (resultQ).
+local function takes(rq)
+  if rq.to then return not rq.settled end
+  return promise.state(rq.p) == 'pending'
 end
 
 --- A message the kernel routes to session c's endpoint: to one of its
@@ -1473,13 +1499,13 @@ function Remote:_endpointMessage(c, target, body, slots, result)
     else
       rq = c.resultQ[target]
     end
-    if rq and promise.state(rq.p) == 'pending' then to = desc('desc:answer', rq.q) end
+    if rq and takes(rq) then to = rq.to or desc('desc:answer', rq.q) end
     local qpos
     if to then
       p, qpos = self:_ask(c, to, method, args)
     elseif rq then
       -- The answer came: the message follows it.
-      p = E(rq.p)[method](unpack(args, 1, args.n or #args))
+      p = E(rq.p or rq.promise)[method](unpack(args, 1, args.n or #args))
     else
       p = promise.reject(c.lostError or pass.makeError('no answer of the peer for ' .. target))
     end
@@ -1494,7 +1520,7 @@ function Remote:_dispatch(ep, what, a, b, d, e)
   local c = self.byEp[ep]
   if what == 'pipelines' then
     local rq = c and not c.closed and c.resultQ[a]
-    return rq ~= nil and rq ~= false and promise.state(rq.p) == 'pending'
+    return rq ~= nil and rq ~= false and takes(rq)
   end
   if not c then return end
   if what == 'message' then
