@@ -62,7 +62,11 @@ local liveKernels = setmetatable({}, { __mode = 'k' })
 local function flushAll()
   local moved = false
   for kernel in pairs(liveKernels) do
-    kernel:_flushIfNeeded()
+    -- Kernel:_flushIfNeeded, inline: this runs at every host round trip.
+    if not kernel.stopped then
+      local K = kernel.K
+      if K:pending() > 0 then K:flush() end
+    end
     -- What host turns queued for remote peers leaves now too.
     if kernel.remote and kernel.remote:pump() then moved = true end
   end
@@ -96,8 +100,10 @@ local function drive(isSettled, wait)
         -- queued, and the peer would wait for its answer (a hang).
         local ran, visible = kernel.K:drive(BATCH, GROUP_LIMIT)
         if ran > 0 then progressed = true end
-        if visible then kernel:_afterHostCode() end
-        kernel:_settleReaps()
+        -- What follows host code and reaps, tested here first: most
+        -- batches have neither to do.
+        if visible and (next(kernel.failing) ~= nil or kernel.vatAdmin.due[1]) then kernel:_afterHostCode() end
+        if kernel.reapWaiters[1] then kernel:_settleReaps() end
         if kernel.remote and kernel.remote:pump() then progressed = true end
       end
     end
@@ -241,7 +247,7 @@ function M.make(options)
   local syscall = {
     send = function(t, body, slots, r)
       K:send(t, body, slots, r)
-      wake()
+      if self._attachment then self._attachment:wake() end
     end,
     subscribe = function(p) K:subscribe(p) end,
     -- A promise the host exported may settle after the kernel stopped
@@ -1062,8 +1068,9 @@ end
 
 --- Sends a message from the host; returns a promise of the result.
 function Kernel:queueMessage(target, method, args)
-  self:_check()
-  local kref = self:_krefOf(target)
+  if self.stopped then error('kernel is stopped', 2) end
+  -- A kref already checked is taken at once (Kernel:_krefOf).
+  local kref = self.knownKrefs[target] and target or self:_krefOf(target)
   if type(method) ~= 'string' then error('queueMessage: method must be a string', 2) end
   args = args or {}
   if type(args) ~= 'table' then error('queueMessage: args must be a sequence', 2) end
