@@ -700,7 +700,7 @@ local function exportValue(c, v, isPromise)
     c.exports[pos] = v
     c.exportOf[v] = pos
     c.exportCount[pos] = 0
-    if not isPromise then c.remote:_recordExport(c, pos, v) end
+    if isPromise then c.remote:_recordPromiseExport(c, v) else c.remote:_recordExport(c, pos, v) end
   end
   c.exportCount[pos] = c.exportCount[pos] + 1
   return desc(isPromise and 'desc:import-promise' or 'desc:import-object', pos)
@@ -718,6 +718,17 @@ function Remote:_recordExport(c, pos, v)
   local eref = self.K:import(c.ep, kref)
   c.exportEref[pos] = eref
   c.erefUses[eref] = (c.erefUses[eref] or 0) + 1
+end
+
+--- Records in the session's c-list that the peer was given p, when p is
+--- a kernel promise: the endpoint subscribes to it, and forgets it once
+--- told how it settled (the kernel removes a promise from a c-list then).
+--- A promise of the host's own stays the session's.
+function Remote:_recordPromiseExport(c, p)
+  local kpid = self.ls.refOf(p)
+  if type(kpid) ~= 'string' or kpid:sub(1, 2) ~= 'kp' then return end
+  local eref = self.K:import(c.ep, kpid)
+  self.K:subscribe(eref, c.ep)
 end
 
 --- The peer released our export at pos: so does its endpoint, once no
