@@ -25,10 +25,11 @@
 typedef struct centry {
   char *val, *cval, *sval; /* now, committed, stored; NULL when absent */
   size_t vlen, cvlen, svlen;
-  int dirty;     /* listed in `dirty` */
-  size_t syncat; /* its index in `sync` + 1, 0 when not listed */
-  size_t hash;   /* str_hash(ref), so that moving entries needs no rehash */
-  char ref[];    /* NUL-terminated */
+  int dirty;       /* listed in `dirty` */
+  size_t syncat;   /* its index in `sync` + 1, 0 when not listed */
+  size_t hash;     /* str_hash(ref), so that moving entries needs no rehash */
+  const char *own; /* the last value ocap__clist_put wrote, NULL for none */
+  char ref[];      /* NUL-terminated */
 } centry_t;
 
 /* One endpoint's c-list: open addressing with linear probing, by ref. */
@@ -369,7 +370,10 @@ int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const cha
     return 0;
   *v = e->val;
   *vl = e->vlen;
-  return 1;
+  /* A value read from the store may be anything; one the kernel wrote
+   * (the pointer is still the one it set: versions share pointers, and a
+   * value read later is a new entry) was well formed when written. */
+  return e->val == e->own ? 2 : 1;
 }
 
 /* Whether val, ep's entry for an object kref, makes ep an importer of it:
@@ -400,7 +404,10 @@ static int index_importer(ocap_kernel_t *k, const char *ep, const char *ref, con
   return now ? ocap__setn(k, "1", 1, "%s.i.%s", ref, ep) : ocap__delv(k, "%s.i.%s", ref, ep);
 }
 
-int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val) {
+/* Sets `<ep>.c.<ref>` (ocap__clist_set); `formed` says the caller knows val
+ * is well formed (ocap__clist_put). */
+static int clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val,
+                     int formed) {
   struct ocap__clists *t = k->c;
   clist_t *c;
   int rc = clist_find(k, ep, &c);
@@ -434,7 +441,16 @@ int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const cha
   str_drop(e->val, e->cval, e->sval);
   e->val = p;
   e->vlen = n;
+  e->own = formed ? p : NULL;
   return 0;
+}
+
+int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val) {
+  return clist_set(k, ep, ref, val, 0);
+}
+
+int ocap__clist_put(ocap_kernel_t *k, const char *ep, const char *ref, const char *val) {
+  return clist_set(k, ep, ref, val, 1);
 }
 
 /* Lists c as having its counters changed by this crank, and makes room

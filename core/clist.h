@@ -28,10 +28,16 @@ void ocap__clists_synced(ocap_kernel_t *k);
 
 /* The value of `<ep>.c.<ref>`: 1 with *v (owned by the table, valid until
  * the next change of the c-list) and *vl set, 0 when there is none, or a
- * negative code. */
+ * negative code. It returns 2 instead of 1 when the value is one the
+ * kernel itself put there with ocap__clist_put, rather than one read from
+ * the store: such a value is well formed (a kref or a vref), so its
+ * reader can skip the checks that find a damaged one. */
 int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl);
 /* Sets `<ep>.c.<ref>` to val, or removes it when val is NULL. */
 int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val);
+/* The same for a value the caller made or checked itself, so that it is
+ * well formed: a kref, or a vref (ocap__valid_kref, ocap__valid_eref). */
+int ocap__clist_put(ocap_kernel_t *k, const char *ep, const char *ref, const char *val);
 /* The refs of ep's c-list that start with `prefix`, in byte order, for
  * each(ud, ref) until it returns nonzero (which is returned). */
 int ocap__clist_each(ocap_kernel_t *k, const char *ep, const char *prefix,

@@ -530,7 +530,7 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
       /* The entry is the vref the delivery names the promise by: a value
        * that is not one is left to ocap_kernel_kref_to_eref, which says
        * what is wrong with it. */
-      if (vl < OCAP_REF_MAX && ocap__valid_eref(v))
+      if (rc == 2 || (vl < OCAP_REF_MAX && ocap__valid_eref(v)))
         eref = v;
     }
     rc = notes_add(k, &ns, kpid, recs[j], eref);

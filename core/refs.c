@@ -77,15 +77,19 @@ int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out) {
  * or a negative code; a value that cannot be a reference is corruption.
  * An object's kref-keyed entry starts with "_ " once the endpoint dropped
  * it (it recognizes it but no longer reaches it): the mark is taken off,
- * and *reach (when not NULL) says whether it was there.
+ * and *reach (when not NULL) says whether it was there. *own (when not
+ * NULL) says whether the kernel wrote the value (ocap__clist_get): it is
+ * then well formed, and not checked.
  */
-static int clist_ref_reach(ocap_kernel_t *k, const char *ep, const char *ref, char *out,
-                           int *reach) {
+static int clist_ref_own(ocap_kernel_t *k, const char *ep, const char *ref, char *out, int *reach,
+                         int *own) {
   const char *v;
   size_t vl;
   int rc = ocap__clist_get(k, ep, ref, &v, &vl);
   if (rc <= 0)
     return rc;
+  if (own)
+    *own = rc == 2;
   int r = !(vl > 2 && v[0] == '_' && v[1] == ' ');
   if (!r) {
     v += 2;
@@ -93,7 +97,7 @@ static int clist_ref_reach(ocap_kernel_t *k, const char *ep, const char *ref, ch
   }
   if (reach)
     *reach = r;
-  if (!ocap__ref_like(v, vl)) {
+  if (rc != 2 && !ocap__ref_like(v, vl)) {
     char key[KEY_MAX];
     snprintf(key, sizeof key, "%s.c.%s", ep, ref);
     return ocap__corrupt(k, key, v, vl, "a reference");
@@ -103,8 +107,13 @@ static int clist_ref_reach(ocap_kernel_t *k, const char *ep, const char *ref, ch
   return 1;
 }
 
+static int clist_ref_reach(ocap_kernel_t *k, const char *ep, const char *ref, char *out,
+                           int *reach) {
+  return clist_ref_own(k, ep, ref, out, reach, NULL);
+}
+
 static int clist_ref(ocap_kernel_t *k, const char *ep, const char *ref, char *out) {
-  return clist_ref_reach(k, ep, ref, out, NULL);
+  return clist_ref_own(k, ep, ref, out, NULL, NULL);
 }
 
 int ocap__clist_entry(ocap_kernel_t *k, const char *ep, const char *kref, char *eref, int *reach) {
@@ -142,7 +151,7 @@ static int host_import(ocap_kernel_t *k, const char *kref) {
   int found = clist_ref_reach(k, "kernel", kref, have, &reach);
   if (found < 0 || (found > 0 && reach))
     return found < 0 ? found : 0;
-  rc = ocap__clist_set(k, "kernel", kref, kref);
+  rc = ocap__clist_put(k, "kernel", kref, kref);
   return rc ? rc : ocap__obj_count(k, kref, 1, found ? 0 : 1);
 }
 
@@ -152,9 +161,9 @@ static int host_import(ocap_kernel_t *k, const char *kref) {
  * (rec, else NULL). */
 static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref,
                      ocap__kp_t *rec) {
-  int rc = ocap__clist_set(k, ep, kref, eref);
+  int rc = ocap__clist_put(k, ep, kref, eref);
   if (!rc)
-    rc = ocap__clist_set(k, ep, eref, kref);
+    rc = ocap__clist_put(k, ep, eref, kref);
   if (rc)
     return rc;
   if (ocap__is_kpid(kref))
@@ -212,11 +221,12 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
     return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
   if (!ocap__valid_eref(eref))
     return ocap__fail(k, OCAP_EINVAL, "vat %s used invalid vref '%.60s'", ep, eref);
-  int rc = clist_ref(k, ep, eref, out);
+  int own;
+  int rc = clist_ref_own(k, ep, eref, out, NULL, &own);
   if (rc < 0)
     return rc;
   if (rc > 0) {
-    if (!ocap__valid_kref(out))
+    if (!own && !ocap__valid_kref(out))
       return ocap__broken(k, OCAP_ECORRUPT,
                           "corrupt database: key '%s.c.%s' holds '%s', not a kref", ep, eref, out);
     if (eref[0] != 'o')
@@ -267,18 +277,18 @@ static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap
   }
   if (!ocap__valid_ep(ep))
     return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
-  int reach;
-  int rc = clist_ref_reach(k, ep, kref, out, &reach);
+  int reach, own;
+  int rc = clist_ref_own(k, ep, kref, out, &reach, &own);
   if (rc < 0)
     return rc;
   if (rc > 0) {
-    if (!ocap__valid_eref(out))
+    if (!own && !ocap__valid_eref(out))
       return ocap__broken(k, OCAP_ECORRUPT,
                           "corrupt database: key '%s.c.%s' holds '%s', not a vref", ep, kref, out);
     /* An import the vat dropped and is given again: it reaches it again. */
     if (reach)
       return 0;
-    rc = ocap__clist_set(k, ep, kref, out);
+    rc = ocap__clist_put(k, ep, kref, out);
     return rc ? rc : ocap__obj_count(k, kref, 1, 0);
   }
   int promise = ocap__is_kpid(kref);
