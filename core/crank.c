@@ -502,7 +502,8 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
                           char **why) {
   char(*kpids)[OCAP_REF_MAX];
   size_t nk;
-  int rc = ocap__parse_notify(k, item, len, ep, &kpids, &nk);
+  char small_kpids[NOTIFY_RECS][OCAP_REF_MAX];
+  int rc = ocap__parse_notify(k, item, len, ep, small_kpids, NOTIFY_RECS, &kpids, &nk);
   if (rc)
     return rc;
   notes_t ns = {0};
@@ -569,7 +570,8 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
   }
   if (recs != small)
     free(recs);
-  free(kpids);
+  if (kpids != small_kpids)
+    free(kpids);
   return rc;
 }
 
@@ -618,7 +620,7 @@ static int crank_drop_item(ocap_kernel_t *k, const ocap__buf_t *item) {
     char nep[OCAP_REF_MAX];
     char(*kps)[OCAP_REF_MAX];
     size_t nk;
-    rc = ocap__parse_notify(k, item->p, item->len, nep, &kps, &nk);
+    rc = ocap__parse_notify(k, item->p, item->len, nep, NULL, 0, &kps, &nk);
     for (size_t j = 0; j < nk && !rc; j++)
       rc = ocap__decref(k, kps[j]);
     free(kps);

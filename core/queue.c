@@ -617,11 +617,13 @@ int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *targe
 
 /*
  * The endpoint and kpids of a notify item ("notify <ep> <kpid>..."): *kpids
- * is malloc'd (caller frees) and holds *n of them. An item that does not
- * parse whole is corruption.
+ * holds *n of them, in `small` when they fit (a notify merges at most
+ * NOTIFY_MERGE, so a crank's usually do), else malloc'd (caller frees).
+ * An item that does not parse whole is corruption.
  */
 int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep,
-                       char (**kpids)[OCAP_REF_MAX], size_t *n) {
+                       char (*small)[OCAP_REF_MAX], size_t nsmall, char (**kpids)[OCAP_REF_MAX],
+                       size_t *n) {
   char sv[64];
   *kpids = NULL;
   *n = 0;
@@ -631,7 +633,7 @@ int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep,
   if (len < 7 || memcmp(item, "notify ", 7) != 0 || count < 2)
     return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: run-queue item %s is not a notify",
                         ocap__shown(item, len, sv));
-  char(*v)[OCAP_REF_MAX] = malloc((count - 1) * OCAP_REF_MAX);
+  char(*v)[OCAP_REF_MAX] = count - 1 <= nsmall ? small : malloc((count - 1) * OCAP_REF_MAX);
   if (!v)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading a notify");
   size_t got = 0;
@@ -647,7 +649,8 @@ int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep,
       ok = word == 0 ? ocap__valid_ep(dst) : ocap__valid_kref(dst) && ocap__is_kpid(dst);
     }
     if (!ok) {
-      free(v);
+      if (v != small)
+        free(v);
       return ocap__broken(k, OCAP_ECORRUPT,
                           "corrupt database: run-queue item %s has a bad reference",
                           ocap__shown(item, len, sv));

@@ -53,9 +53,11 @@ int ocap__dequeue(ocap_kernel_t *k, ocap__buf_t *b);
  * where its capdata starts. */
 int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *target, char *result,
                      char *sender, size_t *capdata);
-/* Parses a notify item; *kpids is malloc'd and holds *n promises. */
+/* Parses a notify item: *kpids holds its *n promises, in `small` (room
+ * for nsmall) when they fit, else in a malloc'd array the caller frees. */
 int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep,
-                       char (**kpids)[OCAP_REF_MAX], size_t *n);
+                       char (*small)[OCAP_REF_MAX], size_t nsmall, char (**kpids)[OCAP_REF_MAX],
+                       size_t *n);
 /* Drops the references a send item held (rrec as for ocap__enqueue_send). */
 int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result,
                        struct ocap__kp *rrec, const char *enc, size_t len);
