@@ -109,9 +109,11 @@ local function normalizeError(e)
 end
 M.normalizeError = normalizeError
 
+local exoMethods = exo.methods
+
 --- The function implementing method on target, or nil.
 local function findMethod(target, method)
-  local impl = exo.methods(target)
+  local impl = exoMethods(target)
   local fn = impl and impl[method]
   if fn ~= nil and type(fn) == 'function' then return fn end
   -- Remotables that are not exos (stores) keep their methods in fields.
@@ -964,7 +966,13 @@ function M.make(opts)
       local array = pass.array
       deliverDecoded(nil, targetVref, resultVpid, true, array(method, array(...)))
     else
-      local fn = method ~= 'bootstrap' and findMethod(target, method)
+      local fn
+      if method ~= 'bootstrap' then
+        -- findMethod's common case, an exo's method, inline.
+        local impl = exoMethods(target)
+        fn = impl and impl[method]
+        if type(fn) ~= 'function' then fn = findMethod(target, method) end
+      end
       if fn then
         methodRan(resultVpid, xcall(methodEnded, target, method, fn, methodHandler, target, ...))
       else
