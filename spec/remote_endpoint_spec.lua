@@ -134,6 +134,30 @@ describe('a remote peer as an endpoint', function()
     assert.are.equal(0, peers()[1].promises)
   end)
 
+  it('lets go of what an answer of the peer and its settlement named', function()
+    local obj = session()
+    -- A vat sends the peer a promise the host decides; the peer answers
+    -- with it: the endpoint names it (p-N) in the answer it resolves.
+    local kit = ocap.makePromiseKit()
+    local result = kernel:queueMessage(echoVat, 'call', { obj, 'echo', kit.promise })
+    local echo = raw:expect('op:deliver')
+    local pos = captp.descPos(echo.args[2][2], 'desc:import-promise')
+    assert.is_not_nil(pos)
+    answer(echo, list(desc('desc:export', pos)))
+    kernel:run()
+    assert.are.equal(1, peers()[1].promises)
+    local objects = peers()[1].objects
+    -- It settles to an object of ours: what the settlement names is not
+    -- the peer's either (it never saw it).
+    local thing = kernel:queueMessage(echoVat, 'makeThing', { 'x' }):await()
+    kit.resolve(thing)
+    assert.are.equal('x', E(result:await()[1]:await()).label():await())
+    kernel:run()
+    -- Settled, it is no longer the endpoint's, and nothing holds it.
+    assert.are.equal(0, peers()[1].promises)
+    assert.are.equal(objects, peers()[1].objects)
+  end)
+
   it("tells the peer once the vats that held its object dropped it", function()
     local obj = session()
     local kref = kernel:krefOf(obj)

@@ -1485,6 +1485,35 @@ function Remote:_settle(c, eref, ok, v)
     for i, kref in ipairs(cd.slots) do slots[i] = self.K:import(c.ep, kref) end
   end
   self.K:resolve(eref, not ok, cd.body, slots, c.ep)
+  self:_release(c, slots)
+end
+
+--- Lets go of what the erefs (capdata's slots that session c's endpoint
+--- was delivered or resolved with) put in its c-list and the peer does
+--- not hold, as a vat's liveslots lets go of what it does not reach:
+--- an object of ours stays only while the peer holds it (erefUses, its
+--- op:gc-export releases it), and a promise of ours until it settles (the
+--- endpoint subscribes, and the notify retires the entry). Else each
+--- would keep what it names alive for as long as the session lasts.
+function Remote:_release(c, erefs)
+  if not erefs then return end
+  local drop, seen = nil, {}
+  for _, eref in ipairs(erefs) do
+    if not seen[eref] then
+      seen[eref] = true
+      local k = eref:sub(1, 2)
+      if k == 'o-' and not c.erefUses[eref] then
+        drop = drop or {}
+        drop[#drop + 1] = eref
+      elseif k == 'p-' then
+        self.K:subscribe(eref, c.ep)
+      end
+    end
+  end
+  if drop then
+    self.K:dropImports(drop, c.ep)
+    self.K:retireImports(drop, c.ep)
+  end
 end
 
 --- Whether the peer takes the messages for rq's promise (resultQ).
@@ -1535,7 +1564,16 @@ function Remote:_dispatch(ep, what, a, b, d, e)
   end
   if not c then return end
   if what == 'message' then
-    return self:_endpointMessage(c, a, b, d, e)
+    self:_endpointMessage(c, a, b, d, e)
+    self:_release(c, d)
+  elseif what == 'notify' then
+    -- The endpoint subscribes only to retire what it named (_release):
+    -- the settlement's own slots are not the peer's either.
+    if b == nil then
+      for _, r in ipairs(a) do self:_release(c, r[4]) end
+    else
+      self:_release(c, e)
+    end
   elseif what == 'dropExports' then
     -- Nothing in this kernel reaches these imports: the peer is told how
     -- many times each came, and the endpoint forgets them.
