@@ -111,6 +111,33 @@ describe('a kernel with two netlayers', function()
 end)
 
 describe('a kernel of this process with two netlayers', function()
+  it('keeps its identity on both netlayers across kernel:reset()', function()
+    local dir, kernel = os.tmpname(), nil
+    os.remove(dir)
+    finally(function()
+      kernel:stop()
+      os.execute('rm -rf ' .. support.q(dir))
+    end)
+    local remote = { netlayers = {
+      { type = 'tcp-tls', listen = '127.0.0.1:0' },
+      { type = 'tcp-testing-only', listen = '127.0.0.1:0' },
+    } }
+    local function designators(k)
+      local out = {}
+      for i, layer in ipairs(k:getStatus().remoteComms.netlayers) do out[i] = layer.designator end
+      return out
+    end
+    kernel = newKernel { database = dir, remote = remote }
+    local before = designators(kernel)
+    -- The running kernel keeps answering for its designators: a restart
+    -- after the reset must too, or the URLs it gives out from now on
+    -- would name a kernel that is gone.
+    kernel:reset()
+    kernel:stop()
+    kernel = newKernel { database = dir, remote = remote }
+    assert.are.same(before, designators(kernel))
+  end)
+
   it('issues URLs on either netlayer and reports both', function()
     local kernel = dualKernel()
     local obj = ocap.makeDefaultExo('obj', { ping = function(_, v) return v end })

@@ -1182,14 +1182,17 @@ function Kernel:reset()
   end
   local K = self.K
   K:commit()
-  -- Refs are never reused, so the counters outlive the reset.
-  local counters = {}
-  for _, c in ipairs({ 'nextVatId', 'nextObjectId', 'nextPromiseId', 'nextSubclusterId', 'nextPeerId' }) do
-    counters[c] = K:kvGet(c)
+  -- Refs are never reused, so the counters outlive the reset; so does the
+  -- kernel's identity on each netlayer, which its remote layer goes on
+  -- answering for and its URLs name (remote.lua).
+  local kept = {}
+  for _, key in ipairs({ 'nextVatId', 'nextObjectId', 'nextPromiseId', 'nextSubclusterId', 'nextPeerId',
+    'remote.designator', 'remote.tls.key' }) do
+    kept[key] = K:kvGet(key)
   end
   K:clear()
   K:kvSet('version', SCHEMA_VERSION)
-  for c, v in pairs(counters) do K:kvSet(c, v) end
+  for key, v in pairs(kept) do K:kvSet(key, v) end
   for name, svc in pairs(self.services) do
     K:kvSet('kernelService.' .. name, svc.info.kref)
   end
