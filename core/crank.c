@@ -458,6 +458,8 @@ static void notes_free(notes_t *ns) {
 static int note_load(ocap_kernel_t *k, const char *ep, notes_t *ns, size_t i) {
   note_t *nt = ns->v[i];
   int rc = nt->rec ? 0 : ocap__kp_find(k, nt->kpid, 0, &nt->rec);
+  if (!rc && nt->rec)
+    rc = ocap__kp_hold(k, nt->rec); /* used after the delivery */
   if (rc)
     return rc;
   int st = ocap__kp_state(nt->rec);
@@ -516,6 +518,8 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
     const char *kpid = kpids[j];
     recs[j] = NULL;
     rc = ocap__kp_find(k, kpid, 0, &recs[j]);
+    if (!rc && recs[j])
+      rc = ocap__kp_hold(k, recs[j]); /* used after the delivery */
     if (rc)
       break;
     int st = ocap__kp_state(recs[j]);

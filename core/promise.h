@@ -42,6 +42,12 @@ typedef struct ocap__kp ocap__kp_t;
  * take NULL as such a promise (no state, decider, parked messages or
  * data). */
 int ocap__kp_find(ocap_kernel_t *k, const char *kpid, int create, ocap__kp_t **out);
+/* Lists r among the records the crank changed, though it changes nothing,
+ * so that nothing drops it before the crank ends: a caller that keeps a
+ * record across a delivery holds it so, since host code running in a
+ * delivery to the kernel endpoint may make the kernel forget the records
+ * it has not changed (ocap_kernel_forget). Returns 0 or a negative code. */
+int ocap__kp_hold(ocap_kernel_t *k, ocap__kp_t *r);
 /* Writes the kpid of r into out (OCAP_REF_MAX bytes). */
 void ocap__kp_name(const ocap__kp_t *r, char *out);
 int ocap__kp_state(const ocap__kp_t *r);
