@@ -392,23 +392,50 @@ static int deliver_host(lkernel_t *lk, const ocap_delivery_t *d) {
  * layer writes what it means for the peer (op:deliver, op:gc-export), to
  * be sent once the crank commits. As for the host's endpoint, a failure
  * is reported and dropped: the layer ends a session itself.
+ *
+ * A message must not vanish when no session takes it: the kernel can
+ * hold an endpoint r<N> that nothing serves, because no remote layer set
+ * a peer dispatch (a kernel opened without `remote` on a database that
+ * still names the endpoint) or because the session has ended and its
+ * endpoint is terminated only once the crank in progress is over (the
+ * layer's dispatch then returns a `[KERNEL:<CODE>] ...` message). The
+ * message is refused instead (OCAP_EREFUSED, *why set), and the kernel
+ * rejects its result with that error. Other deliveries to such an
+ * endpoint (notifies, GC) carry nothing anyone waits for: dropped.
  */
-static int deliver_peer(lkernel_t *lk, const char *ep, const ocap_delivery_t *d) {
+static int deliver_peer(lkernel_t *lk, const char *ep, const ocap_delivery_t *d, char **why) {
   lua_State *L = lk->L;
-  if (!L || lk->peer_dispatch_ref == LUA_NOREF || d->type == OCAP_DELIVER_BRING_OUT_YOUR_DEAD)
+  if (d->type == OCAP_DELIVER_BRING_OUT_YOUR_DEAD)
     return 0;
+  if (!L || lk->peer_dispatch_ref == LUA_NOREF) {
+    if (d->type != OCAP_DELIVER_MESSAGE)
+      return 0;
+    size_t n = strlen(ep) + 96;
+    *why = malloc(n);
+    if (!*why)
+      return OCAP_ENOMEM;
+    snprintf(
+        *why, n,
+        "[KERNEL:CONNECTION_LOST] peer endpoint %s has no session: remote comms are not running",
+        ep);
+    return OCAP_EREFUSED;
+  }
   STACK_CHECK_BEGIN(L);
   lk->host_ran = 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->peer_dispatch_ref);
   lua_pushstring(L, ep);
   int n = push_delivery(L, d);
-  if (lua_pcall(L, n + 1, 0, 0) != LUA_OK) {
+  int rc = 0;
+  if (lua_pcall(L, n + 1, 1, 0) != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
     fprintf(stderr, "ocap: peer %s dispatch failed: %s\n", ep, msg ? msg : "(error object)");
-    lua_pop(L, 1);
+  } else if (d->type == OCAP_DELIVER_MESSAGE && lua_type(L, -1) == LUA_TSTRING) {
+    *why = dupstr(lua_tostring(L, -1));
+    rc = *why ? OCAP_EREFUSED : OCAP_ENOMEM;
   }
+  lua_pop(L, 1);
   STACK_CHECK_END(L, 0);
-  return 0;
+  return rc;
 }
 
 /*
@@ -423,7 +450,7 @@ int ocap__hook_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int *
   if (strcmp(ep, "kernel") == 0)
     return deliver_host(lk, d);
   if (ep[0] == 'r')
-    return deliver_peer(lk, ep, d);
+    return deliver_peer(lk, ep, d, why);
   lvat_t *rec = find_vat(lk, ep);
   /* A vat that is not running has no heap to collect. */
   if (d->type == OCAP_DELIVER_BRING_OUT_YOUR_DEAD && (!rec || !rec->vat))

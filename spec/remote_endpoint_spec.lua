@@ -234,6 +234,21 @@ describe('a remote peer as an endpoint', function()
     assert.are.same({}, keys(ep .. '.'))
   end)
 
+  it('rejects a message to an endpoint that no session serves, rather than drop it', function()
+    local obj = session()
+    -- No remote layer takes the endpoint's deliveries (a kernel opened
+    -- without remote comms on a database that still names the endpoint).
+    kernel.K:setPeerDispatch(nil)
+    local err = support.rejection(kernel:queueMessage(echoVat, 'call', { obj, 'ping', 1 }))
+    assert.matches('^%[KERNEL:CONNECTION_LOST%] peer endpoint r%d+ has no session: remote comms are not running',
+      err.message)
+    -- A layer whose table has no session for the endpoint refuses it too.
+    local ep = peers()[1].id
+    kernel.K:setPeerDispatch(function() return '[KERNEL:CONNECTION_LOST] peer endpoint ' .. ep .. ' has no session' end)
+    err = support.rejection(kernel:queueMessage(echoVat, 'call', { obj, 'ping', 2 }))
+    assert.are.equal('[KERNEL:CONNECTION_LOST] peer endpoint ' .. ep .. ' has no session', err.message)
+  end)
+
   it('is terminated by kernel:reset(), which aborts the session', function()
     session()
     local ep = peers()[1].id

@@ -1562,7 +1562,15 @@ function Remote:_dispatch(ep, what, a, b, d, e)
     local rq = c and not c.closed and c.resultQ[a]
     return rq ~= nil and rq ~= false and takes(rq)
   end
-  if not c then return end
+  if not c then
+    -- An endpoint no session of ours serves (not one of this kernel's
+    -- sessions): its message is refused, and its result rejects with
+    -- this, rather than vanish.
+    if what == 'message' then
+      return ('[KERNEL:CONNECTION_LOST] peer endpoint %s has no session'):format(tostring(ep))
+    end
+    return
+  end
   if what == 'message' then
     self:_endpointMessage(c, a, b, d, e)
     self:_release(c, d)
