@@ -133,6 +133,40 @@ describe('remote limits', function()
     alive(other, 1)
   end)
 
+  it('send an abort, and what was queued before it, only after the store committed', function()
+    s = serve { maxExports = 3 }
+    local c = open()
+    -- The store cannot commit (a full disk, say): nothing may leave, not
+    -- the answers queued before the abort, nor the abort.
+    local remote = s.kernel.remote
+    local K = remote.K
+    remote.K = setmetatable({ commit = function() error('commit failed: disk full', 0) end }, {
+      __index = function(_, k) return function(_, ...) return K[k](K, ...) end end,
+    })
+    c:sendBatch {
+      op('op:deliver', c.svc, list(sym('make')), false, desc('desc:import-object', 11)),
+      op('op:deliver', c.svc, list(sym('make')), false, desc('desc:import-object', 12)),
+      op('op:deliver', c.svc, list(sym('make')), false, desc('desc:import-object', 13)),
+    }
+    local failed = 0
+    for _ = 1, 50 do
+      local ok, err = pcall(s.kernel.run, s.kernel)
+      if not ok then
+        assert.matches('disk full', tostring(err))
+        failed = failed + 1
+      end
+      K:runLoop(false)
+      c:_pump()
+    end
+    assert.is_true(failed > 0)
+    assert.are.equal('', c.buf)
+    assert.is_false(c.closed)
+    -- Once the store commits, the answers go, then the abort.
+    remote.K = K
+    assert.are.same({ sym('fulfill') }, { c:expectTo(11)[1] })
+    assert.are.equal('more than 3 exports', c:expectAbort())
+  end)
+
   it('abort a session that selects past maxAnswers (op:get)', function()
     s = serve({}, { maxAnswers = 3 })
     local other, c = open(), open()

@@ -513,8 +513,14 @@ function Remote:_lost(c, why, code)
   self.conns[c.conn] = nil
   if c.counted then self.inbound = self.inbound - 1 end
   if c.dialled then self.outbound = self.outbound - 1 end
-  self.dirty[c] = nil
-  c.conn:close()
+  if c.aborting then
+    -- Its op:abort waits in c.out, behind what was queued before it:
+    -- the pump writes them once the store committed, then closes.
+    self.dirty[c] = true
+  else
+    self.dirty[c] = nil
+    c.conn:close()
+  end
   local err
   if c.outbound and not c.opened then
     -- It never connected: nothing was lost, the peer was not reached.
@@ -551,11 +557,14 @@ function Remote:_abort(c, reason, code, drop)
   if c.closed then return end
   self.counts.aborted = self.counts.aborted + 1
   self:_log('warn', ('aborting session with %s: %s'):format(tostring(c.peer or 'unknown peer'), reason))
-  -- The abort changes no state of ours that a crank could roll back: it
-  -- goes out at once, with whatever was queued before it.
-  local pending = drop and '' or table.concat(c.out)
-  c.out, c.outBytes = {}, 0
-  c.conn:write(pending .. syrup.encode(op('op:abort', reason)))
+  -- What was queued before the abort may come from a crank in progress
+  -- or from host work not yet committed: it leaves, with the op:abort
+  -- behind it, only when the pump has committed the store, as every
+  -- message does (a crank rolled back sends nothing). The session ends
+  -- now; its connection closes once they are written.
+  if drop then c.out, c.outBytes = {}, 0 end
+  c.out[#c.out + 1] = syrup.encode(op('op:abort', reason))
+  c.aborting = true
   self:_lost(c, 'aborted: ' .. reason, code)
 end
 
@@ -1781,21 +1790,7 @@ function Remote:pump()
   end
   if next(self.dirty) then
     did, active = true, true
-    self.K:commit()
-    self.kernel:_flushIfNeeded()
-    for c in pairs(self.dirty) do
-      if not c.closed then
-        if c.gcAnswers[1] then
-          c.out[#c.out + 1] = syrup.encode(op('op:gc-answer', list(unpack(c.gcAnswers))))
-          c.gcAnswers = {}
-        end
-        if c.out[1] then
-          c.conn:write(table.concat(c.out))
-          c.out, c.outBytes = {}, 0
-        end
-      end
-    end
-    self.dirty = {}
+    self:_write()
   end
   if active then
     -- Imports that nobody holds any more are found by a full collection
@@ -1809,6 +1804,31 @@ function Remote:pump()
     end
   end
   return did
+end
+
+--- Commits (and flushes) the store, then writes what the sessions
+--- queued; an aborted session's connection closes after its op:abort.
+function Remote:_write()
+  self.K:commit()
+  self.kernel:_flushIfNeeded()
+  local dirty = self.dirty
+  self.dirty = {}
+  for c in pairs(dirty) do
+    if not c.closed then
+      if c.gcAnswers[1] then
+        c.out[#c.out + 1] = syrup.encode(op('op:gc-answer', list(unpack(c.gcAnswers))))
+        c.gcAnswers = {}
+      end
+      if c.out[1] then
+        c.conn:write(table.concat(c.out))
+        c.out, c.outBytes = {}, 0
+      end
+    elseif c.aborting then
+      c.conn:write(table.concat(c.out))
+      c.out, c.outBytes = {}, 0
+      c.conn:close()
+    end
+  end
 end
 
 --- Sends the op:gc-export of imports Lua collected, after a full
@@ -1860,6 +1880,7 @@ function Remote:endSessions(reason)
   for _, c in pairs(self.conns) do list_[#list_ + 1] = c end
   for _, c in ipairs(list_) do self:_abort(c, reason) end
   self:_endEndpoints()
+  self:_write()
 end
 
 --- Closes every session and stops listening.
