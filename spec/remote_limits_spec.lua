@@ -214,6 +214,57 @@ describe('remote limits', function()
         list(sym('deposit-gift'), syrup.bytes(id), desc('desc:import-object', 50 + #id))))
     end
 
+    local crypto = require('ocap.core').crypto
+    -- The id of a client's session with the kernel, as both sides make it.
+    local function sessionId(c)
+      local a, b = captp.sideId(c.pk), captp.sideId(captp.parsePubkey(c.peerHello.args[2]))
+      if b < a then a, b = b, a end
+      return crypto.sha256(crypto.sha256('prot0' .. a .. b))
+    end
+    local function signed(c, record)
+      return op('desc:sig-envelope', record, captp.sigValue(crypto.sign(c.sk, syrup.encode(record))))
+    end
+
+    it('keep a bounded record of the handoff counts a receiver used', function()
+      s = serve {}
+      local gifter, receiver = open(), open()
+      local give = signed(gifter, op('desc:handoff-give', captp.pubkeyValue(receiver.pk), gifter.peerHello.args[3],
+        syrup.bytes(sessionId(gifter)), syrup.bytes(captp.sideId(gifter.pk)), syrup.bytes('gift')))
+      local function withdraw(count, answer)
+        local receive = signed(receiver, op('desc:handoff-receive', syrup.bytes(sessionId(receiver)),
+          syrup.bytes(captp.sideId(receiver.pk)), count, give))
+        return op('op:deliver', desc('desc:export', 0), list(sym('withdraw-gift'), receive), false,
+          desc('desc:import-object', answer))
+      end
+      local function refusal(count)
+        receiver.next = receiver.next + 1
+        receiver:send(withdraw(count, receiver.next))
+        local answer = receiver:expectTo(receiver.next)
+        assert.are.equal(sym('break'), answer[1])
+        return answer[2].message
+      end
+      -- The receiver uses 1100 even counts, skipping the odd ones: the
+      -- first withdrawal waits for the gift, the others are refused (one
+      -- is waiting), but each spends its count.
+      local batch = {}
+      for n = 1, 1100 do batch[n] = withdraw(2 * n, 2000 + n) end
+      receiver:sendBatch(batch)
+      for n = 2, 1100 do receiver:expectTo(2000 + n) end
+      local kept = 0
+      for _, sc in pairs(s.kernel.remote.conns) do
+        for _ in pairs(sc.handoffCounts or {}) do kept = kept + 1 end
+      end
+      assert.is_true(kept <= 1024, kept .. ' handoff counts kept')
+      -- No count is taken twice, and the skipped 0 is refused now.
+      assert.are.equal('withdraw-gift: handoff count 2200 was used before', refusal(2200))
+      assert.matches('^withdraw%-gift: handoff count 2 is no longer accepted %(only counts above %d+ are%)$',
+        refusal(2))
+      assert.matches('^withdraw%-gift: handoff count 1 is no longer accepted', refusal(1))
+      -- A fresh count gets past the check (to the waiting withdrawal).
+      assert.are.equal('withdraw-gift: a withdrawal of this gift is waiting', refusal(2199))
+      alive(receiver, 1)
+    end)
+
     it('abort a session that deposits past maxGifts', function()
       s = serve { maxGifts = 2 }
       local other, c = open(), open()
@@ -241,17 +292,7 @@ describe('remote limits', function()
 
     it("break a withdrawal waiting for a deposit when the gifter's session ends", function()
       s = serve {}
-      local crypto = require('ocap.core').crypto
       local gifter, receiver = open(), open()
-      -- The id of a client's session with the kernel, as both sides make it.
-      local function sessionId(c)
-        local a, b = captp.sideId(c.pk), captp.sideId(captp.parsePubkey(c.peerHello.args[2]))
-        if b < a then a, b = b, a end
-        return crypto.sha256(crypto.sha256('prot0' .. a .. b))
-      end
-      local function signed(c, record)
-        return op('desc:sig-envelope', record, captp.sigValue(crypto.sign(c.sk, syrup.encode(record))))
-      end
       local give = signed(gifter, op('desc:handoff-give', captp.pubkeyValue(receiver.pk), gifter.peerHello.args[3],
         syrup.bytes(sessionId(gifter)), syrup.bytes(captp.sideId(gifter.pk)), syrup.bytes('gift')))
       local receive = signed(receiver, op('desc:handoff-receive', syrup.bytes(sessionId(receiver)),

@@ -1256,6 +1256,10 @@ local function openEnvelope(v, name)
   return v.args[1], sig
 end
 
+-- The most handoff counts a session's withdrawals keep above the bound
+-- under which all count as used (useHandoffCount).
+local HANDOFF_COUNTS = 1024
+
 local function handoffError(what)
   error(pass.makeError('withdraw-gift: ' .. what), 0)
 end
@@ -1308,6 +1312,34 @@ function Remote:_dropGifts(c)
   c.waits = {}
 end
 
+--- Records that session c used handoff count n, so that no replay of a
+--- withdrawal is taken. What is kept is bounded: every count up to
+--- c.handoffUpTo counts as used, and only the used counts above it are
+--- kept, at most HANDOFF_COUNTS of them. A peer that counts up from 0
+--- keeps none (the bound follows it); one that skips counts has the
+--- lowest it used folded into the bound once it passes HANDOFF_COUNTS,
+--- and the counts it skipped below are refused from then on (a refused
+--- count costs the receiver a fresh one, never a replay).
+local function useHandoffCount(c, n)
+  local used, upTo = c.handoffCounts, c.handoffUpTo
+  used[n] = true
+  local kept = c.nhandoffCounts + 1
+  if kept > HANDOFF_COUNTS then
+    local low = n
+    for k in pairs(used) do
+      if k < low then low = k end
+    end
+    used[low], upTo, kept = nil, low, kept - 1
+  end
+  -- Counts are never negative: upTo + 1 wraps only past math.maxinteger,
+  -- to a key never used.
+  while used[upTo + 1] do
+    upTo = upTo + 1
+    used[upTo], kept = nil, kept - 1
+  end
+  c.handoffUpTo, c.nhandoffCounts = upTo, kept
+end
+
 --- withdraw-gift on our bootstrap object, from receiver session c: the
 --- gift, or a promise of it until the gifter deposits it.
 function Remote:_withdraw(c, signedReceive)
@@ -1323,7 +1355,10 @@ function Remote:_withdraw(c, signedReceive)
   end
   if bytesOf(rsession) ~= sessionId(c) then handoffError('the handoff names another receiving session') end
   if math.type(count) ~= 'integer' or count < 0 then handoffError('bad handoff count') end
-  c.handoffCounts = c.handoffCounts or {}
+  if not c.handoffCounts then c.handoffCounts, c.handoffUpTo, c.nhandoffCounts = {}, -1, 0 end
+  if count <= c.handoffUpTo then
+    handoffError(('handoff count %d is no longer accepted (only counts above %d are)'):format(count, c.handoffUpTo))
+  end
   if c.handoffCounts[count] then handoffError(('handoff count %d was used before'):format(count)) end
   if not crypto.verify(receiverKey, syrup.encode(receive), rsig) then handoffError('bad receiver signature') end
   local gifter
@@ -1334,7 +1369,7 @@ function Remote:_withdraw(c, signedReceive)
   if captp.sideId(gifter.theirPk) ~= gifterSide or not crypto.verify(gifter.theirPk, syrup.encode(give), gsig) then
     handoffError('bad gifter signature')
   end
-  c.handoffCounts[count] = true
+  useHandoffCount(c, count)
   local key = gsession .. giftId
   local gift = self.gifts[key]
   if gift ~= nil then
