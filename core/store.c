@@ -50,6 +50,12 @@
 #define ARENA_BLOCK ((size_t)64 << 10)
 /* Absent cells are swept when there are more than this many of them. */
 #define SWEEP_MIN 1024
+/*
+ * New keys a commit leaves unsorted at most: beyond it the commit sorts
+ * them (see settle_order), so that the ordering work a next_key finds
+ * waiting is bounded whatever the kernel wrote since the last scan.
+ */
+#define ORDER_AT_COMMIT 4096
 /* LevelDB's block cache: small, since our own cache serves the hot path. */
 #define LDB_BLOCK_CACHE ((size_t)8 << 20)
 /*
@@ -127,6 +133,7 @@ struct sidx {
   size_t cap;
   struct skey *tmp;
   size_t tmpcap;
+  unsigned long long placed; /* keys sorted or merged into main, for tests */
 };
 
 static int sidx_reserve(struct sidx *x, size_t n) {
@@ -210,6 +217,7 @@ static int sidx_sort(struct sidx *x) {
   size_t t = x->n - x->nrun;
   if (t > 0) {
     qsort(&x->v[x->nrun], t, sizeof *x->v, skey_cmp);
+    x->placed += t;
     if (x->nrun > x->nmain && merge_part(x, x->nmain, x->nrun, t) != 0)
       return OCAP_ENOMEM;
     x->nrun = x->n;
@@ -218,6 +226,7 @@ static int sidx_sort(struct sidx *x) {
   if (run > 256 && run * run > x->nmain) {
     if (x->nmain > 0 && merge_part(x, 0, x->nmain, run) != 0)
       return OCAP_ENOMEM;
+    x->placed += run;
     x->nmain = x->nrun;
   }
   return 0;
@@ -594,8 +603,9 @@ struct ocap_store {
 
   char *dir;
   char *errmsg;
-  unsigned long long scan_steps; /* keys next_key examined, for tests */
-  unsigned long long written;    /* bytes passed to set and delete, for tests */
+  unsigned long long scan_steps;  /* keys next_key examined, for tests */
+  unsigned long long order_steps; /* keys next_key sorted or merged, for tests */
+  unsigned long long written;     /* bytes passed to set and delete, for tests */
   void (*trace)(void *ud, const char *key, size_t klen, int deleted); /* for tests */
   void *trace_ud;
   unsigned fault_ops; /* testing hook: which calls count down */
@@ -658,6 +668,10 @@ unsigned long long ocap_store_scan_steps(const ocap_store_t *s) {
   return s->scan_steps;
 }
 
+unsigned long long ocap_store_order_steps(const ocap_store_t *s) {
+  return s->order_steps;
+}
+
 unsigned long long ocap_store_bytes_written(const ocap_store_t *s) {
   return s->written;
 }
@@ -694,6 +708,25 @@ static void drop_iterator(ocap_store_t *s) {
 }
 
 /*
+ * Removes the keys whose cell is absent (refs are cells), keeping each of
+ * the three parts in its order, so that no key needs sorting again.
+ */
+static void sidx_drop_absent(struct sidx *x) {
+  size_t w = 0, nmain = 0, nrun = 0;
+  for (size_t i = 0; i < x->n; i++) {
+    if (i == x->nmain)
+      nmain = w;
+    if (i == x->nrun)
+      nrun = w;
+    if (!((const struct cell *)x->v[i].ref)->absent)
+      x->v[w++] = x->v[i];
+  }
+  x->nmain = x->nmain == x->n ? w : nmain;
+  x->nrun = x->nrun == x->n ? w : nrun;
+  x->n = w;
+}
+
+/*
  * Frees absent cells once they outnumber live ones. With LevelDB it is only
  * called when nothing is pending (after a flush or a NONE commit), because
  * a pending absent cell is what hides the database's stale copy of a
@@ -707,18 +740,41 @@ static void maybe_sweep(ocap_store_t *s) {
   size_t live = s->cache.n - s->nabsent, ncap = 64;
   while (live * 4 >= ncap * 3)
     ncap *= 2;
-  if (cmap_rebuild(&s->cache, ncap, 1) != 0)
-    return; /* Sweeping is an optimization; without memory it can wait. */
-  s->nabsent = 0;
-  if (s->db == NULL) {
-    /* The ordered index pointed at freed cells: list the survivors again. */
-    sidx_clear(&s->ordered);
-    for (size_t i = 0; i <= s->cache.mask; i++) {
-      struct cell *c = s->cache.slots[i].cell;
-      if (c != NULL)
-        sidx_push(&s->ordered, c->key, c->klen, c);
+  /*
+   * The ordered index must not point at the cells about to be freed. It
+   * keeps its order, rather than listing the survivors again unsorted:
+   * sorting millions of keys would fall to the next next_key, which may run
+   * in a vat's delivery and on its meter (the kernel's housekeeping, not
+   * the vat's work).
+   */
+  if (s->db == NULL)
+    sidx_drop_absent(&s->ordered);
+  if (cmap_rebuild(&s->cache, ncap, 1) != 0) {
+    /* Sweeping is an optimization; without memory it can wait. The index
+     * lists the absent cells again, since a set may make them live. */
+    if (s->db == NULL) {
+      sidx_clear(&s->ordered);
+      for (size_t i = 0; i <= s->cache.mask; i++) {
+        struct cell *c = s->cache.slots[i].cell;
+        if (c != NULL)
+          sidx_push(&s->ordered, c->key, c->klen, c);
+      }
     }
+    return;
   }
+  s->nabsent = 0;
+}
+
+/*
+ * Sorts the ordered index's new keys once a commit has left more than
+ * ORDER_AT_COMMIT of them. The kernel commits outside any vat's meter, and
+ * the sorting is the same work next_key would otherwise do in one go at
+ * the next scan, perhaps in a vat's delivery and billed to it. Without
+ * memory it waits for next_key, which reports the failure.
+ */
+static void settle_order(ocap_store_t *s) {
+  if (s->ordered.n - s->ordered.nrun > ORDER_AT_COMMIT)
+    (void)sidx_sort(&s->ordered);
 }
 
 /*
@@ -1299,8 +1355,10 @@ int ocap_store_next_key(ocap_store_t *s, const char *prefix, size_t plen, const 
     inclusive = 1;
   }
   struct buffer *b = &s->buf;
+  unsigned long long placed = s->ordered.placed;
   if (sidx_sort(&b->order) != 0 || sidx_sort(&s->ordered) != 0)
     return OCAP_ENOMEM;
+  s->order_steps += s->ordered.placed - placed;
 
   /* The buffer's candidate: its first live key in range. */
   const struct skey *bk = NULL;
@@ -1481,6 +1539,7 @@ int ocap_store_commit(ocap_store_t *s) {
   if (s->db == NULL) {
     commit_apply(s, 0);
     maybe_sweep(s);
+    settle_order(s);
     return 0;
   }
   /* Both durabilities group commits: a crank's cells join the pending set
@@ -1488,6 +1547,7 @@ int ocap_store_commit(ocap_store_t *s) {
    * result of the crank is shown to the host. FSYNC flushes with fsync. */
   commit_apply(s, 1);
   s->npending++;
+  settle_order(s);
   return 0;
 }
 
@@ -1524,6 +1584,8 @@ int ocap_store_commit_direct(ocap_store_t *s, int (*fill)(void *ud), void *ud) {
   s->buf = crank;
   if (rc == 0 && s->db == NULL)
     maybe_sweep(s);
+  if (rc == 0)
+    settle_order(s);
   return rc;
 }
 

@@ -135,7 +135,10 @@ const char *ocap_store_errmsg(const ocap_store_t *s);
  * to check that a failed write fails the crank rather than being lost.
  * ocap_store_scan_steps counts the keys next_key has examined (live ones,
  * and the deleted or absent ones it stepped over), so tests can check that
- * a scan is linear by counting instead of timing. ocap_store_bytes_written
+ * a scan is linear by counting instead of timing. ocap_store_order_steps
+ * counts the committed keys next_key had to sort or merge before it could
+ * scan, so tests can check that the ordering work a scan (perhaps a vat's)
+ * finds waiting stays bounded. ocap_store_bytes_written
  * counts the bytes of the keys and values passed to set and delete, so tests
  * can check what a change costs to write in the same way.
  * ocap_store_trace_writes calls fn(ud, key, klen, deleted) at each set and
@@ -152,6 +155,7 @@ enum {
 };
 long ocap_store_inject_fault(ocap_store_t *s, unsigned ops, long n, int code);
 unsigned long long ocap_store_scan_steps(const ocap_store_t *s);
+unsigned long long ocap_store_order_steps(const ocap_store_t *s);
 unsigned long long ocap_store_bytes_written(const ocap_store_t *s);
 void ocap_store_trace_writes(ocap_store_t *s,
                              void (*fn)(void *ud, const char *key, size_t klen, int deleted),
