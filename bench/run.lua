@@ -644,32 +644,45 @@ scenario('virtual objects: 1,000,000 made, kept, dropped', function(name)
     :await()
   local vatId = kernel:getSubcluster(r.subclusterId).vats.v
   local function vatKeys() return kernel:stats().keys end
+  -- A vat that dies (its meter, its memory) has no heap to measure: the
+  -- scenario stops there and says why, from the vat's termination record.
+  local function heap(step)
+    local m = kernel.K:vatMemory(vatId)
+    if m then return m end
+    local why = 'no termination record'
+    for _, t in ipairs(kernel:getStatus().terminatedVats) do
+      if t.id == vatId then why = tostring(t.reason) .. (t.failure and (': ' .. tostring(t.failure)) or '') end
+    end
+    kernel:stop()
+    error(('%s: vat %s died %s: %s'):format(name, vatId, step, why), 0)
+  end
   local n, batch = 1000000, 10000
-  local k0, m0 = vatKeys(), kernel.K:vatMemory(vatId)
+  local k0, m0 = vatKeys(), heap('at start')
   local most = m0
   local t0 = now()
   for first = 1, n, batch do
     kernel:queueMessage(r.rootKref, 'makeMany', { first, batch }):await()
-    most = math.max(most, kernel.K:vatMemory(vatId))
+    most = math.max(most, heap(('making instance %d'):format(first)))
   end
   local made = now() - t0
-  local k1, m1 = vatKeys(), kernel.K:vatMemory(vatId)
+  local k1, m1 = vatKeys(), heap('after making')
   t0 = now()
   for first = 1, n, batch do
     kernel:queueMessage(r.rootKref, 'dropMany', { first, batch }):await()
-    most = math.max(most, kernel.K:vatMemory(vatId))
+    most = math.max(most, heap(('dropping instance %d'):format(first)))
   end
   -- A reap deletes at most 10,000 objects: reap until nothing changes.
   local reaps, last = 0, -1
   while reaps < 500 do
     kernel:collectGarbage():await()
     reaps = reaps + 1
+    heap(('in reap %d'):format(reaps))
     local k = vatKeys()
     if k == last then break end
     last = k
   end
   local dropped = now() - t0
-  local k2, m2 = vatKeys(), kernel.K:vatMemory(vatId)
+  local k2, m2 = vatKeys(), heap('after the reaps')
   report(name, made / n * 1e6, 'us per instance made',
     ('vat heap %.0f -> %.0f -> %.0f KiB (most %.0f); kernel keys %d -> %d -> %d after the reaps; '
       .. '%d reaps; %.1f s to make, %.1f s to drop and reap'):format(m0 / 1024, m1 / 1024, m2 / 1024,
