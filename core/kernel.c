@@ -120,31 +120,75 @@ int ocap_kernel_check(ocap_kernel_t *k) {
   return rc ? rc : ocap__gc_check(k);
 }
 
+/* The table of the kernel that keeps a NUL-terminated key in memory, and
+ * in *dot the key's first dot (NULL when it has none). */
+enum {
+  TABLE_COUNTERS,
+  TABLE_QUEUE,
+  TABLE_GC,
+  TABLE_OBJECTS,
+  TABLE_PROMISES,
+  TABLE_QUEUED,
+  TABLE_CLISTS
+};
+static int key_table(const char *key, const char **dot) {
+  *dot = strchr(key, '.');
+  if (strncmp(key, "runQueue.", 9) == 0)
+    return TABLE_QUEUE;
+  if (strncmp(key, "gcAction.", 9) == 0)
+    return TABLE_GC;
+  if (strncmp(key, "ko", 2) == 0 && *dot)
+    return TABLE_OBJECTS;
+  if (strncmp(key, "kp", 2) == 0 && *dot)
+    return TABLE_PROMISES;
+  if (*dot && strcmp(*dot, ".queuedBytes") == 0)
+    return TABLE_QUEUED;
+  if (*dot && (strncmp(*dot, ".c.", 3) == 0 || strcmp(*dot, ".nextObjectId") == 0 ||
+               strcmp(*dot, ".nextPromiseId") == 0))
+    return TABLE_CLISTS;
+  return TABLE_COUNTERS;
+}
+
+int ocap_kernel_keeps_records(const char *key, size_t kl) {
+  char buf[KEY_MAX];
+  const char *dot;
+  if (kl >= sizeof buf || memchr(key, '\0', kl))
+    return 0;
+  memcpy(buf, key, kl);
+  buf[kl] = '\0';
+  return key_table(buf, &dot) != TABLE_COUNTERS;
+}
+
 void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
   char buf[KEY_MAX];
+  const char *dot;
   if (kl >= sizeof buf || memchr(key, '\0', kl))
     return;
   memcpy(buf, key, kl);
   buf[kl] = '\0';
-  const char *dot = strchr(buf, '.');
-  if (strncmp(buf, "runQueue.", 9) == 0) {
+  int table = key_table(buf, &dot);
+  if (table != TABLE_QUEUE && table != TABLE_GC && table != TABLE_COUNTERS)
+    buf[dot - buf] = '\0'; /* the record's name */
+  switch (table) {
+  case TABLE_QUEUE:
     ocap__queue_forget(k);
-  } else if (strncmp(buf, "gcAction.", 9) == 0) {
+    break;
+  case TABLE_GC:
     ocap__gc_forget(k);
-  } else if (strncmp(buf, "ko", 2) == 0 && dot) {
-    buf[dot - buf] = '\0';
+    break;
+  case TABLE_OBJECTS:
     ocap__objects_forget(k, buf);
-  } else if (strncmp(buf, "kp", 2) == 0 && dot) {
-    buf[dot - buf] = '\0';
+    break;
+  case TABLE_PROMISES:
     ocap__promises_forget(k, buf);
-  } else if (dot && strcmp(dot, ".queuedBytes") == 0) {
-    buf[dot - buf] = '\0';
+    break;
+  case TABLE_QUEUED:
     ocap__queued_forget(k, buf);
-  } else if (dot && (strncmp(dot, ".c.", 3) == 0 || strcmp(dot, ".nextObjectId") == 0 ||
-                     strcmp(dot, ".nextPromiseId") == 0)) {
-    buf[dot - buf] = '\0';
+    break;
+  case TABLE_CLISTS:
     ocap__clists_forget(k, buf);
-  } else {
+    break;
+  default:
     ocap__counters_forget(k, buf);
   }
 }

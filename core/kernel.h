@@ -188,6 +188,15 @@ int ocap_kernel_check(ocap_kernel_t *k);
  */
 void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl);
 
+/*
+ * Whether `key` belongs to a table whose records the kernel keeps in
+ * memory (promises, objects, c-lists, the run queue, GC actions): the
+ * keys whose write makes ocap_kernel_forget drop records. A crank holds
+ * such records across the deliveries it makes, so the host refuses to
+ * write these keys while a crank runs (K:kvSet, K:kvDelete).
+ */
+int ocap_kernel_keeps_records(const char *key, size_t kl);
+
 /* Allocates the next vat id ("v<N>") into out (OCAP_REF_MAX bytes). Ids
  * and counters read from the store must be decimal integers from 0 to
  * 2^53 - 1; any other value is corruption. */

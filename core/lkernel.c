@@ -173,12 +173,25 @@ static int k_kv_get(lua_State *L) {
   return 1;
 }
 
+/*
+ * [-0, +0, e] Refuses a write of host code to a key of a table the kernel
+ * keeps in memory while a crank runs: host code runs inside cranks (the
+ * host's and the peers' dispatch, vatNeeded, the pipelines hook), and the
+ * kernel, told to forget the key's record, would free one the crank is
+ * still using.
+ */
+static void check_table_write(lua_State *L, lkernel_t *lk, const char *key, size_t kl) {
+  if (lk->in_step && ocap_kernel_keeps_records(key, kl))
+    luaL_error(L, "cannot write the kernel's key %s while a crank is running", key);
+}
+
 /* K:kvSet(key, value)  [-0, +0, e] */
 static int k_kv_set(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   size_t kl, vl;
   const char *key = luaL_checklstring(L, 2, &kl);
   const char *val = luaL_checklstring(L, 3, &vl);
+  check_table_write(L, lk, key, kl);
   int rc = sync_tables(L, lk);
   rc = ocap_store_set(lk->s, key, kl, val, vl);
   if (rc)
@@ -192,6 +205,7 @@ static int k_kv_delete(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   size_t kl;
   const char *key = luaL_checklstring(L, 2, &kl);
+  check_table_write(L, lk, key, kl);
   int rc = sync_tables(L, lk);
   rc = ocap_store_delete(lk->s, key, kl);
   if (rc)

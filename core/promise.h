@@ -32,8 +32,13 @@ void ocap__promises_synced(ocap_kernel_t *k);
  * resolution, a notify) find it once and pass it on rather than its kpid,
  * which every function would parse and look up again. A record stays
  * where it is until the crank (or host call) ends: records are only
- * dropped at its end, or by a sync or forget from host code, which never
- * runs in the middle of a kernel call.
+ * dropped at its end, or by a sync or forget from host code. Host code
+ * does run inside a crank (the host's and the peers' dispatch, vatNeeded,
+ * the pipelines hook), but a forget cannot reach a record there: the host
+ * refuses to write a kernel table's key while a crank runs
+ * (ocap_kernel_keeps_records). A sync (host reads sync the tables) drops
+ * only listed records that are gone and unchanged: a crank that uses a
+ * record across a delivery must list it as changed (ocap__kp_hold).
  */
 typedef struct ocap__kp ocap__kp_t;
 

@@ -252,3 +252,40 @@ describe('a kernel failure during a syscall', function()
     kernel:stop()
   end)
 end)
+
+describe("host writes to the kernel's tables", function()
+  local kernel
+  before_each(function() kernel = testing.makeKernel() end)
+  after_each(function() kernel:stop() end)
+
+  -- Host code runs inside cranks (here a host object's method, called by
+  -- a vat): a write there to a key whose record the crank may hold would
+  -- have the kernel forget (free) that record under it.
+  it('are refused while a crank runs', function()
+    local root = kernel:launchSubcluster({ bootstrap = 'e', vats = {
+      e = { sourceSpec = 'spec/vats/echo.lua' } } }):await().rootKref
+    local K = kernel.K
+    local tried = {}
+    local host = ocap.makeDefaultExo('host', {
+      poke = function()
+        for _, key in ipairs({ 'kp999999.state', 'ko999999.owner', 'v9.c.ko999999', 'gcAction.zz' }) do
+          local ok, err = pcall(K.kvSet, K, key, 'x')
+          tried[#tried + 1] = ok and key .. ' written' or err
+          ok, err = pcall(K.kvDelete, K, key)
+          tried[#tried + 1] = ok and key .. ' deleted' or err
+        end
+        -- A key of no kernel table is the host's to write.
+        K:kvSet('host.note', 'x')
+        return K:kvGet('host.note')
+      end,
+    })
+    assert.equal('x', kernel:queueMessage(root, 'call', { host, 'poke' }):await())
+    assert.equal(8, #tried)
+    for _, t in ipairs(tried) do
+      assert.matches("^cannot write the kernel's key %S+ while a crank is running$", t)
+    end
+    -- Between cranks, host code may write them (inspection, tests).
+    K:kvSet('kp999999.state', 'x')
+    K:kvDelete('kp999999.state')
+  end)
+end)
