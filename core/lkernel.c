@@ -305,9 +305,12 @@ static int k_pending(lua_State *L) {
   return 1;
 }
 
-/* K:clear()  [-0, +0, e] */
+/* K:clear()  [-0, +0, e]
+ * Refused during a crank: it would free every record the crank holds. */
 static int k_clear(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
+  if (lk->in_step)
+    return luaL_error(L, "cannot reset the kernel while a crank is running");
   int rc = ocap_store_clear(lk->s);
   if (rc)
     return luaL_error(L, "clearing the store failed: %s", ocap_strerror(rc));
@@ -317,6 +320,15 @@ static int k_clear(lua_State *L) {
 /* [-0, +0, e] Raises the kernel's last error; it never returns. */
 static int raise_kernel(lua_State *L, lkernel_t *lk) {
   return luaL_error(L, "%s", ocap_kernel_errmsg(lk->k));
+}
+
+/* K:inCrank() -> boolean  [-0, +1, -]
+ * Whether a crank is running: host code called from inside one (a result
+ * handler, a kernel service) must not stop, reset or step the kernel. */
+static int k_in_crank(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  lua_pushboolean(L, lk->in_step);
+  return 1;
 }
 
 /* K:allocVatId() -> vatId  [-0, +1, e] */
@@ -838,6 +850,7 @@ static const luaL_Reg kernel_methods[] = {
     {"flush", k_flush},
     {"pending", k_pending},
     {"clear", k_clear},
+    {"inCrank", k_in_crank},
     {"allocVatId", k_alloc_vat_id},
     {"allocObject", k_alloc_object},
     {"allocPromise", k_alloc_promise},

@@ -289,3 +289,30 @@ describe("host writes to the kernel's tables", function()
     K:kvDelete('kp999999.state')
   end)
 end)
+
+describe('a reset from inside a crank', function()
+  -- kernel:reset() terminates every vat and wipes the store: from host
+  -- code that a crank runs (here a host object's method, called by a
+  -- vat) it would free the vat and the records the crank is using.
+  it('is refused, and the kernel goes on', function()
+    local kernel = testing.makeKernel()
+    local root = kernel:launchSubcluster({ bootstrap = 'e', vats = {
+      e = { sourceSpec = 'spec/vats/echo.lua' } } }):await().rootKref
+    local raised
+    local host = ocap.makeDefaultExo('host', {
+      poke = function()
+        local ok, err = pcall(kernel.reset, kernel)
+        raised = not ok and err or 'reset ran'
+        return 'poked'
+      end,
+    })
+    assert.equal('poked', kernel:queueMessage(root, 'call', { host, 'poke' }):await())
+    assert.matches('cannot reset the kernel while a crank is running', raised, 1, true)
+    -- The vat is still there and answers.
+    assert.equal('poked', kernel:queueMessage(root, 'call', { host, 'poke' }):await())
+    -- Between cranks the reset goes through.
+    kernel:reset()
+    assert.same({}, kernel:getSubclusters())
+    kernel:stop()
+  end)
+end)

@@ -1174,6 +1174,9 @@ end
 --- Terminates every vat and wipes the kernel's state (for debugging).
 function Kernel:reset()
   self:_check()
+  -- From inside a crank, the terminations and the wipe below would free
+  -- what the running crank holds.
+  if self.K:inCrank() then error('cannot reset the kernel while a crank is running', 2) end
   upgrade.dropPending(self, 'kernel reset')
   -- The sessions' endpoints go with the rest: their peers are told.
   if self.remote then self.remote:endSessions('kernel reset') end
