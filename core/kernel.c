@@ -246,24 +246,24 @@ long long ocap_kernel_cranks(const ocap_kernel_t *k) {
   return k->cranks;
 }
 
-int ocap_kernel_alloc_vat_id(ocap_kernel_t *k, char *out) {
+/* Writes "<prefix><N>" into out with the next value of counter ctr: vat
+ * and peer endpoint ids are one letter and a number that is never reused. */
+static int alloc_endpoint_id(ocap_kernel_t *k, int ctr, char prefix, char *out) {
   long long n;
-  int rc = ocap__bump(k, CTR_VAT, &n);
+  int rc = ocap__bump(k, ctr, &n);
   if (rc)
     return rc;
-  out[0] = 'v';
+  out[0] = prefix;
   out[1 + ocap__fmt_ll(out + 1, n)] = '\0';
   return 0;
 }
 
+int ocap_kernel_alloc_vat_id(ocap_kernel_t *k, char *out) {
+  return alloc_endpoint_id(k, CTR_VAT, 'v', out);
+}
+
 int ocap_kernel_alloc_peer_id(ocap_kernel_t *k, char *out) {
-  long long n;
-  int rc = ocap__bump(k, CTR_PEER, &n);
-  if (rc)
-    return rc;
-  out[0] = 'r';
-  out[1 + ocap__fmt_ll(out + 1, n)] = '\0';
-  return 0;
+  return alloc_endpoint_id(k, CTR_PEER, 'r', out);
 }
 
 static int count_ref(void *ud, const char *ref) {

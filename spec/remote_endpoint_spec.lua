@@ -166,14 +166,7 @@ describe('a remote peer as an endpoint', function()
     answer(raw:expect('op:deliver'), 1)
     assert.are.equal(1, done:await())
     kernel:collectGarbage():await()
-    local delta
-    repeat
-      local gc = raw:expect('op:gc-export')
-      for i, pos in ipairs(gc.args[1]) do
-        if pos == 5 then delta = (delta or 0) + gc.args[2][i] end
-      end
-    until delta
-    assert.are.equal(1, delta)
+    assert.are.equal(1, raw:expectGcExport(5))
     -- The endpoint no longer has it (nor the bootstrap object, which
     -- nothing held either), and the kernel object is gone.
     assert.are.equal(0, peers()[1].objects)

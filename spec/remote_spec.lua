@@ -171,14 +171,7 @@ describe('remote kernels', function()
     assert.are.equal(1, done:await())
     kernel:collectGarbage():await()
     -- (Other imports, such as the bootstrap object, may be released too.)
-    local delta
-    repeat
-      local gc = raw:expect('op:gc-export')
-      for i, pos in ipairs(gc.args[1]) do
-        if pos == 5 then delta = (delta or 0) + gc.args[2][i] end
-      end
-    until delta
-    assert.are.equal(1, delta)
+    assert.are.equal(1, raw:expectGcExport(5))
   end)
 
   it('hands a reference to a third kernel (third-party handoff)', function()

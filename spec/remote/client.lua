@@ -192,6 +192,19 @@ function Client:expectAllTo(...)
   return got
 end
 
+--- Reads op:gc-export messages until one names export position pos; the
+--- count of references that message drops for it.
+function Client:expectGcExport(pos)
+  while true do
+    local gc = assert(self:expect('op:gc-export'))
+    local delta
+    for i, p in ipairs(gc.args[1]) do
+      if p == pos then delta = (delta or 0) + gc.args[2][i] end
+    end
+    if delta then return delta end
+  end
+end
+
 --- Sends a list of messages in one write, as a peer pipelining them would.
 function Client:sendBatch(msgs)
   local parts = {}
