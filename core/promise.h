@@ -30,15 +30,21 @@ void ocap__promises_synced(ocap_kernel_t *k);
 /*
  * A promise's record in memory. The hot paths (a send, its delivery, a
  * resolution, a notify) find it once and pass it on rather than its kpid,
- * which every function would parse and look up again. A record stays
- * where it is until the crank (or host call) ends: records are only
- * dropped at its end, or by a sync or forget from host code. Host code
- * does run inside a crank (the host's and the peers' dispatch, vatNeeded,
- * the pipelines hook), but a forget cannot reach a record there: the host
- * refuses to write a kernel table's key while a crank runs
- * (ocap_kernel_keeps_records). A sync (host reads sync the tables) drops
- * only listed records that are gone and unchanged: a crank that uses a
- * record across a delivery must list it as changed (ocap__kp_hold).
+ * which every function would parse and look up again. Host code runs
+ * inside a crank (the host's and the peers' dispatch, vatNeeded, the
+ * pipelines hook), and what it calls there may end the crank's changes
+ * early or sync the tables: the host's own calls commit (kernel:revoke,
+ * terminateVat, launchSubcluster), launchSubcluster aborts what it wrote
+ * when a vat fails to start, and reads sync. A commit, abort or sync drops
+ * only the record of a promise that is gone (one without a count, among
+ * its other keys), and a forget or a clear, which drop any record, are
+ * refused while a crank runs (ocap_kernel_keeps_records, K:clear). So a
+ * crank may keep a record across host code only while its run-queue item
+ * holds a reference to that promise (a send's result, a notify's
+ * promises, and through their data the promises a notify tells with
+ * them): a counted promise is never gone, and the item is released only
+ * after the delivery. It holds the record too (ocap__kp_hold), which
+ * keeps it through a sync while the crank's changes are not ended early.
  */
 typedef struct ocap__kp ocap__kp_t;
 
@@ -48,10 +54,10 @@ typedef struct ocap__kp ocap__kp_t;
  * data). */
 int ocap__kp_find(ocap_kernel_t *k, const char *kpid, int create, ocap__kp_t **out);
 /* Lists r among the records the crank changed, though it changes nothing,
- * so that nothing drops it before the crank ends: a caller that keeps a
- * record across a delivery holds it so, since host code running in a
- * delivery to the kernel endpoint may make the kernel forget the records
- * it has not changed (ocap_kernel_forget). Returns 0 or a negative code. */
+ * so that a sync does not drop it even once it is gone. A commit or abort
+ * from host code in the middle of the crank ends the listing: what keeps a
+ * record across a delivery is its item's reference (see above). Returns 0
+ * or a negative code. */
 int ocap__kp_hold(ocap_kernel_t *k, ocap__kp_t *r);
 /* Writes the kpid of r into out (OCAP_REF_MAX bytes). */
 void ocap__kp_name(const ocap__kp_t *r, char *out);
