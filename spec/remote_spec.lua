@@ -94,16 +94,23 @@ describe('remote kernels', function()
     assert.are.equal('done', second:await())
   end)
 
-  it('reads a message that arrives in pieces, after whole ones in the same read', function()
+  -- A raw peer redeemed from and greeted, under a designator of its own
+  -- (the session of an earlier test may not be gone); the promise of the
+  -- object its fetch names.
+  local function piecemealPeer()
     local raw = client.listen(kernel)
     finally(function() raw:close() end)
-    -- (A peer of its own: the session of the test above may not be gone.)
     raw.designator = 'piecemeal'
     raw.locator = raw.locator:gsub('rawpeer', 'piecemeal')
     local pObj = kernel:redeemOcapURL((raw.locator:gsub('%?', '/s/thing?')))
     raw:accept()
     raw:receive()
     raw:sendHello()
+    return raw, pObj
+  end
+
+  it('reads a message that arrives in pieces, after whole ones in the same read', function()
+    local raw, pObj = piecemealPeer()
     local fetch = raw:receive()
     local resolver = captp.desc('desc:export', captp.descPos(fetch.args[4], 'desc:import-object'))
     local session = kernel.remote.sessions['tcp-testing-only piecemeal']
@@ -147,15 +154,7 @@ describe('remote kernels', function()
   end)
 
   it("tells the other kernel once the kernel's GC released its object", function()
-    local raw = client.listen(kernel)
-    finally(function() raw:close() end)
-    -- (A peer of its own: the session of the test above may not be gone.)
-    raw.designator = 'piecemeal'
-    raw.locator = raw.locator:gsub('rawpeer', 'piecemeal')
-    local pObj = kernel:redeemOcapURL((raw.locator:gsub('%?', '/s/thing?')))
-    raw:accept()
-    raw:receive()
-    raw:sendHello()
+    local raw, pObj = piecemealPeer()
     local fetch = raw:expect('op:deliver')
     raw:send(captp.op('op:deliver-only', captp.desc('desc:export', captp.descPos(fetch.args[4], 'desc:import-object')),
       captp.list(syrup.symbol('fulfill'), captp.desc('desc:import-object', 5))))
