@@ -458,8 +458,6 @@ static void notes_free(notes_t *ns) {
 static int note_load(ocap_kernel_t *k, const char *ep, notes_t *ns, size_t i) {
   note_t *nt = ns->v[i];
   int rc = nt->rec ? 0 : ocap__kp_find(k, nt->kpid, 0, &nt->rec);
-  if (!rc && nt->rec)
-    rc = ocap__kp_hold(k, nt->rec); /* used after the delivery */
   if (rc)
     return rc;
   int st = ocap__kp_state(nt->rec);
@@ -518,8 +516,6 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
     const char *kpid = kpids[j];
     recs[j] = NULL;
     rc = ocap__kp_find(k, kpid, 0, &recs[j]);
-    if (!rc && recs[j])
-      rc = ocap__kp_hold(k, recs[j]); /* used after the delivery */
     if (rc)
       break;
     int st = ocap__kp_state(recs[j]);
@@ -735,7 +731,19 @@ static int reap_crank(ocap_kernel_t *k, const char *ep) {
   return crank_end(k, deliver_gc(k, ep, &d, NULL));
 }
 
+static int step(ocap_kernel_t *k);
+
+/* A crank keeps records across the host code it calls (deliveries to the
+ * host, the hooks): while it runs, ocap_kernel_forget refuses to drop them. */
 int ocap_kernel_step(ocap_kernel_t *k) {
+  int was = k->cranking;
+  k->cranking = 1;
+  int rc = step(k);
+  k->cranking = was;
+  return rc;
+}
+
+static int step(ocap_kernel_t *k) {
   /* A host call that failed since the last crank may have left its writes
    * half done: they are dropped, and this crank reports why. */
   if (k->err)

@@ -149,21 +149,23 @@ static int key_table(const char *key, const char **dot) {
   return TABLE_COUNTERS;
 }
 
-int ocap_kernel_keeps_records(const char *key, size_t kl) {
+int ocap_kernel_may_forget(const ocap_kernel_t *k, const char *key, size_t kl) {
   char buf[KEY_MAX];
   const char *dot;
-  if (kl >= sizeof buf || memchr(key, '\0', kl))
-    return 0;
+  if (!k->cranking || kl >= sizeof buf || memchr(key, '\0', kl))
+    return 1;
   memcpy(buf, key, kl);
   buf[kl] = '\0';
-  return key_table(buf, &dot) != TABLE_COUNTERS;
+  return key_table(buf, &dot) == TABLE_COUNTERS;
 }
 
-void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
+int ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
   char buf[KEY_MAX];
   const char *dot;
+  if (!ocap_kernel_may_forget(k, key, kl))
+    return OCAP_EINVAL;
   if (kl >= sizeof buf || memchr(key, '\0', kl))
-    return;
+    return 0;
   memcpy(buf, key, kl);
   buf[kl] = '\0';
   int table = key_table(buf, &dot);
@@ -191,6 +193,7 @@ void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl) {
   default:
     ocap__counters_forget(k, buf);
   }
+  return 0;
 }
 
 int ocap_kernel_new(ocap_store_t *store, const ocap_kernel_hooks_t *hooks, ocap_kernel_t **out) {

@@ -185,17 +185,20 @@ int ocap_kernel_check(ocap_kernel_t *k);
  * (K:kvSet, for inspection and tests): a table the kernel keeps in memory
  * (docs/storage.md) forgets what it holds for that key, unless it has
  * uncommitted changes there, and reads the store again at next use.
+ * Returns 0, or OCAP_EINVAL, forgetting nothing, when
+ * ocap_kernel_may_forget says no.
  */
-void ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl);
+int ocap_kernel_forget(ocap_kernel_t *k, const char *key, size_t kl);
 
 /*
- * Whether `key` belongs to a table whose records the kernel keeps in
- * memory (promises, objects, c-lists, the run queue, GC actions): the
- * keys whose write makes ocap_kernel_forget drop records. A crank holds
- * such records across the deliveries it makes, so the host refuses to
- * write these keys while a crank runs (K:kvSet, K:kvDelete).
+ * Whether the kernel may forget `key` now: not while a crank runs (host
+ * code called from it, ocap_kernel_step) if the key belongs to a table
+ * whose records the kernel keeps in memory (promises, objects, c-lists,
+ * the run queue, GC actions), since the crank holds such records across
+ * the deliveries it makes. The host checks it before writing such a key
+ * (K:kvSet, K:kvDelete).
  */
-int ocap_kernel_keeps_records(const char *key, size_t kl);
+int ocap_kernel_may_forget(const ocap_kernel_t *k, const char *key, size_t kl);
 
 /* Allocates the next vat id ("v<N>") into out (OCAP_REF_MAX bytes). Ids
  * and counters read from the store must be decimal integers from 0 to

@@ -86,6 +86,7 @@ struct ocap_kernel {
   long long cranks;
   long long unsynced_commits; /* commits since the last sync that changed a table written at sync */
   int err;                    /* the kernel failure the current crank must fail with, or 0 */
+  int cranking;               /* a crank runs: host code it calls must not forget records */
   char errmsg[512];           /* why the last call failed, when it was the caller's fault */
   char brokenmsg[512];        /* why, when it was a kernel failure (err != 0) */
   /*

@@ -174,14 +174,14 @@ static int k_kv_get(lua_State *L) {
 }
 
 /*
- * [-0, +0, e] Refuses a write of host code to a key of a table the kernel
- * keeps in memory while a crank runs: host code runs inside cranks (the
+ * [-0, +0, e] Refuses a write of host code to a key the kernel may not
+ * forget now (ocap_kernel_may_forget): host code runs inside cranks (the
  * host's and the peers' dispatch, vatNeeded, the pipelines hook), and the
  * kernel, told to forget the key's record, would free one the crank is
- * still using.
+ * still using. Checked before the write, which the store would keep.
  */
 static void check_table_write(lua_State *L, lkernel_t *lk, const char *key, size_t kl) {
-  if (lk->in_step && ocap_kernel_keeps_records(key, kl))
+  if (!ocap_kernel_may_forget(lk->k, key, kl))
     luaL_error(L, "cannot write the kernel's key %s while a crank is running", key);
 }
 

@@ -372,10 +372,6 @@ int ocap__kp_find(ocap_kernel_t *k, const char *kpid, int create, ocap__kp_t **o
   return lookup(k, kpid, create, out);
 }
 
-int ocap__kp_hold(ocap_kernel_t *k, ocap__kp_t *r) {
-  return touch(k, r);
-}
-
 void ocap__kp_name(const ocap__kp_t *r, char *out) {
   kp_name(out, r->id);
 }

@@ -38,13 +38,12 @@ void ocap__promises_synced(ocap_kernel_t *k);
  * when a vat fails to start, and reads sync. A commit, abort or sync drops
  * only the record of a promise that is gone (one without a count, among
  * its other keys), and a forget or a clear, which drop any record, are
- * refused while a crank runs (ocap_kernel_keeps_records, K:clear). So a
+ * refused while a crank runs (ocap_kernel_may_forget, K:clear). So a
  * crank may keep a record across host code only while its run-queue item
  * holds a reference to that promise (a send's result, a notify's
  * promises, and through their data the promises a notify tells with
  * them): a counted promise is never gone, and the item is released only
- * after the delivery. It holds the record too (ocap__kp_hold), which
- * keeps it through a sync while the crank's changes are not ended early.
+ * after the delivery.
  */
 typedef struct ocap__kp ocap__kp_t;
 
@@ -53,12 +52,6 @@ typedef struct ocap__kp ocap__kp_t;
  * take NULL as such a promise (no state, decider, parked messages or
  * data). */
 int ocap__kp_find(ocap_kernel_t *k, const char *kpid, int create, ocap__kp_t **out);
-/* Lists r among the records the crank changed, though it changes nothing,
- * so that a sync does not drop it even once it is gone. A commit or abort
- * from host code in the middle of the crank ends the listing: what keeps a
- * record across a delivery is its item's reference (see above). Returns 0
- * or a negative code. */
-int ocap__kp_hold(ocap_kernel_t *k, ocap__kp_t *r);
 /* Writes the kpid of r into out (OCAP_REF_MAX bytes). */
 void ocap__kp_name(const ocap__kp_t *r, char *out);
 int ocap__kp_state(const ocap__kp_t *r);

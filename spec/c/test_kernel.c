@@ -1102,7 +1102,8 @@ static int forget_deliver(void *ud, const char *ep, const ocap_delivery_t *d, in
   for (size_t i = 0; d->type == OCAP_DELIVER_NOTIFY && i < d->nresolutions; i++) {
     char key[64];
     int n = snprintf(key, sizeof key, "%s.state", d->resolutions[i].kpid);
-    ocap_kernel_forget(f->k, key, (size_t)n);
+    /* Refused: the crank holds the record across this delivery. */
+    CHECK(ocap_kernel_forget(f->k, key, (size_t)n) == OCAP_EINVAL);
   }
   return 0;
 }
