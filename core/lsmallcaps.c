@@ -27,18 +27,9 @@
 #define ocap_vat_charge(L, cost) ((void)(L), (void)(cost))
 #endif
 
-/* The model, upvalue 1 of every codec function: a table indexed by these. */
-enum {
-  M_REMOTABLES = 1, /* obj -> iface */
-  M_PROMISES,       /* promise -> true */
-  M_SHADOWS,        /* hardened proxy -> its contents */
-  M_ARRAY_MT,       /* the array mark */
-  M_ERROR_TAG,      /* what getmetatable returns for an error value */
-  M_NULL,           /* the passable null */
-  M_PROMISE_MT,     /* the metatable of ocap.promise's promises, once set */
-  M_MAKE_ERROR,     /* pass.makeError */
-  M_COUNT = M_MAKE_ERROR
-};
+/* The model (lsmallcaps.h) is upvalue 1 of every codec function; a codec
+ * made by new() fills the entries up to M_MAKE_ERROR. */
+#define M_COUNT M_MAKE_ERROR
 
 /*
  * What the codec charges a vat, in instructions (about 1.4 ns each on the
@@ -1386,17 +1377,29 @@ static int sc_set_promise_mt(lua_State *L) {
   return 0;
 }
 
-static const luaL_Reg codec_funcs[] = {
-    {"encode", sc_encode},
-    {"encodeCall", sc_encode_call},
-    {"encodeParts", sc_encode_parts},
-    {"encodeCallParts", sc_encode_call_parts},
-    {"encodeCallArgs", sc_encode_call_args},
-    {"decode", sc_decode},
-    {"decodeCall", sc_decode_call},
-    {"setPromiseMetatable", sc_set_promise_mt},
-    {NULL, NULL},
-};
+/* [-0, +1, e] See lsmallcaps.h. */
+void ocap_sc_push_codec(lua_State *L, int model) {
+  static const luaL_Reg codec_funcs[] = {
+      {"encode", sc_encode},
+      {"encodeCall", sc_encode_call},
+      {"encodeParts", sc_encode_parts},
+      {"encodeCallParts", sc_encode_call_parts},
+      {"encodeCallArgs", sc_encode_call_args},
+      {"decode", sc_decode},
+      {"decodeCall", sc_decode_call},
+      {"setPromiseMetatable", sc_set_promise_mt},
+      {NULL, NULL},
+  };
+  model = lua_absindex(L, model);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MODEL_KEY) == LUA_TNIL) {
+    lua_pushvalue(L, model);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &MODEL_KEY);
+  }
+  lua_pop(L, 1);
+  luaL_newlibtable(L, codec_funcs);
+  lua_pushvalue(L, model);
+  luaL_setfuncs(L, codec_funcs, 1);
+}
 
 /* new(model) -> codec  [-1, +1, e]
  * model = { remotables, promises, shadows, arrayMT, errorTag, null,
@@ -1416,19 +1419,13 @@ static int sc_new(lua_State *L) {
   if (lua_getfield(L, 1, "makeError") != LUA_TFUNCTION)
     return luaL_error(L, "smallcaps.new: model.makeError is missing");
   lua_rawseti(L, -2, M_MAKE_ERROR);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MODEL_KEY) == LUA_TNIL) {
-    lua_pushvalue(L, -2);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &MODEL_KEY);
-  }
-  lua_pop(L, 1);
-  luaL_newlibtable(L, codec_funcs);
-  lua_insert(L, -2);
-  luaL_setfuncs(L, codec_funcs, 1);
+  ocap_sc_push_codec(L, -1);
   return 1;
 }
 
 static const luaL_Reg module_funcs[] = {
     {"new", sc_new},
+    {"pass", ocap_pass_new},
     {NULL, NULL},
 };
 

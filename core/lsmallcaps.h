@@ -39,8 +39,47 @@
 
 #include <lua.h>
 
-/* [-0, +1, m] Pushes the module table { new = f }. */
+/*
+ * The model: the table of private values a codec reads (its functions'
+ * upvalue 1), indexed by these. new() fills the codec's part, up to
+ * M_MAKE_ERROR; ocap.pass (lpass.c) makes the whole of it and keeps its
+ * own state in the rest.
+ */
+enum ocap_sc_model {
+  M_REMOTABLES = 1, /* obj -> iface */
+  M_PROMISES,       /* promise -> true */
+  M_SHADOWS,        /* hardened proxy -> its contents */
+  M_ARRAY_MT,       /* the array mark */
+  M_ERROR_TAG,      /* what getmetatable returns for an error value */
+  M_NULL,           /* the passable null */
+  M_PROMISE_MT,     /* the metatable of ocap.promise's promises, once set */
+  M_MAKE_ERROR,     /* pass.makeError */
+  M_BOXES,          /* OCapN box -> its contents (ocap.pass.boxes) */
+  M_REQUIRE,        /* the require ocap.pass was made with */
+  M_NEXT,           /* next, which a hardened table's __pairs answers */
+  M_MODULE,         /* the ocap.pass module table */
+  M_ERROR_MT,       /* the metatable of error values */
+  M_HARDENED_LEN,   /* every hardened table's __len */
+  M_HARDENED_PAIRS, /* and __pairs */
+  M_STYLE,          /* ocap.pass.style's kit, once loaded */
+  M_BOX_KIT,        /* ocap.pass.boxes' kit, once loaded */
+  M_MODEL_SIZE = M_BOX_KIT
+};
+
+/* [-0, +1, m] Pushes the module table { new = f, pass = f }. */
 int luaopen_ocap_smallcaps(lua_State *L);
+
+/* [-0, +1, e] Pushes a codec over the model at index model (whose codec
+ * part is filled); the first codec made in L gives L its model for
+ * ocap_sc_push_model. */
+void ocap_sc_push_codec(lua_State *L, int model);
+
+/*
+ * pass(require, next) -> module  [-2, +1, e]
+ * Makes the ocap.pass module (lpass.c) with the require it loads its
+ * lazy parts with and the next its hardened tables' __pairs answers.
+ */
+int ocap_pass_new(lua_State *L);
 
 /* [-0, +1] Pushes the model of the first codec made in L (in a vat, its
  * runtime's) and returns 1, or pushes nil and returns 0 when L has none. */

@@ -319,6 +319,20 @@ describe('ocap.pass', function()
       assert.is_true(pass.isFrozen(t.a))
     end)
 
+    it('hardens a value nested 300,000 levels deep', function()
+      -- A walk by recursion overflows a stack long before this depth.
+      local t = {}
+      local cur = t
+      for _ = 1, 300000 do
+        local n = {}
+        cur[1] = n
+        cur = n
+      end
+      assert.equal(t, pass.harden(t))
+      assert.is_true(pass.isFrozen(cur))
+      assert.has_error(function() cur.x = 1 end, 'cannot modify hardened table')
+    end)
+
     it('exposes the contents for readers that go around metamethods', function()
       local t = pass.harden({ a = 1 })
       assert.is_nil(next(t))
