@@ -62,6 +62,9 @@ static int single_ref(const char *enc, size_t len, char *out) {
   return ocap__valid_kref(out);
 }
 
+/* The slots of a message translated without allocating. */
+#define SLOTS_INLINE 4
+
 /* Hands d to ep. A kernel failure during the delivery (a syscall whose
  * store write failed) wins over whatever the endpoint reports. */
 static int deliver(ocap_kernel_t *k, const char *ep, const ocap_delivery_t *d, int *fatal,
@@ -158,9 +161,10 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
     return rc;
   ocap__pcap_t p;
   rc = ocap__pcap_borrow(k, &p, enc, len, "a queued message");
-  char(*pool)[OCAP_REF_MAX] = NULL;
-  const char **slots = NULL;
-  if (!rc && p.nslots) {
+  /* A message's few slots are translated on the stack. */
+  char small_pool[SLOTS_INLINE][OCAP_REF_MAX], (*pool)[OCAP_REF_MAX] = small_pool;
+  const char *small_slots[SLOTS_INLINE], **slots = small_slots;
+  if (!rc && p.nslots > SLOTS_INLINE) {
     pool = malloc(p.nslots * OCAP_REF_MAX);
     slots = malloc(p.nslots * sizeof *slots);
     if (!pool || !slots)
@@ -179,8 +183,10 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
     d.result = result ? reref : NULL;
     rc = deliver(k, ep, &d, fatal, why);
   }
-  free(pool);
-  free(slots);
+  if (pool != small_pool)
+    free(pool);
+  if (slots != small_slots)
+    free(slots);
   ocap__pcap_free(&p);
   return rc;
 }
@@ -220,7 +226,7 @@ static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, oc
       char target[OCAP_REF_MAX], res[OCAP_REF_MAX], sender[OCAP_REF_MAX], got[OCAP_REF_MAX];
       size_t at;
       if (!rc && *fatal == OCAP_FATAL_NONE)
-        rc = ocap__parse_send(k, items[i].p, items[i].len, target, res, sender, &at);
+        rc = ocap__parse_send(k, items[i].p, items[i].len, 0, target, res, sender, &at);
       if (!rc && *fatal == OCAP_FATAL_NONE) {
         const char *r = strcmp(res, "-") == 0 ? NULL : res;
         const char *enc = items[i].p + at;
@@ -258,11 +264,12 @@ static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, oc
 }
 
 /* Routes and delivers one send item. */
-static int process_send(ocap_kernel_t *k, char *item, size_t len, char *ep, int *fatal, char **why,
+static int process_send(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, int *fatal, char **why,
                         const char **resultp, char *resbuf) {
   char target[OCAP_REF_MAX], result[OCAP_REF_MAX], sender[OCAP_REF_MAX];
-  size_t at;
-  int rc = ocap__parse_send(k, item, len, target, result, sender, &at);
+  const char *item = it->p;
+  size_t len = it->len, at;
+  int rc = ocap__parse_send(k, item, len, it->formed, target, result, sender, &at);
   if (rc)
     return rc;
   const char *res = strcmp(result, "-") == 0 ? NULL : result;
@@ -364,16 +371,35 @@ typedef struct note {
   const char **slotv;
 } note_t;
 
-/* Notes are allocated one by one: an ocap__pcap_t points into itself, so it must
- * not move when the list grows. `set` indexes them by kpid (open
- * addressing; a slot holds an index + 1, 0 when free; at most half full),
- * so that a notify telling n promises is built in O(n), not O(n^2). */
+/* The notes a notify holds without allocating: it usually tells one
+ * promise, and rarely more than a few. */
+#define NOTES_INLINE 4
+
+/*
+ * Notes do not move once added: an ocap__pcap_t points into itself. The
+ * first NOTES_INLINE live in `first`, inside the list (which stays where
+ * its caller put it), later ones are allocated one by one. Up to
+ * NOTES_INLINE notes are told apart by comparing kpids; past that, `set`
+ * indexes them by kpid (open addressing; a slot holds an index + 1, 0 when
+ * free; at most half full), so that a notify telling n promises is built
+ * in O(n), not O(n^2). Start a list with notes_init.
+ */
 typedef struct notes {
   note_t **v;
   size_t n, cap;
-  size_t *set;
+  size_t *set; /* NULL while n <= NOTES_INLINE */
   size_t setcap;
+  note_t *vsmall[NOTES_INLINE]; /* v while it fits */
+  note_t first[NOTES_INLINE];
 } notes_t;
+
+static void notes_init(notes_t *ns) {
+  ns->v = ns->vsmall;
+  ns->n = 0;
+  ns->cap = NOTES_INLINE;
+  ns->set = NULL;
+  ns->setcap = 0;
+}
 
 static size_t kpid_hash(const char *s) {
   size_t h = 14695981039346656037ULL & (size_t)-1;
@@ -390,9 +416,10 @@ static size_t *notes_slot(notes_t *ns, const char *kpid) {
   return &ns->set[i];
 }
 
-/* Makes room in the set for one more kpid. Returns 0 or OCAP_ENOMEM. */
+/* Makes room in the set for one more kpid once the list outgrows
+ * comparing. Returns 0 or OCAP_ENOMEM. */
 static int notes_grow_set(notes_t *ns) {
-  if (2 * (ns->n + 1) <= ns->setcap)
+  if (ns->n < NOTES_INLINE || 2 * (ns->n + 1) <= ns->setcap)
     return 0;
   size_t cap = ns->setcap ? 2 * ns->setcap : 32;
   size_t *set = ocap__zalloc(cap * sizeof *set);
@@ -413,29 +440,42 @@ static int notes_add(ocap_kernel_t *k, notes_t *ns, const char *kpid, ocap__kp_t
                      const char *eref) {
   if (notes_grow_set(ns))
     return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
-  size_t *slot = notes_slot(ns, kpid);
-  if (*slot)
-    return 0;
+  size_t *slot = NULL;
+  if (ns->set) {
+    slot = notes_slot(ns, kpid);
+    if (*slot)
+      return 0;
+  } else {
+    for (size_t i = 0; i < ns->n; i++)
+      if (strcmp(ns->v[i]->kpid, kpid) == 0)
+        return 0;
+  }
   if (ns->n == ns->cap) {
-    size_t cap = ns->cap ? ns->cap * 2 : 8;
-    note_t **v = realloc(ns->v, cap * sizeof *v);
+    size_t cap = ns->cap * 2;
+    note_t **v = ns->v == ns->vsmall ? malloc(cap * sizeof *v) : realloc(ns->v, cap * sizeof *v);
     if (!v)
       return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
+    if (ns->v == ns->vsmall)
+      memcpy(v, ns->vsmall, sizeof ns->vsmall);
     ns->v = v;
     ns->cap = cap;
   }
-  note_t *nt = ocap__zalloc(sizeof *nt);
+  note_t *nt = ns->n < NOTES_INLINE ? &ns->first[ns->n] : malloc(sizeof *nt);
   if (!nt)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
+  nt->cap.copy = NULL;
   nt->cap.slotv = nt->cap.slots;
+  nt->pool = NULL;
+  nt->slotv = NULL;
+  nt->rejected = 0;
   memcpy(nt->kpid, kpid, strlen(kpid) + 1);
   nt->rec = rec;
-  if (eref) {
+  nt->has_eref = eref != NULL;
+  if (eref)
     memcpy(nt->eref, eref, strlen(eref) + 1);
-    nt->has_eref = 1;
-  }
   ns->v[ns->n++] = nt;
-  *slot = ns->n;
+  if (slot)
+    *slot = ns->n;
   return 0;
 }
 
@@ -444,9 +484,11 @@ static void notes_free(notes_t *ns) {
     ocap__pcap_free(&ns->v[i]->cap);
     free(ns->v[i]->pool);
     free(ns->v[i]->slotv);
-    free(ns->v[i]);
+    if (i >= NOTES_INLINE)
+      free(ns->v[i]);
   }
-  free(ns->v);
+  if (ns->v != ns->vsmall)
+    free(ns->v);
   free(ns->set);
 }
 
@@ -498,15 +540,17 @@ static int note_load(ocap_kernel_t *k, const char *ep, notes_t *ns, size_t i) {
   return rc;
 }
 
-static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep, int *fatal,
+static int process_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, int *fatal,
                           char **why) {
   char(*kpids)[OCAP_REF_MAX];
   size_t nk;
   char small_kpids[NOTIFY_RECS][OCAP_REF_MAX];
-  int rc = ocap__parse_notify(k, item, len, ep, small_kpids, NOTIFY_RECS, &kpids, &nk);
+  int rc =
+      ocap__parse_notify(k, it->p, it->len, it->formed, ep, small_kpids, NOTIFY_RECS, &kpids, &nk);
   if (rc)
     return rc;
-  notes_t ns = {0};
+  notes_t ns;
+  notes_init(&ns);
   /* Each promise's record is found once, here, for its note and for the
    * release of the item's reference at the end. */
   ocap__kp_t *small[NOTIFY_RECS], **recs = nk <= NOTIFY_RECS ? small : calloc(nk, sizeof *recs);
@@ -538,8 +582,8 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
   }
   for (size_t i = 0; i < ns.n && !rc; i++)
     rc = note_load(k, ep, &ns, i);
-  ocap_resolution_t *res = NULL;
-  if (!rc && ns.n) {
+  ocap_resolution_t small_res[NOTES_INLINE], *res = small_res;
+  if (!rc && ns.n > NOTES_INLINE) {
     res = malloc(ns.n * sizeof *res);
     if (!res)
       rc = ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
@@ -561,7 +605,8 @@ static int process_notify(ocap_kernel_t *k, const char *item, size_t len, char *
       for (size_t i = 0; i < ns.n && !rc; i++)
         rc = ocap__clist_remove_kp(k, ep, ns.v[i]->kpid, ns.v[i]->rec);
   }
-  free(res);
+  if (res != small_res)
+    free(res);
   notes_free(&ns);
   for (size_t j = 0; j < nk && (rc == 0 || rc == OCAP_EFATAL); j++) {
     int rr = recs[j] ? ocap__kp_decref(k, recs[j]) : ocap__decref(k, kpids[j]);
@@ -603,15 +648,14 @@ int ocap_kernel_abort_crank(ocap_kernel_t *k, int rc) {
 
 /* Takes a crank's item off the queue again after the crank was aborted
  * and drops the references it held. */
-static int crank_drop_item(ocap_kernel_t *k, const ocap__buf_t *item) {
-  ocap__buf_t again = {0};
+static int crank_drop_item(ocap_kernel_t *k, const ocap__qitem_t *item) {
+  ocap__qitem_t again;
   int rc = ocap__dequeue(k, &again);
-  free(again.p);
   rc = rc < 0 ? rc : 0;
   if (!rc && strncmp(item->p, "send ", 5) == 0) {
     char t[OCAP_REF_MAX], r[OCAP_REF_MAX], sender[OCAP_REF_MAX];
     size_t at;
-    rc = ocap__parse_send(k, item->p, item->len, t, r, sender, &at);
+    rc = ocap__parse_send(k, item->p, item->len, item->formed, t, r, sender, &at);
     if (!rc)
       rc = ocap__release_send(k, t, NULL, NULL, item->p + at, item->len - at);
     if (!rc && sender[0])
@@ -620,7 +664,7 @@ static int crank_drop_item(ocap_kernel_t *k, const ocap__buf_t *item) {
     char nep[OCAP_REF_MAX];
     char(*kps)[OCAP_REF_MAX];
     size_t nk;
-    rc = ocap__parse_notify(k, item->p, item->len, nep, NULL, 0, &kps, &nk);
+    rc = ocap__parse_notify(k, item->p, item->len, item->formed, nep, NULL, 0, &kps, &nk);
     for (size_t j = 0; j < nk && !rc; j++)
       rc = ocap__decref(k, kps[j]);
     free(kps);
@@ -630,7 +674,7 @@ static int crank_drop_item(ocap_kernel_t *k, const ocap__buf_t *item) {
 
 /* Undoes a crank whose endpoint failed fatally, takes its item off the
  * queue again and terminates the endpoint, all in this crank. */
-static int crank_fatal(ocap_kernel_t *k, const ocap__buf_t *item, const char *ep, int fatal,
+static int crank_fatal(ocap_kernel_t *k, const ocap__qitem_t *item, const char *ep, int fatal,
                        const char *why, const char *result) {
   ocap_store_abort(k->s);
   int rc = crank_drop_item(k, item);
@@ -647,7 +691,7 @@ static int crank_fatal(ocap_kernel_t *k, const ocap__buf_t *item, const char *ep
  * msg (a full `[KERNEL:<CODE>] <detail>` text). The endpoint and its state
  * stay as they were.
  */
-static int crank_refused(ocap_kernel_t *k, const ocap__buf_t *item, const char *result,
+static int crank_refused(ocap_kernel_t *k, const ocap__qitem_t *item, const char *result,
                          const char *msg) {
   ocap_store_abort(k->s);
   int rc = crank_drop_item(k, item);
@@ -760,12 +804,10 @@ static int step(ocap_kernel_t *k) {
   char reap[OCAP_REF_MAX];
   if (ocap__gc_next_reap(k, reap))
     return reap_crank(k, reap);
-  ocap__buf_t item = {0};
+  ocap__qitem_t item; /* lent by the queue until the crank ends */
   rc = ocap__dequeue(k, &item);
-  if (rc <= 0) {
-    free(item.p);
+  if (rc <= 0)
     return rc < 0 ? ocap_kernel_abort_crank(k, rc) : 0;
-  }
   k->cranks++;
   char ep[OCAP_REF_MAX] = "";
   char resbuf[OCAP_REF_MAX];
@@ -773,9 +815,9 @@ static int step(ocap_kernel_t *k) {
   int fatal = OCAP_FATAL_NONE;
   char *why = NULL;
   if (strncmp(item.p, "send ", 5) == 0)
-    rc = process_send(k, item.p, item.len, ep, &fatal, &why, &result, resbuf);
+    rc = process_send(k, &item, ep, &fatal, &why, &result, resbuf);
   else if (strncmp(item.p, "notify ", 7) == 0)
-    rc = process_notify(k, item.p, item.len, ep, &fatal, &why);
+    rc = process_notify(k, &item, ep, &fatal, &why);
   else
     rc = ocap__broken(k, OCAP_ECORRUPT, "corrupt database: unknown run-queue item");
   if (!k->err && rc == OCAP_EREFUSED)
@@ -783,7 +825,6 @@ static int step(ocap_kernel_t *k) {
   else if (!k->err && (rc == OCAP_EFATAL || fatal != OCAP_FATAL_NONE))
     rc = crank_fatal(k, &item, ep, fatal, why, result);
   free(why);
-  free(item.p);
   return crank_end(k, rc);
 }
 

@@ -13,10 +13,13 @@
 
 #define NOTIFY_MERGE 16 /* notifies merged into one run-queue item */
 
-/* An item: a send or a notify, as text (queue.h), malloc'd. */
+/* An item: a send or a notify, as text (queue.h), malloc'd. `formed`
+ * says the kernel built it (rather than read it from the store), so it is
+ * well formed and its reader skips the checks that find a damaged one. */
 typedef struct item {
   char *p;
   size_t len;
+  int formed;
 } item_t;
 
 /*
@@ -138,6 +141,7 @@ static int queue_load(ocap_kernel_t *k) {
     }
     slot(q, n)->p = b.p;
     slot(q, n)->len = b.len;
+    slot(q, n)->formed = 0;
     q->tail++;
   }
   if (rc) {
@@ -339,8 +343,8 @@ void ocap__queue_abort(ocap_kernel_t *k, int cleared) {
 }
 
 /* Appends the item p (len bytes, NUL-terminated, malloc'd), which the
- * queue takes: it is freed on failure too. */
-static int enqueue_own(ocap_kernel_t *k, char *p, size_t len) {
+ * queue takes: it is freed on failure too. `formed` as in item_t. */
+static int enqueue_own(ocap_kernel_t *k, char *p, size_t len, int formed) {
   if (!k->q->loaded) {
     int rc = queue_load(k);
     if (rc) {
@@ -359,17 +363,23 @@ static int enqueue_own(ocap_kernel_t *k, char *p, size_t len) {
   }
   slot(q, q->tail)->p = p;
   slot(q, q->tail)->len = len;
+  slot(q, q->tail)->formed = formed;
   q->tail++;
   return 0;
 }
 
-int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len) {
+/* ocap__enqueue, for an item that is well formed when `formed` is set. */
+static int enqueue_copy(ocap_kernel_t *k, const char *item, size_t len, int formed) {
   char *p = malloc(len + 1);
   if (p) {
     memcpy(p, item, len);
     p[len] = '\0';
   }
-  return enqueue_own(k, p, len);
+  return enqueue_own(k, p, len, formed);
+}
+
+int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len) {
+  return enqueue_copy(k, item, len, 0);
 }
 
 long long ocap_kernel_queue_length(ocap_kernel_t *k) {
@@ -425,7 +435,7 @@ int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, oca
   memcpy(item + 7, ep, el);
   item[7 + el] = ' ';
   memcpy(item + 8 + el, kpid, pl);
-  return ocap__enqueue(k, item, 8 + el + pl);
+  return enqueue_copy(k, item, 8 + el + pl, 1);
 }
 
 /*
@@ -565,7 +575,7 @@ int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result,
     memcpy(w, enc, elen);
     p[len] = '\0';
   }
-  int rc = enqueue_own(k, p, len);
+  int rc = enqueue_own(k, p, len, 1);
   if (!rc && sender)
     rc = ocap__charge_queued(k, sender, (long long)len);
   if (!rc)
@@ -584,8 +594,8 @@ int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result,
  * senders were recorded), and sets *capdata to where its capdata starts.
  * An item that does not parse whole is corruption, never cut to fit.
  */
-int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *target, char *result,
-                     char *sender, size_t *capdata) {
+int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, int formed, char *target,
+                     char *result, char *sender, size_t *capdata) {
   const char *nl = memchr(item, '\n', len);
   const char *t = item + 5, *sp = nl ? memchr(t, ' ', (size_t)(nl - t)) : NULL;
   char sv[64];
@@ -606,6 +616,10 @@ int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *targe
   result[rl] = '\0';
   memcpy(sender, sp2 ? sp2 + 1 : "", sl);
   sender[sl] = '\0';
+  if (formed) {
+    *capdata = (size_t)(nl + 1 - item);
+    return 0;
+  }
   if (!ocap__valid_kref(target) ||
       (strcmp(result, "-") != 0 && (!ocap__valid_kref(result) || !ocap__is_kpid(result))) ||
       (sl && sender[0] != 'v'))
@@ -621,7 +635,7 @@ int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *targe
  * NOTIFY_MERGE, so a crank's usually do), else malloc'd (caller frees).
  * An item that does not parse whole is corruption.
  */
-int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep,
+int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, int formed, char *ep,
                        char (*small)[OCAP_REF_MAX], size_t nsmall, char (**kpids)[OCAP_REF_MAX],
                        size_t *n) {
   char sv[64];
@@ -646,7 +660,8 @@ int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep,
     if (ok) {
       memcpy(dst, item + i, j - i);
       dst[j - i] = '\0';
-      ok = word == 0 ? ocap__valid_ep(dst) : ocap__valid_kref(dst) && ocap__is_kpid(dst);
+      ok =
+          formed || (word == 0 ? ocap__valid_ep(dst) : ocap__valid_kref(dst) && ocap__is_kpid(dst));
     }
     if (!ok) {
       if (v != small)
@@ -672,18 +687,21 @@ int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result,
   return rc;
 }
 
-/* Pops the run queue's head into b. Returns 1 when there was an item, 0
- * when the queue is empty, or a negative code. The item itself stays in
- * the ring until the crank commits (see struct ocap__queue). */
-int ocap__dequeue(ocap_kernel_t *k, ocap__buf_t *b) {
+/* Pops the run queue's head into *out. Returns 1 when there was an item,
+ * 0 when the queue is empty, or a negative code. The item's text is lent,
+ * not copied: it stays in the ring until the crank commits, and an abort
+ * only moves the head back over it (see struct ocap__queue). Nothing in a
+ * crank changes an item it took: a notify joins only an item after the
+ * head. */
+int ocap__dequeue(ocap_kernel_t *k, ocap__qitem_t *out) {
   LOAD(k);
   struct ocap__queue *q = k->q;
   if (q->head >= q->tail)
     return 0;
   item_t *it = slot(q, q->head);
-  b->len = 0;
-  if (ocap__buf_add(b, it->p, it->len))
-    return ocap__broken(k, OCAP_ENOMEM, "out of memory reading the run queue");
+  out->p = it->p;
+  out->len = it->len;
+  out->formed = it->formed;
   q->head++;
   return 1;
 }

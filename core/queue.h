@@ -46,16 +46,29 @@ void ocap__queued_forget(ocap_kernel_t *k, const char *ep);
  * rec, when not NULL, is kpid's record (promise.h), which spares finding
  * it again. */
 int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, struct ocap__kp *rec);
-/* Pops the head into b: 1 when there was an item, 0 when empty. */
-int ocap__dequeue(ocap_kernel_t *k, ocap__buf_t *b);
+/*
+ * A run-queue item lent to the crank that took it: its text (NUL-terminated)
+ * stays valid until that crank commits or a later one takes it again after
+ * an abort. `formed` says the kernel built it in this run (it was not read
+ * from the store): it is then well formed, and parsing it skips the checks
+ * that find a damaged item.
+ */
+typedef struct ocap__qitem {
+  const char *p;
+  size_t len;
+  int formed;
+} ocap__qitem_t;
+
+/* Pops the head into *out: 1 when there was an item, 0 when empty. */
+int ocap__dequeue(ocap_kernel_t *k, ocap__qitem_t *out);
 
 /* Parses a send item's head (sender "" when it names none); *capdata is
- * where its capdata starts. */
-int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *target, char *result,
-                     char *sender, size_t *capdata);
+ * where its capdata starts. `formed` as in ocap__qitem_t. */
+int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, int formed, char *target,
+                     char *result, char *sender, size_t *capdata);
 /* Parses a notify item: *kpids holds its *n promises, in `small` (room
  * for nsmall) when they fit, else in a malloc'd array the caller frees. */
-int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, char *ep,
+int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, int formed, char *ep,
                        char (*small)[OCAP_REF_MAX], size_t nsmall, char (**kpids)[OCAP_REF_MAX],
                        size_t *n);
 /* Drops the references a send item held (rrec as for ocap__enqueue_send). */
