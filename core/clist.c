@@ -22,14 +22,38 @@
 #include "idtable.h"
 #include "refs.h"
 
+/*
+ * A ref (a kref or a vref, the part of the key after `<ep>.c.`) of fewer
+ * than REF_WORDS * 8 bytes is also kept packed into words, so that a
+ * lookup compares and hashes those words (rkey_t); a longer one (only a
+ * damaged store has them) is hashed and compared as a string.
+ */
+#define REF_WORDS 2
+#define REF_SHORT (REF_WORDS * 8)
+
+/*
+ * The values of an entry are short refs (`ko12`, `_ o-3`): each version
+ * lives in one of the entry's own VAL_INLINE-byte buffers while one is
+ * free of the other versions, and only a longer value is malloc'd. So is
+ * the entry itself, taken from the table's spares when its ref is short:
+ * a round trip makes and retires four entries, and each cost four calls
+ * into malloc.
+ */
+#define VAL_INLINE 24
+#define SPARES_MAX 256 /* spare entries a kernel keeps */
+
 typedef struct centry {
   char *val, *cval, *sval; /* now, committed, stored; NULL when absent */
   size_t vlen, cvlen, svlen;
-  int dirty;       /* listed in `dirty` */
-  size_t syncat;   /* its index in `sync` + 1, 0 when not listed */
-  size_t hash;     /* str_hash(ref), so that moving entries needs no rehash */
-  const char *own; /* the last value ocap__clist_put wrote, NULL for none */
-  char ref[];      /* NUL-terminated */
+  int dirty;             /* listed in `dirty` */
+  size_t syncat;         /* its index in `sync` + 1, 0 when not listed */
+  size_t hash;           /* rkey's hash of ref, so that moving entries needs no rehash */
+  size_t rlen;           /* strlen(ref) */
+  uint64_t w[REF_WORDS]; /* a short ref's bytes, as rkey_make packs them */
+  const char *own;       /* the last value ocap__clist_put wrote, NULL for none */
+  struct centry *next_spare;
+  char vbuf[3][VAL_INLINE];
+  char ref[]; /* NUL-terminated */
 } centry_t;
 
 /* One endpoint's c-list: open addressing with linear probing, by ref. */
@@ -68,6 +92,8 @@ struct ocap__clists {
   size_t nidirty, capidirty;
   clist_t **isync; /* those whose committed counters the store may lack */
   size_t nisync, capisync;
+  centry_t *spares; /* entries with a short ref, free to reuse */
+  size_t nspares;
 };
 
 static size_t str_hash(const char *s) {
@@ -79,11 +105,63 @@ static size_t str_hash(const char *s) {
 
 /* ---- an endpoint's entries ---- */
 
-/* The slot holding ref's entry, or the free slot where it would go. */
-static void **entry_slot(clist_t *c, const char *ref) {
-  for (size_t i = str_hash(ref) & c->mask;; i = (i + 1) & c->mask) {
+/* A ref looked up: its length, hash and, when short, its bytes as words. */
+typedef struct rkey {
+  const char *s;
+  size_t len, hash;
+  uint64_t w[REF_WORDS];
+} rkey_t;
+
+static size_t words_hash(const uint64_t *w, size_t len) {
+  uint64_t h = (w[0] * 0x9e3779b97f4a7c15ULL) ^ (w[1] * 0xc2b2ae3d27d4eb4fULL) ^ len;
+  return (size_t)(h ^ (h >> 29));
+}
+
+/* Packs ref into key: a short ref's bytes are shifted into the words one
+ * by one (the bytes past its end are not there to read). */
+static void rkey_make(rkey_t *key, const char *ref) {
+  uint64_t w0 = 0, w1 = 0;
+  size_t i = 0;
+  /* Unrolled, each byte costs a load, a test, a constant shift and an or:
+   * half of what the loop cost. */
+#pragma GCC unroll 8
+  for (; i < 8; i++) {
+    if (!ref[i])
+      goto packed;
+    w0 |= (uint64_t)(unsigned char)ref[i] << (8 * i);
+  }
+#pragma GCC unroll 8
+  for (; i < REF_SHORT; i++) {
+    if (!ref[i])
+      goto packed;
+    w1 |= (uint64_t)(unsigned char)ref[i] << (8 * (i - 8));
+  }
+packed:
+  key->s = ref;
+  key->w[0] = w0;
+  key->w[1] = w1;
+  if (i < REF_SHORT) {
+    key->len = i;
+    key->hash = words_hash(key->w, i);
+  } else {
+    key->len = i + strlen(ref + i);
+    key->hash = str_hash(ref);
+  }
+}
+
+static inline int entry_is(const centry_t *e, const rkey_t *key) {
+  if (e->hash != key->hash || e->rlen != key->len)
+    return 0;
+  if (key->len >= REF_SHORT)
+    return strcmp(e->ref, key->s) == 0;
+  return e->w[0] == key->w[0] && e->w[1] == key->w[1];
+}
+
+/* The slot holding key's entry, or the free slot where it would go. */
+static void **entry_slot(clist_t *c, const rkey_t *key) {
+  for (size_t i = key->hash & c->mask;; i = (i + 1) & c->mask) {
     centry_t *e = c->slots[i];
-    if (!e || strcmp(e->ref, ref) == 0)
+    if (!e || entry_is(e, key))
       return &c->slots[i];
   }
 }
@@ -97,65 +175,100 @@ static int entries_grow(clist_t *c) {
   return ocap__oa_full(c->n, c->mask) ? ocap__oa_grow(&c->slots, &c->mask, entry_home) : 0;
 }
 
-/* Frees p unless another version of the value (a or b) uses it. */
-static void str_drop(char *p, const char *a, const char *b) {
-  if (p && p != a && p != b)
+static int val_inline(const centry_t *e, const char *p) {
+  return p == e->vbuf[0] || p == e->vbuf[1] || p == e->vbuf[2];
+}
+
+/* Frees p, a value of e, unless another version of it (a or b) uses it
+ * or it lives in the entry. */
+static void str_drop(const centry_t *e, char *p, const char *a, const char *b) {
+  if (p && p != a && p != b && !val_inline(e, p))
     free(p);
 }
 
-static void entry_free(centry_t *e) {
-  str_drop(e->val, e->cval, e->sval);
-  str_drop(e->cval, e->sval, NULL);
-  free(e->sval);
-  free(e);
+/* A copy of val (n bytes) for e to hold: in a buffer of the entry that no
+ * version uses, else malloc'd; NULL when out of memory. */
+static char *val_copy(centry_t *e, const char *val, size_t n) {
+  char *p = NULL;
+  for (int i = 0; i < 3 && n < VAL_INLINE && !p; i++)
+    if (e->vbuf[i] != e->val && e->vbuf[i] != e->cval && e->vbuf[i] != e->sval)
+      p = e->vbuf[i];
+  if (!p && !(p = malloc(n + 1)))
+    return NULL;
+  memcpy(p, val, n);
+  p[n] = '\0';
+  return p;
+}
+
+/* Gives e back: to the spares when its ref is short and there is room. */
+static void entry_free(struct ocap__clists *t, centry_t *e) {
+  str_drop(e, e->val, e->cval, e->sval);
+  str_drop(e, e->cval, e->sval, NULL);
+  str_drop(e, e->sval, NULL, NULL);
+  if (e->rlen < REF_SHORT && t->nspares < SPARES_MAX) {
+    e->next_spare = t->spares;
+    t->spares = e;
+    t->nspares++;
+  } else {
+    free(e);
+  }
 }
 
 /* Removes e, shifting back the entries probed past its slot. */
-static void entry_remove(clist_t *c, centry_t *e) {
+static void entry_remove(struct ocap__clists *t, clist_t *c, centry_t *e) {
   size_t i = e->hash & c->mask;
   while (c->slots[i] != e)
     i = (i + 1) & c->mask;
-  entry_free(e);
+  entry_free(t, e);
   ocap__oa_delete(c->slots, c->mask, i, entry_home);
   c->n--;
 }
 
-/* Adds an entry for ref holding a copy of val (n bytes; NULL: absent).
- * sl, when not NULL, is the empty slot entry_slot found for ref, which a
- * caller that just looked ref up passes to spare probing again; it is
+/* Adds an entry for key holding a copy of val (n bytes; NULL: absent).
+ * sl, when not NULL, is the empty slot entry_slot found for key, which a
+ * caller that just looked key up passes to spare probing again; it is
  * found anew if the table grows. */
-static centry_t *entry_add(clist_t *c, const char *ref, size_t rl, const char *val, size_t n,
-                           void **sl) {
-  centry_t *e = ocap__zalloc(sizeof *e + rl + 1);
+static centry_t *entry_add(struct ocap__clists *t, clist_t *c, const rkey_t *key, const char *val,
+                           size_t n, void **sl) {
   size_t mask = c->mask;
-  if (!e || entries_grow(c)) {
+  if (entries_grow(c))
+    return NULL;
+  if (c->mask != mask)
+    sl = NULL;
+  centry_t *e;
+  if (key->len < REF_SHORT && t->spares) {
+    e = t->spares;
+    t->spares = e->next_spare;
+    t->nspares--;
+  } else {
+    size_t rsize = key->len < REF_SHORT ? REF_SHORT : key->len + 1;
+    if (!(e = malloc(sizeof *e + rsize))) /* a short ref's room fits any spare's */
+      return NULL;
+  }
+  e->val = NULL;
+  if (val && !(e->val = val_copy(e, val, n))) {
     free(e);
     return NULL;
   }
-  if (c->mask != mask)
-    sl = NULL;
-  memcpy(e->ref, ref, rl);
-  e->hash = str_hash(e->ref);
-  if (val) {
-    e->val = malloc(n + 1);
-    if (!e->val) {
-      free(e);
-      return NULL;
-    }
-    memcpy(e->val, val, n);
-    e->val[n] = '\0';
-  }
   e->cval = e->sval = e->val;
   e->vlen = e->cvlen = e->svlen = n;
-  *(sl ? sl : entry_slot(c, e->ref)) = e;
+  e->dirty = 0;
+  e->syncat = 0;
+  e->hash = key->hash;
+  e->rlen = key->len;
+  e->own = NULL;
+  e->w[0] = key->w[0];
+  e->w[1] = key->w[1];
+  memcpy(e->ref, key->s, key->len + 1);
+  *(sl ? sl : entry_slot(c, key)) = e;
   c->n++;
   return e;
 }
 
-static void clist_free(clist_t *c) {
+static void clist_free(struct ocap__clists *t, clist_t *c) {
   for (size_t i = 0; i <= c->mask; i++)
     if (c->slots[i])
-      entry_free(c->slots[i]);
+      entry_free(t, c->slots[i]);
   free(c->slots);
   free(c);
 }
@@ -234,13 +347,13 @@ static void clist_remove_ep(struct ocap__clists *t, clist_t *c) {
   long v = vat_index(c->ep);
   if (v >= 0) {
     t->byvat[v] = NULL;
-    clist_free(c);
+    clist_free(t, c);
     return;
   }
   size_t i = str_hash(c->ep) & t->mask;
   while (t->slots[i] != c)
     i = (i + 1) & t->mask;
-  clist_free(c);
+  clist_free(t, c);
   ocap__oa_delete(t->slots, t->mask, i, clist_home);
   t->n--;
 }
@@ -261,12 +374,12 @@ int ocap__clists_new(ocap_kernel_t *k) {
 static void drop_all(struct ocap__clists *t) {
   for (size_t i = 0; i <= t->mask; i++) {
     if (t->slots[i])
-      clist_free(t->slots[i]);
+      clist_free(t, t->slots[i]);
     t->slots[i] = NULL;
   }
   for (size_t i = 0; i < t->nbyvat; i++) {
     if (t->byvat[i])
-      clist_free(t->byvat[i]);
+      clist_free(t, t->byvat[i]);
     t->byvat[i] = NULL;
   }
   t->n = 0;
@@ -281,6 +394,11 @@ void ocap__clists_free(ocap_kernel_t *k) {
   if (!t)
     return;
   drop_all(t);
+  while (t->spares) {
+    centry_t *e = t->spares;
+    t->spares = e->next_spare;
+    free(e);
+  }
   free(t->slots);
   free(t->byvat);
   free(t->dirty);
@@ -291,7 +409,7 @@ void ocap__clists_free(ocap_kernel_t *k) {
 }
 
 /* Reads ep's c-list from the store: every key under `<ep>.c.`. */
-static int clist_load(ocap_kernel_t *k, const char *ep, clist_t **out) {
+__attribute__((noinline)) static int clist_load(ocap_kernel_t *k, const char *ep, clist_t **out) {
   struct ocap__clists *t = k->c;
   size_t el = strlen(ep);
   char prefix[KEY_MAX];
@@ -313,7 +431,7 @@ static int clist_load(ocap_kernel_t *k, const char *ep, clist_t **out) {
   for (int i = 0; i < 2; i++) {
     int rc = ocap__get_count(k, -1, &c->next[i], id_key[i], ep);
     if (rc) {
-      clist_free(c);
+      clist_free(t, c);
       return rc;
     }
     c->cnext[i] = c->snext[i] = c->next[i];
@@ -333,7 +451,9 @@ static int clist_load(ocap_kernel_t *k, const char *ep, clist_t **out) {
       rc = ocap__store_failed(k, rc, "read", after.p, after.len);
       break;
     }
-    if (rc == 1 && !entry_add(c, after.p + plen, after.len - plen, v, vl, NULL)) {
+    rkey_t rk;
+    rkey_make(&rk, after.p + plen);
+    if (rc == 1 && !entry_add(t, c, &rk, v, vl, NULL)) {
       rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the c-list of %s", ep);
       break;
     }
@@ -344,14 +464,16 @@ static int clist_load(ocap_kernel_t *k, const char *ep, clist_t **out) {
   if (rc == 0 && clist_place(t, c))
     rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the c-list of %s", ep);
   if (rc < 0) {
-    clist_free(c);
+    clist_free(t, c);
     return rc;
   }
   *out = c;
   return 0;
 }
 
-static int clist_find(ocap_kernel_t *k, const char *ep, clist_t **out) {
+/* ep's c-list, read from the store if need be. The load is kept out of
+ * line: inlined, it made every lookup save and restore its registers. */
+static inline int clist_find(ocap_kernel_t *k, const char *ep, clist_t **out) {
   clist_t *c = clist_get_ep(k->c, ep);
   if (c) {
     *out = c;
@@ -365,7 +487,9 @@ int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const cha
   int rc = clist_find(k, ep, &c);
   if (rc)
     return rc;
-  centry_t *e = *entry_slot(c, ref);
+  rkey_t key;
+  rkey_make(&key, ref);
+  centry_t *e = *entry_slot(c, &key);
   if (!e || !e->val)
     return 0;
   *v = e->val;
@@ -413,14 +537,16 @@ static int clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const ch
   int rc = clist_find(k, ep, &c);
   if (rc)
     return rc;
-  void **sl = entry_slot(c, ref);
+  rkey_t key;
+  rkey_make(&key, ref);
+  void **sl = entry_slot(c, &key);
   centry_t *e = *sl;
   if (!e && !val)
     return 0;
   rc = index_importer(k, ep, ref, e, val);
   if (rc)
     return rc;
-  if (!e && !(e = entry_add(c, ref, strlen(ref), NULL, 0, sl)))
+  if (!e && !(e = entry_add(t, c, &key, NULL, 0, sl)))
     return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
   if (!e->dirty) {
     /* Room for the entry in the sync list too, which the end of the crank
@@ -434,11 +560,9 @@ static int clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const ch
   }
   char *p = NULL;
   size_t n = val ? strlen(val) : 0;
-  if (val && !(p = malloc(n + 1)))
+  if (val && !(p = val_copy(e, val, n)))
     return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
-  if (val)
-    memcpy(p, val, n + 1);
-  str_drop(e->val, e->cval, e->sval);
+  str_drop(e, e->val, e->cval, e->sval);
   e->val = p;
   e->vlen = n;
   e->own = formed ? p : NULL;
@@ -685,13 +809,13 @@ void ocap__clists_synced(ocap_kernel_t *k) {
   size_t n = 0; /* the pairs whose entry went, collected at the front */
   for (size_t i = 0; i < t->nsync; i++) {
     centry_t *e = t->sync[i].e;
-    str_drop(e->sval, e->val, e->cval);
+    str_drop(e, e->sval, e->val, e->cval);
     e->sval = e->cval;
     e->svlen = e->cvlen;
     e->syncat = 0;
     if (!e->dirty && !e->val && !e->cval) {
       t->sync[n++].c = t->sync[i].c;
-      entry_remove(t->sync[i].c, e);
+      entry_remove(t, t->sync[i].c, e);
     }
   }
   drop_empty(t, t->sync, n);
@@ -729,18 +853,18 @@ static void end_crank(struct ocap__clists *t, int keep) {
     clist_t *c = t->dirty[i].c;
     centry_t *e = t->dirty[i].e;
     if (keep) {
-      str_drop(e->cval, e->val, e->sval);
+      str_drop(e, e->cval, e->val, e->sval);
       e->cval = e->val;
       e->cvlen = e->vlen;
     } else {
-      str_drop(e->val, e->cval, e->sval);
+      str_drop(e, e->val, e->cval, e->sval);
       e->val = e->cval;
       e->vlen = e->cvlen;
     }
     e->dirty = 0;
     if (!e->val && !e->sval) {
       sync_unlist(t, e);
-      entry_remove(c, e);
+      entry_remove(t, c, e);
       t->dirty[n++].c = c;
     } else if (e->cval != e->sval && !e->syncat) {
       t->sync[t->nsync].c = c;
