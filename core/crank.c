@@ -825,7 +825,9 @@ static int step(ocap_kernel_t *k) {
   else if (!k->err && (rc == OCAP_EFATAL || fatal != OCAP_FATAL_NONE))
     rc = crank_fatal(k, &item, ep, fatal, why, result);
   free(why);
-  return crank_end(k, rc);
+  rc = crank_end(k, rc);
+  ocap__queue_return(k);
+  return rc;
 }
 
 int ocap_kernel_crash(ocap_kernel_t *k, const char *ep, int fatal, const char *why,

@@ -66,6 +66,8 @@ struct ocap__queue {
   item_t undo;
   long long shead, stail; /* the bounds the store holds */
   int slast;              /* the store's item stail - 1 changed since */
+  long long lent;         /* the index of the item a crank holds (ocap__dequeue), or -1 */
+  char *orphan;           /* its text, when the queue let go of it meanwhile */
   ocap__idtable_t qb;     /* qbytes_t by vat number */
   qbytes_t **qdirty;      /* the records this crank changed */
   size_t nqdirty, capqdirty;
@@ -97,10 +99,16 @@ static int ring_reserve(struct ocap__queue *q) {
   return 0;
 }
 
-/* Frees the items from `from` to `to` (exclusive). */
+/* Frees the items from `from` to `to` (exclusive). The text of the item a
+ * crank holds is kept until it gives it back (ocap__queue_return): host
+ * code the crank runs may commit (K:commit), which lets go of the items
+ * taken before. */
 static void free_items(struct ocap__queue *q, long long from, long long to) {
   for (long long n = from; n < to; n++) {
-    free(slot(q, n)->p);
+    if (n == q->lent && !q->orphan)
+      q->orphan = slot(q, n)->p;
+    else
+      free(slot(q, n)->p);
     slot(q, n)->p = NULL;
   }
 }
@@ -170,6 +178,8 @@ int ocap__queue_new(ocap_kernel_t *k) {
     free(k->q);
     k->q = NULL;
   }
+  if (k->q)
+    k->q->lent = -1;
   return k->q ? 0 : OCAP_ENOMEM;
 }
 
@@ -182,6 +192,7 @@ void ocap__queue_free(ocap_kernel_t *k) {
     if (q->undo_at >= 0)
       free(q->undo.p);
   }
+  free(q->orphan);
   free(q->v);
   ocap__idtable_free(&q->qb, free);
   free(q->qdirty);
@@ -690,9 +701,10 @@ int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result,
 /* Pops the run queue's head into *out. Returns 1 when there was an item,
  * 0 when the queue is empty, or a negative code. The item's text is lent,
  * not copied: it stays in the ring until the crank commits, and an abort
- * only moves the head back over it (see struct ocap__queue). Nothing in a
- * crank changes an item it took: a notify joins only an item after the
- * head. */
+ * only moves the head back over it (see struct ocap__queue); the first
+ * item a crank takes is kept past a commit until ocap__queue_return.
+ * Nothing in a crank changes an item it took: a notify joins only an item
+ * after the head. */
 int ocap__dequeue(ocap_kernel_t *k, ocap__qitem_t *out) {
   LOAD(k);
   struct ocap__queue *q = k->q;
@@ -702,6 +714,15 @@ int ocap__dequeue(ocap_kernel_t *k, ocap__qitem_t *out) {
   out->p = it->p;
   out->len = it->len;
   out->formed = it->formed;
+  if (q->lent < 0)
+    q->lent = q->head;
   q->head++;
   return 1;
+}
+
+void ocap__queue_return(ocap_kernel_t *k) {
+  struct ocap__queue *q = k->q;
+  free(q->orphan);
+  q->orphan = NULL;
+  q->lent = -1;
 }

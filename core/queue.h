@@ -48,10 +48,9 @@ void ocap__queued_forget(ocap_kernel_t *k, const char *ep);
 int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, struct ocap__kp *rec);
 /*
  * A run-queue item lent to the crank that took it: its text (NUL-terminated)
- * stays valid until that crank commits or a later one takes it again after
- * an abort. `formed` says the kernel built it in this run (it was not read
- * from the store): it is then well formed, and parsing it skips the checks
- * that find a damaged item.
+ * stays valid until the crank gives it back (ocap__queue_return). `formed` says the kernel built it
+ * in this run (it was not read from the store): it is then well formed, and parsing it skips the
+ * checks that find a damaged item.
  */
 typedef struct ocap__qitem {
   const char *p;
@@ -59,8 +58,11 @@ typedef struct ocap__qitem {
   int formed;
 } ocap__qitem_t;
 
-/* Pops the head into *out: 1 when there was an item, 0 when empty. */
+/* Pops the head into *out: 1 when there was an item, 0 when empty. The
+ * first item a crank takes stays valid, whatever the crank's host code
+ * commits, until the crank calls ocap__queue_return once it has ended. */
 int ocap__dequeue(ocap_kernel_t *k, ocap__qitem_t *out);
+void ocap__queue_return(ocap_kernel_t *k);
 
 /* Parses a send item's head (sender "" when it names none); *capdata is
  * where its capdata starts. `formed` as in ocap__qitem_t. */

@@ -1136,6 +1136,59 @@ static void forget_in_delivery(void) {
   free(f);
 }
 
+/* A deliver hook whose host code commits the store mid-crank (K:commit
+ * from a kernel service), then reuses the memory that commit let go of. */
+typedef struct committer {
+  record_t r;
+  ocap_kernel_t *k;
+  char *junk[8];
+  int n;
+} committer_t;
+
+static int commit_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int *fatal,
+                          char **why) {
+  committer_t *c = ud;
+  hook_deliver(&c->r, ep, d, fatal, why);
+  if (d->type == OCAP_DELIVER_MESSAGE && c->n < 8) {
+    REQUIRE(ocap_store_commit(ocap_kernel_store(c->k)) == 0);
+    for (int i = 0; i < 8 && c->n < 8; i++) { /* blocks of the item's size, scribbled */
+      c->junk[c->n] = malloc(64);
+      REQUIRE(c->junk[c->n] != NULL);
+      memset(c->junk[c->n++], 'x', 64);
+    }
+  }
+  return 0;
+}
+
+/*
+ * The crank reads its run-queue item in place (the queue lends it), after
+ * the delivery too, to release the references its capdata holds: a commit
+ * by host code during the delivery must not free it under the crank.
+ */
+static void commit_in_delivery(void) {
+  committer_t *c = calloc(1, sizeof *c);
+  ocap_store_t *s = NULL;
+  REQUIRE(c != NULL && ocap_store_open_memory(&s) == 0);
+  ocap_kernel_hooks_t hooks = {.ud = c, .deliver = commit_deliver};
+  REQUIRE(ocap_kernel_new(s, &hooks, &c->k) == 0);
+  ocap_kernel_t *k = c->k;
+  char ko[OCAP_REF_MAX], arg[OCAP_REF_MAX];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko) == 0);
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+2", arg) == 0);
+  const char *slots[] = {arg};
+  ocap_capdata_t args = {"#[\"ping\",[\"$0.Alleged: x\"]]", 27, slots, 1};
+  REQUIRE(ocap_kernel_send(k, "kernel", ko, &args, NULL) == 0);
+  REQUIRE(ocap_store_commit(s) == 0);
+  CHECK(ocap_kernel_step(k) == 1);
+  CHECK(ocap_kernel_failed(k) == 0);
+  CHECK(c->r.pending == 1);
+  CHECK(ocap_kernel_check(k) == 0);
+  for (int i = 0; i < c->n; i++)
+    free(c->junk[i]);
+  free_kernel(k);
+  free(c);
+}
+
 /* Counts the imports reachable_imports reports, and whether `want` is one. */
 typedef struct reach_seen {
   const char *want;
@@ -1238,6 +1291,7 @@ static void clist_versions(void) {
 
 int main(void) {
   clist_versions();
+  commit_in_delivery();
   counters_at_sync();
   gc_faults();
   retire_indexed(3);
