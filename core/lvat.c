@@ -10,6 +10,7 @@
 
 #include "ljson.h"
 #include "lkernel_int.h"
+#include "lpromise.h"
 #include "lsmallcaps.h"
 
 static vbudget_t default_budget(void) {
@@ -320,6 +321,8 @@ static int vat_boot_tramp(lua_State *V) {
   ocap_vat_set_loaded(ocap_vat_from_state(V), "cjson");
   luaopen_ocap_smallcaps(V);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap.smallcaps");
+  luaopen_ocap_promise_core(V);
+  ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap.promise.core");
   lua_getglobal(V, "require");
   lua_pushliteral(V, "ocap.vatboot");
   lua_call(V, 1, 1);

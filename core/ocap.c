@@ -23,6 +23,7 @@
 
 #include "errors.h" /* the same codes as ocap.h: the compiler checks they agree */
 #include "ljson.h"
+#include "lpromise.h"
 #include "lsmallcaps.h"
 #include "lsys.h"
 #include "lsyrup.h"
@@ -263,6 +264,8 @@ static void set_paths(lua_State *L, const char *lua_dir) {
   lua_setfield(L, -2, "ocap.core");
   lua_pushcfunction(L, luaopen_ocap_smallcaps);
   lua_setfield(L, -2, "ocap.smallcaps");
+  lua_pushcfunction(L, luaopen_ocap_promise_core);
+  lua_setfield(L, -2, "ocap.promise.core");
   lua_pushcfunction(L, luaopen_ocap_syrup);
   lua_setfield(L, -2, "ocap.syrup");
   lua_pushcfunction(L, luaopen_ocap_sys);

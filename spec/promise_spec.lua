@@ -384,6 +384,71 @@ describe('ocap.promise', function()
     end)
   end)
 
+  describe('the C core', function()
+    it('refuses what is not a promise where a promise is expected', function()
+      local p = P.makePromise()
+      local next = getmetatable(p).__index.next
+      assert.has_error(function() P.resolvePromise({}, 1) end)
+      assert.has_error(function() P.rejectPromise(42, 1) end)
+      assert.has_error(function() next({}) end)
+      assert.has_error(function() next(setmetatable({}, {})) end)
+      assert.has_error(function() P.state('x') end, 'state: not a promise')
+      assert.equal('pending', P.state(p))
+    end)
+
+    it('raises, not crashes, on a promise whose slots vat code overwrote', function()
+      local p = P.makePromise()
+      p:next(function() end)
+      p[5] = 42
+      P.resolvePromise(p, 1)
+      assert.has_error(function() P.drain() end)
+      -- The queue goes on working.
+      local got
+      P.resolve(2):next(function(v) got = v end)
+      P.drain()
+      assert.equal(2, got)
+    end)
+
+    it('keeps the turns after one that raises queued, in order', function()
+      local log = {}
+      P.onSettle(1, function() log[#log + 1] = 'a' end)
+      P.onSettle(2, function() error('boom', 0) end)
+      P.onSettle(3, function() log[#log + 1] = 'c' end)
+      assert.has_error(function() P.drain() end, 'boom')
+      assert.same({ 'a' }, log)
+      assert.is_true(P.hasTurns())
+      P.drain()
+      assert.same({ 'a', 'c' }, log)
+    end)
+
+    it('lets a callback yield the coroutine that drains', function()
+      local log = {}
+      P.resolve(1):next(function(v)
+        log[#log + 1] = 'in ' .. v
+        coroutine.yield('paused')
+        log[#log + 1] = 'back'
+        return v + 1
+      end):next(function(v) log[#log + 1] = 'then ' .. v end)
+      local co = coroutine.create(function() return P.drain() end)
+      local ok, what = coroutine.resume(co)
+      assert.is_true(ok)
+      assert.equal('paused', what)
+      assert.same({ 'in 1' }, log)
+      local n
+      ok, n = coroutine.resume(co)
+      assert.is_true(ok)
+      assert.equal(2, n)
+      assert.same({ 'in 1', 'back', 'then 2' }, log)
+    end)
+
+    it('grows the queue past its first ring without losing turns', function()
+      local got = {}
+      for i = 1, 100 do P.onSettle(i, function(_, v) got[#got + 1] = v end) end
+      assert.equal(100, P.drain())
+      for i = 1, 100 do assert.equal(i, got[i]) end
+    end)
+  end)
+
   describe('onSettle', function()
     it('calls fn(ok, value) in a later turn', function()
       local calls = {}

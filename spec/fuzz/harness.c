@@ -15,6 +15,7 @@
 
 #include "errors.h"
 #include "ljson.h"
+#include "lpromise.h"
 #include "lsmallcaps.h"
 
 #ifndef OCAP_FUZZ_SOURCE_DIR
@@ -88,6 +89,8 @@ lua_State *fuzz_host_state(void) {
   lua_setfield(L, -2, "ocap.core");
   lua_pushcfunction(L, luaopen_ocap_smallcaps);
   lua_setfield(L, -2, "ocap.smallcaps");
+  lua_pushcfunction(L, luaopen_ocap_promise_core);
+  lua_setfield(L, -2, "ocap.promise.core");
   lua_pop(L, 2);
   return L;
 }

@@ -1,30 +1,42 @@
---- The promise combinators of ocap.promise (all, allSettled, race, any),
---- loaded on their first use. Turn for turn they are what promise.lua's
---- header says: each element is subscribed to in list order, and a
---- non-promise element is an already-fulfilled one.
+--- The parts of ocap.promise loaded on their first use: `finally` and the
+--- combinators (all, allSettled, race, any). Turn for turn they are what
+--- promise.lua's header says: each element is subscribed to in list order,
+--- and a non-promise element is an already-fulfilled one.
 local M = {}
 
-local getmetatable, pcall = getmetatable, pcall
+local pcall, error = pcall, error
 
 -- The slots of a promise table (promise.lua).
 local S <const>, L <const>, PENDING <const> = 1, 4, 0
 
---- Makes the combinators over ocap.promise's internals.
----@return table combinators all, allSettled, race, any
-function M.make(Promise, SETTLE, newPromise, subscribe, enqueue, callJob, fulfill, rejectNow, makeError)
+--- Makes finally and the combinators over ocap.promise and its internals.
+---@param P table the ocap.promise module
+---@param I table its internals: fulfill, rejectNow
+---@param makeError fun(message: string, name: string): any
+---@return table cold finally, all, allSettled, race, any
+function M.make(P, I, makeError)
   local C = {}
+  local newPromise, onSettle, resolve = P.makePromise, P.onSettle, P.resolve
+  local fulfill, rejectNow = I.fulfill, I.rejectNow
+
+  ---`p:finally(onFinally)`, as in JS: `next(v -> resolve(f()):next(-> v))`.
+  ---@param p ocap.Promise
+  ---@param onFinally? fun(): any
+  ---@return ocap.Promise
+  function C.finally(p, onFinally)
+    if not onFinally then return p:next() end
+    return p:next(function(v)
+      return resolve(onFinally()):next(function() return v end)
+    end, function(e)
+      return resolve(onFinally()):next(function() error(e, 0) end)
+    end)
+  end
 
   -- Subscribes fn(i, ok, v) to each element of list; returns the element count.
   local function each(list, fn)
     local n = list.n or #list
     for i = 1, n do
-      local v = list[i]
-      local function settled(ok, value) return fn(i, ok, value) end
-      if getmetatable(v) == Promise then
-        subscribe(v, SETTLE, settled, false)
-      else
-        enqueue(callJob, settled, true, v)
-      end
+      onSettle(list[i], function(ok, value) return fn(i, ok, value) end)
     end
     return n
   end

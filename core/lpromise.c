@@ -1,0 +1,1015 @@
+/*
+ * lpromise.c -- the core of ocap.promise in C; see lpromise.h.
+ *
+ * The records stay Lua tables with the slots promise.lua documents, so the
+ * Lua half (await, the combinators) reads them as it always did. The queue
+ * is a ring of four slots a turn (a job kind and its three arguments) in
+ * a Lua table whose array part is sized when it is made, so writing a
+ * turn never allocates: making room is the only step that can raise, and
+ * it comes before anything is written.
+ */
+#include <limits.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "lpromise.h"
+#include "vat.h"
+
+/* Built alone as a module for a host state (CMakeLists.txt), the core is
+ * never in a vat, so it has no meter to charge. */
+#ifdef OCAP_PROMISE_STANDALONE
+#define ocap_vat_charge(L, cost) ((void)(L), (void)(cost))
+#endif
+
+/* What drain charges the vat for each turn it runs, in instructions:
+ * about what the Lua loop it replaces executed. */
+#define TURN_COST 16
+
+enum { PENDING = 0, FULFILLED = 1, REJECTED = 2 };
+
+/* The slots of a promise table (promise.lua). */
+enum {
+  S = 1,  /* state */
+  V = 2,  /* value or reason */
+  H = 3,  /* handled */
+  LK = 4, /* already resolved */
+  RA = 5, /* the first reaction, three slots */
+  RB = 6,
+  RC = 7,
+  RX = 8, /* further reactions: a flat array of triples */
+  NSLOTS = 8
+};
+
+/* The jobs a turn runs, stored as integers in the ring. */
+enum { J_FULFILLED = 1, J_REJECTED, J_SETTLE, J_CALL, J_RESUME, J_ADOPT };
+
+/* The user values of the state userdata. */
+enum {
+  UV_RING = 1,   /* the ring table */
+  UV_UNHANDLED,  /* rejected promises with no handler yet, in order */
+  UV_HANDLER,    /* the unhandled rejection handler, or nil */
+  UV_MAKE_ERROR, /* makeError(message, name), from promise.lua */
+  UV_FIRST,      /* called before the first promise is made */
+  UV_RESUME,     /* promise.lua's resumeJob(co) */
+  UV_COUNT = UV_RESUME
+};
+
+/* Reaction markers: a `next` reaction stores its derived promise in the
+ * first slot, the others one of these addresses as a light userdata. Only
+ * their addresses matter; they are never written. */
+static const char ADOPT = 'a';  /* (ADOPT, target): settle target like this one */
+static const char SETTLE = 's'; /* (SETTLE, fn): call fn(ok, value) */
+static const char AWAIT = 'w';  /* (AWAIT, co): resume co */
+
+#define STATE lua_upvalueindex(1)
+#define PROMISE_MT lua_upvalueindex(2)
+
+#define RING_TURNS 4
+
+/* The queue's state; its Lua values are the userdata's user values. */
+typedef struct pstate {
+  lua_Integer head, tail; /* ring slots of the next turn to run and to fill */
+  lua_Integer count;      /* turns queued */
+  lua_Integer cap;        /* turns the ring holds */
+  lua_Integer unhandled;  /* entries in the unhandled list */
+  int registered;         /* UV_FIRST was called */
+} pstate_t;
+
+static const char HINT[] = "this is a promise; did you forget :await()?";
+
+static pstate_t *state_of(lua_State *L) {
+  return lua_touserdata(L, STATE);
+}
+
+/* [-0, +0] Whether the value at idx is a table with this module's
+ * metatable. */
+static int is_promise(lua_State *L, int idx) {
+  int r;
+  if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
+    return 0;
+  r = lua_rawequal(L, -1, PROMISE_MT);
+  lua_pop(L, 1);
+  return r;
+}
+
+/* [-0, +0, v] Raises unless the value at idx is a table: what a reaction
+ * names as a promise may have been overwritten by vat code. */
+static void check_record(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TTABLE)
+    luaL_error(L, "ocap.promise: a promise's reaction slots were overwritten");
+}
+
+/* [-0, +0, v] Raises an argument error unless argument arg is a promise. */
+static void check_promise(lua_State *L, int arg) {
+  if (!is_promise(L, arg))
+    luaL_typeerror(L, arg, "promise");
+}
+
+/* [-0, +0] Slot k of the table at p, as an integer (0 if not a number). */
+static lua_Integer get_int(lua_State *L, int p, int k) {
+  lua_Integer r;
+  lua_rawgeti(L, p, k);
+  r = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return r;
+}
+
+/* [-0, +0] Whether slot k of the table at p is truthy. */
+static int get_bool(lua_State *L, int p, int k) {
+  int r;
+  lua_rawgeti(L, p, k);
+  r = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return r;
+}
+
+/* [-0, +0] Sets slot k of the table at p to a boolean: in a record's array
+ * part, this never allocates. */
+static void set_bool(lua_State *L, int p, int k, int b) {
+  lua_pushboolean(L, b);
+  lua_rawseti(L, p, k);
+}
+
+/* [-0, +0] Sets slot k of the table at p to nil. */
+static void set_nil(lua_State *L, int p, int k) {
+  lua_pushnil(L);
+  lua_rawseti(L, p, k);
+}
+
+/* ---- the turn queue ---- */
+
+/* [-0, +1] Pushes the ring. */
+static void push_ring(lua_State *L) {
+  lua_getiuservalue(L, STATE, UV_RING);
+}
+
+/*
+ * [-0, +0, m] Makes room for n more turns. A bigger ring is filled before
+ * it replaces the old one, so a raise leaves the queue as it was; it never
+ * shrinks, as in the Lua version.
+ */
+static void ring_reserve(lua_State *L, pstate_t *st, lua_Integer n) {
+  lua_Integer cap = st->cap, slots = st->cap * 4, h = st->head, i;
+  int ring;
+  if (st->count + n <= cap)
+    return;
+  while (cap < st->count + n) {
+    if (cap > INT_MAX / 8)
+      luaL_error(L, "ocap.promise: too many queued turns");
+    cap *= 2;
+  }
+  luaL_checkstack(L, 3, NULL);
+  lua_createtable(L, (int)(cap * 4), 0);
+  push_ring(L);
+  ring = lua_gettop(L);
+  for (i = 1; i <= st->count * 4; i++) {
+    lua_rawgeti(L, ring, h);
+    lua_rawseti(L, ring - 1, i);
+    if (++h > slots)
+      h = 1;
+  }
+  lua_pop(L, 1);
+  lua_setiuservalue(L, STATE, UV_RING);
+  st->cap = cap;
+  st->head = 1;
+  st->tail = st->count * 4 + 1;
+}
+
+/*
+ * [-3, +0] Queues a turn of the given kind whose arguments are the top
+ * three values, into the ring at index ring. The caller made room, and the
+ * ring's array part holds every slot, so this cannot raise.
+ */
+static void ring_put(lua_State *L, pstate_t *st, int ring, int kind) {
+  lua_Integer t = st->tail;
+  lua_rawseti(L, ring, t + 3);
+  lua_rawseti(L, ring, t + 2);
+  lua_rawseti(L, ring, t + 1);
+  lua_pushinteger(L, kind);
+  lua_rawseti(L, ring, t);
+  t += 4;
+  if (t > st->cap * 4)
+    t = 1;
+  st->tail = t;
+  st->count++;
+}
+
+/*
+ * [-0, +0] Queues the turn that runs the reaction (a, b, c), at those
+ * indices, of a promise settled with (ok, the value at v), into the ring at
+ * index ring, which has room. Needs three free stack slots.
+ */
+static void schedule(lua_State *L, pstate_t *st, int ring, int a, int b, int c, int ok, int v) {
+  const void *m = lua_touserdata(L, a);
+  int kind;
+  if (m == &ADOPT || m == &SETTLE) {
+    kind = m == &ADOPT ? J_SETTLE : J_CALL;
+    lua_pushvalue(L, b);
+    lua_pushboolean(L, ok);
+    lua_pushvalue(L, v);
+  } else if (m == &AWAIT) {
+    kind = J_RESUME;
+    lua_pushvalue(L, b);
+    lua_pushnil(L);
+    lua_pushnil(L);
+  } else {
+    kind = ok ? J_FULFILLED : J_REJECTED;
+    lua_pushvalue(L, a);
+    lua_pushvalue(L, ok ? b : c);
+    lua_pushvalue(L, v);
+  }
+  ring_put(L, st, ring, kind);
+}
+
+/* ---- settling ---- */
+
+/* [-0, +0, m] Appends the record at p to the unhandled list. */
+static void unhandled_add(lua_State *L, pstate_t *st, int p) {
+  lua_getiuservalue(L, STATE, UV_UNHANDLED);
+  lua_pushvalue(L, p);
+  lua_rawseti(L, -2, st->unhandled + 1);
+  lua_pop(L, 1);
+  st->unhandled++;
+}
+
+/*
+ * [-0, +0, e] Settles the record at p with the value at v, fulfilled or
+ * rejected (fulfill and rejectNow of the Lua version); a settled record is
+ * left as is. Its reactions are queued in order and forgotten. Room for
+ * them and the unhandled entry are made first, so a raise there changes
+ * nothing but spare room.
+ */
+static void settle_now(lua_State *L, pstate_t *st, int p, int v, int rejected) {
+  int top = lua_gettop(L), x = 0, ring;
+  lua_Integer n = 0, xn = 0, i;
+  check_record(L, p);
+  if (get_int(L, p, S) != PENDING)
+    return;
+  luaL_checkstack(L, 10, NULL);
+  if (get_bool(L, p, RA)) {
+    n = 1;
+    if (lua_rawgeti(L, p, RX) == LUA_TTABLE) {
+      x = top + 1;
+      xn = (lua_Integer)lua_rawlen(L, x) / 3;
+      n += xn;
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  ring_reserve(L, st, n);
+  if (rejected && !get_bool(L, p, H))
+    unhandled_add(L, st, p);
+  lua_pushvalue(L, v);
+  lua_rawseti(L, p, V);
+  lua_pushinteger(L, rejected ? REJECTED : FULFILLED);
+  lua_rawseti(L, p, S);
+  if (n > 0) {
+    push_ring(L);
+    ring = lua_gettop(L);
+    lua_rawgeti(L, p, RA);
+    lua_rawgeti(L, p, RB);
+    lua_rawgeti(L, p, RC);
+    schedule(L, st, ring, ring + 1, ring + 2, ring + 3, !rejected, v);
+    lua_pop(L, 3);
+    set_bool(L, p, RA, 0);
+    set_nil(L, p, RB);
+    set_nil(L, p, RC);
+    if (x) {
+      set_bool(L, p, RX, 0);
+      for (i = 0; i < xn; i++) {
+        lua_rawgeti(L, x, 3 * i + 1);
+        lua_rawgeti(L, x, 3 * i + 2);
+        lua_rawgeti(L, x, 3 * i + 3);
+        schedule(L, st, ring, ring + 1, ring + 2, ring + 3, !rejected, v);
+        lua_pop(L, 3);
+      }
+    }
+  }
+  lua_settop(L, top);
+}
+
+/* [-0, +1, e] Pushes makeError(message, name) from promise.lua. */
+static void push_error(lua_State *L, const char *message, const char *name) {
+  luaL_checkstack(L, 3, NULL);
+  lua_getiuservalue(L, STATE, UV_MAKE_ERROR);
+  lua_pushstring(L, message);
+  lua_pushstring(L, name);
+  lua_call(L, 2, 1);
+}
+
+/* [-0, +0, e] Resolves the record at p with the value at v, ignoring its
+ * "already resolved" flag: a promise is adopted in a turn of its own
+ * (NewPromiseResolveThenableJob), anything else fulfills p. */
+static void resolve_now(lua_State *L, pstate_t *st, int p, int v) {
+  if (!is_promise(L, v)) {
+    settle_now(L, st, p, v, 0);
+  } else if (lua_rawequal(L, p, v)) {
+    push_error(L, "Chaining cycle detected for promise", "TypeError");
+    settle_now(L, st, p, lua_gettop(L), 1);
+    lua_pop(L, 1);
+  } else {
+    check_record(L, p);
+    ring_reserve(L, st, 1);
+    luaL_checkstack(L, 4, NULL);
+    push_ring(L);
+    lua_pushvalue(L, p);
+    lua_pushvalue(L, v);
+    lua_pushnil(L);
+    ring_put(L, st, lua_gettop(L) - 3, J_ADOPT);
+    lua_pop(L, 1);
+  }
+}
+
+/*
+ * [-0, +0, m] Adds the reaction (a, b, c), at those indices, to the record
+ * at p, or queues it at once if p is settled. Any reaction counts as
+ * handling a rejection. A reaction is written with its first slot last,
+ * which is what marks it present, and further reactions go to the triple
+ * after the last whole one, so a raise leaves no half reaction behind.
+ */
+static void subscribe(lua_State *L, pstate_t *st, int p, int a, int b, int c) {
+  lua_Integer s, n;
+  check_record(L, p);
+  luaL_checkstack(L, 6, NULL);
+  set_bool(L, p, H, 1);
+  s = get_int(L, p, S);
+  if (s != PENDING) {
+    int ring;
+    ring_reserve(L, st, 1);
+    push_ring(L);
+    ring = lua_gettop(L);
+    lua_rawgeti(L, p, V);
+    schedule(L, st, ring, a, b, c, s == FULFILLED, ring + 1);
+    lua_pop(L, 2);
+  } else if (!get_bool(L, p, RA)) {
+    lua_pushvalue(L, c);
+    lua_rawseti(L, p, RC);
+    lua_pushvalue(L, b);
+    lua_rawseti(L, p, RB);
+    lua_pushvalue(L, a);
+    lua_rawseti(L, p, RA);
+  } else if (lua_rawgeti(L, p, RX) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 3, 0);
+    lua_pushvalue(L, a);
+    lua_rawseti(L, -2, 1);
+    lua_pushvalue(L, b);
+    lua_rawseti(L, -2, 2);
+    lua_pushvalue(L, c);
+    lua_rawseti(L, -2, 3);
+    lua_rawseti(L, p, RX);
+  } else {
+    n = (lua_Integer)lua_rawlen(L, -1) / 3 * 3;
+    lua_pushvalue(L, a);
+    lua_rawseti(L, -2, n + 1);
+    lua_pushvalue(L, b);
+    lua_rawseti(L, -2, n + 2);
+    lua_pushvalue(L, c);
+    lua_rawseti(L, -2, n + 3);
+    lua_pop(L, 1);
+  }
+}
+
+/* [-0, +1, e] Pushes a new pending promise. The first one made in the
+ * state first calls promise.lua's hook, which declares the metatable to
+ * ocap.pass (required on first use, so that it may require this module). */
+static void new_promise(lua_State *L, pstate_t *st) {
+  if (!st->registered) {
+    if (lua_getiuservalue(L, STATE, UV_FIRST) == LUA_TFUNCTION) {
+      lua_call(L, 0, 0);
+      st->registered = 1;
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  lua_createtable(L, NSLOTS, 0);
+  lua_pushinteger(L, PENDING);
+  lua_rawseti(L, -2, S);
+  lua_pushvalue(L, PROMISE_MT);
+  lua_setmetatable(L, -2);
+}
+
+/* ---- drain ---- */
+
+/* drain's stack: its own slots, then the turn being run. */
+#define D_N 1       /* turns run so far, saved before each call */
+#define D_LIST 2    /* the unhandled list being reported, or nil */
+#define D_I 3       /* the next index in it */
+#define D_HANDLER 4 /* the handler it is reported to */
+#define D_BASE 4
+
+/* What drain_k continues after (its lua_KContext). */
+enum { K_FULFILLED = 1, K_REJECTED, K_CALL, K_REPORT };
+
+static int drain_k(lua_State *L, int status, lua_KContext ctx);
+
+/*
+ * [-0, +0, e] The end of a turn that called a handler, with the derived
+ * promise at D_BASE + 1 and the handler's result or error above it:
+ * settles the derived promise as fulfilledJob and rejectedJob did.
+ */
+static void handled(lua_State *L, pstate_t *st, int kind, int status) {
+  int d = D_BASE + 1, r = D_BASE + 2;
+  int ok = status == LUA_OK || status == LUA_YIELD;
+  if (!ok)
+    settle_now(L, st, d, r, 1);
+  else if (kind == K_REJECTED || is_promise(L, r))
+    resolve_now(L, st, d, r);
+  else
+    settle_now(L, st, d, r, 0);
+}
+
+/* [-0, +0, e] Saves n where a continuation finds it. */
+static void save_n(lua_State *L, lua_Integer n) {
+  lua_pushinteger(L, n);
+  lua_replace(L, D_N);
+}
+
+/*
+ * [-0, +0, e] Runs the turn at the head of the queue, which leaves the
+ * queue before it runs, so an error it raises leaves the queue valid and
+ * propagates out of drain with the turns after it still queued.
+ */
+static void run_turn(lua_State *L, pstate_t *st, lua_Integer n) {
+  lua_Integer h = st->head;
+  int kind, a = D_BASE + 1, b = D_BASE + 2, c = D_BASE + 3;
+  push_ring(L);
+  lua_rawgeti(L, D_BASE + 1, h);
+  kind = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  lua_rawgeti(L, D_BASE + 1, h + 1);
+  lua_rawgeti(L, D_BASE + 1, h + 2);
+  lua_rawgeti(L, D_BASE + 1, h + 3);
+  set_nil(L, D_BASE + 1, h + 1);
+  set_nil(L, D_BASE + 1, h + 2);
+  set_nil(L, D_BASE + 1, h + 3);
+  h += 4;
+  st->head = h > st->cap * 4 ? 1 : h;
+  st->count--;
+  lua_remove(L, D_BASE + 1);
+  switch (kind) {
+  case J_FULFILLED:
+  case J_REJECTED:
+    /* (d, handler, value) */
+    if (!lua_toboolean(L, b)) {
+      settle_now(L, st, a, c, kind == J_REJECTED);
+    } else {
+      int k = kind == J_FULFILLED ? K_FULFILLED : K_REJECTED;
+      save_n(L, n);
+      handled(L, st, k, lua_pcallk(L, 1, 1, 0, k, drain_k));
+    }
+    break;
+  case J_SETTLE:
+    /* (target, ok, value) */
+    settle_now(L, st, a, c, !lua_toboolean(L, b));
+    break;
+  case J_CALL:
+    /* (fn, ok, value) */
+    save_n(L, n);
+    lua_callk(L, 2, 0, K_CALL, drain_k);
+    break;
+  case J_RESUME:
+    /* (co) */
+    lua_settop(L, a);
+    lua_getiuservalue(L, STATE, UV_RESUME);
+    lua_insert(L, a);
+    save_n(L, n);
+    lua_callk(L, 1, 0, K_CALL, drain_k);
+    break;
+  case J_ADOPT:
+    /* (target, thenable): the target follows the thenable from now on. */
+    lua_pushlightuserdata(L, (void *)&ADOPT);
+    lua_pushboolean(L, 0);
+    subscribe(L, st, b, c + 1, a, c + 2);
+    break;
+  default:
+    break;
+  }
+  lua_settop(L, D_BASE);
+}
+
+/*
+ * [-0, +0, e] Reports the rest of the unhandled list at D_LIST, from index
+ * D_I, to the handler at D_HANDLER: each promise still unhandled is marked
+ * handled and reported once.
+ */
+static void report(lua_State *L, pstate_t *st, lua_Integer n) {
+  lua_Integer i = lua_tointeger(L, D_I), len = (lua_Integer)lua_rawlen(L, D_LIST);
+  int p = D_BASE + 1;
+  for (; i <= len; i++) {
+    lua_rawgeti(L, D_LIST, i);
+    if (!get_bool(L, p, H)) {
+      set_bool(L, p, H, 1);
+      if (lua_toboolean(L, D_HANDLER)) {
+        lua_pushvalue(L, D_HANDLER);
+        lua_rawgeti(L, p, V);
+        lua_pushvalue(L, p);
+        save_n(L, n);
+        lua_pushinteger(L, i + 1);
+        lua_replace(L, D_I);
+        lua_callk(L, 2, 0, K_REPORT, drain_k);
+      }
+    }
+    lua_settop(L, D_BASE);
+  }
+  lua_pushnil(L);
+  lua_replace(L, D_LIST);
+}
+
+/*
+ * [-0, +1, e] drain's loop, from the state its stack holds: runs turns in
+ * FIFO order until none is left, turns queued meanwhile included, then
+ * reports unhandled rejections, and again while reporting queued turns.
+ * Pushes the number of turns run.
+ */
+static int drain_loop(lua_State *L, pstate_t *st, lua_Integer n) {
+  for (;;) {
+    if (lua_type(L, D_LIST) == LUA_TTABLE) {
+      report(L, st, n);
+      if (st->count == 0)
+        break;
+    }
+    while (st->count > 0) {
+      ocap_vat_charge(L, TURN_COST);
+      n++;
+      run_turn(L, st, n);
+    }
+    if (st->unhandled == 0)
+      break;
+    /* The list is swapped for a new one before it is reported: what the
+     * handler rejects is reported by a later drain. */
+    lua_createtable(L, 0, 0);
+    lua_getiuservalue(L, STATE, UV_UNHANDLED);
+    lua_replace(L, D_LIST);
+    lua_setiuservalue(L, STATE, UV_UNHANDLED);
+    st->unhandled = 0;
+    lua_pushinteger(L, 1);
+    lua_replace(L, D_I);
+    lua_getiuservalue(L, STATE, UV_HANDLER);
+    lua_replace(L, D_HANDLER);
+  }
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* [-?, +1, e] Continues drain after a callback that yielded. */
+static int drain_k(lua_State *L, int status, lua_KContext ctx) {
+  pstate_t *st = state_of(L);
+  if (ctx == K_FULFILLED || ctx == K_REJECTED)
+    handled(L, st, (int)ctx, status);
+  lua_settop(L, D_BASE);
+  return drain_loop(L, st, lua_tointeger(L, D_N));
+}
+
+/* [-0, +1, e] drain() -> n: see promise.lua. */
+static int promise_drain(lua_State *L) {
+  pstate_t *st = state_of(L);
+  if (st->count == 0 && st->unhandled == 0) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  lua_settop(L, 0);
+  luaL_checkstack(L, 16, NULL);
+  lua_pushinteger(L, 0);
+  lua_pushnil(L);
+  lua_pushinteger(L, 1);
+  lua_pushnil(L);
+  return drain_loop(L, st, 0);
+}
+
+/* [-0, +1] hasTurns() -> whether turns are queued. */
+static int promise_has_turns(lua_State *L) {
+  lua_pushboolean(L, state_of(L)->count > 0);
+  return 1;
+}
+
+/* [-0, +1] setUnhandledRejectionHandler(fn?) -> the previous handler. */
+static int promise_set_handler(lua_State *L) {
+  lua_settop(L, 1);
+  lua_getiuservalue(L, STATE, UV_HANDLER);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, STATE, UV_HANDLER);
+  return 1;
+}
+
+/* ---- promises ---- */
+
+/* [-0, +1, e] makePromise() -> a new pending promise. */
+static int promise_make(lua_State *L) {
+  new_promise(L, state_of(L));
+  return 1;
+}
+
+/* [-0, +1] isPromise(v) -> whether v is one of this state's promises. */
+static int promise_is(lua_State *L) {
+  lua_pushboolean(L, is_promise(L, 1));
+  return 1;
+}
+
+/* [-0, +0, e] resolvePromise(p, v): resolves p unless already resolved. */
+static int promise_resolve_promise(lua_State *L) {
+  check_promise(L, 1);
+  lua_settop(L, 2);
+  if (get_bool(L, 1, LK))
+    return 0;
+  set_bool(L, 1, LK, 1);
+  resolve_now(L, state_of(L), 1, 2);
+  return 0;
+}
+
+/* [-0, +0, e] rejectPromise(p, e): rejects p unless already resolved. */
+static int promise_reject_promise(lua_State *L) {
+  check_promise(L, 1);
+  lua_settop(L, 2);
+  if (get_bool(L, 1, LK))
+    return 0;
+  set_bool(L, 1, LK, 1);
+  settle_now(L, state_of(L), 1, 2, 1);
+  return 0;
+}
+
+/*
+ * [-0, +(0|1), e] takeAwaiter(p, ok, v) -> co?: settleAndResume's first
+ * half. When p is not resolved yet, no turn is queued, and p's only
+ * reaction is an await, settles p with (ok, v) without queueing that
+ * await's turn, forgets the reaction and returns its coroutine for the
+ * caller to resume at once (what drain would run next anyway). Otherwise
+ * settles p like resolvePromise or rejectPromise and returns nothing.
+ */
+static int promise_take_awaiter(lua_State *L) {
+  pstate_t *st = state_of(L);
+  int ok;
+  check_promise(L, 1);
+  lua_settop(L, 3);
+  ok = lua_toboolean(L, 2);
+  if (get_bool(L, 1, LK))
+    return 0;
+  set_bool(L, 1, LK, 1);
+  if (st->count == 0 && lua_rawgeti(L, 1, RA) == LUA_TLIGHTUSERDATA &&
+      lua_touserdata(L, -1) == &AWAIT && !get_bool(L, 1, RX) && get_int(L, 1, S) == PENDING &&
+      (!ok || !is_promise(L, 3))) {
+    lua_pushvalue(L, 3);
+    lua_rawseti(L, 1, V);
+    lua_pushinteger(L, ok ? FULFILLED : REJECTED);
+    lua_rawseti(L, 1, S);
+    lua_rawgeti(L, 1, RB);
+    set_bool(L, 1, RA, 0);
+    set_nil(L, 1, RB);
+    return 1;
+  }
+  lua_settop(L, 3);
+  if (ok)
+    resolve_now(L, st, 1, 3);
+  else
+    settle_now(L, st, 1, 3, 1);
+  return 0;
+}
+
+/* [-0, +1, e] settled(ok, v) -> a promise resolved with v when ok, else
+ * rejected with v. */
+static int promise_settled(lua_State *L) {
+  pstate_t *st = state_of(L);
+  int ok = lua_toboolean(L, 1);
+  lua_settop(L, 2);
+  new_promise(L, st);
+  set_bool(L, 3, LK, 1);
+  if (ok)
+    resolve_now(L, st, 3, 2);
+  else
+    settle_now(L, st, 3, 2, 1);
+  return 1;
+}
+
+/* [-0, +1, e] resolve(v) -> v if it is a promise, else one fulfilled with v. */
+static int promise_resolve(lua_State *L) {
+  lua_settop(L, 1);
+  if (is_promise(L, 1))
+    return 1;
+  new_promise(L, state_of(L));
+  set_bool(L, 2, LK, 1);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, 2, V);
+  lua_pushinteger(L, FULFILLED);
+  lua_rawseti(L, 2, S);
+  return 1;
+}
+
+/* [-0, +1, e] reject(e) -> a promise rejected with e. */
+static int promise_reject(lua_State *L) {
+  pstate_t *st = state_of(L);
+  lua_settop(L, 1);
+  new_promise(L, st);
+  set_bool(L, 2, LK, 1);
+  settle_now(L, st, 2, 1, 1);
+  return 1;
+}
+
+/* [-0, +0, e] A kit's resolve(v) or reject(e); upvalue 3 is its promise,
+ * and upvalue 4 true for reject. */
+static int kit_settle(lua_State *L) {
+  lua_settop(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(3));
+  if (get_bool(L, 2, LK))
+    return 0;
+  set_bool(L, 2, LK, 1);
+  if (lua_toboolean(L, lua_upvalueindex(4)))
+    settle_now(L, state_of(L), 2, 1, 1);
+  else
+    resolve_now(L, state_of(L), 2, 1);
+  return 0;
+}
+
+/* [-0, +1, e] makePromiseKit() -> { promise, resolve, reject }. */
+static int promise_kit(lua_State *L) {
+  int i;
+  lua_settop(L, 0);
+  new_promise(L, state_of(L));
+  lua_createtable(L, 0, 3);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, 2, "promise");
+  for (i = 0; i < 2; i++) {
+    lua_pushvalue(L, STATE);
+    lua_pushvalue(L, PROMISE_MT);
+    lua_pushvalue(L, 1);
+    lua_pushboolean(L, i);
+    lua_pushcclosure(L, kit_settle, 4);
+    lua_setfield(L, 2, i ? "reject" : "resolve");
+  }
+  return 1;
+}
+
+/* [-0, +0, e] onSettle(p, fn): calls fn(ok, value) in a turn once p
+ * settles, or in the next turn with (true, p) if p is not a promise. */
+static int promise_on_settle(lua_State *L) {
+  pstate_t *st = state_of(L);
+  lua_settop(L, 2);
+  if (is_promise(L, 1)) {
+    lua_pushlightuserdata(L, (void *)&SETTLE);
+    lua_pushboolean(L, 0);
+    subscribe(L, st, 1, 3, 2, 4);
+  } else {
+    ring_reserve(L, st, 1);
+    push_ring(L);
+    lua_pushvalue(L, 2);
+    lua_pushboolean(L, 1);
+    lua_pushvalue(L, 1);
+    ring_put(L, st, 3, J_CALL);
+  }
+  return 0;
+}
+
+/* [-0, +2, e] state(p) -> 'pending'|'fulfilled'|'rejected', value. */
+static int promise_state(lua_State *L) {
+  static const char *const names[] = {"pending", "fulfilled", "rejected"};
+  lua_Integer s;
+  if (!is_promise(L, 1))
+    return luaL_error(L, "state: not a promise");
+  s = get_int(L, 1, S);
+  if (s >= PENDING && s <= REJECTED)
+    lua_pushstring(L, names[s]);
+  else
+    lua_pushnil(L);
+  lua_rawgeti(L, 1, V);
+  return 2;
+}
+
+/* [-0, +4] internal.subscribe(p, a, b, c): for promise.lua's await. */
+static int promise_subscribe(lua_State *L) {
+  check_promise(L, 1);
+  lua_settop(L, 4);
+  subscribe(L, state_of(L), 1, 2, 3, 4);
+  return 0;
+}
+
+/* [-0, +0, e] internal.fulfill(p, v): settles p unless it is settled. */
+static int promise_fulfill(lua_State *L) {
+  check_promise(L, 1);
+  lua_settop(L, 2);
+  settle_now(L, state_of(L), 1, 2, 0);
+  return 0;
+}
+
+/* [-0, +0, e] internal.rejectNow(p, e): rejects p unless it is settled. */
+static int promise_reject_now(lua_State *L) {
+  check_promise(L, 1);
+  lua_settop(L, 2);
+  settle_now(L, state_of(L), 1, 2, 1);
+  return 0;
+}
+
+/* [-0, +0, e] internal.resolveNow(p, v): resolves p, ignoring its
+ * "already resolved" flag. */
+static int promise_resolve_now(lua_State *L) {
+  check_promise(L, 1);
+  lua_settop(L, 2);
+  resolve_now(L, state_of(L), 1, 2);
+  return 0;
+}
+
+/* [-0, +0] internal.configure(makeError, first, resumeJob): the hooks into
+ * promise.lua. */
+static int promise_configure(lua_State *L) {
+  int i;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  for (i = 0; i < 3; i++) {
+    lua_pushvalue(L, i + 1);
+    lua_setiuservalue(L, STATE, UV_MAKE_ERROR + i);
+  }
+  return 0;
+}
+
+/* ---- methods ---- */
+
+/* [-0, +1, e] p:next(onFulfilled?, onRejected?) -> derived promise. A
+ * handler that is nil or false passes the value through. */
+static int method_next(lua_State *L) {
+  check_promise(L, 1);
+  lua_settop(L, 3);
+  if (!lua_toboolean(L, 2)) {
+    lua_pushboolean(L, 0);
+    lua_replace(L, 2);
+  }
+  if (!lua_toboolean(L, 3)) {
+    lua_pushboolean(L, 0);
+    lua_replace(L, 3);
+  }
+  new_promise(L, state_of(L));
+  subscribe(L, state_of(L), 1, 4, 2, 3);
+  return 1;
+}
+
+/* [-0, +1, e] p:catch(onRejected) -> derived promise. */
+static int method_catch(lua_State *L) {
+  check_promise(L, 1);
+  lua_settop(L, 2);
+  lua_pushboolean(L, 0);
+  lua_insert(L, 2);
+  return method_next(L);
+}
+
+/* [-2, +1, e] The methods table's __index: an integer key reads as nil (a
+ * promise's own slot, empty), any other key raises the hint. */
+static int methods_index(lua_State *L) {
+  if (lua_type(L, 2) == LUA_TNUMBER)
+    return 0;
+  return luaL_error(L, "cannot read field '%s' of a promise: %s", luaL_tolstring(L, 2, NULL), HINT);
+}
+
+/* [-0, +1] __tostring: the state and the hint. */
+static int promise_tostring(lua_State *L) {
+  static const char *const names[] = {"pending", "fulfilled", "rejected"};
+  lua_Integer s;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  s = get_int(L, 1, S);
+  lua_pushfstring(L, "Promise <%s> (%s)", s >= PENDING && s <= REJECTED ? names[s] : "?", HINT);
+  return 1;
+}
+
+/* The metamethods of a promise used as the value it stands for. */
+#define MISUSE(fn, what)                                                                           \
+  static int fn(lua_State *L) {                                                                    \
+    return luaL_error(L, "cannot " what " a promise: %s", HINT);                                   \
+  }
+MISUSE(misuse_call, "call")
+MISUSE(misuse_concat, "concatenate")
+MISUSE(misuse_compare, "compare")
+MISUSE(misuse_len, "take the length of")
+MISUSE(misuse_arith, "do arithmetic on")
+
+static const luaL_Reg promise_meta[] = {
+    {"__call", misuse_call},
+    {"__concat", misuse_concat},
+    {"__lt", misuse_compare},
+    {"__le", misuse_compare},
+    {"__len", misuse_len},
+    {"__add", misuse_arith},
+    {"__sub", misuse_arith},
+    {"__mul", misuse_arith},
+    {"__div", misuse_arith},
+    {"__mod", misuse_arith},
+    {"__pow", misuse_arith},
+    {"__unm", misuse_arith},
+    {"__idiv", misuse_arith},
+    {"__band", misuse_arith},
+    {"__bor", misuse_arith},
+    {"__bxor", misuse_arith},
+    {"__shl", misuse_arith},
+    {"__shr", misuse_arith},
+    {"__bnot", misuse_arith},
+    {"__tostring", promise_tostring},
+    {NULL, NULL},
+};
+
+static const luaL_Reg method_funcs[] = {
+    {"next", method_next},
+    {"catch", method_catch},
+    {NULL, NULL},
+};
+
+static const luaL_Reg module_funcs[] = {
+    {"makePromise", promise_make},
+    {"isPromise", promise_is},
+    {"resolvePromise", promise_resolve_promise},
+    {"rejectPromise", promise_reject_promise},
+    {"settled", promise_settled},
+    {"resolve", promise_resolve},
+    {"reject", promise_reject},
+    {"makePromiseKit", promise_kit},
+    {"onSettle", promise_on_settle},
+    {"state", promise_state},
+    {"drain", promise_drain},
+    {"hasTurns", promise_has_turns},
+    {"setUnhandledRejectionHandler", promise_set_handler},
+    {NULL, NULL},
+};
+
+static const luaL_Reg internal_funcs[] = {
+    {"subscribe", promise_subscribe},
+    {"fulfill", promise_fulfill},
+    {"rejectNow", promise_reject_now},
+    {"resolveNow", promise_resolve_now},
+    {"takeAwaiter", promise_take_awaiter},
+    {"configure", promise_configure},
+    {NULL, NULL},
+};
+
+/* [-0, +0, m] Registers the functions l into the table at t as closures
+ * over the state at ud and the metatable at meta. */
+static void set_funcs(lua_State *L, int t, int ud, int meta, const luaL_Reg *l) {
+  lua_pushvalue(L, t);
+  lua_pushvalue(L, ud);
+  lua_pushvalue(L, meta);
+  luaL_setfuncs(L, l, 2);
+  lua_pop(L, 1);
+}
+
+/*
+ * [-0, +1, m] new() -> a module table over a new queue: the public
+ * functions and `_internal`, which promise.lua takes and removes (the
+ * functions that ignore a promise's "already resolved" flag, the await
+ * marker, the promise metatable and its methods table). Each load of
+ * promise.lua makes its own, as each load of the Lua version had its own
+ * queue.
+ */
+static int promise_new(lua_State *L) {
+  pstate_t *st;
+  int mod, ud, meta, methods, internal;
+  lua_settop(L, 0);
+  luaL_checkstack(L, 10, NULL);
+  lua_createtable(L, 0, 24);
+  mod = lua_gettop(L);
+  st = lua_newuserdatauv(L, sizeof *st, UV_COUNT);
+  ud = lua_gettop(L);
+  st->head = st->tail = 1;
+  st->count = st->unhandled = 0;
+  st->cap = RING_TURNS;
+  st->registered = 0;
+  lua_createtable(L, RING_TURNS * 4, 0);
+  lua_setiuservalue(L, ud, UV_RING);
+  lua_createtable(L, 0, 0);
+  lua_setiuservalue(L, ud, UV_UNHANDLED);
+  lua_createtable(L, 0, 24);
+  meta = lua_gettop(L);
+  lua_createtable(L, 0, 4);
+  methods = lua_gettop(L);
+  lua_createtable(L, 0, 10);
+  internal = lua_gettop(L);
+
+  set_funcs(L, methods, ud, meta, method_funcs);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, methods_index);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, methods);
+
+  lua_pushvalue(L, meta);
+  luaL_setfuncs(L, promise_meta, 0);
+  lua_pop(L, 1);
+  lua_pushvalue(L, methods);
+  lua_setfield(L, meta, "__index");
+  lua_pushliteral(L, "ocap.Promise");
+  lua_setfield(L, meta, "__name");
+
+  set_funcs(L, mod, ud, meta, module_funcs);
+  set_funcs(L, internal, ud, meta, internal_funcs);
+  lua_pushvalue(L, meta);
+  lua_setfield(L, internal, "Promise");
+  lua_pushvalue(L, methods);
+  lua_setfield(L, internal, "methods");
+  lua_pushlightuserdata(L, (void *)&AWAIT);
+  lua_setfield(L, internal, "AWAIT");
+  lua_pushvalue(L, internal);
+  lua_setfield(L, mod, "_internal");
+  lua_settop(L, mod);
+  return 1;
+}
+
+/* [-0, +1, m] See lpromise.h: the module is { new = promise_new }. */
+int luaopen_ocap_promise_core(lua_State *L) {
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, promise_new);
+  lua_setfield(L, -2, "new");
+  return 1;
+}

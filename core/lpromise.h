@@ -1,0 +1,39 @@
+/*
+ * lpromise.h -- the core of ocap.promise in C (`ocap.promise.core`).
+ *
+ * lua/ocap/promise.lua is the module vat and host code require; it keeps in
+ * Lua what runs coroutines (await, call, xcall, spawn) and what is cold
+ * (finally, the combinators), and takes everything else from this module:
+ * the promise records, settling and adoption, reactions, the turn queue
+ * and drain, next and catch, kits and onSettle. The module has one
+ * function, new(), which makes a queue and the module table over it:
+ * promise.lua calls it once as it loads, so a Lua state has one queue.
+ *
+ * Conventions:
+ *
+ * 1. A promise is a table with eight array slots (state, value, handled,
+ *    locked, three for the first reaction, further reactions) whose
+ *    metatable is the module's; promise.lua's header documents them and
+ *    the ECMAScript turn ordering this module keeps.
+ * 2. Every function is a C closure over the same two upvalues (the
+ *    queue's state and the promise metatable), so a vat pays a closure per
+ *    function and no prototype.
+ * 3. A raise in the middle of an operation (the vat's memory budget, a
+ *    callback's error) leaves the records and the queue valid: room in the
+ *    queue is made before anything is written, and a turn leaves the
+ *    queue before it runs.
+ * 4. Arguments from vat code are checked; a record whose slots vat code
+ *    overwrote raises rather than crashes.
+ * 5. drain charges the vat's meter for every turn it runs, and calls
+ *    callbacks with continuations, so that a callback may yield the
+ *    coroutine that drains as it could when drain was Lua.
+ */
+#ifndef OCAP_LPROMISE_H
+#define OCAP_LPROMISE_H
+
+#include <lua.h>
+
+/* [-0, +1, m] Pushes the module table { new = f }. */
+int luaopen_ocap_promise_core(lua_State *L);
+
+#endif
