@@ -66,7 +66,7 @@ enum ocap_sc_model {
   M_MODEL_SIZE = M_BOX_KIT
 };
 
-/* [-0, +1, m] Pushes the module table { new = f, pass = f }. */
+/* [-0, +1, m] Pushes the module table { new = f, pass = f, marshal = f }. */
 int luaopen_ocap_smallcaps(lua_State *L);
 
 /* [-0, +1, e] Pushes a codec over the model at index model (whose codec
@@ -80,6 +80,13 @@ void ocap_sc_push_codec(lua_State *L, int model);
  * lazy parts with and the next its hardened tables' __pairs answers.
  */
 int ocap_pass_new(lua_State *L);
+
+/*
+ * marshal(require, codec) -> module  [-2, +1, e]
+ * Makes the ocap.marshal module (lmarshal.c) over ocap.pass's codec, with
+ * the require it loads the reference codec with.
+ */
+int ocap_marshal_new(lua_State *L);
 
 /* [-0, +1] Pushes the model of the first codec made in L (in a vat, its
  * runtime's) and returns 1, or pushes nil and returns 0 when L has none. */

@@ -16,6 +16,30 @@ local IDLE = 'spec/vats/idle.lua'
 -- boot (66, 37, 31 KiB).
 local IDLE_BOUND = 169 * 1024
 
+-- Every vat loads these at boot and keeps them: as Lua, each function
+-- costs every vat its prototype (prototypes cannot be shared between Lua
+-- states), so they are C, and only their rarely used parts load as Lua.
+describe('the runtime every vat keeps', function()
+  local function cFunctions(name, t)
+    local lua = {}
+    for k, v in pairs(t) do
+      if type(v) == 'function' and debug.getinfo(v, 'S').what ~= 'C' then lua[#lua + 1] = name .. '.' .. k end
+    end
+    table.sort(lua)
+    return lua
+  end
+
+  it('has no Lua function in ocap.pass, ocap.marshal or a marshaller', function()
+    local pass, marshal = require 'ocap.pass', require 'ocap.marshal'
+    local m = marshal.makeMarshal(function() end, function() end)
+    local lua = {}
+    for name, t in pairs({ pass = pass, marshal = marshal, marshaller = m, codec = pass.codec }) do
+      for _, f in ipairs(cFunctions(name, t)) do lua[#lua + 1] = f end
+    end
+    assert.same({}, lua)
+  end)
+end)
+
 describe('an idle vat', function()
   local kernel
 
