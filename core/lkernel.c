@@ -48,6 +48,7 @@ static void unref_all(lua_State *L, lkernel_t *lk) {
   luaL_unref(L, LUA_REGISTRYINDEX, lk->exit_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->host_pipelines_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->peer_dispatch_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->after_crank_ref);
 }
 
 /* K:__gc()  [-0, +0, e]
@@ -102,7 +103,7 @@ static int core_open(lua_State *L) {
   if (!lk)
     return luaL_error(L, "out of memory");
   lk->host_dispatch_ref = lk->vat_needed_ref = lk->logger_ref = lk->terminated_ref = LUA_NOREF;
-  lk->exit_ref = lk->host_pipelines_ref = lk->peer_dispatch_ref = LUA_NOREF;
+  lk->exit_ref = lk->host_pipelines_ref = lk->peer_dispatch_ref = lk->after_crank_ref = LUA_NOREF;
   if (uv_loop_init(&lk->loop) != 0) {
     free(lk);
     return luaL_error(L, "cannot create the event loop");
@@ -253,9 +254,22 @@ static int k_kv_count(lua_State *L) {
 
 /* K:commit()  [-0, +0, e]
  * A kernel failure recorded since the last commit means the writes since
- * then may be half done: they are dropped, and the commit raises. */
+ * then may be half done: they are dropped, and the commit raises.
+ *
+ * Host code that a crank runs (a kernel service, a result handler, a
+ * hook) writes into the crank's buffer, whose first change took the
+ * crank's item off the run queue: a commit there would split the crank,
+ * and a failure later in it would roll back only the rest, losing the
+ * item. So inside a crank the writes are left to the crank, which commits
+ * or rolls back them all; a failure already recorded raises and drops
+ * nothing, since the crank rolls back as a whole when it ends. */
 static int k_commit(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
+  if (lk->cranking) {
+    if (ocap_kernel_failed(lk->k))
+      return luaL_error(L, "commit failed: %s", ocap_kernel_errmsg(lk->k));
+    return 0;
+  }
   if (ocap_kernel_failed(lk->k)) {
     ocap_store_abort(lk->s);
     lua_pushfstring(L, "commit failed: %s", ocap_kernel_errmsg(lk->k));
@@ -268,9 +282,19 @@ static int k_commit(lua_State *L) {
   return 0;
 }
 
-/* K:abort()  [-0, +0, e] */
+/* K:abort()  [-0, +0, e]
+ * Refused inside a crank: the buffer holds the crank's own writes too (its
+ * item taken off the run queue, the counts it changed), and the C code of
+ * the crank, which goes on after the host code returns, holds records and
+ * counts that only a rollback of the whole crank undoes. Host code there
+ * that must undo its work raises instead, or does the work after the
+ * crank (K:afterCrank). */
 static int k_abort(lua_State *L) {
-  ocap_store_abort(checkkernel(L, 1)->s);
+  lkernel_t *lk = checkkernel(L, 1);
+  if (lk->cranking)
+    return luaL_error(L, "cannot abort the store while a crank is running: "
+                         "its writes are the crank's, which commits or rolls back as a whole");
+  ocap_store_abort(lk->s);
   return 0;
 }
 
@@ -328,6 +352,36 @@ static int raise_kernel(lua_State *L, lkernel_t *lk) {
 static int k_in_crank(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   lua_pushboolean(L, lk->in_step);
+  return 1;
+}
+
+/* K:afterCrank()  [-0, +0, e]
+ * Host code inside a crank asks for the after-crank handler to run once
+ * the crank is over (with whether it committed), before any later crank;
+ * the host keeps the work itself. Outside a crank there is nothing to
+ * wait for, and the call is refused. */
+static int k_after_crank(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  if (!lk->in_step)
+    return luaL_error(L, "K:afterCrank: no crank is running");
+  lk->after_crank = 1;
+  return 0;
+}
+
+/* K:check() -> true  [-0, +1, e]
+ * Testing hook: checks that the tables the kernel keeps in memory hold
+ * what the store holds (ocap_kernel_check), and raises naming the first
+ * key that differs. Between cranks only, where the two must agree. */
+static int k_check(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  if (lk->in_step)
+    return luaL_error(L, "cannot check the kernel while a crank is running");
+  if (ocap_kernel_check(lk->k)) {
+    lua_pushstring(L, ocap_kernel_errmsg(lk->k));
+    ocap_kernel_clear_failure(lk->k);
+    return lua_error(L);
+  }
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -597,17 +651,44 @@ static void finish_exits(lua_State *L, lkernel_t *lk) {
 }
 
 /*
+ * [-0, +0, m] Calls the host's after-crank handler (K:setAfterCrank) with
+ * whether the crank committed: what host code inside the crank asked to
+ * do once it is over (K:afterCrank) runs then, before any later crank, or
+ * is dropped with a crank that rolled back, whose delivery runs again and
+ * asks again. A failure in the handler is reported and dropped, as one in
+ * the host's dispatch is.
+ */
+static void after_crank(lua_State *L, lkernel_t *lk, int committed) {
+  lk->after_crank = 0;
+  if (lk->after_crank_ref == LUA_NOREF)
+    return;
+  STACK_CHECK_BEGIN(L);
+  lk->host_ran = 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lk->after_crank_ref);
+  lua_pushboolean(L, committed);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "ocap: after-crank handler failed: %s\n", msg ? msg : "(error object)");
+    lua_pop(L, 1);
+  }
+  STACK_CHECK_END(L, 0);
+}
+
+/*
  * [-0, +0, m] Runs one crank (the oldest timer firing first, else the head
  * of the run queue) with L as the stepping thread, then hands exits to the
- * host. Returns 1 when a crank ran, 0 when there was nothing to do, or a
- * negative OCAP_E* code when the crank failed and was rolled back.
+ * host, then runs what host code in the crank left for after it. Returns
+ * 1 when a crank ran, 0 when there was nothing to do, or a negative
+ * OCAP_E* code when the crank failed and was rolled back.
  */
 static int one_crank(lua_State *L, lkernel_t *lk) {
   lk->in_step = 1;
   lua_State *saved = lk->L;
   lk->L = L;
   lk->ran = NULL;
+  lk->cranking = 1;
   int rc = lk->nfired ? ocap__timer_crank(lk) : ocap_kernel_step(lk->k);
+  lk->cranking = 0;
   finish_exits(L, lk);
   lk->L = saved;
   lk->in_step = 0;
@@ -617,15 +698,25 @@ static int one_crank(lua_State *L, lkernel_t *lk) {
   if (rc < 0 && lk->ran && lk->ran->vat)
     ocap__stop_vat(lk->ran);
   lk->ran = NULL;
+  if (lk->after_crank)
+    after_crank(L, lk, rc >= 0);
   return rc;
 }
+
+/* Host code inside a crank that runs the kernel, or awaits on the main
+ * thread a promise only a later crank (or the work after this one,
+ * K:afterCrank) can settle, would wait for ever: it is refused. */
+#define STEP_IN_CRANK                                                                              \
+  "kernel:step() called while a crank is running: host code inside a crank cannot run the "        \
+  "kernel, nor await on the main thread a promise that only a later crank settles (await in a "    \
+  "coroutine, or return the promise)"
 
 /* K:step() -> ran  [-0, +1, e]
  * ran is false when there was nothing to do. */
 static int k_step(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   if (lk->in_step)
-    return luaL_error(L, "kernel:step() called while a crank is running");
+    return luaL_error(L, "%s", STEP_IN_CRANK);
   int rc = one_crank(L, lk);
   if (rc < 0)
     return luaL_error(L, "crank failed: %s", ocap_kernel_errmsg(lk->k));
@@ -648,7 +739,7 @@ static int k_drive(lua_State *L) {
   lua_Integer max = luaL_optinteger(L, 2, 64);
   lua_Integer group = luaL_optinteger(L, 3, 512);
   if (lk->in_step)
-    return luaL_error(L, "kernel:step() called while a crank is running");
+    return luaL_error(L, "%s", STEP_IN_CRANK);
   if (lk->nfired == 0 && uv_loop_alive(&lk->loop))
     uv_run(&lk->loop, UV_RUN_NOWAIT);
   lua_Integer ran = 0;
@@ -793,6 +884,13 @@ static int k_set_vat_needed(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->vat_needed_ref);
 }
 
+/* K:setAfterCrank(handler?)  [-0, +0, e]
+ * handler(committed) runs after a crank in which host code called
+ * K:afterCrank. */
+static int k_set_after_crank(lua_State *L) {
+  return set_ref(L, &checkkernel(L, 1)->after_crank_ref);
+}
+
 /* K:setLogger(logger?)  [-0, +0, e] */
 static int k_set_logger(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->logger_ref);
@@ -851,6 +949,9 @@ static const luaL_Reg kernel_methods[] = {
     {"pending", k_pending},
     {"clear", k_clear},
     {"inCrank", k_in_crank},
+    {"afterCrank", k_after_crank},
+    {"setAfterCrank", k_set_after_crank},
+    {"check", k_check},
     {"allocVatId", k_alloc_vat_id},
     {"allocObject", k_alloc_object},
     {"allocPromise", k_alloc_promise},

@@ -164,11 +164,14 @@ struct lkernel {
   int host_dispatch_ref, vat_needed_ref, logger_ref, terminated_ref, exit_ref;
   int host_pipelines_ref; /* the host's answer to the kernel's pipelines hook */
   int peer_dispatch_ref;  /* the remote layer's: deliveries to peers, and their pipelines */
+  int after_crank_ref;    /* the host's after-crank handler (K:setAfterCrank) */
   lvat_t **vats;          /* open addressing by vat number; NULL marks a free slot */
   size_t nvats;           /* slots: 0 or a power of two, at most half full */
   size_t nlive;           /* records in it */
   runtime_t *runtime;
   int in_step;
+  int cranking;    /* a crank's writes are in the store's buffer: K:commit is the crank's */
+  int after_crank; /* host code asked to run after this crank (K:afterCrank) */
   lua_Integer reap_interval;   /* deliveries to a vat between reaps; 0: never */
   lua_Integer host_since_reap; /* the same count for the host's own endpoint */
   int host_ran;                /* host Lua code ran during this crank (K:drive stops) */

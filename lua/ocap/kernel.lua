@@ -102,7 +102,7 @@ local function drive(isSettled, wait)
         if ran > 0 then progressed = true end
         -- What follows host code and reaps, tested here first: most
         -- batches have neither to do.
-        if visible and (next(kernel.failing) ~= nil or kernel.vatAdmin.due[1]) then kernel:_afterHostCode() end
+        if visible and next(kernel.failing) ~= nil then kernel:_afterHostCode() end
         if kernel.reapWaiters[1] then kernel:_settleReaps() end
         if kernel.remote and kernel.remote:pump() then progressed = true end
       end
@@ -228,6 +228,7 @@ function M.make(options)
     reapWaiters = {}, -- resolvers of reapVats() promises, until the reaps are done
     services = {},
     failing = {}, -- vatId -> why it failed to restart, until recorded
+    afterCrank = {}, -- what host code in the running crank left for after it (Kernel:_afterCrank)
     bundleCache = setmetatable({}, { __mode = 'v' }), -- hash -> decoded bundle (Kernel:_bundle)
     bundleHashes = { n = 0 }, -- encoded bundle -> its hash, the last few (Kernel:_hashOf)
     knownKrefs = {}, -- kref -> true once checked (Kernel:_krefOf)
@@ -302,6 +303,7 @@ function M.make(options)
   K:setVatNeeded(function(vatId) return self:_restartVatState(vatId) end)
   K:setTerminated(function(vatId, reason) self:_forgetVat(vatId, reason) end)
   K:setExitHandler(function(vatId, failure, body) self:_vatExited(vatId, failure, body) end)
+  K:setAfterCrank(function(committed) self:_runAfterCrank(committed) end)
   K:setLogger(function(vatId, level, payload)
     -- The kernel has bounded the payload's size and shape; what it holds
     -- is still the vat's, so it is checked and escaped before the logger
@@ -358,10 +360,64 @@ function Kernel:_flushIfNeeded()
 end
 
 --- What the host does after a crank in which its code ran: record the
---- vats that failed to restart, run the upgrades that became due.
+--- vats that failed to restart.
 function Kernel:_afterHostCode()
   self:_recordFailures()
-  if self.vatAdmin.due[1] then upgrade.runDue(self) end
+end
+
+-- ---- host work that must wait for the crank to end ----
+
+-- Host code runs inside cranks (a kernel service, a result handler, the
+-- kernel facet a system vat calls). What it writes to the store is the
+-- crank's: K:commit there commits nothing, and the crank commits or rolls
+-- back it all. What it does outside the store (a vat's Lua state started
+-- or closed, an IO channel opened) could not be rolled back with the
+-- crank, so it waits until the crank has committed (docs/api.md, "Host
+-- calls made inside a crank").
+
+--- From host code inside a crank: run() is called right after the crank
+--- commits, before any later crank, in the order asked; it is dropped
+--- when the crank rolls back, whose delivery then runs again and asks
+--- again.
+---@param run function
+function Kernel:_afterCrank(run)
+  local queue = self.afterCrank
+  queue[#queue + 1] = run
+  self.K:afterCrank()
+end
+
+--- The kernel's after-crank handler (K:setAfterCrank).
+---@param committed boolean whether the crank committed
+function Kernel:_runAfterCrank(committed)
+  local queue = self.afterCrank
+  if not queue[1] then return end
+  self.afterCrank = {}
+  if not committed then return end
+  for _, run in ipairs(queue) do
+    local ok, err = pcall(run)
+    if not ok then
+      self.logger({ level = 'error', tags = { 'kernel' }, vatId = 'kernel',
+        message = 'host work after a crank failed: ' .. tostring(err) })
+    end
+  end
+end
+
+--- Runs fn now and returns what it returns, or, from host code inside a
+--- crank, runs it once the crank has committed (Kernel:_afterCrank) and
+--- returns a promise of its result: an error fn raises then rejects it.
+---@param fn fun(): any
+function Kernel:_outsideCrank(fn)
+  if not self.K:inCrank() then return fn() end
+  local kit = promise.makePromiseKit()
+  self:_afterCrank(function()
+    local ok, r = pcall(fn)
+    if ok then
+      kit.resolve(r)
+    else
+      kit.reject(pass.isError(r) and r or pass.makeError(liveslots.stripPosition(tostring(r))))
+    end
+  end)
+  return kit.promise
 end
 
 --- Runs one crank; true when one ran.
@@ -369,7 +425,6 @@ function Kernel:step()
   self:_check()
   local did = self.K:step()
   self:_recordFailures()
-  if self.vatAdmin.due[1] then upgrade.runDue(self) end
   self:_settleReaps()
   self:_flushIfNeeded()
   promise.drain()
@@ -764,6 +819,7 @@ function Kernel:registerKernelServiceObject(name, object, opts)
     -- Vats find a service by name at any time: GC must never take it.
     self.K:pin(kref)
   end
+  -- Inside a crank this commits nothing: the registration is the crank's.
   self.K:commit()
   local info = { name = name, kref = kref, systemOnly = systemOnly }
   self.services[name] = { object = object, info = info }
@@ -803,6 +859,9 @@ end
 --- Launches a subcluster; returns a promise of { subclusterId, rootKref, bootstrapResult }.
 function Kernel:launchSubcluster(clusterConfig, opts)
   self:_check()
+  if self.K:inCrank() then
+    return self:_outsideCrank(function() return self:launchSubcluster(clusterConfig, opts) end)
+  end
   local ok, err = config.validateCluster(clusterConfig, self.options.allowedGlobalNames)
   if not ok then return rejected(err) end
   -- IO channels are opened first, so that a bad one fails the launch
@@ -905,10 +964,15 @@ function Kernel:_launch(clusterConfig, opts, chans)
   return bootP:next(function(result)
     return { subclusterId = subclusterId, rootKref = rootKref, bootstrapResult = result }
   end, function(reason)
-    self:_terminateSubclusterNow(subclusterId, 'bootstrap failed')
+    -- This runs in a turn, which may be inside a crank (the one that told
+    -- the host): the vats are closed once it is over.
     local msg = type(reason) == 'table' and reason.message or tostring(reason)
-    error(pass.makeError(('subcluster %s: bootstrap of vat %q failed: %s'):format(
-      subclusterId, clusterConfig.bootstrap, tostring(msg))), 0)
+    return promise.resolve(self:_outsideCrank(function()
+      self:_terminateSubclusterNow(subclusterId, 'bootstrap failed')
+    end)):next(function()
+        error(pass.makeError(('subcluster %s: bootstrap of vat %q failed: %s'):format(
+          subclusterId, clusterConfig.bootstrap, tostring(msg))), 0)
+      end)
   end)
 end
 
@@ -957,6 +1021,7 @@ end
 
 function Kernel:terminateSubcluster(id)
   self:_check()
+  if self.K:inCrank() then return self:_outsideCrank(function() return self:terminateSubcluster(id) end) end
   if not self:_terminateSubclusterNow(id, 'subcluster ' .. tostring(id) .. ' terminated') then
     return rejected(('no subcluster %q'):format(tostring(id)))
   end
@@ -965,6 +1030,7 @@ end
 
 function Kernel:terminateVat(vatId, reason)
   self:_check()
+  if self.K:inCrank() then return self:_outsideCrank(function() return self:terminateVat(vatId, reason) end) end
   if not self:_get('vat.' .. tostring(vatId)) then
     return rejected(('no vat %q'):format(tostring(vatId)))
   end
@@ -977,6 +1043,7 @@ end
 --- state (getStatus), and the promise rejects with the reason.
 function Kernel:restartVat(vatId)
   self:_check()
+  if self.K:inCrank() then return self:_outsideCrank(function() return self:restartVat(vatId) end) end
   local rec = self:_get('vat.' .. tostring(vatId))
   if not rec then
     return rejected(('no vat %q'):format(tostring(vatId)))
@@ -1006,6 +1073,7 @@ end
 ---@param spec table { sourceSpec | bundleSpec | bundleName, parameters }
 function Kernel:upgradeVat(vatId, spec)
   self:_check()
+  if self.K:inCrank() then return self:_outsideCrank(function() return self:upgradeVat(vatId, spec) end) end
   return upgrade.upgradeVat(self, vatId, spec)
 end
 
@@ -1015,6 +1083,9 @@ end
 ---@param clusterConfig table the new ClusterConfig (same vats and bootstrap)
 function Kernel:upgradeSubcluster(id, clusterConfig)
   self:_check()
+  if self.K:inCrank() then
+    return self:_outsideCrank(function() return self:upgradeSubcluster(id, clusterConfig) end)
+  end
   return upgrade.upgradeSubcluster(self, id, clusterConfig)
 end
 
@@ -1024,6 +1095,8 @@ function Kernel:pingVat(vatId)
     return rejected(('no vat %q'):format(tostring(vatId)))
   end
   if not self.K:vatLive(vatId) then
+    -- Starting the vat's state is work outside the store.
+    if self.K:inCrank() then return self:_outsideCrank(function() return self:pingVat(vatId) end) end
     local failed = self:_restartVatState(vatId)
     self:_recordFailures()
     self.K:commit()
@@ -1282,6 +1355,8 @@ end
 
 function Kernel:stop()
   if self.stopped then return end
+  -- Refused before anything is closed (K:close would refuse it after).
+  if self.K:inCrank() then error('cannot stop the kernel while a crank is running', 2) end
   -- A kernel that cannot write its last cranks (a failed store, a damaged
   -- database) is closed all the same, so that it stops taking part in the
   -- loop that drives every kernel; the failure is raised afterwards.

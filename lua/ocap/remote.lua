@@ -1768,6 +1768,12 @@ end
 --- true when it handled something.
 function Remote:pump()
   if self.closed then return false end
+  -- Only between cranks: what a running crank queued for peers leaves
+  -- once it has committed (a crank that rolls back must not have told a
+  -- peer anything), and ended sessions' endpoints are terminated outside
+  -- any crank. Host code inside a crank reaches here when it drives the
+  -- kernel, which K:drive then refuses.
+  if self.K:inCrank() then return false end
   local did, active = false, false
   if self.ended[1] then
     did = true

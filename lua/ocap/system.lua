@@ -35,7 +35,9 @@ function M.makeKernelFacet(kernel)
     terminateVat = function(_, vatId, reason) return await(kernel:terminateVat(vatId, reason)) end,
     revoke = function(_, kref) kernel:revoke(kref) end,
     isRevoked = function(_, kref) return kernel:isRevoked(kref) end,
-    reset = function() return kernel:reset() end,
+    -- A facet method runs inside a crank, which reset must not wipe: it
+    -- runs once that crank has committed (docs/api.md).
+    reset = function() kernel:_outsideCrank(function() kernel:reset() end) end,
   })
 end
 

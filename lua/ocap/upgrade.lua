@@ -6,7 +6,8 @@
 --- message to `vatAdmin`, an object of the kernel's own endpoint, so that
 --- the messages already queued to the vat reach the old incarnation first.
 --- When that message is delivered, the upgrade is due, and it runs as soon
---- as that crank has ended (no crank runs in between): the old Lua state is
+--- as that crank has committed (no crank runs in between; a crank that
+--- rolls back drops it, and its message comes again): the old Lua state is
 --- held aside (K:holdVat), the promises the old incarnation decided are
 --- rejected, and the new code starts on the same store. Any failure drops
 --- every write of the attempt (K:abort) and puts the held state back, heap,
@@ -55,20 +56,22 @@ end
 --- earlier run is bound again at once.
 ---@param kernel table the host-side kernel object
 function M.install(kernel)
-  local pending, due = {}, {}
+  local pending = {}
   kernel.vatAdmin = {
-    pending = pending, -- request id -> job, until its message is delivered
-    due = due,         -- jobs whose message was delivered, in order
+    pending = pending, -- request id -> job, until its crank has committed
     nextId = 1,
     object = exo.makeDefaultExo('vatAdmin', {
       -- A request made by a previous run of the kernel is not pending
       -- here: its promise was rejected with the host's others.
       upgrade = function(_, id)
-        local job = pending[id]
-        if job then
-          pending[id] = nil
-          due[#due + 1] = job
-        end
+        if not pending[id] then return end
+        kernel:_afterCrank(function()
+          local job = pending[id]
+          if job then
+            pending[id] = nil
+            M.run(kernel, job)
+          end
+        end)
       end,
     }),
   }
@@ -286,20 +289,18 @@ local function perform(kernel, job)
   return { incarnation = job.vats[1].rec.incarnation }
 end
 
---- Runs the upgrades whose crank has come, each settling its promise.
+--- Runs an upgrade whose crank has come and committed, settling its
+--- promise.
 ---@param kernel table
-function M.runDue(kernel)
-  local due = kernel.vatAdmin.due
-  while due[1] do
-    local job = table.remove(due, 1)
-    local ok, r = pcall(perform, kernel, job)
-    if ok then
-      job.kit.resolve(r)
-    else
-      local msg = type(r) == 'table' and r.message or tostring(r)
-      kernel.logger({ level = 'warn', tags = { 'kernel' }, vatId = 'kernel', message = msg })
-      job.kit.reject(pass.makeError(msg))
-    end
+---@param job table
+function M.run(kernel, job)
+  local ok, r = pcall(perform, kernel, job)
+  if ok then
+    job.kit.resolve(r)
+  else
+    local msg = type(r) == 'table' and r.message or tostring(r)
+    kernel.logger({ level = 'warn', tags = { 'kernel' }, vatId = 'kernel', message = msg })
+    job.kit.reject(pass.makeError(msg))
   end
 end
 
