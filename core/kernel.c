@@ -316,16 +316,11 @@ int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
     if (rc)
       return rc;
   }
-  ocap__buf_t enc = {0};
-  rc = ocap__capdata_e2k(k, ep, methargs, &enc);
-  if (!rc)
-    rc = ocap__enqueue_send(k, tk, result ? rk : NULL, rrec, enc.p, enc.len,
-                            ep[0] == 'v' ? ep : NULL);
+  rc = ocap__enqueue_send(k, tk, result ? rk : NULL, rrec, ep, methargs, ep[0] == 'v' ? ep : NULL);
   /* The sender always wants its result: subscribe it here, which saves
    * every send a subscribe syscall. */
   if (!rc && result)
     rc = ocap__kp_subscribe(k, rrec, ep);
-  free(enc.p);
   return rc;
 }
 

@@ -557,44 +557,57 @@ long long ocap_kernel_queued_bytes(ocap_kernel_t *k, const char *ep) {
   return ocap__get_count(k, 0, &n, "%s.queuedBytes", ep) ? 0 : n;
 }
 
-/* Enqueues a send whose capdata is already in krefs, taking references. A
- * vat's message names its sender after the result, so that what the vat
- * has waiting is charged to it until the message is delivered or dropped. */
+/*
+ * Enqueues a send, taking references. The item is built in one buffer,
+ * which the queue takes as it is: its head, then methargs translated from
+ * ep's erefs (exporting what ep names for the first time), so a message
+ * costs one allocation and no copy. A vat's message names its sender after
+ * the result, so that what the vat has waiting is charged to it until the
+ * message is delivered or dropped.
+ */
 int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result, ocap__kp_t *rrec,
-                       const char *enc, size_t elen, const char *sender) {
-  /* The item is built in one block of its exact size, which the queue
-   * takes as it is. */
+                       const char *ep, const ocap_capdata_t *methargs, const char *sender) {
+  /* The head is put together on the stack and added in one piece. */
   const char *rname = result ? result : "-";
   size_t tl = strlen(target), rl = strlen(rname), sl = sender ? strlen(sender) : 0;
-  size_t len = 5 + tl + 1 + rl + (sender ? 1 + sl : 0) + 1 + elen;
-  char *p = malloc(len + 1);
-  if (p) {
-    char *w = p;
-    memcpy(w, "send ", 5);
-    w += 5;
-    memcpy(w, target, tl);
-    w += tl;
+  if (tl >= OCAP_REF_MAX || rl >= OCAP_REF_MAX || sl >= OCAP_REF_MAX)
+    return ocap__broken(k, OCAP_ECORRUPT, "a reference of a message is too long");
+  char head[3 * OCAP_REF_MAX + 8], *w = head;
+  memcpy(w, "send ", 5);
+  w += 5;
+  memcpy(w, target, tl);
+  w += tl;
+  *w++ = ' ';
+  memcpy(w, rname, rl);
+  w += rl;
+  if (sender) {
     *w++ = ' ';
-    memcpy(w, rname, rl);
-    w += rl;
-    if (sender) {
-      *w++ = ' ';
-      memcpy(w, sender, sl);
-      w += sl;
-    }
-    *w++ = '\n';
-    memcpy(w, enc, elen);
-    p[len] = '\0';
+    memcpy(w, sender, sl);
+    w += sl;
   }
-  int rc = enqueue_own(k, p, len, 1);
-  if (!rc && sender)
+  *w++ = '\n';
+  ocap__buf_t b = {0};
+  if (ocap__buf_add(&b, head, (size_t)(w - head)))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory queueing a message");
+  size_t at = b.len;
+  int rc = ocap__capdata_e2k(k, ep, methargs, &b);
+  if (rc) {
+    free(b.p);
+    return rc;
+  }
+  size_t len = b.len;
+  rc = enqueue_own(k, b.p, len, 1);
+  if (rc)
+    return rc;
+  const char *enc = slot(k->q, k->q->tail - 1)->p + at;
+  if (sender)
     rc = ocap__charge_queued(k, sender, (long long)len);
   if (!rc)
     rc = ocap__incref(k, target);
   if (!rc && result)
     rc = rrec ? ocap__kp_incref(k, rrec) : ocap__incref(k, result);
   if (!rc)
-    rc = ocap__incref_slots(k, enc, elen);
+    rc = ocap__incref_slots(k, enc, len - at);
   return rc;
 }
 

@@ -29,11 +29,14 @@ void ocap__queue_synced(ocap_kernel_t *k);
 
 /* Appends an item as it is (its references already taken). */
 int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len);
-/* Enqueues a send whose capdata is already in krefs, taking references;
- * a vat sender (NULL for the host) is charged for it until it is gone.
- * rrec, when not NULL, is the result's record (promise.h). */
+/* Enqueues a send from endpoint ep, whose methargs (in ep's erefs) are
+ * translated into krefs, exporting what ep names for the first time; the
+ * item takes references. A vat sender (NULL for the host) is charged for
+ * it until it is gone. rrec, when not NULL, is the result's record
+ * (promise.h). */
 int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result,
-                       struct ocap__kp *rrec, const char *enc, size_t elen, const char *sender);
+                       struct ocap__kp *rrec, const char *ep, const ocap_capdata_t *methargs,
+                       const char *sender);
 /* Adds delta to the bytes vat ep has waiting in the kernel (<ep>.queuedBytes);
  * a vat that is gone is charged nothing. */
 int ocap__charge_queued(ocap_kernel_t *k, const char *ep, long long delta);
