@@ -71,6 +71,7 @@ typedef struct clist {
   long long next[2], cnext[2], snext[2];
   int ids;
   size_t idsync;
+  unsigned long gen; /* counts the entries added and removed (ocap__cpos_t) */
   char ep[];
 } clist_t;
 
@@ -222,6 +223,7 @@ static void entry_remove(struct ocap__clists *t, clist_t *c, centry_t *e) {
   entry_free(t, e);
   ocap__oa_delete(c->slots, c->mask, i, entry_home);
   c->n--;
+  c->gen++;
 }
 
 /* Adds an entry for key holding a copy of val (n bytes; NULL: absent).
@@ -262,6 +264,7 @@ static centry_t *entry_add(struct ocap__clists *t, clist_t *c, const rkey_t *key
   memcpy(e->ref, key->s, key->len + 1);
   *(sl ? sl : entry_slot(c, key)) = e;
   c->n++;
+  c->gen++;
   return e;
 }
 
@@ -483,13 +486,27 @@ static inline int clist_find(ocap_kernel_t *k, const char *ep, clist_t **out) {
 }
 
 int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl) {
+  ocap__cpos_t pos;
+  return ocap__clist_getp(k, ep, ref, v, vl, &pos);
+}
+
+int ocap__clist_getp(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl,
+                     ocap__cpos_t *pos) {
   clist_t *c;
   int rc = clist_find(k, ep, &c);
   if (rc)
     return rc;
   rkey_t key;
   rkey_make(&key, ref);
-  centry_t *e = *entry_slot(c, &key);
+  void **sl = entry_slot(c, &key);
+  pos->c = c;
+  pos->slot = sl;
+  pos->gen = c->gen;
+  pos->len = key.len;
+  pos->hash = key.hash;
+  pos->w[0] = key.w[0];
+  pos->w[1] = key.w[1];
+  centry_t *e = *sl;
   if (!e || !e->val)
     return 0;
   *v = e->val;
@@ -530,16 +547,26 @@ static int index_importer(ocap_kernel_t *k, const char *ep, const char *ref, con
 
 /* Sets `<ep>.c.<ref>` (ocap__clist_set); `formed` says the caller knows val
  * is well formed (ocap__clist_put). */
-static int clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val,
-                     int formed) {
+static int clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val, int formed,
+                     const ocap__cpos_t *pos) {
   struct ocap__clists *t = k->c;
   clist_t *c;
   int rc = clist_find(k, ep, &c);
   if (rc)
     return rc;
   rkey_t key;
-  rkey_make(&key, ref);
-  void **sl = entry_slot(c, &key);
+  void **sl;
+  if (pos && pos->c == c && pos->gen == c->gen) {
+    key.s = ref;
+    key.len = pos->len;
+    key.hash = pos->hash;
+    key.w[0] = pos->w[0];
+    key.w[1] = pos->w[1];
+    sl = pos->slot;
+  } else {
+    rkey_make(&key, ref);
+    sl = entry_slot(c, &key);
+  }
   centry_t *e = *sl;
   if (!e && !val)
     return 0;
@@ -570,11 +597,16 @@ static int clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const ch
 }
 
 int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val) {
-  return clist_set(k, ep, ref, val, 0);
+  return clist_set(k, ep, ref, val, 0, NULL);
 }
 
 int ocap__clist_put(ocap_kernel_t *k, const char *ep, const char *ref, const char *val) {
-  return clist_set(k, ep, ref, val, 1);
+  return clist_set(k, ep, ref, val, 1, NULL);
+}
+
+int ocap__clist_setp(ocap_kernel_t *k, const char *ep, const char *ref, const char *val, int formed,
+                     const ocap__cpos_t *pos) {
+  return clist_set(k, ep, ref, val, formed, pos);
 }
 
 /* Lists c as having its counters changed by this crank, and makes room

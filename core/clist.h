@@ -12,6 +12,8 @@
 #ifndef OCAP_CLIST_H
 #define OCAP_CLIST_H
 
+#include <stdint.h>
+
 #include "kstate.h"
 
 int ocap__clists_new(ocap_kernel_t *k);
@@ -33,6 +35,28 @@ void ocap__clists_synced(ocap_kernel_t *k);
  * the store: such a value is well formed (a kref or a vref), so its
  * reader can skip the checks that find a damaged one. */
 int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl);
+/*
+ * Where ocap__clist_getp found ref in ep's c-list, or where its entry
+ * would go, so that a change of the same entry right after (removing what
+ * was read, adding what was missing) need not look it up again. It is
+ * good until the c-list gains or loses an entry; ocap__clist_setp checks
+ * that (a generation count) and looks the ref up again when it is stale.
+ */
+typedef struct ocap__cpos {
+  void *c; /* the c-list (clist.c), NULL before a lookup */
+  void **slot;
+  unsigned long gen;
+  size_t len, hash;
+  uint64_t w[2];
+} ocap__cpos_t;
+
+/* ocap__clist_get, also filling *pos. */
+int ocap__clist_getp(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl,
+                     ocap__cpos_t *pos);
+/* ocap__clist_set (formed 0) or ocap__clist_put (formed 1) of the same ep
+ * and ref that ocap__clist_getp found at *pos. */
+int ocap__clist_setp(ocap_kernel_t *k, const char *ep, const char *ref, const char *val, int formed,
+                     const ocap__cpos_t *pos);
 /* Sets `<ep>.c.<ref>` to val, or removes it when val is NULL. */
 int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val);
 /* The same for a value the caller made or checked itself, so that it is

@@ -79,13 +79,15 @@ int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out) {
  * it (it recognizes it but no longer reaches it): the mark is taken off,
  * and *reach (when not NULL) says whether it was there. *own (when not
  * NULL) says whether the kernel wrote the value (ocap__clist_get): it is
- * then well formed, and not checked.
+ * then well formed, and not checked. *pos (when not NULL) is where the
+ * entry is or would go, for a change of it right after (ocap__clist_setp).
  */
-static int clist_ref_own(ocap_kernel_t *k, const char *ep, const char *ref, char *out, int *reach,
-                         int *own) {
+static int clist_ref_pos(ocap_kernel_t *k, const char *ep, const char *ref, char *out, int *reach,
+                         int *own, ocap__cpos_t *pos) {
   const char *v;
   size_t vl;
-  int rc = ocap__clist_get(k, ep, ref, &v, &vl);
+  ocap__cpos_t here;
+  int rc = ocap__clist_getp(k, ep, ref, &v, &vl, pos ? pos : &here);
   if (rc <= 0)
     return rc;
   if (own)
@@ -105,6 +107,11 @@ static int clist_ref_own(ocap_kernel_t *k, const char *ep, const char *ref, char
   memcpy(out, v, vl);
   out[vl] = '\0';
   return 1;
+}
+
+static int clist_ref_own(ocap_kernel_t *k, const char *ep, const char *ref, char *out, int *reach,
+                         int *own) {
+  return clist_ref_pos(k, ep, ref, out, reach, own, NULL);
 }
 
 static int clist_ref_reach(ocap_kernel_t *k, const char *ep, const char *ref, char *out,
@@ -148,20 +155,22 @@ static int host_import(ocap_kernel_t *k, const char *kref) {
   int rc = ocap__obj_info(k, kref, &o);
   if (rc < 0 || ocap__is_kernel_ep(o.owner))
     return rc < 0 ? rc : 0;
-  int found = clist_ref_reach(k, "kernel", kref, have, &reach);
+  ocap__cpos_t pos;
+  int found = clist_ref_pos(k, "kernel", kref, have, &reach, NULL, &pos);
   if (found < 0 || (found > 0 && reach))
     return found < 0 ? found : 0;
-  rc = ocap__clist_put(k, "kernel", kref, kref);
+  rc = ocap__clist_setp(k, "kernel", kref, kref, 1, &pos);
   return rc ? rc : ocap__obj_count(k, kref, 1, found ? 0 : 1);
 }
 
 /* Adds an entry, both directions. An import of an object counts in both
  * its counts (gc.h); the exporter's own entry counts in neither. A
  * promise's entry counts in the promise, whose record the caller may pass
- * (rec, else NULL). */
+ * (rec, else NULL). kpos, when not NULL, is where a lookup of kref just
+ * missed. */
 static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref,
-                     ocap__kp_t *rec) {
-  int rc = ocap__clist_put(k, ep, kref, eref);
+                     ocap__kp_t *rec, const ocap__cpos_t *kpos) {
+  int rc = ocap__clist_setp(k, ep, kref, eref, 1, kpos);
   if (!rc)
     rc = ocap__clist_put(k, ep, eref, kref);
   if (rc)
@@ -176,10 +185,11 @@ static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const c
 static int clist_remove(ocap_kernel_t *k, const char *ep, const char *kref, ocap__kp_t *rec) {
   char eref[OCAP_REF_MAX];
   int reach = 1;
-  int rc = clist_ref_reach(k, ep, kref, eref, &reach);
+  ocap__cpos_t pos;
+  int rc = clist_ref_pos(k, ep, kref, eref, &reach, NULL, &pos);
   if (rc <= 0)
     return rc;
-  rc = ocap__clist_set(k, ep, kref, NULL);
+  rc = ocap__clist_setp(k, ep, kref, NULL, 0, &pos);
   if (!rc && !ocap__is_kernel_ep(ep))
     rc = ocap__clist_set(k, ep, eref, NULL);
   if (rc)
@@ -256,7 +266,7 @@ int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *o
       eref[0] == 'o' ? ocap_kernel_alloc_object(k, ep, out) : ocap__alloc_promise(k, ep, out, &r);
   if (rec)
     *rec = r;
-  return rc ? rc : clist_add(k, ep, out, eref, r);
+  return rc ? rc : clist_add(k, ep, out, eref, r, NULL);
 }
 
 int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
@@ -278,7 +288,8 @@ static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap
   if (!ocap__valid_ep(ep))
     return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
   int reach, own;
-  int rc = clist_ref_own(k, ep, kref, out, &reach, &own);
+  ocap__cpos_t pos; /* the entry's place, for the changes below */
+  int rc = clist_ref_pos(k, ep, kref, out, &reach, &own, &pos);
   if (rc < 0)
     return rc;
   if (rc > 0) {
@@ -288,7 +299,7 @@ static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap
     /* An import the vat dropped and is given again: it reaches it again. */
     if (reach)
       return 0;
-    rc = ocap__clist_put(k, ep, kref, out);
+    rc = ocap__clist_setp(k, ep, kref, out, 1, &pos);
     return rc ? rc : ocap__obj_count(k, kref, 1, 0);
   }
   int promise = ocap__is_kpid(kref);
@@ -299,7 +310,7 @@ static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap
   out[0] = promise ? 'p' : 'o';
   out[1] = '-';
   out[2 + ocap__fmt_ll(out + 2, n)] = '\0';
-  return clist_add(k, ep, kref, out, rec);
+  return clist_add(k, ep, kref, out, rec, &pos);
 }
 
 int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out) {
