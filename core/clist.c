@@ -85,7 +85,8 @@ struct ocap__clists {
   size_t mask, n;
   clist_t **byvat; /* vats' c-lists by the N of `v<N>` (vat_index) */
   size_t nbyvat;
-  dirty_t *dirty; /* the entries this crank changed */
+  clist_t *kernel; /* the kernel endpoint's (its imports), which every host call reaches */
+  dirty_t *dirty;  /* the entries this crank changed */
   size_t ndirty, capdirty;
   dirty_t *sync; /* the entries whose committed value the store may lack */
   size_t nsync, capsync;
@@ -283,9 +284,10 @@ static void clist_free(struct ocap__clists *t, clist_t *c) {
  * a few instructions, where hashing the name and comparing it cost about
  * eighty, and a round trip finds a c-list about twenty times. Vat ids are
  * handed out in order, so the array stays about as long as the number of
- * vats. The kernel's endpoint, and any name this does not take (a leading
- * zero, which would make two names one N, or more than six digits),
- * are hashed as before.
+ * vats. The kernel's endpoint has a field of its own, since every host
+ * call reaches its c-list; any name neither takes (a peer's, a leading
+ * zero, which would make two names one N, or more than six digits) is
+ * hashed.
  */
 static inline long vat_index(const char *ep) {
   if (ep[0] != 'v' || ep[1] < '0' || ep[1] > '9' || (ep[1] == '0' && ep[2]))
@@ -317,6 +319,8 @@ static inline clist_t *clist_get_ep(struct ocap__clists *t, const char *ep) {
   long v = vat_index(ep);
   if (v >= 0)
     return (size_t)v < t->nbyvat ? t->byvat[v] : NULL;
+  if (ocap__is_kernel_ep(ep))
+    return t->kernel;
   return *clist_slot(t, ep);
 }
 
@@ -339,6 +343,10 @@ static int clist_place(struct ocap__clists *t, clist_t *c) {
     t->byvat[v] = c;
     return 0;
   }
+  if (ocap__is_kernel_ep(c->ep)) {
+    t->kernel = c;
+    return 0;
+  }
   if (ocap__oa_full(t->n, t->mask) && ocap__oa_grow(&t->slots, &t->mask, clist_home))
     return OCAP_ENOMEM;
   *clist_slot(t, c->ep) = c;
@@ -350,6 +358,11 @@ static void clist_remove_ep(struct ocap__clists *t, clist_t *c) {
   long v = vat_index(c->ep);
   if (v >= 0) {
     t->byvat[v] = NULL;
+    clist_free(t, c);
+    return;
+  }
+  if (c == t->kernel) {
+    t->kernel = NULL;
     clist_free(t, c);
     return;
   }
@@ -385,6 +398,9 @@ static void drop_all(struct ocap__clists *t) {
       clist_free(t, t->byvat[i]);
     t->byvat[i] = NULL;
   }
+  if (t->kernel)
+    clist_free(t, t->kernel);
+  t->kernel = NULL;
   t->n = 0;
   t->ndirty = 0;
   t->nsync = 0;
@@ -749,6 +765,8 @@ int ocap__clists_check(ocap_kernel_t *k) {
     rc = check_one(k, t->slots[i]);
   for (size_t i = 0; i < t->nbyvat && !rc; i++)
     rc = check_one(k, t->byvat[i]);
+  if (!rc)
+    rc = check_one(k, t->kernel);
   return rc;
 }
 
