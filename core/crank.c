@@ -545,8 +545,7 @@ static int process_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, i
   char(*kpids)[OCAP_REF_MAX];
   size_t nk;
   char small_kpids[NOTIFY_RECS][OCAP_REF_MAX];
-  int rc =
-      ocap__parse_notify(k, it->p, it->len, it->formed, ep, small_kpids, NOTIFY_RECS, &kpids, &nk);
+  int rc = ocap__parse_notify(k, it, ep, small_kpids, NOTIFY_RECS, &kpids, &nk);
   if (rc)
     return rc;
   notes_t ns;
@@ -664,7 +663,7 @@ static int crank_drop_item(ocap_kernel_t *k, const ocap__qitem_t *item) {
     char nep[OCAP_REF_MAX];
     char(*kps)[OCAP_REF_MAX];
     size_t nk;
-    rc = ocap__parse_notify(k, item->p, item->len, item->formed, nep, NULL, 0, &kps, &nk);
+    rc = ocap__parse_notify(k, item, nep, NULL, 0, &kps, &nk);
     for (size_t j = 0; j < nk && !rc; j++)
       rc = ocap__decref(k, kps[j]);
     free(kps);

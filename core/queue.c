@@ -20,6 +20,7 @@ typedef struct item {
   char *p;
   size_t len;
   int formed;
+  size_t spaces; /* a notify's spaces (its kpids + 1) when the kernel made it, else 0 */
 } item_t;
 
 /*
@@ -150,6 +151,7 @@ static int queue_load(ocap_kernel_t *k) {
     slot(q, n)->p = b.p;
     slot(q, n)->len = b.len;
     slot(q, n)->formed = 0;
+    slot(q, n)->spaces = 0;
     q->tail++;
   }
   if (rc) {
@@ -375,6 +377,7 @@ static int enqueue_own(ocap_kernel_t *k, char *p, size_t len, int formed) {
   slot(q, q->tail)->p = p;
   slot(q, q->tail)->len = len;
   slot(q, q->tail)->formed = formed;
+  slot(q, q->tail)->spaces = 0;
   q->tail++;
   return 0;
 }
@@ -418,9 +421,10 @@ int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, oca
   item_t *last = q->tail > q->head ? slot(q, q->tail - 1) : NULL;
   if (last && last->len > 8 + el && memcmp(last->p, "notify ", 7) == 0 &&
       memcmp(last->p + 7, ep, el) == 0 && last->p[7 + el] == ' ') {
-    size_t count = 0;
-    for (size_t i = 0; i < last->len; i++)
-      count += last->p[i] == ' ';
+    size_t count = last->spaces; /* counted only in an item read from the store */
+    if (!count)
+      for (size_t i = 0; i < last->len; i++)
+        count += last->p[i] == ' ';
     if (count - 1 < NOTIFY_MERGE) {
       /* A committed item keeps its text for an abort; one this crank
        * queued, or changed already, is changed in place. */
@@ -438,6 +442,7 @@ int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, oca
       last->p = p;
       last->len += pl + 1;
       p[last->len] = '\0';
+      last->spaces = count + 1;
       return 0;
     }
   }
@@ -446,7 +451,10 @@ int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, oca
   memcpy(item + 7, ep, el);
   item[7 + el] = ' ';
   memcpy(item + 8 + el, kpid, pl);
-  return enqueue_copy(k, item, 8 + el + pl, 1);
+  rc = enqueue_copy(k, item, 8 + el + pl, 1);
+  if (!rc)
+    slot(q, q->tail - 1)->spaces = 2;
+  return rc;
 }
 
 /*
@@ -659,15 +667,19 @@ int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, int formed,
  * NOTIFY_MERGE, so a crank's usually do), else malloc'd (caller frees).
  * An item that does not parse whole is corruption.
  */
-int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, int formed, char *ep,
+int ocap__parse_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep,
                        char (*small)[OCAP_REF_MAX], size_t nsmall, char (**kpids)[OCAP_REF_MAX],
                        size_t *n) {
+  const char *item = it->p;
+  size_t len = it->len;
+  int formed = it->formed;
   char sv[64];
   *kpids = NULL;
   *n = 0;
-  size_t count = 0;
-  for (size_t i = 0; i < len; i++)
-    count += item[i] == ' ';
+  size_t count = it->spaces;
+  if (!count)
+    for (size_t i = 0; i < len; i++)
+      count += item[i] == ' ';
   if (len < 7 || memcmp(item, "notify ", 7) != 0 || count < 2)
     return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: run-queue item %s is not a notify",
                         ocap__shown(item, len, sv));
@@ -727,6 +739,7 @@ int ocap__dequeue(ocap_kernel_t *k, ocap__qitem_t *out) {
   out->p = it->p;
   out->len = it->len;
   out->formed = it->formed;
+  out->spaces = it->spaces;
   if (q->lent < 0)
     q->lent = q->head;
   q->head++;

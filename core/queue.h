@@ -59,6 +59,7 @@ typedef struct ocap__qitem {
   const char *p;
   size_t len;
   int formed;
+  size_t spaces; /* a notify's spaces when the queue knows them, else 0 */
 } ocap__qitem_t;
 
 /* Pops the head into *out: 1 when there was an item, 0 when empty. The
@@ -73,7 +74,7 @@ int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, int formed,
                      char *result, char *sender, size_t *capdata);
 /* Parses a notify item: *kpids holds its *n promises, in `small` (room
  * for nsmall) when they fit, else in a malloc'd array the caller frees. */
-int ocap__parse_notify(ocap_kernel_t *k, const char *item, size_t len, int formed, char *ep,
+int ocap__parse_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep,
                        char (*small)[OCAP_REF_MAX], size_t nsmall, char (**kpids)[OCAP_REF_MAX],
                        size_t *n);
 /* Drops the references a send item held (rrec as for ocap__enqueue_send). */
