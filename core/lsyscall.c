@@ -165,21 +165,20 @@ static void charge_sent(lua_State *V, lvat_t *rec, lua_Integer bytes) {
                (long long)rec->sent, (long long)rec->budget.crank_bytes);
 }
 
-/* send(target, body, slots, result?)  [-0, +0, e]
- * A message over the vat's size budget raises an ordinary error in the
- * sender before the kernel holds any of it, so a receiver is never asked
- * to decode it. */
-static int sys_send(lua_State *V) {
+/* [-0, +0, e] Sends body and slots (stack indices 2 and 3) to the target
+ * at index 1, with result as the result's vpid (NULL for none). A message
+ * over the vat's size budget raises an ordinary error in the sender
+ * before the kernel holds any of it, so a receiver is never asked to
+ * decode it. */
+static void send_message(lua_State *V, lvat_t *rec, const char *result) {
   const char *small[SMALL_SLOTS];
-  lvat_t *rec = sysvat(V);
   const char *target = luaL_checkstring(V, 1);
   ocap_capdata_t cd = ocap__check_capdata(V, 2, 3, small);
-  const char *result = luaL_optstring(V, 4, NULL);
   char excess[192];
   lua_Integer bytes = capdata_bytes(&cd);
   if (message_excess(rec, &cd, bytes, "message", excess, sizeof excess)) {
     lua_pushstring(V, excess); /* no position: the sender's caller is not at fault */
-    return lua_error(V);
+    lua_error(V);
   }
   /* Messages wait in the kernel until delivered: in the run queue, or
    * parked on a promise nobody may ever resolve. */
@@ -189,12 +188,44 @@ static int sys_send(lua_State *V) {
                     "this vat has %I bytes of messages waiting in the kernel; %I more would "
                     "pass its limit of %I (maxQueuedBytes)",
                     (LUAI_UACINT)queued, (LUAI_UACINT)bytes, (LUAI_UACINT)rec->budget.queued_bytes);
-    return lua_error(V);
+    lua_error(V);
   }
   charge_sent(V, rec, bytes);
   if (ocap_kernel_send(rec->lk->k, rec->id, target, &cd, result))
-    return syscall_failed(V, rec);
+    syscall_failed(V, rec);
+}
+
+/* send(target, body, slots, result?)  [-0, +0, e] */
+static int sys_send(lua_State *V) {
+  send_message(V, sysvat(V), luaL_optstring(V, 4, NULL));
   return 0;
+}
+
+/*
+ * sendNumbered(target, body, slots, n)  [-0, +1, e]
+ * send with the vat's own promise number n as the result, which it
+ * returns as a vpid ("p+<n>"): liveslots numbers the promises it
+ * exports, and this spares it making the string in Lua for every send.
+ */
+static int sys_send_numbered(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  lua_Integer n = luaL_checkinteger(V, 4);
+  luaL_argcheck(V, n > 0, 4, "promise number must be positive");
+  char vpid[32];
+  char digits[24];
+  int len = 0;
+  vpid[0] = 'p';
+  vpid[1] = '+';
+  do {
+    digits[len++] = (char)('0' + n % 10);
+    n /= 10;
+  } while (n > 0);
+  for (int i = 0; i < len; i++)
+    vpid[2 + i] = digits[len - 1 - i];
+  vpid[2 + len] = '\0';
+  send_message(V, rec, vpid);
+  lua_pushlstring(V, vpid, (size_t)len + 2);
+  return 1;
 }
 
 /* subscribe(kpid)  [-0, +0, e] */
@@ -524,6 +555,7 @@ static int sys_gc(lua_State *V) {
 
 static const luaL_Reg syscalls[] = {
     {"send", sys_send},
+    {"sendNumbered", sys_send_numbered},
     {"subscribe", sys_subscribe},
     {"resolve", sys_resolve},
     {"exit", sys_exit},

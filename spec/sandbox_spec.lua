@@ -198,9 +198,10 @@ return M
 
   it('holds timer syscalls only for a vat endowed with timers', function()
     local base = 'abandonExports collectGarbage decode dropImports exit log resolve retireExports retireImports '
-      .. 'send subscribe traceback vatstoreDelete vatstoreGet vatstoreNext vatstoreSet'
+      .. 'send sendNumbered subscribe traceback vatstoreDelete vatstoreGet vatstoreNext vatstoreSet'
     local timers = 'abandonExports collectGarbage decode dropImports exit log resolve retireExports retireImports '
-      .. 'send subscribe timerStart timerStop traceback vatstoreDelete vatstoreGet vatstoreNext vatstoreSet'
+      .. 'send sendNumbered subscribe timerStart timerStop traceback vatstoreDelete vatstoreGet vatstoreNext '
+      .. 'vatstoreSet'
     assert.equal(base, syscallsOf(''))
     assert.equal(base, syscallsOf('print os.time clearTimeout clearInterval'))
     assert.equal(timers, syscallsOf('setTimeout'))

@@ -13,8 +13,8 @@ local M = {}
 -- replaces its global require cannot change what the lazy kits load.
 local require = require
 
-local type, error, pcall, xpcall, select, tostring, setmetatable, getmetatable, rawequal, rawset =
-  type, error, pcall, xpcall, select, tostring, setmetatable, getmetatable, rawequal, rawset
+local type, error, pcall, xpcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, next =
+  type, error, pcall, xpcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, next
 local unpack, pack = table.unpack, table.pack
 local sfind, ssub, sbyte = string.find, string.sub, string.byte
 local makePromise, resolvePromise, rejectPromise = promise.makePromise, promise.resolvePromise,
@@ -68,8 +68,11 @@ local storedCount = M.storedCount
 -- Per Lua state: which liveslots instance a presence or a kernel-known
 -- promise belongs to, so E() can route without being told.
 local presenceInfo = setmetatable({}, { __mode = 'k' }) -- presence -> { ls, vref }
-local promiseLs = setmetatable({}, { __mode = 'k' })    -- promise -> ls
-local promiseVpid = setmetatable({}, { __mode = 'k' })  -- promise -> vpid
+-- The instances of this state (a vat has one): ls -> { vpidOf, sender },
+-- its table of kernel-known promises (promise -> vpid: one weak entry per
+-- promise a send makes, where a table for each field would take two) and
+-- the maker of its presences' senders (made in M.make).
+local instances = setmetatable({}, { __mode = 'k' })
 
 local presenceMT = {
   __index = function(self, k)
@@ -200,6 +203,9 @@ function M.make(opts)
   -- liveslots never lets go of them, whatever the kernel says.
   local pinned = {}
   local pending = {}                                   -- vpid -> promise we wait on
+  local vpidOf = setmetatable({}, { __mode = 'k' })      -- kernel-known promise -> vpid
+  local instance = { vpidOf }
+  instances[ls] = instance
   local exportedPromises = {}                           -- vpid -> local promise
   -- Export and promise numbers are never reused, even across restarts, so
   -- a new object can never take over a ref an old one had. The store keeps
@@ -209,7 +215,10 @@ function M.make(opts)
   local RESERVE <const> = 1024
   local counting = not opts.allocObject
   local nextObject, nextPromise = 1, 1
+  -- An instance whose refs others number keeps no counters: its bounds
+  -- are never reached, and the check at the end of a delivery is one test.
   local boundObject, boundPromise = 1, 1
+  if not counting then boundObject, boundPromise = COUNT_MAX + 1, COUNT_MAX + 1 end
   if syscall.vatstoreGet and not opts.allocObject then
     local saved = syscall.vatstoreGet('idCounters')
     if saved then
@@ -451,8 +460,7 @@ function M.make(opts)
     if p then return p end
     p = makePromise()
     pending[vpid] = p
-    promiseLs[p] = ls
-    promiseVpid[p] = vpid
+    vpidOf[p] = vpid
     return p
   end
 
@@ -511,8 +519,8 @@ function M.make(opts)
       valToVref[v] = vref
       return vref
     end
-    local vpid = promiseVpid[v]
-    if vpid and promiseLs[v] == ls and pending[vpid] then return vpid end
+    local vpid = vpidOf[v]
+    if vpid and pending[vpid] then return vpid end
     vref = allocPromise()
     valToVref[v] = vref
     exportedPromises[vref] = v
@@ -600,20 +608,31 @@ function M.make(opts)
   end
   ls.marshal = m
 
-  --- Sends method(args) to a kernel ref; returns the result promise.
+  -- A vat's send syscall also takes the number of a promise the vat
+  -- makes, and returns its vpid: the string is made in C, cheaper than a
+  -- concatenation in Lua for every message sent.
+  local send, sendNumbered = syscall.send, counting and not opts.allocPromise and syscall.sendNumbered
+
   --- Sends an encoded message to a kernel ref; returns the result promise.
   local function sendEncoded(vref, body, slots, wantResult)
     if ndropped > 0 and slots then resent(slots) end
-    local resultVpid = wantResult and allocPromise() or nil
-    syscall.send(vref, body, slots, resultVpid)
-    if resultVpid then
-      -- The kernel subscribes the sender to its result (kernel.h).
-      local p = makePromise()
-      pending[resultVpid] = p
-      promiseLs[p] = ls
-      promiseVpid[p] = resultVpid
-      return p
+    if not wantResult then
+      send(vref, body, slots)
+      return nil
     end
+    local vpid
+    if sendNumbered then
+      vpid = sendNumbered(vref, body, slots, nextPromise)
+      nextPromise = nextPromise + 1
+    else
+      vpid = allocPromise()
+      send(vref, body, slots, vpid)
+    end
+    -- The kernel subscribes the sender to its result (kernel.h).
+    local p = makePromise()
+    pending[vpid] = p
+    vpidOf[p] = vpid
+    return p
   end
 
   local function sendTo(vref, method, args, wantResult)
@@ -629,11 +648,27 @@ function M.make(opts)
 
   --- sendTo, with the arguments as they come (E(presence).method(...)):
   --- the C codec encodes them from the stack, with no table of them.
-  function ls.sendArgs(vref, method, wantResult, ...)
+  local function sendArgs(vref, method, wantResult, ...)
     local body, slots
     if cEncodeCallArgs then body, slots = cEncodeCallArgs(method, valToSlot, ...) end
     if body == nil then return sendTo(vref, method, pack(...), wantResult) end
     return sendEncoded(vref, body, slots, wantResult)
+  end
+  ls.sendArgs = sendArgs
+
+  --- Makes the function E(presence).method is: it sends method to vref with
+  --- the arguments as they come, sendArgs inline; itself holds the proxy
+  --- that a call made as E(x):method(...) passes first, which is not an
+  --- argument, and stopped(vref) says why a stopped instance cannot send.
+  instance[2] = function(vref, method, wantResult, itself, stopped)
+    return function(...)
+      if ls.stopped then error(stopped(vref), 2) end
+      if itself[...] then return sendArgs(vref, method, wantResult, select(2, ...)) end
+      local body, slots
+      if cEncodeCallArgs then body, slots = cEncodeCallArgs(method, valToSlot, ...) end
+      if body == nil then return sendTo(vref, method, pack(...), wantResult) end
+      return sendEncoded(vref, body, slots, wantResult)
+    end
   end
 
   --- The ref a value has in this instance, if any (no export is made).
@@ -642,7 +677,7 @@ function M.make(opts)
     if vref then return vref end
     local pi = presenceInfo[v]
     if pi and pi.ls == ls then return pi.vref end
-    if promiseLs[v] == ls then return promiseVpid[v] end
+    return vpidOf[v]
   end
 
   --- The presence of vref; an iface given here renames it (the host's
@@ -947,7 +982,7 @@ function M.make(opts)
       error('unknown delivery ' .. tostring(kind))
     end
     drain()
-    if counting and (nextObject >= boundObject or nextPromise >= boundPromise) then saveCounters() end
+    if nextPromise >= boundPromise or nextObject >= boundObject then saveCounters() end
   end
 
   -- The kernel's dispatch of the deliveries it decodes itself, whose
@@ -974,13 +1009,22 @@ function M.make(opts)
         if type(fn) ~= 'function' then fn = findMethod(target, method) end
       end
       if fn then
-        methodRan(resultVpid, xcall(methodEnded, target, method, fn, methodHandler, target, ...))
+        local done, ok, r, busy = xcall(methodEnded, target, method, fn, methodHandler, target, ...)
+        -- methodRan's common case, inline: the method returned without
+        -- awaiting and queued no turn, and its result is plain data.
+        local body = done and ok and not busy and resultVpid and cEncodeParts
+          and getmetatable(r) ~= PromiseMT and not pipelines[r] and cEncodeParts(r)
+        if body then
+          syscall.resolve(resultVpid, false, body)
+        else
+          methodRan(resultVpid, done, ok, r, busy)
+        end
       else
         invokeLocal(target, resultVpid, method, pack(...))
       end
     end
     drain()
-    if counting and (nextObject >= boundObject or nextPromise >= boundPromise) then saveCounters() end
+    if nextPromise >= boundPromise or nextObject >= boundObject then saveCounters() end
   end
 
   --- One resolution of vpid, as its value.
@@ -989,7 +1033,7 @@ function M.make(opts)
     pending[vpid] = nil
     settleAndResume(p, not rejected, value)
     drain()
-    if counting and (nextObject >= boundObject or nextPromise >= boundPromise) then saveCounters() end
+    if nextPromise >= boundPromise or nextObject >= boundObject then saveCounters() end
   end
   ls.saveCounters = saveCounters
 
@@ -1028,9 +1072,12 @@ function eventualSend(target, method, args, wantResult)
     local st, v = pstate(target)
     if st == 'fulfilled' then return eventualSend(v, method, args, wantResult) end
     if st == 'rejected' then return promise.reject(v) end
-    local pls, vpid = promiseLs[target], promiseVpid[target]
-    if pls and pls.pending[vpid] then
-      return pls.sendTo(vpid, method, args, wantResult)
+    for pls, instance in next, instances do
+      local vpid = instance[1][target]
+      if vpid then
+        if pls.pending[vpid] then return pls.sendTo(vpid, method, args, wantResult) end
+        break
+      end
     end
     if pipe then return pipe(method, args, wantResult) end
     return target:next(function(t) return eventualSend(t, method, args, true) end)
@@ -1063,12 +1110,8 @@ local function makeProxy(target, wantResult)
       local f
       if info then
         -- A presence's sends hand their arguments on as they come.
-        local ls, vref = info.ls, info.vref
-        f = function(...)
-          if ls.stopped then error(stoppedMessage(target, vref), 2) end
-          if itself[...] then return ls.sendArgs(vref, method, wantResult, select(2, ...)) end
-          return ls.sendArgs(vref, method, wantResult, ...)
-        end
+        f = instances[info.ls][2](info.vref, method, wantResult, itself,
+          function(vref) return stoppedMessage(target, vref) end)
       else
         f = function(...)
           local args
@@ -1116,7 +1159,10 @@ M.E = E
 function M.refOf(v)
   local pi = presenceInfo[v]
   if pi then return pi.vref, pi.ls end
-  if promiseLs[v] then return promiseVpid[v], promiseLs[v] end
+  for ls, instance in next, instances do
+    local vpid = instance[1][v]
+    if vpid then return vpid, ls end
+  end
 end
 
 return M
