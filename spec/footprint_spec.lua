@@ -88,6 +88,14 @@ describe('an idle vat', function()
     assert.same({ true, 'copyArray', 0 }, kernel:queueMessage(root, 'hijackRequire', { 'passStyle' }):await())
   end)
 
+  it('gets the rarer part of liveslots on first touch', function()
+    -- E() of a local object, in a vat that has only ever served.
+    local r = kernel:launchSubcluster({ bootstrap = 'v', vats = { v = { sourceSpec = 'spec/vats/echo.lua' } } })
+      :await()
+    local root = kernel:getPresence(r.rootKref)
+    assert.equal(7, kernel:queueMessage(r.rootKref, 'call', { root, 'ping', 7 }):await())
+  end)
+
   it('explains a missing endowment with its own code, loaded late', function()
     local root = launchIdle()
     local ok, err = pcall(function() kernel:queueMessage(root, 'hijackThenFail', {}):await() end)

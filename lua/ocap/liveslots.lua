@@ -13,16 +13,15 @@ local M = {}
 -- replaces its global require cannot change what the lazy kits load.
 local require = require
 
-local type, error, pcall, xpcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, next =
-  type, error, pcall, xpcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, next
+local type, error, pcall, xpcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, rawget, next =
+  type, error, pcall, xpcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, rawget, next
 local unpack, pack = table.unpack, table.pack
 local sfind, ssub, sbyte = string.find, string.sub, string.byte
-local makePromise, resolvePromise, rejectPromise = promise.makePromise, promise.resolvePromise,
-  promise.rejectPromise
+local makePromise = promise.makePromise
 local onSettle, pstate, drain = promise.onSettle, promise.state, promise.drain
 local call, xcall, settled, hasTurns = promise.call, promise.xcall, promise.settled, promise.hasTurns
 local settleAndResume, isOurPromise = promise.settleAndResume, promise.isPromise
-local isPromise, remotableIface = pass.isPromise, pass.remotableIface
+local remotableIface = pass.remotableIface
 local kernelErrorCode = pass.kernelErrorCode
 -- The C codec's own functions, where the state has it (always in a vat):
 -- the hot path calls them without marshal's wrappers.
@@ -179,13 +178,9 @@ local localCall = makeCaller(function() end, nil, function(e) return e end)
 ---  collect = function() that runs a full collection (default: syscall.collectGarbage or collectgarbage) }
 function M.make(opts)
   local syscall = opts.syscall
-  local ls = { vatId = opts.vatId, kind = opts.kind }
-  -- The kernel's GC syscalls, each taking a sequence of vrefs. The kernel
-  -- checks every one, so code that reaches them can only harm its own vat.
-  ls.gcSyscall = {}
-  for _, name in ipairs({ 'dropImports', 'retireImports', 'retireExports', 'abandonExports' }) do
-    ls.gcSyscall[name] = function(vrefs) return syscall[name](vrefs) end
-  end
+  -- stopped is read at every send: false, so that ls's __index (below)
+  -- never runs for it.
+  local ls = { vatId = opts.vatId, kind = opts.kind, stopped = false }
   local exports = {}                                  -- vref -> local object (strong)
   local valToVref = setmetatable({}, { __mode = 'k' }) -- local object/promise -> vref
   local imports = setmetatable({}, { __mode = 'v' })   -- vref -> presence
@@ -283,11 +278,6 @@ function M.make(opts)
   end
   ls.stores, ls.durable, ls.vom = stores, durables, vom
 
-  --- Virtual objects at a reap point, once the heap has been collected:
-  --- deletes the stores and durable instances nothing holds any more and
-  --- returns the vrefs among them the kernel may still recognize, which
-  --- the caller retires (syscall.retireExports).
-  ---@return string[]
   -- Only ocap.vom marks objects dirty: once a reap point found no mark
   -- left by an earlier incarnation, none can appear before the kit loads,
   -- and later reaps skip the scan (a prefix scan sorts the store's new
@@ -303,23 +293,6 @@ function M.make(opts)
     end
     return true
   end
-  ls.virtualToReap = virtualToReap
-  function ls.reapVirtual()
-    if not virtualToReap() then return {} end
-    return vom().reap()
-  end
-
-  --- dispatch('dropExports') / ('retireExports'): the export status of
-  --- the virtual vrefs (o+d...) among vrefs, kept in the vat's store.
-  local function virtualExports(vrefs, retired)
-    for i = 1, #vrefs do
-      if ssub(vrefs[i], 1, 3) == 'o+d' then
-        if retired then vom().retireExports(vrefs) else vom().dropExports(vrefs) end
-        return
-      end
-    end
-  end
-  ls.virtualExports = virtualExports
 
   --- The vat's baggage (store 1), made without the store kit.
   function ls.baggage()
@@ -406,18 +379,6 @@ function M.make(opts)
     end
     return gcKit
   end
-  -- The store and durable kits count the references their writes gain
-  -- and lose through these.
-  function ls.storeRef(vref, delta) return gc().storeRef(vref, delta) end
-  function ls.storeRefsChanged(old, new) return gc().storeRefsChanged(old, new) end
-
-  --- True when the kernel had this vat drop the export vref and it has not
-  --- been sent again since (for the durable kit, which decides when a
-  --- virtual object nobody holds is deleted).
-  function ls.isDropped(vref)
-    return dropped[vref] == true
-  end
-
   --- Resolves vpid with value, or rejects it; a value that cannot be
   --- passed rejects it with an error saying why.
   local function settleVpid(vpid, fulfilled, value)
@@ -491,13 +452,6 @@ function M.make(opts)
       answers[vpid] = r
       onSettle(r, function() answers[vpid] = nil end)
     end
-  end
-
-  --- Whether this instance takes the messages the kernel has for vref, a
-  --- promise it decides (the kernel's pipelines hook, kernel.h).
-  function ls.pipelines(vref)
-    local r = answers[vref]
-    return r ~= nil and pipelines[r] ~= nil
   end
 
   function valToSlot(v, style)
@@ -671,79 +625,11 @@ function M.make(opts)
     end
   end
 
-  --- The ref a value has in this instance, if any (no export is made).
-  function ls.refOf(v)
-    local vref = valToVref[v]
-    if vref then return vref end
-    local pi = presenceInfo[v]
-    if pi and pi.ls == ls then return pi.vref end
-    return vpidOf[v]
-  end
-
-  --- The presence of vref; an iface given here renames it (the host's
-  --- getPresence(kref, iface) is the one place that knows better).
-  function ls.presenceFor(vref, iface)
-    local counted = reachable[vref]
-    local v = slotToVal(vref, iface, 'remotable')
-    if kernelKind and not counted then
-      -- Host code may name any kref (getPresence): the kernel counts one
-      -- in the host's imports only once it delivers it to the host, and
-      -- only then may the host drop it (noteImports counts it then).
-      reachable[vref], unsaved[vref] = nil, nil
-    end
-    local info = presenceInfo[v]
-    if iface and info and info.iface ~= iface then
-      info.iface = iface
-      pass.registerRemotable(v, iface)
-    end
-    return v
-  end
-
-  --- The presence of vref, counted among this instance's imports as if
-  --- the kernel had delivered it: for the host's remote layer, which puts
-  --- a peer's object in the host's c-list itself (K:import) and lets this
-  --- instance drop it, as any other, once nothing holds it.
-  function ls.adoptImport(vref, iface)
-    local v = slotToVal(vref, iface, 'remotable')
-    if not reachable[vref] then
-      reachable[vref] = true
-      unsaved[vref] = true
-    end
-    return v
-  end
-
-  function ls.promiseFor(vpid)
-    return slotToVal(vpid, nil, 'promise')
-  end
-
   --- Registers a local object under a given vref (the root is o+0).
   function ls.exportAs(obj, vref)
     exports[vref] = obj
     valToVref[obj] = vref
     pinned[vref] = true
-  end
-
-  --- Gives a virtual object's representative its vref without holding
-  --- it: the representative lives while something in the heap holds it,
-  --- and the vref brings back a new one (slotToVal) once it is gone.
-  function ls.bindVref(obj, vref)
-    valToVref[obj] = vref
-  end
-
-  --- Keeps the export vref whatever the kernel says (code names it by
-  --- its ref: the host's services and vatAdmin).
-  function ls.pin(vref)
-    pinned[vref] = true
-    local obj = weakExports[vref]
-    if obj ~= nil then
-      exports[vref] = obj
-      weakExports[vref] = nil
-    end
-  end
-
-  --- Exports a local object (allocating a ref) and returns its ref.
-  function ls.export(obj)
-    return valToSlot(obj, 'remotable')
   end
 
   local function rejectResult(resultVpid, reason)
@@ -758,6 +644,28 @@ function M.make(opts)
       settleVpid(resultVpid, false, wrapError and wrapError(value) or value)
     end
   end
+
+  -- What an instance runs only now and then (ocap.liveslots.rare, loaded
+  -- on first use): the rarer deliveries, and the part of ls other modules
+  -- call now and then, which ls's __index finds until the kit puts it on
+  -- ls itself.
+  local rareKit
+  local function rare()
+    if not rareKit then
+      rareKit = require('ocap.liveslots.rare').make({
+        ls = ls, syscall = syscall, kernelKind = kernelKind, collect = opts.collect, exports = exports,
+        weakExports = weakExports, valToVref = valToVref, pinned = pinned, reachable = reachable,
+        unsaved = unsaved, dropped = dropped, pending = pending, answers = answers, vpidOf = vpidOf,
+        presenceInfo = presenceInfo, pipelines = pipelines, gc = gc, vom = vom,
+        vomKit = function() return vomKit end, virtualToReap = virtualToReap, trackPromise = trackPromise,
+        decodeCapdata = decodeCapdata, slotToVal = slotToVal, valToSlot = valToSlot, follow = follow,
+        rejectResult = rejectResult, settleResult = settleResult, normalizeError = normalizeError,
+        eventualSend = eventualSend,
+      })
+    end
+    return rareKit
+  end
+  setmetatable(ls, { __index = function(_, k) return rare()[k] end })
 
   local callMethod, methodHandler, methodEnded = makeCaller(log, syscall.traceback, explain)
   if opts.log then localCall = callMethod end
@@ -806,25 +714,10 @@ function M.make(opts)
 
   --- A message whose capdata decoded (ok) to methargs, or failed to.
   local function deliverDecoded(target, targetVref, resultVpid, ok, methargs)
-    local answer = target == nil and answers[targetVref]
-    if answer then
-      -- Sent on at once, to the answer position across the wire; its own
-      -- result may take pipelined messages in turn.
-      if not ok then return rejectResult(resultVpid, normalizeError(methargs)) end
-      local sok, r = pcall(eventualSend, answer, methargs[1], methargs[2] or {}, resultVpid ~= nil)
-      if not sok then return rejectResult(resultVpid, normalizeError(r)) end
-      follow(resultVpid, r)
-      if resultVpid then
-        onSettle(r, function(fulfilled, value) settleResult(resultVpid, fulfilled, value) end)
-      elseif r then
-        onSettle(r, ignore)
-      end
-      return
-    end
     if target == nil then
-      rejectResult(resultVpid, pass.makeError(
-        ('[KERNEL:OBJECT_DELETED] Object %s no longer exists'):format(targetVref)))
-      return
+      local answer = answers[targetVref]
+      if answer then return rare().answer(answer, resultVpid, ok, methargs) end
+      return rare().deleted(targetVref, resultVpid)
     end
     if not ok then
       rejectResult(resultVpid, normalizeError(methargs))
@@ -891,62 +784,6 @@ function M.make(opts)
     return settleAndResume(p, not rejected, v)
   end
 
-  local function deliverNotify(resolutions)
-    local n = #resolutions
-    if n == 1 then
-      local r = resolutions[1]
-      return deliverResolution(r[1], r[2], r[3], r[4])
-    end
-    -- Every promise is known before any value is decoded: a value may
-    -- name another promise of the same notify.
-    for i = 1, n do trackPromise(resolutions[i][1]) end
-    for i = 1, n do
-      local r = resolutions[i]
-      local p = pending[r[1]]
-      local ok, v = decodeCapdata(r[3], r[4])
-      if not ok then v = normalizeError(v) end
-      ok = ok and not r[2]
-      if i < n then
-        if ok then resolvePromise(p, v) else rejectPromise(p, v) end
-      else
-        for j = 1, n do pending[resolutions[j][1]] = nil end
-        -- Usually one coroutine awaits the last, and resumes at once.
-        settleAndResume(p, ok, v)
-      end
-    end
-  end
-
-  -- ---- Reap points ----
-
-  --- A full collection, so that the weak tables hold exactly what the heap
-  --- still reaches. One cycle is enough: the tables liveslots reads have
-  --- weak values, which Lua clears of a dead object in the cycle that finds
-  --- it, even one a finalizer revives. A vat's sandbox has no
-  --- collectgarbage: there the kernel's collectGarbage syscall does it.
-  local collect = opts.collect or syscall.collectGarbage or (collectgarbage and function()
-    collectgarbage('collect')
-  end)
-
-  --- bringOutYourDead: a reap point, the only time liveslots reports what
-  --- the heap let go of (ocap.liveslots.gc says what).
-  local function bringOutYourDead()
-    -- What a reap reports depends on the heap only through the imports
-    -- the kernel counts reachable, the exports it had us drop and the
-    -- virtual objects: with none of them, a collection could change
-    -- nothing it reports, and the reap skips it (the collector still runs
-    -- on its own, as allocation goes).
-    if next(reachable) == nil and ndropped == 0 and not ls.onReap and not virtualToReap() then return end
-    -- The representatives virtual objects cache must not outlive this
-    -- collection (ocap.vom).
-    if vomKit then vomKit.flush() end
-    if collect then collect() end
-    if ls.onReap then ls.onReap() end
-    -- Virtual objects nothing holds are deleted first (ocap.vom): what
-    -- they held is released for the checks that follow. Those the kernel
-    -- still recognizes are retired.
-    gc().reaped(ls.reapVirtual())
-  end
-
   --- The dispatch function the kernel calls for every delivery.
   function ls.dispatch(kind, a, b, c, d)
     if kind == 'message' then
@@ -954,32 +791,21 @@ function M.make(opts)
     elseif kind == 'notify' then
       -- The kernel hands one resolution flat (vpid, rejected, body,
       -- slots), several as a sequence of such records (b is then nil).
-      if b == nil then deliverNotify(a) else deliverResolution(a, b, c, d) end
-    elseif kind == 'timer' and ls.onTimer then
-      return ls.onTimer(a)
+      if b == nil then rare().notify(a) else deliverResolution(a, b, c, d) end
+    elseif kind == 'bringOutYourDead' and next(reachable) == nil and ndropped == 0
+      and not rawget(ls, 'onReap') and not virtualToReap() then
+      -- What a reap reports depends on the heap only through the imports
+      -- the kernel counts reachable, the exports it had us drop and the
+      -- virtual objects: with none of them, a collection could change
+      -- nothing it reports, and the reap skips it (the collector still
+      -- runs on its own, as allocation goes).
+      return
     elseif kind == 'startVat' then
       local ok, err = ls.startVat(a, b, c)
       if ok and counting then saveCounters() end
       return ok, err
-    elseif kind == 'bringOutYourDead' then
-      bringOutYourDead()
-      return
-    elseif kind == 'dropExports' then
-      gc().dropExports(a)
-      virtualExports(a, false)
-      return
-    elseif kind == 'retireExports' then
-      gc().retireExports(a)
-      virtualExports(a, true)
-      return
-    elseif kind == 'retireImports' then
-      gc().retireImports(a)
-      return
-    elseif kind == 'stopVat' then
-      gc().stopVat()
-      return
     else
-      error('unknown delivery ' .. tostring(kind))
+      return rare().dispatch(kind, a, b, c, d)
     end
     drain()
     if nextPromise >= boundPromise or nextObject >= boundObject then saveCounters() end
@@ -1058,40 +884,28 @@ local function stoppedMessage(target, vref)
 end
 M.stoppedMessage = stoppedMessage
 
+-- ocap.liveslots.rare, for E() of anything but a presence.
+local rareModule
+local function rareSends()
+  if not rareModule then
+    rareModule = require 'ocap.liveslots.rare'
+    rareModule.init({ presenceInfo = presenceInfo, pipelines = pipelines, instances = instances,
+      eventualSend = eventualSend, localCall = function(...) return localCall(...) end })
+  end
+  return rareModule
+end
+
 function eventualSend(target, method, args, wantResult)
   local info = presenceInfo[target]
-  -- A presence that sends its messages itself (a remote peer's object
-  -- the host holds) skips the kernel: the message goes on the wire.
-  if info and pipelines[target] then return pipelines[target](method, args, wantResult) end
   if info then
+    -- A presence that sends its messages itself (a remote peer's object
+    -- the host holds) skips the kernel: the message goes on the wire.
+    local pipe = pipelines[target]
+    if pipe then return pipe(method, args, wantResult) end
     if info.ls.stopped then error(stoppedMessage(target, info.vref), 3) end
     return info.ls.sendTo(info.vref, method, args, wantResult)
   end
-  local pipe = pipelines[target]
-  if isPromise(target) then
-    local st, v = pstate(target)
-    if st == 'fulfilled' then return eventualSend(v, method, args, wantResult) end
-    if st == 'rejected' then return promise.reject(v) end
-    for pls, instance in next, instances do
-      local vpid = instance[1][target]
-      if vpid then
-        if pls.pending[vpid] then return pls.sendTo(vpid, method, args, wantResult) end
-        break
-      end
-    end
-    if pipe then return pipe(method, args, wantResult) end
-    return target:next(function(t) return eventualSend(t, method, args, true) end)
-  end
-  if pipe then return pipe(method, args, wantResult) end
-  if pass.isRemotable(target) then
-    -- A local exo: called in a later turn, and failing with the same
-    -- reason as it would through the kernel.
-    return promise.resolve(nil):next(function()
-      return localCall(target, method, args)
-    end)
-  end
-  error(('E: cannot send %q to %s'):format(tostring(method), type(target) == 'table'
-    and 'a plain table' or type(target)), 3)
+  return rareSends().send(target, method, args, wantResult)
 end
 
 local function makeProxy(target, wantResult)

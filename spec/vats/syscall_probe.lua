@@ -8,15 +8,15 @@ local M = {}
 
 -- Names only the raw syscall table has.
 local SYSCALLS = {
-  'send', 'subscribe', 'resolve', 'exit', 'vatstoreGet', 'vatstoreSet', 'vatstoreDelete',
+  'send', 'sendNumbered', 'subscribe', 'resolve', 'exit', 'vatstoreGet', 'vatstoreSet', 'vatstoreDelete',
   'vatstoreNext', 'log', 'traceback', 'timerStart', 'timerStop',
 }
 
 local RUNTIME = {
   'ocap', 'ocap.pass', 'ocap.pass.boxes', 'ocap.pass.style', 'ocap.promise', 'ocap.promise.combinators',
   'ocap.marshal', 'ocap.marshal.reference', 'ocap.hex', 'ocap.exo', 'ocap.stores', 'ocap.logger', 'ocap.guards',
-  'ocap.durable', 'ocap.vom', 'ocap.liveslots', 'ocap.liveslots.gc', 'ocap.api', 'ocap.vatboot',
-  'ocap.vatboot.endow', 'ocap.vatboot.explain', 'cjson',
+  'ocap.durable', 'ocap.vom', 'ocap.liveslots', 'ocap.liveslots.gc', 'ocap.liveslots.rare', 'ocap.api',
+  'ocap.vatboot', 'ocap.vatboot.endow', 'ocap.vatboot.explain', 'cjson',
 }
 
 --- Walks every table reachable from roots through keys, values and
