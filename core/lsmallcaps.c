@@ -1424,9 +1424,7 @@ static int sc_new(lua_State *L) {
 }
 
 static const luaL_Reg module_funcs[] = {
-    {"new", sc_new},
-    {"pass", ocap_pass_new},
-    {"marshal", ocap_marshal_new},
+    {"new", sc_new}, {"pass", ocap_pass_new}, {"marshal", ocap_marshal_new}, {"exo", ocap_exo_new},
     {NULL, NULL},
 };
 

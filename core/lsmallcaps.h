@@ -66,7 +66,9 @@ enum ocap_sc_model {
   M_MODEL_SIZE = M_BOX_KIT
 };
 
-/* [-0, +1, m] Pushes the module table { new = f, pass = f, marshal = f }. */
+/* [-0, +1, m] Pushes the module table { new, pass, marshal, exo }: the
+ * codec's maker, and the makers of the runtime modules every vat loads at
+ * boot that are C (so that a vat keeps no Lua prototype of theirs). */
 int luaopen_ocap_smallcaps(lua_State *L);
 
 /* [-0, +1, e] Pushes a codec over the model at index model (whose codec
@@ -87,6 +89,13 @@ int ocap_pass_new(lua_State *L);
  * the require it loads the reference codec with.
  */
 int ocap_marshal_new(lua_State *L);
+
+/*
+ * exo(registerRemotable, pairs, format) -> module  [-3, +1, e]
+ * Makes the ocap.exo module (lexo.c) with the functions it registers
+ * exos, reads method tables and quotes names with.
+ */
+int ocap_exo_new(lua_State *L);
 
 /* [-0, +1] Pushes the model of the first codec made in L (in a vat, its
  * runtime's) and returns 1, or pushes nil and returns 0 when L has none. */

@@ -29,11 +29,14 @@ describe('the runtime every vat keeps', function()
     return lua
   end
 
-  it('has no Lua function in ocap.pass, ocap.marshal or a marshaller', function()
-    local pass, marshal = require 'ocap.pass', require 'ocap.marshal'
+  it('has no Lua function in ocap.pass, ocap.marshal, ocap.exo, a marshaller or an exo', function()
+    local pass, marshal, exo = require 'ocap.pass', require 'ocap.marshal', require 'ocap.exo'
     local m = marshal.makeMarshal(function() end, function() end)
+    local e = exo.makeDefaultExo('e', {})
     local lua = {}
-    for name, t in pairs({ pass = pass, marshal = marshal, marshaller = m, codec = pass.codec }) do
+    local mt = debug.getmetatable(e)
+    local tables = { pass = pass, marshal = marshal, marshaller = m, codec = pass.codec, exo = exo, exoMT = mt }
+    for name, t in pairs(tables) do
       for _, f in ipairs(cFunctions(name, t)) do lua[#lua + 1] = f end
     end
     assert.same({}, lua)
