@@ -1430,6 +1430,8 @@ static const luaL_Reg module_funcs[] = {
 
 /* [-0, +1, m] See lsmallcaps.h. */
 int luaopen_ocap_smallcaps(lua_State *L) {
-  luaL_newlib(L, module_funcs);
+  lua_createtable(L, 0, 8);
+  luaL_setfuncs(L, module_funcs, 0);
+  ocap_runtime_funcs(L);
   return 1;
 }

@@ -66,9 +66,10 @@ enum ocap_sc_model {
   M_MODEL_SIZE = M_BOX_KIT
 };
 
-/* [-0, +1, m] Pushes the module table { new, pass, marshal, exo }: the
- * codec's maker, and the makers of the runtime modules every vat loads at
- * boot that are C (so that a vat keeps no Lua prototype of theirs). */
+/* [-0, +1, m] Pushes the module table { new, pass, marshal, exo, lazy,
+ * ocapFields, contextMarshal }: the codec's maker, and the C parts of the
+ * runtime modules every vat loads at boot (so that a vat keeps no Lua
+ * prototype of theirs). */
 int luaopen_ocap_smallcaps(lua_State *L);
 
 /* [-0, +1, e] Pushes a codec over the model at index model (whose codec
@@ -96,6 +97,18 @@ int ocap_marshal_new(lua_State *L);
  * exos, reads method tables and quotes names with.
  */
 int ocap_exo_new(lua_State *L);
+
+/*
+ * [-0, +0, e] Adds to the table on top the C parts of ocap.api and
+ * ocap.vatboot (lruntime.c):
+ *   lazy(require, module, name, context) -> f, where f(...) is
+ *     require(module)[name](context, ...);
+ *   ocapFields(pass, require, pcall) -> the metatable of an ocap table,
+ *     whose guard and box fields load on first touch;
+ *   contextMarshal(marshal, current?) -> marshal plus serialize and
+ *     unserialize through current()'s marshaller when it has one.
+ */
+void ocap_runtime_funcs(lua_State *L);
 
 /* [-0, +1] Pushes the model of the first codec made in L (in a vat, its
  * runtime's) and returns 1, or pushes nil and returns 0 when L has none. */

@@ -29,13 +29,14 @@ describe('the runtime every vat keeps', function()
     return lua
   end
 
-  it('has no Lua function in ocap.pass, ocap.marshal, ocap.exo, a marshaller or an exo', function()
+  it('has no Lua function in ocap.pass, ocap.marshal, ocap.exo, a marshaller, an exo or the ocap table', function()
     local pass, marshal, exo = require 'ocap.pass', require 'ocap.marshal', require 'ocap.exo'
     local m = marshal.makeMarshal(function() end, function() end)
     local e = exo.makeDefaultExo('e', {})
+    local ocap = require('ocap.api').make(nil, nil)
     local lua = {}
-    local mt = debug.getmetatable(e)
-    local tables = { pass = pass, marshal = marshal, marshaller = m, codec = pass.codec, exo = exo, exoMT = mt }
+    local tables = { pass = pass, marshal = marshal, marshaller = m, codec = pass.codec, exo = exo,
+      exoMT = debug.getmetatable(e), ocapMT = getmetatable(ocap), ocapMarshal = ocap.marshal }
     for name, t in pairs(tables) do
       for _, f in ipairs(cFunctions(name, t)) do lua[#lua + 1] = f end
     end

@@ -10,38 +10,15 @@ local api = require 'ocap.api'
 local M = {}
 
 -- Captured before any vat code runs, so that a vat which replaces its
--- global require cannot change what the lazy logger below loads.
+-- global require cannot change what the lazy parts below load.
 local require, rawset, setmetatable, pairs, type = require, rawset, setmetatable, pairs, type
 
---- A logger whose entries go to emit. ocap.logger loads on the first one
---- a vat asks for: a vat that never logs does not carry the module.
-local function makeLogger(emit, vatId)
-  return require('ocap.logger').make(emit, {}, vatId)
-end
-
-local function plainData(v, seen)
-  -- Log data may hold anything; make it passable by stringifying the rest.
-  local ok = pcall(marshal.serializeData, v)
-  if ok then return v end
-  if type(v) == 'table' and not seen[v] then
-    seen[v] = true
-    local out = {}
-    for k, x in pairs(v) do out[tostring(k)] = plainData(x, seen) end
-    return out
-  end
-  return tostring(v)
-end
-
---- Adds to a Lua error about an absent endowment which VatConfig.globals
---- entry would provide it (ocap.vatboot.explain, loaded on the first
---- error that may be one).
----@param env table the vat's globals
----@param message any
-local function explainMissing(env, message)
-  if type(message) ~= 'string' or not message:find('a nil value', 1, true) then return message end
-  return require('ocap.vatboot.explain').explainMissing(env, message)
-end
-M.explainMissing = explainMissing
+-- What a vat's boot hands out but a vat seldom runs (the runtime's log,
+-- the advice on an absent endowment, exitVat, the logger) is in
+-- ocap.vatboot.rare, reached through C trampolines that load it on their
+-- first call: an idle vat keeps none of its code.
+local lazy = require('ocap.smallcaps').lazy
+local RARE = 'ocap.vatboot.rare'
 
 --- Boots the vat runtime.
 ---@param syscall table the C syscalls
@@ -49,26 +26,22 @@ M.explainMissing = explainMissing
 ---@param env table|nil the vat's globals (the runtime has its own)
 function M.boot(syscall, info, env)
   local vatId, name = info:match('^(%S+)%s*(.*)$')
-  local function emit(entry)
-    local payload = marshal.serializeData(plainData({
-      tags = entry.tags, message = entry.message, data = entry.data,
-    }, {}))
-    syscall.log(entry.level, payload.body)
+  local ctx = { syscall = syscall, vatId = vatId, env = env or _ENV }
+  local log = lazy(require, RARE, 'log', ctx)
+  local explain = lazy(require, RARE, 'explain', ctx)
+  local ls = liveslots.make({ syscall = syscall, vatId = vatId, kind = 'vat', log = log, explain = explain })
+  ctx.ls = ls
+  promise.setUnhandledRejectionHandler(lazy(require, RARE, 'unhandled', ctx))
+  -- One prototype for the four forwarders, which tail-call the kit's
+  -- function so that its errors name the vat code that called it.
+  local function forward(kit, fname)
+    return function(...) return ls[kit]()[fname](...) end
   end
-  local ls
-  local function log(level, message, data)
-    emit({ level = level, tags = { 'liveslots' }, message = message, data = data and { data, n = 1 } })
-  end
-  local function explain(message) return explainMissing(env or _ENV, message) end
-  ls = liveslots.make({ syscall = syscall, vatId = vatId, kind = 'vat', log = log, explain = explain })
-  promise.setUnhandledRejectionHandler(function(reason)
-    log('warn', 'unhandled rejection: ' .. tostring(reason))
-  end)
   local ocap = api.make({
-    makeScalarMapStore = function(label) return ls.stores().makeScalarMapStore(label) end,
-    prepareExo = function(...) return ls.durable().prepareExo(...) end,
-    prepareExoClass = function(...) return ls.durable().prepareExoClass(...) end,
-    prepareExoClassKit = function(...) return ls.durable().prepareExoClassKit(...) end,
+    makeScalarMapStore = forward('stores', 'makeScalarMapStore'),
+    prepareExo = forward('durable', 'prepareExo'),
+    prepareExoClass = forward('durable', 'prepareExoClass'),
+    prepareExoClassKit = forward('durable', 'prepareExoClassKit'),
   }, function() return ls.marshal end)
 
   function ls.startVat(main, paramsBody, upgrade)
@@ -86,24 +59,11 @@ function M.boot(syscall, info, env)
       params['$ocap.refs'] = nil
       for pname, vref in pairs(refs) do params[pname] = ls.presenceFor(vref) end
     end
-    -- vatPowers.logger is made on first use (makeLogger).
+    -- vatPowers.logger is made on first use.
     local vatPowers = setmetatable({
-      exitVat = function(value)
-        local cd = ls.marshal.serialize(value)
-        syscall.exit(false, cd.body)
-      end,
-      exitVatWithFailure = function(reason)
-        local cd = ls.marshal.serialize(liveslots.normalizeError(reason))
-        syscall.exit(true, cd.body)
-      end,
-    }, {
-      __index = function(powers, k)
-        if k ~= 'logger' then return nil end
-        local l = makeLogger(emit, vatId)
-        rawset(powers, 'logger', l)
-        return l
-      end,
-    })
+      exitVat = lazy(require, RARE, 'exitVat', ctx),
+      exitVatWithFailure = lazy(require, RARE, 'exitVatWithFailure', ctx),
+    }, { __index = lazy(require, RARE, 'powers', ctx) })
     local baggage = ls.baggage()
     local p = promise.spawn(mod.buildRootObject, vatPowers, params, baggage)
     promise.drain()
@@ -136,8 +96,7 @@ function M.boot(syscall, info, env)
   -- only when it asks for the first one.
   local endow = setmetatable({}, {
     __index = function(t, k)
-      local e = require('ocap.vatboot.endow').make(syscall, ls, log, explain,
-        function() return makeLogger(emit, vatId) end)
+      local e = require('ocap.vatboot.endow').make(syscall, ls, log, explain, lazy(require, RARE, 'makeLogger', ctx))
       setmetatable(t, nil)
       for n, f in pairs(e) do rawset(t, n, f) end
       return e[k]

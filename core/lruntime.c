@@ -1,0 +1,191 @@
+/*
+ * lruntime.c -- the small C pieces of ocap.api and ocap.vatboot that a vat
+ * keeps after boot: the ocap table's fields loaded on first touch, the
+ * ocap.marshal of a context, and trampolines into Lua code that loads
+ * only when first called.
+ *
+ * A Lua function a vat keeps costs it its prototype (prototypes cannot be
+ * shared between Lua states); these C closures cost it 32 bytes and 16 per
+ * upvalue. Each behaves as the Lua it replaces did.
+ */
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "lsmallcaps.h"
+
+/* ---- trampolines ---- */
+
+/* A trampoline's upvalues. */
+enum { T_REQUIRE = 1, T_MODULE, T_NAME, T_CONTEXT };
+
+/* [-n, +r, e] Calls require(module)[name](context, ...) and returns all it
+ * returns. */
+static int trampoline(lua_State *L) {
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(T_REQUIRE));
+  lua_pushvalue(L, lua_upvalueindex(T_MODULE));
+  lua_call(L, 1, 1);
+  lua_pushvalue(L, lua_upvalueindex(T_NAME));
+  lua_gettable(L, -2);
+  lua_remove(L, -2);
+  lua_pushvalue(L, lua_upvalueindex(T_CONTEXT));
+  lua_rotate(L, 1, 2);
+  lua_call(L, n + 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* lazy(require, module, name, context) -> f  [-4, +1, e]
+ * f(...) is require(module)[name](context, ...): code a vat seldom runs
+ * stays out of it until it first does. */
+static int r_lazy(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checktype(L, 2, LUA_TSTRING);
+  luaL_checktype(L, 3, LUA_TSTRING);
+  lua_settop(L, 4);
+  lua_pushcclosure(L, trampoline, 4);
+  return 1;
+}
+
+/* ---- the ocap table's fields on first touch ---- */
+
+/* The ocap fields ocap.guards provides, and those of ocap.pass's boxes. */
+static const char *const guard_fields[] = {"M", "defineExoClass", "defineExoClassKit", NULL};
+static const char *const box_fields[] = {"symbol", "bytes", "bigint", "makeTagged", NULL};
+
+/* Upvalues of the ocap table's __index. */
+enum { F_PASS = 1, F_REQUIRE, F_PCALL };
+
+/* [-0, +0] Whether the value at idx is a string among names. */
+static int named(lua_State *L, int idx, const char *const *names) {
+  if (lua_type(L, idx) != LUA_TSTRING)
+    return 0;
+  const char *k = lua_tostring(L, idx);
+  for (; *names != NULL; names++)
+    if (strcmp(k, *names) == 0)
+      return 1;
+  return 0;
+}
+
+/* __index of an ocap table  [-2, +1, e]: a box field is ocap.pass's, kept
+ * once read; a guard field loads ocap.guards (nil when it cannot) and
+ * fills in every guard field the table lacks; nil for anything else. */
+static int ocap_index(lua_State *L) {
+  lua_settop(L, 2);
+  if (named(L, 2, box_fields)) {
+    lua_pushvalue(L, 2);
+    lua_gettable(L, lua_upvalueindex(F_PASS));
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
+    return 1;
+  }
+  if (!named(L, 2, guard_fields)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushvalue(L, lua_upvalueindex(F_PCALL));
+  lua_pushvalue(L, lua_upvalueindex(F_REQUIRE));
+  lua_pushliteral(L, "ocap.guards");
+  lua_call(L, 2, 2);
+  if (!lua_toboolean(L, 3) || lua_type(L, 4) != LUA_TTABLE) {
+    lua_pushnil(L);
+    return 1;
+  }
+  for (const char *const *f = guard_fields; *f != NULL; f++) {
+    lua_pushstring(L, *f);
+    if (lua_rawget(L, 1) == LUA_TNIL) {
+      lua_pushstring(L, *f);
+      lua_getfield(L, 4, *f);
+      lua_rawset(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, 1);
+  return 1;
+}
+
+/* ocapFields(pass, require, pcall) -> the ocap table's metatable  [-3, +1, e] */
+static int r_ocap_fields(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  lua_createtable(L, 0, 1);
+  lua_insert(L, 1);
+  lua_pushcclosure(L, ocap_index, 3);
+  lua_setfield(L, 1, "__index");
+  return 1;
+}
+
+/* ---- a context's ocap.marshal ---- */
+
+/* Upvalues of a context marshal's functions. */
+enum { C_MARSHAL = 1, C_CURRENT };
+
+/* [-1, +r, e] Calls current().<mine>(v) when the context has a marshaller,
+ * else marshal.<plain>(v), with v at index 1, and returns all it returns. */
+static int through_context(lua_State *L, const char *mine, const char *plain) {
+  lua_settop(L, 1);
+  if (lua_toboolean(L, lua_upvalueindex(C_CURRENT))) {
+    lua_pushvalue(L, lua_upvalueindex(C_CURRENT));
+    lua_call(L, 0, 1);
+    if (lua_toboolean(L, -1)) {
+      lua_getfield(L, -1, mine);
+      lua_pushvalue(L, 1);
+      lua_call(L, 1, LUA_MULTRET);
+      return lua_gettop(L) - 2;
+    }
+    lua_pop(L, 1);
+  }
+  lua_getfield(L, lua_upvalueindex(C_MARSHAL), plain);
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, LUA_MULTRET);
+  return lua_gettop(L) - 1;
+}
+
+/* A context marshal's serialize(v)  [-1, +r, e] */
+static int context_serialize(lua_State *L) {
+  return through_context(L, "serialize", "serializeData");
+}
+
+/* A context marshal's unserialize(capdata)  [-1, +r, e] */
+static int context_unserialize(lua_State *L) {
+  return through_context(L, "unserialize", "unserializeData");
+}
+
+/* contextMarshal(marshal, current?) -> t  [-2, +1, e]
+ * The marshal module, plus serialize and unserialize through the
+ * context's marshaller, current() (the vat's, or the host's latest
+ * kernel), so slots are vrefs in a vat and krefs on the host. */
+static int r_context_marshal(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+      {"serialize", context_serialize},
+      {"unserialize", context_unserialize},
+      {NULL, NULL},
+  };
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2);
+  luaL_newlibtable(L, funcs);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  luaL_setfuncs(L, funcs, 2);
+  lua_createtable(L, 0, 1);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* [-0, +0, e] Adds lazy, ocapFields and contextMarshal to the table on top. */
+void ocap_runtime_funcs(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+      {"lazy", r_lazy},
+      {"ocapFields", r_ocap_fields},
+      {"contextMarshal", r_context_marshal},
+      {NULL, NULL},
+  };
+  luaL_setfuncs(L, funcs, 0);
+}
