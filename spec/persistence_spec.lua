@@ -33,6 +33,17 @@ describe('persistence', function()
   end)
   after_each(function() kernel:stop() end)
 
+  it('keeps the id counters a vat stores above every number it handed out', function()
+    -- More sends for results than a reserve (1024) holds, in one delivery:
+    -- each gets the result vpid p+N, which a restarted vat must not reuse.
+    local r = kernel:launchSubcluster({ bootstrap = 'alice', vats = {
+      alice = { sourceSpec = 'spec/vats/echo.lua' }, bob = { sourceSpec = 'spec/vats/echo.lua' } } }):await()
+    assert.equal(1100 * 1101 // 2, kernel:queueMessage(r.rootKref, 'pingPeer', { 'bob', 1100 }):await())
+    local alice = kernel:getSubcluster(r.subclusterId).vats.alice
+    local o, p = kernel.K:kvGet('vs.' .. alice .. '.idCounters'):match('^(%d+) (%d+)$')
+    assert.is_true(tonumber(o) > 1 and tonumber(p) > 1100, ('idCounters %s %s'):format(o, p))
+  end)
+
   it('keeps vats, c-lists and baggage across kernel restarts; bootstrap runs once', function()
     local r = kernel:launchSubcluster(pair()):await()
     assert.equal('bootstrapped', r.bootstrapResult)

@@ -205,13 +205,14 @@ function M.make(opts)
   -- Export and promise numbers are never reused, even across restarts, so
   -- a new object can never take over a ref an old one had. The store keeps
   -- an upper bound of the numbers handed out ("idCounters"), raised in
-  -- steps of RESERVE at the end of a delivery that passed it; a restarted
-  -- vat starts from the bound, skipping numbers never used.
+  -- steps of RESERVE when a number reaches it (in the delivery that hands
+  -- the number out, so in the same crank); a restarted vat starts from the
+  -- bound, skipping numbers never used.
   local RESERVE <const> = 1024
   local counting = not opts.allocObject
   local nextObject, nextPromise = 1, 1
   -- An instance whose refs others number keeps no counters: its bounds
-  -- are never reached, and the check at the end of a delivery is one test.
+  -- are never reached.
   local boundObject, boundPromise = 1, 1
   if not counting then boundObject, boundPromise = COUNT_MAX + 1, COUNT_MAX + 1 end
   if syscall.vatstoreGet and not opts.allocObject then
@@ -246,11 +247,13 @@ function M.make(opts)
   local allocObject = opts.allocObject or function()
     local v = 'o+' .. nextObject
     nextObject = nextObject + 1
+    if nextObject >= boundObject then saveCounters() end
     return v
   end
   local allocPromise = opts.allocPromise or function()
     local v = 'p+' .. nextPromise
     nextPromise = nextPromise + 1
+    if nextPromise >= boundPromise then saveCounters() end
     return v
   end
 
@@ -578,6 +581,7 @@ function M.make(opts)
     if sendNumbered then
       vpid = sendNumbered(vref, body, slots, nextPromise)
       nextPromise = nextPromise + 1
+      if nextPromise >= boundPromise then saveCounters() end
     else
       vpid = allocPromise()
       send(vref, body, slots, vpid)
@@ -621,7 +625,17 @@ function M.make(opts)
       local body, slots
       if cEncodeCallArgs then body, slots = cEncodeCallArgs(method, valToSlot, ...) end
       if body == nil then return sendTo(vref, method, pack(...), wantResult) end
-      return sendEncoded(vref, body, slots, wantResult)
+      if not (wantResult and sendNumbered) or (ndropped > 0 and slots) then
+        return sendEncoded(vref, body, slots, wantResult)
+      end
+      -- sendEncoded's common case, inline: a vat's send for a result.
+      local vpid = sendNumbered(vref, body, slots, nextPromise)
+      nextPromise = nextPromise + 1
+      if nextPromise >= boundPromise then saveCounters() end
+      local p = makePromise()
+      pending[vpid] = p
+      vpidOf[p] = vpid
+      return p
     end
   end
 
@@ -808,7 +822,6 @@ function M.make(opts)
       return rare().dispatch(kind, a, b, c, d)
     end
     drain()
-    if nextPromise >= boundPromise or nextObject >= boundObject then saveCounters() end
   end
 
   -- The kernel's dispatch of the deliveries it decodes itself, whose
@@ -850,7 +863,6 @@ function M.make(opts)
       end
     end
     drain()
-    if nextPromise >= boundPromise or nextObject >= boundObject then saveCounters() end
   end
 
   --- One resolution of vpid, as its value.
@@ -859,7 +871,6 @@ function M.make(opts)
     pending[vpid] = nil
     settleAndResume(p, not rejected, value)
     drain()
-    if nextPromise >= boundPromise or nextObject >= boundObject then saveCounters() end
   end
   ls.saveCounters = saveCounters
 
