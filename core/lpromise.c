@@ -9,6 +9,7 @@
  * it comes before anything is written.
  */
 #include <limits.h>
+#include <string.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -46,13 +47,26 @@ enum { J_FULFILLED = 1, J_REJECTED, J_SETTLE, J_CALL, J_RESUME, J_ADOPT };
 
 /* The user values of the state userdata. */
 enum {
-  UV_RING = 1,   /* the ring table */
-  UV_UNHANDLED,  /* rejected promises with no handler yet, in order */
-  UV_HANDLER,    /* the unhandled rejection handler, or nil */
-  UV_MAKE_ERROR, /* makeError(message, name), from promise.lua */
-  UV_FIRST,      /* called before the first promise is made */
-  UV_RESUME,     /* promise.lua's resumeJob(co) */
-  UV_COUNT = UV_RESUME
+  UV_RING = 1,        /* the ring table */
+  UV_UNHANDLED,       /* rejected promises with no handler yet, in order */
+  UV_HANDLER,         /* the unhandled rejection handler, or nil */
+  UV_MAKE_ERROR,      /* makeError(message, name), from promise.lua */
+  UV_FIRST,           /* called before the first promise is made */
+  UV_CORESUME,        /* the state's coroutine.resume (a vat's is metered) */
+  UV_COCREATE,        /* its coroutine.create */
+  UV_PCALL,           /* its pcall */
+  UV_XPCALL,          /* its xpcall */
+  UV_RESUME,          /* resumeJob(co), the turn of an await */
+  UV_TRACKED,         /* co -> true, or the promise of its task's result */
+  UV_POOL,            /* idle workers of call */
+  UV_CHECKED_POOL,    /* idle workers of xcall */
+  UV_CHECKED_WORKERS, /* co -> true for xcall's workers */
+  UV_DONE_VALUE,      /* the result of the task a worker just finished */
+  UV_DRIVER,          /* the main driver, or nil for the default */
+  UV_WORKER,          /* the body of call's workers */
+  UV_CHECKED_WORKER,  /* the body of xcall's workers */
+  UV_DRAIN,           /* drain, for the default main driver */
+  UV_COUNT = UV_DRAIN
 };
 
 /* Reaction markers: a `next` reaction stores its derived promise in the
@@ -61,6 +75,20 @@ enum {
 static const char ADOPT = 'a';  /* (ADOPT, target): settle target like this one */
 static const char SETTLE = 's'; /* (SETTLE, fn): call fn(ok, value) */
 static const char AWAIT = 'w';  /* (AWAIT, co): resume co */
+
+/* What workers are resumed with and yield, as light userdata: vat code
+ * can compare them but never make one. */
+static const char POOL_KEY = 'p';    /* hands a worker of call a task */
+static const char CHECKED_KEY = 'c'; /* hands a worker of xcall a task */
+static const char DONE = 'd';        /* yielded by a worker that finished its task */
+static const char STRAY = 'x';       /* yielded by an idle worker resumed by someone else */
+static const char AWAITING = 'y';    /* yielded by await */
+
+/* Idle workers kept for reuse, per pool. */
+#define POOL_MAX 64
+
+static const char IDLE_MESSAGE[] = "promise can never settle: kernel is idle";
+static const char NOT_OCAP_MESSAGE[] = "await: not inside an ocap coroutine (use ocap.spawn)";
 
 #define STATE lua_upvalueindex(1)
 #define PROMISE_MT lua_upvalueindex(2)
@@ -73,6 +101,9 @@ typedef struct pstate {
   lua_Integer count;      /* turns queued */
   lua_Integer cap;        /* turns the ring holds */
   lua_Integer unhandled;  /* entries in the unhandled list */
+  lua_Integer pool_n;     /* entries in UV_POOL */
+  lua_Integer checked_n;  /* entries in UV_CHECKED_POOL */
+  int done_ok;            /* how the task a worker just finished ended */
   int registered;         /* UV_FIRST was called */
 } pstate_t;
 
@@ -630,15 +661,13 @@ static int promise_reject_promise(lua_State *L) {
 }
 
 /*
- * [-0, +(0|1), e] takeAwaiter(p, ok, v) -> co?: settleAndResume's first
- * half. When p is not resolved yet, no turn is queued, and p's only
- * reaction is an await, settles p with (ok, v) without queueing that
- * await's turn, forgets the reaction and returns its coroutine for the
- * caller to resume at once (what drain would run next anyway). Otherwise
- * settles p like resolvePromise or rejectPromise and returns nothing.
+ * [-0, +(0|1), e] settleAndResume's first half, on the arguments (p, ok,
+ * v) at 1 to 3. When p is not resolved yet, no turn is queued, and p's
+ * only reaction is an await, settles p with (ok, v) without queueing that
+ * await's turn, forgets the reaction, pushes its coroutine and returns 1.
+ * Otherwise settles p like resolvePromise or rejectPromise and returns 0.
  */
-static int promise_take_awaiter(lua_State *L) {
-  pstate_t *st = state_of(L);
+static int take_awaiter(lua_State *L, pstate_t *st) {
   int ok;
   check_promise(L, 1);
   lua_settop(L, 3);
@@ -774,14 +803,6 @@ static int promise_state(lua_State *L) {
   return 2;
 }
 
-/* [-0, +4] internal.subscribe(p, a, b, c): for promise.lua's await. */
-static int promise_subscribe(lua_State *L) {
-  check_promise(L, 1);
-  lua_settop(L, 4);
-  subscribe(L, state_of(L), 1, 2, 3, 4);
-  return 0;
-}
-
 /* [-0, +0, e] internal.fulfill(p, v): settles p unless it is settled. */
 static int promise_fulfill(lua_State *L) {
   check_promise(L, 1);
@@ -798,26 +819,469 @@ static int promise_reject_now(lua_State *L) {
   return 0;
 }
 
-/* [-0, +0, e] internal.resolveNow(p, v): resolves p, ignoring its
- * "already resolved" flag. */
-static int promise_resolve_now(lua_State *L) {
-  check_promise(L, 1);
-  lua_settop(L, 2);
-  resolve_now(L, state_of(L), 1, 2);
+/* [-0, +0] internal.configure(makeError, first, resume, create, pcall,
+ * xpcall): promise.lua's hooks, and the state's own coroutine.resume,
+ * coroutine.create, pcall and xpcall, which a vat meters. */
+static int promise_configure(lua_State *L) {
+  static const int slots[] = {UV_MAKE_ERROR, UV_FIRST, UV_CORESUME,
+                              UV_COCREATE,   UV_PCALL, UV_XPCALL};
+  int i;
+  for (i = 0; i < 6; i++)
+    luaL_checktype(L, i + 1, LUA_TFUNCTION);
+  for (i = 0; i < 6; i++) {
+    lua_pushvalue(L, i + 1);
+    lua_setiuservalue(L, STATE, slots[i]);
+  }
   return 0;
 }
 
-/* [-0, +0] internal.configure(makeError, first, resumeJob): the hooks into
- * promise.lua. */
-static int promise_configure(lua_State *L) {
-  int i;
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  luaL_checktype(L, 3, LUA_TFUNCTION);
-  for (i = 0; i < 3; i++) {
-    lua_pushvalue(L, i + 1);
-    lua_setiuservalue(L, STATE, UV_MAKE_ERROR + i);
+/* ---- tasks ----
+ *
+ * A task runs in a pooled coroutine, a worker, whose body is C: it takes a
+ * task, runs it under the state's pcall (xcall's under its xpcall), hands
+ * back how it ended through the state (yielding the values instead would
+ * keep the last result alive on the idle worker's stack), and yields DONE
+ * to wait for its next task. Creating a coroutine costs more than a whole
+ * promise round trip, hence the pools. Coroutines are created and resumed
+ * through the state's own coroutine library, so that a vat's meter and
+ * watchdog see them exactly as they saw the Lua version's.
+ */
+
+/* Where a worker continues after a call or a yield (its lua_KContext). */
+enum { WK_IDLE = 1, WK_TASK, WK_CHECKED_IDLE, WK_CHECKED_TASK, WK_ENDED };
+
+static int worker_k(lua_State *co, int status, lua_KContext ctx);
+
+/* [-0, +0] Whether co is suspended, as coroutine.status says. */
+static int co_suspended(lua_State *L, lua_State *co) {
+  lua_Debug ar;
+  if (co == NULL || co == L)
+    return 0;
+  switch (lua_status(co)) {
+  case LUA_YIELD:
+    return 1;
+  case LUA_OK:
+    return !lua_getstack(co, 0, &ar) && lua_gettop(co) > 0;
+  default:
+    return 0;
   }
+}
+
+/* [-0, +0] Whether the value at idx is what coroutine.resume answers when
+ * it refuses to resume a coroutine that is not suspended (one its user
+ * closed, say), which runs nothing. */
+static int unresumable(lua_State *L, int idx) {
+  const char *what;
+  if (lua_type(L, idx) != LUA_TSTRING)
+    return 0;
+  what = lua_tostring(L, idx);
+  return strcmp(what, "cannot resume dead coroutine") == 0 ||
+         strcmp(what, "cannot resume non-suspended coroutine") == 0;
+}
+
+/* [-0, +0, m] tracked[co] = the value at v. */
+static void tracked_set(lua_State *L, int co, int v) {
+  lua_getiuservalue(L, STATE, UV_TRACKED);
+  lua_pushvalue(L, co);
+  lua_pushvalue(L, v);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+/* [-0, +1] Pushes tracked[co]; returns its type. */
+static int tracked_get(lua_State *L, int co) {
+  int t;
+  lua_getiuservalue(L, STATE, UV_TRACKED);
+  lua_pushvalue(L, co);
+  t = lua_rawget(L, -2);
+  lua_remove(L, -2);
+  return t;
+}
+
+/* [-0, +0, m] Appends the worker at co to the pool uv, counted by *n, unless it is full. */
+static void pool_push(lua_State *L, int uv, lua_Integer *n, int co) {
+  if (*n >= POOL_MAX)
+    return;
+  lua_getiuservalue(L, STATE, uv);
+  lua_pushvalue(L, co);
+  lua_rawseti(L, -2, *n + 1);
+  lua_pop(L, 1);
+  (*n)++;
+}
+
+/* [-0, +1] Pops the last worker of the pool uv, counted by *n (> 0). */
+static void pool_pop(lua_State *L, int uv, lua_Integer *n) {
+  lua_getiuservalue(L, STATE, uv);
+  lua_rawgeti(L, -1, *n);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, *n);
+  lua_remove(L, -2);
+  (*n)--;
+}
+
+/* [-0, +0, m] Puts the worker at co, whose task is done, back in its pool. */
+static void repool(lua_State *L, pstate_t *st, int co) {
+  int checked;
+  lua_getiuservalue(L, STATE, UV_CHECKED_WORKERS);
+  lua_pushvalue(L, co);
+  checked = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  if (checked)
+    pool_push(L, UV_CHECKED_POOL, &st->checked_n, co);
+  else
+    pool_push(L, UV_POOL, &st->pool_n, co);
+}
+
+/* [-0, +2] Pushes how the task a worker just finished ended (ok, value)
+ * and forgets it. */
+static void take_done(lua_State *L, pstate_t *st) {
+  lua_pushboolean(L, st->done_ok);
+  lua_getiuservalue(L, STATE, UV_DONE_VALUE);
+  lua_pushnil(L);
+  lua_setiuservalue(L, STATE, UV_DONE_VALUE);
+  st->done_ok = 0;
+}
+
+/* [-0, +0, e] A task's worker at co just finished (yielded DONE) after
+ * awaiting: pools it, and settles the promise of its result. */
+static void task_ended(lua_State *L, pstate_t *st, int co) {
+  int top = lua_gettop(L);
+  luaL_checkstack(L, 6, NULL);
+  take_done(L, st);
+  repool(L, st, co);
+  if (tracked_get(L, co) == LUA_TTABLE) {
+    lua_pushboolean(L, 1);
+    tracked_set(L, co, top + 4);
+    if (lua_toboolean(L, top + 1))
+      resolve_now(L, st, top + 3, top + 2);
+    else
+      settle_now(L, st, top + 3, top + 2, 1);
+  }
+  lua_settop(L, top);
+}
+
+/* [-0, +0, e] Yields token from the worker co, continuing at ctx when
+ * resumed; an idle worker's stack holds nothing of its last task. */
+static int worker_yield(lua_State *co, const char *token, int ctx) {
+  lua_settop(co, 0);
+  lua_pushlightuserdata(co, (void *)token);
+  return lua_yieldk(co, 1, ctx, worker_k);
+}
+
+/* [-2, +0, e] The end of a task, with (ok, value) on top: hands them over
+ * and waits for the next task. */
+static int worker_finish(lua_State *co, int idle) {
+  pstate_t *st = state_of(co);
+  st->done_ok = lua_toboolean(co, -2);
+  lua_setiuservalue(co, STATE, UV_DONE_VALUE);
+  return worker_yield(co, &DONE, idle);
+}
+
+/* [-?, +0, e] The body of call's workers, given (key, fn, ...): runs
+ * pcall(fn, ...) when key is POOL_KEY, else yields STRAY. */
+static int worker(lua_State *co) {
+  if (lua_touserdata(co, 1) != &POOL_KEY)
+    return worker_yield(co, &STRAY, WK_IDLE);
+  lua_getiuservalue(co, STATE, UV_PCALL);
+  lua_replace(co, 1);
+  lua_callk(co, lua_gettop(co) - 1, 2, WK_TASK, worker_k);
+  return worker_finish(co, WK_IDLE);
+}
+
+/* [-?, +0, e] After xcall's task, at 5 and 6 (ok, value) over (key, ended,
+ * a, b): when it failed, ended(a, b, false, reason), in the same
+ * coroutine, makes its outcome. */
+static int checked_finish(lua_State *co) {
+  if (lua_toboolean(co, 5))
+    return worker_finish(co, WK_CHECKED_IDLE);
+  lua_pushvalue(co, 2);
+  lua_pushvalue(co, 3);
+  lua_pushvalue(co, 4);
+  lua_pushboolean(co, 0);
+  lua_pushvalue(co, 6);
+  lua_callk(co, 4, 2, WK_ENDED, worker_k);
+  return worker_finish(co, WK_CHECKED_IDLE);
+}
+
+/* [-?, +0, e] The body of xcall's workers, given (key, ended, a, b, fn,
+ * handler, ...): runs xpcall(fn, handler, ...) when key is CHECKED_KEY. */
+static int checked_worker(lua_State *co) {
+  if (lua_touserdata(co, 1) != &CHECKED_KEY)
+    return worker_yield(co, &STRAY, WK_CHECKED_IDLE);
+  lua_settop(co, lua_gettop(co) < 6 ? 6 : lua_gettop(co));
+  lua_getiuservalue(co, STATE, UV_XPCALL);
+  lua_insert(co, 5);
+  lua_callk(co, lua_gettop(co) - 5, 2, WK_CHECKED_TASK, worker_k);
+  return checked_finish(co);
+}
+
+/* [-?, +0, e] Where a worker continues after a call that yielded or a
+ * yield of its own. */
+static int worker_k(lua_State *co, int status, lua_KContext ctx) {
+  (void)status;
+  switch (ctx) {
+  case WK_TASK:
+    return worker_finish(co, WK_IDLE);
+  case WK_ENDED:
+    return worker_finish(co, WK_CHECKED_IDLE);
+  case WK_CHECKED_TASK:
+    return checked_finish(co);
+  case WK_CHECKED_IDLE:
+    return checked_worker(co);
+  default:
+    return worker(co);
+  }
+}
+
+/* [-0, +1, e] Pushes a new worker with the body at uv, tracked. */
+static void new_worker(lua_State *L, int uv) {
+  lua_getiuservalue(L, STATE, UV_COCREATE);
+  lua_getiuservalue(L, STATE, uv);
+  lua_call(L, 1, 1);
+  lua_pushboolean(L, 1);
+  tracked_set(L, lua_gettop(L) - 1, lua_gettop(L));
+  lua_pop(L, 1);
+}
+
+/*
+ * [-0, +(2|3), e] The end of a resume of the task worker at co, with the
+ * resume's (ok, what) above it: returns false and the promise of the
+ * task's result while it awaits, else true, ok and its first result (or
+ * what it threw), pooling the worker.
+ */
+static int task_resumed(lua_State *L, pstate_t *st, int co) {
+  if (!lua_toboolean(L, co + 1)) {
+    lua_pushvalue(L, co + 2);
+    return lua_error(L);
+  }
+  if (lua_touserdata(L, co + 2) != &DONE) {
+    new_promise(L, st);
+    tracked_set(L, co, co + 3);
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, co + 3);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  take_done(L, st);
+  repool(L, st, co);
+  return 3;
+}
+
+/* [-n, +(2|3), e] call(fn, ...) -> done, okOrPromise, value: see
+ * promise.lua. */
+static int promise_call(lua_State *L) {
+  pstate_t *st = state_of(L);
+  int n = lua_gettop(L), co, i;
+  luaL_checkstack(L, n + 8, NULL);
+  for (;;) {
+    if (st->pool_n == 0) {
+      new_worker(L, UV_WORKER);
+      break;
+    }
+    pool_pop(L, UV_POOL, &st->pool_n);
+    if (co_suspended(L, lua_tothread(L, -1)))
+      break;
+    lua_pop(L, 1); /* closed by its user */
+  }
+  co = lua_gettop(L);
+  lua_getiuservalue(L, STATE, UV_CORESUME);
+  lua_pushvalue(L, co);
+  lua_pushlightuserdata(L, (void *)&POOL_KEY);
+  for (i = 1; i <= n; i++)
+    lua_pushvalue(L, i);
+  lua_call(L, n + 2, 2);
+  return task_resumed(L, st, co);
+}
+
+/* [-n, +(2|4), e] xcall(ended, a, b, fn, handler, ...) -> done,
+ * okOrPromise, value, busy: see promise.lua. */
+static int promise_xcall(lua_State *L) {
+  pstate_t *st = state_of(L);
+  int n = lua_gettop(L), co, i;
+  luaL_checkstack(L, n + 8, NULL);
+  for (;;) {
+    if (st->checked_n > 0) {
+      pool_pop(L, UV_CHECKED_POOL, &st->checked_n);
+    } else {
+      new_worker(L, UV_CHECKED_WORKER);
+      lua_getiuservalue(L, STATE, UV_CHECKED_WORKERS);
+      lua_pushvalue(L, -2);
+      lua_pushboolean(L, 1);
+      lua_rawset(L, -3);
+      lua_pop(L, 1);
+    }
+    co = lua_gettop(L);
+    lua_getiuservalue(L, STATE, UV_CORESUME);
+    lua_pushvalue(L, co);
+    lua_pushlightuserdata(L, (void *)&CHECKED_KEY);
+    for (i = 1; i <= n; i++)
+      lua_pushvalue(L, i);
+    lua_call(L, n + 2, 2);
+    /* A worker its user closed refuses the resume without running
+     * anything: the next one takes the task. */
+    if (lua_toboolean(L, co + 1) || !unresumable(L, co + 2))
+      break;
+    lua_settop(L, n);
+  }
+  if (!lua_toboolean(L, co + 1)) {
+    lua_pushvalue(L, co + 2);
+    return lua_error(L);
+  }
+  if (lua_touserdata(L, co + 2) != &DONE) {
+    new_promise(L, st);
+    tracked_set(L, co, co + 3);
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, co + 3);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  take_done(L, st);
+  pool_push(L, UV_CHECKED_POOL, &st->checked_n, co);
+  lua_pushboolean(L, st->count > 0);
+  return 4;
+}
+
+/* [-n, +1, e] spawn(fn, ...) -> the promise of fn's first result. */
+static int promise_spawn(lua_State *L) {
+  pstate_t *st = state_of(L);
+  int r = promise_call(L), top = lua_gettop(L);
+  if (r == 2)
+    return 1;
+  /* true, ok, value */
+  new_promise(L, st);
+  set_bool(L, top + 1, LK, 1);
+  if (lua_toboolean(L, top - 1))
+    resolve_now(L, st, top + 1, top);
+  else
+    settle_now(L, st, top + 1, top, 1);
+  return 1;
+}
+
+/* [-1, +0, e] resumeJob(co): the turn of an await. A coroutine that is not
+ * suspended is being resumed by someone other than the await it is in;
+ * await checks its promise, so skipping it is safe. */
+static int promise_resume_job(lua_State *L) {
+  lua_settop(L, 1);
+  if (!co_suspended(L, lua_tothread(L, 1)))
+    return 0;
+  lua_getiuservalue(L, STATE, UV_CORESUME);
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 2);
+  if (!lua_toboolean(L, 2))
+    return lua_error(L);
+  if (lua_touserdata(L, 3) == &DONE)
+    task_ended(L, state_of(L), 1);
+  return 0;
+}
+
+/* [-3, +0, e] settleAndResume(p, ok, v): see promise.lua. */
+static int promise_settle_and_resume(lua_State *L) {
+  pstate_t *st = state_of(L);
+  int co;
+  if (!take_awaiter(L, st))
+    return 0;
+  co = lua_gettop(L);
+  /* resumeJob, inline: the task usually awaits again. A coroutine that is
+   * not suspended is skipped, as resumeJob skips it. */
+  lua_getiuservalue(L, STATE, UV_CORESUME);
+  lua_pushvalue(L, co);
+  lua_call(L, 1, 2);
+  if (!lua_toboolean(L, co + 1)) {
+    if (unresumable(L, co + 2))
+      return 0;
+    return lua_error(L);
+  }
+  if (lua_touserdata(L, co + 2) == &DONE)
+    task_ended(L, st, co);
+  return 0;
+}
+
+/* [-0, +1] isSettled() for the main driver; upvalue 1 is the promise. */
+static int main_is_settled(lua_State *L) {
+  lua_pushboolean(L, get_int(L, lua_upvalueindex(1), S) != PENDING);
+  return 1;
+}
+
+/* [-0, +1, e] await on the main thread, of the promise at 1: runs the
+ * main driver until it settles. */
+static int main_await(lua_State *L, pstate_t *st) {
+  lua_Integer s;
+  set_bool(L, 1, H, 1);
+  if (get_int(L, 1, S) == PENDING) {
+    if (lua_getiuservalue(L, STATE, UV_DRIVER) != LUA_TNIL) {
+      lua_pushvalue(L, 1);
+      lua_pushcclosure(L, main_is_settled, 1);
+      lua_call(L, 1, 0);
+    } else {
+      lua_pop(L, 1);
+      while (get_int(L, 1, S) == PENDING && st->count > 0) {
+        lua_getiuservalue(L, STATE, UV_DRAIN);
+        lua_call(L, 0, 0);
+      }
+    }
+  }
+  s = get_int(L, 1, S);
+  lua_rawgeti(L, 1, V);
+  if (s == FULFILLED)
+    return 1;
+  if (s != REJECTED)
+    lua_pushstring(L, IDLE_MESSAGE);
+  return lua_error(L);
+}
+
+static int await_k(lua_State *L, int status, lua_KContext ctx);
+
+/* [-0, +1, e] The rest of an await in a task, on the promise at 1: yields
+ * until it settles, then returns its value or raises its reason. */
+static int await_rest(lua_State *L) {
+  lua_Integer s = get_int(L, 1, S);
+  if (s == PENDING) {
+    lua_settop(L, 1);
+    lua_pushlightuserdata(L, (void *)&AWAITING);
+    return lua_yieldk(L, 1, 0, await_k);
+  }
+  lua_settop(L, 1);
+  lua_rawgeti(L, 1, V);
+  if (s == FULFILLED)
+    return 1;
+  return lua_error(L);
+}
+
+/* [-?, +1, e] await resumed. */
+static int await_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return await_rest(L);
+}
+
+/* [-1, +1, e] await(p): see promise.lua. */
+static int promise_await(lua_State *L) {
+  pstate_t *st = state_of(L);
+  lua_settop(L, 1);
+  if (!is_promise(L, 1))
+    return 1;
+  if (lua_pushthread(L)) {
+    lua_pop(L, 1);
+    return main_await(L, st);
+  }
+  tracked_get(L, 2);
+  if (!lua_toboolean(L, -1)) {
+    lua_pushstring(L, NOT_OCAP_MESSAGE);
+    return lua_error(L);
+  }
+  lua_pop(L, 1);
+  lua_pushlightuserdata(L, (void *)&AWAIT);
+  lua_pushboolean(L, 0);
+  subscribe(L, st, 1, 3, 2, 4);
+  lua_settop(L, 1);
+  lua_pushlightuserdata(L, (void *)&AWAITING);
+  return lua_yieldk(L, 1, 0, await_k);
+}
+
+/* [-1, +0] setMainDriver(fn?): see promise.lua. */
+static int promise_set_main_driver(lua_State *L) {
+  lua_settop(L, 1);
+  lua_setiuservalue(L, STATE, UV_DRIVER);
   return 0;
 }
 
@@ -923,15 +1387,18 @@ static const luaL_Reg module_funcs[] = {
     {"drain", promise_drain},
     {"hasTurns", promise_has_turns},
     {"setUnhandledRejectionHandler", promise_set_handler},
+    {"await", promise_await},
+    {"call", promise_call},
+    {"xcall", promise_xcall},
+    {"spawn", promise_spawn},
+    {"settleAndResume", promise_settle_and_resume},
+    {"setMainDriver", promise_set_main_driver},
     {NULL, NULL},
 };
 
 static const luaL_Reg internal_funcs[] = {
-    {"subscribe", promise_subscribe},
     {"fulfill", promise_fulfill},
     {"rejectNow", promise_reject_now},
-    {"resolveNow", promise_resolve_now},
-    {"takeAwaiter", promise_take_awaiter},
     {"configure", promise_configure},
     {NULL, NULL},
 };
@@ -971,6 +1438,25 @@ static int promise_new(lua_State *L) {
   lua_setiuservalue(L, ud, UV_RING);
   lua_createtable(L, 0, 0);
   lua_setiuservalue(L, ud, UV_UNHANDLED);
+  st->pool_n = st->checked_n = 0;
+  st->done_ok = 0;
+  /* The workers' tables are weak: a worker that is neither pooled nor
+   * running a task is garbage. */
+  lua_createtable(L, 0, 0);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_pushvalue(L, -1);
+  lua_setmetatable(L, -3);
+  lua_createtable(L, 0, 0);
+  lua_insert(L, -2);
+  lua_setmetatable(L, -2);
+  lua_setiuservalue(L, ud, UV_CHECKED_WORKERS);
+  lua_setiuservalue(L, ud, UV_TRACKED);
+  lua_createtable(L, 0, 0);
+  lua_setiuservalue(L, ud, UV_POOL);
+  lua_createtable(L, 0, 0);
+  lua_setiuservalue(L, ud, UV_CHECKED_POOL);
   lua_createtable(L, 0, 24);
   meta = lua_gettop(L);
   lua_createtable(L, 0, 4);
@@ -993,13 +1479,32 @@ static int promise_new(lua_State *L) {
   lua_setfield(L, meta, "__name");
 
   set_funcs(L, mod, ud, meta, module_funcs);
+  /* p:await is the module's await itself. */
+  lua_getfield(L, mod, "await");
+  lua_setfield(L, methods, "await");
+  {
+    static const struct {
+      int uv;
+      lua_CFunction f;
+    } own[] = {
+        {UV_RESUME, promise_resume_job},
+        {UV_WORKER, worker},
+        {UV_CHECKED_WORKER, checked_worker},
+        {UV_DRAIN, promise_drain},
+    };
+    size_t i;
+    for (i = 0; i < sizeof own / sizeof *own; i++) {
+      lua_pushvalue(L, ud);
+      lua_pushvalue(L, meta);
+      lua_pushcclosure(L, own[i].f, 2);
+      lua_setiuservalue(L, ud, own[i].uv);
+    }
+  }
   set_funcs(L, internal, ud, meta, internal_funcs);
   lua_pushvalue(L, meta);
   lua_setfield(L, internal, "Promise");
   lua_pushvalue(L, methods);
   lua_setfield(L, internal, "methods");
-  lua_pushlightuserdata(L, (void *)&AWAIT);
-  lua_setfield(L, internal, "AWAIT");
   lua_pushvalue(L, internal);
   lua_setfield(L, mod, "_internal");
   lua_settop(L, mod);

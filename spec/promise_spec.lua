@@ -555,6 +555,25 @@ describe('ocap.promise', function()
       assert.same({ 'fulfilled', 1 }, { P.state(p) })
     end)
 
+    it('runs nothing in an idle worker that someone else resumes', function()
+      local function ended(_, _, ok, r) return ok, r end
+      local ran = false
+      local function task() ran = true end
+      local _, _, plain = P.call(coroutine.running)
+      local _, _, checked = P.xcall(ended, nil, nil, coroutine.running, ended)
+      for _, worker in ipairs({ plain, checked }) do
+        local ok, token = coroutine.resume(worker, 'key', task)
+        assert.is_true(ok)
+        assert.is_not_nil(token)
+        assert.equal('suspended', coroutine.status(worker))
+      end
+      assert.is_false(ran)
+      -- Both go on taking tasks.
+      assert.same({ true, true, 5 }, { P.call(function() return 5 end) })
+      assert.same({ true, true, 6, false }, { P.xcall(ended, nil, nil, function() return 6 end, ended) })
+      assert.equal(plain, select(3, P.call(coroutine.running)))
+    end)
+
     it('resumes the one coroutine awaiting a promise at once when no turn is queued', function()
       local p = P.makePromise()
       local log = {}

@@ -73,8 +73,8 @@ static int unlimit(lua_State *L) {
 static const char SCRIPT[] =
     "local core, limit, unlimit = ...\n"
     "local P = core.new()\n"
-    "P._internal.configure(function(m) return m end, function() end,\n"
-    "  function() end)\n"
+    "P._internal.configure(function(m) return m end, function() end, coroutine.resume,\n"
+    "  coroutine.create, pcall, xpcall)\n"
     "local ps, ds, ran = {}, {}, {}\n"
     "for i = 1, 12 do\n"
     "  ps[i], ds[i], ran[i] = P.makePromise(), {}, 0\n"
