@@ -982,6 +982,8 @@ static int worker_finish(lua_State *co, int idle) {
 static int worker(lua_State *co) {
   if (lua_touserdata(co, 1) != &POOL_KEY)
     return worker_yield(co, &STRAY, WK_IDLE);
+  if (lua_gettop(co) < 2)
+    lua_settop(co, 2); /* pcall(nil): the task fails as a call of nil */
   lua_getiuservalue(co, STATE, UV_PCALL);
   lua_replace(co, 1);
   lua_callk(co, lua_gettop(co) - 1, 2, WK_TASK, worker_k);

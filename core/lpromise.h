@@ -1,13 +1,14 @@
 /*
  * lpromise.h -- the core of ocap.promise in C (`ocap.promise.core`).
  *
- * lua/ocap/promise.lua is the module vat and host code require; it keeps in
- * Lua what runs coroutines (await, call, xcall, spawn) and what is cold
- * (finally, the combinators), and takes everything else from this module:
- * the promise records, settling and adoption, reactions, the turn queue
- * and drain, next and catch, kits and onSettle. The module has one
- * function, new(), which makes a queue and the module table over it:
- * promise.lua calls it once as it loads, so a Lua state has one queue.
+ * lua/ocap/promise.lua is the module vat and host code require; it gives
+ * this core its hooks and loads what is cold (finally, the combinators)
+ * on first use, and takes everything else from here: the promise records,
+ * settling and adoption, reactions, the turn queue and drain, next and
+ * catch, kits and onSettle, and the tasks (call, xcall, spawn, await and
+ * their pooled coroutines). The module has one function, new(), which
+ * makes a queue and the module table over it: promise.lua calls it once
+ * as it loads, so a Lua state has one queue.
  *
  * Conventions:
  *
@@ -27,6 +28,10 @@
  * 5. drain charges the vat's meter for every turn it runs, and calls
  *    callbacks with continuations, so that a callback may yield the
  *    coroutine that drains as it could when drain was Lua.
+ * 6. Coroutines are created and resumed, and tasks run, through the
+ *    state's own coroutine.create, coroutine.resume, pcall and xpcall
+ *    (handed over by promise.lua), so that a vat's meter and watchdog see
+ *    them as they see vat code's.
  */
 #ifndef OCAP_LPROMISE_H
 #define OCAP_LPROMISE_H

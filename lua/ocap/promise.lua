@@ -1,9 +1,11 @@
 --- Promises with JavaScript semantics and an explicit turn queue.
 --
 -- A promise is a table whose metatable is this module's `Promise`; its state
--- lives in the table's array slots (see S, V, ... below) and its first
--- reaction in three more slots, so that creating a promise allocates one
--- table and subscribing to it once allocates nothing.
+-- lives in the table's array slots (state, value, handled, already
+-- resolved; core/lpromise.c names them) and its first reaction in three
+-- more slots, so that creating a promise allocates one table and
+-- subscribing to it once allocates nothing. An eighth slot holds further
+-- reactions.
 --
 -- Callbacks never run synchronously. Settling a promise queues one turn per
 -- reaction; `M.drain()` runs turns in FIFO order until the queue is empty.

@@ -6,7 +6,7 @@ local M = {}
 
 local pcall, error = pcall, error
 
--- The slots of a promise table (promise.lua).
+-- The slots of a promise table (core/lpromise.c).
 local S <const>, L <const>, PENDING <const> = 1, 4, 0
 
 --- Makes finally and the combinators over ocap.promise and its internals.
