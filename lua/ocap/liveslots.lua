@@ -13,16 +13,14 @@ local M = {}
 -- replaces its global require cannot change what the lazy kits load.
 local require = require
 
-local type, error, pcall, xpcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, rawget, next =
-  type, error, pcall, xpcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, rawget, next
+local type, error, pcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, rawget, next =
+  type, error, pcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, rawget, next
 local unpack, pack = table.unpack, table.pack
 local sfind, ssub, sbyte = string.find, string.sub, string.byte
 local makePromise = promise.makePromise
 local onSettle, pstate, drain = promise.onSettle, promise.state, promise.drain
 local call, xcall, settled, hasTurns = promise.call, promise.xcall, promise.settled, promise.hasTurns
 local settleAndResume, isOurPromise = promise.settleAndResume, promise.isPromise
-local remotableIface = pass.remotableIface
-local kernelErrorCode = pass.kernelErrorCode
 -- The C codec's own functions, where the state has it (always in a vat):
 -- the hot path calls them without marshal's wrappers.
 local cEncodeParts = pass.codec and pass.codec.encodeParts
@@ -35,10 +33,13 @@ local function ignore() end
 -- without a call into ocap.promise.
 local PromiseMT = getmetatable(makePromise())
 
+-- The metatables of the weak tables, one of each kind for all of them.
+local WEAK_KEYS, WEAK_VALUES = { __mode = 'k' }, { __mode = 'v' }
+
 -- Targets that send their messages themselves (ocap.remote's imports, and
 -- the answers of a remote peer, whose messages go ahead of their
 -- settlement): target -> send(method, args, wantResult).
-local pipelines = setmetatable({}, { __mode = 'k' })
+local pipelines = setmetatable({}, WEAK_KEYS)
 -- E()'s send, defined with the proxies below.
 local eventualSend
 
@@ -66,12 +67,12 @@ local storedCount = M.storedCount
 
 -- Per Lua state: which liveslots instance a presence or a kernel-known
 -- promise belongs to, so E() can route without being told.
-local presenceInfo = setmetatable({}, { __mode = 'k' }) -- presence -> { ls, vref }
+local presenceInfo = setmetatable({}, WEAK_KEYS) -- presence -> { ls, vref }
 -- The instances of this state (a vat has one): ls -> { vpidOf, sender },
 -- its table of kernel-known promises (promise -> vpid: one weak entry per
 -- promise a send makes, where a table for each field would take two) and
 -- the maker of its presences' senders (made in M.make).
-local instances = setmetatable({}, { __mode = 'k' })
+local instances = setmetatable({}, WEAK_KEYS)
 
 local presenceMT = {
   __index = function(self, k)
@@ -86,29 +87,30 @@ local presenceMT = {
   __metatable = 'presence',
 }
 
---- Removes the "chunk:line: " position Lua adds to string errors.
-local function stripPosition(msg)
-  local s, e = sfind(msg, '^[^\n]-:%d+: ')
-  if s then return ssub(msg, e + 1) end
-  return msg
+-- ocap.liveslots.rare: what E() of anything but a presence, and a
+-- failure, need (loaded on first use).
+local rareModule
+local localCall
+local function rare()
+  if not rareModule then
+    rareModule = require 'ocap.liveslots.rare'
+    rareModule.init({ presenceInfo = presenceInfo, pipelines = pipelines, instances = instances,
+      eventualSend = eventualSend, localCall = function(...) return localCall(...) end })
+  end
+  return rareModule
 end
-M.stripPosition = stripPosition
+
+--- Removes the "chunk:line: " position Lua adds to string errors.
+---@param msg string
+---@return string
+function M.stripPosition(msg) return rare().stripPosition(msg) end
 
 --- Turns whatever a method raised into its rejection reason: the value a
 --- caller gets whether the call went through the kernel or stayed in one
---- Lua state. A string loses the position Lua put in front of it; an error
---- keeps what crosses the kernel (message and name; its code follows from
---- the message); other passable data stays as it is; anything else
---- becomes an error carrying its tostring.
-local function normalizeError(e)
-  if pass.isError(e) then
-    if e.code == kernelErrorCode(e.message) and e.errors == nil then return e end
-    return pass.makeError(e.message, e.name)
-  end
-  if type(e) == 'string' then return pass.makeError(stripPosition(e)) end
-  if pcall(pass.passStyleOf, e) then return e end
-  return pass.makeError(tostring(e))
-end
+--- Lua state (ocap.liveslots.rare says how).
+---@param e any
+---@return any reason
+local function normalizeError(e) return rare().normalizeError(e) end
 M.normalizeError = normalizeError
 
 local exoMethods = exo.methods
@@ -135,34 +137,23 @@ end
 --- protected call itself (liveslots' deliveries, through promise.xcall):
 --- the xpcall handler, and ended(target, method, ok, r), which turns the
 --- outcome of xpcall(fn, handler, target, ...) into (ok, result or
---- normalized reason), logging as call does.
+--- normalized reason), logging as call does. What runs only when a method
+--- fails, or for a call other than a delivery's, is ocap.liveslots.rare.
 local function makeCaller(log, traceback, explain)
-  -- The traceback of the last failing method, taken by the handler while
-  -- the failing stack still exists and logged right after.
-  local lastTrace
+  -- { log, explain, the last failing method's traceback (taken by the
+  -- handler while the failing stack still exists, logged right after),
+  -- the handler }
+  local c = { log, explain, false }
   local function handler(e)
-    if type(e) == 'string' and traceback then lastTrace = traceback(e) end
+    if type(e) == 'string' and traceback then c[3] = traceback(e) end
     return e
   end
+  c[4] = handler
   local function ended(target, method, ok, r)
-    if ok then return true, r end
-    if type(r) == 'string' then
-      r = explain(r)
-      log('warn', ('%s: %q failed: %s'):format(remotableIface(target) or 'object', method, r))
-      if lastTrace then log('debug', 'method failed', { traceback = lastTrace }) end
-      lastTrace = nil
-    end
-    return false, normalizeError(r)
+    return rare().ended(c, target, method, ok, r)
   end
   local function callMethod(target, method, args)
-    local fn = findMethod(target, method)
-    if not fn then
-      error(pass.makeError(('%s has no method %q'):format(
-        remotableIface(target) or tostring(target), tostring(method)), 'TypeError'), 0)
-    end
-    local ok, r = ended(target, method, xpcall(fn, handler, target, unpack(args, 1, args.n or #args)))
-    if not ok then error(r, 0) end
-    return r
+    return rare().callMethod(c, ended, findMethod, target, method, args)
   end
   return callMethod, handler, ended
 end
@@ -170,7 +161,7 @@ end
 -- Calls local exos, which belong to no liveslots instance: it logs
 -- through the latest instance made with a log (a vat has only one; a host
 -- logs through the kernel it made last).
-local localCall = makeCaller(function() end, nil, function(e) return e end)
+localCall = makeCaller(function() end, nil, function(e) return e end)
 
 --- Makes a liveslots instance.
 ---@param opts table { syscall, vatId, kind = 'vat'|'kernel', allocObject, allocPromise, log, wrapError,
@@ -182,8 +173,8 @@ function M.make(opts)
   -- never runs for it.
   local ls = { vatId = opts.vatId, kind = opts.kind, stopped = false }
   local exports = {}                                  -- vref -> local object (strong)
-  local valToVref = setmetatable({}, { __mode = 'k' }) -- local object/promise -> vref
-  local imports = setmetatable({}, { __mode = 'v' })   -- vref -> presence
+  local valToVref = setmetatable({}, WEAK_KEYS) -- local object/promise -> vref
+  local imports = setmetatable({}, WEAK_VALUES)   -- vref -> presence
   -- Garbage collection (docs/gc.md). The Lua collector decides what the
   -- heap still holds; liveslots looks only at reap points
   -- (bringOutYourDead), so what it reports depends on the heap's contents,
@@ -192,13 +183,13 @@ function M.make(opts)
   local unsaved = {}    -- import vref -> true: in reachable, not yet in the store (SAVED)
   local dropped = {}    -- export vref -> true: the kernel asked us to drop it
   local ndropped = 0    -- entries of dropped, so that sends skip the check while none is
-  local weakExports = setmetatable({}, { __mode = 'v' }) -- dropped export vref -> object, not held
+  local weakExports = setmetatable({}, WEAK_VALUES) -- dropped export vref -> object, not held
   -- Exports bound to a vref chosen by their maker (exportAs: a vat's root,
   -- the host's services and vatAdmin), which code names by that vref:
   -- liveslots never lets go of them, whatever the kernel says.
   local pinned = {}
   local pending = {}                                   -- vpid -> promise we wait on
-  local vpidOf = setmetatable({}, { __mode = 'k' })      -- kernel-known promise -> vpid
+  local vpidOf = setmetatable({}, WEAK_KEYS)      -- kernel-known promise -> vpid
   local instance = { vpidOf }
   instances[ls] = instance
   local exportedPromises = {}                           -- vpid -> local promise
@@ -367,19 +358,12 @@ function M.make(opts)
 
   -- The rest (store-held reference counts, GC deliveries, what a reap
   -- reports) is ocap.liveslots.gc, loaded on first use.
+  -- What the kits loaded on first use (ocap.liveslots.gc and .rare) share
+  -- with the instance: made once, when the first of them loads (below).
+  local context
   local gcKit
   local function gc()
-    if not gcKit then
-      gcKit = require('ocap.liveslots.gc').make({
-        syscall = syscall, storedCount = storedCount, exports = exports, weakExports = weakExports,
-        valToVref = valToVref, imports = imports, pinned = pinned, reachable = reachable,
-        unsaved = unsaved, dropped = dropped, hold = hold, SAVED = SAVED,
-        addDropped = function(delta)
-          ndropped = ndropped + delta
-          return ndropped
-        end,
-      })
-    end
+    if not gcKit then gcKit = require('ocap.liveslots.gc').make(context()) end
     return gcKit
   end
   --- Resolves vpid with value, or rejects it; a value that cannot be
@@ -400,12 +384,12 @@ function M.make(opts)
       ok, cd = pcall(m.serialize, value)
       if not ok then
         fulfilled = false
-        cd = m.serialize(pass.makeError('result is not passable: ' .. stripPosition(tostring(cd))))
+        cd = m.serialize(pass.makeError('result is not passable: ' .. M.stripPosition(tostring(cd))))
       end
       body, slots = cd.body, cd.slots
     elseif not ok then
       fulfilled = false
-      local cd = m.serialize(pass.makeError('result is not passable: ' .. stripPosition(tostring(body))))
+      local cd = m.serialize(pass.makeError('result is not passable: ' .. M.stripPosition(tostring(body))))
       body, slots = cd.body, cd.slots
     end
     if ndropped > 0 and slots then resent(slots) end
@@ -663,23 +647,32 @@ function M.make(opts)
   -- on first use): the rarer deliveries, and the part of ls other modules
   -- call now and then, which ls's __index finds until the kit puts it on
   -- ls itself.
-  local rareKit
-  local function rare()
-    if not rareKit then
-      rareKit = require('ocap.liveslots.rare').make({
+  local shared
+  function context()
+    if not shared then
+      shared = {
         ls = ls, syscall = syscall, kernelKind = kernelKind, collect = opts.collect, exports = exports,
-        weakExports = weakExports, valToVref = valToVref, pinned = pinned, reachable = reachable,
-        unsaved = unsaved, dropped = dropped, pending = pending, answers = answers, vpidOf = vpidOf,
-        presenceInfo = presenceInfo, pipelines = pipelines, gc = gc, vom = vom,
+        weakExports = weakExports, valToVref = valToVref, imports = imports, pinned = pinned,
+        reachable = reachable, unsaved = unsaved, dropped = dropped, pending = pending, answers = answers,
+        vpidOf = vpidOf, presenceInfo = presenceInfo, pipelines = pipelines, gc = gc, vom = vom,
         vomKit = function() return vomKit end, virtualToReap = virtualToReap, trackPromise = trackPromise,
         decodeCapdata = decodeCapdata, slotToVal = slotToVal, valToSlot = valToSlot, follow = follow,
-        rejectResult = rejectResult, settleResult = settleResult, normalizeError = normalizeError,
-        eventualSend = eventualSend,
-      })
+        rejectResult = rejectResult, settleResult = settleResult, eventualSend = eventualSend,
+        storedCount = storedCount, hold = hold, SAVED = SAVED,
+        addDropped = function(delta)
+          ndropped = ndropped + delta
+          return ndropped
+        end,
+      }
     end
+    return shared
+  end
+  local rareKit
+  local function rareKitOf()
+    if not rareKit then rareKit = require('ocap.liveslots.rare').make(context()) end
     return rareKit
   end
-  setmetatable(ls, { __index = function(_, k) return rare()[k] end })
+  setmetatable(ls, { __index = function(_, k) return rareKitOf()[k] end })
 
   local callMethod, methodHandler, methodEnded = makeCaller(log, syscall.traceback, explain)
   if opts.log then localCall = callMethod end
@@ -730,8 +723,8 @@ function M.make(opts)
   local function deliverDecoded(target, targetVref, resultVpid, ok, methargs)
     if target == nil then
       local answer = answers[targetVref]
-      if answer then return rare().answer(answer, resultVpid, ok, methargs) end
-      return rare().deleted(targetVref, resultVpid)
+      if answer then return rareKitOf().answer(answer, resultVpid, ok, methargs) end
+      return rareKitOf().deleted(targetVref, resultVpid)
     end
     if not ok then
       rejectResult(resultVpid, normalizeError(methargs))
@@ -805,7 +798,7 @@ function M.make(opts)
     elseif kind == 'notify' then
       -- The kernel hands one resolution flat (vpid, rejected, body,
       -- slots), several as a sequence of such records (b is then nil).
-      if b == nil then rare().notify(a) else deliverResolution(a, b, c, d) end
+      if b == nil then rareKitOf().notify(a) else deliverResolution(a, b, c, d) end
     elseif kind == 'bringOutYourDead' and next(reachable) == nil and ndropped == 0
       and not rawget(ls, 'onReap') and not virtualToReap() then
       -- What a reap reports depends on the heap only through the imports
@@ -819,7 +812,7 @@ function M.make(opts)
       if ok and counting then saveCounters() end
       return ok, err
     else
-      return rare().dispatch(kind, a, b, c, d)
+      return rareKitOf().dispatch(kind, a, b, c, d)
     end
     drain()
   end
@@ -880,7 +873,7 @@ function M.make(opts)
 end
 
 --- Wraps a target for eventual send.
-local proxyCache = setmetatable({}, { __mode = 'k' })
+local proxyCache = setmetatable({}, WEAK_KEYS)
 
 --- Makes E(target) call send(method, args, wantResult) at once, for a
 --- remotable or a pending promise (promise pipelining); nil stops it.
@@ -895,17 +888,6 @@ local function stoppedMessage(target, vref)
 end
 M.stoppedMessage = stoppedMessage
 
--- ocap.liveslots.rare, for E() of anything but a presence.
-local rareModule
-local function rareSends()
-  if not rareModule then
-    rareModule = require 'ocap.liveslots.rare'
-    rareModule.init({ presenceInfo = presenceInfo, pipelines = pipelines, instances = instances,
-      eventualSend = eventualSend, localCall = function(...) return localCall(...) end })
-  end
-  return rareModule
-end
-
 function eventualSend(target, method, args, wantResult)
   local info = presenceInfo[target]
   if info then
@@ -916,7 +898,7 @@ function eventualSend(target, method, args, wantResult)
     if info.ls.stopped then error(stoppedMessage(target, info.vref), 3) end
     return info.ls.sendTo(info.vref, method, args, wantResult)
   end
-  return rareSends().send(target, method, args, wantResult)
+  return rare().send(target, method, args, wantResult)
 end
 
 local function makeProxy(target, wantResult)

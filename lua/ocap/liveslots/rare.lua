@@ -12,8 +12,10 @@ local pass = require 'ocap.pass'
 
 local M = {}
 
-local next, ipairs, error, tostring, type, pcall, rawset = next, ipairs, error, tostring, type, pcall, rawset
-local ssub = string.sub
+local next, ipairs, error, tostring, type, pcall, xpcall, rawset = next, ipairs, error, tostring, type, pcall,
+  xpcall, rawset
+local ssub, sfind = string.sub, string.find
+local unpack = table.unpack
 local onSettle, pstate, isPromise = promise.onSettle, promise.state, pass.isPromise
 local resolvePromise, rejectPromise, settleAndResume = promise.resolvePromise, promise.rejectPromise,
   promise.settleAndResume
@@ -28,6 +30,66 @@ local shared
 ---@param s table
 function M.init(s)
   shared = s
+end
+
+--- Removes the "chunk:line: " position Lua adds to string errors.
+---@param msg string
+---@return string
+function M.stripPosition(msg)
+  local s, e = sfind(msg, '^[^\n]-:%d+: ')
+  if s then return ssub(msg, e + 1) end
+  return msg
+end
+
+--- Turns whatever a method raised into its rejection reason: the value a
+--- caller gets whether the call went through the kernel or stayed in one
+--- Lua state. A string loses the position Lua put in front of it; an error
+--- keeps what crosses the kernel (message and name; its code follows from
+--- the message); other passable data stays as it is; anything else
+--- becomes an error carrying its tostring.
+---@param e any
+---@return any reason
+function M.normalizeError(e)
+  if pass.isError(e) then
+    if e.code == pass.kernelErrorCode(e.message) and e.errors == nil then return e end
+    return pass.makeError(e.message, e.name)
+  end
+  if type(e) == 'string' then return pass.makeError(M.stripPosition(e)) end
+  if pcall(pass.passStyleOf, e) then return e end
+  return pass.makeError(tostring(e))
+end
+local normalizeError = M.normalizeError
+
+--- A caller's ended(target, method, ok, r) (ocap.liveslots' makeCaller):
+--- turns the outcome of a method's xpcall into (ok, result or normalized
+--- reason), logging a failure once, at warn, with its traceback at debug.
+---@param c table the caller's { log, explain, last traceback or false, handler }
+function M.ended(c, target, method, ok, r)
+  if ok then return true, r end
+  if type(r) == 'string' then
+    r = c[2](r)
+    local log, trace = c[1], c[3]
+    log('warn', ('%s: %q failed: %s'):format(pass.remotableIface(target) or 'object', method, r))
+    if trace then log('debug', 'method failed', { traceback = trace }) end
+    c[3] = false
+  end
+  return false, normalizeError(r)
+end
+
+--- A caller's call(target, method, args): runs a method of a local object
+--- and raises, if it fails, the normalized reason.
+---@param c table the caller's { log, explain, last traceback or false, handler }
+---@param ended function the caller's ended
+---@param findMethod fun(target: any, method: string): function|nil
+function M.callMethod(c, ended, findMethod, target, method, args)
+  local fn = findMethod(target, method)
+  if not fn then
+    error(pass.makeError(('%s has no method %q'):format(
+      pass.remotableIface(target) or tostring(target), tostring(method)), 'TypeError'), 0)
+  end
+  local ok, r = ended(target, method, xpcall(fn, c[4], target, unpack(args, 1, args.n or #args)))
+  if not ok then error(r, 0) end
+  return r
 end
 
 --- E()'s send to anything but a presence (ocap.liveslots' eventualSend
@@ -63,12 +125,12 @@ function M.send(target, method, args, wantResult)
 end
 
 --- Makes the kit of one liveslots instance.
----@param cx table what the instance shares: { ls, syscall, kernelKind,
+---@param cx table what the instance shares (the table ocap.liveslots.gc gets too): { ls, syscall, kernelKind,
 ---  collect, exports, weakExports, valToVref, pinned, reachable, unsaved,
 ---  dropped, pending, answers, vpidOf, presenceInfo, pipelines, gc, vom,
 ---  vomKit = function() -> the vom kit or nil, virtualToReap, trackPromise,
 ---  decodeCapdata, slotToVal, valToSlot, follow, rejectResult,
----  settleResult, normalizeError, eventualSend }
+---  settleResult, eventualSend }
 ---@return table kit
 function M.make(cx)
   local ls, syscall, kernelKind = cx.ls, cx.syscall, cx.kernelKind
@@ -77,7 +139,7 @@ function M.make(cx)
   local pending, answers, vpidOf = cx.pending, cx.answers, cx.vpidOf
   local presenceInfo, pipelines = cx.presenceInfo, cx.pipelines
   local gc, vom, slotToVal, valToSlot, follow = cx.gc, cx.vom, cx.slotToVal, cx.valToSlot, cx.follow
-  local rejectResult, settleResult, normalizeError = cx.rejectResult, cx.settleResult, cx.normalizeError
+  local rejectResult, settleResult = cx.rejectResult, cx.settleResult
   local decodeCapdata, trackPromise = cx.decodeCapdata, cx.trackPromise
   local kit = {}
   -- What other modules call on the instance (ls.<name>): put on ls when
