@@ -23,7 +23,7 @@ local function bundleCounts(kernel)
 end
 
 describe('a host call inside a crank that then fails', function()
-  local kernel, calls, asked, broken, saved, victim, victimRoot, svcKref
+  local kernel, calls, asked, broken, saved, victim, victimRoot, svcKref, writer
 
   -- A kernel service whose method makes a host call, then returns a
   -- presence of `broken`, an object whose stored counts the spec damaged:
@@ -50,6 +50,10 @@ describe('a host call inside a crank that then fails', function()
           asked[calls] = kernel:restartVat(arg)
         elseif what == 'revoke' then
           kernel:revoke(arg)
+        elseif what == 'write' then
+          -- An IO channel is an exo of the host's state: host code holding
+          -- one may call it directly.
+          asked[calls] = writer:write('line ' .. calls)
         elseif what == 'commit' then
           kernel.K:kvSet('host.note', 'written')
           kernel.K:commit()
@@ -150,6 +154,20 @@ describe('a host call inside a crank that then fails', function()
       return kernel:queueMessage(victimRoot, 'ping', { 1 }):await()
     end)).code)
     assert.is_true(kernel.K:check())
+  end)
+
+  it('an IO write: the line leaves once, after the crank that committed', function()
+    local path = testing.tempDir() .. '/out.txt'
+    local r = kernel:launchSubcluster({ bootstrap = 'u', io = { f = { type = 'file', path = path, direction = 'out' } },
+      vats = { u = { sourceSpec = 'spec/vats/io_user.lua' } } }):await()
+    writer = kernel.ioChannels[r.subclusterId].f.object
+    local p = failing('write')
+    repaired(p)
+    asked[2]:await()
+    local f = assert(io.open(path, 'rb'))
+    local text = f:read('a')
+    f:close()
+    assert.equal('line 2\n', text)
   end)
 
   it('K:commit: commits nothing of the crank, whose writes roll back whole', function()

@@ -157,7 +157,17 @@ function M.open(kernel, name, cfg)
       if type(s) ~= 'string' then return rejection(says('can only write strings, got ' .. pass.passStyleOf(s))) end
       local kit = promise.makePromiseKit()
       if c.connected then
-        startWrite(s, kit)
+        -- The call comes in a crank: the line leaves once that crank has
+        -- committed and been written, as results reach the host (a crank
+        -- that rolls back, and runs again, must not have written it).
+        if kernel.K:inCrank() then
+          kernel:_afterCrank(function()
+            if c.closed then return kit.reject(ioError(c.failed or says('is closed'))) end
+            startWrite(s, kit)
+          end)
+        else
+          startWrite(s, kit)
+        end
       else
         -- A TCP client still connecting: the write goes out once it is
         -- connected (only as many bytes as the channel may hold).
@@ -253,7 +263,13 @@ function M.detach(kernel, subclusterId)
   local chans = kernel.ioChannels and kernel.ioChannels[subclusterId]
   if not chans then return end
   kernel.ioChannels[subclusterId] = nil
-  M.close(chans)
+  -- From a crank (a vat killed in it, or exiting), the channels close
+  -- once it is over: what it wrote to them goes out first.
+  if kernel.K:inCrank() then
+    kernel:_afterCrank(function() M.close(chans) end)
+  else
+    M.close(chans)
+  end
   for name in pairs(chans) do
     local sname = serviceName(subclusterId, name)
     kernel.services[sname] = nil

@@ -393,6 +393,9 @@ function Kernel:_runAfterCrank(committed)
   if not queue[1] then return end
   self.afterCrank = {}
   if not committed then return end
+  -- What this work does reaches beyond the kernel: the crank that asked
+  -- for it is written first, as a result is before the host sees it.
+  self:_flushIfNeeded()
   for _, run in ipairs(queue) do
     local ok, err = pcall(run)
     if not ok then
