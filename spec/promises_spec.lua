@@ -35,6 +35,12 @@ describe('promises between vats', function()
     return kernel:queueMessage(root, method, table.pack(...)):await()
   end
 
+  it('makes promises of the fields of a promised value with E.get', function()
+    local got = ocap.E.get(ocap.Promise.resolve({ answer = 42 }))
+    assert.equal(42, ocap.await(got.answer))
+    assert.is_nil(ocap.await(got.missing))
+  end)
+
   it('passes a promise resolved before the send', function()
     run('passResolvedBefore')
     assert.same({ 'alice: sending', 'bob: got promise', 'bob: value early', 'alice: reply took early' },

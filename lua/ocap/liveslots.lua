@@ -335,23 +335,20 @@ function M.make(opts)
   end
 
   --- Holds a dropped export strongly again, if the heap still has it.
-  local function hold(vref)
-    local obj = weakExports[vref]
-    if obj ~= nil then
-      exports[vref] = obj
-      weakExports[vref] = nil
-    end
-  end
-
   --- slots go to the kernel in a message or a resolution: a dropped export
-  --- among them is reachable again, and held again.
+  --- among them is reachable again, and held again if the heap still has
+  --- it.
   local function resent(slots)
     for i = 1, #slots do
       local vref = slots[i]
       if dropped[vref] then
         dropped[vref] = nil
         ndropped = ndropped - 1
-        hold(vref)
+        local obj = weakExports[vref]
+        if obj ~= nil then
+          exports[vref] = obj
+          weakExports[vref] = nil
+        end
       end
     end
   end
@@ -359,11 +356,11 @@ function M.make(opts)
   -- The rest (store-held reference counts, GC deliveries, what a reap
   -- reports) is ocap.liveslots.gc, loaded on first use.
   -- What the kits loaded on first use (ocap.liveslots.gc and .rare) share
-  -- with the instance: made once, when the first of them loads (below).
-  local context
+  -- with the instance (below).
+  local shared
   local gcKit
   local function gc()
-    if not gcKit then gcKit = require('ocap.liveslots.gc').make(context()) end
+    if not gcKit then gcKit = require('ocap.liveslots.gc').make(shared) end
     return gcKit
   end
   --- Resolves vpid with value, or rejects it; a value that cannot be
@@ -643,47 +640,35 @@ function M.make(opts)
     end
   end
 
+  -- A table made with the instance costs less than the closure and code
+  -- that would make it on first use.
+  shared = {
+    ls = ls, syscall = syscall, kernelKind = kernelKind, collect = opts.collect, exports = exports,
+    weakExports = weakExports, valToVref = valToVref, imports = imports, pinned = pinned,
+    reachable = reachable, unsaved = unsaved, dropped = dropped, pending = pending, answers = answers,
+    vpidOf = vpidOf, presenceInfo = presenceInfo, pipelines = pipelines, gc = gc, vom = vom,
+    vomKit = function() return vomKit end, virtualToReap = virtualToReap, trackPromise = trackPromise,
+    decodeCapdata = decodeCapdata, slotToVal = slotToVal, valToSlot = valToSlot, follow = follow,
+    rejectResult = rejectResult, settleResult = settleResult, eventualSend = eventualSend,
+    storedCount = storedCount, SAVED = SAVED,
+    addDropped = function(delta)
+      ndropped = ndropped + delta
+      return ndropped
+    end,
+  }
   -- What an instance runs only now and then (ocap.liveslots.rare, loaded
   -- on first use): the rarer deliveries, and the part of ls other modules
   -- call now and then, which ls's __index finds until the kit puts it on
   -- ls itself.
-  local shared
-  function context()
-    if not shared then
-      shared = {
-        ls = ls, syscall = syscall, kernelKind = kernelKind, collect = opts.collect, exports = exports,
-        weakExports = weakExports, valToVref = valToVref, imports = imports, pinned = pinned,
-        reachable = reachable, unsaved = unsaved, dropped = dropped, pending = pending, answers = answers,
-        vpidOf = vpidOf, presenceInfo = presenceInfo, pipelines = pipelines, gc = gc, vom = vom,
-        vomKit = function() return vomKit end, virtualToReap = virtualToReap, trackPromise = trackPromise,
-        decodeCapdata = decodeCapdata, slotToVal = slotToVal, valToSlot = valToSlot, follow = follow,
-        rejectResult = rejectResult, settleResult = settleResult, eventualSend = eventualSend,
-        storedCount = storedCount, hold = hold, SAVED = SAVED,
-        addDropped = function(delta)
-          ndropped = ndropped + delta
-          return ndropped
-        end,
-      }
-    end
-    return shared
-  end
   local rareKit
   local function rareKitOf()
-    if not rareKit then rareKit = require('ocap.liveslots.rare').make(context()) end
+    if not rareKit then rareKit = require('ocap.liveslots.rare').make(shared) end
     return rareKit
   end
   setmetatable(ls, { __index = function(_, k) return rareKitOf()[k] end })
 
   local callMethod, methodHandler, methodEnded = makeCaller(log, syscall.traceback, explain)
   if opts.log then localCall = callMethod end
-
-  local function invoke(target, method, args)
-    -- A root without bootstrap simply has nothing to do at launch.
-    if method == 'bootstrap' and exports['o+0'] == target and not findMethod(target, method) then
-      return nil
-    end
-    return callMethod(target, method, args)
-  end
 
   --- Settles a delivered method's result as its run came to: at once
   --- when it ended without awaiting and queued no turn, else when the
@@ -715,8 +700,12 @@ function M.make(opts)
       return methodRan(resultVpid, xcall(methodEnded, target, method, fn, methodHandler, target,
         unpack(args, 1, args.n or #args)))
     end
-    -- bootstrap, which a root may lack, and a missing method's error.
-    return methodRan(resultVpid, call(method == 'bootstrap' and invoke or callMethod, target, method, args))
+    -- bootstrap, which a root may lack (it then has nothing to do at
+    -- launch), and a missing method's error.
+    if method == 'bootstrap' and exports['o+0'] == target and not findMethod(target, method) then
+      return methodRan(resultVpid, true, true, nil)
+    end
+    return methodRan(resultVpid, call(callMethod, target, method, args))
   end
 
   --- A message whose capdata decoded (ok) to methargs, or failed to.
@@ -955,11 +944,7 @@ E.sendOnly = function(target) return makeProxy(target, false) end
 E.when = function(v, onFulfilled, onRejected)
   return promise.resolve(v):next(onFulfilled, onRejected)
 end
-E.get = function(target)
-  return setmetatable({}, { __index = function(_, k)
-    return promise.resolve(target):next(function(t) return t[k] end)
-  end })
-end
+E.get = function(target) return rare().get(target) end
 M.E = E
 
 --- The kref or vref behind a presence or kernel-known promise, if any.

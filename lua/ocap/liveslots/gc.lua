@@ -14,13 +14,22 @@ local pairs, ipairs, next, error, tostring = pairs, ipairs, next, error, tostrin
 --- Makes the kit of one liveslots instance.
 ---@param cx table what the instance shares: { syscall, storedCount,
 ---  exports, weakExports, valToVref, imports, pinned, reachable, unsaved,
----  dropped, hold, addDropped = function(delta) -> ndropped, SAVED }
+---  dropped, addDropped = function(delta) -> ndropped, SAVED }
 function M.make(cx)
-  local syscall, storedCount, hold, addDropped = cx.syscall, cx.storedCount, cx.hold, cx.addDropped
+  local syscall, storedCount, addDropped = cx.syscall, cx.storedCount, cx.addDropped
   local exports, weakExports, valToVref, imports = cx.exports, cx.weakExports, cx.valToVref, cx.imports
   local pinned, reachable, unsaved, dropped = cx.pinned, cx.reachable, cx.unsaved, cx.dropped
   local SAVED = cx.SAVED
   local kit = {}
+
+  --- Holds a dropped export strongly again, if the heap still has it.
+  local function hold(vref)
+    local obj = weakExports[vref]
+    if obj ~= nil then
+      exports[vref] = obj
+      weakExports[vref] = nil
+    end
+  end
 
   local vget, vset, vdel = syscall.vatstoreGet, syscall.vatstoreSet, syscall.vatstoreDelete
   -- References held in the vat's store (a store entry, a durable object's

@@ -12,8 +12,8 @@ local pass = require 'ocap.pass'
 
 local M = {}
 
-local next, ipairs, error, tostring, type, pcall, xpcall, rawset = next, ipairs, error, tostring, type, pcall,
-  xpcall, rawset
+local next, ipairs, error, tostring, type, pcall, xpcall, rawset, setmetatable = next, ipairs, error, tostring,
+  type, pcall, xpcall, rawset, setmetatable
 local ssub, sfind = string.sub, string.find
 local unpack = table.unpack
 local onSettle, pstate, isPromise = promise.onSettle, promise.state, pass.isPromise
@@ -122,6 +122,13 @@ function M.send(target, method, args, wantResult)
   end
   error(('E: cannot send %q to %s'):format(tostring(method), type(target) == 'table'
     and 'a plain table' or type(target)), 3)
+end
+
+--- E.get(target): a proxy whose fields are promises of target's fields.
+function M.get(target)
+  return setmetatable({}, { __index = function(_, k)
+    return promise.resolve(target):next(function(t) return t[k] end)
+  end })
 end
 
 --- Makes the kit of one liveslots instance.
