@@ -788,9 +788,13 @@ static int has_length(lua_State *L, int arg) {
  * exhaustion. The buffer-building functions run under this wrapper: on a
  * memory error it collects and tries once more; a second refusal in a row
  * marks the vat (vat_alloc), so a real exhaustion still ends it.
- * [-n, +r] Calls f with the stack as its arguments.
+ * [-n, +r] Calls f with the stack as its arguments, of which f reads the
+ * first nargs: the rest are dropped, since copying them all could need
+ * more stack than a C function is given (a vat may pass a stack's worth).
  */
-static int with_collection(lua_State *L, lua_CFunction f) {
+static int with_collection(lua_State *L, lua_CFunction f, int nargs) {
+  if (lua_gettop(L) > nargs)
+    lua_settop(L, nargs);
   int n = lua_gettop(L);
   lua_pushcfunction(L, f);
   for (int i = 1; i <= n; i++)
@@ -861,7 +865,7 @@ static int vat_string_rep(lua_State *L) {
     size_t total = (size_t)n * l + (size_t)(n - 1) * lsep;
     vat_charge(L, 1 + n / 4 + (long long)(total / BYTES_PER_INSTRUCTION));
   }
-  return with_collection(L, originals[ORIG_STRING_REP]);
+  return with_collection(L, originals[ORIG_STRING_REP], 3);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1272,7 +1276,7 @@ static int table_concat_body(lua_State *L) {
 
 /* table.concat, charged per element, with a collection before giving up. */
 static int vat_table_concat(lua_State *L) {
-  return with_collection(L, table_concat_body);
+  return with_collection(L, table_concat_body, 4);
 }
 
 /* [-0, +(j-i+1), e] table.unpack, charged per element. */

@@ -1,0 +1,27 @@
+-- A vat that attacks the runtime's C functions (issue #11 moved much of
+-- the runtime to C): each method returns what the attack produced, or the
+-- error it raised, so that a spec can check that the kernel survived and
+-- the vat's code saw the Lua behaviour.
+local ocap = require 'ocap'
+
+local M = {}
+
+-- A call with more arguments than a C function's guaranteed stack room,
+-- after a stack grown to its limit: a C function that copies its
+-- arguments must make room for them first.
+local EXTRA = 600000
+
+local function extra()
+  local t = {}
+  for i = 1, EXTRA do t[i] = i end
+  return t
+end
+
+function M.buildRootObject()
+  return ocap.makeDefaultExo('hostile_c', {
+    repExtraArgs = function() return string.rep('a', 2, '', table.unpack(extra())) end,
+    concatExtraArgs = function() return table.concat({ 'x', 'y' }, ',', 1, 2, table.unpack(extra())) end,
+  })
+end
+
+return M
