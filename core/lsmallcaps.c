@@ -1272,6 +1272,13 @@ static int decode_buf(lua_State *L, int model, const char *body, size_t blen, in
   }
   int top = lua_gettop(L);
   ocap_sc_slot_t small[SMALL_SLOTS], *slots = NULL;
+  /* A slots table's length is whatever border its maker left (a sparse
+   * table of a few entries can claim 2^61, and room for that many
+   * overflows size_t), while a body of blen bytes names fewer than blen
+   * slots. The scan gets room for blen at most: a body naming a slot
+   * beyond that is left to the reference, which reads the table as is. */
+  if (nslots > blen)
+    nslots = blen;
   if (s2v_idx && nslots > 0) {
     slots = nslots <= SMALL_SLOTS ? small : lua_newuserdatauv(L, nslots * sizeof *slots, 0);
     memset(slots, 0, nslots * sizeof *slots);

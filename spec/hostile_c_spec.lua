@@ -19,4 +19,12 @@ describe('the runtime C functions under attack', function()
   it('ignores extra arguments to table.concat however many there are', function()
     assert.equal('x,y', kernel:queueMessage(root, 'concatExtraArgs', {}):await())
   end)
+
+  it('decodes capdata whose slots table claims 2^61 slots', function()
+    -- The reference codec's answer: the slot named is absent.
+    local r = kernel:queueMessage(root, 'sparseSlots', {}):await()
+    assert.is_true(r[1])
+    assert.is_false(r[2])
+    assert.matches('slot', r[3])
+  end)
 end)

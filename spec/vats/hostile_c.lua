@@ -17,9 +17,27 @@ local function extra()
   return t
 end
 
+-- A slots table whose length (rawlen, 2^61) is far beyond what it holds:
+-- a decoder that sizes its work by that length must not overflow.
+local function sparseSlots()
+  local t = { [1] = 1, [2] = 1, [4] = 1, [5] = 1, [8] = 1, [9] = 1 }
+  local j = 16
+  while j <= 2 ^ 61 do
+    t[math.tointeger(j)] = 1
+    j = j * 2
+  end
+  return t
+end
+
 function M.buildRootObject()
   return ocap.makeDefaultExo('hostile_c', {
     repExtraArgs = function() return string.rep('a', 2, '', table.unpack(extra())) end,
+    sparseSlots = function()
+      local slots = sparseSlots()
+      local m = require('ocap.marshal').makeMarshal(function() end, function() return 'slot' end)
+      local ok, err = pcall(m.unserialize, { body = '#"$100000000"', slots = slots })
+      return { #slots == math.tointeger(2 ^ 61), ok, tostring(err) }
+    end,
     concatExtraArgs = function() return table.concat({ 'x', 'y' }, ',', 1, 2, table.unpack(extra())) end,
   })
 end
