@@ -87,6 +87,8 @@ describe('vat limits (' .. MODE .. ' meter)', function()
       { 'stringBomb', { MEMORY } },
       { 'concatBomb', { METER, MEMORY }, METER },
       { 'tableBombInPcall', { MEMORY } },
+      { 'turnLoop', { METER, MEMORY }, METER },
+      { 'reactionBomb', { MEMORY, METER }, MEMORY },
     }
 
     for _, case in ipairs(cases) do

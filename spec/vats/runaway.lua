@@ -41,6 +41,17 @@ function M.buildRootObject()
         end)
       end
     end,
+    -- Turns that each queue the next: the turn queue is C, so only its
+    -- per-turn charge and the callbacks' own instructions stop it.
+    turnLoop = function()
+      local function again() ocap.Promise.resolve():next(again) end
+      again()
+    end,
+    -- Reactions piled on one pending promise until memory runs out.
+    reactionBomb = function()
+      local p = ocap.makePromiseKit().promise
+      while true do p:next() end
+    end,
     waitForever = function() return ocap.makePromiseKit().promise end,
   })
 end
