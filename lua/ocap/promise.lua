@@ -47,9 +47,10 @@
 -- method called `next`).
 local M = require('ocap.promise.core').new()
 -- Functions that ignore a promise's "already resolved" flag are the
--- combinators' alone.
+-- combinators' alone; the rest of the internals are used once, below.
 local I = M._internal
 M._internal = nil
+local fulfill, rejectNow = I.fulfill, I.rejectNow
 
 -- The API, implemented in core/lpromise.c:
 --
@@ -137,7 +138,8 @@ end
 local cold
 local function coldModule()
   if not cold then
-    cold = require('ocap.promise.combinators').make(M, I, function(...) return makeError(...) end)
+    cold = require('ocap.promise.combinators').make(M, fulfill, rejectNow,
+      function(...) return makeError(...) end)
   end
   return cold
 end

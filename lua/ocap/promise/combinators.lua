@@ -11,13 +11,13 @@ local S <const>, L <const>, PENDING <const> = 1, 4, 0
 
 --- Makes finally and the combinators over ocap.promise and its internals.
 ---@param P table the ocap.promise module
----@param I table its internals: fulfill, rejectNow
+---@param fulfill fun(p: ocap.Promise, v: any) settles p unless it is settled
+---@param rejectNow fun(p: ocap.Promise, e: any) rejects p unless it is settled
 ---@param makeError fun(message: string, name: string): any
 ---@return table cold finally, all, allSettled, race, any
-function M.make(P, I, makeError)
+function M.make(P, fulfill, rejectNow, makeError)
   local C = {}
   local newPromise, onSettle, resolve = P.makePromise, P.onSettle, P.resolve
-  local fulfill, rejectNow = I.fulfill, I.rejectNow
 
   ---`p:finally(onFinally)`, as in JS: `next(v -> resolve(f()):next(-> v))`.
   ---@param p ocap.Promise
