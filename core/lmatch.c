@@ -16,6 +16,7 @@
 #define _GNU_SOURCE /* memmem */
 
 #include "lmatch.h"
+#include "vat.h"
 
 #include <ctype.h>
 #include <stddef.h>
@@ -43,14 +44,17 @@ typedef struct matcher {
   } cap[OCAP_MATCH_MAXCAPTURES];
 } matcher_t;
 
-/* [-0, +0, e] Charges the steps done so far. */
+/* [-0, +0, e] Charges the steps done so far: to the meter, or without
+ * one to the vat the state belongs to (none outside a vat). */
 static void settle(matcher_t *m) {
-  if (m->unpaid > 0 && m->meter != NULL && m->meter->charge != NULL) {
-    long long n = m->unpaid;
-    m->unpaid = 0;
-    m->meter->charge(m->L, n);
-  }
+  long long n = m->unpaid;
   m->unpaid = 0;
+  if (n <= 0)
+    return;
+  if (m->meter == NULL)
+    ocap_vat_charge(m->L, n);
+  else if (m->meter->charge != NULL)
+    m->meter->charge(m->L, n);
 }
 
 /* [-0, +0, e] Counts n steps, charging them once a batch is full. */

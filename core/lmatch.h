@@ -10,8 +10,10 @@
  *
  * Conventions:
  *  1. The functions are Lua C functions that take the meter as a light
- *     userdata upvalue (upvalue 1) pointing to an ocap_match_meter_t, or
- *     no meter when that upvalue is absent or NULL.
+ *     userdata upvalue (upvalue 1) pointing to an ocap_match_meter_t.
+ *     When that upvalue is absent or NULL (a vat's light C functions),
+ *     they charge the vat the state belongs to, one instruction a step
+ *     (ocap_vat_charge, which charges nothing outside a vat).
  *  2. A step is one attempt to match a pattern item at one subject position,
  *     or OCAP_MATCH_BYTES_PER_STEP bytes searched or copied in bulk; its cost
  *     is bounded by a constant, so steps measure time.
@@ -45,8 +47,9 @@ typedef struct ocap_match_meter {
 } ocap_match_meter_t;
 
 /*
- * The pattern functions, named as in the string library; each expects the
- * meter as upvalue 1 (see convention 1). NULL-terminated.
+ * The pattern functions, named as in the string library; each takes the
+ * meter as upvalue 1, or charges the vat (see convention 1).
+ * NULL-terminated.
  */
 extern const luaL_Reg ocap_match_funcs[];
 

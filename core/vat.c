@@ -822,29 +822,18 @@ static void note_status(lua_State *L, int status) {
 
 /*
  * The pattern functions (find, match, gmatch, gsub) are lmatch.c's, which
- * count their steps and hand them here: a match that backtracks
- * exponentially simply runs out of budget. A step costs about as much time
- * as an instruction (docs/security.md has the figures).
+ * count their steps and, as light C functions with no meter of their own,
+ * charge them to the vat, one instruction a step: a match that backtracks
+ * exponentially simply runs out of budget. A step costs about as much
+ * time as an instruction (docs/security.md has the figures).
  */
-#define MATCH_STEPS_PER_INSTRUCTION 1
 
-/* [-0, +0, e] The matcher's meter: charges its steps as instructions. */
-static void vat_match_charge(lua_State *L, long long steps) {
-  vat_charge(L, steps / MATCH_STEPS_PER_INSTRUCTION);
-}
-
-static const ocap_match_meter_t vat_match_meter = {vat_match_charge};
-
-/*
- * [-0, +0, e] Sets the metered pattern functions into the table at t.
- */
+/* [-0, +0, e] Sets the metered pattern functions into the table at t. */
 static void set_match_funcs(lua_State *L, int t) {
   t = lua_absindex(L, t);
-  for (const luaL_Reg *r = ocap_match_funcs; r->name != NULL; r++) {
-    lua_pushlightuserdata(L, (void *)&vat_match_meter);
-    lua_pushcclosure(L, r->func, 1);
-    lua_setfield(L, t, r->name);
-  }
+  lua_pushvalue(L, t);
+  luaL_setfuncs(L, ocap_match_funcs, 0);
+  lua_pop(L, 1);
 }
 
 /*
