@@ -550,6 +550,7 @@ function M.make(opts)
   -- makes, and returns its vpid: the string is made in C, cheaper than a
   -- concatenation in Lua for every message sent.
   local send, sendNumbered = syscall.send, counting and not opts.allocPromise and syscall.sendNumbered
+  local resolve = syscall.resolve
 
   --- Sends an encoded message to a kernel ref; returns the result promise.
   local function sendEncoded(vref, body, slots, wantResult)
@@ -600,15 +601,15 @@ function M.make(opts)
   --- that a call made as E(x):method(...) passes first, which is not an
   --- argument, and stopped(vref) says why a stopped instance cannot send.
   instance[2] = function(vref, method, wantResult, itself, stopped)
+    -- Whether sends for a result go the vat's way, inline below.
+    local direct = wantResult and sendNumbered and cEncodeCallArgs and true
     return function(...)
       if ls.stopped then error(stopped(vref), 2) end
       if itself[...] then return sendArgs(vref, method, wantResult, select(2, ...)) end
-      local body, slots
-      if cEncodeCallArgs then body, slots = cEncodeCallArgs(method, valToSlot, ...) end
+      if not direct then return sendArgs(vref, method, wantResult, ...) end
+      local body, slots = cEncodeCallArgs(method, valToSlot, ...)
       if body == nil then return sendTo(vref, method, pack(...), wantResult) end
-      if not (wantResult and sendNumbered) or (ndropped > 0 and slots) then
-        return sendEncoded(vref, body, slots, wantResult)
-      end
+      if ndropped > 0 and slots then return sendEncoded(vref, body, slots, wantResult) end
       -- sendEncoded's common case, inline: a vat's send for a result.
       local vpid = sendNumbered(vref, body, slots, nextPromise)
       nextPromise = nextPromise + 1
@@ -832,11 +833,12 @@ function M.make(opts)
       if fn then
         local done, ok, r, busy = xcall(methodEnded, target, method, fn, methodHandler, target, ...)
         -- methodRan's common case, inline: the method returned without
-        -- awaiting and queued no turn, and its result is plain data.
-        local body = done and ok and not busy and resultVpid and cEncodeParts
-          and getmetatable(r) ~= PromiseMT and not pipelines[r] and cEncodeParts(r)
+        -- awaiting and queued no turn, and its result is plain data. The
+        -- C codec, given no valToSlot, encodes nothing that needs a slot:
+        -- a promise, or a target that pipelines, goes to methodRan.
+        local body = done and ok and not busy and resultVpid and cEncodeParts and cEncodeParts(r)
         if body then
-          syscall.resolve(resultVpid, false, body)
+          resolve(resultVpid, false, body)
         else
           methodRan(resultVpid, done, ok, r, busy)
         end
