@@ -1035,6 +1035,20 @@ static int worker_k(lua_State *co, int status, lua_KContext ctx) {
   }
 }
 
+/*
+ * [-0, +0] Whether the worker at co, resumed, answered at idx that its
+ * task is done. DONE alone does not say so: a task's own code can yield
+ * the token it saw by resuming a worker itself, and a worker taken for
+ * idle mid-task would hand the next task, its function and arguments, to
+ * that code. A worker done with its task yields from its C body, with no
+ * frame above it.
+ */
+static int task_done(lua_State *L, int co, int idx) {
+  lua_State *t = lua_tothread(L, co);
+  lua_Debug ar;
+  return lua_touserdata(L, idx) == &DONE && t != NULL && !lua_getstack(t, 1, &ar);
+}
+
 /* [-0, +1, e] Pushes a new worker with the body at uv, tracked. */
 static void new_worker(lua_State *L, int uv) {
   lua_getiuservalue(L, STATE, UV_COCREATE);
@@ -1056,7 +1070,7 @@ static int task_resumed(lua_State *L, pstate_t *st, int co) {
     lua_pushvalue(L, co + 2);
     return lua_error(L);
   }
-  if (lua_touserdata(L, co + 2) != &DONE) {
+  if (!task_done(L, co, co + 2)) {
     new_promise(L, st);
     tracked_set(L, co, co + 3);
     lua_pushboolean(L, 0);
@@ -1129,7 +1143,7 @@ static int promise_xcall(lua_State *L) {
     lua_pushvalue(L, co + 2);
     return lua_error(L);
   }
-  if (lua_touserdata(L, co + 2) != &DONE) {
+  if (!task_done(L, co, co + 2)) {
     new_promise(L, st);
     tracked_set(L, co, co + 3);
     lua_pushboolean(L, 0);
@@ -1171,7 +1185,7 @@ static int promise_resume_job(lua_State *L) {
   lua_call(L, 1, 2);
   if (!lua_toboolean(L, 2))
     return lua_error(L);
-  if (lua_touserdata(L, 3) == &DONE)
+  if (task_done(L, 1, 3))
     task_ended(L, state_of(L), 1);
   return 0;
 }
@@ -1193,7 +1207,7 @@ static int promise_settle_and_resume(lua_State *L) {
       return 0;
     return lua_error(L);
   }
-  if (lua_touserdata(L, co + 2) == &DONE)
+  if (task_done(L, co, co + 2))
     task_ended(L, st, co);
   return 0;
 }

@@ -20,6 +20,10 @@ describe('the runtime C functions under attack', function()
     assert.equal('x,y', kernel:queueMessage(root, 'concatExtraArgs', {}):await())
   end)
 
+  it('runs a task in a worker of its own, not in a task that yields', function()
+    assert.same({ 'nothing', 'fulfilled', 'secret' }, kernel:queueMessage(root, 'stealTask', {}):await())
+  end)
+
   it('decodes capdata whose slots table claims 2^61 slots', function()
     -- The reference codec's answer: the slot named is absent.
     local r = kernel:queueMessage(root, 'sparseSlots', {}):await()

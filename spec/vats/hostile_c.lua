@@ -3,6 +3,7 @@
 -- error it raised, so that a spec can check that the kernel survived and
 -- the vat's code saw the Lua behaviour.
 local ocap = require 'ocap'
+local P = require 'ocap.promise'
 
 local M = {}
 
@@ -37,6 +38,26 @@ function M.buildRootObject()
       local m = require('ocap.marshal').makeMarshal(function() end, function() return 'slot' end)
       local ok, err = pcall(m.unserialize, { body = '#"$100000000"', slots = slots })
       return { #slots == math.tointeger(2 ^ 61), ok, tostring(err) }
+    end,
+    -- The token a worker yields when its task is done, yielded by a task
+    -- itself, must not make the worker look idle: the next task would
+    -- resume the yield, handing the task and its arguments to this code.
+    stealTask = function()
+      local kit, worker = P.makePromiseKit(), nil
+      P.spawn(function()
+        worker = coroutine.running()
+        return kit.promise:await()
+      end)
+      coroutine.resume(worker) -- awaits again, yielding to this code
+      kit.resolve(1)
+      local _, done = coroutine.resume(worker) -- ends its task
+      local stolen = 'nothing'
+      P.spawn(function()
+        local _, _, arg = coroutine.yield(done)
+        stolen = tostring(arg)
+      end)
+      local p = P.spawn(function(a) return a end, 'secret')
+      return { stolen, P.state(p) }
     end,
     concatExtraArgs = function() return table.concat({ 'x', 'y' }, ',', 1, 2, table.unpack(extra())) end,
   })
