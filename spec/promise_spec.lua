@@ -396,6 +396,23 @@ describe('ocap.promise', function()
       assert.equal('pending', P.state(p))
     end)
 
+    it('makes separate queues that refuse each other\'s promises', function()
+      local Q = require('ocap.promise.core').new()
+      local p = P.makePromise()
+      assert.is_false(Q.isPromise(p))
+      assert.has_error(function() Q.resolvePromise(p, 1) end)
+      assert.has_error(function() Q._internal.fulfill(p, 1) end)
+      assert.has_error(function() Q._internal.rejectNow(p, 1) end)
+      assert.has_error(function() Q.settleAndResume(p, true, 1) end)
+      -- To another queue, one of these promises is a plain value.
+      local got
+      Q.onSettle(p, function(ok, v) got = { ok, v } end)
+      assert.is_false(P.hasTurns())
+      assert.equal(1, Q.drain())
+      assert.same({ true, p }, got)
+      assert.equal('pending', P.state(p))
+    end)
+
     it('raises, not crashes, on a promise whose slots vat code overwrote', function()
       local p = P.makePromise()
       p:next(function() end)
