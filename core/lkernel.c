@@ -689,6 +689,11 @@ static int one_crank(lua_State *L, lkernel_t *lk) {
   lk->cranking = 1;
   int rc = lk->nfired ? ocap__timer_crank(lk) : ocap_kernel_step(lk->k);
   lk->cranking = 0;
+  /* What the crank asked for goes with it when it rolled back; what the
+   * exits below ask for (closing a subcluster's channels) comes after it
+   * either way, as the exits do. */
+  if (rc < 0 && lk->after_crank)
+    after_crank(L, lk, 0);
   finish_exits(L, lk);
   lk->L = saved;
   lk->in_step = 0;
@@ -699,7 +704,7 @@ static int one_crank(lua_State *L, lkernel_t *lk) {
     ocap__stop_vat(lk->ran);
   lk->ran = NULL;
   if (lk->after_crank)
-    after_crank(L, lk, rc >= 0);
+    after_crank(L, lk, 1);
   return rc;
 }
 

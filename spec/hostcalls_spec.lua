@@ -170,6 +170,35 @@ describe('a host call inside a crank that then fails', function()
     assert.equal('line 2\n', text)
   end)
 
+  it('a vat exit in a crank that fails: its channels close all the same', function()
+    -- The exit is handled once the crank is over, even one that failed
+    -- (the vat asked; its exit is not rolled back), and the channels of
+    -- its subcluster close after that: the failed crank's own after-crank
+    -- work is dropped, but not this. The crank fails at the vat's send,
+    -- on a damaged object counter.
+    local path = testing.tempDir() .. '/out.txt'
+    local r = kernel:launchSubcluster({ bootstrap = 'x', io = { f = { type = 'file', path = path, direction = 'out' } },
+      vats = { x = { sourceSpec = 'spec/vats/exiter.lua' } } }):await()
+    local chan = kernel.ioChannels[r.subclusterId].f.object
+    kernel:queueMessage(r.rootKref, 'hold', { kernel:getPresence(victimRoot) }):await()
+    local p = kernel:queueMessage(r.rootKref, 'sendThenExit', {})
+    local K = kernel.K
+    local counter = K:kvGet('nextObjectId')
+    K:kvSet('nextObjectId', 'zzz')
+    K:commit()
+    local ok, err = pcall(function() return p:await() end)
+    assert.is_false(ok)
+    assert.matches("crank failed: corrupt database: key 'nextObjectId' holds 'zzz'", err, 1, true)
+    K:kvSet('nextObjectId', counter)
+    K:commit()
+    kernel:run()
+    assert.is_nil(kernel:getSubcluster(r.subclusterId))
+    ok, err = pcall(function() return chan:write('late'):await() end)
+    assert.is_false(ok)
+    assert.equal('IO channel "f" is closed', err.message)
+    assert.is_true(K:check())
+  end)
+
   it('K:commit: commits nothing of the crank, whose writes roll back whole', function()
     local p = failing('commit')
     assert.is_nil(kernel.K:kvGet('host.note'))
