@@ -148,6 +148,7 @@ static const char KEY_LOADING = 'I';   /* sentinel value in KEY_LOADED */
 static const char KEY_METER_MSG = 'M'; /* interned fatal messages */
 static const char KEY_MEMORY_MSG = 'm';
 static const char KEY_RUNTIME_ENV = 'E'; /* the runtime modules' globals */
+static const char KEY_VIEWS = 'V';       /* runtime module -> vat code's view (weak keys) */
 
 /* The value getmetatable('') returns instead of the string metatable. */
 #define STRING_MT_LOCK "locked"
@@ -1662,15 +1663,91 @@ static const ocap_vat_module_t *find_runtime(const ocap_vat_t *v, const char *na
   return NULL;
 }
 
+/* [-0, +0] Whether name is the runtime's: `ocap.<anything>` and `cjson`
+ * (`ocap` itself is the vat's own table). */
+static int runtime_name(const char *name) {
+  return strncmp(name, "ocap.", 5) == 0 || strcmp(name, "cjson") == 0;
+}
+
+/* __newindex of a runtime module's view  [-3, +0, e]; upvalue 1 is the
+ * module's name. */
+static int view_newindex(lua_State *L) {
+  return luaL_error(L, "cannot modify runtime module '%s'", lua_tostring(L, lua_upvalueindex(1)));
+}
+
+/* The iterator of a view's __pairs  [-2, +(1|2), e]: next over the module,
+ * its upvalue, which the view never hands out. */
+static int view_next(lua_State *L) {
+  lua_settop(L, 2);
+  if (lua_next(L, lua_upvalueindex(1)))
+    return 2;
+  lua_pushnil(L);
+  return 1;
+}
+
+/* __pairs of a view  [-1, +3]: view_next (its upvalue), the view, nil. */
+static int view_pairs(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  return 3;
+}
+
 /*
- * [-1, +1, e] require(name): the cached module value, or the module's code
+ * [-1, +1, e] Replaces the runtime module (a table) on top with the view
+ * vat code gets of it, made once per module: its fields read through, and
+ * writing one raises. The runtime loads some modules on first use and
+ * calls their functions with what vat code must never hold (the raw
+ * syscall table, liveslots' own state): a module vat code could change
+ * would hand those to any function it put in the module's place.
+ */
+static void push_view(lua_State *L, const char *name) {
+  int mod = lua_gettop(L);
+  luaL_checkstack(L, 6, NULL);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_VIEWS) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_VIEWS);
+  }
+  lua_pushvalue(L, mod);
+  if (lua_rawget(L, -2) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L); /* the view */
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, mod);
+    lua_setfield(L, -2, "__index");
+    lua_pushstring(L, name);
+    lua_pushcclosure(L, view_newindex, 1);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushvalue(L, mod);
+    lua_pushcclosure(L, view_next, 1);
+    lua_pushcclosure(L, view_pairs, 1);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushliteral(L, "runtime module");
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, mod);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_replace(L, mod);
+  lua_settop(L, mod);
+}
+
+/*
+ * [-1, +1, e] load_module(name): the cached module value, or the module's code
  * run once with the name as its argument. The kernel's runtime modules come
  * first, so no preloaded module can stand in for one; they are read from
  * the kernel's buffer, since a copy in every vat would cost more than the
  * functions it makes, and run with the runtime's own globals. Nothing outside the vat's loaded
  * table, its preloaded sources and that runtime can be reached by name.
  */
-static int vat_require(lua_State *L) {
+static int load_module(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   const ocap_vat_module_t *rt = find_runtime(ocap_vat_from_state(L), name);
   size_t len;
@@ -1743,6 +1820,17 @@ static int vat_require(lua_State *L) {
     lua_rawset(L, -3);
     lua_pop(L, 1);
   }
+  return 1;
+}
+
+/* [-1, +1, e] require(name), as load_module; the runtime's own require is
+ * this function with a true upvalue (vat_setup), and vat code's gets a
+ * runtime module as its view (push_view). */
+static int vat_require(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  load_module(L);
+  if (!lua_toboolean(L, lua_upvalueindex(1)) && runtime_name(name) && lua_type(L, -1) == LUA_TTABLE)
+    push_view(L, name);
   return 1;
 }
 
@@ -1946,6 +2034,9 @@ static int vat_setup(lua_State *L) {
       lua_pop(L, 1);
     }
   }
+  lua_pushboolean(L, 1);
+  lua_pushcclosure(L, vat_require, 1);
+  lua_setfield(L, -2, "require");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_RUNTIME_ENV);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);

@@ -24,6 +24,14 @@ describe('the runtime C functions under attack', function()
     assert.same({ 'nothing', 'fulfilled', 'secret' }, kernel:queueMessage(root, 'stealTask', {}):await())
   end)
 
+  it('gives vat code runtime modules it cannot change', function()
+    local r = kernel:queueMessage(root, 'interceptRuntime', {}):await()
+    assert.equal(0, r[1]) -- nothing privileged reached the vat's function
+    assert.equal(14, r[2]) -- 7 fields, each refused to assignment and to rawset
+    assert.matches("cannot modify runtime module 'ocap.", r[3], 1, true)
+    assert.is_true(r[4]) -- pairs still lists a module's functions
+  end)
+
   it('decodes capdata whose slots table claims 2^61 slots', function()
     -- The reference codec's answer: the slot named is absent.
     local r = kernel:queueMessage(root, 'sparseSlots', {}):await()

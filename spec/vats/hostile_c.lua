@@ -59,6 +59,42 @@ function M.buildRootObject()
       local p = P.spawn(function(a) return a end, 'secret')
       return { stolen, P.state(p) }
     end,
+    -- The runtime loads some modules on first use and calls them with the
+    -- raw syscall table or liveslots' state: a module vat code could
+    -- change would hand those over.
+    interceptRuntime = function()
+      local got, errors = {}, {}
+      local function spy(...)
+        for _, v in ipairs({ ... }) do
+          if type(v) == 'table' and (rawget(v, 'syscall') or rawget(v, 'send')) then got[#got + 1] = v end
+        end
+      end
+      local targets = {
+        ['ocap.vatboot.rare'] = { 'log', 'unhandled', 'explain' },
+        ['ocap.vatboot.endow'] = { 'make' },
+        ['ocap.liveslots.gc'] = { 'make' },
+        ['ocap.liveslots.rare'] = { 'make' },
+        ['ocap.stores'] = { 'make' },
+      }
+      for name, fields in pairs(targets) do
+        local m = require(name)
+        for _, f in ipairs(fields) do
+          local ok, err = pcall(function() m[f] = spy end)
+          if not ok then errors[#errors + 1] = tostring(err) end
+          ok = pcall(rawset, m, f, spy)
+          if not ok then errors[#errors + 1] = 'rawset' end
+          local _, t = pairs(m)
+          if t ~= m then errors[#errors + 1] = 'pairs handed out the module' end
+        end
+      end
+      P.reject('unhandled, logged by the runtime')
+      P.drain()
+      local fields = 0
+      for k, v in pairs(require('ocap.promise')) do
+        if type(k) == 'string' and type(v) == 'function' then fields = fields + 1 end
+      end
+      return { #got, #errors, errors[1] or 'none', fields > 10 }
+    end,
     concatExtraArgs = function() return table.concat({ 'x', 'y' }, ',', 1, 2, table.unpack(extra())) end,
   })
 end
