@@ -149,19 +149,18 @@ int ocap__store_failed(ocap_kernel_t *k, int rc, const char *op, const char *key
 
 /* Writes n in decimal at p; returns the number of bytes (at most 20). */
 size_t ocap__fmt_ll(char *p, long long n) {
-  char tmp[24];
-  size_t len = 0;
   unsigned long long u = n < 0 ? 0ULL - (unsigned long long)n : (unsigned long long)n;
-  do {
-    tmp[len++] = (char)('0' + u % 10);
-    u /= 10;
-  } while (u);
   size_t out = 0;
   if (n < 0)
     p[out++] = '-';
-  while (len)
-    p[out++] = tmp[--len];
-  return out;
+  /* The digits are counted first and written in place from the end: ids
+   * are formatted at every import and every promise made. */
+  size_t len = 1;
+  for (unsigned long long v = u; v >= 10; v /= 10)
+    len++;
+  for (size_t i = out + len; i > out; u /= 10)
+    p[--i] = (char)('0' + u % 10);
+  return out + len;
 }
 
 /*

@@ -723,20 +723,27 @@ static int has_word(const char *s, size_t n, const char *w) {
 }
 
 /* Adds ep to the promise's subscribers (read whole: the list has no size
- * limit). */
+ * limit). The new list is built in a block of its exact size, which the
+ * record takes as it is: every send subscribes its sender to its result. */
 int ocap__kp_subscribe(ocap_kernel_t *k, ocap__kp_t *r, const char *ep) {
   if (r->now.subs && has_word(r->now.subs, r->now.subslen, ep))
     return 0;
   int rc = touch(k, r);
-  ocap__buf_t b = {0};
-  if (!rc && ((r->now.subs &&
-               (ocap__buf_add(&b, r->now.subs, r->now.subslen) || ocap__buf_add(&b, " ", 1))) ||
-              ocap__buf_adds(&b, ep)))
-    rc = ocap__broken(k, OCAP_ENOMEM, "out of memory adding a subscriber");
-  if (!rc)
-    rc = set_subs(k, r, b.p, b.len);
-  free(b.p);
-  return rc;
+  if (rc)
+    return rc;
+  size_t el = strlen(ep), old = r->now.subs ? r->now.subslen + 1 : 0;
+  char *p = malloc(old + el + 1);
+  if (!p)
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory adding a subscriber");
+  if (old) {
+    memcpy(p, r->now.subs, old - 1);
+    p[old - 1] = ' ';
+  }
+  memcpy(p + old, ep, el + 1);
+  str_drop(r->now.subs, r->com.subs, r->sto.subs);
+  r->now.subs = p;
+  r->now.subslen = old + el;
+  return 0;
 }
 
 int ocap__subscribers_add(ocap_kernel_t *k, const char *kpid, const char *ep) {
