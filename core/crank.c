@@ -129,11 +129,9 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
   if (decider) {
     memcpy(ep, decider, strlen(decider) + 1);
   } else {
-    rc = ocap__get_revoked(k, target);
-    if (rc > 0)
+    rc = ocap__get_target(k, target, owner);
+    if (rc == 2)
       return splat_error(k, result, "OBJECT_REVOKED", "Target object has been revoked");
-    if (rc == 0)
-      rc = ocap__get_owner(k, target, owner);
     if (rc == 0) {
       char detail[128];
       snprintf(detail, sizeof detail, "Target object %s has been deleted", target);

@@ -192,6 +192,19 @@ int ocap__get_owner(ocap_kernel_t *k, const char *koid, char *out) {
   return 1;
 }
 
+int ocap__get_target(ocap_kernel_t *k, const char *koid, char *owner) {
+  orec_t *r;
+  int rc = lookup(k, koid, 0, 0, &r);
+  if (rc || !r)
+    return rc;
+  if (r->now.revoked)
+    return 2;
+  if (!r->now.owner[0])
+    return 0;
+  memcpy(owner, r->now.owner, strlen(r->now.owner) + 1);
+  return 1;
+}
+
 int ocap__set_owner(ocap_kernel_t *k, const char *koid, const char *ep) {
   orec_t *r;
   /* An owner is set only when the object is made, so its id is new. */

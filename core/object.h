@@ -29,6 +29,10 @@ void ocap__objects_forget(ocap_kernel_t *k, const char *koid);
 /* The owner of koid: 1 with it in out (OCAP_REF_MAX bytes), 0 when the
  * object has none (deleted, or never was), or a negative code. */
 int ocap__get_owner(ocap_kernel_t *k, const char *koid, char *out);
+/* Where a message to koid goes, with one lookup: 2 when the object is
+ * revoked, else 1 with its owner in out as ocap__get_owner, 0 when it has
+ * none, or a negative code. */
+int ocap__get_target(ocap_kernel_t *k, const char *koid, char *out);
 /* Sets the owner (NULL: the object is deleted). */
 int ocap__set_owner(ocap_kernel_t *k, const char *koid, const char *ep);
 /* Whether koid is revoked: 1, 0, or a negative code. */
