@@ -691,8 +691,9 @@ int ocap__parse_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep,
     size_t j = i;
     while (j < len && item[j] != ' ')
       j++;
-    char *dst = word == 0 ? ep : v[got++];
-    int ok = j > i && j - i < OCAP_REF_MAX;
+    /* Never more words than counted: the count sized v. */
+    int ok = word < count && j > i && j - i < OCAP_REF_MAX;
+    char *dst = !ok ? NULL : word == 0 ? ep : v[got++];
     if (ok) {
       memcpy(dst, item + i, j - i);
       dst[j - i] = '\0';
