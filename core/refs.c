@@ -166,13 +166,20 @@ static int host_import(ocap_kernel_t *k, const char *kref) {
 /* Adds an entry, both directions. An import of an object counts in both
  * its counts (gc.h); the exporter's own entry counts in neither. A
  * promise's entry counts in the promise, whose record the caller may pass
- * (rec, else NULL). kpos, when not NULL, is where a lookup of kref just
- * missed. */
+ * (rec, else NULL). kpos or epos, when not NULL, is where a lookup of kref
+ * or of eref just missed: that direction is entered first, there. */
 static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref,
-                     ocap__kp_t *rec, const ocap__cpos_t *kpos) {
-  int rc = ocap__clist_setp(k, ep, kref, eref, 1, kpos);
-  if (!rc)
-    rc = ocap__clist_put(k, ep, eref, kref);
+                     ocap__kp_t *rec, const ocap__cpos_t *kpos, const ocap__cpos_t *epos) {
+  int rc;
+  if (epos) {
+    rc = ocap__clist_setp(k, ep, eref, kref, 1, epos);
+    if (!rc)
+      rc = ocap__clist_put(k, ep, kref, eref);
+  } else {
+    rc = ocap__clist_setp(k, ep, kref, eref, 1, kpos);
+    if (!rc)
+      rc = ocap__clist_put(k, ep, eref, kref);
+  }
   if (rc)
     return rc;
   if (ocap__is_kpid(kref))
@@ -232,7 +239,8 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
   if (!ocap__valid_eref(eref))
     return ocap__fail(k, OCAP_EINVAL, "vat %s used invalid vref '%.60s'", ep, eref);
   int own;
-  int rc = clist_ref_own(k, ep, eref, out, NULL, &own);
+  ocap__cpos_t pos; /* where a new export's entry goes */
+  int rc = clist_ref_pos(k, ep, eref, out, NULL, &own, &pos);
   if (rc < 0)
     return rc;
   if (rc > 0) {
@@ -256,17 +264,17 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
   }
   if (eref[1] == '-')
     return ocap__fail(k, OCAP_EINVAL, "vat %s used unknown import '%s'", ep, eref);
-  return ocap__export_new(k, ep, eref, out, NULL);
+  return ocap__export_new(k, ep, eref, out, NULL, &pos);
 }
 
 int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *out,
-                     ocap__kp_t **rec) {
+                     ocap__kp_t **rec, const struct ocap__cpos *pos) {
   ocap__kp_t *r = NULL;
   int rc =
       eref[0] == 'o' ? ocap_kernel_alloc_object(k, ep, out) : ocap__alloc_promise(k, ep, out, &r);
   if (rec)
     *rec = r;
-  return rc ? rc : clist_add(k, ep, out, eref, r, NULL);
+  return rc ? rc : clist_add(k, ep, out, eref, r, NULL, pos);
 }
 
 int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
@@ -310,7 +318,7 @@ static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap
   out[0] = promise ? 'p' : 'o';
   out[1] = '-';
   out[2 + ocap__fmt_ll(out + 2, n)] = '\0';
-  return clist_add(k, ep, kref, out, rec, &pos);
+  return clist_add(k, ep, kref, out, rec, &pos, NULL);
 }
 
 int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out) {

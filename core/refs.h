@@ -59,9 +59,11 @@ int ocap__clist_set_reach(ocap_kernel_t *k, const char *ep, const char *kref, co
 /* Allocates the object or promise that eref, a new export of vat ep (an
  * `o+N` or `p+N` its c-list lacks, checked by the caller), stands for,
  * with its kref in out, and enters it in ep's c-list. *rec (when rec is
- * not NULL) gets a new promise's record, NULL for an object. */
+ * not NULL) gets a new promise's record, NULL for an object. pos, when not
+ * NULL, is where the caller's lookup of eref missed (ocap__clist_getp). */
+struct ocap__cpos;
 int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *out,
-                     ocap__kp_t **rec);
+                     ocap__kp_t **rec, const struct ocap__cpos *pos);
 /* The eref of koid in its exporter ep: 1 with it in eref, 0 when ep's
  * c-list lacks it, or a negative code. */
 int ocap__export_eref(ocap_kernel_t *k, const char *ep, const char *koid, char *eref);
