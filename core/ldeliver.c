@@ -95,6 +95,24 @@ static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
 
 /* ---- entering a vat ---- */
 
+/* [-0, +1, m] Pushes a message's result vpid for dispatchCall: one the
+ * kernel made for the vat ("p-<N>") as the integer N, since the vat only
+ * hands it back to the resolve syscall (which takes N for it), so no
+ * string is made for every message; any other as its string. */
+static void push_result(lua_State *V, const char *vpid) {
+  if (vpid[0] == 'p' && vpid[1] == '-' && vpid[2] >= '1' && vpid[2] <= '9') {
+    lua_Integer n = 0;
+    const char *p = vpid + 2;
+    while (*p >= '0' && *p <= '9' && n < LUA_MAXINTEGER / 10)
+      n = n * 10 + (*p++ - '0');
+    if (*p == '\0') {
+      lua_pushinteger(V, n);
+      return;
+    }
+  }
+  lua_pushstring(V, vpid);
+}
+
 /*
  * [-0, +(0|1), e] Delivers a message, or a notify of one resolution, whose
  * capdata has no slots, the common case, to liveslots decoded here:
@@ -129,7 +147,7 @@ static int deliver_values(lua_State *V, lvat_t *rec, const ocap_delivery_t *d) {
     lua_rawgeti(V, LUA_REGISTRYINDEX, rec->call_ref);
     lua_pushstring(V, d->target);
     if (d->result)
-      lua_pushstring(V, d->result);
+      push_result(V, d->result);
     else
       lua_pushnil(V);
   } else {

@@ -195,6 +195,23 @@ static void send_message(lua_State *V, lvat_t *rec, const char *result) {
     syscall_failed(V, rec);
 }
 
+/* [-0, +0] Writes "<prefix><n>" into buf (at least 24 bytes) and returns
+ * its length. */
+static int format_vpid(char *buf, const char *prefix, lua_Integer n) {
+  char digits[24];
+  int len = 0;
+  do {
+    digits[len++] = (char)('0' + n % 10);
+    n /= 10;
+  } while (n > 0);
+  buf[0] = prefix[0];
+  buf[1] = prefix[1];
+  for (int i = 0; i < len; i++)
+    buf[2 + i] = digits[len - 1 - i];
+  buf[2 + len] = '\0';
+  return len + 2;
+}
+
 /* send(target, body, slots, result?)  [-0, +0, e] */
 static int sys_send(lua_State *V) {
   send_message(V, sysvat(V), luaL_optstring(V, 4, NULL));
@@ -212,19 +229,9 @@ static int sys_send_numbered(lua_State *V) {
   lua_Integer n = luaL_checkinteger(V, 4);
   luaL_argcheck(V, n > 0, 4, "promise number must be positive");
   char vpid[32];
-  char digits[24];
-  int len = 0;
-  vpid[0] = 'p';
-  vpid[1] = '+';
-  do {
-    digits[len++] = (char)('0' + n % 10);
-    n /= 10;
-  } while (n > 0);
-  for (int i = 0; i < len; i++)
-    vpid[2 + i] = digits[len - 1 - i];
-  vpid[2 + len] = '\0';
+  int len = format_vpid(vpid, "p+", n);
   send_message(V, rec, vpid);
-  lua_pushlstring(V, vpid, (size_t)len + 2);
+  lua_pushlstring(V, vpid, (size_t)len);
   return 1;
 }
 
@@ -236,12 +243,24 @@ static int sys_subscribe(lua_State *V) {
   return 0;
 }
 
-/* resolve(kpid, rejected, body, slots)  [-0, +0, e] */
+/*
+ * resolve(kpid, rejected, body, slots)  [-0, +0, e]
+ * kpid may be a positive integer N for "p-N", as dispatchCall hands a
+ * message's result to liveslots (ldeliver.c).
+ */
 static int sys_resolve(lua_State *V) {
   const char *small[SMALL_SLOTS];
   lvat_t *rec = sysvat(V);
   ocap_resolution_t r;
-  r.kpid = luaL_checkstring(V, 1);
+  char vpid[32];
+  if (lua_isinteger(V, 1)) {
+    lua_Integer n = lua_tointeger(V, 1);
+    luaL_argcheck(V, n > 0, 1, "promise number must be positive");
+    format_vpid(vpid, "p-", n);
+    r.kpid = vpid;
+  } else {
+    r.kpid = luaL_checkstring(V, 1);
+  }
   r.rejected = lua_toboolean(V, 2);
   r.data = ocap__check_capdata(V, 3, 4, small);
   char excess[192];

@@ -811,7 +811,9 @@ function M.make(opts)
   -- capdata has no slots, so that they name no import to count
   -- (core/ldeliver.c): what follows each is dispatch's.
 
-  --- A message to targetVref, as its method and arguments.
+  --- A message to targetVref, as its method and arguments. A result the
+  --- kernel numbered for the vat ("p-<N>") comes as N, which only goes
+  --- back to the resolve syscall (core/ldeliver.c).
   function ls.dispatchCall(targetVref, resultVpid, method, ...)
     local target = exports[targetVref]
     if target == nil then
