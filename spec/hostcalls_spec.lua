@@ -54,6 +54,8 @@ describe('a host call inside a crank that then fails', function()
           -- An IO channel is an exo of the host's state: host code holding
           -- one may call it directly.
           asked[calls] = writer:write('line ' .. calls)
+        elseif what == 'read' then
+          asked[calls] = writer:read()
         elseif what == 'commit' then
           kernel.K:kvSet('host.note', 'written')
           kernel.K:commit()
@@ -197,6 +199,21 @@ describe('a host call inside a crank that then fails', function()
     assert.is_false(ok)
     assert.equal('IO channel "f" is closed', err.message)
     assert.is_true(K:check())
+  end)
+
+  it('an IO read: the line goes to the crank that committed, none is lost', function()
+    local path = testing.tempDir() .. '/in.txt'
+    local f = assert(io.open(path, 'wb'))
+    f:write('line 1\nline 2\n')
+    f:close()
+    local r = kernel:launchSubcluster({ bootstrap = 'u', io = { f = { type = 'file', path = path, direction = 'in' } },
+      vats = { u = { sourceSpec = 'spec/vats/io_user.lua' } } }):await()
+    writer = kernel.ioChannels[r.subclusterId].f.object
+    local p = failing('read')
+    repaired(p)
+    assert.equal('line 1', asked[2]:await())
+    -- The failed crank took nothing: the next read gets the next line.
+    assert.equal('line 2', writer:read():await())
   end)
 
   it('K:commit: commits nothing of the crank, whose writes roll back whole', function()

@@ -91,6 +91,12 @@ function M.open(kernel, name, cfg)
   local c = { name = name, config = cfg, readers = {}, writes = {}, waiting = {}, token = 0,
     connected = cfg.type ~= 'network' }
   local function says(what) return ('IO channel "%s" %s'):format(name, what) end
+  -- What a read or a write does to the channel is done at once, or, from
+  -- host code inside a crank, once the crank has committed.
+  local function afterCommit(fn)
+    if kernel.K:inCrank() then return kernel:_afterCrank(fn) end
+    return fn()
+  end
 
   -- Settles waiting readers while the C side has lines (or an end) for them.
   local function pump()
@@ -147,8 +153,13 @@ function M.open(kernel, name, cfg)
       if not readable then return rejection(says('is write-only')) end
       if c.failed or c.closed then return rejection(c.failed or says('is closed')) end
       local kit = promise.makePromiseKit()
-      c.readers[#c.readers + 1] = kit
-      pump()
+      -- A read takes a line: from a crank, only once that crank has
+      -- committed (a crank that rolls back, and runs again, must not have
+      -- taken one), as a write leaves after it.
+      afterCommit(function()
+        c.readers[#c.readers + 1] = kit
+        pump()
+      end)
       return kit.promise
     end,
     write = function(_, s)
@@ -156,28 +167,22 @@ function M.open(kernel, name, cfg)
       if c.failed or c.closed then return rejection(c.failed or says('is closed')) end
       if type(s) ~= 'string' then return rejection(says('can only write strings, got ' .. pass.passStyleOf(s))) end
       local kit = promise.makePromiseKit()
-      if c.connected then
-        -- The call comes in a crank: the line leaves once that crank has
-        -- committed and been written, as results reach the host (a crank
-        -- that rolls back, and runs again, must not have written it).
-        if kernel.K:inCrank() then
-          kernel:_afterCrank(function()
-            if c.closed then return kit.reject(ioError(c.failed or says('is closed'))) end
-            startWrite(s, kit)
-          end)
-        else
-          startWrite(s, kit)
-        end
-      else
+      -- The call comes in a crank: the line leaves, or waits for a TCP
+      -- client's connection, once that crank has committed and been
+      -- written, as results reach the host (a crank that rolls back, and
+      -- runs again, must not have written it).
+      afterCommit(function()
+        if c.failed or c.closed then return kit.reject(ioError(c.failed or says('is closed'))) end
+        if c.connected then return startWrite(s, kit) end
         -- A TCP client still connecting: the write goes out once it is
         -- connected (only as many bytes as the channel may hold).
         local held = #s + 1
         for _, w in ipairs(c.waiting) do held = held + #w[1] + 1 end
         if held > M.MAX_QUEUED then
-          return rejection(says(('cannot write: write buffer full (limit %d bytes)'):format(M.MAX_QUEUED)))
+          return kit.reject(ioError(says(('cannot write: write buffer full (limit %d bytes)'):format(M.MAX_QUEUED))))
         end
         c.waiting[#c.waiting + 1] = { s, kit }
-      end
+      end)
       return kit.promise
     end,
     address = function()
