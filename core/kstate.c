@@ -437,10 +437,11 @@ int ocap__counters_check(ocap_kernel_t *k) {
   for (int i = 0; i < CTR_COUNT; i++) {
     if (!(k->counters_loaded & (1 << i)))
       continue;
+    /* The committed value: an abort leaves the ids it spent in next. */
     char v[32];
-    size_t vl = ocap__fmt_ll(v, k->next[i]);
+    size_t vl = ocap__fmt_ll(v, k->cnext[i]);
     /* An absent counter reads as 1, so 1 may be either. */
-    int rc = k->next[i] == 1 ? 0 : ocap__check_key(k, v, vl, "%s", counter_key[i]);
+    int rc = k->cnext[i] == 1 ? 0 : ocap__check_key(k, v, vl, "%s", counter_key[i]);
     if (rc)
       return rc;
   }
@@ -489,8 +490,16 @@ void ocap__counters_done(ocap_kernel_t *k) {
   memcpy(k->cnext, k->next, sizeof k->cnext);
 }
 
+/*
+ * An abort keeps the counters where the rolled-back work left them: the
+ * ids it handed out are spent, never handed out again. Host code that ran
+ * in the crank (a kernel service exporting an object, a message's result)
+ * keeps them in its own tables, which no rollback undoes; a kref given
+ * again would make another object (a vat's) decode on the host as the
+ * host's own exo, or settle another promise's kit. The store keeps the
+ * committed values until the next commit takes the spent ones with it.
+ */
 void ocap__counters_abort(ocap_kernel_t *k, int cleared) {
-  memcpy(k->next, k->cnext, sizeof k->next);
   if (cleared)
     k->counters_loaded = 0;
 }

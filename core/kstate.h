@@ -94,7 +94,7 @@ struct ocap_kernel {
    * (conventions 1 and 6): loaded on first use, changed in place during a
    * crank, and written into the store's crank buffer as final states when
    * it commits (the store's prepare hook); an abort puts back what the
-   * last commit left.
+   * last commit left (the counters excepted: ocap__counters_abort).
    */
   int counters_loaded;        /* bit (1 << CTR_*) once read */
   long long next[CTR_COUNT];  /* the next id of each counter */

@@ -23,7 +23,7 @@ local function bundleCounts(kernel)
 end
 
 describe('a host call inside a crank that then fails', function()
-  local kernel, calls, asked, broken, saved, victim, victimRoot, svcKref, writer
+  local kernel, calls, asked, made, broken, saved, victim, victimRoot, svcKref, writer
 
   -- A kernel service whose method makes a host call, then returns a
   -- presence of `broken`, an object whose stored counts the spec damaged:
@@ -32,7 +32,7 @@ describe('a host call inside a crank that then fails', function()
   -- make it.
   before_each(function()
     kernel = testing.makeKernel()
-    calls, asked = 0, {}
+    calls, asked, made = 0, {}, {}
     local holder = kernel:launchSubcluster({ bootstrap = 'h', vats = { h = { sourceSpec = ECHO } } }):await()
     broken = holder.rootKref
     local r = kernel:launchSubcluster({ bootstrap = 'v', vats = { v = { sourceSpec = ECHO } } }):await()
@@ -54,6 +54,13 @@ describe('a host call inside a crank that then fails', function()
           -- An IO channel is an exo of the host's state: host code holding
           -- one may call it directly.
           asked[calls] = writer:write('line ' .. calls)
+        elseif what == 'export' then
+          -- The first run only: a new export of the host's, and a new
+          -- result promise.
+          if calls == 1 then
+            made[1] = ocap.makeDefaultExo('fresh', { who = function() return 'the host' end })
+            asked[1] = kernel:queueMessage(victimRoot, 'echo', { made[1] })
+          end
         elseif what == 'read' then
           asked[calls] = writer:read()
         elseif what == 'commit' then
@@ -214,6 +221,22 @@ describe('a host call inside a crank that then fails', function()
     assert.equal('line 1', asked[2]:await())
     -- The failed crank took nothing: the next read gets the next line.
     assert.equal('line 2', writer:read():await())
+  end)
+
+  it('an export and a promise of the crank that failed never name another\'s', function()
+    local p = failing('export')
+    repaired(p)
+    -- The krefs the failed crank handed the host are not handed out again:
+    -- a new vat's root (an object) and a result (a promise) get new ones.
+    local r = kernel:launchSubcluster({ bootstrap = 'n', vats = { n = { sourceSpec = ECHO } } }):await()
+    local root = kernel:getPresence(r.rootKref)
+    local got = kernel:queueMessage(r.rootKref, 'echo', { root }):await()
+    assert.is_not.equal(made[1], got)
+    assert.equal(r.rootKref, kernel:krefOf(got))
+    local answer = kernel:queueMessage(r.rootKref, 'ping', { 3 })
+    assert.equal(3, answer:await())
+    assert.equal('pending', require('ocap.promise').state(asked[1]))
+    assert.is_true(kernel.K:check())
   end)
 
   it('K:commit: commits nothing of the crank, whose writes roll back whole', function()

@@ -853,7 +853,8 @@ static ocap_kernel_t *parked_setup(script_t *sc) {
  * items, all on records the store does not have yet, leaves the tables as
  * the last commit left them: the same state as a kernel that never ran
  * that crank, in memory and, after a sync, in the store; and a kernel that
- * goes on from it does what one restarted from that store does.
+ * goes on from it does what one restarted from that store does (once that
+ * one has spent the ids the crank took, which stay spent).
  */
 static void rollback_unsynced(void) {
   script_t *x = malloc(sizeof *x), *y = malloc(sizeof *y);
@@ -875,10 +876,22 @@ static void rollback_unsynced(void) {
   }
   free(dx);
   free(dy);
-  /* x goes on from its tables in memory, y from its store. */
+  /* x goes on from its tables in memory, y from its store. The ids x's
+   * rolled-back crank took stay spent (ocap__counters_abort): y spends as
+   * many, in work it rolls back too. */
   x->fail = 0;
   x->also = y->also = "p-1";
   ky = reopen_script(y);
+  while (ocap_kernel_next_id(ky, 'p') < ocap_kernel_next_id(kx, 'p')) {
+    char kp[OCAP_REF_MAX];
+    REQUIRE(ocap_kernel_alloc_promise(ky, "kernel", kp) == 0);
+    ocap_store_abort(ocap_kernel_store(ky));
+  }
+  while (ocap_kernel_next_id(ky, 'o') < ocap_kernel_next_id(kx, 'o')) {
+    char ko[OCAP_REF_MAX];
+    REQUIRE(ocap_kernel_alloc_object(ky, "v1", ko) == 0);
+    ocap_store_abort(ocap_kernel_store(ky));
+  }
   CHECK(run(kx, &x->r, 0) == 0 && run(ky, &y->r, 0) == 0);
   CHECK(x->r.n == y->r.n && x->r.n == 4);
   for (int i = 0; i < x->r.n && i < y->r.n; i++)
@@ -928,7 +941,9 @@ static void counters_at_sync(void) {
   REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+2", ko) == 0);
   REQUIRE(ocap_store_commit(s) == 0);
   CHECK(strcmp(raw(k, "nextObjectId"), "") == 0);
-  /* An id taken by work that is rolled back is handed out again. */
+  /* An id taken by work that is rolled back stays spent (host code that
+   * ran in the crank may hold it): the store keeps the committed value
+   * until the next commit, which takes the spent id with it. */
   REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+3", ko) == 0);
   CHECK(strcmp(ko, "ko3") == 0);
   ocap_store_abort(s);
@@ -936,14 +951,14 @@ static void counters_at_sync(void) {
   CHECK(strcmp(raw(k, "nextObjectId"), "3") == 0);
   CHECK(ocap_kernel_check(k) == 0);
   REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+4", ko) == 0);
-  CHECK(strcmp(ko, "ko3") == 0);
+  CHECK(strcmp(ko, "ko4") == 0);
   REQUIRE(ocap_store_commit(s) == 0);
   CHECK(strcmp(raw(k, "nextObjectId"), "3") == 0);
-  /* Freeing the kernel syncs: the next one goes on from ko4. */
+  /* Freeing the kernel syncs: the next one goes on from ko5. */
   k = reopen(k, r);
-  CHECK(strcmp(raw(k, "nextObjectId"), "4") == 0);
+  CHECK(strcmp(raw(k, "nextObjectId"), "5") == 0);
   REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+5", ko) == 0);
-  CHECK(strcmp(ko, "ko4") == 0);
+  CHECK(strcmp(ko, "ko5") == 0);
   free_kernel(k);
   free(r);
 }
