@@ -172,9 +172,13 @@ static int r_context_marshal(lua_State *L) {
   lua_pushvalue(L, 1);
   lua_pushvalue(L, 2);
   luaL_setfuncs(L, funcs, 2);
-  lua_createtable(L, 0, 1);
+  /* Its metatable is protected: its __index is the marshal module itself,
+   * which vat code only ever gets as a read-only view (vat.c). */
+  lua_createtable(L, 0, 2);
   lua_pushvalue(L, 1);
   lua_setfield(L, -2, "__index");
+  lua_pushliteral(L, "ocap.marshal");
+  lua_setfield(L, -2, "__metatable");
   lua_setmetatable(L, -2);
   return 1;
 }

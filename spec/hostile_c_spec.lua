@@ -32,6 +32,10 @@ describe('the runtime C functions under attack', function()
     assert.is_true(r[4]) -- pairs still lists a module's functions
   end)
 
+  it('keeps the ocap.marshal module out of reach of ocap.marshal', function()
+    assert.same({ 'string', '#1' }, kernel:queueMessage(root, 'marshalModule', {}):await())
+  end)
+
   it('decodes capdata whose slots table claims 2^61 slots', function()
     -- The reference codec's answer: the slot named is absent.
     local r = kernel:queueMessage(root, 'sparseSlots', {}):await()
