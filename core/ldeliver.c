@@ -372,6 +372,13 @@ static void ensure_vat(lkernel_t *lk, const char *ep) {
   }
   lua_pop(L, 1);
   STACK_CHECK_END(L, 0);
+  /* The start goes with the crank: its writes (the previous incarnation's
+   * promises rejected, the imports its heap must learn) roll back if the
+   * crank fails, even before the vat is delivered to, and the heap must
+   * then go too, to start again (one_crank). */
+  lvat_t *rec = find_vat(lk, ep);
+  if (rec && rec->vat)
+    lk->started = rec;
 }
 
 /*

@@ -685,7 +685,7 @@ static int one_crank(lua_State *L, lkernel_t *lk) {
   lk->in_step = 1;
   lua_State *saved = lk->L;
   lk->L = L;
-  lk->ran = NULL;
+  lk->ran = lk->started = NULL;
   lk->cranking = 1;
   int rc = lk->nfired ? ocap__timer_crank(lk) : ocap_kernel_step(lk->k);
   lk->cranking = 0;
@@ -699,10 +699,13 @@ static int one_crank(lua_State *L, lkernel_t *lk) {
   lk->in_step = 0;
   /* A failed crank is rolled back, but the heap of the vat that ran in it
    * is not: that vat is stopped, to restart from the store (as the crank
-   * left it) at its next delivery. */
+   * left it) at its next delivery; so is a vat the crank started, whose
+   * start wrote what the rollback undid. */
   if (rc < 0 && lk->ran && lk->ran->vat)
     ocap__stop_vat(lk->ran);
-  lk->ran = NULL;
+  if (rc < 0 && lk->started && lk->started != lk->ran && lk->started->vat)
+    ocap__stop_vat(lk->started);
+  lk->ran = lk->started = NULL;
   if (lk->after_crank)
     after_crank(L, lk, 1);
   return rc;

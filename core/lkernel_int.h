@@ -177,6 +177,7 @@ struct lkernel {
   int host_ran;                /* host Lua code ran during this crank (K:drive stops) */
   lvat_t *delivering;          /* the vat whose state is running now, if any */
   lvat_t *ran;                 /* the vat the current crank delivered to, if any */
+  lvat_t *started;             /* the vat the current crank started (vatNeeded), if any */
 };
 
 /* [-0, +0, e] Returns the open kernel at idx; a closed one raises, since

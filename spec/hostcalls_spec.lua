@@ -361,3 +361,55 @@ describe('the kernel facet from a system vat', function()
     kernel:stop()
   end)
 end)
+
+describe('a vat started by a crank that then fails', function()
+  it('is stopped with it: its restart runs again, and its previous incarnation is told', function()
+    local kernel = testing.makeKernel()
+    local K = kernel.K
+    local hang = ocap.makeDefaultExo('hang', {
+      hang = function() return require('ocap.promise').makePromiseKit().promise end,
+    })
+    local hk = kernel:registerKernelServiceObject('hang', hang).kref
+    local r = kernel:launchSubcluster({ bootstrap = 'a',
+      vats = { a = { sourceSpec = ECHO }, h = { sourceSpec = ECHO } } }):await()
+    local vatA = kernel:getSubcluster(r.subclusterId).vats.a
+    local h = kernel:krefOf(kernel:queueMessage(r.rootKref, 'peer', { 'h' }):await())
+    -- v1 decides a promise its heap waits on.
+    local pending = kernel:queueMessage(r.rootKref, 'call', { kernel:getPresence(hk), 'hang' })
+    kernel:run()
+    local function damage(kref)
+      local saved = K:kvGet(kref .. '.refCount')
+      K:kvSet(kref .. '.refCount', 'zzz')
+      K:commit()
+      return function()
+        if saved then K:kvSet(kref .. '.refCount', saved) else K:kvDelete(kref .. '.refCount') end
+        K:commit()
+      end
+    end
+    local z = ocap.makeDefaultExo('z', {})
+    local p = kernel:queueMessage(r.rootKref, 'callPeer', { 'h', 'echo', z })
+    K:commit()
+    -- The first run fails in the vat (its send to h meets a damaged
+    -- count): the vat, whose heap went on, is stopped.
+    local repair = damage(h)
+    assert.is_false(pcall(function() return p:await() end))
+    assert.is_false(K:vatLive(vatA))
+    repair()
+    -- The second restarts the vat, which rejects what its previous
+    -- incarnation decided, then fails before the delivery (z's count):
+    -- the rejection is rolled back, so the vat must not stay started.
+    repair = damage(kernel:krefOf(z))
+    assert.is_false(pcall(function() return p:await() end))
+    assert.is_false(K:vatLive(vatA))
+    repair()
+    pcall(function() return p:await() end)
+    kernel:run()
+    assert.equal('rejected', require('ocap.promise').state(pending))
+    local ok, err = pcall(function() return pending:await() end)
+    assert.is_false(ok)
+    assert.matches('vat ' .. vatA .. ' restarted: the promises its previous incarnation decided are lost',
+      err.message, 1, true)
+    assert.is_true(K:check())
+    kernel:stop()
+  end)
+end)
