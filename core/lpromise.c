@@ -1060,12 +1060,13 @@ static void new_worker(lua_State *L, int uv) {
 }
 
 /*
- * [-0, +(2|3), e] The end of a resume of the task worker at co, with the
- * resume's (ok, what) above it: returns false and the promise of the
+ * [-0, +(2|3|4), e] The end of a resume of the task worker at co, with
+ * the resume's (ok, what) above it: returns false and the promise of the
  * task's result while it awaits, else true, ok and its first result (or
- * what it threw), pooling the worker.
+ * what it threw), pooling the worker: in the checked pool when checked,
+ * then also returning whether turns are queued (xcall's busy).
  */
-static int task_resumed(lua_State *L, pstate_t *st, int co) {
+static int task_resumed(lua_State *L, pstate_t *st, int co, int checked) {
   if (!lua_toboolean(L, co + 1)) {
     lua_pushvalue(L, co + 2);
     return lua_error(L);
@@ -1079,8 +1080,13 @@ static int task_resumed(lua_State *L, pstate_t *st, int co) {
   }
   lua_pushboolean(L, 1);
   take_done(L, st);
-  repool(L, st, co);
-  return 3;
+  if (!checked) {
+    pool_push(L, UV_POOL, &st->pool_n, co);
+    return 3;
+  }
+  pool_push(L, UV_CHECKED_POOL, &st->checked_n, co);
+  lua_pushboolean(L, st->count > 0);
+  return 4;
 }
 
 /* [-n, +(2|3), e] call(fn, ...) -> done, okOrPromise, value: see
@@ -1106,7 +1112,7 @@ static int promise_call(lua_State *L) {
   for (i = 1; i <= n; i++)
     lua_pushvalue(L, i);
   lua_call(L, n + 2, 2);
-  return task_resumed(L, st, co);
+  return task_resumed(L, st, co, 0);
 }
 
 /* [-n, +(2|4), e] xcall(ended, a, b, fn, handler, ...) -> done,
@@ -1139,22 +1145,7 @@ static int promise_xcall(lua_State *L) {
       break;
     lua_settop(L, n);
   }
-  if (!lua_toboolean(L, co + 1)) {
-    lua_pushvalue(L, co + 2);
-    return lua_error(L);
-  }
-  if (!task_done(L, co, co + 2)) {
-    new_promise(L, st);
-    tracked_set(L, co, co + 3);
-    lua_pushboolean(L, 0);
-    lua_pushvalue(L, co + 3);
-    return 2;
-  }
-  lua_pushboolean(L, 1);
-  take_done(L, st);
-  pool_push(L, UV_CHECKED_POOL, &st->checked_n, co);
-  lua_pushboolean(L, st->count > 0);
-  return 4;
+  return task_resumed(L, st, co, 1);
 }
 
 /* [-n, +1, e] spawn(fn, ...) -> the promise of fn's first result. */
