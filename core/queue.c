@@ -74,6 +74,8 @@ struct ocap__queue {
   size_t nqdirty, capqdirty;
   qbytes_t **qsync; /* the records whose committed count the store lacks */
   size_t nqsync, capqsync;
+  qbytes_t *qlast;   /* the record last found, for a vat's next send or delivery */
+  char qlast_ep[24]; /* its vat id */
 };
 
 static item_t *slot(struct ocap__queue *q, long long n) {
@@ -337,6 +339,7 @@ void ocap__queue_abort(ocap_kernel_t *k, int cleared) {
   qbytes_end(q, 0);
   if (cleared) {
     ocap__idtable_clear(&q->qb, free);
+    q->qlast = NULL;
     q->nqsync = 0;
   }
   if (!q->loaded)
@@ -479,6 +482,17 @@ static long long vat_number(const char *ep) {
  * *out is NULL for an endpoint that is not a vat id. */
 static int qbytes_get(ocap_kernel_t *k, const char *ep, qbytes_t **out) {
   struct ocap__queue *q = k->q;
+  /* A vat's message is charged when sent and released when delivered,
+   * usually the next crank: the last record found is checked first. */
+  if (q->qlast) {
+    size_t i = 0;
+    while (ep[i] == q->qlast_ep[i] && ep[i])
+      i++;
+    if (ep[i] == q->qlast_ep[i]) {
+      *out = q->qlast;
+      return 0;
+    }
+  }
   long long id = vat_number(ep);
   *out = NULL;
   if (id < 0)
@@ -498,6 +512,11 @@ static int qbytes_get(ocap_kernel_t *k, const char *ep, qbytes_t **out) {
       free(r);
       return ocap__broken(k, OCAP_ENOMEM, "out of memory reading %s.queuedBytes", ep);
     }
+  }
+  size_t el = strlen(ep);
+  if (el < sizeof q->qlast_ep) {
+    memcpy(q->qlast_ep, ep, el + 1);
+    q->qlast = r;
   }
   *out = r;
   return 0;
@@ -551,8 +570,11 @@ void ocap__queued_forget(ocap_kernel_t *k, const char *ep) {
   long long id = vat_number(ep);
   qbytes_t *r = id < 0 ? NULL : ocap__idtable_find(&q->qb, id);
   /* A changed record holds a count the store does not have yet. */
-  if (r && !r->dirty && !r->unsynced)
+  if (r && !r->dirty && !r->unsynced) {
+    if (r == q->qlast)
+      q->qlast = NULL;
     free(ocap__idtable_remove(&q->qb, id));
+  }
 }
 
 long long ocap_kernel_queued_bytes(ocap_kernel_t *k, const char *ep) {
