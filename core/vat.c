@@ -150,7 +150,7 @@ struct ocap_vat {
   long ticks_used;               /* ticks the last finished call took */
   long long time_ns;             /* time mode: CPU time an instruction of budget buys */
   long long deadline_ns;         /* when polling: CPU time to stop at */
-  char why[160];                 /* ocap_vat_fatal_reason's text */
+  char *why;                     /* ocap_vat_fatal_reason's text, malloc'd when first told */
 };
 
 /*
@@ -2157,6 +2157,7 @@ void ocap_vat_free(ocap_vat_t *v) {
     lua_close(v->L);
   assert(v->used == 0);
   free_chunks(v);
+  free(v->why);
   free(v);
 }
 
@@ -2372,24 +2373,33 @@ int ocap_vat_fatal(const ocap_vat_t *v) {
   return v->fatal;
 }
 
+/*
+ * The reason's text is made only for a vat that is told it, in a buffer of
+ * its own: every live vat carrying one would cost it 160 bytes.
+ */
+#define WHY_BYTES 160
+
 const char *ocap_vat_fatal_reason(ocap_vat_t *v) {
   if (v->fatal == OCAP_VAT_MEMORY)
     return "memory limit exceeded";
   if (v->fatal != OCAP_VAT_METER)
     return NULL;
   /* In time mode running out of time is the meter itself, not a backstop. */
-  if (v->cause == CAUSE_TIME && v->mode == OCAP_VAT_METER_INSTRUCTIONS)
-    snprintf(v->why, sizeof v->why,
+  if (v->cause != CAUSE_COLLECTIONS &&
+      (v->cause != CAUSE_TIME || v->mode != OCAP_VAT_METER_INSTRUCTIONS))
+    return "instruction meter exhausted";
+  if (v->why == NULL && (v->why = malloc(WHY_BYTES)) == NULL)
+    return "instruction meter exhausted";
+  if (v->cause == CAUSE_TIME)
+    snprintf(v->why, WHY_BYTES,
              "instruction meter exhausted (CPU time: its allowance of %lld ms for %lld "
              "instructions ran out first)",
              v->allowance_ns / 1000000, v->budget);
-  else if (v->cause == CAUSE_COLLECTIONS)
-    snprintf(v->why, sizeof v->why,
+  else
+    snprintf(v->why, WHY_BYTES,
              "instruction meter exhausted (garbage collection: %lld emergency collections near "
              "the memory limit)",
              v->thrashing);
-  else
-    return "instruction meter exhausted";
   return v->why;
 }
 
