@@ -751,8 +751,9 @@ static int check_one(ocap_kernel_t *k, const clist_t *c) {
     static const char *const id_key[2] = {"%s.nextObjectId", "%s.nextPromiseId"};
     for (int j = 0; j < 2 && !rc; j++) {
       char v[32];
-      size_t vl = c->next[j] < 0 ? 0 : ocap__fmt_ll(v, c->next[j]);
-      rc = ocap__check_key(k, c->next[j] < 0 ? NULL : v, vl, id_key[j], c->ep);
+      /* The committed value: an abort leaves the ids it spent in next. */
+      size_t vl = c->cnext[j] < 0 ? 0 : ocap__fmt_ll(v, c->cnext[j]);
+      rc = ocap__check_key(k, c->cnext[j] < 0 ? NULL : v, vl, id_key[j], c->ep);
     }
   }
   return rc;
@@ -784,6 +785,12 @@ void ocap__clists_forget(ocap_kernel_t *k, const char *ep) {
       return;
   if (c->ids || c->idsync)
     return;
+  /* Ids that rolled-back cranks spent (ids_spent) go into the host's
+   * writes, which the c-list is read back with: they stay spent. */
+  static const char *const id_key[2] = {"%s.nextObjectId", "%s.nextPromiseId"};
+  for (int j = 0; j < 2; j++)
+    if (c->next[j] > c->cnext[j] && ocap__seti(k, c->next[j], id_key[j], c->ep))
+      return;
   clist_remove_ep(t, c);
 }
 
@@ -881,6 +888,27 @@ void ocap__clists_synced(ocap_kernel_t *k) {
   t->nisync = 0;
 }
 
+/*
+ * On an abort, keeps in c's counters the ids the rolled-back crank took:
+ * those stay spent, never given again, as the kernel's own
+ * (ocap__counters_abort). An endpoint's state outside the store (a remote
+ * session's tables, the host's liveslots) may hold an eref the crank gave
+ * it, and no rollback undoes that: the same eref given to another object
+ * would be taken there for the first (a vat that ran in the crank is
+ * stopped and rebuilt from the store, so its own erefs are safe either
+ * way). A counter the crank cleared (its endpoint gone) goes back to the
+ * committed one, which the rollback brings back; one it only advanced
+ * keeps its value, in memory: the next crank that gives the endpoint an
+ * id commits it (what holds the spent ids outside the store does not
+ * outlive the kernel either), or the host's writes when it forgets the
+ * c-list (ocap__clists_forget).
+ */
+static void ids_spent(clist_t *c) {
+  for (int j = 0; j < 2; j++)
+    if (c->next[j] < c->cnext[j])
+      c->next[j] = c->cnext[j];
+}
+
 /* Ends the crank's changes, keeping or dropping them; entries gone in
  * memory and in the store go, and c-lists left empty; an entry whose
  * committed value the store lacks joins the sync list. */
@@ -890,7 +918,7 @@ static void end_crank(struct ocap__clists *t, int keep) {
     if (keep)
       memcpy(c->cnext, c->next, sizeof c->cnext);
     else
-      memcpy(c->next, c->cnext, sizeof c->next);
+      ids_spent(c);
     c->ids = 0;
     if (keep && !c->idsync && memcmp(c->cnext, c->snext, sizeof c->cnext) != 0) {
       t->isync[t->nisync++] = c;
