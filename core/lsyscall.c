@@ -1,12 +1,14 @@
 /*
  * lsyscall.c -- a vat's syscalls: what its liveslots calls to send,
  * resolve and subscribe, to use its own part of the store, to log, and to
- * drop the references it no longer uses. Every syscall holds its vat's
- * record, so a vat can only act as itself, and checks the vat's budgets
+ * drop the references it no longer uses. Every syscall that acts for its
+ * vat holds the vat's record, so a vat can only act as itself, and checks the vat's budgets
  * before the kernel holds anything. A message sent here waits in the
  * kernel's run queue (kernel.c) for a crank (lkernel.c) to deliver it
  * (ldeliver.c).
  */
+#include <string.h>
+
 #include "lkernel_int.h"
 
 #include "hex.h"
@@ -572,6 +574,7 @@ static int sys_gc(lua_State *V) {
   return 0;
 }
 
+/* The syscalls that need their vat: each gets rec as upvalue 1. */
 static const luaL_Reg syscalls[] = {
     {"send", sys_send},
     {"sendNumbered", sys_send_numbered},
@@ -583,25 +586,49 @@ static const luaL_Reg syscalls[] = {
     {"vatstoreDelete", sys_vatstore_delete},
     {"vatstoreNext", sys_vatstore_next},
     {"log", sys_log},
-    {"traceback", sys_traceback},
     {"decode", sys_decode},
-    {"collectGarbage", sys_collect_garbage},
     {NULL, NULL},
 };
 
-/* [-0, +1, m] Pushes the syscall table of the vat rec: every syscall has
- * rec as upvalue 1 (sysvat), and the timer syscalls are there only when
- * timers is true (the vat was endowed with setTimeout or setInterval). */
+/* The syscall table's fields (without timers): the eleven above, the four
+ * GC calls and traceback. */
+#define SYSCALL_FIELDS 16
+
+/* [-2, +1] __index of a syscall table: collectGarbage, which liveslots
+ * reads only when it first reaps (ocap.liveslots.rare), is found here so
+ * that the table's other fields fit a hash part of SYSCALL_FIELDS slots
+ * (a 17th field doubled it, 384 bytes more in every vat, more than this
+ * metatable costs). Neither it nor traceback needs the vat, so both are
+ * light C functions: no closure. */
+static int syscall_index(lua_State *V) {
+  const char *k = lua_tostring(V, 2);
+  if (lua_type(V, 2) == LUA_TSTRING && strcmp(k, "collectGarbage") == 0)
+    lua_pushcfunction(V, sys_collect_garbage);
+  else
+    lua_pushnil(V);
+  return 1;
+}
+
+/* [-0, +1, m] Pushes the syscall table of the vat rec: every syscall that
+ * needs its vat has rec as upvalue 1 (sysvat), and the timer syscalls are
+ * there only when timers is true (the vat was endowed with setTimeout or
+ * setInterval). */
 void ocap__push_syscalls(lua_State *V, lvat_t *rec, int timers) {
-  luaL_newlibtable(V, syscalls);
+  lua_createtable(V, 0, SYSCALL_FIELDS);
   lua_pushlightuserdata(V, rec);
   luaL_setfuncs(V, syscalls, 1);
+  lua_pushcfunction(V, sys_traceback);
+  lua_setfield(V, -2, "traceback");
   for (int i = 0; i < 4; i++) {
     lua_pushlightuserdata(V, rec);
     lua_pushinteger(V, i);
     lua_pushcclosure(V, sys_gc, 2);
     lua_setfield(V, -2, ocap__gc_call_names[i]);
   }
+  lua_createtable(V, 0, 1);
+  lua_pushcfunction(V, syscall_index);
+  lua_setfield(V, -2, "__index");
+  lua_setmetatable(V, -2);
   if (timers) {
     lua_pushlightuserdata(V, rec);
     luaL_setfuncs(V, ocap__timer_syscalls, 1);

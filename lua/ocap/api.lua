@@ -9,8 +9,9 @@ local M = {}
 
 -- The ocap table's fields that load on first touch (ocap.guards' M,
 -- defineExoClass and defineExoClassKit: most vats never use them, and the
--- module is the runtime's largest; and ocap.pass's symbol, bytes, bigint
--- and makeTagged), and the context's ocap.marshal, are C (core/lruntime.c):
+-- module is the runtime's largest; and ocap.pass's symbol, bytes, bigint,
+-- makeTagged and array, the last so that the table's sixteen other fields
+-- fit a hash part of 16 slots), and the context's ocap.marshal, are C (core/lruntime.c):
 -- a vat keeps them, and C functions cost it no prototype. The require and
 -- pcall are captured when the runtime loads, before any vat code runs: a
 -- vat that replaces its global require cannot change what they load.
@@ -42,7 +43,6 @@ function M.make(extra, currentMarshal)
     harden = pass.harden,
     makeError = pass.makeError,
     null = pass.null,
-    array = pass.array,
     passStyleOf = pass.passStyleOf,
     -- ocap.marshal: the marshal module, plus serialize/unserialize through
     -- the context's marshaller (the vat's, or the host's latest kernel),
