@@ -100,9 +100,11 @@ typedef struct runtime {
  * The parts of a vat record that belong to one Lua state of the vat. An
  * upgrade holds the old incarnation's aside while the new one starts, so
  * that a failed upgrade puts it back untouched, heap and timers included.
+ * It is malloc'd for the upgrade only: a vat record kept it inline, about
+ * 120 bytes that every vat paid for a state only an upgrade uses.
  */
 typedef struct vheld {
-  ocap_vat_t *vat; /* NULL when nothing is held */
+  ocap_vat_t *vat;
   int dispatch_ref, call_ref, settle_ref, model_ref;
   vtimers_t timers;
   runtime_t *runtime;
@@ -132,7 +134,7 @@ typedef struct lvat {
   int decode_failed;      /* decoding this delivery ran out of a budget */
   lua_Integer since_reap; /* deliveries since its last reap (gc.reapInterval) */
   runtime_t *runtime;     /* the runtime the live state reads, referenced */
-  vheld_t held;           /* the previous incarnation during an upgrade */
+  vheld_t *held;          /* the previous incarnation during an upgrade, else NULL */
   lkernel_t *lk;
 } lvat_t;
 

@@ -52,8 +52,6 @@ lvat_t *ocap__make_vat_record(lkernel_t *lk, const char *id) {
   snprintf(rec->id, sizeof rec->id, "%s", id);
   rec->lk = lk;
   rec->dispatch_ref = rec->call_ref = rec->settle_ref = rec->model_ref = LUA_NOREF;
-  rec->held.dispatch_ref = rec->held.call_ref = rec->held.settle_ref = rec->held.model_ref =
-      LUA_NOREF;
   rec->budget = default_budget();
   rec->num = n;
   lk->vats[vat_slot(lk, n)] = rec;
@@ -76,37 +74,55 @@ void ocap__stop_vat(lvat_t *rec) {
   rec->exiting = 0;
 }
 
-/* Exchanges the live state of rec with the one it holds aside. */
-static void swap_held(lvat_t *rec) {
-  vheld_t live = {.vat = rec->vat,
-                  .dispatch_ref = rec->dispatch_ref,
-                  .call_ref = rec->call_ref,
-                  .settle_ref = rec->settle_ref,
-                  .model_ref = rec->model_ref,
-                  .timers = rec->timers,
-                  .runtime = rec->runtime,
-                  .budget = rec->budget};
-  rec->vat = rec->held.vat;
-  rec->dispatch_ref = rec->held.dispatch_ref;
-  rec->call_ref = rec->held.call_ref;
-  rec->settle_ref = rec->held.settle_ref;
-  rec->model_ref = rec->held.model_ref;
-  rec->timers = rec->held.timers;
-  rec->runtime = rec->held.runtime;
-  rec->budget = rec->held.budget;
-  rec->held = live;
+/* Sets the live state of rec aside, leaving rec with none; 0 when out of
+ * memory (rec is untouched then). */
+static int hold_live(lvat_t *rec) {
+  vheld_t *h = malloc(sizeof *h);
+  if (!h)
+    return 0;
+  *h = (vheld_t){.vat = rec->vat,
+                 .dispatch_ref = rec->dispatch_ref,
+                 .call_ref = rec->call_ref,
+                 .settle_ref = rec->settle_ref,
+                 .model_ref = rec->model_ref,
+                 .timers = rec->timers,
+                 .runtime = rec->runtime,
+                 .budget = rec->budget};
+  rec->vat = NULL;
+  rec->dispatch_ref = rec->call_ref = rec->settle_ref = rec->model_ref = LUA_NOREF;
+  memset(&rec->timers, 0, sizeof rec->timers);
+  rec->runtime = NULL;
+  memset(&rec->budget, 0, sizeof rec->budget);
+  rec->held = h;
+  return 1;
+}
+
+/* Puts the state rec holds aside back as its live state, which must have
+ * been stopped (ocap__stop_vat). */
+static void restore_held(lvat_t *rec) {
+  vheld_t *h = rec->held;
+  rec->vat = h->vat;
+  rec->dispatch_ref = h->dispatch_ref;
+  rec->call_ref = h->call_ref;
+  rec->settle_ref = h->settle_ref;
+  rec->model_ref = h->model_ref;
+  rec->timers = h->timers;
+  rec->runtime = h->runtime;
+  rec->budget = h->budget;
+  free(h);
+  rec->held = NULL;
 }
 
 /* Frees the state rec holds aside, if any: its timers, heap and runtime. */
 void ocap__drop_held(lvat_t *rec) {
-  vheld_t *h = &rec->held;
-  if (!h->vat)
+  vheld_t *h = rec->held;
+  if (!h)
     return;
   ocap__stop_timers(&h->timers);
   ocap_vat_free(h->vat);
   ocap__release_runtime(h->runtime);
-  memset(h, 0, sizeof *h);
-  h->dispatch_ref = h->call_ref = h->settle_ref = h->model_ref = LUA_NOREF;
+  free(h);
+  rec->held = NULL;
 }
 
 typedef struct dumpbuf {
@@ -615,11 +631,11 @@ static int k_hold_vat(lua_State *L) {
   lvat_t *rec = find_vat(lk, id);
   if (rec && rec == lk->delivering)
     return luaL_error(L, "cannot hold vat %s while it is running", id);
-  if (rec && rec->held.vat)
+  if (rec && rec->held)
     return luaL_error(L, "vat %s already holds a previous incarnation", id);
   int held = rec && rec->vat;
-  if (held)
-    swap_held(rec);
+  if (held && !hold_live(rec))
+    return luaL_error(L, "not enough memory");
   lua_pushboolean(L, held);
   return 1;
 }
@@ -640,8 +656,8 @@ static int k_release_held(lua_State *L) {
     return 0;
   if (restore) {
     ocap__stop_vat(rec);
-    if (rec->held.vat)
-      swap_held(rec);
+    if (rec->held)
+      restore_held(rec);
   } else {
     ocap__drop_held(rec);
   }
