@@ -362,7 +362,11 @@ static void ensure_vat(lkernel_t *lk, const char *ep) {
   lk->host_ran = 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->vat_needed_ref);
   lua_pushstring(L, ep);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_isstring(L, -1)) {
+  const char *was = lk->starting;
+  lk->starting = ep;
+  int rc = lua_pcall(L, 1, 1, 0);
+  lk->starting = was;
+  if (rc != LUA_OK || lua_isstring(L, -1)) {
     lvat_t *rec = ocap__make_vat_record(lk, ep);
     const char *msg = lua_tostring(L, -1); /* NULL for an error object */
     if (rec) {

@@ -816,6 +816,7 @@ static int k_terminate(lua_State *L) {
   const char *ep = luaL_checkstring(L, 2);
   if (lk->delivering && lk->delivering == find_vat(lk, ep))
     return luaL_error(L, "cannot terminate vat %s while it is running", ep);
+  refuse_in_crank(L, lk, "terminate");
   ocap_capdata_t cd = {0};
   cd.body = luaL_checklstring(L, 3, &cd.blen);
   lua_State *saved = lk->L;

@@ -180,6 +180,7 @@ struct lkernel {
   lvat_t *delivering;          /* the vat whose state is running now, if any */
   lvat_t *ran;                 /* the vat the current crank delivered to, if any */
   lvat_t *started;             /* the vat the current crank started (vatNeeded), if any */
+  const char *starting;        /* the vat vatNeeded is asked to start now, or NULL */
 };
 
 /* [-0, +0, e] Returns the open kernel at idx; a closed one raises, since
@@ -189,6 +190,20 @@ static inline lkernel_t *checkkernel(lua_State *L, int idx) {
   if (!*p)
     luaL_error(L, "kernel is stopped");
   return *p;
+}
+
+/* [-0, +0, e] Raises when a crank is running: `K:<name>` starts or closes
+ * a vat's Lua state, outside the store, which the crank's rollback would
+ * not undo. Host code in a crank asks for such work after it (the kernel's
+ * methods do, through K:afterCrank, which runs once `cranking` is clear).
+ * The one start a crank makes itself, the vat vatNeeded is asked for, is
+ * allowed by K:createVat: one_crank stops that vat if the crank fails. */
+static inline void refuse_in_crank(lua_State *L, const lkernel_t *lk, const char *name) {
+  if (lk->cranking)
+    luaL_error(L,
+               "K:%s is refused while a crank is running: it starts or stops a vat outside the "
+               "store, which a rollback would not undo (do it after the crank)",
+               name);
 }
 
 static inline char *dupstr(const char *s) {

@@ -439,6 +439,8 @@ static void opt_budget(lua_State *L, int idx, const char *name, lua_Integer *out
 static int k_create_vat(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
   const char *id = luaL_checkstring(L, 2);
+  if (!lk->starting || strcmp(lk->starting, id) != 0)
+    refuse_in_crank(L, lk, "createVat");
   luaL_checktype(L, 3, LUA_TTABLE);
   lvat_t *rec = ocap__make_vat_record(lk, id);
   if (!rec)
@@ -584,6 +586,7 @@ static int k_stop_vat(lua_State *L) {
   lvat_t *rec = find_vat(lk, luaL_checkstring(L, 2));
   if (rec && rec == lk->delivering)
     return luaL_error(L, "cannot stop vat %s while it is running", rec->id);
+  refuse_in_crank(L, lk, "stopVat");
   if (rec)
     ocap__stop_vat(rec);
   return 0;
@@ -631,6 +634,7 @@ static int k_hold_vat(lua_State *L) {
   lvat_t *rec = find_vat(lk, id);
   if (rec && rec == lk->delivering)
     return luaL_error(L, "cannot hold vat %s while it is running", id);
+  refuse_in_crank(L, lk, "holdVat");
   if (rec && rec->held)
     return luaL_error(L, "vat %s already holds a previous incarnation", id);
   int held = rec && rec->vat;
@@ -652,6 +656,7 @@ static int k_release_held(lua_State *L) {
   lvat_t *rec = find_vat(lk, id);
   if (rec && rec == lk->delivering)
     return luaL_error(L, "cannot release vat %s while it is running", id);
+  refuse_in_crank(L, lk, "releaseHeld");
   if (!rec)
     return 0;
   if (restore) {

@@ -273,6 +273,41 @@ describe('K:abort inside a crank', function()
   end)
 end)
 
+describe('the core bindings that start or stop vats, inside a crank', function()
+  local kernel
+  before_each(function() kernel = testing.makeKernel() end)
+  after_each(function() kernel:stop() end)
+
+  -- K:terminate, K:stopVat, K:createVat, K:holdVat and K:releaseHeld act
+  -- outside the
+  -- store (a vat's Lua state closed or started), which the crank's
+  -- rollback would not undo: host code in a crank is refused them, and
+  -- the vat they name is untouched.
+  it('are refused, and the vat they name keeps running', function()
+    local r = kernel:launchSubcluster({ bootstrap = 'v', vats = { v = { sourceSpec = ECHO } } }):await()
+    local vatId = kernel:getSubcluster(r.subclusterId).vats.v
+    local K, refused = kernel.K, {}
+    local svc = ocap.makeDefaultExo('svc', {
+      poke = function()
+        refused.terminate = select(2, pcall(K.terminate, K, vatId, '#"x"'))
+        refused.stopVat = select(2, pcall(K.stopVat, K, vatId))
+        refused.holdVat = select(2, pcall(K.holdVat, K, vatId))
+        refused.releaseHeld = select(2, pcall(K.releaseHeld, K, vatId, true))
+        refused.createVat = select(2, pcall(K.createVat, K, 'v99', { main = 'm', modules = { m = 'return {}' } }))
+        return 'poked'
+      end,
+    })
+    local kref = kernel:registerKernelServiceObject('svc', svc).kref
+    assert.equal('poked', kernel:queueMessage(kref, 'poke', {}):await())
+    for _, name in ipairs({ 'terminate', 'stopVat', 'holdVat', 'releaseHeld', 'createVat' }) do
+      assert.matches('K:' .. name .. ' is refused while a crank is running', refused[name], 1, true)
+    end
+    assert.equal(0, #kernel:getStatus().terminatedVats)
+    assert.equal(7, kernel:queueMessage(r.rootKref, 'echo', { 7 }):await())
+    assert.is_true(K:check())
+  end)
+end)
+
 describe('host calls with effects outside the store, inside a crank', function()
   local kernel
   before_each(function() kernel = testing.makeKernel() end)
