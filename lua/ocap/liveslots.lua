@@ -170,8 +170,11 @@ localCall = makeCaller(function() end, nil, function(e) return e end)
 function M.make(opts)
   local syscall = opts.syscall
   -- stopped is read at every send: false, so that ls's __index (below)
-  -- never runs for it.
-  local ls = { vatId = opts.vatId, kind = opts.kind, stopped = false }
+  -- never runs for it. A vat's ls ends up with 16 fields (startVat while
+  -- it boots): one more, and its hash part would double to 32 slots for
+  -- the vat's life, so the vat id is an upvalue, not a field.
+  local vatId = opts.vatId
+  local ls = { stopped = false }
   local exports = {}                                  -- vref -> local object (strong)
   local valToVref = setmetatable({}, WEAK_KEYS) -- local object/promise -> vref
   local imports = setmetatable({}, WEAK_VALUES)   -- vref -> presence
@@ -490,7 +493,7 @@ function M.make(opts)
     local kept = weakExports[slot]
     if kept ~= nil then return kept end
     if ssub(slot, 1, 2) == 'o+' then
-      error(('object %s no longer exists in vat %s'):format(slot, tostring(ls.vatId)), 0)
+      error(('object %s no longer exists in vat %s'):format(slot, tostring(vatId)), 0)
     end
     return makePresence(slot, iface)
   end
