@@ -643,6 +643,14 @@ int ocap_kernel_abort_crank(ocap_kernel_t *k, int rc) {
   return rc;
 }
 
+/* Rolls back the crank's delivery, which the crank goes on from: the
+ * host drops what it was asked to do after the crank in that delivery. */
+static void undo_delivery(ocap_kernel_t *k) {
+  ocap_store_abort(k->s);
+  if (k->hooks.undone)
+    k->hooks.undone(k->hooks.ud);
+}
+
 /* Takes a crank's item off the queue again after the crank was aborted
  * and drops the references it held. */
 static int crank_drop_item(ocap_kernel_t *k, const ocap__qitem_t *item) {
@@ -673,7 +681,7 @@ static int crank_drop_item(ocap_kernel_t *k, const ocap__qitem_t *item) {
  * queue again and terminates the endpoint, all in this crank. */
 static int crank_fatal(ocap_kernel_t *k, const ocap__qitem_t *item, const char *ep, int fatal,
                        const char *why, const char *result) {
-  ocap_store_abort(k->s);
+  undo_delivery(k);
   int rc = crank_drop_item(k, item);
   if (!rc)
     rc = ocap_kernel_crash(k, ep, fatal, why, result);
@@ -690,7 +698,7 @@ static int crank_fatal(ocap_kernel_t *k, const ocap__qitem_t *item, const char *
  */
 static int crank_refused(ocap_kernel_t *k, const ocap__qitem_t *item, const char *result,
                          const char *msg) {
-  ocap_store_abort(k->s);
+  undo_delivery(k);
   int rc = crank_drop_item(k, item);
   if (!rc && result) {
     ocap__buf_t b = {0};
@@ -733,7 +741,7 @@ static int deliver_gc(ocap_kernel_t *k, const char *ep, const ocap_delivery_t *d
   char *why = NULL;
   int rc = deliver(k, ep, d, &fatal, &why);
   if (!k->err && (rc == OCAP_EREFUSED || rc == OCAP_EFATAL || fatal != OCAP_FATAL_NONE)) {
-    ocap_store_abort(k->s);
+    undo_delivery(k);
     rc = undo ? ocap__gc_discard(k, undo) : 0;
     if (!rc && fatal != OCAP_FATAL_NONE)
       rc = ocap_kernel_crash(k, ep, fatal, why, NULL);

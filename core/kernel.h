@@ -127,6 +127,14 @@ typedef struct ocap_kernel_hooks {
    * every message then waits.
    */
   int (*pipelines)(void *ud, const char *ep, const char *eref);
+  /*
+   * Called when the kernel rolls back a crank's delivery and the crank
+   * goes on (the endpoint failed fatally and is terminated, or refused the
+   * delivery): what host code asked for during the delivery, to be done
+   * after the crank, goes with it, though the crank then commits. May be
+   * NULL.
+   */
+  void (*undone)(void *ud);
 } ocap_kernel_hooks_t;
 
 /* Opens the kernel on a store (initialising an empty one). The kernel sets

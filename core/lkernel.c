@@ -87,6 +87,8 @@ static void make_parents(const char *path) {
  * The userdata exists before the kernel, so that its __gc frees whatever
  * part was built if a later step raises.
  */
+static void hook_undone(void *ud);
+
 static int core_open(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "database");
@@ -126,7 +128,8 @@ static int core_open(lua_State *L) {
                                .deliver = ocap__hook_deliver,
                                .terminated = ocap__hook_terminated,
                                .prepare = ocap__hook_prepare,
-                               .pipelines = ocap__hook_pipelines};
+                               .pipelines = ocap__hook_pipelines,
+                               .undone = hook_undone};
   if (ocap_kernel_new(lk->s, &hooks, &lk->k)) {
     ocap_store_close(lk->s);
     uv_loop_close(&lk->loop);
@@ -672,6 +675,16 @@ static void after_crank(lua_State *L, lkernel_t *lk, int committed) {
     lua_pop(L, 1);
   }
   STACK_CHECK_END(L, 0);
+}
+
+/* [-0, +0, m] The kernel rolled back the crank's delivery and goes on
+ * (an endpoint that failed fatally or refused it), to commit: what host
+ * code asked for in that delivery is dropped with it now, so that the
+ * crank's commit runs only what its remaining part asked for. */
+static void hook_undone(void *ud) {
+  lkernel_t *lk = ud;
+  if (lk->after_crank && lk->L)
+    after_crank(lk->L, lk, 0);
 }
 
 /*

@@ -273,6 +273,39 @@ describe('K:abort inside a crank', function()
   end)
 end)
 
+describe('host work asked for in a delivery that the kernel undoes', function()
+  -- A vat that fails fatally has its delivery rolled back, and the crank
+  -- goes on to terminate it, and commits: a termination the logger asked
+  -- for in that delivery goes with the delivery.
+  it('is dropped with it, and the rest of the crank stands', function()
+    local kernel, victim, asked
+    kernel = testing.makeKernel({ logger = function(e)
+      if e.message == 'looping' then asked = kernel:terminateVat(victim, 'asked by a logger') end
+    end })
+    local v = kernel:launchSubcluster({ bootstrap = 'v', vats = { v = { sourceSpec = ECHO } } }):await()
+    victim = kernel:getSubcluster(v.subclusterId).vats.v
+    local r = kernel:launchSubcluster({ bootstrap = 'r', vats = { r = { sourceSpec = 'spec/vats/runaway.lua',
+      creationOptions = { meter = { instructions = 2e6 } } } } }):await()
+    local runaway = kernel:getSubcluster(r.subclusterId).vats.r
+    local p = kernel:queueMessage(r.rootKref, 'logThenLoop', {})
+    local ok, err = pcall(function() return p:await() end)
+    assert.is_false(ok)
+    assert.matches('METER', tostring(err), 1, true)
+    assert.is_truthy(asked)
+    local settled = false
+    asked:next(function() settled = true end, function() settled = true end)
+    kernel:run()
+    assert.is_false(settled)
+    -- The runaway vat is terminated (the crank's own work), the victim not.
+    local gone = kernel:getStatus().terminatedVats
+    assert.equal(1, #gone)
+    assert.equal(runaway, gone[1].id)
+    assert.equal(5, kernel:queueMessage(v.rootKref, 'echo', { 5 }):await())
+    assert.is_true(kernel.K:check())
+    kernel:stop()
+  end)
+end)
+
 describe('the core bindings that start or stop vats, inside a crank', function()
   local kernel
   before_each(function() kernel = testing.makeKernel() end)

@@ -3,11 +3,16 @@ local ocap = require 'ocap'
 
 local M = {}
 
-function M.buildRootObject()
+function M.buildRootObject(vatPowers)
   local kept = {}
   return ocap.makeDefaultExo('runaway', {
     ping = function(_, i) return i end,
     loop = function() while true do end end,
+    -- Host code (the logger) runs in the delivery before the loop.
+    logThenLoop = function()
+      vatPowers.logger:log('looping')
+      while true do end
+    end,
     loopInPcall = function()
       while true do pcall(function() while true do end end) end
     end,
