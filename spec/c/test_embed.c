@@ -18,14 +18,7 @@
 #endif
 #define EXAMPLE OCAP_SOURCE_DIR "/host/examples/embed"
 
-/* Each test counts its own failures in a local `fails`. */
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                     \
-      fails++;                                                                                     \
-    }                                                                                              \
-  } while (0)
+#include "check.h"
 
 /* What the service and the result callbacks saw. */
 typedef struct seen {

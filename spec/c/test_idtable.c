@@ -12,14 +12,7 @@
 #include "errors.h"
 #include "idtable.h"
 
-/* Each test counts its own failures in a local `fails`. */
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                     \
-      fails++;                                                                                     \
-    }                                                                                              \
-  } while (0)
+#include "check.h"
 
 /* A record as the kernel's are laid out: its id first, then its data. */
 typedef struct rec {

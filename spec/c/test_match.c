@@ -15,14 +15,7 @@
 
 #include "lmatch.h"
 
-/* Each test counts its own failures in a local `fails`. */
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                     \
-      fails++;                                                                                     \
-    }                                                                                              \
-  } while (0)
+#include "check.h"
 
 /*
  * The steps charged so far, and the limit past which the test meter raises

@@ -16,14 +16,7 @@
 
 #include "syrup.h"
 
-/* Each test counts its own failures in a local `fails`. */
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                     \
-      fails++;                                                                                     \
-    }                                                                                              \
-  } while (0)
+#include "check.h"
 
 /* The reader is large; one shared instance keeps the tests off the stack. */
 static ocap_syrup_reader_t reader;

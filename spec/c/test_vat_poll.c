@@ -16,14 +16,7 @@
 
 #include "vat.h"
 
-/* Each test counts its own failures in a local `fails`. */
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                     \
-      fails++;                                                                                     \
-    }                                                                                              \
-  } while (0)
+#include "check.h"
 
 /* The host's own handler for the signal; it is never called here. */
 static void host_handler(int sig, siginfo_t *si, void *context) {
