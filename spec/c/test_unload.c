@@ -24,13 +24,7 @@
 #include <lua.h>
 #include <lualib.h>
 
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                     \
-      fails++;                                                                                     \
-    }                                                                                              \
-  } while (0)
+#include "check.h"
 
 /* Writes 8 MiB through the store, twice its write buffer, so that LevelDB
  * compacts and so starts its thread, then closes the database. */
