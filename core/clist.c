@@ -810,6 +810,10 @@ int ocap__clists_unsynced(ocap_kernel_t *k) {
   return k->c->nsync > 0 || k->c->nisync > 0;
 }
 
+int ocap__clists_changed(ocap_kernel_t *k) {
+  return k->c->ndirty > 0 || k->c->nidirty > 0;
+}
+
 int ocap__clists_fill(ocap_kernel_t *k) {
   struct ocap__clists *t = k->c;
   static const char *const id_key[2] = {"%s.nextObjectId", "%s.nextPromiseId"};

@@ -25,6 +25,8 @@ void ocap__clists_abort(ocap_kernel_t *k, int cleared);
  * from the store, the writes of those values (into the sync's buffer), and
  * the note that the store has them. */
 int ocap__clists_unsynced(ocap_kernel_t *k);
+/* Whether the crank changed a c-list since the last commit or abort. */
+int ocap__clists_changed(ocap_kernel_t *k);
 int ocap__clists_fill(ocap_kernel_t *k);
 void ocap__clists_synced(ocap_kernel_t *k);
 

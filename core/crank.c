@@ -797,7 +797,9 @@ static int step(ocap_kernel_t *k) {
    * half done: they are dropped, and this crank reports why. */
   if (k->err)
     return ocap_kernel_abort_crank(k, k->err);
-  int rc = ocap_store_commit(k->s); /* host writes made between cranks */
+  /* Host writes made between cranks are committed on their own, so that
+   * the crank's rollback cannot take them. */
+  int rc = ocap__kernel_changed(k) ? ocap_store_commit(k->s) : 0;
   if (rc) {
     ocap__broken(k, rc, "store commit failed: %s: %s", ocap_strerror(rc), ocap_store_errmsg(k->s));
     return ocap_kernel_abort_crank(k, rc);

@@ -263,6 +263,10 @@ int ocap__gc_prepare(ocap_kernel_t *k) {
   return k->g->nmaybe ? process_maybe(k) : 0;
 }
 
+int ocap__gc_changed(ocap_kernel_t *k) {
+  return k->g->nmaybe > 0 || k->g->dirty;
+}
+
 void ocap__gc_done(ocap_kernel_t *k) {
   struct ocap__gc *g = k->g;
   g->nmaybe = 0;

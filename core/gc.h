@@ -35,6 +35,8 @@ int ocap__gc_new(ocap_kernel_t *k);
 void ocap__gc_free(ocap_kernel_t *k);
 int ocap__gc_prepare(ocap_kernel_t *k);
 void ocap__gc_done(ocap_kernel_t *k);
+/* Whether the crank has candidates or changed the actions. */
+int ocap__gc_changed(ocap_kernel_t *k);
 void ocap__gc_abort(ocap_kernel_t *k, int cleared);
 int ocap__gc_check(ocap_kernel_t *k);
 void ocap__gc_forget(ocap_kernel_t *k);

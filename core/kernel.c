@@ -54,7 +54,10 @@ static void tables_done(void *ud) {
   ocap__clists_done(k);
   ocap__objects_done(k);
   ocap__gc_done(k);
-  if (unsynced(k))
+  /* Once a commit since the last sync left something unsynced, every
+   * later one counts without asking the tables again (only a sync writes
+   * what they hold; a count too high only makes it come sooner). */
+  if (k->unsynced_commits > 0 || unsynced(k))
     k->unsynced_commits++;
 }
 
@@ -66,6 +69,12 @@ static void tables_abort(void *ud, int cleared) {
   ocap__clists_abort(k, cleared);
   ocap__objects_abort(k, cleared);
   ocap__gc_abort(k, cleared);
+}
+
+int ocap__kernel_changed(ocap_kernel_t *k) {
+  return ocap_store_buffered(k->s) > 0 || memcmp(k->next, k->cnext, sizeof k->next) != 0 ||
+         ocap__queue_changed(k) || ocap__promises_changed(k) || ocap__clists_changed(k) ||
+         ocap__objects_changed(k) || ocap__gc_changed(k);
 }
 
 /* Writes what the tables written at sync have committed and the store

@@ -176,8 +176,9 @@ void ocap_kernel_clear_failure(ocap_kernel_t *k);
  * Returns 0 or a negative code (a kernel failure, recorded).
  */
 int ocap_kernel_sync(ocap_kernel_t *k);
-/* The number of commits since the last sync that changed a table written
- * at sync: with the store's pending cranks, what a flush would write. */
+/* The number of commits since the last sync, from the first one that
+ * changed a table written at sync on: with the store's pending cranks,
+ * what a flush would write. */
 long long ocap_kernel_unsynced(const ocap_kernel_t *k);
 
 /*

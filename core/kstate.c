@@ -153,13 +153,28 @@ size_t ocap__fmt_ll(char *p, long long n) {
   size_t out = 0;
   if (n < 0)
     p[out++] = '-';
-  /* The digits are counted first and written in place from the end: ids
-   * are formatted at every import and every promise made. */
+  /* The digits are counted by comparison and written in place from the
+   * end, two at a time: ids are formatted at every import and every
+   * promise made. */
+  static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930313233"
+                              "34353637383940414243444546474849505152535455565758596061626364656667"
+                              "6869707172737475767778798081828384858687888990919293949596979899";
   size_t len = 1;
-  for (unsigned long long v = u; v >= 10; v /= 10)
+  for (unsigned long long v = 10; len < 20 && u >= v; v *= 10)
     len++;
-  for (size_t i = out + len; i > out; u /= 10)
-    p[--i] = (char)('0' + u % 10);
+  size_t i = out + len;
+  while (u >= 100) {
+    unsigned d = (unsigned)(u % 100) * 2;
+    u /= 100;
+    p[--i] = pairs[d + 1];
+    p[--i] = pairs[d];
+  }
+  if (u >= 10) {
+    p[--i] = pairs[u * 2 + 1];
+    p[--i] = pairs[u * 2];
+  } else {
+    p[--i] = (char)('0' + u);
+  }
   return out + len;
 }
 

@@ -169,6 +169,13 @@ int ocap__queue_check(ocap_kernel_t *k);
 int ocap__promises_check(ocap_kernel_t *k);
 int ocap__clists_check(ocap_kernel_t *k);
 int ocap__objects_check(ocap_kernel_t *k);
+/*
+ * Whether anything a commit would keep changed since the last commit or
+ * abort: the store's crank buffer or a table kept in memory. A crank
+ * commits what host code did before it only when this says so, since
+ * most cranks follow one another with nothing in between.
+ */
+int ocap__kernel_changed(ocap_kernel_t *k);
 /* Each table's part of ocap_kernel_forget (kernel.h). */
 void ocap__counters_forget(ocap_kernel_t *k, const char *key);
 void ocap__queue_forget(ocap_kernel_t *k);

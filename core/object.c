@@ -347,6 +347,10 @@ int ocap__objects_unsynced(ocap_kernel_t *k) {
   return k->o->nsync > 0;
 }
 
+int ocap__objects_changed(ocap_kernel_t *k) {
+  return k->o->ndirty > 0;
+}
+
 int ocap__objects_fill(ocap_kernel_t *k) {
   struct ocap__objects *t = k->o;
   char koid[OCAP_REF_MAX];

@@ -22,6 +22,8 @@ void ocap__objects_abort(ocap_kernel_t *k, int cleared);
  * from the store, the writes of those values (into the sync's buffer), and
  * the note that the store has them. */
 int ocap__objects_unsynced(ocap_kernel_t *k);
+/* Whether an object changed since the last commit or abort. */
+int ocap__objects_changed(ocap_kernel_t *k);
 int ocap__objects_fill(ocap_kernel_t *k);
 void ocap__objects_synced(ocap_kernel_t *k);
 void ocap__objects_forget(ocap_kernel_t *k, const char *koid);

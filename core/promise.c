@@ -505,6 +505,10 @@ int ocap__promises_unsynced(ocap_kernel_t *k) {
   return k->p->nsync > 0;
 }
 
+int ocap__promises_changed(ocap_kernel_t *k) {
+  return k->p->ndirty > 0;
+}
+
 /* Writes the committed values of the listed records that the store lacks
  * (ocap_kernel_sync, into its own buffer). */
 int ocap__promises_fill(ocap_kernel_t *k) {

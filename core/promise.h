@@ -26,6 +26,8 @@ void ocap__promises_abort(ocap_kernel_t *k, int cleared);
 int ocap__promises_unsynced(ocap_kernel_t *k);
 int ocap__promises_fill(ocap_kernel_t *k);
 void ocap__promises_synced(ocap_kernel_t *k);
+/* Whether a promise changed since the last commit or abort. */
+int ocap__promises_changed(ocap_kernel_t *k);
 
 /*
  * A promise's record in memory. The hot paths (a send, its delivery, a

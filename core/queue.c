@@ -279,6 +279,12 @@ static const item_t *committed_item(struct ocap__queue *q, long long n) {
   return n == q->undo_at ? &q->undo : slot(q, n);
 }
 
+int ocap__queue_changed(ocap_kernel_t *k) {
+  struct ocap__queue *q = k->q;
+  return q->nqdirty > 0 ||
+         (q->loaded && (q->head != q->chead || q->tail != q->ctail || q->undo_at >= 0));
+}
+
 int ocap__queue_unsynced(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
   return (q->loaded && (q->shead != q->chead || q->stail != q->ctail || q->slast)) || q->nqsync > 0;

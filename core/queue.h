@@ -26,6 +26,9 @@ void ocap__queue_abort(ocap_kernel_t *k, int cleared);
 int ocap__queue_unsynced(ocap_kernel_t *k);
 int ocap__queue_fill(ocap_kernel_t *k);
 void ocap__queue_synced(ocap_kernel_t *k);
+/* Whether the queue or a queued-byte count changed since the last commit
+ * or abort. */
+int ocap__queue_changed(ocap_kernel_t *k);
 
 /* Appends an item as it is (its references already taken). */
 int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len);

@@ -1589,6 +1589,10 @@ int ocap_store_commit_direct(ocap_store_t *s, int (*fill)(void *ud), void *ud) {
   return rc;
 }
 
+size_t ocap_store_buffered(const ocap_store_t *s) {
+  return s->buf.n;
+}
+
 void ocap_store_abort(ocap_store_t *s) {
   buf_reset(&s->buf);
   if (s->hooks.abort != NULL)

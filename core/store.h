@@ -103,6 +103,9 @@ int ocap_store_commit(ocap_store_t *s);
  * or the commit's; on failure nothing of it is applied.
  */
 int ocap_store_commit_direct(ocap_store_t *s, int (*fill)(void *ud), void *ud);
+/* The number of writes in the crank buffer (0: a commit would write
+ * nothing of its own; the hooks' tables may still have changes). */
+size_t ocap_store_buffered(const ocap_store_t *s);
 /* Drops the crank buffer. */
 void ocap_store_abort(ocap_store_t *s);
 /* Writes the committed-but-pending cranks in one write (fsync with FSYNC). */
