@@ -692,9 +692,22 @@ describe('a kernel run by its host', function()
     -- Only the client's side of the loop runs now: no crank, no pump.
     kernel.K:runLoop(false)
     c:_pump()
-    local n = syrup.frame(c.buf)
-    assert.is_truthy(n, 'the answer was not written when run() returned')
-    local msg = syrup.decode(c.buf:sub(1, n))
+    -- The answer may follow the op:gc-export that releases the fetch's
+    -- resolver (position 1, answered already): Lua collects it whenever
+    -- its collector gets there, which under load may be before run().
+    -- Nothing else may come first.
+    local pos, msg = 1
+    repeat
+      local n
+      n, msg = syrup.read(c.buf, pos)
+      assert.is_truthy(n, 'the answer was not written when run() returned')
+      pos = pos + n
+      local gc = captp.label(msg) == 'op:gc-export'
+      if gc then
+        assert.are.same({ { 1 }, { 1 } }, { { table.unpack(msg.args[1]) }, { table.unpack(msg.args[2]) } })
+      end
+    until not gc
+    assert.are.equal('op:deliver-only', captp.label(msg))
     assert.are.equal(2, captp.descPos(msg.args[1], 'desc:export'))
     assert.are.same({ syrup.symbol('fulfill'), 5 }, { msg.args[2][1], msg.args[2][2] })
   end)
