@@ -9,8 +9,14 @@
  * when the kernel syncs (kernel.h): an entry made and retired between two
  * syncs (a promise's, mostly) never reaches the store. An entry gone in
  * memory and in the store is dropped, and so is a c-list left empty.
- * Values are shared between the versions while they are equal, and freed
- * when none of the three uses them.
+ *
+ * Keys and values are words (clist.h): a reference's code, so that a
+ * lookup is a multiply and a compare of words, and a change copies a word;
+ * the text of a key or a value is made only for the store (sync, the
+ * integrity check) and for the few callers that need it. A reference with
+ * no code is kept as text beside its word: a value's text is shared
+ * between its versions while they are equal, and freed when none of the
+ * three uses it.
  */
 #include "clist.h"
 
@@ -22,43 +28,21 @@
 #include "idtable.h"
 #include "refs.h"
 
-/*
- * A ref (a kref or a vref, the part of the key after `<ep>.c.`) of fewer
- * than REF_WORDS * 8 bytes is also kept packed into words, so that a
- * lookup compares and hashes those words (rkey_t); a longer one (only a
- * damaged store has them) is hashed and compared as a string.
- */
-#define REF_WORDS 2
-#define REF_SHORT (REF_WORDS * 8)
-
-/*
- * The values of an entry are short refs (`ko12`, `_ o-3`): each version
- * lives in one of the entry's own VAL_INLINE-byte buffers while one is
- * free of the other versions, and only a longer value is malloc'd. So is
- * the entry itself, taken from the table's spares when its ref is short:
- * a round trip makes and retires four entries, and each cost four calls
- * into malloc.
- */
-#define VAL_INLINE 24
 #define SPARES_MAX 256 /* spare entries a kernel keeps */
 
+/* A round trip makes and retires four entries: they are taken from the
+ * table's spares, not malloc'd each time. */
 typedef struct centry {
-  char *val, *cval, *sval; /* now, committed, stored; NULL when absent */
-  size_t vlen, cvlen, svlen;
-  int dirty;             /* listed in `dirty` */
-  size_t syncat;         /* its index in `sync` + 1, 0 when not listed */
-  size_t hash;           /* rkey's hash of ref, so that moving entries needs no rehash */
-  size_t rlen;           /* strlen(ref) */
-  uint64_t w[REF_WORDS]; /* a short ref's bytes, as rkey_make packs them */
-  const char *own;       /* the last value ocap__clist_put wrote, NULL for none */
+  uint64_t key;             /* the ref's word (ocap__ckey_t) */
+  uint64_t val, cval, sval; /* now, committed, stored; 0 when absent */
+  char *xkey;               /* the ref's text, for a key of kind REF_TEXT */
+  unsigned dirty;           /* listed in `dirty` */
+  unsigned syncat;          /* its index in `sync` + 1, 0 when not listed */
   struct centry *next_spare;
-  char vbuf[3][VAL_INLINE];
-  char ref[]; /* NUL-terminated */
 } centry_t;
 
-/* One endpoint's c-list: open addressing with linear probing, by ref. */
 /*
- * One endpoint's c-list: open addressing with linear probing, by ref. It
+ * One endpoint's c-list: open addressing with linear probing, by key. It
  * keeps the endpoint's import counters too (`<ep>.nextObjectId` and
  * `.nextPromiseId`, the next N of o-N and p-N), in three versions like the
  * entries, -1 when the key is absent; `ids` says the crank changed them
@@ -94,8 +78,9 @@ struct ocap__clists {
   size_t nidirty, capidirty;
   clist_t **isync; /* those whose committed counters the store may lack */
   size_t nisync, capisync;
-  centry_t *spares; /* entries with a short ref, free to reuse */
+  centry_t *spares; /* entries free to reuse */
   size_t nspares;
+  char vtext[OCAP_REF_MAX + 8]; /* the text ocap__clist_get returns for a code */
 };
 
 static size_t str_hash(const char *s) {
@@ -105,63 +90,107 @@ static size_t str_hash(const char *s) {
   return (size_t)(h ^ (h >> 32));
 }
 
+/* ---- references as words ---- */
+
+size_t ocap__ref_text(uint64_t w, char *out) {
+  static const char prefix[8][2] = {{'?', '?'}, {'k', 'o'}, {'k', 'p'}, {'o', '+'},
+                                    {'o', '-'}, {'p', '+'}, {'p', '-'}, {'?', '?'}};
+  unsigned kind = REF_KIND(w);
+  uint64_t n = REF_NUM(w);
+  out[0] = prefix[kind][0];
+  out[1] = prefix[kind][1];
+  char d[20];
+  size_t nd = 0;
+  do {
+    d[nd++] = (char)('0' + n % 10);
+    n /= 10;
+  } while (n);
+  for (size_t i = 0; i < nd; i++)
+    out[2 + i] = d[nd - 1 - i];
+  out[2 + nd] = '\0';
+  return 2 + nd;
+}
+
+void ocap__ckey(ocap__ckey_t *key, const char *ref) {
+  key->s = ref;
+  key->w = ocap__ref_code(ref);
+  if (!key->w)
+    key->w = ((uint64_t)str_hash(ref) << 3) | REF_TEXT;
+}
+
+uint64_t ocap__cv_make(const char *s, size_t n) {
+  ocap__ctext_t *t = malloc(sizeof *t + n + 1);
+  if (!t)
+    return 0;
+  t->len = n;
+  memcpy(t->s, s, n);
+  t->s[n] = '\0';
+  return (uint64_t)(uintptr_t)t | REF_TEXT;
+}
+
+void ocap__cv_free(uint64_t v) {
+  if (REF_KIND(v) == REF_TEXT)
+    free((void *)(uintptr_t)(v & ~(uint64_t)7));
+}
+
+/*
+ * The value word of a value as stored (v, vl bytes): its code (with
+ * CV_DROP after a mark `_ `) when it is the canonical text of one, else a
+ * text value; 0 when out of memory.
+ */
+static uint64_t cv_parse(const char *v, size_t vl) {
+  char buf[OCAP_REF_MAX];
+  uint64_t drop = 0;
+  if (vl > 2 && v[0] == '_' && v[1] == ' ') {
+    drop = CV_DROP;
+    v += 2;
+    vl -= 2;
+  }
+  if (vl < sizeof buf) {
+    memcpy(buf, v, vl);
+    buf[vl] = '\0';
+    uint64_t w = strlen(buf) == vl ? ocap__ref_code(buf) : 0;
+    if (w)
+      return w | drop;
+  }
+  if (drop) {
+    v -= 2;
+    vl += 2;
+  }
+  return ocap__cv_make(v, vl);
+}
+
+/* The text of value word val (not 0) into buf (OCAP_REF_MAX + 8 bytes)
+ * unless it has its own: the text and its length in *len. */
+static const char *cv_str(uint64_t val, char *buf, size_t *len) {
+  const ocap__ctext_t *t = ocap__cv_text(val);
+  if (t) {
+    *len = t->len;
+    return t->s;
+  }
+  size_t m = 0;
+  if (val & CV_DROP) {
+    buf[0] = '_';
+    buf[1] = ' ';
+    m = 2;
+  }
+  *len = m + ocap__ref_text(val & ~CV_DROP, buf + m);
+  return buf;
+}
+
 /* ---- an endpoint's entries ---- */
 
-/* A ref looked up: its length, hash and, when short, its bytes as words. */
-typedef struct rkey {
-  const char *s;
-  size_t len, hash;
-  uint64_t w[REF_WORDS];
-} rkey_t;
-
-static size_t words_hash(const uint64_t *w, size_t len) {
-  uint64_t h = (w[0] * 0x9e3779b97f4a7c15ULL) ^ (w[1] * 0xc2b2ae3d27d4eb4fULL) ^ len;
-  return (size_t)(h ^ (h >> 29));
+static inline size_t key_hash(uint64_t w) {
+  return (size_t)((w * 0x9e3779b97f4a7c15ULL) >> 29);
 }
 
-/* Packs ref into key: a short ref's bytes are shifted into the words one
- * by one (the bytes past its end are not there to read). */
-static void rkey_make(rkey_t *key, const char *ref) {
-  uint64_t w0 = 0, w1 = 0;
-  size_t i = 0;
-  /* Unrolled, each byte costs a load, a test, a constant shift and an or:
-   * half of what the loop cost. */
-#pragma GCC unroll 8
-  for (; i < 8; i++) {
-    if (!ref[i])
-      goto packed;
-    w0 |= (uint64_t)(unsigned char)ref[i] << (8 * i);
-  }
-#pragma GCC unroll 8
-  for (; i < REF_SHORT; i++) {
-    if (!ref[i])
-      goto packed;
-    w1 |= (uint64_t)(unsigned char)ref[i] << (8 * (i - 8));
-  }
-packed:
-  key->s = ref;
-  key->w[0] = w0;
-  key->w[1] = w1;
-  if (i < REF_SHORT) {
-    key->len = i;
-    key->hash = words_hash(key->w, i);
-  } else {
-    key->len = i + strlen(ref + i);
-    key->hash = str_hash(ref);
-  }
-}
-
-static inline int entry_is(const centry_t *e, const rkey_t *key) {
-  if (e->hash != key->hash || e->rlen != key->len)
-    return 0;
-  if (key->len >= REF_SHORT)
-    return strcmp(e->ref, key->s) == 0;
-  return e->w[0] == key->w[0] && e->w[1] == key->w[1];
+static inline int entry_is(const centry_t *e, const ocap__ckey_t *key) {
+  return e->key == key->w && (REF_KIND(key->w) != REF_TEXT || strcmp(e->xkey, key->s) == 0);
 }
 
 /* The slot holding key's entry, or the free slot where it would go. */
-static void **entry_slot(clist_t *c, const rkey_t *key) {
-  for (size_t i = key->hash & c->mask;; i = (i + 1) & c->mask) {
+static inline void **entry_slot(clist_t *c, const ocap__ckey_t *key) {
+  for (size_t i = key_hash(key->w) & c->mask;; i = (i + 1) & c->mask) {
     centry_t *e = c->slots[i];
     if (!e || entry_is(e, key))
       return &c->slots[i];
@@ -170,44 +199,30 @@ static void **entry_slot(clist_t *c, const rkey_t *key) {
 
 /* The slot an entry hashes to (ocap__home_fn). */
 static size_t entry_home(const void *rec, size_t mask) {
-  return ((const centry_t *)rec)->hash & mask;
+  return key_hash(((const centry_t *)rec)->key) & mask;
 }
 
-static int entries_grow(clist_t *c) {
-  return ocap__oa_full(c->n, c->mask) ? ocap__oa_grow(&c->slots, &c->mask, entry_home) : 0;
+/* The text of e's key: its own, or made in buf (OCAP_REF_MAX bytes). */
+static const char *entry_ref(const centry_t *e, char *buf) {
+  if (e->xkey)
+    return e->xkey;
+  ocap__ref_text(e->key, buf);
+  return buf;
 }
 
-static int val_inline(const centry_t *e, const char *p) {
-  return p == e->vbuf[0] || p == e->vbuf[1] || p == e->vbuf[2];
+/* Frees value v of e unless another version of it (a or b) uses it. */
+static inline void val_drop(uint64_t v, uint64_t a, uint64_t b) {
+  if (REF_KIND(v) == REF_TEXT && v != a && v != b)
+    ocap__cv_free(v);
 }
 
-/* Frees p, a value of e, unless another version of it (a or b) uses it
- * or it lives in the entry. */
-static void str_drop(const centry_t *e, char *p, const char *a, const char *b) {
-  if (p && p != a && p != b && !val_inline(e, p))
-    free(p);
-}
-
-/* A copy of val (n bytes) for e to hold: in a buffer of the entry that no
- * version uses, else malloc'd; NULL when out of memory. */
-static char *val_copy(centry_t *e, const char *val, size_t n) {
-  char *p = NULL;
-  for (int i = 0; i < 3 && n < VAL_INLINE && !p; i++)
-    if (e->vbuf[i] != e->val && e->vbuf[i] != e->cval && e->vbuf[i] != e->sval)
-      p = e->vbuf[i];
-  if (!p && !(p = malloc(n + 1)))
-    return NULL;
-  memcpy(p, val, n);
-  p[n] = '\0';
-  return p;
-}
-
-/* Gives e back: to the spares when its ref is short and there is room. */
+/* Gives e back: to the spares when there is room. */
 static void entry_free(struct ocap__clists *t, centry_t *e) {
-  str_drop(e, e->val, e->cval, e->sval);
-  str_drop(e, e->cval, e->sval, NULL);
-  str_drop(e, e->sval, NULL, NULL);
-  if (e->rlen < REF_SHORT && t->nspares < SPARES_MAX) {
+  val_drop(e->val, e->cval, e->sval);
+  val_drop(e->cval, e->sval, 0);
+  val_drop(e->sval, 0, 0);
+  free(e->xkey);
+  if (t->nspares < SPARES_MAX) {
     e->next_spare = t->spares;
     t->spares = e;
     t->nspares++;
@@ -216,53 +231,60 @@ static void entry_free(struct ocap__clists *t, centry_t *e) {
   }
 }
 
-/* Removes e, shifting back the entries probed past its slot. */
+/* Removes e, shifting back the entries probed past its slot, so that no
+ * lookup stops at the hole before reaching them. */
 static void entry_remove(struct ocap__clists *t, clist_t *c, centry_t *e) {
-  size_t i = e->hash & c->mask;
-  while (c->slots[i] != e)
-    i = (i + 1) & c->mask;
+  size_t mask = c->mask, i = key_hash(e->key) & mask;
+  void **s = c->slots;
+  while (s[i] != e)
+    i = (i + 1) & mask;
   entry_free(t, e);
-  ocap__oa_delete(c->slots, c->mask, i, entry_home);
+  s[i] = NULL;
+  for (size_t j = (i + 1) & mask; s[j]; j = (j + 1) & mask) {
+    size_t h = key_hash(((centry_t *)s[j])->key) & mask;
+    /* An entry moves back into the hole unless its home lies cyclically
+     * in (i, j]. */
+    if ((j > i && (h <= i || h > j)) || (j < i && h <= i && h > j)) {
+      s[i] = s[j];
+      s[j] = NULL;
+      i = j;
+    }
+  }
   c->n--;
   c->gen++;
 }
 
-/* Adds an entry for key holding a copy of val (n bytes; NULL: absent).
- * sl, when not NULL, is the empty slot entry_slot found for key, which a
- * caller that just looked key up passes to spare probing again; it is
- * found anew if the table grows. */
-static centry_t *entry_add(struct ocap__clists *t, clist_t *c, const rkey_t *key, const char *val,
-                           size_t n, void **sl) {
-  size_t mask = c->mask;
-  if (entries_grow(c))
-    return NULL;
-  if (c->mask != mask)
+/* Adds an entry for key with value word val (0: absent), which it owns
+ * from then on; NULL when out of memory. sl, when not NULL, is the empty
+ * slot entry_slot found for key, which a caller that just looked key up
+ * passes to spare probing again; it is found anew if the table grows. */
+static centry_t *entry_add(struct ocap__clists *t, clist_t *c, const ocap__ckey_t *key,
+                           uint64_t val, void **sl) {
+  if (ocap__oa_full(c->n, c->mask)) {
+    if (ocap__oa_grow(&c->slots, &c->mask, entry_home))
+      return NULL;
     sl = NULL;
-  centry_t *e;
-  if (key->len < REF_SHORT && t->spares) {
-    e = t->spares;
+  }
+  char *xkey = NULL;
+  if (REF_KIND(key->w) == REF_TEXT) {
+    size_t n = strlen(key->s) + 1;
+    if (!(xkey = malloc(n)))
+      return NULL;
+    memcpy(xkey, key->s, n);
+  }
+  centry_t *e = t->spares;
+  if (e) {
     t->spares = e->next_spare;
     t->nspares--;
-  } else {
-    size_t rsize = key->len < REF_SHORT ? REF_SHORT : key->len + 1;
-    if (!(e = malloc(sizeof *e + rsize))) /* a short ref's room fits any spare's */
-      return NULL;
-  }
-  e->val = NULL;
-  if (val && !(e->val = val_copy(e, val, n))) {
-    free(e);
+  } else if (!(e = malloc(sizeof *e))) {
+    free(xkey);
     return NULL;
   }
-  e->cval = e->sval = e->val;
-  e->vlen = e->cvlen = e->svlen = n;
+  e->key = key->w;
+  e->val = e->cval = e->sval = val;
+  e->xkey = xkey;
   e->dirty = 0;
   e->syncat = 0;
-  e->hash = key->hash;
-  e->rlen = key->len;
-  e->own = NULL;
-  e->w[0] = key->w[0];
-  e->w[1] = key->w[1];
-  memcpy(e->ref, key->s, key->len + 1);
   *(sl ? sl : entry_slot(c, key)) = e;
   c->n++;
   c->gen++;
@@ -461,18 +483,23 @@ __attribute__((noinline)) static int clist_load(ocap_kernel_t *k, const char *ep
   int rc;
   while ((rc = ocap_store_next_key(k->s, prefix, plen, after.p, after.len, 0, &key, &klen)) == 1) {
     after.len = 0;
-    if (ocap__buf_add(&after, key, klen)) {
+    if (ocap__buf_add(&after, key, klen) || ocap__buf_add(&after, "", 1)) {
       rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the c-list of %s", ep);
       break;
     }
+    after.len--; /* the NUL stays after the key, out of the scan's `after` */
     rc = ocap_store_get(k->s, after.p, after.len, &v, &vl);
     if (rc < 0) {
       rc = ocap__store_failed(k, rc, "read", after.p, after.len);
       break;
     }
-    rkey_t rk;
-    rkey_make(&rk, after.p + plen);
-    if (rc == 1 && !entry_add(t, c, &rk, v, vl, NULL)) {
+    if (rc == 0)
+      continue;
+    ocap__ckey_t ck;
+    ocap__ckey(&ck, after.p + plen);
+    uint64_t val = cv_parse(v, vl);
+    if (!val || !entry_add(t, c, &ck, val, NULL)) {
+      ocap__cv_free(val);
       rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the c-list of %s", ep);
       break;
     }
@@ -501,128 +528,130 @@ static inline int clist_find(ocap_kernel_t *k, const char *ep, clist_t **out) {
   return clist_load(k, ep, out);
 }
 
-int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl) {
-  ocap__cpos_t pos;
-  return ocap__clist_getp(k, ep, ref, v, vl, &pos);
-}
-
-int ocap__clist_getp(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl,
+int ocap__clist_look(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, uint64_t *val,
                      ocap__cpos_t *pos) {
   clist_t *c;
   int rc = clist_find(k, ep, &c);
   if (rc)
     return rc;
-  rkey_t key;
-  rkey_make(&key, ref);
-  void **sl = entry_slot(c, &key);
+  void **sl = entry_slot(c, key);
   pos->c = c;
   pos->slot = sl;
   pos->gen = c->gen;
-  pos->len = key.len;
-  pos->hash = key.hash;
-  pos->w[0] = key.w[0];
-  pos->w[1] = key.w[1];
+  pos->key = *key;
   centry_t *e = *sl;
   if (!e || !e->val)
     return 0;
-  *v = e->val;
-  *vl = e->vlen;
-  /* A value read from the store may be anything; one the kernel wrote
-   * (the pointer is still the one it set: versions share pointers, and a
-   * value read later is a new entry) was well formed when written. */
-  return e->val == e->own ? 2 : 1;
+  *val = e->val;
+  return 1;
 }
 
-/* Whether val, ep's entry for an object kref, makes ep an importer of it:
- * the kernel endpoint's entries all are imports, a vat's when its vref is
- * `o-N` (after the `_ ` of a dropped one). */
-static int is_import(const char *ep, const char *val) {
+int ocap__clist_getp(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl,
+                     ocap__cpos_t *pos) {
+  ocap__ckey_t key;
+  ocap__ckey(&key, ref);
+  uint64_t val;
+  int rc = ocap__clist_look(k, ep, &key, &val, pos);
+  if (rc <= 0)
+    return rc;
+  *v = cv_str(val, k->c->vtext, vl);
+  /* A code is well formed; whether it is what the key calls for (a vref
+   * for a vat's kref, a kref for a vref) is one test of its kind. */
+  if (ocap__cv_text(val) || (val & CV_DROP))
+    return 1;
+  int kref_key = REF_IS_KREF(key.w), kref_val = REF_IS_KREF(val);
+  if (REF_KIND(key.w) == REF_TEXT)
+    return 1;
+  if (ocap__is_kernel_ep(ep))
+    return kref_key && kref_val ? 2 : 1;
+  return kref_key != kref_val ? 2 : 1;
+}
+
+int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl) {
+  ocap__cpos_t pos;
+  return ocap__clist_getp(k, ep, ref, v, vl, &pos);
+}
+
+/* Whether value word val (not 0), ep's entry for an object kref, makes
+ * ep an importer of it: the kernel endpoint's entries all are imports, a
+ * vat's when its vref is `o-N` (after the `_ ` of a dropped one). */
+static int is_import(const char *ep, uint64_t val) {
   if (ocap__is_kernel_ep(ep))
     return 1;
-  if (val[0] == '_' && val[1] == ' ')
-    val += 2;
-  return val[0] == 'o' && val[1] == '-';
+  const ocap__ctext_t *t = ocap__cv_text(val);
+  if (!t)
+    return REF_KIND(val) == REF_OI;
+  const char *s = t->s;
+  if (s[0] == '_' && s[1] == ' ')
+    s += 2;
+  return s[0] == 'o' && s[1] == '-';
 }
 
 /*
  * Keeps the importers' index `ko<N>.i.<ep>` in step with ep's entry for
- * ref: written when an import entry appears, deleted when it goes. It is
+ * key: written when an import entry appears, deleted when it goes. It is
  * written straight into the crank buffer, so it commits and rolls back
  * with the crank, and a scan of `ko<N>.i.` always sees the entries as they
  * are now.
  */
-static int index_importer(ocap_kernel_t *k, const char *ep, const char *ref, const centry_t *e,
-                          const char *val) {
-  if (ref[0] != 'k' || ref[1] != 'o')
+static int index_importer(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, uint64_t old,
+                          uint64_t val) {
+  char buf[OCAP_REF_MAX];
+  const char *ref = key->s;
+  if (REF_KIND(key->w) == REF_TEXT) {
+    if (ref[0] != 'k' || ref[1] != 'o')
+      return 0;
+  } else if (REF_KIND(key->w) != REF_KO) {
     return 0;
-  int was = e && e->val && is_import(ep, e->val), now = val && is_import(ep, val);
+  }
+  int was = old && is_import(ep, old), now = val && is_import(ep, val);
   if (was == now)
     return 0;
+  if (REF_KIND(key->w) != REF_TEXT) {
+    ocap__ref_text(key->w, buf);
+    ref = buf;
+  }
   return now ? ocap__setn(k, "1", 1, "%s.i.%s", ref, ep) : ocap__delv(k, "%s.i.%s", ref, ep);
 }
 
-/* Sets `<ep>.c.<ref>` (ocap__clist_set); `formed` says the caller knows val
- * is well formed (ocap__clist_put). */
-static int clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val, int formed,
-                     const ocap__cpos_t *pos) {
+int ocap__clist_store(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, uint64_t val,
+                      const ocap__cpos_t *pos) {
   struct ocap__clists *t = k->c;
   clist_t *c;
   int rc = clist_find(k, ep, &c);
-  if (rc)
+  if (rc) {
+    ocap__cv_free(val);
     return rc;
-  rkey_t key;
-  void **sl;
-  if (pos && pos->c == c && pos->gen == c->gen) {
-    key.s = ref;
-    key.len = pos->len;
-    key.hash = pos->hash;
-    key.w[0] = pos->w[0];
-    key.w[1] = pos->w[1];
-    sl = pos->slot;
-  } else {
-    rkey_make(&key, ref);
-    sl = entry_slot(c, &key);
   }
+  void **sl = pos && pos->c == c && pos->gen == c->gen && pos->key.w == key->w ? pos->slot
+                                                                               : entry_slot(c, key);
   centry_t *e = *sl;
   if (!e && !val)
     return 0;
-  rc = index_importer(k, ep, ref, e, val);
-  if (rc)
+  rc = index_importer(k, ep, key, e ? e->val : 0, val);
+  if (rc) {
+    ocap__cv_free(val);
     return rc;
-  if (!e && !(e = entry_add(t, c, &key, NULL, 0, sl)))
+  }
+  if (!e && !(e = entry_add(t, c, key, 0, sl))) {
+    ocap__cv_free(val);
     return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
+  }
   if (!e->dirty) {
     /* Room for the entry in the sync list too, which the end of the crank
      * cannot fail to add it to. */
     if (ocap__reserve(&t->dirty, &t->capdirty, t->ndirty + 1, sizeof *t->dirty, 32) ||
-        ocap__reserve(&t->sync, &t->capsync, t->nsync + t->ndirty + 1, sizeof *t->sync, 32))
+        ocap__reserve(&t->sync, &t->capsync, t->nsync + t->ndirty + 1, sizeof *t->sync, 32)) {
+      ocap__cv_free(val);
       return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
+    }
     t->dirty[t->ndirty].c = c;
     t->dirty[t->ndirty++].e = e;
     e->dirty = 1;
   }
-  char *p = NULL;
-  size_t n = val ? strlen(val) : 0;
-  if (val && !(p = val_copy(e, val, n)))
-    return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
-  str_drop(e, e->val, e->cval, e->sval);
-  e->val = p;
-  e->vlen = n;
-  e->own = formed ? p : NULL;
+  val_drop(e->val, e->cval, e->sval);
+  e->val = val;
   return 0;
-}
-
-int ocap__clist_set(ocap_kernel_t *k, const char *ep, const char *ref, const char *val) {
-  return clist_set(k, ep, ref, val, 0, NULL);
-}
-
-int ocap__clist_put(ocap_kernel_t *k, const char *ep, const char *ref, const char *val) {
-  return clist_set(k, ep, ref, val, 1, NULL);
-}
-
-int ocap__clist_setp(ocap_kernel_t *k, const char *ep, const char *ref, const char *val, int formed,
-                     const ocap__cpos_t *pos) {
-  return clist_set(k, ep, ref, val, formed, pos);
 }
 
 /* Lists c as having its counters changed by this crank, and makes room
@@ -724,13 +753,19 @@ int ocap__clist_each(ocap_kernel_t *k, const char *ep, const char *prefix,
   if (rc)
     return rc;
   size_t pl = strlen(prefix), n = 0;
-  const char **refs = malloc((c->n + 1) * sizeof *refs);
+  /* The texts of keys with a code are made here, in one block after the
+   * array of pointers: each may change the c-list. */
+  const char **refs = malloc((c->n + 1) * (sizeof *refs + OCAP_REF_MAX));
   if (!refs)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory listing the c-list of %s", ep);
+  char(*texts)[OCAP_REF_MAX] = (char(*)[OCAP_REF_MAX])(refs + c->n + 1);
   for (size_t i = 0; i <= c->mask; i++) {
     centry_t *e = c->slots[i];
-    if (e && e->val && strncmp(e->ref, prefix, pl) == 0)
-      refs[n++] = e->ref;
+    if (!e || !e->val)
+      continue;
+    const char *ref = entry_ref(e, texts[n]);
+    if (strncmp(ref, prefix, pl) == 0)
+      refs[n++] = ref;
   }
   qsort(refs, n, sizeof *refs, cmp_str);
   for (size_t i = 0; i < n && !rc; i++)
@@ -745,8 +780,12 @@ static int check_one(ocap_kernel_t *k, const clist_t *c) {
   if (c) {
     for (size_t j = 0; j <= c->mask && !rc; j++) {
       centry_t *e = c->slots[j];
-      if (e)
-        rc = ocap__check_key(k, e->val, e->vlen, "%s.c.%s", c->ep, e->ref);
+      if (!e)
+        continue;
+      char rbuf[OCAP_REF_MAX], vbuf[OCAP_REF_MAX + 8];
+      size_t vl = 0;
+      const char *v = e->val ? cv_str(e->val, vbuf, &vl) : NULL;
+      rc = ocap__check_key(k, v, vl, "%s.c.%s", c->ep, entry_ref(e, rbuf));
     }
     static const char *const id_key[2] = {"%s.nextObjectId", "%s.nextPromiseId"};
     for (int j = 0; j < 2 && !rc; j++) {
@@ -833,8 +872,12 @@ int ocap__clists_fill(ocap_kernel_t *k) {
     const char *ep = t->sync[i].c->ep;
     if (e->cval == e->sval)
       continue;
-    int rc = e->cval ? ocap__setn(k, e->cval, e->cvlen, "%s.c.%s", ep, e->ref)
-                     : ocap__delv(k, "%s.c.%s", ep, e->ref);
+    char rbuf[OCAP_REF_MAX], vbuf[OCAP_REF_MAX + 8];
+    const char *ref = entry_ref(e, rbuf);
+    size_t vl = 0;
+    /* The text first: an argument's order of evaluation is unspecified. */
+    const char *v = e->cval ? cv_str(e->cval, vbuf, &vl) : NULL;
+    int rc = v ? ocap__setn(k, v, vl, "%s.c.%s", ep, ref) : ocap__delv(k, "%s.c.%s", ep, ref);
     if (rc)
       return rc;
   }
@@ -870,9 +913,8 @@ void ocap__clists_synced(ocap_kernel_t *k) {
   size_t n = 0; /* the pairs whose entry went, collected at the front */
   for (size_t i = 0; i < t->nsync; i++) {
     centry_t *e = t->sync[i].e;
-    str_drop(e, e->sval, e->val, e->cval);
+    val_drop(e->sval, e->val, e->cval);
     e->sval = e->cval;
-    e->svlen = e->cvlen;
     e->syncat = 0;
     if (!e->dirty && !e->val && !e->cval) {
       t->sync[n++].c = t->sync[i].c;
@@ -935,13 +977,11 @@ static void end_crank(struct ocap__clists *t, int keep) {
     clist_t *c = t->dirty[i].c;
     centry_t *e = t->dirty[i].e;
     if (keep) {
-      str_drop(e, e->cval, e->val, e->sval);
+      val_drop(e->cval, e->val, e->sval);
       e->cval = e->val;
-      e->cvlen = e->vlen;
     } else {
-      str_drop(e, e->val, e->cval, e->sval);
+      val_drop(e->val, e->cval, e->sval);
       e->val = e->cval;
-      e->vlen = e->cvlen;
     }
     e->dirty = 0;
     if (!e->val && !e->sval) {

@@ -73,25 +73,26 @@ int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out) {
 }
 
 /*
- * Reads `<ep>.c.<ref>` into out (OCAP_REF_MAX bytes): 1 found, 0 missing,
- * or a negative code; a value that cannot be a reference is corruption.
- * An object's kref-keyed entry starts with "_ " once the endpoint dropped
- * it (it recognizes it but no longer reaches it): the mark is taken off,
- * and *reach (when not NULL) says whether it was there. *own (when not
- * NULL) says whether the kernel wrote the value (ocap__clist_get): it is
- * then well formed, and not checked. *pos (when not NULL) is where the
- * entry is or would go, for a change of it right after (ocap__clist_setp).
+ * The reference in value word val (not 0), ep's entry for key, into out
+ * (OCAP_REF_MAX bytes): 1, or a negative code when a value read from the
+ * store cannot be a reference (corruption). An object's kref-keyed entry
+ * is marked `_ ` once the endpoint dropped it (it recognizes it but no
+ * longer reaches it): the mark is taken off, and *reach (when not NULL)
+ * says whether it was there. *code gets the reference's code, 0 when it
+ * has none.
  */
-static int clist_ref_pos(ocap_kernel_t *k, const char *ep, const char *ref, char *out, int *reach,
-                         int *own, ocap__cpos_t *pos) {
-  const char *v;
-  size_t vl;
-  ocap__cpos_t here;
-  int rc = ocap__clist_getp(k, ep, ref, &v, &vl, pos ? pos : &here);
-  if (rc <= 0)
-    return rc;
-  if (own)
-    *own = rc == 2;
+static int entry_val(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, uint64_t val,
+                     char *out, int *reach, uint64_t *code) {
+  const ocap__ctext_t *t = ocap__cv_text(val);
+  if (!t) {
+    if (reach)
+      *reach = !(val & CV_DROP);
+    *code = val & ~CV_DROP;
+    ocap__ref_text(*code, out);
+    return 1;
+  }
+  const char *v = t->s;
+  size_t vl = t->len;
   int r = !(vl > 2 && v[0] == '_' && v[1] == ' ');
   if (!r) {
     v += 2;
@@ -99,39 +100,69 @@ static int clist_ref_pos(ocap_kernel_t *k, const char *ep, const char *ref, char
   }
   if (reach)
     *reach = r;
-  if (rc != 2 && !ocap__ref_like(v, vl)) {
-    char key[KEY_MAX];
-    snprintf(key, sizeof key, "%s.c.%s", ep, ref);
-    return ocap__corrupt(k, key, v, vl, "a reference");
+  *code = 0;
+  if (!ocap__ref_like(v, vl)) {
+    char kbuf[KEY_MAX], rbuf[OCAP_REF_MAX];
+    const char *ref = key->s;
+    if (REF_KIND(key->w) != REF_TEXT) {
+      ocap__ref_text(key->w, rbuf);
+      ref = rbuf;
+    }
+    snprintf(kbuf, sizeof kbuf, "%s.c.%s", ep, ref);
+    return ocap__corrupt(k, kbuf, v, vl, "a reference");
   }
   memcpy(out, v, vl);
   out[vl] = '\0';
   return 1;
 }
 
-static int clist_ref_own(ocap_kernel_t *k, const char *ep, const char *ref, char *out, int *reach,
-                         int *own) {
-  return clist_ref_pos(k, ep, ref, out, reach, own, NULL);
+/* Reads ep's entry for key into out (entry_val): 1 found, 0 missing, or a
+ * negative code. *pos (when not NULL) is where the entry is or would go,
+ * for a change of it right after. */
+static int clist_look_ref(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, char *out,
+                          int *reach, uint64_t *code, ocap__cpos_t *pos) {
+  uint64_t val, c;
+  ocap__cpos_t here;
+  int rc = ocap__clist_look(k, ep, key, &val, pos ? pos : &here);
+  return rc <= 0 ? rc : entry_val(k, ep, key, val, out, reach, code ? code : &c);
 }
 
 static int clist_ref_reach(ocap_kernel_t *k, const char *ep, const char *ref, char *out,
                            int *reach) {
-  return clist_ref_own(k, ep, ref, out, reach, NULL);
+  ocap__ckey_t key;
+  ocap__ckey(&key, ref);
+  return clist_look_ref(k, ep, &key, out, reach, NULL, NULL);
 }
 
 static int clist_ref(ocap_kernel_t *k, const char *ep, const char *ref, char *out) {
-  return clist_ref_own(k, ep, ref, out, NULL, NULL);
+  return clist_ref_reach(k, ep, ref, out, NULL);
 }
 
 int ocap__clist_entry(ocap_kernel_t *k, const char *ep, const char *kref, char *eref, int *reach) {
   return clist_ref_reach(k, ep, kref, eref, reach);
 }
 
+/* The value word for reference ref (its code when it has one, else its
+ * text), marked dropped unless reach; 0 when out of memory. */
+static uint64_t ref_val(const char *ref, int reach) {
+  uint64_t w = ocap__ref_code(ref);
+  if (w)
+    return reach ? w : w | CV_DROP;
+  char v[OCAP_REF_MAX + 2];
+  int n = snprintf(v, sizeof v, "%s%s", reach ? "" : "_ ", ref);
+  return ocap__cv_make(v, n < 0 ? 0 : (size_t)n < sizeof v ? (size_t)n : sizeof v - 1);
+}
+
+static int nomem(ocap_kernel_t *k, const char *ep) {
+  return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
+}
+
 int ocap__clist_set_reach(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref,
                           int reach) {
-  char v[OCAP_REF_MAX + 2];
-  snprintf(v, sizeof v, "%s%s", reach ? "" : "_ ", eref);
-  return ocap__clist_set(k, ep, kref, v);
+  ocap__ckey_t key;
+  ocap__ckey(&key, kref);
+  uint64_t v = ref_val(eref, reach);
+  return v ? ocap__clist_store(k, ep, &key, v, NULL) : nomem(k, ep);
 }
 
 int ocap__export_eref(ocap_kernel_t *k, const char *ep, const char *koid, char *eref) {
@@ -156,29 +187,40 @@ static int host_import(ocap_kernel_t *k, const char *kref) {
   if (rc < 0 || ocap__is_kernel_ep(o.owner))
     return rc < 0 ? rc : 0;
   ocap__cpos_t pos;
-  int found = clist_ref_pos(k, "kernel", kref, have, &reach, NULL, &pos);
+  ocap__ckey_t key;
+  ocap__ckey(&key, kref);
+  int found = clist_look_ref(k, "kernel", &key, have, &reach, NULL, &pos);
   if (found < 0 || (found > 0 && reach))
     return found < 0 ? found : 0;
-  rc = ocap__clist_setp(k, "kernel", kref, kref, 1, &pos);
+  uint64_t v = ref_val(kref, 1);
+  rc = v ? ocap__clist_store(k, "kernel", &key, v, &pos) : nomem(k, "kernel");
   return rc ? rc : ocap__obj_count(k, kref, 1, found ? 0 : 1);
 }
 
-/* Adds an entry, both directions. An import of an object counts in both
- * its counts (gc.h); the exporter's own entry counts in neither. A
- * promise's entry counts in the promise, whose record the caller may pass
- * (rec, else NULL). kpos or epos, when not NULL, is where a lookup of kref
- * or of eref just missed: that direction is entered first, there. */
-static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref,
-                     ocap__kp_t *rec, const ocap__cpos_t *kpos, const ocap__cpos_t *epos) {
+/* Adds an entry, both directions: kref (key kkey) and eref (key ekey). An
+ * import of an object counts in both its counts (gc.h); the exporter's own
+ * entry counts in neither. A promise's entry counts in the promise, whose
+ * record the caller may pass (rec, else NULL). kpos or epos, when not
+ * NULL, is where a lookup of kref or of eref just missed: that direction
+ * is entered first, there. */
+static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const ocap__ckey_t *kkey,
+                     const char *eref, const ocap__ckey_t *ekey, ocap__kp_t *rec,
+                     const ocap__cpos_t *kpos, const ocap__cpos_t *epos) {
+  /* The krefs the kernel makes all have codes; a vref may be text. */
+  uint64_t kv = REF_KIND(kkey->w) == REF_TEXT ? ocap__cv_make(kref, strlen(kref)) : kkey->w;
+  uint64_t ev = REF_KIND(ekey->w) == REF_TEXT ? ocap__cv_make(eref, strlen(eref)) : ekey->w;
+  if (!kv || !ev) {
+    ocap__cv_free(kv);
+    ocap__cv_free(ev);
+    return nomem(k, ep);
+  }
   int rc;
   if (epos) {
-    rc = ocap__clist_setp(k, ep, eref, kref, 1, epos);
-    if (!rc)
-      rc = ocap__clist_put(k, ep, kref, eref);
+    rc = ocap__clist_store(k, ep, ekey, kv, epos);
+    rc = rc ? (ocap__cv_free(ev), rc) : ocap__clist_store(k, ep, kkey, ev, NULL);
   } else {
-    rc = ocap__clist_setp(k, ep, kref, eref, 1, kpos);
-    if (!rc)
-      rc = ocap__clist_put(k, ep, eref, kref);
+    rc = ocap__clist_store(k, ep, kkey, ev, kpos);
+    rc = rc ? (ocap__cv_free(kv), rc) : ocap__clist_store(k, ep, ekey, kv, NULL);
   }
   if (rc)
     return rc;
@@ -192,16 +234,23 @@ static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const c
 static int clist_remove(ocap_kernel_t *k, const char *ep, const char *kref, ocap__kp_t *rec) {
   char eref[OCAP_REF_MAX];
   int reach = 1;
+  uint64_t ecode;
   ocap__cpos_t pos;
-  int rc = clist_ref_pos(k, ep, kref, eref, &reach, NULL, &pos);
+  ocap__ckey_t key;
+  ocap__ckey(&key, kref);
+  int rc = clist_look_ref(k, ep, &key, eref, &reach, &ecode, &pos);
   if (rc <= 0)
     return rc;
-  rc = ocap__clist_setp(k, ep, kref, NULL, 0, &pos);
-  if (!rc && !ocap__is_kernel_ep(ep))
-    rc = ocap__clist_set(k, ep, eref, NULL);
+  rc = ocap__clist_store(k, ep, &key, 0, &pos);
+  if (!rc && !ocap__is_kernel_ep(ep)) {
+    ocap__ckey_t ekey = ocap__ckey_code(ecode);
+    if (!ecode)
+      ocap__ckey(&ekey, eref);
+    rc = ocap__clist_store(k, ep, &ekey, 0, NULL);
+  }
   if (rc)
     return rc;
-  if (ocap__is_kpid(kref))
+  if (REF_KIND(key.w) == REF_KP || (REF_KIND(key.w) == REF_TEXT && ocap__is_kpid(kref)))
     return rec ? ocap__kp_decref(k, rec) : ocap__decref(k, kref);
   /* The kernel endpoint's table holds imports only. */
   if (ocap__is_kernel_ep(ep) || eref[1] == '-')
@@ -227,6 +276,22 @@ static int reexport(ocap_kernel_t *k, const char *ep, const char *kref) {
   return ocap__obj_set_flag(k, kref, OBJ_DROPPED, 0);
 }
 
+/* The export's new entry in ep for eref, key ekey, whose lookup missed at
+ * pos: ocap__export_new. */
+static int export_new(ocap_kernel_t *k, const char *ep, const char *eref, const ocap__ckey_t *ekey,
+                      char *out, ocap__kp_t **rec, const ocap__cpos_t *pos) {
+  ocap__kp_t *r = NULL;
+  int rc =
+      eref[0] == 'o' ? ocap_kernel_alloc_object(k, ep, out) : ocap__alloc_promise(k, ep, out, &r);
+  if (rec)
+    *rec = r;
+  if (rc)
+    return rc;
+  ocap__ckey_t kkey;
+  ocap__ckey(&kkey, out);
+  return clist_add(k, ep, out, &kkey, eref, ekey, r, NULL, pos);
+}
+
 int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
   if (ocap__is_kernel_ep(ep)) {
     if (!ocap__valid_kref(eref))
@@ -236,15 +301,18 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
   }
   if (!ocap__valid_ep(ep))
     return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
-  if (!ocap__valid_eref(eref))
+  ocap__ckey_t key;
+  ocap__ckey(&key, eref);
+  /* A vref with a code is valid; any other is checked as text. */
+  if (!REF_IS_VREF(key.w) && (REF_KIND(key.w) != REF_TEXT || !ocap__valid_eref(eref)))
     return ocap__fail(k, OCAP_EINVAL, "vat %s used invalid vref '%.60s'", ep, eref);
-  int own;
+  uint64_t kcode;
   ocap__cpos_t pos; /* where a new export's entry goes */
-  int rc = clist_ref_pos(k, ep, eref, out, NULL, &own, &pos);
+  int rc = clist_look_ref(k, ep, &key, out, NULL, &kcode, &pos);
   if (rc < 0)
     return rc;
   if (rc > 0) {
-    if (!own && !ocap__valid_kref(out))
+    if (kcode ? !REF_IS_KREF(kcode) : !ocap__valid_kref(out))
       return ocap__broken(k, OCAP_ECORRUPT,
                           "corrupt database: key '%s.c.%s' holds '%s', not a kref", ep, eref, out);
     if (eref[0] != 'o')
@@ -255,7 +323,10 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
      * already be retired by its exporter. */
     char v[OCAP_REF_MAX];
     int reach;
-    rc = clist_ref_reach(k, ep, out, v, &reach);
+    ocap__ckey_t kkey = ocap__ckey_code(kcode);
+    if (!kcode)
+      ocap__ckey(&kkey, out);
+    rc = clist_look_ref(k, ep, &kkey, v, &reach, NULL, NULL);
     if (rc < 0)
       return rc;
     if (rc == 0 || !reach)
@@ -264,17 +335,18 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
   }
   if (eref[1] == '-')
     return ocap__fail(k, OCAP_EINVAL, "vat %s used unknown import '%s'", ep, eref);
-  return ocap__export_new(k, ep, eref, out, NULL, &pos);
+  return export_new(k, ep, eref, &key, out, NULL, &pos);
 }
 
 int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *out,
                      ocap__kp_t **rec, const struct ocap__cpos *pos) {
-  ocap__kp_t *r = NULL;
-  int rc =
-      eref[0] == 'o' ? ocap_kernel_alloc_object(k, ep, out) : ocap__alloc_promise(k, ep, out, &r);
-  if (rec)
-    *rec = r;
-  return rc ? rc : clist_add(k, ep, out, eref, r, NULL, pos);
+  ocap__ckey_t key;
+  if (pos && pos->c)
+    key = pos->key;
+  else
+    ocap__ckey(&key, eref);
+  key.s = eref;
+  return export_new(k, ep, eref, &key, out, rec, pos);
 }
 
 int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
@@ -287,7 +359,10 @@ int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char
  * caller found (rec, else NULL). */
 static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap__kp_t *rec,
                         char *out) {
-  if (!ocap__valid_kref(kref))
+  ocap__ckey_t key;
+  ocap__ckey(&key, kref);
+  /* A kref with a code is valid; any other is checked as text. */
+  if (!REF_IS_KREF(key.w) && (REF_KIND(key.w) != REF_TEXT || !ocap__valid_kref(kref)))
     return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not a kref", kref);
   if (ocap__is_kernel_ep(ep)) {
     memcpy(out, kref, strlen(kref) + 1);
@@ -295,19 +370,21 @@ static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap
   }
   if (!ocap__valid_ep(ep))
     return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
-  int reach, own;
+  int reach;
+  uint64_t ecode;
   ocap__cpos_t pos; /* the entry's place, for the changes below */
-  int rc = clist_ref_pos(k, ep, kref, out, &reach, &own, &pos);
+  int rc = clist_look_ref(k, ep, &key, out, &reach, &ecode, &pos);
   if (rc < 0)
     return rc;
   if (rc > 0) {
-    if (!own && !ocap__valid_eref(out))
+    if (ecode ? !REF_IS_VREF(ecode) : !ocap__valid_eref(out))
       return ocap__broken(k, OCAP_ECORRUPT,
                           "corrupt database: key '%s.c.%s' holds '%s', not a vref", ep, kref, out);
     /* An import the vat dropped and is given again: it reaches it again. */
     if (reach)
       return 0;
-    rc = ocap__clist_setp(k, ep, kref, out, 1, &pos);
+    uint64_t v = ecode ? ecode : ocap__cv_make(out, strlen(out));
+    rc = v ? ocap__clist_store(k, ep, &key, v, &pos) : nomem(k, ep);
     return rc ? rc : ocap__obj_count(k, kref, 1, 0);
   }
   int promise = ocap__is_kpid(kref);
@@ -315,10 +392,9 @@ static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap
   rc = ocap__clist_next_id(k, ep, promise, &n);
   if (rc)
     return rc;
-  out[0] = promise ? 'p' : 'o';
-  out[1] = '-';
-  out[2 + ocap__fmt_ll(out + 2, n)] = '\0';
-  return clist_add(k, ep, kref, out, rec, &pos, NULL);
+  ocap__ckey_t ekey = ocap__ckey_code(REF_MAKE(promise ? REF_PI : REF_OI, n));
+  ocap__ref_text(ekey.w, out);
+  return clist_add(k, ep, kref, &key, out, &ekey, rec, &pos, NULL);
 }
 
 int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out) {

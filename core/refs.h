@@ -10,6 +10,8 @@
 #ifndef OCAP_REFS_H
 #define OCAP_REFS_H
 
+#include <stdint.h>
+
 #include "capdata.h"
 #include "kstate.h"
 #include "promise.h"
@@ -31,6 +33,69 @@ static inline int ocap__is_kernel_ep(const char *ep) {
 static inline int ocap__is_peer_ep(const char *ep) {
   return ep[0] == 'r';
 }
+
+/*
+ * A reference in one word, its code: the N of a kref `ko<N>` or `kp<N>`
+ * or of a vref `o+<N>`, `o-<N>`, `p+<N>`, `p-<N>`, shifted left by three,
+ * with its kind (REF_*) in the three low bits. Only the canonical text of
+ * a number has a code (no leading zero, at most 18 digits), so a code
+ * stands for exactly one text and back; any other reference (a virtual
+ * object's `o+d12/3`, or whatever a damaged store holds) has code 0 and
+ * is handled as text. The c-lists (clist.c) key their entries by code and
+ * keep their values as codes, so that a lookup neither hashes nor
+ * compares strings; the text is made only for the store and for callers.
+ */
+enum {
+  REF_KO = 1, /* ko<N>: an object's kref */
+  REF_KP,     /* kp<N>: a promise's kref */
+  REF_OE,     /* o+<N>: an object a vat exports */
+  REF_OI,     /* o-<N>: an object a vat imports */
+  REF_PE,     /* p+<N>: a promise a vat exports */
+  REF_PI,     /* p-<N>: a promise a vat imports */
+  REF_TEXT    /* not a code: the kind c-lists give a reference kept as text */
+};
+#define REF_KIND(w) ((unsigned)(w)&7u)
+#define REF_NUM(w) ((uint64_t)(w) >> 3)
+#define REF_MAKE(kind, n) (((uint64_t)(n) << 3) | (uint64_t)(kind))
+#define REF_IS_KREF(w) (REF_KIND(w) == REF_KO || REF_KIND(w) == REF_KP)
+#define REF_IS_VREF(w) (REF_KIND(w) >= REF_OE && REF_KIND(w) <= REF_PI)
+
+/* The code of ref, read in one pass without strlen; 0 when it has none. */
+static inline uint64_t ocap__ref_code(const char *r) {
+  unsigned kind;
+  if (r[0] == 'k') {
+    if (r[1] == 'o')
+      kind = REF_KO;
+    else if (r[1] == 'p')
+      kind = REF_KP;
+    else
+      return 0;
+  } else if (r[0] == 'o' || r[0] == 'p') {
+    if (r[1] == '+')
+      kind = r[0] == 'o' ? REF_OE : REF_PE;
+    else if (r[1] == '-')
+      kind = r[0] == 'o' ? REF_OI : REF_PI;
+    else
+      return 0;
+  } else {
+    return 0;
+  }
+  const char *d = r + 2;
+  if (d[0] == '0')
+    return d[1] ? 0 : kind;
+  uint64_t n = 0;
+  size_t i = 0;
+  for (; d[i] >= '0' && d[i] <= '9'; i++) {
+    if (i >= 18)
+      return 0;
+    n = n * 10 + (uint64_t)(d[i] - '0');
+  }
+  return i && !d[i] ? REF_MAKE(kind, n) : 0;
+}
+
+/* Writes the text of code w (not 0) into out, NUL-terminated; returns its
+ * length (at most 20). */
+size_t ocap__ref_text(uint64_t w, char *out);
 
 /* Syntax checks: an endpoint (`kernel`, `v<N>` or `r<N>`), a vref, a kref. */
 int ocap__valid_ep(const char *ep);
