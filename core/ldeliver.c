@@ -95,15 +95,19 @@ static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
 
 /* ---- entering a vat ---- */
 
-/* [-0, +1, m] Pushes a message's result vpid for dispatchCall: one the
- * kernel made for the vat ("p-<N>") as the integer N, since the vat only
- * hands it back to the resolve syscall (which takes N for it), so no
- * string is made for every message; any other as its string. */
-static void push_result(lua_State *V, const char *vpid) {
-  if (vpid[0] == 'p' && vpid[1] == '-' && vpid[2] >= '1' && vpid[2] <= '9') {
+/* [-0, +1, m] Pushes a vpid "p<sign><N>" (N a decimal of at most 18
+ * digits without leading zeros, as liveslots' pendingKey reads one) as the
+ * integer N, any other vpid as its string, so that no string
+ * is made for every delivery. dispatchCall takes a message's result that
+ * the kernel made for the vat ("p-<N>") so, since the vat only hands it
+ * back to the resolve syscall (which takes N for it); dispatchSettle takes
+ * a promise the vat made ("p+<N>", numbered by sendNumbered) so, as
+ * liveslots keys the promises it awaits by that number. */
+static void push_vpid(lua_State *V, const char *vpid, char sign) {
+  if (vpid[0] == 'p' && vpid[1] == sign && vpid[2] >= '1' && vpid[2] <= '9') {
     lua_Integer n = 0;
     const char *p = vpid + 2;
-    while (*p >= '0' && *p <= '9' && n < LUA_MAXINTEGER / 10)
+    while (*p >= '0' && *p <= '9' && p < vpid + 2 + 18)
       n = n * 10 + (*p++ - '0');
     if (*p == '\0') {
       lua_pushinteger(V, n);
@@ -147,12 +151,12 @@ static int deliver_values(lua_State *V, lvat_t *rec, const ocap_delivery_t *d) {
     lua_rawgeti(V, LUA_REGISTRYINDEX, rec->call_ref);
     lua_pushstring(V, d->target);
     if (d->result)
-      push_result(V, d->result);
+      push_vpid(V, d->result, '-');
     else
       lua_pushnil(V);
   } else {
     lua_rawgeti(V, LUA_REGISTRYINDEX, rec->settle_ref);
-    lua_pushstring(V, d->resolutions[0].kpid);
+    push_vpid(V, d->resolutions[0].kpid, '+');
     lua_pushboolean(V, d->resolutions[0].rejected);
   }
   rec->decode_failed = 1;

@@ -221,20 +221,20 @@ static int sys_send(lua_State *V) {
 }
 
 /*
- * sendNumbered(target, body, slots, n)  [-0, +1, e]
- * send with the vat's own promise number n as the result, which it
- * returns as a vpid ("p+<n>"): liveslots numbers the promises it
- * exports, and this spares it making the string in Lua for every send.
+ * sendNumbered(target, body, slots, n)  [-0, +0, e]
+ * send with the vat's own promise number n as the result, "p+<n>":
+ * liveslots numbers the promises it makes and keys those it awaits by the
+ * number, which dispatchSettle hands back (ldeliver.c), so no string of
+ * the vpid is made in the vat for a send.
  */
 static int sys_send_numbered(lua_State *V) {
   lvat_t *rec = sysvat(V);
   lua_Integer n = luaL_checkinteger(V, 4);
   luaL_argcheck(V, n > 0, 4, "promise number must be positive");
   char vpid[32];
-  int len = format_vpid(vpid, "p+", n);
+  format_vpid(vpid, "p+", n);
   send_message(V, rec, vpid);
-  lua_pushlstring(V, vpid, (size_t)len);
-  return 1;
+  return 0;
 }
 
 /* subscribe(kpid)  [-0, +0, e] */

@@ -76,6 +76,14 @@ describe('promises between vats', function()
     assert.same({ 'bob: makeValue', 'bob: double got promise', 'alice: double 10' }, events(kernel))
   end)
 
+  it('gets back, as the promise it holds, a pending result it passed on', function()
+    -- A vat keys the results it awaits by their number: a slot naming one
+    -- must find it, for the vat's notify as for the value.
+    run('sendBack')
+    assert.same({ 'bob: slowFirst', 'alice: same true', 'bob: release', 'alice: settled', 'alice: done' },
+      events(kernel))
+  end)
+
   it("settles a method's result after the turns it queued", function()
     run('awaitTurnSender')
     assert.same({ 'alice: noted from a turn', 'alice: got returned' }, events(kernel))

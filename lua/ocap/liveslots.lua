@@ -65,6 +65,16 @@ function M.storedCount(get, key, dflt)
 end
 local storedCount = M.storedCount
 
+--- The vpid of a key of a liveslots instance's pending table: a vat keys
+--- the promises it made for its sends' results ("p+<N>") by the number N
+--- (M.make says why), any other promise by its vpid.
+---@param key string|integer|nil
+---@return string|nil
+local function vpidString(key)
+  if type(key) == 'number' then return 'p+' .. key end
+  return key
+end
+
 -- Per Lua state: which liveslots instance a presence or a kernel-known
 -- promise belongs to, so E() can route without being told.
 local presenceInfo = setmetatable({}, WEAK_KEYS) -- presence -> { ls, vref }
@@ -95,7 +105,8 @@ local function rare()
   if not rareModule then
     rareModule = require 'ocap.liveslots.rare'
     rareModule.init({ presenceInfo = presenceInfo, pipelines = pipelines, instances = instances,
-      eventualSend = eventualSend, localCall = function(...) return localCall(...) end })
+      eventualSend = eventualSend, localCall = function(...) return localCall(...) end,
+      vpidString = vpidString })
   end
   return rareModule
 end
@@ -191,8 +202,8 @@ function M.make(opts)
   -- the host's services and vatAdmin), which code names by that vref:
   -- liveslots never lets go of them, whatever the kernel says.
   local pinned = {}
-  local pending = {}                                   -- vpid -> promise we wait on
-  local vpidOf = setmetatable({}, WEAK_KEYS)      -- kernel-known promise -> vpid
+  local pending = {}                                   -- key -> promise we wait on (pendingKey)
+  local vpidOf = setmetatable({}, WEAK_KEYS)      -- kernel-known promise -> its key in pending
   local instance = { vpidOf }
   instances[ls] = instance
   local exportedPromises = {}                           -- vpid -> local promise
@@ -225,6 +236,24 @@ function M.make(opts)
       boundObject, boundPromise = nextObject, nextPromise
     end
   end
+  -- A vat's send syscall also takes the number N of the promise the vat
+  -- makes for the result, "p+<N>": the vat keys the promises it awaits by
+  -- N rather than by that vpid, and the kernel's dispatchSettle hands N
+  -- back (core/ldeliver.c), so a round trip makes no string of its vpid.
+  local sendNumbered = counting and not opts.allocPromise and syscall.sendNumbered
+
+  --- The key in pending (and value in vpidOf) of a vpid: N for "p+<N>"
+  --- when sends are numbered (N of at most 18 digits without leading
+  --- zeros, as the kernel reads one for dispatchSettle), else the vpid.
+  ---@param vpid string|integer
+  ---@return string|integer
+  local function pendingKey(vpid)
+    if sendNumbered and sbyte(vpid, 2) == 43 and #vpid <= 20 and sfind(vpid, '^p%+[1-9]%d*$') then
+      return tonumber(ssub(vpid, 3))
+    end
+    return vpid
+  end
+
   local function saveCounters()
     if nextObject >= boundObject or nextPromise >= boundPromise then
       boundObject, boundPromise = nextObject + RESERVE, nextPromise + RESERVE
@@ -403,13 +432,16 @@ function M.make(opts)
     settleVpid(vpid, ok, value)
   end
 
+  --- The promise that stands for vpid (a vpid or a key of pending) while
+  --- the kernel has not settled it, and its key in pending.
   local function trackPromise(vpid)
-    local p = pending[vpid]
-    if p then return p end
+    local key = pendingKey(vpid)
+    local p = pending[key]
+    if p then return p, key end
     p = makePromise()
-    pending[vpid] = p
-    vpidOf[p] = vpid
-    return p
+    pending[key] = p
+    vpidOf[p] = key
+    return p, key
   end
 
   local function makePresence(vref, iface)
@@ -460,8 +492,8 @@ function M.make(opts)
       valToVref[v] = vref
       return vref
     end
-    local vpid = vpidOf[v]
-    if vpid and pending[vpid] then return vpid end
+    local key = vpidOf[v]
+    if key and pending[key] then return vpidString(key) end
     vref = allocPromise()
     valToVref[v] = vref
     exportedPromises[vref] = v
@@ -482,9 +514,10 @@ function M.make(opts)
     if style == 'promise' or ssub(slot, 1, 1) == 'p' or ssub(slot, 1, 2) == 'kp' then
       local exported = exportedPromises[slot]
       if exported then return exported end
-      local fresh = not pending[slot]
-      local p = trackPromise(slot)
-      if fresh then syscall.subscribe(slot) end
+      local p = pending[pendingKey(slot)]
+      if p then return p end
+      p = trackPromise(slot)
+      syscall.subscribe(slot)
       return p
     end
     local store = ssub(slot, 1, 3) == 'o+d' and durableObject(slot)
@@ -549,10 +582,7 @@ function M.make(opts)
   end
   ls.marshal = m
 
-  -- A vat's send syscall also takes the number of a promise the vat
-  -- makes, and returns its vpid: the string is made in C, cheaper than a
-  -- concatenation in Lua for every message sent.
-  local send, sendNumbered = syscall.send, counting and not opts.allocPromise and syscall.sendNumbered
+  local send = syscall.send
   local resolve = syscall.resolve
 
   --- Sends an encoded message to a kernel ref; returns the result promise.
@@ -564,8 +594,9 @@ function M.make(opts)
     end
     local vpid
     if sendNumbered then
-      vpid = sendNumbered(vref, body, slots, nextPromise)
-      nextPromise = nextPromise + 1
+      vpid = nextPromise
+      sendNumbered(vref, body, slots, vpid)
+      nextPromise = vpid + 1
       if nextPromise >= boundPromise then saveCounters() end
     else
       vpid = allocPromise()
@@ -604,18 +635,24 @@ function M.make(opts)
   --- that a call made as E(x):method(...) passes first, which is not an
   --- argument, and stopped(vref) says why a stopped instance cannot send.
   instance[2] = function(vref, method, wantResult, itself, stopped)
-    -- Whether sends for a result go the vat's way, inline below.
-    local direct = wantResult and sendNumbered and cEncodeCallArgs and true
+    if not (wantResult and sendNumbered and cEncodeCallArgs) then
+      return function(...)
+        if ls.stopped then error(stopped(vref), 2) end
+        if itself[...] then return sendArgs(vref, method, wantResult, select(2, ...)) end
+        return sendArgs(vref, method, wantResult, ...)
+      end
+    end
+    -- A vat's send for a result: sendArgs, with sendEncoded's common case
+    -- inline. Only the host's instance ever stops (kernel.lua), and it
+    -- numbers no send, so this one never checks ls.stopped.
     return function(...)
-      if ls.stopped then error(stopped(vref), 2) end
-      if itself[...] then return sendArgs(vref, method, wantResult, select(2, ...)) end
-      if not direct then return sendArgs(vref, method, wantResult, ...) end
+      if itself[...] then return sendArgs(vref, method, true, select(2, ...)) end
       local body, slots = cEncodeCallArgs(method, valToSlot, ...)
-      if body == nil then return sendTo(vref, method, pack(...), wantResult) end
-      if ndropped > 0 and slots then return sendEncoded(vref, body, slots, wantResult) end
-      -- sendEncoded's common case, inline: a vat's send for a result.
-      local vpid = sendNumbered(vref, body, slots, nextPromise)
-      nextPromise = nextPromise + 1
+      if body == nil then return sendTo(vref, method, pack(...), true) end
+      if slots and ndropped > 0 then return sendEncoded(vref, body, slots, true) end
+      local vpid = nextPromise
+      sendNumbered(vref, body, slots, vpid)
+      nextPromise = vpid + 1
       if nextPromise >= boundPromise then saveCounters() end
       local p = makePromise()
       pending[vpid] = p
@@ -666,7 +703,7 @@ function M.make(opts)
   -- ls itself.
   local rareKit
   local function rareKitOf()
-    if not rareKit then rareKit = require('ocap.liveslots.rare').make(shared) end
+    if not rareKit then rareKit = rare().make(shared) end
     return rareKit
   end
   setmetatable(ls, { __index = function(_, k) return rareKitOf()[k] end })
@@ -765,7 +802,7 @@ function M.make(opts)
   --- One resolution, which the coroutine awaiting it usually takes at
   --- once (settleAndResume).
   local function deliverResolution(vpid, rejected, body, slots)
-    local p = pending[vpid] or trackPromise(vpid)
+    local p, key = trackPromise(vpid)
     local ok, v
     if slots == nil and cDecode then
       -- decodeCapdata's common case, inline: no slots to count.
@@ -779,7 +816,7 @@ function M.make(opts)
     else
       ok, v = decodeCapdata(body, slots)
     end
-    pending[vpid] = nil
+    pending[key] = nil
     if not ok then return settleAndResume(p, false, normalizeError(v)) end
     return settleAndResume(p, not rejected, v)
   end
@@ -854,7 +891,8 @@ function M.make(opts)
     drain()
   end
 
-  --- One resolution of vpid, as its value.
+  --- One resolution of vpid, as its value: a promise the vat made for a
+  --- send's result comes as its key in pending, N for "p+<N>".
   function ls.dispatchSettle(vpid, rejected, value)
     local p = pending[vpid] or trackPromise(vpid)
     pending[vpid] = nil
@@ -959,8 +997,8 @@ function M.refOf(v)
   local pi = presenceInfo[v]
   if pi then return pi.vref, pi.ls end
   for ls, instance in next, instances do
-    local vpid = instance[1][v]
-    if vpid then return vpid, ls end
+    local key = instance[1][v]
+    if key then return vpidString(key), ls end
   end
 end
 

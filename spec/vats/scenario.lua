@@ -245,6 +245,18 @@ function M.buildRootObject(vatPowers, parameters)
     end,
     self = function() return root end,
     peerRoot = function() return peers.bob end,
+    -- a result this vat awaits, passed out and back while pending, is the
+    -- promise it holds, and settles once
+    sendBack = function()
+      local p = E(peers.bob).slowFirst()
+      local back = E(peers.bob).wrap(p):await()
+      log('same ' .. tostring(rawequal(back.p, p)))
+      E(peers.bob).releaseFirst():await()
+      p:next(function() log('settled') end):await()
+      back.p:await()
+      log('done')
+    end,
+    wrap = function(_, p) return { p = p } end,
   })
   return root
 end

@@ -26,7 +26,9 @@ local function ignore() end
 local shared
 
 --- Takes what E()'s sends share: { presenceInfo, pipelines, instances,
---- eventualSend, localCall = function(target, method, args) }.
+--- eventualSend, localCall = function(target, method, args),
+--- vpidString = function(key) -> the vpid of a key of an instance's
+--- pending table }.
 ---@param s table
 function M.init(s)
   shared = s
@@ -103,9 +105,9 @@ function M.send(target, method, args, wantResult)
     if st == 'fulfilled' then return eventualSend(v, method, args, wantResult) end
     if st == 'rejected' then return promise.reject(v) end
     for pls, instance in next, shared.instances do
-      local vpid = instance[1][target]
-      if vpid then
-        if pls.pending[vpid] then return pls.sendTo(vpid, method, args, wantResult) end
+      local key = instance[1][target]
+      if key then
+        if pls.pending[key] then return pls.sendTo(shared.vpidString(key), method, args, wantResult) end
         break
       end
     end
@@ -161,17 +163,21 @@ function M.make(cx)
     local n = #resolutions
     -- Every promise is known before any value is decoded: a value may
     -- name another promise of the same notify.
-    for i = 1, n do trackPromise(resolutions[i][1]) end
+    local keys = {}
+    for i = 1, n do
+      local _, key = trackPromise(resolutions[i][1])
+      keys[i] = key
+    end
     for i = 1, n do
       local r = resolutions[i]
-      local p = pending[r[1]]
+      local p = pending[keys[i]]
       local ok, v = decodeCapdata(r[3], r[4])
       if not ok then v = normalizeError(v) end
       ok = ok and not r[2]
       if i < n then
         if ok then resolvePromise(p, v) else rejectPromise(p, v) end
       else
-        for j = 1, n do pending[resolutions[j][1]] = nil end
+        for j = 1, n do pending[keys[j]] = nil end
         -- Usually one coroutine awaits the last, and resumes at once.
         settleAndResume(p, ok, v)
       end
@@ -301,7 +307,7 @@ function M.make(cx)
     if vref then return vref end
     local pi = presenceInfo[v]
     if pi and pi.ls == ls then return pi.vref end
-    return vpidOf[v]
+    return shared.vpidString(vpidOf[v])
   end
 
   --- The presence of vref; an iface given here renames it (the host's
