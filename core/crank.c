@@ -224,9 +224,9 @@ static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, oc
       char target[OCAP_REF_MAX], res[OCAP_REF_MAX], sender[OCAP_REF_MAX], got[OCAP_REF_MAX];
       size_t at;
       if (!rc && *fatal == OCAP_FATAL_NONE)
-        rc = ocap__parse_send(k, items[i].p, items[i].len, 0, target, res, sender, &at);
+        rc = ocap__parse_send(k, items[i].p, items[i].len, target, res, sender, &at);
       if (!rc && *fatal == OCAP_FATAL_NONE) {
-        const char *r = strcmp(res, "-") == 0 ? NULL : res;
+        const char *r = res[0] ? res : NULL;
         const char *enc = items[i].p + at;
         size_t elen = items[i].len - at;
         rc = deliver_send(k, dest, ep, r, NULL, enc, elen, got, fatal, why);
@@ -263,24 +263,19 @@ static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, oc
 
 /* Routes and delivers one send item. */
 static int process_send(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, int *fatal, char **why,
-                        const char **resultp, char *resbuf) {
-  char target[OCAP_REF_MAX], result[OCAP_REF_MAX], sender[OCAP_REF_MAX];
-  const char *item = it->p;
-  size_t len = it->len, at;
-  int rc = ocap__parse_send(k, item, len, it->formed, target, result, sender, &at);
-  if (rc)
-    return rc;
-  const char *res = strcmp(result, "-") == 0 ? NULL : result;
+                        const char **resultp) {
+  const char *target = it->target, *sender = it->sender;
+  const char *res = it->result[0] ? it->result : NULL;
   ocap__kp_t *rrec = NULL; /* the result's record, found once */
+  int rc;
   if (res) {
-    memcpy(resbuf, res, strlen(res) + 1);
-    *resultp = resbuf;
-    rc = ocap__kp_find(k, res, 1, &rrec);
+    *resultp = res;
+    rc = it->rid >= 0 ? ocap__kp_find_id(k, it->rid, 1, &rrec) : ocap__kp_find(k, res, 1, &rrec);
     if (rc)
       return rc;
   }
-  const char *enc = item + at;
-  size_t elen = len - at;
+  const char *enc = it->enc;
+  size_t elen = it->elen;
   char cur[OCAP_REF_MAX];
   memcpy(cur, target, strlen(target) + 1);
   /* Follow resolved promises to the object they designate. */
@@ -308,8 +303,14 @@ static int process_send(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, int
       rc = pipelining_decider(k, cur, decider);
       if (rc < 0)
         return rc;
-      if (rc == 0)
-        return ocap__park(k, cur, item, len); /* the parked item keeps its refs */
+      if (rc == 0) { /* the parked item keeps its refs */
+        ocap__buf_t text = {0};
+        rc = ocap__qitem_text(k, it, &text);
+        if (!rc)
+          rc = ocap__park(k, cur, text.p, text.len);
+        free(text.p);
+        return rc;
+      }
       rc = deliver_send(k, cur, decider, res, rrec, enc, elen, ep, fatal, why);
       if (!rc && *fatal == OCAP_FATAL_NONE && res)
         rc = drain_parked(k, ep, res, rrec, fatal, why);
@@ -346,7 +347,7 @@ done:
     /* The item is gone: delivered, or rejected at its result. */
     int rr = ocap__release_send(k, target, res, rrec, enc, elen);
     if (!rr && sender[0])
-      rr = ocap__charge_queued(k, sender, -(long long)len);
+      rr = ocap__charge_queued(k, sender, -(long long)it->bytes);
     if (rr)
       rc = rr;
   }
@@ -540,12 +541,10 @@ static int note_load(ocap_kernel_t *k, const char *ep, notes_t *ns, size_t i) {
 
 static int process_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, int *fatal,
                           char **why) {
-  char(*kpids)[OCAP_REF_MAX];
-  size_t nk;
-  char small_kpids[NOTIFY_RECS][OCAP_REF_MAX];
-  int rc = ocap__parse_notify(k, it, ep, small_kpids, NOTIFY_RECS, &kpids, &nk);
-  if (rc)
-    return rc;
+  char(*kpids)[OCAP_REF_MAX] = it->kpids;
+  size_t nk = it->n;
+  int rc = 0;
+  memcpy(ep, it->ep, strlen(it->ep) + 1);
   notes_t ns;
   notes_init(&ns);
   /* Each promise's record is found once, here, for its note and for the
@@ -556,7 +555,8 @@ static int process_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, i
   for (size_t j = 0; j < nk && !rc; j++) {
     const char *kpid = kpids[j];
     recs[j] = NULL;
-    rc = ocap__kp_find(k, kpid, 0, &recs[j]);
+    rc = it->ids ? ocap__kp_find_id(k, it->ids[j], 0, &recs[j])
+                 : ocap__kp_find(k, kpid, 0, &recs[j]);
     if (rc)
       break;
     int st = ocap__kp_state(recs[j]);
@@ -612,8 +612,6 @@ static int process_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, i
   }
   if (recs != small)
     free(recs);
-  if (kpids != small_kpids)
-    free(kpids);
   return rc;
 }
 
@@ -652,27 +650,24 @@ static void undo_delivery(ocap_kernel_t *k) {
 }
 
 /* Takes a crank's item off the queue again after the crank was aborted
- * and drops the references it held. */
+ * and drops the references it held (a message's result excepted: the
+ * caller settles it first). */
 static int crank_drop_item(ocap_kernel_t *k, const ocap__qitem_t *item) {
-  ocap__qitem_t again;
-  int rc = ocap__dequeue(k, &again);
+  ocap__qitem_t *again = malloc(sizeof *again);
+  if (!again)
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory dropping a run-queue item");
+  int rc = ocap__dequeue(k, again);
+  if (rc > 0)
+    ocap__qitem_free(again);
+  free(again);
   rc = rc < 0 ? rc : 0;
-  if (!rc && strncmp(item->p, "send ", 5) == 0) {
-    char t[OCAP_REF_MAX], r[OCAP_REF_MAX], sender[OCAP_REF_MAX];
-    size_t at;
-    rc = ocap__parse_send(k, item->p, item->len, item->formed, t, r, sender, &at);
-    if (!rc)
-      rc = ocap__release_send(k, t, NULL, NULL, item->p + at, item->len - at);
-    if (!rc && sender[0])
-      rc = ocap__charge_queued(k, sender, -(long long)item->len);
+  if (!rc && !item->notify) {
+    rc = ocap__release_send(k, item->target, NULL, NULL, item->enc, item->elen);
+    if (!rc && item->sender[0])
+      rc = ocap__charge_queued(k, item->sender, -(long long)item->bytes);
   } else if (!rc) {
-    char nep[OCAP_REF_MAX];
-    char(*kps)[OCAP_REF_MAX];
-    size_t nk;
-    rc = ocap__parse_notify(k, item, nep, NULL, 0, &kps, &nk);
-    for (size_t j = 0; j < nk && !rc; j++)
-      rc = ocap__decref(k, kps[j]);
-    free(kps);
+    for (size_t j = 0; j < item->n && !rc; j++)
+      rc = ocap__decref(k, item->kpids[j]);
   }
   return rc;
 }
@@ -817,22 +812,20 @@ static int step(ocap_kernel_t *k) {
     return rc < 0 ? ocap_kernel_abort_crank(k, rc) : 0;
   k->cranks++;
   char ep[OCAP_REF_MAX] = "";
-  char resbuf[OCAP_REF_MAX];
   const char *result = NULL;
   int fatal = OCAP_FATAL_NONE;
   char *why = NULL;
-  if (strncmp(item.p, "send ", 5) == 0)
-    rc = process_send(k, &item, ep, &fatal, &why, &result, resbuf);
-  else if (strncmp(item.p, "notify ", 7) == 0)
-    rc = process_notify(k, &item, ep, &fatal, &why);
+  if (!item.notify)
+    rc = process_send(k, &item, ep, &fatal, &why, &result);
   else
-    rc = ocap__broken(k, OCAP_ECORRUPT, "corrupt database: unknown run-queue item");
+    rc = process_notify(k, &item, ep, &fatal, &why);
   if (!k->err && rc == OCAP_EREFUSED)
     rc = crank_refused(k, &item, result, why);
   else if (!k->err && (rc == OCAP_EFATAL || fatal != OCAP_FATAL_NONE))
     rc = crank_fatal(k, &item, ep, fatal, why, result);
   free(why);
   rc = crank_end(k, rc);
+  ocap__qitem_free(&item);
   ocap__queue_return(k);
   return rc;
 }

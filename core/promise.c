@@ -128,17 +128,16 @@ struct ocap__promises {
 
 static const char *const state_name[] = {NULL, "unresolved", "fulfilled", "rejected"};
 
-/* The N of "kpN", or -1 when kpid is not a promise id. */
+/* The N of "kpN", or -1 when kpid is not a promise id. At most 16
+ * digits are read (COUNT_MAX has 16), so the sum cannot overflow. */
 static long long kp_number(const char *kpid) {
   if (kpid[0] != 'k' || kpid[1] != 'p' || !kpid[2] || (kpid[2] == '0' && kpid[3]))
     return -1;
   long long n = 0;
-  for (const char *c = kpid + 2; *c; c++) {
-    if (*c < '0' || *c > '9' || n > COUNT_MAX / 10)
-      return -1;
+  const char *c = kpid + 2;
+  for (; (unsigned)(*c - '0') < 10 && c < kpid + 18; c++)
     n = n * 10 + (*c - '0');
-  }
-  return n;
+  return *c || n > COUNT_MAX ? -1 : n;
 }
 
 /* Writes "kp<id>" into out (OCAP_REF_MAX bytes). */
@@ -224,6 +223,9 @@ static int parked_load(ocap_kernel_t *k, const char *kpid, prec_t *r) {
   return 0;
 }
 
+static int found_record(prec_t *found, int create, prec_t **out);
+static int load(ocap_kernel_t *k, const char *kpid, long long id, int create, prec_t **out);
+
 /*
  * The record of kpid, read from the store when it is not in memory yet.
  * With `create` unset, a promise the store does not have either is not
@@ -238,12 +240,20 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
                                  kpid)
                   : 0;
   prec_t *found = ocap__idtable_find(&t->table, id);
-  if (found) {
-    /* A record kept only until the store is told that the promise is gone
-     * stands for no promise, as the store does once it is dropped. */
-    *out = !create && !found->dirty && gone(&found->now) ? NULL : found;
-    return 0;
-  }
+  return found ? found_record(found, create, out) : load(k, kpid, id, create, out);
+}
+
+/* What lookup gives for a record in memory. A record kept only until the
+ * store is told that the promise is gone stands for no promise, as the
+ * store does once it is dropped. */
+static int found_record(prec_t *found, int create, prec_t **out) {
+  *out = !create && !found->dirty && gone(&found->now) ? NULL : found;
+  return 0;
+}
+
+/* The record of kpid (whose N is id) read from the store, as for lookup. */
+static int load(ocap_kernel_t *k, const char *kpid, long long id, int create, prec_t **out) {
+  struct ocap__promises *t = k->p;
   prec_t *r = ocap__zalloc(sizeof *r);
   if (!r)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
@@ -287,13 +297,13 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
   return 0;
 }
 
-/* Makes the record of a promise just allocated, which the store cannot
- * hold yet since ids are never reused. */
-static int fresh(ocap_kernel_t *k, const char *kpid, prec_t **out) {
+/* Makes the record of a promise just allocated (kpid, whose N is id),
+ * which the store cannot hold yet since ids are never reused. */
+static int fresh(ocap_kernel_t *k, const char *kpid, long long id, prec_t **out) {
   struct ocap__promises *t = k->p;
   prec_t *r = ocap__zalloc(sizeof *r);
   if (r) {
-    r->id = kp_number(kpid);
+    r->id = id;
     r->now.state = ST_NONE;
     r->now.refs = -1;
     r->com = r->sto = r->now;
@@ -372,8 +382,22 @@ int ocap__kp_find(ocap_kernel_t *k, const char *kpid, int create, ocap__kp_t **o
   return lookup(k, kpid, create, out);
 }
 
+int ocap__kp_find_id(ocap_kernel_t *k, long long id, int create, ocap__kp_t **out) {
+  prec_t *found = ocap__idtable_find(&k->p->table, id);
+  if (found)
+    return found_record(found, create, out);
+  char kpid[OCAP_REF_MAX];
+  kp_name(kpid, id);
+  *out = NULL;
+  return load(k, kpid, id, create, out);
+}
+
 void ocap__kp_name(const ocap__kp_t *r, char *out) {
   kp_name(out, r->id);
+}
+
+long long ocap__kp_id(const ocap__kp_t *r) {
+  return r->id;
 }
 
 int ocap__kp_state(const ocap__kp_t *r) {
@@ -703,7 +727,7 @@ int ocap__alloc_promise(ocap_kernel_t *k, const char *ep, char *out, ocap__kp_t 
   memcpy(out, "kp", 2);
   out[2 + ocap__fmt_ll(out + 2, n)] = '\0';
   prec_t *r = NULL;
-  rc = fresh(k, out, &r);
+  rc = fresh(k, out, n, &r);
   if (!rc)
     rc = set_promise(k, r, ST_UNRESOLVED, 0);
   if (!rc && ep)

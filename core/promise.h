@@ -54,8 +54,13 @@ typedef struct ocap__kp ocap__kp_t;
  * take NULL as such a promise (no state, decider, parked messages or
  * data). */
 int ocap__kp_find(ocap_kernel_t *k, const char *kpid, int create, ocap__kp_t **out);
+/* The same for the promise kpN, given N (0 <= N <= COUNT_MAX), which
+ * spares reading its name: the run queue keeps promises by number. */
+int ocap__kp_find_id(ocap_kernel_t *k, long long id, int create, ocap__kp_t **out);
 /* Writes the kpid of r into out (OCAP_REF_MAX bytes). */
 void ocap__kp_name(const ocap__kp_t *r, char *out);
+/* The N of r's kpid kpN. */
+long long ocap__kp_id(const ocap__kp_t *r);
 int ocap__kp_state(const ocap__kp_t *r);
 /* The decider, "" when none; valid until the record changes. */
 const char *ocap__kp_decider(const ocap__kp_t *r);

@@ -11,16 +11,31 @@
 #include "promise.h"
 #include "refs.h"
 
-#define NOTIFY_MERGE 16 /* notifies merged into one run-queue item */
-
-/* An item: a send or a notify, as text (queue.h), malloc'd. `formed`
- * says the kernel built it (rather than read it from the store), so it is
- * well formed and its reader skips the checks that find a damaged one. */
+/*
+ * An item. One the kernel queued is kept in its parts: a send's
+ * references and its capdata (p, malloc'd), a notify's endpoint and
+ * promise numbers; its stored text is made only when the store gets it
+ * (item_text). One read from the store, or given as text (a message that
+ * was parked), is kept as that text (p, malloc'd, NUL-terminated) and
+ * parsed, with the checks that find a damaged item, when a crank takes it.
+ */
+enum { ITEM_TEXT, ITEM_SEND, ITEM_NOTIFY };
 typedef struct item {
-  char *p;
+  int kind;
+  char *p; /* the text, or a send's capdata; NULL for a notify */
   size_t len;
-  int formed;
-  size_t spaces; /* a notify's spaces (its kpids + 1) when the kernel made it, else 0 */
+  union {
+    struct {
+      char target[OCAP_REF_MAX], result[OCAP_REF_MAX], sender[OCAP_REF_MAX]; /* "" for none */
+      long long rid;                                                         /* as in the view */
+      size_t bytes; /* the length of its text */
+    } s;
+    struct {
+      char ep[OCAP_REF_MAX];
+      size_t n;
+      long long kp[OCAP_NOTIFY_MERGE]; /* the N of each kpN */
+    } n;
+  } u;
 } item_t;
 
 /*
@@ -102,7 +117,65 @@ static int ring_reserve(struct ocap__queue *q) {
   return 0;
 }
 
-/* Frees the items from `from` to `to` (exclusive). The text of the item a
+/* The stored text of a send item: "send <target> <result|-> [<sender>]\n"
+ * then its capdata, appended to b. */
+static int send_text(ocap__buf_t *b, const char *target, const char *result, const char *sender,
+                     const char *enc, size_t elen) {
+  char head[3 * OCAP_REF_MAX + 8], *w = head;
+  size_t tl = strlen(target), rl = strlen(result), sl = strlen(sender);
+  memcpy(w, "send ", 5);
+  w += 5;
+  memcpy(w, target, tl);
+  w += tl;
+  *w++ = ' ';
+  if (rl) {
+    memcpy(w, result, rl);
+    w += rl;
+  } else {
+    *w++ = '-';
+  }
+  if (sl) {
+    *w++ = ' ';
+    memcpy(w, sender, sl);
+    w += sl;
+  }
+  *w++ = '\n';
+  return ocap__buf_add(b, head, (size_t)(w - head)) || ocap__buf_add(b, enc, elen) ? OCAP_ENOMEM
+                                                                                   : 0;
+}
+
+/*
+ * The stored text of an item: *v and *vl point at it, in it->p for a
+ * text item, else in b (reset first), which the caller frees. Returns 0 or
+ * a kernel failure.
+ */
+static int item_text(ocap_kernel_t *k, const item_t *it, ocap__buf_t *b, const char **v,
+                     size_t *vl) {
+  b->len = 0;
+  if (it->kind == ITEM_TEXT) {
+    *v = it->p;
+    *vl = it->len;
+    return 0;
+  }
+  int rc = 0;
+  if (it->kind == ITEM_SEND) {
+    rc = send_text(b, it->u.s.target, it->u.s.result, it->u.s.sender, it->p, it->len);
+  } else {
+    rc = ocap__buf_adds(b, "notify ") || ocap__buf_adds(b, it->u.n.ep) ? OCAP_ENOMEM : 0;
+    for (size_t i = 0; i < it->u.n.n && !rc; i++) {
+      char num[24];
+      size_t nl = ocap__fmt_ll(num, it->u.n.kp[i]);
+      rc = ocap__buf_add(b, " kp", 3) || ocap__buf_add(b, num, nl) ? OCAP_ENOMEM : 0;
+    }
+  }
+  if (rc)
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory writing the run queue");
+  *v = b->p;
+  *vl = b->len;
+  return 0;
+}
+
+/* Frees the items from `from` to `to` (exclusive). The memory of the item a
  * crank holds is kept until it gives it back (ocap__queue_return): host
  * code the crank runs may commit (K:commit), which lets go of the items
  * taken before. */
@@ -150,10 +223,9 @@ static int queue_load(ocap_kernel_t *k) {
       free(b.p);
       break;
     }
+    slot(q, n)->kind = ITEM_TEXT;
     slot(q, n)->p = b.p;
     slot(q, n)->len = b.len;
-    slot(q, n)->formed = 0;
-    slot(q, n)->spaces = 0;
     q->tail++;
   }
   if (rc) {
@@ -214,8 +286,15 @@ int ocap__queue_check(ocap_kernel_t *k) {
     rc = ocap__check_key(k, v, ocap__fmt_ll(v, q->head), "runQueue.head");
   if (!rc && q->tail)
     rc = ocap__check_key(k, v, ocap__fmt_ll(v, q->tail), "runQueue.tail");
-  for (long long n = q->head; n < q->tail && !rc; n++)
-    rc = ocap__check_key(k, slot(q, n)->p, slot(q, n)->len, "runQueue.%lld", n);
+  ocap__buf_t b = {0};
+  for (long long n = q->head; n < q->tail && !rc; n++) {
+    const char *t;
+    size_t tl;
+    rc = item_text(k, slot(q, n), &b, &t, &tl);
+    if (!rc)
+      rc = ocap__check_key(k, t, tl, "runQueue.%lld", n);
+  }
+  free(b.p);
   size_t pos = 0;
   qbytes_t *r;
   while (!rc && (r = ocap__idtable_next(&q->qb, &pos)) != NULL) {
@@ -298,12 +377,24 @@ int ocap__queue_fill(ocap_kernel_t *k) {
     return rc;
   for (long long n = q->shead; n < q->chead && n < q->stail && !rc; n++)
     rc = ocap__delv(k, "runQueue.%lld", n);
-  for (long long n = q->chead > q->stail ? q->chead : q->stail; n < q->ctail && !rc; n++)
-    rc = ocap__setn(k, committed_item(q, n)->p, committed_item(q, n)->len, "runQueue.%lld", n);
+  /* The items the store lacks, and its last one when a notify joined it. */
+  ocap__buf_t b = {0};
   long long last = q->stail - 1;
-  if (!rc && q->slast && last >= q->chead && last < q->ctail)
-    rc = ocap__setn(k, committed_item(q, last)->p, committed_item(q, last)->len, "runQueue.%lld",
-                    last);
+  for (long long n = q->chead > q->stail ? q->chead : q->stail; n < q->ctail && !rc; n++) {
+    const char *t;
+    size_t tl;
+    rc = item_text(k, committed_item(q, n), &b, &t, &tl);
+    if (!rc)
+      rc = ocap__setn(k, t, tl, "runQueue.%lld", n);
+  }
+  if (!rc && q->slast && last >= q->chead && last < q->ctail) {
+    const char *t;
+    size_t tl;
+    rc = item_text(k, committed_item(q, last), &b, &t, &tl);
+    if (!rc)
+      rc = ocap__setn(k, t, tl, "runQueue.%lld", last);
+  }
+  free(b.p);
   if (!rc && q->chead != q->shead)
     rc = ocap__seti(k, q->chead, "runQueue.head");
   if (!rc && q->ctail != q->stail)
@@ -364,45 +455,34 @@ void ocap__queue_abort(ocap_kernel_t *k, int cleared) {
   }
 }
 
-/* Appends the item p (len bytes, NUL-terminated, malloc'd), which the
- * queue takes: it is freed on failure too. `formed` as in item_t. */
-static int enqueue_own(ocap_kernel_t *k, char *p, size_t len, int formed) {
-  if (!k->q->loaded) {
-    int rc = queue_load(k);
-    if (rc) {
-      free(p);
-      return rc;
-    }
-  }
+/* Appends a slot for an item at the tail (loading the queue first) and
+ * points *out at it; the caller fills it in and counts it (q->tail++). */
+static int enqueue_slot(ocap_kernel_t *k, item_t **out) {
+  LOAD(k);
   struct ocap__queue *q = k->q;
-  if (q->tail >= COUNT_MAX) {
-    free(p);
+  if (q->tail >= COUNT_MAX)
     return ocap__broken(k, OCAP_ECORRUPT, "counter 'runQueue.tail' is exhausted");
-  }
-  if (!p || ring_reserve(q)) {
-    free(p);
+  if (ring_reserve(q))
     return ocap__broken(k, OCAP_ENOMEM, "out of memory queueing an item");
-  }
-  slot(q, q->tail)->p = p;
-  slot(q, q->tail)->len = len;
-  slot(q, q->tail)->formed = formed;
-  slot(q, q->tail)->spaces = 0;
-  q->tail++;
+  *out = slot(q, q->tail);
   return 0;
 }
 
-/* ocap__enqueue, for an item that is well formed when `formed` is set. */
-static int enqueue_copy(ocap_kernel_t *k, const char *item, size_t len, int formed) {
-  char *p = malloc(len + 1);
-  if (p) {
-    memcpy(p, item, len);
-    p[len] = '\0';
-  }
-  return enqueue_own(k, p, len, formed);
-}
-
 int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len) {
-  return enqueue_copy(k, item, len, 0);
+  item_t *it;
+  int rc = enqueue_slot(k, &it);
+  if (rc)
+    return rc;
+  char *p = malloc(len + 1);
+  if (!p)
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory queueing an item");
+  memcpy(p, item, len);
+  p[len] = '\0';
+  it->kind = ITEM_TEXT;
+  it->p = p;
+  it->len = len;
+  k->q->tail++;
+  return 0;
 }
 
 long long ocap_kernel_queue_length(ocap_kernel_t *k) {
@@ -410,60 +490,72 @@ long long ocap_kernel_queue_length(ocap_kernel_t *k) {
   return k->q->tail - k->q->head;
 }
 
+/* The N of "kpN", or -1 when kpid is not written that way (a promise id
+ * read from a damaged store may not be). */
+static long long kp_number(const char *kpid) {
+  if (kpid[0] != 'k' || kpid[1] != 'p' || !kpid[2] || (kpid[2] == '0' && kpid[3]))
+    return -1;
+  long long n = 0;
+  for (const char *c = kpid + 2; *c; c++) {
+    if (*c < '0' || *c > '9' || n > COUNT_MAX / 10)
+      return -1;
+    n = n * 10 + (*c - '0');
+  }
+  return n;
+}
+
 /*
- * Queues a notify. When the queue's last item is already a notify for the
- * same endpoint, the promise joins it: nothing can happen between the two,
- * so one delivery tells both, and a pipelined chain costs one notify crank
- * instead of one per link.
+ * Queues a notify. When the queue's last item is already a notify the
+ * kernel queued for the same endpoint, the promise joins it: nothing can
+ * happen between the two, so one delivery tells both, and a pipelined
+ * chain costs one notify crank instead of one per link.
  */
 int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, ocap__kp_t *rec) {
-  size_t el = strlen(ep), pl = strlen(kpid);
-  if (!ocap__valid_ep(ep))
+  size_t el = strlen(ep);
+  if (el >= OCAP_REF_MAX || !ocap__valid_ep(ep))
     return ocap__broken(k, OCAP_ECORRUPT, "cannot notify invalid endpoint '%.60s'", ep);
-  if (!ocap__valid_kref(kpid))
+  long long id = rec ? ocap__kp_id(rec) : kp_number(kpid);
+  if (!rec && !ocap__valid_kref(kpid))
     return ocap__broken(k, OCAP_ECORRUPT, "cannot notify invalid promise '%.60s'", kpid);
   int rc = rec ? ocap__kp_incref(k, rec) : ocap__incref(k, kpid);
   if (rc)
     return rc;
   LOAD(k);
   struct ocap__queue *q = k->q;
-  item_t *last = q->tail > q->head ? slot(q, q->tail - 1) : NULL;
-  if (last && last->len > 8 + el && memcmp(last->p, "notify ", 7) == 0 &&
-      memcmp(last->p + 7, ep, el) == 0 && last->p[7 + el] == ' ') {
-    size_t count = last->spaces; /* counted only in an item read from the store */
-    if (!count)
-      for (size_t i = 0; i < last->len; i++)
-        count += last->p[i] == ' ';
-    if (count - 1 < NOTIFY_MERGE) {
-      /* A committed item keeps its text for an abort; one this crank
-       * queued, or changed already, is changed in place. */
-      int keep = q->tail - 1 < q->ctail && q->undo_at != q->tail - 1;
-      char *p = keep ? malloc(last->len + pl + 2) : realloc(last->p, last->len + pl + 2);
-      if (!p)
-        return ocap__broken(k, OCAP_ENOMEM, "out of memory queueing a notify");
-      if (keep) {
-        memcpy(p, last->p, last->len);
-        q->undo = *last;
-        q->undo_at = q->tail - 1;
-      }
-      p[last->len] = ' ';
-      memcpy(p + last->len + 1, kpid, pl);
-      last->p = p;
-      last->len += pl + 1;
-      p[last->len] = '\0';
-      last->spaces = count + 1;
-      return 0;
-    }
+  if (id < 0) {
+    /* A promise id the kernel would not write: queued as it is named. */
+    ocap__buf_t b = {0};
+    rc = ocap__buf_adds(&b, "notify ") || ocap__buf_add(&b, ep, el) || ocap__buf_adds(&b, " ") ||
+                 ocap__buf_adds(&b, kpid)
+             ? ocap__broken(k, OCAP_ENOMEM, "out of memory queueing a notify")
+             : ocap__enqueue(k, b.p, b.len);
+    free(b.p);
+    return rc;
   }
-  char item[3 * OCAP_REF_MAX];
-  memcpy(item, "notify ", 7);
-  memcpy(item + 7, ep, el);
-  item[7 + el] = ' ';
-  memcpy(item + 8 + el, kpid, pl);
-  rc = enqueue_copy(k, item, 8 + el + pl, 1);
-  if (!rc)
-    slot(q, q->tail - 1)->spaces = 2;
-  return rc;
+  item_t *last = q->tail > q->head ? slot(q, q->tail - 1) : NULL;
+  if (last && last->kind == ITEM_NOTIFY && last->u.n.n < OCAP_NOTIFY_MERGE &&
+      memcmp(last->u.n.ep, ep, el + 1) == 0) {
+    /* A committed item is kept as it was for an abort; one this crank
+     * queued, or changed already, is changed in place. */
+    if (q->tail - 1 < q->ctail && q->undo_at != q->tail - 1) {
+      q->undo = *last;
+      q->undo_at = q->tail - 1;
+    }
+    last->u.n.kp[last->u.n.n++] = id;
+    return 0;
+  }
+  item_t *it;
+  rc = enqueue_slot(k, &it);
+  if (rc)
+    return rc;
+  it->kind = ITEM_NOTIFY;
+  it->p = NULL;
+  it->len = 0;
+  memcpy(it->u.n.ep, ep, el + 1);
+  it->u.n.n = 1;
+  it->u.n.kp[0] = id;
+  q->tail++;
+  return 0;
 }
 
 /*
@@ -594,68 +686,56 @@ long long ocap_kernel_queued_bytes(ocap_kernel_t *k, const char *ep) {
 }
 
 /*
- * Enqueues a send, taking references. The item is built in one buffer,
- * which the queue takes as it is: its head, then methargs translated from
- * ep's erefs (exporting what ep names for the first time), so a message
- * costs one allocation and no copy. A vat's message names its sender after
- * the result, so that what the vat has waiting is charged to it until the
- * message is delivered or dropped.
+ * Enqueues a send, taking references: its references and its capdata,
+ * translated from ep's erefs (exporting what ep names for the first time)
+ * into a block the item takes as it is, so a message costs one allocation
+ * and no copy. A vat's message names its sender, so that what the vat has
+ * waiting is charged to it until the message is delivered or dropped.
  */
 int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result, ocap__kp_t *rrec,
                        const char *ep, const ocap_capdata_t *methargs, const char *sender) {
-  /* The head is put together on the stack and added in one piece. */
-  const char *rname = result ? result : "-";
-  size_t tl = strlen(target), rl = strlen(rname), sl = sender ? strlen(sender) : 0;
+  size_t tl = strlen(target), rl = result ? strlen(result) : 0, sl = sender ? strlen(sender) : 0;
   if (tl >= OCAP_REF_MAX || rl >= OCAP_REF_MAX || sl >= OCAP_REF_MAX)
     return ocap__broken(k, OCAP_ECORRUPT, "a reference of a message is too long");
-  char head[3 * OCAP_REF_MAX + 8], *w = head;
-  memcpy(w, "send ", 5);
-  w += 5;
-  memcpy(w, target, tl);
-  w += tl;
-  *w++ = ' ';
-  memcpy(w, rname, rl);
-  w += rl;
-  if (sender) {
-    *w++ = ' ';
-    memcpy(w, sender, sl);
-    w += sl;
-  }
-  *w++ = '\n';
   ocap__buf_t b = {0};
-  if (ocap__buf_add(&b, head, (size_t)(w - head)))
-    return ocap__broken(k, OCAP_ENOMEM, "out of memory queueing a message");
-  size_t at = b.len;
   int rc = ocap__capdata_e2k(k, ep, methargs, &b);
+  item_t *it = NULL;
+  if (!rc)
+    rc = enqueue_slot(k, &it);
   if (rc) {
     free(b.p);
     return rc;
   }
-  size_t len = b.len;
-  rc = enqueue_own(k, b.p, len, 1);
-  if (rc)
-    return rc;
-  const char *enc = slot(k->q, k->q->tail - 1)->p + at;
+  it->kind = ITEM_SEND;
+  it->p = b.p;
+  it->len = b.len;
+  memcpy(it->u.s.target, target, tl + 1);
+  memcpy(it->u.s.result, result ? result : "", rl + 1);
+  memcpy(it->u.s.sender, sender ? sender : "", sl + 1);
+  it->u.s.rid = result && rrec ? ocap__kp_id(rrec) : -1;
+  it->u.s.bytes = 5 + tl + 1 + (rl ? rl : 1) + (sl ? 1 + sl : 0) + 1 + b.len;
+  k->q->tail++;
   if (sender)
-    rc = ocap__charge_queued(k, sender, (long long)len);
+    rc = ocap__charge_queued(k, sender, (long long)it->u.s.bytes);
   if (!rc)
     rc = ocap__incref(k, target);
   if (!rc && result)
     rc = rrec ? ocap__kp_incref(k, rrec) : ocap__incref(k, result);
   if (!rc)
-    rc = ocap__incref_slots(k, enc, len - at);
+    rc = ocap__incref_slots(k, b.p, b.len);
   return rc;
 }
 
 /*
  * Parses the head of a send item, "send <target> <result> [<sender>]\n...",
- * into target, result and sender (OCAP_REF_MAX bytes each; result is "-"
- * for none, sender "" for the host's messages and items queued before
- * senders were recorded), and sets *capdata to where its capdata starts.
- * An item that does not parse whole is corruption, never cut to fit.
+ * into target, result and sender (OCAP_REF_MAX bytes each; result is ""
+ * for none, written "-", sender "" for the host's messages and items
+ * queued before senders were recorded), and sets *capdata to where its
+ * capdata starts. An item that does not parse whole is corruption, never
+ * cut to fit.
  */
-int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, int formed, char *target,
-                     char *result, char *sender, size_t *capdata) {
+int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *target, char *result,
+                     char *sender, size_t *capdata) {
   const char *nl = memchr(item, '\n', len);
   const char *t = item + 5, *sp = nl ? memchr(t, ' ', (size_t)(nl - t)) : NULL;
   char sv[64];
@@ -676,44 +756,35 @@ int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, int formed,
   result[rl] = '\0';
   memcpy(sender, sp2 ? sp2 + 1 : "", sl);
   sender[sl] = '\0';
-  if (formed) {
-    *capdata = (size_t)(nl + 1 - item);
-    return 0;
-  }
   if (!ocap__valid_kref(target) ||
       (strcmp(result, "-") != 0 && (!ocap__valid_kref(result) || !ocap__is_kpid(result))) ||
       (sl && sender[0] != 'v'))
     return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: run-queue item %s has a bad reference",
                         ocap__shown(item, len, sv));
+  if (strcmp(result, "-") == 0)
+    result[0] = '\0';
   *capdata = (size_t)(nl + 1 - item);
   return 0;
 }
 
 /*
- * The endpoint and kpids of a notify item ("notify <ep> <kpid>..."): *kpids
- * holds *n of them, in `small` when they fit (a notify merges at most
- * NOTIFY_MERGE, so a crank's usually do), else malloc'd (caller frees).
- * An item that does not parse whole is corruption.
+ * Parses a notify item's stored text, "notify <ep> <kpid>...", into it:
+ * its kpids go to it->small when they fit, else to a malloc'd array
+ * (ocap__qitem_free). An item that does not parse whole is corruption.
  */
-int ocap__parse_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep,
-                       char (*small)[OCAP_REF_MAX], size_t nsmall, char (**kpids)[OCAP_REF_MAX],
-                       size_t *n) {
-  const char *item = it->p;
-  size_t len = it->len;
-  int formed = it->formed;
+static int parse_notify(ocap_kernel_t *k, const char *item, size_t len, ocap__qitem_t *it) {
   char sv[64];
-  *kpids = NULL;
-  *n = 0;
-  size_t count = it->spaces;
-  if (!count)
-    for (size_t i = 0; i < len; i++)
-      count += item[i] == ' ';
+  size_t count = 0;
+  for (size_t i = 0; i < len; i++)
+    count += item[i] == ' ';
   if (len < 7 || memcmp(item, "notify ", 7) != 0 || count < 2)
     return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: run-queue item %s is not a notify",
                         ocap__shown(item, len, sv));
-  char(*v)[OCAP_REF_MAX] = count - 1 <= nsmall ? small : malloc((count - 1) * OCAP_REF_MAX);
+  char(*v)[OCAP_REF_MAX] =
+      count - 1 <= OCAP_NOTIFY_MERGE ? it->small : malloc((count - 1) * OCAP_REF_MAX);
   if (!v)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading a notify");
+  it->kpids = v;
   size_t got = 0;
   for (size_t i = 7, word = 0; i <= len; word++) {
     size_t j = i;
@@ -721,24 +792,31 @@ int ocap__parse_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep,
       j++;
     /* Never more words than counted: the count sized v. */
     int ok = word < count && j > i && j - i < OCAP_REF_MAX;
-    char *dst = !ok ? NULL : word == 0 ? ep : v[got++];
+    char *dst = !ok ? NULL : word == 0 ? it->ep : v[got++];
     if (ok) {
       memcpy(dst, item + i, j - i);
       dst[j - i] = '\0';
-      ok =
-          formed || (word == 0 ? ocap__valid_ep(dst) : ocap__valid_kref(dst) && ocap__is_kpid(dst));
+      ok = word == 0 ? ocap__valid_ep(dst) : ocap__valid_kref(dst) && ocap__is_kpid(dst);
     }
-    if (!ok) {
-      if (v != small)
-        free(v);
+    if (!ok)
       return ocap__broken(k, OCAP_ECORRUPT,
                           "corrupt database: run-queue item %s has a bad reference",
                           ocap__shown(item, len, sv));
-    }
     i = j + 1;
   }
-  *kpids = v;
-  *n = got;
+  it->n = got;
+  return 0;
+}
+
+void ocap__qitem_free(ocap__qitem_t *it) {
+  if (it->notify && it->kpids != it->small)
+    free(it->kpids);
+  it->kpids = NULL;
+}
+
+int ocap__qitem_text(ocap_kernel_t *k, const ocap__qitem_t *it, ocap__buf_t *b) {
+  if (send_text(b, it->target, it->result, it->sender, it->enc, it->elen))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory parking a message");
   return 0;
 }
 
@@ -752,8 +830,57 @@ int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result,
   return rc;
 }
 
+/* Fills *out with item it, parsing (and checking) it if it is text. The
+ * references are copied whole (a fixed size is a few moves, no call). */
+static int item_view(ocap_kernel_t *k, const item_t *it, ocap__qitem_t *out) {
+  out->kpids = NULL;
+  out->ids = NULL;
+  if (it->kind == ITEM_SEND) {
+    out->notify = 0;
+    memcpy(out->target, it->u.s.target, OCAP_REF_MAX);
+    memcpy(out->result, it->u.s.result, OCAP_REF_MAX);
+    memcpy(out->sender, it->u.s.sender, OCAP_REF_MAX);
+    out->rid = it->u.s.rid;
+    out->enc = it->p;
+    out->elen = it->len;
+    out->bytes = it->u.s.bytes;
+    return 0;
+  }
+  if (it->kind == ITEM_NOTIFY) {
+    out->notify = 1;
+    memcpy(out->ep, it->u.n.ep, OCAP_REF_MAX);
+    out->kpids = out->small;
+    for (size_t i = 0; i < it->u.n.n; i++) {
+      memcpy(out->small[i], "kp", 2);
+      out->small[i][2 + ocap__fmt_ll(out->small[i] + 2, it->u.n.kp[i])] = '\0';
+      out->smallids[i] = it->u.n.kp[i];
+    }
+    out->ids = out->smallids;
+    out->n = it->u.n.n;
+    return 0;
+  }
+  if (it->len >= 5 && memcmp(it->p, "send ", 5) == 0) {
+    size_t at;
+    out->notify = 0;
+    out->rid = -1;
+    int rc = ocap__parse_send(k, it->p, it->len, out->target, out->result, out->sender, &at);
+    out->enc = it->p + at;
+    out->elen = it->len - at;
+    out->bytes = it->len;
+    return rc;
+  }
+  if (it->len >= 7 && memcmp(it->p, "notify ", 7) == 0) {
+    out->notify = 1;
+    int rc = parse_notify(k, it->p, it->len, out);
+    if (rc)
+      ocap__qitem_free(out);
+    return rc;
+  }
+  return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: unknown run-queue item");
+}
+
 /* Pops the run queue's head into *out. Returns 1 when there was an item,
- * 0 when the queue is empty, or a negative code. The item's text is lent,
+ * 0 when the queue is empty, or a negative code. A send's capdata is lent,
  * not copied: it stays in the ring until the crank commits, and an abort
  * only moves the head back over it (see struct ocap__queue); the first
  * item a crank takes is kept past a commit until ocap__queue_return.
@@ -764,11 +891,9 @@ int ocap__dequeue(ocap_kernel_t *k, ocap__qitem_t *out) {
   struct ocap__queue *q = k->q;
   if (q->head >= q->tail)
     return 0;
-  item_t *it = slot(q, q->head);
-  out->p = it->p;
-  out->len = it->len;
-  out->formed = it->formed;
-  out->spaces = it->spaces;
+  int rc = item_view(k, slot(q, q->head), out);
+  if (rc)
+    return rc;
   if (q->lent < 0)
     q->lent = q->head;
   q->head++;

@@ -6,7 +6,11 @@
  * `runQueue.<n>` for n from `runQueue.head` to `runQueue.tail`
  * (docs/storage.md). Each item is either a send, "send <target> <result|->
  * [<sender>]\n<capdata>", or a notify, "notify <ep> <kpid> <kpid>...". An item holds a
- * reference to every promise it names.
+ * reference to every promise it names. That text is only the stored
+ * form: an item the kernel queues is kept in its parts (its references
+ * and, for a send, its capdata), and written as text only when the store
+ * gets it; an item read from the store is parsed, and checked, when a
+ * crank takes it.
  */
 #ifndef OCAP_QUEUE_H
 #define OCAP_QUEUE_H
@@ -30,7 +34,12 @@ void ocap__queue_synced(ocap_kernel_t *k);
  * or abort. */
 int ocap__queue_changed(ocap_kernel_t *k);
 
-/* Appends an item as it is (its references already taken). */
+/* The promises a notify the kernel queues tells at most, merged into one
+ * item (ocap__enqueue_notify). */
+#define OCAP_NOTIFY_MERGE 16
+
+/* Appends an item given as its stored text (its references already
+ * taken); it is checked when a crank takes it. */
 int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len);
 /* Enqueues a send from endpoint ep, whose methargs (in ep's erefs) are
  * translated into krefs, exporting what ep names for the first time; the
@@ -53,33 +62,44 @@ void ocap__queued_forget(ocap_kernel_t *k, const char *ep);
  * it again. */
 int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, struct ocap__kp *rec);
 /*
- * A run-queue item lent to the crank that took it: its text (NUL-terminated)
- * stays valid until the crank gives it back (ocap__queue_return). `formed` says the kernel built it
- * in this run (it was not read from the store): it is then well formed, and parsing it skips the
- * checks that find a damaged item.
+ * A run-queue item as the crank that took it sees it, in its parts. A
+ * send's capdata is lent: it stays valid until the crank gives the item
+ * back (ocap__queue_return), whatever the crank's host code commits.
  */
 typedef struct ocap__qitem {
-  const char *p;
-  size_t len;
-  int formed;
-  size_t spaces; /* a notify's spaces when the queue knows them, else 0 */
+  int notify; /* 0: a send, 1: a notify */
+  /* A send: result and sender are "" when it has none. */
+  char target[OCAP_REF_MAX], result[OCAP_REF_MAX], sender[OCAP_REF_MAX];
+  long long rid;   /* the N of its result kpN when the kernel queued it, else -1 */
+  const char *enc; /* its capdata (in krefs), elen bytes */
+  size_t elen;
+  size_t bytes; /* the length of its stored text: what its sender is charged */
+  /* A notify: its endpoint and its n promises, in `small` when they fit,
+   * and their numbers in ids when the kernel queued it (else NULL). */
+  char ep[OCAP_REF_MAX];
+  char (*kpids)[OCAP_REF_MAX];
+  const long long *ids;
+  size_t n;
+  char small[OCAP_NOTIFY_MERGE][OCAP_REF_MAX];
+  long long smallids[OCAP_NOTIFY_MERGE];
 } ocap__qitem_t;
 
-/* Pops the head into *out: 1 when there was an item, 0 when empty. The
- * first item a crank takes stays valid, whatever the crank's host code
- * commits, until the crank calls ocap__queue_return once it has ended. */
+/* Pops the head into *out: 1 when there was an item, 0 when empty, or a
+ * negative code (an item read from the store that is damaged: the head
+ * stays). *out is freed with ocap__qitem_free when the call returned 1.
+ * The first item a crank takes stays valid until the crank calls
+ * ocap__queue_return once it has ended. */
 int ocap__dequeue(ocap_kernel_t *k, ocap__qitem_t *out);
+void ocap__qitem_free(ocap__qitem_t *it);
 void ocap__queue_return(ocap_kernel_t *k);
+/* Appends a send item's stored text to b (a message parked on a promise
+ * is kept as text). */
+int ocap__qitem_text(ocap_kernel_t *k, const ocap__qitem_t *it, ocap__buf_t *b);
 
-/* Parses a send item's head (sender "" when it names none); *capdata is
- * where its capdata starts. `formed` as in ocap__qitem_t. */
-int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, int formed, char *target,
-                     char *result, char *sender, size_t *capdata);
-/* Parses a notify item: *kpids holds its *n promises, in `small` (room
- * for nsmall) when they fit, else in a malloc'd array the caller frees. */
-int ocap__parse_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep,
-                       char (*small)[OCAP_REF_MAX], size_t nsmall, char (**kpids)[OCAP_REF_MAX],
-                       size_t *n);
+/* Parses and checks a send item's stored text (result and sender "" when
+ * it names none); *capdata is where its capdata starts. */
+int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *target, char *result,
+                     char *sender, size_t *capdata);
 /* Drops the references a send item held (rrec as for ocap__enqueue_send). */
 int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result,
                        struct ocap__kp *rrec, const char *enc, size_t len);

@@ -960,6 +960,54 @@ static void counters_at_sync(void) {
 }
 
 /*
+ * The run queue keeps the items the kernel queues in their parts and
+ * writes their text only when it syncs: the stored items are exactly the
+ * text docs/storage.md describes (a vat's send names its sender, notifies
+ * to one endpoint merge), and a kernel opened on the store runs them.
+ */
+static void queue_text(void) {
+  record_t *r = malloc(sizeof *r);
+  REQUIRE(r != NULL);
+  ocap_kernel_t *k = new_kernel(r);
+  char ko[OCAP_REF_MAX], eref[OCAP_REF_MAX], rk[OCAP_REF_MAX], kpa[OCAP_REF_MAX];
+  char kpb[OCAP_REF_MAX], want[160];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko) == 0);
+  REQUIRE(ocap_kernel_kref_to_eref(k, "v2", ko, eref) == 0);
+  ocap_capdata_t args = {"#[\"ping\",[]]", 12, NULL, 0};
+  REQUIRE(ocap_kernel_send(k, "v2", eref, &args, "p+5") == 0);
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v2", "p+5", rk) == 0);
+  REQUIRE(ocap_kernel_alloc_promise(k, "kernel", kpa) == 0);
+  REQUIRE(ocap_kernel_alloc_promise(k, "kernel", kpb) == 0);
+  REQUIRE(ocap_kernel_kref_to_eref(k, "v2", kpa, eref) == 0);
+  REQUIRE(ocap_kernel_subscribe(k, "v2", eref) == 0);
+  REQUIRE(ocap_kernel_kref_to_eref(k, "v2", kpb, eref) == 0);
+  REQUIRE(ocap_kernel_subscribe(k, "v2", eref) == 0);
+  ocap_resolution_t res[2] = {{kpa, 0, {"#1", 2, NULL, 0}}, {kpb, 0, {"#2", 2, NULL, 0}}};
+  REQUIRE(ocap_kernel_resolve(k, "kernel", res, 2) == 0);
+  REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
+  CHECK(strcmp(raw(k, "runQueue.0"), "") == 0); /* not at commit */
+  REQUIRE(ocap_kernel_sync(k) == 0);
+  snprintf(want, sizeof want, "send %s %s v2\n\n#[\"ping\",[]]", ko, rk);
+  CHECK(strcmp(raw(k, "runQueue.0"), want) == 0);
+  snprintf(want, sizeof want, "notify v2 %s %s", kpa, kpb);
+  CHECK(strcmp(raw(k, "runQueue.1"), want) == 0);
+  CHECK(strcmp(raw(k, "runQueue.tail"), "2") == 0);
+  snprintf(want, sizeof want, "%zu", strlen(raw(k, "runQueue.0")));
+  CHECK(strcmp(raw(k, "v2.queuedBytes"), want) == 0);
+  CHECK(ocap_kernel_check(k) == 0);
+  /* Read back as text, the items run as they would have. */
+  k = reopen(k, r);
+  CHECK(step(k, r) == 1 && step(k, r) == 1 && step(k, r) == 0);
+  CHECK(r->n == 2 && strcmp(r->lines[0], "v1 msg #[\"ping\",[]]") == 0 &&
+        strcmp(r->lines[1], "v2 notify 2") == 0);
+  REQUIRE(ocap_kernel_sync(k) == 0);
+  CHECK(strcmp(raw(k, "v2.queuedBytes"), "") == 0);
+  CHECK(ocap_kernel_check(k) == 0);
+  free_kernel(k);
+  free(r);
+}
+
+/*
  * An endpoint's import counters (`<ep>.nextObjectId`, kept with its
  * c-list) follow the kernel's: an eref a rolled-back crank gave an
  * endpoint stays spent, since the endpoint's own state outside the store
@@ -1343,6 +1391,7 @@ int main(void) {
   clist_versions();
   commit_in_delivery();
   counters_at_sync();
+  queue_text();
   endpoint_ids_spent();
   gc_faults();
   retire_indexed(3);
