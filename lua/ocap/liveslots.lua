@@ -648,7 +648,7 @@ function M.make(opts)
     return function(...)
       if itself[...] then return sendArgs(vref, method, true, select(2, ...)) end
       local body, slots = cEncodeCallArgs(method, valToSlot, ...)
-      if body == nil then return sendTo(vref, method, pack(...), true) end
+      if not body then return sendTo(vref, method, pack(...), true) end
       if slots and ndropped > 0 then return sendEncoded(vref, body, slots, true) end
       local vpid = nextPromise
       sendNumbered(vref, body, slots, vpid)
@@ -854,13 +854,16 @@ function M.make(opts)
   --- A message to targetVref, as its method and arguments. A result the
   --- kernel numbered for the vat ("p-<N>") comes as N, which only goes
   --- back to the resolve syscall (core/ldeliver.c).
+  --- Only a vat has these two, and a vat always has the C codec. Each
+  --- test is a truth test where it can be (no export is false): Lua
+  --- compares with nil by a call, and tests truth inline.
   function ls.dispatchCall(targetVref, resultVpid, method, ...)
     local target = exports[targetVref]
-    if target == nil then
+    if not target then
       target = weakExports[targetVref]
-      if target == nil and ssub(targetVref, 1, 3) == 'o+d' then target = durableObject(targetVref) end
+      if not target and ssub(targetVref, 1, 3) == 'o+d' then target = durableObject(targetVref) end
     end
-    if target == nil then
+    if not target then
       -- The methargs as decoding the body would have made them.
       local array = pass.array
       deliverDecoded(nil, targetVref, resultVpid, true, array(method, array(...)))
@@ -878,7 +881,7 @@ function M.make(opts)
         -- awaiting and queued no turn, and its result is plain data. The
         -- C codec, given no valToSlot, encodes nothing that needs a slot:
         -- a promise, or a target that pipelines, goes to methodRan.
-        local body = done and ok and not busy and resultVpid and cEncodeParts and cEncodeParts(r)
+        local body = done and ok and not busy and resultVpid and cEncodeParts(r)
         if body then
           resolve(resultVpid, false, body)
         else
@@ -976,12 +979,11 @@ end
 --- E(target).method(...) -> promise; E(target):method(...) works too.
 local E = setmetatable({}, {
   __call = function(_, target)
-    if target == nil then error('E: target is nil', 2) end
     local p = proxyCache[target]
-    if not p then
-      p = makeProxy(target, true)
-      proxyCache[target] = p
-    end
+    if p then return p end
+    if target == nil then error('E: target is nil', 2) end
+    p = makeProxy(target, true)
+    proxyCache[target] = p
     return p
   end,
 })
