@@ -85,6 +85,19 @@ describe('baggage values', function()
     end
   end)
 
+  it('are stored as the reference codec encodes them', function()
+    -- Plain values go through the C codec without the marshaller's
+    -- capdata: the bytes must be the marshaller's all the same.
+    local reference = require('ocap.marshal').reference
+    local key = 'vs.' .. vatId .. '.vc.1.sk'
+    op('init', 'k', 0)
+    for _, v in ipairs({ 7, -3, 1.5, 1e21, 1e-7, 1 / 0, -1 / 0, 0 / 0, 2 ^ 53, '', 'plain', '!bang', '$dollar',
+      '#hash', '%pct', '&amp', '+plus', '-minus', 'caf\xc3\xa9', 'quote"back\\', true, false }) do
+      op('set', 'k', v)
+      assert.equal('\n' .. reference.serializeData(v).body, kernel.K:kvGet(key))
+    end
+  end)
+
   it('are read as the store holds them, even when written behind the vat', function()
     assert.equal(1, kernel:queueMessage(root, 'increment', {}):await())
     local key = 'vs.' .. vatId .. '.vc.1.scount'

@@ -16,6 +16,13 @@ local type, error, tostring, setmetatable, tonumber, pcall, next = type, error, 
   setmetatable, tonumber, pcall, next
 local spack, sunpack, sfmt, ssub, sbyte = string.pack, string.unpack, string.format, string.sub, string.byte
 local concat = table.concat
+local mtype = math.type
+-- The C codec's encoder of plain data, where the state has it (always in
+-- a vat): the body the marshaller makes, without its capdata tables.
+local cEncodeParts = pass.codec and pass.codec.encodeParts
+
+-- 2^53: integers within it are safe (exact as doubles).
+local SAFE <const> = 9007199254740992
 
 local BAGGAGE_ID = 1
 
@@ -105,8 +112,14 @@ function M.durableEncoder(ls)
   return function(v, where)
     -- Only a table can be or hold a promise: anything else is encoded
     -- without the pcall (a vat's pcall is metered, and most values stored
-    -- are plain), raising what encoding raises as the pcall would.
-    if type(v) ~= 'table' then return encodeValue(dm, v) end
+    -- are plain), raising what encoding raises as the pcall would. The C
+    -- codec encodes it as the marshaller would (it leaves what it cannot
+    -- encode, errors included, to the marshaller).
+    if type(v) ~= 'table' then
+      local body = cEncodeParts and cEncodeParts(v)
+      if body then return '\n' .. body end
+      return encodeValue(dm, v)
+    end
     local ok, enc = pcall(encodeValue, dm, v)
     if ok then return enc end
     if enc ~= PROMISE_FOUND then error(enc, 0) end
@@ -123,7 +136,7 @@ local function plain(v)
   local t = type(v)
   if t == 'boolean' then return true end
   if t == 'string' then return #v <= 64 end
-  return math.type(v) == 'integer' and v <= 2 ^ 53 and v >= -2 ^ 53
+  return mtype(v) == 'integer' and v <= SAFE and v >= -SAFE
 end
 
 --- The inverse of encodeValue.
@@ -207,6 +220,8 @@ function M.make(syscall, m, ls, bag, bagMeta)
   -- holds is taken, so a write by anyone else is simply decoded.
   local plainEnc, plainVal, nplain = {}, {}, 0
   local PLAIN_KEYS = 64
+  -- How many string keys a store remembers the store keys of (keyOf).
+  local MEMO_KEYS <const> = 32
   local function remember(key, enc, v)
     if plainEnc[key] == nil then
       if nplain >= PLAIN_KEYS then
@@ -222,7 +237,21 @@ function M.make(syscall, m, ls, bag, bagMeta)
     local sizeKey = 'vc.' .. id .. '|size'
     local store = {}
     local function size() return storedCount(get, sizeKey, 0) end
-    local function keyOf(k) return prefix .. encodeKey(k) end
+    -- The store keys of the last few short string keys used, made on
+    -- first use: a key read and written at every call (a counter in
+    -- baggage) is built once.
+    local keys, nkeys = nil, 0
+    local function keyOf(k)
+      local key = keys and keys[k]
+      if key then return key end
+      key = prefix .. encodeKey(k)
+      if type(k) == 'string' and #k <= 64 then
+        if not keys or nkeys >= MEMO_KEYS then keys, nkeys = {}, 0 end
+        keys[k] = key
+        nkeys = nkeys + 1
+      end
+      return key
+    end
     function store.has(_, k)
       return get(keyOf(k)) ~= nil
     end
