@@ -32,32 +32,8 @@
 
 /* A round trip makes and retires four entries: they are taken from the
  * table's spares, not malloc'd each time. */
-typedef struct centry {
-  uint64_t key;             /* the ref's word (ocap__ckey_t) */
-  uint64_t val, cval, sval; /* now, committed, stored; 0 when absent */
-  char *xkey;               /* the ref's text, for a key of kind REF_TEXT */
-  unsigned dirty;           /* listed in `dirty` */
-  unsigned syncat;          /* its index in `sync` + 1, 0 when not listed */
-  struct centry *next_spare;
-} centry_t;
-
-/*
- * One endpoint's c-list: open addressing with linear probing, by key. It
- * keeps the endpoint's import counters too (`<ep>.nextObjectId` and
- * `.nextPromiseId`, the next N of o-N and p-N), in three versions like the
- * entries, -1 when the key is absent; `ids` says the crank changed them
- * (the c-list is listed in `idirty`), `idsync` where it is in `isync`.
- */
-typedef struct clist {
-  void **slots; /* centry_t records (idtable.h's open addressing) */
-  size_t mask, n;
-  int dirty; /* a mark drop_empty uses */
-  long long next[2], cnext[2], snext[2];
-  int ids;
-  size_t idsync;
-  unsigned long gen; /* counts the entries added and removed (ocap__cpos_t) */
-  char ep[];
-} clist_t;
+typedef ocap__centry_t centry_t;
+typedef ocap__clist_t clist_t;
 
 typedef struct dirty {
   clist_t *c;
@@ -95,20 +71,29 @@ static size_t str_hash(const char *s) {
 size_t ocap__ref_text(uint64_t w, char *out) {
   static const char prefix[8][2] = {{'?', '?'}, {'k', 'o'}, {'k', 'p'}, {'o', '+'},
                                     {'o', '-'}, {'p', '+'}, {'p', '-'}, {'?', '?'}};
+  static const char pairs[201] =
+      "00010203040506070809101112131415161718192021222324252627282930313233"
+      "34353637383940414243444546474849505152535455565758596061626364656667"
+      "6869707172737475767778798081828384858687888990919293949596979899";
   unsigned kind = REF_KIND(w);
   uint64_t n = REF_NUM(w);
-  out[0] = prefix[kind][0];
-  out[1] = prefix[kind][1];
-  char d[20];
-  size_t nd = 0;
-  do {
-    d[nd++] = (char)('0' + n % 10);
-    n /= 10;
-  } while (n);
-  for (size_t i = 0; i < nd; i++)
-    out[2 + i] = d[nd - 1 - i];
-  out[2 + nd] = '\0';
-  return 2 + nd;
+  memcpy(out, prefix[kind], 2);
+  /* The digits are counted first and written in place from the end, two
+   * at a time: a round trip formats a few refs of four or five digits. */
+  size_t len = 3;
+  uint64_t v = n;
+  for (; v >= 100; v /= 100)
+    len += 2;
+  len += v >= 10;
+  out[len] = '\0';
+  char *p = out + len;
+  for (; n >= 100; n /= 100)
+    memcpy(p -= 2, pairs + 2 * (n % 100), 2);
+  if (n >= 10)
+    memcpy(p - 2, pairs + 2 * n, 2);
+  else
+    p[-1] = (char)('0' + n);
+  return len;
 }
 
 void ocap__ckey(ocap__ckey_t *key, const char *ref) {
@@ -135,21 +120,20 @@ void ocap__cv_free(uint64_t v) {
 
 /*
  * The value word of a value as stored (v, vl bytes): its code (with
- * CV_DROP after a mark `_ `) when it is the canonical text of one, else a
- * text value; 0 when out of memory.
+ * CV_DROP after a mark `_ `) when it is the canonical text of one, its
+ * text then in vt, else a text value; 0 when out of memory.
  */
-static uint64_t cv_parse(const char *v, size_t vl) {
-  char buf[OCAP_REF_MAX];
+static uint64_t cv_parse(const char *v, size_t vl, char *vt) {
   uint64_t drop = 0;
   if (vl > 2 && v[0] == '_' && v[1] == ' ') {
     drop = CV_DROP;
     v += 2;
     vl -= 2;
   }
-  if (vl < sizeof buf) {
-    memcpy(buf, v, vl);
-    buf[vl] = '\0';
-    uint64_t w = strlen(buf) == vl ? ocap__ref_code(buf) : 0;
+  if (vl < sizeof((centry_t *)0)->vt) {
+    memcpy(vt, v, vl);
+    vt[vl] = '\0';
+    uint64_t w = strlen(vt) == vl ? ocap__ref_code(vt) : 0;
     if (w)
       return w | drop;
   }
@@ -180,22 +164,8 @@ static const char *cv_str(uint64_t val, char *buf, size_t *len) {
 
 /* ---- an endpoint's entries ---- */
 
-static inline size_t key_hash(uint64_t w) {
-  return (size_t)((w * 0x9e3779b97f4a7c15ULL) >> 29);
-}
-
-static inline int entry_is(const centry_t *e, const ocap__ckey_t *key) {
-  return e->key == key->w && (REF_KIND(key->w) != REF_TEXT || strcmp(e->xkey, key->s) == 0);
-}
-
-/* The slot holding key's entry, or the free slot where it would go. */
-static inline void **entry_slot(clist_t *c, const ocap__ckey_t *key) {
-  for (size_t i = key_hash(key->w) & c->mask;; i = (i + 1) & c->mask) {
-    centry_t *e = c->slots[i];
-    if (!e || entry_is(e, key))
-      return &c->slots[i];
-  }
-}
+#define key_hash ocap__ckey_hash
+#define entry_slot ocap__clist_slot
 
 /* The slot an entry hashes to (ocap__home_fn). */
 static size_t entry_home(const void *rec, size_t mask) {
@@ -221,7 +191,8 @@ static void entry_free(struct ocap__clists *t, centry_t *e) {
   val_drop(e->val, e->cval, e->sval);
   val_drop(e->cval, e->sval, 0);
   val_drop(e->sval, 0, 0);
-  free(e->xkey);
+  if (e->xkey)
+    free(e->xkey);
   if (t->nspares < SPARES_MAX) {
     e->next_spare = t->spares;
     t->spares = e;
@@ -282,6 +253,7 @@ static centry_t *entry_add(struct ocap__clists *t, clist_t *c, const ocap__ckey_
   }
   e->key = key->w;
   e->val = e->cval = e->sval = val;
+  e->vtlen = 0;
   e->xkey = xkey;
   e->dirty = 0;
   e->syncat = 0;
@@ -497,8 +469,13 @@ __attribute__((noinline)) static int clist_load(ocap_kernel_t *k, const char *ep
       continue;
     ocap__ckey_t ck;
     ocap__ckey(&ck, after.p + plen);
-    uint64_t val = cv_parse(v, vl);
-    if (!val || !entry_add(t, c, &ck, val, NULL)) {
+    char vt[sizeof((centry_t *)0)->vt];
+    uint64_t val = cv_parse(v, vl, vt);
+    centry_t *e = val ? entry_add(t, c, &ck, val, NULL) : NULL;
+    if (e) {
+      memcpy(e->vt, vt, sizeof vt);
+      e->vtlen = REF_KIND(val) == REF_TEXT ? 0 : (unsigned)strlen(vt);
+    } else {
       ocap__cv_free(val);
       rc = ocap__broken(k, OCAP_ENOMEM, "out of memory reading the c-list of %s", ep);
       break;
@@ -528,37 +505,48 @@ static inline int clist_find(ocap_kernel_t *k, const char *ep, clist_t **out) {
   return clist_load(k, ep, out);
 }
 
-int ocap__clist_look(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, uint64_t *val,
+int ocap__clist_of(ocap_kernel_t *k, const char *ep, clist_t **out) {
+  return clist_find(k, ep, out);
+}
+
+int ocap__clist_of_ep(ocap_kernel_t *k, const char *ep, clist_t **out) {
+  /* A vat's name that vat_index reads is valid: the check costs nothing
+   * more on the hot path. */
+  long v = vat_index(ep);
+  if (v >= 0 && (size_t)v < k->c->nbyvat && k->c->byvat[v]) {
+    *out = k->c->byvat[v];
+    return 0;
+  }
+  if (!ocap__valid_ep(ep))
+    return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
+  return clist_find(k, ep, out);
+}
+
+int ocap__clist_getp(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl,
                      ocap__cpos_t *pos) {
   clist_t *c;
   int rc = clist_find(k, ep, &c);
   if (rc)
     return rc;
-  void **sl = entry_slot(c, key);
+  ocap__ckey_t key;
+  ocap__ckey(&key, ref);
+  void **sl = entry_slot(c, &key);
   pos->c = c;
   pos->slot = sl;
   pos->gen = c->gen;
-  pos->key = *key;
+  pos->key = key;
   centry_t *e = *sl;
   if (!e || !e->val)
     return 0;
-  *val = e->val;
-  return 1;
-}
-
-int ocap__clist_getp(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl,
-                     ocap__cpos_t *pos) {
-  ocap__ckey_t key;
-  ocap__ckey(&key, ref);
-  uint64_t val;
-  int rc = ocap__clist_look(k, ep, &key, &val, pos);
-  if (rc <= 0)
-    return rc;
-  *v = cv_str(val, k->c->vtext, vl);
+  uint64_t val = e->val;
+  if (REF_KIND(val) == REF_TEXT || (val & CV_DROP)) {
+    *v = cv_str(val, k->c->vtext, vl);
+    return 1;
+  }
+  *v = ocap__centry_vt(e);
+  *vl = e->vtlen;
   /* A code is well formed; whether it is what the key calls for (a vref
    * for a vat's kref, a kref for a vref) is one test of its kind. */
-  if (ocap__cv_text(val) || (val & CV_DROP))
-    return 1;
   int kref_key = REF_IS_KREF(key.w), kref_val = REF_IS_KREF(val);
   if (REF_KIND(key.w) == REF_TEXT)
     return 1;
@@ -614,28 +602,22 @@ static int index_importer(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *
   return now ? ocap__setn(k, "1", 1, "%s.i.%s", ref, ep) : ocap__delv(k, "%s.i.%s", ref, ep);
 }
 
-int ocap__clist_store(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, uint64_t val,
-                      const ocap__cpos_t *pos) {
+int ocap__clist_put(ocap_kernel_t *k, clist_t *c, const ocap__ckey_t *key, void **sl,
+                    uint64_t val) {
   struct ocap__clists *t = k->c;
-  clist_t *c;
-  int rc = clist_find(k, ep, &c);
-  if (rc) {
-    ocap__cv_free(val);
-    return rc;
-  }
-  void **sl = pos && pos->c == c && pos->gen == c->gen && pos->key.w == key->w ? pos->slot
-                                                                               : entry_slot(c, key);
+  if (!sl)
+    sl = entry_slot(c, key);
   centry_t *e = *sl;
   if (!e && !val)
     return 0;
-  rc = index_importer(k, ep, key, e ? e->val : 0, val);
+  int rc = index_importer(k, c->ep, key, e ? e->val : 0, val);
   if (rc) {
     ocap__cv_free(val);
     return rc;
   }
   if (!e && !(e = entry_add(t, c, key, 0, sl))) {
     ocap__cv_free(val);
-    return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", c->ep);
   }
   if (!e->dirty) {
     /* Room for the entry in the sync list too, which the end of the crank
@@ -643,7 +625,7 @@ int ocap__clist_store(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key,
     if (ocap__reserve(&t->dirty, &t->capdirty, t->ndirty + 1, sizeof *t->dirty, 32) ||
         ocap__reserve(&t->sync, &t->capsync, t->nsync + t->ndirty + 1, sizeof *t->sync, 32)) {
       ocap__cv_free(val);
-      return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", c->ep);
     }
     t->dirty[t->ndirty].c = c;
     t->dirty[t->ndirty++].e = e;
@@ -651,6 +633,7 @@ int ocap__clist_store(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key,
   }
   val_drop(e->val, e->cval, e->sval);
   e->val = val;
+  e->vtlen = 0;
   return 0;
 }
 
@@ -669,11 +652,9 @@ static int ids_touch(ocap_kernel_t *k, clist_t *c) {
   return 0;
 }
 
-int ocap__clist_next_id(ocap_kernel_t *k, const char *ep, int promise, long long *out) {
-  clist_t *c;
-  int rc = clist_find(k, ep, &c);
-  if (rc)
-    return rc;
+int ocap__clist_next_id(ocap_kernel_t *k, clist_t *c, int promise, long long *out) {
+  const char *ep = c->ep;
+  int rc;
   long long n = c->next[promise] < 0 ? 1 : c->next[promise];
   if (n >= COUNT_MAX)
     return ocap__broken(k, OCAP_ECORRUPT, "counter '%s.%s' is exhausted", ep,
@@ -884,24 +865,22 @@ int ocap__clists_fill(ocap_kernel_t *k) {
   return 0;
 }
 
-/* Drops the c-lists of the pairs v[0..n) left empty, each once: their
- * flags are set first, and cleared as each is looked at. */
 /* Whether nothing of c is left, in memory or in the store, to keep it for. */
 static int droppable(const clist_t *c) {
   return c->n == 0 && !c->ids && !c->idsync && c->next[0] < 0 && c->next[1] < 0 &&
          c->cnext[0] < 0 && c->cnext[1] < 0 && c->snext[0] < 0 && c->snext[1] < 0;
 }
 
+/* Drops the c-lists of the pairs v[0..n) left empty. */
 static void drop_empty(struct ocap__clists *t, dirty_t *v, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    v[i].c->dirty = 1;
+  /* Each once: a c-list found droppable is marked, and the mark goes with
+   * it. */
   size_t ngone = 0;
   for (size_t i = 0; i < n; i++) {
     clist_t *c = v[i].c;
-    if (c->dirty) {
-      c->dirty = 0;
-      if (droppable(c))
-        v[ngone++].c = c;
+    if (!c->dirty && droppable(c)) {
+      c->dirty = 1;
+      v[ngone++].c = c;
     }
   }
   for (size_t i = 0; i < ngone; i++)
@@ -980,8 +959,11 @@ static void end_crank(struct ocap__clists *t, int keep) {
       val_drop(e->cval, e->val, e->sval);
       e->cval = e->val;
     } else {
-      val_drop(e->val, e->cval, e->sval);
-      e->val = e->cval;
+      if (e->val != e->cval) {
+        val_drop(e->val, e->cval, e->sval);
+        e->val = e->cval;
+        e->vtlen = 0;
+      }
     }
     e->dirty = 0;
     if (!e->val && !e->sval) {
@@ -994,7 +976,8 @@ static void end_crank(struct ocap__clists *t, int keep) {
       e->syncat = t->nsync;
     }
   }
-  drop_empty(t, t->dirty, n);
+  if (n)
+    drop_empty(t, t->dirty, n);
   t->ndirty = 0;
 }
 

@@ -71,28 +71,93 @@ uint64_t ocap__cv_make(const char *s, size_t n);
 void ocap__cv_free(uint64_t v);
 
 /*
- * Where a lookup found its key in ep's c-list, or where its entry would go,
- * so that a change of the same entry right after (removing what was read,
- * adding what was missing) need not look it up again. It is good until the
- * c-list gains or loses an entry; ocap__clist_store checks that (a
- * generation count) and looks the key up again when it is stale.
+ * An entry, and a c-list, laid out here so that refs.c looks entries up
+ * in place: a round trip looks up about a dozen, and each call through
+ * another layer cost more than the lookup. Only clist.c changes them.
+ * `vt` is the text of val when val is a code (its mark left out), made
+ * the first time a caller needs it (ocap__centry_vt) and copied after
+ * that: most entries are looked up for their text again and again, and
+ * most of those a round trip makes are never asked for theirs.
+ */
+typedef struct ocap__centry {
+  uint64_t key;             /* the ref's word (ocap__ckey_t) */
+  uint64_t val, cval, sval; /* now, committed, stored; 0 when absent */
+  char *xkey;               /* the ref's text, for a key of kind REF_TEXT */
+  unsigned dirty;           /* listed in the crank's changes */
+  unsigned syncat;          /* its index in the sync list + 1, 0 when not listed */
+  struct ocap__centry *next_spare;
+  unsigned vtlen; /* strlen(vt), 0 until it is made */
+  char vt[24];
+} ocap__centry_t;
+
+/*
+ * One endpoint's c-list: open addressing with linear probing, by key. It
+ * keeps the endpoint's import counters too (`<ep>.nextObjectId` and
+ * `.nextPromiseId`, the next N of o-N and p-N), in three versions like the
+ * entries, -1 when the key is absent; `ids` says the crank changed them,
+ * `idsync` where it is in the sync list of counters.
+ */
+typedef struct ocap__clist {
+  void **slots; /* ocap__centry_t records (idtable.h's open addressing) */
+  size_t mask, n;
+  int dirty; /* a mark clist.c's drop_empty uses */
+  long long next[2], cnext[2], snext[2];
+  int ids;
+  size_t idsync;
+  unsigned long gen; /* counts the entries added and removed (ocap__cpos_t) */
+  char ep[];
+} ocap__clist_t;
+
+static inline size_t ocap__ckey_hash(uint64_t w) {
+  return (size_t)((w * 0x9e3779b97f4a7c15ULL) >> 29);
+}
+
+/* The slot of c holding key's entry, or the free slot where it would go:
+ * good until c gains or loses an entry. */
+static inline void **ocap__clist_slot(ocap__clist_t *c, const ocap__ckey_t *key) {
+  for (size_t i = ocap__ckey_hash(key->w) & c->mask;; i = (i + 1) & c->mask) {
+    ocap__centry_t *e = c->slots[i];
+    if (!e || (e->key == key->w && (REF_KIND(key->w) != REF_TEXT || strcmp(e->xkey, key->s) == 0)))
+      return &c->slots[i];
+  }
+}
+
+/* The text of e's value, a code (its mark left out), in e->vt. */
+static inline const char *ocap__centry_vt(ocap__centry_t *e) {
+  if (!e->vtlen)
+    e->vtlen = (unsigned)ocap__ref_text(e->val & ~CV_DROP, e->vt);
+  return e->vt;
+}
+
+/* The value word in slot sl (0 for none). */
+static inline uint64_t ocap__clist_val(void **sl) {
+  ocap__centry_t *e = *sl;
+  return e ? e->val : 0;
+}
+
+/* ep's c-list, read from the store the first time: 0 with it in *out, or
+ * a negative code. ocap__clist_of_ep first checks ep is an endpoint's
+ * name, a caller's fault when it is not. */
+int ocap__clist_of(ocap_kernel_t *k, const char *ep, ocap__clist_t **out);
+int ocap__clist_of_ep(ocap_kernel_t *k, const char *ep, ocap__clist_t **out);
+
+/* Sets c's entry for key to the value word val (0 removes it): sl is the
+ * slot ocap__clist_slot gave for key with no change of c since, or NULL.
+ * A text value is the c-list's from the call on, even when it fails. */
+int ocap__clist_put(ocap_kernel_t *k, ocap__clist_t *c, const ocap__ckey_t *key, void **sl,
+                    uint64_t val);
+
+/*
+ * Where ocap__clist_getp found ref in ep's c-list, or where its entry
+ * would go, for ocap__export_new right after: good until the c-list
+ * gains or loses an entry (its generation count, gen, says when).
  */
 typedef struct ocap__cpos {
-  void *c; /* the c-list (clist.c), NULL before a lookup */
+  ocap__clist_t *c; /* NULL before a lookup */
   void **slot;
   unsigned long gen;
   ocap__ckey_t key;
 } ocap__cpos_t;
-
-/* ep's entry for key: 1 with its value word in *val (not 0), 0 when there
- * is none, or a negative code; *pos is filled either way. */
-int ocap__clist_look(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, uint64_t *val,
-                     ocap__cpos_t *pos);
-/* Sets ep's entry for key to the value word val (0 removes it); pos, when
- * not NULL, is where a lookup of the same key just was. A text value is
- * the c-list's from the call on, even when it fails. */
-int ocap__clist_store(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, uint64_t val,
-                      const ocap__cpos_t *pos);
 
 /* The value of `<ep>.c.<ref>` as text: 1 with *v (owned by the table,
  * valid until the next lookup or change of a c-list) and *vl set, 0 when
@@ -109,10 +174,10 @@ int ocap__clist_each(ocap_kernel_t *k, const char *ep, const char *prefix,
                      int (*each)(void *ud, const char *ref), void *ud);
 
 /* The next N of an import o-N (promise 0) or p-N (promise 1) the kernel
- * gives ep, advancing `<ep>.nextObjectId` or `.nextPromiseId` (kept with
- * the c-list, written at sync like it); ocap__clist_clear_ids removes both
- * (ep's termination). */
-int ocap__clist_next_id(ocap_kernel_t *k, const char *ep, int promise, long long *out);
+ * gives c's endpoint, advancing `<ep>.nextObjectId` or `.nextPromiseId`
+ * (kept with the c-list, written at sync like it); ocap__clist_clear_ids
+ * removes both (ep's termination). */
+int ocap__clist_next_id(ocap_kernel_t *k, ocap__clist_t *c, int promise, long long *out);
 int ocap__clist_clear_ids(ocap_kernel_t *k, const char *ep);
 
 /* The endpoints that import object kref (the exporter is not one), read

@@ -73,22 +73,22 @@ int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out) {
 }
 
 /*
- * The reference in value word val (not 0), ep's entry for key, into out
+ * The reference in e, c's entry for key (with a value), into out
  * (OCAP_REF_MAX bytes): 1, or a negative code when a value read from the
  * store cannot be a reference (corruption). An object's kref-keyed entry
  * is marked `_ ` once the endpoint dropped it (it recognizes it but no
- * longer reaches it): the mark is taken off, and *reach (when not NULL)
- * says whether it was there. *code gets the reference's code, 0 when it
- * has none.
+ * longer reaches it): the mark is taken off, and *reach says whether it
+ * was there. *code gets the reference's code, 0 when it has none.
  */
-static int entry_val(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, uint64_t val,
-                     char *out, int *reach, uint64_t *code) {
+static int entry_val(ocap_kernel_t *k, const ocap__clist_t *c, const ocap__ckey_t *key,
+                     ocap__centry_t *e, char *out, int *reach, uint64_t *code) {
+  uint64_t val = e->val;
   const ocap__ctext_t *t = ocap__cv_text(val);
   if (!t) {
-    if (reach)
-      *reach = !(val & CV_DROP);
+    *reach = !(val & CV_DROP);
     *code = val & ~CV_DROP;
-    ocap__ref_text(*code, out);
+    /* Copied whole: a code's text and its NUL fit vt, and out is longer. */
+    memcpy(out, ocap__centry_vt(e), sizeof e->vt);
     return 1;
   }
   const char *v = t->s;
@@ -98,8 +98,7 @@ static int entry_val(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, 
     v += 2;
     vl -= 2;
   }
-  if (reach)
-    *reach = r;
+  *reach = r;
   *code = 0;
   if (!ocap__ref_like(v, vl)) {
     char kbuf[KEY_MAX], rbuf[OCAP_REF_MAX];
@@ -108,7 +107,7 @@ static int entry_val(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, 
       ocap__ref_text(key->w, rbuf);
       ref = rbuf;
     }
-    snprintf(kbuf, sizeof kbuf, "%s.c.%s", ep, ref);
+    snprintf(kbuf, sizeof kbuf, "%s.c.%s", c->ep, ref);
     return ocap__corrupt(k, kbuf, v, vl, "a reference");
   }
   memcpy(out, v, vl);
@@ -116,22 +115,33 @@ static int entry_val(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, 
   return 1;
 }
 
-/* Reads ep's entry for key into out (entry_val): 1 found, 0 missing, or a
- * negative code. *pos (when not NULL) is where the entry is or would go,
- * for a change of it right after. */
-static int clist_look_ref(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, char *out,
-                          int *reach, uint64_t *code, ocap__cpos_t *pos) {
-  uint64_t val, c;
-  ocap__cpos_t here;
-  int rc = ocap__clist_look(k, ep, key, &val, pos ? pos : &here);
-  return rc <= 0 ? rc : entry_val(k, ep, key, val, out, reach, code ? code : &c);
+/* c's entry for key, read into out (entry_val): 1 found, 0 missing, or a
+ * negative code. *sl gets its slot (ocap__clist_slot). */
+static int entry_look(ocap_kernel_t *k, ocap__clist_t *c, const ocap__ckey_t *key, char *out,
+                      int *reach, uint64_t *code, void ***sl) {
+  *sl = ocap__clist_slot(c, key);
+  ocap__centry_t *e = **sl;
+  if (!e || !e->val)
+    return 0;
+  return entry_val(k, c, key, e, out, reach, code);
 }
 
+/* ep's entry for ref into out (entry_look), with *reach when not NULL. */
 static int clist_ref_reach(ocap_kernel_t *k, const char *ep, const char *ref, char *out,
                            int *reach) {
+  ocap__clist_t *c;
+  int rc = ocap__clist_of(k, ep, &c);
+  if (rc)
+    return rc;
   ocap__ckey_t key;
   ocap__ckey(&key, ref);
-  return clist_look_ref(k, ep, &key, out, reach, NULL, NULL);
+  int r;
+  uint64_t code;
+  void **sl;
+  rc = entry_look(k, c, &key, out, &r, &code, &sl);
+  if (reach)
+    *reach = r;
+  return rc;
 }
 
 static int clist_ref(ocap_kernel_t *k, const char *ep, const char *ref, char *out) {
@@ -142,27 +152,32 @@ int ocap__clist_entry(ocap_kernel_t *k, const char *ep, const char *kref, char *
   return clist_ref_reach(k, ep, kref, eref, reach);
 }
 
-/* The value word for reference ref (its code when it has one, else its
- * text), marked dropped unless reach; 0 when out of memory. */
-static uint64_t ref_val(const char *ref, int reach) {
-  uint64_t w = ocap__ref_code(ref);
-  if (w)
-    return reach ? w : w | CV_DROP;
-  char v[OCAP_REF_MAX + 2];
-  int n = snprintf(v, sizeof v, "%s%s", reach ? "" : "_ ", ref);
-  return ocap__cv_make(v, n < 0 ? 0 : (size_t)n < sizeof v ? (size_t)n : sizeof v - 1);
-}
-
 static int nomem(ocap_kernel_t *k, const char *ep) {
   return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", ep);
 }
 
+/* Sets c's entry for key (slot sl, or NULL) to reference ref (its code
+ * when it has one, else its text), marked dropped unless reach. */
+static int put_ref(ocap_kernel_t *k, ocap__clist_t *c, const ocap__ckey_t *key, void **sl,
+                   const char *ref, int reach) {
+  uint64_t w = ocap__ref_code(ref);
+  if (w)
+    return ocap__clist_put(k, c, key, sl, reach ? w : w | CV_DROP);
+  char v[OCAP_REF_MAX + 2];
+  int n = snprintf(v, sizeof v, "%s%s", reach ? "" : "_ ", ref);
+  w = ocap__cv_make(v, n < 0 ? 0 : (size_t)n < sizeof v ? (size_t)n : sizeof v - 1);
+  return w ? ocap__clist_put(k, c, key, sl, w) : nomem(k, c->ep);
+}
+
 int ocap__clist_set_reach(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref,
                           int reach) {
+  ocap__clist_t *c;
+  int rc = ocap__clist_of(k, ep, &c);
+  if (rc)
+    return rc;
   ocap__ckey_t key;
   ocap__ckey(&key, kref);
-  uint64_t v = ref_val(eref, reach);
-  return v ? ocap__clist_store(k, ep, &key, v, NULL) : nomem(k, ep);
+  return put_ref(k, c, &key, NULL, eref, reach);
 }
 
 int ocap__export_eref(ocap_kernel_t *k, const char *ep, const char *koid, char *eref) {
@@ -186,41 +201,49 @@ static int host_import(ocap_kernel_t *k, const char *kref) {
   int rc = ocap__obj_info(k, kref, &o);
   if (rc < 0 || ocap__is_kernel_ep(o.owner))
     return rc < 0 ? rc : 0;
-  ocap__cpos_t pos;
+  ocap__clist_t *c;
+  rc = ocap__clist_of(k, "kernel", &c);
+  if (rc)
+    return rc;
   ocap__ckey_t key;
   ocap__ckey(&key, kref);
-  int found = clist_look_ref(k, "kernel", &key, have, &reach, NULL, &pos);
+  uint64_t code;
+  void **sl;
+  int found = entry_look(k, c, &key, have, &reach, &code, &sl);
   if (found < 0 || (found > 0 && reach))
     return found < 0 ? found : 0;
-  uint64_t v = ref_val(kref, 1);
-  rc = v ? ocap__clist_store(k, "kernel", &key, v, &pos) : nomem(k, "kernel");
+  rc = put_ref(k, c, &key, sl, kref, 1);
   return rc ? rc : ocap__obj_count(k, kref, 1, found ? 0 : 1);
 }
 
-/* Adds an entry, both directions: kref (key kkey) and eref (key ekey). An
- * import of an object counts in both its counts (gc.h); the exporter's own
- * entry counts in neither. A promise's entry counts in the promise, whose
- * record the caller may pass (rec, else NULL). kpos or epos, when not
- * NULL, is where a lookup of kref or of eref just missed: that direction
- * is entered first, there. */
-static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const ocap__ckey_t *kkey,
-                     const char *eref, const ocap__ckey_t *ekey, ocap__kp_t *rec,
-                     const ocap__cpos_t *kpos, const ocap__cpos_t *epos) {
-  /* The krefs the kernel makes all have codes; a vref may be text. */
-  uint64_t kv = REF_KIND(kkey->w) == REF_TEXT ? ocap__cv_make(kref, strlen(kref)) : kkey->w;
-  uint64_t ev = REF_KIND(ekey->w) == REF_TEXT ? ocap__cv_make(eref, strlen(eref)) : ekey->w;
+/* The value word for a reference the kernel enters (kref or eref, key
+ * w): its code, or a text value; 0 when out of memory. */
+static uint64_t entered(const ocap__ckey_t *key, const char *ref) {
+  return REF_KIND(key->w) == REF_TEXT ? ocap__cv_make(ref, strlen(ref)) : key->w;
+}
+
+/* Adds an entry to c, both directions: kref (key kkey) and eref (key
+ * ekey). An import of an object counts in both its counts (gc.h); the
+ * exporter's own entry counts in neither. A promise's entry counts in the
+ * promise, whose record the caller may pass (rec, else NULL). ksl or esl,
+ * when not NULL, is the slot where a lookup of kref or of eref just
+ * missed: that direction is entered first, there. */
+static int clist_add(ocap_kernel_t *k, ocap__clist_t *c, const char *kref, const ocap__ckey_t *kkey,
+                     const char *eref, const ocap__ckey_t *ekey, ocap__kp_t *rec, void **ksl,
+                     void **esl) {
+  uint64_t kv = entered(kkey, kref), ev = entered(ekey, eref);
   if (!kv || !ev) {
     ocap__cv_free(kv);
     ocap__cv_free(ev);
-    return nomem(k, ep);
+    return nomem(k, c->ep);
   }
   int rc;
-  if (epos) {
-    rc = ocap__clist_store(k, ep, ekey, kv, epos);
-    rc = rc ? (ocap__cv_free(ev), rc) : ocap__clist_store(k, ep, kkey, ev, NULL);
+  if (esl) {
+    rc = ocap__clist_put(k, c, ekey, esl, kv);
+    rc = rc ? (ocap__cv_free(ev), rc) : ocap__clist_put(k, c, kkey, NULL, ev);
   } else {
-    rc = ocap__clist_store(k, ep, kkey, ev, kpos);
-    rc = rc ? (ocap__cv_free(kv), rc) : ocap__clist_store(k, ep, ekey, kv, NULL);
+    rc = ocap__clist_put(k, c, kkey, ksl, ev);
+    rc = rc ? (ocap__cv_free(kv), rc) : ocap__clist_put(k, c, ekey, NULL, kv);
   }
   if (rc)
     return rc;
@@ -232,25 +255,29 @@ static int clist_add(ocap_kernel_t *k, const char *ep, const char *kref, const o
 /* ocap__clist_remove, with kref's record when it is a promise the caller
  * found (rec, else NULL). */
 static int clist_remove(ocap_kernel_t *k, const char *ep, const char *kref, ocap__kp_t *rec) {
+  ocap__clist_t *c;
+  int rc = ocap__clist_of(k, ep, &c);
+  if (rc)
+    return rc;
   char eref[OCAP_REF_MAX];
   int reach = 1;
   uint64_t ecode;
-  ocap__cpos_t pos;
+  void **sl;
   ocap__ckey_t key;
   ocap__ckey(&key, kref);
-  int rc = clist_look_ref(k, ep, &key, eref, &reach, &ecode, &pos);
+  rc = entry_look(k, c, &key, eref, &reach, &ecode, &sl);
   if (rc <= 0)
     return rc;
-  rc = ocap__clist_store(k, ep, &key, 0, &pos);
+  rc = ocap__clist_put(k, c, &key, sl, 0);
   if (!rc && !ocap__is_kernel_ep(ep)) {
     ocap__ckey_t ekey = ocap__ckey_code(ecode);
     if (!ecode)
       ocap__ckey(&ekey, eref);
-    rc = ocap__clist_store(k, ep, &ekey, 0, NULL);
+    rc = ocap__clist_put(k, c, &ekey, NULL, 0);
   }
   if (rc)
     return rc;
-  if (REF_KIND(key.w) == REF_KP || (REF_KIND(key.w) == REF_TEXT && ocap__is_kpid(kref)))
+  if (ocap__is_kpid(kref))
     return rec ? ocap__kp_decref(k, rec) : ocap__decref(k, kref);
   /* The kernel endpoint's table holds imports only. */
   if (ocap__is_kernel_ep(ep) || eref[1] == '-')
@@ -276,20 +303,20 @@ static int reexport(ocap_kernel_t *k, const char *ep, const char *kref) {
   return ocap__obj_set_flag(k, kref, OBJ_DROPPED, 0);
 }
 
-/* The export's new entry in ep for eref, key ekey, whose lookup missed at
- * pos: ocap__export_new. */
-static int export_new(ocap_kernel_t *k, const char *ep, const char *eref, const ocap__ckey_t *ekey,
-                      char *out, ocap__kp_t **rec, const ocap__cpos_t *pos) {
+/* The new export eref (key ekey) of c's endpoint, whose lookup missed at
+ * slot esl: ocap__export_new. */
+static int export_new(ocap_kernel_t *k, ocap__clist_t *c, const char *eref,
+                      const ocap__ckey_t *ekey, void **esl, char *out, ocap__kp_t **rec) {
   ocap__kp_t *r = NULL;
-  int rc =
-      eref[0] == 'o' ? ocap_kernel_alloc_object(k, ep, out) : ocap__alloc_promise(k, ep, out, &r);
+  int rc = eref[0] == 'o' ? ocap_kernel_alloc_object(k, c->ep, out)
+                          : ocap__alloc_promise(k, c->ep, out, &r);
   if (rec)
     *rec = r;
   if (rc)
     return rc;
   ocap__ckey_t kkey;
   ocap__ckey(&kkey, out);
-  return clist_add(k, ep, out, &kkey, eref, ekey, r, NULL, pos);
+  return clist_add(k, c, out, &kkey, eref, ekey, r, NULL, esl);
 }
 
 int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
@@ -299,16 +326,22 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
     memcpy(out, eref, strlen(eref) + 1);
     return out[1] == 'o' ? reexport(k, ep, out) : 0;
   }
-  if (!ocap__valid_ep(ep))
-    return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
   ocap__ckey_t key;
   ocap__ckey(&key, eref);
-  /* A vref with a code is valid; any other is checked as text. */
-  if (!REF_IS_VREF(key.w) && (REF_KIND(key.w) != REF_TEXT || !ocap__valid_eref(eref)))
-    return ocap__fail(k, OCAP_EINVAL, "vat %s used invalid vref '%.60s'", ep, eref);
+  /* A vref with a code is valid; any other is checked as text, after the
+   * endpoint. */
+  if (!REF_IS_VREF(key.w) && (REF_KIND(key.w) != REF_TEXT || !ocap__valid_eref(eref))) {
+    int bad = ocap__check_ep(k, ep);
+    return bad ? bad : ocap__fail(k, OCAP_EINVAL, "vat %s used invalid vref '%.60s'", ep, eref);
+  }
+  ocap__clist_t *c;
+  int rc = ocap__clist_of_ep(k, ep, &c);
+  if (rc)
+    return rc;
   uint64_t kcode;
-  ocap__cpos_t pos; /* where a new export's entry goes */
-  int rc = clist_look_ref(k, ep, &key, out, NULL, &kcode, &pos);
+  int reach;
+  void **sl; /* where a new export's entry goes */
+  rc = entry_look(k, c, &key, out, &reach, &kcode, &sl);
   if (rc < 0)
     return rc;
   if (rc > 0) {
@@ -321,32 +354,44 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
       return reexport(k, ep, out);
     /* A vat may only send what it still reaches: a dropped import may
      * already be retired by its exporter. */
-    char v[OCAP_REF_MAX];
-    int reach;
     ocap__ckey_t kkey = ocap__ckey_code(kcode);
     if (!kcode)
       ocap__ckey(&kkey, out);
-    rc = clist_look_ref(k, ep, &kkey, v, &reach, NULL, NULL);
-    if (rc < 0)
-      return rc;
-    if (rc == 0 || !reach)
+    ocap__centry_t *e = *ocap__clist_slot(c, &kkey);
+    if (e && e->val && REF_KIND(e->val) != REF_TEXT) {
+      reach = !(e->val & CV_DROP);
+    } else if (e && e->val) {
+      char v[OCAP_REF_MAX];
+      uint64_t code;
+      rc = entry_val(k, c, &kkey, e, v, &reach, &code);
+      if (rc < 0)
+        return rc;
+    }
+    if (!e || !e->val || !reach)
       return ocap__fail(k, OCAP_EINVAL, "vat %s used dropped import '%s'", ep, eref);
     return 0;
   }
   if (eref[1] == '-')
     return ocap__fail(k, OCAP_EINVAL, "vat %s used unknown import '%s'", ep, eref);
-  return export_new(k, ep, eref, &key, out, NULL, &pos);
+  return export_new(k, c, eref, &key, sl, out, NULL);
 }
 
 int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *out,
                      ocap__kp_t **rec, const struct ocap__cpos *pos) {
+  ocap__clist_t *c;
+  int rc = ocap__clist_of(k, ep, &c);
+  if (rc)
+    return rc;
   ocap__ckey_t key;
-  if (pos && pos->c)
+  void **sl = NULL;
+  if (pos && pos->c == c && pos->gen == c->gen) {
     key = pos->key;
-  else
+    sl = pos->slot;
+  } else {
     ocap__ckey(&key, eref);
+  }
   key.s = eref;
-  return export_new(k, ep, eref, &key, out, rec, pos);
+  return export_new(k, c, eref, &key, sl, out, rec);
 }
 
 int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
@@ -368,12 +413,14 @@ static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap
     memcpy(out, kref, strlen(kref) + 1);
     return kref[1] == 'o' ? host_import(k, kref) : 0;
   }
-  if (!ocap__valid_ep(ep))
-    return ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
+  ocap__clist_t *c;
+  int rc = ocap__clist_of_ep(k, ep, &c);
+  if (rc)
+    return rc;
   int reach;
   uint64_t ecode;
-  ocap__cpos_t pos; /* the entry's place, for the changes below */
-  int rc = clist_look_ref(k, ep, &key, out, &reach, &ecode, &pos);
+  void **sl; /* the entry's slot, for the changes below */
+  rc = entry_look(k, c, &key, out, &reach, &ecode, &sl);
   if (rc < 0)
     return rc;
   if (rc > 0) {
@@ -383,18 +430,17 @@ static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap
     /* An import the vat dropped and is given again: it reaches it again. */
     if (reach)
       return 0;
-    uint64_t v = ecode ? ecode : ocap__cv_make(out, strlen(out));
-    rc = v ? ocap__clist_store(k, ep, &key, v, &pos) : nomem(k, ep);
+    rc = put_ref(k, c, &key, sl, out, 1);
     return rc ? rc : ocap__obj_count(k, kref, 1, 0);
   }
-  int promise = ocap__is_kpid(kref);
+  int promise = REF_KIND(key.w) == REF_KP || (REF_KIND(key.w) == REF_TEXT && ocap__is_kpid(kref));
   long long n;
-  rc = ocap__clist_next_id(k, ep, promise, &n);
+  rc = ocap__clist_next_id(k, c, promise, &n);
   if (rc)
     return rc;
   ocap__ckey_t ekey = ocap__ckey_code(REF_MAKE(promise ? REF_PI : REF_OI, n));
   ocap__ref_text(ekey.w, out);
-  return clist_add(k, ep, kref, &key, out, &ekey, rec, &pos, NULL);
+  return clist_add(k, c, kref, &key, out, &ekey, rec, sl, NULL);
 }
 
 int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out) {

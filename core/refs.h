@@ -80,17 +80,15 @@ static inline uint64_t ocap__ref_code(const char *r) {
   } else {
     return 0;
   }
-  const char *d = r + 2;
+  const char *d = r + 2, *p = d;
   if (d[0] == '0')
     return d[1] ? 0 : kind;
+  /* The length is checked once at the end: n may wrap on the way. */
   uint64_t n = 0;
-  size_t i = 0;
-  for (; d[i] >= '0' && d[i] <= '9'; i++) {
-    if (i >= 18)
-      return 0;
-    n = n * 10 + (uint64_t)(d[i] - '0');
-  }
-  return i && !d[i] ? REF_MAKE(kind, n) : 0;
+  unsigned c;
+  for (; (c = (unsigned char)*p - (unsigned)'0') < 10; p++)
+    n = n * 10 + c;
+  return *p || p == d || p - d > 18 ? 0 : REF_MAKE(kind, n);
 }
 
 /* Writes the text of code w (not 0) into out, NUL-terminated; returns its
