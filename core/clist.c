@@ -188,9 +188,13 @@ static inline void val_drop(uint64_t v, uint64_t a, uint64_t b) {
 
 /* Gives e back: to the spares when there is room. */
 static void entry_free(struct ocap__clists *t, centry_t *e) {
-  val_drop(e->val, e->cval, e->sval);
-  val_drop(e->cval, e->sval, 0);
-  val_drop(e->sval, 0, 0);
+  /* An entry goes when its values are gone: only a whole c-list's end
+   * frees one that has some. */
+  if (e->val | e->cval | e->sval) {
+    val_drop(e->val, e->cval, e->sval);
+    val_drop(e->cval, e->sval, 0);
+    val_drop(e->sval, 0, 0);
+  }
   if (e->xkey)
     free(e->xkey);
   if (t->nspares < SPARES_MAX) {
@@ -582,8 +586,9 @@ static int is_import(const char *ep, uint64_t val) {
  * with the crank, and a scan of `ko<N>.i.` always sees the entries as they
  * are now.
  */
-static int index_importer(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key, uint64_t old,
-                          uint64_t val) {
+__attribute__((noinline)) static int index_importer(ocap_kernel_t *k, const char *ep,
+                                                    const ocap__ckey_t *key, uint64_t old,
+                                                    uint64_t val) {
   char buf[OCAP_REF_MAX];
   const char *ref = key->s;
   if (REF_KIND(key->w) == REF_TEXT) {
@@ -602,6 +607,14 @@ static int index_importer(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *
   return now ? ocap__setn(k, "1", 1, "%s.i.%s", ref, ep) : ocap__delv(k, "%s.i.%s", ref, ep);
 }
 
+/* A failed ocap__clist_put: frees val, which it would have kept. Out of
+ * line, so that the path that succeeds saves fewer registers. */
+__attribute__((noinline, cold)) static int put_failed(ocap_kernel_t *k, clist_t *c, uint64_t val,
+                                                      int rc) {
+  ocap__cv_free(val);
+  return rc ? rc : ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", c->ep);
+}
+
 int ocap__clist_put(ocap_kernel_t *k, clist_t *c, const ocap__ckey_t *key, void **sl,
                     uint64_t val) {
   struct ocap__clists *t = k->c;
@@ -610,23 +623,21 @@ int ocap__clist_put(ocap_kernel_t *k, clist_t *c, const ocap__ckey_t *key, void 
   centry_t *e = *sl;
   if (!e && !val)
     return 0;
-  int rc = index_importer(k, c->ep, key, e ? e->val : 0, val);
-  if (rc) {
-    ocap__cv_free(val);
-    return rc;
+  /* Only an object's kref-keyed entry is in the importers' index. */
+  unsigned kind = REF_KIND(key->w);
+  if (kind == REF_KO || kind == REF_TEXT) {
+    int rc = index_importer(k, c->ep, key, e ? e->val : 0, val);
+    if (rc)
+      return put_failed(k, c, val, rc);
   }
-  if (!e && !(e = entry_add(t, c, key, 0, sl))) {
-    ocap__cv_free(val);
-    return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", c->ep);
-  }
+  if (!e && !(e = entry_add(t, c, key, 0, sl)))
+    return put_failed(k, c, val, 0);
   if (!e->dirty) {
     /* Room for the entry in the sync list too, which the end of the crank
      * cannot fail to add it to. */
     if (ocap__reserve(&t->dirty, &t->capdirty, t->ndirty + 1, sizeof *t->dirty, 32) ||
-        ocap__reserve(&t->sync, &t->capsync, t->nsync + t->ndirty + 1, sizeof *t->sync, 32)) {
-      ocap__cv_free(val);
-      return ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", c->ep);
-    }
+        ocap__reserve(&t->sync, &t->capsync, t->nsync + t->ndirty + 1, sizeof *t->sync, 32))
+      return put_failed(k, c, val, 0);
     t->dirty[t->ndirty].c = c;
     t->dirty[t->ndirty++].e = e;
     e->dirty = 1;
@@ -889,15 +900,17 @@ static void drop_empty(struct ocap__clists *t, dirty_t *v, size_t n) {
 
 void ocap__clists_synced(ocap_kernel_t *k) {
   struct ocap__clists *t = k->c;
-  size_t n = 0; /* the pairs whose entry went, collected at the front */
+  size_t n = 0; /* the c-lists an entry left empty, collected at the front */
   for (size_t i = 0; i < t->nsync; i++) {
     centry_t *e = t->sync[i].e;
     val_drop(e->sval, e->val, e->cval);
     e->sval = e->cval;
     e->syncat = 0;
     if (!e->dirty && !e->val && !e->cval) {
-      t->sync[n++].c = t->sync[i].c;
-      entry_remove(t, t->sync[i].c, e);
+      clist_t *c = t->sync[i].c;
+      entry_remove(t, c, e);
+      if (!c->n)
+        t->sync[n++].c = c;
     }
   }
   drop_empty(t, t->sync, n);
@@ -951,7 +964,7 @@ static void end_crank(struct ocap__clists *t, int keep) {
     }
   }
   t->nidirty = 0;
-  size_t n = 0; /* the pairs whose entry went, collected at the front */
+  size_t n = 0; /* the c-lists an entry left empty, collected at the front */
   for (size_t i = 0; i < t->ndirty; i++) {
     clist_t *c = t->dirty[i].c;
     centry_t *e = t->dirty[i].e;
@@ -969,7 +982,8 @@ static void end_crank(struct ocap__clists *t, int keep) {
     if (!e->val && !e->sval) {
       sync_unlist(t, e);
       entry_remove(t, c, e);
-      t->dirty[n++].c = c;
+      if (!c->n)
+        t->dirty[n++].c = c;
     } else if (e->cval != e->sval && !e->syncat) {
       t->sync[t->nsync].c = c;
       t->sync[t->nsync++].e = e;

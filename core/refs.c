@@ -60,37 +60,41 @@ int ocap__check_ep(ocap_kernel_t *k, const char *ep) {
   return ocap__valid_ep(ep) ? 0 : ocap__fail(k, OCAP_EINVAL, "invalid endpoint '%.60s'", ep);
 }
 
-int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out) {
+/* A new object owned by ep (a valid endpoint): its kref in out, its code
+ * in *code. */
+static int alloc_object(ocap_kernel_t *k, const char *ep, char *out, uint64_t *code) {
   long long n;
-  int rc = ocap__check_ep(k, ep);
-  if (!rc)
-    rc = ocap__bump(k, CTR_OBJECT, &n);
+  int rc = ocap__bump(k, CTR_OBJECT, &n);
   if (rc)
     return rc;
-  memcpy(out, "ko", 2);
-  out[2 + ocap__fmt_ll(out + 2, n)] = '\0';
+  *code = REF_MAKE(REF_KO, n);
+  ocap__ref_text(*code, out);
   return ocap__set_owner(k, out, ep);
 }
 
-/*
- * The reference in e, c's entry for key (with a value), into out
- * (OCAP_REF_MAX bytes): 1, or a negative code when a value read from the
- * store cannot be a reference (corruption). An object's kref-keyed entry
- * is marked `_ ` once the endpoint dropped it (it recognizes it but no
- * longer reaches it): the mark is taken off, and *reach says whether it
- * was there. *code gets the reference's code, 0 when it has none.
- */
-static int entry_val(ocap_kernel_t *k, const ocap__clist_t *c, const ocap__ckey_t *key,
-                     ocap__centry_t *e, char *out, int *reach, uint64_t *code) {
-  uint64_t val = e->val;
-  const ocap__ctext_t *t = ocap__cv_text(val);
-  if (!t) {
-    *reach = !(val & CV_DROP);
-    *code = val & ~CV_DROP;
-    /* Copied whole: a code's text and its NUL fit vt, and out is longer. */
-    memcpy(out, ocap__centry_vt(e), sizeof e->vt);
-    return 1;
+int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out) {
+  uint64_t code;
+  int rc = ocap__check_ep(k, ep);
+  return rc ? rc : alloc_object(k, ep, out, &code);
+}
+
+/* The key of kref, whose record rec (when not NULL) the caller found: a
+ * promise's record has its number, so its kpid, canonical, need not be
+ * read again. */
+static inline void kref_key(ocap__ckey_t *key, const char *kref, const ocap__kp_t *rec) {
+  if (rec) {
+    key->w = REF_MAKE(REF_KP, ocap__kp_id(rec));
+    key->s = kref;
+  } else {
+    ocap__ckey(key, kref);
   }
+}
+
+/* entry_val for a value kept as text: checked, as it may be anything a
+ * damaged store held. */
+__attribute__((noinline)) static int text_val(ocap_kernel_t *k, const ocap__clist_t *c,
+                                              const ocap__ckey_t *key, const ocap__ctext_t *t,
+                                              char *out, int *reach, uint64_t *code) {
   const char *v = t->s;
   size_t vl = t->len;
   int r = !(vl > 2 && v[0] == '_' && v[1] == ' ');
@@ -115,10 +119,31 @@ static int entry_val(ocap_kernel_t *k, const ocap__clist_t *c, const ocap__ckey_
   return 1;
 }
 
+/*
+ * The reference in e, c's entry for key (with a value), into out
+ * (OCAP_REF_MAX bytes): 1, or a negative code when a value read from the
+ * store cannot be a reference (corruption). An object's kref-keyed entry
+ * is marked `_ ` once the endpoint dropped it (it recognizes it but no
+ * longer reaches it): the mark is taken off, and *reach says whether it
+ * was there. *code gets the reference's code, 0 when it has none.
+ */
+static inline int entry_val(ocap_kernel_t *k, const ocap__clist_t *c, const ocap__ckey_t *key,
+                            ocap__centry_t *e, char *out, int *reach, uint64_t *code) {
+  uint64_t val = e->val;
+  const ocap__ctext_t *t = ocap__cv_text(val);
+  if (t)
+    return text_val(k, c, key, t, out, reach, code);
+  *reach = !(val & CV_DROP);
+  *code = val & ~CV_DROP;
+  /* Copied whole: a code's text and its NUL fit vt, and out is longer. */
+  memcpy(out, ocap__centry_vt(e), sizeof e->vt);
+  return 1;
+}
+
 /* c's entry for key, read into out (entry_val): 1 found, 0 missing, or a
  * negative code. *sl gets its slot (ocap__clist_slot). */
-static int entry_look(ocap_kernel_t *k, ocap__clist_t *c, const ocap__ckey_t *key, char *out,
-                      int *reach, uint64_t *code, void ***sl) {
+static inline int entry_look(ocap_kernel_t *k, ocap__clist_t *c, const ocap__ckey_t *key, char *out,
+                             int *reach, uint64_t *code, void ***sl) {
   *sl = ocap__clist_slot(c, key);
   ocap__centry_t *e = **sl;
   if (!e || !e->val)
@@ -264,7 +289,7 @@ static int clist_remove(ocap_kernel_t *k, const char *ep, const char *kref, ocap
   uint64_t ecode;
   void **sl;
   ocap__ckey_t key;
-  ocap__ckey(&key, kref);
+  kref_key(&key, kref, rec);
   rc = entry_look(k, c, &key, eref, &reach, &ecode, &sl);
   if (rc <= 0)
     return rc;
@@ -308,14 +333,15 @@ static int reexport(ocap_kernel_t *k, const char *ep, const char *kref) {
 static int export_new(ocap_kernel_t *k, ocap__clist_t *c, const char *eref,
                       const ocap__ckey_t *ekey, void **esl, char *out, ocap__kp_t **rec) {
   ocap__kp_t *r = NULL;
-  int rc = eref[0] == 'o' ? ocap_kernel_alloc_object(k, c->ep, out)
+  ocap__ckey_t kkey = {0, out};
+  int rc = eref[0] == 'o' ? alloc_object(k, c->ep, out, &kkey.w)
                           : ocap__alloc_promise(k, c->ep, out, &r);
   if (rec)
     *rec = r;
   if (rc)
     return rc;
-  ocap__ckey_t kkey;
-  ocap__ckey(&kkey, out);
+  if (r)
+    kkey.w = REF_MAKE(REF_KP, ocap__kp_id(r));
   return clist_add(k, c, out, &kkey, eref, ekey, r, NULL, esl);
 }
 
@@ -405,7 +431,7 @@ int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char
 static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap__kp_t *rec,
                         char *out) {
   ocap__ckey_t key;
-  ocap__ckey(&key, kref);
+  kref_key(&key, kref, rec);
   /* A kref with a code is valid; any other is checked as text. */
   if (!REF_IS_KREF(key.w) && (REF_KIND(key.w) != REF_TEXT || !ocap__valid_kref(kref)))
     return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not a kref", kref);
