@@ -587,7 +587,7 @@ function M.make(opts)
 
   --- Sends an encoded message to a kernel ref; returns the result promise.
   local function sendEncoded(vref, body, slots, wantResult)
-    if ndropped > 0 and slots then resent(slots) end
+    if slots and ndropped > 0 then resent(slots) end
     if not wantResult then
       send(vref, body, slots)
       return nil
@@ -625,7 +625,7 @@ function M.make(opts)
   local function sendArgs(vref, method, wantResult, ...)
     local body, slots
     if cEncodeCallArgs then body, slots = cEncodeCallArgs(method, valToSlot, ...) end
-    if body == nil then return sendTo(vref, method, pack(...), wantResult) end
+    if not body then return sendTo(vref, method, pack(...), wantResult) end
     return sendEncoded(vref, body, slots, wantResult)
   end
   ls.sendArgs = sendArgs
@@ -802,7 +802,9 @@ function M.make(opts)
   --- One resolution, which the coroutine awaiting it usually takes at
   --- once (settleAndResume).
   local function deliverResolution(vpid, rejected, body, slots)
-    local p, key = trackPromise(vpid)
+    -- A vat's own "p+<N>" comes as a string here: trackPromise finds it.
+    local p, key = pending[vpid], vpid
+    if not p then p, key = trackPromise(vpid) end
     local ok, v
     if slots == nil and cDecode then
       -- decodeCapdata's common case, inline: no slots to count.
