@@ -625,6 +625,11 @@ static int k_resolve(lua_State *L) {
  * end because a vat cannot be freed while it runs.
  */
 static void finish_exits(lua_State *L, lkernel_t *lk) {
+  /* Only a crank in which a vat called exitVat walks the vats (every
+   * crank ends here, and a kernel may hold thousands). */
+  if (!lk->exits)
+    return;
+  lk->exits = 0;
   STACK_CHECK_BEGIN(L);
   for (size_t i = 0; i < lk->nvats; i++) {
     lvat_t *rec = lk->vats[i];

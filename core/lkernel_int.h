@@ -174,6 +174,7 @@ struct lkernel {
   int in_step;
   int cranking;    /* a crank's writes are in the store's buffer: K:commit is the crank's */
   int after_crank; /* host code asked to run after this crank (K:afterCrank) */
+  int exits;       /* a vat called exitVat since finish_exits last looked */
   lua_Integer reap_interval;   /* deliveries to a vat between reaps; 0: never */
   lua_Integer host_since_reap; /* the same count for the host's own endpoint */
   int host_ran;                /* host Lua code ran during this crank (K:drive stops) */

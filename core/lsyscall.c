@@ -294,6 +294,7 @@ static int sys_exit(lua_State *V) {
   if (!rec->exiting) {
     rec->exiting = failure ? 2 : 1;
     rec->exit_body = dupstr(body);
+    rec->lk->exits = 1;
   }
   return 0;
 }
