@@ -226,7 +226,6 @@ static void entry_remove(struct ocap__clists *t, clist_t *c, centry_t *e) {
     }
   }
   c->n--;
-  c->gen++;
 }
 
 /* Adds an entry for key with value word val (0: absent), which it owns
@@ -263,7 +262,6 @@ static centry_t *entry_add(struct ocap__clists *t, clist_t *c, const ocap__ckey_
   e->syncat = 0;
   *(sl ? sl : entry_slot(c, key)) = e;
   c->n++;
-  c->gen++;
   return e;
 }
 
@@ -526,20 +524,14 @@ int ocap__clist_of_ep(ocap_kernel_t *k, const char *ep, clist_t **out) {
   return clist_find(k, ep, out);
 }
 
-int ocap__clist_getp(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl,
-                     ocap__cpos_t *pos) {
+int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl) {
   clist_t *c;
   int rc = clist_find(k, ep, &c);
   if (rc)
     return rc;
   ocap__ckey_t key;
   ocap__ckey(&key, ref);
-  void **sl = entry_slot(c, &key);
-  pos->c = c;
-  pos->slot = sl;
-  pos->gen = c->gen;
-  pos->key = key;
-  centry_t *e = *sl;
+  centry_t *e = *entry_slot(c, &key);
   if (!e || !e->val)
     return 0;
   uint64_t val = e->val;
@@ -557,11 +549,6 @@ int ocap__clist_getp(ocap_kernel_t *k, const char *ep, const char *ref, const ch
   if (ocap__is_kernel_ep(ep))
     return kref_key && kref_val ? 2 : 1;
   return kref_key != kref_val ? 2 : 1;
-}
-
-int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl) {
-  ocap__cpos_t pos;
-  return ocap__clist_getp(k, ep, ref, v, vl, &pos);
 }
 
 /* Whether value word val (not 0), ep's entry for an object kref, makes

@@ -104,7 +104,6 @@ typedef struct ocap__clist {
   long long next[2], cnext[2], snext[2];
   int ids;
   size_t idsync;
-  unsigned long gen; /* counts the entries added and removed (ocap__cpos_t) */
   char ep[];
 } ocap__clist_t;
 
@@ -147,27 +146,13 @@ int ocap__clist_of_ep(ocap_kernel_t *k, const char *ep, ocap__clist_t **out);
 int ocap__clist_put(ocap_kernel_t *k, ocap__clist_t *c, const ocap__ckey_t *key, void **sl,
                     uint64_t val);
 
-/*
- * Where ocap__clist_getp found ref in ep's c-list, or where its entry
- * would go, for ocap__export_new right after: good until the c-list
- * gains or loses an entry (its generation count, gen, says when).
- */
-typedef struct ocap__cpos {
-  ocap__clist_t *c; /* NULL before a lookup */
-  void **slot;
-  unsigned long gen;
-  ocap__ckey_t key;
-} ocap__cpos_t;
-
 /* The value of `<ep>.c.<ref>` as text: 1 with *v (owned by the table,
  * valid until the next lookup or change of a c-list) and *vl set, 0 when
  * there is none, or a negative code. It returns 2 instead of 1 when the
  * value is well formed for its key (a vref for a kref of a vat's c-list, a
  * kref for a vref), so its reader can skip the checks that find a damaged
- * one. ocap__clist_getp fills *pos too (ocap__export_new). */
+ * one. */
 int ocap__clist_get(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl);
-int ocap__clist_getp(ocap_kernel_t *k, const char *ep, const char *ref, const char **v, size_t *vl,
-                     ocap__cpos_t *pos);
 /* The refs of ep's c-list that start with `prefix`, in byte order, for
  * each(ud, ref) until it returns nonzero (which is returned). */
 int ocap__clist_each(ocap_kernel_t *k, const char *ep, const char *prefix,

@@ -301,19 +301,7 @@ int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
     return rc;
   if (result) {
     if (!ocap__is_kernel_ep(ep)) {
-      if (!ocap__valid_eref(result) || result[0] != 'p' || result[1] != '+')
-        return ocap__fail(k, OCAP_EINVAL, "vat %s used invalid result vref '%.60s'", ep, result);
-      const char *v;
-      size_t vl;
-      ocap__cpos_t pos;
-      rc = ocap__clist_getp(k, ep, result, &v, &vl, &pos);
-      if (rc < 0)
-        return rc;
-      if (rc)
-        return ocap__fail(k, OCAP_EINVAL, "vat %s reused result vref '%s'", ep, result);
-      /* Checked and looked up once: it is a new export, entered where the
-       * lookup missed. */
-      rc = ocap__export_new(k, ep, result, rk, &rrec, &pos);
+      rc = ocap__export_result(k, ep, result, rk, &rrec);
     } else {
       rc = ocap_kernel_eref_to_kref(k, ep, result, rk);
       if (!rc)

@@ -284,15 +284,23 @@ static int clist_remove(ocap_kernel_t *k, const char *ep, const char *kref, ocap
   int rc = ocap__clist_of(k, ep, &c);
   if (rc)
     return rc;
-  char eref[OCAP_REF_MAX];
-  int reach = 1;
-  uint64_t ecode;
-  void **sl;
   ocap__ckey_t key;
   kref_key(&key, kref, rec);
-  rc = entry_look(k, c, &key, eref, &reach, &ecode, &sl);
-  if (rc <= 0)
-    return rc;
+  void **sl = ocap__clist_slot(c, &key);
+  ocap__centry_t *e = *sl;
+  if (!e || !e->val)
+    return 0;
+  /* The eref's code is all a code's removal needs; a text one is read
+   * and checked. */
+  uint64_t val = e->val, ecode = val & ~CV_DROP;
+  int reach = !(val & CV_DROP), import = REF_KIND(ecode) == REF_OI;
+  char eref[OCAP_REF_MAX];
+  if (REF_KIND(val) == REF_TEXT) {
+    rc = text_val(k, c, &key, ocap__cv_text(val), eref, &reach, &ecode);
+    if (rc < 0)
+      return rc;
+    import = eref[1] == '-';
+  }
   rc = ocap__clist_put(k, c, &key, sl, 0);
   if (!rc && !ocap__is_kernel_ep(ep)) {
     ocap__ckey_t ekey = ocap__ckey_code(ecode);
@@ -302,10 +310,12 @@ static int clist_remove(ocap_kernel_t *k, const char *ep, const char *kref, ocap
   }
   if (rc)
     return rc;
+  if (rec)
+    return ocap__kp_decref(k, rec);
   if (ocap__is_kpid(kref))
-    return rec ? ocap__kp_decref(k, rec) : ocap__decref(k, kref);
+    return ocap__decref(k, kref);
   /* The kernel endpoint's table holds imports only. */
-  if (ocap__is_kernel_ep(ep) || eref[1] == '-')
+  if (ocap__is_kernel_ep(ep) || import)
     return ocap__obj_count(k, kref, -reach, -1);
   return 0;
 }
@@ -402,22 +412,23 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
   return export_new(k, c, eref, &key, sl, out, NULL);
 }
 
-int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *out,
-                     ocap__kp_t **rec, const struct ocap__cpos *pos) {
+int ocap__export_result(ocap_kernel_t *k, const char *ep, const char *result, char *out,
+                        ocap__kp_t **rec) {
+  ocap__ckey_t key;
+  ocap__ckey(&key, result);
+  /* A p+N with a code is valid; any other is checked as text. */
+  if (REF_KIND(key.w) != REF_PE && (REF_KIND(key.w) != REF_TEXT || !ocap__valid_eref(result) ||
+                                    result[0] != 'p' || result[1] != '+'))
+    return ocap__fail(k, OCAP_EINVAL, "vat %s used invalid result vref '%.60s'", ep, result);
   ocap__clist_t *c;
   int rc = ocap__clist_of(k, ep, &c);
   if (rc)
     return rc;
-  ocap__ckey_t key;
-  void **sl = NULL;
-  if (pos && pos->c == c && pos->gen == c->gen) {
-    key = pos->key;
-    sl = pos->slot;
-  } else {
-    ocap__ckey(&key, eref);
-  }
-  key.s = eref;
-  return export_new(k, c, eref, &key, sl, out, rec);
+  /* Looked up once: a new export is entered where the lookup missed. */
+  void **sl = ocap__clist_slot(c, &key);
+  if (ocap__clist_val(sl))
+    return ocap__fail(k, OCAP_EINVAL, "vat %s reused result vref '%s'", ep, result);
+  return export_new(k, c, result, &key, sl, out, rec);
 }
 
 int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {

@@ -119,14 +119,12 @@ int ocap__clist_entry(ocap_kernel_t *k, const char *ep, const char *kref, char *
 /* Rewrites ep's kref-keyed entry for an import, reachable or dropped. */
 int ocap__clist_set_reach(ocap_kernel_t *k, const char *ep, const char *kref, const char *eref,
                           int reach);
-/* Allocates the object or promise that eref, a new export of vat ep (an
- * `o+N` or `p+N` its c-list lacks, checked by the caller), stands for,
- * with its kref in out, and enters it in ep's c-list. *rec (when rec is
- * not NULL) gets a new promise's record, NULL for an object. pos, when not
- * NULL, is where the caller's lookup of eref missed (ocap__clist_getp). */
-struct ocap__cpos;
-int ocap__export_new(ocap_kernel_t *k, const char *ep, const char *eref, char *out,
-                     ocap__kp_t **rec, const struct ocap__cpos *pos);
+/* Allocates the promise that `result`, the result vref of a message vat
+ * ep sends, stands for (a new export p+N: checked here, a caller's fault
+ * when it is not one or when ep's c-list has it already), with its kpid in
+ * out and its record in *rec, and enters it in ep's c-list. */
+int ocap__export_result(ocap_kernel_t *k, const char *ep, const char *result, char *out,
+                        ocap__kp_t **rec);
 /* The eref of koid in its exporter ep: 1 with it in eref, 0 when ep's
  * c-list lacks it, or a negative code. */
 int ocap__export_eref(ocap_kernel_t *k, const char *ep, const char *koid, char *eref);
