@@ -9,6 +9,7 @@
  * it comes before anything is written.
  */
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -47,25 +48,23 @@ enum { J_FULFILLED = 1, J_REJECTED, J_SETTLE, J_CALL, J_RESUME, J_ADOPT };
 
 /* The user values of the state userdata. */
 enum {
-  UV_RING = 1,        /* the ring table */
-  UV_UNHANDLED,       /* rejected promises with no handler yet, in order */
-  UV_HANDLER,         /* the unhandled rejection handler, or nil */
-  UV_MAKE_ERROR,      /* makeError(message, name), from promise.lua */
-  UV_FIRST,           /* called before the first promise is made */
-  UV_CORESUME,        /* the state's coroutine.resume (a vat's is metered) */
-  UV_COCREATE,        /* its coroutine.create */
-  UV_PCALL,           /* its pcall */
-  UV_XPCALL,          /* its xpcall */
-  UV_RESUME,          /* resumeJob(co), the turn of an await */
-  UV_TRACKED,         /* co -> true, or the promise of its task's result */
-  UV_POOL,            /* idle workers of call */
-  UV_CHECKED_POOL,    /* idle workers of xcall */
-  UV_CHECKED_WORKERS, /* co -> true for xcall's workers */
-  UV_DONE_VALUE,      /* the result of the task a worker just finished */
-  UV_DRIVER,          /* the main driver, or nil for the default */
-  UV_WORKER,          /* the body of call's workers */
-  UV_CHECKED_WORKER,  /* the body of xcall's workers */
-  UV_DRAIN,           /* drain, for the default main driver */
+  UV_RING = 1,       /* the ring table */
+  UV_UNHANDLED,      /* rejected promises with no handler yet, in order */
+  UV_HANDLER,        /* the unhandled rejection handler, or nil */
+  UV_MAKE_ERROR,     /* makeError(message, name), from promise.lua */
+  UV_FIRST,          /* called before the first promise is made */
+  UV_COCREATE,       /* the state's coroutine.create (a vat's is metered) */
+  UV_RESUME,         /* resumeJob(co), the turn of an await */
+  UV_TRACKED,        /* co -> the promise of its task's result, while it awaits */
+  UV_POOL,           /* idle workers of call (pool 0) */
+  UV_CHECKED_POOL,   /* idle workers of xcall (pool 1) */
+  UV_POOL_W,         /* the C mirror of pool 0's table (pool_t.w) */
+  UV_CHECKED_W,      /* and of pool 1's */
+  UV_MSGH,           /* the message handler xcall last wrapped (task_msgh) */
+  UV_DRIVER,         /* the main driver, or nil for the default */
+  UV_WORKER,         /* the body of call's workers */
+  UV_CHECKED_WORKER, /* the body of xcall's workers */
+  UV_DRAIN,          /* drain, for the default main driver */
   UV_COUNT = UV_DRAIN
 };
 
@@ -95,15 +94,29 @@ static const char NOT_OCAP_MESSAGE[] = "await: not inside an ocap coroutine (use
 
 #define RING_TURNS 4
 
+/*
+ * A pool of idle workers: a Lua table (UV_POOL or UV_CHECKED_POOL) holds
+ * them for the collector, and w mirrors it in C, so that taking a worker
+ * and putting it back where it was taken from touch no table. Taking one
+ * leaves its slot as it was: slots n to hi - 1 may still hold workers
+ * taken since (running ones, or ones that ended), never one that awaits,
+ * since a worker that starts to await has them cleared (pool_forget).
+ */
+typedef struct pool {
+  lua_State **w; /* w[i] is what slot i + 1 of the table holds, for i < hi */
+  int n;         /* idle workers: w[0] to w[n - 1] */
+  int hi;        /* slots that may be filled */
+  int cap;       /* entries w has room for */
+} pool_t;
+
 /* The queue's state; its Lua values are the userdata's user values. */
 typedef struct pstate {
   lua_Integer head, tail; /* ring slots of the next turn to run and to fill */
   lua_Integer count;      /* turns queued */
   lua_Integer cap;        /* turns the ring holds */
   lua_Integer unhandled;  /* entries in the unhandled list */
-  lua_Integer pool_n;     /* entries in UV_POOL */
-  lua_Integer checked_n;  /* entries in UV_CHECKED_POOL */
-  int done_ok;            /* how the task a worker just finished ended */
+  pool_t pool[2];         /* idle workers of call (0) and xcall (1) */
+  const void *msgh_of;    /* the handler UV_MSGH wraps (its address), or NULL */
   int registered;         /* UV_FIRST was called */
 } pstate_t;
 
@@ -820,15 +833,19 @@ static int promise_reject_now(lua_State *L) {
 }
 
 /* [-0, +0] internal.configure(makeError, first, resume, create, pcall,
- * xpcall): promise.lua's hooks, and the state's own coroutine.resume,
- * coroutine.create, pcall and xpcall, which a vat meters. */
+ * xpcall): promise.lua's hooks, and the state's own coroutine library and
+ * protected calls. Workers are made with its coroutine.create, which a
+ * vat meters; they are resumed and protected as its coroutine.resume,
+ * pcall and xpcall do it (see tasks, below), so those three are checked
+ * but not kept. */
 static int promise_configure(lua_State *L) {
-  static const int slots[] = {UV_MAKE_ERROR, UV_FIRST, UV_CORESUME,
-                              UV_COCREATE,   UV_PCALL, UV_XPCALL};
+  static const int slots[] = {UV_MAKE_ERROR, UV_FIRST, 0, UV_COCREATE, 0, 0};
   int i;
   for (i = 0; i < 6; i++)
     luaL_checktype(L, i + 1, LUA_TFUNCTION);
   for (i = 0; i < 6; i++) {
+    if (slots[i] == 0)
+      continue;
     lua_pushvalue(L, i + 1);
     lua_setiuservalue(L, STATE, slots[i]);
   }
@@ -838,19 +855,61 @@ static int promise_configure(lua_State *L) {
 /* ---- tasks ----
  *
  * A task runs in a pooled coroutine, a worker, whose body is C: it takes a
- * task, runs it under the state's pcall (xcall's under its xpcall), hands
- * back how it ended through the state (yielding the values instead would
- * keep the last result alive on the idle worker's stack), and yields DONE
- * to wait for its next task. Creating a coroutine costs more than a whole
- * promise round trip, hence the pools. Coroutines are created and resumed
- * through the state's own coroutine library, so that a vat's meter and
- * watchdog see them exactly as they saw the Lua version's.
+ * task, runs it in a protected call (xcall's with a message handler),
+ * leaves how it ended, (ok, value), as the only values of its frame, and
+ * yields DONE to wait for its next task; the C that resumed it takes the
+ * two and clears the frame, so an idle worker holds nothing of its last
+ * task. Creating a coroutine costs more than a whole promise round trip,
+ * hence the pools. Workers are created through the state's own
+ * coroutine.create, and resumed and protected with vat.c's
+ * ocap_vat_resume, OCAP_VAT_PCALL_COST and ocap_vat_pcall_failed, which do
+ * what the vat's coroutine.resume, pcall and xpcall do around them: a
+ * vat's meter and watchdog see a task exactly as they see vat code.
+ *
+ * A worker is known by its thread's extra space (lua_getextraspace),
+ * which holds a tag made of its own address, the state's and whether it
+ * is xcall's; no other thread can hold its tag, since a thread's extra
+ * space starts as a copy of the main thread's, whose address differs.
  */
+
+/* Built alone as a module for a host state, the core is never in a vat:
+ * its tasks resume and protect as the plain coroutine.resume and pcall
+ * do. */
+#ifdef OCAP_PROMISE_STANDALONE
+#define ocap_vat_resume(L, co, narg, nres) lua_resume((co), (L), (narg), (nres))
+#define ocap_vat_pcall_failed(L, status) ((void)(L), (void)(status))
+#define ocap_vat_state_fatal(L) ((void)(L), 0)
+#define IN_VAT(L) ((void)(L), 0)
+#else
+#define IN_VAT(L) (ocap_vat_from_state(L) != NULL)
+#endif
 
 /* Where a worker continues after a call or a yield (its lua_KContext). */
 enum { WK_IDLE = 1, WK_TASK, WK_CHECKED_IDLE, WK_CHECKED_TASK, WK_ENDED };
 
 static int worker_k(lua_State *co, int status, lua_KContext ctx);
+
+_Static_assert(LUA_EXTRASPACE >= sizeof(uintptr_t), "a worker's tag fits its extra space");
+
+#define TAG_CALL ((uintptr_t)0x6f63617054736b31u)
+#define TAG_CHECKED ((uintptr_t)0x6f63617058736b32u)
+
+/* The tag of the worker co of st's pool k (0 for call's, 1 for xcall's). */
+static uintptr_t worker_tag(const pstate_t *st, lua_State *co, int k) {
+  return (uintptr_t)co ^ (uintptr_t)st ^ (k ? TAG_CHECKED : TAG_CALL);
+}
+
+/* [-0, +0] Which pool's worker co is (0 or 1), or -1 when it is not one
+ * of st's workers. */
+static int worker_pool(const pstate_t *st, lua_State *co) {
+  uintptr_t x;
+  memcpy(&x, lua_getextraspace(co), sizeof x);
+  if (x == worker_tag(st, co, 0))
+    return 0;
+  if (x == worker_tag(st, co, 1))
+    return 1;
+  return -1;
+}
 
 /* [-0, +0] Whether co is suspended, as coroutine.status says. */
 static int co_suspended(lua_State *L, lua_State *co) {
@@ -867,14 +926,14 @@ static int co_suspended(lua_State *L, lua_State *co) {
   }
 }
 
-/* [-0, +0] Whether the value at idx is what coroutine.resume answers when
+/* [-0, +0] Whether the value at idx of co is what lua_resume answers when
  * it refuses to resume a coroutine that is not suspended (one its user
  * closed, say), which runs nothing. */
-static int unresumable(lua_State *L, int idx) {
+static int unresumable(lua_State *co, int idx) {
   const char *what;
-  if (lua_type(L, idx) != LUA_TSTRING)
+  if (lua_type(co, idx) != LUA_TSTRING)
     return 0;
-  what = lua_tostring(L, idx);
+  what = lua_tostring(co, idx);
   return strcmp(what, "cannot resume dead coroutine") == 0 ||
          strcmp(what, "cannot resume non-suspended coroutine") == 0;
 }
@@ -898,66 +957,90 @@ static int tracked_get(lua_State *L, int co) {
   return t;
 }
 
-/* [-0, +0, m] Appends the worker at co to the pool uv, counted by *n, unless it is full. */
-static void pool_push(lua_State *L, int uv, lua_Integer *n, int co) {
-  if (*n >= POOL_MAX)
+/* [-0, +0, m] Gives pool k's mirror room for one more entry. */
+static void pool_grow(lua_State *L, pstate_t *st, int k) {
+  pool_t *p = &st->pool[k];
+  int cap = p->cap ? p->cap * 2 : 4;
+  lua_State **w;
+  if (cap > POOL_MAX)
+    cap = POOL_MAX;
+  w = lua_newuserdatauv(L, (size_t)cap * sizeof *w, 0);
+  if (p->hi > 0)
+    memcpy(w, p->w, (size_t)p->hi * sizeof *w);
+  lua_setiuservalue(L, STATE, UV_POOL_W + k);
+  p->w = w;
+  p->cap = cap;
+}
+
+/*
+ * [-0, +0, m] Puts the idle worker co, at index idx, back in pool k unless
+ * the pool is full. Put back where it was taken from, as it usually is,
+ * it is already in its slot and nothing is written. Room is made before
+ * anything is written, so a raise leaves the pool as it was.
+ */
+static void pool_push(lua_State *L, pstate_t *st, int k, lua_State *co, int idx) {
+  pool_t *p = &st->pool[k];
+  if (p->n >= POOL_MAX)
     return;
-  lua_getiuservalue(L, STATE, uv);
-  lua_pushvalue(L, co);
-  lua_rawseti(L, -2, *n + 1);
-  lua_pop(L, 1);
-  (*n)++;
-}
-
-/* [-0, +1] Pops the last worker of the pool uv, counted by *n (> 0). */
-static void pool_pop(lua_State *L, int uv, lua_Integer *n) {
-  lua_getiuservalue(L, STATE, uv);
-  lua_rawgeti(L, -1, *n);
-  lua_pushnil(L);
-  lua_rawseti(L, -3, *n);
-  lua_remove(L, -2);
-  (*n)--;
-}
-
-/* [-0, +0, m] Puts the worker at co, whose task is done, back in its pool. */
-static void repool(lua_State *L, pstate_t *st, int co) {
-  int checked;
-  lua_getiuservalue(L, STATE, UV_CHECKED_WORKERS);
-  lua_pushvalue(L, co);
-  checked = lua_rawget(L, -2) != LUA_TNIL;
-  lua_pop(L, 2);
-  if (checked)
-    pool_push(L, UV_CHECKED_POOL, &st->checked_n, co);
-  else
-    pool_push(L, UV_POOL, &st->pool_n, co);
-}
-
-/* [-0, +2] Pushes how the task a worker just finished ended (ok, value)
- * and forgets it. */
-static void take_done(lua_State *L, pstate_t *st) {
-  lua_pushboolean(L, st->done_ok);
-  lua_getiuservalue(L, STATE, UV_DONE_VALUE);
-  lua_pushnil(L);
-  lua_setiuservalue(L, STATE, UV_DONE_VALUE);
-  st->done_ok = 0;
-}
-
-/* [-0, +0, e] A task's worker at co just finished (yielded DONE) after
- * awaiting: pools it, and settles the promise of its result. */
-static void task_ended(lua_State *L, pstate_t *st, int co) {
-  int top = lua_gettop(L);
-  luaL_checkstack(L, 6, NULL);
-  take_done(L, st);
-  repool(L, st, co);
-  if (tracked_get(L, co) == LUA_TTABLE) {
-    lua_pushboolean(L, 1);
-    tracked_set(L, co, top + 4);
-    if (lua_toboolean(L, top + 1))
-      resolve_now(L, st, top + 3, top + 2);
-    else
-      settle_now(L, st, top + 3, top + 2, 1);
+  if (p->n < p->hi && p->w[p->n] == co) {
+    p->n++;
+    return;
   }
-  lua_settop(L, top);
+  if (p->n >= p->cap)
+    pool_grow(L, st, k);
+  lua_getiuservalue(L, STATE, UV_POOL + k);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, p->n + 1);
+  lua_pop(L, 1);
+  p->w[p->n++] = co;
+  if (p->n > p->hi)
+    p->hi = p->n;
+}
+
+/* [-0, +0] Takes the last idle worker of pool k that can be resumed (one
+ * its user closed is dropped); NULL when there is none. Its slot still
+ * holds it for the collector until the caller anchors it. */
+static lua_State *pool_take(pstate_t *st, int k) {
+  pool_t *p = &st->pool[k];
+  while (p->n > 0) {
+    lua_State *co = p->w[--p->n];
+    if (lua_status(co) == LUA_YIELD)
+      return co;
+  }
+  return NULL;
+}
+
+/* [-0, +0] Clears pool k's slots beyond its idle workers, so that a worker
+ * taken from it that now awaits is held only by what it awaits: its
+ * task is garbage when that is. */
+static void pool_forget(lua_State *L, pstate_t *st, int k) {
+  pool_t *p = &st->pool[k];
+  int i;
+  if (p->hi <= p->n)
+    return;
+  lua_getiuservalue(L, STATE, UV_POOL + k);
+  for (i = p->n; i < p->hi; i++) {
+    lua_pushnil(L);
+    lua_rawseti(L, -2, i + 1);
+    p->w[i] = NULL;
+  }
+  lua_pop(L, 1);
+  p->hi = p->n;
+}
+
+/*
+ * [-1, +0, e] A task's end, with its value on top of the worker's frame:
+ * leaves (ok, value) as the frame's only values and yields DONE, waiting
+ * for the next task at idle. The frame holds at least two values (the
+ * task's key under its value).
+ */
+static int worker_done(lua_State *co, int ok, int idle) {
+  lua_copy(co, -1, 2);
+  lua_pushboolean(co, ok);
+  lua_replace(co, 1);
+  lua_settop(co, 2);
+  lua_pushlightuserdata(co, (void *)&DONE);
+  return lua_yieldk(co, 1, idle, worker_k);
 }
 
 /* [-0, +0, e] Yields token from the worker co, continuing at ctx when
@@ -968,66 +1051,63 @@ static int worker_yield(lua_State *co, const char *token, int ctx) {
   return lua_yieldk(co, 1, ctx, worker_k);
 }
 
-/* [-2, +0, e] The end of a task, with (ok, value) on top: hands them over
- * and waits for the next task. */
-static int worker_finish(lua_State *co, int idle) {
-  pstate_t *st = state_of(co);
-  st->done_ok = lua_toboolean(co, -2);
-  lua_setiuservalue(co, STATE, UV_DONE_VALUE);
-  return worker_yield(co, &DONE, idle);
+/* [-?, +0, e] The end of call's protected call, which ended with status,
+ * its first result or error on top. */
+static int worker_ran(lua_State *co, int status) {
+  int ok = status == LUA_OK || status == LUA_YIELD;
+  if (!ok)
+    ocap_vat_pcall_failed(co, status);
+  return worker_done(co, ok, WK_IDLE);
 }
 
-/* [-?, +0, e] The body of call's workers, given (key, fn, ...): runs
- * pcall(fn, ...) when key is POOL_KEY, else yields STRAY. */
+/* [-?, +0, e] The body of call's workers, given (key, fn, ...): runs fn(...)
+ * protected, as the state's pcall does, when key is POOL_KEY, else yields
+ * STRAY. */
 static int worker(lua_State *co) {
   if (lua_touserdata(co, 1) != &POOL_KEY)
     return worker_yield(co, &STRAY, WK_IDLE);
   if (lua_gettop(co) < 2)
     lua_settop(co, 2); /* pcall(nil): the task fails as a call of nil */
-  lua_getiuservalue(co, STATE, UV_PCALL);
-  lua_replace(co, 1);
-  lua_callk(co, lua_gettop(co) - 1, 2, WK_TASK, worker_k);
-  return worker_finish(co, WK_IDLE);
+  ocap_vat_charge(co, OCAP_VAT_PCALL_COST);
+  return worker_ran(co, lua_pcallk(co, lua_gettop(co) - 2, 1, 0, WK_TASK, worker_k));
 }
 
-/* [-?, +0, e] After xcall's task, at 5 and 6 (ok, value) over (key, ended,
- * a, b): when it failed, ended(a, b, false, reason), in the same
- * coroutine, makes its outcome. */
-static int checked_finish(lua_State *co) {
-  if (lua_toboolean(co, 5))
-    return worker_finish(co, WK_CHECKED_IDLE);
+/* [-?, +0, e] After xcall's task, which ended with status, its first
+ * result or error on top of (key, ended, a, b, msgh): when it failed,
+ * ended(a, b, false, reason), in the same coroutine, makes its outcome. */
+static int checked_ran(lua_State *co, int status) {
+  if (status == LUA_OK || status == LUA_YIELD)
+    return worker_done(co, 1, WK_CHECKED_IDLE);
+  ocap_vat_pcall_failed(co, status);
   lua_pushvalue(co, 2);
   lua_pushvalue(co, 3);
   lua_pushvalue(co, 4);
   lua_pushboolean(co, 0);
-  lua_pushvalue(co, 6);
+  lua_pushvalue(co, -5);
   lua_callk(co, 4, 2, WK_ENDED, worker_k);
-  return worker_finish(co, WK_CHECKED_IDLE);
+  return worker_done(co, lua_toboolean(co, -2), WK_CHECKED_IDLE);
 }
 
-/* [-?, +0, e] The body of xcall's workers, given (key, ended, a, b, fn,
- * handler, ...): runs xpcall(fn, handler, ...) when key is CHECKED_KEY. */
+/* [-?, +0, e] The body of xcall's workers, given (key, ended, a, b, msgh,
+ * fn, ...): runs fn(...) protected with the message handler msgh, as the
+ * state's xpcall does, when key is CHECKED_KEY, else yields STRAY. */
 static int checked_worker(lua_State *co) {
-  if (lua_touserdata(co, 1) != &CHECKED_KEY)
+  if (lua_touserdata(co, 1) != &CHECKED_KEY || lua_gettop(co) < 6)
     return worker_yield(co, &STRAY, WK_CHECKED_IDLE);
-  lua_settop(co, lua_gettop(co) < 6 ? 6 : lua_gettop(co));
-  lua_getiuservalue(co, STATE, UV_XPCALL);
-  lua_insert(co, 5);
-  lua_callk(co, lua_gettop(co) - 5, 2, WK_CHECKED_TASK, worker_k);
-  return checked_finish(co);
+  ocap_vat_charge(co, OCAP_VAT_PCALL_COST);
+  return checked_ran(co, lua_pcallk(co, lua_gettop(co) - 6, 1, 5, WK_CHECKED_TASK, worker_k));
 }
 
 /* [-?, +0, e] Where a worker continues after a call that yielded or a
  * yield of its own. */
 static int worker_k(lua_State *co, int status, lua_KContext ctx) {
-  (void)status;
   switch (ctx) {
   case WK_TASK:
-    return worker_finish(co, WK_IDLE);
+    return worker_ran(co, status);
   case WK_ENDED:
-    return worker_finish(co, WK_CHECKED_IDLE);
+    return worker_done(co, lua_toboolean(co, -2), WK_CHECKED_IDLE);
   case WK_CHECKED_TASK:
-    return checked_finish(co);
+    return checked_ran(co, status);
   case WK_CHECKED_IDLE:
     return checked_worker(co);
   default:
@@ -1036,55 +1116,137 @@ static int worker_k(lua_State *co, int status, lua_KContext ctx) {
 }
 
 /*
- * [-0, +0] Whether the worker at co, resumed, answered at idx that its
- * task is done. DONE alone does not say so: a task's own code can yield
- * the token it saw by resuming a worker itself, and a worker taken for
- * idle mid-task would hand the next task, its function and arguments, to
- * that code. A worker done with its task yields from its C body, with no
- * frame above it.
+ * [-1, +1] A task's message handler; upvalue 1 is the handler xcall was
+ * given. As the vat's xpcall's (vat.c), it lets the error pass as is once
+ * the vat is fatal, so that no vat code runs where the meter cannot stop
+ * it.
  */
-static int task_done(lua_State *L, int co, int idx) {
-  lua_State *t = lua_tothread(L, co);
-  lua_Debug ar;
-  return lua_touserdata(L, idx) == &DONE && t != NULL && !lua_getstack(t, 1, &ar);
-}
-
-/* [-0, +1, e] Pushes a new worker with the body at uv, tracked. */
-static void new_worker(lua_State *L, int uv) {
-  lua_getiuservalue(L, STATE, UV_COCREATE);
-  lua_getiuservalue(L, STATE, uv);
-  lua_call(L, 1, 1);
-  lua_pushboolean(L, 1);
-  tracked_set(L, lua_gettop(L) - 1, lua_gettop(L));
-  lua_pop(L, 1);
+static int task_msgh(lua_State *L) {
+  if (ocap_vat_state_fatal(L))
+    return 1;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
 }
 
 /*
- * [-0, +(2|3|4), e] The end of a resume of the task worker at co, with
- * the resume's (ok, what) above it: returns false and the promise of the
- * task's result while it awaits, else true, ok and its first result (or
- * what it threw), pooling the worker: in the checked pool when checked,
- * then also returning whether turns are queued (xcall's busy).
+ * [-0, +1, m] Pushes the message handler for the handler at h: in a vat
+ * task_msgh over it, kept for the next call with the same handler (a
+ * delivery's is always the same), elsewhere the handler itself, as the
+ * plain xpcall calls it.
  */
-static int task_resumed(lua_State *L, pstate_t *st, int co, int checked) {
-  if (!lua_toboolean(L, co + 1)) {
-    lua_pushvalue(L, co + 2);
+static void push_msgh(lua_State *L, pstate_t *st, int h) {
+  const void *id = lua_topointer(L, h);
+  if (!IN_VAT(L)) {
+    lua_pushvalue(L, h);
+    return;
+  }
+  if (id == st->msgh_of) {
+    lua_getiuservalue(L, STATE, UV_MSGH);
+    return;
+  }
+  /* The wrapper holds the handler, so its address is not reused while
+   * msgh_of names it. */
+  lua_pushvalue(L, h);
+  lua_pushcclosure(L, task_msgh, 1);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, STATE, UV_MSGH);
+  st->msgh_of = id;
+}
+
+/*
+ * [-0, +0] Whether the worker co, resumed with status and nres results,
+ * is done with its task. DONE alone does not say so: a task's own code
+ * can yield the token it saw by resuming a worker itself, and a worker
+ * taken for idle mid-task would hand the next task, its function and
+ * arguments, to that code. A worker done with its task yields from its C
+ * body, with no frame above it.
+ */
+static int task_done(lua_State *co, int status, int nres) {
+  lua_Debug ar;
+  return status == LUA_YIELD && nres == 1 && lua_touserdata(co, -1) == &DONE &&
+         !lua_getstack(co, 1, &ar);
+}
+
+/* [-0, +2] Pushes how the task the worker co is done with ended, (ok,
+ * value), and clears co's frame. */
+static void take_outcome(lua_State *L, lua_State *co) {
+  lua_pushboolean(L, lua_toboolean(co, 1));
+  lua_settop(co, 2);
+  lua_xmove(co, L, 1);
+  lua_settop(co, 0);
+}
+
+/* [-0, +1, e] Pushes a new worker of pool k, tagged; returns it. */
+static lua_State *new_worker(lua_State *L, pstate_t *st, int k) {
+  lua_State *co;
+  uintptr_t tag;
+  lua_getiuservalue(L, STATE, UV_COCREATE);
+  lua_getiuservalue(L, STATE, k ? UV_CHECKED_WORKER : UV_WORKER);
+  lua_call(L, 1, 1);
+  co = lua_tothread(L, -1);
+  if (co == NULL)
+    luaL_error(L, "ocap.promise: coroutine.create made no coroutine");
+  tag = worker_tag(st, co, k);
+  memcpy(lua_getextraspace(co), &tag, sizeof tag);
+  return co;
+}
+
+/*
+ * [-n, +1, e] Takes a worker of pool k, or makes one, and resumes it with
+ * key and the n values on top of the stack, which must be all of it
+ * (they move to the worker); leaves the worker at index 1, which holds it
+ * while it runs, and returns it, with the resume's status and results.
+ */
+static lua_State *run_task(lua_State *L, pstate_t *st, int k, const char *key, int *status,
+                           int *nres) {
+  int n = lua_gettop(L);
+  lua_State *co = pool_take(st, k);
+  if (co == NULL) {
+    co = new_worker(L, st, k);
+    lua_insert(L, 1);
+  }
+  if (!lua_checkstack(co, n + 2))
+    luaL_error(L, "too many arguments to resume");
+  lua_pushlightuserdata(co, (void *)key);
+  lua_xmove(L, co, n);
+  if (lua_gettop(L) == 0) {
+    /* Taken from the pool: its slot holds it only until a worker that
+     * awaits clears it, which can happen while it runs. */
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+  }
+  *status = ocap_vat_resume(L, co, n + 1, nres);
+  return co;
+}
+
+/*
+ * [-0, +(2|3|4), e] The end of a resume of the task worker co of pool k,
+ * at index 1, that returned status and nres results: returns false and
+ * the promise of the task's result while it awaits, else true, ok and its
+ * first result (or what it threw), pooling the worker; for xcall's (k =
+ * 1), then also whether turns are queued (its busy).
+ */
+static int task_resumed(lua_State *L, pstate_t *st, lua_State *co, int k, int status, int nres) {
+  if (status != LUA_OK && status != LUA_YIELD) {
+    lua_xmove(co, L, 1);
     return lua_error(L);
   }
-  if (!task_done(L, co, co + 2)) {
+  if (!task_done(co, status, nres)) {
+    lua_pop(co, nres);
+    pool_forget(L, st, k);
     new_promise(L, st);
-    tracked_set(L, co, co + 3);
+    tracked_set(L, 1, 2);
     lua_pushboolean(L, 0);
-    lua_pushvalue(L, co + 3);
+    lua_pushvalue(L, 2);
     return 2;
   }
   lua_pushboolean(L, 1);
-  take_done(L, st);
-  if (!checked) {
-    pool_push(L, UV_POOL, &st->pool_n, co);
+  take_outcome(L, co);
+  pool_push(L, st, k, co, 1);
+  if (!k)
     return 3;
-  }
-  pool_push(L, UV_CHECKED_POOL, &st->checked_n, co);
   lua_pushboolean(L, st->count > 0);
   return 4;
 }
@@ -1093,59 +1255,28 @@ static int task_resumed(lua_State *L, pstate_t *st, int co, int checked) {
  * promise.lua. */
 static int promise_call(lua_State *L) {
   pstate_t *st = state_of(L);
-  int n = lua_gettop(L), co, i;
-  luaL_checkstack(L, n + 8, NULL);
-  for (;;) {
-    if (st->pool_n == 0) {
-      new_worker(L, UV_WORKER);
-      break;
-    }
-    pool_pop(L, UV_POOL, &st->pool_n);
-    if (co_suspended(L, lua_tothread(L, -1)))
-      break;
-    lua_pop(L, 1); /* closed by its user */
-  }
-  co = lua_gettop(L);
-  lua_getiuservalue(L, STATE, UV_CORESUME);
-  lua_pushvalue(L, co);
-  lua_pushlightuserdata(L, (void *)&POOL_KEY);
-  for (i = 1; i <= n; i++)
-    lua_pushvalue(L, i);
-  lua_call(L, n + 2, 2);
-  return task_resumed(L, st, co, 0);
+  int status, nres;
+  lua_State *co;
+  luaL_checkstack(L, 8, NULL);
+  co = run_task(L, st, 0, &POOL_KEY, &status, &nres);
+  return task_resumed(L, st, co, 0, status, nres);
 }
 
 /* [-n, +(2|4), e] xcall(ended, a, b, fn, handler, ...) -> done,
- * okOrPromise, value, busy: see promise.lua. */
+ * okOrPromise, value, busy: see promise.lua. The worker gets (ended, a,
+ * b, msgh, fn, ...), the message handler under the function as a
+ * protected call wants it. */
 static int promise_xcall(lua_State *L) {
   pstate_t *st = state_of(L);
-  int n = lua_gettop(L), co, i;
-  luaL_checkstack(L, n + 8, NULL);
-  for (;;) {
-    if (st->checked_n > 0) {
-      pool_pop(L, UV_CHECKED_POOL, &st->checked_n);
-    } else {
-      new_worker(L, UV_CHECKED_WORKER);
-      lua_getiuservalue(L, STATE, UV_CHECKED_WORKERS);
-      lua_pushvalue(L, -2);
-      lua_pushboolean(L, 1);
-      lua_rawset(L, -3);
-      lua_pop(L, 1);
-    }
-    co = lua_gettop(L);
-    lua_getiuservalue(L, STATE, UV_CORESUME);
-    lua_pushvalue(L, co);
-    lua_pushlightuserdata(L, (void *)&CHECKED_KEY);
-    for (i = 1; i <= n; i++)
-      lua_pushvalue(L, i);
-    lua_call(L, n + 2, 2);
-    /* A worker its user closed refuses the resume without running
-     * anything: the next one takes the task. */
-    if (lua_toboolean(L, co + 1) || !unresumable(L, co + 2))
-      break;
-    lua_settop(L, n);
-  }
-  return task_resumed(L, st, co, 1);
+  int status, nres;
+  lua_State *co;
+  luaL_checktype(L, 5, LUA_TFUNCTION);
+  luaL_checkstack(L, 8, NULL);
+  push_msgh(L, st, 5);
+  lua_copy(L, 4, 5);
+  lua_replace(L, 4);
+  co = run_task(L, st, 1, &CHECKED_KEY, &status, &nres);
+  return task_resumed(L, st, co, 1, status, nres);
 }
 
 /* [-n, +1, e] spawn(fn, ...) -> the promise of fn's first result. */
@@ -1164,42 +1295,75 @@ static int promise_spawn(lua_State *L) {
   return 1;
 }
 
+/*
+ * [-0, +0, e] Resumes the coroutine co, at index idx, for the turn of its
+ * await. A task it runs that ends is pooled, and the promise of its result
+ * settled. Returns 0, or -1 (leaving the error message on top of co) when
+ * co refused to be resumed; raises what the coroutine raised.
+ */
+static int resume_awaiter(lua_State *L, pstate_t *st, lua_State *co, int idx) {
+  int nres, status = ocap_vat_resume(L, co, 0, &nres), top, k;
+  if (status != LUA_OK && status != LUA_YIELD) {
+    if (unresumable(co, -1))
+      return -1;
+    lua_xmove(co, L, 1);
+    return lua_error(L);
+  }
+  if (!task_done(co, status, nres)) {
+    lua_pop(co, nres);
+    return 0;
+  }
+  /* The worker's task ended after awaiting: the worker goes back to its
+   * pool, and the promise of the task's result is settled. */
+  top = lua_gettop(L);
+  luaL_checkstack(L, 6, NULL);
+  take_outcome(L, co);
+  k = worker_pool(st, co);
+  if (k >= 0)
+    pool_push(L, st, k, co, idx);
+  if (tracked_get(L, idx) == LUA_TTABLE) {
+    lua_pushnil(L);
+    tracked_set(L, idx, top + 4);
+    if (lua_toboolean(L, top + 1))
+      resolve_now(L, st, top + 3, top + 2);
+    else
+      settle_now(L, st, top + 3, top + 2, 1);
+  }
+  lua_settop(L, top);
+  return 0;
+}
+
 /* [-1, +0, e] resumeJob(co): the turn of an await. A coroutine that is not
  * suspended is being resumed by someone other than the await it is in;
  * await checks its promise, so skipping it is safe. */
 static int promise_resume_job(lua_State *L) {
+  lua_State *co;
   lua_settop(L, 1);
-  if (!co_suspended(L, lua_tothread(L, 1)))
+  co = lua_tothread(L, 1);
+  if (!co_suspended(L, co))
     return 0;
-  lua_getiuservalue(L, STATE, UV_CORESUME);
-  lua_pushvalue(L, 1);
-  lua_call(L, 1, 2);
-  if (!lua_toboolean(L, 2))
+  if (resume_awaiter(L, state_of(L), co, 1) < 0) {
+    lua_xmove(co, L, 1);
     return lua_error(L);
-  if (task_done(L, 1, 3))
-    task_ended(L, state_of(L), 1);
+  }
   return 0;
 }
 
 /* [-3, +0, e] settleAndResume(p, ok, v): see promise.lua. */
 static int promise_settle_and_resume(lua_State *L) {
   pstate_t *st = state_of(L);
-  int co;
+  lua_State *co;
+  int idx;
   if (!take_awaiter(L, st))
     return 0;
-  co = lua_gettop(L);
+  idx = lua_gettop(L);
+  co = lua_tothread(L, idx);
+  if (co == NULL)
+    return luaL_error(L, "ocap.promise: a promise's reaction slots were overwritten");
   /* resumeJob, inline: the task usually awaits again. A coroutine that is
    * not suspended is skipped, as resumeJob skips it. */
-  lua_getiuservalue(L, STATE, UV_CORESUME);
-  lua_pushvalue(L, co);
-  lua_call(L, 1, 2);
-  if (!lua_toboolean(L, co + 1)) {
-    if (unresumable(L, co + 2))
-      return 0;
-    return lua_error(L);
-  }
-  if (task_done(L, co, co + 2))
-    task_ended(L, st, co);
+  if (resume_awaiter(L, st, co, idx) < 0)
+    lua_pop(co, 1);
   return 0;
 }
 
@@ -1271,12 +1435,11 @@ static int promise_await(lua_State *L) {
     lua_pop(L, 1);
     return main_await(L, st);
   }
-  tracked_get(L, 2);
-  if (!lua_toboolean(L, -1)) {
+  /* The thread, at 2, is what the await reaction resumes. */
+  if (worker_pool(st, L) < 0) {
     lua_pushstring(L, NOT_OCAP_MESSAGE);
     return lua_error(L);
   }
-  lua_pop(L, 1);
   lua_pushlightuserdata(L, (void *)&AWAIT);
   lua_pushboolean(L, 0);
   subscribe(L, st, 1, 3, 2, 4);
@@ -1445,25 +1608,25 @@ static int promise_new(lua_State *L) {
   lua_setiuservalue(L, ud, UV_RING);
   lua_createtable(L, 0, 0);
   lua_setiuservalue(L, ud, UV_UNHANDLED);
-  st->pool_n = st->checked_n = 0;
-  st->done_ok = 0;
-  /* The workers' tables are weak: a worker that is neither pooled nor
-   * running a task is garbage. */
+  memset(st->pool, 0, sizeof st->pool);
+  st->msgh_of = NULL;
+  /* The table of tasks' promises is weak: a worker that awaits a promise
+   * nothing settles is garbage, and so is its task. */
   lua_createtable(L, 0, 0);
   lua_createtable(L, 0, 1);
   lua_pushliteral(L, "k");
   lua_setfield(L, -2, "__mode");
-  lua_pushvalue(L, -1);
-  lua_setmetatable(L, -3);
-  lua_createtable(L, 0, 0);
-  lua_insert(L, -2);
   lua_setmetatable(L, -2);
-  lua_setiuservalue(L, ud, UV_CHECKED_WORKERS);
   lua_setiuservalue(L, ud, UV_TRACKED);
   lua_createtable(L, 0, 0);
   lua_setiuservalue(L, ud, UV_POOL);
   lua_createtable(L, 0, 0);
   lua_setiuservalue(L, ud, UV_CHECKED_POOL);
+  /* Workers are told by their extra space (see tasks): the main thread's,
+   * which every new thread copies, is made to hold no worker's tag. */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  memset(lua_getextraspace(lua_tothread(L, -1)), 0, LUA_EXTRASPACE);
+  lua_pop(L, 1);
   lua_createtable(L, 0, 24);
   meta = lua_gettop(L);
   lua_createtable(L, 0, 4);

@@ -28,10 +28,11 @@
  * 5. drain charges the vat's meter for every turn it runs, and calls
  *    callbacks with continuations, so that a callback may yield the
  *    coroutine that drains as it could when drain was Lua.
- * 6. Coroutines are created and resumed, and tasks run, through the
- *    state's own coroutine.create, coroutine.resume, pcall and xpcall
- *    (handed over by promise.lua), so that a vat's meter and watchdog see
- *    them as they see vat code's.
+ * 6. Coroutines are created through the state's own coroutine.create
+ *    (handed over by promise.lua); tasks are resumed and run in protected
+ *    calls in C, with what vat.c does around the vat's coroutine.resume,
+ *    pcall and xpcall (ocap_vat_resume, ocap_vat_pcall_failed), so that a
+ *    vat's meter and watchdog see them as they see vat code's.
  */
 #ifndef OCAP_LPROMISE_H
 #define OCAP_LPROMISE_H

@@ -178,8 +178,8 @@ static const char KEY_VIEWS = 'V';       /* runtime module -> vat code's view (w
  * 50 instructions, so without these charges nested or failing pcalls would
  * run ten times longer than their budget suggests.
  */
-#define PCALL_COST 50
-#define ERROR_COST 100
+#define PCALL_COST OCAP_VAT_PCALL_COST
+#define ERROR_COST OCAP_VAT_ERROR_COST
 
 static void vat_hook(lua_State *L, lua_Debug *ar);
 
@@ -2430,4 +2430,27 @@ long long ocap_vat_instructions(const ocap_vat_t *v) {
 /* [-0, +0, e] See vat.h; it is vat_charge, for C modules outside this file. */
 void ocap_vat_charge(lua_State *L, long long cost) {
   vat_charge(L, cost);
+}
+
+int ocap_vat_resume(lua_State *L, lua_State *co, int narg, int *nres) {
+  ocap_vat_t *v = ocap_vat_from_state(L);
+  int status = tracked_resume(v, co, L, narg, nres);
+  if (status == LUA_OK || status == LUA_YIELD)
+    return status;
+  note_status(L, status);
+  if (v != NULL && v->fatal && v->depth > 0) {
+    lua_xmove(co, L, 1);
+    return vat_die(L, v);
+  }
+  return status;
+}
+
+void ocap_vat_pcall_failed(lua_State *L, int status) {
+  note_status(L, status);
+  vat_charge(L, ERROR_COST);
+}
+
+int ocap_vat_state_fatal(lua_State *L) {
+  ocap_vat_t *v = ocap_vat_from_state(L);
+  return v != NULL && v->fatal;
 }

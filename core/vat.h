@@ -243,4 +243,35 @@ long long ocap_vat_instructions(const ocap_vat_t *v);
  */
 void ocap_vat_charge(lua_State *L, long long cost);
 
+/*
+ * The runtime's own tasks (lpromise.c) resume coroutines and make protected
+ * calls in C, without going through the vat's coroutine.resume, pcall and
+ * xpcall; these do what those do around them, so that the meter and the
+ * watchdog see a task exactly as they see vat code. Outside a vat they
+ * are plain.
+ */
+
+/* What the vat's pcall and xpcall charge for a call and for an error it
+ * catches, in instructions. */
+#define OCAP_VAT_PCALL_COST 50
+#define OCAP_VAT_ERROR_COST 100
+
+/*
+ * [-narg, +(nres|1)] on co: lua_resume(co, L, narg, nres) as the vat's
+ * coroutine.resume makes it: co is the thread the watchdog stops while it
+ * runs, and a memory error marks the vat. When the vat is marked fatal by
+ * the time co fails, it raises the fatal error in L instead of returning,
+ * as coroutine.resume does. Returns lua_resume's status.
+ */
+int ocap_vat_resume(lua_State *L, lua_State *co, int narg, int *nres);
+
+/* [-0, +0, e] What the vat's pcall and xpcall do when the call they
+ * protect ended with the error status: a memory error marks the vat, and
+ * the error is charged (raising the meter error when it cannot be). */
+void ocap_vat_pcall_failed(lua_State *L, int status);
+
+/* [-0, +0] Whether the vat that owns L is marked fatal (0 outside a vat):
+ * a message handler must then not run vat code (see vat.c's xpcall). */
+int ocap_vat_state_fatal(lua_State *L);
+
 #endif

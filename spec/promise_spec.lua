@@ -510,6 +510,25 @@ describe('ocap.promise', function()
       assert.equal(first, second)
     end)
 
+    it('lets a task that awaits what nothing settles be collected, its worker taken from a pool', function()
+      local weak = setmetatable({}, { __mode = 'k' })
+      local function park() weak[coroutine.running()] = true; P.await(P.makePromise()) end
+      local function handler(e) return e end
+      local function ended(_, _, ok, r) return ok, r end
+      -- Each task takes a worker a finished task left in its pool.
+      P.call(function() end)
+      assert.is_false((P.call(park)))
+      P.xcall(ended, nil, nil, function() end, handler)
+      assert.is_false((P.xcall(ended, nil, nil, park, handler)))
+      -- A worker taken from a pool that itself runs a task which awaits.
+      P.call(function() end)
+      P.call(function() end)
+      P.call(function() P.call(park) end)
+      collectgarbage()
+      collectgarbage()
+      assert.is_nil(next(weak))
+    end)
+
     it('xcall: one xpcall in the task, and ended makes the outcome of a failure', function()
       local seen = {}
       local function handler(e) return 'handled ' .. e end

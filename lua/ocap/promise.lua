@@ -180,9 +180,10 @@ M.race = combinator('race')
 M.any = combinator('any')
 
 -- The C core calls makeError for a chaining cycle, and declares the
--- metatable to ocap.pass before the first promise is made. It makes and
--- resumes coroutines, and runs tasks, with this state's own functions: a
--- vat's are metered.
+-- metatable to ocap.pass before the first promise is made. It makes
+-- coroutines with this state's own coroutine.create (a vat's is metered),
+-- and resumes them and runs tasks as a vat's coroutine.resume, pcall and
+-- xpcall would (the other three functions are checked, not kept).
 local Promise = I.Promise
 I.configure(function(message, name) return makeError(message, name) end,
   function() require('ocap.pass').registerPromiseMetatable(Promise) end,
