@@ -132,7 +132,8 @@ static int is_promise(lua_State *L, int idx) {
   int r;
   if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
     return 0;
-  r = lua_rawequal(L, -1, PROMISE_MT);
+  /* The metatable is held by an upvalue: its address names it. */
+  r = lua_topointer(L, -1) == lua_topointer(L, PROMISE_MT);
   lua_pop(L, 1);
   return r;
 }
@@ -685,18 +686,22 @@ static int take_awaiter(lua_State *L, pstate_t *st) {
   check_promise(L, 1);
   lua_settop(L, 3);
   ok = lua_toboolean(L, 2);
-  if (get_bool(L, 1, LK))
+  /* The slots it reads, at 4 to 7. */
+  lua_rawgeti(L, 1, LK);
+  if (lua_toboolean(L, 4))
     return 0;
+  lua_rawgeti(L, 1, RA);
+  lua_rawgeti(L, 1, RX);
+  lua_rawgeti(L, 1, S);
   set_bool(L, 1, LK, 1);
-  if (st->count == 0 && lua_rawgeti(L, 1, RA) == LUA_TLIGHTUSERDATA &&
-      lua_touserdata(L, -1) == &AWAIT && !get_bool(L, 1, RX) && get_int(L, 1, S) == PENDING &&
-      (!ok || !is_promise(L, 3))) {
+  if (st->count == 0 && lua_touserdata(L, 5) == &AWAIT && !lua_toboolean(L, 6) &&
+      lua_tointeger(L, 7) == PENDING && (!ok || !is_promise(L, 3))) {
     lua_pushvalue(L, 3);
     lua_rawseti(L, 1, V);
     lua_pushinteger(L, ok ? FULFILLED : REJECTED);
     lua_rawseti(L, 1, S);
-    lua_rawgeti(L, 1, RB);
     set_bool(L, 1, RA, 0);
+    lua_rawgeti(L, 1, RB);
     set_nil(L, 1, RB);
     return 1;
   }
@@ -1405,13 +1410,14 @@ static int await_k(lua_State *L, int status, lua_KContext ctx);
 /* [-0, +1, e] The rest of an await in a task, on the promise at 1: yields
  * until it settles, then returns its value or raises its reason. */
 static int await_rest(lua_State *L) {
-  lua_Integer s = get_int(L, 1, S);
+  lua_Integer s;
+  lua_settop(L, 1);
+  lua_rawgeti(L, 1, S);
+  s = lua_tointeger(L, 2);
   if (s == PENDING) {
-    lua_settop(L, 1);
     lua_pushlightuserdata(L, (void *)&AWAITING);
     return lua_yieldk(L, 1, 0, await_k);
   }
-  lua_settop(L, 1);
   lua_rawgeti(L, 1, V);
   if (s == FULFILLED)
     return 1;
@@ -1440,6 +1446,21 @@ static int promise_await(lua_State *L) {
     lua_pushstring(L, NOT_OCAP_MESSAGE);
     return lua_error(L);
   }
+  /* subscribe's common case, inline: a pending promise with no reaction
+   * yet takes the await as its first, written first slot last. */
+  lua_rawgeti(L, 1, S);
+  lua_rawgeti(L, 1, RA);
+  if (lua_tointeger(L, 3) == PENDING && !lua_toboolean(L, 4)) {
+    set_bool(L, 1, H, 1);
+    set_bool(L, 1, RC, 0);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, 1, RB);
+    lua_pushlightuserdata(L, (void *)&AWAIT);
+    lua_rawseti(L, 1, RA);
+    lua_pushlightuserdata(L, (void *)&AWAITING);
+    return lua_yieldk(L, 1, 0, await_k);
+  }
+  lua_settop(L, 2);
   lua_pushlightuserdata(L, (void *)&AWAIT);
   lua_pushboolean(L, 0);
   subscribe(L, st, 1, 3, 2, 4);

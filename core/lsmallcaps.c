@@ -623,9 +623,51 @@ static int enc_end_parts(lua_State *L, enc_t *e, int r) {
   return 2;
 }
 
+/*
+ * A flat encoding writes values that enc_value writes without the stack
+ * slots enc_begin reserves (numbers, booleans, nil and plain strings)
+ * into the local buffer, which it never outgrows: a body of them, the
+ * commonest result and call, costs no stack work beyond its string.
+ */
+
+/* Strings up to this length are flat: their room, quoted, fits the local
+ * buffer with what surrounds them. */
+#define FLAT_STRING_MAX 80
+
+/* [-0, +0] Sets up a flat encoding. */
+static void enc_begin_flat(lua_State *L, enc_t *e) {
+  e->L = L;
+  e->loaded = 0;
+  e->v2s = e->mb = e->mtkey = e->slots = e->map = e->box = 0;
+  e->nslots = 0;
+  e->charged_n = 0;
+  e->cost = 0;
+  e->b = e->local;
+  e->cap = sizeof e->local;
+  e->b[0] = '#';
+  e->n = 1;
+}
+
+/* [-0, +2, e] Ends a flat encoding as enc_end_parts does: its body and
+ * nil for its slots. */
+static int enc_end_flat(lua_State *L, enc_t *e) {
+  ocap_vat_charge(L, e->cost + (long long)(e->n / BYTES_PER_INSTRUCTION));
+  lua_pushlstring(L, e->b, e->n);
+  lua_pushnil(L);
+  return 2;
+}
+
 /* [-0, +(1|2), e] encode and encodeParts: the value at 1, with valToSlot
  * at 2. */
 static int encode_value(lua_State *L, int parts) {
+  int t = lua_type(L, 1);
+  if (parts && (t == LUA_TNUMBER || t == LUA_TBOOLEAN || t == LUA_TNIL ||
+                (t == LUA_TSTRING && lua_rawlen(L, 1) <= FLAT_STRING_MAX))) {
+    enc_t e;
+    enc_begin_flat(L, &e);
+    enc_value(&e, 1, 0);
+    return enc_end_flat(L, &e);
+  }
   lua_settop(L, 2);
   enc_t e;
   enc_begin(L, &e, 2);
@@ -655,26 +697,34 @@ static int plain_string(const char *s, size_t n) {
   return 1;
 }
 
-/* [-0, +0] Whether the value at idx is one marshal.lua's serializeCall
- * writes without classifying it: a safe integer, a boolean or a plain
- * string. */
-static int simple_value(lua_State *L, int idx) {
+/* [-0, +0] The room enc_value asks for the value at idx when it is one
+ * marshal.lua's serializeCall writes without classifying it (a safe
+ * integer, a boolean or a plain string), else 0. */
+static size_t simple_size(lua_State *L, int idx) {
   switch (lua_type(L, idx)) {
-  case LUA_TNUMBER:
+  case LUA_TNUMBER: {
     if (!lua_isinteger(L, idx))
       return 0;
     lua_Integer v = lua_tointeger(L, idx);
-    return v <= OCAP_SC_MAX_SAFE && v >= -OCAP_SC_MAX_SAFE;
+    return v <= OCAP_SC_MAX_SAFE && v >= -OCAP_SC_MAX_SAFE ? 24 : 0;
+  }
   case LUA_TBOOLEAN:
-    return 1;
+    return 5;
   case LUA_TSTRING: {
     size_t n;
     const char *s = lua_tolstring(L, idx, &n);
-    return plain_string(s, n);
+    return plain_string(s, n) ? OCAP_SC_QUOTE_BOUND(n) : 0;
   }
   default:
     return 0;
   }
+}
+
+/* [-0, +0] Whether the value at idx is one marshal.lua's serializeCall
+ * writes without classifying it: a safe integer, a boolean or a plain
+ * string. */
+static int simple_value(lua_State *L, int idx) {
+  return simple_size(L, idx) > 0;
 }
 
 /* [-0, +0, m] Writes the start of a call's body, `[<method>,[`, for the
@@ -785,10 +835,13 @@ static int sc_encode_call_args(lua_State *L) {
     lua_pushnil(L); /* nil, or another method: encodeCallParts' to decide */
     return 1;
   }
-  int simple = simple_value(L, 1);
-  for (int i = 3; simple && i <= top; i++)
-    simple = simple_value(L, i);
-  if (!simple) {
+  /* The room the body asks for: the values' and its punctuation's. */
+  size_t need = simple_size(L, 1), size = need + 6;
+  for (int i = 3; need && i <= top; i++) {
+    need = simple_size(L, i);
+    size += need + 1;
+  }
+  if (!need) {
     int n = top - 2;
     lua_createtable(L, n, 1);
     for (int i = 1; i <= n; i++) {
@@ -804,12 +857,16 @@ static int sc_encode_call_args(lua_State *L) {
     return encode_call(L, 1);
   }
   enc_t e;
-  enc_begin(L, &e, 2);
+  int flat = size <= LOCAL_BUFFER;
+  if (flat)
+    enc_begin_flat(L, &e);
+  else
+    enc_begin(L, &e, 2);
   put_call_open(&e, 1);
   for (int i = 3; i <= top; i++)
     put_call_arg(&e, i, i == 3);
   put_call_close(&e);
-  return enc_end_parts(L, &e, 0);
+  return flat ? enc_end_flat(L, &e) : enc_end_parts(L, &e, 0);
 }
 
 /* ---- decoding ---- */
