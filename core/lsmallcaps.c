@@ -634,6 +634,8 @@ static int enc_end_parts(lua_State *L, enc_t *e, int r) {
  * buffer with what surrounds them. */
 #define FLAT_STRING_MAX 80
 
+_Static_assert(OCAP_SC_FLAT_MAX == LOCAL_BUFFER, "a flat body fits the local buffer");
+
 /* [-0, +0] Sets up a flat encoding. */
 static void enc_begin_flat(lua_State *L, enc_t *e) {
   e->L = L;
@@ -657,12 +659,29 @@ static int enc_end_flat(lua_State *L, enc_t *e) {
   return 2;
 }
 
+/* [-0, +0] Whether the value at idx is written flat. */
+static int flat_value(lua_State *L, int idx) {
+  int t = lua_type(L, idx);
+  return t == LUA_TNUMBER || t == LUA_TBOOLEAN || t == LUA_TNIL ||
+         (t == LUA_TSTRING && lua_rawlen(L, idx) <= FLAT_STRING_MAX);
+}
+
+/* [-0, +0, e] See lsmallcaps.h. */
+size_t ocap_sc_encode_flat_value(lua_State *L, int idx, char *buf) {
+  enc_t e;
+  if (!flat_value(L, idx))
+    return 0;
+  enc_begin_flat(L, &e);
+  enc_value(&e, idx, 0);
+  ocap_vat_charge(L, e.cost + (long long)(e.n / BYTES_PER_INSTRUCTION));
+  memcpy(buf, e.b, e.n);
+  return e.n;
+}
+
 /* [-0, +(1|2), e] encode and encodeParts: the value at 1, with valToSlot
  * at 2. */
 static int encode_value(lua_State *L, int parts) {
-  int t = lua_type(L, 1);
-  if (parts && (t == LUA_TNUMBER || t == LUA_TBOOLEAN || t == LUA_TNIL ||
-                (t == LUA_TSTRING && lua_rawlen(L, 1) <= FLAT_STRING_MAX))) {
+  if (parts && flat_value(L, 1)) {
     enc_t e;
     enc_begin_flat(L, &e);
     enc_value(&e, 1, 0);
@@ -867,6 +886,31 @@ static int sc_encode_call_args(lua_State *L) {
     put_call_arg(&e, i, i == 3);
   put_call_close(&e);
   return flat ? enc_end_flat(L, &e) : enc_end_parts(L, &e, 0);
+}
+
+/* [-0, +0, e] See lsmallcaps.h. */
+size_t ocap_sc_encode_flat_call(lua_State *L, int m, char *buf) {
+  int top = lua_gettop(L);
+  size_t need, size;
+  enc_t e;
+  if (m > top || lua_type(L, m) != LUA_TSTRING)
+    return 0;
+  need = simple_size(L, m);
+  size = need + 6;
+  for (int i = m + 1; need && i <= top; i++) {
+    need = simple_size(L, i);
+    size += need + 1;
+  }
+  if (!need || size > LOCAL_BUFFER)
+    return 0;
+  enc_begin_flat(L, &e);
+  put_call_open(&e, m);
+  for (int i = m + 1; i <= top; i++)
+    put_call_arg(&e, i, i == m + 1);
+  put_call_close(&e);
+  ocap_vat_charge(L, e.cost + (long long)(e.n / BYTES_PER_INSTRUCTION));
+  memcpy(buf, e.b, e.n);
+  return e.n;
 }
 
 /* ---- decoding ---- */

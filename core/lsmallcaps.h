@@ -127,4 +127,25 @@ int ocap_sc_push_model(lua_State *L);
  */
 int ocap_sc_push_decoded(lua_State *L, int model, const char *body, size_t blen, int call);
 
+/*
+ * Flat bodies: what the codec writes without a Lua value of its own (a
+ * table or a slot), at most OCAP_SC_FLAT_MAX bytes, which the syscalls
+ * send straight from the stack (lsyscall.c), making no body string.
+ */
+#define OCAP_SC_FLAT_MAX 512
+
+/* [-0, +0, e] Writes into buf (OCAP_SC_FLAT_MAX bytes) the body
+ * encodeParts answers for the value at idx when it is a number, a
+ * boolean, nil or a string of at most 80 bytes, charging what encodeParts
+ * would, and returns its length; else returns 0, doing nothing. */
+size_t ocap_sc_encode_flat_value(lua_State *L, int idx, char *buf);
+
+/* [-0, +0, e] Writes into buf (OCAP_SC_FLAT_MAX bytes) the body
+ * encodeCallArgs answers for the method at index m and the arguments
+ * above it to the top, when the method is a plain string, every argument
+ * a safe integer, a boolean or a plain string, and the body fits,
+ * charging what encodeCallArgs would, and returns its length; else
+ * returns 0, doing nothing. */
+size_t ocap_sc_encode_flat_call(lua_State *L, int m, char *buf);
+
 #endif

@@ -12,6 +12,7 @@
 #include "lkernel_int.h"
 
 #include "hex.h"
+#include "lsmallcaps.h"
 
 /*
  * [-0, +(0|1), e] Reads the slots table at idx into `small` when it fits
@@ -167,18 +168,15 @@ static void charge_sent(lua_State *V, lvat_t *rec, lua_Integer bytes) {
                (long long)rec->sent, (long long)rec->budget.crank_bytes);
 }
 
-/* [-0, +0, e] Sends body and slots (stack indices 2 and 3) to the target
- * at index 1, with result as the result's vpid (NULL for none). A message
- * over the vat's size budget raises an ordinary error in the sender
- * before the kernel holds any of it, so a receiver is never asked to
- * decode it. */
-static void send_message(lua_State *V, lvat_t *rec, const char *result) {
-  const char *small[SMALL_SLOTS];
-  const char *target = luaL_checkstring(V, 1);
-  ocap_capdata_t cd = ocap__check_capdata(V, 2, 3, small);
+/* [-0, +0, e] Sends cd to target, with result as the result's vpid (NULL
+ * for none). A message over the vat's size budget raises an ordinary
+ * error in the sender before the kernel holds any of it, so a receiver is
+ * never asked to decode it. */
+static void send_capdata(lua_State *V, lvat_t *rec, const char *target, const ocap_capdata_t *cd,
+                         const char *result) {
   char excess[192];
-  lua_Integer bytes = capdata_bytes(&cd);
-  if (message_excess(rec, &cd, bytes, "message", excess, sizeof excess)) {
+  lua_Integer bytes = capdata_bytes(cd);
+  if (message_excess(rec, cd, bytes, "message", excess, sizeof excess)) {
     lua_pushstring(V, excess); /* no position: the sender's caller is not at fault */
     lua_error(V);
   }
@@ -193,8 +191,17 @@ static void send_message(lua_State *V, lvat_t *rec, const char *result) {
     lua_error(V);
   }
   charge_sent(V, rec, bytes);
-  if (ocap_kernel_send(rec->lk->k, rec->id, target, &cd, result))
+  if (ocap_kernel_send(rec->lk->k, rec->id, target, cd, result))
     syscall_failed(V, rec);
+}
+
+/* [-0, +0, e] Sends body and slots (stack indices 2 and 3) to the target
+ * at index 1, with result as the result's vpid (NULL for none). */
+static void send_message(lua_State *V, lvat_t *rec, const char *result) {
+  const char *small[SMALL_SLOTS];
+  const char *target = luaL_checkstring(V, 1);
+  ocap_capdata_t cd = ocap__check_capdata(V, 2, 3, small);
+  send_capdata(V, rec, target, &cd, result);
 }
 
 /* [-0, +0] Writes "<prefix><n>" into buf (at least 24 bytes) and returns
@@ -237,12 +244,67 @@ static int sys_send_numbered(lua_State *V) {
   return 0;
 }
 
+/*
+ * sendCall(target, n, method, ...) -> true | nil  [-0, +(0|1), e]
+ * sendNumbered(target, body, nil, n) of the body encodeCallArgs(method,
+ * nil, ...) writes, in one call and without making the body a string,
+ * when the codec writes it flat (ocap_sc_encode_flat_call: a plain method
+ * and safe integers, booleans and plain strings); nil, having done
+ * nothing, for any other call, which liveslots then encodes and sends the
+ * usual way. Found through the syscall table's __index.
+ */
+static int sys_send_call(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  const char *target = luaL_checkstring(V, 1);
+  lua_Integer n = luaL_checkinteger(V, 2);
+  luaL_argcheck(V, n > 0, 2, "promise number must be positive");
+  char body[OCAP_SC_FLAT_MAX], vpid[32];
+  ocap_capdata_t cd = {body, ocap_sc_encode_flat_call(V, 3, body), NULL, 0};
+  if (cd.blen == 0)
+    return 0;
+  format_vpid(vpid, "p+", n);
+  send_capdata(V, rec, target, &cd, vpid);
+  lua_pushboolean(V, 1);
+  return 1;
+}
+
 /* subscribe(kpid)  [-0, +0, e] */
 static int sys_subscribe(lua_State *V) {
   lvat_t *rec = sysvat(V);
   if (ocap_kernel_subscribe(rec->lk->k, rec->id, luaL_checkstring(V, 1)))
     return syscall_failed(V, rec);
   return 0;
+}
+
+/* [-0, +0, e] Reads the kpid resolve takes at index 1 (an integer N for
+ * "p-N", written into buf, 32 bytes) and returns it. */
+static const char *check_kpid(lua_State *V, char *buf) {
+  if (lua_isinteger(V, 1)) {
+    lua_Integer n = lua_tointeger(V, 1);
+    luaL_argcheck(V, n > 0, 1, "promise number must be positive");
+    format_vpid(buf, "p-", n);
+    return buf;
+  }
+  return luaL_checkstring(V, 1);
+}
+
+/* [-0, +0, e] Resolves r, first checked against the vat's budget for one
+ * message: a result over it rejects the promise with the reason instead. */
+static void resolve_one(lua_State *V, lvat_t *rec, ocap_resolution_t *r) {
+  char excess[192];
+  lua_Integer bytes = capdata_bytes(&r->data);
+  if (message_excess(rec, &r->data, bytes, "result", excess, sizeof excess)) {
+    /* The decider settles the promise all the same, so its callers are
+     * not left waiting: it is rejected with the reason instead. */
+    ocap_capdata_t err = {0};
+    err.body = push_error_body(V, excess, &err.blen);
+    r->rejected = 1;
+    r->data = err;
+    bytes = (lua_Integer)err.blen;
+  }
+  charge_sent(V, rec, bytes);
+  if (ocap_kernel_resolve(rec->lk->k, rec->id, r, 1))
+    syscall_failed(V, rec);
 }
 
 /*
@@ -255,31 +317,33 @@ static int sys_resolve(lua_State *V) {
   lvat_t *rec = sysvat(V);
   ocap_resolution_t r;
   char vpid[32];
-  if (lua_isinteger(V, 1)) {
-    lua_Integer n = lua_tointeger(V, 1);
-    luaL_argcheck(V, n > 0, 1, "promise number must be positive");
-    format_vpid(vpid, "p-", n);
-    r.kpid = vpid;
-  } else {
-    r.kpid = luaL_checkstring(V, 1);
-  }
+  r.kpid = check_kpid(V, vpid);
   r.rejected = lua_toboolean(V, 2);
   r.data = ocap__check_capdata(V, 3, 4, small);
-  char excess[192];
-  lua_Integer bytes = capdata_bytes(&r.data);
-  if (message_excess(rec, &r.data, bytes, "result", excess, sizeof excess)) {
-    /* The decider settles the promise all the same, so its callers are
-     * not left waiting: it is rejected with the reason instead. */
-    ocap_capdata_t err = {0};
-    err.body = push_error_body(V, excess, &err.blen);
-    r.rejected = 1;
-    r.data = err;
-    bytes = (lua_Integer)err.blen;
-  }
-  charge_sent(V, rec, bytes);
-  if (ocap_kernel_resolve(rec->lk->k, rec->id, &r, 1))
-    return syscall_failed(V, rec);
+  resolve_one(V, rec, &r);
   return 0;
+}
+
+/*
+ * resolveValue(kpid, value) -> true | nil  [-0, +(0|1), e]
+ * resolve(kpid, false, body) of the body encodeParts(value) writes, in one
+ * call and without making the body a string, when the codec writes it
+ * flat (ocap_sc_encode_flat_value: a number, a boolean, nil or a short
+ * string); nil, having done nothing, for any other value. Found through
+ * the syscall table's __index.
+ */
+static int sys_resolve_value(lua_State *V) {
+  lvat_t *rec = sysvat(V);
+  ocap_resolution_t r;
+  char vpid[32], body[OCAP_SC_FLAT_MAX];
+  r.kpid = check_kpid(V, vpid);
+  r.rejected = 0;
+  r.data = (ocap_capdata_t){body, ocap_sc_encode_flat_value(V, 2, body), NULL, 0};
+  if (r.data.blen == 0)
+    return 0;
+  resolve_one(V, rec, &r);
+  lua_pushboolean(V, 1);
+  return 1;
 }
 
 /*
@@ -603,10 +667,22 @@ static const luaL_Reg syscalls[] = {
  * light C functions: no closure. */
 static int syscall_index(lua_State *V) {
   const char *k = lua_tostring(V, 2);
-  if (lua_type(V, 2) == LUA_TSTRING && strcmp(k, "collectGarbage") == 0)
-    lua_pushcfunction(V, sys_collect_garbage);
-  else
+  lua_CFunction f = NULL;
+  if (lua_type(V, 2) != LUA_TSTRING) {
     lua_pushnil(V);
+  } else if (strcmp(k, "collectGarbage") == 0) {
+    lua_pushcfunction(V, sys_collect_garbage);
+  } else if ((f = strcmp(k, "sendCall") == 0       ? sys_send_call
+                  : strcmp(k, "resolveValue") == 0 ? sys_resolve_value
+                                                   : NULL) != NULL) {
+    /* Read once, when liveslots starts: a closure over the vat's record,
+     * which the table's send holds. */
+    lua_getfield(V, 1, "send");
+    lua_getupvalue(V, -1, 1);
+    lua_pushcclosure(V, f, 1);
+  } else {
+    lua_pushnil(V);
+  }
   return 1;
 }
 

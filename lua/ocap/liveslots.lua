@@ -241,6 +241,10 @@ function M.make(opts)
   -- N rather than by that vpid, and the kernel's dispatchSettle hands N
   -- back (core/ldeliver.c), so a round trip makes no string of its vpid.
   local sendNumbered = counting and not opts.allocPromise and syscall.sendNumbered
+  -- A vat's sendNumbered of a call the C codec writes flat, encoded and
+  -- sent in one call without a body string (core/lsyscall.c); nil for
+  -- any other call.
+  local sendCall = sendNumbered and syscall.sendCall
 
   --- The key in pending (and value in vpidOf) of a vpid: N for "p+<N>"
   --- when sends are numbered (N of at most 18 digits without leading
@@ -584,6 +588,8 @@ function M.make(opts)
 
   local send = syscall.send
   local resolve = syscall.resolve
+  -- A vat's resolve of a value the C codec writes flat, likewise.
+  local resolveValue = syscall.resolveValue
 
   --- Sends an encoded message to a kernel ref; returns the result promise.
   local function sendEncoded(vref, body, slots, wantResult)
@@ -647,11 +653,15 @@ function M.make(opts)
     -- numbers no send, so this one never checks ls.stopped.
     return function(...)
       if itself[...] then return sendArgs(vref, method, true, select(2, ...)) end
-      local body, slots = cEncodeCallArgs(method, valToSlot, ...)
-      if not body then return sendTo(vref, method, pack(...), true) end
-      if slots and ndropped > 0 then return sendEncoded(vref, body, slots, true) end
       local vpid = nextPromise
-      sendNumbered(vref, body, slots, vpid)
+      if not (sendCall and sendCall(vref, vpid, method, ...)) then
+        local body, slots = cEncodeCallArgs(method, valToSlot, ...)
+        if not body then return sendTo(vref, method, pack(...), true) end
+        if slots and ndropped > 0 then return sendEncoded(vref, body, slots, true) end
+        -- Encoding numbers the promises among the arguments first.
+        vpid = nextPromise
+        sendNumbered(vref, body, slots, vpid)
+      end
       nextPromise = vpid + 1
       if nextPromise >= boundPromise then saveCounters() end
       local p = makePromise()
@@ -883,11 +893,16 @@ function M.make(opts)
         -- awaiting and queued no turn, and its result is plain data. The
         -- C codec, given no valToSlot, encodes nothing that needs a slot:
         -- a promise, or a target that pipelines, goes to methodRan.
-        local body = done and ok and not busy and resultVpid and cEncodeParts(r)
-        if body then
-          resolve(resultVpid, false, body)
-        else
-          methodRan(resultVpid, done, ok, r, busy)
+        -- A result the codec writes flat is encoded and resolved in one
+        -- call (resolveValue).
+        local plain = done and ok and not busy and resultVpid
+        if not (plain and resolveValue(resultVpid, r)) then
+          local body = plain and cEncodeParts(r)
+          if body then
+            resolve(resultVpid, false, body)
+          else
+            methodRan(resultVpid, done, ok, r, busy)
+          end
         end
       else
         invokeLocal(target, resultVpid, method, pack(...))
