@@ -122,10 +122,10 @@ static void push_vpid(lua_State *V, const char *vpid, char sign) {
  * capdata has no slots, the common case, to liveslots decoded here:
  * dispatchCall(target, result, method, args...) or dispatchSettle(kpid,
  * rejected, value). The body never becomes a Lua string, and liveslots
- * makes no protected call to decode it. Returns 1 (leaving the codec's
- * model, which the tramp's return drops), or 0 with the stack as it found
- * it for a delivery of another kind or a body the codec leaves, which goes
- * the general way (push_delivery).
+ * makes no protected call to decode it; the codec's model is fetched only
+ * for a body its flat decoding leaves. Returns 1, or 0 with the stack as
+ * it found it for a delivery of another kind or a body the codec leaves,
+ * which goes the general way (push_delivery).
  *
  * Without slots, decoding calls nothing of the vat's (no slotToVal, no
  * import to count) and raises only when it exhausts the vat's memory or
@@ -144,9 +144,6 @@ static int deliver_values(lua_State *V, lvat_t *rec, const ocap_delivery_t *d) {
   if (cd->nslots != 0)
     return 0;
   STACK_CHECK_BEGIN(V);
-  /* The model stays under the call, for the tramp's return to pop. */
-  lua_rawgeti(V, LUA_REGISTRYINDEX, rec->model_ref);
-  int model = lua_gettop(V);
   if (call) {
     lua_rawgeti(V, LUA_REGISTRYINDEX, rec->call_ref);
     lua_pushstring(V, d->target);
@@ -160,15 +157,23 @@ static int deliver_values(lua_State *V, lvat_t *rec, const ocap_delivery_t *d) {
     lua_pushboolean(V, d->resolutions[0].rejected);
   }
   rec->decode_failed = 1;
-  int v = ocap_sc_push_decoded(V, model, cd->body, cd->blen, call);
+  int v = ocap_sc_push_decoded_flat(V, cd->body, cd->blen, call);
+  if (v < 0) {
+    /* The model goes under the values, and out of the call's way once
+     * they are pushed. */
+    lua_rawgeti(V, LUA_REGISTRYINDEX, rec->model_ref);
+    int model = lua_gettop(V);
+    v = ocap_sc_push_decoded(V, model, cd->body, cd->blen, call);
+    lua_remove(V, model);
+  }
   rec->decode_failed = 0;
   if (v < 0) {
-    lua_pop(V, 4);
+    lua_pop(V, 3);
     STACK_CHECK_END(V, 0);
     return 0;
   }
   lua_call(V, 2 + v, 0);
-  STACK_CHECK_END(V, 1);
+  STACK_CHECK_END(V, 0);
   return 1;
 }
 

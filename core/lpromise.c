@@ -79,7 +79,8 @@ static const char AWAIT = 'w';  /* (AWAIT, co): resume co */
  * can compare them but never make one. */
 static const char POOL_KEY = 'p';    /* hands a worker of call a task */
 static const char CHECKED_KEY = 'c'; /* hands a worker of xcall a task */
-static const char DONE = 'd';        /* yielded by a worker that finished its task */
+static const char DONE = 'd';        /* yielded by a worker whose task succeeded */
+static const char FAILED = 'f';      /* yielded by a worker whose task failed */
 static const char STRAY = 'x';       /* yielded by an idle worker resumed by someone else */
 static const char AWAITING = 'y';    /* yielded by await */
 
@@ -861,15 +862,13 @@ static int promise_configure(lua_State *L) {
  *
  * A task runs in a pooled coroutine, a worker, whose body is C: it takes a
  * task, runs it in a protected call (xcall's with a message handler),
- * leaves how it ended, (ok, value), as the only values of its frame, and
- * yields DONE to wait for its next task; the C that resumed it takes the
- * two and clears the frame, so an idle worker holds nothing of its last
- * task. Creating a coroutine costs more than a whole promise round trip,
- * hence the pools. Workers are created through the state's own
- * coroutine.create, and resumed and protected with vat.c's
- * ocap_vat_resume, OCAP_VAT_PCALL_COST and ocap_vat_pcall_failed, which do
- * what the vat's coroutine.resume, pcall and xpcall do around them: a
- * vat's meter and watchdog see a task exactly as they see vat code.
+ * and yields DONE (or FAILED) over the task's value to wait for its next
+ * task; the C that resumed it takes the value and clears the frame, so an
+ * idle worker holds nothing of its last task. Creating a coroutine costs more than a whole promise
+ * round trip, hence the pools. Workers are created through the state's own coroutine.create, and
+ * resumed and protected with vat.c's ocap_vat_resume, OCAP_VAT_PCALL_COST and
+ * ocap_vat_pcall_failed, which do what the vat's coroutine.resume, pcall and xpcall do around them:
+ * a vat's meter and watchdog see a task exactly as they see vat code.
  *
  * A worker is known by its thread's extra space (lua_getextraspace),
  * which holds a tag made of its own address, the state's and whether it
@@ -1034,17 +1033,13 @@ static void pool_forget(lua_State *L, pstate_t *st, int k) {
 }
 
 /*
- * [-1, +0, e] A task's end, with its value on top of the worker's frame:
- * leaves (ok, value) as the frame's only values and yields DONE, waiting
- * for the next task at idle. The frame holds at least two values (the
- * task's key under its value).
+ * [-0, +0, e] A task's end, with its value on top of the worker's frame:
+ * yields DONE, or FAILED when the task failed, over it, waiting for the
+ * next task at idle. The resumer takes the value and clears the frame
+ * (take_outcome).
  */
 static int worker_done(lua_State *co, int ok, int idle) {
-  lua_copy(co, -1, 2);
-  lua_pushboolean(co, ok);
-  lua_replace(co, 1);
-  lua_settop(co, 2);
-  lua_pushlightuserdata(co, (void *)&DONE);
+  lua_pushlightuserdata(co, (void *)(ok ? &DONE : &FAILED));
   return lua_yieldk(co, 1, idle, worker_k);
 }
 
@@ -1162,23 +1157,29 @@ static void push_msgh(lua_State *L, pstate_t *st, int h) {
 
 /*
  * [-0, +0] Whether the worker co, resumed with status and nres results,
- * is done with its task. DONE alone does not say so: a task's own code
- * can yield the token it saw by resuming a worker itself, and a worker
- * taken for idle mid-task would hand the next task, its function and
+ * is done with its task: 0 when not, else 1 when the task succeeded and 2
+ * when it failed. The token alone does not say so: a task's own code can
+ * yield the token it saw by resuming a worker itself, and a worker taken
+ * for idle mid-task would hand the next task, its function and
  * arguments, to that code. A worker done with its task yields from its C
  * body, with no frame above it.
  */
 static int task_done(lua_State *co, int status, int nres) {
   lua_Debug ar;
-  return status == LUA_YIELD && nres == 1 && lua_touserdata(co, -1) == &DONE &&
-         !lua_getstack(co, 1, &ar);
+  const void *t;
+  if (status != LUA_YIELD || nres != 1)
+    return 0;
+  t = lua_touserdata(co, -1);
+  if ((t != &DONE && t != &FAILED) || lua_getstack(co, 1, &ar))
+    return 0;
+  return t == &DONE ? 1 : 2;
 }
 
 /* [-0, +2] Pushes how the task the worker co is done with ended, (ok,
- * value), and clears co's frame. */
-static void take_outcome(lua_State *L, lua_State *co) {
-  lua_pushboolean(L, lua_toboolean(co, 1));
-  lua_settop(co, 2);
+ * value), done as task_done says, and clears co's frame. */
+static void take_outcome(lua_State *L, lua_State *co, int done) {
+  lua_pushboolean(L, done == 1);
+  lua_pop(co, 1);
   lua_xmove(co, L, 1);
   lua_settop(co, 0);
 }
@@ -1234,11 +1235,13 @@ static lua_State *run_task(lua_State *L, pstate_t *st, int k, const char *key, i
  * 1), then also whether turns are queued (its busy).
  */
 static int task_resumed(lua_State *L, pstate_t *st, lua_State *co, int k, int status, int nres) {
+  int done;
   if (status != LUA_OK && status != LUA_YIELD) {
     lua_xmove(co, L, 1);
     return lua_error(L);
   }
-  if (!task_done(co, status, nres)) {
+  done = task_done(co, status, nres);
+  if (!done) {
     lua_pop(co, nres);
     pool_forget(L, st, k);
     new_promise(L, st);
@@ -1248,7 +1251,7 @@ static int task_resumed(lua_State *L, pstate_t *st, lua_State *co, int k, int st
     return 2;
   }
   lua_pushboolean(L, 1);
-  take_outcome(L, co);
+  take_outcome(L, co, done);
   pool_push(L, st, k, co, 1);
   if (!k)
     return 3;
@@ -1307,14 +1310,15 @@ static int promise_spawn(lua_State *L) {
  * co refused to be resumed; raises what the coroutine raised.
  */
 static int resume_awaiter(lua_State *L, pstate_t *st, lua_State *co, int idx) {
-  int nres, status = ocap_vat_resume(L, co, 0, &nres), top, k;
+  int nres, status = ocap_vat_resume(L, co, 0, &nres), top, k, done;
   if (status != LUA_OK && status != LUA_YIELD) {
     if (unresumable(co, -1))
       return -1;
     lua_xmove(co, L, 1);
     return lua_error(L);
   }
-  if (!task_done(co, status, nres)) {
+  done = task_done(co, status, nres);
+  if (!done) {
     lua_pop(co, nres);
     return 0;
   }
@@ -1322,7 +1326,7 @@ static int resume_awaiter(lua_State *L, pstate_t *st, lua_State *co, int idx) {
    * pool, and the promise of the task's result is settled. */
   top = lua_gettop(L);
   luaL_checkstack(L, 6, NULL);
-  take_outcome(L, co);
+  take_outcome(L, co, done);
   k = worker_pool(st, co);
   if (k >= 0)
     pool_push(L, st, k, co, idx);

@@ -1360,25 +1360,34 @@ leave:
  * Returns v, or LEAVE with the stack as it found it for a body left to the
  * reference (every error, and any other shape for a call).
  */
+/*
+ * [-0, +v, e] The bodies decoding reads without the scan or the model:
+ * a call fast_call reads, or a value that is a small integer. Pushes what
+ * decode_buf would and returns v, charging what it would; LEAVE, pushing
+ * nothing, for any other body.
+ */
+static int decode_flat(lua_State *L, const char *body, size_t blen, int call) {
+  lua_Integer small_int;
+  if (call)
+    return fast_call(L, body, blen);
+  if (blen == 0 || body[0] != '#' || !small_integer(body + 1, blen - 1, &small_int))
+    return LEAVE;
+  /* What the scan and dec_value would answer, and charge, for it. */
+  ocap_vat_charge(L, 1 + (long long)(blen / BYTES_PER_INSTRUCTION) + VALUE_COST);
+  lua_pushinteger(L, small_int);
+  return 1;
+}
+
 static int decode_buf(lua_State *L, int model, const char *body, size_t blen, int slots_idx,
                       int s2v_idx, size_t nslots, int call, int *k) {
   *k = 0;
-  if (call) {
-    int v = fast_call(L, body, blen);
-    if (v != LEAVE)
-      return v;
-  }
+  int v = decode_flat(L, body, blen, call);
+  if (v != LEAVE)
+    return v;
   if (blen == 0 || body[0] != '#')
     return LEAVE;
   /* The body's bytes, charged with its values once they are counted. */
   long long cost = 1 + (long long)(blen / BYTES_PER_INSTRUCTION);
-  lua_Integer small_int;
-  if (!call && small_integer(body + 1, blen - 1, &small_int)) {
-    /* What the scan and dec_value would answer, and charge, for it. */
-    ocap_vat_charge(L, cost + VALUE_COST);
-    lua_pushinteger(L, small_int);
-    return 1;
-  }
   int top = lua_gettop(L);
   ocap_sc_slot_t small[SMALL_SLOTS], *slots = NULL;
   /* A slots table's length is whatever border its maker left (a sparse
@@ -1472,6 +1481,12 @@ static const char MODEL_KEY = 'm';
 /* [-0, +1] See lsmallcaps.h. */
 int ocap_sc_push_model(lua_State *L) {
   return lua_rawgetp(L, LUA_REGISTRYINDEX, &MODEL_KEY) == LUA_TTABLE;
+}
+
+/* [-0, +v, e] See lsmallcaps.h. */
+int ocap_sc_push_decoded_flat(lua_State *L, const char *body, size_t blen, int call) {
+  int v = decode_flat(L, body, blen, call);
+  return v == LEAVE ? -1 : v;
 }
 
 /* [-0, +v, e] See lsmallcaps.h. */

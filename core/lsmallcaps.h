@@ -127,6 +127,12 @@ int ocap_sc_push_model(lua_State *L);
  */
 int ocap_sc_push_decoded(lua_State *L, int model, const char *body, size_t blen, int call);
 
+/* [-0, +v, e] ocap_sc_push_decoded for the bodies it reads without the
+ * model (a call of plain strings, small integers and booleans, or a value
+ * that is a small integer): pushes the same values, charges the same and
+ * returns v; -1, pushing nothing, for any other body. */
+int ocap_sc_push_decoded_flat(lua_State *L, const char *body, size_t blen, int call);
+
 /*
  * Flat bodies: what the codec writes without a Lua value of its own (a
  * table or a slot), at most OCAP_SC_FLAT_MAX bytes, which the syscalls

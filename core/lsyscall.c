@@ -209,10 +209,11 @@ static void send_message(lua_State *V, lvat_t *rec, const char *result) {
 static int format_vpid(char *buf, const char *prefix, lua_Integer n) {
   char digits[24];
   int len = 0;
+  unsigned long long u = (unsigned long long)n; /* n > 0 */
   do {
-    digits[len++] = (char)('0' + n % 10);
-    n /= 10;
-  } while (n > 0);
+    digits[len++] = (char)('0' + u % 10);
+    u /= 10;
+  } while (u > 0);
   buf[0] = prefix[0];
   buf[1] = prefix[1];
   for (int i = 0; i < len; i++)
