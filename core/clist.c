@@ -41,10 +41,9 @@ typedef struct dirty {
 } dirty_t;
 
 struct ocap__clists {
-  void **slots; /* clist_t records by endpoint, for those vat_index does not place */
+  ocap__clists_head_t h; /* first (clist.h): the vats' c-lists by N (vat_index) */
+  void **slots;          /* clist_t records by endpoint, for those vat_index does not place */
   size_t mask, n;
-  clist_t **byvat; /* vats' c-lists by the N of `v<N>` (vat_index) */
-  size_t nbyvat;
   clist_t *kernel; /* the kernel endpoint's (its imports), which every host call reaches */
   dirty_t *dirty;  /* the entries this crank changed */
   size_t ndirty, capdirty;
@@ -96,11 +95,8 @@ size_t ocap__ref_text(uint64_t w, char *out) {
   return len;
 }
 
-void ocap__ckey(ocap__ckey_t *key, const char *ref) {
-  key->s = ref;
-  key->w = ocap__ref_code(ref);
-  if (!key->w)
-    key->w = ((uint64_t)str_hash(ref) << 3) | REF_TEXT;
+uint64_t ocap__ckey_text(const char *ref) {
+  return ((uint64_t)str_hash(ref) << 3) | REF_TEXT;
 }
 
 uint64_t ocap__cv_make(const char *s, size_t n) {
@@ -314,7 +310,7 @@ static size_t clist_home(const void *rec, size_t mask) {
 static inline clist_t *clist_get_ep(struct ocap__clists *t, const char *ep) {
   long v = vat_index(ep);
   if (v >= 0)
-    return (size_t)v < t->nbyvat ? t->byvat[v] : NULL;
+    return (size_t)v < t->h.nbyvat ? t->h.byvat[v] : NULL;
   if (ocap__is_kernel_ep(ep))
     return t->kernel;
   return *clist_slot(t, ep);
@@ -325,18 +321,18 @@ static inline clist_t *clist_get_ep(struct ocap__clists *t, const char *ep) {
 static int clist_place(struct ocap__clists *t, clist_t *c) {
   long v = vat_index(c->ep);
   if (v >= 0) {
-    if ((size_t)v >= t->nbyvat) {
-      size_t n = t->nbyvat ? t->nbyvat * 2 : 16;
+    if ((size_t)v >= t->h.nbyvat) {
+      size_t n = t->h.nbyvat ? t->h.nbyvat * 2 : 16;
       while (n <= (size_t)v)
         n *= 2;
-      clist_t **nv = realloc(t->byvat, n * sizeof *nv);
+      clist_t **nv = realloc(t->h.byvat, n * sizeof *nv);
       if (!nv)
         return OCAP_ENOMEM;
-      memset(nv + t->nbyvat, 0, (n - t->nbyvat) * sizeof *nv);
-      t->byvat = nv;
-      t->nbyvat = n;
+      memset(nv + t->h.nbyvat, 0, (n - t->h.nbyvat) * sizeof *nv);
+      t->h.byvat = nv;
+      t->h.nbyvat = n;
     }
-    t->byvat[v] = c;
+    t->h.byvat[v] = c;
     return 0;
   }
   if (ocap__is_kernel_ep(c->ep)) {
@@ -353,7 +349,7 @@ static int clist_place(struct ocap__clists *t, clist_t *c) {
 static void clist_remove_ep(struct ocap__clists *t, clist_t *c) {
   long v = vat_index(c->ep);
   if (v >= 0) {
-    t->byvat[v] = NULL;
+    t->h.byvat[v] = NULL;
     clist_free(t, c);
     return;
   }
@@ -389,10 +385,10 @@ static void drop_all(struct ocap__clists *t) {
       clist_free(t, t->slots[i]);
     t->slots[i] = NULL;
   }
-  for (size_t i = 0; i < t->nbyvat; i++) {
-    if (t->byvat[i])
-      clist_free(t, t->byvat[i]);
-    t->byvat[i] = NULL;
+  for (size_t i = 0; i < t->h.nbyvat; i++) {
+    if (t->h.byvat[i])
+      clist_free(t, t->h.byvat[i]);
+    t->h.byvat[i] = NULL;
   }
   if (t->kernel)
     clist_free(t, t->kernel);
@@ -415,7 +411,7 @@ void ocap__clists_free(ocap_kernel_t *k) {
     free(e);
   }
   free(t->slots);
-  free(t->byvat);
+  free(t->h.byvat);
   free(t->dirty);
   free(t->sync);
   free(t->idirty);
@@ -507,16 +503,16 @@ static inline int clist_find(ocap_kernel_t *k, const char *ep, clist_t **out) {
   return clist_load(k, ep, out);
 }
 
-int ocap__clist_of(ocap_kernel_t *k, const char *ep, clist_t **out) {
+int ocap__clist_of_any(ocap_kernel_t *k, const char *ep, clist_t **out) {
   return clist_find(k, ep, out);
 }
 
-int ocap__clist_of_ep(ocap_kernel_t *k, const char *ep, clist_t **out) {
+int ocap__clist_of_ep_any(ocap_kernel_t *k, const char *ep, clist_t **out) {
   /* A vat's name that vat_index reads is valid: the check costs nothing
    * more on the hot path. */
   long v = vat_index(ep);
-  if (v >= 0 && (size_t)v < k->c->nbyvat && k->c->byvat[v]) {
-    *out = k->c->byvat[v];
+  if (v >= 0 && (size_t)v < k->c->h.nbyvat && k->c->h.byvat[v]) {
+    *out = k->c->h.byvat[v];
     return 0;
   }
   if (!ocap__valid_ep(ep))
@@ -782,8 +778,8 @@ int ocap__clists_check(ocap_kernel_t *k) {
   int rc = 0;
   for (size_t i = 0; i <= t->mask && !rc; i++)
     rc = check_one(k, t->slots[i]);
-  for (size_t i = 0; i < t->nbyvat && !rc; i++)
-    rc = check_one(k, t->byvat[i]);
+  for (size_t i = 0; i < t->h.nbyvat && !rc; i++)
+    rc = check_one(k, t->h.byvat[i]);
   if (!rc)
     rc = check_one(k, t->kernel);
   return rc;

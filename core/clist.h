@@ -42,7 +42,14 @@ typedef struct ocap__ckey {
   const char *s; /* the text, for a key of kind REF_TEXT */
 } ocap__ckey_t;
 
-void ocap__ckey(ocap__ckey_t *key, const char *ref);
+/* The word of a key with no code: its text's hash, kind REF_TEXT. */
+uint64_t ocap__ckey_text(const char *ref);
+static inline void ocap__ckey(ocap__ckey_t *key, const char *ref) {
+  key->s = ref;
+  key->w = ocap__ref_code(ref);
+  if (!key->w)
+    key->w = ocap__ckey_text(ref);
+}
 /* The key of code w (not 0). */
 static inline ocap__ckey_t ocap__ckey_code(uint64_t w) {
   ocap__ckey_t key = {w, NULL};
@@ -136,9 +143,52 @@ static inline uint64_t ocap__clist_val(void **sl) {
 
 /* ep's c-list, read from the store the first time: 0 with it in *out, or
  * a negative code. ocap__clist_of_ep first checks ep is an endpoint's
- * name, a caller's fault when it is not. */
-int ocap__clist_of(ocap_kernel_t *k, const char *ep, ocap__clist_t **out);
-int ocap__clist_of_ep(ocap_kernel_t *k, const char *ep, ocap__clist_t **out);
+ * name, a caller's fault when it is not. The _any versions take every
+ * case; the inline ones find a vat's c-list in memory first. */
+int ocap__clist_of_any(ocap_kernel_t *k, const char *ep, ocap__clist_t **out);
+int ocap__clist_of_ep_any(ocap_kernel_t *k, const char *ep, ocap__clist_t **out);
+
+/* The start of the kernel's table of c-lists (clist.c): the vats' c-lists
+ * by the N of `v<N>`, NULL for one not in memory. */
+typedef struct ocap__clists_head {
+  ocap__clist_t **byvat;
+  size_t nbyvat;
+} ocap__clists_head_t;
+
+/* The c-list of vat ep in memory when its name is `v<N>` with N of one or
+ * two digits (no leading zero), else NULL: a few instructions, where a
+ * call cost more than the search. */
+static inline ocap__clist_t *ocap__clist_vat(ocap_kernel_t *k, const char *ep) {
+  const ocap__clists_head_t *h = (const ocap__clists_head_t *)(const void *)k->c;
+  unsigned d = (unsigned char)ep[1] - (unsigned)'0', n;
+  if (ep[0] != 'v' || d - 1 > 8)
+    return NULL;
+  if (!ep[2]) {
+    n = d;
+  } else {
+    unsigned d2 = (unsigned char)ep[2] - (unsigned)'0';
+    if (d2 > 9 || ep[3])
+      return NULL;
+    n = d * 10 + d2;
+  }
+  return n < h->nbyvat ? h->byvat[n] : NULL;
+}
+
+static inline int ocap__clist_of(ocap_kernel_t *k, const char *ep, ocap__clist_t **out) {
+  ocap__clist_t *c = ocap__clist_vat(k, ep);
+  if (!c)
+    return ocap__clist_of_any(k, ep, out);
+  *out = c;
+  return 0;
+}
+
+static inline int ocap__clist_of_ep(ocap_kernel_t *k, const char *ep, ocap__clist_t **out) {
+  ocap__clist_t *c = ocap__clist_vat(k, ep);
+  if (!c)
+    return ocap__clist_of_ep_any(k, ep, out);
+  *out = c;
+  return 0;
+}
 
 /* Sets c's entry for key to the value word val (0 removes it): sl is the
  * slot ocap__clist_slot gave for key with no change of c since, or NULL.
