@@ -54,13 +54,13 @@ struct ocap__objects {
 static long long ko_number(const char *koid) {
   if (koid[0] != 'k' || koid[1] != 'o' || !koid[2] || (koid[2] == '0' && koid[3]))
     return -1;
+  /* At most 16 digits are read (COUNT_MAX has 16): the sum cannot
+   * overflow, and one test at the end replaces one per digit. */
   long long n = 0;
-  for (const char *c = koid + 2; *c; c++) {
-    if (*c < '0' || *c > '9' || n > COUNT_MAX / 10)
-      return -1;
+  const char *c = koid + 2;
+  for (; (unsigned)(*c - '0') < 10 && c < koid + 18; c++)
     n = n * 10 + (*c - '0');
-  }
-  return n;
+  return *c || n > COUNT_MAX ? -1 : n;
 }
 
 /* Whether every key of a version of the object is gone. */

@@ -103,10 +103,8 @@ static void parked_free(prec_t *r, long long from, long long to) {
   }
 }
 
-/* Frees a record and its strings; it takes a void pointer so that the
- * table can hand records to it (idtable.h). */
-static void prec_free(void *p) {
-  prec_t *r = p;
+/* Frees what a record holds: its strings and parked messages. */
+static void prec_clear(prec_t *r) {
   str_drop(r->now.subs, r->com.subs, r->sto.subs);
   str_drop(r->com.subs, r->sto.subs, NULL);
   free(r->sto.subs);
@@ -115,10 +113,27 @@ static void prec_free(void *p) {
   free(r->sto.data);
   parked_free(r, 0, r->qbase + r->now.qtail);
   free(r->parked);
-  free(r);
 }
 
+/* Frees a record and what it holds; it takes a void pointer so that the
+ * table can hand records to it (idtable.h). */
+static void prec_free(void *p) {
+  prec_clear(p);
+  free(p);
+}
+
+/* The records kept for reuse: a round trip makes one promise and frees
+ * it, and a record is a few hundred bytes to allocate and zero. Under
+ * AddressSanitizer none is kept, so that a use after free is found. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SPARE_RECORDS 0
+#else
+#define SPARE_RECORDS 8
+#endif
+
 struct ocap__promises {
+  prec_t *spare[SPARE_RECORDS + 1];
+  size_t nspare;
   ocap__idtable_t table; /* the records in memory, by id */
   prec_t **dirty;        /* the records this crank changed */
   size_t ndirty, capdirty;
@@ -163,10 +178,31 @@ static void drop_all(struct ocap__promises *t) {
   t->nsync = 0;
 }
 
+/* A zeroed record, reused when one is spare; NULL when out of memory. */
+static prec_t *prec_new(struct ocap__promises *t) {
+  if (!t->nspare)
+    return ocap__zalloc(sizeof(prec_t));
+  prec_t *r = t->spare[--t->nspare];
+  memset(r, 0, sizeof *r);
+  return r;
+}
+
+/* Frees a record no table lists, keeping it for reuse when there is room. */
+static void prec_recycle(struct ocap__promises *t, prec_t *r) {
+  if (t->nspare >= SPARE_RECORDS) {
+    prec_free(r);
+    return;
+  }
+  prec_clear(r);
+  t->spare[t->nspare++] = r;
+}
+
 void ocap__promises_free(ocap_kernel_t *k) {
   struct ocap__promises *t = k->p;
   if (!t)
     return;
+  for (size_t i = 0; i < t->nspare; i++)
+    free(t->spare[i]);
   ocap__idtable_free(&t->table, prec_free);
   free(t->dirty);
   free(t->sync);
@@ -186,7 +222,7 @@ static void sync_unlist(struct ocap__promises *t, prec_t *r) {
 /* Drops r from the table and frees it. */
 static void drop(struct ocap__promises *t, prec_t *r) {
   sync_unlist(t, r);
-  prec_free(ocap__idtable_remove(&t->table, r->id));
+  prec_recycle(t, ocap__idtable_remove(&t->table, r->id));
 }
 
 /* Reads the parked messages 0 to r->now.qtail - 1 of kpid. They are numbered
@@ -254,7 +290,7 @@ static int found_record(prec_t *found, int create, prec_t **out) {
 /* The record of kpid (whose N is id) read from the store, as for lookup. */
 static int load(ocap_kernel_t *k, const char *kpid, long long id, int create, prec_t **out) {
   struct ocap__promises *t = k->p;
-  prec_t *r = ocap__zalloc(sizeof *r);
+  prec_t *r = prec_new(t);
   if (!r)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
   r->id = id;
@@ -301,7 +337,7 @@ static int load(ocap_kernel_t *k, const char *kpid, long long id, int create, pr
  * which the store cannot hold yet since ids are never reused. */
 static int fresh(ocap_kernel_t *k, const char *kpid, long long id, prec_t **out) {
   struct ocap__promises *t = k->p;
-  prec_t *r = ocap__zalloc(sizeof *r);
+  prec_t *r = prec_new(t);
   if (r) {
     r->id = id;
     r->now.state = ST_NONE;
@@ -583,7 +619,7 @@ void ocap__promises_synced(ocap_kernel_t *k) {
     r->retaken = 0;
     r->syncat = 0;
     if (!r->dirty && gone(&r->now))
-      prec_free(ocap__idtable_remove(&t->table, r->id));
+      prec_recycle(t, ocap__idtable_remove(&t->table, r->id));
   }
   t->nsync = 0;
 }
