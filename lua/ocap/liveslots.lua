@@ -16,7 +16,7 @@ local require = require
 local type, error, pcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, rawget, next =
   type, error, pcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, rawget, next
 local unpack, pack = table.unpack, table.pack
-local sfind, ssub, sbyte = string.find, string.sub, string.byte
+local sfind, ssub, sbyte, smatch = string.find, string.sub, string.byte, string.match
 local makePromise = promise.makePromise
 local onSettle, pstate, drain = promise.onSettle, promise.state, promise.drain
 local call, xcall, settled, hasTurns = promise.call, promise.xcall, promise.settled, promise.hasTurns
@@ -45,6 +45,9 @@ local eventualSend
 
 local COUNT_MAX <const> = 9007199254740991 -- 2^53 - 1
 
+-- ocap.liveslots.rare, loaded on first use (defined below).
+local rare
+
 --- Reads a count or id the runtime keeps in the vat's store (dflt when
 --- absent). Such values are decimal integers from 0 to 2^53 - 1; anything
 --- else means the database was damaged, and the key is named rather than
@@ -57,23 +60,10 @@ function M.storedCount(get, key, dflt)
   local v = get(key)
   if v == nil then return dflt end
   local n = #v <= 16 and not sfind(v, '^0%d') and sfind(v, '^%d+$') and math.tointeger(tonumber(v))
-  if not n or n > COUNT_MAX then
-    error(('corrupt database: vat store key %q holds %q, which is not a count (a decimal integer '
-      .. 'from 0 to 2^53 - 1)'):format(key, #v > 40 and ssub(v, 1, 40) .. '...' or v), 0)
-  end
+  if not n or n > COUNT_MAX then rare().corruptCount(key, v) end
   return n
 end
 local storedCount = M.storedCount
-
---- The vpid of a key of a liveslots instance's pending table: a vat keys
---- the promises it made for its sends' results ("p+<N>") by the number N
---- (M.make says why), any other promise by its vpid.
----@param key string|integer|nil
----@return string|nil
-local function vpidString(key)
-  if type(key) == 'number' then return 'p+' .. key end
-  return key
-end
 
 -- Per Lua state: which liveslots instance a presence or a kernel-known
 -- promise belongs to, so E() can route without being told.
@@ -101,12 +91,11 @@ local presenceMT = {
 -- failure, need (loaded on first use).
 local rareModule
 local localCall
-local function rare()
+function rare()
   if not rareModule then
     rareModule = require 'ocap.liveslots.rare'
     rareModule.init({ presenceInfo = presenceInfo, pipelines = pipelines, instances = instances,
-      eventualSend = eventualSend, localCall = function(...) return localCall(...) end,
-      vpidString = vpidString })
+      eventualSend = eventualSend, localCall = function(...) return localCall(...) end })
   end
   return rareModule
 end
@@ -202,7 +191,7 @@ function M.make(opts)
   -- the host's services and vatAdmin), which code names by that vref:
   -- liveslots never lets go of them, whatever the kernel says.
   local pinned = {}
-  local pending = {}                                   -- key -> promise we wait on (pendingKey)
+  local pending = {}                                   -- key -> promise we wait on (trackPromise)
   local vpidOf = setmetatable({}, WEAK_KEYS)      -- kernel-known promise -> its key in pending
   local instance = { vpidOf }
   instances[ls] = instance
@@ -245,18 +234,6 @@ function M.make(opts)
   -- sent in one call without a body string (core/lsyscall.c); nil for
   -- any other call.
   local sendCall = sendNumbered and syscall.sendCall
-
-  --- The key in pending (and value in vpidOf) of a vpid: N for "p+<N>"
-  --- when sends are numbered (N of at most 18 digits without leading
-  --- zeros, as the kernel reads one for dispatchSettle), else the vpid.
-  ---@param vpid string|integer
-  ---@return string|integer
-  local function pendingKey(vpid)
-    if sendNumbered and sbyte(vpid, 2) == 43 and #vpid <= 20 and sfind(vpid, '^p%+[1-9]%d*$') then
-      return tonumber(ssub(vpid, 3))
-    end
-    return vpid
-  end
 
   local function saveCounters()
     if nextObject >= boundObject or nextPromise >= boundPromise then
@@ -437,15 +414,20 @@ function M.make(opts)
   end
 
   --- The promise that stands for vpid (a vpid or a key of pending) while
-  --- the kernel has not settled it, and its key in pending.
+  --- the kernel has not settled it, its key in pending (and value in
+  --- vpidOf), and whether it is new. The key is N for "p+<N>" when sends
+  --- are numbered (N of at most 18 digits without leading zeros, as the
+  --- kernel reads one for dispatchSettle), else the vpid.
   local function trackPromise(vpid)
-    local key = pendingKey(vpid)
+    local key = vpid
+    local n = sendNumbered and smatch(vpid, '^p%+([1-9]%d*)$')
+    if n and #n <= 18 then key = tonumber(n) end
     local p = pending[key]
-    if p then return p, key end
+    if p then return p, key, false end
     p = makePromise()
     pending[key] = p
     vpidOf[p] = key
-    return p, key
+    return p, key, true
   end
 
   local function makePresence(vref, iface)
@@ -497,7 +479,11 @@ function M.make(opts)
       return vref
     end
     local key = vpidOf[v]
-    if key and pending[key] then return vpidString(key) end
+    if key and pending[key] then
+      -- A vat's own result, keyed by its number (trackPromise).
+      if type(key) == 'number' then return 'p+' .. key end
+      return key
+    end
     vref = allocPromise()
     valToVref[v] = vref
     exportedPromises[vref] = v
@@ -518,10 +504,8 @@ function M.make(opts)
     if style == 'promise' or ssub(slot, 1, 1) == 'p' or ssub(slot, 1, 2) == 'kp' then
       local exported = exportedPromises[slot]
       if exported then return exported end
-      local p = pending[pendingKey(slot)]
-      if p then return p end
-      p = trackPromise(slot)
-      syscall.subscribe(slot)
+      local p, _, fresh = trackPromise(slot)
+      if fresh then syscall.subscribe(slot) end
       return p
     end
     local store = ssub(slot, 1, 3) == 'o+d' and durableObject(slot)
@@ -641,17 +625,15 @@ function M.make(opts)
   --- that a call made as E(x):method(...) passes first, which is not an
   --- argument, and stopped(vref) says why a stopped instance cannot send.
   instance[2] = function(vref, method, wantResult, itself, stopped)
-    if not (wantResult and sendNumbered and cEncodeCallArgs) then
-      return function(...)
+    -- Whether sends for a result go the vat's way, inline below: only
+    -- the host's instance ever stops (kernel.lua), and it numbers no send.
+    local direct = wantResult and sendNumbered and cEncodeCallArgs and true
+    return function(...)
+      if not direct then
         if ls.stopped then error(stopped(vref), 2) end
         if itself[...] then return sendArgs(vref, method, wantResult, select(2, ...)) end
         return sendArgs(vref, method, wantResult, ...)
       end
-    end
-    -- A vat's send for a result: sendArgs, with sendEncoded's common case
-    -- inline. Only the host's instance ever stops (kernel.lua), and it
-    -- numbers no send, so this one never checks ls.stopped.
-    return function(...)
       if itself[...] then return sendArgs(vref, method, true, select(2, ...)) end
       local vpid = nextPromise
       if not (sendCall and sendCall(vref, vpid, method, ...)) then
@@ -937,8 +919,7 @@ end
 
 --- What a presence of a stopped kernel (kept across a restart) says.
 local function stoppedMessage(target, vref)
-  return ('%s (%s) belongs to a stopped kernel: get it again from the running one, '
-    .. 'e.g. kernel:getPresence(%q)'):format(tostring(target), vref, vref)
+  return rare().stoppedMessage(target, vref)
 end
 M.stoppedMessage = stoppedMessage
 
@@ -1015,10 +996,7 @@ M.E = E
 function M.refOf(v)
   local pi = presenceInfo[v]
   if pi then return pi.vref, pi.ls end
-  for ls, instance in next, instances do
-    local key = instance[1][v]
-    if key then return vpidString(key), ls end
-  end
+  return rare().promiseRef(v)
 end
 
 return M

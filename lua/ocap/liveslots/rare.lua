@@ -22,16 +22,44 @@ local resolvePromise, rejectPromise, settleAndResume = promise.resolvePromise, p
 
 local function ignore() end
 
+--- The vpid of a key of a liveslots instance's pending table: a vat keys
+--- the results it awaits ("p+<N>") by the number N.
+local function vpidString(key)
+  if type(key) == 'number' then return 'p+' .. key end
+  return key
+end
+
 -- What the module shares with ocap.liveslots (M.init).
 local shared
 
 --- Takes what E()'s sends share: { presenceInfo, pipelines, instances,
---- eventualSend, localCall = function(target, method, args),
---- vpidString = function(key) -> the vpid of a key of an instance's
---- pending table }.
+--- eventualSend, localCall = function(target, method, args) }.
 ---@param s table
 function M.init(s)
   shared = s
+end
+
+--- Raises what ocap.liveslots' storedCount says of a stored count that
+--- is not one: the key is named, with the start of what it holds.
+function M.corruptCount(key, v)
+  error(('corrupt database: vat store key %q holds %q, which is not a count (a decimal integer '
+    .. 'from 0 to 2^53 - 1)'):format(key, #v > 40 and ssub(v, 1, 40) .. '...' or v), 0)
+end
+
+--- What a presence of a stopped kernel (kept across a restart) says
+--- (ocap.liveslots' stoppedMessage).
+function M.stoppedMessage(target, vref)
+  return ('%s (%s) belongs to a stopped kernel: get it again from the running one, '
+    .. 'e.g. kernel:getPresence(%q)'):format(tostring(target), vref, vref)
+end
+
+--- The vpid behind a kernel-known promise, and its instance (ocap.liveslots'
+--- refOf, for what is not a presence).
+function M.promiseRef(v)
+  for ls, instance in next, shared.instances do
+    local key = instance[1][v]
+    if key then return vpidString(key), ls end
+  end
 end
 
 --- Removes the "chunk:line: " position Lua adds to string errors.
@@ -107,7 +135,7 @@ function M.send(target, method, args, wantResult)
     for pls, instance in next, shared.instances do
       local key = instance[1][target]
       if key then
-        if pls.pending[key] then return pls.sendTo(shared.vpidString(key), method, args, wantResult) end
+        if pls.pending[key] then return pls.sendTo(vpidString(key), method, args, wantResult) end
         break
       end
     end
@@ -307,7 +335,7 @@ function M.make(cx)
     if vref then return vref end
     local pi = presenceInfo[v]
     if pi and pi.ls == ls then return pi.vref end
-    return shared.vpidString(vpidOf[v])
+    return vpidString(vpidOf[v])
   end
 
   --- The presence of vref; an iface given here renames it (the host's
