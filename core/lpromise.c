@@ -1036,9 +1036,14 @@ static void pool_forget(lua_State *L, pstate_t *st, int k) {
  * [-0, +0, e] A task's end, with its value on top of the worker's frame:
  * yields DONE, or FAILED when the task failed, over it, waiting for the
  * next task at idle. The resumer takes the value and clears the frame
- * (take_outcome).
+ * (take_outcome). The task's key is cleared first: a task's own code
+ * that resumed its worker to this end (it can hold it) leaves the frame
+ * as it is, and resuming it again, as that code or the await's turn can,
+ * must find a stray resume, not a task in what the last one left.
  */
 static int worker_done(lua_State *co, int ok, int idle) {
+  lua_pushnil(co);
+  lua_replace(co, 1);
   lua_pushlightuserdata(co, (void *)(ok ? &DONE : &FAILED));
   return lua_yieldk(co, 1, idle, worker_k);
 }

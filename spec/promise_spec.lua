@@ -770,6 +770,40 @@ describe('ocap.promise', function()
       kit.resolve('ok')
       assert.same({ 'fulfilled', 'ok' }, { settled(p) })
     end)
+
+    it('runs nothing of a task again in a worker someone else resumed to its end', function()
+      -- Its task's code holds the worker (coroutine.running) and resumes
+      -- it itself, after the promise it awaits settles but before the
+      -- await's turn: the task ends there. Neither that code's next resume
+      -- nor the await's turn may take what the task left (its value, a
+      -- function here) for a task to run.
+      local ran = 0
+      local function again() ran = ran + 1 end
+      local function ended(_, _, ok, r) return ok, r end
+      for _, start in ipairs({
+        function(task) return P.spawn(task) end,
+        function(task)
+          local done, ok = P.xcall(ended, nil, nil, task, ended)
+          assert.is_false(done)
+          return ok
+        end,
+      }) do
+        local kit = P.makePromiseKit()
+        local co
+        local p = start(function()
+          co = coroutine.running()
+          P.await(kit.promise)
+          return again
+        end)
+        P.resolve():next(function() end) -- a turn queued: the await's waits
+        kit.resolve('ok')
+        assert.is_true((coroutine.resume(co)))
+        assert.is_true((coroutine.resume(co, 'x')))
+        P.drain()
+        assert.equal(0, ran)
+        assert.equal('pending', settled(p))
+      end
+    end)
   end)
 
   describe('await on the main thread', function()
