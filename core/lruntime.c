@@ -188,10 +188,222 @@ static int r_context_marshal(lua_State *L) {
   return 1;
 }
 
-/* [-0, +0, e] Adds lazy, ocapFields and contextMarshal to the table on top. */
+/* ---- a vat's startVat ---- */
+
+/* Upvalues of startVat. */
+enum { S_LS = 1, S_CTX, S_EXPLAIN, S_NAME, S_REQUIRE, S_PCALL };
+
+/* The module vatboot's lazy parts come from. */
+#define RARE "ocap.vatboot.rare"
+
+/* [-0, +1, e] Pushes a trampoline to ocap.vatboot.rare's function name,
+ * with the vat's context, as vatboot's lazy(require, RARE, name, ctx). */
+static void push_rare(lua_State *L, const char *name) {
+  lua_pushvalue(L, lua_upvalueindex(S_REQUIRE));
+  lua_pushliteral(L, RARE);
+  lua_pushstring(L, name);
+  lua_pushvalue(L, lua_upvalueindex(S_CTX));
+  lua_pushcclosure(L, trampoline, 4);
+}
+
+/* [-0, +1, e] Pushes require(module)[name]. */
+static void push_runtime_fn(lua_State *L, const char *module, const char *name) {
+  lua_pushvalue(L, lua_upvalueindex(S_REQUIRE));
+  lua_pushstring(L, module);
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+}
+
+/* [-0, +1, e] Pushes ls[name]. */
+static void push_ls(lua_State *L, const char *name) {
+  lua_getfield(L, lua_upvalueindex(S_LS), name);
+}
+
+/* [-1, +1, e] Replaces the value on top with explain(value). */
+static void explain_top(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(S_EXPLAIN));
+  lua_insert(L, -2);
+  lua_call(L, 1, 1);
+}
+
+/* [-1, +2] Returns false and the message on top (a string). */
+static int start_failed(lua_State *L) {
+  lua_pushboolean(L, 0);
+  lua_insert(L, -2);
+  return 2;
+}
+
+/*
+ * startVat(main, paramsBody, upgrade) -> true | false, message  [-3, +(1|2), e]
+ * Loads the vat's main module, decodes its parameters (turning the
+ * references the kernel put in its c-list for them into presences), runs
+ * buildRootObject(vatPowers, parameters, baggage) to completion and
+ * exports its result as the root object, o+0. With upgrade, every durable
+ * kind the previous incarnation defined must have been prepared again.
+ * Once it succeeds, the vat's state drops it and the maker of its baggage
+ * shell. It was Lua: a vat kept its prototype, code and messages through
+ * its start, and they were left as holes in its heap after it (1.5 KiB).
+ */
+static int start_vat(lua_State *L) {
+  enum { MAIN = 1, PARAMS_BODY, UPGRADE, MOD, PARAMS, POWERS, BAGGAGE, ROOT };
+  lua_settop(L, 3);
+  /* local ok, mod = pcall(require, main) */
+  lua_pushvalue(L, lua_upvalueindex(S_PCALL));
+  lua_pushvalue(L, lua_upvalueindex(S_REQUIRE));
+  lua_pushvalue(L, MAIN);
+  lua_call(L, 2, 2);
+  if (!lua_toboolean(L, -2)) {
+    explain_top(L);
+    luaL_tolstring(L, -1, NULL);
+    return start_failed(L);
+  }
+  lua_remove(L, -2); /* MOD */
+  if (lua_type(L, MOD) != LUA_TTABLE || lua_getfield(L, MOD, "buildRootObject") != LUA_TFUNCTION) {
+    /* The runtime's string.format, behind string methods (vat.c). */
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1);
+    lua_getfield(L, -1, "__index");
+    lua_getfield(L, -1, "format");
+    lua_pushliteral(L, "vat %q does not return a table with buildRootObject");
+    lua_pushvalue(L, lua_upvalueindex(S_NAME));
+    lua_call(L, 2, 1);
+    return start_failed(L);
+  }
+  lua_pop(L, 1);
+  /* local params = marshal.unserializeData({ body = paramsBody, slots = {} }) */
+  push_runtime_fn(L, "ocap.marshal", "unserializeData");
+  lua_createtable(L, 0, 2);
+  lua_pushvalue(L, PARAMS_BODY);
+  lua_setfield(L, -2, "body");
+  lua_newtable(L);
+  lua_setfield(L, -2, "slots");
+  lua_call(L, 1, 1); /* PARAMS */
+  /* References the kernel put in the vat's c-list for its parameters. */
+  if (lua_type(L, PARAMS) == LUA_TTABLE && lua_getfield(L, PARAMS, "$ocap.refs") == LUA_TTABLE) {
+    int refs = lua_gettop(L);
+    lua_pushnil(L);
+    lua_setfield(L, PARAMS, "$ocap.refs");
+    lua_pushnil(L);
+    while (lua_next(L, refs)) {
+      push_ls(L, "presenceFor");
+      lua_insert(L, -2);
+      lua_call(L, 1, 1);
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_settable(L, PARAMS);
+    }
+  }
+  lua_settop(L, PARAMS);
+  /* vatPowers; its logger is made on first use. */
+  lua_createtable(L, 0, 2); /* POWERS */
+  push_rare(L, "exitVat");
+  lua_setfield(L, POWERS, "exitVat");
+  push_rare(L, "exitVatWithFailure");
+  lua_setfield(L, POWERS, "exitVatWithFailure");
+  lua_createtable(L, 0, 1);
+  push_rare(L, "powers");
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, POWERS);
+  push_ls(L, "baggage");
+  lua_call(L, 0, 1); /* BAGGAGE */
+  /* local p = promise.spawn(mod.buildRootObject, vatPowers, params, baggage) */
+  push_runtime_fn(L, "ocap.promise", "spawn");
+  lua_getfield(L, MOD, "buildRootObject");
+  lua_pushvalue(L, POWERS);
+  lua_pushvalue(L, PARAMS);
+  lua_pushvalue(L, BAGGAGE);
+  lua_call(L, 4, 1);
+  push_runtime_fn(L, "ocap.promise", "drain");
+  lua_call(L, 0, 0);
+  push_runtime_fn(L, "ocap.promise", "state");
+  lua_insert(L, -2);
+  lua_call(L, 1, 2);
+  const char *state = lua_tostring(L, -2);
+  if (state != NULL && strcmp(state, "pending") == 0) {
+    lua_pushliteral(L, "buildRootObject did not finish (it awaits something that never settles)");
+    return start_failed(L);
+  }
+  if (state != NULL && strcmp(state, "rejected") == 0) {
+    push_runtime_fn(L, "ocap.liveslots", "normalizeError");
+    lua_insert(L, -2);
+    explain_top(L);
+    lua_call(L, 1, 1);
+    /* reason.message or reason */
+    lua_getfield(L, -1, "message");
+    if (!lua_toboolean(L, -1))
+      lua_pop(L, 1);
+    lua_pushliteral(L, "buildRootObject failed: ");
+    luaL_tolstring(L, -2, NULL);
+    lua_concat(L, 2);
+    return start_failed(L);
+  }
+  lua_replace(L, ROOT);
+  lua_settop(L, ROOT);
+  push_runtime_fn(L, "ocap.pass", "isRemotable");
+  lua_pushvalue(L, ROOT);
+  lua_call(L, 1, 1);
+  if (!lua_toboolean(L, -1)) {
+    lua_pushliteral(L, "buildRootObject must return a remotable (use makeDefaultExo)");
+    return start_failed(L);
+  }
+  lua_pop(L, 1);
+  if (lua_toboolean(L, UPGRADE)) {
+    push_ls(L, "durable");
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "unprepared");
+    lua_call(L, 0, 1);
+    lua_Integer n = luaL_len(L, -1);
+    if (n > 0) {
+      luaL_Buffer b;
+      int missing = lua_gettop(L);
+      luaL_buffinit(L, &b);
+      luaL_addstring(
+          &b, "buildRootObject did not prepare again what the previous incarnation defined: ");
+      for (lua_Integer i = 1; i <= n; i++) {
+        if (i > 1)
+          luaL_addstring(&b, ", ");
+        lua_geti(L, missing, i);
+        luaL_addvalue(&b);
+      }
+      luaL_addstring(&b, " (call prepareExo / prepareExoClass for each)");
+      luaL_pushresult(&b);
+      return start_failed(L);
+    }
+    lua_pop(L, 1);
+  }
+  push_ls(L, "exportAs");
+  lua_pushvalue(L, ROOT);
+  lua_pushliteral(L, "o+0");
+  lua_call(L, 2, 0);
+  /* A vat starts once: its state can drop this function, and the maker of
+   * its baggage shell (the store kit hands out baggage from now on). */
+  lua_pushnil(L);
+  lua_setfield(L, lua_upvalueindex(S_LS), "startVat");
+  lua_pushnil(L);
+  lua_setfield(L, lua_upvalueindex(S_LS), "baggage");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* startVat(ls, ctx, explain, name, require, pcall) -> the vat's startVat
+ * [-6, +1, e] (see start_vat). */
+static int r_start_vat(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_checktype(L, 5, LUA_TFUNCTION);
+  luaL_checktype(L, 6, LUA_TFUNCTION);
+  lua_settop(L, 6);
+  lua_pushcclosure(L, start_vat, 6);
+  return 1;
+}
+
+/* [-0, +0, e] Adds lazy, ocapFields, contextMarshal and startVat to the
+ * table on top. */
 void ocap_runtime_funcs(lua_State *L) {
   static const luaL_Reg funcs[] = {
       {"lazy", r_lazy},
+      {"startVat", r_start_vat},
       {"ocapFields", r_ocap_fields},
       {"contextMarshal", r_context_marshal},
       {NULL, NULL},

@@ -3,21 +3,19 @@
 --- dispatchCall(...) or dispatchSettle(...) for one it decoded itself.
 local liveslots = require 'ocap.liveslots'
 local promise = require 'ocap.promise'
-local pass = require 'ocap.pass'
-local marshal = require 'ocap.marshal'
 local api = require 'ocap.api'
 
 local M = {}
 
 -- Captured before any vat code runs, so that a vat which replaces its
 -- global require cannot change what the lazy parts below load.
-local require, rawset, setmetatable, pairs, type = require, rawset, setmetatable, pairs, type
+local require, rawset, setmetatable, pairs, pcall = require, rawset, setmetatable, pairs, pcall
 
 -- What a vat's boot hands out but a vat seldom runs (the runtime's log,
 -- the advice on an absent endowment, exitVat, the logger) is in
 -- ocap.vatboot.rare, reached through C trampolines that load it on their
 -- first call: an idle vat keeps none of its code.
-local lazy = require('ocap.smallcaps').lazy
+local lazy, startVat = require('ocap.smallcaps').lazy, require('ocap.smallcaps').startVat
 local RARE = 'ocap.vatboot.rare'
 
 --- Boots the vat runtime.
@@ -44,52 +42,9 @@ function M.boot(syscall, info, env)
     prepareExoClassKit = forward('durable', 'prepareExoClassKit'),
   }, function() return ls.marshal end)
 
-  function ls.startVat(main, paramsBody, upgrade)
-    local ok, mod = pcall(require, main)
-    if not ok then
-      return false, tostring(explain(mod))
-    end
-    if type(mod) ~= 'table' or type(mod.buildRootObject) ~= 'function' then
-      return false, ('vat %q does not return a table with buildRootObject'):format(name)
-    end
-    local params = marshal.unserializeData({ body = paramsBody, slots = {} })
-    -- References the kernel put in the vat's c-list for its parameters.
-    local refs = type(params) == 'table' and params['$ocap.refs']
-    if type(refs) == 'table' then
-      params['$ocap.refs'] = nil
-      for pname, vref in pairs(refs) do params[pname] = ls.presenceFor(vref) end
-    end
-    -- vatPowers.logger is made on first use.
-    local vatPowers = setmetatable({
-      exitVat = lazy(require, RARE, 'exitVat', ctx),
-      exitVatWithFailure = lazy(require, RARE, 'exitVatWithFailure', ctx),
-    }, { __index = lazy(require, RARE, 'powers', ctx) })
-    local baggage = ls.baggage()
-    local p = promise.spawn(mod.buildRootObject, vatPowers, params, baggage)
-    promise.drain()
-    local state, root = promise.state(p)
-    if state == 'pending' then
-      return false, 'buildRootObject did not finish (it awaits something that never settles)'
-    elseif state == 'rejected' then
-      local reason = liveslots.normalizeError(explain(root))
-      return false, 'buildRootObject failed: ' .. tostring(reason.message or reason)
-    end
-    if not pass.isRemotable(root) then
-      return false, 'buildRootObject must return a remotable (use makeDefaultExo)'
-    end
-    if upgrade then
-      local missing = ls.durable().unprepared()
-      if #missing > 0 then
-        return false, ('buildRootObject did not prepare again what the previous incarnation defined: %s '
-          .. '(call prepareExo / prepareExoClass for each)'):format(table.concat(missing, ', '))
-      end
-    end
-    ls.exportAs(root, 'o+0')
-    -- A vat starts once: its state can drop this code, and the maker of
-    -- its baggage shell (the store kit hands out baggage from now on).
-    ls.startVat, ls.baggage = nil, nil
-    return true
-  end
+  -- Loads the vat's code and runs buildRootObject (C, so that no vat keeps
+  -- its code and messages through its start).
+  ls.startVat = startVat(ls, ctx, explain, name, require, pcall)
 
   -- Endowments a vat may ask for (VatConfig.globals): the kernel installs
   -- the requested ones as globals at boot, and ocap.vatboot.endow loads
