@@ -183,7 +183,7 @@ static inline void val_drop(uint64_t v, uint64_t a, uint64_t b) {
 }
 
 /* Gives e back: to the spares when there is room. */
-static void entry_free(struct ocap__clists *t, centry_t *e) {
+__attribute__((always_inline)) static inline void entry_free(struct ocap__clists *t, centry_t *e) {
   /* An entry goes when its values are gone: only a whole c-list's end
    * frees one that has some. */
   if (e->val | e->cval | e->sval) {
@@ -204,7 +204,8 @@ static void entry_free(struct ocap__clists *t, centry_t *e) {
 
 /* Removes e, shifting back the entries probed past its slot, so that no
  * lookup stops at the hole before reaching them. */
-static void entry_remove(struct ocap__clists *t, clist_t *c, centry_t *e) {
+__attribute__((always_inline)) static inline void entry_remove(struct ocap__clists *t, clist_t *c,
+                                                               centry_t *e) {
   size_t mask = c->mask, i = key_hash(e->key) & mask;
   void **s = c->slots;
   while (s[i] != e)
@@ -228,8 +229,8 @@ static void entry_remove(struct ocap__clists *t, clist_t *c, centry_t *e) {
  * from then on; NULL when out of memory. sl, when not NULL, is the empty
  * slot entry_slot found for key, which a caller that just looked key up
  * passes to spare probing again; it is found anew if the table grows. */
-static centry_t *entry_add(struct ocap__clists *t, clist_t *c, const ocap__ckey_t *key,
-                           uint64_t val, void **sl) {
+__attribute__((always_inline)) static inline centry_t *
+entry_add(struct ocap__clists *t, clist_t *c, const ocap__ckey_t *key, uint64_t val, void **sl) {
   if (ocap__oa_full(c->n, c->mask)) {
     if (ocap__oa_grow(&c->slots, &c->mask, entry_home))
       return NULL;
