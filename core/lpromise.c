@@ -1652,11 +1652,15 @@ static int promise_new(lua_State *L) {
   lua_setiuservalue(L, ud, UV_POOL);
   lua_createtable(L, 0, 0);
   lua_setiuservalue(L, ud, UV_CHECKED_POOL);
-  /* Workers are told by their extra space (see tasks): the main thread's,
-   * which every new thread copies, is made to hold no worker's tag. */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  memset(lua_getextraspace(lua_tothread(L, -1)), 0, LUA_EXTRASPACE);
-  lua_pop(L, 1);
+  /* Workers are told by their extra space (see tasks): a vat's main
+   * thread's, which every new thread copies, is made to hold no worker's
+   * tag. A host's belongs to the host (the Lua manual leaves it to the
+   * application), and its bytes match a tag only by a chance of 2^-64. */
+  if (IN_VAT(L)) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    memset(lua_getextraspace(lua_tothread(L, -1)), 0, LUA_EXTRASPACE);
+    lua_pop(L, 1);
+  }
   lua_createtable(L, 0, 24);
   meta = lua_gettop(L);
   lua_createtable(L, 0, 4);
