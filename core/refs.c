@@ -357,7 +357,10 @@ static int export_new(ocap_kernel_t *k, ocap__clist_t *c, const char *eref,
 
 int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
   if (ocap__is_kernel_ep(ep)) {
-    if (!ocap__valid_kref(eref))
+    /* Only a kref as the kernel writes it (a code: no leading zero) names
+     * something it gave out. `ko02` from the host is the host's mistake;
+     * let through, the kernel would take it for a damaged database. */
+    if (!REF_IS_KREF(ocap__ref_code(eref)))
       return ocap__fail(k, OCAP_EINVAL, "invalid kref '%.60s'", eref);
     memcpy(out, eref, strlen(eref) + 1);
     return out[1] == 'o' ? reexport(k, ep, out) : 0;

@@ -205,6 +205,19 @@ describe('kernel', function()
       assert.is_false(ok)
       assert.matches('invalid kref', err)
     end)
+
+    it('refuses a kref written with a leading zero, and goes on', function()
+      -- ko02 is no kref the kernel wrote: the host's mistake, not a
+      -- damaged database, and the next message is not failed for it.
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local n = tonumber(r.rootKref:match('^ko(%d+)$'))
+      for _, bad in ipairs({ 'ko0' .. n, 'kp01', 'ko00' }) do
+        local ok, err = pcall(kernel.queueMessage, kernel, bad, 'ping', { 1 })
+        assert.is_false(ok)
+        assert.matches('invalid kref "' .. bad .. '"', err, 1, true)
+        assert.equal(1, kernel:queueMessage(r.rootKref, 'ping', { 1 }):await())
+      end
+    end)
   end)
 
   describe('launch failures leave nothing behind', function()

@@ -1119,7 +1119,8 @@ function Kernel:_krefOf(target)
     -- round trip. The set is bounded; when full it starts again.
     local known = self.knownKrefs
     if known[target] then return target end
-    if not target:match('^k[op]%d+$') then
+    -- As the kernel writes them: no leading zero (`ko02` names nothing).
+    if not (target:match('^k[op][1-9]%d*$') or target:match('^k[op]0$')) then
       error(('invalid kref %q'):format(target), 3)
     end
     -- A kref that was ever allocated is accepted: a deleted object makes

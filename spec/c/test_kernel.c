@@ -1387,6 +1387,48 @@ static void clist_versions(void) {
   free(r);
 }
 
+/*
+ * The kernel writes the number of a kref without a leading zero, so a
+ * host that names `ko02` or `kp01` names nothing the kernel gave out: the
+ * call fails as the caller's fault (invalid kref), and leaves the kernel
+ * working. It is not the damaged database that the same text read from
+ * the store would be, a failure that sticks until the next crank.
+ */
+static void host_kref_spelling(void) {
+  record_t *r = malloc(sizeof *r);
+  REQUIRE(r != NULL);
+  ocap_kernel_t *k = new_kernel(r);
+  char ko[OCAP_REF_MAX], kp[OCAP_REF_MAX], out[OCAP_REF_MAX];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko) == 0);
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+2", ko) == 0);
+  REQUIRE(ocap_kernel_alloc_promise(k, "kernel", kp) == 0);
+  REQUIRE(ocap_kernel_alloc_promise(k, "kernel", kp) == 0);
+  REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
+  CHECK(strcmp(ko, "ko2") == 0 && strcmp(kp, "kp2") == 0);
+  ocap_capdata_t args = {"#[\"ping\",[]]", 12, NULL, 0};
+  static const char *const bad[] = {"ko02", "kp02", "ko002", "ko00", "ko12345678901234567890"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    CHECK(ocap_kernel_send(k, "kernel", bad[i], &args, NULL) == OCAP_EINVAL);
+    CHECK(strstr(ocap_kernel_errmsg(k), "invalid kref") != NULL);
+    CHECK(ocap_kernel_failed(k) == 0);
+    const char *slots[] = {bad[i]};
+    ocap_capdata_t withslot = {"#[\"ping\",[\"$0\"]]", 16, slots, 1};
+    CHECK(ocap_kernel_send(k, "kernel", ko, &withslot, NULL) == OCAP_EINVAL);
+    CHECK(ocap_kernel_failed(k) == 0);
+    CHECK(ocap_kernel_eref_to_kref(k, "kernel", bad[i], out) == OCAP_EINVAL);
+    CHECK(ocap_kernel_failed(k) == 0);
+    ocap_kernel_abort_crank(k, 0);
+  }
+  /* The kernel goes on: a message to the object as the kernel spells it
+   * is delivered. */
+  REQUIRE(ocap_kernel_send(k, "kernel", ko, &args, NULL) == 0);
+  CHECK(step(k, r) == 1);
+  CHECK(r->n == 1 && strcmp(r->lines[0], "v1 msg #[\"ping\",[]]") == 0);
+  CHECK(ocap_kernel_check(k) == 0);
+  free_kernel(k);
+  free(r);
+}
+
 int main(void) {
   clist_versions();
   commit_in_delivery();
@@ -1410,6 +1452,7 @@ int main(void) {
   retake_parked();
   peer_endpoint();
   forget_in_delivery();
+  host_kref_spelling();
   if (failures > 0) {
     fprintf(stderr, "test_kernel: %d failure(s)\n", failures);
     return 1;
