@@ -1715,10 +1715,42 @@ static int promise_new(lua_State *L) {
   return 1;
 }
 
-/* [-0, +1, m] See lpromise.h: the module is { new = promise_new }. */
+/*
+ * [-1, +0, m] dropIdleWorkers(M): lets the collector have the idle workers
+ * of the module table M's pools, and their mirrors. A vat's start leaves
+ * the worker of buildRootObject's task pooled, over a kilobyte that an
+ * idle vat would keep for nothing (its deliveries run in xcall's pool);
+ * the next task makes a worker as usual. Workers taken from a pool are
+ * anchored by whoever runs them, so no running one loses its holder.
+ * Anything but a module of this core is ignored.
+ */
+static int promise_drop_idle_workers(lua_State *L) {
+  pstate_t *st;
+  int k;
+  lua_settop(L, 1);
+  if (lua_type(L, 1) != LUA_TTABLE)
+    return 0;
+  lua_getfield(L, 1, "spawn");
+  if (lua_tocfunction(L, -1) != promise_spawn || lua_getupvalue(L, -1, 1) == NULL)
+    return 0;
+  st = lua_touserdata(L, -1);
+  for (k = 0; k < 2; k++) {
+    lua_createtable(L, 0, 0);
+    lua_setiuservalue(L, -2, UV_POOL + k);
+    lua_pushnil(L);
+    lua_setiuservalue(L, -2, UV_POOL_W + k);
+    memset(&st->pool[k], 0, sizeof st->pool[k]);
+  }
+  return 0;
+}
+
+/* [-0, +1, m] See lpromise.h: the module is { new = promise_new,
+ * dropIdleWorkers = promise_drop_idle_workers }. */
 int luaopen_ocap_promise_core(lua_State *L) {
-  lua_createtable(L, 0, 1);
+  lua_createtable(L, 0, 2);
   lua_pushcfunction(L, promise_new);
   lua_setfield(L, -2, "new");
+  lua_pushcfunction(L, promise_drop_idle_workers);
+  lua_setfield(L, -2, "dropIdleWorkers");
   return 1;
 }

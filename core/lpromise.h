@@ -6,9 +6,11 @@
  * on first use, and takes everything else from here: the promise records,
  * settling and adoption, reactions, the turn queue and drain, next and
  * catch, kits and onSettle, and the tasks (call, xcall, spawn, await and
- * their pooled coroutines). The module has one function, new(), which
- * makes a queue and the module table over it: promise.lua calls it once
- * as it loads, so a Lua state has one queue.
+ * their pooled coroutines). The module has two functions: new(), which
+ * makes a queue and the module table over it (promise.lua calls it once
+ * as it loads, so a Lua state has one queue), and dropIdleWorkers(M),
+ * which lets the collector have the idle pooled coroutines of the module
+ * table M (a vat's start calls it, so that an idle vat keeps none).
  *
  * Conventions:
  *
@@ -39,7 +41,7 @@
 
 #include <lua.h>
 
-/* [-0, +1, m] Pushes the module table { new = f }. */
+/* [-0, +1, m] Pushes the module table { new, dropIdleWorkers }. */
 int luaopen_ocap_promise_core(lua_State *L);
 
 #endif

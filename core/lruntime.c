@@ -376,6 +376,13 @@ static int start_vat(lua_State *L) {
   lua_pushvalue(L, ROOT);
   lua_pushliteral(L, "o+0");
   lua_call(L, 2, 0);
+  /* The worker buildRootObject's task ran in stays pooled: an idle vat
+   * need not keep it (ocap.promise.core's dropIdleWorkers). */
+  push_runtime_fn(L, "ocap.promise.core", "dropIdleWorkers");
+  lua_pushvalue(L, lua_upvalueindex(S_REQUIRE));
+  lua_pushliteral(L, "ocap.promise");
+  lua_call(L, 1, 1);
+  lua_call(L, 1, 0);
   /* A vat starts once: its state can drop this function, and the maker of
    * its baggage shell (the store kit hands out baggage from now on). */
   lua_pushnil(L);

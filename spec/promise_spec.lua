@@ -510,6 +510,32 @@ describe('ocap.promise', function()
       assert.equal(first, second)
     end)
 
+    it('lets the collector have idle workers once dropIdleWorkers(M) is called', function()
+      local function ended(_, _, ok, r) return ok, r end
+      local weak = setmetatable({}, { __mode = 'k' })
+      local function held()
+        collectgarbage()
+        collectgarbage()
+        local n = 0
+        for _ in pairs(weak) do n = n + 1 end
+        return n
+      end
+      weak[select(3, P.call(coroutine.running))] = true
+      weak[select(3, P.xcall(ended, nil, nil, coroutine.running, ended))] = true
+      assert.equal(2, held()) -- pooled, so kept
+      require('ocap.promise.core').dropIdleWorkers(P)
+      assert.equal(0, held())
+      -- The next tasks make workers as usual, and pool them again.
+      local _, _, a = P.call(coroutine.running)
+      local _, _, b = P.call(coroutine.running)
+      assert.equal(a, b)
+      assert.same({ true, true, 5, false }, { P.xcall(ended, nil, nil, function() return 5 end, ended) })
+      -- Anything but a module of the core is left alone.
+      require('ocap.promise.core').dropIdleWorkers({ spawn = print })
+      require('ocap.promise.core').dropIdleWorkers(nil)
+      assert.equal(b, select(3, P.call(coroutine.running)))
+    end)
+
     it('lets a task that awaits what nothing settles be collected, its worker taken from a pool', function()
       local weak = setmetatable({}, { __mode = 'k' })
       local function park() weak[coroutine.running()] = true; P.await(P.makePromise()) end
