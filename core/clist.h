@@ -155,21 +155,20 @@ typedef struct ocap__clists_head {
   size_t nbyvat;
 } ocap__clists_head_t;
 
-/* The c-list of vat ep in memory when its name is `v<N>` with N of one or
- * two digits (no leading zero), else NULL: a few instructions, where a
- * call cost more than the search. */
+/* The c-list of vat ep in memory when its name is `v<N>` (no leading
+ * zero), else NULL: a few instructions, where a call cost more than the
+ * search. A NULL sends the caller to the general path, which finds every
+ * other case (and `v0`). */
 static inline ocap__clist_t *ocap__clist_vat(ocap_kernel_t *k, const char *ep) {
   const ocap__clists_head_t *h = (const ocap__clists_head_t *)(const void *)k->c;
-  unsigned d = (unsigned char)ep[1] - (unsigned)'0', n;
-  if (ep[0] != 'v' || d - 1 > 8)
+  size_t n = 0;
+  if (ep[0] != 'v' || ep[1] < '1' || ep[1] > '9')
     return NULL;
-  if (!ep[2]) {
-    n = d;
-  } else {
-    unsigned d2 = (unsigned char)ep[2] - (unsigned)'0';
-    if (d2 > 9 || ep[3])
+  for (const char *p = ep + 1; *p; p++) {
+    unsigned d = (unsigned char)*p - (unsigned)'0';
+    if (d > 9 || n >= h->nbyvat)
       return NULL;
-    n = d * 10 + d2;
+    n = n * 10 + d;
   }
   return n < h->nbyvat ? h->byvat[n] : NULL;
 }
