@@ -149,7 +149,7 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
     if (k->err)
       return k->err;
   }
-  rc = ocap_kernel_kref_to_eref(k, ep, target, teref);
+  rc = ocap__kref_to_eref(k, ep, target, teref);
   if (!rc && result) {
     rc = rrec ? ocap__kp_set_decider(k, rrec, ep) : ocap__set_decider(k, result, ep);
     if (!rc)
@@ -533,7 +533,7 @@ static int note_load(ocap_kernel_t *k, const char *ep, notes_t *ns, size_t i) {
     if (!nt->pool || !nt->slotv)
       return ocap__broken(k, OCAP_ENOMEM, "out of memory building a notify");
   }
-  rc = nt->has_eref ? 0 : ocap_kernel_kref_to_eref(k, ep, nt->kpid, nt->eref);
+  rc = nt->has_eref ? 0 : ocap__kref_to_eref(k, ep, nt->kpid, nt->eref);
   if (!rc)
     rc = ocap__capdata_k2e(k, ep, &nt->cap, nt->pool, nt->slotv);
   return rc;
@@ -570,7 +570,7 @@ static int process_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, i
       if (rc <= 0)
         continue; /* already retired: the endpoint learned it another way */
       /* The entry is the vref the delivery names the promise by: a value
-       * that is not one is left to ocap_kernel_kref_to_eref, which says
+       * that is not one is left to ocap__kref_to_eref, which says
        * what is wrong with it. */
       if (rc == 2 || (vl < OCAP_REF_MAX && ocap__valid_eref(v)))
         eref = v;

@@ -303,9 +303,14 @@ int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
     if (!ocap__is_kernel_ep(ep)) {
       rc = ocap__export_result(k, ep, result, rk, &rrec);
     } else {
+      /* The host's result is a promise it allocated: one the kernel has
+       * no record of (allocated in a crank that was aborted, or already
+       * freed) is refused, not made again. */
       rc = ocap_kernel_eref_to_kref(k, ep, result, rk);
       if (!rc)
-        rc = ocap__kp_find(k, rk, 1, &rrec);
+        rc = ocap__kp_find(k, rk, 0, &rrec);
+      if (!rc && !rrec)
+        rc = ocap__fail(k, OCAP_EINVAL, "unknown kref '%.60s'", result);
     }
     if (rc)
       return rc;

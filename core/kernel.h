@@ -229,7 +229,11 @@ long long ocap_kernel_next_id(ocap_kernel_t *k, char kind);
 int ocap_kernel_alloc_object(ocap_kernel_t *k, const char *ep, char *out);
 int ocap_kernel_alloc_promise(ocap_kernel_t *k, const char *ep, char *out);
 
-/* Maps an eref of ep to its kref, exporting it when it is a new export. */
+/* Maps an eref of ep to its kref, exporting it when it is a new export.
+ * For the kernel endpoint the eref is a kref, which, like the kref of
+ * ocap_kernel_kref_to_eref, must be one the kernel gave out, spelled as it
+ * writes it: any other is OCAP_EINVAL (`invalid kref '<s>'`, or `unknown
+ * kref '<s>'` for an id not allocated yet), and nothing is changed. */
 int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref, char *out);
 /* Maps a kref to ep's eref, importing it when ep does not know it yet. */
 int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out);

@@ -426,6 +426,11 @@ int ocap__bump(ocap_kernel_t *k, int which, long long *out) {
   return 0;
 }
 
+int ocap__issued(ocap_kernel_t *k, int which, long long id) {
+  int rc = counter_load(k, which);
+  return rc ? rc : id < k->next[which];
+}
+
 long long ocap_kernel_next_id(ocap_kernel_t *k, char kind) {
   int which = kind == 'o' ? CTR_OBJECT : kind == 'p' ? CTR_PROMISE : kind == 'v' ? CTR_VAT : -1;
   if (which < 0)

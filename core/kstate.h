@@ -150,6 +150,9 @@ int ocap__delv(ocap_kernel_t *k, const char *fmt, ...);
 int ocap__seti(ocap_kernel_t *k, long long n, const char *fmt, ...);
 /* Sets *out to the value of counter `which` (a CTR_*) and advances it. */
 int ocap__bump(ocap_kernel_t *k, int which, long long *out);
+/* Whether counter `which` (a CTR_*) has given out id: 1 if it has, 0 if
+ * not (id is at or past it), or a negative code when it cannot be read. */
+int ocap__issued(ocap_kernel_t *k, int which, long long id);
 /* The store's hooks for the counters (convention 6), and their part of
  * ocap_kernel_sync, like the run queue's (queue.h): they are written when
  * the kernel syncs, not at each commit. */

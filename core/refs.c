@@ -355,13 +355,27 @@ static int export_new(ocap_kernel_t *k, ocap__clist_t *c, const char *eref,
   return clist_add(k, c, out, &kkey, eref, ekey, r, NULL, esl);
 }
 
+/*
+ * Checks a kref (code, its code) that a caller outside the kernel names:
+ * only one the kernel has given out names anything. `ko02` would be taken
+ * for a damaged database; an id the counter has not reached yet would get
+ * a record now, and a second one of the same id when the counter gives it
+ * out (freed twice at the next abort). Returns 0, or OCAP_EINVAL through
+ * ocap__fail (the kernel stays usable).
+ */
+static int host_kref(ocap_kernel_t *k, uint64_t code, const char *kref) {
+  if (!REF_IS_KREF(code))
+    return ocap__fail(k, OCAP_EINVAL, "invalid kref '%.60s'", kref);
+  int rc = ocap__issued(k, REF_KIND(code) == REF_KO ? CTR_OBJECT : CTR_PROMISE,
+                        (long long)REF_NUM(code));
+  return rc > 0 ? 0 : rc < 0 ? rc : ocap__fail(k, OCAP_EINVAL, "unknown kref '%.60s'", kref);
+}
+
 int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {
   if (ocap__is_kernel_ep(ep)) {
-    /* Only a kref as the kernel writes it (a code: no leading zero) names
-     * something it gave out. `ko02` from the host is the host's mistake;
-     * let through, the kernel would take it for a damaged database. */
-    if (!REF_IS_KREF(ocap__ref_code(eref)))
-      return ocap__fail(k, OCAP_EINVAL, "invalid kref '%.60s'", eref);
+    int rc = host_kref(k, ocap__ref_code(eref), eref);
+    if (rc)
+      return rc;
     memcpy(out, eref, strlen(eref) + 1);
     return out[1] == 'o' ? reexport(k, ep, out) : 0;
   }
@@ -484,6 +498,11 @@ static int kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, ocap
 }
 
 int ocap_kernel_kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out) {
+  int rc = host_kref(k, ocap__ref_code(kref), kref);
+  return rc ? rc : kref_to_eref(k, ep, kref, NULL, out);
+}
+
+int ocap__kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out) {
   return kref_to_eref(k, ep, kref, NULL, out);
 }
 
@@ -513,7 +532,7 @@ int ocap__capdata_e2k(ocap_kernel_t *k, const char *ep, const ocap_capdata_t *cd
 int ocap__capdata_k2e(ocap_kernel_t *k, const char *ep, const ocap__pcap_t *in,
                       char (*pool)[OCAP_REF_MAX], const char **slots) {
   for (size_t i = 0; i < in->nslots; i++) {
-    int rc = ocap_kernel_kref_to_eref(k, ep, in->slotv[i], pool[i]);
+    int rc = ocap__kref_to_eref(k, ep, in->slotv[i], pool[i]);
     if (rc)
       return rc;
     slots[i] = pool[i];

@@ -107,6 +107,9 @@ int ocap__check_ep(ocap_kernel_t *k, const char *ep);
 int ocap__clist_remove(ocap_kernel_t *k, const char *ep, const char *kref);
 /* The same for a promise whose record the caller holds (promise.h). */
 int ocap__clist_remove_kp(ocap_kernel_t *k, const char *ep, const char *kpid, ocap__kp_t *rec);
+/* ocap_kernel_kref_to_eref (kernel.h) for a kref the kernel holds, which
+ * it gave out itself: the public call checks the caller's kref first. */
+int ocap__kref_to_eref(ocap_kernel_t *k, const char *ep, const char *kref, char *out);
 /* ocap_kernel_kref_to_eref (kernel.h) for a promise whose record the
  * caller holds. */
 int ocap__kp_to_eref(ocap_kernel_t *k, const char *ep, const char *kpid, ocap__kp_t *rec,

@@ -1429,6 +1429,75 @@ static void host_kref_spelling(void) {
   free(r);
 }
 
+/* Checks that a call (rc, named by what) that names a kref the kernel
+ * never gave out was refused as the caller's mistake, the kernel usable. */
+static void refused_unknown(ocap_kernel_t *k, int rc, const char *what) {
+  if (rc != OCAP_EINVAL || !strstr(ocap_kernel_errmsg(k), "unknown kref"))
+    fprintf(stderr, "%s: %d %s\n", what, rc, ocap_kernel_errmsg(k));
+  CHECK(rc == OCAP_EINVAL && strstr(ocap_kernel_errmsg(k), "unknown kref") != NULL);
+  CHECK(ocap_kernel_failed(k) == 0);
+}
+
+/*
+ * A C host names krefs the kernel never gave out (ids its counters have
+ * not reached): refused as the caller's mistake, and no record is made
+ * for them. A record made then was a second one of the same id once the
+ * counter gave that id out, and the next abort freed it twice.
+ */
+static void host_kref_unissued(void) {
+  record_t *r = malloc(sizeof *r);
+  REQUIRE(r != NULL);
+  ocap_kernel_t *k = new_kernel(r);
+  char ko[OCAP_REF_MAX], kp[OCAP_REF_MAX], out[OCAP_REF_MAX];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko) == 0);
+  REQUIRE(ocap_kernel_alloc_promise(k, "kernel", kp) == 0);
+  REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
+  char nko[OCAP_REF_MAX], nkp[OCAP_REF_MAX], fkp[OCAP_REF_MAX];
+  snprintf(nko, sizeof nko, "ko%lld", ocap_kernel_next_id(k, 'o'));
+  snprintf(nkp, sizeof nkp, "kp%lld", ocap_kernel_next_id(k, 'p'));
+  snprintf(fkp, sizeof fkp, "kp%lld", ocap_kernel_next_id(k, 'p') + 1);
+  ocap_capdata_t args = {"#[\"ping\",[]]", 12, NULL, 0};
+  const char *const bad[] = {nko, nkp, fkp, "kp40", "ko40", "kp999999999999999"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    const char *slots[] = {bad[i]};
+    ocap_capdata_t withslot = {"#[\"ping\",[\"$0\"]]", 16, slots, 1};
+    refused_unknown(k, ocap_kernel_send(k, "kernel", bad[i], &args, NULL), "send target");
+    refused_unknown(k, ocap_kernel_send(k, "kernel", ko, &withslot, NULL), "send slot");
+    refused_unknown(k, ocap_kernel_eref_to_kref(k, "kernel", bad[i], out), "eref_to_kref");
+    refused_unknown(k, ocap_kernel_kref_to_eref(k, "v1", bad[i], out), "kref_to_eref");
+    if (bad[i][1] == 'p') {
+      refused_unknown(k, ocap_kernel_send(k, "kernel", ko, &args, bad[i]), "send result");
+      refused_unknown(k, ocap_kernel_subscribe(k, "kernel", bad[i]), "subscribe");
+      ocap_resolution_t res = {bad[i], 0, {"#1", 2, NULL, 0}};
+      refused_unknown(k, ocap_kernel_resolve(k, "kernel", &res, 1), "resolve");
+    }
+    /* Kept, as a host would: nothing was changed. */
+    CHECK(ocap_store_commit(ocap_kernel_store(k)) == 0);
+  }
+  /* The counters then give those ids out, each to one record, which an
+   * abort drops once. */
+  char p2[OCAP_REF_MAX], o2[OCAP_REF_MAX];
+  REQUIRE(ocap_kernel_alloc_promise(k, "kernel", p2) == 0);
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+2", o2) == 0);
+  CHECK(strcmp(p2, nkp) == 0 && strcmp(o2, nko) == 0);
+  REQUIRE(ocap_kernel_send(k, "kernel", ko, &args, p2) == 0);
+  ocap_kernel_abort_crank(k, 0);
+  /* That promise, given out in a crank that was aborted, has no record:
+   * as a result it is refused too, not made again. */
+  refused_unknown(k, ocap_kernel_send(k, "kernel", ko, &args, p2), "send lost result");
+  CHECK(ocap_store_commit(ocap_kernel_store(k)) == 0);
+  /* The kernel goes on: a message with a promise allocated now for its
+   * result is delivered. */
+  REQUIRE(ocap_kernel_alloc_promise(k, "kernel", p2) == 0);
+  CHECK(strcmp(p2, fkp) == 0);
+  REQUIRE(ocap_kernel_send(k, "kernel", ko, &args, p2) == 0);
+  CHECK(step(k, r) == 1);
+  CHECK(r->n == 1 && strcmp(r->lines[0], "v1 msg #[\"ping\",[]]") == 0);
+  CHECK(ocap_kernel_check(k) == 0);
+  free_kernel(k);
+  free(r);
+}
+
 int main(void) {
   clist_versions();
   commit_in_delivery();
@@ -1453,6 +1522,7 @@ int main(void) {
   peer_endpoint();
   forget_in_delivery();
   host_kref_spelling();
+  host_kref_unissued();
   if (failures > 0) {
     fprintf(stderr, "test_kernel: %d failure(s)\n", failures);
     return 1;
