@@ -105,7 +105,8 @@ typedef struct runtime {
  */
 typedef struct vheld {
   ocap_vat_t *vat;
-  int dispatch_ref, call_ref, settle_ref, model_ref;
+  int dispatch_ref, call_ref, settle_ref, model_ref, drain_ref;
+  const void *queue;
   vtimers_t timers;
   runtime_t *runtime;
   vbudget_t budget;
@@ -124,6 +125,8 @@ typedef struct lvat {
   int call_ref;           /* Its dispatchCall and dispatchSettle, or */
   int settle_ref;         /* LUA_NOREF (ldeliver.c), and the model of */
   int model_ref;          /* the codec it decodes with. */
+  int drain_ref;          /* The promise core's drain, which the kernel */
+  const void *queue;      /* calls after those two when its queue has work. */
   int fatal;              /* An illegal syscall sets it, as an ocap fatal code. */
   char *why;              /* The malloc'd reason for fatal. */
   int exiting;            /* exitVat was called: 1 for success, 2 for failure. */

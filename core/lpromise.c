@@ -624,6 +624,21 @@ static int promise_drain(lua_State *L) {
   return drain_loop(L, st, 0);
 }
 
+/* [-0, +0] See lpromise.h: drain's first upvalue is its queue. */
+const void *ocap_promise_queue(lua_State *L, int idx) {
+  const void *q;
+  if (lua_tocfunction(L, idx) != promise_drain || !lua_getupvalue(L, idx, 1))
+    return NULL;
+  q = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return q;
+}
+
+int ocap_promise_idle(const void *q) {
+  const pstate_t *st = q;
+  return st->count == 0 && st->unhandled == 0;
+}
+
 /* [-0, +1] hasTurns() -> whether turns are queued. */
 static int promise_has_turns(lua_State *L) {
   lua_pushboolean(L, state_of(L)->count > 0);

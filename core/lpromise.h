@@ -44,4 +44,15 @@
 /* [-0, +1, m] Pushes the module table { new, dropIdleWorkers }. */
 int luaopen_ocap_promise_core(lua_State *L);
 
+/* [-0, +0] The queue of the core whose drain function is at idx, or NULL
+ * when the value there is not such a function. The queue lives as long as
+ * that function does. */
+const void *ocap_promise_queue(lua_State *L, int idx);
+
+/* Whether drain would do nothing on queue q: no turn is queued and no
+ * unhandled rejection waits to be reported. A caller that drains after
+ * each delivery (ldeliver.c) skips the call then, for the price of a
+ * test instead of a call into the vat. */
+int ocap_promise_idle(const void *q);
+
 #endif

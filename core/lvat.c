@@ -51,7 +51,8 @@ lvat_t *ocap__make_vat_record(lkernel_t *lk, const char *id) {
     return NULL;
   snprintf(rec->id, sizeof rec->id, "%s", id);
   rec->lk = lk;
-  rec->dispatch_ref = rec->call_ref = rec->settle_ref = rec->model_ref = LUA_NOREF;
+  rec->dispatch_ref = rec->call_ref = rec->settle_ref = rec->model_ref = rec->drain_ref = LUA_NOREF;
+  rec->queue = NULL;
   rec->budget = default_budget();
   rec->num = n;
   lk->vats[vat_slot(lk, n)] = rec;
@@ -65,7 +66,8 @@ void ocap__stop_vat(lvat_t *rec) {
   rec->vat = NULL;
   ocap__release_runtime(rec->runtime);
   rec->runtime = NULL;
-  rec->dispatch_ref = rec->call_ref = rec->settle_ref = rec->model_ref = LUA_NOREF;
+  rec->dispatch_ref = rec->call_ref = rec->settle_ref = rec->model_ref = rec->drain_ref = LUA_NOREF;
+  rec->queue = NULL;
   free(rec->why);
   rec->why = NULL;
   free(rec->exit_body);
@@ -85,11 +87,14 @@ static int hold_live(lvat_t *rec) {
                  .call_ref = rec->call_ref,
                  .settle_ref = rec->settle_ref,
                  .model_ref = rec->model_ref,
+                 .drain_ref = rec->drain_ref,
+                 .queue = rec->queue,
                  .timers = rec->timers,
                  .runtime = rec->runtime,
                  .budget = rec->budget};
   rec->vat = NULL;
-  rec->dispatch_ref = rec->call_ref = rec->settle_ref = rec->model_ref = LUA_NOREF;
+  rec->dispatch_ref = rec->call_ref = rec->settle_ref = rec->model_ref = rec->drain_ref = LUA_NOREF;
+  rec->queue = NULL;
   memset(&rec->timers, 0, sizeof rec->timers);
   rec->runtime = NULL;
   memset(&rec->budget, 0, sizeof rec->budget);
@@ -106,6 +111,8 @@ static void restore_held(lvat_t *rec) {
   rec->call_ref = h->call_ref;
   rec->settle_ref = h->settle_ref;
   rec->model_ref = h->model_ref;
+  rec->drain_ref = h->drain_ref;
+  rec->queue = h->queue;
   rec->timers = h->timers;
   rec->runtime = h->runtime;
   rec->budget = h->budget;
@@ -350,17 +357,22 @@ static int vat_boot_tramp(lua_State *V) {
   lua_pushstring(V, a->info);
   /* The vat's globals, which the runtime's own differ from (vat.c). */
   lua_rawgeti(V, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  /* It returns dispatch, ocap, the endowments, and the two functions that
+  /* It returns dispatch, ocap, the endowments, the two functions that
    * take the deliveries the kernel decodes (ldeliver.c), nil from an
-   * older runtime. */
-  lua_call(V, 3, 5);
-  rec->call_ref = rec->settle_ref = rec->model_ref = LUA_NOREF;
-  if (ocap_sc_push_model(V) && lua_isfunction(V, -2) && lua_isfunction(V, -3)) {
+   * older runtime, and the promise core's drain, which the kernel calls
+   * after them, and only when the core has work for it. */
+  lua_call(V, 3, 6);
+  int endow = lua_gettop(V) - 3;
+  rec->call_ref = rec->settle_ref = rec->model_ref = rec->drain_ref = LUA_NOREF;
+  rec->queue = ocap_promise_queue(V, -1);
+  if (rec->queue && ocap_sc_push_model(V) && lua_isfunction(V, -3) && lua_isfunction(V, -4)) {
     rec->model_ref = luaL_ref(V, LUA_REGISTRYINDEX);
+    rec->drain_ref = luaL_ref(V, LUA_REGISTRYINDEX);
     rec->settle_ref = luaL_ref(V, LUA_REGISTRYINDEX);
     rec->call_ref = luaL_ref(V, LUA_REGISTRYINDEX);
   } else {
-    lua_pop(V, 3);
+    rec->queue = NULL;
+    lua_settop(V, endow);
   }
   install_endowments(V, rec, a->globals, lua_gettop(V));
   lua_pop(V, 1);

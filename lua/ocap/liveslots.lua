@@ -843,7 +843,9 @@ function M.make(opts)
 
   -- The kernel's dispatch of the deliveries it decodes itself, whose
   -- capdata has no slots, so that they name no import to count
-  -- (core/ldeliver.c): what follows each is dispatch's.
+  -- (core/ldeliver.c): what follows each is dispatch's, but for the
+  -- drain, which the kernel calls after each, and only when the promise
+  -- core has turns or unhandled rejections for it.
 
   --- A message to targetVref, as its method and arguments. A result the
   --- kernel numbered for the vat ("p-<N>") comes as N, which only goes
@@ -890,7 +892,6 @@ function M.make(opts)
         invokeLocal(target, resultVpid, method, pack(...))
       end
     end
-    drain()
   end
 
   --- One resolution of vpid, as its value: a promise the vat made for a
@@ -899,7 +900,6 @@ function M.make(opts)
     local p = pending[vpid] or trackPromise(vpid)
     pending[vpid] = nil
     settleAndResume(p, not rejected, value)
-    drain()
   end
   ls.saveCounters = saveCounters
 

@@ -1,6 +1,8 @@
 --- Boots liveslots inside a vat's Lua state. The kernel calls
 --- boot(syscall, info) once, then dispatch(...) for every delivery, or
---- dispatchCall(...) or dispatchSettle(...) for one it decoded itself.
+--- dispatchCall(...) or dispatchSettle(...) for one it decoded itself,
+--- followed by the promise core's drain() when its queue has work (boot
+--- returns drain for that: core/ldeliver.c).
 local liveslots = require 'ocap.liveslots'
 local promise = require 'ocap.promise'
 local api = require 'ocap.api'
@@ -62,7 +64,7 @@ function M.boot(syscall, info, env)
   -- them (about 7 KiB of prototypes, which the closures they made do not
   -- need) goes with this boot code, as no other code in a vat calls it.
   liveslots.make, api.make = nil, nil
-  return ls.dispatch, ocap, endow, ls.dispatchCall, ls.dispatchSettle
+  return ls.dispatch, ocap, endow, ls.dispatchCall, ls.dispatchSettle, promise.drain
 end
 
 return M
