@@ -218,6 +218,7 @@ static int run_delivery(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, ch
   rec->sent = 0;
   rec->logged = 0;
   rec->decode_failed = 0;
+  ocap_vat_push_handler(rec->vat); /* spares ocap_vat_pcall inserting it */
   lua_pushcfunction(V, vat_deliver_tramp);
   lua_pushlightuserdata(V, rec);
   lua_pushlightuserdata(V, (void *)d);
@@ -232,6 +233,7 @@ static int run_delivery(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, ch
       *msg = dupstr(m ? m : "liveslots failed");
     lua_pop(V, 1);
   }
+  lua_pop(V, 1); /* the handler */
   STACK_CHECK_END(V, 0);
   return st;
 }

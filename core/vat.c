@@ -2360,20 +2360,47 @@ static int vat_msgh(lua_State *L) {
   return 1;
 }
 
+/*
+ * [-1, +0] Removes the message handler at index base. A call usually leaves
+ * nothing (no results) or one value (an error) above it, and then a copy or
+ * a pop does what lua_remove would, without its rotation of the stack.
+ */
+static void remove_handler(lua_State *L, int base) {
+  int above = lua_gettop(L) - base;
+  if (above == 0) {
+    lua_settop(L, base - 1);
+  } else if (above == 1) {
+    lua_copy(L, -1, base);
+    lua_settop(L, base);
+  } else {
+    lua_remove(L, base);
+  }
+}
+
+void ocap_vat_push_handler(ocap_vat_t *v) {
+  lua_pushcfunction(v->L, vat_msgh);
+}
+
 int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults) {
   lua_State *L = v->L, *outer;
-  int base = lua_gettop(L) - nargs; /* the function's index */
+  int func = lua_gettop(L) - nargs; /* the function's index */
+  int below = func - 1;             /* the level the call returns to */
+  /* The handler may already be below the function (ocap_vat_push_handler). */
+  int h = below, own = below < 1 || lua_tocfunction(L, below) != vat_msgh;
   int status;
-  assert(nargs >= 0 && base >= 1);
-  if (!v->fatal && !lua_checkstack(L, 1))
+  assert(nargs >= 0 && func >= 1);
+  if (!v->fatal && own && !lua_checkstack(L, 1))
     v->fatal = OCAP_VAT_MEMORY; /* not even room for the handler */
   if (v->fatal) {
-    lua_settop(L, base - 1);
+    lua_settop(L, below);
     push_fatal(L, v);
     return v->fatal;
   }
-  lua_pushcfunction(L, vat_msgh);
-  lua_insert(L, base);
+  if (own) {
+    lua_pushcfunction(L, vat_msgh);
+    lua_insert(L, func);
+    h = func;
+  }
   /*
    * Only the outermost call gets a fresh budget; re-entry must not add.
    * A re-entering call runs on the main thread even when the vat called
@@ -2387,16 +2414,17 @@ int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults) {
     v->fresh = 0;
     watchdog_start(v);
   }
-  status = lua_pcall(L, nargs, nresults, base);
+  status = lua_pcall(L, nargs, nresults, h);
   if (--v->depth == 0)
     watchdog_stop(v);
   atomic_store_explicit(&v->running, outer, memory_order_relaxed);
-  lua_remove(L, base);
+  if (own)
+    remove_handler(L, h);
   if (status == LUA_ERRMEM && v->fatal == 0)
     v->fatal = OCAP_VAT_MEMORY;
   if (v->fatal) {
     /* Whatever the call returned, a marked vat reports only its mark. */
-    lua_settop(L, base - 1);
+    lua_settop(L, below);
     push_fatal(L, v);
     return v->fatal;
   }

@@ -204,6 +204,15 @@ int ocap_vat_load(ocap_vat_t *v, const char *src, size_t len, const char *chunkn
  */
 int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults);
 
+/*
+ * [-0, +1] Pushes ocap_vat_pcall's message handler onto v's stack. A caller
+ * that pushes it right below the function spares ocap_vat_pcall inserting
+ * it under the arguments and removing it afterwards (two rotations of the
+ * stack per call); the handler then stays where it is, for the caller to pop
+ * after the results.
+ */
+void ocap_vat_push_handler(ocap_vat_t *v);
+
 /* OCAP_VAT_METER or OCAP_VAT_MEMORY when the vat was marked, else 0. */
 int ocap_vat_fatal(const ocap_vat_t *v);
 

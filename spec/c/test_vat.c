@@ -346,6 +346,18 @@ static int test_errors(void) {
   CHECK(ocap_vat_pcall(v, 0, LUA_MULTRET) == OCAP_VAT_OK);
   CHECK(lua_gettop(L) == 3);
   lua_settop(L, 0);
+  /* A handler pushed below the function is used and left in place. */
+  ocap_vat_push_handler(v);
+  CHECK(ocap_vat_load(v, "error('boom')", 13, "=pre") == 0);
+  CHECK(ocap_vat_pcall(v, 0, 0) == OCAP_VAT_ERROR);
+  CHECK(lua_gettop(L) == 2 && lua_tocfunction(L, 1) != NULL);
+  CHECK(lua_tostring(L, 2) != NULL && strstr(lua_tostring(L, 2), "stack traceback") != NULL);
+  lua_settop(L, 1);
+  CHECK(ocap_vat_load(v, "local a = ... return a, a * 2", 29, "=pre") == 0);
+  lua_pushinteger(L, 5);
+  CHECK(ocap_vat_pcall(v, 1, 2) == OCAP_VAT_OK);
+  CHECK(lua_gettop(L) == 3 && lua_tointeger(L, 2) == 5 && lua_tointeger(L, 3) == 10);
+  lua_settop(L, 0);
   /* Finalizers run with hooks off, so they are refused. */
   fails += expect(v, "setmetatable({}, {__gc = true})", OCAP_VAT_ERROR, "__gc");
   CHECK(is_true(v, "local t = setmetatable({}, {__index = {a = 1}}) return t.a == 1"));
@@ -429,6 +441,11 @@ static int test_meter(void) {
   lua_pushcfunction(L, nop);
   CHECK(ocap_vat_pcall(v, 0, 0) == OCAP_VAT_METER);
   CHECK(lua_gettop(L) == 1 && strstr(lua_tostring(L, 1), "instruction budget") != NULL);
+  lua_settop(L, 0);
+  ocap_vat_push_handler(v);
+  lua_pushcfunction(L, nop);
+  CHECK(ocap_vat_pcall(v, 0, 0) == OCAP_VAT_METER);
+  CHECK(lua_gettop(L) == 2 && strstr(lua_tostring(L, 2), "instruction budget") != NULL);
   lua_settop(L, 0);
   CHECK(ocap_vat_load(v, "return 1", 8, "=x") == OCAP_EFATAL);
   lua_pop(L, 1);
