@@ -21,6 +21,7 @@
 
 #include "gc.h"
 #include "idtable.h"
+#include "refs.h"
 
 /* One version of an object's keys: the record holds three, as they are
  * now, at the last commit, and in the store. */
@@ -52,15 +53,7 @@ struct ocap__objects {
 
 /* The N of "koN", or -1 when koid is not an object id. */
 static long long ko_number(const char *koid) {
-  if (koid[0] != 'k' || koid[1] != 'o' || !koid[2] || (koid[2] == '0' && koid[3]))
-    return -1;
-  /* At most 16 digits are read (COUNT_MAX has 16): the sum cannot
-   * overflow, and one test at the end replaces one per digit. */
-  long long n = 0;
-  const char *c = koid + 2;
-  for (; (unsigned)(*c - '0') < 10 && c < koid + 18; c++)
-    n = n * 10 + (*c - '0');
-  return *c || n > COUNT_MAX ? -1 : n;
+  return ocap__kref_number(koid, REF_KO);
 }
 
 /* Whether every key of a version of the object is gone. */

@@ -143,16 +143,9 @@ struct ocap__promises {
 
 static const char *const state_name[] = {NULL, "unresolved", "fulfilled", "rejected"};
 
-/* The N of "kpN", or -1 when kpid is not a promise id. At most 16
- * digits are read (COUNT_MAX has 16), so the sum cannot overflow. */
+/* The N of "kpN", or -1 when kpid is not a promise id. */
 static long long kp_number(const char *kpid) {
-  if (kpid[0] != 'k' || kpid[1] != 'p' || !kpid[2] || (kpid[2] == '0' && kpid[3]))
-    return -1;
-  long long n = 0;
-  const char *c = kpid + 2;
-  for (; (unsigned)(*c - '0') < 10 && c < kpid + 18; c++)
-    n = n * 10 + (*c - '0');
-  return *c || n > COUNT_MAX ? -1 : n;
+  return ocap__kref_number(kpid, REF_KP);
 }
 
 /* Writes "kp<id>" into out (OCAP_REF_MAX bytes). */

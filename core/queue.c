@@ -493,15 +493,7 @@ long long ocap_kernel_queue_length(ocap_kernel_t *k) {
 /* The N of "kpN", or -1 when kpid is not written that way (a promise id
  * read from a damaged store may not be). */
 static long long kp_number(const char *kpid) {
-  if (kpid[0] != 'k' || kpid[1] != 'p' || !kpid[2] || (kpid[2] == '0' && kpid[3]))
-    return -1;
-  long long n = 0;
-  for (const char *c = kpid + 2; *c; c++) {
-    if (*c < '0' || *c > '9' || n > COUNT_MAX / 10)
-      return -1;
-    n = n * 10 + (*c - '0');
-  }
-  return n;
+  return ocap__kref_number(kpid, REF_KP);
 }
 
 /*

@@ -91,6 +91,14 @@ static inline uint64_t ocap__ref_code(const char *r) {
   return *p || p == d || p - d > 18 ? 0 : REF_MAKE(kind, n);
 }
 
+/* The N of a kref of kind REF_KO or REF_KP written as the kernel writes
+ * it, at most COUNT_MAX; -1 for anything else (a kref read from a damaged
+ * store may not be). */
+static inline long long ocap__kref_number(const char *r, unsigned kind) {
+  uint64_t w = ocap__ref_code(r);
+  return REF_KIND(w) == kind && REF_NUM(w) <= (uint64_t)COUNT_MAX ? (long long)REF_NUM(w) : -1;
+}
+
 /* Writes the text of code w (not 0) into out, NUL-terminated; returns its
  * length (at most 20). */
 size_t ocap__ref_text(uint64_t w, char *out);
