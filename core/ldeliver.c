@@ -158,7 +158,7 @@ static int deliver_values(lua_State *V, lvat_t *rec, const ocap_delivery_t *d) {
     lua_pushboolean(V, d->resolutions[0].rejected);
   }
   rec->decode_failed = 1;
-  int v = ocap_sc_push_decoded_flat(V, cd->body, cd->blen, call);
+  int v = ocap_sc_push_decoded_flat(rec->vat, V, cd->body, cd->blen, call);
   if (v < 0) {
     /* The model goes under the values, and out of the call's way once
      * they are pushed. */
@@ -185,16 +185,23 @@ static int deliver_values(lua_State *V, lvat_t *rec, const ocap_delivery_t *d) {
   return 1;
 }
 
+/* What run_delivery hands the trampoline, as one light userdata. */
+typedef struct tramp_args {
+  lvat_t *rec;
+  const ocap_delivery_t *d;
+} tramp_args_t;
+
 /*
- * tramp(rec, delivery)  [-2, +0, e]
+ * tramp(args)  [-0, +0, e]
  * Runs inside the vat's protected path and builds the delivery's arguments
  * there, so that running out of the vat's memory while building them is
- * caught like any other failure of the crank.
+ * caught like any other failure of the crank. Its argument stays below
+ * the call it makes, which takes its function and arguments from the top.
  */
 static int vat_deliver_tramp(lua_State *V) {
-  lvat_t *rec = lua_touserdata(V, 1);
-  const ocap_delivery_t *d = lua_touserdata(V, 2);
-  lua_settop(V, 0);
+  const tramp_args_t *a = lua_touserdata(V, 1);
+  lvat_t *rec = a->rec;
+  const ocap_delivery_t *d = a->d;
   if (rec->call_ref != LUA_NOREF && deliver_values(V, rec, d))
     return 0;
   lua_rawgeti(V, LUA_REGISTRYINDEX, rec->dispatch_ref);
@@ -218,14 +225,14 @@ static int run_delivery(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, ch
   rec->sent = 0;
   rec->logged = 0;
   rec->decode_failed = 0;
+  tramp_args_t args = {rec, d};
   ocap_vat_push_handler(rec->vat); /* spares ocap_vat_pcall inserting it */
   lua_pushcfunction(V, vat_deliver_tramp);
-  lua_pushlightuserdata(V, rec);
-  lua_pushlightuserdata(V, (void *)d);
+  lua_pushlightuserdata(V, &args);
   lvat_t *outer = lk->delivering;
   lk->delivering = rec;
   lk->ran = rec;
-  int st = ocap_vat_pcall(rec->vat, 2, 0);
+  int st = ocap_vat_pcall_handled(rec->vat, 1, 0);
   lk->delivering = outer;
   if (st != OCAP_VAT_OK) {
     const char *m = lua_tostring(V, -1);

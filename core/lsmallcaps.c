@@ -25,7 +25,18 @@
  * never in a vat, so it has no meter to charge. */
 #ifdef OCAP_SMALLCAPS_STANDALONE
 #define ocap_vat_charge(L, cost) ((void)(L), (void)(cost))
+#define ocap_vat_charge_to(v, L, cost) ((void)(v), (void)(L), (void)(cost))
 #endif
+
+/* [-0, +0, e] Charges the vat v, which owns L, or when v is NULL the vat
+ * that owns L, if any: the syscalls and a delivery know their vat, and
+ * spare the lookup. */
+static void bill(ocap_vat_t *v, lua_State *L, long long cost) {
+  if (v != NULL)
+    ocap_vat_charge_to(v, L, cost);
+  else
+    ocap_vat_charge(L, cost);
+}
 
 /* The model (lsmallcaps.h) is upvalue 1 of every codec function; a codec
  * made by new() fills the entries up to M_MAKE_ERROR. */
@@ -667,13 +678,13 @@ static int flat_value(lua_State *L, int idx) {
 }
 
 /* [-0, +0, e] See lsmallcaps.h. */
-size_t ocap_sc_encode_flat_value(lua_State *L, int idx, char *buf) {
+size_t ocap_sc_encode_flat_value(ocap_vat_t *v, lua_State *L, int idx, char *buf) {
   enc_t e;
   if (!flat_value(L, idx))
     return 0;
   enc_begin_flat(L, &e);
   enc_value(&e, idx, 0);
-  ocap_vat_charge(L, e.cost + (long long)(e.n / BYTES_PER_INSTRUCTION));
+  ocap_vat_charge_to(v, L, e.cost + (long long)(e.n / BYTES_PER_INSTRUCTION));
   memcpy(buf, e.b, e.n);
   return e.n;
 }
@@ -889,7 +900,7 @@ static int sc_encode_call_args(lua_State *L) {
 }
 
 /* [-0, +0, e] See lsmallcaps.h. */
-size_t ocap_sc_encode_flat_call(lua_State *L, int m, char *buf) {
+size_t ocap_sc_encode_flat_call(ocap_vat_t *v, lua_State *L, int m, char *buf) {
   int top = lua_gettop(L);
   size_t need, size;
   enc_t e;
@@ -908,7 +919,7 @@ size_t ocap_sc_encode_flat_call(lua_State *L, int m, char *buf) {
   for (int i = m + 1; i <= top; i++)
     put_call_arg(&e, i, i == m + 1);
   put_call_close(&e);
-  ocap_vat_charge(L, e.cost + (long long)(e.n / BYTES_PER_INSTRUCTION));
+  ocap_vat_charge_to(v, L, e.cost + (long long)(e.n / BYTES_PER_INSTRUCTION));
   memcpy(buf, e.b, e.n);
   return e.n;
 }
@@ -1289,7 +1300,7 @@ static int fast_string(lua_State *L, const char **p, const char *end) {
  * (v = 1 + n), charging what the scan and the decoder would; returns
  * LEAVE with the stack as it found it for any other body.
  */
-static int fast_call(lua_State *L, const char *body, size_t blen) {
+static int fast_call(ocap_vat_t *vat, lua_State *L, const char *body, size_t blen) {
   const char *p = body + 1, *end = body + blen;
   if (blen < 3 || body[0] != '#' || p[0] != '[' || p[1] != '"' || !lua_checkstack(L, 1 + FAST_ROOM))
     return LEAVE;
@@ -1340,7 +1351,7 @@ static int fast_call(lua_State *L, const char *body, size_t blen) {
   if (end - p != 1 || *p != ']')
     goto leave;
   /* The scan would count the two arrays, the method and the arguments. */
-  ocap_vat_charge(L, 1 + (long long)(blen / BYTES_PER_INSTRUCTION) + (3 + n) * VALUE_COST);
+  bill(vat, L, 1 + (long long)(blen / BYTES_PER_INSTRUCTION) + (3 + n) * VALUE_COST);
   return 1 + n;
 leave:
   lua_settop(L, top);
@@ -1366,14 +1377,14 @@ leave:
  * decode_buf would and returns v, charging what it would; LEAVE, pushing
  * nothing, for any other body.
  */
-static int decode_flat(lua_State *L, const char *body, size_t blen, int call) {
+static int decode_flat(ocap_vat_t *v, lua_State *L, const char *body, size_t blen, int call) {
   lua_Integer small_int;
   if (call)
-    return fast_call(L, body, blen);
+    return fast_call(v, L, body, blen);
   if (blen == 0 || body[0] != '#' || !small_integer(body + 1, blen - 1, &small_int))
     return LEAVE;
   /* What the scan and dec_value would answer, and charge, for it. */
-  ocap_vat_charge(L, 1 + (long long)(blen / BYTES_PER_INSTRUCTION) + VALUE_COST);
+  bill(v, L, 1 + (long long)(blen / BYTES_PER_INSTRUCTION) + VALUE_COST);
   lua_pushinteger(L, small_int);
   return 1;
 }
@@ -1381,7 +1392,7 @@ static int decode_flat(lua_State *L, const char *body, size_t blen, int call) {
 static int decode_buf(lua_State *L, int model, const char *body, size_t blen, int slots_idx,
                       int s2v_idx, size_t nslots, int call, int *k) {
   *k = 0;
-  int v = decode_flat(L, body, blen, call);
+  int v = decode_flat(NULL, L, body, blen, call);
   if (v != LEAVE)
     return v;
   if (blen == 0 || body[0] != '#')
@@ -1484,8 +1495,9 @@ int ocap_sc_push_model(lua_State *L) {
 }
 
 /* [-0, +v, e] See lsmallcaps.h. */
-int ocap_sc_push_decoded_flat(lua_State *L, const char *body, size_t blen, int call) {
-  int v = decode_flat(L, body, blen, call);
+int ocap_sc_push_decoded_flat(ocap_vat_t *vat, lua_State *L, const char *body, size_t blen,
+                              int call) {
+  int v = decode_flat(vat, L, body, blen, call);
   return v == LEAVE ? -1 : v;
 }
 

@@ -39,6 +39,8 @@
 
 #include <lua.h>
 
+#include "vat.h"
+
 /*
  * The model: the table of private values a codec reads (its functions'
  * upvalue 1), indexed by these. new() fills the codec's part, up to
@@ -129,9 +131,11 @@ int ocap_sc_push_decoded(lua_State *L, int model, const char *body, size_t blen,
 
 /* [-0, +v, e] ocap_sc_push_decoded for the bodies it reads without the
  * model (a call of plain strings, small integers and booleans, or a value
- * that is a small integer): pushes the same values, charges the same and
- * returns v; -1, pushing nothing, for any other body. */
-int ocap_sc_push_decoded_flat(lua_State *L, const char *body, size_t blen, int call);
+ * that is a small integer): pushes the same values, charges the same (to
+ * v, the vat that owns L) and returns v; -1, pushing nothing, for any
+ * other body. */
+int ocap_sc_push_decoded_flat(ocap_vat_t *vat, lua_State *L, const char *body, size_t blen,
+                              int call);
 
 /*
  * Flat bodies: what the codec writes without a Lua value of its own (a
@@ -142,16 +146,16 @@ int ocap_sc_push_decoded_flat(lua_State *L, const char *body, size_t blen, int c
 
 /* [-0, +0, e] Writes into buf (OCAP_SC_FLAT_MAX bytes) the body
  * encodeParts answers for the value at idx when it is a number, a
- * boolean, nil or a string of at most 80 bytes, charging what encodeParts
- * would, and returns its length; else returns 0, doing nothing. */
-size_t ocap_sc_encode_flat_value(lua_State *L, int idx, char *buf);
+ * boolean, nil or a string of at most 80 bytes, charging v (the vat that
+ * owns L) what encodeParts would, and returns its length; else returns 0, doing nothing. */
+size_t ocap_sc_encode_flat_value(ocap_vat_t *v, lua_State *L, int idx, char *buf);
 
 /* [-0, +0, e] Writes into buf (OCAP_SC_FLAT_MAX bytes) the body
  * encodeCallArgs answers for the method at index m and the arguments
  * above it to the top, when the method is a plain string, every argument
  * a safe integer, a boolean or a plain string, and the body fits,
- * charging what encodeCallArgs would, and returns its length; else
+ * charging v (the vat that owns L) what encodeCallArgs would, and returns its length; else
  * returns 0, doing nothing. */
-size_t ocap_sc_encode_flat_call(lua_State *L, int m, char *buf);
+size_t ocap_sc_encode_flat_call(ocap_vat_t *v, lua_State *L, int m, char *buf);
 
 #endif

@@ -260,7 +260,7 @@ static int sys_send_call(lua_State *V) {
   lua_Integer n = luaL_checkinteger(V, 2);
   luaL_argcheck(V, n > 0, 2, "promise number must be positive");
   char body[OCAP_SC_FLAT_MAX], vpid[32];
-  ocap_capdata_t cd = {body, ocap_sc_encode_flat_call(V, 3, body), NULL, 0};
+  ocap_capdata_t cd = {body, ocap_sc_encode_flat_call(rec->vat, V, 3, body), NULL, 0};
   if (cd.blen == 0)
     return 0;
   format_vpid(vpid, "p+", n);
@@ -339,7 +339,7 @@ static int sys_resolve_value(lua_State *V) {
   char vpid[32], body[OCAP_SC_FLAT_MAX];
   r.kpid = check_kpid(V, vpid);
   r.rejected = 0;
-  r.data = (ocap_capdata_t){body, ocap_sc_encode_flat_value(V, 2, body), NULL, 0};
+  r.data = (ocap_capdata_t){body, ocap_sc_encode_flat_value(rec->vat, V, 2, body), NULL, 0};
   if (r.data.blen == 0)
     return 0;
   resolve_one(V, rec, &r);

@@ -464,12 +464,12 @@ static void vat_hook(lua_State *L, lua_Debug *ar) {
 }
 
 /*
- * [-0, +0, e] Charges cost instructions for work a C function is about to
- * do, raising the meter error if the budget cannot cover it, or if the
- * call's CPU time ran out while the function was working.
+ * [-0, +0, e] Charges v (NULL for none) cost instructions for work a C
+ * function is about to do in L, one of v's threads, raising the meter
+ * error if the budget cannot cover it, or if the call's CPU time ran out
+ * while the function was working.
  */
-static void vat_charge(lua_State *L, long long cost) {
-  ocap_vat_t *v = ocap_vat_from_state(L);
+static void vat_charge_to(ocap_vat_t *v, lua_State *L, long long cost) {
   if (v == NULL || v->depth == 0)
     return;
   if (v->fatal == 0) {
@@ -486,6 +486,11 @@ static void vat_charge(lua_State *L, long long cost) {
     }
   }
   vat_die(L, v);
+}
+
+/* [-0, +0, e] vat_charge_to for the vat that owns L, if any. */
+static void vat_charge(lua_State *L, long long cost) {
+  vat_charge_to(ocap_vat_from_state(L), L, cost);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -585,15 +590,22 @@ static void watchdog_tick(int sig, siginfo_t *si, void *context) {
  * per signal, so this is process state by nature), and each thread finds
  * its watchdog under a key whose destructor deletes the timer when the
  * thread exits. These are the module's only globals, written once under
- * pthread_once.
+ * pthread_once, with a thread-local copy of the key's value: every
+ * outermost call looks its thread's watchdog up, and the copy spares it
+ * pthread_once and pthread_getspecific (about 45 instructions a call).
  */
 static int watchdog_installed;
 static int watchdog_keyed;
 static pthread_key_t watchdog_key;
 static pthread_once_t watchdog_once = PTHREAD_ONCE_INIT;
+static _Thread_local watchdog_t *thread_watchdog_copy;
 
+/* Deletes the calling thread's watchdog: the key's destructor runs on the
+ * exiting thread, and the unloading thread deletes its own. */
 static void watchdog_destroy(void *p) {
   watchdog_t *w = p;
+  if (thread_watchdog_copy == w)
+    thread_watchdog_copy = NULL;
   if (w->mode == WATCHDOG_TIMER)
     timer_delete(w->timer);
   free(w);
@@ -646,20 +658,23 @@ __attribute__((destructor)) static void watchdog_unload(void) {
  * backstop.
  */
 static watchdog_t *thread_watchdog(void) {
-  watchdog_t *w;
+  watchdog_t *w = thread_watchdog_copy;
   struct sigevent sev;
   sigset_t set;
+  if (w != NULL)
+    return w;
   pthread_once(&watchdog_once, watchdog_install);
   if (!watchdog_keyed)
     return NULL;
   w = pthread_getspecific(watchdog_key);
   if (w != NULL)
-    return w;
+    return thread_watchdog_copy = w;
   w = calloc(1, sizeof *w);
   if (w == NULL || pthread_setspecific(watchdog_key, w) != 0) {
     free(w);
     return NULL;
   }
+  thread_watchdog_copy = w;
   w->mode = WATCHDOG_POLL;
   if (!watchdog_installed)
     return w;
@@ -2381,12 +2396,15 @@ void ocap_vat_push_handler(ocap_vat_t *v) {
   lua_pushcfunction(v->L, vat_msgh);
 }
 
-int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults) {
+/*
+ * [-(nargs+1), +(nresults|1)] ocap_vat_pcall of the function at func;
+ * own says whether the handler must be inserted below it, else it is
+ * there already (ocap_vat_push_handler).
+ */
+static int pcall_at(ocap_vat_t *v, int func, int nargs, int nresults, int own) {
   lua_State *L = v->L, *outer;
-  int func = lua_gettop(L) - nargs; /* the function's index */
-  int below = func - 1;             /* the level the call returns to */
-  /* The handler may already be below the function (ocap_vat_push_handler). */
-  int h = below, own = below < 1 || lua_tocfunction(L, below) != vat_msgh;
+  int below = func - 1; /* the level the call returns to */
+  int h = below;
   int status;
   assert(nargs >= 0 && func >= 1);
   if (!v->fatal && own && !lua_checkstack(L, 1))
@@ -2429,6 +2447,20 @@ int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults) {
     return v->fatal;
   }
   return status == LUA_OK ? OCAP_VAT_OK : OCAP_VAT_ERROR;
+}
+
+int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults) {
+  lua_State *L = v->L;
+  int func = lua_gettop(L) - nargs; /* the function's index */
+  /* The handler may already be below the function (ocap_vat_push_handler). */
+  int own = func < 2 || lua_tocfunction(L, func - 1) != vat_msgh;
+  return pcall_at(v, func, nargs, nresults, own);
+}
+
+int ocap_vat_pcall_handled(ocap_vat_t *v, int nargs, int nresults) {
+  int func = lua_gettop(v->L) - nargs;
+  assert(func >= 2 && lua_tocfunction(v->L, func - 1) == vat_msgh);
+  return pcall_at(v, func, nargs, nresults, 0);
 }
 
 int ocap_vat_fatal(const ocap_vat_t *v) {
@@ -2492,6 +2524,11 @@ long long ocap_vat_instructions(const ocap_vat_t *v) {
 /* [-0, +0, e] See vat.h; it is vat_charge, for C modules outside this file. */
 void ocap_vat_charge(lua_State *L, long long cost) {
   vat_charge(L, cost);
+}
+
+/* [-0, +0, e] See vat.h. */
+void ocap_vat_charge_to(ocap_vat_t *v, lua_State *L, long long cost) {
+  vat_charge_to(v, L, cost);
 }
 
 int ocap_vat_resume(lua_State *L, lua_State *co, int narg, int *nres) {

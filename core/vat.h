@@ -213,6 +213,13 @@ int ocap_vat_pcall(ocap_vat_t *v, int nargs, int nresults);
  */
 void ocap_vat_push_handler(ocap_vat_t *v);
 
+/*
+ * [-(nargs+1), +(nresults|1)] ocap_vat_pcall for a caller that pushed the
+ * handler (ocap_vat_push_handler) right below the function: it spares
+ * looking for it, as a delivery does for every message.
+ */
+int ocap_vat_pcall_handled(ocap_vat_t *v, int nargs, int nresults);
+
 /* OCAP_VAT_METER or OCAP_VAT_MEMORY when the vat was marked, else 0. */
 int ocap_vat_fatal(const ocap_vat_t *v);
 
@@ -251,6 +258,14 @@ long long ocap_vat_instructions(const ocap_vat_t *v);
  * ocap_vat_pcall, it does nothing, so code shared with the host may call it.
  */
 void ocap_vat_charge(lua_State *L, long long cost);
+
+/*
+ * [-0, +0, e] ocap_vat_charge for a caller that holds the vat: v owns L
+ * (or is NULL, and then nothing is charged). Finding the vat of a state
+ * is an allocator lookup, and the syscalls and a delivery's decoding
+ * charge several times per message.
+ */
+void ocap_vat_charge_to(ocap_vat_t *v, lua_State *L, long long cost);
 
 /*
  * The runtime's own tasks (lpromise.c) resume coroutines and make protected
