@@ -347,7 +347,8 @@ done:
     /* The item is gone: delivered, or rejected at its result. */
     int rr = ocap__release_send(k, target, res, rrec, enc, elen);
     if (!rr && sender[0])
-      rr = ocap__charge_queued(k, sender, -(long long)it->bytes);
+      rr = it->sid >= 0 ? ocap__charge_vat(k, it->sid, -(long long)it->bytes)
+                        : ocap__charge_queued(k, sender, -(long long)it->bytes);
     if (rr)
       rc = rr;
   }
@@ -664,7 +665,8 @@ static int crank_drop_item(ocap_kernel_t *k, const ocap__qitem_t *item) {
   if (!rc && !item->notify) {
     rc = ocap__release_send(k, item->target, NULL, NULL, item->enc, item->elen);
     if (!rc && item->sender[0])
-      rc = ocap__charge_queued(k, item->sender, -(long long)item->bytes);
+      rc = item->sid >= 0 ? ocap__charge_vat(k, item->sid, -(long long)item->bytes)
+                          : ocap__charge_queued(k, item->sender, -(long long)item->bytes);
   } else if (!rc) {
     for (size_t j = 0; j < item->n && !rc; j++)
       rc = ocap__decref(k, item->kpids[j]);

@@ -27,7 +27,7 @@ typedef struct item {
   union {
     struct {
       char target[OCAP_REF_MAX], result[OCAP_REF_MAX], sender[OCAP_REF_MAX]; /* "" for none */
-      long long rid;                                                         /* as in the view */
+      long long rid, sid;                                                    /* as in the view */
       size_t bytes; /* the length of its text */
     } s;
     struct {
@@ -89,8 +89,7 @@ struct ocap__queue {
   size_t nqdirty, capqdirty;
   qbytes_t **qsync; /* the records whose committed count the store lacks */
   size_t nqsync, capqsync;
-  qbytes_t *qlast;   /* the record last found, for a vat's next send or delivery */
-  char qlast_ep[24]; /* its vat id */
+  qbytes_t *qlast; /* the record last found, for a vat's next send or delivery */
 };
 
 static item_t *slot(struct ocap__queue *q, long long n) {
@@ -556,7 +555,7 @@ int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, oca
  * A vat that is gone has no count, and nothing is charged to it any more.
  */
 /* The number N of a vat id "vN", or -1 for another endpoint. */
-static long long vat_number(const char *ep) {
+static inline long long vat_number(const char *ep) {
   if (ep[0] != 'v' || !ep[1] || (ep[1] == '0' && ep[2]))
     return -1;
   long long n = 0;
@@ -568,73 +567,105 @@ static long long vat_number(const char *ep) {
   return n;
 }
 
-/* The queued-byte record of vat ep, read from the store the first time;
- * *out is NULL for an endpoint that is not a vat id. */
-static int qbytes_get(ocap_kernel_t *k, const char *ep, qbytes_t **out) {
+/* Reads the queued-byte record of vat vN from the store into the table.
+ * Apart from qbytes_find, so that the lookup stays a leaf without a
+ * buffer to guard. */
+__attribute__((noinline)) static int qbytes_load(ocap_kernel_t *k, long long id, qbytes_t **out) {
+  struct ocap__queue *q = k->q;
+  char ep[24];
+  ep[0] = 'v';
+  ep[1 + ocap__fmt_ll(ep + 1, id)] = '\0';
+  long long n;
+  int rc = ocap__get_count(k, -1, &n, "%s.queuedBytes", ep);
+  if (rc)
+    return rc;
+  qbytes_t *r = calloc(1, sizeof *r);
+  if (r) { /* the id first: the table files the record under it */
+    r->id = id;
+    r->n = r->cn = r->sn = n;
+  }
+  if (!r || ocap__idtable_insert(&q->qb, r)) {
+    free(r);
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory reading %s.queuedBytes", ep);
+  }
+  *out = r;
+  return 0;
+}
+
+/* The queued-byte record of vat vN, given N, read from the store the
+ * first time. */
+static inline int qbytes_find(ocap_kernel_t *k, long long id, qbytes_t **out) {
   struct ocap__queue *q = k->q;
   /* A vat's message is charged when sent and released when delivered,
    * usually the next crank: the last record found is checked first. */
-  if (q->qlast) {
-    size_t i = 0;
-    while (ep[i] == q->qlast_ep[i] && ep[i])
-      i++;
-    if (ep[i] == q->qlast_ep[i]) {
-      *out = q->qlast;
-      return 0;
+  qbytes_t *r = q->qlast;
+  if (!r || r->id != id) {
+    r = ocap__idtable_find(&q->qb, id);
+    if (!r) {
+      int rc = qbytes_load(k, id, &r);
+      if (rc)
+        return rc;
     }
-  }
-  long long id = vat_number(ep);
-  *out = NULL;
-  if (id < 0)
-    return 0;
-  qbytes_t *r = ocap__idtable_find(&q->qb, id);
-  if (!r) {
-    long long n;
-    int rc = ocap__get_count(k, -1, &n, "%s.queuedBytes", ep);
-    if (rc)
-      return rc;
-    r = calloc(1, sizeof *r);
-    if (r) { /* the id first: the table files the record under it */
-      r->id = id;
-      r->n = r->cn = r->sn = n;
-    }
-    if (!r || ocap__idtable_insert(&q->qb, r)) {
-      free(r);
-      return ocap__broken(k, OCAP_ENOMEM, "out of memory reading %s.queuedBytes", ep);
-    }
-  }
-  size_t el = strlen(ep);
-  if (el < sizeof q->qlast_ep) {
-    memcpy(q->qlast_ep, ep, el + 1);
     q->qlast = r;
   }
   *out = r;
   return 0;
 }
 
-/* Sets vat ep's count to n (-1: no key), listing the record as changed. */
-static int qbytes_set(ocap_kernel_t *k, qbytes_t *r, long long n) {
+/* The queued-byte record of endpoint ep; *out is NULL for an endpoint that
+ * is not a vat id written as the kernel writes it. */
+static int qbytes_get(ocap_kernel_t *k, const char *ep, qbytes_t **out) {
+  long long id = vat_number(ep);
+  *out = NULL;
+  return id < 0 ? 0 : qbytes_find(k, id, out);
+}
+
+/* Lists record r as changed by this crank. */
+__attribute__((noinline)) static int qbytes_dirty(ocap_kernel_t *k, qbytes_t *r) {
   struct ocap__queue *q = k->q;
-  if (!r->dirty) {
-    if (ocap__reserve(&q->qdirty, &q->capqdirty, q->nqdirty + 1, sizeof *q->qdirty, 16) ||
-        ocap__reserve(&q->qsync, &q->capqsync, q->nqsync + q->nqdirty + 1, sizeof *q->qsync, 16))
-      return ocap__broken(k, OCAP_ENOMEM, "out of memory charging queued bytes");
-    q->qdirty[q->nqdirty++] = r;
-    r->dirty = 1;
-  }
-  r->n = n;
+  if (ocap__reserve(&q->qdirty, &q->capqdirty, q->nqdirty + 1, sizeof *q->qdirty, 16) ||
+      ocap__reserve(&q->qsync, &q->capqsync, q->nqsync + q->nqdirty + 1, sizeof *q->qsync, 16))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory charging queued bytes");
+  q->qdirty[q->nqdirty++] = r;
+  r->dirty = 1;
   return 0;
 }
 
-int ocap__charge_queued(ocap_kernel_t *k, const char *ep, long long delta) {
+/* Sets vat ep's count to n (-1: no key), listing the record as changed. */
+static inline int qbytes_set(ocap_kernel_t *k, qbytes_t *r, long long n) {
+  int rc = r->dirty ? 0 : qbytes_dirty(k, r);
+  if (!rc)
+    r->n = n;
+  return rc;
+}
+
+/* Adds delta to the count of record r (vat ep's). */
+static inline int charge(ocap_kernel_t *k, qbytes_t *r, long long delta) {
+  long long n = r->n;
+  if (n < 0 && delta < 0)
+    return 0;
+  n = (n < 0 ? 0 : n) + delta;
+  if (n > COUNT_MAX)
+    return ocap__broken(k, OCAP_ECORRUPT, "count %lld for key 'v%lld.queuedBytes' is out of range",
+                        n, r->id);
+  return qbytes_set(k, r, n > 0 ? n : -1);
+}
+
+int ocap__charge_vat(ocap_kernel_t *k, long long vat, long long delta) {
   qbytes_t *r;
+  int rc = qbytes_find(k, vat, &r);
+  return rc ? rc : charge(k, r, delta);
+}
+
+int ocap__charge_queued(ocap_kernel_t *k, const char *ep, long long delta) {
+  long long vat = vat_number(ep);
+  if (vat >= 0)
+    return ocap__charge_vat(k, vat, delta);
+  /* Not a vat id the kernel writes (a sender read from a damaged item):
+   * its count is kept in the store only. */
   long long n;
-  int rc = qbytes_get(k, ep, &r);
+  int rc = ocap__get_count(k, -1, &n, "%s.queuedBytes", ep);
   if (rc)
-    return rc;
-  if (r)
-    n = r->n;
-  else if ((rc = ocap__get_count(k, -1, &n, "%s.queuedBytes", ep)) != 0)
     return rc;
   if (n < 0 && delta < 0)
     return 0;
@@ -642,8 +673,6 @@ int ocap__charge_queued(ocap_kernel_t *k, const char *ep, long long delta) {
   if (n > COUNT_MAX)
     return ocap__broken(k, OCAP_ECORRUPT, "count %lld for key '%s.queuedBytes' is out of range", n,
                         ep);
-  if (r)
-    return qbytes_set(k, r, n > 0 ? n : -1);
   return n > 0 ? ocap__seti(k, n, "%s.queuedBytes", ep) : ocap__delv(k, "%s.queuedBytes", ep);
 }
 
@@ -705,10 +734,12 @@ int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result,
   memcpy(it->u.s.result, result ? result : "", rl + 1);
   memcpy(it->u.s.sender, sender ? sender : "", sl + 1);
   it->u.s.rid = result && rrec ? ocap__kp_id(rrec) : -1;
+  it->u.s.sid = sender ? vat_number(sender) : -1;
   it->u.s.bytes = 5 + tl + 1 + (rl ? rl : 1) + (sl ? 1 + sl : 0) + 1 + b.len;
   k->q->tail++;
   if (sender)
-    rc = ocap__charge_queued(k, sender, (long long)it->u.s.bytes);
+    rc = it->u.s.sid >= 0 ? ocap__charge_vat(k, it->u.s.sid, (long long)it->u.s.bytes)
+                          : ocap__charge_queued(k, sender, (long long)it->u.s.bytes);
   if (!rc)
     rc = ocap__incref(k, target);
   if (!rc && result)
@@ -833,6 +864,7 @@ static int item_view(ocap_kernel_t *k, const item_t *it, ocap__qitem_t *out) {
     memcpy(out->result, it->u.s.result, OCAP_REF_MAX);
     memcpy(out->sender, it->u.s.sender, OCAP_REF_MAX);
     out->rid = it->u.s.rid;
+    out->sid = it->u.s.sid;
     out->enc = it->p;
     out->elen = it->len;
     out->bytes = it->u.s.bytes;
@@ -856,6 +888,7 @@ static int item_view(ocap_kernel_t *k, const item_t *it, ocap__qitem_t *out) {
     out->notify = 0;
     out->rid = -1;
     int rc = ocap__parse_send(k, it->p, it->len, out->target, out->result, out->sender, &at);
+    out->sid = rc || !out->sender[0] ? -1 : vat_number(out->sender);
     out->enc = it->p + at;
     out->elen = it->len - at;
     out->bytes = it->len;

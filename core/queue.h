@@ -50,8 +50,11 @@ int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result,
                        struct ocap__kp *rrec, const char *ep, const ocap_capdata_t *methargs,
                        const char *sender);
 /* Adds delta to the bytes vat ep has waiting in the kernel (<ep>.queuedBytes);
- * a vat that is gone is charged nothing. */
+ * a vat that is gone is charged nothing. The counts are kept by vat
+ * number: ocap__charge_vat charges vat vN given N, which spares reading
+ * its id. */
 int ocap__charge_queued(ocap_kernel_t *k, const char *ep, long long delta);
+int ocap__charge_vat(ocap_kernel_t *k, long long vat, long long delta);
 /* Removes vat ep's count (its termination). The counts are kept in memory
  * with the queue and written at commit; ocap__queued_forget drops the one
  * of ep unless the crank changed it (ocap_kernel_forget). */
@@ -71,6 +74,7 @@ typedef struct ocap__qitem {
   /* A send: result and sender are "" when it has none. */
   char target[OCAP_REF_MAX], result[OCAP_REF_MAX], sender[OCAP_REF_MAX];
   long long rid;   /* the N of its result kpN when the kernel queued it, else -1 */
+  long long sid;   /* the N of its sender vN, else -1 (none, or not written so) */
   const char *enc; /* its capdata (in krefs), elen bytes */
   size_t elen;
   size_t bytes; /* the length of its stored text: what its sender is charged */
