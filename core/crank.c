@@ -124,12 +124,13 @@ static int pipelining_decider(ocap_kernel_t *k, const char *kpid, char *ep) {
 static int deliver_send(ocap_kernel_t *k, const char *target, const char *decider,
                         const char *result, ocap__kp_t *rrec, const char *enc, size_t len, char *ep,
                         int *fatal, char **why) {
-  char owner[OCAP_REF_MAX], teref[OCAP_REF_MAX], reref[OCAP_REF_MAX];
+  char teref[OCAP_REF_MAX], reref[OCAP_REF_MAX];
   int rc;
   if (decider) {
-    memcpy(ep, decider, strlen(decider) + 1);
+    ocap__ref_copy(ep, decider);
   } else {
-    rc = ocap__get_target(k, target, owner);
+    /* The owner goes straight to ep, which it stays in once checked. */
+    rc = ocap__get_target(k, target, ep);
     if (rc == 2)
       return splat_error(k, result, "OBJECT_REVOKED", "Target object has been revoked");
     if (rc == 0) {
@@ -139,11 +140,9 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
     }
     if (rc < 0)
       return rc;
-    if (!ocap__valid_ep(owner))
+    if (!ocap__valid_ep(ep))
       return ocap__broken(k, OCAP_ECORRUPT,
-                          "corrupt database: the owner of %s is '%s', not an endpoint", target,
-                          owner);
-    memcpy(ep, owner, strlen(owner) + 1);
+                          "corrupt database: the owner of %s is '%s', not an endpoint", target, ep);
     if (k->hooks.prepare && !ocap__is_kernel_ep(ep))
       k->hooks.prepare(k->hooks.ud, ep);
     if (k->err)
@@ -276,8 +275,10 @@ static int process_send(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, int
   }
   const char *enc = it->enc;
   size_t elen = it->elen;
-  char cur[OCAP_REF_MAX];
-  memcpy(cur, target, strlen(target) + 1);
+  /* A message to an object, the common case, routes on its target as it
+   * is; one to a promise follows it in buf. */
+  char buf[OCAP_REF_MAX];
+  const char *cur = target;
   /* Follow resolved promises to the object they designate. */
   for (int hops = 0; ocap__is_kpid(cur); hops++) {
     if (hops > 1000) {
@@ -329,15 +330,14 @@ static int process_send(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, int
       free(data.p);
       goto done;
     }
-    char next[OCAP_REF_MAX];
-    int one = single_ref(data.p, data.len, next);
+    int one = single_ref(data.p, data.len, buf);
     free(data.p);
     if (!one) {
       rc = splat_error(k, res, "BAD_PROMISE_RESOLUTION",
                        "Message sent to a promise that resolved to data");
       goto done;
     }
-    memcpy(cur, next, strlen(next) + 1);
+    cur = buf;
   }
   rc = deliver_send(k, cur, NULL, res, rrec, enc, elen, ep, fatal, why);
   if (!rc && *fatal == OCAP_FATAL_NONE && res)
@@ -545,7 +545,7 @@ static int process_notify(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, i
   char(*kpids)[OCAP_REF_MAX] = it->kpids;
   size_t nk = it->n;
   int rc = 0;
-  memcpy(ep, it->ep, strlen(it->ep) + 1);
+  ocap__ref_copy(ep, it->ep);
   notes_t ns;
   notes_init(&ns);
   /* Each promise's record is found once, here, for its note and for the

@@ -837,8 +837,6 @@ int ocap_kernel_subscribe(ocap_kernel_t *k, const char *ep, const char *vpid) {
  * copy, and that is freed if the settlement fails first. */
 static int settle(ocap_kernel_t *k, prec_t *r, int rejected, const char *enc, size_t len,
                   char *own) {
-  char kpid[OCAP_REF_MAX];
-  kp_name(kpid, r->id);
   int rc = set_promise(k, r, rejected ? ST_REJECTED : ST_FULFILLED, r->now.refs);
   if (!rc && own) {
     str_drop(r->now.data, r->com.data, r->sto.data);
@@ -870,12 +868,13 @@ static int settle(ocap_kernel_t *k, prec_t *r, int rejected, const char *enc, si
         ok = ocap__valid_ep(ep);
       }
       if (!ok) {
-        char key[KEY_MAX];
+        char kpid[OCAP_REF_MAX], key[KEY_MAX];
+        kp_name(kpid, r->id);
         snprintf(key, sizeof key, "%s.subscribers", kpid);
         rc = ocap__corrupt(k, key, subs.p, subs.len, "a list of endpoints");
         break;
       }
-      rc = ocap__enqueue_notify(k, ep, kpid, r);
+      rc = ocap__enqueue_notify(k, ep, NULL, r); /* the record names it */
       i = j + 1;
     }
     if (!rc)

@@ -96,12 +96,9 @@ static item_t *slot(struct ocap__queue *q, long long n) {
   return &q->v[(size_t)n & q->mask];
 }
 
-/* Makes room for item `tail` while keeping every item from chead on. */
-static int ring_reserve(struct ocap__queue *q) {
-  size_t need = (size_t)(q->tail - q->chead) + 1;
+/* Grows the ring to hold `need` items, keeping every item from chead on. */
+__attribute__((noinline)) static int ring_grow(struct ocap__queue *q, size_t need) {
   size_t cap = q->v ? q->mask + 1 : 0;
-  if (need <= cap)
-    return 0;
   size_t ncap = cap ? cap * 2 : 64;
   while (ncap < need)
     ncap *= 2;
@@ -114,6 +111,12 @@ static int ring_reserve(struct ocap__queue *q) {
   q->v = nv;
   q->mask = ncap - 1;
   return 0;
+}
+
+/* Makes room for item `tail` while keeping every item from chead on. */
+static inline int ring_reserve(struct ocap__queue *q) {
+  size_t need = (size_t)(q->tail - q->chead) + 1;
+  return q->v && need <= q->mask + 1 ? 0 : ring_grow(q, need);
 }
 
 /* The stored text of a send item: "send <target> <result|-> [<sender>]\n"
@@ -456,7 +459,7 @@ void ocap__queue_abort(ocap_kernel_t *k, int cleared) {
 
 /* Appends a slot for an item at the tail (loading the queue first) and
  * points *out at it; the caller fills it in and counts it (q->tail++). */
-static int enqueue_slot(ocap_kernel_t *k, item_t **out) {
+static inline int enqueue_slot(ocap_kernel_t *k, item_t **out) {
   LOAD(k);
   struct ocap__queue *q = k->q;
   if (q->tail >= COUNT_MAX)
@@ -468,7 +471,7 @@ static int enqueue_slot(ocap_kernel_t *k, item_t **out) {
 }
 
 int ocap__enqueue(ocap_kernel_t *k, const char *item, size_t len) {
-  item_t *it;
+  item_t *it = NULL;
   int rc = enqueue_slot(k, &it);
   if (rc)
     return rc;
@@ -535,7 +538,7 @@ int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, oca
     last->u.n.kp[last->u.n.n++] = id;
     return 0;
   }
-  item_t *it;
+  item_t *it = NULL;
   rc = enqueue_slot(k, &it);
   if (rc)
     return rc;
@@ -556,15 +559,16 @@ int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, oca
  */
 /* The number N of a vat id "vN", or -1 for another endpoint. */
 static inline long long vat_number(const char *ep) {
-  if (ep[0] != 'v' || !ep[1] || (ep[1] == '0' && ep[2]))
+  if (ep[0] != 'v' || ep[1] < '0' || ep[1] > '9')
     return -1;
+  if (ep[1] == '0')
+    return ep[2] ? -1 : 0;
+  /* At most 16 digits: n cannot wrap, and COUNT_MAX has 16. */
   long long n = 0;
-  for (const char *c = ep + 1; *c; c++) {
-    if (*c < '0' || *c > '9' || n > COUNT_MAX / 10)
-      return -1;
-    n = n * 10 + (*c - '0');
-  }
-  return n;
+  size_t i = 1;
+  for (unsigned d; (d = (unsigned char)ep[i] - (unsigned)'0') < 10 && i <= 16; i++)
+    n = n * 10 + d;
+  return ep[i] || n > COUNT_MAX ? -1 : n;
 }
 
 /* Reads the queued-byte record of vat vN from the store into the table.
@@ -715,14 +719,19 @@ long long ocap_kernel_queued_bytes(ocap_kernel_t *k, const char *ep) {
  */
 int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result, ocap__kp_t *rrec,
                        const char *ep, const ocap_capdata_t *methargs, const char *sender) {
-  size_t tl = strlen(target), rl = result ? strlen(result) : 0, sl = sender ? strlen(sender) : 0;
-  if (tl >= OCAP_REF_MAX || rl >= OCAP_REF_MAX || sl >= OCAP_REF_MAX)
-    return ocap__broken(k, OCAP_ECORRUPT, "a reference of a message is too long");
   ocap__buf_t b = {0};
   int rc = ocap__capdata_e2k(k, ep, methargs, &b);
   item_t *it = NULL;
   if (!rc)
     rc = enqueue_slot(k, &it);
+  long tl = 0, rl = 0, sl = 0;
+  if (!rc) {
+    tl = ocap__ref_copy(it->u.s.target, target);
+    rl = ocap__ref_copy(it->u.s.result, result ? result : "");
+    sl = ocap__ref_copy(it->u.s.sender, sender ? sender : "");
+    if (tl < 0 || rl < 0 || sl < 0)
+      rc = ocap__broken(k, OCAP_ECORRUPT, "a reference of a message is too long");
+  }
   if (rc) {
     free(b.p);
     return rc;
@@ -730,12 +739,9 @@ int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result,
   it->kind = ITEM_SEND;
   it->p = b.p;
   it->len = b.len;
-  memcpy(it->u.s.target, target, tl + 1);
-  memcpy(it->u.s.result, result ? result : "", rl + 1);
-  memcpy(it->u.s.sender, sender ? sender : "", sl + 1);
   it->u.s.rid = result && rrec ? ocap__kp_id(rrec) : -1;
   it->u.s.sid = sender ? vat_number(sender) : -1;
-  it->u.s.bytes = 5 + tl + 1 + (rl ? rl : 1) + (sl ? 1 + sl : 0) + 1 + b.len;
+  it->u.s.bytes = (size_t)(5 + tl + 1 + (rl ? rl : 1) + (sl ? 1 + sl : 0) + 1) + b.len;
   k->q->tail++;
   if (sender)
     rc = it->u.s.sid >= 0 ? ocap__charge_vat(k, it->u.s.sid, (long long)it->u.s.bytes)
@@ -853,6 +859,31 @@ int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result,
   return rc;
 }
 
+/* Fills *out with text item it, parsed and checked: apart from item_view,
+ * whose items the kernel queued need neither. */
+__attribute__((noinline)) static int item_parse(ocap_kernel_t *k, const item_t *it,
+                                                ocap__qitem_t *out) {
+  if (it->len >= 5 && memcmp(it->p, "send ", 5) == 0) {
+    size_t at;
+    out->notify = 0;
+    out->rid = -1;
+    int rc = ocap__parse_send(k, it->p, it->len, out->target, out->result, out->sender, &at);
+    out->sid = rc || !out->sender[0] ? -1 : vat_number(out->sender);
+    out->enc = it->p + at;
+    out->elen = it->len - at;
+    out->bytes = it->len;
+    return rc;
+  }
+  if (it->len >= 7 && memcmp(it->p, "notify ", 7) == 0) {
+    out->notify = 1;
+    int rc = parse_notify(k, it->p, it->len, out);
+    if (rc)
+      ocap__qitem_free(out);
+    return rc;
+  }
+  return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: unknown run-queue item");
+}
+
 /* Fills *out with item it, parsing (and checking) it if it is text. The
  * references are copied whole (a fixed size is a few moves, no call). */
 static int item_view(ocap_kernel_t *k, const item_t *it, ocap__qitem_t *out) {
@@ -883,25 +914,7 @@ static int item_view(ocap_kernel_t *k, const item_t *it, ocap__qitem_t *out) {
     out->n = it->u.n.n;
     return 0;
   }
-  if (it->len >= 5 && memcmp(it->p, "send ", 5) == 0) {
-    size_t at;
-    out->notify = 0;
-    out->rid = -1;
-    int rc = ocap__parse_send(k, it->p, it->len, out->target, out->result, out->sender, &at);
-    out->sid = rc || !out->sender[0] ? -1 : vat_number(out->sender);
-    out->enc = it->p + at;
-    out->elen = it->len - at;
-    out->bytes = it->len;
-    return rc;
-  }
-  if (it->len >= 7 && memcmp(it->p, "notify ", 7) == 0) {
-    out->notify = 1;
-    int rc = parse_notify(k, it->p, it->len, out);
-    if (rc)
-      ocap__qitem_free(out);
-    return rc;
-  }
-  return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: unknown run-queue item");
+  return item_parse(k, it, out);
 }
 
 /* Pops the run queue's head into *out. Returns 1 when there was an item,

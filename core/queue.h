@@ -34,6 +34,16 @@ void ocap__queue_synced(ocap_kernel_t *k);
  * or abort. */
 int ocap__queue_changed(ocap_kernel_t *k);
 
+/* Copies ref into dst (OCAP_REF_MAX bytes) and returns its length, or -1
+ * when it does not fit (dst then holds a cut copy, unterminated). A loop:
+ * a reference is a few bytes, and calls to strlen and memcpy cost more. */
+static inline long ocap__ref_copy(char *dst, const char *src) {
+  for (long i = 0; i < OCAP_REF_MAX; i++)
+    if ((dst[i] = src[i]) == '\0')
+      return i;
+  return -1;
+}
+
 /* The promises a notify the kernel queues tells at most, merged into one
  * item (ocap__enqueue_notify). */
 #define OCAP_NOTIFY_MERGE 16
@@ -62,7 +72,8 @@ int ocap__clear_queued(ocap_kernel_t *k, const char *ep);
 void ocap__queued_forget(ocap_kernel_t *k, const char *ep);
 /* Queues a notify of kpid to ep, merged into the last item when it can be;
  * rec, when not NULL, is kpid's record (promise.h), which spares finding
- * it again. */
+ * it again, and kpid may then be NULL (the queue keeps promises by
+ * number). */
 int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, struct ocap__kp *rec);
 /*
  * A run-queue item as the crank that took it sees it, in its parts. A
