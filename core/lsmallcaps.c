@@ -124,19 +124,7 @@ static void put_char(enc_t *e, char c) {
 
 /* Writes v in decimal; returns the length (at most 20). */
 static size_t fmt_int(char *out, long long v) {
-  char t[24];
-  int i = 0;
-  unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-  do {
-    t[i++] = (char)('0' + u % 10);
-    u /= 10;
-  } while (u);
-  size_t n = 0;
-  if (v < 0)
-    out[n++] = '-';
-  while (i)
-    out[n++] = t[--i];
-  return n;
+  return ocap_sc_format_int(v, out);
 }
 
 /* [-0, +0, m] Writes s as a JSON string, `!`-escaped when special. A long
@@ -680,6 +668,17 @@ static int flat_value(lua_State *L, int idx) {
 /* [-0, +0, e] See lsmallcaps.h. */
 size_t ocap_sc_encode_flat_value(ocap_vat_t *v, lua_State *L, int idx, char *buf) {
   enc_t e;
+  if (lua_isinteger(L, idx)) {
+    /* The commonest result, written straight into buf as enc_value
+     * would write it. */
+    lua_Integer x = lua_tointeger(L, idx);
+    if (x <= OCAP_SC_MAX_SAFE && x >= -OCAP_SC_MAX_SAFE) {
+      size_t n = 1 + fmt_int(buf + 1, (long long)x);
+      buf[0] = '#';
+      ocap_vat_charge_to(v, L, (long long)(n / BYTES_PER_INSTRUCTION));
+      return n;
+    }
+  }
   if (!flat_value(L, idx))
     return 0;
   enc_begin_flat(L, &e);
@@ -900,28 +899,70 @@ static int sc_encode_call_args(lua_State *L) {
 }
 
 /* [-0, +0, e] See lsmallcaps.h. */
+/* Bytes the flat call keeps free after each value it writes: what may
+ * come before the next value's own check, `,[` after the method and the
+ * closing `]]`. */
+#define FLAT_CALL_RESERVE 4
+
 size_t ocap_sc_encode_flat_call(ocap_vat_t *v, lua_State *L, int m, char *buf) {
   int top = lua_gettop(L);
-  size_t need, size;
-  enc_t e;
+  char *o = buf, *end = buf + OCAP_SC_FLAT_MAX;
+  long long cost = 0;
   if (m > top || lua_type(L, m) != LUA_TSTRING)
     return 0;
-  need = simple_size(L, m);
-  size = need + 6;
-  for (int i = m + 1; need && i <= top; i++) {
-    need = simple_size(L, i);
-    size += need + 1;
+  /* One pass, straight into buf, writing what put_call_open, put_call_arg
+   * and put_call_close write and adding up what put_quoted charges. */
+  *o++ = '#';
+  *o++ = '[';
+  for (int i = m; i <= top; i++) {
+    if (i > m + 1)
+      *o++ = ',';
+    switch (lua_type(L, i)) {
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, i, &n);
+      if (!plain_string(s, n) || (size_t)(end - o) < n + 2 + FLAT_CALL_RESERVE)
+        return 0;
+      *o++ = '"';
+      memcpy(o, s, n);
+      o += n;
+      *o++ = '"';
+      cost += 1 + (long long)(n / BYTES_PER_INSTRUCTION);
+      break;
+    }
+    case LUA_TNUMBER: {
+      if (!lua_isinteger(L, i) || (size_t)(end - o) < OCAP_SC_INT_MAX + FLAT_CALL_RESERVE)
+        return 0;
+      lua_Integer x = lua_tointeger(L, i);
+      if (x > OCAP_SC_MAX_SAFE || x < -OCAP_SC_MAX_SAFE)
+        return 0;
+      o += fmt_int(o, (long long)x);
+      break;
+    }
+    case LUA_TBOOLEAN:
+      if ((size_t)(end - o) < 5 + FLAT_CALL_RESERVE)
+        return 0;
+      if (lua_toboolean(L, i)) {
+        memcpy(o, "true", 4);
+        o += 4;
+      } else {
+        memcpy(o, "false", 5);
+        o += 5;
+      }
+      break;
+    default:
+      return 0;
+    }
+    if (i == m) {
+      *o++ = ',';
+      *o++ = '[';
+    }
   }
-  if (!need || size > LOCAL_BUFFER)
-    return 0;
-  enc_begin_flat(L, &e);
-  put_call_open(&e, m);
-  for (int i = m + 1; i <= top; i++)
-    put_call_arg(&e, i, i == m + 1);
-  put_call_close(&e);
-  ocap_vat_charge_to(v, L, e.cost + (long long)(e.n / BYTES_PER_INSTRUCTION));
-  memcpy(buf, e.b, e.n);
-  return e.n;
+  *o++ = ']';
+  *o++ = ']';
+  size_t n = (size_t)(o - buf);
+  ocap_vat_charge_to(v, L, cost + (long long)(n / BYTES_PER_INSTRUCTION));
+  return n;
 }
 
 /* ---- decoding ---- */

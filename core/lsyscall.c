@@ -13,6 +13,7 @@
 
 #include "hex.h"
 #include "lsmallcaps.h"
+#include "smallcaps.h"
 
 /*
  * [-0, +(0|1), e] Reads the slots table at idx into `small` when it fits
@@ -207,19 +208,11 @@ static void send_message(lua_State *V, lvat_t *rec, const char *result) {
 /* [-0, +0] Writes "<prefix><n>" into buf (at least 24 bytes) and returns
  * its length. */
 static int format_vpid(char *buf, const char *prefix, lua_Integer n) {
-  char digits[24];
-  int len = 0;
-  unsigned long long u = (unsigned long long)n; /* n > 0 */
-  do {
-    digits[len++] = (char)('0' + u % 10);
-    u /= 10;
-  } while (u > 0);
   buf[0] = prefix[0];
   buf[1] = prefix[1];
-  for (int i = 0; i < len; i++)
-    buf[2 + i] = digits[len - 1 - i];
-  buf[2 + len] = '\0';
-  return len + 2;
+  size_t len = 2 + ocap_sc_format_int((long long)n, buf + 2);
+  buf[len] = '\0';
+  return (int)len;
 }
 
 /* send(target, body, slots, result?)  [-0, +0, e] */

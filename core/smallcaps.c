@@ -87,6 +87,60 @@ static int shortest(double x, char *digits) {
   return atoi(q + 1);
 }
 
+size_t ocap_sc_format_int(long long v, char *out) {
+  static const char pairs[] = "00010203040506070809"
+                              "10111213141516171819"
+                              "20212223242526272829"
+                              "30313233343536373839"
+                              "40414243444546474849"
+                              "50515253545556575859"
+                              "60616263646566676869"
+                              "70717273747576777879"
+                              "80818283848586878889"
+                              "90919293949596979899";
+  static const unsigned long long tens[19] = {10ULL,
+                                              100ULL,
+                                              1000ULL,
+                                              10000ULL,
+                                              100000ULL,
+                                              1000000ULL,
+                                              10000000ULL,
+                                              100000000ULL,
+                                              1000000000ULL,
+                                              10000000000ULL,
+                                              100000000000ULL,
+                                              1000000000000ULL,
+                                              10000000000000ULL,
+                                              100000000000000ULL,
+                                              1000000000000000ULL,
+                                              10000000000000000ULL,
+                                              100000000000000000ULL,
+                                              1000000000000000000ULL,
+                                              10000000000000000000ULL};
+  unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+  size_t sign = v < 0, digits = 1;
+  while (digits < 20 && u >= tens[digits - 1])
+    digits++;
+  char *p = out + sign + digits;
+  while (u >= 100) {
+    unsigned r = (unsigned)(u % 100);
+    u /= 100;
+    p -= 2;
+    p[0] = pairs[2 * r];
+    p[1] = pairs[2 * r + 1];
+  }
+  if (u >= 10) {
+    p -= 2;
+    p[0] = pairs[2 * u];
+    p[1] = pairs[2 * u + 1];
+  } else {
+    *--p = (char)('0' + u);
+  }
+  if (sign)
+    out[0] = '-';
+  return sign + digits;
+}
+
 size_t ocap_sc_format_number(double x, char *out) {
   if (x != x)
     return (size_t)snprintf(out, OCAP_SC_NUMBER_MAX, "NaN");

@@ -46,6 +46,17 @@
  */
 size_t ocap_sc_format_number(double x, char *out);
 
+/* Room ocap_sc_format_int needs: a sign and 20 digits. */
+#define OCAP_SC_INT_MAX 21
+
+/*
+ * Writes v in decimal (`-` and the digits, no leading zero) into out,
+ * which holds OCAP_SC_INT_MAX bytes, not zero-terminated; returns the
+ * length. Two digits at a time from a table: safe integers, vpids and
+ * slot numbers are written several times per message.
+ */
+size_t ocap_sc_format_int(long long v, char *out);
+
 /*
  * Writes s as a JSON string the way JSON.stringify does (only `"`, `\` and
  * control characters escaped, with short escapes where JSON has them and

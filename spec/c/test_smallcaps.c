@@ -7,6 +7,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "lsmallcaps.h"
 #include "smallcaps.h"
 
 #include "check.h"
@@ -189,8 +194,134 @@ static int test_scan(void) {
   return fails;
 }
 
+/* Integers in decimal, as vpids, slot numbers and safe integers are
+ * written: every length from 1 to 20 digits, both signs, the extremes. */
+static int test_integers(void) {
+  int fails = 0;
+  char out[OCAP_SC_INT_MAX + 1], want[32];
+  long long p = 1;
+  for (int digits = 1; digits <= 19; digits++, p *= 10) {
+    const long long cases[] = {p, p - 1, 2 * p + 7, -p, -(p - 1), 9 * p + (p - 1)};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+      size_t n = ocap_sc_format_int(cases[i], out);
+      out[n] = '\0';
+      snprintf(want, sizeof want, "%lld", cases[i]);
+      if (strcmp(out, want) != 0) {
+        fprintf(stderr, "format_int %s: got %s\n", want, out);
+        fails++;
+      }
+    }
+  }
+  size_t n = ocap_sc_format_int(-9223372036854775807LL - 1, out);
+  out[n] = '\0';
+  CHECK(n == 20 && strcmp(out, "-9223372036854775808") == 0);
+  n = ocap_sc_format_int(9223372036854775807LL, out);
+  out[n] = '\0';
+  CHECK(n == 19 && strcmp(out, "9223372036854775807") == 0);
+  return fails;
+}
+
+/*
+ * [-0, +0] Compares the flat call the syscall writes for the method and
+ * arguments on L's stack (ocap_sc_encode_flat_call) with encodeCallArgs'
+ * body for them (codec at index codec, the method above it); returns 1
+ * when they differ or the flat writer went past its buffer, and sets
+ * *flat when it wrote a body.
+ */
+static int flat_call_differs(lua_State *L, int codec, int *flat) {
+  char buf[OCAP_SC_FLAT_MAX + 16];
+  memset(buf, 0x5a, sizeof buf);
+  int top = lua_gettop(L);
+  size_t n = ocap_sc_encode_flat_call(NULL, L, codec + 1, buf);
+  for (size_t i = OCAP_SC_FLAT_MAX; i < sizeof buf; i++)
+    if (buf[i] != 0x5a)
+      return 1;
+  *flat = n > 0;
+  if (n == 0)
+    return 0; /* encodeCallArgs would need a real model for the rest */
+  lua_getfield(L, codec, "encodeCallArgs");
+  lua_pushvalue(L, codec + 1);
+  lua_pushnil(L);
+  for (int i = codec + 2; i <= top; i++)
+    lua_pushvalue(L, i);
+  lua_call(L, top - codec + 1, 2);
+  size_t blen;
+  const char *body = lua_tolstring(L, -2, &blen);
+  int differs = body == NULL || blen != n || memcmp(body, buf, n) != 0 || !lua_isnil(L, -1);
+  if (differs)
+    fprintf(stderr, "flat call %.*s, encodeCallArgs %s\n", (int)n, buf, body ? body : "(nil)");
+  lua_settop(L, top);
+  return differs;
+}
+
+/* The syscalls' flat call (lsmallcaps.c) writes encodeCallArgs' body byte
+ * for byte, up to the last byte of its buffer, and no further. */
+static int test_flat_calls(void) {
+  int fails = 0, flat = 0;
+  lua_State *L = luaL_newstate();
+  luaL_openlibs(L);
+  lua_newtable(L); /* a model: plain values never read it */
+  ocap_sc_push_codec(L, -1);
+  int codec = lua_gettop(L);
+  char s[600];
+  memset(s, 'x', sizeof s);
+  /* One string argument of every length around the end of the buffer. */
+  for (size_t len = 480; len <= 520; len++) {
+    lua_pushliteral(L, "ping");
+    lua_pushlstring(L, s, len);
+    fails += flat_call_differs(L, codec, &flat);
+    /* The body is len + 14 bytes: flat when it fits with a little room
+     * to spare, never when it does not fit. */
+    CHECK(flat ? len + 14 <= OCAP_SC_FLAT_MAX : len + 14 > OCAP_SC_FLAT_MAX - 4);
+    lua_settop(L, codec);
+  }
+  /* Integers, booleans and strings after one another up to the end. */
+  for (size_t len = 440; len <= 500; len++) {
+    lua_pushlstring(L, s, 3);
+    lua_pushlstring(L, s, len);
+    lua_pushinteger(L, -OCAP_SC_MAX_SAFE);
+    lua_pushboolean(L, 0);
+    fails += flat_call_differs(L, codec, &flat);
+    lua_settop(L, codec);
+  }
+  /* Values encodeCallArgs writes otherwise: left to it. */
+  lua_pushliteral(L, "m");
+  lua_pushinteger(L, OCAP_SC_MAX_SAFE + 1);
+  fails += flat_call_differs(L, codec, &flat);
+  CHECK(!flat);
+  lua_settop(L, codec);
+  lua_pushliteral(L, "m");
+  lua_pushnumber(L, 1.5);
+  fails += flat_call_differs(L, codec, &flat);
+  CHECK(!flat);
+  lua_settop(L, codec);
+  lua_pushliteral(L, "m");
+  lua_pushliteral(L, "#special");
+  fails += flat_call_differs(L, codec, &flat);
+  CHECK(!flat);
+  lua_settop(L, codec);
+  lua_pushliteral(L, "m");
+  lua_pushliteral(L, "a\"quote");
+  fails += flat_call_differs(L, codec, &flat);
+  CHECK(!flat);
+  lua_settop(L, codec);
+  /* No arguments, and the extremes of the safe integers. */
+  lua_pushliteral(L, "m");
+  fails += flat_call_differs(L, codec, &flat);
+  CHECK(flat);
+  lua_pushinteger(L, OCAP_SC_MAX_SAFE);
+  lua_pushinteger(L, 0);
+  lua_pushboolean(L, 1);
+  lua_pushliteral(L, "");
+  fails += flat_call_differs(L, codec, &flat);
+  CHECK(flat);
+  lua_close(L);
+  return fails;
+}
+
 int main(void) {
-  int fails = test_numbers() + test_strings_and_keys() + test_scan();
+  int fails =
+      test_numbers() + test_integers() + test_strings_and_keys() + test_scan() + test_flat_calls();
   if (fails) {
     fprintf(stderr, "test_smallcaps: %d failures\n", fails);
     return 1;
