@@ -156,8 +156,18 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
   }
   if (rc)
     return rc;
+  /* A message without slots, the common case, needs no parse: its body
+   * is what follows the empty slot line. */
   ocap__pcap_t p;
-  rc = ocap__pcap_borrow(k, &p, enc, len, "a queued message");
+  if (len && enc[0] == '\n') {
+    p.copy = NULL;
+    p.slotv = p.slots;
+    p.nslots = 0;
+    p.body = enc + 1;
+    p.blen = len - 1;
+  } else {
+    rc = ocap__pcap_borrow(k, &p, enc, len, "a queued message");
+  }
   /* A message's few slots are translated on the stack. */
   char small_pool[SLOTS_INLINE][OCAP_REF_MAX], (*pool)[OCAP_REF_MAX] = small_pool;
   const char *small_slots[SLOTS_INLINE], **slots = small_slots;
@@ -167,7 +177,7 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
     if (!pool || !slots)
       rc = ocap__broken(k, OCAP_ENOMEM, "out of memory translating a message");
   }
-  if (!rc)
+  if (!rc && p.nslots)
     rc = ocap__capdata_k2e(k, ep, &p, pool, slots);
   if (!rc) {
     ocap_delivery_t d = {0};
@@ -184,7 +194,8 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
     free(pool);
   if (slots != small_slots)
     free(slots);
-  ocap__pcap_free(&p);
+  if (p.copy || p.slotv != p.slots)
+    ocap__pcap_free(&p);
   return rc;
 }
 
