@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "lio.h"
+#include "lpromise.h"
 #include "lkernel_int.h"
 #include "lnet.h"
 #include "lrpc.h"
@@ -49,6 +50,8 @@ static void unref_all(lua_State *L, lkernel_t *lk) {
   luaL_unref(L, LUA_REGISTRYINDEX, lk->host_pipelines_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->peer_dispatch_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->after_crank_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->drain_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->has_turns_ref);
 }
 
 /* K:__gc()  [-0, +0, e]
@@ -106,6 +109,7 @@ static int core_open(lua_State *L) {
     return luaL_error(L, "out of memory");
   lk->host_dispatch_ref = lk->vat_needed_ref = lk->logger_ref = lk->terminated_ref = LUA_NOREF;
   lk->exit_ref = lk->host_pipelines_ref = lk->peer_dispatch_ref = lk->after_crank_ref = LUA_NOREF;
+  lk->drain_ref = lk->has_turns_ref = LUA_NOREF;
   if (uv_loop_init(&lk->loop) != 0) {
     free(lk);
     return luaL_error(L, "cannot create the event loop");
@@ -317,18 +321,22 @@ static int k_flush(lua_State *L) {
  */
 #define MEMORY_SYNC_COMMITS 512
 
-/* K:pending() -> integer  [-0, +1, e]
+/* K:pending() -> integer  [-0, +1, e], and pending_cranks(L, lk), which
+ * answers the count without pushing it  [-0, +0, e]:
  * The committed cranks a flush would write to disk. The drivers ask before
  * any result reaches host code. What waits in the kernel's tables is
  * pending too, so a durable store gets them first. An in-memory store has
  * no disk to reach, and its tables are written only every
  * MEMORY_SYNC_COMMITS commits: doing it at every host round trip cost
  * about 4,500 instructions of each (bench/results.md). */
-static int k_pending(lua_State *L) {
-  lkernel_t *lk = checkkernel(L, 1);
+static size_t pending_cranks(lua_State *L, lkernel_t *lk) {
   if (ocap_store_durable(lk->s) || ocap_kernel_unsynced(lk->k) >= MEMORY_SYNC_COMMITS)
     sync_tables(L, lk);
-  lua_pushinteger(L, (lua_Integer)ocap_store_pending(lk->s));
+  return ocap_store_pending(lk->s);
+}
+
+static int k_pending(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)pending_cranks(L, checkkernel(L, 1)));
   return 1;
 }
 
@@ -750,31 +758,30 @@ static int k_step(lua_State *L) {
   return 1;
 }
 
-/* K:drive(max, group) -> ran, visible  [-0, +2, e]
- * The host's driver: polls the event loop once without waiting, then runs
- * up to max cranks and stops after the first one in which host Lua code
- * ran (a delivery to the kernel's endpoint, a log entry, an exit, a
- * termination, a vat restart), because only host code can queue a host
- * turn or settle a promise the host awaits; the caller flushes before any
- * of that reaches host code. Cranks the host has not seen are grouped in
- * one store write, forced once group committed cranks are pending. ran counts the
- * cranks run; visible is true when host code ran. The batch is bounded so
- * that timers and IO get their turn between batches. */
-static int k_drive(lua_State *L) {
-  lkernel_t *lk = checkkernel(L, 1);
-  lua_Integer max = luaL_optinteger(L, 2, 64);
-  lua_Integer group = luaL_optinteger(L, 3, 512);
+/*
+ * [-0, +0, e] Polls the event loop once without waiting, then runs up to
+ * max cranks and stops after the first one in which host Lua code ran (a
+ * delivery to the kernel's endpoint, a log entry, an exit, a termination,
+ * a vat restart), because only host code can queue a host turn or settle
+ * a promise the host awaits; the caller flushes before any of that
+ * reaches host code. Cranks the host has not seen are grouped in one
+ * store write, forced once group committed cranks are pending. Returns
+ * the cranks run and sets *visible when host code ran. The batch is
+ * bounded so that timers and IO get their turn between batches.
+ */
+static lua_Integer run_batch(lua_State *L, lkernel_t *lk, lua_Integer max, lua_Integer group,
+                             int *visible) {
   if (lk->in_step)
-    return luaL_error(L, "%s", STEP_IN_CRANK);
+    luaL_error(L, "%s", STEP_IN_CRANK);
   if (lk->nfired == 0 && uv_loop_alive(&lk->loop))
     uv_run(&lk->loop, UV_RUN_NOWAIT);
   lua_Integer ran = 0;
-  int visible = 0;
+  *visible = 0;
   while (ran < max) {
     lk->host_ran = 0;
     int rc = one_crank(L, lk);
     if (rc < 0)
-      return luaL_error(L, "crank failed: %s", ocap_kernel_errmsg(lk->k));
+      luaL_error(L, "crank failed: %s", ocap_kernel_errmsg(lk->k));
     if (rc == 0)
       break;
     ran++;
@@ -782,15 +789,122 @@ static int k_drive(lua_State *L) {
      * a flush writes them. */
     if ((lua_Integer)(ocap_store_pending(lk->s) + (size_t)ocap_kernel_unsynced(lk->k)) >= group &&
         (sync_tables(L, lk) || (rc = ocap_store_flush(lk->s)) != 0))
-      return luaL_error(L, "flush failed: %s", ocap_strerror(rc));
+      luaL_error(L, "flush failed: %s", ocap_strerror(rc));
     if (lk->host_ran) {
-      visible = 1;
+      *visible = 1;
       break;
     }
   }
+  return ran;
+}
+
+/* K:drive(max, group) -> ran, visible  [-0, +2, e]
+ * The host's driver: one batch of cranks (run_batch). ran counts the
+ * cranks run; visible is true when host code ran. */
+static int k_drive(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  lua_Integer max = luaL_optinteger(L, 2, 64);
+  lua_Integer group = luaL_optinteger(L, 3, 512);
+  int visible;
+  lua_Integer ran = run_batch(L, lk, max, group, &visible);
   lua_pushinteger(L, ran);
   lua_pushboolean(L, visible);
   return 2;
+}
+
+/* [-0, +0, e] Writes the committed cranks the host has not seen to disk
+ * (K:pending, then K:flush): a result reaches host code only after the
+ * cranks that made it. */
+static void flush_for_host(lua_State *L, lkernel_t *lk) {
+  if (pending_cranks(L, lk) > 0) {
+    sync_tables(L, lk);
+    int rc = ocap_store_flush(lk->s);
+    if (rc)
+      luaL_error(L, "flush failed: %s", ocap_strerror(rc));
+  }
+}
+
+/* [-0, +0, e] Whether the host's promise core has turns to run, or an
+ * unhandled rejection to report (which drain does too). */
+static int has_turns(lua_State *L, lkernel_t *lk) {
+  if (lk->drain_q)
+    return !ocap_promise_idle(lk->drain_q);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lk->has_turns_ref);
+  lua_call(L, 0, 1);
+  int yes = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return yes;
+}
+
+/* The cranks K:await runs between two looks at the awaited promise, and
+ * the committed cranks it lets pile up before a store write: those of
+ * the host driver in lua/ocap/kernel.lua. */
+#define AWAIT_BATCH 64
+#define AWAIT_GROUP 512
+
+/*
+ * K:await(isSettled, failing, reapWaiters) -> true | 'host' | false
+ * [-0, +1, e]
+ * The main thread's driver for a host that runs one kernel with no remote
+ * layer, in C: what the general driver in lua/ocap/kernel.lua does, turn
+ * for turn, without a Lua call per step. It loops: promise turns first
+ * (the cranks they may see written first), then isSettled(), then a batch
+ * of cranks. It answers true once the awaited promise has settled and the
+ * cranks it may see are written (group commit); 'host' after a batch that
+ * leaves the host work to do (a vat that failed to restart in failing,
+ * reapVats() promises waiting in reapWaiters), after which it is called
+ * again; false when nothing ran and no turn is queued, or the kernel was
+ * stopped, for the general driver, which waits on the loop or reports
+ * the stop.
+ */
+static int k_await(lua_State *L) {
+  lkernel_t **p = luaL_checkudata(L, 1, KERNEL_MT);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  lkernel_t *lk = *p;
+  if (!lk || lk->drain_ref == LUA_NOREF) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  for (;;) {
+    if (has_turns(L, lk)) {
+      flush_for_host(L, lk);
+      lua_rawgeti(L, LUA_REGISTRYINDEX, lk->drain_ref);
+      lua_call(L, 0, 0);
+      /* A turn may have stopped the kernel. */
+      if (!(lk = *p)) {
+        lua_pushboolean(L, 0);
+        return 1;
+      }
+    }
+    lua_pushvalue(L, 2);
+    lua_call(L, 0, 1);
+    int settled = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (settled) {
+      flush_for_host(L, lk);
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    int visible;
+    lua_Integer ran = run_batch(L, lk, AWAIT_BATCH, AWAIT_GROUP, &visible);
+    if (!(lk = *p) || (ran == 0 && !has_turns(L, lk))) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+    int waiting = lua_rawgeti(L, 4, 1) != LUA_TNIL;
+    lua_pop(L, 1);
+    if (!waiting && visible) {
+      lua_pushnil(L);
+      waiting = lua_next(L, 3);
+      if (waiting)
+        lua_pop(L, 2);
+    }
+    if (waiting) {
+      lua_pushliteral(L, "host");
+      return 1;
+    }
+  }
 }
 
 /* K:queueLength() -> integer  [-0, +1, e] */
@@ -918,6 +1032,24 @@ static int k_set_after_crank(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->after_crank_ref);
 }
 
+/* K:setDrain(drain, hasTurns)  [-0, +0, e]
+ * The host's promise drain and hasTurns (ocap.promise's), which K:await
+ * runs. Where this module was built with ocap.promise's core (the ocap
+ * binary), K:await reads the queue's counts itself instead of calling
+ * hasTurns; a Lua that loads the core as a module of its own (busted)
+ * has another copy of drain, whose queue it cannot read. */
+static int k_set_drain(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  lk->drain_q = ocap_promise_queue(L, 2);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->has_turns_ref);
+  lk->has_turns_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->drain_ref);
+  lk->drain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
 /* K:setLogger(logger?)  [-0, +0, e] */
 static int k_set_logger(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->logger_ref);
@@ -990,6 +1122,8 @@ static const luaL_Reg kernel_methods[] = {
     {"resolve", k_resolve},
     {"step", k_step},
     {"drive", k_drive},
+    {"await", k_await},
+    {"setDrain", k_set_drain},
     {"queueLength", k_queue_length},
     {"cranks", k_cranks},
     {"nextId", k_next_id},

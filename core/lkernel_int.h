@@ -170,6 +170,9 @@ struct lkernel {
   int host_pipelines_ref; /* the host's answer to the kernel's pipelines hook */
   int peer_dispatch_ref;  /* the remote layer's: deliveries to peers, and their pipelines */
   int after_crank_ref;    /* the host's after-crank handler (K:setAfterCrank) */
+  int drain_ref;          /* the host's promise drain (K:setDrain), for K:await, */
+  int has_turns_ref;      /* and hasTurns, which it calls when */
+  const void *drain_q;    /* drain's queue, which ocap_promise_idle reads, is NULL */
   lvat_t **vats;          /* open addressing by vat number; NULL marks a free slot */
   size_t nvats;           /* slots: 0 or a power of two, at most half full */
   size_t nlive;           /* records in it */

@@ -134,7 +134,33 @@ local function drive(isSettled, wait)
     end
   end
 end
-promise.setMainDriver(function(isSettled) return drive(isSettled, true) end)
+
+-- The only kernel alive, when there is one and it has no remote layer
+-- (weak, as liveKernels is): await on the main thread then drives it in
+-- C (K:await), with no Lua call per crank batch. Kernel.make and stop
+-- clear it; it is found again at the next await.
+local sole = setmetatable({}, { __mode = 'v' })
+
+local function soleKernel()
+  local kernel = next(liveKernels)
+  if kernel == nil or next(liveKernels, kernel) ~= nil then return nil end
+  sole[1] = kernel
+  return kernel
+end
+
+promise.setMainDriver(function(isSettled)
+  local kernel = sole[1] or soleKernel()
+  while kernel and not kernel.stopped and not kernel.remote do
+    local r = kernel.K:await(isSettled, kernel.failing, kernel.reapWaiters)
+    if r == true then return end
+    if not r then break end
+    -- What follows host code and reaps, as drive does it (K:await
+    -- answers 'host' only when there is some).
+    if next(kernel.failing) ~= nil then kernel:_afterHostCode() end
+    if kernel.reapWaiters[1] then kernel:_settleReaps() end
+  end
+  return drive(isSettled, true)
+end)
 
 local Kernel = {}
 Kernel.__index = Kernel
@@ -297,6 +323,7 @@ function M.make(options)
     end,
   })
   K:setHostDispatch(self.ls.dispatch)
+  K:setDrain(promise.drain, promise.hasTurns)
   K:setHostPipelines(self.ls.pipelines)
   upgrade.install(self)
   self:_rejectPreviousHostPromises()
@@ -313,6 +340,7 @@ function M.make(options)
     self.logger(logview.fromVat(vatId, level, fields))
   end)
   liveKernels[self] = true
+  sole[1] = nil
   -- Anything failing from here on must not leave the database open.
   local started, startErr = pcall(function()
     system.checkDeclared(options.systemSubclusters)
@@ -1377,6 +1405,7 @@ function Kernel:stop()
   self.stopped = true
   self.ls.stopped = true
   liveKernels[self] = nil
+  sole[1] = nil
   if not ok then error(err, 2) end
 end
 
