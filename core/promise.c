@@ -5,6 +5,7 @@
  */
 #include "promise.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,66 +33,85 @@
  * reach the store at all. A record whose promise is gone, in memory and
  * in the store, is dropped.
  *
- * The strings (subscribers, data) are shared between the versions while
- * they are equal: a string is freed when none of the three uses it.
- * The parked messages are one array. Messages are only ever appended
- * (while unresolved) or all taken (at settlement, or when a decider that
- * pipelines takes them, ocap__unpark), and the items a crank takes stay
- * until it ends, for an abort: the current ones are items qbase to
- * qbase + now.qtail - 1, the committed ones 0 to com.qtail - 1, and the array
- * holds qbase + now.qtail >= com.qtail of them (qbase is 0 until a take). A
- * commit after a take moves the current ones to the front; `retaken`
- * then says that the store's numbering no longer matches.
+ * A version is small, since commit copies it: the decider and the
+ * subscribers are endpoints kept as numbers (ep_code), turned into text
+ * only for the store and for the notifies, and the subscribers past the
+ * first (a promise nearly always has one: the sender of the message it is
+ * the result of) and the data are blocks shared between the versions
+ * while they are equal, never changed in place: a block is freed when
+ * none of the three uses it. The parked messages are one array. Messages
+ * are only ever appended (while unresolved) or all taken (at settlement,
+ * or when a decider that pipelines takes them, ocap__unpark), and the
+ * items a crank takes stay until it ends, for an abort: the current ones
+ * are items qbase to qbase + now.qtail - 1, the committed ones 0 to
+ * com.qtail - 1, and the array holds qbase + now.qtail >= com.qtail of
+ * them (qbase is 0 until a take). A commit after a take moves the current
+ * ones to the front; `retaken` then says that the store's numbering no
+ * longer matches.
  */
-typedef struct pitem {
-  char *p;
-  size_t len;
-} pitem_t;
-
-/* One version of a promise's keys: the record holds three, as they are
- * now, at the last commit, and in the store. */
-typedef struct pver {
-  int state;                  /* ST_* */
-  long long refs;             /* the count, -1 when it has no key */
-  char decider[OCAP_REF_MAX]; /* "" when none */
-  char *subs;                 /* space-separated endpoints, NULL when none */
-  size_t subslen;
-  char *data; /* the settlement (capdata in krefs), NULL when none */
-  size_t datalen;
-  long long qtail; /* the number of parked messages */
-} pver_t;
-
-struct ocap__kp {
-  long long id;    /* the N of kpN */
-  pver_t now;      /* the keys as this crank left them */
-  pver_t com;      /* the keys at the last commit */
-  pver_t sto;      /* the keys in the store */
-  pitem_t *parked; /* the parked messages (see above) */
-  size_t parkedcap;
-  long long qbase; /* where the current ones start */
-  int retaken;     /* taken since the last sync (see above) */
-  int dirty;       /* listed in `dirty` */
-  size_t syncat;   /* its index in `sync` + 1, 0 when not listed */
-};
 typedef struct ocap__kp prec_t;
+typedef ocap__pver_t pver_t;
+typedef ocap__pitem_t pitem_t;
+typedef ocap__epc_t epc_t;
 
-/* Whether every key of a version of the promise is gone. */
+/* The code of the endpoint ep, or 0 when ep is not one. */
+static inline epc_t ep_code(const char *ep) {
+  if (ep[0] != 'v' && ep[0] != 'r')
+    return ocap__is_kernel_ep(ep) ? 1 : 0;
+  if (ep[1] < '0' || ep[1] > '9' || (ep[1] == '0' && ep[2]))
+    return 0;
+  uint64_t n = 0;
+  size_t i = 1;
+  for (; ep[i]; i++) {
+    if (ep[i] < '0' || ep[i] > '9' || i >= 17)
+      return 0;
+    n = n * 10 + (uint64_t)(ep[i] - '0');
+  }
+  return n << 2 | (ep[0] == 'v' ? 2u : 3u);
+}
+
+/* The code of the endpoint written in the l bytes at s, or 0. */
+static epc_t ep_code_n(const char *s, size_t l) {
+  char ep[OCAP_REF_MAX];
+  if (l == 0 || l >= sizeof ep)
+    return 0;
+  memcpy(ep, s, l);
+  ep[l] = '\0';
+  return ep_code(ep);
+}
+
+/* Writes the endpoint of code c (not 0) into out (OCAP_REF_MAX bytes);
+ * returns its length. */
+static size_t ep_text(epc_t c, char *out) {
+  if (c == 1) {
+    memcpy(out, "kernel", 7);
+    return 6;
+  }
+  out[0] = (c & 3) == 2 ? 'v' : 'r';
+  size_t n = 1 + ocap__fmt_ll(out + 1, (long long)(c >> 2));
+  out[n] = '\0';
+  return n;
+}
+
+/* Whether every key of a version of the promise is gone (a version
+ * without a first subscriber has no others). */
 static int gone(const pver_t *v) {
-  return v->state == ST_NONE && v->refs < 0 && !v->decider[0] && !v->subs && v->qtail == 0 &&
-         !v->data;
+  return v->state == ST_NONE && v->refs < 0 && !v->decider && !v->sub && v->qtail == 0 && !v->data;
 }
 
 /* Frees p unless another version of the same field (a or b) uses it. */
-static void str_drop(char *p, const char *a, const char *b) {
+static void blk_drop(void *p, const void *a, const void *b) {
   if (p && p != a && p != b)
     free(p);
 }
 
-/* Makes dst a copy of src, sharing its strings, and frees the strings
- * dst held that neither src nor the third version (other) uses. */
-static void ver_set(pver_t *dst, const pver_t *src, const pver_t *other) {
-  str_drop(dst->subs, src->subs, other->subs);
-  str_drop(dst->data, src->data, other->data);
+/* Makes dst a copy of src, sharing its blocks, and frees the blocks dst
+ * held that neither src nor the third version (other) uses. */
+static inline void ver_set(pver_t *dst, const pver_t *src, const pver_t *other) {
+  if (dst->more != src->more)
+    blk_drop(dst->more, src->more, other->more);
+  if (dst->data != src->data)
+    blk_drop(dst->data, src->data, other->data);
   *dst = *src;
 }
 
@@ -105,11 +125,11 @@ static void parked_free(prec_t *r, long long from, long long to) {
 
 /* Frees what a record holds: its strings and parked messages. */
 static void prec_clear(prec_t *r) {
-  str_drop(r->now.subs, r->com.subs, r->sto.subs);
-  str_drop(r->com.subs, r->sto.subs, NULL);
-  free(r->sto.subs);
-  str_drop(r->now.data, r->com.data, r->sto.data);
-  str_drop(r->com.data, r->sto.data, NULL);
+  blk_drop(r->now.more, r->com.more, r->sto.more);
+  blk_drop(r->com.more, r->sto.more, NULL);
+  free(r->sto.more);
+  blk_drop(r->now.data, r->com.data, r->sto.data);
+  blk_drop(r->com.data, r->sto.data, NULL);
   free(r->sto.data);
   parked_free(r, 0, r->qbase + r->now.qtail);
   free(r->parked);
@@ -252,6 +272,57 @@ static int parked_load(ocap_kernel_t *k, const char *kpid, prec_t *r) {
   return 0;
 }
 
+/* Reports that `<kpid>.<field>` holds v (vl bytes), which is not `what`. */
+static int corrupt_field(ocap_kernel_t *k, const char *kpid, const char *field, const char *v,
+                         size_t vl, const char *what) {
+  char key[KEY_MAX];
+  snprintf(key, sizeof key, "%s.%s", kpid, field);
+  return ocap__corrupt(k, key, v, vl, what);
+}
+
+/* Reads the subscribers of kpid, the n bytes at s (endpoints separated by
+ * single spaces), into v. Returns 0 or a negative code. */
+static int subs_parse(ocap_kernel_t *k, const char *kpid, const char *s, size_t n, pver_t *v) {
+  size_t words = 1;
+  for (size_t i = 0; i < n; i++)
+    words += s[i] == ' ';
+  epc_t *more = words > 1 ? malloc((words - 1) * sizeof *more) : NULL;
+  if (words > 1 && !more)
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
+  size_t got = 0;
+  for (size_t i = 0; i <= n; got++) {
+    size_t j = i;
+    while (j < n && s[j] != ' ')
+      j++;
+    epc_t c = ep_code_n(s + i, j - i);
+    if (!c) {
+      free(more);
+      return corrupt_field(k, kpid, "subscribers", s, n, "a list of endpoints");
+    }
+    if (got == 0)
+      v->sub = c;
+    else
+      more[got - 1] = c;
+    i = j + 1;
+  }
+  v->more = more;
+  v->nmore = words - 1;
+  return 0;
+}
+
+/* Writes the subscribers of v as the store keeps them into b (reset
+ * first; left empty when there are none). Returns 0 or OCAP_ENOMEM. */
+static int subs_text(const pver_t *v, ocap__buf_t *b) {
+  char ep[OCAP_REF_MAX];
+  b->len = 0;
+  for (size_t i = 0; v->sub && i <= v->nmore; i++) {
+    size_t n = ep_text(i ? v->more[i - 1] : v->sub, ep);
+    if ((i && ocap__buf_add(b, " ", 1)) || ocap__buf_add(b, ep, n))
+      return OCAP_ENOMEM;
+  }
+  return 0;
+}
+
 static int found_record(prec_t *found, int create, prec_t **out);
 static int load(ocap_kernel_t *k, const char *kpid, long long id, int create, prec_t **out);
 
@@ -288,19 +359,19 @@ static int load(ocap_kernel_t *k, const char *kpid, long long id, int create, pr
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
   r->id = id;
   ocap__buf_t subs = {0}, data = {0};
+  char dec[OCAP_REF_MAX];
   int rc = r->now.state = ocap__read_state(k, kpid);
   if (rc >= 0)
     rc = ocap__get_count(k, -1, &r->now.refs, "%s.refCount", kpid);
   if (rc >= 0)
-    rc = ocap__get_ref(k, r->now.decider, "%s.decider", kpid);
+    rc = ocap__get_ref(k, dec, "%s.decider", kpid);
+  if (rc > 0 && !(r->now.decider = ep_code(dec)))
+    rc = corrupt_field(k, kpid, "decider", dec, strlen(dec), "an endpoint");
   if (rc >= 0)
     rc = ocap__getb(k, &subs, "%s.subscribers", kpid);
-  if (rc > 0) {
-    r->now.subs = subs.p;
-    r->now.subslen = subs.len;
-  } else {
-    free(subs.p);
-  }
+  if (rc > 0)
+    rc = subs_parse(k, kpid, subs.p, subs.len, &r->now);
+  free(subs.p);
   if (rc >= 0)
     rc = ocap__getb(k, &data, "%s.data", kpid);
   if (rc > 0) {
@@ -347,17 +418,20 @@ static int fresh(ocap_kernel_t *k, const char *kpid, long long id, prec_t **out)
 
 /* Lists r among the records this crank changed, before it is changed, and
  * makes room for it in the sync list, which the end of the crank cannot
- * fail to add it to. */
-static int touch(ocap_kernel_t *k, prec_t *r) {
+ * fail to add it to. A record is changed a dozen times in a round trip,
+ * nearly always already listed: that test is inline, the rest is not. */
+static int touch_list(ocap_kernel_t *k, prec_t *r) {
   struct ocap__promises *t = k->p;
-  if (r->dirty)
-    return 0;
   if (ocap__reserve(&t->dirty, &t->capdirty, t->ndirty + 1, sizeof *t->dirty, 32) ||
       ocap__reserve(&t->sync, &t->capsync, t->nsync + t->ndirty + 1, sizeof *t->sync, 32))
     return ocap__broken(k, OCAP_ENOMEM, "out of memory changing a promise");
   t->dirty[t->ndirty++] = r;
   r->dirty = 1;
   return 0;
+}
+
+static inline int touch(ocap_kernel_t *k, prec_t *r) {
+  return r->dirty ? 0 : touch_list(k, r);
 }
 
 /* The record of kpid, made if needed and listed as changed by this crank. */
@@ -380,31 +454,26 @@ static int copy_str(ocap_kernel_t *k, const char *s, size_t n, char **out, const
   return 0;
 }
 
-/* Replaces a string key of the current version (*now, *len) with a copy
- * of s (n bytes; NULL for none), freeing the old one unless the committed
- * or the stored version (com, sto) still uses it. */
-static int set_str(ocap_kernel_t *k, char **now, size_t *len, const char *com, const char *sto,
-                   const char *s, size_t n, const char *what) {
+/* Replaces the data of r with a copy of s (n bytes; NULL for none),
+ * freeing the old one unless the committed or the stored version still
+ * uses it. */
+static int set_data(ocap_kernel_t *k, prec_t *r, const char *s, size_t n) {
   char *p;
-  int rc = copy_str(k, s, n, &p, what);
+  int rc = copy_str(k, s, n, &p, "settling a promise");
   if (rc)
     return rc;
-  str_drop(*now, com, sto);
-  *now = p;
-  *len = n;
+  blk_drop(r->now.data, r->com.data, r->sto.data);
+  r->now.data = p;
+  r->now.datalen = n;
   return 0;
 }
 
-/* Replaces the subscribers of r with s (n bytes; NULL for none). */
-static int set_subs(ocap_kernel_t *k, prec_t *r, const char *s, size_t n) {
-  return set_str(k, &r->now.subs, &r->now.subslen, r->com.subs, r->sto.subs, s, n,
-                 "adding a subscriber");
-}
-
-/* Replaces the data of r with s (n bytes; NULL for none). */
-static int set_data(ocap_kernel_t *k, prec_t *r, const char *s, size_t n) {
-  return set_str(k, &r->now.data, &r->now.datalen, r->com.data, r->sto.data, s, n,
-                 "settling a promise");
+/* Empties the subscribers of r. */
+static void clear_subs(prec_t *r) {
+  blk_drop(r->now.more, r->com.more, r->sto.more);
+  r->now.sub = 0;
+  r->now.more = NULL;
+  r->now.nmore = 0;
 }
 
 int ocap__kp_find(ocap_kernel_t *k, const char *kpid, int create, ocap__kp_t **out) {
@@ -425,25 +494,11 @@ void ocap__kp_name(const ocap__kp_t *r, char *out) {
   kp_name(out, r->id);
 }
 
-long long ocap__kp_id(const ocap__kp_t *r) {
-  return r->id;
-}
-
-int ocap__kp_state(const ocap__kp_t *r) {
-  return r ? r->now.state : ST_NONE;
-}
-
-const char *ocap__kp_decider(const ocap__kp_t *r) {
-  return r ? r->now.decider : "";
-}
-
-long long ocap__kp_parked(const ocap__kp_t *r) {
-  return r ? r->now.qtail : 0;
-}
-
-const char *ocap__kp_data(const ocap__kp_t *r, size_t *len) {
-  *len = r && r->now.data ? r->now.datalen : 0;
-  return r ? r->now.data : NULL;
+int ocap__kp_decider(const ocap__kp_t *r, char *out) {
+  if (!r || !r->now.decider)
+    return 0;
+  ep_text(r->now.decider, out);
+  return 1;
 }
 
 int ocap__get_data(ocap_kernel_t *k, const char *kpid, ocap__buf_t *b) {
@@ -460,23 +515,20 @@ int ocap__get_data(ocap_kernel_t *k, const char *kpid, ocap__buf_t *b) {
 int ocap__get_decider(ocap_kernel_t *k, const char *kpid, char *out) {
   prec_t *r;
   int rc = lookup(k, kpid, 0, &r);
-  if (rc || !r || !r->now.decider[0])
-    return rc;
-  memcpy(out, r->now.decider, strlen(r->now.decider) + 1);
-  return 1;
+  return rc ? rc : ocap__kp_decider(r, out);
 }
 
 int ocap__kp_set_decider(ocap_kernel_t *k, ocap__kp_t *r, const char *ep) {
   int rc = touch(k, r);
   if (rc)
     return rc;
-  size_t n = ep ? strlen(ep) : 0;
-  if (n >= OCAP_REF_MAX) {
+  epc_t c = ep ? ep_code(ep) : 0;
+  if (ep && !c) {
     char kpid[OCAP_REF_MAX];
     kp_name(kpid, r->id);
-    return ocap__broken(k, OCAP_ECORRUPT, "decider '%.60s' of %s is too long", ep, kpid);
+    return ocap__broken(k, OCAP_ECORRUPT, "decider '%.60s' of %s is not an endpoint", ep, kpid);
   }
-  memcpy(r->now.decider, ep ? ep : "", n + 1);
+  r->now.decider = c;
   return 0;
 }
 
@@ -496,7 +548,7 @@ int ocap__get_state(ocap_kernel_t *k, const char *kpid) {
  * pass the record they looked up: a round trip sets counts dozens of
  * times, and finding a record again by its name is most of what a change
  * costs. */
-static int set_promise(ocap_kernel_t *k, prec_t *r, int state, long long refs) {
+static inline int set_promise(ocap_kernel_t *k, prec_t *r, int state, long long refs) {
   int rc = touch(k, r);
   if (rc)
     return rc;
@@ -516,19 +568,22 @@ int ocap__promises_check(ocap_kernel_t *k) {
   int rc = 0;
   size_t pos = 0;
   prec_t *r;
+  ocap__buf_t subs = {0};
   while (!rc && (r = ocap__idtable_next(&t->table, &pos)) != NULL) {
-    char kpid[OCAP_REF_MAX], v[32];
+    char kpid[OCAP_REF_MAX], v[32], dec[OCAP_REF_MAX];
     kp_name(kpid, r->id);
     const char *st = r->now.state == ST_NONE ? NULL : state_name[r->now.state];
     rc = ocap__check_key(k, st, st ? strlen(st) : 0, "%s.state", kpid);
     if (!rc)
       rc = ocap__check_key(k, r->now.refs < 0 ? NULL : v,
                            r->now.refs < 0 ? 0 : ocap__fmt_ll(v, r->now.refs), "%s.refCount", kpid);
+    size_t dl = r->now.decider ? ep_text(r->now.decider, dec) : 0;
     if (!rc)
-      rc = ocap__check_key(k, r->now.decider[0] ? r->now.decider : NULL, strlen(r->now.decider),
-                           "%s.decider", kpid);
+      rc = ocap__check_key(k, dl ? dec : NULL, dl, "%s.decider", kpid);
+    if (!rc && subs_text(&r->now, &subs))
+      rc = ocap__fail(k, OCAP_ENOMEM, "out of memory checking %s", kpid);
     if (!rc)
-      rc = ocap__check_key(k, r->now.subs, r->now.subslen, "%s.subscribers", kpid);
+      rc = ocap__check_key(k, subs.len ? subs.p : NULL, subs.len, "%s.subscribers", kpid);
     if (!rc)
       rc = ocap__check_key(k, r->now.data, r->now.datalen, "%s.data", kpid);
     if (!rc)
@@ -540,6 +595,7 @@ int ocap__promises_check(ocap_kernel_t *k) {
     if (!rc)
       rc = ocap__check_key(k, NULL, 0, "%s.queue.%lld", kpid, r->now.qtail);
   }
+  free(subs.p);
   return rc;
 }
 
@@ -567,9 +623,10 @@ int ocap__promises_changed(ocap_kernel_t *k) {
 int ocap__promises_fill(ocap_kernel_t *k) {
   struct ocap__promises *t = k->p;
   char kpid[OCAP_REF_MAX];
-  for (size_t i = 0; i < t->nsync; i++) {
+  ocap__buf_t subs = {0};
+  int rc = 0;
+  for (size_t i = 0; i < t->nsync && !rc; i++) {
     prec_t *r = t->sync[i];
-    int rc = 0;
     kp_name(kpid, r->id);
     if (r->com.state != r->sto.state)
       rc = r->com.state == ST_NONE ? ocap__delv(k, "%s.state", kpid)
@@ -577,12 +634,22 @@ int ocap__promises_fill(ocap_kernel_t *k) {
     if (!rc && r->com.refs != r->sto.refs)
       rc = r->com.refs < 0 ? ocap__delv(k, "%s.refCount", kpid)
                            : ocap__seti(k, r->com.refs, "%s.refCount", kpid);
-    if (!rc && strcmp(r->com.decider, r->sto.decider) != 0)
-      rc = r->com.decider[0] ? ocap__setv(k, r->com.decider, "%s.decider", kpid)
-                             : ocap__delv(k, "%s.decider", kpid);
-    if (!rc && r->com.subs != r->sto.subs)
-      rc = r->com.subs ? ocap__setn(k, r->com.subs, r->com.subslen, "%s.subscribers", kpid)
-                       : ocap__delv(k, "%s.subscribers", kpid);
+    if (!rc && r->com.decider != r->sto.decider) {
+      char dec[OCAP_REF_MAX];
+      rc = r->com.decider ? ocap__setn(k, dec, ep_text(r->com.decider, dec), "%s.decider", kpid)
+                          : ocap__delv(k, "%s.decider", kpid);
+    }
+    /* The blocks of the subscribers past the first are never changed in
+     * place, so the same block is the same list. */
+    if (!rc &&
+        (r->com.sub != r->sto.sub || r->com.more != r->sto.more || r->com.nmore != r->sto.nmore)) {
+      if (!r->com.sub)
+        rc = ocap__delv(k, "%s.subscribers", kpid);
+      else if (subs_text(&r->com, &subs))
+        rc = ocap__broken(k, OCAP_ENOMEM, "out of memory writing %s", kpid);
+      else
+        rc = ocap__setn(k, subs.p, subs.len, "%s.subscribers", kpid);
+    }
     if (!rc && r->com.data != r->sto.data)
       rc = r->com.data ? ocap__setn(k, r->com.data, r->com.datalen, "%s.data", kpid)
                        : ocap__delv(k, "%s.data", kpid);
@@ -596,10 +663,9 @@ int ocap__promises_fill(ocap_kernel_t *k) {
     if (!rc && r->com.qtail != r->sto.qtail)
       rc = r->com.qtail ? ocap__seti(k, r->com.qtail, "%s.queueTail", kpid)
                         : ocap__delv(k, "%s.queueTail", kpid);
-    if (rc)
-      return rc;
   }
-  return 0;
+  free(subs.p);
+  return rc;
 }
 
 /* The store now holds what fill wrote: the committed values become the
@@ -665,7 +731,7 @@ void ocap__promises_abort(ocap_kernel_t *k, int cleared) {
 
 /* The kernel's reference count of a promise: c-list entries, queued
  * messages and notifies, and other promises' resolutions that mention it. */
-int ocap__kp_incref(ocap_kernel_t *k, ocap__kp_t *r) {
+int ocap__kp_incref_slow(ocap_kernel_t *k, ocap__kp_t *r) {
   return set_promise(k, r, r->now.state, (r->now.refs < 0 ? 0 : r->now.refs) + 1);
 }
 
@@ -701,7 +767,7 @@ static int free_promise(ocap_kernel_t *k, prec_t *r) {
   return rc;
 }
 
-int ocap__kp_decref(ocap_kernel_t *k, ocap__kp_t *r) {
+int ocap__kp_decref_slow(ocap_kernel_t *k, ocap__kp_t *r) {
   if (r->now.refs > 1)
     return set_promise(k, r, r->now.state, r->now.refs - 1);
   if (r->now.state == ST_FULFILLED || r->now.state == ST_REJECTED)
@@ -765,41 +831,42 @@ int ocap__alloc_promise(ocap_kernel_t *k, const char *ep, char *out, ocap__kp_t 
   return rc;
 }
 
-/* Whether the space-separated list s (n bytes) holds the word w. */
-static int has_word(const char *s, size_t n, const char *w) {
-  size_t wl = strlen(w);
-  for (size_t i = 0; i < n;) {
-    size_t j = i;
-    while (j < n && s[j] != ' ')
-      j++;
-    if (j - i == wl && memcmp(s + i, w, wl) == 0)
+/* Whether c is among the subscribers of v. */
+static int has_sub(const pver_t *v, epc_t c) {
+  if (v->sub == c)
+    return 1;
+  for (size_t i = 0; i < v->nmore; i++)
+    if (v->more[i] == c)
       return 1;
-    i = j + 1;
-  }
   return 0;
 }
 
-/* Adds ep to the promise's subscribers (read whole: the list has no size
- * limit). The new list is built in a block of its exact size, which the
- * record takes as it is: every send subscribes its sender to its result. */
+/* Adds ep to the promise's subscribers. Every send subscribes its sender
+ * to its result, which is the first subscriber and costs no allocation;
+ * the list of the others, shared with the other versions, is made anew
+ * with each one added. */
 int ocap__kp_subscribe(ocap_kernel_t *k, ocap__kp_t *r, const char *ep) {
-  if (r->now.subs && has_word(r->now.subs, r->now.subslen, ep))
+  epc_t c = ep_code(ep);
+  if (!c)
+    return ocap__broken(k, OCAP_ECORRUPT, "subscriber '%.60s' is not an endpoint", ep);
+  if (has_sub(&r->now, c))
     return 0;
   int rc = touch(k, r);
   if (rc)
     return rc;
-  size_t el = strlen(ep), old = r->now.subs ? r->now.subslen + 1 : 0;
-  char *p = malloc(old + el + 1);
-  if (!p)
-    return ocap__broken(k, OCAP_ENOMEM, "out of memory adding a subscriber");
-  if (old) {
-    memcpy(p, r->now.subs, old - 1);
-    p[old - 1] = ' ';
+  if (!r->now.sub) {
+    r->now.sub = c;
+    return 0;
   }
-  memcpy(p + old, ep, el + 1);
-  str_drop(r->now.subs, r->com.subs, r->sto.subs);
-  r->now.subs = p;
-  r->now.subslen = old + el;
+  epc_t *more = malloc((r->now.nmore + 1) * sizeof *more);
+  if (!more)
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory adding a subscriber");
+  if (r->now.nmore)
+    memcpy(more, r->now.more, r->now.nmore * sizeof *more);
+  more[r->now.nmore] = c;
+  blk_drop(r->now.more, r->com.more, r->sto.more);
+  r->now.more = more;
+  r->now.nmore++;
   return 0;
 }
 
@@ -838,48 +905,30 @@ int ocap_kernel_subscribe(ocap_kernel_t *k, const char *ep, const char *vpid) {
 static int settle(ocap_kernel_t *k, prec_t *r, int rejected, const char *enc, size_t len,
                   char *own) {
   int rc = set_promise(k, r, rejected ? ST_REJECTED : ST_FULFILLED, r->now.refs);
-  if (!rc && own) {
-    str_drop(r->now.data, r->com.data, r->sto.data);
-    r->now.data = own;
-    r->now.datalen = len;
-    own = NULL;
-  } else if (!rc) {
-    rc = set_data(k, r, enc, len);
+  if (!rc) {
+    r->now.decider = 0;
+    if (own) {
+      blk_drop(r->now.data, r->com.data, r->sto.data);
+      r->now.data = own;
+      r->now.datalen = len;
+      own = NULL;
+    } else {
+      rc = set_data(k, r, enc, len);
+    }
   }
   free(own);
   if (!rc)
     rc = ocap__incref_slots(k, enc, len);
-  r->now.decider[0] = '\0';
   /* The record stays put while notifies are queued (its map only changes
-   * at commit), so its list can be walked in place and dropped after. */
-  ocap__buf_t subs = {0};
-  if (!rc && r->now.subs) {
-    subs.p = r->now.subs;
-    subs.len = r->now.subslen;
-    char ep[OCAP_REF_MAX];
-    for (size_t i = 0; i < subs.len && !rc;) {
-      size_t j = i;
-      while (j < subs.len && subs.p[j] != ' ')
-        j++;
-      int ok = j > i && j - i < OCAP_REF_MAX;
-      if (ok) {
-        memcpy(ep, subs.p + i, j - i);
-        ep[j - i] = '\0';
-        ok = ocap__valid_ep(ep);
-      }
-      if (!ok) {
-        char kpid[OCAP_REF_MAX], key[KEY_MAX];
-        kp_name(kpid, r->id);
-        snprintf(key, sizeof key, "%s.subscribers", kpid);
-        rc = ocap__corrupt(k, key, subs.p, subs.len, "a list of endpoints");
-        break;
-      }
-      rc = ocap__enqueue_notify(k, ep, NULL, r); /* the record names it */
-      i = j + 1;
-    }
-    if (!rc)
-      rc = set_subs(k, r, NULL, 0);
+   * at commit), and queueing a notify changes only its count, so its list
+   * can be walked in place and dropped after. */
+  char ep[OCAP_REF_MAX];
+  for (size_t i = 0; !rc && r->now.sub && i <= r->now.nmore; i++) {
+    ep_text(i ? r->now.more[i - 1] : r->now.sub, ep);
+    rc = ocap__enqueue_notify(k, ep, NULL, r); /* the record names it */
   }
+  if (!rc)
+    clear_subs(r);
   /* Messages parked on the promise go back to the run queue, in order, still
    * addressed to the promise; routing them again follows the resolution.
    * The items stay in the record until the crank ends (an abort puts them
@@ -920,7 +969,8 @@ int ocap_kernel_resolve(ocap_kernel_t *k, const char *ep, const ocap_resolution_
     if (ocap__kp_state(p) != ST_UNRESOLVED)
       return ocap__fail(k, OCAP_EINVAL, "%s resolved '%s', which is already settled", ep,
                         r[i].kpid);
-    if (strcmp(p->now.decider, ep) != 0)
+    epc_t c = ep_code(ep);
+    if (!c || p->now.decider != c)
       return ocap__fail(k, OCAP_EINVAL, "%s may not resolve '%s': it is not the decider", ep,
                         r[i].kpid);
     ocap__buf_t enc = {0};

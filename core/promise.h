@@ -11,6 +11,8 @@
 #ifndef OCAP_PROMISE_H
 #define OCAP_PROMISE_H
 
+#include <stdint.h>
+
 #include "kstate.h"
 
 /* The memory of the promises' states and counts (kstate.h, convention
@@ -49,6 +51,50 @@ int ocap__promises_changed(ocap_kernel_t *k);
  */
 typedef struct ocap__kp ocap__kp_t;
 
+/*
+ * The record itself is promise.c's: it is shown here only so that the
+ * few calls a round trip makes a dozen times (a count up or down on a
+ * record this crank already changed, its number, its state) are a few
+ * inline instructions rather than a call. Nothing outside promise.c reads
+ * or writes a field but through the functions of this header.
+ */
+typedef struct ocap__pitem {
+  char *p;
+  size_t len;
+} ocap__pitem_t;
+
+/* An endpoint as a number: 0 for none, 1 for the kernel, and N << 2 | 2
+ * for the vat vN, N << 2 | 3 for the peer rN (the endpoints
+ * ocap__valid_ep accepts, refs.h, whose N is below 10^17). */
+typedef uint64_t ocap__epc_t;
+
+/* One version of a promise's keys: the record holds three, as they are
+ * now, at the last commit, and in the store. */
+typedef struct ocap__pver {
+  int state;           /* ST_* */
+  long long refs;      /* the count, -1 when it has no key */
+  ocap__epc_t decider; /* 0 when none */
+  ocap__epc_t sub;     /* the first subscriber, 0 when none */
+  ocap__epc_t *more;   /* the other subscribers, in order, NULL when none */
+  size_t nmore;        /* how many */
+  char *data;          /* the settlement (capdata in krefs), NULL when none */
+  size_t datalen;
+  long long qtail; /* the number of parked messages */
+} ocap__pver_t;
+
+struct ocap__kp {
+  long long id;          /* the N of kpN */
+  int dirty;             /* listed among the records this crank changed */
+  ocap__pver_t now;      /* the keys as this crank left them */
+  ocap__pver_t com;      /* the keys at the last commit */
+  ocap__pver_t sto;      /* the keys in the store */
+  ocap__pitem_t *parked; /* the parked messages (promise.c) */
+  size_t parkedcap;
+  long long qbase; /* where the current ones start */
+  int retaken;     /* taken since the last sync (promise.c) */
+  size_t syncat;   /* its index in the sync list + 1, 0 when not listed */
+};
+
 /* The record of kpid: 0 with *out set, or a negative code. With `create`
  * unset, *out is NULL for a promise that does not exist; the getters below
  * take NULL as such a promise (no state, decider, parked messages or
@@ -60,20 +106,47 @@ int ocap__kp_find_id(ocap_kernel_t *k, long long id, int create, ocap__kp_t **ou
 /* Writes the kpid of r into out (OCAP_REF_MAX bytes). */
 void ocap__kp_name(const ocap__kp_t *r, char *out);
 /* The N of r's kpid kpN. */
-long long ocap__kp_id(const ocap__kp_t *r);
-int ocap__kp_state(const ocap__kp_t *r);
-/* The decider, "" when none; valid until the record changes. */
-const char *ocap__kp_decider(const ocap__kp_t *r);
-long long ocap__kp_parked(const ocap__kp_t *r);
+static inline long long ocap__kp_id(const ocap__kp_t *r) {
+  return r->id;
+}
+static inline int ocap__kp_state(const ocap__kp_t *r) {
+  return r ? r->now.state : ST_NONE;
+}
+/* The decider: 1 with its endpoint written to out (OCAP_REF_MAX bytes),
+ * or 0 when it has none. */
+int ocap__kp_decider(const ocap__kp_t *r, char *out);
+static inline long long ocap__kp_parked(const ocap__kp_t *r) {
+  return r ? r->now.qtail : 0;
+}
 /* The data (capdata in krefs), NULL when none, with its length in *len;
  * valid until the record changes. */
-const char *ocap__kp_data(const ocap__kp_t *r, size_t *len);
+static inline const char *ocap__kp_data(const ocap__kp_t *r, size_t *len) {
+  *len = r && r->now.data ? r->now.datalen : 0;
+  return r ? r->now.data : NULL;
+}
 /* ocap_kernel_alloc_promise (kernel.h), giving the new record in *rec. */
 int ocap__alloc_promise(ocap_kernel_t *k, const char *ep, char *out, ocap__kp_t **rec);
 /* What the functions below named by kpid do, on a record found. */
 int ocap__kp_set_decider(ocap_kernel_t *k, ocap__kp_t *r, const char *ep);
-int ocap__kp_incref(ocap_kernel_t *k, ocap__kp_t *r);
-int ocap__kp_decref(ocap_kernel_t *k, ocap__kp_t *r);
+/* A count changes inline on a record this crank already changed, when it
+ * stays in range and above 0 (the _slow functions do the rest: listing the
+ * record, the range check, freeing a settled promise at 0). */
+int ocap__kp_incref_slow(ocap_kernel_t *k, ocap__kp_t *r);
+int ocap__kp_decref_slow(ocap_kernel_t *k, ocap__kp_t *r);
+static inline int ocap__kp_incref(ocap_kernel_t *k, ocap__kp_t *r) {
+  if (r->dirty && r->now.refs >= 0 && r->now.refs < COUNT_MAX) {
+    r->now.refs++;
+    return 0;
+  }
+  return ocap__kp_incref_slow(k, r);
+}
+static inline int ocap__kp_decref(ocap_kernel_t *k, ocap__kp_t *r) {
+  if (r->dirty && r->now.refs > 1) {
+    r->now.refs--;
+    return 0;
+  }
+  return ocap__kp_decref_slow(k, r);
+}
 int ocap__kp_subscribe(ocap_kernel_t *k, ocap__kp_t *r, const char *ep);
 int ocap__kp_settle(ocap_kernel_t *k, ocap__kp_t *r, int rejected, const char *enc, size_t len);
 
