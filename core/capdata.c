@@ -23,7 +23,8 @@ char *ocap_capdata_encode(const ocap_capdata_t *cd, size_t *len) {
 }
 
 void ocap__pcap_free(ocap__pcap_t *p) {
-  free(p->copy);
+  if (p->copy != p->local)
+    free(p->copy);
   if (p->slotv != p->slots)
     free((void *)p->slotv);
 }
@@ -49,13 +50,13 @@ static int pcap_parse(ocap__pcap_t *p, const char *enc, size_t len, int borrow) 
     p->blen = len - sl - 1;
     if (sl == 0)
       return 0;
-    p->copy = malloc(sl + 1);
+    p->copy = sl < sizeof p->local ? p->local : malloc(sl + 1);
     if (!p->copy)
       return OCAP_ENOMEM;
     memcpy(p->copy, enc, sl);
     p->copy[sl] = '\0';
   } else {
-    p->copy = malloc(len + 1);
+    p->copy = len < sizeof p->local ? p->local : malloc(len + 1);
     if (!p->copy)
       return OCAP_ENOMEM;
     memcpy(p->copy, enc, len);
@@ -77,6 +78,8 @@ static int pcap_parse(ocap__pcap_t *p, const char *enc, size_t len, int borrow) 
     if (!p->slotv)
       return OCAP_ENOMEM;
   }
+  if (count == 0)
+    return 0;
   char *save = NULL;
   for (char *t = strtok_r(p->copy, " ", &save); t; t = strtok_r(NULL, " ", &save))
     p->slotv[p->nslots++] = t;

@@ -10,9 +10,17 @@
 
 #include "kstate.h"
 
-/* A parsed capdata: slots point into a private copy. */
+/* Encodings up to this size (with the terminating zero) are copied into
+ * the parsed capdata itself: a notify's result is usually a few bytes,
+ * and a malloc and a free cost more than the rest of its parse. */
+#define OCAP_PCAP_LOCAL 80
+
+/* A parsed capdata: slots point into a private copy, which is `local`
+ * when it fits. Like the inline slot array, that makes an ocap__pcap_t
+ * point into itself: it must not be moved or copied once parsed. */
 typedef struct ocap__pcap {
   char *copy;
+  char local[OCAP_PCAP_LOCAL];
   const char *slots[64];
   const char **slotv;
   size_t nslots;
