@@ -106,10 +106,14 @@ static int push_delivery(lua_State *L, const ocap_delivery_t *d) {
  * liveslots keys the promises it awaits by that number. */
 static void push_vpid(lua_State *V, const char *vpid, char sign) {
   if (vpid[0] == 'p' && vpid[1] == sign && vpid[2] >= '1' && vpid[2] <= '9') {
-    lua_Integer n = 0;
-    const char *p = vpid + 2;
-    while (*p >= '0' && *p <= '9' && p < vpid + 2 + 18)
-      n = n * 10 + (*p++ - '0');
+    lua_Integer n = vpid[2] - '0';
+    const char *p = vpid + 3, *end = vpid + 2 + 18;
+    unsigned digit;
+    /* One unsigned comparison per digit, which also stops at the zero. */
+    while ((digit = (unsigned)(unsigned char)*p - '0') <= 9 && p < end) {
+      n = n * 10 + (lua_Integer)digit;
+      p++;
+    }
     if (*p == '\0') {
       lua_pushinteger(V, n);
       return;
@@ -502,7 +506,7 @@ static int deliver_peer(lkernel_t *lk, const char *ep, const ocap_delivery_t *d,
  */
 int ocap__hook_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int *fatal, char **why) {
   lkernel_t *lk = ud;
-  if (strcmp(ep, "kernel") == 0)
+  if (ep[0] == 'k' && strcmp(ep, "kernel") == 0)
     return deliver_host(lk, d);
   if (ep[0] == 'r')
     return deliver_peer(lk, ep, d, why);

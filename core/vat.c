@@ -136,17 +136,17 @@ enum meter_cause {
 };
 
 struct ocap_vat {
+  /* First, so that vat.h's inline charge finds it (see ocap_vat_meter_t):
+   * budget, charged, depth, fatal (0, OCAP_VAT_METER or OCAP_VAT_MEMORY;
+   * never reset) and expired (the time allowance of this call ran out). */
+  ocap_vat_meter_t meter;
   lua_State *L;
-  size_t used;       /* bytes currently allocated by the state */
-  size_t limit;      /* the memory budget */
-  long long budget;  /* instructions allowed per outermost ocap_vat_pcall */
-  long long charged; /* instructions charged in the current or last call */
-  int fatal;         /* 0, OCAP_VAT_METER or OCAP_VAT_MEMORY; never reset */
-  int cause;         /* an enum meter_cause, when fatal is OCAP_VAT_METER */
-  int refused;       /* the last growth request was refused */
-  int depth;         /* nesting of ocap_vat_pcall; the meter runs when > 0 */
-  int mode;          /* an enum ocap_vat_meter_mode */
-  int hooked;        /* the count hook meters instructions (see ocap_vat_new) */
+  size_t used;  /* bytes currently allocated by the state */
+  size_t limit; /* the memory budget */
+  int cause;    /* an enum meter_cause, when fatal is OCAP_VAT_METER */
+  int refused;  /* the last growth request was refused */
+  int mode;     /* an enum ocap_vat_meter_mode */
+  int hooked;   /* the count hook meters instructions (see ocap_vat_new) */
   /* The kernel's runtime modules, which the vat reads but never copies. */
   const ocap_vat_module_t *runtime;
   size_t nruntime;
@@ -160,17 +160,16 @@ struct ocap_vat {
   size_t fresh;        /* bytes allocated since the last emergency collection */
   long long thrashing; /* emergency collections charged in this call */
   /* The CPU-time backstop (see "Time backstop" below). */
-  lua_State *_Atomic running;    /* the thread running vat code, or NULL */
-  volatile sig_atomic_t expired; /* the time allowance of this call ran out */
-  struct watchdog *watchdog;     /* its thread's, during an outermost call */
-  struct ocap_vat *outer_vat;    /* the watchdog's vat before this call */
-  long long allowance_ns;        /* CPU time per outermost call */
-  long allowance_ticks;          /* the same in watchdog ticks */
-  long start_tick;               /* the watchdog's tick count at the start */
-  long ticks_used;               /* ticks the last finished call took */
-  long long time_ns;             /* time mode: CPU time an instruction of budget buys */
-  long long deadline_ns;         /* when polling: CPU time to stop at */
-  char *why;                     /* ocap_vat_fatal_reason's text, malloc'd when first told */
+  lua_State *_Atomic running; /* the thread running vat code, or NULL */
+  struct watchdog *watchdog;  /* its thread's, during an outermost call */
+  struct ocap_vat *outer_vat; /* the watchdog's vat before this call */
+  long long allowance_ns;     /* CPU time per outermost call */
+  long allowance_ticks;       /* the same in watchdog ticks */
+  long start_tick;            /* the watchdog's tick count at the start */
+  long ticks_used;            /* ticks the last finished call took */
+  long long time_ns;          /* time mode: CPU time an instruction of budget buys */
+  long long deadline_ns;      /* when polling: CPU time to stop at */
+  char *why;                  /* ocap_vat_fatal_reason's text, malloc'd when first told */
 };
 
 /*
@@ -226,11 +225,11 @@ static void meter_stop(ocap_vat_t *v, int cause);
 static void charge_collection(ocap_vat_t *v) {
   size_t fresh = v->fresh;
   v->fresh = 0;
-  if (v->depth == 0 || v->fatal != 0 || fresh >= v->used / 4)
+  if (v->meter.depth == 0 || v->meter.fatal != 0 || fresh >= v->used / 4)
     return;
   v->thrashing++;
-  v->charged += (long long)(v->used / COLLECTION_BYTES_PER_INSTRUCTION);
-  if (v->charged >= v->budget)
+  v->meter.charged += (long long)(v->used / COLLECTION_BYTES_PER_INSTRUCTION);
+  if (v->meter.charged >= v->meter.budget)
     meter_stop(v, CAUSE_COLLECTIONS);
 }
 
@@ -364,7 +363,7 @@ static void *vat_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     return NULL;
   }
   if (nsize > old) {
-    size_t cap = v->limit + (v->fatal ? OCAP_VAT_MEMORY_SLACK : 0);
+    size_t cap = v->limit + (v->meter.fatal ? OCAP_VAT_MEMORY_SLACK : 0);
     if (v->used > cap || nsize - old > cap - v->used)
       goto refuse;
   }
@@ -382,8 +381,8 @@ refuse:
    * Lua answers a refusal with an emergency collection and one more try;
    * two refusals in a row mean the collection could not make room.
    */
-  if (v->refused && v->fatal == 0)
-    v->fatal = OCAP_VAT_MEMORY;
+  if (v->refused && v->meter.fatal == 0)
+    v->meter.fatal = OCAP_VAT_MEMORY;
   else if (!v->refused)
     charge_collection(v);
   v->refused = 1;
@@ -395,7 +394,8 @@ refuse:
 
 /* [-0, +1] Pushes the interned message for the vat's fatal status. */
 static void push_fatal(lua_State *L, const ocap_vat_t *v) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, v->fatal == OCAP_VAT_METER ? &KEY_METER_MSG : &KEY_MEMORY_MSG);
+  lua_rawgetp(L, LUA_REGISTRYINDEX,
+              v->meter.fatal == OCAP_VAT_METER ? &KEY_METER_MSG : &KEY_MEMORY_MSG);
 }
 
 /*
@@ -419,8 +419,8 @@ static int vat_die(lua_State *L, const ocap_vat_t *v) {
  */
 static void meter_stop(ocap_vat_t *v, int cause) {
   lua_State *running = atomic_load_explicit(&v->running, memory_order_relaxed);
-  if (v->fatal == 0) {
-    v->fatal = OCAP_VAT_METER;
+  if (v->meter.fatal == 0) {
+    v->meter.fatal = OCAP_VAT_METER;
     v->cause = cause;
   }
   if (running != NULL)
@@ -439,12 +439,12 @@ static int time_is_up(ocap_vat_t *v);
 static void vat_hook(lua_State *L, lua_Debug *ar) {
   ocap_vat_t *v = ocap_vat_from_state(L);
   (void)ar;
-  if (v == NULL || v->depth == 0)
+  if (v == NULL || v->meter.depth == 0)
     return;
-  if (v->fatal == 0) {
+  if (v->meter.fatal == 0) {
     int count = lua_gethookcount(L);
     if (time_is_up(v)) {
-      v->fatal = OCAP_VAT_METER;
+      v->meter.fatal = OCAP_VAT_METER;
       v->cause = CAUSE_TIME;
     } else if (!v->hooked) {
       /* Time mode: a stop hook left over from before ocap_vat_forgive. */
@@ -453,10 +453,10 @@ static void vat_hook(lua_State *L, lua_Debug *ar) {
     } else {
       if (count != OCAP_VAT_GRANULE)
         lua_sethook(L, vat_hook, LUA_MASKCOUNT, OCAP_VAT_GRANULE);
-      v->charged += count;
-      if (v->charged < v->budget)
+      v->meter.charged += count;
+      if (v->meter.charged < v->meter.budget)
         return;
-      v->fatal = OCAP_VAT_METER;
+      v->meter.fatal = OCAP_VAT_METER;
       v->cause = CAUSE_INSTRUCTIONS;
     }
   }
@@ -470,18 +470,18 @@ static void vat_hook(lua_State *L, lua_Debug *ar) {
  * while the function was working.
  */
 static void vat_charge_to(ocap_vat_t *v, lua_State *L, long long cost) {
-  if (v == NULL || v->depth == 0)
+  if (v == NULL || v->meter.depth == 0)
     return;
-  if (v->fatal == 0) {
-    if (v->expired) {
-      v->fatal = OCAP_VAT_METER;
+  if (v->meter.fatal == 0) {
+    if (v->meter.expired) {
+      v->meter.fatal = OCAP_VAT_METER;
       v->cause = CAUSE_TIME;
-    } else if (cost < v->budget - v->charged) {
-      v->charged += cost;
+    } else if (cost < v->meter.budget - v->meter.charged) {
+      v->meter.charged += cost;
       return;
     } else {
-      v->charged = v->budget;
-      v->fatal = OCAP_VAT_METER;
+      v->meter.charged = v->meter.budget;
+      v->meter.fatal = OCAP_VAT_METER;
       v->cause = CAUSE_INSTRUCTIONS;
     }
   }
@@ -547,11 +547,11 @@ static long long thread_cpu_ns(void) {
 
 /* Whether the current call's CPU time ran out. */
 static int time_is_up(ocap_vat_t *v) {
-  if (v->expired)
+  if (v->meter.expired)
     return 1;
   if (v->watchdog != NULL && v->watchdog->mode == WATCHDOG_POLL &&
       thread_cpu_ns() >= v->deadline_ns) {
-    v->expired = 1;
+    v->meter.expired = 1;
     return 1;
   }
   return 0;
@@ -579,8 +579,8 @@ static void watchdog_tick(int sig, siginfo_t *si, void *context) {
     return;
   }
   w->idle = 0;
-  if (v->depth > 0 && v->fatal == 0 && w->ticks - v->start_tick > v->allowance_ticks) {
-    v->expired = 1;
+  if (v->meter.depth > 0 && v->meter.fatal == 0 && w->ticks - v->start_tick > v->allowance_ticks) {
+    v->meter.expired = 1;
     meter_stop(v, CAUSE_TIME);
   }
 }
@@ -699,7 +699,7 @@ static watchdog_t *thread_watchdog(void) {
 /* Starts the allowance of v's outermost call on this thread. */
 static void watchdog_start(ocap_vat_t *v) {
   watchdog_t *w = thread_watchdog();
-  v->expired = 0;
+  v->meter.expired = 0;
   v->watchdog = w;
   if (w == NULL)
     return;
@@ -897,8 +897,8 @@ static int with_collection(lua_State *L, lua_CFunction f, int nargs) {
  * error a vat may recover from. */
 static void note_status(lua_State *L, int status) {
   ocap_vat_t *v = ocap_vat_from_state(L);
-  if (status == LUA_ERRMEM && v != NULL && v->fatal == 0)
-    v->fatal = OCAP_VAT_MEMORY;
+  if (status == LUA_ERRMEM && v != NULL && v->meter.fatal == 0)
+    v->meter.fatal = OCAP_VAT_MEMORY;
 }
 
 /*
@@ -1548,7 +1548,7 @@ static int vat_pcall(lua_State *L) {
 /* [-1, +1] xpcall's message handler; upvalue 1 is the vat's handler. */
 static int xpcall_handler(lua_State *L) {
   ocap_vat_t *v = ocap_vat_from_state(L);
-  if (v != NULL && v->fatal)
+  if (v != NULL && v->meter.fatal)
     return 1;
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
@@ -1606,7 +1606,7 @@ static int tracked_resume(ocap_vat_t *v, lua_State *co, lua_State *from, int nar
     return lua_resume(co, from, narg, nres);
   outer = atomic_load_explicit(&v->running, memory_order_relaxed);
   atomic_store_explicit(&v->running, co, memory_order_relaxed);
-  if (v->expired && v->depth > 0)
+  if (v->meter.expired && v->meter.depth > 0)
     lua_sethook(co, vat_hook, LUA_MASKCOUNT, 1);
   status = lua_resume(co, from, narg, nres);
   atomic_store_explicit(&v->running, outer, memory_order_relaxed);
@@ -1633,8 +1633,8 @@ static int wrap_resume(lua_State *L) {
   }
   note_status(L, status);
   lua_xmove(co, L, 1);
-  if (v != NULL && v->fatal) {
-    if (v->depth > 0)
+  if (v != NULL && v->meter.fatal) {
+    if (v->meter.depth > 0)
       return vat_die(L, v);
     return lua_error(L);
   }
@@ -1693,7 +1693,7 @@ static int vat_coroutine_resume(lua_State *L) {
   note_status(L, status);
   {
     ocap_vat_t *v = ocap_vat_from_state(L);
-    if (v != NULL && v->fatal && v->depth > 0) {
+    if (v != NULL && v->meter.fatal && v->meter.depth > 0) {
       lua_xmove(co, L, 1);
       return vat_die(L, v);
     }
@@ -1724,8 +1724,8 @@ static int vat_coroutine_wrap(lua_State *L) {
 /* [-1, +(1|2)] coroutine.close, refused once the vat is fatal. */
 static int vat_coroutine_close(lua_State *L) {
   ocap_vat_t *v = ocap_vat_from_state(L);
-  if (v != NULL && v->fatal) {
-    if (v->depth > 0)
+  if (v != NULL && v->meter.fatal) {
+    if (v->meter.depth > 0)
       return vat_die(L, v);
     return luaL_error(L, "vat is fatal");
   }
@@ -2151,8 +2151,8 @@ int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
   if (v == NULL)
     return OCAP_ENOMEM;
   v->limit = limits != NULL && limits->memory > 0 ? limits->memory : OCAP_VAT_DEFAULT_MEMORY;
-  v->budget = limits != NULL && limits->instructions > 0 ? limits->instructions
-                                                         : OCAP_VAT_DEFAULT_INSTRUCTIONS;
+  v->meter.budget = limits != NULL && limits->instructions > 0 ? limits->instructions
+                                                               : OCAP_VAT_DEFAULT_INSTRUCTIONS;
   v->mode = limits != NULL ? limits->meter_mode : OCAP_VAT_METER_TIME;
   {
     watchdog_t *w = thread_watchdog();
@@ -2165,8 +2165,8 @@ int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
   }
   {
     double ns =
-        (double)v->budget * (v->mode == OCAP_VAT_METER_TIME ? OCAP_VAT_TIME_NS_PER_INSTRUCTION
-                                                            : OCAP_VAT_NS_PER_INSTRUCTION);
+        (double)v->meter.budget * (v->mode == OCAP_VAT_METER_TIME ? OCAP_VAT_TIME_NS_PER_INSTRUCTION
+                                                                  : OCAP_VAT_NS_PER_INSTRUCTION);
     /* An hour is beyond any budget the configuration accepts in practice. */
     v->allowance_ns = ns < OCAP_VAT_MIN_ALLOWANCE_NS ? OCAP_VAT_MIN_ALLOWANCE_NS
                       : ns > 3600e9                  ? 3600000000000LL
@@ -2184,7 +2184,7 @@ int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
   v->L = L;
   lua_atpanic(L, vat_panic);
   lua_pushcfunction(L, vat_setup);
-  if (lua_pcall(L, 0, 0, 0) != LUA_OK || v->fatal) {
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK || v->meter.fatal) {
     ocap_vat_free(v);
     return OCAP_ENOMEM;
   }
@@ -2275,7 +2275,7 @@ int ocap_vat_preload(ocap_vat_t *v, const char *name, const char *src, size_t le
   struct vat_args a = {name, src, len, trusted};
   if (v == NULL || name == NULL || src == NULL)
     return OCAP_EINVAL;
-  if (v->fatal)
+  if (v->meter.fatal)
     return OCAP_EFATAL;
   return vat_protect(v, vat_preload_p, &a);
 }
@@ -2293,9 +2293,9 @@ int ocap_vat_set_loaded(ocap_vat_t *v, const char *name) {
   lua_State *L = v->L;
   struct vat_args a = {name, NULL, 0, 0};
   int status;
-  if (name == NULL || v->fatal || !lua_checkstack(L, 2)) {
+  if (name == NULL || v->meter.fatal || !lua_checkstack(L, 2)) {
     lua_pop(L, 1);
-    return name == NULL ? OCAP_EINVAL : v->fatal ? OCAP_EFATAL : OCAP_ENOMEM;
+    return name == NULL ? OCAP_EINVAL : v->meter.fatal ? OCAP_EFATAL : OCAP_ENOMEM;
   }
   /* The value travels as the call's second argument: f, a, value. */
   lua_pushcfunction(L, vat_set_loaded_p);
@@ -2335,7 +2335,7 @@ int ocap_vat_load(ocap_vat_t *v, const char *src, size_t len, const char *chunkn
   int status;
   if (!lua_checkstack(L, 2))
     return OCAP_ENOMEM; /* nothing pushed: the stack itself is out of room */
-  if (v->fatal) {
+  if (v->meter.fatal) {
     push_fatal(L, v);
     return OCAP_EFATAL;
   }
@@ -2344,9 +2344,9 @@ int ocap_vat_load(ocap_vat_t *v, const char *src, size_t len, const char *chunkn
   status = lua_pcall(L, 1, 1, 0);
   if (status == LUA_OK)
     return 0;
-  if (status == LUA_ERRMEM || v->fatal) {
-    if (v->fatal == 0)
-      v->fatal = OCAP_VAT_MEMORY;
+  if (status == LUA_ERRMEM || v->meter.fatal) {
+    if (v->meter.fatal == 0)
+      v->meter.fatal = OCAP_VAT_MEMORY;
     lua_pop(L, 1);
     push_fatal(L, v);
     return OCAP_ENOMEM;
@@ -2362,7 +2362,7 @@ int ocap_vat_load(ocap_vat_t *v, const char *src, size_t len, const char *chunkn
 static int vat_msgh(lua_State *L) {
   ocap_vat_t *v = ocap_vat_from_state(L);
   const char *msg;
-  if (v != NULL && v->fatal)
+  if (v != NULL && v->meter.fatal)
     return 1;
   msg = lua_tostring(L, 1);
   if (msg == NULL) {
@@ -2407,12 +2407,12 @@ static int pcall_at(ocap_vat_t *v, int func, int nargs, int nresults, int own) {
   int h = below;
   int status;
   assert(nargs >= 0 && func >= 1);
-  if (!v->fatal && own && !lua_checkstack(L, 1))
-    v->fatal = OCAP_VAT_MEMORY; /* not even room for the handler */
-  if (v->fatal) {
+  if (!v->meter.fatal && own && !lua_checkstack(L, 1))
+    v->meter.fatal = OCAP_VAT_MEMORY; /* not even room for the handler */
+  if (v->meter.fatal) {
     lua_settop(L, below);
     push_fatal(L, v);
-    return v->fatal;
+    return v->meter.fatal;
   }
   if (own) {
     lua_pushcfunction(L, vat_msgh);
@@ -2426,25 +2426,25 @@ static int pcall_at(ocap_vat_t *v, int func, int nargs, int nresults, int own) {
    */
   outer = atomic_load_explicit(&v->running, memory_order_relaxed);
   atomic_store_explicit(&v->running, L, memory_order_relaxed);
-  if (v->depth++ == 0) {
-    v->charged = 0;
+  if (v->meter.depth++ == 0) {
+    v->meter.charged = 0;
     v->thrashing = 0;
     v->fresh = 0;
     watchdog_start(v);
   }
   status = lua_pcall(L, nargs, nresults, h);
-  if (--v->depth == 0)
+  if (--v->meter.depth == 0)
     watchdog_stop(v);
   atomic_store_explicit(&v->running, outer, memory_order_relaxed);
   if (own)
     remove_handler(L, h);
-  if (status == LUA_ERRMEM && v->fatal == 0)
-    v->fatal = OCAP_VAT_MEMORY;
-  if (v->fatal) {
+  if (status == LUA_ERRMEM && v->meter.fatal == 0)
+    v->meter.fatal = OCAP_VAT_MEMORY;
+  if (v->meter.fatal) {
     /* Whatever the call returned, a marked vat reports only its mark. */
     lua_settop(L, below);
     push_fatal(L, v);
-    return v->fatal;
+    return v->meter.fatal;
   }
   return status == LUA_OK ? OCAP_VAT_OK : OCAP_VAT_ERROR;
 }
@@ -2464,7 +2464,7 @@ int ocap_vat_pcall_handled(ocap_vat_t *v, int nargs, int nresults) {
 }
 
 int ocap_vat_fatal(const ocap_vat_t *v) {
-  return v->fatal;
+  return v->meter.fatal;
 }
 
 /*
@@ -2474,9 +2474,9 @@ int ocap_vat_fatal(const ocap_vat_t *v) {
 #define WHY_BYTES 160
 
 const char *ocap_vat_fatal_reason(ocap_vat_t *v) {
-  if (v->fatal == OCAP_VAT_MEMORY)
+  if (v->meter.fatal == OCAP_VAT_MEMORY)
     return "memory limit exceeded";
-  if (v->fatal != OCAP_VAT_METER)
+  if (v->meter.fatal != OCAP_VAT_METER)
     return NULL;
   /* In time mode running out of time is the meter itself, not a backstop. */
   if (v->cause != CAUSE_COLLECTIONS &&
@@ -2488,7 +2488,7 @@ const char *ocap_vat_fatal_reason(ocap_vat_t *v) {
     snprintf(v->why, WHY_BYTES,
              "instruction meter exhausted (CPU time: its allowance of %lld ms for %lld "
              "instructions ran out first)",
-             v->allowance_ns / 1000000, v->budget);
+             v->allowance_ns / 1000000, v->meter.budget);
   else
     snprintf(v->why, WHY_BYTES,
              "instruction meter exhausted (garbage collection: %lld emergency collections near "
@@ -2498,10 +2498,10 @@ const char *ocap_vat_fatal_reason(ocap_vat_t *v) {
 }
 
 void ocap_vat_forgive(ocap_vat_t *v) {
-  assert(v->depth == 0);
-  v->fatal = 0;
+  assert(v->meter.depth == 0);
+  v->meter.fatal = 0;
   v->cause = CAUSE_INSTRUCTIONS;
-  v->expired = 0;
+  v->meter.expired = 0;
   v->refused = 0;
   /* vat_die re-armed the main thread's hook to fire at every instruction. */
   if (v->hooked)
@@ -2516,9 +2516,9 @@ size_t ocap_vat_memory(const ocap_vat_t *v) {
 }
 
 long long ocap_vat_instructions(const ocap_vat_t *v) {
-  if (v->time_ns != 0 && v->depth == 0)
-    return v->charged + (long long)v->ticks_used * (OCAP_VAT_TICK_NS / v->time_ns);
-  return v->charged;
+  if (v->time_ns != 0 && v->meter.depth == 0)
+    return v->meter.charged + (long long)v->ticks_used * (OCAP_VAT_TICK_NS / v->time_ns);
+  return v->meter.charged;
 }
 
 /* [-0, +0, e] See vat.h; it is vat_charge, for C modules outside this file. */
@@ -2526,8 +2526,9 @@ void ocap_vat_charge(lua_State *L, long long cost) {
   vat_charge(L, cost);
 }
 
-/* [-0, +0, e] See vat.h. */
-void ocap_vat_charge_to(ocap_vat_t *v, lua_State *L, long long cost) {
+/* [-0, +0, e] See vat.h: ocap_vat_charge_to's way when the budget is not
+ * simply charged. */
+void ocap__vat_charge_slow(ocap_vat_t *v, lua_State *L, long long cost) {
   vat_charge_to(v, L, cost);
 }
 
@@ -2537,7 +2538,7 @@ int ocap_vat_resume(lua_State *L, lua_State *co, int narg, int *nres) {
   if (status == LUA_OK || status == LUA_YIELD)
     return status;
   note_status(L, status);
-  if (v != NULL && v->fatal && v->depth > 0) {
+  if (v != NULL && v->meter.fatal && v->meter.depth > 0) {
     lua_xmove(co, L, 1);
     return vat_die(L, v);
   }
@@ -2551,5 +2552,5 @@ void ocap_vat_pcall_failed(lua_State *L, int status) {
 
 int ocap_vat_state_fatal(lua_State *L) {
   ocap_vat_t *v = ocap_vat_from_state(L);
-  return v != NULL && v->fatal;
+  return v != NULL && v->meter.fatal;
 }

@@ -260,12 +260,35 @@ long long ocap_vat_instructions(const ocap_vat_t *v);
 void ocap_vat_charge(lua_State *L, long long cost);
 
 /*
+ * The meter's state, at the start of every vat, so that the common charge
+ * is made inline. Only vat.c writes it, except the inline charge's add.
+ */
+typedef struct ocap_vat_meter {
+  long long budget;              /* instructions allowed per outermost call */
+  long long charged;             /* instructions charged in the current or last call */
+  int depth;                     /* nesting of ocap_vat_pcall; the meter runs when > 0 */
+  int fatal;                     /* 0, OCAP_VAT_METER or OCAP_VAT_MEMORY */
+  volatile sig_atomic_t expired; /* the call's time allowance ran out */
+} ocap_vat_meter_t;
+
+/* [-0, +0, e] The way of ocap_vat_charge_to below that checks and raises. */
+void ocap__vat_charge_slow(ocap_vat_t *v, lua_State *L, long long cost);
+
+/*
  * [-0, +0, e] ocap_vat_charge for a caller that holds the vat: v owns L
  * (or is NULL, and then nothing is charged). Finding the vat of a state
  * is an allocator lookup, and the syscalls and a delivery's decoding
- * charge several times per message.
+ * charge several times per message; a charge the running call's budget
+ * covers is an add here.
  */
-void ocap_vat_charge_to(ocap_vat_t *v, lua_State *L, long long cost);
+static inline void ocap_vat_charge_to(ocap_vat_t *v, lua_State *L, long long cost) {
+  ocap_vat_meter_t *m = (ocap_vat_meter_t *)(void *)v; /* its first member */
+  if (m != NULL && m->depth > 0 && m->fatal == 0 && !m->expired && cost >= 0 &&
+      cost < m->budget - m->charged)
+    m->charged += cost;
+  else
+    ocap__vat_charge_slow(v, L, cost);
+}
 
 /*
  * The runtime's own tasks (lpromise.c) resume coroutines and make protected
