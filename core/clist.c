@@ -2,13 +2,21 @@
  * clist.c -- the endpoints' c-lists in memory (see clist.h).
  *
  * Like the promises (promise.c), an entry keeps three versions of its
- * value: now, at the last commit, and in the store. The entries a crank
- * changed are listed, so that commit makes their values the committed ones
- * and abort puts the committed ones back; the entries whose committed
- * value the store lacks are listed too, and written under `<ep>.c.<ref>`
- * when the kernel syncs (kernel.h): an entry made and retired between two
- * syncs (a promise's, mostly) never reaches the store. An entry gone in
- * memory and in the store is dropped, and so is a c-list left empty.
+ * value: now, at the last commit, and in the store. The committed one is
+ * kept lazily: each crank (each commit or abort) is an epoch, and an
+ * entry's first change in an epoch saves its value as it was (cval) and
+ * marks the entry with the epoch. Until the epoch ends, that saved value
+ * is the committed one; after it, the value now is. So a commit visits
+ * nothing it changed, except the few entries listed for it (`fix`): those
+ * the crank emptied, which go if the store lacks them too, and those whose
+ * saved value is a text to free. An abort, rare, puts the saved values
+ * back, walking the sync list: an entry joins it at its first change,
+ * since its committed value may then differ from the store's, and is
+ * written under `<ep>.c.<ref>` when the kernel syncs (kernel.h). An entry
+ * made and emptied in one crank goes at once; one made and retired
+ * between two syncs (a promise's, mostly) never reaches the store. An
+ * entry gone in memory and in the store is dropped, and so is a c-list
+ * left empty, at the end of the crank.
  *
  * Keys and values are words (clist.h): a reference's code, so that a
  * lookup is a multiply and a compare of words, and a change copies a word;
@@ -45,9 +53,12 @@ struct ocap__clists {
   void **slots;          /* clist_t records by endpoint, for those vat_index does not place */
   size_t mask, n;
   clist_t *kernel; /* the kernel endpoint's (its imports), which every host call reaches */
-  dirty_t *dirty;  /* the entries this crank changed */
-  size_t ndirty, capdirty;
-  dirty_t *sync; /* the entries whose committed value the store may lack */
+  uint64_t epoch;  /* the crank's (the file's comment); entries start at 0 */
+  int changed;     /* whether the crank changed an entry or a counter */
+  dirty_t *fix;    /* the entries the end of the crank visits */
+  size_t nfix, capfix;
+  clist_t *empty; /* the c-lists an entry's removal left empty, by next_empty */
+  dirty_t *sync;  /* the entries whose committed value the store may lack */
   size_t nsync, capsync;
   clist_t **idirty; /* the c-lists whose counters this crank changed */
   size_t nidirty, capidirty;
@@ -182,13 +193,29 @@ static inline void val_drop(uint64_t v, uint64_t a, uint64_t b) {
     ocap__cv_free(v);
 }
 
+/* e's committed value (the file's comment). */
+static inline uint64_t committed(const struct ocap__clists *t, const centry_t *e) {
+  return e->epoch == t->epoch ? e->cval : e->val;
+}
+
+/* Lists c as maybe left empty, for the end of the crank: it is not
+ * dropped before, as callers hold it. */
+static inline void maybe_empty(struct ocap__clists *t, clist_t *c) {
+  if (!c->dirty) {
+    c->dirty = 1;
+    c->next_empty = t->empty;
+    t->empty = c;
+  }
+}
+
 /* Gives e back: to the spares when there is room. */
 __attribute__((always_inline)) static inline void entry_free(struct ocap__clists *t, centry_t *e) {
   /* An entry goes when its values are gone: only a whole c-list's end
    * frees one that has some. */
-  if (e->val | e->cval | e->sval) {
-    val_drop(e->val, e->cval, e->sval);
-    val_drop(e->cval, e->sval, 0);
+  uint64_t cv = committed(t, e);
+  if (e->val | cv | e->sval) {
+    val_drop(e->val, cv, e->sval);
+    val_drop(cv, e->sval, 0);
     val_drop(e->sval, 0, 0);
   }
   if (e->xkey)
@@ -202,21 +229,17 @@ __attribute__((always_inline)) static inline void entry_free(struct ocap__clists
   }
 }
 
-/* Removes e, shifting back the entries probed past its slot, so that no
- * lookup stops at the hole before reaching them. */
-__attribute__((always_inline)) static inline void entry_remove(struct ocap__clists *t, clist_t *c,
-                                                               centry_t *e) {
-  size_t mask = c->mask, i = key_hash(e->key) & mask;
+/* Empties slot i of c, shifting back the entries probed past it, so that
+ * no lookup stops at the hole before reaching them. */
+__attribute__((always_inline)) static inline void slot_clear(clist_t *c, size_t i) {
+  size_t mask = c->mask;
   void **s = c->slots;
-  while (s[i] != e)
-    i = (i + 1) & mask;
-  entry_free(t, e);
   s[i] = NULL;
   for (size_t j = (i + 1) & mask; s[j]; j = (j + 1) & mask) {
-    size_t h = key_hash(((centry_t *)s[j])->key) & mask;
-    /* An entry moves back into the hole unless its home lies cyclically
-     * in (i, j]. */
-    if ((j > i && (h <= i || h > j)) || (j < i && h <= i && h > j)) {
+    /* The entry at j moves back into the hole when the hole lies between
+     * its home and j, cyclically: no farther from j than its home. */
+    size_t h = key_hash(((centry_t *)s[j])->key);
+    if (((j - h) & mask) >= ((j - i) & mask)) {
       s[i] = s[j];
       s[j] = NULL;
       i = j;
@@ -225,13 +248,31 @@ __attribute__((always_inline)) static inline void entry_remove(struct ocap__clis
   c->n--;
 }
 
+/* Removes e, found in slot sl of c (or NULL: it is looked for). */
+__attribute__((always_inline)) static inline void
+entry_remove_at(struct ocap__clists *t, clist_t *c, centry_t *e, void **sl) {
+  if (!sl) {
+    size_t mask = c->mask, i = key_hash(e->key) & mask;
+    while (c->slots[i] != e)
+      i = (i + 1) & mask;
+    sl = &c->slots[i];
+  }
+  entry_free(t, e);
+  slot_clear(c, (size_t)(sl - c->slots));
+}
+
+#define entry_remove(t, c, e) entry_remove_at(t, c, e, NULL)
+
 /* Adds an entry for key with value word val (0: absent), which it owns
  * from then on; NULL when out of memory. sl, when not NULL, is the empty
  * slot entry_slot found for key, which a caller that just looked key up
  * passes to spare probing again; it is found anew if the table grows. */
 __attribute__((always_inline)) static inline centry_t *
 entry_add(struct ocap__clists *t, clist_t *c, const ocap__ckey_t *key, uint64_t val, void **sl) {
-  if (ocap__oa_full(c->n, c->mask)) {
+  /* Kept at most a quarter full, not half like the other tables: a
+   * round trip adds and removes four entries, and removal shifts back the
+   * run after its slot, which a fuller table makes long. */
+  if ((c->n + 1) * 4 > c->mask + 1) {
     if (ocap__oa_grow(&c->slots, &c->mask, entry_home))
       return NULL;
     sl = NULL;
@@ -253,9 +294,10 @@ entry_add(struct ocap__clists *t, clist_t *c, const ocap__ckey_t *key, uint64_t 
   }
   e->key = key->w;
   e->val = e->cval = e->sval = val;
+  e->epoch = 0;
   e->vtlen = 0;
   e->xkey = xkey;
-  e->dirty = 0;
+  e->fix = 0;
   e->syncat = 0;
   *(sl ? sl : entry_slot(c, key)) = e;
   c->n++;
@@ -376,6 +418,7 @@ int ocap__clists_new(ocap_kernel_t *k) {
     return OCAP_ENOMEM;
   }
   t->mask = 63;
+  t->epoch = 1;
   k->c = t;
   return 0;
 }
@@ -395,7 +438,8 @@ static void drop_all(struct ocap__clists *t) {
     clist_free(t, t->kernel);
   t->kernel = NULL;
   t->n = 0;
-  t->ndirty = 0;
+  t->nfix = 0;
+  t->empty = NULL;
   t->nsync = 0;
   t->nidirty = 0;
   t->nisync = 0;
@@ -413,7 +457,7 @@ void ocap__clists_free(ocap_kernel_t *k) {
   }
   free(t->slots);
   free(t->h.byvat);
-  free(t->dirty);
+  free(t->fix);
   free(t->sync);
   free(t->idirty);
   free(t->isync);
@@ -599,36 +643,122 @@ __attribute__((noinline, cold)) static int put_failed(ocap_kernel_t *k, clist_t 
   return rc ? rc : ocap__broken(k, OCAP_ENOMEM, "out of memory changing the c-list of %s", c->ep);
 }
 
+/* Makes room for n more entries in the sync list and in the fix list, so
+ * that a change, once begun, cannot fail. */
+__attribute__((noinline)) static int lists_grow(struct ocap__clists *t, size_t n) {
+  return ocap__reserve(&t->sync, &t->capsync, t->nsync + n, sizeof *t->sync, 32) ||
+         ocap__reserve(&t->fix, &t->capfix, t->nfix + n, sizeof *t->fix, 16);
+}
+
+static inline int lists_room(struct ocap__clists *t, size_t n) {
+  return t->nsync + n > t->capsync || t->nfix + n > t->capfix ? lists_grow(t, n) : 0;
+}
+
+/* Takes e off the sync list. */
+static inline void sync_unlist(struct ocap__clists *t, centry_t *e) {
+  if (!e->syncat)
+    return;
+  dirty_t last = t->sync[--t->nsync];
+  t->sync[e->syncat - 1] = last;
+  last.e->syncat = e->syncat;
+  e->syncat = 0;
+}
+
+/* Lists e of c for the end of the crank (lists_room made room). */
+static inline void fix_list(struct ocap__clists *t, clist_t *c, centry_t *e) {
+  if (!e->fix) {
+    t->fix[t->nfix].c = c;
+    t->fix[t->nfix++].e = e;
+    e->fix = 1;
+  }
+}
+
+/*
+ * Sets c's entry for key, in slot sl, to val (lists_room made room, the
+ * importers' index is done): returns 0, or -1 when out of memory. The
+ * entry's first change in the crank saves its value as it was, and lists
+ * it for the sync. An entry emptied that was absent before the crank and
+ * in the store goes at once; one emptied that was not, or whose value
+ * before the crank is a text (to free once it is no longer the committed
+ * one), is listed for the end of the crank.
+ */
+__attribute__((always_inline)) static inline int
+put_in(struct ocap__clists *t, clist_t *c, const ocap__ckey_t *key, void **sl, uint64_t val) {
+  centry_t *e = *sl;
+  if (!e) {
+    if (!val)
+      return 0;
+    if (!(e = entry_add(t, c, key, 0, sl)))
+      return -1;
+    e->epoch = t->epoch; /* absent before the crank: cval is 0 */
+  } else if (e->epoch != t->epoch) {
+    e->cval = e->val;
+    e->epoch = t->epoch;
+  }
+  if (!e->syncat) {
+    t->sync[t->nsync].c = c;
+    t->sync[t->nsync++].e = e;
+    e->syncat = (unsigned)t->nsync;
+  }
+  val_drop(e->val, e->cval, e->sval);
+  e->val = val;
+  e->vtlen = 0;
+  if (!val) {
+    if (!e->cval && !e->sval && !e->fix) {
+      sync_unlist(t, e);
+      entry_remove_at(t, c, e, sl);
+      if (!c->n)
+        maybe_empty(t, c);
+    } else {
+      fix_list(t, c, e);
+    }
+  } else if (REF_KIND(e->cval) == REF_TEXT) {
+    fix_list(t, c, e);
+  }
+  return 0;
+}
+
+/* The importers' index for c's entry for key, in slot sl, set to val:
+ * only an object's kref-keyed entry is in it. */
+static inline int put_index(ocap_kernel_t *k, clist_t *c, const ocap__ckey_t *key, void **sl,
+                            uint64_t val) {
+  unsigned kind = REF_KIND(key->w);
+  if (kind != REF_KO && kind != REF_TEXT)
+    return 0;
+  centry_t *e = *sl;
+  return index_importer(k, c->ep, key, e ? e->val : 0, val);
+}
+
 int ocap__clist_put(ocap_kernel_t *k, clist_t *c, const ocap__ckey_t *key, void **sl,
                     uint64_t val) {
   struct ocap__clists *t = k->c;
   if (!sl)
     sl = entry_slot(c, key);
-  centry_t *e = *sl;
-  if (!e && !val)
+  if (!*sl && !val)
     return 0;
-  /* Only an object's kref-keyed entry is in the importers' index. */
-  unsigned kind = REF_KIND(key->w);
-  if (kind == REF_KO || kind == REF_TEXT) {
-    int rc = index_importer(k, c->ep, key, e ? e->val : 0, val);
-    if (rc)
-      return put_failed(k, c, val, rc);
+  int rc = put_index(k, c, key, sl, val);
+  if (rc || lists_room(t, 1))
+    return put_failed(k, c, val, rc);
+  t->changed = 1;
+  return put_in(t, c, key, sl, val) ? put_failed(k, c, val, 0) : 0;
+}
+
+int ocap__clist_put2(ocap_kernel_t *k, clist_t *c, const ocap__ckey_t *key1, void **sl1,
+                     uint64_t val1, const ocap__ckey_t *key2, uint64_t val2) {
+  struct ocap__clists *t = k->c;
+  if (!sl1)
+    sl1 = entry_slot(c, key1);
+  int rc = put_index(k, c, key1, sl1, val1);
+  if (rc || lists_room(t, 2) || put_in(t, c, key1, sl1, val1)) {
+    ocap__cv_free(val2);
+    return put_failed(k, c, val1, rc);
   }
-  if (!e && !(e = entry_add(t, c, key, 0, sl)))
-    return put_failed(k, c, val, 0);
-  if (!e->dirty) {
-    /* Room for the entry in the sync list too, which the end of the crank
-     * cannot fail to add it to. */
-    if (ocap__reserve(&t->dirty, &t->capdirty, t->ndirty + 1, sizeof *t->dirty, 32) ||
-        ocap__reserve(&t->sync, &t->capsync, t->nsync + t->ndirty + 1, sizeof *t->sync, 32))
-      return put_failed(k, c, val, 0);
-    t->dirty[t->ndirty].c = c;
-    t->dirty[t->ndirty++].e = e;
-    e->dirty = 1;
-  }
-  val_drop(e->val, e->cval, e->sval);
-  e->val = val;
-  e->vtlen = 0;
+  t->changed = 1;
+  /* Looked up after the first change, which may move entries. */
+  void **sl2 = entry_slot(c, key2);
+  rc = put_index(k, c, key2, sl2, val2);
+  if (rc || put_in(t, c, key2, sl2, val2))
+    return put_failed(k, c, val2, rc);
   return 0;
 }
 
@@ -644,6 +774,7 @@ static int ids_touch(ocap_kernel_t *k, clist_t *c) {
     return ocap__broken(k, OCAP_ENOMEM, "out of memory importing into %s", c->ep);
   t->idirty[t->nidirty++] = c;
   c->ids = 1;
+  t->changed = 1;
   return 0;
 }
 
@@ -791,10 +922,10 @@ void ocap__clists_forget(ocap_kernel_t *k, const char *ep) {
   clist_t *c = clist_get_ep(t, ep);
   if (!c)
     return;
-  /* A changed entry holds a value the store does not have yet. */
-  for (size_t i = 0; i < t->ndirty; i++)
-    if (t->dirty[i].c == c)
-      return;
+  /* A changed entry holds a value the store does not have yet (every
+   * entry a crank changes is in the sync list). */
+  if (c->dirty)
+    return;
   for (size_t i = 0; i < t->nsync; i++)
     if (t->sync[i].c == c)
       return;
@@ -811,22 +942,12 @@ void ocap__clists_forget(ocap_kernel_t *k, const char *ep) {
 
 /* ---- the store's hooks, and the sync ---- */
 
-/* Takes e off the sync list. */
-static void sync_unlist(struct ocap__clists *t, centry_t *e) {
-  if (!e->syncat)
-    return;
-  dirty_t last = t->sync[--t->nsync];
-  t->sync[e->syncat - 1] = last;
-  last.e->syncat = e->syncat;
-  e->syncat = 0;
-}
-
 int ocap__clists_unsynced(ocap_kernel_t *k) {
   return k->c->nsync > 0 || k->c->nisync > 0;
 }
 
 int ocap__clists_changed(ocap_kernel_t *k) {
-  return k->c->ndirty > 0 || k->c->nidirty > 0;
+  return k->c->changed;
 }
 
 int ocap__clists_fill(ocap_kernel_t *k) {
@@ -846,13 +967,14 @@ int ocap__clists_fill(ocap_kernel_t *k) {
   for (size_t i = 0; i < t->nsync; i++) {
     centry_t *e = t->sync[i].e;
     const char *ep = t->sync[i].c->ep;
-    if (e->cval == e->sval)
+    uint64_t cv = committed(t, e);
+    if (cv == e->sval)
       continue;
     char rbuf[OCAP_REF_MAX], vbuf[OCAP_REF_MAX + 8];
     const char *ref = entry_ref(e, rbuf);
     size_t vl = 0;
     /* The text first: an argument's order of evaluation is unspecified. */
-    const char *v = e->cval ? cv_str(e->cval, vbuf, &vl) : NULL;
+    const char *v = cv ? cv_str(cv, vbuf, &vl) : NULL;
     int rc = v ? ocap__setn(k, v, vl, "%s.c.%s", ep, ref) : ocap__delv(k, "%s.c.%s", ep, ref);
     if (rc)
       return rc;
@@ -866,39 +988,45 @@ static int droppable(const clist_t *c) {
          c->cnext[0] < 0 && c->cnext[1] < 0 && c->snext[0] < 0 && c->snext[1] < 0;
 }
 
-/* Drops the c-lists of the pairs v[0..n) left empty. */
-static void drop_empty(struct ocap__clists *t, dirty_t *v, size_t n) {
-  /* Each once: a c-list found droppable is marked, and the mark goes with
-   * it. */
-  size_t ngone = 0;
-  for (size_t i = 0; i < n; i++) {
-    clist_t *c = v[i].c;
-    if (!c->dirty && droppable(c)) {
-      c->dirty = 1;
-      v[ngone++].c = c;
-    }
+/* Drops the c-lists listed as maybe left empty (maybe_empty) that are. */
+static void drop_empty(struct ocap__clists *t) {
+  clist_t *c = t->empty;
+  t->empty = NULL;
+  while (c) {
+    clist_t *next = c->next_empty;
+    c->dirty = 0;
+    if (droppable(c))
+      clist_remove_ep(t, c);
+    c = next;
   }
-  for (size_t i = 0; i < ngone; i++)
-    clist_remove_ep(t, v[i].c);
 }
 
 void ocap__clists_synced(ocap_kernel_t *k) {
   struct ocap__clists *t = k->c;
-  size_t n = 0; /* the c-lists an entry left empty, collected at the front */
+  size_t n = 0; /* the entries kept in the list, moved to its front */
   for (size_t i = 0; i < t->nsync; i++) {
+    clist_t *c = t->sync[i].c;
     centry_t *e = t->sync[i].e;
-    val_drop(e->sval, e->val, e->cval);
-    e->sval = e->cval;
+    uint64_t cv = committed(t, e);
+    val_drop(e->sval, e->val, cv);
+    e->sval = cv;
+    /* One the open crank changed stays listed: its commit may make its
+     * value the committed one. One listed for the end of the crank is
+     * left to it. */
+    if (e->epoch == t->epoch) {
+      t->sync[n] = t->sync[i];
+      e->syncat = (unsigned)++n;
+      continue;
+    }
     e->syncat = 0;
-    if (!e->dirty && !e->val && !e->cval) {
-      clist_t *c = t->sync[i].c;
+    if (!e->fix && !e->val && !cv) {
       entry_remove(t, c, e);
       if (!c->n)
-        t->sync[n++].c = c;
+        maybe_empty(t, c);
     }
   }
-  drop_empty(t, t->sync, n);
-  t->nsync = 0;
+  t->nsync = n;
+  drop_empty(t);
   /* The counters last: a c-list listed here was kept by drop_empty. */
   for (size_t i = 0; i < t->nisync; i++) {
     clist_t *c = t->isync[i];
@@ -931,10 +1059,8 @@ static void ids_spent(clist_t *c) {
       c->next[j] = c->cnext[j];
 }
 
-/* Ends the crank's changes, keeping or dropping them; entries gone in
- * memory and in the store go, and c-lists left empty; an entry whose
- * committed value the store lacks joins the sync list. */
-static void end_crank(struct ocap__clists *t, int keep) {
+/* Ends the crank's changes to the counters, keeping or dropping them. */
+static void end_ids(struct ocap__clists *t, int keep) {
   for (size_t i = 0; i < t->nidirty; i++) {
     clist_t *c = t->idirty[i];
     if (keep)
@@ -948,43 +1074,66 @@ static void end_crank(struct ocap__clists *t, int keep) {
     }
   }
   t->nidirty = 0;
-  size_t n = 0; /* the c-lists an entry left empty, collected at the front */
-  for (size_t i = 0; i < t->ndirty; i++) {
-    clist_t *c = t->dirty[i].c;
-    centry_t *e = t->dirty[i].e;
-    if (keep) {
-      val_drop(e->cval, e->val, e->sval);
-      e->cval = e->val;
-    } else {
-      if (e->val != e->cval) {
-        val_drop(e->val, e->cval, e->sval);
-        e->val = e->cval;
-        e->vtlen = 0;
-      }
-    }
-    e->dirty = 0;
-    if (!e->val && !e->sval) {
-      sync_unlist(t, e);
-      entry_remove(t, c, e);
-      if (!c->n)
-        t->dirty[n++].c = c;
-    } else if (e->cval != e->sval && !e->syncat) {
-      t->sync[t->nsync].c = c;
-      t->sync[t->nsync++].e = e;
-      e->syncat = t->nsync;
-    }
-  }
-  if (n)
-    drop_empty(t, t->dirty, n);
-  t->ndirty = 0;
 }
 
+/* Removes e of c, gone now, before the crank and in the store (its
+ * committed value is 0, whichever epoch). */
+static void entry_gone(struct ocap__clists *t, clist_t *c, centry_t *e) {
+  sync_unlist(t, e);
+  entry_remove(t, c, e);
+  if (!c->n)
+    maybe_empty(t, c);
+}
+
+/* Ends the epoch (the file's comment): from now on, each entry's value is
+ * its committed one. */
+static void end_epoch(struct ocap__clists *t) {
+  drop_empty(t);
+  t->epoch++;
+  t->changed = 0;
+}
+
+/* Commits the crank: only the entries listed for it are visited. */
 void ocap__clists_done(ocap_kernel_t *k) {
-  end_crank(k->c, 1);
+  struct ocap__clists *t = k->c;
+  for (size_t i = 0; i < t->nfix; i++) {
+    clist_t *c = t->fix[i].c;
+    centry_t *e = t->fix[i].e;
+    e->fix = 0;
+    val_drop(e->cval, e->val, e->sval);
+    e->cval = e->val;
+    if (!e->val && !e->sval)
+      entry_gone(t, c, e);
+  }
+  t->nfix = 0;
+  end_ids(t, 1);
+  end_epoch(t);
 }
 
+/* Rolls the crank back: every entry it changed is in the sync list, and
+ * gets back its value from before the crank. */
 void ocap__clists_abort(ocap_kernel_t *k, int cleared) {
-  end_crank(k->c, 0);
+  struct ocap__clists *t = k->c;
+  for (size_t i = 0; i < t->nfix; i++)
+    t->fix[i].e->fix = 0;
+  t->nfix = 0;
+  /* From the end: taking an entry off the list moves the last one into
+   * its place, which was visited already. */
+  for (size_t i = t->nsync; i-- > 0;) {
+    clist_t *c = t->sync[i].c;
+    centry_t *e = t->sync[i].e;
+    if (e->epoch != t->epoch)
+      continue;
+    if (e->val != e->cval) {
+      val_drop(e->val, e->cval, e->sval);
+      e->val = e->cval;
+      e->vtlen = 0;
+    }
+    if (!e->val && !e->sval)
+      entry_gone(t, c, e);
+  }
+  end_ids(t, 0);
+  end_epoch(t);
   if (cleared)
-    drop_all(k->c);
+    drop_all(t);
 }

@@ -87,11 +87,16 @@ void ocap__cv_free(uint64_t v);
  * most of those a round trip makes are never asked for theirs.
  */
 typedef struct ocap__centry {
-  uint64_t key;             /* the ref's word (ocap__ckey_t) */
-  uint64_t val, cval, sval; /* now, committed, stored; 0 when absent */
-  char *xkey;               /* the ref's text, for a key of kind REF_TEXT */
-  unsigned dirty;           /* listed in the crank's changes */
-  unsigned syncat;          /* its index in the sync list + 1, 0 when not listed */
+  uint64_t key; /* the ref's word (ocap__ckey_t) */
+  /* Now, before the crank's first change, and in the store; 0 when
+   * absent. cval means something only while epoch is the crank's
+   * (clist.c): a crank's commit makes val the committed value by moving
+   * on to the next epoch, without visiting what it changed. */
+  uint64_t val, cval, sval;
+  uint64_t epoch;  /* the epoch of its last change */
+  char *xkey;      /* the ref's text, for a key of kind REF_TEXT */
+  unsigned fix;    /* listed for the end of the crank (clist.c) */
+  unsigned syncat; /* its index in the sync list + 1, 0 when not listed */
   struct ocap__centry *next_spare;
   unsigned vtlen; /* strlen(vt), 0 until it is made */
   char vt[24];
@@ -107,7 +112,8 @@ typedef struct ocap__centry {
 typedef struct ocap__clist {
   void **slots; /* ocap__centry_t records (idtable.h's open addressing) */
   size_t mask, n;
-  int dirty; /* a mark clist.c's drop_empty uses */
+  int dirty;                      /* listed as maybe empty (clist.c) */
+  struct ocap__clist *next_empty; /* that list */
   long long next[2], cnext[2], snext[2];
   int ids;
   size_t idsync;
@@ -194,6 +200,12 @@ static inline int ocap__clist_of_ep(ocap_kernel_t *k, const char *ep, ocap__clis
  * A text value is the c-list's from the call on, even when it fails. */
 int ocap__clist_put(ocap_kernel_t *k, ocap__clist_t *c, const ocap__ckey_t *key, void **sl,
                     uint64_t val);
+/* Two ocap__clist_put in one call, the way a c-list's pair of entries
+ * (kref to eref and back) comes and goes: key1 (slot sl1, or NULL) to
+ * val1, then key2 to val2. Both text values are the c-list's from the
+ * call on. */
+int ocap__clist_put2(ocap_kernel_t *k, ocap__clist_t *c, const ocap__ckey_t *key1, void **sl1,
+                     uint64_t val1, const ocap__ckey_t *key2, uint64_t val2);
 
 /* The value of `<ep>.c.<ref>` as text: 1 with *v (owned by the table,
  * valid until the next lookup or change of a c-list) and *vl set, 0 when

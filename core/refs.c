@@ -262,14 +262,8 @@ static int clist_add(ocap_kernel_t *k, ocap__clist_t *c, const char *kref, const
     ocap__cv_free(ev);
     return nomem(k, c->ep);
   }
-  int rc;
-  if (esl) {
-    rc = ocap__clist_put(k, c, ekey, esl, kv);
-    rc = rc ? (ocap__cv_free(ev), rc) : ocap__clist_put(k, c, kkey, NULL, ev);
-  } else {
-    rc = ocap__clist_put(k, c, kkey, ksl, ev);
-    rc = rc ? (ocap__cv_free(kv), rc) : ocap__clist_put(k, c, ekey, NULL, kv);
-  }
+  int rc = esl ? ocap__clist_put2(k, c, ekey, esl, kv, kkey, ev)
+               : ocap__clist_put2(k, c, kkey, ksl, ev, ekey, kv);
   if (rc)
     return rc;
   if (ocap__is_kpid(kref))
@@ -301,12 +295,13 @@ static int clist_remove(ocap_kernel_t *k, const char *ep, const char *kref, ocap
       return rc;
     import = eref[1] == '-';
   }
-  rc = ocap__clist_put(k, c, &key, sl, 0);
-  if (!rc && !ocap__is_kernel_ep(ep)) {
+  if (ocap__is_kernel_ep(ep)) {
+    rc = ocap__clist_put(k, c, &key, sl, 0);
+  } else {
     ocap__ckey_t ekey = ocap__ckey_code(ecode);
     if (!ecode)
       ocap__ckey(&ekey, eref);
-    rc = ocap__clist_put(k, c, &ekey, NULL, 0);
+    rc = ocap__clist_put2(k, c, &key, sl, 0, &ekey, 0);
   }
   if (rc)
     return rc;
