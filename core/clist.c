@@ -85,20 +85,43 @@ size_t ocap__ref_text(uint64_t w, char *out) {
       "00010203040506070809101112131415161718192021222324252627282930313233"
       "34353637383940414243444546474849505152535455565758596061626364656667"
       "6869707172737475767778798081828384858687888990919293949596979899";
+  /* 10^t for t > 0, 0 for t = 0 (so that 0 has one digit). */
+  static const uint64_t p10[20] = {0,
+                                   10ULL,
+                                   100ULL,
+                                   1000ULL,
+                                   10000ULL,
+                                   100000ULL,
+                                   1000000ULL,
+                                   10000000ULL,
+                                   100000000ULL,
+                                   1000000000ULL,
+                                   10000000000ULL,
+                                   100000000000ULL,
+                                   1000000000000ULL,
+                                   10000000000000ULL,
+                                   100000000000000ULL,
+                                   1000000000000000ULL,
+                                   10000000000000000ULL,
+                                   100000000000000000ULL,
+                                   1000000000000000000ULL,
+                                   10000000000000000000ULL};
   unsigned kind = REF_KIND(w);
   uint64_t n = REF_NUM(w);
   memcpy(out, prefix[kind], 2);
-  /* The digits are counted first and written in place from the end, two
-   * at a time: a round trip formats a few refs of four or five digits. */
-  size_t len = 3;
-  uint64_t v = n;
-  for (; v >= 100; v /= 100)
-    len += 2;
-  len += v >= 10;
+  /* The digits are counted without a loop: bits * 1233 / 4096 is
+   * floor(log10(2^bits)), one short of the count or right, which one
+   * compare tells. Then they are written in place from the end, two at a
+   * time: a round trip formats a few refs of four or five digits. */
+  unsigned t = ((unsigned)(64 - __builtin_clzll(n | 1)) * 1233u) >> 12;
+  size_t len = 2 + t + (n >= p10[t]);
   out[len] = '\0';
   char *p = out + len;
-  for (; n >= 100; n /= 100)
-    memcpy(p -= 2, pairs + 2 * (n % 100), 2);
+  while (n >= 100) {
+    uint64_t q = n / 100;
+    memcpy(p -= 2, pairs + 2 * (n - q * 100), 2);
+    n = q;
+  }
   if (n >= 10)
     memcpy(p - 2, pairs + 2 * n, 2);
   else
@@ -743,22 +766,38 @@ int ocap__clist_put(ocap_kernel_t *k, clist_t *c, const ocap__ckey_t *key, void 
   return put_in(t, c, key, sl, val) ? put_failed(k, c, val, 0) : 0;
 }
 
+/* ocap__clist_put2 where a key may be in the importers' index: two calls
+ * of ocap__clist_put. */
+__attribute__((noinline)) static int put2_indexed(ocap_kernel_t *k, clist_t *c,
+                                                  const ocap__ckey_t *key1, void **sl1,
+                                                  uint64_t val1, const ocap__ckey_t *key2,
+                                                  uint64_t val2) {
+  int rc = ocap__clist_put(k, c, key1, sl1, val1);
+  if (rc) {
+    ocap__cv_free(val2);
+    return rc;
+  }
+  return ocap__clist_put(k, c, key2, NULL, val2);
+}
+
 int ocap__clist_put2(ocap_kernel_t *k, clist_t *c, const ocap__ckey_t *key1, void **sl1,
                      uint64_t val1, const ocap__ckey_t *key2, uint64_t val2) {
+  /* A promise's pair, the common case, has no key in the index: one test
+   * of both kinds sends the others to the general path. */
+  const unsigned indexed = 1u << REF_KO | 1u << REF_TEXT;
+  if (((1u << REF_KIND(key1->w)) | (1u << REF_KIND(key2->w))) & indexed)
+    return put2_indexed(k, c, key1, sl1, val1, key2, val2);
   struct ocap__clists *t = k->c;
   if (!sl1)
     sl1 = entry_slot(c, key1);
-  int rc = put_index(k, c, key1, sl1, val1);
-  if (rc || lists_room(t, 2) || put_in(t, c, key1, sl1, val1)) {
+  if (lists_room(t, 2) || put_in(t, c, key1, sl1, val1)) {
     ocap__cv_free(val2);
-    return put_failed(k, c, val1, rc);
+    return put_failed(k, c, val1, 0);
   }
   t->changed = 1;
   /* Looked up after the first change, which may move entries. */
-  void **sl2 = entry_slot(c, key2);
-  rc = put_index(k, c, key2, sl2, val2);
-  if (rc || put_in(t, c, key2, sl2, val2))
-    return put_failed(k, c, val2, rc);
+  if (put_in(t, c, key2, entry_slot(c, key2), val2))
+    return put_failed(k, c, val2, 0);
   return 0;
 }
 
@@ -1078,7 +1117,8 @@ static void end_ids(struct ocap__clists *t, int keep) {
 
 /* Removes e of c, gone now, before the crank and in the store (its
  * committed value is 0, whichever epoch). */
-static void entry_gone(struct ocap__clists *t, clist_t *c, centry_t *e) {
+__attribute__((always_inline)) static inline void entry_gone(struct ocap__clists *t, clist_t *c,
+                                                             centry_t *e) {
   sync_unlist(t, e);
   entry_remove(t, c, e);
   if (!c->n)
@@ -1087,8 +1127,9 @@ static void entry_gone(struct ocap__clists *t, clist_t *c, centry_t *e) {
 
 /* Ends the epoch (the file's comment): from now on, each entry's value is
  * its committed one. */
-static void end_epoch(struct ocap__clists *t) {
-  drop_empty(t);
+static inline void end_epoch(struct ocap__clists *t) {
+  if (t->empty)
+    drop_empty(t);
   t->epoch++;
   t->changed = 0;
 }
@@ -1106,7 +1147,8 @@ void ocap__clists_done(ocap_kernel_t *k) {
       entry_gone(t, c, e);
   }
   t->nfix = 0;
-  end_ids(t, 1);
+  if (t->nidirty)
+    end_ids(t, 1);
   end_epoch(t);
 }
 

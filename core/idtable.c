@@ -19,12 +19,7 @@ static long long rec_id(const void *rec) {
   return *(const long long *)rec;
 }
 
-/* Kernel ids are consecutive, so the multiplication spreads them over the
- * table and the shift folds the high bits back into the masked ones. */
-static size_t id_hash(long long id) {
-  unsigned long long h = (unsigned long long)id * 0x9e3779b97f4a7c15ULL;
-  return (size_t)(h ^ (h >> 29));
-}
+#define id_hash ocap__id_hash
 
 /* The slot a record hashes to (ocap__home_fn). */
 static size_t id_home(const void *rec, size_t mask) {
@@ -63,10 +58,6 @@ void ocap__idtable_free(ocap__idtable_t *t, void (*free_rec)(void *)) {
   ocap__idtable_clear(t, free_rec);
   free(t->slots);
   t->slots = NULL;
-}
-
-void *ocap__idtable_find(const ocap__idtable_t *t, long long id) {
-  return t->slots[find_slot(t, id)];
 }
 
 int ocap__oa_grow(void ***slots, size_t *mask, ocap__home_fn home) {

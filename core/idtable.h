@@ -31,8 +31,24 @@ int ocap__idtable_init(ocap__idtable_t *t, size_t cap);
 void ocap__idtable_free(ocap__idtable_t *t, void (*free_rec)(void *));
 /* Empties the table, handing every record to free_rec (when not NULL). */
 void ocap__idtable_clear(ocap__idtable_t *t, void (*free_rec)(void *));
-/* The record with this id, or NULL. */
-void *ocap__idtable_find(const ocap__idtable_t *t, long long id);
+/* The slot an id hashes to, before masking. Kernel ids are consecutive,
+ * so the multiplication spreads them over the table and the shift folds
+ * the high bits back into the masked ones. */
+static inline size_t ocap__id_hash(long long id) {
+  unsigned long long h = (unsigned long long)id * 0x9e3779b97f4a7c15ULL;
+  return (size_t)(h ^ (h >> 29));
+}
+
+/* The record with this id, or NULL. Inline: the kernel finds records
+ * several times a round trip, and the call cost about as much as the
+ * probe. */
+static inline void *ocap__idtable_find(const ocap__idtable_t *t, long long id) {
+  for (size_t i = ocap__id_hash(id) & t->mask;; i = (i + 1) & t->mask) {
+    void *rec = t->slots[i];
+    if (!rec || *(const long long *)rec == id)
+      return rec;
+  }
+}
 /* Adds rec, whose id must not be in the table yet, growing it if needed. */
 int ocap__idtable_insert(ocap__idtable_t *t, void *rec);
 /* Takes the record with this id out of the table and returns it (NULL when

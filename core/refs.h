@@ -80,15 +80,28 @@ static inline uint64_t ocap__ref_code(const char *r) {
   } else {
     return 0;
   }
-  const char *d = r + 2, *p = d;
-  if (d[0] == '0')
+  const char *d = r + 2, *p = d + 1;
+  uint64_t n = (unsigned char)d[0] - (unsigned)'0';
+  if (n >= 10)
+    return 0;
+  if (n == 0)
     return d[1] ? 0 : kind;
-  /* The length is checked once at the end: n may wrap on the way. */
-  uint64_t n = 0;
-  unsigned c;
-  for (; (c = (unsigned char)*p - (unsigned)'0') < 10; p++)
-    n = n * 10 + c;
-  return *p || p == d || p - d > 18 ? 0 : REF_MAKE(kind, n);
+  /* Two digits a step: a kref's number has a few. The length is checked
+   * once at the end: n may wrap on the way. */
+  for (;;) {
+    unsigned c0 = (unsigned char)p[0] - (unsigned)'0';
+    if (c0 >= 10)
+      break;
+    unsigned c1 = (unsigned char)p[1] - (unsigned)'0';
+    if (c1 >= 10) {
+      n = n * 10 + c0;
+      p++;
+      break;
+    }
+    n = n * 100 + c0 * 10 + c1;
+    p += 2;
+  }
+  return *p || p - d > 18 ? 0 : REF_MAKE(kind, n);
 }
 
 /* The N of a kref of kind REF_KO or REF_KP written as the kernel writes
