@@ -433,8 +433,10 @@ static int deliver_host(lkernel_t *lk, const ocap_delivery_t *d) {
     lk->host_since_reap = 0;
     ocap_kernel_schedule_reap(lk->k, "kernel");
   }
-  STACK_CHECK_BEGIN(L);
   lk->host_ran = 1;
+  if (ocap__host_notify(lk, L, d)) /* the common resolution, in C (lkernel.c) */
+    return 0;
+  STACK_CHECK_BEGIN(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, lk->host_dispatch_ref);
   int n = push_delivery(L, d);
   if (lua_pcall(L, n, 0, 0) != LUA_OK) {

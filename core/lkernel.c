@@ -16,6 +16,7 @@
 
 #include "lio.h"
 #include "lpromise.h"
+#include "lsmallcaps.h"
 #include "lkernel_int.h"
 #include "lnet.h"
 #include "lrpc.h"
@@ -52,6 +53,9 @@ static void unref_all(lua_State *L, lkernel_t *lk) {
   luaL_unref(L, LUA_REGISTRYINDEX, lk->after_crank_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->drain_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lk->has_turns_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->track_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->pending_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lk->settle_ref);
 }
 
 /* K:__gc()  [-0, +0, e]
@@ -109,7 +113,8 @@ static int core_open(lua_State *L) {
     return luaL_error(L, "out of memory");
   lk->host_dispatch_ref = lk->vat_needed_ref = lk->logger_ref = lk->terminated_ref = LUA_NOREF;
   lk->exit_ref = lk->host_pipelines_ref = lk->peer_dispatch_ref = lk->after_crank_ref = LUA_NOREF;
-  lk->drain_ref = lk->has_turns_ref = LUA_NOREF;
+  lk->drain_ref = lk->has_turns_ref = lk->track_ref = LUA_NOREF;
+  lk->pending_ref = lk->settle_ref = LUA_NOREF;
   if (uv_loop_init(&lk->loop) != 0) {
     free(lk);
     return luaL_error(L, "cannot create the event loop");
@@ -603,6 +608,123 @@ static int k_send(lua_State *L) {
   return 0;
 }
 
+/* The arguments K:queueFlat takes; more go the general way. */
+#define FLAT_ARGS 16
+
+/*
+ * K:queueFlat(kref, method, args) -> promise | nil  [-0, +1, e]
+ * The host's queueMessage of a call whose body the C codec writes flat
+ * (plain strings, safe integers and booleans: no slot, no table), in one
+ * C call: the body written from the arguments, the result's kpid
+ * allocated, the message sent from the kernel's endpoint, and the result
+ * promise the host liveslots' trackPromise makes for the kpid, as its
+ * sendArgs would do (allocPromise, send, pending and vpidOf). args is a
+ * sequence without `n` and without a metatable, whose elements are
+ * args[1..#args] as table.unpack takes them. Anything else answers nil,
+ * having done nothing, for the general way.
+ */
+static int k_queue_flat(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  const char *target = luaL_checkstring(L, 2);
+  if (lk->track_ref == LUA_NOREF || lua_type(L, 3) != LUA_TSTRING || lua_type(L, 4) != LUA_TTABLE ||
+      lua_getmetatable(L, 4))
+    goto general;
+  lua_pushliteral(L, "n");
+  if (lua_rawget(L, 4) != LUA_TNIL)
+    goto general;
+  lua_Unsigned n = lua_rawlen(L, 4);
+  if (n > FLAT_ARGS)
+    goto general;
+  lua_settop(L, 4);
+  luaL_checkstack(L, (int)n + 4, NULL);
+  lua_pushvalue(L, 3);
+  for (lua_Unsigned i = 1; i <= n; i++)
+    lua_rawgeti(L, 4, (lua_Integer)i);
+  char body[OCAP_SC_FLAT_MAX];
+  ocap_capdata_t cd = {0};
+  cd.body = body;
+  cd.blen = ocap_sc_encode_flat_call(NULL, L, 5, body); /* the host has no meter */
+  if (!cd.blen)
+    goto general;
+  lua_settop(L, 4);
+  char kpid[OCAP_REF_MAX];
+  if (ocap_kernel_alloc_promise(lk->k, "kernel", kpid) ||
+      ocap_kernel_send(lk->k, "kernel", target, &cd, kpid))
+    return raise_kernel(L, lk);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lk->track_ref);
+  lua_pushstring(L, kpid);
+  lua_call(L, 1, 1);
+  return 1;
+general:
+  lua_pushnil(L);
+  return 1;
+}
+
+/*
+ * [-2, +1, e] Takes the resolution at 2 (a light userdata) of the kernel
+ * at 1 as the host liveslots' dispatch('notify', ...) would, when its
+ * promise is one the host waits on and its body has no slot and decodes
+ * in C: the promise leaves pending and settles (settleAndResume), and the
+ * turns that queued run (drain), as dispatch ends with. Answers false,
+ * having changed nothing, for any other resolution, which then goes to
+ * dispatch; true when it took it.
+ */
+static int host_notify_call(lua_State *L) {
+  lkernel_t *lk = lua_touserdata(L, 1);
+  const ocap_resolution_t *r = lua_touserdata(L, 2);
+  lua_settop(L, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lk->pending_ref); /* 1 */
+  lua_pushstring(L, r->kpid);                         /* 2 */
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, 1) != LUA_TTABLE || !ocap_sc_push_model(L) || /* 3, 4 */
+      ocap_sc_push_decoded(L, 4, r->data.body, r->data.blen, 0) != 1) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lua_pushvalue(L, 2); /* the value is at 5 */
+  lua_pushnil(L);
+  lua_rawset(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lk->settle_ref);
+  lua_pushvalue(L, 3);
+  lua_pushboolean(L, !r->rejected);
+  lua_pushvalue(L, 5);
+  lua_call(L, 3, 0);
+  if (!lk->drain_q || !ocap_promise_idle(lk->drain_q)) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lk->drain_ref);
+    lua_call(L, 0, 0);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/*
+ * [-0, +0, m] The host's endpoint's delivery d, taken in C when it is the
+ * common resolution of a result the host waits on (host_notify_call), in
+ * a protected call as the host's dispatch is made. Returns 1 when it took
+ * d (a failure, after which it may have done part of the work, is
+ * reported and dropped, as one of dispatch is), 0 for the host's dispatch
+ * to take it.
+ */
+int ocap__host_notify(lkernel_t *lk, lua_State *L, const ocap_delivery_t *d) {
+  if (d->type != OCAP_DELIVER_NOTIFY || d->nresolutions != 1 || d->resolutions[0].data.nslots ||
+      lk->pending_ref == LUA_NOREF || lk->drain_ref == LUA_NOREF)
+    return 0;
+  STACK_CHECK_BEGIN(L);
+  lua_pushcfunction(L, host_notify_call);
+  lua_pushlightuserdata(L, lk);
+  lua_pushlightuserdata(L, (void *)&d->resolutions[0]);
+  int took = 1;
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "ocap: kernel endpoint dispatch failed: %s\n", msg ? msg : "(error object)");
+  } else {
+    took = lua_toboolean(L, -1);
+  }
+  lua_pop(L, 1);
+  STACK_CHECK_END(L, 0);
+  return took;
+}
+
 /* K:subscribe(kpid, ep?)  [-0, +0, e] */
 static int k_subscribe(lua_State *L) {
   lkernel_t *lk = checkkernel(L, 1);
@@ -1050,6 +1172,25 @@ static int k_set_drain(lua_State *L) {
   return 0;
 }
 
+/* K:setHostResults(trackPromise, pending, settleAndResume)  [-0, +0, e]
+ * The host liveslots' trackPromise, which K:queueFlat makes its result
+ * promises with, its table of pending promises by kpid and ocap.promise's
+ * settleAndResume, with which the host's endpoint takes the common
+ * resolution in C (ocap__host_notify). */
+static int k_set_host_results(lua_State *L) {
+  lkernel_t *lk = checkkernel(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  luaL_checktype(L, 4, LUA_TFUNCTION);
+  lua_settop(L, 4);
+  int *refs[] = {&lk->track_ref, &lk->pending_ref, &lk->settle_ref};
+  for (int i = 2; i >= 0; i--) {
+    luaL_unref(L, LUA_REGISTRYINDEX, *refs[i]);
+    *refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return 0;
+}
+
 /* K:setLogger(logger?)  [-0, +0, e] */
 static int k_set_logger(lua_State *L) {
   return set_ref(L, &checkkernel(L, 1)->logger_ref);
@@ -1118,6 +1259,8 @@ static const luaL_Reg kernel_methods[] = {
     {"import", k_import},
     {"export", k_export},
     {"send", k_send},
+    {"queueFlat", k_queue_flat},
+    {"setHostResults", k_set_host_results},
     {"subscribe", k_subscribe},
     {"resolve", k_resolve},
     {"step", k_step},

@@ -173,6 +173,9 @@ struct lkernel {
   int drain_ref;          /* the host's promise drain (K:setDrain), for K:await, */
   int has_turns_ref;      /* and hasTurns, which it calls when */
   const void *drain_q;    /* drain's queue, which ocap_promise_idle reads, is NULL */
+  int track_ref;          /* the host liveslots' trackPromise, */
+  int pending_ref;        /* its pending promises by kpid, and */
+  int settle_ref;         /* ocap.promise's settleAndResume (K:setHostResults) */
   lvat_t **vats;          /* open addressing by vat number; NULL marks a free slot */
   size_t nvats;           /* slots: 0 or a power of two, at most half full */
   size_t nlive;           /* records in it */
@@ -292,5 +295,8 @@ int ocap__hook_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int *
 void ocap__hook_prepare(void *ud, const char *ep);
 int ocap__hook_pipelines(void *ud, const char *ep, const char *eref);
 void ocap__hook_terminated(void *ud, const char *ep, const char *reason, size_t rlen);
+
+/* lkernel.c: the host's side of a delivery it takes in C. */
+int ocap__host_notify(lkernel_t *lk, lua_State *L, const ocap_delivery_t *d);
 
 #endif

@@ -324,6 +324,7 @@ function M.make(options)
   })
   K:setHostDispatch(self.ls.dispatch)
   K:setDrain(promise.drain, promise.hasTurns)
+  K:setHostResults(self.ls.trackPromise, self.ls.pending, promise.settleAndResume)
   K:setHostPipelines(self.ls.pipelines)
   upgrade.install(self)
   self:_rejectPreviousHostPromises()
@@ -1179,6 +1180,13 @@ function Kernel:queueMessage(target, method, args)
   if type(method) ~= 'string' then error('queueMessage: method must be a string', 2) end
   args = args or {}
   if type(args) ~= 'table' then error('queueMessage: args must be a sequence', 2) end
+  -- A call the C codec writes flat goes in one C call (K:queueFlat),
+  -- which makes the result promise as sendArgs would.
+  local p = self.K:queueFlat(kref, method, args)
+  if p then
+    if self._attachment then self._attachment:wake() end
+    return p
+  end
   -- Without a count, the arguments are args[1..#args], as table.pack of
   -- them would give; sendArgs encodes them from the stack, no copy made.
   if args.n == nil then return self.ls.sendArgs(kref, method, true, table.unpack(args)) end
