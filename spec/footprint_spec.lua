@@ -43,6 +43,29 @@ describe('the runtime every vat keeps', function()
     end
     assert.same({}, lua)
   end)
+
+  it('has no Lua function for the cold parts of liveslots: its kits, baggage shell and presences', function()
+    -- A vat's instance, on a store of its own.
+    local store = {}
+    local syscall = {
+      vatstoreGet = function(k) return store[k] end,
+      vatstoreSet = function(k, v) store[k] = v end,
+    }
+    local liveslots = require 'ocap.liveslots'
+    local ls = liveslots.make({ syscall = syscall, vatId = 'v1', kind = 'vat' })
+    local bag = ls.baggage()
+    local presence = ls.presenceFor('o-1')
+    local lua = {}
+    for name, t in pairs({ ls = { stores = ls.stores, durable = ls.durable, vom = ls.vom },
+      baggageMT = debug.getmetatable(bag), presenceMT = debug.getmetatable(presence) }) do
+      for _, f in ipairs(cFunctions(name, t)) do lua[#lua + 1] = f end
+    end
+    assert.same({}, lua)
+    -- They still do what they stand for, loading the Lua behind them.
+    assert.equal('MapStore(baggage)', tostring(bag))
+    assert.equal('[Presence Alleged: presence]', tostring(presence))
+    assert.equal('baggage', store['vc.1|label'])
+  end)
 end)
 
 describe('an idle vat', function()

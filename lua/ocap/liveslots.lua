@@ -29,6 +29,11 @@ local cEncodeCallArgs = pass.codec and pass.codec.encodeCallArgs
 local cDecode = pass.codec and pass.codec.decode
 local cDecodeCall = pass.codec and pass.codec.decodeCall
 local function ignore() end
+-- ocap.smallcaps' lazy(require, module, name, cx): a C function that calls
+-- require(module)[name](cx, ...), for the cold parts of an instance,
+-- which are in ocap.liveslots.kits.
+local lazy = require('ocap.smallcaps').lazy
+local KITS = 'ocap.liveslots.kits'
 -- The metatable of this runtime's promises, to tell one on the hot path
 -- without a call into ocap.promise.
 local PromiseMT = getmetatable(makePromise())
@@ -48,23 +53,6 @@ local COUNT_MAX <const> = 9007199254740991 -- 2^53 - 1
 -- ocap.liveslots.rare, loaded on first use (defined below).
 local rare
 
---- Reads a count or id the runtime keeps in the vat's store (dflt when
---- absent). Such values are decimal integers from 0 to 2^53 - 1; anything
---- else means the database was damaged, and the key is named rather than
---- the value used (a garbled id counter would hand out ids again).
----@param get fun(key: string): string|nil the vatstoreGet syscall
----@param key string
----@param dflt integer
----@return integer
-function M.storedCount(get, key, dflt)
-  local v = get(key)
-  if v == nil then return dflt end
-  local n = #v <= 16 and not sfind(v, '^0%d') and sfind(v, '^%d+$') and math.tointeger(tonumber(v))
-  if not n or n > COUNT_MAX then rare().corruptCount(key, v) end
-  return n
-end
-local storedCount = M.storedCount
-
 -- Per Lua state: which liveslots instance a presence or a kernel-known
 -- promise belongs to, so E() can route without being told.
 local presenceInfo = setmetatable({}, WEAK_KEYS) -- presence -> { ls, vref }
@@ -74,16 +62,12 @@ local presenceInfo = setmetatable({}, WEAK_KEYS) -- presence -> { ls, vref }
 -- the maker of its presences' senders (made in M.make).
 local instances = setmetatable({}, WEAK_KEYS)
 
+-- A presence's metamethods only raise or describe it: they are in
+-- ocap.liveslots.kits.
 local presenceMT = {
-  __index = function(self, k)
-    error(('cannot call %s on %s directly: use E(presence).%s(...)'):format(
-      tostring(k), tostring(self), tostring(k)), 2)
-  end,
-  __newindex = function() error('cannot modify a presence', 2) end,
-  __tostring = function(self)
-    local info = presenceInfo[self]
-    return ('[Presence %s]'):format(info and info.iface or '?')
-  end,
+  __index = lazy(require, KITS, 'presenceIndex', presenceInfo),
+  __newindex = lazy(require, KITS, 'presenceRefuse', presenceInfo),
+  __tostring = lazy(require, KITS, 'presenceString', presenceInfo),
   __metatable = 'presence',
 }
 
@@ -218,8 +202,11 @@ function M.make(opts)
         error(('corrupt database: vat store key "idCounters" holds %q, which is not two counts')
           :format(saved:sub(1, 40)), 0)
       end
+      -- Each a count as ocap.liveslots.kits' storedCount reads one.
       local function field(s)
-        return storedCount(function() return s end, 'idCounters', 0)
+        local n = #s <= 16 and not sfind(s, '^0%d') and sfind(s, '^%d+$') and math.tointeger(tonumber(s))
+        if not n or n > COUNT_MAX then require(KITS).corruptCount('idCounters', s) end
+        return n
       end
       nextObject, nextPromise = field(o), field(p)
       boundObject, boundPromise = nextObject, nextPromise
@@ -267,66 +254,12 @@ function M.make(opts)
   -- The store and durable kits load on the first touch of the baggage's
   -- contents, of a durable API or of a ref of theirs: a vat that keeps
   -- nothing durable carries neither module. Until its kit loads, the
-  -- baggage is a shell (bag) whose metatable (bagMeta) the kit fills in.
-  local storeKit, durableKit, vomKit, bag, bagMeta
-  local function stores()
-    if not storeKit then storeKit = require('ocap.stores').make(syscall, m, ls, bag, bagMeta) end
-    return storeKit
-  end
-  local function durables()
-    if not durableKit then durableKit = require('ocap.durable').make(syscall, m, ls) end
-    return durableKit
-  end
-  -- The virtual object manager (ocap.vom): counts what holds each store
-  -- and durable instance, and deletes those nothing holds at reap points.
-  local function vom()
-    if not vomKit then vomKit = require('ocap.vom').make(syscall, ls) end
-    return vomKit
-  end
-  ls.stores, ls.durable, ls.vom = stores, durables, vom
-
-  -- Only ocap.vom marks objects dirty: once a reap point found no mark
-  -- left by an earlier incarnation, none can appear before the kit loads,
-  -- and later reaps skip the scan (a prefix scan sorts the store's new
-  -- keys, the largest cost of a reap after the collection).
-  local noDirty = false
-  --- Whether a reap point has virtual objects to look at: the vom kit is
-  --- loaded, or an earlier incarnation left marks in the store.
-  local function virtualToReap()
-    if vomKit then return true end
-    if noDirty or not syscall.vatstoreNext or not syscall.vatstoreNext('vom.dirty.', nil) then
-      noDirty = true
-      return false
-    end
-    return true
-  end
-
-  --- The vat's baggage (store 1), made without the store kit.
-  function ls.baggage()
-    if storeKit then return storeKit.baggage() end
-    if not bag then
-      if syscall.vatstoreGet('vc.1|label') == nil then syscall.vatstoreSet('vc.1|label', 'baggage') end
-      local function refuse() error('cannot modify a store object', 2) end
-      bagMeta = {
-        __index = function(_, k)
-          stores()
-          return bag[k]
-        end,
-        __newindex = refuse,
-        __tostring = function() return 'MapStore(baggage)' end,
-        __metatable = {},
-      }
-      bag = setmetatable({}, bagMeta)
-      pass.registerRemotable(bag, 'Alleged: mapStore')
-    end
-    return bag
-  end
-
-  --- The store or durable object an "o+d" vref designates, or nil.
-  local function durableObject(vref)
-    if ssub(vref, 1, 5) == 'o+d1/' then return stores().fromVref(vref) end
-    return durableKit and durableKit.fromVref(vref)
-  end
+  -- baggage is a shell (bag) whose metatable the kit fills in. Their
+  -- makers, and the other cold parts below, are in ocap.liveslots.kits,
+  -- reached through trampolines made with the table the instance shares
+  -- with its kits (shared, below); the kits are its fields.
+  local bag
+  local stores, durableObject
 
   -- ---- What the heap holds (garbage collection, docs/gc.md) ----
 
@@ -347,35 +280,27 @@ function M.make(opts)
     end
   end
 
+  -- The rest (store-held reference counts, GC deliveries, what a reap
+  -- reports) is ocap.liveslots.gc, loaded on first use.
+  -- What the kits loaded on first use (ocap.liveslots.kits, .gc and
+  -- .rare) share with the instance (below).
+  local shared
+
+  -- Only ocap.vom marks virtual objects dirty: a reap point has virtual
+  -- objects to look at once the vom kit is loaded, or when an earlier
+  -- incarnation left marks in the store, which the instance looks for
+  -- once, now (a prefix scan sorts the store's new keys, the largest cost
+  -- of a reap after the collection, and later reaps skip it).
+  local dirtyAtStart = syscall.vatstoreNext ~= nil and syscall.vatstoreNext('vom.dirty.', nil) ~= nil
+  --- Whether a reap point has virtual objects to look at.
+  local function virtualToReap() return dirtyAtStart or shared.vomKit ~= nil end
+
   --- Holds a dropped export strongly again, if the heap still has it.
   --- slots go to the kernel in a message or a resolution: a dropped export
   --- among them is reachable again, and held again if the heap still has
-  --- it.
-  local function resent(slots)
-    for i = 1, #slots do
-      local vref = slots[i]
-      if dropped[vref] then
-        dropped[vref] = nil
-        ndropped = ndropped - 1
-        local obj = weakExports[vref]
-        if obj ~= nil then
-          exports[vref] = obj
-          weakExports[vref] = nil
-        end
-      end
-    end
-  end
+  --- it (ocap.liveslots.kits).
+  local resent
 
-  -- The rest (store-held reference counts, GC deliveries, what a reap
-  -- reports) is ocap.liveslots.gc, loaded on first use.
-  -- What the kits loaded on first use (ocap.liveslots.gc and .rare) share
-  -- with the instance (below).
-  local shared
-  local gcKit
-  local function gc()
-    if not gcKit then gcKit = require('ocap.liveslots.gc').make(shared) end
-    return gcKit
-  end
   --- Resolves vpid with value, or rejects it; a value that cannot be
   --- passed rejects it with an error saying why.
   local function settleVpid(vpid, fulfilled, value)
@@ -463,6 +388,7 @@ function M.make(opts)
     local vref = valToVref[v]
     if vref then
       -- A virtual object leaving the vat is held by the kernel from now on.
+      local vomKit = shared.vomKit
       if vomKit and ssub(vref, 1, 3) == 'o+d' then vomKit.exported(vref) end
       return vref
     end
@@ -473,6 +399,7 @@ function M.make(opts)
         return pi.vref
       end
       if rawequal(v, bag) then stores() end
+      local storeKit = shared.storeKit
       vref = storeKit and storeKit.vrefOf(v) or allocObject()
       exports[vref] = v
       valToVref[v] = vref
@@ -674,21 +601,54 @@ function M.make(opts)
   end
 
   -- A table made with the instance costs less than the closure and code
-  -- that would make it on first use.
+  -- that would make it on first use. The kits and bagMeta are set later
+  -- (ocap.liveslots.kits): listed here, so that the table is made with
+  -- room for them, and never grows.
   shared = {
     ls = ls, syscall = syscall, kernelKind = kernelKind, collect = opts.collect, exports = exports,
     weakExports = weakExports, valToVref = valToVref, imports = imports, pinned = pinned,
     reachable = reachable, unsaved = unsaved, dropped = dropped, pending = pending, answers = answers,
-    vpidOf = vpidOf, presenceInfo = presenceInfo, pipelines = pipelines, gc = gc, vom = vom,
-    vomKit = function() return vomKit end, virtualToReap = virtualToReap, trackPromise = trackPromise,
-    decodeCapdata = decodeCapdata, slotToVal = slotToVal, valToSlot = valToSlot, follow = follow,
-    rejectResult = rejectResult, settleResult = settleResult, eventualSend = eventualSend,
-    storedCount = storedCount, SAVED = SAVED,
+    vpidOf = vpidOf, trackPromise = trackPromise, decodeCapdata = decodeCapdata, slotToVal = slotToVal,
+    valToSlot = valToSlot, follow = follow, rejectResult = rejectResult, settleResult = settleResult,
+    SAVED = SAVED,
     addDropped = function(delta)
       ndropped = ndropped + delta
       return ndropped
     end,
+    virtualToReap = virtualToReap,
+    bag = nil, bagMeta = nil, storeKit = nil, durableKit = nil, vomKit = nil, gcKit = nil,
   }
+  stores = lazy(require, KITS, 'stores', shared)
+  ls.stores, ls.durable, ls.vom = stores, lazy(require, KITS, 'durable', shared), lazy(require, KITS, 'vom', shared)
+  durableObject = lazy(require, KITS, 'durableObject', shared)
+  resent = lazy(require, KITS, 'resent', shared)
+
+  --- The baggage (store 1), made without the store kit: a shell until
+  --- the kit loads.
+  local function baggage()
+    if not bag then
+      if syscall.vatstoreGet('vc.1|label') == nil then syscall.vatstoreSet('vc.1|label', 'baggage') end
+      local bagMeta = {
+        __index = lazy(require, KITS, 'bagIndex', shared),
+        __newindex = lazy(require, KITS, 'bagRefuse', shared),
+        __tostring = lazy(require, KITS, 'bagString', shared),
+        __metatable = {},
+      }
+      bag = setmetatable({}, bagMeta)
+      pass.registerRemotable(bag, 'Alleged: mapStore')
+      shared.bag, shared.bagMeta = bag, bagMeta
+    end
+    return bag
+  end
+  if kernelKind then
+    ls.baggage = baggage
+  else
+    -- A vat's is made now rather than at its start, so that the code
+    -- making it is gone by then: buildRootObject gets it from
+    -- ls.baggage, which startVat drops.
+    baggage()
+    function ls.baggage() return bag end
+  end
   -- What an instance runs only now and then (ocap.liveslots.rare, loaded
   -- on first use): the rarer deliveries, and the part of ls other modules
   -- call now and then, which ls's __index finds until the kit puts it on

@@ -28,7 +28,7 @@ local BAGGAGE_ID = 1
 
 -- Counts are read as liveslots reads its id counters, which it does
 -- without this module (loaded on a vat's first touch of a store).
-M.storedCount = require('ocap.liveslots').storedCount
+M.storedCount = require('ocap.liveslots.kits').storedCount
 local storedCount = M.storedCount
 
 --- Encodes a key so that byte order sorts keys: booleans ("b"), then

@@ -56,7 +56,7 @@ M.eachSlot = eachSlot
 function M.make(syscall, ls)
   local get, set, del, nextKey = syscall.vatstoreGet, syscall.vatstoreSet, syscall.vatstoreDelete,
     syscall.vatstoreNext
-  local storedCount = require('ocap.liveslots').storedCount
+  local storedCount = require('ocap.liveslots.kits').storedCount
   local vom = {}
   local RC = 'gc.rc.' -- liveslots' count of store-held references
 

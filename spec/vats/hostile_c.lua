@@ -74,6 +74,7 @@ function M.buildRootObject()
         ['ocap.vatboot.endow'] = { 'make' },
         ['ocap.liveslots.gc'] = { 'make' },
         ['ocap.liveslots.rare'] = { 'make' },
+        ['ocap.liveslots.kits'] = { 'stores', 'gc', 'bagIndex', 'presenceString' },
         ['ocap.stores'] = { 'make' },
       }
       for name, fields in pairs(targets) do

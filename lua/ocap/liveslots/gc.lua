@@ -9,14 +9,15 @@ local M = {}
 local ssub = string.sub
 local sfind = string.find
 local tsort = table.sort
-local pairs, ipairs, next, error, tostring = pairs, ipairs, next, error, tostring
+local pairs, ipairs, next, error, tostring, require = pairs, ipairs, next, error, tostring, require
 
 --- Makes the kit of one liveslots instance.
----@param cx table what the instance shares: { syscall, storedCount,
+---@param cx table what the instance shares: { syscall,
 ---  exports, weakExports, valToVref, imports, pinned, reachable, unsaved,
 ---  dropped, addDropped = function(delta) -> ndropped, SAVED }
 function M.make(cx)
-  local syscall, storedCount, addDropped = cx.syscall, cx.storedCount, cx.addDropped
+  local storedCount = require('ocap.liveslots.kits').storedCount
+  local syscall, addDropped = cx.syscall, cx.addDropped
   local exports, weakExports, valToVref, imports = cx.exports, cx.weakExports, cx.valToVref, cx.imports
   local pinned, reachable, unsaved, dropped = cx.pinned, cx.reachable, cx.unsaved, cx.dropped
   local SAVED = cx.SAVED

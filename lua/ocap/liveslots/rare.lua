@@ -15,12 +15,15 @@ local M = {}
 local next, ipairs, error, tostring, type, pcall, xpcall, rawset, setmetatable = next, ipairs, error, tostring,
   type, pcall, xpcall, rawset, setmetatable
 local ssub, sfind = string.sub, string.find
+-- Captured when the module loads: the kits load with the runtime's require.
+local require = require
 local unpack = table.unpack
 local onSettle, pstate, isPromise = promise.onSettle, promise.state, pass.isPromise
 local resolvePromise, rejectPromise, settleAndResume = promise.resolvePromise, promise.rejectPromise,
   promise.settleAndResume
 
 local function ignore() end
+local KITS = 'ocap.liveslots.kits'
 
 --- The vpid of a key of a liveslots instance's pending table: a vat keys
 --- the results it awaits ("p+<N>") by the number N.
@@ -37,13 +40,6 @@ local shared
 ---@param s table
 function M.init(s)
   shared = s
-end
-
---- Raises what ocap.liveslots' storedCount says of a stored count that
---- is not one: the key is named, with the start of what it holds.
-function M.corruptCount(key, v)
-  error(('corrupt database: vat store key %q holds %q, which is not a count (a decimal integer '
-    .. 'from 0 to 2^53 - 1)'):format(key, #v > 40 and ssub(v, 1, 40) .. '...' or v), 0)
 end
 
 --- What a presence of a stopped kernel (kept across a restart) says
@@ -162,22 +158,24 @@ function M.get(target)
 end
 
 --- Makes the kit of one liveslots instance.
----@param cx table what the instance shares (the table ocap.liveslots.gc gets too): { ls, syscall, kernelKind,
----  collect, exports, weakExports, valToVref, pinned, reachable, unsaved,
----  dropped, pending, answers, vpidOf, presenceInfo, pipelines, gc, vom,
----  vomKit = function() -> the vom kit or nil, virtualToReap, trackPromise,
----  decodeCapdata, slotToVal, valToSlot, follow, rejectResult,
----  settleResult, eventualSend }
+---@param cx table what the instance shares (the table ocap.liveslots.gc and .kits get too): { ls, syscall,
+---  kernelKind, collect, exports, weakExports, valToVref, pinned, reachable, unsaved,
+---  dropped, pending, answers, vpidOf, trackPromise, decodeCapdata,
+---  slotToVal, valToSlot, follow, rejectResult, settleResult, virtualToReap,
+---  vomKit (the vom kit once it is made) }
 ---@return table kit
 function M.make(cx)
   local ls, syscall, kernelKind = cx.ls, cx.syscall, cx.kernelKind
   local exports, weakExports, valToVref, pinned = cx.exports, cx.weakExports, cx.valToVref, cx.pinned
   local reachable, unsaved, dropped = cx.reachable, cx.unsaved, cx.dropped
   local pending, answers, vpidOf = cx.pending, cx.answers, cx.vpidOf
-  local presenceInfo, pipelines = cx.presenceInfo, cx.pipelines
-  local gc, vom, slotToVal, valToSlot, follow = cx.gc, cx.vom, cx.slotToVal, cx.valToSlot, cx.follow
+  local presenceInfo, pipelines = shared.presenceInfo, shared.pipelines
+  local slotToVal, valToSlot, follow = cx.slotToVal, cx.valToSlot, cx.follow
   local rejectResult, settleResult = cx.rejectResult, cx.settleResult
   local decodeCapdata, trackPromise = cx.decodeCapdata, cx.trackPromise
+  -- The instance's GC kit and virtual object manager (ocap.liveslots.kits).
+  local function gc() return require(KITS).gc(cx) end
+  local function vom() return require(KITS).vom(cx) end
   local kit = {}
   -- What other modules call on the instance (ls.<name>): put on ls when
   -- the kit loads, so that only the first call finds it through ls's
@@ -217,7 +215,7 @@ function M.make(cx)
   --- across the wire; its own result may take pipelined messages in turn.
   function kit.answer(answer, resultVpid, ok, methargs)
     if not ok then return rejectResult(resultVpid, normalizeError(methargs)) end
-    local sok, r = pcall(cx.eventualSend, answer, methargs[1], methargs[2] or {}, resultVpid ~= nil)
+    local sok, r = pcall(shared.eventualSend, answer, methargs[1], methargs[2] or {}, resultVpid ~= nil)
     if not sok then return rejectResult(resultVpid, normalizeError(r)) end
     follow(resultVpid, r)
     if resultVpid then
@@ -269,7 +267,7 @@ function M.make(cx)
   local function bringOutYourDead()
     -- The representatives virtual objects cache must not outlive this
     -- collection (ocap.vom).
-    local vomKit = cx.vomKit()
+    local vomKit = cx.vomKit
     if vomKit then vomKit.flush() end
     if collect then collect() end
     if ls.onReap then ls.onReap() end
