@@ -28,7 +28,7 @@ static int buf_reserve(ocap__buf_t *b, size_t extra) {
   return 0;
 }
 
-int ocap__buf_add(ocap__buf_t *b, const char *s, size_t n) {
+int ocap__buf_add_grow(ocap__buf_t *b, const char *s, size_t n) {
   if (buf_reserve(b, n))
     return OCAP_ENOMEM;
   if (n)
@@ -153,15 +153,24 @@ size_t ocap__fmt_ll(char *p, long long n) {
   size_t out = 0;
   if (n < 0)
     p[out++] = '-';
-  /* The digits are counted by comparison and written in place from the
-   * end, two at a time: ids are formatted at every import and every
-   * promise made. */
+  /* The digits are written in place from the end, two at a time, once
+   * they are counted: ids are formatted at every import and every promise
+   * made, and nearly all have at most eight digits, counted in three
+   * compares. */
   static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930313233"
                               "34353637383940414243444546474849505152535455565758596061626364656667"
                               "6869707172737475767778798081828384858687888990919293949596979899";
-  size_t len = 1;
-  for (unsigned long long v = 10; len < 20 && u >= v; v *= 10)
-    len++;
+  size_t len;
+  if (u < 10000)
+    len = u < 100 ? (u < 10 ? 1 : 2) : (u < 1000 ? 3 : 4);
+  else if (u < 100000000)
+    len = u < 1000000 ? (u < 100000 ? 5 : 6) : (u < 10000000 ? 7 : 8);
+  else
+    for (unsigned long long v = 1000000000ULL, l = 9;; v *= 10, l++)
+      if (l == 20 || u < v) {
+        len = l;
+        break;
+      }
   size_t i = out + len;
   while (u >= 100) {
     unsigned d = (unsigned)(u % 100) * 2;
@@ -176,6 +185,26 @@ size_t ocap__fmt_ll(char *p, long long n) {
     p[--i] = (char)('0' + u);
   }
   return out + len;
+}
+
+ocap__epc_t ocap__ep_code_n(const char *s, size_t l) {
+  char ep[OCAP_REF_MAX];
+  if (l == 0 || l >= sizeof ep)
+    return 0;
+  memcpy(ep, s, l);
+  ep[l] = '\0';
+  return ocap__ep_code(ep);
+}
+
+size_t ocap__ep_text(ocap__epc_t c, char *out) {
+  if (c == 1) {
+    memcpy(out, "kernel", 7);
+    return 6;
+  }
+  out[0] = (c & 3) == 2 ? 'v' : 'r';
+  size_t n = 1 + ocap__fmt_ll(out + 1, (long long)(c >> 2));
+  out[n] = '\0';
+  return n;
 }
 
 /*

@@ -37,6 +37,7 @@
 #define OCAP_KSTATE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kernel.h"
@@ -113,8 +114,19 @@ typedef struct ocap__buf {
   size_t len, cap;
 } ocap__buf_t;
 
-/* Appending returns 0 or OCAP_ENOMEM; the buffer stays NUL-terminated. */
-int ocap__buf_add(ocap__buf_t *b, const char *s, size_t n);
+/* Appending returns 0 or OCAP_ENOMEM; the buffer stays NUL-terminated.
+ * A message's capdata is built with a few appends to a buffer that has
+ * room: that case is inline, growing is not. */
+int ocap__buf_add_grow(ocap__buf_t *b, const char *s, size_t n);
+static inline int ocap__buf_add(ocap__buf_t *b, const char *s, size_t n) {
+  if (b->cap - b->len <= n)
+    return ocap__buf_add_grow(b, s, n);
+  if (n)
+    memcpy(b->p + b->len, s, n);
+  b->len += n;
+  b->p[b->len] = '\0';
+  return 0;
+}
 int ocap__buf_adds(ocap__buf_t *b, const char *s);
 /* Appends s as the inside of a JSON string (JSON.stringify's escaping). */
 int ocap__buf_add_json(ocap__buf_t *b, const char *s);
@@ -132,6 +144,38 @@ const char *ocap__shown(const char *v, size_t vl, char *out);
 /* Whether v (vl bytes) can be a reference: shorter than OCAP_REF_MAX, and
  * only bytes a reference uses (no space, which separates them). */
 int ocap__ref_like(const char *v, size_t vl);
+
+/*
+ * An endpoint as a number: 0 for none, 1 for the kernel, and N << 2 | 2
+ * for the vat vN, N << 2 | 3 for the peer rN (the endpoints
+ * ocap__valid_ep accepts, refs.h, whose N is below 10^17). The tables
+ * kept in memory hold owners, deciders and subscribers so: eight bytes to
+ * copy at each commit and one compare, where the text took 48 and strcmp.
+ */
+typedef uint64_t ocap__epc_t;
+
+/* The code of the endpoint ep, or 0 when ep is not one. */
+static inline ocap__epc_t ocap__ep_code(const char *ep) {
+  if (ep[0] != 'v' && ep[0] != 'r')
+    return ep[0] == 'k' && ep[1] == 'e' && ep[2] == 'r' && ep[3] == 'n' && ep[4] == 'e' &&
+                   ep[5] == 'l' && ep[6] == '\0'
+               ? 1
+               : 0;
+  if (ep[1] < '0' || ep[1] > '9' || (ep[1] == '0' && ep[2]))
+    return 0;
+  uint64_t n = 0;
+  for (size_t i = 1; ep[i]; i++) {
+    if (ep[i] < '0' || ep[i] > '9' || i >= 17)
+      return 0;
+    n = n * 10 + (uint64_t)(ep[i] - '0');
+  }
+  return n << 2 | (ep[0] == 'v' ? 2u : 3u);
+}
+/* The same for the l bytes at s (not NUL-terminated). */
+ocap__epc_t ocap__ep_code_n(const char *s, size_t l);
+/* Writes the endpoint of code c (not 0) into out (OCAP_REF_MAX bytes);
+ * returns its length. */
+size_t ocap__ep_text(ocap__epc_t c, char *out);
 
 /* Parses a count written by ocap__fmt_ll (digits only, no sign, no leading
  * zero, at most COUNT_MAX) into *out: 1 when it is one, else 0. */

@@ -10,7 +10,9 @@
  * when the kernel syncs (kernel.h), and a record whose keys are all gone,
  * in memory and in the store, dropped. A message's target counts it while
  * the message is queued, so most counts go up and down again between two
- * syncs.
+ * syncs. The owner is kept as an endpoint's code (kstate.h): a version is
+ * then 40 bytes to copy at each commit, and the one read of every message
+ * (ocap__get_target) writes the owner's few bytes from it.
  */
 #include "object.h"
 
@@ -26,12 +28,12 @@
 /* One version of an object's keys: the record holds three, as they are
  * now, at the last commit, and in the store. */
 typedef struct over {
-  char owner[OCAP_REF_MAX]; /* "" when none */
-  int revoked;              /* `ko<N>.revoked` exists */
-  long long reach, recog;   /* `ko<N>.refCount`: the reachable count and the
-                               recognizable one (gc.h) */
-  int pinned;               /* `ko<N>.pinned` exists */
-  int dropped;              /* `ko<N>.dropped` exists */
+  ocap__epc_t owner;      /* the owner's code (kstate.h), 0 when none */
+  long long reach, recog; /* `ko<N>.refCount`: the reachable count and the
+                             recognizable one (gc.h) */
+  int revoked;            /* `ko<N>.revoked` exists */
+  int pinned;             /* `ko<N>.pinned` exists */
+  int dropped;            /* `ko<N>.dropped` exists */
 } over_t;
 
 typedef struct orec {
@@ -58,7 +60,7 @@ static long long ko_number(const char *koid) {
 
 /* Whether every key of a version of the object is gone. */
 static int gone(const over_t *v) {
-  return !v->owner[0] && !v->revoked && !v->reach && !v->recog && !v->pinned && !v->dropped;
+  return !v->owner && !v->revoked && !v->reach && !v->recog && !v->pinned && !v->dropped;
 }
 
 /* Writes "ko<id>" into out (OCAP_REF_MAX bytes). */
@@ -115,30 +117,26 @@ void ocap__objects_free(ocap_kernel_t *k) {
 }
 
 /*
- * The record of koid, read from the store when it is not in memory yet
- * (or made without reading it when `fresh`). With `create` unset, an
- * object the store does not have either is not kept, and *out is NULL.
+ * The record of koN (koid, or NULL to have it written from id), read from
+ * the store, or made without reading it when `fresh`, as for lookup_id:
+ * the first use of an object, out of the hot path.
  */
-static int lookup(ocap_kernel_t *k, const char *koid, int create, int fresh, orec_t **out) {
+static int load(ocap_kernel_t *k, long long id, const char *koid, int create, int fresh,
+                orec_t **out) {
   struct ocap__objects *t = k->o;
-  *out = NULL;
-  long long id = ko_number(koid);
-  if (id < 0)
-    return create ? ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not an object id",
-                                 koid)
-                  : 0;
-  orec_t *found = ocap__idtable_find(&t->table, id);
-  if (found) {
-    /* A record kept only until the store is told that the object is gone
-     * stands for no object, as the store does once it is dropped. */
-    *out = !create && !found->dirty && gone(&found->now) ? NULL : found;
-    return 0;
+  char name[OCAP_REF_MAX], owner[OCAP_REF_MAX];
+  if (!koid) {
+    ko_name(name, id);
+    koid = name;
   }
   orec_t *r = ocap__zalloc(sizeof *r);
   if (!r)
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading object %s", koid);
   r->id = id;
-  int rc = fresh ? 0 : ocap__get_ref(k, r->now.owner, "%s.owner", koid);
+  int rc = fresh ? 0 : ocap__get_ref(k, owner, "%s.owner", koid);
+  if (rc > 0 && !(r->now.owner = ocap__ep_code(owner)))
+    rc = ocap__broken(k, OCAP_ECORRUPT,
+                      "corrupt database: the owner of %s is '%s', not an endpoint", koid, owner);
   if (rc >= 0 && !fresh)
     rc = r->now.revoked = ocap__has(k, "%s.revoked", koid);
   if (rc >= 0 && !fresh)
@@ -160,53 +158,97 @@ static int lookup(ocap_kernel_t *k, const char *koid, int create, int fresh, ore
   return 0;
 }
 
-/* The record of koid, listed as changed by this crank. */
-static int change(ocap_kernel_t *k, const char *koid, int fresh, orec_t **out) {
+/*
+ * The record of koN (0 <= N <= COUNT_MAX), read from the store when it is
+ * not in memory yet (or made without reading it when `fresh`). With
+ * `create` unset, an object the store does not have either is not kept,
+ * and *out is NULL. koid is its name when the caller has it, else NULL.
+ */
+static inline int lookup_id(ocap_kernel_t *k, long long id, const char *koid, int create, int fresh,
+                            orec_t **out) {
+  orec_t *found = ocap__idtable_find(&k->o->table, id);
+  *out = NULL;
+  if (!found)
+    return load(k, id, koid, create, fresh, out);
+  /* A record kept only until the store is told that the object is gone
+   * stands for no object, as the store does once it is dropped. */
+  *out = !create && !found->dirty && gone(&found->now) ? NULL : found;
+  return 0;
+}
+
+/* The same by name: a name that is no object id is none (corruption when
+ * it must be one, `create`). */
+static inline int lookup(ocap_kernel_t *k, const char *koid, int create, int fresh, orec_t **out) {
+  long long id = ko_number(koid);
+  if (id >= 0)
+    return lookup_id(k, id, koid, create, fresh, out);
+  *out = NULL;
+  return create
+             ? ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not an object id", koid)
+             : 0;
+}
+
+/* Lists r among the records this crank changed, with room in the sync
+ * list too, which the end of the crank cannot fail to add it to. */
+static int list_changed(ocap_kernel_t *k, orec_t *r) {
   struct ocap__objects *t = k->o;
-  int rc = lookup(k, koid, 1, fresh, out);
-  if (rc || (*out)->dirty)
-    return rc;
-  /* Room in the sync list too, which the end of the crank cannot fail to
-   * add the record to. */
   if (ocap__reserve(&t->dirty, &t->capdirty, t->ndirty + 1, sizeof *t->dirty, 32) ||
       ocap__reserve(&t->sync, &t->capsync, t->nsync + t->ndirty + 1, sizeof *t->sync, 32))
     return ocap__broken(k, OCAP_ENOMEM, "out of memory changing an object");
-  t->dirty[t->ndirty++] = *out;
-  (*out)->dirty = 1;
+  t->dirty[t->ndirty++] = r;
+  r->dirty = 1;
   return 0;
+}
+
+/* The record of koid, listed as changed by this crank. */
+static int change(ocap_kernel_t *k, const char *koid, int fresh, orec_t **out) {
+  int rc = lookup(k, koid, 1, fresh, out);
+  return rc || (*out)->dirty ? rc : list_changed(k, *out);
 }
 
 int ocap__get_owner(ocap_kernel_t *k, const char *koid, char *out) {
   orec_t *r;
   int rc = lookup(k, koid, 0, 0, &r);
-  if (rc || !r || !r->now.owner[0])
+  if (rc || !r || !r->now.owner)
     return rc;
-  memcpy(out, r->now.owner, strlen(r->now.owner) + 1);
+  ocap__ep_text(r->now.owner, out);
+  return 1;
+}
+
+/* Where a message to r goes (ocap__get_target). */
+static int target_of(const orec_t *r, char *owner) {
+  if (!r)
+    return 0;
+  if (r->now.revoked)
+    return 2;
+  if (!r->now.owner)
+    return 0;
+  ocap__ep_text(r->now.owner, owner);
   return 1;
 }
 
 int ocap__get_target(ocap_kernel_t *k, const char *koid, char *owner) {
   orec_t *r;
   int rc = lookup(k, koid, 0, 0, &r);
-  if (rc || !r)
-    return rc;
-  if (r->now.revoked)
-    return 2;
-  if (!r->now.owner[0])
-    return 0;
-  memcpy(owner, r->now.owner, strlen(r->now.owner) + 1);
-  return 1;
+  return rc ? rc : target_of(r, owner);
+}
+
+int ocap__ko_target(ocap_kernel_t *k, long long id, char *owner) {
+  orec_t *r;
+  int rc = lookup_id(k, id, NULL, 0, 0, &r);
+  return rc ? rc : target_of(r, owner);
 }
 
 int ocap__set_owner(ocap_kernel_t *k, const char *koid, const char *ep) {
   orec_t *r;
+  ocap__epc_t c = ep ? ocap__ep_code(ep) : 0;
+  if (ep && !c)
+    return ocap__broken(k, OCAP_ECORRUPT, "owner '%.60s' of %s is not an endpoint", ep, koid);
   /* An owner is set only when the object is made, so its id is new. */
   int rc = change(k, koid, ep != NULL, &r);
   if (rc)
     return rc;
-  if (ep && strlen(ep) >= OCAP_REF_MAX)
-    return ocap__broken(k, OCAP_ECORRUPT, "owner '%.60s' of %s is too long", ep, koid);
-  memcpy(r->now.owner, ep ? ep : "", ep ? strlen(ep) + 1 : 1);
+  r->now.owner = c;
   if (ep)
     return 0;
   /* A deleted object is nobody's export: it is neither pinned nor
@@ -221,7 +263,8 @@ int ocap__obj_info(ocap_kernel_t *k, const char *koid, ocap__objinfo_t *out) {
   int rc = lookup(k, koid, 0, 0, &r);
   if (rc || !r)
     return rc;
-  memcpy(out->owner, r->now.owner, sizeof out->owner);
+  if (r->now.owner)
+    ocap__ep_text(r->now.owner, out->owner);
   out->reachable = r->now.reach;
   out->recognizable = r->now.recog;
   out->pinned = r->now.pinned;
@@ -229,16 +272,20 @@ int ocap__obj_info(ocap_kernel_t *k, const char *koid, ocap__objinfo_t *out) {
   return 1;
 }
 
-int ocap__obj_count(ocap_kernel_t *k, const char *koid, int dreach, int drecog) {
-  orec_t *r;
-  int rc = change(k, koid, 0, &r);
+/* Adds dreach and drecog to the counts of r (ocap__obj_count), listing it
+ * as changed first if it is not yet. */
+static int count(ocap_kernel_t *k, orec_t *r, int dreach, int drecog) {
+  int rc = r->dirty ? 0 : list_changed(k, r);
   if (rc)
     return rc;
   long long reach = r->now.reach + dreach, recog = r->now.recog + drecog;
-  if (reach < 0 || recog < 0 || reach > recog || recog > COUNT_MAX)
+  if (reach < 0 || recog < 0 || reach > recog || recog > COUNT_MAX) {
+    char koid[OCAP_REF_MAX];
+    ko_name(koid, r->id);
     return ocap__broken(k, OCAP_ECORRUPT,
                         "corrupt database: the counts of %s (%lld,%lld) cannot change by (%d,%d)",
                         koid, r->now.reach, r->now.recog, dreach, drecog);
+  }
   r->now.reach = reach;
   r->now.recog = recog;
   /* The owner learns at the end of the crank (gc.c), once every change of
@@ -248,6 +295,18 @@ int ocap__obj_count(ocap_kernel_t *k, const char *koid, int dreach, int drecog) 
   if (((dreach < 0 && !reach) || (drecog < 0 && !recog)) && !r->now.pinned)
     return ocap__gc_maybe_free(k, r->id);
   return 0;
+}
+
+int ocap__obj_count(ocap_kernel_t *k, const char *koid, int dreach, int drecog) {
+  orec_t *r;
+  int rc = lookup(k, koid, 1, 0, &r);
+  return rc ? rc : count(k, r, dreach, drecog);
+}
+
+int ocap__ko_count(ocap_kernel_t *k, long long id, int dreach, int drecog) {
+  orec_t *r;
+  int rc = lookup_id(k, id, NULL, 1, 0, &r);
+  return rc ? rc : count(k, r, dreach, drecog);
 }
 
 int ocap__obj_set_flag(ocap_kernel_t *k, const char *koid, int flag, int on) {
@@ -297,8 +356,9 @@ int ocap__objects_check(ocap_kernel_t *k) {
     char koid[OCAP_REF_MAX];
     memcpy(koid, "ko", 2);
     koid[2 + ocap__fmt_ll(koid + 2, r->id)] = '\0';
-    rc = ocap__check_key(k, r->now.owner[0] ? r->now.owner : NULL, strlen(r->now.owner), "%s.owner",
-                         koid);
+    char owner[OCAP_REF_MAX];
+    size_t ol = r->now.owner ? ocap__ep_text(r->now.owner, owner) : 0;
+    rc = ocap__check_key(k, ol ? owner : NULL, ol, "%s.owner", koid);
     /* Any value marks an object revoked; the kernel writes "true". The
      * same goes for `pinned` and `dropped`. */
     if (!rc && !r->now.revoked)
@@ -351,9 +411,11 @@ int ocap__objects_fill(ocap_kernel_t *k) {
     orec_t *r = t->sync[i];
     int rc = 0;
     ko_name(koid, r->id);
-    if (strcmp(r->com.owner, r->sto.owner) != 0)
-      rc = r->com.owner[0] ? ocap__setv(k, r->com.owner, "%s.owner", koid)
-                           : ocap__delv(k, "%s.owner", koid);
+    if (r->com.owner != r->sto.owner) {
+      char owner[OCAP_REF_MAX];
+      rc = r->com.owner ? ocap__setn(k, owner, ocap__ep_text(r->com.owner, owner), "%s.owner", koid)
+                        : ocap__delv(k, "%s.owner", koid);
+    }
     if (!rc && r->com.revoked != r->sto.revoked)
       rc = r->com.revoked ? ocap__setv(k, "true", "%s.revoked", koid)
                           : ocap__delv(k, "%s.revoked", koid);

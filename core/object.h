@@ -35,6 +35,9 @@ int ocap__get_owner(ocap_kernel_t *k, const char *koid, char *out);
  * revoked, else 1 with its owner in out as ocap__get_owner, 0 when it has
  * none, or a negative code. */
 int ocap__get_target(ocap_kernel_t *k, const char *koid, char *out);
+/* The same for the object koN, given N (0 <= N <= COUNT_MAX), which
+ * spares reading its name. */
+int ocap__ko_target(ocap_kernel_t *k, long long id, char *owner);
 /* Sets the owner (NULL: the object is deleted). */
 int ocap__set_owner(ocap_kernel_t *k, const char *koid, const char *ep);
 /* Whether koid is revoked: 1, 0, or a negative code. */
@@ -57,6 +60,8 @@ int ocap__obj_info(ocap_kernel_t *k, const char *koid, ocap__objinfo_t *out);
  * object a candidate for gc.c at the end of the crank. A count that would
  * go below 0 (or reachable above recognizable) is corruption. */
 int ocap__obj_count(ocap_kernel_t *k, const char *koid, int dreach, int drecog);
+/* The same for the object koN, given N (0 <= N <= COUNT_MAX). */
+int ocap__ko_count(ocap_kernel_t *k, long long id, int dreach, int drecog);
 enum { OBJ_PINNED = 1, OBJ_DROPPED = 2 };
 /* Sets or clears one of the flags above. */
 int ocap__obj_set_flag(ocap_kernel_t *k, const char *koid, int flag, int on);

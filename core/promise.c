@@ -34,64 +34,25 @@
  * in the store, is dropped.
  *
  * A version is small, since commit copies it: the decider and the
- * subscribers are endpoints kept as numbers (ep_code), turned into text
- * only for the store and for the notifies, and the subscribers past the
- * first (a promise nearly always has one: the sender of the message it is
- * the result of) and the data are blocks shared between the versions
- * while they are equal, never changed in place: a block is freed when
- * none of the three uses it. The parked messages are one array. Messages
- * are only ever appended (while unresolved) or all taken (at settlement,
- * or when a decider that pipelines takes them, ocap__unpark), and the
- * items a crank takes stay until it ends, for an abort: the current ones
- * are items qbase to qbase + now.qtail - 1, the committed ones 0 to
- * com.qtail - 1, and the array holds qbase + now.qtail >= com.qtail of
- * them (qbase is 0 until a take). A commit after a take moves the current
- * ones to the front; `retaken` then says that the store's numbering no
- * longer matches.
+ * subscribers are endpoints kept as numbers (ocap__ep_code, kstate.h),
+ * turned into text only for the store and for the notifies, and the
+ * subscribers past the first (a promise nearly always has one: the
+ * sender of the message it is the result of) and the data are blocks
+ * shared between the versions while they are equal, never changed in
+ * place: a block is freed when none of the three uses it. The parked
+ * messages are one array. Messages are only ever appended (while
+ * unresolved) or all taken (at settlement, or when a decider that
+ * pipelines takes them, ocap__unpark), and the items a crank takes stay
+ * until it ends, for an abort: the current ones are items qbase to qbase
+ * + now.qtail - 1, the committed ones 0 to com.qtail - 1, and the array
+ * holds qbase + now.qtail >= com.qtail of them (qbase is 0 until a take).
+ * A commit after a take moves the current ones to the front; `retaken`
+ * then says that the store's numbering no longer matches.
  */
 typedef struct ocap__kp prec_t;
 typedef ocap__pver_t pver_t;
 typedef ocap__pitem_t pitem_t;
 typedef ocap__epc_t epc_t;
-
-/* The code of the endpoint ep, or 0 when ep is not one. */
-static inline epc_t ep_code(const char *ep) {
-  if (ep[0] != 'v' && ep[0] != 'r')
-    return ocap__is_kernel_ep(ep) ? 1 : 0;
-  if (ep[1] < '0' || ep[1] > '9' || (ep[1] == '0' && ep[2]))
-    return 0;
-  uint64_t n = 0;
-  size_t i = 1;
-  for (; ep[i]; i++) {
-    if (ep[i] < '0' || ep[i] > '9' || i >= 17)
-      return 0;
-    n = n * 10 + (uint64_t)(ep[i] - '0');
-  }
-  return n << 2 | (ep[0] == 'v' ? 2u : 3u);
-}
-
-/* The code of the endpoint written in the l bytes at s, or 0. */
-static epc_t ep_code_n(const char *s, size_t l) {
-  char ep[OCAP_REF_MAX];
-  if (l == 0 || l >= sizeof ep)
-    return 0;
-  memcpy(ep, s, l);
-  ep[l] = '\0';
-  return ep_code(ep);
-}
-
-/* Writes the endpoint of code c (not 0) into out (OCAP_REF_MAX bytes);
- * returns its length. */
-static size_t ep_text(epc_t c, char *out) {
-  if (c == 1) {
-    memcpy(out, "kernel", 7);
-    return 6;
-  }
-  out[0] = (c & 3) == 2 ? 'v' : 'r';
-  size_t n = 1 + ocap__fmt_ll(out + 1, (long long)(c >> 2));
-  out[n] = '\0';
-  return n;
-}
 
 /* Whether every key of a version of the promise is gone (a version
  * without a first subscriber has no others). */
@@ -294,7 +255,7 @@ static int subs_parse(ocap_kernel_t *k, const char *kpid, const char *s, size_t 
     size_t j = i;
     while (j < n && s[j] != ' ')
       j++;
-    epc_t c = ep_code_n(s + i, j - i);
+    epc_t c = ocap__ep_code_n(s + i, j - i);
     if (!c) {
       free(more);
       return corrupt_field(k, kpid, "subscribers", s, n, "a list of endpoints");
@@ -316,7 +277,7 @@ static int subs_text(const pver_t *v, ocap__buf_t *b) {
   char ep[OCAP_REF_MAX];
   b->len = 0;
   for (size_t i = 0; v->sub && i <= v->nmore; i++) {
-    size_t n = ep_text(i ? v->more[i - 1] : v->sub, ep);
+    size_t n = ocap__ep_text(i ? v->more[i - 1] : v->sub, ep);
     if ((i && ocap__buf_add(b, " ", 1)) || ocap__buf_add(b, ep, n))
       return OCAP_ENOMEM;
   }
@@ -365,7 +326,7 @@ static int load(ocap_kernel_t *k, const char *kpid, long long id, int create, pr
     rc = ocap__get_count(k, -1, &r->now.refs, "%s.refCount", kpid);
   if (rc >= 0)
     rc = ocap__get_ref(k, dec, "%s.decider", kpid);
-  if (rc > 0 && !(r->now.decider = ep_code(dec)))
+  if (rc > 0 && !(r->now.decider = ocap__ep_code(dec)))
     rc = corrupt_field(k, kpid, "decider", dec, strlen(dec), "an endpoint");
   if (rc >= 0)
     rc = ocap__getb(k, &subs, "%s.subscribers", kpid);
@@ -497,7 +458,7 @@ void ocap__kp_name(const ocap__kp_t *r, char *out) {
 int ocap__kp_decider(const ocap__kp_t *r, char *out) {
   if (!r || !r->now.decider)
     return 0;
-  ep_text(r->now.decider, out);
+  ocap__ep_text(r->now.decider, out);
   return 1;
 }
 
@@ -522,7 +483,7 @@ int ocap__kp_set_decider(ocap_kernel_t *k, ocap__kp_t *r, const char *ep) {
   int rc = touch(k, r);
   if (rc)
     return rc;
-  epc_t c = ep ? ep_code(ep) : 0;
+  epc_t c = ep ? ocap__ep_code(ep) : 0;
   if (ep && !c) {
     char kpid[OCAP_REF_MAX];
     kp_name(kpid, r->id);
@@ -577,7 +538,7 @@ int ocap__promises_check(ocap_kernel_t *k) {
     if (!rc)
       rc = ocap__check_key(k, r->now.refs < 0 ? NULL : v,
                            r->now.refs < 0 ? 0 : ocap__fmt_ll(v, r->now.refs), "%s.refCount", kpid);
-    size_t dl = r->now.decider ? ep_text(r->now.decider, dec) : 0;
+    size_t dl = r->now.decider ? ocap__ep_text(r->now.decider, dec) : 0;
     if (!rc)
       rc = ocap__check_key(k, dl ? dec : NULL, dl, "%s.decider", kpid);
     if (!rc && subs_text(&r->now, &subs))
@@ -636,8 +597,9 @@ int ocap__promises_fill(ocap_kernel_t *k) {
                            : ocap__seti(k, r->com.refs, "%s.refCount", kpid);
     if (!rc && r->com.decider != r->sto.decider) {
       char dec[OCAP_REF_MAX];
-      rc = r->com.decider ? ocap__setn(k, dec, ep_text(r->com.decider, dec), "%s.decider", kpid)
-                          : ocap__delv(k, "%s.decider", kpid);
+      rc = r->com.decider
+               ? ocap__setn(k, dec, ocap__ep_text(r->com.decider, dec), "%s.decider", kpid)
+               : ocap__delv(k, "%s.decider", kpid);
     }
     /* The blocks of the subscribers past the first are never changed in
      * place, so the same block is the same list. */
@@ -846,7 +808,7 @@ static int has_sub(const pver_t *v, epc_t c) {
  * the list of the others, shared with the other versions, is made anew
  * with each one added. */
 int ocap__kp_subscribe(ocap_kernel_t *k, ocap__kp_t *r, const char *ep) {
-  epc_t c = ep_code(ep);
+  epc_t c = ocap__ep_code(ep);
   if (!c)
     return ocap__broken(k, OCAP_ECORRUPT, "subscriber '%.60s' is not an endpoint", ep);
   if (has_sub(&r->now, c))
@@ -924,7 +886,7 @@ static int settle(ocap_kernel_t *k, prec_t *r, int rejected, const char *enc, si
    * can be walked in place and dropped after. */
   char ep[OCAP_REF_MAX];
   for (size_t i = 0; !rc && r->now.sub && i <= r->now.nmore; i++) {
-    ep_text(i ? r->now.more[i - 1] : r->now.sub, ep);
+    ocap__ep_text(i ? r->now.more[i - 1] : r->now.sub, ep);
     rc = ocap__enqueue_notify(k, ep, NULL, r); /* the record names it */
   }
   if (!rc)
@@ -969,7 +931,7 @@ int ocap_kernel_resolve(ocap_kernel_t *k, const char *ep, const ocap_resolution_
     if (ocap__kp_state(p) != ST_UNRESOLVED)
       return ocap__fail(k, OCAP_EINVAL, "%s resolved '%s', which is already settled", ep,
                         r[i].kpid);
-    epc_t c = ep_code(ep);
+    epc_t c = ocap__ep_code(ep);
     if (!c || p->now.decider != c)
       return ocap__fail(k, OCAP_EINVAL, "%s may not resolve '%s': it is not the decider", ep,
                         r[i].kpid);

@@ -63,11 +63,6 @@ typedef struct ocap__pitem {
   size_t len;
 } ocap__pitem_t;
 
-/* An endpoint as a number: 0 for none, 1 for the kernel, and N << 2 | 2
- * for the vat vN, N << 2 | 3 for the peer rN (the endpoints
- * ocap__valid_ep accepts, refs.h, whose N is below 10^17). */
-typedef uint64_t ocap__epc_t;
-
 /* One version of a promise's keys: the record holds three, as they are
  * now, at the last commit, and in the store. */
 typedef struct ocap__pver {

@@ -455,6 +455,15 @@ static void corrupt_values(void) {
   CHECK(ocap_kernel_resolve(k, "kernel", &res, 1) == OCAP_ECORRUPT);
   CHECK(strstr(ocap_kernel_errmsg(k), "subscribers' holds 'v2 v3;x'") != NULL);
   ocap_kernel_abort_crank(k, 0);
+  /* A decider that is a reference but no endpoint (the record keeps
+   * endpoints as numbers, so it is refused when read). */
+  snprintf(key, sizeof key, "%s.decider", kp);
+  REQUIRE(put(k, key, "o+5") == 0);
+  k = reopen(k, r);
+  CHECK(ocap_kernel_resolve(k, "kernel", &res, 1) == OCAP_ECORRUPT);
+  CHECK(strstr(ocap_kernel_errmsg(k), "decider' holds 'o+5' (3 bytes), which is not an endpoint") !=
+        NULL);
+  ocap_kernel_abort_crank(k, 0);
   snprintf(key, sizeof key, "%s.state", kp);
   REQUIRE(put(k, key, "maybe") == 0);
   k = reopen(k, r);
