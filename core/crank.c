@@ -824,7 +824,8 @@ static int step(ocap_kernel_t *k) {
   if (rc <= 0)
     return rc < 0 ? ocap_kernel_abort_crank(k, rc) : 0;
   k->cranks++;
-  char ep[OCAP_REF_MAX] = "";
+  char ep[OCAP_REF_MAX];
+  ep[0] = '\0';
   const char *result = NULL;
   int fatal = OCAP_FATAL_NONE;
   char *why = NULL;
@@ -836,7 +837,8 @@ static int step(ocap_kernel_t *k) {
     rc = crank_refused(k, &item, result, why);
   else if (!k->err && (rc == OCAP_EFATAL || fatal != OCAP_FATAL_NONE))
     rc = crank_fatal(k, &item, ep, fatal, why, result);
-  free(why);
+  if (why)
+    free(why);
   rc = crank_end(k, rc);
   ocap__qitem_free(&item);
   ocap__queue_return(k);

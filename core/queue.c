@@ -29,6 +29,7 @@ typedef struct item {
       char target[OCAP_REF_MAX], result[OCAP_REF_MAX], sender[OCAP_REF_MAX]; /* "" for none */
       long long rid, sid;                                                    /* as in the view */
       size_t bytes; /* the length of its text */
+      size_t cap;   /* the size of the block p, for its reuse (spare) */
     } s;
     struct {
       char ep[OCAP_REF_MAX];
@@ -84,8 +85,11 @@ struct ocap__queue {
   int slast;              /* the store's item stail - 1 changed since */
   long long lent;         /* the index of the item a crank holds (ocap__dequeue), or -1 */
   char *orphan;           /* its text, when the queue let go of it meanwhile */
-  ocap__idtable_t qb;     /* qbytes_t by vat number */
-  qbytes_t **qdirty;      /* the records this crank changed */
+  size_t orphan_cap;      /* its block's size when it is a send's capdata, else 0 */
+  char *spare;            /* a delivered send's block, kept for the next send */
+  size_t spare_cap;
+  ocap__idtable_t qb; /* qbytes_t by vat number */
+  qbytes_t **qdirty;  /* the records this crank changed */
   size_t nqdirty, capqdirty;
   qbytes_t **qsync; /* the records whose committed count the store lacks */
   size_t nqsync, capqsync;
@@ -183,9 +187,10 @@ static int item_text(ocap_kernel_t *k, const item_t *it, ocap__buf_t *b, const c
  * taken before. */
 static void free_items(struct ocap__queue *q, long long from, long long to) {
   for (long long n = from; n < to; n++) {
-    if (n == q->lent && !q->orphan)
+    if (n == q->lent && !q->orphan) {
       q->orphan = slot(q, n)->p;
-    else
+      q->orphan_cap = slot(q, n)->kind == ITEM_SEND ? slot(q, n)->u.s.cap : 0;
+    } else
       free(slot(q, n)->p);
     slot(q, n)->p = NULL;
   }
@@ -271,6 +276,7 @@ void ocap__queue_free(ocap_kernel_t *k) {
       free(q->undo.p);
   }
   free(q->orphan);
+  free(q->spare);
   free(q->v);
   ocap__idtable_free(&q->qb, free);
   free(q->qdirty);
@@ -719,7 +725,9 @@ long long ocap_kernel_queued_bytes(ocap_kernel_t *k, const char *ep) {
  */
 int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result, ocap__kp_t *rrec,
                        const char *ep, const ocap_capdata_t *methargs, const char *sender) {
-  ocap__buf_t b = {0};
+  struct ocap__queue *q = k->q;
+  ocap__buf_t b = {q->spare, 0, q->spare ? q->spare_cap : 0};
+  q->spare = NULL;
   int rc = ocap__capdata_e2k(k, ep, methargs, &b);
   item_t *it = NULL;
   if (!rc)
@@ -739,10 +747,11 @@ int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result,
   it->kind = ITEM_SEND;
   it->p = b.p;
   it->len = b.len;
+  it->u.s.cap = b.cap;
   it->u.s.rid = result && rrec ? ocap__kp_id(rrec) : -1;
   it->u.s.sid = sender ? vat_number(sender) : -1;
   it->u.s.bytes = (size_t)(5 + tl + 1 + (rl ? rl : 1) + (sl ? 1 + sl : 0) + 1) + b.len;
-  k->q->tail++;
+  q->tail++;
   if (sender)
     rc = it->u.s.sid >= 0 ? ocap__charge_vat(k, it->u.s.sid, (long long)it->u.s.bytes)
                           : ocap__charge_queued(k, sender, (long long)it->u.s.bytes);
@@ -835,12 +844,6 @@ static int parse_notify(ocap_kernel_t *k, const char *item, size_t len, ocap__qi
   }
   it->n = got;
   return 0;
-}
-
-void ocap__qitem_free(ocap__qitem_t *it) {
-  if (it->notify && it->kpids != it->small)
-    free(it->kpids);
-  it->kpids = NULL;
 }
 
 int ocap__qitem_text(ocap_kernel_t *k, const ocap__qitem_t *it, ocap__buf_t *b) {
@@ -938,9 +941,20 @@ int ocap__dequeue(ocap_kernel_t *k, ocap__qitem_t *out) {
   return 1;
 }
 
+/* The largest block kept for reuse: a message's capdata is usually small. */
+#define SPARE_MAX 4096
+
 void ocap__queue_return(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
-  free(q->orphan);
+  /* Most cranks deliver one message and queue one: the block of the one
+   * delivered takes the next one's capdata, which spares a malloc and a
+   * free per message. */
+  if (q->orphan && !q->spare && q->orphan_cap && q->orphan_cap <= SPARE_MAX) {
+    q->spare = q->orphan;
+    q->spare_cap = q->orphan_cap;
+  } else {
+    free(q->orphan);
+  }
   q->orphan = NULL;
   q->lent = -1;
 }

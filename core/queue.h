@@ -15,6 +15,8 @@
 #ifndef OCAP_QUEUE_H
 #define OCAP_QUEUE_H
 
+#include <stdlib.h>
+
 #include "kstate.h"
 
 /* The queue's memory (kstate.h, convention 6), made and freed with the
@@ -105,7 +107,11 @@ typedef struct ocap__qitem {
  * The first item a crank takes stays valid until the crank calls
  * ocap__queue_return once it has ended. */
 int ocap__dequeue(ocap_kernel_t *k, ocap__qitem_t *out);
-void ocap__qitem_free(ocap__qitem_t *it);
+static inline void ocap__qitem_free(ocap__qitem_t *it) {
+  if (it->notify && it->kpids && it->kpids != it->small)
+    free(it->kpids);
+  it->kpids = NULL;
+}
 void ocap__queue_return(ocap_kernel_t *k);
 /* Appends a send item's stored text to b (a message parked on a promise
  * is kept as text). */
