@@ -87,58 +87,64 @@ static int shortest(double x, char *digits) {
   return atoi(q + 1);
 }
 
+/* Two decimal digits of each number below 100, for ocap_sc_format_int. */
+static const char digit_pairs[] = "00010203040506070809"
+                                  "10111213141516171819"
+                                  "20212223242526272829"
+                                  "30313233343536373839"
+                                  "40414243444546474849"
+                                  "50515253545556575859"
+                                  "60616263646566676869"
+                                  "70717273747576777879"
+                                  "80818283848586878889"
+                                  "90919293949596979899";
+
+/* Writes the two digits of r (below 100) at o. */
+static void put_pair(char *o, unsigned r) {
+  o[0] = digit_pairs[2 * r];
+  o[1] = digit_pairs[2 * r + 1];
+}
+
 size_t ocap_sc_format_int(long long v, char *out) {
-  static const char pairs[] = "00010203040506070809"
-                              "10111213141516171819"
-                              "20212223242526272829"
-                              "30313233343536373839"
-                              "40414243444546474849"
-                              "50515253545556575859"
-                              "60616263646566676869"
-                              "70717273747576777879"
-                              "80818283848586878889"
-                              "90919293949596979899";
-  static const unsigned long long tens[19] = {10ULL,
-                                              100ULL,
-                                              1000ULL,
-                                              10000ULL,
-                                              100000ULL,
-                                              1000000ULL,
-                                              10000000ULL,
-                                              100000000ULL,
-                                              1000000000ULL,
-                                              10000000000ULL,
-                                              100000000000ULL,
-                                              1000000000000ULL,
-                                              10000000000000ULL,
-                                              100000000000000ULL,
-                                              1000000000000000ULL,
-                                              10000000000000000ULL,
-                                              100000000000000000ULL,
-                                              1000000000000000000ULL,
-                                              10000000000000000000ULL};
   unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-  size_t sign = v < 0, digits = 1;
-  while (digits < 20 && u >= tens[digits - 1])
+  char *o = out;
+  if (v < 0)
+    *o++ = '-';
+  /* Most numbers written are below 10,000 (vpids, slots, counters): they
+   * take one or two pairs in 32-bit arithmetic. */
+  if (u < 100) {
+    if (u < 10) {
+      *o = (char)('0' + u);
+      return (size_t)(o + 1 - out);
+    }
+    put_pair(o, (unsigned)u);
+    return (size_t)(o + 2 - out);
+  }
+  if (u < 10000) {
+    unsigned x = (unsigned)u, hi = x / 100;
+    if (hi < 10)
+      *o++ = (char)('0' + hi);
+    else {
+      put_pair(o, hi);
+      o += 2;
+    }
+    put_pair(o, x % 100);
+    return (size_t)(o + 2 - out);
+  }
+  size_t digits = 5;
+  for (unsigned long long t = u / 100000; t > 0; t /= 10)
     digits++;
-  char *p = out + sign + digits;
+  char *p = o + digits;
   while (u >= 100) {
-    unsigned r = (unsigned)(u % 100);
+    p -= 2;
+    put_pair(p, (unsigned)(u % 100));
     u /= 100;
-    p -= 2;
-    p[0] = pairs[2 * r];
-    p[1] = pairs[2 * r + 1];
   }
-  if (u >= 10) {
-    p -= 2;
-    p[0] = pairs[2 * u];
-    p[1] = pairs[2 * u + 1];
-  } else {
-    *--p = (char)('0' + u);
-  }
-  if (sign)
-    out[0] = '-';
-  return sign + digits;
+  if (u >= 10)
+    put_pair(p - 2, (unsigned)u);
+  else
+    p[-1] = (char)('0' + u);
+  return (size_t)(o + digits - out);
 }
 
 size_t ocap_sc_format_number(double x, char *out) {
