@@ -80,8 +80,8 @@ static int equals_model(lua_State *L, int v, int k) {
   return eq;
 }
 
-/* [-0, +0, e] isPromise(v): registered, or a table whose metatable (as
- * getmetatable reads it) is ocap.promise's. */
+/* [-0, +0, e] isPromise(v): registered, or a userdata (what ocap.promise
+ * makes) whose metatable (as getmetatable reads it) is ocap.promise's. */
 static int is_promise(lua_State *L, int v) {
   v = lua_absindex(L, v);
   model_get(L, M_PROMISES);
@@ -91,7 +91,7 @@ static int is_promise(lua_State *L, int v) {
   lua_pop(L, 2);
   if (yes)
     return 1;
-  if (model_get(L, M_PROMISE_MT) == LUA_TNIL || lua_type(L, v) != LUA_TTABLE) {
+  if (model_get(L, M_PROMISE_MT) == LUA_TNIL || lua_type(L, v) != LUA_TUSERDATA) {
     lua_pop(L, 1);
     return 0;
   }

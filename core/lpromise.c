@@ -1,8 +1,10 @@
 /*
  * lpromise.c -- the core of ocap.promise in C; see lpromise.h.
  *
- * The records stay Lua tables with the slots promise.lua documents, so the
- * Lua half (await, the combinators) reads them as it always did. The queue
+ * A record is a full userdata with no bytes and NSLOTS user values, the
+ * slots promise.lua documents: one allocation, which a table (its header,
+ * then its array part) takes two for, and slots read and written without
+ * a table lookup. The queue
  * is a ring of four slots a turn (a job kind and its three arguments) in
  * a Lua table whose array part is sized when it is made, so writing a
  * turn never allocates: making room is the only step that can raise, and
@@ -30,7 +32,7 @@
 
 enum { PENDING = 0, FULFILLED = 1, REJECTED = 2 };
 
-/* The slots of a promise table (promise.lua). */
+/* The slots of a promise record (promise.lua). */
 enum {
   S = 1,  /* state */
   V = 2,  /* value or reason */
@@ -127,22 +129,21 @@ static pstate_t *state_of(lua_State *L) {
   return lua_touserdata(L, STATE);
 }
 
-/* [-0, +0] Whether the value at idx is a table with this module's
+/* [-0, +0] Whether the value at idx is a userdata with this module's
  * metatable. */
 static int is_promise(lua_State *L, int idx) {
   int r;
-  if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
+  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
     return 0;
-  /* The metatable is held by an upvalue: its address names it. */
-  r = lua_topointer(L, -1) == lua_topointer(L, PROMISE_MT);
+  r = lua_rawequal(L, -1, PROMISE_MT);
   lua_pop(L, 1);
   return r;
 }
 
-/* [-0, +0, v] Raises unless the value at idx is a table: what a reaction
+/* [-0, +0, v] Raises unless the value at idx is a promise: what a reaction
  * names as a promise may have been overwritten by vat code. */
 static void check_record(lua_State *L, int idx) {
-  if (lua_type(L, idx) != LUA_TTABLE)
+  if (!is_promise(L, idx))
     luaL_error(L, "ocap.promise: a promise's reaction slots were overwritten");
 }
 
@@ -152,35 +153,36 @@ static void check_promise(lua_State *L, int arg) {
     luaL_typeerror(L, arg, "promise");
 }
 
-/* [-0, +0] Slot k of the table at p, as an integer (0 if not a number). */
+/* [-0, +0] Slot k of the record at p, as an integer (0 if not a number,
+ * so that a record's state starts as PENDING without being written). */
 static lua_Integer get_int(lua_State *L, int p, int k) {
   lua_Integer r;
-  lua_rawgeti(L, p, k);
+  lua_getiuservalue(L, p, k);
   r = lua_tointeger(L, -1);
   lua_pop(L, 1);
   return r;
 }
 
-/* [-0, +0] Whether slot k of the table at p is truthy. */
+/* [-0, +0] Whether slot k of the record at p is truthy. */
 static int get_bool(lua_State *L, int p, int k) {
   int r;
-  lua_rawgeti(L, p, k);
+  lua_getiuservalue(L, p, k);
   r = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return r;
 }
 
-/* [-0, +0] Sets slot k of the table at p to a boolean: in a record's array
- * part, this never allocates. */
+/* [-0, +0] Sets slot k of the record at p to a boolean: a user value of
+ * the record, this never allocates. */
 static void set_bool(lua_State *L, int p, int k, int b) {
   lua_pushboolean(L, b);
-  lua_rawseti(L, p, k);
+  lua_setiuservalue(L, p, k);
 }
 
-/* [-0, +0] Sets slot k of the table at p to nil. */
+/* [-0, +0] Sets slot k of the record at p to nil. */
 static void set_nil(lua_State *L, int p, int k) {
   lua_pushnil(L);
-  lua_rawseti(L, p, k);
+  lua_setiuservalue(L, p, k);
 }
 
 /* ---- the turn queue ---- */
@@ -295,7 +297,7 @@ static void settle_now(lua_State *L, pstate_t *st, int p, int v, int rejected) {
   luaL_checkstack(L, 10, NULL);
   if (get_bool(L, p, RA)) {
     n = 1;
-    if (lua_rawgeti(L, p, RX) == LUA_TTABLE) {
+    if (lua_getiuservalue(L, p, RX) == LUA_TTABLE) {
       x = top + 1;
       xn = (lua_Integer)lua_rawlen(L, x) / 3;
       n += xn;
@@ -307,15 +309,15 @@ static void settle_now(lua_State *L, pstate_t *st, int p, int v, int rejected) {
   if (rejected && !get_bool(L, p, H))
     unhandled_add(L, st, p);
   lua_pushvalue(L, v);
-  lua_rawseti(L, p, V);
+  lua_setiuservalue(L, p, V);
   lua_pushinteger(L, rejected ? REJECTED : FULFILLED);
-  lua_rawseti(L, p, S);
+  lua_setiuservalue(L, p, S);
   if (n > 0) {
     push_ring(L);
     ring = lua_gettop(L);
-    lua_rawgeti(L, p, RA);
-    lua_rawgeti(L, p, RB);
-    lua_rawgeti(L, p, RC);
+    lua_getiuservalue(L, p, RA);
+    lua_getiuservalue(L, p, RB);
+    lua_getiuservalue(L, p, RC);
     schedule(L, st, ring, ring + 1, ring + 2, ring + 3, !rejected, v);
     lua_pop(L, 3);
     set_bool(L, p, RA, 0);
@@ -385,17 +387,17 @@ static void subscribe(lua_State *L, pstate_t *st, int p, int a, int b, int c) {
     ring_reserve(L, st, 1);
     push_ring(L);
     ring = lua_gettop(L);
-    lua_rawgeti(L, p, V);
+    lua_getiuservalue(L, p, V);
     schedule(L, st, ring, a, b, c, s == FULFILLED, ring + 1);
     lua_pop(L, 2);
   } else if (!get_bool(L, p, RA)) {
     lua_pushvalue(L, c);
-    lua_rawseti(L, p, RC);
+    lua_setiuservalue(L, p, RC);
     lua_pushvalue(L, b);
-    lua_rawseti(L, p, RB);
+    lua_setiuservalue(L, p, RB);
     lua_pushvalue(L, a);
-    lua_rawseti(L, p, RA);
-  } else if (lua_rawgeti(L, p, RX) != LUA_TTABLE) {
+    lua_setiuservalue(L, p, RA);
+  } else if (lua_getiuservalue(L, p, RX) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_createtable(L, 3, 0);
     lua_pushvalue(L, a);
@@ -404,7 +406,7 @@ static void subscribe(lua_State *L, pstate_t *st, int p, int a, int b, int c) {
     lua_rawseti(L, -2, 2);
     lua_pushvalue(L, c);
     lua_rawseti(L, -2, 3);
-    lua_rawseti(L, p, RX);
+    lua_setiuservalue(L, p, RX);
   } else {
     n = (lua_Integer)lua_rawlen(L, -1) / 3 * 3;
     lua_pushvalue(L, a);
@@ -429,9 +431,8 @@ static void new_promise(lua_State *L, pstate_t *st) {
       lua_pop(L, 1);
     }
   }
-  lua_createtable(L, NSLOTS, 0);
-  lua_pushinteger(L, PENDING);
-  lua_rawseti(L, -2, S);
+  /* Every slot starts nil: the state's nil reads as PENDING. */
+  lua_newuserdatauv(L, 0, NSLOTS);
   lua_pushvalue(L, PROMISE_MT);
   lua_setmetatable(L, -2);
 }
@@ -487,9 +488,10 @@ static void run_turn(lua_State *L, pstate_t *st, lua_Integer n) {
   lua_rawgeti(L, D_BASE + 1, h + 1);
   lua_rawgeti(L, D_BASE + 1, h + 2);
   lua_rawgeti(L, D_BASE + 1, h + 3);
-  set_nil(L, D_BASE + 1, h + 1);
-  set_nil(L, D_BASE + 1, h + 2);
-  set_nil(L, D_BASE + 1, h + 3);
+  for (int i = 1; i <= 3; i++) {
+    lua_pushnil(L);
+    lua_rawseti(L, D_BASE + 1, h + i);
+  }
   h += 4;
   st->head = h > st->cap * 4 ? 1 : h;
   st->count--;
@@ -549,7 +551,7 @@ static void report(lua_State *L, pstate_t *st, lua_Integer n) {
       set_bool(L, p, H, 1);
       if (lua_toboolean(L, D_HANDLER)) {
         lua_pushvalue(L, D_HANDLER);
-        lua_rawgeti(L, p, V);
+        lua_getiuservalue(L, p, V);
         lua_pushvalue(L, p);
         save_n(L, n);
         lua_pushinteger(L, i + 1);
@@ -703,21 +705,21 @@ static int take_awaiter(lua_State *L, pstate_t *st) {
   lua_settop(L, 3);
   ok = lua_toboolean(L, 2);
   /* The slots it reads, at 4 to 7. */
-  lua_rawgeti(L, 1, LK);
+  lua_getiuservalue(L, 1, LK);
   if (lua_toboolean(L, 4))
     return 0;
-  lua_rawgeti(L, 1, RA);
-  lua_rawgeti(L, 1, RX);
-  lua_rawgeti(L, 1, S);
+  lua_getiuservalue(L, 1, RA);
+  lua_getiuservalue(L, 1, RX);
+  lua_getiuservalue(L, 1, S);
   set_bool(L, 1, LK, 1);
   if (st->count == 0 && lua_touserdata(L, 5) == &AWAIT && !lua_toboolean(L, 6) &&
       lua_tointeger(L, 7) == PENDING && (!ok || !is_promise(L, 3))) {
     lua_pushvalue(L, 3);
-    lua_rawseti(L, 1, V);
+    lua_setiuservalue(L, 1, V);
     lua_pushinteger(L, ok ? FULFILLED : REJECTED);
-    lua_rawseti(L, 1, S);
+    lua_setiuservalue(L, 1, S);
     set_bool(L, 1, RA, 0);
-    lua_rawgeti(L, 1, RB);
+    lua_getiuservalue(L, 1, RB);
     set_nil(L, 1, RB);
     return 1;
   }
@@ -752,9 +754,9 @@ static int promise_resolve(lua_State *L) {
   new_promise(L, state_of(L));
   set_bool(L, 2, LK, 1);
   lua_pushvalue(L, 1);
-  lua_rawseti(L, 2, V);
+  lua_setiuservalue(L, 2, V);
   lua_pushinteger(L, FULFILLED);
-  lua_rawseti(L, 2, S);
+  lua_setiuservalue(L, 2, S);
   return 1;
 }
 
@@ -833,7 +835,7 @@ static int promise_state(lua_State *L) {
     lua_pushstring(L, names[s]);
   else
     lua_pushnil(L);
-  lua_rawgeti(L, 1, V);
+  lua_getiuservalue(L, 1, V);
   return 2;
 }
 
@@ -1350,7 +1352,7 @@ static int resume_awaiter(lua_State *L, pstate_t *st, lua_State *co, int idx) {
   k = worker_pool(st, co);
   if (k >= 0)
     pool_push(L, st, k, co, idx);
-  if (tracked_get(L, idx) == LUA_TTABLE) {
+  if (tracked_get(L, idx) == LUA_TUSERDATA) {
     lua_pushnil(L);
     tracked_set(L, idx, top + 4);
     if (lua_toboolean(L, top + 1))
@@ -1421,7 +1423,7 @@ static int main_await(lua_State *L, pstate_t *st) {
     }
   }
   s = get_int(L, 1, S);
-  lua_rawgeti(L, 1, V);
+  lua_getiuservalue(L, 1, V);
   if (s == FULFILLED)
     return 1;
   if (s != REJECTED)
@@ -1436,13 +1438,13 @@ static int await_k(lua_State *L, int status, lua_KContext ctx);
 static int await_rest(lua_State *L) {
   lua_Integer s;
   lua_settop(L, 1);
-  lua_rawgeti(L, 1, S);
+  lua_getiuservalue(L, 1, S);
   s = lua_tointeger(L, 2);
   if (s == PENDING) {
     lua_pushlightuserdata(L, (void *)&AWAITING);
     return lua_yieldk(L, 1, 0, await_k);
   }
-  lua_rawgeti(L, 1, V);
+  lua_getiuservalue(L, 1, V);
   if (s == FULFILLED)
     return 1;
   return lua_error(L);
@@ -1472,15 +1474,15 @@ static int promise_await(lua_State *L) {
   }
   /* subscribe's common case, inline: a pending promise with no reaction
    * yet takes the await as its first, written first slot last. */
-  lua_rawgeti(L, 1, S);
-  lua_rawgeti(L, 1, RA);
+  lua_getiuservalue(L, 1, S);
+  lua_getiuservalue(L, 1, RA);
   if (lua_tointeger(L, 3) == PENDING && !lua_toboolean(L, 4)) {
     set_bool(L, 1, H, 1);
     set_bool(L, 1, RC, 0);
     lua_pushvalue(L, 2);
-    lua_rawseti(L, 1, RB);
+    lua_setiuservalue(L, 1, RB);
     lua_pushlightuserdata(L, (void *)&AWAIT);
-    lua_rawseti(L, 1, RA);
+    lua_setiuservalue(L, 1, RA);
     lua_pushlightuserdata(L, (void *)&AWAITING);
     return lua_yieldk(L, 1, 0, await_k);
   }
@@ -1529,19 +1531,33 @@ static int method_catch(lua_State *L) {
   return method_next(L);
 }
 
-/* [-2, +1, e] The methods table's __index: an integer key reads as nil (a
- * promise's own slot, empty), any other key raises the hint. */
+/* [-2, +1, e] The methods table's __index: an integer key reads as nil
+ * (the slots are read through the module's functions), any other key
+ * raises the hint. */
 static int methods_index(lua_State *L) {
   if (lua_type(L, 2) == LUA_TNUMBER)
     return 0;
   return luaL_error(L, "cannot read field '%s' of a promise: %s", luaL_tolstring(L, 2, NULL), HINT);
 }
 
+/* [-3, +0, e] __newindex: an integer key from 1 to NSLOTS writes that
+ * slot of the record, as a raw write of the table a promise once was did
+ * (the core checks what it reads back); any other key raises. */
+static int promise_newindex(lua_State *L) {
+  lua_Integer k = lua_type(L, 2) == LUA_TNUMBER ? lua_tointeger(L, 2) : 0;
+  check_promise(L, 1);
+  if (k < 1 || k > NSLOTS)
+    return luaL_error(L, "cannot modify a promise");
+  lua_settop(L, 3);
+  lua_setiuservalue(L, 1, (int)k);
+  return 0;
+}
+
 /* [-0, +1] __tostring: the state and the hint. */
 static int promise_tostring(lua_State *L) {
   static const char *const names[] = {"pending", "fulfilled", "rejected"};
   lua_Integer s;
-  luaL_checktype(L, 1, LUA_TTABLE);
+  check_promise(L, 1);
   s = get_int(L, 1, S);
   lua_pushfstring(L, "Promise <%s> (%s)", s >= PENDING && s <= REJECTED ? names[s] : "?", HINT);
   return 1;
@@ -1559,26 +1575,24 @@ MISUSE(misuse_len, "take the length of")
 MISUSE(misuse_arith, "do arithmetic on")
 
 static const luaL_Reg promise_meta[] = {
-    {"__call", misuse_call},
-    {"__concat", misuse_concat},
-    {"__lt", misuse_compare},
-    {"__le", misuse_compare},
-    {"__len", misuse_len},
-    {"__add", misuse_arith},
-    {"__sub", misuse_arith},
-    {"__mul", misuse_arith},
-    {"__div", misuse_arith},
-    {"__mod", misuse_arith},
-    {"__pow", misuse_arith},
-    {"__unm", misuse_arith},
-    {"__idiv", misuse_arith},
-    {"__band", misuse_arith},
-    {"__bor", misuse_arith},
-    {"__bxor", misuse_arith},
-    {"__shl", misuse_arith},
-    {"__shr", misuse_arith},
-    {"__bnot", misuse_arith},
+    {"__call", misuse_call},  {"__concat", misuse_concat},
+    {"__lt", misuse_compare}, {"__le", misuse_compare},
+    {"__len", misuse_len},    {"__add", misuse_arith},
+    {"__sub", misuse_arith},  {"__mul", misuse_arith},
+    {"__div", misuse_arith},  {"__mod", misuse_arith},
+    {"__pow", misuse_arith},  {"__unm", misuse_arith},
+    {"__idiv", misuse_arith}, {"__band", misuse_arith},
+    {"__bor", misuse_arith},  {"__bxor", misuse_arith},
+    {"__shl", misuse_arith},  {"__shr", misuse_arith},
+    {"__bnot", misuse_arith}, {NULL, NULL},
+};
+
+/* The metamethods that read or write a record: closures over the state and
+ * the metatable, like the module's functions, since vat code can call
+ * them on any value. */
+static const luaL_Reg record_meta[] = {
     {"__tostring", promise_tostring},
+    {"__newindex", promise_newindex},
     {NULL, NULL},
 };
 
@@ -1692,6 +1706,7 @@ static int promise_new(lua_State *L) {
   lua_pushvalue(L, meta);
   luaL_setfuncs(L, promise_meta, 0);
   lua_pop(L, 1);
+  set_funcs(L, meta, ud, meta, record_meta);
   lua_pushvalue(L, methods);
   lua_setfield(L, meta, "__index");
   lua_pushliteral(L, "ocap.Promise");

@@ -470,9 +470,15 @@ static int enc_table(enc_t *e, int idx, int depth) {
   lua_pushvalue(L, idx);
   int promise = lua_rawget(L, MV(e, M_PROMISES)) == LUA_TBOOLEAN && lua_toboolean(L, -1);
   lua_pop(L, 1);
-  if (lua_type(L, idx) != LUA_TTABLE)
-    return promise ? enc_slot(e, idx, 2) : LEAVE;
   int hasmt = push_getmetatable(e, idx);
+  if (lua_type(L, idx) != LUA_TTABLE) {
+    /* ocap.promise's promises are userdata. */
+    if (!promise && hasmt && lua_rawequal(L, -1, MV(e, M_PROMISE_MT)))
+      promise = 1;
+    if (hasmt)
+      lua_pop(L, 1);
+    return promise ? enc_slot(e, idx, 2) : LEAVE;
+  }
   if (!promise && hasmt && lua_rawequal(L, -1, MV(e, M_PROMISE_MT)))
     promise = 1;
   if (promise) {

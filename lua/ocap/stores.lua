@@ -110,12 +110,14 @@ function M.durableEncoder(ls)
     return ls.refOf(v) or ls.export(v)
   end, function() error('the durable encoder does not decode', 0) end)
   return function(v, where)
-    -- Only a table can be or hold a promise: anything else is encoded
-    -- without the pcall (a vat's pcall is metered, and most values stored
-    -- are plain), raising what encoding raises as the pcall would. The C
-    -- codec encodes it as the marshaller would (it leaves what it cannot
-    -- encode, errors included, to the marshaller).
-    if type(v) ~= 'table' then
+    -- Only a table can hold a promise, and only a userdata be one:
+    -- anything else is encoded without the pcall (a vat's pcall is
+    -- metered, and most values stored are plain), raising what encoding
+    -- raises as the pcall would. The C codec encodes it as the marshaller
+    -- would (it leaves what it cannot encode, errors included, to the
+    -- marshaller).
+    local tv = type(v)
+    if tv ~= 'table' and tv ~= 'userdata' then
       local body = cEncodeParts and cEncodeParts(v)
       if body then return '\n' .. body end
       return encodeValue(dm, v)

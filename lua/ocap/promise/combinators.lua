@@ -6,8 +6,9 @@ local M = {}
 
 local pcall, error = pcall, error
 
--- The slots of a promise table (core/lpromise.c).
-local S <const>, L <const>, PENDING <const> = 1, 4, 0
+-- The "already resolved" slot of a promise record (core/lpromise.c),
+-- which a promise's __newindex writes.
+local L <const> = 4
 
 --- Makes finally and the combinators over ocap.promise and its internals.
 ---@param P table the ocap.promise module
@@ -17,7 +18,7 @@ local S <const>, L <const>, PENDING <const> = 1, 4, 0
 ---@return table cold finally, all, allSettled, race, any
 function M.make(P, fulfill, rejectNow, makeError)
   local C = {}
-  local newPromise, onSettle, resolve = P.makePromise, P.onSettle, P.resolve
+  local newPromise, onSettle, resolve, pstate = P.makePromise, P.onSettle, P.resolve, P.state
 
   ---`p:finally(onFinally)`, as in JS: `next(v -> resolve(f()):next(-> v))`.
   ---@param p ocap.Promise
@@ -52,7 +53,7 @@ function M.make(P, fulfill, rejectNow, makeError)
     local values = { n = list.n }
     local total, remaining = 0, 0
     total = each(list, function(i, ok, v)
-      if p[S] ~= PENDING then return end
+      if pstate(p) ~= 'pending' then return end
       if not ok then return rejectNow(p, v) end
       values[i] = v
       if v == nil then values.n = total end
@@ -116,7 +117,7 @@ function M.make(P, fulfill, rejectNow, makeError)
       rejectNow(p, e)
     end
     local n = each(list, function(i, ok, v)
-      if p[S] ~= PENDING then return end
+      if pstate(p) ~= 'pending' then return end
       if ok then return fulfill(p, v) end
       reasons[i] = v
       remaining = remaining - 1
