@@ -168,6 +168,24 @@ static int x_methods(lua_State *L) {
   return 1;
 }
 
+/* method(v, name) -> the function implementing method name of the exo v,
+ * or nil when v is not an exo or that entry of its method table is not a
+ * function  [-2, +1, e]
+ * methods and the type test in one call: what a delivery asks first. */
+static int x_method(lua_State *L) {
+  lua_settop(L, 2);
+  lua_rawgeti(L, STATE, S_METHODS_OF);
+  lua_pushvalue(L, 1);
+  if (lua_rawget(L, 3) != LUA_TTABLE)
+    return 0;
+  /* Indexed as Lua code would: a method table may find its methods
+   * through its own __index (vats/omnium/registry.lua's forwarders). */
+  lua_pushvalue(L, 2);
+  if (lua_gettable(L, 4) != LUA_TFUNCTION)
+    return 0;
+  return 1;
+}
+
 /* register(obj, impl): records an object made elsewhere (exo classes) as
  * an exo with that method table.  [-2, +0, e] */
 static int x_register(lua_State *L) {
@@ -184,6 +202,7 @@ int ocap_exo_new(lua_State *L) {
   static const luaL_Reg funcs[] = {
       {"makeDefaultExo", x_make_default_exo},
       {"methods", x_methods},
+      {"method", x_method},
       {"register", x_register},
       {NULL, NULL},
   };

@@ -17,6 +17,9 @@
 -- * `methods(v)`: the method table of an exo, so liveslots can find a
 --   method without going through the object's metatable; nil when v is
 --   not one.
+-- * `method(v, name)`: the function of method `name` of an exo, nil when
+--   v is not one or has no such function (`methods` and the type test in
+--   one call, for liveslots' deliveries).
 -- * `register(obj, impl)`: records an object made elsewhere (exo
 --   classes) as an exo with that method table.
 

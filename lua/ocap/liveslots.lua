@@ -97,13 +97,12 @@ function M.stripPosition(msg) return rare().stripPosition(msg) end
 local function normalizeError(e) return rare().normalizeError(e) end
 M.normalizeError = normalizeError
 
-local exoMethods = exo.methods
+local exoMethod = exo.method
 
 --- The function implementing method on target, or nil.
 local function findMethod(target, method)
-  local impl = exoMethods(target)
-  local fn = impl and impl[method]
-  if fn ~= nil and type(fn) == 'function' then return fn end
+  local fn = exoMethod(target, method)
+  if fn then return fn end
   -- Remotables that are not exos (stores) keep their methods in fields.
   local ok, f = pcall(function() return target[method] end)
   if ok and type(f) == 'function' then return f end
@@ -827,9 +826,7 @@ function M.make(opts)
       local fn
       if method ~= 'bootstrap' then
         -- findMethod's common case, an exo's method, inline.
-        local impl = exoMethods(target)
-        fn = impl and impl[method]
-        if type(fn) ~= 'function' then fn = findMethod(target, method) end
+        fn = exoMethod(target, method) or findMethod(target, method)
       end
       if fn then
         local done, ok, r, busy = xcall(methodEnded, target, method, fn, methodHandler, target, ...)
