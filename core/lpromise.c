@@ -1,10 +1,11 @@
 /*
  * lpromise.c -- the core of ocap.promise in C; see lpromise.h.
  *
- * A record is a full userdata with no bytes and NSLOTS user values, the
- * slots promise.lua documents: one allocation, which a table (its header,
- * then its array part) takes two for, and slots read and written without
- * a table lookup. The queue
+ * A record is a full userdata, the slots promise.lua documents: one
+ * allocation, which a table (its header, then its array part) takes two
+ * for. Its bytes (prec_t) hold the state, the flags and the kind of its
+ * first reaction, read and written with no API call; its NSLOTS user
+ * values hold the value and the reactions. The queue
  * is a ring of four slots a turn (a job kind and its three arguments) in
  * a Lua table whose array part is sized when it is made, so writing a
  * turn never allocates: making room is the only step that can raise, and
@@ -147,36 +148,31 @@ static void check_record(lua_State *L, int idx) {
     luaL_error(L, "ocap.promise: a promise's reaction slots were overwritten");
 }
 
+/*
+ * The bytes of a record: its state, flags and what its first reaction is,
+ * read and written with no call into Lua. Slots S, H and LK live here,
+ * not in their user values; a reaction's values stay user values.
+ */
+typedef struct prec {
+  lua_Integer state;     /* S: PENDING, FULFILLED or REJECTED */
+  unsigned char handled; /* H */
+  unsigned char locked;  /* LK */
+  unsigned char first;   /* R_NONE, R_SLOTS or R_AWAIT: the first reaction */
+  unsigned char more;    /* RX may hold further reactions */
+} prec_t;
+
+/* What a record's first reaction is: none, the triple in RA to RC, or an
+ * await whose coroutine is in RB (RA and RC unwritten: the await's fast
+ * path writes one user value). */
+enum { R_NONE = 0, R_SLOTS, R_AWAIT };
+
+/* The bytes of the record at p, which must be a promise. */
+#define REC(L, p) ((prec_t *)lua_touserdata(L, p))
+
 /* [-0, +0, v] Raises an argument error unless argument arg is a promise. */
 static void check_promise(lua_State *L, int arg) {
   if (!is_promise(L, arg))
     luaL_typeerror(L, arg, "promise");
-}
-
-/* [-0, +0] Slot k of the record at p, as an integer (0 if not a number,
- * so that a record's state starts as PENDING without being written). */
-static lua_Integer get_int(lua_State *L, int p, int k) {
-  lua_Integer r;
-  lua_getiuservalue(L, p, k);
-  r = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  return r;
-}
-
-/* [-0, +0] Whether slot k of the record at p is truthy. */
-static int get_bool(lua_State *L, int p, int k) {
-  int r;
-  lua_getiuservalue(L, p, k);
-  r = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  return r;
-}
-
-/* [-0, +0] Sets slot k of the record at p to a boolean: a user value of
- * the record, this never allocates. */
-static void set_bool(lua_State *L, int p, int k, int b) {
-  lua_pushboolean(L, b);
-  lua_setiuservalue(L, p, k);
 }
 
 /* [-0, +0] Sets slot k of the record at p to nil. */
@@ -289,42 +285,51 @@ static void unhandled_add(lua_State *L, pstate_t *st, int p) {
  * nothing but spare room.
  */
 static void settle_now(lua_State *L, pstate_t *st, int p, int v, int rejected) {
-  int top = lua_gettop(L), x = 0, ring;
+  int top = lua_gettop(L), x = 0, ring, first;
   lua_Integer n = 0, xn = 0, i;
+  prec_t *r;
   check_record(L, p);
-  if (get_int(L, p, S) != PENDING)
+  r = REC(L, p);
+  if (r->state != PENDING)
     return;
   luaL_checkstack(L, 10, NULL);
-  if (get_bool(L, p, RA)) {
+  first = r->first;
+  if (first != R_NONE) {
     n = 1;
-    if (lua_getiuservalue(L, p, RX) == LUA_TTABLE) {
+    if (r->more && lua_getiuservalue(L, p, RX) == LUA_TTABLE) {
       x = top + 1;
       xn = (lua_Integer)lua_rawlen(L, x) / 3;
       n += xn;
-    } else {
+    } else if (r->more) {
       lua_pop(L, 1);
     }
   }
   ring_reserve(L, st, n);
-  if (rejected && !get_bool(L, p, H))
+  if (rejected && !r->handled)
     unhandled_add(L, st, p);
   lua_pushvalue(L, v);
   lua_setiuservalue(L, p, V);
-  lua_pushinteger(L, rejected ? REJECTED : FULFILLED);
-  lua_setiuservalue(L, p, S);
+  r->state = rejected ? REJECTED : FULFILLED;
   if (n > 0) {
     push_ring(L);
     ring = lua_gettop(L);
-    lua_getiuservalue(L, p, RA);
+    if (first == R_AWAIT)
+      lua_pushlightuserdata(L, (void *)&AWAIT);
+    else
+      lua_getiuservalue(L, p, RA);
     lua_getiuservalue(L, p, RB);
     lua_getiuservalue(L, p, RC);
     schedule(L, st, ring, ring + 1, ring + 2, ring + 3, !rejected, v);
     lua_pop(L, 3);
-    set_bool(L, p, RA, 0);
+    r->first = R_NONE;
+    if (first == R_SLOTS)
+      set_nil(L, p, RA);
     set_nil(L, p, RB);
-    set_nil(L, p, RC);
+    if (first == R_SLOTS)
+      set_nil(L, p, RC);
     if (x) {
-      set_bool(L, p, RX, 0);
+      r->more = 0;
+      set_nil(L, p, RX);
       for (i = 0; i < xn; i++) {
         lua_rawgeti(L, x, 3 * i + 1);
         lua_rawgeti(L, x, 3 * i + 2);
@@ -378,10 +383,12 @@ static void resolve_now(lua_State *L, pstate_t *st, int p, int v) {
  */
 static void subscribe(lua_State *L, pstate_t *st, int p, int a, int b, int c) {
   lua_Integer s, n;
+  prec_t *r;
   check_record(L, p);
   luaL_checkstack(L, 6, NULL);
-  set_bool(L, p, H, 1);
-  s = get_int(L, p, S);
+  r = REC(L, p);
+  r->handled = 1;
+  s = r->state;
   if (s != PENDING) {
     int ring;
     ring_reserve(L, st, 1);
@@ -390,15 +397,17 @@ static void subscribe(lua_State *L, pstate_t *st, int p, int a, int b, int c) {
     lua_getiuservalue(L, p, V);
     schedule(L, st, ring, a, b, c, s == FULFILLED, ring + 1);
     lua_pop(L, 2);
-  } else if (!get_bool(L, p, RA)) {
+  } else if (r->first == R_NONE) {
     lua_pushvalue(L, c);
     lua_setiuservalue(L, p, RC);
     lua_pushvalue(L, b);
     lua_setiuservalue(L, p, RB);
     lua_pushvalue(L, a);
     lua_setiuservalue(L, p, RA);
-  } else if (lua_getiuservalue(L, p, RX) != LUA_TTABLE) {
-    lua_pop(L, 1);
+    r->first = R_SLOTS;
+  } else if (!r->more || lua_getiuservalue(L, p, RX) != LUA_TTABLE) {
+    if (r->more)
+      lua_pop(L, 1);
     lua_createtable(L, 3, 0);
     lua_pushvalue(L, a);
     lua_rawseti(L, -2, 1);
@@ -407,6 +416,7 @@ static void subscribe(lua_State *L, pstate_t *st, int p, int a, int b, int c) {
     lua_pushvalue(L, c);
     lua_rawseti(L, -2, 3);
     lua_setiuservalue(L, p, RX);
+    r->more = 1;
   } else {
     n = (lua_Integer)lua_rawlen(L, -1) / 3 * 3;
     lua_pushvalue(L, a);
@@ -431,8 +441,7 @@ static void new_promise(lua_State *L, pstate_t *st) {
       lua_pop(L, 1);
     }
   }
-  /* Every slot starts nil: the state's nil reads as PENDING. */
-  lua_newuserdatauv(L, 0, NSLOTS);
+  memset(lua_newuserdatauv(L, sizeof(prec_t), NSLOTS), 0, sizeof(prec_t));
   lua_pushvalue(L, PROMISE_MT);
   lua_setmetatable(L, -2);
 }
@@ -547,8 +556,9 @@ static void report(lua_State *L, pstate_t *st, lua_Integer n) {
   int p = D_BASE + 1;
   for (; i <= len; i++) {
     lua_rawgeti(L, D_LIST, i);
-    if (!get_bool(L, p, H)) {
-      set_bool(L, p, H, 1);
+    check_record(L, p);
+    if (!REC(L, p)->handled) {
+      REC(L, p)->handled = 1;
       if (lua_toboolean(L, D_HANDLER)) {
         lua_pushvalue(L, D_HANDLER);
         lua_getiuservalue(L, p, V);
@@ -674,9 +684,9 @@ static int promise_is(lua_State *L) {
 static int promise_resolve_promise(lua_State *L) {
   check_promise(L, 1);
   lua_settop(L, 2);
-  if (get_bool(L, 1, LK))
+  if (REC(L, 1)->locked)
     return 0;
-  set_bool(L, 1, LK, 1);
+  REC(L, 1)->locked = 1;
   resolve_now(L, state_of(L), 1, 2);
   return 0;
 }
@@ -685,9 +695,9 @@ static int promise_resolve_promise(lua_State *L) {
 static int promise_reject_promise(lua_State *L) {
   check_promise(L, 1);
   lua_settop(L, 2);
-  if (get_bool(L, 1, LK))
+  if (REC(L, 1)->locked)
     return 0;
-  set_bool(L, 1, LK, 1);
+  REC(L, 1)->locked = 1;
   settle_now(L, state_of(L), 1, 2, 1);
   return 0;
 }
@@ -703,22 +713,18 @@ static int take_awaiter(lua_State *L, pstate_t *st) {
   int ok;
   check_promise(L, 1);
   lua_settop(L, 3);
+  prec_t *r;
   ok = lua_toboolean(L, 2);
-  /* The slots it reads, at 4 to 7. */
-  lua_getiuservalue(L, 1, LK);
-  if (lua_toboolean(L, 4))
+  r = REC(L, 1);
+  if (r->locked)
     return 0;
-  lua_getiuservalue(L, 1, RA);
-  lua_getiuservalue(L, 1, RX);
-  lua_getiuservalue(L, 1, S);
-  set_bool(L, 1, LK, 1);
-  if (st->count == 0 && lua_touserdata(L, 5) == &AWAIT && !lua_toboolean(L, 6) &&
-      lua_tointeger(L, 7) == PENDING && (!ok || !is_promise(L, 3))) {
+  r->locked = 1;
+  if (st->count == 0 && r->first == R_AWAIT && !r->more && r->state == PENDING &&
+      (!ok || !is_promise(L, 3))) {
     lua_pushvalue(L, 3);
     lua_setiuservalue(L, 1, V);
-    lua_pushinteger(L, ok ? FULFILLED : REJECTED);
-    lua_setiuservalue(L, 1, S);
-    set_bool(L, 1, RA, 0);
+    r->state = ok ? FULFILLED : REJECTED;
+    r->first = R_NONE;
     lua_getiuservalue(L, 1, RB);
     set_nil(L, 1, RB);
     return 1;
@@ -738,7 +744,7 @@ static int promise_settled(lua_State *L) {
   int ok = lua_toboolean(L, 1);
   lua_settop(L, 2);
   new_promise(L, st);
-  set_bool(L, 3, LK, 1);
+  REC(L, 3)->locked = 1;
   if (ok)
     resolve_now(L, st, 3, 2);
   else
@@ -752,11 +758,10 @@ static int promise_resolve(lua_State *L) {
   if (is_promise(L, 1))
     return 1;
   new_promise(L, state_of(L));
-  set_bool(L, 2, LK, 1);
+  REC(L, 2)->locked = 1;
+  REC(L, 2)->state = FULFILLED;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, 2, V);
-  lua_pushinteger(L, FULFILLED);
-  lua_setiuservalue(L, 2, S);
   return 1;
 }
 
@@ -765,7 +770,7 @@ static int promise_reject(lua_State *L) {
   pstate_t *st = state_of(L);
   lua_settop(L, 1);
   new_promise(L, st);
-  set_bool(L, 2, LK, 1);
+  REC(L, 2)->locked = 1;
   settle_now(L, st, 2, 1, 1);
   return 1;
 }
@@ -775,9 +780,9 @@ static int promise_reject(lua_State *L) {
 static int kit_settle(lua_State *L) {
   lua_settop(L, 1);
   lua_pushvalue(L, lua_upvalueindex(3));
-  if (get_bool(L, 2, LK))
+  if (REC(L, 2)->locked)
     return 0;
-  set_bool(L, 2, LK, 1);
+  REC(L, 2)->locked = 1;
   if (lua_toboolean(L, lua_upvalueindex(4)))
     settle_now(L, state_of(L), 2, 1, 1);
   else
@@ -830,7 +835,7 @@ static int promise_state(lua_State *L) {
   lua_Integer s;
   if (!is_promise(L, 1))
     return luaL_error(L, "state: not a promise");
-  s = get_int(L, 1, S);
+  s = REC(L, 1)->state;
   if (s >= PENDING && s <= REJECTED)
     lua_pushstring(L, names[s]);
   else
@@ -1317,7 +1322,7 @@ static int promise_spawn(lua_State *L) {
     return 1;
   /* true, ok, value */
   new_promise(L, st);
-  set_bool(L, top + 1, LK, 1);
+  REC(L, top + 1)->locked = 1;
   if (lua_toboolean(L, top - 1))
     resolve_now(L, st, top + 1, top);
   else
@@ -1400,7 +1405,7 @@ static int promise_settle_and_resume(lua_State *L) {
 
 /* [-0, +1] isSettled() for the main driver; upvalue 1 is the promise. */
 static int main_is_settled(lua_State *L) {
-  lua_pushboolean(L, get_int(L, lua_upvalueindex(1), S) != PENDING);
+  lua_pushboolean(L, REC(L, lua_upvalueindex(1))->state != PENDING);
   return 1;
 }
 
@@ -1408,21 +1413,21 @@ static int main_is_settled(lua_State *L) {
  * main driver until it settles. */
 static int main_await(lua_State *L, pstate_t *st) {
   lua_Integer s;
-  set_bool(L, 1, H, 1);
-  if (get_int(L, 1, S) == PENDING) {
+  REC(L, 1)->handled = 1;
+  if (REC(L, 1)->state == PENDING) {
     if (lua_getiuservalue(L, STATE, UV_DRIVER) != LUA_TNIL) {
       lua_pushvalue(L, 1);
       lua_pushcclosure(L, main_is_settled, 1);
       lua_call(L, 1, 0);
     } else {
       lua_pop(L, 1);
-      while (get_int(L, 1, S) == PENDING && st->count > 0) {
+      while (REC(L, 1)->state == PENDING && st->count > 0) {
         lua_getiuservalue(L, STATE, UV_DRAIN);
         lua_call(L, 0, 0);
       }
     }
   }
-  s = get_int(L, 1, S);
+  s = REC(L, 1)->state;
   lua_getiuservalue(L, 1, V);
   if (s == FULFILLED)
     return 1;
@@ -1438,8 +1443,7 @@ static int await_k(lua_State *L, int status, lua_KContext ctx);
 static int await_rest(lua_State *L) {
   lua_Integer s;
   lua_settop(L, 1);
-  lua_getiuservalue(L, 1, S);
-  s = lua_tointeger(L, 2);
+  s = REC(L, 1)->state;
   if (s == PENDING) {
     lua_pushlightuserdata(L, (void *)&AWAITING);
     return lua_yieldk(L, 1, 0, await_k);
@@ -1460,6 +1464,7 @@ static int await_k(lua_State *L, int status, lua_KContext ctx) {
 /* [-1, +1, e] await(p): see promise.lua. */
 static int promise_await(lua_State *L) {
   pstate_t *st = state_of(L);
+  prec_t *r;
   lua_settop(L, 1);
   if (!is_promise(L, 1))
     return 1;
@@ -1474,15 +1479,12 @@ static int promise_await(lua_State *L) {
   }
   /* subscribe's common case, inline: a pending promise with no reaction
    * yet takes the await as its first, written first slot last. */
-  lua_getiuservalue(L, 1, S);
-  lua_getiuservalue(L, 1, RA);
-  if (lua_tointeger(L, 3) == PENDING && !lua_toboolean(L, 4)) {
-    set_bool(L, 1, H, 1);
-    set_bool(L, 1, RC, 0);
+  r = REC(L, 1);
+  if (r->state == PENDING && r->first == R_NONE) {
+    r->handled = 1;
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, 1, RB);
-    lua_pushlightuserdata(L, (void *)&AWAIT);
-    lua_setiuservalue(L, 1, RA);
+    r->first = R_AWAIT;
     lua_pushlightuserdata(L, (void *)&AWAITING);
     return lua_yieldk(L, 1, 0, await_k);
   }
@@ -1545,10 +1547,31 @@ static int methods_index(lua_State *L) {
  * (the core checks what it reads back); any other key raises. */
 static int promise_newindex(lua_State *L) {
   lua_Integer k = lua_type(L, 2) == LUA_TNUMBER ? lua_tointeger(L, 2) : 0;
+  prec_t *r;
   check_promise(L, 1);
   if (k < 1 || k > NSLOTS)
     return luaL_error(L, "cannot modify a promise");
+  r = REC(L, 1);
   lua_settop(L, 3);
+  switch (k) {
+  case S:
+    r->state = lua_tointeger(L, 3);
+    return 0;
+  case H:
+    r->handled = (unsigned char)lua_toboolean(L, 3);
+    return 0;
+  case LK:
+    r->locked = (unsigned char)lua_toboolean(L, 3);
+    return 0;
+  case RA:
+    r->first = lua_toboolean(L, 3) ? R_SLOTS : R_NONE;
+    break;
+  case RX:
+    r->more = (unsigned char)lua_toboolean(L, 3);
+    break;
+  default:
+    break;
+  }
   lua_setiuservalue(L, 1, (int)k);
   return 0;
 }
@@ -1558,7 +1581,7 @@ static int promise_tostring(lua_State *L) {
   static const char *const names[] = {"pending", "fulfilled", "rejected"};
   lua_Integer s;
   check_promise(L, 1);
-  s = get_int(L, 1, S);
+  s = REC(L, 1)->state;
   lua_pushfstring(L, "Promise <%s> (%s)", s >= PENDING && s <= REJECTED ? names[s] : "?", HINT);
   return 1;
 }

@@ -14,10 +14,11 @@
  *
  * Conventions:
  *
- * 1. A promise is a userdata with eight user values, its slots (state,
- *    value, handled, locked, three for the first reaction, further
- *    reactions), whose metatable is the module's; promise.lua's header
- *    documents them and the ECMAScript turn ordering this module keeps.
+ * 1. A promise is a userdata whose metatable is the module's: its bytes
+ *    hold the state and flags (state, handled, locked, which first
+ *    reaction), its user values the value and the reactions (three slots
+ *    for the first, further ones); promise.lua's header documents them
+ *    and the ECMAScript turn ordering this module keeps.
  * 2. Every function is a C closure over the same two upvalues (the
  *    queue's state and the promise metatable), so a vat pays a closure per
  *    function and no prototype.

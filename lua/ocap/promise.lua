@@ -1,12 +1,12 @@
 --- Promises with JavaScript semantics and an explicit turn queue.
 --
--- A promise is a userdata whose metatable is this module's `Promise`; its
--- state lives in the userdata's user values, its slots (state, value,
--- handled, already resolved; core/lpromise.c names them) and its first
--- reaction in three more slots, so that creating a promise allocates one
--- object and subscribing to it once allocates nothing. An eighth slot
--- holds further reactions. Slots are read through the module's functions
--- (state); a write of an integer key writes that slot.
+-- A promise is a userdata whose metatable is this module's `Promise`: its
+-- bytes hold the state and flags (handled, already resolved), its user
+-- values the value and its first reaction (three slots), so that creating
+-- a promise allocates one object and subscribing to it once allocates
+-- nothing (core/lpromise.c names the slots). An eighth slot holds further
+-- reactions. Slots are read through the module's functions (state); a
+-- write of an integer key writes that slot.
 --
 -- Callbacks never run synchronously. Settling a promise queues one turn per
 -- reaction; `M.drain()` runs turns in FIFO order until the queue is empty.
