@@ -1542,13 +1542,33 @@ static int methods_index(lua_State *L) {
   return luaL_error(L, "cannot read field '%s' of a promise: %s", luaL_tolstring(L, 2, NULL), HINT);
 }
 
+static int promise_newindex(lua_State *L);
+
+/*
+ * [-0, +0, v] Raises unless argument 1 is a promise record of some queue,
+ * for the metamethods, which have no upvalue (a closure would cost every
+ * vat its bytes) and which vat code can call on any value: a userdata
+ * whose metatable's __newindex is promise_newindex is one, since vat code
+ * cannot set a userdata's metatable.
+ */
+static void check_any_record(lua_State *L) {
+  int ok = 0;
+  if (lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
+    lua_pushliteral(L, "__newindex");
+    ok = lua_rawget(L, -2) == LUA_TFUNCTION && lua_tocfunction(L, -1) == promise_newindex;
+    lua_pop(L, 2);
+  }
+  if (!ok)
+    luaL_typeerror(L, 1, "promise");
+}
+
 /* [-3, +0, e] __newindex: an integer key from 1 to NSLOTS writes that
  * slot of the record, as a raw write of the table a promise once was did
  * (the core checks what it reads back); any other key raises. */
 static int promise_newindex(lua_State *L) {
   lua_Integer k = lua_type(L, 2) == LUA_TNUMBER ? lua_tointeger(L, 2) : 0;
   prec_t *r;
-  check_promise(L, 1);
+  check_any_record(L);
   if (k < 1 || k > NSLOTS)
     return luaL_error(L, "cannot modify a promise");
   r = REC(L, 1);
@@ -1580,7 +1600,7 @@ static int promise_newindex(lua_State *L) {
 static int promise_tostring(lua_State *L) {
   static const char *const names[] = {"pending", "fulfilled", "rejected"};
   lua_Integer s;
-  check_promise(L, 1);
+  check_any_record(L);
   s = REC(L, 1)->state;
   lua_pushfstring(L, "Promise <%s> (%s)", s >= PENDING && s <= REJECTED ? names[s] : "?", HINT);
   return 1;
@@ -1598,22 +1618,25 @@ MISUSE(misuse_len, "take the length of")
 MISUSE(misuse_arith, "do arithmetic on")
 
 static const luaL_Reg promise_meta[] = {
-    {"__call", misuse_call},  {"__concat", misuse_concat},
-    {"__lt", misuse_compare}, {"__le", misuse_compare},
-    {"__len", misuse_len},    {"__add", misuse_arith},
-    {"__sub", misuse_arith},  {"__mul", misuse_arith},
-    {"__div", misuse_arith},  {"__mod", misuse_arith},
-    {"__pow", misuse_arith},  {"__unm", misuse_arith},
-    {"__idiv", misuse_arith}, {"__band", misuse_arith},
-    {"__bor", misuse_arith},  {"__bxor", misuse_arith},
-    {"__shl", misuse_arith},  {"__shr", misuse_arith},
-    {"__bnot", misuse_arith}, {NULL, NULL},
-};
-
-/* The metamethods that read or write a record: closures over the state and
- * the metatable, like the module's functions, since vat code can call
- * them on any value. */
-static const luaL_Reg record_meta[] = {
+    {"__call", misuse_call},
+    {"__concat", misuse_concat},
+    {"__lt", misuse_compare},
+    {"__le", misuse_compare},
+    {"__len", misuse_len},
+    {"__add", misuse_arith},
+    {"__sub", misuse_arith},
+    {"__mul", misuse_arith},
+    {"__div", misuse_arith},
+    {"__mod", misuse_arith},
+    {"__pow", misuse_arith},
+    {"__unm", misuse_arith},
+    {"__idiv", misuse_arith},
+    {"__band", misuse_arith},
+    {"__bor", misuse_arith},
+    {"__bxor", misuse_arith},
+    {"__shl", misuse_arith},
+    {"__shr", misuse_arith},
+    {"__bnot", misuse_arith},
     {"__tostring", promise_tostring},
     {"__newindex", promise_newindex},
     {NULL, NULL},
@@ -1729,7 +1752,6 @@ static int promise_new(lua_State *L) {
   lua_pushvalue(L, meta);
   luaL_setfuncs(L, promise_meta, 0);
   lua_pop(L, 1);
-  set_funcs(L, meta, ud, meta, record_meta);
   lua_pushvalue(L, methods);
   lua_setfield(L, meta, "__index");
   lua_pushliteral(L, "ocap.Promise");
