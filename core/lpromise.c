@@ -1403,6 +1403,132 @@ static int promise_settle_and_resume(lua_State *L) {
   return 0;
 }
 
+/* ---- liveslots' dispatchers ----
+ *
+ * What the kernel calls for a delivery it decoded itself (ldeliver.c),
+ * as C closures over the queue (upvalues 1 and 2, like every function
+ * here) and what liveslots hands over: a delivery's common case runs no
+ * Lua function of liveslots', and its other cases go to the Lua function
+ * given for them with the same arguments.
+ */
+
+/* The further upvalues of dispatchCall. */
+enum { DC_EXPORTS = 3, DC_METHOD, DC_XCALL, DC_ENDED, DC_HANDLER, DC_RESOLVE, DC_SLOW, DC_AFTER };
+
+/* And of dispatchSettle. */
+enum { DS_PENDING = 3, DS_TRACK };
+
+/*
+ * [-n, +0, e] dispatchCall(targetVref, resultVpid, method, ...): when
+ * targetVref is an export and method (not bootstrap) a method of its exo,
+ * runs it as xcall(ended, target, method, fn, handler, target, ...) and
+ * resolves resultVpid with its result through resolveValue when it
+ * returned plain data without awaiting and queued no turn; what remains
+ * goes to after(resultVpid, done, ok, r, busy). Any other delivery goes to
+ * slow(targetVref, resultVpid, method, ...) as is.
+ */
+static int dispatch_call(lua_State *L) {
+  int n = lua_gettop(L), target = n + 1, fn = n + 2, r = n + 3, i;
+  luaL_checkstack(L, n + 10, NULL);
+  if (n < 3)
+    goto slow;
+  lua_pushvalue(L, 1);
+  if (!lua_toboolean(L, (lua_rawget(L, lua_upvalueindex(DC_EXPORTS)), -1)))
+    goto slow;
+  if (lua_type(L, 3) == LUA_TSTRING && strcmp(lua_tostring(L, 3), "bootstrap") == 0)
+    goto slow;
+  lua_pushvalue(L, lua_upvalueindex(DC_METHOD));
+  lua_pushvalue(L, target);
+  lua_pushvalue(L, 3);
+  lua_call(L, 2, 1);
+  if (lua_type(L, fn) != LUA_TFUNCTION)
+    goto slow;
+  lua_pushvalue(L, lua_upvalueindex(DC_XCALL));
+  lua_pushvalue(L, lua_upvalueindex(DC_ENDED));
+  lua_pushvalue(L, target);
+  lua_pushvalue(L, 3);
+  lua_pushvalue(L, fn);
+  lua_pushvalue(L, lua_upvalueindex(DC_HANDLER));
+  lua_pushvalue(L, target);
+  for (i = 4; i <= n; i++)
+    lua_pushvalue(L, i);
+  lua_call(L, 6 + (n - 3), 4);
+  /* done, ok, value, busy at r to r + 3 */
+  if (lua_toboolean(L, r) && lua_toboolean(L, r + 1) && !lua_toboolean(L, r + 3) &&
+      lua_toboolean(L, 2)) {
+    lua_pushvalue(L, lua_upvalueindex(DC_RESOLVE));
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, r + 2);
+    lua_call(L, 2, 1);
+    if (lua_toboolean(L, -1))
+      return 0;
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, lua_upvalueindex(DC_AFTER));
+  lua_insert(L, r);
+  lua_pushvalue(L, 2);
+  lua_insert(L, r + 1);
+  lua_call(L, 5, 0);
+  return 0;
+slow:
+  lua_settop(L, n);
+  lua_pushvalue(L, lua_upvalueindex(DC_SLOW));
+  lua_insert(L, 1);
+  lua_call(L, n, 0);
+  return 0;
+}
+
+/*
+ * [-3, +0, e] dispatchSettle(vpid, rejected, value): takes the promise of
+ * vpid out of pending (track(vpid) makes it when pending has none) and
+ * settles it as settleAndResume does.
+ */
+static int dispatch_settle(lua_State *L) {
+  lua_settop(L, 3);
+  lua_pushvalue(L, 1);
+  if (!lua_toboolean(L, (lua_rawget(L, lua_upvalueindex(DS_PENDING)), -1))) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(DS_TRACK));
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 1);
+  }
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  lua_rawset(L, lua_upvalueindex(DS_PENDING));
+  /* (p, ok, value) for settleAndResume */
+  lua_replace(L, 1);
+  lua_pushboolean(L, !lua_toboolean(L, 2));
+  lua_replace(L, 2);
+  return promise_settle_and_resume(L);
+}
+
+/*
+ * [-10, +2, e] dispatchers(exports, method, xcall, ended, handler,
+ * resolveValue, slowCall, after, pending, track) -> dispatchCall,
+ * dispatchSettle, as above: liveslots' delivery functions for a vat, over
+ * its own tables and functions (xcall is this module's).
+ */
+static int promise_dispatchers(lua_State *L) {
+  static const int types[] = {LUA_TTABLE,    LUA_TFUNCTION, LUA_TFUNCTION, LUA_TFUNCTION,
+                              LUA_TFUNCTION, LUA_TFUNCTION, LUA_TFUNCTION, LUA_TFUNCTION,
+                              LUA_TTABLE,    LUA_TFUNCTION};
+  int i;
+  for (i = 0; i < 10; i++)
+    luaL_checktype(L, i + 1, types[i]);
+  lua_settop(L, 10);
+  lua_pushvalue(L, STATE);
+  lua_pushvalue(L, PROMISE_MT);
+  for (i = 1; i <= 8; i++)
+    lua_pushvalue(L, i);
+  lua_pushcclosure(L, dispatch_call, DC_AFTER);
+  lua_pushvalue(L, STATE);
+  lua_pushvalue(L, PROMISE_MT);
+  lua_pushvalue(L, 9);
+  lua_pushvalue(L, 10);
+  lua_pushcclosure(L, dispatch_settle, DS_TRACK);
+  return 2;
+}
+
 /* [-0, +1] isSettled() for the main driver; upvalue 1 is the promise. */
 static int main_is_settled(lua_State *L) {
   lua_pushboolean(L, REC(L, lua_upvalueindex(1))->state != PENDING);
@@ -1668,6 +1794,7 @@ static const luaL_Reg module_funcs[] = {
     {"spawn", promise_spawn},
     {"settleAndResume", promise_settle_and_resume},
     {"setMainDriver", promise_set_main_driver},
+    {"dispatchers", promise_dispatchers},
     {NULL, NULL},
 };
 

@@ -413,6 +413,39 @@ describe('ocap.promise', function()
       assert.equal('pending', P.state(p))
     end)
 
+    it('makes the dispatchers of liveslots over the tables it is given', function()
+      local noop = function() end
+      assert.has_error(function() P.dispatchers(nil, noop, P.xcall, noop, noop, noop, noop, noop, {}, noop) end)
+      -- dispatchSettle: the promise of a key, out of pending, settled.
+      local p = P.makePromise()
+      local pending = { [7] = p }
+      local _, settle = P.dispatchers({}, noop, P.xcall, noop, noop, noop, noop, noop, pending,
+        function(key) error('tracked ' .. tostring(key)) end)
+      settle(7, false, 'v')
+      assert.is_nil(pending[7])
+      assert.same({ 'fulfilled', 'v' }, { P.state(p) })
+      -- dispatchCall: an export's method runs and its plain result goes to
+      -- resolveValue; what it cannot run goes to the slow function as is.
+      local obj, resolved, slow, after = {}, {}, {}, {}
+      local function method(t, name)
+        if t == obj and name == 'add' then return function(_, a, b) return a + b end end
+      end
+      local call = P.dispatchers({ ['o+1'] = obj }, method, P.xcall, function(_, _, ok, r) return ok, r end,
+        function(e) return e end, function(vpid, v)
+          resolved[#resolved + 1] = { vpid, v }
+          return vpid ~= 9
+        end, function(...) slow[#slow + 1] = { ... } end,
+        function(...) after[#after + 1] = { ... } end, {}, noop)
+      call('o+1', 5, 'add', 2, 3)
+      call('o+1', 9, 'add', 1, 2)
+      call('o+2', 6, 'add', 1, 1)
+      call('o+1', 7, 'bootstrap')
+      call('o+1', 8, 'sub', 1)
+      assert.same({ { 5, 5 }, { 9, 3 } }, resolved)
+      assert.same({ { 9, true, true, 3, false } }, after)
+      assert.same({ { 'o+2', 6, 'add', 1, 1 }, { 'o+1', 7, 'bootstrap' }, { 'o+1', 8, 'sub', 1 } }, slow)
+    end)
+
     it('writes and prints only promises through the metamethods', function()
       local mt = getmetatable(P.makePromise())
       -- The queue's own state is a userdata with user values.

@@ -858,6 +858,16 @@ function M.make(opts)
     pending[vpid] = nil
     settleAndResume(p, not rejected, value)
   end
+  -- Both, in C where the promise core has them (promise.dispatchers): a
+  -- message's common case, an exo's method that returns plain data
+  -- without awaiting, runs no Lua function of liveslots', and its other
+  -- cases go to the functions above.
+  -- What methodRan does with a result resolveValue left is what
+  -- dispatchCall does with it, by way of settleVpid.
+  if resolveValue and promise.dispatchers then
+    ls.dispatchCall, ls.dispatchSettle = promise.dispatchers(exports, exoMethod, xcall, methodEnded,
+      methodHandler, resolveValue, ls.dispatchCall, methodRan, pending, trackPromise)
+  end
   ls.saveCounters = saveCounters
 
   ls.trackPromise = trackPromise

@@ -123,6 +123,15 @@ local fulfill, rejectNow = I.fulfill, I.rejectNow
 --     when done, is whether turns are queued (hasTurns). A delivery's
 --     method runs this way.
 --
+-- Deliveries.
+--   dispatchers(exports, method, xcall, ended, handler, resolveValue,
+--     slowCall, after, pending, track) -> dispatchCall, dispatchSettle:
+--     the functions the kernel calls for the deliveries it decodes
+--     itself, made by liveslots over its own tables and functions
+--     (core/lpromise.c says what each does), so that a message to an
+--     exo's method that returns plain data, and a resolution, run no Lua
+--     function of liveslots'.
+--
 -- The combinators, below, load on first use.
 
 -- ocap.pass is required on first use, so that it may itself require this
