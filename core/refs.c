@@ -19,7 +19,7 @@
 
 /* An endpoint: `kernel`, a vat id `v<N>` or a peer's `r<N>`. Checked in
  * one pass without strlen, as every syscall checks its endpoint. */
-int ocap__valid_ep(const char *ep) {
+int ocap__valid_ep_any(const char *ep) {
   if (ep[0] != 'v' && ep[0] != 'r')
     return ocap__is_kernel_ep(ep);
   if (ep[1] < '0' || ep[1] > '9' || (ep[1] == '0' && ep[2]))
