@@ -121,7 +121,7 @@ static int pipelining_decider(ocap_kernel_t *k, const char *kpid, char *ep) {
  * so this is the one place that checks revocation; a promise cannot be
  * revoked, and the decider may only send the message on through the
  * kernel or out of it (a remote peer's answer). */
-static int deliver_send(ocap_kernel_t *k, const char *target, const char *decider,
+static int deliver_send(ocap_kernel_t *k, const char *target, long long tid, const char *decider,
                         const char *result, ocap__kp_t *rrec, const char *enc, size_t len, char *ep,
                         int *fatal, char **why) {
   char teref[OCAP_REF_MAX], reref[OCAP_REF_MAX];
@@ -129,8 +129,10 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
   if (decider) {
     ocap__ref_copy(ep, decider);
   } else {
-    /* The owner goes straight to ep, which it stays in once checked. */
-    rc = ocap__get_target(k, target, ep);
+    /* The owner goes straight to ep: an object keeps it as an endpoint's
+     * code (a stored owner that is not one fails when read, object.c), so
+     * its text needs no check here. */
+    rc = tid >= 0 ? ocap__ko_target(k, tid, ep) : ocap__get_target(k, target, ep);
     if (rc == 2)
       return splat_error(k, result, "OBJECT_REVOKED", "Target object has been revoked");
     if (rc == 0) {
@@ -140,9 +142,6 @@ static int deliver_send(ocap_kernel_t *k, const char *target, const char *decide
     }
     if (rc < 0)
       return rc;
-    if (!ocap__valid_ep(ep))
-      return ocap__broken(k, OCAP_ECORRUPT,
-                          "corrupt database: the owner of %s is '%s', not an endpoint", target, ep);
     if (k->hooks.prepare && !ocap__is_kernel_ep(ep))
       k->hooks.prepare(k->hooks.ud, ep);
     if (k->err)
@@ -239,9 +238,9 @@ static int drain_parked(ocap_kernel_t *k, const char *ep, const char *result, oc
         const char *r = res[0] ? res : NULL;
         const char *enc = items[i].p + at;
         size_t elen = items[i].len - at;
-        rc = deliver_send(k, dest, ep, r, NULL, enc, elen, got, fatal, why);
+        rc = deliver_send(k, dest, -1, ep, r, NULL, enc, elen, got, fatal, why);
         if (!rc && *fatal == OCAP_FATAL_NONE)
-          rc = ocap__release_send(k, target, r, NULL, enc, elen);
+          rc = ocap__release_send(k, target, -1, r, NULL, enc, elen);
         if (!rc && sender[0])
           rc = ocap__charge_queued(k, sender, -(long long)items[i].len);
         if (!rc && r) {
@@ -323,7 +322,7 @@ static int process_send(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, int
         free(text.p);
         return rc;
       }
-      rc = deliver_send(k, cur, decider, res, rrec, enc, elen, ep, fatal, why);
+      rc = deliver_send(k, cur, -1, decider, res, rrec, enc, elen, ep, fatal, why);
       if (!rc && *fatal == OCAP_FATAL_NONE && res)
         rc = drain_parked(k, ep, res, rrec, fatal, why);
       goto done;
@@ -350,13 +349,16 @@ static int process_send(ocap_kernel_t *k, const ocap__qitem_t *it, char *ep, int
     }
     cur = buf;
   }
-  rc = deliver_send(k, cur, NULL, res, rrec, enc, elen, ep, fatal, why);
+  /* The item read its target's number once: it serves while the message
+   * goes to the object the item names. */
+  rc = deliver_send(k, cur, cur == target ? it->tid : -1, NULL, res, rrec, enc, elen, ep, fatal,
+                    why);
   if (!rc && *fatal == OCAP_FATAL_NONE && res)
     rc = drain_parked(k, ep, res, rrec, fatal, why);
 done:
   if (rc == 0 || rc == OCAP_EFATAL) {
     /* The item is gone: delivered, or rejected at its result. */
-    int rr = ocap__release_send(k, target, res, rrec, enc, elen);
+    int rr = ocap__release_send(k, target, it->tid, res, rrec, enc, elen);
     if (!rr && sender[0])
       rr = it->sid >= 0 ? ocap__charge_vat(k, it->sid, -(long long)it->bytes)
                         : ocap__charge_queued(k, sender, -(long long)it->bytes);
@@ -674,7 +676,7 @@ static int crank_drop_item(ocap_kernel_t *k, const ocap__qitem_t *item) {
   free(again);
   rc = rc < 0 ? rc : 0;
   if (!rc && !item->notify) {
-    rc = ocap__release_send(k, item->target, NULL, NULL, item->enc, item->elen);
+    rc = ocap__release_send(k, item->target, item->tid, NULL, NULL, item->enc, item->elen);
     if (!rc && item->sender[0])
       rc = item->sid >= 0 ? ocap__charge_vat(k, item->sid, -(long long)item->bytes)
                           : ocap__charge_queued(k, item->sender, -(long long)item->bytes);

@@ -884,11 +884,8 @@ static int settle(ocap_kernel_t *k, prec_t *r, int rejected, const char *enc, si
   /* The record stays put while notifies are queued (its map only changes
    * at commit), and queueing a notify changes only its count, so its list
    * can be walked in place and dropped after. */
-  char ep[OCAP_REF_MAX];
-  for (size_t i = 0; !rc && r->now.sub && i <= r->now.nmore; i++) {
-    ocap__ep_text(i ? r->now.more[i - 1] : r->now.sub, ep);
-    rc = ocap__enqueue_notify(k, ep, NULL, r); /* the record names it */
-  }
+  for (size_t i = 0; !rc && r->now.sub && i <= r->now.nmore; i++)
+    rc = ocap__enqueue_notify_ep(k, i ? r->now.more[i - 1] : r->now.sub, r);
   if (!rc)
     clear_subs(r);
   /* Messages parked on the promise go back to the run queue, in order, still

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "idtable.h"
+#include "object.h"
 #include "promise.h"
 #include "refs.h"
 
@@ -27,12 +28,12 @@ typedef struct item {
   union {
     struct {
       char target[OCAP_REF_MAX], result[OCAP_REF_MAX], sender[OCAP_REF_MAX]; /* "" for none */
-      long long rid, sid;                                                    /* as in the view */
+      long long rid, sid, tid;                                               /* as in the view */
       size_t bytes; /* the length of its text */
       size_t cap;   /* the size of the block p, for its reuse (spare) */
     } s;
     struct {
-      char ep[OCAP_REF_MAX];
+      ocap__epc_t ep;
       size_t n;
       long long kp[OCAP_NOTIFY_MERGE]; /* the N of each kpN */
     } n;
@@ -167,7 +168,9 @@ static int item_text(ocap_kernel_t *k, const item_t *it, ocap__buf_t *b, const c
   if (it->kind == ITEM_SEND) {
     rc = send_text(b, it->u.s.target, it->u.s.result, it->u.s.sender, it->p, it->len);
   } else {
-    rc = ocap__buf_adds(b, "notify ") || ocap__buf_adds(b, it->u.n.ep) ? OCAP_ENOMEM : 0;
+    char ep[OCAP_REF_MAX];
+    size_t el = ocap__ep_text(it->u.n.ep, ep);
+    rc = ocap__buf_adds(b, "notify ") || ocap__buf_add(b, ep, el) ? OCAP_ENOMEM : 0;
     for (size_t i = 0; i < it->u.n.n && !rc; i++) {
       char num[24];
       size_t nl = ocap__fmt_ll(num, it->u.n.kp[i]);
@@ -508,33 +511,18 @@ static long long kp_number(const char *kpid) {
  * Queues a notify. When the queue's last item is already a notify the
  * kernel queued for the same endpoint, the promise joins it: nothing can
  * happen between the two, so one delivery tells both, and a pipelined
- * chain costs one notify crank instead of one per link.
+ * chain costs one notify crank instead of one per link. The endpoint is
+ * kept as its code, which the promise's subscribers are kept as too.
  */
-int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, ocap__kp_t *rec) {
-  size_t el = strlen(ep);
-  if (el >= OCAP_REF_MAX || !ocap__valid_ep(ep))
-    return ocap__broken(k, OCAP_ECORRUPT, "cannot notify invalid endpoint '%.60s'", ep);
-  long long id = rec ? ocap__kp_id(rec) : kp_number(kpid);
-  if (!rec && !ocap__valid_kref(kpid))
-    return ocap__broken(k, OCAP_ECORRUPT, "cannot notify invalid promise '%.60s'", kpid);
-  int rc = rec ? ocap__kp_incref(k, rec) : ocap__incref(k, kpid);
+int ocap__enqueue_notify_ep(ocap_kernel_t *k, ocap__epc_t ep, ocap__kp_t *rec) {
+  int rc = ocap__kp_incref(k, rec);
   if (rc)
     return rc;
   LOAD(k);
   struct ocap__queue *q = k->q;
-  if (id < 0) {
-    /* A promise id the kernel would not write: queued as it is named. */
-    ocap__buf_t b = {0};
-    rc = ocap__buf_adds(&b, "notify ") || ocap__buf_add(&b, ep, el) || ocap__buf_adds(&b, " ") ||
-                 ocap__buf_adds(&b, kpid)
-             ? ocap__broken(k, OCAP_ENOMEM, "out of memory queueing a notify")
-             : ocap__enqueue(k, b.p, b.len);
-    free(b.p);
-    return rc;
-  }
+  long long id = ocap__kp_id(rec);
   item_t *last = q->tail > q->head ? slot(q, q->tail - 1) : NULL;
-  if (last && last->kind == ITEM_NOTIFY && last->u.n.n < OCAP_NOTIFY_MERGE &&
-      memcmp(last->u.n.ep, ep, el + 1) == 0) {
+  if (last && last->kind == ITEM_NOTIFY && last->u.n.n < OCAP_NOTIFY_MERGE && last->u.n.ep == ep) {
     /* A committed item is kept as it was for an abort; one this crank
      * queued, or changed already, is changed in place. */
     if (q->tail - 1 < q->ctail && q->undo_at != q->tail - 1) {
@@ -551,11 +539,39 @@ int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, oca
   it->kind = ITEM_NOTIFY;
   it->p = NULL;
   it->len = 0;
-  memcpy(it->u.n.ep, ep, el + 1);
+  it->u.n.ep = ep;
   it->u.n.n = 1;
   it->u.n.kp[0] = id;
   q->tail++;
   return 0;
+}
+
+int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, ocap__kp_t *rec) {
+  ocap__epc_t code = ocap__ep_code(ep);
+  if (!code)
+    return ocap__broken(k, OCAP_ECORRUPT, "cannot notify invalid endpoint '%.60s'", ep);
+  if (rec)
+    return ocap__enqueue_notify_ep(k, code, rec);
+  if (!ocap__valid_kref(kpid))
+    return ocap__broken(k, OCAP_ECORRUPT, "cannot notify invalid promise '%.60s'", kpid);
+  ocap__kp_t *r = NULL;
+  long long id = kp_number(kpid);
+  int rc = id >= 0 ? ocap__kp_find_id(k, id, 1, &r) : 0;
+  if (rc)
+    return rc;
+  if (r)
+    return ocap__enqueue_notify_ep(k, code, r);
+  /* A promise id the kernel would not write: queued as it is named. */
+  rc = ocap__incref(k, kpid);
+  if (rc)
+    return rc;
+  ocap__buf_t b = {0};
+  rc = ocap__buf_adds(&b, "notify ") || ocap__buf_adds(&b, ep) || ocap__buf_adds(&b, " ") ||
+               ocap__buf_adds(&b, kpid)
+           ? ocap__broken(k, OCAP_ENOMEM, "out of memory queueing a notify")
+           : ocap__enqueue(k, b.p, b.len);
+  free(b.p);
+  return rc;
 }
 
 /*
@@ -750,13 +766,14 @@ int ocap__enqueue_send(ocap_kernel_t *k, const char *target, const char *result,
   it->u.s.cap = b.cap;
   it->u.s.rid = result && rrec ? ocap__kp_id(rrec) : -1;
   it->u.s.sid = sender ? vat_number(sender) : -1;
+  it->u.s.tid = ocap__kref_number(target, REF_KO);
   it->u.s.bytes = (size_t)(5 + tl + 1 + (rl ? rl : 1) + (sl ? 1 + sl : 0) + 1) + b.len;
   q->tail++;
   if (sender)
     rc = it->u.s.sid >= 0 ? ocap__charge_vat(k, it->u.s.sid, (long long)it->u.s.bytes)
                           : ocap__charge_queued(k, sender, (long long)it->u.s.bytes);
   if (!rc)
-    rc = ocap__incref(k, target);
+    rc = it->u.s.tid >= 0 ? ocap__ko_count(k, it->u.s.tid, 1, 1) : ocap__incref(k, target);
   if (!rc && result)
     rc = rrec ? ocap__kp_incref(k, rrec) : ocap__incref(k, result);
   if (!rc)
@@ -852,9 +869,11 @@ int ocap__qitem_text(ocap_kernel_t *k, const ocap__qitem_t *it, ocap__buf_t *b) 
   return 0;
 }
 
-int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result, ocap__kp_t *rrec,
-                       const char *enc, size_t len) {
-  int rc = ocap__decref(k, target);
+int ocap__release_send(ocap_kernel_t *k, const char *target, long long tid, const char *result,
+                       ocap__kp_t *rrec, const char *enc, size_t len) {
+  if (tid < 0)
+    tid = ocap__kref_number(target, REF_KO);
+  int rc = tid >= 0 ? ocap__ko_count(k, tid, -1, -1) : ocap__decref(k, target);
   if (!rc && result)
     rc = rrec ? ocap__kp_decref(k, rrec) : ocap__decref(k, result);
   if (!rc)
@@ -872,6 +891,7 @@ __attribute__((noinline)) static int item_parse(ocap_kernel_t *k, const item_t *
     out->rid = -1;
     int rc = ocap__parse_send(k, it->p, it->len, out->target, out->result, out->sender, &at);
     out->sid = rc || !out->sender[0] ? -1 : vat_number(out->sender);
+    out->tid = rc ? -1 : ocap__kref_number(out->target, REF_KO);
     out->enc = it->p + at;
     out->elen = it->len - at;
     out->bytes = it->len;
@@ -899,6 +919,7 @@ static int item_view(ocap_kernel_t *k, const item_t *it, ocap__qitem_t *out) {
     memcpy(out->sender, it->u.s.sender, OCAP_REF_MAX);
     out->rid = it->u.s.rid;
     out->sid = it->u.s.sid;
+    out->tid = it->u.s.tid;
     out->enc = it->p;
     out->elen = it->len;
     out->bytes = it->u.s.bytes;
@@ -906,7 +927,7 @@ static int item_view(ocap_kernel_t *k, const item_t *it, ocap__qitem_t *out) {
   }
   if (it->kind == ITEM_NOTIFY) {
     out->notify = 1;
-    memcpy(out->ep, it->u.n.ep, OCAP_REF_MAX);
+    ocap__ep_text(it->u.n.ep, out->ep);
     out->kpids = out->small;
     for (size_t i = 0; i < it->u.n.n; i++) {
       memcpy(out->small[i], "kp", 2);

@@ -77,6 +77,9 @@ void ocap__queued_forget(ocap_kernel_t *k, const char *ep);
  * it again, and kpid may then be NULL (the queue keeps promises by
  * number). */
 int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, struct ocap__kp *rec);
+/* The same for the endpoint of code ep (kstate.h, not 0) and the promise
+ * of record rec, as a promise keeps its subscribers. */
+int ocap__enqueue_notify_ep(ocap_kernel_t *k, ocap__epc_t ep, struct ocap__kp *rec);
 /*
  * A run-queue item as the crank that took it sees it, in its parts. A
  * send's capdata is lent: it stays valid until the crank gives the item
@@ -88,6 +91,7 @@ typedef struct ocap__qitem {
   char target[OCAP_REF_MAX], result[OCAP_REF_MAX], sender[OCAP_REF_MAX];
   long long rid;   /* the N of its result kpN when the kernel queued it, else -1 */
   long long sid;   /* the N of its sender vN, else -1 (none, or not written so) */
+  long long tid;   /* the N of its target koN, else -1 (a promise, or not written so) */
   const char *enc; /* its capdata (in krefs), elen bytes */
   size_t elen;
   size_t bytes; /* the length of its stored text: what its sender is charged */
@@ -121,8 +125,9 @@ int ocap__qitem_text(ocap_kernel_t *k, const ocap__qitem_t *it, ocap__buf_t *b);
  * it names none); *capdata is where its capdata starts. */
 int ocap__parse_send(ocap_kernel_t *k, const char *item, size_t len, char *target, char *result,
                      char *sender, size_t *capdata);
-/* Drops the references a send item held (rrec as for ocap__enqueue_send). */
-int ocap__release_send(ocap_kernel_t *k, const char *target, const char *result,
+/* Drops the references a send item held (rrec as for ocap__enqueue_send;
+ * tid the N of target koN, or -1 to read it from target). */
+int ocap__release_send(ocap_kernel_t *k, const char *target, long long tid, const char *result,
                        struct ocap__kp *rrec, const char *enc, size_t len);
 
 #endif
