@@ -2532,8 +2532,9 @@ void ocap__vat_charge_slow(ocap_vat_t *v, lua_State *L, long long cost) {
   vat_charge_to(v, L, cost);
 }
 
-int ocap_vat_resume(lua_State *L, lua_State *co, int narg, int *nres) {
-  ocap_vat_t *v = ocap_vat_from_state(L);
+/* [-narg, +nres] on co: ocap_vat_resume's work, for the vat v that owns L
+ * (or NULL); both entry points have it inline. */
+static inline int resume_in(ocap_vat_t *v, lua_State *L, lua_State *co, int narg, int *nres) {
   int status = tracked_resume(v, co, L, narg, nres);
   if (status == LUA_OK || status == LUA_YIELD)
     return status;
@@ -2543,6 +2544,14 @@ int ocap_vat_resume(lua_State *L, lua_State *co, int narg, int *nres) {
     return vat_die(L, v);
   }
   return status;
+}
+
+int ocap_vat_resume(lua_State *L, lua_State *co, int narg, int *nres) {
+  return resume_in(ocap_vat_from_state(L), L, co, narg, nres);
+}
+
+int ocap_vat_resume_in(ocap_vat_t *v, lua_State *L, lua_State *co, int narg, int *nres) {
+  return resume_in(v, L, co, narg, nres);
 }
 
 void ocap_vat_pcall_failed(lua_State *L, int status) {

@@ -312,6 +312,11 @@ static inline void ocap_vat_charge_to(ocap_vat_t *v, lua_State *L, long long cos
  */
 int ocap_vat_resume(lua_State *L, lua_State *co, int narg, int *nres);
 
+/* ocap_vat_resume for a caller that holds the vat that owns L (NULL for
+ * none): it spares the allocator lookup that finds it, as
+ * ocap_vat_charge_to does. */
+int ocap_vat_resume_in(ocap_vat_t *v, lua_State *L, lua_State *co, int narg, int *nres);
+
 /* [-0, +0, e] What the vat's pcall and xpcall do when the call they
  * protect ended with the error status: a memory error marks the vat, and
  * the error is charged (raising the meter error when it cannot be). */
