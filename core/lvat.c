@@ -510,6 +510,8 @@ static int k_create_vat(lua_State *L) {
   lua_pop(L, 1);
   if (ocap_vat_new(&lim, &rec->vat))
     return luaL_error(L, "out of memory creating vat %s", id);
+  /* Until its start is over (vat.c, "Packing"). */
+  ocap_vat_set_packing(rec->vat, 1);
   lua_getfield(L, 3, "modules");
   if (lua_istable(L, -1)) {
     lua_pushnil(L);
@@ -574,6 +576,7 @@ static int k_create_vat(lua_State *L) {
        * whole life.
        */
       lua_gc(V, LUA_GCGEN, 0, 0);
+      ocap_vat_set_packing(rec->vat, 0);
     }
   }
   lk->L = saved;

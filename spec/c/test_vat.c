@@ -417,6 +417,45 @@ static int test_new_limits(void) {
   return fails;
 }
 
+/*
+ * Packing (vat.c): while it is on, a 32-byte block comes from a free
+ * 40-byte block, whole, when no 32-byte block is free; while it is off,
+ * the 40-byte block stays free and a new block is carved.
+ */
+static int test_packing(void) {
+  enum { DRAIN = 4096 };
+  int fails = 0;
+  ocap_vat_t *v = new_vat(0, 0);
+  static void *drained[2][DRAIN];
+  void *ud;
+  lua_Alloc f;
+  CHECK(v != NULL);
+  if (v == NULL)
+    return fails;
+  f = lua_getallocf(ocap_vat_state(v), &ud);
+  for (int on = 0; on <= 1; on++) {
+    void *big, *got;
+    ocap_vat_set_packing(v, on);
+    /* Whatever 32-byte blocks are free (the state's, and the rest of a
+     * block split for the 40 bytes) are taken first, and kept until the
+     * end. */
+    big = f(ud, NULL, 0, 40);
+    CHECK(big != NULL);
+    for (int i = 0; i < DRAIN; i++)
+      drained[on][i] = f(ud, NULL, 0, 32);
+    f(ud, big, 40, 0);
+    got = f(ud, NULL, 0, 32);
+    CHECK(got != NULL);
+    CHECK(on ? got == big : got != big);
+    f(ud, got, 32, 0);
+  }
+  for (int on = 0; on <= 1; on++)
+    for (int i = 0; i < DRAIN; i++)
+      f(ud, drained[on][i], 32, 0);
+  ocap_vat_free(v);
+  return fails;
+}
+
 static int test_meter(void) {
   static const char loop[] = "local n = 0 for i = 1, 1e6 do n = n + i end return n";
   int fails = 0;
@@ -982,6 +1021,7 @@ int main(void) {
   fails += test_errors();
   fails += test_from_state();
   fails += test_new_limits();
+  fails += test_packing();
   fails += test_meter();
   fails += test_reentry();
   fails += test_attacks();
