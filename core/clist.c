@@ -197,6 +197,14 @@ static const char *cv_str(uint64_t val, char *buf, size_t *len) {
 #define key_hash ocap__ckey_hash
 #define entry_slot ocap__clist_slot
 
+void **ocap__clist_slot_text(clist_t *c, const ocap__ckey_t *key) {
+  for (size_t i = key_hash(key->w) & c->mask;; i = (i + 1) & c->mask) {
+    centry_t *e = c->slots[i];
+    if (!e || (e->key == key->w && strcmp(e->xkey, key->s) == 0))
+      return &c->slots[i];
+  }
+}
+
 /* The slot an entry hashes to (ocap__home_fn). */
 static size_t entry_home(const void *rec, size_t mask) {
   return key_hash(((const centry_t *)rec)->key) & mask;

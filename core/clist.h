@@ -124,13 +124,23 @@ static inline size_t ocap__ckey_hash(uint64_t w) {
   return (size_t)((w * 0x9e3779b97f4a7c15ULL) >> 29);
 }
 
+/* ocap__clist_slot for a key of kind REF_TEXT, which compares texts. */
+void **ocap__clist_slot_text(ocap__clist_t *c, const ocap__ckey_t *key);
+
 /* The slot of c holding key's entry, or the free slot where it would go:
- * good until c gains or loses an entry. */
+ * good until c gains or loses an entry. A key with a code is found by its
+ * word alone, in a loop of a few instructions a probe; a text key goes to
+ * ocap__clist_slot_text. */
 static inline void **ocap__clist_slot(ocap__clist_t *c, const ocap__ckey_t *key) {
-  for (size_t i = ocap__ckey_hash(key->w) & c->mask;; i = (i + 1) & c->mask) {
-    ocap__centry_t *e = c->slots[i];
-    if (!e || (e->key == key->w && (REF_KIND(key->w) != REF_TEXT || strcmp(e->xkey, key->s) == 0)))
-      return &c->slots[i];
+  uint64_t w = key->w;
+  if (REF_KIND(w) == REF_TEXT)
+    return ocap__clist_slot_text(c, key);
+  void **s = c->slots;
+  size_t mask = c->mask;
+  for (size_t i = ocap__ckey_hash(w) & mask;; i = (i + 1) & mask) {
+    ocap__centry_t *e = s[i];
+    if (!e || e->key == w)
+      return &s[i];
   }
 }
 
