@@ -112,10 +112,21 @@ static void prec_free(void *p) {
 #define SPARE_RECORDS 8
 #endif
 
+/*
+ * The records in memory are found by id in two places: `young`, a slot
+ * per id modulo YOUNG (a record takes its slot when it is free), and the
+ * table for the others. A round trip makes a promise and frees it a crank
+ * or two later, while few others live, so nearly every record is young:
+ * found, added and removed with one load, where the table's hashing and
+ * probing cost about fifty instructions each way.
+ */
+#define YOUNG 64
+
 struct ocap__promises {
   prec_t *spare[SPARE_RECORDS + 1];
   size_t nspare;
-  ocap__idtable_t table; /* the records in memory, by id */
+  prec_t *young[YOUNG];  /* the young records (see above), NULL for none */
+  ocap__idtable_t table; /* the others, by id */
   prec_t **dirty;        /* the records this crank changed */
   size_t ndirty, capdirty;
   prec_t **sync; /* the records whose committed values the store may lack */
@@ -135,6 +146,52 @@ static void kp_name(char *out, long long id) {
   out[2 + ocap__fmt_ll(out + 2, id)] = '\0';
 }
 
+/* The record with this id, or NULL. */
+static inline prec_t *tab_find(struct ocap__promises *t, long long id) {
+  prec_t *r = t->young[id & (YOUNG - 1)];
+  return r && r->id == id ? r : ocap__idtable_find(&t->table, id);
+}
+
+/* Adds r, whose id is in neither place yet: 0 or OCAP_ENOMEM. */
+static int tab_insert(struct ocap__promises *t, prec_t *r) {
+  prec_t **slot = &t->young[r->id & (YOUNG - 1)];
+  if (*slot)
+    return ocap__idtable_insert(&t->table, r);
+  *slot = r;
+  return 0;
+}
+
+/* Takes r out of where it is. */
+static void tab_remove(struct ocap__promises *t, prec_t *r) {
+  prec_t **slot = &t->young[r->id & (YOUNG - 1)];
+  if (*slot == r)
+    *slot = NULL;
+  else
+    ocap__idtable_remove(&t->table, r->id);
+}
+
+/* The first record at or after position *pos, which is advanced past it,
+ * or NULL when there is none left (as ocap__idtable_next). */
+static prec_t *tab_next(struct ocap__promises *t, size_t *pos) {
+  for (; *pos < YOUNG; ++*pos)
+    if (t->young[*pos])
+      return t->young[(*pos)++];
+  size_t at = *pos - YOUNG;
+  prec_t *r = ocap__idtable_next(&t->table, &at);
+  *pos = at + YOUNG;
+  return r;
+}
+
+/* Empties both places, handing every record to prec_free. */
+static void tab_clear(struct ocap__promises *t) {
+  for (size_t i = 0; i < YOUNG; i++) {
+    if (t->young[i])
+      prec_free(t->young[i]);
+    t->young[i] = NULL;
+  }
+  ocap__idtable_clear(&t->table, prec_free);
+}
+
 int ocap__promises_new(ocap_kernel_t *k) {
   struct ocap__promises *t = calloc(1, sizeof *t);
   if (!t || ocap__idtable_init(&t->table, 64)) {
@@ -147,7 +204,7 @@ int ocap__promises_new(ocap_kernel_t *k) {
 
 /* Forgets every record, and with them the lists. */
 static void drop_all(struct ocap__promises *t) {
-  ocap__idtable_clear(&t->table, prec_free);
+  tab_clear(t);
   t->ndirty = 0;
   t->nsync = 0;
 }
@@ -177,7 +234,8 @@ void ocap__promises_free(ocap_kernel_t *k) {
     return;
   for (size_t i = 0; i < t->nspare; i++)
     free(t->spare[i]);
-  ocap__idtable_free(&t->table, prec_free);
+  tab_clear(t);
+  ocap__idtable_free(&t->table, NULL);
   free(t->dirty);
   free(t->sync);
   free(t);
@@ -196,7 +254,8 @@ static void sync_unlist(struct ocap__promises *t, prec_t *r) {
 /* Drops r from the table and frees it. */
 static void drop(struct ocap__promises *t, prec_t *r) {
   sync_unlist(t, r);
-  prec_recycle(t, ocap__idtable_remove(&t->table, r->id));
+  tab_remove(t, r);
+  prec_recycle(t, r);
 }
 
 /* Reads the parked messages 0 to r->now.qtail - 1 of kpid. They are numbered
@@ -300,7 +359,7 @@ static int lookup(ocap_kernel_t *k, const char *kpid, int create, prec_t **out) 
     return create ? ocap__broken(k, OCAP_ECORRUPT, "corrupt database: '%.60s' is not a promise id",
                                  kpid)
                   : 0;
-  prec_t *found = ocap__idtable_find(&t->table, id);
+  prec_t *found = tab_find(t, id);
   return found ? found_record(found, create, out) : load(k, kpid, id, create, out);
 }
 
@@ -350,28 +409,9 @@ static int load(ocap_kernel_t *k, const char *kpid, long long id, int create, pr
     return rc < 0 ? rc : 0;
   }
   r->com = r->sto = r->now;
-  if (ocap__idtable_insert(&t->table, r)) {
+  if (tab_insert(t, r)) {
     prec_free(r);
     return ocap__broken(k, OCAP_ENOMEM, "out of memory reading promise %s", kpid);
-  }
-  *out = r;
-  return 0;
-}
-
-/* Makes the record of a promise just allocated (kpid, whose N is id),
- * which the store cannot hold yet since ids are never reused. */
-static int fresh(ocap_kernel_t *k, const char *kpid, long long id, prec_t **out) {
-  struct ocap__promises *t = k->p;
-  prec_t *r = prec_new(t);
-  if (r) {
-    r->id = id;
-    r->now.state = ST_NONE;
-    r->now.refs = -1;
-    r->com = r->sto = r->now;
-  }
-  if (!r || ocap__idtable_insert(&t->table, r)) {
-    free(r);
-    return ocap__broken(k, OCAP_ENOMEM, "out of memory making promise %s", kpid);
   }
   *out = r;
   return 0;
@@ -393,6 +433,35 @@ static int touch_list(ocap_kernel_t *k, prec_t *r) {
 
 static inline int touch(ocap_kernel_t *k, prec_t *r) {
   return r->dirty ? 0 : touch_list(k, r);
+}
+
+/* Makes the record of a promise just allocated (kpid, whose N is id),
+ * unresolved with its count at 0 and decided by `decider`, and lists it
+ * as changed: the store cannot hold it yet, since ids are never reused.
+ * The record is written whole at once (fields not named are zero), which
+ * costs less than zeroing it first. */
+static int fresh(ocap_kernel_t *k, const char *kpid, long long id, epc_t decider, prec_t **out) {
+  struct ocap__promises *t = k->p;
+  prec_t *r = t->nspare ? t->spare[--t->nspare] : malloc(sizeof *r);
+  if (r) {
+    const pver_t none = {.state = ST_NONE, .refs = -1};
+    *r = (prec_t){.id = id,
+                  .now = {.state = ST_UNRESOLVED, .refs = 0, .decider = decider},
+                  .com = none,
+                  .sto = none};
+  }
+  /* Listed before it is in the table, so that nothing is left half made. */
+  int rc = r ? touch_list(k, r) : OCAP_ENOMEM;
+  if (!rc && tab_insert(t, r)) {
+    t->ndirty--;
+    rc = OCAP_ENOMEM;
+  }
+  if (rc) {
+    free(r);
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory making promise %s", kpid);
+  }
+  *out = r;
+  return 0;
 }
 
 /* The record of kpid, made if needed and listed as changed by this crank. */
@@ -442,7 +511,7 @@ int ocap__kp_find(ocap_kernel_t *k, const char *kpid, int create, ocap__kp_t **o
 }
 
 int ocap__kp_find_id(ocap_kernel_t *k, long long id, int create, ocap__kp_t **out) {
-  prec_t *found = ocap__idtable_find(&k->p->table, id);
+  prec_t *found = tab_find(k->p, id);
   if (found)
     return found_record(found, create, out);
   char kpid[OCAP_REF_MAX];
@@ -530,7 +599,7 @@ int ocap__promises_check(ocap_kernel_t *k) {
   size_t pos = 0;
   prec_t *r;
   ocap__buf_t subs = {0};
-  while (!rc && (r = ocap__idtable_next(&t->table, &pos)) != NULL) {
+  while (!rc && (r = tab_next(t, &pos)) != NULL) {
     char kpid[OCAP_REF_MAX], v[32], dec[OCAP_REF_MAX];
     kp_name(kpid, r->id);
     const char *st = r->now.state == ST_NONE ? NULL : state_name[r->now.state];
@@ -565,7 +634,7 @@ void ocap__promises_forget(ocap_kernel_t *k, const char *kpid) {
   long long id = kp_number(kpid);
   if (id < 0)
     return;
-  prec_t *r = ocap__idtable_find(&t->table, id);
+  prec_t *r = tab_find(t, id);
   /* A changed record holds values the store does not have yet. */
   if (r && !r->dirty && !r->syncat)
     drop(t, r);
@@ -640,7 +709,7 @@ void ocap__promises_synced(ocap_kernel_t *k) {
     r->retaken = 0;
     r->syncat = 0;
     if (!r->dirty && gone(&r->now))
-      prec_recycle(t, ocap__idtable_remove(&t->table, r->id));
+      drop(t, r);
   }
   t->nsync = 0;
 }
@@ -652,6 +721,12 @@ void ocap__promises_synced(ocap_kernel_t *k) {
 static void settle_dirty(struct ocap__promises *t, int keep) {
   for (size_t i = 0; i < t->ndirty; i++) {
     prec_t *r = t->dirty[i];
+    /* Most promises are made, settled and freed between two syncs: the
+     * commit that frees one drops its record without copying it first. */
+    if (keep && gone(&r->now) && gone(&r->sto)) {
+      drop(t, r);
+      continue;
+    }
     long long held = r->qbase + r->now.qtail;
     if (keep) {
       ver_set(&r->com, &r->now, &r->sto);
@@ -770,27 +845,23 @@ int ocap__decref_slots(ocap_kernel_t *k, const char *enc, size_t len) {
 
 int ocap_kernel_alloc_promise(ocap_kernel_t *k, const char *ep, char *out) {
   ocap__kp_t *r;
-  return ocap__alloc_promise(k, ep, out, &r);
+  int rc = ep ? ocap__check_ep(k, ep) : 0;
+  return rc ? rc : ocap__alloc_promise(k, ep, out, &r);
 }
 
 int ocap__alloc_promise(ocap_kernel_t *k, const char *ep, char *out, ocap__kp_t **rec) {
   long long n;
   *rec = NULL;
-  int rc = ep ? ocap__check_ep(k, ep) : 0;
-  if (!rc)
-    rc = ocap__bump(k, CTR_PROMISE, &n);
+  epc_t c = ep ? ocap__ep_code(ep) : 0;
+  if (ep && !c)
+    return ocap__broken(k, OCAP_ECORRUPT, "decider '%.60s' of a new promise is not an endpoint",
+                        ep);
+  int rc = ocap__bump(k, CTR_PROMISE, &n);
   if (rc)
     return rc;
   memcpy(out, "kp", 2);
   out[2 + ocap__fmt_ll(out + 2, n)] = '\0';
-  prec_t *r = NULL;
-  rc = fresh(k, out, n, &r);
-  if (!rc)
-    rc = set_promise(k, r, ST_UNRESOLVED, 0);
-  if (!rc && ep)
-    rc = ocap__kp_set_decider(k, r, ep);
-  *rec = r;
-  return rc;
+  return fresh(k, out, n, c, rec);
 }
 
 /* Whether c is among the subscribers of v. */

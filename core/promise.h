@@ -119,7 +119,8 @@ static inline const char *ocap__kp_data(const ocap__kp_t *r, size_t *len) {
   *len = r && r->now.data ? r->now.datalen : 0;
   return r ? r->now.data : NULL;
 }
-/* ocap_kernel_alloc_promise (kernel.h), giving the new record in *rec. */
+/* ocap_kernel_alloc_promise (kernel.h), giving the new record in *rec;
+ * ep is an endpoint the caller checked (ocap__valid_ep), or NULL. */
 int ocap__alloc_promise(ocap_kernel_t *k, const char *ep, char *out, ocap__kp_t **rec);
 /* What the functions below named by kpid do, on a record found. */
 int ocap__kp_set_decider(ocap_kernel_t *k, ocap__kp_t *r, const char *ep);
