@@ -1178,16 +1178,18 @@ function Kernel:queueMessage(target, method, args)
   if self.stopped then error('kernel is stopped', 2) end
   -- A kref already checked is taken at once (Kernel:_krefOf).
   local kref = self.knownKrefs[target] and target or self:_krefOf(target)
-  if type(method) ~= 'string' then error('queueMessage: method must be a string', 2) end
-  args = args or {}
-  if type(args) ~= 'table' then error('queueMessage: args must be a sequence', 2) end
   -- A call the C codec writes flat goes in one C call (K:queueFlat),
-  -- which makes the result promise as sendArgs would.
-  local p = self.K:queueFlat(kref, method, args)
+  -- which makes the result promise as sendArgs would. It takes only a
+  -- string method and a table of arguments, and answers nil for anything
+  -- else, which is checked below.
+  local p = args and self.K:queueFlat(kref, method, args)
   if p then
     if self._attachment then self._attachment:wake() end
     return p
   end
+  if type(method) ~= 'string' then error('queueMessage: method must be a string', 2) end
+  args = args or {}
+  if type(args) ~= 'table' then error('queueMessage: args must be a sequence', 2) end
   -- Without a count, the arguments are args[1..#args], as table.pack of
   -- them would give; sendArgs encodes them from the stack, no copy made.
   if args.n == nil then return self.ls.sendArgs(kref, method, true, table.unpack(args)) end

@@ -38,6 +38,18 @@ say('rejected', ok, tostring(err):match('boom') ~= nil)
 local ok2, err2 = pcall(await, kernel:queueMessage(root, 'rejectData', {}))
 say('rejected data', ok2, type(err2) == 'table' and err2.code)
 
+-- Misuse is refused with the same errors, in the same order, whichever
+-- way the call would have gone.
+local function refused(f)
+  local done, e = pcall(f)
+  return done, (tostring(e):gsub('^[^\n]-:%d+: ', ''))
+end
+say('bad method', refused(function() return kernel:queueMessage(root, 42, { 1 }) end))
+say('bad args', refused(function() return kernel:queueMessage(root, 'ping', 7) end))
+say('bad both', refused(function() return kernel:queueMessage(root, 42, 7) end))
+say('bad kref', refused(function() return kernel:queueMessage('ko999999', 42, 7) end))
+say('no args', await(kernel:queueMessage(root, 'echo')))
+
 -- A result with a slot goes the general way, and its presence works.
 local thing = await(kernel:queueMessage(root, 'makeThing', { 'label1' }))
 say('presence', await(kernel:queueMessage(thing, 'label', {})))
