@@ -43,7 +43,11 @@ enum {
   RB = 6,
   RC = 7,
   RX = 8, /* further reactions: a flat array of triples */
-  NSLOTS = 8
+  NSLOTS = 8,
+  /* Beyond the slots, which vat code cannot write: */
+  OWNER = 9, /* the table that tracks the promise (track), or nil */
+  KEY = 10,  /* its key there */
+  NUV = 10
 };
 
 /* The jobs a turn runs, stored as integers in the ring. */
@@ -441,7 +445,7 @@ static void new_promise(lua_State *L, pstate_t *st) {
       lua_pop(L, 1);
     }
   }
-  memset(lua_newuserdatauv(L, sizeof(prec_t), NSLOTS), 0, sizeof(prec_t));
+  memset(lua_newuserdatauv(L, sizeof(prec_t), NUV), 0, sizeof(prec_t));
   lua_pushvalue(L, PROMISE_MT);
   lua_setmetatable(L, -2);
 }
@@ -671,6 +675,34 @@ static int promise_set_handler(lua_State *L) {
 /* [-0, +1, e] makePromise() -> a new pending promise. */
 static int promise_make(lua_State *L) {
   new_promise(L, state_of(L));
+  return 1;
+}
+
+/* [-2, +1, e] track(t, key) -> a new pending promise p, with t[key] = p
+ * (a raw write) and p remembering both: what liveslots does for the
+ * result of each send, in one call and with no weak table of keys. */
+static int promise_track(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checkany(L, 2);
+  lua_settop(L, 2);
+  new_promise(L, state_of(L));
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_rawset(L, 1);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, 3, OWNER);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, 3, KEY);
+  return 1;
+}
+
+/* [-2, +1] trackedKey(v, t) -> the key v was made for by track(t, key),
+ * or nil when v is not a promise track made for t. */
+static int promise_tracked_key(lua_State *L) {
+  lua_settop(L, 2);
+  if (!is_promise(L, 1) || lua_getiuservalue(L, 1, OWNER) != LUA_TTABLE || !lua_rawequal(L, 2, 3))
+    return 0;
+  lua_getiuservalue(L, 1, KEY);
   return 1;
 }
 
@@ -1776,6 +1808,8 @@ static const luaL_Reg method_funcs[] = {
 
 static const luaL_Reg module_funcs[] = {
     {"makePromise", promise_make},
+    {"track", promise_track},
+    {"trackedKey", promise_tracked_key},
     {"isPromise", promise_is},
     {"resolvePromise", promise_resolve_promise},
     {"rejectPromise", promise_reject_promise},

@@ -413,6 +413,21 @@ describe('ocap.promise', function()
       assert.equal('pending', P.state(p))
     end)
 
+    it('tracks a promise under a key of a table, which the promise remembers', function()
+      local t, other = {}, {}
+      local p = P.track(t, 5)
+      assert.equal(p, t[5])
+      assert.equal('pending', P.state(p))
+      assert.equal(5, P.trackedKey(p, t))
+      assert.is_nil(P.trackedKey(p, other))
+      assert.is_nil(P.trackedKey(P.makePromise(), t))
+      assert.is_nil(P.trackedKey({}, t))
+      assert.has_error(function() P.track(nil, 1) end)
+      -- What it remembers is out of reach of a slot write.
+      assert.has_error(function() p[9] = other end)
+      assert.equal(5, P.trackedKey(p, t))
+    end)
+
     it('makes the dispatchers of liveslots over the tables it is given', function()
       local noop = function() end
       assert.has_error(function() P.dispatchers(nil, noop, P.xcall, noop, noop, noop, noop, noop, {}, noop) end)

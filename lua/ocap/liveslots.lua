@@ -17,7 +17,7 @@ local type, error, pcall, select, tostring, setmetatable, getmetatable, rawequal
   type, error, pcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, rawget, next
 local unpack, pack = table.unpack, table.pack
 local sfind, ssub, sbyte, smatch = string.find, string.sub, string.byte, string.match
-local makePromise = promise.makePromise
+local makePromise, track, trackedKey = promise.makePromise, promise.track, promise.trackedKey
 local onSettle, pstate, drain = promise.onSettle, promise.state, promise.drain
 local call, xcall, settled, hasTurns = promise.call, promise.xcall, promise.settled, promise.hasTurns
 local settleAndResume, isOurPromise = promise.settleAndResume, promise.isPromise
@@ -56,10 +56,10 @@ local rare
 -- Per Lua state: which liveslots instance a presence or a kernel-known
 -- promise belongs to, so E() can route without being told.
 local presenceInfo = setmetatable({}, WEAK_KEYS) -- presence -> { ls, vref }
--- The instances of this state (a vat has one): ls -> { vpidOf, sender },
--- its table of kernel-known promises (promise -> vpid: one weak entry per
--- promise a send makes, where a table for each field would take two) and
--- the maker of its presences' senders (made in M.make).
+-- The instances of this state (a vat has one): ls -> { pending, sender },
+-- its table of kernel-known promises (key -> promise; each such promise
+-- remembers its key, promise.trackedKey) and the maker of its presences'
+-- senders (made in M.make).
 local instances = setmetatable({}, WEAK_KEYS)
 
 -- A presence's metamethods only raise or describe it: they are in
@@ -175,8 +175,10 @@ function M.make(opts)
   -- liveslots never lets go of them, whatever the kernel says.
   local pinned = {}
   local pending = {}                                   -- key -> promise we wait on (trackPromise)
-  local vpidOf = setmetatable({}, WEAK_KEYS)      -- kernel-known promise -> its key in pending
-  local instance = { vpidOf }
+  -- A kernel-known promise's key in pending is trackedKey(p, pending):
+  -- each is made by track(pending, key), which it remembers, so that a
+  -- send costs no entry in a weak table of keys.
+  local instance = { pending }
   instances[ls] = instance
   local exportedPromises = {}                           -- vpid -> local promise
   -- Export and promise numbers are never reused, even across restarts, so
@@ -338,8 +340,8 @@ function M.make(opts)
   end
 
   --- The promise that stands for vpid (a vpid or a key of pending) while
-  --- the kernel has not settled it, its key in pending (and value in
-  --- vpidOf), and whether it is new. The key is N for "p+<N>" when sends
+  --- the kernel has not settled it, its key in pending (which the promise
+  --- remembers), and whether it is new. The key is N for "p+<N>" when sends
   --- are numbered (N of at most 18 digits without leading zeros, as the
   --- kernel reads one for dispatchSettle), else the vpid.
   local function trackPromise(vpid)
@@ -348,10 +350,7 @@ function M.make(opts)
     if n and #n <= 18 then key = tonumber(n) end
     local p = pending[key]
     if p then return p, key, false end
-    p = makePromise()
-    pending[key] = p
-    vpidOf[p] = key
-    return p, key, true
+    return track(pending, key), key, true
   end
 
   local function makePresence(vref, iface)
@@ -404,7 +403,7 @@ function M.make(opts)
       valToVref[v] = vref
       return vref
     end
-    local key = vpidOf[v]
+    local key = trackedKey(v, pending)
     if key and pending[key] then
       -- A vat's own result, keyed by its number (trackPromise).
       if type(key) == 'number' then return 'p+' .. key end
@@ -519,10 +518,7 @@ function M.make(opts)
       send(vref, body, slots, vpid)
     end
     -- The kernel subscribes the sender to its result (kernel.h).
-    local p = makePromise()
-    pending[vpid] = p
-    vpidOf[p] = vpid
-    return p
+    return track(pending, vpid)
   end
 
   local function sendTo(vref, method, args, wantResult)
@@ -572,10 +568,7 @@ function M.make(opts)
       end
       nextPromise = vpid + 1
       if nextPromise >= boundPromise then saveCounters() end
-      local p = makePromise()
-      pending[vpid] = p
-      vpidOf[p] = vpid
-      return p
+      return track(pending, vpid)
     end
   end
 
@@ -607,7 +600,7 @@ function M.make(opts)
     ls = ls, syscall = syscall, kernelKind = kernelKind, collect = opts.collect, exports = exports,
     weakExports = weakExports, valToVref = valToVref, imports = imports, pinned = pinned,
     reachable = reachable, unsaved = unsaved, dropped = dropped, pending = pending, answers = answers,
-    vpidOf = vpidOf, trackPromise = trackPromise, decodeCapdata = decodeCapdata, slotToVal = slotToVal,
+    trackPromise = trackPromise, decodeCapdata = decodeCapdata, slotToVal = slotToVal,
     valToSlot = valToSlot, follow = follow, rejectResult = rejectResult, settleResult = settleResult,
     SAVED = SAVED,
     addDropped = function(delta)

@@ -19,6 +19,7 @@ local ssub, sfind = string.sub, string.find
 local require = require
 local unpack = table.unpack
 local onSettle, pstate, isPromise = promise.onSettle, promise.state, pass.isPromise
+local trackedKey = promise.trackedKey
 local resolvePromise, rejectPromise, settleAndResume = promise.resolvePromise, promise.rejectPromise,
   promise.settleAndResume
 
@@ -53,7 +54,7 @@ end
 --- refOf, for what is not a presence).
 function M.promiseRef(v)
   for ls, instance in next, shared.instances do
-    local key = instance[1][v]
+    local key = trackedKey(v, instance[1])
     if key then return vpidString(key), ls end
   end
 end
@@ -129,7 +130,7 @@ function M.send(target, method, args, wantResult)
     if st == 'fulfilled' then return eventualSend(v, method, args, wantResult) end
     if st == 'rejected' then return promise.reject(v) end
     for pls, instance in next, shared.instances do
-      local key = instance[1][target]
+      local key = trackedKey(target, instance[1])
       if key then
         if pls.pending[key] then return pls.sendTo(vpidString(key), method, args, wantResult) end
         break
@@ -160,7 +161,7 @@ end
 --- Makes the kit of one liveslots instance.
 ---@param cx table what the instance shares (the table ocap.liveslots.gc and .kits get too): { ls, syscall,
 ---  kernelKind, collect, exports, weakExports, valToVref, pinned, reachable, unsaved,
----  dropped, pending, answers, vpidOf, trackPromise, decodeCapdata,
+---  dropped, pending, answers, trackPromise, decodeCapdata,
 ---  slotToVal, valToSlot, follow, rejectResult, settleResult, virtualToReap,
 ---  vomKit (the vom kit once it is made) }
 ---@return table kit
@@ -168,7 +169,7 @@ function M.make(cx)
   local ls, syscall, kernelKind = cx.ls, cx.syscall, cx.kernelKind
   local exports, weakExports, valToVref, pinned = cx.exports, cx.weakExports, cx.valToVref, cx.pinned
   local reachable, unsaved, dropped = cx.reachable, cx.unsaved, cx.dropped
-  local pending, answers, vpidOf = cx.pending, cx.answers, cx.vpidOf
+  local pending, answers = cx.pending, cx.answers
   local presenceInfo, pipelines = shared.presenceInfo, shared.pipelines
   local slotToVal, valToSlot, follow = cx.slotToVal, cx.valToSlot, cx.follow
   local rejectResult, settleResult = cx.rejectResult, cx.settleResult
@@ -333,7 +334,7 @@ function M.make(cx)
     if vref then return vref end
     local pi = presenceInfo[v]
     if pi and pi.ls == ls then return pi.vref end
-    return vpidString(vpidOf[v])
+    return vpidString(trackedKey(v, pending))
   end
 
   --- The presence of vref; an iface given here renames it (the host's
