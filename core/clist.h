@@ -177,8 +177,11 @@ typedef struct ocap__clists_head {
  * other case (and `v0`). */
 static inline ocap__clist_t *ocap__clist_vat(ocap_kernel_t *k, const char *ep) {
   const ocap__clists_head_t *h = (const ocap__clists_head_t *)(const void *)k->c;
+  /* ep[1] is read only after ep[0]: an empty name has no second byte. */
+  if (ep[0] != 'v')
+    return NULL;
   size_t n = (unsigned char)ep[1] - (unsigned)'0';
-  if (ep[0] != 'v' || n - 1 > 8)
+  if (n - 1 > 8)
     return NULL;
   /* A round trip finds a c-list about fifteen times, mostly of a vat
    * `v<N>` of one digit: that case skips the loop. */

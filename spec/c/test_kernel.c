@@ -1507,6 +1507,35 @@ static void host_kref_unissued(void) {
   free(r);
 }
 
+/*
+ * An endpoint's name that is empty: every call that takes one refuses it
+ * as a caller's fault, reading no byte past the name (the name here is a
+ * block of one byte, which AddressSanitizer guards: `make asan`).
+ */
+static void empty_endpoint(void) {
+  record_t *r = malloc(sizeof *r);
+  REQUIRE(r != NULL);
+  ocap_kernel_t *k = new_kernel(r);
+  char *ep = malloc(1);
+  REQUIRE(ep != NULL);
+  ep[0] = '\0';
+  char ko[OCAP_REF_MAX], out[OCAP_REF_MAX];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko) == 0);
+  REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
+  CHECK(ocap_kernel_eref_to_kref(k, ep, "o+1", out) == OCAP_EINVAL);
+  CHECK(ocap_kernel_eref_to_kref(k, ep, "p+1", out) == OCAP_EINVAL);
+  CHECK(ocap_kernel_kref_to_eref(k, ep, ko, out) == OCAP_EINVAL);
+  CHECK(ocap_kernel_subscribe(k, ep, "p-1") == OCAP_EINVAL);
+  CHECK(ocap_kernel_kref_of(k, ep, "o+1", out) == 0);
+  /* Refused, nothing changed: the kernel goes on. */
+  ocap_kernel_abort_crank(k, 0);
+  CHECK(ocap_kernel_eref_to_kref(k, "v1", "o+1", out) == 0 && strcmp(out, ko) == 0);
+  CHECK(ocap_kernel_check(k) == 0);
+  free(ep);
+  free_kernel(k);
+  free(r);
+}
+
 int main(void) {
   clist_versions();
   commit_in_delivery();
@@ -1532,6 +1561,7 @@ int main(void) {
   forget_in_delivery();
   host_kref_spelling();
   host_kref_unissued();
+  empty_endpoint();
   if (failures > 0) {
     fprintf(stderr, "test_kernel: %d failure(s)\n", failures);
     return 1;
