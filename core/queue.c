@@ -188,7 +188,7 @@ static int item_text(ocap_kernel_t *k, const item_t *it, ocap__buf_t *b, const c
  * crank holds is kept until it gives it back (ocap__queue_return): host
  * code the crank runs may commit (K:commit), which lets go of the items
  * taken before. */
-static void free_items(struct ocap__queue *q, long long from, long long to) {
+static inline void free_items(struct ocap__queue *q, long long from, long long to) {
   for (long long n = from; n < to; n++) {
     if (n == q->lent && !q->orphan) {
       q->orphan = slot(q, n)->p;
@@ -348,7 +348,7 @@ static int qbytes_fill(ocap_kernel_t *k) {
 
 /* Ends the crank's changes to the counts, keeping or dropping them; a
  * count kept joins those the next sync writes (qbytes_set made room). */
-static void qbytes_end(struct ocap__queue *q, int keep) {
+static inline void qbytes_end(struct ocap__queue *q, int keep) {
   for (size_t i = 0; i < q->nqdirty; i++) {
     qbytes_t *r = q->qdirty[i];
     if (keep)
