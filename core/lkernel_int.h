@@ -176,6 +176,8 @@ struct lkernel {
   int track_ref;          /* the host liveslots' trackPromise, */
   int pending_ref;        /* its pending promises by kpid, and */
   int settle_ref;         /* ocap.promise's settleAndResume (K:setHostResults) */
+  lua_Integer c_sends;    /* host sends K:queueFlat took, */
+  lua_Integer c_notifies; /* and resolutions ocap__host_notify took (K:hostPaths) */
   lvat_t **vats;          /* open addressing by vat number; NULL marks a free slot */
   size_t nvats;           /* slots: 0 or a power of two, at most half full */
   size_t nlive;           /* records in it */

@@ -70,6 +70,11 @@ local sum = 0
 for i = 5, 1, -1 do sum = sum + await(ps[i]) end
 say('sum', sum)
 
+-- Which way the round trips went: on the C paths through the binary,
+-- the Lua way under plain Lua (spec/hostdriver_spec.lua).
+local sends, notifies = K:hostPaths()
+say('c paths', sends > 0, notifies > 0)
+
 -- A turn that stops the kernel while await drives it: await reports
 -- that nothing can settle the promise any more.
 local promise = require 'ocap.promise'
