@@ -16,7 +16,8 @@ local pairs, ipairs, next, error, tostring, require = pairs, ipairs, next, error
 ---  exports, weakExports, valToVref, imports, pinned, reachable, unsaved,
 ---  dropped, addDropped = function(delta) -> ndropped, SAVED }
 function M.make(cx)
-  local storedCount = require('ocap.liveslots.kits').storedCount
+  local kits = require('ocap.liveslots.kits')
+  local storedCount = kits.storedCount
   local syscall, addDropped = cx.syscall, cx.addDropped
   local exports, weakExports, valToVref, imports = cx.exports, cx.weakExports, cx.valToVref, cx.imports
   local pinned, reachable, unsaved, dropped = cx.pinned, cx.reachable, cx.unsaved, cx.dropped
@@ -24,13 +25,7 @@ function M.make(cx)
   local kit = {}
 
   --- Holds a dropped export strongly again, if the heap still has it.
-  local function hold(vref)
-    local obj = weakExports[vref]
-    if obj ~= nil then
-      exports[vref] = obj
-      weakExports[vref] = nil
-    end
-  end
+  local function hold(vref) kits.hold(cx, vref) end
 
   local vget, vset, vdel = syscall.vatstoreGet, syscall.vatstoreSet, syscall.vatstoreDelete
   -- References held in the vat's store (a store entry, a durable object's

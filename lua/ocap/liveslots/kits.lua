@@ -96,21 +96,28 @@ function M.durableObject(cx, vref)
   return kit and kit.fromVref(vref)
 end
 
---- Holds a dropped export strongly again, if the heap still has it:
---- slots go to the kernel in a message or a resolution, and a dropped
---- export among them is reachable again.
+--- Holds an export strongly again (exports), if the heap still has it
+--- (weakExports): the kernel has it back, or the host pinned it.
+function M.hold(cx, vref)
+  local weakExports = cx.weakExports
+  local obj = weakExports[vref]
+  if obj ~= nil then
+    cx.exports[vref] = obj
+    weakExports[vref] = nil
+  end
+end
+
+--- Holds each dropped export among slots strongly again: slots go to the
+--- kernel in a message or a resolution, and a dropped export among them
+--- is reachable again.
 function M.resent(cx, slots)
-  local dropped, exports, weakExports = cx.dropped, cx.exports, cx.weakExports
+  local dropped = cx.dropped
   for i = 1, #slots do
     local vref = slots[i]
     if dropped[vref] then
       dropped[vref] = nil
       cx.addDropped(-1)
-      local obj = weakExports[vref]
-      if obj ~= nil then
-        exports[vref] = obj
-        weakExports[vref] = nil
-      end
+      M.hold(cx, vref)
     end
   end
 end

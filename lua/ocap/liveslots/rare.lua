@@ -167,7 +167,7 @@ end
 ---@return table kit
 function M.make(cx)
   local ls, syscall, kernelKind = cx.ls, cx.syscall, cx.kernelKind
-  local exports, weakExports, valToVref, pinned = cx.exports, cx.weakExports, cx.valToVref, cx.pinned
+  local valToVref, pinned = cx.valToVref, cx.pinned
   local reachable, unsaved, dropped = cx.reachable, cx.unsaved, cx.dropped
   local pending, answers = cx.pending, cx.answers
   local presenceInfo, pipelines = shared.presenceInfo, shared.pipelines
@@ -384,11 +384,7 @@ function M.make(cx)
   --- its ref: the host's services and vatAdmin).
   function api.pin(vref)
     pinned[vref] = true
-    local obj = weakExports[vref]
-    if obj ~= nil then
-      exports[vref] = obj
-      weakExports[vref] = nil
-    end
+    require(KITS).hold(cx, vref)
   end
 
   --- Exports a local object (allocating a ref) and returns its ref.
