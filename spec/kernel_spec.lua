@@ -137,6 +137,18 @@ describe('kernel', function()
       assert.equal(3, v[3])
     end)
 
+    it('tells a vat-to-vat send of no argument from one of nil', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      for n = 0, 3 do
+        local args = table.pack('bob', 'echoAll', nil, nil, nil)
+        args.n = 2 + n
+        local v = kernel:queueMessage(r.rootKref, 'callPeer', args):await()
+        assert.same({ n = n }, v)
+      end
+      local v = kernel:queueMessage(r.rootKref, 'callPeer', table.pack('bob', 'echoAll', nil, 2)):await()
+      assert.same({ n = 2, [2] = 2 }, v)
+    end)
+
     it('passes the same object back as the same presence', function()
       local r = kernel:launchSubcluster(twoVats()):await()
       local thing = kernel:queueMessage(r.rootKref, 'makeThing', { 'x' }):await()
