@@ -220,7 +220,7 @@ static prec_t *prec_new(struct ocap__promises *t) {
 
 /* Frees a record no table lists, keeping it for reuse when there is room. */
 static void prec_recycle(struct ocap__promises *t, prec_t *r) {
-  if (t->nspare >= SPARE_RECORDS) {
+  if (t->nspare == SPARE_RECORDS) {
     prec_free(r);
     return;
   }
