@@ -1853,9 +1853,9 @@ static void set_funcs(lua_State *L, int t, int ud, int meta, const luaL_Reg *l) 
  * [-0, +1, m] new() -> a module table over a new queue: the public
  * functions and `_internal`, which promise.lua takes and removes (the
  * functions that ignore a promise's "already resolved" flag, the await
- * marker, the promise metatable and its methods table). Each load of
- * promise.lua makes its own, as each load of the Lua version had its own
- * queue.
+ * marker, what getmetatable answers for a promise, and its methods
+ * table). Each load of promise.lua makes its own, as each load of the Lua
+ * version had its own queue.
  */
 static int promise_new(lua_State *L) {
   pstate_t *st;
@@ -1917,6 +1917,14 @@ static int promise_new(lua_State *L) {
   lua_setfield(L, meta, "__index");
   lua_pushliteral(L, "ocap.Promise");
   lua_setfield(L, meta, "__name");
+  /* getmetatable(p) answers the queue's state, not the metatable: vat
+   * code that could write the metatable would give every promise made
+   * after it a field of its choosing, __gc among them, and Lua runs
+   * finalizers with the instruction meter off (vat.c refuses __gc for
+   * that). The state is a userdata per queue, which Lua code can neither
+   * change nor make, so it still tells this queue's promises apart. */
+  lua_pushvalue(L, ud);
+  lua_setfield(L, meta, "__metatable");
 
   set_funcs(L, mod, ud, meta, module_funcs);
   /* p:await is the module's await itself. */
@@ -1941,7 +1949,7 @@ static int promise_new(lua_State *L) {
     }
   }
   set_funcs(L, internal, ud, meta, internal_funcs);
-  lua_pushvalue(L, meta);
+  lua_pushvalue(L, ud);
   lua_setfield(L, internal, "Promise");
   lua_pushvalue(L, methods);
   lua_setfield(L, internal, "methods");

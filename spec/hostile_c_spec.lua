@@ -36,6 +36,14 @@ describe('the runtime C functions under attack', function()
     assert.same({ 'string', '#1' }, kernel:queueMessage(root, 'marshalModule', {}):await())
   end)
 
+  it('gives vat code no promise metatable to put a finalizer in', function()
+    local r = kernel:queueMessage(root, 'promiseFinalizer', {}):await()
+    assert.equal('userdata', r[1]) -- getmetatable answers the queue, not a table
+    assert.is_false(r[2])
+    assert.equal(0, r[3]) -- no finalizer of vat code ran, metered or not
+    assert.is_true(r[4])
+  end)
+
   it('decodes capdata whose slots table claims 2^61 slots', function()
     -- The reference codec's answer: the slot named is absent.
     local r = kernel:queueMessage(root, 'sparseSlots', {}):await()

@@ -387,7 +387,7 @@ describe('ocap.promise', function()
   describe('the C core', function()
     it('refuses what is not a promise where a promise is expected', function()
       local p = P.makePromise()
-      local next = getmetatable(p).__index.next
+      local next = debug.getmetatable(p).__index.next
       assert.has_error(function() P.resolvePromise({}, 1) end)
       assert.has_error(function() P.rejectPromise(42, 1) end)
       assert.has_error(function() next({}) end)
@@ -462,7 +462,7 @@ describe('ocap.promise', function()
     end)
 
     it('writes and prints only promises through the metamethods', function()
-      local mt = getmetatable(P.makePromise())
+      local mt = debug.getmetatable(P.makePromise())
       -- The queue's own state is a userdata with user values.
       local _, st = debug.getupvalue(P.drain, 1)
       assert.equal('userdata', type(st))

@@ -6,7 +6,9 @@
 -- a promise allocates one object and subscribing to it once allocates
 -- nothing (core/lpromise.c names the slots). An eighth slot holds further
 -- reactions. Slots are read through the module's functions (state); a
--- write of an integer key writes that slot.
+-- write of an integer key writes that slot. `getmetatable(p)` answers the
+-- queue's state (a userdata, `Promise` below), never the metatable: code
+-- that could write the metatable could give promises a finalizer.
 --
 -- Callbacks never run synchronously. Settling a promise queues one turn per
 -- reaction; `M.drain()` runs turns in FIFO order until the queue is empty.
@@ -193,8 +195,9 @@ M.race = combinator('race')
 ---@return ocap.Promise
 M.any = combinator('any')
 
--- The C core calls makeError for a chaining cycle, and declares the
--- metatable to ocap.pass before the first promise is made. It makes
+-- The C core calls makeError for a chaining cycle, and declares what
+-- getmetatable answers for a promise to ocap.pass before the first
+-- promise is made. It makes
 -- coroutines with this state's own coroutine.create (a vat's is metered),
 -- and resumes them and runs tasks as a vat's coroutine.resume, pcall and
 -- xpcall would (the other three functions are checked, not kept).

@@ -106,6 +106,21 @@ function M.buildRootObject()
       end
       return { type(mt), require('ocap.marshal').serializeData(1).body }
     end,
+    -- The C core sets the promise metatable on every promise it makes: a
+    -- __gc written into it would make a finalizer of vat code, which Lua
+    -- runs with the instruction meter off. Returns what getmetatable
+    -- answered, whether writing __gc there worked, and how many times
+    -- the finalizer ran for the promises made after.
+    promiseFinalizer = function()
+      local ran = 0
+      local mt = getmetatable(P.resolve(1))
+      local wrote = type(mt) == 'table' and pcall(rawset, mt, '__gc', function() ran = ran + 1 end)
+      for i = 1, 300 do P.resolve(i) end
+      local churn = {}
+      for i = 1, 300000 do churn[i % 100 + 1] = {} end
+      if wrote then rawset(mt, '__gc', nil) end
+      return { type(mt), wrote, ran, P.isPromise(P.resolve(1)), #churn }
+    end,
     concatExtraArgs = function() return table.concat({ 'x', 'y' }, ',', 1, 2, table.unpack(extra())) end,
   })
 end
