@@ -93,6 +93,8 @@ typedef struct vbudget {
 typedef struct runtime {
   int refs; /* the kernel's, and one per live vat state */
   size_t n; /* the modules built so far */
+  /* What the last vat to start carved (ocap_vat_limits_t.boot_bytes). */
+  size_t boot_bytes;
   ocap_vat_module_t mods[];
 } runtime_t;
 

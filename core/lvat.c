@@ -459,7 +459,7 @@ static int k_create_vat(lua_State *L) {
     return luaL_error(L, "invalid vat id '%s'", id);
   if (rec->vat)
     return luaL_error(L, "vat %s is already running", id);
-  ocap_vat_limits_t lim = {0, 0, OCAP_VAT_METER_TIME};
+  ocap_vat_limits_t lim = {0, 0, OCAP_VAT_METER_TIME, 0};
   lim.memory = (size_t)opt_limit(L, 3, "memory", OCAP_LIMIT_MEMORY_MAX);
   lim.instructions = (long long)opt_limit(L, 3, "instructions", OCAP_LIMIT_INSTRUCTIONS_MAX);
   lua_getfield(L, 3, "meterMode");
@@ -508,6 +508,8 @@ static int k_create_vat(lua_State *L) {
     return 2;
   }
   lua_pop(L, 1);
+  if (lk->runtime)
+    lim.boot_bytes = lk->runtime->boot_bytes;
   if (ocap_vat_new(&lim, &rec->vat))
     return luaL_error(L, "out of memory creating vat %s", id);
   /* Until its start is over (vat.c, "Packing"). */
@@ -577,6 +579,9 @@ static int k_create_vat(lua_State *L) {
        */
       lua_gc(V, LUA_GCGEN, 0, 0);
       ocap_vat_set_packing(rec->vat, 0);
+      /* The next vat's first chunk (vat.c, "Chunks"). */
+      if (rec->runtime)
+        rec->runtime->boot_bytes = ocap_vat_carved(rec->vat);
     }
   }
   lk->L = saved;

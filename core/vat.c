@@ -123,8 +123,16 @@ size_t __sanitizer_get_allocated_size(const volatile void *p);
  * of a multiple of 16: glibc's malloc adds an 8-byte header and rounds to
  * 16, and wastes nothing on these. Over idle vats of eight sizes, these
  * chunks take 1.5 KiB less than 4 KiB ones, on average.
+ *
+ * When the kernel tells what the last vat of the same kind carved by the
+ * end of its start (ocap_vat_limits_t.boot_bytes), the first chunk is that
+ * size instead, up to MAX_FIRST_CHUNK_BYTES (glibc maps larger blocks
+ * apart): a kernel launches many alike vats, and each then boots in one
+ * chunk with next to nothing left uncarved, where the last 1 KiB chunk's
+ * tail and the later chunks' headers took an idle vat 0.5 to 1.2 KiB.
  */
 #define FIRST_CHUNK_BYTES (64 * 1024)
+#define MAX_FIRST_CHUNK_BYTES (120 * 1024)
 #define MIN_CHUNK_BYTES 1024
 #define MAX_CHUNK_BYTES (64 * 1024)
 #define MALLOC_HEADER 8
@@ -167,6 +175,7 @@ struct ocap_vat {
   struct chunk *chunks;            /* every chunk the vat carved blocks from */
   size_t chunk_bytes;              /* their sizes' sum */
   char *bump, *bump_end;           /* the part of the newest chunk not carved yet */
+  size_t first_chunk;              /* the first chunk's size (see "Chunks") */
   int packing;                     /* see "Packing" above */
   /* Emergency collections near the memory limit (see vat_alloc). */
   size_t fresh;        /* bytes allocated since the last emergency collection */
@@ -273,10 +282,24 @@ static void *small_pop(ocap_vat_t *v, size_t c) {
 static size_t next_chunk_bytes(const ocap_vat_t *v) {
   size_t n = MIN_CHUNK_BYTES;
   if (v->chunks == NULL)
-    return FIRST_CHUNK_BYTES - MALLOC_HEADER;
+    return v->first_chunk;
   while (n < MAX_CHUNK_BYTES && n * 128 <= v->chunk_bytes)
     n *= 2;
   return n - MALLOC_HEADER;
+}
+
+/*
+ * The size of a vat's first chunk whose boot carves boot bytes (0 when
+ * unknown; see "Chunks"): room for them and the chunk's link, 8 bytes
+ * short of a multiple of 16.
+ */
+static size_t first_chunk_bytes(size_t boot) {
+  size_t n = sizeof(struct chunk) + boot + MALLOC_HEADER;
+  if (boot == 0 || n > MAX_FIRST_CHUNK_BYTES)
+    return FIRST_CHUNK_BYTES - MALLOC_HEADER;
+  if (n < MIN_CHUNK_BYTES)
+    n = MIN_CHUNK_BYTES;
+  return (n + 15) / 16 * 16 - MALLOC_HEADER;
 }
 
 /* A small block of n bytes, or NULL when malloc has no chunk to give. */
@@ -2165,6 +2188,7 @@ int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
   if (v == NULL)
     return OCAP_ENOMEM;
   v->limit = limits != NULL && limits->memory > 0 ? limits->memory : OCAP_VAT_DEFAULT_MEMORY;
+  v->first_chunk = first_chunk_bytes(limits != NULL ? limits->boot_bytes : 0);
   v->meter.budget = limits != NULL && limits->instructions > 0 ? limits->instructions
                                                                : OCAP_VAT_DEFAULT_INSTRUCTIONS;
   v->mode = limits != NULL ? limits->meter_mode : OCAP_VAT_METER_TIME;
@@ -2527,6 +2551,13 @@ void ocap_vat_forgive(ocap_vat_t *v) {
 
 void ocap_vat_set_packing(ocap_vat_t *v, int on) {
   v->packing = on;
+}
+
+size_t ocap_vat_carved(const ocap_vat_t *v) {
+  size_t links = 0;
+  for (const struct chunk *k = v->chunks; k != NULL; k = k->next)
+    links += sizeof *k;
+  return v->chunk_bytes - links - (size_t)(v->bump_end - v->bump);
 }
 
 size_t ocap_vat_memory(const ocap_vat_t *v) {

@@ -43,6 +43,10 @@ typedef struct ocap_vat_limits {
   size_t memory;          /* bytes; 0 means the default */
   long long instructions; /* per ocap_vat_pcall; 0 means the default */
   int meter_mode;         /* an enum ocap_vat_meter_mode; 0 is time */
+  /* The small-block bytes a booted vat of this kind carved, as
+   * ocap_vat_carved told of the last one; 0 when unknown. Sizes the vat's
+   * first chunk so that booting leaves little of it uncarved. */
+  size_t boot_bytes;
 } ocap_vat_limits_t;
 
 #define OCAP_VAT_DEFAULT_MEMORY ((size_t)64 << 20)
@@ -248,6 +252,13 @@ void ocap_vat_forgive(ocap_vat_t *v);
  * closes.
  */
 void ocap_vat_set_packing(ocap_vat_t *v, int on);
+
+/*
+ * Bytes of small blocks the vat carved from its chunks so far, used or
+ * free: what ocap_vat_limits_t.boot_bytes takes, read when a vat's start
+ * is over.
+ */
+size_t ocap_vat_carved(const ocap_vat_t *v);
 
 /* Bytes the vat's state uses now. */
 size_t ocap_vat_memory(const ocap_vat_t *v);

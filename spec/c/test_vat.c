@@ -86,7 +86,7 @@ static void hang_guard(int seconds) {
 static int meter_mode = OCAP_VAT_METER_INSTRUCTIONS;
 
 static ocap_vat_t *new_vat(size_t memory, long long instructions) {
-  ocap_vat_limits_t limits = {memory, instructions, meter_mode};
+  ocap_vat_limits_t limits = {memory, instructions, meter_mode, 0};
   ocap_vat_t *v = NULL;
   if (ocap_vat_new(&limits, &v) != 0) {
     fprintf(stderr, "ocap_vat_new failed\n");
@@ -405,9 +405,9 @@ static int test_from_state(void) {
 
 static int test_new_limits(void) {
   int fails = 0;
-  ocap_vat_limits_t tiny = {1024, 0, 0};
-  ocap_vat_limits_t small = {16 << 10, 0, 0};
-  ocap_vat_limits_t negative = {0, -1, 0};
+  ocap_vat_limits_t tiny = {1024, 0, 0, 0};
+  ocap_vat_limits_t small = {16 << 10, 0, 0, 0};
+  ocap_vat_limits_t negative = {0, -1, 0, 0};
   ocap_vat_t *v = (ocap_vat_t *)&fails;
   CHECK(ocap_vat_new(&tiny, &v) == OCAP_ENOMEM && v == NULL);
   CHECK(ocap_vat_new(&small, &v) == OCAP_ENOMEM && v == NULL);
@@ -453,6 +453,51 @@ static int test_packing(void) {
     for (int i = 0; i < DRAIN; i++)
       f(ud, drained[on][i], 32, 0);
   ocap_vat_free(v);
+  return fails;
+}
+
+/*
+ * A vat's first chunk (vat.c, "Chunks"): a vat told what an alike vat
+ * carved (boot_bytes) carves the same blocks from one chunk. 80 KiB of
+ * 64-byte blocks overflow the default first chunk; the last 1,000 come
+ * from the chunks' bump pointer (the first few may be free blocks the
+ * state left), so they are contiguous only within one chunk. Returns
+ * whether they all were.
+ */
+static int carved_contiguous(ocap_vat_t *v) {
+  enum { BLOCKS = 1280, TAIL = 1000, SIZE = 64 };
+  static char *blocks[BLOCKS];
+  int contiguous = 1;
+  void *ud;
+  lua_Alloc f = lua_getallocf(ocap_vat_state(v), &ud);
+  lua_gc(ocap_vat_state(v), LUA_GCSTOP);
+  for (int i = 0; i < BLOCKS; i++)
+    blocks[i] = f(ud, NULL, 0, SIZE);
+  for (int i = BLOCKS - TAIL; i < BLOCKS; i++)
+    if (blocks[i] == NULL || (i > BLOCKS - TAIL && blocks[i] != blocks[i - 1] + SIZE))
+      contiguous = 0;
+  for (int i = 0; i < BLOCKS; i++)
+    if (blocks[i] != NULL)
+      f(ud, blocks[i], SIZE, 0);
+  return contiguous;
+}
+
+static int test_first_chunk(void) {
+  int fails = 0;
+  ocap_vat_limits_t lim = {0, 0, meter_mode, 0};
+  ocap_vat_t *a = new_vat(0, 0), *b = NULL;
+  CHECK(a != NULL);
+  if (a == NULL)
+    return fails;
+  CHECK(!carved_contiguous(a));
+  lim.boot_bytes = ocap_vat_carved(a);
+  ocap_vat_free(a);
+  CHECK(ocap_vat_new(&lim, &b) == 0);
+  if (b == NULL)
+    return fails;
+  CHECK(carved_contiguous(b));
+  CHECK(ocap_vat_carved(b) <= lim.boot_bytes);
+  ocap_vat_free(b);
   return fails;
 }
 
@@ -979,8 +1024,8 @@ static int test_collection_thrash(void) {
  */
 static int test_time_mode(void) {
   int fails = 0;
-  ocap_vat_limits_t bad = {0, 0, 7};
-  ocap_vat_limits_t lim = {0, 100000, OCAP_VAT_METER_TIME};
+  ocap_vat_limits_t bad = {0, 0, 7, 0};
+  ocap_vat_limits_t lim = {0, 100000, OCAP_VAT_METER_TIME, 0};
   ocap_vat_t *v = (ocap_vat_t *)&fails;
   lua_State *L;
   const char *reason;
@@ -1022,6 +1067,7 @@ int main(void) {
   fails += test_from_state();
   fails += test_new_limits();
   fails += test_packing();
+  fails += test_first_chunk();
   fails += test_meter();
   fails += test_reentry();
   fails += test_attacks();

@@ -32,7 +32,7 @@ int main(void) {
   struct sigaction sa, now;
   int fails = 0, status;
   ocap_vat_t *v = NULL;
-  ocap_vat_limits_t limits = {64 << 20, 1000000, OCAP_VAT_METER_INSTRUCTIONS};
+  ocap_vat_limits_t limits = {64 << 20, 1000000, OCAP_VAT_METER_INSTRUCTIONS, 0};
   lua_State *L;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = host_handler;

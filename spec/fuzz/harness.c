@@ -121,7 +121,7 @@ static int open_json_tramp(lua_State *V) {
 }
 
 ocap_vat_t *fuzz_new_vat(size_t memory, long long instructions) {
-  ocap_vat_limits_t lim = {memory, instructions, OCAP_VAT_METER_TIME};
+  ocap_vat_limits_t lim = {memory, instructions, OCAP_VAT_METER_TIME, 0};
   ocap_vat_t *v = NULL;
   if (ocap_vat_new(&lim, &v))
     return NULL;
