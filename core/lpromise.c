@@ -685,6 +685,11 @@ static int promise_track(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checkany(L, 2);
   lua_settop(L, 2);
+  /* Vat code can call track too: its raw write must not go around a
+   * protected table's __newindex (hardened tables, exos, stores), which
+   * the vat's rawset refuses for the same reason. */
+  if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+    return luaL_error(L, "track: cannot modify a protected object");
   new_promise(L, state_of(L));
   lua_pushvalue(L, 2);
   lua_pushvalue(L, 3);

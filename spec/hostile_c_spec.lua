@@ -44,6 +44,15 @@ describe('the runtime C functions under attack', function()
     assert.is_true(r[4])
   end)
 
+  it('refuses a tracked promise written into a protected table', function()
+    local r = kernel:queueMessage(root, 'trackProtected', {}):await()
+    assert.is_false(r[1])
+    assert.matches('cannot modify a protected object', r[2], 1, true)
+    assert.equal(1, r[3]) -- the hardened table reads as it was made
+    assert.is_true(r[4]) -- a plain table still takes one
+    assert.is_true(r[5])
+  end)
+
   it('decodes capdata whose slots table claims 2^61 slots', function()
     -- The reference codec's answer: the slot named is absent.
     local r = kernel:queueMessage(root, 'sparseSlots', {}):await()

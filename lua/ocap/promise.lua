@@ -62,8 +62,9 @@ local fulfill, rejectNow = I.fulfill, I.rejectNow
 --     with resolvePromise and rejectPromise (cheaper than a kit: no
 --     closures).
 --   track(t, key) -> p: a new pending promise, with t[key] = p (a raw
---     write); p remembers t and key (liveslots' pending table and a
---     send's result, in one call).
+--     write, refused on a table with a protected metatable, as the vat's
+--     rawset refuses it); p remembers t and key (liveslots' pending table
+--     and a send's result, in one call).
 --   trackedKey(v, t) -> the key of v if track(t, key) made it, else nil.
 --   makePromiseKit() -> { promise, resolve(v), reject(e) }
 --   resolvePromise(p, v): resolves p with v (adopting v if it is a

@@ -121,6 +121,15 @@ function M.buildRootObject()
       if wrote then rawset(mt, '__gc', nil) end
       return { type(mt), wrote, ran, P.isPromise(P.resolve(1)), #churn }
     end,
+    -- ocap.promise.track(t, key) writes t[key] raw: on a protected table
+    -- (a hardened one, an exo) it must refuse as the vat's rawset does.
+    -- Returns what each write answered and what the tables read after.
+    trackProtected = function()
+      local hard = ocap.harden({ a = 1 })
+      local okH, errH = pcall(P.track, hard, 'a')
+      local okP, errP = pcall(P.track, {}, 'k')
+      return { okH, tostring(errH), hard.a, okP, P.isPromise(errP) }
+    end,
     concatExtraArgs = function() return table.concat({ 'x', 'y' }, ',', 1, 2, table.unpack(extra())) end,
   })
 end
