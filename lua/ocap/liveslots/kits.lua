@@ -45,49 +45,38 @@ end
 
 -- ---- The kits, made on first use (cx.storeKit, durableKit, vomKit, gcKit) ----
 
---- The instance's store kit (ocap.stores), which takes over the baggage
---- shell the instance made (cx.bag, cx.bagMeta).
-function M.stores(cx)
-  local kit = cx.storeKit
-  if not kit then
-    kit = require('ocap.stores').make(cx.syscall, cx.ls.marshal, cx.ls, cx.bag, cx.bagMeta)
-    cx.storeKit = kit
+--- cx[field], made by make(cx) and kept there on first use.
+local function made(cx, field, make)
+  local k = cx[field]
+  if not k then
+    k = make(cx)
+    cx[field] = k
   end
-  return kit
+  return k
 end
 
---- The instance's durable kit (ocap.durable).
-function M.durable(cx)
-  local kit = cx.durableKit
-  if not kit then
-    kit = require('ocap.durable').make(cx.syscall, cx.ls.marshal, cx.ls)
-    cx.durableKit = kit
-  end
-  return kit
+local function makeStores(cx)
+  return require('ocap.stores').make(cx.syscall, cx.ls.marshal, cx.ls, cx.bag, cx.bagMeta)
 end
+local function makeDurable(cx) return require('ocap.durable').make(cx.syscall, cx.ls.marshal, cx.ls) end
+local function makeVom(cx) return require('ocap.vom').make(cx.syscall, cx.ls) end
+local function makeGc(cx) return require('ocap.liveslots.gc').make(cx) end
+
+--- The instance's store kit (ocap.stores), which takes over the baggage
+--- shell the instance made (cx.bag, cx.bagMeta).
+function M.stores(cx) return made(cx, 'storeKit', makeStores) end
+
+--- The instance's durable kit (ocap.durable).
+function M.durable(cx) return made(cx, 'durableKit', makeDurable) end
 
 --- The instance's virtual object manager (ocap.vom): counts what holds
 --- each store and durable instance, and deletes those nothing holds at
 --- reap points.
-function M.vom(cx)
-  local kit = cx.vomKit
-  if not kit then
-    kit = require('ocap.vom').make(cx.syscall, cx.ls)
-    cx.vomKit = kit
-  end
-  return kit
-end
+function M.vom(cx) return made(cx, 'vomKit', makeVom) end
 
 --- The instance's GC kit (ocap.liveslots.gc): store-held reference
 --- counts, the GC deliveries, what a reap reports.
-function M.gc(cx)
-  local kit = cx.gcKit
-  if not kit then
-    kit = require('ocap.liveslots.gc').make(cx)
-    cx.gcKit = kit
-  end
-  return kit
-end
+function M.gc(cx) return made(cx, 'gcKit', makeGc) end
 
 --- The store or durable object an "o+d" vref designates, or nil.
 function M.durableObject(cx, vref)
