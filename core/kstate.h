@@ -154,13 +154,20 @@ int ocap__ref_like(const char *v, size_t vl);
  */
 typedef uint64_t ocap__epc_t;
 
-/* The code of the endpoint ep, or 0 when ep is not one. */
+/* Compared byte by byte, stopping at the first that differs: a vat's
+ * endpoint costs one compare, and the kernel's a few, where a call to
+ * strcmp cost about twenty instructions on each host call's path. */
+static inline int ocap__is_kernel_ep(const char *ep) {
+  return ep[0] == 'k' && ep[1] == 'e' && ep[2] == 'r' && ep[3] == 'n' && ep[4] == 'e' &&
+         ep[5] == 'l' && ep[6] == '\0';
+}
+
+/* The code of the endpoint ep, or 0 when ep is not one: the one reader
+ * of an endpoint's syntax (ocap__valid_ep and the vat-number readers ask
+ * it). */
 static inline ocap__epc_t ocap__ep_code(const char *ep) {
   if (ep[0] != 'v' && ep[0] != 'r')
-    return ep[0] == 'k' && ep[1] == 'e' && ep[2] == 'r' && ep[3] == 'n' && ep[4] == 'e' &&
-                   ep[5] == 'l' && ep[6] == '\0'
-               ? 1
-               : 0;
+    return ocap__is_kernel_ep(ep) ? 1 : 0;
   if (ep[1] < '0' || ep[1] > '9' || (ep[1] == '0' && ep[2]))
     return 0;
   uint64_t n = 0;

@@ -26,6 +26,7 @@
 #include <uv.h>
 
 #include "kernel.h"
+#include "kstate.h"
 #include "store.h"
 #include "vat.h"
 
@@ -235,16 +236,8 @@ static inline char *dupstr(const char *s) {
  * rather than sizing a table.
  */
 static inline unsigned long long vat_number(const char *id) {
-  size_t n = strlen(id);
-  if (n < 2 || n > 17 || id[0] != 'v' || (id[1] == '0' && n > 2))
-    return 0;
-  unsigned long long v = 0;
-  for (size_t i = 1; i < n; i++) {
-    if (id[i] < '0' || id[i] > '9')
-      return 0;
-    v = v * 10 + (unsigned long long)(id[i] - '0');
-  }
-  return v <= 9007199254740991ULL ? v : 0;
+  ocap__epc_t c = ocap__ep_code(id);
+  return (c & 3) == 2 && c >> 2 <= (uint64_t)COUNT_MAX ? c >> 2 : 0;
 }
 
 /* The slot where vat number n is, or the free slot where it would go. */

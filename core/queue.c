@@ -581,16 +581,8 @@ int ocap__enqueue_notify(ocap_kernel_t *k, const char *ep, const char *kpid, oca
  */
 /* The number N of a vat id "vN", or -1 for another endpoint. */
 static inline long long vat_number(const char *ep) {
-  if (ep[0] != 'v' || ep[1] < '0' || ep[1] > '9')
-    return -1;
-  if (ep[1] == '0')
-    return ep[2] ? -1 : 0;
-  /* At most 16 digits: n cannot wrap, and COUNT_MAX has 16. */
-  long long n = 0;
-  size_t i = 1;
-  for (unsigned d; (d = (unsigned char)ep[i] - (unsigned)'0') < 10 && i <= 16; i++)
-    n = n * 10 + d;
-  return ep[i] || n > COUNT_MAX ? -1 : n;
+  ocap__epc_t c = ocap__ep_code(ep);
+  return (c & 3) == 2 && c >> 2 <= (uint64_t)COUNT_MAX ? (long long)(c >> 2) : -1;
 }
 
 /* Reads the queued-byte record of vat vN from the store into the table.

@@ -20,15 +20,7 @@
 /* An endpoint: `kernel`, a vat id `v<N>` or a peer's `r<N>`. Checked in
  * one pass without strlen, as every syscall checks its endpoint. */
 int ocap__valid_ep_any(const char *ep) {
-  if (ep[0] != 'v' && ep[0] != 'r')
-    return ocap__is_kernel_ep(ep);
-  if (ep[1] < '0' || ep[1] > '9' || (ep[1] == '0' && ep[2]))
-    return 0;
-  size_t i = 2;
-  for (; ep[i]; i++)
-    if (ep[i] < '0' || ep[i] > '9' || i >= 17)
-      return 0;
-  return 1;
+  return ocap__ep_code(ep) != 0;
 }
 
 int ocap__valid_eref(const char *r) {

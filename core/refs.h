@@ -20,14 +20,6 @@ static inline int ocap__is_kpid(const char *ref) {
   return ref[0] == 'k' && ref[1] == 'p';
 }
 
-/* Compared byte by byte, stopping at the first that differs: a vat's
- * endpoint costs one compare, and the kernel's a few, where a call to
- * strcmp cost about twenty instructions on each host call's path. */
-static inline int ocap__is_kernel_ep(const char *ep) {
-  return ep[0] == 'k' && ep[1] == 'e' && ep[2] == 'r' && ep[3] == 'n' && ep[4] == 'e' &&
-         ep[5] == 'l' && ep[6] == '\0';
-}
-
 /* A remote peer's endpoint, `r<N>` (docs/remote.md): the kernel keeps its
  * c-list like a vat's, and the host's remote layer takes its deliveries. */
 static inline int ocap__is_peer_ep(const char *ep) {
