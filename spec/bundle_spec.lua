@@ -96,6 +96,75 @@ describe('bundling', function()
   end)
 end)
 
+describe('the modules a source requires', function()
+  -- What gmatch over the whole source finds, the way bundles found them
+  -- at first: requiresOf must find the same names in the same order.
+  local function byGmatch(src)
+    local names = {}
+    for name in src:gmatch("require%s*%(?%s*['\"]([%w_%.%-]+)['\"]") do names[#names + 1] = name end
+    return names
+  end
+
+  local CASES = {
+    { "local a = require 'a'\nlocal b = require('b.c')\nlocal c = require \"c-d_e\"", { 'a', 'b.c', 'c-d_e' } },
+    { "require 'x' require 'x'", { 'x', 'x' } },
+    { "require ( 'p' ) require(\"q\")", { 'p', 'q' } },
+    { "require\n\t'nl'", { 'nl' } },
+    -- A require in a string or a comment is found all the same.
+    { "local s = \"require 'inString'\" -- require('inComment')", { 'inString', 'inComment' } },
+    -- The word overlaps itself: the try after `require` fails, the next
+    -- one, four bytes on, finds x.
+    { "requirequire\"x\"", { 'x' } },
+    { "requirerequire 'y'", { 'y' } },
+    -- A match goes on where it ended: the quote that closed 'a' does not
+    -- open anything.
+    { "require'a'require'b'", { 'a', 'b' } },
+    { "require 'unclosed require 'z'", { 'z' } },
+    { "require(name) require [[long]] require 'ok'", { 'ok' } },
+    { "require 'bad name' require ''", {} },
+    -- Either quote closes a name.
+    { "require 'a\" require \"b'", { 'a', 'b' } },
+    { "myrequire 'm' require_ 'n' require", { 'm' } },
+    { "", {} },
+  }
+
+  it('finds the literal names in order, as a gmatch does', function()
+    for _, case in ipairs(CASES) do
+      assert.same(case[2], bundle.requiresOf(case[1]), case[1])
+      assert.same(byGmatch(case[1]), bundle.requiresOf(case[1]), case[1])
+    end
+  end)
+
+  it('agrees with a gmatch on sources made of the pieces that confuse it', function()
+    local pieces = { 'require', 'require(', "require '", 'requirequire', 're', 'quire', 'r', '(', ')', ' ', '\t',
+      '\n', "'", '"', 'x', 'a.b', '-', '_', '%', '\195\169' }
+    -- A fixed generator, so that a failure comes back the same.
+    local seed = 12345
+    local function rand(n)
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      return seed % n + 1
+    end
+    for _ = 1, 20000 do
+      local parts = {}
+      for i = 1, rand(12) do parts[i] = pieces[rand(#pieces)] end
+      local src = table.concat(parts)
+      assert.same(byGmatch(src), bundle.requiresOf(src), src)
+    end
+  end)
+
+  it('bundles the modules found that way next to the vat', function()
+    local dir = testing.tempDir()
+    write(dir .. '/v.lua', "local s = \"require 'instr'\"\nlocal x = requirequire'ovl'\n"
+      .. "local y = require('paren')\n" .. VAT)
+    for _, name in ipairs({ 'instr', 'ovl', 'paren', 'quire' }) do write(dir .. '/' .. name .. '.lua', 'return {}') end
+    local b = assert(bundle.build(dir .. '/v.lua'))
+    local names = {}
+    for name in pairs(b.modules) do names[#names + 1] = name end
+    table.sort(names)
+    assert.same({ 'instr', 'ovl', 'paren', 'v' }, names)
+  end)
+end)
+
 describe('launching', function()
   local kernel
   after_each(function() kernel:stop() end)

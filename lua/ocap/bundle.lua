@@ -50,12 +50,37 @@ local function shadowed(bundle)
   return names[1]
 end
 
---- Module names a chunk requires with a literal string.
-local function requiresOf(src)
-  local names = {}
-  for name in src:gmatch("require%s*%(?%s*['\"]([%w_%.%-]+)['\"]") do names[#names + 1] = name end
-  return names
+local find = string.find
+
+-- A literal require: `require 'm'`, `require("m")` and the like, matched
+-- from where a plain search found the word.
+local REQUIRE_AT = "^require%s*%(?%s*['\"]([%w_%.%-]+)['\"]"
+
+--- Module names a chunk requires with a literal string, in order: the
+--- names `src:gmatch(REQUIRE_AT without its '^')` gives. A gmatch tries
+--- the pattern at every byte of the source, where only a byte that starts
+--- the word `require` can begin a match; finding the word plainly and
+--- trying the pattern there only costs a tenth as much. As gmatch does, a
+--- search goes on where a match ended, or at the byte after a failed try
+--- (`requirequire'x'` requires x).
+---@param src string
+---@return string[]
+function M.requiresOf(src)
+  local names, init = {}, 1
+  while true do
+    local at = find(src, 'require', init, true)
+    if not at then return names end
+    local _, e, name = find(src, REQUIRE_AT, at)
+    if e then
+      names[#names + 1] = name
+      init = e + 1
+    else
+      init = at + 1
+    end
+  end
 end
+
+local requiresOf = M.requiresOf
 
 --- Builds a bundle table from a main file: the file and, transitively, the
 --- modules it requires (with a literal name) from its own directory.
