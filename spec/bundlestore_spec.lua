@@ -172,6 +172,83 @@ describe('bundles stored by hash', function()
     for _, v in ipairs(kernel:getStatus().vats) do assert.equal('running', v.state) end
   end)
 
+  it('stores a source changed in place under its new hash, as a launch reads it', function()
+    -- A kernel remembers the encoding of the bundles it launched last: a
+    -- file rewritten between launches, or a module of it, must not be
+    -- taken for the one remembered.
+    local dir = testing.tempDir()
+    local function write(name, text)
+      local f = assert(io.open(dir .. '/' .. name, 'wb'))
+      f:write(text)
+      f:close()
+    end
+    -- A helper.lua next to it is bundled; without one, the vat does without.
+    local USES_HELPER = "local ocap = require 'ocap'\n"
+      .. "local ok, helper = pcall(function() return require 'helper' end)\n"
+      .. "return { buildRootObject = function() return ocap.makeDefaultExo('v', {\n"
+      .. "  which = function() return ok and helper.name or 'none' end }) end }\n"
+    local ALONE = "local ocap = require 'ocap'\n"
+      .. "return { buildRootObject = function() return ocap.makeDefaultExo('v', {\n"
+      .. "  which = function() return 'alone' end }) end }\n"
+    kernel = testing.makeKernel({ database = dir .. '/db', baseDir = dir })
+    local cfg = { bootstrap = 'v', vats = { v = { sourceSpec = 'v.lua' } } }
+    local launched = {}
+    local function launch(main, helper, which)
+      write('v.lua', main)
+      if helper then
+        write('helper.lua', ('return { name = %q }\n'):format(helper))
+      else
+        os.remove(dir .. '/helper.lua')
+      end
+      local r = kernel:launchSubcluster(cfg):await()
+      local hash = bundleOf(kernel, kernel:getSubcluster(r.subclusterId).vats.v)
+      launched[#launched + 1] = { kref = r.rootKref, hash = hash, which = which }
+      return hash
+    end
+    local one = launch(USES_HELPER, 'one', 'one')
+    local two = launch(USES_HELPER, 'two', 'two') -- the same main file, a changed module
+    local none = launch(USES_HELPER, nil, 'none') -- the same main file, one module less
+    local alone = launch(ALONE, nil, 'alone') -- a changed main file
+    local aloneAgain = launch(ALONE, nil, 'alone')
+    local oneAgain = launch(USES_HELPER, 'one', 'one')
+    assert.equal(4, count({ [one] = 1, [two] = 1, [none] = 1, [alone] = 1 }), "four distinct bundles")
+    assert.equal(alone, aloneAgain)
+    assert.equal(one, oneAgain)
+    assert.same({ [one] = { main = 'v.lua', refCount = 2 }, [two] = { main = 'v.lua', refCount = 1 },
+      [none] = { main = 'v.lua', refCount = 1 }, [alone] = { main = 'v.lua', refCount = 2 } }, bundles(kernel))
+    assert.same({ 'v.lua', 'helper' }, (function()
+      local names = {}
+      for name in pairs(kernel:_get('bundle.' .. two).modules) do names[#names + 1] = name end
+      table.sort(names, function(a, b) return a > b end)
+      return names
+    end)())
+    for _, v in ipairs(launched) do assert.equal(v.which, kernel:queueMessage(v.kref, 'which', {}):await()) end
+    -- Each vat restarts from its own stored copy, whose bytes match its hash.
+    os.remove(dir .. '/v.lua')
+    os.remove(dir .. '/helper.lua')
+    kernel = testing.restart(kernel)
+    for _, v in ipairs(launched) do assert.equal(v.which, kernel:queueMessage(v.kref, 'which', {}):await()) end
+  end)
+
+  it('stores bundle files that differ only in a field of their own apart', function()
+    local dir = testing.tempDir()
+    local encode = require('ocap.bundle').encode
+    local src = assert(io.open(COUNTER, 'rb')):read('a')
+    kernel = testing.makeKernel({ baseDir = dir })
+    local hashes = {}
+    for i, note in ipairs({ 'a', 'b', 'a' }) do
+      local f = assert(io.open(('%s/c%d.bundle'):format(dir, i), 'wb'))
+      f:write(encode({ format = 'ocap-bundle-1', main = 'counter', modules = { counter = src }, note = note }))
+      f:close()
+      local r = kernel:launchSubcluster({ bootstrap = 'c', vats = { c = { bundleSpec = ('c%d.bundle'):format(i) } } })
+        :await()
+      hashes[i] = bundleOf(kernel, kernel:getSubcluster(r.subclusterId).vats.c)
+      assert.equal(note, kernel:_get('bundle.' .. hashes[i]).note)
+    end
+    assert.are_not.equal(hashes[1], hashes[2])
+    assert.equal(hashes[1], hashes[3])
+  end)
+
   it('refuses to run a stored bundle whose bytes do not match its hash', function()
     local dir = testing.tempDir()
     kernel = testing.makeKernel({ database = dir })

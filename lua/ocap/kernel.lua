@@ -258,6 +258,7 @@ function M.make(options)
     afterCrank = {}, -- what host code in the running crank left for after it (Kernel:_afterCrank)
     bundleCache = setmetatable({}, { __mode = 'v' }), -- hash -> decoded bundle (Kernel:_bundle)
     bundleHashes = { n = 0 }, -- encoded bundle -> its hash, the last few (Kernel:_hashOf)
+    encodedBundles = { n = 0 }, -- main module -> a bundle, its encoding and hash, the last few (Kernel:_encodeBundle)
     knownKrefs = {}, -- kref -> true once checked (Kernel:_krefOf)
     nKnownKrefs = 0,
     stopped = false,
@@ -597,11 +598,86 @@ function Kernel:_hashOf(raw)
   return hash
 end
 
+-- How many bundles' encodings a kernel remembers (Kernel:_encodeBundle).
+local ENCODED_BUNDLES = 16
+
+--- A copy of bundle, and its number of fields and of modules, when its
+--- fields are strings and a `modules` table of strings by name, all plain
+--- tables (what sources and bundle files make); nil for any other shape.
+local function plainBundle(bundle)
+  if getmetatable(bundle) ~= nil then return nil end
+  local copy, nFields, nModules = {}, 0, 0
+  for k, v in pairs(bundle) do
+    if k == 'modules' then
+      if type(v) ~= 'table' or getmetatable(v) ~= nil then return nil end
+      local modules = {}
+      for name, src in pairs(v) do
+        if type(name) ~= 'string' or type(src) ~= 'string' then return nil end
+        modules[name], nModules = src, nModules + 1
+      end
+      v = modules
+    elseif type(k) ~= 'string' or type(v) ~= 'string' then
+      return nil
+    end
+    copy[k], nFields = v, nFields + 1
+  end
+  return copy, nFields, nModules
+end
+
+--- Whether bundle has exactly the fields and modules of a remembered one.
+--- Comparing strings equal in length is a memcmp, a small part of what
+--- encoding or hashing them costs.
+local function sameBundle(entry, bundle)
+  if getmetatable(bundle) ~= nil then return false end
+  local copy, nFields = entry.copy, 0
+  for k, v in pairs(bundle) do
+    local c = copy[k]
+    if k == 'modules' then
+      if type(v) ~= 'table' or getmetatable(v) ~= nil then return false end
+      local nModules = 0
+      for name, src in pairs(v) do
+        if c[name] ~= src then return false end
+        nModules = nModules + 1
+      end
+      if nModules ~= entry.nModules then return false end
+    elseif c ~= v then
+      return false
+    end
+    nFields = nFields + 1
+  end
+  return nFields == entry.nFields
+end
+
+--- The encoding of a bundle and its hash. A launch reads its vats'
+--- sources afresh, and encoding them (smallcaps quotes every byte), then
+--- finding the hash of the encoding by its bytes, cost about 25
+--- instructions a byte: the last few bundles are remembered by their main
+--- module, with a copy of their fields, and a bundle whose fields are the
+--- same strings gets the same encoding again. What is stored does not
+--- change: the encoding of equal fields is the same.
+---@return string raw, string hash
+function Kernel:_encodeBundle(bundle)
+  local memo, main = self.encodedBundles, bundle.main
+  local entry = type(main) == 'string' and memo[main]
+  if entry and sameBundle(entry, bundle) then return entry.raw, entry.hash end
+  local raw = encode(bundle)
+  local hash = self:_hashOf(raw)
+  local copy, nFields, nModules = plainBundle(bundle)
+  if copy and type(main) == 'string' then
+    if memo.n == ENCODED_BUNDLES then
+      memo = { n = 0 }
+      self.encodedBundles = memo
+    end
+    if not memo[main] then memo.n = memo.n + 1 end
+    memo[main] = { copy = copy, nFields = nFields, nModules = nModules, raw = raw, hash = hash }
+  end
+  return raw, hash
+end
+
 --- Stores `bundle` unless a copy is there already and counts one more vat
 --- naming it; returns its hash, for the vat record.
 function Kernel:_holdBundle(bundle)
-  local raw = encode(bundle)
-  local hash = self:_hashOf(raw)
+  local raw, hash = self:_encodeBundle(bundle)
   local key = 'bundle.' .. hash
   local n = self:_count(key .. '.refCount', 0)
   if n == 0 or self.K:kvGet(key) == nil then self.K:kvSet(key, raw) end
