@@ -33,6 +33,7 @@ static void kernel_close(lkernel_t *lk) {
   }
   free(lk->vats);
   ocap__release_runtime(lk->runtime);
+  ocap__srccache_free(&lk->srccache);
   uv_run(&lk->loop, UV_RUN_NOWAIT); /* runs the timers' close callbacks */
   uv_loop_close(&lk->loop);
   free(lk->fired);

@@ -27,6 +27,7 @@
 
 #include "kernel.h"
 #include "kstate.h"
+#include "srccache.h"
 #include "store.h"
 #include "vat.h"
 
@@ -185,6 +186,7 @@ struct lkernel {
   size_t nvats;           /* slots: 0 or a power of two, at most half full */
   size_t nlive;           /* records in it */
   runtime_t *runtime;
+  ocap__srccache_t srccache; /* vat sources the kernel compiled (lvat.c) */
   int in_step;
   int cranking;    /* a crank's writes are in the store's buffer: K:commit is the crank's */
   int after_crank; /* host code asked to run after this crank (K:afterCrank) */

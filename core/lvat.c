@@ -13,6 +13,9 @@
 #include "lpromise.h"
 #include "lsmallcaps.h"
 
+/* The largest text the kernel compiles for its cache (preload_module). */
+#define SRCCACHE_MAX_TEXT (OCAP__SRCCACHE_BYTES / 8)
+
 static vbudget_t default_budget(void) {
   vbudget_t b = {DEFAULT_MESSAGE_BYTES,
                  DEFAULT_MESSAGE_SLOTS,
@@ -167,6 +170,20 @@ void ocap__release_runtime(runtime_t *rt) {
   free(rt);
 }
 
+/*
+ * [-0, +(0|1)] Compiles the text src, under chunkname, into db (which the
+ * caller frees), stripped or not. Returns 1 when done; 0 when the text did
+ * not load, with the message pushed; -1 when the dump ran out of memory.
+ */
+static int compile_text(lua_State *L, const char *src, size_t len, const char *chunkname, int strip,
+                        dumpbuf_t *db) {
+  if (luaL_loadbufferx(L, src, len, chunkname, "t") != LUA_OK)
+    return 0;
+  int bad = lua_dump(L, dump_writer, db, strip);
+  lua_pop(L, 1);
+  return bad ? -1 : 1;
+}
+
 /* K:setRuntime{ {name, source}, ... }  [-0, +0, e]
  * The kernel's own modules are compiled once here and read as trusted
  * bytecode by every vat, so that no vat pays for parsing them or holds a
@@ -191,10 +208,11 @@ static int k_set_runtime(lua_State *L) {
     const char *src = luaL_checklstring(L, -1, &sl);
     char chunk[128];
     snprintf(chunk, sizeof chunk, "=%s", name);
-    if (luaL_loadbufferx(L, src, sl, chunk, "t") != LUA_OK)
-      return lua_error(L);
     dumpbuf_t db = {0};
-    int bad = lua_dump(L, dump_writer, &db, 1);
+    int done = compile_text(L, src, sl, chunk, 1, &db);
+    if (done == 0)
+      return lua_error(L);
+    int bad = done < 0;
     ocap_vat_module_t *m = &lk->runtime->mods[i];
     m->name = dupstr(name);
     m->code = db.p;
@@ -202,9 +220,45 @@ static int k_set_runtime(lua_State *L) {
     lk->runtime->n = i + 1;
     if (bad || !m->name)
       return luaL_error(L, "out of memory");
-    lua_pop(L, 4);
+    lua_pop(L, 3);
   }
   return 0;
+}
+
+/*
+ * [-0, +0, e] Gives vat the module `name` of text src for its require: as
+ * the code the kernel compiled from it, which the kernel keeps for the
+ * next vats of the same sources, or as the text when that did not compile.
+ * Then the vat loads the text as it always did, and fails in the same way
+ * at the same time, when it requires the module: a syntax error, or a
+ * binary chunk, which only the text mode refuses. Code is never made from
+ * anything but text, so a bundle cannot hand a vat bytecode
+ * (docs/security.md). The parse the kernel does is not metered, so a
+ * large text is left to the vat, whose meter pays for it.
+ */
+static void preload_module(lua_State *L, lkernel_t *lk, ocap_vat_t *vat, const char *name,
+                           const char *src, size_t len) {
+  const char *chunk = lua_pushfstring(L, "=%s", name);
+  size_t codelen = 0;
+  const char *code = ocap__srccache_find(&lk->srccache, chunk, src, len, &codelen);
+  dumpbuf_t db = {0};
+  if (!code && len > 0 && len <= SRCCACHE_MAX_TEXT) {
+    int done = compile_text(L, src, len, chunk, 0, &db);
+    if (done == 0)
+      lua_pop(L, 1);
+    if (done > 0) {
+      /* Not kept when out of memory: this vat still reads it. */
+      ocap__srccache_put(&lk->srccache, chunk, src, len, db.p, db.len);
+      code = db.p;
+      codelen = db.len;
+    }
+  }
+  if (code)
+    ocap_vat_preload_compiled(vat, name, code, codelen, len);
+  else
+    ocap_vat_preload(vat, name, src, len, 0);
+  free(db.p);
+  lua_pop(L, 1);
 }
 
 /* [-0, +0, e] Sets globals.<lib>.<fn> to the function fn of the library
@@ -524,7 +578,7 @@ static int k_create_vat(lua_State *L) {
       const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
       const char *src = lua_tolstring(L, -1, &sl);
       if (name && src)
-        ocap_vat_preload(rec->vat, name, src, sl, 0);
+        preload_module(L, lk, rec->vat, name, src, sl);
       lua_pop(L, 1);
     }
   }

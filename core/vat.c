@@ -1867,7 +1867,7 @@ static void push_view(lua_State *L, const char *name) {
 static int load_module(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   const ocap_vat_module_t *rt = find_runtime(ocap_vat_from_state(L), name);
-  size_t len;
+  size_t len, charged;
   const char *src;
   int trusted;
   lua_settop(L, 1);
@@ -1881,7 +1881,7 @@ static int load_module(lua_State *L) {
   lua_pop(L, 1);
   if (rt != NULL) {
     src = rt->code;
-    len = rt->len;
+    charged = len = rt->len;
     trusted = 1;
   } else {
     lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
@@ -1890,16 +1890,20 @@ static int load_module(lua_State *L) {
       return luaL_error(L, "module '%s' not found in this vat", name);
     lua_rawgeti(L, -1, 1);
     src = lua_tolstring(L, -1, &len); /* it stays on the stack, so it stays alive */
+    charged = len;
     lua_rawgeti(L, -2, 2);
     trusted = lua_toboolean(L, -1);
-    lua_pop(L, 1);
+    /* Code the kernel compiled is charged as the text it was made from. */
+    if (lua_rawgeti(L, -3, 3) == LUA_TNUMBER)
+      charged = (size_t)lua_tointeger(L, -1);
+    lua_pop(L, 2);
   }
   /*
    * Parsing takes about as long per byte as four instructions, and a module
    * that fails is parsed again at every require, so loading is charged by
    * size.
    */
-  vat_charge(L, 4 * (long long)len);
+  vat_charge(L, 4 * (long long)charged);
   lua_pushfstring(L, "=%s", name);
   if (luaL_loadbufferx(L, src, len, lua_tostring(L, -1), trusted ? "bt" : "t") != LUA_OK)
     return luaL_error(L, "error loading module '%s': %s", name, lua_tostring(L, -1));
@@ -2266,20 +2270,26 @@ struct vat_args {
   const char *src;
   size_t len;
   int trusted;
+  size_t srclen; /* the text compiled code was made from; 0 for none */
 };
 
 /*
- * [-1, +0, e] Records a module's source for require; index 1 holds a light
- * userdata pointing to the struct vat_args.
+ * [-1, +0, e] Records a module's source for require, as {source, trusted}
+ * or, for code the kernel compiled, {code, true, length of its text};
+ * index 1 holds a light userdata pointing to the struct vat_args.
  */
 static int vat_preload_p(lua_State *L) {
   const struct vat_args *a = lua_touserdata(L, 1);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
-  lua_createtable(L, 2, 0);
+  lua_createtable(L, a->srclen ? 3 : 2, 0);
   lua_pushlstring(L, a->src, a->len);
   lua_rawseti(L, -2, 1);
   lua_pushboolean(L, a->trusted);
   lua_rawseti(L, -2, 2);
+  if (a->srclen) {
+    lua_pushinteger(L, (lua_Integer)a->srclen);
+    lua_rawseti(L, -2, 3);
+  }
   lua_setfield(L, -2, a->name);
   return 0;
 }
@@ -2309,13 +2319,26 @@ void ocap_vat_set_runtime(ocap_vat_t *v, const ocap_vat_module_t *mods, size_t n
   v->nruntime = n;
 }
 
-int ocap_vat_preload(ocap_vat_t *v, const char *name, const char *src, size_t len, int trusted) {
-  struct vat_args a = {name, src, len, trusted};
-  if (v == NULL || name == NULL || src == NULL)
+/* See ocap_vat_preload and ocap_vat_preload_compiled. */
+static int preload(ocap_vat_t *v, struct vat_args *a) {
+  if (v == NULL || a->name == NULL || a->src == NULL)
     return OCAP_EINVAL;
   if (v->meter.fatal)
     return OCAP_EFATAL;
-  return vat_protect(v, vat_preload_p, &a);
+  return vat_protect(v, vat_preload_p, a);
+}
+
+int ocap_vat_preload(ocap_vat_t *v, const char *name, const char *src, size_t len, int trusted) {
+  struct vat_args a = {name, src, len, trusted, 0};
+  return preload(v, &a);
+}
+
+int ocap_vat_preload_compiled(ocap_vat_t *v, const char *name, const char *code, size_t len,
+                              size_t srclen) {
+  struct vat_args a = {name, code, len, 1, srclen};
+  if (srclen == 0)
+    return OCAP_EINVAL;
+  return preload(v, &a);
 }
 
 /* [-2, +0, e] Sets loaded[name] to the value at index 2 (name in index 1's args). */
@@ -2329,7 +2352,7 @@ static int vat_set_loaded_p(lua_State *L) {
 
 int ocap_vat_set_loaded(ocap_vat_t *v, const char *name) {
   lua_State *L = v->L;
-  struct vat_args a = {name, NULL, 0, 0};
+  struct vat_args a = {name, NULL, 0, 0, 0};
   int status;
   if (name == NULL || v->meter.fatal || !lua_checkstack(L, 2)) {
     lua_pop(L, 1);
@@ -2369,7 +2392,7 @@ static int vat_load_p(lua_State *L) {
 
 int ocap_vat_load(ocap_vat_t *v, const char *src, size_t len, const char *chunkname) {
   lua_State *L = v->L;
-  struct vat_args a = {chunkname, src, len, 0};
+  struct vat_args a = {chunkname, src, len, 0, 0};
   int status;
   if (!lua_checkstack(L, 2))
     return OCAP_ENOMEM; /* nothing pushed: the stack itself is out of room */

@@ -16,7 +16,9 @@
  *     inside the vat cannot swallow the failure.
  *  2. The global environment is built from an allow-list (see vat.c);
  *     chunks are loaded in text mode only, except the kernel's own runtime
- *     modules (ocap_vat_set_runtime, or ocap_vat_preload with trusted set).
+ *     modules (ocap_vat_set_runtime, or ocap_vat_preload with trusted set)
+ *     and the code the kernel compiled from a bundle's text
+ *     (ocap_vat_preload_compiled).
  *  3. The kernel calls into the vat only through ocap_vat_pcall(), which
  *     resets the meter, installs a traceback handler, and reports how the
  *     call ended.
@@ -181,6 +183,19 @@ void ocap_vat_set_runtime(ocap_vat_t *v, const ocap_vat_module_t *mods, size_t n
  * cached value. Returns 0, OCAP_EINVAL, OCAP_ENOMEM or OCAP_EFATAL.
  */
 int ocap_vat_preload(ocap_vat_t *v, const char *name, const char *src, size_t len, int trusted);
+
+/*
+ * [-0, +0] Registers for the vat's `require` a module the kernel compiled
+ * itself, with lua_dump and without stripping, from srclen (> 0) bytes of
+ * text loaded in mode "t" under the chunk name require would give it
+ * ("=name"): require then makes exactly the functions that text would
+ * make, line numbers and local names included, without parsing it again,
+ * and charges the vat as for the text. The code must never come from vat
+ * code or a bundle (docs/security.md). It is copied. Returns as
+ * ocap_vat_preload.
+ */
+int ocap_vat_preload_compiled(ocap_vat_t *v, const char *name, const char *code, size_t len,
+                              size_t srclen);
 
 /*
  * [-1, +0] Pops a value and makes it what `require(name)` returns in the vat
