@@ -43,6 +43,7 @@
 
 #include <assert.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -834,8 +835,11 @@ static const char *const original_names[ORIG_COUNT][2] = {
 static lua_CFunction originals[ORIG_COUNT];
 static pthread_once_t originals_once = PTHREAD_ONCE_INIT;
 
+static int read_libraries(lua_State *L);
+
 /* [-0, +0, e] Opens the libraries in a scratch state and reads each
- * original off them; one not found (or not a C function) stays NULL. */
+ * original off them, one not found (or not a C function) staying NULL,
+ * and the library functions the sandbox gives as they are. */
 static int read_originals(lua_State *L) {
   luaL_openlibs(L);
   for (int k = 0; k < ORIG_COUNT; k++) {
@@ -848,6 +852,8 @@ static int read_originals(lua_State *L) {
     originals[k] = lua_tocfunction(L, -1);
     lua_settop(L, 0);
   }
+  if (!read_libraries(L))
+    return luaL_error(L, "a library function cannot be shared");
   return 0;
 }
 
@@ -936,22 +942,6 @@ static void note_status(lua_State *L, int status) {
   ocap_vat_t *v = ocap_vat_from_state(L);
   if (status == LUA_ERRMEM && v != NULL && v->meter.fatal == 0)
     v->meter.fatal = OCAP_VAT_MEMORY;
-}
-
-/*
- * The pattern functions (find, match, gmatch, gsub) are lmatch.c's, which
- * count their steps and, as light C functions with no meter of their own,
- * charge them to the vat, one instruction a step: a match that backtracks
- * exponentially simply runs out of budget. A step costs about as much
- * time as an instruction (docs/security.md has the figures).
- */
-
-/* [-0, +0, e] Sets the metered pattern functions into the table at t. */
-static void set_match_funcs(lua_State *L, int t) {
-  t = lua_absindex(L, t);
-  lua_pushvalue(L, t);
-  luaL_setfuncs(L, ocap_match_funcs, 0);
-  lua_pop(L, 1);
 }
 
 /*
@@ -1959,202 +1949,312 @@ static int vat_require(lua_State *L) {
 /* Building the sandbox                                                   */
 
 /*
- * [-0, +1, e] Pushes a shallow copy of the library table at src without the
- * names in omit (NULL-terminated). Each function in override replaces the
- * entry of its name, as a light C function (see originals).
+ * The sandbox's tables are built from these lists, each at its final size,
+ * rather than by opening the standard libraries and copying them: copying
+ * made every vat intern and insert each name twice and left the libraries
+ * behind as garbage for a full collection. An entry whose function is set
+ * is ours (metered, above); one whose function is NULL is the library's
+ * own, read once per process (read_libraries) and given as it is, a light
+ * C function the same in every state. Names the sandbox leaves out are
+ * simply not listed: string.dump, math.random and math.randomseed, and
+ * every global but these. A name this Lua lacks (the 5.3 math functions
+ * when it is built without LUA_COMPAT_MATHLIB) stays NULL and is left out,
+ * as a copy would have left it out.
  */
-static void copy_lib(lua_State *L, int src, const char *const *omit, const luaL_Reg *override) {
-  src = lua_absindex(L, src);
-  lua_newtable(L);
-  lua_pushnil(L);
-  while (lua_next(L, src) != 0) {
-    int skip = 0;
-    if (lua_type(L, -2) == LUA_TSTRING)
-      for (const char *const *o = omit; o != NULL && *o != NULL; o++)
-        skip = skip || strcmp(lua_tostring(L, -2), *o) == 0;
-    if (skip) {
-      lua_pop(L, 1);
+static luaL_Reg base_lib[] = {
+    {"assert", NULL},
+    {"error", vat_error},
+    {"getmetatable", NULL},
+    {"ipairs", NULL},
+    {"next", NULL},
+    {"pairs", NULL},
+    {"pcall", vat_pcall},
+    {"rawequal", vat_rawequal},
+    {"rawget", NULL},
+    {"rawlen", NULL},
+    {"rawset", vat_rawset},
+    {"require", vat_require},
+    {"select", vat_select},
+    {"setmetatable", vat_setmetatable},
+    {"tonumber", vat_tonumber},
+    {"tostring", NULL},
+    {"type", NULL},
+    {"xpcall", vat_xpcall},
+    {NULL, NULL},
+};
+
+/* And the pattern functions, ocap_match_funcs (push_string). */
+static luaL_Reg string_lib[] = {
+    {"byte", vat_string_byte},
+    {"char", vat_string_char},
+    {"format", vat_string_format},
+    {"len", NULL},
+    {"lower", vat_string_lower},
+    {"pack", vat_string_pack},
+    {"packsize", vat_string_packsize},
+    {"rep", vat_string_rep},
+    {"reverse", vat_string_reverse},
+    {"sub", vat_string_sub},
+    {"unpack", vat_string_unpack},
+    {"upper", vat_string_upper},
+    {NULL, NULL},
+};
+
+/* The string metatable's, which coerce strings in arithmetic; __index and
+ * __metatable are set apart. */
+static luaL_Reg string_mt_lib[] = {
+    {"__add", NULL}, {"__div", NULL}, {"__idiv", NULL}, {"__mod", NULL}, {"__mul", NULL},
+    {"__pow", NULL}, {"__sub", NULL}, {"__unm", NULL},  {NULL, NULL},
+};
+
+static const luaL_Reg table_lib[] = {
+    {"concat", vat_table_concat}, {"insert", vat_table_insert},
+    {"move", vat_table_move},     {"pack", vat_table_pack},
+    {"remove", vat_table_remove}, {"sort", vat_table_sort},
+    {"unpack", vat_table_unpack}, {NULL, NULL},
+};
+
+/* And its four constants (push_math). */
+static luaL_Reg math_lib[] = {
+    {"abs", NULL},
+    {"acos", NULL},
+    {"asin", NULL},
+    {"atan", NULL},
+    {"ceil", NULL},
+    {"cos", NULL},
+    {"deg", NULL},
+    {"exp", NULL},
+    {"floor", NULL},
+    {"fmod", NULL},
+    {"log", NULL},
+    {"max", vat_math_max},
+    {"min", vat_math_min},
+    {"modf", NULL},
+    {"rad", NULL},
+    {"sin", NULL},
+    {"sqrt", NULL},
+    {"tan", NULL},
+    {"tointeger", NULL},
+    {"type", NULL},
+    {"ult", NULL},
+    /* Lua 5.3's, which a Lua built with LUA_COMPAT_MATHLIB keeps. */
+    {"atan2", NULL},
+    {"cosh", NULL},
+    {"frexp", NULL},
+    {"ldexp", NULL},
+    {"log10", NULL},
+    {"pow", NULL},
+    {"sinh", NULL},
+    {"tanh", NULL},
+    {NULL, NULL},
+};
+
+/*
+ * The runtime's own math holds only what runtime modules use, and a few
+ * more of the same kind, with the four constants: 16 entries take a hash
+ * part of 16 slots (384 bytes) where the vat's 33 take 64.
+ */
+static luaL_Reg runtime_math_lib[] = {
+    {"abs", NULL},  {"ceil", NULL},        {"floor", NULL},       {"fmod", NULL},
+    {"log", NULL},  {"max", vat_math_max}, {"min", vat_math_min}, {"modf", NULL},
+    {"sqrt", NULL}, {"tointeger", NULL},   {"type", NULL},        {"ult", NULL},
+    {NULL, NULL},
+};
+
+/* And utf8.charpattern (push_utf8). */
+static const luaL_Reg utf8_lib[] = {
+    {"char", vat_utf8_char}, {"codepoint", vat_utf8_codepoint}, {"codes", vat_utf8_codes},
+    {"len", vat_utf8_len},   {"offset", vat_utf8_offset},       {NULL, NULL},
+};
+
+static luaL_Reg coroutine_lib[] = {
+    {"close", vat_coroutine_close},
+    {"create", vat_coroutine_create},
+    {"isyieldable", NULL},
+    {"resume", vat_coroutine_resume},
+    {"running", NULL},
+    {"status", NULL},
+    {"wrap", vat_coroutine_wrap},
+    {"yield", NULL},
+    {NULL, NULL},
+};
+
+/*
+ * [-0, +0, e] Fills the library's entries of lib from the table on top.
+ * Returns 0 if one is there but is not a C function without upvalues,
+ * which could not be shared as a light C function.
+ */
+static int read_library(lua_State *L, luaL_Reg *lib) {
+  for (luaL_Reg *r = lib; r->name != NULL; r++) {
+    if (r->func != NULL)
       continue;
-    }
-    lua_pushvalue(L, -2);
-    lua_insert(L, -2);
-    lua_rawset(L, -4);
+    int t = lua_getfield(L, -1, r->name);
+    if (t != LUA_TNIL && (!lua_iscfunction(L, -1) || lua_getupvalue(L, -1, 1) != NULL))
+      return 0;
+    r->func = lua_tocfunction(L, -1);
+    lua_pop(L, 1);
   }
-  if (override != NULL)
-    luaL_setfuncs(L, override, 0);
+  return 1;
+}
+
+/* [-0, +0, e] Fills every list's library entries from the libraries, which
+ * L has open. Returns 0 if one could not be read. */
+static int read_libraries(lua_State *L) {
+  static const struct {
+    const char *name; /* NULL: the string metatable */
+    luaL_Reg *lib;
+  } lists[] = {
+      {LUA_GNAME, base_lib},
+      {LUA_STRLIBNAME, string_lib},
+      {NULL, string_mt_lib},
+      {LUA_MATHLIBNAME, math_lib},
+      {LUA_MATHLIBNAME, runtime_math_lib},
+      {LUA_COLIBNAME, coroutine_lib},
+  };
+  for (size_t k = 0; k < sizeof lists / sizeof lists[0]; k++) {
+    if (lists[k].name != NULL) {
+      lua_getglobal(L, lists[k].name);
+    } else {
+      lua_pushliteral(L, "");
+      lua_getmetatable(L, -1);
+    }
+    if (!lua_istable(L, -1) || !read_library(L, lists[k].lib))
+      return 0;
+    lua_settop(L, 0);
+  }
+  return 1;
+}
+
+/* [-0, +1, e] Pushes a table with lib's entries that this Lua has, with
+ * room for extra more. */
+static void push_lib(lua_State *L, const luaL_Reg *lib, int extra) {
+  int n = extra;
+  for (const luaL_Reg *r = lib; r->name != NULL; r++)
+    n += r->func != NULL;
+  lua_createtable(L, 0, n);
+  for (const luaL_Reg *r = lib; r->name != NULL; r++) {
+    if (r->func != NULL) {
+      lua_pushcfunction(L, r->func);
+      lua_setfield(L, -2, r->name);
+    }
+  }
+}
+
+/*
+ * [-0, +1, e] Pushes a string library. Its pattern functions are
+ * lmatch.c's, which count their steps and, as light C functions with no
+ * meter of their own, charge them to the vat, one instruction a step: a
+ * match that backtracks exponentially simply runs out of budget. A step
+ * costs about as much time as an instruction (docs/security.md has the
+ * figures).
+ */
+static void push_string(lua_State *L) {
+  push_lib(L, string_lib, 4);
+  luaL_setfuncs(L, ocap_match_funcs, 0);
+}
+
+/* [-0, +1, e] Pushes a math library from lib, with the constants lmathlib.c
+ * sets. */
+static void push_math(lua_State *L, const luaL_Reg *lib) {
+  push_lib(L, lib, 4);
+  lua_pushnumber(L, (lua_Number)3.141592653589793238462643383279502884);
+  lua_setfield(L, -2, "pi");
+  lua_pushnumber(L, (lua_Number)HUGE_VAL);
+  lua_setfield(L, -2, "huge");
+  lua_pushinteger(L, LUA_MAXINTEGER);
+  lua_setfield(L, -2, "maxinteger");
+  lua_pushinteger(L, LUA_MININTEGER);
+  lua_setfield(L, -2, "mininteger");
+}
+
+/* [-0, +1, e] Pushes a utf8 library, with lutf8lib.c's charpattern. */
+static void push_utf8(lua_State *L) {
+  push_lib(L, utf8_lib, 1);
+  static const char pattern[] = "[\0-\x7F\xC2-\xFD][\x80-\xBF]*";
+  lua_pushlstring(L, pattern, sizeof pattern - 1);
+  lua_setfield(L, -2, "charpattern");
+}
+
+/*
+ * [-0, +1, e] Pushes a table of globals: the base functions, _VERSION and
+ * the five libraries, of which string and math are the ones on top (the
+ * string library, then the math one), popped.
+ */
+static void push_globals(lua_State *L) {
+  push_lib(L, base_lib, 6);
+  lua_insert(L, -3);
+  lua_setfield(L, -3, LUA_MATHLIBNAME);
+  lua_setfield(L, -2, LUA_STRLIBNAME);
+  lua_pushliteral(L, LUA_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  push_lib(L, table_lib, 0);
+  lua_setfield(L, -2, LUA_TABLIBNAME);
+  push_utf8(L);
+  lua_setfield(L, -2, LUA_UTF8LIBNAME);
+  push_lib(L, coroutine_lib, 0);
+  lua_setfield(L, -2, LUA_COLIBNAME);
 }
 
 /*
  * [-0, +0, e] Builds the sandbox; runs under lua_pcall at creation so that
- * running out of memory here fails ocap_vat_new instead of panicking.
+ * running out of memory here fails ocap_vat_new instead of panicking. The
+ * package library is never made. The initial globals table, replaced by
+ * the vat's, is the only garbage it leaves.
  */
 static int vat_setup(lua_State *L) {
-  static const char *const base_names[] = {
-      "assert", "error",    "ipairs", "next",   "pairs",        "select",   "tonumber", "tostring",
-      "type",   "rawequal", "rawlen", "rawget", "getmetatable", "_VERSION", NULL,
+  static const char *const libs[] = {
+      LUA_STRLIBNAME, LUA_TABLIBNAME, LUA_MATHLIBNAME, LUA_UTF8LIBNAME, LUA_COLIBNAME,
   };
-  static const char *const string_omit[] = {"dump", NULL};
-  static const char *const math_omit[] = {"random", "randomseed", NULL};
-  /*
-   * The runtime's own math holds only what runtime modules use, and a few
-   * more of the same kind: 16 entries take a hash part of 16 slots (384
-   * bytes) where the vat's 31 take 32.
-   */
-  static const char *const runtime_math[] = {
-      "abs",  "ceil", "floor", "fmod", "huge",      "log", "max",        "maxinteger", "min",
-      "modf", "pi",   "sqrt",  "type", "tointeger", "ult", "mininteger", NULL,
-  };
-  static const luaL_Reg string_meter[] = {
-      {"byte", vat_string_byte},     {"char", vat_string_char},
-      {"format", vat_string_format}, {"lower", vat_string_lower},
-      {"pack", vat_string_pack},     {"packsize", vat_string_packsize},
-      {"rep", vat_string_rep},       {"reverse", vat_string_reverse},
-      {"sub", vat_string_sub},       {"unpack", vat_string_unpack},
-      {"upper", vat_string_upper},   {NULL, NULL},
-  };
-  static const luaL_Reg table_meter[] = {
-      {"concat", vat_table_concat}, {"insert", vat_table_insert},
-      {"move", vat_table_move},     {"pack", vat_table_pack},
-      {"remove", vat_table_remove}, {"sort", vat_table_sort},
-      {"unpack", vat_table_unpack}, {NULL, NULL},
-  };
-  static const luaL_Reg utf8_meter[] = {
-      {"char", vat_utf8_char}, {"codepoint", vat_utf8_codepoint}, {"codes", vat_utf8_codes},
-      {"len", vat_utf8_len},   {"offset", vat_utf8_offset},       {NULL, NULL},
-  };
-  static const luaL_Reg math_meter[] = {
-      {"max", vat_math_max},
-      {"min", vat_math_min},
-      {NULL, NULL},
-  };
-  static const luaL_Reg base_meter[] = {
-      {"error", vat_error},   {"rawequal", vat_rawequal},
-      {"select", vat_select}, {"tonumber", vat_tonumber},
-      {NULL, NULL},
-  };
-  static const luaL_Reg coroutine_meter[] = {
-      {"close", vat_coroutine_close},
-      {"create", vat_coroutine_create},
-      {"resume", vat_coroutine_resume},
-      {"wrap", vat_coroutine_wrap},
-      {NULL, NULL},
-  };
-  static const luaL_Reg sandbox_funcs[] = {
-      {"require", vat_require}, {"setmetatable", vat_setmetatable},
-      {"rawset", vat_rawset},   {"pcall", vat_pcall},
-      {"xpcall", vat_xpcall},   {NULL, NULL},
-  };
-  static const struct {
-    const char *name;
-    lua_CFunction open;
-    const char *const *omit;
-    const luaL_Reg *override;
-  } libs[] = {
-      {LUA_STRLIBNAME, luaopen_string, string_omit, string_meter},
-      {LUA_TABLIBNAME, luaopen_table, NULL, table_meter},
-      {LUA_MATHLIBNAME, luaopen_math, math_omit, math_meter},
-      {LUA_UTF8LIBNAME, luaopen_utf8, NULL, utf8_meter},
-      {LUA_COLIBNAME, luaopen_coroutine, NULL, coroutine_meter},
-  };
-
-  /*
-   * The libraries are opened the usual way and copied; the registry's
-   * _LOADED table, where only C code can see it (Lua reads it to name
-   * functions in tracebacks), then names the copies, so the originals
-   * become garbage. The package library is never opened. The base library
-   * writes itself into the initial globals table, which is replaced below
-   * and so becomes unreachable.
-   */
   if (!have_originals())
     return luaL_error(L, "not enough memory");
-  luaL_requiref(L, LUA_GNAME, luaopen_base, 0); /* 1: the initial globals */
-  lua_newtable(L);                              /* 2: the sandbox globals */
-  for (const char *const *n = base_names; *n != NULL; n++) {
-    lua_getfield(L, 1, *n);
-    lua_setfield(L, 2, *n);
-  }
-  luaL_setfuncs(L, sandbox_funcs, 0);
-  luaL_setfuncs(L, base_meter, 0);
-  lua_newtable(L); /* 3: the vat's loaded modules */
+  push_string(L);
+  push_math(L, math_lib);
+  push_globals(L); /* 1: the vat's globals */
+  /*
+   * String methods come from a second string library that nothing in the
+   * vat can reach: changing the global `string` table changes
+   * `string.upper` but never ('x'):upper(), which trusted runtime code
+   * relies on. The metered functions hold no state, so the two share them.
+   */
+  lua_pushliteral(L, "");
+  push_lib(L, string_mt_lib, 2);
+  push_string(L); /* 4: the private string library */
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__index");
+  lua_pushliteral(L, STRING_MT_LOCK);
+  lua_setfield(L, -3, "__metatable");
+  lua_insert(L, 2);
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+  /* The vat's loaded modules. */
+  lua_newtable(L);
   for (size_t k = 0; k < sizeof libs / sizeof libs[0]; k++) {
-    luaL_requiref(L, libs[k].name, libs[k].open, 0);
-    copy_lib(L, -1, libs[k].omit, libs[k].override);
-    if (libs[k].open == luaopen_string)
-      set_match_funcs(L, -1);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, 2, libs[k].name);
-    lua_setfield(L, 3, libs[k].name);
-    if (libs[k].open == luaopen_string) {
-      /*
-       * String methods come from a second copy that nothing in the vat can
-       * reach: changing the global `string` table changes `string.upper`
-       * but never ('x'):upper(), which trusted runtime code relies on. It
-       * is copied from the vat's, whose metered functions hold no state,
-       * so that the two share them instead of each vat making them twice.
-       */
-      lua_pushliteral(L, "");
-      lua_getmetatable(L, -1);
-      lua_getfield(L, 2, libs[k].name);
-      copy_lib(L, -1, NULL, NULL);
-      lua_remove(L, -2);
-      lua_setfield(L, -2, "__index");
-      lua_pushliteral(L, STRING_MT_LOCK);
-      lua_setfield(L, -2, "__metatable");
-      lua_pop(L, 2);
-    }
-    lua_pop(L, 1);
+    lua_getfield(L, 1, libs[k]);
+    lua_setfield(L, -2, libs[k]);
   }
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_LOADED);
   /*
-   * The originals are not needed once copied, and every vat would carry
-   * them: _LOADED names the copies instead, which is all tracebacks read
-   * it for, and the initial globals go with it.
+   * The registry's _LOADED table, where only C code can see it: Lua reads
+   * it to name functions in tracebacks ('string.rep', 'select').
    */
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_createtable(L, 0, 6);
   for (size_t k = 0; k < sizeof libs / sizeof libs[0]; k++) {
-    lua_getfield(L, 2, libs[k].name);
-    lua_setfield(L, -2, libs[k].name);
+    lua_getfield(L, 1, libs[k]);
+    lua_setfield(L, -2, libs[k]);
   }
-  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 1);
   lua_setfield(L, -2, LUA_GNAME);
-  lua_pop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   /*
    * The runtime's own globals: the sandbox's functions, with library
    * tables of its own, where vat code cannot reach them. A runtime module
    * that loads on first use, after vat code ran, sees what it would have
    * seen at boot whatever that code did to its own globals; string is the
-   * private copy behind string methods.
+   * private library behind string methods.
    */
-  lua_newtable(L);
-  lua_pushnil(L);
-  while (lua_next(L, 2) != 0) {
-    lua_pushvalue(L, -2);
-    lua_insert(L, -2);
-    lua_rawset(L, -4);
-  }
-  for (size_t k = 0; k < sizeof libs / sizeof libs[0]; k++) {
-    if (libs[k].open == luaopen_string) {
-      lua_pushliteral(L, "");
-      lua_getmetatable(L, -1);
-      lua_getfield(L, -1, "__index");
-      lua_setfield(L, -4, libs[k].name);
-      lua_pop(L, 2);
-    } else if (libs[k].open == luaopen_math) {
-      lua_getfield(L, 2, libs[k].name);
-      lua_createtable(L, 0, 16);
-      for (const char *const *n = runtime_math; *n != NULL; n++) {
-        lua_getfield(L, -2, *n);
-        lua_setfield(L, -2, *n);
-      }
-      lua_setfield(L, -3, libs[k].name);
-      lua_pop(L, 1);
-    } else {
-      lua_getfield(L, 2, libs[k].name);
-      copy_lib(L, -1, NULL, NULL);
-      lua_setfield(L, -3, libs[k].name);
-      lua_pop(L, 1);
-    }
-  }
+  lua_pushvalue(L, 2);
+  push_math(L, runtime_math_lib);
+  push_globals(L);
   lua_pushboolean(L, 1);
   lua_pushcclosure(L, vat_require, 1);
   lua_setfield(L, -2, "require");
@@ -2165,8 +2265,9 @@ static int vat_setup(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_METER_MSG);
   lua_pushliteral(L, "vat exceeded its memory budget");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_MEMORY_MSG);
+  lua_pushvalue(L, 1);
   lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  lua_pop(L, 1);
+  lua_settop(L, 0);
   return 0;
 }
 
@@ -2225,15 +2326,15 @@ int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
   }
   v->L = L;
   lua_atpanic(L, vat_panic);
+  /* Everything the sandbox makes stays alive: collecting while it is built
+   * would be wasted work. */
+  lua_gc(L, LUA_GCSTOP);
   lua_pushcfunction(L, vat_setup);
   if (lua_pcall(L, 0, 0, 0) != LUA_OK || v->meter.fatal) {
     ocap_vat_free(v);
     return OCAP_ENOMEM;
   }
-  /* The library tables vat_setup copied from are garbage now: collecting
-   * them while the heap is this small costs next to nothing, whereas a
-   * generational collector would keep them once they are old. */
-  lua_gc(L, LUA_GCCOLLECT, 0);
+  lua_gc(L, LUA_GCRESTART);
   /* Every thread created from now on copies this hook from its creator. */
   if (v->hooked)
     lua_sethook(L, vat_hook, LUA_MASKCOUNT, OCAP_VAT_GRANULE);
