@@ -1265,23 +1265,23 @@ static lua_State *new_worker(lua_State *L, pstate_t *st, int k) {
 
 /*
  * [-n, +1, e] Takes a worker of pool k, or makes one, and resumes it with
- * key and the n values on top of the stack, which must be all of it
- * (they move to the worker); leaves the worker at index 1, which holds it
+ * key and the n values above index base, all of the stack's top (they
+ * move to the worker); leaves the worker at base + 1, which holds it
  * while it runs, and returns it, with the resume's status and results.
  */
-static lua_State *run_task(lua_State *L, pstate_t *st, int k, const char *key, int *status,
-                           int *nres) {
-  int n = lua_gettop(L);
+static lua_State *run_task(lua_State *L, pstate_t *st, int k, const char *key, int base,
+                           int *status, int *nres) {
+  int n = lua_gettop(L) - base;
   lua_State *co = pool_take(st, k);
   if (co == NULL) {
     co = new_worker(L, st, k);
-    lua_insert(L, 1);
+    lua_insert(L, base + 1);
   }
   if (!lua_checkstack(co, n + 2))
     luaL_error(L, "too many arguments to resume");
   lua_pushlightuserdata(co, (void *)key);
   lua_xmove(L, co, n);
-  if (lua_gettop(L) == 0) {
+  if (lua_gettop(L) == base) {
     /* Taken from the pool: its slot holds it only until a worker that
      * awaits clears it, which can happen while it runs. */
     lua_pushthread(co);
@@ -1293,12 +1293,14 @@ static lua_State *run_task(lua_State *L, pstate_t *st, int k, const char *key, i
 
 /*
  * [-0, +(2|3|4), e] The end of a resume of the task worker co of pool k,
- * at index 1, that returned status and nres results: returns false and
- * the promise of the task's result while it awaits, else true, ok and its
- * first result (or what it threw), pooling the worker; for xcall's (k =
- * 1), then also whether turns are queued (its busy).
+ * at index base + 1, the top, that returned status and nres results:
+ * pushes false and the promise of the task's result while it awaits, else
+ * true, ok and its first result (or what it threw), pooling the worker;
+ * for xcall's (k = 1), then also whether turns are queued (its busy).
+ * Returns how many it pushed.
  */
-static int task_resumed(lua_State *L, pstate_t *st, lua_State *co, int k, int status, int nres) {
+static int task_resumed(lua_State *L, pstate_t *st, lua_State *co, int k, int base, int status,
+                        int nres) {
   int done;
   if (status != LUA_OK && status != LUA_YIELD) {
     lua_xmove(co, L, 1);
@@ -1309,14 +1311,15 @@ static int task_resumed(lua_State *L, pstate_t *st, lua_State *co, int k, int st
     lua_pop(co, nres);
     pool_forget(L, st, k);
     new_promise(L, st);
-    tracked_set(L, 1, 2);
+    tracked_set(L, base + 1, base + 2);
     lua_pushboolean(L, 0);
-    lua_pushvalue(L, 2);
+    lua_pushvalue(L, base + 2);
+    lua_remove(L, base + 2);
     return 2;
   }
   lua_pushboolean(L, 1);
   take_outcome(L, co, done);
-  pool_push(L, st, k, co, 1);
+  pool_push(L, st, k, co, base + 1);
   if (!k)
     return 3;
   lua_pushboolean(L, st->count > 0);
@@ -1330,8 +1333,8 @@ static int promise_call(lua_State *L) {
   int status, nres;
   lua_State *co;
   luaL_checkstack(L, 8, NULL);
-  co = run_task(L, st, 0, &POOL_KEY, &status, &nres);
-  return task_resumed(L, st, co, 0, status, nres);
+  co = run_task(L, st, 0, &POOL_KEY, 0, &status, &nres);
+  return task_resumed(L, st, co, 0, 0, status, nres);
 }
 
 /* [-n, +(2|4), e] xcall(ended, a, b, fn, handler, ...) -> done,
@@ -1347,8 +1350,8 @@ static int promise_xcall(lua_State *L) {
   push_msgh(L, st, 5);
   lua_copy(L, 4, 5);
   lua_replace(L, 4);
-  co = run_task(L, st, 1, &CHECKED_KEY, &status, &nres);
-  return task_resumed(L, st, co, 1, status, nres);
+  co = run_task(L, st, 1, &CHECKED_KEY, 0, &status, &nres);
+  return task_resumed(L, st, co, 1, 0, status, nres);
 }
 
 /* [-n, +1, e] spawn(fn, ...) -> the promise of fn's first result. */
@@ -1450,7 +1453,7 @@ static int promise_settle_and_resume(lua_State *L) {
  */
 
 /* The further upvalues of dispatchCall. */
-enum { DC_EXPORTS = 3, DC_METHOD, DC_XCALL, DC_ENDED, DC_HANDLER, DC_RESOLVE, DC_SLOW, DC_AFTER };
+enum { DC_EXPORTS = 3, DC_METHOD, DC_MSGH, DC_ENDED, DC_HANDLER, DC_RESOLVE, DC_SLOW, DC_AFTER };
 
 /* And of dispatchSettle. */
 enum { DS_PENDING = 3, DS_TRACK };
@@ -1465,8 +1468,10 @@ enum { DS_PENDING = 3, DS_TRACK };
  * slow(targetVref, resultVpid, method, ...) as is.
  */
 static int dispatch_call(lua_State *L) {
-  int n = lua_gettop(L), target = n + 1, fn = n + 2, r = n + 3, i;
-  luaL_checkstack(L, n + 10, NULL);
+  int n = lua_gettop(L), target = n + 1, fn = n + 2, r, i, status, nres;
+  pstate_t *st = state_of(L);
+  lua_State *co;
+  luaL_checkstack(L, n + 12, NULL);
   if (n < 3)
     goto slow;
   lua_pushvalue(L, 1);
@@ -1480,16 +1485,25 @@ static int dispatch_call(lua_State *L) {
   lua_call(L, 2, 1);
   if (lua_type(L, fn) != LUA_TFUNCTION)
     goto slow;
-  lua_pushvalue(L, lua_upvalueindex(DC_XCALL));
+  /* xcall(ended, target, method, fn, handler, target, ...), inline: the
+   * worker gets (ended, target, method, msgh, fn, target, ...). */
   lua_pushvalue(L, lua_upvalueindex(DC_ENDED));
   lua_pushvalue(L, target);
   lua_pushvalue(L, 3);
+  if (lua_type(L, lua_upvalueindex(DC_MSGH)) == LUA_TNIL) {
+    push_msgh(L, st, lua_upvalueindex(DC_HANDLER));
+    lua_copy(L, -1, lua_upvalueindex(DC_MSGH));
+  } else {
+    lua_pushvalue(L, lua_upvalueindex(DC_MSGH));
+  }
   lua_pushvalue(L, fn);
-  lua_pushvalue(L, lua_upvalueindex(DC_HANDLER));
   lua_pushvalue(L, target);
   for (i = 4; i <= n; i++)
     lua_pushvalue(L, i);
-  lua_call(L, 6 + (n - 3), 4);
+  co = run_task(L, st, 1, &CHECKED_KEY, fn, &status, &nres);
+  if (task_resumed(L, st, co, 1, fn, status, nres) == 2)
+    lua_settop(L, fn + 5); /* false, promise, nil, nil, as xcall's four */
+  r = fn + 2;
   /* done, ok, value, busy at r to r + 3 */
   if (lua_toboolean(L, r) && lua_toboolean(L, r + 1) && !lua_toboolean(L, r + 3) &&
       lua_toboolean(L, 2)) {
@@ -1543,7 +1557,9 @@ static int dispatch_settle(lua_State *L) {
  * [-10, +2, e] dispatchers(exports, method, xcall, ended, handler,
  * resolveValue, slowCall, after, pending, track) -> dispatchCall,
  * dispatchSettle, as above: liveslots' delivery functions for a vat, over
- * its own tables and functions (xcall is this module's).
+ * its own tables and functions. xcall is this module's, which
+ * dispatchCall runs inline (not through a call of it), so it is only
+ * checked.
  */
 static int promise_dispatchers(lua_State *L) {
   static const int types[] = {LUA_TTABLE,    LUA_TFUNCTION, LUA_TFUNCTION, LUA_TFUNCTION,
@@ -1555,7 +1571,10 @@ static int promise_dispatchers(lua_State *L) {
   lua_settop(L, 10);
   lua_pushvalue(L, STATE);
   lua_pushvalue(L, PROMISE_MT);
-  for (i = 1; i <= 8; i++)
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushnil(L); /* the message handler, made on first use (push_msgh) */
+  for (i = 4; i <= 8; i++)
     lua_pushvalue(L, i);
   lua_pushcclosure(L, dispatch_call, DC_AFTER);
   lua_pushvalue(L, STATE);

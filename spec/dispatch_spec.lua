@@ -1,0 +1,68 @@
+-- A delivered method runs as a task in a pooled worker (dispatchCall in
+-- core/lpromise.c runs promise.xcall inline): every way a task ends must
+-- come back as the method's result, rejection, log or kill, and leave the
+-- worker fit for the next delivery.
+local testing = require 'ocap.testing'
+local support = require 'support'
+local rejection = support.rejection
+
+local TASKS = 'spec/vats/tasks.lua'
+
+describe('a delivered method run as a task', function()
+  local kernel, root
+
+  local function call(method, ...)
+    return kernel:queueMessage(root, method, { ... })
+  end
+
+  local function entries(level, pattern)
+    local out = {}
+    for _, e in ipairs(kernel:logs()) do
+      if e.level == level and tostring(e.message):find(pattern) then out[#out + 1] = e end
+    end
+    return out
+  end
+
+  before_each(function()
+    kernel = testing.makeKernel()
+    root = kernel:launchSubcluster({ bootstrap = 'tasks', vats = {
+      tasks = { sourceSpec = TASKS, creationOptions = { meter = { instructions = 2e6 } } },
+    } }):await().rootKref
+  end)
+
+  after_each(function()
+    kernel:stop()
+  end)
+
+  it('reports a method that raises, and runs the next one in the same worker', function()
+    local worker = call('worker'):await()
+    local err = rejection(call('boom', 'no'))
+    assert.equal('no', err.message)
+    local warned = entries('warn', '"boom" failed')
+    assert.equal(1, #warned)
+    assert.matches('"boom" failed: spec/vats/tasks.lua:%d+: no$', warned[1].message)
+    local traced = entries('debug', '^method failed$')
+    assert.equal(1, #traced)
+    assert.matches('stack traceback:', tostring(traced[1].data[1].traceback), 1, true)
+    assert.equal(worker, call('worker'):await())
+  end)
+
+  it('settles the result of a method that awaits, and pools its worker after', function()
+    local worker = call('worker'):await()
+    assert.equal(5, call('later', 4):await())
+    assert.equal(worker, call('laterWorker'):await())
+    local err = rejection(call('laterBoom', 'late'))
+    assert.equal('late', err.message)
+    assert.equal(1, #entries('warn', '"laterBoom" failed: late$'))
+    assert.equal(worker, call('worker'):await())
+    assert.equal(7, call('later', 6):await())
+  end)
+
+  it('ends the vat whose method runs away, on its meter', function()
+    assert.equal(5, call('later', 4):await())
+    rejection(call('loop'))
+    local killed = entries('error', 'killed')
+    assert.equal(1, #killed)
+    assert.matches('%[VAT_FATAL:METER_EXHAUSTED%] instruction meter exhausted$', killed[1].message)
+  end)
+end)
