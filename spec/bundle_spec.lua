@@ -85,6 +85,26 @@ describe('bundling', function()
     end)())
   end)
 
+  it('names the main module by its file name, and finds its modules next to it', function()
+    local dir = testing.tempDir()
+    os.execute(("mkdir -p '%s/d.lua/.x'"):format(dir))
+    local MAIN = "local h = require 'helper'\n" .. VAT
+    -- path -> the main module's name
+    local cases = {
+      ['d.lua/v.lua'] = 'v', ['d.lua/v.x.lua'] = 'v.x', ['d.lua/.x/w.lua.lua'] = 'w.lua',
+      ['d.lua/vat'] = false, ['d.lua/.lua'] = false, ['d.lua/.x/a.luax'] = false,
+    }
+    for path, main in pairs(cases) do
+      local full = dir .. '/' .. path
+      write(full, MAIN)
+      write(full:match('^(.*)/') .. '/helper.lua', 'return {}')
+      local b = assert(bundle.build(full))
+      assert.equal(main or full, b.main, path)
+      assert.equal(MAIN, b.modules[b.main], path)
+      assert.equal('return {}', b.modules.helper, path)
+    end
+  end)
+
   it('makes `ocap bundle` fail with the module named', function()
     local dir = testing.tempDir()
     write(dir .. '/ocap.vatboot.lua', VAT)

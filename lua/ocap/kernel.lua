@@ -736,7 +736,7 @@ function Kernel:_loadBundle(name, vc, clusterConfig, where)
     -- The vat's own modules next to it come along. The build is lenient:
     -- a syntax error, or a module that is not there, is reported by the
     -- vat when it starts or requires it, with the vat's name.
-    local ok, b = pcall(require('ocap.bundle').build, path, { lenient = true })
+    local ok, b = pcall(require('ocap.bundle').build, path, { lenient = true, source = src })
     local modules = ok and b and b.modules or {}
     if ok and b then modules[b.main] = nil end
     modules[vc.sourceSpec] = src
