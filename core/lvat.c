@@ -394,6 +394,12 @@ static int vat_boot_tramp(lua_State *V) {
   const boot_args_t *a = lua_touserdata(V, 1);
   lvat_t *rec = a->rec;
   lua_settop(V, 0);
+  /* k_create_vat collects in full right after the boot: the incremental
+   * steps the boot's allocations would pay for (28,000 instructions a
+   * vat) mark and sweep what that collection goes over again. A refused
+   * allocation still collects (Lua's emergency collection ignores a
+   * stop). */
+  lua_gc(V, LUA_GCSTOP);
   ocap_open_json(V);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "cjson");
   luaopen_ocap_smallcaps(V);
@@ -436,6 +442,7 @@ static int vat_boot_tramp(lua_State *V) {
   lua_pushnil(V);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap.vatboot");
   rec->dispatch_ref = luaL_ref(V, LUA_REGISTRYINDEX);
+  lua_gc(V, LUA_GCRESTART);
   return 0;
 }
 
