@@ -679,7 +679,7 @@ function M.make(opts)
 
   --- Runs method(args) on the local object target.
   local function invokeLocal(target, resultVpid, method, args)
-    local fn = method ~= 'bootstrap' and findMethod(target, method)
+    local fn = findMethod(target, method)
     if fn then
       -- One protected call, in the coroutine that runs the method.
       return methodRan(resultVpid, xcall(methodEnded, target, method, fn, methodHandler, target,
@@ -687,7 +687,7 @@ function M.make(opts)
     end
     -- bootstrap, which a root may lack (it then has nothing to do at
     -- launch), and a missing method's error.
-    if method == 'bootstrap' and exports['o+0'] == target and not findMethod(target, method) then
+    if method == 'bootstrap' and exports['o+0'] == target then
       return methodRan(resultVpid, true, true, nil)
     end
     return methodRan(resultVpid, call(callMethod, target, method, args))
