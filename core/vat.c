@@ -1983,7 +1983,13 @@ static luaL_Reg base_lib[] = {
     {NULL, NULL},
 };
 
-/* And the pattern functions, ocap_match_funcs (push_string). */
+/*
+ * And the pattern functions, ocap_match_funcs: lmatch.c's, which count
+ * their steps and, as light C functions with no meter of their own, charge
+ * them to the vat, one instruction a step, so that a match that backtracks
+ * exponentially simply runs out of budget. A step costs about as much time
+ * as an instruction (docs/security.md has the figures).
+ */
 static luaL_Reg string_lib[] = {
     {"byte", vat_string_byte},
     {"char", vat_string_char},
@@ -2014,7 +2020,7 @@ static const luaL_Reg table_lib[] = {
     {"unpack", vat_table_unpack}, {NULL, NULL},
 };
 
-/* And its four constants (push_math). */
+/* And its four constants (set_math_constants). */
 static luaL_Reg math_lib[] = {
     {"abs", NULL},
     {"acos", NULL},
@@ -2061,7 +2067,7 @@ static luaL_Reg runtime_math_lib[] = {
     {NULL, NULL},
 };
 
-/* And utf8.charpattern (push_utf8). */
+/* And utf8.charpattern (vat_setup). */
 static const luaL_Reg utf8_lib[] = {
     {"char", vat_utf8_char}, {"codepoint", vat_utf8_codepoint}, {"codes", vat_utf8_codes},
     {"len", vat_utf8_len},   {"offset", vat_utf8_offset},       {NULL, NULL},
@@ -2125,74 +2131,83 @@ static int read_libraries(lua_State *L) {
   return 1;
 }
 
-/* [-0, +1, e] Pushes a table with lib's entries that this Lua has, with
- * room for extra more. */
-static void push_lib(lua_State *L, const luaL_Reg *lib, int extra) {
-  int n = extra;
+/* The number of lib's entries this Lua has. */
+static int lib_size(const luaL_Reg *lib) {
+  int n = 0;
   for (const luaL_Reg *r = lib; r->name != NULL; r++)
     n += r->func != NULL;
-  lua_createtable(L, 0, n);
+  return n;
+}
+
+/*
+ * [-0, +1, e] Pushes name as a Lua string. Every name set-up uses is new
+ * to the state, or met once more: lua_pushstring's (and lua_setfield's)
+ * cache of C pointers then only adds its compares, which cost set-up
+ * about as much as interning the names did.
+ */
+static void push_name(lua_State *L, const char *name) {
+  lua_pushlstring(L, name, strlen(name));
+}
+
+/* [-0, +0, e] Sets lib's entries this Lua has into the table at t. */
+static void set_lib(lua_State *L, int t, const luaL_Reg *lib) {
   for (const luaL_Reg *r = lib; r->name != NULL; r++) {
     if (r->func != NULL) {
+      push_name(L, r->name);
       lua_pushcfunction(L, r->func);
-      lua_setfield(L, -2, r->name);
+      lua_rawset(L, t);
     }
   }
 }
 
 /*
- * [-0, +1, e] Pushes a string library. Its pattern functions are
- * lmatch.c's, which count their steps and, as light C functions with no
- * meter of their own, charge them to the vat, one instruction a step: a
- * match that backtracks exponentially simply runs out of budget. A step
- * costs about as much time as an instruction (docs/security.md has the
- * figures).
+ * [-0, +0, e] Sets lib's entries this Lua has into the tables at a and b
+ * (the vat's and the runtime's), each name interned once for both.
  */
-static void push_string(lua_State *L) {
-  push_lib(L, string_lib, 4);
-  luaL_setfuncs(L, ocap_match_funcs, 0);
+static void set_lib_twins(lua_State *L, int a, int b, const luaL_Reg *lib) {
+  for (const luaL_Reg *r = lib; r->name != NULL; r++) {
+    if (r->func != NULL) {
+      push_name(L, r->name);
+      lua_pushvalue(L, -1);
+      lua_pushcfunction(L, r->func);
+      lua_rawset(L, b);
+      lua_pushcfunction(L, r->func);
+      lua_rawset(L, a);
+    }
+  }
 }
 
-/* [-0, +1, e] Pushes a math library from lib, with the constants lmathlib.c
- * sets. */
-static void push_math(lua_State *L, const luaL_Reg *lib) {
-  push_lib(L, lib, 4);
+/* [-1, +0, e] Sets field name of the tables at a and b to the value on top. */
+static void set_twins(lua_State *L, int a, int b, const char *name) {
+  push_name(L, name);
+  lua_pushvalue(L, -1);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, b);
+  lua_rotate(L, -2, 1);
+  lua_rawset(L, a);
+}
+
+/* [-0, +0, e] Sets the constants lmathlib.c sets into the math table at t. */
+static void set_math_constants(lua_State *L, int t) {
+  push_name(L, "pi");
   lua_pushnumber(L, (lua_Number)3.141592653589793238462643383279502884);
-  lua_setfield(L, -2, "pi");
+  lua_rawset(L, t);
+  push_name(L, "huge");
   lua_pushnumber(L, (lua_Number)HUGE_VAL);
-  lua_setfield(L, -2, "huge");
+  lua_rawset(L, t);
+  push_name(L, "maxinteger");
   lua_pushinteger(L, LUA_MAXINTEGER);
-  lua_setfield(L, -2, "maxinteger");
+  lua_rawset(L, t);
+  push_name(L, "mininteger");
   lua_pushinteger(L, LUA_MININTEGER);
-  lua_setfield(L, -2, "mininteger");
+  lua_rawset(L, t);
 }
 
-/* [-0, +1, e] Pushes a utf8 library, with lutf8lib.c's charpattern. */
-static void push_utf8(lua_State *L) {
-  push_lib(L, utf8_lib, 1);
-  static const char pattern[] = "[\0-\x7F\xC2-\xFD][\x80-\xBF]*";
-  lua_pushlstring(L, pattern, sizeof pattern - 1);
-  lua_setfield(L, -2, "charpattern");
-}
-
-/*
- * [-0, +1, e] Pushes a table of globals: the base functions, _VERSION and
- * the five libraries, of which string and math are the ones on top (the
- * string library, then the math one), popped.
- */
-static void push_globals(lua_State *L) {
-  push_lib(L, base_lib, 6);
-  lua_insert(L, -3);
-  lua_setfield(L, -3, LUA_MATHLIBNAME);
-  lua_setfield(L, -2, LUA_STRLIBNAME);
-  lua_pushliteral(L, LUA_VERSION);
-  lua_setfield(L, -2, "_VERSION");
-  push_lib(L, table_lib, 0);
-  lua_setfield(L, -2, LUA_TABLIBNAME);
-  push_utf8(L);
-  lua_setfield(L, -2, LUA_UTF8LIBNAME);
-  push_lib(L, coroutine_lib, 0);
-  lua_setfield(L, -2, LUA_COLIBNAME);
+/* [-0, +2, e] Pushes two tables with room for lib's entries and extra more. */
+static void push_twins(lua_State *L, const luaL_Reg *lib, int extra) {
+  int n = lib_size(lib) + extra;
+  lua_createtable(L, 0, n);
+  lua_createtable(L, 0, n);
 }
 
 /*
@@ -2200,64 +2215,91 @@ static void push_globals(lua_State *L) {
  * running out of memory here fails ocap_vat_new instead of panicking. The
  * package library is never made. The initial globals table, replaced by
  * the vat's, is the only garbage it leaves.
+ *
+ * Each table vat code sees has a twin of the same size in the runtime's own
+ * globals (KEY_RUNTIME_ENV), where vat code cannot reach it: a runtime
+ * module that loads on first use, after vat code ran, sees what it would
+ * have seen at boot whatever that code did to its own globals. The
+ * runtime's string library is also the private one behind string methods:
+ * changing the global `string` table changes `string.upper` but never
+ * ('x'):upper(), which trusted runtime code relies on. The metered
+ * functions hold no state, so the twins share them. The runtime's math
+ * holds only what runtime modules use (runtime_math_lib).
  */
 static int vat_setup(lua_State *L) {
-  static const char *const libs[] = {
-      LUA_STRLIBNAME, LUA_TABLIBNAME, LUA_MATHLIBNAME, LUA_UTF8LIBNAME, LUA_COLIBNAME,
+  /* Stack slots: each table vat code sees, then its twin. */
+  enum { G = 1, RG, S, RS, T, RT, M, RM, U, RU, C, RC, LOADED, REG_LOADED, NSLOTS = REG_LOADED };
+  static const struct {
+    const char *name;
+    int slot;
+  } libs[] = {
+      {LUA_STRLIBNAME, S},  {LUA_TABLIBNAME, T}, {LUA_MATHLIBNAME, M},
+      {LUA_UTF8LIBNAME, U}, {LUA_COLIBNAME, C},
   };
+  static const char pattern[] = "[\0-\x7F\xC2-\xFD][\x80-\xBF]*"; /* lutf8lib.c's */
+  const int nlibs = (int)(sizeof libs / sizeof libs[0]);
   if (!have_originals())
     return luaL_error(L, "not enough memory");
-  push_string(L);
-  push_math(L, math_lib);
-  push_globals(L); /* 1: the vat's globals */
+  luaL_checkstack(L, NSLOTS + 4, NULL);
+  push_twins(L, base_lib, 1 + nlibs);
+  set_lib_twins(L, G, RG, base_lib);
+  lua_pushliteral(L, LUA_VERSION);
+  set_twins(L, G, RG, "_VERSION");
+  push_twins(L, string_lib, lib_size(ocap_match_funcs));
+  set_lib_twins(L, S, RS, string_lib);
+  set_lib_twins(L, S, RS, ocap_match_funcs);
+  push_twins(L, table_lib, 0);
+  set_lib_twins(L, T, RT, table_lib);
+  lua_createtable(L, 0, lib_size(math_lib) + 4);
+  set_lib(L, M, math_lib);
+  set_math_constants(L, M);
+  lua_createtable(L, 0, lib_size(runtime_math_lib) + 4);
+  set_lib(L, RM, runtime_math_lib);
+  set_math_constants(L, RM);
+  push_twins(L, utf8_lib, 1);
+  set_lib_twins(L, U, RU, utf8_lib);
+  lua_pushlstring(L, pattern, sizeof pattern - 1);
+  set_twins(L, U, RU, "charpattern");
+  push_twins(L, coroutine_lib, 0);
+  set_lib_twins(L, C, RC, coroutine_lib);
   /*
-   * String methods come from a second string library that nothing in the
-   * vat can reach: changing the global `string` table changes
-   * `string.upper` but never ('x'):upper(), which trusted runtime code
-   * relies on. The metered functions hold no state, so the two share them.
+   * The vat's loaded modules, and the registry's _LOADED table, where only
+   * C code can see it: Lua reads it to name functions in tracebacks
+   * ('string.rep', 'select').
    */
+  lua_createtable(L, 0, nlibs);
+  lua_createtable(L, 0, nlibs + 1);
+  for (int k = 0; k < nlibs; k++) {
+    push_name(L, libs[k].name);
+    lua_pushvalue(L, -1);
+    lua_pushvalue(L, libs[k].slot + 1);
+    lua_rawset(L, RG);
+    lua_pushvalue(L, -1);
+    lua_pushvalue(L, libs[k].slot);
+    lua_rawset(L, G);
+    lua_pushvalue(L, -1);
+    lua_pushvalue(L, libs[k].slot);
+    lua_rawset(L, LOADED);
+    lua_pushvalue(L, libs[k].slot);
+    lua_rawset(L, REG_LOADED);
+  }
+  lua_pushvalue(L, G);
+  lua_setfield(L, REG_LOADED, LUA_GNAME);
+  lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_LOADED);
   lua_pushliteral(L, "");
-  push_lib(L, string_mt_lib, 2);
-  push_string(L); /* 4: the private string library */
-  lua_pushvalue(L, -1);
-  lua_setfield(L, -3, "__index");
+  lua_createtable(L, 0, lib_size(string_mt_lib) + 2);
+  set_lib(L, lua_gettop(L), string_mt_lib);
+  lua_pushvalue(L, RS);
+  lua_setfield(L, -2, "__index");
   lua_pushliteral(L, STRING_MT_LOCK);
-  lua_setfield(L, -3, "__metatable");
-  lua_insert(L, 2);
+  lua_setfield(L, -2, "__metatable");
   lua_setmetatable(L, -2);
   lua_pop(L, 1);
-  /* The vat's loaded modules. */
-  lua_newtable(L);
-  for (size_t k = 0; k < sizeof libs / sizeof libs[0]; k++) {
-    lua_getfield(L, 1, libs[k]);
-    lua_setfield(L, -2, libs[k]);
-  }
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_LOADED);
-  /*
-   * The registry's _LOADED table, where only C code can see it: Lua reads
-   * it to name functions in tracebacks ('string.rep', 'select').
-   */
-  lua_createtable(L, 0, 6);
-  for (size_t k = 0; k < sizeof libs / sizeof libs[0]; k++) {
-    lua_getfield(L, 1, libs[k]);
-    lua_setfield(L, -2, libs[k]);
-  }
-  lua_pushvalue(L, 1);
-  lua_setfield(L, -2, LUA_GNAME);
-  lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  /*
-   * The runtime's own globals: the sandbox's functions, with library
-   * tables of its own, where vat code cannot reach them. A runtime module
-   * that loads on first use, after vat code ran, sees what it would have
-   * seen at boot whatever that code did to its own globals; string is the
-   * private library behind string methods.
-   */
-  lua_pushvalue(L, 2);
-  push_math(L, runtime_math_lib);
-  push_globals(L);
   lua_pushboolean(L, 1);
   lua_pushcclosure(L, vat_require, 1);
-  lua_setfield(L, -2, "require");
+  lua_setfield(L, RG, "require");
+  lua_pushvalue(L, RG);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_RUNTIME_ENV);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
@@ -2265,7 +2307,7 @@ static int vat_setup(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_METER_MSG);
   lua_pushliteral(L, "vat exceeded its memory budget");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY_MEMORY_MSG);
-  lua_pushvalue(L, 1);
+  lua_pushvalue(L, G);
   lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   lua_settop(L, 0);
   return 0;
