@@ -48,6 +48,69 @@ static int r_lazy(lua_State *L) {
   return 1;
 }
 
+/* ---- tables that fill themselves ---- */
+
+/* [-2, +(1|2), e] next(t, k), as the sandbox's next does, for a filled
+ * table's __pairs: the vat's global next is the vat's to replace. */
+static int raw_next(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2);
+  if (lua_next(L, 1))
+    return 2;
+  lua_pushnil(L);
+  return 1;
+}
+
+/*
+ * __index(t, k) and __pairs(t) of a table that fills itself  [-(1|2),
+ * +(1|3), e]: fills t with require(module)[name](context, t) (the
+ * trampoline's upvalues) and drops its metatable, then answers rawget(t,
+ * k), or next, t, nil. Until then t is an empty table whose protected
+ * metatable hides this function; from then on it is the plain table that
+ * call made of it. A fill that raises leaves t to fill at the next touch.
+ */
+static int filling(lua_State *L) {
+  int pairs = lua_gettop(L) == 1;
+  lua_settop(L, 2);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushvalue(L, lua_upvalueindex(T_REQUIRE));
+  lua_pushvalue(L, lua_upvalueindex(T_MODULE));
+  lua_call(L, 1, 1);
+  lua_pushvalue(L, lua_upvalueindex(T_NAME));
+  lua_gettable(L, -2);
+  lua_pushvalue(L, lua_upvalueindex(T_CONTEXT));
+  lua_pushvalue(L, 1);
+  lua_call(L, 2, 0);
+  lua_settop(L, 2);
+  lua_pushnil(L);
+  lua_setmetatable(L, 1);
+  if (pairs) {
+    lua_pushcfunction(L, raw_next);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+  }
+  lua_rawget(L, 1);
+  return 1;
+}
+
+/* [-4, +1, e] Pops require, module, name and context and pushes an empty
+ * table that fills itself with require(module)[name](context, t) on its
+ * first read or pairs (see filling). */
+static void push_filling(lua_State *L) {
+  lua_pushcclosure(L, filling, 4);
+  lua_newtable(L);
+  lua_createtable(L, 0, 3);
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -2, "__index");
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -2, "__pairs");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);
+  lua_remove(L, -2);
+}
+
 /* ---- the ocap table's fields on first touch ---- */
 
 /*
@@ -206,6 +269,30 @@ static void push_rare(lua_State *L, const char *name) {
   lua_pushcclosure(L, trampoline, 4);
 }
 
+/*
+ * __index of vatPowers  [-2, +1, e]; upvalues require and the vat's
+ * context. Its logger, made on first touch and kept, fills itself on its
+ * own first use (ocap.vatboot.rare's fillLogger, with the logger module):
+ * a vat that takes its logger at start and seldom logs loads neither
+ * until it does. nil for any other key.
+ */
+static int powers_index(lua_State *L) {
+  const char *k = lua_tostring(L, 2);
+  if (lua_type(L, 2) != LUA_TSTRING || strcmp(k, "logger") != 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushliteral(L, RARE);
+  lua_pushliteral(L, "fillLogger");
+  lua_pushvalue(L, lua_upvalueindex(2));
+  push_filling(L);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, 1);
+  return 1;
+}
+
 /* [-0, +1, e] Pushes require(module)[name]. */
 static void push_runtime_fn(lua_State *L, const char *module, const char *name) {
   lua_pushvalue(L, lua_upvalueindex(S_REQUIRE));
@@ -302,7 +389,9 @@ static int start_vat(lua_State *L) {
   push_rare(L, "exitVatWithFailure");
   lua_setfield(L, POWERS, "exitVatWithFailure");
   lua_createtable(L, 0, 1);
-  push_rare(L, "powers");
+  lua_pushvalue(L, lua_upvalueindex(S_REQUIRE));
+  lua_pushvalue(L, lua_upvalueindex(S_CTX));
+  lua_pushcclosure(L, powers_index, 2);
   lua_setfield(L, -2, "__index");
   lua_setmetatable(L, POWERS);
   push_ls(L, "baggage");

@@ -109,6 +109,27 @@ describe('an idle vat', function()
     assert.same({ 'log ', 'warn sub' }, got)
   end)
 
+  it('fills in a logger taken at start on its first use, out of vat code\'s reach', function()
+    local function launch()
+      return kernel:launchSubcluster({ bootstrap = 'h', vats = { h = { sourceSpec = 'spec/vats/logger_holder.lua' } } })
+        :await().rootKref
+    end
+    local root = launch()
+    -- Before: an empty table whose metatable vat code can neither read
+    -- nor replace, and which rawset cannot write.
+    assert.same({ 'boolean', true, false, false, true, true }, kernel:queueMessage(root, 'before', {}):await())
+    local got = kernel:queueMessage(root, 'use', { 'hello' }):await()
+    assert.same({ true, 'function', true, false }, { got[1], got[2], got[3], got[4] })
+    assert.matches('use logger:log(...), not logger.log(...)', got[5], 1, true)
+    local seen = {}
+    for _, e in ipairs(kernel.logs()) do
+      if e.message == 'hello' then seen[#seen + 1] = e.level .. ' ' .. table.concat(e.tags, ',') end
+    end
+    assert.same({ 'log ', 'warn sub' }, seen)
+    assert.same({ 'debug:function', 'error:function', 'log:function', 'subLogger:function', 'warn:function' },
+      kernel:queueMessage(launch(), 'keys', {}):await())
+  end)
+
   it('loads the runtime it needs, not what a replaced global require gives', function()
     local root = launchIdle()
     assert.same({ true, 'function', 0 }, kernel:queueMessage(root, 'hijackRequire', { 'guards' }):await())

@@ -27,7 +27,7 @@ describe('the runtime C functions under attack', function()
   it('gives vat code runtime modules it cannot change', function()
     local r = kernel:queueMessage(root, 'interceptRuntime', {}):await()
     assert.equal(0, r[1]) -- nothing privileged reached the vat's function
-    assert.equal(22, r[2]) -- 11 fields, each refused to assignment and to rawset
+    assert.equal(24, r[2]) -- 12 fields, each refused to assignment and to rawset
     assert.matches("cannot modify runtime module 'ocap.", r[3], 1, true)
     assert.is_true(r[4]) -- pairs still lists a module's functions
   end)

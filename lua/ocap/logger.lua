@@ -11,8 +11,9 @@ local LEVELS = { 'debug', 'log', 'warn', 'error' }
 ---@param emit fun(entry: table)
 ---@param tags string[]|nil
 ---@param vatId string|nil
-function M.make(emit, tags, vatId)
-  local logger = {}
+---@param into table|nil the table to make the logger of (a new one by default)
+function M.make(emit, tags, vatId, into)
+  local logger = into or {}
   tags = tags or {}
   for _, level in ipairs(LEVELS) do
     logger[level] = function(self, ...)

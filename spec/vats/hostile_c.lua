@@ -70,7 +70,7 @@ function M.buildRootObject()
         end
       end
       local targets = {
-        ['ocap.vatboot.rare'] = { 'log', 'unhandled', 'explain' },
+        ['ocap.vatboot.rare'] = { 'log', 'unhandled', 'explain', 'fillLogger' },
         ['ocap.vatboot.endow'] = { 'make' },
         ['ocap.liveslots.gc'] = { 'make' },
         ['ocap.liveslots.rare'] = { 'make' },

@@ -1,16 +1,17 @@
 --- What a vat's boot hands out but a vat seldom runs: the runtime's log
 --- (a method that failed, an unhandled rejection), the advice added to an
---- error about an absent endowment, vatPowers' exitVat,
---- exitVatWithFailure and logger. ocap.vatboot hands out C trampolines
---- (core/lruntime.c) that load this module on their first call and call
---- its functions with the vat's context { syscall, vatId, env, ls }, so
---- an idle vat keeps none of this code.
+--- error about an absent endowment, vatPowers' exitVat and
+--- exitVatWithFailure, and the logger behind vatPowers.logger.
+--- ocap.vatboot hands out C trampolines (core/lruntime.c) that load this
+--- module on their first call and call its functions with the vat's
+--- context { syscall, vatId, env, ls }, so an idle vat keeps none of this
+--- code.
 local marshal = require 'ocap.marshal'
 local liveslots = require 'ocap.liveslots'
 
 local M = {}
 
-local require, rawset, pairs, type, pcall, tostring = require, rawset, pairs, type, pcall, tostring
+local require, pairs, type, pcall, tostring = require, pairs, type, pcall, tostring
 
 local function plainData(v, seen)
   -- Log data may hold anything; make it passable by stringifying the rest.
@@ -68,12 +69,10 @@ function M.exitVatWithFailure(ctx, reason)
   ctx.syscall.exit(true, cd.body)
 end
 
---- vatPowers' __index: the logger, made on first use and kept.
-function M.powers(ctx, powers, k)
-  if k ~= 'logger' then return nil end
-  local l = M.makeLogger(ctx)
-  rawset(powers, 'logger', l)
-  return l
+--- Makes vatPowers.logger, the table t, a logger like makeLogger's
+--- (core/lruntime.c hands t out empty, and calls this on its first use).
+function M.fillLogger(ctx, t)
+  require('ocap.logger').make(function(entry) emit(ctx, entry) end, {}, ctx.vatId, t)
 end
 
 return M
