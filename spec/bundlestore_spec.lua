@@ -249,6 +249,26 @@ describe('bundles stored by hash', function()
     assert.equal(hashes[1], hashes[3])
   end)
 
+  it('stores a vat whose main module is named like the count of bundles remembered', function()
+    -- A kernel remembers the last few bundles by their main module: a
+    -- module named `n` (a vat file n.lua) is a name like any other.
+    local dir = testing.tempDir()
+    local src = assert(io.open(COUNTER, 'rb')):read('a')
+    local f = assert(io.open(dir .. '/n.bundle', 'wb'))
+    f:write(require('ocap.bundle').encode({ format = 'ocap-bundle-1', main = 'n', modules = { n = src } }))
+    f:close()
+    kernel = testing.makeKernel({ baseDir = dir })
+    local hashes = {}
+    for i = 1, 3 do
+      local r = kernel:launchSubcluster({ bootstrap = 'n', vats = { n = { bundleSpec = 'n.bundle' } } }):await()
+      assert.equal(1, kernel:queueMessage(r.rootKref, 'increment', {}):await())
+      hashes[i] = bundleOf(kernel, kernel:getSubcluster(r.subclusterId).vats.n)
+    end
+    assert.equal(hashes[1], hashes[2])
+    assert.equal(hashes[1], hashes[3])
+    assert.same({ [hashes[1]] = { main = 'n', refCount = 3 } }, bundles(kernel))
+  end)
+
   it('refuses to run a stored bundle whose bytes do not match its hash', function()
     local dir = testing.tempDir()
     kernel = testing.makeKernel({ database = dir })

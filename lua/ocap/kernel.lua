@@ -258,7 +258,8 @@ function M.make(options)
     afterCrank = {}, -- what host code in the running crank left for after it (Kernel:_afterCrank)
     bundleCache = setmetatable({}, { __mode = 'v' }), -- hash -> decoded bundle (Kernel:_bundle)
     bundleHashes = { n = 0 }, -- encoded bundle -> its hash, the last few (Kernel:_hashOf)
-    encodedBundles = { n = 0 }, -- main module -> a bundle, its encoding and hash, the last few (Kernel:_encodeBundle)
+    encodedBundles = {}, -- main module -> a bundle, its encoding and hash, the last few (Kernel:_encodeBundle)
+    nEncodedBundles = 0, -- apart from them: any string, `n` too, names a main module
     knownKrefs = {}, -- kref -> true once checked (Kernel:_krefOf)
     nKnownKrefs = 0,
     stopped = false,
@@ -664,11 +665,11 @@ function Kernel:_encodeBundle(bundle)
   local hash = self:_hashOf(raw)
   local copy, nFields, nModules = plainBundle(bundle)
   if copy and type(main) == 'string' then
-    if memo.n == ENCODED_BUNDLES then
-      memo = { n = 0 }
-      self.encodedBundles = memo
+    if self.nEncodedBundles == ENCODED_BUNDLES then
+      memo = {}
+      self.encodedBundles, self.nEncodedBundles = memo, 0
     end
-    if not memo[main] then memo.n = memo.n + 1 end
+    if not memo[main] then self.nEncodedBundles = self.nEncodedBundles + 1 end
     memo[main] = { copy = copy, nFields = nFields, nModules = nModules, raw = raw, hash = hash }
   end
   return raw, hash
