@@ -776,6 +776,9 @@ local BUDGET_KEYS = {
   'maxMessageBytes', 'maxMessageSlots', 'maxCrankBytes', 'maxQueuedBytes', 'maxLogBytes', 'maxTimers',
 }
 
+-- The parameters of a vat that has none, encoded.
+local NO_PARAMETERS = encode({})
+
 --- A vat's parameters as it gets them: the config's plain data, and the
 --- references of rec.parameterRefs as vrefs under the key '$ocap.refs',
 --- which vatboot turns into presences.
@@ -792,20 +795,25 @@ end
 --- Starts a vat's Lua state and runs startVat (for a new incarnation when
 --- upgrading). Returns true or nil, msg.
 function Kernel:_startVat(vatId, rec, bundle, upgrading)
-  local memory, instructions = limitsOf(rec.config)
-  local co = rec.config.creationOptions or {}
+  local vc = rec.config
   local options = {
     info = vatId .. ' ' .. rec.name,
     main = bundle.main,
     modules = bundle.modules,
-    parameters = encode(self:_parametersOf(vatId, rec)),
-    memory = memory and math.tointeger(memory),
-    globals = table.concat(rec.config.globals or {}, ' '),
-    instructions = instructions and math.tointeger(instructions),
-    meterMode = co.meter and co.meter.mode,
+    -- Most vats have no parameters: theirs are encoded once.
+    parameters = (vc.parameters == nil and not rec.parameterRefs) and NO_PARAMETERS
+      or encode(self:_parametersOf(vatId, rec)),
+    globals = vc.globals and table.concat(vc.globals, ' ') or '',
     upgrade = upgrading or nil,
   }
-  for _, k in ipairs(BUDGET_KEYS) do options[k] = co[k] and math.tointeger(co[k]) end
+  local co = vc.creationOptions
+  if co then
+    local memory, instructions = limitsOf(vc)
+    options.memory = memory and math.tointeger(memory)
+    options.instructions = instructions and math.tointeger(instructions)
+    options.meterMode = co.meter and co.meter.mode
+    for _, k in ipairs(BUDGET_KEYS) do options[k] = co[k] and math.tointeger(co[k]) end
+  end
   local ok, res, err = pcall(self.K.createVat, self.K, vatId, options)
   if not ok then return nil, res end
   return res, err
