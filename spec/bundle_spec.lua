@@ -216,6 +216,25 @@ describe('launching', function()
     assert.equal(0, #kernel:getStatus().vats)
   end)
 
+  it('bundles a vat that requires only the runtime alone, whatever is next to it', function()
+    local dir = testing.tempDir()
+    write(dir .. '/v.lua', "local json = require 'cjson'\nlocal p = require('ocap.pass')\n" .. VAT)
+    write(dir .. '/cjson.lua', EVIL)
+    os.execute(("mkdir -p '%s/ocap'"):format(dir))
+    write(dir .. '/ocap/pass.lua', EVIL)
+    write(dir .. '/ocap.lua', EVIL)
+    kernel = testing.makeKernel({ baseDir = dir })
+    -- Twice: the second launch reads the same text.
+    for _ = 1, 2 do
+      local r = kernel:launchSubcluster({ bootstrap = 'v', vats = { v = { sourceSpec = 'v.lua' } } }):await()
+      assert.equal('pong', kernel:queueMessage(r.rootKref, 'ping', {}):await())
+      local vatId = kernel:getSubcluster(r.subclusterId).vats.v
+      local stored = kernel:_bundle(vatId, kernel:_get('vat.' .. vatId).bundle)
+      assert.same({ main = 'v.lua', modules = { ['v.lua'] = assert(bundle.readFile(dir .. '/v.lua')) } }, stored)
+    end
+    assert.is_false(forged(kernel))
+  end)
+
   it('refuses a stored bundle holding a runtime module at restart', function()
     local dir = testing.tempDir()
     write(dir .. '/v.lua', VAT)

@@ -269,6 +269,30 @@ describe('bundles stored by hash', function()
     assert.same({ [hashes[1]] = { main = 'n', refCount = 3 } }, bundles(kernel))
   end)
 
+  it('stores one copy per source, launched from more sources than a kernel remembers', function()
+    -- A kernel remembers the last 16 bundles by main module, and the last
+    -- 16 sources that require only the runtime by path.
+    local dir = testing.tempDir()
+    local src = assert(io.open(COUNTER, 'rb')):read('a')
+    local names = { 'copy' }
+    for i = 1, 17 do names[#names + 1] = 'c' .. i end
+    for _, name in ipairs(names) do
+      local f = assert(io.open(dir .. '/' .. name, 'wb'))
+      f:write(src)
+      f:close()
+    end
+    kernel = testing.makeKernel({ baseDir = dir })
+    for _ = 1, 2 do
+      for _, name in ipairs(names) do
+        local r = kernel:launchSubcluster({ bootstrap = 'c', vats = { c = { sourceSpec = name } } }):await()
+        assert.equal(1, kernel:queueMessage(r.rootKref, 'increment', {}):await())
+      end
+    end
+    local stored = bundles(kernel)
+    assert.equal(#names, count(stored))
+    for _, b in pairs(stored) do assert.equal(2, b.refCount) end
+  end)
+
   it('refuses to run a stored bundle whose bytes do not match its hash', function()
     local dir = testing.tempDir()
     kernel = testing.makeKernel({ database = dir })

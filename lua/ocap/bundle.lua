@@ -105,6 +105,18 @@ end
 
 local requiresOf = M.requiresOf
 
+--- Whether every module src requires with a literal name is part of
+--- ocap's runtime: a lenient build of such a source (M.build) bundles it
+--- alone, whatever is next to it, and reads no other file.
+---@param src string
+---@return boolean
+function M.requiresOnlyRuntime(src)
+  for _, name in ipairs(requiresOf(src)) do
+    if not reserved(name) then return false end
+  end
+  return true
+end
+
 --- Builds a bundle table from a main file: the file and, transitively, the
 --- modules it requires (with a literal name) from its own directory.
 --- Strict (the default, for `ocap bundle`): a module that is neither next

@@ -260,6 +260,8 @@ function M.make(options)
     bundleHashes = { n = 0 }, -- encoded bundle -> its hash, the last few (Kernel:_hashOf)
     encodedBundles = {}, -- main module -> a bundle, its encoding and hash, the last few (Kernel:_encodeBundle)
     nEncodedBundles = 0, -- apart from them: any string, `n` too, names a main module
+    loneSources = {}, -- path -> a source read there that requires only the runtime (Kernel:_requiresOnlyRuntime)
+    nLoneSources = 0,
     knownKrefs = {}, -- kref -> true once checked (Kernel:_krefOf)
     nKnownKrefs = 0,
     stopped = false,
@@ -717,7 +719,31 @@ function Kernel:_bundle(vatId, hash)
   return b
 end
 
-local readFile = require('ocap.bundle').readFile
+local bundling = require 'ocap.bundle'
+local readFile = bundling.readFile
+
+-- How many vat sources a kernel remembers as requiring only the runtime.
+local LONE_SOURCES = 16
+
+--- Whether the vat source src, read from path, requires only ocap's
+--- runtime (requiresOnlyRuntime of ocap.bundle). Finding a source's
+--- requires costs about 6 instructions a byte, and launches come in runs
+--- of one code: a yes is remembered for the last few paths, with the
+--- exact text it was given for.
+function Kernel:_requiresOnlyRuntime(path, src)
+  local memo = self.loneSources
+  if memo[path] == src then return true end
+  if not bundling.requiresOnlyRuntime(src) then return false end
+  if memo[path] == nil then
+    if self.nLoneSources == LONE_SOURCES then
+      memo = {}
+      self.loneSources, self.nLoneSources = memo, 0
+    end
+    self.nLoneSources = self.nLoneSources + 1
+  end
+  memo[path] = src
+  return true
+end
 
 function Kernel:_resolvePath(p)
   if p:sub(1, 1) == '/' then return p end
@@ -736,10 +762,14 @@ function Kernel:_loadBundle(name, vc, clusterConfig, where)
     end
     -- The vat's own modules next to it come along. The build is lenient:
     -- a syntax error, or a module that is not there, is reported by the
-    -- vat when it starts or requires it, with the vat's name.
-    local ok, b = pcall(require('ocap.bundle').build, path, { lenient = true, source = src })
-    local modules = ok and b and b.modules or {}
-    if ok and b then modules[b.main] = nil end
+    -- vat when it starts or requires it, with the vat's name. A vat that
+    -- requires only the runtime has none, and needs no build.
+    local modules = {}
+    if not self:_requiresOnlyRuntime(path, src) then
+      local ok, b = pcall(bundling.build, path, { lenient = true, source = src })
+      modules = ok and b and b.modules or {}
+      if ok and b then modules[b.main] = nil end
+    end
     modules[vc.sourceSpec] = src
     return { main = vc.sourceSpec, modules = modules }
   end
