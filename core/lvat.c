@@ -574,11 +574,13 @@ static int k_create_vat(lua_State *L) {
   if (ocap_vat_new(&lim, &rec->vat))
     return luaL_error(L, "out of memory creating vat %s", id);
   /*
-   * The collector rests until the boot is over: what the boot drops it
-   * drops at its end (the runtime's main chunks), so collecting while it
-   * runs finds next to nothing (81 bytes of 105 KiB) and costs each vat
-   * about 13,000 instructions. The collection after boot restarts it; an
-   * allocation the memory budget refuses still collects first.
+   * The collector rests from here to the collection after boot, which
+   * restarts it (so does the boot's end): the preloads and the boot make
+   * next to no garbage it could find (81 bytes of 105 KiB). The boot stops it too
+   * (vat_boot_tramp); stopping it here as well spares the preloads, whose
+   * copies of the modules' code would pay for incremental steps, about
+   * 12,000 instructions a vat. An allocation the memory budget refuses
+   * still collects first.
    */
   lua_gc(ocap_vat_state(rec->vat), LUA_GCSTOP);
   /* Until its start is over (vat.c, "Packing"). */
