@@ -236,8 +236,8 @@ static int k_set_runtime(lua_State *L) {
  * (docs/security.md). The parse the kernel does is not metered, so a
  * large text is left to the vat, whose meter pays for it.
  */
-static void preload_module(lua_State *L, lkernel_t *lk, ocap_vat_t *vat, const char *name,
-                           const char *src, size_t len) {
+static int preload_module(lua_State *L, lkernel_t *lk, ocap_vat_t *vat, const char *name,
+                          const char *src, size_t len) {
   const char *chunk = lua_pushfstring(L, "=%s", name);
   size_t codelen = 0;
   const char *code = ocap__srccache_find(&lk->srccache, chunk, src, len, &codelen);
@@ -259,6 +259,27 @@ static void preload_module(lua_State *L, lkernel_t *lk, ocap_vat_t *vat, const c
     ocap_vat_preload(vat, name, src, len, 0);
   free(db.p);
   lua_pop(L, 1);
+  return code != NULL;
+}
+
+/*
+ * [-0, +0, e] Once vat has started: each module of the table at index
+ * mods that it was given as code and has not required gets its text back
+ * (ocap_vat_preload_text). Code, with its line info and local names, is
+ * larger than the text (a 13.7 KB module makes 17.1 KB of it) and would
+ * stay in an idle vat's heap for its whole life; a module required later
+ * is parsed then, and metered, as it always was.
+ */
+static void unrequired_as_text(lua_State *L, int mods, ocap_vat_t *vat) {
+  lua_pushnil(L);
+  while (lua_next(L, mods)) {
+    size_t sl;
+    const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    const char *src = lua_tolstring(L, -1, &sl);
+    if (name && src)
+      ocap_vat_preload_text(vat, name, src, sl);
+    lua_pop(L, 1);
+  }
 }
 
 /* [-0, +0, e] Sets globals.<lib>.<fn> to the function fn of the library
@@ -585,6 +606,7 @@ static int k_create_vat(lua_State *L) {
   lua_gc(ocap_vat_state(rec->vat), LUA_GCSTOP);
   /* Until its start is over (vat.c, "Packing"). */
   ocap_vat_set_packing(rec->vat, 1);
+  int compiled = 0; /* whether a module was given as code */
   lua_getfield(L, 3, "modules");
   if (lua_istable(L, -1)) {
     lua_pushnil(L);
@@ -595,7 +617,7 @@ static int k_create_vat(lua_State *L) {
       const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
       const char *src = lua_tolstring(L, -1, &sl);
       if (name && src)
-        preload_module(L, lk, rec->vat, name, src, sl);
+        compiled |= preload_module(L, lk, rec->vat, name, src, sl);
       lua_pop(L, 1);
     }
   }
@@ -638,6 +660,11 @@ static int k_create_vat(lua_State *L) {
     }
     if (st == OCAP_VAT_OK) {
       lua_pop(V, 2);
+      if (compiled && ocap_vat_preloaded_code(rec->vat)) {
+        lua_getfield(L, 3, "modules");
+        unrequired_as_text(L, lua_gettop(L), rec->vat);
+        lua_pop(L, 1);
+      }
       /*
        * Deliveries make many short-lived tables: the generational collector
        * handles that pattern with less work than the incremental one. The

@@ -199,7 +199,7 @@ struct ocap_vat {
  * keeps no mutable global state.
  */
 static const char KEY_LOADED = 'L';    /* name -> module value */
-static const char KEY_PRELOAD = 'P';   /* name -> {source, trusted} */
+static const char KEY_PRELOAD = 'P';   /* name -> {source, trusted[, length of its text]} */
 static const char KEY_LOADING = 'I';   /* sentinel value in KEY_LOADED */
 static const char KEY_METER_MSG = 'M'; /* interned fatal messages */
 static const char KEY_MEMORY_MSG = 'm';
@@ -2462,18 +2462,59 @@ void ocap_vat_set_runtime(ocap_vat_t *v, const ocap_vat_module_t *mods, size_t n
   v->nruntime = n;
 }
 
-/* See ocap_vat_preload and ocap_vat_preload_compiled. */
-static int preload(ocap_vat_t *v, struct vat_args *a) {
+/*
+ * [-1, +0, e] As vat_preload_p, for a module whose preload holds the code
+ * the kernel compiled (its third field): nothing for any other.
+ */
+static int vat_preload_text_p(lua_State *L) {
+  const struct vat_args *a = lua_touserdata(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
+  if (lua_getfield(L, -1, a->name) != LUA_TTABLE || lua_rawgeti(L, -1, 3) == LUA_TNIL)
+    return 0;
+  lua_settop(L, 1);
+  return vat_preload_p(L);
+}
+
+/* See ocap_vat_preload, ocap_vat_preload_compiled and ocap_vat_preload_text. */
+static int preload(ocap_vat_t *v, lua_CFunction f, struct vat_args *a) {
   if (v == NULL || a->name == NULL || a->src == NULL)
     return OCAP_EINVAL;
   if (v->meter.fatal)
     return OCAP_EFATAL;
-  return vat_protect(v, vat_preload_p, a);
+  return vat_protect(v, f, a);
 }
 
 int ocap_vat_preload(ocap_vat_t *v, const char *name, const char *src, size_t len, int trusted) {
   struct vat_args a = {name, src, len, trusted, 0};
-  return preload(v, &a);
+  return preload(v, vat_preload_p, &a);
+}
+
+int ocap_vat_preloaded_code(ocap_vat_t *v) {
+  lua_State *L = v->L;
+  int found = 0;
+  if (!lua_checkstack(L, 4))
+    return 1; /* the caller's protected calls will tell */
+  /* Nothing here allocates, so nothing can raise: no protected call. */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY_PRELOAD);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      found = lua_rawgeti(L, -1, 3) != LUA_TNIL;
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (found) {
+      lua_pop(L, 1); /* the key: lua_next did not end */
+      break;
+    }
+  }
+  lua_pop(L, 1);
+  return found;
+}
+
+int ocap_vat_preload_text(ocap_vat_t *v, const char *name, const char *src, size_t len) {
+  struct vat_args a = {name, src, len, 0, 0};
+  return preload(v, vat_preload_text_p, &a);
 }
 
 int ocap_vat_preload_compiled(ocap_vat_t *v, const char *name, const char *code, size_t len,
@@ -2481,7 +2522,7 @@ int ocap_vat_preload_compiled(ocap_vat_t *v, const char *name, const char *code,
   struct vat_args a = {name, code, len, 1, srclen};
   if (srclen == 0)
     return OCAP_EINVAL;
-  return preload(v, &a);
+  return preload(v, vat_preload_p, &a);
 }
 
 /* [-2, +0, e] Sets loaded[name] to the value at index 2 (name in index 1's args). */

@@ -198,6 +198,23 @@ int ocap_vat_preload_compiled(ocap_vat_t *v, const char *name, const char *code,
                               size_t srclen);
 
 /*
+ * [-0, +0] Gives a module registered with ocap_vat_preload_compiled, which
+ * the vat has not required yet, back its text src, as ocap_vat_preload
+ * would (untrusted): the code, with its line info and local names, takes
+ * more of the vat's heap than the text, for as long as the vat lives
+ * without requiring it. Any other module is left as it is. Returns as
+ * ocap_vat_preload.
+ */
+int ocap_vat_preload_text(ocap_vat_t *v, const char *name, const char *src, size_t len);
+
+/*
+ * [-0, +0] Whether the vat's require still holds code registered with
+ * ocap_vat_preload_compiled, not loaded yet; cheaper than a protected
+ * call (ocap_vat_preload_text) per module when none is left.
+ */
+int ocap_vat_preloaded_code(ocap_vat_t *v);
+
+/*
  * [-1, +0] Pops a value and makes it what `require(name)` returns in the vat
  * (for example the vat's own `ocap` table). Returns 0, OCAP_EINVAL,
  * OCAP_ENOMEM or OCAP_EFATAL; the value is popped in every case.

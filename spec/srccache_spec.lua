@@ -99,6 +99,41 @@ describe('compiled vat sources', function()
     assert.equal('two', kernel:queueMessage(r.rootKref, 'which', {}):await())
   end)
 
+  it('leaves a vat no bigger for a module it has not required yet', function()
+    -- A module a vat does not require while it starts waits in its heap,
+    -- as it always did, as its text: the kernel's code of it (line info
+    -- and local names included) is larger, here by over 1 KB. Two vats whose
+    -- idle module has texts of one length, one that compiles and one that
+    -- does not, hold the same bytes, but for the few their allocators'
+    -- histories leave apart; each requires its module when asked.
+    local later = "local ocap = require 'ocap'\n"
+      .. "return { buildRootObject = function() return ocap.makeDefaultExo('m', {\n"
+      .. "  which = function() return require('helper').which end }) end }\n"
+    local good = {}
+    for i = 1, 40 do
+      good[#good + 1] = ('local v%d = { n = %d }; v%d.f = function(a) return a + v%d.n end'):format(i, i, i, i)
+    end
+    good[#good + 1] = 'return { which = v40.f(2) }'
+    good = table.concat(good, '\n') .. '\n'
+    local bad = good:gsub('return', 'retur(', 1) -- a syntax error on line 1, of the same length
+    assert.is_nil(load(bad, '=helper', 't'))
+    local dir, roots, memory = testing.tempDir(), {}, {}
+    for name, helper in pairs({ good = good, bad = bad }) do
+      local file = dir .. '/' .. name .. '.bundle'
+      local modules = { main = later, helper = helper }
+      support.spit(file, bundle.encode({ format = 'ocap-bundle-1', main = 'main', modules = modules }))
+      for _ = 1, 2 do
+        local r = launch({ [name] = { bundleSpec = file } }):await()
+        roots[name] = r.rootKref
+        memory[name] = kernel.K:vatMemory(kernel:getSubcluster(r.subclusterId).vats[name])
+      end
+    end
+    assert.is_true(math.abs(memory.good - memory.bad) < 64, ('%d bytes against %d'):format(memory.good, memory.bad))
+    assert.equal(42, kernel:queueMessage(roots.good, 'which', {}):await())
+    local err = rejection(kernel:queueMessage(roots.bad, 'which', {}))
+    assert.matches("error loading module 'helper': helper:1: ", tostring(err))
+  end)
+
   it('refuses bytecode in a bundle, even the very code the kernel made of a text', function()
     local dir = vatDir('one')
     local helper = support.slurp(dir .. '/helper.lua')
