@@ -292,6 +292,24 @@ long ocap_kernel_clist_size(ocap_kernel_t *k, const char *ep, const char *kind) 
   return rc ? rc : n;
 }
 
+/* The rest of a send whose target (tk) and result (rk, NULL for none, its
+ * record rrec) are krefs already. */
+static int send_krefs(ocap_kernel_t *k, const char *ep, const char *tk, const char *rk,
+                      ocap__kp_t *rrec, const ocap_capdata_t *methargs) {
+  int rc = 0;
+  /* Until it is delivered, nobody decides a result promise: the kernel
+   * will hand that right to the vat that receives the message. */
+  if (rk)
+    rc = ocap__kp_set_decider(k, rrec, NULL);
+  if (!rc)
+    rc = ocap__enqueue_send(k, tk, rk, rrec, ep, methargs, ep[0] == 'v' ? ep : NULL);
+  /* The sender always wants its result: subscribe it here, which saves
+   * every send a subscribe syscall. */
+  if (!rc && rk)
+    rc = ocap__kp_subscribe(k, rrec, ep);
+  return rc;
+}
+
 int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
                      const ocap_capdata_t *methargs, const char *result) {
   char tk[OCAP_REF_MAX], rk[OCAP_REF_MAX];
@@ -314,18 +332,18 @@ int ocap_kernel_send(ocap_kernel_t *k, const char *ep, const char *target,
     }
     if (rc)
       return rc;
-    /* Until it is delivered, nobody decides a result promise: the kernel
-     * will hand that right to the vat that receives the message. */
-    rc = ocap__kp_set_decider(k, rrec, NULL);
-    if (rc)
-      return rc;
   }
-  rc = ocap__enqueue_send(k, tk, result ? rk : NULL, rrec, ep, methargs, ep[0] == 'v' ? ep : NULL);
-  /* The sender always wants its result: subscribe it here, which saves
-   * every send a subscribe syscall. */
-  if (!rc && result)
-    rc = ocap__kp_subscribe(k, rrec, ep);
-  return rc;
+  return send_krefs(k, ep, tk, result ? rk : NULL, rrec, methargs);
+}
+
+int ocap__kernel_send_pe(ocap_kernel_t *k, const char *ep, const char *target,
+                         const ocap_capdata_t *methargs, long long n) {
+  char tk[OCAP_REF_MAX], rk[OCAP_REF_MAX];
+  ocap__kp_t *rrec = NULL;
+  int rc = ocap_kernel_eref_to_kref(k, ep, target, tk);
+  if (!rc)
+    rc = ocap__export_result_pe(k, ep, n, rk, &rrec);
+  return rc ? rc : send_krefs(k, ep, tk, rk, rrec, methargs);
 }
 
 /*

@@ -230,6 +230,17 @@ int ocap__objects_check(ocap_kernel_t *k);
  * most cranks follow one another with nothing in between.
  */
 int ocap__kernel_changed(ocap_kernel_t *k);
+/* ocap_kernel_send from vat ep with the result p+<n> (0 < n <=
+ * COUNT_MAX) given as its number, as a vat's send syscall has it: the
+ * kernel reads the number as it is, where a text would be written by the
+ * syscall and read back by the kernel. */
+int ocap__kernel_send_pe(ocap_kernel_t *k, const char *ep, const char *target,
+                         const ocap_capdata_t *methargs, long long n);
+/* ocap_kernel_resolve of one resolution from vat ep, of its import
+ * p-<n> (0 < n <= COUNT_MAX) given as its number, as the resolve syscall
+ * has it when liveslots hands it the number a delivery gave. */
+int ocap__kernel_resolve_pi(ocap_kernel_t *k, const char *ep, long long n, int rejected,
+                            const ocap_capdata_t *data);
 /* Each table's part of ocap_kernel_forget (kernel.h). */
 void ocap__counters_forget(ocap_kernel_t *k, const char *key);
 void ocap__queue_forget(ocap_kernel_t *k);

@@ -169,12 +169,22 @@ static void charge_sent(lua_State *V, lvat_t *rec, lua_Integer bytes) {
                (long long)rec->sent, (long long)rec->budget.crank_bytes);
 }
 
+/* [-0, +0] Writes "<prefix><n>" into buf (at least 24 bytes) and returns
+ * its length. */
+static int format_vpid(char *buf, const char *prefix, lua_Integer n) {
+  buf[0] = prefix[0];
+  buf[1] = prefix[1];
+  size_t len = 2 + ocap_sc_format_int((long long)n, buf + 2);
+  buf[len] = '\0';
+  return (int)len;
+}
+
 /* [-0, +0, e] Sends cd to target, with result as the result's vpid (NULL
- * for none). A message over the vat's size budget raises an ordinary
- * error in the sender before the kernel holds any of it, so a receiver is
- * never asked to decode it. */
+ * for none), or when result is NULL and n is not 0, p+<n>. A message over
+ * the vat's size budget raises an ordinary error in the sender before the
+ * kernel holds any of it, so a receiver is never asked to decode it. */
 static void send_capdata(lua_State *V, lvat_t *rec, const char *target, const ocap_capdata_t *cd,
-                         const char *result) {
+                         const char *result, lua_Integer n) {
   char excess[192];
   lua_Integer bytes = capdata_bytes(cd);
   if (message_excess(rec, cd, bytes, "message", excess, sizeof excess)) {
@@ -192,32 +202,31 @@ static void send_capdata(lua_State *V, lvat_t *rec, const char *target, const oc
     lua_error(V);
   }
   charge_sent(V, rec, bytes);
-  if (ocap_kernel_send(rec->lk->k, rec->id, target, cd, result))
+  /* A number the kernel keeps as a code goes as it is; a larger one, as
+   * the text it stands for. */
+  char vpid[32];
+  if (!result && n > COUNT_MAX) {
+    format_vpid(vpid, "p+", n);
+    result = vpid;
+  }
+  int rc = result || !n ? ocap_kernel_send(rec->lk->k, rec->id, target, cd, result)
+                        : ocap__kernel_send_pe(rec->lk->k, rec->id, target, cd, (long long)n);
+  if (rc)
     syscall_failed(V, rec);
 }
 
 /* [-0, +0, e] Sends body and slots (stack indices 2 and 3) to the target
  * at index 1, with result as the result's vpid (NULL for none). */
-static void send_message(lua_State *V, lvat_t *rec, const char *result) {
+static void send_message(lua_State *V, lvat_t *rec, const char *result, lua_Integer n) {
   const char *small[SMALL_SLOTS];
   const char *target = luaL_checkstring(V, 1);
   ocap_capdata_t cd = ocap__check_capdata(V, 2, 3, small);
-  send_capdata(V, rec, target, &cd, result);
-}
-
-/* [-0, +0] Writes "<prefix><n>" into buf (at least 24 bytes) and returns
- * its length. */
-static int format_vpid(char *buf, const char *prefix, lua_Integer n) {
-  buf[0] = prefix[0];
-  buf[1] = prefix[1];
-  size_t len = 2 + ocap_sc_format_int((long long)n, buf + 2);
-  buf[len] = '\0';
-  return (int)len;
+  send_capdata(V, rec, target, &cd, result, n);
 }
 
 /* send(target, body, slots, result?)  [-0, +0, e] */
 static int sys_send(lua_State *V) {
-  send_message(V, sysvat(V), luaL_optstring(V, 4, NULL));
+  send_message(V, sysvat(V), luaL_optstring(V, 4, NULL), 0);
   return 0;
 }
 
@@ -232,9 +241,7 @@ static int sys_send_numbered(lua_State *V) {
   lvat_t *rec = sysvat(V);
   lua_Integer n = luaL_checkinteger(V, 4);
   luaL_argcheck(V, n > 0, 4, "promise number must be positive");
-  char vpid[32];
-  format_vpid(vpid, "p+", n);
-  send_message(V, rec, vpid);
+  send_message(V, rec, NULL, n);
   return 0;
 }
 
@@ -252,12 +259,11 @@ static int sys_send_call(lua_State *V) {
   const char *target = luaL_checkstring(V, 1);
   lua_Integer n = luaL_checkinteger(V, 2);
   luaL_argcheck(V, n > 0, 2, "promise number must be positive");
-  char body[OCAP_SC_FLAT_MAX], vpid[32];
+  char body[OCAP_SC_FLAT_MAX];
   ocap_capdata_t cd = {body, ocap_sc_encode_flat_call(rec->vat, V, 3, body), NULL, 0};
   if (cd.blen == 0)
     return 0;
-  format_vpid(vpid, "p+", n);
-  send_capdata(V, rec, target, &cd, vpid);
+  send_capdata(V, rec, target, &cd, NULL, n);
   lua_pushboolean(V, 1);
   return 1;
 }
@@ -270,21 +276,28 @@ static int sys_subscribe(lua_State *V) {
   return 0;
 }
 
-/* [-0, +0, e] Reads the kpid resolve takes at index 1 (an integer N for
- * "p-N", written into buf, 32 bytes) and returns it. */
-static const char *check_kpid(lua_State *V, char *buf) {
+/* [-0, +0, e] Reads the kpid resolve takes at index 1 and returns it: an
+ * integer N for "p-N" the kernel keeps as a code is returned as NULL with
+ * N in *n, a larger one is written into buf (32 bytes). */
+static const char *check_kpid(lua_State *V, char *buf, lua_Integer *n) {
+  *n = 0;
   if (lua_isinteger(V, 1)) {
-    lua_Integer n = lua_tointeger(V, 1);
-    luaL_argcheck(V, n > 0, 1, "promise number must be positive");
-    format_vpid(buf, "p-", n);
+    lua_Integer v = lua_tointeger(V, 1);
+    luaL_argcheck(V, v > 0, 1, "promise number must be positive");
+    if (v <= COUNT_MAX) {
+      *n = v;
+      return NULL;
+    }
+    format_vpid(buf, "p-", v);
     return buf;
   }
   return luaL_checkstring(V, 1);
 }
 
-/* [-0, +0, e] Resolves r, first checked against the vat's budget for one
- * message: a result over it rejects the promise with the reason instead. */
-static void resolve_one(lua_State *V, lvat_t *rec, ocap_resolution_t *r) {
+/* [-0, +0, e] Resolves r (p-<n> when r->kpid is NULL), first checked
+ * against the vat's budget for one message: a result over it rejects the
+ * promise with the reason instead. */
+static void resolve_one(lua_State *V, lvat_t *rec, ocap_resolution_t *r, lua_Integer n) {
   char excess[192];
   lua_Integer bytes = capdata_bytes(&r->data);
   if (message_excess(rec, &r->data, bytes, "result", excess, sizeof excess)) {
@@ -297,7 +310,10 @@ static void resolve_one(lua_State *V, lvat_t *rec, ocap_resolution_t *r) {
     bytes = (lua_Integer)err.blen;
   }
   charge_sent(V, rec, bytes);
-  if (ocap_kernel_resolve(rec->lk->k, rec->id, r, 1))
+  int rc = r->kpid
+               ? ocap_kernel_resolve(rec->lk->k, rec->id, r, 1)
+               : ocap__kernel_resolve_pi(rec->lk->k, rec->id, (long long)n, r->rejected, &r->data);
+  if (rc)
     syscall_failed(V, rec);
 }
 
@@ -311,10 +327,11 @@ static int sys_resolve(lua_State *V) {
   lvat_t *rec = sysvat(V);
   ocap_resolution_t r;
   char vpid[32];
-  r.kpid = check_kpid(V, vpid);
+  lua_Integer n;
+  r.kpid = check_kpid(V, vpid, &n);
   r.rejected = lua_toboolean(V, 2);
   r.data = ocap__check_capdata(V, 3, 4, small);
-  resolve_one(V, rec, &r);
+  resolve_one(V, rec, &r, n);
   return 0;
 }
 
@@ -330,12 +347,13 @@ static int sys_resolve_value(lua_State *V) {
   lvat_t *rec = sysvat(V);
   ocap_resolution_t r;
   char vpid[32], body[OCAP_SC_FLAT_MAX];
-  r.kpid = check_kpid(V, vpid);
+  lua_Integer n;
+  r.kpid = check_kpid(V, vpid, &n);
   r.rejected = 0;
   r.data = (ocap_capdata_t){body, ocap_sc_encode_flat_value(rec->vat, V, 2, body), NULL, 0};
   if (r.data.blen == 0)
     return 0;
-  resolve_one(V, rec, &r);
+  resolve_one(V, rec, &r, n);
   lua_pushboolean(V, 1);
   return 1;
 }

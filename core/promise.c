@@ -982,42 +982,69 @@ int ocap__settle(ocap_kernel_t *k, const char *kpid, int rejected, const char *e
   return rc ? rc : ocap__kp_settle(k, r, rejected, enc, len);
 }
 
+/* The vref a resolution names, for a message: vref, or when NULL, p-<n>
+ * written into buf (OCAP_REF_MAX bytes). */
+static const char *resolved_name(const char *vref, long long n, char *buf) {
+  if (vref)
+    return vref;
+  ocap__ref_text(REF_MAKE(REF_PI, n), buf);
+  return buf;
+}
+
+/* Resolves kpid (its code kcode, 0 when none), which ep names vref (or
+ * p-<n> when vref is NULL), to data. */
+static int resolve_kpid(ocap_kernel_t *k, const char *ep, const char *kpid, uint64_t kcode,
+                        const char *vref, long long n, int rejected, const ocap_capdata_t *data) {
+  char name[OCAP_REF_MAX];
+  if (!ocap__is_kpid(kpid))
+    return ocap__fail(k, OCAP_EINVAL, "%s resolved non-promise '%s'", ep,
+                      resolved_name(vref, n, name));
+  /* The record is found once: checked, settled and notified through it
+   * (it stays in place until the crank ends). A kpid with a code is found
+   * by its number, not read again. */
+  prec_t *p;
+  int rc = REF_KIND(kcode) == REF_KP && REF_NUM(kcode) <= (uint64_t)COUNT_MAX
+               ? ocap__kp_find_id(k, (long long)REF_NUM(kcode), 0, &p)
+               : lookup(k, kpid, 0, &p);
+  if (rc)
+    return rc;
+  if (ocap__kp_state(p) != ST_UNRESOLVED)
+    return ocap__fail(k, OCAP_EINVAL, "%s resolved '%s', which is already settled", ep,
+                      resolved_name(vref, n, name));
+  epc_t c = ocap__ep_code(ep);
+  if (!c || p->now.decider != c)
+    return ocap__fail(k, OCAP_EINVAL, "%s may not resolve '%s': it is not the decider", ep,
+                      resolved_name(vref, n, name));
+  ocap__buf_t enc = {0};
+  rc = ocap__capdata_e2k(k, ep, data, &enc);
+  /* The translated data becomes the promise's, without a copy. */
+  if (!rc)
+    rc = settle(k, p, rejected, enc.p, enc.len, enc.p);
+  else
+    free(enc.p);
+  /* The decider is done with the promise: retire its c-list entry, as its
+   * liveslots forgets the vpid once resolved. */
+  return rc ? rc : ocap__clist_remove_kp(k, ep, kpid, p);
+}
+
 int ocap_kernel_resolve(ocap_kernel_t *k, const char *ep, const ocap_resolution_t *r, size_t n) {
   char kpid[OCAP_REF_MAX];
   for (size_t i = 0; i < n; i++) {
     int rc = ocap_kernel_eref_to_kref(k, ep, r[i].kpid, kpid);
-    if (rc)
-      return rc;
-    if (!ocap__is_kpid(kpid))
-      return ocap__fail(k, OCAP_EINVAL, "%s resolved non-promise '%s'", ep, r[i].kpid);
-    /* The record is found once: checked, settled and notified through it
-     * (it stays in place until the crank ends). */
-    prec_t *p;
-    rc = lookup(k, kpid, 0, &p);
-    if (rc)
-      return rc;
-    if (ocap__kp_state(p) != ST_UNRESOLVED)
-      return ocap__fail(k, OCAP_EINVAL, "%s resolved '%s', which is already settled", ep,
-                        r[i].kpid);
-    epc_t c = ocap__ep_code(ep);
-    if (!c || p->now.decider != c)
-      return ocap__fail(k, OCAP_EINVAL, "%s may not resolve '%s': it is not the decider", ep,
-                        r[i].kpid);
-    ocap__buf_t enc = {0};
-    rc = ocap__capdata_e2k(k, ep, &r[i].data, &enc);
-    /* The translated data becomes the promise's, without a copy. */
     if (!rc)
-      rc = settle(k, p, r[i].rejected, enc.p, enc.len, enc.p);
-    else
-      free(enc.p);
-    /* The decider is done with the promise: retire its c-list entry, as its
-     * liveslots forgets the vpid once resolved. */
-    if (!rc)
-      rc = ocap__clist_remove_kp(k, ep, kpid, p);
+      rc = resolve_kpid(k, ep, kpid, 0, r[i].kpid, 0, r[i].rejected, &r[i].data);
     if (rc)
       return rc;
   }
   return 0;
+}
+
+int ocap__kernel_resolve_pi(ocap_kernel_t *k, const char *ep, long long n, int rejected,
+                            const ocap_capdata_t *data) {
+  char kpid[OCAP_REF_MAX];
+  uint64_t kcode;
+  int rc = ocap__import_kp(k, ep, n, kpid, &kcode);
+  return rc ? rc : resolve_kpid(k, ep, kpid, kcode, NULL, n, rejected, data);
 }
 
 /* Parks a message on an unresolved promise. The item keeps its refs. */

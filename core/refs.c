@@ -242,7 +242,8 @@ static uint64_t entered(const ocap__ckey_t *key, const char *ref) {
 /* Adds an entry to c, both directions: kref (key kkey) and eref (key
  * ekey). An import of an object counts in both its counts (gc.h); the
  * exporter's own entry counts in neither. A promise's entry counts in the
- * promise, whose record the caller may pass (rec, else NULL). ksl or esl,
+ * promise, whose record the caller may pass (rec, else NULL); its eref
+ * may be NULL when ekey is a code (export_new). ksl or esl,
  * when not NULL, is the slot where a lookup of kref or of eref just
  * missed: that direction is entered first, there. */
 static int clist_add(ocap_kernel_t *k, ocap__clist_t *c, const char *kref, const ocap__ckey_t *kkey,
@@ -326,13 +327,14 @@ static int reexport(ocap_kernel_t *k, const char *ep, const char *kref) {
 }
 
 /* The new export eref (key ekey) of c's endpoint, whose lookup missed at
- * slot esl: ocap__export_new. */
+ * slot esl: ocap__export_new. A promise's eref with a code may be NULL:
+ * its code is all the entry needs. */
 static int export_new(ocap_kernel_t *k, ocap__clist_t *c, const char *eref,
                       const ocap__ckey_t *ekey, void **esl, char *out, ocap__kp_t **rec) {
   ocap__kp_t *r = NULL;
   ocap__ckey_t kkey = {0, out};
-  int rc = eref[0] == 'o' ? alloc_object(k, c->ep, out, &kkey.w)
-                          : ocap__alloc_promise(k, c->ep, out, &r);
+  int object = REF_KIND(ekey->w) == REF_TEXT ? eref[0] == 'o' : REF_KIND(ekey->w) == REF_OE;
+  int rc = object ? alloc_object(k, c->ep, out, &kkey.w) : ocap__alloc_promise(k, c->ep, out, &r);
   if (rec)
     *rec = r;
   if (rc)
@@ -416,6 +418,47 @@ int ocap_kernel_eref_to_kref(ocap_kernel_t *k, const char *ep, const char *eref,
   return export_new(k, c, eref, &key, sl, out, NULL);
 }
 
+int ocap__import_kp(ocap_kernel_t *k, const char *ep, long long n, char *out, uint64_t *kcode) {
+  ocap__ckey_t key = ocap__ckey_code(REF_MAKE(REF_PI, n));
+  ocap__clist_t *c;
+  int rc = ocap__clist_of_ep(k, ep, &c);
+  if (rc)
+    return rc;
+  int reach;
+  void **sl;
+  rc = entry_look(k, c, &key, out, &reach, kcode, &sl);
+  if (rc < 0)
+    return rc;
+  if (rc > 0 && (*kcode ? REF_IS_KREF(*kcode) : ocap__valid_kref(out)))
+    return 0;
+  /* Failed: the vref's text is made for the message only. */
+  char eref[OCAP_REF_MAX];
+  ocap__ref_text(key.w, eref);
+  if (rc > 0)
+    return ocap__broken(k, OCAP_ECORRUPT, "corrupt database: key '%s.c.%s' holds '%s', not a kref",
+                        ep, eref, out);
+  return ocap__fail(k, OCAP_EINVAL, "vat %s used unknown import '%s'", ep, eref);
+}
+
+/* ocap__export_result of the result whose key is key (checked) and whose
+ * text is result, NULL when it has a code. */
+static int export_result_key(ocap_kernel_t *k, const char *ep, const ocap__ckey_t *key,
+                             const char *result, char *out, ocap__kp_t **rec) {
+  ocap__clist_t *c;
+  int rc = ocap__clist_of(k, ep, &c);
+  if (rc)
+    return rc;
+  /* Looked up once: a new export is entered where the lookup missed. */
+  void **sl = ocap__clist_slot(c, key);
+  if (ocap__clist_val(sl)) {
+    char text[OCAP_REF_MAX];
+    if (!result)
+      ocap__ref_text(key->w, text);
+    return ocap__fail(k, OCAP_EINVAL, "vat %s reused result vref '%s'", ep, result ? result : text);
+  }
+  return export_new(k, c, result, key, sl, out, rec);
+}
+
 int ocap__export_result(ocap_kernel_t *k, const char *ep, const char *result, char *out,
                         ocap__kp_t **rec) {
   ocap__ckey_t key;
@@ -424,15 +467,13 @@ int ocap__export_result(ocap_kernel_t *k, const char *ep, const char *result, ch
   if (REF_KIND(key.w) != REF_PE && (REF_KIND(key.w) != REF_TEXT || !ocap__valid_eref(result) ||
                                     result[0] != 'p' || result[1] != '+'))
     return ocap__fail(k, OCAP_EINVAL, "vat %s used invalid result vref '%.60s'", ep, result);
-  ocap__clist_t *c;
-  int rc = ocap__clist_of(k, ep, &c);
-  if (rc)
-    return rc;
-  /* Looked up once: a new export is entered where the lookup missed. */
-  void **sl = ocap__clist_slot(c, &key);
-  if (ocap__clist_val(sl))
-    return ocap__fail(k, OCAP_EINVAL, "vat %s reused result vref '%s'", ep, result);
-  return export_new(k, c, result, &key, sl, out, rec);
+  return export_result_key(k, ep, &key, result, out, rec);
+}
+
+int ocap__export_result_pe(ocap_kernel_t *k, const char *ep, long long n, char *out,
+                           ocap__kp_t **rec) {
+  ocap__ckey_t key = ocap__ckey_code(REF_MAKE(REF_PE, n));
+  return export_result_key(k, ep, &key, NULL, out, rec);
 }
 
 int ocap_kernel_kref_of(ocap_kernel_t *k, const char *ep, const char *eref, char *out) {

@@ -148,6 +148,16 @@ int ocap__clist_set_reach(ocap_kernel_t *k, const char *ep, const char *kref, co
  * out and its record in *rec, and enters it in ep's c-list. */
 int ocap__export_result(ocap_kernel_t *k, const char *ep, const char *result, char *out,
                         ocap__kp_t **rec);
+/* The same for the result p+<n> (0 < n <= COUNT_MAX), given as its
+ * number: a vat's syscall passes it so, and no text of it is made unless
+ * the call fails. */
+int ocap__export_result_pe(ocap_kernel_t *k, const char *ep, long long n, char *out,
+                           ocap__kp_t **rec);
+/* ocap_kernel_eref_to_kref of vat ep's vref p-<n> (0 < n <= COUNT_MAX),
+ * given as its number, as a vat's resolve syscall has it: the kpid in out
+ * and its code in *kcode (0 when it has none). No text of the vref is
+ * made unless the call fails. */
+int ocap__import_kp(ocap_kernel_t *k, const char *ep, long long n, char *out, uint64_t *kcode);
 /* The eref of koid in its exporter ep: 1 with it in eref, 0 when ep's
  * c-list lacks it, or a negative code. */
 int ocap__export_eref(ocap_kernel_t *k, const char *ep, const char *koid, char *eref);

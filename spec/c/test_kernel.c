@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "kernel.h"
+#include "kstate.h"
 
 static int failures;
 
@@ -1536,6 +1537,61 @@ static void empty_endpoint(void) {
   free(r);
 }
 
+/*
+ * A vat's send and resolve with its promise given as a number (p+<n> and
+ * p-<n>), as its syscalls pass it: the same entries as with the vref's
+ * text, and the same refusals with the same messages, the vref's text
+ * made for them.
+ */
+static void numbered_vpids(void) {
+  record_t *r = malloc(sizeof *r);
+  REQUIRE(r != NULL);
+  ocap_kernel_t *k = new_kernel(r);
+  char ko[OCAP_REF_MAX], target[OCAP_REF_MAX], kp[OCAP_REF_MAX], kp6[OCAP_REF_MAX];
+  char body[] = "#[\"ping\",[]]";
+  ocap_capdata_t args = {body, strlen(body), NULL, 0};
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko) == 0);
+  REQUIRE(ocap_kernel_kref_to_eref(k, "v2", ko, target) == 0);
+  /* p+5 by number, p+6 by text: each names a new promise in v2's c-list. */
+  REQUIRE(ocap__kernel_send_pe(k, "v2", target, &args, 5) == 0);
+  REQUIRE(ocap_kernel_send(k, "v2", target, &args, "p+6") == 0);
+  CHECK(ocap_kernel_kref_of(k, "v2", "p+5", kp) == 1 && strncmp(kp, "kp", 2) == 0);
+  CHECK(ocap_kernel_kref_of(k, "v2", "p+6", kp6) == 1 && strcmp(kp, kp6) != 0);
+  /* Reused, by number or by text: refused alike. */
+  CHECK(ocap__kernel_send_pe(k, "v2", target, &args, 5) == OCAP_EINVAL);
+  CHECK(strcmp(ocap_kernel_errmsg(k), "vat v2 reused result vref 'p+5'") == 0);
+  CHECK(ocap_kernel_send(k, "v2", target, &args, "p+5") == OCAP_EINVAL);
+  CHECK(strcmp(ocap_kernel_errmsg(k), "vat v2 reused result vref 'p+5'") == 0);
+  CHECK(ocap__kernel_send_pe(k, "v2", target, &args, 6) == OCAP_EINVAL);
+  CHECK(strcmp(ocap_kernel_errmsg(k), "vat v2 reused result vref 'p+6'") == 0);
+  /* Both messages reach v1, which decides their results as p-1 and p-2. */
+  CHECK(run(k, r, 0) == 0);
+  CHECK(count_lines(r, "v1 msg") == 2);
+  ocap_capdata_t data = {"#1", 2, NULL, 0};
+  CHECK(ocap__kernel_resolve_pi(k, "v1", 9, 0, &data) == OCAP_EINVAL);
+  CHECK(strcmp(ocap_kernel_errmsg(k), "vat v1 used unknown import 'p-9'") == 0);
+  CHECK(ocap__kernel_resolve_pi(k, "v2", 1, 0, &data) == OCAP_EINVAL);
+  CHECK(strcmp(ocap_kernel_errmsg(k), "vat v2 used unknown import 'p-1'") == 0);
+  REQUIRE(ocap__kernel_resolve_pi(k, "v1", 1, 0, &data) == 0);
+  ocap_resolution_t res = {"p-2", 1, {"#2", 2, NULL, 0}};
+  REQUIRE(ocap_kernel_resolve(k, "v1", &res, 1) == 0);
+  /* Each resolved promise left v1's c-list: resolving it again, either
+   * way, is refused alike. */
+  CHECK(ocap__kernel_resolve_pi(k, "v1", 2, 0, &data) == OCAP_EINVAL);
+  CHECK(strcmp(ocap_kernel_errmsg(k), "vat v1 used unknown import 'p-2'") == 0);
+  res.kpid = "p-1";
+  CHECK(ocap_kernel_resolve(k, "v1", &res, 1) == OCAP_EINVAL);
+  CHECK(strcmp(ocap_kernel_errmsg(k), "vat v1 used unknown import 'p-1'") == 0);
+  /* v2 is told both settlements. */
+  CHECK(run(k, r, 0) == 0);
+  CHECK(count_lines(r, "v2 notify") >= 1);
+  CHECK(ocap_kernel_kref_of(k, "v2", "p+5", kp) == 0);
+  CHECK(ocap_kernel_kref_of(k, "v2", "p+6", kp) == 0);
+  CHECK(ocap_kernel_check(k) == 0);
+  free_kernel(k);
+  free(r);
+}
+
 int main(void) {
   clist_versions();
   commit_in_delivery();
@@ -1562,6 +1618,7 @@ int main(void) {
   host_kref_spelling();
   host_kref_unissued();
   empty_endpoint();
+  numbered_vpids();
   if (failures > 0) {
     fprintf(stderr, "test_kernel: %d failure(s)\n", failures);
     return 1;
