@@ -65,4 +65,28 @@ describe('a delivered method run as a task', function()
     assert.equal(1, #killed)
     assert.matches('%[VAT_FATAL:METER_EXHAUSTED%] instruction meter exhausted$', killed[1].message)
   end)
+
+  -- A bootstrap runs as any other method does (liveslots' invokeLocal).
+  describe('a bootstrap', function()
+    local function launch(k, mode)
+      return k:launchSubcluster({ bootstrap = 'b', vats = {
+        b = { sourceSpec = 'spec/vats/late_bootstrap.lua', parameters = { mode = mode } },
+      } })
+    end
+
+    it('that awaits a turn settles the launch with its result', function()
+      assert.equal(42, launch(kernel, 'return'):await().bootstrapResult)
+    end)
+
+    it('that raises after awaiting fails the launch, and says so once', function()
+      local err = rejection(launch(kernel, 'raise'))
+      assert.matches('bootstrap of vat "b" failed: late boom$', err.message)
+      assert.equal(1, #entries('warn', '"bootstrap" failed: late boom$'))
+    end)
+
+    it('a root lacking one has nothing to do, at launch or when sent later', function()
+      assert.is_nil(call('bootstrap'):await())
+      assert.equal(5, call('later', 4):await())
+    end)
+  end)
 end)
