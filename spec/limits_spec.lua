@@ -284,7 +284,11 @@ describe('vat limits (' .. MODE .. ' meter)', function()
     end)
 
     it('a collection makes room for a big string.rep when the vat holds mostly garbage', function()
-      local g, vatId = launchGlutton(limits())
+      local options = limits()
+      -- The sanitizers' malloc makes this churn outlast a time-mode
+      -- allowance of 2e6 instructions too, as above.
+      if MODE == 'time' and SANITIZED then options.meter.instructions = 1e8 end
+      local g, vatId = launchGlutton(options)
       -- garbageThenRep drops 6 MiB and then asks string.rep for 2.5 MiB;
       -- live data never exceeds about 6 MiB of the 8 MiB.
       local ok, res = pcall(ocap.await, kernel:queueMessage(g, 'garbageThenRep', {}))
@@ -415,9 +419,14 @@ describe('vat limits (' .. MODE .. ' meter)', function()
 
   describe('resources of terminated vats', function()
     it('are released: many runaway vats leave one terminatedVats record each and no memory', function()
+      -- Under the sanitizers, keeping 5 MiB takes more than a time-mode
+      -- allowance of 2e6 instructions (120 ms there): 1e7 gives it room
+      -- and keeps each runaway 'meter' vat to 0.6 s.
+      local options = limits()
+      if MODE == 'time' and SANITIZED then options.meter.instructions = 1e7 end
       local function cycle(i)
         local r = kernel:launchSubcluster({
-          bootstrap = 'g', vats = { g = { sourceSpec = GLUTTON, creationOptions = limits() } },
+          bootstrap = 'g', vats = { g = { sourceSpec = GLUTTON, creationOptions = options } },
         }):await()
         local vatId = kernel:getSubcluster(r.subclusterId).vats.g
         -- 5 MiB live, then run away: each vat holds about 8 MiB at its end.
