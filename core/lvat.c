@@ -225,6 +225,17 @@ static int k_set_runtime(lua_State *L) {
   return 0;
 }
 
+/* [-0, +0] The name and text of the modules table's entry that lua_next
+ * left on top of the stack, as *name and *src (length *len), when it is a
+ * text under a string name; 0 for any other entry. lua_tostring would turn
+ * a number key into a string in place and confuse lua_next, so only
+ * string names count. */
+static int module_entry(lua_State *L, const char **name, const char **src, size_t *len) {
+  *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+  *src = lua_tolstring(L, -1, len);
+  return *name && *src;
+}
+
 /*
  * [-0, +0, e] Gives vat the module `name` of text src for its require: as
  * the code the kernel compiled from it, which the kernel keeps for the
@@ -273,10 +284,9 @@ static int preload_module(lua_State *L, lkernel_t *lk, ocap_vat_t *vat, const ch
 static void unrequired_as_text(lua_State *L, int mods, ocap_vat_t *vat) {
   lua_pushnil(L);
   while (lua_next(L, mods)) {
+    const char *name, *src;
     size_t sl;
-    const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-    const char *src = lua_tolstring(L, -1, &sl);
-    if (name && src)
+    if (module_entry(L, &name, &src, &sl))
       ocap_vat_preload_text(vat, name, src, sl);
     lua_pop(L, 1);
   }
@@ -415,12 +425,6 @@ static int vat_boot_tramp(lua_State *V) {
   const boot_args_t *a = lua_touserdata(V, 1);
   lvat_t *rec = a->rec;
   lua_settop(V, 0);
-  /* k_create_vat collects in full right after the boot: the incremental
-   * steps the boot's allocations would pay for (28,000 instructions a
-   * vat) mark and sweep what that collection goes over again. A refused
-   * allocation still collects (Lua's emergency collection ignores a
-   * stop). */
-  lua_gc(V, LUA_GCSTOP);
   ocap_open_json(V);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "cjson");
   luaopen_ocap_smallcaps(V);
@@ -463,7 +467,6 @@ static int vat_boot_tramp(lua_State *V) {
   lua_pushnil(V);
   ocap_vat_set_loaded(ocap_vat_from_state(V), "ocap.vatboot");
   rec->dispatch_ref = luaL_ref(V, LUA_REGISTRYINDEX);
-  lua_gc(V, LUA_GCRESTART);
   return 0;
 }
 
@@ -596,12 +599,13 @@ static int k_create_vat(lua_State *L) {
     return luaL_error(L, "out of memory creating vat %s", id);
   /*
    * The collector rests from here to the collection after boot, which
-   * restarts it (so does the boot's end): the preloads and the boot make
-   * next to no garbage it could find (81 bytes of 105 KiB). The boot stops it too
-   * (vat_boot_tramp); stopping it here as well spares the preloads, whose
-   * copies of the modules' code would pay for incremental steps, about
-   * 12,000 instructions a vat. An allocation the memory budget refuses
-   * still collects first.
+   * restarts it: the preloads and the boot make next to no garbage it
+   * could find (81 bytes of 105 KiB), and the incremental steps their
+   * allocations would pay for (the preloads' copies of the modules' code
+   * about 12,000 instructions a vat, the boot 28,000) would mark and sweep
+   * what that collection goes over again. An allocation the memory budget
+   * refuses still collects first (Lua's emergency collection ignores a
+   * stop); a boot that fails ends the vat.
    */
   lua_gc(ocap_vat_state(rec->vat), LUA_GCSTOP);
   /* Until its start is over (vat.c, "Packing"). */
@@ -611,12 +615,9 @@ static int k_create_vat(lua_State *L) {
   if (lua_istable(L, -1)) {
     lua_pushnil(L);
     while (lua_next(L, -2)) {
-      /* lua_tostring would turn a number key into a string in place and
-       * confuse lua_next, so only string names count. */
+      const char *name, *src;
       size_t sl;
-      const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-      const char *src = lua_tolstring(L, -1, &sl);
-      if (name && src)
+      if (module_entry(L, &name, &src, &sl))
         compiled |= preload_module(L, lk, rec->vat, name, src, sl);
       lua_pop(L, 1);
     }
