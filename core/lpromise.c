@@ -25,6 +25,7 @@
  * never in a vat, so it has no meter to charge. */
 #ifdef OCAP_PROMISE_STANDALONE
 #define ocap_vat_charge(L, cost) ((void)(L), (void)(cost))
+#define ocap_vat_state_fatal(L) ((void)(L), 0)
 #endif
 
 /* What drain charges the vat for each turn it runs, in instructions:
@@ -450,6 +451,39 @@ static void new_promise(lua_State *L, pstate_t *st) {
   lua_setmetatable(L, -2);
 }
 
+/* The length of the `<chunk>:<line>: ` position Lua put in front of the
+ * error message s (len bytes), 0 when it has none: the shortest prefix
+ * without a newline that ends in a colon, digits, a colon and a space, as
+ * liveslots' stripPosition finds it. */
+static size_t position_len(const char *s, size_t len) {
+  for (size_t i = 0; i < len && s[i] != '\n'; i++) {
+    size_t j = i + 1;
+    if (s[i] != ':' || j >= len || s[j] < '0' || s[j] > '9')
+      continue;
+    while (j < len && s[j] >= '0' && s[j] <= '9')
+      j++;
+    if (j + 1 < len && s[j] == ':' && s[j + 1] == ' ')
+      return j + 2;
+  }
+  return 0;
+}
+
+/* [-0, +0, e] Replaces the string a callback raised, at idx, by what a
+ * method that raised it gives its caller (docs/errors.md): an error value
+ * whose message has lost the position, so that `error('boom')` reaches
+ * whoever awaits the derived promise, in this state or through the
+ * kernel, with the message `boom`. */
+static void raised_string(lua_State *L, int idx) {
+  size_t len;
+  const char *s = lua_tolstring(L, idx, &len);
+  size_t skip = position_len(s, len);
+  luaL_checkstack(L, 2, NULL);
+  lua_getiuservalue(L, STATE, UV_MAKE_ERROR);
+  lua_pushlstring(L, s + skip, len - skip);
+  lua_call(L, 1, 1);
+  lua_replace(L, idx);
+}
+
 /* ---- drain ---- */
 
 /* drain's stack: its own slots, then the turn being run. */
@@ -472,6 +506,8 @@ static int drain_k(lua_State *L, int status, lua_KContext ctx);
 static void handled(lua_State *L, pstate_t *st, int kind, int status) {
   int d = D_BASE + 1, r = D_BASE + 2;
   int ok = status == LUA_OK || status == LUA_YIELD;
+  if (!ok && status == LUA_ERRRUN && lua_type(L, r) == LUA_TSTRING && !ocap_vat_state_fatal(L))
+    raised_string(L, r);
   if (!ok)
     settle_now(L, st, d, r, 1);
   else if (kind == K_REJECTED || is_promise(L, r))
@@ -941,7 +977,6 @@ static int promise_configure(lua_State *L) {
 #ifdef OCAP_PROMISE_STANDALONE
 #define ocap_vat_resume(L, co, narg, nres) lua_resume((co), (L), (narg), (nres))
 #define ocap_vat_pcall_failed(L, status) ((void)(L), (void)(status))
-#define ocap_vat_state_fatal(L) ((void)(L), 0)
 #define IN_VAT(L) ((void)(L), 0)
 #else
 #define IN_VAT(L) (ocap_vat_from_state(L) != NULL)

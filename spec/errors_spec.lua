@@ -63,6 +63,29 @@ describe('where an error came from', function()
     assert.equal(1, #entries(kernel, 'debug', '^method failed$'))
   end)
 
+  it('gives an error raised in a :next callback as a method raise gives it', function()
+    -- It came with its file:line in front, as a string, through the
+    -- kernel and on the host alike.
+    local r = echoPair()
+    local err = rejection(kernel:queueMessage(r.rootKref, 'nextBoom', {}))
+    assert.same({ 'Error', 'boom' }, { err.name, err.message })
+    err = rejection(kernel:queueMessage(r.rootKref, 'callPeer', { 'b', 'nextBoom' }))
+    assert.same({ 'Error', 'boom' }, { err.name, err.message })
+    for _, p in ipairs({
+      ocap.Promise.resolve(1):next(function() error('boom') end),
+      ocap.Promise.reject('x'):catch(function() error('boom') end),
+      ocap.Promise.resolve(1):finally(function() error('boom') end),
+    }) do
+      err = rejection(p)
+      assert.same({ 'Error', 'boom' }, { err.name, err.message })
+    end
+    -- Raised data, and a string raised without a position, are kept as
+    -- a method's would be.
+    assert.same({ code = 7 }, rejection(ocap.Promise.resolve(1):next(function() error({ code = 7 }) end)))
+    err = rejection(ocap.Promise.resolve(1):next(function() error('at: 12: not a position', 0) end))
+    assert.equal('at: 12: not a position', err.message)
+  end)
+
   it('does not log error values a method raises on purpose', function()
     local r = echoPair()
     rejection(kernel:queueMessage(r.rootKref, 'rejectData', {}))

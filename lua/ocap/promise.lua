@@ -80,7 +80,9 @@ local fulfill, rejectNow = I.fulfill, I.rejectNow
 --   state(p) -> 'pending'|'fulfilled'|'rejected', the value or reason.
 --   p:next(onFulfilled?, onRejected?) -> derived promise: JS `then` (a Lua
 --     keyword). Handlers pass values through only when nil or false;
---     anything else is called.
+--     anything else is called. What a handler raises rejects the derived
+--     promise; a string as an error value, its position removed, as a
+--     method's raise is given to its caller (docs/errors.md).
 --   p:catch(onRejected) -> derived promise.
 --   p:finally(onFinally) -> derived promise settled like p after the
 --     promise onFinally returns (if any) fulfills, or rejected with what

@@ -58,6 +58,10 @@ function M.buildRootObject(vatPowers, parameters)
       for i = 1, n do sum = sum + E(target).ping(i):await() end
       return sum
     end,
+    -- A rejection made by a callback that raises, not by the method.
+    nextBoom = function()
+      return ocap.Promise.resolve(1):next(function() error('boom') end)
+    end,
   })
 end
 

@@ -4,7 +4,7 @@
 --- and a non-promise element is an already-fulfilled one.
 local M = {}
 
-local pcall, error = pcall, error
+local pcall = pcall
 
 -- The "already resolved" slot of a promise record (core/lpromise.c),
 -- which a promise's __newindex writes.
@@ -21,6 +21,9 @@ function M.make(P, fulfill, rejectNow, makeError)
   local newPromise, onSettle, resolve, pstate = P.makePromise, P.onSettle, P.resolve, P.state
 
   ---`p:finally(onFinally)`, as in JS: `next(v -> resolve(f()):next(-> v))`.
+  ---A rejection passes through as it is: it is not thrown again from a
+  ---callback, which would make a string reason an error value (the turn
+  ---that settles it is the one that callback's would be).
   ---@param p ocap.Promise
   ---@param onFinally? fun(): any
   ---@return ocap.Promise
@@ -29,7 +32,12 @@ function M.make(P, fulfill, rejectNow, makeError)
     return p:next(function(v)
       return resolve(onFinally()):next(function() return v end)
     end, function(e)
-      return resolve(onFinally()):next(function() error(e, 0) end)
+      local d = newPromise()
+      onSettle(resolve(onFinally()), function(ok, r)
+        if ok then r = e end
+        rejectNow(d, r)
+      end)
+      return d
     end)
   end
 
