@@ -495,6 +495,30 @@ void ocap__clists_free(ocap_kernel_t *k) {
   free(t);
 }
 
+/* What the reference r (n bytes) names, by its form: 'o' an object (ko<N>,
+ * o+<N>, o-<N>, a virtual object's o+d...), 'p' a promise (kp<N>, p+<N>,
+ * p-<N>); 0 for anything else, which the checks where it is used report. */
+static char ref_names(const char *r, size_t n) {
+  if (n > 1 && r[0] == 'k')
+    r++;
+  else if (n < 2 || (r[1] != '+' && r[1] != '-'))
+    return 0;
+  return r[0] == 'o' || r[0] == 'p' ? r[0] : 0;
+}
+
+/* Checks that the stored entry key = v (vl bytes, maybe marked `_ `),
+ * whose reference starts at ref, pairs an object with an object and a
+ * promise with a promise: damage that does not would be taken as a
+ * reference of the other kind, and its counts kept on the wrong record. */
+static int entry_kinds(ocap_kernel_t *k, const char *key, const char *ref, const char *v,
+                       size_t vl) {
+  size_t m = vl > 2 && v[0] == '_' && v[1] == ' ' ? 2 : 0;
+  char a = ref_names(ref, strlen(ref)), b = ref_names(v + m, vl - m);
+  if (!a || !b || a == b)
+    return 0;
+  return ocap__corrupt(k, key, v, vl, a == 'o' ? "an object's reference" : "a promise's reference");
+}
+
 /* Reads ep's c-list from the store: every key under `<ep>.c.`. */
 __attribute__((noinline)) static int clist_load(ocap_kernel_t *k, const char *ep, clist_t **out) {
   struct ocap__clists *t = k->c;
@@ -541,6 +565,8 @@ __attribute__((noinline)) static int clist_load(ocap_kernel_t *k, const char *ep
     }
     if (rc == 0)
       continue;
+    if ((rc = entry_kinds(k, after.p, after.p + plen, v, vl)) != 0)
+      break;
     ocap__ckey_t ck;
     ocap__ckey(&ck, after.p + plen);
     char vt[sizeof((centry_t *)0)->vt];

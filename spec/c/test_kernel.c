@@ -435,7 +435,12 @@ static void corrupt_values(void) {
   longref[sizeof longref - 1] = '\0';
   snprintf(key, sizeof key, "v1.c.%s", ko);
   k = corrupt_case(k, r, key, longref, "not a reference"); /* it overflowed a 48-byte buffer */
-  CHECK(step(k, r) == 1);                                  /* repaired, the message goes */
+  /* An object's entry naming a promise, and back: neither build saw it,
+   * and the object's counts went to the wrong record. */
+  k = corrupt_case(k, r, key, "p-1", "holds 'p-1' (3 bytes), which is not an object's reference");
+  k = corrupt_case(k, r, key, "_ p-1", "which is not an object's reference");
+  k = corrupt_case(k, r, "v1.c.o+1", kp, "which is not an object's reference");
+  CHECK(step(k, r) == 1); /* repaired, the message goes */
   CHECK(r->n == 1 && strcmp(r->lines[0], "v1 msg #[\"ping\",[]]") == 0);
 
   /* A parked-message count far beyond what is there fails at once. */
