@@ -114,6 +114,21 @@ static void push_filling(lua_State *L) {
 /* ---- the ocap table's fields on first touch ---- */
 
 /*
+ * [-0, +0, e] Checks the table at index 1, which an __index below fills in
+ * with a raw write: vatPowers' and the ocap table's metatables are not
+ * locked, so vat code can call their __index with anything. Only a table
+ * it could write itself will do: a raw access to anything else is
+ * undefined behaviour, and a raw write into an exo, a presence, a store
+ * or a hardened table would go around its __newindex (as vat.c's rawset
+ * refuses to).
+ */
+static void check_filled(lua_State *L, const char *what) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+    luaL_error(L, "%s: cannot modify a protected object", what);
+}
+
+/*
  * The ocap fields ocap.guards provides, and those read from ocap.pass on
  * first touch: its boxes, and `array`, which the ocap table leaves out so
  * that its other sixteen fields fit a hash part of 16 slots (a 17th field
@@ -141,16 +156,18 @@ static int named(lua_State *L, int idx, const char *const *names) {
  * fills in every guard field the table lacks; nil for anything else. */
 static int ocap_index(lua_State *L) {
   lua_settop(L, 2);
-  if (named(L, 2, box_fields)) {
+  int box = named(L, 2, box_fields);
+  if (!box && !named(L, 2, guard_fields)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  check_filled(L, "ocap");
+  if (box) {
     lua_pushvalue(L, 2);
     lua_gettable(L, lua_upvalueindex(F_PASS));
     lua_pushvalue(L, 2);
     lua_pushvalue(L, -2);
     lua_rawset(L, 1);
-    return 1;
-  }
-  if (!named(L, 2, guard_fields)) {
-    lua_pushnil(L);
     return 1;
   }
   lua_pushvalue(L, lua_upvalueindex(F_PCALL));
@@ -282,6 +299,7 @@ static int powers_index(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
+  check_filled(L, "vatPowers");
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushliteral(L, RARE);
   lua_pushliteral(L, "fillLogger");

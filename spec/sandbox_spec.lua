@@ -45,6 +45,10 @@ describe('the vat sandbox', function()
     ['setmetatable on baggage'] = 'protected metatable',
     ['rawset on baggage'] = 'protected',
     ['global leak'] = "global '_G'",
+    ["vatPowers' __index on a string"] = 'table expected',
+    ["vatPowers' __index on an exo"] = 'protected',
+    ["ocap's __index on a string"] = 'table expected',
+    ["ocap's __index on a hardened table"] = 'protected',
   }
 
   for name, message in pairs(expected) do

@@ -11,7 +11,7 @@ local function try(f, ...)
   return { ok = ok, err = err ~= nil and tostring(err) or nil }
 end
 
-function M.buildRootObject(_vatPowers, _parameters, baggage)
+function M.buildRootObject(vatPowers, _parameters, baggage)
   local exo = ocap.makeDefaultExo('victim', { hello = function() return 'hello' end })
   local frozen = ocap.harden({ a = 1, nested = { b = 2 } })
   local attempts = {
@@ -54,6 +54,13 @@ function M.buildRootObject(_vatPowers, _parameters, baggage)
     ['setmetatable on baggage'] = function() return setmetatable(baggage, {}) end,
     ['rawset on baggage'] = function() rawset(baggage, 'get', function() return 'pwned' end) end,
     ['global leak'] = function() _G.leaked = true; return rawget(_G, 'leaked') end,
+    -- The metatables of vatPowers and of the ocap table are not locked:
+    -- their __index, which fills in a field with a raw write, can be
+    -- called on anything.
+    ["vatPowers' __index on a string"] = function() return getmetatable(vatPowers).__index('x', 'logger') end,
+    ["vatPowers' __index on an exo"] = function() return getmetatable(vatPowers).__index(exo, 'logger') end,
+    ["ocap's __index on a string"] = function() return getmetatable(ocap).__index('x', 'symbol') end,
+    ["ocap's __index on a hardened table"] = function() return getmetatable(ocap).__index(frozen, 'M') end,
   }
   return ocap.makeDefaultExo('hostile', {
     attempt = function(_, name)
