@@ -62,17 +62,23 @@ static int raw_next(lua_State *L) {
 }
 
 /*
- * __index(t, k) and __pairs(t) of a table that fills itself  [-(1|2),
- * +(1|3), e]: fills t with require(module)[name](context, t) (the
- * trampoline's upvalues) and drops its metatable, then answers rawget(t,
- * k), or next, t, nil. Until then t is an empty table whose protected
- * metatable hides this function; from then on it is the plain table that
- * call made of it. A fill that raises leaves t to fill at the next touch.
+ * __index(t, k), __newindex(t, k, v) and __pairs(t) of a table that
+ * fills itself  [-(1|2|3), +(0|1|3), e]: drops t's metatable and fills
+ * t with require(module)[name](context, t) (the trampoline's upvalues),
+ * then answers rawget(t, k), does rawset(t, k, v), or answers next, t,
+ * nil. Until then t is an empty table whose protected metatable hides
+ * this function; from then on it is the plain table that call made of
+ * it. A write fills it first, so that the fill cannot undo the write.
+ * The fill runs only the runtime's code, which raises only when the vat
+ * runs out of memory or instructions, and that ends the vat.
  */
 static int filling(lua_State *L) {
-  int pairs = lua_gettop(L) == 1;
-  lua_settop(L, 2);
+  int n = lua_gettop(L); /* 1 for __pairs, 2 for __index, 3 for __newindex */
+  lua_settop(L, 3);
   luaL_checktype(L, 1, LUA_TTABLE);
+  /* First, or the fill's own writes would come back here. */
+  lua_pushnil(L);
+  lua_setmetatable(L, 1);
   lua_pushvalue(L, lua_upvalueindex(T_REQUIRE));
   lua_pushvalue(L, lua_upvalueindex(T_MODULE));
   lua_call(L, 1, 1);
@@ -81,28 +87,33 @@ static int filling(lua_State *L) {
   lua_pushvalue(L, lua_upvalueindex(T_CONTEXT));
   lua_pushvalue(L, 1);
   lua_call(L, 2, 0);
-  lua_settop(L, 2);
-  lua_pushnil(L);
-  lua_setmetatable(L, 1);
-  if (pairs) {
+  lua_settop(L, 3);
+  if (n == 1) {
     lua_pushcfunction(L, raw_next);
     lua_pushvalue(L, 1);
     lua_pushnil(L);
     return 3;
   }
+  if (n == 3) {
+    lua_rawset(L, 1);
+    return 0;
+  }
+  lua_settop(L, 2);
   lua_rawget(L, 1);
   return 1;
 }
 
 /* [-4, +1, e] Pops require, module, name and context and pushes an empty
  * table that fills itself with require(module)[name](context, t) on its
- * first read or pairs (see filling). */
+ * first read, write or pairs (see filling). */
 static void push_filling(lua_State *L) {
   lua_pushcclosure(L, filling, 4);
   lua_newtable(L);
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 4);
   lua_pushvalue(L, -3);
   lua_setfield(L, -2, "__index");
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -2, "__newindex");
   lua_pushvalue(L, -3);
   lua_setfield(L, -2, "__pairs");
   lua_pushboolean(L, 0);

@@ -128,6 +128,7 @@ describe('an idle vat', function()
     assert.same({ 'log ', 'warn sub' }, seen)
     assert.same({ 'debug:function', 'error:function', 'log:function', 'subLogger:function', 'warn:function' },
       kernel:queueMessage(launch(), 'keys', {}):await())
+    assert.same({ 'mine bye', 'function' }, kernel:queueMessage(launch(), 'assign', { 'bye' }):await())
   end)
 
   it('loads the runtime it needs, not what a replaced global require gives', function()

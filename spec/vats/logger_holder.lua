@@ -24,6 +24,13 @@ function MOD.buildRootObject(vatPowers)
       return { getmetatable(log) == nil, type(rawget(log, 'log')), log == vatPowers.logger,
         pcall(log.log, 'not a method call') }
     end,
+    -- Its first use, a write: the vat's own method stays the logger's,
+    -- as it would on a logger made whole at its first read.
+    assign = function(_, message)
+      log.log = function(_, m) return 'mine ' .. m end
+      log:warn(message)
+      return { tostring((log:log(message))), type(log.debug) }
+    end,
     -- Its first use, pairs: it lists the logger's methods.
     keys = function()
       local keys = {}
