@@ -119,6 +119,45 @@ describe('a forged vref', function()
   end)
 end)
 
+describe('a forged promise number', function()
+  -- Liveslots hands the resolve syscall a delivery's result as a number
+  -- (2efd09d): the kernel reads it as the vpid p-<n> of the vat's c-list.
+  local cases = {
+    held = "v1 may not resolve 'p%-%d+': it is not the decider",
+    unknown = "vat v1 used unknown import 'p%-777'",
+    huge = "vat v1 used unknown import 'p%-9007199254740992'",
+    max = "vat v1 used unknown import 'p%-9223372036854775807'",
+  }
+  for how, message in pairs(cases) do
+    it('is vat-fatal: ' .. how, function()
+      local kernel = testing.makeKernel()
+      local h = kernel:launchSubcluster({ bootstrap = 'h', vats = { h = { sourceSpec = HOSTILE } } }):await()
+      local kit = ocap.makePromiseKit()
+      local ok, err = pcall(ocap.await, kernel:queueMessage(h.rootKref, 'forgeResult', { kit.promise, how }))
+      assert.is_false(ok)
+      assert.equal('VAT_FATAL:ILLEGAL_SYSCALL', err.code)
+      assert.matches(message, err.message)
+      -- The promise the vat held is still the host's to resolve.
+      kit.resolve(5)
+      assert.equal(5, ocap.await(kit.promise))
+      kernel:run()
+      assert.is_true(kernel.K:check())
+      kernel:stop()
+    end)
+  end
+
+  it('is an ordinary error when it is not positive', function()
+    local kernel = testing.makeKernel()
+    local h = kernel:launchSubcluster({ bootstrap = 'h', vats = { h = { sourceSpec = HOSTILE } } }):await()
+    local ok, err = pcall(ocap.await, kernel:queueMessage(h.rootKref, 'forgeResult',
+      { ocap.makePromiseKit().promise, 'zero' }))
+    assert.is_false(ok)
+    assert.matches('promise number must be positive', tostring(err.message or err))
+    assert.equal(1, kernel:queueMessage(h.rootKref, 'ping', { 1 }):await())
+    kernel:stop()
+  end)
+end)
+
 describe('loading vat code', function()
   local kernel
   before_each(function() kernel = testing.makeKernel() end)

@@ -86,6 +86,17 @@ function M.buildRootObject(vatPowers, _parameters, baggage)
     presenceString = function(_, p) return tostring(p) end,
     ping = function(_, i) return i end,
     never = function() return ocap.makePromiseKit().promise end,
+    -- Has liveslots resolve, as a message's result, the promise number
+    -- how names: the number of p (a promise it holds, decided by the
+    -- host), one it was never given, or numbers past what the kernel
+    -- keeps as codes. The kernel checks the number as it would the vpid.
+    forgeResult = function(_, p, how)
+      local vpid, ls = require('ocap.liveslots').refOf(p)
+      local numbers = { held = tonumber(vpid:match('^p%-(%d+)$')), unknown = 777,
+        huge = 9007199254740992, max = math.maxinteger, zero = 0 }
+      ls.dispatchCall('o+0', numbers[how], 'ping', 1)
+      return 'forged'
+    end,
     forge = function(_, presence)
       -- The runtime is reachable, but the kernel checks every syscall: a
       -- vref this vat was never given is fatal to the vat.
