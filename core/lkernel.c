@@ -360,6 +360,18 @@ static int k_clear(lua_State *L) {
 
 /* [-0, +0, e] Raises the kernel's last error; it never returns. */
 static int raise_kernel(lua_State *L, lkernel_t *lk) {
+  if (!lk->cranking && ocap_kernel_failed(lk->k)) {
+    /* A host call between cranks that met a kernel failure may have left
+     * its writes half done: they are dropped now, with the host's other
+     * writes since the last commit, and this call raises. Left recorded,
+     * the failure failed the next crank once, dropping with it what host
+     * code sent after this call. */
+    luaL_where(L, 1);
+    lua_pushstring(L, ocap_kernel_errmsg(lk->k));
+    lua_concat(L, 2);
+    ocap_kernel_abort_crank(lk->k, 0);
+    return lua_error(L);
+  }
   return luaL_error(L, "%s", ocap_kernel_errmsg(lk->k));
 }
 

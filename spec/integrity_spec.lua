@@ -154,6 +154,26 @@ describe('a damaged database', function()
     assert.matches(("the owner of %s is '%s', not an endpoint"):format(root, huge), err, 1, true)
   end)
 
+  it('fails a host call that meets a damaged object, and only that call', function()
+    local db, root = made()
+    local kernel = testing.makeKernel({ database = db })
+    local other = kernel:launchSubcluster(counterCluster()):await().rootKref
+    local vat = kernel.K:kvGet('vat.v1')
+    kernel:stop()
+    local huge = 'v99999999999999999999'
+    damage(db, { ['vat.' .. huge] = vat, [root .. '.owner'] = huge })
+    kernel = testing.makeKernel({ database = db })
+    finally(function() kernel:stop() end)
+    local ok, err = pcall(kernel.queueMessage, kernel, root, 'increment', {})
+    assert.is_false(ok)
+    assert.matches(("the owner of %s is '%s', not an endpoint"):format(root, huge), err, 1, true)
+    -- The next crank neither fails for it nor drops the message sent
+    -- after it (it did both, once).
+    assert.equal(1, kernel:queueMessage(other, 'increment', {}):await())
+    assert.equal(2, kernel:queueMessage(other, 'increment', {}):await())
+    assert.is_true(kernel.K:check())
+  end)
+
   it('starts a vat with a large but valid id without a table that large', function()
     local db, root = made()
     local kernel = testing.makeKernel({ database = db })
