@@ -665,16 +665,20 @@ static void undo_delivery(ocap_kernel_t *k) {
 
 /* Takes a crank's item off the queue again after the crank was aborted
  * and drops the references it held (a message's result excepted: the
- * caller settles it first). */
+ * caller settles it first). An item a commit by host code during the
+ * delivery kept taken is not there to take: the head is the next item. */
 static int crank_drop_item(ocap_kernel_t *k, const ocap__qitem_t *item) {
-  ocap__qitem_t *again = malloc(sizeof *again);
-  if (!again)
-    return ocap__broken(k, OCAP_ENOMEM, "out of memory dropping a run-queue item");
-  int rc = ocap__dequeue(k, again);
-  if (rc > 0)
-    ocap__qitem_free(again);
-  free(again);
-  rc = rc < 0 ? rc : 0;
+  int rc = 0;
+  if (ocap__queue_lent_back(k)) {
+    ocap__qitem_t *again = malloc(sizeof *again);
+    if (!again)
+      return ocap__broken(k, OCAP_ENOMEM, "out of memory dropping a run-queue item");
+    rc = ocap__dequeue(k, again);
+    if (rc > 0)
+      ocap__qitem_free(again);
+    free(again);
+    rc = rc < 0 ? rc : 0;
+  }
   if (!rc && !item->notify) {
     rc = ocap__release_send(k, item->target, item->tid, NULL, NULL, item->enc, item->elen);
     if (!rc && item->sender[0])

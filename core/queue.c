@@ -954,6 +954,10 @@ int ocap__dequeue(ocap_kernel_t *k, ocap__qitem_t *out) {
   return 1;
 }
 
+int ocap__queue_lent_back(const ocap_kernel_t *k) {
+  return k->q->lent >= 0 && k->q->head == k->q->lent;
+}
+
 /* The largest block kept for reuse: a message's capdata is usually small. */
 #define SPARE_MAX 4096
 

@@ -111,6 +111,10 @@ typedef struct ocap__qitem {
  * The first item a crank takes stays valid until the crank calls
  * ocap__queue_return once it has ended. */
 int ocap__dequeue(ocap_kernel_t *k, ocap__qitem_t *out);
+/* Whether an abort put the item the crank was lent back at the head: not
+ * when host code committed after the crank took it (K:commit from a
+ * delivery, in C), which an abort does not undo. */
+int ocap__queue_lent_back(const ocap_kernel_t *k);
 static inline void ocap__qitem_free(ocap__qitem_t *it) {
   if (it->notify && it->kpids && it->kpids != it->small)
     free(it->kpids);

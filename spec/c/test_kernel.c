@@ -1302,6 +1302,62 @@ static void commit_in_delivery(void) {
   free(c);
 }
 
+/* A deliver hook whose host code commits mid-crank, as commit_deliver's,
+ * and then fails v1's delivery: fatally, or by refusing it. */
+typedef struct splitter {
+  record_t r;
+  ocap_kernel_t *k;
+  int refuse, armed;
+} splitter_t;
+
+static int split_deliver(void *ud, const char *ep, const ocap_delivery_t *d, int *fatal,
+                         char **why) {
+  splitter_t *sp = ud;
+  hook_deliver(&sp->r, ep, d, fatal, why);
+  if (d->type != OCAP_DELIVER_MESSAGE || strcmp(ep, "v1") != 0 || !sp->armed)
+    return 0;
+  sp->armed = 0;
+  REQUIRE(ocap_store_commit(ocap_kernel_store(sp->k)) == 0);
+  if (sp->refuse)
+    return OCAP_EREFUSED;
+  *fatal = OCAP_FATAL_ILLEGAL_SYSCALL;
+  return 0;
+}
+
+/*
+ * A delivery that fails after host code committed mid-crank is undone
+ * back to that commit only, which had already taken its item off the run
+ * queue: taking "its" item off again took the next one, a message to
+ * another vat, which was never delivered.
+ */
+static void commit_then_fail(int refuse) {
+  splitter_t *sp = calloc(1, sizeof *sp);
+  ocap_store_t *s = NULL;
+  REQUIRE(sp != NULL && ocap_store_open_memory(&s) == 0);
+  ocap_kernel_hooks_t hooks = {.ud = sp, .deliver = split_deliver};
+  REQUIRE(ocap_kernel_new(s, &hooks, &sp->k) == 0);
+  ocap_kernel_t *k = sp->k;
+  sp->refuse = refuse;
+  char ko1[OCAP_REF_MAX], ko2[OCAP_REF_MAX];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko1) == 0);
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v2", "o+1", ko2) == 0);
+  ocap_capdata_t first = {"#[\"first\",[]]", 13, NULL, 0};
+  ocap_capdata_t second = {"#[\"second\",[]]", 14, NULL, 0};
+  REQUIRE(ocap_kernel_send(k, "kernel", ko1, &first, NULL) == 0);
+  REQUIRE(ocap_kernel_send(k, "kernel", ko2, &second, NULL) == 0);
+  REQUIRE(ocap_store_commit(s) == 0);
+  sp->armed = 1;
+  CHECK(step(k, &sp->r) == 1);
+  CHECK(count_lines(&sp->r, "v1 msg #[\"first\"") == 1);
+  for (int i = 0; i < 10 && step(k, &sp->r) == 1; i++)
+    ;
+  CHECK(count_lines(&sp->r, "v2 msg #[\"second\"") == 1);
+  CHECK(ocap_kernel_failed(k) == 0);
+  CHECK(ocap_kernel_check(k) == 0);
+  free_kernel(k);
+  free(sp);
+}
+
 /* Counts the imports reachable_imports reports, and whether `want` is one. */
 typedef struct reach_seen {
   const char *want;
@@ -1600,6 +1656,8 @@ static void numbered_vpids(void) {
 int main(void) {
   clist_versions();
   commit_in_delivery();
+  commit_then_fail(0);
+  commit_then_fail(1);
   counters_at_sync();
   queue_text();
   endpoint_ids_spent();
