@@ -22,7 +22,9 @@ describe('a remote peer as an endpoint', function()
   -- fetch with its export 5: the kernel's import. The peer's bootstrap
   -- object, which nothing holds once the fetch is answered, is let go
   -- before it returns: a collection would let it go at any time (under
-  -- load, between two counts of a test).
+  -- load, between two counts of a test). So its import is checked where
+  -- it ends, whenever that was: the peer is told the kernel let go of
+  -- position 0, which it had imported once.
   local function session()
     raw = client.listen(kernel)
     local pObj = kernel:redeemOcapURL((raw.locator:gsub('%?', '/s/thing?')))
@@ -34,6 +36,7 @@ describe('a remote peer as an endpoint', function()
       list(sym('fulfill'), desc('desc:import-object', 5))))
     local obj = pObj:await()
     kernel:collectGarbage():await()
+    assert.are.equal(1, raw:expectGcExport(0))
     return obj
   end
 
