@@ -28,6 +28,36 @@ local function swissOf(url) return url:match('/s/([^?]+)') end
 --- The designator of a URL.
 local function designatorOf(url) return url:match('^ocapn://([^/?]+)%.[^./?]+[/?]') end
 
+--- The TCP ports this process listens on, as a set, or nil where /proc
+--- does not tell (a socket is this process's when one of its descriptors
+--- names the socket's inode).
+local function listening()
+  local stat = io.open('/proc/self/stat')
+  local tcp = io.open('/proc/net/tcp')
+  if not stat or not tcp then
+    if stat then stat:close() end
+    if tcp then tcp:close() end
+    return nil
+  end
+  local pid = stat:read('l'):match('^%d+')
+  stat:close()
+  local mine = {}
+  local ls = assert(io.popen(('ls -l /proc/%s/fd 2>/dev/null'):format(pid)))
+  for line in ls:lines() do
+    local inode = line:match('socket:%[(%d+)%]')
+    if inode then mine[inode] = true end
+  end
+  ls:close()
+  local ports = {}
+  for line in tcp:lines() do
+    -- sl local_address rem_address st ... inode; st 0A is LISTEN.
+    local port, st, inode = line:match('^%s*%d+:%s+%x+:(%x+)%s+%x+:%x+%s+(%x+)%s+%S+%s+%S+%s+%S+%s+%d+%s+%d+%s+(%d+)')
+    if port and st == '0A' and mine[inode] then ports[tonumber(port, 16)] = true end
+  end
+  tcp:close()
+  return ports
+end
+
 --- A kernel of this process with both netlayers, on loopback.
 local function dualKernel()
   return newKernel { remote = { netlayers = {
@@ -98,10 +128,11 @@ describe('a kernel with two netlayers', function()
     assert.are.equal(1, r.pinged)
     assert.matches('CONNECTION_LOST', r.lost.message)
     for i = 1, 2 do
-      assert.are_not.equal(first.locators[i], second.locators[i]) -- other ports
+      -- The new ports are whatever the system gives (it may give an old
+      -- one again, about once in 7,000 runs: not asserted otherwise).
       assert.are.equal(designatorOf(first.locators[i]), designatorOf(second.locators[i]))
-      -- The URL issued before the restart, with the new port, reaches the
-      -- same object on either netlayer.
+      -- The URL issued before the restart, with the port of the restarted
+      -- peer, reaches the same object on either netlayer.
       local old = urlAt(first.locators[i], 'keepme')
       local moved = old:gsub('port=%d+', second.locators[i]:match('port=%d+'))
       assert.are.equal(10 + i, E(kernel:redeemOcapURL(moved):await()).ping(10 + i):await())
@@ -298,21 +329,24 @@ describe('remote.netlayers options', function()
   end)
 
   it('refuses a port that cannot be bound, and lets go of the netlayers started before it', function()
+    if not listening() then return pending('needs /proc/net/tcp and /proc/<pid>/fd') end
     local holder = newKernel { remote = { listen = '127.0.0.1:0' } }
     finally(function() holder:stop() end)
     local taken = holder:getStatus().remoteComms.listenAddresses[1]:match('port=(%d+)')
-    -- A first netlayer on a fixed free port, then one on the port taken.
-    local probe = newKernel { remote = { listen = '127.0.0.1:0' } }
-    local free = probe:getStatus().remoteComms.listenAddresses[1]:match('port=(%d+)')
-    probe:stop()
+    local before = listening()
+    assert.is_true(before[tonumber(taken)])
+    -- A first netlayer on a port the system chooses, then one on the
+    -- port taken. (A port found free and let go for the first netlayer
+    -- could be taken by another process meanwhile, about once in 7,000
+    -- runs: this process's own sockets are counted instead.)
     local netlayers = {
-      { type = 'tcp-tls', listen = '127.0.0.1:' .. free },
+      { type = 'tcp-tls', listen = '127.0.0.1:0' },
       { type = 'tcp-testing-only', listen = '127.0.0.1:' .. taken },
     }
     refused({ netlayers = netlayers },
       ('Kernel.make: remote: cannot listen on 127.0.0.1:%s: address already in use'):format(taken))
-    -- The first netlayer's port was let go: a kernel can listen there now.
-    local again = newKernel { remote = { netlayer = 'tcp-tls', listen = '127.0.0.1:' .. free } }
-    again:stop()
+    -- The first netlayer's socket was let go: this process listens where
+    -- it did before.
+    assert.are.same(before, listening())
   end)
 end)
