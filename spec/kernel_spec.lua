@@ -218,6 +218,29 @@ describe('kernel', function()
       assert.matches('invalid kref', err)
     end)
 
+    it('names a promise it gave out and freed: rejected, as a message sent to it is', function()
+      local r = kernel:launchSubcluster(twoVats()):await()
+      local kp
+      do
+        local p = kernel:queueMessage(r.rootKref, 'ping', { 1 })
+        assert.equal(1, p:await())
+        kp = kernel:krefOf(p)
+      end
+      -- The host let go of its result; the kernel frees the settled promise.
+      collectgarbage()
+      collectgarbage()
+      kernel:collectGarbage():await()
+      local deleted = '[KERNEL:OBJECT_DELETED] Target promise has been deleted'
+      assert.equal(deleted, rejection(kernel:queueMessage(kp, 'ping', {})).message)
+      -- getPresence raised "kernel subscribed to unknown promise", then
+      -- gave a promise that stayed pending for ever.
+      for _ = 1, 2 do
+        local e = rejection(kernel:getPresence(kp))
+        assert.same({ deleted, 'OBJECT_DELETED' }, { e.message, e.code })
+      end
+      assert.equal(2, kernel:queueMessage(r.rootKref, 'ping', { 2 }):await())
+    end)
+
     it('refuses a kref written with a leading zero, and goes on', function()
       -- ko02 is no kref the kernel wrote: the host's mistake, not a
       -- damaged database, and the next message is not failed for it.

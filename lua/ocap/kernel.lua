@@ -1311,10 +1311,27 @@ function Kernel:queueMessage(target, method, args)
   return self.ls.sendTo(kref, method, args, true)
 end
 
+--- The promise getPresence gives for kref, a promise the kernel gave out
+--- and no longer has (freed once settled and let go), whose subscription
+--- the kernel refused (err): rejected as a message sent to it is. The
+--- host's liveslots had made it pending for ever (and it raised a
+--- `kernel subscribed to unknown promise` of the kernel's own).
+function Kernel:_deletedPromise(kref, err)
+  local p = self.ls.pending[kref]
+  if not p or not tostring(err):find('subscribed to unknown promise', 1, true) then error(err, 0) end
+  self.ls.pending[kref] = nil
+  promise.rejectPromise(p, pass.makeError('[KERNEL:OBJECT_DELETED] Target promise has been deleted'))
+  return p
+end
+
 function Kernel:getPresence(kref, iface)
   self:_check()
   self:_krefOf(kref)
-  if kref:sub(1, 2) == 'kp' then return self.ls.promiseFor(kref) end
+  if kref:sub(1, 2) == 'kp' then
+    local ok, p = pcall(self.ls.promiseFor, kref)
+    if ok then return p end
+    return self:_deletedPromise(kref, p)
+  end
   return self.ls.presenceFor(kref, iface and ('Alleged: ' .. iface) or nil)
 end
 
