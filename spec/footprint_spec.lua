@@ -66,6 +66,39 @@ describe('the runtime every vat keeps', function()
     assert.equal('[Presence Alleged: presence]', tostring(presence))
     assert.equal('baggage', store['vc.1|label'])
   end)
+  it('has no Lua function for E() but its __call until its first call, which puts E\'s own in place', function()
+    -- Fresh copies of the modules, as a vat's state loads them.
+    local names = { 'ocap.liveslots', 'ocap.liveslots.eventual', 'ocap.liveslots.rare' }
+    local saved = {}
+    for _, n in ipairs(names) do saved[n], package.loaded[n] = package.loaded[n], nil end
+    local ok, err = pcall(function()
+      local liveslots = require 'ocap.liveslots'
+      local E = liveslots.E
+      local function luaOnes()
+        local lua = {}
+        for name, t in pairs({ E = E, liveslots = { refOf = liveslots.refOf,
+          setPipeline = liveslots.setPipeline, stoppedMessage = liveslots.stoppedMessage } }) do
+          for _, f in ipairs(cFunctions(name, t)) do lua[#lua + 1] = f end
+        end
+        table.sort(lua)
+        return lua
+      end
+      assert.same({}, luaOnes())
+      local stub = getmetatable(E).__call
+      local mine = function() end
+      E.get = mine
+      local got
+      E.when(1, function(v) got = v end)
+      require('ocap.promise').drain()
+      assert.equal(1, got)
+      assert.same({ 'E.get', 'E.sendOnly', 'E.when', 'liveslots.refOf', 'liveslots.setPipeline',
+        'liveslots.stoppedMessage' }, luaOnes())
+      assert.equal(mine, E.get)
+      assert.is_not.equal(stub, getmetatable(E).__call)
+    end)
+    for _, n in ipairs(names) do package.loaded[n] = saved[n] end
+    assert(ok, err)
+  end)
 end)
 
 describe('an idle vat', function()
@@ -193,5 +226,20 @@ describe('an idle vat', function()
   it('gets durable exos on first touch', function()
     local root = launchIdle()
     assert.same({ 42, 'boxed' }, kernel:queueMessage(root, 'durable', {}):await())
+  end)
+
+  it('gets E() on its first call, as if it had always been there', function()
+    local r = kernel:launchSubcluster({ bootstrap = 'v', vats = { v = { sourceSpec = 'spec/vats/eventual.lua' } } })
+      :await()
+    local errors = kernel:queueMessage(r.rootKref, 'nilTarget', { false }):await()
+    assert.matches('^spec/vats/eventual%.lua:%d+: E: target is nil$', errors[1])
+    assert.equal(errors[1], errors[2])
+    r = kernel:launchSubcluster({ bootstrap = 'v', vats = { v = { sourceSpec = 'spec/vats/eventual.lua' } } })
+      :await()
+    assert.same({ 'E: target is nil', 'E: target is nil' }, kernel:queueMessage(r.rootKref, 'nilTarget', { true })
+      :await())
+    r = kernel:launchSubcluster({ bootstrap = 'v', vats = { v = { sourceSpec = 'spec/vats/eventual.lua' } } })
+      :await()
+    assert.same({ 7, 9, true, 'mine' }, kernel:queueMessage(r.rootKref, 'replaced', {}):await())
   end)
 end)

@@ -27,9 +27,13 @@ describe('the runtime C functions under attack', function()
   it('gives vat code runtime modules it cannot change', function()
     local r = kernel:queueMessage(root, 'interceptRuntime', {}):await()
     assert.equal(0, r[1]) -- nothing privileged reached the vat's function
-    assert.equal(24, r[2]) -- 12 fields, each refused to assignment and to rawset
+    assert.equal(32, r[2]) -- 16 fields, each refused to assignment and to rawset
     assert.matches("cannot modify runtime module 'ocap.", r[3], 1, true)
     assert.is_true(r[4]) -- pairs still lists a module's functions
+  end)
+
+  it('lets no table vat code makes stand for liveslots\' in E()\'s module', function()
+    assert.same({ false, true, 5 }, kernel:queueMessage(root, 'fakeEventual', { kernel:getPresence(root) }):await())
   end)
 
   it('keeps the ocap.marshal module out of reach of ocap.marshal', function()

@@ -22,7 +22,7 @@ local RUNTIME_MODULES = {
   'ocap.pass', 'ocap.pass.boxes', 'ocap.pass.style', 'ocap.promise', 'ocap.promise.combinators', 'ocap.marshal',
   'ocap.marshal.reference', 'ocap.hex', 'ocap.exo', 'ocap.stores', 'ocap.logger', 'ocap.guards', 'ocap.durable',
   'ocap.vom', 'ocap.liveslots', 'ocap.liveslots.gc', 'ocap.liveslots.rare',
-  'ocap.liveslots.kits', 'ocap.api', 'ocap.vatboot',
+  'ocap.liveslots.kits', 'ocap.liveslots.eventual', 'ocap.api', 'ocap.vatboot',
   'ocap.vatboot.endow', 'ocap.vatboot.explain', 'ocap.vatboot.rare',
 }
 

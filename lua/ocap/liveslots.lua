@@ -13,8 +13,8 @@ local M = {}
 -- replaces its global require cannot change what the lazy kits load.
 local require = require
 
-local type, error, pcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, rawget, next =
-  type, error, pcall, select, tostring, setmetatable, getmetatable, rawequal, rawset, rawget, next
+local type, error, pcall, select, tostring, setmetatable, getmetatable, rawequal, rawget, next =
+  type, error, pcall, select, tostring, setmetatable, getmetatable, rawequal, rawget, next
 local unpack, pack = table.unpack, table.pack
 local sfind, ssub, sbyte, smatch = string.find, string.sub, string.byte, string.match
 local makePromise, track, trackedKey = promise.makePromise, promise.track, promise.trackedKey
@@ -45,8 +45,6 @@ local WEAK_KEYS, WEAK_VALUES = { __mode = 'k' }, { __mode = 'v' }
 -- the answers of a remote peer, whose messages go ahead of their
 -- settlement): target -> send(method, args, wantResult).
 local pipelines = setmetatable({}, WEAK_KEYS)
--- E()'s send, defined with the proxies below.
-local eventualSend
 
 local COUNT_MAX <const> = 9007199254740991 -- 2^53 - 1
 
@@ -71,15 +69,49 @@ local presenceMT = {
   __metatable = 'presence',
 }
 
+-- What this module shares with ocap.liveslots.eventual (E() and its
+-- proxies) and ocap.liveslots.rare, which load on first use: the tables
+-- above, E, this module, E's send (eventualSend, set by the eventual
+-- module), the call of local exos (localCall, set below) and E's
+-- trampolines, which the eventual module replaces with its functions.
+-- Made with every field, so that it never grows.
+local common = {
+  presenceInfo = presenceInfo, pipelines = pipelines, instances = instances, M = M, E = false,
+  eventualSend = false, localCall = false, callT = false, sendOnlyT = false, whenT = false, getT = false,
+}
+
+-- E(target).method(...) -> promise; E(target):method(...) works too; and
+-- E.sendOnly, E.when, E.get. What they do is ocap.liveslots.eventual:
+-- a vat that never sends never loads it. E's __call is Lua, not a
+-- trampoline: its tail call leaves the stack as E's own __call does, so
+-- that E(nil)'s error names the same caller at the first call as later.
+local EVENTUAL = 'ocap.liveslots.eventual'
+common.callT = function(e, target) return require(EVENTUAL).call(common, e, target) end
+common.sendOnlyT = lazy(require, EVENTUAL, 'sendOnly', common)
+common.whenT = lazy(require, EVENTUAL, 'when', common)
+common.getT = lazy(require, EVENTUAL, 'get', common)
+local E = setmetatable({ sendOnly = common.sendOnlyT, when = common.whenT, get = common.getT },
+  { __call = common.callT })
+common.E = E
+M.E = E
+
+--- setPipeline(target, send): makes E(target) call send(method, args,
+--- wantResult) at once, for a remotable or a pending promise (promise
+--- pipelining); nil stops it. refOf(v): the kref or vref behind a
+--- presence or kernel-known promise, if any, and its instance.
+--- stoppedMessage(target, vref): what a presence of a stopped kernel
+--- (kept across a restart) says. All three are ocap.liveslots.eventual's.
+M.setPipeline = lazy(require, EVENTUAL, 'setPipeline', common)
+M.refOf = lazy(require, EVENTUAL, 'refOf', common)
+M.stoppedMessage = lazy(require, EVENTUAL, 'stoppedMessage', common)
+
 -- ocap.liveslots.rare: what E() of anything but a presence, and a
 -- failure, need (loaded on first use).
 local rareModule
-local localCall
 function rare()
   if not rareModule then
     rareModule = require 'ocap.liveslots.rare'
-    rareModule.init({ presenceInfo = presenceInfo, pipelines = pipelines, instances = instances,
-      eventualSend = eventualSend, localCall = function(...) return localCall(...) end })
+    rareModule.init(common)
   end
   return rareModule
 end
@@ -144,7 +176,7 @@ end
 -- Calls local exos, which belong to no liveslots instance: it logs
 -- through the latest instance made with a log (a vat has only one; a host
 -- logs through the kernel it made last).
-localCall = makeCaller(function() end, nil, function(e) return e end)
+common.localCall = makeCaller(function() end, nil, function(e) return e end)
 
 --- Makes a liveslots instance.
 ---@param opts table { syscall, vatId, kind = 'vat'|'kernel', allocObject, allocPromise, log, wrapError,
@@ -653,7 +685,7 @@ function M.make(opts)
   setmetatable(ls, { __index = function(_, k) return rareKitOf()[k] end })
 
   local callMethod, methodHandler, methodEnded = makeCaller(log, syscall.traceback, explain)
-  if opts.log then localCall = callMethod end
+  if opts.log then common.localCall = callMethod end
 
   --- Settles a delivered method's result as its run came to: at once
   --- when it ended without awaiting and queued no turn, else when the
@@ -866,97 +898,6 @@ function M.make(opts)
   ls.trackPromise = trackPromise
   ls.pending = pending
   return ls
-end
-
---- Wraps a target for eventual send.
-local proxyCache = setmetatable({}, WEAK_KEYS)
-
---- Makes E(target) call send(method, args, wantResult) at once, for a
---- remotable or a pending promise (promise pipelining); nil stops it.
-function M.setPipeline(target, send)
-  pipelines[target] = send
-end
-
---- What a presence of a stopped kernel (kept across a restart) says.
-local function stoppedMessage(target, vref)
-  return rare().stoppedMessage(target, vref)
-end
-M.stoppedMessage = stoppedMessage
-
-function eventualSend(target, method, args, wantResult)
-  local info = presenceInfo[target]
-  if info then
-    -- A presence that sends its messages itself (a remote peer's object
-    -- the host holds) skips the kernel: the message goes on the wire.
-    local pipe = pipelines[target]
-    if pipe then return pipe(method, args, wantResult) end
-    if info.ls.stopped then error(stoppedMessage(target, info.vref), 3) end
-    return info.ls.sendTo(info.vref, method, args, wantResult)
-  end
-  return rare().send(target, method, args, wantResult)
-end
-
-local function makeProxy(target, wantResult)
-  -- A presence's instance and ref never change: its sends go straight
-  -- there, unless it sends them itself (a remote peer's object).
-  local info = not pipelines[target] and presenceInfo[target]
-  local proxy
-  -- Whether a sender's first argument is the proxy itself (a call made as
-  -- E(x):method(...)): a raw lookup, which no metamethod of the argument
-  -- can answer, as no equality test would, and no function call.
-  local itself = {}
-  proxy = setmetatable({}, {
-    -- Each method's sender is made once and kept in the proxy itself, so
-    -- that later sends find it without calling this.
-    __index = function(_, method)
-      local f
-      if info then
-        -- A presence's sends hand their arguments on as they come.
-        f = instances[info.ls][2](info.vref, method, wantResult, itself,
-          function(vref) return stoppedMessage(target, vref) end)
-      else
-        f = function(...)
-          local args
-          if itself[...] then
-            args = pack(select(2, ...))
-          else
-            args = pack(...)
-          end
-          return eventualSend(target, method, args, wantResult)
-        end
-      end
-      rawset(proxy, method, f)
-      return f
-    end,
-    __newindex = function() error('E proxy is read-only', 2) end,
-  })
-  itself[proxy] = true
-  return proxy
-end
-
---- E(target).method(...) -> promise; E(target):method(...) works too.
-local E = setmetatable({}, {
-  __call = function(_, target)
-    local p = proxyCache[target]
-    if p then return p end
-    if target == nil then error('E: target is nil', 2) end
-    p = makeProxy(target, true)
-    proxyCache[target] = p
-    return p
-  end,
-})
-E.sendOnly = function(target) return makeProxy(target, false) end
-E.when = function(v, onFulfilled, onRejected)
-  return promise.resolve(v):next(onFulfilled, onRejected)
-end
-E.get = function(target) return rare().get(target) end
-M.E = E
-
---- The kref or vref behind a presence or kernel-known promise, if any.
-function M.refOf(v)
-  local pi = presenceInfo[v]
-  if pi then return pi.vref, pi.ls end
-  return rare().promiseRef(v)
 end
 
 return M

@@ -75,6 +75,7 @@ function M.buildRootObject()
         ['ocap.liveslots.gc'] = { 'make' },
         ['ocap.liveslots.rare'] = { 'make' },
         ['ocap.liveslots.kits'] = { 'stores', 'gc', 'bagIndex', 'presenceString' },
+        ['ocap.liveslots.eventual'] = { 'call', 'install', 'refOf', 'sendOnly' },
         ['ocap.stores'] = { 'make' },
       }
       for name, fields in pairs(targets) do
@@ -95,6 +96,18 @@ function M.buildRootObject()
         if type(k) == 'string' and type(v) == 'function' then fields = fields + 1 end
       end
       return { #got, #errors, errors[1] or 'none', fields > 10 }
+    end,
+    -- E()'s module (ocap.liveslots.eventual) takes liveslots' shared
+    -- table at its first call: one vat code makes, with the view of
+    -- ocap.liveslots it can get, is refused, and E() still routes
+    -- through the runtime's own tables.
+    ping = function(_, x) return x end,
+    fakeEventual = function(_, target)
+      local eventual = require('ocap.liveslots.eventual')
+      local fake = { M = require('ocap.liveslots') }
+      eventual.install(fake)
+      local ok = pcall(eventual.call, fake, ocap.E, target)
+      return { ok, rawget(fake, 'eventualSend') == nil, ocap.E(target).ping(5):await() }
     end,
     -- ocap.marshal reads through to the ocap.marshal module, which the
     -- runtime uses too: its metatable must not hand the module out.

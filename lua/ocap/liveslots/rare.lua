@@ -12,8 +12,8 @@ local pass = require 'ocap.pass'
 
 local M = {}
 
-local next, ipairs, error, tostring, type, pcall, xpcall, rawset, setmetatable = next, ipairs, error, tostring,
-  type, pcall, xpcall, rawset, setmetatable
+local next, ipairs, error, tostring, type, pcall, xpcall, rawset, rawequal, setmetatable = next, ipairs, error,
+  tostring, type, pcall, xpcall, rawset, rawequal, setmetatable
 local ssub, sfind = string.sub, string.find
 -- Captured when the module loads: the kits load with the runtime's require.
 local require = require
@@ -36,11 +36,22 @@ end
 -- What the module shares with ocap.liveslots (M.init).
 local shared
 
---- Takes what E()'s sends share: { presenceInfo, pipelines, instances,
---- eventualSend, localCall = function(target, method, args) }.
+--- Takes what ocap.liveslots shares with it and with
+--- ocap.liveslots.eventual: { presenceInfo, pipelines, instances, M (the
+--- ocap.liveslots module), eventualSend (false until the eventual module
+--- loads), localCall = function(target, method, args), ... }. Only the
+--- table of the state's own ocap.liveslots counts: vat code, which gets a
+--- read-only view of that module and never the module itself, cannot
+--- make one.
 ---@param s table
 function M.init(s)
-  shared = s
+  if rawequal(s.M, require('ocap.liveslots')) then shared = s end
+end
+
+--- E()'s send (ocap.liveslots.eventual's), which loads it if need be.
+local function eventualSend(...)
+  if not shared.eventualSend then require('ocap.liveslots.eventual').install(shared) end
+  return shared.eventualSend(...)
 end
 
 --- What a presence of a stopped kernel (kept across a restart) says
@@ -123,7 +134,6 @@ end
 --- handles those): a promise, a local exo, or a target that sends its
 --- messages itself.
 function M.send(target, method, args, wantResult)
-  local eventualSend = shared.eventualSend
   local pipe = shared.pipelines[target]
   if isPromise(target) then
     local st, v = pstate(target)
@@ -216,7 +226,7 @@ function M.make(cx)
   --- across the wire; its own result may take pipelined messages in turn.
   function kit.answer(answer, resultVpid, ok, methargs)
     if not ok then return rejectResult(resultVpid, normalizeError(methargs)) end
-    local sok, r = pcall(shared.eventualSend, answer, methargs[1], methargs[2] or {}, resultVpid ~= nil)
+    local sok, r = pcall(eventualSend, answer, methargs[1], methargs[2] or {}, resultVpid ~= nil)
     if not sok then return rejectResult(resultVpid, normalizeError(r)) end
     follow(resultVpid, r)
     if resultVpid then
