@@ -380,12 +380,32 @@ int ocap__queue_unsynced(ocap_kernel_t *k) {
   return (q->loaded && (q->shead != q->chead || q->stail != q->ctail || q->slast)) || q->nqsync > 0;
 }
 
+/*
+ * An empty queue whose store holds an empty queue too needs no write: the
+ * items queued and taken since were never written, so the numbers they
+ * took can be taken again, and the bounds go back to the store's. A host
+ * round trip so writes neither runQueue.head nor .tail (two of the four
+ * keys its flush wrote). Nothing may hold an item's number meanwhile: no
+ * crank is under way (the bounds are the committed ones) and none holds
+ * the item it took. A store whose bounds are still 0 (absent in a new
+ * one) gets them once, so that the kernel's keys do not come and go with
+ * the queue's use.
+ */
+static void queue_rebase(struct ocap__queue *q) {
+  if (q->chead != q->ctail || q->shead != q->stail || q->chead == q->shead || q->shead == 0)
+    return;
+  if (q->head != q->chead || q->tail != q->ctail || q->undo_at >= 0 || q->lent >= 0)
+    return;
+  q->head = q->tail = q->chead = q->ctail = q->shead;
+}
+
 /* Writes the committed queue over what the store holds (ocap_kernel_sync). */
 int ocap__queue_fill(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
   int rc = qbytes_fill(k);
   if (rc || !q->loaded)
     return rc;
+  queue_rebase(q);
   for (long long n = q->shead; n < q->chead && n < q->stail && !rc; n++)
     rc = ocap__delv(k, "runQueue.%lld", n);
   /* The items the store lacks, and its last one when a notify joined it. */
