@@ -970,9 +970,13 @@ static int check_one(ocap_kernel_t *k, const clist_t *c) {
     static const char *const id_key[2] = {"%s.nextObjectId", "%s.nextPromiseId"};
     for (int j = 0; j < 2 && !rc; j++) {
       char v[32];
-      /* The committed value: an abort leaves the ids it spent in next. */
-      size_t vl = c->cnext[j] < 0 ? 0 : ocap__fmt_ll(v, c->cnext[j]);
-      rc = ocap__check_key(k, c->cnext[j] < 0 ? NULL : v, vl, id_key[j], c->ep);
+      /* The stored value, the committed one or its bound after the sync
+       * before: an abort leaves the ids it spent in next. */
+      if (c->snext[j] < c->cnext[j])
+        return ocap__broken(k, OCAP_ECORRUPT, "counter '%s.%s' is behind", c->ep,
+                            j ? "nextPromiseId" : "nextObjectId");
+      size_t vl = c->snext[j] < 0 ? 0 : ocap__fmt_ll(v, c->snext[j]);
+      rc = ocap__check_key(k, c->snext[j] < 0 ? NULL : v, vl, id_key[j], c->ep);
     }
   }
   return rc;
@@ -1015,6 +1019,54 @@ void ocap__clists_forget(ocap_kernel_t *k, const char *ep) {
 
 /* ---- the store's hooks, and the sync ---- */
 
+/*
+ * An endpoint's nextPromiseId goes up at every message with a result it
+ * receives, so the store keeps a bound, as for the kernel's own (kstate.c,
+ * counter_reserved): written OCAP_ID_RESERVE past the committed value when
+ * that passes it, left alone until then. Its imports' numbers are so never
+ * given twice, and a restart after a crash skips those below the bound.
+ * nextObjectId keeps its value. -1 is an absent key.
+ */
+static long long id_stored(const clist_t *c, int j, int exact) {
+  long long n = c->cnext[j];
+  return j == 1 && !exact && n >= 0 && n <= COUNT_MAX - OCAP_ID_RESERVE ? n + OCAP_ID_RESERVE : n;
+}
+
+static int id_unsynced(const clist_t *c, int j, int exact) {
+  if (j == 1 && !exact && c->cnext[j] >= 0)
+    return c->cnext[j] > c->snext[j];
+  return c->cnext[j] != c->snext[j];
+}
+
+static int ids_unsynced(const clist_t *c, int exact) {
+  return id_unsynced(c, 0, exact) || id_unsynced(c, 1, exact);
+}
+
+/* Lists c for the sync when its counters are not stored as they are. */
+static int list_exact(ocap_kernel_t *k, clist_t *c) {
+  struct ocap__clists *t = k->c;
+  if (!c || c->idsync || !ids_unsynced(c, 1))
+    return 0;
+  if (ocap__reserve(&t->isync, &t->capisync, t->nisync + 1, sizeof *t->isync, 16))
+    return ocap__broken(k, OCAP_ENOMEM, "out of memory closing the c-lists");
+  t->isync[t->nisync++] = c;
+  c->idsync = t->nisync;
+  return 0;
+}
+
+/* Lists every c-list whose nextPromiseId the store has as a bound, for the
+ * sync of a kernel that closes (k->ids_exact): the next one opened on the
+ * store goes on from the value. */
+int ocap__clists_exact(ocap_kernel_t *k) {
+  struct ocap__clists *t = k->c;
+  int rc = 0;
+  for (size_t i = 0; i <= t->mask && !rc; i++)
+    rc = list_exact(k, t->slots[i]);
+  for (size_t i = 0; i < t->h.nbyvat && !rc; i++)
+    rc = list_exact(k, t->h.byvat[i]);
+  return rc ? rc : list_exact(k, t->kernel);
+}
+
 int ocap__clists_unsynced(ocap_kernel_t *k) {
   return k->c->nsync > 0 || k->c->nisync > 0;
 }
@@ -1029,10 +1081,10 @@ int ocap__clists_fill(ocap_kernel_t *k) {
   for (size_t i = 0; i < t->nisync; i++) {
     clist_t *c = t->isync[i];
     for (int j = 0; j < 2; j++) {
-      if (c->cnext[j] == c->snext[j])
+      if (!id_unsynced(c, j, k->ids_exact))
         continue;
       int rc = c->cnext[j] < 0 ? ocap__delv(k, id_key[j], c->ep)
-                               : ocap__seti(k, c->cnext[j], id_key[j], c->ep);
+                               : ocap__seti(k, id_stored(c, j, k->ids_exact), id_key[j], c->ep);
       if (rc)
         return rc;
     }
@@ -1103,7 +1155,9 @@ void ocap__clists_synced(ocap_kernel_t *k) {
   /* The counters last: a c-list listed here was kept by drop_empty. */
   for (size_t i = 0; i < t->nisync; i++) {
     clist_t *c = t->isync[i];
-    memcpy(c->snext, c->cnext, sizeof c->snext);
+    for (int j = 0; j < 2; j++)
+      if (id_unsynced(c, j, k->ids_exact))
+        c->snext[j] = id_stored(c, j, k->ids_exact);
     c->idsync = 0;
     if (droppable(c))
       clist_remove_ep(t, c);
@@ -1141,7 +1195,7 @@ static void end_ids(struct ocap__clists *t, int keep) {
     else
       ids_spent(c);
     c->ids = 0;
-    if (keep && !c->idsync && memcmp(c->cnext, c->snext, sizeof c->cnext) != 0) {
+    if (keep && !c->idsync && ids_unsynced(c, 0)) {
       t->isync[t->nisync++] = c;
       c->idsync = t->nisync;
     }

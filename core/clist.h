@@ -31,6 +31,9 @@ int ocap__clists_unsynced(ocap_kernel_t *k);
 int ocap__clists_changed(ocap_kernel_t *k);
 int ocap__clists_fill(ocap_kernel_t *k);
 void ocap__clists_synced(ocap_kernel_t *k);
+/* Lists for the sync the c-lists whose counters the store has as bounds
+ * (a kernel that closes stores their values). */
+int ocap__clists_exact(ocap_kernel_t *k);
 
 /*
  * A reference looked up: w is its code (refs.h), or, for one with none,

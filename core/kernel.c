@@ -230,8 +230,11 @@ void ocap_kernel_free(ocap_kernel_t *k) {
   if (!k)
     return;
   /* The store keeps what was committed: a kernel opened on it next must
-   * find the tables written later than at each commit too. */
-  ocap_kernel_sync(k);
+   * find the tables written later than at each commit too, and the id
+   * counters as they are rather than their bounds. */
+  k->ids_exact = 1;
+  if (ocap__clists_exact(k) == 0)
+    ocap_kernel_sync(k);
   ocap_store_set_hooks(k->s, NULL);
   ocap__queue_free(k);
   ocap__promises_free(k);

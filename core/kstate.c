@@ -430,6 +430,39 @@ int ocap__seti(ocap_kernel_t *k, long long n, const char *fmt, ...) {
 static const char *const counter_key[CTR_COUNT] = {"nextVatId", "nextObjectId", "nextPromiseId",
                                                    "nextPeerId"};
 
+/*
+ * nextPromiseId goes up at every message with a result, so the store keeps
+ * a bound rather than its value: a sync that finds the committed value past
+ * the stored one writes it plus OCAP_ID_RESERVE, and the syncs after leave
+ * it alone until the kernel passes that too. A kernel opened on the store
+ * goes on from the bound, which is above every id handed out before it was
+ * written (and so above every id the store names): ids are still never
+ * reused, a restart after a crash only skips those below the bound. A
+ * kernel that closes writes the value itself (ids_exact), so that the one
+ * opened next goes on from it. The other counters move rarely and keep
+ * their value.
+ */
+static int counter_reserved(int i) {
+  return i == CTR_PROMISE;
+}
+
+/* The value a sync writes for counter i. */
+static long long counter_stored(const ocap_kernel_t *k, int i) {
+  long long n = k->cnext[i];
+  return counter_reserved(i) && !k->ids_exact && n <= COUNT_MAX - OCAP_ID_RESERVE
+             ? n + OCAP_ID_RESERVE
+             : n;
+}
+
+/* Whether counter i was changed by a commit since the store last got it
+ * (for a bound: went past it). */
+static int counter_unsynced(const ocap_kernel_t *k, int i) {
+  if (!(k->counters_loaded & (1 << i)))
+    return 0;
+  return counter_reserved(i) && !k->ids_exact ? k->cnext[i] > k->snext[i]
+                                              : k->cnext[i] != k->snext[i];
+}
+
 /* Reads counter `which` the first time it is needed (each on its own, so
  * that a damaged one fails only what uses it). */
 static int counter_load(ocap_kernel_t *k, int which) {
@@ -486,11 +519,15 @@ int ocap__counters_check(ocap_kernel_t *k) {
   for (int i = 0; i < CTR_COUNT; i++) {
     if (!(k->counters_loaded & (1 << i)))
       continue;
-    /* The committed value: an abort leaves the ids it spent in next. */
+    /* The stored value, which the sync before made the committed one (or
+     * its bound): an abort leaves the ids it spent in next. */
     char v[32];
-    size_t vl = ocap__fmt_ll(v, k->cnext[i]);
+    size_t vl = ocap__fmt_ll(v, k->snext[i]);
     /* An absent counter reads as 1, so 1 may be either. */
-    int rc = k->cnext[i] == 1 ? 0 : ocap__check_key(k, v, vl, "%s", counter_key[i]);
+    int rc = k->snext[i] < k->cnext[i]
+                 ? ocap__broken(k, OCAP_ECORRUPT, "counter '%s' is behind", counter_key[i])
+             : k->snext[i] == 1 ? 0
+                                : ocap__check_key(k, v, vl, "%s", counter_key[i]);
     if (rc)
       return rc;
   }
@@ -499,13 +536,8 @@ int ocap__counters_check(ocap_kernel_t *k) {
 
 void ocap__counters_forget(ocap_kernel_t *k, const char *key) {
   for (int i = 0; i < CTR_COUNT; i++)
-    if (strcmp(key, counter_key[i]) == 0 && k->next[i] == k->cnext[i] && k->cnext[i] == k->snext[i])
+    if (strcmp(key, counter_key[i]) == 0 && k->next[i] == k->cnext[i] && !counter_unsynced(k, i))
       k->counters_loaded &= ~(1 << i);
-}
-
-/* Whether counter i was changed by a commit since the store last got it. */
-static int counter_unsynced(const ocap_kernel_t *k, int i) {
-  return (k->counters_loaded & (1 << i)) && k->cnext[i] != k->snext[i];
 }
 
 /*
@@ -523,7 +555,7 @@ int ocap__counters_unsynced(ocap_kernel_t *k) {
 int ocap__counters_fill(ocap_kernel_t *k) {
   for (int i = 0; i < CTR_COUNT; i++) {
     if (counter_unsynced(k, i)) {
-      int rc = ocap__seti(k, k->cnext[i], "%s", counter_key[i]);
+      int rc = ocap__seti(k, counter_stored(k, i), "%s", counter_key[i]);
       if (rc)
         return rc;
     }
@@ -532,7 +564,9 @@ int ocap__counters_fill(ocap_kernel_t *k) {
 }
 
 void ocap__counters_synced(ocap_kernel_t *k) {
-  memcpy(k->snext, k->cnext, sizeof k->snext);
+  for (int i = 0; i < CTR_COUNT; i++)
+    if (counter_unsynced(k, i))
+      k->snext[i] = counter_stored(k, i);
 }
 
 void ocap__counters_done(ocap_kernel_t *k) {

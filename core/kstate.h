@@ -70,6 +70,9 @@ static inline int ocap__reserve(void *arrayp, size_t *cap, size_t need, size_t s
  * them exactly, and adding one to them never overflows.
  */
 #define COUNT_MAX 9007199254740991LL
+/* How far past the committed value a promise counter's stored bound is
+ * written (kstate.c, counter_reserved; clist.c, ids_unsynced). */
+#define OCAP_ID_RESERVE 1024
 
 /* The kernel-wide id counters, kept as fields (see ocap__bump). */
 enum { CTR_VAT, CTR_OBJECT, CTR_PROMISE, CTR_PEER, CTR_COUNT };
@@ -101,6 +104,7 @@ struct ocap_kernel {
   long long next[CTR_COUNT];  /* the next id of each counter */
   long long cnext[CTR_COUNT]; /* the same at the last commit */
   long long snext[CTR_COUNT]; /* the same in the store (written at sync) */
+  int ids_exact;              /* the kernel closes: counters are stored as they are */
   struct ocap__queue *q;      /* the run queue (queue.c) */
   struct ocap__promises *p;   /* promises' states and counts (promise.c) */
   struct ocap__clists *c;     /* the endpoints' c-lists (clist.c) */
