@@ -63,6 +63,11 @@ static int gone(const over_t *v) {
   return !v->owner && !v->revoked && !v->reach && !v->recog && !v->pinned && !v->dropped;
 }
 
+static int same(const over_t *a, const over_t *b) {
+  return a->owner == b->owner && a->reach == b->reach && a->recog == b->recog &&
+         a->revoked == b->revoked && a->pinned == b->pinned && a->dropped == b->dropped;
+}
+
 /* Writes "ko<id>" into out (OCAP_REF_MAX bytes). */
 static void ko_name(char *out, long long id) {
   memcpy(out, "ko", 2);
@@ -462,6 +467,10 @@ static void end_crank(struct ocap__objects *t, int keep) {
     if (gone(&r->now) && gone(&r->sto)) {
       sync_unlist(t, r);
       free(ocap__idtable_remove(&t->table, r->id));
+    } else if (keep && same(&r->com, &r->sto)) {
+      /* Changed and changed back (a message's target counts it while it
+       * is queued): the store has it, and the sync has nothing to do. */
+      sync_unlist(t, r);
     } else if (keep && !r->syncat) {
       t->sync[t->nsync++] = r;
       r->syncat = t->nsync;

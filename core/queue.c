@@ -287,16 +287,27 @@ void ocap__queue_free(ocap_kernel_t *k) {
   free(q);
 }
 
+/* Whether the committed queue and the store's are both empty, the store's
+ * bounds set: the sync has nothing to write (queue_rebase). */
+static int both_empty(const struct ocap__queue *q) {
+  return q->chead == q->ctail && q->shead == q->stail && q->shead != 0;
+}
+
 int ocap__queue_check(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
   if (!q->loaded)
     return 0;
   char v[32];
   int rc = 0;
-  if (q->head)
-    rc = ocap__check_key(k, v, ocap__fmt_ll(v, q->head), "runQueue.head");
-  if (!rc && q->tail)
-    rc = ocap__check_key(k, v, ocap__fmt_ll(v, q->tail), "runQueue.tail");
+  /* An empty queue goes on from its own numbers until a sync takes the
+   * store's back (queue_rebase): the store keeps its bounds meanwhile. */
+  long long head = q->head, tail = q->tail;
+  if (head == tail && head == q->chead && tail == q->ctail && both_empty(q))
+    head = tail = q->shead;
+  if (head)
+    rc = ocap__check_key(k, v, ocap__fmt_ll(v, head), "runQueue.head");
+  if (!rc && tail)
+    rc = ocap__check_key(k, v, ocap__fmt_ll(v, tail), "runQueue.tail");
   ocap__buf_t b = {0};
   for (long long n = q->head; n < q->tail && !rc; n++) {
     const char *t;
@@ -377,7 +388,9 @@ int ocap__queue_changed(ocap_kernel_t *k) {
 
 int ocap__queue_unsynced(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
-  return (q->loaded && (q->shead != q->chead || q->stail != q->ctail || q->slast)) || q->nqsync > 0;
+  return (q->loaded && (q->shead != q->chead || q->stail != q->ctail || q->slast) &&
+          !both_empty(q)) ||
+         q->nqsync > 0;
 }
 
 /*
@@ -392,7 +405,7 @@ int ocap__queue_unsynced(ocap_kernel_t *k) {
  * the queue's use.
  */
 static void queue_rebase(struct ocap__queue *q) {
-  if (q->chead != q->ctail || q->shead != q->stail || q->chead == q->shead || q->shead == 0)
+  if (!both_empty(q) || q->chead == q->shead)
     return;
   if (q->head != q->chead || q->tail != q->ctail || q->undo_at >= 0 || q->lent >= 0)
     return;
