@@ -417,6 +417,44 @@ typedef struct boot_args {
 } boot_args_t;
 
 /*
+ * What ends a vat whose createVat raises in the host's state once the
+ * vat's state exists (the host out of memory in a preload, say): a
+ * to-be-closed value on k_create_vat's stack, armed from ocap_vat_new
+ * until createVat answers. Its __close stops the vat, which raising left
+ * half built (its collector stopped, still packing, no dispatch) and
+ * taken for running, and gives the kernel back its host thread.
+ */
+typedef struct boot_guard {
+  lkernel_t *lk;
+  lvat_t *rec;      /* the vat while armed, else NULL */
+  lua_State *saved; /* lk->L before the boot */
+} boot_guard_t;
+
+/* __close of a boot guard  [-0, +0] */
+static int boot_guard_close(lua_State *L) {
+  boot_guard_t *g = lua_touserdata(L, 1);
+  if (g->rec) {
+    g->lk->L = g->saved;
+    ocap__stop_vat(g->rec);
+    g->rec = NULL;
+  }
+  return 0;
+}
+
+/* [-0, +1, m] Pushes a boot guard, not armed, marked to be closed. */
+static boot_guard_t *push_boot_guard(lua_State *L, lkernel_t *lk) {
+  boot_guard_t *g = lua_newuserdatauv(L, sizeof *g, 0);
+  *g = (boot_guard_t){lk, NULL, lk->L};
+  if (luaL_newmetatable(L, "ocap.BootGuard")) {
+    lua_pushcfunction(L, boot_guard_close);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_setmetatable(L, -2);
+  lua_toclose(L, -1);
+  return g;
+}
+
+/*
  * tramp(args)  [-1, +0, e]
  * Runs in the vat: boots liveslots, keeps its two dispatch functions, and
  * installs the endowments.
@@ -595,8 +633,10 @@ static int k_create_vat(lua_State *L) {
   lua_pop(L, 1);
   if (lk->runtime)
     lim.boot_bytes = lk->runtime->boot_bytes;
+  boot_guard_t *guard = push_boot_guard(L, lk);
   if (ocap_vat_new(&lim, &rec->vat))
     return luaL_error(L, "out of memory creating vat %s", id);
+  guard->rec = rec;
   /*
    * The collector rests from here to the collection after boot, which
    * restarts it: the preloads and the boot make next to no garbage it
@@ -655,6 +695,7 @@ static int k_create_vat(lua_State *L) {
       lua_pushnil(L);
       lua_pushstring(L, lua_tostring(V, -1));
       lua_pop(V, 2);
+      guard->rec = NULL;
       ocap__stop_vat(rec);
       lk->L = saved;
       return 2;
@@ -698,9 +739,11 @@ static int k_create_vat(lua_State *L) {
                       : rec->fatal == OCAP_FATAL_QUOTA ? "QUOTA_EXCEEDED"
                       : rec->fatal                     ? "ILLEGAL_SYSCALL"
                                                        : "INTERNAL_ERROR");
+    guard->rec = NULL;
     ocap__stop_vat(rec);
     return 3;
   }
+  guard->rec = NULL;
   lua_pushboolean(L, 1);
   return 1;
 }

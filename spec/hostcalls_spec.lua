@@ -341,6 +341,43 @@ describe('the core bindings that start or stop vats, inside a crank', function()
   end)
 end)
 
+describe('K:createVat raising once the vat exists', function()
+  -- A runtime whose boot starts at once, as sandbox_spec's.
+  local BOOT = [[
+local M = {}
+function M.boot()
+  return function(kind) if kind == 'startVat' then return true end end, {}, {}
+end
+return M
+]]
+
+  -- The host's options raise at their second read of `modules` (the
+  -- preloads, after the vat's state is made) or their third (after the
+  -- start, giving unrequired modules their text back), as a host out of
+  -- memory would there. The vat was left half built, its collector
+  -- stopped, and createVat then said it was already running.
+  it('leaves no vat behind, and the vat can be created again', function()
+    local core = require 'ocap.core'
+    local K = assert(core.open({}))
+    finally(function() K:close() end)
+    K:setRuntime({ { 'ocap.vatboot', BOOT } })
+    for _, failing in ipairs({ 2, 3 }) do
+      local reads = 0
+      local opts = setmetatable({ main = 'm' }, { __index = function(_, k)
+        if k ~= 'modules' then return nil end
+        reads = reads + 1
+        if reads == failing then error('the host failed here', 0) end
+        return { m = 'return {}' }
+      end })
+      assert.same({ false, 'the host failed here' }, { pcall(K.createVat, K, 'v1', opts) })
+      assert.equal(failing, reads)
+      assert.is_false(K:vatLive('v1'))
+      assert.is_true(K:createVat('v1', { main = 'm', modules = { m = 'return {}' } }))
+      K:stopVat('v1')
+    end
+  end)
+end)
+
 describe('host calls with effects outside the store, inside a crank', function()
   local kernel
   before_each(function() kernel = testing.makeKernel() end)
