@@ -157,7 +157,9 @@ const char *ocap_kernel_errmsg(const ocap_kernel_t *k);
  * code, with ocap_kernel_errmsg() naming what failed (for corruption, the
  * key and what is wrong with its value). A failure recorded outside a crank
  * (a host call) makes the next step drop the host's uncommitted writes and
- * return it. ocap_kernel_failed() returns the recorded code or 0;
+ * return it, unless the caller ends it first with ocap_kernel_abort_crank
+ * (the Lua binding does, for a host call that raises it): the next step
+ * then runs as usual. ocap_kernel_failed() returns the recorded code or 0;
  * ocap_kernel_note_failure() records one found outside kernel.c (the Lua
  * binding's own store calls); ocap_kernel_clear_failure() forgets it.
  */
@@ -257,9 +259,11 @@ int ocap_kernel_resolve(ocap_kernel_t *k, const char *ep, const ocap_resolution_
 int ocap_kernel_step(ocap_kernel_t *k);
 /*
  * Ends a crank that failed with code rc (a crank run outside
- * ocap_kernel_step, such as a timer's): its writes are dropped, and a
- * recorded kernel failure is cleared, its message kept for
- * ocap_kernel_errmsg(). Returns the failure's code (rc when none).
+ * ocap_kernel_step, such as a timer's), or host calls since the last
+ * commit one of which met a kernel failure: the writes since the last
+ * commit are dropped, and a recorded kernel failure is cleared, its
+ * message kept for ocap_kernel_errmsg(). Returns the failure's code (rc
+ * when none).
  */
 int ocap_kernel_abort_crank(ocap_kernel_t *k, int rc);
 /* Bytes of vat ep's messages waiting in the kernel: in the run queue or
