@@ -122,6 +122,16 @@ static void push_vpid(lua_State *V, const char *vpid, char sign) {
   lua_pushstring(V, vpid);
 }
 
+/* [-?, +0] Where a leg's delivery continues once the method that parked
+ * it ended (lpromise.c): that ended its task, not the delivery, whose
+ * drain ran when it parked (run_leg). */
+static int parked_k(lua_State *V, int status, lua_KContext ctx) {
+  (void)V;
+  (void)status;
+  (void)ctx;
+  return 0;
+}
+
 /*
  * [-0, +(0|1), e] Delivers a message, or a notify of one resolution, whose
  * capdata has no slots, the common case, to liveslots decoded here:
@@ -177,7 +187,8 @@ static int deliver_values(lua_State *V, lvat_t *rec, const ocap_delivery_t *d) {
     STACK_CHECK_END(V, 0);
     return 0;
   }
-  lua_call(V, 2 + v, 0);
+  /* In a leg, dispatchCall's method may park it: nothing below runs. */
+  lua_callk(V, 2 + v, 0, 0, parked_k);
   /* Liveslots' drain after the delivery, when the promise core has work
    * for it: most deliveries queue no turn (two calls into the vat saved
    * per round trip). */
@@ -220,6 +231,48 @@ static int map_status(int st) {
                                  : OCAP_FATAL_INTERNAL;
 }
 
+/*
+ * [-0, +(0|1)] Runs the trampoline in co, an idle worker of the vat's
+ * promise core (a leg, lpromise.c), rather than in a protected call on
+ * the main thread: a method that does not await then runs in it with no
+ * coroutine of its own. When the method awaits, the leg parks as its
+ * task, and what the delivery queued is drained here, within the same
+ * budgets. Returns as ocap_vat_pcall, leaving the same.
+ */
+static int run_leg(lvat_t *rec, lua_State *co, int narg) {
+  lua_State *V = ocap_vat_state(rec->vat);
+  int nres, status, st;
+  /* Held here while it runs: a worker pooled meanwhile may take its slot. */
+  lua_pushthread(co);
+  lua_xmove(co, V, 1);
+  st = ocap_vat_resume_entry(rec->vat, co, narg, &nres, &status);
+  if (status == LUA_YIELD && st == OCAP_VAT_OK) {
+    if (!ocap_promise_leg_ended(rec->queue, co, status, nres) && !ocap_promise_idle(rec->queue)) {
+      lua_rawgeti(V, LUA_REGISTRYINDEX, rec->drain_ref);
+      st = ocap_vat_pcall(rec->vat, 0, 0);
+    }
+  } else if (st == OCAP_VAT_OK) {
+    ocap_promise_leg_ended(rec->queue, co, status, nres);
+  }
+  if (status == LUA_YIELD)
+    ocap_vat_close(rec->vat);
+  if (st != OCAP_VAT_OK)
+    lua_copy(V, -1, -2); /* the message, over the thread */
+  lua_pop(V, 1);
+  return st;
+}
+
+/* [-0, +0] Whether d can run in a leg: a message or one resolution the
+ * kernel decodes itself (deliver_values). */
+static int legged(lvat_t *rec, const ocap_delivery_t *d) {
+  if (rec->call_ref == LUA_NOREF)
+    return 0;
+  if (d->type == OCAP_DELIVER_MESSAGE)
+    return d->methargs.nslots == 0;
+  return d->type == OCAP_DELIVER_NOTIFY && d->nresolutions == 1 &&
+         d->resolutions[0].data.nslots == 0;
+}
+
 /* [-0, +0] Runs d in the vat through the one protected path, with the
  * delivery's budgets fresh, and returns how the call ended; an error
  * message it leaves is popped, and kept in *msg (malloc'd) when asked. */
@@ -230,13 +283,21 @@ static int run_delivery(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, ch
   rec->logged = 0;
   rec->decode_failed = 0;
   tramp_args_t args = {rec, d};
-  ocap_vat_push_handler(rec->vat); /* spares ocap_vat_pcall inserting it */
-  lua_pushcfunction(V, vat_deliver_tramp);
-  lua_pushlightuserdata(V, &args);
   lvat_t *outer = lk->delivering;
   lk->delivering = rec;
   lk->ran = rec;
-  int st = ocap_vat_pcall_handled(rec->vat, 1, 0);
+  lua_State *co = NULL;
+  int st, narg;
+  if (legged(rec, d) && !ocap_vat_fatal(rec->vat))
+    co = ocap_promise_leg(rec->queue, vat_deliver_tramp, &args, &narg);
+  if (co) {
+    st = run_leg(rec, co, narg);
+  } else {
+    ocap_vat_push_handler(rec->vat); /* spares ocap_vat_pcall inserting it */
+    lua_pushcfunction(V, vat_deliver_tramp);
+    lua_pushlightuserdata(V, &args);
+    st = ocap_vat_pcall_handled(rec->vat, 1, 0);
+  }
   lk->delivering = outer;
   if (st != OCAP_VAT_OK) {
     const char *m = lua_tostring(V, -1);
@@ -244,7 +305,8 @@ static int run_delivery(lkernel_t *lk, lvat_t *rec, const ocap_delivery_t *d, ch
       *msg = dupstr(m ? m : "liveslots failed");
     lua_pop(V, 1);
   }
-  lua_pop(V, 1); /* the handler */
+  if (!co)
+    lua_pop(V, 1); /* the handler */
   STACK_CHECK_END(V, 0);
   return st;
 }

@@ -91,6 +91,7 @@ static const char DONE = 'd';        /* yielded by a worker whose task succeeded
 static const char FAILED = 'f';      /* yielded by a worker whose task failed */
 static const char STRAY = 'x';       /* yielded by an idle worker resumed by someone else */
 static const char AWAITING = 'y';    /* yielded by await */
+static const char LEG_KEY = 'e'; /* hands a worker of xcall a delivery (ocap_promise_push_leg) */
 
 /* Idle workers kept for reuse, per pool. */
 #define POOL_MAX 64
@@ -983,7 +984,7 @@ static int promise_configure(lua_State *L) {
 #endif
 
 /* Where a worker continues after a call or a yield (its lua_KContext). */
-enum { WK_IDLE = 1, WK_TASK, WK_CHECKED_IDLE, WK_CHECKED_TASK, WK_ENDED };
+enum { WK_IDLE = 1, WK_TASK, WK_CHECKED_IDLE, WK_CHECKED_TASK, WK_ENDED, WK_LEG };
 
 static int worker_k(lua_State *co, int status, lua_KContext ctx);
 
@@ -991,10 +992,24 @@ _Static_assert(LUA_EXTRASPACE >= sizeof(uintptr_t), "a worker's tag fits its ext
 
 #define TAG_CALL ((uintptr_t)0x6f63617054736b31u)
 #define TAG_CHECKED ((uintptr_t)0x6f63617058736b32u)
+#define TAG_PARKED ((uintptr_t)0x6f6361704c656733u)
+#define TAG_LEG ((uintptr_t)0x6f6361704c656734u)
 
-/* The tag of the worker co of st's pool k (0 for call's, 1 for xcall's). */
+/* Pool 1's further tags (see legs, below): a worker whose delivery
+ * yielded, and one whose delivery ended by returning. */
+enum { PARKED = 2, LEG = 3 };
+
+/* The tag of the worker co of st's pool k (0 for call's, 1 for xcall's),
+ * or of a PARKED or LEG one. */
 static uintptr_t worker_tag(const pstate_t *st, lua_State *co, int k) {
-  return (uintptr_t)co ^ (uintptr_t)st ^ (k ? TAG_CHECKED : TAG_CALL);
+  static const uintptr_t tags[] = {TAG_CALL, TAG_CHECKED, TAG_PARKED, TAG_LEG};
+  return (uintptr_t)co ^ (uintptr_t)st ^ tags[k];
+}
+
+/* [-0, +0] Tags co as st's worker of pool k, or as PARKED. */
+static void set_tag(const pstate_t *st, lua_State *co, int k) {
+  uintptr_t tag = worker_tag(st, co, k);
+  memcpy(lua_getextraspace(co), &tag, sizeof tag);
 }
 
 /* [-0, +0] Which pool's worker co is (0 or 1), or -1 when it is not one
@@ -1004,9 +1019,25 @@ static int worker_pool(const pstate_t *st, lua_State *co) {
   memcpy(&x, lua_getextraspace(co), sizeof x);
   if (x == worker_tag(st, co, 0))
     return 0;
-  if (x == worker_tag(st, co, 1))
+  if (x == worker_tag(st, co, 1) || x == worker_tag(st, co, PARKED) || x == worker_tag(st, co, LEG))
     return 1;
   return -1;
+}
+
+/* [-0, +0] Whether co is a leg that parked (ocap_promise_leg_ended). */
+static int is_parked(const pstate_t *st, lua_State *co) {
+  uintptr_t x;
+  memcpy(&x, lua_getextraspace(co), sizeof x);
+  return x == worker_tag(st, co, PARKED);
+}
+
+/* [-0, +0] Whether co, whose status is LUA_OK, is a leg whose delivery
+ * ended by returning (and which nobody started since): the next task
+ * starts it afresh. */
+static int ended_leg(const pstate_t *st, lua_State *co) {
+  uintptr_t x;
+  memcpy(&x, lua_getextraspace(co), sizeof x);
+  return x == worker_tag(st, co, LEG) && lua_gettop(co) == 0;
 }
 
 /* [-0, +0] Whether co is suspended, as coroutine.status says. */
@@ -1095,14 +1126,16 @@ static void pool_push(lua_State *L, pstate_t *st, int k, lua_State *co, int idx)
     p->hi = p->n;
 }
 
-/* [-0, +0] Takes the last idle worker of pool k that can be resumed (one
- * its user closed is dropped); NULL when there is none. Its slot still
- * holds it for the collector until the caller anchors it. */
+/* [-0, +0] Takes the last idle worker of pool k that can be resumed, or
+ * started afresh (an ended leg); one its user closed is dropped. NULL
+ * when there is none. Its slot still holds it for the collector until
+ * the caller anchors it. */
 static lua_State *pool_take(pstate_t *st, int k) {
   pool_t *p = &st->pool[k];
   while (p->n > 0) {
     lua_State *co = p->w[--p->n];
-    if (lua_status(co) == LUA_YIELD)
+    int status = lua_status(co);
+    if (status == LUA_YIELD || (k == 1 && status == LUA_OK && ended_leg(st, co)))
       return co;
   }
   return NULL;
@@ -1187,10 +1220,73 @@ static int checked_ran(lua_State *co, int status) {
   return worker_done(co, lua_toboolean(co, -2), WK_CHECKED_IDLE);
 }
 
+/*
+ * ---- legs ----
+ *
+ * A delivery the kernel decoded (ldeliver.c) runs in an idle worker of
+ * xcall's pool, a leg, rather than on the vat's main thread: the kernel
+ * resumes it (ocap_vat_resume_entry) with (LEG_KEY, fn, arg) and it calls
+ * fn(arg), which calls dispatchCall or dispatchSettle. dispatchCall, in a
+ * leg, runs the method in the leg's own frames (call_inline): a method
+ * that does not await needs no coroutine of its own, and one that awaits
+ * yields the leg, which stays its task (it parks), while the kernel takes
+ * another worker for the next delivery. A parked leg's method ending
+ * settles its result in dispatchCall's continuation (call_ran), as the
+ * promise of its task would have, and the worker goes back to the pool
+ * through whoever resumed it (resume_awaiter), as a task's does.
+ */
+
+/* [-?, +0, e] A worker idle in its body, given (LEG_KEY, fn, arg): runs
+ * fn(arg) and returns, which makes it an ended leg. */
+static int leg(lua_State *co) {
+  lua_callk(co, lua_gettop(co) - 2, 0, WK_LEG, worker_k);
+  return 0;
+}
+
+lua_State *ocap_promise_leg(const void *q, lua_CFunction fn, void *arg, int *narg) {
+  pstate_t *st = (pstate_t *)(uintptr_t)q;
+  pool_t *p = &st->pool[1];
+  while (p->n > 0) {
+    lua_State *co = p->w[--p->n];
+    int status = lua_status(co);
+    if (status == LUA_YIELD) {
+      /* Idle in its body, which runs fn(arg) (leg). */
+      lua_pushlightuserdata(co, (void *)&LEG_KEY);
+      *narg = 3;
+    } else if (status == LUA_OK && ended_leg(st, co)) {
+      *narg = 1; /* fn is the thread's body */
+    } else {
+      continue; /* one its user closed */
+    }
+    lua_pushcfunction(co, fn);
+    lua_pushlightuserdata(co, arg);
+    return co;
+  }
+  return NULL;
+}
+
+int ocap_promise_leg_ended(const void *q, lua_State *co, int status, int nres) {
+  pstate_t *st = (pstate_t *)(uintptr_t)q;
+  pool_t *p = &st->pool[1];
+  lua_pop(co, nres);
+  if (status != LUA_OK) {
+    set_tag(st, co, PARKED);
+    return 0;
+  }
+  set_tag(st, co, LEG);
+  /* Back where it was taken from, unless a worker pooled meanwhile took
+   * its slot (the collector then has it). */
+  if (p->n < p->hi && p->w[p->n] == co)
+    p->n++;
+  return 1;
+}
+
 /* [-?, +0, e] The body of xcall's workers, given (key, ended, a, b, msgh,
  * fn, ...): runs fn(...) protected with the message handler msgh, as the
  * state's xpcall does, when key is CHECKED_KEY, else yields STRAY. */
 static int checked_worker(lua_State *co) {
+  if (lua_touserdata(co, 1) == &LEG_KEY)
+    return leg(co);
   if (lua_touserdata(co, 1) != &CHECKED_KEY || lua_gettop(co) < 6)
     return worker_yield(co, &STRAY, WK_CHECKED_IDLE);
   ocap_vat_charge(co, OCAP_VAT_PCALL_COST);
@@ -1209,6 +1305,8 @@ static int worker_k(lua_State *co, int status, lua_KContext ctx) {
     return checked_ran(co, status);
   case WK_CHECKED_IDLE:
     return checked_worker(co);
+  case WK_LEG:
+    return 0; /* a leg that parked ended: see resume_awaiter */
   default:
     return worker(co);
   }
@@ -1312,8 +1410,14 @@ static lua_State *run_task(lua_State *L, pstate_t *st, int k, const char *key, i
     co = new_worker(L, st, k);
     lua_insert(L, base + 1);
   }
-  if (!lua_checkstack(co, n + 2))
+  if (!lua_checkstack(co, n + 3))
     luaL_error(L, "too many arguments to resume");
+  if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
+    /* An ended leg starts its body afresh, a worker again. */
+    lua_getiuservalue(L, STATE, UV_CHECKED_WORKER);
+    lua_xmove(L, co, 1);
+    set_tag(st, co, 1);
+  }
   lua_pushlightuserdata(co, (void *)key);
   lua_xmove(L, co, n);
   if (lua_gettop(L) == base) {
@@ -1419,6 +1523,14 @@ static int resume_awaiter(lua_State *L, pstate_t *st, lua_State *co, int idx) {
     lua_xmove(co, L, 1);
     return lua_error(L);
   }
+  if (status == LUA_OK && is_parked(st, co)) {
+    /* A leg that parked ended: its method settled its result (call_ran),
+     * and the worker is pooled as an ended leg. */
+    lua_pop(co, nres);
+    set_tag(st, co, LEG);
+    pool_push(L, st, 1, co, idx);
+    return 0;
+  }
   done = task_done(co, status, nres);
   if (!done) {
     lua_pop(co, nres);
@@ -1493,6 +1605,91 @@ enum { DC_EXPORTS = 3, DC_METHOD, DC_MSGH, DC_ENDED, DC_HANDLER, DC_RESOLVE, DC_
 /* And of dispatchSettle. */
 enum { DS_PENDING = 3, DS_TRACK };
 
+/* [-0, +1, m] Pushes dispatchCall's message handler, made on first use. */
+static void push_call_msgh(lua_State *L, pstate_t *st) {
+  if (lua_type(L, lua_upvalueindex(DC_MSGH)) == LUA_TNIL) {
+    push_msgh(L, st, lua_upvalueindex(DC_HANDLER));
+    lua_copy(L, -1, lua_upvalueindex(DC_MSGH));
+  } else {
+    lua_pushvalue(L, lua_upvalueindex(DC_MSGH));
+  }
+}
+
+/*
+ * [-?, +0, e] The end of a method call_inline ran, with dispatchCall's n
+ * arguments, the target, the method's function and the message handler
+ * below its first result or error, as its protected call ended with
+ * status. A failure becomes ended(target, method, false, reason). A
+ * method that did not yield its leg settles the result as xcall's tail
+ * does; one whose leg parked settles it as its task's promise would have
+ * (after with a promise, which then settles).
+ */
+static int call_ran(lua_State *L, pstate_t *st, int n, int status) {
+  int r = n + 4, ok = 1;
+  if (status != LUA_OK && status != LUA_YIELD) {
+    ocap_vat_pcall_failed(L, status);
+    lua_pushvalue(L, lua_upvalueindex(DC_ENDED));
+    lua_pushvalue(L, n + 1);
+    lua_pushvalue(L, 3);
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, r);
+    lua_call(L, 4, 2);
+    ok = lua_toboolean(L, -2);
+    r = lua_gettop(L);
+  }
+  if (is_parked(st, L)) {
+    new_promise(L, st);
+    lua_pushvalue(L, lua_upvalueindex(DC_AFTER));
+    lua_pushvalue(L, 2);
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, -4);
+    lua_call(L, 3, 0);
+    if (ok)
+      resolve_now(L, st, lua_gettop(L), r);
+    else
+      settle_now(L, st, lua_gettop(L), r, 1);
+    return 0;
+  }
+  if (ok && st->count == 0 && lua_toboolean(L, 2)) {
+    lua_pushvalue(L, lua_upvalueindex(DC_RESOLVE));
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, r);
+    lua_call(L, 2, 1);
+    if (lua_toboolean(L, -1))
+      return 0;
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, lua_upvalueindex(DC_AFTER));
+  lua_pushvalue(L, 2);
+  lua_pushboolean(L, 1);
+  lua_pushboolean(L, ok);
+  lua_pushvalue(L, r);
+  lua_pushboolean(L, st->count > 0);
+  lua_call(L, 5, 0);
+  return 0;
+}
+
+/* [-?, +0, e] call_inline's continuation: its method yielded, or failed. */
+static int call_k(lua_State *L, int status, lua_KContext ctx) {
+  return call_ran(L, state_of(L), (int)ctx, status);
+}
+
+/*
+ * [-0, +0, e] dispatchCall's common case in a leg, with its n arguments,
+ * the target at n + 1 and the method's function at n + 2: runs the method
+ * protected in the leg itself, as xcall's worker would have.
+ */
+static int call_inline(lua_State *L, pstate_t *st, int n) {
+  int i;
+  push_call_msgh(L, st);
+  lua_pushvalue(L, n + 2);
+  lua_pushvalue(L, n + 1);
+  for (i = 4; i <= n; i++)
+    lua_pushvalue(L, i);
+  ocap_vat_charge(L, OCAP_VAT_PCALL_COST);
+  return call_ran(L, st, n, lua_pcallk(L, n - 2, 1, n + 3, n, call_k));
+}
+
 /*
  * [-n, +0, e] dispatchCall(targetVref, resultVpid, method, ...): when
  * targetVref is an export and method (not bootstrap) a method of its exo,
@@ -1520,17 +1717,14 @@ static int dispatch_call(lua_State *L) {
   lua_call(L, 2, 1);
   if (lua_type(L, fn) != LUA_TFUNCTION)
     goto slow;
+  if (lua_isyieldable(L))
+    return call_inline(L, st, n);
   /* xcall(ended, target, method, fn, handler, target, ...), inline: the
    * worker gets (ended, target, method, msgh, fn, target, ...). */
   lua_pushvalue(L, lua_upvalueindex(DC_ENDED));
   lua_pushvalue(L, target);
   lua_pushvalue(L, 3);
-  if (lua_type(L, lua_upvalueindex(DC_MSGH)) == LUA_TNIL) {
-    push_msgh(L, st, lua_upvalueindex(DC_HANDLER));
-    lua_copy(L, -1, lua_upvalueindex(DC_MSGH));
-  } else {
-    lua_pushvalue(L, lua_upvalueindex(DC_MSGH));
-  }
+  push_call_msgh(L, st);
   lua_pushvalue(L, fn);
   lua_pushvalue(L, target);
   for (i = 4; i <= n; i++)
@@ -1682,6 +1876,7 @@ static int await_k(lua_State *L, int status, lua_KContext ctx) {
 static int promise_await(lua_State *L) {
   pstate_t *st = state_of(L);
   prec_t *r;
+  int k;
   lua_settop(L, 1);
   if (!is_promise(L, 1))
     return 1;
@@ -1690,10 +1885,15 @@ static int promise_await(lua_State *L) {
     return main_await(L, st);
   }
   /* The thread, at 2, is what the await reaction resumes. */
-  if (worker_pool(st, L) < 0) {
+  k = worker_pool(st, L);
+  if (k < 0) {
     lua_pushstring(L, NOT_OCAP_MESSAGE);
     return lua_error(L);
   }
+  /* A leg that parks is held only by what it awaits from now on, as a
+   * task that awaits is (task_resumed). */
+  if (k == 1)
+    pool_forget(L, st, 1);
   /* subscribe's common case, inline: a pending promise with no reaction
    * yet takes the await as its first, written first slot last. */
   r = REC(L, 1);

@@ -56,4 +56,24 @@ const void *ocap_promise_queue(lua_State *L, int idx);
  * test instead of a call into the vat. */
 int ocap_promise_idle(const void *q);
 
+/*
+ * Legs: a delivery the kernel runs in one of the vat's threads rather than
+ * on its main one (lpromise.c says why), resumed with
+ * ocap_vat_resume_entry (vat.h).
+ *
+ * [-0, +0; +*narg on the leg] ocap_promise_leg: takes the idle worker of queue q a delivery
+ * can run in and pushes onto it what runs fn(arg) there when it is
+ * resumed with them (*narg values); fn may yield it only through
+ * dispatchCall. NULL when there is none (the delivery then takes the
+ * main thread). Its pool's slot still holds it: the caller anchors it
+ * while it runs.
+ */
+lua_State *ocap_promise_leg(const void *q, lua_CFunction fn, void *arg, int *narg);
+
+/* [-nres, +0] on co: whether the resume of the leg co, which ended with
+ * status (LUA_OK or LUA_YIELD) and nres values (popped here), ended its
+ * delivery, the leg going back to its pool; else the leg parked (its
+ * method awaits), and is its method's task from now on. */
+int ocap_promise_leg_ended(const void *q, lua_State *co, int status, int nres);
+
 #endif

@@ -2673,6 +2673,23 @@ void ocap_vat_push_handler(ocap_vat_t *v) {
   lua_pushcfunction(v->L, vat_msgh);
 }
 
+/* [-0, +0] Enters a call into the vat: the outermost one gets a fresh
+ * budget and the watchdog's allowance; re-entry must not add. */
+static inline void meter_enter(ocap_vat_t *v) {
+  if (v->meter.depth++ == 0) {
+    v->meter.charged = 0;
+    v->thrashing = 0;
+    v->fresh = 0;
+    watchdog_start(v);
+  }
+}
+
+/* [-0, +0] Leaves it: the outermost one ends the allowance. */
+static inline void meter_leave(ocap_vat_t *v) {
+  if (--v->meter.depth == 0)
+    watchdog_stop(v);
+}
+
 /*
  * [-(nargs+1), +(nresults|1)] ocap_vat_pcall of the function at func;
  * own says whether the handler must be inserted below it, else it is
@@ -2703,15 +2720,9 @@ static int pcall_at(ocap_vat_t *v, int func, int nargs, int nresults, int own) {
    */
   outer = atomic_load_explicit(&v->running, memory_order_relaxed);
   atomic_store_explicit(&v->running, L, memory_order_relaxed);
-  if (v->meter.depth++ == 0) {
-    v->meter.charged = 0;
-    v->thrashing = 0;
-    v->fresh = 0;
-    watchdog_start(v);
-  }
+  meter_enter(v);
   status = lua_pcall(L, nargs, nresults, h);
-  if (--v->meter.depth == 0)
-    watchdog_stop(v);
+  meter_leave(v);
   atomic_store_explicit(&v->running, outer, memory_order_relaxed);
   if (own)
     remove_handler(L, h);
@@ -2738,6 +2749,85 @@ int ocap_vat_pcall_handled(ocap_vat_t *v, int nargs, int nresults) {
   int func = lua_gettop(v->L) - nargs;
   assert(func >= 2 && lua_tocfunction(v->L, func - 1) == vat_msgh);
   return pcall_at(v, func, nargs, nresults, 0);
+}
+
+void ocap_vat_close(ocap_vat_t *v) {
+  meter_leave(v);
+}
+
+/*
+ * [-2, +1, m] leg_traceback(err, co): the message vat_msgh makes for err,
+ * with the traceback of co, whose call failed with it: a coroutine keeps
+ * its frames after it fails, so the traceback is the one the handler would
+ * have made where the error was raised.
+ */
+static int leg_traceback(lua_State *L) {
+  lua_State *co = lua_tothread(L, 2);
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, co, msg, 0);
+  return 1;
+}
+
+/*
+ * [-0, +0] Lets go of what the thread co, whose call failed, holds: a
+ * failed coroutine keeps its frames, and a delivery's (values it was
+ * decoding, say) would stay in a vat that goes on. An error that leaves
+ * a delivery's thread has passed every frame of vat code in it (a
+ * method's errors stop at its protected call, which closes its
+ * variables), so no __close metamethod runs here.
+ */
+static void dead_leg(lua_State *co) {
+  lua_resetthread(co);
+}
+
+int ocap_vat_resume_entry(ocap_vat_t *v, lua_State *co, int narg, int *nres, int *statusp) {
+  lua_State *L = v->L, *outer;
+  int status;
+  *statusp = LUA_ERRRUN;
+  if (!lua_checkstack(L, 4) && v->meter.fatal == 0)
+    v->meter.fatal = OCAP_VAT_MEMORY; /* no room for what the call leaves */
+  if (v->meter.fatal) {
+    push_fatal(L, v);
+    return v->meter.fatal;
+  }
+  outer = atomic_load_explicit(&v->running, memory_order_relaxed);
+  atomic_store_explicit(&v->running, co, memory_order_relaxed);
+  meter_enter(v);
+  if (v->meter.expired)
+    lua_sethook(co, vat_hook, LUA_MASKCOUNT, 1);
+  *statusp = status = lua_resume(co, L, narg, nres);
+  if (status != LUA_YIELD)
+    meter_leave(v);
+  atomic_store_explicit(&v->running, outer, memory_order_relaxed);
+  if (status == LUA_ERRMEM && v->meter.fatal == 0)
+    v->meter.fatal = OCAP_VAT_MEMORY;
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!v->meter.fatal)
+      return OCAP_VAT_OK;
+  } else if (!v->meter.fatal) {
+    lua_pushcfunction(L, leg_traceback);
+    lua_xmove(co, L, 1);
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    if (lua_pcall(L, 2, 1, 0) == LUA_OK && !v->meter.fatal) {
+      dead_leg(co);
+      return OCAP_VAT_ERROR;
+    }
+    if (v->meter.fatal == 0)
+      v->meter.fatal = OCAP_VAT_MEMORY;
+    lua_pop(L, 1);
+  }
+  if (status != LUA_OK && status != LUA_YIELD)
+    dead_leg(co);
+  /* Whatever the call returned, a marked vat reports only its mark. */
+  push_fatal(L, v);
+  return v->meter.fatal;
 }
 
 int ocap_vat_fatal(const ocap_vat_t *v) {

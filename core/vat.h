@@ -256,6 +256,23 @@ void ocap_vat_push_handler(ocap_vat_t *v);
  */
 int ocap_vat_pcall_handled(ocap_vat_t *v, int nargs, int nresults);
 
+/*
+ * [-0, +(0|1)] on v's main state; [-narg, +nres] on co: the protected
+ * path by a coroutine, for a delivery that runs in one of the vat's
+ * threads (ldeliver.c): lua_resume(co) with ocap_vat_pcall's budgets
+ * (fresh when it is the outermost call), co being the thread the
+ * watchdog stops while it runs; *status is lua_resume's. Returns
+ * OCAP_VAT_OK when co returned or yielded (*nres values on co), else an
+ * ocap_vat_status with one value pushed on the main state, as
+ * ocap_vat_pcall leaves it (the error with co's traceback, or the fatal
+ * message). When co yielded, the call stays open, for ocap_vat_pcall
+ * calls with the same budgets, until ocap_vat_close ends it.
+ */
+int ocap_vat_resume_entry(ocap_vat_t *v, lua_State *co, int narg, int *nres, int *status);
+
+/* [-0, +0] Ends the call ocap_vat_resume_entry left open. */
+void ocap_vat_close(ocap_vat_t *v);
+
 /* OCAP_VAT_METER or OCAP_VAT_MEMORY when the vat was marked, else 0. */
 int ocap_vat_fatal(const ocap_vat_t *v);
 

@@ -1,7 +1,8 @@
 -- A delivered method runs as a task in a pooled worker (dispatchCall in
--- core/lpromise.c runs promise.xcall inline): every way a task ends must
--- come back as the method's result, rejection, log or kill, and leave the
--- worker fit for the next delivery.
+-- core/lpromise.c runs promise.xcall inline, or the method in the worker
+-- the delivery itself runs in): every way a task ends must come back as
+-- the method's result, rejection, log or kill, and leave the worker fit
+-- for the next delivery.
 local testing = require 'ocap.testing'
 local support = require 'support'
 local rejection = support.rejection
@@ -56,6 +57,25 @@ describe('a delivered method run as a task', function()
     assert.equal(1, #entries('warn', '"laterBoom" failed: late$'))
     assert.equal(worker, call('worker'):await())
     assert.equal(7, call('later', 6):await())
+  end)
+
+  -- A delivery runs in an idle worker when the vat has one (a leg,
+  -- core/lpromise.c), and a method that awaits keeps it as its task.
+  it('settles methods that await at once in the order they are resumed', function()
+    assert.equal(5, call('later', 4):await())
+    local a, b, c = call('gate', 1), call('gate', 2), call('gate', 3)
+    assert.is_true(call('open', 10):await())
+    assert.same({ 11, 12, 13 }, { a:await(), b:await(), c:await() })
+    assert.equal(7, call('later', 6):await())
+  end)
+
+  it('leaves a method that yields its thread itself pending, and goes on', function()
+    assert.equal(5, call('later', 4):await())
+    local stuck = call('yield')
+    local worker = call('worker'):await()
+    assert.equal(7, call('later', 6):await())
+    assert.equal(worker, call('worker'):await())
+    assert.equal('pending', require('ocap.promise').state(stuck))
   end)
 
   it('ends the vat whose method runs away, on its meter', function()

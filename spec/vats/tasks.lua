@@ -10,6 +10,7 @@ function M.buildRootObject()
   local function turn(v)
     return ocap.Promise.resolve(v):next(function(x) return x end)
   end
+  local gates = {}
   return ocap.makeDefaultExo('tasks', {
     worker = function() return tostring(coroutine.running()) end,
     boom = function(_, why) error(why) end,
@@ -23,6 +24,18 @@ function M.buildRootObject()
       return tostring(coroutine.running())
     end,
     loop = function() while true do end end,
+    -- Yields its thread itself rather than awaiting: it never ends.
+    yield = function() coroutine.yield('stray') end,
+    -- Awaits until open is called, for methods that await at once.
+    gate = function(_, v)
+      gates[#gates + 1] = ocap.makePromiseKit()
+      return gates[#gates].promise:await() + v
+    end,
+    open = function(_, v)
+      for _, kit in ipairs(gates) do kit.resolve(v) end
+      gates = {}
+      return true
+    end,
   })
 end
 
