@@ -459,6 +459,25 @@ static void *vat_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return alloc_slow(v, ptr, ptr != NULL ? osize : 0, nsize);
 }
 
+/*
+ * The lua_Alloc of a state that lua_close is freeing: its small blocks
+ * stay where they are, as free_chunks gives their chunks back whole right
+ * after, and only blocks malloc's own are freed one by one. A vat's close
+ * frees some 2,000 small blocks. Finalizers that run in the close may
+ * still allocate, as vat_alloc lets them.
+ */
+static void *closing_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  ocap_vat_t *v = ud;
+  if (nsize != 0)
+    return vat_alloc(ud, ptr, osize, nsize);
+  if (ptr != NULL) {
+    v->used -= osize;
+    if (osize > SMALL_MAX)
+      free(ptr);
+  }
+  return NULL;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Instruction meter                                                      */
 
@@ -2419,8 +2438,10 @@ int ocap_vat_new(const ocap_vat_limits_t *limits, ocap_vat_t **out) {
 void ocap_vat_free(ocap_vat_t *v) {
   if (v == NULL)
     return;
-  if (v->L != NULL)
+  if (v->L != NULL) {
+    lua_setallocf(v->L, closing_alloc, v);
     lua_close(v->L);
+  }
   assert(v->used == 0);
   free_chunks(v);
   free(v->why);
@@ -2433,10 +2454,12 @@ lua_State *ocap_vat_state(ocap_vat_t *v) {
 
 ocap_vat_t *ocap_vat_from_state(lua_State *L) {
   void *ud = NULL;
+  lua_Alloc f;
   /* The allocator's ud is shared by every thread of the state. */
-  if (L == NULL || lua_getallocf(L, &ud) != vat_alloc)
+  if (L == NULL)
     return NULL;
-  return ud;
+  f = lua_getallocf(L, &ud);
+  return f == vat_alloc || f == closing_alloc ? ud : NULL;
 }
 
 /* Arguments of the protected helpers below, passed as a light userdata. */
