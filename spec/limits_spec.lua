@@ -103,7 +103,9 @@ describe('vat limits (' .. MODE .. ' meter)', function()
         local err = rejection(E(runaway)[method]())
         assert.is_true(oneOf(codes, err.code),
           method .. ' gave ' .. tostring(err.code) .. ': ' .. tostring(err.message))
-        if observed then assert.equal(observed, err.code) end
+        -- Which budget runs out first is exact only when counted: in time
+        -- mode a loaded machine can use up the allowance before the memory.
+        if observed and MODE == 'instructions' then assert.equal(observed, err.code) end
         assert.equal(('[KERNEL:%s] vat %s terminated: %s'):format(err.code, vatId,
           err.code == METER and 'instruction meter exhausted' or 'memory limit exceeded'), err.message)
 
