@@ -293,6 +293,25 @@ static int both_empty(const struct ocap__queue *q) {
   return q->chead == q->ctail && q->shead == q->stail && q->shead != 0;
 }
 
+/*
+ * An empty queue whose store holds an empty queue too needs no write: the
+ * items queued and taken since were never written, so the numbers they
+ * took can be taken again, and the bounds go back to the store's. A host
+ * round trip so writes neither runQueue.head nor .tail (two of the four
+ * keys its flush wrote). Nothing may hold an item's number meanwhile: no
+ * crank is under way (the bounds are the committed ones) and none holds
+ * the item it took. A store whose bounds are still 0 (absent in a new
+ * one) gets them once, so that the kernel's keys do not come and go with
+ * the queue's use.
+ */
+static void queue_rebase(struct ocap__queue *q) {
+  if (!both_empty(q) || q->chead == q->shead)
+    return;
+  if (q->head != q->chead || q->tail != q->ctail || q->undo_at >= 0 || q->lent >= 0)
+    return;
+  q->head = q->tail = q->chead = q->ctail = q->shead;
+}
+
 int ocap__queue_check(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
   if (!q->loaded)
@@ -331,6 +350,10 @@ int ocap__queue_check(ocap_kernel_t *k) {
 
 void ocap__queue_forget(ocap_kernel_t *k) {
   struct ocap__queue *q = k->q;
+  /* A queue empty again since a sync that found the store's empty too is
+   * the store's: no sync took its bounds back, since none was due. */
+  if (q->loaded)
+    queue_rebase(q);
   if (!q->loaded || q->head != q->chead || q->tail != q->ctail || q->undo_at >= 0 ||
       q->shead != q->chead || q->stail != q->ctail || q->slast)
     return;
@@ -391,25 +414,6 @@ int ocap__queue_unsynced(ocap_kernel_t *k) {
   return (q->loaded && (q->shead != q->chead || q->stail != q->ctail || q->slast) &&
           !both_empty(q)) ||
          q->nqsync > 0;
-}
-
-/*
- * An empty queue whose store holds an empty queue too needs no write: the
- * items queued and taken since were never written, so the numbers they
- * took can be taken again, and the bounds go back to the store's. A host
- * round trip so writes neither runQueue.head nor .tail (two of the four
- * keys its flush wrote). Nothing may hold an item's number meanwhile: no
- * crank is under way (the bounds are the committed ones) and none holds
- * the item it took. A store whose bounds are still 0 (absent in a new
- * one) gets them once, so that the kernel's keys do not come and go with
- * the queue's use.
- */
-static void queue_rebase(struct ocap__queue *q) {
-  if (!both_empty(q) || q->chead == q->shead)
-    return;
-  if (q->head != q->chead || q->tail != q->ctail || q->undo_at >= 0 || q->lent >= 0)
-    return;
-  q->head = q->tail = q->chead = q->ctail = q->shead;
 }
 
 /* Writes the committed queue over what the store holds (ocap_kernel_sync). */

@@ -1135,6 +1135,52 @@ static void queue_rebased(void) {
 }
 
 /*
+ * A run-queue key the host writes (K:kvSet, for inspection or tests) is
+ * read again at next use, also when the queue went empty again since a
+ * sync that found the store's empty too: the items queued and taken
+ * meanwhile left the kernel's bounds past the store's, which no sync took
+ * back (queue_rebase), and the kernel kept its own queue, never running
+ * the item the host wrote.
+ */
+static void queue_forget_rebased(void) {
+  record_t *r = malloc(sizeof *r);
+  REQUIRE(r != NULL);
+  ocap_kernel_t *k = new_kernel(r);
+  char ko[OCAP_REF_MAX], item[160];
+  REQUIRE(ocap_kernel_eref_to_kref(k, "v1", "o+1", ko) == 0);
+  CHECK(strcmp(ko, "ko1") == 0);
+  REQUIRE(ocap_kernel_pin(k, ko) == 0);
+  ocap_capdata_t args = {"#[\"ping\",[]]", 12, NULL, 0};
+  REQUIRE(ocap_kernel_send(k, "kernel", ko, &args, NULL) == 0);
+  REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
+  CHECK(step(k, r) == 1 && step(k, r) == 0);
+  REQUIRE(ocap_kernel_sync(k) == 0);
+  CHECK(strcmp(raw(k, "runQueue.head"), "1") == 0 && strcmp(raw(k, "runQueue.tail"), "1") == 0);
+  /* Host messages queued and taken: nothing for a sync to write. */
+  for (int i = 0; i < 3; i++) {
+    REQUIRE(ocap_kernel_send(k, "kernel", ko, &args, NULL) == 0);
+    REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
+    CHECK(step(k, r) == 1);
+  }
+  /* What K:kvSet does: a sync, the write, and the kernel told. The item
+   * counts in its target's counts, as one the kernel queues does. */
+  snprintf(item, sizeof item, "send %s -\n\n#[\"host\",[]]", ko);
+  REQUIRE(put(k, "runQueue.1", item) == 0);
+  REQUIRE(ocap_kernel_forget(k, "runQueue.1", 10) == 0);
+  REQUIRE(put(k, "runQueue.tail", "2") == 0);
+  REQUIRE(ocap_kernel_forget(k, "runQueue.tail", 13) == 0);
+  REQUIRE(put(k, "ko1.refCount", "1,1") == 0);
+  REQUIRE(ocap_kernel_forget(k, "ko1.refCount", 12) == 0);
+  REQUIRE(ocap_store_commit(ocap_kernel_store(k)) == 0);
+  r->n = 0;
+  CHECK(step(k, r) == 1);
+  CHECK(r->n == 1 && strcmp(r->lines[0], "v1 msg #[\"host\",[]]") == 0);
+  CHECK(ocap_kernel_check(k) == 0);
+  free_kernel(k);
+  free(r);
+}
+
+/*
  * An endpoint's import counters (`<ep>.nextObjectId`, kept with its
  * c-list) follow the kernel's: an eref a rolled-back crank gave an
  * endpoint stays spent, since the endpoint's own state outside the store
@@ -1774,6 +1820,7 @@ int main(void) {
   promise_bounds();
   queue_text();
   queue_rebased();
+  queue_forget_rebased();
   endpoint_ids_spent();
   gc_faults();
   retire_indexed(3);
