@@ -233,8 +233,12 @@ void ocap_kernel_free(ocap_kernel_t *k) {
    * find the tables written later than at each commit too, and the id
    * counters as they are rather than their bounds. */
   k->ids_exact = 1;
-  if (ocap__clists_exact(k) == 0)
-    ocap_kernel_sync(k);
+  /* Out of memory listing the c-lists: the bounds stay, which are right
+   * too (a kernel opened next only skips ids), and the tables are still
+   * written, or the store's pending cranks would be flushed without them. */
+  if (ocap__clists_exact(k) != 0)
+    k->ids_exact = 0;
+  ocap_kernel_sync(k);
   ocap_store_set_hooks(k->s, NULL);
   ocap__queue_free(k);
   ocap__promises_free(k);
