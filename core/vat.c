@@ -2809,9 +2809,21 @@ static void dead_leg(lua_State *co) {
   lua_resetthread(co);
 }
 
+/* [-0, +1] Pushes onto v's main state the message leg_traceback makes for
+ * the error on top of co, whose call failed; returns the status of that
+ * protected call (a failed one pushes its error instead). */
+static int leg_message(ocap_vat_t *v, lua_State *co) {
+  lua_State *L = v->L;
+  lua_pushcfunction(L, leg_traceback);
+  lua_xmove(co, L, 1);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  return lua_pcall(L, 2, 1, 0);
+}
+
 int ocap_vat_resume_entry(ocap_vat_t *v, lua_State *co, int narg, int *nres, int *statusp) {
   lua_State *L = v->L, *outer;
-  int status;
+  int status, tb = -1;
   *statusp = LUA_ERRRUN;
   if (!lua_checkstack(L, 4) && v->meter.fatal == 0)
     v->meter.fatal = OCAP_VAT_MEMORY; /* no room for what the call leaves */
@@ -2825,27 +2837,29 @@ int ocap_vat_resume_entry(ocap_vat_t *v, lua_State *co, int narg, int *nres, int
   if (v->meter.expired)
     lua_sethook(co, vat_hook, LUA_MASKCOUNT, 1);
   *statusp = status = lua_resume(co, L, narg, nres);
+  if (status == LUA_ERRMEM && v->meter.fatal == 0)
+    v->meter.fatal = OCAP_VAT_MEMORY;
+  if (status != LUA_OK && status != LUA_YIELD && !v->meter.fatal) {
+    /* The message is made within the call's budgets, as vat_msgh makes
+     * it in ocap_vat_pcall: the error's __tostring is vat code. */
+    atomic_store_explicit(&v->running, L, memory_order_relaxed);
+    tb = leg_message(v, co);
+  }
   if (status != LUA_YIELD)
     meter_leave(v);
   atomic_store_explicit(&v->running, outer, memory_order_relaxed);
-  if (status == LUA_ERRMEM && v->meter.fatal == 0)
-    v->meter.fatal = OCAP_VAT_MEMORY;
   if (status == LUA_OK || status == LUA_YIELD) {
     if (!v->meter.fatal)
       return OCAP_VAT_OK;
   } else if (!v->meter.fatal) {
-    lua_pushcfunction(L, leg_traceback);
-    lua_xmove(co, L, 1);
-    lua_pushthread(co);
-    lua_xmove(co, L, 1);
-    if (lua_pcall(L, 2, 1, 0) == LUA_OK && !v->meter.fatal) {
+    if (tb == LUA_OK) {
       dead_leg(co);
       return OCAP_VAT_ERROR;
     }
-    if (v->meter.fatal == 0)
-      v->meter.fatal = OCAP_VAT_MEMORY;
-    lua_pop(L, 1);
+    v->meter.fatal = OCAP_VAT_MEMORY;
   }
+  if (tb != -1)
+    lua_pop(L, 1);
   if (status != LUA_OK && status != LUA_YIELD)
     dead_leg(co);
   /* Whatever the call returned, a marked vat reports only its mark. */
