@@ -2655,6 +2655,20 @@ int ocap_vat_load(ocap_vat_t *v, const char *src, size_t len, const char *chunkn
 }
 
 /*
+ * [-0, +(0..2), e] The text of the error at index 1, as lua.c gives it: a
+ * string (or number) as it is, else its __tostring's string (which runs
+ * vat code: call this within the vat's budget), else its type.
+ */
+static const char *error_text(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg != NULL)
+    return msg;
+  if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+    return lua_tostring(L, -1);
+  return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+}
+
+/*
  * [-1, +1] The message handler of ocap_vat_pcall: adds a traceback to an
  * ordinary error and leaves a fatal one alone, since a fatal vat has no
  * instructions or memory to spare for it.
@@ -2664,13 +2678,7 @@ static int vat_msgh(lua_State *L) {
   const char *msg;
   if (v != NULL && v->meter.fatal)
     return 1;
-  msg = lua_tostring(L, 1);
-  if (msg == NULL) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-      msg = lua_tostring(L, -1);
-    else
-      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
+  msg = error_text(L);
   luaL_traceback(L, L, msg, 1);
   return 1;
 }
@@ -2786,14 +2794,7 @@ void ocap_vat_close(ocap_vat_t *v) {
  */
 static int leg_traceback(lua_State *L) {
   lua_State *co = lua_tothread(L, 2);
-  const char *msg = lua_tostring(L, 1);
-  if (msg == NULL) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-      msg = lua_tostring(L, -1);
-    else
-      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
-  luaL_traceback(L, co, msg, 0);
+  luaL_traceback(L, co, error_text(L), 0);
   return 1;
 }
 
