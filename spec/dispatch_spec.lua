@@ -16,13 +16,7 @@ describe('a delivered method run as a task', function()
     return kernel:queueMessage(root, method, { ... })
   end
 
-  local function entries(level, pattern)
-    local out = {}
-    for _, e in ipairs(kernel:logs()) do
-      if e.level == level and tostring(e.message):find(pattern) then out[#out + 1] = e end
-    end
-    return out
-  end
+  local function entries(level, pattern) return support.logEntries(kernel, level, pattern) end
 
   before_each(function()
     kernel = testing.makeKernel()

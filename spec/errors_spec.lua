@@ -11,13 +11,7 @@ local ECHO = 'spec/vats/echo.lua'
 local RUNAWAY = 'spec/vats/runaway.lua'
 local BIN = os.getenv('OCAP_BIN') or 'build/ocap'
 
-local function entries(kernel, level, pattern)
-  local out = {}
-  for _, e in ipairs(kernel:logs()) do
-    if e.level == level and (not pattern or tostring(e.message):find(pattern)) then out[#out + 1] = e end
-  end
-  return out
-end
+local entries = support.logEntries
 
 local function writeFile(path, text)
   local f = assert(io.open(path, 'w'))

@@ -26,6 +26,16 @@ function M.isLive(kernel, vatId)
   return false
 end
 
+--- The kernel's log entries at level whose message matches pattern (a
+--- Lua pattern; any message when nil), in order.
+function M.logEntries(kernel, level, pattern)
+  local out = {}
+  for _, e in ipairs(kernel:logs()) do
+    if e.level == level and (not pattern or tostring(e.message):find(pattern)) then out[#out + 1] = e end
+  end
+  return out
+end
+
 --- The `ocap` binary under test and the source tree, as absolute paths
 --- where the build gives them (OCAP_BIN, OCAP_SOURCE_DIR).
 M.SRC = os.getenv('OCAP_SOURCE_DIR') or '.'
