@@ -1028,14 +1028,11 @@ void ocap__clists_forget(ocap_kernel_t *k, const char *ep) {
  * nextObjectId keeps its value. -1 is an absent key.
  */
 static long long id_stored(const clist_t *c, int j, int exact) {
-  long long n = c->cnext[j];
-  return j == 1 && !exact && n >= 0 && n <= COUNT_MAX - OCAP_ID_RESERVE ? n + OCAP_ID_RESERVE : n;
+  return j == 1 ? ocap__id_stored(c->cnext[j], exact) : c->cnext[j];
 }
 
 static int id_unsynced(const clist_t *c, int j, int exact) {
-  if (j == 1 && !exact && c->cnext[j] >= 0)
-    return c->cnext[j] > c->snext[j];
-  return c->cnext[j] != c->snext[j];
+  return j == 1 ? ocap__id_unsynced(c->cnext[j], c->snext[j], exact) : c->cnext[j] != c->snext[j];
 }
 
 static int ids_unsynced(const clist_t *c, int exact) {

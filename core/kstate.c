@@ -448,10 +448,7 @@ static int counter_reserved(int i) {
 
 /* The value a sync writes for counter i. */
 static long long counter_stored(const ocap_kernel_t *k, int i) {
-  long long n = k->cnext[i];
-  return counter_reserved(i) && !k->ids_exact && n <= COUNT_MAX - OCAP_ID_RESERVE
-             ? n + OCAP_ID_RESERVE
-             : n;
+  return counter_reserved(i) ? ocap__id_stored(k->cnext[i], k->ids_exact) : k->cnext[i];
 }
 
 /* Whether counter i was changed by a commit since the store last got it
@@ -459,8 +456,8 @@ static long long counter_stored(const ocap_kernel_t *k, int i) {
 static int counter_unsynced(const ocap_kernel_t *k, int i) {
   if (!(k->counters_loaded & (1 << i)))
     return 0;
-  return counter_reserved(i) && !k->ids_exact ? k->cnext[i] > k->snext[i]
-                                              : k->cnext[i] != k->snext[i];
+  return counter_reserved(i) ? ocap__id_unsynced(k->cnext[i], k->snext[i], k->ids_exact)
+                             : k->cnext[i] != k->snext[i];
 }
 
 /* Reads counter `which` the first time it is needed (each on its own, so

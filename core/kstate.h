@@ -71,8 +71,21 @@ static inline int ocap__reserve(void *arrayp, size_t *cap, size_t need, size_t s
  */
 #define COUNT_MAX 9007199254740991LL
 /* How far past the committed value a promise counter's stored bound is
- * written (kstate.c, counter_reserved; clist.c, ids_unsynced). */
+ * written (kstate.c, counter_reserved, says why; clist.c keeps each
+ * endpoint's the same way). */
 #define OCAP_ID_RESERVE 1024
+
+/* What the store keeps for a promise counter whose committed value is n:
+ * its bound, or n itself when exact (a kernel that closes) or absent (-1). */
+static inline long long ocap__id_stored(long long n, int exact) {
+  return !exact && n >= 0 && n <= COUNT_MAX - OCAP_ID_RESERVE ? n + OCAP_ID_RESERVE : n;
+}
+
+/* Whether a sync must write a promise counter whose committed value is n
+ * and stored one s: a bound only once n went past it. */
+static inline int ocap__id_unsynced(long long n, long long s, int exact) {
+  return !exact && n >= 0 ? n > s : n != s;
+}
 
 /* The kernel-wide id counters, kept as fields (see ocap__bump). */
 enum { CTR_VAT, CTR_OBJECT, CTR_PROMISE, CTR_PEER, CTR_COUNT };
