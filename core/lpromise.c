@@ -1012,11 +1012,17 @@ static void set_tag(const pstate_t *st, lua_State *co, int k) {
   memcpy(lua_getextraspace(co), &tag, sizeof tag);
 }
 
+/* [-0, +0] The tag co's extra space holds (set_tag). */
+static uintptr_t tag_of(lua_State *co) {
+  uintptr_t x;
+  memcpy(&x, lua_getextraspace(co), sizeof x);
+  return x;
+}
+
 /* [-0, +0] Which pool's worker co is (0 or 1), or -1 when it is not one
  * of st's workers. */
 static int worker_pool(const pstate_t *st, lua_State *co) {
-  uintptr_t x;
-  memcpy(&x, lua_getextraspace(co), sizeof x);
+  uintptr_t x = tag_of(co);
   if (x == worker_tag(st, co, 0))
     return 0;
   if (x == worker_tag(st, co, 1) || x == worker_tag(st, co, PARKED) || x == worker_tag(st, co, LEG))
@@ -1026,18 +1032,14 @@ static int worker_pool(const pstate_t *st, lua_State *co) {
 
 /* [-0, +0] Whether co is a leg that parked (ocap_promise_leg_ended). */
 static int is_parked(const pstate_t *st, lua_State *co) {
-  uintptr_t x;
-  memcpy(&x, lua_getextraspace(co), sizeof x);
-  return x == worker_tag(st, co, PARKED);
+  return tag_of(co) == worker_tag(st, co, PARKED);
 }
 
 /* [-0, +0] Whether co, whose status is LUA_OK, is a leg whose delivery
  * ended by returning (and which nobody started since): the next task
  * starts it afresh. */
 static int ended_leg(const pstate_t *st, lua_State *co) {
-  uintptr_t x;
-  memcpy(&x, lua_getextraspace(co), sizeof x);
-  return x == worker_tag(st, co, LEG) && lua_gettop(co) == 0;
+  return tag_of(co) == worker_tag(st, co, LEG) && lua_gettop(co) == 0;
 }
 
 /* [-0, +0] Whether co is suspended, as coroutine.status says. */
@@ -1244,25 +1246,19 @@ static int leg(lua_State *co) {
 }
 
 lua_State *ocap_promise_leg(const void *q, lua_CFunction fn, void *arg, int *narg) {
-  pstate_t *st = (pstate_t *)(uintptr_t)q;
-  pool_t *p = &st->pool[1];
-  while (p->n > 0) {
-    lua_State *co = p->w[--p->n];
-    int status = lua_status(co);
-    if (status == LUA_YIELD) {
-      /* Idle in its body, which runs fn(arg) (leg). */
-      lua_pushlightuserdata(co, (void *)&LEG_KEY);
-      *narg = 3;
-    } else if (status == LUA_OK && ended_leg(st, co)) {
-      *narg = 1; /* fn is the thread's body */
-    } else {
-      continue; /* one its user closed */
-    }
-    lua_pushcfunction(co, fn);
-    lua_pushlightuserdata(co, arg);
-    return co;
+  lua_State *co = pool_take((pstate_t *)(uintptr_t)q, 1);
+  if (co == NULL)
+    return NULL;
+  if (lua_status(co) == LUA_YIELD) {
+    /* Idle in its body, which runs fn(arg) (leg). */
+    lua_pushlightuserdata(co, (void *)&LEG_KEY);
+    *narg = 3;
+  } else {
+    *narg = 1; /* an ended leg: fn is the thread's body */
   }
-  return NULL;
+  lua_pushcfunction(co, fn);
+  lua_pushlightuserdata(co, arg);
+  return co;
 }
 
 int ocap_promise_leg_ended(const void *q, lua_State *co, int status, int nres) {

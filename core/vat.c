@@ -303,6 +303,14 @@ static size_t first_chunk_bytes(size_t boot) {
   return (n + 15) / 16 * 16 - MALLOC_HEADER;
 }
 
+/* A new block of bytes from the newest chunk, which has room for it. */
+static inline void *carve(ocap_vat_t *v, size_t bytes) {
+  void *p = v->bump;
+  v->bump += bytes;
+  ASAN_UNPOISON_MEMORY_REGION(p, bytes);
+  return p;
+}
+
 /* A small block of n bytes, or NULL when malloc has no chunk to give. */
 static void *small_alloc(ocap_vat_t *v, size_t n) {
   size_t c = small_class(n), bytes = (c + 1) * SMALL_GRAIN;
@@ -337,10 +345,7 @@ static void *small_alloc(ocap_vat_t *v, size_t n) {
     v->bump_end = (char *)k + size;
     ASAN_POISON_MEMORY_REGION(v->bump, (size_t)(v->bump_end - v->bump));
   }
-  p = v->bump;
-  v->bump += bytes;
-  ASAN_UNPOISON_MEMORY_REGION(p, bytes);
-  return p;
+  return carve(v, bytes);
 }
 
 /* Frees a block of n bytes (n > 0), small or malloc's. */
@@ -444,10 +449,7 @@ static void *vat_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     if (v->free_small[c] != NULL) {
       p = small_pop(v, c);
     } else if ((v->nonempty >> c) == 0 && (size_t)(v->bump_end - v->bump) >= bytes) {
-      /* No free block to take or borrow (small_alloc): carve one. */
-      p = v->bump;
-      v->bump += bytes;
-      ASAN_UNPOISON_MEMORY_REGION(p, bytes);
+      p = carve(v, bytes); /* no free block to take or borrow (small_alloc) */
     } else {
       return alloc_slow(v, NULL, 0, nsize);
     }
